@@ -1,0 +1,3 @@
+from llmservingsim.cli import main
+
+main()

@@ -1,0 +1,263 @@
+"""Command line: ``llmservingsim run | catalog``.
+
+User mistakes (bad config, unreadable trace, a model that does not fit) print one line on
+stderr and exit non-zero; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from llmservingsim import __version__
+from llmservingsim.catalog import device_names, load_device, load_model, model_names
+from llmservingsim.config import load_config
+from llmservingsim.errors import UserError
+from llmservingsim.hardware.backends import PERF_BACKENDS
+from llmservingsim.outputs.files import write_requests_csv, write_summary
+from llmservingsim.serving.schedulers import SCHEDULERS
+from llmservingsim.simulation import simulate
+
+app = typer.Typer(
+    name="llmservingsim",
+    help="Simulate LLM inference serving: latency, throughput, energy and cost.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+
+def _fail(exc: UserError) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=exc.exit_code)
+
+
+def _ms(stats: dict[str, float | None], key: str) -> str:
+    value = stats.get(key)
+    return "-" if value is None else f"{value * 1e3:,.1f}"
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    cfg = summary["config"]
+    title = (
+        f"{cfg['model']} · {cfg['dtype']} · {cfg['cluster']['tensor_parallel']}× {cfg['hardware']}"
+        f" · {cfg['scheduler']['policy']}"
+    )
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("latency (ms)")
+    for col in ("mean", "p50", "p90", "p99"):
+        table.add_column(col, justify="right")
+    for name in ("ttft_s", "tpot_s", "itl_s", "e2e_s"):
+        stats = summary[name]
+        table.add_row(
+            name.removesuffix("_s").upper(), *(_ms(stats, k) for k in ("mean", "p50", "p90", "p99"))
+        )
+    return table
+
+
+def totals_table(summary: dict[str, Any]) -> Table:
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    mem = summary["memory"]
+    rows = [
+        (
+            "requests completed / failed",
+            f"{summary['requests_completed']} / {summary['requests_failed']}",
+        ),
+        (
+            "throughput",
+            f"{summary['request_throughput']:.2f} req/s · "
+            f"{summary['output_tokens_per_s']:,.0f} out tok/s",
+        ),
+        (
+            "simulated time",
+            f"{summary['simulated_time_s']:,.1f} s in {summary['iterations']:,} steps",
+        ),
+        ("KV cache", f"{mem['kv_tokens']:,} tokens, peak use {summary['kv_cache_peak_util']:.0%}"),
+        ("preemptions", f"{summary['preemptions']}"),
+        ("energy / cost", f"{summary['energy_j'] / 3.6e6:.3f} kWh · ${summary['cost_usd']:.2f}"),
+        (
+            "wall time",
+            f"{summary['sim_wall_s']:.2f} s (perf cache hits {summary['perf_cache_hit_rate']:.0%})",
+        ),
+    ]
+    for label, value in rows:
+        table.add_row(label, value)
+    return table
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Path | None, typer.Argument(help="Scenario YAML; omit for the default scenario.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override a config key: --set workload.arrival.rate=8 (repeatable)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory (default ./results/<timestamp>).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed (overrides the config's seed).")
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar and no tables.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout.")] = False,
+) -> None:
+    """Run one simulation and write summary.json and requests.csv."""
+    overrides = list(set_ or [])
+    if seed is not None:
+        overrides.append(f"seed={seed}")
+    try:
+        cfg = load_config(config, overrides)
+        out_dir = out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
+        show_progress = not quiet and not as_json and sys.stderr.isatty()
+        result = _run_with_progress(cfg, show_progress)
+    except UserError as exc:
+        raise _fail(exc) from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_summary(out_dir, result.summary)
+    write_requests_csv(out_dir, result.metrics.records)
+    if as_json:
+        typer.echo((out_dir / "summary.json").read_text(), nl=False)
+    elif not quiet:
+        console = Console()
+        console.print(summary_table(result.summary))
+        console.print(totals_table(result.summary))
+        console.print(f"outputs: {out_dir}/summary.json, requests.csv")
+    if result.summary.get("interrupted"):
+        err_console.print("interrupted: partial results written")
+        raise typer.Exit(code=130)
+
+
+def _run_with_progress(cfg: Any, show: bool) -> Any:
+    if not show:
+        return simulate(cfg)
+    from llmservingsim.simulation import load_requests
+
+    requests = load_requests(cfg)
+    columns = (
+        TextColumn("[bold]simulating"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} requests"),
+        TextColumn("sim {task.fields[sim]:,.1f} s"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task("sim", total=len(requests), sim=0.0)
+
+        def hook(now: float, done: int) -> None:
+            bar.update(task, completed=done, sim=now)
+
+        return simulate(cfg, requests=requests, progress=hook)
+
+
+@app.command()
+def catalog(
+    what: Annotated[
+        str, typer.Argument(help="models | hardware | schedulers | backends | all")
+    ] = "all",
+) -> None:
+    """List the built-in models, devices, scheduler policies and perf backends."""
+    console = Console()
+    sections = {"models", "hardware", "schedulers", "backends"}
+    if what != "all" and what not in sections:
+        raise _fail(
+            UserError(
+                f"catalog: unknown section {what!r} (valid: all, {', '.join(sorted(sections))})"
+            )
+        )
+    try:
+        if what in ("all", "models"):
+            console.print(_models_table())
+        if what in ("all", "hardware"):
+            console.print(_hardware_table())
+    except UserError as exc:
+        raise _fail(exc) from None
+    if what in ("all", "schedulers"):
+        console.print("schedulers: " + ", ".join(SCHEDULERS.names()))
+    if what in ("all", "backends"):
+        console.print("perf backends: " + ", ".join(PERF_BACKENDS.names()))
+
+
+def _models_table() -> Table:
+    table = Table(title="models", header_style="bold")
+    for col in (
+        "name",
+        "type",
+        "params (B)",
+        "layers",
+        "hidden",
+        "heads / kv",
+        "KV KiB/token (bf16)",
+        "context",
+    ):
+        table.add_column(col, justify="left" if col in ("name", "type") else "right")
+    for name in model_names():
+        spec = load_model(name)
+        moe = f" MoE {spec.num_experts}×top{spec.experts_per_token}" if spec.is_moe else ""
+        table.add_row(
+            name,
+            spec.model_type + moe,
+            f"{spec.num_params() / 1e9:.1f}" if not spec.is_moe else "-",
+            str(spec.num_layers),
+            str(spec.hidden_size),
+            f"{spec.num_heads} / {spec.num_kv_heads}",
+            f"{spec.kv_bytes_per_token('bf16') / 1024:.0f}",
+            f"{spec.max_context:,}",
+        )
+    return table
+
+
+def _hardware_table() -> Table:
+    table = Table(title="hardware", header_style="bold")
+    for col in ("name", "type", "bf16 TFLOP/s", "memory GiB", "HBM GB/s", "power W", "$/h"):
+        table.add_column(col, justify="left" if col in ("name", "type") else "right")
+    for name in device_names():
+        d = load_device(name)
+        table.add_row(
+            name,
+            d.type,
+            f"{d.peak_flops('bf16') / 1e12:,.0f}",
+            f"{d.memory_gib:g}",
+            f"{d.memory_bandwidth_gbps:,.0f}",
+            f"{d.power.max_w:g}",
+            f"{d.cost_per_hour_usd:.2f}",
+        )
+    return table
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmservingsim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Simulate LLM inference serving: latency, throughput, energy and cost."""
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

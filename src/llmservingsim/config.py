@@ -1,0 +1,300 @@
+"""Simulation config: YAML + ``--set dotted.key=value`` overrides, validated by pydantic.
+
+Unknown keys are reported with the closest valid key (``workload.arival`` → did you mean
+``workload.arrival``?) before pydantic sees the document, so every config mistake is one line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from llmservingsim.errors import ConfigError
+
+WeightDtype = Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"]
+KvDtype = Literal["auto", "fp32", "bf16", "fp16", "fp8"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# ----------------------------------------------------------------------------- workload
+
+
+class FixedLength(_Section):
+    dist: Literal["fixed"]
+    value: int = Field(ge=1)
+
+
+class UniformLength(_Section):
+    dist: Literal["uniform"]
+    min: int = Field(ge=1)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UniformLength:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) > max ({self.max})")
+        return self
+
+
+class NormalLength(_Section):
+    dist: Literal["normal"]
+    mean: float = Field(gt=0)
+    std: float = Field(ge=0)
+    min: int = Field(default=1, ge=1)
+    max: int | None = Field(default=None, ge=1)
+
+
+class LognormalLength(_Section):
+    """Lognormal with the given *mean* (not median) and log-space sigma, like ShareGPT lengths."""
+
+    dist: Literal["lognormal"]
+    mean: float = Field(gt=0)
+    sigma: float = Field(ge=0)
+    min: int = Field(default=1, ge=1)
+    max: int | None = Field(default=None, ge=1)
+
+
+class ZipfLength(_Section):
+    """P(k) ∝ k^-alpha on [min, max]."""
+
+    dist: Literal["zipf"]
+    alpha: float = Field(gt=0)
+    min: int = Field(default=1, ge=1)
+    max: int = Field(ge=1)
+
+
+class EmpiricalLength(_Section):
+    """Sample uniformly from the listed values."""
+
+    dist: Literal["empirical"]
+    values: list[int] = Field(min_length=1)
+
+
+LengthDist = Annotated[
+    Union[FixedLength, UniformLength, NormalLength, LognormalLength, ZipfLength, EmpiricalLength],  # noqa: UP007
+    Field(discriminator="dist"),
+]
+
+
+class ArrivalConfig(_Section):
+    """Request arrival process. ``rate`` is requests per second (``inf``: all at t = 0)."""
+
+    process: Literal["poisson", "gamma", "constant", "burst"] = "poisson"
+    rate: float = Field(default=8.0, gt=0)
+    cv: float = Field(default=1.0, gt=0, description="gamma: coefficient of variation of gaps")
+    burst_size: int = Field(default=10, ge=1, description="burst: requests arriving together")
+
+
+class TraceConfig(_Section):
+    path: Path
+    format: Literal["azure", "jsonl", "csv", "vidur_csv", "mooncake"] = "jsonl"
+    time_scale: float = Field(default=1.0, gt=0, description="multiplies inter-arrival gaps")
+    max_requests: int | None = Field(default=None, ge=1)
+
+
+class WorkloadConfig(_Section):
+    kind: Literal["synthetic", "trace"] = "synthetic"
+    num_requests: int = Field(default=1000, ge=1)
+    arrival: ArrivalConfig = ArrivalConfig()
+    # ShareGPT-like: means and log-spread of the ShareGPT request lengths in shared/data traces.
+    input_len: LengthDist = LognormalLength(dist="lognormal", mean=230, sigma=1.2, max=4096)
+    output_len: LengthDist = LognormalLength(dist="lognormal", mean=280, sigma=1.0, max=2048)
+    trace: TraceConfig | None = None
+
+    @model_validator(mode="after")
+    def _trace_given(self) -> WorkloadConfig:
+        if self.kind == "trace" and self.trace is None:
+            raise ValueError("kind 'trace' needs a workload.trace section with a path")
+        return self
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+class ClusterConfig(_Section):
+    instances: int = Field(default=1, ge=1)
+    tensor_parallel: int = Field(default=1, ge=1)
+    pipeline_parallel: int = Field(default=1, ge=1)
+    expert_parallel: int = Field(default=1, ge=1)
+    router: str = "round_robin"
+
+
+class SchedulerConfig(_Section):
+    policy: str = "vllm"
+    max_num_seqs: int = Field(default=256, ge=1)
+    max_num_batched_tokens: int = Field(default=8192, ge=1)
+    block_size: int = Field(default=16, ge=1)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    enable_prefix_caching: bool = False
+    preemption: Literal["recompute", "swap"] = "recompute"
+
+
+class PerfConfig(_Section):
+    backend: str = "roofline"
+
+
+class SloConfig(_Section):
+    """Per-request latency targets; a request meets the SLO when it meets every given target."""
+
+    ttft_s: float | None = Field(default=None, gt=0)
+    tpot_s: float | None = Field(default=None, gt=0)
+    e2e_s: float | None = Field(default=None, gt=0)
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.ttft_s, self.tpot_s, self.e2e_s))
+
+
+class SimConfig(_Section):
+    model: str = "llama-3.1-8b"
+    dtype: WeightDtype = "bf16"
+    kv_dtype: KvDtype = "auto"
+    hardware: str = "h100-sxm"
+    cluster: ClusterConfig = ClusterConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    workload: WorkloadConfig = WorkloadConfig()
+    perf: PerfConfig = PerfConfig()
+    slo: SloConfig = SloConfig()
+    seed: int = 0
+
+    @property
+    def compute_dtype(self) -> str:
+        """Math dtype: int8/int4 are weight-only quantization, computed in bf16."""
+        return "bf16" if self.dtype in ("int8", "int4") else self.dtype
+
+    @property
+    def resolved_kv_dtype(self) -> str:
+        if self.kv_dtype != "auto":
+            return self.kv_dtype
+        # Weight-only quantized models keep a 16-bit KV cache.
+        return "bf16" if self.dtype in ("int8", "int4") else self.dtype
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _section_fields(annotation: Any) -> dict[str, Any] | None:
+    """Fields of the BaseModel(s) behind an annotation (None when it is not a section)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _section_fields(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        merged: dict[str, Any] = {}
+        for arg in typing.get_args(annotation):
+            fields = _section_fields(arg)
+            if fields:
+                merged.update(fields)
+        return merged or None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return {name: f.annotation for name, f in annotation.model_fields.items()}
+    return None
+
+
+def check_unknown_keys(raw: dict[str, Any], fields: dict[str, Any], prefix: str = "") -> None:
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            valid = sorted(fields)
+            close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.4)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{path}'{hint} (valid here: {', '.join(valid)})")
+        sub = _section_fields(fields[key])
+        if sub is not None and isinstance(value, dict):
+            check_unknown_keys(value, sub, prefix=f"{path}.")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` → (['a','b','c'], value parsed as YAML so 8 is an int, true a bool)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key.path=value")
+    key, _, value_text = text.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {text!r}: empty key in dotted path")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError:
+        value = value_text
+    return parts, value
+
+
+def apply_override(raw: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(
+                f"--set {'.'.join(parts)}: '{'.'.join(parts[: i + 1])}' is not a section"
+            )
+        node = child
+    node[parts[-1]] = value
+
+
+def load_yaml_mapping(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}:{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def _fill_length_defaults(raw: dict[str, Any]) -> None:
+    """``--set workload.input_len.mean=512`` keeps the default distribution's other keys."""
+    workload = raw.get("workload")
+    if not isinstance(workload, dict):
+        return
+    defaults = WorkloadConfig()
+    for key in ("input_len", "output_len"):
+        section = workload.get(key)
+        if isinstance(section, dict) and "dist" not in section:
+            workload[key] = {**getattr(defaults, key).model_dump(), **section}
+
+
+def build_config(raw: dict[str, Any], source: str = "config") -> SimConfig:
+    fields = {name: f.annotation for name, f in SimConfig.model_fields.items()}
+    try:
+        check_unknown_keys(raw, fields)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    _fill_length_defaults(raw)
+    try:
+        return SimConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        raise ConfigError(f"{source}: {loc}: {err['msg']}{shown}") from None
+
+
+def _is_union_tag(part: object) -> bool:
+    return part in ("fixed", "uniform", "normal", "lognormal", "zipf", "empirical")
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> SimConfig:
+    """The built-in default scenario, or a YAML file, with ``--set`` overrides applied."""
+    raw: dict[str, Any] = load_yaml_mapping(path) if path is not None else {}
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        apply_override(raw, parts, value)
+    return build_config(raw, source=str(path) if path else "config")

@@ -1,0 +1,32 @@
+"""User-facing errors.
+
+Every mistake a user can make (bad config key, unreadable trace row, a model that does not fit)
+is raised as a :class:`UserError`. The CLI prints its one-line message and exits non-zero,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the user's input; the message is shown as-is on one line."""
+
+    exit_code = 1
+
+
+class ConfigError(UserError):
+    """Invalid configuration (unknown key, wrong type, bad value). Exit code 2."""
+
+    exit_code = 2
+
+
+class TraceError(UserError):
+    """A workload trace file that cannot be read; the message names the file and line."""
+
+    exit_code = 2
+
+
+class DoesNotFitError(UserError):
+    """The model weights (plus activations) do not fit the device memory."""
+
+    exit_code = 3

@@ -1,0 +1,43 @@
+"""Roofline backend: an op is bound by compute or by memory traffic, whichever is slower.
+
+time = max(FLOPs / (peak · η_c), bytes / (BW · η_mem)) + launch
+
+η_c for GEMMs grows with the row count M (small-M GEMMs cannot fill the tensor cores, so
+decode-sized GEMMs are memory bound as on real GPUs); FlashAttention prefill has its own
+η. All η come from the device YAML and are calibrated on measured profiles
+(docs/calibration.md).
+"""
+
+from __future__ import annotations
+
+from llmservingsim.hardware.backends import PERF_BACKENDS
+from llmservingsim.hardware.device import DeviceSpec
+from llmservingsim.model.ops import Op
+
+
+@PERF_BACKENDS.register("roofline")
+class RooflineBackend:
+    def __init__(self, device: DeviceSpec, dtype: str) -> None:
+        self.device = device
+        eff = device.efficiency
+        self._peak = device.peak_flops(dtype)
+        self._bandwidth = device.memory_bandwidth * eff.memory
+        self._launch = eff.kernel_launch_us * 1e-6
+        self._compute_max = eff.compute_max
+        self._half_m = eff.compute_half_m
+        self._attention_flops = self._peak * eff.attention_compute
+
+    def compute_efficiency(self, m: int) -> float:
+        return self._compute_max * m / (m + self._half_m)
+
+    def time(self, op: Op) -> float:
+        memory_time = op.bytes / self._bandwidth
+        if op.flops <= 0.0:
+            return memory_time + self._launch
+        if op.kind == "gemm":
+            compute_time = op.flops / (self._peak * self.compute_efficiency(op.m))
+        elif op.kind == "attention_prefill":
+            compute_time = op.flops / self._attention_flops
+        else:
+            compute_time = op.flops / (self._peak * self._compute_max)
+        return max(compute_time, memory_time) + self._launch

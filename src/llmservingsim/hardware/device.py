@@ -1,0 +1,121 @@
+"""Device description: what an accelerator can do, read from a YAML file.
+
+Units in the YAML are the ones datasheets use (TFLOP/s, GB/s, GiB, µs, W, $/h); the
+properties below convert them to SI so the rest of the simulator only sees seconds, bytes and
+FLOP/s.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llmservingsim.errors import ConfigError
+
+GIB = 1024**3
+
+DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Link(_Strict):
+    """One level of interconnect, per device and per direction."""
+
+    bandwidth_gbps: float = Field(gt=0, description="GB/s per direction per device")
+    latency_us: float = Field(ge=0, description="per-message latency (alpha), µs")
+
+
+class Links(_Strict):
+    intra_node: Link = Field(description="NVLink / xGMI / ICI between devices of one node")
+    inter_node: Link = Field(description="InfiniBand / Ethernet between nodes, per device")
+    host: Link = Field(description="PCIe / CXL link between the device and host memory")
+
+
+class Power(_Strict):
+    idle_w: float = Field(ge=0)
+    max_w: float = Field(gt=0)
+
+
+class Efficiency(_Strict):
+    """Fractions of datasheet peaks that real kernels reach; calibrated, see docs/calibration.md.
+
+    GEMM compute efficiency saturates with the number of rows M (tokens):
+    eta_c(M) = compute_max * M / (M + compute_half_m).
+    """
+
+    compute_max: float = Field(gt=0, le=1)
+    compute_half_m: float = Field(
+        ge=0, description="tokens at which GEMMs reach half of compute_max"
+    )
+    attention_compute: float = Field(
+        gt=0, le=1, description="FlashAttention prefill FLOP efficiency"
+    )
+    memory: float = Field(
+        gt=0, le=1, description="achieved / peak DRAM bandwidth for streaming kernels"
+    )
+    kernel_launch_us: float = Field(ge=0, description="fixed time per kernel (launch + tail)")
+    iteration_overhead_us: float = Field(
+        ge=0, description="CPU time per engine step (schedule, prepare inputs)"
+    )
+    per_seq_overhead_us: float = Field(
+        ge=0, description="CPU time per sequence in the batch per step"
+    )
+
+
+class DeviceSpec(_Strict):
+    name: str
+    type: Literal["gpu", "npu", "tpu", "pim"] = "gpu"
+    vendor: str = ""
+    description: str = ""
+    memory_gib: float = Field(gt=0)
+    memory_bandwidth_gbps: float = Field(gt=0, description="DRAM/HBM bandwidth, GB/s")
+    peak_tflops: dict[str, float] = Field(description="dense peak per dtype (no sparsity), TFLOP/s")
+    reserved_memory_gib: float = Field(
+        default=0.5,
+        ge=0,
+        description="CUDA context, allocator and framework memory outside the KV pool",
+    )
+    devices_per_node: int = Field(default=8, ge=1)
+    links: Links
+    power: Power
+    cost_per_hour_usd: float = Field(ge=0, description="on-demand cloud price per device-hour")
+    efficiency: Efficiency
+    sources: list[str] = Field(default_factory=list, description="where the numbers come from")
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.memory_gib * GIB
+
+    @property
+    def memory_bandwidth(self) -> float:
+        """Bytes per second."""
+        return self.memory_bandwidth_gbps * 1e9
+
+    def peak_flops(self, dtype: str) -> float:
+        """Dense FLOP/s for a compute dtype; int4/int8 weight-only math runs at the 16-bit rate."""
+        for candidate in (dtype, "bf16", "fp16"):
+            if candidate in self.peak_tflops:
+                return self.peak_tflops[candidate] * 1e12
+        raise ConfigError(f"device {self.name!r} lists no peak_tflops for dtype {dtype!r}")
+
+
+def load_device_file(path: Path) -> DeviceSpec:
+    """Read and validate a device YAML; errors name the file and the key."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read device YAML: {exc}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of device keys")
+    try:
+        return DeviceSpec.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path}: {loc}: {err['msg']}") from None

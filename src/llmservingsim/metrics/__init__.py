@@ -1,0 +1,1 @@
+"""Run metrics: per-request latencies, per-step statistics, the summary."""

@@ -1,0 +1,1 @@
+"""Interconnect cost models (alpha-beta). The full topology model comes with issue #4."""

@@ -1,0 +1,1 @@
+"""Writers for the files of an output directory."""

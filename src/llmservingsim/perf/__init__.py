@@ -1,0 +1,1 @@
+"""Iteration timing: model op graph × perf backend × network → seconds per engine step."""

@@ -1,0 +1,11 @@
+"""Batch schedulers, one policy per module, selected by ``scheduler.policy``."""
+
+from __future__ import annotations
+
+# Built-in policies register themselves on import.
+from llmservingsim.serving.schedulers import orca as _orca  # noqa: F401
+from llmservingsim.serving.schedulers import static as _static  # noqa: F401
+from llmservingsim.serving.schedulers import vllm as _vllm  # noqa: F401
+from llmservingsim.serving.schedulers.base import SCHEDULERS, Scheduler
+
+__all__ = ["SCHEDULERS", "Scheduler"]

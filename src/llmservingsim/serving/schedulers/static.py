@@ -1,0 +1,36 @@
+"""Request-level (static) batching, as in FasterTransformer before continuous batching.
+
+When the engine is idle it forms a batch of up to ``max_num_seqs`` waiting requests (FCFS,
+prompts summing to at most ``max_num_batched_tokens``, except a single over-long one) and
+reserves each request's KV for its whole output up front, so it never preempts. The batch
+prefills together, then decodes until its *last* request finishes; no request joins a running
+batch.
+"""
+
+from __future__ import annotations
+
+from llmservingsim.serving.schedulers.base import SCHEDULERS, ScheduledEntry, Scheduler
+from llmservingsim.serving.sequence import Status
+
+
+@SCHEDULERS.register("static")
+class StaticScheduler(Scheduler):
+    def _form_batch(self) -> None:
+        budget = self.cfg.max_num_batched_tokens
+        while self.waiting and len(self.running) < self.cfg.max_num_seqs:
+            seq = self.waiting[0]
+            reserve = self.max_blocks_needed(seq)
+            prompt = seq.remaining
+            if reserve > self.blocks.num_free or (prompt > budget and self.running):
+                break
+            self.waiting.popleft()
+            for _ in range(reserve):
+                seq.blocks.append(self.blocks.free_blocks.popleft())
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            budget -= prompt
+
+    def schedule(self) -> list[ScheduledEntry]:
+        if not self.running:
+            self._form_batch()
+        return [(seq, seq.remaining) for seq in self.running]

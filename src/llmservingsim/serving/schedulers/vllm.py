@@ -1,0 +1,53 @@
+"""vLLM V1 scheduler: one token budget per step, running requests first, chunked prefill.
+
+Each step spends ``max_num_batched_tokens``: first on running requests in admission order
+(a decode needs one token, a partial prefill continues with as much as fits), then on waiting
+requests in FCFS order, whose prompts are chunked to the remaining budget. When KV blocks run
+out, the most recently admitted running request is preempted (recompute); a step that
+preempted admits nobody new.
+"""
+
+from __future__ import annotations
+
+from llmservingsim.serving.schedulers.base import SCHEDULERS, ScheduledEntry, Scheduler
+from llmservingsim.serving.sequence import Sequence
+
+
+@SCHEDULERS.register("vllm")
+class VllmScheduler(Scheduler):
+    def prefill_tokens(self, seq: Sequence, budget: int, step_is_empty: bool) -> int:
+        """Tokens a waiting request may start with (0 = it must wait). Chunked: any part."""
+        return min(seq.remaining, budget)
+
+    def schedule(self) -> list[ScheduledEntry]:
+        budget = self.cfg.max_num_batched_tokens
+        entries: list[ScheduledEntry] = []
+        preempted = False
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            num_new = min(seq.remaining, budget)
+            while not self.blocks.can_allocate(seq, num_new):
+                victim = self.running.pop()
+                self.preempt(victim)
+                preempted = True
+                if victim is seq:
+                    break
+            else:
+                self.blocks.allocate(seq, num_new)
+                entries.append((seq, num_new))
+                budget -= num_new
+                i += 1
+                continue
+            break  # the sequence itself was the last one left to preempt
+        if preempted:
+            return entries
+        while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
+            seq = self.waiting[0]
+            num_new = self.prefill_tokens(seq, budget, step_is_empty=not entries)
+            if num_new == 0 or not self.blocks.can_allocate(seq, num_new):
+                break
+            self.admit(seq, num_new)
+            entries.append((seq, num_new))
+            budget -= num_new
+        return entries

@@ -1,0 +1,58 @@
+"""A request as the engine sees it while it is served."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from llmservingsim.workload.request_spec import RequestSpec
+
+
+class Status(Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+@dataclass(slots=True, eq=False)
+class Sequence:
+    """Token bookkeeping of one request.
+
+    ``num_tokens`` (prompt + generated so far) is what the KV cache must eventually hold;
+    ``num_computed`` of them already have KV. A step that brings ``num_computed`` up to
+    ``num_tokens`` samples one new token. Preemption by recompute resets ``num_computed`` to 0,
+    so the prompt *and* the tokens generated so far are prefilled again.
+    """
+
+    spec: RequestSpec
+    status: Status = Status.WAITING
+    num_computed: int = 0
+    generated: int = 0
+    blocks: list[int] = field(default_factory=list)
+    first_token_time: float = -1.0
+    last_token_time: float = -1.0
+    finish_time: float = -1.0
+    preemptions: int = 0
+    fail_reason: str = ""
+
+    @property
+    def id(self) -> int:
+        return self.spec.id
+
+    @property
+    def num_tokens(self) -> int:
+        return self.spec.input_len + self.generated
+
+    @property
+    def remaining(self) -> int:
+        """Tokens still to compute before the next token can be sampled."""
+        return self.num_tokens - self.num_computed
+
+    @property
+    def in_prefill(self) -> bool:
+        return self.remaining > 1 or self.generated == 0
+
+    @property
+    def is_done(self) -> bool:
+        return self.generated >= self.spec.output_len

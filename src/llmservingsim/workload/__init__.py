@@ -1,0 +1,49 @@
+"""Workloads: the stream of requests a simulation serves, synthetic or replayed from a trace."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+
+from llmservingsim.config import WorkloadConfig
+from llmservingsim.registry import Registry
+from llmservingsim.workload.arrival import ARRIVAL_PROCESSES, arrival_times
+from llmservingsim.workload.lengths import LENGTH_DISTS, clip_to_context, sample_lengths
+from llmservingsim.workload.request_spec import RequestSpec
+from llmservingsim.workload.synthetic import generate_synthetic
+from llmservingsim.workload.traces import TRACE_FORMATS, TraceRow, read_trace
+
+WorkloadSource = Callable[[WorkloadConfig, int, np.random.Generator], list[RequestSpec]]
+
+WORKLOAD_KINDS: Registry[WorkloadSource] = Registry("workload kind")
+WORKLOAD_KINDS.register("synthetic")(generate_synthetic)
+WORKLOAD_KINDS.register("trace")(read_trace)
+
+__all__ = [
+    "ARRIVAL_PROCESSES",
+    "LENGTH_DISTS",
+    "TRACE_FORMATS",
+    "WORKLOAD_KINDS",
+    "RequestSpec",
+    "TraceRow",
+    "arrival_times",
+    "clip_to_context",
+    "generate_synthetic",
+    "load_workload",
+    "read_trace",
+    "sample_lengths",
+]
+
+
+def load_workload(cfg: WorkloadConfig, max_context: int, seed: int) -> list[RequestSpec]:
+    """The requests of ``cfg`` in arrival order with ids 0..n-1, reproducible from ``seed``.
+
+    Every request fits the model: input_len <= max_context - 1 and
+    input_len + output_len <= max_context.
+    """
+    rng = np.random.default_rng(seed)
+    requests = WORKLOAD_KINDS.get(cfg.kind)(cfg, max_context, rng)
+    ordered = sorted(requests, key=lambda r: r.arrival_s)
+    return [replace(r, id=i) for i, r in enumerate(ordered)]

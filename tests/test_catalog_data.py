@@ -1,0 +1,146 @@
+"""Sanity checks on the built-in catalogs: hardware YAMLs and model config.json files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmservingsim.hardware import device as _device_module
+from llmservingsim.hardware.device import DTYPES, load_device_file
+from llmservingsim.model.spec import load_hf_config_file
+
+DATA = Path(_device_module.__file__).resolve().parents[1] / "data"
+HARDWARE_FILES = sorted((DATA / "hardware").glob("*.yaml"))
+MODEL_FILES = sorted((DATA / "models").glob("*.json"))
+
+EXPECTED_DEVICES = {
+    "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "b200", "gb200", "l40s", "a40",
+    "a6000", "l4", "rtx-4090", "rtx-pro-6000", "mi300x", "mi325x", "tpu-v5e", "tpu-v6e", "gaudi3",
+    "npu", "pim",
+}  # fmt: skip
+
+EXPECTED_MODELS = {
+    "llama-2-7b", "llama-2-13b", "llama-2-70b", "llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b",
+    "llama-3.2-1b", "llama-3.2-3b", "mistral-7b", "mixtral-8x7b", "mixtral-8x22b", "qwen2.5-7b",
+    "qwen2.5-72b", "qwen3-30b-a3b", "qwen3-235b-a22b", "deepseek-v3", "opt-13b", "opt-66b",
+    "gpt3-175b", "mistral-large-2407",
+}  # fmt: skip
+
+# Published total parameter counts of the dense models (HF safetensors metadata / papers).
+# The simulator's count ignores biases and learned position embeddings, so allow 3%.
+DENSE_PARAMS = {
+    "llama-2-7b": 6.74e9,
+    "llama-2-13b": 13.0e9,
+    "llama-2-70b": 69.0e9,
+    "llama-3.1-8b": 8.03e9,
+    "llama-3.1-70b": 70.6e9,
+    "llama-3.1-405b": 405.9e9,
+    "llama-3.2-1b": 1.24e9,
+    "llama-3.2-3b": 3.21e9,
+    "mistral-7b": 7.24e9,
+    "qwen2.5-7b": 7.62e9,
+    "qwen2.5-72b": 72.7e9,
+    "opt-13b": 12.85e9,
+    "opt-66b": 65.7e9,
+    "gpt3-175b": 175.0e9,
+    "mistral-large-2407": 122.6e9,
+}
+
+MOE_MODELS = {
+    # name: (experts, experts per token)
+    "mixtral-8x7b": (8, 2),
+    "mixtral-8x22b": (8, 2),
+    "qwen3-30b-a3b": (128, 8),
+    "qwen3-235b-a22b": (128, 8),
+    "deepseek-v3": (256, 8),
+}
+
+
+def test_catalogs_are_complete() -> None:
+    assert {p.stem for p in HARDWARE_FILES} >= EXPECTED_DEVICES
+    assert {p.stem for p in MODEL_FILES} >= EXPECTED_MODELS
+
+
+@pytest.mark.parametrize("path", HARDWARE_FILES, ids=lambda p: p.stem)
+def test_hardware_file_is_physically_sane(path: Path) -> None:
+    dev = load_device_file(path)
+    assert dev.name == path.stem
+    assert dev.memory_gib > 0
+    assert dev.memory_bandwidth_gbps > 0
+    assert dev.reserved_memory_gib < dev.memory_gib
+    assert set(dev.peak_tflops) <= set(DTYPES), f"unknown dtype in {sorted(dev.peak_tflops)}"
+    assert all(v > 0 for v in dev.peak_tflops.values())
+    peaks = dev.peak_tflops
+    assert "bf16" in peaks or "fp16" in peaks
+    bf16 = peaks.get("bf16", peaks.get("fp16"))
+    if dev.type != "tpu":
+        assert "fp32" in peaks
+        assert bf16 > peaks["fp32"]
+    if "fp8" in peaks:
+        assert peaks["fp8"] >= bf16
+    if "int8" in peaks:
+        assert peaks["int8"] >= bf16
+    assert 0 <= dev.power.idle_w < dev.power.max_w
+    links = dev.links
+    # The fast domain inside a node is never slower than the per-device network between nodes.
+    assert links.intra_node.bandwidth_gbps >= links.inter_node.bandwidth_gbps
+    assert dev.devices_per_node >= 1
+    assert dev.cost_per_hour_usd > 0
+    assert dev.sources, "every catalog device must say where its numbers come from"
+
+
+def test_hardware_spot_values() -> None:
+    h100 = load_device_file(DATA / "hardware" / "h100-sxm.yaml")
+    assert h100.peak_flops("bf16") == pytest.approx(989.4e12)
+    assert h100.memory_bandwidth == pytest.approx(3.35e12)
+    gb200 = load_device_file(DATA / "hardware" / "gb200.yaml")
+    assert gb200.devices_per_node == 72
+    tpu = load_device_file(DATA / "hardware" / "tpu-v6e.yaml")
+    assert tpu.type == "tpu"
+    assert load_device_file(DATA / "hardware" / "gaudi3.yaml").type == "npu"
+    assert load_device_file(DATA / "hardware" / "pim.yaml").type == "pim"
+
+
+@pytest.mark.parametrize("path", MODEL_FILES, ids=lambda p: p.stem)
+def test_model_file_parses(path: Path) -> None:
+    raw = json.loads(path.read_text())
+    assert raw.get("_name_or_path"), "catalog configs name their source repo"
+    spec = load_hf_config_file(path)
+    assert spec.name == path.stem
+    assert spec.num_layers > 0 and spec.hidden_size > 0 and spec.vocab_size > 0
+    assert spec.num_heads % spec.num_kv_heads == 0
+    assert spec.max_context >= 2048
+
+
+@pytest.mark.parametrize(("name", "published"), sorted(DENSE_PARAMS.items()))
+def test_dense_parameter_counts(name: str, published: float) -> None:
+    spec = load_hf_config_file(DATA / "models" / f"{name}.json")
+    assert not spec.is_moe
+    assert spec.num_params() == pytest.approx(published, rel=0.03)
+
+
+@pytest.mark.parametrize(("name", "shape"), sorted(MOE_MODELS.items()))
+def test_moe_models_declare_experts(name: str, shape: tuple[int, int]) -> None:
+    spec = load_hf_config_file(DATA / "models" / f"{name}.json")
+    assert spec.is_moe
+    assert (spec.num_experts, spec.experts_per_token) == shape
+
+
+def test_deepseek_v3_uses_mla() -> None:
+    spec = load_hf_config_file(DATA / "models" / "deepseek-v3.json")
+    assert spec.uses_mla
+    assert spec.kv_lora_rank == 512
+    assert spec.qk_rope_head_dim == 64
+    assert spec.first_dense_layers == 3
+    assert spec.num_shared_experts == 1
+    assert spec.moe_intermediate_size == 2048
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [("llama-3.1-8b", 131072), ("llama-3.1-70b", 327680)]
+)
+def test_kv_bytes_per_token_bf16(name: str, expected: int) -> None:
+    spec = load_hf_config_file(DATA / "models" / f"{name}.json")
+    assert spec.kv_bytes_per_token("bf16") == expected
