@@ -195,27 +195,20 @@ def catalog(
 
 def _models_table() -> Table:
     table = Table(title="models", header_style="bold")
-    for col in (
-        "name",
-        "type",
-        "params (B)",
-        "layers",
-        "hidden",
-        "heads / kv",
-        "KV KiB/token (bf16)",
-        "context",
-    ):
-        table.add_column(col, justify="left" if col in ("name", "type") else "right")
+    for col in ("name", "type", "params B", "layers", "hidden", "heads/kv", "KV KiB/tok", "ctx"):
+        table.add_column(
+            col, justify="left" if col in ("name", "type") else "right", no_wrap=col == "name"
+        )
     for name in model_names():
         spec = load_model(name)
-        moe = f" MoE {spec.num_experts}×top{spec.experts_per_token}" if spec.is_moe else ""
+        moe = f" moe{spec.num_experts}" if spec.is_moe else ""
         table.add_row(
             name,
             spec.model_type + moe,
             f"{spec.num_params() / 1e9:.1f}" if not spec.is_moe else "-",
             str(spec.num_layers),
             str(spec.hidden_size),
-            f"{spec.num_heads} / {spec.num_kv_heads}",
+            f"{spec.num_heads}/{spec.num_kv_heads}",
             f"{spec.kv_bytes_per_token('bf16') / 1024:.0f}",
             f"{spec.max_context:,}",
         )
@@ -224,8 +217,10 @@ def _models_table() -> Table:
 
 def _hardware_table() -> Table:
     table = Table(title="hardware", header_style="bold")
-    for col in ("name", "type", "bf16 TFLOP/s", "memory GiB", "HBM GB/s", "power W", "$/h"):
-        table.add_column(col, justify="left" if col in ("name", "type") else "right")
+    for col in ("name", "type", "bf16 TFLOP/s", "mem GiB", "mem GB/s", "max W", "$/h"):
+        table.add_column(
+            col, justify="left" if col in ("name", "type") else "right", no_wrap=col == "name"
+        )
     for name in device_names():
         d = load_device(name)
         table.add_row(

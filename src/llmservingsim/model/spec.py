@@ -85,7 +85,10 @@ class ModelSpec:
         return self.num_layers * self.layer_params() + self.embedding_params() + self.hidden_size
 
     def kv_bytes_per_token(self, kv_dtype: str) -> float:
-        """K and V of one token over all layers, unsharded."""
+        """K and V of one token over all layers, unsharded (MLA: the compressed latent)."""
+        if self.uses_mla:
+            latent = self.kv_lora_rank + self.qk_rope_head_dim
+            return self.num_layers * latent * DTYPE_BYTES[kv_dtype]
         return 2 * self.num_layers * self.kv_size * DTYPE_BYTES[kv_dtype]
 
 

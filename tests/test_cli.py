@@ -1,0 +1,99 @@
+"""The command line, through typer's CliRunner and as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from llmservingsim.cli import app
+
+runner = CliRunner()
+SMALL = ["--set", "workload.num_requests=40", "--set", "model=llama-3.2-1b"]
+
+
+def test_run_writes_summary_and_requests(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", *SMALL, "--out", str(out), "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["requests_completed"] == 40
+    assert summary["config"]["seed"] == 3
+    for key in ("ttft_s", "tpot_s", "itl_s", "e2e_s"):
+        assert set(summary[key]) == {"mean", "p50", "p90", "p99", "max"}
+    lines = (out / "requests.csv").read_text().splitlines()
+    assert lines[0].startswith("id,instance,status")
+    assert len(lines) == 41
+    assert "TTFT" in result.output
+
+
+def test_json_flag_prints_the_summary(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", *SMALL, "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0
+    assert json.loads(result.output)["requests_completed"] == 40
+
+
+def test_quiet_prints_nothing(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", *SMALL, "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0
+    assert result.output == ""
+
+
+def test_unknown_key_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", "--set", "workload.arival.rate=1", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "did you mean 'workload.arrival'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_model_that_does_not_fit_exits_nonzero_with_hint(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", "--set", "model=llama-3.1-70b", "--out", str(tmp_path)])
+    assert result.exit_code == 3
+    assert "does not fit" in result.output
+    assert "tensor_parallel" in result.output
+
+
+def test_unsupported_feature_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", "--set", "cluster.instances=2", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "not yet supported" in result.output
+
+
+def test_unknown_catalog_names(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", "--set", "hardware=h100-sxn", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "did you mean 'h100-sxm'" in result.output
+    result = runner.invoke(app, ["run", "--set", "scheduler.policy=vlm", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "'vllm'" in result.output
+
+
+def test_catalog_lists_models_and_hardware() -> None:
+    result = runner.invoke(app, ["catalog"], env={"COLUMNS": "160"})
+    assert result.exit_code == 0
+    for name in ("llama-3.1-8b", "h100-sxm", "mi300x", "vllm", "roofline"):
+        assert name in result.output
+    assert runner.invoke(app, ["catalog", "gpus"]).exit_code != 0
+
+
+def test_subprocess_entry_points(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmservingsim", "run", *SMALL, "--out", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["requests_completed"] == 40
+    bad = subprocess.run(
+        [sys.executable, "-m", "llmservingsim", "run", "--set", "nope=1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1
+    assert "Traceback" not in bad.stderr

@@ -1,0 +1,479 @@
+"""Invariants every batch scheduler keeps, checked step by step.
+
+Each policy in ``SCHEDULERS`` is driven two ways: directly (a BlockManager + scheduler fed
+Sequences, each step applied the way ``Instance.end_step`` applies it) and through a full
+``simulate`` run with a spy on the instance's steps. At every step:
+
+* the tokens of the step fit ``max_num_batched_tokens`` (orca/static may exceed it only in a
+  step that runs exactly one sequence: an over-long prompt alone, documented behaviour);
+* at most ``max_num_seqs`` sequences run;
+* KV blocks in use never exceed the cache and equal the blocks held by live sequences
+  (no leak, no double free, no block owned twice);
+* every scheduled sequence holds the KV blocks its new tokens need.
+
+At the end every request has finished with exactly its ``output_len`` tokens (preempted
+ones too) and every block is free again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import llmservingsim.simulation as simulation
+from llmservingsim.config import SchedulerConfig, load_config
+from llmservingsim.serving.block_manager import BlockManager
+from llmservingsim.serving.instance import Instance
+from llmservingsim.serving.schedulers import SCHEDULERS, Scheduler
+from llmservingsim.serving.schedulers.base import ScheduledEntry
+from llmservingsim.serving.sequence import Sequence, Status
+from llmservingsim.simulation import simulate
+from llmservingsim.workload.request_spec import RequestSpec
+
+POLICIES = SCHEDULERS.names()
+# Policies that run a prompt longer than the whole step budget alone in its own step.
+OVERSIZE_ALONE = {"orca", "static"}
+MAX_STEPS = 200_000
+
+
+def test_every_builtin_policy_is_covered() -> None:
+    for name in ("vllm", "orca", "static"):
+        assert name in POLICIES
+        SCHEDULERS.get(name)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_blocks(sched: Scheduler) -> None:
+    """Block accounting: used ≤ capacity, used = Σ blocks of live sequences, no duplicates."""
+    bm = sched.blocks
+    free = list(bm.free_blocks)
+    assert len(free) == len(set(free)), "a block is on the free list twice (double free)"
+    assert all(0 <= b < bm.num_blocks for b in free)
+    assert 0 <= bm.num_used <= bm.num_blocks
+    owned: set[int] = set()
+    held = 0
+    for seq in sched.running:
+        owned.update(seq.blocks)
+        held += len(seq.blocks)
+    assert held == len(owned), "a KV block is owned by two sequences (or twice by one)"
+    for seq in sched.waiting:
+        assert not seq.blocks, f"waiting request {seq.id} still holds KV blocks"
+    assert not owned & set(free), "a block is both owned and free"
+    assert bm.num_used == held, f"block leak: {bm.num_used} used, live sequences hold {held}"
+
+
+def check_step(sched: Scheduler, entries: list[ScheduledEntry], policy: str) -> None:
+    cfg = sched.cfg
+    bm = sched.blocks
+    seqs = [seq for seq, _ in entries]
+    assert len({id(s) for s in seqs}) == len(seqs), "a sequence is scheduled twice in a step"
+    assert len(entries) <= cfg.max_num_seqs
+    assert len(sched.running) <= cfg.max_num_seqs
+    tokens = sum(n for _, n in entries)
+    if tokens > cfg.max_num_batched_tokens:
+        assert policy in OVERSIZE_ALONE and len(entries) == 1, (
+            f"{policy}: {tokens} tokens in a step of {len(entries)} sequences "
+            f"> max_num_batched_tokens={cfg.max_num_batched_tokens}"
+        )
+    running = {id(s) for s in sched.running}
+    for seq, num_new in entries:
+        assert seq.status is Status.RUNNING
+        assert id(seq) in running
+        assert 1 <= num_new <= seq.remaining
+        assert len(seq.blocks) >= bm.blocks_needed(seq.num_computed + num_new), (
+            f"request {seq.id} computes {num_new} tokens without the KV blocks for them"
+        )
+    check_blocks(sched)
+
+
+def apply_step(sched: Scheduler, entries: list[ScheduledEntry]) -> list[Sequence]:
+    """What Instance.end_step does; returns the sequences that finished."""
+    finished = []
+    for seq, num_new in entries:
+        seq.num_computed += num_new
+        if seq.num_computed == seq.num_tokens:
+            seq.generated += 1
+            if seq.is_done:
+                seq.status = Status.FINISHED
+                finished.append(seq)
+    sched.drop_finished()
+    check_blocks(sched)
+    return finished
+
+
+# ----------------------------------------------------------------------------- direct driving
+
+
+@dataclasses.dataclass
+class DirectRun:
+    sched: Scheduler
+    seqs: list[Sequence]
+    failed: list[Sequence]
+    steps: int
+    max_seqs_in_step: int
+
+
+def make_scheduler(
+    policy: str, num_blocks: int, block_size: int, max_num_seqs: int, max_batched: int
+) -> Scheduler:
+    cfg = SchedulerConfig(
+        policy=policy,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_batched,
+        block_size=block_size,
+    )
+    return SCHEDULERS.get(policy)(cfg, BlockManager(num_blocks, block_size))
+
+
+def drive(
+    policy: str,
+    specs: list[RequestSpec],
+    *,
+    num_blocks: int,
+    block_size: int,
+    max_num_seqs: int,
+    max_batched: int,
+) -> DirectRun:
+    """Run the scheduler to completion; ``arrival_s`` is the step index a request arrives at."""
+    sched = make_scheduler(policy, num_blocks, block_size, max_num_seqs, max_batched)
+    pending = sorted(specs, key=lambda s: s.arrival_s)
+    seqs: list[Sequence] = []
+    failed: list[Sequence] = []
+    step = 0
+    nxt = 0
+    max_in_step = 0
+    for _ in range(MAX_STEPS):
+        while nxt < len(pending) and pending[nxt].arrival_s <= step:
+            seq = Sequence(pending[nxt])
+            nxt += 1
+            # Instance.add: a request that could never fit the cache fails up front.
+            if sched.max_blocks_needed(seq) > num_blocks:
+                seq.status = Status.FAILED
+                failed.append(seq)
+            else:
+                sched.add(seq)
+                seqs.append(seq)
+        if not sched.has_work():
+            if nxt == len(pending):
+                break
+            step = max(step + 1, int(pending[nxt].arrival_s))
+            continue
+        entries = sched.schedule()
+        check_step(sched, entries, policy)
+        assert entries, f"{policy}: scheduler has work but scheduled nothing (stuck)"
+        max_in_step = max(max_in_step, len(entries))
+        apply_step(sched, entries)
+        step += 1
+    else:
+        pytest.fail(f"{policy}: not done after {MAX_STEPS} steps")
+    return DirectRun(sched, seqs, failed, step, max_in_step)
+
+
+def check_done(run: DirectRun) -> None:
+    sched = run.sched
+    assert not sched.has_work()
+    for seq in run.seqs:
+        assert seq.status is Status.FINISHED, f"request {seq.id} never finished"
+        assert seq.generated == seq.spec.output_len
+        assert not seq.blocks
+    bm = sched.blocks
+    assert bm.num_free == bm.num_blocks, "blocks leaked after every request finished"
+    assert sorted(bm.free_blocks) == list(range(bm.num_blocks))
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    n = draw(st.integers(1, 8))
+    gaps = draw(st.lists(st.integers(0, 6), min_size=n, max_size=n))
+    specs = []
+    t = 0
+    for i, gap in enumerate(gaps):
+        t += gap
+        specs.append(
+            RequestSpec(
+                id=i,
+                arrival_s=float(t),
+                input_len=draw(st.integers(1, 600)),
+                output_len=draw(st.integers(1, 200)),
+            )
+        )
+    block_size = draw(st.sampled_from([4, 8, 16, 32]))
+    biggest = max(-(-(s.input_len + s.output_len - 1) // block_size) for s in specs)
+    # From "only the biggest request fits" (heavy preemption) to roomy.
+    num_blocks = biggest + draw(st.integers(0, 2 * biggest))
+    return {
+        "specs": specs,
+        "block_size": block_size,
+        "num_blocks": num_blocks,
+        "max_num_seqs": draw(st.integers(1, 8)),
+        "max_batched": draw(st.integers(16, 1024)),
+    }
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@settings(max_examples=150, deadline=None)
+@given(sc=scenarios())
+def test_direct_invariants(policy: str, sc: dict[str, Any]) -> None:
+    run = drive(
+        policy,
+        sc["specs"],
+        num_blocks=sc["num_blocks"],
+        block_size=sc["block_size"],
+        max_num_seqs=sc["max_num_seqs"],
+        max_batched=sc["max_batched"],
+    )
+    assert not run.failed  # the cache holds the biggest request by construction
+    check_done(run)
+    if policy == "static":
+        assert run.sched.preemptions == 0, "static batching reserves KV up front"
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@settings(max_examples=40, deadline=None)
+@given(sc=scenarios(), extra=st.integers(1, 50))
+def test_direct_too_big_requests_fail_and_others_finish(
+    policy: str, sc: dict[str, Any], extra: int
+) -> None:
+    """A cache smaller than some requests: those fail at arrival, the rest still finish."""
+    specs = sc["specs"]
+    bs = sc["block_size"]
+    smallest = min(-(-(s.input_len + s.output_len - 1) // bs) for s in specs)
+    run = drive(
+        policy,
+        specs,
+        num_blocks=smallest + extra % 3,
+        block_size=bs,
+        max_num_seqs=sc["max_num_seqs"],
+        max_batched=sc["max_batched"],
+    )
+    assert len(run.seqs) + len(run.failed) == len(specs)
+    assert run.seqs, "the smallest request fits and must be served"
+    check_done(run)
+
+
+def contended_specs(n: int = 6) -> list[RequestSpec]:
+    return [RequestSpec(id=i, arrival_s=0.0, input_len=100, output_len=150) for i in range(n)]
+
+
+@pytest.mark.parametrize("policy", ["vllm", "orca"])
+def test_direct_preemption_happens_and_preempted_requests_finish(policy: str) -> None:
+    # Each request peaks at ceil(249 / 16) = 16 blocks; 6 of them need 96, the cache has 40:
+    # all are admitted on their prompts (7 blocks each) and must preempt while decoding.
+    run = drive(
+        policy, contended_specs(), num_blocks=40, block_size=16, max_num_seqs=8, max_batched=2048
+    )
+    assert run.sched.preemptions > 0
+    assert any(seq.preemptions > 0 for seq in run.seqs)
+    assert run.max_seqs_in_step > 1
+    check_done(run)
+
+
+def test_direct_static_never_preempts_and_batches_wait_for_the_last() -> None:
+    specs = [
+        RequestSpec(id=0, arrival_s=0.0, input_len=10, output_len=5),
+        RequestSpec(id=1, arrival_s=0.0, input_len=10, output_len=50),
+        RequestSpec(id=2, arrival_s=0.0, input_len=10, output_len=5),
+    ]
+    sched = make_scheduler("static", 100, 16, max_num_seqs=2, max_batched=1024)
+    seqs = [Sequence(s) for s in specs]
+    for seq in seqs:
+        sched.add(seq)
+    steps = 0
+    while seqs[1].status is not Status.FINISHED:
+        entries = sched.schedule()
+        check_step(sched, entries, "static")
+        assert seqs[2] not in [s for s, _ in entries], "no request joins a running batch"
+        apply_step(sched, entries)
+        steps += 1
+    assert steps == 50
+    entries = sched.schedule()
+    assert [s for s, _ in entries] == [seqs[2]]
+    assert sched.preemptions == 0
+
+
+@pytest.mark.parametrize("policy", ["orca", "static"])
+def test_direct_oversized_prompt_runs_alone(policy: str) -> None:
+    specs = [
+        RequestSpec(id=0, arrival_s=0.0, input_len=500, output_len=3),
+        RequestSpec(id=1, arrival_s=0.0, input_len=10, output_len=3),
+    ]
+    sched = make_scheduler(policy, 100, 16, max_num_seqs=8, max_batched=64)
+    for s in specs:
+        sched.add(Sequence(s))
+    entries = sched.schedule()
+    assert [(s.id, n) for s, n in entries] == [(0, 500)]
+    check_step(sched, entries, policy)
+
+
+def test_direct_vllm_chunks_prompts_to_the_budget() -> None:
+    sched = make_scheduler("vllm", 100, 16, max_num_seqs=8, max_batched=64)
+    seq = Sequence(RequestSpec(id=0, arrival_s=0.0, input_len=500, output_len=3))
+    sched.add(seq)
+    chunks = []
+    while seq.generated == 0:
+        entries = sched.schedule()
+        check_step(sched, entries, "vllm")
+        chunks.append(entries[0][1])
+        apply_step(sched, entries)
+    assert chunks == [64] * 7 + [52]
+
+
+# ----------------------------------------------------------------------------- via simulate
+
+
+@dataclasses.dataclass
+class Spy:
+    policy: str
+    steps: int = 0
+    max_seqs_in_step: int = 0
+    max_used: int = 0
+
+
+@contextmanager
+def spying(policy: str, num_blocks: int | None) -> Iterator[Spy]:
+    """Check every step of a simulate() run; optionally shrink the KV cache to ``num_blocks``."""
+    spy = Spy(policy)
+    start_step = Instance.start_step
+    end_step = Instance.end_step
+    plan = simulation.plan_instance_memory
+
+    def spy_start(self: Instance) -> float | None:
+        duration = start_step(self)
+        entries = self._in_flight
+        if duration is None:
+            assert not entries
+            # Idle with work left would strand requests unless an arrival restarts it.
+            return None
+        assert duration > 0
+        check_step(self.scheduler, entries, spy.policy)
+        spy.steps += 1
+        spy.max_seqs_in_step = max(spy.max_seqs_in_step, len(entries))
+        spy.max_used = max(spy.max_used, self.scheduler.blocks.num_used)
+        return duration
+
+    def spy_end(self: Instance, now: float) -> None:
+        end_step(self, now)
+        check_blocks(self.scheduler)
+
+    def small_plan(cfg: Any) -> Any:
+        real = plan(cfg)
+        return real if num_blocks is None else dataclasses.replace(real, num_blocks=num_blocks)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Instance, "start_step", spy_start)
+        mp.setattr(Instance, "end_step", spy_end)
+        mp.setattr(simulation, "plan_instance_memory", small_plan)
+        yield spy
+
+
+def sim_config(policy: str, max_num_seqs: int, max_batched: int, block_size: int) -> Any:
+    return load_config(
+        None,
+        [
+            "model=llama-3.2-1b",
+            f"scheduler.policy={policy}",
+            f"scheduler.max_num_seqs={max_num_seqs}",
+            f"scheduler.max_num_batched_tokens={max_batched}",
+            f"scheduler.block_size={block_size}",
+        ],
+    )
+
+
+def check_records(result: Any, specs: list[RequestSpec], failed_ids: set[int]) -> None:
+    records = {r.id: r for r in result.metrics.records}
+    assert len(result.metrics.records) == len(specs), "every request gets exactly one record"
+    assert set(records) == {s.id for s in specs}
+    for spec in specs:
+        rec = records[spec.id]
+        if spec.id in failed_ids:
+            assert rec.status == "failed"
+            continue
+        assert rec.status == "finished", f"request {spec.id}: {rec.status}"
+        assert rec.output_tokens == spec.output_len
+        assert rec.arrival_s < rec.first_token_s <= rec.finish_s
+    summary = result.summary
+    assert summary["requests_completed"] == len(specs) - len(failed_ids)
+    assert summary["requests_failed"] == len(failed_ids)
+    assert summary["output_tokens"] == sum(s.output_len for s in specs if s.id not in failed_ids)
+
+
+@st.composite
+def sim_scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    n = draw(st.integers(1, 10))
+    specs = []
+    t = 0.0
+    for i in range(n):
+        t += draw(st.sampled_from([0.0, 0.0, 0.001, 0.005, 0.02, 0.1]))
+        specs.append(
+            RequestSpec(
+                id=i,
+                arrival_s=t,
+                input_len=draw(st.integers(1, 600)),
+                output_len=draw(st.integers(1, 200)),
+            )
+        )
+    block_size = draw(st.sampled_from([8, 16, 32]))
+    biggest = max(-(-(s.input_len + s.output_len - 1) // block_size) for s in specs)
+    return {
+        "specs": specs,
+        "block_size": block_size,
+        "num_blocks": biggest + draw(st.integers(0, 2 * biggest)),
+        "max_num_seqs": draw(st.integers(1, 8)),
+        "max_batched": draw(st.integers(16, 1024)),
+    }
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@settings(max_examples=60, deadline=None)
+@given(sc=sim_scenarios())
+def test_simulate_invariants(policy: str, sc: dict[str, Any]) -> None:
+    cfg = sim_config(policy, sc["max_num_seqs"], sc["max_batched"], sc["block_size"])
+    with spying(policy, sc["num_blocks"]) as spy:
+        result = simulate(cfg, requests=sc["specs"])
+    assert spy.max_used <= sc["num_blocks"]
+    check_records(result, sc["specs"], failed_ids=set())
+    assert result.summary["iterations"] == spy.steps
+    assert result.summary["max_batch_size"] == spy.max_seqs_in_step
+    if policy == "static":
+        assert result.summary["preemptions"] == 0
+    for rec in result.metrics.records:
+        if rec.preemptions:
+            assert rec.status == "finished"
+
+
+@pytest.mark.parametrize("policy", ["vllm", "orca"])
+def test_simulate_preemption_happens_and_preempted_requests_finish(policy: str) -> None:
+    specs = contended_specs(8)
+    cfg = sim_config(policy, max_num_seqs=8, max_batched=2048, block_size=16)
+    with spying(policy, num_blocks=40) as spy:
+        result = simulate(cfg, requests=specs)
+    assert result.summary["preemptions"] > 0
+    preempted = [r for r in result.metrics.records if r.preemptions > 0]
+    assert preempted
+    assert sum(r.preemptions for r in result.metrics.records) == result.summary["preemptions"]
+    assert spy.max_seqs_in_step > 1
+    check_records(result, specs, failed_ids=set())
+    # Recompute costs extra prefill: more prefill tokens than the prompts alone.
+    assert result.summary["prefill_tokens_computed"] > sum(s.input_len for s in specs)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_simulate_mixed_failures_with_small_cache(policy: str) -> None:
+    specs = [
+        RequestSpec(id=0, arrival_s=0.0, input_len=100, output_len=150),
+        RequestSpec(id=1, arrival_s=0.0, input_len=600, output_len=200),  # 50 blocks: fails
+        RequestSpec(id=2, arrival_s=0.01, input_len=300, output_len=100),
+        RequestSpec(id=3, arrival_s=0.01, input_len=20, output_len=200),
+    ]
+    cfg = sim_config(policy, max_num_seqs=4, max_batched=256, block_size=16)
+    with spying(policy, num_blocks=30):
+        result = simulate(cfg, requests=specs)
+    check_records(result, specs, failed_ids={1})
