@@ -97,3 +97,15 @@ def test_subprocess_entry_points(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1
     assert "Traceback" not in bad.stderr
+
+
+def test_examples_are_valid_configs() -> None:
+    from llmservingsim.config import load_config
+
+    examples = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        cfg = load_config(path, ["workload.num_requests=20"])
+        from llmservingsim.simulation import simulate
+
+        assert simulate(cfg).summary["requests_completed"] == 20

@@ -80,7 +80,7 @@ def test_bad_values_are_one_line_errors(override: str, fragment: str) -> None:
 
 
 def test_malformed_override_and_yaml(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="expected key.path=value"):
+    with pytest.raises(ConfigError, match=r"expected key\.path=value"):
         load_config(None, ["seed"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")
