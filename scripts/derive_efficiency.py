@@ -10,6 +10,11 @@ Fits, per GPU, by least squares on log(time) (i.e. minimising relative error):
   attention  t = max(flops / (peak * attention_compute), bytes / (bw_mem * memory)) + launch
   all-reduce t = 2(p-1) * latency + 2(p-1)/p * S / bandwidth
 
+Recommended values (the printed YAML): per-layer-sum fit (residual on the sum of a layer's 9
+profiled ops) with compute_half_m FIXED at 32 and compute_max, memory, kernel_launch_us fitted;
+the same fit with compute_half_m free is printed for comparison (see docs/calibration.md).
+attention_compute is taken from published FlashAttention throughput, not fitted.
+
 Data (see shared/data/README.md sections 1-2): Vidur per-layer operator profiles
 (profiles/vidur/compute/<sku>/*/*/mlp.csv, ms, median column), Vidur all-reduce profiles
 (profiles/vidur/network/<node>/all_reduce.csv) and LLMServingSim H100 profiles
@@ -84,6 +89,23 @@ LSS_MEM = {
     "final_layernorm": "mem:norm",
     "rope": "mem:rope",
     "act_fn": "mem:act",
+}
+
+# Recommended compute_half_m: FIXED, not fitted. Left free, the per-layer-sum fit gives
+# half_m ~ 0.45-0.55 x each GPU's peak/bandwidth ratio (a memory effect absorbed by the compute
+# term), which puts a compute floor under small-M (decode) GEMMs that does not scale with memory
+# bandwidth. 32 keeps GEMMs with M below one 64-row MMA tile memory (weight-streaming) bound.
+FIXED_HALF_M = 32.0
+
+# attention_compute is NOT fitted (the LLMServingSim H100 attention table cannot calibrate FLOP
+# efficiency: its prefill time depends only on kv_cache_size, not on the chunk). Published
+# forward-pass throughput instead: FlashAttention-3 (bf16, d=128, 512-16k tokens) ~470-650 of
+# 989 TFLOP/s on H100 -> 0.50 for Hopper/Blackwell; FlashAttention-2 50-73 % of A100 peak ->
+# 0.60 for Ampere/Ada.
+ATTENTION_COMPUTE = {
+    "h100": (0.50, "FlashAttention-3 paper: ~0.5-0.65 of H100 peak (fwd, bf16, d=128)"),
+    "a100": (0.60, "FlashAttention-2 paper: 50-73% of A100 peak (fwd)"),
+    "a40": (0.60, "Ampere: FlashAttention-2 A100 figure (50-73%), not measured on A40"),
 }
 
 NET_NODES = ("h100_dgx", "h100_pairwise_nvlink", "a100_dgx", "a100_pairwise_nvlink")
@@ -343,22 +365,53 @@ def layer_sums(a, pred):
     return np.bincount(idx, weights=pred), np.bincount(idx, weights=a["t"]), idx
 
 
-def fit_layer_sum(a, peak, bw):
-    """Same 4 parameters; least squares on log of the per-layer sum (what a step adds up)."""
+def fit_layer_sum(a, peak, bw, *, fix=None):
+    """Same 4 parameters; least squares on log of the per-layer sum (what a step adds up).
+
+    ``fix`` maps parameter names (as in fit_operators) to values held constant."""
+    fix = fix or {}
+    names = ("compute_max", "compute_half_m", "memory", "kernel_launch_us")
+    lo = np.array([0.05, 0.0, 0.05, 0.0])
+    hi = np.array([1.0, 4096.0, 1.0, 100.0])
+    free = [i for i, nm in enumerate(names) if nm not in fix]
     _, idx = np.unique(a["row"], return_inverse=True)
     meas = np.log(np.bincount(idx, weights=a["t"]))
 
-    def resid(x):
-        return np.log(np.bincount(idx, weights=predict(x, a, peak, bw))) - meas
+    def full(xf, base):
+        x = base.copy()
+        for nm, v in fix.items():
+            x[names.index(nm)] = v
+        x[free] = xf
+        return x
 
-    best = None
+    best, best_x = None, None
     for h in (16.0, 64.0, 256.0):
-        r = least_squares(
-            resid, [0.7, h, 0.7, 5.0], bounds=([0.05, 0, 0.05, 0], [1, 4096, 1, 100]), x_scale="jac"
-        )
+        x0 = full(np.array([0.7, h, 0.7, 5.0])[free], np.array([0.7, h, 0.7, 5.0]))
+
+        def resid(xf, x0=x0):
+            return np.log(np.bincount(idx, weights=predict(full(xf, x0), a, peak, bw))) - meas
+
+        r = least_squares(resid, x0[free], bounds=(lo[free], hi[free]), x_scale="jac")
         if best is None or r.cost < best.cost:
-            best = r
-    return best.x
+            best, best_x = r, full(r.x, x0)
+        if "compute_half_m" in fix:  # the start points only differ in compute_half_m
+            break
+    return best_x
+
+
+def bw_speedup(params, a, peak, bw, factor=2.0, *, launch=True):
+    """Median (over model/TP points) speed-up of the M=1 layer sum when bandwidth x factor.
+
+    launch=False drops kernel_launch_us (which no bandwidth can shorten): the roofline part."""
+    one = subset(a, a["m"] == 1)
+    if len(one["t"]) == 0:
+        return float("nan")
+    p = np.array(params, float)
+    if not launch:
+        p[3] = 0.0
+    t1, _, _ = layer_sums(one, predict(p, one, peak, bw))
+    t2, _, _ = layer_sums(one, predict(p, one, peak, bw * factor))
+    return float(np.median(t1 / t2))
 
 
 def ape(pred, meas):
@@ -563,6 +616,7 @@ def main(argv=None) -> int:
 
     fitted = {}
     summary_rows = []
+    layer_rows = []
     for sku, dev in DEVICES.items():
         a = load_vidur(data, sku)
         if len(a["t"]) == 0:
@@ -583,18 +637,28 @@ def main(argv=None) -> int:
         print(f"mem-op-only fit            : mem={p_mem[2]:.3f} launch={p_mem[3]:.2f}us")
         pred = predict(p_all, a, peak, bw)
         ins = mape_by(a, pred)
-        p_lay = fit_layer_sum(a, peak, bw)
+        p_free = fit_layer_sum(a, peak, bw)
+        p_lay = fit_layer_sum(a, peak, bw, fix={"compute_half_m": FIXED_HALF_M})
         pred_lay = predict(p_lay, a, peak, bw)
         lay_ops = mape_by(a, pred_lay)
-        print(f"per-layer-sum fit          : {fmt_params(p_lay)}")
+        print(f"per-layer-sum fit, half free: {fmt_params(p_free)}")
+        print(f"per-layer-sum fit, half={FIXED_HALF_M:.0f} : {fmt_params(p_lay)}   <- recommended")
+        ratio = peak / bw
+        print(
+            f"peak/bandwidth = {ratio:.0f} FLOP/B; free-fit half_m / ratio = "
+            f"{p_free[1] / ratio:.2f}"
+        )
         lrows = []
+        lmape = {}
+        small = np.array([int(r.split("|")[2]) <= 64 for r in np.unique(a["row"])])
         for nm, pp in (
             ("joint", pred),
             ("GEMM-only", predict(p_gemm, a, peak, bw)),
-            ("layer-sum", pred_lay),
+            ("layer-sum, half free", predict(p_free, a, peak, bw)),
+            (f"layer-sum, half={FIXED_HALF_M:.0f} (rec.)", pred_lay),
         ):
             ps, ms, _ = layer_sums(a, pp)
-            small = np.array([int(r.split("|")[2]) <= 64 for r in np.unique(a["row"])])
+            lmape[nm] = (ape(ps, ms).mean(), ape(ps[small], ms[small]).mean())
             lrows.append(
                 (
                     nm,
@@ -604,13 +668,23 @@ def main(argv=None) -> int:
                     f"{np.median(ps / ms - 1) * 100:+.1f}",
                 )
             )
+        speed = {
+            nm: (bw_speedup(pp, a, peak, bw), bw_speedup(pp, a, peak, bw, launch=False))
+            for nm, pp in (("free", p_free), ("rec", p_lay))
+        }
+        print(
+            "batch-1 decode (M=1 layer sum, median over model/TP points) speed-up with 2x "
+            f"memory bandwidth, with launch | launch excluded: half free "
+            f"{speed['free'][0]:.2f}x | {speed['free'][1]:.2f}x, "
+            f"half={FIXED_HALF_M:.0f} {speed['rec'][0]:.2f}x | {speed['rec'][1]:.2f}x"
+        )
         print_table(
             f"[{sku}] per-layer time (sum of 9 ops) MAPE % by parameter set",
             ("fit", "MAPE layer", "M<=64", "M>64", "median bias"),
             lrows,
         )
         print_table(
-            f"[{sku}] per-op MAPE % with the layer-sum fit",
+            f"[{sku}] per-op MAPE % with the recommended layer-sum fit (half_m={FIXED_HALF_M:.0f})",
             ("family", "n", "MAPE", "bias"),
             [(k, v[0], f"{v[1]:.1f}", f"{v[2]:+.1f}") for k, v in lay_ops.items()],
         )
@@ -639,15 +713,21 @@ def main(argv=None) -> int:
         ho = mape_by(te, predict(p_tr, te, peak, bw))
         ho_models = mape_by(te, predict(p_tr, te, peak, bw), key="model")
         print(f"held-out fit on {args.holdout_train}: {fmt_params(p_tr)}")
-        p_ltr = fit_layer_sum(subset(a, tr), peak, bw)
-        ps, ms, _ = layer_sums(te, predict(p_ltr, te, peak, bw))
-        ho_lay_ops = mape_by(te, predict(p_ltr, te, peak, bw))
-        print(
-            f"held-out layer-sum fit on {args.holdout_train}: {fmt_params(p_ltr)} "
-            f"-> per-layer MAPE on other models {ape(ps, ms).mean():.1f}%, "
-            f"per-op MAPE gemm {ho_lay_ops['ALL gemm'][1]:.1f}% "
-            f"mem {ho_lay_ops['ALL mem'][1]:.1f}% all {ho_lay_ops['ALL'][1]:.1f}%"
-        )
+        ho_layer = {}
+        for nm, fix in (
+            ("half free", None),
+            (f"half={FIXED_HALF_M:.0f}", {"compute_half_m": FIXED_HALF_M}),
+        ):
+            p_ltr = fit_layer_sum(subset(a, tr), peak, bw, fix=fix)
+            ps, ms, _ = layer_sums(te, predict(p_ltr, te, peak, bw))
+            ho_lay_ops = mape_by(te, predict(p_ltr, te, peak, bw))
+            ho_layer[nm] = ape(ps, ms).mean()
+            print(
+                f"held-out layer-sum fit ({nm}) on {args.holdout_train}: {fmt_params(p_ltr)} "
+                f"-> per-layer MAPE on other models {ape(ps, ms).mean():.1f}%, "
+                f"per-op MAPE gemm {ho_lay_ops['ALL gemm'][1]:.1f}% "
+                f"mem {ho_lay_ops['ALL mem'][1]:.1f}% all {ho_lay_ops['ALL'][1]:.1f}%"
+            )
         rows = []
         for fam in ins:
             n, e, b = ins[fam]
@@ -682,8 +762,33 @@ def main(argv=None) -> int:
             ("bin", "n", "MAPE", "bias %"),
             m_bins(a, pred, sku),
         )
+        print_table(
+            f"[{sku}] GEMM error by M (recommended layer-sum fit, half_m={FIXED_HALF_M:.0f})",
+            ("bin", "n", "MAPE", "bias %"),
+            m_bins(a, pred_lay, sku),
+        )
         fitted[sku] = dict(
             joint=p_all, gemm=p_gemm, mem=p_mem, holdout=p_tr, ins=ins, ho=ho, layer=p_lay
+        )
+        rec_nm = f"layer-sum, half={FIXED_HALF_M:.0f} (rec.)"
+        layer_rows.append(
+            (
+                sku,
+                f"{p_lay[0]:.3f}",
+                f"{p_lay[2]:.3f}",
+                f"{p_lay[3]:.2f}",
+                f"{lmape[rec_nm][0]:.1f}",
+                f"{lmape[rec_nm][1]:.1f}",
+                f"{ho_layer[f'half={FIXED_HALF_M:.0f}']:.1f}",
+                f"{speed['rec'][0]:.2f}/{speed['rec'][1]:.2f}",
+                f"{p_free[0]:.3f}/{p_free[1]:.0f}/{p_free[2]:.3f}/{p_free[3]:.2f}",
+                f"{lmape['layer-sum, half free'][0]:.1f}",
+                f"{lmape['layer-sum, half free'][1]:.1f}",
+                f"{ho_layer['half free']:.1f}",
+                f"{speed['free'][0]:.2f}/{speed['free'][1]:.2f}",
+                f"{ratio:.0f}",
+                f"{p_free[1] / ratio:.2f}",
+            )
         )
         summary_rows.append(
             (
@@ -760,6 +865,30 @@ def main(argv=None) -> int:
             "MAPE held-out",
         ),
         summary_rows,
+    )
+
+    print_table(
+        f"Per-layer-sum fits: recommended (compute_half_m fixed at {FIXED_HALF_M:.0f}) vs "
+        "half_m free (MAPE % of per-layer time; 2xBW = speed-up of a batch-1 decode layer with 2x "
+        "bandwidth, with/without launch time)",
+        (
+            "device",
+            "compute_max",
+            "memory",
+            "launch_us",
+            "MAPE layer",
+            "M<=64",
+            "held-out",
+            "2xBW",
+            "free: cmax/half/mem/launch",
+            "MAPE layer",
+            "M<=64",
+            "held-out",
+            "2xBW",
+            "peak/bw",
+            "half/(peak/bw)",
+        ),
+        layer_rows,
     )
 
     # attention on H100
@@ -950,26 +1079,24 @@ def main(argv=None) -> int:
         )
 
     # YAML
+    if ac_h100 is not None:
+        print(
+            f"\n(attention_compute fitted on the LLMServingSim H100 table: {ac_h100[0]:.3f} all "
+            f"prefill rows, {ac_h100[1]:.3f} new>=512 rows; NOT used, see ATTENTION_COMPUTE)"
+        )
     print(
-        "\n# ---- fitted efficiency: values (recommended: per-layer-sum fit; "
-        "attention_compute measured on H100 only)"
+        f"\n# ---- recommended efficiency: per-layer-sum fit with compute_half_m fixed at "
+        f"{FIXED_HALF_M:.0f};\n# attention_compute from published FlashAttention throughput "
+        "(not fitted)"
     )
     for sku, f in fitted.items():
         cmax, half_m, em, lu = f["layer"]
-        if ac_h100 is not None:
-            ac = ac_h100[1] if sku == "h100" else ac_h100[1] / fitted["h100"]["layer"][0] * cmax
-            note = (
-                "fit, new>=512 rows, kv_cache_size incl. chunk"
-                if sku == "h100"
-                else "not measured: H100 attention_compute/compute_max x this compute_max"
-            )
-        else:
-            ac, note = float("nan"), "no data"
+        ac, note = ATTENTION_COMPUTE[sku]
         print(f"# {sku} ({DEVICES[sku]['label']})")
         print("efficiency:")
         print(f"  compute_max: {cmax:.3f}")
-        print(f"  compute_half_m: {half_m:.0f}")
-        print(f"  attention_compute: {min(ac, 1.0):.3f}   # {note}")
+        print(f"  compute_half_m: {half_m:.0f}   # fixed, not fitted")
+        print(f"  attention_compute: {ac:.2f}   # {note}")
         print(f"  memory: {em:.3f}")
         print(f"  kernel_launch_us: {lu:.1f}")
     return 0
