@@ -54,6 +54,8 @@ class Engine:
             return self.now
 
     def _loop(self, requests: SequenceOf[RequestSpec]) -> float:
+        # The loop walks arrivals in order; a caller's list may not be sorted (stable sort).
+        requests = sorted(requests, key=lambda r: r.arrival_s)
         events = self._events
         next_arrival = 0
         num_requests = len(requests)
