@@ -62,7 +62,7 @@ class Instance:
         batch = BatchShape()
         for seq, num_new in entries:
             samples = seq.num_computed + num_new == seq.num_tokens
-            if num_new == 1 and seq.generated > 0:
+            if samples and num_new == 1 and seq.generated > 0:
                 batch.num_decode += 1
                 batch.decode_context += seq.num_computed + 1
             else:

@@ -50,9 +50,5 @@ class Sequence:
         return self.num_tokens - self.num_computed
 
     @property
-    def in_prefill(self) -> bool:
-        return self.remaining > 1 or self.generated == 0
-
-    @property
     def is_done(self) -> bool:
         return self.generated >= self.spec.output_len
