@@ -218,16 +218,18 @@ def engine_settings(row: dict[str, str], model_ctx: int) -> tuple[list[str], str
     source = row["source"]
     if "TensorRT-LLM" in engine:
         # trtllm-bench max-throughput: large runtime batch, chunked context, KV from 90-95 % of
-        # the *free* memory after weights; 0.9 of total minus weights is close to that.
+        # the *free* memory after weights; 0.9 of total minus weights is close to that. Its
+        # default capacity policy GUARANTEED_NO_EVICT admits a request only when its whole
+        # KV lifetime fits: our `no_evict` policy.
         return (
             [
-                "scheduler.policy=vllm",
+                "scheduler.policy=no_evict",
                 "scheduler.max_num_seqs=2048",
                 "scheduler.max_num_batched_tokens=8192",
                 "scheduler.block_size=32",
                 "scheduler.gpu_memory_utilization=0.9",
             ],
-            "TRT-LLM-like: chunked, max_num_seqs 2048, 8192 tok/step, block 32, util 0.9",
+            "TRT-LLM-like: no_evict, chunked, max_num_seqs 2048, 8192 tok/step, block 32, util 0.9",
             [],
         )
     if "apex_plus" in source:

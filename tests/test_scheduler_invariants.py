@@ -276,6 +276,22 @@ def test_direct_preemption_happens_and_preempted_requests_finish(policy: str) ->
     check_done(run)
 
 
+def test_direct_no_evict_never_preempts_where_vllm_must() -> None:
+    # Same contention as above: 40 blocks, six requests peaking at 16 blocks each. Only two
+    # lifetimes fit at once (32 of 40 blocks), so no_evict runs at most two and never preempts.
+    run = drive(
+        "no_evict",
+        contended_specs(),
+        num_blocks=40,
+        block_size=16,
+        max_num_seqs=8,
+        max_batched=2048,
+    )
+    assert run.sched.preemptions == 0
+    assert run.max_seqs_in_step == 2
+    check_done(run)
+
+
 def test_direct_static_never_preempts_and_batches_wait_for_the_last() -> None:
     specs = [
         RequestSpec(id=0, arrival_s=0.0, input_len=10, output_len=5),

@@ -1,0 +1,26 @@
+"""Continuous batching that never evicts: TensorRT-LLM's GUARANTEED_NO_EVICT capacity policy.
+
+Like ``vllm`` (token budget, running requests first, chunked prefill), but a waiting request is
+admitted only when the KV blocks for its *whole* lifetime (prompt + every output token) fit in
+what is not already promised to running requests. Running requests can therefore always grow,
+and preemption never happens; the price is a smaller batch when outputs are long.
+"""
+
+from __future__ import annotations
+
+from llmservingsim.serving.schedulers.base import SCHEDULERS
+from llmservingsim.serving.schedulers.vllm import VllmScheduler
+from llmservingsim.serving.sequence import Sequence
+
+
+@SCHEDULERS.register("no_evict")
+class NoEvictScheduler(VllmScheduler):
+    def promised_blocks(self) -> int:
+        """Blocks running requests will still claim before they finish."""
+        return sum(self.max_blocks_needed(s) - len(s.blocks) for s in self.running)
+
+    def prefill_tokens(self, seq: Sequence, budget: int, step_is_empty: bool) -> int:
+        unpromised = self.blocks.num_free - self.promised_blocks()
+        if self.max_blocks_needed(seq) - len(seq.blocks) > unpromised:
+            return 0
+        return super().prefill_tokens(seq, budget, step_is_empty)
