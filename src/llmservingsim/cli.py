@@ -18,12 +18,12 @@ from rich.table import Table
 
 from llmservingsim import __version__
 from llmservingsim.catalog import device_names, load_device, load_model, model_names
-from llmservingsim.config import load_config
+from llmservingsim.config import SimConfig, load_config
 from llmservingsim.errors import UserError
 from llmservingsim.hardware.backends import PERF_BACKENDS
 from llmservingsim.outputs.files import write_requests_csv, write_summary
 from llmservingsim.serving.schedulers import SCHEDULERS
-from llmservingsim.simulation import simulate
+from llmservingsim.simulation import SimulationResult, load_requests, simulate
 
 app = typer.Typer(
     name="llmservingsim",
@@ -143,11 +143,9 @@ def run(
         raise typer.Exit(code=130)
 
 
-def _run_with_progress(cfg: Any, show: bool) -> Any:
+def _run_with_progress(cfg: SimConfig, show: bool) -> SimulationResult:
     if not show:
         return simulate(cfg)
-    from llmservingsim.simulation import load_requests
-
     requests = load_requests(cfg)
     columns = (
         TextColumn("[bold]simulating"),
