@@ -10,7 +10,6 @@ batch.
 from __future__ import annotations
 
 from llmservingsim.serving.schedulers.base import SCHEDULERS, ScheduledEntry, Scheduler
-from llmservingsim.serving.sequence import Status
 
 
 @SCHEDULERS.register("static")
@@ -23,11 +22,8 @@ class StaticScheduler(Scheduler):
             prompt = seq.remaining
             if reserve > self.blocks.num_free or (prompt > budget and self.running):
                 break
-            self.waiting.popleft()
-            for _ in range(reserve):
-                seq.blocks.append(self.blocks.free_blocks.popleft())
-            seq.status = Status.RUNNING
-            self.running.append(seq)
+            # Reserve the KV of the whole lifetime now (num_computed is 0 before admission).
+            self.admit(seq, seq.spec.input_len + seq.spec.output_len - 1)
             budget -= prompt
 
     def schedule(self) -> list[ScheduledEntry]:
