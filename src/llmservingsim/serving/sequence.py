@@ -50,5 +50,10 @@ class Sequence:
         return self.num_tokens - self.num_computed
 
     @property
+    def max_kv_tokens(self) -> int:
+        """Tokens whose KV the request holds at its largest (the last token's is never written)."""
+        return self.spec.input_len + self.spec.output_len - 1
+
+    @property
     def is_done(self) -> bool:
         return self.generated >= self.spec.output_len

@@ -36,8 +36,8 @@ class Scheduler(ABC):
         return bool(self.waiting or self.running)
 
     def max_blocks_needed(self, seq: Sequence) -> int:
-        """KV blocks the request holds at its largest (the last token's KV is never written)."""
-        return self.blocks.blocks_needed(seq.spec.input_len + seq.spec.output_len - 1)
+        """KV blocks the request holds at its largest."""
+        return self.blocks.blocks_needed(seq.max_kv_tokens)
 
     def preempt(self, seq: Sequence) -> None:
         """Recompute preemption: drop the KV and put the request back at the queue head."""

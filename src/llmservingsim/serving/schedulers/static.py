@@ -23,7 +23,7 @@ class StaticScheduler(Scheduler):
             if reserve > self.blocks.num_free or (prompt > budget and self.running):
                 break
             # Reserve the KV of the whole lifetime now (num_computed is 0 before admission).
-            self.admit(seq, seq.spec.input_len + seq.spec.output_len - 1)
+            self.admit(seq, seq.max_kv_tokens)
             budget -= prompt
 
     def schedule(self) -> list[ScheduledEntry]:
