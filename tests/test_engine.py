@@ -20,6 +20,7 @@ from llmservingsim.config import SimConfig, load_config
 from llmservingsim.engine import Engine
 from llmservingsim.outputs.files import write_summary
 from llmservingsim.serving.instance import Instance
+from llmservingsim.serving.sequence import Sequence
 from llmservingsim.simulation import SimulationResult, load_requests, simulate
 from llmservingsim.workload.request_spec import RequestSpec
 
@@ -65,15 +66,17 @@ def recording_steps() -> Iterator[list[Step]]:
         clock[0] = self.now
         try_start(self, instance)
 
-    def spy_start(self: Instance) -> float | None:
-        duration = start_step(self)
-        if duration is not None:
-            steps.append(Step(clock[0], duration, [seq.id for seq, _ in self._in_flight]))
-        return duration
+    def spy_start(self: Instance, now: float) -> tuple[float, int] | None:
+        started = start_step(self, now)
+        if started is not None:
+            finish, k = started
+            ids = [seq.id for seq, _ in self.engines[k].in_flight]
+            steps.append(Step(clock[0], finish - now, ids))
+        return started
 
-    def spy_end(self: Instance, now: float) -> None:
+    def spy_end(self: Instance, engine_index: int, now: float) -> list[Sequence]:
         steps[-1].end = now
-        end_step(self, now)
+        return end_step(self, engine_index, now)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Engine, "_try_start", spy_try_start)

@@ -9,6 +9,7 @@ from llmservingsim.config import load_config
 from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.model.ops import OpGraph
+from llmservingsim.network.topology import Topology
 from llmservingsim.perf.iteration import BatchShape, IterationTimer
 from llmservingsim.serving.memory import weight_bytes_per_device
 from llmservingsim.simulation import simulate
@@ -19,7 +20,16 @@ MODEL = "llama-3.1-8b"
 
 def _timer(device: DeviceSpec, tp: int = 1) -> IterationTimer:
     spec = load_model(MODEL)
-    return IterationTimer(spec, device, RooflineBackend(device, "bf16"), tp, "bf16", "bf16")
+    backend = RooflineBackend(device, "bf16")
+    return IterationTimer(
+        spec,
+        device,
+        backend,
+        Topology.build(device),
+        tensor_parallel=tp,
+        dtype="bf16",
+        kv_dtype="bf16",
+    )
 
 
 def _with_bandwidth(device: DeviceSpec, factor: float) -> DeviceSpec:

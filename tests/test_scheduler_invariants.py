@@ -361,26 +361,27 @@ def spying(policy: str, num_blocks: int | None) -> Iterator[Spy]:
     end_step = Instance.end_step
     plan = simulation.plan_instance_memory
 
-    def spy_start(self: Instance) -> float | None:
-        duration = start_step(self)
-        entries = self._in_flight
-        if duration is None:
-            assert not entries
-            # Idle with work left would strand requests unless an arrival restarts it.
+    def spy_start(self: Instance, now: float) -> tuple[float, int] | None:
+        started = start_step(self, now)
+        if started is None:
             return None
-        assert duration > 0
-        check_step(self.scheduler, entries, spy.policy)
+        finish, k = started
+        entries = self.engines[k].in_flight
+        assert entries
+        assert finish > now
+        check_step(self.engines[k].scheduler, entries, spy.policy)
         spy.steps += 1
         spy.max_seqs_in_step = max(spy.max_seqs_in_step, len(entries))
         spy.max_used = max(spy.max_used, self.scheduler.blocks.num_used)
-        return duration
+        return started
 
-    def spy_end(self: Instance, now: float) -> None:
-        end_step(self, now)
-        check_blocks(self.scheduler)
+    def spy_end(self: Instance, engine_index: int, now: float) -> list[Sequence]:
+        handoffs = end_step(self, engine_index, now)
+        check_blocks(self.engines[engine_index].scheduler)
+        return handoffs
 
-    def small_plan(cfg: Any) -> Any:
-        real = plan(cfg)
+    def small_plan(cfg: Any, pool: Any = None) -> Any:
+        real = plan(cfg, pool)
         return real if num_blocks is None else dataclasses.replace(real, num_blocks=num_blocks)
 
     with pytest.MonkeyPatch.context() as mp:

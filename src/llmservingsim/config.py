@@ -120,12 +120,99 @@ class WorkloadConfig(_Section):
 # ----------------------------------------------------------------------------- serving
 
 
+class LinkOverride(_Section):
+    """Replaces some alpha-beta parameters of one link level of the device YAML."""
+
+    bandwidth_gbps: float | None = Field(default=None, gt=0)
+    latency_us: float | None = Field(default=None, ge=0)
+    call_latency_us: float | None = Field(default=None, ge=0)
+    efficiency: float | None = Field(default=None, gt=0, le=1)
+    links_per_node: int | None = Field(default=None, ge=1)
+
+
+class NetworkConfig(_Section):
+    """Topology: devices in nodes, nodes in racks, racks behind a (maybe oversubscribed) spine."""
+
+    devices_per_node: int | None = Field(default=None, ge=1, description="default: device YAML")
+    nodes_per_rack: int = Field(default=32, ge=1)
+    oversubscription: float = Field(default=1.0, ge=1, description="spine vs rack bandwidth")
+    intra_node: LinkOverride = LinkOverride()
+    inter_node: LinkOverride = LinkOverride()
+    custom_allreduce: bool = Field(
+        default=True, description="engine's one-kernel all-reduce inside a node (vLLM default)"
+    )
+
+
+class PoolConfig(_Section):
+    """A group of identical instances; prefill + decode pools = P/D disaggregation."""
+
+    name: str | None = None
+    role: Literal["mixed", "prefill", "decode"] = "mixed"
+    count: int = Field(default=1, ge=1)
+    hardware: str | None = Field(default=None, description="default: the top-level hardware")
+    tensor_parallel: int = Field(default=1, ge=1)
+    pipeline_parallel: int = Field(default=1, ge=1)
+    expert_parallel: int = Field(default=1, ge=1)
+
+
 class ClusterConfig(_Section):
     instances: int = Field(default=1, ge=1)
     tensor_parallel: int = Field(default=1, ge=1)
     pipeline_parallel: int = Field(default=1, ge=1)
     expert_parallel: int = Field(default=1, ge=1)
+    pools: list[PoolConfig] | None = Field(
+        default=None, description="heterogeneous instance groups; replaces the keys above"
+    )
     router: str = "round_robin"
+    decode_router: str | None = Field(
+        default=None, description="P/D: picks the decode instance (default: same as router)"
+    )
+    network: NetworkConfig = NetworkConfig()
+
+    @model_validator(mode="after")
+    def _pools_replace_flat_keys(self) -> ClusterConfig:
+        if self.pools is None:
+            return self
+        flat = {"instances", "tensor_parallel", "pipeline_parallel", "expert_parallel"}
+        both = sorted(flat & self.model_fields_set)
+        if both:
+            raise ValueError(
+                f"'pools' replaces {', '.join(both)}: set them per pool (count, tensor_parallel…)"
+            )
+        if not self.pools:
+            raise ValueError("'pools' is empty: list at least one pool")
+        roles = {pool.role for pool in self.pools}
+        if roles & {"prefill", "decode"}:
+            if "mixed" in roles:
+                raise ValueError("mix either 'mixed' pools or prefill + decode pools, not both")
+            if "decode" not in roles:
+                raise ValueError("a disaggregated config (role: prefill) needs a decode pool")
+            if "prefill" not in roles:
+                raise ValueError("a decode pool needs a prefill pool to receive requests from")
+        return self
+
+    def resolved_pools(self, hardware: str) -> list[PoolConfig]:
+        """The pools to build: the flat keys become one mixed pool."""
+        if self.pools is None:
+            return [
+                PoolConfig(
+                    name="default",
+                    count=self.instances,
+                    hardware=hardware,
+                    tensor_parallel=self.tensor_parallel,
+                    pipeline_parallel=self.pipeline_parallel,
+                    expert_parallel=self.expert_parallel,
+                )
+            ]
+        return [
+            pool.model_copy(
+                update={
+                    "name": pool.name or f"{pool.role}{i}",
+                    "hardware": pool.hardware or hardware,
+                }
+            )
+            for i, pool in enumerate(self.pools)
+        ]
 
 
 class SchedulerConfig(_Section):

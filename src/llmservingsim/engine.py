@@ -1,7 +1,9 @@
-"""Discrete-event loop: request arrivals and per-instance step ends, in time order.
+"""Discrete-event loop: request arrivals, batch completions and KV-cache transfers, in time order.
 
 A request that arrives while an instance is mid-step joins at the next step boundary, as in a
-real engine. An idle instance starts a step as soon as it has work. Ties are broken by a
+real engine. An idle instance starts a step as soon as it has work; a pipelined instance starts
+its next micro-batch when stage 0 frees up (a wake-up event). A request prefilled on a
+prefill instance reaches its decode instance when its KV transfer ends. Ties are broken by a
 monotone counter so a run is fully deterministic.
 """
 
@@ -10,40 +12,67 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 from collections.abc import Sequence as SequenceOf
+from typing import Protocol
 
 from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.sequence import Sequence
 from llmservingsim.workload.request_spec import RequestSpec
 
-Router = Callable[[RequestSpec], int]
 ProgressHook = Callable[[float], None]
+
+STEP_END, WAKE, KV_ARRIVAL = 0, 1, 2
+
+
+class Dispatcher(Protocol):
+    """Where requests go: the cluster's routers and its KV-transfer model."""
+
+    instances: list[Instance]
+
+    def route(self, spec: RequestSpec) -> Instance: ...
+
+    def hand_off(self, seq: Sequence, source: Instance, now: float) -> tuple[Instance, float]:
+        """Decode instance for a prefilled request and the KV transfer's duration."""
+        ...
 
 
 class Engine:
     def __init__(
         self,
-        instances: SequenceOf[Instance],
-        router: Router,
+        dispatcher: Dispatcher,
         progress: ProgressHook | None = None,
         progress_every: int = 2048,
     ) -> None:
-        self.instances = list(instances)
-        self.router = router
+        self.dispatcher = dispatcher
+        self.instances = dispatcher.instances
         self.progress = progress
         self.progress_every = progress_every
         self.now = 0.0
-        self._events: list[tuple[float, int, int]] = []  # (time, tie-breaker, instance)
+        # (time, tie-breaker, kind, instance index, virtual engine index or transfer id)
+        self._events: list[tuple[float, int, int, int, int]] = []
+        self._transfers: dict[int, Sequence] = {}
         self._counter = 0
         self.interrupted = False
 
+    def _push(self, time: float, kind: int, instance: int, arg: int) -> None:
+        self._counter += 1
+        heapq.heappush(self._events, (time, self._counter, kind, instance, arg))
+
     def _try_start(self, instance: Instance) -> None:
-        duration = instance.start_step()
-        if duration is not None:
-            self._counter += 1
-            heapq.heappush(self._events, (self.now + duration, self._counter, instance.index))
+        now = self.now
+        while True:
+            started = instance.start_step(now)
+            if started is None:
+                break
+            finish, engine_index = started
+            self._push(finish, STEP_END, instance.index, engine_index)
+        if instance.pp > 1:
+            wake = instance.next_wake(now)
+            if wake is not None and wake != instance.wake_at:
+                instance.wake_at = wake
+                self._push(wake, WAKE, instance.index, 0)
 
     def run(self, requests: SequenceOf[RequestSpec]) -> float:
-        """Serve every request; returns the simulated time when the last step ended.
+        """Serve every request; returns the simulated time when the last event happened.
 
         Ctrl-C stops the loop cleanly: what was served so far is kept and ``interrupted`` set.
         """
@@ -57,6 +86,7 @@ class Engine:
         # The loop walks arrivals in order; a caller's list may not be sorted (stable sort).
         requests = sorted(requests, key=lambda r: r.arrival_s)
         events = self._events
+        instances = self.instances
         next_arrival = 0
         num_requests = len(requests)
         steps = 0
@@ -74,18 +104,26 @@ class Engine:
                 ):
                     spec = requests[next_arrival]
                     next_arrival += 1
-                    instance = self.instances[self.router(spec)]
+                    instance = self.dispatcher.route(spec)
                     instance.add(Sequence(spec), self.now)
                     touched[instance.index] = instance
                 for instance in touched.values():
-                    if not instance.busy:
-                        self._try_start(instance)
+                    self._try_start(instance)
                 continue
-            self.now, _, index = heapq.heappop(events)
-            instance = self.instances[index]
-            instance.end_step(self.now)
+            self.now, _, kind, index, arg = heapq.heappop(events)
+            instance = instances[index]
+            if kind == STEP_END:
+                for seq in instance.end_step(arg, self.now):
+                    self._start_transfer(seq, instance)
+                steps += 1
+                if self.progress is not None and steps % self.progress_every == 0:
+                    self.progress(self.now)
+            elif kind == KV_ARRIVAL:
+                instance.add(self._transfers.pop(arg), self.now)
             self._try_start(instance)
-            steps += 1
-            if self.progress is not None and steps % self.progress_every == 0:
-                self.progress(self.now)
         return self.now
+
+    def _start_transfer(self, seq: Sequence, source: Instance) -> None:
+        target, seconds = self.dispatcher.hand_off(seq, source, self.now)
+        self._transfers[seq.id] = seq
+        self._push(self.now + seconds, KV_ARRIVAL, target.index, seq.id)

@@ -13,12 +13,16 @@ from typing import Any
 
 from llmservingsim import __version__
 from llmservingsim.catalog import load_device, load_model
-from llmservingsim.config import SimConfig
+from llmservingsim.cluster.cluster import Cluster, Pool
+from llmservingsim.cluster.placement import place_instances
+from llmservingsim.config import LinkOverride, PoolConfig, SimConfig
 from llmservingsim.engine import Engine
 from llmservingsim.errors import ConfigError, DoesNotFitError
 from llmservingsim.hardware.backends import PERF_BACKENDS
+from llmservingsim.hardware.device import DeviceSpec, Link
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.summary import request_metrics
+from llmservingsim.network.topology import Topology
 from llmservingsim.perf.iteration import IterationTimer
 from llmservingsim.serving.block_manager import BlockManager
 from llmservingsim.serving.instance import Instance
@@ -37,10 +41,11 @@ class SimulationResult:
 
 def _reject_unsupported(cfg: SimConfig) -> None:
     """Config values that name features not built yet: a clear error, never a silent fallback."""
+    pools = cfg.cluster.resolved_pools(cfg.hardware)
     unsupported = {
-        "cluster.instances > 1 (multi-instance routing, issue #4)": cfg.cluster.instances > 1,
-        "cluster.pipeline_parallel > 1 (issue #4)": cfg.cluster.pipeline_parallel > 1,
-        "cluster.expert_parallel > 1 (issue #4)": cfg.cluster.expert_parallel > 1,
+        "expert_parallel > 1 (needs MoE models, issue #5)": any(
+            p.expert_parallel > 1 for p in pools
+        ),
         "scheduler.enable_prefix_caching: true (issue #5)": cfg.scheduler.enable_prefix_caching,
         "scheduler.preemption: swap (issue #5)": cfg.scheduler.preemption == "swap",
     }
@@ -49,49 +54,127 @@ def _reject_unsupported(cfg: SimConfig) -> None:
             raise ConfigError(f"{what} is not yet supported")
 
 
-def plan_instance_memory(cfg: SimConfig) -> MemoryPlan:
+def plan_instance_memory(cfg: SimConfig, pool: PoolConfig | None = None) -> MemoryPlan:
+    """Memory of one device of an instance of ``pool`` (default: the first pool)."""
+    pool = pool or cfg.cluster.resolved_pools(cfg.hardware)[0]
+    hardware = pool.hardware or cfg.hardware
     spec = load_model(cfg.model)
-    device = load_device(cfg.hardware)
-    tp = cfg.cluster.tensor_parallel
+    device = load_device(hardware)
+    tp, pp = pool.tensor_parallel, pool.pipeline_parallel
     plan = plan_memory(
         spec,
         device,
         dtype=cfg.dtype,
         kv_dtype=cfg.resolved_kv_dtype,
         tp=tp,
+        pp=pp,
         block_size=cfg.scheduler.block_size,
         gpu_memory_utilization=cfg.scheduler.gpu_memory_utilization,
         max_batched_tokens=cfg.scheduler.max_num_batched_tokens,
         max_seqs=cfg.scheduler.max_num_seqs,
     )
-    if plan.num_blocks <= 0:
+    if plan.num_blocks < pp:
+        shape = f"{tp}× {hardware}" if pp == 1 else f"{tp}×{pp} (TP×PP) {hardware}"
         raise DoesNotFitError(
-            f"{cfg.model} ({cfg.dtype}) does not fit {tp}× {cfg.hardware}: {plan.describe()}. "
-            "Raise cluster.tensor_parallel, use a smaller dtype (fp8/int8/int4) or a device "
-            "with more memory."
+            f"{cfg.model} ({cfg.dtype}) does not fit {shape}: {plan.describe()}. "
+            "Raise tensor_parallel or pipeline_parallel, use a smaller dtype (fp8/int8/int4) "
+            "or a device with more memory."
         )
     return plan
 
 
-def build_instance(cfg: SimConfig, index: int, metrics: MetricsCollector) -> Instance:
+def _check_parallelism(cfg: SimConfig, pool: PoolConfig) -> None:
+    spec = load_model(cfg.model)
+    where = "cluster" if cfg.cluster.pools is None else f"cluster.pools[{pool.name}]"
+    if spec.num_heads % pool.tensor_parallel:
+        raise ConfigError(
+            f"{where}.tensor_parallel={pool.tensor_parallel} must divide the "
+            f"{spec.num_heads} attention heads of {cfg.model}"
+        )
+    if pool.pipeline_parallel > spec.num_layers:
+        raise ConfigError(
+            f"{where}.pipeline_parallel={pool.pipeline_parallel} exceeds the "
+            f"{spec.num_layers} layers of {cfg.model}"
+        )
+
+
+def _topology(cfg: SimConfig, device: DeviceSpec) -> Topology:
+    net = cfg.cluster.network
+
+    def link(base: Link, override: LinkOverride) -> Link:
+        changes = override.model_dump(exclude_none=True)
+        return base.model_copy(update=changes) if changes else base
+
+    return Topology.build(
+        device,
+        devices_per_node=net.devices_per_node,
+        nodes_per_rack=net.nodes_per_rack,
+        oversubscription=net.oversubscription,
+        intra_node=link(device.links.intra_node, net.intra_node),
+        inter_node=link(device.links.inter_node, net.inter_node),
+        custom_allreduce=net.custom_allreduce,
+    )
+
+
+def build_cluster(cfg: SimConfig, metrics: MetricsCollector) -> Cluster:
     spec = load_model(cfg.model)
     if spec.is_moe or spec.uses_mla:
         raise ConfigError(
             f"model {cfg.model}: mixture-of-experts / MLA models are not yet supported (issue #5)"
         )
-    device = load_device(cfg.hardware)
-    tp = cfg.cluster.tensor_parallel
-    if spec.num_heads % tp:
-        raise ConfigError(
-            f"cluster.tensor_parallel={tp} must divide the {spec.num_heads} attention heads"
+    pools: list[Pool] = []
+    next_device = 0
+    for pool_cfg in cfg.cluster.resolved_pools(cfg.hardware):
+        _check_parallelism(cfg, pool_cfg)
+        device = load_device(pool_cfg.hardware or cfg.hardware)
+        topology = _topology(cfg, device)
+        memory = plan_instance_memory(cfg, pool_cfg)
+        tp, pp = pool_cfg.tensor_parallel, pool_cfg.pipeline_parallel
+        firsts, next_device = place_instances(
+            next_device, pool_cfg.count, tp * pp, topology.devices_per_node
         )
-    memory = plan_instance_memory(cfg)
-    backend = PERF_BACKENDS.get(cfg.perf.backend)(device, cfg.compute_dtype)
-    timer = IterationTimer(spec, device, backend, tp, cfg.dtype, cfg.resolved_kv_dtype)
-    scheduler = SCHEDULERS.get(cfg.scheduler.policy)(
-        cfg.scheduler, BlockManager(memory.num_blocks, cfg.scheduler.block_size)
-    )
-    return Instance(index, scheduler, timer, memory, device, cfg.compute_dtype, tp, metrics)
+        backend = PERF_BACKENDS.get(cfg.perf.backend)(device, cfg.compute_dtype)
+        # Instances of a pool are placed alike, so they share one timer and its memo caches.
+        timer = IterationTimer(
+            spec,
+            device,
+            backend,
+            topology,
+            tensor_parallel=tp,
+            pipeline_parallel=pp,
+            first_device=firsts[0],
+            dtype=cfg.dtype,
+            kv_dtype=cfg.resolved_kv_dtype,
+        )
+        policy = SCHEDULERS.get(cfg.scheduler.policy)
+        blocks_per_engine = memory.num_blocks // pp
+        instances: list[Instance] = []
+        base_index = sum(len(p.instances) for p in pools)
+        for first in firsts:
+            schedulers = [
+                policy(cfg.scheduler, BlockManager(blocks_per_engine, cfg.scheduler.block_size))
+                for _ in range(pp)
+            ]
+            instances.append(
+                Instance(
+                    base_index + len(instances),
+                    schedulers,
+                    timer,
+                    memory,
+                    device,
+                    cfg.compute_dtype,
+                    metrics,
+                    role=pool_cfg.role,
+                    pool=pool_cfg.name or "default",
+                    first_device=first,
+                )
+            )
+        kv_per_token = spec.kv_bytes_per_token(cfg.resolved_kv_dtype)
+        pools.append(
+            Pool(pool_cfg.name or "default", pool_cfg.role, instances, topology, kv_per_token)
+        )
+    router = cfg.cluster.router
+    return Cluster(pools, router, cfg.cluster.decode_router or router, cfg.seed)
 
 
 def load_requests(cfg: SimConfig) -> list[RequestSpec]:
@@ -106,67 +189,119 @@ def simulate(
     """Run one simulation. ``requests`` overrides the config's workload (tests, sweeps)."""
     _reject_unsupported(cfg)
     metrics = MetricsCollector()
-    instance = build_instance(cfg, 0, metrics)
+    cluster = build_cluster(cfg, metrics)
     if requests is None:
         requests = load_requests(cfg)
     hook = None if progress is None else (lambda now: progress(now, len(metrics.records)))
-    engine = Engine([instance], router=lambda _spec: 0, progress=hook)
+    engine = Engine(cluster, progress=hook)
     wall_start = time.perf_counter()
     end_time = engine.run(requests)
     wall = time.perf_counter() - wall_start
-    summary = summarize(cfg, [instance], metrics, end_time, wall)
+    summary = summarize(cfg, cluster, metrics, end_time, wall)
     summary["requests_total"] = len(requests)
     summary["interrupted"] = engine.interrupted
-    return SimulationResult(summary, metrics, instance.memory)
+    return SimulationResult(summary, metrics, cluster.instances[0].memory)
 
 
 def summarize(
     cfg: SimConfig,
-    instances: list[Instance],
+    cluster: Cluster,
     metrics: MetricsCollector,
     end_time: float,
     wall_s: float,
 ) -> dict[str, Any]:
-    device = load_device(cfg.hardware)
+    instances = cluster.instances
     summary = request_metrics(metrics.records, metrics.itl, cfg.slo)
-    totals = [inst.totals for inst in instances]
-    num_devices = sum(inst.num_devices for inst in instances)
-    busy_device_s = sum(
-        t.busy_s * inst.num_devices for t, inst in zip(totals, instances, strict=True)
+    per_instance = _instance_rows(instances, metrics, end_time)
+    energy = sum(row["energy_j"] for row in per_instance)
+    cost = sum(
+        inst.num_devices * inst.device.cost_per_hour_usd * end_time / 3600.0 for inst in instances
     )
-    idle_device_s = max(0.0, end_time * num_devices - busy_device_s)
-    energy = sum(t.energy_busy_j for t in totals) + idle_device_s * device.power.idle_w
-    lookups = sum(inst.timer.cache_lookups for inst in instances)
-    hits = sum(inst.timer.cache_hits for inst in instances)
-    kv_capacity = sum(inst.memory.num_blocks for inst in instances)
+    timers = {id(inst.timer): inst.timer for inst in instances}.values()
+    lookups = sum(t.cache_lookups for t in timers)
+    hits = sum(t.cache_hits for t in timers)
+    totals = [inst.totals for inst in instances]
+    kv_capacity = sum(inst.num_blocks for inst in instances)
     summary.update(
         {
             "simulated_time_s": end_time,
             "sim_wall_s": wall_s,
             "iterations": sum(t.iterations for t in totals),
-            "kv_cache_peak_util": max(
-                (
-                    t.kv_peak_blocks / inst.memory.num_blocks
-                    for t, inst in zip(totals, instances, strict=True)
-                ),
-                default=0.0,
-            ),
+            "kv_cache_peak_util": max((row["kv_peak_util"] for row in per_instance), default=0.0),
             "kv_cache_capacity_tokens": kv_capacity * cfg.scheduler.block_size,
-            "preemptions": sum(inst.scheduler.preemptions for inst in instances),
+            "preemptions": sum(inst.preemptions for inst in instances),
             "prefix_cache_hit_rate": None,
             "max_batch_size": max(t.max_batch_size for t in totals),
             "prefill_tokens_computed": sum(t.prefill_tokens for t in totals),
             "decode_tokens_computed": sum(t.decode_tokens for t in totals),
             "perf_cache_hit_rate": hits / lookups if lookups else 0.0,
-            "num_devices": num_devices,
+            "num_instances": len(instances),
+            "num_devices": sum(inst.num_devices for inst in instances),
             "energy_j": energy,
             "joules_per_token": energy / summary["output_tokens"]
             if summary["output_tokens"]
             else None,
-            "cost_usd": num_devices * device.cost_per_hour_usd * end_time / 3600.0,
+            "cost_usd": cost,
             "memory": instances[0].memory.as_dict(),
+            "pools": [_pool_row(pool) for pool in cluster.pools],
+            "instances": per_instance,
             "config": cfg.model_dump(mode="json"),
             "version": __version__,
         }
     )
+    if cluster.disaggregated:
+        transfers = [r.kv_transfer_s for r in metrics.records if r.prefill_instance >= 0]
+        summary["kv_transfers"] = len(transfers)
+        summary["kv_transfer_s"] = {
+            "mean": sum(transfers) / len(transfers) if transfers else None,
+            "max": max(transfers, default=None),
+        }
     return summary
+
+
+def _pool_row(pool: Pool) -> dict[str, Any]:
+    first = pool.instances[0]
+    return {
+        "name": pool.name,
+        "role": pool.role,
+        "count": len(pool.instances),
+        "hardware": first.device.name,
+        "tensor_parallel": first.tp,
+        "pipeline_parallel": first.pp,
+        "memory": first.memory.as_dict(),
+    }
+
+
+def _instance_rows(
+    instances: list[Instance], metrics: MetricsCollector, end_time: float
+) -> list[dict[str, Any]]:
+    """Per-instance load: requests finished there, tokens, busy fraction, KV peak, energy."""
+    finished = [0] * len(instances)
+    output = [0] * len(instances)
+    for record in metrics.records:
+        if record.status == "finished":
+            finished[record.instance] += 1
+            output[record.instance] += record.output_tokens
+    rows = []
+    for inst in instances:
+        t = inst.totals
+        device_s = end_time * inst.num_devices
+        idle_device_s = max(0.0, device_s - t.busy_device_s)
+        energy = t.energy_busy_j + idle_device_s * inst.device.power.idle_w
+        rows.append(
+            {
+                "index": inst.index,
+                "pool": inst.pool,
+                "role": inst.role,
+                "requests_completed": finished[inst.index],
+                "output_tokens": output[inst.index],
+                "prefill_tokens": t.prefill_tokens,
+                "decode_tokens": t.decode_tokens,
+                "iterations": t.iterations,
+                "utilization": t.busy_device_s / device_s if device_s > 0 else 0.0,
+                "kv_peak_util": t.kv_peak_blocks / inst.num_blocks if inst.num_blocks else 0.0,
+                "preemptions": inst.preemptions,
+                "energy_j": energy,
+            }
+        )
+    return rows

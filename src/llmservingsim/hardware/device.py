@@ -25,16 +25,46 @@ class _Strict(BaseModel):
 
 
 class Link(_Strict):
-    """One level of interconnect, per device and per direction."""
+    """One level of interconnect, per device and per direction (alpha-beta model).
 
-    bandwidth_gbps: float = Field(gt=0, description="GB/s per direction per device")
-    latency_us: float = Field(ge=0, description="per-message latency (alpha), µs")
+    A collective step costs ``latency_us`` (alpha, per algorithm hop); the whole call's latency
+    never exceeds ``call_latency_us`` (the bulk protocol's fixed cost, when given: large
+    messages pipeline their hops). Bytes move at ``bandwidth_gbps * efficiency``. Calibrated
+    against measured NCCL profiles, see docs/calibration.md.
+    """
+
+    bandwidth_gbps: float = Field(gt=0, description="datasheet GB/s per direction per device")
+    latency_us: float = Field(ge=0, description="per-hop latency (alpha), µs")
+    call_latency_us: float | None = Field(
+        default=None, ge=0, description="cap on the latency of one collective call, µs"
+    )
+    efficiency: float = Field(
+        default=1.0, gt=0, le=1, description="achieved / datasheet bandwidth for large messages"
+    )
+    links_per_node: int | None = Field(
+        default=None,
+        ge=1,
+        description="NICs a node drives in parallel for one collective (default: one per device)",
+    )
+
+
+class DirectAllReduce(_Strict):
+    """Serving engines' one-kernel all-reduce over a full NVLink/xGMI mesh (vLLM/TRT-LLM custom
+    all-reduce): t = latency + hop_latency·(p−1) + 2(p−1)/p · bytes / bandwidth."""
+
+    latency_us: float = Field(ge=0)
+    hop_latency_us: float = Field(ge=0)
+    bandwidth_gbps: float = Field(gt=0, description="effective, not datasheet")
+    max_bytes: int = Field(gt=0, description="larger messages fall back to NCCL-style rings")
 
 
 class Links(_Strict):
     intra_node: Link = Field(description="NVLink / xGMI / ICI between devices of one node")
     inter_node: Link = Field(description="InfiniBand / Ethernet between nodes, per device")
     host: Link = Field(description="PCIe / CXL link between the device and host memory")
+    direct_allreduce: DirectAllReduce | None = Field(
+        default=None, description="custom all-reduce inside a node (needs a full P2P mesh)"
+    )
 
 
 class Power(_Strict):

@@ -25,6 +25,8 @@ class RequestRecord:
     preemptions: int
     status: str
     fail_reason: str = ""
+    prefill_instance: int = -1
+    kv_transfer_s: float = 0.0
 
     @property
     def ttft(self) -> float:
@@ -47,7 +49,8 @@ class StepTotals:
     """Aggregates over engine steps, per instance."""
 
     iterations: int = 0
-    busy_s: float = 0.0
+    busy_s: float = 0.0  # sum of step times (all stages)
+    busy_device_s: float = 0.0  # device-seconds of work (a stage's devices busy for its time)
     energy_busy_j: float = 0.0
     prefill_tokens: int = 0
     decode_tokens: int = 0
@@ -91,6 +94,8 @@ class MetricsCollector:
             preemptions=seq.preemptions,
             status=status,
             fail_reason=seq.fail_reason,
+            prefill_instance=seq.prefill_instance,
+            kv_transfer_s=seq.kv_transfer_s,
         )
 
     def totals(self, instance: int) -> StepTotals:

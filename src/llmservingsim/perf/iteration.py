@@ -15,7 +15,8 @@ from llmservingsim.hardware.backends import PerfBackend
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.model.ops import Op, OpGraph
 from llmservingsim.model.spec import ModelSpec
-from llmservingsim.network.collectives import ring_allreduce_time
+from llmservingsim.network import collectives
+from llmservingsim.network.topology import Topology
 
 
 @dataclass(slots=True)
@@ -42,11 +43,14 @@ class BatchShape:
 
 @dataclass(frozen=True, slots=True)
 class StepCost:
-    """Seconds of the step and the FLOPs / bytes one device moved (for power)."""
+    """Time of one step through every pipeline stage, and the FLOPs / bytes one device of each
+    stage moved, summed over stages (for power). ``stages`` holds each stage's busy time
+    (one entry without pipeline parallelism); ``seconds`` is their sum."""
 
     seconds: float
     flops: float
     bytes: float
+    stages: tuple[float, ...] = ()
 
 
 _Cost = tuple[float, float, float]
@@ -58,7 +62,11 @@ class IterationTimer:
         spec: ModelSpec,
         device: DeviceSpec,
         backend: PerfBackend,
+        topology: Topology,
+        *,
         tensor_parallel: int,
+        pipeline_parallel: int = 1,
+        first_device: int = 0,
         dtype: str,
         kv_dtype: str,
     ) -> None:
@@ -66,13 +74,20 @@ class IterationTimer:
         self.backend = backend
         self.num_layers = spec.num_layers
         self.tp = tensor_parallel
-        self.link = device.links.intra_node
+        self.pp = pipeline_parallel
+        self.topology = topology
+        self.first_device = first_device
+        base, extra = divmod(spec.num_layers, pipeline_parallel)
+        # Stages split the layers evenly; the first ``extra`` stages take one more.
+        self.stage_layers = tuple(base + (i < extra) for i in range(pipeline_parallel))
+        self.activation_bytes = 2 * spec.hidden_size * self.graph.act_bytes  # hidden + residual
         eff = device.efficiency
         self.step_overhead = eff.iteration_overhead_us * 1e-6
         self.seq_overhead = eff.per_seq_overhead_us * 1e-6
         self._layer: dict[int, _Cost] = {}
         self._head: dict[tuple[int, int], _Cost] = {}
         self._prefill_attn: dict[tuple[int, int], _Cost] = {}
+        self._sends: dict[int, tuple[float, ...]] = {}
         self.cache_hits = 0
         self.cache_lookups = 0
 
@@ -94,7 +109,9 @@ class IterationTimer:
         if cost is None:
             seconds, flops, traffic = self._ops_cost(self.graph.dense_layer_ops(num_tokens))
             message = self.graph.allreduce_bytes(num_tokens)
-            seconds += 2 * ring_allreduce_time(message, self.tp, self.link)
+            seconds += 2 * collectives.all_reduce(
+                self.topology, message, self.first_device, self.tp
+            )
             cost = self._layer[num_tokens] = (seconds, flops, traffic)
         else:
             self.cache_hits += 1
@@ -122,11 +139,25 @@ class IterationTimer:
             self.cache_hits += 1
         return cost
 
+    def _stage_sends(self, num_tokens: int) -> tuple[float, ...]:
+        """Activation send from each stage to the next (TP ranks send their slices in parallel)."""
+        sends = self._sends.get(num_tokens)
+        if sends is None:
+            nbytes = num_tokens * self.activation_bytes
+            first, tp = self.first_device, self.tp
+            sends = self._sends[num_tokens] = tuple(
+                collectives.send(
+                    self.topology, nbytes, first + i * tp + tp - 1, first + (i + 1) * tp, tp
+                )
+                for i in range(self.pp - 1)
+            )
+        return sends
+
     def step(self, batch: BatchShape) -> StepCost:
-        """Cost of one engine step on one device of the (tensor-parallel) instance."""
+        """Cost of one engine step on one device per stage of the instance."""
         num_tokens = batch.num_tokens
         if num_tokens == 0:
-            return StepCost(0.0, 0.0, 0.0)
+            return StepCost(0.0, 0.0, 0.0, (0.0,) * self.pp)
         layer_s, layer_f, layer_b = self._layer_cost(num_tokens)
         for new, ctx in batch.prefill:
             attn_s, attn_f, attn_b = self._prefill_cost(new, ctx)
@@ -141,4 +172,14 @@ class IterationTimer:
         head_s, head_f, head_b = self._head_cost(num_tokens, batch.num_sampled)
         cpu = self.step_overhead + self.seq_overhead * batch.num_seqs
         n = self.num_layers
-        return StepCost(cpu + n * layer_s + head_s, n * layer_f + head_f, n * layer_b + head_b)
+        flops, traffic = n * layer_f + head_f, n * layer_b + head_b
+        if self.pp == 1:
+            seconds = cpu + n * layer_s + head_s
+            return StepCost(seconds, flops, traffic, (seconds,))
+        # The CPU prepares the batch before stage 0; the last stage runs the LM head.
+        stages = [layers * layer_s for layers in self.stage_layers]
+        stages[0] += cpu
+        stages[-1] += head_s
+        for i, send_s in enumerate(self._stage_sends(num_tokens)):
+            stages[i] += send_s
+        return StepCost(sum(stages), flops, traffic, tuple(stages))

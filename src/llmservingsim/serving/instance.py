@@ -1,6 +1,19 @@
-"""One serving instance (one tensor-parallel group): scheduler + KV cache + step timing."""
+"""One serving instance (a TP × PP group of devices): virtual engines + pipeline + step timing.
+
+Without pipeline parallelism an instance runs one step at a time. With PP = k it behaves like
+vLLM's virtual engines: k schedulers, each owning 1/k of the KV blocks and its own requests,
+take turns feeding micro-batches into the pipeline, so up to k batches are in flight, one per
+stage. A batch enters stage s when it left stage s−1 and the previous batch left stage s.
+
+Roles (prefill/decode disaggregation): a ``prefill`` instance hands a request off once its
+prompt is computed and its first token sampled; ``decode`` and ``mixed`` instances serve
+requests to the end.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
 
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.metrics.collector import MetricsCollector
@@ -9,56 +22,154 @@ from llmservingsim.serving.memory import MemoryPlan
 from llmservingsim.serving.schedulers.base import ScheduledEntry, Scheduler
 from llmservingsim.serving.sequence import Sequence, Status
 
+Role = Literal["mixed", "prefill", "decode"]
+
+
+@dataclass
+class VirtualEngine:
+    """A scheduler and the batch it has in flight (at most one)."""
+
+    scheduler: Scheduler
+    in_flight: list[ScheduledEntry] = field(default_factory=list)
+    busy: bool = False
+    outstanding: int = 0  # requests assigned and not yet finished or handed off
+
 
 class Instance:
-    """Runs one engine step at a time; the engine calls :meth:`start_step` / :meth:`end_step`."""
+    """The engine calls :meth:`start_step` / :meth:`end_step`; see engine.py."""
 
     def __init__(
         self,
         index: int,
-        scheduler: Scheduler,
+        schedulers: list[Scheduler],
         timer: IterationTimer,
         memory: MemoryPlan,
         device: DeviceSpec,
         compute_dtype: str,
-        num_devices: int,
         metrics: MetricsCollector,
+        *,
+        role: Role = "mixed",
+        pool: str = "default",
+        first_device: int = 0,
     ) -> None:
         self.index = index
-        self.scheduler = scheduler
+        self.engines = [VirtualEngine(s) for s in schedulers]
         self.timer = timer
         self.memory = memory
-        self.num_devices = num_devices
+        self.device = device
+        self.role = role
+        self.pool = pool
+        self.first_device = first_device
+        self.tp = timer.tp
+        self.pp = timer.pp
+        self.num_devices = timer.tp * timer.pp
         self.metrics = metrics
         self.totals = metrics.totals(index)
-        self.busy = False
-        self._in_flight: list[ScheduledEntry] = []
+        self.stage_free = [0.0] * self.pp  # when each pipeline stage finishes its current batch
+        self._next_engine = 0
+        self.wake_at = -1.0  # time of the pending wake-up event, if any
+        self.incoming = 0  # requests whose KV cache is on its way here (P/D disaggregation)
+        self.outstanding = 0  # requests queued or running here
         self._peak_flops = device.peak_flops(compute_dtype)
         self._bandwidth = device.memory_bandwidth
         self._idle_w = device.power.idle_w
         self._dynamic_w = device.power.max_w - device.power.idle_w
 
+    # -------------------------------------------------------------- load seen by routers
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The first (without PP: the only) scheduler."""
+        return self.engines[0].scheduler
+
+    @property
+    def num_outstanding(self) -> int:
+        """Requests assigned here and not finished (or handed off), including those in transit."""
+        return self.incoming + self.outstanding
+
+    @property
+    def num_free_blocks(self) -> int:
+        return sum(ve.scheduler.blocks.num_free for ve in self.engines)
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(ve.scheduler.blocks.num_blocks for ve in self.engines)
+
+    @property
+    def num_waiting(self) -> int:
+        return sum(len(ve.scheduler.waiting) for ve in self.engines)
+
+    @property
+    def busy(self) -> bool:
+        return any(ve.busy for ve in self.engines)
+
+    @property
+    def preemptions(self) -> int:
+        return sum(ve.scheduler.preemptions for ve in self.engines)
+
+    def has_work(self) -> bool:
+        return any(ve.scheduler.has_work() for ve in self.engines)
+
+    # -------------------------------------------------------------- requests in
+
     def add(self, seq: Sequence, now: float) -> None:
         """Queue an arriving request, or fail it if it could never fit the KV cache."""
-        needed = self.scheduler.max_blocks_needed(seq)
-        if needed > self.memory.num_blocks:
+        if seq.status is Status.TRANSFERRING:
+            self.incoming -= 1
+        ve = min(self.engines, key=lambda e: e.outstanding)
+        needed = ve.scheduler.max_blocks_needed(seq)
+        capacity = ve.scheduler.blocks.num_blocks
+        if needed > capacity:
             seq.status = Status.FAILED
             reason = (
                 f"needs {needed} KV blocks for {seq.spec.input_len}+{seq.spec.output_len} tokens, "
-                f"the cache has {self.memory.num_blocks}"
+                f"the cache has {capacity}"
             )
             self.metrics.on_fail(seq, self.index, now, reason)
             return
-        self.scheduler.add(seq)
+        seq.status = Status.WAITING
+        ve.outstanding += 1
+        self.outstanding += 1
+        ve.scheduler.add(seq)
 
-    def has_work(self) -> bool:
-        return self.scheduler.has_work()
+    # -------------------------------------------------------------- steps
 
-    def start_step(self) -> float | None:
-        """Schedule the next step; returns its duration, or None when there is nothing to run."""
-        entries = self.scheduler.schedule()
-        if not entries:
+    def start_step(self, now: float) -> tuple[float, int] | None:
+        """Start the next batch if stage 0 is free and an idle virtual engine has work.
+
+        Returns (time the batch leaves the last stage, virtual engine index), or None.
+        """
+        if self.stage_free[0] > now:
             return None
+        count = len(self.engines)
+        for offset in range(count):
+            k = (self._next_engine + offset) % count
+            ve = self.engines[k]
+            if ve.busy:
+                continue
+            entries = ve.scheduler.schedule()
+            if not entries:
+                continue
+            self._next_engine = (k + 1) % count
+            batch = self._batch_shape(entries)
+            cost = self.timer.step(batch)
+            finish = self._run_pipeline(now, cost)
+            self._record_step(batch, cost)
+            ve.in_flight = entries
+            ve.busy = True
+            return finish, k
+        return None
+
+    def next_wake(self, now: float) -> float | None:
+        """When stage 0 frees up for an idle virtual engine that has work (PP > 1 only)."""
+        if self.stage_free[0] <= now:
+            return None
+        if any(not ve.busy and ve.scheduler.has_work() for ve in self.engines):
+            return self.stage_free[0]
+        return None
+
+    @staticmethod
+    def _batch_shape(entries: list[ScheduledEntry]) -> BatchShape:
         batch = BatchShape()
         for seq, num_new in entries:
             samples = seq.num_computed + num_new == seq.num_tokens
@@ -68,11 +179,15 @@ class Instance:
             else:
                 batch.prefill.append((num_new, seq.num_computed))
             batch.num_sampled += samples
-        cost = self.timer.step(batch)
-        self._record_step(batch, cost)
-        self._in_flight = entries
-        self.busy = True
-        return cost.seconds
+        return batch
+
+    def _run_pipeline(self, now: float, cost: StepCost) -> float:
+        stage_free = self.stage_free
+        t = now
+        for s, duration in enumerate(cost.stages):
+            t = max(t, stage_free[s]) + duration
+            stage_free[s] = t
+        return t
 
     def _record_step(self, batch: BatchShape, cost: StepCost) -> None:
         totals = self.totals
@@ -82,24 +197,39 @@ class Instance:
         totals.decode_tokens += decode
         totals.prefill_tokens += batch.num_tokens - decode
         totals.max_batch_size = max(totals.max_batch_size, batch.num_seqs)
-        used = self.scheduler.blocks.num_used
+        used = sum(e.scheduler.blocks.num_used for e in self.engines)
         totals.kv_peak_blocks = max(totals.kv_peak_blocks, used)
         if cost.seconds > 0:
+            # Each stage's TP devices are busy for that stage's time only.
             busy = max(cost.flops / self._peak_flops, cost.bytes / self._bandwidth)
             utilization = min(1.0, busy / cost.seconds)
             power = self._idle_w + self._dynamic_w * utilization
-            totals.energy_busy_j += power * cost.seconds * self.num_devices
+            totals.busy_device_s += cost.seconds * self.tp
+            totals.energy_busy_j += power * cost.seconds * self.tp
 
-    def end_step(self, now: float) -> None:
-        """Apply the step's results: advance tokens, emit samples, retire finished requests."""
-        for seq, num_new in self._in_flight:
+    def end_step(self, engine_index: int, now: float) -> list[Sequence]:
+        """Apply a batch's results: advance tokens, emit samples, retire finished requests.
+
+        Returns the requests a prefill instance hands off (prompt done, first token sampled).
+        """
+        ve = self.engines[engine_index]
+        handoffs: list[Sequence] = []
+        for seq, num_new in ve.in_flight:
             seq.num_computed += num_new
             if seq.num_computed == seq.num_tokens:
                 seq.generated += 1
                 self.metrics.on_token(seq, now)
                 if seq.is_done:
                     seq.status = Status.FINISHED
+                    ve.outstanding -= 1
+                    self.outstanding -= 1
                     self.metrics.on_finish(seq, self.index, now)
-        self._in_flight = []
-        self.scheduler.drop_finished()
-        self.busy = False
+                elif self.role == "prefill":
+                    seq.status = Status.TRANSFERRING
+                    ve.outstanding -= 1
+                    self.outstanding -= 1
+                    handoffs.append(seq)
+        ve.in_flight = []
+        ve.scheduler.drop_finished()
+        ve.busy = False
+        return handoffs

@@ -46,15 +46,24 @@ class MemoryPlan:
         )
 
 
-def weight_bytes_per_device(spec: ModelSpec, dtype: str, tp: int) -> float:
-    """Weights of one TP rank; KV-head projections are replicated when kv_heads < tp."""
+def layers_per_stage(num_layers: int, pp: int) -> int:
+    """Layers of the largest pipeline stage (stages split the layers as evenly as possible)."""
+    return -(-num_layers // pp)
+
+
+def weight_bytes_per_device(spec: ModelSpec, dtype: str, tp: int, pp: int = 1) -> float:
+    """Weights of one device of the largest stage; KV-head projections are replicated when
+    kv_heads < tp. With pipeline stages the first holds the embedding and the last the LM head,
+    so the largest stage carries one vocabulary matrix."""
     shard = shard_shape(spec, tp)
     h = spec.hidden_size
     attention = h * (shard.q_size + 2 * shard.kv_size) + shard.q_size * h
     mlp = (3 if spec.gated_mlp else 2) * h * shard.intermediate
     per_layer = attention + mlp + 2 * h
-    embeddings = (1 if spec.tie_word_embeddings else 2) * shard.vocab * h
-    return (spec.num_layers * per_layer + embeddings + h) * DTYPE_BYTES[dtype]
+    vocab_matrices = 1 if spec.tie_word_embeddings or pp > 1 else 2
+    embeddings = vocab_matrices * shard.vocab * h
+    layers = layers_per_stage(spec.num_layers, pp)
+    return (layers * per_layer + embeddings + h) * DTYPE_BYTES[dtype]
 
 
 def activation_peak_bytes(
@@ -80,6 +89,7 @@ def plan_memory(
     dtype: str,
     kv_dtype: str,
     tp: int,
+    pp: int = 1,
     block_size: int,
     gpu_memory_utilization: float,
     max_batched_tokens: int,
@@ -87,12 +97,13 @@ def plan_memory(
 ) -> MemoryPlan:
     """Memory breakdown of one device; ``num_blocks`` may be ≤ 0 when the model does not fit."""
     usable = device.memory_bytes * gpu_memory_utilization
-    weights = weight_bytes_per_device(spec, dtype, tp)
+    weights = weight_bytes_per_device(spec, dtype, tp, pp)
     activations = activation_peak_bytes(spec, dtype, tp, max_batched_tokens, max_seqs)
     reserved = device.reserved_memory_gib * GIB
     kv_pool = usable - weights - activations - reserved
     shard = shard_shape(spec, tp)
-    kv_per_token = 2.0 * spec.num_layers * shard.kv_size * DTYPE_BYTES[kv_dtype]
+    layers = layers_per_stage(spec.num_layers, pp)
+    kv_per_token = 2.0 * layers * shard.kv_size * DTYPE_BYTES[kv_dtype]
     num_blocks = int(kv_pool // (kv_per_token * block_size)) if kv_pool > 0 else 0
     return MemoryPlan(
         device_memory_gib=device.memory_gib,

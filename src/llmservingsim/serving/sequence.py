@@ -11,6 +11,7 @@ from llmservingsim.workload.request_spec import RequestSpec
 class Status(Enum):
     WAITING = "waiting"
     RUNNING = "running"
+    TRANSFERRING = "transferring"  # prefilled; its KV cache is moving to a decode instance
     FINISHED = "finished"
     FAILED = "failed"
 
@@ -35,6 +36,8 @@ class Sequence:
     finish_time: float = -1.0
     preemptions: int = 0
     fail_reason: str = ""
+    prefill_instance: int = -1  # P/D disaggregation: where the prompt was computed
+    kv_transfer_s: float = 0.0  # time its KV cache spent moving to the decode instance
 
     @property
     def id(self) -> int:

@@ -1,0 +1,1 @@
+"""Many instances: placement on devices, routers, prefill/decode disaggregation."""

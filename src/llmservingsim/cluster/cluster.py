@@ -1,0 +1,72 @@
+"""A cluster: pools of instances, the routers in front of them and the KV transfers between
+prefill and decode pools (Splitwise / DistServe style disaggregation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmservingsim.cluster.routers import ROUTERS, Router
+from llmservingsim.network import collectives
+from llmservingsim.network.topology import Topology
+from llmservingsim.serving.instance import Instance
+from llmservingsim.serving.sequence import Sequence
+from llmservingsim.workload.request_spec import RequestSpec
+
+
+@dataclass
+class Pool:
+    name: str
+    role: str
+    instances: list[Instance]
+    topology: Topology
+    kv_bytes_per_token: float  # whole model (all layers, all KV heads)
+
+
+class Cluster:
+    """Routes arrivals to the entry pools (mixed or prefill) and prefilled requests to decode."""
+
+    def __init__(self, pools: list[Pool], router: str, decode_router: str, seed: int) -> None:
+        self.pools = pools
+        self.instances = [inst for pool in pools for inst in pool.instances]
+        self._pool_of = {inst.index: pool for pool in pools for inst in pool.instances}
+        entry = [i for p in pools if p.role != "decode" for i in p.instances]
+        decode = [i for p in pools if p.role == "decode" for i in p.instances]
+        rng = np.random.default_rng([seed, 0x5EED])
+        self.router: Router = ROUTERS.get(router)(entry, rng)
+        self.decode_router: Router | None = (
+            ROUTERS.get(decode_router)(decode, rng) if decode else None
+        )
+
+    @property
+    def disaggregated(self) -> bool:
+        return self.decode_router is not None
+
+    def route(self, spec: RequestSpec) -> Instance:
+        return self.router.route(spec)
+
+    def hand_off(self, seq: Sequence, source: Instance, now: float) -> tuple[Instance, float]:
+        assert self.decode_router is not None, "only prefill instances hand requests off"
+        target = self.decode_router.route(seq.spec)
+        target.incoming += 1
+        seconds = self.kv_transfer_time(source, target, seq.num_computed)
+        seq.prefill_instance = source.index
+        seq.kv_transfer_s = seconds
+        return target, seconds
+
+    def kv_transfer_time(self, source: Instance, target: Instance, num_tokens: int) -> float:
+        """KV of ``num_tokens`` tokens (all layers) from the source's devices to the target's.
+
+        Every device holds a slice (its heads of its layers) and sends it over its own link, so
+        min(devices of source, devices of target) streams run in parallel; the slower side's
+        links set the pace.
+        """
+        src_pool, dst_pool = self._pool_of[source.index], self._pool_of[target.index]
+        nbytes = num_tokens * src_pool.kv_bytes_per_token
+        streams = min(source.num_devices, target.num_devices)
+        src, dst = source.first_device, target.first_device
+        return max(
+            collectives.send(src_pool.topology, nbytes, src, dst, streams),
+            collectives.send(dst_pool.topology, nbytes, src, dst, streams),
+        )
