@@ -18,6 +18,7 @@ from rich.table import Table
 
 from llmservingsim import __version__
 from llmservingsim.catalog import device_names, load_device, load_model, model_names
+from llmservingsim.cluster.routers import ROUTERS
 from llmservingsim.config import SimConfig, load_config
 from llmservingsim.errors import UserError
 from llmservingsim.hardware.backends import PERF_BACKENDS
@@ -45,10 +46,27 @@ def _ms(stats: dict[str, float | None], key: str) -> str:
     return "-" if value is None else f"{value * 1e3:,.1f}"
 
 
+def describe_pools(pools: list[dict[str, Any]]) -> str:
+    """``1× h100-sxm``, ``4 × TP2 h100-sxm`` or ``prefill 2 × h100-sxm + decode 4 × a100-80gb``."""
+    parts = []
+    for pool in pools:
+        shape = f"TP{pool['tensor_parallel']}" if pool["tensor_parallel"] > 1 else ""
+        if pool["pipeline_parallel"] > 1:
+            shape += f"×PP{pool['pipeline_parallel']}"
+        role = "" if pool["role"] == "mixed" else f"{pool['role']} "
+        if pool["count"] == 1 and not shape:
+            parts.append(f"{role}1× {pool['hardware']}")
+        else:
+            parts.append(
+                f"{role}{pool['count']} × {shape + ' ' if shape else ''}{pool['hardware']}"
+            )
+    return " + ".join(parts)
+
+
 def summary_table(summary: dict[str, Any]) -> Table:
     cfg = summary["config"]
     title = (
-        f"{cfg['model']} · {cfg['dtype']} · {cfg['cluster']['tensor_parallel']}× {cfg['hardware']}"
+        f"{cfg['model']} · {cfg['dtype']} · {describe_pools(summary['pools'])}"
         f" · {cfg['scheduler']['policy']}"
     )
     table = Table(title=title, show_header=True, header_style="bold")
@@ -166,12 +184,12 @@ def _run_with_progress(cfg: SimConfig, show: bool) -> SimulationResult:
 @app.command()
 def catalog(
     what: Annotated[
-        str, typer.Argument(help="models | hardware | schedulers | backends | all")
+        str, typer.Argument(help="models | hardware | schedulers | routers | backends | all")
     ] = "all",
 ) -> None:
-    """List the built-in models, devices, scheduler policies and perf backends."""
+    """List the built-in models, devices, scheduler policies, routers and perf backends."""
     console = Console()
-    sections = {"models", "hardware", "schedulers", "backends"}
+    sections = {"models", "hardware", "schedulers", "routers", "backends"}
     if what != "all" and what not in sections:
         raise _fail(
             UserError(
@@ -187,6 +205,8 @@ def catalog(
         raise _fail(exc) from None
     if what in ("all", "schedulers"):
         console.print("schedulers: " + ", ".join(SCHEDULERS.names()))
+    if what in ("all", "routers"):
+        console.print("routers: " + ", ".join(ROUTERS.names()))
     if what in ("all", "backends"):
         console.print("perf backends: " + ", ".join(PERF_BACKENDS.names()))
 

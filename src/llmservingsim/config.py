@@ -204,10 +204,15 @@ class ClusterConfig(_Section):
                     expert_parallel=self.expert_parallel,
                 )
             ]
+        roles = [pool.role for pool in self.pools]
+
+        def default_name(i: int, role: str) -> str:
+            return role if roles.count(role) == 1 else f"{role}{roles[:i].count(role)}"
+
         return [
             pool.model_copy(
                 update={
-                    "name": pool.name or f"{pool.role}{i}",
+                    "name": pool.name or default_name(i, pool.role),
                     "hardware": pool.hardware or hardware,
                 }
             )
@@ -281,6 +286,8 @@ def _section_fields(annotation: Any) -> dict[str, Any] | None:
             if fields:
                 merged.update(fields)
         return merged or None
+    if origin is list:
+        return _section_fields(typing.get_args(annotation)[0])
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return {name: f.annotation for name, f in annotation.model_fields.items()}
     return None
@@ -297,6 +304,10 @@ def check_unknown_keys(raw: dict[str, Any], fields: dict[str, Any], prefix: str 
         sub = _section_fields(fields[key])
         if sub is not None and isinstance(value, dict):
             check_unknown_keys(value, sub, prefix=f"{path}.")
+        elif sub is not None and isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    check_unknown_keys(item, sub, prefix=f"{path}[{i}].")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
