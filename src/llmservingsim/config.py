@@ -204,7 +204,7 @@ class ClusterConfig(_Section):
                     expert_parallel=self.expert_parallel,
                 )
             ]
-        roles = [pool.role for pool in self.pools]
+        roles: list[str] = [pool.role for pool in self.pools]
 
         def default_name(i: int, role: str) -> str:
             return role if roles.count(role) == 1 else f"{role}{roles[:i].count(role)}"
