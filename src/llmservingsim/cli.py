@@ -1,4 +1,4 @@
-"""Command line: ``llmservingsim run | catalog``.
+"""Command line: ``llmservingsim run | catalog | sweep | plan``.
 
 User mistakes (bad config, unreadable trace, a model that does not fit) print one line on
 stderr and exit non-zero; tracebacks are for bugs only.
@@ -25,6 +25,7 @@ from llmservingsim.hardware.backends import PERF_BACKENDS
 from llmservingsim.outputs.files import write_requests_csv, write_summary
 from llmservingsim.serving.schedulers import SCHEDULERS
 from llmservingsim.simulation import SimulationResult, load_requests, simulate
+from llmservingsim.sweep.commands import plan_command, sweep_command
 
 app = typer.Typer(
     name="llmservingsim",
@@ -251,6 +252,10 @@ def _hardware_table() -> Table:
             f"{d.cost_per_hour_usd:.2f}",
         )
     return table
+
+
+app.command("sweep")(sweep_command)
+app.command("plan")(plan_command)
 
 
 def _version(value: bool) -> None:

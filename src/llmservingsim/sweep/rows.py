@@ -1,0 +1,43 @@
+"""One simulation → one flat row of scalars (the shape of sweep.parquet and plan.parquet)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmservingsim import simulation
+from llmservingsim.config import SimConfig
+
+Scalar = bool | int | float | str | None
+Row = dict[str, Any]
+
+WALL_COLUMNS = ("sim_wall_s", "point_wall_s")
+"""Columns that measure this machine, not the simulated system: they differ between runs."""
+
+_SKIPPED = {"config", "interrupted"}
+
+
+class PointInterrupted(Exception):
+    """Ctrl-C stopped a simulation mid-way: its partial numbers must not become a row."""
+
+
+def flatten_summary(summary: dict[str, Any]) -> dict[str, Scalar]:
+    """Every scalar of summary.json; nested stats become ``<name>_<stat>`` (ttft_s_p99)."""
+    flat: dict[str, Scalar] = {}
+    for key, value in summary.items():
+        if key in _SKIPPED:
+            continue
+        if isinstance(value, dict):
+            for sub, item in value.items():
+                if isinstance(item, bool | int | float | str) or item is None:
+                    flat[f"{key}_{sub}"] = item
+        elif isinstance(value, bool | int | float | str) or value is None:
+            flat[key] = value
+    return flat
+
+
+def simulate_row(cfg: SimConfig) -> dict[str, Scalar]:
+    """Run one full simulation and flatten its summary (DoesNotFitError passes through)."""
+    summary = simulation.simulate(cfg).summary
+    if summary.get("interrupted"):
+        raise PointInterrupted("interrupted")
+    return flatten_summary(summary)
