@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,14 @@ from typer.testing import CliRunner
 
 from llmservingsim import simulation
 from llmservingsim.cli import app
-from llmservingsim.errors import ConfigError
+from llmservingsim.errors import ConfigError, UserError
 from llmservingsim.sweep import store as store_module
-from llmservingsim.sweep.executors import ExecutorOptions, LocalExecutor, make_executor
+from llmservingsim.sweep.executors import (
+    ExecutorOptions,
+    LocalExecutor,
+    check_reachable,
+    make_executor,
+)
 from llmservingsim.sweep.grid import Axis, grid_points, parse_axes, parse_axis
 from llmservingsim.sweep.points import build_points
 from llmservingsim.sweep.rows import WALL_COLUMNS, flatten_summary
@@ -275,6 +281,15 @@ def test_local_pool_and_ray_give_identical_rows(tmp_path: Path, ray_cluster: Any
     assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
     assert rows == _comparable(remote)
     assert len({r["ttft_s_p99"] for r in rows}) > 1  # the overrides reached the simulations
+
+
+def test_unreachable_ray_address_fails_fast_with_one_line() -> None:
+    with socket.socket() as sock:  # a loopback port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(UserError, match="cannot connect") as info:
+        check_reachable(f"127.0.0.1:{port}", timeout_s=1)
+    assert "\n" not in str(info.value)
 
 
 def test_ray_address_without_ray_executor_is_refused() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -102,6 +103,7 @@ class RayExecutor:
             return
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False}
         if options.ray_address is not None:
+            check_reachable(options.ray_address)
             kwargs["address"] = options.ray_address
         elif options.workers is not None:
             kwargs["num_cpus"] = options.workers
@@ -132,6 +134,21 @@ class RayExecutor:
     def close(self) -> None:
         if self._owns_ray:
             self.ray.shutdown()
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a wrong ``host:port`` (or ``ray://host:port``): Ray itself retries an
+    unreachable head for minutes before giving up."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return  # "auto", "local", or a form Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(
+            f"--ray-address {address}: cannot connect ({exc.strerror or exc}); "
+            "is the Ray head running (ray start --head) and is the port right?"
+        ) from None
 
 
 def make_executor(name: str, options: ExecutorOptions) -> Executor:

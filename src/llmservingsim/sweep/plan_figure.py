@@ -13,6 +13,9 @@ import plotly.graph_objects as go
 
 from llmservingsim.sweep.rows import Row
 
+_MAX_LABELLED = 20
+"""Up to this many candidates, each point carries its values as a label; beyond, hover only."""
+
 
 def plan_figure(
     rows: Sequence[Row], keys: Sequence[str], cost_column: str, latency_column: str
@@ -22,6 +25,7 @@ def plan_figure(
     front = sorted((r for r in ok if r.get("pareto")), key=lambda r: r[cost_column])
     others = [r for r in ok if not r.get("pareto")]
     fig = go.Figure()
+    labelled = len(ok) <= _MAX_LABELLED
     traces = (("other", others, "markers"), ("Pareto front", front, "lines+markers"))
     for name, group, mode in traces:
         fig.add_trace(
@@ -29,9 +33,11 @@ def plan_figure(
                 name=name,
                 x=[r[latency_column] * 1e3 for r in group],
                 y=[r[cost_column] for r in group],
-                mode=mode,
-                text=[_hover(r, keys) for r in group],
-                hovertemplate="%{text}<extra></extra>",
+                mode=mode + "+text" if labelled else mode,
+                text=[_label(r, keys) for r in group],
+                textposition="top center",
+                hovertext=[_hover(r, keys) for r in group],
+                hovertemplate="%{hovertext}<extra></extra>",
             )
         )
     cost_title = {
@@ -46,6 +52,15 @@ def plan_figure(
         template="plotly_white",
     )
     return fig
+
+
+def _label(row: Row, keys: Sequence[str]) -> str:
+    """Short: a name value as is (h100-sxm), a number with its key's last part (tp: 2)."""
+    parts = []
+    for key in keys:
+        value = row.get(key)
+        parts.append(str(value) if isinstance(value, str) else f"{key.rsplit('.', 1)[-1]}={value}")
+    return " ".join(parts)
 
 
 def _hover(row: Row, keys: Sequence[str]) -> str:
