@@ -26,12 +26,13 @@ from llmservingsim.sweep.plan import (
     run_plan,
     search_candidate,
 )
-from llmservingsim.sweep.rows import Scalar
+from llmservingsim.sweep.rows import Scalar, simulate_row
 from llmservingsim.sweep.scenario import Scenario
 from llmservingsim.sweep.slo import parse_slo, parse_slos, slo_violations
 
 runner = CliRunner()
 TTFT = parse_slos(["ttft_p99=0.5"])
+TTFT_FAST = parse_slos(["ttft_p99=0.2"])
 
 
 # ----------------------------------------------------------------------------- SLOs
@@ -96,7 +97,8 @@ def synthetic_server(cfg: SimConfig) -> dict[str, Scalar]:
     return {
         "ttft_s_p99": ttft,
         "requests_failed": 0,
-        "output_tokens_per_s": 100.0 * min(rate, capacity),
+        "requests_completed": 10_000,
+        "output_tokens": 10_000 * 100,
         "e2e_s_mean": 1.0,
         "requests_total": 10_000,
     }
@@ -133,6 +135,26 @@ def test_min_instances_for_a_target_rate() -> None:
     assert _search((), hopeless)["status"] == "slo_unreachable"
 
 
+def test_min_instances_with_the_simulator_is_minimal() -> None:
+    """Replicas of a small batch-capped server: the answer passes, one replica fewer fails."""
+    base = [
+        "model=llama-3.2-1b",
+        "workload.num_requests=150",
+        "workload.output_len={dist: fixed, value: 16}",
+        "scheduler.max_num_seqs=2",
+    ]
+    scenario = Scenario.load(None, base)
+    settings = PlanSettings(
+        TTFT_FAST, target_rate=300.0, minimize="cluster.instances", minimize_values=(1, 2, 4, 8, 16)
+    )
+    row = search_candidate(CandidateTask(scenario, (), settings))
+    assert row["status"] == "ok" and row["cluster.instances"] > 1
+    assert row["ttft_s_p99"] <= 0.2 and row["num_instances"] == row["cluster.instances"]
+    half = row["cluster.instances"] // 2  # the next smaller candidate value
+    fewer = scenario.config([("cluster.instances", half), ("workload.arrival.rate", 300.0)])
+    assert slo_violations(simulate_row(fewer), TTFT_FAST)
+
+
 def test_infeasible_candidates_are_rows_not_crashes() -> None:
     settings = PlanSettings(TTFT)
     row = _search((("cluster.tensor_parallel", 1),), settings, "model=llama-3.1-70b")
@@ -151,6 +173,8 @@ def test_plan_picks_the_known_cheapest_candidate() -> None:
     result = run_plan(tasks, LocalExecutor(ExecutorOptions(workers=1)))
     assert [r["scheduler.max_num_seqs"] for r in result.rows if r["pareto"]] == [128]
     best = result.rows[0]
+    # 3 $/h at 20 req/s × 100 tokens: 3 / (2,000 × 3,600) × 1e6 $ per million, within tolerance
+    assert best["usd_per_million_output_tokens"] == pytest.approx(3 / 7.2e6 * 1e6, rel=0.06)
     assert best["usd_per_million_output_tokens"] == min(
         r["usd_per_million_output_tokens"] for r in result.rows
     )

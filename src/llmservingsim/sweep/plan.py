@@ -178,10 +178,16 @@ def _at_floor(before: Probe, after: Probe, slos: Sequence[Slo]) -> bool:
     return True
 
 
-def num_devices(cfg: SimConfig) -> int:
-    """Devices one candidate occupies (replicas × tensor × pipeline shards)."""
-    c = cfg.cluster
-    return c.instances * c.tensor_parallel * c.pipeline_parallel
+def devices_and_cost(cfg: SimConfig) -> tuple[int, float]:
+    """Devices one candidate occupies (Σ over pools of instances × tensor × pipeline shards)
+    and their price per hour from each pool's device YAML."""
+    devices = 0
+    per_hour = 0.0
+    for pool in cfg.cluster.resolved_pools(cfg.hardware):
+        count = pool.count * pool.tensor_parallel * pool.pipeline_parallel
+        devices += count
+        per_hour += count * load_device(pool.hardware or cfg.hardware).cost_per_hour_usd
+    return devices, per_hour
 
 
 def search_candidate(task: CandidateTask) -> Row:
@@ -205,11 +211,10 @@ def search_candidate(task: CandidateTask) -> Row:
     row: Row = {key: resolved_value(cfg, key) for key in keys}
     row.update(status=found.status, mode=settings.mode, simulations=probe.simulations)
     row["rate_req_s"] = cfg.workload.arrival.rate if found.status == "ok" else None
-    devices = num_devices(cfg)
-    per_hour = load_device(cfg.hardware).cost_per_hour_usd * devices
+    devices, per_hour = devices_and_cost(cfg)
     row.update(num_devices=devices, cost_per_hour_usd=per_hour)
     metrics = found.probe.metrics if found.status == "ok" else None
-    row["usd_per_million_output_tokens"] = _usd_per_million(per_hour, metrics)
+    row["usd_per_million_output_tokens"] = _usd_per_million(per_hour, rate_of(cfg), metrics)
     row.update(metrics or {})
     row["note"] = found.note or (transient_note(metrics, cfg) if metrics else "")
     return row
@@ -235,11 +240,26 @@ def transient_note(metrics: dict[str, Scalar], cfg: SimConfig) -> str:
     )
 
 
-def _usd_per_million(per_hour: float, metrics: dict[str, Scalar] | None) -> float | None:
-    tokens_per_s = (metrics or {}).get("output_tokens_per_s")
-    if not isinstance(tokens_per_s, int | float) or tokens_per_s <= 0:
+def rate_of(cfg: SimConfig) -> float:
+    return cfg.workload.arrival.rate
+
+
+def _usd_per_million(
+    per_hour: float, rate: float, metrics: dict[str, Scalar] | None
+) -> float | None:
+    """$ per million output tokens in steady state at ``rate``.
+
+    A deployment that meets its SLOs keeps up with the traffic, so it emits rate × mean output
+    length tokens per second. The measured ``output_tokens_per_s`` of a finite run is lower
+    (its window includes ramp-up and the drain of the last requests) and would overstate cost.
+    """
+    if metrics is None:
         return None
-    return per_hour / (tokens_per_s * 3600.0) * 1e6
+    tokens, done = metrics.get("output_tokens"), metrics.get("requests_completed")
+    if not isinstance(tokens, int | float) or not isinstance(done, int) or done <= 0:
+        return None
+    tokens_per_s = rate * tokens / done
+    return per_hour / (tokens_per_s * 3600.0) * 1e6 if tokens_per_s > 0 else None
 
 
 # ----------------------------------------------------------------------------- the whole plan
