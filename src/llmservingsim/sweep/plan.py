@@ -162,7 +162,7 @@ def find_min_value(probe: _Prober, key: str, values: Sequence[int], rate: float)
 
 
 def _rate(p: Probe) -> float:
-    return p.config.workload.arrival.rate
+    return rate_of(p.config)
 
 
 def _at_floor(before: Probe, after: Probe, slos: Sequence[Slo]) -> bool:
@@ -210,7 +210,7 @@ def search_candidate(task: CandidateTask) -> Row:
         keys.append(settings.minimize)
     row: Row = {key: resolved_value(cfg, key) for key in keys}
     row.update(status=found.status, mode=settings.mode, simulations=probe.simulations)
-    row["rate_req_s"] = cfg.workload.arrival.rate if found.status == "ok" else None
+    row["rate_req_s"] = rate_of(cfg) if found.status == "ok" else None
     devices, per_hour = devices_and_cost(cfg)
     row.update(num_devices=devices, cost_per_hour_usd=per_hour)
     metrics = found.probe.metrics if found.status == "ok" else None
@@ -231,7 +231,7 @@ def transient_note(metrics: dict[str, Scalar], cfg: SimConfig) -> str:
     total = metrics.get("requests_total")
     if not isinstance(e2e, float) or not isinstance(total, int):
         return ""
-    in_flight = cfg.workload.arrival.rate * e2e
+    in_flight = rate_of(cfg) * e2e
     if total >= 4 * in_flight:
         return ""
     return (
