@@ -113,12 +113,12 @@ class MlaOps:
         )
         return Op("attention_decode", "attention_decode", flops, traffic, num_seqs, dims)
 
-    def decode_ops(self, num_seqs: int, total_ctx: int) -> list[Op]:
-        return [
+    def decode_ops(self, num_seqs: int, total_ctx: int) -> tuple[Op, ...]:
+        return (
             self._absorb("mla_q_absorb", num_seqs, self.kv_lora, self.nope_dim),
             self.decode_attention(num_seqs, total_ctx),
             self._absorb("mla_v_absorb", num_seqs, self.v_dim, self.kv_lora),
-        ]
+        )
 
     def decode_io_bytes(self, num_seqs: int) -> tuple[float, float]:
         """Absorbed queries + the new latent in, latent-space outputs back."""

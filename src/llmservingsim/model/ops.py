@@ -212,11 +212,11 @@ class OpGraph:
         dims = (("batch", num_seqs), ("context", total_ctx), *self._head_dims())
         return Op("attention_decode", "attention_decode", flops, traffic, num_seqs, dims)
 
-    def decode_attention_ops(self, num_seqs: int, total_ctx: int) -> list[Op]:
+    def decode_attention_ops(self, num_seqs: int, total_ctx: int) -> tuple[Op, ...]:
         """Every kernel of the batch's decode attention (MLA adds its weight-absorption GEMMs)."""
         if self.mla is not None:
             return self.mla.decode_ops(num_seqs, total_ctx)
-        return [self.decode_attention(num_seqs, total_ctx)]
+        return (self.decode_attention(num_seqs, total_ctx),)
 
     def decode_io_bytes(self, num_seqs: int) -> tuple[float, float]:
         """Bytes into and out of decode attention for one layer: (queries + the new token's KV,

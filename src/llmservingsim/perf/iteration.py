@@ -201,21 +201,19 @@ class IterationTimer:
             )
         return sends
 
-    def _attention_terms(self, batch: BatchShape) -> list[_Cost]:
-        """Attention of one layer for the batch, in order: each prefill chunk, then decode."""
-        terms = [self._prefill_cost(new, ctx) for new, ctx in batch.prefill]
+    def _with_attention(self, base: _Cost, batch: BatchShape) -> _Cost:
+        """A layer's cost plus its attention for the batch: each prefill chunk, then decode."""
+        seconds, flops, traffic = base
+        for new, ctx in batch.prefill:
+            attn_s, attn_f, attn_b = self._prefill_cost(new, ctx)
+            seconds += attn_s
+            flops += attn_f
+            traffic += attn_b
         if batch.num_decode:
             for op in self.graph.decode_attention_ops(batch.num_decode, batch.decode_context):
-                terms.append((self.backend.time(op), op.flops, op.bytes))
-        return terms
-
-    @staticmethod
-    def _plus(base: _Cost, terms: list[_Cost]) -> _Cost:
-        seconds, flops, traffic = base
-        for term_s, term_f, term_b in terms:
-            seconds += term_s
-            flops += term_f
-            traffic += term_b
+                seconds += self.backend.time(op)
+                flops += op.flops
+                traffic += op.bytes
         return seconds, flops, traffic
 
     def step(self, batch: BatchShape) -> StepCost:
@@ -223,14 +221,12 @@ class IterationTimer:
         num_tokens = batch.num_tokens
         if num_tokens == 0:
             return StepCost(0.0, 0.0, 0.0, (0.0,) * self.pp)
-        attention = self._attention_terms(batch)
-        layer_s, layer_f, layer_b = self._plus(self._layer_cost(num_tokens), attention)
+        layer_s, layer_f, layer_b = self._with_attention(self._layer_cost(num_tokens), batch)
         head_s, head_f, head_b = self._head_cost(num_tokens, batch.num_sampled)
         cpu = self.step_overhead + self.seq_overhead * batch.num_seqs
         if self.num_moe_layers:
-            moe_s, moe_f, moe_b = self._plus(self._moe_layer_cost(num_tokens), attention)
             dense = (layer_s, layer_f, layer_b)
-            moe = (moe_s, moe_f, moe_b)
+            moe = self._with_attention(self._moe_layer_cost(num_tokens), batch)
             return self._moe_step(num_tokens, dense, moe, (head_s, head_f, head_b), cpu)
         n = self.num_layers
         flops, traffic = n * layer_f + head_f, n * layer_b + head_b
