@@ -128,6 +128,8 @@ def test_pim_devices_draw_power_for_the_whole_run() -> None:
     gpu = load_device("h100-sxm")
     floor = (gpu.power.idle_w + 4 * pim.power.idle_w) * on["simulated_time_s"]
     assert on["energy_j"] > floor
+    assert on["pim"]["devices"] == 4
+    assert 0 < on["pim"]["busy_fraction"] < 1
     assert on["cost_usd"] == pytest.approx(
         (gpu.cost_per_hour_usd + 4 * pim.cost_per_hour_usd) * on["simulated_time_s"] / 3600
     )

@@ -323,6 +323,15 @@ def summarize(
             "version": __version__,
         }
     )
+    pim_timers = [t for t in timers if isinstance(t, PimIterationTimer)]
+    if pim_timers and end_time > 0:
+        # Busy time of one PIM device, summed over the instances' steps.
+        busy = sum(t.pim_busy_s for t in pim_timers)
+        summary["pim"] = {
+            "device": cfg.pim.device,
+            "devices": sum(n for inst in instances for _, n in inst.attached_devices),
+            "busy_fraction": busy / (end_time * len(instances)),
+        }
     if cluster.disaggregated:
         transfers = [r.kv_transfer_s for r in metrics.records if r.prefill_instance >= 0]
         summary["kv_transfers"] = len(transfers)

@@ -101,10 +101,9 @@ class PimIterationTimer(IterationTimer):
         seconds, flops, traffic = self._layer_cost(num_tokens)
         if self.num_moe_layers:
             moe_s, moe_f, moe_b = self._moe_layer_cost(num_tokens)
-            share, dense = (
-                self.num_moe_layers / self.num_layers,
-                1 - self.num_moe_layers / self.num_layers,
-            )
+            # One average layer: DeepSeek mixes a few dense layers with MoE ones.
+            share = self.num_moe_layers / self.num_layers
+            dense = 1.0 - share
             seconds = dense * seconds + share * moe_s
             flops = dense * flops + share * moe_f
             traffic = dense * traffic + share * moe_b
