@@ -1,7 +1,7 @@
 """Accuracy table: simulate every published point one instance can reproduce, compare, report.
 
 Reads ``<data>/reference/published_points.csv`` (see ``<data>/README.md`` §7-8), turns each row
-that a single tensor-parallel instance of a dense catalog model can reproduce into a simulator
+that a single tensor-parallel instance of a catalog model can reproduce into a simulator
 config (exact replay workload where the row names one, otherwise fixed lengths at the given
 rate), runs it, converts units and prints a Markdown table with the signed error per row, the
 rows it cannot reproduce (and why), and the median absolute error per metric family.
@@ -319,8 +319,6 @@ def build_scenario(
     if model is None:
         return None, f"model '{row['model']}' is not in the catalog"
     spec = load_model(model)
-    if spec.is_moe or spec.uses_mla:
-        return None, f"MoE model ({model}): not yet supported"
     gpus = _num(row["num_gpus"])
     tp = _num(row["tensor_parallel"])
     pp = _num(row["pipeline_parallel"]) or 1

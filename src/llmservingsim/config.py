@@ -231,7 +231,31 @@ class SchedulerConfig(_Section):
 
 
 class PerfConfig(_Section):
-    backend: str = "roofline"
+    """``auto`` picks per device type: ``systolic`` for an NPU whose YAML describes its arrays,
+    ``roofline`` otherwise."""
+
+    backend: str = "auto"
+
+
+class MoeConfig(_Section):
+    """Mixture-of-experts routing. ``imbalance``: the busiest expert's tokens over the mean
+    (1.0 = uniform routing); it loads the critical rank under expert parallelism."""
+
+    imbalance: float = Field(default=1.0, ge=1.0)
+
+
+class PimConfig(_Section):
+    """Processing-in-memory devices attached to every instance (the NPU+PIM system of the
+    reference): they hold the KV cache and run decode attention on their internal bandwidth
+    while the instance's devices run everything else (perf/pim.py)."""
+
+    enabled: bool = False
+    device: str = Field(default="pim", description="catalog name or device YAML of type pim")
+    count: int = Field(default=4, ge=1, description="PIM devices per instance")
+    sub_batch_interleaving: bool = Field(
+        default=False,
+        description="split decode into two sub-batches so device and PIM work overlap",
+    )
 
 
 class SloConfig(_Section):
@@ -255,6 +279,8 @@ class SimConfig(_Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     workload: WorkloadConfig = WorkloadConfig()
     perf: PerfConfig = PerfConfig()
+    moe: MoeConfig = MoeConfig()
+    pim: PimConfig = PimConfig()
     slo: SloConfig = SloConfig()
     seed: int = 0
 

@@ -18,15 +18,16 @@ from llmservingsim.cluster.placement import place_instances
 from llmservingsim.config import LinkOverride, PoolConfig, SimConfig
 from llmservingsim.engine import Engine
 from llmservingsim.errors import ConfigError, DoesNotFitError
-from llmservingsim.hardware.backends import PERF_BACKENDS
+from llmservingsim.hardware.backends import make_backend
 from llmservingsim.hardware.device import DeviceSpec, Link
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.summary import request_metrics
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.iteration import IterationTimer
+from llmservingsim.perf.pim import PimIterationTimer
 from llmservingsim.serving.block_manager import BlockManager
 from llmservingsim.serving.instance import Instance
-from llmservingsim.serving.memory import MemoryPlan, plan_memory
+from llmservingsim.serving.memory import MemoryPlan, PimMemory, plan_memory
 from llmservingsim.serving.schedulers import SCHEDULERS
 from llmservingsim.workload import load_workload
 from llmservingsim.workload.request_spec import RequestSpec
@@ -43,15 +44,27 @@ def _reject_unsupported(cfg: SimConfig) -> None:
     """Config values that name features not built yet: a clear error, never a silent fallback."""
     pools = cfg.cluster.resolved_pools(cfg.hardware)
     unsupported = {
-        "expert_parallel > 1 (needs MoE models, issue #5)": any(
-            p.expert_parallel > 1 for p in pools
-        ),
         "scheduler.enable_prefix_caching: true (issue #5)": cfg.scheduler.enable_prefix_caching,
         "scheduler.preemption: swap (issue #5)": cfg.scheduler.preemption == "swap",
+        "pim.enabled with pipeline_parallel > 1": cfg.pim.enabled
+        and any(p.pipeline_parallel > 1 for p in pools),
     }
     for what, used in unsupported.items():
         if used:
             raise ConfigError(f"{what} is not yet supported")
+
+
+def pim_device(cfg: SimConfig) -> DeviceSpec | None:
+    """The PIM device attached to every instance, or None; checks the ``pim`` section."""
+    if not cfg.pim.enabled:
+        return None
+    device = load_device(cfg.pim.device)
+    if device.type != "pim":
+        raise ConfigError(
+            f"pim.device {cfg.pim.device!r} is a {device.type} device; PIM offload needs a "
+            "device of type pim (e.g. the catalog's 'pim')"
+        )
+    return device
 
 
 def plan_instance_memory(cfg: SimConfig, pool: PoolConfig | None = None) -> MemoryPlan:
@@ -61,6 +74,7 @@ def plan_instance_memory(cfg: SimConfig, pool: PoolConfig | None = None) -> Memo
     spec = load_model(cfg.model)
     device = load_device(hardware)
     tp, pp = pool.tensor_parallel, pool.pipeline_parallel
+    pim = pim_device(cfg)
     plan = plan_memory(
         spec,
         device,
@@ -72,6 +86,8 @@ def plan_instance_memory(cfg: SimConfig, pool: PoolConfig | None = None) -> Memo
         gpu_memory_utilization=cfg.scheduler.gpu_memory_utilization,
         max_batched_tokens=cfg.scheduler.max_num_batched_tokens,
         max_seqs=cfg.scheduler.max_num_seqs,
+        ep=pool.expert_parallel,
+        pim=None if pim is None else PimMemory(pim, cfg.pim.count),
     )
     if plan.num_blocks < pp:
         shape = f"{tp}× {hardware}" if pp == 1 else f"{tp}×{pp} (TP×PP) {hardware}"
@@ -96,6 +112,30 @@ def _check_parallelism(cfg: SimConfig, pool: PoolConfig) -> None:
             f"{where}.pipeline_parallel={pool.pipeline_parallel} exceeds the "
             f"{spec.num_layers} layers of {cfg.model}"
         )
+    ep = pool.expert_parallel
+    if ep > 1:
+        if not spec.is_moe:
+            raise ConfigError(
+                f"{where}.expert_parallel={ep} needs a mixture-of-experts model; "
+                f"{cfg.model} is dense"
+            )
+        if spec.num_experts % ep:
+            raise ConfigError(
+                f"{where}.expert_parallel={ep} must divide the {spec.num_experts} experts "
+                f"of {cfg.model}"
+            )
+        if ep != pool.tensor_parallel:
+            raise ConfigError(
+                f"{where}.expert_parallel={ep} must be 1 or equal tensor_parallel="
+                f"{pool.tensor_parallel}: experts are split over the TP group's devices "
+                "(docs/models.md)"
+            )
+    device = load_device(pool.hardware or cfg.hardware)
+    if device.type == "pim":
+        raise ConfigError(
+            f"hardware {device.name!r} is a PIM device: it only runs decode attention; attach "
+            f"it to a GPU/NPU with pim.enabled: true and pim.device: {device.name}"
+        )
 
 
 def _topology(cfg: SimConfig, device: DeviceSpec) -> Topology:
@@ -116,12 +156,49 @@ def _topology(cfg: SimConfig, device: DeviceSpec) -> Topology:
     )
 
 
+def _timer(
+    cfg: SimConfig,
+    pool_cfg: PoolConfig,
+    device: DeviceSpec,
+    topology: Topology,
+    first_device: int,
+    pim: DeviceSpec | None,
+) -> IterationTimer:
+    spec = load_model(cfg.model)
+    backend = make_backend(device, cfg.compute_dtype, cfg.perf.backend)
+    common: dict[str, Any] = {
+        "tensor_parallel": pool_cfg.tensor_parallel,
+        "first_device": first_device,
+        "dtype": cfg.dtype,
+        "kv_dtype": cfg.resolved_kv_dtype,
+        "expert_parallel": pool_cfg.expert_parallel,
+        "moe_imbalance": cfg.moe.imbalance,
+    }
+    if pim is not None:
+        return PimIterationTimer(
+            spec,
+            device,
+            backend,
+            topology,
+            pim=pim,
+            pim_count=cfg.pim.count,
+            sub_batch_interleaving=cfg.pim.sub_batch_interleaving,
+            **common,
+        )
+    return IterationTimer(
+        spec,
+        device,
+        backend,
+        topology,
+        pipeline_parallel=pool_cfg.pipeline_parallel,
+        **common,
+    )
+
+
 def build_cluster(cfg: SimConfig, metrics: MetricsCollector) -> Cluster:
     spec = load_model(cfg.model)
-    if spec.is_moe or spec.uses_mla:
-        raise ConfigError(
-            f"model {cfg.model}: mixture-of-experts / MLA models are not yet supported (issue #5)"
-        )
+    pim = pim_device(cfg)
+    attached = () if pim is None else ((pim, cfg.pim.count),)
     pools: list[Pool] = []
     next_device = 0
     for pool_cfg in cfg.cluster.resolved_pools(cfg.hardware):
@@ -133,19 +210,8 @@ def build_cluster(cfg: SimConfig, metrics: MetricsCollector) -> Cluster:
         firsts, next_device = place_instances(
             next_device, pool_cfg.count, tp * pp, topology.devices_per_node
         )
-        backend = PERF_BACKENDS.get(cfg.perf.backend)(device, cfg.compute_dtype)
         # Instances of a pool are placed alike, so they share one timer and its memo caches.
-        timer = IterationTimer(
-            spec,
-            device,
-            backend,
-            topology,
-            tensor_parallel=tp,
-            pipeline_parallel=pp,
-            first_device=firsts[0],
-            dtype=cfg.dtype,
-            kv_dtype=cfg.resolved_kv_dtype,
-        )
+        timer = _timer(cfg, pool_cfg, device, topology, firsts[0], pim)
         policy = SCHEDULERS.get(cfg.scheduler.policy)
         blocks_per_engine = memory.num_blocks // pp
         instances: list[Instance] = []
@@ -167,6 +233,7 @@ def build_cluster(cfg: SimConfig, metrics: MetricsCollector) -> Cluster:
                     role=pool_cfg.role,
                     pool=pool_cfg.name or "default",
                     first_device=first,
+                    attached_devices=attached,
                 )
             )
         kv_per_token = spec.kv_bytes_per_token(cfg.resolved_kv_dtype)
@@ -215,7 +282,13 @@ def summarize(
     per_instance = _instance_rows(instances, metrics, end_time)
     energy = sum(row["energy_j"] for row in per_instance)
     cost = sum(
-        inst.num_devices * inst.device.cost_per_hour_usd * end_time / 3600.0 for inst in instances
+        (
+            inst.num_devices * inst.device.cost_per_hour_usd
+            + sum(count * spec.cost_per_hour_usd for spec, count in inst.attached_devices)
+        )
+        * end_time
+        / 3600.0
+        for inst in instances
     )
     timers = {id(inst.timer): inst.timer for inst in instances}.values()
     lookups = sum(t.cache_lookups for t in timers)
@@ -241,6 +314,7 @@ def summarize(
             "joules_per_token": energy / summary["output_tokens"]
             if summary["output_tokens"]
             else None,
+            "average_power_w": energy / end_time if end_time > 0 else None,
             "cost_usd": cost,
             "memory": instances[0].memory.as_dict(),
             "pools": [_pool_row(pool) for pool in cluster.pools],
@@ -249,6 +323,15 @@ def summarize(
             "version": __version__,
         }
     )
+    pim_timers = [t for t in timers if isinstance(t, PimIterationTimer)]
+    if pim_timers and end_time > 0:
+        # Busy time of one PIM device, summed over the instances' steps.
+        busy = sum(t.pim_busy_s for t in pim_timers)
+        summary["pim"] = {
+            "device": cfg.pim.device,
+            "devices": sum(n for inst in instances for _, n in inst.attached_devices),
+            "busy_fraction": busy / (end_time * len(instances)),
+        }
     if cluster.disaggregated:
         transfers = [r.kv_transfer_s for r in metrics.records if r.prefill_instance >= 0]
         summary["kv_transfers"] = len(transfers)
@@ -268,6 +351,7 @@ def _pool_row(pool: Pool) -> dict[str, Any]:
         "hardware": first.device.name,
         "tensor_parallel": first.tp,
         "pipeline_parallel": first.pp,
+        "expert_parallel": first.timer.ep,
         "memory": first.memory.as_dict(),
     }
 
@@ -288,6 +372,9 @@ def _instance_rows(
         device_s = end_time * inst.num_devices
         idle_device_s = max(0.0, device_s - t.busy_device_s)
         energy = t.energy_busy_j + idle_device_s * inst.device.power.idle_w
+        # Attached devices (PIM) draw idle power whenever the instance runs no step.
+        idle_s = max(0.0, end_time - t.busy_s)
+        energy += sum(n * spec.power.idle_w * idle_s for spec, n in inst.attached_devices)
         rows.append(
             {
                 "index": inst.index,
@@ -302,6 +389,7 @@ def _instance_rows(
                 "kv_peak_util": t.kv_peak_blocks / inst.num_blocks if inst.num_blocks else 0.0,
                 "preemptions": inst.preemptions,
                 "energy_j": energy,
+                "average_power_w": energy / end_time if end_time > 0 else None,
             }
         )
     return rows

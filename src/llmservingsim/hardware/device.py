@@ -98,6 +98,22 @@ class Efficiency(_Strict):
     )
 
 
+class Systolic(_Strict):
+    """Weight-stationary systolic arrays of an NPU, for the ``systolic`` perf backend.
+
+    The chip has ``arrays`` arrays (cores × arrays per core) of ``rows`` × ``cols`` MAC units
+    at ``clock_ghz``; its dense bf16 peak is 2·rows·cols·arrays·clock (checked against
+    ``peak_tflops`` in the catalog tests). ``sram_mib`` is the on-chip buffer that holds the
+    streamed operand; a GEMM whose activations do not fit re-reads them from DRAM.
+    """
+
+    rows: int = Field(ge=1)
+    cols: int = Field(ge=1)
+    arrays: int = Field(ge=1, description="arrays working in parallel on the chip")
+    clock_ghz: float = Field(gt=0)
+    sram_mib: float = Field(gt=0)
+
+
 class DeviceSpec(_Strict):
     name: str
     type: Literal["gpu", "npu", "tpu", "pim"] = "gpu"
@@ -116,6 +132,9 @@ class DeviceSpec(_Strict):
     power: Power
     cost_per_hour_usd: float = Field(ge=0, description="on-demand cloud price per device-hour")
     efficiency: Efficiency
+    systolic: Systolic | None = Field(
+        default=None, description="NPU array geometry (type: npu); enables the systolic backend"
+    )
     sources: list[str] = Field(default_factory=list, description="where the numbers come from")
 
     @property

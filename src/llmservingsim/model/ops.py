@@ -5,24 +5,47 @@ The batch of one engine step is a list of sequences, each with ``new`` tokens to
 batch stacked (M = total new tokens); attention is per sequence. FLOPs and bytes come from the
 shapes alone, so any perf backend (roofline, measured tables, an external simulator) can time
 them.
+
+Model shapes beyond the dense GQA transformer plug in here: multi-head latent attention
+(model/mla.py) replaces the attention ops, a mixture of experts (model/moe.py) replaces the MLP
+of its layers. Dense models build exactly the ops they always did.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec
+
+if TYPE_CHECKING:
+    from llmservingsim.model.mla import MlaOps
+    from llmservingsim.model.moe import MoeOps
+
+Dims = tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """One kernel. ``m`` is the row count the kernel's efficiency depends on (tokens for GEMMs)."""
+    """One kernel. ``m`` is the row count the kernel's efficiency depends on (tokens for GEMMs).
+
+    ``dims`` are the named integer shapes the op was built from (gemm: m, n, k; memory: m and
+    per-row elements; attention: tokens, context and heads), so a measured table or an external
+    simulator can look the kernel up by shape instead of re-deriving it from FLOPs and bytes.
+    """
 
     name: str
     kind: str  # gemm | memory | attention_prefill | attention_decode
     flops: float
     bytes: float
     m: int = 1
+    dims: Dims = ()
+
+    def dim(self, name: str) -> int:
+        for key, value in self.dims:
+            if key == name:
+                return value
+        raise KeyError(f"op {self.name!r} has no dim {name!r} (dims: {self.dims})")
 
 
 @dataclass(frozen=True)
@@ -62,35 +85,96 @@ def shard_shape(spec: ModelSpec, tp: int) -> ShardShape:
     )
 
 
-class OpGraph:
-    """Builds the ops of one layer / of the model head for a given batch on one TP rank."""
+def kv_bytes_per_token_layer(spec: ModelSpec, tp: int, kv_dtype: str) -> float:
+    """KV cache bytes one token adds to one layer on one TP rank. GQA: this rank's K and V
+    heads; MLA: the whole latent, which every TP rank keeps a copy of (model/mla.py)."""
+    if spec.uses_mla:
+        return spec.mla_latent_size * DTYPE_BYTES[kv_dtype]
+    return 2.0 * shard_shape(spec, tp).kv_size * DTYPE_BYTES[kv_dtype]
 
-    def __init__(self, spec: ModelSpec, tp: int, dtype: str, kv_dtype: str) -> None:
+
+def weight_only_quantized(dtype: str) -> bool:
+    """int8/int4 checkpoints (AWQ/GPTQ-style) quantize the decoder's linear layers only: math,
+    activations, embeddings and the LM head stay 16-bit."""
+    return dtype in ("int8", "int4")
+
+
+class OpGraph:
+    """Builds the ops of one layer / of the model head for a given batch on one TP rank.
+
+    ``expert_parallel`` splits a MoE model's experts over that many of the TP ranks (see
+    model/moe.py for the layout); ``moe_imbalance`` is the busiest expert's rows over the mean.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        tp: int,
+        dtype: str,
+        kv_dtype: str,
+        *,
+        expert_parallel: int = 1,
+        moe_imbalance: float = 1.0,
+    ) -> None:
         self.spec = spec
+        self.tp = tp
         self.shape = shard_shape(spec, tp)
         self.weight_bytes = DTYPE_BYTES[dtype]
         # Weight-only quantized models (int8/int4) still compute in 16-bit.
         self.act_bytes = 2.0 if dtype in ("int8", "int4", "fp8") else DTYPE_BYTES[dtype]
         self.kv_bytes = DTYPE_BYTES[kv_dtype]
+        self.head_weight_bytes = 2.0 if weight_only_quantized(dtype) else self.weight_bytes
+        # Model-shape extensions; imported here because they build on this module's Op.
+        self.mla: MlaOps | None = None
+        self.moe: MoeOps | None = None
+        if spec.uses_mla:
+            from llmservingsim.model.mla import MlaOps
+
+            self.mla = MlaOps(self)
+        if spec.is_moe:
+            from llmservingsim.model.moe import MoeOps
+
+            self.moe = MoeOps(self, expert_parallel, moe_imbalance)
 
     def gemm(self, name: str, m: int, n: int, k: int) -> Op:
         flops = 2.0 * m * n * k
         traffic = k * n * self.weight_bytes + (m * k + m * n) * self.act_bytes
-        return Op(name, "gemm", flops, traffic, m)
+        return Op(name, "gemm", flops, traffic, m, (("m", m), ("n", n), ("k", k)))
 
-    def elementwise(self, name: str, m: int, read: float, write: float) -> Op:
-        return Op(name, "memory", 0.0, (read + write) * m * self.act_bytes, m)
+    def elementwise(self, name: str, m: int, read: int, write: int) -> Op:
+        dims = (("m", m), ("read", read), ("write", write))
+        return Op(name, "memory", 0.0, (read + write) * m * self.act_bytes, m, dims)
 
-    def dense_layer_ops(self, num_tokens: int) -> list[Op]:
-        """Everything of one decoder layer except attention itself; depends only on M."""
+    def attention_block_ops(self, num_tokens: int) -> list[Op]:
+        """Norm, projections and rotary around attention, and the residual add after it."""
+        if self.mla is not None:
+            return self.mla.block_ops(num_tokens)
         s, m = self.shape, num_tokens
-        mlp_in = (2 if s.gated_mlp else 1) * s.intermediate
         return [
             self.elementwise("input_layernorm", m, s.hidden, s.hidden),
             self.gemm("qkv_proj", m, s.q_size + 2 * s.kv_size, s.hidden),
             self.elementwise("rope", m, s.q_size + s.kv_size, s.q_size + s.kv_size),
             self.gemm("o_proj", m, s.hidden, s.q_size),
             self.elementwise("residual_add", m, 2 * s.hidden, s.hidden),
+        ]
+
+    def dense_layer_ops(self, num_tokens: int) -> list[Op]:
+        """Everything of one decoder layer except attention itself; depends only on M."""
+        return self.attention_block_ops(num_tokens) + self.mlp_ops(num_tokens)
+
+    def moe_layer_ops(self, num_tokens: int) -> list[Op]:
+        """A MoE decoder layer except attention: the MLP is replaced by routed experts."""
+        if self.moe is None:
+            raise ValueError(f"{self.spec.name} has no experts")
+        return self.attention_block_ops(num_tokens) + self.moe.ffn_ops(num_tokens)
+
+    def layer_ops(self, num_tokens: int, moe: bool) -> list[Op]:
+        return self.moe_layer_ops(num_tokens) if moe else self.dense_layer_ops(num_tokens)
+
+    def mlp_ops(self, num_tokens: int) -> list[Op]:
+        s, m = self.shape, num_tokens
+        mlp_in = (2 if s.gated_mlp else 1) * s.intermediate
+        return [
             self.elementwise("post_attention_layernorm", m, s.hidden, s.hidden),
             self.gemm("mlp_up_proj", m, mlp_in, s.hidden),
             self.elementwise("mlp_act", m, mlp_in, s.intermediate),
@@ -100,35 +184,70 @@ class OpGraph:
 
     def prefill_attention(self, new: int, ctx: int) -> Op:
         """Causal FlashAttention over ``new`` query tokens after ``ctx`` cached tokens."""
+        if self.mla is not None:
+            return self.mla.prefill_attention(new, ctx)
         s = self.shape
         flops = 4.0 * new * (ctx + (new + 1) / 2) * s.q_size
         traffic = (
             2.0 * new * s.q_size * self.act_bytes + 2.0 * (ctx + new) * s.kv_size * self.kv_bytes
         )
-        return Op("attention_prefill", "attention_prefill", flops, traffic, new)
+        dims = (("new", new), ("ctx", ctx), *self._head_dims())
+        return Op("attention_prefill", "attention_prefill", flops, traffic, new, dims)
+
+    def prefill_attention_ops(self, new: int, ctx: int) -> list[Op]:
+        """Every kernel of one sequence's prefill attention (MLA first expands its latent KV)."""
+        if self.mla is not None:
+            return self.mla.prefill_ops(new, ctx)
+        return [self.prefill_attention(new, ctx)]
 
     def decode_attention(self, num_seqs: int, total_ctx: int) -> Op:
         """Paged decode attention of a whole batch: reads every sequence's KV once."""
+        if self.mla is not None:
+            return self.mla.decode_attention(num_seqs, total_ctx)
         s = self.shape
         flops = 4.0 * total_ctx * s.q_size
         traffic = (
             2.0 * total_ctx * s.kv_size * self.kv_bytes + 2.0 * num_seqs * s.q_size * self.act_bytes
         )
-        return Op("attention_decode", "attention_decode", flops, traffic, num_seqs)
+        dims = (("batch", num_seqs), ("context", total_ctx), *self._head_dims())
+        return Op("attention_decode", "attention_decode", flops, traffic, num_seqs, dims)
+
+    def decode_attention_ops(self, num_seqs: int, total_ctx: int) -> tuple[Op, ...]:
+        """Every kernel of the batch's decode attention (MLA adds its weight-absorption GEMMs)."""
+        if self.mla is not None:
+            return self.mla.decode_ops(num_seqs, total_ctx)
+        return (self.decode_attention(num_seqs, total_ctx),)
+
+    def decode_io_bytes(self, num_seqs: int) -> tuple[float, float]:
+        """Bytes into and out of decode attention for one layer: (queries + the new token's KV,
+        outputs). What crosses the link when attention runs on another device (PIM)."""
+        if self.mla is not None:
+            return self.mla.decode_io_bytes(num_seqs)
+        s = self.shape
+        into = num_seqs * (s.q_size * self.act_bytes + 2 * s.kv_size * self.kv_bytes)
+        return into, num_seqs * s.q_size * self.act_bytes
+
+    def _head_dims(self) -> Dims:
+        s = self.shape
+        return (("q_heads", s.q_heads), ("kv_heads", s.kv_heads), ("head_dim", s.head_dim))
 
     def head_ops(self, num_tokens: int, num_sampled: int) -> list[Op]:
         """Embedding lookup, final norm and LM head (only for sequences that emit a token)."""
         s = self.shape
         ops = [
-            Op(
-                "embedding", "memory", 0.0, 2.0 * num_tokens * s.hidden * self.act_bytes, num_tokens
-            ),
+            self.elementwise("embedding", num_tokens, s.hidden, s.hidden),
             self.elementwise("final_layernorm", num_sampled, s.hidden, s.hidden),
         ]
         if num_sampled:
-            ops.append(self.gemm("lm_head", num_sampled, s.vocab, s.hidden))
+            lm_head = self.gemm("lm_head", num_sampled, s.vocab, s.hidden)
+            if self.head_weight_bytes != self.weight_bytes:
+                extra = s.vocab * s.hidden * (self.head_weight_bytes - self.weight_bytes)
+                lm_head = replace(lm_head, bytes=lm_head.bytes + extra)
+            ops.append(lm_head)
             # Sampling reads the fp32 logits once (softmax + top-k/p), one kernel chain.
-            ops.append(Op("sampling", "memory", 0.0, 4.0 * num_sampled * s.vocab * 2, num_sampled))
+            sampling_bytes = 4.0 * num_sampled * s.vocab * 2
+            dims = (("m", num_sampled), ("vocab", s.vocab))
+            ops.append(Op("sampling", "memory", 0.0, sampling_bytes, num_sampled, dims))
         return ops
 
     def allreduce_bytes(self, num_tokens: int) -> float:

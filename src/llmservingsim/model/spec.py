@@ -46,9 +46,13 @@ class ModelSpec:
     moe_intermediate_size: int = 0
     num_shared_experts: int = 0
     first_dense_layers: int = 0
+    shared_intermediate_size: int = 0  # all shared experts together (DeepSeek: n_shared · moe)
     # Multi-head latent attention (DeepSeek): compressed KV per token instead of K and V heads.
+    # With MLA ``head_dim`` is the query/key head size (qk_nope + qk_rope).
     kv_lora_rank: int = 0
     qk_rope_head_dim: int = 0
+    q_lora_rank: int = 0  # 0: queries are projected straight from the hidden state
+    v_head_dim: int = 0  # MLA value head size (0: same as head_dim)
 
     @property
     def is_moe(self) -> bool:
@@ -59,6 +63,14 @@ class ModelSpec:
         return self.kv_lora_rank > 0
 
     @property
+    def num_moe_layers(self) -> int:
+        """Decoder layers whose MLP is a mixture of experts (DeepSeek keeps the first k dense)."""
+        return self.num_layers - self.first_dense_layers if self.is_moe else 0
+
+    def is_moe_layer(self, index: int) -> bool:
+        return self.is_moe and index >= self.first_dense_layers
+
+    @property
     def q_size(self) -> int:
         return self.num_heads * self.head_dim
 
@@ -66,29 +78,70 @@ class ModelSpec:
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
 
+    @property
+    def value_head_dim(self) -> int:
+        return self.v_head_dim or self.head_dim
+
+    @property
+    def mla_latent_size(self) -> int:
+        """Per-token, per-layer MLA cache entry: compressed KV plus the shared rotary key."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+    @property
+    def qk_nope_head_dim(self) -> int:
+        return self.head_dim - self.qk_rope_head_dim
+
     def attention_params(self) -> int:
-        return self.hidden_size * (self.q_size + 2 * self.kv_size) + self.q_size * self.hidden_size
+        h = self.hidden_size
+        if not self.uses_mla:
+            return h * (self.q_size + 2 * self.kv_size) + self.q_size * h
+        if self.q_lora_rank:
+            q = h * self.q_lora_rank + self.q_lora_rank + self.q_lora_rank * self.q_size
+        else:
+            q = h * self.q_size
+        kv_a = h * self.mla_latent_size + self.kv_lora_rank
+        kv_b = self.kv_lora_rank * self.num_heads * (self.qk_nope_head_dim + self.value_head_dim)
+        return q + kv_a + kv_b + self.num_heads * self.value_head_dim * h
 
     def mlp_params(self) -> int:
         mats = 3 if self.gated_mlp else 2
         return mats * self.hidden_size * self.intermediate_size
 
-    def layer_params(self) -> int:
-        return self.attention_params() + self.mlp_params() + 2 * self.hidden_size
+    def expert_params(self) -> int:
+        """One routed expert (a gated MLP of moe_intermediate_size)."""
+        return 3 * self.hidden_size * self.moe_intermediate_size
+
+    def moe_params(self) -> int:
+        """Router, every routed expert and the shared experts of one MoE layer."""
+        router = self.num_experts * self.hidden_size
+        shared = 3 * self.hidden_size * self.shared_intermediate_size
+        return router + self.num_experts * self.expert_params() + shared
+
+    def layer_params(self, moe: bool = False) -> int:
+        mlp = self.moe_params() if moe else self.mlp_params()
+        return self.attention_params() + mlp + 2 * self.hidden_size
 
     def embedding_params(self) -> int:
         heads = 1 if self.tie_word_embeddings else 2
         return heads * self.vocab_size * self.hidden_size
 
     def num_params(self) -> int:
-        """Total parameters (dense models; MoE counts are refined by the MoE model layer)."""
-        return self.num_layers * self.layer_params() + self.embedding_params() + self.hidden_size
+        """Total parameters: every expert counts (what must sit in memory)."""
+        moe_layers = self.num_moe_layers
+        layers = (self.num_layers - moe_layers) * self.layer_params()
+        if moe_layers:
+            layers += moe_layers * self.layer_params(moe=True)
+        return layers + self.embedding_params() + self.hidden_size
+
+    def active_params(self) -> int:
+        """Parameters one token uses: k routed experts instead of all of them."""
+        idle = self.num_experts - self.experts_per_token
+        return self.num_params() - self.num_moe_layers * idle * self.expert_params()
 
     def kv_bytes_per_token(self, kv_dtype: str) -> float:
         """K and V of one token over all layers, unsharded (MLA: the compressed latent)."""
         if self.uses_mla:
-            latent = self.kv_lora_rank + self.qk_rope_head_dim
-            return self.num_layers * latent * DTYPE_BYTES[kv_dtype]
+            return self.num_layers * self.mla_latent_size * DTYPE_BYTES[kv_dtype]
         return 2 * self.num_layers * self.kv_size * DTYPE_BYTES[kv_dtype]
 
 
@@ -119,6 +172,14 @@ def _parse_llama_like(name: str, cfg: dict[str, Any]) -> ModelSpec:
     num_experts = int(
         cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts") or 0
     )
+    kv_lora_rank = int(cfg.get("kv_lora_rank") or 0)
+    rope_dim = int(cfg.get("qk_rope_head_dim") or 0)
+    if kv_lora_rank:
+        # MLA: query/key heads are qk_nope + qk_rope wide, values v_head_dim wide.
+        head_dim = int(_need(cfg, "qk_nope_head_dim", name)) + rope_dim
+    moe_inter = int(cfg.get("moe_intermediate_size") or cfg.get("intermediate_size") or 0)
+    num_shared = int(cfg.get("n_shared_experts") or 0)
+    shared_inter = int(cfg.get("shared_expert_intermediate_size") or num_shared * moe_inter)
     return ModelSpec(
         name=name,
         model_type=str(cfg["model_type"]),
@@ -134,11 +195,14 @@ def _parse_llama_like(name: str, cfg: dict[str, Any]) -> ModelSpec:
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         num_experts=num_experts,
         experts_per_token=int(cfg.get("num_experts_per_tok") or 0),
-        moe_intermediate_size=int(cfg.get("moe_intermediate_size") or cfg["intermediate_size"]),
-        num_shared_experts=int(cfg.get("n_shared_experts") or 0),
-        first_dense_layers=int(cfg.get("first_k_dense_replace") or 0),
-        kv_lora_rank=int(cfg.get("kv_lora_rank") or 0),
-        qk_rope_head_dim=int(cfg.get("qk_rope_head_dim") or 0),
+        moe_intermediate_size=moe_inter,
+        num_shared_experts=num_shared,
+        first_dense_layers=int(cfg.get("first_k_dense_replace") or 0) if num_experts else 0,
+        shared_intermediate_size=shared_inter if num_experts else 0,
+        kv_lora_rank=kv_lora_rank,
+        qk_rope_head_dim=rope_dim,
+        q_lora_rank=int(cfg.get("q_lora_rank") or 0),
+        v_head_dim=int(cfg.get("v_head_dim") or 0) if kv_lora_rank else 0,
     )
 
 

@@ -5,6 +5,9 @@
 * Result reuse across iterations: the token-count-dependent parts (dense layer ops, model
   head, prefill attention of a (new, ctx) chunk) are memoized by their shape key, so a long run
   times each distinct shape once; ``cache_hit_rate`` reports how often that paid off.
+* Mixture-of-experts models have two kinds of layer (DeepSeek keeps its first layers dense):
+  each kind is timed once and multiplied by its count in each pipeline stage. Expert
+  parallelism adds the all-to-all dispatch and combine of each MoE layer (model/moe.py).
 """
 
 from __future__ import annotations
@@ -45,12 +48,14 @@ class BatchShape:
 class StepCost:
     """Time of one step through every pipeline stage, and the FLOPs / bytes one device of each
     stage moved, summed over stages (for power). ``stages`` holds each stage's busy time
-    (one entry without pipeline parallelism); ``seconds`` is their sum."""
+    (one entry without pipeline parallelism); ``seconds`` is their sum. ``aux_energy_j`` is
+    what attached devices outside the TP × PP group (PIM, perf/pim.py) drew during the step."""
 
     seconds: float
     flops: float
     bytes: float
     stages: tuple[float, ...] = ()
+    aux_energy_j: float = 0.0
 
 
 _Cost = tuple[float, float, float]
@@ -69,22 +74,40 @@ class IterationTimer:
         first_device: int = 0,
         dtype: str,
         kv_dtype: str,
+        expert_parallel: int = 1,
+        moe_imbalance: float = 1.0,
     ) -> None:
-        self.graph = OpGraph(spec, tensor_parallel, dtype, kv_dtype)
+        self.graph = OpGraph(
+            spec,
+            tensor_parallel,
+            dtype,
+            kv_dtype,
+            expert_parallel=expert_parallel,
+            moe_imbalance=moe_imbalance,
+        )
         self.backend = backend
         self.num_layers = spec.num_layers
         self.tp = tensor_parallel
         self.pp = pipeline_parallel
+        self.ep = expert_parallel
         self.topology = topology
         self.first_device = first_device
         base, extra = divmod(spec.num_layers, pipeline_parallel)
         # Stages split the layers evenly; the first ``extra`` stages take one more.
         self.stage_layers = tuple(base + (i < extra) for i in range(pipeline_parallel))
+        # MoE layers per stage (0 for dense models); the rest of each stage's layers are dense.
+        moe_layers, first = [], 0
+        for count in self.stage_layers:
+            moe_layers.append(sum(spec.is_moe_layer(i) for i in range(first, first + count)))
+            first += count
+        self.stage_moe_layers = tuple(moe_layers)
+        self.num_moe_layers = spec.num_moe_layers
         self.activation_bytes = 2 * spec.hidden_size * self.graph.act_bytes  # hidden + residual
         eff = device.efficiency
         self.step_overhead = eff.iteration_overhead_us * 1e-6
         self.seq_overhead = eff.per_seq_overhead_us * 1e-6
         self._layer: dict[int, _Cost] = {}
+        self._moe_layer: dict[int, _Cost] = {}
         self._head: dict[tuple[int, int], _Cost] = {}
         self._prefill_attn: dict[tuple[int, int], _Cost] = {}
         self._sends: dict[int, tuple[float, ...]] = {}
@@ -117,6 +140,31 @@ class IterationTimer:
             self.cache_hits += 1
         return cost
 
+    def _moe_layer_cost(self, num_tokens: int) -> _Cost:
+        """A MoE layer without attention itself, with its collectives: the TP all-reduces, or
+        under expert parallelism the attention all-reduce, all-to-all dispatch and combine, and
+        the all-gather that restores every rank's full hidden state (model/moe.py)."""
+        self.cache_lookups += 1
+        cost = self._moe_layer.get(num_tokens)
+        if cost is not None:
+            self.cache_hits += 1
+            return cost
+        seconds, flops, traffic = self._ops_cost(self.graph.moe_layer_ops(num_tokens))
+        topo, first, tp = self.topology, self.first_device, self.tp
+        hidden = self.graph.allreduce_bytes(num_tokens)
+        seconds += collectives.all_reduce(topo, hidden, first, tp)
+        moe = self.graph.moe
+        if self.ep == 1 or moe is None:
+            seconds += collectives.all_reduce(topo, hidden, first, tp)
+        else:
+            if moe.shared_intermediate:
+                seconds += collectives.reduce_scatter(topo, hidden, first, tp)
+            dispatch = moe.dispatch_bytes(num_tokens)
+            seconds += 2 * collectives.all_to_all(topo, dispatch, first, self.ep)
+            seconds += collectives.all_gather(topo, hidden, first, tp)
+        cost = self._moe_layer[num_tokens] = (seconds, flops, traffic)
+        return cost
+
     def _head_cost(self, num_tokens: int, num_sampled: int) -> _Cost:
         key = (num_tokens, num_sampled)
         self.cache_lookups += 1
@@ -133,7 +181,7 @@ class IterationTimer:
         cost = self._prefill_attn.get(key)
         if cost is None:
             cost = self._prefill_attn[key] = self._ops_cost(
-                [self.graph.prefill_attention(new, ctx)]
+                self.graph.prefill_attention_ops(new, ctx)
             )
         else:
             self.cache_hits += 1
@@ -153,24 +201,33 @@ class IterationTimer:
             )
         return sends
 
+    def _with_attention(self, base: _Cost, batch: BatchShape) -> _Cost:
+        """A layer's cost plus its attention for the batch: each prefill chunk, then decode."""
+        seconds, flops, traffic = base
+        for new, ctx in batch.prefill:
+            attn_s, attn_f, attn_b = self._prefill_cost(new, ctx)
+            seconds += attn_s
+            flops += attn_f
+            traffic += attn_b
+        if batch.num_decode:
+            for op in self.graph.decode_attention_ops(batch.num_decode, batch.decode_context):
+                seconds += self.backend.time(op)
+                flops += op.flops
+                traffic += op.bytes
+        return seconds, flops, traffic
+
     def step(self, batch: BatchShape) -> StepCost:
         """Cost of one engine step on one device per stage of the instance."""
         num_tokens = batch.num_tokens
         if num_tokens == 0:
             return StepCost(0.0, 0.0, 0.0, (0.0,) * self.pp)
-        layer_s, layer_f, layer_b = self._layer_cost(num_tokens)
-        for new, ctx in batch.prefill:
-            attn_s, attn_f, attn_b = self._prefill_cost(new, ctx)
-            layer_s += attn_s
-            layer_f += attn_f
-            layer_b += attn_b
-        if batch.num_decode:
-            op = self.graph.decode_attention(batch.num_decode, batch.decode_context)
-            layer_s += self.backend.time(op)
-            layer_f += op.flops
-            layer_b += op.bytes
+        layer_s, layer_f, layer_b = self._with_attention(self._layer_cost(num_tokens), batch)
         head_s, head_f, head_b = self._head_cost(num_tokens, batch.num_sampled)
         cpu = self.step_overhead + self.seq_overhead * batch.num_seqs
+        if self.num_moe_layers:
+            dense = (layer_s, layer_f, layer_b)
+            moe = self._with_attention(self._moe_layer_cost(num_tokens), batch)
+            return self._moe_step(num_tokens, dense, moe, (head_s, head_f, head_b), cpu)
         n = self.num_layers
         flops, traffic = n * layer_f + head_f, n * layer_b + head_b
         if self.pp == 1:
@@ -180,6 +237,24 @@ class IterationTimer:
         stages = [layers * layer_s for layers in self.stage_layers]
         stages[0] += cpu
         stages[-1] += head_s
+        for i, send_s in enumerate(self._stage_sends(num_tokens)):
+            stages[i] += send_s
+        return StepCost(sum(stages), flops, traffic, tuple(stages))
+
+    def _moe_step(
+        self, num_tokens: int, dense: _Cost, moe: _Cost, head: _Cost, cpu: float
+    ) -> StepCost:
+        """Stages mix dense and MoE layers (each stage: its count of each kind)."""
+        n_moe = self.num_moe_layers
+        n_dense = self.num_layers - n_moe
+        flops = n_dense * dense[1] + n_moe * moe[1] + head[1]
+        traffic = n_dense * dense[2] + n_moe * moe[2] + head[2]
+        stages = [
+            (layers - moe_layers) * dense[0] + moe_layers * moe[0]
+            for layers, moe_layers in zip(self.stage_layers, self.stage_moe_layers, strict=True)
+        ]
+        stages[0] += cpu
+        stages[-1] += head[0]
         for i, send_s in enumerate(self._stage_sends(num_tokens)):
             stages[i] += send_s
         return StepCost(sum(stages), flops, traffic, tuple(stages))

@@ -51,6 +51,7 @@ class Instance:
         role: Role = "mixed",
         pool: str = "default",
         first_device: int = 0,
+        attached_devices: tuple[tuple[DeviceSpec, int], ...] = (),
     ) -> None:
         self.index = index
         self.engines = [VirtualEngine(s) for s in schedulers]
@@ -63,6 +64,8 @@ class Instance:
         self.tp = timer.tp
         self.pp = timer.pp
         self.num_devices = timer.tp * timer.pp
+        # Devices outside the TP × PP group that serve this instance (PIM): (spec, count).
+        self.attached_devices = attached_devices
         self.metrics = metrics
         self.totals = metrics.totals(index)
         self.stage_free = [0.0] * self.pp  # when each pipeline stage finishes its current batch
@@ -205,7 +208,7 @@ class Instance:
             utilization = min(1.0, busy / cost.seconds)
             power = self._idle_w + self._dynamic_w * utilization
             totals.busy_device_s += cost.seconds * self.tp
-            totals.energy_busy_j += power * cost.seconds * self.tp
+            totals.energy_busy_j += power * cost.seconds * self.tp + cost.aux_energy_j
 
     def end_step(self, engine_index: int, now: float) -> list[Sequence]:
         """Apply a batch's results: advance tokens, emit samples, retire finished requests.

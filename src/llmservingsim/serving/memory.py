@@ -4,6 +4,10 @@ Mirrors vLLM's start-up accounting: the pool is
 ``memory · gpu_memory_utilization − weights − activation peak − reserved`` per device, and the
 KV blocks are carved out of it. The breakdown is reported in summary.json so a user sees why
 the cache is the size it is.
+
+Mixture-of-experts layers count every expert (all must sit in memory, split over the TP/EP
+ranks); MLA layers cache one latent per token that every TP rank holds in full. With PIM
+devices attached (perf/pim.py) the KV cache lives in their memory instead of the device's.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from llmservingsim.hardware.device import GIB, DeviceSpec
-from llmservingsim.model.ops import shard_shape
+from llmservingsim.model.ops import kv_bytes_per_token_layer, shard_shape, weight_only_quantized
 from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec
 
 
@@ -26,6 +30,7 @@ class MemoryPlan:
     kv_bytes_per_token: float
     block_size: int
     num_blocks: int
+    kv_cache_on: str = "device"  # or "pim": the KV pool is the PIM devices' memory
 
     @property
     def kv_tokens(self) -> int:
@@ -39,11 +44,20 @@ class MemoryPlan:
         return out
 
     def describe(self) -> str:
+        where = " (in PIM memory)" if self.kv_cache_on == "pim" else ""
         return (
             f"{self.device_memory_gib:.1f} GiB × utilization = {self.usable_gib:.1f} GiB usable; "
             f"weights {self.weights_gib:.1f} GiB, activations {self.activation_gib:.1f} GiB, "
-            f"reserved {self.reserved_gib:.1f} GiB → KV cache {self.kv_cache_gib:.1f} GiB"
+            f"reserved {self.reserved_gib:.1f} GiB → KV cache{where} {self.kv_cache_gib:.1f} GiB"
         )
+
+
+@dataclass(frozen=True)
+class PimMemory:
+    """PIM devices attached to an instance: they hold its KV cache."""
+
+    device: DeviceSpec
+    count: int
 
 
 def layers_per_stage(num_layers: int, pp: int) -> int:
@@ -51,33 +65,95 @@ def layers_per_stage(num_layers: int, pp: int) -> int:
     return -(-num_layers // pp)
 
 
-def weight_bytes_per_device(spec: ModelSpec, dtype: str, tp: int, pp: int = 1) -> float:
-    """Weights of one device of the largest stage; KV-head projections are replicated when
+def stage_bounds(num_layers: int, pp: int) -> list[tuple[int, int]]:
+    """[first, end) layer indices of each stage; the first ``num_layers % pp`` take one more."""
+    base, extra = divmod(num_layers, pp)
+    bounds, start = [], 0
+    for i in range(pp):
+        end = start + base + (i < extra)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def attention_params_per_device(spec: ModelSpec, tp: int) -> int:
+    """Attention weights of one TP rank (GQA: KV heads replicated when kv_heads < tp; MLA: the
+    low-rank down-projections replicated, the per-head up-projections split)."""
+    h = spec.hidden_size
+    if not spec.uses_mla:
+        shard = shard_shape(spec, tp)
+        return h * (shard.q_size + 2 * shard.kv_size) + shard.q_size * h
+    heads = max(1, spec.num_heads // tp)
+    latent = spec.mla_latent_size
+    if spec.q_lora_rank:
+        q = h * (spec.q_lora_rank + latent) + spec.q_lora_rank * (1 + heads * spec.head_dim)
+    else:
+        q = h * (heads * spec.head_dim + latent)
+    kv_b = spec.kv_lora_rank * (1 + heads * (spec.qk_nope_head_dim + spec.value_head_dim))
+    return q + kv_b + heads * spec.value_head_dim * h
+
+
+def moe_params_per_device(spec: ModelSpec, tp: int, ep: int = 1) -> int:
+    """Router (replicated), this rank's experts — E/EP whole experts, each split over the TP/EP
+    ranks that share it — and its slice of the shared experts."""
+    h = spec.hidden_size
+    local_experts = spec.num_experts // ep
+    expert_inter = max(1, spec.moe_intermediate_size // (tp // ep))
+    shared = max(1, spec.shared_intermediate_size // tp) if spec.shared_intermediate_size else 0
+    return spec.num_experts * h + local_experts * 3 * h * expert_inter + 3 * h * shared
+
+
+def weight_bytes_per_device(
+    spec: ModelSpec, dtype: str, tp: int, pp: int = 1, ep: int = 1
+) -> float:
+    """Weights of one device of the heaviest stage; KV-head projections are replicated when
     kv_heads < tp. With pipeline stages the first holds the embedding and the last the LM head,
-    so the largest stage carries one vocabulary matrix."""
+    so the largest stage carries one vocabulary matrix. Weight-only quantized checkpoints
+    (int8/int4) keep the embeddings and LM head in 16-bit."""
     shard = shard_shape(spec, tp)
     h = spec.hidden_size
-    attention = h * (shard.q_size + 2 * shard.kv_size) + shard.q_size * h
+    attention = attention_params_per_device(spec, tp)
     mlp = (3 if spec.gated_mlp else 2) * h * shard.intermediate
     per_layer = attention + mlp + 2 * h
     vocab_matrices = 1 if spec.tie_word_embeddings or pp > 1 else 2
     embeddings = vocab_matrices * shard.vocab * h
-    layers = layers_per_stage(spec.num_layers, pp)
-    return (layers * per_layer + embeddings + h) * DTYPE_BYTES[dtype]
+    if spec.is_moe:
+        moe_layer = attention + moe_params_per_device(spec, tp, ep) + 2 * h
+        layer_params = max(
+            sum(moe_layer if spec.is_moe_layer(i) else per_layer for i in range(first, end))
+            for first, end in stage_bounds(spec.num_layers, pp)
+        )
+    else:
+        layer_params = layers_per_stage(spec.num_layers, pp) * per_layer
+    if weight_only_quantized(dtype):
+        return (layer_params + h) * DTYPE_BYTES[dtype] + embeddings * 2.0
+    return (layer_params + embeddings + h) * DTYPE_BYTES[dtype]
 
 
 def activation_peak_bytes(
-    spec: ModelSpec, dtype: str, tp: int, max_batched_tokens: int, max_seqs: int
+    spec: ModelSpec, dtype: str, tp: int, max_batched_tokens: int, max_seqs: int, ep: int = 1
 ) -> float:
     """Peak of vLLM's profiling forward pass over ``max_batched_tokens`` tokens.
 
     Live at the MLP: the residual stream and normed input (hidden each, twice for safety with
     the attention output), the fused QKV output and the gate/up output, plus fp32 logits of
-    ``max_seqs`` sampled rows.
+    ``max_seqs`` sampled rows. A MoE layer's fused kernel instead keeps its gate/up, activation
+    and output rows for every (token, expert) pair it computes; MLA's projections replace QKV.
     """
     shard = shard_shape(spec, tp)
     act = 2.0 if dtype in ("int8", "int4", "fp8") else DTYPE_BYTES[dtype]
-    per_token = 4 * spec.hidden_size + shard.q_size + 2 * shard.kv_size + 2 * shard.intermediate
+    if spec.uses_mla:
+        heads = max(1, spec.num_heads // tp)
+        projections = spec.q_lora_rank + spec.mla_latent_size + heads * spec.head_dim
+    else:
+        projections = shard.q_size + 2 * shard.kv_size
+    mlp: float = 2 * shard.intermediate
+    if spec.is_moe:
+        inter = max(1, spec.moe_intermediate_size // (tp // ep))
+        rows_per_token = spec.experts_per_token / ep
+        moe = rows_per_token * (3 * inter + spec.hidden_size)
+        mlp = max(moe, mlp) if spec.first_dense_layers else moe
+    per_token = 4 * spec.hidden_size + projections + mlp
     logits = max_seqs * shard.vocab * 4.0
     return max_batched_tokens * per_token * act + logits
 
@@ -94,16 +170,24 @@ def plan_memory(
     gpu_memory_utilization: float,
     max_batched_tokens: int,
     max_seqs: int,
+    ep: int = 1,
+    pim: PimMemory | None = None,
 ) -> MemoryPlan:
-    """Memory breakdown of one device; ``num_blocks`` may be ≤ 0 when the model does not fit."""
+    """Memory breakdown of one device; ``num_blocks`` may be ≤ 0 when the model does not fit.
+
+    With ``pim`` the KV cache of the whole instance (every layer and head, once) lives in the
+    PIM devices' memory, and the device only has to hold weights and activations."""
     usable = device.memory_bytes * gpu_memory_utilization
-    weights = weight_bytes_per_device(spec, dtype, tp, pp)
-    activations = activation_peak_bytes(spec, dtype, tp, max_batched_tokens, max_seqs)
+    weights = weight_bytes_per_device(spec, dtype, tp, pp, ep)
+    activations = activation_peak_bytes(spec, dtype, tp, max_batched_tokens, max_seqs, ep)
     reserved = device.reserved_memory_gib * GIB
     kv_pool = usable - weights - activations - reserved
-    shard = shard_shape(spec, tp)
     layers = layers_per_stage(spec.num_layers, pp)
-    kv_per_token = 2.0 * layers * shard.kv_size * DTYPE_BYTES[kv_dtype]
+    kv_per_token = layers * kv_bytes_per_token_layer(spec, tp, kv_dtype)
+    if pim is not None and kv_pool > 0:
+        per_pim = pim.device.memory_bytes * gpu_memory_utilization
+        kv_pool = pim.count * (per_pim - pim.device.reserved_memory_gib * GIB)
+        kv_per_token = spec.kv_bytes_per_token(kv_dtype)
     num_blocks = int(kv_pool // (kv_per_token * block_size)) if kv_pool > 0 else 0
     return MemoryPlan(
         device_memory_gib=device.memory_gib,
@@ -115,4 +199,5 @@ def plan_memory(
         kv_bytes_per_token=kv_per_token,
         block_size=block_size,
         num_blocks=num_blocks,
+        kv_cache_on="device" if pim is None else "pim",
     )

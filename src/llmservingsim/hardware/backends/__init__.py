@@ -30,5 +30,19 @@ class PerfBackendFactory(Protocol):
 
 PERF_BACKENDS: Registry[PerfBackendFactory] = Registry("perf backend")
 
+
+def backend_name_for(device: DeviceSpec, requested: str) -> str:
+    """``perf.backend: auto`` → the backend that fits the device: the array model for an NPU
+    whose YAML gives its systolic geometry, the calibrated roofline for everything else."""
+    if requested != "auto":
+        return requested
+    return "systolic" if device.type == "npu" and device.systolic is not None else "roofline"
+
+
+def make_backend(device: DeviceSpec, dtype: str, requested: str = "auto") -> PerfBackend:
+    return PERF_BACKENDS.get(backend_name_for(device, requested))(device, dtype)
+
+
 # Built-in backends register themselves on import.
 from llmservingsim.hardware.backends import roofline as _roofline  # noqa: E402,F401
+from llmservingsim.hardware.backends import systolic as _systolic  # noqa: E402,F401
