@@ -111,3 +111,11 @@ def test_examples_are_valid_configs() -> None:
         from llmservingsim.simulation import simulate
 
         assert simulate(cfg).summary["requests_completed"] == 20
+
+
+def test_error_text_with_brackets_is_printed_verbatim(tmp_path: Path) -> None:
+    pools = "cluster.pools=[{role: prefill, cuont: 1}, {role: decode}]"
+    result = runner.invoke(app, ["run", "--set", pools, "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "cluster.pools[0].cuont" in result.output
+    assert "did you mean 'cluster.pools[0].count'" in result.output
