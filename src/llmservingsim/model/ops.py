@@ -13,16 +13,30 @@ from dataclasses import dataclass
 
 from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec
 
+Dims = tuple[tuple[str, int], ...]
+
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """One kernel. ``m`` is the row count the kernel's efficiency depends on (tokens for GEMMs)."""
+    """One kernel. ``m`` is the row count the kernel's efficiency depends on (tokens for GEMMs).
+
+    ``dims`` are the named integer shapes the op was built from (gemm: m, n, k; memory: m and
+    per-row elements; attention: tokens, context and heads), so a measured table or an external
+    simulator can look the kernel up by shape instead of re-deriving it from FLOPs and bytes.
+    """
 
     name: str
     kind: str  # gemm | memory | attention_prefill | attention_decode
     flops: float
     bytes: float
     m: int = 1
+    dims: Dims = ()
+
+    def dim(self, name: str) -> int:
+        for key, value in self.dims:
+            if key == name:
+                return value
+        raise KeyError(f"op {self.name!r} has no dim {name!r} (dims: {self.dims})")
 
 
 @dataclass(frozen=True)
@@ -76,10 +90,11 @@ class OpGraph:
     def gemm(self, name: str, m: int, n: int, k: int) -> Op:
         flops = 2.0 * m * n * k
         traffic = k * n * self.weight_bytes + (m * k + m * n) * self.act_bytes
-        return Op(name, "gemm", flops, traffic, m)
+        return Op(name, "gemm", flops, traffic, m, (("m", m), ("n", n), ("k", k)))
 
-    def elementwise(self, name: str, m: int, read: float, write: float) -> Op:
-        return Op(name, "memory", 0.0, (read + write) * m * self.act_bytes, m)
+    def elementwise(self, name: str, m: int, read: int, write: int) -> Op:
+        dims = (("m", m), ("read", read), ("write", write))
+        return Op(name, "memory", 0.0, (read + write) * m * self.act_bytes, m, dims)
 
     def dense_layer_ops(self, num_tokens: int) -> list[Op]:
         """Everything of one decoder layer except attention itself; depends only on M."""
@@ -105,7 +120,8 @@ class OpGraph:
         traffic = (
             2.0 * new * s.q_size * self.act_bytes + 2.0 * (ctx + new) * s.kv_size * self.kv_bytes
         )
-        return Op("attention_prefill", "attention_prefill", flops, traffic, new)
+        dims = (("new", new), ("ctx", ctx), *self._head_dims())
+        return Op("attention_prefill", "attention_prefill", flops, traffic, new, dims)
 
     def decode_attention(self, num_seqs: int, total_ctx: int) -> Op:
         """Paged decode attention of a whole batch: reads every sequence's KV once."""
@@ -114,21 +130,26 @@ class OpGraph:
         traffic = (
             2.0 * total_ctx * s.kv_size * self.kv_bytes + 2.0 * num_seqs * s.q_size * self.act_bytes
         )
-        return Op("attention_decode", "attention_decode", flops, traffic, num_seqs)
+        dims = (("batch", num_seqs), ("context", total_ctx), *self._head_dims())
+        return Op("attention_decode", "attention_decode", flops, traffic, num_seqs, dims)
+
+    def _head_dims(self) -> Dims:
+        s = self.shape
+        return (("q_heads", s.q_heads), ("kv_heads", s.kv_heads), ("head_dim", s.head_dim))
 
     def head_ops(self, num_tokens: int, num_sampled: int) -> list[Op]:
         """Embedding lookup, final norm and LM head (only for sequences that emit a token)."""
         s = self.shape
         ops = [
-            Op(
-                "embedding", "memory", 0.0, 2.0 * num_tokens * s.hidden * self.act_bytes, num_tokens
-            ),
+            self.elementwise("embedding", num_tokens, s.hidden, s.hidden),
             self.elementwise("final_layernorm", num_sampled, s.hidden, s.hidden),
         ]
         if num_sampled:
             ops.append(self.gemm("lm_head", num_sampled, s.vocab, s.hidden))
             # Sampling reads the fp32 logits once (softmax + top-k/p), one kernel chain.
-            ops.append(Op("sampling", "memory", 0.0, 4.0 * num_sampled * s.vocab * 2, num_sampled))
+            sampling_bytes = 4.0 * num_sampled * s.vocab * 2
+            dims = (("m", num_sampled), ("vocab", s.vocab))
+            ops.append(Op("sampling", "memory", 0.0, sampling_bytes, num_sampled, dims))
         return ops
 
     def allreduce_bytes(self, num_tokens: int) -> float:
