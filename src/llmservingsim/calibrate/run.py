@@ -11,6 +11,7 @@ import yaml
 
 from llmservingsim.calibrate.arrays import Bools, Floats, OpArrays, ape, predict
 from llmservingsim.calibrate.fit import FitResult, GroupFit, fit_efficiency
+from llmservingsim.calibrate.transfer import rounded
 from llmservingsim.catalog import load_device
 from llmservingsim.errors import ConfigError
 from llmservingsim.hardware.device import DeviceSpec, Efficiency
@@ -194,7 +195,9 @@ def calibrate(
 
 def device_yaml(report: CalibrationReport, profiles: list[Path]) -> str:
     """The base device file with the fitted ``efficiency:`` block and a note in ``sources``."""
-    data = report.device.model_dump(mode="json")
+    data = report.device.model_copy(
+        update={"efficiency": rounded(report.device.efficiency)}
+    ).model_dump(mode="json")
     where = ", ".join(str(p) for p in profiles)
     data["sources"] = [
         *report.base.sources,
