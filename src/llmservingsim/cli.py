@@ -27,6 +27,7 @@ from llmservingsim.outputs.files import write_requests_csv, write_summary
 from llmservingsim.serving.schedulers import SCHEDULERS
 from llmservingsim.simulation import SimulationResult, load_requests, simulate
 from llmservingsim.sweep.commands import plan_command, sweep_command
+from llmservingsim.validate.command import validate_command
 
 app = typer.Typer(
     name="llmservingsim",
@@ -258,6 +259,7 @@ def _hardware_table() -> Table:
 app.command("sweep")(sweep_command)
 app.command("plan")(plan_command)
 app.command("calibrate")(calibrate_command)
+app.command("validate")(validate_command)
 
 
 def _version(value: bool) -> None:
