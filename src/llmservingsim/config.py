@@ -231,7 +231,22 @@ class SchedulerConfig(_Section):
 
 
 class PerfConfig(_Section):
+    """Which perf backend times the ops, and the settings of the non-default ones."""
+
     backend: str = "roofline"
+    profile_dir: Path | None = Field(
+        default=None, description="profile: folder or CSV of measured op tables"
+    )
+    command: list[str] | str | None = Field(
+        default=None, description="external: the simulator to run (argv list or shell-like string)"
+    )
+    cache_dir: Path | None = Field(
+        default=None, description="external: result cache folder (default ~/.cache/llmservingsim)"
+    )
+    timeout_s: float = Field(default=60.0, gt=0, description="external: seconds per answer")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="free-form settings for plugin backends"
+    )
 
 
 class SloConfig(_Section):

@@ -18,7 +18,7 @@ from llmservingsim.cluster.placement import place_instances
 from llmservingsim.config import LinkOverride, PoolConfig, SimConfig
 from llmservingsim.engine import Engine
 from llmservingsim.errors import ConfigError, DoesNotFitError
-from llmservingsim.hardware.backends import PERF_BACKENDS
+from llmservingsim.hardware.backends import backend_stats, build_backend
 from llmservingsim.hardware.device import DeviceSpec, Link
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.summary import request_metrics
@@ -133,7 +133,7 @@ def build_cluster(cfg: SimConfig, metrics: MetricsCollector) -> Cluster:
         firsts, next_device = place_instances(
             next_device, pool_cfg.count, tp * pp, topology.devices_per_node
         )
-        backend = PERF_BACKENDS.get(cfg.perf.backend)(device, cfg.compute_dtype)
+        backend = build_backend(cfg, device)
         # Instances of a pool are placed alike, so they share one timer and its memo caches.
         timer = IterationTimer(
             spec,
@@ -256,6 +256,7 @@ def summarize(
             "mean": sum(transfers) / len(transfers) if transfers else None,
             "max": max(transfers, default=None),
         }
+    summary.update(backend_stats(t.backend for t in timers))
     return summary
 
 

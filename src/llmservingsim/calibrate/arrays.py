@@ -64,7 +64,8 @@ class OpArrays:
 
 
 def predict(device: DeviceSpec, dtype: str, eff: Efficiency, ops: OpArrays) -> Floats:
-    """Roofline seconds of every op with efficiencies ``eff`` (the backend's formula)."""
+    """Seconds of every point with efficiencies ``eff``: the roofline backend's formula for
+    kernels, the iteration timer's host overhead for ``step_cpu`` points."""
     peak = device.peak_flops(dtype)
     raw_bw = device.memory_bandwidth
     launch = np.full(len(ops), eff.kernel_launch_us * 1e-6)
@@ -82,7 +83,10 @@ def predict(device: DeviceSpec, dtype: str, eff: Efficiency, ops: OpArrays) -> F
     eta[gemm] = eff.compute_max * ops.m[gemm] / (ops.m[gemm] + eff.compute_half_m)
     eta[ops.kind == "attention_prefill"] = eff.attention_compute
     compute_time = np.where(ops.flops > 0, ops.flops / (peak * eta), 0.0)
-    return np.asarray(np.maximum(compute_time, memory_time) + launch, dtype=float)
+    kernels = np.maximum(compute_time, memory_time) + launch
+    # Host time of an engine step (``step_cpu`` rows), as perf/iteration.py charges it.
+    host = (eff.iteration_overhead_us + eff.per_seq_overhead_us * ops.m) * 1e-6
+    return np.asarray(np.where(ops.kind == "cpu", host, kernels), dtype=float)
 
 
 def ape(predicted: Floats, measured: Floats) -> Floats:
