@@ -130,10 +130,15 @@ def test_errors_units_skips_and_outputs(tmp_path: Path, monkeypatch: pytest.Monk
     assert result.max_abs_error() == pytest.approx(max(errors))
 
     out = tmp_path / "out"
-    cli = CliRunner().invoke(
-        app, ["validate", "--reference", str(reference), "--out", str(out), "--scenarios", "t*"]
+    doc = tmp_path / "accuracy.md"
+    doc.write_text(
+        "# Accuracy\n<!-- validate:begin -->\nold table\n<!-- validate:end -->\nmethod\n"
     )
+    args = ["validate", "--reference", str(reference), "--out", str(out), "--scenarios", "t*"]
+    cli = CliRunner().invoke(app, [*args, "--update-doc", str(doc)])
     assert cli.exit_code == 0, cli.output
+    text = doc.read_text()
+    assert "old table" not in text and "| thr |" in text and text.endswith("method\n")
     assert "median |error|" in cli.output
     with (out / "validation.csv").open() as fh:
         written = list(csv.DictReader(fh))
@@ -172,6 +177,12 @@ def test_bad_reference_files_are_user_errors(tmp_path: Path) -> None:
         validate(reference, ["zzz*"])
     result = CliRunner().invoke(app, ["validate", "--reference", str(tmp_path / "none.csv")])
     assert result.exit_code == 1 and "cannot read reference file" in result.output
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    result = CliRunner().invoke(
+        app, ["validate", "--reference", str(reference), "--update-doc", str(plain)]
+    )
+    assert result.exit_code == 1 and "validate:begin" in result.output
     assert set(REQUIRED) <= set(BASE)
 
 

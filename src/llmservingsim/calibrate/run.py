@@ -92,7 +92,8 @@ def _error_rows(
     for name in sorted(set(ops.name.tolist())):
         add(name, ops.name == name)
     for kind in sorted(set(ops.kind.tolist())):
-        add(f"all {kind}", ops.kind == kind)
+        if len(set(ops.name[ops.kind == kind].tolist())) > 1:
+            add(f"all {kind}", ops.kind == kind)
     add(ALL_FITTED, fitted)
     add(f"{ALL_FITTED} ≥ {RESOLVED_S * 1e6:.0f} µs", fitted & (ops.seconds >= RESOLVED_S))
     if by_model:

@@ -10,7 +10,13 @@ from rich.console import Console
 
 from llmservingsim.errors import UserError
 from llmservingsim.validate.reference import find_reference
-from llmservingsim.validate.report import markdown, summary_table, terminal_table, write_csv
+from llmservingsim.validate.report import (
+    markdown,
+    summary_table,
+    terminal_table,
+    update_document,
+    write_csv,
+)
 from llmservingsim.validate.run import validate
 from llmservingsim.validate.scenario import Scenario
 
@@ -33,6 +39,10 @@ def validate_command(
     out: Annotated[Path, typer.Option(help="Folder for validation.csv and validation.md.")] = Path(
         "results/validate"
     ),
+    update_doc: Annotated[
+        Path | None,
+        typer.Option(help="Also rewrite the generated section of this Markdown file."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no table.")] = False,
 ) -> None:
     """Simulate every published measurement the simulator supports and report the error."""
@@ -45,6 +55,8 @@ def validate_command(
 
     try:
         result = validate(reference or find_reference(), patterns, progress)
+        if update_doc is not None:
+            update_document(update_doc, result)
     except UserError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=exc.exit_code) from None

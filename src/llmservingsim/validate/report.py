@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from llmservingsim.errors import UserError
 from llmservingsim.validate.run import Validation
 
 CSV_COLUMNS = (
@@ -113,6 +114,19 @@ def markdown(v: Validation) -> str:
                 f"{r['metric']} | {sk.reason} |"
             )
     return "\n".join(out) + "\n"
+
+
+BEGIN, END = "<!-- validate:begin -->", "<!-- validate:end -->"
+
+
+def update_document(path: Path, v: Validation) -> None:
+    """Replace the text between the validate markers of a Markdown file with the table."""
+    text = path.read_text()
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise UserError(f"{path}: no '{BEGIN}' ... '{END}' section to update")
+    body = f"{BEGIN}\n\n{markdown(v)}\n{END}"
+    path.write_text(text[:start] + body + text[end + len(END) :])
 
 
 def write_csv(v: Validation, path: Path) -> None:
