@@ -100,7 +100,7 @@ def engine_settings(row: dict[str, str], max_model_len: int) -> tuple[dict[str, 
         # GUARANTEED_NO_EVICT capacity policy (= no_evict); KV from ~0.9 of free memory.
         settings = {"policy": "no_evict", "max_num_seqs": "2048", "block_size": "32"}
         settings["max_num_batched_tokens"] = "8192"
-        return settings, "TensorRT-LLM: no_evict, chunked, 2048 seqs, 8192 tok/step, block 32"
+        return settings, "TensorRT-LLM: no_evict, chunked, 2048 seqs, 8192 tok/step"
     if version is not None and version >= (0, 8):
         # vLLM V1: chunked prefill always on.
         settings = {"policy": "vllm", "max_num_seqs": "256", "max_num_batched_tokens": "8192"}
@@ -201,10 +201,12 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     dtype, kv_dtype = _dtype(row["dtype"])
     context = rule.published_context or load_model(rule.catalog).max_context
     settings, engine_text = engine_settings(row, context)
+    from_notes: list[str] = []
     for pattern, key in NOTE_SETTINGS:
         match = re.search(pattern, row["notes"])
         if match:
             settings[key.split(".")[1]] = match[1]
+            from_notes.append(f"{key.split('.')[1]} {match[1]}")
     settings.setdefault("block_size", "16")
     settings.setdefault("gpu_memory_utilization", "0.9")
     if rule.note:
@@ -228,5 +230,8 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         f"{rule.catalog} · {hardware} · {layout}TP{int(tp)}{f'·PP{int(pp)}' if pp > 1 else ''}"
         f" · {dtype}{'' if kv_dtype in ('auto', dtype) else '/kv ' + kv_dtype} · {work_text}"
     )
-    engine = ", ".join(f"{k} {v}" for k, v in sorted(settings.items()))
-    return Scenario(overrides, optional, label, f"{engine_text} ({engine})", notes)
+    engine = f"{engine_text}; block {settings['block_size']}, util "
+    engine += settings["gpu_memory_utilization"]
+    if from_notes:
+        engine += f"; from the row's notes: {', '.join(from_notes)}"
+    return Scenario(overrides, optional, label, engine, notes)
