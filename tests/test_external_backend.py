@@ -16,7 +16,7 @@ from llmservingsim.cli import app
 from llmservingsim.config import load_config
 from llmservingsim.errors import BackendError, ConfigError
 from llmservingsim.hardware.backends.external import ExternalBackend
-from llmservingsim.model.ops import OpGraph
+from llmservingsim.model.ops import Op, OpGraph
 from llmservingsim.simulation import simulate
 
 NPU_SIM = Path(__file__).resolve().parents[1] / "examples" / "npu_sim" / "npu_sim.py"
@@ -50,7 +50,7 @@ def _backend(command: list[str], cache: Path, timeout_s: float = 30.0) -> Extern
     return ExternalBackend(load_device("npu"), "bf16", command, cache, timeout_s)
 
 
-def _gemm() -> object:
+def _gemm() -> Op:
     graph = OpGraph(load_model("llama-3.2-1b"), 1, "bf16", "bf16")
     return next(op for op in graph.dense_layer_ops(8) if op.kind == "gemm")
 
@@ -104,7 +104,7 @@ def test_crashing_tool_reports_its_stderr(tmp_path: Path) -> None:
     command = _tool(tmp_path, "print('npu model: unsupported op', file=sys.stderr); sys.exit(3)")
     backend = _backend(command, tmp_path)
     with pytest.raises(BackendError, match=r"exited \(code 3\).*unsupported op"):
-        backend.time(_gemm())  # type: ignore[arg-type]
+        backend.time(_gemm())
 
 
 def test_tool_dying_at_start_is_reported(tmp_path: Path) -> None:
@@ -118,7 +118,7 @@ def test_hanging_tool_times_out(tmp_path: Path) -> None:
     backend = _backend(_tool(tmp_path, "time.sleep(600)"), tmp_path, timeout_s=0.5)
     start = time.monotonic()
     with pytest.raises(BackendError, match=r"no answer within perf.timeout_s = 0.5 s"):
-        backend.time(_gemm())  # type: ignore[arg-type]
+        backend.time(_gemm())
     assert time.monotonic() - start < 10
     assert backend.tool.process.poll() is not None  # killed, not left behind
 
@@ -134,7 +134,7 @@ def test_hanging_tool_times_out(tmp_path: Path) -> None:
 def test_bad_answers_are_errors(tmp_path: Path, body: str, message: str) -> None:
     backend = _backend(_tool(tmp_path, body + "\ntime.sleep(5)"), tmp_path)
     with pytest.raises(BackendError, match=message):
-        backend.time(_gemm())  # type: ignore[arg-type]
+        backend.time(_gemm())
 
 
 def test_cli_prints_one_line_for_a_failing_tool(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from llmservingsim.cli import app
-from llmservingsim.config import load_config
+from llmservingsim.config import SimConfig, load_config
 from llmservingsim.errors import ConfigError, UserError
-from llmservingsim.simulation import simulate
+from llmservingsim.simulation import SimulationResult, simulate
 from llmservingsim.validate import run as validate_run
 from llmservingsim.validate.reference import REQUIRED
 from llmservingsim.validate.run import validate
@@ -107,7 +107,7 @@ def test_errors_units_skips_and_outputs(tmp_path: Path, monkeypatch: pytest.Monk
     reference = _write(tmp_path / "points.csv", rows)
     real_simulate = validate_run.simulate
 
-    def simulate_unless_llama2(cfg):  # type: ignore[no-untyped-def]
+    def simulate_unless_llama2(cfg: SimConfig) -> SimulationResult:
         if cfg.model == "llama-2-7b":
             raise ConfigError("llama-2-7b on this layout is not yet supported")
         return real_simulate(cfg)
@@ -153,7 +153,7 @@ def test_optional_settings_are_dropped_with_a_note(monkeypatch: pytest.MonkeyPat
     assert scenario.optional == ["scheduler.enable_prefix_caching=true"]
     real_simulate = validate_run.simulate
 
-    def no_prefix_caching(cfg):  # type: ignore[no-untyped-def]
+    def no_prefix_caching(cfg: SimConfig) -> SimulationResult:
         if cfg.scheduler.enable_prefix_caching:
             raise ConfigError("prefix caching is not yet supported")
         return real_simulate(cfg)

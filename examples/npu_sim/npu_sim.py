@@ -32,6 +32,7 @@ from dataclasses import dataclass
 NAME, VERSION = "npu_sim", "1.0"
 BYTES = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 OP_OVERHEAD_CYCLES = 500  # command issue and synchronisation per kernel
+SEQUENCE_CYCLES = 50  # decode attention: block-table walk and softmax setup per sequence
 
 
 @dataclass
@@ -90,7 +91,7 @@ class Npu:
             cycles = self.attention_cycles(
                 1, dims["context"], dims["q_heads"], dims["kv_heads"], dims["head_dim"], elem
             )
-            cycles = max(cycles, dims["batch"] * OP_OVERHEAD_CYCLES / 10)
+            cycles += dims["batch"] * SEQUENCE_CYCLES
         else:  # elementwise and anything else: vector unit, bounded by DRAM
             traffic = float(str(request.get("bytes", 0.0)))
             cycles = self.vector_cycles(traffic / elem, traffic)

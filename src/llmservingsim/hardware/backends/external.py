@@ -101,7 +101,8 @@ class ToolProcess:
     def _name(self) -> str:
         return f"external perf backend `{shlex.join(self.argv)}`"
 
-    def _fail(self, what: str) -> BackendError:
+    def fail(self, what: str) -> BackendError:
+        """Stop the tool and build the error that quotes its stderr."""
         if self.process.poll() is None:
             self.process.kill()  # a tool that misbehaved once is not trusted to exit
         self.close()
@@ -114,11 +115,11 @@ class ToolProcess:
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
         except (BrokenPipeError, ValueError, OSError):
-            raise self._fail(f"exited (code {self.process.poll()}) before a request") from None
+            raise self.fail(f"exited (code {self.process.poll()}) before a request") from None
         try:
             line = self._answers.get(timeout=self.timeout_s)
         except queue.Empty:
-            raise self._fail(
+            raise self.fail(
                 f"gave no answer within perf.timeout_s = {self.timeout_s:g} s to {request}"
             ) from None
         if line is None:
@@ -126,15 +127,15 @@ class ToolProcess:
                 code = self.process.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 code = None
-            raise self._fail(f"exited (code {code}) instead of answering {request}")
+            raise self.fail(f"exited (code {code}) instead of answering {request}")
         try:
             answer = json.loads(line)
         except json.JSONDecodeError:
-            raise self._fail(f"answered a line that is not JSON: {line.strip()[:200]!r}") from None
+            raise self.fail(f"answered a line that is not JSON: {line.strip()[:200]!r}") from None
         if not isinstance(answer, dict):
-            raise self._fail(f"answered {line.strip()[:200]!r}, expected a JSON object")
+            raise self.fail(f"answered {line.strip()[:200]!r}, expected a JSON object")
         if "error" in answer:
-            raise self._fail(f"reported an error: {answer['error']}")
+            raise self.fail(f"reported an error: {answer['error']}")
         return answer
 
     def close(self) -> None:
@@ -237,7 +238,7 @@ class ExternalBackend:
             or not math.isfinite(seconds)
             or seconds < 0
         ):
-            raise self.tool._fail(f"answered {answer} for {op.name}, expected {{'seconds': >= 0}}")
+            raise self.tool.fail(f"answered {answer} for {op.name}, expected {{'seconds': >= 0}}")
         self.requests += 1
         self.cache.put(key, float(seconds))
         return float(seconds)
