@@ -16,8 +16,8 @@ run: $(STAMP)
 	$(BIN)/llmservingsim run --out results/default
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks scripts
-	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks scripts examples
+	$(BIN)/ruff format --check src tests benchmarks scripts examples
 	$(BIN)/mypy src
 
 test: lint

@@ -22,7 +22,9 @@ def _constant_utilization_device(tmp_path: Path) -> Path:
     spec = load_device("h100-sxm").model_dump()
     spec["name"] = "h100-memory-bound"
     spec["peak_tflops"] = {dtype: 1e9 for dtype in spec["peak_tflops"]}
-    spec["efficiency"].update(kernel_launch_us=0, iteration_overhead_us=0, per_seq_overhead_us=0)
+    spec["efficiency"].update(
+        kernel_launch_us=0, iteration_overhead_us=0, per_seq_overhead_us=0, memory_ops={}
+    )
     path = tmp_path / "h100-memory-bound.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path

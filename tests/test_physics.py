@@ -8,7 +8,7 @@ from llmservingsim.catalog import load_device, load_model
 from llmservingsim.config import load_config
 from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.device import DeviceSpec
-from llmservingsim.model.ops import OpGraph
+from llmservingsim.model.ops import Op, OpGraph
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.iteration import BatchShape, IterationTimer
 from llmservingsim.serving.memory import weight_bytes_per_device
@@ -38,10 +38,21 @@ def _with_bandwidth(device: DeviceSpec, factor: float) -> DeviceSpec:
     )
 
 
-def _kernels_per_step(timer: IterationTimer, batch: BatchShape) -> int:
-    layer = len(timer.graph.dense_layer_ops(batch.num_tokens)) + len(batch.prefill)
-    layer += 1 if batch.num_decode else 0
-    return timer.num_layers * layer + len(timer.graph.head_ops(batch.num_tokens, batch.num_sampled))
+def _launch_time_per_step(timer: IterationTimer, batch: BatchShape) -> float:
+    """Fixed (bandwidth-independent) kernel time of one step: each kernel's own launch cost."""
+    eff = timer.backend.device.efficiency
+
+    def launch(op: Op) -> float:
+        tuned = eff.memory_ops.get(op.name)
+        return (tuned.launch_us if tuned is not None else eff.kernel_launch_us) * 1e-6
+
+    graph = timer.graph
+    layer = [*graph.dense_layer_ops(batch.num_tokens)]
+    layer += [graph.prefill_attention(new, ctx) for new, ctx in batch.prefill]
+    if batch.num_decode:
+        layer.append(graph.decode_attention(batch.num_decode, batch.decode_context))
+    head = graph.head_ops(batch.num_tokens, batch.num_sampled)
+    return timer.num_layers * sum(map(launch, layer)) + sum(map(launch, head))
 
 
 def test_batch1_decode_tpot_is_weight_and_kv_streaming_time() -> None:
@@ -60,9 +71,8 @@ def test_batch1_decode_tpot_is_weight_and_kv_streaming_time() -> None:
     )
     timer = _timer(device)
     decode = BatchShape(num_decode=1, decode_context=int(mean_context), num_sampled=1)
-    overheads = (
-        _kernels_per_step(timer, decode) * eff.kernel_launch_us * 1e-6
-        + (eff.iteration_overhead_us + eff.per_seq_overhead_us) * 1e-6
+    overheads = _launch_time_per_step(timer, decode) + (
+        (eff.iteration_overhead_us + eff.per_seq_overhead_us) * 1e-6
     )
     expected = streamed / (device.memory_bandwidth * eff.memory) + overheads
     assert tpot == pytest.approx(expected, rel=0.10)
@@ -92,7 +102,7 @@ def test_doubling_bandwidth_speeds_decode_about_2x_and_prefill_little() -> None:
         """Step time without the fixed CPU and kernel-launch costs bandwidth cannot change."""
         timer = _timer(device)
         eff = device.efficiency
-        fixed = _kernels_per_step(timer, batch) * eff.kernel_launch_us * 1e-6
+        fixed = _launch_time_per_step(timer, batch)
         fixed += (eff.iteration_overhead_us + eff.per_seq_overhead_us * batch.num_seqs) * 1e-6
         return timer.step(batch).seconds - fixed
 

@@ -1,4 +1,4 @@
-"""Command line: ``llmservingsim run | catalog | sweep | plan``.
+"""Command line: ``llmservingsim run | catalog | sweep | plan | calibrate | validate``.
 
 User mistakes (bad config, unreadable trace, a model that does not fit) print one line on
 stderr and exit non-zero; tracebacks are for bugs only.
@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from llmservingsim import __version__
+from llmservingsim.calibrate.command import calibrate_command
 from llmservingsim.catalog import device_names, load_device, load_model, model_names
 from llmservingsim.cluster.routers import ROUTERS
 from llmservingsim.config import SimConfig, load_config
@@ -27,6 +28,7 @@ from llmservingsim.outputs.files import write_requests_csv, write_summary
 from llmservingsim.serving.schedulers import SCHEDULERS
 from llmservingsim.simulation import SimulationResult, load_requests, simulate
 from llmservingsim.sweep.commands import plan_command, sweep_command
+from llmservingsim.validate.command import validate_command
 
 app = typer.Typer(
     name="llmservingsim",
@@ -258,6 +260,8 @@ def _hardware_table() -> Table:
 
 app.command("sweep")(sweep_command)
 app.command("plan")(plan_command)
+app.command("calibrate")(calibrate_command)
+app.command("validate")(validate_command)
 
 
 def _version(value: bool) -> None:

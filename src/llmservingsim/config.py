@@ -231,10 +231,24 @@ class SchedulerConfig(_Section):
 
 
 class PerfConfig(_Section):
-    """``auto`` picks per device type: ``systolic`` for an NPU whose YAML describes its arrays,
-    ``roofline`` otherwise."""
+    """Which perf backend times the ops, and the settings of the non-default ones. ``auto``
+    picks per device type: ``systolic`` for an NPU whose YAML describes its arrays, ``roofline``
+    otherwise."""
 
     backend: str = "auto"
+    profile_dir: Path | None = Field(
+        default=None, description="profile: folder or CSV of measured op tables"
+    )
+    command: list[str] | str | None = Field(
+        default=None, description="external: the simulator to run (argv list or shell-like string)"
+    )
+    cache_dir: Path | None = Field(
+        default=None, description="external: result cache folder (default ~/.cache/llmservingsim)"
+    )
+    timeout_s: float = Field(default=60.0, gt=0, description="external: seconds per answer")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="free-form settings for plugin backends"
+    )
 
 
 class MoeConfig(_Section):

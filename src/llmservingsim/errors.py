@@ -30,3 +30,8 @@ class DoesNotFitError(UserError):
     """The model weights (plus activations) do not fit the device memory."""
 
     exit_code = 3
+
+
+class BackendError(UserError):
+    """A user-supplied perf backend (an external command, a plugin) failed; the message
+    carries what it printed. Exit code 1."""

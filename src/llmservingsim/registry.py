@@ -1,9 +1,16 @@
-"""A tiny name → factory registry, so a new policy is one file with one decorator."""
+"""A tiny name → factory registry, so a new policy is one file with one decorator.
+
+A registry may also be filled by other installed packages through a Python entry-point group
+(``[project.entry-points."<group>"]`` in their pyproject): such an entry is imported only when
+its name is asked for, so a broken plugin fails with a clear error only for the run that uses
+it, never at start-up.
+"""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
+from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
 
 from llmservingsim.errors import ConfigError
@@ -14,8 +21,9 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Maps names (as written in the config) to implementations."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
         self.kind = kind
+        self.entry_point_group = entry_point_group
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -27,17 +35,41 @@ class Registry(Generic[T]):
 
         return decorator
 
-    def get(self, name: str) -> T:
+    def _plugins(self) -> dict[str, EntryPoint]:
+        if self.entry_point_group is None:
+            return {}
+        return {ep.name: ep for ep in entry_points(group=self.entry_point_group)}
+
+    def _load_plugin(self, ep: EntryPoint) -> T:
+        origin = f"entry point '{ep.name} = {ep.value}'"
+        if ep.dist is not None:
+            origin += f" of package {ep.dist.name} {ep.dist.version}"
         try:
-            return self._items[name]
-        except KeyError:
-            raise ConfigError(unknown_name_message(self.kind, name, self._items)) from None
+            item = ep.load()
+        except Exception as exc:  # any import-time failure of foreign code
+            detail = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+            raise ConfigError(f"{self.kind} plugin {origin} failed to load: {detail}") from None
+        if not callable(item):
+            raise ConfigError(f"{self.kind} plugin {origin} is not a class or factory")
+        # A plugin module may register itself on import with @register; otherwise do it here.
+        if ep.name not in self._items:
+            self._items[ep.name] = item
+        return self._items[ep.name]
+
+    def get(self, name: str) -> T:
+        item = self._items.get(name)
+        if item is not None:
+            return item
+        plugin = self._plugins().get(name)
+        if plugin is not None:
+            return self._load_plugin(plugin)
+        raise ConfigError(unknown_name_message(self.kind, name, self.names()))
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted({*self._items, *self._plugins()})
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or name in self._plugins()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -18,7 +18,7 @@ from llmservingsim.cluster.placement import place_instances
 from llmservingsim.config import LinkOverride, PoolConfig, SimConfig
 from llmservingsim.engine import Engine
 from llmservingsim.errors import ConfigError, DoesNotFitError
-from llmservingsim.hardware.backends import make_backend
+from llmservingsim.hardware.backends import backend_stats, build_backend
 from llmservingsim.hardware.device import DeviceSpec, Link
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.summary import request_metrics
@@ -165,7 +165,7 @@ def _timer(
     pim: DeviceSpec | None,
 ) -> IterationTimer:
     spec = load_model(cfg.model)
-    backend = make_backend(device, cfg.compute_dtype, cfg.perf.backend)
+    backend = build_backend(cfg, device)
     common: dict[str, Any] = {
         "tensor_parallel": pool_cfg.tensor_parallel,
         "first_device": first_device,
@@ -339,6 +339,7 @@ def summarize(
             "mean": sum(transfers) / len(transfers) if transfers else None,
             "max": max(transfers, default=None),
         }
+    summary.update(backend_stats(t.backend for t in timers))
     return summary
 
 

@@ -72,6 +72,22 @@ class Power(_Strict):
     max_w: float = Field(gt=0)
 
 
+class MemoryOpEfficiency(_Strict):
+    """One elementwise kernel's achieved bandwidth, fixed cost and smallest wave.
+
+    Norms, rotary and activation kernels reach very different fractions of DRAM bandwidth
+    (reductions, strided access) and have their own launch/tail time, so one ``memory`` factor
+    cannot describe them all (calibration.md). Fewer rows than one wave of thread blocks still
+    take the time of that wave: the kernel costs as if it had ``min_rows`` rows.
+
+    time = launch_us + bytes_per_row · max(rows, min_rows) / (bandwidth · efficiency)
+    """
+
+    efficiency: float = Field(gt=0, le=1, description="achieved / peak DRAM bandwidth")
+    launch_us: float = Field(ge=0, description="fixed time per call of this kernel, µs")
+    min_rows: float = Field(default=1.0, ge=1, description="rows of one full wave")
+
+
 class Efficiency(_Strict):
     """Fractions of datasheet peaks that real kernels reach; calibrated, see docs/calibration.md.
 
@@ -90,6 +106,11 @@ class Efficiency(_Strict):
         gt=0, le=1, description="achieved / peak DRAM bandwidth for streaming kernels"
     )
     kernel_launch_us: float = Field(ge=0, description="fixed time per kernel (launch + tail)")
+    memory_ops: dict[str, MemoryOpEfficiency] = Field(
+        default_factory=dict,
+        description="per op name (model/ops.py) overrides of memory and kernel_launch_us for "
+        "elementwise kernels",
+    )
     iteration_overhead_us: float = Field(
         ge=0, description="CPU time per engine step (schedule, prepare inputs)"
     )

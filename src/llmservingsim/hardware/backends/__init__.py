@@ -5,15 +5,29 @@ device and the compute dtype. Interface::
 
     backend = PERF_BACKENDS.get("roofline")(device, dtype)
     seconds = backend.time(op)
+
+Optional extras, found by name (docs/extending.md):
+
+* ``from_config(device, cfg)`` (classmethod): build from the whole :class:`SimConfig` when the
+  backend needs settings of the ``perf:`` section (tables, a command, ``perf.options``);
+* ``stats() -> dict``: counters merged into summary.json (ints summed over instances, dicts of
+  ints merged), e.g. ``perf_fallbacks`` of the profile backend.
+
+Other packages add backends through the entry-point group ``llmservingsim.perf_backends``
+(examples/plugin_backend).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
+from llmservingsim.config import SimConfig
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.model.ops import Op
 from llmservingsim.registry import Registry
+
+ENTRY_POINT_GROUP = "llmservingsim.perf_backends"
 
 
 class PerfBackend(Protocol):
@@ -24,11 +38,38 @@ class PerfBackend(Protocol):
         ...
 
 
-class PerfBackendFactory(Protocol):
-    def __call__(self, device: DeviceSpec, dtype: str) -> PerfBackend: ...
+# Called as factory(device, dtype); backends with ``from_config`` may take more arguments.
+PerfBackendFactory = Callable[..., PerfBackend]
 
 
-PERF_BACKENDS: Registry[PerfBackendFactory] = Registry("perf backend")
+PERF_BACKENDS: Registry[PerfBackendFactory] = Registry("perf backend", ENTRY_POINT_GROUP)
+
+
+def build_backend(cfg: SimConfig, device: DeviceSpec) -> PerfBackend:
+    """The configured backend for one device (``from_config`` when the backend has one)."""
+    factory = PERF_BACKENDS.get(backend_name_for(device, cfg.perf.backend))
+    from_config = getattr(factory, "from_config", None)
+    if from_config is not None:
+        backend: PerfBackend = from_config(device, cfg)
+        return backend
+    return factory(device, cfg.compute_dtype)
+
+
+def backend_stats(backends: Iterable[PerfBackend]) -> dict[str, Any]:
+    """The backends' ``stats()`` counters, summed over instances."""
+    merged: dict[str, Any] = {}
+    for backend in backends:
+        stats = getattr(backend, "stats", None)
+        if stats is None:
+            continue
+        for key, value in stats().items():
+            if isinstance(value, dict):
+                into = merged.setdefault(key, {})
+                for sub, count in value.items():
+                    into[sub] = into.get(sub, 0) + count
+            else:
+                merged[key] = merged.get(key, 0) + value
+    return merged
 
 
 def backend_name_for(device: DeviceSpec, requested: str) -> str:
@@ -40,9 +81,12 @@ def backend_name_for(device: DeviceSpec, requested: str) -> str:
 
 
 def make_backend(device: DeviceSpec, dtype: str, requested: str = "auto") -> PerfBackend:
+    """A backend from a device and a dtype alone (no ``perf:`` settings)."""
     return PERF_BACKENDS.get(backend_name_for(device, requested))(device, dtype)
 
 
 # Built-in backends register themselves on import.
+from llmservingsim.hardware.backends import external as _external  # noqa: E402,F401
+from llmservingsim.hardware.backends import profile as _profile  # noqa: E402,F401
 from llmservingsim.hardware.backends import roofline as _roofline  # noqa: E402,F401
 from llmservingsim.hardware.backends import systolic as _systolic  # noqa: E402,F401

@@ -4,7 +4,8 @@ time = max(FLOPs / (peak · η_c), bytes / (BW · η_mem)) + launch
 
 η_c for GEMMs grows with the row count M (small-M GEMMs cannot fill the tensor cores, so
 decode-sized GEMMs are memory bound as on real GPUs); FlashAttention prefill has its own
-η. All η come from the device YAML and are calibrated on measured profiles
+η; elementwise kernels listed in ``efficiency.memory_ops`` have their own bandwidth fraction and
+fixed cost. All η come from the device YAML and are calibrated on measured profiles
 (docs/calibration.md).
 """
 
@@ -26,14 +27,27 @@ class RooflineBackend:
         self._compute_max = eff.compute_max
         self._half_m = eff.compute_half_m
         self._attention_flops = self._peak * eff.attention_compute
+        self._memory_ops = {
+            name: (
+                device.memory_bandwidth * tuned.efficiency,
+                tuned.launch_us * 1e-6,
+                tuned.min_rows,
+            )
+            for name, tuned in eff.memory_ops.items()
+        }
 
     def compute_efficiency(self, m: int) -> float:
         return self._compute_max * m / (m + self._half_m)
 
     def time(self, op: Op) -> float:
-        memory_time = op.bytes / self._bandwidth
         if op.flops <= 0.0:
-            return memory_time + self._launch
+            tuned = self._memory_ops.get(op.name)
+            if tuned is not None:
+                bandwidth, launch, min_rows = tuned
+                padded = op.bytes * max(op.m, min_rows) / op.m if op.m > 0 else op.bytes
+                return padded / bandwidth + launch
+            return op.bytes / self._bandwidth + self._launch
+        memory_time = op.bytes / self._bandwidth
         if op.kind == "gemm":
             compute_time = op.flops / (self._peak * self.compute_efficiency(op.m))
         elif op.kind == "attention_prefill":

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Regenerate the ``efficiency:`` blocks of the built-in device YAMLs from measured profiles.
+
+The three profiled GPUs are fitted with ``llmservingsim calibrate``'s code (calibrate/run.py)
+on the Vidur tables (H100 also gets the LLMServingSim attention table, which the quality gate
+rejects: calibration.md §6); every other device takes the fit of its architecture family
+(calibrate/transfer.py, calibration.md §8). Prints the op-level MAPE of each fit.
+
+Usage:  .venv/bin/python scripts/calibrate_catalog.py [DATA_DIR]   (default ../shared/data)
+Exits 0 with a message when the data folder is absent.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from llmservingsim.calibrate.run import ALL_FITTED, calibrate
+from llmservingsim.calibrate.transfer import replace_efficiency_block, rounded, transfer_efficiency
+from llmservingsim.catalog import load_device
+
+REPO = Path(__file__).resolve().parents[1]
+HARDWARE = REPO / "src" / "llmservingsim" / "data" / "hardware"
+
+# device -> profile folders (relative to the data dir)
+FITTED = {
+    "h100-sxm": ["profiles/vidur/compute/h100", "profiles/llmservingsim/v0/H100"],
+    "a100-80gb": ["profiles/vidur/compute/a100"],
+    "a40": ["profiles/vidur/compute/a40"],
+}
+# device -> calibrated device whose fit it takes (calibration.md §8)
+TRANSFERRED = {
+    "h100-pcie": "h100-sxm",
+    "h200": "h100-sxm",
+    "b200": "h100-sxm",
+    "gb200": "h100-sxm",
+    "a100-40gb": "a100-80gb",
+    "a6000": "a40",
+    "l40s": "a40",
+    "l4": "a40",
+    "rtx-4090": "a40",
+    "rtx-pro-6000": "a40",
+    "mi300x": "h100-sxm",
+    "mi325x": "h100-sxm",
+    "tpu-v5e": "h100-sxm",
+    "tpu-v6e": "h100-sxm",
+    "gaudi3": "h100-sxm",
+    "npu": "h100-sxm",
+    "pim": "h100-sxm",
+}
+SAME_FAMILY = {"h100-pcie", "h200", "b200", "gb200", "a100-40gb", "a6000", "l40s", "l4"}
+
+
+def main(argv: list[str]) -> int:
+    data = Path(argv[1]) if len(argv) > 1 else REPO.parent / "shared" / "data"
+    if not (data / "profiles").is_dir():
+        print(f"calibrate_catalog: {data}/profiles not found; nothing to do.")
+        return 0
+    for name, folders in FITTED.items():
+        report = calibrate([data / f for f in folders], name)
+        ins, held = report.row(ALL_FITTED), report.row(ALL_FITTED, holdout=True)
+        assert ins is not None and held is not None
+        print(
+            f"{name}: {report.points:,} points, op-level MAPE {ins.before:.1f}% -> {ins.after:.1f}%"
+            f", held-out (train {report.train_model}) {held.after:.1f}%"
+        )
+        sources = " + ".join(sorted({p.split("/")[1] for p in folders}))
+        replace_efficiency_block(
+            HARDWARE / f"{name}.yaml",
+            rounded(report.device.efficiency),
+            f"fitted by llmservingsim calibrate on {sources} profiles; see docs/calibration.md",
+        )
+    load_device.cache_clear()
+    for name, source in TRANSFERRED.items():
+        eff = transfer_efficiency(load_device(source), load_device(name))
+        why = "same architecture family" if name in SAME_FAMILY else "no measured data"
+        replace_efficiency_block(
+            HARDWARE / f"{name}.yaml",
+            eff,
+            f"transferred from {source} ({why}); see docs/calibration.md §8",
+        )
+        print(f"{name}: efficiency from {source}, compute_half_m {eff.compute_half_m:g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

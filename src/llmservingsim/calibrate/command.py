@@ -1,0 +1,120 @@
+"""``llmservingsim calibrate``: the typer command and its tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmservingsim.calibrate.fit import GEMM_PARAMS, GroupFit
+from llmservingsim.calibrate.run import CalibrationReport, ErrorRow, calibrate, device_yaml
+from llmservingsim.errors import ConfigError, UserError
+
+_FIXABLE = (*GEMM_PARAMS, "attention_compute")
+
+
+def _parse_fix(items: list[str]) -> dict[str, float]:
+    fix: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or key not in _FIXABLE:
+                raise ValueError
+            fix[key] = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"--fix {item!r}: expected NAME=VALUE with NAME one of {', '.join(_FIXABLE)}"
+            ) from None
+    return fix
+
+
+def _groups_table(title: str, groups: list[GroupFit]) -> Table:
+    table = Table(title=title, header_style="bold")
+    for col in ("group", "points", "fitted", "MAPE %", "used"):
+        table.add_column(col, justify="right" if col in ("points", "MAPE %") else "left")
+    for g in groups:
+        params = ", ".join(f"{k}={v:.4g}" for k, v in g.params.items())
+        table.add_row(
+            g.group, f"{g.points:,}", params, f"{g.mape:.1f}", "yes" if g.accepted else g.note
+        )
+    return table
+
+
+def _errors_table(title: str, rows: list[ErrorRow]) -> Table:
+    table = Table(title=title, header_style="bold")
+    for col in ("ops", "points", "MAPE before %", "MAPE after %", "median bias after %"):
+        table.add_column(col, justify="left" if col == "ops" else "right")
+    for r in rows:
+        table.add_row(
+            r.label, f"{r.points:,}", f"{r.before:.1f}", f"{r.after:.1f}", f"{r.bias_after:+.1f}"
+        )
+    return table
+
+
+def print_report(report: CalibrationReport, console: Console) -> None:
+    models = ", ".join(f"{m} ({n:,})" for m, n in sorted(report.models.items()))
+    console.print(
+        f"{report.points:,} {report.dtype} points on {report.base.name}: {models}", highlight=False
+    )
+    console.print(_groups_table("fitted parameter groups (all models)", report.fit.groups))
+    console.print(_errors_table("op-level error, all models (before = base YAML)", report.errors))
+    if report.train_model is not None:
+        console.print(
+            _groups_table(
+                f"held-out fit: trained on {report.train_model} only", report.holdout_groups
+            )
+        )
+        console.print(
+            _errors_table(
+                f"held-out error: {report.train_model} fit, every other model", report.holdout
+            )
+        )
+    else:
+        console.print("held-out check skipped: the profiles hold one model only")
+
+
+def calibrate_command(
+    profiles: Annotated[
+        list[Path],
+        typer.Option(
+            "--profiles",
+            help="Folder or CSV of operator profiles (Vidur mlp.csv/attention.csv or native "
+            "CSV, docs/profiles.md); repeatable. One device's tables only.",
+        ),
+    ],
+    hardware: Annotated[
+        str, typer.Option(help="Device the profiles were measured on (catalog name or YAML).")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Calibrated device YAML to write (default ./<device>-calibrated.yaml)."),
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="Profile dtype to fit (default: the most common one).")
+    ] = None,
+    fix: Annotated[
+        list[str] | None,
+        typer.Option(help="Hold a parameter, e.g. --fix compute_half_m=32 (repeatable)."),
+    ] = None,
+    train_model: Annotated[
+        str | None,
+        typer.Option(help="Model whose profiles train the held-out fit (default: most points)."),
+    ] = None,
+    max_mape: Annotated[
+        float, typer.Option(help="A parameter group fitting worse than this (%) is not used.")
+    ] = 25.0,
+) -> None:
+    """Fit the roofline efficiency factors to measured operator profiles (least squares)."""
+    console = Console() if Console().is_terminal else Console(width=150)
+    try:
+        report = calibrate(profiles, hardware, dtype, _parse_fix(fix or []), train_model, max_mape)
+    except UserError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=exc.exit_code) from None
+    print_report(report, console)
+    target = out or Path(f"{report.device.name}-calibrated.yaml")
+    target.write_text(device_yaml(report, profiles))
+    console.print(f"calibrated device: {target}", highlight=False)

@@ -1,0 +1,237 @@
+"""Published row → simulator settings: :func:`scenario_for` is the one mapping.
+
+Everything here is a rule about a *kind* of row (a model name pattern, an engine and its
+documented defaults, a setting stated in the row's notes), never a value for one row: a new
+row of the same kinds needs no code. Rows the simulator cannot run yet (more instances,
+pipeline parallelism, MoE, ...) still get settings; the simulator's own "not yet supported"
+error then marks them skipped, so they start running when the feature lands.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmservingsim.catalog import load_model
+from llmservingsim.validate.reference import METRICS, is_verified, number
+
+# Requests of a synthetic run at most (max-throughput runs reach steady state long before).
+MAX_REQUESTS = 30000
+DEFAULT_REQUESTS = 1000
+
+
+@dataclass(frozen=True)
+class ModelRule:
+    pattern: str  # regex on the lower-cased published model name
+    catalog: str
+    published_context: int | None = None  # when the published model's context differs
+    note: str = ""
+
+
+MODELS = (
+    ModelRule(r"mixtral-8x7b", "mixtral-8x7b"),
+    ModelRule(r"mixtral-8x22b", "mixtral-8x22b"),
+    ModelRule(r"mistral-large(-instruct)?-2407", "mistral-large-2407"),
+    ModelRule(r"llama-3\.1-8b", "llama-3.1-8b"),
+    ModelRule(r"llama-3\.1-70b", "llama-3.1-70b"),
+    ModelRule(r"llama-3\.1-405b", "llama-3.1-405b"),
+    ModelRule(
+        r"(meta-)?llama-3-8b",
+        "llama-3.1-8b",
+        8192,
+        "Llama-3-8B simulated as llama-3.1-8b (same layer shapes; 8K instead of 128K context)",
+    ),
+    ModelRule(
+        r"(meta-)?llama-3-70b",
+        "llama-3.1-70b",
+        8192,
+        "Llama-3-70B simulated as llama-3.1-70b (same layer shapes; 8K instead of 128K context)",
+    ),
+    ModelRule(r"llama-2-70b", "llama-2-70b"),
+    ModelRule(r"llama-2-13b", "llama-2-13b"),
+    ModelRule(r"llama-2-7b", "llama-2-7b"),
+)
+
+HARDWARE = (
+    (r"^h100( sxm)?( 80gb)?$", "h100-sxm"),
+    (r"^h100 pcie", "h100-pcie"),
+    (r"^a100( 80gb)?$", "a100-80gb"),
+    (r"^h200", "h200"),
+    (r"^rtx pro 6000", "rtx-pro-6000"),
+)
+
+# Engine settings stated in a row's notes override the engine defaults below.
+NOTE_SETTINGS = (
+    (r"max_num_seqs\s*=\s*(\d+)", "scheduler.max_num_seqs"),
+    (r"max_num_batched_tokens\s*=\s*(\d+)", "scheduler.max_num_batched_tokens"),
+    (r"gpu_mem(?:ory)?_util(?:ization)?\s*=?\s*(0?\.\d+)", "scheduler.gpu_memory_utilization"),
+)
+PREFIX_CACHING_ON = re.compile(r"prefix caching on", re.IGNORECASE)
+
+
+@dataclass
+class Scenario:
+    """One simulation; several published rows (metrics of the same run) share it."""
+
+    overrides: list[str]  # --set key=value
+    optional: list[str]  # settings the run had; dropped (and noted) if not yet supported
+    label: str
+    engine: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return (*self.overrides, "|", *self.optional)
+
+
+def _version(text: str) -> tuple[int, ...] | None:
+    match = re.match(r"~?(\d+)\.(\d+)", text.strip())
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def engine_settings(row: dict[str, str], max_model_len: int) -> tuple[dict[str, str], str]:
+    """Scheduler settings that mimic the row's engine at its documented defaults."""
+    engine = row["engine"].lower()
+    version = _version(row["engine_version"])
+    if "tensorrt-llm" in engine:
+        # trtllm-bench max-throughput: big runtime batch, chunked context, and the default
+        # GUARANTEED_NO_EVICT capacity policy (= no_evict); KV from ~0.9 of free memory.
+        settings = {"policy": "no_evict", "max_num_seqs": "2048", "block_size": "32"}
+        settings["max_num_batched_tokens"] = "8192"
+        return settings, "TensorRT-LLM: no_evict, chunked, 2048 seqs, 8192 tok/step"
+    if version is not None and version >= (0, 8):
+        # vLLM V1: chunked prefill always on.
+        settings = {"policy": "vllm", "max_num_seqs": "256", "max_num_batched_tokens": "8192"}
+        return settings, "vLLM V1: chunked prefill"
+    # vLLM V0 (0.6 and the older stacks of papers): chunked prefill turns itself on with a
+    # 512-token budget only when max_model_len > 32K; otherwise whole prompts with a budget of
+    # max(max_model_len, 2048).
+    if max_model_len > 32768:
+        settings = {"policy": "vllm", "max_num_seqs": "256", "max_num_batched_tokens": "512"}
+        return settings, "vLLM V0, context > 32K: chunked prefill, 512 tok/step"
+    budget = str(max(max_model_len, 2048))
+    settings = {"policy": "orca", "max_num_seqs": "256", "max_num_batched_tokens": budget}
+    return settings, f"vLLM V0, context ≤ 32K: whole prompts (orca), {budget} tok/step"
+
+
+def _dtype(text: str) -> tuple[str, str]:
+    low = text.lower()
+    if "fp8" in low:
+        # FP8 checkpoints (NVIDIA's, APEX+'s "fp8 weights + fp8 KV") quantize the KV cache too.
+        return "fp8", "fp8"
+    for dtype in ("bf16", "fp16", "fp32", "int8", "int4"):
+        if dtype in low:
+            return dtype, "auto"
+    return "bf16", "auto"
+
+
+def _requests(row: dict[str, str], rows: list[dict[str, str]]) -> tuple[int, str]:
+    """The row's count; when blank, the count a verified row of the same benchmark (same
+    lengths and rate) used."""
+    count = number(row["num_requests"])
+    if count is not None:
+        return int(count), ""
+    for other in rows:
+        same = all(other[k] == row[k] for k in ("input_len", "output_len", "request_rate_rps"))
+        if same and other["num_requests"] and is_verified(other):
+            return int(float(other["num_requests"])), f"num_requests blank: {other['id']}'s used"
+    return DEFAULT_REQUESTS, f"num_requests blank: {DEFAULT_REQUESTS} used"
+
+
+def _workload(
+    row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
+) -> tuple[list[str], str, list[str]] | str:
+    wfile = row.get("workload_file", "")
+    if wfile:
+        for base in (data_dir, data_dir.parent):
+            path = base / wfile
+            if path.is_file():
+                fmt = "csv" if path.suffix == ".csv" else "jsonl"
+                sets = ["workload.kind=trace", f"workload.trace={{path: '{path}', format: {fmt}}}"]
+                return sets, f"replay {path.name}", []
+        return f"workload file {wfile} not found under {data_dir}"
+    isl, osl = number(row["input_len"]), number(row["output_len"])
+    if isl is None or osl is None:
+        return "no input/output length and no workload file"
+    count, note = _requests(row, rows)
+    notes = [note] if note else []
+    if count > MAX_REQUESTS:
+        notes.append(f"num_requests capped {count} → {MAX_REQUESTS}")
+        count = MAX_REQUESTS
+    rate = number(row["request_rate_rps"])
+    if rate is None or math.isinf(rate):
+        arrival, rate_text = ["workload.arrival.rate=.inf"], "all at t=0"
+    else:
+        arrival = ["workload.arrival.process=poisson", f"workload.arrival.rate={rate:g}"]
+        rate_text = f"Poisson {rate:g}/s"
+        notes.append("fixed lengths stand in for the source's length distribution")
+    sets = [
+        "workload.kind=synthetic",
+        f"workload.num_requests={count}",
+        *arrival,
+        f"workload.input_len={{dist: fixed, value: {int(isl)}}}",
+        f"workload.output_len={{dist: fixed, value: {int(osl)}}}",
+    ]
+    return sets, f"fixed {int(isl)}/{int(osl)} ×{count} {rate_text}", notes
+
+
+def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]) -> Scenario | str:
+    """The simulation that reproduces ``row``, or why none can be built from it."""
+    if row["metric"] not in METRICS:
+        return f"unknown metric '{row['metric']}'"
+    low = row["model"].lower()
+    rule = next((r for r in MODELS if re.search(r.pattern, low)), None)
+    if rule is None:
+        return f"model '{row['model']}' is not mapped to a catalog model"
+    hw_name = row["hardware"].strip().lower()
+    hardware = next((c for pat, c in HARDWARE if re.search(pat, hw_name)), None)
+    if hardware is None:
+        return f"hardware '{row['hardware']}' is not mapped to a catalog device"
+    gpus, tp = number(row["num_gpus"]), number(row["tensor_parallel"])
+    pp = number(row["pipeline_parallel"]) or 1
+    if tp is None:
+        return f"tensor_parallel not given for {int(gpus or 0)} GPUs: instance layout unknown"
+    instances = int(gpus // (tp * pp)) if gpus else 1
+    workload = _workload(row, data_dir, rows)
+    if isinstance(workload, str):
+        return workload
+    work_sets, work_text, notes = workload
+    dtype, kv_dtype = _dtype(row["dtype"])
+    context = rule.published_context or load_model(rule.catalog).max_context
+    settings, engine_text = engine_settings(row, context)
+    from_notes: list[str] = []
+    for pattern, key in NOTE_SETTINGS:
+        match = re.search(pattern, row["notes"])
+        if match:
+            settings[key.split(".")[1]] = match[1]
+            from_notes.append(f"{key.split('.')[1]} {match[1]}")
+    settings.setdefault("block_size", "16")
+    settings.setdefault("gpu_memory_utilization", "0.9")
+    if rule.note:
+        notes.append(rule.note)
+    overrides = [
+        f"model={rule.catalog}",
+        f"hardware={hardware}",
+        f"dtype={dtype}",
+        f"kv_dtype={kv_dtype}",
+        f"cluster.tensor_parallel={int(tp)}",
+        *([f"cluster.pipeline_parallel={int(pp)}"] if pp > 1 else []),
+        *([f"cluster.instances={instances}"] if instances > 1 else []),
+        *(f"scheduler.{k}={v}" for k, v in sorted(settings.items())),
+        *work_sets,
+    ]
+    optional = []
+    if PREFIX_CACHING_ON.search(row["notes"]):
+        optional.append("scheduler.enable_prefix_caching=true")
+    layout = f"{instances}×" if instances > 1 else ""
+    label = (
+        f"{rule.catalog} · {hardware} · {layout}TP{int(tp)}{f'·PP{int(pp)}' if pp > 1 else ''}"
+        f" · {dtype}{'' if kv_dtype in ('auto', dtype) else '/kv ' + kv_dtype} · {work_text}"
+    )
+    engine = f"{engine_text}; block {settings['block_size']}, util "
+    engine += settings["gpu_memory_utilization"]
+    if from_notes:
+        engine += f"; from the row's notes: {', '.join(from_notes)}"
+    return Scenario(overrides, optional, label, engine, notes)

@@ -1,0 +1,198 @@
+"""validate: row → scenario mapping, error arithmetic, skipped rows, outputs."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from llmservingsim.cli import app
+from llmservingsim.config import SimConfig, load_config
+from llmservingsim.errors import ConfigError, UserError
+from llmservingsim.simulation import SimulationResult, simulate
+from llmservingsim.validate import run as validate_run
+from llmservingsim.validate.reference import REQUIRED
+from llmservingsim.validate.run import validate
+from llmservingsim.validate.scenario import Scenario, scenario_for
+
+BASE = {
+    "id": "",
+    "source": "test fixture",
+    "engine": "vLLM",
+    "engine_version": "0.19.0",
+    "hardware": "H100 SXM",
+    "num_gpus": "1",
+    "tensor_parallel": "1",
+    "pipeline_parallel": "1",
+    "model": "meta-llama/Llama-3.1-8B",
+    "dtype": "bf16",
+    "workload": "fixed",
+    "input_len": "128",
+    "output_len": "16",
+    "request_rate_rps": "inf",
+    "num_requests": "8",
+    "metric": "output_throughput",
+    "value": "1000",
+    "unit": "tok/s",
+    "notes": "",
+    "workload_file": "",
+}
+
+
+def _row(**changes: str) -> dict[str, str]:
+    return {**BASE, **changes}
+
+
+def _write(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(BASE))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _scenario(row: dict[str, str], rows: list[dict[str, str]] | None = None) -> Scenario:
+    got = scenario_for(row, Path("."), rows or [row])
+    assert isinstance(got, Scenario), got
+    return got
+
+
+def test_engine_rules_and_row_notes_decide_the_scheduler() -> None:
+    trt = _scenario(_row(engine="TensorRT-LLM", engine_version="1.0", dtype="fp8"))
+    assert "scheduler.policy=no_evict" in trt.overrides
+    assert "kv_dtype=fp8" in trt.overrides
+    v1 = _scenario(_row(notes="chunked prefill on, max_num_batched_tokens=2048, max_num_seqs=128"))
+    assert {"scheduler.policy=vllm", "scheduler.max_num_batched_tokens=2048"} <= set(v1.overrides)
+    assert "scheduler.max_num_seqs=128" in v1.overrides
+    # vLLM V0: chunked prefill only for contexts > 32K; the published model's context counts.
+    long_ctx = _scenario(_row(engine_version="0.6.0", notes="gpu_mem_util 0.97"))
+    assert "scheduler.max_num_batched_tokens=512" in long_ctx.overrides
+    assert "scheduler.gpu_memory_utilization=0.97" in long_ctx.overrides
+    llama3 = _scenario(_row(engine_version="0.6.0", model="Meta-Llama-3-8B"))
+    assert {"scheduler.policy=orca", "scheduler.max_num_batched_tokens=8192"} <= set(
+        llama3.overrides
+    )
+    assert any("Llama-3-8B simulated as llama-3.1-8b" in n for n in llama3.notes)
+
+
+def test_layouts_the_simulator_may_not_support_still_get_settings() -> None:
+    """Multi-instance / PP rows are mapped; the simulator decides whether it can run them."""
+    multi = _scenario(_row(num_gpus="8", tensor_parallel="2", pipeline_parallel="2"))
+    assert {"cluster.instances=2", "cluster.pipeline_parallel=2"} <= set(multi.overrides)
+    assert scenario_for(_row(tensor_parallel=""), Path("."), []) == (
+        "tensor_parallel not given for 1 GPUs: instance layout unknown"
+    )
+    assert "not mapped" in str(scenario_for(_row(model="GPT-5"), Path("."), []))
+
+
+def test_blank_request_count_borrows_a_verified_row_of_the_same_benchmark() -> None:
+    donor = _row(id="donor", num_requests="3000")
+    row = _row(id="blank", num_requests="", source="brief; UNVERIFIED")
+    got = _scenario(row, [row, donor])
+    assert "workload.num_requests=3000" in got.overrides
+    assert any("donor" in n for n in got.notes)
+
+
+def test_errors_units_skips_and_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [
+        _row(id="thr", metric="output_throughput", value="1000", unit="tok/s (total)"),
+        _row(id="ttft", metric="ttft_mean", value="50", unit="ms"),
+        _row(id="gone", model="GPT-5"),
+        _row(id="odd-unit", metric="tpot_mean", unit="fortnights"),
+        _row(id="refused", model="Llama-2-7B", metric="tpot_mean", unit="ms"),
+    ]
+    reference = _write(tmp_path / "points.csv", rows)
+    real_simulate = validate_run.simulate
+
+    def simulate_unless_llama2(cfg: SimConfig) -> SimulationResult:
+        if cfg.model == "llama-2-7b":
+            raise ConfigError("llama-2-7b on this layout is not yet supported")
+        return real_simulate(cfg)
+
+    monkeypatch.setattr(validate_run, "simulate", simulate_unless_llama2)
+    result = validate(reference)
+    by_id = {c.row["id"]: c for c in result.compared}
+    assert set(by_id) == {"thr", "ttft"}
+    summary = simulate(load_config(None, _scenario(rows[0]).overrides)).summary
+    assert by_id["thr"].simulated == pytest.approx(summary["output_tokens_per_s"])
+    assert by_id["ttft"].simulated == pytest.approx(summary["ttft_s"]["mean"] * 1e3)
+    assert by_id["ttft"].error_pct == pytest.approx((by_id["ttft"].simulated / 50 - 1) * 100)
+    assert len(result.runs) == 1  # both rows are metrics of one simulation
+    reasons = {s.row["id"]: s.reason for s in result.skipped}
+    assert "not mapped" in reasons["gone"]
+    assert "fortnights" in reasons["odd-unit"]
+    assert reasons["refused"] == "llama-2-7b on this layout is not yet supported"
+    errors = [abs(c.error_pct) for c in result.compared if c.error_pct is not None]
+    assert result.median_abs_error() == pytest.approx(statistics.median(errors))
+    assert result.max_abs_error() == pytest.approx(max(errors))
+
+    out = tmp_path / "out"
+    doc = tmp_path / "accuracy.md"
+    doc.write_text(
+        "# Accuracy\n<!-- validate:begin -->\nold table\n<!-- validate:end -->\nmethod\n"
+    )
+    args = ["validate", "--reference", str(reference), "--out", str(out), "--scenarios", "t*"]
+    cli = CliRunner().invoke(app, [*args, "--update-doc", str(doc)])
+    assert cli.exit_code == 0, cli.output
+    text = doc.read_text()
+    assert "old table" not in text and "| thr |" in text and text.endswith("method\n")
+    assert "median |error|" in cli.output
+    with (out / "validation.csv").open() as fh:
+        written = list(csv.DictReader(fh))
+    assert [(r["id"], r["status"]) for r in written] == [("thr", "compared"), ("ttft", "compared")]
+    markdown = (out / "validation.md").read_text()
+    assert "| thr |" in markdown and "median \\|error\\|" in markdown
+
+
+def test_optional_settings_are_dropped_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    row = _row(notes="prefix caching on")
+    scenario = _scenario(row)
+    assert scenario.optional == ["scheduler.enable_prefix_caching=true"]
+    real_simulate = validate_run.simulate
+
+    def no_prefix_caching(cfg: SimConfig) -> SimulationResult:
+        if cfg.scheduler.enable_prefix_caching:
+            raise ConfigError("prefix caching is not yet supported")
+        return real_simulate(cfg)
+
+    monkeypatch.setattr(validate_run, "simulate", no_prefix_caching)
+    _summary, values, _wall = validate_run._simulate(scenario)
+    assert values["output_tokens_per_s"] > 0
+    assert any("not simulated: scheduler.enable_prefix_caching=true" in n for n in scenario.notes)
+
+
+def test_bad_reference_files_are_user_errors(tmp_path: Path) -> None:
+    short = tmp_path / "short.csv"
+    short.write_text("id,value\n1,2\n")
+    with pytest.raises(UserError, match="missing column"):
+        validate(short)
+    reference = _write(tmp_path / "points.csv", [_row(id="a", value="n/a")])
+    with pytest.raises(UserError, match=r"points.csv:2: value 'n/a' is not a number"):
+        validate(reference)
+    reference = _write(tmp_path / "points.csv", [_row(id="a")])
+    with pytest.raises(UserError, match="no row id"):
+        validate(reference, ["zzz*"])
+    result = CliRunner().invoke(app, ["validate", "--reference", str(tmp_path / "none.csv")])
+    assert result.exit_code == 1 and "cannot read reference file" in result.output
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    result = CliRunner().invoke(
+        app, ["validate", "--reference", str(reference), "--update-doc", str(plain)]
+    )
+    assert result.exit_code == 1 and "validate:begin" in result.output
+    assert set(REQUIRED) <= set(BASE)
+
+
+def test_published_reference_maps_every_row(shared_data: Path) -> None:
+    """Every row of the real file gets a scenario or a stated reason (nothing is simulated)."""
+    reference = shared_data / "reference" / "published_points.csv"
+    with reference.open() as fh:
+        rows = list(csv.DictReader(fh))
+    mapped = [scenario_for(r, reference.parent.parent, rows) for r in rows]
+    assert sum(isinstance(m, Scenario) for m in mapped) >= 40
+    for m in mapped:
+        if isinstance(m, Scenario):
+            load_config(None, m.overrides)  # valid settings
