@@ -24,16 +24,52 @@ def test_run_writes_summary_and_requests(tmp_path: Path) -> None:
     assert summary["config"]["seed"] == 3
     for key in ("ttft_s", "tpot_s", "itl_s", "e2e_s"):
         assert set(summary[key]) == {"mean", "p50", "p90", "p99", "max"}
-    lines = (out / "requests.csv").read_text().splitlines()
-    assert lines[0].startswith("id,instance,status")
-    assert len(lines) == 41
+    written = {p.name for p in out.iterdir()}
+    assert written == {
+        "summary.json",
+        "requests.parquet",
+        "timeseries.parquet",
+        "trace.json",
+        "report.html",
+    }
     assert "TTFT" in result.output
+    assert "requests.parquet" in result.output
 
 
-def test_json_flag_prints_the_summary(tmp_path: Path) -> None:
+def test_format_csv_and_no_report(tmp_path: Path) -> None:
+    args = ["run", *SMALL, "--out", str(tmp_path), "--format", "csv", "--no-report", "--no-trace"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "summary.json",
+        "requests.csv",
+        "timeseries.csv",
+    }
+    lines = (tmp_path / "requests.csv").read_text().splitlines()
+    assert lines[0].startswith('"id","instance","status"')
+    assert len(lines) == 41
+    bad = runner.invoke(app, ["run", *SMALL, "--out", str(tmp_path), "--format", "xlsx"])
+    assert bad.exit_code == 2
+    assert "outputs.format" in bad.output
+
+
+def test_report_command_rebuilds_the_page(tmp_path: Path) -> None:
+    runner.invoke(app, ["run", *SMALL, "--out", str(tmp_path), "--no-report", "--quiet"])
+    assert not (tmp_path / "report.html").exists()
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report.html").stat().st_size > 0
+    missing = runner.invoke(app, ["report", str(tmp_path / "nope")])
+    assert missing.exit_code == 1
+    assert "no summary.json" in missing.output
+    assert "Traceback" not in missing.output
+
+
+def test_json_flag_prints_only_the_summary(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", *SMALL, "--out", str(tmp_path), "--json"])
     assert result.exit_code == 0
-    assert json.loads(result.output)["requests_completed"] == 40
+    assert result.stdout == (tmp_path / "summary.json").read_text()
+    assert json.loads(result.stdout)["requests_completed"] == 40
 
 
 def test_quiet_prints_nothing(tmp_path: Path) -> None:
@@ -99,18 +135,6 @@ def test_subprocess_entry_points(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1
     assert "Traceback" not in bad.stderr
-
-
-def test_examples_are_valid_configs() -> None:
-    from llmservingsim.config import load_config
-
-    examples = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
-    assert examples
-    for path in examples:
-        cfg = load_config(path, ["workload.num_requests=20"])
-        from llmservingsim.simulation import simulate
-
-        assert simulate(cfg).summary["requests_completed"] == 20
 
 
 def test_error_text_with_brackets_is_printed_verbatim(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Command line: ``llmservingsim run | catalog | sweep | plan | calibrate | validate``.
+"""Command line: ``llmservingsim run | report | catalog | sweep | plan | calibrate | validate``.
 
 User mistakes (bad config, unreadable trace, a model that does not fit) print one line on
 stderr and exit non-zero; tracebacks are for bugs only.
@@ -24,11 +24,14 @@ from llmservingsim.cluster.routers import ROUTERS
 from llmservingsim.config import SimConfig, load_config
 from llmservingsim.errors import UserError
 from llmservingsim.hardware.backends import PERF_BACKENDS
-from llmservingsim.outputs.files import write_requests_csv, write_summary
+from llmservingsim.metrics.collector import MetricsCollector
+from llmservingsim.outputs.report import write_report
+from llmservingsim.outputs.run_outputs import RunOutputs, instance_names
 from llmservingsim.serving.schedulers import SCHEDULERS
 from llmservingsim.simulation import SimulationResult, load_requests, simulate
 from llmservingsim.sweep.commands import plan_command, sweep_command
 from llmservingsim.validate.command import validate_command
+from llmservingsim.workload.request_spec import RequestSpec
 
 app = typer.Typer(
     name="llmservingsim",
@@ -138,52 +141,87 @@ def run(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar and no tables.")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print summary.json to stdout (and nothing else).")
+    ] = False,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="requests/timeseries tables: parquet (default) or csv.",
+            show_default=False,
+        ),
+    ] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip report.html.")] = False,
+    no_trace: Annotated[bool, typer.Option("--no-trace", help="Skip trace.json.")] = False,
 ) -> None:
-    """Run one simulation and write summary.json and requests.csv."""
+    """Run one simulation; write summary.json, requests and timeseries tables, trace.json and
+    report.html (docs/outputs.md)."""
     overrides = list(set_ or [])
     if seed is not None:
         overrides.append(f"seed={seed}")
+    if fmt is not None:
+        overrides.append(f"outputs.format={fmt}")
+    if no_report:
+        overrides.append("outputs.report=false")
+    if no_trace:
+        overrides.append("outputs.trace=false")
     try:
         cfg = load_config(config, overrides)
         out_dir = out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
+        requests = load_requests(cfg)
+        outputs = RunOutputs(out_dir, cfg.outputs, len(requests))
         show_progress = not quiet and not as_json and sys.stderr.isatty()
-        result = _run_with_progress(cfg, show_progress)
+        result = _run_with_progress(cfg, requests, outputs.collector(), show_progress)
+        paths = outputs.finish(result, instance_names(cfg))
     except UserError as exc:
         raise _fail(exc) from None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_summary(out_dir, result.summary)
-    write_requests_csv(out_dir, result.metrics.records)
     if as_json:
         typer.echo((out_dir / "summary.json").read_text(), nl=False)
     elif not quiet:
         console = Console()
         console.print(summary_table(result.summary))
         console.print(totals_table(result.summary))
-        console.print(f"outputs: {out_dir}/summary.json, requests.csv")
+        console.print(f"outputs: {out_dir}/ " + ", ".join(p.name for p in paths), highlight=False)
     if result.summary.get("interrupted"):
         err_console.print("interrupted: partial results written")
         raise typer.Exit(code=130)
 
 
-def _run_with_progress(cfg: SimConfig, show: bool) -> SimulationResult:
+def _run_with_progress(
+    cfg: SimConfig, requests: list[RequestSpec], metrics: MetricsCollector, show: bool
+) -> SimulationResult:
     if not show:
-        return simulate(cfg)
-    requests = load_requests(cfg)
+        return simulate(cfg, requests=requests, metrics=metrics)
     columns = (
         TextColumn("[bold]simulating"),
         BarColumn(),
         TextColumn("{task.completed:,}/{task.total:,} requests"),
-        TextColumn("sim {task.fields[sim]:,.1f} s"),
+        TextColumn("· sim {task.fields[sim]:,.1f} s"),
+        TextColumn("· {task.fields[speed]:,.0f}× real time"),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err_console, transient=True) as bar:
-        task = bar.add_task("sim", total=len(requests), sim=0.0)
+        task = bar.add_task("sim", total=len(requests), sim=0.0, speed=0.0)
+        wall_start = time.perf_counter()
 
         def hook(now: float, done: int) -> None:
-            bar.update(task, completed=done, sim=now)
+            wall = time.perf_counter() - wall_start
+            bar.update(task, completed=done, sim=now, speed=now / wall if wall > 0 else 0.0)
 
-        return simulate(cfg, requests=requests, progress=hook)
+        return simulate(cfg, requests=requests, progress=hook, metrics=metrics)
+
+
+@app.command()
+def report(
+    out_dir: Annotated[Path, typer.Argument(help="A `run --out` directory.")],
+) -> None:
+    """(Re)build report.html from the files of a run's output directory."""
+    try:
+        path = write_report(out_dir)
+    except UserError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"wrote {path}")
 
 
 @app.command()

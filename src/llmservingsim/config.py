@@ -284,6 +284,44 @@ class SloConfig(_Section):
         return any(v is not None for v in (self.ttft_s, self.tpot_s, self.e2e_s))
 
 
+class OutputsConfig(_Section):
+    """What ``run`` writes besides summary.json (docs/outputs.md); never changes a simulated number.
+
+    The bounds keep huge runs' files small: the time series switches from one row per engine step
+    to time buckets, and the trace keeps a sample of requests and steps.
+    """
+
+    format: Literal["parquet", "csv"] = Field(
+        default="parquet", description="requests/timeseries tables: parquet, or csv"
+    )
+    timeseries_max_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="at most this many timeseries rows; beyond it, steps are aggregated into "
+        "time buckets whose width doubles as needed",
+    )
+    timeseries_bucket_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="aggregate steps into buckets of this width from the start (0 = one row per "
+        "step while timeseries_max_rows allows)",
+    )
+    trace: bool = Field(default=True, description="write trace.json (Chrome/Perfetto)")
+    trace_request_every: int = Field(
+        default=0,
+        ge=0,
+        description="keep the slices of every k-th request (0 = auto: the smallest k that keeps "
+        "at most trace_max_requests)",
+    )
+    trace_max_requests: int = Field(default=10_000, ge=1)
+    trace_max_steps: int = Field(
+        default=100_000,
+        ge=1,
+        description="at most this many step slices; beyond it every 2nd, 4th, ... step is kept",
+    )
+    report: bool = Field(default=True, description="write report.html")
+
+
 class SimConfig(_Section):
     model: str = "llama-3.1-8b"
     dtype: WeightDtype = "bf16"
@@ -296,6 +334,7 @@ class SimConfig(_Section):
     moe: MoeConfig = MoeConfig()
     pim: PimConfig = PimConfig()
     slo: SloConfig = SloConfig()
+    outputs: OutputsConfig = OutputsConfig()
     seed: int = 0
 
     @property

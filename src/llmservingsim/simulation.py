@@ -252,10 +252,12 @@ def simulate(
     cfg: SimConfig,
     requests: list[RequestSpec] | None = None,
     progress: Callable[[float, int], None] | None = None,
+    metrics: MetricsCollector | None = None,
 ) -> SimulationResult:
-    """Run one simulation. ``requests`` overrides the config's workload (tests, sweeps)."""
+    """Run one simulation. ``requests`` overrides the config's workload (tests, sweeps);
+    ``metrics`` may carry output sinks (outputs/run_outputs.py) fed while the run goes."""
     _reject_unsupported(cfg)
-    metrics = MetricsCollector()
+    metrics = MetricsCollector() if metrics is None else metrics
     cluster = build_cluster(cfg, metrics)
     if requests is None:
         requests = load_requests(cfg)

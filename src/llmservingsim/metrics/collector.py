@@ -1,14 +1,19 @@
 """Collects what happens during a run; summary.py turns it into numbers.
 
-Per-request rows are kept as plain tuples and inter-token gaps in a growing float array, so a
-run costs a few bytes per token, not an object per event.
+Per-request rows are kept as slotted records and inter-token gaps in a growing float array, so a
+run costs a few bytes per token, not an object per event. Output files are fed while the run
+goes: finished requests and engine steps are handed to the registered sinks in chunks of
+``chunk_size`` (the sinks write Parquet row groups, sample the trace, bucket the time series).
 """
 
 from __future__ import annotations
 
 from array import array
+from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from llmservingsim.metrics.steps import StepChunk, StepLog
 from llmservingsim.serving.sequence import Sequence
 
 
@@ -27,6 +32,8 @@ class RequestRecord:
     fail_reason: str = ""
     prefill_instance: int = -1
     kv_transfer_s: float = 0.0
+    first_scheduled_s: float = -1.0
+    """When the request first computed a token (end of queueing); -1 when it never ran."""
 
     @property
     def ttft(self) -> float:
@@ -58,11 +65,84 @@ class StepTotals:
     max_batch_size: int = 0
 
 
+class RequestSink(Protocol):
+    def write_requests(self, records: SequenceOf[RequestRecord]) -> None: ...
+
+
+class StepSink(Protocol):
+    def write_steps(self, steps: StepChunk) -> None: ...
+
+
 @dataclass
 class MetricsCollector:
     records: list[RequestRecord] = field(default_factory=list)
     itl: array = field(default_factory=lambda: array("d"))  # type: ignore[type-arg]
     steps: dict[int, StepTotals] = field(default_factory=dict)
+    request_sinks: list[RequestSink] = field(default_factory=list)
+    step_sinks: list[StepSink] = field(default_factory=list)
+    chunk_size: int = 65_536
+    _pending: list[RequestRecord] = field(default_factory=list)
+    _step_log: StepLog = field(default_factory=StepLog)
+
+    def on_step(
+        self,
+        instance: int,
+        engine: int,
+        start_s: float,
+        duration_s: float,
+        num_seqs: int,
+        prefill_tokens: int,
+        decode_tokens: int,
+        kv_blocks_used: int,
+        kv_blocks_total: int,
+        waiting: int,
+        power_w: float,
+    ) -> None:
+        """One engine step (``engine``: the virtual engine, 0 without pipeline parallelism;
+        ``waiting``: requests still queued once it was scheduled; ``power_w``: mean power of the
+        devices that ran it)."""
+        if not self.step_sinks:
+            return
+        log = self._step_log
+        log.append(
+            instance,
+            engine,
+            start_s,
+            duration_s,
+            num_seqs,
+            prefill_tokens,
+            decode_tokens,
+            kv_blocks_used,
+            kv_blocks_total,
+            waiting,
+            power_w,
+        )
+        if len(log) >= self.chunk_size:
+            self._flush_steps()
+
+    def flush(self) -> None:
+        """Hand everything buffered to the sinks (call once the run is over)."""
+        self._flush_steps()
+        self._flush_requests()
+
+    def _flush_steps(self) -> None:
+        if len(self._step_log):
+            chunk = self._step_log.take_chunk()
+            for sink in self.step_sinks:
+                sink.write_steps(chunk)
+
+    def _flush_requests(self) -> None:
+        if self._pending:
+            for sink in self.request_sinks:
+                sink.write_requests(self._pending)
+            self._pending = []
+
+    def _add(self, record: RequestRecord) -> None:
+        self.records.append(record)
+        if self.request_sinks:
+            self._pending.append(record)
+            if len(self._pending) >= self.chunk_size:
+                self._flush_requests()
 
     def on_token(self, seq: Sequence, now: float) -> None:
         if seq.first_token_time < 0:
@@ -73,12 +153,12 @@ class MetricsCollector:
 
     def on_finish(self, seq: Sequence, instance: int, now: float) -> None:
         seq.finish_time = now
-        self.records.append(self._record(seq, instance, "finished"))
+        self._add(self._record(seq, instance, "finished"))
 
     def on_fail(self, seq: Sequence, instance: int, now: float, reason: str) -> None:
         seq.finish_time = now
         seq.fail_reason = reason
-        self.records.append(self._record(seq, instance, "failed"))
+        self._add(self._record(seq, instance, "failed"))
 
     @staticmethod
     def _record(seq: Sequence, instance: int, status: str) -> RequestRecord:
@@ -96,6 +176,7 @@ class MetricsCollector:
             fail_reason=seq.fail_reason,
             prefill_instance=seq.prefill_instance,
             kv_transfer_s=seq.kv_transfer_s,
+            first_scheduled_s=seq.first_scheduled_time,
         )
 
     def totals(self, instance: int) -> StepTotals:

@@ -1,31 +1,11 @@
-"""summary.json and requests.csv (Parquet, traces and the HTML report come with issue #8)."""
+"""summary.json: numbers in SI units, JSON-safe (inf as a string, NaN as null)."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
 from typing import Any
-
-from llmservingsim.metrics.collector import RequestRecord
-
-REQUEST_COLUMNS = (
-    "id",
-    "instance",
-    "status",
-    "arrival_s",
-    "first_token_s",
-    "finish_s",
-    "input_tokens",
-    "output_tokens",
-    "cached_tokens",
-    "preemptions",
-    "ttft_s",
-    "tpot_s",
-    "e2e_s",
-    "fail_reason",
-)
 
 
 def _json_safe(value: Any) -> Any:
@@ -41,34 +21,4 @@ def _json_safe(value: Any) -> Any:
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
     path = out_dir / "summary.json"
     path.write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
-    return path
-
-
-def _row(r: RequestRecord) -> list[Any]:
-    finished = r.status == "finished"
-    return [
-        r.id,
-        r.instance,
-        r.status,
-        r.arrival_s,
-        r.first_token_s if r.first_token_s >= 0 else "",
-        r.finish_s,
-        r.input_tokens,
-        r.output_tokens,
-        r.cached_tokens,
-        r.preemptions,
-        r.ttft if finished else "",
-        "" if (t := r.tpot) is None or not finished else t,
-        r.e2e if finished else "",
-        r.fail_reason,
-    ]
-
-
-def write_requests_csv(out_dir: Path, records: list[RequestRecord]) -> Path:
-    path = out_dir / "requests.csv"
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(REQUEST_COLUMNS)
-        for record in sorted(records, key=lambda r: r.id):
-            writer.writerow(_row(record))
     return path

@@ -154,10 +154,10 @@ class Instance:
             if not entries:
                 continue
             self._next_engine = (k + 1) % count
-            batch = self._batch_shape(entries)
+            batch = self._batch_shape(entries, now)
             cost = self.timer.step(batch)
             finish = self._run_pipeline(now, cost)
-            self._record_step(batch, cost)
+            self._record_step(batch, cost, now, k)
             ve.in_flight = entries
             ve.busy = True
             return finish, k
@@ -172,7 +172,7 @@ class Instance:
         return None
 
     @staticmethod
-    def _batch_shape(entries: list[ScheduledEntry]) -> BatchShape:
+    def _batch_shape(entries: list[ScheduledEntry], now: float) -> BatchShape:
         batch = BatchShape()
         for seq, num_new in entries:
             samples = seq.num_computed + num_new == seq.num_tokens
@@ -181,6 +181,8 @@ class Instance:
                 batch.decode_context += seq.num_computed + 1
             else:
                 batch.prefill.append((num_new, seq.num_computed))
+                if seq.first_scheduled_time < 0:
+                    seq.first_scheduled_time = now
             batch.num_sampled += samples
         return batch
 
@@ -192,7 +194,7 @@ class Instance:
             stage_free[s] = t
         return t
 
-    def _record_step(self, batch: BatchShape, cost: StepCost) -> None:
+    def _record_step(self, batch: BatchShape, cost: StepCost, now: float, engine: int) -> None:
         totals = self.totals
         totals.iterations += 1
         totals.busy_s += cost.seconds
@@ -202,13 +204,29 @@ class Instance:
         totals.max_batch_size = max(totals.max_batch_size, batch.num_seqs)
         used = sum(e.scheduler.blocks.num_used for e in self.engines)
         totals.kv_peak_blocks = max(totals.kv_peak_blocks, used)
+        step_w = self._idle_w * self.tp  # power of the step's devices, for the time series
         if cost.seconds > 0:
             # Each stage's TP devices are busy for that stage's time only.
             busy = max(cost.flops / self._peak_flops, cost.bytes / self._bandwidth)
             utilization = min(1.0, busy / cost.seconds)
             power = self._idle_w + self._dynamic_w * utilization
             totals.busy_device_s += cost.seconds * self.tp
-            totals.energy_busy_j += power * cost.seconds * self.tp + cost.aux_energy_j
+            step_energy = power * cost.seconds * self.tp + cost.aux_energy_j
+            totals.energy_busy_j += step_energy
+            step_w = step_energy / cost.seconds
+        self.metrics.on_step(
+            self.index,
+            engine,
+            now,
+            cost.seconds,
+            batch.num_seqs,
+            batch.num_tokens - decode,
+            decode,
+            used,
+            self.num_blocks,
+            self.num_waiting,
+            step_w,
+        )
 
     def end_step(self, engine_index: int, now: float) -> list[Sequence]:
         """Apply a batch's results: advance tokens, emit samples, retire finished requests.

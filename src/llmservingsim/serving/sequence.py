@@ -31,6 +31,7 @@ class Sequence:
     num_computed: int = 0
     generated: int = 0
     blocks: list[int] = field(default_factory=list)
+    first_scheduled_time: float = -1.0
     first_token_time: float = -1.0
     last_token_time: float = -1.0
     finish_time: float = -1.0

@@ -1,0 +1,186 @@
+"""The report's plotly figures, each built from the output tables' numpy columns.
+
+Plots are downsampled (CDFs to a fixed number of quantiles, time series to a fixed number of
+time bins per instance) so a million-request run makes a report as light as a small one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+Columns = dict[str, np.ndarray[Any, Any]]
+
+CDF_POINTS = 1000
+TIME_BINS = 300
+PERCENTILES = (50, 90, 99)
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "x": 0.01},
+        xaxis_title=x,
+        yaxis_title=y,
+        template="plotly_white",
+        height=360,
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.0, "yanchor": "bottom"},
+    )
+    return fig
+
+
+def latency_cdf(values_s: np.ndarray[Any, Any], title: str) -> go.Figure:
+    """Empirical CDF in ms with p50/p90/p99 marked (same percentile rule as summary.json)."""
+    data = np.sort(values_s[np.isfinite(values_s)]) * 1e3
+    fig = go.Figure()
+    if data.size:
+        q = np.linspace(0.0, 1.0, min(CDF_POINTS, data.size))
+        fig.add_trace(go.Scatter(x=np.quantile(data, q), y=q, mode="lines", name="CDF"))
+        for p, value in zip(PERCENTILES, np.percentile(data, PERCENTILES), strict=True):
+            fig.add_vline(
+                x=float(value),
+                line_dash="dot",
+                line_color="#888",
+                annotation_text=f"p{p} {value:,.1f} ms",
+                annotation_position="top left" if p == 50 else "top right",
+            )
+    return _layout(fig, title, "ms", "fraction of requests")
+
+
+@dataclass(frozen=True)
+class Binned:
+    """The time series of one instance summed into equal time bins."""
+
+    start_s: np.ndarray[Any, Any]
+    width_s: float
+    prefill_tokens: np.ndarray[Any, Any]
+    decode_tokens: np.ndarray[Any, Any]
+    batch_size: np.ndarray[Any, Any]
+    queue_len: np.ndarray[Any, Any]
+    kv_util: np.ndarray[Any, Any]
+    power_w: np.ndarray[Any, Any]
+
+
+def bin_timeseries(ts: Columns) -> dict[int, Binned]:
+    """Per instance: tokens summed, batch size and queue length averaged over the steps in a
+    bin, KV use at its peak, power averaged over busy time. A bin without steps reads as 0
+    (the instance was idle: no batch, no queue, no KV in use)."""
+    if ts["time_s"].size == 0:
+        return {}
+    end = float(np.max(ts["time_s"] + ts["duration_s"]))
+    width = max(end / TIME_BINS, float(np.max(ts["duration_s"])), 1e-9)
+    num_bins = int(np.ceil(end / width)) + 1
+    out: dict[int, Binned] = {}
+    for inst in np.unique(ts["instance"]).tolist():
+        rows = ts["instance"] == inst
+        b = np.minimum((ts["time_s"][rows] / width).astype(np.int64), num_bins - 1)
+        mine = {name: col[rows] for name, col in ts.items()}
+        iters = _bin_sum(b, mine["iterations"], num_bins)
+        kv = np.zeros(num_bins)
+        np.maximum.at(kv, b, mine["kv_util"])
+        out[int(inst)] = Binned(
+            start_s=np.arange(num_bins) * width,
+            width_s=width,
+            prefill_tokens=_bin_sum(b, mine["prefill_tokens"], num_bins),
+            decode_tokens=_bin_sum(b, mine["decode_tokens"], num_bins),
+            batch_size=_div(_bin_sum(b, mine["batch_size"] * mine["iterations"], num_bins), iters),
+            queue_len=_div(_bin_sum(b, mine["queue_len"] * mine["iterations"], num_bins), iters),
+            kv_util=kv,
+            power_w=_div(
+                _bin_sum(b, mine["energy_j"], num_bins),
+                _bin_sum(b, mine["busy_s"], num_bins),
+                empty=np.nan,  # idle: no step ran, a gap rather than a false 0 W
+            ),
+        )
+    return out
+
+
+def _bin_sum(
+    bins: np.ndarray[Any, Any], values: np.ndarray[Any, Any], num_bins: int
+) -> np.ndarray[Any, Any]:
+    return np.bincount(bins, weights=values.astype(np.float64), minlength=num_bins)
+
+
+def _div(
+    num: np.ndarray[Any, Any], den: np.ndarray[Any, Any], empty: float = 0.0
+) -> np.ndarray[Any, Any]:
+    out = np.full(num.shape, empty, dtype=np.float64)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def _color(inst: int) -> str:
+    return _PALETTE[inst % len(_PALETTE)]
+
+
+def over_time(
+    binned: dict[int, Binned], field: str, title: str, y: str, scale: float = 1.0
+) -> go.Figure:
+    fig = go.Figure()
+    for inst, b in binned.items():
+        fig.add_trace(
+            go.Scatter(
+                x=b.start_s,
+                y=getattr(b, field) * scale,
+                mode="lines",
+                name=f"instance {inst}",
+                line={"color": _color(inst), "shape": "hv"},
+            )
+        )
+    return _layout(fig, title, "simulated time (s)", y)
+
+
+def throughput(binned: dict[int, Binned]) -> go.Figure:
+    """Tokens computed per second: prefill (dashed) and decode (solid), per instance."""
+    fig = go.Figure()
+    for inst, b in binned.items():
+        for field, dash in (("decode_tokens", "solid"), ("prefill_tokens", "dash")):
+            fig.add_trace(
+                go.Scatter(
+                    x=b.start_s,
+                    y=getattr(b, field) / b.width_s,
+                    mode="lines",
+                    name=f"instance {inst} {field.removesuffix('_tokens')}",
+                    line={"color": _color(inst), "dash": dash, "shape": "hv"},
+                )
+            )
+    return _layout(fig, "Throughput (tokens computed per second)", "simulated time (s)", "tok/s")
+
+
+def instance_load(requests: Columns) -> go.Figure:
+    """Completed requests and tokens served per instance: is the load balanced?"""
+    done = requests["status"] == "finished"
+    inst = requests["instance"][done]
+    names = [f"instance {i}" for i in np.unique(requests["instance"]).tolist()]
+    ids = np.unique(requests["instance"])
+    counts = [int(np.sum(inst == i)) for i in ids]
+    tokens_in = [int(requests["input_tokens"][done][inst == i].sum()) for i in ids]
+    tokens_out = [int(requests["output_tokens"][done][inst == i].sum()) for i in ids]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("requests completed", "tokens"))
+    fig.add_trace(go.Bar(x=names, y=counts, name="requests", marker_color="#1f77b4"), 1, 1)
+    fig.add_trace(go.Bar(x=names, y=tokens_in, name="input tokens", marker_color="#9467bd"), 1, 2)
+    fig.add_trace(go.Bar(x=names, y=tokens_out, name="output tokens", marker_color="#2ca02c"), 1, 2)
+    _layout(fig, "Load per instance", "", "")
+    fig.update_layout(
+        barmode="group", legend={"y": -0.15, "yanchor": "top", "x": 0, "xanchor": "left"}
+    )
+    return fig
+
+
+def energy_split(energy_j: float, busy_energy_j: float) -> go.Figure:
+    """Where the energy went: running steps vs idle devices (kWh)."""
+    idle = max(0.0, energy_j - busy_energy_j)
+    fig = go.Figure(
+        go.Bar(
+            x=["running steps", "idle"],
+            y=[busy_energy_j / 3.6e6, idle / 3.6e6],
+            marker_color=["#d62728", "#7f7f7f"],
+            text=[f"{busy_energy_j / 3.6e6:.3g}", f"{idle / 3.6e6:.3g}"],
+        )
+    )
+    return _layout(fig, "Energy", "", "kWh")

@@ -1,0 +1,212 @@
+"""report.html: one self-contained page (plotly.js inlined, no network) built from a run's files.
+
+Everything comes from the output directory (summary.json, the requests and timeseries tables),
+so ``llmservingsim report DIR`` can rebuild the page later, from Parquet or CSV alike.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+import yaml
+from plotly.offline import get_plotlyjs
+
+from llmservingsim.errors import UserError
+from llmservingsim.outputs import figures
+from llmservingsim.outputs.tables import REQUESTS_SCHEMA, TIMESERIES_SCHEMA, read_table
+
+SECTIONS = ("summary", "latency", "timeline", "load", "energy", "config")
+"""The page's sections, in order (element ids)."""
+
+FIGURE_IDS = (
+    "ttft-cdf",
+    "tpot-cdf",
+    "e2e-cdf",
+    "throughput",
+    "batch-size",
+    "queue-length",
+    "kv-use",
+    "instance-load",
+    "power",
+    "energy-split",
+)
+"""Every plot of the page (div ids); each holds data whenever the run completed a request."""
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1300px; padding: 0 24px;
+       color: #222; }
+h1 { font-size: 1.5em; margin-top: 24px; } h2 { border-bottom: 1px solid #ddd; padding-top: 8px; }
+/* auto-fill, not auto-fit: a plot drawn before its neighbours are parsed must not span the
+   row, or it keeps that width and overflows once they arrive. */
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 8px; }
+.grid > div { min-width: 0; }
+table.numbers { border-collapse: collapse; margin: 8px 16px 8px 0; display: inline-table;
+                vertical-align: top; }
+table.numbers td, table.numbers th { padding: 3px 10px; border-bottom: 1px solid #eee; }
+table.numbers td:not(:first-child), table.numbers th:not(:first-child) { text-align: right; }
+pre { background: #f6f8fa; padding: 12px; overflow-x: auto; font-size: 0.9em; }
+.muted { color: #777; }
+"""
+
+
+def load_summary(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{out_dir}: no summary.json (is this a `run --out` directory?)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: unreadable summary: {exc}") from None
+    if not isinstance(summary, dict) or "config" not in summary:
+        raise UserError(f"{path}: not an llmservingsim summary (no 'config' key)")
+    return summary
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str] = ()) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f'<table class="numbers">{f"<tr>{head}</tr>" if head else ""}{body}</table>'
+
+
+def _num(value: Any, fmt: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(float(value) * scale, fmt)
+
+
+def _summary_html(s: dict[str, Any]) -> str:
+    totals = [
+        ("requests completed / failed", f"{s['requests_completed']:,} / {s['requests_failed']:,}"),
+        ("request throughput", f"{_num(s['request_throughput'], '.2f')} req/s"),
+        ("output tokens/s", _num(s["output_tokens_per_s"], ",.0f")),
+        ("total tokens/s", _num(s["total_tokens_per_s"], ",.0f")),
+        ("simulated time", f"{_num(s['simulated_time_s'], ',.1f')} s"),
+        ("engine steps", f"{s['iterations']:,}"),
+        ("KV cache peak use", _num(s["kv_cache_peak_util"], ".1%")),
+        ("preemptions", f"{s['preemptions']:,}"),
+    ]
+    if s.get("goodput") is not None:
+        totals.append(("goodput (SLO met)", f"{_num(s['goodput'], '.2f')} req/s"))
+    latency = [
+        (
+            name.removesuffix("_s").upper(),
+            *(_num(s[name].get(k), ",.1f", 1e3) for k in ("mean", "p50", "p90", "p99", "max")),
+        )
+        for name in ("ttft_s", "tpot_s", "itl_s", "e2e_s")
+    ]
+    return _table(totals) + _table(latency, ("ms", "mean", "p50", "p90", "p99", "max"))
+
+
+def _energy_html(s: dict[str, Any]) -> str:
+    tokens = s.get("output_tokens") or 0
+    rows = [
+        ("energy", f"{_num(s.get('energy_j'), '.3f', 1 / 3.6e6)} kWh"),
+        ("energy per output token", f"{_num(s.get('joules_per_token'), '.3f')} J"),
+        ("cost", f"${_num(s.get('cost_usd'), ',.2f')}"),
+        (
+            "cost per 1M output tokens",
+            f"${s['cost_usd'] / tokens * 1e6:,.2f}" if tokens and s.get("cost_usd") else "-",
+        ),
+        ("devices", f"{s.get('num_devices', '-')}"),
+    ]
+    return _table(rows)
+
+
+def _figures(
+    summary: dict[str, Any], requests: figures.Columns, ts: figures.Columns
+) -> dict[str, go.Figure]:
+    done = requests["status"] == "finished"
+    binned = figures.bin_timeseries(ts)
+    return {
+        "ttft-cdf": figures.latency_cdf(requests["ttft_s"][done], "TTFT (time to first token)"),
+        "tpot-cdf": figures.latency_cdf(requests["tpot_s"][done], "TPOT (time per output token)"),
+        "e2e-cdf": figures.latency_cdf(requests["e2e_s"][done], "E2E latency"),
+        "throughput": figures.throughput(binned),
+        "batch-size": figures.over_time(
+            binned, "batch_size", "Batch size (sequences per step)", "sequences"
+        ),
+        "queue-length": figures.over_time(
+            binned, "queue_len", "Queue length (waiting requests)", "requests"
+        ),
+        "kv-use": figures.over_time(
+            binned, "kv_util", "KV cache use (peak per bin)", "%", scale=100.0
+        ),
+        "instance-load": figures.instance_load(requests),
+        "power": figures.over_time(
+            binned, "power_w", "Power while running steps (all devices of the instance)", "W"
+        ),
+        "energy-split": figures.energy_split(
+            float(summary.get("energy_j") or 0.0), float(np.sum(ts["energy_j"]))
+        ),
+    }
+
+
+def _figure_div(div_id: str, fig: go.Figure) -> str:
+    return str(
+        pio.to_html(
+            fig,
+            full_html=False,
+            include_plotlyjs=False,
+            div_id=div_id,
+            config={"displaylogo": False, "responsive": True},
+        )
+    )
+
+
+def render(summary: dict[str, Any], requests: figures.Columns, ts: figures.Columns) -> str:
+    """The whole page as a string."""
+    cfg = summary["config"]
+    title = f"{cfg.get('model')} · {cfg.get('dtype')} · {cfg.get('hardware')}"
+    figs = {k: _figure_div(k, f) for k, f in _figures(summary, requests, ts).items()}
+
+    def grid(*ids: str) -> str:
+        return '<div class="grid">' + "".join(figs[i] for i in ids) + "</div>"
+
+    config_yaml = yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
+    version = html.escape(str(summary.get("version", "")))
+    wall = _num(summary.get("sim_wall_s"), ".2f")
+    sections = {
+        "summary": ("Summary", _summary_html(summary)),
+        "latency": ("Latency", grid("ttft-cdf", "tpot-cdf", "e2e-cdf")),
+        "timeline": ("Over time", grid("throughput", "batch-size", "queue-length", "kv-use")),
+        "load": ("Load per instance", grid("instance-load")),
+        "energy": ("Energy and cost", _energy_html(summary) + grid("power", "energy-split")),
+        "config": ("Resolved config", f"<pre>{html.escape(config_yaml)}</pre>"),
+    }
+    body = (
+        f"<h1>{html.escape(title)}</h1>\n"
+        f'<p class="muted">llmservingsim {version} · {summary["requests_completed"]:,} requests'
+        f" · simulated in {wall} s</p>\n"
+    ) + "".join(
+        f'<section id="{sid}"><h2>{heading}</h2>{content}</section>\n'
+        for sid, (heading, content) in sections.items()
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>llmservingsim report: {html.escape(title)}</title>
+<style>{_CSS}</style>
+<script type="text/javascript">{get_plotlyjs()}</script>
+</head><body>{body}</body></html>
+"""
+
+
+def write_report(out_dir: Path) -> Path:
+    """Build ``out_dir/report.html`` from the run's files there."""
+    summary = load_summary(out_dir)
+    requests = read_table(out_dir, "requests", REQUESTS_SCHEMA)
+    ts = read_table(out_dir, "timeseries", TIMESERIES_SCHEMA)
+    if requests is None or ts is None:
+        missing = "requests" if requests is None else "timeseries"
+        raise UserError(
+            f"{out_dir}: no {missing}.parquet or {missing}.csv to build the report from"
+        )
+    path = out_dir / "report.html"
+    path.write_text(render(summary, requests, ts), encoding="utf-8")
+    return path

@@ -1,0 +1,67 @@
+"""The files of one ``run``: sinks fed while the simulation runs, the rest written at its end.
+
+Order matters to readers that watch the directory: summary.json is written first, then the
+requests and timeseries tables are closed, then trace.json and report.html (the slowest).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmservingsim.config import OutputsConfig, SimConfig
+from llmservingsim.metrics.collector import MetricsCollector, RequestSink, StepSink
+from llmservingsim.metrics.timeseries import TimeSeries
+from llmservingsim.outputs.files import write_summary
+from llmservingsim.outputs.report import write_report
+from llmservingsim.outputs.tables import TIMESERIES_SCHEMA, RequestTableSink, write_table
+from llmservingsim.outputs.trace import TraceRecorder
+from llmservingsim.simulation import SimulationResult
+
+
+def instance_names(cfg: SimConfig) -> list[str]:
+    return [f"instance {i}" for i in range(cfg.cluster.instances)]
+
+
+class RunOutputs:
+    def __init__(self, out_dir: Path, cfg: OutputsConfig, num_requests: int) -> None:
+        self.out_dir = out_dir
+        self.cfg = cfg
+        self.requests = RequestTableSink(out_dir, cfg.format)
+        self.timeseries = TimeSeries(cfg.timeseries_max_rows, cfg.timeseries_bucket_s)
+        self.trace = (
+            TraceRecorder(
+                num_requests, cfg.trace_request_every, cfg.trace_max_requests, cfg.trace_max_steps
+            )
+            if cfg.trace
+            else None
+        )
+
+    def collector(self) -> MetricsCollector:
+        """A metrics collector that feeds this run's files."""
+        request_sinks: list[RequestSink] = [self.requests]
+        step_sinks: list[StepSink] = [self.timeseries]
+        if self.trace is not None:
+            request_sinks.append(self.trace)
+            step_sinks.append(self.trace)
+        return MetricsCollector(request_sinks=request_sinks, step_sinks=step_sinks)
+
+    def finish(self, result: SimulationResult, names: list[str]) -> list[Path]:
+        """Write every file; returns their paths in the order written."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        paths = [write_summary(self.out_dir, result.summary)]
+        result.metrics.flush()
+        paths.append(self.requests.close())
+        paths.append(
+            write_table(
+                self.out_dir,
+                "timeseries",
+                TIMESERIES_SCHEMA,
+                self.timeseries.columns(),
+                self.cfg.format,
+            )
+        )
+        if self.trace is not None:
+            paths.append(self.trace.write(self.out_dir / "trace.json", names))
+        if self.cfg.report:
+            paths.append(write_report(self.out_dir))
+        return paths

@@ -1,0 +1,160 @@
+"""Tabular outputs (requests, timeseries) as Parquet or CSV, written in chunks through Arrow.
+
+Both formats go through one Arrow schema, so a CSV has exactly the Parquet columns (a missing
+value is an empty CSV field, a null in Parquet). Files open lazily: a run that fails before its
+first row leaves nothing behind. The schemas are documented in docs/outputs.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from llmservingsim.errors import UserError
+from llmservingsim.metrics.collector import RequestRecord
+
+TableFormat = Literal["parquet", "csv"]
+
+REQUESTS_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("instance", pa.int32()),
+        ("status", pa.string()),
+        ("arrival_s", pa.float64()),
+        ("first_scheduled_s", pa.float64()),
+        ("first_token_s", pa.float64()),
+        ("finish_s", pa.float64()),
+        ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("cached_tokens", pa.int64()),
+        ("preemptions", pa.int32()),
+        ("ttft_s", pa.float64()),
+        ("tpot_s", pa.float64()),
+        ("e2e_s", pa.float64()),
+        ("fail_reason", pa.string()),
+    ]
+)
+
+TIMESERIES_SCHEMA = pa.schema(
+    [
+        ("time_s", pa.float64()),
+        ("duration_s", pa.float64()),
+        ("instance", pa.int32()),
+        ("iterations", pa.int64()),
+        ("busy_s", pa.float64()),
+        ("batch_size", pa.float64()),
+        ("prefill_tokens", pa.int64()),
+        ("decode_tokens", pa.int64()),
+        ("kv_blocks_used", pa.int64()),
+        ("kv_util", pa.float64()),
+        ("queue_len", pa.float64()),
+        ("power_w", pa.float64()),
+        ("energy_j", pa.float64()),
+    ]
+)
+
+
+def _time_or_none(t: float) -> float | None:
+    return t if t >= 0 else None
+
+
+def requests_batch(records: Sequence[RequestRecord]) -> pa.RecordBatch:
+    """Arrow rows of finished/failed requests; latencies are null for failed requests."""
+    columns: dict[str, list[Any]] = {name: [] for name in REQUESTS_SCHEMA.names}
+    for r in records:
+        finished = r.status == "finished"
+        columns["id"].append(r.id)
+        columns["instance"].append(r.instance)
+        columns["status"].append(r.status)
+        columns["arrival_s"].append(r.arrival_s)
+        columns["first_scheduled_s"].append(_time_or_none(r.first_scheduled_s))
+        columns["first_token_s"].append(_time_or_none(r.first_token_s))
+        columns["finish_s"].append(r.finish_s)
+        columns["input_tokens"].append(r.input_tokens)
+        columns["output_tokens"].append(r.output_tokens)
+        columns["cached_tokens"].append(r.cached_tokens)
+        columns["preemptions"].append(r.preemptions)
+        columns["ttft_s"].append(r.ttft if finished else None)
+        columns["tpot_s"].append(r.tpot if finished else None)
+        columns["e2e_s"].append(r.e2e if finished else None)
+        columns["fail_reason"].append(r.fail_reason or None)
+    return pa.RecordBatch.from_pydict(columns, schema=REQUESTS_SCHEMA)
+
+
+class TableWriter:
+    """Appends record batches to ``<stem>.parquet`` or ``<stem>.csv``; opens on the first batch."""
+
+    def __init__(self, out_dir: Path, stem: str, schema: pa.Schema, fmt: TableFormat) -> None:
+        self.path = out_dir / f"{stem}.{fmt}"
+        self.schema = schema
+        self.format = fmt
+        self._writer: pq.ParquetWriter | pacsv.CSVWriter | None = None
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.format == "parquet":
+                self._writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
+            else:
+                self._writer = pacsv.CSVWriter(self.path, self.schema)
+        self._writer.write_batch(batch)
+
+    def close(self) -> Path:
+        """Finish the file (an empty table when nothing was written) and return its path."""
+        if self._writer is None:
+            self.write(pa.RecordBatch.from_pylist([], schema=self.schema))
+        assert self._writer is not None
+        self._writer.close()
+        return self.path
+
+
+class RequestTableSink:
+    """A :class:`~llmservingsim.metrics.collector.RequestSink` that streams requests to a file."""
+
+    def __init__(self, out_dir: Path, fmt: TableFormat) -> None:
+        self.writer = TableWriter(out_dir, "requests", REQUESTS_SCHEMA, fmt)
+
+    def write_requests(self, records: Sequence[RequestRecord]) -> None:
+        self.writer.write(requests_batch(records))
+
+    def close(self) -> Path:
+        return self.writer.close()
+
+
+def write_table(
+    out_dir: Path, stem: str, schema: pa.Schema, columns: dict[str, Any], fmt: TableFormat
+) -> Path:
+    writer = TableWriter(out_dir, stem, schema, fmt)
+    writer.write(pa.RecordBatch.from_pydict(columns, schema=schema))
+    return writer.close()
+
+
+def read_table(
+    out_dir: Path, stem: str, schema: pa.Schema
+) -> dict[str, np.ndarray[Any, Any]] | None:
+    """``<stem>.parquet`` (or, failing that, ``<stem>.csv``) as numpy columns; None if absent.
+
+    Nulls become NaN in float columns, so a failed request's latency reads as NaN.
+    """
+    parquet, csv = out_dir / f"{stem}.parquet", out_dir / f"{stem}.csv"
+    try:
+        if parquet.exists():
+            table = pq.read_table(parquet)
+        elif csv.exists():
+            types = pacsv.ConvertOptions(
+                column_types=dict(zip(schema.names, schema.types, strict=True))
+            )
+            table = pacsv.read_csv(csv, convert_options=types)
+        else:
+            return None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(
+            f"{parquet if parquet.exists() else csv}: unreadable table: {exc}"
+        ) from None
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
