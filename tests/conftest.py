@@ -1,12 +1,19 @@
-"""Shared fixtures."""
+"""Shared fixtures: the measured-data folder, and a small simulation written to an output dir."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from llmservingsim.config import load_config
+from llmservingsim.outputs.run_outputs import simulate_to_dir
+from llmservingsim.simulation import SimulationResult
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+RunToDir = Callable[..., tuple[Path, SimulationResult]]
 
 
 @pytest.fixture
@@ -15,3 +22,18 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "README.md").is_file():
         pytest.skip(f"measured data folder {SHARED_DATA} is not present")
     return SHARED_DATA
+
+
+@pytest.fixture
+def run_to_dir(tmp_path: Path) -> RunToDir:
+    """``run_to_dir(*overrides)`` runs 60 requests of Llama-3.2-1B and writes every output file."""
+
+    def run(*overrides: str, name: str = "out") -> tuple[Path, SimulationResult]:
+        cfg = load_config(
+            None, ["model=llama-3.2-1b", "workload.num_requests=60", "seed=1", *overrides]
+        )
+        out = tmp_path / name
+        result, _ = simulate_to_dir(cfg, out)
+        return out, result
+
+    return run

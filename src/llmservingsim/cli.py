@@ -24,14 +24,12 @@ from llmservingsim.cluster.routers import ROUTERS
 from llmservingsim.config import SimConfig, load_config
 from llmservingsim.errors import UserError
 from llmservingsim.hardware.backends import PERF_BACKENDS
-from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.outputs.report import write_report
-from llmservingsim.outputs.run_outputs import RunOutputs, instance_names
+from llmservingsim.outputs.run_outputs import simulate_to_dir
 from llmservingsim.serving.schedulers import SCHEDULERS
-from llmservingsim.simulation import SimulationResult, load_requests, simulate
+from llmservingsim.simulation import SimulationResult, load_requests
 from llmservingsim.sweep.commands import plan_command, sweep_command
 from llmservingsim.validate.command import validate_command
-from llmservingsim.workload.request_spec import RequestSpec
 
 app = typer.Typer(
     name="llmservingsim",
@@ -169,11 +167,8 @@ def run(
     try:
         cfg = load_config(config, overrides)
         out_dir = out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
-        requests = load_requests(cfg)
-        outputs = RunOutputs(out_dir, cfg.outputs, len(requests))
         show_progress = not quiet and not as_json and sys.stderr.isatty()
-        result = _run_with_progress(cfg, requests, outputs.collector(), show_progress)
-        paths = outputs.finish(result, instance_names(cfg))
+        result, paths = _run_with_progress(cfg, out_dir, show_progress)
     except UserError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -189,10 +184,11 @@ def run(
 
 
 def _run_with_progress(
-    cfg: SimConfig, requests: list[RequestSpec], metrics: MetricsCollector, show: bool
-) -> SimulationResult:
+    cfg: SimConfig, out_dir: Path, show: bool
+) -> tuple[SimulationResult, list[Path]]:
     if not show:
-        return simulate(cfg, requests=requests, metrics=metrics)
+        return simulate_to_dir(cfg, out_dir)
+    requests = load_requests(cfg)
     columns = (
         TextColumn("[bold]simulating"),
         BarColumn(),
@@ -209,7 +205,7 @@ def _run_with_progress(
             wall = time.perf_counter() - wall_start
             bar.update(task, completed=done, sim=now, speed=now / wall if wall > 0 else 0.0)
 
-        return simulate(cfg, requests=requests, progress=hook, metrics=metrics)
+        return simulate_to_dir(cfg, out_dir, requests=requests, progress=hook)
 
 
 @app.command()

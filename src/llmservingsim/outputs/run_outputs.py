@@ -6,6 +6,7 @@ requests and timeseries tables are closed, then trace.json and report.html (the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from llmservingsim.config import OutputsConfig, SimConfig
@@ -15,7 +16,8 @@ from llmservingsim.outputs.files import write_summary
 from llmservingsim.outputs.report import write_report
 from llmservingsim.outputs.tables import TIMESERIES_SCHEMA, RequestTableSink, write_table
 from llmservingsim.outputs.trace import TraceRecorder
-from llmservingsim.simulation import SimulationResult
+from llmservingsim.simulation import SimulationResult, load_requests, simulate
+from llmservingsim.workload.request_spec import RequestSpec
 
 
 def instance_names(cfg: SimConfig) -> list[str]:
@@ -65,3 +67,17 @@ class RunOutputs:
         if self.cfg.report:
             paths.append(write_report(self.out_dir))
         return paths
+
+
+def simulate_to_dir(
+    cfg: SimConfig,
+    out_dir: Path,
+    requests: list[RequestSpec] | None = None,
+    progress: Callable[[float, int], None] | None = None,
+) -> tuple[SimulationResult, list[Path]]:
+    """Run one simulation and write all its files to ``out_dir`` (what ``run`` does)."""
+    if requests is None:
+        requests = load_requests(cfg)
+    outputs = RunOutputs(out_dir, cfg.outputs, len(requests))
+    result = simulate(cfg, requests=requests, progress=progress, metrics=outputs.collector())
+    return result, outputs.finish(result, instance_names(cfg))

@@ -148,7 +148,8 @@ def read_table(
             table = pq.read_table(parquet)
         elif csv.exists():
             types = pacsv.ConvertOptions(
-                column_types=dict(zip(schema.names, schema.types, strict=True))
+                column_types=dict(zip(schema.names, schema.types, strict=True)),
+                strings_can_be_null=True,
             )
             table = pacsv.read_csv(csv, convert_options=types)
         else:

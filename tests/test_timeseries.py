@@ -1,0 +1,97 @@
+"""The time series stays bounded: buckets conserve every total and match direct bucketing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from conftest import RunToDir
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmservingsim.metrics.steps import StepChunk
+from llmservingsim.metrics.timeseries import TimeSeries, bucketize, group
+
+
+def random_steps(rng: np.random.Generator, n: int, instances: int) -> StepChunk:
+    """n steps spread over ``instances``, starts non-decreasing as the engine emits them."""
+    duration = rng.uniform(0.001, 0.05, n)
+    start = np.cumsum(rng.uniform(0.0, 0.03, n))
+    return StepChunk(
+        instance=rng.integers(0, instances, n),
+        start_s=start,
+        duration_s=duration,
+        num_seqs=rng.integers(1, 64, n),
+        prefill_tokens=rng.integers(0, 2048, n),
+        decode_tokens=rng.integers(0, 64, n),
+        kv_blocks_used=rng.integers(0, 1000, n),
+        kv_blocks_total=np.full(n, 1000),
+        waiting=rng.integers(0, 30, n),
+        power_w=rng.uniform(90, 700, n),
+    )
+
+
+def feed(ts: TimeSeries, steps: StepChunk, cuts: list[int]) -> dict[str, Any]:
+    bounds = [0, *sorted(set(cuts)), len(steps)]
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        if hi > lo:
+            ts.write_steps(steps.take(np.arange(lo, hi)))
+    return ts.columns()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 3000),
+    instances=st.integers(1, 4),
+    max_rows=st.integers(1, 400),
+    cuts=st.lists(st.integers(0, 3000), max_size=6),
+)
+def test_rows_are_bounded_and_totals_conserved(
+    seed: int, n: int, instances: int, max_rows: int, cuts: list[int]
+) -> None:
+    steps = random_steps(np.random.default_rng(seed), n, instances)
+    ts = TimeSeries(max_rows)
+    cols = feed(ts, steps, [c for c in cuts if c < n])
+    assert len(cols["time_s"]) <= max_rows
+    assert cols["iterations"].sum() == n
+    assert cols["prefill_tokens"].sum() == steps.prefill_tokens.sum()
+    assert cols["decode_tokens"].sum() == steps.decode_tokens.sum()
+    np.testing.assert_allclose(cols["busy_s"].sum(), steps.duration_s.sum())
+    np.testing.assert_allclose(
+        cols["energy_j"].sum(), (steps.power_w * steps.duration_s).sum(), rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        (cols["batch_size"] * cols["iterations"]).sum(), steps.num_seqs.sum(), rtol=1e-9
+    )
+    assert cols["kv_blocks_used"].max() == steps.kv_blocks_used.max()
+    if ts.bucketed:
+        # Regrouping while the width doubled gives exactly what bucketing at the end would.
+        direct = group([bucketize(steps, ts.width)])
+        assert cols["iterations"].tolist() == direct.iterations.tolist()
+        assert cols["kv_blocks_used"].tolist() == direct.kv_blocks_used.tolist()
+        np.testing.assert_allclose(cols["time_s"], direct.index * ts.width)
+        assert np.all(cols["duration_s"] == ts.width)
+    else:
+        assert n <= max_rows
+        assert cols["time_s"].tolist() == steps.start_s.tolist()
+
+
+def test_fixed_bucket_width_from_the_start() -> None:
+    steps = random_steps(np.random.default_rng(0), 500, 2)
+    cols = feed(TimeSeries(max_rows=10_000, bucket_s=0.5), steps, [])
+    assert np.all(cols["duration_s"] == 0.5)
+    assert np.all(np.isclose(cols["time_s"] / 0.5, np.round(cols["time_s"] / 0.5)))
+    keys = list(zip(cols["time_s"].tolist(), cols["instance"].tolist(), strict=True))
+    assert keys == sorted(keys)
+    assert len(set(keys)) == len(keys)
+
+
+def test_a_run_past_max_rows_is_bucketed(run_to_dir: RunToDir) -> None:
+    out, result = run_to_dir("outputs.timeseries_max_rows=50")
+    table = pq.read_table(out / "timeseries.parquet")
+    assert 0 < table.num_rows <= 50
+    assert sum(table.column("iterations").to_pylist()) == result.summary["iterations"]
+    width = table.column("duration_s").to_pylist()[0]
+    assert width > 0 and np.log2(width) == round(np.log2(width))  # a power of two

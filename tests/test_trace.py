@@ -1,0 +1,87 @@
+"""trace.json: valid Chrome trace events, monotonic per track, bounded by sampling."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from conftest import RunToDir
+
+from llmservingsim.outputs.trace import request_stride
+
+
+def load_events(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    doc = json.loads(path.read_text())
+    return doc["otherData"], doc["traceEvents"]
+
+
+def check_valid(events: list[dict[str, Any]]) -> None:
+    """Required fields per phase, and timestamps never going back within one track."""
+    last: dict[tuple[Any, ...], float] = {}
+    open_async: dict[tuple[Any, ...], list[str]] = defaultdict(list)
+    for e in events:
+        assert e["ph"] in {"M", "X", "C", "b", "e"}
+        assert isinstance(e["name"], str) and isinstance(e["pid"], int)
+        if e["ph"] == "M":
+            continue
+        assert e["ts"] >= 0
+        if e["ph"] == "X":
+            assert e["dur"] >= 0 and "tid" in e
+            track: tuple[Any, ...] = ("X", e["pid"], e["tid"])
+        elif e["ph"] == "C":
+            track = ("C", e["pid"], e["name"])
+            assert all(isinstance(v, int | float) for v in e["args"].values())
+        else:
+            track = ("async", e["pid"], e["cat"], e["id"])
+            stack = open_async[track]
+            if e["ph"] == "b":
+                stack.append(e["name"])
+            else:
+                assert stack.pop() == e["name"]
+        assert e["ts"] >= last.get(track, 0.0), f"time goes back on {track}"
+        last[track] = e["ts"]
+    assert not any(open_async.values()), "unbalanced async slices"
+
+
+def test_trace_of_a_run(run_to_dir: RunToDir) -> None:
+    out, result = run_to_dir()
+    meta, events = load_events(out / "trace.json")
+    check_valid(events)
+    steps = [e for e in events if e["ph"] == "X"]
+    assert len(steps) == result.summary["iterations"] == meta["steps_total"]
+    assert {e["name"] for e in steps} <= {"prefill", "decode", "mixed"}
+    assert sum(e["args"]["decode_tokens"] for e in steps) == result.summary[
+        "decode_tokens_computed"
+    ]
+    names = {e["args"]["name"] for e in events if e["name"] == "process_name"}
+    assert names == {"instance 0"}
+    requests = [e for e in events if e["ph"] == "b" and e["name"].startswith("request ")]
+    assert len(requests) == 60
+    phases = [e["name"] for e in events if e["ph"] == "b" and e["id"] == 0]
+    assert phases[0] == "request 0"
+    assert phases[1:] in (["queued", "prefill", "decode"], ["prefill", "decode"])
+    counters = {e["name"] for e in events if e["ph"] == "C"}
+    assert counters == {"KV blocks used", "queue"}
+
+
+def test_sampling_bounds_the_trace(run_to_dir: RunToDir) -> None:
+    out, result = run_to_dir("outputs.trace_max_steps=100", "outputs.trace_request_every=7")
+    meta, events = load_events(out / "trace.json")
+    check_valid(events)
+    steps = [e for e in events if e["ph"] == "X"]
+    assert 50 < len(steps) <= 100
+    assert meta["step_every"] > 1
+    assert {e["args"]["step"] % meta["step_every"] for e in steps} == {0}
+    # The kept steps span the whole run, not just its start.
+    assert max(e["ts"] for e in steps) > 0.8e6 * result.summary["simulated_time_s"]
+    ids = {e["id"] for e in events if e["ph"] == "b"}
+    assert ids == set(range(0, 60, 7))
+
+
+def test_request_stride() -> None:
+    assert request_stride(100_000, 0, 10_000) == 10
+    assert request_stride(100_001, 0, 10_000) == 11
+    assert request_stride(50, 0, 10_000) == 1
+    assert request_stride(100_000, 3, 10_000) == 3
