@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
+from llmservingsim import cli
 from llmservingsim.cli import app
+from llmservingsim.config import load_config
 
 runner = CliRunner()
 SMALL = ["--set", "workload.num_requests=40", "--set", "model=llama-3.2-1b"]
@@ -114,6 +120,16 @@ def test_catalog_lists_models_and_hardware() -> None:
     assert result.exit_code == 0
     for name in ("llama-3.1-8b", "h100-sxm", "mi300x", "vllm", "roofline"):
         assert name in result.output
+    for column in (
+        "params B",
+        "heads/kv",
+        "KV KiB/tok",
+        "TFLOP/s",
+        "mem GB/s",
+        "idle/max W",
+        "$/h",
+    ):
+        assert column in result.output
     assert runner.invoke(app, ["catalog", "gpus"]).exit_code != 0
 
 
@@ -143,3 +159,19 @@ def test_error_text_with_brackets_is_printed_verbatim(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "cluster.pools[0].cuont" in result.output
     assert "did you mean 'cluster.pools[0].count'" in result.output
+
+
+def test_progress_bar_shows_requests_sim_time_and_speed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bar only draws on a terminal: render it into a forced-terminal console."""
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "err_console", Console(file=screen, force_terminal=True, width=160))
+    cfg = load_config(None, ["workload.num_requests=300", "model=llama-3.2-1b"])
+    result, paths = cli._run_with_progress(cfg, tmp_path, show=True)
+    assert result.summary["requests_completed"] == 300
+    assert paths[0].name == "summary.json"
+    text = screen.getvalue()
+    assert "/300 requests" in text
+    assert re.search(r"sim [0-9.,]+ s", text)
+    assert re.search(r"[0-9,]+× real time", text)

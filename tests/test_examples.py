@@ -1,20 +1,42 @@
-"""Every ready-made scenario in examples/ runs (shrunk to a few requests)."""
+"""Every examples/*.yaml runs end to end through the CLI, shortened with --set like a user would.
+
+New examples are picked up automatically; a trace-driven one is cut with
+``workload.trace.max_requests`` instead of ``workload.num_requests``.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
+from typer.testing import CliRunner
 
-from llmservingsim.config import load_config
-from llmservingsim.simulation import simulate
+from llmservingsim.cli import app
 
-EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+NUM_REQUESTS = 20
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_runs(path: Path) -> None:
-    cfg = load_config(path, ["workload.num_requests=40"])
-    summary = simulate(cfg).summary
-    assert summary["requests_completed"] + summary["requests_failed"] == 40
+def shorten(example: Path) -> list[str]:
+    raw = yaml.safe_load(example.read_text()) or {}
+    if raw.get("workload", {}).get("kind") == "trace":
+        return ["--set", f"workload.trace.max_requests={NUM_REQUESTS}"]
+    return ["--set", f"workload.num_requests={NUM_REQUESTS}"]
+
+
+def test_there_are_examples() -> None:
+    assert len(EXAMPLES) >= 3
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_example_runs(example: Path, tmp_path: Path) -> None:
+    args = ["run", str(example), *shorten(example), "--out", str(tmp_path), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["requests_completed"] > 0
+    assert summary["requests_completed"] + summary["requests_failed"] == summary["requests_total"]
+    assert summary["requests_total"] <= NUM_REQUESTS
+    assert (tmp_path / "report.html").exists()

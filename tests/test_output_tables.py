@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from conftest import RunToDir
 
+from conftest import RunToDir
 from llmservingsim.catalog import load_device
 from llmservingsim.metrics.collector import MetricsCollector, RequestRecord
 from llmservingsim.outputs.tables import (

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 from conftest import RunToDir
-
 from llmservingsim.outputs.report import FIGURE_IDS, SECTIONS, write_report
 
 

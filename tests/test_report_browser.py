@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunToDir
 
+from conftest import RunToDir
 from llmservingsim.outputs.report import FIGURE_IDS
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

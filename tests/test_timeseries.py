@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-from conftest import RunToDir
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import RunToDir
 from llmservingsim.metrics.steps import StepChunk
 from llmservingsim.metrics.timeseries import TimeSeries, bucketize, group
 
@@ -34,7 +35,7 @@ def random_steps(rng: np.random.Generator, n: int, instances: int) -> StepChunk:
 
 def feed(ts: TimeSeries, steps: StepChunk, cuts: list[int]) -> dict[str, Any]:
     bounds = [0, *sorted(set(cuts)), len(steps)]
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         if hi > lo:
             ts.write_steps(steps.take(np.arange(lo, hi)))
     return ts.columns()

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from conftest import RunToDir
-
 from llmservingsim.outputs.trace import request_stride
 
 
@@ -52,9 +51,9 @@ def test_trace_of_a_run(run_to_dir: RunToDir) -> None:
     steps = [e for e in events if e["ph"] == "X"]
     assert len(steps) == result.summary["iterations"] == meta["steps_total"]
     assert {e["name"] for e in steps} <= {"prefill", "decode", "mixed"}
-    assert sum(e["args"]["decode_tokens"] for e in steps) == result.summary[
-        "decode_tokens_computed"
-    ]
+    assert (
+        sum(e["args"]["decode_tokens"] for e in steps) == result.summary["decode_tokens_computed"]
+    )
     names = {e["args"]["name"] for e in events if e["name"] == "process_name"}
     assert names == {"instance 0"}
     requests = [e for e in events if e["ph"] == "b" and e["name"].startswith("request ")]

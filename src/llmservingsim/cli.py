@@ -252,7 +252,8 @@ def catalog(
 
 def _models_table() -> Table:
     table = Table(title="models", header_style="bold")
-    for col in ("name", "type", "params B", "layers", "hidden", "heads/kv", "KV KiB/tok", "ctx"):
+    columns = ("name", "type", "params B", "layers", "hidden", "heads/kv", "head dim")
+    for col in (*columns, "KV KiB/tok bf16", "ctx"):
         table.add_column(
             col, justify="left" if col in ("name", "type") else "right", no_wrap=col == "name"
         )
@@ -266,6 +267,7 @@ def _models_table() -> Table:
             str(spec.num_layers),
             str(spec.hidden_size),
             f"{spec.num_heads}/{spec.num_kv_heads}",
+            "mla" if spec.uses_mla else str(spec.head_dim),
             f"{spec.kv_bytes_per_token('bf16') / 1024:.0f}",
             f"{spec.max_context:,}",
         )
@@ -274,19 +276,23 @@ def _models_table() -> Table:
 
 def _hardware_table() -> Table:
     table = Table(title="hardware", header_style="bold")
-    for col in ("name", "type", "bf16 TFLOP/s", "mem GiB", "mem GB/s", "max W", "$/h"):
+    columns = ("name", "type", "bf16 TFLOP/s", "fp8 TFLOP/s", "mem GiB", "mem GB/s", "link GB/s")
+    for col in (*columns, "idle/max W", "$/h"):
         table.add_column(
             col, justify="left" if col in ("name", "type") else "right", no_wrap=col == "name"
         )
     for name in device_names():
         d = load_device(name)
+        fp8 = d.peak_tflops.get("fp8")
         table.add_row(
             name,
             d.type,
             f"{d.peak_flops('bf16') / 1e12:,.0f}",
+            "-" if fp8 is None else f"{fp8:,.0f}",
             f"{d.memory_gib:g}",
             f"{d.memory_bandwidth_gbps:,.0f}",
-            f"{d.power.max_w:g}",
+            f"{d.links.intra_node.bandwidth_gbps:,.0f}",
+            f"{d.power.idle_w:g}/{d.power.max_w:g}",
             f"{d.cost_per_hour_usd:.2f}",
         )
     return table
