@@ -22,18 +22,23 @@ KvDtype = Literal["auto", "fp32", "bf16", "fp16", "fp8"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # Attribute docstrings become field descriptions (docs/config-reference.md is generated).
+    model_config = ConfigDict(extra="forbid", validate_default=True, use_attribute_docstrings=True)
 
 
 # ----------------------------------------------------------------------------- workload
 
 
 class FixedLength(_Section):
+    """Every request has the same length."""
+
     dist: Literal["fixed"]
     value: int = Field(ge=1)
 
 
 class UniformLength(_Section):
+    """Uniform integers on [min, max]."""
+
     dist: Literal["uniform"]
     min: int = Field(ge=1)
     max: int = Field(ge=1)
@@ -46,6 +51,8 @@ class UniformLength(_Section):
 
 
 class NormalLength(_Section):
+    """Normal, rounded and clipped to [min, max]."""
+
     dist: Literal["normal"]
     mean: float = Field(gt=0)
     std: float = Field(ge=0)
@@ -90,24 +97,36 @@ class ArrivalConfig(_Section):
 
     process: Literal["poisson", "gamma", "constant", "burst"] = "poisson"
     rate: float = Field(default=8.0, gt=0)
+    """Requests per second (``.inf``: every request at t = 0)."""
     cv: float = Field(default=1.0, gt=0, description="gamma: coefficient of variation of gaps")
     burst_size: int = Field(default=10, ge=1, description="burst: requests arriving together")
 
 
 class TraceConfig(_Section):
+    """A recorded request trace to replay."""
+
     path: Path
+    """Trace file."""
     format: Literal["azure", "jsonl", "csv", "vidur_csv", "mooncake"] = "jsonl"
+    """File layout of the trace (docs/user-guide.md, replaying a trace)."""
     time_scale: float = Field(default=1.0, gt=0, description="multiplies inter-arrival gaps")
     max_requests: int | None = Field(default=None, ge=1)
+    """Replay only the first N requests."""
 
 
 class WorkloadConfig(_Section):
+    """The requests to serve: generated from distributions, or replayed from a trace."""
+
     kind: Literal["synthetic", "trace"] = "synthetic"
+    """synthetic: arrival process + length distributions; trace: workload.trace."""
     num_requests: int = Field(default=1000, ge=1)
+    """Requests generated (synthetic workloads)."""
     arrival: ArrivalConfig = ArrivalConfig()
     # ShareGPT-like: means and log-spread of the ShareGPT request lengths in shared/data traces.
     input_len: LengthDist = LognormalLength(dist="lognormal", mean=230, sigma=1.2, max=4096)
+    """Prompt length distribution, tokens."""
     output_len: LengthDist = LognormalLength(dist="lognormal", mean=280, sigma=1.0, max=2048)
+    """Output length distribution, tokens."""
     trace: TraceConfig | None = None
 
     @model_validator(mode="after")
@@ -221,13 +240,22 @@ class ClusterConfig(_Section):
 
 
 class SchedulerConfig(_Section):
+    """The engine's batching policy and KV-cache settings (vLLM's names)."""
+
     policy: str = "vllm"
+    """Scheduler policy (llmservingsim catalog schedulers)."""
     max_num_seqs: int = Field(default=256, ge=1)
+    """Most sequences in one step."""
     max_num_batched_tokens: int = Field(default=8192, ge=1)
+    """Token budget of one step (chunked prefill splits longer prompts)."""
     block_size: int = Field(default=16, ge=1)
+    """Tokens per KV-cache block."""
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    """Share of device memory for weights, activations and KV cache."""
     enable_prefix_caching: bool = False
+    """Reuse KV blocks of shared prompt prefixes."""
     preemption: Literal["recompute", "swap"] = "recompute"
+    """What happens to a preempted request's KV: dropped and recomputed, or swapped to host."""
 
 
 class PerfConfig(_Section):
@@ -236,6 +264,7 @@ class PerfConfig(_Section):
     otherwise."""
 
     backend: str = "auto"
+    """Perf backend (llmservingsim catalog backends), or auto."""
     profile_dir: Path | None = Field(
         default=None, description="profile: folder or CSV of measured op tables"
     )
@@ -276,8 +305,11 @@ class SloConfig(_Section):
     """Per-request latency targets; a request meets the SLO when it meets every given target."""
 
     ttft_s: float | None = Field(default=None, gt=0)
+    """Time to first token, seconds."""
     tpot_s: float | None = Field(default=None, gt=0)
+    """Time per output token, seconds."""
     e2e_s: float | None = Field(default=None, gt=0)
+    """End-to-end latency, seconds."""
 
     @property
     def given(self) -> bool:
@@ -291,42 +323,36 @@ class OutputsConfig(_Section):
     to time buckets, and the trace keeps a sample of requests and steps.
     """
 
-    format: Literal["parquet", "csv"] = Field(
-        default="parquet", description="requests/timeseries tables: parquet, or csv"
-    )
-    timeseries_max_rows: int = Field(
-        default=100_000,
-        ge=1,
-        description="at most this many timeseries rows; beyond it, steps are aggregated into "
-        "time buckets whose width doubles as needed",
-    )
-    timeseries_bucket_s: float = Field(
-        default=0.0,
-        ge=0,
-        description="aggregate steps into buckets of this width from the start (0 = one row per "
-        "step while timeseries_max_rows allows)",
-    )
-    trace: bool = Field(default=True, description="write trace.json (Chrome/Perfetto)")
-    trace_request_every: int = Field(
-        default=0,
-        ge=0,
-        description="keep the slices of every k-th request (0 = auto: the smallest k that keeps "
-        "at most trace_max_requests)",
-    )
+    format: Literal["parquet", "csv"] = "parquet"
+    """File format of the requests and timeseries tables."""
+    timeseries_max_rows: int = Field(default=100_000, ge=1)
+    """Most timeseries rows; past it, steps are summed into time buckets whose width doubles as
+    needed."""
+    timeseries_bucket_s: float = Field(default=0.0, ge=0)
+    """Sum steps into buckets of this many seconds from the start (0: one row per step while
+    timeseries_max_rows allows)."""
+    trace: bool = True
+    """Write trace.json (Chrome trace events, for Perfetto)."""
+    trace_request_every: int = Field(default=0, ge=0)
+    """Keep the trace slices of every k-th request (0: the smallest k that keeps at most
+    trace_max_requests)."""
     trace_max_requests: int = Field(default=10_000, ge=1)
-    trace_max_steps: int = Field(
-        default=100_000,
-        ge=1,
-        description="at most this many step slices; beyond it every 2nd, 4th, ... step is kept",
-    )
-    report: bool = Field(default=True, description="write report.html")
+    """Bound on traced requests when trace_request_every is 0."""
+    trace_max_steps: int = Field(default=100_000, ge=1)
+    """Most step slices in the trace; past it every 2nd, then 4th, ... step is kept."""
+    report: bool = True
+    """Write report.html."""
 
 
 class SimConfig(_Section):
     model: str = "llama-3.1-8b"
+    """Catalog name (llmservingsim catalog models) or path to a Hugging Face config.json."""
     dtype: WeightDtype = "bf16"
+    """Weights and math; int8/int4 are weight-only (math in bf16)."""
     kv_dtype: KvDtype = "auto"
+    """KV-cache dtype; auto = dtype (bf16 for int8/int4 weights)."""
     hardware: str = "h100-sxm"
+    """Catalog name (llmservingsim catalog hardware) or path to a device YAML."""
     cluster: ClusterConfig = ClusterConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     workload: WorkloadConfig = WorkloadConfig()
@@ -336,6 +362,7 @@ class SimConfig(_Section):
     slo: SloConfig = SloConfig()
     outputs: OutputsConfig = OutputsConfig()
     seed: int = 0
+    """Random seed: a run is fully reproducible from it."""
 
     @property
     def compute_dtype(self) -> str:
