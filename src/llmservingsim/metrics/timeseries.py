@@ -2,9 +2,10 @@
 
 Rows stay per step while there are at most ``max_rows`` of them. Past that, steps are summed
 into buckets of ``width`` seconds (aligned to t = 0, a step counted in the bucket where it
-starts), and the width doubles whenever the buckets would again exceed ``max_rows``. Sums,
-counts and maxima regroup exactly when the width doubles, so the result does not depend on when
-the switch happened, and memory stays O(max_rows) however long the run.
+starts), and the width doubles whenever the buckets would again exceed ``max_rows`` (or until
+one bucket per instance is left, when ``max_rows`` is below the instance count). Sums,
+counts and maxima regroup exactly when the width doubles, so the rows equal a direct bucketing
+of all steps at the final width, and memory stays O(max_rows) however long the run.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ class TimeSeries:
         if self._buckets is not None:
             parts.append(self._buckets)
         buckets = group(parts)
-        while len(buckets) > self.max_rows:
+        # One bucket per instance spanning the whole run cannot shrink further.
+        while len(buckets) > self.max_rows and buckets.index.max() > 0:
             self.width *= 2
             buckets = group([buckets], coarsen=2)
         self._buckets = buckets

@@ -41,13 +41,18 @@ def latency_cdf(values_s: np.ndarray[Any, Any], title: str) -> go.Figure:
     if data.size:
         q = np.linspace(0.0, 1.0, min(CDF_POINTS, data.size))
         fig.add_trace(go.Scatter(x=np.quantile(data, q), y=q, mode="lines", name="CDF"))
-        for p, value in zip(PERCENTILES, np.percentile(data, PERCENTILES), strict=True):
-            fig.add_vline(
+        # Labels go right of their line, low and staggered: below a CDF, right of its
+        # percentile, the plot is empty, so close percentiles do not overprint each other.
+        marks = zip(PERCENTILES, np.percentile(data, PERCENTILES), (0.3, 0.18, 0.06), strict=True)
+        for p, value, label_y in marks:
+            fig.add_vline(x=float(value), line_dash="dot", line_color="#888")
+            fig.add_annotation(
                 x=float(value),
-                line_dash="dot",
-                line_color="#888",
-                annotation_text=f"p{p} {value:,.1f} ms",
-                annotation_position="top left" if p == 50 else "top right",
+                y=label_y,
+                text=f"p{p} {value:,.1f} ms",
+                showarrow=False,
+                xanchor="left",
+                bgcolor="rgba(255,255,255,0.8)",
             )
     return _layout(fig, title, "ms", "fraction of requests")
 
