@@ -42,9 +42,18 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
         return _models_in(typing.get_args(annotation)[0])
     if origin in (Union, types.UnionType):
         return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+    if origin is list:
+        return _models_in(typing.get_args(annotation)[0])
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     return []
+
+
+def _is_list(annotation: Any) -> bool:
+    """A list, possibly optional (``list[X] | None``)."""
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return any(_is_list(a) for a in typing.get_args(annotation))
+    return typing.get_origin(annotation) is list
 
 
 def type_name(annotation: Any) -> str:
@@ -61,7 +70,8 @@ def type_name(annotation: Any) -> str:
         text = " or ".join(type_name(a) for a in args)
         return f"{text} or null" if optional else text
     if origin is list:
-        return f"list of {type_name(typing.get_args(annotation)[0])}"
+        item = typing.get_args(annotation)[0]
+        return "list of sections (see below)" if _models_in(item) else f"list of {type_name(item)}"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "section"
     if annotation is Path:
@@ -126,7 +136,7 @@ def sections(model: type[BaseModel], prefix: str, title: str) -> list[str]:
     lines += [*table(model, prefix), ""]
     for name, field in model.model_fields.items():
         nested = _models_in(field.annotation)
-        key = f"{prefix}{name}"
+        key = f"{prefix}{name}" + ("[]" if _is_list(field.annotation) else "")
         if len(nested) == 1:
             lines += sections(nested[0], f"{key}.", f"`{key}`")
         elif nested:

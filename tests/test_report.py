@@ -36,3 +36,15 @@ def test_report_rebuilds_from_csv(run_to_dir: RunToDir) -> None:
     page = write_report(out).read_text()
     for fig in FIGURE_IDS:
         assert page.count(f'id="{fig}"') == 1
+
+
+def test_report_of_a_cluster_shows_every_instance(run_to_dir: RunToDir) -> None:
+    out, result = run_to_dir("cluster.instances=3", "workload.arrival.rate=30")
+    page = (out / "report.html").read_text()
+    served = {r.instance for r in result.metrics.records}
+    assert served == {0, 1, 2}
+    for inst in served:
+        # one line per instance in each over-time plot, one bar per instance in the load plot
+        assert page.count(f'"name":"instance {inst}"') == 4  # batch, queue, KV, power
+        assert page.count(f'"name":"instance {inst} decode"') == 1  # throughput
+        assert f'"instance {inst}"' in page

@@ -21,6 +21,7 @@ def random_steps(rng: np.random.Generator, n: int, instances: int) -> StepChunk:
     start = np.cumsum(rng.uniform(0.0, 0.03, n))
     return StepChunk(
         instance=rng.integers(0, instances, n),
+        engine=np.zeros(n, dtype=np.int64),
         start_s=start,
         duration_s=duration,
         num_seqs=rng.integers(1, 64, n),

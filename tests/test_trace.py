@@ -7,6 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from conftest import RunToDir
 from llmservingsim.outputs.trace import request_stride
 
@@ -84,3 +86,45 @@ def test_request_stride() -> None:
     assert request_stride(100_001, 0, 10_000) == 11
     assert request_stride(50, 0, 10_000) == 1
     assert request_stride(100_000, 3, 10_000) == 3
+
+
+def test_pipeline_parallel_steps_get_a_thread_per_virtual_engine(run_to_dir: RunToDir) -> None:
+    out, _ = run_to_dir("cluster.pipeline_parallel=2", "workload.arrival.rate=40")
+    _, events = load_events(out / "trace.json")
+    check_valid(events)  # micro-batches overlap in time, but never on one thread
+    tids = {e["tid"] for e in events if e["ph"] == "X"}
+    assert tids == {0, 1}
+    names = {e["args"]["name"] for e in events if e["name"] == "thread_name"}
+    assert names == {"steps", "steps (virtual engine 1)"}
+
+
+def test_disaggregated_requests_span_their_prefill_and_decode_instances(
+    run_to_dir: RunToDir,
+) -> None:
+    out, result = run_to_dir(
+        "cluster.pools=[{name: p, role: prefill, count: 1}, {name: d, role: decode, count: 2}]"
+    )
+    _, events = load_events(out / "trace.json")
+    check_valid(events)
+    processes = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
+    assert processes == {
+        0: "instance 0 (p, prefill)",
+        1: "instance 1 (d, decode)",
+        2: "instance 2 (d, decode)",
+    }
+    for record in result.metrics.records[:10]:
+        mine = [(e["pid"], e["name"]) for e in events if e["ph"] == "b" and e["id"] == record.id]
+        queued = [(0, "queued")] if record.first_scheduled_s > record.arrival_s else []
+        transfer = [(record.instance, "kv transfer")] if record.kv_transfer_s > 0 else []
+        assert mine == [
+            (0, f"request {record.id}"),
+            *queued,
+            (0, "prefill"),
+            (record.instance, f"request {record.id}"),
+            *transfer,
+            (record.instance, "decode"),
+        ]
+    table = pq.read_table(out / "requests.parquet").to_pylist()
+    assert {row["prefill_instance"] for row in table} == {0}
+    assert all(row["kv_transfer_s"] > 0 for row in table)
+    assert {row["instance"] for row in table} == {1, 2}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from llmservingsim.config import OutputsConfig, SimConfig
 from llmservingsim.metrics.collector import MetricsCollector, RequestSink, StepSink
@@ -20,8 +21,14 @@ from llmservingsim.simulation import SimulationResult, load_requests, simulate
 from llmservingsim.workload.request_spec import RequestSpec
 
 
-def instance_names(cfg: SimConfig) -> list[str]:
-    return [f"instance {i}" for i in range(cfg.cluster.instances)]
+def instance_names(summary: dict[str, Any]) -> list[str]:
+    """``instance 3`` plus its pool and role when the cluster has named pools or P/D roles."""
+    names = []
+    for row in summary["instances"]:
+        extra = [row["pool"]] if row["pool"] != "default" else []
+        extra += [row["role"]] if row["role"] != "mixed" else []
+        names.append(f"instance {row['index']}" + (f" ({', '.join(extra)})" if extra else ""))
+    return names
 
 
 class RunOutputs:
@@ -47,7 +54,7 @@ class RunOutputs:
             step_sinks.append(self.trace)
         return MetricsCollector(request_sinks=request_sinks, step_sinks=step_sinks)
 
-    def finish(self, result: SimulationResult, names: list[str]) -> list[Path]:
+    def finish(self, result: SimulationResult) -> list[Path]:
         """Write every file; returns their paths in the order written."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         paths = [write_summary(self.out_dir, result.summary)]
@@ -63,6 +70,7 @@ class RunOutputs:
             )
         )
         if self.trace is not None:
+            names = instance_names(result.summary)
             paths.append(self.trace.write(self.out_dir / "trace.json", names))
         if self.cfg.report:
             paths.append(write_report(self.out_dir))
@@ -80,4 +88,4 @@ def simulate_to_dir(
         requests = load_requests(cfg)
     outputs = RunOutputs(out_dir, cfg.outputs, len(requests))
     result = simulate(cfg, requests=requests, progress=progress, metrics=outputs.collector())
-    return result, outputs.finish(result, instance_names(cfg))
+    return result, outputs.finish(result)

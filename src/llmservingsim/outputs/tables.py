@@ -38,6 +38,8 @@ REQUESTS_SCHEMA = pa.schema(
         ("tpot_s", pa.float64()),
         ("e2e_s", pa.float64()),
         ("fail_reason", pa.string()),
+        ("prefill_instance", pa.int32()),
+        ("kv_transfer_s", pa.float64()),
     ]
 )
 
@@ -84,6 +86,8 @@ def requests_batch(records: Sequence[RequestRecord]) -> pa.RecordBatch:
         columns["tpot_s"].append(r.tpot if finished else None)
         columns["e2e_s"].append(r.e2e if finished else None)
         columns["fail_reason"].append(r.fail_reason or None)
+        columns["prefill_instance"].append(r.prefill_instance if r.prefill_instance >= 0 else None)
+        columns["kv_transfer_s"].append(r.kv_transfer_s if r.prefill_instance >= 0 else None)
     return pa.RecordBatch.from_pydict(columns, schema=REQUESTS_SCHEMA)
 
 

@@ -1,11 +1,13 @@
 """trace.json: the run as Chrome trace events, for Perfetto (ui.perfetto.dev) or chrome://tracing.
 
-Each instance is a process. Its engine steps are complete ("X") slices on the "steps" thread,
-named by what they computed (prefill, decode or mixed) with batch size and token counts as
-args; KV-cache use and queue length are counters ("C"). Each request is an async slice
-("b"/"e") from arrival to finish with nested queued / prefill / decode phases (the phases of
-a request's first pass: a preempted request's recompute is inside its decode phase, and its
-preemption count is in the args).
+Each instance is a process. Its engine steps are complete ("X") slices on a "steps" thread (one
+per virtual engine with pipeline parallelism, whose micro-batches overlap), named by what they
+computed (prefill, decode or mixed) with batch size and token counts as args; KV-cache use and
+queue length are counters ("C"). Each request is an async slice ("b"/"e") from arrival to
+finish with nested queued / prefill / decode phases (the phases of a request's first pass: a
+preempted request's recompute is inside its decode phase, and its preemption count is in the
+args). With P/D disaggregation a request has one slice on its prefill instance (arrival → first
+token) and one on its decode instance (kv transfer, then decode).
 
 The file stays bounded for huge runs: only every k-th request (by id) is kept, k chosen so at
 most ``max_requests`` remain unless set explicitly, and when there are more than ``max_steps``
@@ -27,7 +29,6 @@ from llmservingsim.metrics.collector import RequestRecord
 from llmservingsim.metrics.steps import StepChunk
 
 _US = 1e6
-STEP_THREAD = 0
 
 
 def request_stride(num_requests: int, every: int, max_requests: int) -> int:
@@ -72,16 +73,13 @@ class TraceRecorder:
         for pid, name in enumerate(instance_names):
             yield {"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}}
             yield {"ph": "M", "name": "process_sort_index", "pid": pid, "args": {"sort_index": pid}}
-            yield {
-                "ph": "M",
-                "name": "thread_name",
-                "pid": pid,
-                "tid": STEP_THREAD,
-                "args": {"name": "steps"},
-            }
+        steps = StepChunk.concat([chunk for _, chunk in self._kept])
+        threads = set(zip(steps.instance.tolist(), steps.engine.tolist(), strict=True))
+        for pid, tid in sorted(threads):
+            name = "steps" if tid == 0 else f"steps (virtual engine {tid})"
+            yield {"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}}
         for numbers, chunk in self._kept:
             yield from _step_events(numbers, chunk)
-        steps = StepChunk.concat([chunk for _, chunk in self._kept])
         pids, times = steps.instance.tolist(), (steps.start_s * _US).tolist()
         yield from _counter_events(
             "KV blocks used", "blocks", pids, times, steps.kv_blocks_used.tolist()
@@ -122,6 +120,7 @@ def _step_events(numbers: np.ndarray[Any, Any], s: StepChunk) -> Iterator[dict[s
     columns = zip(
         numbers.tolist(),
         s.instance.tolist(),
+        s.engine.tolist(),
         (s.start_s * _US).tolist(),
         (s.duration_s * _US).tolist(),
         s.num_seqs.tolist(),
@@ -129,13 +128,13 @@ def _step_events(numbers: np.ndarray[Any, Any], s: StepChunk) -> Iterator[dict[s
         s.decode_tokens.tolist(),
         strict=True,
     )
-    for step, pid, ts, dur, seqs, prefill, decode in columns:
+    for step, pid, tid, ts, dur, seqs, prefill, decode in columns:
         yield {
             "ph": "X",
             "name": _step_name(prefill, decode),
             "cat": "step",
             "pid": pid,
-            "tid": STEP_THREAD,
+            "tid": tid,
             "ts": ts,
             "dur": dur,
             "args": {
@@ -158,13 +157,13 @@ def _counter_events(
             yield {"ph": "C", "name": name, "pid": pid, "ts": ts, "args": {arg: value}}
 
 
-def _async(ph: str, name: str, r: RequestRecord, t: float, **args: Any) -> dict[str, Any]:
+def _async(ph: str, name: str, r: RequestRecord, t: float, pid: int, **args: Any) -> dict[str, Any]:
     event: dict[str, Any] = {
         "ph": ph,
         "name": name,
         "cat": "request",
         "id": r.id,
-        "pid": r.instance,
+        "pid": pid,
         "ts": t * _US,
     }
     if args:
@@ -173,7 +172,7 @@ def _async(ph: str, name: str, r: RequestRecord, t: float, **args: Any) -> dict[
 
 
 def _request_events(r: RequestRecord) -> Iterator[dict[str, Any]]:
-    """The request as one async slice; its known phases nest inside it in time order."""
+    """The request as an async slice per instance it ran on; phases nest inside in time order."""
     title = f"request {r.id}" + (" (failed)" if r.status == "failed" else "")
     args: dict[str, Any] = {
         "input_tokens": r.input_tokens,
@@ -183,14 +182,57 @@ def _request_events(r: RequestRecord) -> Iterator[dict[str, Any]]:
     }
     if r.status == "failed":
         args["reason"] = r.fail_reason
-    yield _async("b", title, r, r.arrival_s, **args)
-    phases = [
-        ("queued", r.arrival_s, r.first_scheduled_s),
-        ("prefill", r.first_scheduled_s, r.first_token_s),
-        ("decode", r.first_token_s, r.finish_s),
-    ]
-    for name, begin, end in phases:
-        if 0 <= begin < end:
-            yield _async("b", name, r, begin)
-            yield _async("e", name, r, end)
-    yield _async("e", title, r, r.finish_s)
+    if r.prefill_instance < 0:
+        yield from _slice(
+            r,
+            r.instance,
+            title,
+            r.arrival_s,
+            r.finish_s,
+            [
+                ("queued", r.arrival_s, r.first_scheduled_s),
+                ("prefill", r.first_scheduled_s, r.first_token_s),
+                ("decode", r.first_token_s, r.finish_s),
+            ],
+            args,
+        )
+        return
+    arrived = r.first_token_s + r.kv_transfer_s  # on the decode instance
+    yield from _slice(
+        r,
+        r.prefill_instance,
+        title,
+        r.arrival_s,
+        r.first_token_s,
+        [
+            ("queued", r.arrival_s, r.first_scheduled_s),
+            ("prefill", r.first_scheduled_s, r.first_token_s),
+        ],
+        args,
+    )
+    yield from _slice(
+        r,
+        r.instance,
+        title,
+        r.first_token_s,
+        r.finish_s,
+        [("kv transfer", r.first_token_s, arrived), ("decode", arrived, r.finish_s)],
+        {**args, "kv_transfer_s": r.kv_transfer_s, "prefill_instance": r.prefill_instance},
+    )
+
+
+def _slice(
+    r: RequestRecord,
+    pid: int,
+    title: str,
+    begin: float,
+    end: float,
+    phases: list[tuple[str, float, float]],
+    args: dict[str, Any],
+) -> Iterator[dict[str, Any]]:
+    yield _async("b", title, r, begin, pid, **args)
+    for name, t0, t1 in phases:
+        if 0 <= t0 < t1:
+            yield _async("b", name, r, t0, pid)
+            yield _async("e", name, r, t1, pid)
+    yield _async("e", title, r, end, pid)
