@@ -6,6 +6,7 @@ time bins per instance) so a million-request run makes a report as light as a sm
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,14 +23,21 @@ _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
+    """Common look; the legend goes under the plot and the figure grows with its entries, so
+    a 16-instance cluster does not cover its own plot."""
+    entries = len(fig.data)
+    legend_px = 0 if entries < 2 else 24 * math.ceil(entries / 3) + 30
     fig.update_layout(
         title={"text": title, "x": 0.01},
         xaxis_title=x,
         yaxis_title=y,
         template="plotly_white",
-        height=360,
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
-        legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.0, "yanchor": "bottom"},
+        height=340 + legend_px,
+        showlegend=entries > 1,
+        margin={"l": 60, "r": 20, "t": 50, "b": 50 + legend_px},
+        # the plot area is 240 px high whatever the legend: start the legend 55 px below it,
+        # under the x-axis title
+        legend={"orientation": "h", "x": 0, "xanchor": "left", "y": -55 / 240, "yanchor": "top"},
     )
     return fig
 
@@ -124,7 +132,12 @@ def _color(inst: int) -> str:
 
 
 def over_time(
-    binned: dict[int, Binned], field: str, title: str, y: str, scale: float = 1.0
+    binned: dict[int, Binned],
+    labels: dict[int, str],
+    field: str,
+    title: str,
+    y: str,
+    scale: float = 1.0,
 ) -> go.Figure:
     fig = go.Figure()
     for inst, b in binned.items():
@@ -133,14 +146,14 @@ def over_time(
                 x=b.start_s,
                 y=getattr(b, field) * scale,
                 mode="lines",
-                name=f"instance {inst}",
+                name=labels.get(inst, f"instance {inst}"),
                 line={"color": _color(inst), "shape": "hv"},
             )
         )
     return _layout(fig, title, "simulated time (s)", y)
 
 
-def throughput(binned: dict[int, Binned]) -> go.Figure:
+def throughput(binned: dict[int, Binned], labels: dict[int, str]) -> go.Figure:
     """Tokens computed per second: prefill (dashed) and decode (solid), per instance."""
     fig = go.Figure()
     for inst, b in binned.items():
@@ -150,29 +163,44 @@ def throughput(binned: dict[int, Binned]) -> go.Figure:
                     x=b.start_s,
                     y=getattr(b, field) / b.width_s,
                     mode="lines",
-                    name=f"instance {inst} {field.removesuffix('_tokens')}",
+                    name=f"{labels.get(inst, f'instance {inst}')} {field.removesuffix('_tokens')}",
                     line={"color": _color(inst), "dash": dash, "shape": "hv"},
                 )
             )
     return _layout(fig, "Throughput (tokens computed per second)", "simulated time (s)", "tok/s")
 
 
-def instance_load(requests: Columns) -> go.Figure:
-    """Completed requests and tokens served per instance: is the load balanced?"""
-    done = requests["status"] == "finished"
-    inst = requests["instance"][done]
-    names = [f"instance {i}" for i in np.unique(requests["instance"]).tolist()]
-    ids = np.unique(requests["instance"])
-    counts = [int(np.sum(inst == i)) for i in ids]
-    tokens_in = [int(requests["input_tokens"][done][inst == i].sum()) for i in ids]
-    tokens_out = [int(requests["output_tokens"][done][inst == i].sum()) for i in ids]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("requests completed", "tokens"))
-    fig.add_trace(go.Bar(x=names, y=counts, name="requests", marker_color="#1f77b4"), 1, 1)
-    fig.add_trace(go.Bar(x=names, y=tokens_in, name="input tokens", marker_color="#9467bd"), 1, 2)
-    fig.add_trace(go.Bar(x=names, y=tokens_out, name="output tokens", marker_color="#2ca02c"), 1, 2)
+def instance_label(row: dict[str, Any]) -> str:
+    """``instance 3``, plus its pool and role when the cluster names pools or splits P/D."""
+    pool, role = row.get("pool", "default"), row.get("role", "mixed")
+    extra = [pool] if pool != "default" else []
+    extra += [role] if role not in ("mixed", pool) else []
+    return f"instance {row['index']}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def instance_load(rows: list[dict[str, Any]]) -> go.Figure:
+    """Per instance (summary.json ``instances``): requests finished there, tokens it computed
+    and the share of time its devices were busy. Is the load balanced?"""
+    names = [instance_label(row) for row in rows]
+    fig = make_subplots(
+        rows=1, cols=3, subplot_titles=("requests completed", "tokens computed", "busy fraction")
+    )
+    bars = (
+        ("requests completed", "requests_completed", "#1f77b4", 1),
+        ("prefill tokens", "prefill_tokens", "#9467bd", 2),
+        ("decode tokens", "decode_tokens", "#2ca02c", 2),
+        ("busy fraction", "utilization", "#d62728", 3),
+    )
+    for title, key, color, col in bars:
+        values = [row[key] for row in rows]
+        fig.add_trace(go.Bar(x=names, y=values, name=title, marker_color=color), 1, col)
     _layout(fig, "Load per instance", "", "")
+    # long instance labels are drawn slanted: move the legend below them
     fig.update_layout(
-        barmode="group", legend={"y": -0.15, "yanchor": "top", "x": 0, "xanchor": "left"}
+        barmode="group",
+        legend_y=-0.45,
+        height=fig.layout.height + 60,
+        margin_b=fig.layout.margin.b + 60,
     )
     return fig
 

@@ -47,6 +47,7 @@ h1 { font-size: 1.5em; margin-top: 24px; } h2 { border-bottom: 1px solid #ddd; p
    row, or it keeps that width and overflows once they arrive. */
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 8px; }
 .grid > div { min-width: 0; }
+.grid > div.wide { grid-column: 1 / -1; }
 table.numbers { border-collapse: collapse; margin: 8px 16px 8px 0; display: inline-table;
                 vertical-align: top; }
 table.numbers td, table.numbers th { padding: 3px 10px; border-bottom: 1px solid #eee; }
@@ -59,13 +60,16 @@ pre { background: #f6f8fa; padding: 12px; overflow-x: auto; font-size: 0.9em; }
 def load_summary(out_dir: Path) -> dict[str, Any]:
     path = out_dir / "summary.json"
     try:
-        summary = json.loads(path.read_text())
+        summary: object = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{out_dir}: no summary.json (is this a `run --out` directory?)") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: unreadable summary: {exc}") from None
-    if not isinstance(summary, dict) or "config" not in summary:
-        raise UserError(f"{path}: not an llmservingsim summary (no 'config' key)")
+    if not isinstance(summary, dict):
+        raise UserError(f"{path}: not an llmservingsim summary (not a JSON object)")
+    for key in ("config", "instances"):
+        if key not in summary:
+            raise UserError(f"{path}: not an llmservingsim summary (no {key!r} key)")
     return summary
 
 
@@ -124,24 +128,24 @@ def _figures(
 ) -> dict[str, go.Figure]:
     done = requests["status"] == "finished"
     binned = figures.bin_timeseries(ts)
+    rows = summary["instances"]
+    labels = {row["index"]: figures.instance_label(row) for row in rows}
     return {
         "ttft-cdf": figures.latency_cdf(requests["ttft_s"][done], "TTFT (time to first token)"),
         "tpot-cdf": figures.latency_cdf(requests["tpot_s"][done], "TPOT (time per output token)"),
         "e2e-cdf": figures.latency_cdf(requests["e2e_s"][done], "E2E latency"),
-        "throughput": figures.throughput(binned),
+        "throughput": figures.throughput(binned, labels),
         "batch-size": figures.over_time(
-            binned, "batch_size", "Batch size (sequences per step)", "sequences"
+            binned, labels, "batch_size", "Batch size (sequences per step)", "sequences"
         ),
         "queue-length": figures.over_time(
-            binned, "queue_len", "Queue length (waiting requests)", "requests"
+            binned, labels, "queue_len", "Queue length (waiting requests)", "requests"
         ),
         "kv-use": figures.over_time(
-            binned, "kv_util", "KV cache use (peak per bin)", "%", scale=100.0
+            binned, labels, "kv_util", "KV cache use (peak per bin)", "%", scale=100.0
         ),
-        "instance-load": figures.instance_load(requests),
-        "power": figures.over_time(
-            binned, "power_w", "Power while running steps (all devices of the instance)", "W"
-        ),
+        "instance-load": figures.instance_load(rows),
+        "power": figures.over_time(binned, labels, "power_w", "Power while running steps", "W"),
         "energy-split": figures.energy_split(
             float(summary.get("energy_j") or 0.0), float(np.sum(ts["energy_j"]))
         ),
@@ -160,14 +164,29 @@ def _figure_div(div_id: str, fig: go.Figure) -> str:
     )
 
 
+def _describe_pools(summary: dict[str, Any]) -> str:
+    """``1× h100-sxm``, ``4× h100-sxm TP2`` or ``prefill 2× h100-sxm + decode 4× a100-80gb``."""
+    parts = []
+    for pool in summary.get("pools") or []:
+        role = "" if pool["role"] == "mixed" else f"{pool['role']} "
+        shape = "".join(
+            f" {name}{pool[key]}"
+            for name, key in (("TP", "tensor_parallel"), ("PP", "pipeline_parallel"))
+            if pool[key] > 1
+        )
+        parts.append(f"{role}{pool['count']}× {pool['hardware']}{shape}")
+    return " + ".join(parts) or str(summary["config"].get("hardware"))
+
+
 def render(summary: dict[str, Any], requests: figures.Columns, ts: figures.Columns) -> str:
     """The whole page as a string."""
     cfg = summary["config"]
-    title = f"{cfg.get('model')} · {cfg.get('dtype')} · {cfg.get('hardware')}"
+    title = f"{cfg.get('model')} · {cfg.get('dtype')} · {_describe_pools(summary)}"
     figs = {k: _figure_div(k, f) for k, f in _figures(summary, requests, ts).items()}
 
-    def grid(*ids: str) -> str:
-        return '<div class="grid">' + "".join(figs[i] for i in ids) + "</div>"
+    def grid(*ids: str, wide: bool = False) -> str:
+        cell = '<div class="wide">' if wide else "<div>"
+        return '<div class="grid">' + "".join(cell + figs[i] + "</div>" for i in ids) + "</div>"
 
     config_yaml = yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
     version = html.escape(str(summary.get("version", "")))
@@ -176,7 +195,7 @@ def render(summary: dict[str, Any], requests: figures.Columns, ts: figures.Colum
         "summary": ("Summary", _summary_html(summary)),
         "latency": ("Latency", grid("ttft-cdf", "tpot-cdf", "e2e-cdf")),
         "timeline": ("Over time", grid("throughput", "batch-size", "queue-length", "kv-use")),
-        "load": ("Load per instance", grid("instance-load")),
+        "load": ("Load per instance", grid("instance-load", wide=True)),
         "energy": ("Energy and cost", _energy_html(summary) + grid("power", "energy-split")),
         "config": ("Resolved config", f"<pre>{html.escape(config_yaml)}</pre>"),
     }

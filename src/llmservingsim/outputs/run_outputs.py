@@ -8,27 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from llmservingsim.config import OutputsConfig, SimConfig
 from llmservingsim.metrics.collector import MetricsCollector, RequestSink, StepSink
 from llmservingsim.metrics.timeseries import TimeSeries
+from llmservingsim.outputs.figures import instance_label
 from llmservingsim.outputs.files import write_summary
 from llmservingsim.outputs.report import write_report
 from llmservingsim.outputs.tables import TIMESERIES_SCHEMA, RequestTableSink, write_table
 from llmservingsim.outputs.trace import TraceRecorder
 from llmservingsim.simulation import SimulationResult, load_requests, simulate
 from llmservingsim.workload.request_spec import RequestSpec
-
-
-def instance_names(summary: dict[str, Any]) -> list[str]:
-    """``instance 3`` plus its pool and role when the cluster has named pools or P/D roles."""
-    names = []
-    for row in summary["instances"]:
-        extra = [row["pool"]] if row["pool"] != "default" else []
-        extra += [row["role"]] if row["role"] != "mixed" else []
-        names.append(f"instance {row['index']}" + (f" ({', '.join(extra)})" if extra else ""))
-    return names
 
 
 class RunOutputs:
@@ -70,7 +60,7 @@ class RunOutputs:
             )
         )
         if self.trace is not None:
-            names = instance_names(result.summary)
+            names = [instance_label(row) for row in result.summary["instances"]]
             paths.append(self.trace.write(self.out_dir / "trace.json", names))
         if self.cfg.report:
             paths.append(write_report(self.out_dir))
