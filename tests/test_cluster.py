@@ -267,3 +267,9 @@ def test_heterogeneous_mixed_pools_report_each_pool() -> None:
     assert [p["hardware"] for p in summary["pools"]] == ["h100-sxm", "a100-80gb"]
     assert summary["requests_completed"] == 40
     assert summary["cost_usd"] > 0
+
+
+def test_least_outstanding_rotates_ties() -> None:
+    router, _ = make_router("least_outstanding", 4)
+    picks = [router.route(RequestSpec(i, 0.0, 1, 1)).index for i in range(8)]
+    assert picks == [0, 1, 2, 3, 0, 1, 2, 3]

@@ -50,10 +50,24 @@ class RandomRouter(Router):
 
 @ROUTERS.register("least_outstanding")
 class LeastOutstandingRouter(Router):
-    """Fewest requests assigned and not finished; ties go to the lowest index."""
+    """Fewest requests assigned and not finished. Ties rotate (the search starts one past the
+    last choice), so an idle cluster is filled evenly instead of always from instance 0."""
+
+    def __init__(self, instances: list[Instance], rng: np.random.Generator) -> None:
+        super().__init__(instances, rng)
+        self._start = 0
 
     def route(self, spec: RequestSpec) -> Instance:
-        return min(self.instances, key=lambda inst: inst.num_outstanding)
+        instances = self.instances
+        n = len(instances)
+        best_index, best_load = self._start, instances[self._start].num_outstanding
+        for offset in range(1, n):
+            index = (self._start + offset) % n
+            load = instances[index].num_outstanding
+            if load < best_load:
+                best_index, best_load = index, load
+        self._start = (best_index + 1) % n
+        return instances[best_index]
 
 
 @ROUTERS.register("least_kv")
