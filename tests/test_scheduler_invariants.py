@@ -13,6 +13,14 @@ Sequences, each step applied the way ``Instance.end_step`` applies it) and throu
 
 At the end every request has finished with exactly its ``output_len`` tokens (preempted
 ones too) and every block is free again.
+
+With prefix caching blocks may be shared: a block's reference count equals the number of
+running sequences holding it, free and cached blocks are disjoint from held ones, every node a
+sequence adopts names exactly that sequence's token prefix (checked against a ledger of
+contents built from crafted, hash-colliding ids), and at the end every block is free or
+cached. With swap the host space never exceeds its capacity and holds exactly the blocks of
+swapped-out requests. Tokens are conserved: the tokens computed over the run equal each
+request's input + output − 1, plus what preemption dropped, minus what admissions found.
 """
 
 from __future__ import annotations
@@ -29,12 +37,16 @@ from hypothesis import strategies as st
 import llmservingsim.simulation as simulation
 from llmservingsim.config import SchedulerConfig, load_config
 from llmservingsim.serving.block_manager import BlockManager
+from llmservingsim.serving.host_link import HostLink, TransferLedger
 from llmservingsim.serving.instance import Instance
+from llmservingsim.serving.kv_offload import OffloadTier
+from llmservingsim.serving.prefix_cache import NO_NODE, PrefixCachingBlockManager, block_keys
 from llmservingsim.serving.schedulers import SCHEDULERS, Scheduler
 from llmservingsim.serving.schedulers.base import ScheduledEntry
 from llmservingsim.serving.sequence import Sequence, Status
+from llmservingsim.serving.swap import SwapSpace
 from llmservingsim.simulation import simulate
-from llmservingsim.workload.request_spec import RequestSpec
+from llmservingsim.workload.request_spec import RequestSpec, TokenContent
 
 POLICIES = SCHEDULERS.names()
 # Policies that run a prompt longer than the whole step budget alone in its own step.
@@ -53,6 +65,10 @@ def test_every_builtin_policy_is_covered() -> None:
 
 def check_blocks(sched: Scheduler) -> None:
     """Block accounting: used ≤ capacity, used = Σ blocks of live sequences, no duplicates."""
+    if isinstance(sched.blocks, PrefixCachingBlockManager):
+        check_shared_blocks(sched, sched.blocks)
+        check_swap(sched)
+        return
     bm = sched.blocks
     free = list(bm.free_blocks)
     assert len(free) == len(set(free)), "a block is on the free list twice (double free)"
@@ -68,6 +84,53 @@ def check_blocks(sched: Scheduler) -> None:
         assert not seq.blocks, f"waiting request {seq.id} still holds KV blocks"
     assert not owned & set(free), "a block is both owned and free"
     assert bm.num_used == held, f"block leak: {bm.num_used} used, live sequences hold {held}"
+    check_swap(sched)
+
+
+def check_shared_blocks(sched: Scheduler, bm: PrefixCachingBlockManager) -> None:
+    """Prefix cache: refcounts = holders, free/cached/held partition the cache, nodes agree."""
+    free = list(bm.free_blocks)
+    cached = list(bm.cached)
+    assert len(free) == len(set(free)), "a block is on the free list twice (double free)"
+    assert not set(free) & set(cached), "a block is both empty-free and cached"
+    holders: dict[int, int] = {}
+    for seq in sched.running:
+        assert len(set(seq.blocks)) == len(seq.blocks), f"request {seq.id} holds a block twice"
+        for block in seq.blocks:
+            holders[block] = holders.get(block, 0) + 1
+        assert len(seq.nodes) <= len(seq.blocks)
+        for block, node in zip(seq.blocks, seq.nodes, strict=False):
+            assert bm.block_node[block] == node, "a held block does not hold its node"
+    for seq in sched.waiting:
+        assert not seq.blocks, f"waiting request {seq.id} still holds KV blocks"
+        assert not seq.nodes
+    for block in range(bm.num_blocks):
+        assert bm.ref_count[block] == holders.get(block, 0), (
+            f"block {block}: refcount {bm.ref_count[block]}, held by {holders.get(block, 0)}"
+        )
+    assert len(free) + len(cached) + len(holders) == bm.num_blocks, "a block is lost"
+    assert set(free) | set(cached) | set(holders) == set(range(bm.num_blocks))
+    assert bm.num_used == len(holders) <= bm.num_blocks
+    assert all(bm.block_node[b] == NO_NODE for b in free), "an empty block claims content"
+    assert all(bm.block_node[b] != NO_NODE for b in cached), "a cached block has no content"
+    for node, blocks in bm.holders.items():
+        assert all(bm.block_node[b] == node for b in blocks)
+        assert blocks or (bm.offload is not None and node in bm.offload), "a node held nowhere"
+    named = [b for b in range(bm.num_blocks) if bm.block_node[b] != NO_NODE]
+    assert sum(len(v) for v in bm.holders.values()) == len(named)
+    assert set(bm.key_of) == set(bm.holders) and len(bm.node_of) == len(bm.key_of)
+    if bm.offload is not None:
+        assert len(bm.offload) <= bm.offload.capacity_blocks
+        assert all(n in bm.key_of for n in bm.offload.resident)
+
+
+def check_swap(sched: Scheduler) -> None:
+    swap = sched.swap
+    if swap is None:
+        return
+    parked = sum(seq.swapped_blocks for seq in sched.waiting)
+    assert swap.used_blocks == parked <= swap.capacity_blocks
+    assert all(not seq.swapped_blocks for seq in sched.running)
 
 
 def check_step(sched: Scheduler, entries: list[ScheduledEntry], policy: str) -> None:
@@ -97,6 +160,7 @@ def check_step(sched: Scheduler, entries: list[ScheduledEntry], policy: str) -> 
 def apply_step(sched: Scheduler, entries: list[ScheduledEntry]) -> list[Sequence]:
     """What Instance.end_step does; returns the sequences that finished."""
     finished = []
+    sched.take_transfer_seconds()
     for seq, num_new in entries:
         seq.num_computed += num_new
         if seq.num_computed == seq.num_tokens:
@@ -119,18 +183,70 @@ class DirectRun:
     failed: list[Sequence]
     steps: int
     max_seqs_in_step: int
+    tokens: int = 0  # tokens computed over the run
+    lost: int = 0  # computed tokens dropped by (recompute) preemption
+    found: int = 0  # tokens admissions started with (cache hits; swapped-out tokens back)
+
+
+@dataclasses.dataclass(frozen=True)
+class KvOptions:
+    """How the KV cache of a directly driven scheduler is set up (default: plain blocks)."""
+
+    prefix_caching: bool = False
+    swap_blocks: int | None = None  # host swap space in blocks; None = recompute preemption
+    offload_blocks: int | None = None  # offload tier in blocks (needs prefix caching)
+
+
+LINK = HostLink(bandwidth=1e9, latency_s=1e-5, block_bytes=1000.0, devices=1)
 
 
 def make_scheduler(
-    policy: str, num_blocks: int, block_size: int, max_num_seqs: int, max_batched: int
+    policy: str,
+    num_blocks: int,
+    block_size: int,
+    max_num_seqs: int,
+    max_batched: int,
+    kv: KvOptions = KvOptions(),
 ) -> Scheduler:
     cfg = SchedulerConfig(
         policy=policy,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_batched,
         block_size=block_size,
+        enable_prefix_caching=kv.prefix_caching,
+        preemption="swap" if kv.swap_blocks is not None else "recompute",
     )
-    return SCHEDULERS.get(policy)(cfg, BlockManager(num_blocks, block_size))
+    blocks: BlockManager = BlockManager(num_blocks, block_size)
+    if kv.prefix_caching:
+        offload = None
+        if kv.offload_blocks is not None:
+            offload = OffloadTier(kv.offload_blocks, TransferLedger(LINK))
+        blocks = PrefixCachingBlockManager(num_blocks, block_size, offload)
+    swap = None
+    if kv.swap_blocks is not None:
+        swap = SwapSpace(kv.swap_blocks, TransferLedger(LINK))
+    return SCHEDULERS.get(policy)(cfg, blocks, swap)
+
+
+class ContentLedger:
+    """What each prefix-cache node must stand for, learnt from the sequences that adopt it."""
+
+    def __init__(self) -> None:
+        self.truth: dict[int, tuple[Any, ...]] = {}
+
+    def check(self, sched: Scheduler) -> None:
+        for seq in sched.running:
+            content = seq.spec.content
+            if not seq.nodes:
+                continue
+            assert content is not None, "a request without content adopted cached blocks"
+            keys = block_keys(content, sched.blocks.block_size)
+            for i, node in enumerate(seq.nodes):
+                prefix = (content.namespace, *keys[: i + 1])
+                known = self.truth.setdefault(node, prefix)
+                assert known == prefix, (
+                    f"request {seq.id} reuses block {i} of another prefix: {known} != {prefix}"
+                )
 
 
 def drive(
@@ -141,15 +257,18 @@ def drive(
     block_size: int,
     max_num_seqs: int,
     max_batched: int,
+    kv: KvOptions = KvOptions(),
 ) -> DirectRun:
     """Run the scheduler to completion; ``arrival_s`` is the step index a request arrives at."""
-    sched = make_scheduler(policy, num_blocks, block_size, max_num_seqs, max_batched)
+    sched = make_scheduler(policy, num_blocks, block_size, max_num_seqs, max_batched, kv)
     pending = sorted(specs, key=lambda s: s.arrival_s)
     seqs: list[Sequence] = []
     failed: list[Sequence] = []
     step = 0
     nxt = 0
     max_in_step = 0
+    ledger = ContentLedger()
+    run = DirectRun(sched, seqs, failed, 0, 0)
     for _ in range(MAX_STEPS):
         while nxt < len(pending) and pending[nxt].arrival_s <= step:
             seq = Sequence(pending[nxt])
@@ -166,15 +285,28 @@ def drive(
                 break
             step = max(step + 1, int(pending[nxt].arrival_s))
             continue
+        before = {id(s): s.num_computed for s in (*sched.running, *sched.waiting)}
+        was_running = {id(s) for s in sched.running}
         entries = sched.schedule()
+        for seq in sched.waiting:
+            if id(seq) in was_running:  # preempted this step
+                run.lost += before[id(seq)] - seq.num_computed
+        for seq in sched.running:
+            if id(seq) not in was_running:  # admitted this step
+                run.found += seq.num_computed - before[id(seq)]
         check_step(sched, entries, policy)
+        ledger.check(sched)
         assert entries, f"{policy}: scheduler has work but scheduled nothing (stuck)"
         max_in_step = max(max_in_step, len(entries))
+        run.tokens += sum(n for _, n in entries)
         apply_step(sched, entries)
+        ledger.check(sched)
         step += 1
     else:
         pytest.fail(f"{policy}: not done after {MAX_STEPS} steps")
-    return DirectRun(sched, seqs, failed, step, max_in_step)
+    run.steps = step
+    run.max_seqs_in_step = max_in_step
+    return run
 
 
 def check_done(run: DirectRun) -> None:
@@ -186,7 +318,21 @@ def check_done(run: DirectRun) -> None:
         assert not seq.blocks
     bm = sched.blocks
     assert bm.num_free == bm.num_blocks, "blocks leaked after every request finished"
-    assert sorted(bm.free_blocks) == list(range(bm.num_blocks))
+    if isinstance(bm, PrefixCachingBlockManager):
+        assert sorted([*bm.free_blocks, *bm.cached]) == list(range(bm.num_blocks))
+        assert not any(bm.ref_count)
+    else:
+        assert sorted(bm.free_blocks) == list(range(bm.num_blocks))
+    if sched.swap is not None:
+        assert sched.swap.used_blocks == 0
+        ledger = sched.swap.ledger
+        assert ledger.blocks_to_host == ledger.blocks_to_device, "a swapped block never came back"
+    # Tokens are conserved: what ran = every request's KV + what preemption dropped − found.
+    lifetime = sum(s.spec.input_len + s.spec.output_len - 1 for s in run.seqs)
+    assert run.tokens == lifetime + run.lost - run.found
+    assert 0 <= sched.recomputed_tokens <= run.lost
+    if not isinstance(bm, PrefixCachingBlockManager):
+        assert sched.recomputed_tokens == run.lost - run.found
 
 
 @st.composite
@@ -234,6 +380,71 @@ def test_direct_invariants(policy: str, sc: dict[str, Any]) -> None:
     check_done(run)
     if policy == "static":
         assert run.sched.preemptions == 0, "static batching reserves KV up front"
+
+
+# Content ids chosen to collide under Python's int hash (hash(2**61 - 1 + k) == hash(k)):
+# a cache keyed by hashes alone would hand one prefix's blocks to another.
+CRAFTED_IDS = [0, 1, 2, 2**61 - 1, 2**61, 2**61 + 1]
+
+
+@st.composite
+def content_scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    """Requests whose prompts are runs of a few (colliding) ids: much partial sharing."""
+    n = draw(st.integers(1, 8))
+    specs = []
+    t = 0
+    for i in range(n):
+        t += draw(st.sampled_from([0, 0, 1, 3, 40]))
+        # A long first run from two colliding ids: many requests share (or almost share) it.
+        first = (draw(st.sampled_from(CRAFTED_IDS[::3])), draw(st.sampled_from([8, 16, 40])))
+        rest = [
+            (draw(st.sampled_from(CRAFTED_IDS)), draw(st.sampled_from([1, 3, 8, 16, 40])))
+            for _ in range(draw(st.integers(0, 4)))
+        ]
+        runs = (first, *rest)
+        covered = sum(c for _, c in runs)
+        input_len = draw(st.integers(1, covered))  # content may run into the output
+        output_len = draw(st.integers(1, 60))
+        content = TokenContent(draw(st.sampled_from(["a", "a", "a", "b"])), runs)
+        if draw(st.integers(0, 3)) == 0:
+            content = None  # a request without content never shares
+        specs.append(RequestSpec(i, float(t), input_len, output_len, content))
+    block_size = draw(st.sampled_from([1, 2, 4, 8]))
+    biggest = max(-(-(s.input_len + s.output_len - 1) // block_size) for s in specs)
+    swap = draw(st.sampled_from([None, 1, 4, 1000]))
+    offload = draw(st.sampled_from([None, 1, 3, 1000]))
+    return {
+        "specs": specs,
+        "block_size": block_size,
+        "num_blocks": biggest + draw(st.integers(0, biggest)),
+        "max_num_seqs": draw(st.integers(1, 6)),
+        "max_batched": draw(st.integers(8, 256)),
+        "kv": KvOptions(
+            prefix_caching=draw(st.booleans()) or offload is not None,
+            swap_blocks=swap,
+            offload_blocks=offload,
+        ),
+    }
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@settings(max_examples=120, deadline=None)
+@given(sc=content_scenarios())
+def test_direct_invariants_with_prefix_caching_and_swap(policy: str, sc: dict[str, Any]) -> None:
+    run = drive(
+        policy,
+        sc["specs"],
+        num_blocks=sc["num_blocks"],
+        block_size=sc["block_size"],
+        max_num_seqs=sc["max_num_seqs"],
+        max_batched=sc["max_batched"],
+        kv=sc["kv"],
+    )
+    assert not run.failed
+    check_done(run)
+    for seq in run.seqs:
+        bound = seq.spec.input_len - 1 if sc["kv"].prefix_caching else 0
+        assert 0 <= seq.cached_tokens <= bound, "the last prompt token is always computed"
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -391,7 +602,9 @@ def spying(policy: str, num_blocks: int | None) -> Iterator[Spy]:
         yield spy
 
 
-def sim_config(policy: str, max_num_seqs: int, max_batched: int, block_size: int) -> Any:
+def sim_config(
+    policy: str, max_num_seqs: int, max_batched: int, block_size: int, *extra: str
+) -> Any:
     return load_config(
         None,
         [
@@ -400,6 +613,7 @@ def sim_config(policy: str, max_num_seqs: int, max_batched: int, block_size: int
             f"scheduler.max_num_seqs={max_num_seqs}",
             f"scheduler.max_num_batched_tokens={max_batched}",
             f"scheduler.block_size={block_size}",
+            *extra,
         ],
     )
 
@@ -494,3 +708,39 @@ def test_simulate_mixed_failures_with_small_cache(policy: str) -> None:
     with spying(policy, num_blocks=30):
         result = simulate(cfg, requests=specs)
     check_records(result, specs, failed_ids={1})
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@settings(max_examples=30, deadline=None)
+@given(sc=content_scenarios(), swap_blocks=st.sampled_from([1, 4, 1000]))
+def test_simulate_invariants_with_prefix_caching_and_swap(
+    policy: str, sc: dict[str, Any], swap_blocks: int
+) -> None:
+    """The same invariants through simulate(), plus the summary's KV numbers add up."""
+    kv = sc["kv"]
+    specs = [dataclasses.replace(s, arrival_s=s.arrival_s * 0.005) for s in sc["specs"]]
+    base = sim_config(policy, sc["max_num_seqs"], sc["max_batched"], sc["block_size"])
+    block_gib = simulation.plan_instance_memory(base).kv_bytes_per_token * sc["block_size"] / 2**30
+    extra = [
+        f"scheduler.enable_prefix_caching={str(kv.prefix_caching).lower()}",
+        "scheduler.preemption=swap",
+        f"scheduler.swap_space_gib={(swap_blocks + 0.5) * block_gib}",
+    ]
+    if kv.offload_blocks is not None:
+        extra.append(f"scheduler.kv_offload.capacity_gib={(kv.offload_blocks + 0.5) * block_gib}")
+    cfg = sim_config(policy, sc["max_num_seqs"], sc["max_batched"], sc["block_size"], *extra)
+    with spying(policy, sc["num_blocks"]) as spy:
+        result = simulate(cfg, requests=specs)
+    assert spy.max_used <= sc["num_blocks"]
+    check_records(result, specs, failed_ids=set())
+    summary = result.summary
+    block_bytes = result.memory.kv_bytes_per_token * sc["block_size"]
+    assert summary["swapped_out_blocks"] == summary["swapped_in_blocks"]
+    assert summary["swapped_out_bytes"] == summary["swapped_out_blocks"] * block_bytes
+    assert summary["kv_offload_loaded_bytes"] == summary["kv_offload_loaded_blocks"] * block_bytes
+    moved = summary["swapped_out_blocks"] + summary["kv_offload_loaded_blocks"]
+    assert (summary["host_transfer_time_s"] > 0) == (moved > 0)
+    cached = sum(r.cached_tokens for r in result.metrics.records)
+    assert summary["cached_prompt_tokens"] == cached
+    if not kv.prefix_caching:
+        assert cached == 0 and summary["prefix_cache_hit_rate"] is None

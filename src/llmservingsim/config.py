@@ -112,6 +112,43 @@ class TraceConfig(_Section):
     time_scale: float = Field(default=1.0, gt=0, description="multiplies inter-arrival gaps")
     max_requests: int | None = Field(default=None, ge=1)
     """Replay only the first N requests."""
+    hash_block_size: int = Field(default=512, ge=1)
+    """Prompt tokens each `hash_ids` entry covers (Mooncake traces: 512; docs/kv_cache.md)."""
+
+
+class SystemPromptConfig(_Section):
+    """Shared system prompts prepended to every synthetic request (``workload.prefix``).
+
+    Each request (each session, with ``sessions``) picks one of ``num_system_prompts`` prompts
+    of ``system_prompt_len`` tokens; its own ``input_len`` tokens follow.
+    """
+
+    num_system_prompts: int = Field(default=1, ge=1)
+    """Distinct system prompts."""
+    system_prompt_len: int = Field(ge=1)
+    """Tokens of each system prompt."""
+    popularity: Literal["uniform", "zipf"] = "uniform"
+    """How requests pick their system prompt."""
+    zipf_alpha: float = Field(default=1.0, gt=0)
+    """Zipf popularity: P(prompt k) ∝ k^-zipf_alpha."""
+
+
+class SessionConfig(_Section):
+    """Multi-turn chat sessions that resend their history (``workload.sessions``).
+
+    ``arrival`` then times the *starts* of sessions. Turn k's prompt is the system prompt (if
+    any), every earlier user message and answer, and a new user message of ``input_len``
+    tokens; its answer has ``output_len`` tokens. Open loop: turn k+1 arrives a think time
+    after turn k *arrived*, without waiting for the answer. A session ends early at the first
+    turn that would not fit the model's context. ``num_requests`` counts turns.
+    """
+
+    turns: LengthDist = UniformLength(dist="uniform", min=2, max=6)
+    """Turns per session (any length distribution)."""
+    think_time_s: float = Field(default=10.0, ge=0)
+    """Mean gap between a turn's arrival and the next turn's arrival, seconds."""
+    think_time_dist: Literal["exponential", "fixed"] = "exponential"
+    """Distribution of the gaps between turns."""
 
 
 class WorkloadConfig(_Section):
@@ -128,11 +165,19 @@ class WorkloadConfig(_Section):
     output_len: LengthDist = LognormalLength(dist="lognormal", mean=280, sigma=1.0, max=2048)
     """Output length distribution, tokens."""
     trace: TraceConfig | None = None
+    prefix: SystemPromptConfig | None = None
+    """Shared system prompts prepended to synthetic prompts (docs/kv_cache.md)."""
+    sessions: SessionConfig | None = None
+    """Multi-turn sessions that resend their history (docs/kv_cache.md)."""
 
     @model_validator(mode="after")
     def _trace_given(self) -> WorkloadConfig:
         if self.kind == "trace" and self.trace is None:
             raise ValueError("kind 'trace' needs a workload.trace section with a path")
+        if self.kind == "trace" and (self.prefix is not None or self.sessions is not None):
+            raise ValueError(
+                "prefix and sessions shape synthetic workloads; a trace brings its own"
+            )
         return self
 
 
@@ -239,6 +284,21 @@ class ClusterConfig(_Section):
         ]
 
 
+class KvOffloadConfig(_Section):
+    """A host/CXL tier for prefix blocks the GPU cache evicts (LMCache-like).
+
+    ``capacity_gib`` is per device; the link defaults to the device's ``links.host`` (PCIe),
+    override it for a CXL memory expander.
+    """
+
+    capacity_gib: float = Field(gt=0)
+    """Host/CXL memory per device for offloaded prefix blocks, GiB."""
+    bandwidth_gbps: float | None = Field(default=None, gt=0)
+    """Link bandwidth per device, GB/s (default: the device's links.host)."""
+    latency_us: float | None = Field(default=None, ge=0)
+    """Link latency per transfer, µs (default: the device's links.host)."""
+
+
 class SchedulerConfig(_Section):
     """The engine's batching policy and KV-cache settings (vLLM's names)."""
 
@@ -256,6 +316,18 @@ class SchedulerConfig(_Section):
     """Reuse KV blocks of shared prompt prefixes."""
     preemption: Literal["recompute", "swap"] = "recompute"
     """What happens to a preempted request's KV: dropped and recomputed, or swapped to host."""
+    swap_space_gib: float = Field(default=4.0, ge=0)
+    """Host memory per device for the KV of swapped-out requests, GiB (vLLM's --swap-space)."""
+    kv_offload: KvOffloadConfig | None = None
+    """Optional host/CXL tier for evicted prefix blocks (LMCache-like; docs/kv_cache.md)."""
+
+    @model_validator(mode="after")
+    def _offload_needs_prefix_caching(self) -> SchedulerConfig:
+        if self.kv_offload is not None and not self.enable_prefix_caching:
+            raise ValueError(
+                "kv_offload keeps prefix-cache blocks: set enable_prefix_caching: true"
+            )
+        return self
 
 
 class PerfConfig(_Section):

@@ -21,12 +21,13 @@ from llmservingsim.errors import ConfigError, DoesNotFitError
 from llmservingsim.hardware.backends import backend_stats, build_backend
 from llmservingsim.hardware.device import DeviceSpec, Link
 from llmservingsim.metrics.collector import MetricsCollector
+from llmservingsim.metrics.kv_summary import kv_summary
 from llmservingsim.metrics.summary import request_metrics
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.iteration import IterationTimer
 from llmservingsim.perf.pim import PimIterationTimer
-from llmservingsim.serving.block_manager import BlockManager
 from llmservingsim.serving.instance import Instance
+from llmservingsim.serving.kv_setup import build_kv_cache
 from llmservingsim.serving.memory import MemoryPlan, PimMemory, plan_memory
 from llmservingsim.serving.schedulers import SCHEDULERS
 from llmservingsim.workload import load_workload
@@ -44,10 +45,11 @@ def _reject_unsupported(cfg: SimConfig) -> None:
     """Config values that name features not built yet: a clear error, never a silent fallback."""
     pools = cfg.cluster.resolved_pools(cfg.hardware)
     unsupported = {
-        "scheduler.enable_prefix_caching: true (issue #5)": cfg.scheduler.enable_prefix_caching,
-        "scheduler.preemption: swap (issue #5)": cfg.scheduler.preemption == "swap",
         "pim.enabled with pipeline_parallel > 1": cfg.pim.enabled
         and any(p.pipeline_parallel > 1 for p in pools),
+        # The KV cache then lives in PIM memory; its copies to host memory are not modelled.
+        "scheduler.preemption: swap or scheduler.kv_offload with pim.enabled": cfg.pim.enabled
+        and (cfg.scheduler.preemption == "swap" or cfg.scheduler.kv_offload is not None),
     }
     for what, used in unsupported.items():
         if used:
@@ -213,12 +215,11 @@ def build_cluster(cfg: SimConfig, metrics: MetricsCollector) -> Cluster:
         # Instances of a pool are placed alike, so they share one timer and its memo caches.
         timer = _timer(cfg, pool_cfg, device, topology, firsts[0], pim)
         policy = SCHEDULERS.get(cfg.scheduler.policy)
-        blocks_per_engine = memory.num_blocks // pp
         instances: list[Instance] = []
         base_index = sum(len(p.instances) for p in pools)
         for first in firsts:
             schedulers = [
-                policy(cfg.scheduler, BlockManager(blocks_per_engine, cfg.scheduler.block_size))
+                policy(cfg.scheduler, *build_kv_cache(cfg.scheduler, memory, device, tp, pp))
                 for _ in range(pp)
             ]
             instances.append(
@@ -305,7 +306,6 @@ def summarize(
             "kv_cache_peak_util": max((row["kv_peak_util"] for row in per_instance), default=0.0),
             "kv_cache_capacity_tokens": kv_capacity * cfg.scheduler.block_size,
             "preemptions": sum(inst.preemptions for inst in instances),
-            "prefix_cache_hit_rate": None,
             "max_batch_size": max(t.max_batch_size for t in totals),
             "prefill_tokens_computed": sum(t.prefill_tokens for t in totals),
             "decode_tokens_computed": sum(t.decode_tokens for t in totals),
@@ -318,6 +318,11 @@ def summarize(
             else None,
             "average_power_w": energy / end_time if end_time > 0 else None,
             "cost_usd": cost,
+            **kv_summary(
+                cfg.scheduler,
+                [ve.scheduler.kv_stats() for inst in instances for ve in inst.engines],
+                metrics.records,
+            ),
             "memory": instances[0].memory.as_dict(),
             "pools": [_pool_row(pool) for pool in cluster.pools],
             "instances": per_instance,

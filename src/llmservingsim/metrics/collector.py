@@ -26,7 +26,7 @@ class RequestRecord:
     finish_s: float
     input_tokens: int
     output_tokens: int
-    cached_tokens: int
+    cached_tokens: int  # prompt tokens the prefix cache supplied at the first admission
     preemptions: int
     status: str
     fail_reason: str = ""
@@ -170,7 +170,7 @@ class MetricsCollector:
             finish_s=seq.finish_time,
             input_tokens=seq.spec.input_len,
             output_tokens=seq.generated,
-            cached_tokens=0,
+            cached_tokens=seq.cached_tokens,
             preemptions=seq.preemptions,
             status=status,
             fail_reason=seq.fail_reason,

@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass, field
 
 from llmservingsim.serving.sequence import Sequence
 
 
+@dataclass(slots=True)
+class PrefixHit:
+    """Where a waiting request starts when it is admitted.
+
+    ``tokens`` already have KV: the computed tokens a swapped-out request brings back, or the
+    cached prefix of a new (or recompute-preempted) one. For a prefix hit, ``nodes`` names the
+    content of each reused block and ``blocks`` the device block that holds it, or -1 where it
+    must be loaded from the offload tier. ``evictable`` counts the reused device blocks that
+    sit unreferenced in the cache: taking them shrinks the free pool.
+    """
+
+    tokens: int = 0
+    nodes: list[int] = field(default_factory=list)
+    blocks: list[int] = field(default_factory=list)
+    evictable: int = 0
+
+    @property
+    def num_on_device(self) -> int:
+        return sum(1 for b in self.blocks if b >= 0)
+
+
 class BlockManager:
+    """Blocks without content: nothing is shared, a freed block is simply free again."""
+
     def __init__(self, num_blocks: int, block_size: int) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
@@ -19,21 +43,54 @@ class BlockManager:
 
     @property
     def num_used(self) -> int:
-        return self.num_blocks - len(self.free_blocks)
+        return self.num_blocks - self.num_free
 
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def extra_blocks(self, seq: Sequence, num_new_tokens: int) -> int:
-        """Blocks ``seq`` must gain to hold KV for ``num_new_tokens`` more computed tokens."""
-        return max(0, self.blocks_needed(seq.num_computed + num_new_tokens) - len(seq.blocks))
+    def lookup(self, seq: Sequence) -> PrefixHit:
+        """Where ``seq`` would start if admitted now: it keeps what it has computed."""
+        return PrefixHit(seq.num_computed)
 
-    def can_allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
-        return self.extra_blocks(seq, num_new_tokens) <= len(self.free_blocks)
+    def extra_blocks(self, seq: Sequence, num_new_tokens: int, hit: PrefixHit | None = None) -> int:
+        """Blocks the free pool gives up so ``seq`` holds KV for ``num_new_tokens`` more tokens.
 
-    def allocate(self, seq: Sequence, num_new_tokens: int) -> None:
-        for _ in range(self.extra_blocks(seq, num_new_tokens)):
-            seq.blocks.append(self.free_blocks.popleft())
+        With ``hit`` (admission), the tokens count from the hit, its device blocks are reused
+        and those of them that sit free in the cache leave the pool too.
+        """
+        if hit is None:
+            return max(0, self.blocks_needed(seq.num_computed + num_new_tokens) - len(seq.blocks))
+        fresh = self.blocks_needed(hit.tokens + num_new_tokens) - hit.num_on_device
+        return fresh + hit.evictable
+
+    def can_allocate(
+        self, seq: Sequence, num_new_tokens: int, hit: PrefixHit | None = None
+    ) -> bool:
+        return self.extra_blocks(seq, num_new_tokens, hit) <= self.num_free
+
+    def allocate(self, seq: Sequence, num_new_tokens: int, hit: PrefixHit | None = None) -> None:
+        """Give ``seq`` the blocks for ``num_new_tokens`` more tokens (admission: from ``hit``)."""
+        if hit is not None:
+            seq.num_computed = hit.tokens
+        for _ in range(self.blocks_needed(seq.num_computed + num_new_tokens) - len(seq.blocks)):
+            seq.blocks.append(self._pop_free())
+
+    def _pop_free(self) -> int:
+        return self.free_blocks.popleft()
+
+    def take_transfer_seconds(self) -> float:
+        """Host-link time of KV loads since the last call (none without an offload tier)."""
+        return 0.0
+
+    def kv_stats(self) -> dict[str, float]:
+        """Prefix-cache and offload counters for summary.json (zero without a prefix cache)."""
+        return {
+            "prefix_cache_evicted_blocks": 0,
+            "kv_offload_stored_blocks": 0,
+            "kv_offload_loaded_blocks": 0,
+            "kv_offload_stored_bytes": 0.0,
+            "kv_offload_loaded_bytes": 0.0,
+        }
 
     def free(self, seq: Sequence) -> None:
         self.free_blocks.extend(reversed(seq.blocks))

@@ -156,7 +156,9 @@ class Instance:
             self._next_engine = (k + 1) % count
             batch = self._batch_shape(entries, now)
             cost = self.timer.step(batch)
-            finish = self._run_pipeline(now, cost)
+            # KV copies over the host link (swap, offload loads) run before the forward pass.
+            start = now + ve.scheduler.take_transfer_seconds()
+            finish = self._run_pipeline(start, cost)
             self._record_step(batch, cost, now, k)
             ve.in_flight = entries
             ve.busy = True

@@ -23,7 +23,14 @@ class Sequence:
     ``num_tokens`` (prompt + generated so far) is what the KV cache must eventually hold;
     ``num_computed`` of them already have KV. A step that brings ``num_computed`` up to
     ``num_tokens`` samples one new token. Preemption by recompute resets ``num_computed`` to 0,
-    so the prompt *and* the tokens generated so far are prefilled again.
+    so the prompt *and* the tokens generated so far are prefilled again (less what the prefix
+    cache still holds); preemption by swap keeps it and parks ``swapped_blocks`` in host memory.
+
+    Prefix-cache state: ``nodes`` names the cached content of the first full blocks (see
+    serving/prefix_cache.py), ``block_keys`` is the content of every full block the request's
+    token description covers (computed once, dropped when the request leaves).
+    ``cached_tokens`` is what the first admission found in the cache; ``max_computed`` and
+    ``pass_start`` let the scheduler count tokens computed twice.
     """
 
     spec: RequestSpec
@@ -39,6 +46,13 @@ class Sequence:
     fail_reason: str = ""
     prefill_instance: int = -1  # P/D disaggregation: where the prompt was computed
     kv_transfer_s: float = 0.0  # time its KV cache spent moving to the decode instance
+    admissions: int = 0  # times a scheduler admitted it (preemption and P/D hand-off re-admit)
+    cached_tokens: int = 0
+    swapped_blocks: int = 0
+    max_computed: int = 0
+    pass_start: int = 0
+    nodes: list[int] = field(default_factory=list)
+    block_keys: list[tuple[int, ...]] | None = None
 
     @property
     def id(self) -> int:

@@ -1,4 +1,9 @@
-"""Synthetic workloads: an arrival process plus input and output length distributions."""
+"""Synthetic workloads: an arrival process plus input and output length distributions.
+
+Optional shapes on top: shared system prompts (``workload.prefix``, prepended to each prompt)
+and multi-turn sessions that resend their history (``workload.sessions``). Both say what the
+tokens are (RequestSpec.content) so the prefix cache can share them.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ import numpy as np
 from llmservingsim.config import WorkloadConfig
 from llmservingsim.workload.arrival import arrival_times
 from llmservingsim.workload.lengths import clip_to_context, sample_lengths
-from llmservingsim.workload.request_spec import RequestSpec
+from llmservingsim.workload.request_spec import RequestSpec, TokenContent
+from llmservingsim.workload.sessions import generate_sessions
+from llmservingsim.workload.system_prompts import NAMESPACE, pick_system_prompts
 
 
 def generate_synthetic(
@@ -18,17 +25,35 @@ def generate_synthetic(
     Arrivals, input lengths and output lengths each get their own child generator, so the
     streams are independent of one another: changing the arrival rate or process keeps the
     lengths of a seed identical (a sweep over rates replays the same requests), and changing
-    the rate alone only rescales the gaps.
+    the rate alone only rescales the gaps. Prompt choice and sessions draw from further
+    children, so adding them leaves those three streams as they were.
     """
-    arrival_rng, input_rng, output_rng = rng.spawn(3)
+    arrival_rng, input_rng, output_rng, prefix_rng, session_rng = rng.spawn(5)
+    if cfg.sessions is not None:
+        return generate_sessions(
+            cfg, max_context, arrival_rng, input_rng, output_rng, prefix_rng, session_rng
+        )
     n = cfg.num_requests
     arrivals = arrival_times(cfg.arrival, n, arrival_rng)
+    user = sample_lengths(cfg.input_len, n, input_rng)
+    prompts = None
+    system_len = 0
+    if cfg.prefix is not None:
+        prompts = pick_system_prompts(cfg.prefix, n, prefix_rng)
+        system_len = cfg.prefix.system_prompt_len
     inputs, outputs = clip_to_context(
-        sample_lengths(cfg.input_len, n, input_rng),
-        sample_lengths(cfg.output_len, n, output_rng),
-        max_context,
+        user + system_len, sample_lengths(cfg.output_len, n, output_rng), max_context
     )
-    return [
-        RequestSpec(id=i, arrival_s=float(t), input_len=int(a), output_len=int(b))
-        for i, (t, a, b) in enumerate(zip(arrivals, inputs, outputs, strict=True))
-    ]
+    specs = []
+    for i, (t, a, b) in enumerate(zip(arrivals, inputs, outputs, strict=True)):
+        content = None
+        if prompts is not None and cfg.prefix is not None:
+            own_id = cfg.prefix.num_system_prompts + i
+            runs = ((int(prompts[i]), system_len), (own_id, int(user[i])))
+            content = TokenContent(NAMESPACE, runs).truncated(int(a))
+        specs.append(
+            RequestSpec(
+                id=i, arrival_s=float(t), input_len=int(a), output_len=int(b), content=content
+            )
+        )
+    return specs

@@ -3,6 +3,13 @@
 Readers stream the file line by line and yield :class:`TraceRow` values with exact integer
 nanosecond arrivals; the loader then sorts, truncates, rescales and clips them. Every bad row
 is a :class:`TraceError` naming ``file:line`` and what was wrong, so a user can fix the trace.
+
+What the prompt *is* (for prefix caching) comes from optional JSON-lines keys:
+``input_tok_ids`` (LLMServingSim: one token id per prompt token) or ``hash_ids`` (Mooncake:
+one id per ``trace.hash_block_size`` = 512 prompt tokens, the last id covering the rest). Both
+become a :class:`TokenContent`; the KV cache then cuts it into its own blocks
+(serving/prefix_cache.py), so any ``block_size`` works: a 16-token block inside hash block
+``h`` is "tokens 32..47 of h", and equal ids in the same position mean a shared prefix.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from llmservingsim.errors import ConfigError, TraceError
 from llmservingsim.registry import Registry
 from llmservingsim.workload.arrival import arrival_times
 from llmservingsim.workload.lengths import clip_to_context
-from llmservingsim.workload.request_spec import RequestSpec
+from llmservingsim.workload.request_spec import RequestSpec, TokenContent
 
 NS_PER_S = 1_000_000_000
 _HUGE = Decimal(2**62)
@@ -39,6 +46,8 @@ class TraceRow:
     arrival_ns: int | None
     input_len: int
     output_len: int
+    token_ids: tuple[int, ...] | None = None
+    hash_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +63,8 @@ class Layout:
     parse_arrival: Callable[[object], int | None]
     arrival_expected: str
     arrival_optional: bool = False
+    token_ids: str | None = None  # optional key: one token id per prompt token
+    hash_ids: str | None = None  # optional key: one id per hash block of the prompt
 
     def fields(self) -> str:
         return ", ".join((self.arrival, self.input, self.output))
@@ -161,6 +172,7 @@ LLMSERVINGSIM = Layout(
     arrival="arrival_time_ns",
     parse_arrival=_scaled_ns(1),
     arrival_expected="a non-negative number of nanoseconds",
+    token_ids="input_tok_ids",
 )
 MOONCAKE = Layout(
     input="input_length",
@@ -168,6 +180,7 @@ MOONCAKE = Layout(
     arrival="timestamp",
     parse_arrival=_scaled_ns(1_000_000),
     arrival_expected="a non-negative number of milliseconds",
+    hash_ids="hash_ids",
 )
 
 
@@ -203,7 +216,27 @@ def _row(
         arrival_ns = layout.parse_arrival(values[layout.arrival])
         if arrival_ns is None:
             raise bad(layout.arrival, layout.arrival_expected)
-    return TraceRow(where.line_no, arrival_ns, input_len, output_len)
+    token_ids = _ids(values, layout.token_ids, where)
+    if token_ids is not None and len(token_ids) != input_len:
+        raise TraceError(
+            f"{where}: key '{layout.token_ids}' has {len(token_ids)} ids, expected one per "
+            f"input token ({input_len})"
+        )
+    hash_ids = _ids(values, layout.hash_ids, where)
+    return TraceRow(where.line_no, arrival_ns, input_len, output_len, token_ids, hash_ids)
+
+
+def _ids(values: Mapping[str, object], name: str | None, where: _Where) -> tuple[int, ...] | None:
+    """An optional list of integer ids (token or hash ids)."""
+    if name is None or name not in values:
+        return None
+    raw = values[name]
+    if not isinstance(raw, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in raw
+    ):
+        shown = raw if not isinstance(raw, list) else "a list with a non-integer"
+        raise TraceError(f"{where}: key '{name}' is {shown!r}, expected a list of integer ids")
+    return tuple(raw)
 
 
 # ----------------------------------------------------------------------------- file readers
@@ -332,6 +365,35 @@ def read_trace(
         max_context,
     )
     return [
-        RequestSpec(id=i, arrival_s=float(t), input_len=int(a), output_len=int(b))
-        for i, (t, a, b) in enumerate(zip(arrivals, inputs, outputs, strict=True))
+        RequestSpec(
+            id=i,
+            arrival_s=float(t),
+            input_len=int(a),
+            output_len=int(b),
+            content=row_content(row, trace.path, trace.hash_block_size, int(a)),
+        )
+        for i, (row, t, a, b) in enumerate(zip(rows, arrivals, inputs, outputs, strict=True))
     ]
+
+
+def row_content(
+    row: TraceRow, path: Path, hash_block_size: int, input_len: int
+) -> TokenContent | None:
+    """The row's prompt content, cut to its (clipped) ``input_len``; None when not given."""
+    if row.token_ids is not None:
+        content = TokenContent("tokens", tuple((t, 1) for t in row.token_ids))
+    elif row.hash_ids is not None:
+        ids = row.hash_ids
+        expected = -(-row.input_len // hash_block_size)
+        if len(ids) != expected:
+            raise TraceError(
+                f"{path}:{row.line_no}: 'hash_ids' has {len(ids)} ids; an input of "
+                f"{row.input_len} tokens in blocks of trace.hash_block_size={hash_block_size} "
+                f"needs {expected}"
+            )
+        last = row.input_len - hash_block_size * (len(ids) - 1)
+        runs = [(h, hash_block_size) for h in ids[:-1]] + [(ids[-1], last)]
+        content = TokenContent("hash", tuple(runs))
+    else:
+        return None
+    return content.truncated(input_len) if input_len < row.input_len else content

@@ -6,9 +6,11 @@ from abc import ABC, abstractmethod
 from collections import deque
 
 from llmservingsim.config import SchedulerConfig
+from llmservingsim.errors import ConfigError
 from llmservingsim.registry import Registry
-from llmservingsim.serving.block_manager import BlockManager
+from llmservingsim.serving.block_manager import BlockManager, PrefixHit
 from llmservingsim.serving.sequence import Sequence, Status
+from llmservingsim.serving.swap import SwapSpace
 
 ScheduledEntry = tuple[Sequence, int]
 """A sequence and the number of tokens it computes this step."""
@@ -20,14 +22,24 @@ class Scheduler(ABC):
     Invariants every policy keeps (tests/test_scheduler_invariants.py): the tokens of a step
     never exceed its budget, at most ``max_num_seqs`` sequences run, and allocated KV blocks
     never exceed the cache.
+
+    A waiting request is admitted from :meth:`lookup`'s :class:`PrefixHit`: a cached prefix
+    (prefix caching) or the tokens it swapped out, which it does not compute again.
     """
 
-    def __init__(self, cfg: SchedulerConfig, blocks: BlockManager) -> None:
+    def __init__(
+        self, cfg: SchedulerConfig, blocks: BlockManager, swap: SwapSpace | None = None
+    ) -> None:
+        if cfg.preemption == "swap" and swap is None:
+            raise ConfigError("scheduler.preemption: swap needs host swap space, got none")
         self.cfg = cfg
         self.blocks = blocks
+        self.swap = swap if cfg.preemption == "swap" else None
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.preemptions = 0
+        self.swap_fallbacks = 0  # swap preemptions done by recompute: the host space was full
+        self.recomputed_tokens = 0
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -39,20 +51,48 @@ class Scheduler(ABC):
         """KV blocks the request holds at its largest."""
         return self.blocks.blocks_needed(seq.max_kv_tokens)
 
+    def lookup(self, seq: Sequence) -> PrefixHit:
+        """Where the waiting ``seq`` would start if admitted now (nothing is reserved)."""
+        return self.blocks.lookup(seq)
+
     def preempt(self, seq: Sequence) -> None:
-        """Recompute preemption: drop the KV and put the request back at the queue head."""
+        """Free the request's KV and put it back at the queue head.
+
+        Swap keeps its computed tokens in host memory; recompute (or swap without room on the
+        host) drops them, so they are computed again unless the prefix cache still has them.
+        """
+        self._end_pass(seq)
+        swapped = self.swap is not None and self.swap.swap_out(seq)
+        if self.swap is not None and not swapped:
+            self.swap_fallbacks += 1
         self.blocks.free(seq)
-        seq.num_computed = 0
+        if not swapped:
+            seq.num_computed = 0
         seq.status = Status.WAITING
         seq.preemptions += 1
         self.preemptions += 1
         self.waiting.appendleft(seq)
 
-    def admit(self, seq: Sequence, num_tokens: int) -> None:
+    def admit(self, seq: Sequence, num_tokens: int, hit: PrefixHit | None = None) -> None:
+        """Start the head of the queue from ``hit`` (default: a fresh lookup)."""
         self.waiting.popleft()
-        self.blocks.allocate(seq, num_tokens)
+        if hit is None:
+            hit = self.lookup(seq)
+        if seq.swapped_blocks and self.swap is not None:
+            self.swap.swap_in(seq)
+        self.blocks.allocate(seq, num_tokens, hit)
+        if seq.admissions == 0:
+            seq.cached_tokens = seq.num_computed
+        seq.admissions += 1
+        seq.pass_start = seq.num_computed
         seq.status = Status.RUNNING
         self.running.append(seq)
+
+    def _end_pass(self, seq: Sequence) -> None:
+        """Count the tokens this stay on the device computed that the request had before."""
+        again = min(seq.num_computed, seq.max_computed) - seq.pass_start
+        self.recomputed_tokens += max(0, again)
+        seq.max_computed = max(seq.max_computed, seq.num_computed)
 
     def drop_finished(self) -> None:
         """Release the blocks of sequences that finished in the last step."""
@@ -61,8 +101,39 @@ class Scheduler(ABC):
             if seq.status is Status.RUNNING:
                 still_running.append(seq)
             else:
+                self._end_pass(seq)
                 self.blocks.free(seq)
+                seq.block_keys = None
         self.running = still_running
+
+    def take_transfer_seconds(self) -> float:
+        """Host-link time of the KV copies this step needs (swap, offload loads)."""
+        seconds = 0.0
+        if self.swap is not None:
+            seconds += self.swap.ledger.take_seconds()
+        return seconds + self.blocks.take_transfer_seconds()
+
+    def kv_stats(self) -> dict[str, float]:
+        """Counters for summary.json (summed over instances); bytes count every device."""
+        stats: dict[str, float] = {
+            "recomputed_prefill_tokens": self.recomputed_tokens,
+            "swap_fallback_preemptions": self.swap_fallbacks,
+            "swapped_out_blocks": 0,
+            "swapped_in_blocks": 0,
+            "swapped_out_bytes": 0.0,
+            "swapped_in_bytes": 0.0,
+            "host_transfer_time_s": 0.0,
+        }
+        if self.swap is not None:
+            ledger = self.swap.ledger
+            stats["swapped_out_blocks"] = ledger.blocks_to_host
+            stats["swapped_in_blocks"] = ledger.blocks_to_device
+            stats["swapped_out_bytes"] = ledger.link.bytes(ledger.blocks_to_host)
+            stats["swapped_in_bytes"] = ledger.link.bytes(ledger.blocks_to_device)
+            stats["host_transfer_time_s"] = ledger.seconds
+        for key, value in self.blocks.kv_stats().items():
+            stats[key] = stats.get(key, 0) + value
+        return stats
 
     @abstractmethod
     def schedule(self) -> list[ScheduledEntry]:

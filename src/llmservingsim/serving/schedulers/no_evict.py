@@ -8,6 +8,7 @@ and preemption never happens; the price is a smaller batch when outputs are long
 
 from __future__ import annotations
 
+from llmservingsim.serving.block_manager import PrefixHit
 from llmservingsim.serving.schedulers.base import SCHEDULERS
 from llmservingsim.serving.schedulers.vllm import VllmScheduler
 from llmservingsim.serving.sequence import Sequence
@@ -19,8 +20,11 @@ class NoEvictScheduler(VllmScheduler):
         """Blocks running requests will still claim before they finish."""
         return sum(self.max_blocks_needed(s) - len(s.blocks) for s in self.running)
 
-    def prefill_tokens(self, seq: Sequence, budget: int, step_is_empty: bool) -> int:
+    def prefill_tokens(
+        self, seq: Sequence, hit: PrefixHit, budget: int, step_is_empty: bool
+    ) -> int:
         unpromised = self.blocks.num_free - self.promised_blocks()
-        if self.max_blocks_needed(seq) - len(seq.blocks) > unpromised:
+        lifetime = seq.max_kv_tokens - hit.tokens
+        if self.blocks.extra_blocks(seq, lifetime, hit) > unpromised:
             return 0
-        return super().prefill_tokens(seq, budget, step_is_empty)
+        return super().prefill_tokens(seq, hit, budget, step_is_empty)

@@ -7,6 +7,7 @@ wait forever (vLLM V0 without chunked prefill refuses such prompts at start-up i
 
 from __future__ import annotations
 
+from llmservingsim.serving.block_manager import PrefixHit
 from llmservingsim.serving.schedulers.base import SCHEDULERS
 from llmservingsim.serving.schedulers.vllm import VllmScheduler
 from llmservingsim.serving.sequence import Sequence
@@ -14,8 +15,10 @@ from llmservingsim.serving.sequence import Sequence
 
 @SCHEDULERS.register("orca")
 class OrcaScheduler(VllmScheduler):
-    def prefill_tokens(self, seq: Sequence, budget: int, step_is_empty: bool) -> int:
-        whole = seq.remaining
+    def prefill_tokens(
+        self, seq: Sequence, hit: PrefixHit, budget: int, step_is_empty: bool
+    ) -> int:
+        whole = seq.num_tokens - hit.tokens
         if whole <= budget or step_is_empty:
             return whole
         return 0

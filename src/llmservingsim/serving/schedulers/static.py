@@ -18,12 +18,15 @@ class StaticScheduler(Scheduler):
         budget = self.cfg.max_num_batched_tokens
         while self.waiting and len(self.running) < self.cfg.max_num_seqs:
             seq = self.waiting[0]
-            reserve = self.max_blocks_needed(seq)
-            prompt = seq.remaining
-            if reserve > self.blocks.num_free or (prompt > budget and self.running):
+            hit = self.lookup(seq)
+            # Reserve the KV of the whole lifetime now; a cached prefix is shared, not computed.
+            lifetime = seq.max_kv_tokens - hit.tokens
+            prompt = seq.num_tokens - hit.tokens
+            if not self.blocks.can_allocate(seq, lifetime, hit) or (
+                prompt > budget and self.running
+            ):
                 break
-            # Reserve the KV of the whole lifetime now (num_computed is 0 before admission).
-            self.admit(seq, seq.max_kv_tokens)
+            self.admit(seq, lifetime, hit)
             budget -= prompt
 
     def schedule(self) -> list[ScheduledEntry]:

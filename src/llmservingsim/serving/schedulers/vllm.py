@@ -3,21 +3,28 @@
 Each step spends ``max_num_batched_tokens``: first on running requests in admission order
 (a decode needs one token, a partial prefill continues with as much as fits), then on waiting
 requests in FCFS order, whose prompts are chunked to the remaining budget. When KV blocks run
-out, the most recently admitted running request is preempted (recompute); a step that
-preempted admits nobody new.
+out, the most recently admitted running request is preempted (recompute or swap, per
+``scheduler.preemption``); a step that preempted admits nobody new. A waiting request starts
+from its prefix-cache hit (or its swapped-out tokens) and is only charged the tokens after it.
 """
 
 from __future__ import annotations
 
+from llmservingsim.serving.block_manager import PrefixHit
 from llmservingsim.serving.schedulers.base import SCHEDULERS, ScheduledEntry, Scheduler
 from llmservingsim.serving.sequence import Sequence
 
 
 @SCHEDULERS.register("vllm")
 class VllmScheduler(Scheduler):
-    def prefill_tokens(self, seq: Sequence, budget: int, step_is_empty: bool) -> int:
-        """Tokens a waiting request may start with (0 = it must wait). Chunked: any part."""
-        return min(seq.remaining, budget)
+    def prefill_tokens(
+        self, seq: Sequence, hit: PrefixHit, budget: int, step_is_empty: bool
+    ) -> int:
+        """Tokens a waiting request may start with after its ``hit`` (0 = it must wait).
+
+        Chunked: any part of what is left.
+        """
+        return min(seq.num_tokens - hit.tokens, budget)
 
     def schedule(self) -> list[ScheduledEntry]:
         budget = self.cfg.max_num_batched_tokens
@@ -44,10 +51,11 @@ class VllmScheduler(Scheduler):
             return entries
         while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
             seq = self.waiting[0]
-            num_new = self.prefill_tokens(seq, budget, step_is_empty=not entries)
-            if num_new == 0 or not self.blocks.can_allocate(seq, num_new):
+            hit = self.lookup(seq)
+            num_new = self.prefill_tokens(seq, hit, budget, step_is_empty=not entries)
+            if num_new == 0 or not self.blocks.can_allocate(seq, num_new, hit):
                 break
-            self.admit(seq, num_new)
+            self.admit(seq, num_new, hit)
             entries.append((seq, num_new))
             budget -= num_new
         return entries

@@ -1,0 +1,28 @@
+"""summary.json's KV-cache numbers: prefix-cache hits, recomputation, swap and offload traffic.
+
+``prefix_cache_hit_rate`` = Σ cached_tokens / Σ input_tokens over completed requests, where a
+request's ``cached_tokens`` are the prompt tokens whose KV the prefix cache (or its offload
+tier) supplied when the request was first admitted. None when prefix caching is off.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from llmservingsim.config import SchedulerConfig
+from llmservingsim.metrics.collector import RequestRecord
+
+
+def kv_summary(
+    cfg: SchedulerConfig, per_instance: Iterable[dict[str, float]], records: list[RequestRecord]
+) -> dict[str, Any]:
+    done = [r for r in records if r.status == "finished"]
+    prompt = sum(r.input_tokens for r in done)
+    cached = sum(r.cached_tokens for r in done)
+    totals: Counter[str] = Counter()
+    for stats in per_instance:
+        totals.update(stats)
+    hit_rate = (cached / prompt if prompt else 0.0) if cfg.enable_prefix_caching else None
+    return {"prefix_cache_hit_rate": hit_rate, "cached_prompt_tokens": cached, **totals}

@@ -1,0 +1,253 @@
+"""Paged KV cache with automatic prefix caching (vLLM's APC).
+
+A full block's content is named by a *node*: the pair (parent node, what the block holds).
+The parent is the node of the block before it, so a node stands for the request's whole token
+prefix up to the end of its block — a chained block hash, except that nodes are exact: the
+dictionary compares the real (parent, content) key, and a node number is never reused, so
+two different prefixes can never meet in one node, whatever their ids hash to.
+
+* A request admitted with a token description (RequestSpec.content) reuses the longest run
+  of its leading full blocks whose nodes are cached — at most all but its last token, which
+  must be computed so a token can be sampled. Reused blocks are shared (reference counted).
+* When a block of a running request is full and computed, it is registered under its node
+  (several device blocks may hold one node; any of them serves a hit).
+* A freed block that holds a node stays cached; it is evicted (least recently freed first)
+  only when a block is needed and no empty block is left. With an offload tier, the evicted
+  content moves there and can be loaded back instead of recomputed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from llmservingsim.serving.block_manager import BlockManager, PrefixHit
+from llmservingsim.serving.kv_offload import OffloadTier
+from llmservingsim.serving.sequence import Sequence
+from llmservingsim.workload.request_spec import TokenContent
+
+NO_NODE = -1
+BlockKey = tuple[int, ...]
+NodeKey = tuple[int, BlockKey]
+
+
+def block_keys(content: TokenContent, block_size: int) -> list[BlockKey]:
+    """What each full block the description covers holds: (id, first, end) per run piece.
+
+    A block inside one run is ``(id, first, end)``: tokens first..end-1 of that piece of text;
+    a block spanning runs lists one triple per piece. The block's position is not part of the
+    key: the parent node already fixes everything before it.
+    """
+    keys: list[BlockKey] = []
+    pieces: list[int] = []
+    filled = 0
+    for cid, count in content.runs:
+        start = 0
+        if filled == 0 and count >= block_size:
+            # Fast path for long runs (a system prompt, a 512-token Mooncake hash block).
+            whole = count - count % block_size
+            keys.extend((cid, s, s + block_size) for s in range(0, whole, block_size))
+            start = whole
+        while start < count:
+            take = min(count - start, block_size - filled)
+            pieces.extend((cid, start, start + take))
+            start += take
+            filled += take
+            if filled == block_size:
+                keys.append(tuple(pieces))
+                pieces = []
+                filled = 0
+    return keys
+
+
+class PrefixCachingBlockManager(BlockManager):
+    def __init__(
+        self, num_blocks: int, block_size: int, offload: OffloadTier | None = None
+    ) -> None:
+        super().__init__(num_blocks, block_size)
+        self.offload = offload
+        self.ref_count = [0] * num_blocks
+        self.block_node = [NO_NODE] * num_blocks
+        # Free blocks that still hold a node, least recently freed first: the eviction order.
+        self.cached: OrderedDict[int, None] = OrderedDict()
+        self.node_of: dict[NodeKey, int] = {}
+        self.key_of: dict[int, NodeKey] = {}
+        self.holders: dict[int, list[int]] = {}  # node → device blocks holding its content
+        self._roots: dict[str, int] = {}  # namespace → parent of its first blocks (negative)
+        self._next_node = 0
+        self.evicted_blocks = 0
+
+    # ------------------------------------------------------------------ pool
+
+    @property
+    def num_free(self) -> int:
+        return len(self.free_blocks) + len(self.cached)
+
+    def _pop_free(self, pinned: frozenset[int] = frozenset()) -> int:
+        """An empty block, or else the least recently freed cached one (its content evicted).
+
+        ``pinned`` offloaded nodes are about to be loaded and must not be dropped meanwhile.
+        """
+        if self.free_blocks:
+            block = self.free_blocks.popleft()
+        else:
+            block, _ = self.cached.popitem(last=False)
+            self._evict(block, pinned)
+        self.ref_count[block] = 1
+        return block
+
+    def _evict(self, block: int, pinned: frozenset[int] = frozenset()) -> None:
+        node = self.block_node[block]
+        self.block_node[block] = NO_NODE
+        self.evicted_blocks += 1
+        holders = self.holders[node]
+        holders.remove(block)
+        if holders:
+            return
+        dead = [node]
+        if self.offload is not None:
+            dead = self.offload.store(node, pinned)
+        for gone in dead:
+            if not self.holders.get(gone):
+                self._forget(gone)
+
+    def _forget(self, node: int) -> None:
+        """The node's content is nowhere any more: later lookups must miss."""
+        del self.node_of[self.key_of.pop(node)]
+        self.holders.pop(node, None)
+
+    def _take(self, block: int) -> None:
+        if self.ref_count[block] == 0:
+            del self.cached[block]
+        self.ref_count[block] += 1
+
+    # ------------------------------------------------------------------ nodes
+
+    def _keys(self, seq: Sequence) -> list[BlockKey] | None:
+        content = seq.spec.content
+        if content is None:
+            return None
+        if seq.block_keys is None:
+            seq.block_keys = block_keys(content, self.block_size)
+        return seq.block_keys
+
+    def _root(self, seq: Sequence) -> int:
+        namespace = seq.spec.content.namespace if seq.spec.content is not None else ""
+        root = self._roots.get(namespace)
+        if root is None:
+            root = self._roots[namespace] = -2 - len(self._roots)
+        return root
+
+    def _node(self, key: NodeKey) -> int:
+        node = self.node_of.get(key)
+        if node is None:
+            node = self._next_node
+            self._next_node += 1
+            self.node_of[key] = node
+            self.key_of[node] = key
+            self.holders[node] = []
+        return node
+
+    def register_computed(self, seq: Sequence) -> None:
+        """Name the content of ``seq``'s newly full, computed blocks so others can reuse them."""
+        keys = self._keys(seq)
+        if keys is None:
+            return
+        full = min(seq.num_computed // self.block_size, len(keys))
+        nodes = seq.nodes
+        if len(nodes) >= full:
+            return
+        parent = nodes[-1] if nodes else self._root(seq)
+        for i in range(len(nodes), full):
+            node = self._node((parent, keys[i]))
+            block = seq.blocks[i]
+            self.block_node[block] = node
+            self.holders[node].append(block)
+            nodes.append(node)
+            parent = node
+
+    # ------------------------------------------------------------------ BlockManager
+
+    def lookup(self, seq: Sequence) -> PrefixHit:
+        """The longest cached run of ``seq``'s leading blocks (query only: nothing is taken).
+
+        A request that arrives with computed tokens (swapped out, or prefilled on another
+        instance and handed off) starts from them instead.
+        """
+        keys = self._keys(seq)
+        if seq.num_computed or keys is None:
+            return PrefixHit(seq.num_computed)
+        limit = min(len(keys), (seq.num_tokens - 1) // self.block_size)
+        hit = PrefixHit()
+        parent = self._root(seq)
+        node_of = self.node_of
+        for i in range(limit):
+            node = node_of.get((parent, keys[i]))
+            if node is None:
+                break
+            holders = self.holders.get(node)
+            if holders:
+                block = holders[0]
+                hit.evictable += self.ref_count[block] == 0
+            elif self.offload is not None and node in self.offload:
+                block = -1
+            else:  # pragma: no cover - a live node is always held somewhere
+                break
+            hit.nodes.append(node)
+            hit.blocks.append(block)
+            parent = node
+        hit.tokens = len(hit.nodes) * self.block_size
+        return hit
+
+    def allocate(self, seq: Sequence, num_new_tokens: int, hit: PrefixHit | None = None) -> None:
+        if hit is None:
+            self.register_computed(seq)
+        elif hit.nodes:
+            self._reuse(seq, hit)
+        super().allocate(seq, num_new_tokens, hit)
+
+    def _reuse(self, seq: Sequence, hit: PrefixHit) -> None:
+        """Share the hit's device blocks, then load its offloaded ones into fresh blocks."""
+        for block in hit.blocks:
+            if block >= 0:
+                self._take(block)
+        pinned = frozenset(n for n, b in zip(hit.nodes, hit.blocks, strict=True) if b < 0)
+        blocks = list(hit.blocks)
+        for i, node in enumerate(hit.nodes):
+            if blocks[i] >= 0:
+                continue
+            block = self._pop_free(pinned)
+            assert self.offload is not None
+            self.offload.load(node)
+            self.block_node[block] = node
+            self.holders[node].append(block)
+            blocks[i] = block
+        seq.blocks = blocks
+        seq.nodes = list(hit.nodes)
+
+    def kv_stats(self) -> dict[str, float]:
+        stats = super().kv_stats()
+        stats["prefix_cache_evicted_blocks"] = self.evicted_blocks
+        if self.offload is not None:
+            ledger = self.offload.ledger
+            stats["kv_offload_stored_blocks"] = self.offload.stored_blocks
+            stats["kv_offload_loaded_blocks"] = ledger.blocks_to_device
+            stats["kv_offload_stored_bytes"] = ledger.link.bytes(self.offload.stored_blocks)
+            stats["kv_offload_loaded_bytes"] = ledger.link.bytes(ledger.blocks_to_device)
+            stats["host_transfer_time_s"] = ledger.seconds
+        return stats
+
+    def take_transfer_seconds(self) -> float:
+        return self.offload.ledger.take_seconds() if self.offload is not None else 0.0
+
+    def free(self, seq: Sequence) -> None:
+        """Drop ``seq``'s references; blocks holding a node stay cached (tail evicted first)."""
+        self.register_computed(seq)
+        for block in reversed(seq.blocks):
+            self.ref_count[block] -= 1
+            if self.ref_count[block] == 0:
+                if self.block_node[block] == NO_NODE:
+                    self.free_blocks.append(block)
+                else:
+                    self.cached[block] = None
+        seq.blocks.clear()
+        seq.nodes.clear()
