@@ -293,17 +293,18 @@ def test_llmservingsim_jsonl(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         "lss.jsonl",
-        '{"input_toks": 10, "output_toks": 70, "arrival_time_ns": 46926808, "input_tok_ids": [1]}\n'
+        '{"input_toks": 3, "output_toks": 70, "arrival_time_ns": 46926808, '
+        '"input_tok_ids": [1, 2, 3]}\n'
         "\n"
         '{"input_toks": 22, "output_toks": 104, "arrival_time_ns": 347938952}\n',
     )
     reqs = load_workload(trace_cfg(path, "jsonl"), 8192, 0)
-    assert [(r.input_len, r.output_len) for r in reqs] == [(10, 70), (22, 104)]
+    assert [(r.input_len, r.output_len) for r in reqs] == [(3, 70), (22, 104)]
     assert [r.arrival_s for r in reqs] == pytest.approx([0.046926808, 0.347938952], abs=1e-12)
 
 
 MOONCAKE_TEXT = (
-    '{"timestamp": 0, "input_length": 6758, "output_length": 500, "hash_ids": [0, 1]}\n'
+    '{"timestamp": 0, "input_length": 700, "output_length": 500, "hash_ids": [0, 1]}\n'
     '{"timestamp": 1500, "input_length": 20, "output_length": 5, "hash_ids": [2]}\n'
 )
 
@@ -313,7 +314,7 @@ def test_mooncake_keys(tmp_path: Path, fmt: str) -> None:
     path = write(tmp_path, "moon.jsonl", MOONCAKE_TEXT)
     reqs = load_workload(trace_cfg(path, fmt), 8192, 0)
     assert [(r.arrival_s, r.input_len, r.output_len) for r in reqs] == [
-        (0.0, 6758, 500),
+        (0.0, 700, 500),
         (1.5, 20, 5),
     ]
 

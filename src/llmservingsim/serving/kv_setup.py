@@ -20,7 +20,7 @@ def host_blocks(gib: float, block_bytes: float, key: str, engines: int = 1) -> i
     blocks = int(gib * GIB // block_bytes) // engines
     if blocks < 1:
         raise ConfigError(
-            f"{key}={gib} GiB holds no KV block: one block takes "
+            f"{key}={gib:g} GiB holds no KV block: one block takes "
             f"{block_bytes / 2**20:.3f} MiB per device"
         )
     return blocks
