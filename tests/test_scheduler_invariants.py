@@ -113,15 +113,16 @@ def check_shared_blocks(sched: Scheduler, bm: PrefixCachingBlockManager) -> None
     assert bm.num_used == len(holders) <= bm.num_blocks
     assert all(bm.block_node[b] == NO_NODE for b in free), "an empty block claims content"
     assert all(bm.block_node[b] != NO_NODE for b in cached), "a cached block has no content"
-    for node, blocks in bm.holders.items():
+    for node, (key, blocks) in bm.node_info.items():
+        assert bm.node_of[key] == node
         assert all(bm.block_node[b] == node for b in blocks)
         assert blocks or (bm.offload is not None and node in bm.offload), "a node held nowhere"
     named = [b for b in range(bm.num_blocks) if bm.block_node[b] != NO_NODE]
-    assert sum(len(v) for v in bm.holders.values()) == len(named)
-    assert set(bm.key_of) == set(bm.holders) and len(bm.node_of) == len(bm.key_of)
+    assert sum(len(blocks) for _, blocks in bm.node_info.values()) == len(named)
+    assert len(bm.node_of) == len(bm.node_info)
     if bm.offload is not None:
         assert len(bm.offload) <= bm.offload.capacity_blocks
-        assert all(n in bm.key_of for n in bm.offload.resident)
+        assert all(n in bm.node_info for n in bm.offload.resident)
 
 
 def check_swap(sched: Scheduler) -> None:

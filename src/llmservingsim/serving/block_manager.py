@@ -72,11 +72,13 @@ class BlockManager:
         """Give ``seq`` the blocks for ``num_new_tokens`` more tokens (admission: from ``hit``)."""
         if hit is not None:
             seq.num_computed = hit.tokens
-        for _ in range(self.blocks_needed(seq.num_computed + num_new_tokens) - len(seq.blocks)):
-            seq.blocks.append(self._pop_free())
+        need = self.blocks_needed(seq.num_computed + num_new_tokens) - len(seq.blocks)
+        if need > 0:
+            seq.blocks.extend(self._take_free(need))
 
-    def _pop_free(self) -> int:
-        return self.free_blocks.popleft()
+    def _take_free(self, count: int) -> list[int]:
+        free = self.free_blocks
+        return [free.popleft() for _ in range(count)]
 
     def take_transfer_seconds(self) -> float:
         """Host-link time of KV loads since the last call (none without an offload tier)."""

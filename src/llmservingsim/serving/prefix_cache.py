@@ -70,8 +70,8 @@ class PrefixCachingBlockManager(BlockManager):
         # Free blocks that still hold a node, least recently freed first: the eviction order.
         self.cached: OrderedDict[int, None] = OrderedDict()
         self.node_of: dict[NodeKey, int] = {}
-        self.key_of: dict[int, NodeKey] = {}
-        self.holders: dict[int, list[int]] = {}  # node → device blocks holding its content
+        # node → (its key, the device blocks holding its content; empty when only offloaded)
+        self.node_info: dict[int, tuple[NodeKey, list[int]]] = {}
         self._roots: dict[str, int] = {}  # namespace → parent of its first blocks (negative)
         self._next_node = 0
         self.evicted_blocks = 0
@@ -82,38 +82,42 @@ class PrefixCachingBlockManager(BlockManager):
     def num_free(self) -> int:
         return len(self.free_blocks) + len(self.cached)
 
-    def _pop_free(self, pinned: frozenset[int] = frozenset()) -> int:
-        """An empty block, or else the least recently freed cached one (its content evicted).
+    def _take_free(self, count: int, pinned: frozenset[int] = frozenset()) -> list[int]:
+        """Empty blocks first, then the least recently freed cached ones (content evicted).
 
         ``pinned`` offloaded nodes are about to be loaded and must not be dropped meanwhile.
         """
-        if self.free_blocks:
-            block = self.free_blocks.popleft()
-        else:
+        free = self.free_blocks
+        taken = [free.popleft() for _ in range(min(count, len(free)))]
+        for _ in range(count - len(taken)):
             block, _ = self.cached.popitem(last=False)
             self._evict(block, pinned)
-        self.ref_count[block] = 1
-        return block
+            taken.append(block)
+        ref_count = self.ref_count
+        for block in taken:
+            ref_count[block] = 1
+        return taken
 
     def _evict(self, block: int, pinned: frozenset[int] = frozenset()) -> None:
         node = self.block_node[block]
         self.block_node[block] = NO_NODE
         self.evicted_blocks += 1
-        holders = self.holders[node]
-        holders.remove(block)
-        if holders:
+        holders = self.node_info[node][1]
+        if len(holders) > 1:
+            holders.remove(block)
             return
-        dead = [node]
-        if self.offload is not None:
-            dead = self.offload.store(node, pinned)
-        for gone in dead:
-            if not self.holders.get(gone):
+        holders.clear()
+        if self.offload is None:
+            self._forget(node)
+            return
+        for gone in self.offload.store(node, pinned):
+            if not self.node_info[gone][1]:
                 self._forget(gone)
 
     def _forget(self, node: int) -> None:
         """The node's content is nowhere any more: later lookups must miss."""
-        del self.node_of[self.key_of.pop(node)]
-        self.holders.pop(node, None)
+        key, _ = self.node_info.pop(node)
+        del self.node_of[key]
 
     def _take(self, block: int) -> None:
         if self.ref_count[block] == 0:
@@ -137,31 +141,40 @@ class PrefixCachingBlockManager(BlockManager):
             root = self._roots[namespace] = -2 - len(self._roots)
         return root
 
-    def _node(self, key: NodeKey) -> int:
-        node = self.node_of.get(key)
-        if node is None:
-            node = self._next_node
-            self._next_node += 1
-            self.node_of[key] = node
-            self.key_of[node] = key
-            self.holders[node] = []
-        return node
-
     def register_computed(self, seq: Sequence) -> None:
-        """Name the content of ``seq``'s newly full, computed blocks so others can reuse them."""
+        """Name the content of ``seq``'s newly full, computed blocks so others can reuse them.
+
+        A block whose node exists already (another request computed the same prefix at the
+        same time) becomes one more holder of that node.
+        """
+        nodes = seq.nodes
+        if seq.num_computed < (len(nodes) + 1) * self.block_size:
+            return  # no new full block (the common decode step)
         keys = self._keys(seq)
         if keys is None:
             return
         full = min(seq.num_computed // self.block_size, len(keys))
-        nodes = seq.nodes
         if len(nodes) >= full:
             return
+        node_of, node_info, block_node, blocks = (
+            self.node_of,
+            self.node_info,
+            self.block_node,
+            seq.blocks,
+        )
         parent = nodes[-1] if nodes else self._root(seq)
         for i in range(len(nodes), full):
-            node = self._node((parent, keys[i]))
-            block = seq.blocks[i]
-            self.block_node[block] = node
-            self.holders[node].append(block)
+            key = (parent, keys[i])
+            block = blocks[i]
+            node = node_of.get(key)
+            if node is None:
+                node = self._next_node
+                self._next_node += 1
+                node_of[key] = node
+                node_info[node] = (key, [block])
+            else:
+                node_info[node][1].append(block)
+            block_node[block] = node
             nodes.append(node)
             parent = node
 
@@ -184,7 +197,7 @@ class PrefixCachingBlockManager(BlockManager):
             node = node_of.get((parent, keys[i]))
             if node is None:
                 break
-            holders = self.holders.get(node)
+            holders = self.node_info[node][1]
             if holders:
                 block = holders[0]
                 hit.evictable += self.ref_count[block] == 0
@@ -215,11 +228,11 @@ class PrefixCachingBlockManager(BlockManager):
         for i, node in enumerate(hit.nodes):
             if blocks[i] >= 0:
                 continue
-            block = self._pop_free(pinned)
+            (block,) = self._take_free(1, pinned)
             assert self.offload is not None
             self.offload.load(node)
             self.block_node[block] = node
-            self.holders[node].append(block)
+            self.node_info[node][1].append(block)
             blocks[i] = block
         seq.blocks = blocks
         seq.nodes = list(hit.nodes)
