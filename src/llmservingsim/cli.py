@@ -108,6 +108,7 @@ def totals_table(summary: dict[str, Any]) -> Table:
         ),
         ("KV cache", f"{mem['kv_tokens']:,} tokens, peak use {summary['kv_cache_peak_util']:.0%}"),
         ("preemptions", f"{summary['preemptions']}"),
+        *kv_rows(summary),
         ("energy / cost", f"{summary['energy_j'] / 3.6e6:.3f} kWh · ${summary['cost_usd']:.2f}"),
         (
             "wall time",
@@ -117,6 +118,30 @@ def totals_table(summary: dict[str, Any]) -> Table:
     for label, value in rows:
         table.add_row(label, value)
     return table
+
+
+def kv_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Prefix-cache and host-transfer lines, only for the features the run used."""
+    rows = []
+    hit_rate = summary.get("prefix_cache_hit_rate")
+    if hit_rate is not None:
+        rows.append(
+            (
+                "prefix cache",
+                f"hit rate {hit_rate:.1%} · {summary['cached_prompt_tokens']:,} tokens cached",
+            )
+        )
+    moved = summary.get("swapped_out_bytes", 0) + summary.get("kv_offload_loaded_bytes", 0)
+    if moved:
+        rows.append(
+            (
+                "host KV traffic",
+                f"swap {summary['swapped_out_bytes'] / 1e9:,.2f} GB out · offload "
+                f"{summary['kv_offload_loaded_bytes'] / 1e9:,.2f} GB in · "
+                f"{summary['kv_transfer_time_s']:.2f} s",
+            )
+        )
+    return rows
 
 
 @app.command()
