@@ -34,8 +34,8 @@ def kv_run(num_blocks: int | None = None) -> Iterator[StepLog]:
     timer_step = IterationTimer.step
     start_step = Instance.start_step
 
-    def small_plan(cfg: Any) -> Any:
-        real = plan(cfg)
+    def small_plan(cfg: Any, pool: Any = None) -> Any:
+        real = plan(cfg, pool)
         return real if num_blocks is None else dataclasses.replace(real, num_blocks=num_blocks)
 
     def spy_timer(self: IterationTimer, batch: BatchShape) -> StepCost:
@@ -43,11 +43,12 @@ def kv_run(num_blocks: int | None = None) -> Iterator[StepLog]:
         log.compute.append(cost.seconds)
         return cost
 
-    def spy_start(self: Instance) -> float | None:
-        duration = start_step(self)
-        if duration is not None:
-            log.durations.append(duration)
-        return duration
+    def spy_start(self: Instance, now: float) -> tuple[float, int] | None:
+        assert self.pp == 1, "durations are finish − start only without a pipeline"
+        started = start_step(self, now)
+        if started is not None:
+            log.durations.append(started[0] - now)
+        return started
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(simulation, "plan_instance_memory", small_plan)

@@ -53,8 +53,8 @@ def test_swap_with_tiny_memory_finishes_moves_blocks_and_charges_time() -> None:
     assert s["swapped_out_bytes"] == s["swapped_out_blocks"] * block_bytes(cfg)
     assert s["swapped_in_bytes"] == s["swapped_in_blocks"] * block_bytes(cfg)
     # The copies lengthen the steps that do them, by exactly what the summary reports.
-    assert s["kv_transfer_time_s"] > 0
-    assert log.charged_transfer_s == pytest.approx(s["kv_transfer_time_s"], rel=1e-9)
+    assert s["host_transfer_time_s"] > 0
+    assert log.charged_transfer_s == pytest.approx(s["host_transfer_time_s"], rel=1e-9)
     # Nothing is computed twice: every token's KV is computed once.
     assert s["recomputed_prefill_tokens"] == 0
     computed = s["prefill_tokens_computed"] + s["decode_tokens_computed"]
@@ -71,8 +71,8 @@ def test_swap_time_follows_the_host_link() -> None:
     blocks = s["swapped_out_blocks"] + s["swapped_in_blocks"]
     pure_bandwidth = blocks * block_bytes(cfg) / link["bandwidth"]
     # At most one latency per direction per step that moved blocks, at least one per direction.
-    assert s["kv_transfer_time_s"] >= pure_bandwidth + 2 * link["latency"]
-    assert s["kv_transfer_time_s"] <= pure_bandwidth + blocks * link["latency"]
+    assert s["host_transfer_time_s"] >= pure_bandwidth + 2 * link["latency"]
+    assert s["host_transfer_time_s"] <= pure_bandwidth + blocks * link["latency"]
 
 
 def cfg_host_link(cfg: Any) -> dict[str, float]:
@@ -89,7 +89,7 @@ def test_recompute_counts_the_redone_prefill_tokens() -> None:
     assert s["requests_completed"] == len(specs)
     assert s["preemptions"] > 0 and s["swapped_out_blocks"] == 0
     assert s["recomputed_prefill_tokens"] > 0
-    assert s["kv_transfer_time_s"] == 0
+    assert s["host_transfer_time_s"] == 0
     # Every token computed is a first computation or a counted recomputation.
     computed = s["prefill_tokens_computed"] + s["decode_tokens_computed"]
     assert computed == lifetime_tokens(specs) + s["recomputed_prefill_tokens"]

@@ -138,7 +138,7 @@ def kv_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                 "host KV traffic",
                 f"swap {summary['swapped_out_bytes'] / 1e9:,.2f} GB out · offload "
                 f"{summary['kv_offload_loaded_bytes'] / 1e9:,.2f} GB in · "
-                f"{summary['kv_transfer_time_s']:.2f} s",
+                f"{summary['host_transfer_time_s']:.2f} s",
             )
         )
     return rows
