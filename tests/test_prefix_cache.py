@@ -264,3 +264,55 @@ def test_offload_config_errors() -> None:
     )
     with pytest.raises(ConfigError, match=r"kv_offload.capacity_gib=1e-06 GiB holds no KV block"):
         simulate(cfg)
+
+
+# ----------------------------------------------------------------------------- clusters
+
+
+def shared_prefix_requests(n: int, gap: float) -> list[RequestSpec]:
+    """``n`` requests: a 512-token shared prompt and 100 tokens of their own."""
+    return [RequestSpec(i, i * gap, 612, 20, content((0, 512), (1000 + i, 100))) for i in range(n)]
+
+
+def test_disaggregated_prefill_pool_caches_and_decode_pool_keeps_the_handed_off_kv() -> None:
+    pd = "cluster.pools=[{role: prefill, count: 1}, {role: decode, count: 2}]"
+    cfg = load_config(None, ["model=llama-3.2-1b", pd, "scheduler.enable_prefix_caching=true"])
+    specs = shared_prefix_requests(30, gap=0.05)
+    result = simulate(cfg, requests=specs)
+    s = result.summary
+    assert s["requests_completed"] == 30
+    rows = {r["pool"]: r for r in s["instances"] if r["pool"] == "decode"}
+    assert rows, "a decode pool ran"
+    # The decode pool computes no prompt token: it starts from the transferred KV, not from
+    # its own (empty) prefix cache, and that hand-off is not counted as a cache hit.
+    assert sum(r["prefill_tokens"] for r in s["instances"] if r["pool"] == "decode") == 0
+    assert s["cached_prompt_tokens"] == 29 * 512
+    prefill_pool = sum(r["prefill_tokens"] for r in s["instances"] if r["pool"] == "prefill")
+    assert prefill_pool == 30 * 612 - 29 * 512
+
+
+def test_pipeline_parallel_engines_each_cache_and_swap() -> None:
+    cfg = load_config(
+        None,
+        [
+            "model=llama-3.2-1b",
+            "cluster.pipeline_parallel=2",
+            "scheduler.enable_prefix_caching=true",
+            "scheduler.preemption=swap",
+        ],
+    )
+    specs = shared_prefix_requests(24, gap=0.0)
+    plan = simulation_plan(cfg)
+    with kv_run(num_blocks=2 * 60):  # 60 blocks per virtual engine: swapping is certain
+        result = simulate(cfg, requests=specs)
+    s = result.summary
+    assert s["requests_completed"] == 24
+    assert s["swapped_out_blocks"] > 0 and s["cached_prompt_tokens"] > 0
+    # Every device (2 stages × 1) moves its own shard of each block.
+    assert s["swapped_out_bytes"] == s["swapped_out_blocks"] * plan.kv_bytes_per_token * 16 * 2
+
+
+def simulation_plan(cfg: Any) -> Any:
+    from llmservingsim.simulation import plan_instance_memory
+
+    return plan_instance_memory(cfg)
