@@ -429,7 +429,7 @@ def content_scenarios(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(sc=content_scenarios())
 def test_direct_invariants_with_prefix_caching_and_swap(policy: str, sc: dict[str, Any]) -> None:
     run = drive(
