@@ -131,16 +131,14 @@ def kv_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                 f"hit rate {hit_rate:.1%} · {summary['cached_prompt_tokens']:,} tokens cached",
             )
         )
-    moved = summary.get("swapped_out_bytes", 0) + summary.get("kv_offload_loaded_bytes", 0)
-    if moved:
-        rows.append(
-            (
-                "host KV traffic",
-                f"swap {summary['swapped_out_bytes'] / 1e9:,.2f} GB out · offload "
-                f"{summary['kv_offload_loaded_bytes'] / 1e9:,.2f} GB in · "
-                f"{summary['host_transfer_time_s']:.2f} s",
-            )
-        )
+    parts = []
+    if summary.get("swapped_out_bytes"):
+        parts.append(f"swap {summary['swapped_out_bytes'] / 1e9:,.2f} GB out and back")
+    if summary.get("kv_offload_loaded_bytes"):
+        parts.append(f"offload {summary['kv_offload_loaded_bytes'] / 1e9:,.2f} GB loaded")
+    if parts:
+        parts.append(f"{summary['host_transfer_time_s']:.2f} s charged")
+        rows.append(("host KV traffic", " · ".join(parts)))
     return rows
 
 
