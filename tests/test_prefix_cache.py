@@ -316,3 +316,24 @@ def simulation_plan(cfg: Any) -> Any:
     from llmservingsim.simulation import plan_instance_memory
 
     return plan_instance_memory(cfg)
+
+
+def test_cli_reports_the_hit_rate(tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from llmservingsim.cli import app
+
+    args = [
+        "run",
+        "--set",
+        "scheduler.enable_prefix_caching=true",
+        "--set",
+        "workload.num_requests=20",
+        "--set",
+        "workload.prefix={system_prompt_len: 256}",
+        "--out",
+        str(tmp_path),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "prefix cache" in result.output and "hit rate" in result.output
