@@ -99,9 +99,8 @@ def test_model_that_does_not_fit_exits_nonzero_with_hint(tmp_path: Path) -> None
 
 
 def test_unsupported_feature_is_a_clear_error(tmp_path: Path) -> None:
-    result = runner.invoke(
-        app, ["run", "--set", "scheduler.enable_prefix_caching=true", "--out", str(tmp_path)]
-    )
+    args = ["run", "--set", "pim.enabled=true", "--set", "scheduler.preemption=swap"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "not yet supported" in result.output
 
