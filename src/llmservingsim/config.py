@@ -188,10 +188,15 @@ class LinkOverride(_Section):
     """Replaces some alpha-beta parameters of one link level of the device YAML."""
 
     bandwidth_gbps: float | None = Field(default=None, gt=0)
+    """Datasheet GB/s per direction per device."""
     latency_us: float | None = Field(default=None, ge=0)
+    """Per-hop latency (alpha) of a collective step, µs."""
     call_latency_us: float | None = Field(default=None, ge=0)
+    """Cap on one collective call's latency (NCCL bulk protocol), µs."""
     efficiency: float | None = Field(default=None, gt=0, le=1)
+    """Achieved / datasheet bandwidth for large messages."""
     links_per_node: int | None = Field(default=None, ge=1)
+    """NICs a node drives in parallel for one collective (inter-node level)."""
 
 
 class NetworkConfig(_Section):
@@ -199,6 +204,8 @@ class NetworkConfig(_Section):
 
     devices_per_node: int | None = Field(default=None, ge=1, description="default: device YAML")
     nodes_per_rack: int = Field(default=32, ge=1)
+    """Nodes behind one leaf switch; beyond a rack the spine's bandwidth is divided by
+    ``oversubscription``."""
     oversubscription: float = Field(default=1.0, ge=1, description="spine vs rack bandwidth")
     intra_node: LinkOverride = LinkOverride()
     inter_node: LinkOverride = LinkOverride()
@@ -211,27 +218,40 @@ class PoolConfig(_Section):
     """A group of identical instances; prefill + decode pools = P/D disaggregation."""
 
     name: str | None = None
+    """Label in summary.json and the report (default: the role, numbered if repeated)."""
     role: Literal["mixed", "prefill", "decode"] = "mixed"
+    """mixed: serves requests end to end; prefill/decode: P/D disaggregation."""
     count: int = Field(default=1, ge=1)
+    """Instances in the pool."""
     hardware: str | None = Field(default=None, description="default: the top-level hardware")
     tensor_parallel: int = Field(default=1, ge=1)
+    """Devices sharding every layer of one instance (2 all-reduces per layer)."""
     pipeline_parallel: int = Field(default=1, ge=1)
+    """Stages of contiguous layers; this many micro-batches in flight (vLLM virtual engines)."""
     expert_parallel: int = Field(default=1, ge=1)
+    """MoE: devices the experts are split over (1 or equal to tensor_parallel)."""
 
 
 class ClusterConfig(_Section):
     instances: int = Field(default=1, ge=1)
+    """Identical replicas (data parallel serving) behind the router."""
     tensor_parallel: int = Field(default=1, ge=1)
+    """Devices sharding every layer of one instance (2 all-reduces per layer)."""
     pipeline_parallel: int = Field(default=1, ge=1)
+    """Stages of contiguous layers; this many micro-batches in flight (vLLM virtual engines)."""
     expert_parallel: int = Field(default=1, ge=1)
+    """MoE: devices the experts are split over (1 or equal to tensor_parallel)."""
     pools: list[PoolConfig] | None = Field(
         default=None, description="heterogeneous instance groups; replaces the keys above"
     )
     router: str = "round_robin"
+    """round_robin, random, least_outstanding, least_kv, power_of_two_choices or
+    prefix_aware (`llmservingsim catalog routers`)."""
     decode_router: str | None = Field(
         default=None, description="P/D: picks the decode instance (default: same as router)"
     )
     network: NetworkConfig = NetworkConfig()
+    """Topology and link overrides (defaults from the device YAML)."""
 
     @model_validator(mode="after")
     def _pools_replace_flat_keys(self) -> ClusterConfig:
