@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from llmservingsim.errors import ConfigError
 
@@ -151,6 +158,23 @@ class SessionConfig(_Section):
     """Distribution of the gaps between turns."""
 
 
+class WorkloadLoraConfig(_Section):
+    """LoRA adapters the synthetic requests name (``workload.lora``; docs/lora.md).
+
+    Each request picks one of ``num_adapters`` adapters of rank ``rank``; absent = every
+    request runs on the base model.
+    """
+
+    num_adapters: int = Field(ge=1)
+    """Distinct adapters."""
+    rank: int = Field(default=16, ge=1)
+    """LoRA rank of every adapter (at most lora.max_lora_rank)."""
+    popularity: Literal["uniform", "zipf"] = "zipf"
+    """How requests pick their adapter."""
+    alpha: float = Field(default=1.0, gt=0)
+    """Zipf popularity: P(adapter k) ∝ k^-alpha."""
+
+
 class WorkloadConfig(_Section):
     """The requests to serve: generated from distributions, or replayed from a trace."""
 
@@ -169,6 +193,8 @@ class WorkloadConfig(_Section):
     """Shared system prompts prepended to synthetic prompts (docs/kv_cache.md)."""
     sessions: SessionConfig | None = None
     """Multi-turn sessions that resend their history (docs/kv_cache.md)."""
+    lora: WorkloadLoraConfig | None = None
+    """LoRA adapters the requests name (docs/lora.md); absent = base model only."""
 
     @model_validator(mode="after")
     def _trace_given(self) -> WorkloadConfig:
@@ -393,6 +419,77 @@ class PimConfig(_Section):
     )
 
 
+LoraTarget = Literal["q", "k", "v", "o", "gate", "up", "down"]
+ALL_LORA_TARGETS: list[LoraTarget] = ["q", "k", "v", "o", "gate", "up", "down"]
+
+
+class LoraConfig(_Section):
+    """Multi-LoRA serving (vLLM's --max-loras family; docs/lora.md). Only used when requests
+    name adapters (workload.lora or a trace's ``lora`` column)."""
+
+    max_loras: int = Field(default=4, ge=1)
+    """Adapters resident on the device at once (slots reserved up front)."""
+    max_lora_rank: int = Field(default=16, ge=1)
+    """Rank each slot is sized for; an adapter of higher rank is an error."""
+    max_cpu_loras: int = Field(default=64, ge=1)
+    """Adapters kept in host memory (LRU); the rest load from disk."""
+    target_modules: list[LoraTarget] = Field(
+        default_factory=lambda: list(ALL_LORA_TARGETS), min_length=1
+    )
+    """Linear layers every adapter adapts, in each decoder layer."""
+    disk_bandwidth_gbps: float = Field(default=2.0, gt=0)
+    """Disk read bandwidth for adapters not in the host cache, GB/s (NVMe-class)."""
+
+
+class SpeculativeConfig(_Section):
+    """Speculative decoding (docs/speculative.md): propose k tokens, verify them in one target
+    pass, keep the accepted ones."""
+
+    method: Literal["none", "draft", "eagle", "ngram", "mtp"] = "none"
+    """none | draft (a small draft model) | eagle / mtp (one-layer head) | ngram (prompt lookup)."""
+    num_speculative_tokens: int = Field(default=4, ge=1)
+    """Tokens proposed per step (k)."""
+    draft_model: str = "llama-3.2-1b"
+    """method=draft: catalog name or Hugging Face config.json of the draft model."""
+    acceptance_rate: float | list[float] = 0.7
+    """Per-token acceptance α in [0, 1], or a list with one α per position (length k)."""
+    disable_by_batch_size: int | None = Field(default=None, ge=1)
+    """Switch speculation off for a step when more requests than this are running."""
+
+    @field_validator("acceptance_rate")
+    @classmethod
+    def _rates_in_range(cls, value: float | list[float]) -> float | list[float]:
+        rates = value if isinstance(value, list) else [value]
+        if not rates:
+            raise ValueError("expected a number in [0, 1] or a non-empty list of them")
+        for rate in rates:
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"acceptance rate {rate} is outside [0, 1]")
+        return value
+
+    @model_validator(mode="after")
+    def _one_rate_per_position(self) -> SpeculativeConfig:
+        rates = self.acceptance_rate
+        if isinstance(rates, list) and len(rates) != self.num_speculative_tokens:
+            raise ValueError(
+                f"acceptance_rate lists {len(rates)} rates; num_speculative_tokens is "
+                f"{self.num_speculative_tokens} (one rate per position)"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    @property
+    def rates(self) -> tuple[float, ...]:
+        """α of each draft position."""
+        rates = self.acceptance_rate
+        if isinstance(rates, list):
+            return tuple(rates)
+        return (rates,) * self.num_speculative_tokens
+
+
 class SloConfig(_Section):
     """Per-request latency targets; a request meets the SLO when it meets every given target."""
 
@@ -451,6 +548,8 @@ class SimConfig(_Section):
     perf: PerfConfig = PerfConfig()
     moe: MoeConfig = MoeConfig()
     pim: PimConfig = PimConfig()
+    lora: LoraConfig = LoraConfig()
+    speculative: SpeculativeConfig = SpeculativeConfig()
     slo: SloConfig = SloConfig()
     outputs: OutputsConfig = OutputsConfig()
     seed: int = 0

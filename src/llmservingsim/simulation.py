@@ -30,6 +30,13 @@ from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.kv_setup import build_kv_cache
 from llmservingsim.serving.memory import MemoryPlan, PimMemory, plan_memory
 from llmservingsim.serving.schedulers import SCHEDULERS
+from llmservingsim.serving.speculative import (
+    SpecStats,
+    Speculator,
+    load_draft_model,
+    make_proposer,
+    proposer_memory,
+)
 from llmservingsim.workload import load_workload
 from llmservingsim.workload.request_spec import RequestSpec
 
@@ -50,6 +57,11 @@ def _reject_unsupported(cfg: SimConfig) -> None:
         # The KV cache then lives in PIM memory; its copies to host memory are not modelled.
         "scheduler.preemption: swap or scheduler.kv_offload with pim.enabled": cfg.pim.enabled
         and (cfg.scheduler.preemption == "swap" or cfg.scheduler.kv_offload is not None),
+        "speculative decoding with pipeline_parallel > 1": cfg.speculative.enabled
+        and any(p.pipeline_parallel > 1 for p in pools),
+        "speculative decoding with pim.enabled": cfg.speculative.enabled and cfg.pim.enabled,
+        "speculative decoding with scheduler.policy: static": cfg.speculative.enabled
+        and cfg.scheduler.policy == "static",
     }
     for what, used in unsupported.items():
         if used:
@@ -77,6 +89,10 @@ def plan_instance_memory(cfg: SimConfig, pool: PoolConfig | None = None) -> Memo
     device = load_device(hardware)
     tp, pp = pool.tensor_parallel, pool.pipeline_parallel
     pim = pim_device(cfg)
+    draft = load_draft_model(cfg.speculative, spec, tp)
+    draft_weights, draft_kv = proposer_memory(
+        cfg.speculative, spec, draft, cfg.dtype, cfg.resolved_kv_dtype, tp
+    )
     plan = plan_memory(
         spec,
         device,
@@ -90,6 +106,8 @@ def plan_instance_memory(cfg: SimConfig, pool: PoolConfig | None = None) -> Memo
         max_seqs=cfg.scheduler.max_num_seqs,
         ep=pool.expert_parallel,
         pim=None if pim is None else PimMemory(pim, cfg.pim.count),
+        draft_weight_bytes=draft_weights,
+        draft_kv_bytes_per_token=draft_kv,
     )
     if plan.num_blocks < pp:
         shape = f"{tp}× {hardware}" if pp == 1 else f"{tp}×{pp} (TP×PP) {hardware}"
@@ -215,16 +233,26 @@ def build_cluster(cfg: SimConfig, metrics: MetricsCollector) -> Cluster:
         # Instances of a pool are placed alike, so they share one timer and its memo caches.
         timer = _timer(cfg, pool_cfg, device, topology, firsts[0], pim)
         policy = SCHEDULERS.get(cfg.scheduler.policy)
+        proposer = None
+        if cfg.speculative.enabled:
+            draft = load_draft_model(cfg.speculative, spec, tp)
+            proposer = make_proposer(
+                cfg.speculative, spec, draft, timer, device, cfg.dtype, cfg.resolved_kv_dtype
+            )
         instances: list[Instance] = []
         base_index = sum(len(p.instances) for p in pools)
         for first in firsts:
+            index = base_index + len(instances)
+            speculator = None
+            if proposer is not None:
+                speculator = Speculator(cfg.speculative, proposer, seed=f"{cfg.seed}:{index}")
             schedulers = [
                 policy(cfg.scheduler, *build_kv_cache(cfg.scheduler, memory, device, tp, pp))
                 for _ in range(pp)
             ]
             instances.append(
                 Instance(
-                    base_index + len(instances),
+                    index,
                     schedulers,
                     timer,
                     memory,
@@ -235,6 +263,7 @@ def build_cluster(cfg: SimConfig, metrics: MetricsCollector) -> Cluster:
                     pool=pool_cfg.name or "default",
                     first_device=first,
                     attached_devices=attached,
+                    speculator=speculator,
                 )
             )
         kv_per_token = spec.kv_bytes_per_token(cfg.resolved_kv_dtype)
@@ -347,6 +376,12 @@ def summarize(
             "max": max(transfers, default=None),
         }
     summary.update(backend_stats(t.backend for t in timers))
+    if cfg.speculative.enabled:
+        spec_stats = SpecStats()
+        for inst in instances:
+            if inst.speculator is not None:
+                spec_stats.add(inst.speculator.stats)
+        summary.update(spec_stats.summary())
     return summary
 
 

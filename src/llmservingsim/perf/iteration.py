@@ -28,12 +28,14 @@ class BatchShape:
 
     ``prefill`` holds (new_tokens, cached_tokens) per sequence that is (re)filling its prompt;
     decode sequences are summarised by their count and their summed context (attended tokens).
+    A speculative verify pass is a prefill chunk too; ``num_verify`` counts its tokens.
     """
 
     prefill: list[tuple[int, int]] = field(default_factory=list)
     num_decode: int = 0
     decode_context: int = 0
     num_sampled: int = 0
+    num_verify: int = 0  # speculative verify tokens among the prefill chunks (metrics only)
 
     @property
     def num_tokens(self) -> int:

@@ -76,6 +76,15 @@ class BlockManager:
         if need > 0:
             seq.blocks.extend(self._take_free(need))
 
+    def release_tail(self, seq: Sequence) -> None:
+        """Give back the blocks past ``seq``'s computed tokens (rejected speculative slots)."""
+        keep = self.blocks_needed(seq.num_computed)
+        while len(seq.blocks) > keep:
+            self._release(seq.blocks.pop())
+
+    def _release(self, block: int) -> None:
+        self.free_blocks.appendleft(block)
+
     def _take_free(self, count: int) -> list[int]:
         free = self.free_blocks
         return [free.popleft() for _ in range(count)]

@@ -21,6 +21,7 @@ from llmservingsim.perf.iteration import BatchShape, IterationTimer, StepCost
 from llmservingsim.serving.memory import MemoryPlan
 from llmservingsim.serving.schedulers.base import ScheduledEntry, Scheduler
 from llmservingsim.serving.sequence import Sequence, Status
+from llmservingsim.serving.speculative import Speculator
 
 Role = Literal["mixed", "prefill", "decode"]
 
@@ -52,6 +53,7 @@ class Instance:
         pool: str = "default",
         first_device: int = 0,
         attached_devices: tuple[tuple[DeviceSpec, int], ...] = (),
+        speculator: Speculator | None = None,
     ) -> None:
         self.index = index
         self.engines = [VirtualEngine(s) for s in schedulers]
@@ -67,6 +69,7 @@ class Instance:
         # Devices outside the TP × PP group that serve this instance (PIM): (spec, count).
         self.attached_devices = attached_devices
         self.metrics = metrics
+        self.speculator = speculator  # speculative decoding (serving/speculative.py), or None
         self.totals = metrics.totals(index)
         self.stage_free = [0.0] * self.pp  # when each pipeline stage finishes its current batch
         self._next_engine = 0
@@ -113,6 +116,11 @@ class Instance:
     def has_work(self) -> bool:
         return any(ve.scheduler.has_work() for ve in self.engines)
 
+    def blocks_fast_forward(self) -> bool:
+        """Whether the next steps must be simulated one by one: speculative verify steps
+        accept a random number of tokens each, so they are never plain decode steps."""
+        return self.speculator is not None
+
     # -------------------------------------------------------------- requests in
 
     def add(self, seq: Sequence, now: float) -> None:
@@ -150,12 +158,16 @@ class Instance:
             ve = self.engines[k]
             if ve.busy:
                 continue
+            if self.speculator is not None:
+                ve.scheduler.lookahead = self.speculator.lookahead(len(ve.scheduler.running))
             entries = ve.scheduler.schedule()
             if not entries:
                 continue
             self._next_engine = (k + 1) % count
             batch = self._batch_shape(entries, now)
             cost = self.timer.step(batch)
+            if self.speculator is not None:
+                cost = self.speculator.add_proposals(entries, cost)
             # KV copies over the host link (swap, offload loads) run before the forward pass.
             start = now + ve.scheduler.take_transfer_seconds()
             finish = self._run_pipeline(start, cost)
@@ -177,6 +189,13 @@ class Instance:
     def _batch_shape(entries: list[ScheduledEntry], now: float) -> BatchShape:
         batch = BatchShape()
         for seq, num_new in entries:
+            if num_new > seq.remaining:
+                # Speculative verify: the last token and the drafts, like a small prefill
+                # chunk that samples at every position.
+                batch.prefill.append((num_new, seq.num_computed))
+                batch.num_sampled += num_new
+                batch.num_verify += num_new
+                continue
             samples = seq.num_computed + num_new == seq.num_tokens
             if samples and num_new == 1 and seq.generated > 0:
                 batch.num_decode += 1
@@ -200,7 +219,7 @@ class Instance:
         totals = self.totals
         totals.iterations += 1
         totals.busy_s += cost.seconds
-        decode = batch.num_decode
+        decode = batch.num_decode + batch.num_verify
         totals.decode_tokens += decode
         totals.prefill_tokens += batch.num_tokens - decode
         totals.max_batch_size = max(totals.max_batch_size, batch.num_seqs)
@@ -230,6 +249,18 @@ class Instance:
             step_w,
         )
 
+    def _keep_accepted(self, seq: Sequence, num_new: int, scheduler: Scheduler, now: float) -> int:
+        """Emit the accepted drafts of a verify step and free the rejected slots; returns the
+        tokens left to add (none: the caller then samples the target's own token)."""
+        assert self.speculator is not None
+        accepted = self.speculator.accept(num_new - 1)
+        seq.num_computed += 1 + accepted
+        for _ in range(accepted):
+            seq.generated += 1
+            self.metrics.on_token(seq, now)
+        scheduler.blocks.release_tail(seq)
+        return 0
+
     def end_step(self, engine_index: int, now: float) -> list[Sequence]:
         """Apply a batch's results: advance tokens, emit samples, retire finished requests.
 
@@ -238,6 +269,8 @@ class Instance:
         ve = self.engines[engine_index]
         handoffs: list[Sequence] = []
         for seq, num_new in ve.in_flight:
+            if num_new > seq.remaining:
+                num_new = self._keep_accepted(seq, num_new, ve.scheduler, now)
             seq.num_computed += num_new
             if seq.num_computed == seq.num_tokens:
                 seq.generated += 1

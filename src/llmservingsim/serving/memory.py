@@ -31,14 +31,20 @@ class MemoryPlan:
     block_size: int
     num_blocks: int
     kv_cache_on: str = "device"  # or "pim": the KV pool is the PIM devices' memory
+    draft_gib: float = 0.0  # speculative proposer weights (draft model or head)
+    lora_gib: float = 0.0  # LoRA adapter slots (max_loras × max_lora_rank)
 
     @property
     def kv_tokens(self) -> int:
         return self.num_blocks * self.block_size
 
     def as_dict(self) -> dict[str, float | int]:
+        # Draft and LoRA reservations are listed only when made, so a plain run's breakdown
+        # keeps its keys.
         out: dict[str, float | int] = {
-            k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()
+            k: round(v, 4) if isinstance(v, float) else v
+            for k, v in asdict(self).items()
+            if not (k in ("draft_gib", "lora_gib") and v == 0.0)
         }
         out["kv_tokens"] = self.kv_tokens
         return out
@@ -48,8 +54,17 @@ class MemoryPlan:
         return (
             f"{self.device_memory_gib:.1f} GiB × utilization = {self.usable_gib:.1f} GiB usable; "
             f"weights {self.weights_gib:.1f} GiB, activations {self.activation_gib:.1f} GiB, "
-            f"reserved {self.reserved_gib:.1f} GiB → KV cache{where} {self.kv_cache_gib:.1f} GiB"
+            f"reserved {self.reserved_gib:.1f} GiB{self._extras()} → KV cache{where} "
+            f"{self.kv_cache_gib:.1f} GiB"
         )
+
+    def _extras(self) -> str:
+        extras = ""
+        if self.draft_gib:
+            extras += f", speculative draft {self.draft_gib:.2f} GiB"
+        if self.lora_gib:
+            extras += f", LoRA slots {self.lora_gib:.2f} GiB"
+        return extras
 
 
 @dataclass(frozen=True)
@@ -172,18 +187,24 @@ def plan_memory(
     max_seqs: int,
     ep: int = 1,
     pim: PimMemory | None = None,
+    draft_weight_bytes: float = 0.0,
+    draft_kv_bytes_per_token: float = 0.0,
+    lora_bytes: float = 0.0,
 ) -> MemoryPlan:
     """Memory breakdown of one device; ``num_blocks`` may be ≤ 0 when the model does not fit.
 
     With ``pim`` the KV cache of the whole instance (every layer and head, once) lives in the
-    PIM devices' memory, and the device only has to hold weights and activations."""
+    PIM devices' memory, and the device only has to hold weights and activations.
+
+    A speculative draft model (or head) takes its weights and, per token, its own KV next to
+    the target's; reserved LoRA adapter slots (``lora_bytes``) come off the pool up front."""
     usable = device.memory_bytes * gpu_memory_utilization
     weights = weight_bytes_per_device(spec, dtype, tp, pp, ep)
     activations = activation_peak_bytes(spec, dtype, tp, max_batched_tokens, max_seqs, ep)
     reserved = device.reserved_memory_gib * GIB
-    kv_pool = usable - weights - activations - reserved
+    kv_pool = usable - weights - activations - reserved - draft_weight_bytes - lora_bytes
     layers = layers_per_stage(spec.num_layers, pp)
-    kv_per_token = layers * kv_bytes_per_token_layer(spec, tp, kv_dtype)
+    kv_per_token = layers * kv_bytes_per_token_layer(spec, tp, kv_dtype) + draft_kv_bytes_per_token
     if pim is not None and kv_pool > 0:
         per_pim = pim.device.memory_bytes * gpu_memory_utilization
         kv_pool = pim.count * (per_pim - pim.device.reserved_memory_gib * GIB)
@@ -200,4 +221,6 @@ def plan_memory(
         block_size=block_size,
         num_blocks=num_blocks,
         kv_cache_on="device" if pim is None else "pim",
+        draft_gib=draft_weight_bytes / GIB,
+        lora_gib=lora_bytes / GIB,
     )

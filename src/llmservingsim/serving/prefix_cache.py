@@ -119,6 +119,12 @@ class PrefixCachingBlockManager(BlockManager):
         key, _ = self.node_info.pop(node)
         del self.node_of[key]
 
+    def _release(self, block: int) -> None:
+        """A tail block past the computed tokens holds no node: it is simply empty again."""
+        self.ref_count[block] -= 1
+        if self.ref_count[block] == 0:
+            self.free_blocks.appendleft(block)
+
     def _take(self, block: int) -> None:
         if self.ref_count[block] == 0:
             del self.cached[block]

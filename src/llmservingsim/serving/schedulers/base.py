@@ -40,6 +40,16 @@ class Scheduler(ABC):
         self.preemptions = 0
         self.swap_fallbacks = 0  # swap preemptions done by recompute: the host space was full
         self.recomputed_tokens = 0
+        # Draft tokens a decoding sequence may propose this step (speculative decoding; the
+        # instance sets it before each schedule(), serving/speculative.py).
+        self.lookahead = 0
+
+    def tokens_wanted(self, seq: Sequence) -> int:
+        """Tokens a running request computes next: what is left, or, when it decodes under
+        speculation, its last token plus the drafts it verifies (never past its answer)."""
+        if self.lookahead and seq.remaining == 1 and seq.generated > 0:
+            return 1 + min(self.lookahead, seq.spec.output_len - seq.generated - 1)
+        return seq.remaining
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)

@@ -33,7 +33,7 @@ class VllmScheduler(Scheduler):
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = min(seq.remaining, budget)
+            num_new = min(self.tokens_wanted(seq), budget)
             while not self.blocks.can_allocate(seq, num_new):
                 victim = self.running.pop()
                 self.preempt(victim)
