@@ -28,6 +28,13 @@ from llmservingsim.perf.iteration import IterationTimer
 from llmservingsim.perf.pim import PimIterationTimer
 from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.kv_setup import build_kv_cache
+from llmservingsim.serving.lora import (
+    AdapterSlots,
+    LoraCompute,
+    LoraStats,
+    adapter_bytes_per_device,
+    reserved_lora_bytes,
+)
 from llmservingsim.serving.memory import MemoryPlan, PimMemory, plan_memory
 from llmservingsim.serving.schedulers import SCHEDULERS
 from llmservingsim.serving.speculative import (
@@ -62,10 +69,30 @@ def _reject_unsupported(cfg: SimConfig) -> None:
         "speculative decoding with pim.enabled": cfg.speculative.enabled and cfg.pim.enabled,
         "speculative decoding with scheduler.policy: static": cfg.speculative.enabled
         and cfg.scheduler.policy == "static",
+        "LoRA adapters (workload.lora) with pipeline_parallel > 1": uses_lora(cfg)
+        and any(p.pipeline_parallel > 1 for p in pools),
+        "LoRA adapters with scheduler.policy: static": uses_lora(cfg)
+        and cfg.scheduler.policy == "static",
+        "LoRA adapters in a trace (workload.lora with kind: trace)": uses_lora(cfg)
+        and cfg.workload.kind == "trace",
     }
     for what, used in unsupported.items():
         if used:
             raise ConfigError(f"{what} is not yet supported")
+
+
+def uses_lora(cfg: SimConfig) -> bool:
+    """Requests name LoRA adapters: slots are reserved and the adapter machinery runs."""
+    return cfg.workload.lora is not None
+
+
+def _check_lora(cfg: SimConfig) -> None:
+    workload = cfg.workload.lora
+    if workload is not None and workload.rank > cfg.lora.max_lora_rank:
+        raise ConfigError(
+            f"workload.lora.rank={workload.rank} exceeds lora.max_lora_rank="
+            f"{cfg.lora.max_lora_rank}: raise max_lora_rank (the slots are sized for it)"
+        )
 
 
 def pim_device(cfg: SimConfig) -> DeviceSpec | None:
@@ -93,6 +120,7 @@ def plan_instance_memory(cfg: SimConfig, pool: PoolConfig | None = None) -> Memo
     draft_weights, draft_kv = proposer_memory(
         cfg.speculative, spec, draft, cfg.dtype, cfg.resolved_kv_dtype, tp
     )
+    lora_bytes = reserved_lora_bytes(cfg.lora, spec, cfg.dtype, tp) if uses_lora(cfg) else 0.0
     plan = plan_memory(
         spec,
         device,
@@ -108,6 +136,7 @@ def plan_instance_memory(cfg: SimConfig, pool: PoolConfig | None = None) -> Memo
         pim=None if pim is None else PimMemory(pim, cfg.pim.count),
         draft_weight_bytes=draft_weights,
         draft_kv_bytes_per_token=draft_kv,
+        lora_bytes=lora_bytes,
     )
     if plan.num_blocks < pp:
         shape = f"{tp}× {hardware}" if pp == 1 else f"{tp}×{pp} (TP×PP) {hardware}"
@@ -239,6 +268,16 @@ def build_cluster(cfg: SimConfig, metrics: MetricsCollector) -> Cluster:
             proposer = make_proposer(
                 cfg.speculative, spec, draft, timer, device, cfg.dtype, cfg.resolved_kv_dtype
             )
+        lora = None
+        if cfg.workload.lora is not None:
+            rank, targets = cfg.workload.lora.rank, cfg.lora.target_modules
+            lora = LoraCompute(spec, targets, rank, timer)
+            device_bytes = adapter_bytes_per_device(
+                spec, targets, rank, cfg.dtype, tp, spec.num_layers
+            )
+            total_bytes = adapter_bytes_per_device(
+                spec, targets, rank, cfg.dtype, 1, spec.num_layers
+            )
         instances: list[Instance] = []
         base_index = sum(len(p.instances) for p in pools)
         for first in firsts:
@@ -250,6 +289,9 @@ def build_cluster(cfg: SimConfig, metrics: MetricsCollector) -> Cluster:
                 policy(cfg.scheduler, *build_kv_cache(cfg.scheduler, memory, device, tp, pp))
                 for _ in range(pp)
             ]
+            if lora is not None:
+                for scheduler in schedulers:
+                    scheduler.adapters = AdapterSlots(cfg.lora, device_bytes, total_bytes, device)
             instances.append(
                 Instance(
                     index,
@@ -264,6 +306,7 @@ def build_cluster(cfg: SimConfig, metrics: MetricsCollector) -> Cluster:
                     first_device=first,
                     attached_devices=attached,
                     speculator=speculator,
+                    lora=lora,
                 )
             )
         kv_per_token = spec.kv_bytes_per_token(cfg.resolved_kv_dtype)
@@ -287,6 +330,7 @@ def simulate(
     """Run one simulation. ``requests`` overrides the config's workload (tests, sweeps);
     ``metrics`` may carry output sinks (outputs/run_outputs.py) fed while the run goes."""
     _reject_unsupported(cfg)
+    _check_lora(cfg)
     metrics = MetricsCollector() if metrics is None else metrics
     cluster = build_cluster(cfg, metrics)
     if requests is None:
@@ -376,6 +420,13 @@ def summarize(
             "max": max(transfers, default=None),
         }
     summary.update(backend_stats(t.backend for t in timers))
+    if uses_lora(cfg):
+        lora_stats = LoraStats()
+        for inst in instances:
+            for ve in inst.engines:
+                if ve.scheduler.adapters is not None:
+                    lora_stats.add(ve.scheduler.adapters.stats)
+        summary.update(lora_stats.summary())
     if cfg.speculative.enabled:
         spec_stats = SpecStats()
         for inst in instances:

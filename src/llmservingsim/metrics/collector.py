@@ -34,6 +34,8 @@ class RequestRecord:
     kv_transfer_s: float = 0.0
     first_scheduled_s: float = -1.0
     """When the request first computed a token (end of queueing); -1 when it never ran."""
+    lora: str | None = None
+    """The LoRA adapter it ran with (None: the base model)."""
 
     @property
     def ttft(self) -> float:
@@ -177,6 +179,7 @@ class MetricsCollector:
             prefill_instance=seq.prefill_instance,
             kv_transfer_s=seq.kv_transfer_s,
             first_scheduled_s=seq.first_scheduled_time,
+            lora=seq.spec.lora,
         )
 
     def totals(self, instance: int) -> StepTotals:

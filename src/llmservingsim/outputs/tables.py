@@ -40,6 +40,7 @@ REQUESTS_SCHEMA = pa.schema(
         ("fail_reason", pa.string()),
         ("prefill_instance", pa.int32()),
         ("kv_transfer_s", pa.float64()),
+        ("lora", pa.string()),
     ]
 )
 
@@ -88,6 +89,7 @@ def requests_batch(records: Sequence[RequestRecord]) -> pa.RecordBatch:
         columns["fail_reason"].append(r.fail_reason or None)
         columns["prefill_instance"].append(r.prefill_instance if r.prefill_instance >= 0 else None)
         columns["kv_transfer_s"].append(r.kv_transfer_s if r.prefill_instance >= 0 else None)
+        columns["lora"].append(r.lora)
     return pa.RecordBatch.from_pydict(columns, schema=REQUESTS_SCHEMA)
 
 

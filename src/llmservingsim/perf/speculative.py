@@ -114,8 +114,8 @@ def _ngram(ctx: ProposerContext) -> Proposer:
     return Proposer()
 
 
-def with_draft(cost: StepCost, draft: DraftCost) -> StepCost:
-    """The step's cost with the proposal phase run before it on the first stage."""
+def prepend_work(cost: StepCost, draft: DraftCost) -> StepCost:
+    """The step's cost with extra work (proposals, LoRA GEMMs) run on its first stage."""
     if draft.seconds == 0.0:
         return cost
     stages = cost.stages or (cost.seconds,)

@@ -18,6 +18,7 @@ from typing import Literal
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.perf.iteration import BatchShape, IterationTimer, StepCost
+from llmservingsim.serving.lora import LoraCompute
 from llmservingsim.serving.memory import MemoryPlan
 from llmservingsim.serving.schedulers.base import ScheduledEntry, Scheduler
 from llmservingsim.serving.sequence import Sequence, Status
@@ -54,6 +55,7 @@ class Instance:
         first_device: int = 0,
         attached_devices: tuple[tuple[DeviceSpec, int], ...] = (),
         speculator: Speculator | None = None,
+        lora: LoraCompute | None = None,
     ) -> None:
         self.index = index
         self.engines = [VirtualEngine(s) for s in schedulers]
@@ -70,6 +72,7 @@ class Instance:
         self.attached_devices = attached_devices
         self.metrics = metrics
         self.speculator = speculator  # speculative decoding (serving/speculative.py), or None
+        self.lora = lora  # LoRA GEMMs of multi-LoRA serving (serving/lora.py), or None
         self.totals = metrics.totals(index)
         self.stage_free = [0.0] * self.pp  # when each pipeline stage finishes its current batch
         self._next_engine = 0
@@ -118,8 +121,9 @@ class Instance:
 
     def blocks_fast_forward(self) -> bool:
         """Whether the next steps must be simulated one by one: speculative verify steps
-        accept a random number of tokens each, so they are never plain decode steps."""
-        return self.speculator is not None
+        accept a random number of tokens each, so they are never plain decode steps; with
+        LoRA adapters a step adds adapter GEMMs (and may wait for adapter loads)."""
+        return self.speculator is not None or self.lora is not None
 
     # -------------------------------------------------------------- requests in
 
@@ -168,6 +172,8 @@ class Instance:
             cost = self.timer.step(batch)
             if self.speculator is not None:
                 cost = self.speculator.add_proposals(entries, cost)
+            if self.lora is not None and ve.scheduler.adapters is not None:
+                cost = self.lora.add_to(entries, cost, ve.scheduler.adapters.stats)
             # KV copies over the host link (swap, offload loads) run before the forward pass.
             start = now + ve.scheduler.take_transfer_seconds()
             finish = self._run_pipeline(start, cost)

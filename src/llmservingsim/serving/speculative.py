@@ -28,7 +28,7 @@ from llmservingsim.perf.speculative import (
     Proposer,
     ProposerContext,
     one_layer_head,
-    with_draft,
+    prepend_work,
 )
 from llmservingsim.serving.memory import weight_bytes_per_device
 from llmservingsim.serving.sequence import Sequence
@@ -105,7 +105,7 @@ class Speculator:
                 k = max(k, num_new - 1)
         if num_seqs == 0:
             return cost
-        return with_draft(cost, self.draft_cost(num_seqs, context, k))
+        return prepend_work(cost, self.draft_cost(num_seqs, context, k))
 
     def accept(self, proposed: int) -> int:
         """Accepted tokens out of ``proposed`` (a prefix of them, sampled position by position)."""

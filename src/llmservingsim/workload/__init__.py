@@ -9,6 +9,7 @@ import numpy as np
 
 from llmservingsim.config import WorkloadConfig
 from llmservingsim.registry import Registry
+from llmservingsim.workload.adapters import assign_adapters
 from llmservingsim.workload.arrival import ARRIVAL_PROCESSES, arrival_times
 from llmservingsim.workload.lengths import LENGTH_DISTS, clip_to_context, sample_lengths
 from llmservingsim.workload.request_spec import RequestSpec
@@ -46,4 +47,8 @@ def load_workload(cfg: WorkloadConfig, max_context: int, seed: int) -> list[Requ
     rng = np.random.default_rng(seed)
     requests = WORKLOAD_KINDS.get(cfg.kind)(cfg, max_context, rng)
     ordered = sorted(requests, key=lambda r: r.arrival_s)
-    return [replace(r, id=i) for i, r in enumerate(ordered)]
+    specs = [replace(r, id=i) for i, r in enumerate(ordered)]
+    if cfg.lora is not None:
+        # Its own generator: the same seed gives the same traffic with or without adapters.
+        specs = assign_adapters(specs, cfg.lora, np.random.default_rng([seed, 12]))
+    return specs

@@ -54,3 +54,5 @@ class RequestSpec:
     input_len: int
     output_len: int
     content: TokenContent | None = None
+    lora: str | None = None
+    """The LoRA adapter the request runs with; None = the base model (docs/lora.md)."""

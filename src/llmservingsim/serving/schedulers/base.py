@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import deque
+from typing import TYPE_CHECKING
 
 from llmservingsim.config import SchedulerConfig
 from llmservingsim.errors import ConfigError
@@ -11,6 +12,9 @@ from llmservingsim.registry import Registry
 from llmservingsim.serving.block_manager import BlockManager, PrefixHit
 from llmservingsim.serving.sequence import Sequence, Status
 from llmservingsim.serving.swap import SwapSpace
+
+if TYPE_CHECKING:
+    from llmservingsim.serving.lora import AdapterSlots
 
 ScheduledEntry = tuple[Sequence, int]
 """A sequence and the number of tokens it computes this step."""
@@ -43,6 +47,24 @@ class Scheduler(ABC):
         # Draft tokens a decoding sequence may propose this step (speculative decoding; the
         # instance sets it before each schedule(), serving/speculative.py).
         self.lookahead = 0
+        # Resident LoRA adapters (multi-LoRA serving, serving/lora.py), or None.
+        self.adapters: AdapterSlots | None = None
+
+    def adapter_ready(self, seq: Sequence, in_use: set[str]) -> bool:
+        """Whether ``seq``'s adapter is (or can now be made) resident; ``in_use`` names the
+        adapters of the requests running or admitted this step, which keep their slots."""
+        name = seq.spec.lora
+        if name is None or self.adapters is None:
+            return True
+        if self.adapters.ready(name, in_use):
+            in_use.add(name)
+            return True
+        return False
+
+    def adapters_in_use(self) -> set[str]:
+        if self.adapters is None:
+            return set()
+        return {s.spec.lora for s in self.running if s.spec.lora is not None}
 
     def tokens_wanted(self, seq: Sequence) -> int:
         """Tokens a running request computes next: what is left, or, when it decodes under
@@ -121,6 +143,8 @@ class Scheduler(ABC):
         seconds = 0.0
         if self.swap is not None:
             seconds += self.swap.ledger.take_seconds()
+        if self.adapters is not None:
+            seconds += self.adapters.take_seconds()
         return seconds + self.blocks.take_transfer_seconds()
 
     def kv_stats(self) -> dict[str, float]:

@@ -49,8 +49,13 @@ class VllmScheduler(Scheduler):
             break  # the sequence itself was the last one left to preempt
         if preempted:
             return entries
+        in_use = self.adapters_in_use()
+        skipped: list[Sequence] = []  # their LoRA adapter has no slot this step
         while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
             seq = self.waiting[0]
+            if not self.adapter_ready(seq, in_use):
+                skipped.append(self.waiting.popleft())
+                continue
             hit = self.lookup(seq)
             num_new = self.prefill_tokens(seq, hit, budget, step_is_empty=not entries)
             if num_new == 0 or not self.blocks.can_allocate(seq, num_new, hit):
@@ -58,4 +63,5 @@ class VllmScheduler(Scheduler):
             self.admit(seq, num_new, hit)
             entries.append((seq, num_new))
             budget -= num_new
+        self.waiting.extendleft(reversed(skipped))
         return entries
