@@ -7,16 +7,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from kv_helpers import kv_run
 from llmservingsim.cli import app
 from llmservingsim.config import SpeculativeConfig, load_config
+from llmservingsim.engine import Engine
+from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.perf.speculative import Proposer
 from llmservingsim.serving.block_manager import BlockManager
+from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.prefix_cache import PrefixCachingBlockManager
+from llmservingsim.serving.schedulers.vllm import VllmScheduler
 from llmservingsim.serving.sequence import Sequence
 from llmservingsim.serving.speculative import Speculator, expected_tokens_per_step
-from llmservingsim.simulation import plan_instance_memory, simulate
+from llmservingsim.simulation import build_cluster, load_requests, plan_instance_memory, simulate
 from llmservingsim.workload.request_spec import RequestSpec
 
 
@@ -154,3 +161,72 @@ def test_bad_speculative_settings_are_one_line_errors(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    alpha=st.floats(0.0, 1.0),
+    k=st.integers(1, 6),
+    policy=st.sampled_from(["vllm", "no_evict", "orca"]),
+    preemption=st.sampled_from(["recompute", "swap"]),
+    prefix=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_speculation_keeps_kv_and_token_accounting_exact(
+    alpha: float, k: int, policy: str, preemption: str, prefix: bool, seed: int
+) -> None:
+    """A cache small enough to preempt: every request still emits exactly its answer, no step
+    exceeds its budget, and every block is back in the pool at the end."""
+    cfg = load_config(
+        None,
+        [
+            "speculative.method=ngram",
+            f"speculative.acceptance_rate={alpha}",
+            f"speculative.num_speculative_tokens={k}",
+            f"scheduler.policy={policy}",
+            f"scheduler.preemption={preemption}",
+            f"scheduler.enable_prefix_caching={str(prefix).lower()}",
+            "scheduler.max_num_batched_tokens=96",
+            "scheduler.max_num_seqs=8",
+            "workload.num_requests=24",
+            "workload.arrival.rate=200",
+            "workload.input_len={dist: uniform, min: 8, max: 120}",
+            "workload.output_len={dist: uniform, min: 1, max: 80}",
+            "workload.prefix={num_system_prompts: 2, system_prompt_len: 32}",
+            f"seed={seed}",
+        ],
+    )
+    budgets: list[int] = []
+    schedule = VllmScheduler.schedule
+
+    def spy(self: VllmScheduler) -> list[tuple[Sequence, int]]:
+        entries = schedule(self)
+        if len(entries) > 1:  # orca runs a prompt longer than the budget alone
+            budgets.append(sum(n for _, n in entries))
+        assert all(len(s.blocks) * 16 >= s.num_computed + n for s, n in entries)
+        return entries
+
+    end_step = Instance.end_step
+
+    def spy_end(self: Instance, engine: int, now: float) -> list[Sequence]:
+        handoffs = end_step(self, engine, now)
+        for seq in self.engines[engine].scheduler.running:
+            # Rejected drafts' slots are back in the pool: blocks cover the computed tokens.
+            assert len(seq.blocks) == -(-seq.num_computed // 16)
+        return handoffs
+
+    with kv_run(num_blocks=40), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(VllmScheduler, "schedule", spy)
+        mp.setattr(Instance, "end_step", spy_end)
+        metrics = MetricsCollector()
+        cluster = build_cluster(cfg, metrics)
+        requests = load_requests(cfg)
+        Engine(cluster).run(requests)
+    assert max(budgets, default=0) <= 96
+    lengths = {r.id: r.output_len for r in requests}
+    for record in metrics.records:
+        if record.status == "finished":
+            assert record.output_tokens == lengths[record.id]
+    assert len(metrics.records) == len(requests)
+    for instance in cluster.instances:
+        assert instance.num_free_blocks == instance.num_blocks
