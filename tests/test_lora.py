@@ -134,3 +134,14 @@ def test_bad_lora_settings_are_one_line_errors(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_cli_shows_lora_and_speculation_lines(tmp_path: Path) -> None:
+    args = ["run", "--out", str(tmp_path), "--set", "workload.num_requests=10"]
+    plain = CliRunner().invoke(app, args)
+    assert plain.exit_code == 0
+    assert "LoRA adapters" not in plain.output and "speculation" not in plain.output
+    args += ["--set", "workload.lora={num_adapters: 3}", "--set", "speculative.method=ngram"]
+    both = CliRunner().invoke(app, args)
+    assert both.exit_code == 0, both.output
+    assert "LoRA adapters" in both.output and "tokens/step" in both.output

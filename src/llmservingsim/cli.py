@@ -109,6 +109,7 @@ def totals_table(summary: dict[str, Any]) -> Table:
         ("KV cache", f"{mem['kv_tokens']:,} tokens, peak use {summary['kv_cache_peak_util']:.0%}"),
         ("preemptions", f"{summary['preemptions']}"),
         *kv_rows(summary),
+        *feature_rows(summary),
         ("energy / cost", f"{summary['energy_j'] / 3.6e6:.3f} kWh · ${summary['cost_usd']:.2f}"),
         (
             "wall time",
@@ -139,6 +140,30 @@ def kv_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     if parts:
         parts.append(f"{summary['host_transfer_time_s']:.2f} s charged")
         rows.append(("host KV traffic", " · ".join(parts)))
+    return rows
+
+
+def feature_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Speculative decoding and LoRA lines, only when the run used them."""
+    rows = []
+    if summary.get("spec_tokens_per_step") is not None:
+        rows.append(
+            (
+                "speculation",
+                f"{summary['spec_tokens_per_step']:.2f} tokens/step · acceptance "
+                f"{summary['spec_acceptance_rate']:.0%} · "
+                f"draft {summary['spec_draft_time_s']:.1f} s",
+            )
+        )
+    if "lora_adapter_loads" in summary:
+        rows.append(
+            (
+                "LoRA adapters",
+                f"{summary['lora_adapter_loads']:,} loads "
+                f"({summary['lora_disk_loads']:,} from disk) · "
+                f"{summary['lora_load_stall_s']:.2f} s stalled",
+            )
+        )
     return rows
 
 
