@@ -3,6 +3,7 @@ run unchanged without adapters, and one-line errors."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,9 @@ from typer.testing import CliRunner
 from llmservingsim.catalog import load_device, load_model
 from llmservingsim.cli import app
 from llmservingsim.config import LoraConfig, WorkloadLoraConfig, load_config
+from llmservingsim.errors import ConfigError, TraceError
 from llmservingsim.serving.lora import AdapterSlots, adapter_bytes_per_device
-from llmservingsim.simulation import plan_instance_memory, simulate
+from llmservingsim.simulation import load_requests, plan_instance_memory, simulate
 from llmservingsim.workload.adapters import adapter_popularity
 
 TRAFFIC = ["workload.num_requests=300", "workload.arrival.rate=6"]
@@ -145,3 +147,48 @@ def test_cli_shows_lora_and_speculation_lines(tmp_path: Path) -> None:
     both = CliRunner().invoke(app, args)
     assert both.exit_code == 0, both.output
     assert "LoRA adapters" in both.output and "tokens/step" in both.output
+
+
+def write_trace(tmp_path: Path, kind: str) -> Path:
+    if kind == "csv":
+        path = tmp_path / "t.csv"
+        rows = ["arrival_s,input_tokens,output_tokens,lora"]
+        rows += [
+            f"{i * 0.1},{100 + i},{20},{'' if i % 3 == 0 else f'ad-{i % 2}'}" for i in range(12)
+        ]
+        path.write_text("\n".join(rows) + "\n")
+        return path
+    path = tmp_path / "t.jsonl"
+    lines = []
+    for i in range(12):
+        lora = None if i % 3 == 0 else f"ad-{i % 2}"
+        record = {"arrival_time_ns": i * 100_000_000, "input_toks": 100 + i, "output_toks": 20}
+        lines.append(json.dumps({**record, "lora": lora}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_trace_lora_column(tmp_path: Path, kind: str) -> None:
+    path = write_trace(tmp_path, kind)
+    sets = ["workload.kind=trace", f"workload.trace.path={path}", f"workload.trace.format={kind}"]
+    requests = load_requests(load_config(None, sets))
+    assert [r.lora for r in requests[:3]] == [None, "ad-1", "ad-0"]
+    with pytest.raises(ConfigError, match=r"lora\.enabled: true"):
+        simulate(load_config(None, sets))
+    summary = simulate(load_config(None, [*sets, "lora.enabled=true", "lora.max_loras=1"])).summary
+    assert summary["requests_completed"] == 12
+    assert summary["lora_adapter_loads"] >= 2
+    assert summary["memory"]["lora_gib"] > 0
+
+
+def test_trace_lora_must_be_a_name(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(
+        json.dumps({"arrival_time_ns": 0, "input_toks": 5, "output_toks": 2, "lora": 3})
+    )
+    sets = ["workload.kind=trace", f"workload.trace.path={path}"]
+    with pytest.raises(
+        TraceError, match=r"bad\.jsonl:1: key 'lora' is 3, expected an adapter name"
+    ):
+        load_requests(load_config(None, sets))

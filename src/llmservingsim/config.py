@@ -424,8 +424,11 @@ ALL_LORA_TARGETS: list[LoraTarget] = ["q", "k", "v", "o", "gate", "up", "down"]
 
 
 class LoraConfig(_Section):
-    """Multi-LoRA serving (vLLM's --max-loras family; docs/lora.md). Only used when requests
-    name adapters (workload.lora or a trace's ``lora`` column)."""
+    """Multi-LoRA serving (vLLM's --max-loras family; docs/lora.md). On with ``workload.lora``,
+    or with ``enabled`` for a trace whose ``lora`` column names the adapters."""
+
+    enabled: bool = False
+    """Serve the adapters a trace names (vLLM --enable-lora); workload.lora turns it on too."""
 
     max_loras: int = Field(default=4, ge=1)
     """Adapters resident on the device at once (slots reserved up front)."""

@@ -69,12 +69,10 @@ def _reject_unsupported(cfg: SimConfig) -> None:
         "speculative decoding with pim.enabled": cfg.speculative.enabled and cfg.pim.enabled,
         "speculative decoding with scheduler.policy: static": cfg.speculative.enabled
         and cfg.scheduler.policy == "static",
-        "LoRA adapters (workload.lora) with pipeline_parallel > 1": uses_lora(cfg)
+        "LoRA adapters with pipeline_parallel > 1": uses_lora(cfg)
         and any(p.pipeline_parallel > 1 for p in pools),
         "LoRA adapters with scheduler.policy: static": uses_lora(cfg)
         and cfg.scheduler.policy == "static",
-        "LoRA adapters in a trace (workload.lora with kind: trace)": uses_lora(cfg)
-        and cfg.workload.kind == "trace",
     }
     for what, used in unsupported.items():
         if used:
@@ -83,7 +81,23 @@ def _reject_unsupported(cfg: SimConfig) -> None:
 
 def uses_lora(cfg: SimConfig) -> bool:
     """Requests name LoRA adapters: slots are reserved and the adapter machinery runs."""
-    return cfg.workload.lora is not None
+    return cfg.workload.lora is not None or cfg.lora.enabled
+
+
+def adapter_rank(cfg: SimConfig) -> int:
+    """Rank of the served adapters: the generator's, or (a trace's adapters) the slot rank."""
+    return cfg.workload.lora.rank if cfg.workload.lora is not None else cfg.lora.max_lora_rank
+
+
+def _check_trace_adapters(cfg: SimConfig, requests: list[RequestSpec]) -> None:
+    if uses_lora(cfg):
+        return
+    named = next((r for r in requests if r.lora is not None), None)
+    if named is not None:
+        raise ConfigError(
+            f"workload: request {named.id} names LoRA adapter {named.lora!r} (trace column "
+            "'lora'); set lora.enabled: true to serve adapters"
+        )
 
 
 def _check_lora(cfg: SimConfig) -> None:
@@ -269,8 +283,8 @@ def build_cluster(cfg: SimConfig, metrics: MetricsCollector) -> Cluster:
                 cfg.speculative, spec, draft, timer, device, cfg.dtype, cfg.resolved_kv_dtype
             )
         lora = None
-        if cfg.workload.lora is not None:
-            rank, targets = cfg.workload.lora.rank, cfg.lora.target_modules
+        if uses_lora(cfg):
+            rank, targets = adapter_rank(cfg), cfg.lora.target_modules
             lora = LoraCompute(spec, targets, rank, timer)
             device_bytes = adapter_bytes_per_device(
                 spec, targets, rank, cfg.dtype, tp, spec.num_layers
@@ -335,6 +349,7 @@ def simulate(
     cluster = build_cluster(cfg, metrics)
     if requests is None:
         requests = load_requests(cfg)
+    _check_trace_adapters(cfg, requests)
     hook = None if progress is None else (lambda now: progress(now, len(metrics.records)))
     engine = Engine(cluster, progress=hook)
     wall_start = time.perf_counter()

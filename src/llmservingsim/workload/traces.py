@@ -48,6 +48,10 @@ class TraceRow:
     output_len: int
     token_ids: tuple[int, ...] | None = None
     hash_ids: tuple[int, ...] | None = None
+    lora: str | None = None  # the LoRA adapter the request names (optional field 'lora')
+
+
+LORA_FIELD = "lora"
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +227,13 @@ def _row(
             f"input token ({input_len})"
         )
     hash_ids = _ids(values, layout.hash_ids, where)
-    return TraceRow(where.line_no, arrival_ns, input_len, output_len, token_ids, hash_ids)
+    lora = values.get(LORA_FIELD)
+    if lora is not None and not isinstance(lora, str):
+        raise bad(LORA_FIELD, "an adapter name (a string) or null")
+    lora = lora.strip() if lora else None
+    return TraceRow(
+        where.line_no, arrival_ns, input_len, output_len, token_ids, hash_ids, lora or None
+    )
 
 
 def _ids(values: Mapping[str, object], name: str | None, where: _Where) -> tuple[int, ...] | None:
@@ -270,7 +280,8 @@ def _read_csv(path: Path, layout: Layout) -> Iterator[TraceRow]:
                     f"{path}:1: missing column(s) {', '.join(missing)}; "
                     f"expected {expected} (found {found})"
                 )
-            used = [name for name in (layout.arrival, layout.input, layout.output) if name in index]
+            fields = (layout.arrival, layout.input, layout.output, LORA_FIELD)
+            used = [name for name in fields if name in index]
             for cells in reader:
                 where = _Where(path, reader.line_num, "column")
                 if not any(cell.strip() for cell in cells):
@@ -371,6 +382,7 @@ def read_trace(
             input_len=int(a),
             output_len=int(b),
             content=row_content(row, trace.path, trace.hash_block_size, int(a)),
+            lora=row.lora,
         )
         for i, (row, t, a, b) in enumerate(zip(rows, arrivals, inputs, outputs, strict=True))
     ]
