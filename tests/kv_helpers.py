@@ -11,6 +11,7 @@ import pytest
 
 import llmservingsim.simulation as simulation
 from llmservingsim.perf.iteration import BatchShape, IterationTimer, StepCost
+from llmservingsim.serving import instance as instance_module
 from llmservingsim.serving.instance import Instance
 
 
@@ -54,4 +55,6 @@ def kv_run(num_blocks: int | None = None) -> Iterator[StepLog]:
         mp.setattr(simulation, "plan_instance_memory", small_plan)
         mp.setattr(IterationTimer, "step", spy_timer)
         mp.setattr(Instance, "start_step", spy_start)
+        # Every step is timed and logged: no fast-forward runs.
+        mp.setattr(instance_module, "plan_decode_run", lambda *args: None)
         yield log

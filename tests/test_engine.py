@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from llmservingsim.config import SimConfig, load_config
 from llmservingsim.engine import Engine
 from llmservingsim.outputs.files import write_summary
+from llmservingsim.serving import instance as instance_module
 from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.sequence import Sequence
 from llmservingsim.simulation import SimulationResult, load_requests, simulate
@@ -82,6 +83,8 @@ def recording_steps() -> Iterator[list[Step]]:
         mp.setattr(Engine, "_try_start", spy_try_start)
         mp.setattr(Instance, "start_step", spy_start)
         mp.setattr(Instance, "end_step", spy_end)
+        # Every step is watched: no fast-forward runs (tests/test_fast_forward.py checks them).
+        mp.setattr(instance_module, "plan_decode_run", lambda *args: None)
         yield steps
 
 

@@ -508,6 +508,14 @@ class SloConfig(_Section):
         return any(v is not None for v in (self.ttft_s, self.tpot_s, self.e2e_s))
 
 
+class EngineConfig(_Section):
+    """How the simulator itself runs; never changes a simulated number."""
+
+    fast_forward: bool = True
+    """Lay out runs of identical pure-decode steps in one go (docs/performance.md). The results
+    equal step-by-step simulation; false steps one iteration at a time (for checking)."""
+
+
 class OutputsConfig(_Section):
     """What ``run`` writes besides summary.json (docs/outputs.md); never changes a simulated number.
 
@@ -555,6 +563,7 @@ class SimConfig(_Section):
     speculative: SpeculativeConfig = SpeculativeConfig()
     slo: SloConfig = SloConfig()
     outputs: OutputsConfig = OutputsConfig()
+    engine: EngineConfig = EngineConfig()
     seed: int = 0
     """Random seed: a run is fully reproducible from it."""
 

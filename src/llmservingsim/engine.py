@@ -3,8 +3,13 @@
 A request that arrives while an instance is mid-step joins at the next step boundary, as in a
 real engine. An idle instance starts a step as soon as it has work; a pipelined instance starts
 its next micro-batch when stage 0 frees up (a wake-up event). A request prefilled on a
-prefill instance reaches its decode instance when its KV transfer ends. Ties are broken by a
-monotone counter so a run is fully deterministic.
+prefill instance reaches its decode instance when its KV transfer ends. Events at the same
+time are taken in a fixed order (step ends, wake-ups, KV arrivals; then by instance), so a run is
+fully deterministic and does not depend on when an event was scheduled.
+
+Fast-forward: an instance may announce the end of a whole run of decode steps as one event
+(serving/decode_run.py). Whatever reaches the instance earlier (a routed request, a KV arrival)
+first cuts the run at that moment; the run's old end event is then stale and skipped.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ class Dispatcher(Protocol):
 
     instances: list[Instance]
 
+    @property
+    def routes_by_kv_usage(self) -> bool:
+        """Whether routing reads free KV blocks (which change inside a fast-forward run)."""
+        ...
+
     def route(self, spec: RequestSpec) -> Instance: ...
 
     def hand_off(self, seq: Sequence, source: Instance, now: float) -> tuple[Instance, float]:
@@ -47,15 +57,23 @@ class Engine:
         self.progress = progress
         self.progress_every = progress_every
         self.now = 0.0
-        # (time, tie-breaker, kind, instance index, virtual engine index or transfer id)
+        # (time, kind, instance index, virtual engine index or transfer id, step serial)
         self._events: list[tuple[float, int, int, int, int]] = []
         self._transfers: dict[int, Sequence] = {}
-        self._counter = 0
         self.interrupted = False
 
-    def _push(self, time: float, kind: int, instance: int, arg: int) -> None:
-        self._counter += 1
-        heapq.heappush(self._events, (time, self._counter, kind, instance, arg))
+    def _push(self, time: float, kind: int, instance: int, arg: int, serial: int = 0) -> None:
+        heapq.heappush(self._events, (time, kind, instance, arg, serial))
+
+    def _push_step_end(self, time: float, instance: Instance, engine_index: int) -> None:
+        ve = instance.engines[engine_index]
+        ve.step_serial += 1
+        self._push(time, STEP_END, instance.index, engine_index, ve.step_serial)
+
+    def _cut(self, instance: Instance) -> None:
+        """Bring a fast-forwarding instance up to now before anything changes it."""
+        for engine_index, finish in instance.cut_runs(self.now):
+            self._push_step_end(finish, instance, engine_index)
 
     def _try_start(self, instance: Instance) -> None:
         now = self.now
@@ -64,7 +82,7 @@ class Engine:
             if started is None:
                 break
             finish, engine_index = started
-            self._push(finish, STEP_END, instance.index, engine_index)
+            self._push_step_end(finish, instance, engine_index)
         if instance.pp > 1:
             wake = instance.next_wake(now)
             if wake is not None and wake != instance.wake_at:
@@ -80,6 +98,8 @@ class Engine:
             return self._loop(requests)
         except KeyboardInterrupt:
             self.interrupted = True
+            for instance in self.instances:
+                instance.cut_runs(self.now)
             return self.now
 
     def _loop(self, requests: SequenceOf[RequestSpec]) -> float:
@@ -99,31 +119,41 @@ class Engine:
                 arrival_time = requests[next_arrival].arrival_s
                 self.now = max(self.now, arrival_time)
                 touched: dict[int, Instance] = {}
+                if self.dispatcher.routes_by_kv_usage:
+                    for instance in instances:
+                        self._cut(instance)
                 while (
                     next_arrival < num_requests and requests[next_arrival].arrival_s == arrival_time
                 ):
                     spec = requests[next_arrival]
                     next_arrival += 1
                     instance = self.dispatcher.route(spec)
+                    self._cut(instance)
                     instance.add(Sequence(spec), self.now)
                     touched[instance.index] = instance
                 for instance in touched.values():
                     self._try_start(instance)
                 continue
-            self.now, _, kind, index, arg = heapq.heappop(events)
+            self.now, kind, index, arg, serial = heapq.heappop(events)
             instance = instances[index]
             if kind == STEP_END:
+                if serial != instance.engines[arg].step_serial:
+                    continue  # the end of a fast-forward run that was cut short
                 for seq in instance.end_step(arg, self.now):
                     self._start_transfer(seq, instance)
                 steps += 1
                 if self.progress is not None and steps % self.progress_every == 0:
                     self.progress(self.now)
             elif kind == KV_ARRIVAL:
+                self._cut(instance)
                 instance.add(self._transfers.pop(arg), self.now)
             self._try_start(instance)
         return self.now
 
     def _start_transfer(self, seq: Sequence, source: Instance) -> None:
+        if self.dispatcher.routes_by_kv_usage:
+            for instance in self.instances:
+                self._cut(instance)
         target, seconds = self.dispatcher.hand_off(seq, source, self.now)
         self._transfers[seq.id] = seq
         self._push(self.now + seconds, KV_ARRIVAL, target.index, seq.id)

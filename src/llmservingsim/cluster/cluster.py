@@ -43,6 +43,11 @@ class Cluster:
     def disaggregated(self) -> bool:
         return self.decode_router is not None
 
+    @property
+    def routes_by_kv_usage(self) -> bool:
+        routers = [self.router] if self.decode_router is None else [self.router, self.decode_router]
+        return any(r.reads_kv_usage for r in routers)
+
     def route(self, spec: RequestSpec) -> Instance:
         return self.router.route(spec)
 

@@ -7,6 +7,7 @@ blocks at the moment the request arrives.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import numpy as np
 
@@ -16,6 +17,10 @@ from llmservingsim.workload.request_spec import RequestSpec
 
 
 class Router(ABC):
+    reads_kv_usage: ClassVar[bool] = False
+    """Whether routing reads the instances' free KV blocks, which change inside a fast-forward
+    run: the engine then settles every instance up to the arrival first."""
+
     def __init__(self, instances: list[Instance], rng: np.random.Generator) -> None:
         if not instances:
             raise ValueError("a router needs at least one instance")
@@ -74,6 +79,8 @@ class LeastOutstandingRouter(Router):
 class LeastKvRouter(Router):
     """Most free KV blocks per block of capacity (so mixed pools compare fairly), then fewest
     waiting requests: a KV-aware balancer."""
+
+    reads_kv_usage = True
 
     def route(self, spec: RequestSpec) -> Instance:
         return max(

@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from llmservingsim.hardware.backends import PerfBackend
 from llmservingsim.hardware.device import DeviceSpec
@@ -64,6 +66,10 @@ _Cost = tuple[float, float, float]
 
 
 class IterationTimer:
+    repeatable: ClassVar[bool] = True
+    """Whether :meth:`step` depends only on the batch (apart from the memo counters), so the
+    steps of a decode run can be timed ahead of time (serving/decode_run.py)."""
+
     def __init__(
         self,
         spec: ModelSpec,
@@ -119,6 +125,24 @@ class IterationTimer:
     @property
     def cache_hit_rate(self) -> float:
         return self.cache_hits / self.cache_lookups if self.cache_lookups else 0.0
+
+    def repeat_costs(self, batches: Sequence[BatchShape]) -> tuple[list[StepCost], int, int]:
+        """Costs of steps timed ahead of time, and the memo lookups and hits one of them makes.
+
+        The memo counters are left as they were: :meth:`count_repeats` adds them for the steps
+        that do run, so the reported hit rate equals stepping one iteration at a time.
+        """
+        lookups, hits = self.cache_lookups, self.cache_hits
+        costs = [self.step(batch) for batch in batches]
+        count = max(1, len(batches))
+        per_lookups = (self.cache_lookups - lookups) // count
+        per_hits = (self.cache_hits - hits) // count
+        self.cache_lookups, self.cache_hits = lookups, hits
+        return costs, per_lookups, per_hits
+
+    def count_repeats(self, steps: int, lookups: int, hits: int) -> None:
+        self.cache_lookups += steps * lookups
+        self.cache_hits += steps * hits
 
     def _ops_cost(self, ops: list[Op]) -> _Cost:
         seconds = flops = traffic = 0.0

@@ -38,6 +38,9 @@ _Side = tuple[float, float, float]  # seconds, flops, bytes of one layer on the 
 
 
 class PimIterationTimer(IterationTimer):
+    # step() adds to pim_busy_s: steps are timed as they run, never ahead.
+    repeatable = False
+
     def __init__(
         self,
         spec: ModelSpec,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from llmservingsim.serving.sequence import Sequence
 
@@ -29,13 +31,58 @@ class PrefixHit:
         return sum(1 for b in self.blocks if b >= 0)
 
 
+class FreeBlocks:
+    """Free block ids, first in first out: the never-used ids in order, then returned ones
+    (blocks put back at the front, :meth:`appendleft`, come out first, last in first out).
+
+    The never-used ids are a counter, not a list, so a large idle cache (a 1,000-instance
+    cluster holds tens of millions of blocks) costs no memory; the order, hence every block id
+    handed out, is the same as a queue that started with all ids.
+    """
+
+    def __init__(self, num_blocks: int) -> None:
+        self._front: list[int] = []  # put back at the head, the last one first
+        self._next_fresh = 0
+        self._end = num_blocks
+        self._returned: deque[int] = deque()
+
+    def __len__(self) -> int:
+        return len(self._front) + self._end - self._next_fresh + len(self._returned)
+
+    def __iter__(self) -> Iterator[int]:
+        yield from reversed(self._front)
+        yield from range(self._next_fresh, self._end)
+        yield from self._returned
+
+    def popleft(self) -> int:
+        if self._front:
+            return self._front.pop()
+        if self._next_fresh < self._end:
+            self._next_fresh += 1
+            return self._next_fresh - 1
+        return self._returned.popleft()
+
+    def append(self, block: int) -> None:
+        self._returned.append(block)
+
+    def appendleft(self, block: int) -> None:
+        self._front.append(block)
+
+    def extend(self, blocks: Iterable[int]) -> None:
+        self._returned.extend(blocks)
+
+
 class BlockManager:
     """Blocks without content: nothing is shared, a freed block is simply free again."""
+
+    fast_forward_safe: ClassVar[bool] = True
+    """Whether a decode step's only effect here is new blocks for the growing sequences, so
+    runs of decode steps may be applied in bulk (serving/decode_run.py)."""
 
     def __init__(self, num_blocks: int, block_size: int) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self.free_blocks: deque[int] = deque(range(num_blocks))
+        self.free_blocks = FreeBlocks(num_blocks)
 
     @property
     def num_free(self) -> int:
@@ -84,6 +131,9 @@ class BlockManager:
 
     def _release(self, block: int) -> None:
         self.free_blocks.appendleft(block)
+    def append_blocks(self, seq: Sequence, count: int) -> None:
+        """Give a decoding ``seq`` ``count`` more blocks, as :meth:`allocate` would."""
+        seq.blocks.extend(self._take_free(count))
 
     def _take_free(self, count: int) -> list[int]:
         free = self.free_blocks

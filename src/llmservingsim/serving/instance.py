@@ -8,6 +8,10 @@ stage. A batch enters stage s when it left stage s−1 and the previous batch le
 Roles (prefill/decode disaggregation): a ``prefill`` instance hands a request off once its
 prompt is computed and its first token sampled; ``decode`` and ``mixed`` instances serve
 requests to the end.
+
+Fast-forward (``engine.fast_forward``): a step that only decodes every running request may
+start a :class:`DecodeRun` of the steps that certainly repeat it; the engine cuts the run short
+(:meth:`Instance.cut_runs`) when a request or a KV transfer reaches the instance earlier.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.perf.iteration import BatchShape, IterationTimer, StepCost
 from llmservingsim.serving.lora import LoraCompute
+from llmservingsim.serving.decode_run import DecodeRun, plan_decode_run
 from llmservingsim.serving.memory import MemoryPlan
 from llmservingsim.serving.schedulers.base import ScheduledEntry, Scheduler
 from llmservingsim.serving.sequence import Sequence, Status
@@ -35,6 +40,13 @@ class VirtualEngine:
     in_flight: list[ScheduledEntry] = field(default_factory=list)
     busy: bool = False
     outstanding: int = 0  # requests assigned and not yet finished or handed off
+    run: DecodeRun | None = None  # the fast-forward run in flight, if any
+    step_serial: int = 0  # numbers the engine's step-end events; a cut run's old one is stale
+
+
+# Steps a decode run is laid out for at most: doubles after a run that ends as planned, shrinks
+# to twice the steps done after a cut, so runs that keep getting cut waste little timing work.
+_RUN_HORIZON = (4, 4096)
 
 
 class Instance:
@@ -56,6 +68,7 @@ class Instance:
         attached_devices: tuple[tuple[DeviceSpec, int], ...] = (),
         speculator: Speculator | None = None,
         lora: LoraCompute | None = None,
+        fast_forward: bool = False,
     ) -> None:
         self.index = index
         self.engines = [VirtualEngine(s) for s in schedulers]
@@ -83,6 +96,9 @@ class Instance:
         self._bandwidth = device.memory_bandwidth
         self._idle_w = device.power.idle_w
         self._dynamic_w = device.power.max_w - device.power.idle_w
+        # Runs need one engine (no pipeline) and a timer without per-step side effects.
+        self.fast_forward = fast_forward and self.pp == 1 and timer.repeatable
+        self._run_horizon = _RUN_HORIZON[0]
 
     # -------------------------------------------------------------- load seen by routers
 
@@ -162,9 +178,11 @@ class Instance:
             ve = self.engines[k]
             if ve.busy:
                 continue
+            scheduler = ve.scheduler
             if self.speculator is not None:
-                ve.scheduler.lookahead = self.speculator.lookahead(len(ve.scheduler.running))
-            entries = ve.scheduler.schedule()
+                scheduler.lookahead = self.speculator.lookahead(len(scheduler.running))
+            running, preemptions = len(scheduler.running), scheduler.preemptions
+            entries = scheduler.schedule()
             if not entries:
                 continue
             self._next_engine = (k + 1) % count
@@ -175,13 +193,59 @@ class Instance:
             if self.lora is not None and ve.scheduler.adapters is not None:
                 cost = self.lora.add_to(entries, cost, ve.scheduler.adapters.stats)
             # KV copies over the host link (swap, offload loads) run before the forward pass.
-            start = now + ve.scheduler.take_transfer_seconds()
-            finish = self._run_pipeline(start, cost)
+            transfer = scheduler.take_transfer_seconds()
+            finish = self._run_pipeline(now + transfer, cost)
             self._record_step(batch, cost, now, k)
             ve.in_flight = entries
             ve.busy = True
+            if (
+                self.fast_forward
+                and transfer == 0.0
+                and not batch.prefill
+                and batch.num_decode == running == len(scheduler.running)
+                and scheduler.preemptions == preemptions
+                and scheduler.repeats_decode()
+                and not self.blocks_fast_forward()
+            ):
+                ve.run = plan_decode_run(
+                    entries, batch, cost, finish, scheduler.blocks, self.timer, self._run_horizon
+                )
+                if ve.run is not None:
+                    finish = self.stage_free[0] = ve.run.finish
             return finish, k
         return None
+
+    def cut_runs(self, now: float) -> list[tuple[int, float]]:
+        """Something reaches the instance at ``now``: apply the steps of its decode runs that
+        ended before, and end each run with the step in progress.
+
+        Returns (virtual engine, new end of its in-flight step) for each run that got shorter.
+        """
+        changed = []
+        for k, ve in enumerate(self.engines):
+            run = ve.run
+            if run is None:
+                continue
+            current = run.steps_ended_before(now)
+            self._advance_run(k, current)
+            if current < len(run.ends) - 1:
+                run.truncate(current)
+                self.stage_free[0] = run.finish
+                self._run_horizon = max(_RUN_HORIZON[0], 2 * (current + 1))
+                changed.append((k, run.finish))
+        return changed
+
+    def _advance_run(self, engine: int, upto: int) -> None:
+        """Apply a run's steps before step ``upto``: their ends and the starts that followed."""
+        ve = self.engines[engine]
+        run = ve.run
+        assert run is not None
+        blocks = ve.scheduler.blocks
+        for step in range(run.applied + 1, upto + 1):
+            run.grow(step, blocks)
+            self._record_step(run.batches[step], run.costs[step], run.ends[step - 1], engine)
+        self.timer.count_repeats(upto - run.applied, run.lookups_per_step, run.hits_per_step)
+        run.end_steps(upto, self.metrics.itl)
 
     def next_wake(self, now: float) -> float | None:
         """When stage 0 frees up for an idle virtual engine that has work (PP > 1 only)."""
@@ -273,6 +337,11 @@ class Instance:
         Returns the requests a prefill instance hands off (prompt done, first token sampled).
         """
         ve = self.engines[engine_index]
+        if ve.run is not None:
+            if not ve.run.cut:
+                self._run_horizon = min(_RUN_HORIZON[1], 2 * self._run_horizon)
+            self._advance_run(engine_index, len(ve.run.ends) - 1)
+            ve.run = None
         handoffs: list[Sequence] = []
         for seq, num_new in ve.in_flight:
             if num_new > seq.remaining:

@@ -60,6 +60,9 @@ def block_keys(content: TokenContent, block_size: int) -> list[BlockKey]:
 
 
 class PrefixCachingBlockManager(BlockManager):
+    # A decode step registers the blocks it fills: steps are applied one at a time.
+    fast_forward_safe = False
+
     def __init__(
         self, num_blocks: int, block_size: int, offload: OffloadTier | None = None
     ) -> None:

@@ -169,6 +169,17 @@ class Scheduler(ABC):
             stats[key] = stats.get(key, 0) + value
         return stats
 
+    def repeats_decode(self) -> bool:
+        """Whether a step that only decoded every running request (nobody admitted or
+        preempted) repeats itself, one more token each, until a request finishes, one arrives
+        or the KV cache runs short: then the engine may fast-forward (serving/decode_run.py).
+
+        A policy opts in once its admission test cannot turn true while the batch only grows;
+        features that change a decode step (speculative decoding, LoRA adapters) must answer
+        False for the steps they touch. Default False: one step at a time, always correct.
+        """
+        return False
+
     @abstractmethod
     def schedule(self) -> list[ScheduledEntry]:
         """The sequences of the next step; allocates their KV blocks."""

@@ -29,6 +29,10 @@ class StaticScheduler(Scheduler):
             self.admit(seq, lifetime, hit)
             budget -= prompt
 
+    def repeats_decode(self) -> bool:
+        # Nobody joins a running batch, and its KV was reserved up front.
+        return self.blocks.fast_forward_safe
+
     def schedule(self) -> list[ScheduledEntry]:
         if not self.running:
             self._form_batch()

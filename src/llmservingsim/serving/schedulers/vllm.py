@@ -26,6 +26,11 @@ class VllmScheduler(Scheduler):
         """
         return min(seq.num_tokens - hit.tokens, budget)
 
+    def repeats_decode(self) -> bool:
+        # A refused waiting request stays refused: decoding only shrinks the free pool (and
+        # no_evict's unpromised pool stays put); budget and batch size do not change.
+        return self.blocks.fast_forward_safe
+
     def schedule(self) -> list[ScheduledEntry]:
         budget = self.cfg.max_num_batched_tokens
         entries: list[ScheduledEntry] = []

@@ -1,0 +1,168 @@
+"""Fast-forward is exact: every per-request time and summary number equals step-by-step mode.
+
+Scenarios mix every registered scheduler, TP and PP, multi-instance routers, prefill/decode
+disaggregation, prefix caching, swap preemption and KV pressure, with arrival patterns that
+make decode runs start and get cut short by arrivals and KV transfers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmservingsim import simulation
+from llmservingsim.cluster.routers import ROUTERS
+from llmservingsim.config import load_config
+from llmservingsim.serving.instance import Instance
+from llmservingsim.serving.schedulers import SCHEDULERS
+from llmservingsim.simulation import SimulationResult, simulate
+from llmservingsim.workload.request_spec import RequestSpec, TokenContent
+
+REL = 1e-9
+WALL_FIELDS = {"sim_wall_s"}
+
+LAYOUTS = {
+    "single": [],
+    "tp2": ["cluster.tensor_parallel=2"],
+    "pp2": ["cluster.pipeline_parallel=2"],
+    "three": ["cluster.instances=3"],
+    "pd": ["cluster.pools=[{role: prefill, count: 1}, {role: decode, count: 2}]"],
+}
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    n = draw(st.integers(1, 14))
+    shared = draw(st.booleans())
+    specs, t = [], 0.0
+    for i in range(n):
+        t += draw(st.sampled_from([0.0, 0.0, 0.003, 0.02, 0.1, 0.5]))
+        input_len = draw(st.integers(1, 300))
+        content = None
+        if shared:
+            prefix = min(input_len, 64)
+            runs = (
+                ((1, prefix), (100 + i, input_len - prefix))
+                if input_len > prefix
+                else ((1, prefix),)
+            )
+            content = TokenContent("t", runs)
+        specs.append(RequestSpec(i, t, input_len, draw(st.integers(1, 250)), content))
+    block_size = draw(st.sampled_from([8, 16]))
+    biggest = max(-(-(s.input_len + s.output_len - 1) // block_size) for s in specs)
+    layout = draw(st.sampled_from(sorted(LAYOUTS)))
+    overrides = [
+        "model=llama-3.2-1b",
+        f"scheduler.policy={draw(st.sampled_from(sorted(SCHEDULERS.names())))}",
+        f"scheduler.max_num_seqs={draw(st.integers(1, 8))}",
+        f"scheduler.max_num_batched_tokens={draw(st.sampled_from([32, 128, 2048]))}",
+        f"scheduler.block_size={block_size}",
+        f"scheduler.enable_prefix_caching={str(shared and draw(st.booleans())).lower()}",
+        f"scheduler.preemption={draw(st.sampled_from(['recompute', 'swap']))}",
+        *LAYOUTS[layout],
+    ]
+    if layout in ("three", "pd"):
+        overrides.append(f"cluster.router={draw(st.sampled_from(sorted(ROUTERS.names())))}")
+    tight = draw(st.booleans())
+    num_blocks = biggest + draw(st.integers(0, 2 * biggest)) if tight else None
+    return {"specs": specs, "overrides": overrides, "num_blocks": num_blocks}
+
+
+@dataclasses.dataclass
+class Counter:
+    runs: int = 0
+
+
+def run_mode(sc: dict[str, Any], fast_forward: bool, counter: Counter) -> SimulationResult:
+    cfg = load_config(None, [*sc["overrides"], f"engine.fast_forward={str(fast_forward).lower()}"])
+    with patched(sc["num_blocks"], counter):
+        return simulate(cfg, requests=sc["specs"])
+
+
+def patched(num_blocks: int | None, counter: Counter) -> Any:
+    plan = simulation.plan_instance_memory
+    cut = Instance.cut_runs
+
+    def small_plan(cfg: Any, pool: Any = None) -> Any:
+        real = plan(cfg, pool)
+        return real if num_blocks is None else dataclasses.replace(real, num_blocks=num_blocks)
+
+    def counting_cut(self: Instance, now: float) -> list[tuple[int, float]]:
+        changed = cut(self, now)
+        counter.runs += len(changed)
+        return changed
+
+    mp = pytest.MonkeyPatch()
+
+    class Ctx:
+        def __enter__(self) -> None:
+            mp.setattr(simulation, "plan_instance_memory", small_plan)
+            mp.setattr(Instance, "cut_runs", counting_cut)
+
+        def __exit__(self, *exc: object) -> None:
+            mp.undo()
+
+    return Ctx()
+
+
+def numbers(summary: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
+    for key, value in summary.items():
+        if key in WALL_FIELDS:
+            continue
+        if isinstance(value, dict):
+            yield from numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    yield from numbers(item, f"{prefix}{key}[{i}].")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield prefix + key, float(value)
+
+
+def assert_same(step: SimulationResult, fast: SimulationResult) -> None:
+    assert len(step.metrics.records) == len(fast.metrics.records)
+    by_id = {r.id: r for r in step.metrics.records}
+    for rec in fast.metrics.records:
+        ref = by_id[rec.id]
+        assert (rec.status, rec.instance, rec.preemptions, rec.output_tokens) == (
+            ref.status,
+            ref.instance,
+            ref.preemptions,
+            ref.output_tokens,
+        )
+        for name in ("first_token_s", "finish_s", "first_scheduled_s", "kv_transfer_s"):
+            assert getattr(rec, name) == pytest.approx(getattr(ref, name), rel=REL, abs=1e-12)
+    assert sorted(step.metrics.itl) == pytest.approx(sorted(fast.metrics.itl), rel=REL)
+    ref_numbers = dict(numbers(step.summary))
+    fast_numbers = dict(numbers(fast.summary))
+    assert ref_numbers.keys() == fast_numbers.keys()
+    for key, value in ref_numbers.items():
+        assert fast_numbers[key] == pytest.approx(value, rel=REL, abs=1e-12), key
+
+
+@settings(max_examples=120, deadline=None)
+@given(sc=scenarios())
+def test_fast_forward_equals_stepping(sc: dict[str, Any]) -> None:
+    counter = Counter()
+    step = run_mode(sc, False, counter)
+    fast = run_mode(sc, True, counter)
+    assert_same(step, fast)
+
+
+def test_fast_forward_takes_runs_and_cuts_them() -> None:
+    """One long decode batch, then arrivals that land inside its runs: both paths are used."""
+    specs = [RequestSpec(i, 0.0, 100, 400) for i in range(4)]
+    specs += [RequestSpec(4 + i, 0.3 + 0.37 * i, 50, 30) for i in range(5)]
+    sc = {"specs": specs, "overrides": ["model=llama-3.2-1b"], "num_blocks": None}
+    counter = Counter()
+    step = run_mode(sc, False, counter)
+    assert counter.runs == 0
+    fast = run_mode(sc, True, counter)
+    assert counter.runs >= 2, "arrivals cut decode runs short"
+    assert_same(step, fast)
+    assert fast.summary["iterations"] == step.summary["iterations"] > 400
