@@ -1,59 +1,127 @@
-"""Simulator speed: wall time per simulated iteration on a few fixed scenarios (`make bench`).
+"""Simulator speed and memory on fixed scenarios (`make bench`; docs/performance.md).
 
-Scenarios (a) and (b) of issue #7; the large-scale ones (100k requests, 1M requests on 16
-instances, 1,000 instances) need multi-instance routing and fast-forward and come with those
-issues.
+Each scenario runs in a fresh subprocess, so its peak RSS is its own. The table gives the
+simulated iterations, wall time, µs per iteration, peak RSS and requests per wall second;
+``--compare`` runs the chosen scenarios with fast-forward on and off and prints the speed-up.
+
+    python benchmarks/run_benchmarks.py                  # (a) and (b), the quick ones
+    python benchmarks/run_benchmarks.py --only a,b,c,d,e # every scenario (tens of minutes)
+    python benchmarks/run_benchmarks.py --only b --compare
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import resource
+import subprocess
 import sys
 import time
 
 from rich.console import Console
 from rich.table import Table
 
-from llmservingsim.config import load_config
-from llmservingsim.simulation import simulate
-
-SCENARIOS: dict[str, list[str]] = {
-    "(a) default scenario": [],
-    "(b) 300 req @ 10/s, 8B, H100": [
-        "workload.num_requests=300",
-        "workload.arrival.rate=10",
-    ],
-    "(b') 2000 req at t=0, 7B, A100": [
-        "model=llama-2-7b",
-        "hardware=a100-80gb",
-        "workload.num_requests=2000",
-        "workload.arrival.rate=.inf",
-    ],
+# Arrival rates sit just below each setup's measured throughput (docs/performance.md).
+SCENARIOS: dict[str, tuple[str, list[str]]] = {
+    "a": ("(a) default scenario", []),
+    "b": ("(b) 300 ShareGPT-like, 8B, 1x H100", ["workload.num_requests=300"]),
+    "c": (
+        "(c) 100k, 70B TP4, A100, near saturation",
+        [
+            "model=llama-2-70b",
+            "hardware=a100-80gb",
+            "cluster.tensor_parallel=4",
+            "workload.num_requests=100000",
+            "workload.arrival.rate=6",
+        ],
+    ),
+    "d": (
+        "(d) 1M, 16x 8B H100, least_outstanding",
+        [
+            "cluster.instances=16",
+            "cluster.router=least_outstanding",
+            "workload.num_requests=1000000",
+            "workload.arrival.rate=500",
+        ],
+    ),
+    "e": (
+        "(e) 1,000 instances, 100k requests",
+        [
+            "cluster.instances=1000",
+            "cluster.router=least_outstanding",
+            "workload.num_requests=100000",
+            "workload.arrival.rate=2000",
+        ],
+    ),
 }
 
 
+def measure(key: str, fast_forward: bool) -> dict[str, float]:
+    """Run one scenario in this process (the child) and return its numbers."""
+    from llmservingsim.config import load_config
+    from llmservingsim.simulation import simulate
+
+    _, overrides = SCENARIOS[key]
+    cfg = load_config(None, [*overrides, f"engine.fast_forward={str(fast_forward).lower()}"])
+    start = time.perf_counter()
+    summary = simulate(cfg).summary
+    wall = time.perf_counter() - start
+    return {
+        "requests": summary["requests_completed"],
+        "iterations": summary["iterations"],
+        "wall_s": wall,
+        "sim_wall_s": summary["sim_wall_s"],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def in_subprocess(key: str, fast_forward: bool) -> dict[str, float]:
+    args = [sys.executable, __file__, "--child", key]
+    if not fast_forward:
+        args.append("--no-fast-forward")
+    done = subprocess.run(args, capture_output=True, text=True, check=True)
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="a,b", help="scenarios, e.g. a,b,c (default a,b)")
+    parser.add_argument("--compare", action="store_true", help="also run without fast-forward")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--no-fast-forward", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, not args.no_fast_forward)))
+        return 0
+    keys = [k.strip() for k in args.only.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
     table = Table(title="llmservingsim benchmarks", header_style="bold")
-    for col in ("scenario", "requests", "iterations", "wall s", "µs / iteration", "req / wall s"):
+    columns = ("scenario", "fast-fwd", "requests", "iterations", "wall s", "µs / iter")
+    for col in (*columns, "peak RSS MiB", "req / wall s"):
         table.add_column(col, justify="left" if col == "scenario" else "right")
-    for name, overrides in SCENARIOS.items():
-        cfg = load_config(None, overrides)
-        start = time.perf_counter()
-        summary = simulate(cfg).summary
-        wall = time.perf_counter() - start
-        iterations = summary["iterations"]
-        table.add_row(
-            name,
-            f"{summary['requests_completed']:,}",
-            f"{iterations:,}",
-            f"{wall:.2f}",
-            f"{summary['sim_wall_s'] / iterations * 1e6:.1f}",
-            f"{summary['requests_completed'] / wall:,.0f}",
-        )
     console = Console()
+    for key in keys:
+        modes = (True, False) if args.compare else (True,)
+        walls = {}
+        for fast_forward in modes:
+            r = in_subprocess(key, fast_forward)
+            walls[fast_forward] = r["sim_wall_s"]
+            table.add_row(
+                SCENARIOS[key][0],
+                "on" if fast_forward else "off",
+                f"{r['requests']:,.0f}",
+                f"{r['iterations']:,.0f}",
+                f"{r['wall_s']:.2f}",
+                f"{r['sim_wall_s'] / max(1, r['iterations']) * 1e6:.1f}",
+                f"{r['peak_rss_mib']:,.0f}",
+                f"{r['requests'] / r['wall_s']:,.0f}",
+            )
+        if args.compare:
+            console.print(f"{SCENARIOS[key][0]}: fast-forward {walls[False] / walls[True]:.2f}x")
     console.print(table)
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    console.print(f"peak RSS of the benchmark process: {peak_rss_mib:.0f} MiB")
     return 0
 
 

@@ -166,3 +166,32 @@ def test_fast_forward_takes_runs_and_cuts_them() -> None:
     assert counter.runs >= 2, "arrivals cut decode runs short"
     assert_same(step, fast)
     assert fast.summary["iterations"] == step.summary["iterations"] > 400
+
+
+def sorted_columns(table: dict[str, list[Any]], key: tuple[str, ...]) -> dict[str, list[Any]]:
+    order = sorted(range(len(table[key[0]])), key=lambda i: tuple(table[k][i] for k in key))
+    return {name: [values[i] for i in order] for name, values in table.items()}
+
+
+def test_time_series_and_request_table_match(run_to_dir: Any) -> None:
+    """The files too: per-step time series rows and request rows equal step mode's."""
+    import pyarrow.parquet as pq
+
+    tables = {}
+    for ff in (False, True):
+        out, _ = run_to_dir(
+            f"engine.fast_forward={str(ff).lower()}", "cluster.instances=2", name=f"ff{ff}"
+        )
+        tables[ff] = {
+            name: sorted_columns(pq.read_table(out / f"{name}.parquet").to_pydict(), key)
+            for name, key in (("timeseries", ("time_s", "instance")), ("requests", ("id",)))
+        }
+    assert len(tables[False]["timeseries"]["time_s"]) > 100
+    for name, step in tables[False].items():
+        fast = tables[True][name]
+        assert step.keys() == fast.keys()
+        for column, values in step.items():
+            if values and isinstance(values[0], float):
+                assert fast[column] == pytest.approx(values, rel=REL, nan_ok=True), column
+            else:
+                assert fast[column] == values, column

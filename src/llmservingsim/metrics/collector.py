@@ -13,7 +13,7 @@ from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from llmservingsim.metrics.steps import StepChunk, StepLog
+from llmservingsim.metrics.steps import FloatArray, IntArray, StepChunk, StepLog
 from llmservingsim.serving.sequence import Sequence
 
 
@@ -120,6 +120,35 @@ class MetricsCollector:
             power_w,
         )
         if len(log) >= self.chunk_size:
+            self._flush_steps()
+
+    def on_steps(
+        self,
+        instance: int,
+        engine: int,
+        start_s: FloatArray,
+        duration_s: FloatArray,
+        decode_seqs: int,
+        kv_blocks_used: IntArray,
+        kv_blocks_total: int,
+        waiting: int,
+        power_w: FloatArray,
+    ) -> None:
+        """Consecutive pure-decode steps of one batch (a fast-forward run), as arrays."""
+        if not self.step_sinks:
+            return
+        self._step_log.extend(
+            instance,
+            engine,
+            start_s,
+            duration_s,
+            decode_seqs,
+            kv_blocks_used,
+            kv_blocks_total,
+            waiting,
+            power_w,
+        )
+        if len(self._step_log) >= self.chunk_size:
             self._flush_steps()
 
     def flush(self) -> None:

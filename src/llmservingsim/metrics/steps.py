@@ -105,6 +105,40 @@ class StepLog:
         a[9](waiting)
         a[10](power_w)
 
+    def extend(
+        self,
+        instance: int,
+        engine: int,
+        start_s: FloatArray,
+        duration_s: FloatArray,
+        decode_seqs: int,
+        kv_blocks_used: IntArray,
+        kv_blocks_total: int,
+        waiting: int,
+        power_w: FloatArray,
+    ) -> None:
+        """Append pure-decode steps of one batch (no prefill tokens) given as arrays."""
+        count = len(start_s)
+        c = self._columns
+        for name, value in (
+            ("instance", instance),
+            ("engine", engine),
+            ("num_seqs", decode_seqs),
+            ("prefill_tokens", 0),
+            ("decode_tokens", decode_seqs),
+            ("kv_blocks_total", kv_blocks_total),
+            ("waiting", waiting),
+        ):
+            c[name].extend([value] * count)
+        for name, values in (
+            ("start_s", start_s),
+            ("duration_s", duration_s),
+            ("power_w", power_w),
+            ("kv_blocks_used", kv_blocks_used),
+        ):
+            dtype = np.float64 if name in _FLOAT_FIELDS else np.int64
+            c[name].frombytes(np.ascontiguousarray(values, dtype=dtype).tobytes())
+
     def take_chunk(self) -> StepChunk:
         """The buffered steps as numpy arrays; the buffer starts empty again."""
         columns: dict[str, Any] = {

@@ -17,11 +17,14 @@ from collections.abc import MutableSequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from llmservingsim.perf.iteration import BatchShape, IterationTimer, StepCost
 from llmservingsim.serving.block_manager import BlockManager
 from llmservingsim.serving.schedulers.base import ScheduledEntry
 from llmservingsim.serving.sequence import Sequence
+
+FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass
@@ -40,6 +43,7 @@ class DecodeRun:
     growth: list[list[tuple[int, Sequence]]]
     lookups_per_step: int  # perf-model memo lookups and hits one step makes
     hits_per_step: int
+    new_blocks: npt.NDArray[np.int64]  # KV blocks each step's start takes
     applied: int = 0
     cut: bool = False  # ended early by something reaching the instance
 
@@ -56,11 +60,23 @@ class DecodeRun:
         self.cut = True
         del self.batches[last + 1 :], self.costs[last + 1 :], self.ends[last + 1 :]
 
-    def grow(self, step: int, blocks: BlockManager) -> None:
-        """Hand out the KV blocks the start of ``step`` takes, in batch order."""
-        for first, seq in self.growth[step % len(self.growth)]:
-            if first <= step:
-                blocks.append_blocks(seq, 1)
+    def grow(self, first: int, stop: int, blocks: BlockManager) -> None:
+        """Hand out the KV blocks the starts of steps ``first``..``stop-1`` take, in order."""
+        growth = self.growth
+        for step in (np.flatnonzero(self.new_blocks[first:stop]) + first).tolist():
+            for start, seq in growth[step % len(growth)]:
+                if start <= step:
+                    blocks.append_blocks(seq, 1)
+
+    def cost_columns(self, first: int, stop: int) -> tuple[FloatArray, ...]:
+        """Seconds, FLOPs, bytes and attached-device energy of steps ``first``..``stop-1``."""
+        costs = self.costs[first:stop]
+        return (
+            np.array([c.seconds for c in costs]),
+            np.array([c.flops for c in costs]),
+            np.array([c.bytes for c in costs]),
+            np.array([c.aux_energy_j for c in costs]),
+        )
 
     def end_steps(self, upto: int, itl: MutableSequence[float]) -> None:
         """Apply the ends of steps ``applied``..``upto-1``: one token per sequence per step.
@@ -115,6 +131,7 @@ def plan_decode_run(
     steps = min(steps, fits)
     if steps < 2:
         return None
+    per_step = per_step[:steps]
     batch_size = first.num_decode
     batches = [first] + [
         BatchShape(
@@ -135,4 +152,4 @@ def plan_decode_run(
     for (seq, _), step in zip(entries, firsts.tolist(), strict=True):
         if step < steps:
             growth[step % block_size].append((step, seq))
-    return DecodeRun(entries, batches, costs, ends, growth, lookups, hits)
+    return DecodeRun(entries, batches, costs, ends, growth, lookups, hits, per_step)

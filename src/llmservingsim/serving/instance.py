@@ -19,6 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
+
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.perf.iteration import BatchShape, IterationTimer, StepCost
@@ -240,12 +243,46 @@ class Instance:
         ve = self.engines[engine]
         run = ve.run
         assert run is not None
-        blocks = ve.scheduler.blocks
-        for step in range(run.applied + 1, upto + 1):
-            run.grow(step, blocks)
-            self._record_step(run.batches[step], run.costs[step], run.ends[step - 1], engine)
-        self.timer.count_repeats(upto - run.applied, run.lookups_per_step, run.hits_per_step)
+        first, stop = run.applied + 1, upto + 1  # the steps that started meanwhile
+        if stop > first:
+            blocks = ve.scheduler.blocks
+            used = blocks.num_used + np.cumsum(run.new_blocks[first:stop])
+            run.grow(first, stop, blocks)
+            self._record_run_steps(run, first, stop, engine, used)
+            self.timer.count_repeats(stop - first, run.lookups_per_step, run.hits_per_step)
         run.end_steps(upto, self.metrics.itl)
+
+    def _record_run_steps(
+        self, run: DecodeRun, first: int, stop: int, engine: int, used: npt.NDArray[np.int64]
+    ) -> None:
+        """:meth:`_record_step` for steps ``first``..``stop-1`` of a decode run, as arrays
+        (``used``: KV blocks in use once each had started)."""
+        count = stop - first
+        batch_size = run.batches[first].num_decode
+        seconds, flops, traffic, aux = run.cost_columns(first, stop)
+        totals = self.totals
+        totals.iterations += count
+        totals.busy_s += float(seconds.sum())
+        totals.decode_tokens += batch_size * count
+        totals.kv_peak_blocks = max(totals.kv_peak_blocks, int(used[-1]))
+        # Decode steps always take time (the model's weights are read), so seconds > 0.
+        busy = np.maximum(flops / self._peak_flops, traffic / self._bandwidth)
+        utilization = np.minimum(1.0, busy / seconds)
+        power = self._idle_w + self._dynamic_w * utilization
+        totals.busy_device_s += float((seconds * self.tp).sum())
+        step_energy = power * seconds * self.tp + aux
+        totals.energy_busy_j += float(step_energy.sum())
+        self.metrics.on_steps(
+            self.index,
+            engine,
+            np.array(run.ends[first - 1 : stop - 1]),
+            seconds,
+            batch_size,
+            used,
+            self.num_blocks,
+            self.num_waiting,
+            step_energy / seconds,
+        )
 
     def next_wake(self, now: float) -> float | None:
         """When stage 0 frees up for an idle virtual engine that has work (PP > 1 only)."""
