@@ -102,7 +102,7 @@ def main() -> int:
     columns = ("scenario", "fast-fwd", "requests", "iterations", "wall s", "µs / iter")
     for col in (*columns, "peak RSS MiB", "req / wall s"):
         table.add_column(col, justify="left" if col == "scenario" else "right")
-    console = Console()
+    console = Console(width=150)
     for key in keys:
         modes = (True, False) if args.compare else (True,)
         walls = {}

@@ -1,18 +1,19 @@
 """Collects what happens during a run; summary.py turns it into numbers.
 
-Per-request rows are kept as slotted records and inter-token gaps in a growing float array, so a
-run costs a few bytes per token, not an object per event. Output files are fed while the run
-goes: finished requests and engine steps are handed to the registered sinks in chunks of
-``chunk_size`` (the sinks write Parquet row groups, sample the trace, bucket the time series).
+Per-request rows are kept as slotted records and inter-token gaps as runs of equal values (every
+request of a decode step waited the same gap), so a run costs bytes per step, not per token.
+Output files are fed while the run goes: finished requests and engine steps are handed to the
+registered sinks in chunks of ``chunk_size`` (the sinks write Parquet row groups, sample the
+trace, bucket the time series).
 """
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from llmservingsim.metrics.samples import RepeatedSamples
 from llmservingsim.metrics.steps import FloatArray, IntArray, StepChunk, StepLog
 from llmservingsim.serving.sequence import Sequence
 
@@ -78,7 +79,7 @@ class StepSink(Protocol):
 @dataclass
 class MetricsCollector:
     records: list[RequestRecord] = field(default_factory=list)
-    itl: array = field(default_factory=lambda: array("d"))  # type: ignore[type-arg]
+    itl: RepeatedSamples = field(default_factory=RepeatedSamples)
     steps: dict[int, StepTotals] = field(default_factory=dict)
     request_sinks: list[RequestSink] = field(default_factory=list)
     step_sinks: list[StepSink] = field(default_factory=list)
@@ -179,7 +180,7 @@ class MetricsCollector:
         if seq.first_token_time < 0:
             seq.first_token_time = now
         else:
-            self.itl.append(now - seq.last_token_time)
+            self.itl.add(now - seq.last_token_time)
         seq.last_token_time = now
 
     def on_finish(self, seq: Sequence, instance: int, now: float) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 
 from llmservingsim.config import SloConfig
 from llmservingsim.metrics.collector import RequestRecord
+from llmservingsim.metrics.samples import RepeatedSamples
 
 
 def latency_stats(values: Iterable[float]) -> dict[str, float | None]:
@@ -36,7 +37,7 @@ def meets_slo(record: RequestRecord, slo: SloConfig) -> bool:
 
 
 def request_metrics(
-    records: list[RequestRecord], itl: Iterable[float], slo: SloConfig
+    records: list[RequestRecord], itl: RepeatedSamples, slo: SloConfig
 ) -> dict[str, Any]:
     done = [r for r in records if r.status == "finished"]
     failed = len(records) - len(done)
@@ -55,7 +56,7 @@ def request_metrics(
     out["total_tokens_per_s"] = (out["input_tokens"] + out["output_tokens"]) * rate
     out["ttft_s"] = latency_stats(r.ttft for r in done)
     out["tpot_s"] = latency_stats(t for r in done if (t := r.tpot) is not None)
-    out["itl_s"] = latency_stats(itl)
+    out["itl_s"] = itl.stats()
     out["e2e_s"] = latency_stats(r.e2e for r in done)
     out["goodput"] = sum(meets_slo(r, slo) for r in done) * rate if slo.given else None
     return out

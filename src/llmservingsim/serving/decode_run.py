@@ -13,12 +13,12 @@ Every number equals stepping one iteration at a time (tests/test_fast_forward.py
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import MutableSequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from llmservingsim.metrics.samples import RepeatedSamples
 from llmservingsim.perf.iteration import BatchShape, IterationTimer, StepCost
 from llmservingsim.serving.block_manager import BlockManager
 from llmservingsim.serving.schedulers.base import ScheduledEntry
@@ -78,7 +78,7 @@ class DecodeRun:
             np.array([c.aux_energy_j for c in costs]),
         )
 
-    def end_steps(self, upto: int, itl: MutableSequence[float]) -> None:
+    def end_steps(self, upto: int, itl: RepeatedSamples) -> None:
         """Apply the ends of steps ``applied``..``upto-1``: one token per sequence per step.
 
         ``itl`` receives the inter-token gaps in the order stepping would record them.
@@ -90,13 +90,13 @@ class DecodeRun:
         first_end = ends[self.applied]
         last_end = ends[upto - 1]
         for seq, _ in self.entries:
-            itl.append(first_end - seq.last_token_time)
+            itl.add(first_end - seq.last_token_time)
             seq.last_token_time = last_end
             seq.num_computed += count
             seq.generated += count
         batch_size = len(self.entries)
         for s in range(self.applied + 1, upto):
-            itl.extend([ends[s] - ends[s - 1]] * batch_size)
+            itl.add(ends[s] - ends[s - 1], batch_size)
         self.applied = upto
 
 

@@ -1,0 +1,50 @@
+"""Inter-token gaps stored as runs of equal values give the statistics of the expanded samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmservingsim.metrics.samples import RepeatedSamples
+from llmservingsim.metrics.summary import latency_stats
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    runs=st.lists(
+        st.tuples(st.sampled_from([0.001, 0.0125, 0.02, 0.3, 1e-5, 0.07]), st.integers(1, 40)),
+        max_size=30,
+    ),
+    noise=st.lists(st.floats(0.0, 1.0, allow_nan=False), max_size=10),
+)
+def test_stats_equal_those_of_the_expanded_samples(
+    runs: list[tuple[float, int]], noise: list[float]
+) -> None:
+    samples = RepeatedSamples()
+    expanded: list[float] = []
+    for value, count in runs:
+        samples.add(value, count)
+        expanded += [value] * count
+    for value in noise:
+        samples.add(value)
+        expanded.append(value)
+    assert list(samples) == expanded
+    assert len(samples) == len(expanded)
+    got, want = samples.stats(), latency_stats(expanded)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if value is None:
+            assert got[key] is None
+        else:
+            assert got[key] == pytest.approx(value, rel=1e-12, abs=0.0), key
+
+
+def test_equal_neighbours_share_one_entry() -> None:
+    samples = RepeatedSamples()
+    for _ in range(1000):
+        samples.add(0.01)
+    samples.add(0.02, 500)
+    assert len(samples) == 1500
+    assert np.frombuffer(samples._counts, dtype=np.int64).tolist() == [1000, 500]
