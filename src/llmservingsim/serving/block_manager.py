@@ -131,6 +131,21 @@ class BlockManager:
 
     def _release(self, block: int) -> None:
         self.free_blocks.appendleft(block)
+
+    def try_allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
+        """:meth:`allocate` for a running ``seq`` if :meth:`can_allocate`; whether it did.
+
+        One pass instead of two: the scheduler's hottest call (every running request, every
+        step).
+        """
+        need = -(-(seq.num_computed + num_new_tokens) // self.block_size) - len(seq.blocks)
+        if need <= 0:
+            return True
+        if need > len(self.free_blocks):
+            return False
+        seq.blocks.extend(self._take_free(need))
+        return True
+
     def append_blocks(self, seq: Sequence, count: int) -> None:
         """Give a decoding ``seq`` ``count`` more blocks, as :meth:`allocate` would."""
         seq.blocks.extend(self._take_free(count))

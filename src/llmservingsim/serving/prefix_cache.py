@@ -63,6 +63,12 @@ class PrefixCachingBlockManager(BlockManager):
     # A decode step registers the blocks it fills: steps are applied one at a time.
     fast_forward_safe = False
 
+    def try_allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
+        if not self.can_allocate(seq, num_new_tokens):
+            return False
+        self.allocate(seq, num_new_tokens)
+        return True
+
     def __init__(
         self, num_blocks: int, block_size: int, offload: OffloadTier | None = None
     ) -> None:

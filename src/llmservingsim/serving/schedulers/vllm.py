@@ -39,14 +39,13 @@ class VllmScheduler(Scheduler):
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             num_new = min(self.tokens_wanted(seq), budget)
-            while not self.blocks.can_allocate(seq, num_new):
+            while not self.blocks.try_allocate(seq, num_new):
                 victim = self.running.pop()
                 self.preempt(victim)
                 preempted = True
                 if victim is seq:
                     break
             else:
-                self.blocks.allocate(seq, num_new)
                 entries.append((seq, num_new))
                 budget -= num_new
                 i += 1
