@@ -195,3 +195,31 @@ def test_time_series_and_request_table_match(run_to_dir: Any) -> None:
                 assert fast[column] == pytest.approx(values, rel=REL, nan_ok=True), column
             else:
                 assert fast[column] == values, column
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["model=llama-2-70b", "cluster.tensor_parallel=4"],
+        ["model=mixtral-8x7b", "cluster.tensor_parallel=2"],  # MoE: the loop path
+        ["cluster.pipeline_parallel=2"],  # the loop path
+    ],
+)
+def test_decode_steps_timed_ahead_equal_step_by_step(overrides: list[str]) -> None:
+    """The array path (roofline) and the loop path give step()'s own numbers, bit for bit."""
+    from llmservingsim.metrics.collector import MetricsCollector
+    from llmservingsim.perf.iteration import BatchShape
+    from llmservingsim.simulation import build_cluster
+
+    cfg = load_config(None, overrides)
+    timer = build_cluster(cfg, MetricsCollector()).instances[0].timer
+    first = BatchShape(num_decode=37, decode_context=37 * 411, num_sampled=37)
+    step0 = timer.step(first)
+    lookups = timer.cache_lookups
+    costs, per_lookups, per_hits = timer.repeat_decode_costs(first, 60)
+    assert timer.cache_lookups == lookups, "counters untouched until the steps run"
+    assert per_lookups == per_hits > 0
+    want = [timer.step(BatchShape([], 37, 37 * 411 + j * 37, 37)) for j in range(1, 60)]
+    assert costs == want
+    assert step0.seconds < costs[-1].seconds

@@ -14,7 +14,7 @@ of its layers. Dense models build exactly the ops they always did.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec
 
@@ -204,13 +204,19 @@ class OpGraph:
         """Paged decode attention of a whole batch: reads every sequence's KV once."""
         if self.mla is not None:
             return self.mla.decode_attention(num_seqs, total_ctx)
+        flops, traffic = self.decode_attention_work(num_seqs, total_ctx)
+        dims = (("batch", num_seqs), ("context", total_ctx), *self._head_dims())
+        return Op("attention_decode", "attention_decode", flops, traffic, num_seqs, dims)
+
+    def decode_attention_work(self, num_seqs: int, total_ctx: Any) -> tuple[Any, Any]:
+        """FLOPs and bytes of (non-MLA) decode attention; ``total_ctx`` may be a numpy array of
+        contexts (one per step of a fast-forward run), giving arrays."""
         s = self.shape
         flops = 4.0 * total_ctx * s.q_size
         traffic = (
             2.0 * total_ctx * s.kv_size * self.kv_bytes + 2.0 * num_seqs * s.q_size * self.act_bytes
         )
-        dims = (("batch", num_seqs), ("context", total_ctx), *self._head_dims())
-        return Op("attention_decode", "attention_decode", flops, traffic, num_seqs, dims)
+        return flops, traffic
 
     def decode_attention_ops(self, num_seqs: int, total_ctx: int) -> tuple[Op, ...]:
         """Every kernel of the batch's decode attention (MLA adds its weight-absorption GEMMs)."""

@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
 
 from llmservingsim.hardware.backends import PerfBackend
 from llmservingsim.hardware.device import DeviceSpec
@@ -63,6 +65,15 @@ class StepCost:
 
 
 _Cost = tuple[float, float, float]
+
+
+@runtime_checkable
+class VectorDecodeAttention(Protocol):
+    """A backend that times many decode-attention ops at once (fast-forward runs)."""
+
+    def decode_attention_times(
+        self, flops: npt.NDArray[np.float64], traffic: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.float64]: ...
 
 
 class IterationTimer:
@@ -126,19 +137,60 @@ class IterationTimer:
     def cache_hit_rate(self) -> float:
         return self.cache_hits / self.cache_lookups if self.cache_lookups else 0.0
 
-    def repeat_costs(self, batches: Sequence[BatchShape]) -> tuple[list[StepCost], int, int]:
-        """Costs of steps timed ahead of time, and the memo lookups and hits one of them makes.
+    def repeat_decode_costs(self, first: BatchShape, steps: int) -> tuple[list[StepCost], int, int]:
+        """Costs of steps 1..steps-1 after the decode step ``first`` (each attends
+        ``num_decode`` more tokens than the one before), timed ahead of time; and the memo
+        lookups and hits one step makes.
 
         The memo counters are left as they were: :meth:`count_repeats` adds them for the steps
         that do run, so the reported hit rate equals stepping one iteration at a time.
         """
         lookups, hits = self.cache_lookups, self.cache_hits
-        costs = [self.step(batch) for batch in batches]
-        count = max(1, len(batches))
-        per_lookups = (self.cache_lookups - lookups) // count
-        per_hits = (self.cache_hits - hits) // count
+        batches = [
+            BatchShape(
+                num_decode=first.num_decode,
+                decode_context=first.decode_context + j * first.num_decode,
+                num_sampled=first.num_sampled,
+            )
+            for j in range(1, min(2, steps))
+        ]
+        costs = [self.step(batch) for batch in batches]  # one step the ordinary way
+        per_lookups, per_hits = self.cache_lookups - lookups, self.cache_hits - hits
+        if steps > 2:
+            contexts = first.decode_context + first.num_decode * np.arange(2, steps)
+            costs += self._decode_costs(first, contexts)
         self.cache_lookups, self.cache_hits = lookups, hits
         return costs, per_lookups, per_hits
+
+    def _decode_costs(self, first: BatchShape, contexts: npt.NDArray[np.int64]) -> list[StepCost]:
+        """:meth:`step` for decode batches like ``first`` with these contexts: as arrays when
+        the backend times decode attention from arrays (same operations, same results)."""
+        backend = self.backend
+        if (
+            self.pp != 1
+            or self.num_moe_layers
+            or self.graph.mla is not None
+            or first.prefill
+            or not isinstance(backend, VectorDecodeAttention)
+        ):
+            return [
+                self.step(BatchShape([], first.num_decode, int(ctx), first.num_sampled))
+                for ctx in contexts.tolist()
+            ]
+        num_tokens = first.num_tokens
+        base_s, base_f, base_b = self._layer_cost(num_tokens)
+        head_s, head_f, head_b = self._head_cost(num_tokens, first.num_sampled)
+        attn_f, attn_b = self.graph.decode_attention_work(first.num_decode, contexts)
+        layer_s = base_s + backend.decode_attention_times(attn_f, attn_b)
+        cpu = self.step_overhead + self.seq_overhead * first.num_seqs
+        n = self.num_layers
+        seconds = cpu + n * layer_s + head_s
+        flops = n * (base_f + attn_f) + head_f
+        traffic = n * (base_b + attn_b) + head_b
+        return [
+            StepCost(s, f, b, (s,))
+            for s, f, b in zip(seconds.tolist(), flops.tolist(), traffic.tolist(), strict=True)
+        ]
 
     def count_repeats(self, steps: int, lookups: int, hits: int) -> None:
         self.cache_lookups += steps * lookups

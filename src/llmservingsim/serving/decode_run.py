@@ -37,7 +37,7 @@ class DecodeRun:
     """
 
     entries: list[ScheduledEntry]
-    batches: list[BatchShape]
+    batch: BatchShape  # step 0's; later steps attend num_decode more tokens each
     costs: list[StepCost]
     ends: list[float]
     growth: list[list[tuple[int, Sequence]]]
@@ -58,7 +58,7 @@ class DecodeRun:
     def truncate(self, last: int) -> None:
         """Make step ``last`` the run's final step."""
         self.cut = True
-        del self.batches[last + 1 :], self.costs[last + 1 :], self.ends[last + 1 :]
+        del self.costs[last + 1 :], self.ends[last + 1 :]
 
     def grow(self, first: int, stop: int, blocks: BlockManager) -> None:
         """Hand out the KV blocks the starts of steps ``first``..``stop-1`` take, in order."""
@@ -132,16 +132,7 @@ def plan_decode_run(
     if steps < 2:
         return None
     per_step = per_step[:steps]
-    batch_size = first.num_decode
-    batches = [first] + [
-        BatchShape(
-            num_decode=batch_size,
-            decode_context=first.decode_context + j * batch_size,
-            num_sampled=first.num_sampled,
-        )
-        for j in range(1, steps)
-    ]
-    later, lookups, hits = timer.repeat_costs(batches[1:])
+    later, lookups, hits = timer.repeat_decode_costs(first, steps)
     costs = [first_cost, *later]
     ends = [first_end]
     end = first_end
@@ -152,4 +143,4 @@ def plan_decode_run(
     for (seq, _), step in zip(entries, firsts.tolist(), strict=True):
         if step < steps:
             growth[step % block_size].append((step, seq))
-    return DecodeRun(entries, batches, costs, ends, growth, lookups, hits, per_step)
+    return DecodeRun(entries, first, costs, ends, growth, lookups, hits, per_step)

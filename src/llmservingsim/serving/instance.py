@@ -258,7 +258,7 @@ class Instance:
         """:meth:`_record_step` for steps ``first``..``stop-1`` of a decode run, as arrays
         (``used``: KV blocks in use once each had started)."""
         count = stop - first
-        batch_size = run.batches[first].num_decode
+        batch_size = run.batch.num_decode
         seconds, flops, traffic, aux = run.cost_columns(first, stop)
         totals = self.totals
         totals.iterations += count

@@ -11,9 +11,14 @@ fixed cost. All η come from the device YAML and are calibrated on measured prof
 
 from __future__ import annotations
 
+import numpy as np
+import numpy.typing as npt
+
 from llmservingsim.hardware.backends import PERF_BACKENDS
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.model.ops import Op
+
+FloatArray = npt.NDArray[np.float64]
 
 
 @PERF_BACKENDS.register("roofline")
@@ -35,6 +40,11 @@ class RooflineBackend:
             )
             for name, tuned in eff.memory_ops.items()
         }
+
+    def decode_attention_times(self, flops: FloatArray, traffic: FloatArray) -> FloatArray:
+        """:meth:`time` of decode-attention ops given as arrays (a fast-forward run's steps)."""
+        compute_time = flops / (self._peak * self._compute_max)
+        return np.maximum(compute_time, traffic / self._bandwidth) + self._launch
 
     def compute_efficiency(self, m: int) -> float:
         return self._compute_max * m / (m + self._half_m)
