@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, cast, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -65,6 +65,42 @@ class StepCost:
 
 
 _Cost = tuple[float, float, float]
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class StepCosts:
+    """:class:`StepCost` of consecutive one-stage steps, as columns (fast-forward runs)."""
+
+    seconds: FloatArray
+    flops: FloatArray
+    bytes: FloatArray
+    aux_energy_j: FloatArray
+
+    @staticmethod
+    def of(costs: list[StepCost]) -> StepCosts:
+        return StepCosts(
+            np.array([c.seconds for c in costs], dtype=np.float64),
+            np.array([c.flops for c in costs], dtype=np.float64),
+            np.array([c.bytes for c in costs], dtype=np.float64),
+            np.array([c.aux_energy_j for c in costs], dtype=np.float64),
+        )
+
+    def __len__(self) -> int:
+        return int(self.seconds.size)
+
+    def take(self, index: slice) -> StepCosts:
+        return StepCosts(
+            self.seconds[index], self.flops[index], self.bytes[index], self.aux_energy_j[index]
+        )
+
+    def concat(self, other: StepCosts) -> StepCosts:
+        return StepCosts(
+            np.concatenate((self.seconds, other.seconds)),
+            np.concatenate((self.flops, other.flops)),
+            np.concatenate((self.bytes, other.bytes)),
+            np.concatenate((self.aux_energy_j, other.aux_energy_j)),
+        )
 
 
 @runtime_checkable
@@ -132,12 +168,13 @@ class IterationTimer:
         self._sends: dict[int, tuple[float, ...]] = {}
         self.cache_hits = 0
         self.cache_lookups = 0
+        self._vector_backend = isinstance(backend, VectorDecodeAttention)
 
     @property
     def cache_hit_rate(self) -> float:
         return self.cache_hits / self.cache_lookups if self.cache_lookups else 0.0
 
-    def repeat_decode_costs(self, first: BatchShape, steps: int) -> tuple[list[StepCost], int, int]:
+    def repeat_decode_costs(self, first: BatchShape, steps: int) -> tuple[StepCosts, int, int]:
         """Costs of steps 1..steps-1 after the decode step ``first`` (each attends
         ``num_decode`` more tokens than the one before), timed ahead of time; and the memo
         lookups and hits one step makes.
@@ -154,15 +191,15 @@ class IterationTimer:
             )
             for j in range(1, min(2, steps))
         ]
-        costs = [self.step(batch) for batch in batches]  # one step the ordinary way
+        costs = StepCosts.of([self.step(batch) for batch in batches])  # one the ordinary way
         per_lookups, per_hits = self.cache_lookups - lookups, self.cache_hits - hits
         if steps > 2:
             contexts = first.decode_context + first.num_decode * np.arange(2, steps)
-            costs += self._decode_costs(first, contexts)
+            costs = costs.concat(self._decode_costs(first, contexts))
         self.cache_lookups, self.cache_hits = lookups, hits
         return costs, per_lookups, per_hits
 
-    def _decode_costs(self, first: BatchShape, contexts: npt.NDArray[np.int64]) -> list[StepCost]:
+    def _decode_costs(self, first: BatchShape, contexts: npt.NDArray[np.int64]) -> StepCosts:
         """:meth:`step` for decode batches like ``first`` with these contexts: as arrays when
         the backend times decode attention from arrays (same operations, same results)."""
         backend = self.backend
@@ -171,26 +208,26 @@ class IterationTimer:
             or self.num_moe_layers
             or self.graph.mla is not None
             or first.prefill
-            or not isinstance(backend, VectorDecodeAttention)
+            or not self._vector_backend
         ):
-            return [
-                self.step(BatchShape([], first.num_decode, int(ctx), first.num_sampled))
-                for ctx in contexts.tolist()
-            ]
+            return StepCosts.of(
+                [
+                    self.step(BatchShape([], first.num_decode, int(ctx), first.num_sampled))
+                    for ctx in contexts.tolist()
+                ]
+            )
+        vector = cast(VectorDecodeAttention, backend)
         num_tokens = first.num_tokens
         base_s, base_f, base_b = self._layer_cost(num_tokens)
         head_s, head_f, head_b = self._head_cost(num_tokens, first.num_sampled)
         attn_f, attn_b = self.graph.decode_attention_work(first.num_decode, contexts)
-        layer_s = base_s + backend.decode_attention_times(attn_f, attn_b)
+        layer_s = base_s + vector.decode_attention_times(attn_f, attn_b)
         cpu = self.step_overhead + self.seq_overhead * first.num_seqs
         n = self.num_layers
         seconds = cpu + n * layer_s + head_s
         flops = n * (base_f + attn_f) + head_f
         traffic = n * (base_b + attn_b) + head_b
-        return [
-            StepCost(s, f, b, (s,))
-            for s, f, b in zip(seconds.tolist(), flops.tolist(), traffic.tolist(), strict=True)
-        ]
+        return StepCosts(seconds, flops, traffic, np.zeros(len(contexts)))
 
     def count_repeats(self, steps: int, lookups: int, hits: int) -> None:
         self.cache_lookups += steps * lookups

@@ -12,19 +12,22 @@ Every number equals stepping one iteration at a time (tests/test_fast_forward.py
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from llmservingsim.metrics.samples import RepeatedSamples
-from llmservingsim.perf.iteration import BatchShape, IterationTimer, StepCost
+from llmservingsim.perf.iteration import (
+    BatchShape,
+    FloatArray,
+    IterationTimer,
+    StepCost,
+    StepCosts,
+)
 from llmservingsim.serving.block_manager import BlockManager
 from llmservingsim.serving.schedulers.base import ScheduledEntry
 from llmservingsim.serving.sequence import Sequence
-
-FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass
@@ -38,8 +41,8 @@ class DecodeRun:
 
     entries: list[ScheduledEntry]
     batch: BatchShape  # step 0's; later steps attend num_decode more tokens each
-    costs: list[StepCost]
-    ends: list[float]
+    costs: StepCosts
+    ends: FloatArray  # when each step ends
     growth: list[list[tuple[int, Sequence]]]
     lookups_per_step: int  # perf-model memo lookups and hits one step makes
     hits_per_step: int
@@ -49,16 +52,17 @@ class DecodeRun:
 
     @property
     def finish(self) -> float:
-        return self.ends[-1]
+        return float(self.ends[-1])
 
     def steps_ended_before(self, now: float) -> int:
         """Steps that ended strictly before ``now`` (a step ending at ``now`` is in flight)."""
-        return bisect_left(self.ends, now, self.applied)
+        return self.applied + int(np.searchsorted(self.ends[self.applied :], now, side="left"))
 
     def truncate(self, last: int) -> None:
         """Make step ``last`` the run's final step."""
         self.cut = True
-        del self.costs[last + 1 :], self.ends[last + 1 :]
+        self.costs = self.costs.take(slice(0, last + 1))
+        self.ends = self.ends[: last + 1]
 
     def grow(self, first: int, stop: int, blocks: BlockManager) -> None:
         """Hand out the KV blocks the starts of steps ``first``..``stop-1`` take, in order."""
@@ -68,16 +72,6 @@ class DecodeRun:
                 if start <= step:
                     blocks.append_blocks(seq, 1)
 
-    def cost_columns(self, first: int, stop: int) -> tuple[FloatArray, ...]:
-        """Seconds, FLOPs, bytes and attached-device energy of steps ``first``..``stop-1``."""
-        costs = self.costs[first:stop]
-        return (
-            np.array([c.seconds for c in costs]),
-            np.array([c.flops for c in costs]),
-            np.array([c.bytes for c in costs]),
-            np.array([c.aux_energy_j for c in costs]),
-        )
-
     def end_steps(self, upto: int, itl: RepeatedSamples) -> None:
         """Apply the ends of steps ``applied``..``upto-1``: one token per sequence per step.
 
@@ -86,17 +80,16 @@ class DecodeRun:
         count = upto - self.applied
         if count <= 0:
             return
-        ends = self.ends
-        first_end = ends[self.applied]
-        last_end = ends[upto - 1]
+        ends = self.ends[self.applied : upto]
+        first_end, last_end = float(ends[0]), float(ends[-1])
         for seq, _ in self.entries:
             itl.add(first_end - seq.last_token_time)
             seq.last_token_time = last_end
             seq.num_computed += count
             seq.generated += count
         batch_size = len(self.entries)
-        for s in range(self.applied + 1, upto):
-            itl.add(ends[s] - ends[s - 1], batch_size)
+        for gap in np.diff(ends).tolist():
+            itl.add(gap, batch_size)
         self.applied = upto
 
 
@@ -133,12 +126,10 @@ def plan_decode_run(
         return None
     per_step = per_step[:steps]
     later, lookups, hits = timer.repeat_decode_costs(first, steps)
-    costs = [first_cost, *later]
-    ends = [first_end]
-    end = first_end
-    for cost in later:
-        end = end + cost.stages[0]
-        ends.append(end)
+    costs = StepCosts.of([first_cost]).concat(later)
+    # Each step starts when the previous one ends (one engine, no host-link copies); the
+    # accumulation is sequential, the same additions as stepping.
+    ends = np.cumsum(np.concatenate(([first_end], later.seconds)))
     growth: list[list[tuple[int, Sequence]]] = [[] for _ in range(block_size)]
     for (seq, _), step in zip(entries, firsts.tolist(), strict=True):
         if step < steps:

@@ -259,7 +259,8 @@ class Instance:
         (``used``: KV blocks in use once each had started)."""
         count = stop - first
         batch_size = run.batch.num_decode
-        seconds, flops, traffic, aux = run.cost_columns(first, stop)
+        costs = run.costs.take(slice(first, stop))
+        seconds, flops, traffic, aux = costs.seconds, costs.flops, costs.bytes, costs.aux_energy_j
         totals = self.totals
         totals.iterations += count
         totals.busy_s += float(seconds.sum())
@@ -275,7 +276,7 @@ class Instance:
         self.metrics.on_steps(
             self.index,
             engine,
-            np.array(run.ends[first - 1 : stop - 1]),
+            run.ends[first - 1 : stop - 1],
             seconds,
             batch_size,
             used,
