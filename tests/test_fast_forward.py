@@ -1,7 +1,7 @@
 """Fast-forward is exact: every per-request time and summary number equals step-by-step mode.
 
 Scenarios mix every registered scheduler, TP and PP, multi-instance routers, prefill/decode
-disaggregation, prefix caching, swap preemption and KV pressure, with arrival patterns that
+disaggregation, speculative decoding, prefix caching, swap preemption and KV pressure, with arrival patterns that
 make decode runs start and get cut short by arrivals and KV transfers.
 """
 
@@ -32,6 +32,8 @@ LAYOUTS = {
     "pp2": ["cluster.pipeline_parallel=2"],
     "three": ["cluster.instances=3"],
     "pd": ["cluster.pools=[{role: prefill, count: 1}, {role: decode, count: 2}]"],
+    # Speculation blocks fast-forward (Instance.blocks_fast_forward); still the same numbers.
+    "speculative": ["speculative.method=ngram", "speculative.disable_by_batch_size=2"],
 }
 
 

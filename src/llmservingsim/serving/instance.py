@@ -25,8 +25,8 @@ import numpy.typing as npt
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.perf.iteration import BatchShape, IterationTimer, StepCost
-from llmservingsim.serving.lora import LoraCompute
 from llmservingsim.serving.decode_run import DecodeRun, plan_decode_run
+from llmservingsim.serving.lora import LoraCompute
 from llmservingsim.serving.memory import MemoryPlan
 from llmservingsim.serving.schedulers.base import ScheduledEntry, Scheduler
 from llmservingsim.serving.sequence import Sequence, Status
