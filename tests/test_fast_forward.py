@@ -1,8 +1,8 @@
 """Fast-forward is exact: every per-request time and summary number equals step-by-step mode.
 
 Scenarios mix every registered scheduler, TP and PP, multi-instance routers, prefill/decode
-disaggregation, speculative decoding, prefix caching, swap preemption and KV pressure, with arrival patterns that
-make decode runs start and get cut short by arrivals and KV transfers.
+disaggregation, speculative decoding, prefix caching, swap preemption and KV pressure, with
+arrival patterns that make decode runs start and get cut short by arrivals and KV transfers.
 """
 
 from __future__ import annotations
