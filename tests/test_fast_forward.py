@@ -58,9 +58,12 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
     block_size = draw(st.sampled_from([8, 16]))
     biggest = max(-(-(s.input_len + s.output_len - 1) // block_size) for s in specs)
     layout = draw(st.sampled_from(sorted(LAYOUTS)))
+    policies = sorted(SCHEDULERS.names())
+    if layout == "speculative":
+        policies.remove("static")  # not supported together (simulation._reject_unsupported)
     overrides = [
         "model=llama-3.2-1b",
-        f"scheduler.policy={draw(st.sampled_from(sorted(SCHEDULERS.names())))}",
+        f"scheduler.policy={draw(st.sampled_from(policies))}",
         f"scheduler.max_num_seqs={draw(st.integers(1, 8))}",
         f"scheduler.max_num_batched_tokens={draw(st.sampled_from([32, 128, 2048]))}",
         f"scheduler.block_size={block_size}",
