@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from llmservingsim.config import load_config
 from llmservingsim.outputs.run_outputs import simulate_to_dir
 from llmservingsim.simulation import SimulationResult
+
+# Hypothesis profiles: "ci" (the library's defaults) for `make test`, "fuzz" for `make fuzz`
+# (HYPOTHESIS_PROFILE=fuzz; the fuzz tests size themselves with fuzz_harness.examples).
+settings.register_profile("ci")
+settings.register_profile("fuzz", deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,7 +25,7 @@ from llmservingsim.calibrate.command import calibrate_command
 from llmservingsim.catalog import device_names, load_device, load_model, model_names
 from llmservingsim.cluster.routers import ROUTERS
 from llmservingsim.config import SimConfig, load_config
-from llmservingsim.errors import UserError
+from llmservingsim.errors import InputWarning, UserError
 from llmservingsim.hardware.backends import PERF_BACKENDS
 from llmservingsim.outputs.report import write_report
 from llmservingsim.outputs.run_outputs import simulate_to_dir
@@ -45,6 +48,24 @@ def _fail(exc: UserError) -> typer.Exit:
     # Messages quote config paths like cluster.pools[0].count: never read them as rich markup.
     err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     return typer.Exit(code=exc.exit_code)
+
+
+@contextmanager
+def _input_warnings() -> Iterator[None]:
+    """Print each :class:`InputWarning` (input changed to fit, e.g. clipped trace lengths) as
+    one ``warning:`` line on stderr, once the body is done."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputWarning)
+        try:
+            yield
+        finally:
+            for warning in caught:
+                if issubclass(warning.category, InputWarning):
+                    err_console.print(
+                        f"[yellow]warning:[/] {escape(str(warning.message))}",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
 
 
 def _ms(stats: dict[str, float | None], key: str) -> str:
@@ -216,7 +237,8 @@ def run(
         cfg = load_config(config, overrides)
         out_dir = out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
         show_progress = not quiet and not as_json and sys.stderr.isatty()
-        result, paths = _run_with_progress(cfg, out_dir, show_progress)
+        with _input_warnings():
+            result, paths = _run_with_progress(cfg, out_dir, show_progress)
     except UserError as exc:
         raise _fail(exc) from None
     if as_json:

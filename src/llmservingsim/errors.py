@@ -8,10 +8,20 @@ never a traceback.
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped (``\\n``, ``\\x1e``):
+    a message quoting a user's key or value stays one line whatever they typed."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class UserError(Exception):
-    """A mistake in the user's input; the message is shown as-is on one line."""
+    """A mistake in the user's input; the message is shown on one line (control characters
+    from the user's input escaped)."""
 
     exit_code = 1
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class ConfigError(UserError):
@@ -35,3 +45,8 @@ class DoesNotFitError(UserError):
 class BackendError(UserError):
     """A user-supplied perf backend (an external command, a plugin) failed; the message
     carries what it printed. Exit code 1."""
+
+
+class InputWarning(UserWarning):
+    """Input the simulator accepts after changing it (e.g. trace lengths clipped to the model
+    context); ``run`` prints each as one ``warning:`` line on stderr."""

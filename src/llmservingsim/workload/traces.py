@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import partial
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
 from llmservingsim.config import WorkloadConfig
-from llmservingsim.errors import ConfigError, TraceError
+from llmservingsim.errors import ConfigError, InputWarning, TraceError
 from llmservingsim.registry import Registry
 from llmservingsim.workload.arrival import arrival_times
 from llmservingsim.workload.lengths import clip_to_context
@@ -370,11 +371,10 @@ def read_trace(
         order = np.argsort(ns, kind="stable")[:limit]
         rows = [rows[i] for i in order]
         arrivals = ns[order].astype(np.float64) / NS_PER_S * trace.time_scale
-    inputs, outputs = clip_to_context(
-        np.array([row.input_len for row in rows], dtype=np.int64),
-        np.array([row.output_len for row in rows], dtype=np.int64),
-        max_context,
-    )
+    raw_inputs = np.array([row.input_len for row in rows], dtype=np.int64)
+    raw_outputs = np.array([row.output_len for row in rows], dtype=np.int64)
+    inputs, outputs = clip_to_context(raw_inputs, raw_outputs, max_context)
+    _warn_clipped(trace.path, rows, raw_inputs + raw_outputs > max_context, max_context)
     return [
         RequestSpec(
             id=i,
@@ -386,6 +386,21 @@ def read_trace(
         )
         for i, (row, t, a, b) in enumerate(zip(rows, arrivals, inputs, outputs, strict=True))
     ]
+
+
+def _warn_clipped(
+    path: Path, rows: list[TraceRow], clipped: np.ndarray[Any, Any], max_context: int
+) -> None:
+    """Requests longer than the model's window are served cut to fit it, said once per file."""
+    count = int(clipped.sum())
+    if count:
+        first = rows[int(np.argmax(clipped))].line_no
+        warnings.warn(
+            f"{path}: {count} request(s) longer than the {max_context}-token context of the "
+            f"model clipped to fit (first at line {first})",
+            InputWarning,
+            stacklevel=2,
+        )
 
 
 def row_content(
