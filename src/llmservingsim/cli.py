@@ -27,6 +27,7 @@ from llmservingsim.cluster.routers import ROUTERS
 from llmservingsim.config import SimConfig, load_config
 from llmservingsim.errors import InputWarning, UserError
 from llmservingsim.hardware.backends import PERF_BACKENDS
+from llmservingsim.interrupt import stop_on_signals
 from llmservingsim.outputs.report import write_report
 from llmservingsim.outputs.run_outputs import simulate_to_dir
 from llmservingsim.serving.schedulers import SCHEDULERS
@@ -233,14 +234,20 @@ def run(
         overrides.append("outputs.report=false")
     if no_trace:
         overrides.append("outputs.trace=false")
-    try:
-        cfg = load_config(config, overrides)
-        out_dir = out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
-        show_progress = not quiet and not as_json and sys.stderr.isatty()
-        with _input_warnings():
-            result, paths = _run_with_progress(cfg, out_dir, show_progress)
-    except UserError as exc:
-        raise _fail(exc) from None
+    with stop_on_signals() as stop:
+        try:
+            cfg = load_config(config, overrides)
+            out_dir = out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
+            show_progress = not quiet and not as_json and sys.stderr.isatty()
+            with _input_warnings():
+                result, paths = _run_with_progress(cfg, out_dir, show_progress)
+        except UserError as exc:
+            raise _fail(exc) from None
+        except KeyboardInterrupt:
+            # Stopped outside the simulation loop (loading, or writing the outputs): every
+            # file written is complete, the others are absent.
+            err_console.print("interrupted: outputs incomplete (files written are whole)")
+            raise typer.Exit(code=stop.exit_code) from None
     if as_json:
         typer.echo((out_dir / "summary.json").read_text(), nl=False)
     elif not quiet:
@@ -249,8 +256,8 @@ def run(
         console.print(totals_table(result.summary))
         console.print(f"outputs: {out_dir}/ " + ", ".join(p.name for p in paths), highlight=False)
     if result.summary.get("interrupted"):
-        err_console.print("interrupted: partial results written")
-        raise typer.Exit(code=130)
+        err_console.print("interrupted: partial results written (summary.json: partial: true)")
+        raise typer.Exit(code=stop.exit_code)
 
 
 def _run_with_progress(

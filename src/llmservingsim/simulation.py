@@ -359,6 +359,8 @@ def simulate(
     summary = summarize(cfg, cluster, metrics, end_time, wall)
     summary["requests_total"] = len(requests)
     summary["interrupted"] = engine.interrupted
+    # Stopped early (Ctrl-C, SIGTERM): the numbers cover the requests that finished by then.
+    summary["partial"] = engine.interrupted
     return SimulationResult(summary, metrics, cluster.instances[0].memory)
 
 

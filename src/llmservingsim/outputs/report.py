@@ -20,6 +20,7 @@ from plotly.offline import get_plotlyjs
 
 from llmservingsim.errors import UserError
 from llmservingsim.outputs import figures
+from llmservingsim.outputs.files import atomic_path
 from llmservingsim.outputs.tables import REQUESTS_SCHEMA, TIMESERIES_SCHEMA, read_table
 
 SECTIONS = ("summary", "latency", "timeline", "load", "energy", "config")
@@ -227,5 +228,6 @@ def write_report(out_dir: Path) -> Path:
             f"{out_dir}: no {missing}.parquet or {missing}.csv to build the report from"
         )
     path = out_dir / "report.html"
-    path.write_text(render(summary, requests, ts), encoding="utf-8")
+    with atomic_path(path) as tmp:
+        tmp.write_text(render(summary, requests, ts), encoding="utf-8")
     return path

@@ -44,6 +44,10 @@ class RunOutputs:
             step_sinks.append(self.trace)
         return MetricsCollector(request_sinks=request_sinks, step_sinks=step_sinks)
 
+    def abort(self) -> None:
+        """The run failed: delete what the streaming tables wrote so far."""
+        self.requests.abort()
+
     def finish(self, result: SimulationResult) -> list[Path]:
         """Write every file; returns their paths in the order written."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -77,5 +81,9 @@ def simulate_to_dir(
     if requests is None:
         requests = load_requests(cfg)
     outputs = RunOutputs(out_dir, cfg.outputs, len(requests))
-    result = simulate(cfg, requests=requests, progress=progress, metrics=outputs.collector())
+    try:
+        result = simulate(cfg, requests=requests, progress=progress, metrics=outputs.collector())
+    except BaseException:
+        outputs.abort()
+        raise
     return result, outputs.finish(result)

@@ -7,6 +7,7 @@ first row leaves nothing behind. The schemas are documented in docs/outputs.md.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 
 from llmservingsim.errors import UserError
 from llmservingsim.metrics.collector import RequestRecord
+from llmservingsim.outputs.files import temp_path
 
 TableFormat = Literal["parquet", "csv"]
 
@@ -94,30 +96,46 @@ def requests_batch(records: Sequence[RequestRecord]) -> pa.RecordBatch:
 
 
 class TableWriter:
-    """Appends record batches to ``<stem>.parquet`` or ``<stem>.csv``; opens on the first batch."""
+    """Appends record batches to ``<stem>.parquet`` or ``<stem>.csv``; opens on the first batch.
+
+    Rows stream into a hidden temporary file renamed into place by :meth:`close`, so a run
+    stopped midway never leaves a truncated table (:meth:`abort` deletes the temporary).
+    """
 
     def __init__(self, out_dir: Path, stem: str, schema: pa.Schema, fmt: TableFormat) -> None:
         self.path = out_dir / f"{stem}.{fmt}"
         self.schema = schema
         self.format = fmt
+        self._tmp = temp_path(self.path)
         self._writer: pq.ParquetWriter | pacsv.CSVWriter | None = None
 
     def write(self, batch: pa.RecordBatch) -> None:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.format == "parquet":
-                self._writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
+                self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
             else:
-                self._writer = pacsv.CSVWriter(self.path, self.schema)
+                self._writer = pacsv.CSVWriter(self._tmp, self.schema)
         self._writer.write_batch(batch)
 
     def close(self) -> Path:
         """Finish the file (an empty table when nothing was written) and return its path."""
-        if self._writer is None:
-            self.write(pa.RecordBatch.from_pylist([], schema=self.schema))
-        assert self._writer is not None
-        self._writer.close()
+        try:
+            if self._writer is None:
+                self.write(pa.RecordBatch.from_pylist([], schema=self.schema))
+            assert self._writer is not None
+            self._writer.close()
+            os.replace(self._tmp, self.path)
+        finally:
+            self._tmp.unlink(missing_ok=True)
         return self.path
+
+    def abort(self) -> None:
+        """Drop the rows written so far (the run failed): no file is left behind."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._tmp.unlink(missing_ok=True)
 
 
 class RequestTableSink:
@@ -131,6 +149,9 @@ class RequestTableSink:
 
     def close(self) -> Path:
         return self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.abort()
 
 
 def write_table(

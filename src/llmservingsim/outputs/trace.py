@@ -27,6 +27,7 @@ import numpy as np
 from llmservingsim import __version__
 from llmservingsim.metrics.collector import RequestRecord
 from llmservingsim.metrics.steps import StepChunk
+from llmservingsim.outputs.files import atomic_path
 
 _US = 1e6
 
@@ -96,7 +97,7 @@ class TraceRecorder:
             "steps_kept": self._num_kept,
             "steps_total": self._steps_seen,
         }
-        with path.open("w") as fh:
+        with atomic_path(path) as tmp, tmp.open("w") as fh:
             fh.write('{"displayTimeUnit": "ms", "otherData": ')
             json.dump({"generator": f"llmservingsim {__version__}", **sampling}, fh)
             fh.write(', "traceEvents": [\n')

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from llmservingsim.errors import ConfigError, UserError
+from llmservingsim.interrupt import stop_on_signals
 from llmservingsim.sweep.executors import EXECUTORS, ExecutorOptions, make_executor
 from llmservingsim.sweep.grid import grid_points, parse_axes
 from llmservingsim.sweep.plan import PlanResult, plan_settings, plan_tasks, run_plan
@@ -104,37 +105,38 @@ def sweep_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Simulate every point of a grid of config overrides; one row per point in sweep.parquet."""
-    try:
-        if resume and out is None:
-            raise ConfigError("--resume needs --out DIR, the directory of the sweep to finish")
-        axes = parse_axes(grid or [], "--grid")
-        if not axes:
-            raise ConfigError("sweep needs at least one --grid key=v1,v2,...")
-        points = build_points(Scenario.load(config, set_ or []), grid_points(axes, zipped))
-        out_dir = _out_dir(out, "sweep")
-        store = ResultStore.open(out_dir / "sweep.parquet", resume)
-        todo = pending_points(points, store)
-        runner = make_executor(executor, ExecutorOptions(workers, ray_address))
+    with stop_on_signals() as stop:
         try:
-            with _progress("sweep", len(todo), not quiet and sys.stderr.isatty()) as hook:
-                outcome = run_sweep(points, store, runner, on_row=hook)
-        finally:
-            runner.close()
-    except UserError as exc:
-        raise _fail(exc) from None
-    if not quiet:
-        _print_sweep(points, store.rows, [a.key for a in axes])
-        skipped = f", {outcome.skipped} already done" if outcome.skipped else ""
-        Console().print(f"{outcome.ran} points simulated{skipped} → {store.path}")
-    errors = sum(1 for r in store.rows if r.get("status") == "error")
-    if errors:
-        err_console.print(f"{errors} points failed: see the status and error columns")
-    if outcome.stopped:
-        err_console.print(
-            f"{outcome.stopped}: {len(store.rows)} of {len(points)} points saved in "
-            f"{store.path}; finish with --resume --out {out_dir}"
-        )
-        raise typer.Exit(code=130)
+            if resume and out is None:
+                raise ConfigError("--resume needs --out DIR, the directory of the sweep to finish")
+            axes = parse_axes(grid or [], "--grid")
+            if not axes:
+                raise ConfigError("sweep needs at least one --grid key=v1,v2,...")
+            points = build_points(Scenario.load(config, set_ or []), grid_points(axes, zipped))
+            out_dir = _out_dir(out, "sweep")
+            store = ResultStore.open(out_dir / "sweep.parquet", resume)
+            todo = pending_points(points, store)
+            runner = make_executor(executor, ExecutorOptions(workers, ray_address))
+            try:
+                with _progress("sweep", len(todo), not quiet and sys.stderr.isatty()) as hook:
+                    outcome = run_sweep(points, store, runner, on_row=hook)
+            finally:
+                runner.close()
+        except UserError as exc:
+            raise _fail(exc) from None
+        if not quiet:
+            _print_sweep(points, store.rows, [a.key for a in axes])
+            skipped = f", {outcome.skipped} already done" if outcome.skipped else ""
+            Console().print(f"{outcome.ran} points simulated{skipped} → {store.path}")
+        errors = sum(1 for r in store.rows if r.get("status") == "error")
+        if errors:
+            err_console.print(f"{errors} points failed: see the status and error columns")
+        if outcome.stopped:
+            err_console.print(
+                f"{outcome.stopped}: {len(store.rows)} of {len(points)} points saved in "
+                f"{store.path}; finish with --resume --out {out_dir}"
+            )
+            raise typer.Exit(code=stop.exit_code)
 
 
 def _ms(value: Any) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from llmservingsim.outputs.files import atomic_path
 from llmservingsim.sweep.rows import Row
 
 _MAX_LABELLED = 20
@@ -75,4 +76,5 @@ def write_plan_html(
     path: Path, rows: Sequence[Row], keys: Sequence[str], cost_column: str, latency_column: str
 ) -> None:
     figure = plan_figure(rows, keys, cost_column, latency_column)
-    figure.write_html(path, include_plotlyjs=True, full_html=True)
+    with atomic_path(path) as tmp:
+        figure.write_html(tmp, include_plotlyjs=True, full_html=True)

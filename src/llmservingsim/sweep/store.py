@@ -8,7 +8,6 @@ either the previous complete file or the new one, never a torn one.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llmservingsim.errors import UserError
+from llmservingsim.outputs.files import atomic_path
 from llmservingsim.sweep.rows import Row
 
 _LEADING = ("point_id", "base_id")
@@ -41,9 +41,8 @@ def write_table_atomic(table: pa.Table, path: Path, metadata: dict[str, Any] | N
     ``llmservingsim`` in the Parquet schema."""
     if metadata is not None:
         table = table.replace_schema_metadata({"llmservingsim": json.dumps(metadata)})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def read_rows(path: Path) -> list[Row]:

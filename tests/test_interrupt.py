@@ -1,0 +1,97 @@
+"""SIGINT / SIGTERM during ``run`` and ``sweep``, sent to a real subprocess.
+
+The child is the real CLI; a few lines before it append to a marker file each time the engine
+loop starts, so the signal lands inside the simulation, not during start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+CHILD = """
+import sys
+from pathlib import Path
+from llmservingsim import engine
+marker = Path(sys.argv[1])
+loop = engine.Engine._loop
+def marked_loop(self, requests):
+    with marker.open("a") as fh:
+        fh.write("loop\\n")
+    return loop(self, requests)
+engine.Engine._loop = marked_loop
+from llmservingsim.cli import app
+app(sys.argv[2:])
+"""
+
+LONG_RUN = ["--set", "model=llama-3.2-1b", "--set", "workload.arrival.rate=200"]
+
+
+def start(tmp_path: Path, args: list[str]) -> tuple[subprocess.Popen[str], Path]:
+    marker = tmp_path / "loops"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(marker), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, marker
+
+
+def signal_after_loops(
+    proc: subprocess.Popen[str], marker: Path, loops: int, signum: int
+) -> tuple[int, str]:
+    deadline = time.monotonic() + 60
+    while not (marker.exists() and len(marker.read_text().split()) >= loops):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the simulation loop never started"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def no_temporary_files(out: Path) -> None:
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_run_writes_a_partial_summary_and_whole_files(
+    tmp_path: Path, signum: int, code: int
+) -> None:
+    out = tmp_path / "out"
+    args = ["run", *LONG_RUN, "--set", "workload.num_requests=50000", "--out", str(out), "-q"]
+    proc, marker = start(tmp_path, args)
+    returncode, err = signal_after_loops(proc, marker, 1, signum)
+    assert returncode == code, err
+    assert "interrupted" in err and "Traceback" not in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["partial"] is True
+    assert summary["requests_completed"] < 50000
+    table = pq.read_table(out / "requests.parquet")
+    assert table.num_rows == summary["requests_completed"] + summary["requests_failed"]
+    assert pq.read_table(out / "timeseries.parquet").num_rows > 0
+    json.loads((out / "trace.json").read_text())
+    assert (out / "report.html").read_text().rstrip().endswith("</html>")
+    no_temporary_files(out)
+
+
+def test_sigterm_during_sweep_keeps_finished_points(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    args = ["sweep", *LONG_RUN, "--grid", "workload.num_requests=5,50000"]
+    args += ["--workers", "1", "--out", str(out), "-q"]
+    proc, marker = start(tmp_path, args)
+    returncode, err = signal_after_loops(proc, marker, 2, signal.SIGTERM)
+    assert returncode == 143, err
+    assert "--resume" in err and "Traceback" not in err
+    rows = pq.read_table(out / "sweep.parquet").to_pylist()
+    assert [row["workload.num_requests"] for row in rows] == [5]
+    no_temporary_files(out)
