@@ -19,6 +19,9 @@ settings.register_profile("ci")
 settings.register_profile("fuzz", deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# Every simulation a test runs (subprocesses included) checks the runtime invariants.
+os.environ.setdefault("LLMSERVINGSIM_CHECK_INVARIANTS", "1")
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 RunToDir = Callable[..., tuple[Path, SimulationResult]]

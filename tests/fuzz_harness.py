@@ -50,7 +50,7 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_cli(args: list[str], seconds: float = 20.0) -> Result:
+def run_cli(args: list[str], seconds: float = 30.0) -> Result:
     """``llmservingsim ARGS`` in-process, under a time limit."""
     with time_limit(seconds):
         return CliRunner().invoke(app, args)

@@ -184,8 +184,10 @@ def test_corrupted_yaml_text_fails_cleanly(
         text = text.replace("\n", "\r\n")
     path = tmp_path / "config.yaml"
     path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8", "surrogatepass"))
-    result = run_cli(["run", str(path), *quick_run_args(tmp_path / "out")])
-    assert_clean_outcome(result, names=(str(path),))
+    # A cut before num_requests leaves a valid config of 1000 requests: keep runs short.
+    size = ["--set", "workload.num_requests=6"]
+    result = run_cli(["run", str(path), *size, *quick_run_args(tmp_path / "out")])
+    assert_clean_outcome(result, names=(str(path), "workload"))
 
 
 @settings(
@@ -212,3 +214,11 @@ def test_config_that_is_not_a_mapping_names_the_file(tmp_path: Path) -> None:
     result = run_cli(["run", str(path), *quick_run_args(tmp_path / "out")])
     assert result.exit_code == 2
     assert_clean_outcome(result, names=(str(path),))
+
+
+def test_negative_seed_is_a_config_error_not_a_traceback(tmp_path: Path) -> None:
+    """Found by the fuzzer: numpy raised ValueError deep inside the workload generator."""
+    args = ["run", "--set", "model=llama-3.2-1b", "--seed", "-1", *quick_run_args(tmp_path)]
+    result = run_cli(args)
+    assert result.exit_code == 2
+    assert_clean_outcome(result, names=("seed",))

@@ -28,6 +28,7 @@ from llmservingsim.config import SimConfig, load_config
 from llmservingsim.errors import InputWarning, UserError
 from llmservingsim.hardware.backends import PERF_BACKENDS
 from llmservingsim.interrupt import stop_on_signals
+from llmservingsim.invariants import InvariantError
 from llmservingsim.outputs.report import write_report
 from llmservingsim.outputs.run_outputs import simulate_to_dir
 from llmservingsim.serving.schedulers import SCHEDULERS
@@ -43,6 +44,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err_console = Console(stderr=True)
+INVARIANT_EXIT_CODE = 70  # EX_SOFTWARE: a broken invariant is a simulator bug
 
 
 def _fail(exc: UserError) -> typer.Exit:
@@ -222,6 +224,13 @@ def run(
     ] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip report.html.")] = False,
     no_trace: Annotated[bool, typer.Option("--no-trace", help="Skip trace.json.")] = False,
+    check_invariants: Annotated[
+        bool,
+        typer.Option(
+            "--check-invariants",
+            help="Check KV-cache, token and time invariants while running (docs/invariants.md).",
+        ),
+    ] = False,
 ) -> None:
     """Run one simulation; write summary.json, requests and timeseries tables, trace.json and
     report.html (docs/outputs.md)."""
@@ -240,9 +249,14 @@ def run(
             out_dir = out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
             show_progress = not quiet and not as_json and sys.stderr.isatty()
             with _input_warnings():
-                result, paths = _run_with_progress(cfg, out_dir, show_progress)
+                result, paths = _run_with_progress(
+                    cfg, out_dir, show_progress, check_invariants or None
+                )
         except UserError as exc:
             raise _fail(exc) from None
+        except InvariantError as exc:
+            err_console.print(f"[bold red]bug:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(code=INVARIANT_EXIT_CODE) from None
         except KeyboardInterrupt:
             # Stopped outside the simulation loop (loading, or writing the outputs): every
             # file written is complete, the others are absent.
@@ -261,10 +275,10 @@ def run(
 
 
 def _run_with_progress(
-    cfg: SimConfig, out_dir: Path, show: bool
+    cfg: SimConfig, out_dir: Path, show: bool, check_invariants: bool | None = None
 ) -> tuple[SimulationResult, list[Path]]:
     if not show:
-        return simulate_to_dir(cfg, out_dir)
+        return simulate_to_dir(cfg, out_dir, check_invariants=check_invariants)
     requests = load_requests(cfg)
     columns = (
         TextColumn("[bold]simulating"),
@@ -282,7 +296,9 @@ def _run_with_progress(
             wall = time.perf_counter() - wall_start
             bar.update(task, completed=done, sim=now, speed=now / wall if wall > 0 else 0.0)
 
-        return simulate_to_dir(cfg, out_dir, requests=requests, progress=hook)
+        return simulate_to_dir(
+            cfg, out_dir, requests=requests, progress=hook, check_invariants=check_invariants
+        )
 
 
 @app.command()

@@ -564,8 +564,8 @@ class SimConfig(_Section):
     slo: SloConfig = SloConfig()
     outputs: OutputsConfig = OutputsConfig()
     engine: EngineConfig = EngineConfig()
-    seed: int = 0
-    """Random seed: a run is fully reproducible from it."""
+    seed: int = Field(default=0, ge=0)
+    """Random seed (a non-negative integer): a run is fully reproducible from it."""
 
     @property
     def compute_dtype(self) -> str:

@@ -20,6 +20,7 @@ from llmservingsim.engine import Engine
 from llmservingsim.errors import ConfigError, DoesNotFitError
 from llmservingsim.hardware.backends import backend_stats, build_backend
 from llmservingsim.hardware.device import DeviceSpec, Link
+from llmservingsim.invariants import InvariantChecker, invariants_requested
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.kv_summary import kv_summary
 from llmservingsim.metrics.summary import request_metrics
@@ -341,9 +342,12 @@ def simulate(
     requests: list[RequestSpec] | None = None,
     progress: Callable[[float, int], None] | None = None,
     metrics: MetricsCollector | None = None,
+    check_invariants: bool | None = None,
 ) -> SimulationResult:
     """Run one simulation. ``requests`` overrides the config's workload (tests, sweeps);
-    ``metrics`` may carry output sinks (outputs/run_outputs.py) fed while the run goes."""
+    ``metrics`` may carry output sinks (outputs/run_outputs.py) fed while the run goes;
+    ``check_invariants`` (default: the LLMSERVINGSIM_CHECK_INVARIANTS environment variable)
+    checks the runtime invariants of invariants.py and raises InvariantError on a violation."""
     _reject_unsupported(cfg)
     _check_lora(cfg)
     metrics = MetricsCollector() if metrics is None else metrics
@@ -351,11 +355,16 @@ def simulate(
     if requests is None:
         requests = load_requests(cfg)
     _check_trace_adapters(cfg, requests)
+    checker = (
+        InvariantChecker(cluster.instances) if invariants_requested(check_invariants) else None
+    )
     hook = None if progress is None else (lambda now: progress(now, len(metrics.records)))
     engine = Engine(cluster, progress=hook)
     wall_start = time.perf_counter()
     end_time = engine.run(requests)
     wall = time.perf_counter() - wall_start
+    if checker is not None and not engine.interrupted:
+        checker.check_end(requests, metrics.records)
     summary = summarize(cfg, cluster, metrics, end_time, wall)
     summary["requests_total"] = len(requests)
     summary["interrupted"] = engine.interrupted

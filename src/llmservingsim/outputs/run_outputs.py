@@ -76,13 +76,20 @@ def simulate_to_dir(
     out_dir: Path,
     requests: list[RequestSpec] | None = None,
     progress: Callable[[float, int], None] | None = None,
+    check_invariants: bool | None = None,
 ) -> tuple[SimulationResult, list[Path]]:
     """Run one simulation and write all its files to ``out_dir`` (what ``run`` does)."""
     if requests is None:
         requests = load_requests(cfg)
     outputs = RunOutputs(out_dir, cfg.outputs, len(requests))
     try:
-        result = simulate(cfg, requests=requests, progress=progress, metrics=outputs.collector())
+        result = simulate(
+            cfg,
+            requests=requests,
+            progress=progress,
+            metrics=outputs.collector(),
+            check_invariants=check_invariants,
+        )
     except BaseException:
         outputs.abort()
         raise
