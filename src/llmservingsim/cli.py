@@ -121,6 +121,7 @@ def totals_table(summary: dict[str, Any]) -> Table:
             "requests completed / failed",
             f"{summary['requests_completed']} / {summary['requests_failed']}",
         ),
+        *admission_rows(summary),
         (
             "throughput",
             f"{summary['request_throughput']:.2f} req/s · "
@@ -143,6 +144,15 @@ def totals_table(summary: dict[str, Any]) -> Table:
     for label, value in rows:
         table.add_row(label, value)
     return table
+
+
+def admission_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Requests admission control turned away, only when it did."""
+    rejected = summary.get("requests_rejected", 0)
+    timed_out = summary.get("requests_timed_out", 0)
+    if not rejected and not timed_out:
+        return []
+    return [("rejected / timed out", f"{rejected} / {timed_out}")]
 
 
 def kv_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:

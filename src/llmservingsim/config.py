@@ -366,6 +366,12 @@ class SchedulerConfig(_Section):
     """Host memory per device for the KV of swapped-out requests, GiB (vLLM's --swap-space)."""
     kv_offload: KvOffloadConfig | None = None
     """Optional host/CXL tier for evicted prefix blocks (LMCache-like; docs/kv_cache.md)."""
+    max_queue: int | None = Field(default=None, ge=1)
+    """Admission control: most requests waiting per scheduler; arrivals beyond it are rejected
+    (status ``rejected``). None: the queue is unbounded."""
+    request_timeout_s: float | None = Field(default=None, gt=0)
+    """Admission control: a request still waiting to start this many seconds after it arrived
+    is dropped (status ``timed_out``) at the next step. None: requests wait forever."""
 
     @model_validator(mode="after")
     def _offload_needs_prefix_caching(self) -> SchedulerConfig:

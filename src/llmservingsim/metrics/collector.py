@@ -188,9 +188,14 @@ class MetricsCollector:
         self._add(self._record(seq, instance, "finished"))
 
     def on_fail(self, seq: Sequence, instance: int, now: float, reason: str) -> None:
+        self.on_drop(seq, instance, now, "failed", reason)
+
+    def on_drop(self, seq: Sequence, instance: int, now: float, status: str, reason: str) -> None:
+        """A request that ends unserved: ``failed`` (can never fit), or by admission control
+        ``rejected`` (queue full) or ``timed_out`` (waited too long)."""
         seq.finish_time = now
         seq.fail_reason = reason
-        self._add(self._record(seq, instance, "failed"))
+        self._add(self._record(seq, instance, status))
 
     @staticmethod
     def _record(seq: Sequence, instance: int, status: str) -> RequestRecord:

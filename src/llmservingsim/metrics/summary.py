@@ -11,6 +11,8 @@ from llmservingsim.config import SloConfig
 from llmservingsim.metrics.collector import RequestRecord
 from llmservingsim.metrics.samples import RepeatedSamples
 
+FAILED_LISTED = 100
+
 
 def latency_stats(values: Iterable[float]) -> dict[str, float | None]:
     """{mean, p50, p90, p99, max} in seconds; None for each when there is no sample."""
@@ -40,10 +42,17 @@ def request_metrics(
     records: list[RequestRecord], itl: RepeatedSamples, slo: SloConfig
 ) -> dict[str, Any]:
     done = [r for r in records if r.status == "finished"]
-    failed = len(records) - len(done)
+    unserved = [r for r in records if r.status != "finished"]
     out: dict[str, Any] = {
         "requests_completed": len(done),
-        "requests_failed": failed,
+        "requests_failed": sum(r.status == "failed" for r in unserved),
+        "requests_rejected": sum(r.status == "rejected" for r in unserved),
+        "requests_timed_out": sum(r.status == "timed_out" for r in unserved),
+        # Each unserved request and why (the first FAILED_LISTED; the requests table has all).
+        "failed": [
+            {"id": r.id, "status": r.status, "reason": r.fail_reason}
+            for r in sorted(unserved, key=lambda r: r.id)[:FAILED_LISTED]
+        ],
         "input_tokens": sum(r.input_tokens for r in done),
         "output_tokens": sum(r.output_tokens for r in done),
     }

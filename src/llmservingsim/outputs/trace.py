@@ -174,14 +174,14 @@ def _async(ph: str, name: str, r: RequestRecord, t: float, pid: int, **args: Any
 
 def _request_events(r: RequestRecord) -> Iterator[dict[str, Any]]:
     """The request as an async slice per instance it ran on; phases nest inside in time order."""
-    title = f"request {r.id}" + (" (failed)" if r.status == "failed" else "")
+    title = f"request {r.id}" + (f" ({r.status})" if r.status != "finished" else "")
     args: dict[str, Any] = {
         "input_tokens": r.input_tokens,
         "output_tokens": r.output_tokens,
         "preemptions": r.preemptions,
         "status": r.status,
     }
-    if r.status == "failed":
+    if r.status != "finished":
         args["reason"] = r.fail_reason
     if r.prefill_instance < 0:
         yield from _slice(

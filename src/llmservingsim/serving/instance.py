@@ -141,8 +141,16 @@ class Instance:
     def blocks_fast_forward(self) -> bool:
         """Whether the next steps must be simulated one by one: speculative verify steps
         accept a random number of tokens each, so they are never plain decode steps; with
-        LoRA adapters a step adds adapter GEMMs (and may wait for adapter loads)."""
-        return self.speculator is not None or self.lora is not None
+        LoRA adapters a step adds adapter GEMMs (and may wait for adapter loads); with
+        ``scheduler.request_timeout_s`` a waiting request may time out at any step."""
+        return (
+            self.speculator is not None
+            or self.lora is not None
+            or any(
+                ve.scheduler.cfg.request_timeout_s is not None and ve.scheduler.waiting
+                for ve in self.engines
+            )
+        )
 
     # -------------------------------------------------------------- requests in
 
@@ -161,10 +169,24 @@ class Instance:
             )
             self.metrics.on_fail(seq, self.index, now, reason)
             return
+        if seq.admissions == 0 and ve.scheduler.queue_full():
+            seq.status = Status.FAILED
+            reason = f"waiting queue full (scheduler.max_queue={ve.scheduler.cfg.max_queue})"
+            self.metrics.on_drop(seq, self.index, now, "rejected", reason)
+            return
         seq.status = Status.WAITING
         ve.outstanding += 1
         self.outstanding += 1
         ve.scheduler.add(seq)
+
+    def _expire(self, ve: VirtualEngine, now: float) -> None:
+        """Admission control: drop the requests that waited past scheduler.request_timeout_s."""
+        for seq in ve.scheduler.expire_waiting(now):
+            seq.status = Status.FAILED
+            ve.outstanding -= 1
+            self.outstanding -= 1
+            reason = f"waited over scheduler.request_timeout_s={ve.scheduler.cfg.request_timeout_s}"
+            self.metrics.on_drop(seq, self.index, now, "timed_out", reason)
 
     # -------------------------------------------------------------- steps
 
@@ -181,6 +203,8 @@ class Instance:
             ve = self.engines[k]
             if ve.busy:
                 continue
+            if ve.scheduler.cfg.request_timeout_s is not None:
+                self._expire(ve, now)
             scheduler = ve.scheduler
             if self.speculator is not None:
                 scheduler.lookahead = self.speculator.lookahead(len(scheduler.running))

@@ -13,7 +13,7 @@ Row = dict[str, Any]
 WALL_COLUMNS = ("sim_wall_s", "point_wall_s")
 """Columns that measure this machine, not the simulated system: they differ between runs."""
 
-_SKIPPED = {"config", "interrupted"}
+_SKIPPED = {"config", "interrupted", "partial"}
 
 
 class PointInterrupted(Exception):

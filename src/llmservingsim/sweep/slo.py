@@ -61,7 +61,8 @@ def slo_violations(row: Mapping[str, Any], slos: Sequence[Slo]) -> list[str]:
     the traffic, whatever the latency of the rest.
     """
     missed: list[str] = []
-    failed = row.get("requests_failed") or 0
+    unserved = ("requests_failed", "requests_rejected", "requests_timed_out")
+    failed = sum(row.get(key) or 0 for key in unserved)
     if failed:
         missed.append(f"{failed} requests failed")
     for slo in slos:

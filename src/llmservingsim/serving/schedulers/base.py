@@ -76,6 +76,33 @@ class Scheduler(ABC):
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
+    def queue_full(self) -> bool:
+        """Admission control: the waiting queue holds ``max_queue`` requests already."""
+        limit = self.cfg.max_queue
+        return limit is not None and len(self.waiting) >= limit
+
+    def expire_waiting(self, now: float) -> list[Sequence]:
+        """Admission control: remove and return the requests that never started and have
+        waited ``request_timeout_s`` by ``now``. New requests queue in arrival order behind
+        any preempted ones (which have started, so never expire): the scan stops at the
+        first request still in time."""
+        timeout = self.cfg.request_timeout_s
+        if timeout is None:
+            return []
+        expired: list[Sequence] = []
+        waiting = self.waiting
+        i = 0
+        while i < len(waiting):
+            seq = waiting[i]
+            if seq.admissions:
+                i += 1
+            elif now - seq.spec.arrival_s >= timeout:
+                del waiting[i]
+                expired.append(seq)
+            else:
+                break
+        return expired
+
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
