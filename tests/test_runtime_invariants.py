@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fuzz_harness import quick_run_args, run_cli
 
+from fuzz_harness import quick_run_args, run_cli
 from llmservingsim.config import load_config
 from llmservingsim.invariants import InvariantError, check_records
 from llmservingsim.metrics.collector import RequestRecord
@@ -73,13 +73,13 @@ def record(rid: int, status: str = "finished", output: int = 4, reason: str = ""
 def test_records_must_cover_every_request_once_with_full_output() -> None:
     specs = [RequestSpec(i, 0.0, 10, 4) for i in range(3)]
     check_records(specs, [record(0), record(1), record(2, "failed", 0, "too long")], 1.0)
-    with pytest.raises(InvariantError, match="I4.*neither finished nor failed"):
+    with pytest.raises(InvariantError, match=r"I4.*neither finished nor failed"):
         check_records(specs, [record(0), record(1)], 1.0)
-    with pytest.raises(InvariantError, match="I4.*twice"):
+    with pytest.raises(InvariantError, match=r"I4.*twice"):
         check_records(specs, [record(0), record(0), record(1), record(2)], 1.0)
-    with pytest.raises(InvariantError, match="I4.*3 of 4 output tokens"):
+    with pytest.raises(InvariantError, match=r"I4.*3 of 4 output tokens"):
         check_records(specs, [record(0), record(1, output=3), record(2)], 1.0)
-    with pytest.raises(InvariantError, match="I4.*without a reason"):
+    with pytest.raises(InvariantError, match=r"I4.*without a reason"):
         check_records(specs, [record(0), record(1), record(2, "failed", 0)], 1.0)
 
 
