@@ -11,6 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+WALL_TIME_FIELDS = ("sim_wall_s",)
+"""summary.json fields that measure this machine, not the simulated system: the only ones two
+runs of the same config and seed may differ in (docs/robustness.md)."""
+
 
 def temp_path(path: Path) -> Path:
     """Where ``path`` is written before it is renamed into place (hidden, same folder)."""

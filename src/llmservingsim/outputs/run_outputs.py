@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from llmservingsim import __version__
 from llmservingsim.config import OutputsConfig, SimConfig
 from llmservingsim.metrics.collector import MetricsCollector, RequestSink, StepSink
 from llmservingsim.metrics.timeseries import TimeSeries
@@ -22,10 +24,18 @@ from llmservingsim.workload.request_spec import RequestSpec
 
 
 class RunOutputs:
-    def __init__(self, out_dir: Path, cfg: OutputsConfig, num_requests: int) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        cfg: OutputsConfig,
+        num_requests: int,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         self.out_dir = out_dir
         self.cfg = cfg
-        self.requests = RequestTableSink(out_dir, cfg.format)
+        # What produced the files (version, resolved config), stored in each of them.
+        self.metadata = metadata
+        self.requests = RequestTableSink(out_dir, cfg.format, metadata)
         self.timeseries = TimeSeries(cfg.timeseries_max_rows, cfg.timeseries_bucket_s)
         self.trace = (
             TraceRecorder(
@@ -61,11 +71,12 @@ class RunOutputs:
                 TIMESERIES_SCHEMA,
                 self.timeseries.columns(),
                 self.cfg.format,
+                self.metadata,
             )
         )
         if self.trace is not None:
             names = [instance_label(row) for row in result.summary["instances"]]
-            paths.append(self.trace.write(self.out_dir / "trace.json", names))
+            paths.append(self.trace.write(self.out_dir / "trace.json", names, self.metadata))
         if self.cfg.report:
             paths.append(write_report(self.out_dir))
         return paths
@@ -81,7 +92,8 @@ def simulate_to_dir(
     """Run one simulation and write all its files to ``out_dir`` (what ``run`` does)."""
     if requests is None:
         requests = load_requests(cfg)
-    outputs = RunOutputs(out_dir, cfg.outputs, len(requests))
+    metadata = {"version": __version__, "config": cfg.model_dump(mode="json")}
+    outputs = RunOutputs(out_dir, cfg.outputs, len(requests), metadata)
     try:
         result = simulate(
             cfg,

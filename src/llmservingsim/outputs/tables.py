@@ -7,6 +7,7 @@ first row leaves nothing behind. The schemas are documented in docs/outputs.md.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,8 +103,18 @@ class TableWriter:
     stopped midway never leaves a truncated table (:meth:`abort` deletes the temporary).
     """
 
-    def __init__(self, out_dir: Path, stem: str, schema: pa.Schema, fmt: TableFormat) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        stem: str,
+        schema: pa.Schema,
+        fmt: TableFormat,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         self.path = out_dir / f"{stem}.{fmt}"
+        # Parquet keeps ``metadata`` (version, resolved config) as JSON under "llmservingsim".
+        if metadata is not None and fmt == "parquet":
+            schema = schema.with_metadata({"llmservingsim": json.dumps(metadata)})
         self.schema = schema
         self.format = fmt
         self._tmp = temp_path(self.path)
@@ -141,8 +152,10 @@ class TableWriter:
 class RequestTableSink:
     """A :class:`~llmservingsim.metrics.collector.RequestSink` that streams requests to a file."""
 
-    def __init__(self, out_dir: Path, fmt: TableFormat) -> None:
-        self.writer = TableWriter(out_dir, "requests", REQUESTS_SCHEMA, fmt)
+    def __init__(
+        self, out_dir: Path, fmt: TableFormat, metadata: dict[str, Any] | None = None
+    ) -> None:
+        self.writer = TableWriter(out_dir, "requests", REQUESTS_SCHEMA, fmt, metadata)
 
     def write_requests(self, records: Sequence[RequestRecord]) -> None:
         self.writer.write(requests_batch(records))
@@ -155,10 +168,15 @@ class RequestTableSink:
 
 
 def write_table(
-    out_dir: Path, stem: str, schema: pa.Schema, columns: dict[str, Any], fmt: TableFormat
+    out_dir: Path,
+    stem: str,
+    schema: pa.Schema,
+    columns: dict[str, Any],
+    fmt: TableFormat,
+    metadata: dict[str, Any] | None = None,
 ) -> Path:
-    writer = TableWriter(out_dir, stem, schema, fmt)
-    writer.write(pa.RecordBatch.from_pydict(columns, schema=schema))
+    writer = TableWriter(out_dir, stem, schema, fmt, metadata)
+    writer.write(pa.RecordBatch.from_pydict(columns, schema=writer.schema))
     return writer.close()
 
 

@@ -89,8 +89,14 @@ class TraceRecorder:
         for record in sorted(self._requests, key=lambda r: r.id):
             yield from _request_events(record)
 
-    def write(self, path: Path, instance_names: Sequence[str]) -> Path:
-        sampling = {
+    def write(
+        self,
+        path: Path,
+        instance_names: Sequence[str],
+        metadata: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write the trace; ``metadata`` (version, resolved config) goes into ``otherData``."""
+        sampling: dict[str, Any] = {
             "request_every": self.request_every,
             "requests_kept": len(self._requests),
             "step_every": self.step_every,
@@ -99,7 +105,8 @@ class TraceRecorder:
         }
         with atomic_path(path) as tmp, tmp.open("w") as fh:
             fh.write('{"displayTimeUnit": "ms", "otherData": ')
-            json.dump({"generator": f"llmservingsim {__version__}", **sampling}, fh)
+            other = {"generator": f"llmservingsim {__version__}", **sampling, **(metadata or {})}
+            json.dump(other, fh)
             fh.write(', "traceEvents": [\n')
             first = True
             for event in self.events(instance_names):
