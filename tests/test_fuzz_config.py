@@ -144,7 +144,7 @@ def _yaml_text(raw: Any) -> str:
 
 
 FAST = settings(
-    max_examples=examples(ci=50, fuzz=6000),
+    max_examples=examples(ci=50, fuzz=4000),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -162,7 +162,7 @@ def test_mutated_config_runs_or_fails_cleanly(tmp_path: Path, raw: dict[str, Any
 
 
 @settings(
-    max_examples=examples(ci=30, fuzz=2000),
+    max_examples=examples(ci=30, fuzz=1500),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -187,11 +187,11 @@ def test_corrupted_yaml_text_fails_cleanly(
     # A cut before num_requests leaves a valid config of 1000 requests: keep runs short.
     size = ["--set", "workload.num_requests=6"]
     result = run_cli(["run", str(path), *size, *quick_run_args(tmp_path / "out")])
-    assert_clean_outcome(result, names=(str(path), "workload"))
+    assert_clean_outcome(result, names=(str(path), "workload", *KEY_NAMES))
 
 
 @settings(
-    max_examples=examples(ci=30, fuzz=2000),
+    max_examples=examples(ci=30, fuzz=1500),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

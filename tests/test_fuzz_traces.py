@@ -141,7 +141,7 @@ def check_loaded(path: Path, fmt: str) -> None:
 
 
 SETTINGS = settings(
-    max_examples=examples(ci=40, fuzz=1200),
+    max_examples=examples(ci=40, fuzz=1000),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -159,7 +159,7 @@ def test_fuzzed_trace_loads_or_fails_with_file_and_line(
 
 
 @settings(
-    max_examples=examples(ci=25, fuzz=1000),
+    max_examples=examples(ci=25, fuzz=800),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
