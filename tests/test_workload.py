@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmservingsim.config import ArrivalConfig, TraceConfig, WorkloadConfig
-from llmservingsim.errors import TraceError
+from llmservingsim.errors import InputWarning, TraceError
 from llmservingsim.workload import (
     TRACE_FORMATS,
     RequestSpec,
@@ -381,7 +381,8 @@ def test_trace_lengths_clipped_to_context(tmp_path: Path) -> None:
         "replay.csv",
         "arrival_s,input_tokens,output_tokens\n0,5000,10\n1,900,500\n2,10,20\n",
     )
-    reqs = load_workload(trace_cfg(path, "csv"), 1000, 0)
+    with pytest.warns(InputWarning, match="2 request"):
+        reqs = load_workload(trace_cfg(path, "csv"), 1000, 0)
     assert [(r.input_len, r.output_len) for r in reqs] == [(999, 1), (900, 100), (10, 20)]
 
 

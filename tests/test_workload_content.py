@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from llmservingsim.config import WorkloadConfig, load_config
-from llmservingsim.errors import ConfigError, TraceError
+from llmservingsim.errors import ConfigError, InputWarning, TraceError
 from llmservingsim.serving.prefix_cache import block_keys
 from llmservingsim.simulation import simulate
 from llmservingsim.workload import RequestSpec, load_workload
@@ -102,7 +102,8 @@ def test_token_ids_are_one_run_per_token_and_clipped_with_the_prompt(tmp_path: P
     assert req.content is not None
     assert req.content.namespace == "tokens"
     assert req.content.runs == ((9, 1), (8, 1), (7, 1), (6, 1), (5, 1))
-    (clipped,) = load_workload(trace(path), 4, 0)  # context of 4: prompt cut to 3 tokens
+    with pytest.warns(InputWarning):  # context of 4: prompt cut to 3 tokens
+        (clipped,) = load_workload(trace(path), 4, 0)
     assert clipped.input_len == 3
     assert clipped.content is not None and clipped.content.num_tokens == 3
 

@@ -223,33 +223,40 @@ def plan_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Cheapest deployments that meet latency SLOs: plan.parquet, plan.html, Pareto table."""
-    try:
-        if max_rate and target_rate is not None:
-            raise ConfigError("give either --max-rate or --target-rate, not both")
-        slos = parse_slos(slo or [])
-        axes = parse_axes(search or [], "--search")
-        settings, candidate_axes = plan_settings(slos, axes, target_rate, minimize, rate_tolerance)
-        tasks = plan_tasks(Scenario.load(config, set_ or []), candidate_axes, settings)
-        out_dir = _out_dir(out, "plan")
-        runner = make_executor(executor, ExecutorOptions(workers, ray_address))
+    with stop_on_signals() as stop:
         try:
-            with _progress("plan", len(tasks), not quiet and sys.stderr.isatty()) as hook:
-                result = run_plan(tasks, runner, on_row=hook)
-        finally:
-            runner.close()
-    except UserError as exc:
-        raise _fail(exc) from None
-    except KeyboardInterrupt:
-        err_console.print("interrupted: no plan written")
-        raise typer.Exit(code=130) from None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_table_atomic(rows_to_table(result.rows), out_dir / "plan.parquet", result.metadata())
-    write_plan_html(
-        out_dir / "plan.html", result.rows, result.keys, result.cost_column, result.latency_column
-    )
-    if not quiet:
-        Console().print(plan_table(result, [s.column for s in slos]))
-        Console().print(f"outputs: {out_dir}/plan.parquet, plan.html")
+            if max_rate and target_rate is not None:
+                raise ConfigError("give either --max-rate or --target-rate, not both")
+            slos = parse_slos(slo or [])
+            axes = parse_axes(search or [], "--search")
+            settings, candidate_axes = plan_settings(
+                slos, axes, target_rate, minimize, rate_tolerance
+            )
+            tasks = plan_tasks(Scenario.load(config, set_ or []), candidate_axes, settings)
+            out_dir = _out_dir(out, "plan")
+            runner = make_executor(executor, ExecutorOptions(workers, ray_address))
+            try:
+                with _progress("plan", len(tasks), not quiet and sys.stderr.isatty()) as hook:
+                    result = run_plan(tasks, runner, on_row=hook)
+            finally:
+                runner.close()
+        except UserError as exc:
+            raise _fail(exc) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: no plan written")
+            raise typer.Exit(code=stop.exit_code) from None
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_table_atomic(rows_to_table(result.rows), out_dir / "plan.parquet", result.metadata())
+        write_plan_html(
+            out_dir / "plan.html",
+            result.rows,
+            result.keys,
+            result.cost_column,
+            result.latency_column,
+        )
+        if not quiet:
+            Console().print(plan_table(result, [s.column for s in slos]))
+            Console().print(f"outputs: {out_dir}/plan.parquet, plan.html")
 
 
 _STATUS_TEXT = {"does_not_fit": "does not fit", "slo_unreachable": "SLOs unmet"}
