@@ -71,9 +71,14 @@ def azure_time(seconds: Any) -> Any:
     return f"2023-11-16 {hours % 24:02d}:{rest // 60:02d}:{rest % 60:02d}.{frac}"
 
 
+# Outputs the CLI tests simulate: a 131k-token answer is a valid request that takes ~10^5
+# decode steps (many seconds), so end-to-end runs keep outputs short; loading tests use all.
+short_outputs = st.one_of(st.integers(1, 4096), st.sampled_from([0, -1, 10**9, 2**63]))
+
+
 @st.composite
-def trace_texts(draw: st.DrawFn, fmt: str) -> str:
-    rows = draw(st.lists(st.tuples(maybe(times), maybe(lengths), maybe(lengths)), max_size=12))
+def trace_texts(draw: st.DrawFn, fmt: str, outputs: st.SearchStrategy[int] = lengths) -> str:
+    rows = draw(st.lists(st.tuples(maybe(times), maybe(lengths), maybe(outputs)), max_size=12))
     if fmt in CSV_HEADERS:
         header = list(CSV_HEADERS[fmt])
         if draw(st.integers(0, 9)) == 0:
@@ -166,7 +171,7 @@ def test_fuzzed_trace_loads_or_fails_with_file_and_line(
 @given(fmt=st.sampled_from(FORMATS), data=st.data())
 def test_fuzzed_trace_through_the_cli(tmp_path: Path, fmt: str, data: st.DataObject) -> None:
     path = tmp_path / f"trace.{fmt}"
-    path.write_text(data.draw(trace_texts(fmt)), encoding="utf-8", newline="")
+    path.write_text(data.draw(trace_texts(fmt, short_outputs)), encoding="utf-8", newline="")
     args = ["run", "--set", f"model={MODEL}", "--set", "workload.kind=trace"]
     args += ["--set", f"workload.trace.path={path}", "--set", f"workload.trace.format={fmt}"]
     result = run_cli([*args, *quick_run_args(tmp_path / "out")])
@@ -220,3 +225,17 @@ def test_run_prints_the_clipping_warning_on_one_line(tmp_path: Path) -> None:
     warning_lines = [line for line in result.output.splitlines() if line.startswith("warning:")]
     assert len(warning_lines) == 1
     assert str(path) in warning_lines[0] and "clipped" in warning_lines[0]
+
+
+def test_a_bad_row_after_a_clipped_one_prints_only_the_error(tmp_path: Path) -> None:
+    """Found by the fuzzer: the clipping warning came out before the error of a later check."""
+    path = tmp_path / "t.jsonl"
+    path.write_text(
+        '{"timestamp": 0, "input_length": 1, "output_length": 1, "hash_ids": []}\n'
+        f'{{"timestamp": 0, "input_length": 1, "output_length": {MAX_CONTEXT}}}\n'
+    )
+    args = ["run", "--set", f"model={MODEL}", "--set", "workload.kind=trace"]
+    args += ["--set", f"workload.trace.path={path}", "--set", "workload.trace.format=mooncake"]
+    result = run_cli([*args, *quick_run_args(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert_clean_outcome(result, names=(f"{path}:1",))

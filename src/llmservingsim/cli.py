@@ -56,19 +56,17 @@ def _fail(exc: UserError) -> typer.Exit:
 @contextmanager
 def _input_warnings() -> Iterator[None]:
     """Print each :class:`InputWarning` (input changed to fit, e.g. clipped trace lengths) as
-    one ``warning:`` line on stderr, once the body is done."""
+    one ``warning:`` line on stderr once the body is done; an error replaces them (one line)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InputWarning)
-        try:
-            yield
-        finally:
-            for warning in caught:
-                if issubclass(warning.category, InputWarning):
-                    err_console.print(
-                        f"[yellow]warning:[/] {escape(str(warning.message))}",
-                        highlight=False,
-                        soft_wrap=True,
-                    )
+        yield
+    for warning in caught:
+        if issubclass(warning.category, InputWarning):
+            err_console.print(
+                f"[yellow]warning:[/] {escape(str(warning.message))}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 def _ms(stats: dict[str, float | None], key: str) -> str:

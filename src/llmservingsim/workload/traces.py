@@ -374,8 +374,7 @@ def read_trace(
     raw_inputs = np.array([row.input_len for row in rows], dtype=np.int64)
     raw_outputs = np.array([row.output_len for row in rows], dtype=np.int64)
     inputs, outputs = clip_to_context(raw_inputs, raw_outputs, max_context)
-    _warn_clipped(trace.path, rows, raw_inputs + raw_outputs > max_context, max_context)
-    return [
+    requests = [
         RequestSpec(
             id=i,
             arrival_s=float(t),
@@ -386,6 +385,9 @@ def read_trace(
         )
         for i, (row, t, a, b) in enumerate(zip(rows, arrivals, inputs, outputs, strict=True))
     ]
+    # Only a trace that passed every check is clipped: its warning never precedes an error.
+    _warn_clipped(trace.path, rows, raw_inputs + raw_outputs > max_context, max_context)
+    return requests
 
 
 def _warn_clipped(
