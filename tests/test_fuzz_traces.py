@@ -239,3 +239,16 @@ def test_a_bad_row_after_a_clipped_one_prints_only_the_error(tmp_path: Path) -> 
     result = run_cli([*args, *quick_run_args(tmp_path / "out")])
     assert result.exit_code == 2
     assert_clean_outcome(result, names=(f"{path}:1",))
+
+
+def test_arrival_beyond_int64_nanoseconds_names_the_line(tmp_path: Path) -> None:
+    """Found by the fuzzer: a Mooncake timestamp of 9.2e12 ms overflowed numpy's int64."""
+    cases = {
+        "mooncake": '{"timestamp": 9223372036855.0, "input_length": 1, "output_length": 1}\n',
+        "azure": "TIMESTAMP,ContextTokens,GeneratedTokens\n9999-12-31 23:59:59.0,5,5\n",
+    }
+    for fmt, text in cases.items():
+        path = tmp_path / f"t.{fmt}"
+        path.write_text(text)
+        with pytest.raises(TraceError, match=rf"t\.{fmt}:\d: .*before year 2262"):
+            load_workload(workload(path, fmt), MAX_CONTEXT, seed=0)

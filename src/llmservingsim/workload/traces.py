@@ -36,6 +36,8 @@ from llmservingsim.workload.request_spec import RequestSpec, TokenContent
 
 NS_PER_S = 1_000_000_000
 _HUGE = Decimal(2**62)
+# Arrivals are int64 nanoseconds (numpy sorts and rebases them): 2^63 ns is the year 2262.
+_MAX_ARRIVAL_NS = 2**63 - 1
 _EPOCH = datetime(1970, 1, 1)
 
 
@@ -221,6 +223,8 @@ def _row(
         arrival_ns = layout.parse_arrival(values[layout.arrival])
         if arrival_ns is None:
             raise bad(layout.arrival, layout.arrival_expected)
+        if arrival_ns >= _MAX_ARRIVAL_NS:
+            raise bad(layout.arrival, f"{layout.arrival_expected} before year 2262 (int64 ns)")
     token_ids = _ids(values, layout.token_ids, where)
     if token_ids is not None and len(token_ids) != input_len:
         raise TraceError(
