@@ -66,3 +66,13 @@ def test_admission_limits_must_be_positive() -> None:
     for bad in ("scheduler.max_queue=0", "scheduler.request_timeout_s=-1"):
         with pytest.raises(ConfigError, match=bad.split("=")[0].split(".")[1]):
             load_config(None, [bad])
+
+
+def test_timeouts_give_the_same_result_with_and_without_fast_forward() -> None:
+    """A waiting request may time out at any step, so fast-forward must not skip past it."""
+    base = [*OVERLOAD, "scheduler.request_timeout_s=0.5", "scheduler.max_num_seqs=32"]
+    fast = simulate(load_config(None, [*base, "engine.fast_forward=true"])).summary
+    slow = simulate(load_config(None, [*base, "engine.fast_forward=false"])).summary
+    assert fast["requests_timed_out"] > 0
+    for key in ("requests_completed", "requests_timed_out", "simulated_time_s", "ttft_s", "e2e_s"):
+        assert fast[key] == slow[key], key
