@@ -319,24 +319,34 @@ class Instance:
 
     @staticmethod
     def _batch_shape(entries: list[ScheduledEntry], now: float) -> BatchShape:
+        # Hot (every sequence, every step): Sequence properties read into locals.
         batch = BatchShape()
+        prefill = batch.prefill
+        num_decode = decode_context = num_sampled = num_verify = 0
         for seq, num_new in entries:
-            if num_new > seq.remaining:
+            computed = seq.num_computed
+            generated = seq.generated
+            tokens = seq.spec.input_len + generated
+            if num_new > tokens - computed:
                 # Speculative verify: the last token and the drafts, like a small prefill
                 # chunk that samples at every position.
-                batch.prefill.append((num_new, seq.num_computed))
-                batch.num_sampled += num_new
-                batch.num_verify += num_new
+                prefill.append((num_new, computed))
+                num_sampled += num_new
+                num_verify += num_new
                 continue
-            samples = seq.num_computed + num_new == seq.num_tokens
-            if samples and num_new == 1 and seq.generated > 0:
-                batch.num_decode += 1
-                batch.decode_context += seq.num_computed + 1
+            samples = computed + num_new == tokens
+            if samples and num_new == 1 and generated > 0:
+                num_decode += 1
+                decode_context += computed + 1
             else:
-                batch.prefill.append((num_new, seq.num_computed))
+                prefill.append((num_new, computed))
                 if seq.first_scheduled_time < 0:
                     seq.first_scheduled_time = now
-            batch.num_sampled += samples
+            num_sampled += samples
+        batch.num_decode = num_decode
+        batch.decode_context = decode_context
+        batch.num_sampled = num_sampled
+        batch.num_verify = num_verify
         return batch
 
     def _run_pipeline(self, now: float, cost: StepCost) -> float:
@@ -405,23 +415,40 @@ class Instance:
             self._advance_run(engine_index, len(ve.run.ends) - 1)
             ve.run = None
         handoffs: list[Sequence] = []
+        metrics = self.metrics
+        itl = metrics.itl
+        # metrics.on_token, inlined (hot: every sequence, every step). Equal consecutive gaps
+        # (the usual case: the batch decoded together last step) go to ``itl`` in one call,
+        # which stores them exactly as one call per gap would.
+        gap, gaps = 0.0, 0
         for seq, num_new in ve.in_flight:
-            if num_new > seq.remaining:
+            spec = seq.spec
+            if num_new > spec.input_len + seq.generated - seq.num_computed:
+                itl.add(gap, gaps)
+                gaps = 0
                 num_new = self._keep_accepted(seq, num_new, ve.scheduler, now)
             seq.num_computed += num_new
-            if seq.num_computed == seq.num_tokens:
+            if seq.num_computed == spec.input_len + seq.generated:
                 seq.generated += 1
-                self.metrics.on_token(seq, now)
-                if seq.is_done:
+                if seq.first_token_time < 0:
+                    seq.first_token_time = now
+                elif now - seq.last_token_time == gap:
+                    gaps += 1
+                else:
+                    itl.add(gap, gaps)
+                    gap, gaps = now - seq.last_token_time, 1
+                seq.last_token_time = now
+                if seq.generated >= spec.output_len:
                     seq.status = Status.FINISHED
                     ve.outstanding -= 1
                     self.outstanding -= 1
-                    self.metrics.on_finish(seq, self.index, now)
+                    metrics.on_finish(seq, self.index, now)
                 elif self.role == "prefill":
                     seq.status = Status.TRANSFERRING
                     ve.outstanding -= 1
                     self.outstanding -= 1
                     handoffs.append(seq)
+        itl.add(gap, gaps)
         ve.in_flight = []
         ve.scheduler.drop_finished()
         ve.busy = False

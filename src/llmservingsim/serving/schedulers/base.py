@@ -155,11 +155,11 @@ class Scheduler(ABC):
 
     def drop_finished(self) -> None:
         """Release the blocks of sequences that finished in the last step."""
-        still_running = []
+        still_running = [seq for seq in self.running if seq.status is Status.RUNNING]
+        if len(still_running) == len(self.running):
+            return
         for seq in self.running:
-            if seq.status is Status.RUNNING:
-                still_running.append(seq)
-            else:
+            if seq.status is not Status.RUNNING:
                 self._end_pass(seq)
                 self.blocks.free(seq)
                 seq.block_keys = None

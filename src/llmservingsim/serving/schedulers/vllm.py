@@ -36,11 +36,16 @@ class VllmScheduler(Scheduler):
         entries: list[ScheduledEntry] = []
         preempted = False
         i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
-            num_new = min(self.tokens_wanted(seq), budget)
-            while not self.blocks.try_allocate(seq, num_new):
-                victim = self.running.pop()
+        running, try_allocate = self.running, self.blocks.try_allocate
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            if self.lookahead:
+                wanted = self.tokens_wanted(seq)
+            else:  # seq.remaining, inlined (hot: every running request, every step)
+                wanted = seq.spec.input_len + seq.generated - seq.num_computed
+            num_new = wanted if wanted < budget else budget
+            while not try_allocate(seq, num_new):
+                victim = running.pop()
                 self.preempt(victim)
                 preempted = True
                 if victim is seq:
