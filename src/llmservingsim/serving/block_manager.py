@@ -79,6 +79,10 @@ class BlockManager:
     """Whether a decode step's only effect here is new blocks for the growing sequences, so
     runs of decode steps may be applied in bulk (serving/decode_run.py)."""
 
+    allocation_only_grows: ClassVar[bool] = True
+    """Whether :meth:`try_allocate` does nothing but hand out new blocks, so a scheduler may
+    skip the call when a running sequence's blocks already hold its next tokens."""
+
     def __init__(self, num_blocks: int, block_size: int) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size

@@ -62,6 +62,7 @@ def block_keys(content: TokenContent, block_size: int) -> list[BlockKey]:
 class PrefixCachingBlockManager(BlockManager):
     # A decode step registers the blocks it fills: steps are applied one at a time.
     fast_forward_safe = False
+    allocation_only_grows = False  # filling a block registers it in the cache
 
     def try_allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
         if not self.can_allocate(seq, num_new_tokens):

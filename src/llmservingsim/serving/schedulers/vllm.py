@@ -37,6 +37,8 @@ class VllmScheduler(Scheduler):
         preempted = False
         i = 0
         running, try_allocate = self.running, self.blocks.try_allocate
+        block_size = self.blocks.block_size
+        only_grows = self.blocks.allocation_only_grows
         while i < len(running) and budget > 0:
             seq = running[i]
             if self.lookahead:
@@ -44,7 +46,9 @@ class VllmScheduler(Scheduler):
             else:  # seq.remaining, inlined (hot: every running request, every step)
                 wanted = seq.spec.input_len + seq.generated - seq.num_computed
             num_new = wanted if wanted < budget else budget
-            while not try_allocate(seq, num_new):
+            # Most decode steps need no new block: then try_allocate would do nothing.
+            fits = only_grows and seq.num_computed + num_new <= len(seq.blocks) * block_size
+            while not (fits or try_allocate(seq, num_new)):
                 victim = running.pop()
                 self.preempt(victim)
                 preempted = True
