@@ -427,9 +427,10 @@ class Instance:
                 itl.add(gap, gaps)
                 gaps = 0
                 num_new = self._keep_accepted(seq, num_new, ve.scheduler, now)
-            seq.num_computed += num_new
-            if seq.num_computed == spec.input_len + seq.generated:
-                seq.generated += 1
+            computed = seq.num_computed = seq.num_computed + num_new
+            generated = seq.generated
+            if computed == spec.input_len + generated:
+                seq.generated = generated = generated + 1
                 if seq.first_token_time < 0:
                     seq.first_token_time = now
                 elif now - seq.last_token_time == gap:
@@ -438,7 +439,7 @@ class Instance:
                     itl.add(gap, gaps)
                     gap, gaps = now - seq.last_token_time, 1
                 seq.last_token_time = now
-                if seq.generated >= spec.output_len:
+                if generated >= spec.output_len:
                     seq.status = Status.FINISHED
                     ve.outstanding -= 1
                     self.outstanding -= 1

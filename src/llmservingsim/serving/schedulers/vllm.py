@@ -39,9 +39,10 @@ class VllmScheduler(Scheduler):
         running, try_allocate = self.running, self.blocks.try_allocate
         block_size = self.blocks.block_size
         only_grows = self.blocks.allocation_only_grows
-        while i < len(running) and budget > 0:
+        count, lookahead = len(running), self.lookahead
+        while i < count and budget > 0:
             seq = running[i]
-            if self.lookahead:
+            if lookahead:
                 wanted = self.tokens_wanted(seq)
             else:  # seq.remaining, inlined (hot: every running request, every step)
                 wanted = seq.spec.input_len + seq.generated - seq.num_computed
@@ -50,6 +51,7 @@ class VllmScheduler(Scheduler):
             fits = only_grows and seq.num_computed + num_new <= len(seq.blocks) * block_size
             while not (fits or try_allocate(seq, num_new)):
                 victim = running.pop()
+                count -= 1
                 self.preempt(victim)
                 preempted = True
                 if victim is seq:
