@@ -7,6 +7,7 @@ simulated iterations, wall time, µs per iteration, peak RSS and requests per wa
     python benchmarks/run_benchmarks.py                  # (a) and (b), the quick ones
     python benchmarks/run_benchmarks.py --only a,b,c,d,e # every scenario (tens of minutes)
     python benchmarks/run_benchmarks.py --only b --compare
+    python benchmarks/run_benchmarks.py --only d --requests 100000  # a cut-down (d)
 """
 
 from __future__ import annotations
@@ -56,12 +57,14 @@ SCENARIOS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def measure(key: str, fast_forward: bool) -> dict[str, float]:
+def measure(key: str, fast_forward: bool, requests: int | None) -> dict[str, float]:
     """Run one scenario in this process (the child) and return its numbers."""
     from llmservingsim.config import load_config
     from llmservingsim.simulation import simulate
 
     _, overrides = SCENARIOS[key]
+    if requests is not None:
+        overrides = [*overrides, f"workload.num_requests={requests}"]
     cfg = load_config(None, [*overrides, f"engine.fast_forward={str(fast_forward).lower()}"])
     start = time.perf_counter()
     summary = simulate(cfg).summary
@@ -75,10 +78,12 @@ def measure(key: str, fast_forward: bool) -> dict[str, float]:
     }
 
 
-def in_subprocess(key: str, fast_forward: bool) -> dict[str, float]:
+def in_subprocess(key: str, fast_forward: bool, requests: int | None) -> dict[str, float]:
     args = [sys.executable, __file__, "--child", key]
     if not fast_forward:
         args.append("--no-fast-forward")
+    if requests is not None:
+        args += ["--requests", str(requests)]
     done = subprocess.run(args, capture_output=True, text=True, check=True)
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
@@ -88,11 +93,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="a,b", help="scenarios, e.g. a,b,c (default a,b)")
     parser.add_argument("--compare", action="store_true", help="also run without fast-forward")
+    parser.add_argument("--requests", type=int, help="override each scenario's request count")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--no-fast-forward", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, not args.no_fast_forward)))
+        print(json.dumps(measure(args.child, not args.no_fast_forward, args.requests)))
         return 0
     keys = [k.strip() for k in args.only.split(",") if k.strip()]
     unknown = [k for k in keys if k not in SCENARIOS]
@@ -107,7 +113,7 @@ def main() -> int:
         modes = (True, False) if args.compare else (True,)
         walls = {}
         for fast_forward in modes:
-            r = in_subprocess(key, fast_forward)
+            r = in_subprocess(key, fast_forward, args.requests)
             walls[fast_forward] = r["sim_wall_s"]
             table.add_row(
                 SCENARIOS[key][0],

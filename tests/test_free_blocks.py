@@ -1,4 +1,5 @@
-"""The lazy free list hands out the same block ids, in the same order, as a queue of all ids."""
+"""The lazy free list hands out the same block ids, in the same order, as a queue of all ids;
+the block manager's allocation contract the scheduler relies on."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from collections import deque
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmservingsim.serving.block_manager import FreeBlocks
+from llmservingsim.serving.block_manager import BlockManager, FreeBlocks
+from llmservingsim.serving.sequence import Sequence
+from llmservingsim.workload.request_spec import RequestSpec
 
 
 @settings(max_examples=200, deadline=None)
@@ -31,3 +34,27 @@ def test_free_blocks_behave_like_a_queue_of_all_ids(num_blocks: int, ops: list[s
             lazy.appendleft(taken.pop())
         assert len(lazy) == len(queue)
     assert list(lazy) == list(queue)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    block_size=st.integers(1, 32),
+    prompt=st.integers(1, 300),
+    steps=st.lists(st.integers(1, 40), max_size=30),
+)
+def test_allocation_only_grows_means_a_covered_step_changes_nothing(
+    block_size: int, prompt: int, steps: list[int]
+) -> None:
+    """The scheduler skips ``try_allocate`` when a sequence's blocks already hold its next
+    tokens (``allocation_only_grows``); the call would then leave everything as it was."""
+    blocks = BlockManager(64, block_size)
+    assert blocks.allocation_only_grows
+    seq = Sequence(RequestSpec(id=0, arrival_s=0.0, input_len=prompt, output_len=1))
+    for num_new in steps:
+        held, free = list(seq.blocks), blocks.num_free
+        covered = seq.num_computed + num_new <= len(held) * block_size
+        if not blocks.try_allocate(seq, num_new):
+            break
+        if covered:
+            assert seq.blocks == held and blocks.num_free == free
+        seq.num_computed += num_new
