@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from cli_helpers import assert_one_line_error
 from llmservingsim.catalog import load_device, load_model
 from llmservingsim.cli import app
 from llmservingsim.config import LoraConfig, WorkloadLoraConfig, load_config
@@ -129,13 +130,7 @@ BAD = [
 def test_bad_lora_settings_are_one_line_errors(
     sets: list[str], message: str, tmp_path: Path
 ) -> None:
-    args = ["run", "--out", str(tmp_path), "--set", "workload.num_requests=2"]
-    for item in sets:
-        args += ["--set", item]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2, result.output
-    assert message in result.output
-    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert_one_line_error(sets, message, tmp_path)
 
 
 def test_cli_shows_lora_and_speculation_lines(tmp_path: Path) -> None:

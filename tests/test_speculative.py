@@ -9,10 +9,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
+from cli_helpers import assert_one_line_error
 from kv_helpers import kv_run
-from llmservingsim.cli import app
 from llmservingsim.config import SpeculativeConfig, load_config
 from llmservingsim.engine import Engine
 from llmservingsim.metrics.collector import MetricsCollector
@@ -154,13 +153,7 @@ BAD = [
 def test_bad_speculative_settings_are_one_line_errors(
     sets: list[str], message: str, tmp_path: Path
 ) -> None:
-    args = ["run", "--out", str(tmp_path), "--set", "workload.num_requests=2"]
-    for item in sets:
-        args += ["--set", item]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2, result.output
-    assert message in result.output
-    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert_one_line_error(sets, message, tmp_path)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
