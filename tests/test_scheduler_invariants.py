@@ -554,6 +554,42 @@ def test_direct_vllm_chunks_prompts_to_the_budget() -> None:
     assert chunks == [64] * 7 + [52]
 
 
+def is_decoding(seq: Sequence) -> bool:
+    return seq.generated > 0 and seq.num_computed + 1 == seq.num_tokens
+
+
+@pytest.mark.parametrize("policy", ["vllm", "sarathi"])
+@settings(max_examples=25, deadline=None)
+@given(
+    lengths=st.lists(st.tuples(st.integers(1, 700), st.integers(1, 30)), min_size=2, max_size=8),
+    num_blocks=st.integers(45, 120),
+)
+def test_no_decode_waits_behind_a_prompt_chunk(
+    policy: str, lengths: list[tuple[int, int]], num_blocks: int
+) -> None:
+    """Sarathi-Serve's stall-free property: a step that runs a prompt chunk also runs every
+    decoding request (vllm and sarathi name the same policy, see serving/schedulers/vllm.py)."""
+    sched = make_scheduler(policy, num_blocks, 16, max_num_seqs=8, max_batched=32)
+    seqs = [
+        Sequence(RequestSpec(id=i, arrival_s=0.0, input_len=n, output_len=m))
+        for i, (n, m) in enumerate(lengths)
+        if -(-(n + m) // 16) <= num_blocks
+    ]
+    for seq in seqs:
+        sched.add(seq)
+    for _ in range(10_000):
+        if all(seq.is_done for seq in seqs):
+            break
+        entries = sched.schedule()
+        check_step(sched, entries, policy)
+        decoding = {seq.id for seq in sched.running if is_decoding(seq)}
+        scheduled = {seq.id for seq, _ in entries}
+        if any(not is_decoding(seq) for seq, _ in entries):
+            assert decoding <= scheduled
+        apply_step(sched, entries)
+    assert all(seq.is_done for seq in seqs)
+
+
 # ----------------------------------------------------------------------------- via simulate
 
 

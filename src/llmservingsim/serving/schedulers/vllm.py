@@ -15,6 +15,7 @@ from llmservingsim.serving.schedulers.base import SCHEDULERS, ScheduledEntry, Sc
 from llmservingsim.serving.sequence import Sequence
 
 
+@SCHEDULERS.register("sarathi")
 @SCHEDULERS.register("vllm")
 class VllmScheduler(Scheduler):
     def prefill_tokens(
