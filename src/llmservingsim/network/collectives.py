@@ -36,27 +36,29 @@ def all_reduce(topo: Topology, nbytes: float, first: int, count: int) -> float:
     return best
 
 
-def all_gather(topo: Topology, nbytes: float, first: int, count: int) -> float:
-    """Ring all-gather; ``nbytes`` is the gathered (output) size per device."""
+def _p_minus_1_steps(topo: Topology, nbytes: float, first: int, count: int) -> float:
+    """p − 1 hops, each device moving (p − 1)/p of ``nbytes``: the cost shape shared by ring
+    all-gather / reduce-scatter and the pairwise all-to-all exchange."""
     if count <= 1:
         return 0.0
     p = count
     level = topo.level_of(first, p)
     return level.latency(p - 1) + (p - 1) / p * nbytes / _bandwidth(topo, level, first, p)
+
+
+def all_gather(topo: Topology, nbytes: float, first: int, count: int) -> float:
+    """Ring all-gather; ``nbytes`` is the gathered (output) size per device."""
+    return _p_minus_1_steps(topo, nbytes, first, count)
 
 
 def reduce_scatter(topo: Topology, nbytes: float, first: int, count: int) -> float:
     """Ring reduce-scatter; ``nbytes`` is the input size per device. Mirror of all-gather."""
-    return all_gather(topo, nbytes, first, count)
+    return _p_minus_1_steps(topo, nbytes, first, count)
 
 
 def all_to_all(topo: Topology, nbytes: float, first: int, count: int) -> float:
     """Pairwise exchange; ``nbytes`` is what one device sends in total (1/p of it stays)."""
-    if count <= 1:
-        return 0.0
-    p = count
-    level = topo.level_of(first, p)
-    return level.latency(p - 1) + (p - 1) / p * nbytes / _bandwidth(topo, level, first, p)
+    return _p_minus_1_steps(topo, nbytes, first, count)
 
 
 def send(topo: Topology, nbytes: float, src: int, dst: int, streams: int = 1) -> float:
