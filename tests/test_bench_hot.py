@@ -43,22 +43,57 @@ def test_iteration_time_of_a_decode_step(benchmark: Any) -> None:
 
 
 def test_vllm_schedule_of_a_decode_batch(benchmark: Any) -> None:
+    """One request at a time (the path without fast-forward)."""
     scheduler = decoding_instance().scheduler
+    scheduler.steady = None
     entries = benchmark(scheduler.schedule)
     assert len(entries) == BATCH
     assert all(num_new == 1 for _, num_new in entries)
 
 
-def test_plan_of_a_decode_run(benchmark: Any) -> None:
+def steady_instance() -> Instance:
+    """:func:`decoding_instance` with the batch joined as steady decoders."""
     instance = decoding_instance()
-    entries = instance.scheduler.schedule()
-    batch = instance._batch_shape(entries, 0.0)
+    scheduler = instance.scheduler
+    for seq in scheduler.running:
+        seq.last_token_time = 0.0
+    scheduler.step_done(0.0, [])
+    assert scheduler.steady is not None and scheduler.steady.count == BATCH
+    return instance
+
+
+def test_step_of_a_steady_decode_batch(benchmark: Any) -> None:
+    """Schedule and end a step of 256 steady decoders: no per-request work."""
+    scheduler = steady_instance().scheduler
+    steady = scheduler.steady
+    assert steady is not None
+    itl = MetricsCollector().itl
+    clock = iter(range(1, 1 << 40))
+
+    def cycle() -> list[Any]:
+        entries = scheduler.schedule()
+        now = float(next(clock))
+        steady.end_step(now, itl)
+        scheduler.step_done(now, [])
+        return entries
+
+    assert cycle() == [] and len(itl) == BATCH
+    benchmark(cycle)
+    assert steady.count == BATCH
+
+
+def test_plan_of_a_decode_run(benchmark: Any) -> None:
+    instance = steady_instance()
+    scheduler = instance.scheduler
+    steady = scheduler.steady
+    assert steady is not None
+    entries = scheduler.schedule()
+    assert entries == [] and steady.in_flight == BATCH
+    batch = instance._batch_shape(entries, 0.0, steady)
     cost = instance.timer.step(batch)
 
     def plan() -> Any:
-        return plan_decode_run(
-            entries, batch, cost, cost.seconds, instance.scheduler.blocks, instance.timer, 256
-        )
+        return plan_decode_run(steady, batch, cost, cost.seconds, instance.timer, 256)
 
     run = benchmark(plan)
     assert run is not None and len(run.ends) == 256

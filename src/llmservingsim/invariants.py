@@ -125,6 +125,7 @@ class InvariantChecker:
             self._check_scheduler(ve.scheduler, instance.index, now)
 
     def _check_scheduler(self, sched: Scheduler, index: int, now: float) -> None:
+        sched.sync_steady()  # steady decoders' block ids are handed out lazily
         blocks = sched.blocks
         used = blocks.num_used
         for seq in sched.waiting:

@@ -87,10 +87,12 @@ class BlockManager:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.free_blocks = FreeBlocks(num_blocks)
+        # Free blocks promised to steady decoders (serving/steady.py) without ids yet.
+        self.reserved = 0
 
     @property
     def num_free(self) -> int:
-        return len(self.free_blocks)
+        return len(self.free_blocks) - self.reserved
 
     @property
     def num_used(self) -> int:
@@ -145,13 +147,23 @@ class BlockManager:
         need = -(-(seq.num_computed + num_new_tokens) // self.block_size) - len(seq.blocks)
         if need <= 0:
             return True
-        if need > len(self.free_blocks):
+        if need > len(self.free_blocks) - self.reserved:
             return False
         seq.blocks.extend(self._take_free(need))
         return True
 
     def append_blocks(self, seq: Sequence, count: int) -> None:
         """Give a decoding ``seq`` ``count`` more blocks, as :meth:`allocate` would."""
+        seq.blocks.extend(self._take_free(count))
+
+    def reserve(self, count: int) -> None:
+        """Take ``count`` free blocks without naming them yet (the caller checked they are
+        free): the pool shrinks now, :meth:`claim` hands out their ids later."""
+        self.reserved += count
+
+    def claim(self, seq: Sequence, count: int) -> None:
+        """Give ``seq`` ``count`` of the reserved blocks."""
+        self.reserved -= count
         seq.blocks.extend(self._take_free(count))
 
     def _take_free(self, count: int) -> list[int]:

@@ -31,6 +31,7 @@ from llmservingsim.serving.memory import MemoryPlan
 from llmservingsim.serving.schedulers.base import ScheduledEntry, Scheduler
 from llmservingsim.serving.sequence import Sequence, Status
 from llmservingsim.serving.speculative import Speculator
+from llmservingsim.serving.steady import SteadyDecoders
 
 Role = Literal["mixed", "prefill", "decode"]
 
@@ -99,6 +100,11 @@ class Instance:
         self._bandwidth = device.memory_bandwidth
         self._idle_w = device.power.idle_w
         self._dynamic_w = device.power.max_w - device.power.idle_w
+        # Steady decoders as a group (serving/steady.py): not where a decode step differs
+        # per request (speculative verify steps, LoRA adapters).
+        if fast_forward and speculator is None and lora is None:
+            for ve in self.engines:
+                ve.scheduler.keep_steady_decoders()
         # Runs need one engine (no pipeline) and a timer without per-step side effects.
         self.fast_forward = fast_forward and self.pp == 1 and timer.repeatable
         self._run_horizon = _RUN_HORIZON[0]
@@ -208,12 +214,14 @@ class Instance:
             scheduler = ve.scheduler
             if self.speculator is not None:
                 scheduler.lookahead = self.speculator.lookahead(len(scheduler.running))
-            running, preemptions = len(scheduler.running), scheduler.preemptions
+            preemptions = scheduler.preemptions
             entries = scheduler.schedule()
-            if not entries:
+            steady = scheduler.steady
+            steady_decodes = 0 if steady is None else steady.in_flight
+            if not entries and not steady_decodes:
                 continue
             self._next_engine = (k + 1) % count
-            batch = self._batch_shape(entries, now)
+            batch = self._batch_shape(entries, now, steady)
             cost = self.timer.step(batch)
             if self.speculator is not None:
                 cost = self.speculator.add_proposals(entries, cost)
@@ -227,16 +235,15 @@ class Instance:
             ve.busy = True
             if (
                 self.fast_forward
+                and steady is not None
                 and transfer == 0.0
-                and not batch.prefill
-                and batch.num_decode == running == len(scheduler.running)
+                and not entries
+                and steady_decodes == len(scheduler.running)
                 and scheduler.preemptions == preemptions
                 and scheduler.repeats_decode()
                 and not self.blocks_fast_forward()
             ):
-                ve.run = plan_decode_run(
-                    entries, batch, cost, finish, scheduler.blocks, self.timer, self._run_horizon
-                )
+                ve.run = plan_decode_run(steady, batch, cost, finish, self.timer, self._run_horizon)
                 if ve.run is not None:
                     finish = self.stage_free[0] = ve.run.finish
             return finish, k
@@ -265,16 +272,14 @@ class Instance:
     def _advance_run(self, engine: int, upto: int) -> None:
         """Apply a run's steps before step ``upto``: their ends and the starts that followed."""
         ve = self.engines[engine]
-        run = ve.run
-        assert run is not None
-        first, stop = run.applied + 1, upto + 1  # the steps that started meanwhile
+        run, steady = ve.run, ve.scheduler.steady
+        assert run is not None and steady is not None
+        used_before = ve.scheduler.blocks.num_used
+        first, stop = run.apply(upto, steady, self.metrics.itl)
         if stop > first:
-            blocks = ve.scheduler.blocks
-            used = blocks.num_used + np.cumsum(run.new_blocks[first:stop])
-            run.grow(first, stop, blocks)
+            used = used_before + np.cumsum(run.new_blocks[first:stop])
             self._record_run_steps(run, first, stop, engine, used)
             self.timer.count_repeats(stop - first, run.lookups_per_step, run.hits_per_step)
-        run.end_steps(upto, self.metrics.itl)
 
     def _record_run_steps(
         self, run: DecodeRun, first: int, stop: int, engine: int, used: npt.NDArray[np.int64]
@@ -318,7 +323,9 @@ class Instance:
         return None
 
     @staticmethod
-    def _batch_shape(entries: list[ScheduledEntry], now: float) -> BatchShape:
+    def _batch_shape(
+        entries: list[ScheduledEntry], now: float, steady: SteadyDecoders | None
+    ) -> BatchShape:
         # Hot (every sequence, every step): Sequence properties read into locals.
         batch = BatchShape()
         prefill = batch.prefill
@@ -343,6 +350,10 @@ class Instance:
                 if seq.first_scheduled_time < 0:
                     seq.first_scheduled_time = now
             num_sampled += samples
+        if steady is not None and steady.in_flight:
+            num_decode += steady.in_flight
+            decode_context += steady.in_flight_context
+            num_sampled += steady.in_flight
         batch.num_decode = num_decode
         batch.decode_context = decode_context
         batch.num_sampled = num_sampled
@@ -417,6 +428,15 @@ class Instance:
         handoffs: list[Sequence] = []
         metrics = self.metrics
         itl = metrics.itl
+        finished: list[Sequence] = []  # leaving the running list (finished or handed off)
+        steady = ve.scheduler.steady
+        if steady is not None:
+            for seq in steady.end_step(now, itl):
+                seq.status = Status.FINISHED
+                ve.outstanding -= 1
+                self.outstanding -= 1
+                metrics.on_finish(seq, self.index, now)
+                finished.append(seq)
         # metrics.on_token, inlined (hot: every sequence, every step). Equal consecutive gaps
         # (the usual case: the batch decoded together last step) go to ``itl`` in one call,
         # which stores them exactly as one call per gap would.
@@ -444,13 +464,15 @@ class Instance:
                     ve.outstanding -= 1
                     self.outstanding -= 1
                     metrics.on_finish(seq, self.index, now)
+                    finished.append(seq)
                 elif self.role == "prefill":
                     seq.status = Status.TRANSFERRING
                     ve.outstanding -= 1
                     self.outstanding -= 1
                     handoffs.append(seq)
+                    finished.append(seq)
         itl.add(gap, gaps)
         ve.in_flight = []
-        ve.scheduler.drop_finished()
+        ve.scheduler.step_done(now, finished)
         ve.busy = False
         return handoffs

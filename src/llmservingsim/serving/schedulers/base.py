@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from llmservingsim.config import SchedulerConfig
 from llmservingsim.errors import ConfigError
 from llmservingsim.registry import Registry
 from llmservingsim.serving.block_manager import BlockManager, PrefixHit
 from llmservingsim.serving.sequence import Sequence, Status
+from llmservingsim.serving.steady import SteadyDecoders
 from llmservingsim.serving.swap import SwapSpace
 
 if TYPE_CHECKING:
@@ -29,7 +30,15 @@ class Scheduler(ABC):
 
     A waiting request is admitted from :meth:`lookup`'s :class:`PrefixHit`: a cached prefix
     (prefix caching) or the tokens it swapped out, which it does not compute again.
+
+    With :meth:`keep_steady_decoders` the requests that decode one token every step lead the
+    running list as a :class:`SteadyDecoders` group, which a step handles as a whole
+    (serving/steady.py); the policy's :meth:`schedule` starts with :meth:`begin_steady_step`
+    and takes the requests after the group one by one.
     """
+
+    supports_steady: ClassVar[bool] = False
+    """Whether the policy schedules through :meth:`begin_steady_step` (see above)."""
 
     def __init__(
         self, cfg: SchedulerConfig, blocks: BlockManager, swap: SwapSpace | None = None
@@ -49,6 +58,69 @@ class Scheduler(ABC):
         self.lookahead = 0
         # Resident LoRA adapters (multi-LoRA serving, serving/lora.py), or None.
         self.adapters: AdapterSlots | None = None
+        self.steady: SteadyDecoders | None = None
+
+    def keep_steady_decoders(self) -> bool:
+        """Handle steady decoders as a group from now on, where the policy and the block
+        manager allow it (KV blocks that only grow, no per-request step changes); whether it
+        does."""
+        if not (
+            self.supports_steady
+            and self.blocks.fast_forward_safe
+            and self.blocks.allocation_only_grows
+            and not self.running
+        ):
+            return False
+        self.steady = SteadyDecoders(self.blocks)
+        return True
+
+    def begin_steady_step(self, budget: int | None) -> int:
+        """Start the next step for the steady decoders: each computes one token of the
+        ``budget`` (None: no token budget) and takes its KV block if due. Where they do not
+        all fit (budget, free blocks) the group dissolves, its requests are scheduled one by
+        one like the rest. Returns how many requests at the head of the running list the
+        step has covered."""
+        steady = self.steady
+        if steady is None:
+            return 0
+        count = steady.count
+        if count and (
+            (budget is not None and count > budget)
+            or steady.blocks_due(steady.started) > self.blocks.num_free
+        ):
+            steady.dissolve()
+            count = 0
+        steady.begin_step()
+        return count
+
+    def sync_steady(self) -> None:
+        """Bring the steady decoders' own fields up to date (for code that reads them)."""
+        if self.steady is not None:
+            self.steady.sync()
+
+    def step_done(self, now: float, finished: list[Sequence]) -> None:
+        """After a step's results were applied: release the ``finished`` requests (finished
+        or handed off, in running order) and let the requests that now decode steadily join
+        the group."""
+        for seq in finished:
+            self.running.remove(seq)
+            self._end_pass(seq)
+            self.blocks.free(seq)
+            seq.block_keys = None
+        steady = self.steady
+        if steady is None:
+            return
+        running = self.running
+        for i in range(steady.count, len(running)):
+            seq = running[i]
+            # Sampled a token in this step and decodes next (one token, KV of all others).
+            if not (
+                seq.last_token_time == now
+                and seq.generated > 0
+                and seq.spec.input_len + seq.generated - seq.num_computed == 1
+                and steady.join(seq)
+            ):
+                break
 
     def adapter_ready(self, seq: Sequence, in_use: set[str]) -> bool:
         """Whether ``seq``'s adapter is (or can now be made) resident; ``in_use`` names the

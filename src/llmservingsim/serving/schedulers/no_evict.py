@@ -18,6 +18,7 @@ from llmservingsim.serving.sequence import Sequence
 class NoEvictScheduler(VllmScheduler):
     def promised_blocks(self) -> int:
         """Blocks running requests will still claim before they finish."""
+        self.sync_steady()
         return sum(self.max_blocks_needed(s) - len(s.blocks) for s in self.running)
 
     def prefill_tokens(

@@ -14,6 +14,8 @@ from llmservingsim.serving.schedulers.base import SCHEDULERS, ScheduledEntry, Sc
 
 @SCHEDULERS.register("static")
 class StaticScheduler(Scheduler):
+    supports_steady = True
+
     def _form_batch(self) -> None:
         budget = self.cfg.max_num_batched_tokens
         while self.waiting and len(self.running) < self.cfg.max_num_seqs:
@@ -36,4 +38,5 @@ class StaticScheduler(Scheduler):
     def schedule(self) -> list[ScheduledEntry]:
         if not self.running:
             self._form_batch()
-        return [(seq, seq.remaining) for seq in self.running]
+        steady = self.begin_steady_step(None)  # its KV was reserved: the group never dissolves
+        return [(seq, seq.remaining) for seq in self.running[steady:]]

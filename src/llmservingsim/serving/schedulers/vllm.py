@@ -18,6 +18,8 @@ from llmservingsim.serving.sequence import Sequence
 @SCHEDULERS.register("sarathi")
 @SCHEDULERS.register("vllm")
 class VllmScheduler(Scheduler):
+    supports_steady = True
+
     def prefill_tokens(
         self, seq: Sequence, hit: PrefixHit, budget: int, step_is_empty: bool
     ) -> int:
@@ -34,9 +36,11 @@ class VllmScheduler(Scheduler):
 
     def schedule(self) -> list[ScheduledEntry]:
         budget = self.cfg.max_num_batched_tokens
+        # The steady decoders lead the running list: one token each, as a group.
+        i = steady = self.begin_steady_step(budget)
+        budget -= steady
         entries: list[ScheduledEntry] = []
         preempted = False
-        i = 0
         running, try_allocate = self.running, self.blocks.try_allocate
         block_size = self.blocks.block_size
         only_grows = self.blocks.allocation_only_grows
@@ -73,7 +77,7 @@ class VllmScheduler(Scheduler):
                 skipped.append(self.waiting.popleft())
                 continue
             hit = self.lookup(seq)
-            num_new = self.prefill_tokens(seq, hit, budget, step_is_empty=not entries)
+            num_new = self.prefill_tokens(seq, hit, budget, step_is_empty=not (entries or steady))
             if num_new == 0 or not self.blocks.can_allocate(seq, num_new, hit):
                 break
             self.admit(seq, num_new, hit)

@@ -1,0 +1,194 @@
+"""Steady decoders: the running requests that decode one token every step, kept as sums.
+
+Once a request decodes one token in every step of its engine, its state after the engine's
+``t``-th step is a straight line in ``t``: computed tokens, generated tokens and attended
+context each grow by one per step, its KV blocks by one every ``block_size`` steps, and its
+inter-token gap is the engine's step-to-step gap. So a step needs only the sums over these
+requests (how many, their summed context, how many new blocks they take) and the few of them
+that finish at that step; nothing per request. A request's own fields are brought up to date
+(:meth:`SteadyDecoders.sync`) only when something looks at them: when it finishes, when a
+step cannot treat the group as a whole (KV blocks run short, or more decoders than the token
+budget) and the scheduler takes every request one by one again, and for invariant checks.
+
+Steps are numbered per engine: ``started`` steps have begun (their KV blocks are taken) and
+``ended`` have ended; a member that joined before step ``t0`` with ``c`` computed and ``g``
+generated tokens has, after step ``e`` ended, ``c + e − t0`` computed and ``g + e − t0``
+generated tokens. KV blocks the group takes are reserved in the block manager by count
+(:meth:`BlockManager.reserve`) and handed to a request as block ids when it is synced.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmservingsim.metrics.samples import RepeatedSamples
+from llmservingsim.perf.iteration import FloatArray
+from llmservingsim.serving.block_manager import BlockManager
+from llmservingsim.serving.sequence import Sequence
+
+
+@dataclass(slots=True)
+class _Member:
+    t0: int  # the first step it decodes in as a member
+    computed: int  # num_computed, generated and blocks held when it joined
+    generated: int
+    blocks: int
+    last_step: int  # the step that samples its last token
+
+
+class SteadyDecoders:
+    """The steady decoders of one scheduler, in admission order (they lead its running list)."""
+
+    def __init__(self, blocks: BlockManager) -> None:
+        self.blocks = blocks
+        self.block_size = blocks.block_size
+        self.started = 0
+        self.ended = 0
+        self.last_end = 0.0  # when the engine's latest step ended
+        self.in_flight = 0  # members decoding in the step in flight (0: the group sat it out)
+        self.in_flight_context = 0
+        self._members: dict[Sequence, _Member] = {}
+        self._context_base = 0  # sum of (computed - t0 + 1): context at step t = base + n * t
+        self._due = [0] * self.block_size  # members taking a block at steps t ≡ r (mod size)
+        self._finishing: dict[int, list[Sequence]] = {}
+        self._finish_steps: list[int] = []  # heap of the keys of _finishing
+
+    @property
+    def count(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, seq: Sequence) -> bool:
+        return seq in self._members
+
+    # ------------------------------------------------------------------ membership
+
+    def join(self, seq: Sequence) -> bool:
+        """Make a running request that just sampled a token (and decodes next) a member;
+        False when its KV blocks do not follow the one-block-per-``block_size``-steps pattern
+        (it holds blocks reserved far ahead that it will outgrow: it stays one by one)."""
+        t0, size = self.started, self.block_size
+        computed, generated, held = seq.num_computed, seq.generated, len(seq.blocks)
+        last_step = t0 + seq.spec.output_len - generated - 1
+        first_block = held * size - computed  # steps until it writes past its last block
+        if first_block >= size and t0 + first_block <= last_step:
+            return False
+        if t0 + first_block <= last_step:
+            self._due[(t0 + first_block) % size] += 1
+        self._members[seq] = _Member(t0, computed, generated, held, last_step)
+        self._context_base += computed - t0 + 1
+        finishing = self._finishing.get(last_step)
+        if finishing is None:
+            self._finishing[last_step] = [seq]
+            heapq.heappush(self._finish_steps, last_step)
+        else:
+            finishing.append(seq)
+        return True
+
+    def _leave(self, seq: Sequence) -> _Member:
+        member = self._members.pop(seq)
+        first_block = member.blocks * self.block_size - member.computed
+        if member.t0 + first_block <= member.last_step:
+            self._due[(member.t0 + first_block) % self.block_size] -= 1
+        self._context_base -= member.computed - member.t0 + 1
+        return member
+
+    def sync(self) -> None:
+        """Bring every member's own fields (tokens, last token time, KV block ids) up to now."""
+        for seq, member in self._members.items():
+            self._sync(seq, member)
+
+    def _sync(self, seq: Sequence, member: _Member, claim: bool = True) -> None:
+        """Bring ``seq``'s fields up to now; its reserved KV blocks become block ids it holds
+        (``claim``), or, for a request that is leaving, go back to the free pool."""
+        done = self.ended - member.t0
+        seq.num_computed = member.computed + done
+        seq.generated = member.generated + done
+        if done > 0:
+            seq.last_token_time = self.last_end
+        written = member.computed + self.started - member.t0  # KV of started steps included
+        missing = self.blocks.blocks_needed(written) - len(seq.blocks)
+        if missing <= 0:
+            return
+        if claim:
+            self.blocks.claim(seq, missing)
+        else:
+            self.blocks.reserved -= missing
+
+    def dissolve(self) -> None:
+        """Sync every member and end the group: the scheduler takes them one by one again."""
+        self.sync()
+        self._members.clear()
+        self._context_base = 0
+        self._due = [0] * self.block_size
+        self._finishing.clear()
+        self._finish_steps.clear()
+        self.in_flight = self.in_flight_context = 0
+
+    # ------------------------------------------------------------------ steps
+
+    def blocks_due(self, step: int) -> int:
+        """KV blocks the members take when step ``step`` begins."""
+        return self._due[step % self.block_size] if self._members else 0
+
+    def begin_step(self) -> None:
+        """The engine's next step begins and every member decodes in it: take its KV blocks
+        (the caller checked they are free) and note the step's batch. Steps are counted only
+        while there are members (every step that has members has them all)."""
+        count = len(self._members)
+        self.in_flight = count
+        if not count:
+            self.in_flight_context = 0
+            return
+        step = self.started
+        self.blocks.reserve(self._due[step % self.block_size])
+        self.in_flight_context = self._context_base + count * step
+        self.started = step + 1
+
+    def end_step(self, now: float, itl: RepeatedSamples) -> list[Sequence]:
+        """The step in flight ended at ``now``: every member in it sampled a token. Returns
+        the members that sampled their last one (synced, no longer members), in admission
+        order."""
+        self.last_end, previous = now, self.last_end
+        if not self.in_flight:
+            return []
+        itl.add(now - previous, self.in_flight)
+        self.in_flight = self.in_flight_context = 0
+        step = self.ended
+        self.ended = step + 1
+        finishing = self._finishing.pop(step, None)
+        if finishing is None:
+            return []
+        heapq.heappop(self._finish_steps)
+        # Members join in admission order (they lead the running list and newcomers join
+        # behind them), so each step's list of finishers is in admission order too.
+        for seq in finishing:
+            self._sync(seq, self._leave(seq), claim=False)
+        return finishing
+
+    # ------------------------------------------------------------------ fast-forward
+
+    def next_last_step(self) -> int | None:
+        """The first step at which a member samples its last token."""
+        return self._finish_steps[0] if self._finish_steps else None
+
+    def due_per_residue(self) -> list[int]:
+        return list(self._due)
+
+    def advance(
+        self, steps_started: int, blocks: int, ends: FloatArray, itl: RepeatedSamples
+    ) -> None:
+        """Apply a fast-forward run's progress: ``steps_started`` more steps began (taking
+        ``blocks`` KV blocks in all) and steps ended at ``ends``, every member decoding in each."""
+        if steps_started:
+            self.blocks.reserve(blocks)
+            self.started += steps_started
+        if len(ends):
+            count = len(self._members)
+            itl.add(float(ends[0]) - self.last_end, count)
+            for gap in np.diff(ends).tolist():
+                itl.add(gap, count)
+            self.ended += len(ends)
+            self.last_end = float(ends[-1])
