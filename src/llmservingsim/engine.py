@@ -77,6 +77,11 @@ class Engine:
 
     def _try_start(self, instance: Instance) -> None:
         now = self.now
+        if instance.pp == 1:  # one engine: at most one step starts
+            started = instance.start_step(now)
+            if started is not None:
+                self._push_step_end(started[0], instance, started[1])
+            return
         while True:
             started = instance.start_step(now)
             if started is None:

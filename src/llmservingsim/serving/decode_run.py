@@ -27,6 +27,10 @@ from llmservingsim.perf.iteration import (
 )
 from llmservingsim.serving.steady import SteadyDecoders
 
+MIN_RUN_STEPS = 16
+"""Shorter runs cost more to lay out (numpy calls on short arrays) than stepping them one by
+one costs with steady decoders (measured: docs/performance.md)."""
+
 
 @dataclass
 class DecodeRun:
@@ -90,14 +94,14 @@ def plan_decode_run(
     step0 = steady.started - 1
     last = steady.next_last_step()
     steps = max_steps if last is None else min(max_steps, last - step0 + 1)
-    if steps < 2:
+    if steps < MIN_RUN_STEPS:
         return None
     due = np.array(steady.due_per_residue(), dtype=np.int64)
     per_step = due[(step0 + np.arange(steps)) % steady.block_size]
     per_step[0] = 0  # step 0 has begun: its blocks are taken
     fits = int(np.searchsorted(np.cumsum(per_step), steady.blocks.num_free, side="right"))
     steps = min(steps, fits)
-    if steps < 2:
+    if steps < MIN_RUN_STEPS:
         return None
     later, lookups, hits = timer.repeat_decode_costs(first, steps)
     costs = StepCosts.of([first_cost]).concat(later)

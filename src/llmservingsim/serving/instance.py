@@ -25,7 +25,7 @@ import numpy.typing as npt
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.perf.iteration import BatchShape, IterationTimer, StepCost
-from llmservingsim.serving.decode_run import DecodeRun, plan_decode_run
+from llmservingsim.serving.decode_run import MIN_RUN_STEPS, DecodeRun, plan_decode_run
 from llmservingsim.serving.lora import LoraCompute
 from llmservingsim.serving.memory import MemoryPlan
 from llmservingsim.serving.schedulers.base import ScheduledEntry, Scheduler
@@ -50,7 +50,7 @@ class VirtualEngine:
 
 # Steps a decode run is laid out for at most: doubles after a run that ends as planned, shrinks
 # to twice the steps done after a cut, so runs that keep getting cut waste little timing work.
-_RUN_HORIZON = (4, 4096)
+_RUN_HORIZON = (2 * MIN_RUN_STEPS, 4096)
 
 
 class Instance:
@@ -108,6 +108,7 @@ class Instance:
         # Runs need one engine (no pipeline) and a timer without per-step side effects.
         self.fast_forward = fast_forward and self.pp == 1 and timer.repeatable
         self._run_horizon = _RUN_HORIZON[0]
+        self._total_blocks = self.num_blocks  # KV blocks of all virtual engines (fixed)
 
     # -------------------------------------------------------------- load seen by routers
 
@@ -369,36 +370,50 @@ class Instance:
         return t
 
     def _record_step(self, batch: BatchShape, cost: StepCost, now: float, engine: int) -> None:
+        # Hot (every step): attributes read into locals once.
         totals = self.totals
+        seconds = cost.seconds
         totals.iterations += 1
-        totals.busy_s += cost.seconds
+        totals.busy_s += seconds
         decode = batch.num_decode + batch.num_verify
+        num_seqs = len(batch.prefill) + batch.num_decode
+        prefill = batch.num_tokens - decode
         totals.decode_tokens += decode
-        totals.prefill_tokens += batch.num_tokens - decode
-        totals.max_batch_size = max(totals.max_batch_size, batch.num_seqs)
-        used = sum(e.scheduler.blocks.num_used for e in self.engines)
-        totals.kv_peak_blocks = max(totals.kv_peak_blocks, used)
-        step_w = self._idle_w * self.tp  # power of the step's devices, for the time series
-        if cost.seconds > 0:
+        totals.prefill_tokens += prefill
+        if num_seqs > totals.max_batch_size:
+            totals.max_batch_size = num_seqs
+        engines = self.engines
+        if len(engines) == 1:
+            scheduler = engines[0].scheduler
+            used = scheduler.blocks.num_used
+            waiting = len(scheduler.waiting)
+        else:
+            used = sum(e.scheduler.blocks.num_used for e in engines)
+            waiting = self.num_waiting
+        if used > totals.kv_peak_blocks:
+            totals.kv_peak_blocks = used
+        tp = self.tp
+        step_w = self._idle_w * tp  # power of the step's devices, for the time series
+        if seconds > 0:
             # Each stage's TP devices are busy for that stage's time only.
             busy = max(cost.flops / self._peak_flops, cost.bytes / self._bandwidth)
-            utilization = min(1.0, busy / cost.seconds)
+            utilization = min(1.0, busy / seconds)
             power = self._idle_w + self._dynamic_w * utilization
-            totals.busy_device_s += cost.seconds * self.tp
-            step_energy = power * cost.seconds * self.tp + cost.aux_energy_j
+            totals.busy_device_s += seconds * tp
+            step_energy = power * seconds * tp + cost.aux_energy_j
             totals.energy_busy_j += step_energy
-            step_w = step_energy / cost.seconds
+            step_w = step_energy / seconds
         self.metrics.on_step(
             self.index,
             engine,
             now,
-            cost.seconds,
-            batch.num_seqs,
-            batch.num_tokens - decode,
+            seconds,
+            num_seqs,
+            prefill,
             decode,
             used,
-            self.num_blocks,
-            self.num_waiting,
+            self._total_blocks,
+            waiting,
             step_w,
         )
 
