@@ -16,16 +16,23 @@ from llmservingsim.workload.request_spec import RequestSpec
 @settings(max_examples=200, deadline=None)
 @given(
     num_blocks=st.integers(0, 40),
-    ops=st.lists(st.sampled_from(["pop", "pop", "append", "appendleft"]), max_size=120),
+    ops=st.lists(st.sampled_from(["pop", "pop", "take", "append", "appendleft"]), max_size=120),
+    sizes=st.lists(st.integers(0, 6), min_size=120, max_size=120),
 )
-def test_free_blocks_behave_like_a_queue_of_all_ids(num_blocks: int, ops: list[str]) -> None:
+def test_free_blocks_behave_like_a_queue_of_all_ids(
+    num_blocks: int, ops: list[str], sizes: list[int]
+) -> None:
     lazy, queue = FreeBlocks(num_blocks), deque(range(num_blocks))
     taken: list[int] = []
-    for op in ops:
+    for op, size in zip(ops, sizes, strict=False):
         if op == "pop" and queue:
             block = queue.popleft()
             assert lazy.popleft() == block
             taken.append(block)
+        elif op == "take" and len(queue) >= size:
+            blocks = [queue.popleft() for _ in range(size)]
+            assert lazy.take(size) == blocks
+            taken.extend(blocks)
         elif op == "append" and taken:
             queue.append(taken[-1])
             lazy.append(taken.pop())

@@ -62,6 +62,16 @@ class FreeBlocks:
             return self._next_fresh - 1
         return self._returned.popleft()
 
+    def take(self, count: int) -> list[int]:
+        """The next ``count`` ids, as ``count`` calls of :meth:`popleft` would give them."""
+        front = self._front
+        if not front and self._end - self._next_fresh >= count:
+            first = self._next_fresh
+            self._next_fresh = first + count
+            return list(range(first, first + count))
+        popleft = self.popleft
+        return [popleft() for _ in range(count)]
+
     def append(self, block: int) -> None:
         self._returned.append(block)
 
@@ -167,8 +177,7 @@ class BlockManager:
         seq.blocks.extend(self._take_free(count))
 
     def _take_free(self, count: int) -> list[int]:
-        free = self.free_blocks
-        return [free.popleft() for _ in range(count)]
+        return self.free_blocks.take(count)
 
     def take_transfer_seconds(self) -> float:
         """Host-link time of KV loads since the last call (none without an offload tier)."""
