@@ -133,6 +133,39 @@ def test_least_outstanding_never_picks_a_busier_instance(loads: list[int]) -> No
         assert chosen.num_outstanding == 0
 
 
+@dataclass
+class BoardInstance:
+    """An instance that publishes its load to a shared board, as real instances do."""
+
+    index: int
+    load_board: Any
+
+
+@given(
+    loads=st.lists(st.integers(0, 3), min_size=1, max_size=40),
+    subset=st.booleans(),
+    changes=st.lists(st.tuples(st.integers(0, 39), st.integers(0, 3)), max_size=30),
+)
+def test_least_outstanding_on_the_load_board_equals_a_rotating_scan(
+    loads: list[int], subset: bool, changes: list[tuple[int, int]]
+) -> None:
+    """The array search picks what a scan from one past the last choice picks (ties rotate),
+    also for a pool that is a subset of the cluster's instances."""
+    offset = 3 if subset else 0
+    board = np.zeros(len(loads) + offset, dtype=np.int64)
+    fakes = [BoardInstance(offset + i, board) for i in range(len(loads))]
+    router = ROUTERS.get("least_outstanding")(fakes, np.random.default_rng(0))  # type: ignore[arg-type]
+    board[offset:] = loads
+    start = 0
+    for slot, load in [(0, 0), *changes]:
+        board[offset + slot % len(loads)] = load
+        current = board[offset:].tolist()
+        order = [(start + k) % len(current) for k in range(len(current))]
+        expected = min(order, key=lambda i: (current[i], order.index(i)))
+        assert router.route(RequestSpec(0, 0.0, 1, 1)) is fakes[expected]
+        start = (expected + 1) % len(current)
+
+
 @given(loads=st.lists(st.integers(0, 50), min_size=2, max_size=16))
 def test_power_of_two_picks_the_less_loaded_of_two(loads: list[int]) -> None:
     router, fakes = make_router("power_of_two_choices", len(loads))

@@ -48,3 +48,29 @@ def test_equal_neighbours_share_one_entry() -> None:
     samples.add(0.02, 500)
     assert len(samples) == 1500
     assert np.frombuffer(samples._counts, dtype=np.int64).tolist() == [1000, 500]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    batches=st.lists(
+        st.tuples(
+            st.lists(st.sampled_from([0.001, 0.02, 0.3, 1e-5]), max_size=12), st.integers(0, 9)
+        ),
+        max_size=8,
+    )
+)
+def test_adding_each_value_of_an_array_equals_adding_them_one_by_one(
+    batches: list[tuple[list[float], int]],
+) -> None:
+    bulk, single = RepeatedSamples(), RepeatedSamples()
+    for values, count in batches:
+        bulk.add_each(np.array(values, dtype=np.float64), count)
+        for value in values:
+            single.add(value, count)
+    assert list(bulk) == list(single)
+    assert len(bulk) == len(single)
+    got, want = bulk.stats(), single.stats()
+    assert {k: v for k, v in got.items() if k != "mean"} == {
+        k: v for k, v in want.items() if k != "mean"
+    }
+    assert got["mean"] == pytest.approx(want["mean"], rel=1e-12)  # summed in another order

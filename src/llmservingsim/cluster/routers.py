@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from llmservingsim.registry import Registry
 from llmservingsim.serving.instance import Instance
@@ -56,23 +57,40 @@ class RandomRouter(Router):
 @ROUTERS.register("least_outstanding")
 class LeastOutstandingRouter(Router):
     """Fewest requests assigned and not finished. Ties rotate (the search starts one past the
-    last choice), so an idle cluster is filled evenly instead of always from instance 0."""
+    last choice), so an idle cluster is filled evenly instead of always from instance 0.
+
+    Instances of a cluster publish their loads to one array (``Instance.load_board``), which
+    is searched in C: routing among a thousand instances costs microseconds, not a Python loop.
+    """
 
     def __init__(self, instances: list[Instance], rng: np.random.Generator) -> None:
         super().__init__(instances, rng)
         self._start = 0
+        board: npt.NDArray[np.int64] | None = getattr(instances[0], "load_board", None)
+        if board is not None and any(
+            getattr(inst, "load_board", None) is not board for inst in instances
+        ):
+            board = None
+        self._board = board
+        slots = [inst.index for inst in instances]
+        whole = board is not None and slots == list(range(len(board)))
+        self._slots = None if whole else np.array(slots, dtype=np.int64)
+
+    def _loads(self) -> npt.NDArray[np.int64]:
+        if self._board is None:
+            return np.array([inst.num_outstanding for inst in self.instances], dtype=np.int64)
+        return self._board if self._slots is None else self._board[self._slots]
 
     def route(self, spec: RequestSpec) -> Instance:
-        instances = self.instances
-        n = len(instances)
-        best_index, best_load = self._start, instances[self._start].num_outstanding
-        for offset in range(1, n):
-            index = (self._start + offset) % n
-            load = instances[index].num_outstanding
-            if load < best_load:
-                best_index, best_load = index, load
-        self._start = (best_index + 1) % n
-        return instances[best_index]
+        loads, start = self._loads(), self._start
+        # The first least-loaded instance in the order start, start + 1, ..., start - 1.
+        best = start + int(loads[start:].argmin())
+        if start:
+            before = int(loads[:start].argmin())
+            if loads[before] < loads[best]:
+                best = before
+        self._start = (best + 1) % len(loads)
+        return self.instances[best]
 
 
 @ROUTERS.register("least_kv")

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from itertools import repeat
 
 import numpy as np
+import numpy.typing as npt
 
 
 class RepeatedSamples:
@@ -32,6 +33,18 @@ class RepeatedSamples:
         else:
             self._values.append(value)
             self._counts.append(count)
+
+    def add_each(self, values: npt.NDArray[np.float64], count: int) -> None:
+        """Add ``count`` samples equal to each of ``values`` (a fast-forward run's gaps).
+
+        Runs are stored as given (equal neighbours are not merged): the samples, hence every
+        statistic, are the same as one :meth:`add` per value.
+        """
+        if count <= 0 or not len(values):
+            return
+        self._total += count * len(values)
+        self._values.frombytes(np.ascontiguousarray(values, dtype=np.float64).tobytes())
+        self._counts.frombytes(np.full(len(values), count, dtype=np.int64).tobytes())
 
     def __len__(self) -> int:
         return self._total

@@ -94,8 +94,11 @@ class Instance:
         self.stage_free = [0.0] * self.pp  # when each pipeline stage finishes its current batch
         self._next_engine = 0
         self.wake_at = -1.0  # time of the pending wake-up event, if any
-        self.incoming = 0  # requests whose KV cache is on its way here (P/D disaggregation)
-        self.outstanding = 0  # requests queued or running here
+        self._incoming = 0  # requests whose KV cache is on its way here (P/D disaggregation)
+        self._outstanding = 0  # requests queued or running here
+        # Outstanding requests of every instance of the cluster, indexed by instance, for
+        # routers that compare all instances (cluster/routers.py); None when standalone.
+        self.load_board: npt.NDArray[np.int64] | None = None
         self._peak_flops = device.peak_flops(compute_dtype)
         self._bandwidth = device.memory_bandwidth
         self._idle_w = device.power.idle_w
@@ -118,9 +121,36 @@ class Instance:
         return self.engines[0].scheduler
 
     @property
+    def incoming(self) -> int:
+        return self._incoming
+
+    @incoming.setter
+    def incoming(self, value: int) -> None:
+        self._incoming = value
+        self._publish_load()
+
+    @property
+    def outstanding(self) -> int:
+        return self._outstanding
+
+    @outstanding.setter
+    def outstanding(self, value: int) -> None:
+        self._outstanding = value
+        self._publish_load()
+
+    def attach_load_board(self, board: npt.NDArray[np.int64]) -> None:
+        """Publish this instance's outstanding requests to ``board[self.index]`` from now on."""
+        self.load_board = board
+        self._publish_load()
+
+    def _publish_load(self) -> None:
+        if self.load_board is not None:
+            self.load_board[self.index] = self._incoming + self._outstanding
+
+    @property
     def num_outstanding(self) -> int:
         """Requests assigned here and not finished (or handed off), including those in transit."""
-        return self.incoming + self.outstanding
+        return self._incoming + self._outstanding
 
     @property
     def num_free_blocks(self) -> int:

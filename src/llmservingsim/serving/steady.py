@@ -188,7 +188,6 @@ class SteadyDecoders:
         if len(ends):
             count = len(self._members)
             itl.add(float(ends[0]) - self.last_end, count)
-            for gap in np.diff(ends).tolist():
-                itl.add(gap, count)
+            itl.add_each(np.diff(ends), count)
             self.ended += len(ends)
             self.last_end = float(ends[-1])
