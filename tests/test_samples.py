@@ -73,4 +73,7 @@ def test_adding_each_value_of_an_array_equals_adding_them_one_by_one(
     assert {k: v for k, v in got.items() if k != "mean"} == {
         k: v for k, v in want.items() if k != "mean"
     }
-    assert got["mean"] == pytest.approx(want["mean"], rel=1e-12)  # summed in another order
+    if want["mean"] is None:
+        assert got["mean"] is None
+    else:
+        assert got["mean"] == pytest.approx(want["mean"], rel=1e-12)  # summed in another order
