@@ -19,7 +19,7 @@ deployments prefer data-parallel attention). The low-rank down-projections are r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llmservingsim.model.ops import Op
 
@@ -96,14 +96,19 @@ class MlaOps:
         traffic = self.heads * n * k * g.weight_bytes + batch * self.heads * (n + k) * g.act_bytes
         return Op(name, "gemm", flops, traffic, batch, (("m", batch), ("n", n), ("k", k)))
 
-    def decode_attention(self, num_seqs: int, total_ctx: int) -> Op:
-        """Absorbed attention over the cached latents: every head reads the same latent."""
+    def decode_attention_work(self, num_seqs: int, total_ctx: Any) -> tuple[Any, Any]:
+        """FLOPs and bytes of :meth:`decode_attention` (``total_ctx`` may be an array)."""
         g = self.graph
         flops = 2.0 * total_ctx * self.heads * (self.latent + self.kv_lora)
         traffic = (
             total_ctx * self.latent * g.kv_bytes
             + num_seqs * self.heads * (self.latent + self.kv_lora) * g.act_bytes
         )
+        return flops, traffic
+
+    def decode_attention(self, num_seqs: int, total_ctx: int) -> Op:
+        """Absorbed attention over the cached latents: every head reads the same latent."""
+        flops, traffic = self.decode_attention_work(num_seqs, total_ctx)
         dims = (
             ("batch", num_seqs),
             ("context", total_ctx),

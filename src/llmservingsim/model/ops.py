@@ -14,6 +14,7 @@ of its layers. Dense models build exactly the ops they always did.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec
@@ -60,11 +61,12 @@ class ShardShape:
     vocab: int
     gated_mlp: bool
 
-    @property
+    # Cached: decode attention reads them every step.
+    @cached_property
     def q_size(self) -> int:
         return self.q_heads * self.head_dim
 
-    @property
+    @cached_property
     def kv_size(self) -> int:
         return self.kv_heads * self.head_dim
 
@@ -209,8 +211,11 @@ class OpGraph:
         return Op("attention_decode", "attention_decode", flops, traffic, num_seqs, dims)
 
     def decode_attention_work(self, num_seqs: int, total_ctx: Any) -> tuple[Any, Any]:
-        """FLOPs and bytes of (non-MLA) decode attention; ``total_ctx`` may be a numpy array of
-        contexts (one per step of a fast-forward run), giving arrays."""
+        """FLOPs and bytes of the batch's decode-attention kernel itself (MLA: without its
+        absorption GEMMs); ``total_ctx`` may be a numpy array of contexts (one per step of a
+        fast-forward run), giving arrays. Timers use it to time that kernel without an Op."""
+        if self.mla is not None:
+            return self.mla.decode_attention_work(num_seqs, total_ctx)
         s = self.shape
         flops = 4.0 * total_ctx * s.q_size
         traffic = (

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, cast, runtime_checkable
+from typing import ClassVar, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,8 @@ class BatchShape:
 
     @property
     def num_tokens(self) -> int:
+        if not self.prefill:  # most steps: decode only
+            return self.num_decode
         return sum(new for new, _ in self.prefill) + self.num_decode
 
     @property
@@ -50,12 +52,15 @@ class BatchShape:
         return len(self.prefill) + self.num_decode
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepCost:
     """Time of one step through every pipeline stage, and the FLOPs / bytes one device of each
     stage moved, summed over stages (for power). ``stages`` holds each stage's busy time
     (one entry without pipeline parallelism); ``seconds`` is their sum. ``aux_energy_j`` is
-    what attached devices outside the TP × PP group (PIM, perf/pim.py) drew during the step."""
+    what attached devices outside the TP × PP group (PIM, perf/pim.py) drew during the step.
+
+    A value: nothing changes one once built. Not declared frozen only because one is built
+    every step and a frozen dataclass's ``__init__`` costs four times as much."""
 
     seconds: float
     flops: float
@@ -103,13 +108,29 @@ class StepCosts:
         )
 
 
-@runtime_checkable
 class VectorDecodeAttention(Protocol):
     """A backend that times many decode-attention ops at once (fast-forward runs)."""
 
     def decode_attention_times(
         self, flops: npt.NDArray[np.float64], traffic: npt.NDArray[np.float64]
     ) -> npt.NDArray[np.float64]: ...
+
+
+class ScalarDecodeAttention(Protocol):
+    """A backend that times one decode-attention op (FLOPs > 0) from its FLOPs and bytes
+    alone, exactly as its ``time`` would: every step then skips building the op."""
+
+    def decode_attention_time(self, flops: float, traffic: float) -> float: ...
+
+
+def times_decode_attention_from_work(backend: object, method: str) -> bool:
+    """Whether the backend's ``method`` (``decode_attention_time(s)``) may stand in for its
+    ``time``: the class that defines ``time`` defines the method too. A subclass that re-times
+    ops but inherits the method would be bypassed, so it takes the op loop instead."""
+    mro = type(backend).__mro__
+    defines_time = next((cls for cls in mro if "time" in vars(cls)), None)
+    defines_method = next((cls for cls in mro if method in vars(cls)), None)
+    return defines_method is not None and defines_method is defines_time
 
 
 class IterationTimer:
@@ -166,9 +187,16 @@ class IterationTimer:
         self._head: dict[tuple[int, int], _Cost] = {}
         self._prefill_attn: dict[tuple[int, int], _Cost] = {}
         self._sends: dict[int, tuple[float, ...]] = {}
+        # MLA's absorption GEMMs before / after decode attention, by batch size (fast path).
+        self._around_decode: dict[int, tuple[tuple[_Cost, ...], tuple[_Cost, ...]]] = {}
         self.cache_hits = 0
         self.cache_lookups = 0
-        self._vector_backend = isinstance(backend, VectorDecodeAttention)
+        self._vector: VectorDecodeAttention | None = None
+        if times_decode_attention_from_work(backend, "decode_attention_times"):
+            self._vector = cast(VectorDecodeAttention, backend)
+        self._scalar: ScalarDecodeAttention | None = None
+        if times_decode_attention_from_work(backend, "decode_attention_time"):
+            self._scalar = cast(ScalarDecodeAttention, backend)
 
     @property
     def cache_hit_rate(self) -> float:
@@ -183,45 +211,43 @@ class IterationTimer:
         that do run, so the reported hit rate equals stepping one iteration at a time.
         """
         lookups, hits = self.cache_lookups, self.cache_hits
-        batches = [
-            BatchShape(
-                num_decode=first.num_decode,
-                decode_context=first.decode_context + j * first.num_decode,
-                num_sampled=first.num_sampled,
-            )
-            for j in range(1, min(2, steps))
-        ]
-        costs = StepCosts.of([self.step(batch) for batch in batches])  # one the ordinary way
-        per_lookups, per_hits = self.cache_lookups - lookups, self.cache_hits - hits
-        if steps > 2:
-            contexts = first.decode_context + first.num_decode * np.arange(2, steps)
-            costs = costs.concat(self._decode_costs(first, contexts))
+        contexts = first.decode_context + first.num_decode * np.arange(1, max(1, steps))
+        per_lookups = per_hits = 0
+        if contexts.size and self._repeats_as_arrays(first):
+            # The arrays look up the memo exactly as one step does.
+            costs = self._decode_costs(first, contexts)
+            per_lookups, per_hits = self.cache_lookups - lookups, self.cache_hits - hits
+        else:
+            each = []
+            for ctx in contexts.tolist():
+                each.append(self.step(BatchShape([], first.num_decode, ctx, first.num_sampled)))
+                if len(each) == 1:
+                    per_lookups, per_hits = self.cache_lookups - lookups, self.cache_hits - hits
+            costs = StepCosts.of(each)
         self.cache_lookups, self.cache_hits = lookups, hits
         return costs, per_lookups, per_hits
 
+    def _repeats_as_arrays(self, first: BatchShape) -> bool:
+        """Whether :meth:`_decode_costs` can time decode steps like ``first`` as arrays: one
+        stage, one kind of layer, attention that is one kernel, a backend with array timing."""
+        return (
+            self._vector is not None
+            and self.pp == 1
+            and not self.num_moe_layers
+            and self.graph.mla is None
+            and not first.prefill
+            and first.num_decode > 0
+        )
+
     def _decode_costs(self, first: BatchShape, contexts: npt.NDArray[np.int64]) -> StepCosts:
-        """:meth:`step` for decode batches like ``first`` with these contexts: as arrays when
-        the backend times decode attention from arrays (same operations, same results)."""
-        backend = self.backend
-        if (
-            self.pp != 1
-            or self.num_moe_layers
-            or self.graph.mla is not None
-            or first.prefill
-            or not self._vector_backend
-        ):
-            return StepCosts.of(
-                [
-                    self.step(BatchShape([], first.num_decode, int(ctx), first.num_sampled))
-                    for ctx in contexts.tolist()
-                ]
-            )
-        vector = cast(VectorDecodeAttention, backend)
+        """:meth:`step` for decode batches like ``first`` with these contexts (all > 0), as
+        arrays: the same operations in the same order, so the same results."""
+        assert self._vector is not None
         num_tokens = first.num_tokens
         base_s, base_f, base_b = self._layer_cost(num_tokens)
         head_s, head_f, head_b = self._head_cost(num_tokens, first.num_sampled)
         attn_f, attn_b = self.graph.decode_attention_work(first.num_decode, contexts)
-        layer_s = base_s + vector.decode_attention_times(attn_f, attn_b)
+        layer_s = base_s + self._vector.decode_attention_times(attn_f, attn_b)
         cpu = self.step_overhead + self.seq_overhead * first.num_seqs
         n = self.num_layers
         seconds = cpu + n * layer_s + head_s
@@ -325,11 +351,59 @@ class IterationTimer:
             flops += attn_f
             traffic += attn_b
         if batch.num_decode:
-            for op in self.graph.decode_attention_ops(batch.num_decode, batch.decode_context):
-                seconds += self.backend.time(op)
-                flops += op.flops
-                traffic += op.bytes
+            return self._add_decode_attention(
+                seconds, flops, traffic, batch.num_decode, batch.decode_context
+            )
         return seconds, flops, traffic
+
+    def _add_decode_attention(
+        self, seconds: float, flops: float, traffic: float, num_seqs: int, total_ctx: int
+    ) -> _Cost:
+        """Add the batch's decode-attention kernels one by one, in graph order (MLA: q_absorb,
+        attention, v_absorb), so the sums round exactly as an op-by-op loop's do. With a
+        backend that times decode attention from its work, no Op is built: the kernels around
+        it depend on the batch size only and are memoized, the attention itself is a formula.
+        """
+        fast = self._scalar
+        if fast is not None:
+            attn_f, attn_b = self.graph.decode_attention_work(num_seqs, total_ctx)
+            if attn_f > 0.0:  # (no FLOPs: the backend times it as a memory op; loop below)
+                attn_s = fast.decode_attention_time(attn_f, attn_b)
+                if self.graph.mla is None:
+                    return seconds + attn_s, flops + attn_f, traffic + attn_b
+                before, after = self._around_decode_attention(num_seqs)
+                for op_s, op_f, op_b in before:
+                    seconds += op_s
+                    flops += op_f
+                    traffic += op_b
+                seconds += attn_s
+                flops += attn_f
+                traffic += attn_b
+                for op_s, op_f, op_b in after:
+                    seconds += op_s
+                    flops += op_f
+                    traffic += op_b
+                return seconds, flops, traffic
+        for op in self.graph.decode_attention_ops(num_seqs, total_ctx):
+            seconds += self.backend.time(op)
+            flops += op.flops
+            traffic += op.bytes
+        return seconds, flops, traffic
+
+    def _around_decode_attention(
+        self, num_seqs: int
+    ) -> tuple[tuple[_Cost, ...], tuple[_Cost, ...]]:
+        """Cost of each decode kernel before and after the attention kernel itself (MLA's
+        absorption GEMMs), memoized by batch size: only the attention depends on context.
+        Only for backends whose ``time`` is a pure function (the fast path's)."""
+        around = self._around_decode.get(num_seqs)
+        if around is None:
+            ops = self.graph.decode_attention_ops(num_seqs, num_seqs)
+            kinds = [op.kind for op in ops]
+            at = kinds.index("attention_decode")
+            costs = tuple((self.backend.time(op), op.flops, op.bytes) for op in ops)
+            around = self._around_decode[num_seqs] = (costs[:at], costs[at + 1 :])
+        return around
 
     def step(self, batch: BatchShape) -> StepCost:
         """Cost of one engine step on one device per stage of the instance."""

@@ -32,7 +32,12 @@ from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.model.ops import OpGraph
 from llmservingsim.model.spec import ModelSpec
 from llmservingsim.network.topology import Topology
-from llmservingsim.perf.iteration import BatchShape, IterationTimer, StepCost
+from llmservingsim.perf.iteration import (
+    BatchShape,
+    IterationTimer,
+    StepCost,
+    times_decode_attention_from_work,
+)
 
 _Side = tuple[float, float, float]  # seconds, flops, bytes of one layer on the device
 
@@ -76,6 +81,7 @@ class PimIterationTimer(IterationTimer):
         # The PIM devices serve the whole instance: every head, the KV cache stored once.
         self.pim_graph = OpGraph(spec, 1, dtype, kv_dtype)
         self.pim_backend = RooflineBackend(pim, "bf16")
+        self._pim_fast = times_decode_attention_from_work(self.pim_backend, "decode_attention_time")
         self._pim_peak = pim.peak_flops("bf16")
         link = pim.links.host
         self._link_bandwidth = link.bandwidth_gbps * 1e9 * link.efficiency * pim_count
@@ -115,7 +121,14 @@ class PimIterationTimer(IterationTimer):
             seconds += attn_s + self._prefill_kv_io(new, ctx_len)
             flops += attn_f
             traffic += attn_b
-        if seqs:
+        if seqs and self.graph.mla is not None:
+            if self._scalar is not None:
+                before, after = self._around_decode_attention(seqs)
+                for op_s, op_f, op_b in before + after:
+                    seconds += op_s
+                    flops += op_f
+                    traffic += op_b
+                return seconds, flops, traffic
             for op in self.graph.decode_attention_ops(seqs, ctx):
                 if op.kind != "attention_decode":
                     seconds += self.backend.time(op)
@@ -129,12 +142,18 @@ class PimIterationTimer(IterationTimer):
             return 0.0, 0.0
         seconds = busy = 0.0
         count = self.pim_count
+        into, out = self.pim_graph.decode_io_bytes(seqs)
+        flops, traffic = self.pim_graph.decode_attention_work(seqs, ctx)
+        share_f, share_b = flops / count, traffic / count
+        if self._pim_fast and share_f > 0.0:  # the roofline's time(), without building the op
+            seconds = self.pim_backend.decode_attention_time(share_f, share_b)
+            busy = max(share_f / self._pim_peak, share_b / self.pim.memory_bandwidth)
+            return seconds + self._transfer(into) + self._transfer(out), busy
         for op in self.pim_graph.decode_attention_ops(seqs, ctx):
             if op.kind == "attention_decode":
                 share = replace(op, flops=op.flops / count, bytes=op.bytes / count)
                 seconds += self.pim_backend.time(share)
                 busy += max(share.flops / self._pim_peak, share.bytes / self.pim.memory_bandwidth)
-        into, out = self.pim_graph.decode_io_bytes(seqs)
         return seconds + self._transfer(into) + self._transfer(out), busy
 
     @staticmethod

@@ -32,6 +32,7 @@ class RooflineBackend:
         self._compute_max = eff.compute_max
         self._half_m = eff.compute_half_m
         self._attention_flops = self._peak * eff.attention_compute
+        self._decode_flops = self._peak * self._compute_max  # decode attention's compute rate
         self._memory_ops = {
             name: (
                 device.memory_bandwidth * tuned.efficiency,
@@ -40,6 +41,11 @@ class RooflineBackend:
             )
             for name, tuned in eff.memory_ops.items()
         }
+
+    def decode_attention_time(self, flops: float, traffic: float) -> float:
+        """:meth:`time` of a decode-attention op with ``flops`` > 0, from its work alone: the
+        per-step fast path (perf/iteration.py) that builds no Op."""
+        return max(flops / self._decode_flops, traffic / self._bandwidth) + self._launch
 
     def decode_attention_times(self, flops: FloatArray, traffic: FloatArray) -> FloatArray:
         """:meth:`time` of decode-attention ops given as arrays (a fast-forward run's steps)."""
