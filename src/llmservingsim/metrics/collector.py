@@ -106,8 +106,7 @@ class MetricsCollector:
         devices that ran it)."""
         if not self.step_sinks:
             return
-        log = self._step_log
-        log.append(
+        buffered = self._step_log.append(
             instance,
             engine,
             start_s,
@@ -120,7 +119,7 @@ class MetricsCollector:
             waiting,
             power_w,
         )
-        if len(log) >= self.chunk_size:
+        if buffered >= self.chunk_size:
             self._flush_steps()
 
     def on_steps(
