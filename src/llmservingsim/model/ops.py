@@ -244,11 +244,17 @@ class OpGraph:
 
     def head_ops(self, num_tokens: int, num_sampled: int) -> list[Op]:
         """Embedding lookup, final norm and LM head (only for sequences that emit a token)."""
+        return self.embedding_ops(num_tokens) + self.output_ops(num_sampled)
+
+    def embedding_ops(self, num_tokens: int) -> list[Op]:
+        """The part of :meth:`head_ops` that depends on the token count only."""
         s = self.shape
-        ops = [
-            self.elementwise("embedding", num_tokens, s.hidden, s.hidden),
-            self.elementwise("final_layernorm", num_sampled, s.hidden, s.hidden),
-        ]
+        return [self.elementwise("embedding", num_tokens, s.hidden, s.hidden)]
+
+    def output_ops(self, num_sampled: int) -> list[Op]:
+        """The part of :meth:`head_ops` that depends on the sampled sequences only."""
+        s = self.shape
+        ops = [self.elementwise("final_layernorm", num_sampled, s.hidden, s.hidden)]
         if num_sampled:
             lm_head = self.gemm("lm_head", num_sampled, s.vocab, s.hidden)
             if self.head_weight_bytes != self.weight_bytes:

@@ -185,18 +185,24 @@ class IterationTimer:
         self._layer: dict[int, _Cost] = {}
         self._moe_layer: dict[int, _Cost] = {}
         self._head: dict[tuple[int, int], _Cost] = {}
+        self._embedding: dict[int, tuple[_Cost, ...]] = {}  # each head op by the count it needs
+        self._output: dict[int, tuple[_Cost, ...]] = {}
         self._prefill_attn: dict[tuple[int, int], _Cost] = {}
         self._sends: dict[int, tuple[float, ...]] = {}
         # MLA's absorption GEMMs before / after decode attention, by batch size (fast path).
         self._around_decode: dict[int, tuple[tuple[_Cost, ...], tuple[_Cost, ...]]] = {}
         self.cache_hits = 0
         self.cache_lookups = 0
+        # A backend with ``stats()`` may count its calls (profile fallbacks, external cache
+        # hits): it keeps being asked what it always was, memos beyond the counted ones aside.
+        self._counts_calls = getattr(backend, "stats", None) is not None
         self._vector: VectorDecodeAttention | None = None
-        if times_decode_attention_from_work(backend, "decode_attention_times"):
-            self._vector = cast(VectorDecodeAttention, backend)
         self._scalar: ScalarDecodeAttention | None = None
-        if times_decode_attention_from_work(backend, "decode_attention_time"):
-            self._scalar = cast(ScalarDecodeAttention, backend)
+        if not self._counts_calls:
+            if times_decode_attention_from_work(backend, "decode_attention_times"):
+                self._vector = cast(VectorDecodeAttention, backend)
+            if times_decode_attention_from_work(backend, "decode_attention_time"):
+                self._scalar = cast(ScalarDecodeAttention, backend)
 
     @property
     def cache_hit_rate(self) -> float:
@@ -311,10 +317,36 @@ class IterationTimer:
         self.cache_lookups += 1
         cost = self._head.get(key)
         if cost is None:
-            cost = self._head[key] = self._ops_cost(self.graph.head_ops(num_tokens, num_sampled))
+            if self._counts_calls:
+                cost = self._ops_cost(self.graph.head_ops(num_tokens, num_sampled))
+            else:
+                cost = self._head_ops_cost(num_tokens, num_sampled)
+            self._head[key] = cost
         else:
             self.cache_hits += 1
         return cost
+
+    def _head_ops_cost(self, num_tokens: int, num_sampled: int) -> _Cost:
+        """:meth:`_ops_cost` of the head's ops, from each op's cost memoized by the one count it
+        depends on (mixed steps pair token and sample counts in ever new ways), summed in the
+        same order as the ops."""
+        embedding = self._embedding.get(num_tokens)
+        if embedding is None:
+            ops = self.graph.embedding_ops(num_tokens)
+            embedding = self._embedding[num_tokens] = self._each_op_cost(ops)
+        output = self._output.get(num_sampled)
+        if output is None:
+            ops = self.graph.output_ops(num_sampled)
+            output = self._output[num_sampled] = self._each_op_cost(ops)
+        seconds = flops = traffic = 0.0
+        for op_s, op_f, op_b in embedding + output:
+            seconds += op_s
+            flops += op_f
+            traffic += op_b
+        return seconds, flops, traffic
+
+    def _each_op_cost(self, ops: list[Op]) -> tuple[_Cost, ...]:
+        return tuple((self.backend.time(op), op.flops, op.bytes) for op in ops)
 
     def _prefill_cost(self, new: int, ctx: int) -> _Cost:
         key = (new, ctx)
