@@ -10,6 +10,7 @@ import numpy as np
 
 from llmservingsim.config import load_config
 from llmservingsim.metrics.collector import MetricsCollector
+from llmservingsim.metrics.steps import StepChunk
 from llmservingsim.perf.iteration import BatchShape
 from llmservingsim.serving.decode_run import plan_decode_run
 from llmservingsim.serving.instance import Instance
@@ -99,3 +100,21 @@ def test_plan_of_a_decode_run(benchmark: Any) -> None:
     run = benchmark(plan)
     assert run is not None and len(run.ends) == 256
     assert (np.diff(run.ends) > 0).all()
+
+
+def test_record_of_a_step(benchmark: Any) -> None:
+    """MetricsCollector.on_step with a sink: one packed row per step (metrics/steps.py)."""
+    metrics = MetricsCollector(step_sinks=[sink := _KeepSteps()], chunk_size=1 << 30)
+    benchmark(metrics.on_step, 0, 0, 1.5, 0.02, BATCH, 0, BATCH, 900, 1000, 3, 410.0)
+    metrics.flush()
+    chunk = sink.chunks[0]
+    assert len(chunk) >= 1
+    assert chunk.start_s[0] == 1.5 and chunk.kv_blocks_used[0] == 900 and chunk.power_w[0] == 410.0
+
+
+class _KeepSteps:
+    def __init__(self) -> None:
+        self.chunks: list[StepChunk] = []
+
+    def write_steps(self, steps: StepChunk) -> None:
+        self.chunks.append(steps)
