@@ -18,8 +18,12 @@ from llmservingsim.serving.sequence import Sequence
 class NoEvictScheduler(VllmScheduler):
     def promised_blocks(self) -> int:
         """Blocks running requests will still claim before they finish."""
-        self.sync_steady()
-        return sum(self.max_blocks_needed(s) - len(s.blocks) for s in self.running)
+        lifetime = sum(self.max_blocks_needed(s) for s in self.running)
+        if self.steady is not None:
+            # A plain block manager (no sharing): running requests hold every block in use,
+            # the steady decoders' not yet named ones included.
+            return lifetime - self.blocks.num_used
+        return lifetime - sum(len(s.blocks) for s in self.running)
 
     def prefill_tokens(
         self, seq: Sequence, hit: PrefixHit, budget: int, step_is_empty: bool
