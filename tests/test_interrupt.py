@@ -95,3 +95,19 @@ def test_sigterm_during_sweep_keeps_finished_points(tmp_path: Path) -> None:
     rows = pq.read_table(out / "sweep.parquet").to_pylist()
     assert [row["workload.num_requests"] for row in rows] == [5]
     no_temporary_files(out)
+
+
+def test_a_signal_held_by_the_loop_reaches_the_previous_handler_afterwards() -> None:
+    """Inside ``signals_held`` a stop signal is only noted; leaving hands it to the handler
+    installed before (here: one that records it), so a loop can stop at a clean point."""
+    from llmservingsim.interrupt import signals_held
+
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with signals_held() as held:
+            signal.raise_signal(signal.SIGTERM)
+            assert held.signum == signal.SIGTERM and seen == []  # noted, not acted on
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)

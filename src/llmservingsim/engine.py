@@ -19,6 +19,7 @@ from collections.abc import Callable
 from collections.abc import Sequence as SequenceOf
 from typing import Protocol
 
+from llmservingsim.interrupt import HeldSignals, signals_held
 from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.sequence import Sequence
 from llmservingsim.workload.request_spec import RequestSpec
@@ -61,6 +62,7 @@ class Engine:
         self._events: list[tuple[float, int, int, int, int]] = []
         self._transfers: dict[int, Sequence] = {}
         self.interrupted = False
+        self._held = HeldSignals()  # a stop signal noted during the loop (interrupt.py)
 
     def _push(self, time: float, kind: int, instance: int, arg: int, serial: int = 0) -> None:
         heapq.heappush(self._events, (time, kind, instance, arg, serial))
@@ -100,7 +102,9 @@ class Engine:
         Ctrl-C stops the loop cleanly: what was served so far is kept and ``interrupted`` set.
         """
         try:
-            return self._loop(requests)
+            with signals_held() as held:
+                self._held = held
+                return self._loop(requests)
         except KeyboardInterrupt:
             self.interrupted = True
             for instance in self.instances:
@@ -115,7 +119,8 @@ class Engine:
         next_arrival = 0
         num_requests = len(requests)
         steps = 0
-        while next_arrival < num_requests or events:
+        held = self._held
+        while (next_arrival < num_requests or events) and held.signum is None:
             if next_arrival < num_requests and (
                 not events or requests[next_arrival].arrival_s <= events[0][0]
             ):

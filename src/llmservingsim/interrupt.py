@@ -4,6 +4,11 @@ Both signals raise :class:`KeyboardInterrupt` in the main thread, so the one cod
 already handles Ctrl-C (the engine keeps what finished, a sweep keeps its rows) handles
 SIGTERM too; the command then exits with the shell's code for the signal received
 (128 + signal number: 130 for SIGINT, 143 for SIGTERM).
+
+An exception raised between any two bytecodes could leave the simulation's state half
+updated (a request finished but not yet released, a sample's value stored without its count),
+so the engine's loop holds the signals (:func:`signals_held`): it notes one, stops at the next
+event boundary, and only then lets the handler raise.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -48,3 +54,39 @@ def stop_on_signals() -> Iterator[StopRequest]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@dataclass
+class HeldSignals:
+    """A stop signal that arrived while held (None: none did)."""
+
+    signum: int | None = None
+
+
+@contextmanager
+def signals_held() -> Iterator[HeldSignals]:
+    """Inside, SIGINT and SIGTERM are only noted (``held.signum``), for a loop to poll and stop
+    at a clean point; on leaving, a noted signal goes to the handler that was installed before
+    (which raises KeyboardInterrupt for Ctrl-C and under :func:`stop_on_signals`). Signals
+    whose handler is not a Python function (the default SIGTERM action, ignored ones), and
+    every signal outside the main thread, are left alone."""
+    held = HeldSignals()
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    previous: dict[int, Any] = {}
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        if held.signum is None:
+            held.signum = signum
+
+    for stop_signal in STOP_SIGNALS:
+        if callable(signal.getsignal(stop_signal)):
+            previous[stop_signal] = signal.signal(stop_signal, note)
+    try:
+        yield held
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held.signum is not None and held.signum in previous:
+            previous[held.signum](held.signum, None)
