@@ -11,12 +11,15 @@ import pyarrow.parquet as pq
 from conftest import RunToDir
 from llmservingsim.catalog import load_device
 from llmservingsim.metrics.collector import MetricsCollector, RequestRecord
+from llmservingsim.metrics.request_log import RequestChunk
 from llmservingsim.outputs.tables import (
     REQUESTS_SCHEMA,
     TIMESERIES_SCHEMA,
     RequestTableSink,
     read_table,
 )
+from llmservingsim.serving.sequence import Sequence
+from llmservingsim.workload.request_spec import RequestSpec
 
 
 def record(id_: int, status: str = "finished") -> RequestRecord:
@@ -39,7 +42,7 @@ def record(id_: int, status: str = "finished") -> RequestRecord:
 
 def test_request_rows_round_trip_with_nulls_for_failed_requests(tmp_path: Path) -> None:
     sink = RequestTableSink(tmp_path, "parquet")
-    sink.write_requests([record(0), record(1, "failed")])
+    sink.write_requests(RequestChunk.from_records([record(0), record(1, "failed")]))
     table = pq.read_table(sink.close())
     assert table.schema == REQUESTS_SCHEMA
     rows = table.to_pylist()
@@ -67,8 +70,11 @@ def test_rows_stream_in_chunks(tmp_path: Path) -> None:
     sink = RequestTableSink(tmp_path, "parquet")
     metrics = MetricsCollector(request_sinks=[sink], chunk_size=4)
     for i in range(10):
-        metrics._add(record(i))
-    assert len(metrics._pending) == 2  # two chunks of 4 already handed to the sink
+        seq = Sequence(RequestSpec(i, 1.0, 100, 5))
+        seq.first_token_time, seq.generated = 1.5, 5
+        metrics.on_finish(seq, 0, 3.5)
+    assert len(metrics.requests.chunks) == 2  # two chunks of 4 already handed to the sink
+    assert len(metrics.records) == 10
     metrics.flush()
     path = sink.close()
     assert pq.ParquetFile(path).metadata.num_row_groups == 3

@@ -177,7 +177,7 @@ class InvariantChecker:
 
     # ------------------------------------------------------------------ end of run
 
-    def check_end(self, requests: Iterable[RequestSpec], records: list[RequestRecord]) -> None:
+    def check_end(self, requests: Iterable[RequestSpec], records: Iterable[RequestRecord]) -> None:
         """Once every event is handled: caches empty, every request accounted for once."""
         now = self.now
         for instance in self.instances:
@@ -200,7 +200,7 @@ class InvariantChecker:
 
 
 def check_records(
-    requests: Iterable[RequestSpec], records: list[RequestRecord], now: float
+    requests: Iterable[RequestSpec], records: Iterable[RequestRecord], now: float
 ) -> None:
     """I4: every request has exactly one row; finished ones generated their full output, the
     others carry a reason; no row has a time before its arrival."""

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from llmservingsim import __version__
 from llmservingsim.catalog import load_device, load_model
 from llmservingsim.cluster.cluster import Cluster, Pool
@@ -23,6 +25,7 @@ from llmservingsim.hardware.device import DeviceSpec, Link
 from llmservingsim.invariants import InvariantChecker, invariants_requested
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.kv_summary import kv_summary
+from llmservingsim.metrics.request_log import FINISHED
 from llmservingsim.metrics.summary import request_metrics
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.iteration import IterationTimer
@@ -381,7 +384,7 @@ def summarize(
     wall_s: float,
 ) -> dict[str, Any]:
     instances = cluster.instances
-    summary = request_metrics(metrics.records, metrics.itl, cfg.slo)
+    summary = request_metrics(metrics.requests, metrics.itl, cfg.slo)
     per_instance = _instance_rows(instances, metrics, end_time)
     energy = sum(row["energy_j"] for row in per_instance)
     cost = sum(
@@ -421,7 +424,7 @@ def summarize(
             **kv_summary(
                 cfg.scheduler,
                 [ve.scheduler.kv_stats() for inst in instances for ve in inst.engines],
-                metrics.records,
+                metrics.requests,
             ),
             "memory": instances[0].memory.as_dict(),
             "pools": [_pool_row(pool) for pool in cluster.pools],
@@ -440,7 +443,9 @@ def summarize(
             "busy_fraction": busy / (end_time * len(instances)),
         }
     if cluster.disaggregated:
-        transfers = [r.kv_transfer_s for r in metrics.records if r.prefill_instance >= 0]
+        handed_off = metrics.requests.column("prefill_instance") >= 0
+        # Python's sum, left to right, as the per-record code summed them.
+        transfers = metrics.requests.column("kv_transfer_s")[handed_off].tolist()
         summary["kv_transfers"] = len(transfers)
         summary["kv_transfer_s"] = {
             "mean": sum(transfers) / len(transfers) if transfers else None,
@@ -481,12 +486,13 @@ def _instance_rows(
     instances: list[Instance], metrics: MetricsCollector, end_time: float
 ) -> list[dict[str, Any]]:
     """Per-instance load: requests finished there, tokens, busy fraction, KV peak, energy."""
-    finished = [0] * len(instances)
-    output = [0] * len(instances)
-    for record in metrics.records:
-        if record.status == "finished":
-            finished[record.instance] += 1
-            output[record.instance] += record.output_tokens
+    log = metrics.requests
+    done = log.column("status") == FINISHED
+    where = log.column("instance")[done]
+    finished = np.bincount(where, minlength=len(instances)).tolist()
+    output_sums = np.zeros(len(instances), dtype=np.int64)
+    np.add.at(output_sums, where, log.column("output_tokens")[done])
+    output = output_sums.tolist()
     rows = []
     for inst in instances:
         t = inst.totals

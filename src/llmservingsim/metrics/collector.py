@@ -1,57 +1,28 @@
 """Collects what happens during a run; summary.py turns it into numbers.
 
-Per-request rows are kept as slotted records and inter-token gaps as runs of equal values (every
-request of a decode step waited the same gap), so a run costs bytes per step, not per token.
-Output files are fed while the run goes: finished requests and engine steps are handed to the
-registered sinks in chunks of ``chunk_size`` (the sinks write Parquet row groups, sample the
-trace, bucket the time series).
+Per-request rows are kept as columns (request_log.py: tens of bytes per request, no object
+each) and inter-token gaps as runs of equal values (every request of a decode step waited the
+same gap), so a run costs bytes per step, not per token. Output files are fed while the run
+goes: finished requests and engine steps are handed to the registered sinks in chunks of
+``chunk_size`` (the sinks write Parquet row groups, sample the trace, bucket the time series).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from llmservingsim.metrics.request_log import (
+    RequestChunk,
+    RequestLog,
+    RequestRecord,
+    RequestRecords,
+)
 from llmservingsim.metrics.samples import RepeatedSamples
 from llmservingsim.metrics.steps import FloatArray, IntArray, StepChunk, StepLog
 from llmservingsim.serving.sequence import Sequence
 
-
-@dataclass(slots=True)
-class RequestRecord:
-    id: int
-    instance: int
-    arrival_s: float
-    first_token_s: float
-    finish_s: float
-    input_tokens: int
-    output_tokens: int
-    cached_tokens: int  # prompt tokens the prefix cache supplied at the first admission
-    preemptions: int
-    status: str
-    fail_reason: str = ""
-    prefill_instance: int = -1
-    kv_transfer_s: float = 0.0
-    first_scheduled_s: float = -1.0
-    """When the request first computed a token (end of queueing); -1 when it never ran."""
-    lora: str | None = None
-    """The LoRA adapter it ran with (None: the base model)."""
-
-    @property
-    def ttft(self) -> float:
-        return self.first_token_s - self.arrival_s
-
-    @property
-    def e2e(self) -> float:
-        return self.finish_s - self.arrival_s
-
-    @property
-    def tpot(self) -> float | None:
-        """vLLM benchmark_serving: (e2e − TTFT) / (output − 1), only for > 1 output token."""
-        if self.output_tokens <= 1:
-            return None
-        return (self.finish_s - self.first_token_s) / (self.output_tokens - 1)
+__all__ = ["MetricsCollector", "RequestRecord", "RequestSink", "StepSink", "StepTotals"]
 
 
 @dataclass
@@ -69,7 +40,7 @@ class StepTotals:
 
 
 class RequestSink(Protocol):
-    def write_requests(self, records: SequenceOf[RequestRecord]) -> None: ...
+    def write_requests(self, chunk: RequestChunk) -> None: ...
 
 
 class StepSink(Protocol):
@@ -78,14 +49,21 @@ class StepSink(Protocol):
 
 @dataclass
 class MetricsCollector:
-    records: list[RequestRecord] = field(default_factory=list)
     itl: RepeatedSamples = field(default_factory=RepeatedSamples)
     steps: dict[int, StepTotals] = field(default_factory=dict)
     request_sinks: list[RequestSink] = field(default_factory=list)
     step_sinks: list[StepSink] = field(default_factory=list)
     chunk_size: int = 65_536
-    _pending: list[RequestRecord] = field(default_factory=list)
+    requests: RequestLog = field(init=False)
     _step_log: StepLog = field(default_factory=StepLog)
+
+    def __post_init__(self) -> None:
+        self.requests = RequestLog(self.chunk_size)
+
+    @property
+    def records(self) -> RequestRecords:
+        """Every request that ended so far, as ``RequestRecord`` rows built on demand."""
+        return RequestRecords(self.requests)
 
     def on_step(
         self,
@@ -163,17 +141,12 @@ class MetricsCollector:
                 sink.write_steps(chunk)
 
     def _flush_requests(self) -> None:
-        if self._pending:
-            for sink in self.request_sinks:
-                sink.write_requests(self._pending)
-            self._pending = []
+        self._hand_over(self.requests.seal())
 
-    def _add(self, record: RequestRecord) -> None:
-        self.records.append(record)
-        if self.request_sinks:
-            self._pending.append(record)
-            if len(self._pending) >= self.chunk_size:
-                self._flush_requests()
+    def _hand_over(self, chunk: RequestChunk | None) -> None:
+        if chunk is not None:
+            for sink in self.request_sinks:
+                sink.write_requests(chunk)
 
     def on_token(self, seq: Sequence, now: float) -> None:
         if seq.first_token_time < 0:
@@ -184,7 +157,7 @@ class MetricsCollector:
 
     def on_finish(self, seq: Sequence, instance: int, now: float) -> None:
         seq.finish_time = now
-        self._add(self._record(seq, instance, "finished"))
+        self._hand_over(self.requests.append(seq, instance, "finished"))
 
     def on_fail(self, seq: Sequence, instance: int, now: float, reason: str) -> None:
         self.on_drop(seq, instance, now, "failed", reason)
@@ -194,27 +167,7 @@ class MetricsCollector:
         ``rejected`` (queue full) or ``timed_out`` (waited too long)."""
         seq.finish_time = now
         seq.fail_reason = reason
-        self._add(self._record(seq, instance, status))
-
-    @staticmethod
-    def _record(seq: Sequence, instance: int, status: str) -> RequestRecord:
-        return RequestRecord(
-            id=seq.id,
-            instance=instance,
-            arrival_s=seq.spec.arrival_s,
-            first_token_s=seq.first_token_time,
-            finish_s=seq.finish_time,
-            input_tokens=seq.spec.input_len,
-            output_tokens=seq.generated,
-            cached_tokens=seq.cached_tokens,
-            preemptions=seq.preemptions,
-            status=status,
-            fail_reason=seq.fail_reason,
-            prefill_instance=seq.prefill_instance,
-            kv_transfer_s=seq.kv_transfer_s,
-            first_scheduled_s=seq.first_scheduled_time,
-            lora=seq.spec.lora,
-        )
+        self._hand_over(self.requests.append(seq, instance, status))
 
     def totals(self, instance: int) -> StepTotals:
         totals = self.steps.get(instance)

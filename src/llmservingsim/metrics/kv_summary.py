@@ -12,15 +12,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from llmservingsim.config import SchedulerConfig
-from llmservingsim.metrics.collector import RequestRecord
+from llmservingsim.metrics.request_log import FINISHED, RequestLog
 
 
 def kv_summary(
-    cfg: SchedulerConfig, per_instance: Iterable[dict[str, float]], records: list[RequestRecord]
+    cfg: SchedulerConfig, per_instance: Iterable[dict[str, float]], log: RequestLog
 ) -> dict[str, Any]:
-    done = [r for r in records if r.status == "finished"]
-    prompt = sum(r.input_tokens for r in done)
-    cached = sum(r.cached_tokens for r in done)
+    done = log.column("status") == FINISHED
+    prompt = int(log.column("input_tokens")[done].sum())
+    cached = int(log.column("cached_tokens")[done].sum())
     totals: Counter[str] = Counter()
     for stats in per_instance:
         totals.update(stats)

@@ -6,17 +6,23 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from llmservingsim.config import SloConfig
-from llmservingsim.metrics.collector import RequestRecord
+from llmservingsim.metrics.request_log import FINISHED, STATUS_CODE, RequestLog, RequestRecord
 from llmservingsim.metrics.samples import RepeatedSamples
 
 FAILED_LISTED = 100
 
+FloatArray = npt.NDArray[np.float64]
 
-def latency_stats(values: Iterable[float]) -> dict[str, float | None]:
+
+def latency_stats(values: Iterable[float] | FloatArray) -> dict[str, float | None]:
     """{mean, p50, p90, p99, max} in seconds; None for each when there is no sample."""
-    data = np.fromiter(values, dtype=float)
+    if isinstance(values, np.ndarray):
+        data = values.astype(float, copy=False)
+    else:
+        data = np.fromiter(values, dtype=float)
     if data.size == 0:
         return {"mean": None, "p50": None, "p90": None, "p99": None, "max": None}
     p50, p90, p99 = np.percentile(data, [50, 90, 99])
@@ -38,34 +44,62 @@ def meets_slo(record: RequestRecord, slo: SloConfig) -> bool:
     return not (slo.e2e_s is not None and record.e2e > slo.e2e_s)
 
 
-def request_metrics(
-    records: list[RequestRecord], itl: RepeatedSamples, slo: SloConfig
-) -> dict[str, Any]:
-    done = [r for r in records if r.status == "finished"]
-    unserved = [r for r in records if r.status != "finished"]
+def request_metrics(log: RequestLog, itl: RepeatedSamples, slo: SloConfig) -> dict[str, Any]:
+    """Counts, throughput and latency percentiles of the requests in ``log``.
+
+    Works on the log's columns; each number equals what the per-record definitions
+    (``RequestRecord.ttft``/``tpot``/``e2e``, :func:`meets_slo`) give, value for value.
+    """
+    rows = log.whole()
+    status = rows["status"]
+    done = status == FINISHED
+    unserved = np.flatnonzero(~done)
+    arrival = rows["arrival_s"][done]
+    first_token = rows["first_token_s"][done]
+    finish = rows["finish_s"][done]
+    output = rows["output_tokens"][done]
+    num_done = int(np.count_nonzero(done))
+    unserved_status = status[unserved]
+    # Each unserved request and why (the first FAILED_LISTED by id; the requests table has all).
+    listed = unserved[np.argsort(rows["id"][unserved], kind="stable")[:FAILED_LISTED]]
+    chosen = np.zeros(len(rows), dtype=bool)
+    chosen[listed] = True
+    failed = sorted(rows.records(chosen), key=lambda r: r.id)
     out: dict[str, Any] = {
-        "requests_completed": len(done),
-        "requests_failed": sum(r.status == "failed" for r in unserved),
-        "requests_rejected": sum(r.status == "rejected" for r in unserved),
-        "requests_timed_out": sum(r.status == "timed_out" for r in unserved),
-        # Each unserved request and why (the first FAILED_LISTED; the requests table has all).
-        "failed": [
-            {"id": r.id, "status": r.status, "reason": r.fail_reason}
-            for r in sorted(unserved, key=lambda r: r.id)[:FAILED_LISTED]
-        ],
-        "input_tokens": sum(r.input_tokens for r in done),
-        "output_tokens": sum(r.output_tokens for r in done),
+        "requests_completed": num_done,
+        "requests_failed": int(np.count_nonzero(unserved_status == STATUS_CODE["failed"])),
+        "requests_rejected": int(np.count_nonzero(unserved_status == STATUS_CODE["rejected"])),
+        "requests_timed_out": int(np.count_nonzero(unserved_status == STATUS_CODE["timed_out"])),
+        "failed": [{"id": r.id, "status": r.status, "reason": r.fail_reason} for r in failed],
+        "input_tokens": int(rows["input_tokens"][done].sum()),
+        "output_tokens": int(output.sum()),
     }
-    first_arrival = min((r.arrival_s for r in done), default=0.0)
-    duration = max((r.finish_s for r in done), default=0.0) - first_arrival
+    first_arrival = float(arrival.min()) if num_done else 0.0
+    duration = (float(finish.max()) if num_done else 0.0) - first_arrival
     rate = 1.0 / duration if duration > 0 else 0.0
+    ttft = first_token - arrival
+    e2e = finish - arrival
+    multi = output > 1
+    tpot = (finish[multi] - first_token[multi]) / (output[multi] - 1)
     out["benchmark_duration_s"] = duration
-    out["request_throughput"] = len(done) * rate
+    out["request_throughput"] = num_done * rate
     out["output_tokens_per_s"] = out["output_tokens"] * rate
     out["total_tokens_per_s"] = (out["input_tokens"] + out["output_tokens"]) * rate
-    out["ttft_s"] = latency_stats(r.ttft for r in done)
-    out["tpot_s"] = latency_stats(t for r in done if (t := r.tpot) is not None)
+    out["ttft_s"] = latency_stats(ttft)
+    out["tpot_s"] = latency_stats(tpot)
     out["itl_s"] = itl.stats()
-    out["e2e_s"] = latency_stats(r.e2e for r in done)
-    out["goodput"] = sum(meets_slo(r, slo) for r in done) * rate if slo.given else None
+    out["e2e_s"] = latency_stats(e2e)
+    if slo.given:
+        good = np.ones(num_done, dtype=bool)
+        if slo.ttft_s is not None:
+            good &= ~(ttft > slo.ttft_s)
+        if slo.tpot_s is not None:
+            slow = np.zeros(num_done, dtype=bool)
+            slow[multi] = tpot > slo.tpot_s
+            good &= ~slow
+        if slo.e2e_s is not None:
+            good &= ~(e2e > slo.e2e_s)
+        out["goodput"] = int(np.count_nonzero(good)) * rate
+    else:
+        out["goodput"] = None
     return out

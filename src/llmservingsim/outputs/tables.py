@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +18,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from llmservingsim.errors import UserError
-from llmservingsim.metrics.collector import RequestRecord
+from llmservingsim.metrics.request_log import RequestChunk
 from llmservingsim.outputs.files import temp_path
 
 TableFormat = Literal["parquet", "csv"]
@@ -66,34 +65,49 @@ TIMESERIES_SCHEMA = pa.schema(
 )
 
 
-def _time_or_none(t: float) -> float | None:
-    return t if t >= 0 else None
+def _masked(
+    values: np.ndarray[Any, Any], null: np.ndarray[Any, Any], kind: pa.DataType
+) -> pa.Array:
+    """``values`` as an Arrow array with nulls where ``null`` is set."""
+    return pa.array(values, type=kind, mask=null if null.any() else None)
 
 
-def requests_batch(records: Sequence[RequestRecord]) -> pa.RecordBatch:
+def _strings(names: list[str | None]) -> pa.Array:
+    return pa.array(names, type=pa.string())
+
+
+def requests_batch(chunk: RequestChunk) -> pa.RecordBatch:
     """Arrow rows of finished/failed requests; latencies are null for failed requests."""
-    columns: dict[str, list[Any]] = {name: [] for name in REQUESTS_SCHEMA.names}
-    for r in records:
-        finished = r.status == "finished"
-        columns["id"].append(r.id)
-        columns["instance"].append(r.instance)
-        columns["status"].append(r.status)
-        columns["arrival_s"].append(r.arrival_s)
-        columns["first_scheduled_s"].append(_time_or_none(r.first_scheduled_s))
-        columns["first_token_s"].append(_time_or_none(r.first_token_s))
-        columns["finish_s"].append(r.finish_s)
-        columns["input_tokens"].append(r.input_tokens)
-        columns["output_tokens"].append(r.output_tokens)
-        columns["cached_tokens"].append(r.cached_tokens)
-        columns["preemptions"].append(r.preemptions)
-        columns["ttft_s"].append(r.ttft if finished else None)
-        columns["tpot_s"].append(r.tpot if finished else None)
-        columns["e2e_s"].append(r.e2e if finished else None)
-        columns["fail_reason"].append(r.fail_reason or None)
-        columns["prefill_instance"].append(r.prefill_instance if r.prefill_instance >= 0 else None)
-        columns["kv_transfer_s"].append(r.kv_transfer_s if r.prefill_instance >= 0 else None)
-        columns["lora"].append(r.lora)
-    return pa.RecordBatch.from_pydict(columns, schema=REQUESTS_SCHEMA)
+    unserved = ~chunk.finished
+    arrival, first_token, finish = chunk["arrival_s"], chunk["first_token_s"], chunk["finish_s"]
+    output = chunk["output_tokens"]
+    no_tpot = unserved | (output <= 1)
+    # Denominator 1 where there is no TPOT (masked anyway), so nothing divides by zero.
+    tpot = (finish - first_token) / (np.where(no_tpot, 2, output) - 1)
+    first_scheduled = chunk["first_scheduled_s"]
+    prefill = chunk["prefill_instance"]
+    not_handed_off = prefill < 0
+    columns = [
+        pa.array(chunk["id"], type=pa.int64()),
+        pa.array(chunk["instance"], type=pa.int32()),
+        _strings(list(chunk.status_names())),
+        pa.array(arrival, type=pa.float64()),
+        _masked(first_scheduled, first_scheduled < 0, pa.float64()),
+        _masked(first_token, first_token < 0, pa.float64()),
+        pa.array(finish, type=pa.float64()),
+        pa.array(chunk["input_tokens"], type=pa.int64()),
+        pa.array(output, type=pa.int64()),
+        pa.array(chunk["cached_tokens"], type=pa.int64()),
+        pa.array(chunk["preemptions"], type=pa.int32()),
+        _masked(first_token - arrival, unserved, pa.float64()),
+        _masked(tpot, no_tpot, pa.float64()),
+        _masked(finish - arrival, unserved, pa.float64()),
+        _strings(chunk.reason_names()),
+        _masked(prefill, not_handed_off, pa.int32()),
+        _masked(chunk["kv_transfer_s"], not_handed_off, pa.float64()),
+        _strings(chunk.lora_names()),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=REQUESTS_SCHEMA)
 
 
 class TableWriter:
@@ -157,8 +171,8 @@ class RequestTableSink:
     ) -> None:
         self.writer = TableWriter(out_dir, "requests", REQUESTS_SCHEMA, fmt, metadata)
 
-    def write_requests(self, records: Sequence[RequestRecord]) -> None:
-        self.writer.write(requests_batch(records))
+    def write_requests(self, chunk: RequestChunk) -> None:
+        self.writer.write(requests_batch(chunk))
 
     def close(self) -> Path:
         return self.writer.close()

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from llmservingsim import __version__
-from llmservingsim.metrics.collector import RequestRecord
+from llmservingsim.metrics.request_log import RequestChunk, RequestRecord
 from llmservingsim.metrics.steps import StepChunk
 from llmservingsim.outputs.files import atomic_path
 
@@ -51,9 +51,8 @@ class TraceRecorder:
         self._num_kept = 0
         self._requests: list[RequestRecord] = []
 
-    def write_requests(self, records: Sequence[RequestRecord]) -> None:
-        every = self.request_every
-        self._requests.extend(r for r in records if r.id % every == 0)
+    def write_requests(self, chunk: RequestChunk) -> None:
+        self._requests.extend(chunk.records(chunk["id"] % self.request_every == 0))
 
     def write_steps(self, steps: StepChunk) -> None:
         numbers = np.arange(self._steps_seen, self._steps_seen + len(steps))

@@ -5,13 +5,14 @@ from __future__ import annotations
 import fnmatch
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmservingsim.config import load_config
 from llmservingsim.errors import ConfigError, UserError
+from llmservingsim.metrics.request_log import RequestRecord
 from llmservingsim.simulation import simulate
 from llmservingsim.validate.reference import (
     FAMILIES,
@@ -85,7 +86,9 @@ class Validation:
         return [f for f in FAMILIES if f in present]
 
 
-def _simulated_values(result_summary: dict[str, Any], records: list[Any]) -> dict[str, float]:
+def _simulated_values(
+    result_summary: dict[str, Any], records: Iterable[RequestRecord]
+) -> dict[str, float]:
     """summary.json values by dotted name, plus the token-weighted TPOT (vLLM's
     ``sum(time_per_output_token) / generation_tokens``: total decode time over decode tokens)."""
     values: dict[str, float] = {}
