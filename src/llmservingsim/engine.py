@@ -15,14 +15,14 @@ first cuts the run at that moment; the run's old end event is then stale and ski
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
-from collections.abc import Sequence as SequenceOf
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from llmservingsim.interrupt import HeldSignals, signals_held
 from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.sequence import Sequence
 from llmservingsim.workload.request_spec import RequestSpec
+from llmservingsim.workload.request_table import in_arrival_order
 
 ProgressHook = Callable[[float], None]
 
@@ -96,7 +96,7 @@ class Engine:
                 instance.wake_at = wake
                 self._push(wake, WAKE, instance.index, 0)
 
-    def run(self, requests: SequenceOf[RequestSpec]) -> float:
+    def run(self, requests: Iterable[RequestSpec]) -> float:
         """Serve every request; returns the simulated time when the last event happened.
 
         Ctrl-C stops the loop cleanly: what was served so far is kept and ``interrupted`` set.
@@ -111,36 +111,31 @@ class Engine:
                 instance.cut_runs(self.now)
             return self.now
 
-    def _loop(self, requests: SequenceOf[RequestSpec]) -> float:
-        # The loop walks arrivals in order; a caller's list may not be sorted (stable sort).
-        requests = sorted(requests, key=lambda r: r.arrival_s)
+    def _loop(self, requests: Iterable[RequestSpec]) -> float:
+        # The loop walks arrivals in order (a caller's list may not be sorted: stable sort);
+        # a workload's RequestTable hands its requests out one by one.
+        arrivals = in_arrival_order(requests)
+        spec = next(arrivals, None)
         events = self._events
         instances = self.instances
-        next_arrival = 0
-        num_requests = len(requests)
         steps = 0
         held = self._held
-        while (next_arrival < num_requests or events) and held.signum is None:
-            if next_arrival < num_requests and (
-                not events or requests[next_arrival].arrival_s <= events[0][0]
-            ):
+        while (spec is not None or events) and held.signum is None:
+            if spec is not None and (not events or spec.arrival_s <= events[0][0]):
                 # Admit every request arriving at this instant before any idle instance starts,
                 # so a burst at t=0 forms one batch instead of a batch of one.
-                arrival_time = requests[next_arrival].arrival_s
+                arrival_time = spec.arrival_s
                 self.now = max(self.now, arrival_time)
                 touched: dict[int, Instance] = {}
                 if self.dispatcher.routes_by_kv_usage:
                     for instance in instances:
                         self._cut(instance)
-                while (
-                    next_arrival < num_requests and requests[next_arrival].arrival_s == arrival_time
-                ):
-                    spec = requests[next_arrival]
-                    next_arrival += 1
+                while spec is not None and spec.arrival_s == arrival_time:
                     instance = self.dispatcher.route(spec)
                     self._cut(instance)
                     instance.add(Sequence(spec), self.now)
                     touched[instance.index] = instance
+                    spec = next(arrivals, None)
                 for instance in touched.values():
                     self._try_start(instance)
                 continue

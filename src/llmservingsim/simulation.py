@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ from llmservingsim.serving.speculative import (
 )
 from llmservingsim.workload import load_workload
 from llmservingsim.workload.request_spec import RequestSpec
+from llmservingsim.workload.request_table import RequestTable, first_with_lora
 
 
 @dataclass
@@ -93,10 +95,10 @@ def adapter_rank(cfg: SimConfig) -> int:
     return cfg.workload.lora.rank if cfg.workload.lora is not None else cfg.lora.max_lora_rank
 
 
-def _check_trace_adapters(cfg: SimConfig, requests: list[RequestSpec]) -> None:
+def _check_trace_adapters(cfg: SimConfig, requests: SequenceOf[RequestSpec]) -> None:
     if uses_lora(cfg):
         return
-    named = next((r for r in requests if r.lora is not None), None)
+    named = first_with_lora(requests)
     if named is not None:
         raise ConfigError(
             f"workload: request {named.id} names LoRA adapter {named.lora!r} (trace column "
@@ -336,13 +338,13 @@ def build_cluster(cfg: SimConfig, metrics: MetricsCollector) -> Cluster:
     return Cluster(pools, router, cfg.cluster.decode_router or router, cfg.seed)
 
 
-def load_requests(cfg: SimConfig) -> list[RequestSpec]:
+def load_requests(cfg: SimConfig) -> RequestTable:
     return load_workload(cfg.workload, load_model(cfg.model).max_context, cfg.seed)
 
 
 def simulate(
     cfg: SimConfig,
-    requests: list[RequestSpec] | None = None,
+    requests: SequenceOf[RequestSpec] | None = None,
     progress: Callable[[float, int], None] | None = None,
     metrics: MetricsCollector | None = None,
     check_invariants: bool | None = None,

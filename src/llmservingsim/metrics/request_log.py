@@ -246,8 +246,9 @@ class RequestLog:
         add_preemptions(seq.preemptions)
         add_prefill(seq.prefill_instance)
         add_transfer(seq.kv_transfer_s)
-        add_reason(self._code(seq.fail_reason, self._reason_codes, self.reasons))
-        add_lora(self._code(spec.lora, self._lora_codes, self.loras))
+        reason, lora = seq.fail_reason, spec.lora
+        add_reason(self._code(reason, self._reason_codes, self.reasons) if reason else -1)
+        add_lora(self._code(lora, self._lora_codes, self.loras) if lora else -1)
         if len(self._arrays["id"]) >= self.chunk_size:
             return self.seal()
         return None

@@ -7,6 +7,7 @@ requests and timeseries tables are closed, then trace.json and report.html (the 
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Sequence as SequenceOf
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ class RunOutputs:
 def simulate_to_dir(
     cfg: SimConfig,
     out_dir: Path,
-    requests: list[RequestSpec] | None = None,
+    requests: SequenceOf[RequestSpec] | None = None,
     progress: Callable[[float, int], None] | None = None,
     check_invariants: bool | None = None,
 ) -> tuple[SimulationResult, list[Path]]:

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Sequence as SequenceOf
 
 import numpy as np
 
 from llmservingsim.config import WorkloadConfig
 from llmservingsim.registry import Registry
-from llmservingsim.workload.adapters import assign_adapters
+from llmservingsim.workload.adapters import pick_adapters
 from llmservingsim.workload.arrival import ARRIVAL_PROCESSES, arrival_times
 from llmservingsim.workload.lengths import LENGTH_DISTS, clip_to_context, sample_lengths
 from llmservingsim.workload.request_spec import RequestSpec
+from llmservingsim.workload.request_table import RequestTable
 from llmservingsim.workload.synthetic import generate_synthetic
 from llmservingsim.workload.traces import TRACE_FORMATS, TraceRow, read_trace
 
-WorkloadSource = Callable[[WorkloadConfig, int, np.random.Generator], list[RequestSpec]]
+WorkloadSource = Callable[[WorkloadConfig, int, np.random.Generator], SequenceOf[RequestSpec]]
 
 WORKLOAD_KINDS: Registry[WorkloadSource] = Registry("workload kind")
 WORKLOAD_KINDS.register("synthetic")(generate_synthetic)
@@ -28,6 +29,7 @@ __all__ = [
     "TRACE_FORMATS",
     "WORKLOAD_KINDS",
     "RequestSpec",
+    "RequestTable",
     "TraceRow",
     "arrival_times",
     "clip_to_context",
@@ -38,17 +40,18 @@ __all__ = [
 ]
 
 
-def load_workload(cfg: WorkloadConfig, max_context: int, seed: int) -> list[RequestSpec]:
+def load_workload(cfg: WorkloadConfig, max_context: int, seed: int) -> RequestTable:
     """The requests of ``cfg`` in arrival order with ids 0..n-1, reproducible from ``seed``.
 
     Every request fits the model: input_len <= max_context - 1 and
-    input_len + output_len <= max_context.
+    input_len + output_len <= max_context. The table builds each request's object when read
+    (request_table.py), so a million requests cost columns, not a million objects.
     """
     rng = np.random.default_rng(seed)
     requests = WORKLOAD_KINDS.get(cfg.kind)(cfg, max_context, rng)
-    ordered = sorted(requests, key=lambda r: r.arrival_s)
-    specs = [replace(r, id=i) for i, r in enumerate(ordered)]
+    table = requests if isinstance(requests, RequestTable) else RequestTable.from_specs(requests)
     if cfg.lora is not None:
         # Its own generator: the same seed gives the same traffic with or without adapters.
-        specs = assign_adapters(specs, cfg.lora, np.random.default_rng([seed, 12]))
-    return specs
+        picks = pick_adapters(len(table), cfg.lora, np.random.default_rng([seed, 12]))
+        table = table.with_adapters(picks)
+    return table

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
+import numpy.typing as npt
 
 from llmservingsim.config import WorkloadLoraConfig
-from llmservingsim.workload.request_spec import RequestSpec
 
 
 def adapter_name(index: int) -> str:
@@ -23,8 +21,9 @@ def adapter_popularity(cfg: WorkloadLoraConfig) -> np.ndarray:
     return np.asarray(weights / weights.sum())
 
 
-def assign_adapters(
-    requests: list[RequestSpec], cfg: WorkloadLoraConfig, rng: np.random.Generator
-) -> list[RequestSpec]:
-    picks = rng.choice(cfg.num_adapters, size=len(requests), p=adapter_popularity(cfg))
-    return [replace(r, lora=adapter_name(int(k))) for r, k in zip(requests, picks, strict=True)]
+def pick_adapters(
+    num_requests: int, cfg: WorkloadLoraConfig, rng: np.random.Generator
+) -> npt.NDArray[np.int64]:
+    """The adapter index of each of ``num_requests`` requests (name: :func:`adapter_name`)."""
+    picks = rng.choice(cfg.num_adapters, size=num_requests, p=adapter_popularity(cfg))
+    return np.asarray(picks, dtype=np.int64)

@@ -7,19 +7,22 @@ tokens are (RequestSpec.content) so the prefix cache can share them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence as SequenceOf
+
 import numpy as np
 
 from llmservingsim.config import WorkloadConfig
 from llmservingsim.workload.arrival import arrival_times
 from llmservingsim.workload.lengths import clip_to_context, sample_lengths
-from llmservingsim.workload.request_spec import RequestSpec, TokenContent
+from llmservingsim.workload.request_spec import RequestSpec
+from llmservingsim.workload.request_table import PrefixContents, RequestTable
 from llmservingsim.workload.sessions import generate_sessions
 from llmservingsim.workload.system_prompts import NAMESPACE, pick_system_prompts
 
 
 def generate_synthetic(
     cfg: WorkloadConfig, max_context: int, rng: np.random.Generator
-) -> list[RequestSpec]:
+) -> SequenceOf[RequestSpec]:
     """``cfg.num_requests`` requests with lengths clipped to the model's context window.
 
     Arrivals, input lengths and output lengths each get their own child generator, so the
@@ -44,16 +47,9 @@ def generate_synthetic(
     inputs, outputs = clip_to_context(
         user + system_len, sample_lengths(cfg.output_len, n, output_rng), max_context
     )
-    specs = []
-    for i, (t, a, b) in enumerate(zip(arrivals, inputs, outputs, strict=True)):
-        content = None
-        if prompts is not None and cfg.prefix is not None:
-            own_id = cfg.prefix.num_system_prompts + i
-            runs = ((int(prompts[i]), system_len), (own_id, int(user[i])))
-            content = TokenContent(NAMESPACE, runs).truncated(int(a))
-        specs.append(
-            RequestSpec(
-                id=i, arrival_s=float(t), input_len=int(a), output_len=int(b), content=content
-            )
-        )
-    return specs
+    contents = None
+    if prompts is not None and cfg.prefix is not None:
+        first_own = cfg.prefix.num_system_prompts
+        contents = PrefixContents(NAMESPACE, prompts, system_len, user, inputs, first_own)
+    # Cumulative sums of non-negative gaps: already in arrival order, ids are row numbers.
+    return RequestTable(arrivals, inputs, outputs, contents)
