@@ -1,9 +1,9 @@
-"""Per-request rows of a run, kept column-wise: about 80 bytes per request, no object each.
+"""Per-request rows of a run, kept column-wise: 81 bytes per request, no object each.
 
 A million-request run used to keep a million ``RequestRecord`` objects (several hundred bytes
-each, boxed floats included). Here a finished request appends its numbers to ``array``
-columns; every ``chunk_size`` rows the open columns are sealed into a :class:`RequestChunk`
-of numpy arrays (zero-copy), which the output sinks receive and the log keeps. The summary
+each, boxed floats included). Here an ended request is packed into one 81-byte row; every
+``chunk_size`` rows the open rows are sealed into a :class:`RequestChunk` of numpy columns,
+which the output sinks receive and the log keeps. The summary
 reads whole-run numpy columns (:meth:`RequestLog.column`); code that wants objects reads
 :class:`RequestRecords`, a sequence that builds ``RequestRecord`` rows on demand.
 
@@ -13,9 +13,9 @@ shared by all chunks.
 
 from __future__ import annotations
 
-from array import array
+import struct
 from bisect import bisect_right
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass
 from typing import Any, overload
@@ -73,7 +73,7 @@ class RequestRecord:
         return (self.finish_s - self.first_token_s) / (self.output_tokens - 1)
 
 
-# Column name -> array typecode. Order = the order RequestLog.append fills them.
+# Column name -> struct/array typecode, in row order. Token counts fit int32 (a context window).
 COLUMNS: dict[str, str] = {
     "id": "q",
     "instance": "i",
@@ -82,9 +82,9 @@ COLUMNS: dict[str, str] = {
     "first_scheduled_s": "d",
     "first_token_s": "d",
     "finish_s": "d",
-    "input_tokens": "q",
-    "output_tokens": "q",
-    "cached_tokens": "q",
+    "input_tokens": "i",
+    "output_tokens": "i",
+    "cached_tokens": "i",
     "preemptions": "i",
     "prefill_instance": "i",
     "kv_transfer_s": "d",
@@ -92,6 +92,10 @@ COLUMNS: dict[str, str] = {
     "lora": "i",  # code into RequestLog.loras; -1: the base model
 }
 _NUMPY_TYPES = {"q": np.int64, "i": np.int32, "b": np.int8, "d": np.float64}
+# One request is one packed row: native types, no padding, in column order.
+_ROW = struct.Struct("=" + "".join(COLUMNS.values()))
+_ROW_DTYPE = np.dtype([(name, _NUMPY_TYPES[t]) for name, t in COLUMNS.items()])
+assert _ROW.size == _ROW_DTYPE.itemsize
 
 
 class RequestChunk:
@@ -182,7 +186,11 @@ class RequestChunk:
 
 
 class RequestLog:
-    """Append-only request rows: sealed chunks plus the open columns being filled."""
+    """Append-only request rows: sealed chunks plus the open rows being filled.
+
+    An ended request is packed into one byte row by a single ``struct`` call (cheaper than an
+    append per column); sealing turns the open rows into numpy columns.
+    """
 
     def __init__(self, chunk_size: int = 65_536) -> None:
         self.chunk_size = chunk_size
@@ -193,16 +201,12 @@ class RequestLog:
         self._lora_codes: dict[str, int] = {}
         self._sealed_rows = 0
         self._starts: list[int] = []  # first row index of each sealed chunk
-        self._open()
-
-    def _open(self) -> None:
-        self._arrays: dict[str, array[Any]] = {name: array(t) for name, t in COLUMNS.items()}
-        self._appenders: tuple[Callable[[Any], None], ...] = tuple(
-            column.append for column in self._arrays.values()
-        )
+        self._rows = bytearray()
+        self._pack = _ROW.pack
+        self._seal_at = chunk_size * _ROW.size
 
     def __len__(self) -> int:
-        return self._sealed_rows + len(self._arrays["id"])
+        return self._sealed_rows + len(self._rows) // _ROW.size
 
     def _code(self, text: str | None, codes: dict[str, int], table: list[str]) -> int:
         if not text:
@@ -216,46 +220,32 @@ class RequestLog:
     def append(self, seq: Sequence, instance: int, status: str) -> RequestChunk | None:
         """Add a request that ended; returns the chunk it sealed, if the open one filled up."""
         spec = seq.spec
-        (
-            add_id,
-            add_instance,
-            add_status,
-            add_arrival,
-            add_first_scheduled,
-            add_first_token,
-            add_finish,
-            add_input,
-            add_output,
-            add_cached,
-            add_preemptions,
-            add_prefill,
-            add_transfer,
-            add_reason,
-            add_lora,
-        ) = self._appenders
-        add_id(spec.id)
-        add_instance(instance)
-        add_status(STATUS_CODE[status])
-        add_arrival(spec.arrival_s)
-        add_first_scheduled(seq.first_scheduled_time)
-        add_first_token(seq.first_token_time)
-        add_finish(seq.finish_time)
-        add_input(spec.input_len)
-        add_output(seq.generated)
-        add_cached(seq.cached_tokens)
-        add_preemptions(seq.preemptions)
-        add_prefill(seq.prefill_instance)
-        add_transfer(seq.kv_transfer_s)
         reason, lora = seq.fail_reason, spec.lora
-        add_reason(self._code(reason, self._reason_codes, self.reasons) if reason else -1)
-        add_lora(self._code(lora, self._lora_codes, self.loras) if lora else -1)
-        if len(self._arrays["id"]) >= self.chunk_size:
+        rows = self._rows
+        rows += self._pack(
+            spec.id,
+            instance,
+            STATUS_CODE[status],
+            spec.arrival_s,
+            seq.first_scheduled_time,
+            seq.first_token_time,
+            seq.finish_time,
+            spec.input_len,
+            seq.generated,
+            seq.cached_tokens,
+            seq.preemptions,
+            seq.prefill_instance,
+            seq.kv_transfer_s,
+            self._code(reason, self._reason_codes, self.reasons) if reason else -1,
+            self._code(lora, self._lora_codes, self.loras) if lora else -1,
+        )
+        if len(rows) >= self._seal_at:
             return self.seal()
         return None
 
     def append_row(self, r: RequestRecord) -> None:
         """Add a row given as an object (no chunk is sealed)."""
-        values = (
+        self._rows += self._pack(
             r.id,
             r.instance,
             STATUS_CODE[r.status],
@@ -272,38 +262,33 @@ class RequestLog:
             self._code(r.fail_reason, self._reason_codes, self.reasons),
             self._code(r.lora, self._lora_codes, self.loras),
         )
-        for add, value in zip(self._appenders, values, strict=True):
-            add(value)
 
     def seal(self) -> RequestChunk | None:
-        """Close the open rows into a chunk (None when there are none) and start new columns."""
-        if not len(self._arrays["id"]):
+        """Close the open rows into a chunk (None when there are none) and start new rows."""
+        if not self._rows:
             return None
-        chunk = self._as_chunk(self._arrays)
+        chunk = self._as_chunk(self._rows)
+        self._rows = bytearray()
         self._starts.append(self._sealed_rows)
         self._sealed_rows += len(chunk)
         self.chunks.append(chunk)
-        self._open()
         return chunk
 
-    def _as_chunk(self, arrays: dict[str, array[Any]]) -> RequestChunk:
-        # Zero-copy views: a sealed array is never appended to again.
-        columns = {
-            name: np.frombuffer(arrays[name], dtype=_NUMPY_TYPES[t])
-            if len(arrays[name])
-            else np.zeros(0, dtype=_NUMPY_TYPES[t])
-            for name, t in COLUMNS.items()
-        }
+    def _as_chunk(self, rows: bytes | bytearray) -> RequestChunk:
+        """Packed rows as a chunk of contiguous columns (copies, so ``rows`` stays free)."""
+        table = np.frombuffer(rows, dtype=_ROW_DTYPE)
+        columns = {name: table[name].copy() for name in COLUMNS}
+        del table  # (a bytearray cannot be resized while numpy views it)
         return RequestChunk(columns, self.reasons, self.loras)
 
     def empty_chunk(self) -> RequestChunk:
-        return self._as_chunk({name: array(t) for name, t in COLUMNS.items()})
+        return self._as_chunk(b"")
 
     def _parts(self) -> list[RequestChunk]:
         """Sealed chunks plus a copy of the open rows."""
         parts = list(self.chunks)
-        if len(self._arrays["id"]):
-            parts.append(self._as_chunk({n: array(a.typecode, a) for n, a in self._arrays.items()}))
+        if self._rows:
+            parts.append(self._as_chunk(self._rows))
         return parts
 
     def column(self, name: str) -> AnyArray:
@@ -330,8 +315,8 @@ class RequestLog:
         return self.chunks[k], index - self._starts[k]
 
     def open_record(self, offset: int) -> RequestRecord:
-        one = {n: array(a.typecode, a[offset : offset + 1]) for n, a in self._arrays.items()}
-        return self._as_chunk(one).records()[0]
+        size = _ROW.size
+        return self._as_chunk(self._rows[offset * size : (offset + 1) * size]).records()[0]
 
 
 class RequestRecords(SequenceOf[RequestRecord]):
