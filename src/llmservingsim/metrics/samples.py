@@ -62,14 +62,17 @@ class RepeatedSamples:
         counts = np.frombuffer(self._counts, dtype=np.int64)
         order = np.argsort(values, kind="stable")
         values, counts = values[order], counts[order]
-        ends = np.cumsum(counts)  # samples up to and including each value, in sorted order
+        del order  # (a long run has millions of runs: keep the peak to the sorted copies)
+        mean = float(np.dot(values, counts) / self._total)
+        # Samples up to and including each value, in sorted order (in place: counts is a copy).
+        ends = np.cumsum(counts, out=counts)
         n = int(ends[-1])
 
         def kth(k: int) -> float:
             """The k-th smallest sample (0-based)."""
             return float(values[int(np.searchsorted(ends, k, side="right"))])
 
-        out: dict[str, float | None] = {"mean": float(np.dot(values, counts) / n)}
+        out: dict[str, float | None] = {"mean": mean}
         for q in (50, 90, 99):
             position = (q / 100) * (n - 1)
             below = math.floor(position)

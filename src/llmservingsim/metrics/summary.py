@@ -9,7 +9,13 @@ import numpy as np
 import numpy.typing as npt
 
 from llmservingsim.config import SloConfig
-from llmservingsim.metrics.request_log import FINISHED, STATUS_CODE, RequestLog, RequestRecord
+from llmservingsim.metrics.request_log import (
+    FINISHED,
+    STATUS_CODE,
+    STATUSES,
+    RequestLog,
+    RequestRecord,
+)
 from llmservingsim.metrics.samples import RepeatedSamples
 
 FAILED_LISTED = 100
@@ -50,28 +56,35 @@ def request_metrics(log: RequestLog, itl: RepeatedSamples, slo: SloConfig) -> di
     Works on the log's columns; each number equals what the per-record definitions
     (``RequestRecord.ttft``/``tpot``/``e2e``, :func:`meets_slo`) give, value for value.
     """
-    rows = log.whole()
-    status = rows["status"]
+    # Column by column, each whole-run column dropped once its finished rows are taken, so
+    # the peak stays a few arrays of the finished requests.
+    status = log.column("status")
     done = status == FINISHED
     unserved = np.flatnonzero(~done)
-    arrival = rows["arrival_s"][done]
-    first_token = rows["first_token_s"][done]
-    finish = rows["finish_s"][done]
-    output = rows["output_tokens"][done]
-    num_done = int(np.count_nonzero(done))
     unserved_status = status[unserved]
+    del status
+    arrival = log.column("arrival_s")[done]
+    first_token = log.column("first_token_s")[done]
+    finish = log.column("finish_s")[done]
+    output = log.column("output_tokens")[done]
+    num_done = int(np.count_nonzero(done))
     # Each unserved request and why (the first FAILED_LISTED by id; the requests table has all).
-    listed = unserved[np.argsort(rows["id"][unserved], kind="stable")[:FAILED_LISTED]]
-    chosen = np.zeros(len(rows), dtype=bool)
-    chosen[listed] = True
-    failed = sorted(rows.records(chosen), key=lambda r: r.id)
+    unserved_ids = log.column("id")[unserved]
+    order = np.argsort(unserved_ids, kind="stable")[:FAILED_LISTED]
+    reasons = log.column("fail_reason")[unserved][order].tolist()
+    failed = [
+        {"id": rid, "status": STATUSES[code], "reason": log.reasons[reason] if reason >= 0 else ""}
+        for rid, code, reason in zip(
+            unserved_ids[order].tolist(), unserved_status[order].tolist(), reasons, strict=True
+        )
+    ]
     out: dict[str, Any] = {
         "requests_completed": num_done,
         "requests_failed": int(np.count_nonzero(unserved_status == STATUS_CODE["failed"])),
         "requests_rejected": int(np.count_nonzero(unserved_status == STATUS_CODE["rejected"])),
         "requests_timed_out": int(np.count_nonzero(unserved_status == STATUS_CODE["timed_out"])),
-        "failed": [{"id": r.id, "status": r.status, "reason": r.fail_reason} for r in failed],
-        "input_tokens": int(rows["input_tokens"][done].sum()),
+        "failed": failed,
+        "input_tokens": int(log.column("input_tokens")[done].sum()),
         "output_tokens": int(output.sum()),
     }
     first_arrival = float(arrival.min()) if num_done else 0.0
