@@ -217,10 +217,14 @@ def render(summary: dict[str, Any], requests: figures.Columns, ts: figures.Colum
 """
 
 
+REPORT_REQUEST_COLUMNS = ["status", "ttft_s", "tpot_s", "e2e_s"]
+"""The request columns the figures read (the rest of a large table is not loaded)."""
+
+
 def write_report(out_dir: Path) -> Path:
     """Build ``out_dir/report.html`` from the run's files there."""
     summary = load_summary(out_dir)
-    requests = read_table(out_dir, "requests", REQUESTS_SCHEMA)
+    requests = read_table(out_dir, "requests", REQUESTS_SCHEMA, REPORT_REQUEST_COLUMNS)
     ts = read_table(out_dir, "timeseries", TIMESERIES_SCHEMA)
     if requests is None or ts is None:
         missing = "requests" if requests is None else "timeseries"

@@ -195,20 +195,22 @@ def write_table(
 
 
 def read_table(
-    out_dir: Path, stem: str, schema: pa.Schema
+    out_dir: Path, stem: str, schema: pa.Schema, columns: list[str] | None = None
 ) -> dict[str, np.ndarray[Any, Any]] | None:
     """``<stem>.parquet`` (or, failing that, ``<stem>.csv``) as numpy columns; None if absent.
 
-    Nulls become NaN in float columns, so a failed request's latency reads as NaN.
+    Nulls become NaN in float columns, so a failed request's latency reads as NaN. ``columns``
+    reads only those (a million-row table's string columns alone are tens of MiB as objects).
     """
     parquet, csv = out_dir / f"{stem}.parquet", out_dir / f"{stem}.csv"
     try:
         if parquet.exists():
-            table = pq.read_table(parquet)
+            table = pq.read_table(parquet, columns=columns)
         elif csv.exists():
             types = pacsv.ConvertOptions(
                 column_types=dict(zip(schema.names, schema.types, strict=True)),
                 strings_can_be_null=True,
+                include_columns=columns,
             )
             table = pacsv.read_csv(csv, convert_options=types)
         else:
