@@ -63,10 +63,10 @@ class RepeatedSamples:
         order = np.argsort(values, kind="stable")
         values, counts = values[order], counts[order]
         del order  # (a long run has millions of runs: keep the peak to the sorted copies)
-        mean = float(np.dot(values, counts) / self._total)
+        n = int(counts.sum())
+        mean = float(np.dot(values, counts) / n)
         # Samples up to and including each value, in sorted order (in place: counts is a copy).
         ends = np.cumsum(counts, out=counts)
-        n = int(ends[-1])
 
         def kth(k: int) -> float:
             """The k-th smallest sample (0-based)."""
