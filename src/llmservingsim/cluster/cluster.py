@@ -41,6 +41,8 @@ class Cluster:
         self.decode_router: Router | None = (
             ROUTERS.get(decode_router)(decode, rng) if decode else None
         )
+        routers = [self.router] if self.decode_router is None else [self.router, self.decode_router]
+        self._routes_by_kv_usage = any(r.reads_kv_usage for r in routers)
 
     @property
     def disaggregated(self) -> bool:
@@ -48,8 +50,7 @@ class Cluster:
 
     @property
     def routes_by_kv_usage(self) -> bool:
-        routers = [self.router] if self.decode_router is None else [self.router, self.decode_router]
-        return any(r.reads_kv_usage for r in routers)
+        return self._routes_by_kv_usage
 
     def route(self, spec: RequestSpec) -> Instance:
         return self.router.route(spec)

@@ -234,51 +234,62 @@ class Instance:
         """
         if self.stage_free[0] > now:
             return None
-        count = len(self.engines)
+        engines = self.engines
+        count = len(engines)
+        if count == 1:  # no pipeline: one engine
+            ve = engines[0]
+            return None if ve.busy else self._start_engine(0, ve, now)
         for offset in range(count):
             k = (self._next_engine + offset) % count
-            ve = self.engines[k]
+            ve = engines[k]
             if ve.busy:
                 continue
-            if ve.scheduler.cfg.request_timeout_s is not None:
-                self._expire(ve, now)
-            scheduler = ve.scheduler
-            if self.speculator is not None:
-                scheduler.lookahead = self.speculator.lookahead(len(scheduler.running))
-            preemptions = scheduler.preemptions
-            entries = scheduler.schedule()
-            steady = scheduler.steady
-            steady_decodes = 0 if steady is None else steady.in_flight
-            if not entries and not steady_decodes:
-                continue
-            self._next_engine = (k + 1) % count
-            batch = self._batch_shape(entries, now, steady)
-            cost = self.timer.step(batch)
-            if self.speculator is not None:
-                cost = self.speculator.add_proposals(entries, cost)
-            if self.lora is not None and ve.scheduler.adapters is not None:
-                cost = self.lora.add_to(entries, cost, ve.scheduler.adapters.stats)
-            # KV copies over the host link (swap, offload loads) run before the forward pass.
-            transfer = scheduler.take_transfer_seconds()
-            finish = self._run_pipeline(now + transfer, cost)
-            self._record_step(batch, cost, now, k)
-            ve.in_flight = entries
-            ve.busy = True
-            if (
-                self.fast_forward
-                and steady is not None
-                and transfer == 0.0
-                and not entries
-                and steady_decodes == len(scheduler.running)
-                and scheduler.preemptions == preemptions
-                and scheduler.repeats_decode()
-                and not self.blocks_fast_forward()
-            ):
-                ve.run = plan_decode_run(steady, batch, cost, finish, self.timer, self._run_horizon)
-                if ve.run is not None:
-                    finish = self.stage_free[0] = ve.run.finish
-            return finish, k
+            started = self._start_engine(k, ve, now)
+            if started is not None:
+                self._next_engine = (k + 1) % count
+                return started
         return None
+
+    def _start_engine(self, k: int, ve: VirtualEngine, now: float) -> tuple[float, int] | None:
+        """Schedule and start virtual engine ``k``'s next batch, if it has one."""
+        scheduler = ve.scheduler
+        if scheduler.cfg.request_timeout_s is not None:
+            self._expire(ve, now)
+        speculator = self.speculator
+        if speculator is not None:
+            scheduler.lookahead = speculator.lookahead(len(scheduler.running))
+        preemptions = scheduler.preemptions
+        entries = scheduler.schedule()
+        steady = scheduler.steady
+        steady_decodes = 0 if steady is None else steady.in_flight
+        if not entries and not steady_decodes:
+            return None
+        batch = self._batch_shape(entries, now, steady)
+        cost = self.timer.step(batch)
+        if speculator is not None:
+            cost = speculator.add_proposals(entries, cost)
+        if self.lora is not None and scheduler.adapters is not None:
+            cost = self.lora.add_to(entries, cost, scheduler.adapters.stats)
+        # KV copies over the host link (swap, offload loads) run before the forward pass.
+        transfer = scheduler.take_transfer_seconds()
+        finish = self._run_pipeline(now + transfer, cost)
+        self._record_step(batch, cost, now, k)
+        ve.in_flight = entries
+        ve.busy = True
+        if (
+            self.fast_forward
+            and not entries
+            and steady is not None
+            and transfer == 0.0
+            and steady_decodes == len(scheduler.running)
+            and scheduler.preemptions == preemptions
+            and scheduler.repeats_decode()
+            and not self.blocks_fast_forward()
+        ):
+            ve.run = plan_decode_run(steady, batch, cost, finish, self.timer, self._run_horizon)
+            if ve.run is not None:
+                finish = self.stage_free[0] = ve.run.finish
+        return finish, k
 
     def cut_runs(self, now: float) -> list[tuple[int, float]]:
         """Something reaches the instance at ``now``: apply the steps of its decode runs that

@@ -18,14 +18,15 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.interpolate import LinearNDInterpolator
-from scipy.spatial import QhullError
 
 from llmservingsim.config import SimConfig
+
+if TYPE_CHECKING:  # scipy is imported when a surface is built: it costs ~0.5 s at start-up
+    from scipy.interpolate import LinearNDInterpolator
 from llmservingsim.errors import ConfigError
 from llmservingsim.hardware.backends import PERF_BACKENDS
 from llmservingsim.hardware.backends.roofline import RooflineBackend
@@ -71,6 +72,9 @@ class Curve:
         log_t = np.log([exact[p] for p in points])
         surface = None
         if len(columns) > 1 and all(len(set(c)) > 1 for c in columns):
+            from scipy.interpolate import LinearNDInterpolator
+            from scipy.spatial import QhullError
+
             try:
                 surface = LinearNDInterpolator(_log_axes(points), log_t)
             except (QhullError, ValueError):

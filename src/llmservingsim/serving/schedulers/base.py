@@ -59,6 +59,10 @@ class Scheduler(ABC):
         # Resident LoRA adapters (multi-LoRA serving, serving/lora.py), or None.
         self.adapters: AdapterSlots | None = None
         self.steady: SteadyDecoders | None = None
+        # Whether the block manager copies KV over the host link (an offload tier).
+        self._blocks_move_kv = (
+            type(blocks).take_transfer_seconds is not BlockManager.take_transfer_seconds
+        )
 
     def keep_steady_decoders(self) -> bool:
         """Handle steady decoders as a group from now on, where the policy and the block
@@ -84,9 +88,9 @@ class Scheduler(ABC):
         if steady is None:
             return 0
         count = steady.count
+        due = steady.blocks_due(steady.started)
         if count and (
-            (budget is not None and count > budget)
-            or steady.blocks_due(steady.started) > self.blocks.num_free
+            (budget is not None and count > budget) or (due and due > self.blocks.num_free)
         ):
             steady.dissolve()
             count = 0
@@ -244,7 +248,9 @@ class Scheduler(ABC):
             seconds += self.swap.ledger.take_seconds()
         if self.adapters is not None:
             seconds += self.adapters.take_seconds()
-        return seconds + self.blocks.take_transfer_seconds()
+        if self._blocks_move_kv:
+            seconds += self.blocks.take_transfer_seconds()
+        return seconds
 
     def kv_stats(self) -> dict[str, float]:
         """Counters for summary.json (summed over instances); bytes count every device."""
