@@ -142,9 +142,9 @@ class BoardInstance:
 
 
 @given(
-    loads=st.lists(st.integers(0, 3), min_size=1, max_size=40),
+    loads=st.lists(st.integers(0, 3), min_size=1, max_size=100),  # list scan and numpy
     subset=st.booleans(),
-    changes=st.lists(st.tuples(st.integers(0, 39), st.integers(0, 3)), max_size=30),
+    changes=st.lists(st.tuples(st.integers(0, 99), st.integers(0, 3)), max_size=30),
 )
 def test_least_outstanding_on_the_load_board_equals_a_rotating_scan(
     loads: list[int], subset: bool, changes: list[tuple[int, int]]

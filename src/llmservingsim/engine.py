@@ -120,23 +120,26 @@ class Engine:
         instances = self.instances
         steps = 0
         held = self._held
+        route = self.dispatcher.route
+        routes_by_kv_usage = self.dispatcher.routes_by_kv_usage
         while (spec is not None or events) and held.signum is None:
             if spec is not None and (not events or spec.arrival_s <= events[0][0]):
                 # Admit every request arriving at this instant before any idle instance starts,
                 # so a burst at t=0 forms one batch instead of a batch of one.
                 arrival_time = spec.arrival_s
-                self.now = max(self.now, arrival_time)
-                touched: dict[int, Instance] = {}
-                if self.dispatcher.routes_by_kv_usage:
+                now = self.now = max(self.now, arrival_time)
+                touched: list[Instance] = []  # in order of first arrival
+                if routes_by_kv_usage:
                     for instance in instances:
                         self._cut(instance)
                 while spec is not None and spec.arrival_s == arrival_time:
-                    instance = self.dispatcher.route(spec)
+                    instance = route(spec)
                     self._cut(instance)
-                    instance.add(Sequence(spec), self.now)
-                    touched[instance.index] = instance
+                    instance.add(Sequence(spec), now)
+                    if instance not in touched:
+                        touched.append(instance)
                     spec = next(arrivals, None)
-                for instance in touched.values():
+                for instance in touched:
                     self._try_start(instance)
                 continue
             self.now, kind, index, arg, serial = heapq.heappop(events)

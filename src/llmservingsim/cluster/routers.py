@@ -54,6 +54,10 @@ class RandomRouter(Router):
         return self.instances[int(self.rng.integers(len(self.instances)))]
 
 
+_SCAN_IN_PYTHON = 64
+"""Up to this many instances least_outstanding scans a list; beyond, numpy's argmin."""
+
+
 @ROUTERS.register("least_outstanding")
 class LeastOutstandingRouter(Router):
     """Fewest requests assigned and not finished. Ties rotate (the search starts one past the
@@ -83,13 +87,24 @@ class LeastOutstandingRouter(Router):
 
     def route(self, spec: RequestSpec) -> Instance:
         loads, start = self._loads(), self._start
+        n = len(loads)
         # The first least-loaded instance in the order start, start + 1, ..., start - 1.
-        best = start + int(loads[start:].argmin())
-        if start:
-            before = int(loads[:start].argmin())
-            if loads[before] < loads[best]:
-                best = before
-        self._start = (best + 1) % len(loads)
+        if n <= _SCAN_IN_PYTHON:  # numpy's per-call cost outweighs a short scan
+            values = loads.tolist()
+            best, best_load = start, values[start]
+            for index in range(start + 1, n):
+                if values[index] < best_load:
+                    best, best_load = index, values[index]
+            for index in range(start):
+                if values[index] < best_load:
+                    best, best_load = index, values[index]
+        else:
+            best = start + int(loads[start:].argmin())
+            if start:
+                before = int(loads[:start].argmin())
+                if loads[before] < loads[best]:
+                    best = before
+        self._start = (best + 1) % n
         return self.instances[best]
 
 

@@ -28,7 +28,8 @@ class PrefixHit:
 
     @property
     def num_on_device(self) -> int:
-        return sum(1 for b in self.blocks if b >= 0)
+        blocks = self.blocks
+        return sum(1 for b in blocks if b >= 0) if blocks else 0
 
 
 class FreeBlocks:

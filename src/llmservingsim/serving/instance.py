@@ -112,6 +112,7 @@ class Instance:
         self.fast_forward = fast_forward and self.pp == 1 and timer.repeatable
         self._run_horizon = _RUN_HORIZON[0]
         self._total_blocks = self.num_blocks  # KV blocks of all virtual engines (fixed)
+        self._timeouts = any(ve.scheduler.cfg.request_timeout_s is not None for ve in self.engines)
 
     # -------------------------------------------------------------- load seen by routers
 
@@ -183,9 +184,12 @@ class Instance:
         return (
             self.speculator is not None
             or self.lora is not None
-            or any(
-                ve.scheduler.cfg.request_timeout_s is not None and ve.scheduler.waiting
-                for ve in self.engines
+            or (
+                self._timeouts
+                and any(
+                    ve.scheduler.cfg.request_timeout_s is not None and ve.scheduler.waiting
+                    for ve in self.engines
+                )
             )
         )
 
