@@ -199,7 +199,8 @@ class Instance:
         """Queue an arriving request, or fail it if it could never fit the KV cache."""
         if seq.status is Status.TRANSFERRING:
             self.incoming -= 1
-        ve = min(self.engines, key=lambda e: e.outstanding)
+        engines = self.engines
+        ve = engines[0] if len(engines) == 1 else min(engines, key=lambda e: e.outstanding)
         needed = ve.scheduler.max_blocks_needed(seq)
         capacity = ve.scheduler.blocks.num_blocks
         if needed > capacity:

@@ -67,13 +67,13 @@ class VllmScheduler(Scheduler):
                 i += 1
                 continue
             break  # the sequence itself was the last one left to preempt
-        if preempted:
+        if preempted or not self.waiting:
             return entries
         in_use = self.adapters_in_use()
         skipped: list[Sequence] = []  # their LoRA adapter has no slot this step
         while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
             seq = self.waiting[0]
-            if not self.adapter_ready(seq, in_use):
+            if self.adapters is not None and not self.adapter_ready(seq, in_use):
                 skipped.append(self.waiting.popleft())
                 continue
             hit = self.lookup(seq)
@@ -83,5 +83,6 @@ class VllmScheduler(Scheduler):
             self.admit(seq, num_new, hit)
             entries.append((seq, num_new))
             budget -= num_new
-        self.waiting.extendleft(reversed(skipped))
+        if skipped:
+            self.waiting.extendleft(reversed(skipped))
         return entries
