@@ -66,12 +66,17 @@ class FreeBlocks:
     def take(self, count: int) -> list[int]:
         """The next ``count`` ids, as ``count`` calls of :meth:`popleft` would give them."""
         front = self._front
-        if not front and self._end - self._next_fresh >= count:
+        taken = [front.pop() for _ in range(min(count, len(front)))] if front else []
+        fresh = min(count - len(taken), self._end - self._next_fresh)
+        if fresh > 0:
             first = self._next_fresh
-            self._next_fresh = first + count
-            return list(range(first, first + count))
-        popleft = self.popleft
-        return [popleft() for _ in range(count)]
+            self._next_fresh = first + fresh
+            taken.extend(range(first, first + fresh))
+        rest = count - len(taken)
+        if rest > 0:
+            popleft = self._returned.popleft
+            taken.extend([popleft() for _ in range(rest)])
+        return taken
 
     def append(self, block: int) -> None:
         self._returned.append(block)
