@@ -25,7 +25,7 @@ from llmservingsim.serving.sequence import Sequence
 __all__ = ["MetricsCollector", "RequestRecord", "RequestSink", "StepSink", "StepTotals"]
 
 
-@dataclass
+@dataclass(slots=True)
 class StepTotals:
     """Aggregates over engine steps, per instance."""
 

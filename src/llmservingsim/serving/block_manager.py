@@ -41,6 +41,8 @@ class FreeBlocks:
     handed out, is the same as a queue that started with all ids.
     """
 
+    __slots__ = ("_end", "_front", "_next_fresh", "_returned")
+
     def __init__(self, num_blocks: int) -> None:
         self._front: list[int] = []  # put back at the head, the last one first
         self._next_fresh = 0

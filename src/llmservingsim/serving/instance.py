@@ -36,7 +36,7 @@ from llmservingsim.serving.steady import SteadyDecoders
 Role = Literal["mixed", "prefill", "decode"]
 
 
-@dataclass
+@dataclass(slots=True)
 class VirtualEngine:
     """A scheduler and the batch it has in flight (at most one)."""
 

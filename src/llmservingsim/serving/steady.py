@@ -42,6 +42,21 @@ class _Member:
 class SteadyDecoders:
     """The steady decoders of one scheduler, in admission order (they lead its running list)."""
 
+    __slots__ = (
+        "_context_base",
+        "_due",
+        "_finish_steps",
+        "_finishing",
+        "_members",
+        "block_size",
+        "blocks",
+        "ended",
+        "in_flight",
+        "in_flight_context",
+        "last_end",
+        "started",
+    )
+
     def __init__(self, blocks: BlockManager) -> None:
         self.blocks = blocks
         self.block_size = blocks.block_size
