@@ -203,6 +203,13 @@ class IterationTimer:
                 self._vector = cast(VectorDecodeAttention, backend)
             if times_decode_attention_from_work(backend, "decode_attention_time"):
                 self._scalar = cast(ScalarDecodeAttention, backend)
+        # Pure decode steps of a dense model on one stage take :meth:`_decode_step`.
+        self._plain_decode = (
+            self._scalar is not None
+            and self.graph.mla is None
+            and not self.num_moe_layers
+            and self.pp == 1
+        )
 
     @property
     def cache_hit_rate(self) -> float:
@@ -439,6 +446,10 @@ class IterationTimer:
 
     def step(self, batch: BatchShape) -> StepCost:
         """Cost of one engine step on one device per stage of the instance."""
+        if self._plain_decode and not batch.prefill and batch.num_decode:
+            cost = self._decode_step(batch.num_decode, batch.decode_context, batch.num_sampled)
+            if cost is not None:
+                return cost
         num_tokens = batch.num_tokens
         if num_tokens == 0:
             return StepCost(0.0, 0.0, 0.0, (0.0,) * self.pp)
@@ -461,6 +472,23 @@ class IterationTimer:
         for i, send_s in enumerate(self._stage_sends(num_tokens)):
             stages[i] += send_s
         return StepCost(sum(stages), flops, traffic, tuple(stages))
+
+    def _decode_step(self, num_decode: int, context: int, num_sampled: int) -> StepCost | None:
+        """:meth:`step` of a batch that only decodes, with the general path's operations in
+        its order (the most frequent step: every step between arrivals and finishes); None
+        where attention has no FLOPs (the backend times that as a memory op, op by op)."""
+        attn_f, attn_b = self.graph.decode_attention_work(num_decode, context)
+        if attn_f <= 0.0:
+            return None
+        layer_s, layer_f, layer_b = self._layer_cost(num_decode)
+        assert self._scalar is not None
+        layer_s += self._scalar.decode_attention_time(attn_f, attn_b)
+        layer_f += attn_f
+        layer_b += attn_b
+        head_s, head_f, head_b = self._head_cost(num_decode, num_sampled)
+        n = self.num_layers
+        seconds = self.step_overhead + self.seq_overhead * num_decode + n * layer_s + head_s
+        return StepCost(seconds, n * layer_f + head_f, n * layer_b + head_b, (seconds,))
 
     def _moe_step(
         self, num_tokens: int, dense: _Cost, moe: _Cost, head: _Cost, cpu: float
