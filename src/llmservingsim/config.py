@@ -518,8 +518,10 @@ class EngineConfig(_Section):
     """How the simulator itself runs; never changes a simulated number."""
 
     fast_forward: bool = True
-    """Lay out runs of identical pure-decode steps in one go (docs/performance.md). The results
-    equal step-by-step simulation; false steps one iteration at a time (for checking)."""
+    """Keep requests that decode every step as one group of sums, so a step costs O(changes)
+    instead of O(batch), and lay out runs of identical pure-decode steps in one go
+    (docs/performance.md). The results equal step-by-step simulation; false steps one
+    iteration and one request at a time (for checking)."""
 
 
 class OutputsConfig(_Section):
