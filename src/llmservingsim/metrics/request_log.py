@@ -18,11 +18,12 @@ from bisect import bisect_right
 from collections.abc import Iterator
 from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from llmservingsim.row_sequence import RowSequence
 from llmservingsim.serving.sequence import Sequence
 
 FloatArray = npt.NDArray[np.float64]
@@ -319,7 +320,7 @@ class RequestLog:
         return self._as_chunk(self._rows[offset * size : (offset + 1) * size]).records()[0]
 
 
-class RequestRecords(SequenceOf[RequestRecord]):
+class RequestRecords(RowSequence[RequestRecord]):
     """A read-only sequence of ``RequestRecord`` rows over a :class:`RequestLog`.
 
     Rows are built when read, so holding this view costs nothing; iterating a million rows
@@ -332,20 +333,7 @@ class RequestRecords(SequenceOf[RequestRecord]):
     def __len__(self) -> int:
         return len(self._log)
 
-    @overload
-    def __getitem__(self, index: int) -> RequestRecord: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[RequestRecord]: ...
-
-    def __getitem__(self, index: int | slice) -> RequestRecord | list[RequestRecord]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError("request record index out of range")
+    def _row(self, index: int) -> RequestRecord:
         chunk, offset = self._log.row_chunk(index)
         if chunk is None:
             return self._log.open_record(offset)

@@ -18,6 +18,7 @@ from typing import overload
 import numpy as np
 import numpy.typing as npt
 
+from llmservingsim.row_sequence import RowSequence
 from llmservingsim.workload.adapters import adapter_name
 from llmservingsim.workload.request_spec import RequestSpec, TokenContent
 
@@ -28,7 +29,7 @@ _BATCH = 4096
 """Rows converted to Python numbers at a time while iterating."""
 
 
-class RequestTable(SequenceOf[RequestSpec]):
+class RequestTable(RowSequence[RequestSpec]):
     """Requests in arrival order: columns plus optional per-request content and adapters.
 
     ``contents[i]`` says what request i's tokens are (None: unknown); ``adapters[i]`` is the
@@ -92,20 +93,7 @@ class RequestTable(SequenceOf[RequestSpec]):
             lora=None if loras is None else loras[i],
         )
 
-    @overload
-    def __getitem__(self, index: int) -> RequestSpec: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[RequestSpec]: ...
-
-    def __getitem__(self, index: int | slice) -> RequestSpec | list[RequestSpec]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError("request index out of range")
+    def _row(self, index: int) -> RequestSpec:
         return self._spec(
             index,
             float(self.arrival_s[index]),
