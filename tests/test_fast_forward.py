@@ -97,8 +97,10 @@ def patched(num_blocks: int | None, counter: Counter) -> Any:
         real = plan(cfg, pool)
         return real if num_blocks is None else dataclasses.replace(real, num_blocks=num_blocks)
 
-    def counting_cut(self: Instance, now: float) -> list[tuple[int, float]]:
-        changed = cut(self, now)
+    def counting_cut(
+        self: Instance, now: float, inclusive: bool = False
+    ) -> list[tuple[int, float]]:
+        changed = cut(self, now, inclusive)
         counter.runs += len(changed)
         return changed
 
@@ -230,3 +232,59 @@ def test_decode_steps_timed_ahead_equal_step_by_step(overrides: list[str]) -> No
     for name in ("seconds", "flops", "bytes", "aux_energy_j"):
         assert getattr(costs, name).tolist() == getattr(columns, name).tolist(), name
     assert step0.seconds < costs.seconds[-1]
+
+
+def test_kv_transfer_landing_exactly_on_a_decode_step_end() -> None:
+    """P/D: a request's KV reaches the decode instance at the very time one of its decode steps
+    ends. Stepping takes the step end first (and starts the next step without the newcomer);
+    a fast-forward run cut by that arrival must count the step ending then as ended too."""
+    from llmservingsim.cluster.cluster import Cluster
+
+    specs = [RequestSpec(0, 0.0, 100, 600), RequestSpec(1, 0.4, 77, 50)]
+    overrides = [
+        "model=llama-3.2-1b",
+        "cluster.pools=[{role: prefill, count: 1}, {role: decode, count: 1}]",
+    ]
+    sc = {"specs": specs, "overrides": overrides, "num_blocks": None}
+    decode_ends: list[float] = []
+    handed_off: dict[int, float] = {}
+    end_step, hand_off = Instance.end_step, Cluster.hand_off
+    transfer_time = Cluster.kv_transfer_time
+
+    def recording_end(self: Instance, engine: int, now: float) -> list[Any]:
+        if self.role == "decode":
+            decode_ends.append(now)
+        return end_step(self, engine, now)
+
+    def recording_hand_off(self: Cluster, seq: Any, source: Instance, now: float) -> Any:
+        handed_off[seq.id] = now
+        return hand_off(self, seq, source, now)
+
+    def late_transfer(self: Cluster, source: Instance, dest: Instance, tokens: int) -> float:
+        return 10.0 if tokens == 77 else transfer_time(self, source, dest, tokens)
+
+    # Request 0's decode step ends alone on the decode instance (request 1 arrives late).
+    mp = pytest.MonkeyPatch()
+    mp.setattr(Instance, "end_step", recording_end)
+    mp.setattr(Cluster, "hand_off", recording_hand_off)
+    mp.setattr(Cluster, "kv_transfer_time", late_transfer)
+    run_mode(sc, False, Counter())
+    mp.undo()
+    # A decode step end well after request 1's hand-off, reached exactly by its transfer.
+    start = handed_off[1]
+    target = [t for t in decode_ends if t > start + 0.001][3]  # inside a decode run
+    seconds = target - start
+    assert start + seconds == target  # the arrival lands on the step end exactly
+
+    def landing_transfer(self: Cluster, source: Instance, dest: Instance, tokens: int) -> float:
+        return seconds if tokens == 77 else transfer_time(self, source, dest, tokens)
+
+    mp.setattr(Cluster, "kv_transfer_time", landing_transfer)
+    try:
+        counter = Counter()
+        step = run_mode(sc, False, counter)
+        fast = run_mode(sc, True, counter)
+    finally:
+        mp.undo()
+    assert counter.runs >= 1, "the arrival cut a decode run"
+    assert_same(step, fast)

@@ -111,3 +111,36 @@ def test_a_signal_held_by_the_loop_reaches_the_previous_handler_afterwards() -> 
         assert seen == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_signal_whose_handler_returns_does_not_end_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host program's SIGTERM handler that only logs gets the signal (at an event boundary)
+    and the simulation goes on to serve every request."""
+    import os
+
+    from llmservingsim.config import load_config
+    from llmservingsim.serving.instance import Instance
+    from llmservingsim.simulation import simulate
+    from llmservingsim.workload.request_spec import RequestSpec
+
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    end_step, steps = Instance.end_step, [0]
+
+    def signalling_end_step(self: Instance, engine: int, now: float) -> list[object]:
+        steps[0] += 1
+        if steps[0] == 100:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return end_step(self, engine, now)  # type: ignore[return-value]
+
+    monkeypatch.setattr(Instance, "end_step", signalling_end_step)
+    try:
+        specs = [RequestSpec(i, 0.01 * i, 100, 200) for i in range(50)]
+        result = simulate(load_config(None, ["model=llama-3.2-1b"]), requests=specs)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [signal.SIGTERM]
+    assert result.summary["interrupted"] is False
+    assert result.summary["requests_completed"] == 50

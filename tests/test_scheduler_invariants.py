@@ -169,7 +169,7 @@ def apply_step(sched: Scheduler, entries: list[ScheduledEntry]) -> list[Sequence
             if seq.is_done:
                 seq.status = Status.FINISHED
                 finished.append(seq)
-    sched.drop_finished()
+    sched.step_done(0.0, finished)
     check_blocks(sched)
     return finished
 

@@ -116,3 +116,20 @@ def test_blocks_reserved_far_ahead_stay_one_by_one() -> None:
     ahead = decoding(1, 10, 40, 1, blocks)
     blocks.append_blocks(ahead, 3)
     assert not steady.join(ahead)
+
+
+def test_a_policy_that_replaces_schedule_must_declare_steady_support() -> None:
+    """Steady decoders need ``schedule`` to start with ``begin_steady_step``: a subclass of a
+    supporting policy that replaces ``schedule`` does not inherit the support."""
+    from llmservingsim.config import SchedulerConfig
+    from llmservingsim.serving.schedulers.base import ScheduledEntry
+    from llmservingsim.serving.schedulers.orca import OrcaScheduler
+    from llmservingsim.serving.schedulers.vllm import VllmScheduler
+
+    class OwnSchedule(VllmScheduler):
+        def schedule(self) -> list[ScheduledEntry]:
+            return [(seq, seq.remaining) for seq in self.running]
+
+    cfg = SchedulerConfig()
+    assert not OwnSchedule(cfg, BlockManager(10, 16)).keep_steady_decoders()
+    assert OrcaScheduler(cfg, BlockManager(10, 16)).keep_steady_decoders()  # inherits schedule

@@ -72,9 +72,10 @@ class Engine:
         ve.step_serial += 1
         self._push(time, STEP_END, instance.index, engine_index, ve.step_serial)
 
-    def _cut(self, instance: Instance) -> None:
-        """Bring a fast-forwarding instance up to now before anything changes it."""
-        for engine_index, finish in instance.cut_runs(self.now):
+    def _cut(self, instance: Instance, inclusive: bool = False) -> None:
+        """Bring a fast-forwarding instance up to now before anything changes it;
+        ``inclusive``: its step ends at ``now`` were already taken (Instance.cut_runs)."""
+        for engine_index, finish in instance.cut_runs(self.now, inclusive):
             self._push_step_end(finish, instance, engine_index)
 
     def _try_start(self, instance: Instance) -> None:
@@ -122,7 +123,11 @@ class Engine:
         held = self._held
         route = self.dispatcher.route
         routes_by_kv_usage = self.dispatcher.routes_by_kv_usage
-        while (spec is not None or events) and held.signum is None:
+        while spec is not None or events:
+            if held.signum is not None:
+                # A stop signal, handed over between two events (it raises KeyboardInterrupt
+                # under the CLI and for Ctrl-C: run() keeps what was served).
+                held.deliver()
             if spec is not None and (not events or spec.arrival_s <= events[0][0]):
                 # Admit every request arriving at this instant before any idle instance starts,
                 # so a burst at t=0 forms one batch instead of a batch of one.
@@ -153,15 +158,17 @@ class Engine:
                 if self.progress is not None and steps % self.progress_every == 0:
                     self.progress(self.now)
             elif kind == KV_ARRIVAL:
-                self._cut(instance)
+                self._cut(instance, inclusive=True)  # step ends at this time came first
                 instance.add(self._transfers.pop(arg), self.now)
             self._try_start(instance)
         return self.now
 
     def _start_transfer(self, seq: Sequence, source: Instance) -> None:
         if self.dispatcher.routes_by_kv_usage:
+            # Step ends at this time are taken in instance order: those before the source's
+            # have been, the later ones not yet.
             for instance in self.instances:
-                self._cut(instance)
+                self._cut(instance, inclusive=instance.index < source.index)
         target, seconds = self.dispatcher.hand_off(seq, source, self.now)
         self._transfers[seq.id] = seq
         self._push(self.now + seconds, KV_ARRIVAL, target.index, seq.id)

@@ -17,7 +17,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -58,23 +58,31 @@ def stop_on_signals() -> Iterator[StopRequest]:
 
 @dataclass
 class HeldSignals:
-    """A stop signal that arrived while held (None: none did)."""
+    """A stop signal that arrived while held (None: none did), and the handlers to give it to."""
 
     signum: int | None = None
+    previous: dict[int, Any] = field(default_factory=dict)
+
+    def deliver(self) -> None:
+        """Hand the noted signal to the handler installed before (which may raise
+        KeyboardInterrupt, or only note it and return) and clear it."""
+        signum, self.signum = self.signum, None
+        handler = self.previous.get(signum) if signum is not None else None
+        if handler is not None:
+            handler(signum, None)
 
 
 @contextmanager
 def signals_held() -> Iterator[HeldSignals]:
-    """Inside, SIGINT and SIGTERM are only noted (``held.signum``), for a loop to poll and stop
-    at a clean point; on leaving, a noted signal goes to the handler that was installed before
-    (which raises KeyboardInterrupt for Ctrl-C and under :func:`stop_on_signals`). Signals
-    whose handler is not a Python function (the default SIGTERM action, ignored ones), and
-    every signal outside the main thread, are left alone."""
+    """Inside, SIGINT and SIGTERM are only noted (``held.signum``), for a loop to poll and hand
+    over at a clean point (:meth:`HeldSignals.deliver`); one still noted when the body ends
+    normally is handed over then (an exception leaving the body wins over it). Signals whose
+    handler is not a Python function (the default SIGTERM action, ignored ones), and every
+    signal outside the main thread, are left alone."""
     held = HeldSignals()
     if threading.current_thread() is not threading.main_thread():
         yield held
         return
-    previous: dict[int, Any] = {}
 
     def note(signum: int, frame: FrameType | None) -> None:
         if held.signum is None:
@@ -82,11 +90,13 @@ def signals_held() -> Iterator[HeldSignals]:
 
     for stop_signal in STOP_SIGNALS:
         if callable(signal.getsignal(stop_signal)):
-            previous[stop_signal] = signal.signal(stop_signal, note)
+            held.previous[stop_signal] = signal.signal(stop_signal, note)
+    finished = False
     try:
         yield held
+        finished = True
     finally:
-        for signum, handler in previous.items():
+        for signum, handler in held.previous.items():
             signal.signal(signum, handler)
-        if held.signum is not None and held.signum in previous:
-            previous[held.signum](held.signum, None)
+    if finished:
+        held.deliver()

@@ -13,6 +13,7 @@ Every number equals stepping one iteration at a time (tests/test_fast_forward.py
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -53,9 +54,13 @@ class DecodeRun:
     def finish(self) -> float:
         return float(self.ends[-1])
 
-    def steps_ended_before(self, now: float) -> int:
-        """Steps that ended strictly before ``now`` (a step ending at ``now`` is in flight)."""
-        return self.applied + int(np.searchsorted(self.ends[self.applied :], now, side="left"))
+    def steps_ended_by(self, now: float, inclusive: bool) -> int:
+        """Steps that ended before ``now``; a step ending at ``now`` counts as ended when
+        ``inclusive`` (the engine has already taken this instance's step ends at ``now``), else
+        it is in flight. Never the last step: its end is the run's own end event."""
+        side: Literal["left", "right"] = "right" if inclusive else "left"
+        ended = self.applied + int(np.searchsorted(self.ends[self.applied :], now, side=side))
+        return min(ended, len(self.ends) - 1)
 
     def truncate(self, last: int) -> None:
         """Make step ``last`` the run's final step."""

@@ -296,9 +296,11 @@ class Instance:
                 finish = self.stage_free[0] = ve.run.finish
         return finish, k
 
-    def cut_runs(self, now: float) -> list[tuple[int, float]]:
+    def cut_runs(self, now: float, inclusive: bool = False) -> list[tuple[int, float]]:
         """Something reaches the instance at ``now``: apply the steps of its decode runs that
-        ended before, and end each run with the step in progress.
+        ended before, and end each run with the step in progress. ``inclusive``: a step
+        ending exactly at ``now`` has ended (the engine takes step ends at a time before KV
+        arrivals at that time; arrivals of new requests come before step ends).
 
         Returns (virtual engine, new end of its in-flight step) for each run that got shorter.
         """
@@ -307,7 +309,7 @@ class Instance:
             run = ve.run
             if run is None:
                 continue
-            current = run.steps_ended_before(now)
+            current = run.steps_ended_by(now, inclusive)
             self._advance_run(k, current)
             if current < len(run.ends) - 1:
                 run.truncate(current)

@@ -38,7 +38,9 @@ class Scheduler(ABC):
     """
 
     supports_steady: ClassVar[bool] = False
-    """Whether the policy schedules through :meth:`begin_steady_step` (see above)."""
+    """Whether the policy's ``schedule`` goes through :meth:`begin_steady_step` (see above);
+    read from the class that defines ``schedule``, so overriding it without declaring this
+    again turns steady decoders off."""
 
     def __init__(
         self, cfg: SchedulerConfig, blocks: BlockManager, swap: SwapSpace | None = None
@@ -69,7 +71,7 @@ class Scheduler(ABC):
         manager allow it (KV blocks that only grow, no per-request step changes); whether it
         does."""
         if not (
-            self.supports_steady
+            self._schedule_supports_steady()
             and self.blocks.fast_forward_safe
             and self.blocks.allocation_only_grows
             and not self.running
@@ -77,6 +79,13 @@ class Scheduler(ABC):
             return False
         self.steady = SteadyDecoders(self.blocks)
         return True
+
+    @classmethod
+    def _schedule_supports_steady(cls) -> bool:
+        """``supports_steady`` as declared by the class whose ``schedule`` runs: a subclass
+        that replaces ``schedule`` (a plugin policy) must declare it again itself."""
+        owner = next(c for c in cls.__mro__ if "schedule" in c.__dict__)
+        return bool(owner.__dict__.get("supports_steady", False))
 
     def begin_steady_step(self, budget: int | None) -> int:
         """Start the next step for the steady decoders: each computes one token of the
@@ -228,18 +237,6 @@ class Scheduler(ABC):
         again = min(seq.num_computed, seq.max_computed) - seq.pass_start
         self.recomputed_tokens += max(0, again)
         seq.max_computed = max(seq.max_computed, seq.num_computed)
-
-    def drop_finished(self) -> None:
-        """Release the blocks of sequences that finished in the last step."""
-        still_running = [seq for seq in self.running if seq.status is Status.RUNNING]
-        if len(still_running) == len(self.running):
-            return
-        for seq in self.running:
-            if seq.status is not Status.RUNNING:
-                self._end_pass(seq)
-                self.blocks.free(seq)
-                seq.block_keys = None
-        self.running = still_running
 
     def take_transfer_seconds(self) -> float:
         """Host-link time of the KV copies this step needs (swap, offload loads)."""
