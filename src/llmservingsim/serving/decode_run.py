@@ -97,8 +97,8 @@ def plan_decode_run(
     fit, where stepping would preempt.
     """
     step0 = steady.started - 1
-    last = steady.next_last_step()
-    steps = max_steps if last is None else min(max_steps, last - step0 + 1)
+    until = steady.steps_until_a_finish()
+    steps = max_steps if until is None else min(max_steps, until)
     if steps < MIN_RUN_STEPS:
         return None
     due = np.array(steady.due_per_residue(), dtype=np.int64)

@@ -285,6 +285,7 @@ class Instance:
             self.fast_forward
             and not entries
             and steady is not None
+            and steady.repeats_for(MIN_RUN_STEPS)
             and transfer == 0.0
             and steady_decodes == len(scheduler.running)
             and scheduler.preemptions == preemptions

@@ -185,9 +185,18 @@ class SteadyDecoders:
 
     # ------------------------------------------------------------------ fast-forward
 
-    def next_last_step(self) -> int | None:
-        """The first step at which a member samples its last token."""
-        return self._finish_steps[0] if self._finish_steps else None
+    def steps_until_a_finish(self) -> int | None:
+        """Steps from the one in flight through the first at which a member samples its last
+        token (None: no member)."""
+        if not self._finish_steps:
+            return None
+        return self._finish_steps[0] - self.started + 2
+
+    def repeats_for(self, steps: int) -> bool:
+        """Whether no member finishes within the next ``steps`` steps (the one in flight
+        included, the finishing step counted): a cheap test before laying out a run."""
+        until = self.steps_until_a_finish()
+        return until is None or until >= steps
 
     def due_per_residue(self) -> list[int]:
         return list(self._due)
