@@ -182,7 +182,7 @@ class BlockManager:
     def claim(self, seq: Sequence, count: int) -> None:
         """Give ``seq`` ``count`` of the reserved blocks."""
         self.reserved -= count
-        seq.blocks.extend(self._take_free(count))
+        self.append_blocks(seq, count)
 
     def _take_free(self, count: int) -> list[int]:
         return self.free_blocks.take(count)

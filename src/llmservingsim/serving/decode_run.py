@@ -73,11 +73,11 @@ class DecodeRun:
 
         Returns the range (first, stop) of the steps that started meanwhile.
         """
-        first, stop = self.applied + 1, upto + 1
-        started = max(0, stop - first)
+        first, stop = self.applied + 1, upto + 1  # upto >= applied: the in-flight step
+        started = stop - first
         blocks = int(self.new_blocks[first:stop].sum()) if started else 0
         steady.advance(started, blocks, self.ends[self.applied : upto], itl)
-        self.applied = max(self.applied, upto)
+        self.applied = upto
         return first, stop
 
 
@@ -90,7 +90,7 @@ def plan_decode_run(
     max_steps: int,
 ) -> DecodeRun | None:
     """The run that starts with the steady decoders' step ``first`` (already begun and timed),
-    or None when fewer than two steps are certain to repeat it.
+    or None when fewer than ``MIN_RUN_STEPS`` steps are certain to repeat it.
 
     It stops at the step where a member samples its last token (that step still belongs to the
     run: its end is an ordinary step end) and before the step whose new KV blocks would not

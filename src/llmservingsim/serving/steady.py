@@ -75,9 +75,6 @@ class SteadyDecoders:
     def count(self) -> int:
         return len(self._members)
 
-    def __contains__(self, seq: Sequence) -> bool:
-        return seq in self._members
-
     # ------------------------------------------------------------------ membership
 
     def join(self, seq: Sequence) -> bool:
