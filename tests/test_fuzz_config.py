@@ -86,26 +86,28 @@ garbage = st.recursive(
 )
 
 
-def set_path(raw: dict[str, Any], path: str, value: Any) -> None:
+def parent_of(raw: dict[str, Any], path: str) -> tuple[dict[str, Any] | None, str]:
+    """The mapping that holds ``path``'s last key, and that key (None: a parent is missing)."""
     *parents, last = path.split(".")
     node = raw
     for part in parents:
         child = node.get(part)
         if not isinstance(child, dict):
-            return
+            return None, last
         node = child
-    node[last] = value
+    return node, last
+
+
+def set_path(raw: dict[str, Any], path: str, value: Any) -> None:
+    node, last = parent_of(raw, path)
+    if node is not None:
+        node[last] = value
 
 
 def delete_path(raw: dict[str, Any], path: str) -> None:
-    *parents, last = path.split(".")
-    node = raw
-    for part in parents:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            return
-        node = child
-    node.pop(last, None)
+    node, last = parent_of(raw, path)
+    if node is not None:
+        node.pop(last, None)
 
 
 @st.composite

@@ -18,6 +18,18 @@ from llmservingsim.workload.request_spec import RequestSpec
 SMALL = ["model=llama-3.2-1b", "workload.num_requests=40", "workload.arrival.rate=50"]
 
 
+def leak_a_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make request 7 keep one KV block when it is freed (it never comes back)."""
+    free = BlockManager.free
+
+    def leaky_free(self: BlockManager, seq: object) -> None:
+        if getattr(seq, "id", 0) == 7:
+            seq.blocks.pop()  # type: ignore[attr-defined]
+        free(self, seq)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BlockManager, "free", leaky_free)
+
+
 def test_a_correct_run_passes_every_check() -> None:
     for extra in ([], ["scheduler.enable_prefix_caching=true"], ["scheduler.policy=orca"]):
         result = simulate(load_config(None, [*SMALL, *extra]), check_invariants=True)
@@ -25,14 +37,7 @@ def test_a_correct_run_passes_every_check() -> None:
 
 
 def test_a_leaked_block_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    free = BlockManager.free
-
-    def leaky_free(self: BlockManager, seq: object) -> None:
-        if getattr(seq, "id", 0) == 7:
-            seq.blocks.pop()  # type: ignore[attr-defined]  # one block never comes back
-        free(self, seq)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(BlockManager, "free", leaky_free)
+    leak_a_block(monkeypatch)
     with pytest.raises(InvariantError, match=r"invariant I[35] violated on instance 0 at t="):
         simulate(load_config(None, SMALL), check_invariants=True)
 
@@ -54,14 +59,7 @@ def test_a_wrong_reference_count_is_caught(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_without_the_flag_nothing_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LLMSERVINGSIM_CHECK_INVARIANTS", raising=False)
-    free = BlockManager.free
-
-    def leaky_free(self: BlockManager, seq: object) -> None:
-        if getattr(seq, "id", 0) == 7:
-            seq.blocks.pop()  # type: ignore[attr-defined]
-        free(self, seq)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(BlockManager, "free", leaky_free)
+    leak_a_block(monkeypatch)
     result = simulate(load_config(None, SMALL))
     assert result.summary["requests_completed"] == 40
 
@@ -90,14 +88,7 @@ def test_cli_flag_checks_and_reports_a_violation_as_a_bug(
     args = ["run", *(f"--set={s}" for s in SMALL), *quick_run_args(tmp_path / "ok")]
     ok = run_cli([*args, "--check-invariants"])
     assert ok.exit_code == 0, ok.output
-    free = BlockManager.free
-
-    def leaky_free(self: BlockManager, seq: object) -> None:
-        if getattr(seq, "id", 0) == 7:
-            seq.blocks.pop()  # type: ignore[attr-defined]
-        free(self, seq)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(BlockManager, "free", leaky_free)
+    leak_a_block(monkeypatch)
     bad = run_cli(["run", *(f"--set={s}" for s in SMALL), *quick_run_args(tmp_path / "bad")])
     assert bad.exit_code == 0  # unchecked: the leak goes unnoticed
     bad = run_cli(
