@@ -6,7 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint fuzz bench clean
 
-$(STAMP): pyproject.toml
+# loop.c is compiled at install time: editing it re-runs the install (a rebuild).
+KERNEL_SRC := src/llmservingsim/native/loop.c
+
+$(STAMP): pyproject.toml $(KERNEL_SRC)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -31,4 +34,5 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_benchmarks.py
 
 clean:
-	rm -rf $(VENV) results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) results .pytest_cache .mypy_cache .ruff_cache build
+	rm -f src/llmservingsim/native/_loop*.so src/llmservingsim/native/_loop*.pyd
