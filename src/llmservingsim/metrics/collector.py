@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from llmservingsim.metrics.request_log import (
+    AnyArray,
     RequestChunk,
     RequestLog,
     RequestRecord,
     RequestRecords,
 )
 from llmservingsim.metrics.samples import RepeatedSamples
-from llmservingsim.metrics.steps import FloatArray, IntArray, StepChunk, StepLog
+from llmservingsim.metrics.steps import ROW_SIZE, FloatArray, IntArray, StepChunk, StepLog
 from llmservingsim.serving.sequence import Sequence
 
 __all__ = ["MetricsCollector", "RequestRecord", "RequestSink", "StepSink", "StepTotals"]
@@ -129,6 +130,20 @@ class MetricsCollector:
         if len(self._step_log) >= self.chunk_size:
             self._flush_steps()
 
+    def on_packed_steps(self, rows: bytes | bytearray | memoryview) -> None:
+        """Consecutive steps already packed in ``StepLog``'s row layout (the compiled loop).
+
+        The sinks get the same chunks as from one :meth:`on_step` per row: the rows are cut
+        where a chunk fills up."""
+        if not self.step_sinks:
+            return
+        data = memoryview(rows).cast("B")
+        while data:
+            room = max(self.chunk_size - len(self._step_log), 1) * ROW_SIZE
+            if self._step_log.extend_packed(data[:room]) >= self.chunk_size:
+                self._flush_steps()
+            data = data[room:]
+
     def flush(self) -> None:
         """Hand everything buffered to the sinks (call once the run is over)."""
         self._flush_steps()
@@ -158,6 +173,12 @@ class MetricsCollector:
     def on_finish(self, seq: Sequence, instance: int, now: float) -> None:
         seq.finish_time = now
         self._hand_over(self.requests.append(seq, instance, "finished"))
+
+    def on_ended(self, rows: AnyArray) -> None:
+        """Requests that ended, as packed rows (``RequestLog.extend``; the compiled loop):
+        the chunks they seal go to the sinks as :meth:`on_finish` hands them over."""
+        for chunk in self.requests.extend(rows):
+            self._hand_over(chunk)
 
     def on_fail(self, seq: Sequence, instance: int, now: float, reason: str) -> None:
         self.on_drop(seq, instance, now, "failed", reason)
