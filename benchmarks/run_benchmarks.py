@@ -1,8 +1,10 @@
 """Simulator speed and memory on fixed scenarios (`make bench`; docs/performance.md).
 
 Each scenario runs in a fresh subprocess, so its peak RSS is its own. The table gives the
-simulated iterations, wall time, µs per iteration, peak RSS and requests per wall second;
-``--compare`` runs the chosen scenarios with fast-forward on and off and prints the speed-up.
+engine loop that ran, simulated iterations, wall time, µs per iteration, peak RSS and requests
+per wall second; ``--compare`` also runs the chosen scenarios in the Python engine with
+fast-forward (``engine.compiled=false``) and without it (``engine.fast_forward=false``, one
+step and one request at a time) and prints the speed-ups.
 
     python benchmarks/run_benchmarks.py                  # (a) and (b), the quick ones
     python benchmarks/run_benchmarks.py --only a,b,c,d,e # every scenario (tens of minutes)
@@ -18,6 +20,7 @@ import resource
 import subprocess
 import sys
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -57,7 +60,16 @@ SCENARIOS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def measure(key: str, fast_forward: bool, requests: int | None) -> dict[str, float]:
+MODES: dict[str, list[str]] = {
+    "default": [],
+    "python": ["engine.compiled=false"],
+    "step": ["engine.fast_forward=false"],
+}
+"""Engine settings compared by ``--compare``: the default (the compiled loop where it
+applies), the Python engine with fast-forward, the Python engine one step at a time."""
+
+
+def measure(key: str, mode: str, requests: int | None) -> dict[str, Any]:
     """Run one scenario in this process (the child) and return its numbers."""
     from llmservingsim.config import load_config
     from llmservingsim.simulation import simulate
@@ -65,8 +77,9 @@ def measure(key: str, fast_forward: bool, requests: int | None) -> dict[str, flo
     _, overrides = SCENARIOS[key]
     if requests is not None:
         overrides = [*overrides, f"workload.num_requests={requests}"]
-    cfg = load_config(None, [*overrides, f"engine.fast_forward={str(fast_forward).lower()}"])
+    cfg = load_config(None, [*overrides, *MODES[mode]])
     start = time.perf_counter()
+    fast_forward = cfg.engine.fast_forward
     summary = simulate(cfg).summary
     wall = time.perf_counter() - start
     return {
@@ -75,49 +88,50 @@ def measure(key: str, fast_forward: bool, requests: int | None) -> dict[str, flo
         "wall_s": wall,
         "sim_wall_s": summary["sim_wall_s"],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "loop": f"{summary['engine_loop']}{'' if fast_forward else ' step'}",
     }
 
 
-def in_subprocess(key: str, fast_forward: bool, requests: int | None) -> dict[str, float]:
-    args = [sys.executable, __file__, "--child", key]
-    if not fast_forward:
-        args.append("--no-fast-forward")
+def in_subprocess(key: str, mode: str, requests: int | None) -> dict[str, Any]:
+    args = [sys.executable, __file__, "--child", key, "--mode", mode]
     if requests is not None:
         args += ["--requests", str(requests)]
     done = subprocess.run(args, capture_output=True, text=True, check=True)
-    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="a,b", help="scenarios, e.g. a,b,c (default a,b)")
-    parser.add_argument("--compare", action="store_true", help="also run without fast-forward")
+    parser.add_argument(
+        "--compare", action="store_true", help="also run the Python engine, with and without FF"
+    )
     parser.add_argument("--requests", type=int, help="override each scenario's request count")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--no-fast-forward", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="default", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, not args.no_fast_forward, args.requests)))
+        print(json.dumps(measure(args.child, args.mode, args.requests)))
         return 0
     keys = [k.strip() for k in args.only.split(",") if k.strip()]
     unknown = [k for k in keys if k not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
     table = Table(title="llmservingsim benchmarks", header_style="bold")
-    columns = ("scenario", "fast-fwd", "requests", "iterations", "wall s", "µs / iter")
+    columns = ("scenario", "loop", "requests", "iterations", "wall s", "µs / iter")
     for col in (*columns, "peak RSS MiB", "req / wall s"):
         table.add_column(col, justify="left" if col == "scenario" else "right")
     console = Console(width=150)
     for key in keys:
-        modes = (True, False) if args.compare else (True,)
+        modes = list(MODES) if args.compare else ["default"]
         walls = {}
-        for fast_forward in modes:
-            r = in_subprocess(key, fast_forward, args.requests)
-            walls[fast_forward] = r["sim_wall_s"]
+        for mode in modes:
+            r = in_subprocess(key, mode, args.requests)
+            walls[mode] = r["sim_wall_s"]
             table.add_row(
                 SCENARIOS[key][0],
-                "on" if fast_forward else "off",
+                r["loop"],
                 f"{r['requests']:,.0f}",
                 f"{r['iterations']:,.0f}",
                 f"{r['wall_s']:.2f}",
@@ -126,7 +140,11 @@ def main() -> int:
                 f"{r['requests'] / r['wall_s']:,.0f}",
             )
         if args.compare:
-            console.print(f"{SCENARIOS[key][0]}: fast-forward {walls[False] / walls[True]:.2f}x")
+            console.print(
+                f"{SCENARIOS[key][0]}: fast-forward on vs off (Python engine) "
+                f"{walls['step'] / walls['python']:.2f}x; default vs one step at a time "
+                f"{walls['step'] / walls['default']:.2f}x"
+            )
     console.print(table)
     return 0
 

@@ -523,6 +523,14 @@ class EngineConfig(_Section):
     (docs/performance.md). The results equal step-by-step simulation; false steps one
     iteration and one request at a time (for checking)."""
 
+    compiled: bool = True
+    """Run the event loop in C (native/loop.c) where the configuration is one it covers:
+    routers round_robin/least_outstanding, the vllm/sarathi policy with recompute preemption,
+    plain paged KV, the roofline backend on a dense model, no pipeline parallelism, no
+    speculative decoding or LoRA (docs/performance.md). The numbers are the Python engine's;
+    summary.json says which loop ran (``engine_loop``) and why not the compiled one. Needs
+    ``fast_forward``; false always runs the Python engine."""
+
 
 class OutputsConfig(_Section):
     """What ``run`` writes besides summary.json (docs/outputs.md); never changes a simulated number.

@@ -28,6 +28,8 @@ from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.kv_summary import kv_summary
 from llmservingsim.metrics.request_log import FINISHED
 from llmservingsim.metrics.summary import request_metrics
+from llmservingsim.native.runner import CompiledEngine
+from llmservingsim.native.runner import refusal as compiled_loop_refusal
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.iteration import IterationTimer
 from llmservingsim.perf.pim import PimIterationTimer
@@ -364,7 +366,12 @@ def simulate(
         InvariantChecker(cluster.instances) if invariants_requested(check_invariants) else None
     )
     hook = None if progress is None else (lambda now: progress(now, len(metrics.records)))
-    engine = Engine(cluster, progress=hook)
+    not_compiled = compiled_loop_refusal(cfg, cluster, checking_invariants=checker is not None)
+    engine: Engine | CompiledEngine
+    if not_compiled is None:
+        engine = CompiledEngine(cluster, metrics, progress=hook)
+    else:
+        engine = Engine(cluster, progress=hook)
     wall_start = time.perf_counter()
     end_time = engine.run(requests)
     wall = time.perf_counter() - wall_start
@@ -372,6 +379,9 @@ def simulate(
         checker.check_end(requests, metrics.records)
     summary = summarize(cfg, cluster, metrics, end_time, wall)
     summary["requests_total"] = len(requests)
+    summary["engine_loop"] = "python" if not_compiled else "compiled"
+    if not_compiled:
+        summary["engine_loop_reason"] = not_compiled
     summary["interrupted"] = engine.interrupted
     # Stopped early (Ctrl-C, SIGTERM): the numbers cover the requests that finished by then.
     summary["partial"] = engine.interrupted

@@ -97,6 +97,8 @@ _NUMPY_TYPES = {"q": np.int64, "i": np.int32, "b": np.int8, "d": np.float64}
 _ROW = struct.Struct("=" + "".join(COLUMNS.values()))
 _ROW_DTYPE = np.dtype([(name, _NUMPY_TYPES[t]) for name, t in COLUMNS.items()])
 assert _ROW.size == _ROW_DTYPE.itemsize
+ROW_DTYPE = _ROW_DTYPE
+"""One packed row as a numpy dtype (:meth:`RequestLog.extend` takes arrays of it)."""
 
 
 class RequestChunk:

@@ -223,6 +223,12 @@ class OpGraph:
         )
         return flops, traffic
 
+    def decode_attention_terms(self) -> tuple[float, float, float, float]:
+        """(q_size, kv_size, kv_bytes, act_bytes) of :meth:`decode_attention_work` without MLA,
+        for the compiled loop's copy of it (native/loop.c)."""
+        s = self.shape
+        return float(s.q_size), float(s.kv_size), float(self.kv_bytes), float(self.act_bytes)
+
     def decode_attention_ops(self, num_seqs: int, total_ctx: int) -> tuple[Op, ...]:
         """Every kernel of the batch's decode attention (MLA adds its weight-absorption GEMMs)."""
         if self.mla is not None:

@@ -1,24 +1,980 @@
-/* BUILD PLACEHOLDER: proves the extension builds and loads; the real kernel replaces it. */
+/*
+ * The event loop of llmservingsim (engine.py) for the common configuration, in C.
+ *
+ * What it covers (native/runner.py checks it before choosing this loop): one pool of
+ * identical instances without pipeline parallelism, routed round_robin or
+ * least_outstanding, each running vLLM's scheduler (serving/schedulers/vllm.py) on a plain
+ * paged KV cache with preemption by recompute, timed by perf/iteration.py's IterationTimer
+ * on the roofline backend for a dense model. Everything else runs the Python engine.
+ *
+ * It follows the Python engine step by step, one request at a time (engine.fast_forward:
+ * false is its model): the same events in the same order, the same scheduling decisions,
+ * the same floating-point operations in the same order, so every simulated time is the
+ * same number. tests/test_compiled_loop.py checks that on many configurations.
+ *
+ * Costs the timer memoizes (a layer by token count, the model head by token and sample
+ * count, prefill attention by chunk) are asked of the Python timer once per key through
+ * callbacks and remembered here; decode attention, which changes every step, is computed
+ * here with the formula of OpGraph.decode_attention_work and
+ * RooflineBackend.decode_attention_time.
+ *
+ * Requests: the caller hands over arrival times and lengths in arrival order; a request's
+ * number below is its row. Ended requests, steps and inter-token gaps are written to byte
+ * buffers that the caller takes (and empties) between calls of Loop.run, which stops
+ * after a given number of steps so the caller can flush outputs, report progress and
+ * notice a stop signal.
+ */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
-static int loop_exec(PyObject *module) {
-    return PyModule_AddIntConstant(module, "VERSION", 1);
+#define KERNEL_VERSION 1
+
+/* Request row status codes (metrics/request_log.py STATUSES). */
+#define STATUS_FINISHED 0
+#define STATUS_FAILED 1
+#define STATUS_REJECTED 2
+
+#define ROUTER_ROUND_ROBIN 0
+#define ROUTER_LEAST_OUTSTANDING 1
+
+/* ------------------------------------------------------------------ growable byte buffer */
+
+typedef struct {
+    char *data;
+    Py_ssize_t len, cap;
+} Buffer;
+
+static int buffer_reserve(Buffer *b, Py_ssize_t extra) {
+    if (b->len + extra <= b->cap) return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra) cap *= 2;
+    char *data = realloc(b->data, (size_t)cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->cap = cap;
+    return 0;
 }
 
-static PyModuleDef_Slot loop_slots[] = {
-    {Py_mod_exec, loop_exec},
-    {0, NULL},
+static int buffer_put(Buffer *b, const void *src, Py_ssize_t size) {
+    if (buffer_reserve(b, size) < 0) return -1;
+    memcpy(b->data + b->len, src, (size_t)size);
+    b->len += size;
+    return 0;
+}
+
+static PyObject *buffer_take(Buffer *b) {
+    PyObject *out = PyBytes_FromStringAndSize(b->data, b->len);
+    b->len = 0;
+    return out;
+}
+
+/* ------------------------------------------------------------------ rows written */
+
+/* An ended request (the caller adds id, arrival and lengths from its own columns). */
+typedef struct {
+    int64_t request;
+    double first_scheduled_s, first_token_s, finish_s;
+    int64_t generated;
+    int32_t instance, status, preemptions, pad;
+} EndedRow;
+
+/* metrics/steps.py _ROW: instance, engine, start, duration, seqs, prefill, decode, kv used,
+ * kv total, waiting, power. */
+typedef struct {
+    int64_t instance, engine;
+    double start_s, duration_s;
+    int64_t num_seqs, prefill_tokens, decode_tokens, kv_used, kv_total, waiting;
+    double power_w;
+} StepRow;
+
+/* One (gap, count) run of inter-token gaps (metrics/samples.py RepeatedSamples.add). */
+typedef struct {
+    double gap;
+    int64_t count;
+} GapRun;
+
+/* ------------------------------------------------------------------ cost memo */
+
+typedef struct {
+    double seconds, flops, bytes;
+} Cost;
+
+/* Open addressing, int64 keys >= 0 (-1 marks an empty slot). */
+typedef struct {
+    int64_t *keys;
+    Cost *values;
+    Py_ssize_t cap, used;
+} CostMap;
+
+static int costmap_init(CostMap *m, Py_ssize_t cap) {
+    m->keys = malloc(sizeof(int64_t) * (size_t)cap);
+    m->values = malloc(sizeof(Cost) * (size_t)cap);
+    if (m->keys == NULL || m->values == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < cap; i++) m->keys[i] = -1;
+    m->cap = cap;
+    m->used = 0;
+    return 0;
+}
+
+static void costmap_free(CostMap *m) {
+    free(m->keys);
+    free(m->values);
+    m->keys = NULL;
+    m->values = NULL;
+}
+
+static Py_ssize_t costmap_slot(const CostMap *m, int64_t key) {
+    uint64_t h = (uint64_t)key * 0x9E3779B97F4A7C15ULL;
+    Py_ssize_t i = (Py_ssize_t)(h >> 20) & (m->cap - 1);
+    while (m->keys[i] != -1 && m->keys[i] != key) i = (i + 1) & (m->cap - 1);
+    return i;
+}
+
+static const Cost *costmap_get(const CostMap *m, int64_t key) {
+    Py_ssize_t i = costmap_slot(m, key);
+    return m->keys[i] == key ? &m->values[i] : NULL;
+}
+
+static int costmap_put(CostMap *m, int64_t key, Cost value) {
+    if (2 * (m->used + 1) > m->cap) {
+        CostMap grown;
+        if (costmap_init(&grown, 2 * m->cap) < 0) return -1;
+        for (Py_ssize_t i = 0; i < m->cap; i++) {
+            if (m->keys[i] != -1) {
+                Py_ssize_t j = costmap_slot(&grown, m->keys[i]);
+                grown.keys[j] = m->keys[i];
+                grown.values[j] = m->values[i];
+                grown.used++;
+            }
+        }
+        costmap_free(m);
+        *m = grown;
+    }
+    Py_ssize_t i = costmap_slot(m, key);
+    if (m->keys[i] == -1) m->used++;
+    m->keys[i] = key;
+    m->values[i] = value;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ requests and instances */
+
+/* A request while an instance holds it (serving/sequence.py Sequence). */
+typedef struct {
+    int64_t request;
+    int64_t input_len, output_len;
+    int64_t num_computed, generated, blocks;
+    int64_t max_computed, pass_start;
+    int64_t preemptions, admissions;
+    double first_scheduled_s, first_token_s, last_token_s;
+    int finished; /* set while a step's results are applied */
+} Seq;
+
+typedef struct {
+    /* waiting: a ring of sequence slots, head first */
+    int64_t *waiting;
+    Py_ssize_t waiting_cap, waiting_head, waiting_len;
+    /* running, in admission order (at most max_num_seqs) */
+    int64_t *running;
+    Py_ssize_t running_len;
+    /* the batch in flight: (slot, tokens) */
+    int64_t *batch_slot, *batch_tokens;
+    Py_ssize_t batch_len;
+    int busy;
+    int64_t free_blocks;
+    int64_t outstanding;
+    Py_ssize_t touched_epoch;
+    /* StepTotals and scheduler counters */
+    int64_t iterations, prefill_tokens, decode_tokens, kv_peak_blocks, max_batch_size;
+    double busy_s, busy_device_s, energy_busy_j;
+    int64_t preemptions, recomputed_tokens;
+} Inst;
+
+typedef struct {
+    PyObject_HEAD
+    /* configuration */
+    Py_ssize_t num_instances;
+    int router;
+    int64_t num_blocks, block_size, max_num_seqs, max_num_batched_tokens, max_queue;
+    int record_steps;
+    /* timer */
+    double num_layers, step_overhead, seq_overhead;
+    double q_size, kv_size, kv_bytes, act_bytes, decode_flops, bandwidth, launch;
+    PyObject *layer_cost, *prefill_cost, *head_cost;
+    CostMap layer_memo, prefill_memo, head_memo;
+    int64_t cache_lookups, cache_hits;
+    /* power */
+    double tp, peak_flops, mem_bandwidth, idle_w, dynamic_w;
+    /* requests, in arrival order */
+    double *arrival;
+    int64_t *input_len, *output_len;
+    Py_ssize_t num_requests, next_request;
+    /* sequences: slots reused once a request leaves */
+    Seq *seqs;
+    int64_t *free_slots;
+    Py_ssize_t seqs_cap, free_len;
+    /* instances and the pending step ends (a min-heap on (time, instance)) */
+    Inst *inst;
+    Py_ssize_t *heap;
+    double *step_end;
+    Py_ssize_t heap_len;
+    Py_ssize_t route_next;
+    Py_ssize_t *touched;
+    Py_ssize_t epoch;
+    /* scratch for one step's prefill chunks (new, cached) */
+    int64_t *chunk_new, *chunk_ctx;
+    /* clock and outputs */
+    double now;
+    int64_t steps;
+    Buffer ended, step_rows, gaps;
+} Loop;
+
+/* ------------------------------------------------------------------ costs (perf/iteration.py) */
+
+static int ask_cost(PyObject *fn, PyObject *args, Cost *out) {
+    if (args == NULL) return -1;
+    PyObject *res = PyObject_CallObject(fn, args);
+    Py_DECREF(args);
+    if (res == NULL) return -1;
+    if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 3) {
+        Py_DECREF(res);
+        PyErr_SetString(PyExc_TypeError, "a cost callback must return (seconds, flops, bytes)");
+        return -1;
+    }
+    out->seconds = PyFloat_AsDouble(PyTuple_GET_ITEM(res, 0));
+    out->flops = PyFloat_AsDouble(PyTuple_GET_ITEM(res, 1));
+    out->bytes = PyFloat_AsDouble(PyTuple_GET_ITEM(res, 2));
+    Py_DECREF(res);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* A memoized cost seen before: it counts as the timer's lookup and hit (the timer's own
+ * memo holds it too). NULL: a new key, to ask of the timer, which counts that lookup itself. */
+static const Cost *recall(Loop *L, const CostMap *memo, int64_t key) {
+    const Cost *known = costmap_get(memo, key);
+    if (known != NULL) {
+        L->cache_lookups++;
+        L->cache_hits++;
+    }
+    return known;
+}
+
+static int ask_and_remember(CostMap *memo, int64_t key, PyObject *fn, PyObject *args, Cost *out) {
+    if (ask_cost(fn, args, out) < 0) return -1;
+    return costmap_put(memo, key, *out);
+}
+
+static int layer_cost(Loop *L, int64_t num_tokens, Cost *out) {
+    const Cost *known = recall(L, &L->layer_memo, num_tokens);
+    if (known != NULL) {
+        *out = *known;
+        return 0;
+    }
+    return ask_and_remember(&L->layer_memo, num_tokens, L->layer_cost,
+                            Py_BuildValue("(L)", (long long)num_tokens), out);
+}
+
+static int head_cost(Loop *L, int64_t num_tokens, int64_t num_sampled, Cost *out) {
+    int64_t key = (num_tokens << 32) | num_sampled;
+    const Cost *known = recall(L, &L->head_memo, key);
+    if (known != NULL) {
+        *out = *known;
+        return 0;
+    }
+    return ask_and_remember(&L->head_memo, key, L->head_cost,
+                            Py_BuildValue("(LL)", (long long)num_tokens, (long long)num_sampled),
+                            out);
+}
+
+static int prefill_cost(Loop *L, int64_t new_tokens, int64_t cached, Cost *out) {
+    int64_t key = (new_tokens << 32) | cached;
+    const Cost *known = recall(L, &L->prefill_memo, key);
+    if (known != NULL) {
+        *out = *known;
+        return 0;
+    }
+    return ask_and_remember(&L->prefill_memo, key, L->prefill_cost,
+                            Py_BuildValue("(LL)", (long long)new_tokens, (long long)cached), out);
+}
+
+/* OpGraph.decode_attention_work + RooflineBackend.decode_attention_time, added to a
+ * layer's cost, operation for operation. */
+static void add_decode_attention(const Loop *L, int64_t num_seqs, int64_t context, Cost *layer) {
+    double ctx = (double)context;
+    double attn_f = 4.0 * ctx * L->q_size;
+    double attn_b = 2.0 * ctx * L->kv_size * L->kv_bytes + 2.0 * (double)num_seqs * L->q_size * L->act_bytes;
+    double compute = attn_f / L->decode_flops, memory = attn_b / L->bandwidth;
+    double attn_s = (memory > compute ? memory : compute) + L->launch;
+    layer->seconds = layer->seconds + attn_s;
+    layer->flops = layer->flops + attn_f;
+    layer->bytes = layer->bytes + attn_b;
+}
+
+/* IterationTimer.step for one stage: prefill chunks (new, cached) plus num_decode decodes. */
+static int step_cost(Loop *L, Py_ssize_t num_chunks, int64_t num_decode, int64_t decode_context,
+                     int64_t num_sampled, Cost *out) {
+    int64_t num_tokens = num_decode;
+    for (Py_ssize_t i = 0; i < num_chunks; i++) num_tokens += L->chunk_new[i];
+    Cost layer, head;
+    if (layer_cost(L, num_tokens, &layer) < 0) return -1;
+    for (Py_ssize_t i = 0; i < num_chunks; i++) {
+        Cost attn;
+        if (prefill_cost(L, L->chunk_new[i], L->chunk_ctx[i], &attn) < 0) return -1;
+        layer.seconds += attn.seconds;
+        layer.flops += attn.flops;
+        layer.bytes += attn.bytes;
+    }
+    if (num_decode) add_decode_attention(L, num_decode, decode_context, &layer);
+    if (head_cost(L, num_tokens, num_sampled, &head) < 0) return -1;
+    double cpu = L->step_overhead + L->seq_overhead * (double)(num_chunks + num_decode);
+    double n = L->num_layers;
+    out->seconds = cpu + n * layer.seconds + head.seconds;
+    out->flops = n * layer.flops + head.flops;
+    out->bytes = n * layer.bytes + head.bytes;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ sequences */
+
+static int64_t blocks_needed(const Loop *L, int64_t tokens) {
+    return (tokens + L->block_size - 1) / L->block_size;
+}
+
+static Py_ssize_t new_seq(Loop *L, Py_ssize_t request) {
+    if (L->free_len == 0) {
+        Py_ssize_t cap = L->seqs_cap ? 2 * L->seqs_cap : 1024;
+        Seq *seqs = realloc(L->seqs, sizeof(Seq) * (size_t)cap);
+        int64_t *free_slots = realloc(L->free_slots, sizeof(int64_t) * (size_t)cap);
+        if (seqs == NULL || free_slots == NULL) {
+            if (seqs != NULL) L->seqs = seqs;
+            if (free_slots != NULL) L->free_slots = free_slots;
+            PyErr_NoMemory();
+            return -1;
+        }
+        L->seqs = seqs;
+        L->free_slots = free_slots;
+        for (Py_ssize_t s = cap - 1; s >= L->seqs_cap; s--) L->free_slots[L->free_len++] = s;
+        L->seqs_cap = cap;
+    }
+    Py_ssize_t slot = L->free_slots[--L->free_len];
+    Seq *s = &L->seqs[slot];
+    memset(s, 0, sizeof(Seq));
+    s->request = request;
+    s->input_len = L->input_len[request];
+    s->output_len = L->output_len[request];
+    s->first_scheduled_s = s->first_token_s = s->last_token_s = -1.0;
+    return slot;
+}
+
+static int write_ended(Loop *L, int64_t request, Py_ssize_t instance, int status,
+                       const Seq *s) {
+    EndedRow row;
+    memset(&row, 0, sizeof(row));
+    row.request = request;
+    row.instance = (int32_t)instance;
+    row.status = status;
+    row.finish_s = L->now;
+    if (s != NULL) {
+        row.first_scheduled_s = s->first_scheduled_s;
+        row.first_token_s = s->first_token_s;
+        row.generated = s->generated;
+        row.preemptions = (int32_t)s->preemptions;
+    } else {
+        row.first_scheduled_s = row.first_token_s = -1.0;
+    }
+    return buffer_put(&L->ended, &row, sizeof(row));
+}
+
+static int put_gaps(Loop *L, double gap, int64_t count) {
+    if (count <= 0) return 0;
+    GapRun run = {gap, count};
+    return buffer_put(&L->gaps, &run, sizeof(run));
+}
+
+/* ------------------------------------------------------------------ waiting queue */
+
+static int waiting_reserve(Inst *I) {
+    if (I->waiting_len < I->waiting_cap) return 0;
+    Py_ssize_t cap = I->waiting_cap ? 2 * I->waiting_cap : 64;
+    int64_t *ring = malloc(sizeof(int64_t) * (size_t)cap);
+    if (ring == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < I->waiting_len; i++)
+        ring[i] = I->waiting[(I->waiting_head + i) % I->waiting_cap];
+    free(I->waiting);
+    I->waiting = ring;
+    I->waiting_cap = cap;
+    I->waiting_head = 0;
+    return 0;
+}
+
+static int waiting_push_back(Inst *I, int64_t slot) {
+    if (waiting_reserve(I) < 0) return -1;
+    I->waiting[(I->waiting_head + I->waiting_len) % I->waiting_cap] = slot;
+    I->waiting_len++;
+    return 0;
+}
+
+static int waiting_push_front(Inst *I, int64_t slot) {
+    if (waiting_reserve(I) < 0) return -1;
+    I->waiting_head = (I->waiting_head + I->waiting_cap - 1) % I->waiting_cap;
+    I->waiting[I->waiting_head] = slot;
+    I->waiting_len++;
+    return 0;
+}
+
+static int64_t waiting_front(const Inst *I) { return I->waiting[I->waiting_head]; }
+
+static void waiting_pop_front(Inst *I) {
+    I->waiting_head = (I->waiting_head + 1) % I->waiting_cap;
+    I->waiting_len--;
+}
+
+/* ------------------------------------------------------------------ scheduler (vllm.py) */
+
+/* Scheduler._end_pass: count the tokens this stay computed that the request had before. */
+static void end_pass(Inst *I, Seq *s) {
+    int64_t upto = s->num_computed < s->max_computed ? s->num_computed : s->max_computed;
+    int64_t again = upto - s->pass_start;
+    if (again > 0) I->recomputed_tokens += again;
+    if (s->num_computed > s->max_computed) s->max_computed = s->num_computed;
+}
+
+/* Scheduler.preempt by recompute: free the KV, back to the head of the queue. */
+static int preempt(Loop *L, Inst *I, int64_t slot) {
+    Seq *s = &L->seqs[slot];
+    end_pass(I, s);
+    I->free_blocks += s->blocks;
+    s->blocks = 0;
+    s->num_computed = 0;
+    s->preemptions++;
+    I->preemptions++;
+    return waiting_push_front(I, slot);
+}
+
+/* VllmScheduler.schedule: running requests first, then waiting ones, in one token budget. */
+static int schedule(Loop *L, Inst *I) {
+    int64_t budget = L->max_num_batched_tokens;
+    int preempted = 0;
+    Py_ssize_t i = 0;
+    I->batch_len = 0;
+    while (i < I->running_len && budget > 0) {
+        int64_t slot = I->running[i];
+        Seq *s = &L->seqs[slot];
+        int64_t wanted = s->input_len + s->generated - s->num_computed;
+        int64_t num_new = wanted < budget ? wanted : budget;
+        int64_t need = blocks_needed(L, s->num_computed + num_new) - s->blocks;
+        int scheduled = 0;
+        for (;;) {
+            if (need <= 0 || need <= I->free_blocks) {
+                if (need > 0) {
+                    I->free_blocks -= need;
+                    s->blocks += need;
+                }
+                scheduled = 1;
+                break;
+            }
+            int64_t victim = I->running[--I->running_len];
+            if (preempt(L, I, victim) < 0) return -1;
+            preempted = 1;
+            if (victim == slot) break;
+        }
+        if (!scheduled) break;
+        I->batch_slot[I->batch_len] = slot;
+        I->batch_tokens[I->batch_len++] = num_new;
+        budget -= num_new;
+        i++;
+    }
+    if (preempted || I->waiting_len == 0) return 0;
+    while (I->waiting_len > 0 && budget > 0 && I->running_len < L->max_num_seqs) {
+        int64_t slot = waiting_front(I);
+        Seq *s = &L->seqs[slot];
+        /* The request keeps what it has computed (nothing, after a recompute preemption). */
+        int64_t hit = s->num_computed;
+        int64_t left = s->input_len + s->generated - hit;
+        int64_t num_new = left < budget ? left : budget;
+        if (num_new == 0 || blocks_needed(L, hit + num_new) > I->free_blocks) break;
+        waiting_pop_front(I);
+        int64_t need = blocks_needed(L, s->num_computed + num_new) - s->blocks;
+        if (need > 0) {
+            I->free_blocks -= need;
+            s->blocks += need;
+        }
+        s->admissions++;
+        s->pass_start = s->num_computed;
+        I->running[I->running_len++] = slot;
+        I->batch_slot[I->batch_len] = slot;
+        I->batch_tokens[I->batch_len++] = num_new;
+        budget -= num_new;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ step ends (min-heap) */
+
+static int heap_before(const Loop *L, Py_ssize_t a, Py_ssize_t b) {
+    double ta = L->step_end[a], tb = L->step_end[b];
+    return ta < tb || (ta == tb && a < b);
+}
+
+static void heap_push(Loop *L, Py_ssize_t inst) {
+    Py_ssize_t i = L->heap_len++;
+    L->heap[i] = inst;
+    while (i > 0) {
+        Py_ssize_t parent = (i - 1) / 2;
+        if (!heap_before(L, L->heap[i], L->heap[parent])) break;
+        Py_ssize_t t = L->heap[i];
+        L->heap[i] = L->heap[parent];
+        L->heap[parent] = t;
+        i = parent;
+    }
+}
+
+static Py_ssize_t heap_pop(Loop *L) {
+    Py_ssize_t top = L->heap[0];
+    L->heap[0] = L->heap[--L->heap_len];
+    Py_ssize_t i = 0;
+    for (;;) {
+        Py_ssize_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < L->heap_len && heap_before(L, L->heap[l], L->heap[m])) m = l;
+        if (r < L->heap_len && heap_before(L, L->heap[r], L->heap[m])) m = r;
+        if (m == i) break;
+        Py_ssize_t t = L->heap[i];
+        L->heap[i] = L->heap[m];
+        L->heap[m] = t;
+        i = m;
+    }
+    return top;
+}
+
+/* ------------------------------------------------------------------ instance (instance.py) */
+
+/* Instance._start_engine: schedule, time and record the next batch, if there is one. */
+static int try_start(Loop *L, Py_ssize_t index) {
+    Inst *I = &L->inst[index];
+    if (I->busy) return 0;
+    if (schedule(L, I) < 0) return -1;
+    if (I->batch_len == 0) return 0;
+    /* Instance._batch_shape */
+    Py_ssize_t num_chunks = 0;
+    int64_t num_decode = 0, decode_context = 0, num_sampled = 0, num_tokens = 0;
+    for (Py_ssize_t k = 0; k < I->batch_len; k++) {
+        Seq *s = &L->seqs[I->batch_slot[k]];
+        int64_t num_new = I->batch_tokens[k];
+        int64_t computed = s->num_computed;
+        int samples = computed + num_new == s->input_len + s->generated;
+        num_tokens += num_new;
+        if (samples && num_new == 1 && s->generated > 0) {
+            num_decode++;
+            decode_context += computed + 1;
+        } else {
+            L->chunk_new[num_chunks] = num_new;
+            L->chunk_ctx[num_chunks++] = computed;
+            if (s->first_scheduled_s < 0) s->first_scheduled_s = L->now;
+        }
+        num_sampled += samples;
+    }
+    Cost cost;
+    if (step_cost(L, num_chunks, num_decode, decode_context, num_sampled, &cost) < 0) return -1;
+    double seconds = cost.seconds;
+    /* Instance._run_pipeline with one stage: the stage is free (its last step ended). */
+    double finish = L->now + seconds;
+    /* Instance._record_step */
+    int64_t num_seqs = num_chunks + num_decode;
+    int64_t used = L->num_blocks - I->free_blocks;
+    I->iterations++;
+    I->busy_s += seconds;
+    I->decode_tokens += num_decode;
+    I->prefill_tokens += num_tokens - num_decode;
+    if (num_seqs > I->max_batch_size) I->max_batch_size = num_seqs;
+    if (used > I->kv_peak_blocks) I->kv_peak_blocks = used;
+    double step_w = L->idle_w * L->tp;
+    if (seconds > 0) {
+        double compute = cost.flops / L->peak_flops, memory = cost.bytes / L->mem_bandwidth;
+        double busy = memory > compute ? memory : compute;
+        double ratio = busy / seconds;
+        double utilization = ratio < 1.0 ? ratio : 1.0;
+        double power = L->idle_w + L->dynamic_w * utilization;
+        I->busy_device_s += seconds * L->tp;
+        double step_energy = power * seconds * L->tp + 0.0;
+        I->energy_busy_j += step_energy;
+        step_w = step_energy / seconds;
+    }
+    if (L->record_steps) {
+        StepRow row = {(int64_t)index, 0, L->now, seconds, num_seqs,
+                       num_tokens - num_decode, num_decode, used, L->num_blocks,
+                       (int64_t)I->waiting_len, step_w};
+        if (buffer_put(&L->step_rows, &row, sizeof(row)) < 0) return -1;
+    }
+    I->busy = 1;
+    L->step_end[index] = finish;
+    heap_push(L, index);
+    return 0;
+}
+
+/* Instance.end_step + Scheduler.step_done: tokens, samples, finished requests. */
+static int end_step(Loop *L, Py_ssize_t index) {
+    Inst *I = &L->inst[index];
+    double now = L->now, gap = 0.0;
+    int64_t gaps = 0;
+    int any_finished = 0;
+    for (Py_ssize_t k = 0; k < I->batch_len; k++) {
+        Seq *s = &L->seqs[I->batch_slot[k]];
+        s->num_computed += I->batch_tokens[k];
+        if (s->num_computed != s->input_len + s->generated) continue;
+        s->generated++;
+        if (s->first_token_s < 0) {
+            s->first_token_s = now;
+        } else if (now - s->last_token_s == gap) {
+            gaps++;
+        } else {
+            if (put_gaps(L, gap, gaps) < 0) return -1;
+            gap = now - s->last_token_s;
+            gaps = 1;
+        }
+        s->last_token_s = now;
+        if (s->generated >= s->output_len) {
+            s->finished = 1;
+            any_finished = 1;
+            I->outstanding--;
+            if (write_ended(L, s->request, index, STATUS_FINISHED, s) < 0) return -1;
+        }
+    }
+    if (put_gaps(L, gap, gaps) < 0) return -1;
+    I->batch_len = 0;
+    I->busy = 0;
+    if (any_finished) {
+        Py_ssize_t kept = 0;
+        for (Py_ssize_t k = 0; k < I->running_len; k++) {
+            int64_t slot = I->running[k];
+            Seq *s = &L->seqs[slot];
+            if (s->finished) {
+                end_pass(I, s);
+                I->free_blocks += s->blocks;
+                L->free_slots[L->free_len++] = slot;
+            } else {
+                I->running[kept++] = slot;
+            }
+        }
+        I->running_len = kept;
+    }
+    return 0;
+}
+
+/* Instance.add: queue an arriving request, or end it if it can never fit or the queue is full. */
+static int add_request(Loop *L, Py_ssize_t index, Py_ssize_t request) {
+    Inst *I = &L->inst[index];
+    int64_t needed = blocks_needed(L, L->input_len[request] + L->output_len[request] - 1);
+    if (needed > L->num_blocks) return write_ended(L, request, index, STATUS_FAILED, NULL);
+    if (L->max_queue >= 0 && I->waiting_len >= L->max_queue)
+        return write_ended(L, request, index, STATUS_REJECTED, NULL);
+    Py_ssize_t slot = new_seq(L, request);
+    if (slot < 0) return -1;
+    I->outstanding++;
+    return waiting_push_back(I, slot);
+}
+
+/* cluster/routers.py: round_robin, least_outstanding (ties rotate from one past the last pick). */
+static Py_ssize_t route(Loop *L) {
+    Py_ssize_t n = L->num_instances, start = L->route_next, best = start;
+    if (L->router == ROUTER_ROUND_ROBIN) {
+        L->route_next = (start + 1) % n;
+        return start;
+    }
+    int64_t best_load = L->inst[start].outstanding;
+    for (Py_ssize_t k = 1; k < n; k++) {
+        Py_ssize_t i = (start + k) % n;
+        if (L->inst[i].outstanding < best_load) {
+            best = i;
+            best_load = L->inst[i].outstanding;
+        }
+    }
+    L->route_next = (best + 1) % n;
+    return best;
+}
+
+/* ------------------------------------------------------------------ the loop (engine.py) */
+
+/* Run until every request is served (returns 1) or `max_steps` more steps ended (returns 0). */
+static int run_events(Loop *L, int64_t max_steps) {
+    int64_t stop_at = L->steps + max_steps;
+    while (L->next_request < L->num_requests || L->heap_len > 0) {
+        if (L->steps >= stop_at) return 0;
+        Py_ssize_t r = L->next_request;
+        if (r < L->num_requests && (L->heap_len == 0 || L->arrival[r] <= L->step_end[L->heap[0]])) {
+            /* Every request arriving at this instant is queued before any instance starts. */
+            double t = L->arrival[r];
+            if (t > L->now) L->now = t;
+            Py_ssize_t touched = 0;
+            L->epoch++;
+            while (r < L->num_requests && L->arrival[r] == t) {
+                Py_ssize_t index = route(L);
+                if (add_request(L, index, r) < 0) return -1;
+                if (L->inst[index].touched_epoch != L->epoch) {
+                    L->inst[index].touched_epoch = L->epoch;
+                    L->touched[touched++] = index;
+                }
+                r++;
+            }
+            L->next_request = r;
+            for (Py_ssize_t k = 0; k < touched; k++)
+                if (try_start(L, L->touched[k]) < 0) return -1;
+            continue;
+        }
+        Py_ssize_t index = heap_pop(L);
+        L->now = L->step_end[index];
+        if (end_step(L, index) < 0) return -1;
+        L->steps++;
+        if (try_start(L, index) < 0) return -1;
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------------ Python type */
+
+static void Loop_dealloc(Loop *L) {
+    Py_XDECREF(L->layer_cost);
+    Py_XDECREF(L->prefill_cost);
+    Py_XDECREF(L->head_cost);
+    costmap_free(&L->layer_memo);
+    costmap_free(&L->prefill_memo);
+    costmap_free(&L->head_memo);
+    free(L->arrival);
+    free(L->input_len);
+    free(L->output_len);
+    free(L->seqs);
+    free(L->free_slots);
+    if (L->inst != NULL) {
+        for (Py_ssize_t i = 0; i < L->num_instances; i++) {
+            free(L->inst[i].waiting);
+            free(L->inst[i].running);
+            free(L->inst[i].batch_slot);
+            free(L->inst[i].batch_tokens);
+        }
+    }
+    free(L->inst);
+    free(L->heap);
+    free(L->step_end);
+    free(L->touched);
+    free(L->chunk_new);
+    free(L->chunk_ctx);
+    free(L->ended.data);
+    free(L->step_rows.data);
+    free(L->gaps.data);
+    Py_TYPE(L)->tp_free((PyObject *)L);
+}
+
+/* Copy a buffer of `count` items of `size` bytes (numpy arrays of the caller's columns). */
+static void *copy_column(PyObject *obj, Py_ssize_t size, Py_ssize_t *count, const char *name) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (view.len % size != 0 || view.itemsize != size) {
+        PyBuffer_Release(&view);
+        PyErr_Format(PyExc_TypeError, "%s: expected contiguous %zd-byte items", name, size);
+        return NULL;
+    }
+    Py_ssize_t n = view.len / size;
+    if (*count >= 0 && n != *count) {
+        PyBuffer_Release(&view);
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd items, got %zd", name, *count, n);
+        return NULL;
+    }
+    *count = n;
+    void *data = malloc((size_t)(view.len ? view.len : 1));
+    if (data == NULL) {
+        PyBuffer_Release(&view);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    memcpy(data, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return data;
+}
+
+static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {
+        "num_instances", "router", "num_blocks", "block_size", "max_num_seqs",
+        "max_num_batched_tokens", "max_queue", "record_steps",
+        "num_layers", "step_overhead", "seq_overhead",
+        "q_size", "kv_size", "kv_bytes", "act_bytes", "decode_flops", "bandwidth", "launch",
+        "layer_cost", "prefill_cost", "head_cost",
+        "tp", "peak_flops", "memory_bandwidth", "idle_w", "dynamic_w",
+        "arrival_s", "input_len", "output_len", NULL};
+    Py_ssize_t num_instances;
+    int router, record_steps;
+    long long num_blocks, block_size, max_num_seqs, max_tokens, max_queue;
+    PyObject *layer_fn, *prefill_fn, *head_fn, *arrival, *input_len, *output_len;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "niLLLLLpddddddddddOOOdddddOOO", names, &num_instances, &router,
+            &num_blocks, &block_size, &max_num_seqs, &max_tokens, &max_queue, &record_steps,
+            &L->num_layers, &L->step_overhead, &L->seq_overhead, &L->q_size, &L->kv_size,
+            &L->kv_bytes, &L->act_bytes, &L->decode_flops, &L->bandwidth, &L->launch, &layer_fn,
+            &prefill_fn, &head_fn, &L->tp, &L->peak_flops, &L->mem_bandwidth, &L->idle_w,
+            &L->dynamic_w, &arrival, &input_len, &output_len))
+        return -1;
+    if (num_instances < 1 || block_size < 1 || max_num_seqs < 1 || max_tokens < 1 ||
+        num_blocks < 0 || (router != ROUTER_ROUND_ROBIN && router != ROUTER_LEAST_OUTSTANDING)) {
+        PyErr_SetString(PyExc_ValueError, "Loop: invalid configuration");
+        return -1;
+    }
+    L->num_instances = num_instances;
+    L->router = router;
+    L->num_blocks = num_blocks;
+    L->block_size = block_size;
+    L->max_num_seqs = max_num_seqs;
+    L->max_num_batched_tokens = max_tokens;
+    L->max_queue = max_queue;
+    L->record_steps = record_steps;
+    Py_INCREF(layer_fn);
+    Py_INCREF(prefill_fn);
+    Py_INCREF(head_fn);
+    L->layer_cost = layer_fn;
+    L->prefill_cost = prefill_fn;
+    L->head_cost = head_fn;
+    if (costmap_init(&L->layer_memo, 1024) < 0 || costmap_init(&L->prefill_memo, 1024) < 0 ||
+        costmap_init(&L->head_memo, 1024) < 0)
+        return -1;
+    Py_ssize_t count = -1;
+    L->arrival = copy_column(arrival, sizeof(double), &count, "arrival_s");
+    if (L->arrival == NULL) return -1;
+    L->input_len = copy_column(input_len, sizeof(int64_t), &count, "input_len");
+    if (L->input_len == NULL) return -1;
+    L->output_len = copy_column(output_len, sizeof(int64_t), &count, "output_len");
+    if (L->output_len == NULL) return -1;
+    L->num_requests = count;
+    for (Py_ssize_t r = 1; r < count; r++) {
+        if (L->arrival[r] < L->arrival[r - 1]) {
+            PyErr_SetString(PyExc_ValueError, "arrival_s must be in arrival order");
+            return -1;
+        }
+    }
+    L->inst = calloc((size_t)num_instances, sizeof(Inst));
+    L->heap = malloc(sizeof(Py_ssize_t) * (size_t)num_instances);
+    L->step_end = malloc(sizeof(double) * (size_t)num_instances);
+    L->touched = malloc(sizeof(Py_ssize_t) * (size_t)num_instances);
+    L->chunk_new = malloc(sizeof(int64_t) * (size_t)max_num_seqs);
+    L->chunk_ctx = malloc(sizeof(int64_t) * (size_t)max_num_seqs);
+    if (!L->inst || !L->heap || !L->step_end || !L->touched || !L->chunk_new || !L->chunk_ctx) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < num_instances; i++) {
+        Inst *I = &L->inst[i];
+        I->free_blocks = num_blocks;
+        I->running = malloc(sizeof(int64_t) * (size_t)max_num_seqs);
+        I->batch_slot = malloc(sizeof(int64_t) * (size_t)max_num_seqs);
+        I->batch_tokens = malloc(sizeof(int64_t) * (size_t)max_num_seqs);
+        if (!I->running || !I->batch_slot || !I->batch_tokens) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *Loop_run(Loop *L, PyObject *args) {
+    long long max_steps;
+    if (!PyArg_ParseTuple(args, "L", &max_steps)) return NULL;
+    if (L->inst == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Loop was not initialised");
+        return NULL;
+    }
+    int done = run_events(L, max_steps);
+    if (done < 0) return NULL;
+    return PyBool_FromLong(done);
+}
+
+static PyObject *Loop_take_ended(Loop *L, PyObject *unused) { return buffer_take(&L->ended); }
+static PyObject *Loop_take_steps(Loop *L, PyObject *unused) { return buffer_take(&L->step_rows); }
+static PyObject *Loop_take_gaps(Loop *L, PyObject *unused) { return buffer_take(&L->gaps); }
+
+static PyObject *Loop_instance_totals(Loop *L, PyObject *args) {
+    Py_ssize_t i;
+    if (!PyArg_ParseTuple(args, "n", &i)) return NULL;
+    if (i < 0 || i >= L->num_instances) {
+        PyErr_SetString(PyExc_IndexError, "instance index out of range");
+        return NULL;
+    }
+    Inst *I = &L->inst[i];
+    return Py_BuildValue(
+        "{s:L,s:d,s:d,s:d,s:L,s:L,s:L,s:L,s:L,s:L}", "iterations", (long long)I->iterations,
+        "busy_s", I->busy_s, "busy_device_s", I->busy_device_s, "energy_busy_j",
+        I->energy_busy_j, "prefill_tokens", (long long)I->prefill_tokens, "decode_tokens",
+        (long long)I->decode_tokens, "kv_peak_blocks", (long long)I->kv_peak_blocks,
+        "max_batch_size", (long long)I->max_batch_size, "preemptions",
+        (long long)I->preemptions, "recomputed_tokens", (long long)I->recomputed_tokens);
+}
+
+static PyObject *Loop_get_now(Loop *L, void *closure) { return PyFloat_FromDouble(L->now); }
+static PyObject *Loop_get_steps(Loop *L, void *closure) { return PyLong_FromLongLong(L->steps); }
+static PyObject *Loop_get_lookups(Loop *L, void *closure) {
+    return PyLong_FromLongLong(L->cache_lookups);
+}
+static PyObject *Loop_get_hits(Loop *L, void *closure) {
+    return PyLong_FromLongLong(L->cache_hits);
+}
+
+static PyMethodDef Loop_methods[] = {
+    {"run", (PyCFunction)Loop_run, METH_VARARGS,
+     "run(max_steps) -> bool: serve until done (True) or max_steps more steps ended (False)."},
+    {"take_ended", (PyCFunction)Loop_take_ended, METH_NOARGS,
+     "Rows of the requests that ended since the last call, as bytes."},
+    {"take_steps", (PyCFunction)Loop_take_steps, METH_NOARGS,
+     "Step rows (metrics/steps.py layout) since the last call, as bytes."},
+    {"take_gaps", (PyCFunction)Loop_take_gaps, METH_NOARGS,
+     "(gap, count) runs of inter-token gaps since the last call, as bytes."},
+    {"instance_totals", (PyCFunction)Loop_instance_totals, METH_VARARGS,
+     "instance_totals(i) -> dict: an instance's step totals and scheduler counters."},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef Loop_getset[] = {
+    {"now", (getter)Loop_get_now, NULL, "simulated time of the last event", NULL},
+    {"steps", (getter)Loop_get_steps, NULL, "engine steps ended so far", NULL},
+    {"cache_lookups", (getter)Loop_get_lookups, NULL, "memo lookups answered here", NULL},
+    {"cache_hits", (getter)Loop_get_hits, NULL, "memo hits answered here", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject LoopType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "llmservingsim.native._loop.Loop",
+    .tp_basicsize = sizeof(Loop),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The engine's event loop for the common configuration (see loop.c).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Loop_init,
+    .tp_dealloc = (destructor)Loop_dealloc,
+    .tp_methods = Loop_methods,
+    .tp_getset = Loop_getset,
 };
 
 static struct PyModuleDef loop_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "llmservingsim.native._loop",
-    .m_doc = "The compiled event loop (build placeholder).",
-    .m_size = 0,
-    .m_slots = loop_slots,
+    .m_name = "_loop",
+    .m_doc = "Compiled event loop of llmservingsim (see loop.c).",
+    .m_size = -1,
 };
 
 PyMODINIT_FUNC PyInit__loop(void) {
-    return PyModuleDef_Init(&loop_module);
+    if (PyType_Ready(&LoopType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&loop_module);
+    if (m == NULL) return NULL;
+    Py_INCREF(&LoopType);
+    if (PyModule_AddObject(m, "Loop", (PyObject *)&LoopType) < 0 ||
+        PyModule_AddIntConstant(m, "VERSION", KERNEL_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "ENDED_ROW_SIZE", (long)sizeof(EndedRow)) < 0 ||
+        PyModule_AddIntConstant(m, "STEP_ROW_SIZE", (long)sizeof(StepRow)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, cast
 
@@ -19,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from llmservingsim.hardware.backends import PerfBackend
+from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.model.ops import Op, OpGraph
 from llmservingsim.model.spec import ModelSpec
@@ -133,6 +135,24 @@ def times_decode_attention_from_work(backend: object, method: str) -> bool:
     return defines_method is not None and defines_method is defines_time
 
 
+@dataclass(frozen=True, slots=True)
+class CompiledTimerTerms:
+    """What the compiled event loop (native/loop.c) needs to time a step exactly as
+    :meth:`IterationTimer.step` does: the step's constant terms, decode attention's formula
+    terms (:meth:`OpGraph.decode_attention_terms`, :meth:`RooflineBackend.decode_attention_rates`)
+    and the timer's memoized costs, which it asks once per key (they count memo lookups and
+    hits as the timer always does)."""
+
+    num_layers: int
+    step_overhead: float
+    seq_overhead: float
+    decode_attention: tuple[float, float, float, float]
+    decode_rates: tuple[float, float, float]
+    layer_cost: Callable[[int], tuple[float, float, float]]
+    prefill_cost: Callable[[int, int], tuple[float, float, float]]
+    head_cost: Callable[[int, int], tuple[float, float, float]]
+
+
 class IterationTimer:
     repeatable: ClassVar[bool] = True
     """Whether :meth:`step` depends only on the batch (apart from the memo counters), so the
@@ -209,6 +229,34 @@ class IterationTimer:
             and self.graph.mla is None
             and not self.num_moe_layers
             and self.pp == 1
+        )
+
+    def compiled_refusal(self) -> str | None:
+        """Why the compiled event loop cannot time this timer's steps (None: it can)."""
+        if type(self) is not IterationTimer:
+            return f"the {type(self).__name__} timer"
+        if type(self.backend) is not RooflineBackend or self._counts_calls:
+            return f"the {type(self.backend).__name__} perf backend (the roofline one is compiled)"
+        if self.num_moe_layers:
+            return "a mixture-of-experts model"
+        if self.graph.mla is not None:
+            return "multi-head latent attention"
+        if self.pp != 1 or not self._plain_decode:
+            return "pipeline parallelism"
+        return None
+
+    def compiled_terms(self) -> CompiledTimerTerms:
+        """This timer's :class:`CompiledTimerTerms` (where :meth:`compiled_refusal` is None)."""
+        assert self.compiled_refusal() is None and isinstance(self.backend, RooflineBackend)
+        return CompiledTimerTerms(
+            num_layers=self.num_layers,
+            step_overhead=self.step_overhead,
+            seq_overhead=self.seq_overhead,
+            decode_attention=self.graph.decode_attention_terms(),
+            decode_rates=self.backend.decode_attention_rates(),
+            layer_cost=self._layer_cost,
+            prefill_cost=self._prefill_cost,
+            head_cost=self._head_cost,
         )
 
     @property

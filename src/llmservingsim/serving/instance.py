@@ -48,6 +48,16 @@ class VirtualEngine:
     step_serial: int = 0  # numbers the engine's step-end events; a cut run's old one is stale
 
 
+def never_fits_reason(needed: int, input_len: int, output_len: int, capacity: int) -> str:
+    """Why a request failed: its KV cache at its largest is more than the whole cache."""
+    return f"needs {needed} KV blocks for {input_len}+{output_len} tokens, the cache has {capacity}"
+
+
+def queue_full_reason(max_queue: int | None) -> str:
+    """Why a request was rejected by admission control."""
+    return f"waiting queue full (scheduler.max_queue={max_queue})"
+
+
 # Steps a decode run is laid out for at most: doubles after a run that ends as planned, shrinks
 # to twice the steps done after a cut, so runs that keep getting cut waste little timing work.
 _RUN_HORIZON = (2 * MIN_RUN_STEPS, 4096)
@@ -115,6 +125,11 @@ class Instance:
         self._timeouts = any(ve.scheduler.cfg.request_timeout_s is not None for ve in self.engines)
 
     # -------------------------------------------------------------- load seen by routers
+
+    @property
+    def peak_flops(self) -> float:
+        """Peak FLOP/s of one device in the compute dtype (step power reads it)."""
+        return self._peak_flops
 
     @property
     def scheduler(self) -> Scheduler:
@@ -205,15 +220,12 @@ class Instance:
         capacity = ve.scheduler.blocks.num_blocks
         if needed > capacity:
             seq.status = Status.FAILED
-            reason = (
-                f"needs {needed} KV blocks for {seq.spec.input_len}+{seq.spec.output_len} tokens, "
-                f"the cache has {capacity}"
-            )
+            reason = never_fits_reason(needed, seq.spec.input_len, seq.spec.output_len, capacity)
             self.metrics.on_fail(seq, self.index, now, reason)
             return
         if seq.admissions == 0 and ve.scheduler.queue_full():
             seq.status = Status.FAILED
-            reason = f"waiting queue full (scheduler.max_queue={ve.scheduler.cfg.max_queue})"
+            reason = queue_full_reason(ve.scheduler.cfg.max_queue)
             self.metrics.on_drop(seq, self.index, now, "rejected", reason)
             return
         seq.status = Status.WAITING

@@ -47,6 +47,11 @@ class RooflineBackend:
         per-step fast path (perf/iteration.py) that builds no Op."""
         return max(flops / self._decode_flops, traffic / self._bandwidth) + self._launch
 
+    def decode_attention_rates(self) -> tuple[float, float, float]:
+        """(compute rate, bandwidth, launch time) of :meth:`decode_attention_time`, for the
+        compiled loop's copy of it (native/loop.c)."""
+        return self._decode_flops, self._bandwidth, self._launch
+
     def decode_attention_times(self, flops: FloatArray, traffic: FloatArray) -> FloatArray:
         """:meth:`time` of decode-attention ops given as arrays (a fast-forward run's steps)."""
         compute_time = flops / (self._peak * self._compute_max)

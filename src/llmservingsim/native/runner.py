@@ -1,0 +1,268 @@
+"""The compiled event loop (loop.c) behind the surface of :class:`~llmservingsim.engine.Engine`.
+
+The loop covers the common configuration (loop.c's header says which); :func:`refusal` says
+why a configuration is not covered, and the Python engine then runs it. Results are the same
+numbers either way (tests/test_compiled_loop.py).
+
+The loop runs a bounded number of steps per call; in between, the rows it wrote (ended
+requests, steps, inter-token gaps) go to the metrics collector and its output sinks, progress
+is reported, and a held stop signal is handed over, as the Python engine does between events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from llmservingsim.cluster.cluster import Cluster
+from llmservingsim.cluster.routers import LeastOutstandingRouter, RoundRobinRouter, Router
+from llmservingsim.config import SimConfig
+from llmservingsim.interrupt import signals_held
+from llmservingsim.metrics.collector import MetricsCollector
+from llmservingsim.metrics.request_log import ROW_DTYPE as REQUEST_ROW_DTYPE
+from llmservingsim.metrics.request_log import STATUS_CODE
+from llmservingsim.native import load_kernel
+from llmservingsim.serving.block_manager import BlockManager
+from llmservingsim.serving.instance import never_fits_reason, queue_full_reason
+from llmservingsim.serving.schedulers.vllm import VllmScheduler
+from llmservingsim.workload.request_spec import RequestSpec
+from llmservingsim.workload.request_table import RequestTable
+
+ROUTER_CODES: dict[type[Router], int] = {RoundRobinRouter: 0, LeastOutstandingRouter: 1}
+"""Routers the loop implements, by their code in loop.c."""
+
+STEPS_PER_CALL = 8192
+"""Engine steps the loop runs before it hands rows over and checks for a stop signal."""
+
+# loop.c's EndedRow.
+ENDED_DTYPE = np.dtype(
+    [
+        ("request", np.int64),
+        ("first_scheduled_s", np.float64),
+        ("first_token_s", np.float64),
+        ("finish_s", np.float64),
+        ("generated", np.int64),
+        ("instance", np.int32),
+        ("status", np.int32),
+        ("preemptions", np.int32),
+        ("pad", np.int32),
+    ]
+)
+# loop.c's GapRun.
+GAP_DTYPE = np.dtype([("gap", np.float64), ("count", np.int64)])
+
+ProgressHook = Callable[[float], None]
+
+
+def refusal(cfg: SimConfig, cluster: Cluster, checking_invariants: bool) -> str | None:
+    """Why this run cannot use the compiled loop (None: it can)."""
+    if not cfg.engine.compiled:
+        return "engine.compiled is false"
+    if not cfg.engine.fast_forward:
+        return "engine.fast_forward is false (the one-step-at-a-time reference)"
+    if load_kernel() is None:
+        return "the compiled loop is not built (no C compiler when the package was installed?)"
+    if checking_invariants:
+        return "runtime invariant checks"
+    if len(cluster.pools) != 1:
+        return "several instance pools"
+    if type(cluster.router) not in ROUTER_CODES:
+        return f"router {cfg.cluster.router}"
+    scfg = cfg.scheduler
+    if scfg.enable_prefix_caching:
+        return "prefix caching"
+    if scfg.preemption != "recompute":
+        return f"preemption by {scfg.preemption}"
+    if scfg.request_timeout_s is not None:
+        return "scheduler.request_timeout_s"
+    if cfg.speculative.enabled:
+        return "speculative decoding"
+    instances = cluster.instances
+    first = instances[0]
+    for inst in instances:
+        if inst.role != "mixed":
+            return f"a {inst.role} instance (prefill/decode disaggregation)"
+        if inst.speculator is not None or inst.lora is not None:
+            return "speculative decoding or LoRA adapters"
+        if inst.attached_devices:
+            return "devices attached to an instance (PIM)"
+        if inst.timer is not first.timer or inst.num_blocks != first.num_blocks:
+            return "instances that differ"
+        if len(inst.engines) != 1:
+            return "pipeline parallelism"
+        scheduler = inst.scheduler
+        if type(scheduler) is not VllmScheduler:
+            return f"scheduler policy {scfg.policy}"
+        if type(scheduler.blocks) is not BlockManager or scheduler.adapters is not None:
+            return "a KV cache with prefix caching, offload or adapters"
+    return first.timer.compiled_refusal()
+
+
+class CompiledEngine:
+    """Serves the requests in loop.c; the same surface as ``Engine`` (``run``, ``interrupted``)."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        metrics: MetricsCollector,
+        progress: ProgressHook | None = None,
+    ) -> None:
+        kernel = load_kernel()
+        assert kernel is not None, "refusal() said the loop is built"
+        self.kernel: ModuleType = kernel
+        self.cluster = cluster
+        self.metrics = metrics
+        self.progress = progress
+        self.interrupted = False
+        self.now = 0.0
+
+    def run(self, requests: Iterable[RequestSpec]) -> float:
+        """Serve every request; returns the simulated time of the last event. A stop signal
+        (Ctrl-C, SIGTERM) ends the run between two calls of the loop, keeping what ended."""
+        columns = _Columns(requests)
+        loop = self._build_loop(columns)
+        try:
+            with signals_held() as held:
+                while True:
+                    done = loop.run(STEPS_PER_CALL)
+                    self._hand_over(loop, columns)
+                    self.now = loop.now
+                    if done:
+                        break
+                    if self.progress is not None:
+                        self.progress(self.now)
+                    if held.signum is not None:
+                        held.deliver()  # raises KeyboardInterrupt under the CLI
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self._hand_over(loop, columns)
+        finally:
+            self.now = loop.now
+            self._write_back(loop)
+        return self.now
+
+    def _build_loop(self, columns: _Columns) -> Any:
+        instances = self.cluster.instances
+        first = instances[0]
+        scfg = first.scheduler.cfg
+        terms = first.timer.compiled_terms()
+        q_size, kv_size, kv_bytes, act_bytes = terms.decode_attention
+        decode_flops, bandwidth, launch = terms.decode_rates
+        power = first.device.power
+        return self.kernel.Loop(
+            num_instances=len(instances),
+            router=ROUTER_CODES[type(self.cluster.router)],
+            num_blocks=first.num_blocks,
+            block_size=scfg.block_size,
+            max_num_seqs=scfg.max_num_seqs,
+            max_num_batched_tokens=scfg.max_num_batched_tokens,
+            max_queue=-1 if scfg.max_queue is None else scfg.max_queue,
+            record_steps=bool(self.metrics.step_sinks),
+            num_layers=float(terms.num_layers),
+            step_overhead=terms.step_overhead,
+            seq_overhead=terms.seq_overhead,
+            q_size=q_size,
+            kv_size=kv_size,
+            kv_bytes=kv_bytes,
+            act_bytes=act_bytes,
+            decode_flops=decode_flops,
+            bandwidth=bandwidth,
+            launch=launch,
+            layer_cost=terms.layer_cost,
+            prefill_cost=terms.prefill_cost,
+            head_cost=terms.head_cost,
+            tp=float(first.tp),
+            peak_flops=first.peak_flops,
+            memory_bandwidth=first.device.memory_bandwidth,
+            idle_w=power.idle_w,
+            dynamic_w=power.max_w - power.idle_w,
+            arrival_s=columns.arrival_s,
+            input_len=columns.input_len,
+            output_len=columns.output_len,
+        )
+
+    def _hand_over(self, loop: Any, columns: _Columns) -> None:
+        """Rows the loop wrote since the last call, into the metrics and their sinks."""
+        gaps = np.frombuffer(loop.take_gaps(), dtype=GAP_DTYPE)
+        if len(gaps):
+            self.metrics.itl.add_runs(gaps["gap"], gaps["count"])
+        steps = loop.take_steps()
+        if steps:
+            self.metrics.on_packed_steps(steps)
+        ended = np.frombuffer(loop.take_ended(), dtype=ENDED_DTYPE)
+        if len(ended):
+            self.metrics.on_ended(self._request_rows(ended, columns))
+
+    def _request_rows(self, ended: npt.NDArray[Any], columns: _Columns) -> npt.NDArray[Any]:
+        """Ended requests as request-log rows (what ``RequestLog.append`` writes per request)."""
+        request = ended["request"]
+        rows = np.zeros(len(ended), dtype=REQUEST_ROW_DTYPE)
+        rows["id"] = columns.ids[request]
+        rows["instance"] = ended["instance"]
+        rows["status"] = ended["status"]
+        rows["arrival_s"] = columns.arrival_s[request]
+        rows["first_scheduled_s"] = ended["first_scheduled_s"]
+        rows["first_token_s"] = ended["first_token_s"]
+        rows["finish_s"] = ended["finish_s"]
+        rows["input_tokens"] = columns.input_len[request]
+        rows["output_tokens"] = ended["generated"]
+        rows["preemptions"] = ended["preemptions"]
+        rows["prefill_instance"] = -1
+        rows["fail_reason"] = -1
+        rows["lora"] = -1
+        for i in np.flatnonzero(ended["status"] != STATUS_CODE["finished"]).tolist():
+            r = int(request[i])
+            reason = self._end_reason(
+                int(ended["status"][i]), int(columns.input_len[r]), int(columns.output_len[r])
+            )
+            rows["fail_reason"][i] = self.metrics.requests.reason_code(reason)
+        return rows
+
+    def _end_reason(self, status: int, input_len: int, output_len: int) -> str:
+        """Instance.add's reason for a request it did not queue."""
+        scheduler = self.cluster.instances[0].scheduler
+        if status == STATUS_CODE["rejected"]:
+            return queue_full_reason(scheduler.cfg.max_queue)
+        blocks = scheduler.blocks
+        needed = blocks.blocks_needed(input_len + output_len - 1)
+        return never_fits_reason(needed, input_len, output_len, blocks.num_blocks)
+
+    def _write_back(self, loop: Any) -> None:
+        """The loop's counters into the objects the summary reads (they start at zero)."""
+        for inst in self.cluster.instances:
+            counts = loop.instance_totals(inst.index)
+            totals = inst.totals
+            totals.iterations += counts["iterations"]
+            totals.busy_s += counts["busy_s"]
+            totals.busy_device_s += counts["busy_device_s"]
+            totals.energy_busy_j += counts["energy_busy_j"]
+            totals.prefill_tokens += counts["prefill_tokens"]
+            totals.decode_tokens += counts["decode_tokens"]
+            totals.kv_peak_blocks = max(totals.kv_peak_blocks, counts["kv_peak_blocks"])
+            totals.max_batch_size = max(totals.max_batch_size, counts["max_batch_size"])
+            inst.scheduler.preemptions += counts["preemptions"]
+            inst.scheduler.recomputed_tokens += counts["recomputed_tokens"]
+        timer = self.cluster.instances[0].timer
+        timer.cache_lookups += loop.cache_lookups
+        timer.cache_hits += loop.cache_hits
+
+
+class _Columns:
+    """The requests in arrival order (ties keep their order) as the loop's input columns."""
+
+    def __init__(self, requests: Iterable[RequestSpec]) -> None:
+        if isinstance(requests, RequestTable):
+            self.arrival_s = requests.arrival_s
+            self.input_len = requests.input_len
+            self.output_len = requests.output_len
+            self.ids = np.arange(len(requests), dtype=np.int64)
+            return
+        specs = sorted(requests, key=lambda r: r.arrival_s)
+        self.arrival_s = np.array([r.arrival_s for r in specs], dtype=np.float64)
+        self.input_len = np.array([r.input_len for r in specs], dtype=np.int64)
+        self.output_len = np.array([r.output_len for r in specs], dtype=np.int64)
+        self.ids = np.array([r.id for r in specs], dtype=np.int64)
