@@ -5,7 +5,8 @@
  * identical instances without pipeline parallelism, routed round_robin or
  * least_outstanding, each running vLLM's scheduler (serving/schedulers/vllm.py) on a plain
  * paged KV cache with preemption by recompute, timed by perf/iteration.py's IterationTimer
- * on the roofline backend for a dense model. Everything else runs the Python engine.
+ * on the roofline backend (dense or mixture-of-experts layers, grouped-query or multi-head
+ * latent attention). Everything else runs the Python engine.
  *
  * It follows the Python engine step by step, one request at a time (engine.fast_forward:
  * false is its model): the same events in the same order, the same scheduling decisions,
@@ -14,8 +15,9 @@
  *
  * Costs the timer memoizes (a layer by token count, the model head by token and sample
  * count, prefill attention by chunk) are asked of the Python timer once per key through
- * callbacks and remembered here; decode attention, which changes every step, is computed
- * here with the formula of OpGraph.decode_attention_work and
+ * callbacks and remembered here (so are MLA's weight-absorption GEMMs around decode
+ * attention, by batch size); decode attention itself, which changes every step, is computed
+ * here with the formula of OpGraph.decode_attention_work (MlaOps.decode_attention_work) and
  * RooflineBackend.decode_attention_time.
  *
  * Requests: the caller hands over arrival times and lengths in arrival order; a request's
@@ -36,6 +38,11 @@
 #define STATUS_FINISHED 0
 #define STATUS_FAILED 1
 #define STATUS_REJECTED 2
+
+#define ATTENTION_GQA 0
+#define ATTENTION_MLA 1
+/* Kernels before plus after MLA's decode attention, at most (IterationTimer asserts it). */
+#define MAX_AROUND 8
 
 #define ROUTER_ROUND_ROBIN 0
 #define ROUTER_LEAST_OUTSTANDING 1
@@ -209,8 +216,12 @@ typedef struct {
     /* timer */
     double num_layers, step_overhead, seq_overhead;
     double q_size, kv_size, kv_bytes, act_bytes, decode_flops, bandwidth, launch;
-    PyObject *layer_cost, *prefill_cost, *head_cost;
-    CostMap layer_memo, prefill_memo, head_memo;
+    int attention;                          /* ATTENTION_GQA or ATTENTION_MLA */
+    int64_t mla_heads, mla_latent, mla_kv_lora;
+    int64_t num_moe_layers;                 /* 0: a dense model */
+    PyObject *layer_cost, *prefill_cost, *head_cost, *moe_layer_cost, *around_decode;
+    CostMap layer_memo, prefill_memo, head_memo, moe_layer_memo;
+    CostMap around_memo;  /* key (num_seqs, k): k = 0 holds the counts, then the kernels */
     int64_t cache_lookups, cache_hits;
     /* power */
     double tp, peak_flops, mem_bandwidth, idle_w, dynamic_w;
@@ -306,17 +317,108 @@ static int prefill_cost(Loop *L, int64_t new_tokens, int64_t cached, Cost *out) 
                             Py_BuildValue("(LL)", (long long)new_tokens, (long long)cached), out);
 }
 
-/* OpGraph.decode_attention_work + RooflineBackend.decode_attention_time, added to a
- * layer's cost, operation for operation. */
-static void add_decode_attention(const Loop *L, int64_t num_seqs, int64_t context, Cost *layer) {
-    double ctx = (double)context;
-    double attn_f = 4.0 * ctx * L->q_size;
-    double attn_b = 2.0 * ctx * L->kv_size * L->kv_bytes + 2.0 * (double)num_seqs * L->q_size * L->act_bytes;
+static int moe_layer_cost(Loop *L, int64_t num_tokens, Cost *out) {
+    const Cost *known = recall(L, &L->moe_layer_memo, num_tokens);
+    if (known != NULL) {
+        *out = *known;
+        return 0;
+    }
+    return ask_and_remember(&L->moe_layer_memo, num_tokens, L->moe_layer_cost,
+                            Py_BuildValue("(L)", (long long)num_tokens), out);
+}
+
+static int64_t around_key(int64_t num_seqs, int k) { return (num_seqs << 8) | k; }
+
+/* MLA's kernels around decode attention for a batch size (IterationTimer
+ * _around_decode_attention, not a counted memo): counts at k = 0, then the kernels. */
+static int around_decode(Loop *L, int64_t num_seqs, Cost *ops, int *before, int *after) {
+    const Cost *counts = costmap_get(&L->around_memo, around_key(num_seqs, 0));
+    if (counts == NULL) {
+        PyObject *res = PyObject_CallFunction(L->around_decode, "L", (long long)num_seqs);
+        if (res == NULL) return -1;
+        PyObject *sides[2];
+        if (!PyArg_ParseTuple(res, "OO", &sides[0], &sides[1]) || !PyTuple_Check(sides[0]) ||
+            !PyTuple_Check(sides[1]) ||
+            PyTuple_GET_SIZE(sides[0]) + PyTuple_GET_SIZE(sides[1]) > MAX_AROUND) {
+            Py_DECREF(res);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "around_decode: expected two short tuples");
+            return -1;
+        }
+        int k = 1;
+        for (int side = 0; side < 2; side++) {
+            for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(sides[side]); i++) {
+                Cost c;
+                if (!PyArg_ParseTuple(PyTuple_GET_ITEM(sides[side], i), "ddd", &c.seconds,
+                                      &c.flops, &c.bytes) ||
+                    costmap_put(&L->around_memo, around_key(num_seqs, k++), c) < 0) {
+                    Py_DECREF(res);
+                    return -1;
+                }
+            }
+        }
+        Cost n = {(double)PyTuple_GET_SIZE(sides[0]), (double)PyTuple_GET_SIZE(sides[1]), 0.0};
+        Py_DECREF(res);
+        if (costmap_put(&L->around_memo, around_key(num_seqs, 0), n) < 0) return -1;
+        counts = costmap_get(&L->around_memo, around_key(num_seqs, 0));
+    }
+    *before = (int)counts->seconds;
+    *after = (int)counts->flops;
+    for (int k = 0; k < *before + *after; k++)
+        ops[k] = *costmap_get(&L->around_memo, around_key(num_seqs, k + 1));
+    return 0;
+}
+
+static void add_cost(Cost *to, const Cost *c) {
+    to->seconds += c->seconds;
+    to->flops += c->flops;
+    to->bytes += c->bytes;
+}
+
+/* IterationTimer._add_decode_attention on the fast path: the attention kernel's work by
+ * OpGraph.decode_attention_work (MlaOps.decode_attention_work), timed as
+ * RooflineBackend.decode_attention_time, with MLA's kernels before and after it. */
+static int add_decode_attention(Loop *L, int64_t num_seqs, int64_t context, Cost *layer) {
+    double ctx = (double)context, attn_f, attn_b;
+    if (L->attention == ATTENTION_MLA) {
+        int64_t width = L->mla_latent + L->mla_kv_lora;
+        attn_f = 2.0 * ctx * (double)L->mla_heads * (double)width;
+        attn_b = (double)(context * L->mla_latent) * L->kv_bytes +
+                 (double)(num_seqs * L->mla_heads * width) * L->act_bytes;
+    } else {
+        attn_f = 4.0 * ctx * L->q_size;
+        attn_b = 2.0 * ctx * L->kv_size * L->kv_bytes +
+                 2.0 * (double)num_seqs * L->q_size * L->act_bytes;
+    }
+    if (!(attn_f > 0.0)) {
+        PyErr_SetString(PyExc_RuntimeError, "decode attention without FLOPs");
+        return -1;
+    }
     double compute = attn_f / L->decode_flops, memory = attn_b / L->bandwidth;
-    double attn_s = (memory > compute ? memory : compute) + L->launch;
-    layer->seconds = layer->seconds + attn_s;
-    layer->flops = layer->flops + attn_f;
-    layer->bytes = layer->bytes + attn_b;
+    Cost attn = {(memory > compute ? memory : compute) + L->launch, attn_f, attn_b};
+    if (L->attention != ATTENTION_MLA) {
+        add_cost(layer, &attn);
+        return 0;
+    }
+    Cost ops[MAX_AROUND];
+    int before, after;
+    if (around_decode(L, num_seqs, ops, &before, &after) < 0) return -1;
+    for (int k = 0; k < before; k++) add_cost(layer, &ops[k]);
+    add_cost(layer, &attn);
+    for (int k = before; k < before + after; k++) add_cost(layer, &ops[k]);
+    return 0;
+}
+
+/* IterationTimer._with_attention: each prefill chunk's attention, then the decodes'. */
+static int with_attention(Loop *L, Py_ssize_t num_chunks, int64_t num_decode,
+                          int64_t decode_context, Cost *layer) {
+    for (Py_ssize_t i = 0; i < num_chunks; i++) {
+        Cost attn;
+        if (prefill_cost(L, L->chunk_new[i], L->chunk_ctx[i], &attn) < 0) return -1;
+        add_cost(layer, &attn);
+    }
+    if (num_decode) return add_decode_attention(L, num_decode, decode_context, layer);
+    return 0;
 }
 
 /* IterationTimer.step for one stage: prefill chunks (new, cached) plus num_decode decodes. */
@@ -325,21 +427,30 @@ static int step_cost(Loop *L, Py_ssize_t num_chunks, int64_t num_decode, int64_t
     int64_t num_tokens = num_decode;
     for (Py_ssize_t i = 0; i < num_chunks; i++) num_tokens += L->chunk_new[i];
     Cost layer, head;
-    if (layer_cost(L, num_tokens, &layer) < 0) return -1;
-    for (Py_ssize_t i = 0; i < num_chunks; i++) {
-        Cost attn;
-        if (prefill_cost(L, L->chunk_new[i], L->chunk_ctx[i], &attn) < 0) return -1;
-        layer.seconds += attn.seconds;
-        layer.flops += attn.flops;
-        layer.bytes += attn.bytes;
-    }
-    if (num_decode) add_decode_attention(L, num_decode, decode_context, &layer);
-    if (head_cost(L, num_tokens, num_sampled, &head) < 0) return -1;
+    if (layer_cost(L, num_tokens, &layer) < 0 ||
+        with_attention(L, num_chunks, num_decode, decode_context, &layer) < 0 ||
+        head_cost(L, num_tokens, num_sampled, &head) < 0)
+        return -1;
     double cpu = L->step_overhead + L->seq_overhead * (double)(num_chunks + num_decode);
-    double n = L->num_layers;
-    out->seconds = cpu + n * layer.seconds + head.seconds;
-    out->flops = n * layer.flops + head.flops;
-    out->bytes = n * layer.bytes + head.bytes;
+    if (L->num_moe_layers == 0) {
+        double n = L->num_layers;
+        out->seconds = cpu + n * layer.seconds + head.seconds;
+        out->flops = n * layer.flops + head.flops;
+        out->bytes = n * layer.bytes + head.bytes;
+        return 0;
+    }
+    /* IterationTimer._moe_step with one stage */
+    Cost moe;
+    if (moe_layer_cost(L, num_tokens, &moe) < 0 ||
+        with_attention(L, num_chunks, num_decode, decode_context, &moe) < 0)
+        return -1;
+    double n_moe = (double)L->num_moe_layers, n_dense = L->num_layers - n_moe;
+    out->flops = n_dense * layer.flops + n_moe * moe.flops + head.flops;
+    out->bytes = n_dense * layer.bytes + n_moe * moe.bytes + head.bytes;
+    double stage = n_dense * layer.seconds + n_moe * moe.seconds;
+    stage += cpu;
+    stage += head.seconds;
+    out->seconds = stage;
     return 0;
 }
 
@@ -747,6 +858,10 @@ static void Loop_dealloc(Loop *L) {
     Py_XDECREF(L->layer_cost);
     Py_XDECREF(L->prefill_cost);
     Py_XDECREF(L->head_cost);
+    Py_XDECREF(L->moe_layer_cost);
+    Py_XDECREF(L->around_decode);
+    costmap_free(&L->moe_layer_memo);
+    costmap_free(&L->around_memo);
     costmap_free(&L->layer_memo);
     costmap_free(&L->prefill_memo);
     costmap_free(&L->head_memo);
@@ -809,18 +924,23 @@ static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
         "num_layers", "step_overhead", "seq_overhead",
         "q_size", "kv_size", "kv_bytes", "act_bytes", "decode_flops", "bandwidth", "launch",
         "layer_cost", "prefill_cost", "head_cost",
+        "attention", "mla_heads", "mla_latent", "mla_kv_lora", "around_decode",
+        "num_moe_layers", "moe_layer_cost",
         "tp", "peak_flops", "memory_bandwidth", "idle_w", "dynamic_w",
         "arrival_s", "input_len", "output_len", NULL};
     Py_ssize_t num_instances;
     int router, record_steps;
     long long num_blocks, block_size, max_num_seqs, max_tokens, max_queue;
-    PyObject *layer_fn, *prefill_fn, *head_fn, *arrival, *input_len, *output_len;
+    PyObject *layer_fn, *prefill_fn, *head_fn, *around_fn, *moe_fn;
+    PyObject *arrival, *input_len, *output_len;
+    long long mla_heads, mla_latent, mla_kv_lora, num_moe_layers;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "niLLLLLpddddddddddOOOdddddOOO", names, &num_instances, &router,
+            args, kwargs, "niLLLLLpddddddddddOOOiLLLOLOdddddOOO", names, &num_instances, &router,
             &num_blocks, &block_size, &max_num_seqs, &max_tokens, &max_queue, &record_steps,
             &L->num_layers, &L->step_overhead, &L->seq_overhead, &L->q_size, &L->kv_size,
             &L->kv_bytes, &L->act_bytes, &L->decode_flops, &L->bandwidth, &L->launch, &layer_fn,
-            &prefill_fn, &head_fn, &L->tp, &L->peak_flops, &L->mem_bandwidth, &L->idle_w,
+            &prefill_fn, &head_fn, &L->attention, &mla_heads, &mla_latent, &mla_kv_lora,
+            &around_fn, &num_moe_layers, &moe_fn, &L->tp, &L->peak_flops, &L->mem_bandwidth, &L->idle_w,
             &L->dynamic_w, &arrival, &input_len, &output_len))
         return -1;
     if (num_instances < 1 || block_size < 1 || max_num_seqs < 1 || max_tokens < 1 ||
@@ -828,6 +948,20 @@ static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_ValueError, "Loop: invalid configuration");
         return -1;
     }
+    if ((L->attention == ATTENTION_MLA && around_fn == Py_None) ||
+        (L->attention != ATTENTION_MLA && L->attention != ATTENTION_GQA) ||
+        (num_moe_layers > 0 && moe_fn == Py_None) || num_moe_layers < 0) {
+        PyErr_SetString(PyExc_ValueError, "Loop: invalid timer terms");
+        return -1;
+    }
+    L->mla_heads = mla_heads;
+    L->mla_latent = mla_latent;
+    L->mla_kv_lora = mla_kv_lora;
+    L->num_moe_layers = num_moe_layers;
+    Py_INCREF(around_fn);
+    Py_INCREF(moe_fn);
+    L->around_decode = around_fn;
+    L->moe_layer_cost = moe_fn;
     L->num_instances = num_instances;
     L->router = router;
     L->num_blocks = num_blocks;
@@ -843,7 +977,8 @@ static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
     L->prefill_cost = prefill_fn;
     L->head_cost = head_fn;
     if (costmap_init(&L->layer_memo, 1024) < 0 || costmap_init(&L->prefill_memo, 1024) < 0 ||
-        costmap_init(&L->head_memo, 1024) < 0)
+        costmap_init(&L->head_memo, 1024) < 0 || costmap_init(&L->moe_layer_memo, 1024) < 0 ||
+        costmap_init(&L->around_memo, 1024) < 0)
         return -1;
     Py_ssize_t count = -1;
     L->arrival = copy_column(arrival, sizeof(double), &count, "arrival_s");

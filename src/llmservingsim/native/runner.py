@@ -35,6 +35,9 @@ from llmservingsim.workload.request_table import RequestTable
 ROUTER_CODES: dict[type[Router], int] = {RoundRobinRouter: 0, LeastOutstandingRouter: 1}
 """Routers the loop implements, by their code in loop.c."""
 
+ATTENTION_GQA, ATTENTION_MLA = 0, 1
+"""Decode-attention formulas in loop.c: grouped-query (OpGraph) or latent (MlaOps)."""
+
 STEPS_PER_CALL = 8192
 """Engine steps the loop runs before it hands rows over and checks for a stop signal."""
 
@@ -175,6 +178,13 @@ class CompiledEngine:
             layer_cost=terms.layer_cost,
             prefill_cost=terms.prefill_cost,
             head_cost=terms.head_cost,
+            attention=ATTENTION_GQA if terms.mla is None else ATTENTION_MLA,
+            mla_heads=0 if terms.mla is None else terms.mla[0],
+            mla_latent=0 if terms.mla is None else terms.mla[1],
+            mla_kv_lora=0 if terms.mla is None else terms.mla[2],
+            around_decode=terms.around_decode,
+            num_moe_layers=terms.num_moe_layers,
+            moe_layer_cost=terms.moe_layer_cost,
             tp=float(first.tp),
             peak_flops=first.peak_flops,
             memory_bandwidth=first.device.memory_bandwidth,

@@ -139,18 +139,22 @@ def times_decode_attention_from_work(backend: object, method: str) -> bool:
 class CompiledTimerTerms:
     """What the compiled event loop (native/loop.c) needs to time a step exactly as
     :meth:`IterationTimer.step` does: the step's constant terms, decode attention's formula
-    terms (:meth:`OpGraph.decode_attention_terms`, :meth:`RooflineBackend.decode_attention_rates`)
-    and the timer's memoized costs, which it asks once per key (they count memo lookups and
-    hits as the timer always does)."""
+    terms (:meth:`OpGraph.decode_attention_terms`, ``mla`` = MLA's (heads, latent, kv_lora),
+    :meth:`RooflineBackend.decode_attention_rates`) and the timer's memoized costs, which it
+    asks once per key (they count memo lookups and hits as the timer always does)."""
 
     num_layers: int
+    num_moe_layers: int
     step_overhead: float
     seq_overhead: float
     decode_attention: tuple[float, float, float, float]
     decode_rates: tuple[float, float, float]
-    layer_cost: Callable[[int], tuple[float, float, float]]
-    prefill_cost: Callable[[int, int], tuple[float, float, float]]
-    head_cost: Callable[[int, int], tuple[float, float, float]]
+    mla: tuple[int, int, int] | None
+    layer_cost: Callable[[int], _Cost]
+    moe_layer_cost: Callable[[int], _Cost]
+    prefill_cost: Callable[[int, int], _Cost]
+    head_cost: Callable[[int, int], _Cost]
+    around_decode: Callable[[int], tuple[tuple[_Cost, ...], tuple[_Cost, ...]]]
 
 
 class IterationTimer:
@@ -235,28 +239,29 @@ class IterationTimer:
         """Why the compiled event loop cannot time this timer's steps (None: it can)."""
         if type(self) is not IterationTimer:
             return f"the {type(self).__name__} timer"
-        if type(self.backend) is not RooflineBackend or self._counts_calls:
+        if type(self.backend) is not RooflineBackend or self._scalar is None:
             return f"the {type(self.backend).__name__} perf backend (the roofline one is compiled)"
-        if self.num_moe_layers:
-            return "a mixture-of-experts model"
-        if self.graph.mla is not None:
-            return "multi-head latent attention"
-        if self.pp != 1 or not self._plain_decode:
+        if self.pp != 1:
             return "pipeline parallelism"
         return None
 
     def compiled_terms(self) -> CompiledTimerTerms:
         """This timer's :class:`CompiledTimerTerms` (where :meth:`compiled_refusal` is None)."""
         assert self.compiled_refusal() is None and isinstance(self.backend, RooflineBackend)
+        mla = self.graph.mla
         return CompiledTimerTerms(
             num_layers=self.num_layers,
+            num_moe_layers=self.num_moe_layers,
             step_overhead=self.step_overhead,
             seq_overhead=self.seq_overhead,
             decode_attention=self.graph.decode_attention_terms(),
             decode_rates=self.backend.decode_attention_rates(),
+            mla=None if mla is None else (mla.heads, mla.latent, mla.kv_lora),
             layer_cost=self._layer_cost,
+            moe_layer_cost=self._moe_layer_cost,
             prefill_cost=self._prefill_cost,
             head_cost=self._head_cost,
+            around_decode=self._around_decode_attention,
         )
 
     @property
