@@ -525,7 +525,7 @@ class EngineConfig(_Section):
 
     compiled: bool = True
     """Run the event loop in C (native/loop.c) where the configuration is one it covers:
-    routers round_robin/least_outstanding, the vllm/sarathi policy with recompute preemption,
+    routers round_robin/least_outstanding/least_kv, the vllm/sarathi policy with recompute preemption,
     plain paged KV, the roofline backend (dense, MoE or MLA models), no pipeline parallelism,
     no speculative decoding or LoRA (docs/performance.md). The numbers are the Python engine's;
     summary.json says which loop ran (``engine_loop``) and why not the compiled one. Needs

@@ -2,8 +2,8 @@
  * The event loop of llmservingsim (engine.py) for the common configuration, in C.
  *
  * What it covers (native/runner.py checks it before choosing this loop): one pool of
- * identical instances without pipeline parallelism, routed round_robin or
- * least_outstanding, each running vLLM's scheduler (serving/schedulers/vllm.py) on a plain
+ * identical instances without pipeline parallelism, routed round_robin,
+ * least_outstanding or least_kv, each running vLLM's scheduler (serving/schedulers/vllm.py) on a plain
  * paged KV cache with preemption by recompute, timed by perf/iteration.py's IterationTimer
  * on the roofline backend (dense or mixture-of-experts layers, grouped-query or multi-head
  * latent attention). Everything else runs the Python engine.
@@ -46,6 +46,7 @@
 
 #define ROUTER_ROUND_ROBIN 0
 #define ROUTER_LEAST_OUTSTANDING 1
+#define ROUTER_LEAST_KV 2
 
 /* ------------------------------------------------------------------ growable byte buffer */
 
@@ -796,13 +797,31 @@ static int add_request(Loop *L, Py_ssize_t index, Py_ssize_t request) {
     return waiting_push_back(I, slot);
 }
 
-/* cluster/routers.py: round_robin, least_outstanding (ties rotate from one past the last pick). */
+/* cluster/routers.py least_kv: the most free KV blocks per block, then the fewest
+ * outstanding requests; the first such instance. */
+static Py_ssize_t route_least_kv(const Loop *L) {
+    Py_ssize_t best = 0;
+    double best_free = (double)L->inst[0].free_blocks / (double)L->num_blocks;
+    for (Py_ssize_t i = 1; i < L->num_instances; i++) {
+        double free = (double)L->inst[i].free_blocks / (double)L->num_blocks;
+        if (free > best_free ||
+            (free == best_free && L->inst[i].outstanding < L->inst[best].outstanding)) {
+            best = i;
+            best_free = free;
+        }
+    }
+    return best;
+}
+
+/* cluster/routers.py: round_robin, least_outstanding (ties rotate from one past the last
+ * pick), least_kv. */
 static Py_ssize_t route(Loop *L) {
     Py_ssize_t n = L->num_instances, start = L->route_next, best = start;
     if (L->router == ROUTER_ROUND_ROBIN) {
         L->route_next = (start + 1) % n;
         return start;
     }
+    if (L->router == ROUTER_LEAST_KV) return route_least_kv(L);
     int64_t best_load = L->inst[start].outstanding;
     for (Py_ssize_t k = 1; k < n; k++) {
         Py_ssize_t i = (start + k) % n;
@@ -944,7 +963,7 @@ static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
             &L->dynamic_w, &arrival, &input_len, &output_len))
         return -1;
     if (num_instances < 1 || block_size < 1 || max_num_seqs < 1 || max_tokens < 1 ||
-        num_blocks < 0 || (router != ROUTER_ROUND_ROBIN && router != ROUTER_LEAST_OUTSTANDING)) {
+        num_blocks < 1 || router < ROUTER_ROUND_ROBIN || router > ROUTER_LEAST_KV) {
         PyErr_SetString(PyExc_ValueError, "Loop: invalid configuration");
         return -1;
     }

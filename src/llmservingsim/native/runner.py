@@ -19,7 +19,12 @@ import numpy as np
 import numpy.typing as npt
 
 from llmservingsim.cluster.cluster import Cluster
-from llmservingsim.cluster.routers import LeastOutstandingRouter, RoundRobinRouter, Router
+from llmservingsim.cluster.routers import (
+    LeastKvRouter,
+    LeastOutstandingRouter,
+    RoundRobinRouter,
+    Router,
+)
 from llmservingsim.config import SimConfig
 from llmservingsim.interrupt import signals_held
 from llmservingsim.metrics.collector import MetricsCollector
@@ -32,7 +37,11 @@ from llmservingsim.serving.schedulers.vllm import VllmScheduler
 from llmservingsim.workload.request_spec import RequestSpec
 from llmservingsim.workload.request_table import RequestTable
 
-ROUTER_CODES: dict[type[Router], int] = {RoundRobinRouter: 0, LeastOutstandingRouter: 1}
+ROUTER_CODES: dict[type[Router], int] = {
+    RoundRobinRouter: 0,
+    LeastOutstandingRouter: 1,
+    LeastKvRouter: 2,
+}
 """Routers the loop implements, by their code in loop.c."""
 
 ATTENTION_GQA, ATTENTION_MLA = 0, 1
@@ -86,6 +95,8 @@ def refusal(cfg: SimConfig, cluster: Cluster, checking_invariants: bool) -> str 
         return "speculative decoding"
     instances = cluster.instances
     first = instances[0]
+    if first.num_blocks < 1:
+        return "an instance without KV blocks"
     for inst in instances:
         if inst.role != "mixed":
             return f"a {inst.role} instance (prefill/decode disaggregation)"
