@@ -2,9 +2,9 @@
  * The event loop of llmservingsim (engine.py) for the common configuration, in C.
  *
  * What it covers (native/runner.py checks it before choosing this loop): one pool of
- * identical instances without pipeline parallelism, routed round_robin,
- * least_outstanding or least_kv, each running vLLM's scheduler (serving/schedulers/vllm.py) on a plain
- * paged KV cache with preemption by recompute, timed by perf/iteration.py's IterationTimer
+ * identical instances without pipeline parallelism, routed round_robin, least_outstanding
+ * or least_kv, each running vLLM's scheduler (serving/schedulers/vllm.py) on a plain paged
+ * KV cache with preemption by recompute, timed by perf/iteration.py's IterationTimer
  * on the roofline backend (dense or mixture-of-experts layers, grouped-query or multi-head
  * latent attention). Everything else runs the Python engine.
  *
