@@ -1,12 +1,13 @@
 /*
  * The event loop of llmservingsim (engine.py) for the common configuration, in C.
  *
- * What it covers (native/runner.py checks it before choosing this loop): one pool of
- * identical instances without pipeline parallelism, routed round_robin, least_outstanding
- * or least_kv, each running vLLM's scheduler (serving/schedulers/vllm.py) on a plain paged
- * KV cache with preemption by recompute, timed by perf/iteration.py's IterationTimer
- * on the roofline backend (dense or mixture-of-experts layers, grouped-query or multi-head
- * latent attention). Everything else runs the Python engine.
+ * What it covers (native/runner.py checks it before choosing this loop): pools of instances
+ * without pipeline parallelism (mixed, or prefill and decode pools with KV transfers between
+ * them), routed round_robin, least_outstanding or least_kv, each instance running vLLM's
+ * scheduler (serving/schedulers/vllm.py) on a plain paged KV cache with preemption by
+ * recompute, timed by perf/iteration.py's IterationTimer on the roofline backend (dense or
+ * mixture-of-experts layers, grouped-query or multi-head latent attention). Everything else
+ * runs the Python engine.
  *
  * It follows the Python engine step by step, one request at a time (engine.fast_forward:
  * false is its model): the same events in the same order, the same scheduling decisions,
@@ -14,17 +15,18 @@
  * same number. tests/test_compiled_loop.py checks that on many configurations.
  *
  * Costs the timer memoizes (a layer by token count, the model head by token and sample
- * count, prefill attention by chunk) are asked of the Python timer once per key through
- * callbacks and remembered here (so are MLA's weight-absorption GEMMs around decode
+ * count, prefill attention by chunk) are asked of each pool's Python timer once per key
+ * through callbacks and remembered here (so are MLA's weight-absorption GEMMs around decode
  * attention, by batch size); decode attention itself, which changes every step, is computed
  * here with the formula of OpGraph.decode_attention_work (MlaOps.decode_attention_work) and
- * RooflineBackend.decode_attention_time.
+ * RooflineBackend.decode_attention_time. A KV transfer's time comes from a callback too
+ * (Cluster.kv_transfer_time).
  *
- * Requests: the caller hands over arrival times and lengths in arrival order; a request's
- * number below is its row. Ended requests, steps and inter-token gaps are written to byte
- * buffers that the caller takes (and empties) between calls of Loop.run, which stops
- * after a given number of steps so the caller can flush outputs, report progress and
- * notice a stop signal.
+ * Requests: the caller hands over ids, arrival times and lengths in arrival order; a
+ * request's number below is its row. Ended requests, steps and inter-token gaps are written to
+ * byte buffers that the caller takes (and empties) between calls of Loop.run, which stops
+ * after a given number of steps so the caller can flush outputs, report progress and notice
+ * a stop signal.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -32,21 +34,29 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KERNEL_VERSION 1
+#define KERNEL_VERSION 2
 
 /* Request row status codes (metrics/request_log.py STATUSES). */
 #define STATUS_FINISHED 0
 #define STATUS_FAILED 1
 #define STATUS_REJECTED 2
 
+#define ROLE_MIXED 0
+#define ROLE_PREFILL 1
+#define ROLE_DECODE 2
+
 #define ATTENTION_GQA 0
 #define ATTENTION_MLA 1
-/* Kernels before plus after MLA's decode attention, at most (IterationTimer asserts it). */
+/* Kernels before plus after MLA's decode attention, at most. */
 #define MAX_AROUND 8
 
 #define ROUTER_ROUND_ROBIN 0
 #define ROUTER_LEAST_OUTSTANDING 1
 #define ROUTER_LEAST_KV 2
+
+/* Event kinds, in engine.py's order for events at the same time. */
+#define EVENT_STEP_END 0
+#define EVENT_KV_ARRIVAL 2
 
 /* ------------------------------------------------------------------ growable byte buffer */
 
@@ -84,12 +94,12 @@ static PyObject *buffer_take(Buffer *b) {
 
 /* ------------------------------------------------------------------ rows written */
 
-/* An ended request (the caller adds id, arrival and lengths from its own columns). */
+/* An ended request (the caller adds arrival and lengths from its own columns). */
 typedef struct {
     int64_t request;
-    double first_scheduled_s, first_token_s, finish_s;
+    double first_scheduled_s, first_token_s, finish_s, kv_transfer_s;
     int64_t generated;
-    int32_t instance, status, preemptions, pad;
+    int32_t instance, status, preemptions, prefill_instance;
 } EndedRow;
 
 /* metrics/steps.py _ROW: instance, engine, start, duration, seqs, prefill, decode, kv used,
@@ -174,20 +184,40 @@ static int costmap_put(CostMap *m, int64_t key, Cost value) {
     return 0;
 }
 
-/* ------------------------------------------------------------------ requests and instances */
+/* ------------------------------------------------------------------ pools, requests, instances */
 
-/* A request while an instance holds it (serving/sequence.py Sequence). */
+/* A pool's instances share one timer (perf/iteration.py) and one device type. */
+typedef struct {
+    int role;
+    int64_t num_blocks;
+    /* timer */
+    double num_layers, step_overhead, seq_overhead;
+    double q_size, kv_size, kv_bytes, act_bytes, decode_flops, bandwidth, launch;
+    int attention; /* ATTENTION_GQA or ATTENTION_MLA */
+    int64_t mla_heads, mla_latent, mla_kv_lora;
+    int64_t num_moe_layers; /* 0: a dense model */
+    PyObject *layer_cost, *prefill_cost, *head_cost, *moe_layer_cost, *around_decode;
+    CostMap layer_memo, prefill_memo, head_memo, moe_layer_memo;
+    CostMap around_memo; /* key (num_seqs, k): k = 0 holds the counts, then the kernels */
+    int64_t cache_lookups, cache_hits;
+    /* power of one device */
+    double tp, peak_flops, mem_bandwidth, idle_w, dynamic_w;
+} Pool;
+
+/* A request while an instance holds it or its KV cache is on the way (serving/sequence.py). */
 typedef struct {
     int64_t request;
     int64_t input_len, output_len;
     int64_t num_computed, generated, blocks;
     int64_t max_computed, pass_start;
     int64_t preemptions, admissions;
-    double first_scheduled_s, first_token_s, last_token_s;
-    int finished; /* set while a step's results are applied */
+    int64_t prefill_instance;
+    double first_scheduled_s, first_token_s, last_token_s, kv_transfer_s;
+    int leaving; /* set while a step's results are applied: finished or handed off */
 } Seq;
 
 typedef struct {
+    Pool *pool;
     /* waiting: a ring of sequence slots, head first */
     int64_t *waiting;
     Py_ssize_t waiting_cap, waiting_head, waiting_len;
@@ -199,7 +229,7 @@ typedef struct {
     Py_ssize_t batch_len;
     int busy;
     int64_t free_blocks;
-    int64_t outstanding;
+    int64_t outstanding, incoming;
     Py_ssize_t touched_epoch;
     /* StepTotals and scheduler counters */
     int64_t iterations, prefill_tokens, decode_tokens, kv_peak_blocks, max_batch_size;
@@ -207,43 +237,48 @@ typedef struct {
     int64_t preemptions, recomputed_tokens;
 } Inst;
 
+/* engine.py's event tuple (time, kind, instance, arg), plus the transferred sequence. */
+typedef struct {
+    double time;
+    int64_t kind, instance, arg, slot;
+} Event;
+
+/* cluster/routers.py: a router over some instances (by global index). */
+typedef struct {
+    int kind;
+    Py_ssize_t *members;
+    Py_ssize_t count, next;
+} Router;
+
 typedef struct {
     PyObject_HEAD
-    /* configuration */
-    Py_ssize_t num_instances;
-    int router;
-    int64_t num_blocks, block_size, max_num_seqs, max_num_batched_tokens, max_queue;
+    int ready; /* __init__ succeeded */
+    int started; /* run() was called: no more pools */
+    /* scheduler configuration (one for the cluster) */
+    int64_t block_size, max_num_seqs, max_num_batched_tokens, max_queue;
     int record_steps;
-    /* timer */
-    double num_layers, step_overhead, seq_overhead;
-    double q_size, kv_size, kv_bytes, act_bytes, decode_flops, bandwidth, launch;
-    int attention;                          /* ATTENTION_GQA or ATTENTION_MLA */
-    int64_t mla_heads, mla_latent, mla_kv_lora;
-    int64_t num_moe_layers;                 /* 0: a dense model */
-    PyObject *layer_cost, *prefill_cost, *head_cost, *moe_layer_cost, *around_decode;
-    CostMap layer_memo, prefill_memo, head_memo, moe_layer_memo;
-    CostMap around_memo;  /* key (num_seqs, k): k = 0 holds the counts, then the kernels */
-    int64_t cache_lookups, cache_hits;
-    /* power */
-    double tp, peak_flops, mem_bandwidth, idle_w, dynamic_w;
+    PyObject *kv_transfer; /* (source, target, tokens) -> seconds */
     /* requests, in arrival order */
     double *arrival;
-    int64_t *input_len, *output_len;
+    int64_t *ids, *input_len, *output_len;
     Py_ssize_t num_requests, next_request;
     /* sequences: slots reused once a request leaves */
     Seq *seqs;
     int64_t *free_slots;
     Py_ssize_t seqs_cap, free_len;
-    /* instances and the pending step ends (a min-heap on (time, instance)) */
+    /* pools and instances */
+    Pool **pools;
+    Py_ssize_t num_pools;
     Inst *inst;
-    Py_ssize_t *heap;
-    double *step_end;
-    Py_ssize_t heap_len;
-    Py_ssize_t route_next;
+    Py_ssize_t num_instances;
+    Router entry, decode;
+    /* pending events, a min-heap */
+    Event *events;
+    Py_ssize_t events_len, events_cap;
     Py_ssize_t *touched;
     Py_ssize_t epoch;
-    /* scratch for one step's prefill chunks (new, cached) */
-    int64_t *chunk_new, *chunk_ctx;
+    /* scratch for one step: prefill chunks (new, cached), hand-offs */
+    int64_t *chunk_new, *chunk_ctx, *handoffs;
     /* clock and outputs */
     double now;
     int64_t steps;
@@ -269,73 +304,50 @@ static int ask_cost(PyObject *fn, PyObject *args, Cost *out) {
     return PyErr_Occurred() ? -1 : 0;
 }
 
-/* A memoized cost seen before: it counts as the timer's lookup and hit (the timer's own
- * memo holds it too). NULL: a new key, to ask of the timer, which counts that lookup itself. */
-static const Cost *recall(Loop *L, const CostMap *memo, int64_t key) {
+/* A memoized cost of the pool's timer: a key seen before counts as the timer's lookup and
+ * hit (the timer's own memo holds it too); a new key is asked of the timer, which counts that
+ * lookup itself. */
+static int memo_cost(Pool *P, CostMap *memo, int64_t key, PyObject *fn, int64_t a, int64_t b,
+                     int two_args, Cost *out) {
     const Cost *known = costmap_get(memo, key);
     if (known != NULL) {
-        L->cache_lookups++;
-        L->cache_hits++;
+        P->cache_lookups++;
+        P->cache_hits++;
+        *out = *known;
+        return 0;
     }
-    return known;
-}
-
-static int ask_and_remember(CostMap *memo, int64_t key, PyObject *fn, PyObject *args, Cost *out) {
+    PyObject *args = two_args ? Py_BuildValue("(LL)", (long long)a, (long long)b)
+                              : Py_BuildValue("(L)", (long long)a);
     if (ask_cost(fn, args, out) < 0) return -1;
     return costmap_put(memo, key, *out);
 }
 
-static int layer_cost(Loop *L, int64_t num_tokens, Cost *out) {
-    const Cost *known = recall(L, &L->layer_memo, num_tokens);
-    if (known != NULL) {
-        *out = *known;
-        return 0;
-    }
-    return ask_and_remember(&L->layer_memo, num_tokens, L->layer_cost,
-                            Py_BuildValue("(L)", (long long)num_tokens), out);
+static int layer_cost(Pool *P, int64_t num_tokens, Cost *out) {
+    return memo_cost(P, &P->layer_memo, num_tokens, P->layer_cost, num_tokens, 0, 0, out);
 }
 
-static int head_cost(Loop *L, int64_t num_tokens, int64_t num_sampled, Cost *out) {
+static int moe_layer_cost(Pool *P, int64_t num_tokens, Cost *out) {
+    return memo_cost(P, &P->moe_layer_memo, num_tokens, P->moe_layer_cost, num_tokens, 0, 0, out);
+}
+
+static int head_cost(Pool *P, int64_t num_tokens, int64_t num_sampled, Cost *out) {
     int64_t key = (num_tokens << 32) | num_sampled;
-    const Cost *known = recall(L, &L->head_memo, key);
-    if (known != NULL) {
-        *out = *known;
-        return 0;
-    }
-    return ask_and_remember(&L->head_memo, key, L->head_cost,
-                            Py_BuildValue("(LL)", (long long)num_tokens, (long long)num_sampled),
-                            out);
+    return memo_cost(P, &P->head_memo, key, P->head_cost, num_tokens, num_sampled, 1, out);
 }
 
-static int prefill_cost(Loop *L, int64_t new_tokens, int64_t cached, Cost *out) {
+static int prefill_cost(Pool *P, int64_t new_tokens, int64_t cached, Cost *out) {
     int64_t key = (new_tokens << 32) | cached;
-    const Cost *known = recall(L, &L->prefill_memo, key);
-    if (known != NULL) {
-        *out = *known;
-        return 0;
-    }
-    return ask_and_remember(&L->prefill_memo, key, L->prefill_cost,
-                            Py_BuildValue("(LL)", (long long)new_tokens, (long long)cached), out);
-}
-
-static int moe_layer_cost(Loop *L, int64_t num_tokens, Cost *out) {
-    const Cost *known = recall(L, &L->moe_layer_memo, num_tokens);
-    if (known != NULL) {
-        *out = *known;
-        return 0;
-    }
-    return ask_and_remember(&L->moe_layer_memo, num_tokens, L->moe_layer_cost,
-                            Py_BuildValue("(L)", (long long)num_tokens), out);
+    return memo_cost(P, &P->prefill_memo, key, P->prefill_cost, new_tokens, cached, 1, out);
 }
 
 static int64_t around_key(int64_t num_seqs, int k) { return (num_seqs << 8) | k; }
 
 /* MLA's kernels around decode attention for a batch size (IterationTimer
  * _around_decode_attention, not a counted memo): counts at k = 0, then the kernels. */
-static int around_decode(Loop *L, int64_t num_seqs, Cost *ops, int *before, int *after) {
-    const Cost *counts = costmap_get(&L->around_memo, around_key(num_seqs, 0));
+static int around_decode(Pool *P, int64_t num_seqs, Cost *ops, int *before, int *after) {
+    const Cost *counts = costmap_get(&P->around_memo, around_key(num_seqs, 0));
     if (counts == NULL) {
-        PyObject *res = PyObject_CallFunction(L->around_decode, "L", (long long)num_seqs);
+        PyObject *res = PyObject_CallFunction(P->around_decode, "L", (long long)num_seqs);
         if (res == NULL) return -1;
         PyObject *sides[2];
         if (!PyArg_ParseTuple(res, "OO", &sides[0], &sides[1]) || !PyTuple_Check(sides[0]) ||
@@ -352,7 +364,7 @@ static int around_decode(Loop *L, int64_t num_seqs, Cost *ops, int *before, int 
                 Cost c;
                 if (!PyArg_ParseTuple(PyTuple_GET_ITEM(sides[side], i), "ddd", &c.seconds,
                                       &c.flops, &c.bytes) ||
-                    costmap_put(&L->around_memo, around_key(num_seqs, k++), c) < 0) {
+                    costmap_put(&P->around_memo, around_key(num_seqs, k++), c) < 0) {
                     Py_DECREF(res);
                     return -1;
                 }
@@ -360,13 +372,13 @@ static int around_decode(Loop *L, int64_t num_seqs, Cost *ops, int *before, int 
         }
         Cost n = {(double)PyTuple_GET_SIZE(sides[0]), (double)PyTuple_GET_SIZE(sides[1]), 0.0};
         Py_DECREF(res);
-        if (costmap_put(&L->around_memo, around_key(num_seqs, 0), n) < 0) return -1;
-        counts = costmap_get(&L->around_memo, around_key(num_seqs, 0));
+        if (costmap_put(&P->around_memo, around_key(num_seqs, 0), n) < 0) return -1;
+        counts = costmap_get(&P->around_memo, around_key(num_seqs, 0));
     }
     *before = (int)counts->seconds;
     *after = (int)counts->flops;
     for (int k = 0; k < *before + *after; k++)
-        ops[k] = *costmap_get(&L->around_memo, around_key(num_seqs, k + 1));
+        ops[k] = *costmap_get(&P->around_memo, around_key(num_seqs, k + 1));
     return 0;
 }
 
@@ -379,31 +391,31 @@ static void add_cost(Cost *to, const Cost *c) {
 /* IterationTimer._add_decode_attention on the fast path: the attention kernel's work by
  * OpGraph.decode_attention_work (MlaOps.decode_attention_work), timed as
  * RooflineBackend.decode_attention_time, with MLA's kernels before and after it. */
-static int add_decode_attention(Loop *L, int64_t num_seqs, int64_t context, Cost *layer) {
+static int add_decode_attention(Pool *P, int64_t num_seqs, int64_t context, Cost *layer) {
     double ctx = (double)context, attn_f, attn_b;
-    if (L->attention == ATTENTION_MLA) {
-        int64_t width = L->mla_latent + L->mla_kv_lora;
-        attn_f = 2.0 * ctx * (double)L->mla_heads * (double)width;
-        attn_b = (double)(context * L->mla_latent) * L->kv_bytes +
-                 (double)(num_seqs * L->mla_heads * width) * L->act_bytes;
+    if (P->attention == ATTENTION_MLA) {
+        int64_t width = P->mla_latent + P->mla_kv_lora;
+        attn_f = 2.0 * ctx * (double)P->mla_heads * (double)width;
+        attn_b = (double)(context * P->mla_latent) * P->kv_bytes +
+                 (double)(num_seqs * P->mla_heads * width) * P->act_bytes;
     } else {
-        attn_f = 4.0 * ctx * L->q_size;
-        attn_b = 2.0 * ctx * L->kv_size * L->kv_bytes +
-                 2.0 * (double)num_seqs * L->q_size * L->act_bytes;
+        attn_f = 4.0 * ctx * P->q_size;
+        attn_b = 2.0 * ctx * P->kv_size * P->kv_bytes +
+                 2.0 * (double)num_seqs * P->q_size * P->act_bytes;
     }
     if (!(attn_f > 0.0)) {
         PyErr_SetString(PyExc_RuntimeError, "decode attention without FLOPs");
         return -1;
     }
-    double compute = attn_f / L->decode_flops, memory = attn_b / L->bandwidth;
-    Cost attn = {(memory > compute ? memory : compute) + L->launch, attn_f, attn_b};
-    if (L->attention != ATTENTION_MLA) {
+    double compute = attn_f / P->decode_flops, memory = attn_b / P->bandwidth;
+    Cost attn = {(memory > compute ? memory : compute) + P->launch, attn_f, attn_b};
+    if (P->attention != ATTENTION_MLA) {
         add_cost(layer, &attn);
         return 0;
     }
     Cost ops[MAX_AROUND];
     int before, after;
-    if (around_decode(L, num_seqs, ops, &before, &after) < 0) return -1;
+    if (around_decode(P, num_seqs, ops, &before, &after) < 0) return -1;
     for (int k = 0; k < before; k++) add_cost(layer, &ops[k]);
     add_cost(layer, &attn);
     for (int k = before; k < before + after; k++) add_cost(layer, &ops[k]);
@@ -411,30 +423,30 @@ static int add_decode_attention(Loop *L, int64_t num_seqs, int64_t context, Cost
 }
 
 /* IterationTimer._with_attention: each prefill chunk's attention, then the decodes'. */
-static int with_attention(Loop *L, Py_ssize_t num_chunks, int64_t num_decode,
+static int with_attention(Loop *L, Pool *P, Py_ssize_t num_chunks, int64_t num_decode,
                           int64_t decode_context, Cost *layer) {
     for (Py_ssize_t i = 0; i < num_chunks; i++) {
         Cost attn;
-        if (prefill_cost(L, L->chunk_new[i], L->chunk_ctx[i], &attn) < 0) return -1;
+        if (prefill_cost(P, L->chunk_new[i], L->chunk_ctx[i], &attn) < 0) return -1;
         add_cost(layer, &attn);
     }
-    if (num_decode) return add_decode_attention(L, num_decode, decode_context, layer);
+    if (num_decode) return add_decode_attention(P, num_decode, decode_context, layer);
     return 0;
 }
 
 /* IterationTimer.step for one stage: prefill chunks (new, cached) plus num_decode decodes. */
-static int step_cost(Loop *L, Py_ssize_t num_chunks, int64_t num_decode, int64_t decode_context,
-                     int64_t num_sampled, Cost *out) {
+static int step_cost(Loop *L, Pool *P, Py_ssize_t num_chunks, int64_t num_decode,
+                     int64_t decode_context, int64_t num_sampled, Cost *out) {
     int64_t num_tokens = num_decode;
     for (Py_ssize_t i = 0; i < num_chunks; i++) num_tokens += L->chunk_new[i];
     Cost layer, head;
-    if (layer_cost(L, num_tokens, &layer) < 0 ||
-        with_attention(L, num_chunks, num_decode, decode_context, &layer) < 0 ||
-        head_cost(L, num_tokens, num_sampled, &head) < 0)
+    if (layer_cost(P, num_tokens, &layer) < 0 ||
+        with_attention(L, P, num_chunks, num_decode, decode_context, &layer) < 0 ||
+        head_cost(P, num_tokens, num_sampled, &head) < 0)
         return -1;
-    double cpu = L->step_overhead + L->seq_overhead * (double)(num_chunks + num_decode);
-    if (L->num_moe_layers == 0) {
-        double n = L->num_layers;
+    double cpu = P->step_overhead + P->seq_overhead * (double)(num_chunks + num_decode);
+    if (P->num_moe_layers == 0) {
+        double n = P->num_layers;
         out->seconds = cpu + n * layer.seconds + head.seconds;
         out->flops = n * layer.flops + head.flops;
         out->bytes = n * layer.bytes + head.bytes;
@@ -442,10 +454,10 @@ static int step_cost(Loop *L, Py_ssize_t num_chunks, int64_t num_decode, int64_t
     }
     /* IterationTimer._moe_step with one stage */
     Cost moe;
-    if (moe_layer_cost(L, num_tokens, &moe) < 0 ||
-        with_attention(L, num_chunks, num_decode, decode_context, &moe) < 0)
+    if (moe_layer_cost(P, num_tokens, &moe) < 0 ||
+        with_attention(L, P, num_chunks, num_decode, decode_context, &moe) < 0)
         return -1;
-    double n_moe = (double)L->num_moe_layers, n_dense = L->num_layers - n_moe;
+    double n_moe = (double)P->num_moe_layers, n_dense = P->num_layers - n_moe;
     out->flops = n_dense * layer.flops + n_moe * moe.flops + head.flops;
     out->bytes = n_dense * layer.bytes + n_moe * moe.bytes + head.bytes;
     double stage = n_dense * layer.seconds + n_moe * moe.seconds;
@@ -465,14 +477,16 @@ static Py_ssize_t new_seq(Loop *L, Py_ssize_t request) {
     if (L->free_len == 0) {
         Py_ssize_t cap = L->seqs_cap ? 2 * L->seqs_cap : 1024;
         Seq *seqs = realloc(L->seqs, sizeof(Seq) * (size_t)cap);
-        int64_t *free_slots = realloc(L->free_slots, sizeof(int64_t) * (size_t)cap);
-        if (seqs == NULL || free_slots == NULL) {
-            if (seqs != NULL) L->seqs = seqs;
-            if (free_slots != NULL) L->free_slots = free_slots;
+        if (seqs == NULL) {
             PyErr_NoMemory();
             return -1;
         }
         L->seqs = seqs;
+        int64_t *free_slots = realloc(L->free_slots, sizeof(int64_t) * (size_t)cap);
+        if (free_slots == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
         L->free_slots = free_slots;
         for (Py_ssize_t s = cap - 1; s >= L->seqs_cap; s--) L->free_slots[L->free_len++] = s;
         L->seqs_cap = cap;
@@ -483,25 +497,30 @@ static Py_ssize_t new_seq(Loop *L, Py_ssize_t request) {
     s->request = request;
     s->input_len = L->input_len[request];
     s->output_len = L->output_len[request];
+    s->prefill_instance = -1;
     s->first_scheduled_s = s->first_token_s = s->last_token_s = -1.0;
     return slot;
 }
 
-static int write_ended(Loop *L, int64_t request, Py_ssize_t instance, int status,
-                       const Seq *s) {
+static void free_seq(Loop *L, int64_t slot) { L->free_slots[L->free_len++] = slot; }
+
+/* MetricsCollector.on_finish / on_drop: the request's row (s: NULL for one never queued). */
+static int write_ended(Loop *L, int64_t request, Py_ssize_t instance, int status, const Seq *s) {
     EndedRow row;
     memset(&row, 0, sizeof(row));
     row.request = request;
     row.instance = (int32_t)instance;
     row.status = status;
     row.finish_s = L->now;
+    row.first_scheduled_s = row.first_token_s = -1.0;
+    row.prefill_instance = -1;
     if (s != NULL) {
         row.first_scheduled_s = s->first_scheduled_s;
         row.first_token_s = s->first_token_s;
         row.generated = s->generated;
         row.preemptions = (int32_t)s->preemptions;
-    } else {
-        row.first_scheduled_s = row.first_token_s = -1.0;
+        row.prefill_instance = (int32_t)s->prefill_instance;
+        row.kv_transfer_s = s->kv_transfer_s;
     }
     return buffer_put(&L->ended, &row, sizeof(row));
 }
@@ -575,6 +594,11 @@ static int preempt(Loop *L, Inst *I, int64_t slot) {
     return waiting_push_front(I, slot);
 }
 
+static void add_to_batch(Inst *I, int64_t slot, int64_t num_new) {
+    I->batch_slot[I->batch_len] = slot;
+    I->batch_tokens[I->batch_len++] = num_new;
+}
+
 /* VllmScheduler.schedule: running requests first, then waiting ones, in one token budget. */
 static int schedule(Loop *L, Inst *I) {
     int64_t budget = L->max_num_batched_tokens;
@@ -587,24 +611,23 @@ static int schedule(Loop *L, Inst *I) {
         int64_t wanted = s->input_len + s->generated - s->num_computed;
         int64_t num_new = wanted < budget ? wanted : budget;
         int64_t need = blocks_needed(L, s->num_computed + num_new) - s->blocks;
-        int scheduled = 0;
-        for (;;) {
-            if (need <= 0 || need <= I->free_blocks) {
-                if (need > 0) {
-                    I->free_blocks -= need;
-                    s->blocks += need;
-                }
-                scheduled = 1;
-                break;
-            }
+        /* BlockManager.try_allocate, preempting the latest admitted until it fits */
+        int self_preempted = 0;
+        while (need > I->free_blocks) {
             int64_t victim = I->running[--I->running_len];
             if (preempt(L, I, victim) < 0) return -1;
             preempted = 1;
-            if (victim == slot) break;
+            if (victim == slot) {
+                self_preempted = 1;
+                break;
+            }
         }
-        if (!scheduled) break;
-        I->batch_slot[I->batch_len] = slot;
-        I->batch_tokens[I->batch_len++] = num_new;
+        if (self_preempted) break;
+        if (need > 0) {
+            I->free_blocks -= need;
+            s->blocks += need;
+        }
+        add_to_batch(I, slot, num_new);
         budget -= num_new;
         i++;
     }
@@ -612,7 +635,8 @@ static int schedule(Loop *L, Inst *I) {
     while (I->waiting_len > 0 && budget > 0 && I->running_len < L->max_num_seqs) {
         int64_t slot = waiting_front(I);
         Seq *s = &L->seqs[slot];
-        /* The request keeps what it has computed (nothing, after a recompute preemption). */
+        /* The request starts from what it has computed (nothing after a recompute
+         * preemption; its prompt after a KV transfer). */
         int64_t hit = s->num_computed;
         int64_t left = s->input_len + s->generated - hit;
         int64_t num_new = left < budget ? left : budget;
@@ -626,47 +650,55 @@ static int schedule(Loop *L, Inst *I) {
         s->admissions++;
         s->pass_start = s->num_computed;
         I->running[I->running_len++] = slot;
-        I->batch_slot[I->batch_len] = slot;
-        I->batch_tokens[I->batch_len++] = num_new;
+        add_to_batch(I, slot, num_new);
         budget -= num_new;
     }
     return 0;
 }
 
-/* ------------------------------------------------------------------ step ends (min-heap) */
+/* ------------------------------------------------------------------ events (min-heap) */
 
-static int heap_before(const Loop *L, Py_ssize_t a, Py_ssize_t b) {
-    double ta = L->step_end[a], tb = L->step_end[b];
-    return ta < tb || (ta == tb && a < b);
+static int event_before(const Event *a, const Event *b) {
+    if (a->time != b->time) return a->time < b->time;
+    if (a->kind != b->kind) return a->kind < b->kind;
+    if (a->instance != b->instance) return a->instance < b->instance;
+    return a->arg < b->arg;
 }
 
-static void heap_push(Loop *L, Py_ssize_t inst) {
-    Py_ssize_t i = L->heap_len++;
-    L->heap[i] = inst;
+static int push_event(Loop *L, Event e) {
+    if (L->events_len == L->events_cap) {
+        Py_ssize_t cap = L->events_cap ? 2 * L->events_cap : 64;
+        Event *events = realloc(L->events, sizeof(Event) * (size_t)cap);
+        if (events == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        L->events = events;
+        L->events_cap = cap;
+    }
+    Py_ssize_t i = L->events_len++;
     while (i > 0) {
         Py_ssize_t parent = (i - 1) / 2;
-        if (!heap_before(L, L->heap[i], L->heap[parent])) break;
-        Py_ssize_t t = L->heap[i];
-        L->heap[i] = L->heap[parent];
-        L->heap[parent] = t;
+        if (!event_before(&e, &L->events[parent])) break;
+        L->events[i] = L->events[parent];
         i = parent;
     }
+    L->events[i] = e;
+    return 0;
 }
 
-static Py_ssize_t heap_pop(Loop *L) {
-    Py_ssize_t top = L->heap[0];
-    L->heap[0] = L->heap[--L->heap_len];
-    Py_ssize_t i = 0;
+static Event pop_event(Loop *L) {
+    Event top = L->events[0], last = L->events[--L->events_len];
+    Py_ssize_t i = 0, n = L->events_len;
     for (;;) {
-        Py_ssize_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < L->heap_len && heap_before(L, L->heap[l], L->heap[m])) m = l;
-        if (r < L->heap_len && heap_before(L, L->heap[r], L->heap[m])) m = r;
-        if (m == i) break;
-        Py_ssize_t t = L->heap[i];
-        L->heap[i] = L->heap[m];
-        L->heap[m] = t;
-        i = m;
+        Py_ssize_t child = 2 * i + 1;
+        if (child >= n) break;
+        if (child + 1 < n && event_before(&L->events[child + 1], &L->events[child])) child++;
+        if (!event_before(&L->events[child], &last)) break;
+        L->events[i] = L->events[child];
+        i = child;
     }
+    if (n > 0) L->events[i] = last;
     return top;
 }
 
@@ -675,6 +707,7 @@ static Py_ssize_t heap_pop(Loop *L) {
 /* Instance._start_engine: schedule, time and record the next batch, if there is one. */
 static int try_start(Loop *L, Py_ssize_t index) {
     Inst *I = &L->inst[index];
+    Pool *P = I->pool;
     if (I->busy) return 0;
     if (schedule(L, I) < 0) return -1;
     if (I->batch_len == 0) return 0;
@@ -698,51 +731,53 @@ static int try_start(Loop *L, Py_ssize_t index) {
         num_sampled += samples;
     }
     Cost cost;
-    if (step_cost(L, num_chunks, num_decode, decode_context, num_sampled, &cost) < 0) return -1;
+    if (step_cost(L, P, num_chunks, num_decode, decode_context, num_sampled, &cost) < 0)
+        return -1;
     double seconds = cost.seconds;
     /* Instance._run_pipeline with one stage: the stage is free (its last step ended). */
     double finish = L->now + seconds;
     /* Instance._record_step */
     int64_t num_seqs = num_chunks + num_decode;
-    int64_t used = L->num_blocks - I->free_blocks;
+    int64_t used = P->num_blocks - I->free_blocks;
     I->iterations++;
     I->busy_s += seconds;
     I->decode_tokens += num_decode;
     I->prefill_tokens += num_tokens - num_decode;
     if (num_seqs > I->max_batch_size) I->max_batch_size = num_seqs;
     if (used > I->kv_peak_blocks) I->kv_peak_blocks = used;
-    double step_w = L->idle_w * L->tp;
+    double step_w = P->idle_w * P->tp;
     if (seconds > 0) {
-        double compute = cost.flops / L->peak_flops, memory = cost.bytes / L->mem_bandwidth;
+        double compute = cost.flops / P->peak_flops, memory = cost.bytes / P->mem_bandwidth;
         double busy = memory > compute ? memory : compute;
         double ratio = busy / seconds;
         double utilization = ratio < 1.0 ? ratio : 1.0;
-        double power = L->idle_w + L->dynamic_w * utilization;
-        I->busy_device_s += seconds * L->tp;
-        double step_energy = power * seconds * L->tp + 0.0;
+        double power = P->idle_w + P->dynamic_w * utilization;
+        I->busy_device_s += seconds * P->tp;
+        double step_energy = power * seconds * P->tp + 0.0;
         I->energy_busy_j += step_energy;
         step_w = step_energy / seconds;
     }
     if (L->record_steps) {
         StepRow row = {(int64_t)index, 0, L->now, seconds, num_seqs,
-                       num_tokens - num_decode, num_decode, used, L->num_blocks,
+                       num_tokens - num_decode, num_decode, used, P->num_blocks,
                        (int64_t)I->waiting_len, step_w};
         if (buffer_put(&L->step_rows, &row, sizeof(row)) < 0) return -1;
     }
     I->busy = 1;
-    L->step_end[index] = finish;
-    heap_push(L, index);
-    return 0;
+    Event end = {finish, EVENT_STEP_END, (int64_t)index, 0, -1};
+    return push_event(L, end);
 }
 
-/* Instance.end_step + Scheduler.step_done: tokens, samples, finished requests. */
-static int end_step(Loop *L, Py_ssize_t index) {
+/* Instance.end_step + Scheduler.step_done: tokens, samples, finished requests; returns the
+ * number of requests a prefill instance hands off (their slots in L->handoffs). */
+static Py_ssize_t end_step(Loop *L, Py_ssize_t index) {
     Inst *I = &L->inst[index];
     double now = L->now, gap = 0.0;
     int64_t gaps = 0;
-    int any_finished = 0;
+    Py_ssize_t leaving = 0, handed_off = 0;
     for (Py_ssize_t k = 0; k < I->batch_len; k++) {
-        Seq *s = &L->seqs[I->batch_slot[k]];
+        int64_t slot = I->batch_slot[k];
+        Seq *s = &L->seqs[slot];
         s->num_computed += I->batch_tokens[k];
         if (s->num_computed != s->input_len + s->generated) continue;
         s->generated++;
@@ -757,81 +792,116 @@ static int end_step(Loop *L, Py_ssize_t index) {
         }
         s->last_token_s = now;
         if (s->generated >= s->output_len) {
-            s->finished = 1;
-            any_finished = 1;
+            s->leaving = 1;
+            leaving++;
             I->outstanding--;
             if (write_ended(L, s->request, index, STATUS_FINISHED, s) < 0) return -1;
+        } else if (I->pool->role == ROLE_PREFILL) {
+            s->leaving = 2;
+            leaving++;
+            I->outstanding--;
+            L->handoffs[handed_off++] = slot;
         }
     }
     if (put_gaps(L, gap, gaps) < 0) return -1;
     I->batch_len = 0;
     I->busy = 0;
-    if (any_finished) {
+    if (leaving) {
         Py_ssize_t kept = 0;
         for (Py_ssize_t k = 0; k < I->running_len; k++) {
             int64_t slot = I->running[k];
             Seq *s = &L->seqs[slot];
-            if (s->finished) {
+            if (s->leaving) {
                 end_pass(I, s);
                 I->free_blocks += s->blocks;
-                L->free_slots[L->free_len++] = slot;
+                s->blocks = 0;
+                if (s->leaving == 1) free_seq(L, slot);
+                s->leaving = 0;
             } else {
                 I->running[kept++] = slot;
             }
         }
         I->running_len = kept;
     }
-    return 0;
+    return handed_off;
 }
 
-/* Instance.add: queue an arriving request, or end it if it can never fit or the queue is full. */
-static int add_request(Loop *L, Py_ssize_t index, Py_ssize_t request) {
+/* Instance.add: queue a request (arriving, or whose KV cache arrived), or end it if it can
+ * never fit or the queue is full. `slot` < 0: a new request, else the transferred one. */
+static int add_request(Loop *L, Py_ssize_t index, Py_ssize_t request, int64_t slot) {
     Inst *I = &L->inst[index];
+    if (slot >= 0) I->incoming--;
+    const Seq *s = slot >= 0 ? &L->seqs[slot] : NULL;
     int64_t needed = blocks_needed(L, L->input_len[request] + L->output_len[request] - 1);
-    if (needed > L->num_blocks) return write_ended(L, request, index, STATUS_FAILED, NULL);
-    if (L->max_queue >= 0 && I->waiting_len >= L->max_queue)
-        return write_ended(L, request, index, STATUS_REJECTED, NULL);
-    Py_ssize_t slot = new_seq(L, request);
-    if (slot < 0) return -1;
+    if (needed > I->pool->num_blocks || (slot < 0 && L->max_queue >= 0 &&
+                                         I->waiting_len >= L->max_queue)) {
+        int status = needed > I->pool->num_blocks ? STATUS_FAILED : STATUS_REJECTED;
+        if (write_ended(L, request, index, status, s) < 0) return -1;
+        if (slot >= 0) free_seq(L, slot);
+        return 0;
+    }
+    if (slot < 0) {
+        slot = new_seq(L, request);
+        if (slot < 0) return -1;
+    }
     I->outstanding++;
     return waiting_push_back(I, slot);
 }
 
-/* cluster/routers.py least_kv: the most free KV blocks per block, then the fewest
- * outstanding requests; the first such instance. */
-static Py_ssize_t route_least_kv(const Loop *L) {
-    Py_ssize_t best = 0;
-    double best_free = (double)L->inst[0].free_blocks / (double)L->num_blocks;
-    for (Py_ssize_t i = 1; i < L->num_instances; i++) {
-        double free = (double)L->inst[i].free_blocks / (double)L->num_blocks;
-        if (free > best_free ||
-            (free == best_free && L->inst[i].outstanding < L->inst[best].outstanding)) {
-            best = i;
-            best_free = free;
+/* cluster/routers.py: round_robin; least_outstanding (ties rotate from one past the last
+ * pick); least_kv (most free KV blocks per block, then fewest outstanding: the first such). */
+static Py_ssize_t route(Loop *L, Router *R) {
+    Py_ssize_t n = R->count, start = R->next, best = start;
+    if (R->kind == ROUTER_ROUND_ROBIN) {
+        R->next = (start + 1) % n;
+        return R->members[start];
+    }
+    if (R->kind == ROUTER_LEAST_KV) {
+        best = 0;
+        const Inst *b = &L->inst[R->members[0]];
+        double best_free = (double)b->free_blocks / (double)b->pool->num_blocks;
+        for (Py_ssize_t k = 1; k < n; k++) {
+            const Inst *I = &L->inst[R->members[k]];
+            double free = (double)I->free_blocks / (double)I->pool->num_blocks;
+            b = &L->inst[R->members[best]];
+            if (free > best_free || (free == best_free && I->incoming + I->outstanding <
+                                                              b->incoming + b->outstanding)) {
+                best = k;
+                best_free = free;
+            }
+        }
+        return R->members[best];
+    }
+    const Inst *first = &L->inst[R->members[start]];
+    int64_t best_load = first->incoming + first->outstanding;
+    for (Py_ssize_t k = 1; k < n; k++) {
+        Py_ssize_t j = (start + k) % n;
+        const Inst *I = &L->inst[R->members[j]];
+        if (I->incoming + I->outstanding < best_load) {
+            best = j;
+            best_load = I->incoming + I->outstanding;
         }
     }
-    return best;
+    R->next = (best + 1) % n;
+    return R->members[best];
 }
 
-/* cluster/routers.py: round_robin, least_outstanding (ties rotate from one past the last
- * pick), least_kv. */
-static Py_ssize_t route(Loop *L) {
-    Py_ssize_t n = L->num_instances, start = L->route_next, best = start;
-    if (L->router == ROUTER_ROUND_ROBIN) {
-        L->route_next = (start + 1) % n;
-        return start;
-    }
-    if (L->router == ROUTER_LEAST_KV) return route_least_kv(L);
-    int64_t best_load = L->inst[start].outstanding;
-    for (Py_ssize_t k = 1; k < n; k++) {
-        Py_ssize_t i = (start + k) % n;
-        if (L->inst[i].outstanding < best_load) {
-            best = i;
-            best_load = L->inst[i].outstanding;
-        }
-    }
-    L->route_next = (best + 1) % n;
-    return best;
+/* engine.py _start_transfer + Cluster.hand_off: the decode instance and the KV's travel. */
+static int start_transfer(Loop *L, Py_ssize_t source, int64_t slot) {
+    Seq *s = &L->seqs[slot];
+    Py_ssize_t target = route(L, &L->decode);
+    L->inst[target].incoming++;
+    PyObject *res = PyObject_CallFunction(L->kv_transfer, "nnL", source, target,
+                                          (long long)s->num_computed);
+    if (res == NULL) return -1;
+    double seconds = PyFloat_AsDouble(res);
+    Py_DECREF(res);
+    if (seconds == -1.0 && PyErr_Occurred()) return -1;
+    s->prefill_instance = source;
+    s->kv_transfer_s = seconds;
+    Event arrival = {L->now + seconds, EVENT_KV_ARRIVAL, (int64_t)target,
+                     L->ids[s->request], slot};
+    return push_event(L, arrival);
 }
 
 /* ------------------------------------------------------------------ the loop (engine.py) */
@@ -839,18 +909,18 @@ static Py_ssize_t route(Loop *L) {
 /* Run until every request is served (returns 1) or `max_steps` more steps ended (returns 0). */
 static int run_events(Loop *L, int64_t max_steps) {
     int64_t stop_at = L->steps + max_steps;
-    while (L->next_request < L->num_requests || L->heap_len > 0) {
+    while (L->next_request < L->num_requests || L->events_len > 0) {
         if (L->steps >= stop_at) return 0;
         Py_ssize_t r = L->next_request;
-        if (r < L->num_requests && (L->heap_len == 0 || L->arrival[r] <= L->step_end[L->heap[0]])) {
+        if (r < L->num_requests && (L->events_len == 0 || L->arrival[r] <= L->events[0].time)) {
             /* Every request arriving at this instant is queued before any instance starts. */
             double t = L->arrival[r];
             if (t > L->now) L->now = t;
             Py_ssize_t touched = 0;
             L->epoch++;
             while (r < L->num_requests && L->arrival[r] == t) {
-                Py_ssize_t index = route(L);
-                if (add_request(L, index, r) < 0) return -1;
+                Py_ssize_t index = route(L, &L->entry);
+                if (add_request(L, index, r, -1) < 0) return -1;
                 if (L->inst[index].touched_epoch != L->epoch) {
                     L->inst[index].touched_epoch = L->epoch;
                     L->touched[touched++] = index;
@@ -862,10 +932,18 @@ static int run_events(Loop *L, int64_t max_steps) {
                 if (try_start(L, L->touched[k]) < 0) return -1;
             continue;
         }
-        Py_ssize_t index = heap_pop(L);
-        L->now = L->step_end[index];
-        if (end_step(L, index) < 0) return -1;
-        L->steps++;
+        Event e = pop_event(L);
+        L->now = e.time;
+        Py_ssize_t index = (Py_ssize_t)e.instance;
+        if (e.kind == EVENT_STEP_END) {
+            Py_ssize_t handed_off = end_step(L, index);
+            if (handed_off < 0) return -1;
+            for (Py_ssize_t k = 0; k < handed_off; k++)
+                if (start_transfer(L, index, L->handoffs[k]) < 0) return -1;
+            L->steps++;
+        } else {
+            if (add_request(L, index, L->seqs[e.slot].request, e.slot) < 0) return -1;
+        }
         if (try_start(L, index) < 0) return -1;
     }
     return 1;
@@ -873,36 +951,44 @@ static int run_events(Loop *L, int64_t max_steps) {
 
 /* ------------------------------------------------------------------ Python type */
 
+static void pool_free(Pool *P) {
+    Py_XDECREF(P->layer_cost);
+    Py_XDECREF(P->prefill_cost);
+    Py_XDECREF(P->head_cost);
+    Py_XDECREF(P->moe_layer_cost);
+    Py_XDECREF(P->around_decode);
+    costmap_free(&P->layer_memo);
+    costmap_free(&P->prefill_memo);
+    costmap_free(&P->head_memo);
+    costmap_free(&P->moe_layer_memo);
+    costmap_free(&P->around_memo);
+    free(P);
+}
+
 static void Loop_dealloc(Loop *L) {
-    Py_XDECREF(L->layer_cost);
-    Py_XDECREF(L->prefill_cost);
-    Py_XDECREF(L->head_cost);
-    Py_XDECREF(L->moe_layer_cost);
-    Py_XDECREF(L->around_decode);
-    costmap_free(&L->moe_layer_memo);
-    costmap_free(&L->around_memo);
-    costmap_free(&L->layer_memo);
-    costmap_free(&L->prefill_memo);
-    costmap_free(&L->head_memo);
+    Py_XDECREF(L->kv_transfer);
     free(L->arrival);
+    free(L->ids);
     free(L->input_len);
     free(L->output_len);
     free(L->seqs);
     free(L->free_slots);
-    if (L->inst != NULL) {
-        for (Py_ssize_t i = 0; i < L->num_instances; i++) {
-            free(L->inst[i].waiting);
-            free(L->inst[i].running);
-            free(L->inst[i].batch_slot);
-            free(L->inst[i].batch_tokens);
-        }
+    for (Py_ssize_t i = 0; i < L->num_pools; i++) pool_free(L->pools[i]);
+    free(L->pools);
+    for (Py_ssize_t i = 0; i < L->num_instances; i++) {
+        free(L->inst[i].waiting);
+        free(L->inst[i].running);
+        free(L->inst[i].batch_slot);
+        free(L->inst[i].batch_tokens);
     }
     free(L->inst);
-    free(L->heap);
-    free(L->step_end);
+    free(L->entry.members);
+    free(L->decode.members);
+    free(L->events);
     free(L->touched);
     free(L->chunk_new);
     free(L->chunk_ctx);
+    free(L->handoffs);
     free(L->ended.data);
     free(L->step_rows.data);
     free(L->gaps.data);
@@ -912,8 +998,8 @@ static void Loop_dealloc(Loop *L) {
 /* Copy a buffer of `count` items of `size` bytes (numpy arrays of the caller's columns). */
 static void *copy_column(PyObject *obj, Py_ssize_t size, Py_ssize_t *count, const char *name) {
     Py_buffer view;
-    if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS) < 0) return NULL;
-    if (view.len % size != 0 || view.itemsize != size) {
+    if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    if (view.itemsize != size) {
         PyBuffer_Release(&view);
         PyErr_Format(PyExc_TypeError, "%s: expected contiguous %zd-byte items", name, size);
         return NULL;
@@ -937,102 +1023,159 @@ static void *copy_column(PyObject *obj, Py_ssize_t size, Py_ssize_t *count, cons
 }
 
 static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {
-        "num_instances", "router", "num_blocks", "block_size", "max_num_seqs",
-        "max_num_batched_tokens", "max_queue", "record_steps",
-        "num_layers", "step_overhead", "seq_overhead",
-        "q_size", "kv_size", "kv_bytes", "act_bytes", "decode_flops", "bandwidth", "launch",
-        "layer_cost", "prefill_cost", "head_cost",
-        "attention", "mla_heads", "mla_latent", "mla_kv_lora", "around_decode",
-        "num_moe_layers", "moe_layer_cost",
-        "tp", "peak_flops", "memory_bandwidth", "idle_w", "dynamic_w",
-        "arrival_s", "input_len", "output_len", NULL};
-    Py_ssize_t num_instances;
-    int router, record_steps;
-    long long num_blocks, block_size, max_num_seqs, max_tokens, max_queue;
-    PyObject *layer_fn, *prefill_fn, *head_fn, *around_fn, *moe_fn;
-    PyObject *arrival, *input_len, *output_len;
-    long long mla_heads, mla_latent, mla_kv_lora, num_moe_layers;
-    if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "niLLLLLpddddddddddOOOiLLLOLOdddddOOO", names, &num_instances, &router,
-            &num_blocks, &block_size, &max_num_seqs, &max_tokens, &max_queue, &record_steps,
-            &L->num_layers, &L->step_overhead, &L->seq_overhead, &L->q_size, &L->kv_size,
-            &L->kv_bytes, &L->act_bytes, &L->decode_flops, &L->bandwidth, &L->launch, &layer_fn,
-            &prefill_fn, &head_fn, &L->attention, &mla_heads, &mla_latent, &mla_kv_lora,
-            &around_fn, &num_moe_layers, &moe_fn, &L->tp, &L->peak_flops, &L->mem_bandwidth, &L->idle_w,
-            &L->dynamic_w, &arrival, &input_len, &output_len))
+    static char *names[] = {"router", "decode_router", "block_size", "max_num_seqs",
+                            "max_num_batched_tokens", "max_queue", "record_steps", "kv_transfer",
+                            "ids", "arrival_s", "input_len", "output_len", NULL};
+    int router, decode_router, record_steps;
+    long long block_size, max_num_seqs, max_tokens, max_queue;
+    PyObject *kv_transfer, *ids, *arrival, *input_len, *output_len;
+    if (L->ready || L->arrival != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Loop.__init__ may run once");
         return -1;
-    if (num_instances < 1 || block_size < 1 || max_num_seqs < 1 || max_tokens < 1 ||
-        num_blocks < 1 || router < ROUTER_ROUND_ROBIN || router > ROUTER_LEAST_KV) {
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiLLLLpOOOOO", names, &router,
+                                     &decode_router, &block_size, &max_num_seqs, &max_tokens,
+                                     &max_queue, &record_steps, &kv_transfer, &ids, &arrival,
+                                     &input_len, &output_len))
+        return -1;
+    if (block_size < 1 || max_num_seqs < 1 || max_tokens < 1 || router < ROUTER_ROUND_ROBIN ||
+        router > ROUTER_LEAST_KV || decode_router < ROUTER_ROUND_ROBIN ||
+        decode_router > ROUTER_LEAST_KV) {
         PyErr_SetString(PyExc_ValueError, "Loop: invalid configuration");
         return -1;
     }
-    if ((L->attention == ATTENTION_MLA && around_fn == Py_None) ||
-        (L->attention != ATTENTION_MLA && L->attention != ATTENTION_GQA) ||
-        (num_moe_layers > 0 && moe_fn == Py_None) || num_moe_layers < 0) {
-        PyErr_SetString(PyExc_ValueError, "Loop: invalid timer terms");
-        return -1;
-    }
-    L->mla_heads = mla_heads;
-    L->mla_latent = mla_latent;
-    L->mla_kv_lora = mla_kv_lora;
-    L->num_moe_layers = num_moe_layers;
-    Py_INCREF(around_fn);
-    Py_INCREF(moe_fn);
-    L->around_decode = around_fn;
-    L->moe_layer_cost = moe_fn;
-    L->num_instances = num_instances;
-    L->router = router;
-    L->num_blocks = num_blocks;
+    L->entry.kind = router;
+    L->decode.kind = decode_router;
     L->block_size = block_size;
     L->max_num_seqs = max_num_seqs;
     L->max_num_batched_tokens = max_tokens;
     L->max_queue = max_queue;
     L->record_steps = record_steps;
-    Py_INCREF(layer_fn);
-    Py_INCREF(prefill_fn);
-    Py_INCREF(head_fn);
-    L->layer_cost = layer_fn;
-    L->prefill_cost = prefill_fn;
-    L->head_cost = head_fn;
-    if (costmap_init(&L->layer_memo, 1024) < 0 || costmap_init(&L->prefill_memo, 1024) < 0 ||
-        costmap_init(&L->head_memo, 1024) < 0 || costmap_init(&L->moe_layer_memo, 1024) < 0 ||
-        costmap_init(&L->around_memo, 1024) < 0)
-        return -1;
+    Py_INCREF(kv_transfer);
+    L->kv_transfer = kv_transfer;
     Py_ssize_t count = -1;
-    L->arrival = copy_column(arrival, sizeof(double), &count, "arrival_s");
-    if (L->arrival == NULL) return -1;
-    L->input_len = copy_column(input_len, sizeof(int64_t), &count, "input_len");
-    if (L->input_len == NULL) return -1;
-    L->output_len = copy_column(output_len, sizeof(int64_t), &count, "output_len");
-    if (L->output_len == NULL) return -1;
+    if ((L->ids = copy_column(ids, sizeof(int64_t), &count, "ids")) == NULL ||
+        (L->arrival = copy_column(arrival, sizeof(double), &count, "arrival_s")) == NULL ||
+        (L->input_len = copy_column(input_len, sizeof(int64_t), &count, "input_len")) == NULL ||
+        (L->output_len = copy_column(output_len, sizeof(int64_t), &count, "output_len")) == NULL)
+        return -1;
     L->num_requests = count;
     for (Py_ssize_t r = 1; r < count; r++) {
-        if (L->arrival[r] < L->arrival[r - 1]) {
+        if (!(L->arrival[r] >= L->arrival[r - 1])) {
             PyErr_SetString(PyExc_ValueError, "arrival_s must be in arrival order");
             return -1;
         }
     }
-    L->inst = calloc((size_t)num_instances, sizeof(Inst));
-    L->heap = malloc(sizeof(Py_ssize_t) * (size_t)num_instances);
-    L->step_end = malloc(sizeof(double) * (size_t)num_instances);
-    L->touched = malloc(sizeof(Py_ssize_t) * (size_t)num_instances);
     L->chunk_new = malloc(sizeof(int64_t) * (size_t)max_num_seqs);
     L->chunk_ctx = malloc(sizeof(int64_t) * (size_t)max_num_seqs);
-    if (!L->inst || !L->heap || !L->step_end || !L->touched || !L->chunk_new || !L->chunk_ctx) {
+    L->handoffs = malloc(sizeof(int64_t) * (size_t)max_num_seqs);
+    if (!L->chunk_new || !L->chunk_ctx || !L->handoffs) {
         PyErr_NoMemory();
         return -1;
     }
-    for (Py_ssize_t i = 0; i < num_instances; i++) {
-        Inst *I = &L->inst[i];
+    L->ready = 1;
+    return 0;
+}
+
+static PyObject *Loop_add_pool(Loop *L, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {
+        "role", "count", "num_blocks", "num_layers", "step_overhead", "seq_overhead",
+        "q_size", "kv_size", "kv_bytes", "act_bytes", "decode_flops", "bandwidth", "launch",
+        "layer_cost", "prefill_cost", "head_cost", "attention", "mla_heads", "mla_latent",
+        "mla_kv_lora", "around_decode", "num_moe_layers", "moe_layer_cost", "tp", "peak_flops",
+        "memory_bandwidth", "idle_w", "dynamic_w", NULL};
+    if (!L->ready || L->started) {
+        PyErr_SetString(PyExc_RuntimeError, "add_pool: after __init__ and before run");
+        return NULL;
+    }
+    Pool *P = calloc(1, sizeof(Pool));
+    if (P == NULL) return PyErr_NoMemory();
+    Py_ssize_t count;
+    long long num_blocks, mla_heads, mla_latent, mla_kv_lora, num_moe_layers;
+    PyObject *layer_fn, *prefill_fn, *head_fn, *around_fn, *moe_fn;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "inLddddddddddOOOiLLLOLOddddd", names, &P->role, &count, &num_blocks,
+            &P->num_layers, &P->step_overhead, &P->seq_overhead, &P->q_size, &P->kv_size,
+            &P->kv_bytes, &P->act_bytes, &P->decode_flops, &P->bandwidth, &P->launch, &layer_fn,
+            &prefill_fn, &head_fn, &P->attention, &mla_heads, &mla_latent, &mla_kv_lora,
+            &around_fn, &num_moe_layers, &moe_fn, &P->tp, &P->peak_flops, &P->mem_bandwidth,
+            &P->idle_w, &P->dynamic_w)) {
+        free(P);
+        return NULL;
+    }
+    if (count < 1 || num_blocks < 1 || P->role < ROLE_MIXED || P->role > ROLE_DECODE ||
+        (P->attention != ATTENTION_GQA && P->attention != ATTENTION_MLA) ||
+        (P->attention == ATTENTION_MLA && around_fn == Py_None) || num_moe_layers < 0 ||
+        (num_moe_layers > 0 && moe_fn == Py_None)) {
+        free(P);
+        PyErr_SetString(PyExc_ValueError, "add_pool: invalid pool");
+        return NULL;
+    }
+    P->num_blocks = num_blocks;
+    P->mla_heads = mla_heads;
+    P->mla_latent = mla_latent;
+    P->mla_kv_lora = mla_kv_lora;
+    P->num_moe_layers = num_moe_layers;
+    Py_INCREF(layer_fn);
+    Py_INCREF(prefill_fn);
+    Py_INCREF(head_fn);
+    Py_INCREF(around_fn);
+    Py_INCREF(moe_fn);
+    P->layer_cost = layer_fn;
+    P->prefill_cost = prefill_fn;
+    P->head_cost = head_fn;
+    P->around_decode = around_fn;
+    P->moe_layer_cost = moe_fn;
+    Pool **pools = realloc(L->pools, sizeof(Pool *) * (size_t)(L->num_pools + 1));
+    if (pools == NULL) {
+        pool_free(P);
+        return PyErr_NoMemory();
+    }
+    L->pools = pools;
+    L->pools[L->num_pools++] = P; /* owned by the loop from here on */
+    if (costmap_init(&P->layer_memo, 1024) < 0 || costmap_init(&P->prefill_memo, 1024) < 0 ||
+        costmap_init(&P->head_memo, 1024) < 0 || costmap_init(&P->moe_layer_memo, 64) < 0 ||
+        costmap_init(&P->around_memo, 64) < 0)
+        return NULL;
+    Inst *inst = realloc(L->inst, sizeof(Inst) * (size_t)(L->num_instances + count));
+    if (inst == NULL) return PyErr_NoMemory();
+    L->inst = inst;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Inst *I = &L->inst[L->num_instances];
+        memset(I, 0, sizeof(Inst));
+        L->num_instances++;
+        I->pool = P;
         I->free_blocks = num_blocks;
-        I->running = malloc(sizeof(int64_t) * (size_t)max_num_seqs);
-        I->batch_slot = malloc(sizeof(int64_t) * (size_t)max_num_seqs);
-        I->batch_tokens = malloc(sizeof(int64_t) * (size_t)max_num_seqs);
-        if (!I->running || !I->batch_slot || !I->batch_tokens) {
-            PyErr_NoMemory();
-            return -1;
-        }
+        I->running = malloc(sizeof(int64_t) * (size_t)L->max_num_seqs);
+        I->batch_slot = malloc(sizeof(int64_t) * (size_t)L->max_num_seqs);
+        I->batch_tokens = malloc(sizeof(int64_t) * (size_t)L->max_num_seqs);
+        if (!I->running || !I->batch_slot || !I->batch_tokens) return PyErr_NoMemory();
+    }
+    return PyLong_FromSsize_t(L->num_pools - 1);
+}
+
+/* Cluster.__init__: arrivals go to the mixed and prefill instances, hand-offs to decode. */
+static int build_routers(Loop *L) {
+    L->entry.members = malloc(sizeof(Py_ssize_t) * (size_t)(L->num_instances + 1));
+    L->decode.members = malloc(sizeof(Py_ssize_t) * (size_t)(L->num_instances + 1));
+    L->touched = malloc(sizeof(Py_ssize_t) * (size_t)(L->num_instances + 1));
+    if (!L->entry.members || !L->decode.members || !L->touched) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int prefill = 0;
+    for (Py_ssize_t i = 0; i < L->num_instances; i++) {
+        int role = L->inst[i].pool->role;
+        prefill |= role == ROLE_PREFILL;
+        if (role == ROLE_DECODE)
+            L->decode.members[L->decode.count++] = i;
+        else
+            L->entry.members[L->entry.count++] = i;
+    }
+    if (L->entry.count == 0 || (prefill && L->decode.count == 0) ||
+        (prefill && L->kv_transfer == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "Loop: no instance takes arrivals or hand-offs");
+        return -1;
     }
     return 0;
 }
@@ -1040,9 +1183,13 @@ static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
 static PyObject *Loop_run(Loop *L, PyObject *args) {
     long long max_steps;
     if (!PyArg_ParseTuple(args, "L", &max_steps)) return NULL;
-    if (L->inst == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Loop was not initialised");
+    if (!L->ready || L->num_instances == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "Loop: initialise it and add pools first");
         return NULL;
+    }
+    if (!L->started) {
+        if (build_routers(L) < 0) return NULL;
+        L->started = 1;
     }
     int done = run_events(L, max_steps);
     if (done < 0) return NULL;
@@ -1070,16 +1217,24 @@ static PyObject *Loop_instance_totals(Loop *L, PyObject *args) {
         (long long)I->preemptions, "recomputed_tokens", (long long)I->recomputed_tokens);
 }
 
-static PyObject *Loop_get_now(Loop *L, void *closure) { return PyFloat_FromDouble(L->now); }
-static PyObject *Loop_get_steps(Loop *L, void *closure) { return PyLong_FromLongLong(L->steps); }
-static PyObject *Loop_get_lookups(Loop *L, void *closure) {
-    return PyLong_FromLongLong(L->cache_lookups);
-}
-static PyObject *Loop_get_hits(Loop *L, void *closure) {
-    return PyLong_FromLongLong(L->cache_hits);
+static PyObject *Loop_memo_counts(Loop *L, PyObject *args) {
+    Py_ssize_t i;
+    if (!PyArg_ParseTuple(args, "n", &i)) return NULL;
+    if (i < 0 || i >= L->num_pools) {
+        PyErr_SetString(PyExc_IndexError, "pool index out of range");
+        return NULL;
+    }
+    return Py_BuildValue("(LL)", (long long)L->pools[i]->cache_lookups,
+                         (long long)L->pools[i]->cache_hits);
 }
 
+static PyObject *Loop_get_now(Loop *L, void *closure) { return PyFloat_FromDouble(L->now); }
+static PyObject *Loop_get_steps(Loop *L, void *closure) { return PyLong_FromLongLong(L->steps); }
+
 static PyMethodDef Loop_methods[] = {
+    {"add_pool", (PyCFunction)(void (*)(void))Loop_add_pool, METH_VARARGS | METH_KEYWORDS,
+     "add_pool(role, count, num_blocks, timer terms..., power terms...) -> pool index: "
+     "`count` more instances (numbered on from the last ones) sharing one timer."},
     {"run", (PyCFunction)Loop_run, METH_VARARGS,
      "run(max_steps) -> bool: serve until done (True) or max_steps more steps ended (False)."},
     {"take_ended", (PyCFunction)Loop_take_ended, METH_NOARGS,
@@ -1090,13 +1245,13 @@ static PyMethodDef Loop_methods[] = {
      "(gap, count) runs of inter-token gaps since the last call, as bytes."},
     {"instance_totals", (PyCFunction)Loop_instance_totals, METH_VARARGS,
      "instance_totals(i) -> dict: an instance's step totals and scheduler counters."},
+    {"memo_counts", (PyCFunction)Loop_memo_counts, METH_VARARGS,
+     "memo_counts(pool) -> (lookups, hits) the loop answered from its copy of the memo."},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef Loop_getset[] = {
     {"now", (getter)Loop_get_now, NULL, "simulated time of the last event", NULL},
     {"steps", (getter)Loop_get_steps, NULL, "engine steps ended so far", NULL},
-    {"cache_lookups", (getter)Loop_get_lookups, NULL, "memo lookups answered here", NULL},
-    {"cache_hits", (getter)Loop_get_hits, NULL, "memo hits answered here", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyTypeObject LoopType = {
@@ -1126,7 +1281,8 @@ PyMODINIT_FUNC PyInit__loop(void) {
     if (PyModule_AddObject(m, "Loop", (PyObject *)&LoopType) < 0 ||
         PyModule_AddIntConstant(m, "VERSION", KERNEL_VERSION) < 0 ||
         PyModule_AddIntConstant(m, "ENDED_ROW_SIZE", (long)sizeof(EndedRow)) < 0 ||
-        PyModule_AddIntConstant(m, "STEP_ROW_SIZE", (long)sizeof(StepRow)) < 0) {
+        PyModule_AddIntConstant(m, "STEP_ROW_SIZE", (long)sizeof(StepRow)) < 0 ||
+        PyModule_AddIntConstant(m, "GAP_RUN_SIZE", (long)sizeof(GapRun)) < 0) {
         Py_DECREF(m);
         return NULL;
     }

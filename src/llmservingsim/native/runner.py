@@ -32,7 +32,7 @@ from llmservingsim.metrics.request_log import ROW_DTYPE as REQUEST_ROW_DTYPE
 from llmservingsim.metrics.request_log import STATUS_CODE
 from llmservingsim.native import load_kernel
 from llmservingsim.serving.block_manager import BlockManager
-from llmservingsim.serving.instance import never_fits_reason, queue_full_reason
+from llmservingsim.serving.instance import Instance, never_fits_reason, queue_full_reason
 from llmservingsim.serving.schedulers.vllm import VllmScheduler
 from llmservingsim.workload.request_spec import RequestSpec
 from llmservingsim.workload.request_table import RequestTable
@@ -43,6 +43,9 @@ ROUTER_CODES: dict[type[Router], int] = {
     LeastKvRouter: 2,
 }
 """Routers the loop implements, by their code in loop.c."""
+
+ROLE_CODES = {"mixed": 0, "prefill": 1, "decode": 2}
+"""Instance roles by their code in loop.c."""
 
 ATTENTION_GQA, ATTENTION_MLA = 0, 1
 """Decode-attention formulas in loop.c: grouped-query (OpGraph) or latent (MlaOps)."""
@@ -57,11 +60,12 @@ ENDED_DTYPE = np.dtype(
         ("first_scheduled_s", np.float64),
         ("first_token_s", np.float64),
         ("finish_s", np.float64),
+        ("kv_transfer_s", np.float64),
         ("generated", np.int64),
         ("instance", np.int32),
         ("status", np.int32),
         ("preemptions", np.int32),
-        ("pad", np.int32),
+        ("prefill_instance", np.int32),
     ]
 )
 # loop.c's GapRun.
@@ -80,10 +84,10 @@ def refusal(cfg: SimConfig, cluster: Cluster, checking_invariants: bool) -> str 
         return "the compiled loop is not built (no C compiler when the package was installed?)"
     if checking_invariants:
         return "runtime invariant checks"
-    if len(cluster.pools) != 1:
-        return "several instance pools"
     if type(cluster.router) not in ROUTER_CODES:
         return f"router {cfg.cluster.router}"
+    if cluster.decode_router is not None and type(cluster.decode_router) not in ROUTER_CODES:
+        return f"decode router {cfg.cluster.decode_router or cfg.cluster.router}"
     scfg = cfg.scheduler
     if scfg.enable_prefix_caching:
         return "prefix caching"
@@ -93,27 +97,28 @@ def refusal(cfg: SimConfig, cluster: Cluster, checking_invariants: bool) -> str 
         return "scheduler.request_timeout_s"
     if cfg.speculative.enabled:
         return "speculative decoding"
-    instances = cluster.instances
-    first = instances[0]
-    if first.num_blocks < 1:
-        return "an instance without KV blocks"
-    for inst in instances:
-        if inst.role != "mixed":
-            return f"a {inst.role} instance (prefill/decode disaggregation)"
-        if inst.speculator is not None or inst.lora is not None:
-            return "speculative decoding or LoRA adapters"
-        if inst.attached_devices:
-            return "devices attached to an instance (PIM)"
-        if inst.timer is not first.timer or inst.num_blocks != first.num_blocks:
-            return "instances that differ"
-        if len(inst.engines) != 1:
-            return "pipeline parallelism"
-        scheduler = inst.scheduler
-        if type(scheduler) is not VllmScheduler:
-            return f"scheduler policy {scfg.policy}"
-        if type(scheduler.blocks) is not BlockManager or scheduler.adapters is not None:
-            return "a KV cache with prefix caching, offload or adapters"
-    return first.timer.compiled_refusal()
+    for pool in cluster.pools:
+        first = pool.instances[0]
+        if first.num_blocks < 1:
+            return "an instance without KV blocks"
+        for inst in pool.instances:
+            if inst.speculator is not None or inst.lora is not None:
+                return "speculative decoding or LoRA adapters"
+            if inst.attached_devices:
+                return "devices attached to an instance (PIM)"
+            if inst.timer is not first.timer or inst.num_blocks != first.num_blocks:
+                return "instances of a pool that differ"
+            if len(inst.engines) != 1:
+                return "pipeline parallelism"
+            scheduler = inst.scheduler
+            if type(scheduler) is not VllmScheduler:
+                return f"scheduler policy {scfg.policy}"
+            if type(scheduler.blocks) is not BlockManager or scheduler.adapters is not None:
+                return "a KV cache with prefix caching, offload or adapters"
+        not_timed = first.timer.compiled_refusal()
+        if not_timed is not None:
+            return not_timed
+    return None
 
 
 class CompiledEngine:
@@ -160,22 +165,38 @@ class CompiledEngine:
         return self.now
 
     def _build_loop(self, columns: _Columns) -> Any:
-        instances = self.cluster.instances
-        first = instances[0]
-        scfg = first.scheduler.cfg
-        terms = first.timer.compiled_terms()
-        q_size, kv_size, kv_bytes, act_bytes = terms.decode_attention
-        decode_flops, bandwidth, launch = terms.decode_rates
-        power = first.device.power
-        return self.kernel.Loop(
-            num_instances=len(instances),
-            router=ROUTER_CODES[type(self.cluster.router)],
-            num_blocks=first.num_blocks,
+        cluster = self.cluster
+        scfg = cluster.instances[0].scheduler.cfg
+        decode = cluster.decode_router
+        loop = self.kernel.Loop(
+            router=ROUTER_CODES[type(cluster.router)],
+            decode_router=0 if decode is None else ROUTER_CODES[type(decode)],
             block_size=scfg.block_size,
             max_num_seqs=scfg.max_num_seqs,
             max_num_batched_tokens=scfg.max_num_batched_tokens,
             max_queue=-1 if scfg.max_queue is None else scfg.max_queue,
             record_steps=bool(self.metrics.step_sinks),
+            kv_transfer=self._kv_transfer_time,
+            ids=columns.ids,
+            arrival_s=columns.arrival_s,
+            input_len=columns.input_len,
+            output_len=columns.output_len,
+        )
+        for pool in cluster.pools:
+            self._add_pool(loop, pool.role, pool.instances)
+        return loop
+
+    def _add_pool(self, loop: Any, role: str, instances: list[Instance]) -> None:
+        first = instances[0]
+        terms = first.timer.compiled_terms()
+        q_size, kv_size, kv_bytes, act_bytes = terms.decode_attention
+        decode_flops, bandwidth, launch = terms.decode_rates
+        heads, latent, kv_lora = (0, 0, 0) if terms.mla is None else terms.mla
+        power = first.device.power
+        loop.add_pool(
+            role=ROLE_CODES[role],
+            count=len(instances),
+            num_blocks=first.num_blocks,
             num_layers=float(terms.num_layers),
             step_overhead=terms.step_overhead,
             seq_overhead=terms.seq_overhead,
@@ -190,9 +211,9 @@ class CompiledEngine:
             prefill_cost=terms.prefill_cost,
             head_cost=terms.head_cost,
             attention=ATTENTION_GQA if terms.mla is None else ATTENTION_MLA,
-            mla_heads=0 if terms.mla is None else terms.mla[0],
-            mla_latent=0 if terms.mla is None else terms.mla[1],
-            mla_kv_lora=0 if terms.mla is None else terms.mla[2],
+            mla_heads=heads,
+            mla_latent=latent,
+            mla_kv_lora=kv_lora,
             around_decode=terms.around_decode,
             num_moe_layers=terms.num_moe_layers,
             moe_layer_cost=terms.moe_layer_cost,
@@ -201,10 +222,12 @@ class CompiledEngine:
             memory_bandwidth=first.device.memory_bandwidth,
             idle_w=power.idle_w,
             dynamic_w=power.max_w - power.idle_w,
-            arrival_s=columns.arrival_s,
-            input_len=columns.input_len,
-            output_len=columns.output_len,
         )
+
+    def _kv_transfer_time(self, source: int, target: int, num_tokens: int) -> float:
+        """Cluster.kv_transfer_time between two instances (the loop's hand-offs)."""
+        instances = self.cluster.instances
+        return self.cluster.kv_transfer_time(instances[source], instances[target], num_tokens)
 
     def _hand_over(self, loop: Any, columns: _Columns) -> None:
         """Rows the loop wrote since the last call, into the metrics and their sinks."""
@@ -232,20 +255,24 @@ class CompiledEngine:
         rows["input_tokens"] = columns.input_len[request]
         rows["output_tokens"] = ended["generated"]
         rows["preemptions"] = ended["preemptions"]
-        rows["prefill_instance"] = -1
+        rows["prefill_instance"] = ended["prefill_instance"]
+        rows["kv_transfer_s"] = ended["kv_transfer_s"]
         rows["fail_reason"] = -1
         rows["lora"] = -1
         for i in np.flatnonzero(ended["status"] != STATUS_CODE["finished"]).tolist():
             r = int(request[i])
             reason = self._end_reason(
-                int(ended["status"][i]), int(columns.input_len[r]), int(columns.output_len[r])
+                int(ended["instance"][i]),
+                int(ended["status"][i]),
+                int(columns.input_len[r]),
+                int(columns.output_len[r]),
             )
             rows["fail_reason"][i] = self.metrics.requests.reason_code(reason)
         return rows
 
-    def _end_reason(self, status: int, input_len: int, output_len: int) -> str:
+    def _end_reason(self, instance: int, status: int, input_len: int, output_len: int) -> str:
         """Instance.add's reason for a request it did not queue."""
-        scheduler = self.cluster.instances[0].scheduler
+        scheduler = self.cluster.instances[instance].scheduler
         if status == STATUS_CODE["rejected"]:
             return queue_full_reason(scheduler.cfg.max_queue)
         blocks = scheduler.blocks
@@ -267,9 +294,11 @@ class CompiledEngine:
             totals.max_batch_size = max(totals.max_batch_size, counts["max_batch_size"])
             inst.scheduler.preemptions += counts["preemptions"]
             inst.scheduler.recomputed_tokens += counts["recomputed_tokens"]
-        timer = self.cluster.instances[0].timer
-        timer.cache_lookups += loop.cache_lookups
-        timer.cache_hits += loop.cache_hits
+        for index, pool in enumerate(self.cluster.pools):
+            lookups, hits = loop.memo_counts(index)
+            timer = pool.instances[0].timer
+            timer.cache_lookups += lookups
+            timer.cache_hits += hits
 
 
 class _Columns:
