@@ -5,7 +5,8 @@
  * without pipeline parallelism (mixed, or prefill and decode pools with KV transfers between
  * them), routed round_robin, least_outstanding or least_kv, each instance running vLLM's
  * scheduler (serving/schedulers/vllm.py) on a plain paged KV cache with preemption by
- * recompute, timed by perf/iteration.py's IterationTimer on the roofline backend (dense or
+ * recompute (admission control by max_queue and request_timeout_s included), timed by
+ * perf/iteration.py's IterationTimer on the roofline backend (dense or
  * mixture-of-experts layers, grouped-query or multi-head latent attention). Everything else
  * runs the Python engine.
  *
@@ -40,6 +41,7 @@
 #define STATUS_FINISHED 0
 #define STATUS_FAILED 1
 #define STATUS_REJECTED 2
+#define STATUS_TIMED_OUT 3
 
 #define ROLE_MIXED 0
 #define ROLE_PREFILL 1
@@ -256,6 +258,7 @@ typedef struct {
     int started; /* run() was called: no more pools */
     /* scheduler configuration (one for the cluster) */
     int64_t block_size, max_num_seqs, max_num_batched_tokens, max_queue;
+    double request_timeout_s; /* < 0: none */
     int record_steps;
     PyObject *kv_transfer; /* (source, target, tokens) -> seconds */
     /* requests, in arrival order */
@@ -704,11 +707,38 @@ static Event pop_event(Loop *L) {
 
 /* ------------------------------------------------------------------ instance (instance.py) */
 
+/* Instance._expire + Scheduler.expire_waiting: drop the requests that never started and
+ * waited request_timeout_s by now; the scan stops at the first one still in time (requests
+ * that started, preempted or handed over, queue ahead of new ones and never expire). */
+static int expire_waiting(Loop *L, Py_ssize_t index) {
+    Inst *I = &L->inst[index];
+    Py_ssize_t i = 0;
+    while (i < I->waiting_len) {
+        Py_ssize_t at = (I->waiting_head + i) % I->waiting_cap;
+        int64_t slot = I->waiting[at];
+        Seq *s = &L->seqs[slot];
+        if (s->admissions) {
+            i++;
+            continue;
+        }
+        if (!(L->now - L->arrival[s->request] >= L->request_timeout_s)) break;
+        for (Py_ssize_t k = i; k + 1 < I->waiting_len; k++)
+            I->waiting[(I->waiting_head + k) % I->waiting_cap] =
+                I->waiting[(I->waiting_head + k + 1) % I->waiting_cap];
+        I->waiting_len--;
+        I->outstanding--;
+        if (write_ended(L, s->request, index, STATUS_TIMED_OUT, s) < 0) return -1;
+        free_seq(L, slot);
+    }
+    return 0;
+}
+
 /* Instance._start_engine: schedule, time and record the next batch, if there is one. */
 static int try_start(Loop *L, Py_ssize_t index) {
     Inst *I = &L->inst[index];
     Pool *P = I->pool;
     if (I->busy) return 0;
+    if (L->request_timeout_s >= 0 && expire_waiting(L, index) < 0) return -1;
     if (schedule(L, I) < 0) return -1;
     if (I->batch_len == 0) return 0;
     /* Instance._batch_shape */
@@ -1024,8 +1054,9 @@ static void *copy_column(PyObject *obj, Py_ssize_t size, Py_ssize_t *count, cons
 
 static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
     static char *names[] = {"router", "decode_router", "block_size", "max_num_seqs",
-                            "max_num_batched_tokens", "max_queue", "record_steps", "kv_transfer",
-                            "ids", "arrival_s", "input_len", "output_len", NULL};
+                            "max_num_batched_tokens", "max_queue", "request_timeout_s",
+                            "record_steps", "kv_transfer", "ids", "arrival_s", "input_len",
+                            "output_len", NULL};
     int router, decode_router, record_steps;
     long long block_size, max_num_seqs, max_tokens, max_queue;
     PyObject *kv_transfer, *ids, *arrival, *input_len, *output_len;
@@ -1033,10 +1064,10 @@ static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_RuntimeError, "Loop.__init__ may run once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiLLLLpOOOOO", names, &router,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiLLLLdpOOOOO", names, &router,
                                      &decode_router, &block_size, &max_num_seqs, &max_tokens,
-                                     &max_queue, &record_steps, &kv_transfer, &ids, &arrival,
-                                     &input_len, &output_len))
+                                     &max_queue, &L->request_timeout_s, &record_steps,
+                                     &kv_transfer, &ids, &arrival, &input_len, &output_len))
         return -1;
     if (block_size < 1 || max_num_seqs < 1 || max_tokens < 1 || router < ROUTER_ROUND_ROBIN ||
         router > ROUTER_LEAST_KV || decode_router < ROUTER_ROUND_ROBIN ||

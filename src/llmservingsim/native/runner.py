@@ -32,7 +32,12 @@ from llmservingsim.metrics.request_log import ROW_DTYPE as REQUEST_ROW_DTYPE
 from llmservingsim.metrics.request_log import STATUS_CODE
 from llmservingsim.native import load_kernel
 from llmservingsim.serving.block_manager import BlockManager
-from llmservingsim.serving.instance import Instance, never_fits_reason, queue_full_reason
+from llmservingsim.serving.instance import (
+    Instance,
+    never_fits_reason,
+    queue_full_reason,
+    timed_out_reason,
+)
 from llmservingsim.serving.schedulers.vllm import VllmScheduler
 from llmservingsim.workload.request_spec import RequestSpec
 from llmservingsim.workload.request_table import RequestTable
@@ -93,8 +98,6 @@ def refusal(cfg: SimConfig, cluster: Cluster, checking_invariants: bool) -> str 
         return "prefix caching"
     if scfg.preemption != "recompute":
         return f"preemption by {scfg.preemption}"
-    if scfg.request_timeout_s is not None:
-        return "scheduler.request_timeout_s"
     if cfg.speculative.enabled:
         return "speculative decoding"
     for pool in cluster.pools:
@@ -175,6 +178,7 @@ class CompiledEngine:
             max_num_seqs=scfg.max_num_seqs,
             max_num_batched_tokens=scfg.max_num_batched_tokens,
             max_queue=-1 if scfg.max_queue is None else scfg.max_queue,
+            request_timeout_s=-1.0 if scfg.request_timeout_s is None else scfg.request_timeout_s,
             record_steps=bool(self.metrics.step_sinks),
             kv_transfer=self._kv_transfer_time,
             ids=columns.ids,
@@ -275,6 +279,8 @@ class CompiledEngine:
         scheduler = self.cluster.instances[instance].scheduler
         if status == STATUS_CODE["rejected"]:
             return queue_full_reason(scheduler.cfg.max_queue)
+        if status == STATUS_CODE["timed_out"]:
+            return timed_out_reason(scheduler.cfg.request_timeout_s)
         blocks = scheduler.blocks
         needed = blocks.blocks_needed(input_len + output_len - 1)
         return never_fits_reason(needed, input_len, output_len, blocks.num_blocks)

@@ -53,6 +53,11 @@ def never_fits_reason(needed: int, input_len: int, output_len: int, capacity: in
     return f"needs {needed} KV blocks for {input_len}+{output_len} tokens, the cache has {capacity}"
 
 
+def timed_out_reason(timeout_s: float | None) -> str:
+    """Why admission control dropped a request that waited too long."""
+    return f"waited over scheduler.request_timeout_s={timeout_s}"
+
+
 def queue_full_reason(max_queue: int | None) -> str:
     """Why a request was rejected by admission control."""
     return f"waiting queue full (scheduler.max_queue={max_queue})"
@@ -239,7 +244,7 @@ class Instance:
             seq.status = Status.FAILED
             ve.outstanding -= 1
             self.outstanding -= 1
-            reason = f"waited over scheduler.request_timeout_s={ve.scheduler.cfg.request_timeout_s}"
+            reason = timed_out_reason(ve.scheduler.cfg.request_timeout_s)
             self.metrics.on_drop(seq, self.index, now, "timed_out", reason)
 
     # -------------------------------------------------------------- steps
