@@ -525,12 +525,12 @@ class EngineConfig(_Section):
 
     compiled: bool = True
     """Run the event loop in C (native/loop.c) where the configuration is one it covers:
-    mixed or prefill/decode pools, routers round_robin/least_outstanding/least_kv, the
-    vllm/sarathi policy with recompute preemption, plain paged KV, the roofline backend
-    (dense, MoE or MLA models), no pipeline parallelism, no speculative decoding or LoRA
-    (docs/performance.md). The numbers are the
-    Python engine's; summary.json says which loop ran (``engine_loop``) and why not the
-    compiled one. Needs ``fast_forward``; false always runs the Python engine."""
+    mixed or prefill/decode pools without pipeline parallelism; routers round_robin,
+    least_outstanding, least_kv; the vllm/sarathi/orca/no_evict/static policies with
+    recompute preemption on plain paged KV; the roofline backend (dense, MoE or MLA models);
+    no speculative decoding or LoRA (docs/performance.md). The numbers are the Python
+    engine's; summary.json says which loop ran (``engine_loop``) and why not the compiled one.
+    Needs ``fast_forward``; false always runs the Python engine."""
 
 
 class OutputsConfig(_Section):

@@ -3,9 +3,9 @@
  *
  * What it covers (native/runner.py checks it before choosing this loop): pools of instances
  * without pipeline parallelism (mixed, or prefill and decode pools with KV transfers between
- * them), routed round_robin, least_outstanding or least_kv, each instance running vLLM's
- * scheduler (serving/schedulers/vllm.py) on a plain paged KV cache with preemption by
- * recompute (admission control by max_queue and request_timeout_s included), timed by
+ * them), routed round_robin, least_outstanding or least_kv, each instance running the vllm
+ * (sarathi), orca, no_evict or static scheduler (serving/schedulers/) on a plain paged KV
+ * cache with preemption by recompute (admission control by max_queue and request_timeout_s included), timed by
  * perf/iteration.py's IterationTimer on the roofline backend (dense or
  * mixture-of-experts layers, grouped-query or multi-head latent attention). Everything else
  * runs the Python engine.
@@ -51,6 +51,12 @@
 #define ATTENTION_MLA 1
 /* Kernels before plus after MLA's decode attention, at most. */
 #define MAX_AROUND 8
+
+/* Scheduler policies (serving/schedulers/). */
+#define POLICY_VLLM 0
+#define POLICY_ORCA 1
+#define POLICY_NO_EVICT 2
+#define POLICY_STATIC 3
 
 #define ROUTER_ROUND_ROBIN 0
 #define ROUTER_LEAST_OUTSTANDING 1
@@ -257,6 +263,7 @@ typedef struct {
     int ready; /* __init__ succeeded */
     int started; /* run() was called: no more pools */
     /* scheduler configuration (one for the cluster) */
+    int policy;
     int64_t block_size, max_num_seqs, max_num_batched_tokens, max_queue;
     double request_timeout_s; /* < 0: none */
     int record_steps;
@@ -602,12 +609,48 @@ static void add_to_batch(Inst *I, int64_t slot, int64_t num_new) {
     I->batch_tokens[I->batch_len++] = num_new;
 }
 
-/* VllmScheduler.schedule: running requests first, then waiting ones, in one token budget. */
-static int schedule(Loop *L, Inst *I) {
+static int64_t max_kv_tokens(const Seq *s) { return s->input_len + s->output_len - 1; }
+
+/* Scheduler.admit: start the head of the queue from `hit` with blocks for `num_new` tokens. */
+static void admit(Loop *L, Inst *I, int64_t slot, int64_t num_new) {
+    Seq *s = &L->seqs[slot];
+    waiting_pop_front(I);
+    int64_t need = blocks_needed(L, s->num_computed + num_new) - s->blocks;
+    if (need > 0) {
+        I->free_blocks -= need;
+        s->blocks += need;
+    }
+    s->admissions++;
+    s->pass_start = s->num_computed;
+    I->running[I->running_len++] = slot;
+}
+
+/* The policy's prefill_tokens: tokens a waiting request may start with after its hit (0: it
+ * must wait). vllm: any chunk; orca: the whole prompt, or a too-long one alone in an empty
+ * step; no_evict: as vllm, once its whole lifetime's KV fits what running requests have not
+ * been promised. */
+static int64_t prefill_tokens(Loop *L, Inst *I, const Seq *s, int64_t hit, int64_t budget,
+                              int step_is_empty) {
+    int64_t left = s->input_len + s->generated - hit;
+    if (L->policy == POLICY_ORCA) return left <= budget || step_is_empty ? left : 0;
+    if (L->policy == POLICY_NO_EVICT) {
+        int64_t promised = 0;
+        for (Py_ssize_t k = 0; k < I->running_len; k++) {
+            const Seq *r = &L->seqs[I->running[k]];
+            promised += blocks_needed(L, max_kv_tokens(r)) - r->blocks;
+        }
+        int64_t lifetime = max_kv_tokens(s) - hit;
+        if (blocks_needed(L, hit + lifetime) > I->free_blocks - promised) return 0;
+    }
+    return left < budget ? left : budget;
+}
+
+/* VllmScheduler.schedule (vllm, sarathi, orca, no_evict): running requests first, then waiting
+ * ones, in one token budget. */
+static int schedule_continuous(Loop *L, Inst *I) {
     int64_t budget = L->max_num_batched_tokens;
     int preempted = 0;
     Py_ssize_t i = 0;
-    I->batch_len = 0;
     while (i < I->running_len && budget > 0) {
         int64_t slot = I->running[i];
         Seq *s = &L->seqs[slot];
@@ -641,22 +684,44 @@ static int schedule(Loop *L, Inst *I) {
         /* The request starts from what it has computed (nothing after a recompute
          * preemption; its prompt after a KV transfer). */
         int64_t hit = s->num_computed;
-        int64_t left = s->input_len + s->generated - hit;
-        int64_t num_new = left < budget ? left : budget;
+        int64_t num_new = prefill_tokens(L, I, s, hit, budget, I->batch_len == 0);
         if (num_new == 0 || blocks_needed(L, hit + num_new) > I->free_blocks) break;
-        waiting_pop_front(I);
-        int64_t need = blocks_needed(L, s->num_computed + num_new) - s->blocks;
-        if (need > 0) {
-            I->free_blocks -= need;
-            s->blocks += need;
-        }
-        s->admissions++;
-        s->pass_start = s->num_computed;
-        I->running[I->running_len++] = slot;
+        admit(L, I, slot, num_new);
         add_to_batch(I, slot, num_new);
         budget -= num_new;
     }
     return 0;
+}
+
+/* StaticScheduler.schedule: an idle engine forms a batch whose KV for every request's whole
+ * lifetime is reserved up front; the batch runs, each request computing what it has left,
+ * until its last request finishes. */
+static int schedule_static(Loop *L, Inst *I) {
+    if (I->running_len == 0) {
+        int64_t budget = L->max_num_batched_tokens;
+        while (I->waiting_len > 0 && I->running_len < L->max_num_seqs) {
+            int64_t slot = waiting_front(I);
+            Seq *s = &L->seqs[slot];
+            int64_t hit = s->num_computed;
+            int64_t lifetime = max_kv_tokens(s) - hit;
+            int64_t prompt = s->input_len + s->generated - hit;
+            if (blocks_needed(L, hit + lifetime) > I->free_blocks ||
+                (prompt > budget && I->running_len > 0))
+                break;
+            admit(L, I, slot, lifetime);
+            budget -= prompt;
+        }
+    }
+    for (Py_ssize_t k = 0; k < I->running_len; k++) {
+        const Seq *s = &L->seqs[I->running[k]];
+        add_to_batch(I, I->running[k], s->input_len + s->generated - s->num_computed);
+    }
+    return 0;
+}
+
+static int schedule(Loop *L, Inst *I) {
+    I->batch_len = 0;
+    return L->policy == POLICY_STATIC ? schedule_static(L, I) : schedule_continuous(L, I);
 }
 
 /* ------------------------------------------------------------------ events (min-heap) */
@@ -1053,7 +1118,7 @@ static void *copy_column(PyObject *obj, Py_ssize_t size, Py_ssize_t *count, cons
 }
 
 static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"router", "decode_router", "block_size", "max_num_seqs",
+    static char *names[] = {"policy", "router", "decode_router", "block_size", "max_num_seqs",
                             "max_num_batched_tokens", "max_queue", "request_timeout_s",
                             "record_steps", "kv_transfer", "ids", "arrival_s", "input_len",
                             "output_len", NULL};
@@ -1064,14 +1129,14 @@ static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_RuntimeError, "Loop.__init__ may run once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiLLLLdpOOOOO", names, &router,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiLLLLdpOOOOO", names, &L->policy, &router,
                                      &decode_router, &block_size, &max_num_seqs, &max_tokens,
                                      &max_queue, &L->request_timeout_s, &record_steps,
                                      &kv_transfer, &ids, &arrival, &input_len, &output_len))
         return -1;
     if (block_size < 1 || max_num_seqs < 1 || max_tokens < 1 || router < ROUTER_ROUND_ROBIN ||
         router > ROUTER_LEAST_KV || decode_router < ROUTER_ROUND_ROBIN ||
-        decode_router > ROUTER_LEAST_KV) {
+        decode_router > ROUTER_LEAST_KV || L->policy < POLICY_VLLM || L->policy > POLICY_STATIC) {
         PyErr_SetString(PyExc_ValueError, "Loop: invalid configuration");
         return -1;
     }

@@ -38,6 +38,10 @@ from llmservingsim.serving.instance import (
     queue_full_reason,
     timed_out_reason,
 )
+from llmservingsim.serving.schedulers.base import Scheduler
+from llmservingsim.serving.schedulers.no_evict import NoEvictScheduler
+from llmservingsim.serving.schedulers.orca import OrcaScheduler
+from llmservingsim.serving.schedulers.static import StaticScheduler
 from llmservingsim.serving.schedulers.vllm import VllmScheduler
 from llmservingsim.workload.request_spec import RequestSpec
 from llmservingsim.workload.request_table import RequestTable
@@ -48,6 +52,14 @@ ROUTER_CODES: dict[type[Router], int] = {
     LeastKvRouter: 2,
 }
 """Routers the loop implements, by their code in loop.c."""
+
+POLICY_CODES: dict[type[Scheduler], int] = {
+    VllmScheduler: 0,
+    OrcaScheduler: 1,
+    NoEvictScheduler: 2,
+    StaticScheduler: 3,
+}
+"""Scheduler policies the loop implements (exactly these classes), by their code in loop.c."""
 
 ROLE_CODES = {"mixed": 0, "prefill": 1, "decode": 2}
 """Instance roles by their code in loop.c."""
@@ -114,7 +126,7 @@ def refusal(cfg: SimConfig, cluster: Cluster, checking_invariants: bool) -> str 
             if len(inst.engines) != 1:
                 return "pipeline parallelism"
             scheduler = inst.scheduler
-            if type(scheduler) is not VllmScheduler:
+            if type(scheduler) not in POLICY_CODES:
                 return f"scheduler policy {scfg.policy}"
             if type(scheduler.blocks) is not BlockManager or scheduler.adapters is not None:
                 return "a KV cache with prefix caching, offload or adapters"
@@ -172,6 +184,7 @@ class CompiledEngine:
         scfg = cluster.instances[0].scheduler.cfg
         decode = cluster.decode_router
         loop = self.kernel.Loop(
+            policy=POLICY_CODES[type(cluster.instances[0].scheduler)],
             router=ROUTER_CODES[type(cluster.router)],
             decode_router=0 if decode is None else ROUTER_CODES[type(decode)],
             block_size=scfg.block_size,
