@@ -2,8 +2,8 @@
  * The event loop of llmservingsim (engine.py) for the common configuration, in C.
  *
  * What it covers (native/runner.py checks it before choosing this loop): pools of instances
- * without pipeline parallelism (mixed, or prefill and decode pools with KV transfers between
- * them), routed round_robin, least_outstanding or least_kv, each instance running the vllm
+ * (mixed, or prefill and decode pools with KV transfers between them; pipeline parallelism as
+ * vLLM's virtual engines), routed round_robin, least_outstanding or least_kv, each instance running the vllm
  * (sarathi), orca, no_evict or static scheduler (serving/schedulers/) on a plain paged KV
  * cache with preemption by recompute (admission control by max_queue and request_timeout_s included), timed by
  * perf/iteration.py's IterationTimer on the roofline backend (dense or
@@ -35,7 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KERNEL_VERSION 2
+#define KERNEL_VERSION 3
 
 /* Request row status codes (metrics/request_log.py STATUSES). */
 #define STATUS_FINISHED 0
@@ -64,6 +64,7 @@
 
 /* Event kinds, in engine.py's order for events at the same time. */
 #define EVENT_STEP_END 0
+#define EVENT_WAKE 1
 #define EVENT_KV_ARRIVAL 2
 
 /* ------------------------------------------------------------------ growable byte buffer */
@@ -197,7 +198,12 @@ static int costmap_put(CostMap *m, int64_t key, Cost value) {
 /* A pool's instances share one timer (perf/iteration.py) and one device type. */
 typedef struct {
     int role;
-    int64_t num_blocks;
+    int64_t num_blocks;        /* of an instance: its engines' together */
+    int64_t engine_blocks;     /* of one virtual engine */
+    Py_ssize_t pp;             /* pipeline stages = virtual engines per instance */
+    int64_t *stage_layers, *stage_moe_layers;
+    PyObject *stage_sends;     /* num_tokens -> each stage's activation send (PP > 1) */
+    CostMap sends_memo;        /* key (num_tokens, stage); stage 255 marks a known count */
     /* timer */
     double num_layers, step_overhead, seq_overhead;
     double q_size, kv_size, kv_bytes, act_bytes, decode_flops, bandwidth, launch;
@@ -224,8 +230,9 @@ typedef struct {
     int leaving; /* set while a step's results are applied: finished or handed off */
 } Seq;
 
+/* A virtual engine (instance.py VirtualEngine) and its scheduler: without pipeline
+ * parallelism an instance has one; with PP = k it has k, each owning 1/k of the KV blocks. */
 typedef struct {
-    Pool *pool;
     /* waiting: a ring of sequence slots, head first */
     int64_t *waiting;
     Py_ssize_t waiting_cap, waiting_head, waiting_len;
@@ -237,12 +244,22 @@ typedef struct {
     Py_ssize_t batch_len;
     int busy;
     int64_t free_blocks;
+    int64_t outstanding;
+    /* scheduler counters */
+    int64_t preemptions, recomputed_tokens;
+} Engine;
+
+typedef struct {
+    Pool *pool;
+    Engine *engines;
+    double *stage_free; /* when each pipeline stage finishes its current batch */
+    Py_ssize_t next_engine;
+    double wake_at; /* time of the pending wake-up event, if any */
     int64_t outstanding, incoming;
     Py_ssize_t touched_epoch;
-    /* StepTotals and scheduler counters */
+    /* StepTotals */
     int64_t iterations, prefill_tokens, decode_tokens, kv_peak_blocks, max_batch_size;
     double busy_s, busy_device_s, energy_busy_j;
-    int64_t preemptions, recomputed_tokens;
 } Inst;
 
 /* engine.py's event tuple (time, kind, instance, arg), plus the transferred sequence. */
@@ -287,8 +304,10 @@ typedef struct {
     Py_ssize_t events_len, events_cap;
     Py_ssize_t *touched;
     Py_ssize_t epoch;
-    /* scratch for one step: prefill chunks (new, cached), hand-offs */
+    /* scratch for one step: prefill chunks (new, cached), hand-offs, stage times */
     int64_t *chunk_new, *chunk_ctx, *handoffs;
+    double *stage_time, *stage_send;
+    Py_ssize_t max_pp;
     /* clock and outputs */
     double now;
     int64_t steps;
@@ -444,36 +463,79 @@ static int with_attention(Loop *L, Pool *P, Py_ssize_t num_chunks, int64_t num_d
     return 0;
 }
 
-/* IterationTimer.step for one stage: prefill chunks (new, cached) plus num_decode decodes. */
+/* IterationTimer._stage_sends: each stage's activation send to the next, by token count. */
+static int stage_sends(Pool *P, int64_t num_tokens, double *sends) {
+    int64_t known = (num_tokens << 8) | 255;
+    if (costmap_get(&P->sends_memo, known) == NULL) {
+        PyObject *res = PyObject_CallFunction(P->stage_sends, "L", (long long)num_tokens);
+        if (res == NULL) return -1;
+        if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) != P->pp - 1) {
+            Py_DECREF(res);
+            PyErr_SetString(PyExc_TypeError, "stage_sends: expected one time per stage but last");
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < P->pp - 1; i++) {
+            Cost c = {PyFloat_AsDouble(PyTuple_GET_ITEM(res, i)), 0.0, 0.0};
+            if ((c.seconds == -1.0 && PyErr_Occurred()) ||
+                costmap_put(&P->sends_memo, (num_tokens << 8) | i, c) < 0) {
+                Py_DECREF(res);
+                return -1;
+            }
+        }
+        Py_DECREF(res);
+        Cost mark = {0.0, 0.0, 0.0};
+        if (costmap_put(&P->sends_memo, known, mark) < 0) return -1;
+    }
+    for (Py_ssize_t i = 0; i < P->pp - 1; i++)
+        sends[i] = costmap_get(&P->sends_memo, (num_tokens << 8) | i)->seconds;
+    return 0;
+}
+
+/* IterationTimer.step: prefill chunks (new, cached) plus num_decode decodes; each pipeline
+ * stage's time goes to L->stage_time, their sum to out->seconds. */
 static int step_cost(Loop *L, Pool *P, Py_ssize_t num_chunks, int64_t num_decode,
                      int64_t decode_context, int64_t num_sampled, Cost *out) {
     int64_t num_tokens = num_decode;
     for (Py_ssize_t i = 0; i < num_chunks; i++) num_tokens += L->chunk_new[i];
-    Cost layer, head;
+    Cost layer, head, moe = {0.0, 0.0, 0.0};
     if (layer_cost(P, num_tokens, &layer) < 0 ||
         with_attention(L, P, num_chunks, num_decode, decode_context, &layer) < 0 ||
         head_cost(P, num_tokens, num_sampled, &head) < 0)
         return -1;
     double cpu = P->step_overhead + P->seq_overhead * (double)(num_chunks + num_decode);
+    double *stages = L->stage_time;
     if (P->num_moe_layers == 0) {
         double n = P->num_layers;
-        out->seconds = cpu + n * layer.seconds + head.seconds;
         out->flops = n * layer.flops + head.flops;
         out->bytes = n * layer.bytes + head.bytes;
-        return 0;
+        if (P->pp == 1) {
+            out->seconds = stages[0] = cpu + n * layer.seconds + head.seconds;
+            return 0;
+        }
+        for (Py_ssize_t i = 0; i < P->pp; i++)
+            stages[i] = (double)P->stage_layers[i] * layer.seconds;
+    } else {
+        /* IterationTimer._moe_step: stages mix dense and MoE layers */
+        if (moe_layer_cost(P, num_tokens, &moe) < 0 ||
+            with_attention(L, P, num_chunks, num_decode, decode_context, &moe) < 0)
+            return -1;
+        double n_moe = (double)P->num_moe_layers, n_dense = P->num_layers - n_moe;
+        out->flops = n_dense * layer.flops + n_moe * moe.flops + head.flops;
+        out->bytes = n_dense * layer.bytes + n_moe * moe.bytes + head.bytes;
+        for (Py_ssize_t i = 0; i < P->pp; i++)
+            stages[i] = (double)(P->stage_layers[i] - P->stage_moe_layers[i]) * layer.seconds +
+                        (double)P->stage_moe_layers[i] * moe.seconds;
     }
-    /* IterationTimer._moe_step with one stage */
-    Cost moe;
-    if (moe_layer_cost(P, num_tokens, &moe) < 0 ||
-        with_attention(L, P, num_chunks, num_decode, decode_context, &moe) < 0)
-        return -1;
-    double n_moe = (double)P->num_moe_layers, n_dense = P->num_layers - n_moe;
-    out->flops = n_dense * layer.flops + n_moe * moe.flops + head.flops;
-    out->bytes = n_dense * layer.bytes + n_moe * moe.bytes + head.bytes;
-    double stage = n_dense * layer.seconds + n_moe * moe.seconds;
-    stage += cpu;
-    stage += head.seconds;
-    out->seconds = stage;
+    /* The CPU prepares the batch before stage 0; the last stage runs the LM head. */
+    stages[0] += cpu;
+    stages[P->pp - 1] += head.seconds;
+    if (P->pp > 1) {
+        if (stage_sends(P, num_tokens, L->stage_send) < 0) return -1;
+        for (Py_ssize_t i = 0; i < P->pp - 1; i++) stages[i] += L->stage_send[i];
+    }
+    double seconds = 0.0;
+    for (Py_ssize_t i = 0; i < P->pp; i++) seconds += stages[i];
+    out->seconds = seconds;
     return 0;
 }
 
@@ -543,125 +605,125 @@ static int put_gaps(Loop *L, double gap, int64_t count) {
 
 /* ------------------------------------------------------------------ waiting queue */
 
-static int waiting_reserve(Inst *I) {
-    if (I->waiting_len < I->waiting_cap) return 0;
-    Py_ssize_t cap = I->waiting_cap ? 2 * I->waiting_cap : 64;
+static int waiting_reserve(Engine *E) {
+    if (E->waiting_len < E->waiting_cap) return 0;
+    Py_ssize_t cap = E->waiting_cap ? 2 * E->waiting_cap : 64;
     int64_t *ring = malloc(sizeof(int64_t) * (size_t)cap);
     if (ring == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    for (Py_ssize_t i = 0; i < I->waiting_len; i++)
-        ring[i] = I->waiting[(I->waiting_head + i) % I->waiting_cap];
-    free(I->waiting);
-    I->waiting = ring;
-    I->waiting_cap = cap;
-    I->waiting_head = 0;
+    for (Py_ssize_t i = 0; i < E->waiting_len; i++)
+        ring[i] = E->waiting[(E->waiting_head + i) % E->waiting_cap];
+    free(E->waiting);
+    E->waiting = ring;
+    E->waiting_cap = cap;
+    E->waiting_head = 0;
     return 0;
 }
 
-static int waiting_push_back(Inst *I, int64_t slot) {
-    if (waiting_reserve(I) < 0) return -1;
-    I->waiting[(I->waiting_head + I->waiting_len) % I->waiting_cap] = slot;
-    I->waiting_len++;
+static int waiting_push_back(Engine *E, int64_t slot) {
+    if (waiting_reserve(E) < 0) return -1;
+    E->waiting[(E->waiting_head + E->waiting_len) % E->waiting_cap] = slot;
+    E->waiting_len++;
     return 0;
 }
 
-static int waiting_push_front(Inst *I, int64_t slot) {
-    if (waiting_reserve(I) < 0) return -1;
-    I->waiting_head = (I->waiting_head + I->waiting_cap - 1) % I->waiting_cap;
-    I->waiting[I->waiting_head] = slot;
-    I->waiting_len++;
+static int waiting_push_front(Engine *E, int64_t slot) {
+    if (waiting_reserve(E) < 0) return -1;
+    E->waiting_head = (E->waiting_head + E->waiting_cap - 1) % E->waiting_cap;
+    E->waiting[E->waiting_head] = slot;
+    E->waiting_len++;
     return 0;
 }
 
-static int64_t waiting_front(const Inst *I) { return I->waiting[I->waiting_head]; }
+static int64_t waiting_front(const Engine *E) { return E->waiting[E->waiting_head]; }
 
-static void waiting_pop_front(Inst *I) {
-    I->waiting_head = (I->waiting_head + 1) % I->waiting_cap;
-    I->waiting_len--;
+static void waiting_pop_front(Engine *E) {
+    E->waiting_head = (E->waiting_head + 1) % E->waiting_cap;
+    E->waiting_len--;
 }
 
 /* ------------------------------------------------------------------ scheduler (vllm.py) */
 
 /* Scheduler._end_pass: count the tokens this stay computed that the request had before. */
-static void end_pass(Inst *I, Seq *s) {
+static void end_pass(Engine *E, Seq *s) {
     int64_t upto = s->num_computed < s->max_computed ? s->num_computed : s->max_computed;
     int64_t again = upto - s->pass_start;
-    if (again > 0) I->recomputed_tokens += again;
+    if (again > 0) E->recomputed_tokens += again;
     if (s->num_computed > s->max_computed) s->max_computed = s->num_computed;
 }
 
 /* Scheduler.preempt by recompute: free the KV, back to the head of the queue. */
-static int preempt(Loop *L, Inst *I, int64_t slot) {
+static int preempt(Loop *L, Engine *E, int64_t slot) {
     Seq *s = &L->seqs[slot];
-    end_pass(I, s);
-    I->free_blocks += s->blocks;
+    end_pass(E, s);
+    E->free_blocks += s->blocks;
     s->blocks = 0;
     s->num_computed = 0;
     s->preemptions++;
-    I->preemptions++;
-    return waiting_push_front(I, slot);
+    E->preemptions++;
+    return waiting_push_front(E, slot);
 }
 
-static void add_to_batch(Inst *I, int64_t slot, int64_t num_new) {
-    I->batch_slot[I->batch_len] = slot;
-    I->batch_tokens[I->batch_len++] = num_new;
+static void add_to_batch(Engine *E, int64_t slot, int64_t num_new) {
+    E->batch_slot[E->batch_len] = slot;
+    E->batch_tokens[E->batch_len++] = num_new;
 }
 
 static int64_t max_kv_tokens(const Seq *s) { return s->input_len + s->output_len - 1; }
 
 /* Scheduler.admit: start the head of the queue from `hit` with blocks for `num_new` tokens. */
-static void admit(Loop *L, Inst *I, int64_t slot, int64_t num_new) {
+static void admit(Loop *L, Engine *E, int64_t slot, int64_t num_new) {
     Seq *s = &L->seqs[slot];
-    waiting_pop_front(I);
+    waiting_pop_front(E);
     int64_t need = blocks_needed(L, s->num_computed + num_new) - s->blocks;
     if (need > 0) {
-        I->free_blocks -= need;
+        E->free_blocks -= need;
         s->blocks += need;
     }
     s->admissions++;
     s->pass_start = s->num_computed;
-    I->running[I->running_len++] = slot;
+    E->running[E->running_len++] = slot;
 }
 
 /* The policy's prefill_tokens: tokens a waiting request may start with after its hit (0: it
  * must wait). vllm: any chunk; orca: the whole prompt, or a too-long one alone in an empty
  * step; no_evict: as vllm, once its whole lifetime's KV fits what running requests have not
  * been promised. */
-static int64_t prefill_tokens(Loop *L, Inst *I, const Seq *s, int64_t hit, int64_t budget,
+static int64_t prefill_tokens(Loop *L, Engine *E, const Seq *s, int64_t hit, int64_t budget,
                               int step_is_empty) {
     int64_t left = s->input_len + s->generated - hit;
     if (L->policy == POLICY_ORCA) return left <= budget || step_is_empty ? left : 0;
     if (L->policy == POLICY_NO_EVICT) {
         int64_t promised = 0;
-        for (Py_ssize_t k = 0; k < I->running_len; k++) {
-            const Seq *r = &L->seqs[I->running[k]];
+        for (Py_ssize_t k = 0; k < E->running_len; k++) {
+            const Seq *r = &L->seqs[E->running[k]];
             promised += blocks_needed(L, max_kv_tokens(r)) - r->blocks;
         }
         int64_t lifetime = max_kv_tokens(s) - hit;
-        if (blocks_needed(L, hit + lifetime) > I->free_blocks - promised) return 0;
+        if (blocks_needed(L, hit + lifetime) > E->free_blocks - promised) return 0;
     }
     return left < budget ? left : budget;
 }
 
 /* VllmScheduler.schedule (vllm, sarathi, orca, no_evict): running requests first, then waiting
  * ones, in one token budget. */
-static int schedule_continuous(Loop *L, Inst *I) {
+static int schedule_continuous(Loop *L, Engine *E) {
     int64_t budget = L->max_num_batched_tokens;
     int preempted = 0;
     Py_ssize_t i = 0;
-    while (i < I->running_len && budget > 0) {
-        int64_t slot = I->running[i];
+    while (i < E->running_len && budget > 0) {
+        int64_t slot = E->running[i];
         Seq *s = &L->seqs[slot];
         int64_t wanted = s->input_len + s->generated - s->num_computed;
         int64_t num_new = wanted < budget ? wanted : budget;
         int64_t need = blocks_needed(L, s->num_computed + num_new) - s->blocks;
         /* BlockManager.try_allocate, preempting the latest admitted until it fits */
         int self_preempted = 0;
-        while (need > I->free_blocks) {
-            int64_t victim = I->running[--I->running_len];
-            if (preempt(L, I, victim) < 0) return -1;
+        while (need > E->free_blocks) {
+            int64_t victim = E->running[--E->running_len];
+            if (preempt(L, E, victim) < 0) return -1;
             preempted = 1;
             if (victim == slot) {
                 self_preempted = 1;
@@ -670,24 +732,24 @@ static int schedule_continuous(Loop *L, Inst *I) {
         }
         if (self_preempted) break;
         if (need > 0) {
-            I->free_blocks -= need;
+            E->free_blocks -= need;
             s->blocks += need;
         }
-        add_to_batch(I, slot, num_new);
+        add_to_batch(E, slot, num_new);
         budget -= num_new;
         i++;
     }
-    if (preempted || I->waiting_len == 0) return 0;
-    while (I->waiting_len > 0 && budget > 0 && I->running_len < L->max_num_seqs) {
-        int64_t slot = waiting_front(I);
+    if (preempted || E->waiting_len == 0) return 0;
+    while (E->waiting_len > 0 && budget > 0 && E->running_len < L->max_num_seqs) {
+        int64_t slot = waiting_front(E);
         Seq *s = &L->seqs[slot];
         /* The request starts from what it has computed (nothing after a recompute
          * preemption; its prompt after a KV transfer). */
         int64_t hit = s->num_computed;
-        int64_t num_new = prefill_tokens(L, I, s, hit, budget, I->batch_len == 0);
-        if (num_new == 0 || blocks_needed(L, hit + num_new) > I->free_blocks) break;
-        admit(L, I, slot, num_new);
-        add_to_batch(I, slot, num_new);
+        int64_t num_new = prefill_tokens(L, E, s, hit, budget, E->batch_len == 0);
+        if (num_new == 0 || blocks_needed(L, hit + num_new) > E->free_blocks) break;
+        admit(L, E, slot, num_new);
+        add_to_batch(E, slot, num_new);
         budget -= num_new;
     }
     return 0;
@@ -696,32 +758,32 @@ static int schedule_continuous(Loop *L, Inst *I) {
 /* StaticScheduler.schedule: an idle engine forms a batch whose KV for every request's whole
  * lifetime is reserved up front; the batch runs, each request computing what it has left,
  * until its last request finishes. */
-static int schedule_static(Loop *L, Inst *I) {
-    if (I->running_len == 0) {
+static int schedule_static(Loop *L, Engine *E) {
+    if (E->running_len == 0) {
         int64_t budget = L->max_num_batched_tokens;
-        while (I->waiting_len > 0 && I->running_len < L->max_num_seqs) {
-            int64_t slot = waiting_front(I);
+        while (E->waiting_len > 0 && E->running_len < L->max_num_seqs) {
+            int64_t slot = waiting_front(E);
             Seq *s = &L->seqs[slot];
             int64_t hit = s->num_computed;
             int64_t lifetime = max_kv_tokens(s) - hit;
             int64_t prompt = s->input_len + s->generated - hit;
-            if (blocks_needed(L, hit + lifetime) > I->free_blocks ||
-                (prompt > budget && I->running_len > 0))
+            if (blocks_needed(L, hit + lifetime) > E->free_blocks ||
+                (prompt > budget && E->running_len > 0))
                 break;
-            admit(L, I, slot, lifetime);
+            admit(L, E, slot, lifetime);
             budget -= prompt;
         }
     }
-    for (Py_ssize_t k = 0; k < I->running_len; k++) {
-        const Seq *s = &L->seqs[I->running[k]];
-        add_to_batch(I, I->running[k], s->input_len + s->generated - s->num_computed);
+    for (Py_ssize_t k = 0; k < E->running_len; k++) {
+        const Seq *s = &L->seqs[E->running[k]];
+        add_to_batch(E, E->running[k], s->input_len + s->generated - s->num_computed);
     }
     return 0;
 }
 
-static int schedule(Loop *L, Inst *I) {
-    I->batch_len = 0;
-    return L->policy == POLICY_STATIC ? schedule_static(L, I) : schedule_continuous(L, I);
+static int schedule(Loop *L, Engine *E) {
+    E->batch_len = 0;
+    return L->policy == POLICY_STATIC ? schedule_static(L, E) : schedule_continuous(L, E);
 }
 
 /* ------------------------------------------------------------------ events (min-heap) */
@@ -772,25 +834,37 @@ static Event pop_event(Loop *L) {
 
 /* ------------------------------------------------------------------ instance (instance.py) */
 
+static int64_t instance_free_blocks(const Inst *I) {
+    int64_t free = 0;
+    for (Py_ssize_t k = 0; k < I->pool->pp; k++) free += I->engines[k].free_blocks;
+    return free;
+}
+
+static int64_t instance_waiting(const Inst *I) {
+    int64_t waiting = 0;
+    for (Py_ssize_t k = 0; k < I->pool->pp; k++) waiting += I->engines[k].waiting_len;
+    return waiting;
+}
+
 /* Instance._expire + Scheduler.expire_waiting: drop the requests that never started and
  * waited request_timeout_s by now; the scan stops at the first one still in time (requests
  * that started, preempted or handed over, queue ahead of new ones and never expire). */
-static int expire_waiting(Loop *L, Py_ssize_t index) {
+static int expire_waiting(Loop *L, Py_ssize_t index, Engine *E) {
     Inst *I = &L->inst[index];
     Py_ssize_t i = 0;
-    while (i < I->waiting_len) {
-        Py_ssize_t at = (I->waiting_head + i) % I->waiting_cap;
-        int64_t slot = I->waiting[at];
+    while (i < E->waiting_len) {
+        int64_t slot = E->waiting[(E->waiting_head + i) % E->waiting_cap];
         Seq *s = &L->seqs[slot];
         if (s->admissions) {
             i++;
             continue;
         }
         if (!(L->now - L->arrival[s->request] >= L->request_timeout_s)) break;
-        for (Py_ssize_t k = i; k + 1 < I->waiting_len; k++)
-            I->waiting[(I->waiting_head + k) % I->waiting_cap] =
-                I->waiting[(I->waiting_head + k + 1) % I->waiting_cap];
-        I->waiting_len--;
+        for (Py_ssize_t k = i; k + 1 < E->waiting_len; k++)
+            E->waiting[(E->waiting_head + k) % E->waiting_cap] =
+                E->waiting[(E->waiting_head + k + 1) % E->waiting_cap];
+        E->waiting_len--;
+        E->outstanding--;
         I->outstanding--;
         if (write_ended(L, s->request, index, STATUS_TIMED_OUT, s) < 0) return -1;
         free_seq(L, slot);
@@ -798,20 +872,21 @@ static int expire_waiting(Loop *L, Py_ssize_t index) {
     return 0;
 }
 
-/* Instance._start_engine: schedule, time and record the next batch, if there is one. */
-static int try_start(Loop *L, Py_ssize_t index) {
+/* Instance._start_engine: schedule, time and record virtual engine k's next batch, if it has
+ * one; returns 1 when a batch started. */
+static int start_engine(Loop *L, Py_ssize_t index, Py_ssize_t k) {
     Inst *I = &L->inst[index];
+    Engine *E = &I->engines[k];
     Pool *P = I->pool;
-    if (I->busy) return 0;
-    if (L->request_timeout_s >= 0 && expire_waiting(L, index) < 0) return -1;
-    if (schedule(L, I) < 0) return -1;
-    if (I->batch_len == 0) return 0;
+    if (L->request_timeout_s >= 0 && expire_waiting(L, index, E) < 0) return -1;
+    if (schedule(L, E) < 0) return -1;
+    if (E->batch_len == 0) return 0;
     /* Instance._batch_shape */
     Py_ssize_t num_chunks = 0;
     int64_t num_decode = 0, decode_context = 0, num_sampled = 0, num_tokens = 0;
-    for (Py_ssize_t k = 0; k < I->batch_len; k++) {
-        Seq *s = &L->seqs[I->batch_slot[k]];
-        int64_t num_new = I->batch_tokens[k];
+    for (Py_ssize_t b = 0; b < E->batch_len; b++) {
+        Seq *s = &L->seqs[E->batch_slot[b]];
+        int64_t num_new = E->batch_tokens[b];
         int64_t computed = s->num_computed;
         int samples = computed + num_new == s->input_len + s->generated;
         num_tokens += num_new;
@@ -829,11 +904,16 @@ static int try_start(Loop *L, Py_ssize_t index) {
     if (step_cost(L, P, num_chunks, num_decode, decode_context, num_sampled, &cost) < 0)
         return -1;
     double seconds = cost.seconds;
-    /* Instance._run_pipeline with one stage: the stage is free (its last step ended). */
-    double finish = L->now + seconds;
+    /* Instance._run_pipeline: a stage takes the batch when the previous one left it. */
+    double t = L->now;
+    for (Py_ssize_t stage = 0; stage < P->pp; stage++) {
+        t = (I->stage_free[stage] > t ? I->stage_free[stage] : t) + L->stage_time[stage];
+        I->stage_free[stage] = t;
+    }
+    double finish = t;
     /* Instance._record_step */
     int64_t num_seqs = num_chunks + num_decode;
-    int64_t used = P->num_blocks - I->free_blocks;
+    int64_t used = P->num_blocks - instance_free_blocks(I);
     I->iterations++;
     I->busy_s += seconds;
     I->decode_tokens += num_decode;
@@ -853,27 +933,74 @@ static int try_start(Loop *L, Py_ssize_t index) {
         step_w = step_energy / seconds;
     }
     if (L->record_steps) {
-        StepRow row = {(int64_t)index, 0, L->now, seconds, num_seqs,
+        StepRow row = {(int64_t)index, (int64_t)k, L->now, seconds, num_seqs,
                        num_tokens - num_decode, num_decode, used, P->num_blocks,
-                       (int64_t)I->waiting_len, step_w};
+                       instance_waiting(I), step_w};
         if (buffer_put(&L->step_rows, &row, sizeof(row)) < 0) return -1;
     }
-    I->busy = 1;
-    Event end = {finish, EVENT_STEP_END, (int64_t)index, 0, -1};
-    return push_event(L, end);
+    E->busy = 1;
+    Event end = {finish, EVENT_STEP_END, (int64_t)index, (int64_t)k, -1};
+    if (push_event(L, end) < 0) return -1;
+    return 1;
 }
 
-/* Instance.end_step + Scheduler.step_done: tokens, samples, finished requests; returns the
- * number of requests a prefill instance hands off (their slots in L->handoffs). */
-static Py_ssize_t end_step(Loop *L, Py_ssize_t index) {
+/* Instance.start_step: start the next batch if stage 0 is free and an idle virtual engine
+ * (in turn, from the one after the last to start) has work; returns 1 when one started. */
+static int start_step(Loop *L, Py_ssize_t index) {
     Inst *I = &L->inst[index];
+    Py_ssize_t count = I->pool->pp;
+    if (I->stage_free[0] > L->now) return 0;
+    for (Py_ssize_t offset = 0; offset < count; offset++) {
+        Py_ssize_t k = (I->next_engine + offset) % count;
+        if (I->engines[k].busy) continue;
+        int started = start_engine(L, index, k);
+        if (started < 0) return -1;
+        if (started) {
+            I->next_engine = (k + 1) % count;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* engine.py _try_start: start what can start; a pipelined instance whose stage 0 is busy
+ * while an idle engine has work wakes up when stage 0 frees. */
+static int try_start(Loop *L, Py_ssize_t index) {
+    Inst *I = &L->inst[index];
+    Py_ssize_t count = I->pool->pp;
+    int started;
+    do {
+        started = start_step(L, index);
+        if (started < 0) return -1;
+    } while (started && count > 1);
+    if (count == 1 || !(I->stage_free[0] > L->now)) return 0;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        const Engine *E = &I->engines[k];
+        if (!E->busy && (E->waiting_len > 0 || E->running_len > 0)) {
+            double wake = I->stage_free[0];
+            if (wake != I->wake_at) {
+                I->wake_at = wake;
+                Event e = {wake, EVENT_WAKE, (int64_t)index, 0, -1};
+                return push_event(L, e);
+            }
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/* Instance.end_step + Scheduler.step_done for virtual engine k: tokens, samples, finished
+ * requests; returns the number of requests a prefill instance hands off (L->handoffs). */
+static Py_ssize_t end_step(Loop *L, Py_ssize_t index, Py_ssize_t k) {
+    Inst *I = &L->inst[index];
+    Engine *E = &I->engines[k];
     double now = L->now, gap = 0.0;
     int64_t gaps = 0;
     Py_ssize_t leaving = 0, handed_off = 0;
-    for (Py_ssize_t k = 0; k < I->batch_len; k++) {
-        int64_t slot = I->batch_slot[k];
+    for (Py_ssize_t b = 0; b < E->batch_len; b++) {
+        int64_t slot = E->batch_slot[b];
         Seq *s = &L->seqs[slot];
-        s->num_computed += I->batch_tokens[k];
+        s->num_computed += E->batch_tokens[b];
         if (s->num_computed != s->input_len + s->generated) continue;
         s->generated++;
         if (s->first_token_s < 0) {
@@ -889,48 +1016,54 @@ static Py_ssize_t end_step(Loop *L, Py_ssize_t index) {
         if (s->generated >= s->output_len) {
             s->leaving = 1;
             leaving++;
+            E->outstanding--;
             I->outstanding--;
             if (write_ended(L, s->request, index, STATUS_FINISHED, s) < 0) return -1;
         } else if (I->pool->role == ROLE_PREFILL) {
             s->leaving = 2;
             leaving++;
+            E->outstanding--;
             I->outstanding--;
             L->handoffs[handed_off++] = slot;
         }
     }
     if (put_gaps(L, gap, gaps) < 0) return -1;
-    I->batch_len = 0;
-    I->busy = 0;
+    E->batch_len = 0;
+    E->busy = 0;
     if (leaving) {
         Py_ssize_t kept = 0;
-        for (Py_ssize_t k = 0; k < I->running_len; k++) {
-            int64_t slot = I->running[k];
+        for (Py_ssize_t r = 0; r < E->running_len; r++) {
+            int64_t slot = E->running[r];
             Seq *s = &L->seqs[slot];
             if (s->leaving) {
-                end_pass(I, s);
-                I->free_blocks += s->blocks;
+                end_pass(E, s);
+                E->free_blocks += s->blocks;
                 s->blocks = 0;
                 if (s->leaving == 1) free_seq(L, slot);
                 s->leaving = 0;
             } else {
-                I->running[kept++] = slot;
+                E->running[kept++] = slot;
             }
         }
-        I->running_len = kept;
+        E->running_len = kept;
     }
     return handed_off;
 }
 
-/* Instance.add: queue a request (arriving, or whose KV cache arrived), or end it if it can
- * never fit or the queue is full. `slot` < 0: a new request, else the transferred one. */
+/* Instance.add: queue a request (arriving, or whose KV cache arrived) with the virtual engine
+ * that has the fewest requests, or end it if it can never fit or the queue is full. `slot` < 0:
+ * a new request, else the transferred one. */
 static int add_request(Loop *L, Py_ssize_t index, Py_ssize_t request, int64_t slot) {
     Inst *I = &L->inst[index];
+    Engine *E = &I->engines[0];
+    for (Py_ssize_t k = 1; k < I->pool->pp; k++)
+        if (I->engines[k].outstanding < E->outstanding) E = &I->engines[k];
     if (slot >= 0) I->incoming--;
     const Seq *s = slot >= 0 ? &L->seqs[slot] : NULL;
     int64_t needed = blocks_needed(L, L->input_len[request] + L->output_len[request] - 1);
-    if (needed > I->pool->num_blocks || (slot < 0 && L->max_queue >= 0 &&
-                                         I->waiting_len >= L->max_queue)) {
-        int status = needed > I->pool->num_blocks ? STATUS_FAILED : STATUS_REJECTED;
+    int64_t capacity = I->pool->engine_blocks;
+    if (needed > capacity || (slot < 0 && L->max_queue >= 0 && E->waiting_len >= L->max_queue)) {
+        int status = needed > capacity ? STATUS_FAILED : STATUS_REJECTED;
         if (write_ended(L, request, index, status, s) < 0) return -1;
         if (slot >= 0) free_seq(L, slot);
         return 0;
@@ -939,8 +1072,9 @@ static int add_request(Loop *L, Py_ssize_t index, Py_ssize_t request, int64_t sl
         slot = new_seq(L, request);
         if (slot < 0) return -1;
     }
+    E->outstanding++;
     I->outstanding++;
-    return waiting_push_back(I, slot);
+    return waiting_push_back(E, slot);
 }
 
 /* cluster/routers.py: round_robin; least_outstanding (ties rotate from one past the last
@@ -954,10 +1088,10 @@ static Py_ssize_t route(Loop *L, Router *R) {
     if (R->kind == ROUTER_LEAST_KV) {
         best = 0;
         const Inst *b = &L->inst[R->members[0]];
-        double best_free = (double)b->free_blocks / (double)b->pool->num_blocks;
+        double best_free = (double)instance_free_blocks(b) / (double)b->pool->num_blocks;
         for (Py_ssize_t k = 1; k < n; k++) {
             const Inst *I = &L->inst[R->members[k]];
-            double free = (double)I->free_blocks / (double)I->pool->num_blocks;
+            double free = (double)instance_free_blocks(I) / (double)I->pool->num_blocks;
             b = &L->inst[R->members[best]];
             if (free > best_free || (free == best_free && I->incoming + I->outstanding <
                                                               b->incoming + b->outstanding)) {
@@ -1031,14 +1165,14 @@ static int run_events(Loop *L, int64_t max_steps) {
         L->now = e.time;
         Py_ssize_t index = (Py_ssize_t)e.instance;
         if (e.kind == EVENT_STEP_END) {
-            Py_ssize_t handed_off = end_step(L, index);
+            Py_ssize_t handed_off = end_step(L, index, (Py_ssize_t)e.arg);
             if (handed_off < 0) return -1;
             for (Py_ssize_t k = 0; k < handed_off; k++)
                 if (start_transfer(L, index, L->handoffs[k]) < 0) return -1;
             L->steps++;
-        } else {
+        } else if (e.kind == EVENT_KV_ARRIVAL) {
             if (add_request(L, index, L->seqs[e.slot].request, e.slot) < 0) return -1;
-        }
+        } /* a wake-up: just try to start */
         if (try_start(L, index) < 0) return -1;
     }
     return 1;
@@ -1057,6 +1191,10 @@ static void pool_free(Pool *P) {
     costmap_free(&P->head_memo);
     costmap_free(&P->moe_layer_memo);
     costmap_free(&P->around_memo);
+    costmap_free(&P->sends_memo);
+    Py_XDECREF(P->stage_sends);
+    free(P->stage_layers);
+    free(P->stage_moe_layers);
     free(P);
 }
 
@@ -1071,12 +1209,19 @@ static void Loop_dealloc(Loop *L) {
     for (Py_ssize_t i = 0; i < L->num_pools; i++) pool_free(L->pools[i]);
     free(L->pools);
     for (Py_ssize_t i = 0; i < L->num_instances; i++) {
-        free(L->inst[i].waiting);
-        free(L->inst[i].running);
-        free(L->inst[i].batch_slot);
-        free(L->inst[i].batch_tokens);
+        Inst *I = &L->inst[i];
+        for (Py_ssize_t k = 0; I->engines != NULL && k < I->pool->pp; k++) {
+            free(I->engines[k].waiting);
+            free(I->engines[k].running);
+            free(I->engines[k].batch_slot);
+            free(I->engines[k].batch_tokens);
+        }
+        free(I->engines);
+        free(I->stage_free);
     }
     free(L->inst);
+    free(L->stage_time);
+    free(L->stage_send);
     free(L->entry.members);
     free(L->decode.members);
     free(L->events);
@@ -1173,9 +1318,44 @@ static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
     return 0;
 }
 
+/* A tuple of `count` ints as a new array (stage layer counts). */
+static int64_t *int_tuple(PyObject *obj, Py_ssize_t count, const char *name) {
+    if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) != count) {
+        PyErr_Format(PyExc_ValueError, "add_pool: %s must be a tuple of %zd ints", name, count);
+        return NULL;
+    }
+    int64_t *values = malloc(sizeof(int64_t) * (size_t)count);
+    if (values == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        values[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(obj, i));
+        if (values[i] == -1 && PyErr_Occurred()) {
+            free(values);
+            return NULL;
+        }
+    }
+    return values;
+}
+
+static int init_engine(Engine *E, int64_t blocks, int64_t max_num_seqs) {
+    memset(E, 0, sizeof(Engine));
+    E->free_blocks = blocks;
+    E->running = malloc(sizeof(int64_t) * (size_t)max_num_seqs);
+    E->batch_slot = malloc(sizeof(int64_t) * (size_t)max_num_seqs);
+    E->batch_tokens = malloc(sizeof(int64_t) * (size_t)max_num_seqs);
+    if (!E->running || !E->batch_slot || !E->batch_tokens) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *Loop_add_pool(Loop *L, PyObject *args, PyObject *kwargs) {
     static char *names[] = {
-        "role", "count", "num_blocks", "num_layers", "step_overhead", "seq_overhead",
+        "role", "count", "pipeline_parallel", "engine_blocks", "stage_layers",
+        "stage_moe_layers", "stage_sends", "num_layers", "step_overhead", "seq_overhead",
         "q_size", "kv_size", "kv_bytes", "act_bytes", "decode_flops", "bandwidth", "launch",
         "layer_cost", "prefill_cost", "head_cost", "attention", "mla_heads", "mla_latent",
         "mla_kv_lora", "around_decode", "num_moe_layers", "moe_layer_cost", "tp", "peak_flops",
@@ -1186,37 +1366,43 @@ static PyObject *Loop_add_pool(Loop *L, PyObject *args, PyObject *kwargs) {
     }
     Pool *P = calloc(1, sizeof(Pool));
     if (P == NULL) return PyErr_NoMemory();
-    Py_ssize_t count;
-    long long num_blocks, mla_heads, mla_latent, mla_kv_lora, num_moe_layers;
-    PyObject *layer_fn, *prefill_fn, *head_fn, *around_fn, *moe_fn;
+    Py_ssize_t count, pp;
+    long long engine_blocks, mla_heads, mla_latent, mla_kv_lora, num_moe_layers;
+    PyObject *layers_obj, *moe_layers_obj, *sends_fn, *layer_fn, *prefill_fn, *head_fn;
+    PyObject *around_fn, *moe_fn;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "inLddddddddddOOOiLLLOLOddddd", names, &P->role, &count, &num_blocks,
-            &P->num_layers, &P->step_overhead, &P->seq_overhead, &P->q_size, &P->kv_size,
-            &P->kv_bytes, &P->act_bytes, &P->decode_flops, &P->bandwidth, &P->launch, &layer_fn,
-            &prefill_fn, &head_fn, &P->attention, &mla_heads, &mla_latent, &mla_kv_lora,
-            &around_fn, &num_moe_layers, &moe_fn, &P->tp, &P->peak_flops, &P->mem_bandwidth,
-            &P->idle_w, &P->dynamic_w)) {
+            args, kwargs, "innLOOOddddddddddOOOiLLLOLOddddd", names, &P->role, &count, &pp,
+            &engine_blocks, &layers_obj, &moe_layers_obj, &sends_fn, &P->num_layers,
+            &P->step_overhead, &P->seq_overhead, &P->q_size, &P->kv_size, &P->kv_bytes,
+            &P->act_bytes, &P->decode_flops, &P->bandwidth, &P->launch, &layer_fn, &prefill_fn,
+            &head_fn, &P->attention, &mla_heads, &mla_latent, &mla_kv_lora, &around_fn,
+            &num_moe_layers, &moe_fn, &P->tp, &P->peak_flops, &P->mem_bandwidth, &P->idle_w,
+            &P->dynamic_w)) {
         free(P);
         return NULL;
     }
-    if (count < 1 || num_blocks < 1 || P->role < ROLE_MIXED || P->role > ROLE_DECODE ||
-        (P->attention != ATTENTION_GQA && P->attention != ATTENTION_MLA) ||
+    if (count < 1 || pp < 1 || pp > 254 || engine_blocks < 1 || P->role < ROLE_MIXED ||
+        P->role > ROLE_DECODE || (P->attention != ATTENTION_GQA && P->attention != ATTENTION_MLA) ||
         (P->attention == ATTENTION_MLA && around_fn == Py_None) || num_moe_layers < 0 ||
-        (num_moe_layers > 0 && moe_fn == Py_None)) {
+        (num_moe_layers > 0 && moe_fn == Py_None) || (pp > 1 && sends_fn == Py_None)) {
         free(P);
         PyErr_SetString(PyExc_ValueError, "add_pool: invalid pool");
         return NULL;
     }
-    P->num_blocks = num_blocks;
+    P->pp = pp;
+    P->engine_blocks = engine_blocks;
+    P->num_blocks = engine_blocks * pp;
     P->mla_heads = mla_heads;
     P->mla_latent = mla_latent;
     P->mla_kv_lora = mla_kv_lora;
     P->num_moe_layers = num_moe_layers;
+    Py_INCREF(sends_fn);
     Py_INCREF(layer_fn);
     Py_INCREF(prefill_fn);
     Py_INCREF(head_fn);
     Py_INCREF(around_fn);
     Py_INCREF(moe_fn);
+    P->stage_sends = sends_fn;
     P->layer_cost = layer_fn;
     P->prefill_cost = prefill_fn;
     P->head_cost = head_fn;
@@ -1229,10 +1415,22 @@ static PyObject *Loop_add_pool(Loop *L, PyObject *args, PyObject *kwargs) {
     }
     L->pools = pools;
     L->pools[L->num_pools++] = P; /* owned by the loop from here on */
+    if ((P->stage_layers = int_tuple(layers_obj, pp, "stage_layers")) == NULL ||
+        (P->stage_moe_layers = int_tuple(moe_layers_obj, pp, "stage_moe_layers")) == NULL)
+        return NULL;
     if (costmap_init(&P->layer_memo, 1024) < 0 || costmap_init(&P->prefill_memo, 1024) < 0 ||
         costmap_init(&P->head_memo, 1024) < 0 || costmap_init(&P->moe_layer_memo, 64) < 0 ||
-        costmap_init(&P->around_memo, 64) < 0)
+        costmap_init(&P->around_memo, 64) < 0 || costmap_init(&P->sends_memo, 64) < 0)
         return NULL;
+    if (pp > L->max_pp) {
+        double *stage_time = realloc(L->stage_time, sizeof(double) * (size_t)pp);
+        if (stage_time == NULL) return PyErr_NoMemory();
+        L->stage_time = stage_time;
+        double *stage_send = realloc(L->stage_send, sizeof(double) * (size_t)pp);
+        if (stage_send == NULL) return PyErr_NoMemory();
+        L->stage_send = stage_send;
+        L->max_pp = pp;
+    }
     Inst *inst = realloc(L->inst, sizeof(Inst) * (size_t)(L->num_instances + count));
     if (inst == NULL) return PyErr_NoMemory();
     L->inst = inst;
@@ -1241,11 +1439,12 @@ static PyObject *Loop_add_pool(Loop *L, PyObject *args, PyObject *kwargs) {
         memset(I, 0, sizeof(Inst));
         L->num_instances++;
         I->pool = P;
-        I->free_blocks = num_blocks;
-        I->running = malloc(sizeof(int64_t) * (size_t)L->max_num_seqs);
-        I->batch_slot = malloc(sizeof(int64_t) * (size_t)L->max_num_seqs);
-        I->batch_tokens = malloc(sizeof(int64_t) * (size_t)L->max_num_seqs);
-        if (!I->running || !I->batch_slot || !I->batch_tokens) return PyErr_NoMemory();
+        I->wake_at = -1.0;
+        I->engines = calloc((size_t)pp, sizeof(Engine));
+        I->stage_free = calloc((size_t)pp, sizeof(double));
+        if (!I->engines || !I->stage_free) return PyErr_NoMemory();
+        for (Py_ssize_t k = 0; k < pp; k++)
+            if (init_engine(&I->engines[k], engine_blocks, L->max_num_seqs) < 0) return NULL;
     }
     return PyLong_FromSsize_t(L->num_pools - 1);
 }
@@ -1296,21 +1495,38 @@ static PyObject *Loop_take_ended(Loop *L, PyObject *unused) { return buffer_take
 static PyObject *Loop_take_steps(Loop *L, PyObject *unused) { return buffer_take(&L->step_rows); }
 static PyObject *Loop_take_gaps(Loop *L, PyObject *unused) { return buffer_take(&L->gaps); }
 
-static PyObject *Loop_instance_totals(Loop *L, PyObject *args) {
-    Py_ssize_t i;
-    if (!PyArg_ParseTuple(args, "n", &i)) return NULL;
+static Inst *instance_at(Loop *L, Py_ssize_t i) {
     if (i < 0 || i >= L->num_instances) {
         PyErr_SetString(PyExc_IndexError, "instance index out of range");
         return NULL;
     }
-    Inst *I = &L->inst[i];
+    return &L->inst[i];
+}
+
+static PyObject *Loop_instance_totals(Loop *L, PyObject *args) {
+    Py_ssize_t i;
+    if (!PyArg_ParseTuple(args, "n", &i)) return NULL;
+    Inst *I = instance_at(L, i);
+    if (I == NULL) return NULL;
     return Py_BuildValue(
-        "{s:L,s:d,s:d,s:d,s:L,s:L,s:L,s:L,s:L,s:L}", "iterations", (long long)I->iterations,
-        "busy_s", I->busy_s, "busy_device_s", I->busy_device_s, "energy_busy_j",
-        I->energy_busy_j, "prefill_tokens", (long long)I->prefill_tokens, "decode_tokens",
+        "{s:L,s:d,s:d,s:d,s:L,s:L,s:L,s:L}", "iterations", (long long)I->iterations, "busy_s",
+        I->busy_s, "busy_device_s", I->busy_device_s, "energy_busy_j", I->energy_busy_j,
+        "prefill_tokens", (long long)I->prefill_tokens, "decode_tokens",
         (long long)I->decode_tokens, "kv_peak_blocks", (long long)I->kv_peak_blocks,
-        "max_batch_size", (long long)I->max_batch_size, "preemptions",
-        (long long)I->preemptions, "recomputed_tokens", (long long)I->recomputed_tokens);
+        "max_batch_size", (long long)I->max_batch_size);
+}
+
+static PyObject *Loop_engine_counters(Loop *L, PyObject *args) {
+    Py_ssize_t i, k;
+    if (!PyArg_ParseTuple(args, "nn", &i, &k)) return NULL;
+    Inst *I = instance_at(L, i);
+    if (I == NULL) return NULL;
+    if (k < 0 || k >= I->pool->pp) {
+        PyErr_SetString(PyExc_IndexError, "virtual engine index out of range");
+        return NULL;
+    }
+    return Py_BuildValue("(LL)", (long long)I->engines[k].preemptions,
+                         (long long)I->engines[k].recomputed_tokens);
 }
 
 static PyObject *Loop_memo_counts(Loop *L, PyObject *args) {
@@ -1340,7 +1556,9 @@ static PyMethodDef Loop_methods[] = {
     {"take_gaps", (PyCFunction)Loop_take_gaps, METH_NOARGS,
      "(gap, count) runs of inter-token gaps since the last call, as bytes."},
     {"instance_totals", (PyCFunction)Loop_instance_totals, METH_VARARGS,
-     "instance_totals(i) -> dict: an instance's step totals and scheduler counters."},
+     "instance_totals(i) -> dict: an instance's step totals."},
+    {"engine_counters", (PyCFunction)Loop_engine_counters, METH_VARARGS,
+     "engine_counters(i, k) -> (preemptions, recomputed tokens) of instance i's engine k."},
     {"memo_counts", (PyCFunction)Loop_memo_counts, METH_VARARGS,
      "memo_counts(pool) -> (lookups, hits) the loop answered from its copy of the memo."},
     {NULL, NULL, 0, NULL}};

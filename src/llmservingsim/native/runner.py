@@ -123,13 +123,15 @@ def refusal(cfg: SimConfig, cluster: Cluster, checking_invariants: bool) -> str 
                 return "devices attached to an instance (PIM)"
             if inst.timer is not first.timer or inst.num_blocks != first.num_blocks:
                 return "instances of a pool that differ"
-            if len(inst.engines) != 1:
-                return "pipeline parallelism"
-            scheduler = inst.scheduler
-            if type(scheduler) not in POLICY_CODES:
-                return f"scheduler policy {scfg.policy}"
-            if type(scheduler.blocks) is not BlockManager or scheduler.adapters is not None:
-                return "a KV cache with prefix caching, offload or adapters"
+            engine_blocks = {ve.scheduler.blocks.num_blocks for ve in inst.engines}
+            if len(inst.engines) != inst.pp or len(engine_blocks) != 1:
+                return "virtual engines that differ"
+            for ve in inst.engines:
+                scheduler = ve.scheduler
+                if type(scheduler) not in POLICY_CODES:
+                    return f"scheduler policy {scfg.policy}"
+                if type(scheduler.blocks) is not BlockManager or scheduler.adapters is not None:
+                    return "a KV cache with prefix caching, offload or adapters"
         not_timed = first.timer.compiled_refusal()
         if not_timed is not None:
             return not_timed
@@ -213,7 +215,11 @@ class CompiledEngine:
         loop.add_pool(
             role=ROLE_CODES[role],
             count=len(instances),
-            num_blocks=first.num_blocks,
+            pipeline_parallel=first.pp,
+            engine_blocks=first.scheduler.blocks.num_blocks,
+            stage_layers=terms.stage_layers,
+            stage_moe_layers=terms.stage_moe_layers,
+            stage_sends=terms.stage_sends,
             num_layers=float(terms.num_layers),
             step_overhead=terms.step_overhead,
             seq_overhead=terms.seq_overhead,
@@ -311,8 +317,10 @@ class CompiledEngine:
             totals.decode_tokens += counts["decode_tokens"]
             totals.kv_peak_blocks = max(totals.kv_peak_blocks, counts["kv_peak_blocks"])
             totals.max_batch_size = max(totals.max_batch_size, counts["max_batch_size"])
-            inst.scheduler.preemptions += counts["preemptions"]
-            inst.scheduler.recomputed_tokens += counts["recomputed_tokens"]
+            for k, ve in enumerate(inst.engines):
+                preemptions, recomputed = loop.engine_counters(inst.index, k)
+                ve.scheduler.preemptions += preemptions
+                ve.scheduler.recomputed_tokens += recomputed
         for index, pool in enumerate(self.cluster.pools):
             lookups, hits = loop.memo_counts(index)
             timer = pool.instances[0].timer

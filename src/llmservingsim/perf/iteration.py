@@ -145,6 +145,8 @@ class CompiledTimerTerms:
 
     num_layers: int
     num_moe_layers: int
+    stage_layers: tuple[int, ...]
+    stage_moe_layers: tuple[int, ...]
     step_overhead: float
     seq_overhead: float
     decode_attention: tuple[float, float, float, float]
@@ -155,6 +157,7 @@ class CompiledTimerTerms:
     prefill_cost: Callable[[int, int], _Cost]
     head_cost: Callable[[int, int], _Cost]
     around_decode: Callable[[int], tuple[tuple[_Cost, ...], tuple[_Cost, ...]]]
+    stage_sends: Callable[[int], tuple[float, ...]]
 
 
 class IterationTimer:
@@ -241,8 +244,6 @@ class IterationTimer:
             return f"the {type(self).__name__} timer"
         if type(self.backend) is not RooflineBackend or self._scalar is None:
             return f"the {type(self.backend).__name__} perf backend (the roofline one is compiled)"
-        if self.pp != 1:
-            return "pipeline parallelism"
         return None
 
     def compiled_terms(self) -> CompiledTimerTerms:
@@ -252,6 +253,8 @@ class IterationTimer:
         return CompiledTimerTerms(
             num_layers=self.num_layers,
             num_moe_layers=self.num_moe_layers,
+            stage_layers=self.stage_layers,
+            stage_moe_layers=self.stage_moe_layers,
             step_overhead=self.step_overhead,
             seq_overhead=self.seq_overhead,
             decode_attention=self.graph.decode_attention_terms(),
@@ -262,6 +265,7 @@ class IterationTimer:
             prefill_cost=self._prefill_cost,
             head_cost=self._head_cost,
             around_decode=self._around_decode_attention,
+            stage_sends=self._stage_sends,
         )
 
     @property
