@@ -3,12 +3,12 @@
  *
  * What it covers (native/runner.py checks it before choosing this loop): pools of instances
  * (mixed, or prefill and decode pools with KV transfers between them; pipeline parallelism as
- * vLLM's virtual engines), routed round_robin, least_outstanding or least_kv, each instance running the vllm
- * (sarathi), orca, no_evict or static scheduler (serving/schedulers/) on a plain paged KV
- * cache with preemption by recompute (admission control by max_queue and request_timeout_s included), timed by
- * perf/iteration.py's IterationTimer on the roofline backend (dense or
- * mixture-of-experts layers, grouped-query or multi-head latent attention). Everything else
- * runs the Python engine.
+ * vLLM's virtual engines), routed round_robin, least_outstanding or least_kv, each instance
+ * running the vllm (sarathi), orca, no_evict or static scheduler (serving/schedulers/) on a
+ * plain paged KV cache with preemption by recompute (admission control by max_queue and
+ * request_timeout_s included), timed by perf/iteration.py's IterationTimer on the roofline
+ * backend (dense or mixture-of-experts layers, grouped-query or multi-head latent attention).
+ * Everything else runs the Python engine.
  *
  * It follows the Python engine step by step, one request at a time (engine.fast_forward:
  * false is its model): the same events in the same order, the same scheduling decisions,
