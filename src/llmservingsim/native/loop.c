@@ -3,7 +3,7 @@
  *
  * What it covers (native/runner.py checks it before choosing this loop): pools of instances
  * (mixed, or prefill and decode pools with KV transfers between them; pipeline parallelism as
- * vLLM's virtual engines), routed round_robin, least_outstanding or least_kv, each instance
+ * vLLM's virtual engines), routed by any built-in router but prefix_aware, each instance
  * running the vllm (sarathi), orca, no_evict or static scheduler (serving/schedulers/) on a
  * plain paged KV cache with preemption by recompute (admission control by max_queue and
  * request_timeout_s included), timed by perf/iteration.py's IterationTimer on the roofline
@@ -35,7 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KERNEL_VERSION 3
+#define KERNEL_VERSION 4
 
 /* Request row status codes (metrics/request_log.py STATUSES). */
 #define STATUS_FINISHED 0
@@ -61,6 +61,8 @@
 #define ROUTER_ROUND_ROBIN 0
 #define ROUTER_LEAST_OUTSTANDING 1
 #define ROUTER_LEAST_KV 2
+#define ROUTER_RANDOM 3
+#define ROUTER_POWER_OF_TWO 4
 
 /* Event kinds, in engine.py's order for events at the same time. */
 #define EVENT_STEP_END 0
@@ -268,9 +270,11 @@ typedef struct {
     int64_t kind, instance, arg, slot;
 } Event;
 
-/* cluster/routers.py: a router over some instances (by global index). */
+/* cluster/routers.py: a router over some instances (by global index). The random ones ask
+ * the Python router's generator for their draws (`draw`), so the draws are numpy's. */
 typedef struct {
     int kind;
+    PyObject *draw;
     Py_ssize_t *members;
     Py_ssize_t count, next;
 } Router;
@@ -1079,12 +1083,39 @@ static int add_request(Loop *L, Py_ssize_t index, Py_ssize_t request, int64_t sl
 
 /* cluster/routers.py: round_robin; least_outstanding (ties rotate from one past the last
  * pick); least_kv (most free KV blocks per block, then fewest outstanding: the first such). */
+/* One draw of a random router: a member's position (random) or two (power_of_two_choices). */
+static int draw(Router *R, Py_ssize_t *picks, Py_ssize_t count) {
+    PyObject *res = PyObject_CallNoArgs(R->draw);
+    if (res == NULL) return -1;
+    int ok = count == 1 ? PyArg_Parse(res, "n", &picks[0])
+                        : PyArg_ParseTuple(res, "nn", &picks[0], &picks[1]);
+    Py_DECREF(res);
+    if (!ok) return -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (picks[i] < 0 || picks[i] >= R->count) {
+            PyErr_SetString(PyExc_IndexError, "router draw out of range");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Returns the chosen instance, or -1 with an exception set (a draw failed). */
 static Py_ssize_t route(Loop *L, Router *R) {
     Py_ssize_t n = R->count, start = R->next, best = start;
     if (R->kind == ROUTER_ROUND_ROBIN) {
         R->next = (start + 1) % n;
         return R->members[start];
     }
+    if (R->kind == ROUTER_RANDOM || (R->kind == ROUTER_POWER_OF_TWO && n > 1)) {
+        Py_ssize_t picks[2];
+        if (draw(R, picks, R->kind == ROUTER_RANDOM ? 1 : 2) < 0) return -1;
+        if (R->kind == ROUTER_RANDOM) return R->members[picks[0]];
+        const Inst *a = &L->inst[R->members[picks[0]]], *b = &L->inst[R->members[picks[1]]];
+        return R->members[b->incoming + b->outstanding < a->incoming + a->outstanding ? picks[1]
+                                                                                   : picks[0]];
+    }
+    if (R->kind == ROUTER_POWER_OF_TWO) return R->members[0];
     if (R->kind == ROUTER_LEAST_KV) {
         best = 0;
         const Inst *b = &L->inst[R->members[0]];
@@ -1119,6 +1150,7 @@ static Py_ssize_t route(Loop *L, Router *R) {
 static int start_transfer(Loop *L, Py_ssize_t source, int64_t slot) {
     Seq *s = &L->seqs[slot];
     Py_ssize_t target = route(L, &L->decode);
+    if (target < 0) return -1;
     L->inst[target].incoming++;
     PyObject *res = PyObject_CallFunction(L->kv_transfer, "nnL", source, target,
                                           (long long)s->num_computed);
@@ -1149,7 +1181,7 @@ static int run_events(Loop *L, int64_t max_steps) {
             L->epoch++;
             while (r < L->num_requests && L->arrival[r] == t) {
                 Py_ssize_t index = route(L, &L->entry);
-                if (add_request(L, index, r, -1) < 0) return -1;
+                if (index < 0 || add_request(L, index, r, -1) < 0) return -1;
                 if (L->inst[index].touched_epoch != L->epoch) {
                     L->inst[index].touched_epoch = L->epoch;
                     L->touched[touched++] = index;
@@ -1200,6 +1232,8 @@ static void pool_free(Pool *P) {
 
 static void Loop_dealloc(Loop *L) {
     Py_XDECREF(L->kv_transfer);
+    Py_XDECREF(L->entry.draw);
+    Py_XDECREF(L->decode.draw);
     free(L->arrival);
     free(L->ids);
     free(L->input_len);
@@ -1263,30 +1297,36 @@ static void *copy_column(PyObject *obj, Py_ssize_t size, Py_ssize_t *count, cons
 }
 
 static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"policy", "router", "decode_router", "block_size", "max_num_seqs",
+    static char *names[] = {"policy", "router", "decode_router", "router_draw",
+                            "decode_router_draw", "block_size", "max_num_seqs",
                             "max_num_batched_tokens", "max_queue", "request_timeout_s",
                             "record_steps", "kv_transfer", "ids", "arrival_s", "input_len",
                             "output_len", NULL};
     int router, decode_router, record_steps;
     long long block_size, max_num_seqs, max_tokens, max_queue;
-    PyObject *kv_transfer, *ids, *arrival, *input_len, *output_len;
+    PyObject *kv_transfer, *ids, *arrival, *input_len, *output_len, *entry_draw, *decode_draw;
     if (L->ready || L->arrival != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Loop.__init__ may run once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiLLLLdpOOOOO", names, &L->policy, &router,
-                                     &decode_router, &block_size, &max_num_seqs, &max_tokens,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiOOLLLLdpOOOOO", names, &L->policy,
+                                     &router, &decode_router, &entry_draw, &decode_draw,
+                                     &block_size, &max_num_seqs, &max_tokens,
                                      &max_queue, &L->request_timeout_s, &record_steps,
                                      &kv_transfer, &ids, &arrival, &input_len, &output_len))
         return -1;
     if (block_size < 1 || max_num_seqs < 1 || max_tokens < 1 || router < ROUTER_ROUND_ROBIN ||
-        router > ROUTER_LEAST_KV || decode_router < ROUTER_ROUND_ROBIN ||
-        decode_router > ROUTER_LEAST_KV || L->policy < POLICY_VLLM || L->policy > POLICY_STATIC) {
+        router > ROUTER_POWER_OF_TWO || decode_router < ROUTER_ROUND_ROBIN ||
+        decode_router > ROUTER_POWER_OF_TWO || L->policy < POLICY_VLLM || L->policy > POLICY_STATIC) {
         PyErr_SetString(PyExc_ValueError, "Loop: invalid configuration");
         return -1;
     }
     L->entry.kind = router;
     L->decode.kind = decode_router;
+    Py_INCREF(entry_draw);
+    Py_INCREF(decode_draw);
+    L->entry.draw = entry_draw;
+    L->decode.draw = decode_draw;
     L->block_size = block_size;
     L->max_num_seqs = max_num_seqs;
     L->max_num_batched_tokens = max_tokens;
@@ -1467,8 +1507,10 @@ static int build_routers(Loop *L) {
         else
             L->entry.members[L->entry.count++] = i;
     }
+    int needs_draw = (L->entry.kind >= ROUTER_RANDOM && L->entry.draw == Py_None) ||
+                     (prefill && L->decode.kind >= ROUTER_RANDOM && L->decode.draw == Py_None);
     if (L->entry.count == 0 || (prefill && L->decode.count == 0) ||
-        (prefill && L->kv_transfer == Py_None)) {
+        (prefill && L->kv_transfer == Py_None) || needs_draw) {
         PyErr_SetString(PyExc_ValueError, "Loop: no instance takes arrivals or hand-offs");
         return -1;
     }

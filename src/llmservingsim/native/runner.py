@@ -22,6 +22,8 @@ from llmservingsim.cluster.cluster import Cluster
 from llmservingsim.cluster.routers import (
     LeastKvRouter,
     LeastOutstandingRouter,
+    PowerOfTwoRouter,
+    RandomRouter,
     RoundRobinRouter,
     Router,
 )
@@ -50,6 +52,8 @@ ROUTER_CODES: dict[type[Router], int] = {
     RoundRobinRouter: 0,
     LeastOutstandingRouter: 1,
     LeastKvRouter: 2,
+    RandomRouter: 3,
+    PowerOfTwoRouter: 4,
 }
 """Routers the loop implements, by their code in loop.c."""
 
@@ -189,6 +193,8 @@ class CompiledEngine:
             policy=POLICY_CODES[type(cluster.instances[0].scheduler)],
             router=ROUTER_CODES[type(cluster.router)],
             decode_router=0 if decode is None else ROUTER_CODES[type(decode)],
+            router_draw=_draws(cluster.router),
+            decode_router_draw=None if decode is None else _draws(decode),
             block_size=scfg.block_size,
             max_num_seqs=scfg.max_num_seqs,
             max_num_batched_tokens=scfg.max_num_batched_tokens,
@@ -343,3 +349,14 @@ class _Columns:
         self.input_len = np.array([r.input_len for r in specs], dtype=np.int64)
         self.output_len = np.array([r.output_len for r in specs], dtype=np.int64)
         self.ids = np.array([r.id for r in specs], dtype=np.int64)
+
+
+def _draws(router: Router) -> Callable[[], Any] | None:
+    """What a random router draws from its generator per request, exactly as its ``route``
+    does (the loop compares the loads itself); None for the deterministic routers."""
+    n, rng = len(router.instances), router.rng
+    if isinstance(router, RandomRouter):
+        return lambda: int(rng.integers(n))
+    if isinstance(router, PowerOfTwoRouter):
+        return lambda: tuple(int(i) for i in rng.choice(n, size=2, replace=False))
+    return None
