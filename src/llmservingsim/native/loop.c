@@ -6,8 +6,8 @@
  * vLLM's virtual engines), routed by any built-in router but prefix_aware, each instance
  * running the vllm (sarathi), orca, no_evict or static scheduler (serving/schedulers/) on a
  * plain paged KV cache with preemption by recompute (admission control by max_queue and
- * request_timeout_s included), timed by perf/iteration.py's IterationTimer on the roofline
- * backend (dense or mixture-of-experts layers, grouped-query or multi-head latent attention).
+ * request_timeout_s included), timed by perf/iteration.py's IterationTimer (dense or
+ * mixture-of-experts layers, grouped-query or multi-head latent attention) on any backend.
  * Everything else runs the Python engine.
  *
  * It follows the Python engine step by step, one request at a time (engine.fast_forward:
@@ -20,7 +20,8 @@
  * through callbacks and remembered here (so are MLA's weight-absorption GEMMs around decode
  * attention, by batch size); decode attention itself, which changes every step, is computed
  * here with the formula of OpGraph.decode_attention_work (MlaOps.decode_attention_work) and
- * RooflineBackend.decode_attention_time. A KV transfer's time comes from a callback too
+ * RooflineBackend.decode_attention_time on the roofline backend, and asked of the timer every
+ * step on any other. A KV transfer's time comes from a callback too
  * (Cluster.kv_transfer_time).
  *
  * Requests: the caller hands over ids, arrival times and lengths in arrival order; a
@@ -35,7 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KERNEL_VERSION 4
+#define KERNEL_VERSION 5
 
 /* Request row status codes (metrics/request_log.py STATUSES). */
 #define STATUS_FINISHED 0
@@ -47,8 +48,9 @@
 #define ROLE_PREFILL 1
 #define ROLE_DECODE 2
 
-#define ATTENTION_GQA 0
-#define ATTENTION_MLA 1
+#define ATTENTION_GQA 0   /* the roofline's formula for grouped-query attention */
+#define ATTENTION_MLA 1   /* the roofline's formula for latent attention, kernels around it */
+#define ATTENTION_OPS 2   /* any other backend: its kernels' costs asked every step */
 /* Kernels before plus after MLA's decode attention, at most. */
 #define MAX_AROUND 8
 
@@ -213,6 +215,7 @@ typedef struct {
     int64_t mla_heads, mla_latent, mla_kv_lora;
     int64_t num_moe_layers; /* 0: a dense model */
     PyObject *layer_cost, *prefill_cost, *head_cost, *moe_layer_cost, *around_decode;
+    PyObject *decode_attention; /* ATTENTION_OPS: (num_seqs, context) -> each kernel's cost */
     CostMap layer_memo, prefill_memo, head_memo, moe_layer_memo;
     CostMap around_memo; /* key (num_seqs, k): k = 0 holds the counts, then the kernels */
     int64_t cache_lookups, cache_hits;
@@ -424,7 +427,31 @@ static void add_cost(Cost *to, const Cost *c) {
 /* IterationTimer._add_decode_attention on the fast path: the attention kernel's work by
  * OpGraph.decode_attention_work (MlaOps.decode_attention_work), timed as
  * RooflineBackend.decode_attention_time, with MLA's kernels before and after it. */
+/* IterationTimer._add_decode_attention's op loop, for a backend without the fast path: the
+ * timer times each kernel, the loop adds them in order. */
+static int add_decode_attention_ops(Pool *P, int64_t num_seqs, int64_t context, Cost *layer) {
+    PyObject *res = PyObject_CallFunction(P->decode_attention, "LL", (long long)num_seqs,
+                                          (long long)context);
+    if (res == NULL) return -1;
+    if (!PyTuple_Check(res)) {
+        Py_DECREF(res);
+        PyErr_SetString(PyExc_TypeError, "decode_attention: expected a tuple of costs");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(res); i++) {
+        Cost c;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(res, i), "ddd", &c.seconds, &c.flops, &c.bytes)) {
+            Py_DECREF(res);
+            return -1;
+        }
+        add_cost(layer, &c);
+    }
+    Py_DECREF(res);
+    return 0;
+}
+
 static int add_decode_attention(Pool *P, int64_t num_seqs, int64_t context, Cost *layer) {
+    if (P->attention == ATTENTION_OPS) return add_decode_attention_ops(P, num_seqs, context, layer);
     double ctx = (double)context, attn_f, attn_b;
     if (P->attention == ATTENTION_MLA) {
         int64_t width = P->mla_latent + P->mla_kv_lora;
@@ -1218,6 +1245,7 @@ static void pool_free(Pool *P) {
     Py_XDECREF(P->head_cost);
     Py_XDECREF(P->moe_layer_cost);
     Py_XDECREF(P->around_decode);
+    Py_XDECREF(P->decode_attention);
     costmap_free(&P->layer_memo);
     costmap_free(&P->prefill_memo);
     costmap_free(&P->head_memo);
@@ -1398,8 +1426,8 @@ static PyObject *Loop_add_pool(Loop *L, PyObject *args, PyObject *kwargs) {
         "stage_moe_layers", "stage_sends", "num_layers", "step_overhead", "seq_overhead",
         "q_size", "kv_size", "kv_bytes", "act_bytes", "decode_flops", "bandwidth", "launch",
         "layer_cost", "prefill_cost", "head_cost", "attention", "mla_heads", "mla_latent",
-        "mla_kv_lora", "around_decode", "num_moe_layers", "moe_layer_cost", "tp", "peak_flops",
-        "memory_bandwidth", "idle_w", "dynamic_w", NULL};
+        "mla_kv_lora", "around_decode", "decode_attention", "num_moe_layers", "moe_layer_cost",
+        "tp", "peak_flops", "memory_bandwidth", "idle_w", "dynamic_w", NULL};
     if (!L->ready || L->started) {
         PyErr_SetString(PyExc_RuntimeError, "add_pool: after __init__ and before run");
         return NULL;
@@ -1409,21 +1437,22 @@ static PyObject *Loop_add_pool(Loop *L, PyObject *args, PyObject *kwargs) {
     Py_ssize_t count, pp;
     long long engine_blocks, mla_heads, mla_latent, mla_kv_lora, num_moe_layers;
     PyObject *layers_obj, *moe_layers_obj, *sends_fn, *layer_fn, *prefill_fn, *head_fn;
-    PyObject *around_fn, *moe_fn;
+    PyObject *around_fn, *attention_fn, *moe_fn;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "innLOOOddddddddddOOOiLLLOLOddddd", names, &P->role, &count, &pp,
+            args, kwargs, "innLOOOddddddddddOOOiLLLOOLOddddd", names, &P->role, &count, &pp,
             &engine_blocks, &layers_obj, &moe_layers_obj, &sends_fn, &P->num_layers,
             &P->step_overhead, &P->seq_overhead, &P->q_size, &P->kv_size, &P->kv_bytes,
             &P->act_bytes, &P->decode_flops, &P->bandwidth, &P->launch, &layer_fn, &prefill_fn,
             &head_fn, &P->attention, &mla_heads, &mla_latent, &mla_kv_lora, &around_fn,
-            &num_moe_layers, &moe_fn, &P->tp, &P->peak_flops, &P->mem_bandwidth, &P->idle_w,
+            &attention_fn, &num_moe_layers, &moe_fn, &P->tp, &P->peak_flops, &P->mem_bandwidth, &P->idle_w,
             &P->dynamic_w)) {
         free(P);
         return NULL;
     }
     if (count < 1 || pp < 1 || pp > 254 || engine_blocks < 1 || P->role < ROLE_MIXED ||
-        P->role > ROLE_DECODE || (P->attention != ATTENTION_GQA && P->attention != ATTENTION_MLA) ||
-        (P->attention == ATTENTION_MLA && around_fn == Py_None) || num_moe_layers < 0 ||
+        P->role > ROLE_DECODE || P->attention < ATTENTION_GQA || P->attention > ATTENTION_OPS ||
+        (P->attention == ATTENTION_MLA && around_fn == Py_None) ||
+        (P->attention == ATTENTION_OPS && attention_fn == Py_None) || num_moe_layers < 0 ||
         (num_moe_layers > 0 && moe_fn == Py_None) || (pp > 1 && sends_fn == Py_None)) {
         free(P);
         PyErr_SetString(PyExc_ValueError, "add_pool: invalid pool");
@@ -1441,7 +1470,9 @@ static PyObject *Loop_add_pool(Loop *L, PyObject *args, PyObject *kwargs) {
     Py_INCREF(prefill_fn);
     Py_INCREF(head_fn);
     Py_INCREF(around_fn);
+    Py_INCREF(attention_fn);
     Py_INCREF(moe_fn);
+    P->decode_attention = attention_fn;
     P->stage_sends = sends_fn;
     P->layer_cost = layer_fn;
     P->prefill_cost = prefill_fn;

@@ -68,8 +68,9 @@ POLICY_CODES: dict[type[Scheduler], int] = {
 ROLE_CODES = {"mixed": 0, "prefill": 1, "decode": 2}
 """Instance roles by their code in loop.c."""
 
-ATTENTION_GQA, ATTENTION_MLA = 0, 1
-"""Decode-attention formulas in loop.c: grouped-query (OpGraph) or latent (MlaOps)."""
+ATTENTION_GQA, ATTENTION_MLA, ATTENTION_OPS = 0, 1, 2
+"""Decode attention in loop.c: the roofline's formula for grouped-query (OpGraph) or latent
+(MlaOps) attention, or the timer's kernels asked every step (any other backend)."""
 
 STEPS_PER_CALL = 8192
 """Engine steps the loop runs before it hands rows over and checks for a stop signal."""
@@ -215,7 +216,11 @@ class CompiledEngine:
         first = instances[0]
         terms = first.timer.compiled_terms()
         q_size, kv_size, kv_bytes, act_bytes = terms.decode_attention
-        decode_flops, bandwidth, launch = terms.decode_rates
+        decode_flops, bandwidth, launch = terms.decode_rates or (1.0, 1.0, 0.0)
+        if terms.decode_rates is None:
+            attention = ATTENTION_OPS
+        else:
+            attention = ATTENTION_GQA if terms.mla is None else ATTENTION_MLA
         heads, latent, kv_lora = (0, 0, 0) if terms.mla is None else terms.mla
         power = first.device.power
         loop.add_pool(
@@ -239,7 +244,8 @@ class CompiledEngine:
             layer_cost=terms.layer_cost,
             prefill_cost=terms.prefill_cost,
             head_cost=terms.head_cost,
-            attention=ATTENTION_GQA if terms.mla is None else ATTENTION_MLA,
+            attention=attention,
+            decode_attention=terms.decode_attention_each,
             mla_heads=heads,
             mla_latent=latent,
             mla_kv_lora=kv_lora,

@@ -150,7 +150,9 @@ class CompiledTimerTerms:
     step_overhead: float
     seq_overhead: float
     decode_attention: tuple[float, float, float, float]
-    decode_rates: tuple[float, float, float]
+    decode_rates: tuple[float, float, float] | None
+    """None: the backend has no decode-attention formula; the loop asks ``decode_attention_each``
+    every step instead."""
     mla: tuple[int, int, int] | None
     layer_cost: Callable[[int], _Cost]
     moe_layer_cost: Callable[[int], _Cost]
@@ -158,6 +160,7 @@ class CompiledTimerTerms:
     head_cost: Callable[[int, int], _Cost]
     around_decode: Callable[[int], tuple[tuple[_Cost, ...], tuple[_Cost, ...]]]
     stage_sends: Callable[[int], tuple[float, ...]]
+    decode_attention_each: Callable[[int, int], tuple[_Cost, ...]]
 
 
 class IterationTimer:
@@ -242,14 +245,14 @@ class IterationTimer:
         """Why the compiled event loop cannot time this timer's steps (None: it can)."""
         if type(self) is not IterationTimer:
             return f"the {type(self).__name__} timer"
-        if type(self.backend) is not RooflineBackend or self._scalar is None:
-            return f"the {type(self.backend).__name__} perf backend (the roofline one is compiled)"
         return None
 
     def compiled_terms(self) -> CompiledTimerTerms:
         """This timer's :class:`CompiledTimerTerms` (where :meth:`compiled_refusal` is None)."""
-        assert self.compiled_refusal() is None and isinstance(self.backend, RooflineBackend)
+        assert self.compiled_refusal() is None
         mla = self.graph.mla
+        # The formula stands in for the backend where the timer's own fast path does.
+        formula = type(self.backend) is RooflineBackend and self._scalar is not None
         return CompiledTimerTerms(
             num_layers=self.num_layers,
             num_moe_layers=self.num_moe_layers,
@@ -258,7 +261,9 @@ class IterationTimer:
             step_overhead=self.step_overhead,
             seq_overhead=self.seq_overhead,
             decode_attention=self.graph.decode_attention_terms(),
-            decode_rates=self.backend.decode_attention_rates(),
+            decode_rates=self.backend.decode_attention_rates()
+            if formula and isinstance(self.backend, RooflineBackend)
+            else None,
             mla=None if mla is None else (mla.heads, mla.latent, mla.kv_lora),
             layer_cost=self._layer_cost,
             moe_layer_cost=self._moe_layer_cost,
@@ -266,7 +271,14 @@ class IterationTimer:
             head_cost=self._head_cost,
             around_decode=self._around_decode_attention,
             stage_sends=self._stage_sends,
+            decode_attention_each=self._decode_attention_each,
         )
+
+    def _decode_attention_each(self, num_seqs: int, total_ctx: int) -> tuple[_Cost, ...]:
+        """Each decode-attention kernel's cost in graph order: the op loop of
+        :meth:`_add_decode_attention` (the compiled loop adds them up the same way)."""
+        ops = self.graph.decode_attention_ops(num_seqs, total_ctx)
+        return tuple((self.backend.time(op), op.flops, op.bytes) for op in ops)
 
     @property
     def cache_hit_rate(self) -> float:
