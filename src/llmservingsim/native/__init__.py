@@ -11,7 +11,7 @@ import functools
 import importlib
 from types import ModuleType
 
-KERNEL_VERSION = 5
+KERNEL_VERSION = 6
 """The kernel interface this Python code speaks; ``_loop.VERSION`` must equal it."""
 
 

@@ -5,7 +5,8 @@
  * (mixed, or prefill and decode pools with KV transfers between them; pipeline parallelism as
  * vLLM's virtual engines), routed by any built-in router but prefix_aware, each instance
  * running the vllm (sarathi), orca, no_evict or static scheduler (serving/schedulers/) on a
- * plain paged KV cache with preemption by recompute (admission control by max_queue and
+ * paged KV cache, with or without prefix caching (no offload tier), with preemption by
+ * recompute (admission control by max_queue and
  * request_timeout_s included), timed by perf/iteration.py's IterationTimer (dense or
  * mixture-of-experts layers, grouped-query or multi-head latent attention) on any backend.
  * Everything else runs the Python engine.
@@ -36,7 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KERNEL_VERSION 5
+#define KERNEL_VERSION 6
 
 /* Request row status codes (metrics/request_log.py STATUSES). */
 #define STATUS_FINISHED 0
@@ -111,7 +112,7 @@ static PyObject *buffer_take(Buffer *b) {
 typedef struct {
     int64_t request;
     double first_scheduled_s, first_token_s, finish_s, kv_transfer_s;
-    int64_t generated;
+    int64_t generated, cached_tokens;
     int32_t instance, status, preemptions, prefill_instance;
 } EndedRow;
 
@@ -197,6 +198,116 @@ static int costmap_put(CostMap *m, int64_t key, Cost value) {
     return 0;
 }
 
+/* ------------------------------------------------------------------ prefix cache structures */
+
+/* Open addressing on (a, b) pairs of int64, a value >= 0 each; deletions shift back. */
+typedef struct {
+    int64_t a, b, value;
+} PairEntry;
+
+typedef struct {
+    PairEntry *slots;
+    Py_ssize_t cap, used;
+} PairMap;
+
+#define PAIR_EMPTY INT64_MIN
+
+static int pairmap_init(PairMap *m, Py_ssize_t cap) {
+    m->slots = malloc(sizeof(PairEntry) * (size_t)cap);
+    if (m->slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < cap; i++) m->slots[i].a = PAIR_EMPTY;
+    m->cap = cap;
+    m->used = 0;
+    return 0;
+}
+
+static Py_ssize_t pair_home(const PairMap *m, int64_t a, int64_t b) {
+    uint64_t h = ((uint64_t)a * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)b * 0xC2B2AE3D27D4EB4FULL);
+    h ^= h >> 29;
+    return (Py_ssize_t)(h & (uint64_t)(m->cap - 1));
+}
+
+static Py_ssize_t pair_find(const PairMap *m, int64_t a, int64_t b) {
+    Py_ssize_t i = pair_home(m, a, b);
+    while (m->slots[i].a != PAIR_EMPTY && (m->slots[i].a != a || m->slots[i].b != b))
+        i = (i + 1) & (m->cap - 1);
+    return i;
+}
+
+static int64_t pairmap_get(const PairMap *m, int64_t a, int64_t b) {
+    Py_ssize_t i = pair_find(m, a, b);
+    return m->slots[i].a == PAIR_EMPTY ? -1 : m->slots[i].value;
+}
+
+static int pairmap_put(PairMap *m, int64_t a, int64_t b, int64_t value) {
+    if (2 * (m->used + 1) > m->cap) {
+        PairMap grown;
+        if (pairmap_init(&grown, 2 * m->cap) < 0) return -1;
+        for (Py_ssize_t i = 0; i < m->cap; i++)
+            if (m->slots[i].a != PAIR_EMPTY)
+                grown.slots[pair_find(&grown, m->slots[i].a, m->slots[i].b)] = m->slots[i];
+        grown.used = m->used;
+        free(m->slots);
+        *m = grown;
+    }
+    Py_ssize_t i = pair_find(m, a, b);
+    if (m->slots[i].a == PAIR_EMPTY) m->used++;
+    m->slots[i].a = a;
+    m->slots[i].b = b;
+    m->slots[i].value = value;
+    return 0;
+}
+
+static void pairmap_del(PairMap *m, int64_t a, int64_t b) {
+    Py_ssize_t i = pair_find(m, a, b);
+    if (m->slots[i].a == PAIR_EMPTY) return;
+    m->slots[i].a = PAIR_EMPTY;
+    m->used--;
+    /* Shift back the entries after it that probed past it. */
+    Py_ssize_t j = i;
+    for (;;) {
+        j = (j + 1) & (m->cap - 1);
+        if (m->slots[j].a == PAIR_EMPTY) return;
+        Py_ssize_t home = pair_home(m, m->slots[j].a, m->slots[j].b);
+        int between = i <= j ? (i < home && home <= j) : (i < home || home <= j);
+        if (!between) {
+            m->slots[i] = m->slots[j];
+            m->slots[j].a = PAIR_EMPTY;
+            i = j;
+        }
+    }
+}
+
+/* A cached content node (prefix_cache.py node_info): its key and the device blocks that
+ * hold it, in the order they came (the first serves a hit). */
+typedef struct {
+    int64_t parent, key;
+    int64_t *holders;
+    Py_ssize_t len, cap;
+} NodeInfo;
+
+/* PrefixCachingBlockManager without an offload tier. Block ids are labels: an empty block is
+ * any block without content, so the empty ones are handed out from a counter of never-used
+ * ids and a stack of returned ones; blocks that hold content and no reference are cached,
+ * least recently freed first (a list through prev/next), and evicted in that order. */
+typedef struct {
+    int64_t num_blocks;
+    int64_t *ref, *node; /* per block: references, the node it holds (-1: none) */
+    int64_t *prev, *next;
+    int64_t head, tail, cached;
+    int64_t next_fresh, *returned;
+    Py_ssize_t returned_len;
+    PairMap node_of; /* (parent, key) -> node */
+    PairMap info_of; /* (node, 0) -> index into info */
+    NodeInfo *info;
+    int64_t *free_info;
+    Py_ssize_t info_cap, free_info_len;
+    int64_t next_node, evicted;
+} PrefixCache;
+
 /* ------------------------------------------------------------------ pools, requests, instances */
 
 /* A pool's instances share one timer (perf/iteration.py) and one device type. */
@@ -232,7 +343,18 @@ typedef struct {
     int64_t preemptions, admissions;
     int64_t prefill_instance;
     double first_scheduled_s, first_token_s, last_token_s, kv_transfer_s;
+    int64_t cached_tokens; /* prompt tokens the prefix cache supplied at the first admission */
     int leaving; /* set while a step's results are applied: finished or handed off */
+    /* Prefix caching only (kept with the slot, reused by its next request): the device
+     * blocks held, the cached content of the first full ones, and what every full block of
+     * the request's tokens holds (content key ids; the namespace's root is the first
+     * parent). */
+    struct {
+        int64_t *blocks, *nodes, *keys;
+        Py_ssize_t blocks_cap, nodes_len, nodes_cap, keys_len, keys_cap;
+        int64_t root;
+        int keys_state; /* 0: not asked yet, 1: unknown content, 2: keys known */
+    } kv;
 } Seq;
 
 /* A virtual engine (instance.py VirtualEngine) and its scheduler: without pipeline
@@ -248,7 +370,8 @@ typedef struct {
     int64_t *batch_slot, *batch_tokens;
     Py_ssize_t batch_len;
     int busy;
-    int64_t free_blocks;
+    int64_t free_blocks; /* without prefix caching: blocks are counts */
+    PrefixCache *pc;     /* with prefix caching, else NULL */
     int64_t outstanding;
     /* scheduler counters */
     int64_t preemptions, recomputed_tokens;
@@ -288,6 +411,10 @@ typedef struct {
     int started; /* run() was called: no more pools */
     /* scheduler configuration (one for the cluster) */
     int policy;
+    int prefix_caching;
+    PyObject *block_keys; /* request -> (root, key ids as bytes) or None (prefix caching) */
+    int64_t *hit_nodes, *hit_blocks; /* a lookup's result */
+    Py_ssize_t hit_nodes_cap, hit_blocks_cap;
     int64_t block_size, max_num_seqs, max_num_batched_tokens, max_queue;
     double request_timeout_s; /* < 0: none */
     int record_steps;
@@ -591,12 +718,17 @@ static Py_ssize_t new_seq(Loop *L, Py_ssize_t request) {
             return -1;
         }
         L->free_slots = free_slots;
+        memset(&L->seqs[L->seqs_cap], 0, sizeof(Seq) * (size_t)(cap - L->seqs_cap));
         for (Py_ssize_t s = cap - 1; s >= L->seqs_cap; s--) L->free_slots[L->free_len++] = s;
         L->seqs_cap = cap;
     }
     Py_ssize_t slot = L->free_slots[--L->free_len];
     Seq *s = &L->seqs[slot];
+    __typeof__(s->kv) kv = s->kv;
     memset(s, 0, sizeof(Seq));
+    s->kv = kv;
+    s->kv.nodes_len = s->kv.keys_len = 0;
+    s->kv.keys_state = 0;
     s->request = request;
     s->input_len = L->input_len[request];
     s->output_len = L->output_len[request];
@@ -624,6 +756,7 @@ static int write_ended(Loop *L, int64_t request, Py_ssize_t instance, int status
         row.preemptions = (int32_t)s->preemptions;
         row.prefill_instance = (int32_t)s->prefill_instance;
         row.kv_transfer_s = s->kv_transfer_s;
+        row.cached_tokens = s->cached_tokens;
     }
     return buffer_put(&L->ended, &row, sizeof(row));
 }
@@ -675,6 +808,322 @@ static void waiting_pop_front(Engine *E) {
     E->waiting_len--;
 }
 
+/* ------------------------------------------------------------------ KV blocks (block_manager.py) */
+
+/* Where a waiting request starts when admitted (block_manager.py PrefixHit): `tokens` with
+ * KV; with prefix caching, `len` cached blocks (nodes and device blocks in L->hit_nodes,
+ * L->hit_blocks), `evictable` of them sitting unreferenced in the cache. */
+typedef struct {
+    int64_t tokens, evictable;
+    Py_ssize_t len;
+} Hit;
+
+static int64_t num_free(const Engine *E) {
+    const PrefixCache *c = E->pc;
+    if (c == NULL) return E->free_blocks;
+    return c->num_blocks - c->next_fresh + c->returned_len + c->cached;
+}
+
+static int grow_ints(int64_t **items, Py_ssize_t *cap, Py_ssize_t need) {
+    if (need <= *cap) return 0;
+    Py_ssize_t grown = *cap ? *cap : 16;
+    while (grown < need) grown *= 2;
+    int64_t *more = realloc(*items, sizeof(int64_t) * (size_t)grown);
+    if (more == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *items = more;
+    *cap = grown;
+    return 0;
+}
+
+static void lru_append(PrefixCache *c, int64_t b) {
+    c->prev[b] = c->tail;
+    c->next[b] = -1;
+    if (c->tail >= 0)
+        c->next[c->tail] = b;
+    else
+        c->head = b;
+    c->tail = b;
+    c->cached++;
+}
+
+static void lru_remove(PrefixCache *c, int64_t b) {
+    if (c->prev[b] >= 0)
+        c->next[c->prev[b]] = c->next[b];
+    else
+        c->head = c->next[b];
+    if (c->next[b] >= 0)
+        c->prev[c->next[b]] = c->prev[b];
+    else
+        c->tail = c->prev[b];
+    c->cached--;
+}
+
+static NodeInfo *node_info(PrefixCache *c, int64_t node) {
+    return &c->info[pairmap_get(&c->info_of, node, 0)];
+}
+
+static int add_holder(NodeInfo *n, int64_t block) {
+    if (grow_ints(&n->holders, &n->cap, n->len + 1) < 0) return -1;
+    n->holders[n->len++] = block;
+    return 0;
+}
+
+/* PrefixCachingBlockManager._evict without an offload tier: the block's content goes; a node
+ * with no other holder is forgotten (later lookups miss). */
+static void evict(PrefixCache *c, int64_t block) {
+    int64_t node = c->node[block];
+    c->node[block] = -1;
+    c->evicted++;
+    NodeInfo *n = node_info(c, node);
+    if (n->len > 1) {
+        Py_ssize_t i = 0;
+        while (n->holders[i] != block) i++;
+        memmove(&n->holders[i], &n->holders[i + 1], sizeof(int64_t) * (size_t)(n->len - i - 1));
+        n->len--;
+        return;
+    }
+    n->len = 0;
+    int64_t index = pairmap_get(&c->info_of, node, 0);
+    pairmap_del(&c->node_of, n->parent, n->key);
+    pairmap_del(&c->info_of, node, 0);
+    c->free_info[c->free_info_len++] = index;
+}
+
+/* BlockManager._take_free: `count` more blocks for `s` (with prefix caching: empty blocks
+ * first, then the least recently freed cached ones, their content evicted). */
+static int take_free(Engine *E, Seq *s, int64_t count) {
+    PrefixCache *c = E->pc;
+    if (c == NULL) {
+        E->free_blocks -= count;
+        s->blocks += count;
+        return 0;
+    }
+    if (grow_ints(&s->kv.blocks, &s->kv.blocks_cap, s->blocks + count) < 0) return -1;
+    for (int64_t k = 0; k < count; k++) {
+        int64_t b;
+        if (c->next_fresh < c->num_blocks) {
+            b = c->next_fresh++;
+        } else if (c->returned_len > 0) {
+            b = c->returned[--c->returned_len];
+        } else {
+            b = c->head;
+            lru_remove(c, b);
+            evict(c, b);
+        }
+        c->ref[b] = 1;
+        s->kv.blocks[s->blocks++] = b;
+    }
+    return 0;
+}
+
+/* PrefixCachingBlockManager._keys: the request's block content keys, asked once. */
+static int fetch_keys(Loop *L, Seq *s) {
+    if (s->kv.keys_state) return 0;
+    s->kv.keys_state = 1;
+    PyObject *res = PyObject_CallFunction(L->block_keys, "L", (long long)s->request);
+    if (res == NULL) return -1;
+    if (res == Py_None) {
+        Py_DECREF(res);
+        return 0;
+    }
+    long long root;
+    Py_buffer keys;
+    if (!PyArg_ParseTuple(res, "Ly*", &root, &keys)) {
+        Py_DECREF(res);
+        return -1;
+    }
+    Py_ssize_t n = keys.len / (Py_ssize_t)sizeof(int64_t);
+    int ok = grow_ints(&s->kv.keys, &s->kv.keys_cap, n) == 0;
+    if (ok) memcpy(s->kv.keys, keys.buf, sizeof(int64_t) * (size_t)n);
+    PyBuffer_Release(&keys);
+    Py_DECREF(res);
+    if (!ok) return -1;
+    s->kv.keys_len = n;
+    s->kv.root = root;
+    s->kv.keys_state = 2;
+    return 0;
+}
+
+/* PrefixCachingBlockManager.register_computed: name the content of the request's newly full,
+ * computed blocks (a node that exists gets one more holder). */
+static int register_computed(Loop *L, Engine *E, Seq *s) {
+    PrefixCache *c = E->pc;
+    if (s->num_computed < (s->kv.nodes_len + 1) * L->block_size) return 0;
+    if (fetch_keys(L, s) < 0) return -1;
+    if (s->kv.keys_state != 2) return 0;
+    Py_ssize_t full = (Py_ssize_t)(s->num_computed / L->block_size);
+    if (full > s->kv.keys_len) full = s->kv.keys_len;
+    if (s->kv.nodes_len >= full) return 0;
+    if (grow_ints(&s->kv.nodes, &s->kv.nodes_cap, full) < 0) return -1;
+    int64_t parent = s->kv.nodes_len ? s->kv.nodes[s->kv.nodes_len - 1] : s->kv.root;
+    for (Py_ssize_t i = s->kv.nodes_len; i < full; i++) {
+        int64_t key = s->kv.keys[i], block = s->kv.blocks[i];
+        int64_t node = pairmap_get(&c->node_of, parent, key);
+        NodeInfo *n;
+        if (node < 0) {
+            node = c->next_node++;
+            if (pairmap_put(&c->node_of, parent, key, node) < 0) return -1;
+            if (c->free_info_len == 0) {
+                Py_ssize_t cap = c->info_cap ? 2 * c->info_cap : 1024;
+                NodeInfo *info = realloc(c->info, sizeof(NodeInfo) * (size_t)cap);
+                if (info == NULL) return PyErr_NoMemory(), -1;
+                c->info = info;
+                memset(&c->info[c->info_cap], 0, sizeof(NodeInfo) * (size_t)(cap - c->info_cap));
+                int64_t *free_info = realloc(c->free_info, sizeof(int64_t) * (size_t)cap);
+                if (free_info == NULL) return PyErr_NoMemory(), -1;
+                c->free_info = free_info;
+                for (Py_ssize_t k = cap - 1; k >= c->info_cap; k--)
+                    c->free_info[c->free_info_len++] = k;
+                c->info_cap = cap;
+            }
+            int64_t index = c->free_info[--c->free_info_len];
+            if (pairmap_put(&c->info_of, node, 0, index) < 0) return -1;
+            n = &c->info[index];
+            n->parent = parent;
+            n->key = key;
+            n->len = 0;
+        } else {
+            n = node_info(c, node);
+        }
+        if (add_holder(n, block) < 0) return -1;
+        c->node[block] = node;
+        s->kv.nodes[s->kv.nodes_len++] = node;
+        parent = node;
+    }
+    return 0;
+}
+
+/* BlockManager.lookup (prefix caching: the longest cached run of the request's leading
+ * blocks, at most all but its last token; nothing is taken). */
+static int lookup(Loop *L, Engine *E, Seq *s, Hit *h) {
+    h->tokens = s->num_computed;
+    h->evictable = 0;
+    h->len = 0;
+    PrefixCache *c = E->pc;
+    if (c == NULL || s->num_computed) return 0;
+    if (fetch_keys(L, s) < 0) return -1;
+    if (s->kv.keys_state != 2) return 0;
+    Py_ssize_t limit = (Py_ssize_t)((s->input_len + s->generated - 1) / L->block_size);
+    if (limit > s->kv.keys_len) limit = s->kv.keys_len;
+    if (grow_ints(&L->hit_nodes, &L->hit_nodes_cap, limit) < 0 ||
+        grow_ints(&L->hit_blocks, &L->hit_blocks_cap, limit) < 0)
+        return -1;
+    int64_t parent = s->kv.root;
+    for (Py_ssize_t i = 0; i < limit; i++) {
+        int64_t node = pairmap_get(&c->node_of, parent, s->kv.keys[i]);
+        if (node < 0) break;
+        const NodeInfo *n = node_info(c, node);
+        if (n->len == 0) break;
+        int64_t block = n->holders[0];
+        h->evictable += c->ref[block] == 0;
+        L->hit_nodes[h->len] = node;
+        L->hit_blocks[h->len++] = block;
+        parent = node;
+    }
+    h->tokens = (int64_t)h->len * L->block_size;
+    return 0;
+}
+
+/* BlockManager.extra_blocks with a hit: blocks the free pool gives up for an admission. */
+static int64_t extra_blocks(const Loop *L, const Hit *h, int64_t num_new) {
+    return blocks_needed(L, h->tokens + num_new) - (int64_t)h->len + h->evictable;
+}
+
+/* BlockManager.allocate at admission: share the hit's blocks, then take the rest. */
+static int allocate_from(Loop *L, Engine *E, Seq *s, int64_t num_new, const Hit *h) {
+    PrefixCache *c = E->pc;
+    if (c != NULL && h->len > 0) {
+        for (Py_ssize_t k = 0; k < h->len; k++) {
+            int64_t b = L->hit_blocks[k];
+            if (c->ref[b] == 0) lru_remove(c, b);
+            c->ref[b]++;
+        }
+        if (grow_ints(&s->kv.blocks, &s->kv.blocks_cap, h->len) < 0 ||
+            grow_ints(&s->kv.nodes, &s->kv.nodes_cap, h->len) < 0)
+            return -1;
+        memcpy(s->kv.blocks, L->hit_blocks, sizeof(int64_t) * (size_t)h->len);
+        memcpy(s->kv.nodes, L->hit_nodes, sizeof(int64_t) * (size_t)h->len);
+        s->blocks = h->len;
+        s->kv.nodes_len = h->len;
+    }
+    s->num_computed = h->tokens;
+    int64_t need = blocks_needed(L, s->num_computed + num_new) - s->blocks;
+    return need > 0 ? take_free(E, s, need) : 0;
+}
+
+/* BlockManager.try_allocate for a running request: 1 when its blocks now hold `num_new`
+ * more tokens, 0 when the pool is short. */
+static int try_allocate(Loop *L, Engine *E, Seq *s, int64_t num_new) {
+    int64_t need = blocks_needed(L, s->num_computed + num_new) - s->blocks;
+    if (E->pc == NULL && need <= 0) return 1;
+    if (need > 0 && need > num_free(E)) return 0;
+    if (E->pc != NULL && register_computed(L, E, s) < 0) return -1;
+    if (need > 0 && take_free(E, s, need) < 0) return -1;
+    return 1;
+}
+
+/* BlockManager.free: drop the request's blocks (with prefix caching, those holding content
+ * stay cached, the tail first in the eviction order). */
+static int free_all(Loop *L, Engine *E, Seq *s) {
+    PrefixCache *c = E->pc;
+    if (c == NULL) {
+        E->free_blocks += s->blocks;
+        s->blocks = 0;
+        return 0;
+    }
+    if (register_computed(L, E, s) < 0) return -1;
+    for (int64_t i = s->blocks - 1; i >= 0; i--) {
+        int64_t b = s->kv.blocks[i];
+        if (--c->ref[b] == 0) {
+            if (c->node[b] < 0)
+                c->returned[c->returned_len++] = b;
+            else
+                lru_append(c, b);
+        }
+    }
+    s->blocks = 0;
+    s->kv.nodes_len = 0;
+    return 0;
+}
+
+static PrefixCache *new_prefix_cache(int64_t num_blocks) {
+    PrefixCache *c = calloc(1, sizeof(PrefixCache));
+    if (c == NULL) return (PrefixCache *)PyErr_NoMemory();
+    c->num_blocks = num_blocks;
+    c->head = c->tail = -1;
+    size_t n = (size_t)num_blocks;
+    c->ref = calloc(n, sizeof(int64_t));
+    c->node = malloc(n * sizeof(int64_t));
+    c->prev = malloc(n * sizeof(int64_t));
+    c->next = malloc(n * sizeof(int64_t));
+    c->returned = malloc(n * sizeof(int64_t));
+    if (!c->ref || !c->node || !c->prev || !c->next || !c->returned) {
+        PyErr_NoMemory();
+        return c; /* the caller frees it */
+    }
+    for (size_t b = 0; b < n; b++) c->node[b] = -1;
+    if (pairmap_init(&c->node_of, 1024) < 0 || pairmap_init(&c->info_of, 1024) < 0) return c;
+    return c;
+}
+
+static void free_prefix_cache(PrefixCache *c) {
+    if (c == NULL) return;
+    free(c->ref);
+    free(c->node);
+    free(c->prev);
+    free(c->next);
+    free(c->returned);
+    free(c->node_of.slots);
+    free(c->info_of.slots);
+    for (Py_ssize_t i = 0; i < c->info_cap; i++) free(c->info[i].holders);
+    free(c->info);
+    free(c->free_info);
+    free(c);
+}
+
 /* ------------------------------------------------------------------ scheduler (vllm.py) */
 
 /* Scheduler._end_pass: count the tokens this stay computed that the request had before. */
@@ -689,8 +1138,7 @@ static void end_pass(Engine *E, Seq *s) {
 static int preempt(Loop *L, Engine *E, int64_t slot) {
     Seq *s = &L->seqs[slot];
     end_pass(E, s);
-    E->free_blocks += s->blocks;
-    s->blocks = 0;
+    if (free_all(L, E, s) < 0) return -1;
     s->num_computed = 0;
     s->preemptions++;
     E->preemptions++;
@@ -705,35 +1153,34 @@ static void add_to_batch(Engine *E, int64_t slot, int64_t num_new) {
 static int64_t max_kv_tokens(const Seq *s) { return s->input_len + s->output_len - 1; }
 
 /* Scheduler.admit: start the head of the queue from `hit` with blocks for `num_new` tokens. */
-static void admit(Loop *L, Engine *E, int64_t slot, int64_t num_new) {
+static int admit(Loop *L, Engine *E, int64_t slot, int64_t num_new, const Hit *h) {
     Seq *s = &L->seqs[slot];
     waiting_pop_front(E);
-    int64_t need = blocks_needed(L, s->num_computed + num_new) - s->blocks;
-    if (need > 0) {
-        E->free_blocks -= need;
-        s->blocks += need;
-    }
+    if (allocate_from(L, E, s, num_new, h) < 0) return -1;
+    if (s->admissions == 0) s->cached_tokens = s->num_computed;
     s->admissions++;
     s->pass_start = s->num_computed;
     E->running[E->running_len++] = slot;
+    return 0;
 }
 
 /* The policy's prefill_tokens: tokens a waiting request may start with after its hit (0: it
  * must wait). vllm: any chunk; orca: the whole prompt, or a too-long one alone in an empty
  * step; no_evict: as vllm, once its whole lifetime's KV fits what running requests have not
  * been promised. */
-static int64_t prefill_tokens(Loop *L, Engine *E, const Seq *s, int64_t hit, int64_t budget,
+static int64_t prefill_tokens(Loop *L, Engine *E, const Seq *s, const Hit *h, int64_t budget,
                               int step_is_empty) {
-    int64_t left = s->input_len + s->generated - hit;
+    int64_t left = s->input_len + s->generated - h->tokens;
     if (L->policy == POLICY_ORCA) return left <= budget || step_is_empty ? left : 0;
     if (L->policy == POLICY_NO_EVICT) {
-        int64_t promised = 0;
+        int64_t lifetime = 0, held = 0;
         for (Py_ssize_t k = 0; k < E->running_len; k++) {
             const Seq *r = &L->seqs[E->running[k]];
-            promised += blocks_needed(L, max_kv_tokens(r)) - r->blocks;
+            lifetime += blocks_needed(L, max_kv_tokens(r));
+            held += r->blocks;
         }
-        int64_t lifetime = max_kv_tokens(s) - hit;
-        if (blocks_needed(L, hit + lifetime) > E->free_blocks - promised) return 0;
+        if (extra_blocks(L, h, max_kv_tokens(s) - h->tokens) > num_free(E) - (lifetime - held))
+            return 0;
     }
     return left < budget ? left : budget;
 }
@@ -749,10 +1196,12 @@ static int schedule_continuous(Loop *L, Engine *E) {
         Seq *s = &L->seqs[slot];
         int64_t wanted = s->input_len + s->generated - s->num_computed;
         int64_t num_new = wanted < budget ? wanted : budget;
-        int64_t need = blocks_needed(L, s->num_computed + num_new) - s->blocks;
         /* BlockManager.try_allocate, preempting the latest admitted until it fits */
         int self_preempted = 0;
-        while (need > E->free_blocks) {
+        for (;;) {
+            int fits = try_allocate(L, E, s, num_new);
+            if (fits < 0) return -1;
+            if (fits) break;
             int64_t victim = E->running[--E->running_len];
             if (preempt(L, E, victim) < 0) return -1;
             preempted = 1;
@@ -762,10 +1211,6 @@ static int schedule_continuous(Loop *L, Engine *E) {
             }
         }
         if (self_preempted) break;
-        if (need > 0) {
-            E->free_blocks -= need;
-            s->blocks += need;
-        }
         add_to_batch(E, slot, num_new);
         budget -= num_new;
         i++;
@@ -774,12 +1219,11 @@ static int schedule_continuous(Loop *L, Engine *E) {
     while (E->waiting_len > 0 && budget > 0 && E->running_len < L->max_num_seqs) {
         int64_t slot = waiting_front(E);
         Seq *s = &L->seqs[slot];
-        /* The request starts from what it has computed (nothing after a recompute
-         * preemption; its prompt after a KV transfer). */
-        int64_t hit = s->num_computed;
-        int64_t num_new = prefill_tokens(L, E, s, hit, budget, E->batch_len == 0);
-        if (num_new == 0 || blocks_needed(L, hit + num_new) > E->free_blocks) break;
-        admit(L, E, slot, num_new);
+        Hit h;
+        if (lookup(L, E, s, &h) < 0) return -1;
+        int64_t num_new = prefill_tokens(L, E, s, &h, budget, E->batch_len == 0);
+        if (num_new == 0 || extra_blocks(L, &h, num_new) > num_free(E)) break;
+        if (admit(L, E, slot, num_new, &h) < 0) return -1;
         add_to_batch(E, slot, num_new);
         budget -= num_new;
     }
@@ -795,13 +1239,14 @@ static int schedule_static(Loop *L, Engine *E) {
         while (E->waiting_len > 0 && E->running_len < L->max_num_seqs) {
             int64_t slot = waiting_front(E);
             Seq *s = &L->seqs[slot];
-            int64_t hit = s->num_computed;
-            int64_t lifetime = max_kv_tokens(s) - hit;
-            int64_t prompt = s->input_len + s->generated - hit;
-            if (blocks_needed(L, hit + lifetime) > E->free_blocks ||
+            Hit h;
+            if (lookup(L, E, s, &h) < 0) return -1;
+            int64_t lifetime = max_kv_tokens(s) - h.tokens;
+            int64_t prompt = s->input_len + s->generated - h.tokens;
+            if (extra_blocks(L, &h, lifetime) > num_free(E) ||
                 (prompt > budget && E->running_len > 0))
                 break;
-            admit(L, E, slot, lifetime);
+            if (admit(L, E, slot, lifetime, &h) < 0) return -1;
             budget -= prompt;
         }
     }
@@ -867,7 +1312,7 @@ static Event pop_event(Loop *L) {
 
 static int64_t instance_free_blocks(const Inst *I) {
     int64_t free = 0;
-    for (Py_ssize_t k = 0; k < I->pool->pp; k++) free += I->engines[k].free_blocks;
+    for (Py_ssize_t k = 0; k < I->pool->pp; k++) free += num_free(&I->engines[k]);
     return free;
 }
 
@@ -1068,8 +1513,7 @@ static Py_ssize_t end_step(Loop *L, Py_ssize_t index, Py_ssize_t k) {
             Seq *s = &L->seqs[slot];
             if (s->leaving) {
                 end_pass(E, s);
-                E->free_blocks += s->blocks;
-                s->blocks = 0;
+                if (free_all(L, E, s) < 0) return -1;
                 if (s->leaving == 1) free_seq(L, slot);
                 s->leaving = 0;
             } else {
@@ -1266,13 +1710,22 @@ static void Loop_dealloc(Loop *L) {
     free(L->ids);
     free(L->input_len);
     free(L->output_len);
+    for (Py_ssize_t i = 0; i < L->seqs_cap; i++) {
+        free(L->seqs[i].kv.blocks);
+        free(L->seqs[i].kv.nodes);
+        free(L->seqs[i].kv.keys);
+    }
     free(L->seqs);
     free(L->free_slots);
+    free(L->hit_nodes);
+    free(L->hit_blocks);
+    Py_XDECREF(L->block_keys);
     for (Py_ssize_t i = 0; i < L->num_pools; i++) pool_free(L->pools[i]);
     free(L->pools);
     for (Py_ssize_t i = 0; i < L->num_instances; i++) {
         Inst *I = &L->inst[i];
         for (Py_ssize_t k = 0; I->engines != NULL && k < I->pool->pp; k++) {
+            free_prefix_cache(I->engines[k].pc);
             free(I->engines[k].waiting);
             free(I->engines[k].running);
             free(I->engines[k].batch_slot);
@@ -1325,7 +1778,8 @@ static void *copy_column(PyObject *obj, Py_ssize_t size, Py_ssize_t *count, cons
 }
 
 static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"policy", "router", "decode_router", "router_draw",
+    static char *names[] = {"policy", "prefix_caching", "block_keys", "router", "decode_router",
+                            "router_draw",
                             "decode_router_draw", "block_size", "max_num_seqs",
                             "max_num_batched_tokens", "max_queue", "request_timeout_s",
                             "record_steps", "kv_transfer", "ids", "arrival_s", "input_len",
@@ -1333,12 +1787,14 @@ static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
     int router, decode_router, record_steps;
     long long block_size, max_num_seqs, max_tokens, max_queue;
     PyObject *kv_transfer, *ids, *arrival, *input_len, *output_len, *entry_draw, *decode_draw;
+    PyObject *block_keys;
     if (L->ready || L->arrival != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Loop.__init__ may run once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiOOLLLLdpOOOOO", names, &L->policy,
-                                     &router, &decode_router, &entry_draw, &decode_draw,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "ipOiiOOLLLLdpOOOOO", names, &L->policy,
+                                     &L->prefix_caching, &block_keys, &router, &decode_router,
+                                     &entry_draw, &decode_draw,
                                      &block_size, &max_num_seqs, &max_tokens,
                                      &max_queue, &L->request_timeout_s, &record_steps,
                                      &kv_transfer, &ids, &arrival, &input_len, &output_len))
@@ -1349,6 +1805,12 @@ static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_ValueError, "Loop: invalid configuration");
         return -1;
     }
+    if (L->prefix_caching && block_keys == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "Loop: prefix caching needs block_keys");
+        return -1;
+    }
+    Py_INCREF(block_keys);
+    L->block_keys = block_keys;
     L->entry.kind = router;
     L->decode.kind = decode_router;
     Py_INCREF(entry_draw);
@@ -1407,9 +1869,13 @@ static int64_t *int_tuple(PyObject *obj, Py_ssize_t count, const char *name) {
     return values;
 }
 
-static int init_engine(Engine *E, int64_t blocks, int64_t max_num_seqs) {
+static int init_engine(Engine *E, int64_t blocks, int64_t max_num_seqs, int prefix_caching) {
     memset(E, 0, sizeof(Engine));
     E->free_blocks = blocks;
+    if (prefix_caching) {
+        E->pc = new_prefix_cache(blocks);
+        if (E->pc == NULL || PyErr_Occurred()) return -1;
+    }
     E->running = malloc(sizeof(int64_t) * (size_t)max_num_seqs);
     E->batch_slot = malloc(sizeof(int64_t) * (size_t)max_num_seqs);
     E->batch_tokens = malloc(sizeof(int64_t) * (size_t)max_num_seqs);
@@ -1515,7 +1981,8 @@ static PyObject *Loop_add_pool(Loop *L, PyObject *args, PyObject *kwargs) {
         I->stage_free = calloc((size_t)pp, sizeof(double));
         if (!I->engines || !I->stage_free) return PyErr_NoMemory();
         for (Py_ssize_t k = 0; k < pp; k++)
-            if (init_engine(&I->engines[k], engine_blocks, L->max_num_seqs) < 0) return NULL;
+            if (init_engine(&I->engines[k], engine_blocks, L->max_num_seqs, L->prefix_caching) < 0)
+                return NULL;
     }
     return PyLong_FromSsize_t(L->num_pools - 1);
 }
@@ -1598,8 +2065,9 @@ static PyObject *Loop_engine_counters(Loop *L, PyObject *args) {
         PyErr_SetString(PyExc_IndexError, "virtual engine index out of range");
         return NULL;
     }
-    return Py_BuildValue("(LL)", (long long)I->engines[k].preemptions,
-                         (long long)I->engines[k].recomputed_tokens);
+    const Engine *E = &I->engines[k];
+    return Py_BuildValue("(LLL)", (long long)E->preemptions, (long long)E->recomputed_tokens,
+                         (long long)(E->pc != NULL ? E->pc->evicted : 0));
 }
 
 static PyObject *Loop_memo_counts(Loop *L, PyObject *args) {
@@ -1631,7 +2099,8 @@ static PyMethodDef Loop_methods[] = {
     {"instance_totals", (PyCFunction)Loop_instance_totals, METH_VARARGS,
      "instance_totals(i) -> dict: an instance's step totals."},
     {"engine_counters", (PyCFunction)Loop_engine_counters, METH_VARARGS,
-     "engine_counters(i, k) -> (preemptions, recomputed tokens) of instance i's engine k."},
+     "engine_counters(i, k) -> (preemptions, recomputed tokens, evicted blocks) of instance i's "
+     "engine k."},
     {"memo_counts", (PyCFunction)Loop_memo_counts, METH_VARARGS,
      "memo_counts(pool) -> (lookups, hits) the loop answered from its copy of the memo."},
     {NULL, NULL, 0, NULL}};

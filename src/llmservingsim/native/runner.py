@@ -12,6 +12,7 @@ is reported, and a held stop signal is handed over, as the Python engine does be
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from collections.abc import Sequence as SequenceOf
 from types import ModuleType
 from typing import Any
 
@@ -40,12 +41,18 @@ from llmservingsim.serving.instance import (
     queue_full_reason,
     timed_out_reason,
 )
+from llmservingsim.serving.prefix_cache import (
+    BlockKey,
+    PrefixCachingBlockManager,
+    WholeBlocks,
+    block_key_parts,
+)
 from llmservingsim.serving.schedulers.base import Scheduler
 from llmservingsim.serving.schedulers.no_evict import NoEvictScheduler
 from llmservingsim.serving.schedulers.orca import OrcaScheduler
 from llmservingsim.serving.schedulers.static import StaticScheduler
 from llmservingsim.serving.schedulers.vllm import VllmScheduler
-from llmservingsim.workload.request_spec import RequestSpec
+from llmservingsim.workload.request_spec import RequestSpec, TokenContent
 from llmservingsim.workload.request_table import RequestTable
 
 ROUTER_CODES: dict[type[Router], int] = {
@@ -64,6 +71,9 @@ POLICY_CODES: dict[type[Scheduler], int] = {
     StaticScheduler: 3,
 }
 """Scheduler policies the loop implements (exactly these classes), by their code in loop.c."""
+
+BLOCK_MANAGERS = (BlockManager, PrefixCachingBlockManager)
+"""KV caches the loop implements (exactly these classes; prefix caching without offload)."""
 
 ROLE_CODES = {"mixed": 0, "prefill": 1, "decode": 2}
 """Instance roles by their code in loop.c."""
@@ -84,6 +94,7 @@ ENDED_DTYPE = np.dtype(
         ("finish_s", np.float64),
         ("kv_transfer_s", np.float64),
         ("generated", np.int64),
+        ("cached_tokens", np.int64),
         ("instance", np.int32),
         ("status", np.int32),
         ("preemptions", np.int32),
@@ -111,8 +122,8 @@ def refusal(cfg: SimConfig, cluster: Cluster, checking_invariants: bool) -> str 
     if cluster.decode_router is not None and type(cluster.decode_router) not in ROUTER_CODES:
         return f"decode router {cfg.cluster.decode_router or cfg.cluster.router}"
     scfg = cfg.scheduler
-    if scfg.enable_prefix_caching:
-        return "prefix caching"
+    if scfg.kv_offload is not None:
+        return "a KV offload tier"
     if scfg.preemption != "recompute":
         return f"preemption by {scfg.preemption}"
     if cfg.speculative.enabled:
@@ -135,8 +146,8 @@ def refusal(cfg: SimConfig, cluster: Cluster, checking_invariants: bool) -> str 
                 scheduler = ve.scheduler
                 if type(scheduler) not in POLICY_CODES:
                     return f"scheduler policy {scfg.policy}"
-                if type(scheduler.blocks) is not BlockManager or scheduler.adapters is not None:
-                    return "a KV cache with prefix caching, offload or adapters"
+                if type(scheduler.blocks) not in BLOCK_MANAGERS or scheduler.adapters is not None:
+                    return "a KV cache with an offload tier or LoRA adapters"
         not_timed = first.timer.compiled_refusal()
         if not_timed is not None:
             return not_timed
@@ -190,8 +201,11 @@ class CompiledEngine:
         cluster = self.cluster
         scfg = cluster.instances[0].scheduler.cfg
         decode = cluster.decode_router
+        prefix_caching = scfg.enable_prefix_caching
         loop = self.kernel.Loop(
             policy=POLICY_CODES[type(cluster.instances[0].scheduler)],
+            prefix_caching=prefix_caching,
+            block_keys=_BlockKeys(columns, scfg.block_size) if prefix_caching else None,
             router=ROUTER_CODES[type(cluster.router)],
             decode_router=0 if decode is None else ROUTER_CODES[type(decode)],
             router_draw=_draws(cluster.router),
@@ -289,6 +303,7 @@ class CompiledEngine:
         rows["finish_s"] = ended["finish_s"]
         rows["input_tokens"] = columns.input_len[request]
         rows["output_tokens"] = ended["generated"]
+        rows["cached_tokens"] = ended["cached_tokens"]
         rows["preemptions"] = ended["preemptions"]
         rows["prefill_instance"] = ended["prefill_instance"]
         rows["kv_transfer_s"] = ended["kv_transfer_s"]
@@ -330,9 +345,12 @@ class CompiledEngine:
             totals.kv_peak_blocks = max(totals.kv_peak_blocks, counts["kv_peak_blocks"])
             totals.max_batch_size = max(totals.max_batch_size, counts["max_batch_size"])
             for k, ve in enumerate(inst.engines):
-                preemptions, recomputed = loop.engine_counters(inst.index, k)
+                preemptions, recomputed, evicted = loop.engine_counters(inst.index, k)
                 ve.scheduler.preemptions += preemptions
                 ve.scheduler.recomputed_tokens += recomputed
+                blocks = ve.scheduler.blocks
+                if isinstance(blocks, PrefixCachingBlockManager):
+                    blocks.evicted_blocks += evicted
         for index, pool in enumerate(self.cluster.pools):
             lookups, hits = loop.memo_counts(index)
             timer = pool.instances[0].timer
@@ -349,8 +367,11 @@ class _Columns:
             self.input_len = requests.input_len
             self.output_len = requests.output_len
             self.ids = np.arange(len(requests), dtype=np.int64)
+            self.contents: SequenceOf[TokenContent | None] | None = requests.contents
             return
         specs = sorted(requests, key=lambda r: r.arrival_s)
+        contents = [r.content for r in specs]
+        self.contents = contents if any(c is not None for c in contents) else None
         self.arrival_s = np.array([r.arrival_s for r in specs], dtype=np.float64)
         self.input_len = np.array([r.input_len for r in specs], dtype=np.int64)
         self.output_len = np.array([r.output_len for r in specs], dtype=np.int64)
@@ -366,3 +387,47 @@ def _draws(router: Router) -> Callable[[], Any] | None:
     if isinstance(router, PowerOfTwoRouter):
         return lambda: tuple(int(i) for i in rng.choice(n, size=2, replace=False))
     return None
+
+
+_CID_BITS, _START_BITS = 40, 23
+"""A one-piece block key (cid, start, start + block_size) is packed as cid << 23 | start when
+both fit; any other key is numbered (negative) in order of first sight."""
+
+
+class _BlockKeys:
+    """What each full block of a request holds (prefix_cache.py ``block_keys``), for the loop:
+    each distinct block content as a number, and the request's namespace as the (negative)
+    root its first block hangs from. Two blocks get the same number exactly when their keys
+    are equal, so the loop shares a node exactly when the Python cache would."""
+
+    def __init__(self, columns: _Columns, block_size: int) -> None:
+        self.contents = columns.contents
+        self.block_size = block_size
+        self.numbered: dict[BlockKey, int] = {}
+        self.roots: dict[str, int] = {}
+
+    def __call__(self, request: int) -> tuple[int, bytes] | None:
+        content = None if self.contents is None else self.contents[request]
+        if content is None:
+            return None
+        root = self.roots.setdefault(content.namespace, -2 - len(self.roots))
+        bs = self.block_size
+        parts: list[npt.NDArray[np.int64]] = []
+        for part in block_key_parts(content, bs):
+            if not isinstance(part, WholeBlocks):
+                parts.append(np.array([self._number(part)], dtype=np.int64))
+            elif 0 <= part.cid < 1 << _CID_BITS and part.count <= 1 << _START_BITS:
+                starts = np.arange(0, part.count, bs, dtype=np.int64)
+                parts.append((part.cid << _START_BITS) | starts)
+            else:
+                whole = [(part.cid, s, s + bs) for s in range(0, part.count, bs)]
+                parts.append(np.array([self._number(k) for k in whole], dtype=np.int64))
+        numbers = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return root, numbers.tobytes()
+
+    def _number(self, key: BlockKey) -> int:
+        cid, start = key[0], key[1]
+        if len(key) == 3 and 0 <= cid < 1 << _CID_BITS and 0 <= start < 1 << _START_BITS:
+            return (cid << _START_BITS) | start
+        numbered = self.numbered
+        return numbered.setdefault(key, -1 - len(numbered))

@@ -19,6 +19,8 @@ two different prefixes can never meet in one node, whatever their ids hash to.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from llmservingsim.serving.block_manager import BlockManager, PrefixHit
 from llmservingsim.serving.kv_offload import OffloadTier
@@ -30,6 +32,37 @@ BlockKey = tuple[int, ...]
 NodeKey = tuple[int, BlockKey]
 
 
+@dataclass(frozen=True, slots=True)
+class WholeBlocks:
+    """The whole blocks at the start of one run: keys ``(cid, s, s + block_size)`` for ``s``
+    in ``range(0, count, block_size)``."""
+
+    cid: int
+    count: int
+
+
+def block_key_parts(content: TokenContent, block_size: int) -> Iterator[WholeBlocks | BlockKey]:
+    """:func:`block_keys` in order, a run's leading whole blocks as one :class:`WholeBlocks`
+    (long runs: a system prompt, a 512-token Mooncake hash block) and every other block's key
+    by itself."""
+    pieces: list[int] = []
+    filled = 0
+    for cid, count in content.runs:
+        start = 0
+        if filled == 0 and count >= block_size:
+            start = count - count % block_size
+            yield WholeBlocks(cid, start)
+        while start < count:
+            take = min(count - start, block_size - filled)
+            pieces.extend((cid, start, start + take))
+            start += take
+            filled += take
+            if filled == block_size:
+                yield tuple(pieces)
+                pieces = []
+                filled = 0
+
+
 def block_keys(content: TokenContent, block_size: int) -> list[BlockKey]:
     """What each full block the description covers holds: (id, first, end) per run piece.
 
@@ -38,24 +71,12 @@ def block_keys(content: TokenContent, block_size: int) -> list[BlockKey]:
     key: the parent node already fixes everything before it.
     """
     keys: list[BlockKey] = []
-    pieces: list[int] = []
-    filled = 0
-    for cid, count in content.runs:
-        start = 0
-        if filled == 0 and count >= block_size:
-            # Fast path for long runs (a system prompt, a 512-token Mooncake hash block).
-            whole = count - count % block_size
-            keys.extend((cid, s, s + block_size) for s in range(0, whole, block_size))
-            start = whole
-        while start < count:
-            take = min(count - start, block_size - filled)
-            pieces.extend((cid, start, start + take))
-            start += take
-            filled += take
-            if filled == block_size:
-                keys.append(tuple(pieces))
-                pieces = []
-                filled = 0
+    for part in block_key_parts(content, block_size):
+        if isinstance(part, WholeBlocks):
+            cid = part.cid
+            keys.extend((cid, s, s + block_size) for s in range(0, part.count, block_size))
+        else:
+            keys.append(part)
     return keys
 
 
