@@ -42,6 +42,7 @@ from llmservingsim.cli import app
 from llmservingsim.config import load_config
 from llmservingsim.errors import DoesNotFitError
 from llmservingsim.metrics.collector import MetricsCollector
+from llmservingsim.metrics.request_log import RequestChunk
 from llmservingsim.metrics.steps import STEP_FIELDS, StepChunk
 from llmservingsim.simulation import SimulationResult, load_requests, simulate
 from llmservingsim.workload.request_spec import RequestSpec
@@ -88,6 +89,8 @@ class Scenario:
     kv_fraction: float | None = None
     step_sink: bool = False
     trace_rows: list[tuple[float, int, int]] | None = None
+    chunk_size: int = 65_536
+    """Rows per chunk handed to the sinks (small: many chunks sealed while the loop runs)."""
 
     def config_overrides(self, trace_dir: Path | None) -> list[str]:
         if self.trace_rows is None:
@@ -123,9 +126,20 @@ class Steps:
 
 
 @dataclasses.dataclass
+class Ended:
+    """A request sink: the size of each chunk of ended requests it was handed."""
+
+    sizes: list[int] = dataclasses.field(default_factory=list)
+
+    def write_requests(self, chunk: RequestChunk) -> None:
+        self.sizes.append(len(chunk))
+
+
+@dataclasses.dataclass
 class Run:
     result: SimulationResult
     steps: Steps | None
+    ended: Ended
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -169,8 +183,12 @@ def run(
             specs = sc.requests if sc.requests is not None else list(load_requests(cfg))
             needs = [blocks_needed(s, cfg.scheduler.block_size) for s in specs]
             num_blocks = kv_cache_blocks(sc.kv_fraction, needs)
-        steps = Steps() if sc.step_sink else None
-        metrics = MetricsCollector(step_sinks=[steps] if steps is not None else [])
+        steps, ended = Steps() if sc.step_sink else None, Ended()
+        metrics = MetricsCollector(
+            request_sinks=[ended],
+            step_sinks=[steps] if steps is not None else [],
+            chunk_size=sc.chunk_size,
+        )
         with kv_blocks(num_blocks):
             result = simulate(
                 cfg,
@@ -179,7 +197,8 @@ def run(
                 metrics=metrics,
                 check_invariants=False,
             )
-    return Run(result, steps)
+    metrics.flush()  # as the output files do at the end of a run
+    return Run(result, steps, ended)
 
 
 @contextmanager
@@ -252,6 +271,7 @@ def assert_same_run(got: Run, want: Run) -> None:
     want_rows = {r.id: r for r in want.result.metrics.records}
     assert got_rows.keys() == want_rows.keys()
     assert list(got_rows) == list(want_rows), "requests ended in another order"
+    assert got.ended.sizes == want.ended.sizes, "chunks of ended requests sealed elsewhere"
     for rid, ref in want_rows.items():
         rec = got_rows[rid]
         for field in dataclasses.fields(ref):
@@ -369,6 +389,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         overrides.append(f"scheduler.max_queue={max_queue}")
     kind = draw(st.sampled_from(["specs", "specs", "synthetic", "trace"]))
     sc = Scenario(overrides, step_sink=draw(st.booleans()))
+    sc.chunk_size = draw(st.sampled_from([65_536, 1, 3, 16]))
     n = draw(st.sampled_from([1, 4, 12, 24, 40]))
     rng = random.Random(draw(st.integers(0, 2**32 - 1)))
     if kind == "synthetic":
@@ -553,6 +574,28 @@ def test_named_scenario_reaches_its_feature_and_matches(name: str) -> None:
     assert happened(reference), f"scenario {name!r} did not reach its feature"
 
 
+@pytest.mark.parametrize("instances", [1, 3])
+def test_arrivals_landing_exactly_on_step_ends(instances: int) -> None:
+    """Requests that arrive at the very instant a step ends (taken before the step end, as
+    the Python loop does) and bursts on instants where several instances end a step."""
+    base = [RequestSpec(i, 0.0, 90 + 30 * (i % 2), 40) for i in range(2 * instances)]
+    overrides = [*SMALL, f"cluster.instances={instances}", "scheduler.max_num_batched_tokens=64"]
+    first = run(Scenario(overrides, base), compiled=False, fast_forward=False)
+    token_times = sorted(
+        {t for r in first.result.metrics.records for t in (r.first_token_s, r.finish_s)}
+    )
+    picked = token_times[1 : len(token_times) : max(1, len(token_times) // 5)]
+    extra = [RequestSpec(100 + k, t, 50, 20) for k, t in enumerate(picked) for _ in range(2)]
+    extra = [dataclasses.replace(r, id=100 + i) for i, r in enumerate(extra)]
+    sc = Scenario(overrides, base + extra, kv_fraction=2.0, step_sink=True, chunk_size=2)
+    _, reference = compare_with_reference(sc)
+    # The first extra burst lands on a step end of an unchanged timeline.
+    base_rows = [r for r in reference.result.metrics.records if r.id < 100]
+    assert extra[0].arrival_s in {t for r in base_rows for t in (r.first_token_s, r.finish_s)}
+    if instances > 1:
+        assert lockstep_ties(reference) > 0
+
+
 # ----------------------------------------------------------------------------- refusal
 
 
@@ -701,7 +744,7 @@ def test_run_writes_the_same_files_with_and_without_the_compiled_loop(
     for name, key in (("requests", None), ("timeseries", ("time_s", "instance"))):
         got, want = (table(outs[c] / f"{name}.parquet", key) for c in outs)
         assert got.keys() == want.keys()
-        assert len(want["instance"]) > 50
+        assert len(want["instance"]) >= 40
         for column, values in want.items():
             assert_column_close(got[column], values, f"{name}.{column}")
     events = [
