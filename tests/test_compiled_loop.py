@@ -71,7 +71,7 @@ MOE = ["mixtral-8x7b", "qwen3-30b-a3b"]
 HARDWARE = ["h100-sxm", "a100-80gb", "a100-40gb", "l40s", "mi300x", "h200", "b200", "tpu-v6e"]
 HARDWARE += ["gaudi3", "l4"]
 ROUTERS = ["round_robin", "least_outstanding", "least_kv"]
-POLICIES = ["vllm", "sarathi"]
+POLICIES = ["vllm", "sarathi", "orca", "no_evict", "static"]
 REQUEST_COUNTS = [1, 4, 12, 24, 40]
 MAX_INSTANCES = 4
 
@@ -353,6 +353,8 @@ def note_features(r: Run) -> None:
         "rejected (queue full)": counts.get("rejected", 0) > 0,
         "multi-instance tie": lockstep_ties(r) > 0,
         "output_len 1": any(rec.output_tokens == 1 for rec in r.result.metrics.records),
+        "timed out": counts.get("timed_out", 0) > 0,
+        "KV handed to a decode instance": s.get("kv_transfers", 0) > 0,
     }.items():
         if happened:
             event(name)
@@ -387,19 +389,42 @@ def length_sampler(draw: st.DrawFn, rng: random.Random) -> Callable[[], tuple[in
 
 
 @st.composite
+def layouts(draw: st.DrawFn, moe: bool) -> list[str]:
+    """One pool of 1–MAX_INSTANCES instances; two mixed pools on different hardware; or
+    prefill and decode pools (P/D disaggregation, KV handed over) with their own router."""
+    kind = draw(st.sampled_from(["one pool", "one pool", "two mixed pools", "prefill/decode"]))
+    if kind == "one pool":
+        tp = draw(st.sampled_from([1, 2, 4]))
+        out = [f"cluster.tensor_parallel={tp}"]
+        out.append(f"cluster.instances={draw(st.integers(1, MAX_INSTANCES))}")
+        if moe:
+            out.append(f"cluster.expert_parallel={draw(st.sampled_from([1, tp]))}")
+        return out
+    roles = ["mixed", "mixed"] if kind == "two mixed pools" else ["prefill", "decode"]
+    pools = []
+    for role in roles:
+        count = draw(st.integers(1, max(1, MAX_INSTANCES // 2)))
+        tp = draw(st.sampled_from([1, 2, 4]))
+        hardware = draw(st.sampled_from(HARDWARE))
+        pools.append(
+            f"{{role: {role}, count: {count}, tensor_parallel: {tp}, hardware: {hardware}}}"
+        )
+    out = [f"cluster.pools=[{', '.join(pools)}]"]
+    if kind == "prefill/decode":
+        out.append(f"cluster.decode_router={draw(st.sampled_from(ROUTERS))}")
+    return out
+
+
+@st.composite
 def scenarios(draw: st.DrawFn) -> Scenario:
-    tp = draw(st.sampled_from([1, 2, 4]))
-    instances = draw(st.integers(1, MAX_INSTANCES))
     model = draw(st.sampled_from(DENSE + MOE))
     overrides = [
         f"model={model}",
         f"hardware={draw(st.sampled_from(HARDWARE))}",
         f"dtype={draw(st.sampled_from(['bf16', 'bf16', 'fp8', 'int4']))}",
         f"kv_dtype={draw(st.sampled_from(['auto', 'fp8']))}",
-        f"cluster.tensor_parallel={tp}",
         # TP groups across nodes: inter-node collectives.
         f"cluster.network.devices_per_node={draw(st.sampled_from([8, 2]))}",
-        f"cluster.instances={instances}",
         f"cluster.router={draw(st.sampled_from(ROUTERS))}",
         f"scheduler.policy={draw(st.sampled_from(POLICIES))}",
         f"scheduler.max_num_seqs={draw(st.sampled_from([2, 3, 8, 64]))}",
@@ -409,9 +434,12 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         f"scheduler.block_size={draw(st.sampled_from([1, 2, 5, 16, 32]))}",
         f"seed={draw(st.integers(0, 3))}",
     ]
+    overrides += draw(layouts(model in MOE))
     if model in MOE:
-        overrides.append(f"cluster.expert_parallel={draw(st.sampled_from([1, tp]))}")
         overrides.append(f"moe.imbalance={draw(st.sampled_from([1.0, 1.7]))}")
+    timeout = draw(st.sampled_from([None, None, None, 0.02, 0.3]))
+    if timeout is not None:
+        overrides.append(f"scheduler.request_timeout_s={timeout}")
     max_queue = draw(st.sampled_from([None, None, 1, 2, 5]))
     if max_queue is not None:
         overrides.append(f"scheduler.max_queue={max_queue}")
@@ -476,12 +504,17 @@ def test_compiled_loop_equals_fast_forward_without_it(sc: Scenario) -> None:
 BURST = [RequestSpec(i, 0.0, 200 + 37 * (i % 5), 60 + 13 * (i % 7)) for i in range(24)]
 SPREAD = [RequestSpec(i, 0.011 * i, 120 + 9 * i, 1 + 7 * (i % 9)) for i in range(30)]
 SMALL = ["model=llama-3.2-1b", "scheduler.max_num_seqs=16"]
+PD_KV = 0.9
 
 
 def feature_preemption(r: Run) -> bool:
     return r.summary["preemptions"] > 0 and any(
         rec.preemptions > 0 and rec.status == "finished" for rec in r.result.metrics.records
     )
+
+
+def feature_failed(r: Run) -> bool:
+    return statuses(r).get("failed", 0) > 0 and statuses(r).get("finished", 0) > 0
 
 
 NAMED: dict[str, tuple[Scenario, Callable[[Run], bool]]] = {
@@ -504,7 +537,7 @@ NAMED: dict[str, tuple[Scenario, Callable[[Run], bool]]] = {
     ),
     "requests that never fit fail": (
         Scenario([*SMALL, "scheduler.block_size=8"], SPREAD, kv_fraction=0.7),
-        lambda r: statuses(r).get("failed", 0) > 0 and statuses(r).get("finished", 0) > 0,
+        feature_failed,
     ),
     "bounded queue rejects": (
         Scenario([*SMALL, "scheduler.max_num_seqs=2", "scheduler.max_queue=3"], BURST),
@@ -584,6 +617,64 @@ NAMED: dict[str, tuple[Scenario, Callable[[Run], bool]]] = {
         ),
         feature_preemption,
     ),
+    "prefill/decode pools with preemption and failures": (
+        Scenario(
+            [
+                *SMALL,
+                "cluster.pools=[{role: prefill, count: 2}, {role: decode, count: 2, "
+                "hardware: a100-80gb, tensor_parallel: 2}]",
+                "cluster.router=least_outstanding",
+                "cluster.decode_router=least_kv",
+                "scheduler.block_size=8",
+            ],
+            BURST + [dataclasses.replace(r, id=100 + r.id) for r in SPREAD],
+            kv_fraction=PD_KV,
+            step_sink=True,
+        ),
+        lambda r: (
+            r.summary["kv_transfers"] > 0
+            and feature_preemption(r)
+            and statuses(r).get("failed", 0) > 0
+        ),
+    ),
+    "two mixed pools on different hardware": (
+        Scenario(
+            [
+                *SMALL,
+                "cluster.pools=[{count: 2, hardware: h100-sxm}, {count: 1, hardware: l40s}]",
+                "cluster.router=least_kv",
+            ],
+            BURST,
+            kv_fraction=6.0,
+        ),
+        lambda r: (
+            {row["pool"] for row in r.summary["instances"] if row["requests_completed"]}
+            == {row["pool"] for row in r.summary["instances"]}
+        ),
+    ),
+    "request timeouts": (
+        Scenario(
+            [*SMALL, "scheduler.max_num_seqs=2", "scheduler.request_timeout_s=0.05"],
+            BURST,
+        ),
+        lambda r: statuses(r).get("timed_out", 0) > 0 and statuses(r).get("finished", 0) > 0,
+    ),
+    **{
+        f"{policy} policy, {what}": (
+            Scenario(
+                [*SMALL, f"scheduler.policy={policy}", "cluster.instances=2"],
+                BURST + [dataclasses.replace(r, id=100 + r.id) for r in SPREAD],
+                kv_fraction=kv,
+                step_sink=True,
+            ),
+            feature,
+        )
+        for policy, what, kv, feature in (
+            ("orca", "preemption", 8.0, feature_preemption),
+            ("no_evict", "requests that never fit", 0.8, feature_failed),
+            ("static", "requests that never fit", 0.8, feature_failed),
+        )
+    },
     "trace replay with equal arrival times": (
         Scenario(
             [*SMALL, "cluster.instances=2"],
@@ -704,22 +795,21 @@ def test_a_run_over_several_loop_calls_matches() -> None:
 INELIGIBLE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "prefix caching": (["scheduler.enable_prefix_caching=true"], ("prefix",)),
     "swap preemption": (["scheduler.preemption=swap"], ("swap",)),
-    "request timeout": (["scheduler.request_timeout_s=5"], ("timeout",)),
     "speculative decoding": (["speculative.method=ngram"], ("specul",)),
     "LoRA": (["workload.lora={num_adapters: 2}"], ("lora",)),
     "PIM": (["pim.enabled=true"], ("pim",)),
     "pipeline parallel": (["cluster.pipeline_parallel=2"], ("pipeline",)),
-    "P/D pools": (
-        ["cluster.pools=[{role: prefill, count: 1}, {role: decode, count: 1}]"],
-        ("pool", "disaggregat", "prefill", "decode"),
-    ),
-    "orca": (["scheduler.policy=orca"], ("orca",)),
-    "static": (["scheduler.policy=static"], ("static",)),
-    "no_evict": (["scheduler.policy=no_evict"], ("no_evict",)),
     "random": (["cluster.instances=2", "cluster.router=random"], ("random",)),
     "power of two": (
         ["cluster.instances=2", "cluster.router=power_of_two_choices"],
         ("power_of_two",),
+    ),
+    "random decode router": (
+        [
+            "cluster.pools=[{role: prefill, count: 1}, {role: decode, count: 2}]",
+            "cluster.decode_router=random",
+        ],
+        ("random",),
     ),
     "systolic backend": (["hardware=npu"], ("systolic", "backend")),
     "KV offload": (
