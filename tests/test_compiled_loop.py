@@ -38,13 +38,17 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from llmservingsim import simulation
+from llmservingsim.catalog import load_model
 from llmservingsim.cli import app
 from llmservingsim.config import load_config
 from llmservingsim.errors import DoesNotFitError
+from llmservingsim.hardware.profiles.native import write_native
+from llmservingsim.hardware.profiles.points import ProfilePoint
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.request_log import COLUMNS as REQUEST_COLUMNS
 from llmservingsim.metrics.request_log import RequestChunk
 from llmservingsim.metrics.steps import STEP_FIELDS, StepChunk
+from llmservingsim.model.ops import OpGraph
 from llmservingsim.native import load_kernel
 from llmservingsim.simulation import SimulationResult, load_requests, simulate
 from llmservingsim.workload.request_spec import RequestSpec
@@ -69,8 +73,8 @@ INVARIANTS_ENV = "LLMSERVINGSIM_CHECK_INVARIANTS"
 DENSE = ["llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b", "qwen2.5-7b", "mistral-7b", "opt-13b"]
 MOE = ["mixtral-8x7b", "qwen3-30b-a3b"]
 HARDWARE = ["h100-sxm", "a100-80gb", "a100-40gb", "l40s", "mi300x", "h200", "b200", "tpu-v6e"]
-HARDWARE += ["gaudi3", "l4"]
-ROUTERS = ["round_robin", "least_outstanding", "least_kv"]
+HARDWARE += ["gaudi3", "l4", "npu"]  # npu: the systolic-array backend
+ROUTERS = ["round_robin", "least_outstanding", "least_kv", "random", "power_of_two_choices"]
 POLICIES = ["vllm", "sarathi", "orca", "no_evict", "static"]
 REQUEST_COUNTS = [1, 4, 12, 24, 40]
 MAX_INSTANCES = 4
@@ -183,7 +187,9 @@ def run(
         if sc.kv_fraction is not None:
             specs = sc.requests if sc.requests is not None else list(load_requests(cfg))
             needs = [blocks_needed(s, cfg.scheduler.block_size) for s in specs]
-            num_blocks = kv_cache_blocks(sc.kv_fraction, needs)
+            # Each of a pipeline's virtual engines gets its share of an instance's blocks.
+            pp = max(pool.pipeline_parallel for pool in cfg.cluster.resolved_pools(cfg.hardware))
+            num_blocks = kv_cache_blocks(sc.kv_fraction, needs) * pp
         steps, ended = Steps() if sc.step_sink else None, Ended()
         metrics = MetricsCollector(
             request_sinks=[ended],
@@ -391,11 +397,13 @@ def length_sampler(draw: st.DrawFn, rng: random.Random) -> Callable[[], tuple[in
 @st.composite
 def layouts(draw: st.DrawFn, moe: bool) -> list[str]:
     """One pool of 1–MAX_INSTANCES instances; two mixed pools on different hardware; or
-    prefill and decode pools (P/D disaggregation, KV handed over) with their own router."""
+    prefill and decode pools (P/D disaggregation, KV handed over) with their own router.
+    Tensor and pipeline parallelism in each."""
     kind = draw(st.sampled_from(["one pool", "one pool", "two mixed pools", "prefill/decode"]))
     if kind == "one pool":
         tp = draw(st.sampled_from([1, 2, 4]))
         out = [f"cluster.tensor_parallel={tp}"]
+        out.append(f"cluster.pipeline_parallel={draw(st.sampled_from([1, 1, 2, 3]))}")
         out.append(f"cluster.instances={draw(st.integers(1, MAX_INSTANCES))}")
         if moe:
             out.append(f"cluster.expert_parallel={draw(st.sampled_from([1, tp]))}")
@@ -405,9 +413,11 @@ def layouts(draw: st.DrawFn, moe: bool) -> list[str]:
     for role in roles:
         count = draw(st.integers(1, max(1, MAX_INSTANCES // 2)))
         tp = draw(st.sampled_from([1, 2, 4]))
+        pp = draw(st.sampled_from([1, 1, 2]))
         hardware = draw(st.sampled_from(HARDWARE))
         pools.append(
-            f"{{role: {role}, count: {count}, tensor_parallel: {tp}, hardware: {hardware}}}"
+            f"{{role: {role}, count: {count}, tensor_parallel: {tp}, pipeline_parallel: {pp}, "
+            f"hardware: {hardware}}}"
         )
     out = [f"cluster.pools=[{', '.join(pools)}]"]
     if kind == "prefill/decode":
@@ -788,6 +798,65 @@ def test_a_run_over_several_loop_calls_matches() -> None:
     assert python.summary["preemptions"] > 0 and statuses(python).get("rejected", 0) > 0
 
 
+def profile_table(folder: Path) -> Path:
+    """A measured-format table of Llama-3.2-1B's dense-layer GEMMs (a smooth made-up law);
+    attention is not in it, so the profile backend falls back to the roofline there."""
+    graph = OpGraph(load_model("llama-3.2-1b"), 1, "bf16", "bf16")
+    points = [
+        ProfilePoint(op, 2e-6 * (1 + m) ** 0.75, "bf16", "llama-3.2-1b", "made up")
+        for m in (1, 4, 16, 64, 256, 1024, 4096)
+        for op in {o.name: o for o in graph.dense_layer_ops(m)}.values()
+    ]
+    path = folder / "dense.csv"
+    write_native(path, points)
+    return path
+
+
+NPU_SIM = Path(__file__).resolve().parents[1] / "examples" / "npu_sim" / "npu_sim.py"
+
+
+@pytest.mark.parametrize("backend", ["profile", "external"])
+def test_other_perf_backends_match(tmp_path: Path, backend: str) -> None:
+    """Backends without the roofline's decode-attention formula: the loop asks the timer for
+    each decode-attention cost every step, so the backend's call counts match too."""
+    if backend == "profile":
+        chosen = ["perf.backend=profile", f"perf.profile_dir={profile_table(tmp_path)}"]
+    else:
+        command = f"perf.command=[{sys.executable}, {NPU_SIM}]"
+        chosen = ["hardware=npu", "perf.backend=external", command]
+    overrides = [*SMALL, "cluster.instances=2", "scheduler.max_num_batched_tokens=96", *chosen]
+    requests = [RequestSpec(i, 0.02 * (i // 3), 40 + 13 * i, 20 + 7 * (i % 9)) for i in range(18)]
+
+    def scenario(cache: str) -> Scenario:  # each run starts with an empty external cache
+        return Scenario([*overrides, f"perf.cache_dir={tmp_path / cache}"], requests, 8.0)
+
+    reference = run(scenario("reference"), compiled=True, fast_forward=False)
+    compiled = run(scenario("compiled"), compiled=True)
+    assert_compiled(compiled.summary)
+    assert_same_run(compiled, reference)
+    counters = ("perf_fallbacks",) if backend == "profile" else ("external_requests",)
+    assert all(reference.summary[name] for name in counters)
+    assert feature_preemption(reference)
+
+
+def test_pipeline_parallel_with_preemption_and_prefill_decode() -> None:
+    sc = Scenario(
+        [
+            *SMALL,
+            "cluster.pools=[{role: prefill, count: 1, pipeline_parallel: 2}, "
+            "{role: decode, count: 2, pipeline_parallel: 3}]",
+            "cluster.decode_router=power_of_two_choices",
+            "cluster.router=random",
+            "scheduler.max_num_batched_tokens=64",
+        ],
+        BURST + [dataclasses.replace(r, id=100 + r.id) for r in SPREAD],
+        kv_fraction=20.0,
+        step_sink=True,
+    )
+    _, reference = compare_with_reference(sc)
+    assert feature_preemption(reference) and reference.summary["kv_transfers"] > 0
+
+
 # ----------------------------------------------------------------------------- refusal
 
 
@@ -798,20 +867,6 @@ INELIGIBLE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "speculative decoding": (["speculative.method=ngram"], ("specul",)),
     "LoRA": (["workload.lora={num_adapters: 2}"], ("lora",)),
     "PIM": (["pim.enabled=true"], ("pim",)),
-    "pipeline parallel": (["cluster.pipeline_parallel=2"], ("pipeline",)),
-    "random": (["cluster.instances=2", "cluster.router=random"], ("random",)),
-    "power of two": (
-        ["cluster.instances=2", "cluster.router=power_of_two_choices"],
-        ("power_of_two",),
-    ),
-    "random decode router": (
-        [
-            "cluster.pools=[{role: prefill, count: 1}, {role: decode, count: 2}]",
-            "cluster.decode_router=random",
-        ],
-        ("random",),
-    ),
-    "systolic backend": (["hardware=npu"], ("systolic", "backend")),
     "KV offload": (
         ["scheduler.enable_prefix_caching=true", "scheduler.kv_offload={capacity_gib: 1}"],
         ("prefix", "offload"),
@@ -941,6 +996,7 @@ def marked_run(self, requests):
         fh.write("loop\\n")
     return start(self, requests)
 runner.CompiledEngine.run = marked_run
+from llmservingsim.catalog import load_model
 from llmservingsim.cli import app
 app(sys.argv[2:])
 """
