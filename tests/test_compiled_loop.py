@@ -871,6 +871,7 @@ INELIGIBLE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "speculative decoding": (["speculative.method=ngram"], ("specul",)),
     "LoRA": (["workload.lora={num_adapters: 2}"], ("lora",)),
     "PIM": (["pim.enabled=true"], ("pim",)),
+    "prefix_aware router": (["cluster.instances=2", "cluster.router=prefix_aware"], ("prefix",)),
     "KV offload": (
         ["scheduler.enable_prefix_caching=true", "scheduler.kv_offload={capacity_gib: 1}"],
         ("prefix", "offload"),
