@@ -51,7 +51,7 @@ from llmservingsim.metrics.steps import STEP_FIELDS, StepChunk
 from llmservingsim.model.ops import OpGraph
 from llmservingsim.native import load_kernel
 from llmservingsim.simulation import SimulationResult, load_requests, simulate
-from llmservingsim.workload.request_spec import RequestSpec
+from llmservingsim.workload.request_spec import RequestSpec, TokenContent
 
 # Without a built kernel the engine falls back to Python; CI (or LLMSERVINGSIM_REQUIRE_KERNEL=1,
 # as in tests/test_native_build.py) demands the kernel, so there these tests run and fail.
@@ -362,9 +362,21 @@ def note_features(r: Run) -> None:
         "output_len 1": any(rec.output_tokens == 1 for rec in r.result.metrics.records),
         "timed out": counts.get("timed_out", 0) > 0,
         "KV handed to a decode instance": s.get("kv_transfers", 0) > 0,
+        "prefix cache hit": bool(s.get("prefix_cache_hit_rate")),
+        "prefix cache eviction": s.get("prefix_cache_evicted_blocks", 0) > 0,
     }.items():
         if happened:
             event(name)
+
+
+def with_shared_prefix(spec: RequestSpec, prompt: int, shared: int) -> RequestSpec:
+    """``spec`` whose prompt starts with up to ``shared`` tokens of system prompt ``prompt``
+    (requests with the same one share KV blocks under prefix caching); the rest is its own."""
+    head = min(shared, spec.input_len)
+    runs = [(prompt, head)]
+    if spec.input_len > head:
+        runs.append((1000 + spec.id, spec.input_len - head))
+    return dataclasses.replace(spec, content=TokenContent("test", tuple(runs)))
 
 
 def arrival_times(draw: st.DrawFn, rng: random.Random, n: int) -> list[float]:
@@ -457,6 +469,9 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     if max_queue is not None:
         overrides.append(f"scheduler.max_queue={max_queue}")
     kind = draw(st.sampled_from(["specs", "specs", "synthetic", "trace"]))
+    prefix_caching = draw(st.booleans())
+    if prefix_caching:
+        overrides.append("scheduler.enable_prefix_caching=true")
     sc = Scenario(overrides, step_sink=draw(st.booleans()))
     sc.chunk_size = draw(st.sampled_from([65_536, 1, 3, 16]))
     sc.request_sink = draw(st.booleans())
@@ -474,10 +489,20 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             "workload.output_len={dist: lognormal, mean: "
             f"{draw(st.sampled_from([1.0, 12.0, 90.0]))}, sigma: 1.0, max: 400}}",
         ]
+        if prefix_caching and draw(st.booleans()):  # shared system prompts: cache hits
+            overrides.append(
+                "workload.prefix={num_system_prompts: 2, system_prompt_len: "
+                f"{draw(st.sampled_from([7, 40, 300]))}}}"
+            )
     else:
         times, sample = arrival_times(draw, rng, n), length_sampler(draw, rng)
         if kind == "specs":
             sc.requests = [RequestSpec(i, t, *sample()) for i, t in enumerate(times)]
+            if prefix_caching:
+                shared = draw(st.sampled_from([3, 40, 200]))
+                sc.requests = [
+                    with_shared_prefix(r, rng.randint(0, 2), shared) for r in sc.requests
+                ]
         else:
             sc.trace_rows = [(t, *sample()) for t in times]
     sc.kv_fraction = draw(st.sampled_from([None, 0.6, 1.5, 2.0, 3.0, 8.0]))  # (kv_cache_blocks)
@@ -517,6 +542,7 @@ def test_compiled_loop_equals_fast_forward_without_it(sc: Scenario) -> None:
 # Named scenarios, each of which must show its feature (the hypothesis ones may miss some).
 BURST = [RequestSpec(i, 0.0, 200 + 37 * (i % 5), 60 + 13 * (i % 7)) for i in range(24)]
 SPREAD = [RequestSpec(i, 0.011 * i, 120 + 9 * i, 1 + 7 * (i % 9)) for i in range(30)]
+SPREAD_LATE = [dataclasses.replace(r, id=100 + r.id, arrival_s=0.5 + r.arrival_s) for r in SPREAD]
 SMALL = ["model=llama-3.2-1b", "scheduler.max_num_seqs=16"]
 PD_KV = 0.9
 
@@ -689,6 +715,32 @@ NAMED: dict[str, tuple[Scenario, Callable[[Run], bool]]] = {
             ("static", "requests that never fit", 0.8, feature_failed),
         )
     },
+    "prefix caching: hits, evictions and preemption": (
+        Scenario(
+            [*SMALL, "scheduler.enable_prefix_caching=true", "scheduler.block_size=8"],
+            [with_shared_prefix(r, r.id % 3, 150) for r in BURST + SPREAD_LATE],
+            kv_fraction=8.0,
+            step_sink=True,
+        ),
+        lambda r: (
+            r.summary["prefix_cache_hit_rate"] > 0
+            and r.summary["prefix_cache_evicted_blocks"] > 0
+            and feature_preemption(r)
+        ),
+    ),
+    "prefix caching with pipeline parallelism and the static policy": (
+        Scenario(
+            [
+                *SMALL,
+                "scheduler.enable_prefix_caching=true",
+                "cluster.pipeline_parallel=2",
+                "scheduler.policy=static",
+            ],
+            [with_shared_prefix(r, r.id % 2, 64) for r in BURST + SPREAD_LATE],
+            kv_fraction=4.0,
+        ),
+        lambda r: r.summary["prefix_cache_hit_rate"] > 0,
+    ),
     "trace replay with equal arrival times": (
         Scenario(
             [*SMALL, "cluster.instances=2"],
@@ -866,7 +918,6 @@ def test_pipeline_parallel_with_preemption_and_prefill_decode() -> None:
 
 # feature -> (overrides, words of which the reason must contain one, case-insensitive)
 INELIGIBLE: dict[str, tuple[list[str], tuple[str, ...]]] = {
-    "prefix caching": (["scheduler.enable_prefix_caching=true"], ("prefix",)),
     "swap preemption": (["scheduler.preemption=swap"], ("swap",)),
     "speculative decoding": (["speculative.method=ngram"], ("specul",)),
     "LoRA": (["workload.lora={num_adapters: 2}"], ("lora",)),
@@ -874,7 +925,7 @@ INELIGIBLE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "prefix_aware router": (["cluster.instances=2", "cluster.router=prefix_aware"], ("prefix",)),
     "KV offload": (
         ["scheduler.enable_prefix_caching=true", "scheduler.kv_offload={capacity_gib: 1}"],
-        ("prefix", "offload"),
+        ("offload",),
     ),
 }
 FEW = [RequestSpec(i, 0.01 * i, 40, 8) for i in range(6)]
