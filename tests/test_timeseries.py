@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from conftest import RunToDir
 from llmservingsim.metrics.steps import StepChunk
-from llmservingsim.metrics.timeseries import TimeSeries, bucketize, group
+from llmservingsim.metrics.timeseries import Buckets, TimeSeries, bucketize, group
 
 
 def random_steps(rng: np.random.Generator, n: int, instances: int) -> StepChunk:
@@ -97,3 +98,50 @@ def test_a_run_past_max_rows_is_bucketed(run_to_dir: RunToDir) -> None:
     assert sum(table.column("iterations").to_pylist()) == result.summary["iterations"]
     width = table.column("duration_s").to_pylist()[0]
     assert width > 0 and np.log2(width) == round(np.log2(width))  # a power of two
+
+
+def group_by_unique_rows(parts: list[Buckets], coarsen: int = 1) -> Buckets:
+    """The straightforward grouping (np.unique over (index, instance) rows, sums with bincount
+    in input order): what :func:`group` must reproduce bit for bit."""
+    instance = np.concatenate([p.instance for p in parts])
+    index = np.concatenate([p.index for p in parts]) // coarsen
+    unique, inverse = np.unique(np.stack([index, instance], axis=1), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    n = len(unique)
+    columns: dict[str, Any] = {"index": unique[:, 0], "instance": unique[:, 1]}
+    for name in ("iterations", "busy_s", "seqs", "prefill_tokens", "decode_tokens", "waiting"):
+        values = np.concatenate([getattr(p, name) for p in parts])
+        total = np.bincount(inverse, weights=values, minlength=n)
+        columns[name] = total if values.dtype.kind == "f" else np.rint(total).astype(np.int64)
+    values = np.concatenate([p.energy_j for p in parts])
+    columns["energy_j"] = np.bincount(inverse, weights=values, minlength=n)
+    for name in ("kv_blocks_used", "kv_blocks_total"):
+        values = np.concatenate([getattr(p, name) for p in parts])
+        peak = np.zeros(n, dtype=values.dtype)
+        np.maximum.at(peak, inverse, values)
+        columns[name] = peak
+    return Buckets(**columns)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    sizes=st.lists(st.integers(0, 300), min_size=1, max_size=4),
+    instances=st.integers(1, 20),
+    spread=st.sampled_from([3, 1000]),
+    scale=st.sampled_from([1, 2**60]),  # 2**60: (index, instance) too wide for one int64
+    coarsen=st.sampled_from([1, 2]),
+)
+def test_group_matches_unique_rows_bit_for_bit(
+    seed: int, sizes: list[int], instances: int, spread: int, scale: int, coarsen: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    parts = []
+    for n in sizes:
+        b = bucketize(random_steps(rng, n, instances), 0.01)
+        index = np.sort(rng.integers(0, spread, n)) * scale  # in time order, as steps come
+        parts.append(dataclasses.replace(b, index=index))
+    fast, reference = group(parts, coarsen), group_by_unique_rows(parts, coarsen)
+    for field in dataclasses.fields(Buckets):
+        got, want = getattr(fast, field.name), getattr(reference, field.name)
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), field.name

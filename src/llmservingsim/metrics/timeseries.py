@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from llmservingsim.metrics.steps import FloatArray, IntArray, StepChunk
 
@@ -61,24 +62,50 @@ def bucketize(steps: StepChunk, width: float) -> Buckets:
 
 
 def group(parts: list[Buckets], coarsen: int = 1) -> Buckets:
-    """Merge rows of the same (instance, index // coarsen): sums add, maxima take the max."""
+    """Merge rows of the same (instance, index // coarsen): sums add, maxima take the max.
+
+    Rows come out in (index, instance) order. Each sum adds its rows in input order, so the
+    floats are the same whatever the grouping found. The keys are sorted by a stable sort of
+    one integer per row: the rows are nearly in time order already, which a merge sort finds.
+    """
     instance = np.concatenate([p.instance for p in parts])
     index = np.concatenate([p.index for p in parts]) // coarsen
-    keys = np.stack([index, instance], axis=1)
-    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    n = len(unique)
-    columns: dict[str, Any] = {"index": unique[:, 0], "instance": unique[:, 1]}
+    order, starts, inverse = _runs_of_equal_keys(index, instance)
+    n = len(starts)
+    first = order[starts]
+    columns: dict[str, Any] = {"index": index[first], "instance": instance[first]}
     for name in _SUMS:
         values = np.concatenate([getattr(p, name) for p in parts])
         total = np.bincount(inverse, weights=values, minlength=n)
         columns[name] = total if values.dtype.kind == "f" else np.rint(total).astype(np.int64)
     for name in _MAXES:
         values = np.concatenate([getattr(p, name) for p in parts])
-        peak = np.zeros(n, dtype=values.dtype)
-        np.maximum.at(peak, inverse, values)
-        columns[name] = peak
+        columns[name] = np.maximum.reduceat(values[order], starts) if n else values
     return Buckets(**columns)
+
+
+def _runs_of_equal_keys(
+    index: IntArray, instance: IntArray
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Rows sorted by (index, instance): the order, where each distinct key starts in it, and
+    each row's key number (0, 1, ... in key order). Instances are numbered from 0."""
+    if index.size == 0:
+        empty = np.zeros(0, dtype=np.intp)
+        return empty, empty, empty
+    instances = int(instance.max()) + 1
+    limit = np.iinfo(np.int64).max // instances - instances
+    if index.min() >= -limit and index.max() <= limit:
+        key = index * instances + instance  # one int per row, ordered as (index, instance)
+        order = np.argsort(key, kind="stable")
+        sorted_key = key[order]
+        new_key = sorted_key[1:] != sorted_key[:-1]
+    else:  # indices too large to combine with the instance: sort on both (slower)
+        order = np.lexsort((instance, index))
+        new_key = (np.diff(index[order]) != 0) | (np.diff(instance[order]) != 0)
+    starts = np.flatnonzero(np.concatenate(([True], new_key)))
+    inverse = np.empty(index.size, dtype=np.intp)
+    inverse[order] = np.cumsum(np.concatenate(([0], new_key)))
+    return order, starts, inverse
 
 
 def _ratio(num: np.ndarray[Any, Any], den: np.ndarray[Any, Any]) -> FloatArray:
