@@ -152,6 +152,24 @@ def test_subprocess_entry_points(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
 
 
+def test_help_lists_every_command_without_loading_the_heavy_libraries() -> None:
+    """scipy (calibration fits) and plotly's figure classes (reports) cost most of a second
+    at start-up; the commands that need them import them."""
+    script = (
+        "import sys; from typer.testing import CliRunner; from llmservingsim.cli import app; "
+        "out = CliRunner().invoke(app, ['--help']).output; "
+        "print(sorted(m for m in ('scipy', 'plotly.basedatatypes') if m in sys.modules)); "
+        "print(out)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    loaded, _, help_text = proc.stdout.partition("\n")
+    assert loaded == "[]"
+    for command in ("run", "report", "catalog", "sweep", "plan", "calibrate", "validate"):
+        assert re.search(rf"^\W*{command}\s", help_text, re.MULTILINE), command
+
+
 def test_error_text_with_brackets_is_printed_verbatim(tmp_path: Path) -> None:
     pools = "cluster.pools=[{role: prefill, cuont: 1}, {role: decode}]"
     result = runner.invoke(app, ["run", "--set", pools, "--out", str(tmp_path)])

@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -29,12 +29,12 @@ from llmservingsim.errors import InputWarning, UserError
 from llmservingsim.hardware.backends import PERF_BACKENDS
 from llmservingsim.interrupt import stop_on_signals
 from llmservingsim.invariants import InvariantError
-from llmservingsim.outputs.report import write_report
-from llmservingsim.outputs.run_outputs import simulate_to_dir
 from llmservingsim.serving.schedulers import SCHEDULERS
-from llmservingsim.simulation import SimulationResult, load_requests
 from llmservingsim.sweep.commands import plan_command, sweep_command
 from llmservingsim.validate.command import validate_command
+
+if TYPE_CHECKING:
+    from llmservingsim.simulation import SimulationResult
 
 app = typer.Typer(
     name="llmservingsim",
@@ -285,6 +285,11 @@ def run(
 def _run_with_progress(
     cfg: SimConfig, out_dir: Path, show: bool, check_invariants: bool | None = None
 ) -> tuple[SimulationResult, list[Path]]:
+    # The simulation and output writers (plotly, pyarrow) are imported by the commands that use
+    # them, so `--help`, `catalog` and the others start without them.
+    from llmservingsim.outputs.run_outputs import simulate_to_dir
+    from llmservingsim.simulation import load_requests
+
     if not show:
         return simulate_to_dir(cfg, out_dir, check_invariants=check_invariants)
     requests = load_requests(cfg)
@@ -314,6 +319,8 @@ def report(
     out_dir: Annotated[Path, typer.Argument(help="A `run --out` directory.")],
 ) -> None:
     """(Re)build report.html from the files of a run's output directory."""
+    from llmservingsim.outputs.report import write_report
+
     try:
         path = write_report(out_dir)
     except UserError as exc:

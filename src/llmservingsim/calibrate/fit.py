@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from llmservingsim.calibrate.arrays import Floats, OpArrays, ape
 from llmservingsim.hardware.device import DeviceSpec, Efficiency, MemoryOpEfficiency
@@ -66,6 +65,10 @@ def _solve(
     lower: Floats,
     upper: Floats,
 ) -> tuple[Floats, float]:
+    # Imported here, not at the top: scipy.optimize costs ~0.5 s, and the CLI imports this
+    # module for every command (`calibrate` is registered with the others).
+    from scipy.optimize import least_squares
+
     result = least_squares(residual, start, bounds=(lower, upper), x_scale="jac")
     return np.asarray(result.x, dtype=float), float(result.cost)
 
