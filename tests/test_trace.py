@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import RunToDir
-from llmservingsim.outputs.trace import request_stride
+from llmservingsim.metrics.request_log import STATUSES, RequestChunk, RequestRecord
+from llmservingsim.metrics.steps import StepChunk
+from llmservingsim.outputs import run_outputs
+from llmservingsim.outputs.trace import TraceRecorder, request_stride
+from trace_reference import reference_text
 
 
 def load_events(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -128,3 +138,102 @@ def test_disaggregated_requests_span_their_prefill_and_decode_instances(
     assert {row["prefill_instance"] for row in table} == {0}
     assert all(row["kv_transfer_s"] > 0 for row in table)
     assert {row["instance"] for row in table} == {1, 2}
+
+
+class RememberedRecorder(TraceRecorder):
+    """The run's recorder, kept with what it was asked to write."""
+
+    seen: ClassVar[list[tuple[TraceRecorder, list[str], dict[str, Any] | None]]] = []
+
+    def write(
+        self, path: Path, instance_names: Sequence[str], metadata: dict[str, Any] | None = None
+    ) -> Path:
+        RememberedRecorder.seen.append((self, list(instance_names), metadata))
+        return super().write(path, instance_names, metadata)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (),
+        ("cluster.pipeline_parallel=2", "workload.arrival.rate=40"),
+        ("cluster.pools=[{name: p, role: prefill, count: 1}, {name: d, role: decode, count: 2}]",),
+        ("cluster.instances=3", "outputs.trace_max_steps=100", "outputs.trace_request_every=7"),
+        ("workload.num_requests=300", "workload.arrival.rate=12500", "scheduler.max_queue=32"),
+    ],
+    ids=["one-instance", "pp2", "pd", "thinned-3-instances", "rejected"],
+)
+def test_trace_text_is_the_json_dumps_of_each_event(
+    run_to_dir: RunToDir, monkeypatch: pytest.MonkeyPatch, overrides: tuple[str, ...]
+) -> None:
+    monkeypatch.setattr(run_outputs, "TraceRecorder", RememberedRecorder)
+    monkeypatch.setattr(RememberedRecorder, "seen", [])
+    out, _ = run_to_dir(*overrides)
+    [(recorder, names, metadata)] = RememberedRecorder.seen
+    assert (out / "trace.json").read_text() == reference_text(recorder, names, metadata)
+
+
+_times = (
+    st.floats(-1e300, 1e300)
+    | st.sampled_from([math.nan, math.inf, -math.inf, -0.0])
+    | st.floats(-1.0, 100.0)
+)
+_counts = st.integers(0, 2**31 - 1)
+
+
+@st.composite
+def request_records(draw: st.DrawFn) -> RequestRecord:
+    status = draw(st.sampled_from(STATUSES))
+    return RequestRecord(
+        id=draw(st.integers(0, 2**62)),
+        instance=draw(st.integers(0, 9)),
+        arrival_s=draw(_times),
+        first_token_s=draw(_times),
+        finish_s=draw(_times),
+        input_tokens=draw(_counts),
+        output_tokens=draw(_counts),
+        cached_tokens=0,
+        preemptions=draw(st.integers(0, 5)),
+        status=status,
+        fail_reason="" if status == "finished" else draw(st.text()),
+        prefill_instance=draw(st.sampled_from([-1, 0, 3])),
+        kv_transfer_s=draw(_times),
+        first_scheduled_s=draw(_times),
+    )
+
+
+@st.composite
+def step_chunks(draw: st.DrawFn) -> StepChunk:
+    n = draw(st.integers(0, 40))
+    ints = st.lists(st.integers(0, 3), min_size=n, max_size=n)
+    floats = st.lists(_times, min_size=n, max_size=n)
+    columns: dict[str, np.ndarray[Any, Any]] = {}
+    for name in StepChunk.__dataclass_fields__:
+        is_float = name in ("start_s", "duration_s", "power_w")
+        values = draw(floats if is_float else ints)
+        columns[name] = np.array(values, dtype=np.float64 if is_float else np.int64)
+    return StepChunk(**columns)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    records=st.lists(request_records(), max_size=8),
+    chunks=st.lists(step_chunks(), max_size=3),
+    max_steps=st.integers(1, 60),
+)
+def test_any_steps_and_requests_encode_as_json_dumps_would(
+    tmp_path_factory: pytest.TempPathFactory,
+    records: list[RequestRecord],
+    chunks: list[StepChunk],
+    max_steps: int,
+) -> None:
+    """Odd values too: NaN and infinite times, quotes and non-ASCII text in a fail reason."""
+    recorder = TraceRecorder(len(records), 1, 10_000, max_steps)
+    if records:
+        recorder.write_requests(RequestChunk.from_records(records))
+    for chunk in chunks:
+        recorder.write_steps(chunk)
+    path = tmp_path_factory.mktemp("trace") / "trace.json"
+    names = [f'instance "{i}" ü' for i in range(10)]
+    recorder.write(path, names, {"config": {"seed": 1}})
+    assert path.read_text() == reference_text(recorder, names, {"config": {"seed": 1}})

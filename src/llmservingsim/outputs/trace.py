@@ -12,6 +12,11 @@ token) and one on its decode instance (kv transfer, then decode).
 The file stays bounded for huge runs: only every k-th request (by id) is kept, k chosen so at
 most ``max_requests`` remain unless set explicitly, and when there are more than ``max_steps``
 steps, every 2nd (then 4th, ...) step is kept, so the sample still spans the whole run.
+
+Each event's text is formatted straight from the recorded columns, exactly as
+``json.dumps(event, separators=(",", ":"))`` would write the event as a dict (floats by repr,
+strings escaped by the json module); a dict and a ``json.dumps`` call per event took ~5× as
+long. tests/trace_reference.py keeps that encoding, and the tests compare the two byte for byte.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 
 from llmservingsim import __version__
 from llmservingsim.metrics.request_log import RequestChunk, RequestRecord
-from llmservingsim.metrics.steps import StepChunk
+from llmservingsim.metrics.steps import FloatArray, IntArray, StepChunk
 from llmservingsim.outputs.files import atomic_path
 
 _US = 1e6
@@ -69,24 +74,31 @@ class TraceRecorder:
             self._kept = thinned
             self._num_kept = sum(len(nums) for nums, _ in thinned)
 
-    def events(self, instance_names: Sequence[str]) -> Iterator[dict[str, Any]]:
+    def event_blocks(self, instance_names: Sequence[str]) -> Iterator[list[str]]:
+        """The events' JSON texts, in file order, a list at a time (see module docstring)."""
+        meta: list[dict[str, Any]] = []
         for pid, name in enumerate(instance_names):
-            yield {"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}}
-            yield {"ph": "M", "name": "process_sort_index", "pid": pid, "args": {"sort_index": pid}}
+            meta.append({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}})
+            meta.append(
+                {"ph": "M", "name": "process_sort_index", "pid": pid, "args": {"sort_index": pid}}
+            )
         steps = StepChunk.concat([chunk for _, chunk in self._kept])
         threads = set(zip(steps.instance.tolist(), steps.engine.tolist(), strict=True))
         for pid, tid in sorted(threads):
             name = "steps" if tid == 0 else f"steps (virtual engine {tid})"
-            yield {"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}}
-        for numbers, chunk in self._kept:
-            yield from _step_events(numbers, chunk)
-        pids, times = steps.instance.tolist(), (steps.start_s * _US).tolist()
-        yield from _counter_events(
-            "KV blocks used", "blocks", pids, times, steps.kv_blocks_used.tolist()
-        )
-        yield from _counter_events("queue", "waiting", pids, times, steps.waiting.tolist())
+            meta.append(
+                {"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}}
+            )
+        yield [_compact_json(event) for event in meta]
+        numbers = np.concatenate([nums for nums, _ in self._kept] or [np.zeros(0, np.int64)])
+        yield _step_lines(numbers, steps)
+        pids, times = steps.instance, _json_floats(steps.start_s * _US)
+        yield _counter_lines("KV blocks used", "blocks", pids, times, steps.kv_blocks_used)
+        yield _counter_lines("queue", "waiting", pids, times, steps.waiting)
+        lines: list[str] = []
         for record in sorted(self._requests, key=lambda r: r.id):
-            yield from _request_events(record)
+            lines.extend(_request_lines(record))
+        yield lines
 
     def write(
         self,
@@ -107,91 +119,93 @@ class TraceRecorder:
             other = {"generator": f"llmservingsim {__version__}", **sampling, **(metadata or {})}
             json.dump(other, fh)
             fh.write(', "traceEvents": [\n')
-            first = True
-            for event in self.events(instance_names):
-                if not first:
-                    fh.write(",\n")
-                fh.write(json.dumps(event, separators=(",", ":")))
-                first = False
+            separator = ""
+            for block in self.event_blocks(instance_names):
+                if block:
+                    fh.write(separator)
+                    fh.write(",\n".join(block))
+                    separator = ",\n"
             fh.write("\n]}\n")
         return path
 
 
-def _step_name(prefill: int, decode: int) -> str:
-    if prefill and decode:
-        return "mixed"
-    return "prefill" if prefill else "decode"
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+"""``json.dumps(value, separators=(",", ":"))``: the text of one event."""
+
+_STEP = (
+    '{"ph":"X","name":"%s","cat":"step","pid":%d,"tid":%d,"ts":%s,"dur":%s,'
+    '"args":{"step":%d,"batch_size":%d,"prefill_tokens":%d,"decode_tokens":%d}}'
+)
+_COUNTER = '{"ph":"C","name":%s,"pid":%d,"ts":%s,"args":{%s:%d}}'
+_ASYNC = '{"ph":"%s","name":%s,"cat":"request","id":%d,"pid":%d,"ts":%s%s}'
+_PHASES = {name: _compact_json(name) for name in ("queued", "prefill", "decode", "kv transfer")}
 
 
-def _step_events(numbers: np.ndarray[Any, Any], s: StepChunk) -> Iterator[dict[str, Any]]:
-    columns = zip(
-        numbers.tolist(),
+def _json_float(value: float) -> str:
+    """The float as ``json.dumps`` writes it: its repr, or NaN / Infinity / -Infinity."""
+    return float.__repr__(value) if math.isfinite(value) else _compact_json(value)
+
+
+def _json_floats(values: FloatArray) -> list[str]:
+    """:func:`_json_float` of each value."""
+    texts = list(map(float.__repr__, values.tolist()))
+    for i in np.flatnonzero(~np.isfinite(values)).tolist():
+        texts[i] = _compact_json(values[i].item())
+    return texts
+
+
+def _step_lines(numbers: IntArray, s: StepChunk) -> list[str]:
+    """Each step as a complete slice named by what it computed (prefill, decode or mixed)."""
+    prefill, decode = s.prefill_tokens != 0, s.decode_tokens != 0
+    names = np.where(prefill & decode, "mixed", np.where(prefill, "prefill", "decode"))
+    rows = zip(
+        names.tolist(),
         s.instance.tolist(),
         s.engine.tolist(),
-        (s.start_s * _US).tolist(),
-        (s.duration_s * _US).tolist(),
+        _json_floats(s.start_s * _US),
+        _json_floats(s.duration_s * _US),
+        numbers.tolist(),
         s.num_seqs.tolist(),
         s.prefill_tokens.tolist(),
         s.decode_tokens.tolist(),
         strict=True,
     )
-    for step, pid, tid, ts, dur, seqs, prefill, decode in columns:
-        yield {
-            "ph": "X",
-            "name": _step_name(prefill, decode),
-            "cat": "step",
-            "pid": pid,
-            "tid": tid,
-            "ts": ts,
-            "dur": dur,
-            "args": {
-                "step": step,
-                "batch_size": seqs,
-                "prefill_tokens": prefill,
-                "decode_tokens": decode,
-            },
-        }
+    return [_STEP % row for row in rows]
 
 
-def _counter_events(
-    name: str, arg: str, pids: list[int], times: list[float], values: list[int]
-) -> Iterator[dict[str, Any]]:
+def _counter_lines(
+    name: str, arg: str, pids: IntArray, times: list[str], values: IntArray
+) -> list[str]:
     """A counter track per instance, with an event only where the value changes."""
-    last: dict[int, int] = {}
-    for pid, ts, value in zip(pids, times, values, strict=True):
-        if last.get(pid) != value:
-            last[pid] = value
-            yield {"ph": "C", "name": name, "pid": pid, "ts": ts, "args": {arg: value}}
+    order = np.argsort(pids, kind="stable")  # each instance's rows, in log order
+    changed = np.ones(pids.size, dtype=bool)
+    changed[1:] = (np.diff(pids[order]) != 0) | (np.diff(values[order]) != 0)
+    keep = np.empty_like(changed)
+    keep[order] = changed
+    name_text, arg_text = _compact_json(name), _compact_json(arg)
+    return [
+        _COUNTER % (name_text, pid, times[row], arg_text, value)
+        for row, pid, value in zip(
+            np.flatnonzero(keep).tolist(),
+            pids[keep].tolist(),
+            values[keep].tolist(),
+            strict=True,
+        )
+    ]
 
 
-def _async(ph: str, name: str, r: RequestRecord, t: float, pid: int, **args: Any) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "ph": ph,
-        "name": name,
-        "cat": "request",
-        "id": r.id,
-        "pid": pid,
-        "ts": t * _US,
-    }
-    if args:
-        event["args"] = args
-    return event
-
-
-def _request_events(r: RequestRecord) -> Iterator[dict[str, Any]]:
+def _request_lines(r: RequestRecord) -> list[str]:
     """The request as an async slice per instance it ran on; phases nest inside in time order."""
-    title = f"request {r.id}" + (f" ({r.status})" if r.status != "finished" else "")
-    args: dict[str, Any] = {
-        "input_tokens": r.input_tokens,
-        "output_tokens": r.output_tokens,
-        "preemptions": r.preemptions,
-        "status": r.status,
-    }
+    title = _compact_json(f"request {r.id}" + (f" ({r.status})" if r.status != "finished" else ""))
+    args = (
+        f'"input_tokens":{r.input_tokens},"output_tokens":{r.output_tokens},'
+        f'"preemptions":{r.preemptions},"status":{_compact_json(r.status)}'
+    )
     if r.status != "finished":
-        args["reason"] = r.fail_reason
+        args += ',"reason":' + _compact_json(r.fail_reason)
     if r.prefill_instance < 0:
-        yield from _slice(
-            r,
+        return _slice_lines(
+            r.id,
             r.instance,
             title,
             r.arrival_s,
@@ -203,10 +217,13 @@ def _request_events(r: RequestRecord) -> Iterator[dict[str, Any]]:
             ],
             args,
         )
-        return
     arrived = r.first_token_s + r.kv_transfer_s  # on the decode instance
-    yield from _slice(
-        r,
+    decode_args = (
+        f'{args},"kv_transfer_s":{_json_float(r.kv_transfer_s)},'
+        f'"prefill_instance":{r.prefill_instance}'
+    )
+    return _slice_lines(
+        r.id,
         r.prefill_instance,
         title,
         r.arrival_s,
@@ -216,30 +233,33 @@ def _request_events(r: RequestRecord) -> Iterator[dict[str, Any]]:
             ("prefill", r.first_scheduled_s, r.first_token_s),
         ],
         args,
-    )
-    yield from _slice(
-        r,
+    ) + _slice_lines(
+        r.id,
         r.instance,
         title,
         r.first_token_s,
         r.finish_s,
         [("kv transfer", r.first_token_s, arrived), ("decode", arrived, r.finish_s)],
-        {**args, "kv_transfer_s": r.kv_transfer_s, "prefill_instance": r.prefill_instance},
+        decode_args,
     )
 
 
-def _slice(
-    r: RequestRecord,
+def _slice_lines(
+    rid: int,
     pid: int,
     title: str,
     begin: float,
     end: float,
     phases: list[tuple[str, float, float]],
-    args: dict[str, Any],
-) -> Iterator[dict[str, Any]]:
-    yield _async("b", title, r, begin, pid, **args)
+    args: str,
+) -> list[str]:
+    """``b``/``e`` events of one slice (``title`` and ``args`` already JSON): the args on its
+    begin event, then each phase that has a duration."""
+    lines = [_ASYNC % ("b", title, rid, pid, _json_float(begin * _US), ',"args":{' + args + "}")]
     for name, t0, t1 in phases:
         if 0 <= t0 < t1:
-            yield _async("b", name, r, t0, pid)
-            yield _async("e", name, r, t1, pid)
-    yield _async("e", title, r, end, pid)
+            text = _PHASES[name]
+            lines.append(_ASYNC % ("b", text, rid, pid, _json_float(t0 * _US), ""))
+            lines.append(_ASYNC % ("e", text, rid, pid, _json_float(t1 * _US), ""))
+    lines.append(_ASYNC % ("e", title, rid, pid, _json_float(end * _US), ""))
+    return lines
