@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import re
+from typing import Any
+
+import plotly.graph_objects as go
+import plotly.io as pio
+import pytest
 
 from conftest import RunToDir
+from llmservingsim.outputs import figures, report
 from llmservingsim.outputs.report import FIGURE_IDS, SECTIONS, write_report
+from llmservingsim.outputs.tables import REQUESTS_SCHEMA, TIMESERIES_SCHEMA, read_table
 
 
 def test_report_has_every_section_and_plot(run_to_dir: RunToDir) -> None:
@@ -48,3 +55,34 @@ def test_report_of_a_cluster_shows_every_instance(run_to_dir: RunToDir) -> None:
         assert page.count(f'"name":"instance {inst}"') == 4  # batch, queue, KV, power
         assert page.count(f'"name":"instance {inst} decode"') == 1  # throughput
     assert page.count('"x":["instance 0","instance 1","instance 2"]') == 4  # load bars
+
+
+def plotly_figure_div(div_id: str, fig: go.Figure, template: dict[str, Any]) -> str:
+    """The straightforward way: the template set on the figure by name, plotly writes it."""
+    fig.update_layout(template=figures.TEMPLATE)
+    html = pio.to_html(
+        fig, full_html=False, include_plotlyjs=False, div_id=div_id, config=report.PLOTLY_CONFIG
+    )
+    return str(html)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (),
+        ("cluster.pools=[{name: p, role: prefill, count: 1}, {name: d, role: decode, count: 2}]",),
+    ],
+    ids=["one-instance", "pd"],
+)
+def test_page_is_what_plotly_writes_with_the_template_set_on_each_figure(
+    run_to_dir: RunToDir, monkeypatch: pytest.MonkeyPatch, overrides: tuple[str, ...]
+) -> None:
+    out, _ = run_to_dir(*overrides)
+    summary = report.load_summary(out)
+    requests = read_table(out, "requests", REQUESTS_SCHEMA, report.REPORT_REQUEST_COLUMNS)
+    ts = read_table(out, "timeseries", TIMESERIES_SCHEMA)
+    assert requests is not None and ts is not None
+    page = report.render(summary, requests, ts)
+    assert page == (out / "report.html").read_text(encoding="utf-8")
+    monkeypatch.setattr(report, "_figure_div", plotly_figure_div)
+    assert page == report.render(summary, requests, ts)

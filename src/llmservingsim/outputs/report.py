@@ -153,14 +153,35 @@ def _figures(
     }
 
 
-def _figure_div(div_id: str, fig: go.Figure) -> str:
+PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
+"""plotly.js options of every plot."""
+
+
+def page_template() -> dict[str, Any]:
+    """:data:`figures.TEMPLATE` as figure JSON, validated once for the whole page."""
+    layout: dict[str, Any] = go.Figure(layout_template=figures.TEMPLATE).to_dict()["layout"]
+    template: dict[str, Any] = layout["template"]
+    return template
+
+
+def with_template(fig: go.Figure, template: dict[str, Any]) -> dict[str, Any]:
+    """The figure's JSON as plotly writes it, with ``template`` as its layout's template (the
+    first layout key, where plotly puts the template a figure is created with)."""
+    spec: dict[str, Any] = fig.to_dict()
+    layout = {key: value for key, value in spec["layout"].items() if key != "template"}
+    spec["layout"] = {"template": template, **layout}
+    return spec
+
+
+def _figure_div(div_id: str, fig: go.Figure, template: dict[str, Any]) -> str:
     return str(
         pio.to_html(
-            fig,
+            with_template(fig, template),
+            validate=False,  # plotly validated the figure while it was built
             full_html=False,
             include_plotlyjs=False,
             div_id=div_id,
-            config={"displaylogo": False, "responsive": True},
+            config=PLOTLY_CONFIG,
         )
     )
 
@@ -183,7 +204,8 @@ def render(summary: dict[str, Any], requests: figures.Columns, ts: figures.Colum
     """The whole page as a string."""
     cfg = summary["config"]
     title = f"{cfg.get('model')} · {cfg.get('dtype')} · {_describe_pools(summary)}"
-    figs = {k: _figure_div(k, f) for k, f in _figures(summary, requests, ts).items()}
+    template = page_template()
+    figs = {k: _figure_div(k, f, template) for k, f in _figures(summary, requests, ts).items()}
 
     def grid(*ids: str, wide: bool = False) -> str:
         cell = '<div class="wide">' if wide else "<div>"
