@@ -47,7 +47,8 @@ def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
 
 
 def latency_cdf(values_s: np.ndarray[Any, Any], title: str) -> go.Figure:
-    """Empirical CDF in ms with p50/p90/p99 marked (same percentile rule as summary.json)."""
+    """Empirical CDF in ms with p50/p90/p99 marked (same percentile rule as summary.json); NaN
+    values (requests not served) are left out."""
     data = np.sort(values_s[np.isfinite(values_s)]) * 1e3
     fig = go.Figure()
     if data.size:
