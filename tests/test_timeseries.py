@@ -145,3 +145,52 @@ def test_group_matches_unique_rows_bit_for_bit(
     for field in dataclasses.fields(Buckets):
         got, want = getattr(fast, field.name), getattr(reference, field.name)
         assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), field.name
+
+
+class RegroupEverything(TimeSeries):
+    """The time series as first written: every chunk regrouped with all buckets so far."""
+
+    def write_steps(self, steps: StepChunk) -> None:
+        if not self.bucketed:
+            self._steps.append(steps)
+            self._num_steps += len(steps)
+            if self._num_steps <= self.max_rows:
+                return
+            steps = StepChunk.concat(self._steps)
+            self._steps = []
+            self.width = self._first_width(steps)
+        parts = [bucketize(steps, self.width)]
+        if self._buckets is not None:
+            parts.append(self._buckets)
+        buckets = group_by_unique_rows(parts)
+        while len(buckets) > self.max_rows and buckets.index.max() > 0:
+            self.width *= 2
+            buckets = group_by_unique_rows([buckets], coarsen=2)
+        self._buckets = buckets
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 3000),
+    instances=st.integers(1, 5),
+    max_rows=st.integers(1, 400),
+    cuts=st.lists(st.integers(0, 3000), max_size=8),
+    late=st.integers(0, 50),
+)
+def test_chunks_regroup_only_their_tail_bit_for_bit(
+    seed: int, n: int, instances: int, max_rows: int, cuts: list[int], late: int
+) -> None:
+    """Same table as regrouping every bucket for every chunk, also when steps arrive late
+    (fast-forward logs a run's steps when it is applied)."""
+    rng = np.random.default_rng(seed)
+    steps = random_steps(rng, n, instances)
+    order = np.argsort(np.arange(n) + rng.integers(0, late + 1, n), kind="stable")
+    steps = steps.take(order)
+    cuts = [c for c in cuts if c < n]
+    fast = feed(TimeSeries(max_rows), steps, cuts)
+    reference = feed(RegroupEverything(max_rows), steps, cuts)
+    assert fast.keys() == reference.keys()
+    for name, column in fast.items():
+        assert column.dtype == reference[name].dtype, name
+        assert column.tobytes() == reference[name].tobytes(), name

@@ -43,6 +43,23 @@ class Buckets:
     def __len__(self) -> int:
         return int(self.index.size)
 
+    def split(self, at: int) -> tuple[Buckets, Buckets]:
+        """The rows before ``at`` and the rows from it."""
+        fields = self.__dataclass_fields__
+        head = Buckets(**{name: getattr(self, name)[:at] for name in fields})
+        tail = Buckets(**{name: getattr(self, name)[at:] for name in fields})
+        return head, tail
+
+    @staticmethod
+    def concat(first: Buckets, second: Buckets) -> Buckets:
+        fields = first.__dataclass_fields__
+        return Buckets(
+            **{
+                name: np.concatenate([getattr(first, name), getattr(second, name)])
+                for name in fields
+            }
+        )
+
 
 def bucketize(steps: StepChunk, width: float) -> Buckets:
     """Each step as a one-step bucket of ``width`` seconds (ungrouped)."""
@@ -137,10 +154,16 @@ class TimeSeries:
             steps = StepChunk.concat(self._steps)
             self._steps = []
             self.width = self._first_width(steps)
-        parts = [bucketize(steps, self.width)]
-        if self._buckets is not None:
-            parts.append(self._buckets)
-        buckets = group(parts)
+        new = bucketize(steps, self.width)
+        if self._buckets is None:
+            buckets = group([new])
+        else:
+            # Buckets before the first one these steps fall in are final; only the rest are
+            # regrouped with them (rows are in (index, instance) order), so a chunk costs
+            # O(its steps), not O(max_rows).
+            at = int(np.searchsorted(self._buckets.index, new.index.min()))
+            final, open_ = self._buckets.split(at)
+            buckets = Buckets.concat(final, group([new, open_]))
         # One bucket per instance spanning the whole run cannot shrink further.
         while len(buckets) > self.max_rows and buckets.index.max() > 0:
             self.width *= 2
