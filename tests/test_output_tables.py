@@ -6,7 +6,9 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from conftest import RunToDir
 from llmservingsim.catalog import load_device
@@ -16,7 +18,9 @@ from llmservingsim.outputs.tables import (
     REQUESTS_SCHEMA,
     TIMESERIES_SCHEMA,
     RequestTableSink,
+    TableWriter,
     read_table,
+    requests_batch,
 )
 from llmservingsim.serving.sequence import Sequence
 from llmservingsim.workload.request_spec import RequestSpec
@@ -129,3 +133,24 @@ def test_timeseries_rows_add_up_to_the_summary(run_to_dir: RunToDir) -> None:
     idle_w = load_device("h100-sxm").power.idle_w
     idle_s = s["simulated_time_s"] - ts["busy_s"].sum()
     assert math.isclose(ts["energy_j"].sum() + idle_w * idle_s, s["energy_j"], rel_tol=1e-9)
+
+
+def test_batches_written_in_the_background_make_the_same_file(tmp_path: Path) -> None:
+    chunks = [RequestChunk.from_records([record(i + 10 * k) for i in range(10)]) for k in range(5)]
+    sink = RequestTableSink(tmp_path, "parquet")
+    for chunk in chunks:
+        sink.write_requests(chunk)
+    path = sink.close()
+    with pq.ParquetWriter(tmp_path / "direct.parquet", REQUESTS_SCHEMA, compression="zstd") as w:
+        for chunk in chunks:
+            w.write_batch(requests_batch(chunk))
+    assert path.read_bytes() == (tmp_path / "direct.parquet").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["direct.parquet", "requests.parquet"]
+
+
+def test_a_failed_background_write_is_raised_and_leaves_no_file(tmp_path: Path) -> None:
+    writer = TableWriter(tmp_path, "requests", REQUESTS_SCHEMA, "parquet")
+    writer.write(pa.RecordBatch.from_pylist([{"time_s": 1.0}], schema=TIMESERIES_SCHEMA))
+    with pytest.raises(ValueError, match="schema"):
+        writer.close()
+    assert list(tmp_path.iterdir()) == []
