@@ -215,7 +215,7 @@ def step_chunks(draw: st.DrawFn) -> StepChunk:
     return StepChunk(**columns)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     records=st.lists(request_records(), max_size=8),
     chunks=st.lists(step_chunks(), max_size=3),
