@@ -91,11 +91,13 @@ class ToolProcess:
         assert self.process.stdout is not None and self.process.stderr is not None
         self._answers: queue.Queue[str | None] = queue.Queue()
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES)
-        for target, args in (
-            (_pump, (self.process.stdout, self._answers)),
-            (_drain, (self.process.stderr, self._stderr)),
-        ):
-            threading.Thread(target=target, args=args, daemon=True).start()
+        threading.Thread(
+            target=_pump, args=(self.process.stdout, self._answers), daemon=True
+        ).start()
+        self._stderr_reader = threading.Thread(
+            target=_drain, args=(self.process.stderr, self._stderr), daemon=True
+        )
+        self._stderr_reader.start()
         self._finalizer = weakref.finalize(self, _stop, self.process)
 
     def _name(self) -> str:
@@ -106,6 +108,9 @@ class ToolProcess:
         if self.process.poll() is None:
             self.process.kill()  # a tool that misbehaved once is not trusted to exit
         self.close()
+        # The tool has exited: its stderr ends soon; read it all before quoting it (its end of
+        # stdout may be seen before its last stderr line was read).
+        self._stderr_reader.join(timeout=2)
         stderr = " | ".join(self._stderr) or "(nothing)"
         return BackendError(f"{self._name()} {what}; its stderr: {stderr}")
 
