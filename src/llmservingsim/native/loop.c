@@ -1720,8 +1720,7 @@ static void Loop_dealloc(Loop *L) {
     free(L->hit_nodes);
     free(L->hit_blocks);
     Py_XDECREF(L->block_keys);
-    for (Py_ssize_t i = 0; i < L->num_pools; i++) pool_free(L->pools[i]);
-    free(L->pools);
+    /* Instances first: each reads its pool's pp, and pool_free frees the pool. */
     for (Py_ssize_t i = 0; i < L->num_instances; i++) {
         Inst *I = &L->inst[i];
         for (Py_ssize_t k = 0; I->engines != NULL && k < I->pool->pp; k++) {
@@ -1735,6 +1734,8 @@ static void Loop_dealloc(Loop *L) {
         free(I->stage_free);
     }
     free(L->inst);
+    for (Py_ssize_t i = 0; i < L->num_pools; i++) pool_free(L->pools[i]);
+    free(L->pools);
     free(L->stage_time);
     free(L->stage_send);
     free(L->entry.members);
@@ -1831,8 +1832,10 @@ static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
         (L->output_len = copy_column(output_len, sizeof(int64_t), &count, "output_len")) == NULL)
         return -1;
     L->num_requests = count;
-    for (Py_ssize_t r = 1; r < count; r++) {
-        if (!(L->arrival[r] >= L->arrival[r - 1])) {
+    for (Py_ssize_t r = 0; r < count; r++) {
+        /* NaN fails both tests (a lone NaN arrival would make run() spin forever). */
+        if (!(L->arrival[r] == L->arrival[r]) ||
+            (r > 0 && !(L->arrival[r] >= L->arrival[r - 1]))) {
             PyErr_SetString(PyExc_ValueError, "arrival_s must be in arrival order");
             return -1;
         }

@@ -163,6 +163,15 @@ class CompiledTimerTerms:
     decode_attention_each: Callable[[int, int], tuple[_Cost, ...]]
 
 
+def sum_in_order(values: list[float]) -> float:
+    """Left-to-right float sum. Not ``sum()``: from Python 3.12 on it compensates rounding, so
+    its last bit would depend on the interpreter (and differ from native/loop.c's plain adds)."""
+    total = 0.0
+    for value in values:
+        total += value
+    return total
+
+
 class IterationTimer:
     repeatable: ClassVar[bool] = True
     """Whether :meth:`step` depends only on the batch (apart from the memo counters), so the
@@ -540,7 +549,7 @@ class IterationTimer:
         stages[-1] += head_s
         for i, send_s in enumerate(self._stage_sends(num_tokens)):
             stages[i] += send_s
-        return StepCost(sum(stages), flops, traffic, tuple(stages))
+        return StepCost(sum_in_order(stages), flops, traffic, tuple(stages))
 
     def _decode_step(self, num_decode: int, context: int, num_sampled: int) -> StepCost | None:
         """:meth:`step` of a batch that only decodes, with the general path's operations in
@@ -575,4 +584,4 @@ class IterationTimer:
         stages[-1] += head[0]
         for i, send_s in enumerate(self._stage_sends(num_tokens)):
             stages[i] += send_s
-        return StepCost(sum(stages), flops, traffic, tuple(stages))
+        return StepCost(sum_in_order(stages), flops, traffic, tuple(stages))
