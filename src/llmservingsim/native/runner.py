@@ -165,6 +165,10 @@ class CompiledEngine:
     ) -> None:
         kernel = load_kernel()
         assert kernel is not None, "refusal() said the loop is built"
+        assert (kernel.ENDED_ROW_SIZE, kernel.GAP_RUN_SIZE) == (
+            ENDED_DTYPE.itemsize,
+            GAP_DTYPE.itemsize,
+        ), "loop.c's row layouts differ from runner.py's"
         self.kernel: ModuleType = kernel
         self.cluster = cluster
         self.metrics = metrics
@@ -191,8 +195,10 @@ class CompiledEngine:
                         held.deliver()  # raises KeyboardInterrupt under the CLI
         except KeyboardInterrupt:
             self.interrupted = True
-            self._hand_over(loop, columns)
         finally:
+            # What ended before a stop or an error (a failing backend) is kept, as the Python
+            # engine keeps it.
+            self._hand_over(loop, columns)
             self.now = loop.now
             self._write_back(loop)
         return self.now
