@@ -165,10 +165,8 @@ class CompiledEngine:
     ) -> None:
         kernel = load_kernel()
         assert kernel is not None, "refusal() said the loop is built"
-        assert (kernel.ENDED_ROW_SIZE, kernel.GAP_RUN_SIZE) == (
-            ENDED_DTYPE.itemsize,
-            GAP_DTYPE.itemsize,
-        ), "loop.c's row layouts differ from runner.py's"
+        layouts = (ENDED_DTYPE.itemsize, GAP_DTYPE.itemsize)
+        assert layouts == (kernel.ENDED_ROW_SIZE, kernel.GAP_RUN_SIZE), "row layouts differ"
         self.kernel: ModuleType = kernel
         self.cluster = cluster
         self.metrics = metrics
