@@ -118,3 +118,15 @@ class _KeepSteps:
 
     def write_steps(self, steps: StepChunk) -> None:
         self.chunks.append(steps)
+
+
+def test_compiled_loop_serving_scenario_b(benchmark: Any) -> None:
+    """Scenario (b) of benchmarks/run_benchmarks.py through the whole simulation: with the
+    compiled event loop where it is built (the Python engine otherwise, as the summary says)."""
+    from llmservingsim.native import load_kernel
+    from llmservingsim.simulation import simulate
+
+    cfg = load_config(None, ["workload.num_requests=300"])
+    summary = benchmark(lambda: simulate(cfg, check_invariants=False).summary)
+    assert summary["requests_completed"] == 300
+    assert summary["engine_loop"] == ("python" if load_kernel() is None else "compiled")
