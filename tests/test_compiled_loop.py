@@ -41,7 +41,7 @@ from llmservingsim import simulation
 from llmservingsim.catalog import load_model
 from llmservingsim.cli import app
 from llmservingsim.config import load_config
-from llmservingsim.errors import DoesNotFitError
+from llmservingsim.errors import ConfigError, DoesNotFitError
 from llmservingsim.hardware.profiles.native import write_native
 from llmservingsim.hardware.profiles.points import ProfilePoint
 from llmservingsim.metrics.collector import MetricsCollector
@@ -364,6 +364,7 @@ def note_features(r: Run) -> None:
         "KV handed to a decode instance": s.get("kv_transfers", 0) > 0,
         "prefix cache hit": bool(s.get("prefix_cache_hit_rate")),
         "prefix cache eviction": s.get("prefix_cache_evicted_blocks", 0) > 0,
+        "swapped out": s.get("swapped_out_blocks", 0) > 0,
     }.items():
         if happened:
             event(name)
@@ -472,6 +473,11 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     prefix_caching = draw(st.booleans())
     if prefix_caching:
         overrides.append("scheduler.enable_prefix_caching=true")
+    if draw(st.booleans()):  # swap space for a few blocks to plenty: swaps and fallbacks
+        overrides += [
+            "scheduler.preemption=swap",
+            f"scheduler.swap_space_gib={draw(st.sampled_from([0.002, 0.02, 4.0]))}",
+        ]
     sc = Scenario(overrides, step_sink=draw(st.booleans()))
     sc.chunk_size = draw(st.sampled_from([65_536, 1, 3, 16]))
     sc.request_sink = draw(st.booleans())
@@ -515,6 +521,11 @@ def compare_or_skip(sc: Scenario) -> tuple[Run, Run] | None:
     except DoesNotFitError:
         event("does not fit")
         return None  # the model does not fit the drawn hardware and TP: not a loop question
+    except ConfigError as exc:
+        if "holds no KV block" not in str(exc):
+            raise
+        event("swap space too small for one block")
+        return None  # the drawn swap space is below one block of the drawn model: a user error
 
 
 @settings(max_examples=70, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -728,6 +739,20 @@ NAMED: dict[str, tuple[Scenario, Callable[[Run], bool]]] = {
             and feature_preemption(r)
         ),
     ),
+    "preemption by swap, with fallbacks to recompute": (
+        Scenario(
+            [*SMALL, "scheduler.preemption=swap", "scheduler.swap_space_gib=0.01"],
+            BURST,
+            kv_fraction=2.5,
+            step_sink=True,
+        ),
+        lambda r: (
+            r.summary["swapped_out_blocks"] > 0
+            and r.summary["swapped_in_blocks"] > 0
+            and r.summary["swap_fallback_preemptions"] > 0
+            and r.summary["host_transfer_time_s"] > 0
+        ),
+    ),
     "prefix caching with pipeline parallelism and the static policy": (
         Scenario(
             [
@@ -918,7 +943,6 @@ def test_pipeline_parallel_with_preemption_and_prefill_decode() -> None:
 
 # feature -> (overrides, words of which the reason must contain one, case-insensitive)
 INELIGIBLE: dict[str, tuple[list[str], tuple[str, ...]]] = {
-    "swap preemption": (["scheduler.preemption=swap"], ("swap",)),
     "speculative decoding": (["speculative.method=ngram"], ("specul",)),
     "LoRA": (["workload.lora={num_adapters: 2}"], ("lora",)),
     "PIM": (["pim.enabled=true"], ("pim",)),

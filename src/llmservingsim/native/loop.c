@@ -6,7 +6,7 @@
  * vLLM's virtual engines), routed by any built-in router but prefix_aware, each instance
  * running the vllm (sarathi), orca, no_evict or static scheduler (serving/schedulers/) on a
  * paged KV cache, with or without prefix caching (no offload tier), with preemption by
- * recompute (admission control by max_queue and
+ * recompute or swap (admission control by max_queue and
  * request_timeout_s included), timed by perf/iteration.py's IterationTimer (dense or
  * mixture-of-experts layers, grouped-query or multi-head latent attention) on any backend.
  * Everything else runs the Python engine.
@@ -37,7 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KERNEL_VERSION 6
+#define KERNEL_VERSION 7
 
 /* Request row status codes (metrics/request_log.py STATUSES). */
 #define STATUS_FINISHED 0
@@ -332,6 +332,9 @@ typedef struct {
     int64_t cache_lookups, cache_hits;
     /* power of one device */
     double tp, peak_flops, mem_bandwidth, idle_w, dynamic_w;
+    /* host link of swap copies (HostLink): per direction, one latency plus bytes/bandwidth */
+    double link_bandwidth, link_latency_s, block_bytes;
+    int64_t swap_blocks; /* swap space of one virtual engine, in blocks (0: no swap) */
 } Pool;
 
 /* A request while an instance holds it or its KV cache is on the way (serving/sequence.py). */
@@ -344,6 +347,7 @@ typedef struct {
     int64_t prefill_instance;
     double first_scheduled_s, first_token_s, last_token_s, kv_transfer_s;
     int64_t cached_tokens; /* prompt tokens the prefix cache supplied at the first admission */
+    int64_t swapped_blocks; /* parked in host memory by a swap preemption */
     int leaving; /* set while a step's results are applied: finished or handed off */
     /* Prefix caching only (kept with the slot, reused by its next request): the device
      * blocks held, the cached content of the first full ones, and what every full block of
@@ -373,8 +377,12 @@ typedef struct {
     int64_t free_blocks; /* without prefix caching: blocks are counts */
     PrefixCache *pc;     /* with prefix caching, else NULL */
     int64_t outstanding;
+    /* swap space (swap.py SwapSpace) and its host link's ledger (host_link.py) */
+    int64_t swap_capacity, swap_used, swap_peak;
+    int64_t to_device, to_host, pending_to_device, pending_to_host;
+    double transfer_s;
     /* scheduler counters */
-    int64_t preemptions, recomputed_tokens;
+    int64_t preemptions, recomputed_tokens, swap_fallbacks;
 } Engine;
 
 typedef struct {
@@ -412,6 +420,7 @@ typedef struct {
     /* scheduler configuration (one for the cluster) */
     int policy;
     int prefix_caching;
+    int swap; /* preemption by swap (else by recompute) */
     PyObject *block_keys; /* request -> (root, key ids as bytes) or None (prefix caching) */
     int64_t *hit_nodes, *hit_blocks; /* a lookup's result */
     Py_ssize_t hit_nodes_cap, hit_blocks_cap;
@@ -1134,12 +1143,27 @@ static void end_pass(Engine *E, Seq *s) {
     if (s->num_computed > s->max_computed) s->max_computed = s->num_computed;
 }
 
-/* Scheduler.preempt by recompute: free the KV, back to the head of the queue. */
+/* Scheduler.preempt: free the KV, back to the head of the queue. Swap keeps the computed
+ * tokens in host memory (SwapSpace.swap_out) when they fit there; recompute drops them. */
 static int preempt(Loop *L, Engine *E, int64_t slot) {
     Seq *s = &L->seqs[slot];
     end_pass(E, s);
+    int swapped = 0;
+    if (L->swap) {
+        int64_t num = s->blocks;
+        if (num != 0 && E->swap_used + num <= E->swap_capacity) {
+            E->swap_used += num;
+            if (E->swap_used > E->swap_peak) E->swap_peak = E->swap_used;
+            s->swapped_blocks = num;
+            E->to_host += num;
+            E->pending_to_host += num;
+            swapped = 1;
+        } else {
+            E->swap_fallbacks++;
+        }
+    }
     if (free_all(L, E, s) < 0) return -1;
-    s->num_computed = 0;
+    if (!swapped) s->num_computed = 0;
     s->preemptions++;
     E->preemptions++;
     return waiting_push_front(E, slot);
@@ -1156,6 +1180,12 @@ static int64_t max_kv_tokens(const Seq *s) { return s->input_len + s->output_len
 static int admit(Loop *L, Engine *E, int64_t slot, int64_t num_new, const Hit *h) {
     Seq *s = &L->seqs[slot];
     waiting_pop_front(E);
+    if (s->swapped_blocks && L->swap) { /* SwapSpace.swap_in: the blocks come back */
+        E->swap_used -= s->swapped_blocks;
+        E->to_device += s->swapped_blocks;
+        E->pending_to_device += s->swapped_blocks;
+        s->swapped_blocks = 0;
+    }
     if (allocate_from(L, E, s, num_new, h) < 0) return -1;
     if (s->admissions == 0) s->cached_tokens = s->num_computed;
     s->admissions++;
@@ -1348,6 +1378,11 @@ static int expire_waiting(Loop *L, Py_ssize_t index, Engine *E) {
     return 0;
 }
 
+/* HostLink.seconds: copies of `blocks` blocks in one direction. */
+static double link_seconds(const Pool *P, int64_t blocks) {
+    return blocks ? P->link_latency_s + (double)blocks * P->block_bytes / P->link_bandwidth : 0.0;
+}
+
 /* Instance._start_engine: schedule, time and record virtual engine k's next batch, if it has
  * one; returns 1 when a batch started. */
 static int start_engine(Loop *L, Py_ssize_t index, Py_ssize_t k) {
@@ -1380,8 +1415,16 @@ static int start_engine(Loop *L, Py_ssize_t index, Py_ssize_t k) {
     if (step_cost(L, P, num_chunks, num_decode, decode_context, num_sampled, &cost) < 0)
         return -1;
     double seconds = cost.seconds;
+    /* Scheduler.take_transfer_seconds: the swap copies requested since the last step run
+     * before this one's forward pass (TransferLedger.take_seconds). */
+    double transfer = 0.0;
+    if (E->pending_to_device || E->pending_to_host) {
+        transfer = link_seconds(P, E->pending_to_device) + link_seconds(P, E->pending_to_host);
+        E->pending_to_device = E->pending_to_host = 0;
+        E->transfer_s += transfer;
+    }
     /* Instance._run_pipeline: a stage takes the batch when the previous one left it. */
-    double t = L->now;
+    double t = L->now + transfer;
     for (Py_ssize_t stage = 0; stage < P->pp; stage++) {
         t = (I->stage_free[stage] > t ? I->stage_free[stage] : t) + L->stage_time[stage];
         I->stage_free[stage] = t;
@@ -1779,7 +1822,8 @@ static void *copy_column(PyObject *obj, Py_ssize_t size, Py_ssize_t *count, cons
 }
 
 static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"policy", "prefix_caching", "block_keys", "router", "decode_router",
+    static char *names[] = {"policy", "prefix_caching", "swap", "block_keys", "router",
+                            "decode_router",
                             "router_draw",
                             "decode_router_draw", "block_size", "max_num_seqs",
                             "max_num_batched_tokens", "max_queue", "request_timeout_s",
@@ -1793,8 +1837,9 @@ static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_RuntimeError, "Loop.__init__ may run once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "ipOiiOOLLLLdpOOOOO", names, &L->policy,
-                                     &L->prefix_caching, &block_keys, &router, &decode_router,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "ippOiiOOLLLLdpOOOOO", names, &L->policy,
+                                     &L->prefix_caching, &L->swap, &block_keys, &router,
+                                     &decode_router,
                                      &entry_draw, &decode_draw,
                                      &block_size, &max_num_seqs, &max_tokens,
                                      &max_queue, &L->request_timeout_s, &record_steps,
@@ -1896,7 +1941,8 @@ static PyObject *Loop_add_pool(Loop *L, PyObject *args, PyObject *kwargs) {
         "q_size", "kv_size", "kv_bytes", "act_bytes", "decode_flops", "bandwidth", "launch",
         "layer_cost", "prefill_cost", "head_cost", "attention", "mla_heads", "mla_latent",
         "mla_kv_lora", "around_decode", "decode_attention", "num_moe_layers", "moe_layer_cost",
-        "tp", "peak_flops", "memory_bandwidth", "idle_w", "dynamic_w", NULL};
+        "tp", "peak_flops", "memory_bandwidth", "idle_w", "dynamic_w", "swap_blocks",
+        "link_bandwidth", "link_latency_s", "block_bytes", NULL};
     if (!L->ready || L->started) {
         PyErr_SetString(PyExc_RuntimeError, "add_pool: after __init__ and before run");
         return NULL;
@@ -1904,17 +1950,18 @@ static PyObject *Loop_add_pool(Loop *L, PyObject *args, PyObject *kwargs) {
     Pool *P = calloc(1, sizeof(Pool));
     if (P == NULL) return PyErr_NoMemory();
     Py_ssize_t count, pp;
-    long long engine_blocks, mla_heads, mla_latent, mla_kv_lora, num_moe_layers;
+    long long engine_blocks, mla_heads, mla_latent, mla_kv_lora, num_moe_layers, swap_blocks;
     PyObject *layers_obj, *moe_layers_obj, *sends_fn, *layer_fn, *prefill_fn, *head_fn;
     PyObject *around_fn, *attention_fn, *moe_fn;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "innLOOOddddddddddOOOiLLLOOLOddddd", names, &P->role, &count, &pp,
+            args, kwargs, "innLOOOddddddddddOOOiLLLOOLOdddddLddd", names, &P->role, &count, &pp,
             &engine_blocks, &layers_obj, &moe_layers_obj, &sends_fn, &P->num_layers,
             &P->step_overhead, &P->seq_overhead, &P->q_size, &P->kv_size, &P->kv_bytes,
             &P->act_bytes, &P->decode_flops, &P->bandwidth, &P->launch, &layer_fn, &prefill_fn,
             &head_fn, &P->attention, &mla_heads, &mla_latent, &mla_kv_lora, &around_fn,
-            &attention_fn, &num_moe_layers, &moe_fn, &P->tp, &P->peak_flops, &P->mem_bandwidth, &P->idle_w,
-            &P->dynamic_w)) {
+            &attention_fn, &num_moe_layers, &moe_fn, &P->tp, &P->peak_flops, &P->mem_bandwidth,
+            &P->idle_w, &P->dynamic_w, &swap_blocks, &P->link_bandwidth, &P->link_latency_s,
+            &P->block_bytes)) {
         free(P);
         return NULL;
     }
@@ -1922,12 +1969,14 @@ static PyObject *Loop_add_pool(Loop *L, PyObject *args, PyObject *kwargs) {
         P->role > ROLE_DECODE || P->attention < ATTENTION_GQA || P->attention > ATTENTION_OPS ||
         (P->attention == ATTENTION_MLA && around_fn == Py_None) ||
         (P->attention == ATTENTION_OPS && attention_fn == Py_None) || num_moe_layers < 0 ||
-        (num_moe_layers > 0 && moe_fn == Py_None) || (pp > 1 && sends_fn == Py_None)) {
+        (num_moe_layers > 0 && moe_fn == Py_None) || (pp > 1 && sends_fn == Py_None) ||
+        swap_blocks < 0 || (L->swap && !(P->link_bandwidth > 0))) {
         free(P);
         PyErr_SetString(PyExc_ValueError, "add_pool: invalid pool");
         return NULL;
     }
     P->pp = pp;
+    P->swap_blocks = swap_blocks;
     P->engine_blocks = engine_blocks;
     P->num_blocks = engine_blocks * pp;
     P->mla_heads = mla_heads;
@@ -1986,6 +2035,7 @@ static PyObject *Loop_add_pool(Loop *L, PyObject *args, PyObject *kwargs) {
         for (Py_ssize_t k = 0; k < pp; k++)
             if (init_engine(&I->engines[k], engine_blocks, L->max_num_seqs, L->prefix_caching) < 0)
                 return NULL;
+        for (Py_ssize_t k = 0; k < pp; k++) I->engines[k].swap_capacity = P->swap_blocks;
     }
     return PyLong_FromSsize_t(L->num_pools - 1);
 }
@@ -2069,8 +2119,13 @@ static PyObject *Loop_engine_counters(Loop *L, PyObject *args) {
         return NULL;
     }
     const Engine *E = &I->engines[k];
-    return Py_BuildValue("(LLL)", (long long)E->preemptions, (long long)E->recomputed_tokens,
-                         (long long)(E->pc != NULL ? E->pc->evicted : 0));
+    return Py_BuildValue(
+        "{s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:d}", "preemptions", (long long)E->preemptions,
+        "recomputed_tokens", (long long)E->recomputed_tokens, "evicted_blocks",
+        (long long)(E->pc != NULL ? E->pc->evicted : 0), "swap_fallbacks",
+        (long long)E->swap_fallbacks, "swap_used", (long long)E->swap_used, "swap_peak",
+        (long long)E->swap_peak, "to_device", (long long)E->to_device, "to_host",
+        (long long)E->to_host, "transfer_s", E->transfer_s);
 }
 
 static PyObject *Loop_memo_counts(Loop *L, PyObject *args) {
@@ -2102,7 +2157,7 @@ static PyMethodDef Loop_methods[] = {
     {"instance_totals", (PyCFunction)Loop_instance_totals, METH_VARARGS,
      "instance_totals(i) -> dict: an instance's step totals."},
     {"engine_counters", (PyCFunction)Loop_engine_counters, METH_VARARGS,
-     "engine_counters(i, k) -> (preemptions, recomputed tokens, evicted blocks) of instance i's "
+     "engine_counters(i, k) -> dict: scheduler, prefix-cache and swap counters of instance i's "
      "engine k."},
     {"memo_counts", (PyCFunction)Loop_memo_counts, METH_VARARGS,
      "memo_counts(pool) -> (lookups, hits) the loop answered from its copy of the memo."},

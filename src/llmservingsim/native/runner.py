@@ -124,8 +124,6 @@ def refusal(cfg: SimConfig, cluster: Cluster, checking_invariants: bool) -> str 
     scfg = cfg.scheduler
     if scfg.kv_offload is not None:
         return "a KV offload tier"
-    if scfg.preemption != "recompute":
-        return f"preemption by {scfg.preemption}"
     if cfg.speculative.enabled:
         return "speculative decoding"
     for pool in cluster.pools:
@@ -209,6 +207,7 @@ class CompiledEngine:
         loop = self.kernel.Loop(
             policy=POLICY_CODES[type(cluster.instances[0].scheduler)],
             prefix_caching=prefix_caching,
+            swap=scfg.preemption == "swap",
             block_keys=_BlockKeys(columns, scfg.block_size) if prefix_caching else None,
             router=ROUTER_CODES[type(cluster.router)],
             decode_router=0 if decode is None else ROUTER_CODES[type(decode)],
@@ -241,6 +240,8 @@ class CompiledEngine:
             attention = ATTENTION_GQA if terms.mla is None else ATTENTION_MLA
         heads, latent, kv_lora = (0, 0, 0) if terms.mla is None else terms.mla
         power = first.device.power
+        swap = first.scheduler.swap
+        link = None if swap is None else swap.ledger.link
         loop.add_pool(
             role=ROLE_CODES[role],
             count=len(instances),
@@ -275,6 +276,10 @@ class CompiledEngine:
             memory_bandwidth=first.device.memory_bandwidth,
             idle_w=power.idle_w,
             dynamic_w=power.max_w - power.idle_w,
+            swap_blocks=0 if swap is None else swap.capacity_blocks,
+            link_bandwidth=0.0 if link is None else link.bandwidth,
+            link_latency_s=0.0 if link is None else link.latency_s,
+            block_bytes=0.0 if link is None else link.block_bytes,
         )
 
     def _kv_transfer_time(self, source: int, target: int, num_tokens: int) -> float:
@@ -349,17 +354,29 @@ class CompiledEngine:
             totals.kv_peak_blocks = max(totals.kv_peak_blocks, counts["kv_peak_blocks"])
             totals.max_batch_size = max(totals.max_batch_size, counts["max_batch_size"])
             for k, ve in enumerate(inst.engines):
-                preemptions, recomputed, evicted = loop.engine_counters(inst.index, k)
-                ve.scheduler.preemptions += preemptions
-                ve.scheduler.recomputed_tokens += recomputed
-                blocks = ve.scheduler.blocks
-                if isinstance(blocks, PrefixCachingBlockManager):
-                    blocks.evicted_blocks += evicted
+                _write_back_engine(ve.scheduler, loop.engine_counters(inst.index, k))
         for index, pool in enumerate(self.cluster.pools):
-            lookups, hits = loop.memo_counts(index)
+            lookups, hits = loop.memo_counts(index)  # (the loop's own memo answers)
             timer = pool.instances[0].timer
             timer.cache_lookups += lookups
             timer.cache_hits += hits
+
+
+def _write_back_engine(scheduler: Scheduler, counts: dict[str, Any]) -> None:
+    """A virtual engine's counters from the loop into its scheduler, KV cache and swap space."""
+    scheduler.preemptions += counts["preemptions"]
+    scheduler.recomputed_tokens += counts["recomputed_tokens"]
+    scheduler.swap_fallbacks += counts["swap_fallbacks"]
+    if isinstance(scheduler.blocks, PrefixCachingBlockManager):
+        scheduler.blocks.evicted_blocks += counts["evicted_blocks"]
+    swap = scheduler.swap
+    if swap is not None:
+        swap.used_blocks += counts["swap_used"]
+        swap.peak_blocks = max(swap.peak_blocks, counts["swap_peak"])
+        ledger = swap.ledger
+        ledger.blocks_to_device += counts["to_device"]
+        ledger.blocks_to_host += counts["to_host"]
+        ledger.seconds += counts["transfer_s"]
 
 
 class _Columns:
