@@ -75,6 +75,7 @@ MOE = ["mixtral-8x7b", "qwen3-30b-a3b"]
 HARDWARE = ["h100-sxm", "a100-80gb", "a100-40gb", "l40s", "mi300x", "h200", "b200", "tpu-v6e"]
 HARDWARE += ["gaudi3", "l4", "npu"]  # npu: the systolic-array backend
 ROUTERS = ["round_robin", "least_outstanding", "least_kv", "random", "power_of_two_choices"]
+ROUTERS += ["prefix_aware"]  # in Python, on the loads the loop publishes
 POLICIES = ["vllm", "sarathi", "orca", "no_evict", "static"]
 REQUEST_COUNTS = [1, 4, 12, 24, 40]
 MAX_INSTANCES = 4
@@ -753,6 +754,22 @@ NAMED: dict[str, tuple[Scenario, Callable[[Run], bool]]] = {
             and r.summary["host_transfer_time_s"] > 0
         ),
     ),
+    "prefix-aware routing over shared prompts": (
+        Scenario(
+            [
+                *SMALL,
+                "scheduler.enable_prefix_caching=true",
+                "cluster.instances=3",
+                "cluster.router=prefix_aware",
+            ],
+            [with_shared_prefix(r, r.id % 3, 150) for r in BURST + SPREAD_LATE],
+            kv_fraction=4.0,
+        ),
+        lambda r: (
+            r.summary["prefix_cache_hit_rate"] > 0
+            and all(row["requests_completed"] for row in r.summary["instances"])
+        ),
+    ),
     "prefix caching with pipeline parallelism and the static policy": (
         Scenario(
             [
@@ -946,7 +963,6 @@ INELIGIBLE: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "speculative decoding": (["speculative.method=ngram"], ("specul",)),
     "LoRA": (["workload.lora={num_adapters: 2}"], ("lora",)),
     "PIM": (["pim.enabled=true"], ("pim",)),
-    "prefix_aware router": (["cluster.instances=2", "cluster.router=prefix_aware"], ("prefix",)),
     "KV offload": (
         ["scheduler.enable_prefix_caching=true", "scheduler.kv_offload={capacity_gib: 1}"],
         ("offload",),

@@ -46,15 +46,17 @@ class PrefixAwareRouter(LeastOutstandingRouter):
             chain.append(h)
         return chain
 
-    def _imbalanced(self) -> bool:
-        loads = [inst.num_outstanding for inst in self.instances]
+    def _imbalanced(self, loads: list[int]) -> bool:
         low, high = min(loads), max(loads)
         return high - low > self.balance_abs and high > low * self.balance_rel
 
     def route(self, spec: RequestSpec) -> Instance:
         chain = self._chain(spec)
         candidates: set[int] = set()
-        if chain and not self._imbalanced():
+        # Outstanding requests per instance, as the cluster's load board has them (the
+        # compiled event loop keeps the board, not the Instance objects, up to date).
+        loads: list[int] = self._loads().tolist()
+        if chain and not self._imbalanced(loads):
             # Walk the prompt's blocks, keeping the instances that remember all of them so far.
             for h in chain:
                 owners = self.where.get(h)
@@ -63,10 +65,7 @@ class PrefixAwareRouter(LeastOutstandingRouter):
                     break
                 candidates = narrowed
         if candidates:
-            chosen = min(
-                (self.instances[i] for i in candidates),
-                key=lambda inst: (inst.num_outstanding, self._index[id(inst)]),
-            )
+            chosen = self.instances[min(candidates, key=lambda i: (loads[i], i))]
         else:
             chosen = super().route(spec)
         self._remember(self._index[id(chosen)], chain)

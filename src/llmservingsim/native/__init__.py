@@ -11,7 +11,7 @@ import functools
 import importlib
 from types import ModuleType
 
-KERNEL_VERSION = 7
+KERNEL_VERSION = 8
 """The kernel interface this Python code speaks; ``_loop.VERSION`` must equal it."""
 
 

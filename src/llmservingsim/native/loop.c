@@ -3,13 +3,13 @@
  *
  * What it covers (native/runner.py checks it before choosing this loop): pools of instances
  * (mixed, or prefill and decode pools with KV transfers between them; pipeline parallelism as
- * vLLM's virtual engines), routed by any built-in router but prefix_aware, each instance
- * running the vllm (sarathi), orca, no_evict or static scheduler (serving/schedulers/) on a
- * paged KV cache, with or without prefix caching (no offload tier), with preemption by
- * recompute or swap (admission control by max_queue and
- * request_timeout_s included), timed by perf/iteration.py's IterationTimer (dense or
- * mixture-of-experts layers, grouped-query or multi-head latent attention) on any backend.
- * Everything else runs the Python engine.
+ * vLLM's virtual engines), routed by any built-in router (prefix_aware asked in Python, on the
+ * loads the loop publishes to the cluster's load board), each instance running the vllm
+ * (sarathi), orca, no_evict or static scheduler (serving/schedulers/) on a paged KV cache,
+ * with or without prefix caching (no offload tier), with preemption by recompute or swap
+ * (admission control by max_queue and request_timeout_s included), timed by
+ * perf/iteration.py's IterationTimer (dense or mixture-of-experts layers, grouped-query or
+ * multi-head latent attention) on any backend. Everything else runs the Python engine.
  *
  * It follows the Python engine step by step, one request at a time (engine.fast_forward:
  * false is its model): the same events in the same order, the same scheduling decisions,
@@ -37,7 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KERNEL_VERSION 7
+#define KERNEL_VERSION 8
 
 /* Request row status codes (metrics/request_log.py STATUSES). */
 #define STATUS_FINISHED 0
@@ -66,6 +66,7 @@
 #define ROUTER_LEAST_KV 2
 #define ROUTER_RANDOM 3
 #define ROUTER_POWER_OF_TWO 4
+#define ROUTER_PYTHON 5 /* the Python router itself (prefix_aware): draw(request) -> instance */
 
 /* Event kinds, in engine.py's order for events at the same time. */
 #define EVENT_STEP_END 0
@@ -428,6 +429,9 @@ typedef struct {
     double request_timeout_s; /* < 0: none */
     int record_steps;
     PyObject *kv_transfer; /* (source, target, tokens) -> seconds */
+    PyObject *board_obj;   /* the cluster's load board (int64 per instance), or None */
+    Py_buffer board_view;
+    int64_t *board;
     /* requests, in arrival order */
     double *arrival;
     int64_t *ids, *input_len, *output_len;
@@ -1352,6 +1356,11 @@ static int64_t instance_waiting(const Inst *I) {
     return waiting;
 }
 
+/* Instance._publish_load: routers written in Python read the cluster's load board. */
+static void publish_load(Loop *L, Py_ssize_t index) {
+    if (L->board != NULL) L->board[index] = L->inst[index].incoming + L->inst[index].outstanding;
+}
+
 /* Instance._expire + Scheduler.expire_waiting: drop the requests that never started and
  * waited request_timeout_s by now; the scan stops at the first one still in time (requests
  * that started, preempted or handed over, queue ahead of new ones and never expire). */
@@ -1372,6 +1381,7 @@ static int expire_waiting(Loop *L, Py_ssize_t index, Engine *E) {
         E->waiting_len--;
         E->outstanding--;
         I->outstanding--;
+        publish_load(L, index);
         if (write_ended(L, s->request, index, STATUS_TIMED_OUT, s) < 0) return -1;
         free_seq(L, slot);
     }
@@ -1537,12 +1547,14 @@ static Py_ssize_t end_step(Loop *L, Py_ssize_t index, Py_ssize_t k) {
             leaving++;
             E->outstanding--;
             I->outstanding--;
+            publish_load(L, index);
             if (write_ended(L, s->request, index, STATUS_FINISHED, s) < 0) return -1;
         } else if (I->pool->role == ROLE_PREFILL) {
             s->leaving = 2;
             leaving++;
             E->outstanding--;
             I->outstanding--;
+            publish_load(L, index);
             L->handoffs[handed_off++] = slot;
         }
     }
@@ -1576,7 +1588,10 @@ static int add_request(Loop *L, Py_ssize_t index, Py_ssize_t request, int64_t sl
     Engine *E = &I->engines[0];
     for (Py_ssize_t k = 1; k < I->pool->pp; k++)
         if (I->engines[k].outstanding < E->outstanding) E = &I->engines[k];
-    if (slot >= 0) I->incoming--;
+    if (slot >= 0) {
+        I->incoming--;
+        publish_load(L, index);
+    }
     const Seq *s = slot >= 0 ? &L->seqs[slot] : NULL;
     int64_t needed = blocks_needed(L, L->input_len[request] + L->output_len[request] - 1);
     int64_t capacity = I->pool->engine_blocks;
@@ -1592,6 +1607,7 @@ static int add_request(Loop *L, Py_ssize_t index, Py_ssize_t request, int64_t sl
     }
     E->outstanding++;
     I->outstanding++;
+    publish_load(L, index);
     return waiting_push_back(E, slot);
 }
 
@@ -1614,8 +1630,24 @@ static int draw(Router *R, Py_ssize_t *picks, Py_ssize_t count) {
     return 0;
 }
 
-/* Returns the chosen instance, or -1 with an exception set (a draw failed). */
-static Py_ssize_t route(Loop *L, Router *R) {
+/* A router written in Python (prefix_aware) picks for request `request`; it reads the loads
+ * the loop publishes to the cluster's load board. */
+static Py_ssize_t route_in_python(Loop *L, Router *R, Py_ssize_t request) {
+    PyObject *res = PyObject_CallFunction(R->draw, "n", request);
+    if (res == NULL) return -1;
+    Py_ssize_t index = PyLong_AsSsize_t(res);
+    Py_DECREF(res);
+    if (index == -1 && PyErr_Occurred()) return -1;
+    if (index < 0 || index >= L->num_instances) {
+        PyErr_SetString(PyExc_IndexError, "router picked no instance of the loop");
+        return -1;
+    }
+    return index;
+}
+
+/* Returns the chosen instance for request `request`, or -1 with an exception set (a Python
+ * router or a draw failed). */
+static Py_ssize_t route(Loop *L, Router *R, Py_ssize_t request) {
     Py_ssize_t n = R->count, start = R->next, best = start;
     if (R->kind == ROUTER_ROUND_ROBIN) {
         R->next = (start + 1) % n;
@@ -1630,6 +1662,7 @@ static Py_ssize_t route(Loop *L, Router *R) {
                                                                                    : picks[0]];
     }
     if (R->kind == ROUTER_POWER_OF_TWO) return R->members[0];
+    if (R->kind == ROUTER_PYTHON) return route_in_python(L, R, request);
     if (R->kind == ROUTER_LEAST_KV) {
         best = 0;
         const Inst *b = &L->inst[R->members[0]];
@@ -1663,9 +1696,10 @@ static Py_ssize_t route(Loop *L, Router *R) {
 /* engine.py _start_transfer + Cluster.hand_off: the decode instance and the KV's travel. */
 static int start_transfer(Loop *L, Py_ssize_t source, int64_t slot) {
     Seq *s = &L->seqs[slot];
-    Py_ssize_t target = route(L, &L->decode);
+    Py_ssize_t target = route(L, &L->decode, (Py_ssize_t)s->request);
     if (target < 0) return -1;
     L->inst[target].incoming++;
+    publish_load(L, target);
     PyObject *res = PyObject_CallFunction(L->kv_transfer, "nnL", source, target,
                                           (long long)s->num_computed);
     if (res == NULL) return -1;
@@ -1694,7 +1728,7 @@ static int run_events(Loop *L, int64_t max_steps) {
             Py_ssize_t touched = 0;
             L->epoch++;
             while (r < L->num_requests && L->arrival[r] == t) {
-                Py_ssize_t index = route(L, &L->entry);
+                Py_ssize_t index = route(L, &L->entry, r);
                 if (index < 0 || add_request(L, index, r, -1) < 0) return -1;
                 if (L->inst[index].touched_epoch != L->epoch) {
                     L->inst[index].touched_epoch = L->epoch;
@@ -1747,6 +1781,10 @@ static void pool_free(Pool *P) {
 
 static void Loop_dealloc(Loop *L) {
     Py_XDECREF(L->kv_transfer);
+    if (L->board_obj != NULL) {
+        PyBuffer_Release(&L->board_view);
+        Py_DECREF(L->board_obj);
+    }
     Py_XDECREF(L->entry.draw);
     Py_XDECREF(L->decode.draw);
     free(L->arrival);
@@ -1822,8 +1860,8 @@ static void *copy_column(PyObject *obj, Py_ssize_t size, Py_ssize_t *count, cons
 }
 
 static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"policy", "prefix_caching", "swap", "block_keys", "router",
-                            "decode_router",
+    static char *names[] = {"policy", "prefix_caching", "swap", "block_keys", "load_board",
+                            "router", "decode_router",
                             "router_draw",
                             "decode_router_draw", "block_size", "max_num_seqs",
                             "max_num_batched_tokens", "max_queue", "request_timeout_s",
@@ -1837,8 +1875,9 @@ static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_RuntimeError, "Loop.__init__ may run once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "ippOiiOOLLLLdpOOOOO", names, &L->policy,
-                                     &L->prefix_caching, &L->swap, &block_keys, &router,
+    PyObject *board;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "ippOOiiOOLLLLdpOOOOO", names, &L->policy,
+                                     &L->prefix_caching, &L->swap, &block_keys, &board, &router,
                                      &decode_router,
                                      &entry_draw, &decode_draw,
                                      &block_size, &max_num_seqs, &max_tokens,
@@ -1846,8 +1885,8 @@ static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
                                      &kv_transfer, &ids, &arrival, &input_len, &output_len))
         return -1;
     if (block_size < 1 || max_num_seqs < 1 || max_tokens < 1 || router < ROUTER_ROUND_ROBIN ||
-        router > ROUTER_POWER_OF_TWO || decode_router < ROUTER_ROUND_ROBIN ||
-        decode_router > ROUTER_POWER_OF_TWO || L->policy < POLICY_VLLM || L->policy > POLICY_STATIC) {
+        router > ROUTER_PYTHON || decode_router < ROUTER_ROUND_ROBIN ||
+        decode_router > ROUTER_PYTHON || L->policy < POLICY_VLLM || L->policy > POLICY_STATIC) {
         PyErr_SetString(PyExc_ValueError, "Loop: invalid configuration");
         return -1;
     }
@@ -1857,6 +1896,17 @@ static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
     }
     Py_INCREF(block_keys);
     L->block_keys = block_keys;
+    if (board != Py_None) {
+        if (PyObject_GetBuffer(board, &L->board_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+            return -1;
+        Py_INCREF(board);
+        L->board_obj = board;
+        if (L->board_view.itemsize != (Py_ssize_t)sizeof(int64_t)) {
+            PyErr_SetString(PyExc_TypeError, "load_board: expected an int64 array");
+            return -1;
+        }
+        L->board = L->board_view.buf;
+    }
     L->entry.kind = router;
     L->decode.kind = decode_router;
     Py_INCREF(entry_draw);
@@ -2060,6 +2110,11 @@ static int build_routers(Loop *L) {
     }
     int needs_draw = (L->entry.kind >= ROUTER_RANDOM && L->entry.draw == Py_None) ||
                      (prefill && L->decode.kind >= ROUTER_RANDOM && L->decode.draw == Py_None);
+    if (L->board != NULL &&
+        L->board_view.len < (Py_ssize_t)sizeof(int64_t) * L->num_instances) {
+        PyErr_SetString(PyExc_ValueError, "load_board: one entry per instance expected");
+        return -1;
+    }
     if (L->entry.count == 0 || (prefill && L->decode.count == 0) ||
         (prefill && L->kv_transfer == Py_None) || needs_draw) {
         PyErr_SetString(PyExc_ValueError, "Loop: no instance takes arrivals or hand-offs");

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from llmservingsim.cluster.cluster import Cluster
+from llmservingsim.cluster.prefix_router import PrefixAwareRouter
 from llmservingsim.cluster.routers import (
     LeastKvRouter,
     LeastOutstandingRouter,
@@ -61,6 +62,7 @@ ROUTER_CODES: dict[type[Router], int] = {
     LeastKvRouter: 2,
     RandomRouter: 3,
     PowerOfTwoRouter: 4,
+    PrefixAwareRouter: 5,  # asked in Python per request: it keeps its own memory of prompts
 }
 """Routers the loop implements, by their code in loop.c."""
 
@@ -211,8 +213,9 @@ class CompiledEngine:
             block_keys=_BlockKeys(columns, scfg.block_size) if prefix_caching else None,
             router=ROUTER_CODES[type(cluster.router)],
             decode_router=0 if decode is None else ROUTER_CODES[type(decode)],
-            router_draw=_draws(cluster.router),
-            decode_router_draw=None if decode is None else _draws(decode),
+            load_board=cluster.instances[0].load_board,
+            router_draw=_draws(cluster.router, columns),
+            decode_router_draw=None if decode is None else _draws(decode, columns),
             block_size=scfg.block_size,
             max_num_seqs=scfg.max_num_seqs,
             max_num_batched_tokens=scfg.max_num_batched_tokens,
@@ -398,10 +401,23 @@ class _Columns:
         self.output_len = np.array([r.output_len for r in specs], dtype=np.int64)
         self.ids = np.array([r.id for r in specs], dtype=np.int64)
 
+    def spec(self, row: int) -> RequestSpec:
+        """Row ``row`` as the request the Python side sees (a router written in Python)."""
+        return RequestSpec(
+            int(self.ids[row]),
+            float(self.arrival_s[row]),
+            int(self.input_len[row]),
+            int(self.output_len[row]),
+            None if self.contents is None else self.contents[row],
+        )
 
-def _draws(router: Router) -> Callable[[], Any] | None:
+
+def _draws(router: Router, columns: _Columns) -> Callable[..., Any] | None:
     """What a random router draws from its generator per request, exactly as its ``route``
-    does (the loop compares the loads itself); None for the deterministic routers."""
+    does (the loop compares the loads itself); for a router the loop leaves to Python, the
+    router itself on the request of a row; None for the routers in C."""
+    if isinstance(router, PrefixAwareRouter):
+        return lambda row: router.route(columns.spec(row)).index
     n, rng = len(router.instances), router.rng
     if isinstance(router, RandomRouter):
         return lambda: int(rng.integers(n))
