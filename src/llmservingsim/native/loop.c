@@ -417,6 +417,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     int ready; /* __init__ succeeded */
+    int init_called; /* __init__ ran (it takes references before it can fail): once only */
     int started; /* run() was called: no more pools */
     /* scheduler configuration (one for the cluster) */
     int policy;
@@ -1871,10 +1872,11 @@ static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
     long long block_size, max_num_seqs, max_tokens, max_queue;
     PyObject *kv_transfer, *ids, *arrival, *input_len, *output_len, *entry_draw, *decode_draw;
     PyObject *block_keys;
-    if (L->ready || L->arrival != NULL) {
+    if (L->init_called) {
         PyErr_SetString(PyExc_RuntimeError, "Loop.__init__ may run once");
         return -1;
     }
+    L->init_called = 1;
     PyObject *board;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "ippOOiiOOLLLLdpOOOOO", names, &L->policy,
                                      &L->prefix_caching, &L->swap, &block_keys, &board, &router,
@@ -1897,11 +1899,15 @@ static int Loop_init(Loop *L, PyObject *args, PyObject *kwargs) {
     Py_INCREF(block_keys);
     L->block_keys = block_keys;
     if (board != Py_None) {
-        if (PyObject_GetBuffer(board, &L->board_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        if (PyObject_GetBuffer(board, &L->board_view,
+                               PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
             return -1;
         Py_INCREF(board);
         L->board_obj = board;
-        if (L->board_view.itemsize != (Py_ssize_t)sizeof(int64_t)) {
+        const char *fmt = L->board_view.format;
+        size_t fmt_len = fmt != NULL ? strlen(fmt) : 0;
+        if (L->board_view.itemsize != (Py_ssize_t)sizeof(int64_t) || fmt_len == 0 ||
+            strchr("lq", fmt[fmt_len - 1]) == NULL) {
             PyErr_SetString(PyExc_TypeError, "load_board: expected an int64 array");
             return -1;
         }
