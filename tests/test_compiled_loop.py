@@ -545,6 +545,10 @@ def test_compiled_loop_equals_fast_forward_without_it(sc: Scenario) -> None:
         python = run(sc, compiled=False)
     except DoesNotFitError:
         return
+    except ConfigError as exc:
+        if "holds no KV block" not in str(exc):
+            raise
+        return  # a drawn swap space below one block: a user error, as in compare_or_skip
     assert_not_asked(python.summary)
     compiled = run(sc, compiled=True)
     assert_compiled(compiled.summary)
