@@ -136,7 +136,8 @@ def totals_table(summary: dict[str, Any]) -> Table:
         ("energy / cost", f"{summary['energy_j'] / 3.6e6:.3f} kWh · ${summary['cost_usd']:.2f}"),
         (
             "wall time",
-            f"{summary['sim_wall_s']:.2f} s (perf cache hits {summary['perf_cache_hit_rate']:.0%})",
+            f"{summary['sim_wall_s']:.2f} s ({summary.get('engine_loop', 'python')} loop, "
+            f"perf cache hits {summary['perf_cache_hit_rate']:.0%})",
         ),
     ]
     for label, value in rows:
