@@ -34,6 +34,7 @@ from llmservingsim.interrupt import signals_held
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.request_log import ROW_DTYPE as REQUEST_ROW_DTYPE
 from llmservingsim.metrics.request_log import STATUS_CODE
+from llmservingsim.metrics.steps import ROW_SIZE as STEP_ROW_SIZE
 from llmservingsim.native import load_kernel
 from llmservingsim.serving.block_manager import BlockManager
 from llmservingsim.serving.instance import (
@@ -53,6 +54,7 @@ from llmservingsim.serving.schedulers.no_evict import NoEvictScheduler
 from llmservingsim.serving.schedulers.orca import OrcaScheduler
 from llmservingsim.serving.schedulers.static import StaticScheduler
 from llmservingsim.serving.schedulers.vllm import VllmScheduler
+from llmservingsim.serving.sequence import Sequence
 from llmservingsim.workload.request_spec import RequestSpec, TokenContent
 from llmservingsim.workload.request_table import RequestTable
 
@@ -165,8 +167,9 @@ class CompiledEngine:
     ) -> None:
         kernel = load_kernel()
         assert kernel is not None, "refusal() said the loop is built"
-        layouts = (ENDED_DTYPE.itemsize, GAP_DTYPE.itemsize)
-        assert layouts == (kernel.ENDED_ROW_SIZE, kernel.GAP_RUN_SIZE), "row layouts differ"
+        layouts = (ENDED_DTYPE.itemsize, GAP_DTYPE.itemsize, STEP_ROW_SIZE)
+        kernel_layouts = (kernel.ENDED_ROW_SIZE, kernel.GAP_RUN_SIZE, kernel.STEP_ROW_SIZE)
+        assert layouts == kernel_layouts, "loop.c's row layouts differ from the metrics'"
         self.kernel: ModuleType = kernel
         self.cluster = cluster
         self.metrics = metrics
@@ -322,26 +325,22 @@ class CompiledEngine:
         rows["fail_reason"] = -1
         rows["lora"] = -1
         for i in np.flatnonzero(ended["status"] != STATUS_CODE["finished"]).tolist():
-            r = int(request[i])
-            reason = self._end_reason(
-                int(ended["instance"][i]),
-                int(ended["status"][i]),
-                int(columns.input_len[r]),
-                int(columns.output_len[r]),
-            )
+            spec = columns.spec(int(request[i]))
+            reason = self._end_reason(int(ended["instance"][i]), int(ended["status"][i]), spec)
             rows["fail_reason"][i] = self.metrics.requests.reason_code(reason)
         return rows
 
-    def _end_reason(self, instance: int, status: int, input_len: int, output_len: int) -> str:
-        """Instance.add's reason for a request it did not queue."""
+    def _end_reason(self, instance: int, status: int, spec: RequestSpec) -> str:
+        """Instance.add's (or the timeout's) reason for a request that was not served."""
         scheduler = self.cluster.instances[instance].scheduler
         if status == STATUS_CODE["rejected"]:
             return queue_full_reason(scheduler.cfg.max_queue)
         if status == STATUS_CODE["timed_out"]:
             return timed_out_reason(scheduler.cfg.request_timeout_s)
-        blocks = scheduler.blocks
-        needed = blocks.blocks_needed(input_len + output_len - 1)
-        return never_fits_reason(needed, input_len, output_len, blocks.num_blocks)
+        needed = scheduler.max_blocks_needed(Sequence(spec))
+        return never_fits_reason(
+            needed, spec.input_len, spec.output_len, scheduler.blocks.num_blocks
+        )
 
     def _write_back(self, loop: Any) -> None:
         """The loop's counters into the objects the summary reads (they start at zero)."""
