@@ -259,9 +259,11 @@ class IterationTimer:
     def compiled_terms(self) -> CompiledTimerTerms:
         """This timer's :class:`CompiledTimerTerms` (where :meth:`compiled_refusal` is None)."""
         assert self.compiled_refusal() is None
-        mla = self.graph.mla
-        # The formula stands in for the backend where the timer's own fast path does.
-        formula = type(self.backend) is RooflineBackend and self._scalar is not None
+        mla, backend = self.graph.mla, self.backend
+        rates = None
+        if type(backend) is RooflineBackend and self._scalar is not None:
+            # The formula stands in for the backend where the timer's own fast path does.
+            rates = backend.decode_attention_rates()
         return CompiledTimerTerms(
             num_layers=self.num_layers,
             num_moe_layers=self.num_moe_layers,
@@ -270,9 +272,7 @@ class IterationTimer:
             step_overhead=self.step_overhead,
             seq_overhead=self.seq_overhead,
             decode_attention=self.graph.decode_attention_terms(),
-            decode_rates=self.backend.decode_attention_rates()
-            if formula and isinstance(self.backend, RooflineBackend)
-            else None,
+            decode_rates=rates,
             mla=None if mla is None else (mla.heads, mla.latent, mla.kv_lora),
             layer_cost=self._layer_cost,
             moe_layer_cost=self._moe_layer_cost,
