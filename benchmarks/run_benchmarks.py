@@ -3,7 +3,7 @@
 Each scenario runs in a fresh subprocess, so its peak RSS is its own. The table gives the
 engine loop that ran, simulated iterations, wall time, µs per iteration, peak RSS and requests
 per wall second; ``--compare`` also runs the chosen scenarios in the Python engine with
-fast-forward (``engine.compiled=false``) and without it (``engine.fast_forward=false``, one
+fast-forward (``simulator.compiled=false``) and without it (``simulator.fast_forward=false``, one
 step and one request at a time) and prints the speed-ups.
 
     python benchmarks/run_benchmarks.py                  # (a) and (b), the quick ones
@@ -62,8 +62,8 @@ SCENARIOS: dict[str, tuple[str, list[str]]] = {
 
 MODES: dict[str, list[str]] = {
     "default": [],
-    "python": ["engine.compiled=false"],
-    "step": ["engine.fast_forward=false"],
+    "python": ["simulator.compiled=false"],
+    "step": ["simulator.fast_forward=false"],
 }
 """Engine settings compared by ``--compare``: the default (the compiled loop where it
 applies), the Python engine with fast-forward, the Python engine one step at a time."""
@@ -79,7 +79,7 @@ def measure(key: str, mode: str, requests: int | None) -> dict[str, Any]:
         overrides = [*overrides, f"workload.num_requests={requests}"]
     cfg = load_config(None, [*overrides, *MODES[mode]])
     start = time.perf_counter()
-    fast_forward = cfg.engine.fast_forward
+    fast_forward = cfg.simulator.fast_forward
     summary = simulate(cfg).summary
     wall = time.perf_counter() - start
     return {

@@ -1,10 +1,10 @@
-"""The compiled event loop (``engine.compiled``, src/llmservingsim/native) equals the Python one.
+"""The compiled event loop (``simulator.compiled``, src/llmservingsim/native) equals the Python one.
 
 For every configuration the compiled loop accepts (docs/performance.md, "the common
-configuration"), a run with ``engine.compiled: true`` must report ``engine_loop: compiled`` and
+configuration"), a run with ``simulator.compiled: true`` must report ``engine_loop: compiled`` and
 give the Python engine's numbers: each request's row, every numeric summary field, the
 inter-token gaps and the per-step rows, to 1e-9 relative. The reference is step-by-step mode
-(``engine.fast_forward: false``), which never uses the compiled loop. Every other configuration
+(``simulator.fast_forward: false``), which never uses the compiled loop. Every other configuration
 falls back to the Python engine and says why (``engine_loop_reason``).
 
 The scenarios are small on purpose: tight KV caches (preemption by recompute, requests that can
@@ -169,8 +169,8 @@ def kv_cache_blocks(fraction: float, needs: list[int]) -> int:
 
 def mode_overrides(compiled: bool, fast_forward: bool) -> list[str]:
     return [
-        f"engine.compiled={str(compiled).lower()}",
-        f"engine.fast_forward={str(fast_forward).lower()}",
+        f"simulator.compiled={str(compiled).lower()}",
+        f"simulator.fast_forward={str(fast_forward).lower()}",
     ]
 
 
@@ -976,9 +976,9 @@ FEW = [RequestSpec(i, 0.01 * i, 40, 8) for i in range(6)]
 
 
 def assert_not_asked(summary: dict[str, Any]) -> None:
-    """``engine.compiled: false``: the Python engine, and the only reason is that switch."""
+    """``simulator.compiled: false``: the Python engine, and the only reason is that switch."""
     assert summary["engine_loop"] == "python"
-    assert "engine.compiled" in summary.get("engine_loop_reason", "engine.compiled")
+    assert "simulator.compiled" in summary.get("engine_loop_reason", "simulator.compiled")
 
 
 def assert_refused(summary: dict[str, Any], words: tuple[str, ...]) -> None:
@@ -1066,7 +1066,7 @@ def test_run_writes_the_same_files_with_and_without_the_compiled_loop(
     outs = {}
     for compiled in (True, False):
         outs[compiled] = tmp_path / f"compiled-{compiled}"
-        run_cli(outs[compiled], f"engine.compiled={str(compiled).lower()}", *sets)
+        run_cli(outs[compiled], f"simulator.compiled={str(compiled).lower()}", *sets)
     summaries = {c: json.loads((out / "summary.json").read_text()) for c, out in outs.items()}
     assert_compiled(summaries[True])
     assert summaries[False]["engine_loop"] == "python"

@@ -85,7 +85,7 @@ class Counter:
 
 
 def run_mode(sc: dict[str, Any], fast_forward: bool, counter: Counter) -> SimulationResult:
-    cfg = load_config(None, [*sc["overrides"], f"engine.fast_forward={str(fast_forward).lower()}"])
+    cfg = load_config(None, [*sc["overrides"], f"simulator.fast_forward={str(fast_forward).lower()}"])
     with patched(sc["num_blocks"], counter):
         return simulate(cfg, requests=sc["specs"])
 
@@ -188,7 +188,7 @@ def test_time_series_and_request_table_match(run_to_dir: Any) -> None:
     tables = {}
     for ff in (False, True):
         out, _ = run_to_dir(
-            f"engine.fast_forward={str(ff).lower()}", "cluster.instances=2", name=f"ff{ff}"
+            f"simulator.fast_forward={str(ff).lower()}", "cluster.instances=2", name=f"ff{ff}"
         )
         tables[ff] = {
             name: sorted_columns(pq.read_table(out / f"{name}.parquet").to_pydict(), key)

@@ -71,8 +71,8 @@ def test_admission_limits_must_be_positive() -> None:
 def test_timeouts_give_the_same_result_with_and_without_fast_forward() -> None:
     """A waiting request may time out at any step, so fast-forward must not skip past it."""
     base = [*OVERLOAD, "scheduler.request_timeout_s=0.5", "scheduler.max_num_seqs=32"]
-    fast = simulate(load_config(None, [*base, "engine.fast_forward=true"])).summary
-    slow = simulate(load_config(None, [*base, "engine.fast_forward=false"])).summary
+    fast = simulate(load_config(None, [*base, "simulator.fast_forward=true"])).summary
+    slow = simulate(load_config(None, [*base, "simulator.fast_forward=false"])).summary
     assert fast["requests_timed_out"] > 0
     for key in ("requests_completed", "requests_timed_out", "simulated_time_s", "ttft_s", "e2e_s"):
         assert fast[key] == slow[key], key

@@ -651,7 +651,7 @@ def sim_config(
             f"scheduler.max_num_batched_tokens={max_batched}",
             f"scheduler.block_size={block_size}",
             # The spies watch every step: no fast-forward runs (tests/test_fast_forward.py).
-            "engine.fast_forward=false",
+            "simulator.fast_forward=false",
             *extra,
         ],
     )

@@ -514,7 +514,7 @@ class SloConfig(_Section):
         return any(v is not None for v in (self.ttft_s, self.tpot_s, self.e2e_s))
 
 
-class EngineConfig(_Section):
+class SimulatorConfig(_Section):
     """How the simulator itself runs; never changes a simulated number."""
 
     fast_forward: bool = True
@@ -580,7 +580,7 @@ class SimConfig(_Section):
     speculative: SpeculativeConfig = SpeculativeConfig()
     slo: SloConfig = SloConfig()
     outputs: OutputsConfig = OutputsConfig()
-    engine: EngineConfig = EngineConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
     seed: int = Field(default=0, ge=0)
     """Random seed (a non-negative integer): a run is fully reproducible from it."""
 

@@ -329,7 +329,7 @@ def build_cluster(cfg: SimConfig, metrics: MetricsCollector) -> Cluster:
                     attached_devices=attached,
                     speculator=speculator,
                     lora=lora,
-                    fast_forward=cfg.engine.fast_forward,
+                    fast_forward=cfg.simulator.fast_forward,
                 )
             )
         kv_per_token = spec.kv_bytes_per_token(cfg.resolved_kv_dtype)

@@ -113,10 +113,10 @@ ProgressHook = Callable[[float], None]
 
 def refusal(cfg: SimConfig, cluster: Cluster, checking_invariants: bool) -> str | None:
     """Why this run cannot use the compiled loop (None: it can)."""
-    if not cfg.engine.compiled:
-        return "engine.compiled is false"
-    if not cfg.engine.fast_forward:
-        return "engine.fast_forward is false (the one-step-at-a-time reference)"
+    if not cfg.simulator.compiled:
+        return "simulator.compiled is false"
+    if not cfg.simulator.fast_forward:
+        return "simulator.fast_forward is false (the one-step-at-a-time reference)"
     if load_kernel() is None:
         return "the compiled loop is not built (no C compiler when the package was installed?)"
     if checking_invariants:

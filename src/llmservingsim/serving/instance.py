@@ -9,7 +9,7 @@ Roles (prefill/decode disaggregation): a ``prefill`` instance hands a request of
 prompt is computed and its first token sampled; ``decode`` and ``mixed`` instances serve
 requests to the end.
 
-Fast-forward (``engine.fast_forward``): a step that only decodes every running request may
+Fast-forward (``simulator.fast_forward``): a step that only decodes every running request may
 start a :class:`DecodeRun` of the steps that certainly repeat it; the engine cuts the run short
 (:meth:`Instance.cut_runs`) when a request or a KV transfer reaches the instance earlier.
 """
