@@ -4,6 +4,9 @@ names the version and the resolved config that produced it."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -64,3 +67,37 @@ def test_every_output_carries_version_and_resolved_config(tmp_path: Path) -> Non
     assert other["version"] == __version__ and other["config"] == resolved
     report = (tmp_path / "report.html").read_text()
     assert f"llmservingsim {__version__}" in report and "Resolved config" in report
+
+
+def _run_process(out: Path, env: dict[str, str]) -> None:
+    sets = [*SCENARIO, "cluster.router=prefix_aware"]  # it hashes prompt contents
+    args = [sys.executable, "-m", "llmservingsim", "run", "--out", str(out), "-q", "--no-report"]
+    for item in sets:
+        args += ["--set", item]
+    done = subprocess.run(args, env={**os.environ, **env}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_separate_processes_hash_seeds_and_builds_give_the_same_files(tmp_path: Path) -> None:
+    """Two processes with different PYTHONHASHSEED, and the same source interpreted: the same
+    numbers and files (summary.json says which build ran)."""
+    runs = {
+        "seed1": {"PYTHONHASHSEED": "1"},
+        "seed2": {"PYTHONHASHSEED": "2"},
+        "interpreted": {"PYTHONHASHSEED": "3", "LLMSERVINGSIM_INTERPRETED": "1"},
+    }
+    for name, env in runs.items():
+        _run_process(tmp_path / name, env)
+    builds = {
+        name: json.loads((tmp_path / name / "summary.json").read_text())["engine_build"]
+        for name in runs
+    }
+    assert builds["interpreted"] == "interpreted"
+    assert builds["seed1"] == builds["seed2"]
+    first = tmp_path / "seed1"
+    for name in ("seed2", "interpreted"):
+        other = tmp_path / name
+        a, b = summary_without_wall_time(first), summary_without_wall_time(other)
+        assert a.replace(builds["seed1"], "BUILD") == b.replace(builds[name], "BUILD"), name
+        for file in ("requests.parquet", "timeseries.parquet", "trace.json"):
+            assert (first / file).read_bytes() == (other / file).read_bytes(), (name, file)

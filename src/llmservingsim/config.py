@@ -574,6 +574,10 @@ class SimConfig(_Section):
     simulator: SimulatorConfig = SimulatorConfig()
     seed: int = Field(default=0, ge=0)
     """Random seed (a non-negative integer): a run is fully reproducible from it."""
+    plugins: list[str] = []
+    """Python files (``path/to/policy.py``) or importable modules loaded before the run, so the
+    schedulers, routers and perf backends they register can be named here (docs/extending.md).
+    They run inside the compiled engine."""
 
     @property
     def compute_dtype(self) -> str:

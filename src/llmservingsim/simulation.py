@@ -33,6 +33,7 @@ from llmservingsim.metrics.summary import request_metrics
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.iteration import IterationTimer
 from llmservingsim.perf.pim import PimIterationTimer
+from llmservingsim.plugins import load_plugins
 from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.kv_setup import build_kv_cache
 from llmservingsim.serving.lora import (
@@ -371,6 +372,7 @@ def simulate(
     ``check_invariants`` (default: the LLMSERVINGSIM_CHECK_INVARIANTS environment variable)
     checks the runtime invariants of invariants.py and raises InvariantError on a violation;
     ``hooks`` observe the engine (engine.EngineHooks), after the invariant checker."""
+    load_plugins(cfg.plugins)
     _reject_unsupported(cfg)
     _check_lora(cfg)
     metrics = MetricsCollector() if metrics is None else metrics

@@ -35,7 +35,7 @@ class Router(ABC):
         """The instance that serves ``spec``."""
 
 
-ROUTERS: Registry[type[Router]] = Registry("router")
+ROUTERS: Registry[type[Router]] = Registry("router", "llmservingsim.routers")
 
 
 class RoundRobinRouter(Router):

@@ -16,7 +16,7 @@ from llmservingsim.metrics.request_log import FINISHED, RequestLog
 
 
 def kv_summary(
-    cfg: SchedulerConfig, per_instance: Iterable[dict[str, float]], log: RequestLog
+    cfg: SchedulerConfig, per_instance: Iterable[dict[str, int | float]], log: RequestLog
 ) -> dict[str, Any]:
     done = log.column("status") == FINISHED
     prompt = int(log.column("input_tokens")[done].sum())

@@ -13,8 +13,6 @@ of its layers. Dense models build exactly the ops they always did.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec
@@ -104,9 +102,8 @@ class Op:
         raise KeyError(f"op {self.name!r} has no dim {name!r} (dims: {self.dims})")
 
 
-@dataclass(frozen=True)
 class ShardShape:
-    """Per-device slice of the model for one tensor-parallel rank."""
+    """Per-device slice of the model for one tensor-parallel rank (a value: never changed)."""
 
     hidden: int
     q_heads: int
@@ -115,15 +112,35 @@ class ShardShape:
     intermediate: int
     vocab: int
     gated_mlp: bool
+    q_size: int  # q_heads * head_dim and kv_heads * head_dim (decode attention reads them
+    kv_size: int  # every step)
 
-    # Cached: decode attention reads them every step.
-    @cached_property
-    def q_size(self) -> int:
-        return self.q_heads * self.head_dim
+    def __init__(
+        self,
+        hidden: int,
+        q_heads: int,
+        kv_heads: int,
+        head_dim: int,
+        intermediate: int,
+        vocab: int,
+        gated_mlp: bool,
+    ) -> None:
+        self.hidden = hidden
+        self.q_heads = q_heads
+        self.kv_heads = kv_heads
+        self.head_dim = head_dim
+        self.intermediate = intermediate
+        self.vocab = vocab
+        self.gated_mlp = gated_mlp
+        self.q_size = q_heads * head_dim
+        self.kv_size = kv_heads * head_dim
 
-    @cached_property
-    def kv_size(self) -> int:
-        return self.kv_heads * self.head_dim
+    def __repr__(self) -> str:
+        return (
+            f"ShardShape(hidden={self.hidden}, q_heads={self.q_heads}, "
+            f"kv_heads={self.kv_heads}, head_dim={self.head_dim}, "
+            f"intermediate={self.intermediate}, vocab={self.vocab}, gated_mlp={self.gated_mlp})"
+        )
 
 
 def shard_shape(spec: ModelSpec, tp: int) -> ShardShape:

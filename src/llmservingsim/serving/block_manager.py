@@ -221,7 +221,7 @@ class BlockManager:
         """Host-link time of KV loads since the last call (none without an offload tier)."""
         return 0.0
 
-    def kv_stats(self) -> dict[str, float]:
+    def kv_stats(self) -> dict[str, int | float]:
         """Prefix-cache and offload counters for summary.json (zero without a prefix cache)."""
         return {
             "prefix_cache_evicted_blocks": 0,

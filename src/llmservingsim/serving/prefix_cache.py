@@ -274,7 +274,7 @@ class PrefixCachingBlockManager(BlockManager):
         seq.blocks = blocks
         seq.nodes = list(hit.nodes)
 
-    def kv_stats(self) -> dict[str, float]:
+    def kv_stats(self) -> dict[str, int | float]:
         stats = super().kv_stats()
         stats["prefix_cache_evicted_blocks"] = self.evicted_blocks
         if self.offload is not None:

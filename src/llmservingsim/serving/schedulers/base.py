@@ -252,9 +252,9 @@ class Scheduler(ABC):
             seconds += self.blocks.take_transfer_seconds()
         return seconds
 
-    def kv_stats(self) -> dict[str, float]:
+    def kv_stats(self) -> dict[str, int | float]:
         """Counters for summary.json (summed over instances); bytes count every device."""
-        stats: dict[str, float] = {
+        stats: dict[str, int | float] = {
             "recomputed_prefill_tokens": self.recomputed_tokens,
             "swap_fallback_preemptions": self.swap_fallbacks,
             "swapped_out_blocks": 0,
@@ -290,4 +290,4 @@ class Scheduler(ABC):
         """The sequences of the next step; allocates their KV blocks."""
 
 
-SCHEDULERS: Registry[type[Scheduler]] = Registry("scheduler policy")
+SCHEDULERS: Registry[type[Scheduler]] = Registry("scheduler policy", "llmservingsim.schedulers")
