@@ -121,6 +121,8 @@ def refusal(cfg: SimConfig, cluster: Cluster, checking_invariants: bool) -> str 
         return "the compiled loop is not built (no C compiler when the package was installed?)"
     if checking_invariants:
         return "runtime invariant checks"
+    if cfg.frontend.enabled:
+        return "the serving frontend (frontend.enabled; perf/frontend.py)"
     if type(cluster.router) not in ROUTER_CODES:
         return f"router {cfg.cluster.router}"
     if cluster.decode_router is not None and type(cluster.decode_router) not in ROUTER_CODES:
