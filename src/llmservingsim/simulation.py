@@ -429,7 +429,7 @@ def simulate(
     if requests is None:
         requests = load_requests(cfg)
     _check_trace_adapters(cfg, requests)
-    requests_total = len(requests)
+    asked = requests  # as the clients sent them (the invariants check the log against these)
     requests, _ = _admit(cfg, requests, metrics)
     checker = (
         InvariantChecker(cluster.instances) if invariants_requested(check_invariants) else None
@@ -445,9 +445,9 @@ def simulate(
     end_time = engine.run(requests)
     wall = time.perf_counter() - wall_start
     if checker is not None and not engine.interrupted:
-        checker.check_end(requests, metrics.records)
+        checker.check_end(asked, metrics.records)
     summary = summarize(cfg, cluster, metrics, end_time, wall)
-    summary["requests_total"] = requests_total
+    summary["requests_total"] = len(asked)
     summary["engine_preset"] = cfg.engine_preset
     summary["engine_loop"] = "python" if not_compiled else "compiled"
     if not_compiled:
