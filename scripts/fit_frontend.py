@@ -13,21 +13,23 @@ Two data sets, one per vLLM version (shared/data/README.md §9, §10):
   - ``per_prompt_token_us``: slope of the arrival → queued gap (offsets from the first
     request, since the two clocks differ) on the prompt length, least squares;
   - ``step_overhead_us``, ``per_seq_overhead_us``: per-request TPOT measured − simulated with
-    no host overhead = step + per_seq × the request's mean batch (non-negative least squares);
+    no host overhead = step + per_seq × the request's mean batch;
   - ``request_overhead_us``, ``token_out_us``: 0 — the run has no API server, and its
     queued→token times are engine-side (a fixed hand-off cancels in the offsets).
 * vllm@0.15 — reference/blis_trainval/groundtruth.csv: client-side (HTTP, streaming) stage
   metrics of vLLM 0.15.1 on H100; the stages whose model is in the catalog (Qwen2.5-7B,
-  Llama-2-7B, Llama-3.1-70B TP4: 10 stage rows of 6 experiments). Fitted on all those rows:
+  Llama-2-7B, Llama-3.1-70B TP4: 9 stage rows of 6 experiments). Fitted on all those rows:
   - ``step_overhead_us``, ``per_seq_overhead_us``: ITL measured − simulated with no host
-    overhead = step + per_seq × mean batch (Little: rate × simulated E2E), non-negative LSQ;
+    overhead = step + per_seq × mean batch (Little: rate × simulated E2E);
   - ``request_overhead_us``, ``per_prompt_token_us``: TTFT measured − simulated (with the
-    fitted step overhead and async scheduling) = fixed + per_token × prompt, non-negative LSQ.
+    fitted step overhead and async scheduling) = fixed + per_token × prompt.
     A fixed cost on the way out (detokenize/stream) adds to TTFT and E2E alike and cannot be
     told from the fixed cost on the way in with these metrics: it is carried in
     ``request_overhead_us`` and ``token_out_us`` stays 0.
   Each stage is simulated for its first ``--stage-seconds`` (default 300) of arrivals.
-Async scheduling is on in both (vLLM's default since PR #27614; docs/engines.md).
+Every fit is a non-negative, robust (soft-L1, 10 % scale) least-squares fit of the relative
+error (the residual divided by the measured value, as validate reports errors). Async
+scheduling is on in both (vLLM's default since PR #27614; docs/engines.md).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from scipy.optimize import nnls
+from scipy.optimize import least_squares, nnls
 
 from llmservingsim.config import build_config
 from llmservingsim.simulation import load_requests, simulate
@@ -59,7 +61,10 @@ BLIS_MODELS = {
     "meta-llama/Llama-2-7b-hf": "llama-2-7b",
     "meta-llama/Llama-3.1-70B-Instruct": "llama-3.1-70b",
 }
-NO_HOST = {"step_overhead_us": 0.0, "per_seq_overhead_us": 0.0}
+# Every frontend parameter a fitting simulation uses is given here, so no shipped value (the
+# preset's current fit) leaks into the fit.
+ZERO = {"request_overhead_us": 0.0, "per_prompt_token_us": 0.0, "token_out_us": 0.0}
+NO_HOST = {**ZERO, "step_overhead_us": 0.0, "per_seq_overhead_us": 0.0}
 
 
 # ----------------------------------------------------------------------------- vLLM 0.19
@@ -103,6 +108,19 @@ def simulate_vllm019(
     }
 
 
+def relative_nnls(design: np.ndarray, measured: np.ndarray, simulated: np.ndarray) -> np.ndarray:
+    """Non-negative x minimizing the relative errors r = (simulated + design·x − measured) /
+    measured (as validate reports errors, so rows of small and large models weigh alike) in
+    a robust least-squares sense: soft-L1 loss with a 10 % scale, so one row that misses for
+    another reason (a KV-starved run) does not set the parameters of every other row."""
+    a, b = design / measured[:, None], (measured - simulated) / measured
+    start, _ = nnls(a, b)
+    fit = least_squares(
+        lambda x: a @ x - b, start, bounds=(0.0, np.inf), loss="soft_l1", f_scale=0.1
+    )
+    return np.asarray(fit.x)
+
+
 def mean_concurrency(first: np.ndarray, finish: np.ndarray) -> np.ndarray:
     """Each request's mean number of requests decoding alongside it (itself included)."""
     out = np.empty(len(first))
@@ -129,7 +147,7 @@ def fit_vllm019(data: Path) -> dict[str, Any]:
     sim0 = simulate_vllm019(data, rows, {**NO_HOST, "async_scheduling": True})
     sim_tpot = (sim0["finish_s"] - sim0["first_token_s"]) / (sim0["output_tokens"] - 1)
     batch = mean_concurrency(sim0["first_token_s"], sim0["finish_s"])
-    (step, per_seq), _ = nnls(np.column_stack([np.ones_like(batch), batch]), tpot - sim_tpot)
+    (step, per_seq) = relative_nnls(np.column_stack([np.ones_like(batch), batch]), tpot, sim_tpot)
     params = {
         "request_overhead_us": 0.0,
         "per_prompt_token_us": round(per_token * 1e6, 4),
@@ -144,7 +162,8 @@ def fit_vllm019(data: Path) -> dict[str, Any]:
         "fitted_on": {
             "per_prompt_token_us": "arrival->queued gap vs prompt tokens, least squares, 300 rows",
             "step_overhead_us": "per-request TPOT measured - simulated without host overhead "
-            "= step + per_seq x mean batch, non-negative least squares, 300 rows",
+            "= step + per_seq x mean batch, robust non-negative least squares on relative "
+            "error, 300 rows",
             "per_seq_overhead_us": "(same fit)",
             "request_overhead_us": "not identifiable (no API server; clocks differ): 0",
             "token_out_us": "not identifiable (engine-side token times): 0",
@@ -236,19 +255,22 @@ def simulate_blis(
     return results
 
 
-def fit_vllm015(data: Path, stage_seconds: float) -> dict[str, Any]:
-    stages = blis_stages(data)
+def fit_vllm015(
+    data: Path, stage_seconds: float, stages: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The fit over ``stages`` (default: every usable stage row)."""
+    stages = blis_stages(data) if stages is None else stages
     meas_itl = np.array([float(r["itl_mean_ms"]) for r in stages]) * 1e-3
     meas_ttft = np.array([float(r["ttft_mean_ms"]) for r in stages]) * 1e-3
     prompt = np.array([int(r["system_prompt_len"]) + int(r["question_len"]) for r in stages])
     sim0 = simulate_blis(stages, {**NO_HOST, "async_scheduling": True}, stage_seconds)
     batch = np.array([s["batch"] for s in sim0])
-    y = meas_itl - np.array([s["itl"] for s in sim0])
-    (step, per_seq), _ = nnls(np.column_stack([np.ones_like(batch), batch]), y)
+    design = np.column_stack([np.ones_like(batch), batch])
+    step, per_seq = relative_nnls(design, meas_itl, np.array([s["itl"] for s in sim0]))
     host = {"step_overhead_us": float(step) * 1e6, "per_seq_overhead_us": float(per_seq) * 1e6}
-    sim1 = simulate_blis(stages, {**host, "async_scheduling": True}, stage_seconds)
-    y = meas_ttft - np.array([s["ttft"] for s in sim1])
-    (fixed, per_token), _ = nnls(np.column_stack([np.ones(len(y)), prompt.astype(float)]), y)
+    sim1 = simulate_blis(stages, {**ZERO, **host, "async_scheduling": True}, stage_seconds)
+    design = np.column_stack([np.ones(len(prompt)), prompt.astype(float)])
+    fixed, per_token = relative_nnls(design, meas_ttft, np.array([s["ttft"] for s in sim1]))
     params = {
         "request_overhead_us": round(float(fixed) * 1e6, 1),
         "per_prompt_token_us": round(float(per_token) * 1e6, 4),
@@ -264,10 +286,13 @@ def fit_vllm015(data: Path, stage_seconds: float) -> dict[str, Any]:
         f"{', '.join(exps)}: vLLM 0.15.1, H100, client-side HTTP streaming)",
         "fitted_on": {
             "step_overhead_us": "ITL measured - simulated without host overhead = step + "
-            f"per_seq x mean batch, non-negative least squares, {len(stages)} rows",
+            "per_seq x mean batch, robust non-negative least squares on relative error, "
+            f"{len(stages)} rows",
             "per_seq_overhead_us": "(same fit)",
             "request_overhead_us": "TTFT measured - simulated (fitted step overhead, async "
-            f"scheduling) = fixed + per_token x prompt, non-negative least squares, "
+            f"scheduling) = fixed + per_token x prompt, robust non-negative least squares on "
+            "relative "
+            "error, "
             f"{len(stages)} rows; includes the way-out fixed cost",
             "per_prompt_token_us": "(same fit)",
             "token_out_us": "not separable from request_overhead_us with these metrics: 0",

@@ -1,6 +1,6 @@
 """Effect of the serving frontend (perf/frontend.py) on the measured vLLM runs it was fitted on.
 
-    python scripts/frontend_effect.py [--data ../shared/data] [--stage-seconds 300]
+    python scripts/frontend_effect.py [--data ../shared/data] [--stage-seconds 300] [--held-out]
 
 Prints, for "before" (the same engine preset with ``frontend.enabled: false``: the device's
 host constants, no async scheduling, no frontend delays) and "after" (the preset's fitted
@@ -9,7 +9,8 @@ frontend):
 * the vLLM 0.19 per-request log (300 requests): TTFT and E2E mean / p50 / p90, measured
   (engine queued → first / last token) and simulated (arrivals at the measured offsets);
 * the vLLM 0.15.1 stage rows of blis_trainval whose model is in the catalog: TTFT and ITL,
-  measured (client side) and simulated, and the median |error| per metric.
+  measured (client side) and simulated, and the median |error| per metric;
+* with --held-out, the same rows predicted by a fit on the other experiments only.
 """
 
 from __future__ import annotations
@@ -77,13 +78,43 @@ def blis(data: Path, stage_seconds: float) -> None:
         print(f"  median |error| {label}: {medians}")
 
 
+def held_out(data: Path, stage_seconds: float) -> None:
+    """Leave one experiment out: fit vllm@0.15 on the others, predict its stage rows."""
+    stages = fit.blis_stages(data)
+    errors: dict[str, list[float]] = {"ttft": [], "itl": [], "e2e": []}
+    print("\nvLLM 0.15.1, leave one experiment out (fit on the other experiments), ms")
+    print("  exp stage | TTFT meas  held-out | ITL meas  held-out | fitted on the others")
+    for exp in sorted({r["exp_id"] for r in stages}):
+        train = [r for r in stages if r["exp_id"] != exp]
+        test = [r for r in stages if r["exp_id"] == exp]
+        params = fit.fit_vllm015(data, stage_seconds, train)["params"]
+        sims = fit.simulate_blis(test, {"enabled": True, **params}, stage_seconds)
+        for row, sim in zip(test, sims, strict=True):
+            meas = {k: float(row[f"{k}_mean_ms"]) for k in errors}
+            for k in errors:
+                errors[k].append(abs(sim[k] * 1e3 / meas[k] - 1) * 100)
+            print(
+                f"  {exp:>8} {row['stage_index']} | {meas['ttft']:8.1f} {sim['ttft'] * 1e3:8.1f}"
+                f" | {meas['itl']:7.2f} {sim['itl'] * 1e3:8.2f} | step "
+                f"{params['step_overhead_us']} us, {params['request_overhead_us']} us + "
+                f"{params['per_prompt_token_us']} us/token"
+            )
+    medians = ", ".join(f"{k.upper()} {np.median(v):.1f} %" for k, v in errors.items())
+    print(f"  median |error| held out: {medians}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=fit.DEFAULT_DATA)
     parser.add_argument("--stage-seconds", type=float, default=300.0)
+    parser.add_argument(
+        "--held-out", action="store_true", help="also leave each experiment out (~3 min)"
+    )
     args = parser.parse_args()
     vllm019(args.data)
     blis(args.data, args.stage_seconds)
+    if args.held_out:
+        held_out(args.data, args.stage_seconds)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,11 @@ def test_unknown_engine_or_version_is_one_error_line(value: str, expected: str) 
     assert expected in message and "\n" not in message
 
 
+def test_the_old_engine_section_points_to_simulator() -> None:
+    with pytest.raises(ConfigError, match="moved to simulator:"):
+        cfg_of("engine={fast_forward: false}")
+
+
 def test_summary_records_the_resolved_preset() -> None:
     cfg = cfg_of("engine=sglang", "workload.num_requests=5")
     summary = simulate(cfg).summary

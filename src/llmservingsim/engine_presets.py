@@ -62,6 +62,11 @@ def load_frontend_fits(name: str) -> dict[str, Any]:
 def parse_engine(value: object) -> tuple[str, str]:
     """``vllm@0.19`` → ('vllm', '0.19'); no version → the preset's default version. An unknown
     engine or version is a ConfigError naming what is available."""
+    if isinstance(value, dict):
+        raise ConfigError(
+            f"engine: expected an engine name ({', '.join(engine_names())}, optionally "
+            "@version), got a section; the simulator's own settings moved to simulator:"
+        )
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(
             f"engine: expected one of {', '.join(engine_names())} (optionally @version), "
