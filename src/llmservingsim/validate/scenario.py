@@ -225,6 +225,8 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     if rule.note:
         notes.append(rule.note)
     preset = engine_preset(row)
+    if preset:
+        notes.append(f"engine {preset}: its fitted frontend (docs/engines.md)")
     overrides = [
         *([f"engine={preset}"] if preset else []),
         f"model={rule.catalog}",
