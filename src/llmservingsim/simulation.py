@@ -201,14 +201,14 @@ def _check_max_model_len(cfg: SimConfig) -> None:
 
 def _admit(
     cfg: SimConfig, requests: SequenceOf[RequestSpec], metrics: MetricsCollector
-) -> tuple[SequenceOf[RequestSpec], ClientClock | None]:
+) -> SequenceOf[RequestSpec]:
     """What the engine is fed: requests longer than max_model_len are rejected (logged as
     ``rejected`` at their arrival, as vLLM's API server refuses them), and with a frontend the
     others reach the engine ``arrival_delay_s`` later (their client times are kept)."""
     frontend = frontend_model(cfg)
     limit = cfg.max_model_len
     if limit is None and frontend is None:
-        return requests, None
+        return requests
     served: list[RequestSpec] = []
     clock = None if frontend is None else ClientClock(frontend, {})
     for spec in requests:
@@ -225,7 +225,7 @@ def _admit(
             spec = replace(spec, arrival_s=spec.arrival_s + delay)
         served.append(spec)
     metrics.requests.client_clock = clock
-    return served, clock
+    return served
 
 
 def _check_parallelism(cfg: SimConfig, pool: PoolConfig) -> None:
@@ -430,7 +430,7 @@ def simulate(
         requests = load_requests(cfg)
     _check_trace_adapters(cfg, requests)
     asked = requests  # as the clients sent them (the invariants check the log against these)
-    requests, _ = _admit(cfg, requests, metrics)
+    requests = _admit(cfg, requests, metrics)
     checker = (
         InvariantChecker(cluster.instances) if invariants_requested(check_invariants) else None
     )

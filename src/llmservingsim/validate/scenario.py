@@ -227,6 +227,8 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     preset = engine_preset(row)
     if preset:
         notes.append(f"engine {preset}: its fitted frontend (docs/engines.md)")
+        # Prefix caching only where the row says the run had it (an optional setting below).
+        settings.setdefault("enable_prefix_caching", "false")
     overrides = [
         *([f"engine={preset}"] if preset else []),
         f"model={rule.catalog}",
