@@ -2,9 +2,9 @@
 
 Each scenario runs in a fresh subprocess, so its peak RSS is its own. The table gives the
 engine loop that ran, simulated iterations, wall time, µs per iteration, peak RSS and requests
-per wall second; ``--compare`` also runs the chosen scenarios in the Python engine with
-fast-forward (``simulator.compiled=false``) and without it (``simulator.fast_forward=false``, one
-step and one request at a time) and prints the speed-ups.
+per wall second; ``--compare`` also runs the chosen scenarios on the interpreted build of the
+same engine source (``LLMSERVINGSIM_INTERPRETED=1``) and, compiled, without fast-forward
+(``simulator.fast_forward=false``, one step and one request at a time), and prints the speed-ups.
 
     python benchmarks/run_benchmarks.py                  # (a) and (b), the quick ones
     python benchmarks/run_benchmarks.py --only a,b,c,d,e # every scenario (tens of minutes)
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -60,13 +61,14 @@ SCENARIOS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-MODES: dict[str, list[str]] = {
-    "default": [],
-    "python": ["simulator.compiled=false"],
-    "step": ["simulator.fast_forward=false"],
+MODES: dict[str, tuple[list[str], dict[str, str]]] = {
+    "default": ([], {}),
+    "interpreted": ([], {"LLMSERVINGSIM_INTERPRETED": "1"}),
+    "step": (["simulator.fast_forward=false"], {}),
 }
-"""Engine settings compared by ``--compare``: the default (the compiled loop where it
-applies), the Python engine with fast-forward, the Python engine one step at a time."""
+"""Engine settings compared by ``--compare`` (overrides, environment): the default (the
+compiled build where it is installed), the same source interpreted, and the default build one
+step at a time."""
 
 
 def measure(key: str, mode: str, requests: int | None) -> dict[str, Any]:
@@ -77,7 +79,7 @@ def measure(key: str, mode: str, requests: int | None) -> dict[str, Any]:
     _, overrides = SCENARIOS[key]
     if requests is not None:
         overrides = [*overrides, f"workload.num_requests={requests}"]
-    cfg = load_config(None, [*overrides, *MODES[mode]])
+    cfg = load_config(None, [*overrides, *MODES[mode][0]])
     start = time.perf_counter()
     fast_forward = cfg.simulator.fast_forward
     summary = simulate(cfg).summary
@@ -88,7 +90,7 @@ def measure(key: str, mode: str, requests: int | None) -> dict[str, Any]:
         "wall_s": wall,
         "sim_wall_s": summary["sim_wall_s"],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "loop": f"{summary['engine_loop']}{'' if fast_forward else ' step'}",
+        "loop": f"{summary['engine_build']}{'' if fast_forward else ' step'}",
     }
 
 
@@ -96,7 +98,8 @@ def in_subprocess(key: str, mode: str, requests: int | None) -> dict[str, Any]:
     args = [sys.executable, __file__, "--child", key, "--mode", mode]
     if requests is not None:
         args += ["--requests", str(requests)]
-    done = subprocess.run(args, capture_output=True, text=True, check=True)
+    env = {**os.environ, **MODES[mode][1]}
+    done = subprocess.run(args, capture_output=True, text=True, check=True, env=env)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -119,7 +122,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
     table = Table(title="llmservingsim benchmarks", header_style="bold")
-    columns = ("scenario", "loop", "requests", "iterations", "wall s", "µs / iter")
+    columns = ("scenario", "engine", "requests", "iterations", "wall s", "µs / iter")
     for col in (*columns, "peak RSS MiB", "req / wall s"):
         table.add_column(col, justify="left" if col == "scenario" else "right")
     console = Console(width=150)
@@ -141,9 +144,9 @@ def main() -> int:
             )
         if args.compare:
             console.print(
-                f"{SCENARIOS[key][0]}: fast-forward on vs off (Python engine) "
-                f"{walls['step'] / walls['python']:.2f}x; default vs one step at a time "
-                f"{walls['step'] / walls['default']:.2f}x"
+                f"{SCENARIOS[key][0]}: compiled vs interpreted "
+                f"{walls['interpreted'] / walls['default']:.2f}x; fast-forward on vs off "
+                f"(compiled) {walls['step'] / walls['default']:.2f}x"
             )
     console.print(table)
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from llmservingsim.build_info import engine_build, stale_sources
 from llmservingsim.config import load_config
 from llmservingsim.outputs.run_outputs import simulate_to_dir
 from llmservingsim.simulation import SimulationResult
@@ -23,6 +24,34 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 os.environ.setdefault("LLMSERVINGSIM_CHECK_INVARIANTS", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Never test a compiled engine older than its source (an editable install is rebuilt by
+    ``make``); the interpreted build always runs the source as it is."""
+    stale = stale_sources()
+    if stale:
+        pytest.exit(
+            f"the compiled engine is older than {stale[0]} (and {len(stale) - 1} more): run "
+            "`make .venv/.installed` (or `make test`) to rebuild it, or set "
+            "LLMSERVINGSIM_INTERPRETED=1 to run the source interpreted",
+            returncode=2,
+        )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that replace engine internals (monkeypatched methods, fake instances) cannot do so
+    on compiled classes: they run in `make test`'s second, interpreted pass."""
+    if engine_build() != "compiled":
+        return
+    skip = pytest.mark.skip(
+        reason="replaces engine internals: runs in the interpreted pass "
+        "(LLMSERVINGSIM_INTERPRETED=1 pytest -m patches_engine)"
+    )
+    for item in items:
+        if "patches_engine" in item.keywords:
+            item.add_marker(skip)
+
 
 RunToDir = Callable[..., tuple[Path, SimulationResult]]
 

@@ -115,6 +115,7 @@ def make_router(name: str, n: int) -> tuple[Any, list[FakeInstance]]:
     return ROUTERS.get(name)(fakes, np.random.default_rng(0)), fakes  # type: ignore[arg-type]
 
 
+@pytest.mark.patches_engine  # fake instances / a spied router: interpreted pass
 @given(n=st.integers(1, 12), rounds=st.integers(1, 10))
 def test_round_robin_balances_counts_exactly(n: int, rounds: int) -> None:
     router, _ = make_router("round_robin", n)
@@ -122,6 +123,7 @@ def test_round_robin_balances_counts_exactly(n: int, rounds: int) -> None:
     assert set(counts.values()) == {rounds}
 
 
+@pytest.mark.patches_engine  # fake instances / a spied router: interpreted pass
 @given(loads=st.lists(st.integers(0, 50), min_size=1, max_size=16))
 def test_least_outstanding_never_picks_a_busier_instance(loads: list[int]) -> None:
     router, fakes = make_router("least_outstanding", len(loads))
@@ -141,6 +143,7 @@ class BoardInstance:
     load_board: Any
 
 
+@pytest.mark.patches_engine  # fake instances / a spied router: interpreted pass
 @given(
     loads=st.lists(st.integers(0, 3), min_size=1, max_size=100),  # list scan and numpy
     subset=st.booleans(),
@@ -166,6 +169,7 @@ def test_least_outstanding_on_the_load_board_equals_a_rotating_scan(
         start = (expected + 1) % len(current)
 
 
+@pytest.mark.patches_engine  # fake instances / a spied router: interpreted pass
 @given(loads=st.lists(st.integers(0, 50), min_size=2, max_size=16))
 def test_power_of_two_picks_the_less_loaded_of_two(loads: list[int]) -> None:
     router, fakes = make_router("power_of_two_choices", len(loads))
@@ -175,6 +179,7 @@ def test_power_of_two_picks_the_less_loaded_of_two(loads: list[int]) -> None:
     assert sum(load < chosen.num_outstanding for load in loads) <= len(loads) - 2
 
 
+@pytest.mark.patches_engine  # fake instances / a spied router: interpreted pass
 def test_least_kv_prefers_the_emptiest_cache() -> None:
     router, fakes = make_router("least_kv", 3)
     fakes[0].num_free_blocks, fakes[1].num_free_blocks, fakes[2].num_free_blocks = 10, 90, 50
@@ -195,6 +200,7 @@ def test_every_router_serves_every_request(router: str) -> None:
     assert all(count > 0 for count in per_instance)
 
 
+@pytest.mark.patches_engine  # fake instances / a spied router: interpreted pass
 @settings(max_examples=15, deadline=None)
 @given(
     gaps=st.lists(st.floats(0.0, 0.05), min_size=5, max_size=40),
@@ -302,6 +308,7 @@ def test_heterogeneous_mixed_pools_report_each_pool() -> None:
     assert summary["cost_usd"] > 0
 
 
+@pytest.mark.patches_engine  # fake instances / a spied router: interpreted pass
 def test_least_outstanding_rotates_ties() -> None:
     router, _ = make_router("least_outstanding", 4)
     picks = [router.route(RequestSpec(i, 0.0, 1, 1)).index for i in range(8)]

@@ -17,12 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmservingsim.config import SimConfig, load_config
-from llmservingsim.engine import Engine
+from llmservingsim.engine import EngineHooks
 from llmservingsim.outputs.files import write_summary
-from llmservingsim.serving import instance as instance_module
 from llmservingsim.serving.instance import Instance
-from llmservingsim.serving.sequence import Sequence
-from llmservingsim.simulation import SimulationResult, load_requests, simulate
+from llmservingsim.simulation import SimulationResult, load_requests, observing, simulate
 from llmservingsim.workload.request_spec import RequestSpec
 
 
@@ -54,38 +52,32 @@ class Step:
     end: float = math.nan
 
 
-@contextmanager
-def recording_steps() -> Iterator[list[Step]]:
+class StepRecorder(EngineHooks):
     """Record every engine step: when it started, how long it ran and which requests it ran."""
-    steps: list[Step] = []
-    clock: list[float] = [0.0]
-    try_start = Engine._try_start
-    start_step = Instance.start_step
-    end_step = Instance.end_step
 
-    def spy_try_start(self: Engine, instance: Instance) -> None:
-        clock[0] = self.now
-        try_start(self, instance)
+    every_step = True  # no fast-forward runs (tests/test_fast_forward.py checks them)
 
-    def spy_start(self: Instance, now: float) -> tuple[float, int] | None:
-        started = start_step(self, now)
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+
+    def after_start(
+        self, instance: Instance, now: float, started: tuple[float, int] | None
+    ) -> None:
         if started is not None:
             finish, k = started
-            ids = [seq.id for seq, _ in self.engines[k].in_flight]
-            steps.append(Step(clock[0], finish - now, ids))
-        return started
+            ids = [seq.id for seq, _ in instance.engines[k].in_flight]
+            self.steps.append(Step(now, finish - now, ids))
 
-    def spy_end(self: Instance, engine_index: int, now: float) -> list[Sequence]:
-        steps[-1].end = now
-        return end_step(self, engine_index, now)
+    def after_end(self, instance: Instance, engine_index: int, now: float) -> None:
+        self.steps[-1].end = now
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Engine, "_try_start", spy_try_start)
-        mp.setattr(Instance, "start_step", spy_start)
-        mp.setattr(Instance, "end_step", spy_end)
-        # Every step is watched: no fast-forward runs (tests/test_fast_forward.py checks them).
-        mp.setattr(instance_module, "plan_decode_run", lambda *args: None)
-        yield steps
+
+@contextmanager
+def recording_steps() -> Iterator[list[Step]]:
+    """Record every step of the simulate() runs inside the block."""
+    recorder = StepRecorder()
+    with observing(recorder):
+        yield recorder.steps
 
 
 def at_least(a: float, b: float) -> bool:

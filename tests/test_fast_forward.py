@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from llmservingsim import simulation
 from llmservingsim.cluster.routers import ROUTERS
 from llmservingsim.config import load_config
+from llmservingsim.engine import EngineHooks
 from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.schedulers import SCHEDULERS
 from llmservingsim.simulation import SimulationResult, simulate
@@ -81,7 +83,8 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class Counter:
-    runs: int = 0
+    runs: int = 0  # runs cut short
+    laid_out: int = 0
 
 
 def run_mode(sc: dict[str, Any], fast_forward: bool, counter: Counter) -> SimulationResult:
@@ -92,32 +95,31 @@ def run_mode(sc: dict[str, Any], fast_forward: bool, counter: Counter) -> Simula
         return simulate(cfg, requests=sc["specs"])
 
 
-def patched(num_blocks: int | None, counter: Counter) -> Any:
+class SeenInstances(EngineHooks):
+    """Remembers the instances requests reached (to read their fast-forward counters)."""
+
+    def __init__(self) -> None:
+        self.instances: dict[int, Instance] = {}
+
+    def before_add(self, instance: Instance, now: float) -> None:
+        self.instances[instance.index] = instance
+
+
+@contextmanager
+def patched(num_blocks: int | None, counter: Counter) -> Iterator[None]:
+    """Shrink the KV cache to ``num_blocks`` (None: as planned); count the runs cut short."""
     plan = simulation.plan_instance_memory
-    cut = Instance.cut_runs
 
     def small_plan(cfg: Any, pool: Any = None) -> Any:
         real = plan(cfg, pool)
         return real if num_blocks is None else dataclasses.replace(real, num_blocks=num_blocks)
 
-    def counting_cut(
-        self: Instance, now: float, inclusive: bool = False
-    ) -> list[tuple[int, float]]:
-        changed = cut(self, now, inclusive)
-        counter.runs += len(changed)
-        return changed
-
-    mp = pytest.MonkeyPatch()
-
-    class Ctx:
-        def __enter__(self) -> None:
-            mp.setattr(simulation, "plan_instance_memory", small_plan)
-            mp.setattr(Instance, "cut_runs", counting_cut)
-
-        def __exit__(self, *exc: object) -> None:
-            mp.undo()
-
-    return Ctx()
+    seen = SeenInstances()
+    with pytest.MonkeyPatch.context() as mp, simulation.observing(seen):
+        mp.setattr(simulation, "plan_instance_memory", small_plan)
+        yield
+    counter.runs += sum(inst.runs_cut for inst in seen.instances.values())
+    counter.laid_out += sum(inst.runs_laid_out for inst in seen.instances.values())
 
 
 def numbers(summary: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
@@ -165,7 +167,8 @@ def test_fast_forward_equals_stepping(sc: dict[str, Any]) -> None:
 
 
 def test_fast_forward_takes_runs_and_cuts_them() -> None:
-    """One long decode batch, then arrivals that land inside its runs: both paths are used."""
+    """One long decode batch, then arrivals: runs are laid out up to the next arrival (each
+    arrival ends one), and an arrival that comes before the step estimate cuts one short."""
     specs = [RequestSpec(i, 0.0, 100, 400) for i in range(4)]
     specs += [RequestSpec(4 + i, 0.3 + 0.37 * i, 50, 30) for i in range(5)]
     sc = {"specs": specs, "overrides": ["model=llama-3.2-1b"], "num_blocks": None}
@@ -173,7 +176,8 @@ def test_fast_forward_takes_runs_and_cuts_them() -> None:
     step = run_mode(sc, False, counter)
     assert counter.runs == 0
     fast = run_mode(sc, True, counter)
-    assert counter.runs >= 2, "arrivals cut decode runs short"
+    assert counter.laid_out >= 5, "a run up to each arrival"
+    assert counter.runs >= 1, "an arrival cut a decode run short"
     assert_same(step, fast)
     assert fast.summary["iterations"] == step.summary["iterations"] > 400
 
@@ -237,6 +241,7 @@ def test_decode_steps_timed_ahead_equal_step_by_step(overrides: list[str]) -> No
     assert step0.seconds < costs.seconds[-1]
 
 
+@pytest.mark.patches_engine  # patches Cluster and Instance methods: interpreted pass
 def test_kv_transfer_landing_exactly_on_a_decode_step_end() -> None:
     """P/D: a request's KV reaches the decode instance at the very time one of its decode steps
     ends. Stepping takes the step end first (and starts the next step without the newcomer);

@@ -1,7 +1,8 @@
 """SIGINT / SIGTERM during ``run`` and ``sweep``, sent to a real subprocess.
 
-The child is the real CLI; a few lines before it append to a marker file each time the engine
-loop starts, so the signal lands inside the simulation, not during start-up.
+The child is the real CLI; a few lines before it add engine hooks that append to a marker file
+when a simulation's first request reaches an instance, so the signal lands inside the
+simulation, not during start-up.
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ import pytest
 CHILD = """
 import sys
 from pathlib import Path
-from llmservingsim import engine
+from llmservingsim import engine, simulation
 marker = Path(sys.argv[1])
-loop = engine.Engine._loop
-def marked_loop(self, requests):
-    with marker.open("a") as fh:
-        fh.write("loop\\n")
-    return loop(self, requests)
-engine.Engine._loop = marked_loop
+class Marker(engine.EngineHooks):
+    seen = False
+    def before_add(self, instance, now):
+        if not self.seen:
+            self.seen = True
+            with marker.open("a") as fh:
+                fh.write("loop\\n")
+chain = simulation.chain
+simulation.chain = lambda hooks: chain([*hooks, Marker()])
 from llmservingsim.cli import app
 app(sys.argv[2:])
 """
@@ -68,14 +72,14 @@ def test_signal_during_run_writes_a_partial_summary_and_whole_files(
     tmp_path: Path, signum: int, code: int
 ) -> None:
     out = tmp_path / "out"
-    args = ["run", *LONG_RUN, "--set", "workload.num_requests=50000", "--out", str(out), "-q"]
+    args = ["run", *LONG_RUN, "--set", "workload.num_requests=1000000", "--out", str(out), "-q"]
     proc, marker = start(tmp_path, args)
     returncode, err = signal_after_loops(proc, marker, 1, signum)
     assert returncode == code, err
     assert "interrupted" in err and "Traceback" not in err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["partial"] is True
-    assert summary["requests_completed"] < 50000
+    assert summary["requests_completed"] < 1000000
     table = pq.read_table(out / "requests.parquet")
     assert table.num_rows == summary["requests_completed"] + summary["requests_failed"]
     assert pq.read_table(out / "timeseries.parquet").num_rows > 0
@@ -86,7 +90,7 @@ def test_signal_during_run_writes_a_partial_summary_and_whole_files(
 
 def test_sigterm_during_sweep_keeps_finished_points(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
-    args = ["sweep", *LONG_RUN, "--grid", "workload.num_requests=5,50000"]
+    args = ["sweep", *LONG_RUN, "--grid", "workload.num_requests=5,1000000"]
     args += ["--workers", "1", "--out", str(out), "-q"]
     proc, marker = start(tmp_path, args)
     returncode, err = signal_after_loops(proc, marker, 2, signal.SIGTERM)
@@ -113,32 +117,33 @@ def test_a_signal_held_by_the_loop_reaches_the_previous_handler_afterwards() -> 
         signal.signal(signal.SIGTERM, previous)
 
 
-def test_a_signal_whose_handler_returns_does_not_end_the_run(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_signal_whose_handler_returns_does_not_end_the_run() -> None:
     """A host program's SIGTERM handler that only logs gets the signal (at an event boundary)
     and the simulation goes on to serve every request."""
     import os
 
     from llmservingsim.config import load_config
+    from llmservingsim.engine import EngineHooks
     from llmservingsim.serving.instance import Instance
     from llmservingsim.simulation import simulate
     from llmservingsim.workload.request_spec import RequestSpec
 
     seen: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
-    end_step, steps = Instance.end_step, [0]
 
-    def signalling_end_step(self: Instance, engine: int, now: float) -> list[object]:
-        steps[0] += 1
-        if steps[0] == 100:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return end_step(self, engine, now)  # type: ignore[return-value]
+    class SignalAtStep100(EngineHooks):
+        every_step = True
+        steps = 0
 
-    monkeypatch.setattr(Instance, "end_step", signalling_end_step)
+        def after_end(self, instance: Instance, engine_index: int, now: float) -> None:
+            self.steps += 1
+            if self.steps == 100:
+                os.kill(os.getpid(), signal.SIGTERM)
+
     try:
         specs = [RequestSpec(i, 0.01 * i, 100, 200) for i in range(50)]
-        result = simulate(load_config(None, ["model=llama-3.2-1b"]), requests=specs)
+        cfg = load_config(None, ["model=llama-3.2-1b"])
+        result = simulate(cfg, requests=specs, hooks=[SignalAtStep100()])
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert seen == [signal.SIGTERM]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import tracemalloc
 from typing import Any
 
@@ -11,14 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulk_helpers import pieces
 from llmservingsim.config import SloConfig
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.request_log import (
-    _ROW_DTYPE,
     COLUMNS,
-    STATUS_CODE,
-    STATUSES,
     RequestChunk,
     RequestLog,
     RequestRecord,
@@ -190,89 +185,9 @@ def end_one(metrics: MetricsCollector, r: RequestRecord) -> None:
         metrics.on_drop(seq, r.instance, r.finish_s, r.status, r.fail_reason)
 
 
-def packed(log: RequestLog, rows: list[RequestRecord]) -> np.ndarray[Any, Any]:
-    """The compiled loop's way: rows packed with codes from the log (no LoRA there)."""
-    table = np.zeros(len(rows), dtype=_ROW_DTYPE)
-    for i, r in enumerate(rows):
-        table[i] = (
-            r.id,
-            r.instance,
-            STATUS_CODE[r.status],
-            r.arrival_s,
-            r.first_scheduled_s,
-            r.first_token_s,
-            r.finish_s,
-            r.input_tokens,
-            r.output_tokens,
-            r.cached_tokens,
-            r.preemptions,
-            r.prefill_instance,
-            r.kv_transfer_s,
-            log.reason_code(r.fail_reason),
-            -1,
-        )
-    return table
-
-
 def same_chunks(got: list[RequestChunk], want: list[RequestChunk]) -> bool:
     return [len(c) for c in got] == [len(c) for c in want] and all(
         a[name].tobytes() == b[name].tobytes()
         for a, b in zip(got, want, strict=True)
         for name in COLUMNS
     )
-
-
-@settings(max_examples=60, deadline=None)
-@given(data=st.data(), rows=records(), chunk_size=st.integers(1, 9))
-def test_ended_rows_in_bulk_seal_the_same_chunks_as_one_by_one(
-    data: st.DataObject, rows: list[RequestRecord], chunk_size: int
-) -> None:
-    rows = [dataclasses.replace(r, lora=None) for r in rows]
-    single, bulk = Recorder(), Recorder()
-    one_by_one = MetricsCollector(request_sinks=[single], chunk_size=chunk_size)
-    packed_rows = MetricsCollector(request_sinks=[bulk], chunk_size=chunk_size)
-    for r in rows:
-        end_one(one_by_one, r)
-    for start, stop in data.draw(pieces(len(rows))):
-        if data.draw(st.booleans()):  # requests the Python engine ended between packed ones
-            packed_rows.on_ended(packed(packed_rows.requests, rows[start:stop]))
-        else:
-            for r in rows[start:stop]:
-                end_one(packed_rows, r)
-        assert same_chunks(bulk.chunks, single.chunks[: len(bulk.chunks)])
-        assert len(packed_rows.requests) == stop
-    assert same_chunks(bulk.chunks, single.chunks)  # sealed while running, at the same rows
-    assert packed_rows.requests.reasons == one_by_one.requests.reasons
-    assert list(packed_rows.records) == rows
-    one_by_one.flush()
-    packed_rows.flush()
-    assert same_chunks(bulk.chunks, single.chunks)
-
-
-def test_bulk_rows_must_have_the_row_layout_and_known_codes() -> None:
-    log = RequestLog()
-    with pytest.raises(TypeError, match="dtype"):
-        log.extend(np.zeros(2, dtype=np.float64))
-    rows = np.zeros(1, dtype=_ROW_DTYPE)
-    rows["fail_reason"], rows["lora"] = -1, -1
-    log.extend(rows)
-    assert log.reason_code("") == -1 and log.reason_code("too long") == 0
-    assert log.reason_code("queue full") == 1 and log.reason_code("too long") == 0
-    for name, code in (("fail_reason", 2), ("lora", 0), ("status", len(STATUSES))):
-        bad = rows.copy()
-        bad[name] = code
-        with pytest.raises(ValueError, match=f"a {name} code"):
-            log.extend(bad)
-    assert len(log) == 1
-
-
-def test_bulk_rows_after_unsealed_rows_seal_them_as_append_would() -> None:
-    """``append_row`` never seals: the next ended request then seals everything open."""
-    log = RequestLog(chunk_size=2)
-    for i in range(3):
-        log.append_row(RequestRecord(i, 0, 0.0, 1.0, 2.0, 5, 3, 0, 0, "finished"))
-    rows = np.zeros(2, dtype=_ROW_DTYPE)
-    rows["id"], rows["fail_reason"], rows["lora"] = [3, 4], -1, -1
-    sealed = log.extend(rows)
-    assert [chunk["id"].tolist() for chunk in sealed] == [[0, 1, 2, 3]]
-    assert len(log) == 5 and log.row_chunk(4) == (None, 0)

@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulk_helpers import pieces
 from llmservingsim.metrics.samples import RepeatedSamples
 from llmservingsim.metrics.summary import latency_stats
 
@@ -78,35 +77,3 @@ def test_adding_each_value_of_an_array_equals_adding_them_one_by_one(
         assert got["mean"] is None
     else:
         assert got["mean"] == pytest.approx(want["mean"], rel=1e-12)  # summed in another order
-
-
-@settings(max_examples=100, deadline=None)
-@given(
-    data=st.data(),
-    runs=st.lists(
-        st.tuples(st.sampled_from([0.0, -0.0, 0.001, 0.02, 0.3]), st.integers(-2, 6)),
-        max_size=24,
-    ),
-)
-def test_adding_runs_in_bulk_stores_what_adding_them_one_by_one_stores(
-    data: st.DataObject, runs: list[tuple[float, int]]
-) -> None:
-    """Same stored runs (equal neighbours merged, counts <= 0 skipped), so the statistics are
-    equal to the last bit, whichever pieces the runs arrive in."""
-    bulk, single = RepeatedSamples(), RepeatedSamples()
-    for value, count in runs:
-        single.add(value, count)
-    for start, stop in data.draw(pieces(len(runs))):
-        piece = runs[start:stop]
-        values = np.array([value for value, _ in piece], dtype=np.float64)
-        counts = np.array([count for _, count in piece], dtype=np.int64)
-        bulk.add_runs(values, counts)
-    assert bytes(bulk._values) == bytes(single._values)
-    assert bytes(bulk._counts) == bytes(single._counts)
-    assert len(bulk) == len(single)
-    assert bulk.stats() == single.stats()
-
-
-def test_runs_need_a_count_per_value() -> None:
-    with pytest.raises(ValueError, match="3 values but 2 counts"):
-        RepeatedSamples().add_runs(np.zeros(3), np.ones(2, dtype=np.int64))

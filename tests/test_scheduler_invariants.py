@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 
 import llmservingsim.simulation as simulation
 from llmservingsim.config import SchedulerConfig, load_config
+from llmservingsim.engine import EngineHooks
 from llmservingsim.serving.block_manager import BlockManager
 from llmservingsim.serving.host_link import HostLink, TransferLedger
 from llmservingsim.serving.instance import Instance
@@ -593,48 +594,46 @@ def test_no_decode_waits_behind_a_prompt_chunk(
 # ----------------------------------------------------------------------------- via simulate
 
 
-@dataclasses.dataclass
-class Spy:
-    policy: str
-    steps: int = 0
-    max_seqs_in_step: int = 0
-    max_used: int = 0
+class Spy(EngineHooks):
+    """Checks every step of the simulate() runs it observes."""
+
+    every_step = True  # the spy watches every step: no fast-forward runs
+
+    def __init__(self, policy: str) -> None:
+        self.policy = policy
+        self.steps = 0
+        self.max_seqs_in_step = 0
+        self.max_used = 0
+
+    def after_start(
+        self, instance: Instance, now: float, started: tuple[float, int] | None
+    ) -> None:
+        if started is None:
+            return
+        finish, k = started
+        entries = instance.engines[k].in_flight
+        assert entries
+        assert finish > now
+        check_step(instance.engines[k].scheduler, entries, self.policy)
+        self.steps += 1
+        self.max_seqs_in_step = max(self.max_seqs_in_step, len(entries))
+        self.max_used = max(self.max_used, instance.scheduler.blocks.num_used)
+
+    def after_end(self, instance: Instance, engine_index: int, now: float) -> None:
+        check_blocks(instance.engines[engine_index].scheduler)
 
 
 @contextmanager
 def spying(policy: str, num_blocks: int | None) -> Iterator[Spy]:
     """Check every step of a simulate() run; optionally shrink the KV cache to ``num_blocks``."""
     spy = Spy(policy)
-    start_step = Instance.start_step
-    end_step = Instance.end_step
     plan = simulation.plan_instance_memory
-
-    def spy_start(self: Instance, now: float) -> tuple[float, int] | None:
-        started = start_step(self, now)
-        if started is None:
-            return None
-        finish, k = started
-        entries = self.engines[k].in_flight
-        assert entries
-        assert finish > now
-        check_step(self.engines[k].scheduler, entries, spy.policy)
-        spy.steps += 1
-        spy.max_seqs_in_step = max(spy.max_seqs_in_step, len(entries))
-        spy.max_used = max(spy.max_used, self.scheduler.blocks.num_used)
-        return started
-
-    def spy_end(self: Instance, engine_index: int, now: float) -> list[Sequence]:
-        handoffs = end_step(self, engine_index, now)
-        check_blocks(self.engines[engine_index].scheduler)
-        return handoffs
 
     def small_plan(cfg: Any, pool: Any = None) -> Any:
         real = plan(cfg, pool)
         return real if num_blocks is None else dataclasses.replace(real, num_blocks=num_blocks)
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Instance, "start_step", spy_start)
-        mp.setattr(Instance, "end_step", spy_end)
+    with pytest.MonkeyPatch.context() as mp, simulation.observing(spy):
         mp.setattr(simulation, "plan_instance_memory", small_plan)
         yield spy
 

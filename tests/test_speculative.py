@@ -13,13 +13,12 @@ from hypothesis import strategies as st
 from cli_helpers import assert_one_line_error
 from kv_helpers import kv_run
 from llmservingsim.config import SpeculativeConfig, load_config
-from llmservingsim.engine import Engine
+from llmservingsim.engine import Engine, EngineHooks
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.perf.speculative import Proposer
 from llmservingsim.serving.block_manager import BlockManager
 from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.prefix_cache import PrefixCachingBlockManager
-from llmservingsim.serving.schedulers.vllm import VllmScheduler
 from llmservingsim.serving.sequence import Sequence
 from llmservingsim.serving.speculative import Speculator, expected_tokens_per_step
 from llmservingsim.simulation import build_cluster, load_requests, plan_instance_memory, simulate
@@ -190,31 +189,30 @@ def test_speculation_keeps_kv_and_token_accounting_exact(
         ],
     )
     budgets: list[int] = []
-    schedule = VllmScheduler.schedule
 
-    def spy(self: VllmScheduler) -> list[tuple[Sequence, int]]:
-        entries = schedule(self)
-        if len(entries) > 1:  # orca runs a prompt longer than the budget alone
-            budgets.append(sum(n for _, n in entries))
-        assert all(len(s.blocks) * 16 >= s.num_computed + n for s, n in entries)
-        return entries
+    class Spy(EngineHooks):
+        every_step = True
 
-    end_step = Instance.end_step
+        def after_start(
+            self, instance: Instance, now: float, started: tuple[float, int] | None
+        ) -> None:
+            if started is None:
+                return
+            entries = instance.engines[started[1]].in_flight
+            if len(entries) > 1:  # orca runs a prompt longer than the budget alone
+                budgets.append(sum(n for _, n in entries))
+            assert all(len(s.blocks) * 16 >= s.num_computed + n for s, n in entries)
 
-    def spy_end(self: Instance, engine: int, now: float) -> list[Sequence]:
-        handoffs = end_step(self, engine, now)
-        for seq in self.engines[engine].scheduler.running:
-            # Rejected drafts' slots are back in the pool: blocks cover the computed tokens.
-            assert len(seq.blocks) == -(-seq.num_computed // 16)
-        return handoffs
+        def after_end(self, instance: Instance, engine_index: int, now: float) -> None:
+            for seq in instance.engines[engine_index].scheduler.running:
+                # Rejected drafts' slots are back in the pool: blocks cover the computed tokens.
+                assert len(seq.blocks) == -(-seq.num_computed // 16)
 
-    with kv_run(num_blocks=40), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(VllmScheduler, "schedule", spy)
-        mp.setattr(Instance, "end_step", spy_end)
+    with kv_run(num_blocks=40):
         metrics = MetricsCollector()
         cluster = build_cluster(cfg, metrics)
         requests = load_requests(cfg)
-        Engine(cluster).run(requests)
+        Engine(cluster, hooks=Spy()).run(requests)
     assert max(budgets, default=0) <= 96
     lengths = {r.id: r.output_len for r in requests}
     for record in metrics.records:

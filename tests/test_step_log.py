@@ -11,9 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bulk_helpers import pieces
-from llmservingsim.metrics.collector import MetricsCollector
-from llmservingsim.metrics.steps import _ROW_DTYPE, ROW_SIZE, STEP_FIELDS, StepChunk, StepLog
+from llmservingsim.metrics.steps import STEP_FIELDS, StepChunk, StepLog
 
 counts = st.integers(0, 2**40)
 times = st.floats(allow_nan=False, allow_infinity=False, width=64)
@@ -54,7 +52,7 @@ def test_an_empty_log_gives_empty_columns_and_the_buffer_is_reusable() -> None:
     assert len(log.take_chunk()) == 0
     log.append(1, 0, 0.5, 0.01, 3, 10, 2, 7, 100, 0, 300.0)
     assert len(StepChunk.concat([log.take_chunk(), log.take_chunk()])) == 1
-    with pytest.raises(struct.error):  # a count must be an integer
+    with pytest.raises((struct.error, TypeError)):  # a count must be an integer
         log.append(1, 0, 0.5, 0.01, 3.5, 10, 2, 7, 100, 0, 300.0)  # type: ignore[arg-type]
 
 
@@ -72,49 +70,3 @@ def same_chunks(got: list[StepChunk], want: list[StepChunk]) -> bool:
         for a, b in zip(got, want, strict=True)
         for name in STEP_FIELDS
     )
-
-
-@given(st.data(), st.lists(step, max_size=12))
-def test_packed_rows_equal_rows_appended_one_by_one(
-    data: st.DataObject, steps: list[tuple[Any, ...]]
-) -> None:
-    single, bulk = StepLog(), StepLog()
-    for entry in steps:
-        single.append(*entry)
-    packed = b"".join(struct.pack("=qqddqqqqqqd", *entry) for entry in steps)
-    for start, stop in data.draw(pieces(len(steps))):
-        assert bulk.extend_packed(packed[start * ROW_SIZE : stop * ROW_SIZE]) == stop
-    assert same_chunks([bulk.take_chunk()], [single.take_chunk()])
-
-
-def test_packed_rows_must_be_whole_rows() -> None:
-    with pytest.raises(ValueError, match="not whole step rows"):
-        StepLog().extend_packed(bytes(ROW_SIZE + 3))
-
-
-@given(st.data(), st.lists(step, max_size=14), st.integers(1, 5))
-def test_the_collector_hands_packed_steps_over_in_the_same_chunks(
-    data: st.DataObject, steps: list[tuple[Any, ...]], chunk_size: int
-) -> None:
-    """A chunk is handed over when it fills up, whether rows came one by one or packed."""
-    single, bulk = Recorder(), Recorder()
-    one_by_one = MetricsCollector(step_sinks=[single], chunk_size=chunk_size)
-    packed = MetricsCollector(step_sinks=[bulk], chunk_size=chunk_size)
-    for entry in steps:
-        one_by_one.on_step(*entry)
-    rows = np.array([tuple(entry) for entry in steps], dtype=_ROW_DTYPE).tobytes()
-    for start, stop in data.draw(pieces(len(steps))):
-        if data.draw(st.booleans()):  # a step of the Python engine between packed ones
-            packed.on_packed_steps(rows[start * ROW_SIZE : stop * ROW_SIZE])
-        else:
-            for entry in steps[start:stop]:
-                packed.on_step(*entry)
-    one_by_one.flush()
-    packed.flush()
-    assert same_chunks(bulk.chunks, single.chunks)
-
-
-def test_packed_steps_without_step_sinks_are_dropped() -> None:
-    metrics = MetricsCollector()
-    metrics.on_packed_steps(bytes(3 * ROW_SIZE))
-    assert len(metrics._step_log) == 0

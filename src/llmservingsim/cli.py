@@ -138,7 +138,7 @@ def totals_table(summary: dict[str, Any]) -> Table:
         ("energy / cost", f"{summary['energy_j'] / 3.6e6:.3f} kWh · ${summary['cost_usd']:.2f}"),
         (
             "wall time",
-            f"{summary['sim_wall_s']:.2f} s ({summary.get('engine_loop', 'python')} loop, "
+            f"{summary['sim_wall_s']:.2f} s ({summary.get('engine_build', 'interpreted')} engine, "
             f"perf cache hits {summary['perf_cache_hit_rate']:.0%})",
         ),
     ]

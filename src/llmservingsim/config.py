@@ -549,15 +549,6 @@ class SimulatorConfig(_Section):
     (docs/performance.md). The results equal step-by-step simulation; false steps one
     iteration and one request at a time (for checking)."""
 
-    compiled: bool = True
-    """Run the event loop in C (native/loop.c) where the configuration is one it covers:
-    mixed or prefill/decode pools, tensor/expert/pipeline parallelism; every router; the
-    vllm/sarathi/orca/no_evict/static policies with recompute or swap preemption on paged KV,
-    prefix caching included (no offload tier); dense, MoE or MLA models on any perf backend;
-    no speculative decoding, LoRA or PIM (docs/performance.md). The numbers are the Python
-    engine's; summary.json says which loop ran (``engine_loop``) and why not the compiled one.
-    Needs ``fast_forward``; false always runs the Python engine."""
-
 
 class OutputsConfig(_Section):
     """What ``run`` writes besides summary.json (docs/outputs.md); never changes a simulated number.

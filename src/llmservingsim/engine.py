@@ -14,9 +14,11 @@ first cuts the run at that moment; the run's old end event is then stale and ski
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from heapq import heappop, heappush
+from typing import ClassVar, Final, Protocol
+
+from mypy_extensions import mypyc_attr
 
 from llmservingsim.interrupt import HeldSignals, signals_held
 from llmservingsim.serving.instance import Instance
@@ -26,7 +28,66 @@ from llmservingsim.workload.request_table import in_arrival_order
 
 ProgressHook = Callable[[float], None]
 
-STEP_END, WAKE, KV_ARRIVAL = 0, 1, 2
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class EngineHooks:
+    """What an observer of the engine sees, around the only three places serving state
+    changes: a request reaching an instance, a step starting, a step ending. The invariant
+    checker (invariants.py) is one; tests and users subclass it (any Python class works with
+    the compiled engine) and pass it to ``simulate(..., hooks=[...])``. With no hooks the loop
+    runs no test for them.
+
+    ``every_step``: the observer must see every step start and end, so the instances lay out no
+    fast-forward runs (whose steps are applied in bulk); results are the same either way."""
+
+    every_step: ClassVar[bool] = False
+
+    def before_add(self, instance: Instance, now: float) -> None:
+        """A request is about to reach ``instance`` (an arrival or a finished KV transfer)."""
+
+    def after_start(
+        self, instance: Instance, now: float, started: tuple[float, int] | None
+    ) -> None:
+        """``instance`` tried to start a step at ``now``: ``started`` is (when the step ends,
+        virtual engine index), or None when none started."""
+
+    def after_end(self, instance: Instance, engine_index: int, now: float) -> None:
+        """A step of virtual engine ``engine_index`` of ``instance`` ended at ``now``."""
+
+
+class HookChain(EngineHooks):
+    """Several observers, called in order."""
+
+    def __init__(self, hooks: list[EngineHooks]) -> None:
+        self.hooks = hooks
+        self.every_step_needed = any(h.every_step for h in hooks)
+
+    def before_add(self, instance: Instance, now: float) -> None:
+        for hook in self.hooks:
+            hook.before_add(instance, now)
+
+    def after_start(
+        self, instance: Instance, now: float, started: tuple[float, int] | None
+    ) -> None:
+        for hook in self.hooks:
+            hook.after_start(instance, now, started)
+
+    def after_end(self, instance: Instance, engine_index: int, now: float) -> None:
+        for hook in self.hooks:
+            hook.after_end(instance, engine_index, now)
+
+
+def chain(hooks: list[EngineHooks]) -> EngineHooks | None:
+    """One hooks object for the engine (None when there are none)."""
+    if not hooks:
+        return None
+    return hooks[0] if len(hooks) == 1 else HookChain(hooks)
+
+
+INF: Final = float("inf")
+STEP_END: Final = 0
+WAKE: Final = 1
+KV_ARRIVAL: Final = 2
 
 
 class Dispatcher(Protocol):
@@ -52,8 +113,15 @@ class Engine:
         dispatcher: Dispatcher,
         progress: ProgressHook | None = None,
         progress_every: int = 2048,
+        hooks: EngineHooks | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        self.hooks = hooks
+        if hooks is not None and (
+            hooks.every_step or (isinstance(hooks, HookChain) and hooks.every_step_needed)
+        ):
+            for instance in dispatcher.instances:
+                instance.fast_forward = False
         self.instances = dispatcher.instances
         self.progress = progress
         self.progress_every = progress_every
@@ -61,11 +129,12 @@ class Engine:
         # (time, kind, instance index, virtual engine index or transfer id, step serial)
         self._events: list[tuple[float, int, int, int, int]] = []
         self._transfers: dict[int, Sequence] = {}
+        self._next_arrival = INF  # arrival time of the next request not yet routed
         self.interrupted = False
         self._held = HeldSignals()  # a stop signal noted during the loop (interrupt.py)
 
     def _push(self, time: float, kind: int, instance: int, arg: int, serial: int = 0) -> None:
-        heapq.heappush(self._events, (time, kind, instance, arg, serial))
+        heappush(self._events, (time, kind, instance, arg, serial))
 
     def _push_step_end(self, time: float, instance: Instance, engine_index: int) -> None:
         ve = instance.engines[engine_index]
@@ -80,13 +149,18 @@ class Engine:
 
     def _try_start(self, instance: Instance) -> None:
         now = self.now
+        hooks = self.hooks
         if instance.pp == 1:  # one engine: at most one step starts
-            started = instance.start_step(now)
+            started = instance.start_step(now, self._next_arrival)
+            if hooks is not None:
+                hooks.after_start(instance, now, started)
             if started is not None:
                 self._push_step_end(started[0], instance, started[1])
             return
         while True:
-            started = instance.start_step(now)
+            started = instance.start_step(now, self._next_arrival)
+            if hooks is not None:
+                hooks.after_start(instance, now, started)
             if started is None:
                 break
             finish, engine_index = started
@@ -117,13 +191,19 @@ class Engine:
         # a workload's RequestTable hands its requests out one by one.
         arrivals = in_arrival_order(requests)
         spec = next(arrivals, None)
+        self._next_arrival = INF if spec is None else spec.arrival_s
         events = self._events
         instances = self.instances
         steps = 0
         held = self._held
         route = self.dispatcher.route
+        hooks = self.hooks
         routes_by_kv_usage = self.dispatcher.routes_by_kv_usage
+        polls = 0
         while spec is not None or events:
+            polls += 1
+            if polls & 1023 == 0:
+                held.poll()  # Python code: pending signal handlers run (the loop is compiled)
             if held.signum is not None:
                 # A stop signal, handed over between two events (it raises KeyboardInterrupt
                 # under the CLI and for Ctrl-C: run() keeps what was served).
@@ -140,25 +220,33 @@ class Engine:
                 while spec is not None and spec.arrival_s == arrival_time:
                     instance = route(spec)
                     self._cut(instance)
+                    if hooks is not None:
+                        hooks.before_add(instance, now)
                     instance.add(Sequence(spec), now)
                     if instance not in touched:
                         touched.append(instance)
                     spec = next(arrivals, None)
+                self._next_arrival = INF if spec is None else spec.arrival_s
                 for instance in touched:
                     self._try_start(instance)
                 continue
-            self.now, kind, index, arg, serial = heapq.heappop(events)
+            self.now, kind, index, arg, serial = heappop(events)
             instance = instances[index]
             if kind == STEP_END:
                 if serial != instance.engines[arg].step_serial:
                     continue  # the end of a fast-forward run that was cut short
-                for seq in instance.end_step(arg, self.now):
+                handoffs = instance.end_step(arg, self.now)
+                if hooks is not None:
+                    hooks.after_end(instance, arg, self.now)
+                for seq in handoffs:
                     self._start_transfer(seq, instance)
                 steps += 1
                 if self.progress is not None and steps % self.progress_every == 0:
                     self.progress(self.now)
             elif kind == KV_ARRIVAL:
                 self._cut(instance, inclusive=True)  # step ends at this time came first
+                if hooks is not None:
+                    hooks.before_add(instance, self.now)
                 instance.add(self._transfers.pop(arg), self.now)
             self._try_start(instance)
         return self.now

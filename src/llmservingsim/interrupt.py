@@ -63,6 +63,12 @@ class HeldSignals:
     signum: int | None = None
     previous: dict[int, Any] = field(default_factory=dict)
 
+    def poll(self) -> int | None:
+        """The noted signal, after letting pending signal handlers run: this is Python code, so
+        calling it from the compiled engine (which runs none otherwise) lets the interpreter
+        run the handler of a signal that arrived meanwhile."""
+        return self.signum
+
     def deliver(self) -> None:
         """Hand the noted signal to the handler installed before (which may raise
         KeyboardInterrupt, or only note it and return) and clear it."""

@@ -1,23 +1,26 @@
 """Runtime invariants (``run --check-invariants``; always on in the test suite).
 
-The checker wraps each instance's ``add`` / ``start_step`` / ``end_step`` (the only places the
-engine changes serving state), so with the flag off the engine runs its usual code with no
-test in the hot loop. After every step it checks time order and the KV capacity of the
-instance that stepped (O(1)); every ``deep_every`` steps of an instance, and at the end, it
-walks the block tables (who owns which block, reference counts), which costs O(blocks). At
-the end it checks that every block is free (or cached, unreferenced), every request
-finished with its full output or was reported failed/rejected/timed out with a reason, and
-that no request is counted twice. A violation is a simulator bug: :class:`InvariantError`
-names the invariant (numbered as in docs/invariants.md), the instance and the simulated time.
+The checker is the engine's hooks (:class:`~llmservingsim.engine.EngineHooks`) around each
+instance's ``add`` / ``start_step`` / ``end_step`` (the only places the engine changes serving
+state); with the flag off the engine has no hooks and runs no test for them. After every step
+it checks time order and the KV capacity of the instance that stepped (O(1)); every
+``deep_every`` steps of an instance, and at the end, it walks the block tables (who owns which
+block, reference counts), which costs O(blocks). At the end it checks that every block is free
+(or cached, unreferenced), every request finished with its full output or was reported
+failed/rejected/timed out with a reason, and that no request is counted twice. A violation is
+a simulator bug: :class:`InvariantError` names the invariant (numbered as in
+docs/invariants.md), the instance and the simulated time.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
+from mypy_extensions import mypyc_attr
+
+from llmservingsim.engine import EngineHooks
 from llmservingsim.metrics.collector import RequestRecord
 from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.prefix_cache import PrefixCachingBlockManager
@@ -35,6 +38,7 @@ def invariants_requested(flag: bool | None) -> bool:
     return os.environ.get(ENV_FLAG, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+@mypyc_attr(native_class=False)
 class InvariantError(AssertionError):
     """A runtime invariant broke: a bug in the simulator, not in the user's input."""
 
@@ -46,8 +50,8 @@ class InvariantError(AssertionError):
         self.now = now
 
 
-class InvariantChecker:
-    """Checks the invariants of a run's instances while the engine drives them."""
+class InvariantChecker(EngineHooks):
+    """Checks the invariants of a run's instances while the engine drives them (its hooks)."""
 
     def __init__(self, instances: list[Instance], deep_every: int = 128) -> None:
         self.instances = instances
@@ -56,47 +60,32 @@ class InvariantChecker:
         self.steps_checked = 0
         self.deep_checks = 0
         self._steps = [0] * len(instances)
-        for instance in instances:
-            self._wrap(instance)
 
     # ------------------------------------------------------------------ hooks
 
-    def _wrap(self, instance: Instance) -> None:
-        add, start, end = instance.add, instance.start_step, instance.end_step
-        index = instance.index
+    def before_add(self, instance: Instance, now: float) -> None:
+        self._tick(instance, now)
 
-        def checked_add(seq: Any, now: float) -> None:
-            self._tick(instance, now)
-            add(seq, now)
-
-        def checked_start(now: float) -> tuple[float, int] | None:
-            self._tick(instance, now)
-            started = start(now)
-            if started is not None:
-                if started[0] < now:
-                    raise InvariantError(
-                        "T1", f"a step started at {now} ends earlier ({started[0]})", index, now
-                    )
-                self._check_capacity(instance, now)
-            return started
-
-        def checked_end(engine_index: int, now: float) -> list[Any]:
-            self._tick(instance, now)
-            handoffs = end(engine_index, now)
+    def after_start(
+        self, instance: Instance, now: float, started: tuple[float, int] | None
+    ) -> None:
+        self._tick(instance, now)
+        if started is not None:
+            finish = started[0]
+            if finish < now:
+                raise InvariantError(
+                    "T1", f"a step started at {now} ends earlier ({finish})", instance.index, now
+                )
             self._check_capacity(instance, now)
-            self.steps_checked += 1
-            self._steps[index] += 1
-            if self._steps[index] % self.deep_every == 0:
-                self.check_kv(instance, now)
-            return handoffs
 
-        hooks: dict[str, Callable[..., Any]] = {
-            "add": checked_add,
-            "start_step": checked_start,
-            "end_step": checked_end,
-        }
-        for name, hook in hooks.items():
-            setattr(instance, name, hook)
+    def after_end(self, instance: Instance, engine_index: int, now: float) -> None:
+        self._tick(instance, now)
+        self._check_capacity(instance, now)
+        index = instance.index
+        self.steps_checked += 1
+        self._steps[index] += 1
+        if self._steps[index] % self.deep_every == 0:
+            self.check_kv(instance, now)
 
     def _tick(self, instance: Instance, now: float) -> None:
         if now < self.now:

@@ -7,19 +7,21 @@ metrics); every layer below it only knows its own job.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from collections.abc import Sequence as SequenceOf
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from llmservingsim import __version__
+from llmservingsim.build_info import engine_build
 from llmservingsim.catalog import load_device, load_model
 from llmservingsim.cluster.cluster import Cluster, Pool
 from llmservingsim.cluster.placement import place_instances
 from llmservingsim.config import LinkOverride, PoolConfig, SimConfig
-from llmservingsim.engine import Engine
+from llmservingsim.engine import Engine, EngineHooks, chain
 from llmservingsim.errors import ConfigError, DoesNotFitError
 from llmservingsim.hardware.backends import backend_stats, build_backend
 from llmservingsim.hardware.device import DeviceSpec, Link
@@ -28,8 +30,6 @@ from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.kv_summary import kv_summary
 from llmservingsim.metrics.request_log import FINISHED
 from llmservingsim.metrics.summary import request_metrics
-from llmservingsim.native.runner import CompiledEngine
-from llmservingsim.native.runner import refusal as compiled_loop_refusal
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.frontend import ClientClock, Frontend
 from llmservingsim.perf.iteration import IterationTimer
@@ -410,17 +410,33 @@ def load_requests(cfg: SimConfig) -> RequestTable:
     return load_workload(cfg.workload, load_model(cfg.model).max_context, cfg.seed)
 
 
+_OBSERVERS: list[EngineHooks] = []
+
+
+@contextmanager
+def observing(*hooks: EngineHooks) -> Iterator[None]:
+    """Every :func:`simulate` inside the block also runs ``hooks`` (engine.EngineHooks): for
+    tests and tools that watch runs started by code they do not call themselves."""
+    _OBSERVERS.extend(hooks)
+    try:
+        yield
+    finally:
+        del _OBSERVERS[len(_OBSERVERS) - len(hooks) :]
+
+
 def simulate(
     cfg: SimConfig,
     requests: SequenceOf[RequestSpec] | None = None,
     progress: Callable[[float, int], None] | None = None,
     metrics: MetricsCollector | None = None,
     check_invariants: bool | None = None,
+    hooks: SequenceOf[EngineHooks] = (),
 ) -> SimulationResult:
     """Run one simulation. ``requests`` overrides the config's workload (tests, sweeps);
     ``metrics`` may carry output sinks (outputs/run_outputs.py) fed while the run goes;
     ``check_invariants`` (default: the LLMSERVINGSIM_CHECK_INVARIANTS environment variable)
-    checks the runtime invariants of invariants.py and raises InvariantError on a violation."""
+    checks the runtime invariants of invariants.py and raises InvariantError on a violation;
+    ``hooks`` observe the engine (engine.EngineHooks), after the invariant checker."""
     _reject_unsupported(cfg)
     _check_lora(cfg)
     _check_max_model_len(cfg)
@@ -435,12 +451,8 @@ def simulate(
         InvariantChecker(cluster.instances) if invariants_requested(check_invariants) else None
     )
     hook = None if progress is None else (lambda now: progress(now, len(metrics.records)))
-    not_compiled = compiled_loop_refusal(cfg, cluster, checking_invariants=checker is not None)
-    engine: Engine | CompiledEngine
-    if not_compiled is None:
-        engine = CompiledEngine(cluster, metrics, progress=hook)
-    else:
-        engine = Engine(cluster, progress=hook)
+    observers: list[EngineHooks] = [] if checker is None else [checker]
+    engine = Engine(cluster, progress=hook, hooks=chain([*observers, *hooks, *_OBSERVERS]))
     wall_start = time.perf_counter()
     end_time = engine.run(requests)
     wall = time.perf_counter() - wall_start
@@ -449,9 +461,7 @@ def simulate(
     summary = summarize(cfg, cluster, metrics, end_time, wall)
     summary["requests_total"] = len(asked)
     summary["engine_preset"] = cfg.engine_preset
-    summary["engine_loop"] = "python" if not_compiled else "compiled"
-    if not_compiled:
-        summary["engine_loop_reason"] = not_compiled
+    summary["engine_build"] = engine_build()
     summary["interrupted"] = engine.interrupted
     # Stopped early (Ctrl-C, SIGTERM): the numbers cover the requests that finished by then.
     summary["partial"] = engine.interrupted

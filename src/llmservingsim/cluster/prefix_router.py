@@ -20,7 +20,6 @@ from llmservingsim.serving.prefix_cache import block_keys
 from llmservingsim.workload.request_spec import RequestSpec
 
 
-@ROUTERS.register("prefix_aware")
 class PrefixAwareRouter(LeastOutstandingRouter):
     balance_abs = 16  # outstanding requests
     balance_rel = 1.5
@@ -86,3 +85,6 @@ class PrefixAwareRouter(LeastOutstandingRouter):
             owners.discard(index)
             if not owners:
                 del self.where[h]
+
+
+ROUTERS.register("prefix_aware")(PrefixAwareRouter)

@@ -11,12 +11,14 @@ from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
+from mypy_extensions import mypyc_attr
 
 from llmservingsim.registry import Registry
 from llmservingsim.serving.instance import Instance
 from llmservingsim.workload.request_spec import RequestSpec
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Router(ABC):
     reads_kv_usage: ClassVar[bool] = False
     """Whether routing reads the instances' free KV blocks, which change inside a fast-forward
@@ -36,7 +38,6 @@ class Router(ABC):
 ROUTERS: Registry[type[Router]] = Registry("router")
 
 
-@ROUTERS.register("round_robin")
 class RoundRobinRouter(Router):
     def __init__(self, instances: list[Instance], rng: np.random.Generator) -> None:
         super().__init__(instances, rng)
@@ -48,17 +49,22 @@ class RoundRobinRouter(Router):
         return instance
 
 
-@ROUTERS.register("random")
+ROUTERS.register("round_robin")(RoundRobinRouter)
+
+
 class RandomRouter(Router):
     def route(self, spec: RequestSpec) -> Instance:
         return self.instances[int(self.rng.integers(len(self.instances)))]
+
+
+ROUTERS.register("random")(RandomRouter)
 
 
 _SCAN_IN_PYTHON = 64
 """Up to this many instances least_outstanding scans a list; beyond, numpy's argmin."""
 
 
-@ROUTERS.register("least_outstanding")
+@mypyc_attr(allow_interpreted_subclasses=True)
 class LeastOutstandingRouter(Router):
     """Fewest requests assigned and not finished. Ties rotate (the search starts one past the
     last choice), so an idle cluster is filled evenly instead of always from instance 0.
@@ -108,7 +114,9 @@ class LeastOutstandingRouter(Router):
         return self.instances[best]
 
 
-@ROUTERS.register("least_kv")
+ROUTERS.register("least_outstanding")(LeastOutstandingRouter)
+
+
 class LeastKvRouter(Router):
     """Most free KV blocks per block of capacity (so mixed pools compare fairly), then fewest
     waiting requests: a KV-aware balancer."""
@@ -122,7 +130,9 @@ class LeastKvRouter(Router):
         )
 
 
-@ROUTERS.register("power_of_two_choices")
+ROUTERS.register("least_kv")(LeastKvRouter)
+
+
 class PowerOfTwoRouter(Router):
     """Two instances drawn at random; the one with fewer outstanding requests wins."""
 
@@ -133,3 +143,6 @@ class PowerOfTwoRouter(Router):
         a, b = self.rng.choice(n, size=2, replace=False)
         first, second = self.instances[int(a)], self.instances[int(b)]
         return second if second.num_outstanding < first.num_outstanding else first
+
+
+ROUTERS.register("power_of_two_choices")(PowerOfTwoRouter)

@@ -13,31 +13,86 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from llmservingsim.metrics.request_log import (
-    AnyArray,
     RequestChunk,
     RequestLog,
     RequestRecord,
     RequestRecords,
 )
 from llmservingsim.metrics.samples import RepeatedSamples
-from llmservingsim.metrics.steps import ROW_SIZE, FloatArray, IntArray, StepChunk, StepLog
+from llmservingsim.metrics.steps import FloatArray, IntArray, StepChunk, StepLog
 from llmservingsim.serving.sequence import Sequence
 
 __all__ = ["MetricsCollector", "RequestRecord", "RequestSink", "StepSink", "StepTotals"]
 
 
-@dataclass(slots=True)
 class StepTotals:
     """Aggregates over engine steps, per instance."""
 
-    iterations: int = 0
-    busy_s: float = 0.0  # sum of step times (all stages)
-    busy_device_s: float = 0.0  # device-seconds of work (a stage's devices busy for its time)
-    energy_busy_j: float = 0.0
-    prefill_tokens: int = 0
-    decode_tokens: int = 0
-    kv_peak_blocks: int = 0
-    max_batch_size: int = 0
+    iterations: int
+    busy_s: float  # sum of step times (all stages)
+    busy_device_s: float  # device-seconds of work (a stage's devices busy for its time)
+    energy_busy_j: float
+    prefill_tokens: int
+    decode_tokens: int
+    kv_peak_blocks: int
+    max_batch_size: int
+
+    def __init__(
+        self,
+        iterations: int = 0,
+        busy_s: float = 0.0,
+        busy_device_s: float = 0.0,
+        energy_busy_j: float = 0.0,
+        prefill_tokens: int = 0,
+        decode_tokens: int = 0,
+        kv_peak_blocks: int = 0,
+        max_batch_size: int = 0,
+    ) -> None:
+        self.iterations = iterations
+        self.busy_s = busy_s
+        self.busy_device_s = busy_device_s
+        self.energy_busy_j = energy_busy_j
+        self.prefill_tokens = prefill_tokens
+        self.decode_tokens = decode_tokens
+        self.kv_peak_blocks = kv_peak_blocks
+        self.max_batch_size = max_batch_size
+
+    def __repr__(self) -> str:
+        return (
+            f"StepTotals("
+            f"iterations={self.iterations!r}, "
+            f"busy_s={self.busy_s!r}, "
+            f"busy_device_s={self.busy_device_s!r}, "
+            f"energy_busy_j={self.energy_busy_j!r}, "
+            f"prefill_tokens={self.prefill_tokens!r}, "
+            f"decode_tokens={self.decode_tokens!r}, "
+            f"kv_peak_blocks={self.kv_peak_blocks!r}, "
+            f"max_batch_size={self.max_batch_size!r}"
+            ")"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StepTotals):
+            return NotImplemented
+        return (
+            self.iterations,
+            self.busy_s,
+            self.busy_device_s,
+            self.energy_busy_j,
+            self.prefill_tokens,
+            self.decode_tokens,
+            self.kv_peak_blocks,
+            self.max_batch_size,
+        ) == (
+            other.iterations,
+            other.busy_s,
+            other.busy_device_s,
+            other.energy_busy_j,
+            other.prefill_tokens,
+            other.decode_tokens,
+            other.kv_peak_blocks,
+            other.max_batch_size,
+        )
 
 
 class RequestSink(Protocol):
@@ -130,20 +185,6 @@ class MetricsCollector:
         if len(self._step_log) >= self.chunk_size:
             self._flush_steps()
 
-    def on_packed_steps(self, rows: bytes | bytearray | memoryview) -> None:
-        """Consecutive steps already packed in ``StepLog``'s row layout (the compiled loop).
-
-        The sinks get the same chunks as from one :meth:`on_step` per row: the rows are cut
-        where a chunk fills up."""
-        if not self.step_sinks:
-            return
-        data = memoryview(rows).cast("B")
-        while data:
-            room = max(self.chunk_size - len(self._step_log), 1) * ROW_SIZE
-            if self._step_log.extend_packed(data[:room]) >= self.chunk_size:
-                self._flush_steps()
-            data = data[room:]
-
     def flush(self) -> None:
         """Hand everything buffered to the sinks (call once the run is over)."""
         self._flush_steps()
@@ -173,12 +214,6 @@ class MetricsCollector:
     def on_finish(self, seq: Sequence, instance: int, now: float) -> None:
         seq.finish_time = now
         self._hand_over(self.requests.append(seq, instance, "finished"))
-
-    def on_ended(self, rows: AnyArray) -> None:
-        """Requests that ended, as packed rows (``RequestLog.extend``; the compiled loop):
-        the chunks they seal go to the sinks as :meth:`on_finish` hands them over."""
-        for chunk in self.requests.extend(rows):
-            self._hand_over(chunk)
 
     def on_fail(self, seq: Sequence, instance: int, now: float, reason: str) -> None:
         self.on_drop(seq, instance, now, "failed", reason)

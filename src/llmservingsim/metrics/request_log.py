@@ -98,7 +98,6 @@ _NUMPY_TYPES = {"q": np.int64, "i": np.int32, "b": np.int8, "d": np.float64}
 _ROW = struct.Struct("=" + "".join(COLUMNS.values()))
 _ROW_DTYPE = np.dtype([(name, _NUMPY_TYPES[t]) for name, t in COLUMNS.items()])
 assert _ROW.size == _ROW_DTYPE.itemsize
-ROW_DTYPE = _ROW_DTYPE
 """One packed row as a numpy dtype (:meth:`RequestLog.extend` takes arrays of it)."""
 
 
@@ -259,41 +258,6 @@ class RequestLog:
         if len(rows) >= self._seal_at:
             return self.seal()
         return None
-
-    def reason_code(self, text: str) -> int:
-        """The code of a fail reason in ``reasons`` (assigned on first use); -1 for none."""
-        return self._code(text, self._reason_codes, self.reasons)
-
-    def extend(self, rows: AnyArray) -> list[RequestChunk]:
-        """Add ended requests given as rows of ``_ROW_DTYPE`` (the compiled loop packs them;
-        string columns hold codes from :meth:`reason_code` and ``loras``), in order.
-
-        Chunks are sealed at the same rows as one :meth:`append` per row would seal them;
-        returns the chunks sealed."""
-        if rows.dtype != _ROW_DTYPE:
-            raise TypeError(f"request rows must have dtype {_ROW_DTYPE}, not {rows.dtype}")
-        self._check_codes(rows)
-        data = np.ascontiguousarray(rows).data.cast("B")
-        sealed: list[RequestChunk] = []
-        while data:
-            room = max(self._seal_at - len(self._rows), _ROW.size)
-            self._rows += data[:room]
-            data = data[room:]
-            if len(self._rows) >= self._seal_at:
-                sealed.append(self._seal_open())
-        return sealed
-
-    def _check_codes(self, rows: AnyArray) -> None:
-        """Codes outside the tables would only fail when a sink reads the chunk."""
-        for name, bound in (
-            ("status", len(STATUSES)),
-            ("fail_reason", len(self.reasons)),
-            ("lora", len(self.loras)),
-        ):
-            codes = rows[name]
-            low = 0 if name == "status" else -1
-            if codes.size and not (low <= codes.min() and codes.max() < bound):
-                raise ValueError(f"request rows: a {name} code is outside [{low}, {bound})")
 
     def append_row(self, r: RequestRecord) -> None:
         """Add a row given as an object (no chunk is sealed)."""

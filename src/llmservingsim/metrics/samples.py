@@ -46,27 +46,6 @@ class RepeatedSamples:
         self._values.frombytes(np.ascontiguousarray(values, dtype=np.float64).tobytes())
         self._counts.frombytes(np.full(len(values), count, dtype=np.int64).tobytes())
 
-    def add_runs(self, values: npt.NDArray[np.float64], counts: npt.NDArray[np.int64]) -> None:
-        """Add ``counts[i]`` samples equal to ``values[i]``, in order (the compiled loop's gaps).
-
-        Stored exactly as one :meth:`add` per pair would store them (counts <= 0 skipped,
-        equal neighbours merged), so every statistic is the same to the last bit."""
-        if len(values) != len(counts):
-            raise ValueError(f"{len(values)} values but {len(counts)} counts")
-        keep = counts > 0
-        values = np.asarray(values[keep], dtype=np.float64)
-        counts = np.asarray(counts[keep], dtype=np.int64)
-        if not len(values):
-            return
-        starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
-        values, counts = values[starts], np.add.reduceat(counts, starts)
-        self._total += int(counts.sum())
-        if self._values and self._values[-1] == values[0]:
-            self._counts[-1] += int(counts[0])
-            values, counts = values[1:], counts[1:]
-        self._values.frombytes(values.tobytes())
-        self._counts.frombytes(counts.tobytes())
-
     def __len__(self) -> int:
         return self._total
 

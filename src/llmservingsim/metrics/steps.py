@@ -53,7 +53,6 @@ _FLOAT_FIELDS = frozenset({"start_s", "duration_s", "power_w"})
 _ROW = struct.Struct("=" + "".join("d" if f in _FLOAT_FIELDS else "q" for f in STEP_FIELDS))
 _ROW_DTYPE = np.dtype([(f, np.float64 if f in _FLOAT_FIELDS else np.int64) for f in STEP_FIELDS])
 assert _ROW.size == _ROW_DTYPE.itemsize
-ROW_SIZE = _ROW.size
 """Bytes per packed step row (:meth:`StepLog.extend_packed`)."""
 
 
@@ -130,15 +129,6 @@ class StepLog:
         rows["waiting"] = waiting
         rows["power_w"] = power_w
         self._rows += rows.tobytes()
-
-    def extend_packed(self, rows: bytes | bytearray | memoryview) -> int:
-        """Append steps already packed in this log's row layout (the compiled loop writes
-        them so); returns the number of steps buffered, as :meth:`append` does."""
-        data = memoryview(rows).cast("B")
-        if len(data) % _ROW.size:
-            raise ValueError(f"{len(data)} bytes are not whole step rows of {_ROW.size} bytes")
-        self._rows += data
-        return len(self._rows) // _ROW.size
 
     def take_chunk(self) -> StepChunk:
         """The buffered steps as numpy arrays; the buffer starts empty again."""

@@ -16,7 +16,6 @@ with expert parallelism the rank holding the hot expert is the critical path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from llmservingsim.model.ops import Op
@@ -33,7 +32,6 @@ def expected_experts_touched(num_experts: int, top_k: int, num_tokens: int) -> f
     return num_experts * (1.0 - miss**num_tokens)
 
 
-@dataclass(frozen=True, slots=True)
 class RankLoad:
     """What the busiest expert-parallel rank does in one MoE layer.
 
@@ -45,6 +43,34 @@ class RankLoad:
     experts: float
     rows: float
     load_factor: float
+
+    def __init__(
+        self,
+        experts: float,
+        rows: float,
+        load_factor: float,
+    ) -> None:
+        self.experts = experts
+        self.rows = rows
+        self.load_factor = load_factor
+
+    def __repr__(self) -> str:
+        return (
+            f"RankLoad("
+            f"experts={self.experts!r}, "
+            f"rows={self.rows!r}, "
+            f"load_factor={self.load_factor!r}"
+            ")"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RankLoad):
+            return NotImplemented
+        return (self.experts, self.rows, self.load_factor) == (
+            other.experts,
+            other.rows,
+            other.load_factor,
+        )
 
     @property
     def rows_per_expert(self) -> float:

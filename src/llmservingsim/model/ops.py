@@ -13,7 +13,7 @@ of its layers. Dense models build exactly the ops they always did.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 Dims = tuple[tuple[str, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
 class Op:
     """One kernel. ``m`` is the row count the kernel's efficiency depends on (tokens for GEMMs).
 
@@ -39,8 +38,64 @@ class Op:
     kind: str  # gemm | memory | attention_prefill | attention_decode
     flops: float
     bytes: float
-    m: int = 1
-    dims: Dims = ()
+    m: int
+    dims: Dims
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        flops: float,
+        bytes: float,
+        m: int = 1,
+        dims: Dims = (),
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.flops = flops
+        self.bytes = bytes
+        self.m = m
+        self.dims = dims
+
+    def __repr__(self) -> str:
+        return (
+            f"Op("
+            f"name={self.name!r}, "
+            f"kind={self.kind!r}, "
+            f"flops={self.flops!r}, "
+            f"bytes={self.bytes!r}, "
+            f"m={self.m!r}, "
+            f"dims={self.dims!r}"
+            ")"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Op):
+            return NotImplemented
+        return (self.name, self.kind, self.flops, self.bytes, self.m, self.dims) == (
+            other.name,
+            other.kind,
+            other.flops,
+            other.bytes,
+            other.m,
+            other.dims,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.kind, self.flops, self.bytes, self.m, self.dims))
+
+    def replaced(
+        self, *, name: str | None = None, flops: float | None = None, bytes: float | None = None
+    ) -> Op:
+        """A copy with the given fields changed (an Op is a value: never changed in place)."""
+        return Op(
+            self.name if name is None else name,
+            self.kind,
+            self.flops if flops is None else flops,
+            self.bytes if bytes is None else bytes,
+            self.m,
+            self.dims,
+        )
 
     def dim(self, name: str) -> int:
         for key, value in self.dims:
@@ -223,12 +278,6 @@ class OpGraph:
         )
         return flops, traffic
 
-    def decode_attention_terms(self) -> tuple[float, float, float, float]:
-        """(q_size, kv_size, kv_bytes, act_bytes) of :meth:`decode_attention_work` without MLA,
-        for the compiled loop's copy of it (native/loop.c)."""
-        s = self.shape
-        return float(s.q_size), float(s.kv_size), float(self.kv_bytes), float(self.act_bytes)
-
     def decode_attention_ops(self, num_seqs: int, total_ctx: int) -> tuple[Op, ...]:
         """Every kernel of the batch's decode attention (MLA adds its weight-absorption GEMMs)."""
         if self.mla is not None:
@@ -265,7 +314,7 @@ class OpGraph:
             lm_head = self.gemm("lm_head", num_sampled, s.vocab, s.hidden)
             if self.head_weight_bytes != self.weight_bytes:
                 extra = s.vocab * s.hidden * (self.head_weight_bytes - self.weight_bytes)
-                lm_head = replace(lm_head, bytes=lm_head.bytes + extra)
+                lm_head = lm_head.replaced(bytes=lm_head.bytes + extra)
             ops.append(lm_head)
             # Sampling reads the fp32 logits once (softmax + top-k/p), one kernel chain.
             sampling_bytes = 4.0 * num_sampled * s.vocab * 2

@@ -12,15 +12,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from llmservingsim.hardware.backends import PerfBackend
-from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.model.ops import Op, OpGraph
 from llmservingsim.model.spec import ModelSpec
@@ -28,7 +25,6 @@ from llmservingsim.network import collectives
 from llmservingsim.network.topology import Topology
 
 
-@dataclass(slots=True)
 class BatchShape:
     """What the model computes in one step.
 
@@ -37,11 +33,53 @@ class BatchShape:
     A speculative verify pass is a prefill chunk too; ``num_verify`` counts its tokens.
     """
 
-    prefill: list[tuple[int, int]] = field(default_factory=list)
-    num_decode: int = 0
-    decode_context: int = 0
-    num_sampled: int = 0
-    num_verify: int = 0  # speculative verify tokens among the prefill chunks (metrics only)
+    prefill: list[tuple[int, int]]
+    num_decode: int
+    decode_context: int
+    num_sampled: int
+    num_verify: int  # speculative verify tokens among the prefill chunks (metrics only)
+
+    def __init__(
+        self,
+        prefill: list[tuple[int, int]] | None = None,
+        num_decode: int = 0,
+        decode_context: int = 0,
+        num_sampled: int = 0,
+        num_verify: int = 0,
+    ) -> None:
+        self.prefill: list[tuple[int, int]] = list() if prefill is None else prefill
+        self.num_decode = num_decode
+        self.decode_context = decode_context
+        self.num_sampled = num_sampled
+        self.num_verify = num_verify
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchShape("
+            f"prefill={self.prefill!r}, "
+            f"num_decode={self.num_decode!r}, "
+            f"decode_context={self.decode_context!r}, "
+            f"num_sampled={self.num_sampled!r}, "
+            f"num_verify={self.num_verify!r}"
+            ")"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BatchShape):
+            return NotImplemented
+        return (
+            self.prefill,
+            self.num_decode,
+            self.decode_context,
+            self.num_sampled,
+            self.num_verify,
+        ) == (
+            other.prefill,
+            other.num_decode,
+            other.decode_context,
+            other.num_sampled,
+            other.num_verify,
+        )
 
     @property
     def num_tokens(self) -> int:
@@ -54,7 +92,6 @@ class BatchShape:
         return len(self.prefill) + self.num_decode
 
 
-@dataclass(slots=True)
 class StepCost:
     """Time of one step through every pipeline stage, and the FLOPs / bytes one device of each
     stage moved, summed over stages (for power). ``stages`` holds each stage's busy time
@@ -67,15 +104,50 @@ class StepCost:
     seconds: float
     flops: float
     bytes: float
-    stages: tuple[float, ...] = ()
-    aux_energy_j: float = 0.0
+    stages: tuple[float, ...]
+    aux_energy_j: float
+
+    def __init__(
+        self,
+        seconds: float,
+        flops: float,
+        bytes: float,
+        stages: tuple[float, ...] = (),
+        aux_energy_j: float = 0.0,
+    ) -> None:
+        self.seconds = seconds
+        self.flops = flops
+        self.bytes = bytes
+        self.stages = stages
+        self.aux_energy_j = aux_energy_j
+
+    def __repr__(self) -> str:
+        return (
+            f"StepCost("
+            f"seconds={self.seconds!r}, "
+            f"flops={self.flops!r}, "
+            f"bytes={self.bytes!r}, "
+            f"stages={self.stages!r}, "
+            f"aux_energy_j={self.aux_energy_j!r}"
+            ")"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StepCost):
+            return NotImplemented
+        return (self.seconds, self.flops, self.bytes, self.stages, self.aux_energy_j) == (
+            other.seconds,
+            other.flops,
+            other.bytes,
+            other.stages,
+            other.aux_energy_j,
+        )
 
 
 _Cost = tuple[float, float, float]
 FloatArray = npt.NDArray[np.float64]
 
 
-@dataclass(frozen=True, slots=True)
 class StepCosts:
     """:class:`StepCost` of consecutive one-stage steps, as columns (fast-forward runs)."""
 
@@ -83,6 +155,28 @@ class StepCosts:
     flops: FloatArray
     bytes: FloatArray
     aux_energy_j: FloatArray
+
+    def __init__(
+        self,
+        seconds: FloatArray,
+        flops: FloatArray,
+        bytes: FloatArray,
+        aux_energy_j: FloatArray,
+    ) -> None:
+        self.seconds = seconds
+        self.flops = flops
+        self.bytes = bytes
+        self.aux_energy_j = aux_energy_j
+
+    def __repr__(self) -> str:
+        return (
+            f"StepCosts("
+            f"seconds={self.seconds!r}, "
+            f"flops={self.flops!r}, "
+            f"bytes={self.bytes!r}, "
+            f"aux_energy_j={self.aux_energy_j!r}"
+            ")"
+        )
 
     @staticmethod
     def of(costs: list[StepCost]) -> StepCosts:
@@ -135,37 +229,9 @@ def times_decode_attention_from_work(backend: object, method: str) -> bool:
     return defines_method is not None and defines_method is defines_time
 
 
-@dataclass(frozen=True, slots=True)
-class CompiledTimerTerms:
-    """What the compiled event loop (native/loop.c) needs to time a step exactly as
-    :meth:`IterationTimer.step` does: the step's constant terms, decode attention's formula
-    terms (:meth:`OpGraph.decode_attention_terms`, ``mla`` = MLA's (heads, latent, kv_lora),
-    :meth:`RooflineBackend.decode_attention_rates`) and the timer's memoized costs, which it
-    asks once per key (they count memo lookups and hits as the timer always does)."""
-
-    num_layers: int
-    num_moe_layers: int
-    stage_layers: tuple[int, ...]
-    stage_moe_layers: tuple[int, ...]
-    step_overhead: float
-    seq_overhead: float
-    decode_attention: tuple[float, float, float, float]
-    decode_rates: tuple[float, float, float] | None
-    """None: the backend has no decode-attention formula; the loop asks ``decode_attention_each``
-    every step instead."""
-    mla: tuple[int, int, int] | None
-    layer_cost: Callable[[int], _Cost]
-    moe_layer_cost: Callable[[int], _Cost]
-    prefill_cost: Callable[[int, int], _Cost]
-    head_cost: Callable[[int, int], _Cost]
-    around_decode: Callable[[int], tuple[tuple[_Cost, ...], tuple[_Cost, ...]]]
-    stage_sends: Callable[[int], tuple[float, ...]]
-    decode_attention_each: Callable[[int, int], tuple[_Cost, ...]]
-
-
 def sum_in_order(values: list[float]) -> float:
     """Left-to-right float sum. Not ``sum()``: from Python 3.12 on it compensates rounding, so
-    its last bit would depend on the interpreter (and differ from native/loop.c's plain adds)."""
+    its last bit would depend on the interpreter version."""
     total = 0.0
     for value in values:
         total += value
@@ -185,10 +251,10 @@ class IterationTimer:
         topology: Topology,
         *,
         tensor_parallel: int,
-        pipeline_parallel: int = 1,
-        first_device: int = 0,
         dtype: str,
         kv_dtype: str,
+        pipeline_parallel: int = 1,
+        first_device: int = 0,
         expert_parallel: int = 1,
         moe_imbalance: float = 1.0,
         host_overhead_s: tuple[float, float] | None = None,
@@ -252,45 +318,6 @@ class IterationTimer:
             and not self.num_moe_layers
             and self.pp == 1
         )
-
-    def compiled_refusal(self) -> str | None:
-        """Why the compiled event loop cannot time this timer's steps (None: it can)."""
-        if type(self) is not IterationTimer:
-            return f"the {type(self).__name__} timer"
-        return None
-
-    def compiled_terms(self) -> CompiledTimerTerms:
-        """This timer's :class:`CompiledTimerTerms` (where :meth:`compiled_refusal` is None)."""
-        assert self.compiled_refusal() is None
-        mla, backend = self.graph.mla, self.backend
-        rates = None
-        if type(backend) is RooflineBackend and self._scalar is not None:
-            # The formula stands in for the backend where the timer's own fast path does.
-            rates = backend.decode_attention_rates()
-        return CompiledTimerTerms(
-            num_layers=self.num_layers,
-            num_moe_layers=self.num_moe_layers,
-            stage_layers=self.stage_layers,
-            stage_moe_layers=self.stage_moe_layers,
-            step_overhead=self.step_overhead,
-            seq_overhead=self.seq_overhead,
-            decode_attention=self.graph.decode_attention_terms(),
-            decode_rates=rates,
-            mla=None if mla is None else (mla.heads, mla.latent, mla.kv_lora),
-            layer_cost=self._layer_cost,
-            moe_layer_cost=self._moe_layer_cost,
-            prefill_cost=self._prefill_cost,
-            head_cost=self._head_cost,
-            around_decode=self._around_decode_attention,
-            stage_sends=self._stage_sends,
-            decode_attention_each=self._decode_attention_each,
-        )
-
-    def _decode_attention_each(self, num_seqs: int, total_ctx: int) -> tuple[_Cost, ...]:
-        """Each decode-attention kernel's cost in graph order: the op loop of
-        :meth:`_add_decode_attention` (the compiled loop adds them up the same way)."""
-        ops = self.graph.decode_attention_ops(num_seqs, total_ctx)
-        return tuple((self.backend.time(op), op.flops, op.bytes) for op in ops)
 
     @property
     def cache_hit_rate(self) -> float:

@@ -24,8 +24,6 @@ sum), at the price of reading the weights once per sub-batch.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from llmservingsim.hardware.backends import PerfBackend
 from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.device import DeviceSpec
@@ -57,11 +55,12 @@ class PimIterationTimer(IterationTimer):
         pim_count: int,
         sub_batch_interleaving: bool,
         tensor_parallel: int,
-        first_device: int = 0,
         dtype: str,
         kv_dtype: str,
+        first_device: int = 0,
         expert_parallel: int = 1,
         moe_imbalance: float = 1.0,
+        pim_backend: RooflineBackend | None = None,
     ) -> None:
         super().__init__(
             spec,
@@ -80,7 +79,8 @@ class PimIterationTimer(IterationTimer):
         self.interleave = sub_batch_interleaving
         # The PIM devices serve the whole instance: every head, the KV cache stored once.
         self.pim_graph = OpGraph(spec, 1, dtype, kv_dtype)
-        self.pim_backend = RooflineBackend(pim, "bf16")
+        # The PIM devices' own timing: their roofline unless a backend is given (tests, plugins).
+        self.pim_backend = RooflineBackend(pim, "bf16") if pim_backend is None else pim_backend
         self._pim_fast = times_decode_attention_from_work(self.pim_backend, "decode_attention_time")
         self._pim_peak = pim.peak_flops("bf16")
         link = pim.links.host
@@ -151,7 +151,7 @@ class PimIterationTimer(IterationTimer):
             return seconds + self._transfer(into) + self._transfer(out), busy
         for op in self.pim_graph.decode_attention_ops(seqs, ctx):
             if op.kind == "attention_decode":
-                share = replace(op, flops=op.flops / count, bytes=op.bytes / count)
+                share = op.replaced(flops=op.flops / count, bytes=op.bytes / count)
                 seconds += self.pim_backend.time(share)
                 busy += max(share.flops / self._pim_peak, share.bytes / self.pim.memory_bandwidth)
         return seconds + self._transfer(into) + self._transfer(out), busy

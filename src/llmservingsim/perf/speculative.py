@@ -24,11 +24,28 @@ from llmservingsim.perf.iteration import BatchShape, IterationTimer, StepCost
 from llmservingsim.registry import Registry
 
 
-@dataclass(frozen=True, slots=True)
 class DraftCost:
     seconds: float
     flops: float
     bytes: float
+
+    def __init__(
+        self,
+        seconds: float,
+        flops: float,
+        bytes: float,
+    ) -> None:
+        self.seconds = seconds
+        self.flops = flops
+        self.bytes = bytes
+
+    def __repr__(self) -> str:
+        return f"DraftCost(seconds={self.seconds!r}, flops={self.flops!r}, bytes={self.bytes!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DraftCost):
+            return NotImplemented
+        return (self.seconds, self.flops, self.bytes) == (other.seconds, other.flops, other.bytes)
 
 
 NO_DRAFT = DraftCost(0.0, 0.0, 0.0)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 from llmservingsim.serving.sequence import Sequence
 
 
-@dataclass(slots=True)
 class PrefixHit:
     """Where a waiting request starts when it is admitted.
 
@@ -21,10 +19,42 @@ class PrefixHit:
     sit unreferenced in the cache: taking them shrinks the free pool.
     """
 
-    tokens: int = 0
-    nodes: list[int] = field(default_factory=list)
-    blocks: list[int] = field(default_factory=list)
-    evictable: int = 0
+    tokens: int
+    nodes: list[int]
+    blocks: list[int]
+    evictable: int
+
+    def __init__(
+        self,
+        tokens: int = 0,
+        nodes: list[int] | None = None,
+        blocks: list[int] | None = None,
+        evictable: int = 0,
+    ) -> None:
+        self.tokens = tokens
+        self.nodes: list[int] = list() if nodes is None else nodes
+        self.blocks: list[int] = list() if blocks is None else blocks
+        self.evictable = evictable
+
+    def __repr__(self) -> str:
+        return (
+            f"PrefixHit("
+            f"tokens={self.tokens!r}, "
+            f"nodes={self.nodes!r}, "
+            f"blocks={self.blocks!r}, "
+            f"evictable={self.evictable!r}"
+            ")"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PrefixHit):
+            return NotImplemented
+        return (self.tokens, self.nodes, self.blocks, self.evictable) == (
+            other.tokens,
+            other.nodes,
+            other.blocks,
+            other.evictable,
+        )
 
     @property
     def num_on_device(self) -> int:

@@ -12,8 +12,7 @@ Every number equals stepping one iteration at a time (tests/test_fast_forward.py
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -28,12 +27,11 @@ from llmservingsim.perf.iteration import (
 )
 from llmservingsim.serving.steady import SteadyDecoders
 
-MIN_RUN_STEPS = 16
+MIN_RUN_STEPS: Final = 16
 """Shorter runs cost more to lay out (numpy calls on short arrays) than stepping them one by
 one costs with steady decoders (measured: docs/performance.md)."""
 
 
-@dataclass
 class DecodeRun:
     """Steps 0..n-1 of one batch; step 0 was started (and recorded) the ordinary way.
 
@@ -47,8 +45,42 @@ class DecodeRun:
     lookups_per_step: int  # perf-model memo lookups and hits one step makes
     hits_per_step: int
     new_blocks: npt.NDArray[np.int64]
-    applied: int = 0
-    cut: bool = False  # ended early by something reaching the instance
+    applied: int
+    cut: bool  # ended early by something reaching the instance
+
+    def __init__(
+        self,
+        batch: BatchShape,
+        costs: StepCosts,
+        ends: FloatArray,
+        lookups_per_step: int,
+        hits_per_step: int,
+        new_blocks: npt.NDArray[np.int64],
+        applied: int = 0,
+        cut: bool = False,
+    ) -> None:
+        self.batch = batch
+        self.costs = costs
+        self.ends = ends
+        self.lookups_per_step = lookups_per_step
+        self.hits_per_step = hits_per_step
+        self.new_blocks = new_blocks
+        self.applied = applied
+        self.cut = cut
+
+    def __repr__(self) -> str:
+        return (
+            f"DecodeRun("
+            f"batch={self.batch!r}, "
+            f"costs={self.costs!r}, "
+            f"ends={self.ends!r}, "
+            f"lookups_per_step={self.lookups_per_step!r}, "
+            f"hits_per_step={self.hits_per_step!r}, "
+            f"new_blocks={self.new_blocks!r}, "
+            f"applied={self.applied!r}, "
+            f"cut={self.cut!r}"
+            ")"
+        )
 
     @property
     def finish(self) -> float:

@@ -16,8 +16,7 @@ start a :class:`DecodeRun` of the steps that certainly repeat it; the engine cut
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -36,16 +35,43 @@ from llmservingsim.serving.steady import SteadyDecoders
 Role = Literal["mixed", "prefill", "decode"]
 
 
-@dataclass(slots=True)
 class VirtualEngine:
     """A scheduler and the batch it has in flight (at most one)."""
 
     scheduler: Scheduler
-    in_flight: list[ScheduledEntry] = field(default_factory=list)
-    busy: bool = False
-    outstanding: int = 0  # requests assigned and not yet finished or handed off
-    run: DecodeRun | None = None  # the fast-forward run in flight, if any
-    step_serial: int = 0  # numbers the engine's step-end events; a cut run's old one is stale
+    in_flight: list[ScheduledEntry]
+    busy: bool
+    outstanding: int  # requests assigned and not yet finished or handed off
+    run: DecodeRun | None  # the fast-forward run in flight, if any
+    step_serial: int  # numbers the engine's step-end events; a cut run's old one is stale
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        in_flight: list[ScheduledEntry] | None = None,
+        busy: bool = False,
+        outstanding: int = 0,
+        run: DecodeRun | None = None,
+        step_serial: int = 0,
+    ) -> None:
+        self.scheduler = scheduler
+        self.in_flight: list[ScheduledEntry] = list() if in_flight is None else in_flight
+        self.busy = busy
+        self.outstanding = outstanding
+        self.run = run
+        self.step_serial = step_serial
+
+    def __repr__(self) -> str:
+        return (
+            f"VirtualEngine("
+            f"scheduler={self.scheduler!r}, "
+            f"in_flight={self.in_flight!r}, "
+            f"busy={self.busy!r}, "
+            f"outstanding={self.outstanding!r}, "
+            f"run={self.run!r}, "
+            f"step_serial={self.step_serial!r}"
+            ")"
+        )
 
 
 def never_fits_reason(needed: int, input_len: int, output_len: int, capacity: int) -> str:
@@ -65,7 +91,8 @@ def queue_full_reason(max_queue: int | None) -> str:
 
 # Steps a decode run is laid out for at most: doubles after a run that ends as planned, shrinks
 # to twice the steps done after a cut, so runs that keep getting cut waste little timing work.
-_RUN_HORIZON = (2 * MIN_RUN_STEPS, 4096)
+_RUN_HORIZON: Final = (2 * MIN_RUN_STEPS, 4096)
+INF: Final = float("inf")
 
 
 class Instance:
@@ -126,6 +153,12 @@ class Instance:
         # Runs need one engine (no pipeline) and a timer without per-step side effects.
         self.fast_forward = fast_forward and self.pp == 1 and timer.repeatable
         self._run_horizon = _RUN_HORIZON[0]
+        # The last step started: KV copies over the host link charged before its forward
+        # pass, and the forward pass (all stages); observers (engine hooks) read them.
+        self.last_transfer_s = 0.0
+        self.last_compute_s = 0.0
+        self.runs_laid_out = 0  # fast-forward runs planned, and cut short (observers read them)
+        self.runs_cut = 0
         self._total_blocks = self.num_blocks  # KV blocks of all virtual engines (fixed)
         self._timeouts = any(ve.scheduler.cfg.request_timeout_s is not None for ve in self.engines)
 
@@ -249,8 +282,12 @@ class Instance:
 
     # -------------------------------------------------------------- steps
 
-    def start_step(self, now: float) -> tuple[float, int] | None:
+    def start_step(self, now: float, next_arrival: float = INF) -> tuple[float, int] | None:
         """Start the next batch if stage 0 is free and an idle virtual engine has work.
+
+        ``next_arrival``: when the workload's next request arrives (at any instance). A
+        fast-forward run is laid out only up to it, as a request routed here would cut the run
+        there (what is left would be timed for nothing); the results do not depend on it.
 
         Returns (time the batch leaves the last stage, virtual engine index), or None.
         """
@@ -260,19 +297,21 @@ class Instance:
         count = len(engines)
         if count == 1:  # no pipeline: one engine
             ve = engines[0]
-            return None if ve.busy else self._start_engine(0, ve, now)
+            return None if ve.busy else self._start_engine(0, ve, now, next_arrival)
         for offset in range(count):
             k = (self._next_engine + offset) % count
             ve = engines[k]
             if ve.busy:
                 continue
-            started = self._start_engine(k, ve, now)
+            started = self._start_engine(k, ve, now, next_arrival)
             if started is not None:
                 self._next_engine = (k + 1) % count
                 return started
         return None
 
-    def _start_engine(self, k: int, ve: VirtualEngine, now: float) -> tuple[float, int] | None:
+    def _start_engine(
+        self, k: int, ve: VirtualEngine, now: float, next_arrival: float
+    ) -> tuple[float, int] | None:
         """Schedule and start virtual engine ``k``'s next batch, if it has one."""
         scheduler = ve.scheduler
         if scheduler.cfg.request_timeout_s is not None:
@@ -294,6 +333,8 @@ class Instance:
             cost = self.lora.add_to(entries, cost, scheduler.adapters.stats)
         # KV copies over the host link (swap, offload loads) run before the forward pass.
         transfer = scheduler.take_transfer_seconds()
+        self.last_transfer_s = transfer
+        self.last_compute_s = cost.seconds
         finish = self._run_pipeline(now + transfer, cost)
         self._record_step(batch, cost, now, k)
         ve.in_flight = entries
@@ -309,8 +350,13 @@ class Instance:
             and scheduler.repeats_decode()
             and not self.blocks_fast_forward()
         ):
-            ve.run = plan_decode_run(steady, batch, cost, finish, self.timer, self._run_horizon)
+            horizon = self._run_horizon
+            if next_arrival < INF and cost.seconds > 0.0:
+                # Steps only grow longer as contexts grow: this many end before the arrival.
+                horizon = min(horizon, int((next_arrival - now) / cost.seconds) + 1)
+            ve.run = plan_decode_run(steady, batch, cost, finish, self.timer, horizon)
             if ve.run is not None:
+                self.runs_laid_out += 1
                 finish = self.stage_free[0] = ve.run.finish
         return finish, k
 
@@ -330,6 +376,7 @@ class Instance:
             current = run.steps_ended_by(now, inclusive)
             self._advance_run(k, current)
             if current < len(run.ends) - 1:
+                self.runs_cut += 1
                 run.truncate(current)
                 self.stage_free[0] = run.finish
                 self._run_horizon = max(_RUN_HORIZON[0], 2 * (current + 1))

@@ -20,7 +20,6 @@ generated tokens. KV blocks the group takes are reserved in the block manager by
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,13 +29,37 @@ from llmservingsim.serving.block_manager import BlockManager
 from llmservingsim.serving.sequence import Sequence
 
 
-@dataclass(slots=True)
 class _Member:
     t0: int  # the first step it decodes in as a member
     computed: int  # num_computed, generated and blocks held when it joined
     generated: int
     blocks: int
     last_step: int  # the step that samples its last token
+
+    def __init__(
+        self,
+        t0: int,
+        computed: int,
+        generated: int,
+        blocks: int,
+        last_step: int,
+    ) -> None:
+        self.t0 = t0
+        self.computed = computed
+        self.generated = generated
+        self.blocks = blocks
+        self.last_step = last_step
+
+    def __repr__(self) -> str:
+        return (
+            f"_Member("
+            f"t0={self.t0!r}, "
+            f"computed={self.computed!r}, "
+            f"generated={self.generated!r}, "
+            f"blocks={self.blocks!r}, "
+            f"last_step={self.last_step!r}"
+            ")"
+        )
 
 
 class SteadyDecoders:

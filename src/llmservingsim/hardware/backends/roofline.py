@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+from mypy_extensions import mypyc_attr
 
 from llmservingsim.hardware.backends import PERF_BACKENDS
 from llmservingsim.hardware.device import DeviceSpec
@@ -21,7 +22,7 @@ from llmservingsim.model.ops import Op
 FloatArray = npt.NDArray[np.float64]
 
 
-@PERF_BACKENDS.register("roofline")
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RooflineBackend:
     def __init__(self, device: DeviceSpec, dtype: str) -> None:
         self.device = device
@@ -47,11 +48,6 @@ class RooflineBackend:
         per-step fast path (perf/iteration.py) that builds no Op."""
         return max(flops / self._decode_flops, traffic / self._bandwidth) + self._launch
 
-    def decode_attention_rates(self) -> tuple[float, float, float]:
-        """(compute rate, bandwidth, launch time) of :meth:`decode_attention_time`, for the
-        compiled loop's copy of it (native/loop.c)."""
-        return self._decode_flops, self._bandwidth, self._launch
-
     def decode_attention_times(self, flops: FloatArray, traffic: FloatArray) -> FloatArray:
         """:meth:`time` of decode-attention ops given as arrays (a fast-forward run's steps)."""
         compute_time = flops / (self._peak * self._compute_max)
@@ -76,3 +72,6 @@ class RooflineBackend:
         else:
             compute_time = op.flops / (self._peak * self._compute_max)
         return max(compute_time, memory_time) + self._launch
+
+
+PERF_BACKENDS.register("roofline")(RooflineBackend)

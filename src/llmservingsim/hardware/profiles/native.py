@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from pathlib import Path
 
 from llmservingsim.errors import ConfigError
@@ -107,7 +106,7 @@ def build_op(name: str, dims: Dims, dtype: str) -> Op:
     if builder is None:
         known = "; ".join(" ".join(sorted(s)) for s in BUILDERS)
         raise ValueError(f"dims {format_dims(dims)!r} match no op shape (known: {known})")
-    return replace(builder(name, dict(dims), dtype), name=name)
+    return builder(name, dict(dims), dtype).replaced(name=name)
 
 
 def read_native(path: Path, header: list[str]) -> list[ProfilePoint]:

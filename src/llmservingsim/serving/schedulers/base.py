@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from collections import deque
 from typing import TYPE_CHECKING, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from llmservingsim.config import SchedulerConfig
 from llmservingsim.errors import ConfigError
 from llmservingsim.registry import Registry
@@ -21,6 +23,7 @@ ScheduledEntry = tuple[Sequence, int]
 """A sequence and the number of tokens it computes this step."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Scheduler(ABC):
     """Decides, at each step, which sequences run and how many tokens each computes.
 

@@ -14,7 +14,6 @@ from llmservingsim.serving.schedulers.vllm import VllmScheduler
 from llmservingsim.serving.sequence import Sequence
 
 
-@SCHEDULERS.register("no_evict")
 class NoEvictScheduler(VllmScheduler):
     def promised_blocks(self) -> int:
         """Blocks running requests will still claim before they finish."""
@@ -33,3 +32,6 @@ class NoEvictScheduler(VllmScheduler):
         if self.blocks.extra_blocks(seq, lifetime, hit) > unpromised:
             return 0
         return super().prefill_tokens(seq, hit, budget, step_is_empty)
+
+
+SCHEDULERS.register("no_evict")(NoEvictScheduler)

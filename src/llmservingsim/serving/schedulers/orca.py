@@ -13,7 +13,6 @@ from llmservingsim.serving.schedulers.vllm import VllmScheduler
 from llmservingsim.serving.sequence import Sequence
 
 
-@SCHEDULERS.register("orca")
 class OrcaScheduler(VllmScheduler):
     def prefill_tokens(
         self, seq: Sequence, hit: PrefixHit, budget: int, step_is_empty: bool
@@ -22,3 +21,6 @@ class OrcaScheduler(VllmScheduler):
         if whole <= budget or step_is_empty:
             return whole
         return 0
+
+
+SCHEDULERS.register("orca")(OrcaScheduler)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from llmservingsim.serving.schedulers.base import SCHEDULERS, ScheduledEntry, Scheduler
 
 
-@SCHEDULERS.register("static")
 class StaticScheduler(Scheduler):
     supports_steady = True
 
@@ -40,3 +39,6 @@ class StaticScheduler(Scheduler):
             self._form_batch()
         steady = self.begin_steady_step(None)  # its KV was reserved: the group never dissolves
         return [(seq, seq.remaining) for seq in self.running[steady:]]
+
+
+SCHEDULERS.register("static")(StaticScheduler)

@@ -10,13 +10,14 @@ from its prefix-cache hit (or its swapped-out tokens) and is only charged the to
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from llmservingsim.serving.block_manager import PrefixHit
 from llmservingsim.serving.schedulers.base import SCHEDULERS, ScheduledEntry, Scheduler
 from llmservingsim.serving.sequence import Sequence
 
 
-@SCHEDULERS.register("sarathi")
-@SCHEDULERS.register("vllm")
+@mypyc_attr(allow_interpreted_subclasses=True)
 class VllmScheduler(Scheduler):
     supports_steady = True
 
@@ -54,19 +55,20 @@ class VllmScheduler(Scheduler):
             num_new = wanted if wanted < budget else budget
             # Most decode steps need no new block: then try_allocate would do nothing.
             fits = only_grows and seq.num_computed + num_new <= len(seq.blocks) * block_size
+            preempted_itself = False
             while not (fits or try_allocate(seq, num_new)):
                 victim = running.pop()
                 count -= 1
                 self.preempt(victim)
                 preempted = True
                 if victim is seq:
+                    preempted_itself = True
                     break
-            else:
-                entries.append((seq, num_new))
-                budget -= num_new
-                i += 1
-                continue
-            break  # the sequence itself was the last one left to preempt
+            if preempted_itself:
+                break  # the sequence itself was the last one left to preempt
+            entries.append((seq, num_new))
+            budget -= num_new
+            i += 1
         if preempted or not self.waiting:
             return entries
         in_use = self.adapters_in_use()
@@ -86,3 +88,7 @@ class VllmScheduler(Scheduler):
         if skipped:
             self.waiting.extendleft(reversed(skipped))
         return entries
+
+
+SCHEDULERS.register("vllm")(VllmScheduler)
+SCHEDULERS.register("sarathi")(VllmScheduler)
