@@ -97,6 +97,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
         f"{cfg['model']} · {cfg['dtype']} · {describe_pools(summary['pools'])}"
         f" · {cfg['scheduler']['policy']}"
     )
+    if cfg.get("engine"):  # an engine preset (docs/engines.md)
+        title += f" · engine {cfg['engine']}"
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("latency (ms)")
     for col in ("mean", "p50", "p90", "p99"):

@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -372,6 +373,9 @@ class SchedulerConfig(_Section):
     request_timeout_s: float | None = Field(default=None, gt=0)
     """Admission control: a request still waiting to start this many seconds after it arrived
     is dropped (status ``timed_out``) at the next step. None: requests wait forever."""
+    num_gpu_blocks_override: int | None = Field(default=None, ge=1)
+    """KV-cache blocks per instance instead of the number the memory plan gives (vLLM's
+    --num-gpu-blocks-override); None: from memory."""
 
     @model_validator(mode="after")
     def _offload_needs_prefix_caching(self) -> SchedulerConfig:
@@ -514,6 +518,28 @@ class SloConfig(_Section):
         return any(v is not None for v in (self.ttft_s, self.tpot_s, self.e2e_s))
 
 
+class FrontendConfig(_Section):
+    """Latency outside the GPU: API server, tokenization, engine-core IPC, async scheduling,
+    detokenize and stream (perf/frontend.py, docs/engines.md). Off unless an ``engine:`` preset
+    or the user turns it on; the presets carry values fitted on measured per-request data."""
+
+    enabled: bool = False
+    """Apply the frontend model (TTFT/E2E are then what the client sees)."""
+    request_overhead_us: float = Field(default=0.0, ge=0)
+    """Fixed cost per request before the scheduler has it (API server + IPC), µs."""
+    per_prompt_token_us: float = Field(default=0.0, ge=0)
+    """Tokenization / input processing per prompt token, µs."""
+    token_out_us: float = Field(default=0.0, ge=0)
+    """Engine core → client per emitted token (IPC, detokenize, stream), µs."""
+    async_scheduling: bool = False
+    """vLLM V1 async scheduling: a request arriving while a step runs starts one step later."""
+    step_overhead_us: float | None = Field(default=None, ge=0)
+    """CPU time per engine step not overlapped with the GPU, µs (None: the device YAML's
+    efficiency.iteration_overhead_us)."""
+    per_seq_overhead_us: float | None = Field(default=None, ge=0)
+    """Same, per sequence of the step, µs (None: the device YAML's per_seq_overhead_us)."""
+
+
 class SimulatorConfig(_Section):
     """How the simulator itself runs; never changes a simulated number."""
 
@@ -553,6 +579,10 @@ class OutputsConfig(_Section):
 
 
 class SimConfig(_Section):
+    engine: str | None = None
+    """Serving engine preset: vllm, vllm-0.6, sglang or trtllm, optionally @version (e.g.
+    vllm@0.19); sets the defaults a user of that engine gets (docs/engines.md). Keys set
+    explicitly win. None: the simulator's generic defaults, no frontend."""
     model: str = "llama-3.1-8b"
     """Catalog name (llmservingsim catalog models) or path to a Hugging Face config.json."""
     dtype: WeightDtype = "bf16"
@@ -561,6 +591,9 @@ class SimConfig(_Section):
     """KV-cache dtype; auto = dtype (bf16 for int8/int4 weights)."""
     hardware: str = "h100-sxm"
     """Catalog name (llmservingsim catalog hardware) or path to a device YAML."""
+    max_model_len: int | None = Field(default=None, ge=1)
+    """Longest prompt + output a request may ask for (vLLM's --max-model-len); longer requests
+    are rejected (status ``rejected``), not clipped. None: the model's context."""
     cluster: ClusterConfig = ClusterConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     workload: WorkloadConfig = WorkloadConfig()
@@ -571,6 +604,7 @@ class SimConfig(_Section):
     speculative: SpeculativeConfig = SpeculativeConfig()
     slo: SloConfig = SloConfig()
     outputs: OutputsConfig = OutputsConfig()
+    frontend: FrontendConfig = FrontendConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     seed: int = Field(default=0, ge=0)
     """Random seed (a non-negative integer): a run is fully reproducible from it."""
@@ -578,6 +612,20 @@ class SimConfig(_Section):
     """Python files (``path/to/policy.py``) or importable modules loaded before the run, so the
     schedulers, routers and perf backends they register can be named here (docs/extending.md).
     They run inside the compiled engine."""
+
+    _engine_preset: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @property
+    def engine_preset(self) -> dict[str, Any] | None:
+        """The resolved engine preset (name, version, the keys it set and the ones the user's
+        settings overrode), recorded in summary.json; None without ``engine:``."""
+        return self._engine_preset
+
+    @property
+    def engine_name_version(self) -> tuple[str, str] | None:
+        """(engine, version) of the resolved preset, for backends keyed by engine."""
+        preset = self._engine_preset
+        return None if preset is None else (preset["engine"], preset["version"])
 
     @property
     def compute_dtype(self) -> str:
@@ -696,14 +744,21 @@ def build_config(raw: dict[str, Any], source: str = "config") -> SimConfig:
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     _fill_length_defaults(raw)
+    preset = None
+    if raw.get("engine") is not None:
+        from llmservingsim.engine_presets import apply_preset
+
+        raw, preset = apply_preset(raw, source)
     try:
-        return SimConfig.model_validate(raw)
+        cfg = SimConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
         got = err.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
         raise ConfigError(f"{source}: {loc}: {err['msg']}{shown}") from None
+    cfg._engine_preset = preset
+    return cfg
 
 
 def _is_union_tag(part: object) -> bool:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from collections.abc import Sequence as SequenceOf
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ from llmservingsim.metrics.kv_summary import kv_summary
 from llmservingsim.metrics.request_log import FINISHED
 from llmservingsim.metrics.summary import request_metrics
 from llmservingsim.network.topology import Topology
+from llmservingsim.perf.frontend import ClientClock, Frontend
 from llmservingsim.perf.iteration import IterationTimer
 from llmservingsim.perf.pim import PimIterationTimer
 from llmservingsim.plugins import load_plugins
@@ -45,6 +46,7 @@ from llmservingsim.serving.lora import (
 )
 from llmservingsim.serving.memory import MemoryPlan, PimMemory, plan_memory
 from llmservingsim.serving.schedulers import SCHEDULERS
+from llmservingsim.serving.sequence import Sequence
 from llmservingsim.serving.speculative import (
     SpecStats,
     Speculator,
@@ -168,7 +170,63 @@ def plan_instance_memory(cfg: SimConfig, pool: PoolConfig | None = None) -> Memo
             "Raise tensor_parallel or pipeline_parallel, use a smaller dtype (fp8/int8/int4) "
             "or a device with more memory."
         )
+    override = cfg.scheduler.num_gpu_blocks_override
+    if override is not None:
+        plan = replace(plan, num_blocks=override)
     return plan
+
+
+def frontend_model(cfg: SimConfig) -> Frontend | None:
+    """The frontend (perf/frontend.py) the config turns on, or None."""
+    fe = cfg.frontend
+    if not fe.enabled:
+        return None
+    return Frontend(
+        request_s=fe.request_overhead_us * 1e-6,
+        per_prompt_token_s=fe.per_prompt_token_us * 1e-6,
+        token_out_s=fe.token_out_us * 1e-6,
+        async_scheduling=fe.async_scheduling,
+        step_s=None if fe.step_overhead_us is None else fe.step_overhead_us * 1e-6,
+        per_seq_s=None if fe.per_seq_overhead_us is None else fe.per_seq_overhead_us * 1e-6,
+    )
+
+
+def _check_max_model_len(cfg: SimConfig) -> None:
+    limit, context = cfg.max_model_len, load_model(cfg.model).max_context
+    if limit is not None and limit > context:
+        raise ConfigError(
+            f"max_model_len={limit} exceeds {cfg.model}'s context of {context} tokens "
+            f"(expected at most {context})"
+        )
+
+
+def _admit(
+    cfg: SimConfig, requests: SequenceOf[RequestSpec], metrics: MetricsCollector
+) -> SequenceOf[RequestSpec]:
+    """What the engine is fed: requests longer than max_model_len are rejected (logged as
+    ``rejected`` at their arrival, as vLLM's API server refuses them), and with a frontend the
+    others reach the engine ``arrival_delay_s`` later (their client times are kept)."""
+    frontend = frontend_model(cfg)
+    limit = cfg.max_model_len
+    if limit is None and frontend is None:
+        return requests
+    served: list[RequestSpec] = []
+    clock = None if frontend is None else ClientClock(frontend, {})
+    for spec in requests:
+        if limit is not None and spec.input_len + spec.output_len > limit:
+            reason = (
+                f"prompt + output = {spec.input_len + spec.output_len} tokens > "
+                f"max_model_len {limit}"
+            )
+            metrics.on_drop(Sequence(spec), -1, spec.arrival_s, "rejected", reason)
+            continue
+        if clock is not None and frontend is not None:
+            clock.client_arrival[spec.id] = spec.arrival_s
+            delay = frontend.arrival_delay_s(spec.input_len)
+            spec = replace(spec, arrival_s=spec.arrival_s + delay)
+        served.append(spec)
+    metrics.requests.client_clock = clock
+    return served
 
 
 def _check_parallelism(cfg: SimConfig, pool: PoolConfig) -> None:
@@ -257,12 +315,20 @@ def _timer(
             sub_batch_interleaving=cfg.pim.sub_batch_interleaving,
             **common,
         )
+    frontend = frontend_model(cfg)
+    host = None
+    if frontend is not None:
+        eff = device.efficiency
+        host = frontend.host_overhead_s(
+            eff.iteration_overhead_us * 1e-6, eff.per_seq_overhead_us * 1e-6
+        )
     return IterationTimer(
         spec,
         device,
         backend,
         topology,
         pipeline_parallel=pool_cfg.pipeline_parallel,
+        host_overhead_s=host,
         **common,
     )
 
@@ -375,11 +441,14 @@ def simulate(
     load_plugins(cfg.plugins)
     _reject_unsupported(cfg)
     _check_lora(cfg)
+    _check_max_model_len(cfg)
     metrics = MetricsCollector() if metrics is None else metrics
     cluster = build_cluster(cfg, metrics)
     if requests is None:
         requests = load_requests(cfg)
     _check_trace_adapters(cfg, requests)
+    asked = requests  # as the clients sent them (the invariants check the log against these)
+    requests = _admit(cfg, requests, metrics)
     checker = (
         InvariantChecker(cluster.instances) if invariants_requested(check_invariants) else None
     )
@@ -390,9 +459,10 @@ def simulate(
     end_time = engine.run(requests)
     wall = time.perf_counter() - wall_start
     if checker is not None and not engine.interrupted:
-        checker.check_end(requests, metrics.records)
+        checker.check_end(asked, metrics.records)
     summary = summarize(cfg, cluster, metrics, end_time, wall)
-    summary["requests_total"] = len(requests)
+    summary["requests_total"] = len(asked)
+    summary["engine_preset"] = cfg.engine_preset
     summary["engine_build"] = engine_build()
     summary["interrupted"] = engine.interrupted
     # Stopped early (Ctrl-C, SIGTERM): the numbers cover the requests that finished by then.

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from llmservingsim.perf.frontend import ClientClock
 from llmservingsim.row_sequence import RowSequence
 from llmservingsim.serving.sequence import Sequence
 
@@ -206,6 +207,8 @@ class RequestLog:
         self._rows = bytearray()
         self._pack = _ROW.pack
         self._seal_at = chunk_size * _ROW.size
+        self.client_clock: ClientClock | None = None
+        """With a frontend (perf/frontend.py): rows hold the times the client sees."""
 
     def __len__(self) -> int:
         return self._sealed_rows + len(self._rows) // _ROW.size
@@ -223,15 +226,26 @@ class RequestLog:
         """Add a request that ended; returns the chunk it sealed, if the open one filled up."""
         spec = seq.spec
         reason, lora = seq.fail_reason, spec.lora
+        arrival, first_token, finish = spec.arrival_s, seq.first_token_time, seq.finish_time
+        if self.client_clock is not None:
+            arrival, first_token, finish = self.client_clock.times(
+                spec.id,
+                arrival,
+                seq.first_scheduled_time,
+                first_token,
+                finish,
+                seq.generated,
+                status == "finished",
+            )
         rows = self._rows
         rows += self._pack(
             spec.id,
             instance,
             STATUS_CODE[status],
-            spec.arrival_s,
+            arrival,
             seq.first_scheduled_time,
-            seq.first_token_time,
-            seq.finish_time,
+            first_token,
+            finish,
             spec.input_len,
             seq.generated,
             seq.cached_tokens,

@@ -257,6 +257,7 @@ class IterationTimer:
         first_device: int = 0,
         expert_parallel: int = 1,
         moe_imbalance: float = 1.0,
+        host_overhead_s: tuple[float, float] | None = None,
     ) -> None:
         self.graph = OpGraph(
             spec,
@@ -287,6 +288,8 @@ class IterationTimer:
         eff = device.efficiency
         self.step_overhead = eff.iteration_overhead_us * 1e-6
         self.seq_overhead = eff.per_seq_overhead_us * 1e-6
+        if host_overhead_s is not None:  # the engine's frontend (perf/frontend.py) sets them
+            self.step_overhead, self.seq_overhead = host_overhead_s
         self._layer: dict[int, _Cost] = {}
         self._moe_layer: dict[int, _Cost] = {}
         self._head: dict[tuple[int, int], _Cost] = {}

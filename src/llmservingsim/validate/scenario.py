@@ -116,6 +116,19 @@ def engine_settings(row: dict[str, str], max_model_len: int) -> tuple[dict[str, 
     return settings, f"vLLM V0, context ≤ 32K: whole prompts (orca), {budget} tok/step"
 
 
+def engine_preset(row: dict[str, str]) -> str | None:
+    """The ``engine:`` preset of a vLLM V1 row (its frontend, fitted per version; the scheduler
+    settings above still win), the preset version nearest below the row's; None otherwise."""
+    version = _version(row["engine_version"])
+    if "vllm" not in row["engine"].lower() or version is None or version < (0, 8):
+        return None
+    from llmservingsim.engine_presets import load_preset
+
+    known = sorted(_version(str(v)) or (0,) for v in load_preset("vllm")["versions"])
+    below = [v for v in known if v <= version] or known[:1]
+    return "vllm@" + ".".join(str(part) for part in below[-1])
+
+
 def _dtype(text: str) -> tuple[str, str]:
     low = text.lower()
     if "fp8" in low:
@@ -211,7 +224,13 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     settings.setdefault("gpu_memory_utilization", "0.9")
     if rule.note:
         notes.append(rule.note)
+    preset = engine_preset(row)
+    if preset:
+        notes.append(f"engine {preset}: its fitted frontend (docs/engines.md)")
+        # Prefix caching only where the row says the run had it (an optional setting below).
+        settings.setdefault("enable_prefix_caching", "false")
     overrides = [
+        *([f"engine={preset}"] if preset else []),
         f"model={rule.catalog}",
         f"hardware={hardware}",
         f"dtype={dtype}",
