@@ -145,6 +145,33 @@ def totals_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+def clients_table(clients: dict[str, dict[str, Any]]) -> Table:
+    """One row per client: requests, completions, drops, TTFT/E2E p99 and goodput."""
+    table = Table(title="clients (latency in ms, goodput in req/s)", header_style="bold")
+    for col in ("client", "sent", "done", "dropped", "TTFT p99", "E2E p99", "goodput"):
+        table.add_column(col, justify="left" if col == "client" else "right")
+    for name, row in clients.items():
+        goodput = row["goodput"]
+        table.add_row(
+            name,
+            f"{row['requests']:,}",
+            f"{row['requests_completed']:,}",
+            f"{row['requests_rejected'] + row['requests_timed_out']:,}",
+            _ms(row["ttft_s"], "p99"),
+            _ms(row["e2e_s"], "p99"),
+            "-" if goodput is None else f"{goodput:,.2f}",
+        )
+    return table
+
+
+def saturation_warning(summary: dict[str, Any]) -> str | None:
+    """The run table's warning line: saturated, or too short to reach steady state."""
+    reason = summary.get("saturation_reason")
+    if not reason:
+        return None
+    return f"saturated: {reason}" if summary.get("saturated") else str(reason)
+
+
 def admission_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """Requests admission control turned away, only when it did."""
     rejected = summary.get("requests_rejected", 0)
@@ -277,6 +304,11 @@ def run(
         console = Console()
         console.print(summary_table(result.summary))
         console.print(totals_table(result.summary))
+        if "clients" in result.summary:
+            console.print(clients_table(result.summary["clients"]))
+        warning = saturation_warning(result.summary)
+        if warning is not None:
+            console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
         console.print(f"outputs: {out_dir}/ " + ", ".join(p.name for p in paths), highlight=False)
     if result.summary.get("interrupted"):
         err_console.print("interrupted: partial results written (summary.json: partial: true)")

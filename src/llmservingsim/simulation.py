@@ -28,6 +28,7 @@ from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.kv_summary import kv_summary
 from llmservingsim.metrics.request_log import FINISHED
 from llmservingsim.metrics.summary import request_metrics
+from llmservingsim.metrics.workload_summary import workload_summary
 from llmservingsim.native.runner import CompiledEngine
 from llmservingsim.native.runner import refusal as compiled_loop_refusal
 from llmservingsim.network.topology import Topology
@@ -379,6 +380,8 @@ def simulate(
         checker.check_end(requests, metrics.records)
     summary = summarize(cfg, cluster, metrics, end_time, wall)
     summary["requests_total"] = len(requests)
+    duration = summary["benchmark_duration_s"]
+    summary.update(workload_summary(cfg, requests, metrics.requests, duration))
     summary["engine_loop"] = "python" if not_compiled else "compiled"
     if not_compiled:
         summary["engine_loop_reason"] = not_compiled
