@@ -439,6 +439,91 @@ def _hardware_table() -> Table:
     return table
 
 
+@app.command()
+def compare(
+    config_a: Annotated[Path, typer.Argument(help="Config A (its workload is served by both).")],
+    config_b: Annotated[Path, typer.Argument(help="Config B.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key of both configs (repeatable)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write compare.json and deltas.parquet (one row per request) here."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed of both configs.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the comparison as JSON (and nothing else).")
+    ] = False,
+) -> None:
+    """Run two configs on the identical request stream (A's workload) and report the paired
+    per-request differences B − A of TTFT and E2E, overall and per client, with a bootstrap
+    interval on the mean difference (docs/workloads.md)."""
+    import json
+
+    from llmservingsim.compare import check_same_stream, paired_report, write_deltas
+    from llmservingsim.simulation import load_requests, simulate
+
+    overrides = list(set_ or [])
+    if seed is not None:
+        overrides.append(f"seed={seed}")
+    with stop_on_signals():
+        try:
+            cfg_a = load_config(config_a, overrides)
+            cfg_b = load_config(config_b, overrides)
+            with _input_warnings():
+                requests = load_requests(cfg_a)
+                ctx = load_model(cfg_b.model).max_context
+                note = check_same_stream(cfg_a, cfg_b, requests, ctx)
+                result_a = simulate(cfg_a, requests=requests)
+                result_b = simulate(cfg_b, requests=requests)
+            log_a, log_b = result_a.metrics.requests, result_b.metrics.requests
+            report = {"a": str(config_a), "b": str(config_b), "note": note}
+            report.update(paired_report(requests, log_a, log_b))
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
+                write_deltas(out, requests, log_a, log_b, cfg_a.outputs.format)
+        except UserError as exc:
+            raise _fail(exc) from None
+    if note is not None:
+        err_console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    Console().print(compare_table(report))
+
+
+def compare_table(report: dict[str, Any]) -> Table:
+    """Mean TTFT/E2E of both sides, the mean paired difference B − A and its interval (ms)."""
+    title = (
+        f"B − A over {report['paired']:,} requests finished on both sides "
+        f"(A: {report['a']}, B: {report['b']})"
+    )
+    table = Table(title=title, header_style="bold")
+    for col in ("ms", "mean A", "mean B", "mean B − A", "95% interval", "p99 A", "p99 B"):
+        table.add_column(col, justify="left" if col == "ms" else "right")
+    groups = [("all", report), *report.get("clients", {}).items()]
+    for name, group in groups:
+        for metric in ("ttft_s", "e2e_s"):
+            row = group[metric]
+            label = metric.removesuffix("_s").upper()
+            interval = row["ci95"]
+            shown = (
+                "-" if interval is None else f"[{interval[0] * 1e3:,.2f}, {interval[1] * 1e3:,.2f}]"
+            )
+            table.add_row(
+                label if name == "all" else f"{name} {label}",
+                _ms(row, "mean_a"),
+                _ms(row, "mean_b"),
+                "-" if row["mean_delta"] is None else f"{row['mean_delta'] * 1e3:+,.2f}",
+                shown,
+                _ms(row, "p99_a"),
+                _ms(row, "p99_b"),
+            )
+    return table
+
+
 app.command("sweep")(sweep_command)
 app.command("plan")(plan_command)
 app.command("calibrate")(calibrate_command)
