@@ -196,9 +196,16 @@ class RequestTable(RowSequence[RequestSpec]):
                 # The common case (plain synthetic traffic), kept free of per-row branches.
                 for i, arrival, input_len, output_len in rows:
                     yield RequestSpec(i, arrival, input_len, output_len)
-            else:
-                for i, arrival, input_len, output_len in rows:
-                    yield self._spec(i, arrival, input_len, output_len)
+                continue
+            span = end - start
+            batch_contents = [None] * span if contents is None else contents[start:end]
+            batch_loras = [None] * span if loras is None else loras[start:end]
+            clients = [-1] * span if self.client is None else self.client[start:end].tolist()
+            prios = [0] * span if self.priority is None else self.priority[start:end].tolist()
+            for (i, arrival, input_len, output_len), content, lora, client, prio in zip(
+                rows, batch_contents, batch_loras, clients, prios, strict=True
+            ):
+                yield RequestSpec(i, arrival, input_len, output_len, content, lora, prio, client)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, RequestTable | list | tuple):
@@ -301,12 +308,17 @@ class SyntheticContents(SequenceOf[TokenContent]):
             return [self[i] for i in range(*index.indices(len(self)))]
         if index < 0:
             index += len(self)
-        own = (int(self.own_id[index]), int(self.own_len[index]))
+        own_len = int(self.own_len[index])
+        own = (int(self.own_id[index]), own_len)
         if self.prompts is None:
             runs: tuple[tuple[int, int], ...] = (own,)
         else:
             runs = ((int(self.prompts[index]), self.system_len), own)
-        return TokenContent(self.namespace, runs).truncated(int(self.input_len[index]))
+        content = TokenContent(self.namespace, runs)
+        input_len = int(self.input_len[index])
+        if input_len < own_len + (0 if self.prompts is None else self.system_len):
+            return content.truncated(input_len)  # clipped to the context window
+        return content
 
 
 class MergedRows(SequenceOf[_T]):
