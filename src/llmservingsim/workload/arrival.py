@@ -58,7 +58,8 @@ def staged_arrival_times(
             times = np.zeros(0, dtype=np.float64)
             last = start
             while last < end:
-                more = last + np.cumsum(sampler(cfg, chunk, rng) / stage.rate)
+                with np.errstate(over="ignore"):  # a tiny rate: gaps past the end are inf
+                    more = last + np.cumsum(sampler(cfg, chunk, rng) / stage.rate)
                 times = np.concatenate([times, more])
                 last = float(more[-1])
             pieces.append(times[times < end])

@@ -35,6 +35,9 @@ class PoolPrompts:
     input_len: IntArray
     output_len: IntArray
     order: str
+    system: IntArray | None = None
+    """Prompt p's system prompt (an index into ``prefix``'s prompts), when it has one."""
+    prefix: SystemPromptConfig | None = None
 
     @property
     def size(self) -> int:

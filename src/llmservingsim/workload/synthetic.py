@@ -86,7 +86,9 @@ def generate_synthetic(
             # The pool's lengths and picks draw from the sixth child, which nothing else uses.
             lengths_rng, picks_rng = rngs[5].spawn(2)
             rngs = (*rngs[:5], picks_rng)
-            pool = _pool(cfg.prompt_pool, cfg.input_len, cfg.output_len, next_id, lengths_rng)
+            pool = _pool(
+                cfg.prompt_pool, cfg.input_len, cfg.output_len, next_id, lengths_rng, cfg.prefix
+            )
             next_id += pool.size
         stream = Stream(
             cfg.arrival,
@@ -116,14 +118,28 @@ def _pool(
     output_dist: LengthDist,
     first_id: int,
     rng: np.random.Generator,
+    prefix: SystemPromptConfig | None,
 ) -> PoolPrompts:
-    """``cfg.size`` prompts with lengths drawn once, content ids from ``first_id`` on."""
-    input_rng, output_rng = rng.spawn(2)
+    """``cfg.size`` prompts with lengths drawn once, content ids from ``first_id`` on.
+
+    Behind system prompts, each prompt of the pool has its own for good (a whole prompt is
+    resent whole): prompt p has system prompt p mod k with uniform popularity (k groups of
+    equal size, as inference-perf's shared_prefix data builds them), a draw with Zipf.
+    """
+    input_rng, output_rng, system_rng = rng.spawn(3)
+    system = None
+    if prefix is not None:
+        if prefix.popularity == "uniform":
+            system = np.arange(cfg.size, dtype=np.int64) % prefix.num_system_prompts
+        else:
+            system = pick_system_prompts(prefix, cfg.size, system_rng)
     return PoolPrompts(
         first_id,
         sample_lengths(input_dist, cfg.size, input_rng),
         sample_lengths(output_dist, cfg.size, output_rng),
         cfg.order,
+        system,
+        prefix,
     )
 
 
@@ -140,7 +156,9 @@ def _generate_clients(
         next_id = cfg.prefix.num_system_prompts
     shared_pool = None
     if cfg.prompt_pool is not None:
-        shared_pool = _pool(cfg.prompt_pool, cfg.input_len, cfg.output_len, next_id, shared_rng)
+        shared_pool = _pool(
+            cfg.prompt_pool, cfg.input_len, cfg.output_len, next_id, shared_rng, cfg.prefix
+        )
         next_id += shared_pool.size
     rates = cfg.client_rates()
     by_rate = clients[0].rate is not None
@@ -156,7 +174,7 @@ def _generate_clients(
             next_id += client.prefix.num_system_prompts
         pool = shared_pool
         if client.prompt_pool is not None:
-            pool = _pool(client.prompt_pool, input_dist, output_dist, next_id, pool_rng)
+            pool = _pool(client.prompt_pool, input_dist, output_dist, next_id, pool_rng, prefix)
             next_id += pool.size
         arrival = cfg.arrival.model_copy(
             update={"rate": rate if by_rate else cfg.arrival.rate * rate}
@@ -248,17 +266,22 @@ def _generate_stream(
         arrivals = arrival_times(stream.arrival, n, arrival_rng)
     prompts = None
     system_len = 0
-    if stream.prefix is not None:
-        prompts = stream.prefix_first_id + pick_system_prompts(stream.prefix, n, prefix_rng)
-        system_len = stream.prefix.system_prompt_len
     pool = stream.pool
-    if pool is None:
+    picks = None if pool is None else pool.picks(n, pool_rng)
+    if stream.prefix is not None:
+        if pool is not None and pool.system is not None and pool.prefix is stream.prefix:
+            assert picks is not None
+            relative = pool.system[picks]  # each pool prompt keeps its system prompt
+        else:
+            relative = pick_system_prompts(stream.prefix, n, prefix_rng)
+        prompts = stream.prefix_first_id + relative
+        system_len = stream.prefix.system_prompt_len
+    if pool is None or picks is None:
         user = sample_lengths(stream.input_len, n, input_rng)
         answer = sample_lengths(stream.output_len, n, output_rng)
         own_id = first_id + np.arange(n, dtype=np.int64)
         next_id = first_id + n
     else:
-        picks = pool.picks(n, pool_rng)
         user = pool.input_len[picks]
         answer = pool.output_len[picks]
         own_id = pool.first_id + picks
