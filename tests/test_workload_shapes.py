@@ -371,3 +371,19 @@ def test_stages_refuse_a_request_count_and_rate_clients() -> None:
                 "workload.clients=[{name: a, input_len: {dist: fixed, value: 5}}]",
             ],
         )
+
+
+# ----------------------------------------------------------------------------- docs
+
+
+def test_every_config_in_docs_workloads_md_loads_and_generates(tmp_path: Path) -> None:
+    """The configs docs/workloads.md shows for each benchmark tool are valid as written."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "workloads.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+    assert len(blocks) >= 7
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"{i}.yaml"
+        path.write_text(block)
+        cfg = load_config(path)
+        table = load_workload(cfg.workload, 1 << 17, 0)
+        assert len(table) > 0
