@@ -220,3 +220,14 @@ def test_block_bootstrap_interval_covers_the_mean() -> None:
     # About 2 × 1.96 standard errors wide for independent values.
     assert high - low == pytest.approx(2 * 1.96 / np.sqrt(5000), rel=0.25)
     assert block_bootstrap(np.zeros(7))[:2] == (0.0, 0.0)
+
+
+def test_plan_refuses_rates_it_cannot_vary(tmp_path: Path) -> None:
+    args = ["plan", "--slo", "ttft_p99=0.5", "--max-rate", "--search", "cluster.instances=1,2"]
+    for override in (
+        "workload.stages=[{duration_s: 5, rate: 2}]",
+        "workload.clients=[{name: a, rate: 2}, {name: b, rate: 3}]",
+    ):
+        result = CliRunner().invoke(app, [*args, "--set", override, "--out", str(tmp_path)])
+        assert result.exit_code == 2, result.output
+        assert "workload.stages and client rates are not yet supported" in result.output
