@@ -387,3 +387,60 @@ def test_every_config_in_docs_workloads_md_loads_and_generates(tmp_path: Path) -
         cfg = load_config(path)
         table = load_workload(cfg.workload, 1 << 17, 0)
         assert len(table) > 0
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), pool_order=st.sampled_from(["cycle", "random"]))
+def test_every_shape_together_gives_one_consistent_table(seed: int, pool_order: str) -> None:
+    """Stages × clients (own prefix, shared pool, sessions) × adapters: rows in arrival order,
+    labels and columns of one length, every content id range disjoint between clients."""
+    cfg = load_config(
+        None,
+        [
+            "lora.enabled=true",
+            "workload.stages=[{duration_s: 20, rate: 6}, {duration_s: 10, rate: 0},"
+            " {duration_s: 20, rate: 12}]",
+            f"workload.prompt_pool={{size: 6, order: {pool_order}}}",
+            "workload.clients=["
+            "{name: chat, share: 0.5, sessions: {turns: {dist: fixed, value: 2}, think_time_s: 2}},"
+            "{name: agent, share: 0.3, prefix: {system_prompt_len: 64}, lora: tools},"
+            "{name: batch, share: 0.2, prompt_pool: {size: 2}}]",
+        ],
+    )
+    table = load_workload(cfg.workload, CTX, seed)
+    n = len(table)
+    assert table.client is not None and table.stage is not None and table.loras is not None
+    assert table.client.size == table.stage.size == n
+    assert np.all(np.diff(table.arrival_s) >= 0)
+    assert set(table.stage.tolist()) <= {0, 1, 2}
+    # The idle stage starts no session; only later turns of earlier sessions land in it.
+    idle = table.client[table.stage == 1]
+    assert set(idle.tolist()) <= {0}
+    contents = table.contents
+    assert contents is not None
+    ids: dict[int, set[int]] = {0: set(), 1: set(), 2: set()}
+    for i, k in enumerate(table.client.tolist()):
+        content = contents[i]
+        assert content is not None and content.num_tokens >= table.input_len[i]
+        ids[k].update(cid for cid, _ in content.runs)
+        assert (table.loras[i] == "tools") == (k == 1)
+    # chat and agent send the shared pool's prompts (ids 0-5); batch its own two.
+    assert ids[2] & ids[0] == set() and ids[2] & ids[1] == set()
+    assert len(ids[2]) <= 2
+    specs = list(table)
+    assert [s.id for s in specs] == list(range(n))
+
+
+def test_csv_trace_client_column_and_rows_without_one(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("arrival_s,input_tokens,output_tokens,client\n0,5,2,fast\n1,5,2,\n")
+    base = ["workload.kind=trace", f"workload.trace.path={path}", "workload.trace.format=csv"]
+    cfg = load_config(None, [*base, "workload.clients=[{name: fast}]"])
+    with pytest.raises(TraceError, match=r"t\.csv:3: no client; expected one of"):
+        load_workload(cfg.workload, CTX, 0)
+    path.write_text("arrival_s,input_tokens,output_tokens,client\n0,5,2,fast\n1,5,2,slow\n")
+    cfg = load_config(None, [*base, "workload.clients=[{name: slow}, {name: fast}]"])
+    table = load_workload(cfg.workload, CTX, 0)
+    assert table.client is not None and table.client.tolist() == [1, 0]
+    with pytest.raises(ConfigError, match=r"clients\[0\] \(slow\): share shape synthetic"):
+        load_config(None, [*base, "workload.clients=[{name: slow, share: 1}]"])
