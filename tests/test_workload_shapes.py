@@ -355,6 +355,12 @@ def test_bad_shapes_are_one_line_config_errors(override: str, message: str) -> N
         load_config(None, [override])
 
 
+def test_stages_that_send_nothing_are_an_error() -> None:
+    cfg = workload(stages=[{"duration_s": 0.001, "rate": 1}])
+    with pytest.raises(ConfigError, match=r"workload\.stages: no request arrived"):
+        load_workload(cfg, CTX, 0)
+
+
 def test_stages_refuse_a_request_count_and_rate_clients() -> None:
     with pytest.raises(ConfigError, match="remove num_requests"):
         load_config(None, ["workload.stages=[{duration_s: 5, rate: 3}]", "workload.num_requests=9"])

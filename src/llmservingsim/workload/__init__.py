@@ -8,6 +8,7 @@ from collections.abc import Sequence as SequenceOf
 import numpy as np
 
 from llmservingsim.config import ClientConfig, WorkloadConfig
+from llmservingsim.errors import ConfigError
 from llmservingsim.registry import Registry
 from llmservingsim.workload.adapters import pick_adapters
 from llmservingsim.workload.arrival import ARRIVAL_PROCESSES, arrival_times
@@ -51,6 +52,12 @@ def load_workload(cfg: WorkloadConfig, max_context: int, seed: int) -> RequestTa
     requests = WORKLOAD_KINDS.get(cfg.kind)(cfg, max_context, rng)
     if isinstance(requests, RequestTable):
         table = requests
+        if not len(table) and cfg.stages is not None:
+            expected = sum(s.rate * s.duration_s for s in cfg.stages)
+            raise ConfigError(
+                f"workload.stages: no request arrived (rate × duration_s sums to {expected:g}); "
+                "lengthen the stages or raise their rates"
+            )
     else:
         names = tuple(c.name for c in cfg.clients or ())
         table = RequestTable.from_specs(requests, client_names=names)
