@@ -23,6 +23,10 @@ def shorten(example: Path) -> list[str]:
     raw = yaml.safe_load(example.read_text()) or {}
     if raw.get("workload", {}).get("kind") == "trace":
         return ["--set", f"workload.trace.max_requests={NUM_REQUESTS}"]
+    if raw.get("workload", {}).get("stages"):
+        # Stages set the request count: two short ones, about NUM_REQUESTS / 2 requests each.
+        stage = f"{{duration_s: 1, rate: {NUM_REQUESTS // 4}}}"
+        return ["--set", f"workload.stages=[{stage}, {stage}]"]
     return ["--set", f"workload.num_requests={NUM_REQUESTS}"]
 
 

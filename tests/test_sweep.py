@@ -142,6 +142,19 @@ def test_flatten_summary_names_nested_stats_with_underscores() -> None:
         {"ttft_s": {"p99": 0.5, "mean": None}, "memory": {"kv_tokens": 7}, "config": {"a": 1}}
     )
     assert flat == {"ttft_s_p99": 0.5, "ttft_s_mean": None, "memory_kv_tokens": 7}
+    per_group = flatten_summary(
+        {
+            "clients": {"chat": {"ttft_s": {"p99": 0.2}, "goodput": 3.0}},
+            "stages": [{"saturated": False}, {"saturated": True, "rate": 20}],
+        }
+    )
+    assert per_group == {
+        "clients_chat_ttft_s_p99": 0.2,
+        "clients_chat_goodput": 3.0,
+        "stages_0_saturated": False,
+        "stages_1_saturated": True,
+        "stages_1_rate": 20,
+    }
 
 
 # ----------------------------------------------------------------------------- store and resume

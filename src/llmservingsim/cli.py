@@ -147,6 +147,33 @@ def totals_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+def clients_table(clients: dict[str, dict[str, Any]]) -> Table:
+    """One row per client: requests, completions, drops, TTFT/E2E p99 and goodput."""
+    table = Table(title="clients (latency in ms, goodput in req/s)", header_style="bold")
+    for col in ("client", "sent", "done", "dropped", "TTFT p99", "E2E p99", "goodput"):
+        table.add_column(col, justify="left" if col == "client" else "right")
+    for name, row in clients.items():
+        goodput = row["goodput"]
+        table.add_row(
+            name,
+            f"{row['requests']:,}",
+            f"{row['requests_completed']:,}",
+            f"{row['requests_rejected'] + row['requests_timed_out']:,}",
+            _ms(row["ttft_s"], "p99"),
+            _ms(row["e2e_s"], "p99"),
+            "-" if goodput is None else f"{goodput:,.2f}",
+        )
+    return table
+
+
+def saturation_warning(summary: dict[str, Any]) -> str | None:
+    """The run table's warning line: saturated, or too short to reach steady state."""
+    reason = summary.get("saturation_reason")
+    if not reason:
+        return None
+    return f"saturated: {reason}" if summary.get("saturated") else str(reason)
+
+
 def admission_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """Requests admission control turned away, only when it did."""
     rejected = summary.get("requests_rejected", 0)
@@ -279,6 +306,11 @@ def run(
         console = Console()
         console.print(summary_table(result.summary))
         console.print(totals_table(result.summary))
+        if "clients" in result.summary:
+            console.print(clients_table(result.summary["clients"]))
+        warning = saturation_warning(result.summary)
+        if warning is not None:
+            console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
         console.print(f"outputs: {out_dir}/ " + ", ".join(p.name for p in paths), highlight=False)
     if result.summary.get("interrupted"):
         err_console.print("interrupted: partial results written (summary.json: partial: true)")
@@ -406,6 +438,91 @@ def _hardware_table() -> Table:
             f"{d.power.idle_w:g}/{d.power.max_w:g}",
             f"{d.cost_per_hour_usd:.2f}",
         )
+    return table
+
+
+@app.command()
+def compare(
+    config_a: Annotated[Path, typer.Argument(help="Config A (its workload is served by both).")],
+    config_b: Annotated[Path, typer.Argument(help="Config B.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key of both configs (repeatable)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write compare.json and deltas.parquet (one row per request) here."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed of both configs.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the comparison as JSON (and nothing else).")
+    ] = False,
+) -> None:
+    """Run two configs on the identical request stream (A's workload) and report the paired
+    per-request differences B − A of TTFT and E2E, overall and per client, with a bootstrap
+    interval on the mean difference (docs/workloads.md)."""
+    import json
+
+    from llmservingsim.compare import check_same_stream, paired_report, write_deltas
+    from llmservingsim.simulation import load_requests, simulate
+
+    overrides = list(set_ or [])
+    if seed is not None:
+        overrides.append(f"seed={seed}")
+    with stop_on_signals():
+        try:
+            cfg_a = load_config(config_a, overrides)
+            cfg_b = load_config(config_b, overrides)
+            with _input_warnings():
+                requests = load_requests(cfg_a)
+                ctx = load_model(cfg_b.model).max_context
+                note = check_same_stream(cfg_a, cfg_b, requests, ctx)
+                result_a = simulate(cfg_a, requests=requests)
+                result_b = simulate(cfg_b, requests=requests)
+            log_a, log_b = result_a.metrics.requests, result_b.metrics.requests
+            report = {"a": str(config_a), "b": str(config_b), "note": note}
+            report.update(paired_report(requests, log_a, log_b))
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
+                write_deltas(out, requests, log_a, log_b, cfg_a.outputs.format)
+        except UserError as exc:
+            raise _fail(exc) from None
+    if note is not None:
+        err_console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    Console().print(compare_table(report))
+
+
+def compare_table(report: dict[str, Any]) -> Table:
+    """Mean TTFT/E2E of both sides, the mean paired difference B − A and its interval (ms)."""
+    title = (
+        f"B − A over {report['paired']:,} requests finished on both sides "
+        f"(A: {report['a']}, B: {report['b']})"
+    )
+    table = Table(title=title, header_style="bold")
+    for col in ("ms", "mean A", "mean B", "mean B − A", "95% interval", "p99 A", "p99 B"):
+        table.add_column(col, justify="left" if col == "ms" else "right")
+    groups = [("all", report), *report.get("clients", {}).items()]
+    for name, group in groups:
+        for metric in ("ttft_s", "e2e_s"):
+            row = group[metric]
+            label = metric.removesuffix("_s").upper()
+            interval = row["ci95"]
+            shown = (
+                "-" if interval is None else f"[{interval[0] * 1e3:,.2f}, {interval[1] * 1e3:,.2f}]"
+            )
+            table.add_row(
+                label if name == "all" else f"{name} {label}",
+                _ms(row, "mean_a"),
+                _ms(row, "mean_b"),
+                "-" if row["mean_delta"] is None else f"{row['mean_delta'] * 1e3:+,.2f}",
+                shown,
+                _ms(row, "p99_a"),
+                _ms(row, "p99_b"),
+            )
     return table
 
 

@@ -176,6 +176,82 @@ class WorkloadLoraConfig(_Section):
     """Zipf popularity: P(adapter k) ∝ k^-alpha."""
 
 
+class SloConfig(_Section):
+    """Per-request latency targets; a request meets the SLO when it meets every given target."""
+
+    ttft_s: float | None = Field(default=None, gt=0)
+    """Time to first token, seconds."""
+    tpot_s: float | None = Field(default=None, gt=0)
+    """Time per output token, seconds."""
+    e2e_s: float | None = Field(default=None, gt=0)
+    """End-to-end latency, seconds."""
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.ttft_s, self.tpot_s, self.e2e_s))
+
+
+class StageConfig(_Section):
+    """One stage of a staged workload (``workload.stages``): ``rate`` requests per second for
+    ``duration_s`` seconds, in ``workload.arrival.process`` (Poisson by default)."""
+
+    duration_s: float = Field(gt=0, allow_inf_nan=False)
+    """Length of the stage, seconds."""
+    rate: float = Field(ge=0, allow_inf_nan=False)
+    """Requests per second during the stage (0: an idle pause)."""
+
+
+class PromptPoolConfig(_Section):
+    """A fixed pool of whole prompts reused as a benchmark client does (``prompt_pool``).
+
+    ``size`` prompts (prompt and output lengths drawn once from the length distributions) are
+    sent over and over: ``cycle`` sends prompt ``i mod size`` as request i (a client walking a
+    dataset), ``random`` picks one uniformly per request. Equal prompts are equal tokens, so the
+    prefix cache sees them as a real server would. After a shared system prompt
+    (``workload.prefix``) when one is given; with ``sessions`` the pool supplies each turn's user
+    message.
+    """
+
+    size: int = Field(ge=1)
+    """Distinct prompts in the pool."""
+    order: Literal["cycle", "random"] = "cycle"
+    """cycle: request i sends prompt i mod size; random: a uniform pick per request."""
+
+
+class ClientConfig(_Section):
+    """One traffic class of a multi-client workload (``workload.clients``).
+
+    Each client is its own arrival stream: a ``share`` of ``workload.num_requests`` and of the
+    workload's rate (or of each stage's rate), or its own ``rate``. Keys left out are taken from
+    the workload section (its system prompts and prompt pool are then shared by the clients that
+    take them). docs/workloads.md.
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Label in requests.parquet (column client) and summary.json (clients.<name>)."""
+    share: float | None = Field(default=None, gt=0, le=1)
+    """Fraction of the requests and of the arrival rate (the shares sum to 1)."""
+    rate: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """Requests per second of this client's own stream (instead of a share)."""
+    priority: int = 0
+    """Scheduling priority, lower first (vLLM --scheduling-policy priority); stored per request.
+    A value other than 0 needs a scheduler policy that reads it."""
+    slo: SloConfig | None = None
+    """This client's latency targets for its goodput (default: the top-level slo)."""
+    input_len: LengthDist | None = None
+    """Prompt length distribution (default: workload.input_len)."""
+    output_len: LengthDist | None = None
+    """Output length distribution (default: workload.output_len)."""
+    prefix: SystemPromptConfig | None = None
+    """This client's own system prompts (default: the workload's, shared)."""
+    sessions: SessionConfig | None = None
+    """This client's multi-turn sessions (default: workload.sessions)."""
+    prompt_pool: PromptPoolConfig | None = None
+    """This client's own prompt pool (default: the workload's, shared)."""
+    lora: str | None = Field(default=None, min_length=1)
+    """The LoRA adapter every request of this client runs (needs lora.enabled: true)."""
+
+
 class WorkloadConfig(_Section):
     """The requests to serve: generated from distributions, or replayed from a trace."""
 
@@ -196,6 +272,14 @@ class WorkloadConfig(_Section):
     """Multi-turn sessions that resend their history (docs/kv_cache.md)."""
     lora: WorkloadLoraConfig | None = None
     """LoRA adapters the requests name (docs/lora.md); absent = base model only."""
+    stages: list[StageConfig] | None = None
+    """Arrival stages run one after another, each at its own rate for its duration (the request
+    count is what the stages produce: leave num_requests out); docs/workloads.md."""
+    prompt_pool: PromptPoolConfig | None = None
+    """A fixed pool of whole prompts sent over and over (docs/workloads.md)."""
+    clients: list[ClientConfig] | None = None
+    """Traffic classes sharing the run, each with its own rate, lengths, priority and SLO
+    (docs/workloads.md); a trace names each row's client in its ``client`` field."""
 
     @model_validator(mode="after")
     def _trace_given(self) -> WorkloadConfig:
@@ -205,7 +289,87 @@ class WorkloadConfig(_Section):
             raise ValueError(
                 "prefix and sessions shape synthetic workloads; a trace brings its own"
             )
+        if self.kind == "trace" and (self.stages is not None or self.prompt_pool is not None):
+            raise ValueError(
+                "stages and prompt_pool shape synthetic workloads; a trace brings its own"
+            )
         return self
+
+    @model_validator(mode="after")
+    def _stages_set_the_count(self) -> WorkloadConfig:
+        if self.stages is None:
+            return self
+        if not self.stages:
+            raise ValueError("stages is empty: list at least one {duration_s, rate}")
+        if "num_requests" in self.model_fields_set:
+            raise ValueError(
+                "stages set the request count (rate × duration_s per stage); remove num_requests"
+            )
+        if sum(stage.rate for stage in self.stages) == 0:
+            raise ValueError("every stage has rate 0: no request would arrive")
+        return self
+
+    @model_validator(mode="after")
+    def _clients_consistent(self) -> WorkloadConfig:
+        clients = self.clients
+        if clients is None:
+            return self
+        if not clients:
+            raise ValueError("clients is empty: list at least one client")
+        names = [c.name for c in clients]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"client name {repeated[0]!r} is used twice")
+        if self.kind == "trace":
+            for i, c in enumerate(clients):
+                shaped = sorted(
+                    key
+                    for key in c.model_fields_set
+                    if key not in ("name", "priority", "slo", "lora")
+                )
+                if shaped:
+                    raise ValueError(
+                        f"clients[{i}] ({c.name}): {', '.join(shaped)} shape synthetic "
+                        "traffic; a trace brings its own (its rows name their client)"
+                    )
+            return self
+        with_share = [c for c in clients if c.share is not None]
+        with_rate = [c for c in clients if c.rate is not None]
+        for i, c in enumerate(clients):
+            if c.share is not None and c.rate is not None:
+                raise ValueError(f"clients[{i}] ({c.name}): give a share or a rate, not both")
+            if c.share is None and c.rate is None and len(clients) > 1:
+                raise ValueError(f"clients[{i}] ({c.name}): give a share or a rate")
+        if with_share and with_rate:
+            raise ValueError("give every client a share, or every client a rate, not a mix")
+        if with_share:
+            total = sum(c.share for c in clients if c.share is not None)
+            if abs(total - 1.0) > 1e-6:
+                raise ValueError(
+                    f"client shares sum to {total:g}, expected 1 (each share is a fraction "
+                    "of num_requests and of the arrival rate)"
+                )
+        if with_rate and self.stages is not None:
+            raise ValueError(
+                "stages set the total rate of each stage: give the clients shares, not rates"
+            )
+        for i, c in enumerate(clients):
+            pool_from_workload = c.prompt_pool is None and self.prompt_pool is not None
+            own_lengths = sorted({"input_len", "output_len"} & c.model_fields_set)
+            if pool_from_workload and own_lengths:
+                raise ValueError(
+                    f"clients[{i}] ({c.name}): {', '.join(own_lengths)} would not apply: the "
+                    "client sends the prompts of workload.prompt_pool (drawn from workload "
+                    "lengths); give the client its own prompt_pool"
+                )
+        return self
+
+    def client_rates(self) -> list[float]:
+        """Each client's share of the arrival rate, or its own rate (synthetic clients)."""
+        assert self.clients is not None
+        if len(self.clients) == 1 and self.clients[0].rate is None:
+            return [1.0]
+        return [c.share if c.share is not None else float(c.rate or 0.0) for c in self.clients]
 
 
 # ----------------------------------------------------------------------------- serving
@@ -503,21 +667,6 @@ class SpeculativeConfig(_Section):
         return (rates,) * self.num_speculative_tokens
 
 
-class SloConfig(_Section):
-    """Per-request latency targets; a request meets the SLO when it meets every given target."""
-
-    ttft_s: float | None = Field(default=None, gt=0)
-    """Time to first token, seconds."""
-    tpot_s: float | None = Field(default=None, gt=0)
-    """Time per output token, seconds."""
-    e2e_s: float | None = Field(default=None, gt=0)
-    """End-to-end latency, seconds."""
-
-    @property
-    def given(self) -> bool:
-        return any(v is not None for v in (self.ttft_s, self.tpot_s, self.e2e_s))
-
-
 class FrontendConfig(_Section):
     """Latency outside the GPU: API server, tokenization, engine-core IPC, async scheduling,
     detokenize and stream (perf/frontend.py, docs/engines.md). Off unless an ``engine:`` preset
@@ -626,6 +775,25 @@ class SimConfig(_Section):
         """(engine, version) of the resolved preset, for backends keyed by engine."""
         preset = self._engine_preset
         return None if preset is None else (preset["engine"], preset["version"])
+
+    @model_validator(mode="after")
+    def _clients_need_engine_support(self) -> SimConfig:
+        for i, client in enumerate(self.workload.clients or []):
+            where = f"workload.clients[{i}] ({client.name})"
+            if client.priority != 0 and self.scheduler.policy != "priority":
+                raise ValueError(
+                    f"{where}: priority={client.priority}, but scheduler.policy "
+                    f"'{self.scheduler.policy}' ignores priorities (a priority policy is "
+                    "not yet supported); leave priority at 0"
+                )
+            if client.lora is not None and not (
+                self.lora.enabled or self.workload.lora is not None
+            ):
+                raise ValueError(
+                    f"{where}: lora={client.lora!r} names an adapter; set lora.enabled: true "
+                    "to serve adapters"
+                )
+        return self
 
     @property
     def compute_dtype(self) -> str:
@@ -756,7 +924,9 @@ def build_config(raw: dict[str, Any], source: str = "config") -> SimConfig:
         loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
         got = err.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        raise ConfigError(f"{source}: {loc}: {err['msg']}{shown}") from None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        where = f"{loc}: " if loc else ""
+        raise ConfigError(f"{source}: {where}{msg}{shown}") from None
     cfg._engine_preset = preset
     return cfg
 

@@ -30,6 +30,7 @@ from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.kv_summary import kv_summary
 from llmservingsim.metrics.request_log import FINISHED
 from llmservingsim.metrics.summary import request_metrics
+from llmservingsim.metrics.workload_summary import workload_summary
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.frontend import ClientClock, Frontend
 from llmservingsim.perf.iteration import IterationTimer
@@ -462,6 +463,8 @@ def simulate(
         checker.check_end(asked, metrics.records)
     summary = summarize(cfg, cluster, metrics, end_time, wall)
     summary["requests_total"] = len(asked)
+    duration = summary["benchmark_duration_s"]
+    summary.update(workload_summary(cfg, asked, metrics.requests, duration))
     summary["engine_preset"] = cfg.engine_preset
     summary["engine_build"] = engine_build()
     summary["interrupted"] = engine.interrupted

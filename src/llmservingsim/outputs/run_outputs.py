@@ -18,7 +18,12 @@ from llmservingsim.metrics.timeseries import TimeSeries
 from llmservingsim.outputs.figures import instance_label
 from llmservingsim.outputs.files import write_summary
 from llmservingsim.outputs.report import write_report
-from llmservingsim.outputs.tables import TIMESERIES_SCHEMA, RequestTableSink, write_table
+from llmservingsim.outputs.tables import (
+    TIMESERIES_SCHEMA,
+    RequestLabels,
+    RequestTableSink,
+    write_table,
+)
 from llmservingsim.outputs.trace import TraceRecorder
 from llmservingsim.simulation import SimulationResult, load_requests, simulate
 from llmservingsim.workload.request_spec import RequestSpec
@@ -31,12 +36,13 @@ class RunOutputs:
         cfg: OutputsConfig,
         num_requests: int,
         metadata: dict[str, Any] | None = None,
+        labels: RequestLabels | None = None,
     ) -> None:
         self.out_dir = out_dir
         self.cfg = cfg
         # What produced the files (version, resolved config), stored in each of them.
         self.metadata = metadata
-        self.requests = RequestTableSink(out_dir, cfg.format, metadata)
+        self.requests = RequestTableSink(out_dir, cfg.format, metadata, labels)
         self.timeseries = TimeSeries(cfg.timeseries_max_rows, cfg.timeseries_bucket_s)
         self.trace = (
             TraceRecorder(
@@ -94,7 +100,8 @@ def simulate_to_dir(
     if requests is None:
         requests = load_requests(cfg)
     metadata = {"version": __version__, "config": cfg.model_dump(mode="json")}
-    outputs = RunOutputs(out_dir, cfg.outputs, len(requests), metadata)
+    labels = RequestLabels.of(requests)
+    outputs = RunOutputs(out_dir, cfg.outputs, len(requests), metadata, labels)
     try:
         result = simulate(
             cfg,

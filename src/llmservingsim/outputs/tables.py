@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -21,6 +23,7 @@ import pyarrow.parquet as pq
 from llmservingsim.errors import UserError
 from llmservingsim.metrics.request_log import RequestChunk
 from llmservingsim.outputs.files import temp_path
+from llmservingsim.workload.request_table import RequestTable
 
 TableFormat = Literal["parquet", "csv"]
 
@@ -44,6 +47,8 @@ REQUESTS_SCHEMA = pa.schema(
         ("prefill_instance", pa.int32()),
         ("kv_transfer_s", pa.float64()),
         ("lora", pa.string()),
+        ("client", pa.string()),
+        ("stage", pa.int32()),
     ]
 )
 
@@ -77,7 +82,36 @@ def _strings(names: list[str | None]) -> pa.Array:
     return pa.array(names, type=pa.string())
 
 
-def requests_batch(chunk: RequestChunk) -> pa.RecordBatch:
+@dataclass(frozen=True)
+class RequestLabels:
+    """Workload columns by request id joined onto the request rows (client, stage)."""
+
+    client: npt.NDArray[np.int32] | None = None
+    client_names: tuple[str, ...] = ()
+    stage: npt.NDArray[np.int32] | None = None
+
+    @staticmethod
+    def of(requests: object) -> RequestLabels:
+        """The labels of a workload's ``RequestTable`` (none for a plain list of requests)."""
+        if not isinstance(requests, RequestTable):
+            return RequestLabels()
+        return RequestLabels(requests.client, requests.client_names, requests.stage)
+
+    def columns(self, ids: npt.NDArray[np.int64]) -> tuple[pa.Array, pa.Array]:
+        if self.client is None:
+            client = pa.nulls(ids.size, type=pa.string())
+        else:
+            names = pa.array(self.client_names, type=pa.string())
+            codes = pa.array(self.client[ids], type=pa.int32())
+            client = pa.DictionaryArray.from_arrays(codes, names).cast(pa.string())
+        if self.stage is None:
+            stage = pa.nulls(ids.size, type=pa.int32())
+        else:
+            stage = pa.array(self.stage[ids], type=pa.int32())
+        return client, stage
+
+
+def requests_batch(chunk: RequestChunk, labels: RequestLabels | None = None) -> pa.RecordBatch:
     """Arrow rows of finished/failed requests; latencies are null for failed requests."""
     unserved = ~chunk.finished
     arrival, first_token, finish = chunk["arrival_s"], chunk["first_token_s"], chunk["finish_s"]
@@ -107,6 +141,7 @@ def requests_batch(chunk: RequestChunk) -> pa.RecordBatch:
         _masked(prefill, not_handed_off, pa.int32()),
         _masked(chunk["kv_transfer_s"], not_handed_off, pa.float64()),
         _strings(chunk.lora_names()),
+        *(labels or RequestLabels()).columns(chunk["id"]),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=REQUESTS_SCHEMA)
 
@@ -210,12 +245,17 @@ class RequestTableSink:
     """A :class:`~llmservingsim.metrics.collector.RequestSink` that streams requests to a file."""
 
     def __init__(
-        self, out_dir: Path, fmt: TableFormat, metadata: dict[str, Any] | None = None
+        self,
+        out_dir: Path,
+        fmt: TableFormat,
+        metadata: dict[str, Any] | None = None,
+        labels: RequestLabels | None = None,
     ) -> None:
         self.writer = TableWriter(out_dir, "requests", REQUESTS_SCHEMA, fmt, metadata)
+        self.labels = labels
 
     def write_requests(self, chunk: RequestChunk) -> None:
-        self.writer.write(requests_batch(chunk))
+        self.writer.write(requests_batch(chunk, self.labels))
 
     def close(self) -> Path:
         return self.writer.close()

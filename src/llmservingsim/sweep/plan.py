@@ -348,6 +348,12 @@ def _check_rate_knob(cfg: SimConfig, settings: PlanSettings) -> None:
             "plan: workload.kind 'trace' is not yet supported (the search varies "
             "workload.arrival.rate of a synthetic workload)"
         )
+    clients = cfg.workload.clients or []
+    if cfg.workload.stages is not None or any(c.rate is not None for c in clients):
+        raise ConfigError(
+            "plan: workload.stages and client rates are not yet supported (the search varies "
+            "workload.arrival.rate, which they replace; give clients shares)"
+        )
     if settings.target_rate is None and math.isinf(cfg.workload.arrival.rate):
         raise ConfigError("plan --max-rate: workload.arrival.rate must be finite to start from")
 

@@ -21,12 +21,23 @@ class PointInterrupted(Exception):
 
 
 def flatten_summary(summary: dict[str, Any]) -> dict[str, Scalar]:
-    """Every scalar of summary.json; nested stats become ``<name>_<stat>`` (ttft_s_p99)."""
+    """Every scalar of summary.json; nested stats become ``<name>_<stat>`` (ttft_s_p99), and a
+    client's or a stage's numbers ``clients_<name>_<stat>`` / ``stages_<index>_<stat>``
+    (clients_chat_ttft_s_p99, stages_1_goodput)."""
     flat: dict[str, Scalar] = {}
     for key, value in summary.items():
         if key in _SKIPPED:
             continue
-        if isinstance(value, dict):
+        groups: dict[str, Any] = {}
+        if key == "clients" and isinstance(value, dict):
+            groups = value
+        elif key == "stages" and isinstance(value, list):
+            groups = {str(i): stage for i, stage in enumerate(value)}
+        if groups:
+            for name, group in groups.items():
+                for sub, item in flatten_summary(group).items():
+                    flat[f"{key}_{name}_{sub}"] = item
+        elif isinstance(value, dict):
             for sub, item in value.items():
                 if isinstance(item, bool | int | float | str) or item is None:
                     flat[f"{key}_{sub}"] = item

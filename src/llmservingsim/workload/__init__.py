@@ -7,13 +7,14 @@ from collections.abc import Sequence as SequenceOf
 
 import numpy as np
 
-from llmservingsim.config import WorkloadConfig
+from llmservingsim.config import ClientConfig, WorkloadConfig
+from llmservingsim.errors import ConfigError
 from llmservingsim.registry import Registry
 from llmservingsim.workload.adapters import pick_adapters
 from llmservingsim.workload.arrival import ARRIVAL_PROCESSES, arrival_times
 from llmservingsim.workload.lengths import LENGTH_DISTS, clip_to_context, sample_lengths
 from llmservingsim.workload.request_spec import RequestSpec
-from llmservingsim.workload.request_table import RequestTable
+from llmservingsim.workload.request_table import NamedAdapters, RequestTable
 from llmservingsim.workload.synthetic import generate_synthetic
 from llmservingsim.workload.traces import TRACE_FORMATS, TraceRow, read_trace
 
@@ -49,9 +50,44 @@ def load_workload(cfg: WorkloadConfig, max_context: int, seed: int) -> RequestTa
     """
     rng = np.random.default_rng(seed)
     requests = WORKLOAD_KINDS.get(cfg.kind)(cfg, max_context, rng)
-    table = requests if isinstance(requests, RequestTable) else RequestTable.from_specs(requests)
+    if isinstance(requests, RequestTable):
+        table = requests
+        if not len(table) and cfg.stages is not None:
+            expected = sum(s.rate * s.duration_s for s in cfg.stages)
+            raise ConfigError(
+                f"workload.stages: no request arrived (rate × duration_s sums to {expected:g}); "
+                "lengthen the stages or raise their rates"
+            )
+    else:
+        names = tuple(c.name for c in cfg.clients or ())
+        table = RequestTable.from_specs(requests, client_names=names)
     if cfg.lora is not None:
         # Its own generator: the same seed gives the same traffic with or without adapters.
         picks = pick_adapters(len(table), cfg.lora, np.random.default_rng([seed, 12]))
         table = table.with_adapters(picks)
+    if cfg.clients is not None and any(c.lora is not None for c in cfg.clients):
+        table = _client_adapters(table, cfg.clients)
     return table
+
+
+def _client_adapters(table: RequestTable, clients: list[ClientConfig]) -> RequestTable:
+    """Every request of a client that names an adapter runs it (whatever it ran before)."""
+    assert table.client is not None
+    names: list[str] = []
+    loras = table.loras
+    if loras is None:
+        codes = np.full(len(table), -1, dtype=np.int64)
+    else:
+        index: dict[str, int] = {}
+        codes = np.fromiter(
+            (-1 if name is None else index.setdefault(name, len(index)) for name in loras),
+            dtype=np.int64,
+            count=len(table),
+        )
+        names = list(index)
+    for k, client in enumerate(clients):
+        if client.lora is not None:
+            if client.lora not in names:
+                names.append(client.lora)
+            codes[table.client == k] = names.index(client.lora)
+    return table.with_loras(NamedAdapters(codes, names))

@@ -11,12 +11,12 @@ request at t = 0 whatever the process.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from llmservingsim.config import ArrivalConfig
+from llmservingsim.config import ArrivalConfig, StageConfig
 from llmservingsim.registry import Registry
 
 FloatArray = npt.NDArray[np.float64]
@@ -34,6 +34,39 @@ def arrival_times(cfg: ArrivalConfig, n: int, rng: np.random.Generator) -> Float
         return np.zeros(n, dtype=np.float64)
     unit_gaps = sampler(cfg, n, rng)
     return np.cumsum(unit_gaps / cfg.rate)
+
+
+def staged_arrival_times(
+    cfg: ArrivalConfig, stages: Sequence[StageConfig], rng: np.random.Generator
+) -> FloatArray:
+    """Arrivals of ``stages`` run back to back, each ``rate`` requests per second in ``cfg``'s
+    process for ``duration_s`` seconds (``cfg.rate`` is not used).
+
+    Within a stage the process starts afresh at the stage's start (the first request arrives
+    one gap after it) and runs until the stage ends: a request whose arrival would fall at or
+    past the end is not sent. A Poisson stage of rate r and duration d thus sends
+    Poisson(r·d) requests; a constant one floor(r·d) (or one fewer when r·d is whole).
+    """
+    sampler = ARRIVAL_PROCESSES.get(cfg.process)
+    pieces: list[FloatArray] = []
+    start = 0.0
+    for stage in stages:
+        end = start + stage.duration_s
+        if stage.rate > 0:
+            expected = stage.rate * stage.duration_s
+            chunk = int(expected + 6.0 * math.sqrt(expected) + 16)
+            times = np.zeros(0, dtype=np.float64)
+            last = start
+            while last < end:
+                with np.errstate(over="ignore"):  # a tiny rate: gaps past the end are inf
+                    more = last + np.cumsum(sampler(cfg, chunk, rng) / stage.rate)
+                times = np.concatenate([times, more])
+                last = float(more[-1])
+            pieces.append(times[times < end])
+        start = end
+    if not pieces:
+        return np.zeros(0, dtype=np.float64)
+    return np.concatenate(pieces)
 
 
 @ARRIVAL_PROCESSES.register("poisson")

@@ -56,3 +56,7 @@ class RequestSpec:
     content: TokenContent | None = None
     lora: str | None = None
     """The LoRA adapter the request runs with; None = the base model (docs/lora.md)."""
+    priority: int = 0
+    """Scheduling priority of the request's client, lower first (vLLM's convention)."""
+    client: int = -1
+    """Index of the request's client in ``workload.clients``; -1 when there are none."""

@@ -52,9 +52,11 @@ class TraceRow:
     token_ids: tuple[int, ...] | None = None
     hash_ids: tuple[int, ...] | None = None
     lora: str | None = None  # the LoRA adapter the request names (optional field 'lora')
+    client: str | None = None  # the workload.clients entry it belongs to (field 'client')
 
 
 LORA_FIELD = "lora"
+CLIENT_FIELD = "client"
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,8 +238,19 @@ def _row(
     if lora is not None and not isinstance(lora, str):
         raise bad(LORA_FIELD, "an adapter name (a string) or null")
     lora = lora.strip() if lora else None
+    client = values.get(CLIENT_FIELD)
+    if client is not None and not isinstance(client, str):
+        raise bad(CLIENT_FIELD, "a client name (a string) or null")
+    client = client.strip() if client else None
     return TraceRow(
-        where.line_no, arrival_ns, input_len, output_len, token_ids, hash_ids, lora or None
+        where.line_no,
+        arrival_ns,
+        input_len,
+        output_len,
+        token_ids,
+        hash_ids,
+        lora or None,
+        client or None,
     )
 
 
@@ -285,7 +298,7 @@ def _read_csv(path: Path, layout: Layout) -> Iterator[TraceRow]:
                     f"{path}:1: missing column(s) {', '.join(missing)}; "
                     f"expected {expected} (found {found})"
                 )
-            fields = (layout.arrival, layout.input, layout.output, LORA_FIELD)
+            fields = (layout.arrival, layout.input, layout.output, LORA_FIELD, CLIENT_FIELD)
             used = [name for name in fields if name in index]
             for cells in reader:
                 where = _Where(path, reader.line_num, "column")
@@ -378,6 +391,8 @@ def read_trace(
     raw_inputs = np.array([row.input_len for row in rows], dtype=np.int64)
     raw_outputs = np.array([row.output_len for row in rows], dtype=np.int64)
     inputs, outputs = clip_to_context(raw_inputs, raw_outputs, max_context)
+    clients = _row_clients(cfg, rows, trace.path)
+    priorities = [c.priority for c in cfg.clients or ()]
     requests = [
         RequestSpec(
             id=i,
@@ -386,12 +401,40 @@ def read_trace(
             output_len=int(b),
             content=row_content(row, trace.path, trace.hash_block_size, int(a)),
             lora=row.lora,
+            priority=priorities[k] if k >= 0 else 0,
+            client=k,
         )
-        for i, (row, t, a, b) in enumerate(zip(rows, arrivals, inputs, outputs, strict=True))
+        for i, (row, t, a, b, k) in enumerate(
+            zip(rows, arrivals, inputs, outputs, clients, strict=True)
+        )
     ]
     # Only a trace that passed every check is clipped: its warning never precedes an error.
     _warn_clipped(trace.path, rows, raw_inputs + raw_outputs > max_context, max_context)
     return requests
+
+
+def _row_clients(cfg: WorkloadConfig, rows: list[TraceRow], path: Path) -> list[int]:
+    """Each row's index into ``workload.clients`` (-1 for every row when none are listed)."""
+    if cfg.clients is None:
+        named = next((row for row in rows if row.client is not None), None)
+        if named is not None:
+            raise TraceError(
+                f"{path}:{named.line_no}: unknown client {named.client!r} (workload.clients "
+                "lists none: add it there, with its priority and slo)"
+            )
+        return [-1] * len(rows)
+    index = {c.name: k for k, c in enumerate(cfg.clients)}
+    out = []
+    for row in rows:
+        k = index.get(row.client or "")
+        if k is None:
+            what = "no client" if row.client is None else f"unknown client {row.client!r}"
+            raise TraceError(
+                f"{path}:{row.line_no}: {what}; expected one of workload.clients: "
+                f"{', '.join(index)}"
+            )
+        out.append(k)
+    return out
 
 
 def _warn_clipped(
