@@ -382,6 +382,37 @@ class SchedulerConfig(_Section):
         return self
 
 
+class KernelDbConfig(_Section):
+    """Which measured kernel tables ``perf.backend: kernel_db`` reads (docs/kernel-db.md)."""
+
+    engine: str = "vllm"
+    """Serving engine the tables were measured under: vllm, sglang or trtllm."""
+    version: str | None = None
+    """Engine version (e.g. 0.19.0; a unique prefix such as 0.19 works); default: the newest
+    installed for the device."""
+    system: str | None = None
+    """Table system name (e.g. h100_sxm); default: the one mapped to the hardware."""
+    path: Path | None = None
+    """Folder of the tables (a ``systems`` tree); default: the installed aiconfigurator-core."""
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        # ``--set perf.kernel_db.version=0.19`` arrives as a YAML number.
+        return (
+            str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+        )
+
+    fallback: Literal["error", "roofline"] = "error"
+    """A device the tables do not cover: refuse (error) or time every op with the roofline."""
+    fp8_gemm: Literal["fp8", "fp8_block"] = "fp8"
+    """Table mode for dtype fp8: per-tensor scaled (fp8) or 128-block scaled (fp8_block)."""
+    fp4: Literal["nvfp4", "mxfp4"] = "nvfp4"
+    """Table mode for dtype fp4 MoE experts: NVFP4 or MXFP4 (w4a16) weights."""
+    cuda_graphs: bool = True
+    """Time the engine's custom all-reduce as captured in CUDA graphs (else eager)."""
+
+
 class PerfConfig(_Section):
     """Which perf backend times the ops, and the settings of the non-default ones. ``auto``
     picks per device type: ``systolic`` for an NPU whose YAML describes its arrays, ``roofline``
@@ -402,6 +433,8 @@ class PerfConfig(_Section):
     options: dict[str, Any] = Field(
         default_factory=dict, description="free-form settings for plugin backends"
     )
+    kernel_db: KernelDbConfig = KernelDbConfig()
+    """kernel_db: the engine, version and device of the measured kernel tables."""
 
 
 class MoeConfig(_Section):
