@@ -405,8 +405,10 @@ class KernelDbConfig(_Section):
 
     fallback: Literal["error", "roofline"] = "error"
     """A device the tables do not cover: refuse (error) or time every op with the roofline."""
-    fp8_gemm: Literal["fp8", "fp8_block"] = "fp8"
-    """Table mode for dtype fp8: per-tensor scaled (fp8) or 128-block scaled (fp8_block)."""
+    fp8_gemm: Literal["auto", "fp8", "fp8_block"] = "auto"
+    """Table mode for dtype fp8: per-tensor scaled (fp8), 128-block scaled (fp8_block), or
+    auto: fp8_block for mixture-of-experts models (the FP8 checkpoints of DeepSeek-V3/R1 and
+    Qwen3 are block-scaled), per-tensor for dense ones (NVIDIA ModelOpt FP8 checkpoints)."""
     fp4: Literal["nvfp4", "mxfp4"] = "nvfp4"
     """Table mode for dtype fp4 MoE experts: NVFP4 or MXFP4 (w4a16) weights."""
     cuda_graphs: bool = True

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import csv
 import math
+import re
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.table import Table
 
 from llmservingsim.errors import UserError
-from llmservingsim.validate.run import Validation
+from llmservingsim.validate.reference import FAMILIES
+from llmservingsim.validate.run import Comparison, Validation
 
 CSV_COLUMNS = (
     "id",
@@ -64,6 +69,51 @@ def summary_rows(v: Validation) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
+def _setting(c: Comparison, key: str) -> str:
+    prefix = key + "="
+    return next((o[len(prefix) :] for o in c.scenario.overrides if o.startswith(prefix)), "?")
+
+
+def model_family(model: str) -> str:
+    """llama-3.1-70b -> llama, qwen3-235b-a22b -> qwen3, deepseek-v3 -> deepseek."""
+    match = re.match(r"[a-z]+\d?(?=[.-]|$)|[a-z]+", model)
+    return match[0] if match else model
+
+
+def _group_rows(
+    v: Validation, key: Callable[[Comparison], tuple[str, ...]]
+) -> list[tuple[str, ...]]:
+    groups: dict[tuple[str, ...], list[float]] = defaultdict(list)
+    for c in v.compared:
+        if c.error_pct is not None:
+            groups[key(c)].append(abs(c.error_pct))
+    order = {f: i for i, f in enumerate(FAMILIES)}
+    rows = []
+    for group in sorted(groups, key=lambda g: (*g[:-1], order.get(g[-1], 99))):
+        errors = groups[group]
+        rows.append((*group, str(len(errors)), _pct(statistics.median(errors)), _pct(max(errors))))
+    return rows
+
+
+def set_rows(v: Validation) -> list[tuple[str, ...]]:
+    """(reference set, metric family, rows, median |error|, max |error|)."""
+    return _group_rows(v, lambda c: (c.row.get("set") or "published", c.family))
+
+
+def breakdown_rows(v: Validation) -> list[tuple[str, ...]]:
+    """(set, GPU, engine, model family, metric family, rows, median |error|, max |error|)."""
+    return _group_rows(
+        v,
+        lambda c: (
+            c.row.get("set") or "published",
+            _setting(c, "hardware"),
+            c.scenario.engine_name,
+            model_family(_setting(c, "model")),
+            c.family,
+        ),
+    )
+
+
 def markdown(v: Validation) -> str:
     out = [
         "| id | scenario | metric | unit | measured | simulated | error % | |",
@@ -84,6 +134,19 @@ def markdown(v: Validation) -> str:
     out += [f"| {' | '.join(r)} |" for r in summary_rows(v)]
     out += [
         "",
+        "| reference set | family | rows | median \\|error\\| | max \\|error\\| |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    out += [f"| {' | '.join(r)} |" for r in set_rows(v)]
+    out += [
+        "",
+        "| set | GPU | engine | model family | metric | rows | median \\|error\\| "
+        "| max \\|error\\| |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: |",
+    ]
+    out += [f"| {' | '.join(r)} |" for r in breakdown_rows(v)]
+    out += [
+        "",
         "| scenario | engine settings | done / failed | preemptions | KV tokens | max batch | "
         "wall s | notes |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
@@ -102,17 +165,23 @@ def markdown(v: Validation) -> str:
             f"{s['max_batch_size']} | {run.wall_s:.1f} | {'; '.join(c.scenario.notes)} |"
         )
     if v.skipped:
+        # one line per reason: the reference sets skip hundreds of rows for a few reasons
+        by_reason: dict[str, list[dict[str, str]]] = defaultdict(list)
+        for sk in v.skipped:
+            by_reason[sk.reason].append(sk.row)
         out += [
             "",
-            "| skipped row | model | GPUs / TP | metric | reason |",
-            "| --- | --- | --- | --- | --- |",
+            "| skipped rows | first of them | model | GPUs / TP | reason |",
+            "| ---: | --- | --- | --- | --- |",
         ]
-        for sk in v.skipped:
-            r = sk.row
+        for reason, rows in by_reason.items():
+            r = rows[0]
             out.append(
-                f"| {r['id']} | {r['model']} | {r['num_gpus']} / {r['tensor_parallel'] or '?'} | "
-                f"{r['metric']} | {sk.reason} |"
+                f"| {len(rows)} | {r['id']} | {r['model']} | "
+                f"{r['num_gpus']} / {r['tensor_parallel'] or '?'} | {reason} |"
             )
+    for why in v.skipped_sets:
+        out.append(f"\nReference set skipped: {why}.")
     return "\n".join(out) + "\n"
 
 
@@ -169,6 +238,24 @@ def terminal_table(v: Validation) -> Table:
             fmt(c.simulated),
             _err(c.error_pct),
         )
+    return table
+
+
+def breakdown_table(v: Validation) -> Table:
+    table = Table(title="absolute error by GPU, engine, model family", header_style="bold")
+    for col in ("set", "GPU", "engine", "model", "metric", "rows", "median", "max"):
+        table.add_column(col, justify="right" if col in ("rows", "median", "max") else "left")
+    for row in breakdown_rows(v):
+        table.add_row(*row)
+    return table
+
+
+def set_table(v: Validation) -> Table:
+    table = Table(title="absolute error by reference set", header_style="bold")
+    for col in ("set", "family", "rows", "median", "max"):
+        table.add_column(col, justify="right" if col in ("rows", "median", "max") else "left")
+    for row in set_rows(v):
+        table.add_row(*row)
     return table
 
 

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from llmservingsim.catalog import load_model
 from llmservingsim.config import KernelDbConfig, SimConfig
 from llmservingsim.errors import ConfigError
 from llmservingsim.hardware.backends import PERF_BACKENDS
@@ -511,7 +512,7 @@ class KernelTables:
 
 
 def load_tables(
-    root: Path, system: str, options: KernelDbConfig, dtype: str, kv_dtype: str
+    root: Path, system: str, options: KernelDbConfig, dtype: str, kv_dtype: str, is_moe: bool
 ) -> KernelTables:
     index = table_index(root)
     engines = {e: versions for e, versions in index[system].items() if e in ENGINES}
@@ -533,9 +534,10 @@ def load_tables(
         if found is not None:
             sources[family] = f"{options.engine}@{found[0]}"
             folders[family] = found[1]
-    gemm_mode = options.fp8_gemm if dtype == "fp8" else GEMM_MODE.get(dtype)
+    fp8 = options.fp8_gemm if options.fp8_gemm != "auto" else "fp8_block" if is_moe else "fp8"
+    gemm_mode = fp8 if dtype == "fp8" else GEMM_MODE.get(dtype)
     moe_mode = (
-        options.fp8_gemm
+        fp8
         if dtype == "fp8"
         else ("nvfp4" if options.fp4 == "nvfp4" else "w4a16_mxfp4")
         if dtype == "fp4"
@@ -671,7 +673,8 @@ class KernelDbBackend:
                 f"{', '.join(covered)}; systems {', '.join(sorted(index))}); set "
                 "perf.kernel_db.fallback: roofline to time it with the roofline"
             )
-        tables = load_tables(root, system, options, cfg.dtype, cfg.resolved_kv_dtype)
+        moe = load_model(cfg.model).is_moe
+        tables = load_tables(root, system, options, cfg.dtype, cfg.resolved_kv_dtype, moe)
         return cls(device, cfg.compute_dtype, tables)
 
     def time(self, op: Op) -> float:
