@@ -172,11 +172,14 @@ def test_quantized_batch1_decode_is_faster_in_proportion_to_bytes() -> None:
         assert bf16 - seconds == pytest.approx(saved / bandwidth, rel=0.02)
 
 
-def test_fp8_weights_use_the_fp8_peak() -> None:
+def test_fp8_weights_use_the_fp8_peak_at_its_measured_share() -> None:
     device = load_device("h100-sxm")
     graph = OpGraph(load_model("llama-3.1-8b"), 1, "fp8", "fp8")
     op = next(o for o in graph.dense_layer_ops(8192) if o.name == "mlp_up_proj")
     fp8 = RooflineBackend(device, "fp8").time(op)
     bf16 = RooflineBackend(device, "bf16").time(op)
-    assert fp8 == pytest.approx(bf16 / 2, rel=0.05)
+    # compute bound: the fp8 peak (2x bf16) times the fitted share (measured ~1.4x speedup)
+    share = device.efficiency.dtype_compute["fp8"]
+    assert 0.6 < share < 0.8
+    assert fp8 == pytest.approx(bf16 / (2 * share), rel=0.05)
     assert load_config(None, ["dtype=fp8"]).compute_dtype == "fp8"

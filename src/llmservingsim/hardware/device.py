@@ -111,6 +111,12 @@ class Efficiency(_Strict):
         description="per op name (model/ops.py) overrides of memory and kernel_launch_us for "
         "elementwise kernels",
     )
+    dtype_compute: dict[str, float] = Field(
+        default_factory=dict,
+        description="per compute dtype: the fraction of its datasheet peak that GEMMs reach "
+        "relative to bf16's (fp8 tensor cores do not reach 2x bf16; fitted on measured kernel "
+        "tables, scripts/calibrate_kernel_tables.py)",
+    )
     iteration_overhead_us: float = Field(
         ge=0, description="CPU time per engine step (schedule, prepare inputs)"
     )
