@@ -8,6 +8,7 @@ tables (aiconfigurator-core, ``pip install 'llmservingsim[kerneldb]'``) and prin
   the compute-bound range (m >= 1024, n and k >= 4096) the speedup is t_bf16 / t_fp8; the factor
   is median(speedup) / (fp8 peak / bf16 peak), over the current tables of every engine of the
   system. The roofline multiplies its fp8 compute rate by it.
+  The same for ``fp4`` from the nvfp4 GEMMs where the device has an fp4 peak.
 * ``links.direct_allreduce``: the engines' custom all-reduce as captured in CUDA graphs (vLLM's
   ``vLLM_custom_graph`` rows), TP 2/4/8, messages 1 KiB .. 8 MiB: least-squares fit (relative
   error) of t = latency + hop·(p−1) + 2(p−1)/p · bytes / bandwidth.
@@ -41,7 +42,9 @@ def _newest(folder: Path, name: str) -> Path | None:
     return folder / versions[-1] / name if versions else None
 
 
-def fp8_factor(data: Path, device: str) -> tuple[float, int, list[str]] | None:
+def dtype_factor(
+    data: Path, device: str, mode: str = "fp8", dtype: str = "fp8"
+) -> tuple[float, int, list[str]] | None:
     ratios: list[float] = []
     used: list[str] = []
     for engine in ("vllm", "sglang", "trtllm"):
@@ -50,20 +53,22 @@ def fp8_factor(data: Path, device: str) -> tuple[float, int, list[str]] | None:
             continue
         t = pq.read_table(path, columns=["gemm_dtype", "m", "n", "k", "latency"]).to_pydict()
         best: dict[tuple[str, int, int, int], float] = {}
-        for mode, m, n, k, lat in zip(
+        for mode_of, m, n, k, lat in zip(
             t["gemm_dtype"], t["m"], t["n"], t["k"], t["latency"], strict=True
         ):
-            if mode in ("bfloat16", "fp8") and m >= 1024 and n >= 4096 and k >= 4096:
-                key = (mode, m, n, k)
+            if mode_of in ("bfloat16", mode) and m >= 1024 and n >= 4096 and k >= 4096:
+                key = (mode_of, m, n, k)
                 best[key] = min(lat, best.get(key, float("inf")))
-        for (mode, m, n, k), lat in best.items():
-            if mode == "bfloat16" and ("fp8", m, n, k) in best:
-                ratios.append(lat / best[("fp8", m, n, k)])
+        for (mode_of, m, n, k), lat in best.items():
+            if mode_of == "bfloat16" and (mode, m, n, k) in best:
+                ratios.append(lat / best[(mode, m, n, k)])
         used.append(str(path.relative_to(data.parents[1])))
     if not ratios:
         return None
     spec = load_device(device)
-    peak_ratio = spec.peak_tflops["fp8"] / spec.peak_tflops["bf16"]
+    if dtype not in spec.peak_tflops:
+        return None
+    peak_ratio = spec.peak_tflops[dtype] / spec.peak_tflops["bf16"]
     return statistics.median(ratios) / peak_ratio, len(ratios), used
 
 
@@ -112,7 +117,10 @@ def main() -> None:
     print("| --- | ---: | ---: | --- | ---: | ---: |")
     for device, system in SYSTEM_OF_DEVICE.items():
         data = root / "data" / system
-        fp8 = fp8_factor(data, device)
+        fp8 = dtype_factor(data, device)
+        fp4 = dtype_factor(data, device, "nvfp4", "fp4")
+        if fp4 is not None:
+            print(f"| {device} | fp4 (nvfp4) factor {fp4[0]:.3f} | {fp4[1]} | | | |")
         ar = allreduce_fit(data)
         fp8_text = "—" if fp8 is None else f"{fp8[0]:.3f}"
         pairs = "—" if fp8 is None else str(fp8[1])

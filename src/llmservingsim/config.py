@@ -24,7 +24,7 @@ from pydantic import (
 
 from llmservingsim.errors import ConfigError
 
-WeightDtype = Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"]
+WeightDtype = Literal["fp32", "bf16", "fp16", "fp8", "fp4", "int8", "int4"]
 KvDtype = Literal["auto", "fp32", "bf16", "fp16", "fp8"]
 
 
@@ -600,9 +600,10 @@ class SimConfig(_Section):
     model: str = "llama-3.1-8b"
     """Catalog name (llmservingsim catalog models) or path to a Hugging Face config.json."""
     dtype: WeightDtype = "bf16"
-    """Weights and math; int8/int4 are weight-only (math in bf16)."""
+    """Weights and math; int8/int4 are weight-only (math in bf16); fp4 is NVFP4/MXFP4 (FP4
+    tensor cores: Blackwell) with an fp8 KV cache."""
     kv_dtype: KvDtype = "auto"
-    """KV-cache dtype; auto = dtype (bf16 for int8/int4 weights)."""
+    """KV-cache dtype; auto = dtype (bf16 for int8/int4 weights, fp8 for fp4 weights)."""
     hardware: str = "h100-sxm"
     """Catalog name (llmservingsim catalog hardware) or path to a device YAML."""
     cluster: ClusterConfig = ClusterConfig()
@@ -628,7 +629,9 @@ class SimConfig(_Section):
     def resolved_kv_dtype(self) -> str:
         if self.kv_dtype != "auto":
             return self.kv_dtype
-        # Weight-only quantized models keep a 16-bit KV cache.
+        # Weight-only quantized models keep a 16-bit KV cache; FP4 checkpoints an FP8 one.
+        if self.dtype == "fp4":
+            return "fp8"
         return "bf16" if self.dtype in ("int8", "int4") else self.dtype
 
 
