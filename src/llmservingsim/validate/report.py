@@ -114,12 +114,20 @@ def breakdown_rows(v: Validation) -> list[tuple[str, ...]]:
     )
 
 
-def markdown(v: Validation) -> str:
+def markdown(v: Validation, row_sets: tuple[str, ...] | None = None) -> str:
+    """The tables; per-row and per-scenario lines only for the reference sets in ``row_sets``
+    (None: all), the summaries always over every row."""
+
+    def listed(c: Comparison) -> bool:
+        return row_sets is None or (c.row.get("set") or "published") in row_sets
+
     out = [
         "| id | scenario | metric | unit | measured | simulated | error % | |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | --- |",
     ]
     for c in v.compared:
+        if not listed(c):
+            continue
         out.append(
             f"| {c.row['id']} | {c.scenario.label} | {c.row['metric']} | {c.unit} | "
             f"{fmt(c.measured)} | {fmt(c.simulated)} | {_err(c.error_pct)} | "
@@ -154,7 +162,7 @@ def markdown(v: Validation) -> str:
     seen: set[tuple[str, ...]] = set()
     for c in v.compared:
         key = c.scenario.key
-        if key in seen:
+        if key in seen or not listed(c):
             continue
         seen.add(key)
         run = v.runs[key]
@@ -194,7 +202,8 @@ def update_document(path: Path, v: Validation) -> None:
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < start:
         raise UserError(f"{path}: no '{BEGIN}' ... '{END}' section to update")
-    body = f"{BEGIN}\n\n{markdown(v)}\n{END}"
+    # rows of the large sets (hundreds) stay in validation.md; the document keeps their summaries
+    body = f"{BEGIN}\n\n{markdown(v, row_sets=('published',))}\n{END}"
     path.write_text(text[:start] + body + text[end + len(END) :])
 
 
