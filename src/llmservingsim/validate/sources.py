@@ -20,6 +20,7 @@ Extra row keys (strings, empty when unused): ``set`` (the reference set), ``conc
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
 import math
@@ -149,7 +150,11 @@ def _stages(text: str) -> list[tuple[float, float]]:
 def blis_trace(exp: dict[str, str], folder: Path, seed: int = 0) -> Path:
     """The experiment's requests as an LLMServingSim JSON-lines trace (token ids, so prefix
     caching sees what the real server saw); written once per experiment."""
-    path = folder / f"blis_{exp['exp_id']}_seed{seed}.jsonl"
+    shape = "|".join(
+        exp[k] for k in ("exp_id", "system_prompt_len", "question_len", "output_len", "stages")
+    )
+    digest = hashlib.sha1(f"{shape}|{seed}".encode()).hexdigest()[:12]
+    path = folder / f"blis_{exp['exp_id']}_{digest}.jsonl"  # the workload's shape names it
     if path.is_file():
         return path
     system_len, question_len = int(exp["system_prompt_len"]), int(exp["question_len"])
