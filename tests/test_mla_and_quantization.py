@@ -6,6 +6,7 @@ import pytest
 
 from llmservingsim.catalog import load_device, load_model
 from llmservingsim.config import load_config
+from llmservingsim.errors import ConfigError
 from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.model.ops import OpGraph
 from llmservingsim.network.topology import Topology
@@ -172,11 +173,30 @@ def test_quantized_batch1_decode_is_faster_in_proportion_to_bytes() -> None:
         assert bf16 - seconds == pytest.approx(saved / bandwidth, rel=0.02)
 
 
-def test_fp8_weights_use_the_fp8_peak() -> None:
+def test_fp8_weights_use_the_fp8_peak_at_its_measured_share() -> None:
     device = load_device("h100-sxm")
     graph = OpGraph(load_model("llama-3.1-8b"), 1, "fp8", "fp8")
     op = next(o for o in graph.dense_layer_ops(8192) if o.name == "mlp_up_proj")
     fp8 = RooflineBackend(device, "fp8").time(op)
     bf16 = RooflineBackend(device, "bf16").time(op)
-    assert fp8 == pytest.approx(bf16 / 2, rel=0.05)
+    # compute bound: the fp8 peak (2x bf16) times the fitted share (measured ~1.4x speedup)
+    share = device.efficiency.dtype_compute["fp8"]
+    assert 0.6 < share < 0.8
+    assert fp8 == pytest.approx(bf16 / (2 * share), rel=0.05)
     assert load_config(None, ["dtype=fp8"]).compute_dtype == "fp8"
+
+
+def test_fp4_runs_on_blackwell_with_an_fp8_kv_cache_and_is_refused_elsewhere() -> None:
+    cfg = load_config(None, ["dtype=fp4", "hardware=b200", "workload.num_requests=20"])
+    assert cfg.resolved_kv_dtype == "fp8" and cfg.compute_dtype == "fp4"
+    device = load_device("b200")
+    graph = OpGraph(load_model("llama-3.1-8b"), 1, "fp4", "fp8")
+    op = next(o for o in graph.dense_layer_ops(8192) if o.name == "mlp_up_proj")
+    fp4 = RooflineBackend(device, "fp4").time(op)
+    fp8 = RooflineBackend(device, "fp8").time(op)
+    share = device.efficiency.dtype_compute
+    # compute bound: the fp4 peak (2x fp8) at its own measured share
+    assert fp4 == pytest.approx(fp8 * share["fp8"] / (2 * share["fp4"]), rel=0.05)
+    assert simulate(cfg).summary["requests_completed"] == 20
+    with pytest.raises(ConfigError, match="dtype fp4: device 'h100-sxm' has no FP4 tensor cores"):
+        simulate(load_config(None, ["dtype=fp4", "workload.num_requests=5"]))

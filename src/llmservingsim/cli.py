@@ -27,6 +27,7 @@ from llmservingsim.cluster.routers import ROUTERS
 from llmservingsim.config import SimConfig, load_config
 from llmservingsim.errors import InputWarning, UserError
 from llmservingsim.hardware.backends import PERF_BACKENDS
+from llmservingsim.hardware.backends.kernel_db import kernel_table_lines
 from llmservingsim.interrupt import stop_on_signals
 from llmservingsim.invariants import InvariantError
 from llmservingsim.serving.schedulers import SCHEDULERS
@@ -135,6 +136,7 @@ def totals_table(summary: dict[str, Any]) -> Table:
         ("preemptions", f"{summary['preemptions']}"),
         *kv_rows(summary),
         *feature_rows(summary),
+        *perf_table_rows(summary),
         ("energy / cost", f"{summary['energy_j'] / 3.6e6:.3f} kWh · ${summary['cost_usd']:.2f}"),
         (
             "wall time",
@@ -172,6 +174,18 @@ def saturation_warning(summary: dict[str, Any]) -> str | None:
     if not reason:
         return None
     return f"saturated: {reason}" if summary.get("saturated") else str(reason)
+
+
+def perf_table_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """How many op times a table-driven backend (profile, kernel_db) could not measure."""
+    lookups = summary.get("perf_lookups")
+    if not lookups:
+        return []
+    fallbacks = summary.get("perf_fallbacks", 0)
+    rows = [("perf fallbacks", f"{fallbacks:,} of {lookups:,} op times from the roofline")]
+    if summary.get("perf_tables"):
+        rows.append(("kernel tables", str(summary["perf_tables"])))
+    return rows
 
 
 def admission_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
@@ -391,6 +405,8 @@ def catalog(
         console.print("routers: " + ", ".join(ROUTERS.names()))
     if what in ("all", "backends"):
         console.print("perf backends: " + ", ".join(PERF_BACKENDS.names()))
+        for line in kernel_table_lines():
+            console.print(line)
 
 
 def _models_table() -> Table:

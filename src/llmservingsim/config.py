@@ -25,7 +25,7 @@ from pydantic import (
 
 from llmservingsim.errors import ConfigError
 
-WeightDtype = Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"]
+WeightDtype = Literal["fp32", "bf16", "fp16", "fp8", "fp4", "int8", "int4"]
 KvDtype = Literal["auto", "fp32", "bf16", "fp16", "fp8"]
 
 
@@ -550,6 +550,39 @@ class SchedulerConfig(_Section):
         return self
 
 
+class KernelDbConfig(_Section):
+    """Which measured kernel tables ``perf.backend: kernel_db`` reads (docs/kernel-db.md)."""
+
+    engine: str = "vllm"
+    """Serving engine the tables were measured under: vllm, sglang or trtllm."""
+    version: str | None = None
+    """Engine version (e.g. 0.19.0; a unique prefix such as 0.19 works); default: the newest
+    installed for the device."""
+    system: str | None = None
+    """Table system name (e.g. h100_sxm); default: the one mapped to the hardware."""
+    path: Path | None = None
+    """Folder of the tables (a ``systems`` tree); default: the installed aiconfigurator-core."""
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        # ``--set perf.kernel_db.version=0.19`` arrives as a YAML number.
+        return (
+            str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+        )
+
+    fallback: Literal["error", "roofline"] = "error"
+    """A device the tables do not cover: refuse (error) or time every op with the roofline."""
+    fp8_gemm: Literal["auto", "fp8", "fp8_block"] = "auto"
+    """Table mode for dtype fp8: per-tensor scaled (fp8), 128-block scaled (fp8_block), or
+    auto: fp8_block for mixture-of-experts models (the FP8 checkpoints of DeepSeek-V3/R1 and
+    Qwen3 are block-scaled), per-tensor for dense ones (NVIDIA ModelOpt FP8 checkpoints)."""
+    fp4: Literal["nvfp4", "mxfp4"] = "nvfp4"
+    """Table mode for dtype fp4 MoE experts: NVFP4 or MXFP4 (w4a16) weights."""
+    cuda_graphs: bool = True
+    """Time the engine's custom all-reduce as captured in CUDA graphs (else eager)."""
+
+
 class PerfConfig(_Section):
     """Which perf backend times the ops, and the settings of the non-default ones. ``auto``
     picks per device type: ``systolic`` for an NPU whose YAML describes its arrays, ``roofline``
@@ -570,6 +603,8 @@ class PerfConfig(_Section):
     options: dict[str, Any] = Field(
         default_factory=dict, description="free-form settings for plugin backends"
     )
+    kernel_db: KernelDbConfig = KernelDbConfig()
+    """kernel_db: the engine, version and device of the measured kernel tables."""
 
 
 class MoeConfig(_Section):
@@ -735,9 +770,10 @@ class SimConfig(_Section):
     model: str = "llama-3.1-8b"
     """Catalog name (llmservingsim catalog models) or path to a Hugging Face config.json."""
     dtype: WeightDtype = "bf16"
-    """Weights and math; int8/int4 are weight-only (math in bf16)."""
+    """Weights and math; int8/int4 are weight-only (math in bf16); fp4 is NVFP4/MXFP4 (FP4
+    tensor cores: Blackwell) with an fp8 KV cache."""
     kv_dtype: KvDtype = "auto"
-    """KV-cache dtype; auto = dtype (bf16 for int8/int4 weights)."""
+    """KV-cache dtype; auto = dtype (bf16 for int8/int4 weights, fp8 for fp4 weights)."""
     hardware: str = "h100-sxm"
     """Catalog name (llmservingsim catalog hardware) or path to a device YAML."""
     max_model_len: int | None = Field(default=None, ge=1)
@@ -804,7 +840,9 @@ class SimConfig(_Section):
     def resolved_kv_dtype(self) -> str:
         if self.kv_dtype != "auto":
             return self.kv_dtype
-        # Weight-only quantized models keep a 16-bit KV cache.
+        # Weight-only quantized models keep a 16-bit KV cache; FP4 checkpoints an FP8 one.
+        if self.dtype == "fp4":
+            return "fp8"
         return "bf16" if self.dtype in ("int8", "int4") else self.dtype
 
 

@@ -23,7 +23,7 @@ from llmservingsim.cluster.placement import place_instances
 from llmservingsim.config import LinkOverride, PoolConfig, SimConfig
 from llmservingsim.engine import Engine, EngineHooks, chain
 from llmservingsim.errors import ConfigError, DoesNotFitError
-from llmservingsim.hardware.backends import backend_stats, build_backend
+from llmservingsim.hardware.backends import backend_stats, build_backend, with_backend_collectives
 from llmservingsim.hardware.device import DeviceSpec, Link
 from llmservingsim.invariants import InvariantChecker, invariants_requested
 from llmservingsim.metrics.collector import MetricsCollector
@@ -297,6 +297,7 @@ def _timer(
 ) -> IterationTimer:
     spec = load_model(cfg.model)
     backend = build_backend(cfg, device)
+    topology = with_backend_collectives(topology, backend)  # measured tables (kernel_db)
     common: dict[str, Any] = {
         "tensor_parallel": pool_cfg.tensor_parallel,
         "first_device": first_device,

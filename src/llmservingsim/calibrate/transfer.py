@@ -63,6 +63,11 @@ def efficiency_block(eff: Efficiency, comment: str) -> str:
                     inner = ", ".join(f"{k}: {v:g}" for k, v in tuned.items())
                     lines.append(f"    {name}: {{{inner}}}")
             continue
+        if key == "dtype_compute":
+            if value:
+                inner = ", ".join(f"{k}: {v:g}" for k, v in value.items())
+                lines.append(f"  dtype_compute: {{{inner}}}  # scripts/calibrate_kernel_tables.py")
+            continue
         lines.append(f"  {key}: {value:g}")
     return "\n".join(lines) + "\n"
 

@@ -17,7 +17,7 @@ from llmservingsim.errors import ConfigError
 
 GIB = 1024**3
 
-DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
+DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "fp4", "int8", "int4")
 
 
 class _Strict(BaseModel):
@@ -111,6 +111,12 @@ class Efficiency(_Strict):
         description="per op name (model/ops.py) overrides of memory and kernel_launch_us for "
         "elementwise kernels",
     )
+    dtype_compute: dict[str, float] = Field(
+        default_factory=dict,
+        description="per compute dtype: the fraction of its datasheet peak that GEMMs reach "
+        "relative to bf16's (fp8 tensor cores do not reach 2x bf16; fitted on measured kernel "
+        "tables, scripts/calibrate_kernel_tables.py)",
+    )
     iteration_overhead_us: float = Field(
         ge=0, description="CPU time per engine step (schedule, prepare inputs)"
     )
@@ -168,7 +174,14 @@ class DeviceSpec(_Strict):
         return self.memory_bandwidth_gbps * 1e9
 
     def peak_flops(self, dtype: str) -> float:
-        """Dense FLOP/s for a compute dtype; int4/int8 weight-only math runs at the 16-bit rate."""
+        """Dense FLOP/s for a compute dtype; int4/int8 weight-only math runs at the 16-bit rate.
+        FP4 needs FP4 tensor cores (Blackwell): a device without an fp4 peak refuses it."""
+        if dtype == "fp4" and "fp4" not in self.peak_tflops:
+            with_fp4 = "a device with FP4 tensor cores (e.g. b200, gb200, rtx-pro-6000)"
+            raise ConfigError(
+                f"dtype fp4: device {self.name!r} has no FP4 tensor cores (no fp4 in its "
+                f"peak_tflops); use {with_fp4} or dtype fp8"
+            )
         for candidate in (dtype, "bf16", "fp16"):
             if candidate in self.peak_tflops:
                 return self.peak_tflops[candidate] * 1e12

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llmservingsim.model.ops import Op
+from llmservingsim.model.ops import Dims, Op
 
 if TYPE_CHECKING:
     from llmservingsim.model.ops import OpGraph
@@ -158,6 +158,17 @@ class MoeOps:
         act = g.act_bytes
         rows, experts = load.rows, load.experts
         expert_m = max(1, round(load.rows_per_expert))
+        # The whole MoE block's shape, for backends that time the fused-MoE kernel as one
+        # measured op (kernel_db); ``moe_*`` dims are not part of a profile table's op shape.
+        block = (
+            ("moe_tokens", m),
+            ("moe_hidden", h),
+            ("moe_inter", self.graph.spec.moe_intermediate_size),
+            ("moe_experts", self.num_experts),
+            ("moe_topk", self.top_k),
+            ("moe_tp", self.graph.tp // self.ep),
+            ("moe_ep", self.ep),
+        )
         topk_bytes = local * (4.0 * self.num_experts + 8.0 * self.top_k)  # fp32 logits, ids+w
         ops = [
             g.elementwise("post_attention_layernorm", m, h, h),
@@ -173,16 +184,16 @@ class MoeOps:
             # Grouped GEMMs over the touched experts: weights read once per touched expert,
             # M = mean rows per expert. Under the roofline's η(M) = M/(M+M½) the compute time of
             # the per-expert GEMMs summed equals one GEMM of the summed rows at the mean M.
-            self._grouped("moe_gate_up_proj", rows, experts, expert_m, 2 * inter, h),
+            self._grouped("moe_gate_up_proj", rows, experts, expert_m, 2 * inter, h, block),
             Op(
                 "moe_act",
                 "memory",
                 0.0,
                 rows * 3 * inter * act,
                 max(1, round(rows)),
-                (("m", max(1, round(rows))), ("read", 2 * inter), ("write", inter)),
+                (("m", max(1, round(rows))), ("read", 2 * inter), ("write", inter), *block),
             ),
-            self._grouped("moe_down_proj", rows, experts, expert_m, h, inter),
+            self._grouped("moe_down_proj", rows, experts, expert_m, h, inter, block),
             Op(
                 "moe_combine",
                 "memory",
@@ -202,8 +213,10 @@ class MoeOps:
         ops.append(g.elementwise("residual_add", m, 2 * h, h))
         return ops
 
-    def _grouped(self, name: str, rows: float, experts: float, m: int, n: int, k: int) -> Op:
+    def _grouped(
+        self, name: str, rows: float, experts: float, m: int, n: int, k: int, block: Dims
+    ) -> Op:
         g = self.graph
         flops = 2.0 * rows * n * k
         traffic = experts * k * n * g.weight_bytes + rows * (k + n) * g.act_bytes
-        return Op(name, "gemm", flops, traffic, m, (("m", m), ("n", n), ("k", k)))
+        return Op(name, "gemm", flops, traffic, m, (("m", m), ("n", n), ("k", k), *block))

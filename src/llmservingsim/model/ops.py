@@ -195,7 +195,7 @@ class OpGraph:
         self.shape = shard_shape(spec, tp)
         self.weight_bytes = DTYPE_BYTES[dtype]
         # Weight-only quantized models (int8/int4) still compute in 16-bit.
-        self.act_bytes = 2.0 if dtype in ("int8", "int4", "fp8") else DTYPE_BYTES[dtype]
+        self.act_bytes = 2.0 if dtype in ("int8", "int4", "fp8", "fp4") else DTYPE_BYTES[dtype]
         self.kv_bytes = DTYPE_BYTES[kv_dtype]
         self.head_weight_bytes = 2.0 if weight_only_quantized(dtype) else self.weight_bytes
         # Model-shape extensions; imported here because they build on this module's Op.

@@ -23,6 +23,8 @@ DTYPE_BYTES: dict[str, float] = {
     "fp8": 1.0,
     "int8": 1.0,
     "int4": 0.5,
+    # NVFP4: 4-bit values plus one fp8 scale per 16 of them (MXFP4: one 8-bit per 32, 4.25 bits)
+    "fp4": 0.5625,
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 from llmservingsim.hardware.device import DeviceSpec, DirectAllReduce, Link
 
@@ -44,11 +45,23 @@ def _level(
     )
 
 
+class MeasuredCollectives(Protocol):
+    """Collective times from measured tables (a perf backend's, e.g. kernel_db): seconds, or
+    None where the tables do not cover the call (the alpha-beta model then times it).
+    ``intra_node`` says whether the group sits inside one node."""
+
+    def collective(
+        self, name: str, nbytes: float, count: int, intra_node: bool
+    ) -> float | None: ...
+
+
 @dataclass(frozen=True)
 class Topology:
     devices_per_node: int
     levels: tuple[Level, ...]  # node, rack, cluster: growing spans
     direct_allreduce: DirectAllReduce | None = None
+    measured: MeasuredCollectives | None = None
+    """Measured collective tables asked first (None: the alpha-beta model alone)."""
 
     @classmethod
     def build(

@@ -76,7 +76,7 @@ def adapter_bytes_per_device(
 
 def lora_dtype_bytes(dtype: str) -> float:
     """Adapters stay 16-bit under weight quantization (as in vLLM)."""
-    return 2.0 if dtype in ("fp8", "int8", "int4") else DTYPE_BYTES[dtype]
+    return 2.0 if dtype in ("fp8", "fp4", "int8", "int4") else DTYPE_BYTES[dtype]
 
 
 def reserved_lora_bytes(cfg: LoraConfig, spec: ModelSpec, dtype: str, tp: int) -> float:

@@ -156,7 +156,7 @@ def activation_peak_bytes(
     and output rows for every (token, expert) pair it computes; MLA's projections replace QKV.
     """
     shard = shard_shape(spec, tp)
-    act = 2.0 if dtype in ("int8", "int4", "fp8") else DTYPE_BYTES[dtype]
+    act = 2.0 if dtype in ("int8", "int4", "fp8", "fp4") else DTYPE_BYTES[dtype]
     if spec.uses_mla:
         heads = max(1, spec.num_heads // tp)
         projections = spec.q_lora_rank + spec.mla_latent_size + heads * spec.head_dim

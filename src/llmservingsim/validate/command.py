@@ -9,9 +9,11 @@ import typer
 from rich.console import Console
 
 from llmservingsim.errors import UserError
-from llmservingsim.validate.reference import find_reference
+from llmservingsim.validate.reference import find_data_dir, find_reference
 from llmservingsim.validate.report import (
+    breakdown_table,
     markdown,
+    set_table,
     summary_table,
     terminal_table,
     update_document,
@@ -19,6 +21,7 @@ from llmservingsim.validate.report import (
 )
 from llmservingsim.validate.run import validate
 from llmservingsim.validate.scenario import Scenario
+from llmservingsim.validate.sources import DEFAULT_PER_GROUP, SETS
 
 
 def validate_command(
@@ -44,6 +47,27 @@ def validate_command(
         typer.Option(help="Also rewrite the generated section of this Markdown file."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no table.")] = False,
+    source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--source",
+            help="Reference sets: published, aiconfigurator (silicon_sample.csv of the installed "
+            "aiconfigurator-core), blis (shared/data/reference/blis_trainval); repeatable or "
+            "comma-separated. Default: every set that is available.",
+        ),
+    ] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key.path=value added to every simulation (repeatable)."),
+    ] = None,
+    per_group: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="aiconfigurator: points per (GPU, engine, model, precision, TP) group, evenly "
+            "spaced (0: all 5,221 points' supported ones).",
+        ),
+    ] = DEFAULT_PER_GROUP,
 ) -> None:
     """Simulate every published measurement the simulator supports and report the error."""
     err = Console(stderr=True)
@@ -53,8 +77,23 @@ def validate_command(
         if not quiet:
             err.print(f"[{index + 1}/{total}] {scenario.label}", highlight=False)
 
+    chosen = tuple(p.strip() for item in source or [] for p in item.split(",") if p.strip())
     try:
-        result = validate(reference or find_reference(), patterns, progress)
+        if reference is None:
+            try:
+                reference = find_reference()
+            except UserError:
+                if "published" in chosen:
+                    raise
+        result = validate(
+            reference,
+            patterns,
+            progress,
+            sets=chosen or SETS,
+            extra=list(sets or []),
+            per_group=per_group or None,
+            data_dir=None if reference is not None else find_data_dir(),
+        )
         if update_doc is not None:
             update_document(update_doc, result)
     except UserError as exc:
@@ -67,6 +106,10 @@ def validate_command(
     if not quiet:
         console.print(terminal_table(result))
         console.print(summary_table(result))
+        console.print(set_table(result))
+        console.print(breakdown_table(result))
+        for why in result.skipped_sets:
+            console.print(f"reference set skipped: {why}", highlight=False)
         for sk in result.skipped:
             console.print(f"skipped {sk.row['id']}: {sk.reason}", highlight=False)
     console.print(

@@ -52,8 +52,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "e2e_p90": ("E2E", "e2e_s.p90"),
     "e2e_p99": ("E2E", "e2e_s.p99"),
     "makespan_s": ("makespan", "benchmark_duration_s"),
+    # (mean E2E − mean TTFT) / (mean output − 1), the blis benchmark's ITL (data README §10)
+    "itl_mean": ("ITL", "itl_of_means"),
 }
-FAMILIES = ("throughput", "TTFT", "TPOT", "E2E", "makespan")
+FAMILIES = ("throughput", "TTFT", "TPOT", "ITL", "E2E", "makespan")
 
 # Published unit (text before any parenthesis, lower case) -> factor from the SI value.
 UNIT_FACTORS = {"ms": 1e3, "s": 1.0, "tok/s": 1.0}
@@ -72,6 +74,16 @@ def find_reference(start: Path | None = None) -> Path:
         f"no reference file found ({REFERENCE} beside the working directory or the package); "
         "pass --reference FILE"
     )
+
+
+def find_data_dir(start: Path | None = None) -> Path | None:
+    """``shared/data`` beside the working directory or the package, None when absent."""
+    for base in (start or Path.cwd(), Path(__file__).resolve()):
+        for folder in (base, *base.parents):
+            candidate = folder / "shared" / "data"
+            if candidate.is_dir():
+                return candidate
+    return None
 
 
 def read_reference(path: Path) -> list[dict[str, str]]:

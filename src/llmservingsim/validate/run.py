@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import fnmatch
+import re
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from llmservingsim.config import load_config
 from llmservingsim.errors import ConfigError, UserError
 from llmservingsim.metrics.request_log import RequestRecord
+from llmservingsim.registry import unknown_name_message
 from llmservingsim.simulation import simulate
 from llmservingsim.validate.reference import (
     FAMILIES,
@@ -23,6 +29,14 @@ from llmservingsim.validate.reference import (
     unit_of,
 )
 from llmservingsim.validate.scenario import Scenario, scenario_for
+from llmservingsim.validate.sources import (
+    DEFAULT_PER_GROUP,
+    SETS,
+    blis_path,
+    blis_rows,
+    silicon_path,
+    silicon_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,8 @@ class Validation:
     compared: list[Comparison] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     runs: dict[tuple[str, ...], RunInfo] = field(default_factory=dict)
+    skipped_sets: list[str] = field(default_factory=list)
+    """Reference sets that could not be read (not installed / not found), with why."""
 
     def errors(self, family: str | None = None, verified_only: bool = False) -> list[float]:
         return [
@@ -86,6 +102,32 @@ class Validation:
         return [f for f in FAMILIES if f in present]
 
 
+def _record_values(records: list[RequestRecord]) -> dict[str, float]:
+    """Latency statistics of finished requests (summary.json names), for a subset of a run's
+    requests (a stage, a closed loop's steady state), and the blis ITL: (mean E2E − mean
+    TTFT) / (mean output − 1)."""
+    done = [r for r in records if r.status == "finished"]
+    if not done:
+        return {}
+    values: dict[str, float] = {}
+    columns = {
+        "ttft_s": [r.ttft for r in done],
+        "e2e_s": [r.e2e for r in done],
+        "tpot_s": [t for r in done if (t := r.tpot) is not None],
+    }
+    for name, column in columns.items():
+        if not column:
+            continue
+        arr = np.asarray(column, dtype=np.float64)
+        values[f"{name}.mean"] = float(arr.mean())
+        for q in (50, 90, 99):
+            values[f"{name}.p{q}"] = float(np.percentile(arr, q))
+    mean_out = statistics.fmean(r.output_tokens for r in done)
+    if mean_out > 1:
+        values["itl_of_means"] = (values["e2e_s.mean"] - values["ttft_s.mean"]) / (mean_out - 1)
+    return values
+
+
 def _simulated_values(
     result_summary: dict[str, Any], records: Iterable[RequestRecord]
 ) -> dict[str, float]:
@@ -99,19 +141,31 @@ def _simulated_values(
             for stat, v in value.items():
                 if isinstance(v, int | float):
                     values[f"{key}.{stat}"] = float(v)
+    records = list(records)
     multi = [r for r in records if r.status == "finished" and r.output_tokens > 1]
     decode_tokens = sum(r.output_tokens - 1 for r in multi)
     if decode_tokens:
         values["tpot_token_weighted"] = sum(r.e2e - r.ttft for r in multi) / decode_tokens
+    whole = _record_values(records)
+    if "itl_of_means" in whole:
+        values["itl_of_means"] = whole["itl_of_means"]
     return values
 
 
-def _simulate(scenario: Scenario) -> tuple[dict[str, Any], dict[str, float], float]:
+@dataclass(frozen=True)
+class Simulated:
+    summary: dict[str, Any]
+    values: dict[str, float]
+    records: list[RequestRecord]
+    wall_s: float
+
+
+def _run(scenario: Scenario, sets: list[str]) -> Simulated:
     """Run with the optional settings; without them (noted) if the simulator rejects them."""
     attempts = [scenario.optional, []] if scenario.optional else [[]]
     for optional in attempts:
         try:
-            cfg = load_config(None, [*scenario.overrides, *optional])
+            cfg = load_config(None, [*scenario.overrides, *optional, *sets])
             start = time.perf_counter()
             result = simulate(cfg)
             wall = time.perf_counter() - start
@@ -120,50 +174,153 @@ def _simulate(scenario: Scenario) -> tuple[dict[str, Any], dict[str, float], flo
                 scenario.notes.append(f"not simulated: {', '.join(optional)} ({exc})")
                 continue
             raise
-        return result.summary, _simulated_values(result.summary, result.metrics.records), wall
+        records = list(result.metrics.records)
+        values = _simulated_values(result.summary, records)
+        return Simulated(result.summary, values, records, wall)
     raise AssertionError("unreachable")
+
+
+# Closed loop: requests each client sends, one after the other (benchmark clients start
+# together at t = 0, so the first round is a burst); iterations of the arrival fixed point.
+CLOSED_LOOP_ROUNDS = 5
+CLOSED_LOOP_ITERATIONS = 3
+
+
+def _closed_loop(scenario: Scenario, extra: list[str], clients: int) -> Simulated:
+    """``clients`` benchmark clients, each sending ``CLOSED_LOOP_ROUNDS`` requests back to back
+    from t = 0 (a client at fixed concurrency). The engine is open loop, so the arrivals are a
+    fixed point: a first run puts every request at t = 0 with at most ``clients`` running (a
+    request starts when one finishes, as the next request of a client would); each next run,
+    with the engine's own limits, has the requests after the first ``clients`` arrive at the
+    finish times of the run before, in order (clients are alike). Only simulated times are
+    used, never the measured ones."""
+    isl = next(o for o in scenario.overrides if o.startswith("workload.input_len="))
+    osl = next(o for o in scenario.overrides if o.startswith("workload.output_len="))
+    lengths = [int(re.findall(r"value: (\d+)", x)[0]) for x in (isl, osl)]
+    total = clients * CLOSED_LOOP_ROUNDS
+    arrivals = [0.0] * total  # request i: client i % clients, round i // clients
+    folder = Path(tempfile.mkdtemp(prefix="llmservingsim-closed-loop-"))
+    wall, result = 0.0, None
+    try:
+        for iteration in range(CLOSED_LOOP_ITERATIONS):
+            trace = folder / "requests.csv"
+            with trace.open("w") as fh:
+                fh.write("arrival_s,input_tokens,output_tokens\n")
+                for t in arrivals:
+                    fh.write(f"{t!r},{lengths[0]},{lengths[1]}\n")
+            sets = [
+                *extra,
+                "workload.kind=trace",
+                f"workload.trace={{path: '{trace}', format: csv}}",
+                *([f"scheduler.max_num_seqs={clients}"] if iteration == 0 else []),
+            ]
+            kept = [o for o in scenario.overrides if not o.startswith("workload.")]
+            result = _run(replace(scenario, overrides=kept, optional=scenario.optional), sets)
+            wall += result.wall_s
+            finish = sorted(rec.finish_s for rec in result.records)
+            arrivals = [0.0] * clients + finish[: total - clients]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert result is not None
+    return Simulated(result.summary, result.values, result.records, wall)
+
+
+def _simulate(scenario: Scenario, extra: list[str]) -> Simulated:
+    sets = [*extra]
+    if any(s.replace(" ", "") == "perf.backend=kernel_db" for s in extra):
+        # the row's engine's tables; a device without tables keeps the roofline (counted)
+        sets = [
+            f"perf.kernel_db.engine={scenario.engine_name}",
+            "perf.kernel_db.fallback=roofline",
+            *extra,
+        ]
+    if scenario.concurrency is not None:
+        return _closed_loop(scenario, sets, scenario.concurrency)
+    return _run(scenario, sets)
 
 
 def selected(row_id: str, patterns: list[str]) -> bool:
     return not patterns or any(fnmatch.fnmatchcase(row_id, p) for p in patterns)
 
 
+def _rows(
+    reference: Path | None,
+    sets: tuple[str, ...],
+    data_dir: Path | None,
+    per_group: int | None,
+    skipped_sets: list[str],
+) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    if "published" in sets:
+        if reference is None:
+            skipped_sets.append("published: no reference file")
+        else:
+            for row in read_reference(reference):
+                row.setdefault("set", "published")
+                rows.append(row)
+    if "aiconfigurator" in sets:
+        path = silicon_path()
+        if path is None:
+            skipped_sets.append("aiconfigurator: aiconfigurator-core not installed")
+        else:
+            rows += silicon_rows(path, per_group)
+    if "blis" in sets:
+        path = None if data_dir is None else blis_path(data_dir)
+        if path is None:
+            skipped_sets.append("blis: reference/blis_trainval/groundtruth.csv not found")
+        else:
+            rows += blis_rows(path)
+    return rows
+
+
 def validate(
-    reference: Path,
+    reference: Path | None,
     patterns: list[str] | None = None,
     progress: Callable[[int, int, Scenario], None] | None = None,
+    *,
+    sets: tuple[str, ...] = ("published",),
+    extra: list[str] | None = None,
+    per_group: int | None = DEFAULT_PER_GROUP,
+    data_dir: Path | None = None,
 ) -> Validation:
-    """Compare every selected row (``patterns``: shell-style globs on the row id)."""
-    rows = read_reference(reference)
+    """Compare every selected row (``patterns``: shell-style globs on the row id) of the
+    reference ``sets`` (validate/sources.py); ``extra``: settings added to every run."""
+    for name in sets:
+        if name not in SETS:
+            raise UserError(unknown_name_message("reference set", name, SETS))
+    if data_dir is None and reference is not None:
+        data_dir = reference.parent.parent
+    skipped_sets: list[str] = []
+    rows = _rows(reference, sets, data_dir, per_group, skipped_sets)
     chosen = [r for r in rows if selected(r["id"], patterns or [])]
     if not chosen:
-        raise UserError(f"--scenarios {' '.join(patterns or [])}: no row id of {reference} matches")
-    data_dir = reference.parent.parent
-    out = Validation(reference)
+        where = ", ".join(sets)
+        raise UserError(f"--scenarios {' '.join(patterns or [])}: no row id of {where} matches")
+    out = Validation(reference or Path("-"), skipped_sets=skipped_sets)
     scenarios: dict[tuple[str, ...], Scenario] = {}
     plan: list[tuple[dict[str, str], tuple[str, ...]]] = []
     for row in chosen:
-        scenario = scenario_for(row, data_dir, rows)
+        scenario = scenario_for(row, data_dir or Path("."), rows)
         if isinstance(scenario, str):
             out.skipped.append(Skipped(row, scenario))
             continue
         scenarios.setdefault(scenario.key, scenario)
         plan.append((row, scenario.key))
 
-    values: dict[tuple[str, ...], dict[str, float] | str] = {}
+    runs: dict[tuple[str, ...], Simulated | str] = {}
     for index, (key, scenario) in enumerate(scenarios.items()):
         if progress is not None:
             progress(index, len(scenarios), scenario)
         try:
-            summary, sim_values, wall = _simulate(scenario)
+            sim = _simulate(scenario, extra or [])
         except UserError as exc:  # not yet supported / does not fit: the simulator says why
-            values[key] = str(exc)
+            runs[key] = str(exc)
             continue
-        values[key] = sim_values
-        out.runs[key] = RunInfo(wall, summary)
+        runs[key] = sim
+        out.runs[key] = RunInfo(sim.wall_s, sim.summary)
 
     for row, key in plan:
-        got = values[key]
+        got = runs[key]
         if isinstance(got, str):
             out.skipped.append(Skipped(row, got))
             continue
@@ -173,7 +330,11 @@ def validate(
         if factor is None:
             out.skipped.append(Skipped(row, f"unit '{unit}' not understood"))
             continue
-        raw = got.get(source)
+        values = got.values
+        if row.get("stage_window"):
+            start, end = (float(x) for x in row["stage_window"].split(","))
+            values = _record_values([r for r in got.records if start <= r.arrival_s < end])
+        raw = values.get(source)
         simulated = None if raw is None else raw * factor
         out.compared.append(
             Comparison(row, scenarios[key], family, unit, float(row["value"]), simulated)

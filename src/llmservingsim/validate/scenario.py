@@ -49,6 +49,15 @@ MODELS = (
         8192,
         "Llama-3-70B simulated as llama-3.1-70b (same layer shapes; 8K instead of 128K context)",
     ),
+    ModelRule(r"qwen2\.5-7b", "qwen2.5-7b"),
+    ModelRule(r"qwen2\.5-72b", "qwen2.5-72b"),
+    ModelRule(r"qwen3-235b-a22b", "qwen3-235b-a22b"),
+    ModelRule(r"qwen3-30b-a3b", "qwen3-30b-a3b"),
+    ModelRule(
+        r"deepseek-(v3|r1)(-0528)?$",
+        "deepseek-v3",
+        note="DeepSeek-R1 simulated as deepseek-v3 (the same architecture)",
+    ),
     ModelRule(r"llama-2-70b", "llama-2-70b"),
     ModelRule(r"llama-2-13b", "llama-2-13b"),
     ModelRule(r"llama-2-7b", "llama-2-7b"),
@@ -60,6 +69,8 @@ HARDWARE = (
     (r"^a100( 80gb)?$", "a100-80gb"),
     (r"^h200", "h200"),
     (r"^rtx pro 6000", "rtx-pro-6000"),
+    (r"^b200", "b200"),
+    (r"^gb200", "gb200"),
 )
 
 # Engine settings stated in a row's notes override the engine defaults below.
@@ -80,10 +91,13 @@ class Scenario:
     label: str
     engine: str
     notes: list[str] = field(default_factory=list)
+    engine_name: str = "vllm"  # vllm | sglang | trtllm (the kernel tables' engine)
+    concurrency: int | None = None
+    """Closed-loop clients (a fixed number of requests in flight); None: the workload sets."""
 
     @property
     def key(self) -> tuple[str, ...]:
-        return (*self.overrides, "|", *self.optional)
+        return (*self.overrides, "|", *self.optional, "|", str(self.concurrency))
 
 
 def _version(text: str) -> tuple[int, ...] | None:
@@ -95,6 +109,10 @@ def engine_settings(row: dict[str, str], max_model_len: int) -> tuple[dict[str, 
     """Scheduler settings that mimic the row's engine at its documented defaults."""
     engine = row["engine"].lower()
     version = _version(row["engine_version"])
+    if "sglang" in engine:
+        # SGLang: chunked prefill (chunked_prefill_size 8192 on 80+ GB GPUs), big running batch.
+        settings = {"policy": "vllm", "max_num_seqs": "1024", "max_num_batched_tokens": "8192"}
+        return settings, "SGLang: chunked prefill, 1024 seqs, 8192 tok/step"
     if "tensorrt-llm" in engine:
         # trtllm-bench max-throughput: big runtime batch, chunked context, and the default
         # GUARANTEED_NO_EVICT capacity policy (= no_evict); KV from ~0.9 of free memory.
@@ -134,6 +152,9 @@ def _dtype(text: str) -> tuple[str, str]:
     if "fp8" in low:
         # FP8 checkpoints (NVIDIA's, APEX+'s "fp8 weights + fp8 KV") quantize the KV cache too.
         return "fp8", "fp8"
+    if "fp4" in low:
+        # NVFP4 checkpoints keep an fp8 KV cache.
+        return "fp4", "fp8"
     for dtype in ("bf16", "fp16", "fp32", "int8", "int4"):
         if dtype in low:
             return dtype, "auto"
@@ -168,6 +189,13 @@ def _workload(
     isl, osl = number(row["input_len"]), number(row["output_len"])
     if isl is None or osl is None:
         return "no input/output length and no workload file"
+    if row.get("concurrency"):
+        sets = [
+            "workload.kind=synthetic",
+            f"workload.input_len={{dist: fixed, value: {int(isl)}}}",
+            f"workload.output_len={{dist: fixed, value: {int(osl)}}}",
+        ]
+        return sets, f"fixed {int(isl)}/{int(osl)}, {row['concurrency']} clients (closed loop)", []
     count, note = _requests(row, rows)
     notes = [note] if note else []
     if count > MAX_REQUESTS:
@@ -212,6 +240,8 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         return workload
     work_sets, work_text, notes = workload
     dtype, kv_dtype = _dtype(row["dtype"])
+    ep_match = re.search(r"moe_ep=(\d+)", row["notes"])
+    ep = int(ep_match[1]) if ep_match else 1
     context = rule.published_context or load_model(rule.catalog).max_context
     settings, engine_text = engine_settings(row, context)
     from_notes: list[str] = []
@@ -220,6 +250,9 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         if match:
             settings[key.split(".")[1]] = match[1]
             from_notes.append(f"{key.split('.')[1]} {match[1]}")
+    concurrency = int(row["concurrency"]) if row.get("concurrency") else None
+    if concurrency is not None and concurrency > int(settings["max_num_seqs"]):
+        settings["max_num_seqs"] = str(concurrency)  # the server admits every client
     settings.setdefault("block_size", "16")
     settings.setdefault("gpu_memory_utilization", "0.9")
     if rule.note:
@@ -238,6 +271,7 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         f"cluster.tensor_parallel={int(tp)}",
         *([f"cluster.pipeline_parallel={int(pp)}"] if pp > 1 else []),
         *([f"cluster.instances={instances}"] if instances > 1 else []),
+        *([f"cluster.expert_parallel={ep}"] if ep > 1 else []),
         *(f"scheduler.{k}={v}" for k, v in sorted(settings.items())),
         *work_sets,
     ]
@@ -253,4 +287,8 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     engine += settings["gpu_memory_utilization"]
     if from_notes:
         engine += f"; from the row's notes: {', '.join(from_notes)}"
-    return Scenario(overrides, optional, label, engine, notes)
+    low_engine = row["engine"].lower()
+    engine_name = (
+        "trtllm" if "tensorrt" in low_engine else "sglang" if "sglang" in low_engine else "vllm"
+    )
+    return Scenario(overrides, optional, label, engine, notes, engine_name, concurrency)

@@ -11,7 +11,11 @@ Optional extras, found by name (docs/extending.md):
 * ``from_config(device, cfg)`` (classmethod): build from the whole :class:`SimConfig` when the
   backend needs settings of the ``perf:`` section (tables, a command, ``perf.options``);
 * ``stats() -> dict``: counters merged into summary.json (ints summed over instances, dicts of
-  ints merged), e.g. ``perf_fallbacks`` of the profile backend.
+  ints merged), e.g. ``perf_fallbacks`` of the profile backend;
+* ``collectives`` (attribute, a :class:`~llmservingsim.network.topology.MeasuredCollectives`):
+  measured collective times the timer's topology asks before its alpha-beta model
+  (:func:`with_backend_collectives`), e.g. the kernel_db backend's NCCL / custom all-reduce
+  tables.
 
 Other packages add backends through the entry-point group ``llmservingsim.perf_backends``
 (examples/plugin_backend).
@@ -19,12 +23,14 @@ Other packages add backends through the entry-point group ``llmservingsim.perf_b
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from llmservingsim.config import SimConfig
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.model.ops import Op
+from llmservingsim.network.topology import Topology
 from llmservingsim.registry import Registry
 
 ENTRY_POINT_GROUP = "llmservingsim.perf_backends"
@@ -55,6 +61,15 @@ def build_backend(cfg: SimConfig, device: DeviceSpec) -> PerfBackend:
     return factory(device, cfg.compute_dtype)
 
 
+def with_backend_collectives(topology: Topology, backend: PerfBackend) -> Topology:
+    """The topology a timer uses with this backend: asking the backend's measured collective
+    tables first when it has them (``collectives``), unchanged otherwise."""
+    measured = getattr(backend, "collectives", None)
+    if measured is None:
+        return topology
+    return dataclasses.replace(topology, measured=measured)
+
+
 def backend_stats(backends: Iterable[PerfBackend]) -> dict[str, Any]:
     """The backends' ``stats()`` counters, summed over instances."""
     merged: dict[str, Any] = {}
@@ -63,7 +78,9 @@ def backend_stats(backends: Iterable[PerfBackend]) -> dict[str, Any]:
         if stats is None:
             continue
         for key, value in stats().items():
-            if isinstance(value, dict):
+            if isinstance(value, str):  # a description (the same for every instance)
+                merged.setdefault(key, value)
+            elif isinstance(value, dict):
                 into = merged.setdefault(key, {})
                 for sub, count in value.items():
                     into[sub] = into.get(sub, 0) + count
@@ -87,6 +104,7 @@ def make_backend(device: DeviceSpec, dtype: str, requested: str = "auto") -> Per
 
 # Built-in backends register themselves on import.
 from llmservingsim.hardware.backends import external as _external  # noqa: E402,F401
+from llmservingsim.hardware.backends import kernel_db as _kernel_db  # noqa: E402,F401
 from llmservingsim.hardware.backends import profile as _profile  # noqa: E402,F401
 from llmservingsim.hardware.backends import roofline as _roofline  # noqa: E402,F401
 from llmservingsim.hardware.backends import systolic as _systolic  # noqa: E402,F401

@@ -107,7 +107,9 @@ def shape_key(op: Op) -> tuple[ShapeKey, tuple[int, ...]] | None:
     dims = dict(op.dims)
     if not all(a in dims for a in axes):
         return None
-    fixed = tuple((k, v) for k, v in op.dims if k not in axes)
+    # ``moe_*`` dims describe the whole MoE block an expert GEMM belongs to (model/moe.py),
+    # not the kernel's shape: tables key the GEMM by (n, k) alone.
+    fixed = tuple((k, v) for k, v in op.dims if k not in axes and not k.startswith("moe_"))
     return (op.name, fixed), tuple(dims[a] for a in axes)
 
 

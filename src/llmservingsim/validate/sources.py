@@ -1,0 +1,257 @@
+"""Reference sets beyond ``published_points.csv``, turned into rows of the same columns.
+
+* ``aiconfigurator``: NVIDIA AIConfigurator's ``systems/silicon_sample.csv`` (measured TTFT and
+  TPOT of aggregated serving at a fixed client concurrency, several engines and GPUs), read
+  from the installed ``aiconfigurator-core`` package. Each measured point becomes a TTFT and a
+  TPOT row; the simulation emulates the closed-loop client (validate/run.py, ``concurrency``).
+* ``blis``: ``shared/data/reference/blis_trainval/groundtruth.csv``, real vLLM v0.15.1 runs
+  measured per stage (data README §10). The workload is rebuilt as the benchmark's client
+  generated it: a pool of 100 fixed prompts (10 system prompts × 10 questions) cycled in order,
+  Poisson arrivals at each stage's rate for its duration, back to back; it is written as a
+  JSON-lines trace with token ids so prefix caching sees the shared system prompts and the
+  repeating prompts. (A workload-stage feature is being built separately; this trace is the
+  same workload from what exists now.)
+
+Extra row keys (strings, empty when unused): ``set`` (the reference set), ``concurrency``
+(closed-loop clients), ``stage`` (blis stage index, −1 = the whole run) and ``stage_window``
+(its arrival window, ``start,end`` seconds).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import json
+import math
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from llmservingsim.errors import UserError
+from llmservingsim.validate.reference import REQUIRED
+
+SETS = ("published", "aiconfigurator", "blis")
+SILICON = Path("systems") / "silicon_sample.csv"
+BLIS = Path("reference") / "blis_trainval" / "groundtruth.csv"
+
+# AIConfigurator system -> the hardware text validate/scenario.py maps to a catalog device.
+SILICON_HARDWARE = {
+    "h100_sxm": "H100 SXM",
+    "h200_sxm": "H200",
+    "b200_sxm": "B200",
+    "gb200": "GB200",
+}
+SILICON_ENGINE = {"trtllm": "TensorRT-LLM", "vllm": "vLLM", "sglang": "SGLang"}
+# Points per (system, engine, model, precision, layout) group by default: the sample has 5,221
+# points; a few per group keep `validate` to minutes while covering every group.
+DEFAULT_PER_GROUP = 2
+BLIS_PROMPT_GROUPS = 10  # README §10: the client cycled 10 groups × 10 prompts
+BLIS_PROMPTS_PER_GROUP = 10
+
+
+def silicon_path() -> Path | None:
+    spec = importlib.util.find_spec("aiconfigurator_core")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / SILICON
+    return path if path.is_file() else None
+
+
+def blis_path(data_dir: Path) -> Path | None:
+    path = data_dir / BLIS
+    return path if path.is_file() else None
+
+
+def _blank_row() -> dict[str, str]:
+    row = dict.fromkeys(REQUIRED, "")
+    row.update(set="", concurrency="", stage="", stage_window="", workload_file="")
+    return row
+
+
+def _int(text: str) -> int | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if math.isfinite(value) else None
+
+
+def silicon_rows(path: Path, per_group: int | None = DEFAULT_PER_GROUP) -> list[dict[str, str]]:
+    """TTFT and TPOT rows of the aggregated-serving points (``mode == agg``) of one layout
+    the simulator can express (no pipeline or attention data parallelism), at most
+    ``per_group`` points per group (evenly spaced by id; None: all)."""
+    try:
+        with path.open(newline="") as fh:
+            points = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+    groups: dict[tuple[str, ...], list[dict[str, str]]] = defaultdict(list)
+    for p in points:
+        if p.get("mode") != "agg" or p.get("system") not in SILICON_HARDWARE:
+            continue
+        if (_int(p.get("pp_size", "")) or 1) != 1 or (_int(p["attention_dp_size"]) or 1) > 1:
+            continue
+        key = (p["system"], p["backend"], p["model_path"], p["precision"], p["tp_size"])
+        groups[key].append(p)
+    rows: list[dict[str, str]] = []
+    for group in sorted(groups):
+        members = sorted(groups[group], key=lambda p: p["id"])
+        if per_group is not None and len(members) > per_group:
+            step = len(members) / per_group
+            members = [members[int(i * step)] for i in range(per_group)]
+        for p in members:
+            tp = _int(p["tp_size"]) or 1
+            concurrency = _int(p["batch_size"]) or 1
+            base = _blank_row()
+            base.update(
+                set="aiconfigurator",
+                source="AIConfigurator silicon_sample.csv: " + p["silicon_data_source"],
+                engine=SILICON_ENGINE.get(p["backend"], p["backend"]),
+                engine_version=p["backend_version"],
+                hardware=SILICON_HARDWARE[p["system"]],
+                num_gpus=str(tp),
+                tensor_parallel=str(tp),
+                pipeline_parallel="1",
+                model=p["model_path"],
+                dtype=p["precision"],
+                input_len=p["isl"],
+                output_len=p["osl"],
+                request_rate_rps="",
+                num_requests="",
+                concurrency=str(concurrency),
+                notes=f"moe_ep={_int(p['moe_ep_size']) or 1}; concurrency {concurrency}",
+            )
+            for metric, column in (
+                ("ttft_mean", "silicon_ttft_ms"),
+                ("tpot_mean", "silicon_tpot_ms"),
+            ):
+                if not p.get(column):
+                    continue
+                row = dict(base)
+                row.update(id=f"aic_{p['id']}_{metric}", metric=metric, value=p[column], unit="ms")
+                rows.append(row)
+    return rows
+
+
+def _stages(text: str) -> list[tuple[float, float]]:
+    """``2.5rps x 600s;6.0rps x 600s`` -> [(rate, seconds), ...]."""
+    stages = []
+    for part in text.split(";"):
+        rate, _, duration = part.partition("x")
+        stages.append(
+            (float(rate.strip().removesuffix("rps")), float(duration.strip().removesuffix("s")))
+        )
+    return stages
+
+
+def blis_trace(exp: dict[str, str], folder: Path, seed: int = 0) -> Path:
+    """The experiment's requests as an LLMServingSim JSON-lines trace (token ids, so prefix
+    caching sees what the real server saw); written once per experiment."""
+    shape = "|".join(
+        exp[k] for k in ("exp_id", "system_prompt_len", "question_len", "output_len", "stages")
+    )
+    digest = hashlib.sha1(f"{shape}|{seed}".encode()).hexdigest()[:12]
+    path = folder / f"blis_{exp['exp_id']}_{digest}.jsonl"  # the workload's shape names it
+    if path.is_file():
+        return path
+    system_len, question_len = int(exp["system_prompt_len"]), int(exp["question_len"])
+    output_len = int(exp["output_len"])
+    rng = np.random.default_rng(seed)
+    arrivals: list[float] = []
+    start = 0.0
+    for rate, duration in _stages(exp["stages"]):
+        t = start
+        while True:
+            t += float(rng.exponential(1.0 / rate))
+            if t >= start + duration:
+                break
+            arrivals.append(t)
+        start += duration
+    pool = BLIS_PROMPT_GROUPS * BLIS_PROMPTS_PER_GROUP
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as fh:
+        for i, arrival in enumerate(arrivals):
+            prompt = i % pool
+            group = prompt // BLIS_PROMPTS_PER_GROUP
+            ids = [1_000_000 * (group + 1) + j for j in range(system_len)]
+            ids += [1_000_000 * (pool + prompt + 1) + j for j in range(question_len)]
+            record = {
+                "input_toks": len(ids),
+                "output_toks": output_len,
+                "arrival_time_ns": round(arrival * 1e9),
+                "input_tok_ids": ids,
+            }
+            fh.write(json.dumps(record) + "\n")
+    tmp.replace(path)
+    return path
+
+
+BLIS_METRICS = (
+    ("ttft_mean", "ttft_mean_ms"),
+    ("ttft_p90", "ttft_p90_ms"),
+    ("ttft_p99", "ttft_p99_ms"),
+    ("e2e_mean", "e2e_mean_ms"),
+    ("e2e_p90", "e2e_p90_ms"),
+    ("e2e_p99", "e2e_p99_ms"),
+    ("itl_mean", "itl_mean_ms"),
+)
+
+
+def blis_rows(path: Path, trace_dir: Path | None = None) -> list[dict[str, str]]:
+    """One row per experiment × stage × metric; every experiment replays its generated trace."""
+    folder = trace_dir or Path(tempfile.gettempdir()) / "llmservingsim-validate"
+    try:
+        with path.open(newline="") as fh:
+            records = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+    rows: list[dict[str, str]] = []
+    traces: dict[str, Path] = {}
+    for rec in records:
+        tp = rec["tp"] or "1"
+        dtype = rec["precision"].lower()
+        notes = ["prefix caching on"]
+        if rec["max_num_seqs"]:
+            notes.append(f"max_num_seqs={rec['max_num_seqs']}")
+        if rec["max_num_batched_tokens"]:
+            notes.append(f"max_num_batched_tokens={rec['max_num_batched_tokens']}")
+        if rec["gpu_mem_util"]:
+            notes.append(f"gpu_mem_util {rec['gpu_mem_util']}")
+        for metric, column in BLIS_METRICS:
+            if not rec.get(column):
+                continue
+            if rec["exp_id"] not in traces:
+                traces[rec["exp_id"]] = blis_trace(rec, folder)
+            row = _blank_row()
+            stage = rec["stage_index"]
+            if stage != "-1":
+                spans = _stages(rec["stages"])
+                start = sum(d for _, d in spans[: int(stage)])
+                row["stage_window"] = f"{start:g},{start + spans[int(stage)][1]:g}"
+            row.update(
+                id=f"blis_{rec['folder']}_stage{stage}_{metric}",
+                set="blis",
+                source="BLIS sim-to-real trainval (vLLM v0.15.1), data README §10",
+                engine="vLLM",
+                engine_version="0.15.1",
+                hardware=rec["hardware"],
+                num_gpus=tp,
+                tensor_parallel=tp,
+                pipeline_parallel="1",
+                model=rec["model"],
+                dtype="fp8" if "fp8" in dtype else "fp16" if "16" in dtype else dtype,
+                input_len=str(int(rec["system_prompt_len"]) + int(rec["question_len"])),
+                output_len=rec["output_len"],
+                metric=metric,
+                value=rec[column],
+                unit="ms",
+                stage=stage,
+                workload_file=str(traces[rec["exp_id"]]),
+                notes="; ".join(notes),
+            )
+            rows.append(row)
+    return rows
