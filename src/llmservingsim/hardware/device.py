@@ -126,6 +126,8 @@ class Systolic(_Strict):
     at ``clock_ghz``; its dense bf16 peak is 2·rows·cols·arrays·clock (checked against
     ``peak_tflops`` in the catalog tests). ``sram_mib`` is the on-chip buffer that holds the
     streamed operand; a GEMM whose activations do not fit re-reads them from DRAM.
+    ``dataflow`` is what the ``scalesim`` backend simulates (weight, output or input
+    stationary); the analytic ``systolic`` backend models ``ws`` only.
     """
 
     rows: int = Field(ge=1)
@@ -133,6 +135,9 @@ class Systolic(_Strict):
     arrays: int = Field(ge=1, description="arrays working in parallel on the chip")
     clock_ghz: float = Field(gt=0)
     sram_mib: float = Field(gt=0)
+    dataflow: Literal["ws", "os", "is"] = Field(
+        default="ws", description="ws | os | is: weight / output / input stationary"
+    )
 
 
 class DeviceSpec(_Strict):

@@ -89,4 +89,5 @@ def make_backend(device: DeviceSpec, dtype: str, requested: str = "auto") -> Per
 from llmservingsim.hardware.backends import external as _external  # noqa: E402,F401
 from llmservingsim.hardware.backends import profile as _profile  # noqa: E402,F401
 from llmservingsim.hardware.backends import roofline as _roofline  # noqa: E402,F401
+from llmservingsim.hardware.backends import scalesim as _scalesim  # noqa: E402,F401
 from llmservingsim.hardware.backends import systolic as _systolic  # noqa: E402,F401

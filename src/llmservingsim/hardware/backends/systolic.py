@@ -31,6 +31,29 @@ from llmservingsim.model.ops import Op
 ACT_BYTES = 2.0  # activations stream in 16-bit
 
 
+def gemm_shapes(op: Op) -> list[tuple[int, int, int, int]]:
+    """(m, n, k, batch) of the GEMMs an op runs; empty when its dims say nothing. A batched
+    GEMM (MoE experts) counts its batch from the FLOPs; attention is its two batched GEMMs per
+    head: scores (QKᵀ) and values (PV). Shared by the ``scalesim`` backend."""
+    dims = dict(op.dims)
+    if op.kind == "gemm" and {"m", "n", "k"} <= dims.keys():
+        m, n, k = dims["m"], dims["n"], dims["k"]
+        batch = max(1, round(op.flops / (2.0 * m * n * k)))
+        return [(m, n, k, batch)]
+    if op.kind == "attention_prefill" and "new" in dims:
+        new, d = dims["new"], dims["head_dim"]
+        keys = dims["ctx"] + (new + 1) // 2  # causal: half the chunk on average
+        heads = dims["q_heads"]
+        return [(new, keys, d, heads), (new, d, keys, heads)]
+    if op.kind == "attention_decode" and "batch" in dims:
+        seqs, d = dims["batch"], dims["head_dim"]
+        group = max(1, dims["q_heads"] // dims["kv_heads"])
+        keys = max(1, round(dims["context"] / max(1, seqs)))
+        pairs = seqs * dims["kv_heads"]
+        return [(group, keys, d, pairs), (group, d, keys, pairs)]
+    return []
+
+
 @PERF_BACKENDS.register("systolic")
 class SystolicBackend:
     def __init__(self, device: DeviceSpec, dtype: str) -> None:
@@ -41,6 +64,12 @@ class SystolicBackend:
             )
         self.device = device
         array = device.systolic
+        if array.dataflow != "ws":
+            raise ConfigError(
+                f"perf backend 'systolic' models weight-stationary arrays only: "
+                f"{device.name!r} has systolic.dataflow {array.dataflow!r}, which is not yet "
+                "supported there (perf.backend: scalesim simulates it)"
+            )
         eff = device.efficiency
         self.rows, self.cols, self.arrays = array.rows, array.cols, array.arrays
         self._peak = device.peak_flops(dtype)
@@ -60,24 +89,7 @@ class SystolicBackend:
         return waves * max(rows_each, r) + r + c - 2
 
     def _shapes(self, op: Op) -> list[tuple[int, int, int, int]]:
-        """(m, n, k, batch) of the GEMMs an op runs; empty when its dims say nothing."""
-        dims = dict(op.dims)
-        if op.kind == "gemm" and {"m", "n", "k"} <= dims.keys():
-            m, n, k = dims["m"], dims["n"], dims["k"]
-            batch = max(1, round(op.flops / (2.0 * m * n * k)))
-            return [(m, n, k, batch)]
-        if op.kind == "attention_prefill" and "new" in dims:
-            new, d = dims["new"], dims["head_dim"]
-            keys = dims["ctx"] + (new + 1) // 2  # causal: half the chunk on average
-            heads = dims["q_heads"]
-            return [(new, keys, d, heads), (new, d, keys, heads)]
-        if op.kind == "attention_decode" and "batch" in dims:
-            seqs, d = dims["batch"], dims["head_dim"]
-            group = max(1, dims["q_heads"] // dims["kv_heads"])
-            keys = max(1, round(dims["context"] / max(1, seqs)))
-            pairs = seqs * dims["kv_heads"]
-            return [(group, keys, d, pairs), (group, d, keys, pairs)]
-        return []
+        return gemm_shapes(op)
 
     def utilization(self, op: Op) -> float:
         """Useful MACs over the arrays' MAC slots while the op runs (1.0 when unknown)."""
