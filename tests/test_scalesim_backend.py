@@ -186,3 +186,17 @@ def test_run_reports_accelerator_sim_counters(tmp_path: Path) -> None:
     assert warm["accelerator_sim_disk_hits"] == cold["accelerator_sim_calls"]
     assert warm["output_tokens_per_s"] == cold["output_tokens_per_s"]
     json.dumps(warm)  # plain JSON
+
+
+@needs_scalesim
+def test_npu_pim_example_simulates_gemms_and_puts_decode_attention_on_pim(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "npu_pim_scalesim.yaml"
+    sets = [
+        f"perf.cache_dir={tmp_path / 'cache'}",
+        "workload.num_requests=8",
+        "workload.output_len={dist: fixed, value: 8}",
+    ]
+    summary = simulate(load_config(example, sets)).summary
+    assert summary["requests_completed"] == 8
+    assert summary["memory"]["kv_cache_on"] == "pim"
+    assert summary["accelerator_sim_calls"] > 0
