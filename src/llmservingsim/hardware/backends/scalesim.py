@@ -21,18 +21,21 @@ would take minutes. Every GEMM is therefore simulated as **tiles** (docs/acceler
    (ws: Sr = K, Sc = N, T = M; os: Sr = M, Sc = N, T = K; is: Sr = K, Sc = M, T = N); it runs
    F = ⌈Sr/R⌉·⌈Sc/C⌉·batch folds, spread over the chip's arrays (when there are fewer folds
    than arrays, T is split over the idle arrays).
-2. For the streamed length t, SCALE-Sim runs two probes: one fold (min(Sr, R) × min(Sc, C))
-   and two folds (one more full column fold). Their difference Δ(t) is what one more fold
-   costs in steady state (weights double-buffered behind the previous fold), and c₁ − Δ the
-   one-off pipeline fill and first prefetch.
+2. For the streamed length t, SCALE-Sim runs two probes: one full R × C fold and two (one
+   more column fold). Their difference Δ(t) is what one more fold costs in steady state
+   (weights double-buffered behind the previous fold, when the dataflow overlaps them), and
+   c₁ − Δ the one-off pipeline fill and first prefetch. A ragged fold (K or N not a multiple
+   of the array edge) counts as a full one: SCALE-Sim's array pipeline takes the same cycles
+   for it (its fill and drain span the whole array), only its operand traffic is smaller,
+   which matters only while DRAM stalls the array (then the estimate is an upper bound).
 3. One array's cycles = (c₁ − Δ) + (its folds) · Δ(t).
 4. A stream longer than ``stream_tile`` rows (``perf.options.scalesim_stream_tile``, default
    128) is not simulated whole: a fold's cycles grow linearly with the rows it streams, so
    Δ(t) = Δ(tile) + (t − tile) · slope, the slope measured between the probes at tile and
    tile / 2 rows.
 
-The probes depend on the streamed length and the edge sizes only, not on K or N, so all linear
-layers of a model share them: a run simulates a few probes per distinct token count. Each
+The probes depend on the streamed length only, not on K or N, so all GEMMs of a model share
+them: a run simulates two probes per distinct streamed length up to ``stream_tile``. Each
 probe's cycles are cached in memory and on disk, keyed by SCALE-Sim's version, the array
 configuration and the probe's (M, N, K). The op's time is
 
@@ -315,11 +318,11 @@ class ScaleSimBackend:
         self._probes[key] = cycles
         return cycles
 
-    def _probe(self, fr: int, fc: int, t: int) -> tuple[int, int]:
-        """(first-fold overhead, steady cycles per fold) for folds of fr × fc streaming t."""
+    def _probe(self, t: int) -> tuple[int, int]:
+        """(first-fold overhead, steady cycles per fold) for full R × C folds streaming t."""
         a = self.array
-        one = self.simulated_cycles(*a.gemm(fr, fc, t))
-        two = self.simulated_cycles(*a.gemm(fr, a.cols + fc, t))
+        one = self.simulated_cycles(*a.gemm(a.rows, a.cols, t))
+        two = self.simulated_cycles(*a.gemm(a.rows, 2 * a.cols, t))
         step = max(0, two - one)
         return one - step, step
 
@@ -333,16 +336,15 @@ class ScaleSimBackend:
         groups = 1 if folds >= self.arrays else min(self.arrays // folds, t)
         per_array = math.ceil(folds * groups / self.arrays)
         t_each = math.ceil(t / groups)
-        fr, fc = min(sr, a.rows), min(sc, a.cols)
         tile = self.stream_tile
         if t_each <= tile:
-            overhead, step = self._probe(fr, fc, t_each)
+            overhead, step = self._probe(t_each)
             return overhead + per_array * step
         # A longer stream: a fold's cycles grow linearly with the rows it streams; the slope is
         # measured between the probes at tile and tile / 2 rows.
-        overhead, step = self._probe(fr, fc, tile)
+        overhead, step = self._probe(tile)
         half = tile // 2
-        _, half_step = self._probe(fr, fc, half)
+        _, half_step = self._probe(half)
         slope = max(0.0, (step - half_step) / (tile - half))
         return round(overhead + per_array * (step + (t_each - tile) * slope))
 
