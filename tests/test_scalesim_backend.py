@@ -200,3 +200,31 @@ def test_npu_pim_example_simulates_gemms_and_puts_decode_attention_on_pim(tmp_pa
     assert summary["requests_completed"] == 8
     assert summary["memory"]["kv_cache_on"] == "pim"
     assert summary["accelerator_sim_calls"] > 0
+
+
+@needs_scalesim
+def test_calibrate_fits_the_analytic_backend_on_scalesim(tmp_path: Path) -> None:
+    device = _tiny_npu(tmp_path)
+    out = tmp_path / "fitted.yaml"
+    args = ["calibrate", "--scalesim", "--hardware", str(device), "--models", "llama-3.2-1b"]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    fitted = load_device_file(out)
+    base = load_device_file(device)
+    assert 0 < fitted.efficiency.compute_max <= 1
+    assert fitted.efficiency.compute_max != base.efficiency.compute_max
+    assert "calibrate --scalesim" in fitted.sources[-1]
+    # The fit reads the probes back from the cache: a second fit runs SCALE-Sim no more.
+    again = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "again.yaml")])
+    assert again.exit_code == 0 and "0 new SCALE-Sim runs" in again.output
+    assert (tmp_path / "again.yaml").read_text() == out.read_text()
+
+
+def test_calibrate_takes_profiles_or_scalesim_not_both(tmp_path: Path) -> None:
+    both = ["calibrate", "--scalesim", "--hardware", "npu", "--profiles", str(tmp_path)]
+    neither = ["calibrate", "--hardware", "npu"]
+    for args in (both, neither):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2
+        assert result.output.strip().startswith("error:") and "--scalesim" in result.output

@@ -196,10 +196,12 @@ class ScaleSimRunner:
 
     def __init__(self, config: ArrayConfig) -> None:
         self.config = config
-        self._modules = _load_scalesim()
         self.version = scalesim_version()
+        self._modules: dict[str, ModuleType] | None = None  # imported at the first run
 
     def cycles(self, m: int, n: int, k: int) -> int:
+        if self._modules is None:
+            self._modules = _load_scalesim()
         mods, c = self._modules, self.config
         conf = mods["config"].scale_config()
         conf.array_rows, conf.array_cols = c.rows, c.cols

@@ -113,9 +113,13 @@ class SystolicBackend:
 
     # ------------------------------------------------------------------ time
 
-    def time(self, op: Op) -> float:
+    def compute_and_memory_seconds(self, op: Op) -> tuple[float, float]:
+        """The op's compute time on the arrays and its DRAM time, before the max and launch."""
         memory_time = self._dram_bytes(op) / self._bandwidth
         if op.flops <= 0.0:
-            return memory_time + self._launch
-        compute_time = op.flops / (self._peak * self.utilization(op) * self._derate)
+            return 0.0, memory_time
+        return op.flops / (self._peak * self.utilization(op) * self._derate), memory_time
+
+    def time(self, op: Op) -> float:
+        compute_time, memory_time = self.compute_and_memory_seconds(op)
         return max(compute_time, memory_time) + self._launch
