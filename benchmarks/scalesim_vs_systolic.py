@@ -1,11 +1,12 @@
-"""The analytic ``systolic`` backend against SCALE-Sim, op by op, and its one-parameter calibration.
+"""The analytic ``systolic`` backend against SCALE-Sim, op by op, and its calibration.
 
 For Llama-3.1-8B (TP1) and Mixtral-8x7B (TP2) on the catalog npu, every GEMM-shaped op of one
 prefill step (one sequence of ``--prefill`` tokens) and one decode step (``--batch`` sequences
 of ``--context`` tokens each) is timed by both backends: one decoder layer's ops, attention,
 and the LM head. Prints each op's time, and the MAPE of the analytic backend against SCALE-Sim
-per op kind before and after calibrating its ``efficiency.compute_max`` on these SCALE-Sim
-results: exactly what ``llmservingsim calibrate --scalesim --hardware npu`` fits and writes
+per op kind before and after calibrating its ``efficiency.compute_max`` and
+``systolic.fold_overhead_cycles`` on these SCALE-Sim results: exactly what
+``llmservingsim calibrate --scalesim --hardware npu`` fits and writes
 (calibrate/scalesim_fit.py). SCALE-Sim's probes come from (and go to) ``--cache-dir``.
 
     python benchmarks/scalesim_vs_systolic.py [--cache-dir DIR]
@@ -54,9 +55,11 @@ def main() -> None:
             f"{p.calibrated_s * 1e6:,.1f} | {(p.calibrated_s - ref) / ref:+.0%} |"
         )
     print()
+    assert result.device.systolic is not None
     print(
         f"compute_max {base:.4g} -> {fitted:.4g} (geometric mean over {result.fitted_ops} "
-        "compute-bound ops)"
+        f"compute-bound ops), fold_overhead_cycles 0 -> "
+        f"{result.device.systolic.fold_overhead_cycles:g}"
     )
     print()
     print("| op kind | ops | MAPE analytic | MAPE calibrated |")

@@ -175,10 +175,12 @@ def _calibrate_scalesim(
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=exc.exit_code) from None
     base, fitted = result.base.efficiency.compute_max, result.device.efficiency.compute_max
+    assert result.device.systolic is not None
     console.print(
         f"{len(result.points)} GEMM-shaped ops on {result.base.name} against SCALE-Sim "
         f"({result.sim_calls} new SCALE-Sim runs, {result.disk_hits} probes from the cache); "
-        f"compute_max {base:.4g} -> {fitted:.4g} (from {result.fitted_ops} compute-bound ops)",
+        f"compute_max {base:.4g} -> {fitted:.4g} (from {result.fitted_ops} compute-bound "
+        f"ops), fold_overhead_cycles {result.device.systolic.fold_overhead_cycles:g}",
         highlight=False,
     )
     table = Table(title="analytic systolic vs SCALE-Sim, op time", header_style="bold")

@@ -127,7 +127,8 @@ class Systolic(_Strict):
     ``peak_tflops`` in the catalog tests). ``sram_mib`` is the on-chip buffer that holds the
     streamed operand; a GEMM whose activations do not fit re-reads them from DRAM.
     ``dataflow`` is what the ``scalesim`` backend simulates (weight, output or input
-    stationary); the analytic ``systolic`` backend models ``ws`` only.
+    stationary); the analytic ``systolic`` backend models ``ws`` only, and adds
+    ``fold_overhead_cycles`` to every weight tile (0: loads fully hidden behind streaming).
     """
 
     rows: int = Field(ge=1)
@@ -137,6 +138,12 @@ class Systolic(_Strict):
     sram_mib: float = Field(gt=0)
     dataflow: Literal["ws", "os", "is"] = Field(
         default="ws", description="ws | os | is: weight / output / input stationary"
+    )
+    fold_overhead_cycles: float = Field(
+        default=0.0,
+        ge=0,
+        description="systolic backend: extra cycles per weight tile (not hidden by double "
+        "buffering); fitted by `calibrate --scalesim`",
     )
 
 

@@ -5,7 +5,9 @@ M rows of the activations stream through it. A GEMM (M × K) · (K × N) is cut 
 ⌈K/R⌉·⌈N/C⌉ weight tiles, spread over the chip's arrays in waves (when there are fewer tiles
 than arrays, the rows are split over the idle arrays instead). A tile is busy for
 max(M_rows, R) cycles — streaming its rows, or loading the next tile's weights (double
-buffered), whichever is longer — and the array pipeline fills and drains once (R + C − 2).
+buffered), whichever is longer, plus ``fold_overhead_cycles`` from the YAML (default 0; what
+``calibrate --scalesim`` fits when weight loads are not hidden) — and the array pipeline fills
+and drains once (R + C − 2).
 So utilization = useful MACs / (arrays · R · C · cycles): a decode-sized GEMM (M = 1) leaves
 the array waiting on weight loads, a GEMM with K or N not a multiple of the array edge wastes
 the ragged tiles, and a large GEMM approaches 1.
@@ -77,6 +79,7 @@ class SystolicBackend:
         self._bandwidth = device.memory_bandwidth * eff.memory
         self._launch = eff.kernel_launch_us * 1e-6
         self._sram_half = array.sram_mib * 2**20 / 2
+        self._fold_overhead = array.fold_overhead_cycles
 
     # ------------------------------------------------------------------ shapes
 
@@ -86,7 +89,7 @@ class SystolicBackend:
         groups = 1 if tiles >= arrays else min(math.ceil(arrays / tiles), m)
         rows_each = math.ceil(m / groups)
         waves = math.ceil(tiles * groups / arrays)
-        return waves * max(rows_each, r) + r + c - 2
+        return waves * (max(rows_each, r) + self._fold_overhead) + r + c - 2
 
     def _shapes(self, op: Op) -> list[tuple[int, int, int, int]]:
         return gemm_shapes(op)
