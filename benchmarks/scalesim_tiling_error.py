@@ -8,6 +8,9 @@ and prints a markdown table of cycles and signed errors, with the mean absolute 
 
     python benchmarks/scalesim_tiling_error.py                 # 16 x 16 ws array, tile 16
     python benchmarks/scalesim_tiling_error.py --dataflow os --rows 8 --cols 8 --tile 8
+    python benchmarks/scalesim_tiling_error.py --sram-kib 10 --bandwidth-scale 0.05  # stalls
+    python benchmarks/scalesim_tiling_error.py --rows 128 --cols 128 --tile 128 \
+        --shape 1,2048,1024 --shape 64,2048,1024      # one array of the catalog npu, minutes
 
 The array is the catalog NPU's YAML with a smaller geometry (one array, SRAM and DRAM
 bandwidth per array as the backend derives them), so the rows/cols-to-tile ratio matches the
@@ -50,6 +53,18 @@ def main() -> None:
     parser.add_argument("--cols", type=int, default=16)
     parser.add_argument("--dataflow", default="ws", choices=["ws", "os", "is"])
     parser.add_argument("--tile", type=int, default=16, help="perf.options.scalesim_stream_tile")
+    parser.add_argument(
+        "--bandwidth-scale",
+        type=float,
+        default=1.0,
+        help="DRAM bandwidth x this",
+    )
+    parser.add_argument(
+        "--shape", action="append", default=[], help="M,N,K to run instead of the default list"
+    )
+    parser.add_argument(
+        "--sram-kib", type=float, default=None, help="SRAM of the array (default: 1/8 of the npu's)"
+    )
     args = parser.parse_args()
 
     raw = yaml.safe_load(CATALOG_NPU.read_text())
@@ -58,10 +73,14 @@ def main() -> None:
         "cols": args.cols,
         "arrays": 1,
         "clock_ghz": raw["systolic"]["clock_ghz"],
-        "sram_mib": raw["systolic"]["sram_mib"] / raw["systolic"]["arrays"],
+        "sram_mib": (
+            args.sram_kib / 1024
+            if args.sram_kib
+            else raw["systolic"]["sram_mib"] / raw["systolic"]["arrays"]
+        ),
         "dataflow": args.dataflow,
     }
-    raw["memory_bandwidth_gbps"] = raw["memory_bandwidth_gbps"] / 8
+    raw["memory_bandwidth_gbps"] = raw["memory_bandwidth_gbps"] / 8 * args.bandwidth_scale
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "npu_one_array.yaml"
         path.write_text(yaml.safe_dump(raw))
@@ -69,7 +88,9 @@ def main() -> None:
         backend = ScaleSimBackend(device, "bf16", None, stream_tile=args.tile)
         print(
             f"{args.rows}x{args.cols} {args.dataflow} array, stream tile {args.tile}, "
-            f"{backend.array.bandwidth_words} words/cycle"
+            f"{backend.array.bandwidth_words} words/cycle, SRAM (K words) "
+            f"{backend.array.ifmap_kwords}/{backend.array.filter_kwords}/"
+            f"{backend.array.ofmap_kwords}"
         )
         print()
         print(
@@ -77,7 +98,8 @@ def main() -> None:
         )
         print("|---:|---:|---:|---:|---:|---:|---:|---:|")
         errors = []
-        for m, n, k in shapes(args.rows, args.cols):
+        chosen = [tuple(int(x) for x in s.split(",")) for s in args.shape]
+        for m, n, k in chosen or shapes(args.rows, args.cols):
             start = time.perf_counter()
             whole = backend.runner.cycles(m, n, k)
             whole_s = time.perf_counter() - start
