@@ -142,9 +142,9 @@ def calibrate_on_scalesim(
                 array_s.append(reference.array_seconds(op) or 0.0)
     ops = [p.op for p in points]
     truth = [p.reference_s for p in points]
-    step = max(1, base.systolic.rows // 32)
+    stride = max(1, base.systolic.rows // 32)
     best: tuple[float, float, float, int] | None = None  # (mape, compute_max, overhead, ops)
-    for overhead in range(0, 4 * base.systolic.rows + 1, step):
+    for overhead in range(0, 4 * base.systolic.rows + 1, stride):
         compute_max, fitted_ops = _fit_compute_max(base, overhead, ops, array_s, dtype)
         if not fitted_ops:
             continue
