@@ -157,8 +157,8 @@ def calibrate_on_scalesim(
             f"calibrate --scalesim: no op of {', '.join(m for m, _ in models)} is compute bound "
             f"on {base.name!r}; nothing fits compute_max"
         )
-    _, compute_max, overhead, fitted_ops = best
-    device = with_parameters(base, compute_max, overhead)
+    _, fitted_max, fitted_overhead, fitted_ops = best
+    device = with_parameters(base, fitted_max, fitted_overhead)
     calibrated = SystolicBackend(device, dtype)
     points = [
         OpPoint(p.model, p.step, p.op, p.reference_s, p.analytic_s, calibrated.time(p.op))
