@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-WALL_TIME_FIELDS = ("sim_wall_s", "accelerator_sim_s")
+WALL_TIME_FIELDS = ("sim_wall_s",)
 """summary.json fields that measure this machine, not the simulated system: the only ones two
 runs of the same config and seed may differ in (docs/robustness.md)."""
 
