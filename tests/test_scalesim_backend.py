@@ -228,3 +228,14 @@ def test_calibrate_takes_profiles_or_scalesim_not_both(tmp_path: Path) -> None:
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2
         assert result.output.strip().startswith("error:") and "--scalesim" in result.output
+
+
+@needs_scalesim
+def test_unwritable_cache_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    device = load_device_file(_tiny_npu(tmp_path))
+    backend = ScaleSimBackend(device, "bf16", blocker / "cache")
+    graph = OpGraph(load_model("llama-3.2-1b"), 1, "bf16", "bf16")
+    with pytest.raises(ConfigError, match=r"perf\.cache_dir"):
+        backend.time(graph.gemm("g", 4, 64, 64))

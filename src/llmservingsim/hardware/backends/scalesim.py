@@ -316,7 +316,13 @@ class ScaleSimBackend:
             self.sim_seconds += time.perf_counter() - start
             self.sim_calls += 1
             if self.cache is not None:
-                self.cache.put(disk_key, float(cycles))
+                try:
+                    self.cache.put(disk_key, float(cycles))
+                except OSError as exc:
+                    raise ConfigError(
+                        f"perf.cache_dir: cannot write the SCALE-Sim cache "
+                        f"{self.cache.path}: {exc.strerror or exc}"
+                    ) from None
         self._probes[key] = cycles
         return cycles
 
