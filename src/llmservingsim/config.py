@@ -597,11 +597,14 @@ class PerfConfig(_Section):
         default=None, description="external: the simulator to run (argv list or shell-like string)"
     )
     cache_dir: Path | None = Field(
-        default=None, description="external: result cache folder (default ~/.cache/llmservingsim)"
+        default=None,
+        description="external / scalesim: result cache folder (default "
+        "~/.cache/llmservingsim/external or .../scalesim)",
     )
     timeout_s: float = Field(default=60.0, gt=0, description="external: seconds per answer")
     options: dict[str, Any] = Field(
-        default_factory=dict, description="free-form settings for plugin backends"
+        default_factory=dict,
+        description="free-form settings for plugin backends; scalesim: scalesim_stream_tile",
     )
     kernel_db: KernelDbConfig = KernelDbConfig()
     """kernel_db: the engine, version and device of the measured kernel tables."""

@@ -77,17 +77,17 @@ def print_report(report: CalibrationReport, console: Console) -> None:
 
 
 def calibrate_command(
+    hardware: Annotated[
+        str, typer.Option(help="Device the profiles were measured on (catalog name or YAML).")
+    ],
     profiles: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Option(
             "--profiles",
             help="Folder or CSV of operator profiles (Vidur mlp.csv/attention.csv or native "
             "CSV, docs/profiles.md); repeatable. One device's tables only.",
         ),
-    ],
-    hardware: Annotated[
-        str, typer.Option(help="Device the profiles were measured on (catalog name or YAML).")
-    ],
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(help="Calibrated device YAML to write (default ./<device>-calibrated.yaml)."),
@@ -106,10 +106,32 @@ def calibrate_command(
     max_mape: Annotated[
         float, typer.Option(help="A parameter group fitting worse than this (%) is not used.")
     ] = 25.0,
+    scalesim: Annotated[
+        bool,
+        typer.Option(
+            "--scalesim",
+            help="Instead of profiles: fit the analytic systolic backend's compute_max on "
+            "SCALE-Sim's times (cached probes) of --models' prefill and decode ops.",
+        ),
+    ] = False,
+    models: Annotated[
+        str,
+        typer.Option(help="With --scalesim: MODEL:TP,... whose ops are compared."),
+    ] = "llama-3.1-8b:1,mixtral-8x7b:2",
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="With --scalesim: SCALE-Sim probe cache (default as perf.cache_dir)."),
+    ] = None,
 ) -> None:
-    """Fit the roofline efficiency factors to measured operator profiles (least squares)."""
+    """Fit the roofline efficiency factors to measured operator profiles (least squares), or
+    (--scalesim) the analytic NPU backend to SCALE-Sim."""
     console = Console() if Console().is_terminal else Console(width=150)
+    if scalesim:
+        _calibrate_scalesim(hardware, models, cache_dir, out, profiles, console)
+        return
     try:
+        if not profiles:
+            raise ConfigError("calibrate needs --profiles (measured tables) or --scalesim")
         report = calibrate(profiles, hardware, dtype, _parse_fix(fix or []), train_model, max_mape)
     except UserError as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
@@ -117,4 +139,56 @@ def calibrate_command(
     print_report(report, console)
     target = out or Path(f"{report.device.name}-calibrated.yaml")
     target.write_text(device_yaml(report, profiles))
+    console.print(f"calibrated device: {target}", highlight=False)
+
+
+def _parse_models(text: str) -> list[tuple[str, int]]:
+    models = []
+    for item in text.split(","):
+        name, _, tp = item.strip().partition(":")
+        try:
+            if not name or int(tp or "1") < 1:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"--models {item!r}: expected MODEL or MODEL:TP (TP >= 1)") from None
+        models.append((name, int(tp or "1")))
+    return models
+
+
+def _calibrate_scalesim(
+    hardware: str,
+    models_text: str,
+    cache_dir: Path | None,
+    out: Path | None,
+    profiles: list[Path] | None,
+    console: Console,
+) -> None:
+    from llmservingsim.calibrate.scalesim_fit import calibrate_on_scalesim, calibrated_yaml
+    from llmservingsim.hardware.backends.scalesim import default_scalesim_cache_dir
+
+    try:
+        if profiles:
+            raise ConfigError("calibrate: give --profiles or --scalesim, not both")
+        models = _parse_models(models_text)
+        result = calibrate_on_scalesim(hardware, models, cache_dir or default_scalesim_cache_dir())
+    except UserError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=exc.exit_code) from None
+    base, fitted = result.base.efficiency.compute_max, result.device.efficiency.compute_max
+    assert result.device.systolic is not None
+    console.print(
+        f"{len(result.points)} GEMM-shaped ops on {result.base.name} against SCALE-Sim "
+        f"({result.sim_calls} new SCALE-Sim runs, {result.disk_hits} probes from the cache); "
+        f"compute_max {base:.4g} -> {fitted:.4g} (from {result.fitted_ops} compute-bound "
+        f"ops), fold_overhead_cycles {result.device.systolic.fold_overhead_cycles:g}",
+        highlight=False,
+    )
+    table = Table(title="analytic systolic vs SCALE-Sim, op time", header_style="bold")
+    for col in ("op kind", "ops", "MAPE before %", "MAPE after %"):
+        table.add_column(col, justify="left" if col == "op kind" else "right")
+    for kind, (count, before, after) in result.mape_by_kind().items():
+        table.add_row(kind, f"{count:,}", f"{before:.1f}", f"{after:.1f}")
+    console.print(table)
+    target = out or Path(f"{result.device.name}-scalesim-calibrated.yaml")
+    target.write_text(calibrated_yaml(result, models))
     console.print(f"calibrated device: {target}", highlight=False)

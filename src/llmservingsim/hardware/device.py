@@ -132,6 +132,9 @@ class Systolic(_Strict):
     at ``clock_ghz``; its dense bf16 peak is 2·rows·cols·arrays·clock (checked against
     ``peak_tflops`` in the catalog tests). ``sram_mib`` is the on-chip buffer that holds the
     streamed operand; a GEMM whose activations do not fit re-reads them from DRAM.
+    ``dataflow`` is what the ``scalesim`` backend simulates (weight, output or input
+    stationary); the analytic ``systolic`` backend models ``ws`` only, and adds
+    ``fold_overhead_cycles`` to every weight tile (0: loads fully hidden behind streaming).
     """
 
     rows: int = Field(ge=1)
@@ -139,6 +142,15 @@ class Systolic(_Strict):
     arrays: int = Field(ge=1, description="arrays working in parallel on the chip")
     clock_ghz: float = Field(gt=0)
     sram_mib: float = Field(gt=0)
+    dataflow: Literal["ws", "os", "is"] = Field(
+        default="ws", description="ws | os | is: weight / output / input stationary"
+    )
+    fold_overhead_cycles: float = Field(
+        default=0.0,
+        ge=0,
+        description="systolic backend: extra cycles per weight tile (not hidden by double "
+        "buffering); fitted by `calibrate --scalesim`",
+    )
 
 
 class DeviceSpec(_Strict):

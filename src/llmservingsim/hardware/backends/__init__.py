@@ -107,4 +107,5 @@ from llmservingsim.hardware.backends import external as _external  # noqa: E402,
 from llmservingsim.hardware.backends import kernel_db as _kernel_db  # noqa: E402,F401
 from llmservingsim.hardware.backends import profile as _profile  # noqa: E402,F401
 from llmservingsim.hardware.backends import roofline as _roofline  # noqa: E402,F401
+from llmservingsim.hardware.backends import scalesim as _scalesim  # noqa: E402,F401
 from llmservingsim.hardware.backends import systolic as _systolic  # noqa: E402,F401

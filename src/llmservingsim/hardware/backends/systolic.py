@@ -5,7 +5,9 @@ M rows of the activations stream through it. A GEMM (M × K) · (K × N) is cut 
 ⌈K/R⌉·⌈N/C⌉ weight tiles, spread over the chip's arrays in waves (when there are fewer tiles
 than arrays, the rows are split over the idle arrays instead). A tile is busy for
 max(M_rows, R) cycles — streaming its rows, or loading the next tile's weights (double
-buffered), whichever is longer — and the array pipeline fills and drains once (R + C − 2).
+buffered), whichever is longer, plus ``fold_overhead_cycles`` from the YAML (default 0; what
+``calibrate --scalesim`` fits when weight loads are not hidden) — and the array pipeline fills
+and drains once (R + C − 2).
 So utilization = useful MACs / (arrays · R · C · cycles): a decode-sized GEMM (M = 1) leaves
 the array waiting on weight loads, a GEMM with K or N not a multiple of the array edge wastes
 the ragged tiles, and a large GEMM approaches 1.
@@ -31,6 +33,29 @@ from llmservingsim.model.ops import Op
 ACT_BYTES = 2.0  # activations stream in 16-bit
 
 
+def gemm_shapes(op: Op) -> list[tuple[int, int, int, int]]:
+    """(m, n, k, batch) of the GEMMs an op runs; empty when its dims say nothing. A batched
+    GEMM (MoE experts) counts its batch from the FLOPs; attention is its two batched GEMMs per
+    head: scores (QKᵀ) and values (PV). Shared by the ``scalesim`` backend."""
+    dims = dict(op.dims)
+    if op.kind == "gemm" and {"m", "n", "k"} <= dims.keys():
+        m, n, k = dims["m"], dims["n"], dims["k"]
+        batch = max(1, round(op.flops / (2.0 * m * n * k)))
+        return [(m, n, k, batch)]
+    if op.kind == "attention_prefill" and "new" in dims:
+        new, d = dims["new"], dims["head_dim"]
+        keys = dims["ctx"] + (new + 1) // 2  # causal: half the chunk on average
+        heads = dims["q_heads"]
+        return [(new, keys, d, heads), (new, d, keys, heads)]
+    if op.kind == "attention_decode" and "batch" in dims:
+        seqs, d = dims["batch"], dims["head_dim"]
+        group = max(1, dims["q_heads"] // dims["kv_heads"])
+        keys = max(1, round(dims["context"] / max(1, seqs)))
+        pairs = seqs * dims["kv_heads"]
+        return [(group, keys, d, pairs), (group, d, keys, pairs)]
+    return []
+
+
 @PERF_BACKENDS.register("systolic")
 class SystolicBackend:
     def __init__(self, device: DeviceSpec, dtype: str) -> None:
@@ -41,6 +66,12 @@ class SystolicBackend:
             )
         self.device = device
         array = device.systolic
+        if array.dataflow != "ws":
+            raise ConfigError(
+                f"perf backend 'systolic' models weight-stationary arrays only: "
+                f"{device.name!r} has systolic.dataflow {array.dataflow!r}, which is not yet "
+                "supported there (perf.backend: scalesim simulates it)"
+            )
         eff = device.efficiency
         self.rows, self.cols, self.arrays = array.rows, array.cols, array.arrays
         self._peak = device.peak_flops(dtype)
@@ -48,6 +79,7 @@ class SystolicBackend:
         self._bandwidth = device.memory_bandwidth * eff.memory
         self._launch = eff.kernel_launch_us * 1e-6
         self._sram_half = array.sram_mib * 2**20 / 2
+        self._fold_overhead = array.fold_overhead_cycles
 
     # ------------------------------------------------------------------ shapes
 
@@ -57,27 +89,10 @@ class SystolicBackend:
         groups = 1 if tiles >= arrays else min(math.ceil(arrays / tiles), m)
         rows_each = math.ceil(m / groups)
         waves = math.ceil(tiles * groups / arrays)
-        return waves * max(rows_each, r) + r + c - 2
+        return waves * (max(rows_each, r) + self._fold_overhead) + r + c - 2
 
     def _shapes(self, op: Op) -> list[tuple[int, int, int, int]]:
-        """(m, n, k, batch) of the GEMMs an op runs; empty when its dims say nothing."""
-        dims = dict(op.dims)
-        if op.kind == "gemm" and {"m", "n", "k"} <= dims.keys():
-            m, n, k = dims["m"], dims["n"], dims["k"]
-            batch = max(1, round(op.flops / (2.0 * m * n * k)))
-            return [(m, n, k, batch)]
-        if op.kind == "attention_prefill" and "new" in dims:
-            new, d = dims["new"], dims["head_dim"]
-            keys = dims["ctx"] + (new + 1) // 2  # causal: half the chunk on average
-            heads = dims["q_heads"]
-            return [(new, keys, d, heads), (new, d, keys, heads)]
-        if op.kind == "attention_decode" and "batch" in dims:
-            seqs, d = dims["batch"], dims["head_dim"]
-            group = max(1, dims["q_heads"] // dims["kv_heads"])
-            keys = max(1, round(dims["context"] / max(1, seqs)))
-            pairs = seqs * dims["kv_heads"]
-            return [(group, keys, d, pairs), (group, d, keys, pairs)]
-        return []
+        return gemm_shapes(op)
 
     def utilization(self, op: Op) -> float:
         """Useful MACs over the arrays' MAC slots while the op runs (1.0 when unknown)."""
@@ -101,9 +116,13 @@ class SystolicBackend:
 
     # ------------------------------------------------------------------ time
 
-    def time(self, op: Op) -> float:
+    def compute_and_memory_seconds(self, op: Op) -> tuple[float, float]:
+        """The op's compute time on the arrays and its DRAM time, before the max and launch."""
         memory_time = self._dram_bytes(op) / self._bandwidth
         if op.flops <= 0.0:
-            return memory_time + self._launch
-        compute_time = op.flops / (self._peak * self.utilization(op) * self._derate)
+            return 0.0, memory_time
+        return op.flops / (self._peak * self.utilization(op) * self._derate), memory_time
+
+    def time(self, op: Op) -> float:
+        compute_time, memory_time = self.compute_and_memory_seconds(op)
         return max(compute_time, memory_time) + self._launch
