@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import re
@@ -152,22 +153,62 @@ def test_subprocess_entry_points(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
 
 
+# Start-up (docs/performance.md, "Start-up"): `--help` imports none of these; a run without
+# report.html does not import plotly. Checked by module, not by wall time.
+HELP_DOES_NOT_IMPORT = (
+    "numpy",
+    "pydantic",
+    "pyarrow",
+    "plotly",
+    "scipy",
+    "yaml",
+    "llmservingsim.config",
+    "llmservingsim.simulation",
+    "llmservingsim.engine",
+)
+
+
+def _loaded_after(script: str) -> tuple[list[str], str]:
+    """Run ``script`` in a fresh interpreter; the heavy modules it loaded and what it printed."""
+    probe = (
+        f"{script}\nimport sys\n"
+        f"print('LOADED', sorted(m for m in {HELP_DOES_NOT_IMPORT!r} if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    out, _, loaded = proc.stdout.rpartition("LOADED ")
+    return ast.literal_eval(loaded.strip()), out
+
+
 def test_help_lists_every_command_without_loading_the_heavy_libraries() -> None:
-    """scipy (calibration fits) and plotly's figure classes (reports) cost most of a second
-    at start-up; the commands that need them import them."""
-    script = (
-        "import sys; from typer.testing import CliRunner; from llmservingsim.cli import app; "
-        "out = CliRunner().invoke(app, ['--help']).output; "
-        "print(sorted(m for m in ('scipy', 'plotly.basedatatypes') if m in sys.modules)); "
-        "print(out)"
+    """numpy, pydantic (the config models), pyarrow, plotly, scipy and the engine cost most of
+    a second at start-up; the commands that need them import them."""
+    loaded, help_text = _loaded_after(
+        "from typer.testing import CliRunner; from llmservingsim.cli import app; "
+        "print(CliRunner().invoke(app, ['--help']).output)"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    )
-    loaded, _, help_text = proc.stdout.partition("\n")
-    assert loaded == "[]"
+    assert loaded == []
     for command in ("run", "report", "catalog", "sweep", "plan", "calibrate", "validate"):
         assert re.search(rf"^\W*{command}\s", help_text, re.MULTILINE), command
+    for command in ("run", "sweep", "plan", "calibrate", "validate", "catalog"):
+        loaded, sub_help = _loaded_after(
+            "from typer.testing import CliRunner; from llmservingsim.cli import app; "
+            f"print(CliRunner().invoke(app, [{command!r}, '--help']).output)"
+        )
+        # typer itself imports the pydantic package to read a command's parameters; no config
+        # model is built (llmservingsim.config is not imported)
+        assert [m for m in loaded if m != "pydantic"] == [], command
+        assert "--help" in sub_help, command
+
+
+def test_a_run_without_report_does_not_import_plotly(tmp_path: Path) -> None:
+    loaded, _ = _loaded_after(
+        "from typer.testing import CliRunner; from llmservingsim.cli import app; "
+        "r = CliRunner().invoke(app, ['run', '--set', 'model=llama-3.2-1b', '--set', "
+        f"'workload.num_requests=20', '--out', {str(tmp_path / 'out')!r}, '-q', '--no-report']); "
+        "assert r.exit_code == 0, r.output"
+    )
+    assert "plotly" not in loaded
+    assert "llmservingsim.simulation" in loaded  # the probe does see what a run imports
 
 
 def test_error_text_with_brackets_is_printed_verbatim(tmp_path: Path) -> None:

@@ -17,23 +17,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from llmservingsim import __version__
 from llmservingsim.calibrate.command import calibrate_command
-from llmservingsim.catalog import device_names, load_device, load_model, model_names
-from llmservingsim.cluster.routers import ROUTERS
-from llmservingsim.config import SimConfig, load_config
 from llmservingsim.errors import InputWarning, UserError
-from llmservingsim.hardware.backends import PERF_BACKENDS
 from llmservingsim.interrupt import stop_on_signals
-from llmservingsim.invariants import InvariantError
-from llmservingsim.serving.schedulers import SCHEDULERS
 from llmservingsim.sweep.commands import plan_command, sweep_command
 from llmservingsim.validate.command import validate_command
 
+# Start-up time: only typer, rich's console and the command signatures are imported here. The
+# config (pydantic models), the engine, pyarrow, plotly and scipy are imported by the commands
+# that use them, so `--help` and `catalog` start in a fraction of the time a run needs
+# (docs/performance.md, "Start-up"; tests/test_startup.py checks what `--help` imports).
 if TYPE_CHECKING:
+    from rich.table import Table
+
+    from llmservingsim.config import SimConfig
     from llmservingsim.simulation import SimulationResult
 
 app = typer.Typer(
@@ -92,6 +91,8 @@ def describe_pools(pools: list[dict[str, Any]]) -> str:
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
+    from rich.table import Table
+
     cfg = summary["config"]
     title = (
         f"{cfg['model']} · {cfg['dtype']} · {describe_pools(summary['pools'])}"
@@ -110,6 +111,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
 
 
 def totals_table(summary: dict[str, Any]) -> Table:
+    from rich.table import Table
+
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -243,6 +246,9 @@ def run(
 ) -> None:
     """Run one simulation; write summary.json, requests and timeseries tables, trace.json and
     report.html (docs/outputs.md)."""
+    from llmservingsim.config import load_config
+    from llmservingsim.invariants import InvariantError
+
     overrides = list(set_ or [])
     if seed is not None:
         overrides.append(f"seed={seed}")
@@ -293,6 +299,8 @@ def _run_with_progress(
 
     if not show:
         return simulate_to_dir(cfg, out_dir, check_invariants=check_invariants)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     requests = load_requests(cfg)
     columns = (
         TextColumn("[bold]simulating"),
@@ -336,6 +344,10 @@ def catalog(
     ] = "all",
 ) -> None:
     """List the built-in models, devices, scheduler policies, routers and perf backends."""
+    from llmservingsim.cluster.routers import ROUTERS
+    from llmservingsim.hardware.backends import PERF_BACKENDS
+    from llmservingsim.serving.schedulers import SCHEDULERS
+
     console = Console()
     sections = {"models", "hardware", "schedulers", "routers", "backends"}
     if what != "all" and what not in sections:
@@ -360,6 +372,10 @@ def catalog(
 
 
 def _models_table() -> Table:
+    from rich.table import Table
+
+    from llmservingsim.catalog import load_model, model_names
+
     table = Table(title="models", header_style="bold")
     columns = ("name", "type", "params B", "layers", "hidden", "heads/kv", "head dim")
     for col in (*columns, "KV KiB/tok bf16", "ctx"):
@@ -384,6 +400,10 @@ def _models_table() -> Table:
 
 
 def _hardware_table() -> Table:
+    from rich.table import Table
+
+    from llmservingsim.catalog import device_names, load_device
+
     table = Table(title="hardware", header_style="bold")
     columns = ("name", "type", "bf16 TFLOP/s", "fp8 TFLOP/s", "mem GiB", "mem GB/s", "link GB/s")
     for col in (*columns, "idle/max W", "$/h"):

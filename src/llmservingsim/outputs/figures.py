@@ -14,6 +14,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from llmservingsim.outputs.labels import instance_label
+
 Columns = dict[str, np.ndarray[Any, Any]]
 
 CDF_POINTS = 1000
@@ -173,14 +175,6 @@ def throughput(binned: dict[int, Binned], labels: dict[int, str]) -> go.Figure:
                 )
             )
     return _layout(fig, "Throughput (tokens computed per second)", "simulated time (s)", "tok/s")
-
-
-def instance_label(row: dict[str, Any]) -> str:
-    """``instance 3``, plus its pool and role when the cluster names pools or splits P/D."""
-    pool, role = row.get("pool", "default"), row.get("role", "mixed")
-    extra = [pool] if pool != "default" else []
-    extra += [role] if role not in ("mixed", pool) else []
-    return f"instance {row['index']}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 def instance_load(rows: list[dict[str, Any]]) -> go.Figure:

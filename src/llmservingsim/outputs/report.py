@@ -21,6 +21,7 @@ from plotly.offline import get_plotlyjs
 from llmservingsim.errors import UserError
 from llmservingsim.outputs import figures
 from llmservingsim.outputs.files import atomic_path
+from llmservingsim.outputs.labels import instance_label
 from llmservingsim.outputs.tables import REQUESTS_SCHEMA, TIMESERIES_SCHEMA, read_table
 
 SECTIONS = ("summary", "latency", "timeline", "load", "energy", "config")
@@ -129,7 +130,7 @@ def _figures(
 ) -> dict[str, go.Figure]:
     binned = figures.bin_timeseries(ts)
     rows = summary["instances"]
-    labels = {row["index"]: figures.instance_label(row) for row in rows}
+    labels = {row["index"]: instance_label(row) for row in rows}
     return {
         "ttft-cdf": figures.latency_cdf(requests["ttft_s"], "TTFT (time to first token)"),
         "tpot-cdf": figures.latency_cdf(requests["tpot_s"], "TPOT (time per output token)"),

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from llmservingsim.errors import UserError
-from llmservingsim.validate.reference import find_reference
-from llmservingsim.validate.report import (
-    markdown,
-    summary_table,
-    terminal_table,
-    update_document,
-    write_csv,
-)
-from llmservingsim.validate.run import validate
-from llmservingsim.validate.scenario import Scenario
+
+# The validation machinery (the simulation, scipy) is imported when the command runs, so
+# `llmservingsim --help` starts without it.
+if TYPE_CHECKING:
+    from llmservingsim.validate.scenario import Scenario
 
 
 def validate_command(
@@ -46,6 +41,16 @@ def validate_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no table.")] = False,
 ) -> None:
     """Simulate every published measurement the simulator supports and report the error."""
+    from llmservingsim.validate.reference import find_reference
+    from llmservingsim.validate.report import (
+        markdown,
+        summary_table,
+        terminal_table,
+        update_document,
+        write_csv,
+    )
+    from llmservingsim.validate.run import validate
+
     err = Console(stderr=True)
     patterns = [p.strip() for item in scenarios or [] for p in item.split(",") if p.strip()]
 
