@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -233,3 +234,58 @@ def test_progress_bar_shows_requests_sim_time_and_speed(
     assert "/300 requests" in text
     assert re.search(r"sim [0-9.,]+ s", text)
     assert re.search(r"[0-9,]+× real time", text)
+
+
+def _run_json(tmp_path: Path, *overrides: str) -> tuple[dict[str, Any], str]:
+    args = ["run", "--out", str(tmp_path / "out"), "--no-report", "--no-trace"]
+    for item in ("model=llama-3.2-1b", *overrides):
+        args += ["--set", item]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads((tmp_path / "out" / "summary.json").read_text()), result.output
+
+
+def test_kv_cache_lines_say_per_instance_and_cluster(tmp_path: Path) -> None:
+    summary, output = _run_json(
+        tmp_path, "cluster.instances=4", "workload.num_requests=40", "workload.arrival.rate=20"
+    )
+    per_instance = summary["memory"]["kv_tokens"]
+    assert [row["kv_capacity_tokens"] for row in summary["instances"]] == [per_instance] * 4
+    assert summary["kv_cache_capacity_tokens"] == 4 * per_instance
+    assert re.search(rf"KV cache \(per instance\)\s+{per_instance:,} tokens", output)
+    assert re.search(rf"KV cache \(cluster\)\s+{4 * per_instance:,} tokens", output)
+
+
+def test_a_run_too_short_for_steady_state_warns(tmp_path: Path) -> None:
+    """40 requests at 200 req/s arrive in 0.2 s and take seconds to finish: the completed
+    throughput is a small fraction of the offered rate."""
+    summary, output = _run_json(
+        tmp_path, "cluster.instances=4", "workload.num_requests=40", "workload.arrival.rate=200"
+    )
+    assert summary["steady_state"] is False
+    assert "too short to reach steady state" in summary["steady_state_reason"]
+    assert "warning: not in steady state" in output
+
+
+def test_a_growing_queue_is_named_in_the_warning(tmp_path: Path) -> None:
+    """Four sequences at a time cannot serve 30 req/s: TTFT climbs through the run."""
+    summary, output = _run_json(
+        tmp_path,
+        "scheduler.max_num_seqs=4",
+        "workload.num_requests=200",
+        "workload.arrival.rate=30",
+    )
+    assert summary["steady_state"] is False
+    assert "queue is still growing" in summary["steady_state_reason"]
+    assert "warning: not in steady state" in output
+
+
+def test_a_long_enough_run_and_a_batch_do_not_warn(tmp_path: Path) -> None:
+    summary, output = _run_json(tmp_path, "workload.num_requests=400", "workload.arrival.rate=4")
+    assert summary["steady_state"] is True
+    assert "warning" not in output
+    batch, output = _run_json(
+        tmp_path, "workload.num_requests=50", "workload.arrival.rate=.inf", "seed=2"
+    )
+    assert batch["steady_state"] is None
+    assert "warning" not in output

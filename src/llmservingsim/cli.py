@@ -116,7 +116,6 @@ def totals_table(summary: dict[str, Any]) -> Table:
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column(justify="right")
-    mem = summary["memory"]
     rows = [
         (
             "requests completed / failed",
@@ -132,7 +131,7 @@ def totals_table(summary: dict[str, Any]) -> Table:
             "simulated time",
             f"{summary['simulated_time_s']:,.1f} s in {summary['iterations']:,} steps",
         ),
-        ("KV cache", f"{mem['kv_tokens']:,} tokens, peak use {summary['kv_cache_peak_util']:.0%}"),
+        *kv_capacity_rows(summary),
         ("preemptions", f"{summary['preemptions']}"),
         *kv_rows(summary),
         *feature_rows(summary),
@@ -146,6 +145,34 @@ def totals_table(summary: dict[str, Any]) -> Table:
     for label, value in rows:
         table.add_row(label, value)
     return table
+
+
+def kv_capacity_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """KV cache size per instance (each pool's, when pools differ) and, for a cluster, the
+    total; the peak use is the busiest instance's (summary.json ``kv_cache_peak_util``)."""
+    peak = f"peak use {summary['kv_cache_peak_util']:.0%}"
+    per_instance = sorted({row.get("kv_capacity_tokens") for row in summary["instances"]} - {None})
+    if len(summary["instances"]) == 1:
+        return [("KV cache (per instance)", f"{summary['memory']['kv_tokens']:,} tokens, {peak}")]
+    if len(per_instance) > 1:
+        sizes = " / ".join(f"{n:,}" for n in per_instance) + " tokens"
+    else:
+        sizes = f"{summary['memory']['kv_tokens']:,} tokens"
+    return [
+        ("KV cache (per instance)", sizes),
+        (
+            "KV cache (cluster)",
+            f"{summary['kv_cache_capacity_tokens']:,} tokens, {peak} (busiest instance)",
+        ),
+    ]
+
+
+def steady_state_warning(summary: dict[str, Any]) -> str | None:
+    """The ``warning:`` line of a run that did not reach steady state (summary.json
+    ``steady_state``: false), else None."""
+    if summary.get("steady_state") is not False:
+        return None
+    return f"not in steady state: {summary['steady_state_reason']}"
 
 
 def admission_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
@@ -284,6 +311,9 @@ def run(
         console.print(summary_table(result.summary))
         console.print(totals_table(result.summary))
         console.print(f"outputs: {out_dir}/ " + ", ".join(p.name for p in paths), highlight=False)
+    warning = steady_state_warning(result.summary)
+    if warning is not None and not quiet:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if result.summary.get("interrupted"):
         err_console.print("interrupted: partial results written (summary.json: partial: true)")
         raise typer.Exit(code=stop.exit_code)
