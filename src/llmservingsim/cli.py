@@ -413,7 +413,10 @@ def _models_table() -> Table:
             col, justify="left" if col in ("name", "type") else "right", no_wrap=col == "name"
         )
     for name in model_names():
-        spec = load_model(name)
+        with warnings.catch_warnings():
+            # approximations (local attention) are announced when a run uses the model
+            warnings.simplefilter("ignore", InputWarning)
+            spec = load_model(name)
         moe = f" moe{spec.num_experts}" if spec.is_moe else ""
         table.add_row(
             name,
