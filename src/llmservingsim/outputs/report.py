@@ -21,7 +21,6 @@ from plotly.offline import get_plotlyjs
 from llmservingsim.errors import UserError
 from llmservingsim.outputs import figures
 from llmservingsim.outputs.files import atomic_path
-from llmservingsim.outputs.labels import instance_label
 from llmservingsim.outputs.tables import REQUESTS_SCHEMA, TIMESERIES_SCHEMA, read_table
 
 SECTIONS = ("summary", "latency", "timeline", "load", "energy", "config")
@@ -40,6 +39,9 @@ FIGURE_IDS = (
     "energy-split",
 )
 """Every plot of the page (div ids); each holds data whenever the run completed a request."""
+
+PD_FIGURE_IDS = ("kv-transfer",)
+"""Plots only a prefill/decode (disaggregated) run has: the KV cache hand-off per request."""
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1300px; padding: 0 24px;
@@ -95,7 +97,9 @@ def _summary_html(s: dict[str, Any]) -> str:
         ("total tokens/s", _num(s["total_tokens_per_s"], ",.0f")),
         ("simulated time", f"{_num(s['simulated_time_s'], ',.1f')} s"),
         ("engine steps", f"{s['iterations']:,}"),
-        ("KV cache peak use", _num(s["kv_cache_peak_util"], ".1%")),
+        ("KV cache per instance", f"{s['memory']['kv_tokens']:,} tokens"),
+        ("KV cache, cluster total", f"{s['kv_cache_capacity_tokens']:,} tokens"),
+        ("KV cache peak use (busiest instance)", _num(s["kv_cache_peak_util"], ".1%")),
         ("preemptions", f"{s['preemptions']:,}"),
     ]
     if s.get("goodput") is not None:
@@ -113,7 +117,10 @@ def _summary_html(s: dict[str, Any]) -> str:
 def _energy_html(s: dict[str, Any]) -> str:
     tokens = s.get("output_tokens") or 0
     rows = [
-        ("energy", f"{_num(s.get('energy_j'), '.3f', 1 / 3.6e6)} kWh"),
+        (
+            "energy",
+            "-" if s.get("energy_j") is None else figures.format_energy(float(s["energy_j"])),
+        ),
         ("energy per output token", f"{_num(s.get('joules_per_token'), '.3f')} J"),
         ("cost", f"${_num(s.get('cost_usd'), ',.2f')}"),
         (
@@ -128,9 +135,13 @@ def _energy_html(s: dict[str, Any]) -> str:
 def _figures(
     summary: dict[str, Any], requests: figures.Columns, ts: figures.Columns
 ) -> dict[str, go.Figure]:
-    binned = figures.bin_timeseries(ts)
     rows = summary["instances"]
-    labels = {row["index"]: instance_label(row) for row in rows}
+    binned, labels = figures.group_instances(figures.bin_timeseries(ts), rows)
+    extra: dict[str, go.Figure] = {}
+    if "kv_transfer_s" in requests:
+        extra["kv-transfer"] = figures.latency_cdf(
+            requests["kv_transfer_s"], "KV cache transfer, prefill → decode (per request)"
+        )
     return {
         "ttft-cdf": figures.latency_cdf(requests["ttft_s"], "TTFT (time to first token)"),
         "tpot-cdf": figures.latency_cdf(requests["tpot_s"], "TPOT (time per output token)"),
@@ -150,6 +161,7 @@ def _figures(
         "energy-split": figures.energy_split(
             float(summary.get("energy_j") or 0.0), float(np.sum(ts["energy_j"]))
         ),
+        **extra,
     }
 
 
@@ -218,7 +230,11 @@ def render(summary: dict[str, Any], requests: figures.Columns, ts: figures.Colum
         "summary": ("Summary", _summary_html(summary)),
         "latency": ("Latency", grid("ttft-cdf", "tpot-cdf", "e2e-cdf")),
         "timeline": ("Over time", grid("throughput", "batch-size", "queue-length", "kv-use")),
-        "load": ("Load per instance", grid("instance-load", wide=True)),
+        "load": (
+            "Load per instance",
+            grid("instance-load", wide=True)
+            + (grid("kv-transfer") if "kv-transfer" in figs else ""),
+        ),
         "energy": ("Energy and cost", _energy_html(summary) + grid("power", "energy-split")),
         "config": ("Resolved config", f"<pre>{html.escape(config_yaml)}</pre>"),
     }
@@ -245,10 +261,15 @@ not served has null latencies (NaN here), which the CDFs leave out like any non-
 so no status column is needed (reading a million status strings cost ~0.2 s)."""
 
 
+def report_request_columns(summary: dict[str, Any]) -> list[str]:
+    """:data:`REPORT_REQUEST_COLUMNS`, plus the KV hand-off time of a prefill/decode run."""
+    return REPORT_REQUEST_COLUMNS + (["kv_transfer_s"] if "kv_transfers" in summary else [])
+
+
 def write_report(out_dir: Path) -> Path:
     """Build ``out_dir/report.html`` from the run's files there."""
     summary = load_summary(out_dir)
-    requests = read_table(out_dir, "requests", REQUESTS_SCHEMA, REPORT_REQUEST_COLUMNS)
+    requests = read_table(out_dir, "requests", REQUESTS_SCHEMA, report_request_columns(summary))
     ts = read_table(out_dir, "timeseries", TIMESERIES_SCHEMA)
     if requests is None or ts is None:
         missing = "requests" if requests is None else "timeseries"

@@ -270,6 +270,7 @@ def plan_command(
             result.keys,
             result.cost_column,
             result.latency_column,
+            [(s.column, s.limit_s) for s in slos],
         )
         if not quiet:
             Console().print(plan_table(result, [s.column for s in slos]))
