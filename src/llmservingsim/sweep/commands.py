@@ -15,7 +15,6 @@ from rich.markup import escape
 
 from llmservingsim.errors import ConfigError, UserError
 from llmservingsim.interrupt import stop_on_signals
-from llmservingsim.sweep.executors import EXECUTORS
 
 # The sweep machinery (pyarrow, the simulation, plotly for plan.html) is imported by the
 # commands that run it, so `llmservingsim --help` starts without it.
@@ -36,7 +35,11 @@ SetOpt = Annotated[
     typer.Option("--set", help="Override a base config key, as on `run` (repeatable)."),
 ]
 ExecutorOpt = Annotated[
-    str, typer.Option(help=f"Where simulations run: {' | '.join(EXECUTORS.names())}.")
+    str,
+    typer.Option(
+        help="Where simulations run: local (a process pool), ray, or an executor a plugin "
+        "registers (docs/extending.md)."
+    ),
 ]
 WorkersOpt = Annotated[
     int | None,
