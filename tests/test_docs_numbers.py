@@ -73,6 +73,9 @@ RUNS: dict[str, tuple[str | None, list[str]]] = {
         None,
         ["cluster.instances=16", "cluster.router=least_outstanding", "workload.arrival.rate=120"],
     ),
+    "lora-base": ("examples/multi_lora.yaml", ["workload.lora=null"]),
+    "lora-zipf-4": ("examples/multi_lora.yaml", []),
+    "lora-zipf-16": ("examples/multi_lora.yaml", ["lora.max_loras=16"]),
     "overload-bounded": (
         None,
         ["model=llama-3.2-1b", "workload.num_requests=50000", "workload.arrival.rate=12500",
@@ -213,6 +216,41 @@ QUOTES: list[Quote] = [
         "reports 43.55 req/s completed at 120 req/s offered",
         "cluster-16",
         {"43.55": lambda s: s["request_throughput"]},
+    ),
+    Quote(
+        "docs/lora.md",
+        "| base model, no adapters | 16.0 | 75.0 | 7.69 | — | — | 0.00 | 455,792 |",
+        "lora-base",
+        {
+            "16.0": ms("ttft_s", "mean"),
+            "75.0": ms("ttft_s", "p99"),
+            "7.69": ms("tpot_s", "mean"),
+            "455,792": lambda s: s["memory"]["kv_tokens"],
+        },
+    ),
+    Quote(
+        "docs/lora.md",
+        "| 100 Zipf adapters, max_loras 4 | 8,689.5 | 26,524.6 | 9.71 | 278 | 89 | 4.16 |",
+        "lora-zipf-4",
+        {
+            "8,689.5": ms("ttft_s", "mean"),
+            "26,524.6": ms("ttft_s", "p99"),
+            "9.71": ms("tpot_s", "mean"),
+            "278": lambda s: s["lora_adapter_loads"],
+            "89": lambda s: s["lora_disk_loads"],
+            "4.16": lambda s: s["lora_load_stall_s"],
+        },
+    ),
+    Quote(
+        "docs/lora.md",
+        "| 100 Zipf adapters, max_loras 16 | 28.4 | 89.8 | 9.83 | 249 | 89 | 4.12 | 445,552 |",
+        "lora-zipf-16",
+        {
+            "28.4": ms("ttft_s", "mean"),
+            "9.83": ms("tpot_s", "mean"),
+            "249": lambda s: s["lora_adapter_loads"],
+            "445,552": lambda s: s["memory"]["kv_tokens"],
+        },
     ),
     Quote(
         "docs/robustness.md",
