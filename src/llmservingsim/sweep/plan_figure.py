@@ -76,7 +76,14 @@ def plan_figure(
         and _is_number(r.get(cost_column))
         and _is_number(r.get("rate_req_s"))
     ]
-    ok.sort(key=lambda r: (r[cost_column], -r["rate_req_s"]))
+    # cheapest first; at equal cost the one serving more, then the one with the lower latency
+    ok.sort(
+        key=lambda r: (
+            r[cost_column],
+            -r["rate_req_s"],
+            float(r[latency_column]) if _is_number(r.get(latency_column)) else math.inf,
+        )
+    )
     target = cost_column == "cost_per_hour_usd"
     slos = list(slos) or [(latency_column, 0.0)]
     fig = make_subplots(
@@ -86,7 +93,11 @@ def plan_figure(
         row_heights=[0.58, 0.42],
         subplot_titles=(
             f"{_COST_TITLE.get(cost_column, cost_column)} at "
-            + ("the target rate (cheapest first)" if target else "each candidate's max rate"),
+            + (
+                f"the target rate, {ok[0]['rate_req_s']:g} req/s (cheapest first)"
+                if target and ok
+                else "each candidate's max rate"
+            ),
             "latency at that rate, % of its SLO (the line: the SLO)",
         ),
     )
