@@ -70,6 +70,37 @@ def test_a_pd_run_has_a_kv_transfer_plot_and_one_line_per_pool(run_to_dir: RunTo
     assert '"name":"instance 0"' not in page
 
 
+def test_the_pd_example_draws_a_line_per_pool() -> None:
+    """examples/pd_disaggregation.yaml: 2 prefill + 4 decode instances, two pools."""
+    rows = [
+        {"index": i, "pool": pool, "role": pool}
+        for i, pool in enumerate(["prefill"] * 2 + ["decode"] * 4)
+    ]
+    series = {row["index"]: _flat(float(row["index"])) for row in rows}
+    grouped, labels = figures.group_instances(series, rows)
+    assert sorted(labels.values()) == ["decode, 4 instances", "prefill, 2 instances"]
+    decode = next(k for k, v in labels.items() if v.startswith("decode"))
+    assert grouped[decode].batch_size.tolist() == [3.5] * 3  # mean of instances 2..5
+    assert grouped[decode].decode_tokens.tolist() == [14.0] * 3  # summed
+    one_pool = [{"index": i, "pool": "default", "role": "mixed"} for i in range(3)]
+    same, names = figures.group_instances({i: series[i] for i in range(3)}, one_pool)
+    assert names == {0: "instance 0", 1: "instance 1", 2: "instance 2"}
+    assert same[1] is series[1]  # per instance, unchanged
+
+
+def _flat(value: float) -> figures.Binned:
+    return figures.Binned(
+        start_s=np.arange(3.0),
+        width_s=1.0,
+        prefill_tokens=np.full(3, value),
+        decode_tokens=np.full(3, value),
+        batch_size=np.full(3, value),
+        queue_len=np.zeros(3),
+        kv_util=np.full(3, value / 10),
+        power_w=np.full(3, 300.0),
+    )
+
+
 def test_over_time_axes_start_at_zero_and_energy_reads_in_units() -> None:
     zero = figures.Binned(
         start_s=np.arange(3.0),

@@ -177,25 +177,27 @@ def _from_zero(fig: go.Figure) -> go.Figure:
 
 
 MAX_LINES = 6
-"""Over-time plots draw one line per instance up to this many instances; beyond, one line per
-pool, named ``pool, N instances`` (tokens summed over its instances; batch size, queue and
-power their mean per instance; KV use the busiest one's), so a 12-instance P/D run shows two
-readable lines rather than twelve overlaid ones."""
+"""Over-time plots draw one line per instance up to this many instances of one pool. Beyond,
+or when the cluster has several pools (P/D: prefill and decode) and fewer pools than
+instances, one line per pool, named ``pool (role), N instances`` (tokens summed over its
+instances; batch size, queue and power their mean per instance; KV use the busiest one's):
+examples/pd_disaggregation.yaml's 2 + 4 instances draw 2 lines (4 in the throughput plot,
+prefill and decode tokens) rather than 6 (12)."""
 
 
 def group_instances(
     binned: dict[int, Binned], rows: list[dict[str, Any]]
 ) -> tuple[dict[int, Binned], dict[int, str]]:
-    """``binned`` with its labels, per instance (few) or per pool (many instances)."""
+    """``binned`` with its labels, per instance (few, one pool) or per pool."""
     labels = {row["index"]: instance_label(row) for row in rows}
-    if len(binned) <= MAX_LINES:
-        return binned, labels
     groups: dict[tuple[str, str], list[int]] = {}
     for row in rows:
         if row["index"] in binned:
-            groups.setdefault((row.get("pool", "default"), row.get("role", "mixed")), []).append(
-                row["index"]
-            )
+            key = (row.get("pool", "default"), row.get("role", "mixed"))
+            groups.setdefault(key, []).append(row["index"])
+    several_pools = 1 < len(groups) < len(binned)
+    if len(binned) <= MAX_LINES and not several_pools:
+        return binned, labels
     out: dict[int, Binned] = {}
     out_labels: dict[int, str] = {}
     for number, ((pool, role), members) in enumerate(groups.items()):
@@ -204,7 +206,8 @@ def group_instances(
         if role not in ("mixed", pool):
             name += f" ({role})"
         out[number] = _combine(parts)
-        out_labels[number] = f"{name}, {len(members)} instances"
+        count = len(members)
+        out_labels[number] = f"{name}, {count} instance{'s' if count > 1 else ''}"
     return out, out_labels
 
 

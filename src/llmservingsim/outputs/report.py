@@ -97,7 +97,7 @@ def _summary_html(s: dict[str, Any]) -> str:
         ("total tokens/s", _num(s["total_tokens_per_s"], ",.0f")),
         ("simulated time", f"{_num(s['simulated_time_s'], ',.1f')} s"),
         ("engine steps", f"{s['iterations']:,}"),
-        ("KV cache per instance", f"{s['memory']['kv_tokens']:,} tokens"),
+        ("KV cache per instance", _per_instance_kv(s)),
         ("KV cache, cluster total", f"{s['kv_cache_capacity_tokens']:,} tokens"),
         ("KV cache peak use (busiest instance)", _num(s["kv_cache_peak_util"], ".1%")),
         ("preemptions", f"{s['preemptions']:,}"),
@@ -112,6 +112,16 @@ def _summary_html(s: dict[str, Any]) -> str:
         for name in ("ttft_s", "tpot_s", "itl_s", "e2e_s")
     ]
     return _table(totals) + _table(latency, ("ms", "mean", "p50", "p90", "p99", "max"))
+
+
+def _per_instance_kv(s: dict[str, Any]) -> str:
+    """Each instance's KV cache in tokens; pools of different sizes as ``a / b tokens``."""
+    sizes = sorted(
+        {row["kv_capacity_tokens"] for row in s["instances"] if "kv_capacity_tokens" in row}
+    )
+    if len(sizes) <= 1:
+        return f"{s['memory']['kv_tokens']:,} tokens"
+    return " / ".join(f"{n:,}" for n in sizes) + " tokens"
 
 
 def _energy_html(s: dict[str, Any]) -> str:
