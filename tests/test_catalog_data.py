@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from pathlib import Path
 
 import pytest
 
+from llmservingsim import catalog
+from llmservingsim.config import load_config
+from llmservingsim.errors import ConfigError, InputWarning
 from llmservingsim.hardware import device as _device_module
 from llmservingsim.hardware.device import DTYPES, load_device_file
-from llmservingsim.model.spec import load_hf_config_file
+from llmservingsim.model.spec import ModelSpec, load_hf_config_file
+from llmservingsim.simulation import simulate
 
 DATA = Path(_device_module.__file__).resolve().parents[1] / "data"
 HARDWARE_FILES = sorted((DATA / "hardware").glob("*.yaml"))
@@ -25,7 +31,9 @@ EXPECTED_MODELS = {
     "llama-2-7b", "llama-2-13b", "llama-2-70b", "llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b",
     "llama-3.2-1b", "llama-3.2-3b", "mistral-7b", "mixtral-8x7b", "mixtral-8x22b", "qwen2.5-7b",
     "qwen2.5-72b", "qwen3-30b-a3b", "qwen3-235b-a22b", "deepseek-v3", "opt-13b", "opt-66b",
-    "gpt3-175b", "mistral-large-2407",
+    "gpt3-175b", "mistral-large-2407", "qwen3-14b", "qwen3-32b", "codellama-34b",
+    "mistral-nemo-12b", "yi-34b", "llama-4-scout", "llama-4-maverick", "gpt-oss-20b",
+    "gpt-oss-120b", "deepseek-r1",
 }  # fmt: skip
 
 # Published total parameter counts of the dense models (HF safetensors metadata / papers).
@@ -46,6 +54,25 @@ DENSE_PARAMS = {
     "opt-66b": 65.7e9,
     "gpt3-175b": 175.0e9,
     "mistral-large-2407": 122.6e9,
+    # model cards: Qwen3 14.8B / 32.8B, Code Llama 34B (33.7B in the safetensors metadata),
+    # Mistral NeMo 12B (12.2B), Yi 34B (34.4B)
+    "qwen3-14b": 14.8e9,
+    "qwen3-32b": 32.8e9,
+    "codellama-34b": 33.7e9,
+    "mistral-nemo-12b": 12.2e9,
+    "yi-34b": 34.4e9,
+}
+
+# Published total parameter counts of MoE models (every expert), same 3% tolerance: gpt-oss
+# model card 20.91B / 116.83B; Llama 4 109B / 400B (HF cards; these include a vision encoder
+# of under 1B that is not modelled); DeepSeek-V3/R1 671B.
+MOE_PARAMS = {
+    "gpt-oss-20b": 20.91e9,
+    "gpt-oss-120b": 116.83e9,
+    "llama-4-scout": 109e9,
+    "llama-4-maverick": 400e9,
+    "deepseek-v3": 671e9,
+    "deepseek-r1": 671e9,
 }
 
 MOE_MODELS = {
@@ -55,6 +82,11 @@ MOE_MODELS = {
     "qwen3-30b-a3b": (128, 8),
     "qwen3-235b-a22b": (128, 8),
     "deepseek-v3": (256, 8),
+    "deepseek-r1": (256, 8),
+    "gpt-oss-20b": (32, 4),
+    "gpt-oss-120b": (128, 4),
+    "llama-4-scout": (16, 1),
+    "llama-4-maverick": (128, 1),
 }
 
 
@@ -107,7 +139,7 @@ def test_hardware_spot_values() -> None:
 def test_model_file_parses(path: Path) -> None:
     raw = json.loads(path.read_text())
     assert raw.get("_name_or_path"), "catalog configs name their source repo"
-    spec = load_hf_config_file(path)
+    spec = _load(path.stem)
     assert spec.name == path.stem
     assert spec.num_layers > 0 and spec.hidden_size > 0 and spec.vocab_size > 0
     assert spec.num_heads % spec.num_kv_heads == 0
@@ -123,7 +155,7 @@ def test_dense_parameter_counts(name: str, published: float) -> None:
 
 @pytest.mark.parametrize(("name", "shape"), sorted(MOE_MODELS.items()))
 def test_moe_models_declare_experts(name: str, shape: tuple[int, int]) -> None:
-    spec = load_hf_config_file(DATA / "models" / f"{name}.json")
+    spec = _load(name)
     assert spec.is_moe
     assert (spec.num_experts, spec.experts_per_token) == shape
 
@@ -144,3 +176,81 @@ def test_deepseek_v3_uses_mla() -> None:
 def test_kv_bytes_per_token_bf16(name: str, expected: int) -> None:
     spec = load_hf_config_file(DATA / "models" / f"{name}.json")
     assert spec.kv_bytes_per_token("bf16") == expected
+
+
+def _load(name: str) -> ModelSpec:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InputWarning)  # local attention, checked below
+        return load_hf_config_file(DATA / "models" / f"{name}.json")
+
+
+@pytest.mark.parametrize(("name", "published"), sorted(MOE_PARAMS.items()))
+def test_moe_parameter_counts(name: str, published: float) -> None:
+    assert _load(name).num_params() == pytest.approx(published, rel=0.03)
+
+
+def test_llama4_interleaves_dense_and_moe_layers() -> None:
+    """Maverick: MoE on layers 1, 3, ..., 47 (interleave_moe_layer_step 2), dense MLPs of
+    intermediate_size_mlp on the others; Scout: every layer MoE. Both: one shared expert."""
+    maverick, scout = _load("llama-4-maverick"), _load("llama-4-scout")
+    assert maverick.num_moe_layers == 24
+    assert [maverick.is_moe_layer(i) for i in range(4)] == [False, True, False, True]
+    assert maverick.intermediate_size == 16384 and maverick.moe_intermediate_size == 8192
+    assert scout.num_moe_layers == 48 and all(scout.is_moe_layer(i) for i in range(48))
+    for spec in (maverick, scout):
+        assert spec.shared_intermediate_size == 8192
+        # 17B active parameters (model cards)
+        assert spec.active_params() == pytest.approx(17e9, rel=0.03)
+
+
+def test_local_attention_is_announced_as_an_approximation() -> None:
+    for name, what in (
+        ("gpt-oss-20b", "sliding-window attention (128 tokens) on 12 of 24 layers"),
+        ("llama-4-scout", "chunked attention (8192-token chunks) on 36 of 48 layers"),
+    ):
+        with pytest.warns(InputWarning, match=re.escape(what)):
+            load_hf_config_file(DATA / "models" / f"{name}.json")
+
+
+def test_uneven_llama4_moe_layers_are_refused(tmp_path: Path) -> None:
+    raw = json.loads((DATA / "models" / "llama-4-maverick.json").read_text())
+    raw["text_config"]["moe_layers"] = [0, 5, 9]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="not yet supported"):
+        _ = load_hf_config_file(path)
+
+
+def test_a_model_folder_is_read_through_its_config_json(tmp_path: Path) -> None:
+    folder = tmp_path / "Qwen3-14B"
+    folder.mkdir()
+    (folder / "config.json").write_text((DATA / "models" / "qwen3-14b.json").read_text())
+    spec = catalog.load_model(str(folder))
+    assert spec.name == "Qwen3-14B"
+    assert spec.num_params() == _load("qwen3-14b").num_params()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=r"has no config\.json"):
+        catalog.load_model(str(empty))
+
+
+@pytest.mark.parametrize("name", ["llama-4-maverick", "gpt-oss-20b", "deepseek-r1"])
+def test_new_moe_models_simulate(name: str) -> None:
+    """A short run on enough GPUs (DeepSeek-R1 in fp8 needs 8 H200s, as deployed): the
+    interleaved layers and the new parsers reach the engine (memory plan per stage, step
+    times)."""
+    tp = {"llama-4-maverick": 8, "gpt-oss-20b": 1, "deepseek-r1": 8}[name]
+    overrides = [
+        f"model={name}",
+        "dtype=fp8",
+        f"cluster.tensor_parallel={tp}",
+        "workload.num_requests=20",
+    ]
+    if name == "llama-4-maverick":
+        overrides.append("cluster.pipeline_parallel=2")
+    if name == "deepseek-r1":
+        overrides.append("hardware=h200")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InputWarning)
+        result = simulate(load_config(None, overrides))
+    assert result.summary["requests_completed"] == 20

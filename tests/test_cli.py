@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -152,22 +154,62 @@ def test_subprocess_entry_points(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
 
 
+# Start-up (docs/performance.md, "Start-up"): `--help` imports none of these; a run without
+# report.html does not import plotly. Checked by module, not by wall time.
+HELP_DOES_NOT_IMPORT = (
+    "numpy",
+    "pydantic",
+    "pyarrow",
+    "plotly",
+    "scipy",
+    "yaml",
+    "llmservingsim.config",
+    "llmservingsim.simulation",
+    "llmservingsim.engine",
+)
+
+
+def _loaded_after(script: str) -> tuple[list[str], str]:
+    """Run ``script`` in a fresh interpreter; the heavy modules it loaded and what it printed."""
+    probe = (
+        f"{script}\nimport sys\n"
+        f"print('LOADED', sorted(m for m in {HELP_DOES_NOT_IMPORT!r} if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    out, _, loaded = proc.stdout.rpartition("LOADED ")
+    return ast.literal_eval(loaded.strip()), out
+
+
 def test_help_lists_every_command_without_loading_the_heavy_libraries() -> None:
-    """scipy (calibration fits) and plotly's figure classes (reports) cost most of a second
-    at start-up; the commands that need them import them."""
-    script = (
-        "import sys; from typer.testing import CliRunner; from llmservingsim.cli import app; "
-        "out = CliRunner().invoke(app, ['--help']).output; "
-        "print(sorted(m for m in ('scipy', 'plotly.basedatatypes') if m in sys.modules)); "
-        "print(out)"
+    """numpy, pydantic (the config models), pyarrow, plotly, scipy and the engine cost most of
+    a second at start-up; the commands that need them import them."""
+    loaded, help_text = _loaded_after(
+        "from typer.testing import CliRunner; from llmservingsim.cli import app; "
+        "print(CliRunner().invoke(app, ['--help']).output)"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    )
-    loaded, _, help_text = proc.stdout.partition("\n")
-    assert loaded == "[]"
+    assert loaded == []
     for command in ("run", "report", "catalog", "sweep", "plan", "calibrate", "validate"):
         assert re.search(rf"^\W*{command}\s", help_text, re.MULTILINE), command
+    for command in ("run", "sweep", "plan", "calibrate", "validate", "catalog"):
+        loaded, sub_help = _loaded_after(
+            "from typer.testing import CliRunner; from llmservingsim.cli import app; "
+            f"print(CliRunner().invoke(app, [{command!r}, '--help']).output)"
+        )
+        # typer itself imports the pydantic package to read a command's parameters; no config
+        # model is built (llmservingsim.config is not imported)
+        assert [m for m in loaded if m != "pydantic"] == [], command
+        assert "--help" in sub_help, command
+
+
+def test_a_run_without_report_does_not_import_plotly(tmp_path: Path) -> None:
+    loaded, _ = _loaded_after(
+        "from typer.testing import CliRunner; from llmservingsim.cli import app; "
+        "r = CliRunner().invoke(app, ['run', '--set', 'model=llama-3.2-1b', '--set', "
+        f"'workload.num_requests=20', '--out', {str(tmp_path / 'out')!r}, '-q', '--no-report']); "
+        "assert r.exit_code == 0, r.output"
+    )
+    assert "plotly" not in loaded
+    assert "llmservingsim.simulation" in loaded  # the probe does see what a run imports
 
 
 def test_error_text_with_brackets_is_printed_verbatim(tmp_path: Path) -> None:
@@ -192,3 +234,58 @@ def test_progress_bar_shows_requests_sim_time_and_speed(
     assert "/300 requests" in text
     assert re.search(r"sim [0-9.,]+ s", text)
     assert re.search(r"[0-9,]+× real time", text)
+
+
+def _run_json(tmp_path: Path, *overrides: str) -> tuple[dict[str, Any], str]:
+    args = ["run", "--out", str(tmp_path / "out"), "--no-report", "--no-trace"]
+    for item in ("model=llama-3.2-1b", *overrides):
+        args += ["--set", item]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads((tmp_path / "out" / "summary.json").read_text()), result.output
+
+
+def test_kv_cache_lines_say_per_instance_and_cluster(tmp_path: Path) -> None:
+    summary, output = _run_json(
+        tmp_path, "cluster.instances=4", "workload.num_requests=40", "workload.arrival.rate=20"
+    )
+    per_instance = summary["memory"]["kv_tokens"]
+    assert [row["kv_capacity_tokens"] for row in summary["instances"]] == [per_instance] * 4
+    assert summary["kv_cache_capacity_tokens"] == 4 * per_instance
+    assert re.search(rf"KV cache \(per instance\)\s+{per_instance:,} tokens", output)
+    assert re.search(rf"KV cache \(cluster\)\s+{4 * per_instance:,} tokens", output)
+
+
+def test_a_run_too_short_for_steady_state_warns(tmp_path: Path) -> None:
+    """40 requests at 200 req/s arrive in 0.2 s and take seconds to finish: the completed
+    throughput is a small fraction of the offered rate."""
+    summary, output = _run_json(
+        tmp_path, "cluster.instances=4", "workload.num_requests=40", "workload.arrival.rate=200"
+    )
+    assert summary["steady_state"] is False
+    assert "too short to reach steady state" in summary["steady_state_reason"]
+    assert "warning: not in steady state" in output
+
+
+def test_a_growing_queue_is_named_in_the_warning(tmp_path: Path) -> None:
+    """Four sequences at a time cannot serve 30 req/s: TTFT climbs through the run."""
+    summary, output = _run_json(
+        tmp_path,
+        "scheduler.max_num_seqs=4",
+        "workload.num_requests=200",
+        "workload.arrival.rate=30",
+    )
+    assert summary["steady_state"] is False
+    assert "queue is still growing" in summary["steady_state_reason"]
+    assert "warning: not in steady state" in output
+
+
+def test_a_long_enough_run_and_a_batch_do_not_warn(tmp_path: Path) -> None:
+    summary, output = _run_json(tmp_path, "workload.num_requests=400", "workload.arrival.rate=4")
+    assert summary["steady_state"] is True
+    assert "warning" not in output
+    batch, output = _run_json(
+        tmp_path, "workload.num_requests=50", "workload.arrival.rate=.inf", "seed=2"
+    )
+    assert batch["steady_state"] is None
+    assert "warning" not in output

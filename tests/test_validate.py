@@ -327,3 +327,13 @@ def test_validate_compares_blis_stages_and_prints_the_breakdown(tmp_path: Path) 
         validate(None, sets=("blsi",))
     missing = validate(_write(tmp_path / "p.csv", [_row(id="thr")]), sets=("published", "blis"))
     assert missing.skipped_sets == ["blis: reference/blis_trainval/groundtruth.csv not found"]
+
+
+def test_the_command_default_per_group_is_the_sources_default() -> None:
+    import inspect
+
+    from llmservingsim.validate.command import validate_command
+    from llmservingsim.validate.sources import DEFAULT_PER_GROUP
+
+    default = inspect.signature(validate_command).parameters["per_group"].default
+    assert default == DEFAULT_PER_GROUP

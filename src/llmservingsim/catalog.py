@@ -1,7 +1,8 @@
 """Built-in catalogs: models (HF config.json files) and devices (YAML), shipped as package data.
 
 A config value is either a catalog name (``llama-3.1-8b``) or a path to a file of the same
-shape, so users can bring any Hugging Face config.json or their own device YAML.
+shape, so users can bring any Hugging Face config.json (or the model folder holding it) or
+their own device YAML.
 """
 
 from __future__ import annotations
@@ -41,8 +42,14 @@ def load_model(value: str) -> ModelSpec:
     catalog = _names("models", ".json")
     if value in catalog:
         return load_hf_config_file(catalog[value], name=value)
+    path = Path(value)
+    if path.is_dir():
+        # A downloaded model folder (what `huggingface-cli download` writes): its config.json.
+        config = path / "config.json"
+        if not config.is_file():
+            raise ConfigError(f"model: folder {value!r} has no config.json")
+        return load_hf_config_file(config, name=path.resolve().name)
     if _looks_like_path(value):
-        path = Path(value)
         if not path.is_file():
             raise ConfigError(f"model: file {value!r} not found")
         name = path.parent.name if path.name == "config.json" else path.stem

@@ -17,24 +17,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from llmservingsim import __version__
 from llmservingsim.calibrate.command import calibrate_command
-from llmservingsim.catalog import device_names, load_device, load_model, model_names
-from llmservingsim.cluster.routers import ROUTERS
-from llmservingsim.config import SimConfig, load_config
 from llmservingsim.errors import InputWarning, UserError
-from llmservingsim.hardware.backends import PERF_BACKENDS
-from llmservingsim.hardware.backends.kernel_db import kernel_table_lines
 from llmservingsim.interrupt import stop_on_signals
-from llmservingsim.invariants import InvariantError
-from llmservingsim.serving.schedulers import SCHEDULERS
 from llmservingsim.sweep.commands import plan_command, sweep_command
 from llmservingsim.validate.command import validate_command
 
+# Start-up time: only typer, rich's console and the command signatures are imported here. The
+# config (pydantic models), the engine, pyarrow, plotly and scipy are imported by the commands
+# that use them, so `--help` and `catalog` start in a fraction of the time a run needs
+# (docs/performance.md, "Start-up"; tests/test_startup.py checks what `--help` imports).
 if TYPE_CHECKING:
+    from rich.table import Table
+
+    from llmservingsim.config import SimConfig
     from llmservingsim.simulation import SimulationResult
 
 app = typer.Typer(
@@ -93,6 +91,8 @@ def describe_pools(pools: list[dict[str, Any]]) -> str:
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
+    from rich.table import Table
+
     cfg = summary["config"]
     title = (
         f"{cfg['model']} · {cfg['dtype']} · {describe_pools(summary['pools'])}"
@@ -113,10 +113,11 @@ def summary_table(summary: dict[str, Any]) -> Table:
 
 
 def totals_table(summary: dict[str, Any]) -> Table:
+    from rich.table import Table
+
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column(justify="right")
-    mem = summary["memory"]
     rows = [
         (
             "requests completed / failed",
@@ -132,7 +133,7 @@ def totals_table(summary: dict[str, Any]) -> Table:
             "simulated time",
             f"{summary['simulated_time_s']:,.1f} s in {summary['iterations']:,} steps",
         ),
-        ("KV cache", f"{mem['kv_tokens']:,} tokens, peak use {summary['kv_cache_peak_util']:.0%}"),
+        *kv_capacity_rows(summary),
         ("preemptions", f"{summary['preemptions']}"),
         *kv_rows(summary),
         *feature_rows(summary),
@@ -186,6 +187,34 @@ def perf_table_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     if summary.get("perf_tables"):
         rows.append(("kernel tables", str(summary["perf_tables"])))
     return rows
+
+
+def kv_capacity_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """KV cache size per instance (each pool's, when pools differ) and, for a cluster, the
+    total; the peak use is the busiest instance's (summary.json ``kv_cache_peak_util``)."""
+    peak = f"peak use {summary['kv_cache_peak_util']:.0%}"
+    per_instance = sorted({row.get("kv_capacity_tokens") for row in summary["instances"]} - {None})
+    if len(summary["instances"]) == 1:
+        return [("KV cache (per instance)", f"{summary['memory']['kv_tokens']:,} tokens, {peak}")]
+    if len(per_instance) > 1:
+        sizes = " / ".join(f"{n:,}" for n in per_instance) + " tokens"
+    else:
+        sizes = f"{summary['memory']['kv_tokens']:,} tokens"
+    return [
+        ("KV cache (per instance)", sizes),
+        (
+            "KV cache (cluster)",
+            f"{summary['kv_cache_capacity_tokens']:,} tokens, {peak} (busiest instance)",
+        ),
+    ]
+
+
+def steady_state_warning(summary: dict[str, Any]) -> str | None:
+    """The ``warning:`` line of a run that did not reach steady state (summary.json
+    ``steady_state``: false), else None."""
+    if summary.get("steady_state") is not False:
+        return None
+    return f"not in steady state: {summary['steady_state_reason']}"
 
 
 def admission_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
@@ -286,6 +315,9 @@ def run(
 ) -> None:
     """Run one simulation; write summary.json, requests and timeseries tables, trace.json and
     report.html (docs/outputs.md)."""
+    from llmservingsim.config import load_config
+    from llmservingsim.invariants import InvariantError
+
     overrides = list(set_ or [])
     if seed is not None:
         overrides.append(f"seed={seed}")
@@ -322,10 +354,11 @@ def run(
         console.print(totals_table(result.summary))
         if "clients" in result.summary:
             console.print(clients_table(result.summary["clients"]))
-        warning = saturation_warning(result.summary)
-        if warning is not None:
-            console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
         console.print(f"outputs: {out_dir}/ " + ", ".join(p.name for p in paths), highlight=False)
+    # One warning line: saturation (issue 20's verdict) when there is one, else steady state.
+    warning = saturation_warning(result.summary) or steady_state_warning(result.summary)
+    if warning is not None and not quiet:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if result.summary.get("interrupted"):
         err_console.print("interrupted: partial results written (summary.json: partial: true)")
         raise typer.Exit(code=stop.exit_code)
@@ -341,6 +374,8 @@ def _run_with_progress(
 
     if not show:
         return simulate_to_dir(cfg, out_dir, check_invariants=check_invariants)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     requests = load_requests(cfg)
     columns = (
         TextColumn("[bold]simulating"),
@@ -384,6 +419,11 @@ def catalog(
     ] = "all",
 ) -> None:
     """List the built-in models, devices, scheduler policies, routers and perf backends."""
+    from llmservingsim.cluster.routers import ROUTERS
+    from llmservingsim.hardware.backends import PERF_BACKENDS
+    from llmservingsim.hardware.backends.kernel_db import kernel_table_lines
+    from llmservingsim.serving.schedulers import SCHEDULERS
+
     console = Console()
     sections = {"models", "hardware", "schedulers", "routers", "backends"}
     if what != "all" and what not in sections:
@@ -410,6 +450,10 @@ def catalog(
 
 
 def _models_table() -> Table:
+    from rich.table import Table
+
+    from llmservingsim.catalog import load_model, model_names
+
     table = Table(title="models", header_style="bold")
     columns = ("name", "type", "params B", "layers", "hidden", "heads/kv", "head dim")
     for col in (*columns, "KV KiB/tok bf16", "ctx"):
@@ -417,7 +461,10 @@ def _models_table() -> Table:
             col, justify="left" if col in ("name", "type") else "right", no_wrap=col == "name"
         )
     for name in model_names():
-        spec = load_model(name)
+        with warnings.catch_warnings():
+            # approximations (local attention) are announced when a run uses the model
+            warnings.simplefilter("ignore", InputWarning)
+            spec = load_model(name)
         moe = f" moe{spec.num_experts}" if spec.is_moe else ""
         table.add_row(
             name,
@@ -434,6 +481,10 @@ def _models_table() -> Table:
 
 
 def _hardware_table() -> Table:
+    from rich.table import Table
+
+    from llmservingsim.catalog import device_names, load_device
+
     table = Table(title="hardware", header_style="bold")
     columns = ("name", "type", "bf16 TFLOP/s", "fp8 TFLOP/s", "mem GiB", "mem GB/s", "link GB/s")
     for col in (*columns, "idle/max W", "$/h"):
@@ -479,7 +530,9 @@ def compare(
     interval on the mean difference (docs/workloads.md)."""
     import json
 
+    from llmservingsim.catalog import load_model
     from llmservingsim.compare import check_same_stream, paired_report, write_deltas
+    from llmservingsim.config import load_config
     from llmservingsim.simulation import load_requests, simulate
 
     overrides = list(set_ or [])

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
-from importlib.metadata import EntryPoint, entry_points
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from llmservingsim.errors import ConfigError
+
+if TYPE_CHECKING:
+    # importlib.metadata (and the email package it pulls in) is imported when a registry first
+    # looks for plugins, not at start-up.
+    from importlib.metadata import EntryPoint
 
 T = TypeVar("T")
 
@@ -38,6 +42,8 @@ class Registry(Generic[T]):
     def _plugins(self) -> dict[str, EntryPoint]:
         if self.entry_point_group is None:
             return {}
+        from importlib.metadata import entry_points
+
         return {ep.name: ep for ep in entry_points(group=self.entry_point_group)}
 
     def _load_plugin(self, ep: EntryPoint) -> T:

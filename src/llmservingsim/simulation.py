@@ -29,7 +29,7 @@ from llmservingsim.invariants import InvariantChecker, invariants_requested
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.kv_summary import kv_summary
 from llmservingsim.metrics.request_log import FINISHED
-from llmservingsim.metrics.summary import request_metrics
+from llmservingsim.metrics.summary import request_metrics, steady_state
 from llmservingsim.metrics.workload_summary import workload_summary
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.frontend import ClientClock, Frontend
@@ -483,6 +483,7 @@ def summarize(
 ) -> dict[str, Any]:
     instances = cluster.instances
     summary = request_metrics(metrics.requests, metrics.itl, cfg.slo)
+    summary.update(steady_state(metrics.requests, summary["request_throughput"]))
     per_instance = _instance_rows(instances, metrics, end_time)
     energy = sum(row["energy_j"] for row in per_instance)
     cost = sum(
@@ -612,6 +613,7 @@ def _instance_rows(
                 "iterations": t.iterations,
                 "utilization": t.busy_device_s / device_s if device_s > 0 else 0.0,
                 "kv_peak_util": t.kv_peak_blocks / inst.num_blocks if inst.num_blocks else 0.0,
+                "kv_capacity_tokens": inst.num_blocks * inst.memory.block_size,
                 "preemptions": inst.preemptions,
                 "energy_j": energy,
                 "average_power_w": energy / end_time if end_time > 0 else None,

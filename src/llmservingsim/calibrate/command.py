@@ -3,35 +3,47 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from llmservingsim.calibrate.fit import GEMM_PARAMS, GroupFit
-from llmservingsim.calibrate.run import CalibrationReport, ErrorRow, calibrate, device_yaml
 from llmservingsim.errors import ConfigError, UserError
 
-_FIXABLE = (*GEMM_PARAMS, "attention_compute")
+# The fit (numpy, scipy, the model layer) is imported when the command runs, so
+# `llmservingsim --help` starts without it.
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from llmservingsim.calibrate.fit import GroupFit
+    from llmservingsim.calibrate.run import CalibrationReport, ErrorRow
+
+
+def _fixable() -> tuple[str, ...]:
+    from llmservingsim.calibrate.fit import GEMM_PARAMS
+
+    return (*GEMM_PARAMS, "attention_compute")
 
 
 def _parse_fix(items: list[str]) -> dict[str, float]:
+    fixable = _fixable()
     fix: dict[str, float] = {}
     for item in items:
         key, sep, value = item.partition("=")
         try:
-            if not sep or key not in _FIXABLE:
+            if not sep or key not in fixable:
                 raise ValueError
             fix[key] = float(value)
         except ValueError:
             raise ConfigError(
-                f"--fix {item!r}: expected NAME=VALUE with NAME one of {', '.join(_FIXABLE)}"
+                f"--fix {item!r}: expected NAME=VALUE with NAME one of {', '.join(fixable)}"
             ) from None
     return fix
 
 
 def _groups_table(title: str, groups: list[GroupFit]) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, header_style="bold")
     for col in ("group", "points", "fitted", "MAPE %", "used"):
         table.add_column(col, justify="right" if col in ("points", "MAPE %") else "left")
@@ -44,6 +56,8 @@ def _groups_table(title: str, groups: list[GroupFit]) -> Table:
 
 
 def _errors_table(title: str, rows: list[ErrorRow]) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, header_style="bold")
     for col in ("ops", "points", "MAPE before %", "MAPE after %", "median bias after %"):
         table.add_column(col, justify="left" if col == "ops" else "right")
@@ -125,6 +139,8 @@ def calibrate_command(
 ) -> None:
     """Fit the roofline efficiency factors to measured operator profiles (least squares), or
     (--scalesim) the analytic NPU backend to SCALE-Sim."""
+    from llmservingsim.calibrate.run import calibrate, device_yaml
+
     console = Console() if Console().is_terminal else Console(width=150)
     if scalesim:
         _calibrate_scalesim(hardware, models, cache_dir, out, profiles, console)

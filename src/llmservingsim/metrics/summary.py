@@ -116,3 +116,70 @@ def request_metrics(log: RequestLog, itl: RepeatedSamples, slo: SloConfig) -> di
     else:
         out["goodput"] = None
     return out
+
+
+STEADY_MIN_FRACTION = 0.75
+"""A run reached steady state when its completed throughput is at least this fraction of the
+offered rate. A deployment that keeps up still measures span / (span + drain) of the offered
+rate (the drain after the last arrival is about one long request's E2E latency): 0.75 allows a
+drain of up to a third of the arrival window."""
+
+QUEUE_GROWTH = 2.0
+"""TTFT of the last quarter of arrivals over the first quarter's (plus 0.1 s) beyond which the
+queue is said to be still growing."""
+
+
+def steady_state(log: RequestLog, throughput: float) -> dict[str, Any]:
+    """``steady_state`` (bool, or None for a batch that arrives at once) and
+    ``steady_state_reason``: did the completed throughput keep up with the offered rate?
+
+    The offered rate is (arrivals − 1) / their time span. A run far below it is either too short
+    (the drain after the last arrival dominates: more requests help) or overloaded (the queue
+    still grows: TTFT of late arrivals far above early ones).
+    """
+    arrivals = log.column("arrival_s")
+    done = log.column("status") == FINISHED
+    done_arrival = arrivals[done]
+    done_first_token = log.column("first_token_s")[done]
+    done_finish = log.column("finish_s")[done]
+    n = int(arrivals.size)
+    span = float(arrivals.max() - arrivals.min()) if n else 0.0
+    if n < 2 or span <= 0.0:
+        return {
+            "steady_state": None,
+            "steady_state_reason": "all requests arrive at once: a batch, not a stream",
+        }
+    offered = (n - 1) / span
+    if throughput >= STEADY_MIN_FRACTION * offered:
+        return {
+            "steady_state": True,
+            "steady_state_reason": (
+                f"completed {throughput:.3g} req/s of the {offered:.3g} req/s offered"
+            ),
+        }
+    last_arrival = float(arrivals.max())
+    drain = float(done_finish.max()) - last_arrival if done_finish.size else 0.0
+    reason = (
+        f"completed throughput {throughput:.3g} req/s is {throughput / offered:.0%} of the "
+        f"{offered:.3g} req/s offered: "
+    )
+    quarter = done_arrival.size // 4
+    if quarter:
+        order = np.argsort(done_arrival, kind="stable")
+        ttft = done_first_token[order] - done_arrival[order]
+        early, late = float(ttft[:quarter].mean()), float(ttft[-quarter:].mean())
+        if late > QUEUE_GROWTH * early + 0.1:
+            return {
+                "steady_state": False,
+                "steady_state_reason": reason
+                + f"the queue is still growing (mean TTFT {early:.3g} s for the first quarter "
+                f"of arrivals, {late:.3g} s for the last): the load exceeds what this "
+                "deployment serves",
+            }
+    return {
+        "steady_state": False,
+        "steady_state_reason": reason
+        + f"requests arrived over {span:.3g} s and the last finished {drain:.3g} s after the "
+        "last arrival: the run is too short to reach steady state (raise "
+        "workload.num_requests; a gap that stays means the load exceeds capacity)",
+    }

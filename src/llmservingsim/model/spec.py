@@ -8,12 +8,13 @@ the file onto one :class:`ModelSpec`.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmservingsim.errors import ConfigError
+from llmservingsim.errors import ConfigError, InputWarning
 
 DTYPE_BYTES: dict[str, float] = {
     "fp32": 4.0,
@@ -49,6 +50,9 @@ class ModelSpec:
     num_shared_experts: int = 0
     first_dense_layers: int = 0
     shared_intermediate_size: int = 0  # all shared experts together (DeepSeek: n_shared · moe)
+    # Every k-th layer after the dense ones is MoE, the others dense (Llama-4 Maverick: k = 2,
+    # layers 1, 3, 5, ...; HF ``interleave_moe_layer_step``); 1: every layer.
+    moe_layer_step: int = 1
     # Multi-head latent attention (DeepSeek): compressed KV per token instead of K and V heads.
     # With MLA ``head_dim`` is the query/key head size (qk_nope + qk_rope).
     kv_lora_rank: int = 0
@@ -66,11 +70,19 @@ class ModelSpec:
 
     @property
     def num_moe_layers(self) -> int:
-        """Decoder layers whose MLP is a mixture of experts (DeepSeek keeps the first k dense)."""
-        return self.num_layers - self.first_dense_layers if self.is_moe else 0
+        """Decoder layers whose MLP is a mixture of experts (DeepSeek keeps the first k dense;
+        Llama-4 Maverick interleaves dense and MoE layers)."""
+        if not self.is_moe:
+            return 0
+        step = self.moe_layer_step
+        return self.num_layers // step - self.first_dense_layers // step
 
     def is_moe_layer(self, index: int) -> bool:
-        return self.is_moe and index >= self.first_dense_layers
+        return (
+            self.is_moe
+            and index >= self.first_dense_layers
+            and (index + 1) % self.moe_layer_step == 0
+        )
 
     @property
     def q_size(self) -> int:
@@ -166,7 +178,28 @@ def _need(cfg: dict[str, Any], key: str, name: str) -> Any:
     return cfg[key]
 
 
-@_parser("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3")
+def _warn_local_attention(name: str, layers: int, of: int, what: str) -> None:
+    """The model layer gives every layer attention over the whole context (and a KV entry for
+    every token): say so when some layers attend to a window or chunk only."""
+    warnings.warn(
+        f"model {name}: {what} on {layers} of {of} layers is modelled as attention over the "
+        "whole context (KV cache and attention time overstated beyond the window)",
+        InputWarning,
+        stacklevel=2,
+    )
+
+
+@_parser(
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "deepseek_v3",
+    "gpt_oss",
+)
 def _parse_llama_like(name: str, cfg: dict[str, Any]) -> ModelSpec:
     hidden = int(_need(cfg, "hidden_size", name))
     heads = int(_need(cfg, "num_attention_heads", name))
@@ -181,6 +214,12 @@ def _parse_llama_like(name: str, cfg: dict[str, Any]) -> ModelSpec:
         head_dim = int(_need(cfg, "qk_nope_head_dim", name)) + rope_dim
     moe_inter = int(cfg.get("moe_intermediate_size") or cfg.get("intermediate_size") or 0)
     num_shared = int(cfg.get("n_shared_experts") or 0)
+    layer_types = cfg.get("layer_types") or []
+    sliding = sum(1 for kind in layer_types if kind == "sliding_attention")
+    if sliding and cfg.get("sliding_window"):
+        # gpt-oss: every other layer attends to the last sliding_window tokens only.
+        window = f"sliding-window attention ({cfg['sliding_window']} tokens)"
+        _warn_local_attention(name, sliding, len(layer_types), window)
     shared_inter = int(cfg.get("shared_expert_intermediate_size") or num_shared * moe_inter)
     return ModelSpec(
         name=name,
@@ -205,6 +244,55 @@ def _parse_llama_like(name: str, cfg: dict[str, Any]) -> ModelSpec:
         qk_rope_head_dim=rope_dim,
         q_lora_rank=int(cfg.get("q_lora_rank") or 0),
         v_head_dim=int(cfg.get("v_head_dim") or 0) if kv_lora_rank else 0,
+    )
+
+
+@_parser("llama4", "llama4_text")
+def _parse_llama4(name: str, cfg: dict[str, Any]) -> ModelSpec:
+    """Llama 4 (Scout, Maverick): the text model of ``text_config`` (the vision encoder is not
+    modelled). MoE layers (every ``interleave_moe_layer_step``-th) hold ``num_local_experts``
+    routed experts and one shared expert of ``intermediate_size``; dense layers an MLP of
+    ``intermediate_size_mlp``."""
+    text = cfg.get("text_config") if cfg.get("model_type") == "llama4" else cfg
+    if not isinstance(text, dict):
+        raise ConfigError(f"model config {name}: missing 'text_config'")
+    hidden = int(_need(text, "hidden_size", name))
+    heads = int(_need(text, "num_attention_heads", name))
+    layers = int(_need(text, "num_hidden_layers", name))
+    step = int(text.get("interleave_moe_layer_step") or 1)
+    expected = list(range(step - 1, layers, step))
+    moe_layers = text.get("moe_layers")
+    if moe_layers is not None and list(moe_layers) != expected:
+        raise ConfigError(
+            f"model config {name}: moe_layers {moe_layers!r} is not every "
+            f"interleave_moe_layer_step-th layer ({step}): not yet supported"
+        )
+    expert_inter = int(_need(text, "intermediate_size", name))
+    chunk = text.get("attention_chunk_size")
+    if chunk:
+        # iRoPE: three of every four layers attend within chunks; the fourth (NoPE) globally.
+        _warn_local_attention(
+            name, layers - layers // 4, layers, f"chunked attention ({chunk}-token chunks)"
+        )
+    return ModelSpec(
+        name=name,
+        model_type="llama4",
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=int(text.get("num_key_value_heads") or heads),
+        head_dim=int(text.get("head_dim") or hidden // heads),
+        intermediate_size=int(_need(text, "intermediate_size_mlp", name)),
+        vocab_size=int(_need(text, "vocab_size", name)),
+        max_context=int(text.get("max_position_embeddings") or 4096),
+        gated_mlp=True,
+        tie_word_embeddings=bool(text.get("tie_word_embeddings", False)),
+        num_experts=int(_need(text, "num_local_experts", name)),
+        experts_per_token=int(_need(text, "num_experts_per_tok", name)),
+        moe_intermediate_size=expert_inter,
+        num_shared_experts=1,
+        shared_intermediate_size=expert_inter,
+        moe_layer_step=step,
     )
 
 

@@ -14,6 +14,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from llmservingsim.outputs.labels import instance_label
+
 Columns = dict[str, np.ndarray[Any, Any]]
 
 CDF_POINTS = 1000
@@ -155,7 +157,79 @@ def over_time(
                 line={"color": _color(inst), "shape": "hv"},
             )
         )
-    return _layout(fig, title, "simulated time (s)", y)
+    return _from_zero(_layout(fig, title, "simulated time (s)", y))
+
+
+def _from_zero(fig: go.Figure) -> go.Figure:
+    """Counts, tokens, utilization and power are never negative: the y axis starts at 0, and a
+    series that is 0 throughout (an empty queue) gets 0..1 rather than plotly's -1..1."""
+    peak = 0.0
+    for trace in fig.data:
+        values = np.asarray(trace.y, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            peak = max(peak, float(finite.max()))
+    if peak > 0:
+        fig.update_yaxes(rangemode="tozero")
+    else:
+        fig.update_yaxes(range=[0, 1])
+    return fig
+
+
+MAX_LINES = 6
+"""Over-time plots draw one line per instance up to this many instances of one pool. Beyond,
+or when the cluster has several pools (P/D: prefill and decode) and fewer pools than
+instances, one line per pool, named ``pool (role), N instances`` (tokens summed over its
+instances; batch size, queue and power their mean per instance; KV use the busiest one's):
+examples/pd_disaggregation.yaml's 2 + 4 instances draw 2 lines (4 in the throughput plot,
+prefill and decode tokens) rather than 6 (12)."""
+
+
+def group_instances(
+    binned: dict[int, Binned], rows: list[dict[str, Any]]
+) -> tuple[dict[int, Binned], dict[int, str]]:
+    """``binned`` with its labels, per instance (few, one pool) or per pool."""
+    labels = {row["index"]: instance_label(row) for row in rows}
+    groups: dict[tuple[str, str], list[int]] = {}
+    for row in rows:
+        if row["index"] in binned:
+            key = (row.get("pool", "default"), row.get("role", "mixed"))
+            groups.setdefault(key, []).append(row["index"])
+    several_pools = 1 < len(groups) < len(binned)
+    if len(binned) <= MAX_LINES and not several_pools:
+        return binned, labels
+    out: dict[int, Binned] = {}
+    out_labels: dict[int, str] = {}
+    for number, ((pool, role), members) in enumerate(groups.items()):
+        parts = [b for i, b in binned.items() if i in members]
+        name = pool if pool != "default" else "all"
+        if role not in ("mixed", pool):
+            name += f" ({role})"
+        out[number] = _combine(parts)
+        count = len(members)
+        out_labels[number] = f"{name}, {count} instance{'s' if count > 1 else ''}"
+    return out, out_labels
+
+
+def _combine(parts: list[Binned]) -> Binned:
+    """Instances of one pool as one series: tokens summed over them (the pool's throughput),
+    batch size, queue and power the mean per instance, KV use the busiest instance's."""
+    power = np.vstack([b.power_w for b in parts])
+    running = np.isfinite(power)
+    count = running.sum(axis=0)
+    total = np.where(running, power, 0.0).sum(axis=0)
+    mean_power = np.full(total.shape, np.nan)
+    np.divide(total, count, out=mean_power, where=count > 0)
+    return Binned(
+        start_s=parts[0].start_s,
+        width_s=parts[0].width_s,
+        prefill_tokens=np.sum([b.prefill_tokens for b in parts], axis=0),
+        decode_tokens=np.sum([b.decode_tokens for b in parts], axis=0),
+        batch_size=np.mean([b.batch_size for b in parts], axis=0),
+        queue_len=np.mean([b.queue_len for b in parts], axis=0),
+        kv_util=np.max([b.kv_util for b in parts], axis=0),
+        power_w=mean_power,
+    )
 
 
 def throughput(binned: dict[int, Binned], labels: dict[int, str]) -> go.Figure:
@@ -172,15 +246,9 @@ def throughput(binned: dict[int, Binned], labels: dict[int, str]) -> go.Figure:
                     line={"color": _color(inst), "dash": dash, "shape": "hv"},
                 )
             )
-    return _layout(fig, "Throughput (tokens computed per second)", "simulated time (s)", "tok/s")
-
-
-def instance_label(row: dict[str, Any]) -> str:
-    """``instance 3``, plus its pool and role when the cluster names pools or splits P/D."""
-    pool, role = row.get("pool", "default"), row.get("role", "mixed")
-    extra = [pool] if pool != "default" else []
-    extra += [role] if role not in ("mixed", pool) else []
-    return f"instance {row['index']}" + (f" ({', '.join(extra)})" if extra else "")
+    return _from_zero(
+        _layout(fig, "Throughput (tokens computed per second)", "simulated time (s)", "tok/s")
+    )
 
 
 def instance_load(rows: list[dict[str, Any]]) -> go.Figure:
@@ -210,15 +278,35 @@ def instance_load(rows: list[dict[str, Any]]) -> go.Figure:
     return fig
 
 
+def energy_unit(joules: float) -> tuple[float, str]:
+    """The divisor and unit that print ``joules`` with a few significant digits: J below 1 kJ,
+    kJ below 1 kWh (3.6 MJ), kWh above."""
+    if joules < 1e3:
+        return 1.0, "J"
+    if joules < 3.6e6:
+        return 1e3, "kJ"
+    return 3.6e6, "kWh"
+
+
+def format_energy(joules: float) -> str:
+    """``412 J``, ``21.1 kJ``, ``1.53 kWh``: three significant digits, no exponent."""
+    scale, unit = energy_unit(joules)
+    value = joules / scale
+    digits = max(0, 2 - math.floor(math.log10(value))) if value > 0 else 0
+    return f"{value:,.{digits}f} {unit}"
+
+
 def energy_split(energy_j: float, busy_energy_j: float) -> go.Figure:
-    """Where the energy went: running steps vs idle devices (kWh)."""
+    """Where the energy went: running steps vs idle devices, in J, kJ or kWh by size."""
     idle = max(0.0, energy_j - busy_energy_j)
+    scale, unit = energy_unit(max(busy_energy_j, idle))
     fig = go.Figure(
         go.Bar(
             x=["running steps", "idle"],
-            y=[busy_energy_j / 3.6e6, idle / 3.6e6],
+            y=[busy_energy_j / scale, idle / scale],
             marker_color=["#d62728", "#7f7f7f"],
-            text=[f"{busy_energy_j / 3.6e6:.3g}", f"{idle / 3.6e6:.3g}"],
+            text=[format_energy(busy_energy_j), format_energy(idle)],
+            textposition="auto",
         )
     )
-    return _layout(fig, "Energy", "", "kWh")
+    return _from_zero(_layout(fig, "Energy", "", unit))

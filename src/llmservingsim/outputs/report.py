@@ -40,6 +40,9 @@ FIGURE_IDS = (
 )
 """Every plot of the page (div ids); each holds data whenever the run completed a request."""
 
+PD_FIGURE_IDS = ("kv-transfer",)
+"""Plots only a prefill/decode (disaggregated) run has: the KV cache hand-off per request."""
+
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1300px; padding: 0 24px;
        color: #222; }
@@ -94,7 +97,9 @@ def _summary_html(s: dict[str, Any]) -> str:
         ("total tokens/s", _num(s["total_tokens_per_s"], ",.0f")),
         ("simulated time", f"{_num(s['simulated_time_s'], ',.1f')} s"),
         ("engine steps", f"{s['iterations']:,}"),
-        ("KV cache peak use", _num(s["kv_cache_peak_util"], ".1%")),
+        ("KV cache per instance", _per_instance_kv(s)),
+        ("KV cache, cluster total", f"{s['kv_cache_capacity_tokens']:,} tokens"),
+        ("KV cache peak use (busiest instance)", _num(s["kv_cache_peak_util"], ".1%")),
         ("preemptions", f"{s['preemptions']:,}"),
     ]
     if s.get("goodput") is not None:
@@ -109,10 +114,23 @@ def _summary_html(s: dict[str, Any]) -> str:
     return _table(totals) + _table(latency, ("ms", "mean", "p50", "p90", "p99", "max"))
 
 
+def _per_instance_kv(s: dict[str, Any]) -> str:
+    """Each instance's KV cache in tokens; pools of different sizes as ``a / b tokens``."""
+    sizes = sorted(
+        {row["kv_capacity_tokens"] for row in s["instances"] if "kv_capacity_tokens" in row}
+    )
+    if len(sizes) <= 1:
+        return f"{s['memory']['kv_tokens']:,} tokens"
+    return " / ".join(f"{n:,}" for n in sizes) + " tokens"
+
+
 def _energy_html(s: dict[str, Any]) -> str:
     tokens = s.get("output_tokens") or 0
     rows = [
-        ("energy", f"{_num(s.get('energy_j'), '.3f', 1 / 3.6e6)} kWh"),
+        (
+            "energy",
+            "-" if s.get("energy_j") is None else figures.format_energy(float(s["energy_j"])),
+        ),
         ("energy per output token", f"{_num(s.get('joules_per_token'), '.3f')} J"),
         ("cost", f"${_num(s.get('cost_usd'), ',.2f')}"),
         (
@@ -127,9 +145,13 @@ def _energy_html(s: dict[str, Any]) -> str:
 def _figures(
     summary: dict[str, Any], requests: figures.Columns, ts: figures.Columns
 ) -> dict[str, go.Figure]:
-    binned = figures.bin_timeseries(ts)
     rows = summary["instances"]
-    labels = {row["index"]: figures.instance_label(row) for row in rows}
+    binned, labels = figures.group_instances(figures.bin_timeseries(ts), rows)
+    extra: dict[str, go.Figure] = {}
+    if "kv_transfer_s" in requests:
+        extra["kv-transfer"] = figures.latency_cdf(
+            requests["kv_transfer_s"], "KV cache transfer, prefill → decode (per request)"
+        )
     return {
         "ttft-cdf": figures.latency_cdf(requests["ttft_s"], "TTFT (time to first token)"),
         "tpot-cdf": figures.latency_cdf(requests["tpot_s"], "TPOT (time per output token)"),
@@ -149,6 +171,7 @@ def _figures(
         "energy-split": figures.energy_split(
             float(summary.get("energy_j") or 0.0), float(np.sum(ts["energy_j"]))
         ),
+        **extra,
     }
 
 
@@ -217,7 +240,11 @@ def render(summary: dict[str, Any], requests: figures.Columns, ts: figures.Colum
         "summary": ("Summary", _summary_html(summary)),
         "latency": ("Latency", grid("ttft-cdf", "tpot-cdf", "e2e-cdf")),
         "timeline": ("Over time", grid("throughput", "batch-size", "queue-length", "kv-use")),
-        "load": ("Load per instance", grid("instance-load", wide=True)),
+        "load": (
+            "Load per instance",
+            grid("instance-load", wide=True)
+            + (grid("kv-transfer") if "kv-transfer" in figs else ""),
+        ),
         "energy": ("Energy and cost", _energy_html(summary) + grid("power", "energy-split")),
         "config": ("Resolved config", f"<pre>{html.escape(config_yaml)}</pre>"),
     }
@@ -244,10 +271,15 @@ not served has null latencies (NaN here), which the CDFs leave out like any non-
 so no status column is needed (reading a million status strings cost ~0.2 s)."""
 
 
+def report_request_columns(summary: dict[str, Any]) -> list[str]:
+    """:data:`REPORT_REQUEST_COLUMNS`, plus the KV hand-off time of a prefill/decode run."""
+    return REPORT_REQUEST_COLUMNS + (["kv_transfer_s"] if "kv_transfers" in summary else [])
+
+
 def write_report(out_dir: Path) -> Path:
     """Build ``out_dir/report.html`` from the run's files there."""
     summary = load_summary(out_dir)
-    requests = read_table(out_dir, "requests", REQUESTS_SCHEMA, REPORT_REQUEST_COLUMNS)
+    requests = read_table(out_dir, "requests", REQUESTS_SCHEMA, report_request_columns(summary))
     ts = read_table(out_dir, "timeseries", TIMESERIES_SCHEMA)
     if requests is None or ts is None:
         missing = "requests" if requests is None else "timeseries"

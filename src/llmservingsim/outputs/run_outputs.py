@@ -15,9 +15,8 @@ from llmservingsim import __version__
 from llmservingsim.config import OutputsConfig, SimConfig
 from llmservingsim.metrics.collector import MetricsCollector, RequestSink, StepSink
 from llmservingsim.metrics.timeseries import TimeSeries
-from llmservingsim.outputs.figures import instance_label
 from llmservingsim.outputs.files import write_summary
-from llmservingsim.outputs.report import write_report
+from llmservingsim.outputs.labels import instance_label
 from llmservingsim.outputs.tables import (
     TIMESERIES_SCHEMA,
     RequestLabels,
@@ -85,6 +84,9 @@ class RunOutputs:
             names = [instance_label(row) for row in result.summary["instances"]]
             paths.append(self.trace.write(self.out_dir / "trace.json", names, self.metadata))
         if self.cfg.report:
+            # plotly is imported only when a report is written (start-up of --no-report runs)
+            from llmservingsim.outputs.report import write_report
+
             paths.append(write_report(self.out_dir))
         return paths
 

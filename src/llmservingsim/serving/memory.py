@@ -167,7 +167,7 @@ def activation_peak_bytes(
         inter = max(1, spec.moe_intermediate_size // (tp // ep))
         rows_per_token = spec.experts_per_token / ep
         moe = rows_per_token * (3 * inter + spec.hidden_size)
-        mlp = max(moe, mlp) if spec.first_dense_layers else moe
+        mlp = max(moe, mlp) if spec.num_moe_layers < spec.num_layers else moe
     per_token = 4 * spec.hidden_size + projections + mlp
     logits = max_seqs * shard.vocab * 4.0
     return max_batched_tokens * per_token * act + logits

@@ -7,26 +7,23 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from llmservingsim.errors import ConfigError, UserError
 from llmservingsim.interrupt import stop_on_signals
-from llmservingsim.sweep.executors import EXECUTORS, ExecutorOptions, make_executor
-from llmservingsim.sweep.grid import grid_points, parse_axes
-from llmservingsim.sweep.plan import PlanResult, plan_settings, plan_tasks, run_plan
-from llmservingsim.sweep.plan_figure import write_plan_html
-from llmservingsim.sweep.points import SweepPoint, build_points
-from llmservingsim.sweep.rows import Row
-from llmservingsim.sweep.runner import pending_points, run_sweep
-from llmservingsim.sweep.scenario import Scenario
-from llmservingsim.sweep.slo import parse_slos
-from llmservingsim.sweep.store import ResultStore, rows_to_table, write_table_atomic
+
+# The sweep machinery (pyarrow, the simulation, plotly for plan.html) is imported by the
+# commands that run it, so `llmservingsim --help` starts without it.
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from llmservingsim.sweep.plan import PlanResult
+    from llmservingsim.sweep.points import SweepPoint
+    from llmservingsim.sweep.rows import Row
 
 err_console = Console(stderr=True)
 
@@ -38,7 +35,11 @@ SetOpt = Annotated[
     typer.Option("--set", help="Override a base config key, as on `run` (repeatable)."),
 ]
 ExecutorOpt = Annotated[
-    str, typer.Option(help=f"Where simulations run: {' | '.join(EXECUTORS.names())}.")
+    str,
+    typer.Option(
+        help="Where simulations run: local (a process pool), ray, or an executor a plugin "
+        "registers (docs/extending.md)."
+    ),
 ]
 WorkersOpt = Annotated[
     int | None,
@@ -61,6 +62,8 @@ def _progress(label: str, total: int, show: bool) -> Iterator[Callable[[Row], No
     if not show:
         yield lambda _row: None
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = (
         TextColumn(f"[bold]{label}"),
         BarColumn(),
@@ -105,6 +108,13 @@ def sweep_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Simulate every point of a grid of config overrides; one row per point in sweep.parquet."""
+    from llmservingsim.sweep.executors import ExecutorOptions, make_executor
+    from llmservingsim.sweep.grid import grid_points, parse_axes
+    from llmservingsim.sweep.points import build_points
+    from llmservingsim.sweep.runner import pending_points, run_sweep
+    from llmservingsim.sweep.scenario import Scenario
+    from llmservingsim.sweep.store import ResultStore
+
     with stop_on_signals() as stop:
         try:
             if resume and out is None:
@@ -160,6 +170,8 @@ def _rate(value: Any) -> str:
 
 
 def _print_sweep(points: Sequence[SweepPoint], rows: Sequence[Row], keys: list[str]) -> None:
+    from rich.table import Table
+
     by_id = {r["point_id"]: r for r in rows}
     table = Table(header_style="bold")
     for key in keys:
@@ -223,6 +235,14 @@ def plan_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Cheapest deployments that meet latency SLOs: plan.parquet, plan.html, Pareto table."""
+    from llmservingsim.sweep.executors import ExecutorOptions, make_executor
+    from llmservingsim.sweep.grid import parse_axes
+    from llmservingsim.sweep.plan import plan_settings, plan_tasks, run_plan
+    from llmservingsim.sweep.plan_figure import write_plan_html
+    from llmservingsim.sweep.scenario import Scenario
+    from llmservingsim.sweep.slo import parse_slos
+    from llmservingsim.sweep.store import rows_to_table, write_table_atomic
+
     with stop_on_signals() as stop:
         try:
             if max_rate and target_rate is not None:
@@ -253,6 +273,7 @@ def plan_command(
             result.keys,
             result.cost_column,
             result.latency_column,
+            [(s.column, s.limit_s) for s in slos],
         )
         if not quiet:
             Console().print(plan_table(result, [s.column for s in slos]))
@@ -264,6 +285,8 @@ _STATUS_TEXT = {"does_not_fit": "does not fit", "slo_unreachable": "SLOs unmet"}
 
 def plan_table(result: PlanResult, slo_columns: list[str]) -> Table:
     """One row per candidate, the Pareto front first; notes are numbered under the table."""
+    from rich.table import Table
+
     cost_label = {
         "usd_per_million_output_tokens": "$/1M out tok",
         "cost_per_hour_usd": "$/h",

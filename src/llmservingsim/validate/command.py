@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from llmservingsim.errors import UserError
-from llmservingsim.validate.reference import find_data_dir, find_reference
-from llmservingsim.validate.report import (
-    breakdown_table,
-    markdown,
-    set_table,
-    summary_table,
-    terminal_table,
-    update_document,
-    write_csv,
-)
-from llmservingsim.validate.run import validate
-from llmservingsim.validate.scenario import Scenario
-from llmservingsim.validate.sources import DEFAULT_PER_GROUP, SETS
+
+# The validation machinery (the simulation, scipy) is imported when the command runs, so
+# `llmservingsim --help` starts without it.
+if TYPE_CHECKING:
+    from llmservingsim.validate.scenario import Scenario
 
 
 def validate_command(
@@ -67,9 +59,22 @@ def validate_command(
             help="aiconfigurator: points per (GPU, engine, model, precision, TP) group, evenly "
             "spaced (0: all 5,221 points' supported ones).",
         ),
-    ] = DEFAULT_PER_GROUP,
+    ] = 2,  # validate.sources.DEFAULT_PER_GROUP (checked by tests/test_validate.py)
 ) -> None:
     """Simulate every published measurement the simulator supports and report the error."""
+    from llmservingsim.validate.reference import find_data_dir, find_reference
+    from llmservingsim.validate.report import (
+        breakdown_table,
+        markdown,
+        set_table,
+        summary_table,
+        terminal_table,
+        update_document,
+        write_csv,
+    )
+    from llmservingsim.validate.run import validate
+    from llmservingsim.validate.sources import SETS
+
     err = Console(stderr=True)
     patterns = [p.strip() for item in scenarios or [] for p in item.split(",") if p.strip()]
 
