@@ -152,6 +152,8 @@ def totals_table(summary: dict[str, Any]) -> Table:
 
 def clients_table(clients: dict[str, dict[str, Any]]) -> Table:
     """One row per client: requests, completions, drops, TTFT/E2E p99 and goodput."""
+    from rich.table import Table
+
     table = Table(title="clients (latency in ms, goodput in req/s)", header_style="bold")
     for col in ("client", "sent", "done", "dropped", "TTFT p99", "E2E p99", "goodput"):
         table.add_column(col, justify="left" if col == "client" else "right")
@@ -355,8 +357,11 @@ def run(
         if "clients" in result.summary:
             console.print(clients_table(result.summary["clients"]))
         console.print(f"outputs: {out_dir}/ " + ", ".join(p.name for p in paths), highlight=False)
-    # One warning line: saturation (issue 20's verdict) when there is one, else steady state.
-    warning = saturation_warning(result.summary) or steady_state_warning(result.summary)
+    # One warning line: not in steady state (too short, queue growing), else saturated; none
+    # for an offline batch (every request at t = 0: saturated by design, steady_state null).
+    warning = None
+    if result.summary.get("steady_state", True) is not None:
+        warning = steady_state_warning(result.summary) or saturation_warning(result.summary)
     if warning is not None and not quiet:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if result.summary.get("interrupted"):
@@ -567,6 +572,8 @@ def compare(
 
 def compare_table(report: dict[str, Any]) -> Table:
     """Mean TTFT/E2E of both sides, the mean paired difference B − A and its interval (ms)."""
+    from rich.table import Table
+
     title = (
         f"B − A over {report['paired']:,} requests finished on both sides "
         f"(A: {report['a']}, B: {report['b']})"

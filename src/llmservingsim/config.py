@@ -599,7 +599,7 @@ class PerfConfig(_Section):
     cache_dir: Path | None = Field(
         default=None,
         description="external / scalesim: result cache folder (default "
-        "~/.cache/llmservingsim/external or .../scalesim)",
+        "~/.cache/llmservingsim/external or ~/.cache/llmservingsim/scalesim)",
     )
     timeout_s: float = Field(default=60.0, gt=0, description="external: seconds per answer")
     options: dict[str, Any] = Field(

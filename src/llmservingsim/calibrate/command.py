@@ -199,6 +199,8 @@ def _calibrate_scalesim(
         f"ops), fold_overhead_cycles {result.device.systolic.fold_overhead_cycles:g}",
         highlight=False,
     )
+    from rich.table import Table
+
     table = Table(title="analytic systolic vs SCALE-Sim, op time", header_style="bold")
     for col in ("op kind", "ops", "MAPE before %", "MAPE after %"):
         table.add_column(col, justify="left" if col == "op kind" else "right")
