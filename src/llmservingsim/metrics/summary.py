@@ -103,16 +103,7 @@ def request_metrics(log: RequestLog, itl: RepeatedSamples, slo: SloConfig) -> di
     out["itl_s"] = itl.stats()
     out["e2e_s"] = latency_stats(e2e)
     if slo.given:
-        good = np.ones(num_done, dtype=bool)
-        if slo.ttft_s is not None:
-            good &= ~(ttft > slo.ttft_s)
-        if slo.tpot_s is not None:
-            slow = np.zeros(num_done, dtype=bool)
-            slow[multi] = tpot > slo.tpot_s
-            good &= ~slow
-        if slo.e2e_s is not None:
-            good &= ~(e2e > slo.e2e_s)
-        out["goodput"] = int(np.count_nonzero(good)) * rate
+        out["goodput"] = int(np.count_nonzero(meets_slo_each(slo, ttft, tpot, e2e, multi))) * rate
     else:
         out["goodput"] = None
     return out
@@ -183,3 +174,25 @@ def steady_state(log: RequestLog, throughput: float) -> dict[str, Any]:
         "last arrival: the run is too short to reach steady state (raise "
         "workload.num_requests; a gap that stays means the load exceeds capacity)",
     }
+
+
+def meets_slo_each(
+    slo: SloConfig,
+    ttft: npt.NDArray[np.float64],
+    tpot: npt.NDArray[np.float64],
+    e2e: npt.NDArray[np.float64],
+    multi: npt.NDArray[np.bool_],
+) -> npt.NDArray[np.bool_]:
+    """Per finished request: whether it meets every target the SLO gives. ``tpot`` holds the
+    requests with more than one output token only (``multi`` marks them); the others have no
+    TPOT and meet any TPOT target."""
+    good = np.ones(ttft.size, dtype=bool)
+    if slo.ttft_s is not None:
+        good &= ~(ttft > slo.ttft_s)
+    if slo.tpot_s is not None:
+        slow = np.zeros(ttft.size, dtype=bool)
+        slow[multi] = tpot > slo.tpot_s
+        good &= ~slow
+    if slo.e2e_s is not None:
+        good &= ~(e2e > slo.e2e_s)
+    return good

@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from llmservingsim.config import SimConfig, SloConfig
 from llmservingsim.metrics.request_log import FINISHED, STATUS_CODE, RequestLog
-from llmservingsim.metrics.summary import latency_stats
+from llmservingsim.metrics.summary import latency_stats, meets_slo_each
 from llmservingsim.workload.request_spec import RequestSpec
 from llmservingsim.workload.request_table import RequestTable
 
@@ -175,16 +175,7 @@ def group_metrics(
         out["request_throughput"] = num_done * rate
         out["output_tokens_per_s"] = int(output.sum()) * rate
     if slo.given:
-        good = np.ones(num_done, dtype=bool)
-        if slo.ttft_s is not None:
-            good &= ~(ttft > slo.ttft_s)
-        if slo.tpot_s is not None:
-            slow = np.zeros(num_done, dtype=bool)
-            slow[multi] = tpot > slo.tpot_s
-            good &= ~slow
-        if slo.e2e_s is not None:
-            good &= ~(e2e > slo.e2e_s)
-        count = int(np.count_nonzero(good))
+        count = int(np.count_nonzero(meets_slo_each(slo, ttft, tpot, e2e, multi)))
         out["goodput"] = count * rate
         out["slo_attainment"] = count / status.size if status.size else None
     else:
