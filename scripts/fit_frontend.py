@@ -38,7 +38,6 @@ import argparse
 import csv
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +98,7 @@ def simulate_vllm019(
     cfg = vllm019_config(data, frontend)
     specs = list(load_requests(cfg))
     a0 = rows[0]["arrival_time"]
-    specs = [replace(s, arrival_s=rows[i]["arrival_time"] - a0) for i, s in enumerate(specs)]
+    specs = [s.replaced(arrival_s=rows[i]["arrival_time"] - a0) for i, s in enumerate(specs)]
     log = simulate(cfg, requests=specs).metrics.requests
     order = np.argsort(log.column("id"))
     return {

@@ -756,7 +756,7 @@ def test_simulate_invariants_with_prefix_caching_and_swap(
 ) -> None:
     """The same invariants through simulate(), plus the summary's KV numbers add up."""
     kv = sc["kv"]
-    specs = [dataclasses.replace(s, arrival_s=s.arrival_s * 0.005) for s in sc["specs"]]
+    specs = [s.replaced(arrival_s=s.arrival_s * 0.005) for s in sc["specs"]]
     base = sim_config(policy, sc["max_num_seqs"], sc["max_batched"], sc["block_size"])
     block_gib = simulation.plan_instance_memory(base).kv_bytes_per_token * sc["block_size"] / 2**30
     extra = [

@@ -224,7 +224,7 @@ def _admit(
         if clock is not None and frontend is not None:
             clock.client_arrival[spec.id] = spec.arrival_s
             delay = frontend.arrival_delay_s(spec.input_len)
-            spec = replace(spec, arrival_s=spec.arrival_s + delay)
+            spec = spec.replaced(arrival_s=spec.arrival_s + delay)
         served.append(spec)
     metrics.requests.client_clock = clock
     return served

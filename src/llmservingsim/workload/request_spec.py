@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 ContentRun = tuple[int, int]
 """(content id, token count): ``count`` tokens of the piece of text named ``id``."""
 
 
-@dataclass(frozen=True, slots=True)
 class TokenContent:
     """What a request's tokens are, so requests with a common prefix can share KV blocks.
 
@@ -24,9 +21,32 @@ class TokenContent:
     namespace: str
     runs: tuple[ContentRun, ...]
 
+    def __init__(
+        self,
+        namespace: str,
+        runs: tuple[ContentRun, ...],
+    ) -> None:
+        self.namespace = namespace
+        self.runs = runs
+
+    def __repr__(self) -> str:
+        return f"TokenContent(namespace={self.namespace!r}, runs={self.runs!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TokenContent):
+            return NotImplemented
+        return (self.namespace, self.runs) == (other.namespace, other.runs)
+
+    def __hash__(self) -> int:
+        return hash((self.namespace, self.runs))
+
     @property
     def num_tokens(self) -> int:
         return sum(count for _, count in self.runs)
+
+    def __reduce__(self) -> tuple[type[TokenContent], tuple[str, tuple[ContentRun, ...]]]:
+        """Pickled by its fields."""
+        return (TokenContent, (self.namespace, self.runs))
 
     def truncated(self, num_tokens: int) -> TokenContent:
         """The description of the first ``num_tokens`` tokens (after context clipping)."""
@@ -40,7 +60,6 @@ class TokenContent:
         return TokenContent(self.namespace, tuple(runs))
 
 
-@dataclass(frozen=True, slots=True)
 class RequestSpec:
     """One request as the workload describes it, before any serving decision.
 
@@ -53,10 +72,115 @@ class RequestSpec:
     arrival_s: float
     input_len: int
     output_len: int
-    content: TokenContent | None = None
-    lora: str | None = None
+    content: TokenContent | None
+    lora: str | None
     """The LoRA adapter the request runs with; None = the base model (docs/lora.md)."""
-    priority: int = 0
+    priority: int
     """Scheduling priority of the request's client, lower first (vLLM's convention)."""
-    client: int = -1
+    client: int
     """Index of the request's client in ``workload.clients``; -1 when there are none."""
+
+    def __init__(
+        self,
+        id: int,
+        arrival_s: float,
+        input_len: int,
+        output_len: int,
+        content: TokenContent | None = None,
+        lora: str | None = None,
+        priority: int = 0,
+        client: int = -1,
+    ) -> None:
+        self.id = id
+        self.arrival_s = arrival_s
+        self.input_len = input_len
+        self.output_len = output_len
+        self.content = content
+        self.lora = lora
+        self.priority = priority
+        self.client = client
+
+    def __reduce__(
+        self,
+    ) -> tuple[
+        type[RequestSpec],
+        tuple[int, float, int, int, TokenContent | None, str | None, int, int],
+    ]:
+        """Pickled by its fields (sweep and plan workers receive request streams)."""
+        return (
+            RequestSpec,
+            (
+                self.id,
+                self.arrival_s,
+                self.input_len,
+                self.output_len,
+                self.content,
+                self.lora,
+                self.priority,
+                self.client,
+            ),
+        )
+
+    def replaced(self, *, arrival_s: float) -> RequestSpec:
+        """A copy arriving at ``arrival_s`` (a request is a value: never changed in place)."""
+        return RequestSpec(
+            self.id,
+            arrival_s,
+            self.input_len,
+            self.output_len,
+            self.content,
+            self.lora,
+            self.priority,
+            self.client,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"RequestSpec("
+            f"id={self.id!r}, "
+            f"arrival_s={self.arrival_s!r}, "
+            f"input_len={self.input_len!r}, "
+            f"output_len={self.output_len!r}, "
+            f"content={self.content!r}, "
+            f"lora={self.lora!r}, "
+            f"priority={self.priority!r}, "
+            f"client={self.client!r}"
+            ")"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RequestSpec):
+            return NotImplemented
+        return (
+            self.id,
+            self.arrival_s,
+            self.input_len,
+            self.output_len,
+            self.content,
+            self.lora,
+            self.priority,
+            self.client,
+        ) == (
+            other.id,
+            other.arrival_s,
+            other.input_len,
+            other.output_len,
+            other.content,
+            other.lora,
+            other.priority,
+            other.client,
+        )
+
+    def __hash__(self) -> int:
+        return hash(
+            (
+                self.id,
+                self.arrival_s,
+                self.input_len,
+                self.output_len,
+                self.content,
+                self.lora,
+                self.priority,
+                self.client,
+            )
+        )
