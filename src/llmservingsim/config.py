@@ -105,7 +105,7 @@ class ArrivalConfig(_Section):
 
     ``closed``: closed-loop clients instead of a rate: ``concurrency`` clients each send a
     request, wait for it to end (finished, failed, rejected or timed out) and ``think_time_s``
-    more, then send the next, until ``num_requests`` were sent (``vllm bench serve
+    more, then send the next, until every request of the workload was sent (``vllm bench serve
     --max-concurrency``; docs/workloads.md)."""
 
     process: Literal["poisson", "gamma", "constant", "burst", "closed"] = "poisson"
@@ -332,14 +332,13 @@ class WorkloadConfig(_Section):
             "stages": self.stages is not None,
             "sessions": self.sessions is not None
             or any(c.sessions is not None for c in self.clients or ()),
-            "kind: trace": self.kind == "trace",
             "clients with a rate": any(c.rate is not None for c in self.clients or ()),
         }
         for what, used in clashes.items():
             if used:
                 raise ValueError(
                     f"arrival.process closed with {what} is not yet supported (closed-loop "
-                    "clients send num_requests synthetic requests; give clients a share)"
+                    "clients send the workload's requests in order; give clients a share)"
                 )
         return self
 
