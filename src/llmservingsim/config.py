@@ -101,13 +101,42 @@ LengthDist = Annotated[
 
 
 class ArrivalConfig(_Section):
-    """Request arrival process. ``rate`` is requests per second (``inf``: all at t = 0)."""
+    """Request arrival process. ``rate`` is requests per second (``inf``: all at t = 0).
 
-    process: Literal["poisson", "gamma", "constant", "burst"] = "poisson"
+    ``closed``: closed-loop clients instead of a rate: ``concurrency`` clients each send a
+    request, wait for it to end (finished, failed, rejected or timed out) and ``think_time_s``
+    more, then send the next, until every request of the workload was sent (``vllm bench serve
+    --max-concurrency``; docs/workloads.md)."""
+
+    process: Literal["poisson", "gamma", "constant", "burst", "closed"] = "poisson"
     rate: float = Field(default=8.0, gt=0)
-    """Requests per second (``.inf``: every request at t = 0)."""
+    """Requests per second (``.inf``: every request at t = 0); not used by ``closed``."""
     cv: float = Field(default=1.0, gt=0, description="gamma: coefficient of variation of gaps")
     burst_size: int = Field(default=10, ge=1, description="burst: requests arriving together")
+    concurrency: int | None = Field(default=None, ge=1)
+    """closed: clients, each with one request in flight or thinking (required)."""
+    think_time_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    """closed: seconds a client waits after its request ended before sending the next."""
+
+    @model_validator(mode="after")
+    def _closed_loop_keys(self) -> ArrivalConfig:
+        if self.process == "closed":
+            if self.concurrency is None:
+                raise ValueError(
+                    "process closed needs concurrency: N (clients, each with one request in flight)"
+                )
+            if "rate" in self.model_fields_set:
+                raise ValueError(
+                    "process closed has no rate (a client sends its next request when the "
+                    "previous one ended): remove rate"
+                )
+            return self
+        given = sorted({"concurrency", "think_time_s"} & self.model_fields_set)
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} only apply to process: closed (got process: {self.process})"
+            )
+        return self
 
 
 class TraceConfig(_Section):
@@ -293,6 +322,24 @@ class WorkloadConfig(_Section):
             raise ValueError(
                 "stages and prompt_pool shape synthetic workloads; a trace brings its own"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _closed_loop_alone(self) -> WorkloadConfig:
+        if self.arrival.process != "closed":
+            return self
+        clashes = {
+            "stages": self.stages is not None,
+            "sessions": self.sessions is not None
+            or any(c.sessions is not None for c in self.clients or ()),
+            "clients with a rate": any(c.rate is not None for c in self.clients or ()),
+        }
+        for what, used in clashes.items():
+            if used:
+                raise ValueError(
+                    f"arrival.process closed with {what} is not yet supported (closed-loop "
+                    "clients send the workload's requests in order; give clients a share)"
+                )
         return self
 
     @model_validator(mode="after")

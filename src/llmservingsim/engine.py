@@ -14,13 +14,16 @@ first cuts the run at that moment; the run's old end event is then stale and ski
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from heapq import heappop, heappush
 from typing import ClassVar, Final, Protocol
 
 from mypy_extensions import mypyc_attr
 
 from llmservingsim.interrupt import HeldSignals, signals_held
+from llmservingsim.metrics.request_log import RequestLog
 from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.sequence import Sequence
 from llmservingsim.workload.request_spec import RequestSpec
@@ -107,6 +110,56 @@ class Dispatcher(Protocol):
         ...
 
 
+class ClosedLoop:
+    """Closed-loop clients (``workload.arrival.process: closed``): ``concurrency`` clients each
+    send a request, wait until it ends (finished, failed, rejected or timed out; with P/D, at
+    its decode instance) and ``think_time_s`` more, then send the next one, as ``vllm bench
+    serve --max-concurrency`` does with a semaphore around each request.
+
+    The workload's requests are sent in their arrival order (their times only set that order);
+    a sent request's ``arrival_s`` is when its client sent it. The first ``concurrency`` are
+    sent at t = 0; after that, every request that ends at ``t`` frees a client, which sends the
+    next request at ``t + think_time_s``. Ends are read from the run's request log: a row is
+    appended whenever a request ends, and the engine asks after each event (:meth:`poll`)."""
+
+    def __init__(self, concurrency: int, think_time_s: float, log: RequestLog) -> None:
+        self.concurrency = concurrency
+        self.think_time_s = think_time_s
+        self.log = log
+        self._ended = 0  # rows of the log already counted
+        self._sends: deque[float] = deque()  # times free clients send, in order
+        self._requests: Iterator[RequestSpec] = iter(())
+
+    def start(self, requests: Iterator[RequestSpec]) -> RequestSpec | None:
+        """The first request to send; ``requests`` in the order they are to be sent."""
+        self._requests = requests
+        self._ended = len(self.log)  # rows written before the run (none are this loop's)
+        self._sends = deque(0.0 for _ in range(self.concurrency))
+        return self.next_request()
+
+    def next_request(self) -> RequestSpec | None:
+        """The next request, timed when its client sends it; None while every client is busy
+        (or when every request was sent)."""
+        if not self._sends:
+            return None
+        spec = next(self._requests, None)
+        if spec is None:
+            return None
+        return replace(spec, arrival_s=self._sends.popleft())
+
+    def poll(self, now: float) -> bool:
+        """Count the requests that ended since the last call (at ``now``): each frees a client
+        that sends again after its think time. True when some did."""
+        ended = len(self.log)
+        if ended == self._ended:
+            return False
+        send = now + self.think_time_s
+        for _ in range(ended - self._ended):
+            self._sends.append(send)
+        self._ended = ended
+        return True
+
+
 class Engine:
     def __init__(
         self,
@@ -114,9 +167,11 @@ class Engine:
         progress: ProgressHook | None = None,
         progress_every: int = 2048,
         hooks: EngineHooks | None = None,
+        closed: ClosedLoop | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.hooks = hooks
+        self.closed = closed
         if hooks is not None and (
             hooks.every_step or (isinstance(hooks, HookChain) and hooks.every_step_needed)
         ):
@@ -190,7 +245,8 @@ class Engine:
         # The loop walks arrivals in order (a caller's list may not be sorted: stable sort);
         # a workload's RequestTable hands its requests out one by one.
         arrivals = in_arrival_order(requests)
-        spec = next(arrivals, None)
+        closed = self.closed
+        spec = next(arrivals, None) if closed is None else closed.start(arrivals)
         self._next_arrival = INF if spec is None else spec.arrival_s
         events = self._events
         instances = self.instances
@@ -225,10 +281,12 @@ class Engine:
                     instance.add(Sequence(spec), now)
                     if instance not in touched:
                         touched.append(instance)
-                    spec = next(arrivals, None)
+                    spec = next(arrivals, None) if closed is None else closed.next_request()
                 self._next_arrival = INF if spec is None else spec.arrival_s
                 for instance in touched:
                     self._try_start(instance)
+                if closed is not None and closed.poll(now) and spec is None:
+                    spec = self._closed_next(closed)
                 continue
             self.now, kind, index, arg, serial = heappop(events)
             instance = instances[index]
@@ -249,7 +307,15 @@ class Engine:
                     hooks.before_add(instance, self.now)
                 instance.add(self._transfers.pop(arg), self.now)
             self._try_start(instance)
+            if closed is not None and closed.poll(self.now) and spec is None:
+                spec = self._closed_next(closed)
         return self.now
+
+    def _closed_next(self, closed: ClosedLoop) -> RequestSpec | None:
+        """The request a client freed by an ended request sends (closed loop)."""
+        spec = closed.next_request()
+        self._next_arrival = INF if spec is None else spec.arrival_s
+        return spec
 
     def _start_transfer(self, seq: Sequence, source: Instance) -> None:
         if self.dispatcher.routes_by_kv_usage:

@@ -21,7 +21,7 @@ from llmservingsim.catalog import load_device, load_model
 from llmservingsim.cluster.cluster import Cluster, Pool
 from llmservingsim.cluster.placement import place_instances
 from llmservingsim.config import LinkOverride, PoolConfig, SimConfig
-from llmservingsim.engine import Engine, EngineHooks, chain
+from llmservingsim.engine import ClosedLoop, Engine, EngineHooks, chain
 from llmservingsim.errors import ConfigError, DoesNotFitError
 from llmservingsim.hardware.backends import backend_stats, build_backend, with_backend_collectives
 from llmservingsim.hardware.device import DeviceSpec, Link
@@ -70,6 +70,7 @@ class SimulationResult:
 def _reject_unsupported(cfg: SimConfig) -> None:
     """Config values that name features not built yet: a clear error, never a silent fallback."""
     pools = cfg.cluster.resolved_pools(cfg.hardware)
+    closed = cfg.workload.arrival.process == "closed"
     unsupported = {
         "pim.enabled with pipeline_parallel > 1": cfg.pim.enabled
         and any(p.pipeline_parallel > 1 for p in pools),
@@ -85,6 +86,12 @@ def _reject_unsupported(cfg: SimConfig) -> None:
         and any(p.pipeline_parallel > 1 for p in pools),
         "LoRA adapters with scheduler.policy: static": uses_lora(cfg)
         and cfg.scheduler.policy == "static",
+        # The client would send again when it sees the end (the frontend's times), and its
+        # request reach the engine later: set frontend.enabled: false.
+        "workload.arrival.process: closed with frontend.enabled": closed and cfg.frontend.enabled,
+        # Requests over max_model_len are refused before the engine runs, not when sent.
+        "workload.arrival.process: closed with max_model_len": closed
+        and cfg.max_model_len is not None,
     }
     for what, used in unsupported.items():
         if used:
@@ -456,7 +463,14 @@ def simulate(
     )
     hook = None if progress is None else (lambda now: progress(now, len(metrics.records)))
     observers: list[EngineHooks] = [] if checker is None else [checker]
-    engine = Engine(cluster, progress=hook, hooks=chain([*observers, *hooks, *_OBSERVERS]))
+    arrival = cfg.workload.arrival
+    closed = None
+    if arrival.process == "closed":
+        assert arrival.concurrency is not None  # config.py: closed needs it
+        closed = ClosedLoop(arrival.concurrency, arrival.think_time_s, metrics.requests)
+    engine = Engine(
+        cluster, progress=hook, hooks=chain([*observers, *hooks, *_OBSERVERS]), closed=closed
+    )
     wall_start = time.perf_counter()
     end_time = engine.run(requests)
     wall = time.perf_counter() - wall_start

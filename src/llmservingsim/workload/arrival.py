@@ -88,6 +88,14 @@ def _constant(cfg: ArrivalConfig, n: int, rng: np.random.Generator) -> FloatArra
     return np.ones(n, dtype=np.float64)
 
 
+@ARRIVAL_PROCESSES.register("closed")
+def _closed(cfg: ArrivalConfig, n: int, rng: np.random.Generator) -> FloatArray:
+    """Closed-loop clients: these times only set the order requests are sent in (Poisson, so
+    several ``workload.clients`` interleave by their shares); the engine times each request
+    when a client's previous one ends (engine.ClosedLoop)."""
+    return rng.exponential(1.0, n)
+
+
 @ARRIVAL_PROCESSES.register("burst")
 def _burst(cfg: ArrivalConfig, n: int, rng: np.random.Generator) -> FloatArray:
     """Groups of ``burst_size`` requests at one instant, Poisson between groups.
