@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
 from heapq import heappop, heappush
 from typing import ClassVar, Final, Protocol
 
@@ -145,7 +144,7 @@ class ClosedLoop:
         spec = next(self._requests, None)
         if spec is None:
             return None
-        return replace(spec, arrival_s=self._sends.popleft())
+        return spec.replaced(arrival_s=self._sends.popleft())
 
     def poll(self, now: float) -> bool:
         """Count the requests that ended since the last call (at ``now``): each frees a client
