@@ -17,6 +17,7 @@ from rich.table import Table
 
 from llmservingsim.errors import ConfigError, UserError
 from llmservingsim.interrupt import stop_on_signals
+from llmservingsim.preflight import check_out_dir
 from llmservingsim.sweep.executors import EXECUTORS, ExecutorOptions, make_executor
 from llmservingsim.sweep.grid import grid_points, parse_axes
 from llmservingsim.sweep.plan import PlanResult, plan_settings, plan_tasks, run_plan
@@ -73,7 +74,9 @@ def _progress(label: str, total: int, show: bool) -> Iterator[Callable[[Row], No
 
 
 def _out_dir(out: Path | None, kind: str) -> Path:
-    return out or Path("results") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir = out or Path("results") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_out_dir(out_dir)
+    return out_dir
 
 
 # ----------------------------------------------------------------------------- sweep
