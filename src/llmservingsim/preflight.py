@@ -8,9 +8,18 @@ in proportion to the workload.
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Sequence as SequenceOf
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from llmservingsim.errors import ConfigError
+import numpy as np
+
+from llmservingsim.errors import ConfigError, DoesNotFitError, InputWarning
+
+if TYPE_CHECKING:
+    from llmservingsim.config import SimConfig
+    from llmservingsim.workload.request_spec import RequestSpec
 
 
 def check_out_dir(out_dir: Path, flag: str = "--out") -> None:
@@ -25,3 +34,60 @@ def check_out_dir(out_dir: Path, flag: str = "--out") -> None:
             if not out_dir.exists() and not os.access(parent, os.W_OK | os.X_OK):
                 raise ConfigError(f"{flag} {out_dir}: cannot create it ({parent} is not writable)")
             return
+
+
+def machine_memory_bytes() -> int | None:
+    """Physical memory of this machine, or None where the OS does not say."""
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES")
+        page_size = os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return pages * page_size if pages > 0 and page_size > 0 else None
+
+
+def _kv_tokens(requests: SequenceOf[RequestSpec]) -> np.ndarray:
+    """Tokens whose KV each request holds at its largest (the last token's is never written)."""
+    from llmservingsim.workload.request_table import RequestTable
+
+    if isinstance(requests, RequestTable):
+        return requests.input_len + requests.output_len - 1
+    return np.fromiter(
+        (r.input_len + r.output_len - 1 for r in requests), dtype=np.int64, count=len(requests)
+    )
+
+
+def check_kv_fits(cfg: SimConfig, requests: SequenceOf[RequestSpec], warn: bool = True) -> None:
+    """Like vLLM at start-up: refuse (exit 3) a KV cache too small for every request, before
+    simulating; warn when only some requests can never fit (they are served as failed)."""
+    from llmservingsim.simulation import plan_instance_memory
+
+    if not len(requests):
+        return
+    tokens = _kv_tokens(requests)
+    block = cfg.scheduler.block_size
+    needed = -(-tokens // block)
+    capacities: dict[str, int] = {}
+    for pool_cfg in cfg.cluster.resolved_pools(cfg.hardware):
+        plan = plan_instance_memory(cfg, pool_cfg)
+        capacities[pool_cfg.name or "default"] = plan.num_blocks // pool_cfg.pipeline_parallel
+    largest = max(capacities.values())
+    smallest = int(np.argmin(needed))
+    if needed[smallest] > largest:
+        pool, blocks = max(capacities.items(), key=lambda item: item[1])
+        spec = requests[smallest]
+        raise DoesNotFitError(
+            f"the KV cache holds {blocks * block:,} tokens ({blocks:,} blocks of {block}) per "
+            f"engine of pool {pool}; the smallest request needs {int(tokens[smallest]):,} "
+            f"({spec.input_len:,} in + {spec.output_len:,} out): no request can be served. "
+            "Raise scheduler.gpu_memory_utilization or tensor_parallel, use a smaller kv_dtype, "
+            "or shorten the requests"
+        )
+    never = int(np.count_nonzero(needed > largest))
+    if never and warn:
+        warnings.warn(
+            f"workload: {never:,} of {len(requests):,} request(s) need more KV than the cache "
+            f"holds ({largest * block:,} tokens per engine) and will be reported as failed",
+            InputWarning,
+            stacklevel=2,
+        )

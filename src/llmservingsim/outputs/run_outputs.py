@@ -20,6 +20,7 @@ from llmservingsim.outputs.files import write_summary
 from llmservingsim.outputs.report import write_report
 from llmservingsim.outputs.tables import TIMESERIES_SCHEMA, RequestTableSink, write_table
 from llmservingsim.outputs.trace import TraceRecorder
+from llmservingsim.preflight import check_kv_fits
 from llmservingsim.simulation import SimulationResult, load_requests, simulate
 from llmservingsim.workload.request_spec import RequestSpec
 
@@ -93,6 +94,7 @@ def simulate_to_dir(
     """Run one simulation and write all its files to ``out_dir`` (what ``run`` does)."""
     if requests is None:
         requests = load_requests(cfg)
+    check_kv_fits(cfg, requests)
     metadata = {"version": __version__, "config": cfg.model_dump(mode="json")}
     outputs = RunOutputs(out_dir, cfg.outputs, len(requests), metadata)
     try:

@@ -7,13 +7,15 @@ tokens are (RequestSpec.content) so the prefix cache can share them.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence as SequenceOf
 
 import numpy as np
 
 from llmservingsim.config import WorkloadConfig
+from llmservingsim.errors import InputWarning
 from llmservingsim.workload.arrival import arrival_times
-from llmservingsim.workload.lengths import clip_to_context, sample_lengths
+from llmservingsim.workload.lengths import IntArray, clip_to_context, sample_lengths
 from llmservingsim.workload.request_spec import RequestSpec
 from llmservingsim.workload.request_table import PrefixContents, RequestTable
 from llmservingsim.workload.sessions import generate_sessions
@@ -44,12 +46,35 @@ def generate_synthetic(
     if cfg.prefix is not None:
         prompts = pick_system_prompts(cfg.prefix, n, prefix_rng)
         system_len = cfg.prefix.system_prompt_len
-    inputs, outputs = clip_to_context(
-        user + system_len, sample_lengths(cfg.output_len, n, output_rng), max_context
-    )
+    drawn_outputs = sample_lengths(cfg.output_len, n, output_rng)
+    inputs, outputs = clip_to_context(user + system_len, drawn_outputs, max_context)
+    warn_clipped(user + system_len, drawn_outputs, max_context)
     contents = None
     if prompts is not None and cfg.prefix is not None:
         first_own = cfg.prefix.num_system_prompts
         contents = PrefixContents(NAMESPACE, prompts, system_len, user, inputs, first_own)
     # Cumulative sums of non-negative gaps: already in arrival order, ids are row numbers.
     return RequestTable(arrivals, inputs, outputs, contents)
+
+
+def warn_clipped(prompts: IntArray, outputs: IntArray, max_context: int) -> None:
+    """Say (one ``warning:`` line) how many drawn requests were cut to the model's context."""
+    long_prompts = int(np.count_nonzero(prompts > max_context - 1))
+    too_long = int(np.count_nonzero(prompts + outputs > max_context))
+    if not too_long:
+        return
+    parts = []
+    if long_prompts:
+        parts.append(
+            f"{long_prompts:,} prompt(s) (up to {int(prompts.max()):,} tokens) cut to "
+            f"{max_context - 1:,} tokens"
+        )
+    if too_long > long_prompts or not long_prompts:
+        parts.append("output lengths cut to the room left")
+    warnings.warn(
+        f"workload: {too_long:,} of {prompts.size:,} request(s) longer than the model's "
+        f"{max_context:,}-token context clipped to fit: {'; '.join(parts)} "
+        "(workload.input_len / workload.output_len)",
+        InputWarning,
+        stacklevel=2,
+    )

@@ -346,6 +346,25 @@ _register("mooncake", partial(_read_jsonl, layouts=(MOONCAKE,)))
 
 # ----------------------------------------------------------------------------- loading
 
+_CSV_MARKERS = (
+    ("TIMESTAMP", "azure"),
+    ("arrived_at", "vidur_csv"),
+    ("num_prefill_tokens", "vidur_csv"),
+)
+
+
+def detect_format(path: Path) -> str:
+    """The format of a trace whose ``trace.format`` is not given: ``.csv`` files by their
+    header (Azure, Vidur or the plain csv layout), anything else JSON lines."""
+    if path.suffix.lower() != ".csv":
+        return "jsonl"
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            header = {name.strip() for name in next(csv.reader(handle), [])}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return "csv"  # the reader reports what is wrong with the file
+    return next((fmt for column, fmt in _CSV_MARKERS if column in header), "csv")
+
 
 def read_trace(
     cfg: WorkloadConfig, max_context: int, rng: np.random.Generator
@@ -360,7 +379,7 @@ def read_trace(
     trace = cfg.trace
     if trace is None:
         raise ConfigError("workload.trace: a trace workload needs a trace section with a path")
-    fmt = TRACE_FORMATS.get(trace.format)
+    fmt = TRACE_FORMATS.get(trace.format or detect_format(trace.path))
     rows = list(fmt.read(trace.path))
     if not rows:
         raise TraceError(f"{trace.path}: the trace has no requests")
@@ -368,7 +387,21 @@ def read_trace(
     if rows[0].arrival_ns is None:
         rows = rows[:limit]
         arrivals = arrival_times(cfg.arrival, len(rows), rng)
+        if not cfg.arrival.model_fields_set:
+            warnings.warn(
+                f"{trace.path}: the trace has no arrival times; requests arrive as "
+                f"workload.arrival says ({cfg.arrival.process}, {cfg.arrival.rate:g} req/s, "
+                "the default): set workload.arrival to choose",
+                InputWarning,
+                stacklevel=2,
+            )
     else:
+        if cfg.arrival.model_fields_set:
+            raise ConfigError(
+                f"workload.arrival: {trace.path} times its own requests, so "
+                f"workload.arrival.{sorted(cfg.arrival.model_fields_set)[0]} would be ignored; "
+                "remove it (stretch or squeeze the trace with workload.trace.time_scale)"
+            )
         ns = np.array([row.arrival_ns for row in rows], dtype=np.int64)
         if fmt.rebase:
             ns -= ns.min()
