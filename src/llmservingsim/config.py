@@ -688,7 +688,7 @@ class SimConfig(_Section):
     slo: SloConfig = SloConfig()
     outputs: OutputsConfig = OutputsConfig()
     simulator: SimulatorConfig = SimulatorConfig()
-    seed: int = Field(default=0, ge=0, lt=2**63, strict=True)
+    seed: Annotated[int, NotBool] = Field(default=0, ge=0, lt=2**63)
     """Random seed (a non-negative integer below 2^63): a run is fully reproducible from it."""
 
     @property

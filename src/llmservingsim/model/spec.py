@@ -329,7 +329,12 @@ def parse_hf_config(name: str, cfg: dict[str, Any], where: str | None = None) ->
     if parser is None:
         supported = ", ".join(sorted(_PARSERS))
         raise ConfigError(f"{where}: model_type {model_type!r} not supported ({supported})")
-    return parser(name, cfg, where)
+    try:
+        return parser(name, cfg, where)
+    except ConfigError as exc:  # a relation between sizes (ModelSpec.__post_init__)
+        if str(exc).startswith(where):
+            raise
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def load_hf_config_file(path: Path, name: str | None = None) -> ModelSpec:
