@@ -20,7 +20,7 @@ from llmservingsim.outputs.files import write_summary
 from llmservingsim.outputs.report import write_report
 from llmservingsim.outputs.tables import TIMESERIES_SCHEMA, RequestTableSink, write_table
 from llmservingsim.outputs.trace import TraceRecorder
-from llmservingsim.preflight import check_kv_fits
+from llmservingsim.preflight import check_kv_fits, check_run_cost
 from llmservingsim.simulation import SimulationResult, load_requests, simulate
 from llmservingsim.workload.request_spec import RequestSpec
 
@@ -92,6 +92,7 @@ def simulate_to_dir(
     check_invariants: bool | None = None,
 ) -> tuple[SimulationResult, list[Path]]:
     """Run one simulation and write all its files to ``out_dir`` (what ``run`` does)."""
+    check_run_cost(cfg)
     if requests is None:
         requests = load_requests(cfg)
     check_kv_fits(cfg, requests)

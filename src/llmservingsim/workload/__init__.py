@@ -9,7 +9,7 @@ import numpy as np
 
 from llmservingsim.config import MAX_SECONDS, WorkloadConfig
 from llmservingsim.errors import ConfigError
-from llmservingsim.preflight import machine_memory_bytes
+from llmservingsim.preflight import check_state_memory
 from llmservingsim.registry import Registry
 from llmservingsim.workload.adapters import pick_adapters
 from llmservingsim.workload.arrival import ARRIVAL_PROCESSES, arrival_times
@@ -42,24 +42,6 @@ __all__ = [
 ]
 
 
-BYTES_PER_REQUEST = 256
-"""Peak memory one request costs a run (request table, request log, engine state): 181 B
-measured at 2 million requests (scripts/measure_request_memory.py), rounded up for content
-and outputs."""
-
-
-def check_request_memory(num_requests: int) -> None:
-    """Refuse, before allocating, a workload whose tables would not fit this machine."""
-    need = num_requests * BYTES_PER_REQUEST
-    have = machine_memory_bytes()
-    if have is not None and need > have:
-        raise ConfigError(
-            f"workload.num_requests={num_requests:,} needs about {need / 1e9:,.1f} GB "
-            f"({BYTES_PER_REQUEST} B per request), more than this machine's "
-            f"{have / 1e9:,.1f} GB of memory: simulate fewer requests"
-        )
-
-
 def check_arrivals(arrival_s: np.ndarray) -> None:
     """Refuse a workload whose simulated time would not be finite (or not fit float64 seconds
     with sub-microsecond resolution): a rate of 1e-320, a time_scale or think time of 1e300."""
@@ -82,7 +64,7 @@ def load_workload(cfg: WorkloadConfig, max_context: int, seed: int) -> RequestTa
     (request_table.py), so a million requests cost columns, not a million objects.
     """
     if cfg.kind == "synthetic":
-        check_request_memory(cfg.num_requests)
+        check_state_memory(num_requests=cfg.num_requests)
     rng = np.random.default_rng(seed)
     requests = WORKLOAD_KINDS.get(cfg.kind)(cfg, max_context, rng)
     table = requests if isinstance(requests, RequestTable) else RequestTable.from_specs(requests)

@@ -87,7 +87,7 @@ class ToolProcess:
                 text=True,
                 bufsize=1,
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a NUL character in the command
             raise BackendError(f"{self._name()}: cannot start: {exc.strerror or exc}") from None
         assert self.process.stdout is not None and self.process.stderr is not None
         self._answers: queue.Queue[str | None] = queue.Queue()
