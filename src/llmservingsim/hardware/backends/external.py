@@ -88,7 +88,8 @@ class ToolProcess:
                 bufsize=1,
             )
         except (OSError, ValueError) as exc:  # ValueError: a NUL character in the command
-            raise BackendError(f"{self._name()}: cannot start: {exc.strerror or exc}") from None
+            reason = getattr(exc, "strerror", None) or exc
+            raise BackendError(f"{self._name()}: cannot start: {reason}") from None
         assert self.process.stdout is not None and self.process.stderr is not None
         self._answers: queue.Queue[str | None] = queue.Queue()
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES)
