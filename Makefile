@@ -28,7 +28,8 @@ test: lint
 
 # Long input fuzzing (>= 10,000 examples, a few minutes); `make test` runs a fast profile.
 fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_fuzz_config.py tests/test_fuzz_traces.py tests/test_fuzz_schema.py
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q --hypothesis-show-statistics \
+		tests/test_fuzz_config.py tests/test_fuzz_traces.py tests/test_fuzz_schema.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_benchmarks.py
