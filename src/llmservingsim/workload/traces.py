@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from llmservingsim.config import WorkloadConfig
+from llmservingsim.config import MAX_TOKENS, WorkloadConfig
 from llmservingsim.errors import ConfigError, InputWarning, TraceError
 from llmservingsim.registry import Registry
 from llmservingsim.workload.arrival import arrival_times
@@ -114,9 +114,9 @@ def _decimal(raw: object) -> Decimal | None:
 
 
 def _count(raw: object, minimum: int) -> int | None:
-    """A whole token count >= ``minimum`` (``12`` and ``12.0`` both read as 12)."""
+    """A whole token count in [``minimum``, 2^31) (``12`` and ``12.0`` both read as 12)."""
     value = _decimal(raw)
-    if value is None or value != value.to_integral_value() or value < minimum:
+    if value is None or value != value.to_integral_value() or not minimum <= value < MAX_TOKENS:
         return None
     return int(value)
 
@@ -214,10 +214,12 @@ def _row(
 
     input_len = _count(values[layout.input], minimum=1)
     if input_len is None:
-        raise bad(layout.input, "a positive integer (a request needs at least 1 input token)")
+        raise bad(
+            layout.input, "a positive integer below 2^31 (a request needs at least 1 input token)"
+        )
     output_len = _count(values[layout.output], minimum=0)
     if output_len is None:
-        raise bad(layout.output, "a non-negative integer")
+        raise bad(layout.output, "a non-negative integer below 2^31")
     arrival_ns = None
     if has_arrival:
         arrival_ns = layout.parse_arrival(values[layout.arrival])
