@@ -85,7 +85,9 @@ class Counter:
 
 
 def run_mode(sc: dict[str, Any], fast_forward: bool, counter: Counter) -> SimulationResult:
-    cfg = load_config(None, [*sc["overrides"], f"simulator.fast_forward={str(fast_forward).lower()}"])
+    cfg = load_config(
+        None, [*sc["overrides"], f"simulator.fast_forward={str(fast_forward).lower()}"]
+    )
     with patched(sc["num_blocks"], counter):
         return simulate(cfg, requests=sc["specs"])
 
