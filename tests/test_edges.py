@@ -169,6 +169,11 @@ def _device_file(tmp_path: Path, **changes: Any) -> Path:
         ("memory_gib", -80),
         ("links__intra_node__bandwidth_gbps", 0),
         ("devices_per_node", True),
+        # Denormal peaks, bandwidths and efficiencies made every time infinite (exit 0).
+        ("peak_tflops__bf16", 1e-320),
+        ("memory_bandwidth_gbps", 1e-320),
+        ("efficiency__memory", 1e-320),
+        ("efficiency__compute_max", 1e-320),
     ],
 )
 def test_device_files_with_impossible_values_are_refused(

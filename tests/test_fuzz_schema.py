@@ -14,6 +14,7 @@ profile, `make fuzz` (HYPOTHESIS_PROFILE=fuzz) the long one (docs/robustness.md)
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import types
@@ -289,6 +290,15 @@ def test_every_section_of_the_schema_is_fuzzed() -> None:
 
 # ----------------------------------------------------------------------------- files
 
+_files = itertools.count()
+
+
+def unique_path(folder: Path, name: str) -> Path:
+    """A fresh file name per example: the catalog caches a loaded model or device by its
+    path, and hypothesis reuses ``tmp_path`` across the examples of one test."""
+    return folder / f"{next(_files)}-{name}"
+
+
 MODEL_KEYS = [
     "hidden_size",
     "num_hidden_layers",
@@ -328,7 +338,7 @@ def test_malformed_model_files_fail_in_one_line(
         base = "llama-3.2-1b"
     spec = {**_catalog_json(base), **changes}
     text = json.dumps(spec)
-    path = tmp_path / "m.json"
+    path = unique_path(tmp_path, "m.json")
     if mangle == "truncated":
         path.write_text(text[: len(text) // 2])
     elif mangle == "not-utf8":
@@ -379,7 +389,7 @@ def test_malformed_device_files_fail_in_one_line(
         for part in parents:
             node = node[part]
         node[last] = value
-    path = tmp_path / "d.yaml"
+    path = unique_path(tmp_path, "d.yaml")
     text = _yaml_text(device)
     if mangle == "not-utf8":
         path.write_bytes(text.encode()[:30] + b"\xff" + text.encode()[30:])

@@ -63,8 +63,10 @@ Seconds = Annotated[float, NotBool, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=Fa
 PositiveSeconds = Annotated[float, NotBool, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
 Microseconds = Annotated[float, NotBool, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
 GiB = Annotated[float, NotBool, Field(ge=0, le=MAX_GIB, allow_inf_nan=False)]
-Gbps = Annotated[float, NotBool, Field(gt=0, le=MAX_GBPS, allow_inf_nan=False)]
-Fraction = Annotated[float, NotBool, Field(gt=0, le=1, allow_inf_nan=False)]
+Gbps = Annotated[float, NotBool, Field(ge=1e-3, le=MAX_GBPS, allow_inf_nan=False)]
+"""A bandwidth, GB/s: from 1 MB/s (smaller ones, down to 1e-320, made every time infinite)."""
+Fraction = Annotated[float, NotBool, Field(ge=1e-6, le=1, allow_inf_nan=False)]
+"""An efficiency or share: 10^-6 to 1 (a denormal one made times infinite)."""
 Exponent = Annotated[float, NotBool, Field(gt=0, le=100, allow_inf_nan=False)]
 """A Zipf exponent: 0 < alpha <= 100."""
 

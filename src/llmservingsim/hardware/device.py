@@ -28,8 +28,9 @@ GIB = 1024**3
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
 
 # Physical ranges of a device file's numbers (configs share the other types, config.py).
-Tflops = Annotated[float, NotBool, Field(gt=0, le=1e9, allow_inf_nan=False)]
-"""Dense peak, TFLOP/s: above 0, at most 10^9 (tests model "infinite" compute with it)."""
+Tflops = Annotated[float, NotBool, Field(ge=1e-3, le=1e9, allow_inf_nan=False)]
+"""Dense peak, TFLOP/s: from 1 GFLOP/s (a denormal peak made every step infinite) to 10^9
+(tests model "infinite" compute with it)."""
 Watts = Annotated[float, NotBool, Field(ge=0, le=1e6, allow_inf_nan=False)]
 Dollars = Annotated[float, NotBool, Field(ge=0, le=1e6, allow_inf_nan=False)]
 Tokens = Annotated[float, NotBool, Field(ge=0, le=2**31, allow_inf_nan=False)]
@@ -141,7 +142,7 @@ class Systolic(_Strict):
     rows: int = Field(ge=1, le=2**16, strict=True)
     cols: int = Field(ge=1, le=2**16, strict=True)
     arrays: int = Field(ge=1, le=2**20, strict=True, description="arrays working in parallel")
-    clock_ghz: float = Field(gt=0, le=1e3, allow_inf_nan=False)
+    clock_ghz: float = Field(ge=1e-3, le=1e3, allow_inf_nan=False)
     sram_mib: float = Field(gt=0, le=2**30, allow_inf_nan=False)
 
 
