@@ -26,7 +26,7 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
-# Long input fuzzing (>= 10,000 examples, a few minutes); `make test` runs a fast profile.
+# Long input fuzzing (>= 10,000 examples, about half an hour on 2 cores); `make test` runs a fast profile.
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q --hypothesis-show-statistics \
 		tests/test_fuzz_config.py tests/test_fuzz_traces.py tests/test_fuzz_schema.py
