@@ -57,9 +57,10 @@ test: lint
 	$(BIN)/python -m pytest
 	LLMSERVINGSIM_INTERPRETED=1 $(BIN)/python -m pytest -m patches_engine
 
-# Long input fuzzing (>= 10,000 examples, a few minutes); `make test` runs a fast profile.
+# Long input fuzzing (>= 10,000 examples, about half an hour on 2 cores); `make test` runs a fast profile.
 fuzz: $(DEV_STAMP)
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_fuzz_config.py tests/test_fuzz_traces.py
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q --hypothesis-show-statistics \
+		tests/test_fuzz_config.py tests/test_fuzz_traces.py tests/test_fuzz_schema.py
 
 bench: $(RUN_STAMP)
 	$(BIN)/python benchmarks/run_benchmarks.py

@@ -96,18 +96,31 @@ def default_text(field: FieldInfo) -> str:
     return f"`{value}`"
 
 
+def _metadata(field: FieldInfo) -> list[Any]:
+    """The field's constraints, and those of an optional constrained type (``X | None``)."""
+    found = list(field.metadata)
+    if typing.get_origin(field.annotation) in (Union, types.UnionType):
+        for arg in typing.get_args(field.annotation):
+            if typing.get_origin(arg) is Annotated:
+                for meta in typing.get_args(arg)[1:]:
+                    found.extend(getattr(meta, "metadata", [meta]))
+    return found
+
+
 def constraints(field: FieldInfo) -> str:
     parts = []
-    for meta in field.metadata:
+    for meta in _metadata(field):
         for attr, symbol in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
             bound = getattr(meta, attr, None)
             if bound is not None:
                 parts.append(
-                    f"{symbol} {bound:,}" if isinstance(bound, int) else f"{symbol} {bound}"
+                    f"{symbol} {bound:,}" if isinstance(bound, int) else f"{symbol} {bound:g}"
                 )
         if getattr(meta, "min_length", None):
             parts.append(f"at least {meta.min_length} item(s)")
-    return f" ({', '.join(parts)})" if parts else ""
+        if getattr(meta, "allow_inf_nan", None) is False:
+            parts.append("finite")
+    return f" ({', '.join(dict.fromkeys(parts))})" if parts else ""
 
 
 def _doc(model: type[BaseModel]) -> str:

@@ -77,3 +77,19 @@ def run_to_dir(tmp_path: Path) -> RunToDir:
         return out, result
 
     return run
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Under `make fuzz`: how the fuzzed CLI runs ended, per test file and exit code."""
+    if os.environ.get("HYPOTHESIS_PROFILE") != "fuzz":
+        return
+    from fuzz_harness import OUTCOMES
+
+    if not OUTCOMES:
+        return
+    terminalreporter.write_sep("-", "fuzzed CLI runs by exit code")
+    for test in sorted({t for t, _ in OUTCOMES}):
+        codes = {code: n for (t, code), n in OUTCOMES.items() if t == test}
+        shown = ", ".join(f"exit {code}: {n:,}" for code, n in sorted(codes.items()))
+        terminalreporter.write_line(f"{test}: {sum(codes.values()):,} runs ({shown})")
+    terminalreporter.write_line(f"total: {sum(OUTCOMES.values()):,} runs")

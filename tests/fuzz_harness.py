@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,9 +62,15 @@ def quick_run_args(out: Path) -> list[str]:
     return ["--out", str(out), "--quiet", "--no-report", "--no-trace"]
 
 
+OUTCOMES: Counter[tuple[str, int]] = Counter()
+"""(test file, exit code) of every fuzzed CLI run this session; conftest prints the tally."""
+
+
 def assert_clean_outcome(result: Result, names: tuple[str, ...] = ()) -> None:
     """A valid run (exit 0, summary.json written), or a one-line ``error:`` naming one of
     ``names`` (a file, a key) with a user-error exit code — never a traceback."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "?").partition("::")[0].rpartition("/")[2]
+    OUTCOMES[(test, result.exit_code)] += 1
     output = result.output
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise AssertionError(f"traceback instead of an error line: {result.exception!r}\n{output}")

@@ -154,8 +154,10 @@ def test_cli_prints_one_line_for_a_failing_tool(tmp_path: Path) -> None:
             str(tmp_path / "out"),
         ],
     )
-    assert result.exit_code == 1
-    assert "segfault in tile loop" in result.output
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "last stderr line: 'segfault in tile loop'" in lines[0]
     assert "Traceback" not in result.output
 
 

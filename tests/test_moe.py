@@ -199,7 +199,7 @@ def test_moe_models_serve_end_to_end(overrides: list[str]) -> None:
     [
         (["cluster.expert_parallel=2", "cluster.tensor_parallel=2"], "needs a mixture-of-experts"),
         (
-            ["model=mixtral-8x22b", "cluster.tensor_parallel=6", "cluster.expert_parallel=6"],
+            ["model=mixtral-8x22b", "cluster.tensor_parallel=16", "cluster.expert_parallel=16"],
             "must divide the 8 experts",
         ),
         (

@@ -166,7 +166,7 @@ def _count_runs(monkeypatch: pytest.MonkeyPatch, fail_on: int | None = None) -> 
     real = simulation.simulate
 
     def counting(cfg: Any, requests: Any = None, progress: Any = None) -> Any:
-        if requests is None:
+        if requests is None or len(requests):
             runs.append(cfg)
             if fail_on is not None and len(runs) == fail_on:
                 raise KeyboardInterrupt

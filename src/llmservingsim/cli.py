@@ -6,21 +6,23 @@ stderr and exit non-zero; tracebacks are for bugs only.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 
 from llmservingsim import __version__
 from llmservingsim.calibrate.command import calibrate_command
-from llmservingsim.errors import InputWarning, UserError
+from llmservingsim.errors import ConfigError, InputWarning, UserError, one_line
 from llmservingsim.interrupt import stop_on_signals
 from llmservingsim.sweep.commands import plan_command, sweep_command
 from llmservingsim.validate.command import validate_command
@@ -35,7 +37,52 @@ if TYPE_CHECKING:
     from llmservingsim.config import SimConfig
     from llmservingsim.simulation import SimulationResult
 
+
+def _click_exceptions() -> Any:
+    """click's exception classes: typer >= 0.20 ships its own copy of click, older ones use it."""
+    try:
+        return importlib.import_module("typer._click.exceptions")
+    except ImportError:
+        return importlib.import_module("click.exceptions")
+
+
+_CLICK = _click_exceptions()
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """Usage errors (``--seed abc``, an unknown option) as one ``error:`` line, exit 2, like
+    every other user mistake (typer would draw a multi-line box)."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except _CLICK.NoArgsIsHelpError as exc:
+            typer.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+            sys.exit(exc.exit_code)
+        except _CLICK.ClickException as exc:
+            command = exc.ctx.command_path if getattr(exc, "ctx", None) else "llmservingsim"
+            message = one_line(f"{exc.format_message()} (see `{command} --help`)")
+            err_console.print(
+                f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
+            )
+            sys.exit(exc.exit_code)
+        except _CLICK.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="llmservingsim",
     help="Simulate LLM inference serving: latency, throughput, energy and cost.",
     no_args_is_help=True,
@@ -319,6 +366,7 @@ def run(
     report.html (docs/outputs.md)."""
     from llmservingsim.config import load_config
     from llmservingsim.invariants import InvariantError
+    from llmservingsim.preflight import check_out_dir
 
     overrides = list(set_ or [])
     if seed is not None:
@@ -333,6 +381,7 @@ def run(
         try:
             cfg = load_config(config, overrides)
             out_dir = out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
+            check_out_dir(out_dir)
             show_progress = not quiet and not as_json and sys.stderr.isatty()
             with _input_warnings():
                 result, paths = _run_with_progress(
@@ -433,7 +482,7 @@ def catalog(
     sections = {"models", "hardware", "schedulers", "routers", "backends"}
     if what != "all" and what not in sections:
         raise _fail(
-            UserError(
+            ConfigError(
                 f"catalog: unknown section {what!r} (valid: all, {', '.join(sorted(sections))})"
             )
         )

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -28,6 +29,57 @@ from llmservingsim.errors import ConfigError
 WeightDtype = Literal["fp32", "bf16", "fp16", "fp8", "fp4", "int8", "int4"]
 KvDtype = Literal["auto", "fp32", "bf16", "fp16", "fp8"]
 
+# ----------------------------------------------------------------------------- ranges
+# Every number a user can type has a physical range, checked here once: a YAML file, --set,
+# sweep grids and plan probes all build the same models. Booleans are not numbers.
+
+MAX_TOKENS = 2**31
+"""Request lengths and token budgets stay below 2^31 (int32 in every engine)."""
+MAX_COUNT = 10**6
+"""Instances, adapters, system prompts, devices per node: below a million."""
+MAX_SECONDS = 1e9
+"""Times a user gives (think times, timeouts, SLOs, bucket widths): at most ~31.7 years."""
+MAX_GIB = 2**20
+"""Memory sizes: at most 1 PiB."""
+MAX_GBPS = 1e7
+"""Link and disk bandwidths: at most 10 PB/s."""
+
+
+def _not_bool(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+    return value
+
+
+NotBool = BeforeValidator(_not_bool)
+TokenCount = Annotated[int, NotBool, Field(ge=1, lt=MAX_TOKENS)]
+"""A token length or budget: 1 <= n < 2^31."""
+Count = Annotated[int, NotBool, Field(ge=1, lt=MAX_TOKENS)]
+"""A number of requests, rows or steps: 1 <= n < 2^31."""
+SmallCount = Annotated[int, NotBool, Field(ge=1, lt=MAX_COUNT)]
+"""A number of things each costing memory up front (instances, adapters): 1 <= n < 10^6."""
+Finite = Annotated[float, NotBool, Field(allow_inf_nan=False)]
+PositiveFinite = Annotated[float, NotBool, Field(gt=0, allow_inf_nan=False)]
+Seconds = Annotated[float, NotBool, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+PositiveSeconds = Annotated[float, NotBool, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
+Microseconds = Annotated[float, NotBool, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+GiB = Annotated[float, NotBool, Field(ge=0, le=MAX_GIB, allow_inf_nan=False)]
+Gbps = Annotated[float, NotBool, Field(ge=1e-3, le=MAX_GBPS, allow_inf_nan=False)]
+"""A bandwidth, GB/s: from 1 MB/s (smaller ones, down to 1e-320, made every time infinite)."""
+Fraction = Annotated[float, NotBool, Field(ge=1e-6, le=1, allow_inf_nan=False)]
+"""An efficiency or share: 10^-6 to 1 (a denormal one made times infinite)."""
+Exponent = Annotated[float, NotBool, Field(gt=0, le=100, allow_inf_nan=False)]
+"""A Zipf exponent: 0 < alpha <= 100."""
+
+
+def _usable_path(value: object) -> object:
+    if isinstance(value, str) and (not value.strip() or "\0" in value):
+        raise ValueError("expected a file path (not empty, no NUL character)")
+    return value
+
+
+FilePath = Annotated[Path, BeforeValidator(_usable_path)]
+
 
 class _Section(BaseModel):
     # Attribute docstrings become field descriptions (docs/config-reference.md is generated).
@@ -37,61 +89,90 @@ class _Section(BaseModel):
 # ----------------------------------------------------------------------------- workload
 
 
+_Dist = typing.TypeVar("_Dist", bound=BaseModel)
+
+
+def _check_order(dist: _Dist, low: int, high: int | None) -> _Dist:
+    if high is not None and low > high:
+        raise ValueError(f"min ({low}) > max ({high})")
+    return dist
+
+
 class FixedLength(_Section):
     """Every request has the same length."""
 
     dist: Literal["fixed"]
-    value: int = Field(ge=1)
+    value: TokenCount
 
 
 class UniformLength(_Section):
     """Uniform integers on [min, max]."""
 
     dist: Literal["uniform"]
-    min: int = Field(ge=1)
-    max: int = Field(ge=1)
+    min: TokenCount
+    max: TokenCount
 
     @model_validator(mode="after")
     def _ordered(self) -> UniformLength:
-        if self.min > self.max:
-            raise ValueError(f"min ({self.min}) > max ({self.max})")
-        return self
+        return _check_order(self, self.min, self.max)
 
 
 class NormalLength(_Section):
     """Normal, rounded and clipped to [min, max]."""
 
     dist: Literal["normal"]
-    mean: float = Field(gt=0)
-    std: float = Field(ge=0)
-    min: int = Field(default=1, ge=1)
-    max: int | None = Field(default=None, ge=1)
+    mean: float = Field(gt=0, lt=MAX_TOKENS, allow_inf_nan=False)
+    std: float = Field(ge=0, lt=MAX_TOKENS, allow_inf_nan=False)
+    min: TokenCount = 1
+    max: TokenCount | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> NormalLength:
+        return _check_order(self, self.min, self.max)
 
 
 class LognormalLength(_Section):
     """Lognormal with the given *mean* (not median) and log-space sigma, like ShareGPT lengths."""
 
     dist: Literal["lognormal"]
-    mean: float = Field(gt=0)
-    sigma: float = Field(ge=0)
-    min: int = Field(default=1, ge=1)
-    max: int | None = Field(default=None, ge=1)
+    mean: float = Field(gt=0, lt=MAX_TOKENS, allow_inf_nan=False)
+    sigma: float = Field(ge=0, le=10, allow_inf_nan=False)
+    min: TokenCount = 1
+    max: TokenCount | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LognormalLength:
+        return _check_order(self, self.min, self.max)
+
+
+ZIPF_MAX_SUPPORT = 10**7
 
 
 class ZipfLength(_Section):
     """P(k) ∝ k^-alpha on [min, max]."""
 
     dist: Literal["zipf"]
-    alpha: float = Field(gt=0)
-    min: int = Field(default=1, ge=1)
-    max: int = Field(ge=1)
+    alpha: Exponent
+    min: TokenCount = 1
+    max: TokenCount
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ZipfLength:
+        _check_order(self, self.min, self.max)
+        if self.max - self.min >= ZIPF_MAX_SUPPORT:
+            raise ValueError(
+                f"max - min = {self.max - self.min:,}: the sampler tabulates every length, at "
+                f"most {ZIPF_MAX_SUPPORT:,} of them (longer requests are clipped to the "
+                "model's context anyway)"
+            )
+        return self
 
 
 class EmpiricalLength(_Section):
     """Sample uniformly from the listed values."""
 
     dist: Literal["empirical"]
-    values: list[int] = Field(min_length=1)
+    values: list[TokenCount] = Field(min_length=1, max_length=MAX_COUNT)
 
 
 LengthDist = Annotated[
@@ -109,14 +190,27 @@ class ArrivalConfig(_Section):
     --max-concurrency``; docs/workloads.md)."""
 
     process: Literal["poisson", "gamma", "constant", "burst", "closed"] = "poisson"
-    rate: float = Field(default=8.0, gt=0)
+    rate: Annotated[float, NotBool] = Field(default=8.0, gt=0, allow_inf_nan=True)
     """Requests per second (``.inf``: every request at t = 0); not used by ``closed``."""
-    cv: float = Field(default=1.0, gt=0, description="gamma: coefficient of variation of gaps")
-    burst_size: int = Field(default=10, ge=1, description="burst: requests arriving together")
-    concurrency: int | None = Field(default=None, ge=1)
+    cv: float = Field(
+        default=1.0,
+        ge=1e-3,
+        le=1e3,
+        allow_inf_nan=False,
+        description="gamma: coefficient of variation of gaps",
+    )
+    burst_size: Count = Field(default=10, description="burst: requests arriving together")
+    concurrency: Count | None = None
     """closed: clients, each with one request in flight or thinking (required)."""
-    think_time_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    think_time_s: Seconds = 0.0
     """closed: seconds a client waits after its request ended before sending the next."""
+
+    @field_validator("rate")
+    @classmethod
+    def _rate_is_a_number(cls, value: float) -> float:
+        if value != value:
+            raise ValueError("expected a positive number of requests per second or .inf, not NaN")
+        return value
 
     @model_validator(mode="after")
     def _closed_loop_keys(self) -> ArrivalConfig:
@@ -142,14 +236,15 @@ class ArrivalConfig(_Section):
 class TraceConfig(_Section):
     """A recorded request trace to replay."""
 
-    path: Path
+    path: FilePath
     """Trace file."""
-    format: Literal["azure", "jsonl", "csv", "vidur_csv", "mooncake"] = "jsonl"
-    """File layout of the trace (docs/user-guide.md, replaying a trace)."""
-    time_scale: float = Field(default=1.0, gt=0, description="multiplies inter-arrival gaps")
-    max_requests: int | None = Field(default=None, ge=1)
+    format: Literal["azure", "jsonl", "csv", "vidur_csv", "mooncake"] | None = None
+    """File layout of the trace (docs/user-guide.md, replaying a trace); null: from the file
+    name (.jsonl, .json) and, for .csv files, the header's column names."""
+    time_scale: PositiveFinite = Field(default=1.0, description="multiplies inter-arrival gaps")
+    max_requests: Count | None = None
     """Replay only the first N requests."""
-    hash_block_size: int = Field(default=512, ge=1)
+    hash_block_size: TokenCount = 512
     """Prompt tokens each `hash_ids` entry covers (Mooncake traces: 512; docs/kv_cache.md)."""
 
 
@@ -160,13 +255,13 @@ class SystemPromptConfig(_Section):
     of ``system_prompt_len`` tokens; its own ``input_len`` tokens follow.
     """
 
-    num_system_prompts: int = Field(default=1, ge=1)
+    num_system_prompts: SmallCount = 1
     """Distinct system prompts."""
-    system_prompt_len: int = Field(ge=1)
+    system_prompt_len: TokenCount
     """Tokens of each system prompt."""
     popularity: Literal["uniform", "zipf"] = "uniform"
     """How requests pick their system prompt."""
-    zipf_alpha: float = Field(default=1.0, gt=0)
+    zipf_alpha: Exponent = 1.0
     """Zipf popularity: P(prompt k) ∝ k^-zipf_alpha."""
 
 
@@ -182,7 +277,7 @@ class SessionConfig(_Section):
 
     turns: LengthDist = UniformLength(dist="uniform", min=2, max=6)
     """Turns per session (any length distribution)."""
-    think_time_s: float = Field(default=10.0, ge=0)
+    think_time_s: Seconds = 10.0
     """Mean gap between a turn's arrival and the next turn's arrival, seconds."""
     think_time_dist: Literal["exponential", "fixed"] = "exponential"
     """Distribution of the gaps between turns."""
@@ -195,24 +290,24 @@ class WorkloadLoraConfig(_Section):
     request runs on the base model.
     """
 
-    num_adapters: int = Field(ge=1)
+    num_adapters: SmallCount
     """Distinct adapters."""
-    rank: int = Field(default=16, ge=1)
+    rank: int = Field(default=16, ge=1, le=2**16, strict=True)
     """LoRA rank of every adapter (at most lora.max_lora_rank)."""
     popularity: Literal["uniform", "zipf"] = "zipf"
     """How requests pick their adapter."""
-    alpha: float = Field(default=1.0, gt=0)
+    alpha: Exponent = 1.0
     """Zipf popularity: P(adapter k) ∝ k^-alpha."""
 
 
 class SloConfig(_Section):
     """Per-request latency targets; a request meets the SLO when it meets every given target."""
 
-    ttft_s: float | None = Field(default=None, gt=0)
+    ttft_s: PositiveSeconds | None = None
     """Time to first token, seconds."""
-    tpot_s: float | None = Field(default=None, gt=0)
+    tpot_s: PositiveSeconds | None = None
     """Time per output token, seconds."""
-    e2e_s: float | None = Field(default=None, gt=0)
+    e2e_s: PositiveSeconds | None = None
     """End-to-end latency, seconds."""
 
     @property
@@ -286,7 +381,7 @@ class WorkloadConfig(_Section):
 
     kind: Literal["synthetic", "trace"] = "synthetic"
     """synthetic: arrival process + length distributions; trace: workload.trace."""
-    num_requests: int = Field(default=1000, ge=1)
+    num_requests: Count = 1000
     """Requests generated (synthetic workloads)."""
     arrival: ArrivalConfig = ArrivalConfig()
     # ShareGPT-like: means and log-spread of the ShareGPT request lengths in shared/data traces.
@@ -317,6 +412,16 @@ class WorkloadConfig(_Section):
         if self.kind == "trace" and (self.prefix is not None or self.sessions is not None):
             raise ValueError(
                 "prefix and sessions shape synthetic workloads; a trace brings its own"
+            )
+        if self.kind == "synthetic" and self.trace is not None:
+            raise ValueError(
+                f"a trace section (path {str(self.trace.path)!r}) is given but kind is "
+                "'synthetic': set workload.kind: trace to replay it, or remove workload.trace"
+            )
+        if self.kind == "trace" and "num_requests" in self.model_fields_set:
+            raise ValueError(
+                f"num_requests={self.num_requests} counts synthetic requests; a trace replays "
+                "its rows (replay fewer with workload.trace.max_requests)"
             )
         if self.kind == "trace" and (self.stages is not None or self.prompt_pool is not None):
             raise ValueError(
@@ -425,26 +530,28 @@ class WorkloadConfig(_Section):
 class LinkOverride(_Section):
     """Replaces some alpha-beta parameters of one link level of the device YAML."""
 
-    bandwidth_gbps: float | None = Field(default=None, gt=0)
+    bandwidth_gbps: Gbps | None = None
     """Datasheet GB/s per direction per device."""
-    latency_us: float | None = Field(default=None, ge=0)
+    latency_us: Microseconds | None = None
     """Per-hop latency (alpha) of a collective step, µs."""
-    call_latency_us: float | None = Field(default=None, ge=0)
+    call_latency_us: Microseconds | None = None
     """Cap on one collective call's latency (NCCL bulk protocol), µs."""
-    efficiency: float | None = Field(default=None, gt=0, le=1)
+    efficiency: Fraction | None = None
     """Achieved / datasheet bandwidth for large messages."""
-    links_per_node: int | None = Field(default=None, ge=1)
+    links_per_node: SmallCount | None = None
     """NICs a node drives in parallel for one collective (inter-node level)."""
 
 
 class NetworkConfig(_Section):
     """Topology: devices in nodes, nodes in racks, racks behind a (maybe oversubscribed) spine."""
 
-    devices_per_node: int | None = Field(default=None, ge=1, description="default: device YAML")
-    nodes_per_rack: int = Field(default=32, ge=1)
+    devices_per_node: SmallCount | None = Field(default=None, description="default: device YAML")
+    nodes_per_rack: SmallCount = 32
     """Nodes behind one leaf switch; beyond a rack the spine's bandwidth is divided by
     ``oversubscription``."""
-    oversubscription: float = Field(default=1.0, ge=1, description="spine vs rack bandwidth")
+    oversubscription: float = Field(
+        default=1.0, ge=1, le=1e6, allow_inf_nan=False, description="spine vs rack bandwidth"
+    )
     intra_node: LinkOverride = LinkOverride()
     inter_node: LinkOverride = LinkOverride()
     custom_allreduce: bool = Field(
@@ -459,25 +566,25 @@ class PoolConfig(_Section):
     """Label in summary.json and the report (default: the role, numbered if repeated)."""
     role: Literal["mixed", "prefill", "decode"] = "mixed"
     """mixed: serves requests end to end; prefill/decode: P/D disaggregation."""
-    count: int = Field(default=1, ge=1)
+    count: SmallCount = 1
     """Instances in the pool."""
     hardware: str | None = Field(default=None, description="default: the top-level hardware")
-    tensor_parallel: int = Field(default=1, ge=1)
+    tensor_parallel: SmallCount = 1
     """Devices sharding every layer of one instance (2 all-reduces per layer)."""
-    pipeline_parallel: int = Field(default=1, ge=1)
+    pipeline_parallel: SmallCount = 1
     """Stages of contiguous layers; this many micro-batches in flight (vLLM virtual engines)."""
-    expert_parallel: int = Field(default=1, ge=1)
+    expert_parallel: SmallCount = 1
     """MoE: devices the experts are split over (1 or equal to tensor_parallel)."""
 
 
 class ClusterConfig(_Section):
-    instances: int = Field(default=1, ge=1)
+    instances: SmallCount = 1
     """Identical replicas (data parallel serving) behind the router."""
-    tensor_parallel: int = Field(default=1, ge=1)
+    tensor_parallel: SmallCount = 1
     """Devices sharding every layer of one instance (2 all-reduces per layer)."""
-    pipeline_parallel: int = Field(default=1, ge=1)
+    pipeline_parallel: SmallCount = 1
     """Stages of contiguous layers; this many micro-batches in flight (vLLM virtual engines)."""
-    expert_parallel: int = Field(default=1, ge=1)
+    expert_parallel: SmallCount = 1
     """MoE: devices the experts are split over (1 or equal to tensor_parallel)."""
     pools: list[PoolConfig] | None = Field(
         default=None, description="heterogeneous instance groups; replaces the keys above"
@@ -549,11 +656,11 @@ class KvOffloadConfig(_Section):
     override it for a CXL memory expander.
     """
 
-    capacity_gib: float = Field(gt=0)
+    capacity_gib: GiB = Field(gt=0)
     """Host/CXL memory per device for offloaded prefix blocks, GiB."""
-    bandwidth_gbps: float | None = Field(default=None, gt=0)
+    bandwidth_gbps: Gbps | None = None
     """Link bandwidth per device, GB/s (default: the device's links.host)."""
-    latency_us: float | None = Field(default=None, ge=0)
+    latency_us: Microseconds | None = None
     """Link latency per transfer, µs (default: the device's links.host)."""
 
 
@@ -562,26 +669,26 @@ class SchedulerConfig(_Section):
 
     policy: str = "vllm"
     """Scheduler policy (llmservingsim catalog schedulers)."""
-    max_num_seqs: int = Field(default=256, ge=1)
+    max_num_seqs: TokenCount = 256
     """Most sequences in one step."""
-    max_num_batched_tokens: int = Field(default=8192, ge=1)
+    max_num_batched_tokens: TokenCount = 8192
     """Token budget of one step (chunked prefill splits longer prompts)."""
-    block_size: int = Field(default=16, ge=1)
+    block_size: int = Field(default=16, ge=1, le=2**16, strict=True)
     """Tokens per KV-cache block."""
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    gpu_memory_utilization: Fraction = 0.9
     """Share of device memory for weights, activations and KV cache."""
     enable_prefix_caching: bool = False
     """Reuse KV blocks of shared prompt prefixes."""
     preemption: Literal["recompute", "swap"] = "recompute"
     """What happens to a preempted request's KV: dropped and recomputed, or swapped to host."""
-    swap_space_gib: float = Field(default=4.0, ge=0)
+    swap_space_gib: GiB = 4.0
     """Host memory per device for the KV of swapped-out requests, GiB (vLLM's --swap-space)."""
     kv_offload: KvOffloadConfig | None = None
     """Optional host/CXL tier for evicted prefix blocks (LMCache-like; docs/kv_cache.md)."""
-    max_queue: int | None = Field(default=None, ge=1)
+    max_queue: Count | None = None
     """Admission control: most requests waiting per scheduler; arrivals beyond it are rejected
     (status ``rejected``). None: the queue is unbounded."""
-    request_timeout_s: float | None = Field(default=None, gt=0)
+    request_timeout_s: PositiveSeconds | None = None
     """Admission control: a request still waiting to start this many seconds after it arrived
     is dropped (status ``timed_out``) at the next step. None: requests wait forever."""
     num_gpu_blocks_override: int | None = Field(default=None, ge=1)
@@ -637,18 +744,20 @@ class PerfConfig(_Section):
 
     backend: str = "auto"
     """Perf backend (llmservingsim catalog backends), or auto."""
-    profile_dir: Path | None = Field(
+    profile_dir: FilePath | None = Field(
         default=None, description="profile: folder or CSV of measured op tables"
     )
     command: list[str] | str | None = Field(
         default=None, description="external: the simulator to run (argv list or shell-like string)"
     )
-    cache_dir: Path | None = Field(
+    cache_dir: FilePath | None = Field(
         default=None,
         description="external / scalesim: result cache folder (default "
         "~/.cache/llmservingsim/external or ~/.cache/llmservingsim/scalesim)",
     )
-    timeout_s: float = Field(default=60.0, gt=0, description="external: seconds per answer")
+    timeout_s: float = Field(
+        default=60.0, gt=0, le=1e6, allow_inf_nan=False, description="external: seconds per answer"
+    )
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="free-form settings for plugin backends; scalesim: scalesim_stream_tile",
@@ -661,7 +770,7 @@ class MoeConfig(_Section):
     """Mixture-of-experts routing. ``imbalance``: the busiest expert's tokens over the mean
     (1.0 = uniform routing); it loads the critical rank under expert parallelism."""
 
-    imbalance: float = Field(default=1.0, ge=1.0)
+    imbalance: float = Field(default=1.0, ge=1.0, le=1e3, allow_inf_nan=False)
 
 
 class PimConfig(_Section):
@@ -671,7 +780,7 @@ class PimConfig(_Section):
 
     enabled: bool = False
     device: str = Field(default="pim", description="catalog name or device YAML of type pim")
-    count: int = Field(default=4, ge=1, description="PIM devices per instance")
+    count: SmallCount = Field(default=4, description="PIM devices per instance")
     sub_batch_interleaving: bool = Field(
         default=False,
         description="split decode into two sub-batches so device and PIM work overlap",
@@ -689,17 +798,17 @@ class LoraConfig(_Section):
     enabled: bool = False
     """Serve the adapters a trace names (vLLM --enable-lora); workload.lora turns it on too."""
 
-    max_loras: int = Field(default=4, ge=1)
+    max_loras: SmallCount = 4
     """Adapters resident on the device at once (slots reserved up front)."""
-    max_lora_rank: int = Field(default=16, ge=1)
+    max_lora_rank: int = Field(default=16, ge=1, le=2**16, strict=True)
     """Rank each slot is sized for; an adapter of higher rank is an error."""
-    max_cpu_loras: int = Field(default=64, ge=1)
+    max_cpu_loras: SmallCount = 64
     """Adapters kept in host memory (LRU); the rest load from disk."""
     target_modules: list[LoraTarget] = Field(
         default_factory=lambda: list(ALL_LORA_TARGETS), min_length=1
     )
     """Linear layers every adapter adapts, in each decoder layer."""
-    disk_bandwidth_gbps: float = Field(default=2.0, gt=0)
+    disk_bandwidth_gbps: Gbps = 2.0
     """Disk read bandwidth for adapters not in the host cache, GB/s (NVMe-class)."""
 
 
@@ -709,13 +818,13 @@ class SpeculativeConfig(_Section):
 
     method: Literal["none", "draft", "eagle", "ngram", "mtp"] = "none"
     """none | draft (a small draft model) | eagle / mtp (one-layer head) | ngram (prompt lookup)."""
-    num_speculative_tokens: int = Field(default=4, ge=1)
+    num_speculative_tokens: int = Field(default=4, ge=1, le=1024, strict=True)
     """Tokens proposed per step (k)."""
     draft_model: str = "llama-3.2-1b"
     """method=draft: catalog name or Hugging Face config.json of the draft model."""
-    acceptance_rate: float | list[float] = 0.7
+    acceptance_rate: Finite | list[Finite] = Field(default=0.7, union_mode="left_to_right")
     """Per-token acceptance α in [0, 1], or a list with one α per position (length k)."""
-    disable_by_batch_size: int | None = Field(default=None, ge=1)
+    disable_by_batch_size: TokenCount | None = None
     """Switch speculation off for a step when more requests than this are running."""
 
     @field_validator("acceptance_rate")
@@ -759,18 +868,18 @@ class FrontendConfig(_Section):
 
     enabled: bool = False
     """Apply the frontend model (TTFT/E2E are then what the client sees)."""
-    request_overhead_us: float = Field(default=0.0, ge=0)
+    request_overhead_us: float = Field(default=0.0, ge=0, le=1e9, allow_inf_nan=False)
     """Fixed cost per request before the scheduler has it (API server + IPC), µs."""
-    per_prompt_token_us: float = Field(default=0.0, ge=0)
+    per_prompt_token_us: float = Field(default=0.0, ge=0, le=1e9, allow_inf_nan=False)
     """Tokenization / input processing per prompt token, µs."""
-    token_out_us: float = Field(default=0.0, ge=0)
+    token_out_us: float = Field(default=0.0, ge=0, le=1e9, allow_inf_nan=False)
     """Engine core → client per emitted token (IPC, detokenize, stream), µs."""
     async_scheduling: bool = False
     """vLLM V1 async scheduling: a request arriving while a step runs starts one step later."""
-    step_overhead_us: float | None = Field(default=None, ge=0)
+    step_overhead_us: float | None = Field(default=None, ge=0, le=1e9, allow_inf_nan=False)
     """CPU time per engine step not overlapped with the GPU, µs (None: the device YAML's
     efficiency.iteration_overhead_us)."""
-    per_seq_overhead_us: float | None = Field(default=None, ge=0)
+    per_seq_overhead_us: float | None = Field(default=None, ge=0, le=1e9, allow_inf_nan=False)
     """Same, per sequence of the step, µs (None: the device YAML's per_seq_overhead_us)."""
 
 
@@ -793,20 +902,20 @@ class OutputsConfig(_Section):
 
     format: Literal["parquet", "csv"] = "parquet"
     """File format of the requests and timeseries tables."""
-    timeseries_max_rows: int = Field(default=100_000, ge=1)
+    timeseries_max_rows: Count = 100_000
     """Most timeseries rows; past it, steps are summed into time buckets whose width doubles as
     needed."""
-    timeseries_bucket_s: float = Field(default=0.0, ge=0)
+    timeseries_bucket_s: Seconds = 0.0
     """Sum steps into buckets of this many seconds from the start (0: one row per step while
     timeseries_max_rows allows)."""
     trace: bool = True
     """Write trace.json (Chrome trace events, for Perfetto)."""
-    trace_request_every: int = Field(default=0, ge=0)
+    trace_request_every: int = Field(default=0, ge=0, lt=MAX_TOKENS, strict=True)
     """Keep the trace slices of every k-th request (0: the smallest k that keeps at most
     trace_max_requests)."""
-    trace_max_requests: int = Field(default=10_000, ge=1)
+    trace_max_requests: Count = 10_000
     """Bound on traced requests when trace_request_every is 0."""
-    trace_max_steps: int = Field(default=100_000, ge=1)
+    trace_max_steps: Count = 100_000
     """Most step slices in the trace; past it every 2nd, then 4th, ... step is kept."""
     report: bool = True
     """Write report.html."""
@@ -841,8 +950,8 @@ class SimConfig(_Section):
     outputs: OutputsConfig = OutputsConfig()
     frontend: FrontendConfig = FrontendConfig()
     simulator: SimulatorConfig = SimulatorConfig()
-    seed: int = Field(default=0, ge=0)
-    """Random seed (a non-negative integer): a run is fully reproducible from it."""
+    seed: Annotated[int, NotBool] = Field(default=0, ge=0, lt=2**63)
+    """Random seed (a non-negative integer below 2^63): a run is fully reproducible from it."""
     plugins: list[str] = []
     """Python files (``path/to/policy.py``) or importable modules loaded before the run, so the
     schedulers, routers and perf backends they register can be named here (docs/extending.md).
@@ -945,7 +1054,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text!r}: empty key in dotted path")
     try:
         value = yaml.safe_load(value_text) if value_text.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):
+        # Not YAML (or an integer of more digits than Python converts): the text itself.
         value = value_text
     return parts, value
 
@@ -966,9 +1076,17 @@ def apply_override(raw: dict[str, Any], parts: list[str], value: Any) -> None:
 
 def load_yaml_mapping(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r})"
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -993,9 +1111,33 @@ def _fill_length_defaults(raw: dict[str, Any]) -> None:
             workload[key] = {**getattr(defaults, key).model_dump(), **section}
 
 
+MAX_DEPTH = 16
+"""Deepest nesting a config may have (the schema itself needs 5 levels)."""
+
+
+def check_depth(node: Any, path: str = "", depth: int = 0) -> None:
+    """Refuse mappings and lists nested deeper than :data:`MAX_DEPTH` (no recursion limit,
+    no quadratic error messages, whatever a free-form key like perf.options holds)."""
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"{path or 'config'}: nested more than {MAX_DEPTH} levels deep")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            check_depth(value, f"{path}.{key}" if path else str(key), depth + 1)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_depth(value, f"{path}[{i}]", depth + 1)
+
+
+def _shown(value: object) -> str:
+    """A rejected value as the error quotes it: repr, cut to 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text):,} characters)"
+
+
 def build_config(raw: dict[str, Any], source: str = "config") -> SimConfig:
     fields = {name: f.annotation for name, f in SimConfig.model_fields.items()}
     try:
+        check_depth(raw)
         check_unknown_keys(raw, fields)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
@@ -1011,7 +1153,7 @@ def build_config(raw: dict[str, Any], source: str = "config") -> SimConfig:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
         got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        shown = "" if isinstance(got, dict) else f" (got {_shown(got)})"
         msg = str(err["msg"]).removeprefix("Value error, ")
         where = f"{loc}: " if loc else ""
         raise ConfigError(f"{source}: {where}{msg}{shown}") from None

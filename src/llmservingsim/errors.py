@@ -44,7 +44,9 @@ class DoesNotFitError(UserError):
 
 class BackendError(UserError):
     """A user-supplied perf backend (an external command, a plugin) failed; the message
-    carries what it printed. Exit code 1."""
+    quotes the last line it printed on stderr. Exit code 2."""
+
+    exit_code = 2
 
 
 class InputWarning(UserWarning):

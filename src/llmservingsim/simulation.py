@@ -245,6 +245,13 @@ def _check_parallelism(cfg: SimConfig, pool: PoolConfig) -> None:
             f"{where}.tensor_parallel={pool.tensor_parallel} must divide the "
             f"{spec.num_heads} attention heads of {cfg.model}"
         )
+    kv_heads, tp = spec.num_kv_heads, pool.tensor_parallel
+    if (kv_heads % tp) if kv_heads >= tp else (tp % kv_heads):
+        # vLLM: TP shards the KV heads evenly, or replicates each on tp / kv_heads devices.
+        raise ConfigError(
+            f"{where}.tensor_parallel={tp} cannot split the {kv_heads} KV heads of "
+            f"{cfg.model}: it must divide them or be a multiple of them"
+        )
     if pool.pipeline_parallel > spec.num_layers:
         raise ConfigError(
             f"{where}.pipeline_parallel={pool.pipeline_parallel} exceeds the "

@@ -8,16 +8,32 @@ FLOP/s.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llmservingsim.config import (
+    Fraction,
+    Gbps,
+    GiB,
+    Microseconds,
+    NotBool,
+    SmallCount,
+)
 from llmservingsim.errors import ConfigError
 
 GIB = 1024**3
 
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "fp4", "int8", "int4")
+
+# Physical ranges of a device file's numbers (configs share the other types, config.py).
+Tflops = Annotated[float, NotBool, Field(ge=1e-3, le=1e9, allow_inf_nan=False)]
+"""Dense peak, TFLOP/s: from 1 GFLOP/s (a denormal peak made every step infinite) to 10^9
+(tests model "infinite" compute with it)."""
+Watts = Annotated[float, NotBool, Field(ge=0, le=1e6, allow_inf_nan=False)]
+Dollars = Annotated[float, NotBool, Field(ge=0, le=1e6, allow_inf_nan=False)]
+Tokens = Annotated[float, NotBool, Field(ge=0, le=2**31, allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
@@ -33,17 +49,16 @@ class Link(_Strict):
     against measured NCCL profiles, see docs/calibration.md.
     """
 
-    bandwidth_gbps: float = Field(gt=0, description="datasheet GB/s per direction per device")
-    latency_us: float = Field(ge=0, description="per-hop latency (alpha), µs")
-    call_latency_us: float | None = Field(
-        default=None, ge=0, description="cap on the latency of one collective call, µs"
+    bandwidth_gbps: Gbps = Field(description="datasheet GB/s per direction per device")
+    latency_us: Microseconds = Field(description="per-hop latency (alpha), µs")
+    call_latency_us: Microseconds | None = Field(
+        default=None, description="cap on the latency of one collective call, µs"
     )
-    efficiency: float = Field(
-        default=1.0, gt=0, le=1, description="achieved / datasheet bandwidth for large messages"
+    efficiency: Fraction = Field(
+        default=1.0, description="achieved / datasheet bandwidth for large messages"
     )
-    links_per_node: int | None = Field(
+    links_per_node: SmallCount | None = Field(
         default=None,
-        ge=1,
         description="NICs a node drives in parallel for one collective (default: one per device)",
     )
 
@@ -52,10 +67,12 @@ class DirectAllReduce(_Strict):
     """Serving engines' one-kernel all-reduce over a full NVLink/xGMI mesh (vLLM/TRT-LLM custom
     all-reduce): t = latency + hop_latency·(p−1) + 2(p−1)/p · bytes / bandwidth."""
 
-    latency_us: float = Field(ge=0)
-    hop_latency_us: float = Field(ge=0)
-    bandwidth_gbps: float = Field(gt=0, description="effective, not datasheet")
-    max_bytes: int = Field(gt=0, description="larger messages fall back to NCCL-style rings")
+    latency_us: Microseconds
+    hop_latency_us: Microseconds
+    bandwidth_gbps: Gbps = Field(description="effective, not datasheet")
+    max_bytes: int = Field(
+        gt=0, lt=2**63, strict=True, description="larger messages fall back to NCCL-style rings"
+    )
 
 
 class Links(_Strict):
@@ -68,8 +85,8 @@ class Links(_Strict):
 
 
 class Power(_Strict):
-    idle_w: float = Field(ge=0)
-    max_w: float = Field(gt=0)
+    idle_w: Watts
+    max_w: Watts = Field(gt=0)
 
 
 class MemoryOpEfficiency(_Strict):
@@ -83,9 +100,9 @@ class MemoryOpEfficiency(_Strict):
     time = launch_us + bytes_per_row · max(rows, min_rows) / (bandwidth · efficiency)
     """
 
-    efficiency: float = Field(gt=0, le=1, description="achieved / peak DRAM bandwidth")
-    launch_us: float = Field(ge=0, description="fixed time per call of this kernel, µs")
-    min_rows: float = Field(default=1.0, ge=1, description="rows of one full wave")
+    efficiency: Fraction = Field(description="achieved / peak DRAM bandwidth")
+    launch_us: Microseconds = Field(description="fixed time per call of this kernel, µs")
+    min_rows: Tokens = Field(default=1.0, ge=1, description="rows of one full wave")
 
 
 class Efficiency(_Strict):
@@ -95,17 +112,11 @@ class Efficiency(_Strict):
     eta_c(M) = compute_max * M / (M + compute_half_m).
     """
 
-    compute_max: float = Field(gt=0, le=1)
-    compute_half_m: float = Field(
-        ge=0, description="tokens at which GEMMs reach half of compute_max"
-    )
-    attention_compute: float = Field(
-        gt=0, le=1, description="FlashAttention prefill FLOP efficiency"
-    )
-    memory: float = Field(
-        gt=0, le=1, description="achieved / peak DRAM bandwidth for streaming kernels"
-    )
-    kernel_launch_us: float = Field(ge=0, description="fixed time per kernel (launch + tail)")
+    compute_max: Fraction
+    compute_half_m: Tokens = Field(description="tokens at which GEMMs reach half of compute_max")
+    attention_compute: Fraction = Field(description="FlashAttention prefill FLOP efficiency")
+    memory: Fraction = Field(description="achieved / peak DRAM bandwidth for streaming kernels")
+    kernel_launch_us: Microseconds = Field(description="fixed time per kernel (launch + tail)")
     memory_ops: dict[str, MemoryOpEfficiency] = Field(
         default_factory=dict,
         description="per op name (model/ops.py) overrides of memory and kernel_launch_us for "
@@ -117,11 +128,11 @@ class Efficiency(_Strict):
         "relative to bf16's (fp8 tensor cores do not reach 2x bf16; fitted on measured kernel "
         "tables, scripts/calibrate_kernel_tables.py)",
     )
-    iteration_overhead_us: float = Field(
-        ge=0, description="CPU time per engine step (schedule, prepare inputs)"
+    iteration_overhead_us: Microseconds = Field(
+        description="CPU time per engine step (schedule, prepare inputs)"
     )
-    per_seq_overhead_us: float = Field(
-        ge=0, description="CPU time per sequence in the batch per step"
+    per_seq_overhead_us: Microseconds = Field(
+        description="CPU time per sequence in the batch per step"
     )
 
 
@@ -137,17 +148,19 @@ class Systolic(_Strict):
     ``fold_overhead_cycles`` to every weight tile (0: loads fully hidden behind streaming).
     """
 
-    rows: int = Field(ge=1)
-    cols: int = Field(ge=1)
-    arrays: int = Field(ge=1, description="arrays working in parallel on the chip")
-    clock_ghz: float = Field(gt=0)
-    sram_mib: float = Field(gt=0)
+    rows: int = Field(ge=1, le=2**16, strict=True)
+    cols: int = Field(ge=1, le=2**16, strict=True)
+    arrays: int = Field(ge=1, le=2**20, strict=True, description="arrays working in parallel")
+    clock_ghz: float = Field(ge=1e-3, le=1e3, allow_inf_nan=False)
+    sram_mib: float = Field(gt=0, le=2**30, allow_inf_nan=False)
     dataflow: Literal["ws", "os", "is"] = Field(
         default="ws", description="ws | os | is: weight / output / input stationary"
     )
     fold_overhead_cycles: float = Field(
         default=0.0,
         ge=0,
+        le=1e9,
+        allow_inf_nan=False,
         description="systolic backend: extra cycles per weight tile (not hidden by double "
         "buffering); fitted by `calibrate --scalesim`",
     )
@@ -158,18 +171,19 @@ class DeviceSpec(_Strict):
     type: Literal["gpu", "npu", "tpu", "pim"] = "gpu"
     vendor: str = ""
     description: str = ""
-    memory_gib: float = Field(gt=0)
-    memory_bandwidth_gbps: float = Field(gt=0, description="DRAM/HBM bandwidth, GB/s")
-    peak_tflops: dict[str, float] = Field(description="dense peak per dtype (no sparsity), TFLOP/s")
-    reserved_memory_gib: float = Field(
+    memory_gib: GiB = Field(gt=0)
+    memory_bandwidth_gbps: Gbps = Field(description="DRAM/HBM bandwidth, GB/s")
+    peak_tflops: dict[str, Tflops] = Field(
+        description="dense peak per dtype (no sparsity), TFLOP/s"
+    )
+    reserved_memory_gib: GiB = Field(
         default=0.5,
-        ge=0,
         description="CUDA context, allocator and framework memory outside the KV pool",
     )
-    devices_per_node: int = Field(default=8, ge=1)
+    devices_per_node: SmallCount = 8
     links: Links
     power: Power
-    cost_per_hour_usd: float = Field(ge=0, description="on-demand cloud price per device-hour")
+    cost_per_hour_usd: Dollars = Field(description="on-demand cloud price per device-hour")
     efficiency: Efficiency
     systolic: Systolic | None = Field(
         default=None, description="NPU array geometry (type: npu); enables the systolic backend"
@@ -203,14 +217,20 @@ class DeviceSpec(_Strict):
 def load_device_file(path: Path) -> DeviceSpec:
     """Read and validate a device YAML; errors name the file and the key."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read device YAML: {exc}".replace("\n", " ")) from None
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, ValueError, RecursionError) as exc:
+        # ValueError: not UTF-8, or an integer of more than 4300 digits.
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ConfigError(f"{path}: cannot read device YAML: {reason[:200]}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of device keys")
     try:
         return DeviceSpec.model_validate(raw)
-    except ValidationError as exc:
+    except (ValidationError, RecursionError) as exc:
+        if isinstance(exc, RecursionError):
+            raise ConfigError(f"{path}: nested too deeply") from None
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: {loc}: {err['msg']}") from None
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {repr(got)[:60]})"
+        raise ConfigError(f"{path}: {loc}: {err['msg']}{shown}") from None

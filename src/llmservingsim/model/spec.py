@@ -12,8 +12,11 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field, TypeAdapter, ValidationError
+
+from llmservingsim.config import NotBool
 from llmservingsim.errors import ConfigError, InputWarning
 
 DTYPE_BYTES: dict[str, float] = {
@@ -59,6 +62,31 @@ class ModelSpec:
     qk_rope_head_dim: int = 0
     q_lora_rank: int = 0  # 0: queries are projected straight from the hidden state
     v_head_dim: int = 0  # MLA value head size (0: same as head_dim)
+
+    def __post_init__(self) -> None:
+        """Relations between the sizes (each size's own range is checked when it is read)."""
+        checks = [
+            (self.num_heads % self.num_kv_heads == 0, "num_kv_heads must divide num_heads"),
+            (self.first_dense_layers <= self.num_layers, "first_dense_layers > num_layers"),
+            (
+                not self.num_experts or self.experts_per_token <= self.num_experts,
+                "experts_per_token > num_experts",
+            ),
+            (
+                not self.num_experts or (self.experts_per_token and self.moe_intermediate_size),
+                "a mixture-of-experts model needs experts_per_token and an expert size >= 1",
+            ),
+            (self.qk_rope_head_dim <= self.head_dim, "qk_rope_head_dim > head_dim"),
+        ]
+        for ok, what in checks:
+            if not ok:
+                raise ConfigError(f"model {self.name}: {what} ({self._sizes()})")
+
+    def _sizes(self) -> str:
+        return (
+            f"{self.num_heads} heads, {self.num_kv_heads} KV heads, {self.num_layers} layers, "
+            f"{self.num_experts} experts, {self.experts_per_token} per token"
+        )
 
     @property
     def is_moe(self) -> bool:
@@ -159,7 +187,7 @@ class ModelSpec:
         return 2 * self.num_layers * self.kv_size * DTYPE_BYTES[kv_dtype]
 
 
-ConfigParser = Callable[[str, dict[str, Any]], ModelSpec]
+ConfigParser = Callable[[str, dict[str, Any], str], ModelSpec]
 _PARSERS: dict[str, ConfigParser] = {}
 
 
@@ -172,10 +200,44 @@ def _parser(*model_types: str) -> Callable[[ConfigParser], ConfigParser]:
     return decorator
 
 
-def _need(cfg: dict[str, Any], key: str, name: str) -> Any:
-    if key not in cfg:
-        raise ConfigError(f"model config {name}: missing key {key!r}")
-    return cfg[key]
+# Physical ranges of the sizes a config.json gives (the largest real models are far inside).
+_RANGES: dict[str, tuple[int, int]] = {
+    "size": (1, 2**20),  # hidden, head and rank sizes
+    "wide": (1, 2**24),  # MLP widths
+    "layers": (1, 10**4),
+    "heads": (1, 2**16),
+    "vocab": (1, 2**31 - 1),
+    "context": (2, 2**31 - 1),
+    "experts": (0, 2**16),
+    "optional": (0, 2**24),  # sizes where 0 means "not used"
+}
+_ADAPTERS = {
+    kind: TypeAdapter(Annotated[int, NotBool, Field(ge=low, le=high)])
+    for kind, (low, high) in _RANGES.items()
+}
+
+
+def _int(cfg: dict[str, Any], key: str, where: str, kind: str, default: int | None = None) -> int:
+    """``cfg[key]`` as an int in its physical range; a missing or null key is ``default``
+    (an error when there is none). Errors name the file, the key, the value and the range."""
+    raw = cfg.get(key)
+    if raw is None:
+        if default is None:
+            raise ConfigError(f"{where}: missing key {key!r}")
+        raw = default
+    try:
+        return int(_ADAPTERS[kind].validate_python(raw))
+    except ValidationError:
+        low, high = _RANGES[kind]
+        shown = repr(raw) if len(repr(raw)) <= 40 else f"{repr(raw)[:30]}..."
+        raise ConfigError(
+            f"{where}: key {key!r} is {shown}, expected an integer in [{low:,}, {high:,}]"
+        ) from None
+
+
+def _first(cfg: dict[str, Any], *keys: str) -> str:
+    """The first of ``keys`` the config sets (to a non-zero value), else the first key."""
+    return next((key for key in keys if cfg.get(key)), keys[0])
 
 
 def _warn_local_attention(name: str, layers: int, of: int, what: str) -> None:
@@ -200,74 +262,78 @@ def _warn_local_attention(name: str, layers: int, of: int, what: str) -> None:
     "deepseek_v3",
     "gpt_oss",
 )
-def _parse_llama_like(name: str, cfg: dict[str, Any]) -> ModelSpec:
-    hidden = int(_need(cfg, "hidden_size", name))
-    heads = int(_need(cfg, "num_attention_heads", name))
-    head_dim = int(cfg.get("head_dim") or hidden // heads)
-    num_experts = int(
-        cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts") or 0
-    )
-    kv_lora_rank = int(cfg.get("kv_lora_rank") or 0)
-    rope_dim = int(cfg.get("qk_rope_head_dim") or 0)
+def _parse_llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
+    hidden = _int(cfg, "hidden_size", where, "size")
+    heads = _int(cfg, "num_attention_heads", where, "heads")
+    head_dim = _int(cfg, "head_dim", where, "size", default=max(hidden // heads, 1))
+    experts_key = _first(cfg, "num_local_experts", "num_experts", "n_routed_experts")
+    num_experts = _int(cfg, experts_key, where, "experts", default=0)
+    kv_lora_rank = _int(cfg, "kv_lora_rank", where, "optional", default=0)
+    rope_dim = _int(cfg, "qk_rope_head_dim", where, "optional", default=0)
     if kv_lora_rank:
         # MLA: query/key heads are qk_nope + qk_rope wide, values v_head_dim wide.
-        head_dim = int(_need(cfg, "qk_nope_head_dim", name)) + rope_dim
-    moe_inter = int(cfg.get("moe_intermediate_size") or cfg.get("intermediate_size") or 0)
-    num_shared = int(cfg.get("n_shared_experts") or 0)
+        head_dim = _int(cfg, "qk_nope_head_dim", where, "size") + rope_dim
+    inter = _int(cfg, "intermediate_size", where, "wide")
+    moe_inter = _int(cfg, "moe_intermediate_size", where, "optional", default=inter)
+    num_shared = _int(cfg, "n_shared_experts", where, "optional", default=0)
     layer_types = cfg.get("layer_types") or []
     sliding = sum(1 for kind in layer_types if kind == "sliding_attention")
     if sliding and cfg.get("sliding_window"):
         # gpt-oss: every other layer attends to the last sliding_window tokens only.
         window = f"sliding-window attention ({cfg['sliding_window']} tokens)"
         _warn_local_attention(name, sliding, len(layer_types), window)
-    shared_inter = int(cfg.get("shared_expert_intermediate_size") or num_shared * moe_inter)
+    shared_inter = _int(
+        cfg, "shared_expert_intermediate_size", where, "optional", default=num_shared * moe_inter
+    )
     return ModelSpec(
         name=name,
         model_type=str(cfg["model_type"]),
         hidden_size=hidden,
-        num_layers=int(_need(cfg, "num_hidden_layers", name)),
+        num_layers=_int(cfg, "num_hidden_layers", where, "layers"),
         num_heads=heads,
-        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+        num_kv_heads=_int(cfg, "num_key_value_heads", where, "heads", default=heads),
         head_dim=head_dim,
-        intermediate_size=int(_need(cfg, "intermediate_size", name)),
-        vocab_size=int(_need(cfg, "vocab_size", name)),
-        max_context=int(cfg.get("max_position_embeddings") or 4096),
+        intermediate_size=inter,
+        vocab_size=_int(cfg, "vocab_size", where, "vocab"),
+        max_context=_int(cfg, "max_position_embeddings", where, "context", default=4096),
         gated_mlp=True,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         num_experts=num_experts,
-        experts_per_token=int(cfg.get("num_experts_per_tok") or 0),
+        experts_per_token=_int(cfg, "num_experts_per_tok", where, "optional", default=0),
         moe_intermediate_size=moe_inter,
         num_shared_experts=num_shared,
-        first_dense_layers=int(cfg.get("first_k_dense_replace") or 0) if num_experts else 0,
+        first_dense_layers=_int(cfg, "first_k_dense_replace", where, "optional", default=0)
+        if num_experts
+        else 0,
         shared_intermediate_size=shared_inter if num_experts else 0,
         kv_lora_rank=kv_lora_rank,
         qk_rope_head_dim=rope_dim,
-        q_lora_rank=int(cfg.get("q_lora_rank") or 0),
-        v_head_dim=int(cfg.get("v_head_dim") or 0) if kv_lora_rank else 0,
+        q_lora_rank=_int(cfg, "q_lora_rank", where, "optional", default=0),
+        v_head_dim=_int(cfg, "v_head_dim", where, "optional", default=0) if kv_lora_rank else 0,
     )
 
 
 @_parser("llama4", "llama4_text")
-def _parse_llama4(name: str, cfg: dict[str, Any]) -> ModelSpec:
+def _parse_llama4(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
     """Llama 4 (Scout, Maverick): the text model of ``text_config`` (the vision encoder is not
     modelled). MoE layers (every ``interleave_moe_layer_step``-th) hold ``num_local_experts``
     routed experts and one shared expert of ``intermediate_size``; dense layers an MLP of
     ``intermediate_size_mlp``."""
     text = cfg.get("text_config") if cfg.get("model_type") == "llama4" else cfg
     if not isinstance(text, dict):
-        raise ConfigError(f"model config {name}: missing 'text_config'")
-    hidden = int(_need(text, "hidden_size", name))
-    heads = int(_need(text, "num_attention_heads", name))
-    layers = int(_need(text, "num_hidden_layers", name))
-    step = int(text.get("interleave_moe_layer_step") or 1)
+        raise ConfigError(f"{where}: missing 'text_config'")
+    hidden = _int(text, "hidden_size", where, "size")
+    heads = _int(text, "num_attention_heads", where, "heads")
+    layers = _int(text, "num_hidden_layers", where, "layers")
+    step = _int(text, "interleave_moe_layer_step", where, "layers", default=1)
     expected = list(range(step - 1, layers, step))
     moe_layers = text.get("moe_layers")
     if moe_layers is not None and list(moe_layers) != expected:
         raise ConfigError(
-            f"model config {name}: moe_layers {moe_layers!r} is not every "
+            f"{where}: moe_layers {moe_layers!r} is not every "
             f"interleave_moe_layer_step-th layer ({step}): not yet supported"
         )
-    expert_inter = int(_need(text, "intermediate_size", name))
+    expert_inter = _int(text, "intermediate_size", where, "wide")
     chunk = text.get("attention_chunk_size")
     if chunk:
         # iRoPE: three of every four layers attend within chunks; the fourth (NoPE) globally.
@@ -280,15 +346,15 @@ def _parse_llama4(name: str, cfg: dict[str, Any]) -> ModelSpec:
         hidden_size=hidden,
         num_layers=layers,
         num_heads=heads,
-        num_kv_heads=int(text.get("num_key_value_heads") or heads),
-        head_dim=int(text.get("head_dim") or hidden // heads),
-        intermediate_size=int(_need(text, "intermediate_size_mlp", name)),
-        vocab_size=int(_need(text, "vocab_size", name)),
-        max_context=int(text.get("max_position_embeddings") or 4096),
+        num_kv_heads=_int(text, "num_key_value_heads", where, "heads", default=heads),
+        head_dim=_int(text, "head_dim", where, "size", default=max(hidden // heads, 1)),
+        intermediate_size=_int(text, "intermediate_size_mlp", where, "wide"),
+        vocab_size=_int(text, "vocab_size", where, "vocab"),
+        max_context=_int(text, "max_position_embeddings", where, "context", default=4096),
         gated_mlp=True,
         tie_word_embeddings=bool(text.get("tie_word_embeddings", False)),
-        num_experts=int(_need(text, "num_local_experts", name)),
-        experts_per_token=int(_need(text, "num_experts_per_tok", name)),
+        num_experts=_int(text, "num_local_experts", where, "experts"),
+        experts_per_token=_int(text, "num_experts_per_tok", where, "optional"),
         moe_intermediate_size=expert_inter,
         num_shared_experts=1,
         shared_intermediate_size=expert_inter,
@@ -297,63 +363,77 @@ def _parse_llama4(name: str, cfg: dict[str, Any]) -> ModelSpec:
 
 
 @_parser("opt")
-def _parse_opt(name: str, cfg: dict[str, Any]) -> ModelSpec:
-    hidden = int(_need(cfg, "hidden_size", name))
-    heads = int(_need(cfg, "num_attention_heads", name))
+def _parse_opt(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
+    hidden = _int(cfg, "hidden_size", where, "size")
+    heads = _int(cfg, "num_attention_heads", where, "heads")
     return ModelSpec(
         name=name,
         model_type="opt",
         hidden_size=hidden,
-        num_layers=int(_need(cfg, "num_hidden_layers", name)),
+        num_layers=_int(cfg, "num_hidden_layers", where, "layers"),
         num_heads=heads,
         num_kv_heads=heads,
-        head_dim=hidden // heads,
-        intermediate_size=int(_need(cfg, "ffn_dim", name)),
-        vocab_size=int(_need(cfg, "vocab_size", name)),
-        max_context=int(cfg.get("max_position_embeddings") or 2048),
+        head_dim=_head_dim(hidden, heads, where),
+        intermediate_size=_int(cfg, "ffn_dim", where, "wide"),
+        vocab_size=_int(cfg, "vocab_size", where, "vocab"),
+        max_context=_int(cfg, "max_position_embeddings", where, "context", default=2048),
         gated_mlp=False,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
     )
 
 
 @_parser("gpt2", "gpt3")
-def _parse_gpt(name: str, cfg: dict[str, Any]) -> ModelSpec:
-    hidden = int(_need(cfg, "n_embd", name))
-    heads = int(_need(cfg, "n_head", name))
+def _parse_gpt(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
+    hidden = _int(cfg, "n_embd", where, "size")
+    heads = _int(cfg, "n_head", where, "heads")
     return ModelSpec(
         name=name,
         model_type=str(cfg["model_type"]),
         hidden_size=hidden,
-        num_layers=int(_need(cfg, "n_layer", name)),
+        num_layers=_int(cfg, "n_layer", where, "layers"),
         num_heads=heads,
         num_kv_heads=heads,
-        head_dim=hidden // heads,
-        intermediate_size=int(cfg.get("n_inner") or 4 * hidden),
-        vocab_size=int(_need(cfg, "vocab_size", name)),
-        max_context=int(cfg.get("n_positions") or 2048),
+        head_dim=_head_dim(hidden, heads, where),
+        intermediate_size=_int(cfg, "n_inner", where, "wide", default=4 * hidden),
+        vocab_size=_int(cfg, "vocab_size", where, "vocab"),
+        max_context=_int(cfg, "n_positions", where, "context", default=2048),
         gated_mlp=False,
         tie_word_embeddings=True,
     )
 
 
-def parse_hf_config(name: str, cfg: dict[str, Any]) -> ModelSpec:
+def _head_dim(hidden: int, heads: int, where: str) -> int:
+    if hidden % heads:
+        raise ConfigError(f"{where}: {heads} attention heads do not divide hidden size {hidden}")
+    return hidden // heads
+
+
+def parse_hf_config(name: str, cfg: dict[str, Any], where: str | None = None) -> ModelSpec:
+    """The spec of a Hugging Face config.json; ``where`` (default ``model config NAME``)
+    prefixes every error."""
+    where = where or f"model config {name}"
     model_type = cfg.get("model_type")
     if not isinstance(model_type, str):
-        raise ConfigError(f"model config {name}: missing 'model_type'")
+        raise ConfigError(f"{where}: missing 'model_type'")
     parser = _PARSERS.get(model_type)
     if parser is None:
         supported = ", ".join(sorted(_PARSERS))
-        raise ConfigError(
-            f"model config {name}: model_type {model_type!r} not supported ({supported})"
-        )
-    return parser(name, cfg)
+        raise ConfigError(f"{where}: model_type {model_type!r} not supported ({supported})")
+    try:
+        return parser(name, cfg, where)
+    except ConfigError as exc:  # a relation between sizes (ModelSpec.__post_init__)
+        if str(exc).startswith(where):
+            raise
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def load_hf_config_file(path: Path, name: str | None = None) -> ModelSpec:
     try:
-        cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read model config.json: {exc}") from None
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        # ValueError: invalid JSON, not UTF-8, or an integer of more than 4300 digits.
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ConfigError(f"{path}: cannot read model config.json: {reason[:200]}") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a JSON object")
-    return parse_hf_config(name or path.stem, cfg)
+    return parse_hf_config(name or path.stem, cfg, where=str(path))

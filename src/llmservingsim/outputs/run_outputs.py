@@ -24,6 +24,7 @@ from llmservingsim.outputs.tables import (
     write_table,
 )
 from llmservingsim.outputs.trace import TraceRecorder
+from llmservingsim.preflight import check_kv_fits, check_run_cost
 from llmservingsim.simulation import SimulationResult, load_requests, simulate
 from llmservingsim.workload.request_spec import RequestSpec
 
@@ -99,8 +100,10 @@ def simulate_to_dir(
     check_invariants: bool | None = None,
 ) -> tuple[SimulationResult, list[Path]]:
     """Run one simulation and write all its files to ``out_dir`` (what ``run`` does)."""
+    check_run_cost(cfg)
     if requests is None:
         requests = load_requests(cfg)
+    check_kv_fits(cfg, requests)
     metadata = {"version": __version__, "config": cfg.model_dump(mode="json")}
     labels = RequestLabels.of(requests)
     outputs = RunOutputs(out_dir, cfg.outputs, len(requests), metadata, labels)

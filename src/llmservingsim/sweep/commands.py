@@ -76,7 +76,11 @@ def _progress(label: str, total: int, show: bool) -> Iterator[Callable[[Row], No
 
 
 def _out_dir(out: Path | None, kind: str) -> Path:
-    return out or Path("results") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from llmservingsim.preflight import check_out_dir
+
+    out_dir = out or Path("results") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_out_dir(out_dir)
+    return out_dir
 
 
 # ----------------------------------------------------------------------------- sweep

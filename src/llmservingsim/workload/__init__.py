@@ -7,8 +7,9 @@ from collections.abc import Sequence as SequenceOf
 
 import numpy as np
 
-from llmservingsim.config import ClientConfig, WorkloadConfig
+from llmservingsim.config import MAX_SECONDS, ClientConfig, WorkloadConfig
 from llmservingsim.errors import ConfigError
+from llmservingsim.preflight import check_state_memory
 from llmservingsim.registry import Registry
 from llmservingsim.workload.adapters import pick_adapters
 from llmservingsim.workload.arrival import ARRIVAL_PROCESSES, arrival_times
@@ -41,6 +42,20 @@ __all__ = [
 ]
 
 
+def check_arrivals(arrival_s: np.ndarray) -> None:
+    """Refuse a workload whose simulated time would not be finite (or not fit float64 seconds
+    with sub-microsecond resolution): a rate of 1e-320, a time_scale or think time of 1e300."""
+    if not arrival_s.size:
+        return
+    last = float(np.max(arrival_s))
+    if not np.isfinite(arrival_s).all() or last > MAX_SECONDS:
+        raise ConfigError(
+            f"workload: the last request would arrive at t = {last:.3g} s, beyond the "
+            f"{MAX_SECONDS:.0e} s a simulation covers: raise workload.arrival.rate, or lower "
+            "workload.trace.time_scale / workload.sessions.think_time_s"
+        )
+
+
 def load_workload(cfg: WorkloadConfig, max_context: int, seed: int) -> RequestTable:
     """The requests of ``cfg`` in arrival order with ids 0..n-1, reproducible from ``seed``.
 
@@ -48,6 +63,8 @@ def load_workload(cfg: WorkloadConfig, max_context: int, seed: int) -> RequestTa
     input_len + output_len <= max_context. The table builds each request's object when read
     (request_table.py), so a million requests cost columns, not a million objects.
     """
+    if cfg.kind == "synthetic":
+        check_state_memory(num_requests=cfg.num_requests)
     rng = np.random.default_rng(seed)
     requests = WORKLOAD_KINDS.get(cfg.kind)(cfg, max_context, rng)
     if isinstance(requests, RequestTable):
@@ -61,6 +78,7 @@ def load_workload(cfg: WorkloadConfig, max_context: int, seed: int) -> RequestTa
     else:
         names = tuple(c.name for c in cfg.clients or ())
         table = RequestTable.from_specs(requests, client_names=names)
+    check_arrivals(table.arrival_s)
     if cfg.lora is not None:
         # Its own generator: the same seed gives the same traffic with or without adapters.
         picks = pick_adapters(len(table), cfg.lora, np.random.default_rng([seed, 12]))

@@ -105,6 +105,6 @@ def _burst(cfg: ArrivalConfig, n: int, rng: np.random.Generator) -> FloatArray:
     """
     size = cfg.burst_size
     groups = -(-n // size)
-    gaps = np.zeros(groups * size, dtype=np.float64)
+    gaps = np.zeros(n, dtype=np.float64)
     gaps[::size] = rng.exponential(float(size), groups)
-    return gaps[:n]
+    return gaps

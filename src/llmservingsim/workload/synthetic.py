@@ -10,6 +10,7 @@ can share them. docs/workloads.md.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from llmservingsim.config import (
     SystemPromptConfig,
     WorkloadConfig,
 )
+from llmservingsim.errors import InputWarning
 from llmservingsim.workload.arrival import arrival_times, staged_arrival_times
 from llmservingsim.workload.lengths import clip_to_context, sample_lengths
 from llmservingsim.workload.request_spec import TokenContent
@@ -287,11 +289,35 @@ def _generate_stream(
         own_id = pool.first_id + picks
         next_id = first_id
     inputs, outputs = clip_to_context(user + system_len, answer, max_context)
+    warn_clipped(user + system_len, answer, max_context)
     contents = None
     if prompts is not None or pool is not None:
         contents = SyntheticContents(NAMESPACE, prompts, system_len, own_id, user, inputs)
     # Cumulative sums of non-negative gaps: already in arrival order.
     return Part(arrivals, inputs, outputs, contents, next_id)
+
+
+def warn_clipped(prompts: IntArray, outputs: IntArray, max_context: int) -> None:
+    """Say (one ``warning:`` line) how many drawn requests were cut to the model's context."""
+    long_prompts = int(np.count_nonzero(prompts > max_context - 1))
+    too_long = int(np.count_nonzero(prompts + outputs > max_context))
+    if not too_long:
+        return
+    parts = []
+    if long_prompts:
+        parts.append(
+            f"{long_prompts:,} prompt(s) (up to {int(prompts.max()):,} tokens) cut to "
+            f"{max_context - 1:,} tokens"
+        )
+    if too_long > long_prompts or not long_prompts:
+        parts.append("output lengths cut to the room left")
+    warnings.warn(
+        f"workload: {too_long:,} of {prompts.size:,} request(s) longer than the model's "
+        f"{max_context:,}-token context clipped to fit: {'; '.join(parts)} "
+        "(workload.input_len / workload.output_len)",
+        InputWarning,
+        stacklevel=2,
+    )
 
 
 def _sessions(

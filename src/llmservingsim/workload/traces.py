@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from llmservingsim.config import WorkloadConfig
+from llmservingsim.config import MAX_TOKENS, WorkloadConfig
 from llmservingsim.errors import ConfigError, InputWarning, TraceError
 from llmservingsim.registry import Registry
 from llmservingsim.workload.arrival import arrival_times
@@ -116,9 +116,9 @@ def _decimal(raw: object) -> Decimal | None:
 
 
 def _count(raw: object, minimum: int) -> int | None:
-    """A whole token count >= ``minimum`` (``12`` and ``12.0`` both read as 12)."""
+    """A whole token count in [``minimum``, 2^31) (``12`` and ``12.0`` both read as 12)."""
     value = _decimal(raw)
-    if value is None or value != value.to_integral_value() or value < minimum:
+    if value is None or value != value.to_integral_value() or not minimum <= value < MAX_TOKENS:
         return None
     return int(value)
 
@@ -216,10 +216,12 @@ def _row(
 
     input_len = _count(values[layout.input], minimum=1)
     if input_len is None:
-        raise bad(layout.input, "a positive integer (a request needs at least 1 input token)")
+        raise bad(
+            layout.input, "a positive integer below 2^31 (a request needs at least 1 input token)"
+        )
     output_len = _count(values[layout.output], minimum=0)
     if output_len is None:
-        raise bad(layout.output, "a non-negative integer")
+        raise bad(layout.output, "a non-negative integer below 2^31")
     arrival_ns = None
     if has_arrival:
         arrival_ns = layout.parse_arrival(values[layout.arrival])
@@ -359,6 +361,25 @@ _register("mooncake", partial(_read_jsonl, layouts=(MOONCAKE,)))
 
 # ----------------------------------------------------------------------------- loading
 
+_CSV_MARKERS = (
+    ("TIMESTAMP", "azure"),
+    ("arrived_at", "vidur_csv"),
+    ("num_prefill_tokens", "vidur_csv"),
+)
+
+
+def detect_format(path: Path) -> str:
+    """The format of a trace whose ``trace.format`` is not given: ``.csv`` files by their
+    header (Azure, Vidur or the plain csv layout), anything else JSON lines."""
+    if path.suffix.lower() != ".csv":
+        return "jsonl"
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            header = {name.strip() for name in next(csv.reader(handle), [])}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return "csv"  # the reader reports what is wrong with the file
+    return next((fmt for column, fmt in _CSV_MARKERS if column in header), "csv")
+
 
 def read_trace(
     cfg: WorkloadConfig, max_context: int, rng: np.random.Generator
@@ -373,7 +394,7 @@ def read_trace(
     trace = cfg.trace
     if trace is None:
         raise ConfigError("workload.trace: a trace workload needs a trace section with a path")
-    fmt = TRACE_FORMATS.get(trace.format)
+    fmt = TRACE_FORMATS.get(trace.format or detect_format(trace.path))
     rows = list(fmt.read(trace.path))
     if not rows:
         raise TraceError(f"{trace.path}: the trace has no requests")
@@ -381,7 +402,22 @@ def read_trace(
     if rows[0].arrival_ns is None:
         rows = rows[:limit]
         arrivals = arrival_times(cfg.arrival, len(rows), rng)
+        if not cfg.arrival.model_fields_set:  # (a closed loop sets them)
+            warnings.warn(
+                f"{trace.path}: the trace has no arrival times; requests arrive as "
+                f"workload.arrival says ({cfg.arrival.process}, {cfg.arrival.rate:g} req/s, "
+                "the default): set workload.arrival to choose",
+                InputWarning,
+                stacklevel=2,
+            )
     else:
+        # A closed loop sends the trace's rows in timestamp order (engine.ClosedLoop).
+        if cfg.arrival.model_fields_set and cfg.arrival.process != "closed":
+            raise ConfigError(
+                f"workload.arrival: {trace.path} times its own requests, so "
+                f"workload.arrival.{sorted(cfg.arrival.model_fields_set)[0]} would be ignored; "
+                "remove it (stretch or squeeze the trace with workload.trace.time_scale)"
+            )
         ns = np.array([row.arrival_ns for row in rows], dtype=np.int64)
         if fmt.rebase:
             ns -= ns.min()

@@ -15,7 +15,8 @@ The cache file is ``<cache_dir>/<namespace>.jsonl``; the namespace hashes the co
 tool's name and version from its hello answer, the device spec, the dtype and this package's
 version, so a changed device or a new tool version never reuses stale answers. A tool that
 crashes, answers garbage or stays silent longer than ``perf.timeout_s`` stops the run with a
-:class:`~llmservingsim.errors.BackendError` quoting its stderr, never a hang.
+:class:`~llmservingsim.errors.BackendError` (exit 2) quoting its last stderr line, never a
+hang.
 """
 
 from __future__ import annotations
@@ -86,8 +87,9 @@ class ToolProcess:
                 text=True,
                 bufsize=1,
             )
-        except OSError as exc:
-            raise BackendError(f"{self._name()}: cannot start: {exc.strerror or exc}") from None
+        except (OSError, ValueError) as exc:  # ValueError: a NUL character in the command
+            reason = getattr(exc, "strerror", None) or exc
+            raise BackendError(f"{self._name()}: cannot start: {reason}") from None
         assert self.process.stdout is not None and self.process.stderr is not None
         self._answers: queue.Queue[str | None] = queue.Queue()
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES)
@@ -111,8 +113,9 @@ class ToolProcess:
         # The tool has exited: its stderr ends soon; read it all before quoting it (its end of
         # stdout may be seen before its last stderr line was read).
         self._stderr_reader.join(timeout=2)
-        stderr = " | ".join(self._stderr) or "(nothing)"
-        return BackendError(f"{self._name()} {what}; its stderr: {stderr}")
+        lines = [line for line in self._stderr if line.strip()]
+        last = repr(lines[-1].strip()) if lines else "(nothing)"
+        return BackendError(f"{self._name()} {what}; its last stderr line: {last}")
 
     def ask(self, request: dict[str, Any]) -> dict[str, Any]:
         assert self.process.stdin is not None

@@ -1,0 +1,128 @@
+"""Checks made before any simulation time is spent: where the outputs go, and what a run
+would cost (memory for the request table, a finite simulated time).
+
+Each failure is a one-line :class:`~llmservingsim.errors.UserError`; nothing here allocates
+in proportion to the workload.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence as SequenceOf
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from llmservingsim.errors import ConfigError, DoesNotFitError, InputWarning
+
+if TYPE_CHECKING:
+    from llmservingsim.config import SimConfig
+    from llmservingsim.workload.request_spec import RequestSpec
+
+
+def check_out_dir(out_dir: Path, flag: str = "--out") -> None:
+    """``out_dir`` is a directory that exists or can be made: not a file, under no file, and
+    its first existing ancestor writable."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{flag} {out_dir}: is a file, expected a directory (or a new path)")
+    for parent in out_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag} {out_dir}: {parent} is a file, not a directory")
+            if not out_dir.exists() and not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"{flag} {out_dir}: cannot create it ({parent} is not writable)")
+            return
+
+
+BYTES_PER_REQUEST = 256
+"""Peak memory one request costs a run (request table, request log, engine state): 181 B
+measured at 2 million requests (scripts/measure_state_memory.py), rounded up for prompt
+contents and the output writers."""
+BYTES_PER_INSTANCE = 16 * 1024
+"""Memory one instance costs (schedulers, KV block tables, timer caches): 12.3 KB measured at
+8,000 instances (scripts/measure_state_memory.py), rounded up."""
+
+
+def check_state_memory(num_requests: int = 0, instances: int = 0) -> None:
+    """Refuse, before allocating, a run whose request table and instances would not fit this
+    machine's memory; the error gives the estimate."""
+    need = num_requests * BYTES_PER_REQUEST + instances * BYTES_PER_INSTANCE
+    have = machine_memory_bytes()
+    if have is None or need <= have:
+        return
+    parts = []
+    if num_requests:
+        parts.append(f"{num_requests:,} requests × {BYTES_PER_REQUEST} B")
+    if instances:
+        parts.append(f"{instances:,} instances × {BYTES_PER_INSTANCE // 1024} KiB")
+    raise ConfigError(
+        f"workload.num_requests / cluster: the run needs about {need / 1e9:,.1f} GB "
+        f"({' + '.join(parts)}), more than this machine's {have / 1e9:,.1f} GB of memory: "
+        "simulate fewer requests or instances"
+    )
+
+
+def check_run_cost(cfg: SimConfig) -> None:
+    """:func:`check_state_memory` for a whole config (synthetic requests and every pool)."""
+    requests = cfg.workload.num_requests if cfg.workload.kind == "synthetic" else 0
+    instances = sum(pool.count for pool in cfg.cluster.resolved_pools(cfg.hardware))
+    check_state_memory(requests, instances)
+
+
+def machine_memory_bytes() -> int | None:
+    """Physical memory of this machine, or None where the OS does not say."""
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES")
+        page_size = os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return pages * page_size if pages > 0 and page_size > 0 else None
+
+
+def _kv_tokens(requests: SequenceOf[RequestSpec]) -> np.ndarray:
+    """Tokens whose KV each request holds at its largest (the last token's is never written)."""
+    from llmservingsim.workload.request_table import RequestTable
+
+    if isinstance(requests, RequestTable):
+        return requests.input_len + requests.output_len - 1
+    return np.fromiter(
+        (r.input_len + r.output_len - 1 for r in requests), dtype=np.int64, count=len(requests)
+    )
+
+
+def check_kv_fits(cfg: SimConfig, requests: SequenceOf[RequestSpec], warn: bool = True) -> None:
+    """Like vLLM at start-up: refuse (exit 3) a KV cache too small for every request, before
+    simulating; warn when only some requests can never fit (they are served as failed)."""
+    from llmservingsim.simulation import plan_instance_memory
+
+    if not len(requests):
+        return
+    tokens = _kv_tokens(requests)
+    block = cfg.scheduler.block_size
+    needed = -(-tokens // block)
+    capacities: dict[str, int] = {}
+    for pool_cfg in cfg.cluster.resolved_pools(cfg.hardware):
+        plan = plan_instance_memory(cfg, pool_cfg)
+        capacities[pool_cfg.name or "default"] = plan.num_blocks // pool_cfg.pipeline_parallel
+    largest = max(capacities.values())
+    smallest = int(np.argmin(needed))
+    if needed[smallest] > largest:
+        pool, blocks = max(capacities.items(), key=lambda item: item[1])
+        spec = requests[smallest]
+        raise DoesNotFitError(
+            f"the KV cache holds {blocks * block:,} tokens ({blocks:,} blocks of {block}) per "
+            f"engine of pool {pool}; the smallest request needs {int(tokens[smallest]):,} "
+            f"({spec.input_len:,} in + {spec.output_len:,} out): no request can be served. "
+            "Raise scheduler.gpu_memory_utilization or tensor_parallel, use a smaller kv_dtype, "
+            "or shorten the requests"
+        )
+    never = int(np.count_nonzero(needed > largest))
+    if never and warn:
+        warnings.warn(
+            f"workload: {never:,} of {len(requests):,} request(s) need more KV than the cache "
+            f"holds ({largest * block:,} tokens per engine) and will be reported as failed",
+            InputWarning,
+            stacklevel=2,
+        )
