@@ -11,9 +11,11 @@ with three differences:
 * **Victim under KV pressure.** When a running request cannot grow for lack of KV blocks,
   the running request with the largest (priority, arrival) is preempted, which may be one
   already scheduled this step (its tokens go back to the budget) or the request itself
-  (then the running pass stops). This is what vLLM V1's ``Scheduler.schedule`` does in
-  ``SchedulingPolicy.PRIORITY`` (vllm/v1/core/sched/scheduler.py, added by
-  vllm-project/vllm#19057); with equal priorities that victim is the most recently admitted
+  (then the running pass stops; if it had scheduled nothing, it goes on with the next running
+  request instead, where vLLM runs an empty step and schedules them in the next one, which
+  here comes without its waiting pass). This is what vLLM V1's
+  ``Scheduler.schedule`` does in ``SchedulingPolicy.PRIORITY`` (vllm/v1/core/sched/scheduler.py,
+  added by vllm-project/vllm#19057); with equal priorities that victim is the most recently admitted
   request, so the policy then behaves exactly like ``vllm``. As there, a step whose running
   pass preempted admits nobody new.
 * **Preemption by waiting requests.** When the head of the queue cannot be admitted because
@@ -25,7 +27,8 @@ with three differences:
   ``max_num_seqs`` case with the same strict comparison (equal priorities never preempt each
   other, so no ping-pong); this policy applies it to KV blocks too (the "natural follow-up"
   #45561 names), skipping the preemptions when even every lower-priority request's blocks
-  would not make room.
+  would not make room. Once it preempted, the pass admits only requests more important than
+  every request it preempted (never a victim back in the same step).
 
 Steady decoders (docs/performance.md) are off for this policy: a victim may sit anywhere in
 the running list, not only at its end, which the steady group (a prefix of it) does not
@@ -143,7 +146,11 @@ class PriorityScheduler(VllmScheduler):
                 if before:
                     i -= 1
             if preempted_itself:
-                break
+                if entries:
+                    break
+                # Nothing scheduled yet: vLLM would run an empty step (no forward pass) and
+                # schedule the rest at once in the next; the rest is scheduled now instead.
+                continue
             entries.append((seq, num_new))
             budget -= num_new
             i += 1
@@ -152,8 +159,11 @@ class PriorityScheduler(VllmScheduler):
         in_use = self.adapters_in_use()
         skipped: list[Sequence] = []  # their LoRA adapter has no slot this step
         max_num_seqs = self.cfg.max_num_seqs
+        floor: int | None = None  # the smallest priority value preempted in this pass
         while self.waiting and budget > 0:
             seq = self.waiting[0]
+            if floor is not None and seq.spec.priority >= floor:
+                break  # never re-admit a victim (or its peers) in the step that preempted it
             full = len(running) >= max_num_seqs
             victim = self.victim_for(seq) if full else None
             if full and victim is None:
@@ -162,6 +172,7 @@ class PriorityScheduler(VllmScheduler):
                 skipped.append(self.waiting.popleft())
                 continue
             if victim is not None:
+                floor = victim.spec.priority if floor is None else min(floor, victim.spec.priority)
                 budget += self.evict(victim, entries)
                 continue
             hit = self.lookup(seq)
@@ -174,6 +185,7 @@ class PriorityScheduler(VllmScheduler):
                     seq, num_new, hit
                 ) > blocks.num_free + self.lower_blocks(seq):
                     break
+                floor = lower.spec.priority if floor is None else min(floor, lower.spec.priority)
                 budget += self.evict(lower, entries)
                 continue
             self.admit(seq, num_new, hit)
