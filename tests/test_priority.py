@@ -13,9 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+import llmservingsim.simulation as simulation
 from llmservingsim.config import SchedulerConfig, load_config
+from llmservingsim.engine import EngineHooks
 from llmservingsim.errors import ConfigError
 from llmservingsim.serving.block_manager import BlockManager
+from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.schedulers import SCHEDULERS, Scheduler
 from llmservingsim.serving.schedulers.base import ScheduledEntry
 from llmservingsim.serving.sequence import Sequence
@@ -219,6 +222,54 @@ def test_equal_priorities_give_exactly_the_vllm_numbers() -> None:
         vllm["clients"][c].pop("priority")
     for key in SUMMARY_KEYS:
         assert prio[key] == vllm[key], key
+
+
+def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A summary value as {dotted key: number} (None where the summary has none)."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flat(item, f"{prefix}{key}."))
+        return out
+    return {prefix: value}
+
+
+class SeenInstances(EngineHooks):
+    def __init__(self) -> None:
+        self.instances: dict[int, Instance] = {}
+
+    def before_add(self, instance: Instance, now: float) -> None:
+        self.instances[instance.index] = instance
+
+
+def test_steady_decoders_and_decode_runs_change_no_number() -> None:
+    """The steady group is kept only in steps no preemption can touch: fast-forward on and
+    off give the same numbers, and the group and decode runs are used."""
+    over = [*SMALL, "workload.num_requests=600", "workload.arrival.rate=160", TWO_CLASSES]
+    over += ["scheduler.policy=priority", "scheduler.num_gpu_blocks_override=1500"]
+    results = []
+    for ff in (False, True):
+        seen = SeenInstances()
+        with simulation.observing(seen):
+            results.append(
+                simulate(load_config(None, [*over, f"simulator.fast_forward={str(ff).lower()}"]))
+            )
+        laid_out = sum(i.runs_laid_out for i in seen.instances.values())
+        assert (laid_out > 0) == ff
+    step, fast = results
+    assert step.summary["preemptions"] > 0
+    for key in SUMMARY_KEYS:
+        ref, got = flat(step.summary[key]), flat(fast.summary[key])
+        assert ref.keys() == got.keys()
+        for name, value in ref.items():
+            if isinstance(value, float):
+                assert got[name] == pytest.approx(value, rel=1e-9), key + name
+            else:
+                assert got[name] == value, key + name
+    by_id = {r.id: r for r in step.metrics.records}
+    for rec in fast.metrics.records:
+        assert rec.preemptions == by_id[rec.id].preemptions
+        assert rec.finish_s == pytest.approx(by_id[rec.id].finish_s, rel=1e-9)
 
 
 def test_priority_on_a_policy_that_ignores_it_is_refused() -> None:

@@ -30,9 +30,12 @@ with three differences:
   would not make room. Once it preempted, the pass admits only requests more important than
   every request it preempted (never a victim back in the same step).
 
-Steady decoders (docs/performance.md) are off for this policy: a victim may sit anywhere in
-the running list, not only at its end, which the steady group (a prefix of it) does not
-allow; so no fast-forward decode runs either. The waiting queue is ordered with a binary
+Steady decoders (docs/performance.md): a victim may sit anywhere in the running list, also
+inside the steady group (a prefix of it), so a step keeps the group only when no preemption
+can happen in it: the blocks every running request may take fit the free pool, and no
+waiting request has a smaller priority value than a running one. Otherwise the group is
+dissolved first and the step runs one request at a time, exactly as without the group. The
+waiting queue is ordered with a binary
 search per arrival; ``request_timeout_s`` scans the whole queue each step (it is not in
 arrival order).
 """
@@ -53,7 +56,7 @@ def rank(seq: Sequence) -> tuple[int, float, int]:
 
 
 class PriorityScheduler(VllmScheduler):
-    supports_steady = False
+    supports_steady = True
 
     def add(self, seq: Sequence) -> None:
         self._insert(seq)
@@ -96,7 +99,31 @@ class PriorityScheduler(VllmScheduler):
         return expired
 
     def repeats_decode(self) -> bool:
-        return False  # no steady decoders, so no decode runs (see the module docstring)
+        # A decode run starts only from a step that kept the steady group, so no waiting
+        # request outranks a running one (none can preempt); a refused one stays refused as
+        # the free pool only shrinks, as for ``vllm``.
+        return self.blocks.fast_forward_safe
+
+    def group_is_safe(self) -> bool:
+        """Whether this step may keep the steady decoders as a group: no preemption can
+        touch it, because every running request's next KV blocks fit the free pool (an upper
+        bound: each takes all it wants) and no waiting request outranks a running one."""
+        steady = self.steady
+        if steady is None or not steady.count:
+            return True
+        running, blocks = self.running, self.blocks
+        need = steady.blocks_due(steady.started)
+        for k in range(steady.count, len(running)):
+            seq = running[k]
+            need += blocks.extra_blocks(seq, self.tokens_wanted(seq))
+        if need > blocks.num_free:
+            return False
+        if self.waiting:
+            head = self.waiting[0].spec.priority
+            for seq in running:
+                if seq.spec.priority > head:
+                    return False
+        return True
 
     def victim_for(self, seq: Sequence) -> Sequence | None:
         """The running request a waiting ``seq`` may preempt: the one with the largest
@@ -129,7 +156,11 @@ class PriorityScheduler(VllmScheduler):
         entries: list[ScheduledEntry] = []
         preempted = False
         running, blocks = self.running, self.blocks
-        i = 0
+        if self.steady is not None and not self.group_is_safe():
+            self.steady.dissolve()  # one by one, exactly as without the group
+        # The steady decoders lead the running list: one token each, as a group.
+        i = steady = self.begin_steady_step(budget)
+        budget -= steady
         while i < len(running) and budget > 0:
             seq = running[i]
             wanted = self.tokens_wanted(seq)
@@ -176,7 +207,7 @@ class PriorityScheduler(VllmScheduler):
                 budget += self.evict(victim, entries)
                 continue
             hit = self.lookup(seq)
-            num_new = self.prefill_tokens(seq, hit, budget, step_is_empty=not entries)
+            num_new = self.prefill_tokens(seq, hit, budget, step_is_empty=not (entries or steady))
             if num_new == 0:
                 break
             if not blocks.can_allocate(seq, num_new, hit):
