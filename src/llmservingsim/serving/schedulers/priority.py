@@ -32,9 +32,11 @@ with three differences:
 
 Steady decoders (docs/performance.md): a victim may sit anywhere in the running list, also
 inside the steady group (a prefix of it), so a step keeps the group only when no preemption
-can happen in it: the blocks every running request may take fit the free pool, and no
-waiting request has a smaller priority value than a running one. Otherwise the group is
-dissolved first and the step runs one request at a time, exactly as without the group. The
+can happen in it: the blocks every running request may take fit the free pool, and either no
+waiting request has a smaller priority value than a running one or every waiting request can
+start at once. Otherwise the group is dissolved first and the step runs one request at a
+time, exactly as without the group. Decode runs (fast-forward) need no waiting request to
+outrank a running one. The
 waiting queue is ordered with a binary
 search per arrival; ``request_timeout_s`` scans the whole queue each step (it is not in
 arrival order).
@@ -99,15 +101,24 @@ class PriorityScheduler(VllmScheduler):
         return expired
 
     def repeats_decode(self) -> bool:
-        # A decode run starts only from a step that kept the steady group, so no waiting
-        # request outranks a running one (none can preempt); a refused one stays refused as
-        # the free pool only shrinks, as for ``vllm``.
-        return self.blocks.fast_forward_safe
+        # As for ``vllm`` (a refused request stays refused while the free pool only shrinks),
+        # unless a waiting request outranks a running one: it may preempt it once the pool is
+        # short, which only a step scheduled on its own finds.
+        return self.blocks.fast_forward_safe and not self.waiting_outranks()
+
+    def waiting_outranks(self) -> bool:
+        """Whether the head of the queue has a smaller priority value than a running request
+        (only then can a waiting request preempt)."""
+        if not self.waiting:
+            return False
+        head = self.waiting[0].spec.priority
+        return any(seq.spec.priority > head for seq in self.running)
 
     def group_is_safe(self) -> bool:
         """Whether this step may keep the steady decoders as a group: no preemption can
-        touch it, because every running request's next KV blocks fit the free pool (an upper
-        bound: each takes all it wants) and no waiting request outranks a running one."""
+        touch it. Upper bounds: every running request takes the blocks for all the tokens
+        it wants; if a waiting request outranks a running one, every waiting request starts
+        with its whole prompt (then they must all fit, blocks and ``max_num_seqs``)."""
         steady = self.steady
         if steady is None or not steady.count:
             return True
@@ -118,12 +129,13 @@ class PriorityScheduler(VllmScheduler):
             need += blocks.extra_blocks(seq, self.tokens_wanted(seq))
         if need > blocks.num_free:
             return False
-        if self.waiting:
-            head = self.waiting[0].spec.priority
-            for seq in running:
-                if seq.spec.priority > head:
-                    return False
-        return True
+        if not self.waiting_outranks():
+            return True
+        if len(running) + len(self.waiting) > self.cfg.max_num_seqs:
+            return False
+        for seq in self.waiting:
+            need += blocks.blocks_needed(seq.num_tokens)
+        return need <= blocks.num_free
 
     def victim_for(self, seq: Sequence) -> Sequence | None:
         """The running request a waiting ``seq`` may preempt: the one with the largest
