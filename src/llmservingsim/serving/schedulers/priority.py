@@ -13,9 +13,9 @@ with three differences:
   already scheduled this step (its tokens go back to the budget) or the request itself
   (then the running pass stops; if it had scheduled nothing, it goes on with the next running
   request instead, where vLLM runs an empty step and schedules them in the next one, which
-  here comes without its waiting pass). This is what vLLM V1's
-  ``Scheduler.schedule`` does in ``SchedulingPolicy.PRIORITY`` (vllm/v1/core/sched/scheduler.py,
-  added by vllm-project/vllm#19057); with equal priorities that victim is the most recently admitted
+  here comes without its waiting pass). This is what vLLM V1's ``Scheduler.schedule`` does
+  in ``SchedulingPolicy.PRIORITY`` (vllm/v1/core/sched/scheduler.py, added by
+  vllm-project/vllm#19057); with equal priorities that victim is the most recently admitted
   request, so the policy then behaves exactly like ``vllm``. As there, a step whose running
   pass preempted admits nobody new.
 * **Preemption by waiting requests.** When the head of the queue cannot be admitted because
@@ -36,10 +36,10 @@ can happen in it: the blocks every running request may take fit the free pool, a
 waiting request has a smaller priority value than a running one or every waiting request can
 start at once. Otherwise the group is dissolved first and the step runs one request at a
 time, exactly as without the group. Decode runs (fast-forward) need no waiting request to
-outrank a running one. The
-waiting queue is ordered with a binary
-search per arrival; ``request_timeout_s`` scans the whole queue each step (it is not in
-arrival order).
+outrank a running one.
+
+Cost: an arrival is placed by a binary search over the waiting queue; with
+``request_timeout_s`` each step scans the whole queue (it is not in arrival order).
 """
 
 from __future__ import annotations
