@@ -55,6 +55,15 @@ TRTLLM = [
     "scheduler.block_size=32",
 ]
 
+# docs/workloads.md "Priority scheduling": two clients at twice what one H100 sustains.
+PRIORITY_RUN = [
+    "model=llama-3.2-1b", "seed=3", "workload.num_requests=1500", "workload.arrival.rate=250",
+]  # fmt: skip
+PRIORITY_CLIENTS = (
+    "workload.clients=[{name: interactive, share: 0.3, priority: 0, slo: {ttft_s: 0.5}},"
+    " {name: batch, share: 0.7, priority: 1}]"
+)
+
 RUNS: dict[str, tuple[str | None, list[str]]] = {
     "default": (None, []),
     "prefix-on": ("examples/prefix_chat.yaml", []),
@@ -80,6 +89,10 @@ RUNS: dict[str, tuple[str | None, list[str]]] = {
         None,
         ["model=llama-3.2-1b", "workload.num_requests=50000", "workload.arrival.rate=12500",
          "scheduler.max_queue=256", "scheduler.request_timeout_s=10"],
+    ),
+    "priority-two-classes": (None, [*PRIORITY_RUN, PRIORITY_CLIENTS, "scheduler.policy=priority"]),
+    "priority-fcfs": (
+        None, [*PRIORITY_RUN, PRIORITY_CLIENTS.replace("priority: 1", "priority: 0")]
     ),
 }  # fmt: skip
 """Simulations the quotes come from: (scenario file, --set overrides)."""
@@ -119,11 +132,38 @@ def ms(key: str, stat: str) -> Metric:
     return lambda s: float(s[key][stat]) * 1e3
 
 
+def client(name: str, key: str, stat: str | None = None) -> Metric:
+    """A number of summary.json's ``clients.<name>``, in its own unit."""
+    return lambda s: float(
+        s["clients"][name][key] if stat is None else s["clients"][name][key][stat]
+    )
+
+
 def plan_row(hardware: str, column: str, scale: float = 1.0, tp: int = 1) -> Metric:
     return lambda rows: float(rows[f"{hardware}/tp{tp}"][column]) * scale
 
 
 QUOTES: list[Quote] = [
+    Quote(
+        "docs/workloads.md",
+        "| `priority` | 0.022 s | 1.00 | 1.42 s |",
+        "priority-two-classes",
+        {
+            "0.022": client("interactive", "ttft_s", "p99"),
+            "1.00": client("interactive", "slo_attainment"),
+            "1.42": client("batch", "ttft_s", "p50"),
+        },
+    ),
+    Quote(
+        "docs/workloads.md",
+        "| `vllm` (both clients at priority 0) | 2.1 s | 0.47 | 0.62 s |",
+        "priority-fcfs",
+        {
+            "2.1": client("interactive", "ttft_s", "p99"),
+            "0.47": client("interactive", "slo_attainment"),
+            "0.62": client("batch", "ttft_s", "p50"),
+        },
+    ),
     Quote(
         "README.md",
         "│ TTFT         │    16.9 │    14.1 │    25.2 │     78.5 │",

@@ -56,7 +56,9 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
                 else ((1, prefix),)
             )
             content = TokenContent("t", runs)
-        specs.append(RequestSpec(i, t, input_len, draw(st.integers(1, 250)), content))
+        output_len = draw(st.integers(1, 250))
+        priority = draw(st.integers(0, 2))  # read by scheduler.policy=priority only
+        specs.append(RequestSpec(i, t, input_len, output_len, content, priority=priority))
     block_size = draw(st.sampled_from([8, 16]))
     biggest = max(-(-(s.input_len + s.output_len - 1) // block_size) for s in specs)
     layout = draw(st.sampled_from(sorted(LAYOUTS)))

@@ -56,7 +56,7 @@ MAX_STEPS = 200_000
 
 
 def test_every_builtin_policy_is_covered() -> None:
-    for name in ("vllm", "orca", "static"):
+    for name in ("vllm", "orca", "static", "no_evict", "priority"):
         assert name in POLICIES
         SCHEDULERS.get(name)
 
@@ -351,6 +351,7 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
                 arrival_s=float(t),
                 input_len=draw(st.integers(1, 600)),
                 output_len=draw(st.integers(1, 200)),
+                priority=draw(st.integers(0, 2)),  # read by the priority policy only
             )
         )
     block_size = draw(st.sampled_from([4, 8, 16, 32]))
@@ -410,7 +411,8 @@ def content_scenarios(draw: st.DrawFn) -> dict[str, Any]:
         content = TokenContent(draw(st.sampled_from(["a", "a", "a", "b"])), runs)
         if draw(st.integers(0, 3)) == 0:
             content = None  # a request without content never shares
-        specs.append(RequestSpec(i, float(t), input_len, output_len, content))
+        priority = draw(st.integers(0, 2))  # read by the priority policy only
+        specs.append(RequestSpec(i, float(t), input_len, output_len, content, priority=priority))
     block_size = draw(st.sampled_from([1, 2, 4, 8]))
     biggest = max(-(-(s.input_len + s.output_len - 1) // block_size) for s in specs)
     swap = draw(st.sampled_from([None, 1, 4, 1000]))
@@ -476,7 +478,7 @@ def contended_specs(n: int = 6) -> list[RequestSpec]:
     return [RequestSpec(id=i, arrival_s=0.0, input_len=100, output_len=150) for i in range(n)]
 
 
-@pytest.mark.parametrize("policy", ["vllm", "orca"])
+@pytest.mark.parametrize("policy", ["vllm", "orca", "priority"])
 def test_direct_preemption_happens_and_preempted_requests_finish(policy: str) -> None:
     # Each request peaks at ceil(249 / 16) = 16 blocks; 6 of them need 96, the cache has 40:
     # all are admitted on their prompts (7 blocks each) and must preempt while decoding.
@@ -687,6 +689,7 @@ def sim_scenarios(draw: st.DrawFn) -> dict[str, Any]:
                 arrival_s=t,
                 input_len=draw(st.integers(1, 600)),
                 output_len=draw(st.integers(1, 200)),
+                priority=draw(st.integers(0, 2)),  # read by the priority policy only
             )
         )
     block_size = draw(st.sampled_from([8, 16, 32]))
@@ -718,7 +721,7 @@ def test_simulate_invariants(policy: str, sc: dict[str, Any]) -> None:
             assert rec.status == "finished"
 
 
-@pytest.mark.parametrize("policy", ["vllm", "orca"])
+@pytest.mark.parametrize("policy", ["vllm", "orca", "priority"])
 def test_simulate_preemption_happens_and_preempted_requests_finish(policy: str) -> None:
     specs = contended_specs(8)
     cfg = sim_config(policy, max_num_seqs=8, max_batched=2048, block_size=16)

@@ -33,6 +33,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "llmservingsim.serving.schedulers.no_evict",
     "llmservingsim.serving.schedulers.orca",
     "llmservingsim.serving.schedulers.static",
+    "llmservingsim.serving.schedulers.priority",
     "llmservingsim.cluster.cluster",
     "llmservingsim.cluster.routers",
     "llmservingsim.cluster.prefix_router",

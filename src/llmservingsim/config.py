@@ -359,7 +359,7 @@ class ClientConfig(_Section):
     """Requests per second of this client's own stream (instead of a share)."""
     priority: int = 0
     """Scheduling priority, lower first (vLLM --scheduling-policy priority); stored per request.
-    A value other than 0 needs a scheduler policy that reads it."""
+    A value other than 0 needs ``scheduler.policy: priority``, the policy that reads it."""
     slo: SloConfig | None = None
     """This client's latency targets for its goodput (default: the top-level slo)."""
     input_len: LengthDist | None = None
@@ -978,8 +978,8 @@ class SimConfig(_Section):
             if client.priority != 0 and self.scheduler.policy != "priority":
                 raise ValueError(
                     f"{where}: priority={client.priority}, but scheduler.policy "
-                    f"'{self.scheduler.policy}' ignores priorities (a priority policy is "
-                    "not yet supported); leave priority at 0"
+                    f"'{self.scheduler.policy}' ignores priorities; set scheduler.policy: "
+                    "priority, or leave priority at 0"
                 )
             if client.lora is not None and not (
                 self.lora.enabled or self.workload.lora is not None

@@ -1,0 +1,242 @@
+"""Priority scheduling: vLLM's ``--scheduling-policy priority`` (V1 engine), plus preemption
+by waiting requests as issue 20 asks.
+
+Like ``vllm`` (token budget, running requests first in admission order, chunked prefill),
+with three differences:
+
+* **Waiting order.** The queue is kept sorted by (``RequestSpec.priority``, arrival time,
+  id): a lower priority value is served first, ties by arrival (vLLM V1's
+  ``PriorityRequestQueue``, a heap ordered by ``Request.__lt__`` on (priority, arrival_time)).
+  A preempted request goes back to its place in that order, not to the queue head.
+* **Victim under KV pressure.** When a running request cannot grow for lack of KV blocks,
+  the running request with the largest (priority, arrival) is preempted, which may be one
+  already scheduled this step (its tokens go back to the budget) or the request itself
+  (then the running pass stops; if it had scheduled nothing, it goes on with the next running
+  request instead, where vLLM runs an empty step and schedules them in the next one, which
+  here comes without its waiting pass). This is what vLLM V1's ``Scheduler.schedule`` does
+  in ``SchedulingPolicy.PRIORITY`` (vllm/v1/core/sched/scheduler.py, added by
+  vllm-project/vllm#19057); with equal priorities that victim is the most recently admitted
+  request, so the policy then behaves exactly like ``vllm``. As there, a step whose running
+  pass preempted admits nobody new.
+* **Preemption by waiting requests.** When the head of the queue cannot be admitted because
+  ``max_num_seqs`` requests run or its first chunk's KV blocks do not fit, it preempts the
+  running request with the largest (priority, arrival) if that one's priority value is
+  *strictly* larger, and tries again; it stops when no such request is left. Merged vLLM
+  (as of #19057) does not do this: its waiting pass just stops (vllm-project/vllm#40004 asks
+  for it). The open pull requests vllm-project/vllm#45561 and #54530 add it for the
+  ``max_num_seqs`` case with the same strict comparison (equal priorities never preempt each
+  other, so no ping-pong); this policy applies it to KV blocks too (the "natural follow-up"
+  #45561 names), skipping the preemptions when even every lower-priority request's blocks
+  would not make room. Once it preempted, the pass admits only requests more important than
+  every request it preempted (never a victim back in the same step).
+
+Steady decoders (docs/performance.md): a victim may sit anywhere in the running list, also
+inside the steady group (a prefix of it), so a step keeps the group only when no preemption
+can happen in it: the blocks every running request may take fit the free pool, and either no
+waiting request has a smaller priority value than a running one or every waiting request can
+start at once. Otherwise the group is dissolved first and the step runs one request at a
+time, exactly as without the group. Decode runs (fast-forward) need no waiting request to
+outrank a running one.
+
+Cost: an arrival is placed by a binary search over the waiting queue; with
+``request_timeout_s`` each step scans the whole queue (it is not in arrival order).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from llmservingsim.serving.schedulers.base import SCHEDULERS, ScheduledEntry
+from llmservingsim.serving.schedulers.vllm import VllmScheduler
+from llmservingsim.serving.sequence import Sequence
+
+
+def rank(seq: Sequence) -> tuple[int, float, int]:
+    """Order of service: lower priority value first, then earlier arrival, then id."""
+    spec = seq.spec
+    return (spec.priority, spec.arrival_s, spec.id)
+
+
+class PriorityScheduler(VllmScheduler):
+    supports_steady = True
+
+    def add(self, seq: Sequence) -> None:
+        self._insert(seq)
+
+    def _insert(self, seq: Sequence) -> None:
+        """Put ``seq`` into the waiting queue at its place in :func:`rank` order."""
+        waiting = self.waiting
+        key = rank(seq)
+        if not waiting or rank(waiting[-1]) <= key:
+            waiting.append(seq)  # the usual case: arrivals come in arrival order
+            return
+        lo, hi = 0, len(waiting)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if key < rank(waiting[mid]):
+                hi = mid
+            else:
+                lo = mid + 1
+        waiting.insert(lo, seq)
+
+    def preempt(self, seq: Sequence) -> None:
+        super().preempt(seq)  # frees its KV and puts it at the queue head
+        self.waiting.popleft()
+        self._insert(seq)
+
+    def expire_waiting(self, now: float) -> list[Sequence]:
+        timeout = self.cfg.request_timeout_s
+        if timeout is None or not self.waiting:
+            return []
+        expired: list[Sequence] = []
+        kept: deque[Sequence] = deque()
+        for seq in self.waiting:
+            if not seq.admissions and now - seq.spec.arrival_s >= timeout:
+                expired.append(seq)
+            else:
+                kept.append(seq)
+        if expired:
+            self.waiting = kept
+            expired.sort(key=lambda s: s.spec.id)  # arrival order, as the other policies
+        return expired
+
+    def repeats_decode(self) -> bool:
+        # As for ``vllm`` (a refused request stays refused while the free pool only shrinks),
+        # unless a waiting request outranks a running one: it may preempt it once the pool is
+        # short, which only a step scheduled on its own finds.
+        return self.blocks.fast_forward_safe and not self.waiting_outranks()
+
+    def waiting_outranks(self) -> bool:
+        """Whether the head of the queue has a smaller priority value than a running request
+        (only then can a waiting request preempt)."""
+        if not self.waiting:
+            return False
+        head = self.waiting[0].spec.priority
+        return any(seq.spec.priority > head for seq in self.running)
+
+    def group_is_safe(self) -> bool:
+        """Whether this step may keep the steady decoders as a group: no preemption can
+        touch it. Upper bounds: every running request takes the blocks for all the tokens
+        it wants; if a waiting request outranks a running one, every waiting request starts
+        with its whole prompt (then they must all fit, blocks and ``max_num_seqs``)."""
+        steady = self.steady
+        if steady is None or not steady.count:
+            return True
+        running, blocks = self.running, self.blocks
+        need = steady.blocks_due(steady.started)
+        for k in range(steady.count, len(running)):
+            seq = running[k]
+            need += blocks.extra_blocks(seq, self.tokens_wanted(seq))
+        if need > blocks.num_free:
+            return False
+        if not self.waiting_outranks():
+            return True
+        if len(running) + len(self.waiting) > self.cfg.max_num_seqs:
+            return False
+        for seq in self.waiting:
+            need += blocks.blocks_needed(seq.num_tokens)
+        return need <= blocks.num_free
+
+    def victim_for(self, seq: Sequence) -> Sequence | None:
+        """The running request a waiting ``seq`` may preempt: the one with the largest
+        (priority, arrival), if its priority value is strictly larger than ``seq``'s."""
+        if not self.running:
+            return None
+        victim = max(self.running, key=rank)
+        return victim if victim.spec.priority > seq.spec.priority else None
+
+    def evict(self, victim: Sequence, entries: list[ScheduledEntry]) -> int:
+        """Preempt the running ``victim``; the tokens it had been given this step (0 if
+        none), whose entry leaves ``entries``."""
+        self.running.remove(victim)
+        tokens = 0
+        for k, (seq, num) in enumerate(entries):
+            if seq is victim:
+                tokens = num
+                del entries[k]
+                break
+        self.preempt(victim)
+        return tokens
+
+    def lower_blocks(self, seq: Sequence) -> int:
+        """KV blocks held by the running requests of a larger priority value than ``seq``."""
+        priority = seq.spec.priority
+        return sum(len(s.blocks) for s in self.running if s.spec.priority > priority)
+
+    def schedule(self) -> list[ScheduledEntry]:
+        budget = self.cfg.max_num_batched_tokens
+        entries: list[ScheduledEntry] = []
+        preempted = False
+        running, blocks = self.running, self.blocks
+        if self.steady is not None and not self.group_is_safe():
+            self.steady.dissolve()  # one by one, exactly as without the group
+        # The steady decoders lead the running list: one token each, as a group.
+        i = steady = self.begin_steady_step(budget)
+        budget -= steady
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            wanted = self.tokens_wanted(seq)
+            num_new = wanted if wanted < budget else budget
+            preempted_itself = False
+            while not blocks.try_allocate(seq, num_new):
+                worst = max(running, key=rank)  # the least important running request
+                before = running.index(worst) < i
+                budget += self.evict(worst, entries)
+                preempted = True
+                if worst is seq:
+                    preempted_itself = True
+                    break
+                if before:
+                    i -= 1
+            if preempted_itself:
+                if entries:
+                    break
+                # Nothing scheduled yet: vLLM would run an empty step (no forward pass) and
+                # schedule the rest at once in the next; the rest is scheduled now instead.
+                continue
+            entries.append((seq, num_new))
+            budget -= num_new
+            i += 1
+        if preempted or not self.waiting:
+            return entries
+        in_use = self.adapters_in_use()
+        skipped: list[Sequence] = []  # their LoRA adapter has no slot this step
+        max_num_seqs = self.cfg.max_num_seqs
+        floor: int | None = None  # the smallest priority value preempted in this pass
+        while self.waiting and budget > 0:
+            seq = self.waiting[0]
+            if floor is not None and seq.spec.priority >= floor:
+                break  # never re-admit a victim (or its peers) in the step that preempted it
+            full = len(running) >= max_num_seqs
+            victim = self.victim_for(seq) if full else None
+            if full and victim is None:
+                break
+            if self.adapters is not None and not self.adapter_ready(seq, in_use):
+                skipped.append(self.waiting.popleft())
+                continue
+            if victim is not None:
+                floor = victim.spec.priority if floor is None else min(floor, victim.spec.priority)
+                budget += self.evict(victim, entries)
+                continue
+            hit = self.lookup(seq)
+            num_new = self.prefill_tokens(seq, hit, budget, step_is_empty=not (entries or steady))
+            if num_new == 0:
+                break
+            if not blocks.can_allocate(seq, num_new, hit):
+                lower = self.victim_for(seq)
+                if lower is None or blocks.extra_blocks(
+                    seq, num_new, hit
+                ) > blocks.num_free + self.lower_blocks(seq):
+                    break
+                floor = lower.spec.priority if floor is None else min(floor, lower.spec.priority)
+                budget += self.evict(lower, entries)
+                continue
+            self.admit(seq, num_new, hit)
+            entries.append((seq, num_new))
+            budget -= num_new
+        if skipped:
+            self.waiting.extendleft(reversed(skipped))
+        return entries
+
+
+SCHEDULERS.register("priority")(PriorityScheduler)
