@@ -19,10 +19,14 @@ pytestmark = pytest.mark.skipif(MAKE is None, reason="make is not installed")
 def dry_run(path_dir: Path, venv: Path) -> str:
     """``make -n run`` with only ``path_dir`` on PATH (make itself called by absolute path)."""
     assert MAKE is not None
+    # Not the variables of a make that runs this test (`make test PYTHON=...` in .ci/run): a
+    # command-line PYTHON would reach the dry run through MAKEFLAGS.
+    outer = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "PYTHON")
+    env = {k: v for k, v in os.environ.items() if k not in outer}
     proc = subprocess.run(
         [MAKE, "-n", "run", f"VENV={venv}"],
         cwd=ROOT,
-        env={**os.environ, "PATH": str(path_dir)},
+        env={**env, "PATH": str(path_dir)},
         capture_output=True,
         text=True,
         check=True,
