@@ -58,6 +58,13 @@ MODELS = (
         "deepseek-v3",
         note="DeepSeek-R1 simulated as deepseek-v3 (the same architecture)",
     ),
+    ModelRule(r"yi-34b", "yi-34b"),
+    ModelRule(r"mistral-nemo", "mistral-nemo-12b"),
+    ModelRule(
+        r"llama-4-scout-17b-16e",
+        "llama-4-scout",
+        note="Llama-4-Scout: chunked attention simulated as full attention (docs/models.md)",
+    ),
     ModelRule(r"llama-2-70b", "llama-2-70b"),
     ModelRule(r"llama-2-13b", "llama-2-13b"),
     ModelRule(r"llama-2-7b", "llama-2-7b"),
