@@ -60,6 +60,11 @@ class TokenContent:
         return TokenContent(self.namespace, tuple(runs))
 
 
+RequestFields = tuple[int, float, int, int, TokenContent | None, str | None, int, int]
+"""A :class:`RequestSpec`'s fields: id, arrival_s, input_len, output_len, content, lora,
+priority, client."""
+
+
 class RequestSpec:
     """One request as the workload describes it, before any serving decision.
 
@@ -100,26 +105,22 @@ class RequestSpec:
         self.priority = priority
         self.client = client
 
-    def __reduce__(
-        self,
-    ) -> tuple[
-        type[RequestSpec],
-        tuple[int, float, int, int, TokenContent | None, str | None, int, int],
-    ]:
-        """Pickled by its fields (sweep and plan workers receive request streams)."""
+    def fields(self) -> RequestFields:
+        """Every field, in ``__init__``'s order: what equality, hashing and pickling use."""
         return (
-            RequestSpec,
-            (
-                self.id,
-                self.arrival_s,
-                self.input_len,
-                self.output_len,
-                self.content,
-                self.lora,
-                self.priority,
-                self.client,
-            ),
+            self.id,
+            self.arrival_s,
+            self.input_len,
+            self.output_len,
+            self.content,
+            self.lora,
+            self.priority,
+            self.client,
         )
+
+    def __reduce__(self) -> tuple[type[RequestSpec], RequestFields]:
+        """Pickled by its fields (sweep and plan workers receive request streams)."""
+        return (RequestSpec, self.fields())
 
     def replaced(self, *, arrival_s: float) -> RequestSpec:
         """A copy arriving at ``arrival_s`` (a request is a value: never changed in place)."""
@@ -151,36 +152,7 @@ class RequestSpec:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RequestSpec):
             return NotImplemented
-        return (
-            self.id,
-            self.arrival_s,
-            self.input_len,
-            self.output_len,
-            self.content,
-            self.lora,
-            self.priority,
-            self.client,
-        ) == (
-            other.id,
-            other.arrival_s,
-            other.input_len,
-            other.output_len,
-            other.content,
-            other.lora,
-            other.priority,
-            other.client,
-        )
+        return self.fields() == other.fields()
 
     def __hash__(self) -> int:
-        return hash(
-            (
-                self.id,
-                self.arrival_s,
-                self.input_len,
-                self.output_len,
-                self.content,
-                self.lora,
-                self.priority,
-                self.client,
-            )
-        )
+        return hash(self.fields())
