@@ -18,10 +18,11 @@ import numpy as np
 from llmservingsim import __version__
 from llmservingsim.build_info import engine_build
 from llmservingsim.catalog import load_device, load_model
+from llmservingsim.cluster.admission import Admission
 from llmservingsim.cluster.cluster import Cluster, Pool
 from llmservingsim.cluster.placement import place_instances
 from llmservingsim.config import LinkOverride, PoolConfig, SimConfig
-from llmservingsim.engine import ClosedLoop, Engine, EngineHooks, chain
+from llmservingsim.engine import INF, ClientTimeouts, ClosedLoop, Engine, EngineHooks, chain
 from llmservingsim.errors import ConfigError, DoesNotFitError
 from llmservingsim.hardware.backends import backend_stats, build_backend, with_backend_collectives
 from llmservingsim.hardware.device import DeviceSpec, Link
@@ -36,7 +37,7 @@ from llmservingsim.perf.frontend import ClientClock, Frontend
 from llmservingsim.perf.iteration import IterationTimer
 from llmservingsim.perf.pim import PimIterationTimer
 from llmservingsim.plugins import load_plugins
-from llmservingsim.serving.instance import Instance
+from llmservingsim.serving.instance import Instance, too_long_reason
 from llmservingsim.serving.kv_setup import build_kv_cache
 from llmservingsim.serving.lora import (
     AdapterSlots,
@@ -70,7 +71,6 @@ class SimulationResult:
 def _reject_unsupported(cfg: SimConfig) -> None:
     """Config values that name features not built yet: a clear error, never a silent fallback."""
     pools = cfg.cluster.resolved_pools(cfg.hardware)
-    closed = cfg.workload.arrival.process == "closed"
     unsupported = {
         "pim.enabled with pipeline_parallel > 1": cfg.pim.enabled
         and any(p.pipeline_parallel > 1 for p in pools),
@@ -86,12 +86,6 @@ def _reject_unsupported(cfg: SimConfig) -> None:
         and any(p.pipeline_parallel > 1 for p in pools),
         "LoRA adapters with scheduler.policy: static": uses_lora(cfg)
         and cfg.scheduler.policy == "static",
-        # The client would send again when it sees the end (the frontend's times), and its
-        # request reach the engine later: set frontend.enabled: false.
-        "workload.arrival.process: closed with frontend.enabled": closed and cfg.frontend.enabled,
-        # Requests over max_model_len are refused before the engine runs, not when sent.
-        "workload.arrival.process: closed with max_model_len": closed
-        and cfg.max_model_len is not None,
     }
     for what, used in unsupported.items():
         if used:
@@ -222,10 +216,7 @@ def _admit(
     clock = None if frontend is None else ClientClock(frontend, {})
     for spec in requests:
         if limit is not None and spec.input_len + spec.output_len > limit:
-            reason = (
-                f"prompt + output = {spec.input_len + spec.output_len} tokens > "
-                f"max_model_len {limit}"
-            )
+            reason = too_long_reason(spec.input_len + spec.output_len, limit)
             metrics.on_drop(Sequence(spec), -1, spec.arrival_s, "rejected", reason)
             continue
         if clock is not None and frontend is not None:
@@ -235,6 +226,16 @@ def _admit(
         served.append(spec)
     metrics.requests.client_clock = clock
     return served
+
+
+def client_timeouts(cfg: SimConfig, metrics: MetricsCollector) -> ClientTimeouts | None:
+    """When clients give up on their requests (workload.timeout_s), or None when none does."""
+    timeouts = [INF if t is None else t for t in cfg.workload.client_timeouts()]
+    if all(t == INF for t in timeouts):
+        return None
+    clock = metrics.requests.client_clock
+    default = INF if cfg.workload.timeout_s is None else cfg.workload.timeout_s
+    return ClientTimeouts(timeouts, default, None if clock is None else clock.client_arrival)
 
 
 def _check_parallelism(cfg: SimConfig, pool: PoolConfig) -> None:
@@ -464,7 +465,6 @@ def simulate(
         requests = load_requests(cfg)
     _check_trace_adapters(cfg, requests)
     asked = requests  # as the clients sent them (the invariants check the log against these)
-    requests = _admit(cfg, requests, metrics)
     checker = (
         InvariantChecker(cluster.instances) if invariants_requested(check_invariants) else None
     )
@@ -474,9 +474,27 @@ def simulate(
     closed = None
     if arrival.process == "closed":
         assert arrival.concurrency is not None  # config.py: closed needs it
-        closed = ClosedLoop(arrival.concurrency, arrival.think_time_s, metrics.requests)
+        # Each request is sent when a client frees up: max_model_len and the frontend's
+        # arrival delay apply then (ClosedLoop), not to the whole list up front.
+        frontend = frontend_model(cfg)
+        if frontend is not None:
+            metrics.requests.client_clock = ClientClock(frontend, {})
+        closed = ClosedLoop(
+            arrival.concurrency, arrival.think_time_s, metrics, frontend, cfg.max_model_len
+        )
+    else:
+        requests = _admit(cfg, requests, metrics)
+    admission = None
+    client_names = [c.name for c in cfg.workload.clients or []]
+    if cfg.admission.token_bucket is not None or cfg.admission.max_queue:
+        admission = Admission(cfg.admission, client_names, metrics)
     engine = Engine(
-        cluster, progress=hook, hooks=chain([*observers, *hooks, *_OBSERVERS]), closed=closed
+        cluster,
+        progress=hook,
+        hooks=chain([*observers, *hooks, *_OBSERVERS]),
+        closed=closed,
+        admission=admission,
+        timeouts=client_timeouts(cfg, metrics),
     )
     wall_start = time.perf_counter()
     end_time = engine.run(requests)
@@ -487,6 +505,8 @@ def simulate(
     summary["requests_total"] = len(asked)
     duration = summary["benchmark_duration_s"]
     summary.update(workload_summary(cfg, asked, metrics.requests, duration))
+    if admission is not None:
+        summary["admission"] = admission.summary()
     summary["engine_preset"] = cfg.engine_preset
     summary["engine_build"] = engine_build()
     summary["interrupted"] = engine.interrupted
