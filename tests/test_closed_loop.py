@@ -209,17 +209,79 @@ def test_a_trace_sets_the_order_its_requests_are_sent_in(tmp_path: Path) -> None
             ],
             "closed with clients with a rate is not yet supported",
         ),
-        (
-            ["workload.arrival={process: closed, concurrency: 2}", "frontend.enabled=true"],
-            "closed with frontend.enabled is not yet supported",
-        ),
-        (
-            ["workload.arrival={process: closed, concurrency: 2}", "max_model_len=4096"],
-            "closed with max_model_len is not yet supported",
-        ),
     ],
 )
 def test_bad_closed_loop_input_is_one_error_line(
     sets: list[str], message: str, tmp_path: Path
 ) -> None:
     assert_one_line_error(sets, message, tmp_path)
+
+
+def in_flight_at_sends(arrival: np.ndarray, finish: np.ndarray) -> list[int]:
+    """Requests in flight (sent, not yet seen to end) just after each send time but the last."""
+    return [
+        int(np.count_nonzero(arrival <= t) - np.count_nonzero(finish <= t))
+        for t in np.unique(arrival)[:-1]
+    ]
+
+
+FRONTEND = (
+    "frontend={enabled: true, request_overhead_us: 3000, per_prompt_token_us: 4, "
+    "token_out_us: 500, async_scheduling: true}"
+)
+
+
+@pytest.mark.parametrize(
+    ("think_s", "more"), [(0.0, FRONTEND), (0.05, FRONTEND), (0.0, "engine=vllm")]
+)
+def test_with_the_frontend_the_client_keeps_n_in_flight_as_it_sees_them(
+    think_s: float, more: str
+) -> None:
+    """A client sees the end when the frontend streamed it (the row's finish), sends its next
+    request then (+ think time), and that request reaches the engine the frontend's arrival
+    delay later. engine: vllm turns the frontend on too."""
+    concurrency, n = 6, 150
+    result = run(closed(concurrency, think_s, n, more))
+    fe = result.summary["config"]["frontend"]
+    assert fe["enabled"]
+    assert result.summary["requests_completed"] == n
+    arrival, finish = columns(result)
+    sends, ends = np.sort(arrival), np.sort(finish)
+    assert np.all(sends[:concurrency] == 0.0)
+    assert np.all(sends[concurrency:] == ends[: n - concurrency] + think_s)
+    if think_s == 0.0:
+        assert set(in_flight_at_sends(arrival, finish)) == {concurrency}
+    # The engine first scheduled each request no earlier than its send + the arrival delay.
+    prompt = result.metrics.requests.column("input_tokens")
+    delay = (fe["request_overhead_us"] + fe["per_prompt_token_us"] * prompt) * 1e-6
+    scheduled = result.metrics.requests.column("first_scheduled_s")
+    assert np.all(scheduled >= arrival + delay - 1e-12)
+    if more == FRONTEND:  # the client sees tokens later than the engine emitted them
+        assert np.all(finish > arrival + delay)
+
+
+def test_requests_over_max_model_len_are_rejected_when_sent_and_the_client_goes_on() -> None:
+    concurrency, n, think = 4, 200, 0.02
+    result = run(
+        closed(
+            concurrency,
+            think,
+            n,
+            "max_model_len=700",
+            "workload.input_len={dist: uniform, min: 100, max: 600}",
+            "workload.output_len={dist: uniform, min: 20, max: 200}",
+        )
+    )
+    s = result.summary
+    log = result.metrics.requests
+    rejected = log.column("status") == 2  # STATUSES: finished, failed, rejected, timed_out
+    too_long = log.column("input_tokens") + log.column("output_tokens") > 700
+    assert s["requests_rejected"] == np.count_nonzero(rejected) > 10
+    assert s["requests_completed"] + s["requests_rejected"] == n
+    arrival, finish = columns(result)
+    # A rejected request ends when it is sent (the client sees the refusal at once) ...
+    assert np.all(finish[rejected] == arrival[rejected])
+    assert not np.any(too_long[~rejected])
+    # ... and frees its client like any other end: still one send per end + think time.
+    sends, ends = np.sort(arrival), np.sort(finish)
+    assert np.all(sends[concurrency:] == ends[: n - concurrency] + think)

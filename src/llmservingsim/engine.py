@@ -379,12 +379,13 @@ class Engine:
                 continue
             self.now, kind, index, arg, serial = heappop(events)
             if kind == TIMEOUT:
-                timed_out = self._time_out(arg)
-                if timed_out is None:
-                    continue
-                instance = timed_out
-            else:
-                instance = instances[index]
+                # Every client giving up now does before any instance starts a step.
+                for instance in self._time_out_due(arg):
+                    self._try_start(instance)
+                if closed is not None and closed.poll(self.now):
+                    spec = self._closed_next(closed, spec)
+                continue
+            instance = instances[index]
             if kind == STEP_END:
                 if serial != instance.engines[arg].step_serial:
                     continue  # the end of a fast-forward run that was cut short
@@ -423,6 +424,20 @@ class Engine:
         if deadline < INF:
             self._watched[seq.id] = (seq, index)
             self._push(max(deadline, self.now), TIMEOUT, 0, seq.id)
+
+    def _time_out_due(self, request_id: int) -> list[Instance]:
+        """Time out request ``request_id`` and every other whose deadline is now; returns the
+        instances they left, in order."""
+        ids = [request_id]
+        events, now = self._events, self.now
+        while events and events[0][0] == now and events[0][1] == TIMEOUT:
+            ids.append(heappop(events)[3])
+        left: list[Instance] = []
+        for rid in ids:
+            instance = self._time_out(rid)
+            if instance is not None and instance not in left:
+                left.append(instance)
+        return left
 
     def _time_out(self, request_id: int) -> Instance | None:
         """A client gives up on request ``request_id`` now: if it has not ended, it ends

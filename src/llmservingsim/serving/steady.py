@@ -161,10 +161,15 @@ class SteadyDecoders:
         step in flight, and the KV blocks reserved for it go back to the free pool (its named
         ones it frees itself)."""
         member = self._members[seq]
-        if self.in_flight:  # it was in the step in flight: the step ends without it
+        in_step = self.in_flight > 0  # it was in the step in flight: the step ends without it
+        if in_step:
             self.in_flight -= 1
             self.in_flight_context -= member.computed - member.t0 + self.started
         self._sync(seq, self._leave(seq), claim=False)
+        if in_step and not self.in_flight:
+            # It was the step's only member: the group sits that step out after all (only
+            # steps with members are counted), so its end is not counted either.
+            self.started -= 1
         # The step it would have finished at keeps its (maybe empty) entry, so the heap of
         # finishing steps stays in step with it.
         self._finishing[member.last_step].remove(seq)
