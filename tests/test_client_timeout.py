@@ -66,7 +66,8 @@ def test_a_running_request_ends_at_its_timeout_with_its_partial_tokens() -> None
         (),
         (
             "scheduler.policy=priority",
-            "workload.clients=[{name: a, share: 0.5, priority: 0}, {name: b, share: 0.5, priority: 1, timeout_s: 0.6}]",
+            "workload.clients=[{name: a, share: 0.5, priority: 0}, "
+            "{name: b, share: 0.5, priority: 1, timeout_s: 0.6}]",
         ),
         ("scheduler.preemption=swap", "scheduler.num_gpu_blocks_override=600"),
         ("scheduler.num_gpu_blocks_override=600",),
