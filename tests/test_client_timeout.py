@@ -193,3 +193,23 @@ def test_with_the_frontend_the_timeout_counts_from_the_client_send() -> None:
 )
 def test_bad_timeout_input_is_one_error_line(sets: list[str], message: str, tmp_path: Path) -> None:
     assert_one_line_error(sets, message, tmp_path)
+
+
+def test_a_trace_client_may_have_its_own_timeout(tmp_path: Path) -> None:
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(
+        "".join(
+            f'{{"arrival_time_ns": {k * 50_000_000}, "input_toks": 200, "output_toks": 1200, '
+            f'"client": "{"quick" if k % 2 else "slow"}"}}\n'
+            for k in range(40)
+        )
+    )
+    result = run(
+        "workload.kind=trace",
+        f"workload.trace={{path: {trace}}}",
+        "workload.clients=[{name: slow}, {name: quick, timeout_s: 0.4}]",
+    )
+    clients = result.summary["clients"]
+    assert clients["quick"]["requests_timed_out"] == 20
+    assert clients["slow"]["requests_timed_out"] == 0
+    assert clients["slow"]["requests_completed"] == 20

@@ -483,7 +483,7 @@ class WorkloadConfig(_Section):
                 shaped = sorted(
                     key
                     for key in c.model_fields_set
-                    if key not in ("name", "priority", "slo", "lora")
+                    if key not in ("name", "priority", "slo", "lora", "timeout_s")
                 )
                 if shaped:
                     raise ValueError(
