@@ -285,3 +285,15 @@ def test_requests_over_max_model_len_are_rejected_when_sent_and_the_client_goes_
     # ... and frees its client like any other end: still one send per end + think time.
     sends, ends = np.sort(arrival), np.sort(finish)
     assert np.all(sends[concurrency:] == ends[: n - concurrency] + think)
+
+
+def test_ends_are_read_across_sealed_chunks_of_the_request_log() -> None:
+    """The loop reads each ended row's finish time from the log; with tiny chunks most rows
+    it reads are sealed already (RequestLog.finish_times across chunk boundaries)."""
+    n, concurrency, think = 120, 5, 0.01
+    metrics = MetricsCollector(chunk_size=7)
+    result = run(closed(concurrency, think, n, FRONTEND), metrics=metrics)
+    assert len(metrics.requests.chunks) > 10
+    arrival, finish = columns(result)
+    sends, ends = np.sort(arrival), np.sort(finish)
+    assert np.all(sends[concurrency:] == ends[: n - concurrency] + think)
