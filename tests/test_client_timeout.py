@@ -213,3 +213,14 @@ def test_a_trace_client_may_have_its_own_timeout(tmp_path: Path) -> None:
     assert clients["quick"]["requests_timed_out"] == 20
     assert clients["slow"]["requests_timed_out"] == 0
     assert clients["slow"]["requests_completed"] == 20
+
+
+def test_a_timeout_that_never_fires_changes_no_number() -> None:
+    """Deadlines of requests that ended first are skipped without moving the clock: the run
+    ends when its last request does, as without a timeout."""
+    sets = ("workload.num_requests=200", "workload.arrival.rate=40", *LONG)
+    plain = run(*sets).summary
+    timed = run(*sets, "workload.timeout_s=1000").summary
+    assert timed["requests_timed_out"] == 0
+    for key in ("simulated_time_s", "energy_j", "cost_usd", "iterations", "ttft_s", "e2e_s"):
+        assert timed[key] == plain[key], key

@@ -13,8 +13,9 @@ a client giving up on a request) first cuts the run at that moment; the run's ol
 then stale and skipped.
 
 Admission control (cluster/admission.py) decides each arrival before it is routed; a client
-timeout (``workload.timeout_s``) is an event at the request's deadline, taken after the step
-ends at that time (a request that finishes exactly then has finished).
+timeout (``workload.timeout_s``) is an event at the request's deadline, taken after the other
+events at that time (a request that finishes exactly then has finished). Deadlines wait in a
+heap of their own and move the clock only when a request is still live at its deadline.
 """
 
 from __future__ import annotations
@@ -96,7 +97,6 @@ INF: Final = float("inf")
 STEP_END: Final = 0
 WAKE: Final = 1
 KV_ARRIVAL: Final = 2
-TIMEOUT: Final = 3
 
 
 class Dispatcher(Protocol):
@@ -253,8 +253,11 @@ class Engine:
         self.closed = closed
         self.admission = admission
         self.timeouts = timeouts
-        # Requests a client may still give up on: id -> (request, instance it is at or bound to).
+        # Requests a client may still give up on: id -> (request, instance it is at or bound to),
+        # and their deadlines, (time, id), in a heap of their own: most are stale (the request
+        # ended first), and the step events' heap stays as small as the cluster.
         self._watched: dict[int, tuple[Sequence, int]] = {}
+        self._deadlines: list[tuple[float, int]] = []
         if hooks is not None and (
             hooks.every_step or (isinstance(hooks, HookChain) and hooks.every_step_needed)
         ):
@@ -340,8 +343,9 @@ class Engine:
         routes_by_kv_usage = self.dispatcher.routes_by_kv_usage
         admission = self.admission
         timeouts = self.timeouts
+        deadlines = self._deadlines
         polls = 0
-        while spec is not None or events:
+        while spec is not None or events or deadlines:
             polls += 1
             if polls & 1023 == 0:
                 held.poll()  # Python code: pending signal handlers run (the loop is compiled)
@@ -349,7 +353,11 @@ class Engine:
                 # A stop signal, handed over between two events (it raises KeyboardInterrupt
                 # under the CLI and for Ctrl-C: run() keeps what was served).
                 held.deliver()
-            if spec is not None and (not events or spec.arrival_s <= events[0][0]):
+            if (
+                spec is not None
+                and (not events or spec.arrival_s <= events[0][0])
+                and (not deadlines or spec.arrival_s <= deadlines[0][0])
+            ):
                 # Admit every request arriving at this instant before any idle instance starts,
                 # so a burst at t=0 forms one batch instead of a batch of one.
                 arrival_time = spec.arrival_s
@@ -377,14 +385,15 @@ class Engine:
                 if closed is not None and closed.poll(now):
                     spec = self._closed_next(closed, spec)
                 continue
-            self.now, kind, index, arg, serial = heappop(events)
-            if kind == TIMEOUT:
-                # Every client giving up now does before any instance starts a step.
-                for instance in self._time_out_due(arg):
+            if deadlines and (not events or deadlines[0][0] < events[0][0]):
+                # Clients give up after the events at that time (a request finishing exactly
+                # at its deadline has finished), every one due then before any step starts.
+                for instance in self._time_out_due():
                     self._try_start(instance)
                 if closed is not None and closed.poll(self.now):
                     spec = self._closed_next(closed, spec)
                 continue
+            self.now, kind, index, arg, serial = heappop(events)
             instance = instances[index]
             if kind == STEP_END:
                 if serial != instance.engines[arg].step_serial:
@@ -423,24 +432,26 @@ class Engine:
         deadline = timeouts.deadline(seq.spec)
         if deadline < INF:
             self._watched[seq.id] = (seq, index)
-            self._push(max(deadline, self.now), TIMEOUT, 0, seq.id)
+            heappush(self._deadlines, (max(deadline, self.now), seq.id))
 
-    def _time_out_due(self, request_id: int) -> list[Instance]:
-        """Time out request ``request_id`` and every other whose deadline is now; returns the
-        instances they left, in order."""
+    def _time_out_due(self) -> list[Instance]:
+        """Take the earliest deadline and every other at that time: the requests still live
+        time out then (the clock moves there only if one does). Returns the instances they
+        left, in order."""
+        deadlines = self._deadlines
+        at, request_id = heappop(deadlines)
         ids = [request_id]
-        events, now = self._events, self.now
-        while events and events[0][0] == now and events[0][1] == TIMEOUT:
-            ids.append(heappop(events)[3])
+        while deadlines and deadlines[0][0] == at:
+            ids.append(heappop(deadlines)[1])
         left: list[Instance] = []
         for rid in ids:
-            instance = self._time_out(rid)
+            instance = self._time_out(rid, at)
             if instance is not None and instance not in left:
                 left.append(instance)
         return left
 
-    def _time_out(self, request_id: int) -> Instance | None:
-        """A client gives up on request ``request_id`` now: if it has not ended, it ends
+    def _time_out(self, request_id: int, at: float) -> Instance | None:
+        """A client gives up on request ``request_id`` at ``at``: if it has not ended, it ends
         ``timed_out`` wherever it is. Returns the instance it left (None: nothing changed)."""
         entry = self._watched.pop(request_id, None)
         if entry is None:
@@ -448,6 +459,7 @@ class Engine:
         seq, index = entry
         if seq.status is Status.FINISHED or seq.status is Status.FAILED:
             return None
+        self.now = at
         instance = self.instances[index]
         assert self.timeouts is not None
         reason = client_timeout_reason(self.timeouts.timeout_s(seq.spec))
