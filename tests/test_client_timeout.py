@@ -78,6 +78,11 @@ def test_a_running_request_ends_at_its_timeout_with_its_partial_tokens() -> None
         ),
         ("workload.arrival={process: closed, concurrency: 24, think_time_s: 0.1}",),
         ("scheduler.max_num_seqs=1",),  # the only steady decoder leaves in mid-step
+        ("scheduler.policy=static",),
+        ("scheduler.policy=no_evict",),
+        ("scheduler.policy=orca",),
+        ("cluster.pipeline_parallel=2",),
+        ("speculative={method: ngram, num_speculative_tokens: 3}",),
     ],
 )
 def test_fast_forward_gives_the_same_rows_with_timeouts(more: tuple[str, ...]) -> None:
