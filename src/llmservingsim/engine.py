@@ -30,8 +30,8 @@ from llmservingsim.cluster.admission import Admission
 from llmservingsim.interrupt import HeldSignals, signals_held
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.perf.frontend import Frontend
+from llmservingsim.sequence import Sequence, Status
 from llmservingsim.serving.instance import Instance, client_timeout_reason, too_long_reason
-from llmservingsim.serving.sequence import Sequence, Status
 from llmservingsim.workload.request_spec import RequestSpec
 from llmservingsim.workload.request_table import in_arrival_order
 
@@ -51,6 +51,10 @@ class EngineHooks:
 
     every_step: ClassVar[bool] = False
 
+    def sees_every_step(self) -> bool:
+        """Whether this observer needs every step (``every_step``; a chain: any of its own)."""
+        return self.every_step
+
     def before_add(self, instance: Instance, now: float) -> None:
         """A request is about to reach ``instance`` (an arrival or a finished KV transfer)."""
 
@@ -69,7 +73,9 @@ class HookChain(EngineHooks):
 
     def __init__(self, hooks: list[EngineHooks]) -> None:
         self.hooks = hooks
-        self.every_step_needed = any(h.every_step for h in hooks)
+
+    def sees_every_step(self) -> bool:
+        return any(hook.sees_every_step() for hook in self.hooks)
 
     def before_add(self, instance: Instance, now: float) -> None:
         for hook in self.hooks:
@@ -258,9 +264,7 @@ class Engine:
         # ended first), and the step events' heap stays as small as the cluster.
         self._watched: dict[int, tuple[Sequence, int]] = {}
         self._deadlines: list[tuple[float, int]] = []
-        if hooks is not None and (
-            hooks.every_step or (isinstance(hooks, HookChain) and hooks.every_step_needed)
-        ):
+        if hooks is not None and (hooks.sees_every_step()):
             for instance in dispatcher.instances:
                 instance.fast_forward = False
         self.instances = dispatcher.instances

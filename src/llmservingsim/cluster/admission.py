@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from llmservingsim.config import AdmissionConfig
 from llmservingsim.metrics.collector import MetricsCollector
-from llmservingsim.serving.sequence import Sequence, Status
+from llmservingsim.sequence import Sequence, Status
 
 TOKEN_BUCKET = "token_bucket"
 MAX_QUEUE = "max_queue"
