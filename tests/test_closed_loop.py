@@ -188,6 +188,15 @@ def test_a_trace_sets_the_order_its_requests_are_sent_in(tmp_path: Path) -> None
         ),
         (["workload.arrival={process: closed, concurrency: 2, rate: 4}"], "remove rate"),
         (["workload.arrival={process: poisson, concurrency: 2}"], "only apply to process"),
+        (["workload.duration_s=10"], "duration_s=10 bounds a closed loop"),
+        (
+            ["workload.arrival={process: closed, concurrency: 2}", "workload.duration_s=0"],
+            "duration_s",
+        ),
+        (
+            ["workload.arrival={process: closed, concurrency: 2}", "workload.duration_s=-3"],
+            "duration_s",
+        ),
         (
             [
                 "workload.arrival={process: closed, concurrency: 2}",
@@ -297,3 +306,40 @@ def test_ends_are_read_across_sealed_chunks_of_the_request_log() -> None:
     arrival, finish = columns(result)
     sends, ends = np.sort(arrival), np.sort(finish)
     assert np.all(sends[concurrency:] == ends[: n - concurrency] + think)
+
+
+def test_duration_s_stops_the_sends_and_keeps_n_in_flight_until_then() -> None:
+    """workload.duration_s: no request is sent at or after it; those in flight finish; the
+    requests never sent are in no row and no count."""
+    concurrency, think, duration = 6, 0.05, 4.0
+    clients = "workload.clients=[{name: chat, share: 0.5}, {name: batch, share: 0.5}]"
+    result = run(
+        closed(concurrency, think, 100_000, f"workload.duration_s={duration}", clients),
+        check_invariants=True,
+    )
+    s = result.summary
+    arrival, finish = columns(result)
+    assert arrival.max() < duration <= finish.max()
+    assert s["requests_total"] == arrival.size == s["requests_completed"] < 100_000
+    assert sum(c["requests"] for c in s["clients"].values()) == arrival.size
+    # Until the last send, every client has a request in flight or is thinking.
+    sends, ends = np.sort(arrival), np.sort(finish)
+    k = arrival.size
+    assert np.all(sends[concurrency:] == ends[: k - concurrency] + think)
+    # The next send would have been at or after the end of the run.
+    assert ends[k - concurrency] + think >= duration
+
+
+def test_duration_s_warns_when_num_requests_run_out_first(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from llmservingsim.cli import app
+
+    args = ["run", "--out", str(tmp_path), "--no-report", "--no-trace", "-q"]
+    for item in closed(4, 0.0, 20, "workload.duration_s=100"):
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "workload.duration_s=100" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning:"), result.output
+    assert "raise num_requests" in warned[0]

@@ -374,6 +374,9 @@ class WorkloadConfig(_Section):
     clients: list[ClientConfig] | None = None
     """Traffic classes sharing the run, each with its own rate, lengths, priority and SLO
     (docs/workloads.md); a trace names each row's client in its ``client`` field."""
+    duration_s: PositiveSeconds | None = None
+    """Closed loop: clients send no request at or after this time (those in flight finish);
+    num_requests is then the most requests sent. None: until num_requests were sent."""
     timeout_s: PositiveSeconds | None = None
     """Client timeout: a client gives up on a request this many seconds after it sent it,
     queued or running; a running request is ended there and keeps the tokens it generated
@@ -406,6 +409,12 @@ class WorkloadConfig(_Section):
     @model_validator(mode="after")
     def _closed_loop_alone(self) -> WorkloadConfig:
         if self.arrival.process != "closed":
+            if self.duration_s is not None:
+                raise ValueError(
+                    f"duration_s={self.duration_s:g} bounds a closed loop (arrival.process: "
+                    f"closed); with process {self.arrival.process} the run is num_requests "
+                    "long, or set stages"
+                )
             return self
         clashes = {
             "stages": self.stages is not None,

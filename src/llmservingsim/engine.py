@@ -139,7 +139,8 @@ class ClosedLoop:
     time), and its next request reaches the engine ``arrival_delay_s`` after it was sent, so
     requests in the pipe are kept in a heap by when they reach the engine. With
     ``max_model_len`` a request longer than it is rejected when it is sent (the client sees
-    the refusal at once and sends its next one after its think time)."""
+    the refusal at once and sends its next one after its think time). With ``duration_s`` no
+    request is sent at or after it (``sent`` counts those that were)."""
 
     def __init__(
         self,
@@ -148,6 +149,7 @@ class ClosedLoop:
         metrics: MetricsCollector,
         frontend: Frontend | None = None,
         max_model_len: int | None = None,
+        duration_s: float = INF,
     ) -> None:
         self.concurrency = concurrency
         self.think_time_s = think_time_s
@@ -155,6 +157,9 @@ class ClosedLoop:
         self.log = metrics.requests
         self.frontend = frontend
         self.max_model_len = max_model_len
+        self.duration_s = duration_s
+        self.sent = 0  # requests sent so far (the first ``sent`` of the workload, in order)
+        self.last_send = 0.0
         # Client send times by request id (the rows' arrivals), with a frontend.
         clock = metrics.requests.client_clock
         self.client_arrival: dict[int, float] | None = (
@@ -176,10 +181,12 @@ class ClosedLoop:
     def _send(self, t: float) -> None:
         """A free client sends the next request at ``t`` (if one is left)."""
         limit = self.max_model_len
-        while True:
+        while t < self.duration_s:
             spec = next(self._requests, None)
             if spec is None:
                 return
+            self.sent += 1
+            self.last_send = max(self.last_send, t)
             spec = spec.replaced(arrival_s=t)
             if self.client_arrival is not None:
                 self.client_arrival[spec.id] = t

@@ -8,6 +8,7 @@ metrics); every layer below it only knows its own job.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from collections.abc import Sequence as SequenceOf
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from llmservingsim.build_info import engine_build
 from llmservingsim.cluster.admission import Admission
 from llmservingsim.config import SimConfig
 from llmservingsim.engine import INF, ClientTimeouts, ClosedLoop, Engine, EngineHooks, chain
+from llmservingsim.errors import InputWarning
 from llmservingsim.invariants import InvariantChecker, invariants_requested
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.workload_summary import workload_summary
@@ -30,7 +32,7 @@ from llmservingsim.serving.instance import too_long_reason
 from llmservingsim.serving.memory import MemoryPlan
 from llmservingsim.workload import load_workload
 from llmservingsim.workload.request_spec import RequestSpec
-from llmservingsim.workload.request_table import RequestTable
+from llmservingsim.workload.request_table import RequestTable, in_arrival_order
 
 
 @dataclass
@@ -64,6 +66,27 @@ def _admit(
         served.append(spec)
     metrics.requests.client_clock = clock
     return served
+
+
+def _sent_within(
+    closed: ClosedLoop, asked: SequenceOf[RequestSpec], duration_s: float
+) -> SequenceOf[RequestSpec]:
+    """The requests a closed loop bounded by workload.duration_s sent (the first ones, in the
+    order they are sent; the rest were never sent and are in no row or count). Warns when
+    num_requests ran out first."""
+    if closed.sent == len(asked):
+        warnings.warn(
+            InputWarning(
+                f"workload.duration_s={duration_s:g}: all {closed.sent} requests of "
+                f"workload.num_requests were sent by t = {closed.last_send:.3g} s; raise "
+                "num_requests to keep the clients busy until duration_s"
+            ),
+            stacklevel=2,
+        )
+        return asked
+    if isinstance(asked, RequestTable):
+        return asked.head(closed.sent)
+    return list(in_arrival_order(asked))[: closed.sent]
 
 
 def client_timeouts(cfg: SimConfig, metrics: MetricsCollector) -> ClientTimeouts | None:
@@ -140,8 +163,14 @@ def simulate(
         frontend = scenario.frontend
         if frontend is not None:
             metrics.requests.client_clock = ClientClock(frontend, {})
+        duration = INF if cfg.workload.duration_s is None else cfg.workload.duration_s
         closed = ClosedLoop(
-            arrival.concurrency, arrival.think_time_s, metrics, frontend, cfg.max_model_len
+            arrival.concurrency,
+            arrival.think_time_s,
+            metrics,
+            frontend,
+            cfg.max_model_len,
+            duration,
         )
     else:
         requests = _admit(scenario, requests, metrics)
@@ -160,6 +189,8 @@ def simulate(
     wall_start = time.perf_counter()
     end_time = engine.run(requests)
     wall = time.perf_counter() - wall_start
+    if closed is not None and cfg.workload.duration_s is not None:
+        asked = _sent_within(closed, asked, cfg.workload.duration_s)
     if checker is not None and not engine.interrupted:
         checker.check_end(asked, metrics.records)
     summary = summarize(scenario, cluster, metrics, end_time, wall)
