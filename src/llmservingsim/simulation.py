@@ -72,6 +72,7 @@ def _reject_unsupported(cfg: SimConfig) -> None:
     pools = cfg.cluster.resolved_pools(cfg.hardware)
     closed = cfg.workload.arrival.process == "closed"
     unsupported = {
+        "perf.host_overlap with pim.enabled": cfg.pim.enabled and cfg.perf.host_overlap,
         "pim.enabled with pipeline_parallel > 1": cfg.pim.enabled
         and any(p.pipeline_parallel > 1 for p in pools),
         # The KV cache then lives in PIM memory; its copies to host memory are not modelled.
@@ -345,6 +346,7 @@ def _timer(
         topology,
         pipeline_parallel=pool_cfg.pipeline_parallel,
         host_overhead_s=host,
+        host_overlap=cfg.perf.host_overlap,
         **common,
     )
 
