@@ -136,6 +136,7 @@ def check_supported(cfg: SimConfig) -> None:
     """Config values that name features not built yet: a clear error, never a silent fallback."""
     pools = cfg.cluster.resolved_pools(cfg.hardware)
     unsupported = {
+        "perf.host_overlap with pim.enabled": cfg.pim.enabled and cfg.perf.host_overlap,
         "pim.enabled with pipeline_parallel > 1": cfg.pim.enabled
         and any(p.pipeline_parallel > 1 for p in pools),
         # The KV cache then lives in PIM memory; its copies to host memory are not modelled.
