@@ -27,6 +27,7 @@ from llmservingsim.hardware.backends import backend_stats, build_backend, with_b
 from llmservingsim.hardware.device import DeviceSpec, Link
 from llmservingsim.invariants import InvariantChecker, invariants_requested
 from llmservingsim.metrics.collector import MetricsCollector
+from llmservingsim.metrics.decisions import DecisionLog
 from llmservingsim.metrics.kv_summary import kv_summary
 from llmservingsim.metrics.request_log import FINISHED
 from llmservingsim.metrics.summary import request_metrics, steady_state
@@ -92,6 +93,9 @@ def _reject_unsupported(cfg: SimConfig) -> None:
         # Requests over max_model_len are refused before the engine runs, not when sent.
         "workload.arrival.process: closed with max_model_len": closed
         and cfg.max_model_len is not None,
+        # decisions.parquet has list columns (candidates, scores), which CSV cannot hold.
+        "outputs.decisions with outputs.format: csv": cfg.outputs.decisions
+        and cfg.outputs.format == "csv",
     }
     for what, used in unsupported.items():
         if used:
@@ -226,7 +230,7 @@ def _admit(
                 f"prompt + output = {spec.input_len + spec.output_len} tokens > "
                 f"max_model_len {limit}"
             )
-            metrics.on_drop(Sequence(spec), -1, spec.arrival_s, "rejected", reason)
+            metrics.on_drop(Sequence(spec), -1, spec.arrival_s, "rejected", reason, "max_model_len")
             continue
         if clock is not None and frontend is not None:
             clock.client_arrival[spec.id] = spec.arrival_s
@@ -451,6 +455,8 @@ def simulate(
 ) -> SimulationResult:
     """Run one simulation. ``requests`` overrides the config's workload (tests, sweeps);
     ``metrics`` may carry output sinks (outputs/run_outputs.py) fed while the run goes;
+    with ``outputs.decisions`` and no ``metrics.decisions`` log, the decisions are kept in
+    memory (``result.metrics.decisions``);
     ``check_invariants`` (default: the LLMSERVINGSIM_CHECK_INVARIANTS environment variable)
     checks the runtime invariants of invariants.py and raises InvariantError on a violation;
     ``hooks`` observe the engine (engine.EngineHooks), after the invariant checker."""
@@ -460,6 +466,10 @@ def simulate(
     _check_max_model_len(cfg)
     metrics = MetricsCollector() if metrics is None else metrics
     cluster = build_cluster(cfg, metrics)
+    if cfg.outputs.decisions:
+        if metrics.decisions is None:  # no file to stream to: kept in memory
+            metrics.decisions = DecisionLog(keep=True)
+        cluster.log_decisions(metrics.decisions)
     if requests is None:
         requests = load_requests(cfg)
     _check_trace_adapters(cfg, requests)

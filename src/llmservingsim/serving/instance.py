@@ -264,7 +264,7 @@ class Instance:
         if seq.admissions == 0 and ve.scheduler.queue_full():
             seq.status = Status.FAILED
             reason = queue_full_reason(ve.scheduler.cfg.max_queue)
-            self.metrics.on_drop(seq, self.index, now, "rejected", reason)
+            self.metrics.on_drop(seq, self.index, now, "rejected", reason, "scheduler.max_queue")
             return
         seq.status = Status.WAITING
         ve.outstanding += 1
@@ -278,7 +278,9 @@ class Instance:
             ve.outstanding -= 1
             self.outstanding -= 1
             reason = timed_out_reason(ve.scheduler.cfg.request_timeout_s)
-            self.metrics.on_drop(seq, self.index, now, "timed_out", reason)
+            self.metrics.on_drop(
+                seq, self.index, now, "timed_out", reason, "scheduler.request_timeout_s"
+            )
 
     # -------------------------------------------------------------- steps
 
@@ -320,6 +322,9 @@ class Instance:
         if speculator is not None:
             scheduler.lookahead = speculator.lookahead(len(scheduler.running))
         preemptions = scheduler.preemptions
+        site = scheduler.decisions
+        if site is not None:
+            site.now = now  # the time of the preemptions this schedule() logs
         entries = scheduler.schedule()
         steady = scheduler.steady
         steady_decodes = 0 if steady is None else steady.in_flight

@@ -79,10 +79,16 @@ class PriorityScheduler(VllmScheduler):
                 lo = mid + 1
         waiting.insert(lo, seq)
 
-    def preempt(self, seq: Sequence) -> None:
-        super().preempt(seq)  # frees its KV and puts it at the queue head
+    def preempt(
+        self, seq: Sequence, cause: Sequence | None = None, reason: str = "kv_cache_full"
+    ) -> None:
+        super().preempt(seq, cause, reason)  # frees its KV and puts it at the queue head
         self.waiting.popleft()
         self._insert(seq)
+
+    def victim_scores(self, candidates: list[Sequence]) -> list[float] | None:
+        """The priority value (the victim has the largest; among equals, the latest arrival)."""
+        return [float(seq.spec.priority) for seq in candidates]
 
     def expire_waiting(self, now: float) -> list[Sequence]:
         timeout = self.cfg.request_timeout_s
@@ -145,9 +151,15 @@ class PriorityScheduler(VllmScheduler):
         victim = max(self.running, key=rank)
         return victim if victim.spec.priority > seq.spec.priority else None
 
-    def evict(self, victim: Sequence, entries: list[ScheduledEntry]) -> int:
-        """Preempt the running ``victim``; the tokens it had been given this step (0 if
-        none), whose entry leaves ``entries``."""
+    def evict(
+        self,
+        victim: Sequence,
+        entries: list[ScheduledEntry],
+        cause: Sequence,
+        reason: str = "kv_cache_full",
+    ) -> int:
+        """Preempt the running ``victim`` to make room for ``cause``; the tokens it had been
+        given this step (0 if none), whose entry leaves ``entries``."""
         self.running.remove(victim)
         tokens = 0
         for k, (seq, num) in enumerate(entries):
@@ -155,7 +167,7 @@ class PriorityScheduler(VllmScheduler):
                 tokens = num
                 del entries[k]
                 break
-        self.preempt(victim)
+        self.preempt(victim, cause, reason)
         return tokens
 
     def lower_blocks(self, seq: Sequence) -> int:
@@ -181,7 +193,7 @@ class PriorityScheduler(VllmScheduler):
             while not blocks.try_allocate(seq, num_new):
                 worst = max(running, key=rank)  # the least important running request
                 before = running.index(worst) < i
-                budget += self.evict(worst, entries)
+                budget += self.evict(worst, entries, seq)
                 preempted = True
                 if worst is seq:
                     preempted_itself = True
@@ -216,7 +228,7 @@ class PriorityScheduler(VllmScheduler):
                 continue
             if victim is not None:
                 floor = victim.spec.priority if floor is None else min(floor, victim.spec.priority)
-                budget += self.evict(victim, entries)
+                budget += self.evict(victim, entries, seq, "max_num_seqs")
                 continue
             hit = self.lookup(seq)
             num_new = self.prefill_tokens(seq, hit, budget, step_is_empty=not (entries or steady))
@@ -229,7 +241,7 @@ class PriorityScheduler(VllmScheduler):
                 ) > blocks.num_free + self.lower_blocks(seq):
                     break
                 floor = lower.spec.priority if floor is None else min(floor, lower.spec.priority)
-                budget += self.evict(lower, entries)
+                budget += self.evict(lower, entries, seq)
                 continue
             self.admit(seq, num_new, hit)
             entries.append((seq, num_new))

@@ -59,7 +59,7 @@ class VllmScheduler(Scheduler):
             while not (fits or try_allocate(seq, num_new)):
                 victim = running.pop()
                 count -= 1
-                self.preempt(victim)
+                self.preempt(victim, seq)
                 preempted = True
                 if victim is seq:
                     preempted_itself = True
