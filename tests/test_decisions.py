@@ -18,13 +18,14 @@ import pytest
 from typer.testing import CliRunner
 
 from llmservingsim.cli import app
-from llmservingsim.cluster.routers import ROUTERS, LeastOutstandingRouter
+from llmservingsim.cluster.routers import ROUTERS, LeastOutstandingRouter, Router
 from llmservingsim.config import load_config
 from llmservingsim.errors import ConfigError
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.decisions import DecisionChunk, DecisionLog
 from llmservingsim.outputs.run_outputs import simulate_to_dir
 from llmservingsim.outputs.tables import DECISIONS_SCHEMA
+from llmservingsim.serving.instance import Instance
 from llmservingsim.simulation import simulate
 from llmservingsim.workload.request_spec import RequestSpec
 
@@ -120,6 +121,34 @@ def test_a_user_router_without_scores_gets_rows_with_every_candidate() -> None:
     assert len(routes) == 50
     assert all(r["candidates"] == [0, 1, 2] and r["scores"] is None for r in routes)
     assert all(r["policy"] == "least_waiting" and r["chosen"] in (0, 1, 2) for r in routes)
+
+
+class ReportingLeastWaiting(Router):
+    """docs/extending.md's example of a plugin router that reports its scores."""
+
+    def route(self, spec: RequestSpec) -> Instance:
+        keys = [(i.num_waiting, i.num_outstanding) for i in self.instances]
+        best = min(range(len(keys)), key=keys.__getitem__)
+        if self.explain:
+            self.report([float(w) for w, _ in keys])
+        return self.instances[best]
+
+
+ROUTERS.register("test_reporting_least_waiting")(ReportingLeastWaiting)
+
+
+def test_a_user_router_that_reports_gets_its_scores_logged() -> None:
+    _, rows = run_rows(
+        "cluster.instances=3",
+        "cluster.router=test_reporting_least_waiting",
+        "workload.num_requests=50",
+        "workload.arrival.rate=200",
+    )
+    routes = [r for r in rows if r["kind"] == "route"]
+    assert len(routes) == 50 and any(max(r["scores"]) > 0 for r in routes)
+    for r in routes:
+        assert r["candidates"] == [0, 1, 2]
+        assert r["scores"][r["chosen"]] == min(r["scores"])
 
 
 def test_prefix_aware_router_says_which_rule_decided() -> None:

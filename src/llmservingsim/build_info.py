@@ -40,6 +40,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "llmservingsim.perf.iteration",
     "llmservingsim.perf.pim",
     "llmservingsim.perf.speculative",
+    "llmservingsim.metrics.decisions",
     "llmservingsim.metrics.collector",
     "llmservingsim.metrics.request_log",
     "llmservingsim.metrics.samples",

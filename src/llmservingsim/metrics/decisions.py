@@ -8,7 +8,9 @@ choice, so a run can be explained and two runs compared decision by decision.
 Recording costs nothing when decisions are off: the callers hold ``None`` and test for it
 (the cluster for routes, ``MetricsCollector.on_drop`` for admission, the schedulers'
 :class:`DecisionSite` for preemptions). When on, a row is one ``struct`` pack into a byte
-buffer plus its candidates and scores appended to two typed arrays; every ``chunk_size`` rows
+buffer plus references to its candidate and score lists (which the caller must not change
+afterwards: built-in callers pass new lists), flattened in one C pass per chunk; every
+``chunk_size`` rows
 (or ``max_values`` candidates) the open rows are sealed into a :class:`DecisionChunk` of numpy
 columns and handed to the sinks (outputs/tables.py writes each as a Parquet row group), so a
 run of any length holds one chunk at a time.
@@ -20,9 +22,8 @@ decisions are off; docs/extending.md).
 from __future__ import annotations
 
 import struct
-from array import array
 from collections.abc import Sequence as SequenceOf
-from itertools import repeat
+from itertools import chain
 from typing import Any, Final, Protocol
 
 import numpy as np
@@ -39,7 +40,6 @@ ROUTE: Final = 0
 DECODE_ROUTE: Final = 1
 ADMISSION: Final = 2
 PREEMPTION: Final = 3
-NAN: Final = float("nan")
 
 # Column name -> struct typecode of the fixed part of a row, in row order. String columns
 # (policy, outcome, reason) are codes into DecisionLog.strings (-1: null); request, instance
@@ -158,8 +158,11 @@ class DecisionLog:
         self._pack = _ROW.pack
         self._seal_at = chunk_size * _ROW.size
         self._max_values = max_values
-        self._candidates: array[int] = array("q")
-        self._scores: array[float] = array("d")
+        # Each open row's candidates and scores (None: no scores), as given: flattened into
+        # numpy arrays only when the rows are sealed (one C pass instead of a copy per row).
+        self._candidate_lists: list[SequenceOf[int]] = []
+        self._score_lists: list[SequenceOf[float] | None] = []
+        self._values = 0  # candidates in the open rows
         self.count = 0  # rows added so far
 
     def __len__(self) -> int:
@@ -200,7 +203,7 @@ class DecisionLog:
             request_id,
             instance,
             self.code(policy),
-            list(candidates),
+            list(candidates),  # copies: the caller may reuse its lists
             None if scores is None else list(scores),
             chosen,
             self.code(outcome),
@@ -226,12 +229,9 @@ class DecisionLog:
             raise ValueError(
                 f"a {KINDS[kind]} decision reported {len(scores)} scores for {count} candidates"
             )
-        self._candidates.extend(candidates)
-        if scores is None:
-            if count:
-                self._scores.extend(repeat(NAN, count))
-        else:
-            self._scores.extend(scores)
+        self._candidate_lists.append(candidates)
+        self._score_lists.append(scores)
+        self._values += count
         rows = self._rows
         rows += self._pack(
             time_s,
@@ -246,7 +246,7 @@ class DecisionLog:
             scores is not None,
         )
         self.count += 1
-        if len(rows) >= self._seal_at or len(self._candidates) >= self._max_values:
+        if len(rows) >= self._seal_at or self._values >= self._max_values:
             self.flush()
 
     def flush(self) -> None:
@@ -256,18 +256,23 @@ class DecisionLog:
         table = np.frombuffer(self._rows, dtype=_ROW_DTYPE)
         columns = {name: table[name].copy() for name in COLUMNS}
         del table  # (a bytearray cannot be resized while numpy views it)
-        offsets = np.zeros(columns["candidates"].size + 1, dtype=np.int64)
-        np.cumsum(columns["candidates"], out=offsets[1:])
-        chunk = DecisionChunk(
-            columns,
-            offsets,
-            np.array(self._candidates, dtype=np.int64),
-            np.array(self._scores, dtype=np.float64),
-            self.strings,
+        counts = columns["candidates"]
+        offsets = np.zeros(counts.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        total = int(offsets[-1])
+        candidates = np.fromiter(
+            chain.from_iterable(self._candidate_lists), dtype=np.int64, count=total
         )
+        scores = np.full(total, np.nan)
+        scored = [s for s in self._score_lists if s is not None]
+        if scored:
+            where = np.repeat(columns["scored"].astype(bool), counts)
+            scores[where] = np.fromiter(chain.from_iterable(scored), dtype=np.float64)
+        chunk = DecisionChunk(columns, offsets, candidates, scores, self.strings)
         self._rows = bytearray()
-        self._candidates = array("q")
-        self._scores = array("d")
+        self._candidate_lists = []
+        self._score_lists = []
+        self._values = 0
         if self.keep:
             self.chunks.append(chunk)
         for sink in self.sinks:
