@@ -234,6 +234,17 @@ def test_admission_rows_for_each_refused_request() -> None:
     assert routed == set(range(400))
 
 
+def test_a_request_that_never_fits_is_a_failed_admission_row() -> None:
+    requests = [RequestSpec(0, 0.0, 100, 10), RequestSpec(1, 0.1, 2000, 10)]
+    summary, rows = run_rows("scheduler.num_gpu_blocks_override=50", requests=requests)
+    assert summary["requests_failed"] == 1
+    failed = [r for r in rows if r["kind"] == "admission"]
+    assert len(failed) == 1
+    row = failed[0]
+    assert (row["request_id"], row["instance"], row["outcome"]) == (1, 0, "failed")
+    assert row["policy"] == "kv_capacity" and "KV blocks" in row["reason"]
+
+
 class CountingRouter(LeastOutstandingRouter):
     reports = 0
 

@@ -84,7 +84,7 @@ class Cluster:
             where,
             self._policies[1 if decode else 0],
             candidates,
-            None if scores is None else list(scores),  # the log keeps it: a router's own copy
+            scores,
             chosen.index,
             -1,
             log.code(reason),

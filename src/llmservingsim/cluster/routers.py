@@ -142,16 +142,18 @@ class LeastOutstandingRouter(Router):
             for index in range(start):
                 if values[index] < best_load:
                     best, best_load = index, values[index]
+            if self.explain:
+                self.report(values)
         else:
             best = start + int(loads[start:].argmin())
             if start:
                 before = int(loads[:start].argmin())
                 if loads[before] < loads[best]:
                     best = before
+            if self.explain:
+                scores: list[int] = loads.tolist()
+                self.report(scores)
         self._start = (best + 1) % n
-        if self.explain:
-            scores: list[int] = loads.tolist()
-            self.report(scores)
         return self.instances[best]
 
 

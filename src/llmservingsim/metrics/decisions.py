@@ -8,8 +8,8 @@ choice, so a run can be explained and two runs compared decision by decision.
 Recording costs nothing when decisions are off: the callers hold ``None`` and test for it
 (the cluster for routes, ``MetricsCollector.on_drop`` for admission, the schedulers'
 :class:`DecisionSite` for preemptions). When on, a row is one ``struct`` pack into a byte
-buffer plus references to its candidate and score lists (which the caller must not change
-afterwards: built-in callers pass new lists), flattened in one C pass per chunk; every
+buffer plus its candidates and scores appended to two flat lists (a pointer copy each; no
+object per row is kept, so the garbage collector has nothing more to scan); every
 ``chunk_size`` rows
 (or ``max_values`` candidates) the open rows are sealed into a :class:`DecisionChunk` of numpy
 columns and handed to the sinks (outputs/tables.py writes each as a Parquet row group), so a
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence as SequenceOf
-from itertools import chain
 from typing import Any, Final, Protocol
 
 import numpy as np
@@ -158,11 +157,10 @@ class DecisionLog:
         self._pack = _ROW.pack
         self._seal_at = chunk_size * _ROW.size
         self._max_values = max_values
-        # Each open row's candidates and scores (None: no scores), as given: flattened into
-        # numpy arrays only when the rows are sealed (one C pass instead of a copy per row).
-        self._candidate_lists: list[SequenceOf[int]] = []
-        self._score_lists: list[SequenceOf[float] | None] = []
-        self._values = 0  # candidates in the open rows
+        # The open rows' candidates, and the scores of those that have scores, back to back
+        # (numpy arrays only when the rows are sealed: one C conversion per chunk).
+        self._candidate_values: list[int] = []
+        self._score_values: list[float] = []
         self.count = 0  # rows added so far
 
     def __len__(self) -> int:
@@ -203,7 +201,7 @@ class DecisionLog:
             request_id,
             instance,
             self.code(policy),
-            list(candidates),  # copies: the caller may reuse its lists
+            list(candidates),
             None if scores is None else list(scores),
             chosen,
             self.code(outcome),
@@ -229,9 +227,9 @@ class DecisionLog:
             raise ValueError(
                 f"a {KINDS[kind]} decision reported {len(scores)} scores for {count} candidates"
             )
-        self._candidate_lists.append(candidates)
-        self._score_lists.append(scores)
-        self._values += count
+        self._candidate_values.extend(candidates)
+        if scores is not None:
+            self._score_values.extend(scores)
         rows = self._rows
         rows += self._pack(
             time_s,
@@ -246,7 +244,7 @@ class DecisionLog:
             scores is not None,
         )
         self.count += 1
-        if len(rows) >= self._seal_at or self._values >= self._max_values:
+        if len(rows) >= self._seal_at or len(self._candidate_values) >= self._max_values:
             self.flush()
 
     def flush(self) -> None:
@@ -259,20 +257,15 @@ class DecisionLog:
         counts = columns["candidates"]
         offsets = np.zeros(counts.size + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
-        total = int(offsets[-1])
-        candidates = np.fromiter(
-            chain.from_iterable(self._candidate_lists), dtype=np.int64, count=total
-        )
-        scores = np.full(total, np.nan)
-        scored = [s for s in self._score_lists if s is not None]
-        if scored:
+        candidates = np.array(self._candidate_values, dtype=np.int64)
+        scores = np.full(candidates.size, np.nan)
+        if self._score_values:
             where = np.repeat(columns["scored"].astype(bool), counts)
-            scores[where] = np.fromiter(chain.from_iterable(scored), dtype=np.float64)
+            scores[where] = np.array(self._score_values, dtype=np.float64)
         chunk = DecisionChunk(columns, offsets, candidates, scores, self.strings)
         self._rows = bytearray()
-        self._candidate_lists = []
-        self._score_lists = []
-        self._values = 0
+        self._candidate_values = []
+        self._score_values = []
         if self.keep:
             self.chunks.append(chunk)
         for sink in self.sinks:
