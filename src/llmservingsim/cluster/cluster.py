@@ -11,8 +11,8 @@ from llmservingsim.cluster.routers import ROUTERS, Router
 from llmservingsim.metrics.decisions import DECODE_ROUTE, ROUTE, DecisionLog, DecisionSite
 from llmservingsim.network import collectives
 from llmservingsim.network.topology import Topology
+from llmservingsim.sequence import Sequence
 from llmservingsim.serving.instance import Instance
-from llmservingsim.serving.sequence import Sequence
 from llmservingsim.workload.request_spec import RequestSpec
 
 

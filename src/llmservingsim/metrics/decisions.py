@@ -28,7 +28,7 @@ from typing import Any, Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from llmservingsim.serving.sequence import Sequence
+from llmservingsim.sequence import Sequence
 
 AnyArray = npt.NDArray[Any]
 
