@@ -585,7 +585,12 @@ def compare(
     import json
 
     from llmservingsim.catalog import load_model
-    from llmservingsim.compare import check_same_stream, paired_report, write_deltas
+    from llmservingsim.compare import (
+        check_same_stream,
+        paired_report,
+        routing_divergence,
+        write_deltas,
+    )
     from llmservingsim.config import load_config
     from llmservingsim.simulation import load_requests, simulate
 
@@ -603,8 +608,13 @@ def compare(
                 result_a = simulate(cfg_a, requests=requests)
                 result_b = simulate(cfg_b, requests=requests)
             log_a, log_b = result_a.metrics.requests, result_b.metrics.requests
-            report = {"a": str(config_a), "b": str(config_b), "note": note}
+            report: dict[str, Any] = {"a": str(config_a), "b": str(config_b), "note": note}
             report.update(paired_report(requests, log_a, log_b))
+            routing = routing_divergence(
+                result_a.metrics.decisions, result_b.metrics.decisions, len(requests)
+            )
+            if routing is not None:
+                report["routing"] = routing
             if out is not None:
                 out.mkdir(parents=True, exist_ok=True)
                 (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -617,6 +627,24 @@ def compare(
         typer.echo(json.dumps(report, indent=2))
         return
     Console().print(compare_table(report))
+    if "routing" in report:
+        typer.echo(routing_line(report["routing"]))
+
+
+def routing_line(routing: dict[str, Any]) -> str:
+    """Where the two runs' routing diverged, in one line (``outputs.decisions`` on both)."""
+    line = (
+        f"routing: {routing['routed_differently']:,} of {routing['routed_on_both']:,} requests "
+        "went to another instance"
+    )
+    first = routing["first"]
+    if first is None:
+        return line
+    a, b = first["a"], first["b"]
+    return (
+        f"{line}; first: request {first['request_id']} at {a['time_s']:.3f} s, "
+        f"A ({a['policy']}) chose {a['chosen']}, B ({b['policy']}) chose {b['chosen']}"
+    )
 
 
 def compare_table(report: dict[str, Any]) -> Table:

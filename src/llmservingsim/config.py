@@ -934,6 +934,9 @@ class OutputsConfig(_Section):
     """Most step slices in the trace; past it every 2nd, then 4th, ... step is kept."""
     report: bool = True
     """Write report.html."""
+    decisions: bool = False
+    """Write decisions.parquet: every routing, admission and preemption decision with its
+    candidates, their scores and the choice (docs/outputs.md). Parquet only."""
 
 
 class SimConfig(_Section):

@@ -151,6 +151,9 @@ def check_supported(cfg: SimConfig) -> None:
         and any(p.pipeline_parallel > 1 for p in pools),
         "LoRA adapters with scheduler.policy: static": uses_lora(cfg)
         and cfg.scheduler.policy == "static",
+        # decisions.parquet has list columns (candidates, scores), which CSV cannot hold.
+        "outputs.decisions with outputs.format: csv": cfg.outputs.decisions
+        and cfg.outputs.format == "csv",
     }
     for what, used in unsupported.items():
         if used:

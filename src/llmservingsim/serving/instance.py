@@ -276,7 +276,7 @@ class Instance:
         if seq.admissions == 0 and ve.scheduler.queue_full():
             seq.status = Status.FAILED
             reason = queue_full_reason(ve.scheduler.cfg.max_queue)
-            self.metrics.on_drop(seq, self.index, now, "rejected", reason)
+            self.metrics.on_drop(seq, self.index, now, "rejected", reason, "scheduler.max_queue")
             return
         seq.status = Status.WAITING
         ve.outstanding += 1
@@ -290,7 +290,9 @@ class Instance:
             ve.outstanding -= 1
             self.outstanding -= 1
             reason = timed_out_reason(ve.scheduler.cfg.request_timeout_s)
-            self.metrics.on_drop(seq, self.index, now, "timed_out", reason)
+            self.metrics.on_drop(
+                seq, self.index, now, "timed_out", reason, "scheduler.request_timeout_s"
+            )
 
     def abort(self, seq: Sequence, now: float, reason: str) -> bool:
         """The client gave up on ``seq`` (workload.timeout_s): it leaves its queue or its batch
@@ -304,7 +306,9 @@ class Instance:
                 ve.outstanding -= 1
                 self.outstanding -= 1
                 seq.status = Status.FAILED
-                self.metrics.on_drop(seq, self.index, now, "timed_out", reason)
+                self.metrics.on_drop(
+                    seq, self.index, now, "timed_out", reason, "workload.timeout_s"
+                )
                 return True
         return False
 
@@ -348,6 +352,9 @@ class Instance:
         if speculator is not None:
             scheduler.lookahead = speculator.lookahead(len(scheduler.running))
         preemptions = scheduler.preemptions
+        site = scheduler.decisions
+        if site is not None:
+            site.now = now  # the time of the preemptions this schedule() logs
         entries = scheduler.schedule()
         steady = scheduler.steady
         steady_decodes = 0 if steady is None else steady.in_flight
