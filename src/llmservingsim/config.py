@@ -304,8 +304,8 @@ class PromptPoolConfig(_Section):
     message.
     """
 
-    size: int = Field(ge=1)
-    """Distinct prompts in the pool."""
+    size: SmallCount
+    """Distinct prompts in the pool (each costs memory up front: fewer than a million)."""
     order: Literal["cycle", "random"] = "cycle"
     """cycle: request i sends prompt i mod size; random: a uniform pick per request."""
 
