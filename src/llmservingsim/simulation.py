@@ -86,6 +86,15 @@ def _reject_unsupported(cfg: SimConfig) -> None:
         and any(p.pipeline_parallel > 1 for p in pools),
         "LoRA adapters with scheduler.policy: static": uses_lora(cfg)
         and cfg.scheduler.policy == "static",
+        "data_parallel > 1 with pipeline_parallel > 1": any(
+            p.data_parallel > 1 and p.pipeline_parallel > 1 for p in pools
+        ),
+        "data_parallel > 1 with speculative decoding": cfg.speculative.enabled
+        and any(p.data_parallel > 1 for p in pools),
+        "data_parallel > 1 with LoRA adapters": uses_lora(cfg)
+        and any(p.data_parallel > 1 for p in pools),
+        "data_parallel > 1 with pim.enabled": cfg.pim.enabled
+        and any(p.data_parallel > 1 for p in pools),
         # The client would send again when it sees the end (the frontend's times), and its
         # request reach the engine later: set frontend.enabled: false.
         "workload.arrival.process: closed with frontend.enabled": closed and cfg.frontend.enabled,
@@ -166,6 +175,7 @@ def plan_instance_memory(cfg: SimConfig, pool: PoolConfig | None = None) -> Memo
         max_batched_tokens=cfg.scheduler.max_num_batched_tokens,
         max_seqs=cfg.scheduler.max_num_seqs,
         ep=pool.expert_parallel,
+        dp=pool.data_parallel,
         pim=None if pim is None else PimMemory(pim, cfg.pim.count),
         draft_weight_bytes=draft_weights,
         draft_kv_bytes_per_token=draft_kv,
@@ -173,6 +183,8 @@ def plan_instance_memory(cfg: SimConfig, pool: PoolConfig | None = None) -> Memo
     )
     if plan.num_blocks < pp:
         shape = f"{tp}× {hardware}" if pp == 1 else f"{tp}×{pp} (TP×PP) {hardware}"
+        if pool.data_parallel > 1:
+            shape = f"{pool.data_parallel}×{tp} (DP×TP) {hardware}"
         raise DoesNotFitError(
             f"{cfg.model} ({cfg.dtype}) does not fit {shape}: {plan.describe()}. "
             "Raise tensor_parallel or pipeline_parallel, use a smaller dtype (fp8/int8/int4) "
@@ -257,7 +269,21 @@ def _check_parallelism(cfg: SimConfig, pool: PoolConfig) -> None:
             f"{where}.pipeline_parallel={pool.pipeline_parallel} exceeds the "
             f"{spec.num_layers} layers of {cfg.model}"
         )
-    ep = pool.expert_parallel
+    ep, dp = pool.expert_parallel, pool.data_parallel
+    if dp > 1:
+        if not spec.is_moe:
+            raise ConfigError(
+                f"{where}.data_parallel={dp} needs a mixture-of-experts model; {cfg.model} is "
+                f"dense: its DP ranks would be independent replicas, set {where}."
+                f"{'instances' if cfg.cluster.pools is None else 'count'}={dp} instead"
+            )
+        if ep != dp * tp:
+            raise ConfigError(
+                f"{where}.expert_parallel={ep} must equal data_parallel × tensor_parallel = "
+                f"{dp * tp} with data_parallel={dp}: the experts are split over every device "
+                "of the DP ranks (vLLM --enable-expert-parallel); experts tensor-parallel "
+                "across DP ranks are not yet supported"
+            )
     if ep > 1:
         if not spec.is_moe:
             raise ConfigError(
@@ -269,11 +295,11 @@ def _check_parallelism(cfg: SimConfig, pool: PoolConfig) -> None:
                 f"{where}.expert_parallel={ep} must divide the {spec.num_experts} experts "
                 f"of {cfg.model}"
             )
-        if ep != pool.tensor_parallel:
+        if dp == 1 and ep != pool.tensor_parallel:
             raise ConfigError(
                 f"{where}.expert_parallel={ep} must be 1 or equal tensor_parallel="
-                f"{pool.tensor_parallel}: experts are split over the TP group's devices "
-                "(docs/models.md)"
+                f"{pool.tensor_parallel}: experts are split over the TP group's devices; "
+                "set data_parallel to split them over several attention ranks (docs/models.md)"
             )
     device = load_device(pool.hardware or cfg.hardware)
     if device.type == "pim":
@@ -345,6 +371,7 @@ def _timer(
         topology,
         pipeline_parallel=pool_cfg.pipeline_parallel,
         host_overhead_s=host,
+        data_parallel=pool_cfg.data_parallel,
         **common,
     )
 
@@ -360,9 +387,9 @@ def build_cluster(cfg: SimConfig, metrics: MetricsCollector) -> Cluster:
         device = load_device(pool_cfg.hardware or cfg.hardware)
         topology = _topology(cfg, device)
         memory = plan_instance_memory(cfg, pool_cfg)
-        tp, pp = pool_cfg.tensor_parallel, pool_cfg.pipeline_parallel
+        tp, pp, dp = pool_cfg.tensor_parallel, pool_cfg.pipeline_parallel, pool_cfg.data_parallel
         firsts, next_device = place_instances(
-            next_device, pool_cfg.count, tp * pp, topology.devices_per_node
+            next_device, pool_cfg.count, tp * pp * dp, topology.devices_per_node
         )
         # Instances of a pool are placed alike, so they share one timer and its memo caches.
         timer = _timer(cfg, pool_cfg, device, topology, firsts[0], pim)
@@ -390,9 +417,10 @@ def build_cluster(cfg: SimConfig, metrics: MetricsCollector) -> Cluster:
             speculator = None
             if proposer is not None:
                 speculator = Speculator(cfg.speculative, proposer, seed=f"{cfg.seed}:{index}")
+            # PP: virtual engines share the blocks; DP: each rank has the plan's blocks.
             schedulers = [
                 policy(cfg.scheduler, *build_kv_cache(cfg.scheduler, memory, device, tp, pp))
-                for _ in range(pp)
+                for _ in range(pp * dp)
             ]
             if lora is not None:
                 for scheduler in schedulers:
@@ -598,6 +626,7 @@ def _pool_row(pool: Pool) -> dict[str, Any]:
         "tensor_parallel": first.tp,
         "pipeline_parallel": first.pp,
         "expert_parallel": first.timer.ep,
+        "data_parallel": first.dp,
         "memory": first.memory.as_dict(),
     }
 

@@ -176,8 +176,9 @@ def weight_only_quantized(dtype: str) -> bool:
 class OpGraph:
     """Builds the ops of one layer / of the model head for a given batch on one TP rank.
 
-    ``expert_parallel`` splits a MoE model's experts over that many of the TP ranks (see
-    model/moe.py for the layout); ``moe_imbalance`` is the busiest expert's rows over the mean.
+    ``expert_parallel`` splits a MoE model's experts over that many of the TP ranks, or with
+    ``data_parallel`` attention ranks over all of their devices (see model/moe.py for the
+    layouts); ``moe_imbalance`` is the busiest expert's rows over the mean.
     """
 
     def __init__(
@@ -189,6 +190,7 @@ class OpGraph:
         *,
         expert_parallel: int = 1,
         moe_imbalance: float = 1.0,
+        data_parallel: int = 1,
     ) -> None:
         self.spec = spec
         self.tp = tp
@@ -208,7 +210,7 @@ class OpGraph:
         if spec.is_moe:
             from llmservingsim.model.moe import MoeOps
 
-            self.moe = MoeOps(self, expert_parallel, moe_imbalance)
+            self.moe = MoeOps(self, expert_parallel, moe_imbalance, data_parallel)
 
     def gemm(self, name: str, m: int, n: int, k: int) -> Op:
         flops = 2.0 * m * n * k
