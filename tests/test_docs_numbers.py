@@ -276,12 +276,27 @@ QUOTES: list[Quote] = [
             },
         )
         for row, name, tok_s, tpot, kv in (
-            ("| `tensor_parallel: 2, expert_parallel: 2` | 8,712 | 27.8 | 929,520 |",
-             "tp2-ep2", "8,712", "27.8", "929,520"),
-            ("| `instances: 2` (TP1 replicas) | 6,254 | 37.2 | 300,352 |",
-             "2-replicas", "6,254", "37.2", "300,352"),
-            ("| `data_parallel: 2, expert_parallel: 2` | 13,059 | 35.7 | 890,176 |",
-             "dp2-ep2", "13,059", "35.7", "890,176"),
+            (
+                "| `tensor_parallel: 2, expert_parallel: 2` | 8,712 | 27.8 | 929,520 |",
+                "tp2-ep2",
+                "8,712",
+                "27.8",
+                "929,520",
+            ),
+            (
+                "| `instances: 2` (TP1 replicas) | 6,254 | 37.2 | 300,352 |",
+                "2-replicas",
+                "6,254",
+                "37.2",
+                "300,352",
+            ),
+            (
+                "| `data_parallel: 2, expert_parallel: 2` | 13,059 | 35.7 | 890,176 |",
+                "dp2-ep2",
+                "13,059",
+                "35.7",
+                "890,176",
+            ),
         )
     ),
     Quote(

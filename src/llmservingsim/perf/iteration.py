@@ -664,9 +664,7 @@ class IterationTimer:
             self.cache_hits += 1
         experts_s, experts_f, experts_b = self._moe_experts_cost(total)
         seconds = slow_s + n_moe * experts_s
-        return StepCost(
-            seconds, slow_f + n_moe * experts_f, slow_b + n_moe * experts_b, (seconds,)
-        )
+        return StepCost(seconds, slow_f + n_moe * experts_f, slow_b + n_moe * experts_b, (seconds,))
 
     def _decode_step(self, num_decode: int, context: int, num_sampled: int) -> StepCost | None:
         """:meth:`step` of a batch that only decodes, with the general path's operations in
