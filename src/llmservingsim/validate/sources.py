@@ -109,7 +109,9 @@ def silicon_rows(path: Path, per_group: int | None = DEFAULT_PER_GROUP) -> list[
         for p in members:
             tp = _int(p["tp_size"]) or 1
             dp = _int(p["attention_dp_size"]) or 1
-            concurrency = _int(p["batch_size"]) or 1
+            # With attention DP, batch_size is per rank: the clients are batch_size × DP (the
+            # point ids' ``c<N>`` say so for 168 of the sample's 169 DP points).
+            concurrency = (_int(p["batch_size"]) or 1) * dp
             base = _blank_row()
             base.update(
                 set="aiconfigurator",
