@@ -25,6 +25,7 @@ from llmservingsim.network.topology import Topology
 from llmservingsim.perf.iteration import BatchShape, IterationTimer
 from llmservingsim.serving.memory import moe_params_per_device, weight_bytes_per_device
 from llmservingsim.simulation import build_cluster, plan_instance_memory, simulate
+from llmservingsim.sweep.plan import devices_and_cost
 from llmservingsim.workload.request_spec import RequestSpec
 
 MODEL = "qwen3-30b-a3b"  # 128 experts, top-8, no shared experts, every layer MoE
@@ -236,3 +237,22 @@ def test_pools_take_data_parallel_and_refuse_the_flat_key_beside_them(tmp_path: 
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["pools"][0]["data_parallel"] == 2
     assert describe_pools(summary["pools"]) == "1 × DP2 h100-sxm"
+
+
+def test_a_request_s_kv_moves_between_the_devices_of_one_rank() -> None:
+    """P/D into a DP decode pool: a request's KV lives on one rank's TP devices, so as many
+    streams carry it as into a TP1 instance, not one per device of the instance."""
+
+    def cfg(decode: dict[str, Any]) -> SimConfig:
+        pools = [{"role": "prefill", "count": 1}, {"role": "decode", "count": 1, **decode}]
+        return SimConfig.model_validate({"model": MODEL, "cluster": {"pools": pools}})
+
+    dp2 = cfg({"data_parallel": 2, "expert_parallel": 2})
+    single = build_cluster(cfg({}), MetricsCollector())
+    cluster = build_cluster(dp2, MetricsCollector())
+    prefill, decode = cluster.instances
+    assert (decode.num_devices, decode.kv_devices) == (2, 1)
+    assert cluster.kv_transfer_time(prefill, decode, 1000) == single.kv_transfer_time(
+        *single.instances, 1000
+    )
+    assert devices_and_cost(dp2)[0] == 3

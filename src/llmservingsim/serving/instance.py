@@ -137,6 +137,7 @@ class Instance:
         self.dp = timer.dp  # attention data-parallel ranks (lockstep), one engine each
         self.num_devices = timer.tp * timer.pp * timer.dp
         self._step_devices = timer.tp * timer.dp  # devices busy for each stage's time
+        self.kv_devices = timer.tp * timer.pp  # devices holding a slice of one request's KV
         # Devices outside the TP × PP group that serve this instance (PIM): (spec, count).
         self.attached_devices = attached_devices
         self.metrics = metrics
