@@ -10,7 +10,7 @@ import pytest
 from kv_helpers import kv_run
 from llmservingsim.config import load_config
 from llmservingsim.errors import ConfigError
-from llmservingsim.serving.host_link import HostLink, TransferLedger
+from llmservingsim.perf.host_link import HostLink, TransferLedger
 from llmservingsim.serving.kv_offload import OffloadTier
 from llmservingsim.serving.prefix_cache import PrefixCachingBlockManager, block_keys
 from llmservingsim.serving.sequence import Sequence

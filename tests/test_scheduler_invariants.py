@@ -37,8 +37,8 @@ from hypothesis import strategies as st
 import llmservingsim.simulation as simulation
 from llmservingsim.config import SchedulerConfig, load_config
 from llmservingsim.engine import EngineHooks
+from llmservingsim.perf.host_link import HostLink, TransferLedger
 from llmservingsim.serving.block_manager import BlockManager
-from llmservingsim.serving.host_link import HostLink, TransferLedger
 from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.kv_offload import OffloadTier
 from llmservingsim.serving.prefix_cache import NO_NODE, PrefixCachingBlockManager, block_keys

@@ -31,20 +31,16 @@ from llmservingsim.metrics.kv_summary import kv_summary
 from llmservingsim.metrics.request_log import FINISHED
 from llmservingsim.metrics.summary import request_metrics, steady_state
 from llmservingsim.metrics.workload_summary import workload_summary
+from llmservingsim.model.lora import adapter_bytes_per_device
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.frontend import ClientClock, Frontend
 from llmservingsim.perf.iteration import IterationTimer
+from llmservingsim.perf.lora import LoraCompute, adapter_load_seconds, disk_read_seconds
 from llmservingsim.perf.pim import PimIterationTimer
 from llmservingsim.plugins import load_plugins
 from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.kv_setup import build_kv_cache
-from llmservingsim.serving.lora import (
-    AdapterSlots,
-    LoraCompute,
-    LoraStats,
-    adapter_bytes_per_device,
-    reserved_lora_bytes,
-)
+from llmservingsim.serving.lora import AdapterSlots, LoraStats, reserved_lora_bytes
 from llmservingsim.serving.memory import MemoryPlan, PimMemory, plan_memory
 from llmservingsim.serving.schedulers import SCHEDULERS
 from llmservingsim.serving.sequence import Sequence
@@ -424,7 +420,11 @@ def build_cluster(cfg: SimConfig, metrics: MetricsCollector) -> Cluster:
             ]
             if lora is not None:
                 for scheduler in schedulers:
-                    scheduler.adapters = AdapterSlots(cfg.lora, device_bytes, total_bytes, device)
+                    scheduler.adapters = AdapterSlots(
+                        cfg.lora,
+                        adapter_load_seconds(device, device_bytes),
+                        disk_read_seconds(total_bytes, cfg.lora.disk_bandwidth_gbps),
+                    )
             instances.append(
                 Instance(
                     index,
