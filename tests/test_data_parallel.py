@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from fuzz_harness import assert_clean_outcome, quick_run_args, run_cli
+from llmservingsim.build import build_cluster
 from llmservingsim.catalog import load_device, load_model
 from llmservingsim.cli import describe_pools
 from llmservingsim.config import SimConfig
@@ -23,8 +24,9 @@ from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.network import collectives
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.iteration import BatchShape, IterationTimer
+from llmservingsim.scenario import resolve
 from llmservingsim.serving.memory import moe_params_per_device, weight_bytes_per_device
-from llmservingsim.simulation import build_cluster, plan_instance_memory, simulate
+from llmservingsim.simulation import simulate
 from llmservingsim.sweep.plan import devices_and_cost
 from llmservingsim.workload.request_spec import RequestSpec
 
@@ -105,8 +107,9 @@ def test_one_rank_prices_a_moe_layer_as_tensor_parallel_expert_parallel_does() -
 
 def test_each_rank_has_its_own_kv_cache_and_experts_are_split_over_every_device() -> None:
     cfg = _cfg(data_parallel=2, expert_parallel=2)
-    plan = plan_instance_memory(cfg)
-    cluster = build_cluster(cfg, MetricsCollector())
+    scenario = resolve(cfg)
+    plan = scenario.pools[0].memory
+    cluster = build_cluster(scenario, MetricsCollector())
     (instance,) = cluster.instances
     assert instance.num_devices == 2 and instance.dp == 2
     assert [ve.scheduler.blocks.num_blocks for ve in instance.engines] == [plan.num_blocks] * 2
@@ -248,8 +251,8 @@ def test_a_request_s_kv_moves_between_the_devices_of_one_rank() -> None:
         return SimConfig.model_validate({"model": MODEL, "cluster": {"pools": pools}})
 
     dp2 = cfg({"data_parallel": 2, "expert_parallel": 2})
-    single = build_cluster(cfg({}), MetricsCollector())
-    cluster = build_cluster(dp2, MetricsCollector())
+    single = build_cluster(resolve(cfg({})), MetricsCollector())
+    cluster = build_cluster(resolve(dp2), MetricsCollector())
     prefill, decode = cluster.instances
     assert (decode.num_devices, decode.kv_devices) == (2, 1)
     assert cluster.kv_transfer_time(prefill, decode, 1000) == single.kv_transfer_time(

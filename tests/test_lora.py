@@ -18,8 +18,9 @@ from llmservingsim.config import LoraConfig, WorkloadLoraConfig, load_config
 from llmservingsim.errors import ConfigError, TraceError
 from llmservingsim.model.lora import adapter_bytes_per_device
 from llmservingsim.perf.lora import adapter_load_seconds, disk_read_seconds
+from llmservingsim.scenario import resolve
 from llmservingsim.serving.lora import AdapterSlots
-from llmservingsim.simulation import load_requests, plan_instance_memory, simulate
+from llmservingsim.simulation import load_requests, simulate
 from llmservingsim.workload.adapters import adapter_popularity
 
 TRAFFIC = ["workload.num_requests=300", "workload.arrival.rate=6"]
@@ -58,9 +59,9 @@ def test_lora_gemms_slow_decode_down() -> None:
 
 
 def test_kv_capacity_drops_by_exactly_the_reserved_slots() -> None:
-    base = plan_instance_memory(load_config(None, []))
+    base = resolve(load_config(None, [])).memory
     cfg = load_config(None, ["workload.lora={num_adapters: 10}", "lora.max_loras=8"])
-    lora = plan_instance_memory(cfg)
+    lora = resolve(cfg).memory
     spec = load_model("llama-3.1-8b")
     one = adapter_bytes_per_device(spec, cfg.lora.target_modules, 16, "bf16", 1, 32)
     # rank · (d_in + d_out) per linear and layer, bf16: q, o: 4096+4096; k, v: 4096+1024;

@@ -34,11 +34,11 @@ from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.perf.iteration import BatchShape, IterationTimer, StepCost
 from llmservingsim.perf.lora import LoraCompute
 from llmservingsim.perf.speculative import prepend_work
+from llmservingsim.sequence import Sequence, Status
 from llmservingsim.serving.decode_run import MIN_RUN_STEPS, DecodeRun, plan_decode_run
 from llmservingsim.serving.lora import adapter_tokens
 from llmservingsim.serving.memory import MemoryPlan
 from llmservingsim.serving.schedulers.base import ScheduledEntry, Scheduler
-from llmservingsim.serving.sequence import Sequence, Status
 from llmservingsim.serving.speculative import Speculator
 from llmservingsim.serving.steady import SteadyDecoders
 

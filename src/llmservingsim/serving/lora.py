@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from llmservingsim.config import LoraConfig
 from llmservingsim.model.lora import adapter_bytes_per_device
 from llmservingsim.model.spec import ModelSpec
-from llmservingsim.serving.sequence import Sequence
+from llmservingsim.sequence import Sequence
 
 
 def reserved_lora_bytes(cfg: LoraConfig, spec: ModelSpec, dtype: str, tp: int) -> float:
