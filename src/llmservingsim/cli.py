@@ -121,10 +121,13 @@ def _ms(stats: dict[str, float | None], key: str) -> str:
 
 
 def describe_pools(pools: list[dict[str, Any]]) -> str:
-    """``1× h100-sxm``, ``4 × TP2 h100-sxm`` or ``prefill 2 × h100-sxm + decode 4 × a100-80gb``."""
+    """``1× h100-sxm``, ``4 × TP2 h100-sxm``, ``1 × DP2×TP2 h100-sxm`` or ``prefill 2 ×
+    h100-sxm + decode 4 × a100-80gb``."""
     parts = []
     for pool in pools:
         shape = f"TP{pool['tensor_parallel']}" if pool["tensor_parallel"] > 1 else ""
+        if pool.get("data_parallel", 1) > 1:
+            shape = f"DP{pool['data_parallel']}" + (f"×{shape}" if shape else "")
         if pool["pipeline_parallel"] > 1:
             shape += f"×PP{pool['pipeline_parallel']}"
         role = "" if pool["role"] == "mixed" else f"{pool['role']} "

@@ -563,7 +563,13 @@ class PoolConfig(_Section):
     pipeline_parallel: SmallCount = 1
     """Stages of contiguous layers; this many micro-batches in flight (vLLM virtual engines)."""
     expert_parallel: SmallCount = 1
-    """MoE: devices the experts are split over (1 or equal to tensor_parallel)."""
+    """MoE: devices the experts are split over (1, tensor_parallel, or with data_parallel
+    D > 1: D × tensor_parallel)."""
+    data_parallel: SmallCount = 1
+    """MoE: attention data-parallel ranks of one instance (vLLM --data-parallel-size with
+    --enable-expert-parallel, SGLang --enable-dp-attention): each rank has its own scheduler,
+    KV cache and batch over tensor_parallel devices; the experts are split over all D ×
+    tensor_parallel devices and every rank steps in lockstep (docs/models.md)."""
 
 
 class ClusterConfig(_Section):
@@ -574,7 +580,10 @@ class ClusterConfig(_Section):
     pipeline_parallel: SmallCount = 1
     """Stages of contiguous layers; this many micro-batches in flight (vLLM virtual engines)."""
     expert_parallel: SmallCount = 1
-    """MoE: devices the experts are split over (1 or equal to tensor_parallel)."""
+    """MoE: devices the experts are split over (1, tensor_parallel, or with data_parallel
+    D > 1: D × tensor_parallel)."""
+    data_parallel: SmallCount = 1
+    """MoE: attention data-parallel ranks of one instance, in lockstep (see the pool key)."""
     pools: list[PoolConfig] | None = Field(
         default=None, description="heterogeneous instance groups; replaces the keys above"
     )
@@ -591,7 +600,13 @@ class ClusterConfig(_Section):
     def _pools_replace_flat_keys(self) -> ClusterConfig:
         if self.pools is None:
             return self
-        flat = {"instances", "tensor_parallel", "pipeline_parallel", "expert_parallel"}
+        flat = {
+            "instances",
+            "tensor_parallel",
+            "pipeline_parallel",
+            "expert_parallel",
+            "data_parallel",
+        }
         both = sorted(flat & self.model_fields_set)
         if both:
             raise ValueError(
@@ -620,6 +635,7 @@ class ClusterConfig(_Section):
                     tensor_parallel=self.tensor_parallel,
                     pipeline_parallel=self.pipeline_parallel,
                     expert_parallel=self.expert_parallel,
+                    data_parallel=self.data_parallel,
                 )
             ]
         roles: list[str] = [pool.role for pool in self.pools]

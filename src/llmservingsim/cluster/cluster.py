@@ -119,13 +119,13 @@ class Cluster:
     def kv_transfer_time(self, source: Instance, target: Instance, num_tokens: int) -> float:
         """KV of ``num_tokens`` tokens (all layers) from the source's devices to the target's.
 
-        Every device holds a slice (its heads of its layers) and sends it over its own link, so
-        min(devices of source, devices of target) streams run in parallel; the slower side's
-        links set the pace.
+        Every device holding the request (its heads of its layers; with attention DP ranks,
+        those of one rank) sends its slice over its own link, so min(those of source, those of
+        target) streams run in parallel; the slower side's links set the pace.
         """
         src_pool, dst_pool = self._pool_of[source.index], self._pool_of[target.index]
         nbytes = num_tokens * src_pool.kv_bytes_per_token
-        streams = min(source.num_devices, target.num_devices)
+        streams = min(source.kv_devices, target.kv_devices)
         src, dst = source.first_device, target.first_device
         return max(
             collectives.send(src_pool.topology, nbytes, src, dst, streams),
