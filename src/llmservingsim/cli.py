@@ -47,6 +47,8 @@ def _click_exceptions() -> Any:
 
 
 _CLICK = _click_exceptions()
+# click's Abort (Ctrl-C at a prompt): typer >= 0.20 keeps it in typer.exceptions.
+_ABORT: type[BaseException] = getattr(_CLICK, "Abort", typer.Abort)
 
 
 class _OneLineErrors(typer.core.TyperGroup):
@@ -75,7 +77,7 @@ class _OneLineErrors(typer.core.TyperGroup):
                 f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
             )
             sys.exit(exc.exit_code)
-        except _CLICK.Abort:
+        except _ABORT:
             typer.echo("Aborted!", err=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)

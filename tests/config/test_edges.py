@@ -330,3 +330,9 @@ def test_unknown_catalog_section_exits_2() -> None:
 def test_a_prompt_pool_too_large_to_hold_is_refused_before_running() -> None:
     with pytest.raises(ConfigError, match=r"workload\.prompt_pool\.size"):
         load_config(None, ["workload.prompt_pool={size: 2147483647}"])
+
+
+def test_a_kv_block_override_beyond_int32_is_refused_before_running(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"scheduler\.num_gpu_blocks_override"):
+        load_config(None, ["scheduler.num_gpu_blocks_override=9223372036854775808"])
+    load_config(None, ["scheduler.num_gpu_blocks_override=2147483647"])  # the largest allowed
