@@ -90,6 +90,8 @@ INF: Final = float("inf")
 STEP_END: Final = 0
 WAKE: Final = 1
 KV_ARRIVAL: Final = 2
+READY: Final = 3  # a scaled-up instance takes requests from now on (autoscaling)
+SCALE: Final = 4  # the autoscaler evaluates its metric
 
 
 class Dispatcher(Protocol):
@@ -106,6 +108,28 @@ class Dispatcher(Protocol):
 
     def hand_off(self, seq: Sequence, source: Instance, now: float) -> tuple[Instance, float]:
         """Decode instance for a prefilled request and the KV transfer's duration."""
+        ...
+
+
+class Scaler(Protocol):
+    """The autoscaler (cluster/autoscale.py): evaluated every ``interval_s``; it starts
+    instances (ready later), drains others, and releases a drained one when its last request
+    has left."""
+
+    interval_s: float
+    reads_kv_usage: bool  # the metric reads KV blocks in use (changed inside fast-forward runs)
+
+    def evaluate(self, now: float) -> list[tuple[int, float]]:
+        """Decide at ``now``; returns (instance index, time it takes requests) for each
+        instance started."""
+        ...
+
+    def ready(self, index: int, now: float) -> None:
+        """Instance ``index``, started earlier, takes requests from ``now``."""
+        ...
+
+    def release_if_drained(self, instance: Instance, now: float) -> None:
+        """``instance`` is draining: release it if its last request has left."""
         ...
 
 
@@ -167,10 +191,13 @@ class Engine:
         progress_every: int = 2048,
         hooks: EngineHooks | None = None,
         closed: ClosedLoop | None = None,
+        scaler: Scaler | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.hooks = hooks
         self.closed = closed
+        self.scaler = scaler
+        self._control = 0  # READY and SCALE events in the queue (they keep no run going)
         if hooks is not None and (
             hooks.every_step or (isinstance(hooks, HookChain) and hooks.every_step_needed)
         ):
@@ -255,7 +282,12 @@ class Engine:
         hooks = self.hooks
         routes_by_kv_usage = self.dispatcher.routes_by_kv_usage
         polls = 0
-        while spec is not None or events:
+        scaler = self.scaler
+        if scaler is not None:
+            self._push_control(scaler.interval_s, SCALE, 0)
+        # The run ends when no request is left to arrive and only the autoscaler's events are
+        # queued (they would only move the clock past the last request).
+        while spec is not None or len(events) > self._control:
             polls += 1
             if polls & 1023 == 0:
                 held.poll()  # Python code: pending signal handlers run (the loop is compiled)
@@ -288,6 +320,14 @@ class Engine:
                     spec = self._closed_next(closed)
                 continue
             self.now, kind, index, arg, serial = heappop(events)
+            if kind >= READY:
+                assert scaler is not None
+                self._control -= 1
+                if kind == READY:
+                    scaler.ready(index, self.now)
+                else:
+                    self._scale(scaler)
+                continue
             instance = instances[index]
             if kind == STEP_END:
                 if serial != instance.engines[arg].step_serial:
@@ -306,9 +346,27 @@ class Engine:
                     hooks.before_add(instance, self.now)
                 instance.add(self._transfers.pop(arg), self.now)
             self._try_start(instance)
+            if instance.draining:
+                assert scaler is not None
+                scaler.release_if_drained(instance, self.now)
             if closed is not None and closed.poll(self.now) and spec is None:
                 spec = self._closed_next(closed)
         return self.now
+
+    def _push_control(self, time: float, kind: int, instance: int) -> None:
+        self._control += 1
+        self._push(time, kind, instance, 0)
+
+    def _scale(self, scaler: Scaler) -> None:
+        """The autoscaler's evaluation at ``now``; the next one follows while work is left."""
+        now = self.now
+        if scaler.reads_kv_usage:
+            for instance in self.instances:  # step ends at ``now`` were taken (READY < SCALE)
+                self._cut(instance, inclusive=True)
+        for index, ready_at in scaler.evaluate(now):
+            self._push_control(ready_at, READY, index)
+        if self._next_arrival < INF or len(self._events) > self._control:
+            self._push_control(now + scaler.interval_s, SCALE, 0)
 
     def _closed_next(self, closed: ClosedLoop) -> RequestSpec | None:
         """The request a client freed by an ended request sends (closed loop)."""

@@ -18,13 +18,14 @@ import numpy as np
 from llmservingsim import __version__
 from llmservingsim.build_info import engine_build
 from llmservingsim.catalog import load_device, load_model
+from llmservingsim.cluster.autoscale import Autoscaler, load_time_s
 from llmservingsim.cluster.cluster import Cluster, Pool
 from llmservingsim.cluster.placement import place_instances
 from llmservingsim.config import LinkOverride, PoolConfig, SimConfig
 from llmservingsim.engine import ClosedLoop, Engine, EngineHooks, chain
 from llmservingsim.errors import ConfigError, DoesNotFitError
 from llmservingsim.hardware.backends import backend_stats, build_backend, with_backend_collectives
-from llmservingsim.hardware.device import DeviceSpec, Link
+from llmservingsim.hardware.device import GIB, DeviceSpec, Link
 from llmservingsim.invariants import InvariantChecker, invariants_requested
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.kv_summary import kv_summary
@@ -475,15 +476,20 @@ def simulate(
     if arrival.process == "closed":
         assert arrival.concurrency is not None  # config.py: closed needs it
         closed = ClosedLoop(arrival.concurrency, arrival.think_time_s, metrics.requests)
+    scaler = autoscaler(cfg, cluster)
     engine = Engine(
-        cluster, progress=hook, hooks=chain([*observers, *hooks, *_OBSERVERS]), closed=closed
+        cluster,
+        progress=hook,
+        hooks=chain([*observers, *hooks, *_OBSERVERS]),
+        closed=closed,
+        scaler=scaler,
     )
     wall_start = time.perf_counter()
     end_time = engine.run(requests)
     wall = time.perf_counter() - wall_start
     if checker is not None and not engine.interrupted:
         checker.check_end(asked, metrics.records)
-    summary = summarize(cfg, cluster, metrics, end_time, wall)
+    summary = summarize(cfg, cluster, metrics, end_time, wall, scaler)
     summary["requests_total"] = len(asked)
     duration = summary["benchmark_duration_s"]
     summary.update(workload_summary(cfg, asked, metrics.requests, duration))
@@ -495,26 +501,46 @@ def simulate(
     return SimulationResult(summary, metrics, cluster.instances[0].memory)
 
 
+def autoscaler(cfg: SimConfig, cluster: Cluster) -> Autoscaler | None:
+    """The autoscaler ``cluster.autoscale`` asks for, or None. Its default ``scale_up_s`` is
+    the time one device takes to load its shard of the weights over its host link."""
+    scale = cfg.cluster.autoscale
+    if scale is None:
+        return None
+    scale_up_s = scale.scale_up_s
+    if scale_up_s is None:
+        first = cluster.instances[0]
+        host = first.device.links.host
+        scale_up_s = host.latency_us * 1e-6 + load_time_s(
+            first.memory.weights_gib * GIB, host.bandwidth_gbps * 1e9 * host.efficiency
+        )
+    return Autoscaler(scale, cluster, cfg.cluster.initial_instances, scale_up_s)
+
+
 def summarize(
     cfg: SimConfig,
     cluster: Cluster,
     metrics: MetricsCollector,
     end_time: float,
     wall_s: float,
+    scaler: Autoscaler | None = None,
 ) -> dict[str, Any]:
+    """The run's summary.json. With an autoscaler, cost and idle energy count each instance's
+    provisioned time only (without one, every instance is provisioned for the whole run)."""
     instances = cluster.instances
+    provisioned = [end_time] * len(instances) if scaler is None else scaler.finish(end_time)
     summary = request_metrics(metrics.requests, metrics.itl, cfg.slo)
     summary.update(steady_state(metrics.requests, summary["request_throughput"]))
-    per_instance = _instance_rows(instances, metrics, end_time)
+    per_instance = _instance_rows(instances, metrics, provisioned)
     energy = sum(row["energy_j"] for row in per_instance)
     cost = sum(
         (
             inst.num_devices * inst.device.cost_per_hour_usd
             + sum(count * spec.cost_per_hour_usd for spec, count in inst.attached_devices)
         )
-        * end_time
+        * seconds
         / 3600.0
-        for inst in instances
+        for inst, seconds in zip(instances, provisioned, strict=True)
     )
     timers = {id(inst.timer): inst.timer for inst in instances}.values()
     lookups = sum(t.cache_lookups for t in timers)
@@ -560,7 +586,7 @@ def summarize(
         summary["pim"] = {
             "device": cfg.pim.device,
             "devices": sum(n for inst in instances for _, n in inst.attached_devices),
-            "busy_fraction": busy / (end_time * len(instances)),
+            "busy_fraction": busy / sum(provisioned),
         }
     if cluster.disaggregated:
         handed_off = metrics.requests.column("prefill_instance") >= 0
@@ -571,6 +597,11 @@ def summarize(
             "mean": sum(transfers) / len(transfers) if transfers else None,
             "max": max(transfers, default=None),
         }
+    if scaler is not None:
+        summary["instance_seconds"] = sum(provisioned)
+        summary["initial_instances"] = cfg.cluster.initial_instances
+        summary["scale_up_s"] = scaler.scale_up_s
+        summary["scale_events"] = [event.as_dict() for event in scaler.events]
     summary.update(backend_stats(t.backend for t in timers))
     if uses_lora(cfg):
         lora_stats = LoraStats()
@@ -603,9 +634,10 @@ def _pool_row(pool: Pool) -> dict[str, Any]:
 
 
 def _instance_rows(
-    instances: list[Instance], metrics: MetricsCollector, end_time: float
+    instances: list[Instance], metrics: MetricsCollector, provisioned: list[float]
 ) -> list[dict[str, Any]]:
-    """Per-instance load: requests finished there, tokens, busy fraction, KV peak, energy."""
+    """Per-instance load: requests finished there, tokens, busy fraction, KV peak, energy
+    (``provisioned``: seconds each instance was provisioned; its idle power counts then)."""
     log = metrics.requests
     done = log.column("status") == FINISHED
     where = log.column("instance")[done]
@@ -614,13 +646,13 @@ def _instance_rows(
     np.add.at(output_sums, where, log.column("output_tokens")[done])
     output = output_sums.tolist()
     rows = []
-    for inst in instances:
+    for inst, alive_s in zip(instances, provisioned, strict=True):
         t = inst.totals
-        device_s = end_time * inst.num_devices
+        device_s = alive_s * inst.num_devices
         idle_device_s = max(0.0, device_s - t.busy_device_s)
         energy = t.energy_busy_j + idle_device_s * inst.device.power.idle_w
         # Attached devices (PIM) draw idle power whenever the instance runs no step.
-        idle_s = max(0.0, end_time - t.busy_s)
+        idle_s = max(0.0, alive_s - t.busy_s)
         energy += sum(n * spec.power.idle_w * idle_s for spec, n in inst.attached_devices)
         rows.append(
             {
@@ -637,7 +669,7 @@ def _instance_rows(
                 "kv_capacity_tokens": inst.num_blocks * inst.memory.block_size,
                 "preemptions": inst.preemptions,
                 "energy_j": energy,
-                "average_power_w": energy / end_time if end_time > 0 else None,
+                "average_power_w": energy / alive_s if alive_s > 0 else None,
             }
         )
     return rows

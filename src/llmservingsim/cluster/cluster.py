@@ -55,6 +55,10 @@ class Cluster:
     def route(self, spec: RequestSpec) -> Instance:
         return self.router.route(spec)
 
+    def route_to(self, instances: list[Instance]) -> None:
+        """The entry instances the router chooses from from now on (autoscaling)."""
+        self.router.set_instances(instances)
+
     def hand_off(self, seq: Sequence, source: Instance, now: float) -> tuple[Instance, float]:
         assert self.decode_router is not None, "only prefill instances hand requests off"
         target = self.decode_router.route(seq.spec)
