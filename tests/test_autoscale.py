@@ -94,6 +94,27 @@ def test_step_up_load_scales_up_after_the_metric_passes_target(metric: str, targ
     assert s["requests_completed"] == s["requests_total"]
 
 
+@pytest.mark.parametrize(
+    "router", ["round_robin", "random", "least_kv", "power_of_two_choices", "prefix_aware"]
+)
+def test_every_router_routes_only_to_instances_taking_requests(router: str) -> None:
+    """Routers are handed the instances taking requests at each change (Router.set_instances);
+    the invariant checker (A1) fails the run if a request reaches any other."""
+    s = run(
+        f"cluster.router={router}",
+        "workload.prefix={system_prompt_len: 256}",
+        # low, high, low again: instances start, then drain
+        "workload.stages=[{duration_s: 60, rate: 2}, {duration_s: 90, rate: 30}, "
+        "{duration_s: 150, rate: 2}]",
+        autoscale(max_instances=3, metric="queue", target=4, cooldown_s=20, scale_up_s=5),
+    ).summary
+    actions = {e["action"] for e in s["scale_events"]}
+    assert {"start", "ready", "drain"} <= actions, actions
+    assert s["requests_completed"] == s["requests_total"]
+    served = {row["index"] for row in s["instances"] if row["requests_completed"]}
+    assert len(served) > 1
+
+
 def test_scaled_up_instances_take_no_request_before_they_are_ready() -> None:
     """scale_up_s = 20 s: a started instance sees its first request at or after its ready
     event, and never while draining or off (the invariant checker's A1 checks it too)."""
