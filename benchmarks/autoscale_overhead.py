@@ -10,10 +10,12 @@ A staged 100k-request run (Llama-3.1-8B on H100s, 100 req/s for 200 s then 500 r
   a different run, listed for its wall time).
 
 Compared: ``sim_wall_s`` (the engine loop's wall time) and ``cpu_s`` (the CPU time of the
-whole simulate() call: steadier than wall time on a shared machine); the fastest of
-``--repeat`` runs by CPU time is kept. The build (compiled or interpreted) is printed.
+whole simulate() call), the least of ``--repeat`` interleaved runs by CPU time (a shared
+machine slows each run differently). ``--count-calls`` adds each run's Python function calls
+under cProfile: the work done, which no other job changes (the interpreted build; a compiled
+engine's calls are not seen). The build (compiled or interpreted) is printed.
 
-    python benchmarks/autoscale_overhead.py [--repeat 2] [--requests-scale 1.0]
+    python benchmarks/autoscale_overhead.py [--repeat 3] [--requests-scale 1.0] [--count-calls]
 """
 
 from __future__ import annotations
@@ -45,15 +47,21 @@ RUNS: dict[str, list[str]] = {
 }
 
 CHILD = """
-import json, sys, time
+import cProfile, json, pstats, sys, time
 from llmservingsim.build_info import engine_build
 from llmservingsim.config import load_config
 from llmservingsim.simulation import simulate
 cfg = load_config(None, json.loads(sys.argv[1]))
+profile = cProfile.Profile() if sys.argv[2] == "calls" else None
 cpu = time.process_time()
+if profile is not None:
+    profile.enable()
 s = simulate(cfg).summary
+if profile is not None:
+    profile.disable()
 cpu = time.process_time() - cpu
-print(json.dumps({"cpu_s": cpu} | {k: s.get(k) for k in (
+calls = pstats.Stats(profile).total_calls if profile is not None else None
+print(json.dumps({"cpu_s": cpu, "calls": calls} | {k: s.get(k) for k in (
     "sim_wall_s", "requests_total", "requests_completed", "simulated_time_s",
     "instance_seconds", "cost_usd")} | {"build": engine_build(),
     "scale_events": len(s.get("scale_events", []))}))
@@ -67,33 +75,44 @@ def stages(scale: float) -> str:
     )
 
 
+def child(sets: list[str], mode: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(sets), mode],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    row: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--requests-scale", type=float, default=1.0)
+    parser.add_argument(
+        "--count-calls",
+        action="store_true",
+        help="one more run of each under cProfile: Python function calls (work, not time)",
+    )
     args = parser.parse_args()
-    results: dict[str, dict[str, Any]] = {}
-    for name, extra in RUNS.items():
-        sets = [*BASE, stages(args.requests_scale), *extra]
-        best: dict[str, Any] | None = None
-        for _ in range(args.repeat):
-            out = subprocess.run(
-                [sys.executable, "-c", CHILD, json.dumps(sets)],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-            row = json.loads(out.strip().splitlines()[-1])
-            if best is None or float(row["cpu_s"]) < float(best["cpu_s"]):
-                best = row
-        assert best is not None
-        results[name] = best
-        print(name, json.dumps(best), flush=True)
-    base = results["fixed 16"]
-    for name, row in results.items():
+    configs = {name: [*BASE, stages(args.requests_scale), *extra] for name, extra in RUNS.items()}
+    best: dict[str, dict[str, Any]] = {}
+    for _ in range(args.repeat):  # interleaved: each repeat runs every config once
+        for name, sets in configs.items():
+            row = child(sets, "time")
+            print(name, json.dumps(row), flush=True)
+            if name not in best or row["cpu_s"] < best[name]["cpu_s"]:
+                best[name] = row
+    if args.count_calls:
+        for name, sets in configs.items():
+            best[name]["calls"] = child(sets, "calls")["calls"]
+    base = best["fixed 16"]
+    keys = ["sim_wall_s", "cpu_s"] + (["calls"] if args.count_calls else [])
+    for name, row in best.items():
         ratios = "  ".join(
-            f"{key} {float(row[key]):7.2f} (x{float(row[key]) / float(base[key]):.3f})"
-            for key in ("sim_wall_s", "cpu_s")
+            f"{key} {float(row[key]):,.2f} (x{float(row[key]) / float(base[key]):.4f})"
+            for key in keys
         )
         print(f"{name:22s} {ratios}")
 
