@@ -13,10 +13,14 @@ import numpy as np
 import pytest
 
 from fuzz_harness import assert_clean_outcome, quick_run_args, run_cli
+from llmservingsim.build import build_autoscaler, build_cluster
 from llmservingsim.catalog import load_device
 from llmservingsim.config import load_config
 from llmservingsim.engine import EngineHooks
 from llmservingsim.hardware.device import GIB
+from llmservingsim.invariants import InvariantChecker, InvariantError
+from llmservingsim.metrics.collector import MetricsCollector
+from llmservingsim.scenario import resolve
 from llmservingsim.serving.instance import Instance
 from llmservingsim.simulation import SimulationResult, simulate
 
@@ -145,6 +149,20 @@ def test_scaled_up_instances_take_no_request_before_they_are_ready() -> None:
     for index, now in adds:
         assert any(a <= now <= b for a, b in routable[index]), (index, now, routable[index])
     assert {index for index, _ in adds} == set(routable)
+
+
+def test_the_invariant_checker_refuses_a_request_for_an_instance_taking_none() -> None:
+    """A1 can fail: the checker raises when a request reaches an instance not taking any."""
+    cfg = load_config(None, [*STEP_UP, autoscale(max_instances=2, metric="queue", target=4)])
+    scenario = resolve(cfg)
+    cluster = build_cluster(scenario, MetricsCollector())
+    assert build_autoscaler(scenario, cluster) is not None
+    checker = InvariantChecker(cluster.instances)
+    on, off = cluster.instances
+    assert on.routable and not off.routable  # one instance at t = 0, the other off
+    checker.before_add(on, 0.0)
+    with pytest.raises(InvariantError, match="A1"):
+        checker.before_add(off, 0.0)
 
 
 def test_instance_seconds_is_the_integral_of_provisioned_instances_and_sets_the_cost() -> None:
