@@ -7,6 +7,10 @@ prefill instance reaches its decode instance when its KV transfer ends. Events a
 time are taken in a fixed order (step ends, wake-ups, KV arrivals; then by instance), so a run is
 fully deterministic and does not depend on when an event was scheduled.
 
+Autoscaling (cluster/autoscale.py): the autoscaler's evaluations and its instances becoming
+ready are events too, taken after the others at the same time; they keep no run going, so the
+run ends at its last request's event.
+
 Fast-forward: an instance may announce the end of a whole run of decode steps as one event
 (serving/decode_run.py). Whatever reaches the instance earlier (a routed request, a KV arrival)
 first cuts the run at that moment; the run's old end event is then stale and skipped.
