@@ -750,7 +750,7 @@ class SchedulerConfig(_Section):
     request_timeout_s: PositiveSeconds | None = None
     """Admission control: a request still waiting to start this many seconds after it arrived
     is dropped (status ``timed_out``) at the next step. None: requests wait forever."""
-    num_gpu_blocks_override: int | None = Field(default=None, ge=1)
+    num_gpu_blocks_override: Count | None = None
     """KV-cache blocks per instance instead of the number the memory plan gives (vLLM's
     --num-gpu-blocks-override); None: from memory."""
 
