@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from llmservingsim.cluster.autoscale import Autoscaler
 from llmservingsim.cluster.cluster import Cluster, Pool
 from llmservingsim.cluster.placement import place_instances
 from llmservingsim.hardware.backends import PerfBackend, build_backend
@@ -145,3 +146,14 @@ def build_cluster(scenario: Scenario, metrics: MetricsCollector) -> Cluster:
         pools.append(Pool(plan.name, plan.config.role, instances, plan.topology, kv_per_token))
     router = cfg.cluster.router
     return Cluster(pools, router, cfg.cluster.decode_router or router, cfg.seed)
+
+
+def build_autoscaler(
+    scenario: Scenario, cluster: Cluster, metrics: MetricsCollector | None = None
+) -> Autoscaler | None:
+    """The autoscaler ``cluster.autoscale`` asks for (cluster/autoscale.py), or None."""
+    scale, scale_up_s = scenario.config.cluster.autoscale, scenario.scale_up_s
+    if scale is None or scale_up_s is None:
+        return None
+    initial = scenario.config.cluster.initial_instances
+    return Autoscaler(scale, cluster, initial, scale_up_s, metrics)

@@ -303,7 +303,7 @@ def kv_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def feature_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    """Speculative decoding and LoRA lines, only when the run used them."""
+    """Speculative decoding, LoRA and autoscaling lines, only when the run used them."""
     rows = []
     if summary.get("spec_tokens_per_step") is not None:
         rows.append(
@@ -321,6 +321,20 @@ def feature_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{summary['lora_adapter_loads']:,} loads "
                 f"({summary['lora_disk_loads']:,} from disk) · "
                 f"{summary['lora_load_stall_s']:.2f} s stalled",
+            )
+        )
+    if "scale_events" in summary:
+        counts = [summary["initial_instances"]]
+        counts += [e["provisioned"] for e in summary["scale_events"]]
+        decisions = sum(
+            e["action"] in ("start", "drain", "resume", "cancel") for e in summary["scale_events"]
+        )
+        rows.append(
+            (
+                "autoscaling",
+                f"{min(counts)}-{max(counts)} provisioned · "
+                f"{decisions} decisions · "
+                f"{summary['instance_seconds']:,.0f} instance-s",
             )
         )
     return rows

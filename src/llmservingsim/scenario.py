@@ -16,7 +16,7 @@ from llmservingsim.catalog import load_device, load_model
 from llmservingsim.config import LinkOverride, PoolConfig, SimConfig
 from llmservingsim.errors import ConfigError, DoesNotFitError
 from llmservingsim.hardware.backends import PerfSetup
-from llmservingsim.hardware.device import DeviceSpec, Link
+from llmservingsim.hardware.device import GIB, DeviceSpec, Link
 from llmservingsim.model.spec import ModelSpec
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.frontend import Frontend
@@ -92,6 +92,21 @@ class Scenario:
     @property
     def num_instances(self) -> int:
         return sum(pool.count for pool in self.pools)
+
+    @property
+    def scale_up_s(self) -> float | None:
+        """Autoscaling: from a scale-up decision to the new instance taking requests
+        (``cluster.autoscale.scale_up_s``; by default every device loads its shard of the
+        weights over its own host link, in parallel); None without autoscale."""
+        scale = self.config.cluster.autoscale
+        if scale is None:
+            return None
+        if scale.scale_up_s is not None:
+            return scale.scale_up_s
+        pool = self.pools[0]
+        host = pool.device.links.host
+        bandwidth = host.bandwidth_gbps * 1e9 * host.efficiency
+        return host.latency_us * 1e-6 + pool.memory.weights_gib * GIB / bandwidth
 
     def check_requests(self, requests: SequenceOf[RequestSpec]) -> None:
         """What a request table may name against this scenario: LoRA adapters need LoRA on."""

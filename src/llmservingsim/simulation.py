@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from llmservingsim.build import build_cluster
+from llmservingsim.build import build_autoscaler, build_cluster
 from llmservingsim.build_info import engine_build
 from llmservingsim.cluster.admission import Admission
 from llmservingsim.config import SimConfig
@@ -185,6 +185,7 @@ def simulate(
     client_names = [c.name for c in cfg.workload.clients or []]
     if cfg.admission.token_bucket is not None or cfg.admission.max_queue:
         admission = Admission(cfg.admission, client_names, metrics)
+    scaler = build_autoscaler(scenario, cluster, metrics)
     engine = Engine(
         cluster,
         progress=hook,
@@ -192,6 +193,7 @@ def simulate(
         closed=closed,
         admission=admission,
         timeouts=client_timeouts(cfg, metrics),
+        scaler=scaler,
     )
     wall_start = time.perf_counter()
     end_time = engine.run(requests)
@@ -200,7 +202,7 @@ def simulate(
         asked = _sent_within(closed, asked, cfg.workload.duration_s)
     if checker is not None and not engine.interrupted:
         checker.check_end(asked, metrics.records)
-    summary = summarize(scenario, cluster, metrics, end_time, wall)
+    summary = summarize(scenario, cluster, metrics, end_time, wall, scaler)
     summary["requests_total"] = len(asked)
     duration = summary["benchmark_duration_s"]
     summary.update(workload_summary(cfg, asked, metrics.requests, duration))

@@ -363,3 +363,22 @@ def test_admission_control_and_client_timeouts_are_admission_rows() -> None:
     routed = {r["request_id"] for r in rows if r["kind"] == "route"}
     assert routed.isdisjoint(r["request_id"] for r in bucket)
     assert len(routed) + len(bucket) == len(requests)
+
+
+def test_autoscaling_decisions_are_scale_rows() -> None:
+    requests = [RequestSpec(i, 0.002 * i, 200, 150) for i in range(2000)]
+    summary, rows = run_rows(
+        "model=llama-3.2-1b",
+        "cluster.instances=1",
+        "scheduler.max_num_seqs=8",
+        "cluster.autoscale={min_instances: 1, max_instances: 4, metric: queue, target: 2, "
+        "interval_s: 0.5, cooldown_s: 0.5, scale_up_s: 0.2}",
+        requests=requests,
+    )
+    decided = [e for e in summary["scale_events"] if e["action"] not in ("ready", "release")]
+    scale = [r for r in rows if r["kind"] == "scale"]
+    assert decided and len(scale) == len(decided)
+    for row, event in zip(scale, decided, strict=True):
+        assert row["time_s"] == event["time_s"] and row["chosen"] == event["instance"]
+        assert row["outcome"] == event["action"] and row["scores"] == [event["value"]]
+        assert row["policy"] == "autoscale.queue"

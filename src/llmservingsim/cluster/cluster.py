@@ -105,6 +105,10 @@ class Cluster:
             self._log_route(self.decisions, ROUTE, spec.id, spec.arrival_s, chosen, -1)
         return chosen
 
+    def route_to(self, instances: list[Instance]) -> None:
+        """The entry instances the router chooses from from now on (autoscaling)."""
+        self.router.set_instances(instances)
+
     def hand_off(self, seq: Sequence, source: Instance, now: float) -> tuple[Instance, float]:
         assert self.decode_router is not None, "only prefill instances hand requests off"
         target = self.decode_router.route(seq.spec)

@@ -35,6 +35,21 @@ class PrefixAwareRouter(LeastOutstandingRouter):
         # Per instance, the block names sent there (LRU first); per name, who remembers it.
         self.seen: list[OrderedDict[int, None]] = [OrderedDict() for _ in instances]
         self.where: dict[int, set[int]] = {}
+        # What instances no longer routed to remembered (autoscaling drained them).
+        self._parked: dict[int, OrderedDict[int, None]] = {}
+
+    def set_instances(self, instances: list[Instance]) -> None:
+        """Instances kept keep what they remember; one routed to again after a drain starts
+        from what it remembered then (its prefix cache is kept, serving/instance.py)."""
+        old = {id(inst): self.seen[i] for i, inst in enumerate(self.instances)}
+        self._parked.update(old)
+        super().set_instances(instances)
+        self._index = {id(inst): i for i, inst in enumerate(instances)}
+        self.seen = [self._parked.pop(id(inst), OrderedDict()) for inst in instances]
+        self.where = {}
+        for i, seen in enumerate(self.seen):
+            for h in seen:
+                self.where.setdefault(h, set()).add(i)
 
     def _chain(self, spec: RequestSpec) -> list[int]:
         """Hashed chained names of the prompt's full blocks (a collision only misroutes)."""

@@ -71,6 +71,14 @@ class Router(ABC):
         self._reason = None
         return report
 
+    def set_instances(self, instances: list[Instance]) -> None:
+        """From now on route to ``instances`` only (autoscaling added or drained some: the
+        router must never see an instance that does not take requests). A router that keeps
+        per-instance state overrides this and carries the state of the instances kept."""
+        if not instances:
+            raise ValueError("a router needs at least one instance")
+        self.instances = instances
+
 
 ROUTERS: Registry[type[Router]] = Registry("router", "llmservingsim.routers")
 
@@ -84,6 +92,10 @@ class RoundRobinRouter(Router):
         instance = self.instances[self._next]
         self._next = (self._next + 1) % len(self.instances)
         return instance
+
+    def set_instances(self, instances: list[Instance]) -> None:
+        super().set_instances(instances)
+        self._next %= len(instances)
 
 
 ROUTERS.register("round_robin")(RoundRobinRouter)
@@ -114,6 +126,13 @@ class LeastOutstandingRouter(Router):
     def __init__(self, instances: list[Instance], rng: np.random.Generator) -> None:
         super().__init__(instances, rng)
         self._start = 0
+        self._board: npt.NDArray[np.int64] | None = None
+        self._slots: npt.NDArray[np.int64] | None = None
+        self._bind()
+
+    def _bind(self) -> None:
+        """Where the loads of ``self.instances`` are read (the board, or a slice of it)."""
+        instances = self.instances
         board: npt.NDArray[np.int64] | None = getattr(instances[0], "load_board", None)
         if board is not None and any(
             getattr(inst, "load_board", None) is not board for inst in instances
@@ -123,6 +142,11 @@ class LeastOutstandingRouter(Router):
         slots = [inst.index for inst in instances]
         whole = board is not None and slots == list(range(len(board)))
         self._slots = None if whole else np.array(slots, dtype=np.int64)
+
+    def set_instances(self, instances: list[Instance]) -> None:
+        super().set_instances(instances)
+        self._bind()
+        self._start %= len(instances)
 
     def _loads(self) -> npt.NDArray[np.int64]:
         if self._board is None:

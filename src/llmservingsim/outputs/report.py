@@ -148,6 +148,12 @@ def _figures(
     rows = summary["instances"]
     binned, labels = figures.group_instances(figures.bin_timeseries(ts), rows)
     extra: dict[str, go.Figure] = {}
+    if "scale_events" in summary:
+        extra["instances"] = figures.instances_over_time(
+            summary["scale_events"],
+            int(summary["initial_instances"]),
+            float(summary["simulated_time_s"]),
+        )
     if "kv_transfer_s" in requests:
         extra["kv-transfer"] = figures.latency_cdf(
             requests["kv_transfer_s"], "KV cache transfer, prefill → decode (per request)"
@@ -247,6 +253,7 @@ def render(summary: dict[str, Any], requests: figures.Columns, ts: figures.Colum
         "load": (
             "Load per instance",
             grid("instance-load", wide=True)
+            + (grid("instances") if "instances" in figs else "")
             + (grid("kv-transfer") if "kv-transfer" in figs else ""),
         ),
         "energy": ("Energy and cost", _energy_html(summary) + grid("power", "energy-split")),

@@ -184,6 +184,14 @@ class Instance:
         self.runs_laid_out = 0  # fast-forward runs planned, and cut short (observers read them)
         self.runs_cut = 0
         self._total_blocks = self.num_blocks  # KV blocks of all virtual engines (fixed)
+        # Autoscaling (cluster/autoscale.py): whether routers send requests here, and whether
+        # the instance is being drained (released once its last request has left).
+        self.routable = True
+        self.draining = False
+        # First tokens sampled here and the sum of their times to first token (the autoscaler's
+        # ttft metric reads and resets them).
+        self.first_tokens = 0
+        self.ttft_sum = 0.0
         self._timeouts = any(ve.scheduler.cfg.request_timeout_s is not None for ve in self.engines)
 
     # -------------------------------------------------------------- load seen by routers
@@ -689,6 +697,8 @@ class Instance:
                 seq.generated = generated = generated + 1
                 if seq.first_token_time < 0:
                     seq.first_token_time = now
+                    self.first_tokens += 1
+                    self.ttft_sum += now - spec.arrival_s
                 elif now - seq.last_token_time == gap:
                     gaps += 1
                 else:
