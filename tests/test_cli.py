@@ -262,30 +262,32 @@ def test_a_run_too_short_for_steady_state_warns(tmp_path: Path) -> None:
     summary, output = _run_json(
         tmp_path, "cluster.instances=4", "workload.num_requests=40", "workload.arrival.rate=200"
     )
-    assert summary["steady_state"] is False
-    assert "too short to reach steady state" in summary["steady_state_reason"]
-    assert "warning: not in steady state" in output
+    assert (summary["saturated"], summary["saturation_cause"]) == (False, "too_short")
+    assert "too short to reach steady state" in summary["saturation_reason"]
+    warnings = [line for line in output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "too short to reach steady state" in warnings[0]
 
 
 def test_a_growing_queue_is_named_in_the_warning(tmp_path: Path) -> None:
-    """Four sequences at a time cannot serve 30 req/s: TTFT climbs through the run."""
+    """Four sequences at a time cannot serve 30 req/s: the waiting queue grows through the run."""
     summary, output = _run_json(
         tmp_path,
         "scheduler.max_num_seqs=4",
         "workload.num_requests=200",
         "workload.arrival.rate=30",
     )
-    assert summary["steady_state"] is False
-    assert "queue is still growing" in summary["steady_state_reason"]
-    assert "warning: not in steady state" in output
+    assert (summary["saturated"], summary["saturation_cause"]) == (True, "queue_growing")
+    assert summary["saturation_reason"].startswith("queue growing through the run")
+    warnings = [line for line in output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: saturated: queue growing")
 
 
 def test_a_long_enough_run_and_a_batch_do_not_warn(tmp_path: Path) -> None:
     summary, output = _run_json(tmp_path, "workload.num_requests=400", "workload.arrival.rate=4")
-    assert summary["steady_state"] is True
+    assert (summary["saturated"], summary["saturation_cause"]) == (False, None)
     assert "warning" not in output
     batch, output = _run_json(
         tmp_path, "workload.num_requests=50", "workload.arrival.rate=.inf", "seed=2"
     )
-    assert batch["steady_state"] is None
+    assert (batch["saturated"], batch["saturation_cause"]) == (True, "offline_batch")
     assert "warning" not in output

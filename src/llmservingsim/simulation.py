@@ -29,7 +29,7 @@ from llmservingsim.invariants import InvariantChecker, invariants_requested
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.kv_summary import kv_summary
 from llmservingsim.metrics.request_log import FINISHED
-from llmservingsim.metrics.summary import request_metrics, steady_state
+from llmservingsim.metrics.summary import request_metrics
 from llmservingsim.metrics.workload_summary import workload_summary
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.frontend import ClientClock, Frontend
@@ -504,7 +504,6 @@ def summarize(
 ) -> dict[str, Any]:
     instances = cluster.instances
     summary = request_metrics(metrics.requests, metrics.itl, cfg.slo)
-    summary.update(steady_state(metrics.requests, summary["request_throughput"]))
     per_instance = _instance_rows(instances, metrics, end_time)
     energy = sum(row["energy_j"] for row in per_instance)
     cost = sum(
