@@ -82,8 +82,10 @@ FilePath = Annotated[Path, BeforeValidator(_usable_path)]
 
 
 class _Section(BaseModel):
-    # Attribute docstrings become field descriptions (docs/config-reference.md is generated).
-    model_config = ConfigDict(extra="forbid", validate_default=True, use_attribute_docstrings=True)
+    # Each field's docstring describes it in docs/config-reference.md, which
+    # scripts/gen_config_reference.py generates by parsing this file (not pydantic's
+    # use_attribute_docstrings: it re-reads this file once per model at import, start-up time).
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 # ----------------------------------------------------------------------------- workload

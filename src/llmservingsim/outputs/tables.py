@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from llmservingsim.errors import UserError
-from llmservingsim.metrics.request_log import RequestChunk
+from llmservingsim.metrics.request_log import STATUSES, RequestChunk
 from llmservingsim.outputs.files import temp_path
 from llmservingsim.workload.request_table import RequestTable
 
@@ -71,15 +72,65 @@ TIMESERIES_SCHEMA = pa.schema(
 )
 
 
-def _masked(
-    values: np.ndarray[Any, Any], null: np.ndarray[Any, Any], kind: pa.DataType
+# Columns are built from their numpy buffers (``pa.Array.from_buffers``), never with
+# ``pa.array``: pyarrow's conversion asks its pandas shim whether the input is a pandas object,
+# and the shim imports pandas to answer when pandas is installed (0.3 s of CPU, a third of a
+# short run's start-up; docs/performance.md, "Start-up").
+_NUMPY_TYPES: dict[pa.DataType, type[np.generic]] = {
+    pa.int32(): np.int32,
+    pa.int64(): np.int64,
+    pa.float64(): np.float64,
+}
+
+
+def _validity(null: npt.NDArray[np.bool_] | None) -> tuple[pa.Buffer | None, int]:
+    """Arrow's validity bitmap (bit set: a value) and null count of a null mask."""
+    if null is None:
+        return None, 0
+    nulls = int(np.count_nonzero(null))
+    if nulls == 0:
+        return None, 0
+    return pa.py_buffer(np.packbits(~null, bitorder="little")), nulls
+
+
+def _column(
+    values: np.ndarray[Any, Any], kind: pa.DataType, null: npt.NDArray[np.bool_] | None = None
 ) -> pa.Array:
-    """``values`` as an Arrow array with nulls where ``null`` is set."""
-    return pa.array(values, type=kind, mask=null if null.any() else None)
+    """``values`` as an Arrow array of ``kind`` (int32, int64 or float64), null where ``null``
+    is set."""
+    data = np.ascontiguousarray(values, dtype=_NUMPY_TYPES[kind])
+    validity, nulls = _validity(null)
+    return pa.Array.from_buffers(
+        kind, int(data.size), [validity, pa.py_buffer(data)], null_count=nulls
+    )
 
 
-def _strings(names: list[str | None]) -> pa.Array:
-    return pa.array(names, type=pa.string())
+def _named(codes: np.ndarray[Any, Any], names: SequenceOf[str]) -> pa.Array:
+    """The string ``names[code]`` of each row; null where ``code`` is negative.
+
+    Built byte by byte with numpy (a dictionary array decoded by Arrow would import
+    pyarrow.compute, 0.03 s): each row's bytes are its name's slice of the joined names."""
+    encoded = [name.encode() for name in names]
+    # Name k's bytes are pool[start[k]:start[k + 1]]; the extra last name is the empty null.
+    start = np.zeros(len(encoded) + 2, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=start[1:-1])
+    start[-1] = start[-2]
+    absent = codes < 0
+    which = np.where(absent, len(encoded), codes)
+    length = start[which + 1] - start[which]
+    offsets = np.zeros(which.size + 1, dtype=np.int64)
+    np.cumsum(length, out=offsets[1:])
+    assert offsets[-1] < 2**31, "a string column of one batch over 2 GiB"
+    within = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], length)
+    pool = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    data = pool[np.repeat(start[which], length) + within]
+    validity, nulls = _validity(absent)
+    return pa.Array.from_buffers(
+        pa.string(),
+        int(which.size),
+        [validity, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)],
+        null_count=nulls,
+    )
 
 
 @dataclass(frozen=True)
@@ -101,13 +152,11 @@ class RequestLabels:
         if self.client is None:
             client = pa.nulls(ids.size, type=pa.string())
         else:
-            names = pa.array(self.client_names, type=pa.string())
-            codes = pa.array(self.client[ids], type=pa.int32())
-            client = pa.DictionaryArray.from_arrays(codes, names).cast(pa.string())
+            client = _named(self.client[ids], self.client_names)
         if self.stage is None:
             stage = pa.nulls(ids.size, type=pa.int32())
         else:
-            stage = pa.array(self.stage[ids], type=pa.int32())
+            stage = _column(self.stage[ids], pa.int32())
         return client, stage
 
 
@@ -123,24 +172,24 @@ def requests_batch(chunk: RequestChunk, labels: RequestLabels | None = None) -> 
     prefill = chunk["prefill_instance"]
     not_handed_off = prefill < 0
     columns = [
-        pa.array(chunk["id"], type=pa.int64()),
-        pa.array(chunk["instance"], type=pa.int32()),
-        _strings(list(chunk.status_names())),
-        pa.array(arrival, type=pa.float64()),
-        _masked(first_scheduled, first_scheduled < 0, pa.float64()),
-        _masked(first_token, first_token < 0, pa.float64()),
-        pa.array(finish, type=pa.float64()),
-        pa.array(chunk["input_tokens"], type=pa.int64()),
-        pa.array(output, type=pa.int64()),
-        pa.array(chunk["cached_tokens"], type=pa.int64()),
-        pa.array(chunk["preemptions"], type=pa.int32()),
-        _masked(first_token - arrival, unserved, pa.float64()),
-        _masked(tpot, no_tpot, pa.float64()),
-        _masked(finish - arrival, unserved, pa.float64()),
-        _strings(chunk.reason_names()),
-        _masked(prefill, not_handed_off, pa.int32()),
-        _masked(chunk["kv_transfer_s"], not_handed_off, pa.float64()),
-        _strings(chunk.lora_names()),
+        _column(chunk["id"], pa.int64()),
+        _column(chunk["instance"], pa.int32()),
+        _named(chunk["status"], STATUSES),
+        _column(arrival, pa.float64()),
+        _column(first_scheduled, pa.float64(), first_scheduled < 0),
+        _column(first_token, pa.float64(), first_token < 0),
+        _column(finish, pa.float64()),
+        _column(chunk["input_tokens"], pa.int64()),
+        _column(output, pa.int64()),
+        _column(chunk["cached_tokens"], pa.int64()),
+        _column(chunk["preemptions"], pa.int32()),
+        _column(first_token - arrival, pa.float64(), unserved),
+        _column(tpot, pa.float64(), no_tpot),
+        _column(finish - arrival, pa.float64(), unserved),
+        _named(chunk["fail_reason"], chunk.reasons),
+        _column(prefill, pa.int32(), not_handed_off),
+        _column(chunk["kv_transfer_s"], pa.float64(), not_handed_off),
+        _named(chunk["lora"], chunk.loras),
         *(labels or RequestLabels()).columns(chunk["id"]),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=REQUESTS_SCHEMA)
@@ -219,7 +268,8 @@ class TableWriter:
         """Finish the file (an empty table when nothing was written) and return its path."""
         try:
             if self._writer is None:
-                self.write(pa.RecordBatch.from_pylist([], schema=self.schema))
+                empty = [pa.nulls(0, type=field.type) for field in self.schema]
+                self.write(pa.RecordBatch.from_arrays(empty, schema=self.schema))
             self._wait()
             writer, self._writer = self._writer, None
             assert writer is not None
@@ -272,8 +322,10 @@ def write_table(
     fmt: TableFormat,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
+    """A table of numeric ``columns`` (numpy arrays named by ``schema``) in one batch."""
     writer = TableWriter(out_dir, stem, schema, fmt, metadata)
-    writer.write(pa.RecordBatch.from_pydict(columns, schema=writer.schema))
+    arrays = [_column(columns[field.name], field.type) for field in schema]
+    writer.write(pa.RecordBatch.from_arrays(arrays, schema=writer.schema))
     return writer.close()
 
 

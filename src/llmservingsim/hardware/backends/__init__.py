@@ -102,10 +102,9 @@ def make_backend(device: DeviceSpec, dtype: str, requested: str = "auto") -> Per
     return PERF_BACKENDS.get(backend_name_for(device, requested))(device, dtype)
 
 
-# Built-in backends register themselves on import.
-from llmservingsim.hardware.backends import external as _external  # noqa: E402,F401
-from llmservingsim.hardware.backends import kernel_db as _kernel_db  # noqa: E402,F401
-from llmservingsim.hardware.backends import profile as _profile  # noqa: E402,F401
+# Built-in backends register themselves when their module is imported: the roofline (every
+# GPU run's) now, the others when a config names them (their tables, parsers and dataclasses
+# cost a run 0.07 s of start-up; docs/performance.md, "Start-up").
+for _name in ("external", "kernel_db", "profile", "scalesim", "systolic"):
+    PERF_BACKENDS.register_module(_name, f"llmservingsim.hardware.backends.{_name}")
 from llmservingsim.hardware.backends import roofline as _roofline  # noqa: E402,F401
-from llmservingsim.hardware.backends import scalesim as _scalesim  # noqa: E402,F401
-from llmservingsim.hardware.backends import systolic as _systolic  # noqa: E402,F401
