@@ -155,17 +155,28 @@ def test_subprocess_entry_points(tmp_path: Path) -> None:
 
 
 # Start-up (docs/performance.md, "Start-up"): `--help` imports none of these; a run without
-# report.html does not import plotly. Checked by module, not by wall time.
+# report.html imports neither plotly, pandas, pyarrow.compute nor the perf backends it does not
+# use. Checked by module, not by wall time.
+RUN_DOES_NOT_IMPORT = (
+    "plotly",
+    "pandas",
+    "pyarrow.compute",
+    "scipy",
+    "llmservingsim.hardware.backends.kernel_db",
+    "llmservingsim.hardware.backends.profile",
+    "llmservingsim.hardware.backends.scalesim",
+    "llmservingsim.hardware.backends.systolic",
+    "llmservingsim.hardware.backends.external",
+)
 HELP_DOES_NOT_IMPORT = (
     "numpy",
     "pydantic",
     "pyarrow",
-    "plotly",
-    "scipy",
     "yaml",
     "llmservingsim.config",
     "llmservingsim.simulation",
     "llmservingsim.engine",
+    *RUN_DOES_NOT_IMPORT,
 )
 
 
@@ -201,15 +212,31 @@ def test_help_lists_every_command_without_loading_the_heavy_libraries() -> None:
         assert "--help" in sub_help, command
 
 
-def test_a_run_without_report_does_not_import_plotly(tmp_path: Path) -> None:
+def test_a_run_without_report_imports_only_what_it_uses(tmp_path: Path) -> None:
     loaded, _ = _loaded_after(
         "from typer.testing import CliRunner; from llmservingsim.cli import app; "
         "r = CliRunner().invoke(app, ['run', '--set', 'model=llama-3.2-1b', '--set', "
         f"'workload.num_requests=20', '--out', {str(tmp_path / 'out')!r}, '-q', '--no-report']); "
         "assert r.exit_code == 0, r.output"
     )
-    assert "plotly" not in loaded
+    assert [m for m in RUN_DOES_NOT_IMPORT if m in loaded] == []
     assert "llmservingsim.simulation" in loaded  # the probe does see what a run imports
+
+
+def test_perf_backends_are_listed_before_and_imported_when_named() -> None:
+    loaded, out = _loaded_after(
+        "from llmservingsim.hardware.backends import PERF_BACKENDS; print(PERF_BACKENDS.names())"
+    )
+    assert {"roofline", "kernel_db", "profile", "scalesim", "systolic", "external"} <= set(
+        ast.literal_eval(out.strip())
+    )
+    assert "llmservingsim.hardware.backends.systolic" not in loaded
+    loaded, out = _loaded_after(
+        "from llmservingsim.hardware.backends import PERF_BACKENDS; "
+        "print(PERF_BACKENDS.get('systolic').__name__)"
+    )
+    assert out.strip() == "SystolicBackend"
+    assert "llmservingsim.hardware.backends.systolic" in loaded
 
 
 def test_error_text_with_brackets_is_printed_verbatim(tmp_path: Path) -> None:
