@@ -223,6 +223,19 @@ def test_a_run_without_report_imports_only_what_it_uses(tmp_path: Path) -> None:
     assert "llmservingsim.simulation" in loaded  # the probe does see what a run imports
 
 
+def test_a_run_with_every_output_does_not_import_pandas(tmp_path: Path) -> None:
+    """pyarrow imports pandas (0.3 s) for pa.array, to_numpy and its datasets layer: the
+    writers and report.html's reader avoid all three."""
+    loaded, _ = _loaded_after(
+        "from typer.testing import CliRunner; from llmservingsim.cli import app; "
+        "r = CliRunner().invoke(app, ['run', '--set', 'model=llama-3.2-1b', '--set', "
+        f"'workload.num_requests=20', '--out', {str(tmp_path / 'out')!r}, '-q']); "
+        "assert r.exit_code == 0, r.output"
+    )
+    assert [m for m in ("pandas", "pyarrow.compute") if m in loaded] == []
+    assert (tmp_path / "out" / "report.html").exists()
+
+
 def test_perf_backends_are_listed_before_and_imported_when_named() -> None:
     loaded, out = _loaded_after(
         "from llmservingsim.hardware.backends import PERF_BACKENDS; print(PERF_BACKENDS.names())"

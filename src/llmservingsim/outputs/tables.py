@@ -340,7 +340,10 @@ def read_table(
     parquet, csv = out_dir / f"{stem}.parquet", out_dir / f"{stem}.csv"
     try:
         if parquet.exists():
-            table = pq.read_table(parquet, columns=columns)
+            # One file: ParquetFile reads it without the datasets layer (pq.read_table's), whose
+            # import imports pandas.
+            with pq.ParquetFile(parquet) as file:
+                table = file.read(columns=columns)
         elif csv.exists():
             types = pacsv.ConvertOptions(
                 column_types=dict(zip(schema.names, schema.types, strict=True)),
@@ -354,4 +357,25 @@ def read_table(
         raise UserError(
             f"{parquet if parquet.exists() else csv}: unreadable table: {exc}"
         ) from None
-    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    return {name: _numpy(table.column(name)) for name in table.column_names}
+
+
+def _numpy(column: pa.ChunkedArray) -> np.ndarray[Any, Any]:
+    """A column as numpy, as ``to_numpy(zero_copy_only=False)`` gives it (nulls: NaN, an integer
+    column with nulls as float64); numeric columns are read from their buffers, since Arrow's
+    conversion imports pandas (the strings still go through it)."""
+    dtype = _NUMPY_TYPES.get(column.type)
+    if dtype is None:
+        return column.to_numpy(zero_copy_only=False)
+    parts = [np.empty(0, dtype=dtype)]
+    for chunk in column.chunks:
+        if len(chunk) == 0:
+            continue
+        validity, data = chunk.buffers()[:2]
+        values = np.frombuffer(data, dtype=dtype, count=chunk.offset + len(chunk))[chunk.offset :]
+        if chunk.null_count:
+            bits = np.frombuffer(validity, dtype=np.uint8)
+            valid = np.unpackbits(bits, count=chunk.offset + len(chunk), bitorder="little")
+            values = np.where(valid[chunk.offset :].astype(bool), values, np.nan)
+        parts.append(values)
+    return np.concatenate(parts)
