@@ -366,7 +366,8 @@ def _numpy(column: pa.ChunkedArray) -> np.ndarray[Any, Any]:
     conversion imports pandas (the strings still go through it)."""
     dtype = _NUMPY_TYPES.get(column.type)
     if dtype is None:
-        return column.to_numpy(zero_copy_only=False)
+        strings: np.ndarray[Any, Any] = column.to_numpy(zero_copy_only=False)
+        return strings
     parts = [np.empty(0, dtype=dtype)]
     for chunk in column.chunks:
         if len(chunk) == 0:
