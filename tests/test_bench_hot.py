@@ -8,14 +8,15 @@ from typing import Any
 
 import numpy as np
 
+from llmservingsim.build import build_cluster
 from llmservingsim.config import load_config
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.steps import StepChunk
 from llmservingsim.perf.iteration import BatchShape
+from llmservingsim.scenario import resolve
+from llmservingsim.sequence import Sequence, Status
 from llmservingsim.serving.decode_run import plan_decode_run
 from llmservingsim.serving.instance import Instance
-from llmservingsim.serving.sequence import Sequence, Status
-from llmservingsim.simulation import build_cluster
 from llmservingsim.workload.request_spec import RequestSpec
 
 BATCH = 256
@@ -24,7 +25,7 @@ BATCH = 256
 def decoding_instance() -> Instance:
     """An 8B instance on an H100 whose 256 running requests are all past their prompts."""
     cfg = load_config(None, [f"scheduler.max_num_seqs={BATCH}"])
-    instance = build_cluster(cfg, MetricsCollector()).instances[0]
+    instance = build_cluster(resolve(cfg), MetricsCollector()).instances[0]
     scheduler = instance.scheduler
     for i in range(BATCH):
         seq = Sequence(RequestSpec(i, 0.0, 200 + i, 4000))

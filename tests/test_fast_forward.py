@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmservingsim import simulation
+from llmservingsim import scenario, simulation
 from llmservingsim.cluster.routers import ROUTERS
 from llmservingsim.config import load_config
 from llmservingsim.engine import EngineHooks
@@ -110,15 +110,15 @@ class SeenInstances(EngineHooks):
 @contextmanager
 def patched(num_blocks: int | None, counter: Counter) -> Iterator[None]:
     """Shrink the KV cache to ``num_blocks`` (None: as planned); count the runs cut short."""
-    plan = simulation.plan_instance_memory
+    plan = scenario.plan_pool_memory
 
-    def small_plan(cfg: Any, pool: Any = None) -> Any:
-        real = plan(cfg, pool)
+    def small_plan(*args: Any) -> Any:
+        real = plan(*args)
         return real if num_blocks is None else dataclasses.replace(real, num_blocks=num_blocks)
 
     seen = SeenInstances()
     with pytest.MonkeyPatch.context() as mp, simulation.observing(seen):
-        mp.setattr(simulation, "plan_instance_memory", small_plan)
+        mp.setattr(scenario, "plan_pool_memory", small_plan)
         yield
     counter.runs += sum(inst.runs_cut for inst in seen.instances.values())
     counter.laid_out += sum(inst.runs_laid_out for inst in seen.instances.values())
@@ -224,12 +224,13 @@ def test_time_series_and_request_table_match(run_to_dir: Any) -> None:
 )
 def test_decode_steps_timed_ahead_equal_step_by_step(overrides: list[str]) -> None:
     """The array path (roofline) and the loop path give step()'s own numbers, bit for bit."""
+    from llmservingsim.build import build_cluster
     from llmservingsim.metrics.collector import MetricsCollector
     from llmservingsim.perf.iteration import BatchShape, StepCosts
-    from llmservingsim.simulation import build_cluster
+    from llmservingsim.scenario import resolve
 
     cfg = load_config(None, overrides)
-    timer = build_cluster(cfg, MetricsCollector()).instances[0].timer
+    timer = build_cluster(resolve(cfg), MetricsCollector()).instances[0].timer
     first = BatchShape(num_decode=37, decode_context=37 * 411, num_sampled=37)
     step0 = timer.step(first)
     lookups = timer.cache_lookups

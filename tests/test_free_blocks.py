@@ -8,8 +8,8 @@ from collections import deque
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llmservingsim.sequence import Sequence
 from llmservingsim.serving.block_manager import BlockManager, FreeBlocks
-from llmservingsim.serving.sequence import Sequence
 from llmservingsim.workload.request_spec import RequestSpec
 
 

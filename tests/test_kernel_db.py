@@ -28,6 +28,7 @@ from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.model.ops import Op, OpGraph
 from llmservingsim.network import collectives
 from llmservingsim.network.topology import Topology
+from llmservingsim.scenario import resolve
 from llmservingsim.simulation import simulate
 
 HAS_AIC = importlib.util.find_spec("aiconfigurator_core") is not None
@@ -117,7 +118,7 @@ def _tree(root: Path) -> Path:
 
 def _backend(root: Path, *sets: str) -> KernelDbBackend:
     cfg = load_config(None, ["perf.backend=kernel_db", f"perf.kernel_db.path={root}", *sets])
-    backend = build_backend(cfg, load_device(cfg.hardware))
+    backend = build_backend(resolve(cfg).perf, load_device(cfg.hardware))
     assert isinstance(backend, KernelDbBackend)
     return backend
 

@@ -16,8 +16,11 @@ from llmservingsim.catalog import load_device, load_model
 from llmservingsim.cli import app
 from llmservingsim.config import LoraConfig, WorkloadLoraConfig, load_config
 from llmservingsim.errors import ConfigError, TraceError
-from llmservingsim.serving.lora import AdapterSlots, adapter_bytes_per_device
-from llmservingsim.simulation import load_requests, plan_instance_memory, simulate
+from llmservingsim.model.lora import adapter_bytes_per_device
+from llmservingsim.perf.lora import adapter_load_seconds, disk_read_seconds
+from llmservingsim.scenario import resolve
+from llmservingsim.serving.lora import AdapterSlots
+from llmservingsim.simulation import load_requests, simulate
 from llmservingsim.workload.adapters import adapter_popularity
 
 TRAFFIC = ["workload.num_requests=300", "workload.arrival.rate=6"]
@@ -56,9 +59,9 @@ def test_lora_gemms_slow_decode_down() -> None:
 
 
 def test_kv_capacity_drops_by_exactly_the_reserved_slots() -> None:
-    base = plan_instance_memory(load_config(None, []))
+    base = resolve(load_config(None, [])).memory
     cfg = load_config(None, ["workload.lora={num_adapters: 10}", "lora.max_loras=8"])
-    lora = plan_instance_memory(cfg)
+    lora = resolve(cfg).memory
     spec = load_model("llama-3.1-8b")
     one = adapter_bytes_per_device(spec, cfg.lora.target_modules, 16, "bf16", 1, 32)
     # rank · (d_in + d_out) per linear and layer, bf16: q, o: 4096+4096; k, v: 4096+1024;
@@ -79,9 +82,9 @@ def test_tp_shards_adapters() -> None:
 
 
 def test_slots_evict_unused_lru_and_wait_when_pinned() -> None:
-    slots = AdapterSlots(
-        LoraConfig(max_loras=2, max_cpu_loras=2), 1e6, 1e6, load_device("h100-sxm")
-    )
+    h100 = load_device("h100-sxm")
+    load_s, disk_s = adapter_load_seconds(h100, 1e6), disk_read_seconds(1e6, 2.0)
+    slots = AdapterSlots(LoraConfig(max_loras=2, max_cpu_loras=2), load_s, disk_s)
     assert slots.ready("a", set()) and slots.ready("b", set())
     assert not slots.ready("c", {"a", "b"})  # both slots used by running requests
     assert slots.ready("c", {"b"})  # evicts a
@@ -91,7 +94,7 @@ def test_slots_evict_unused_lru_and_wait_when_pinned() -> None:
     assert slots.stats.disk_loads == 4
     assert slots.ready("c", set())  # still resident: no load
     assert slots.stats.loads == 4
-    roomy = AdapterSlots(LoraConfig(max_loras=1), 1e6, 1e6, load_device("h100-sxm"))
+    roomy = AdapterSlots(LoraConfig(max_loras=1), load_s, disk_s)
     for name in ("a", "b", "a"):
         assert roomy.ready(name, set())
     assert (roomy.stats.loads, roomy.stats.disk_loads) == (3, 2)  # a came back from host memory
@@ -187,3 +190,11 @@ def test_trace_lora_must_be_a_name(tmp_path: Path) -> None:
         TraceError, match=r"bad\.jsonl:1: key 'lora' is 3, expected an adapter name"
     ):
         load_requests(load_config(None, sets))
+
+
+def test_adapter_copies_follow_the_host_link_and_the_disk() -> None:
+    h100 = load_device("h100-sxm")
+    host = h100.links.host
+    one_gb = adapter_load_seconds(h100, 1e9) - host.latency_us * 1e-6
+    assert one_gb == pytest.approx(1.0 / host.bandwidth_gbps)
+    assert disk_read_seconds(4e9, 2.0) == pytest.approx(2.0)

@@ -12,8 +12,9 @@ from llmservingsim.catalog import load_device, load_model
 from llmservingsim.config import load_config
 from llmservingsim.errors import DoesNotFitError, UserError
 from llmservingsim.hardware.device import GIB
+from llmservingsim.scenario import resolve
 from llmservingsim.serving.memory import MemoryPlan, plan_memory
-from llmservingsim.simulation import plan_instance_memory, simulate
+from llmservingsim.simulation import simulate
 from llmservingsim.workload.request_spec import RequestSpec
 
 
@@ -121,7 +122,7 @@ def test_llama_70b_fits_four_h100s_with_a_quarter_of_the_weights() -> None:
     assert four.kv_bytes_per_token == pytest.approx(one.kv_bytes_per_token / 4)
 
     cfg = load_config(None, ["model=llama-3.1-70b", "cluster.tensor_parallel=4"])
-    assert plan_instance_memory(cfg).num_blocks == four.num_blocks
+    assert resolve(cfg).memory.num_blocks == four.num_blocks
     result = simulate(cfg, requests=one_request())
     assert result.summary["requests_completed"] == 1
     assert result.summary["num_devices"] == 4
@@ -161,7 +162,7 @@ def test_fp8_kv_through_the_config() -> None:
 def test_weight_only_quantization_keeps_a_16_bit_kv_cache() -> None:
     cfg = load_config(None, ["dtype=int4"])
     assert cfg.resolved_kv_dtype == "bf16"
-    assert plan_instance_memory(cfg).kv_bytes_per_token == 131072
+    assert resolve(cfg).memory.kv_bytes_per_token == 131072
 
 
 # ----------------------------------------------------------------------------- monotone plans

@@ -11,8 +11,9 @@ from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.model.ops import OpGraph
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.iteration import BatchShape, IterationTimer
+from llmservingsim.scenario import resolve
 from llmservingsim.serving.memory import MemoryPlan, plan_memory, weight_bytes_per_device
-from llmservingsim.simulation import plan_instance_memory, simulate
+from llmservingsim.simulation import simulate
 from llmservingsim.workload.request_spec import RequestSpec
 
 DEEPSEEK = "deepseek-v3"
@@ -96,8 +97,8 @@ def test_deepseek_serves_on_8_h200() -> None:
 
 
 def test_fp8_kv_halves_kv_bytes_and_doubles_capacity() -> None:
-    bf16 = plan_instance_memory(load_config(None, []))
-    fp8 = plan_instance_memory(load_config(None, ["kv_dtype=fp8"]))
+    bf16 = resolve(load_config(None, [])).memory
+    fp8 = resolve(load_config(None, ["kv_dtype=fp8"])).memory
     assert fp8.kv_bytes_per_token == bf16.kv_bytes_per_token / 2
     assert fp8.weights_gib == bf16.weights_gib
     assert fp8.num_blocks == pytest.approx(2 * bf16.num_blocks, abs=1)

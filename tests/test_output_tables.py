@@ -24,7 +24,7 @@ from llmservingsim.outputs.tables import (
     read_table,
     requests_batch,
 )
-from llmservingsim.serving.sequence import Sequence
+from llmservingsim.sequence import Sequence
 from llmservingsim.workload.request_spec import RequestSpec
 
 

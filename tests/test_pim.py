@@ -14,7 +14,8 @@ from llmservingsim.hardware.device import GIB, DeviceSpec
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.iteration import BatchShape, IterationTimer
 from llmservingsim.perf.pim import PimIterationTimer
-from llmservingsim.simulation import plan_instance_memory, simulate
+from llmservingsim.scenario import resolve
+from llmservingsim.simulation import simulate
 from llmservingsim.workload.request_spec import RequestSpec
 
 MODEL = "llama-3.1-8b"
@@ -79,7 +80,7 @@ def test_pim_gains_grow_with_context() -> None:
 
 
 def test_kv_cache_lives_in_pim_memory() -> None:
-    plan = plan_instance_memory(load_config(None, ["pim.enabled=true", "pim.count=2"]))
+    plan = resolve(load_config(None, ["pim.enabled=true", "pim.count=2"])).memory
     pim = load_device("pim")
     spec = load_model(MODEL)
     pool = 2 * (pim.memory_gib * 0.9 - pim.reserved_memory_gib) * GIB

@@ -10,10 +10,10 @@ import pytest
 from kv_helpers import kv_run
 from llmservingsim.config import load_config
 from llmservingsim.errors import ConfigError
-from llmservingsim.serving.host_link import HostLink, TransferLedger
+from llmservingsim.perf.host_link import HostLink, TransferLedger
+from llmservingsim.sequence import Sequence
 from llmservingsim.serving.kv_offload import OffloadTier
 from llmservingsim.serving.prefix_cache import PrefixCachingBlockManager, block_keys
-from llmservingsim.serving.sequence import Sequence
 from llmservingsim.simulation import simulate
 from llmservingsim.workload.request_spec import RequestSpec, TokenContent
 
@@ -313,9 +313,9 @@ def test_pipeline_parallel_engines_each_cache_and_swap() -> None:
 
 
 def simulation_plan(cfg: Any) -> Any:
-    from llmservingsim.simulation import plan_instance_memory
+    from llmservingsim.scenario import resolve
 
-    return plan_instance_memory(cfg)
+    return resolve(cfg).memory
 
 
 def test_cli_reports_the_hit_rate(tmp_path: Any) -> None:

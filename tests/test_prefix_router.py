@@ -6,10 +6,12 @@ from typing import Any
 
 import pytest
 
+from llmservingsim.build import build_cluster
 from llmservingsim.cluster.cluster import Cluster
 from llmservingsim.config import load_config
 from llmservingsim.metrics.collector import MetricsCollector
-from llmservingsim.simulation import build_cluster, simulate
+from llmservingsim.scenario import resolve
+from llmservingsim.simulation import simulate
 from llmservingsim.workload.request_spec import RequestSpec, TokenContent
 
 
@@ -18,7 +20,7 @@ def cluster(n: int) -> Cluster:
         None,
         ["model=llama-3.2-1b", f"cluster.instances={n}", "cluster.router=prefix_aware"],
     )
-    return build_cluster(cfg, MetricsCollector())
+    return build_cluster(resolve(cfg), MetricsCollector())
 
 
 def req(i: int, prompt: int, own: int = 64) -> RequestSpec:

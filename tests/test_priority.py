@@ -17,11 +17,11 @@ import llmservingsim.simulation as simulation
 from llmservingsim.config import SchedulerConfig, load_config
 from llmservingsim.engine import EngineHooks
 from llmservingsim.errors import ConfigError
+from llmservingsim.sequence import Sequence
 from llmservingsim.serving.block_manager import BlockManager
 from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.schedulers import SCHEDULERS, Scheduler
 from llmservingsim.serving.schedulers.base import ScheduledEntry
-from llmservingsim.serving.sequence import Sequence
 from llmservingsim.simulation import load_requests, simulate
 from llmservingsim.workload.request_spec import RequestSpec
 

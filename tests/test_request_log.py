@@ -21,7 +21,7 @@ from llmservingsim.metrics.request_log import (
 )
 from llmservingsim.metrics.samples import RepeatedSamples
 from llmservingsim.metrics.summary import FAILED_LISTED, latency_stats, meets_slo, request_metrics
-from llmservingsim.serving.sequence import Sequence
+from llmservingsim.sequence import Sequence
 from llmservingsim.workload.request_spec import RequestSpec
 
 times = st.floats(0.0, 1e4, allow_nan=False, allow_infinity=False)

@@ -34,17 +34,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import llmservingsim.scenario as scenario
 import llmservingsim.simulation as simulation
 from llmservingsim.config import SchedulerConfig, load_config
 from llmservingsim.engine import EngineHooks
+from llmservingsim.perf.host_link import HostLink, TransferLedger
+from llmservingsim.sequence import Sequence, Status
 from llmservingsim.serving.block_manager import BlockManager
-from llmservingsim.serving.host_link import HostLink, TransferLedger
 from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.kv_offload import OffloadTier
 from llmservingsim.serving.prefix_cache import NO_NODE, PrefixCachingBlockManager, block_keys
 from llmservingsim.serving.schedulers import SCHEDULERS, Scheduler
 from llmservingsim.serving.schedulers.base import ScheduledEntry
-from llmservingsim.serving.sequence import Sequence, Status
 from llmservingsim.serving.swap import SwapSpace
 from llmservingsim.simulation import simulate
 from llmservingsim.workload.request_spec import RequestSpec, TokenContent
@@ -629,14 +630,14 @@ class Spy(EngineHooks):
 def spying(policy: str, num_blocks: int | None) -> Iterator[Spy]:
     """Check every step of a simulate() run; optionally shrink the KV cache to ``num_blocks``."""
     spy = Spy(policy)
-    plan = simulation.plan_instance_memory
+    plan = scenario.plan_pool_memory
 
-    def small_plan(cfg: Any, pool: Any = None) -> Any:
-        real = plan(cfg, pool)
+    def small_plan(*args: Any) -> Any:
+        real = plan(*args)
         return real if num_blocks is None else dataclasses.replace(real, num_blocks=num_blocks)
 
     with pytest.MonkeyPatch.context() as mp, simulation.observing(spy):
-        mp.setattr(simulation, "plan_instance_memory", small_plan)
+        mp.setattr(scenario, "plan_pool_memory", small_plan)
         yield spy
 
 
@@ -761,7 +762,7 @@ def test_simulate_invariants_with_prefix_caching_and_swap(
     kv = sc["kv"]
     specs = [s.replaced(arrival_s=s.arrival_s * 0.005) for s in sc["specs"]]
     base = sim_config(policy, sc["max_num_seqs"], sc["max_batched"], sc["block_size"])
-    block_gib = simulation.plan_instance_memory(base).kv_bytes_per_token * sc["block_size"] / 2**30
+    block_gib = scenario.resolve(base).memory.kv_bytes_per_token * sc["block_size"] / 2**30
     extra = [
         f"scheduler.enable_prefix_caching={str(kv.prefix_caching).lower()}",
         "scheduler.preemption=swap",

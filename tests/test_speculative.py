@@ -12,16 +12,18 @@ from hypothesis import strategies as st
 
 from cli_helpers import assert_one_line_error
 from kv_helpers import kv_run
+from llmservingsim.build import build_cluster
 from llmservingsim.config import SpeculativeConfig, load_config
 from llmservingsim.engine import Engine, EngineHooks
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.perf.speculative import Proposer
+from llmservingsim.scenario import resolve
+from llmservingsim.sequence import Sequence
 from llmservingsim.serving.block_manager import BlockManager
 from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.prefix_cache import PrefixCachingBlockManager
-from llmservingsim.serving.sequence import Sequence
 from llmservingsim.serving.speculative import Speculator, expected_tokens_per_step
-from llmservingsim.simulation import build_cluster, load_requests, plan_instance_memory, simulate
+from llmservingsim.simulation import load_requests, simulate
 from llmservingsim.workload.request_spec import RequestSpec
 
 
@@ -126,10 +128,10 @@ def test_rejected_slots_go_back_to_the_pool(manager: str) -> None:
 
 
 def test_draft_memory_comes_off_the_kv_pool() -> None:
-    base = plan_instance_memory(load_config(None, []))
-    draft = plan_instance_memory(load_config(None, DRAFT))
-    head = plan_instance_memory(load_config(None, ["speculative.method=eagle"]))
-    ngram = plan_instance_memory(load_config(None, ["speculative.method=ngram"]))
+    base = resolve(load_config(None, [])).memory
+    draft = resolve(load_config(None, DRAFT)).memory
+    head = resolve(load_config(None, ["speculative.method=eagle"])).memory
+    ngram = resolve(load_config(None, ["speculative.method=ngram"])).memory
     assert 2.0 < draft.draft_gib < 2.6  # Llama-3.2-1B in bf16
     assert draft.kv_cache_gib == pytest.approx(base.kv_cache_gib - draft.draft_gib)
     assert draft.kv_bytes_per_token > base.kv_bytes_per_token  # the draft caches too
@@ -210,7 +212,7 @@ def test_speculation_keeps_kv_and_token_accounting_exact(
 
     with kv_run(num_blocks=40):
         metrics = MetricsCollector()
-        cluster = build_cluster(cfg, metrics)
+        cluster = build_cluster(resolve(cfg), metrics)
         requests = load_requests(cfg)
         Engine(cluster, hooks=Spy()).run(requests)
     assert max(budgets, default=0) <= 96

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmservingsim.metrics.samples import RepeatedSamples
+from llmservingsim.sequence import Sequence, Status
 from llmservingsim.serving.block_manager import BlockManager
-from llmservingsim.serving.sequence import Sequence, Status
 from llmservingsim.serving.steady import SteadyDecoders
 from llmservingsim.workload.request_spec import RequestSpec
 

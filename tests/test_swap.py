@@ -13,7 +13,8 @@ from kv_helpers import kv_run
 from llmservingsim.cli import app
 from llmservingsim.config import load_config
 from llmservingsim.errors import ConfigError
-from llmservingsim.simulation import plan_instance_memory, simulate
+from llmservingsim.scenario import resolve
+from llmservingsim.simulation import simulate
 from llmservingsim.workload.request_spec import RequestSpec
 
 NUM_BLOCKS = 60  # tiny GPU memory: 960 tokens of KV at block size 16
@@ -32,7 +33,7 @@ def config(*extra: str) -> Any:
 
 
 def block_bytes(cfg: Any) -> float:
-    plan = plan_instance_memory(cfg)
+    plan = resolve(cfg).memory
     return plan.kv_bytes_per_token * plan.block_size
 
 

@@ -13,7 +13,7 @@ from llmservingsim.cluster.routers import ROUTERS, Router
 from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.schedulers import SCHEDULERS
 from llmservingsim.serving.schedulers.vllm import VllmScheduler
-from llmservingsim.serving.sequence import Sequence
+from llmservingsim.sequence import Sequence
 from llmservingsim.workload.request_spec import RequestSpec
 
 

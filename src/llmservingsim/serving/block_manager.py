@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import ClassVar
 
-from llmservingsim.serving.sequence import Sequence
+from llmservingsim.sequence import Sequence
 
 
 class PrefixHit:

@@ -11,8 +11,8 @@ from mypy_extensions import mypyc_attr
 from llmservingsim.config import SchedulerConfig
 from llmservingsim.errors import ConfigError
 from llmservingsim.registry import Registry
+from llmservingsim.sequence import Sequence, Status
 from llmservingsim.serving.block_manager import BlockManager, PrefixHit
-from llmservingsim.serving.sequence import Sequence, Status
 from llmservingsim.serving.steady import SteadyDecoders
 from llmservingsim.serving.swap import SwapSpace
 

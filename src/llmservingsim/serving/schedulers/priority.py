@@ -46,9 +46,9 @@ from __future__ import annotations
 
 from collections import deque
 
+from llmservingsim.sequence import Sequence
 from llmservingsim.serving.schedulers.base import SCHEDULERS, ScheduledEntry
 from llmservingsim.serving.schedulers.vllm import VllmScheduler
-from llmservingsim.serving.sequence import Sequence
 
 
 def rank(seq: Sequence) -> tuple[int, float, int]:

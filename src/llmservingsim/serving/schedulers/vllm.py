@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from mypy_extensions import mypyc_attr
 
+from llmservingsim.sequence import Sequence
 from llmservingsim.serving.block_manager import PrefixHit
 from llmservingsim.serving.schedulers.base import SCHEDULERS, ScheduledEntry, Scheduler
-from llmservingsim.serving.sequence import Sequence
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
