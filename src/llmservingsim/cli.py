@@ -76,7 +76,7 @@ class _OneLineErrors(typer.core.TyperGroup):
                 f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
             )
             sys.exit(exc.exit_code)
-        except _CLICK.Abort:
+        except typer.Abort:  # (typer >= 0.29 keeps Abort out of its click copy's exceptions)
             typer.echo("Aborted!", err=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)

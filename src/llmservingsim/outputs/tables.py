@@ -322,9 +322,15 @@ def write_table(
     fmt: TableFormat,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
-    """A table of numeric ``columns`` (numpy arrays named by ``schema``) in one batch."""
+    """A table of ``columns`` (named by ``schema``) in one batch. Numeric columns (numpy) are
+    built from their buffers; others (strings, e.g. compare's deltas) through ``pa.array``."""
     writer = TableWriter(out_dir, stem, schema, fmt, metadata)
-    arrays = [_column(columns[field.name], field.type) for field in schema]
+    arrays = [
+        _column(columns[field.name], field.type)
+        if field.type in _NUMPY_TYPES
+        else pa.array(columns[field.name], type=field.type)
+        for field in schema
+    ]
     writer.write(pa.RecordBatch.from_arrays(arrays, schema=writer.schema))
     return writer.close()
 
