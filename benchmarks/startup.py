@@ -1,11 +1,12 @@
 """Start-up cost of the command line, as whole processes (docs/performance.md, "Start-up").
 
 Runs each command ``--repeat`` times (after one warm-up run that also writes the bytecode
-caches) and prints the wall and CPU (user + sys) times: minimum and median. Wall time on a
-shared machine includes waiting for a core; CPU time does not, so both are shown with the load
-average.
+caches) and prints the wall and CPU (user + sys) times: minimum and median; first the
+interpreter alone and the floor (the libraries a run needs, imported and nothing else). Wall
+time on a shared machine includes waiting for a core; CPU time does not, so both are shown with
+the load average.
 
-    python benchmarks/startup.py               # --help and scenario (b), 10 runs each
+    python benchmarks/startup.py               # the floor, --help and (b), 10 runs each
     python benchmarks/startup.py --repeat 20
     python benchmarks/startup.py --breakdown   # where the lean run's CPU time goes
 
@@ -32,8 +33,18 @@ from pathlib import Path
 SCENARIO_B = ["run", "--set", "workload.num_requests=300", "-q"]
 
 
+FLOOR = "import numpy, pyarrow, pyarrow.parquet, pydantic.main, typer, rich.console, yaml"
+"""The libraries a run cannot do without (arrays, Parquet, the config models' validation, the
+command line, YAML), imported and nothing else: the floor under a run's start-up."""
+
+
 def commands(out: Path) -> dict[str, list[str]]:
     return {
+        "python -c pass (the interpreter alone)": ["-c", "pass"],
+        "python -c 'import numpy, pyarrow.parquet, pydantic, typer, rich, yaml' (floor)": [
+            "-c",
+            FLOOR,
+        ],
         "llmservingsim --help": ["--help"],
         "run (b), summary + Parquet tables": [
             *SCENARIO_B,
@@ -47,11 +58,17 @@ def commands(out: Path) -> dict[str, list[str]]:
 
 
 def measure(args: list[str]) -> tuple[float, float]:
-    """Wall and CPU seconds of one ``llmservingsim ARGS`` process."""
+    """Wall and CPU seconds of one ``llmservingsim ARGS`` process (``python -c ...`` for the
+    interpreter alone and the floor)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
+    command = (
+        [sys.executable, *args]
+        if args[0] == "-c"
+        else [sys.executable, "-m", "llmservingsim", *args]
+    )
     subprocess.run(
-        [sys.executable, "-m", "llmservingsim", *args],
+        command,
         check=True,
         stdout=subprocess.DEVNULL,
         env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
