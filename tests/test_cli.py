@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
@@ -234,6 +235,24 @@ def test_a_run_with_every_output_does_not_import_pandas(tmp_path: Path) -> None:
     )
     assert [m for m in ("pandas", "pyarrow.compute") if m in loaded] == []
     assert (tmp_path / "out" / "report.html").exists()
+
+
+def test_the_command_writes_whole_files_before_its_fast_exit(tmp_path: Path) -> None:
+    """main() freezes the garbage collector at exit (start-up time): the process still ends
+    with every file whole and the exit code of the run."""
+    out = tmp_path / "out"
+    overrides = ["--set", "model=llama-3.2-1b", "--set", "workload.num_requests=20"]
+    done = subprocess.run(
+        [sys.executable, "-m", "llmservingsim", "run", *overrides, "-q", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "summary.json").read_text())["requests_completed"] == 20
+    assert len(json.loads((out / "trace.json").read_text())["traceEvents"]) > 20
+    assert (out / "report.html").read_text().rstrip().endswith("</html>")
+    assert pq.ParquetFile(out / "requests.parquet").metadata.num_rows == 20
 
 
 def test_perf_backends_are_listed_before_and_imported_when_named() -> None:
