@@ -27,7 +27,7 @@ ScheduledEntry = tuple[Sequence, int]
 class Scheduler(ABC):
     """Decides, at each step, which sequences run and how many tokens each computes.
 
-    Invariants every policy keeps (tests/test_scheduler_invariants.py): the tokens of a step
+    Invariants every policy keeps (tests/serving/test_scheduler_invariants.py): the tokens of a step
     never exceed its budget, at most ``max_num_seqs`` sequences run, and allocated KV blocks
     never exceed the cache.
 

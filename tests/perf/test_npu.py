@@ -80,7 +80,7 @@ def test_auto_picks_the_backend_by_device_type() -> None:
 
 def test_unknown_device_type_is_a_one_line_error(tmp_path: Path) -> None:
     path = tmp_path / "fpga.yaml"
-    text = (Path(__file__).parents[1] / "src/llmservingsim/data/hardware/npu.yaml").read_text()
+    text = (Path(__file__).parents[2] / "src/llmservingsim/data/hardware/npu.yaml").read_text()
     path.write_text(text.replace("type: npu", "type: fpga"))
     cfg = load_config(None, [f"hardware={path}"])
     with pytest.raises(ConfigError, match=r"fpga\.yaml: type: ") as info:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from llmservingsim.outputs.tables import REQUESTS_SCHEMA, TIMESERIES_SCHEMA
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_config_reference_is_up_to_date() -> None:

@@ -16,7 +16,7 @@ from llmservingsim.serving.prefix_cache import block_keys
 from llmservingsim.simulation import simulate
 from llmservingsim.workload import RequestSpec, load_workload
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+DATA = Path(__file__).parents[2].parent / "shared" / "data"
 TRACES = DATA / "traces"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared data folder is absent")
 

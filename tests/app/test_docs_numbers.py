@@ -8,8 +8,9 @@ only absorbs deliberate model changes small enough not to change the story; a la
 fails here and the doc gets the new number.
 
 The cheap runs (each a few seconds) run with the suite; the slow ones (``slow=True``: a capacity
-plan of dozens of simulations) run with ``DOC_NUMBERS=all``. ``python tests/test_docs_numbers.py``
-prints every quoted number next to a fresh value (``--all`` includes the slow ones): the way to
+plan of dozens of simulations) run with ``DOC_NUMBERS=all``.
+``python tests/app/test_docs_numbers.py`` prints every quoted number next to a fresh value
+(``--all`` includes the slow ones): the way to
 refresh a doc after a model change.
 
 Wall times are measurements of a machine, not of the model: the docs state them with the
@@ -37,7 +38,7 @@ from llmservingsim.config import load_config
 from llmservingsim.errors import InputWarning
 from llmservingsim.simulation import simulate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 Summary = dict[str, Any]
 Metric = Callable[[Summary], float]

@@ -17,7 +17,7 @@ from llmservingsim.perf.frontend import Frontend
 from llmservingsim.simulation import simulate
 from llmservingsim.workload.request_spec import RequestSpec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 
 

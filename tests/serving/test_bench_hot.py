@@ -1,4 +1,4 @@
-"""pytest-benchmark timings of the hot functions (`pytest tests/test_bench_hot.py
+"""pytest-benchmark timings of the hot functions (`pytest tests/serving/test_bench_hot.py
 --benchmark-enable`); in the normal run benchmarks are disabled and each body runs once as a test.
 """
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from llmservingsim.cli import app
 
-EXAMPLES = Path(__file__).parents[1] / "examples"
+EXAMPLES = Path(__file__).parents[2] / "examples"
 runner = CliRunner()
 
 

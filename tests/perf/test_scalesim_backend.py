@@ -26,7 +26,7 @@ from llmservingsim.hardware.device import load_device_file
 from llmservingsim.model.ops import OpGraph
 from llmservingsim.simulation import simulate
 
-CATALOG_NPU = Path(__file__).resolve().parents[1] / "src/llmservingsim/data/hardware/npu.yaml"
+CATALOG_NPU = Path(__file__).resolve().parents[2] / "src/llmservingsim/data/hardware/npu.yaml"
 
 
 def _has_scalesim() -> bool:
@@ -190,7 +190,7 @@ def test_run_reports_accelerator_sim_counters(tmp_path: Path) -> None:
 
 @needs_scalesim
 def test_npu_pim_example_simulates_gemms_and_puts_decode_attention_on_pim(tmp_path: Path) -> None:
-    example = Path(__file__).resolve().parents[1] / "examples" / "npu_pim_scalesim.yaml"
+    example = Path(__file__).resolve().parents[2] / "examples" / "npu_pim_scalesim.yaml"
     sets = [
         f"perf.cache_dir={tmp_path / 'cache'}",
         "workload.num_requests=8",

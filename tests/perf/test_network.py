@@ -18,7 +18,7 @@ from llmservingsim.network.calibration import NODE_DEVICES, load_samples, mape_t
 from llmservingsim.network.topology import Topology
 
 H100 = load_device("h100-sxm")
-NETWORK_DATA = Path(__file__).parents[1].parent / "shared/data/profiles/vidur/network"
+NETWORK_DATA = Path(__file__).parents[2].parent / "shared/data/profiles/vidur/network"
 
 
 def nccl(**kw: object) -> Topology:

@@ -167,7 +167,7 @@ def _count_runs(monkeypatch: pytest.MonkeyPatch, fail_on: int | None = None) -> 
 
     def counting(cfg: Any, requests: Any = None, progress: Any = None) -> Any:
         if requests is None or len(requests):
-            runs.append(cfg)
+            runs.append(getattr(cfg, "config", cfg))  # a SimConfig, or a resolved Scenario
             if fail_on is not None and len(runs) == fail_on:
                 raise KeyboardInterrupt
         return real(cfg, requests=requests, progress=progress)

@@ -1,7 +1,8 @@
 """Steady decoders as a group equal the same requests stepped one by one.
 
-The end-to-end check (every scheduler, routers, P/D, preemption) is tests/test_fast_forward.py;
-this drives :class:`SteadyDecoders` directly: free KV blocks after every step, each request's
+The end-to-end check (every scheduler, routers, P/D, preemption) is
+tests/serving/test_fast_forward.py; this drives :class:`SteadyDecoders` directly: free KV blocks
+after every step, each request's
 tokens, blocks and last-token time when synced, and who finishes at which step.
 """
 

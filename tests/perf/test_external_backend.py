@@ -19,7 +19,7 @@ from llmservingsim.hardware.backends.external import ExternalBackend
 from llmservingsim.model.ops import Op, OpGraph
 from llmservingsim.simulation import simulate
 
-NPU_SIM = Path(__file__).resolve().parents[1] / "examples" / "npu_sim" / "npu_sim.py"
+NPU_SIM = Path(__file__).resolve().parents[2] / "examples" / "npu_sim" / "npu_sim.py"
 SMALL = ["model=llama-3.2-1b", "hardware=npu", "workload.num_requests=20"]
 
 

@@ -128,8 +128,9 @@ def test_running_request_short_of_kv_preempts_the_least_important_not_the_newest
 # ------------------------------------------------------------------- whole runs
 
 SMALL = ["model=llama-3.2-1b", "seed=3"]
-# llama-3.2-1b on one H100 serves ~125 req/s of the default lengths (tests/test_overload.py);
-# 250 req/s is twice that. The interactive client sends 30 % of it (75 req/s), well within.
+# llama-3.2-1b on one H100 serves ~125 req/s of the default lengths
+# (tests/serving/test_overload.py); 250 req/s is twice that. The interactive client sends
+# 30 % of it (75 req/s), well within.
 TWO_CLASSES = (
     "workload.clients=[{name: interactive, share: 0.3, priority: 0, slo: {ttft_s: 0.5}},"
     " {name: batch, share: 0.7, priority: 1}]"

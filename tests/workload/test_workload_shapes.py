@@ -384,7 +384,7 @@ def test_stages_refuse_a_request_count_and_rate_clients() -> None:
 
 def test_every_config_in_docs_workloads_md_loads_and_generates(tmp_path: Path) -> None:
     """The configs docs/workloads.md shows for each benchmark tool are valid as written."""
-    text = (Path(__file__).resolve().parents[1] / "docs" / "workloads.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "workloads.md").read_text()
     blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
     assert len(blocks) >= 7
     for i, block in enumerate(blocks):

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from llmservingsim.cli import app
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 NUM_REQUESTS = 20
 
 

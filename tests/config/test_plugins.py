@@ -22,7 +22,7 @@ from llmservingsim.errors import ConfigError
 from llmservingsim.hardware.backends import ENTRY_POINT_GROUP, PERF_BACKENDS
 from llmservingsim.simulation import simulate
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugin_backend"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plugin_backend"
 SMALL = ["model=llama-3.2-1b", "workload.num_requests=20"]
 
 

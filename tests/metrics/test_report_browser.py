@@ -25,7 +25,7 @@ from conftest import RunToDir
 from llmservingsim.outputs.report import FIGURE_IDS, PD_FIGURE_IDS
 from llmservingsim.sweep.plan_figure import write_plan_html
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 FLAGS = (
     "--headless",
     "--no-sandbox",

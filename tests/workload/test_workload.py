@@ -26,7 +26,7 @@ from llmservingsim.workload import (
     sample_lengths,
 )
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+DATA = Path(__file__).parents[2].parent / "shared" / "data"
 TRACES = DATA / "traces"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared data folder is absent")
 

@@ -652,7 +652,7 @@ def sim_config(
             f"scheduler.max_num_seqs={max_num_seqs}",
             f"scheduler.max_num_batched_tokens={max_batched}",
             f"scheduler.block_size={block_size}",
-            # The spies watch every step: no fast-forward runs (tests/test_fast_forward.py).
+            # The spies watch every step: no fast-forward runs (tests/serving/test_fast_forward.py).
             "simulator.fast_forward=false",
             *extra,
         ],

@@ -55,7 +55,7 @@ class Step:
 class StepRecorder(EngineHooks):
     """Record every engine step: when it started, how long it ran and which requests it ran."""
 
-    every_step = True  # no fast-forward runs (tests/test_fast_forward.py checks them)
+    every_step = True  # no fast-forward runs (tests/serving/test_fast_forward.py checks them)
 
     def __init__(self) -> None:
         self.steps: list[Step] = []

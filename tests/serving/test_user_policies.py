@@ -14,7 +14,7 @@ from llmservingsim.errors import ConfigError
 from llmservingsim.simulation import simulate
 from llmservingsim.workload.request_spec import RequestSpec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 POLICIES = str(ROOT / "examples" / "policies" / "my_policies.py")
 
 
