@@ -661,9 +661,10 @@ class SchedulerConfig(_Section):
     request_timeout_s: PositiveSeconds | None = None
     """Admission control: a request still waiting to start this many seconds after it arrived
     is dropped (status ``timed_out``) at the next step. None: requests wait forever."""
-    num_gpu_blocks_override: int | None = Field(default=None, ge=1)
+    num_gpu_blocks_override: Count | None = None
     """KV-cache blocks per instance instead of the number the memory plan gives (vLLM's
-    --num-gpu-blocks-override); None: from memory."""
+    --num-gpu-blocks-override), below 2^31 like every count the engine indexes; None: from
+    memory."""
 
     @model_validator(mode="after")
     def _offload_needs_prefix_caching(self) -> SchedulerConfig:
