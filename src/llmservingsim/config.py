@@ -735,6 +735,10 @@ class PerfConfig(_Section):
     )
     kernel_db: KernelDbConfig = KernelDbConfig()
     """kernel_db: the engine, version and device of the measured kernel tables."""
+    host_overlap: bool = False
+    """The engine's host work of a step (scheduling, input preparation, output processing) runs
+    while the GPU runs the step before (TensorRT-LLM's overlap scheduler, SGLang's overlap
+    scheduler): a step takes max(GPU, host) instead of their sum (docs/engines.md)."""
 
 
 class MoeConfig(_Section):

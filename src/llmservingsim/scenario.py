@@ -137,6 +137,7 @@ def check_supported(cfg: SimConfig) -> None:
     pools = cfg.cluster.resolved_pools(cfg.hardware)
     closed = cfg.workload.arrival.process == "closed"
     unsupported = {
+        "perf.host_overlap with pim.enabled": cfg.pim.enabled and cfg.perf.host_overlap,
         "pim.enabled with pipeline_parallel > 1": cfg.pim.enabled
         and any(p.pipeline_parallel > 1 for p in pools),
         # The KV cache then lives in PIM memory; its copies to host memory are not modelled.
