@@ -50,10 +50,8 @@ KvDtype = Literal["auto", "fp32", "bf16", "fp16", "fp8"]
 
 
 class _Section(BaseModel):
-    # Each field's docstring describes it in docs/config-reference.md, which
-    # scripts/gen_config_reference.py generates by parsing this file (not pydantic's
-    # use_attribute_docstrings: it re-reads this file once per model at import, start-up time).
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # Attribute docstrings become field descriptions (docs/config-reference.md is generated).
+    model_config = ConfigDict(extra="forbid", validate_default=True, use_attribute_docstrings=True)
 
 
 # ----------------------------------------------------------------------------- workload
@@ -306,8 +304,8 @@ class PromptPoolConfig(_Section):
     message.
     """
 
-    size: int = Field(ge=1)
-    """Distinct prompts in the pool."""
+    size: SmallCount
+    """Distinct prompts in the pool (each costs memory up front: fewer than a million)."""
     order: Literal["cycle", "random"] = "cycle"
     """cycle: request i sends prompt i mod size; random: a uniform pick per request."""
 
@@ -565,7 +563,13 @@ class PoolConfig(_Section):
     pipeline_parallel: SmallCount = 1
     """Stages of contiguous layers; this many micro-batches in flight (vLLM virtual engines)."""
     expert_parallel: SmallCount = 1
-    """MoE: devices the experts are split over (1 or equal to tensor_parallel)."""
+    """MoE: devices the experts are split over (1, tensor_parallel, or with data_parallel
+    D > 1: D × tensor_parallel)."""
+    data_parallel: SmallCount = 1
+    """MoE: attention data-parallel ranks of one instance (vLLM --data-parallel-size with
+    --enable-expert-parallel, SGLang --enable-dp-attention): each rank has its own scheduler,
+    KV cache and batch over tensor_parallel devices; the experts are split over all D ×
+    tensor_parallel devices and every rank steps in lockstep (docs/models.md)."""
 
 
 class ClusterConfig(_Section):
@@ -576,7 +580,10 @@ class ClusterConfig(_Section):
     pipeline_parallel: SmallCount = 1
     """Stages of contiguous layers; this many micro-batches in flight (vLLM virtual engines)."""
     expert_parallel: SmallCount = 1
-    """MoE: devices the experts are split over (1 or equal to tensor_parallel)."""
+    """MoE: devices the experts are split over (1, tensor_parallel, or with data_parallel
+    D > 1: D × tensor_parallel)."""
+    data_parallel: SmallCount = 1
+    """MoE: attention data-parallel ranks of one instance, in lockstep (see the pool key)."""
     pools: list[PoolConfig] | None = Field(
         default=None, description="heterogeneous instance groups; replaces the keys above"
     )
@@ -593,7 +600,13 @@ class ClusterConfig(_Section):
     def _pools_replace_flat_keys(self) -> ClusterConfig:
         if self.pools is None:
             return self
-        flat = {"instances", "tensor_parallel", "pipeline_parallel", "expert_parallel"}
+        flat = {
+            "instances",
+            "tensor_parallel",
+            "pipeline_parallel",
+            "expert_parallel",
+            "data_parallel",
+        }
         both = sorted(flat & self.model_fields_set)
         if both:
             raise ValueError(
@@ -622,6 +635,7 @@ class ClusterConfig(_Section):
                     tensor_parallel=self.tensor_parallel,
                     pipeline_parallel=self.pipeline_parallel,
                     expert_parallel=self.expert_parallel,
+                    data_parallel=self.data_parallel,
                 )
             ]
         roles: list[str] = [pool.role for pool in self.pools]
@@ -683,9 +697,8 @@ class SchedulerConfig(_Section):
     """Admission control: a request still waiting to start this many seconds after it arrived
     is dropped (status ``timed_out``) at the next step. None: requests wait forever."""
     num_gpu_blocks_override: Count | None = None
-    """KV-cache blocks per instance instead of the number the memory plan gives (vLLM's
-    --num-gpu-blocks-override), below 2^31 like every count the engine indexes; None: from
-    memory."""
+    """KV-cache blocks per instance (below 2^31) instead of the number the memory plan gives (vLLM's
+    --num-gpu-blocks-override); None: from memory."""
 
     @model_validator(mode="after")
     def _offload_needs_prefix_caching(self) -> SchedulerConfig:
@@ -937,6 +950,9 @@ class OutputsConfig(_Section):
     """Most step slices in the trace; past it every 2nd, then 4th, ... step is kept."""
     report: bool = True
     """Write report.html."""
+    decisions: bool = False
+    """Write decisions.parquet: every routing, admission and preemption decision with its
+    candidates, their scores and the choice (docs/outputs.md). Parquet only."""
 
 
 class SimConfig(_Section):

@@ -193,7 +193,7 @@ class ClosedLoop:
             tokens = spec.input_len + spec.output_len
             if limit is not None and tokens > limit:
                 reason = too_long_reason(tokens, limit)
-                self.metrics.on_drop(Sequence(spec), -1, t, "rejected", reason)
+                self.metrics.on_drop(Sequence(spec), -1, t, "rejected", reason, "max_model_len")
                 self._ended += 1  # its own row: not an end to count again
                 t += self.think_time_s
                 continue
@@ -478,7 +478,9 @@ class Engine:
             del self._transfers[request_id]
             instance.incoming -= 1
             seq.status = Status.FAILED
-            instance.metrics.on_drop(seq, index, self.now, "timed_out", reason)
+            instance.metrics.on_drop(
+                seq, index, self.now, "timed_out", reason, "workload.timeout_s"
+            )
             return instance
         self._cut(instance, inclusive=True)  # step ends at this time came first
         aborted = instance.abort(seq, self.now, reason)

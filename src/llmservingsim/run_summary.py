@@ -124,6 +124,7 @@ def _pool_row(pool: Pool) -> dict[str, Any]:
         "tensor_parallel": first.tp,
         "pipeline_parallel": first.pp,
         "expert_parallel": first.timer.ep,
+        "data_parallel": first.dp,
         "memory": first.memory.as_dict(),
     }
 

@@ -23,6 +23,7 @@ from llmservingsim.engine import INF, ClientTimeouts, ClosedLoop, Engine, Engine
 from llmservingsim.errors import InputWarning
 from llmservingsim.invariants import InvariantChecker, invariants_requested
 from llmservingsim.metrics.collector import MetricsCollector
+from llmservingsim.metrics.decisions import DecisionLog
 from llmservingsim.metrics.workload_summary import workload_summary
 from llmservingsim.perf.frontend import ClientClock
 from llmservingsim.run_summary import summarize
@@ -57,7 +58,7 @@ def _admit(
     for spec in requests:
         if limit is not None and spec.input_len + spec.output_len > limit:
             reason = too_long_reason(spec.input_len + spec.output_len, limit)
-            metrics.on_drop(Sequence(spec), -1, spec.arrival_s, "rejected", reason)
+            metrics.on_drop(Sequence(spec), -1, spec.arrival_s, "rejected", reason, "max_model_len")
             continue
         if clock is not None and frontend is not None:
             clock.client_arrival[spec.id] = spec.arrival_s
@@ -138,6 +139,8 @@ def simulate(
     (:func:`~llmservingsim.scenario.resolve`). ``requests`` overrides the config's workload
     (tests, sweeps);
     ``metrics`` may carry output sinks (outputs/run_outputs.py) fed while the run goes;
+    with ``outputs.decisions`` and no ``metrics.decisions`` log, the decisions are kept in
+    memory (``result.metrics.decisions``);
     ``check_invariants`` (default: the LLMSERVINGSIM_CHECK_INVARIANTS environment variable)
     checks the runtime invariants of invariants.py and raises InvariantError on a violation;
     ``hooks`` observe the engine (engine.EngineHooks), after the invariant checker."""
@@ -145,6 +148,10 @@ def simulate(
     cfg = scenario.config
     metrics = MetricsCollector() if metrics is None else metrics
     cluster = build_cluster(scenario, metrics)
+    if cfg.outputs.decisions:
+        if metrics.decisions is None:  # no file to stream to: kept in memory
+            metrics.decisions = DecisionLog(keep=True)
+        cluster.log_decisions(metrics.decisions)
     if requests is None:
         requests = load_requests(scenario)
     scenario.check_requests(requests)

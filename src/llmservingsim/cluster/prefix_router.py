@@ -6,6 +6,10 @@ instance's KV cache) and routes a request to the instance with the longest remem
 its leading blocks. Load comes first: when the instances' outstanding requests differ by more
 than ``balance_abs`` and by a factor above ``balance_rel``, or when no instance remembers any
 of the prompt (or it says nothing about its tokens), the least loaded instance wins.
+
+Decision log: candidates are the instances that remember the longest run of the prompt's
+blocks (or every instance, when load decided), scored by outstanding requests; the smallest
+wins, ties to the lowest index (when load decided: the rotation of ``least_outstanding``).
 """
 
 from __future__ import annotations
@@ -55,7 +59,9 @@ class PrefixAwareRouter(LeastOutstandingRouter):
         # Outstanding requests per instance, as the cluster's load board has them (the
         # compiled event loop keeps the board, not the Instance objects, up to date).
         loads: list[int] = self._loads().tolist()
-        if chain and not self._imbalanced(loads):
+        imbalanced = bool(chain) and self._imbalanced(loads)
+        depth = 0  # leading blocks the candidates remember
+        if chain and not imbalanced:
             # Walk the prompt's blocks, keeping the instances that remember all of them so far.
             for h in chain:
                 owners = self.where.get(h)
@@ -63,10 +69,20 @@ class PrefixAwareRouter(LeastOutstandingRouter):
                 if not narrowed:
                     break
                 candidates = narrowed
+                depth += 1
         if candidates:
             chosen = self.instances[min(candidates, key=lambda i: (loads[i], i))]
+            if self.explain:
+                remembering = sorted(candidates)
+                self.report(
+                    [loads[i] for i in remembering],
+                    remembering,
+                    f"cached prefix of {depth} blocks",
+                )
         else:
             chosen = super().route(spec)
+            if self.explain:
+                self.report(loads, None, "load imbalance" if imbalanced else "no cached prefix")
         self._remember(self._index[id(chosen)], chain)
         return chosen
 

@@ -2,11 +2,17 @@
 
 A router sees only what a real load balancer sees: the instances' queue lengths and free KV
 blocks at the moment the request arrives.
+
+With ``outputs.decisions`` the cluster sets ``explain`` on its routers, and ``route`` then
+tells why it chose through :meth:`Router.report` (each candidate's score, a short reason):
+the cluster logs it as the request's route decision (metrics/decisions.py). A router that
+reports nothing still gets its rows, with every instance as a candidate and no scores.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence as SequenceOf
 from typing import ClassVar
 
 import numpy as np
@@ -29,10 +35,41 @@ class Router(ABC):
             raise ValueError("a router needs at least one instance")
         self.instances = instances
         self.rng = rng
+        self.explain = False
+        """Whether ``route`` should :meth:`report` its scores (``outputs.decisions`` is on)."""
+        self._scores: SequenceOf[float] | None = None
+        self._candidates: SequenceOf[int] | None = None
+        self._reason: str | None = None
 
     @abstractmethod
     def route(self, spec: RequestSpec) -> Instance:
         """The instance that serves ``spec``."""
+
+    def report(
+        self,
+        scores: SequenceOf[float] | None,
+        candidates: SequenceOf[int] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Why ``route`` chose, for the decision log; call it from ``route`` when
+        ``self.explain`` (building scores costs time, so only then). ``scores``: one per
+        candidate, with the policy's meaning (say in the class docstring which one wins);
+        ``candidates``: positions in ``self.instances`` (default: every instance, in order);
+        ``reason``: a short word on which rule decided. The last call before ``route``
+        returns counts."""
+        self._scores = scores
+        self._candidates = candidates
+        self._reason = reason
+
+    def take_report(
+        self,
+    ) -> tuple[SequenceOf[float] | None, SequenceOf[int] | None, str | None]:
+        """What the last ``route`` reported (scores, candidates, reason), cleared for the next
+        one; all None when it reported nothing."""
+        report = (self._scores, self._candidates, self._reason)
+        self._scores = self._candidates = None
+        self._reason = None
+        return report
 
 
 ROUTERS: Registry[type[Router]] = Registry("router", "llmservingsim.routers")
@@ -68,6 +105,7 @@ _SCAN_IN_PYTHON = 64
 class LeastOutstandingRouter(Router):
     """Fewest requests assigned and not finished. Ties rotate (the search starts one past the
     last choice), so an idle cluster is filled evenly instead of always from instance 0.
+    Score (decision log): each instance's outstanding requests; the smallest wins.
 
     Instances of a cluster publish their loads to one array (``Instance.load_board``), which
     is searched in C: routing among a thousand instances costs microseconds, not a Python loop.
@@ -104,12 +142,17 @@ class LeastOutstandingRouter(Router):
             for index in range(start):
                 if values[index] < best_load:
                     best, best_load = index, values[index]
+            if self.explain:
+                self.report(values)
         else:
             best = start + int(loads[start:].argmin())
             if start:
                 before = int(loads[:start].argmin())
                 if loads[before] < loads[best]:
                     best = before
+            if self.explain:
+                scores: list[int] = loads.tolist()
+                self.report(scores)
         self._start = (best + 1) % n
         return self.instances[best]
 
@@ -119,29 +162,41 @@ ROUTERS.register("least_outstanding")(LeastOutstandingRouter)
 
 class LeastKvRouter(Router):
     """Most free KV blocks per block of capacity (so mixed pools compare fairly), then fewest
-    waiting requests: a KV-aware balancer."""
+    outstanding requests: a KV-aware balancer. Score (decision log): the free fraction; the
+    largest wins (ties: fewest outstanding, then the first)."""
 
     reads_kv_usage = True
 
     def route(self, spec: RequestSpec) -> Instance:
-        return max(
+        chosen = max(
             self.instances,
             key=lambda inst: (inst.num_free_blocks / inst.num_blocks, -inst.num_outstanding),
         )
+        if self.explain:
+            self.report([inst.num_free_blocks / inst.num_blocks for inst in self.instances])
+        return chosen
 
 
 ROUTERS.register("least_kv")(LeastKvRouter)
 
 
 class PowerOfTwoRouter(Router):
-    """Two instances drawn at random; the one with fewer outstanding requests wins."""
+    """Two instances drawn at random; the one with fewer outstanding requests wins (ties: the
+    first drawn). Decision log: the two drawn are the candidates, scored by outstanding
+    requests."""
 
     def route(self, spec: RequestSpec) -> Instance:
         n = len(self.instances)
         if n == 1:
+            if self.explain:
+                self.report([float(self.instances[0].num_outstanding)])
             return self.instances[0]
         a, b = self.rng.choice(n, size=2, replace=False)
         first, second = self.instances[int(a)], self.instances[int(b)]
+        if self.explain:
+            self.report(
+                [float(first.num_outstanding), float(second.num_outstanding)], [int(a), int(b)]
+            )
         return second if second.num_outstanding < first.num_outstanding else first
 
 

@@ -214,9 +214,13 @@ def _describe_pools(summary: dict[str, Any]) -> str:
     for pool in summary.get("pools") or []:
         role = "" if pool["role"] == "mixed" else f"{pool['role']} "
         shape = "".join(
-            f" {name}{pool[key]}"
-            for name, key in (("TP", "tensor_parallel"), ("PP", "pipeline_parallel"))
-            if pool[key] > 1
+            f" {name}{pool.get(key, 1)}"
+            for name, key in (
+                ("DP", "data_parallel"),
+                ("TP", "tensor_parallel"),
+                ("PP", "pipeline_parallel"),
+            )
+            if pool.get(key, 1) > 1
         )
         parts.append(f"{role}{pool['count']}× {pool['hardware']}{shape}")
     return " + ".join(parts) or str(summary["config"].get("hardware"))

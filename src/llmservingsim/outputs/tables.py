@@ -1,4 +1,5 @@
-"""Tabular outputs (requests, timeseries) as Parquet or CSV, written in chunks through Arrow.
+"""Tabular outputs (requests, timeseries, decisions) as Parquet or CSV, written in chunks
+through Arrow (decisions: Parquet only, its candidates and scores are list columns).
 
 Both formats go through one Arrow schema, so a CSV has exactly the Parquet columns (a missing
 value is an empty CSV field, a null in Parquet). Files open lazily: a run that fails before its
@@ -22,6 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from llmservingsim.errors import UserError
+from llmservingsim.metrics.decisions import KINDS, DecisionChunk
 from llmservingsim.metrics.request_log import STATUSES, RequestChunk
 from llmservingsim.outputs.files import temp_path
 from llmservingsim.workload.request_table import RequestTable
@@ -68,6 +70,21 @@ TIMESERIES_SCHEMA = pa.schema(
         ("queue_len", pa.float64()),
         ("power_w", pa.float64()),
         ("energy_j", pa.float64()),
+    ]
+)
+
+DECISIONS_SCHEMA = pa.schema(
+    [
+        ("time_s", pa.float64()),
+        ("kind", pa.string()),
+        ("request_id", pa.int64()),
+        ("instance", pa.int32()),
+        ("policy", pa.string()),
+        ("candidates", pa.list_(pa.int64())),
+        ("scores", pa.list_(pa.float64())),
+        ("chosen", pa.int64()),
+        ("outcome", pa.string()),
+        ("reason", pa.string()),
     ]
 )
 
@@ -195,6 +212,34 @@ def requests_batch(chunk: RequestChunk, labels: RequestLabels | None = None) -> 
     return pa.RecordBatch.from_arrays(columns, schema=REQUESTS_SCHEMA)
 
 
+def decisions_batch(chunk: DecisionChunk) -> pa.RecordBatch:
+    """Arrow rows of decisions (metrics/decisions.py); candidates and scores as list columns."""
+    offsets = _column(chunk.offsets, pa.int32())
+    unscored = np.asarray(chunk["scored"] == 0)
+    unscored_mask = pa.Array.from_buffers(
+        pa.bool_(),
+        int(unscored.size),
+        [None, pa.py_buffer(np.packbits(unscored, bitorder="little"))],
+    )
+    columns = [
+        _column(chunk["time_s"], pa.float64()),
+        _named(chunk["kind"], KINDS),
+        _column(chunk["request_id"], pa.int64(), chunk["request_id"] < 0),
+        _column(chunk["instance"], pa.int32(), chunk["instance"] < 0),
+        _named(chunk["policy"], chunk.strings),
+        pa.ListArray.from_arrays(offsets, _column(np.asarray(chunk.candidate_values), pa.int64())),
+        pa.ListArray.from_arrays(
+            offsets,
+            _column(np.asarray(chunk.score_values), pa.float64()),
+            mask=unscored_mask if unscored.any() else None,
+        ),
+        _column(chunk["chosen"], pa.int64(), chunk["chosen"] < 0),
+        _named(chunk["outcome"], chunk.strings),
+        _named(chunk["reason"], chunk.strings),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=DECISIONS_SCHEMA)
+
+
 class _BackgroundWrite(threading.Thread):
     """One batch handed to the file writer off the calling thread; :meth:`finish` waits for it
     and raises what the write raised."""
@@ -306,6 +351,23 @@ class RequestTableSink:
 
     def write_requests(self, chunk: RequestChunk) -> None:
         self.writer.write(requests_batch(chunk, self.labels))
+
+    def close(self) -> Path:
+        return self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+class DecisionTableSink:
+    """A :class:`~llmservingsim.metrics.decisions.DecisionSink` that streams decisions.parquet
+    (one row group per chunk)."""
+
+    def __init__(self, out_dir: Path, metadata: dict[str, Any] | None = None) -> None:
+        self.writer = TableWriter(out_dir, "decisions", DECISIONS_SCHEMA, "parquet", metadata)
+
+    def write_decisions(self, chunk: DecisionChunk) -> None:
+        self.writer.write(decisions_batch(chunk))
 
     def close(self) -> Path:
         return self.writer.close()
