@@ -8,6 +8,8 @@ runs ``--check``.
 from __future__ import annotations
 
 import argparse
+import ast
+import functools
 import inspect
 import sys
 import types
@@ -130,10 +132,45 @@ def _doc(model: type[BaseModel]) -> str:
     return " ".join(inspect.cleandoc(doc).split())
 
 
+@functools.cache
+def _attribute_docs(path: str) -> dict[tuple[str, str], str]:
+    """(class name, field) -> the string literal that follows the field in ``path``'s classes.
+
+    The config models do not ask pydantic to read these at import (``use_attribute_docstrings``
+    re-reads and tokenizes config.py once per class: a tenth of a run's start-up); the
+    reference parses the file once here instead."""
+    docs: dict[tuple[str, str], str] = {}
+    for node in ast.walk(ast.parse(Path(path).read_text())):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for stmt, after in zip(node.body, node.body[1:], strict=False):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[(node.name, stmt.target.id)] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def field_doc(model: type[BaseModel], name: str, field: FieldInfo) -> str:
+    """The field's description: given to ``Field``, else its attribute docstring (in the class
+    that declares it, or the nearest base that does)."""
+    if field.description:
+        return field.description
+    for cls in model.__mro__:
+        if name in inspect.get_annotations(cls):
+            source = inspect.getsourcefile(cls)
+            return "" if source is None else _attribute_docs(source).get((cls.__name__, name), "")
+    return ""
+
+
 def table(model: type[BaseModel], prefix: str) -> list[str]:
     rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
     for name, field in model.model_fields.items():
-        description = " ".join((field.description or "").split()) + constraints(field)
+        description = " ".join(field_doc(model, name, field).split()) + constraints(field)
         rows.append(
             f"| `{prefix}{name}` | {type_name(field.annotation)} | {default_text(field)} "
             f"| {description.strip()} |"

@@ -9,6 +9,7 @@ it, never at start-up.
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -29,6 +30,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self.entry_point_group = entry_point_group
         self._items: dict[str, T] = {}
+        self._modules: dict[str, str] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(item: T) -> T:
@@ -38,6 +40,11 @@ class Registry(Generic[T]):
             return item
 
         return decorator
+
+    def register_module(self, name: str, module: str) -> None:
+        """``name`` is registered by importing ``module`` (its ``register`` call), on the first
+        ``get``: a built-in whose import would cost every run start-up time it rarely needs."""
+        self._modules[name] = module
 
     def _plugins(self) -> dict[str, EntryPoint]:
         if self.entry_point_group is None:
@@ -66,16 +73,20 @@ class Registry(Generic[T]):
         item = self._items.get(name)
         if item is not None:
             return item
+        module = self._modules.get(name)
+        if module is not None:
+            importlib.import_module(module)
+            return self._items[name]
         plugin = self._plugins().get(name)
         if plugin is not None:
             return self._load_plugin(plugin)
         raise ConfigError(unknown_name_message(self.kind, name, self.names()))
 
     def names(self) -> list[str]:
-        return sorted({*self._items, *self._plugins()})
+        return sorted({*self._items, *self._modules, *self._plugins()})
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items or name in self._plugins()
+        return name in self._items or name in self._modules or name in self._plugins()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

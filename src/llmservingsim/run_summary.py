@@ -14,7 +14,7 @@ from llmservingsim.hardware.backends import backend_stats
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.kv_summary import kv_summary
 from llmservingsim.metrics.request_log import FINISHED
-from llmservingsim.metrics.summary import request_metrics, steady_state
+from llmservingsim.metrics.summary import request_metrics
 from llmservingsim.perf.pim import PimIterationTimer
 from llmservingsim.scenario import Scenario
 from llmservingsim.serving.instance import Instance
@@ -36,7 +36,6 @@ def summarize(
     instances = cluster.instances
     provisioned = [end_time] * len(instances) if scaler is None else scaler.finish(end_time)
     summary = request_metrics(metrics.requests, metrics.itl, cfg.slo)
-    summary.update(steady_state(metrics.requests, summary["request_throughput"]))
     per_instance = _instance_rows(instances, metrics, provisioned)
     energy = sum(row["energy_j"] for row in per_instance)
     cost = sum(

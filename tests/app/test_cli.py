@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
@@ -155,17 +156,28 @@ def test_subprocess_entry_points(tmp_path: Path) -> None:
 
 
 # Start-up (docs/performance.md, "Start-up"): `--help` imports none of these; a run without
-# report.html does not import plotly. Checked by module, not by wall time.
+# report.html imports neither plotly, pandas, pyarrow.compute nor the perf backends it does not
+# use. Checked by module, not by wall time.
+RUN_DOES_NOT_IMPORT = (
+    "plotly",
+    "pandas",
+    "pyarrow.compute",
+    "scipy",
+    "llmservingsim.hardware.backends.kernel_db",
+    "llmservingsim.hardware.backends.profile",
+    "llmservingsim.hardware.backends.scalesim",
+    "llmservingsim.hardware.backends.systolic",
+    "llmservingsim.hardware.backends.external",
+)
 HELP_DOES_NOT_IMPORT = (
     "numpy",
     "pydantic",
     "pyarrow",
-    "plotly",
-    "scipy",
     "yaml",
     "llmservingsim.config",
     "llmservingsim.simulation",
     "llmservingsim.engine",
+    *RUN_DOES_NOT_IMPORT,
 )
 
 
@@ -201,15 +213,62 @@ def test_help_lists_every_command_without_loading_the_heavy_libraries() -> None:
         assert "--help" in sub_help, command
 
 
-def test_a_run_without_report_does_not_import_plotly(tmp_path: Path) -> None:
+def test_a_run_without_report_imports_only_what_it_uses(tmp_path: Path) -> None:
     loaded, _ = _loaded_after(
         "from typer.testing import CliRunner; from llmservingsim.cli import app; "
         "r = CliRunner().invoke(app, ['run', '--set', 'model=llama-3.2-1b', '--set', "
         f"'workload.num_requests=20', '--out', {str(tmp_path / 'out')!r}, '-q', '--no-report']); "
         "assert r.exit_code == 0, r.output"
     )
-    assert "plotly" not in loaded
+    assert [m for m in RUN_DOES_NOT_IMPORT if m in loaded] == []
     assert "llmservingsim.simulation" in loaded  # the probe does see what a run imports
+
+
+def test_a_run_with_every_output_does_not_import_pandas(tmp_path: Path) -> None:
+    """pyarrow imports pandas (0.3 s) for pa.array, to_numpy and its datasets layer: the
+    writers and report.html's reader avoid all three."""
+    loaded, _ = _loaded_after(
+        "from typer.testing import CliRunner; from llmservingsim.cli import app; "
+        "r = CliRunner().invoke(app, ['run', '--set', 'model=llama-3.2-1b', '--set', "
+        f"'workload.num_requests=20', '--out', {str(tmp_path / 'out')!r}, '-q']); "
+        "assert r.exit_code == 0, r.output"
+    )
+    assert [m for m in ("pandas", "pyarrow.compute") if m in loaded] == []
+    assert (tmp_path / "out" / "report.html").exists()
+
+
+def test_the_command_writes_whole_files_before_its_fast_exit(tmp_path: Path) -> None:
+    """main() freezes the garbage collector at exit (start-up time): the process still ends
+    with every file whole and the exit code of the run."""
+    out = tmp_path / "out"
+    overrides = ["--set", "model=llama-3.2-1b", "--set", "workload.num_requests=20"]
+    done = subprocess.run(
+        [sys.executable, "-m", "llmservingsim", "run", *overrides, "-q", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "summary.json").read_text())["requests_completed"] == 20
+    assert len(json.loads((out / "trace.json").read_text())["traceEvents"]) > 20
+    assert (out / "report.html").read_text().rstrip().endswith("</html>")
+    assert pq.ParquetFile(out / "requests.parquet").metadata.num_rows == 20
+
+
+def test_perf_backends_are_listed_before_and_imported_when_named() -> None:
+    loaded, out = _loaded_after(
+        "from llmservingsim.hardware.backends import PERF_BACKENDS; print(PERF_BACKENDS.names())"
+    )
+    assert {"roofline", "kernel_db", "profile", "scalesim", "systolic", "external"} <= set(
+        ast.literal_eval(out.strip())
+    )
+    assert "llmservingsim.hardware.backends.systolic" not in loaded
+    loaded, out = _loaded_after(
+        "from llmservingsim.hardware.backends import PERF_BACKENDS; "
+        "print(PERF_BACKENDS.get('systolic').__name__)"
+    )
+    assert out.strip() == "SystolicBackend"
+    assert "llmservingsim.hardware.backends.systolic" in loaded
 
 
 def test_error_text_with_brackets_is_printed_verbatim(tmp_path: Path) -> None:
@@ -262,32 +321,34 @@ def test_a_run_too_short_for_steady_state_warns(tmp_path: Path) -> None:
     summary, output = _run_json(
         tmp_path, "cluster.instances=4", "workload.num_requests=40", "workload.arrival.rate=200"
     )
-    assert summary["steady_state"] is False
-    assert "too short to reach steady state" in summary["steady_state_reason"]
-    assert "warning: not in steady state" in output
+    assert (summary["saturated"], summary["saturation_cause"]) == (False, "too_short")
+    assert "too short to reach steady state" in summary["saturation_reason"]
+    warnings = [line for line in output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "too short to reach steady state" in warnings[0]
 
 
 def test_a_growing_queue_is_named_in_the_warning(tmp_path: Path) -> None:
-    """Four sequences at a time cannot serve 30 req/s: TTFT climbs through the run."""
+    """Four sequences at a time cannot serve 30 req/s: the waiting queue grows through the run."""
     summary, output = _run_json(
         tmp_path,
         "scheduler.max_num_seqs=4",
         "workload.num_requests=200",
         "workload.arrival.rate=30",
     )
-    assert summary["steady_state"] is False
-    assert "queue is still growing" in summary["steady_state_reason"]
-    assert "warning: not in steady state" in output
+    assert (summary["saturated"], summary["saturation_cause"]) == (True, "queue_growing")
+    assert summary["saturation_reason"].startswith("queue growing through the run")
+    warnings = [line for line in output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: saturated: queue growing")
 
 
 def test_a_long_enough_run_and_a_batch_do_not_warn(tmp_path: Path) -> None:
     summary, output = _run_json(tmp_path, "workload.num_requests=400", "workload.arrival.rate=4")
-    assert summary["steady_state"] is True
+    assert (summary["saturated"], summary["saturation_cause"]) == (False, None)
     assert "warning" not in output
     batch, output = _run_json(
         tmp_path, "workload.num_requests=50", "workload.arrival.rate=.inf", "seed=2"
     )
-    assert batch["steady_state"] is None
+    assert (batch["saturated"], batch["saturation_cause"]) == (True, "offline_batch")
     assert "warning" not in output
 
 

@@ -19,6 +19,8 @@ from llmservingsim.outputs.tables import (
     TIMESERIES_SCHEMA,
     RequestTableSink,
     TableWriter,
+    _column,
+    _named,
     read_table,
     requests_batch,
 )
@@ -154,3 +156,20 @@ def test_a_failed_background_write_is_raised_and_leaves_no_file(tmp_path: Path) 
     with pytest.raises(ValueError, match="schema"):
         writer.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_columns_built_from_buffers_equal_arrow_conversions() -> None:
+    """The writers build columns from numpy buffers (no pa.array: it imports pandas); the
+    arrays are the ones pa.array makes, nulls and non-ASCII names included."""
+    names = ["finished", "", "délai dépassé ✓", "x" * 300]
+    codes = np.array([2, -1, 0, 3, 1, 2, -1], dtype=np.int8)
+    expected = pa.array([names[c] if c >= 0 else None for c in codes], type=pa.string())
+    assert _named(codes, names).equals(expected)
+    assert _named(np.array([-1, -1]), []).equals(pa.array([None, None], type=pa.string()))
+    assert _named(np.array([], dtype=np.int32), names).equals(pa.array([], type=pa.string()))
+    values = np.array([1.5, -1.0, 2.5, 0.0, 7.0])
+    null = values < 0
+    for kind in (pa.float64(), pa.int64(), pa.int32()):
+        data = values.astype(np.int64) if pa.types.is_integer(kind) else values
+        assert _column(data, kind, null).equals(pa.array(data, type=kind, mask=null))
+        assert _column(data, kind).equals(pa.array(data, type=kind))

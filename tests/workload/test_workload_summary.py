@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from llmservingsim.cli import app
 from llmservingsim.compare import block_bootstrap
 from llmservingsim.config import load_config
+from llmservingsim.metrics.request_log import FINISHED
+from llmservingsim.metrics.workload_summary import NOT_SATURATED, Rows, saturation
 from llmservingsim.outputs.run_outputs import simulate_to_dir
 from llmservingsim.simulation import load_requests, simulate
 
@@ -108,13 +110,43 @@ def test_stages_report_their_own_numbers_and_saturation() -> None:
 
 def test_saturation_verdicts() -> None:
     light = summary_of("workload.num_requests=400", "workload.arrival.rate=2")
-    assert (light["saturated"], light["saturation_reason"]) == (False, None)
+    verdict = ("saturated", "saturation_cause", "saturation_reason")
+    assert [light[k] for k in verdict] == [False, None, None]
     batch = summary_of("workload.num_requests=50", "workload.arrival.rate=.inf")
-    assert batch["saturated"] is True
+    assert (batch["saturated"], batch["saturation_cause"]) == (True, "offline_batch")
     assert "all 50 requests arrive at t = 0" in batch["saturation_reason"]
     short = summary_of("workload.num_requests=10", "workload.arrival.rate=5")
-    assert short["saturated"] is False
+    assert (short["saturated"], short["saturation_cause"]) == (False, "too_short")
     assert short["saturation_reason"].startswith("run too short to reach steady state")
+
+
+def _rows(arrival: list[float], e2e: list[float]) -> Rows:
+    """Finished requests scheduled on arrival (no queue), first token 10 ms later."""
+    n = len(arrival)
+    start = np.array(arrival)
+    return Rows(
+        np.arange(n, dtype=np.int64),
+        np.full(n, FINISHED, dtype=np.int8),
+        start,
+        start,
+        start + 0.01,
+        start + np.array(e2e),
+        np.full(n, 100, dtype=np.int32),
+        np.full(n, 100, dtype=np.int32),
+    )
+
+
+def test_a_long_drain_is_too_short_although_latencies_are_short() -> None:
+    """20 arrivals, one a second, served at once in 0.5 s: steady. The same with the last
+    request taking 30 s: the mean E2E (2 s) is short against the 19 s of arrivals, but the
+    completed throughput (20 over 49 s) is 41% of the offered 1 req/s: too short."""
+    arrival = [float(k) for k in range(20)]
+    everything = np.ones(20, dtype=bool)
+    steady = saturation(_rows(arrival, [0.5] * 20), everything, 0.0, 19.0)
+    assert steady == NOT_SATURATED
+    drain = saturation(_rows(arrival, [0.5] * 19 + [30.0]), everything, 0.0, 19.0)
+    assert (drain.saturated, drain.cause) == (False, "too_short")
+    assert drain.reason is not None and "0.408 req/s is 41% of the 1 req/s offered" in drain.reason
 
 
 def test_requests_table_carries_client_and_stage(tmp_path: Path) -> None:

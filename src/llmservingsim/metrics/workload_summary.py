@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -32,11 +32,45 @@ BoolArray = npt.NDArray[np.bool_]
 
 STEADY_E2E_MULTIPLE = 5.0
 """A window shorter than this many mean E2E latencies is mostly warm-up and drain."""
+STEADY_MIN_FRACTION = 0.75
+"""A window whose completed throughput is below this fraction of its offered rate is too short
+(when no queue grew): a deployment that keeps up still measures span / (span + drain) of the
+offered rate, the drain after the last arrival being about one long request's E2E latency;
+0.75 allows a drain of up to a third of the arrival window."""
 DROPPED_SHARE = 0.01
 """More than this share of a window's requests rejected or timed out: saturated."""
 NOISE_SIGMAS = 3.0
 QUEUE_SLACK = 10
 """Queue growth above NOISE_SIGMAS·sqrt(arrivals) + QUEUE_SLACK counts as growing."""
+
+
+SaturationCause = Literal[
+    "offline_batch", "arrival_above_service_rate", "queue_growing", "too_short"
+]
+"""summary.json ``saturation_cause``: the first three make a window saturated; ``too_short``
+does not, but its numbers are mostly warm-up and drain (the run table warns)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a window of arrivals saturated the deployment, or was too short to tell."""
+
+    saturated: bool
+    cause: SaturationCause | None
+    reason: str | None
+
+    def fields(self, prefix: str = "") -> dict[str, Any]:
+        """summary.json's keys: ``saturated``, ``saturation_cause``, ``saturation_reason``
+        (the reason prefixed, e.g. with the stage it comes from)."""
+        reason = None if self.reason is None else prefix + self.reason
+        return {
+            "saturated": self.saturated,
+            "saturation_cause": self.cause,
+            "saturation_reason": reason,
+        }
+
+
+NOT_SATURATED = Verdict(False, None, None)
 
 
 @dataclass(frozen=True)
@@ -91,7 +125,7 @@ def workload_summary(
                 "priority": 0 if client_cfg is None else client_cfg.priority,
                 **group_metrics(rows, client == k, slo, duration_s),
             }
-    windows: list[tuple[str, float, float, BoolArray]] = []
+    verdicts: list[Verdict] = []
     stages = cfg.workload.stages
     if table is not None and table.stage is not None and stages is not None:
         stage = table.stage[rows.id]
@@ -116,26 +150,23 @@ def workload_summary(
             }
             entry.update(group_metrics(rows, mask, cfg.slo, spec.duration_s, throughput=False))
             verdict = saturation(rows, mask, start, end)
-            entry["saturated"], entry["saturation_reason"] = verdict
+            entry.update(verdict.fields())
             entries.append(entry)
-            windows.append((f"stage {k}", start, end, mask))
+            verdicts.append(verdict)
             start = end
         out["stages"] = entries
-        saturated = [e for e in entries if e["saturated"]]
-        short = [e for e in entries if e["saturation_reason"] and not e["saturated"]]
-        if saturated:
-            first = saturated[0]
-            out["saturated"] = True
-            out["saturation_reason"] = f"stage {first['index']}: {first['saturation_reason']}"
-        elif short:
-            out["saturated"] = False
-            out["saturation_reason"] = f"stage {short[0]['index']}: {short[0]['saturation_reason']}"
+        # The run: its first saturated stage, else its first too-short one.
+        flagged = [k for k, v in enumerate(verdicts) if v.saturated] or [
+            k for k, v in enumerate(verdicts) if v.cause is not None
+        ]
+        if flagged:
+            out.update(verdicts[flagged[0]].fields(f"stage {flagged[0]}: "))
         else:
-            out["saturated"], out["saturation_reason"] = False, None
+            out.update(NOT_SATURATED.fields())
         return out
     everything = np.ones(rows.id.size, dtype=bool)
     last = float(rows.arrival.max()) if rows.id.size else 0.0
-    out["saturated"], out["saturation_reason"] = saturation(rows, everything, 0.0, last)
+    out.update(saturation(rows, everything, 0.0, last).fields())
     return out
 
 
@@ -191,26 +222,32 @@ def waiting(rows: Rows, t: float) -> int:
     return arrived - left
 
 
-def saturation(rows: Rows, mask: BoolArray, start: float, end: float) -> tuple[bool, str | None]:
-    """(saturated, reason) for the requests of ``mask``, which arrived in [start, end]."""
+def saturation(rows: Rows, mask: BoolArray, start: float, end: float) -> Verdict:
+    """The saturation verdict of the requests of ``mask``, which arrived in [start, end]: the
+    one place summary.json's ``saturated`` / ``saturation_cause`` / ``saturation_reason`` (of
+    the run and of each stage) are decided (docs/workloads.md, "Saturation")."""
     n = int(np.count_nonzero(mask))
     if n == 0:
-        return False, None
+        return NOT_SATURATED
     arrival = rows.arrival[mask]
     status = rows.status[mask]
     first, last = float(arrival.min()), float(arrival.max())
     if n > 1 and first == last:
-        return True, (
+        return Verdict(
+            True,
+            "offline_batch",
             f"arrival rate above the measured service rate: all {n} requests arrive at "
-            f"t = {first:g} s (an offline batch), the queue only drains"
+            f"t = {first:g} s (an offline batch), the queue only drains",
         )
     dropped = int(
         np.count_nonzero((status == STATUS_CODE["rejected"]) | (status == STATUS_CODE["timed_out"]))
     )
     if dropped > DROPPED_SHARE * n:
-        return True, (
+        return Verdict(
+            True,
+            "arrival_above_service_rate",
             f"arrival rate above the measured service rate: {dropped} of {n} requests "
-            f"({dropped / n:.0%}) were rejected or timed out"
+            f"({dropped / n:.0%}) were rejected or timed out",
         )
     mid = start + (end - start) / 2.0
     queue_mid, queue_end = waiting(rows, mid), waiting(rows, end)
@@ -218,18 +255,43 @@ def saturation(rows: Rows, mask: BoolArray, start: float, end: float) -> tuple[b
     if end > mid and queue_end - queue_mid > NOISE_SIGMAS * math.sqrt(second_half) + QUEUE_SLACK:
         started = int(np.count_nonzero((rows.left_queue > mid) & (rows.left_queue <= end)))
         span = end - mid
-        return True, (
+        return Verdict(
+            True,
+            "queue_growing",
             f"queue growing through the run: {queue_mid} → {queue_end} waiting requests over "
             f"the second half ({mid:,.1f}-{end:,.1f} s); arrival rate {second_half / span:.3g} "
-            f"req/s above the measured service rate {started / span:.3g} req/s"
+            f"req/s above the measured service rate {started / span:.3g} req/s",
         )
     done = status == FINISHED
-    if np.any(done):
-        mean_e2e = float((rows.finish[mask][done] - arrival[done]).mean())
-        span = end - start
-        if span < STEADY_E2E_MULTIPLE * mean_e2e:
-            return False, (
-                f"run too short to reach steady state: arrivals span {span:,.3g} s, less "
-                f"than {STEADY_E2E_MULTIPLE:g}× the mean E2E latency ({mean_e2e:,.3g} s)"
+    if not np.any(done):
+        return NOT_SATURATED
+    done_arrival = arrival[done]
+    done_finish = rows.finish[mask][done]
+    mean_e2e = float((done_finish - done_arrival).mean())
+    span = end - start
+    if span < STEADY_E2E_MULTIPLE * mean_e2e:
+        return Verdict(
+            False,
+            "too_short",
+            f"run too short to reach steady state: arrivals span {span:,.3g} s, less "
+            f"than {STEADY_E2E_MULTIPLE:g}× the mean E2E latency ({mean_e2e:,.3g} s)",
+        )
+    # The throughput a run reports (completions over first arrival to last finish) counts the
+    # drain after the last arrival; when the drain is long against the arrivals, that
+    # throughput is far below the offered rate although no queue grew.
+    completed = int(done_arrival.size)
+    served_for = float(done_finish.max()) - float(done_arrival.min())
+    if n > 1 and last > first and served_for > 0.0:
+        offered = (n - 1) / (last - first)
+        throughput = completed / served_for
+        if throughput < STEADY_MIN_FRACTION * offered:
+            return Verdict(
+                False,
+                "too_short",
+                f"run too short to reach steady state: completed throughput {throughput:.3g} "
+                f"req/s is {throughput / offered:.0%} of the {offered:.3g} req/s offered; the "
+                f"last request finished {float(done_finish.max()) - last:,.3g} s after the last "
+                f"arrival, against {last - first:,.3g} s of arrivals (raise "
+                "workload.num_requests; a gap that stays means the load exceeds capacity)",
             )
-    return False, None
+    return NOT_SATURATED

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 
 from llmservingsim.errors import UserError
 from llmservingsim.metrics.decisions import KINDS, DecisionChunk
-from llmservingsim.metrics.request_log import RequestChunk
+from llmservingsim.metrics.request_log import STATUSES, RequestChunk
 from llmservingsim.outputs.files import temp_path
 from llmservingsim.workload.request_table import RequestTable
 
@@ -88,15 +89,65 @@ DECISIONS_SCHEMA = pa.schema(
 )
 
 
-def _masked(
-    values: np.ndarray[Any, Any], null: np.ndarray[Any, Any], kind: pa.DataType
+# Columns are built from their numpy buffers (``pa.Array.from_buffers``), never with
+# ``pa.array``: pyarrow's conversion asks its pandas shim whether the input is a pandas object,
+# and the shim imports pandas to answer when pandas is installed (0.3 s of CPU, a third of a
+# short run's start-up; docs/performance.md, "Start-up").
+_NUMPY_TYPES: dict[pa.DataType, type[np.generic]] = {
+    pa.int32(): np.int32,
+    pa.int64(): np.int64,
+    pa.float64(): np.float64,
+}
+
+
+def _validity(null: npt.NDArray[np.bool_] | None) -> tuple[pa.Buffer | None, int]:
+    """Arrow's validity bitmap (bit set: a value) and null count of a null mask."""
+    if null is None:
+        return None, 0
+    nulls = int(np.count_nonzero(null))
+    if nulls == 0:
+        return None, 0
+    return pa.py_buffer(np.packbits(~null, bitorder="little")), nulls
+
+
+def _column(
+    values: np.ndarray[Any, Any], kind: pa.DataType, null: npt.NDArray[np.bool_] | None = None
 ) -> pa.Array:
-    """``values`` as an Arrow array with nulls where ``null`` is set."""
-    return pa.array(values, type=kind, mask=null if null.any() else None)
+    """``values`` as an Arrow array of ``kind`` (int32, int64 or float64), null where ``null``
+    is set."""
+    data = np.ascontiguousarray(values, dtype=_NUMPY_TYPES[kind])
+    validity, nulls = _validity(null)
+    return pa.Array.from_buffers(
+        kind, int(data.size), [validity, pa.py_buffer(data)], null_count=nulls
+    )
 
 
-def _strings(names: list[str | None]) -> pa.Array:
-    return pa.array(names, type=pa.string())
+def _named(codes: np.ndarray[Any, Any], names: SequenceOf[str]) -> pa.Array:
+    """The string ``names[code]`` of each row; null where ``code`` is negative.
+
+    Built byte by byte with numpy (a dictionary array decoded by Arrow would import
+    pyarrow.compute, 0.03 s): each row's bytes are its name's slice of the joined names."""
+    encoded = [name.encode() for name in names]
+    # Name k's bytes are pool[start[k]:start[k + 1]]; the extra last name is the empty null.
+    start = np.zeros(len(encoded) + 2, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=start[1:-1])
+    start[-1] = start[-2]
+    absent = codes < 0
+    which = np.where(absent, len(encoded), codes)
+    length = start[which + 1] - start[which]
+    offsets = np.zeros(which.size + 1, dtype=np.int64)
+    np.cumsum(length, out=offsets[1:])
+    assert offsets[-1] < 2**31, "a string column of one batch over 2 GiB"
+    within = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], length)
+    pool = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    data = pool[np.repeat(start[which], length) + within]
+    validity, nulls = _validity(absent)
+    return pa.Array.from_buffers(
+        pa.string(),
+        int(which.size),
+        [validity, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)],
+        null_count=nulls,
+    )
 
 
 @dataclass(frozen=True)
@@ -118,13 +169,11 @@ class RequestLabels:
         if self.client is None:
             client = pa.nulls(ids.size, type=pa.string())
         else:
-            names = pa.array(self.client_names, type=pa.string())
-            codes = pa.array(self.client[ids], type=pa.int32())
-            client = pa.DictionaryArray.from_arrays(codes, names).cast(pa.string())
+            client = _named(self.client[ids], self.client_names)
         if self.stage is None:
             stage = pa.nulls(ids.size, type=pa.int32())
         else:
-            stage = pa.array(self.stage[ids], type=pa.int32())
+            stage = _column(self.stage[ids], pa.int32())
         return client, stage
 
 
@@ -140,56 +189,53 @@ def requests_batch(chunk: RequestChunk, labels: RequestLabels | None = None) -> 
     prefill = chunk["prefill_instance"]
     not_handed_off = prefill < 0
     columns = [
-        pa.array(chunk["id"], type=pa.int64()),
-        pa.array(chunk["instance"], type=pa.int32()),
-        _strings(list(chunk.status_names())),
-        pa.array(arrival, type=pa.float64()),
-        _masked(first_scheduled, first_scheduled < 0, pa.float64()),
-        _masked(first_token, first_token < 0, pa.float64()),
-        pa.array(finish, type=pa.float64()),
-        pa.array(chunk["input_tokens"], type=pa.int64()),
-        pa.array(output, type=pa.int64()),
-        pa.array(chunk["cached_tokens"], type=pa.int64()),
-        pa.array(chunk["preemptions"], type=pa.int32()),
-        _masked(first_token - arrival, unserved, pa.float64()),
-        _masked(tpot, no_tpot, pa.float64()),
-        _masked(finish - arrival, unserved, pa.float64()),
-        _strings(chunk.reason_names()),
-        _masked(prefill, not_handed_off, pa.int32()),
-        _masked(chunk["kv_transfer_s"], not_handed_off, pa.float64()),
-        _strings(chunk.lora_names()),
+        _column(chunk["id"], pa.int64()),
+        _column(chunk["instance"], pa.int32()),
+        _named(chunk["status"], STATUSES),
+        _column(arrival, pa.float64()),
+        _column(first_scheduled, pa.float64(), first_scheduled < 0),
+        _column(first_token, pa.float64(), first_token < 0),
+        _column(finish, pa.float64()),
+        _column(chunk["input_tokens"], pa.int64()),
+        _column(output, pa.int64()),
+        _column(chunk["cached_tokens"], pa.int64()),
+        _column(chunk["preemptions"], pa.int32()),
+        _column(first_token - arrival, pa.float64(), unserved),
+        _column(tpot, pa.float64(), no_tpot),
+        _column(finish - arrival, pa.float64(), unserved),
+        _named(chunk["fail_reason"], chunk.reasons),
+        _column(prefill, pa.int32(), not_handed_off),
+        _column(chunk["kv_transfer_s"], pa.float64(), not_handed_off),
+        _named(chunk["lora"], chunk.loras),
         *(labels or RequestLabels()).columns(chunk["id"]),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=REQUESTS_SCHEMA)
 
 
-def _coded(codes: np.ndarray[Any, Any], names: list[str]) -> pa.Array:
-    """String column from codes into ``names`` (-1: null), built without a Python loop."""
-    null = codes < 0
-    indices = pa.array(codes, type=pa.int32(), mask=null if null.any() else None)
-    dictionary = pa.array(names if names else [""], type=pa.string())
-    return pa.DictionaryArray.from_arrays(indices, dictionary).cast(pa.string())
-
-
 def decisions_batch(chunk: DecisionChunk) -> pa.RecordBatch:
     """Arrow rows of decisions (metrics/decisions.py); candidates and scores as list columns."""
-    offsets = pa.array(chunk.offsets.astype(np.int32), type=pa.int32())
-    unscored = chunk["scored"] == 0
+    offsets = _column(chunk.offsets, pa.int32())
+    unscored = np.asarray(chunk["scored"] == 0)
+    unscored_mask = pa.Array.from_buffers(
+        pa.bool_(),
+        int(unscored.size),
+        [None, pa.py_buffer(np.packbits(unscored, bitorder="little"))],
+    )
     columns = [
-        pa.array(chunk["time_s"], type=pa.float64()),
-        _coded(chunk["kind"].astype(np.int32), list(KINDS)),
-        _masked(chunk["request_id"], chunk["request_id"] < 0, pa.int64()),
-        _masked(chunk["instance"], chunk["instance"] < 0, pa.int32()),
-        _coded(chunk["policy"], chunk.strings),
-        pa.ListArray.from_arrays(offsets, pa.array(chunk.candidate_values, type=pa.int64())),
+        _column(chunk["time_s"], pa.float64()),
+        _named(chunk["kind"], KINDS),
+        _column(chunk["request_id"], pa.int64(), chunk["request_id"] < 0),
+        _column(chunk["instance"], pa.int32(), chunk["instance"] < 0),
+        _named(chunk["policy"], chunk.strings),
+        pa.ListArray.from_arrays(offsets, _column(np.asarray(chunk.candidate_values), pa.int64())),
         pa.ListArray.from_arrays(
             offsets,
-            pa.array(chunk.score_values, type=pa.float64()),
-            mask=pa.array(unscored) if unscored.any() else None,
+            _column(np.asarray(chunk.score_values), pa.float64()),
+            mask=unscored_mask if unscored.any() else None,
         ),
-        _masked(chunk["chosen"], chunk["chosen"] < 0, pa.int64()),
-        _coded(chunk["outcome"], chunk.strings),
-        _coded(chunk["reason"], chunk.strings),
+        _column(chunk["chosen"], pa.int64(), chunk["chosen"] < 0),
+        _named(chunk["outcome"], chunk.strings),
+        _named(chunk["reason"], chunk.strings),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=DECISIONS_SCHEMA)
 
@@ -267,7 +313,8 @@ class TableWriter:
         """Finish the file (an empty table when nothing was written) and return its path."""
         try:
             if self._writer is None:
-                self.write(pa.RecordBatch.from_pylist([], schema=self.schema))
+                empty = [pa.nulls(0, type=field.type) for field in self.schema]
+                self.write(pa.RecordBatch.from_arrays(empty, schema=self.schema))
             self._wait()
             writer, self._writer = self._writer, None
             assert writer is not None
@@ -337,8 +384,16 @@ def write_table(
     fmt: TableFormat,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
+    """A table of ``columns`` (named by ``schema``) in one batch. Numeric columns (numpy) are
+    built from their buffers; others (strings, e.g. compare's deltas) through ``pa.array``."""
     writer = TableWriter(out_dir, stem, schema, fmt, metadata)
-    writer.write(pa.RecordBatch.from_pydict(columns, schema=writer.schema))
+    arrays = [
+        _column(columns[field.name], field.type)
+        if field.type in _NUMPY_TYPES
+        else pa.array(columns[field.name], type=field.type)
+        for field in schema
+    ]
+    writer.write(pa.RecordBatch.from_arrays(arrays, schema=writer.schema))
     return writer.close()
 
 
@@ -353,7 +408,10 @@ def read_table(
     parquet, csv = out_dir / f"{stem}.parquet", out_dir / f"{stem}.csv"
     try:
         if parquet.exists():
-            table = pq.read_table(parquet, columns=columns)
+            # One file: ParquetFile reads it without the datasets layer (pq.read_table's), whose
+            # import imports pandas.
+            with pq.ParquetFile(parquet) as file:
+                table = file.read(columns=columns)
         elif csv.exists():
             types = pacsv.ConvertOptions(
                 column_types=dict(zip(schema.names, schema.types, strict=True)),
@@ -367,4 +425,26 @@ def read_table(
         raise UserError(
             f"{parquet if parquet.exists() else csv}: unreadable table: {exc}"
         ) from None
-    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    return {name: _numpy(table.column(name)) for name in table.column_names}
+
+
+def _numpy(column: pa.ChunkedArray) -> np.ndarray[Any, Any]:
+    """A column as numpy, as ``to_numpy(zero_copy_only=False)`` gives it (nulls: NaN, an integer
+    column with nulls as float64); numeric columns are read from their buffers, since Arrow's
+    conversion imports pandas (the strings still go through it)."""
+    dtype = _NUMPY_TYPES.get(column.type)
+    if dtype is None:
+        strings: np.ndarray[Any, Any] = column.to_numpy(zero_copy_only=False)
+        return strings
+    parts = [np.empty(0, dtype=dtype)]
+    for chunk in column.chunks:
+        if len(chunk) == 0:
+            continue
+        validity, data = chunk.buffers()[:2]
+        values = np.frombuffer(data, dtype=dtype, count=chunk.offset + len(chunk))[chunk.offset :]
+        if chunk.null_count:
+            bits = np.frombuffer(validity, dtype=np.uint8)
+            valid = np.unpackbits(bits, count=chunk.offset + len(chunk), bitorder="little")
+            values = np.where(valid[chunk.offset :].astype(bool), values, np.nan)
+        parts.append(values)
+    return np.concatenate(parts)

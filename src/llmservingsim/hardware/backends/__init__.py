@@ -24,13 +24,10 @@ Other packages add backends through the entry-point group ``llmservingsim.perf_b
 
 from __future__ import annotations
 
-# Built-in backends register themselves on import.
-from llmservingsim.hardware.backends import external as _external  # noqa: F401
-from llmservingsim.hardware.backends import kernel_db as _kernel_db  # noqa: F401
-from llmservingsim.hardware.backends import profile as _profile  # noqa: F401
+# Built-in backends register themselves when their module is imported: the roofline (every
+# GPU run's) now, the others when a config names them (their tables, parsers and dataclasses
+# cost a run 0.07 s of start-up; docs/performance.md, "Start-up").
 from llmservingsim.hardware.backends import roofline as _roofline  # noqa: F401
-from llmservingsim.hardware.backends import scalesim as _scalesim  # noqa: F401
-from llmservingsim.hardware.backends import systolic as _systolic  # noqa: F401
 from llmservingsim.hardware.backends.base import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
 from llmservingsim.hardware.backends.base import PERF_BACKENDS as PERF_BACKENDS
 from llmservingsim.hardware.backends.base import PerfBackend as PerfBackend
@@ -40,3 +37,6 @@ from llmservingsim.hardware.backends.base import backend_name_for as backend_nam
 from llmservingsim.hardware.backends.base import backend_stats as backend_stats
 from llmservingsim.hardware.backends.base import build_backend as build_backend
 from llmservingsim.hardware.backends.base import make_backend as make_backend
+
+for _name in ("external", "kernel_db", "profile", "scalesim", "systolic"):
+    PERF_BACKENDS.register_module(_name, f"llmservingsim.hardware.backends.{_name}")
