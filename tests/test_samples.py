@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -47,7 +49,51 @@ def test_equal_neighbours_share_one_entry() -> None:
         samples.add(0.01)
     samples.add(0.02, 500)
     assert len(samples) == 1500
-    assert np.frombuffer(samples._counts, dtype=np.int64).tolist() == [1000, 500]
+    assert samples._runs()[1].tolist() == [1000, 500]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    calls=st.lists(
+        st.tuples(
+            st.booleans(),
+            st.lists(st.sampled_from([0.001, 0.02, -0.0, 0.0, 1e-5]), min_size=1, max_size=6),
+            st.integers(0, 5),
+        ),
+        max_size=20,
+    )
+)
+def test_runs_are_stored_as_a_merge_with_the_previous_value_stores_them(
+    calls: list[tuple[bool, list[float], int]],
+) -> None:
+    """The runs, in order, are those of a list that merges a sample into the last run when
+    equal to its value and stores an array's values as given: the sums over runs (the mean)
+    add the same terms in the same order, whichever run is still open."""
+    samples = RepeatedSamples()
+    values: list[float] = []
+    counts: list[int] = []
+    for each, batch, count in calls:
+        if each:
+            samples.add_each(np.array(batch, dtype=np.float64), count)
+            if count > 0:
+                values += batch
+                counts += [count] * len(batch)
+            continue
+        for value in batch:
+            samples.add(value, count)
+            if count <= 0:
+                continue
+            if values and values[-1] == value:
+                counts[-1] += count
+            else:
+                values.append(value)
+                counts.append(count)
+    got_values, got_counts = samples._runs()
+    assert got_values.tolist() == values
+    assert [math.copysign(1.0, v) for v in got_values.tolist()] == [
+        math.copysign(1.0, v) for v in values
+    ]
+    assert got_counts.tolist() == counts
 
 
 @settings(max_examples=100, deadline=None)

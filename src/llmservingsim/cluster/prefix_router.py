@@ -54,7 +54,7 @@ class PrefixAwareRouter(LeastOutstandingRouter):
         candidates: set[int] = set()
         # Outstanding requests per instance, as the cluster's load board has them (the
         # compiled event loop keeps the board, not the Instance objects, up to date).
-        loads: list[int] = self._loads().tolist()
+        loads = self._loads()
         if chain and not self._imbalanced(loads):
             # Walk the prompt's blocks, keeping the instances that remember all of them so far.
             for h in chain:

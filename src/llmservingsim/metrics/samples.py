@@ -18,21 +18,29 @@ import numpy.typing as npt
 
 
 class RepeatedSamples:
+    """Runs of (value, count). The run being extended lives in two plain fields, so adding
+    to it (almost every call) touches no array; it is appended when another value comes."""
+
     def __init__(self) -> None:
         self._values = array("d")
         self._counts = array("q")
         self._total = 0
+        self._last = 0.0  # the open run (not in the arrays yet); none while _last_count is 0
+        self._last_count = 0
 
     def add(self, value: float, count: int = 1) -> None:
         """Add ``count`` samples equal to ``value``."""
         if count <= 0:
             return
         self._total += count
-        if self._values and self._values[-1] == value:
-            self._counts[-1] += count
-        else:
-            self._values.append(value)
-            self._counts.append(count)
+        if self._last_count and self._last == value:
+            self._last_count += count
+            return
+        if self._last_count:
+            self._values.append(self._last)
+            self._counts.append(self._last_count)
+        self._last = value
+        self._last_count = count
 
     def add_each(self, values: npt.NDArray[np.float64], count: int) -> None:
         """Add ``count`` samples equal to each of ``values`` (a fast-forward run's gaps).
@@ -43,14 +51,29 @@ class RepeatedSamples:
         if count <= 0 or not len(values):
             return
         self._total += count * len(values)
-        self._values.frombytes(np.ascontiguousarray(values, dtype=np.float64).tobytes())
-        self._counts.frombytes(np.full(len(values), count, dtype=np.int64).tobytes())
+        if self._last_count:
+            self._values.append(self._last)
+            self._counts.append(self._last_count)
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        self._values.frombytes(values[:-1].tobytes())
+        self._counts.frombytes(np.full(len(values) - 1, count, dtype=np.int64).tobytes())
+        self._last = float(values[-1])
+        self._last_count = count
 
     def __len__(self) -> int:
         return self._total
 
+    def _runs(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        """Every run, the open one included, as (values, counts) arrays (read-only)."""
+        values = np.frombuffer(self._values, dtype=np.float64)
+        counts = np.frombuffer(self._counts, dtype=np.int64)
+        if not self._last_count:
+            return values, counts
+        return np.append(values, self._last), np.append(counts, self._last_count)
+
     def __iter__(self) -> Iterator[float]:
-        for value, count in zip(self._values, self._counts, strict=True):
+        values, counts = self._runs()
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
             yield from repeat(value, count)
 
     def stats(self) -> dict[str, float | None]:
@@ -58,8 +81,7 @@ class RepeatedSamples:
         and ``mean`` compute them; None for each when there is no sample."""
         if self._total == 0:
             return {"mean": None, "p50": None, "p90": None, "p99": None, "max": None}
-        values = np.frombuffer(self._values, dtype=np.float64)
-        counts = np.frombuffer(self._counts, dtype=np.int64)
+        values, counts = self._runs()
         order = np.argsort(values, kind="stable")
         values, counts = values[order], counts[order]
         del order  # (a long run has millions of runs: keep the peak to the sorted copies)

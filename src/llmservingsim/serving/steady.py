@@ -193,9 +193,10 @@ class SteadyDecoders:
         self.in_flight = self.in_flight_context = 0
         step = self.ended
         self.ended = step + 1
-        finishing = self._finishing.pop(step, None)
+        finishing = self._finishing.get(step)
         if finishing is None:
             return []
+        del self._finishing[step]
         heapq.heappop(self._finish_steps)
         # Members join in admission order (they lead the running list and newcomers join
         # behind them), so each step's list of finishers is in admission order too.

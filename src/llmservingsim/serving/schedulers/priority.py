@@ -131,7 +131,7 @@ class PriorityScheduler(VllmScheduler):
             return False
         if not self.waiting_outranks():
             return True
-        if len(running) + len(self.waiting) > self.cfg.max_num_seqs:
+        if len(running) + len(self.waiting) > self.max_num_seqs:
             return False
         for seq in self.waiting:
             need += blocks.blocks_needed(seq.num_tokens)
@@ -164,7 +164,7 @@ class PriorityScheduler(VllmScheduler):
         return sum(len(s.blocks) for s in self.running if s.spec.priority > priority)
 
     def schedule(self) -> list[ScheduledEntry]:
-        budget = self.cfg.max_num_batched_tokens
+        budget = self.max_num_batched_tokens
         entries: list[ScheduledEntry] = []
         preempted = False
         running, blocks = self.running, self.blocks
@@ -201,7 +201,7 @@ class PriorityScheduler(VllmScheduler):
             return entries
         in_use = self.adapters_in_use()
         skipped: list[Sequence] = []  # their LoRA adapter has no slot this step
-        max_num_seqs = self.cfg.max_num_seqs
+        max_num_seqs = self.max_num_seqs
         floor: int | None = None  # the smallest priority value preempted in this pass
         while self.waiting and budget > 0:
             seq = self.waiting[0]

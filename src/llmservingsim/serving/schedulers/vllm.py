@@ -36,7 +36,7 @@ class VllmScheduler(Scheduler):
         return self.blocks.fast_forward_safe
 
     def schedule(self) -> list[ScheduledEntry]:
-        budget = self.cfg.max_num_batched_tokens
+        budget = self.max_num_batched_tokens
         # The steady decoders lead the running list: one token each, as a group.
         i = steady = self.begin_steady_step(budget)
         budget -= steady
@@ -73,7 +73,7 @@ class VllmScheduler(Scheduler):
             return entries
         in_use = self.adapters_in_use()
         skipped: list[Sequence] = []  # their LoRA adapter has no slot this step
-        while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if self.adapters is not None and not self.adapter_ready(seq, in_use):
                 skipped.append(self.waiting.popleft())
