@@ -123,3 +123,21 @@ def test_adding_each_value_of_an_array_equals_adding_them_one_by_one(
         assert got["mean"] is None
     else:
         assert got["mean"] == pytest.approx(want["mean"], rel=1e-12)  # summed in another order
+
+
+def test_runs_past_the_pending_list_are_stored_in_order() -> None:
+    """Closed runs move from the pending lists to the arrays in batches: order and values
+    are kept across the moves (and across an array of gaps added in between)."""
+    samples = RepeatedSamples()
+    values = [0.001 * (k % 7) for k in range(10_000)]
+    for k, value in enumerate(values[:6000]):
+        samples.add(value, 1 + k % 3)
+    samples.add_each(np.array(values[6000:6010], dtype=np.float64), 2)
+    for k, value in enumerate(values[6010:]):
+        samples.add(value, 1 + k % 3)
+    got_values, got_counts = samples._runs()
+    assert got_values.tolist() == values
+    assert got_counts.tolist() == [1 + k % 3 for k in range(6000)] + [2] * 10 + [
+        1 + k % 3 for k in range(4000 - 10)
+    ]
+    assert len(samples) == sum(got_counts.tolist())

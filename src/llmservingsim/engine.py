@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from heapq import heappop, heappush
 from typing import ClassVar, Final, Protocol
 
 from mypy_extensions import mypyc_attr
@@ -84,6 +83,85 @@ def chain(hooks: list[EngineHooks]) -> EngineHooks | None:
     if not hooks:
         return None
     return hooks[0] if len(hooks) == 1 else HookChain(hooks)
+
+
+class Event:
+    """A pending event. Events are taken by time, then kind, instance, virtual engine or
+    transfer id, step serial: a fixed order for events at the same time."""
+
+    time: float
+    kind: int
+    instance: int
+    arg: int  # virtual engine index, or transfer id
+    serial: int  # step serial of a step end (a cut fast-forward run's old end is stale)
+
+    def __init__(self, time: float, kind: int, instance: int, arg: int, serial: int) -> None:
+        self.time = time
+        self.kind = kind
+        self.instance = instance
+        self.arg = arg
+        self.serial = serial
+
+    def before(self, other: Event) -> bool:
+        """Whether this event is taken before ``other``."""
+        if self.time != other.time:
+            return self.time < other.time
+        if self.kind != other.kind:
+            return self.kind < other.kind
+        if self.instance != other.instance:
+            return self.instance < other.instance
+        if self.arg != other.arg:
+            return self.arg < other.arg
+        return self.serial < other.serial
+
+
+class EventQueue:
+    """Pending events, the next one first: a binary heap of :class:`Event` compared in
+    compiled code (heapq would compare tuples through the interpreter, every event)."""
+
+    def __init__(self) -> None:
+        self._heap: list[Event] = []
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def first_time(self) -> float:
+        """When the next event happens (the queue must not be empty)."""
+        return self._heap[0].time
+
+    def push(self, event: Event) -> None:
+        heap = self._heap
+        heap.append(event)
+        i = len(heap) - 1
+        while i > 0:
+            parent = (i - 1) >> 1
+            above = heap[parent]
+            if not event.before(above):
+                break
+            heap[i] = above
+            i = parent
+        heap[i] = event
+
+    def pop(self) -> Event:
+        """Remove and return the next event."""
+        heap = self._heap
+        last = heap.pop()
+        if not heap:
+            return last
+        first = heap[0]
+        n = len(heap)
+        i = 0
+        child = 1
+        while child < n:
+            if child + 1 < n and heap[child + 1].before(heap[child]):
+                child += 1
+            if not heap[child].before(last):
+                break
+            heap[i] = heap[child]
+            i = child
+            child = 2 * i + 1
+        heap[i] = last
+        return first
 
 
 INF: Final = float("inf")
@@ -181,14 +259,14 @@ class Engine:
         self.progress_every = progress_every
         self.now = 0.0
         # (time, kind, instance index, virtual engine index or transfer id, step serial)
-        self._events: list[tuple[float, int, int, int, int]] = []
+        self._events = EventQueue()
         self._transfers: dict[int, Sequence] = {}
         self._next_arrival = INF  # arrival time of the next request not yet routed
         self.interrupted = False
         self._held = HeldSignals()  # a stop signal noted during the loop (interrupt.py)
 
     def _push(self, time: float, kind: int, instance: int, arg: int, serial: int = 0) -> None:
-        heappush(self._events, (time, kind, instance, arg, serial))
+        self._events.push(Event(time, kind, instance, arg, serial))
 
     def _push_step_end(self, time: float, instance: Instance, engine_index: int) -> None:
         ve = instance.engines[engine_index]
@@ -255,7 +333,7 @@ class Engine:
         hooks = self.hooks
         routes_by_kv_usage = self.dispatcher.routes_by_kv_usage
         polls = 0
-        while spec is not None or events:
+        while spec is not None or len(events):
             polls += 1
             if polls & 1023 == 0:
                 held.poll()  # Python code: pending signal handlers run (the loop is compiled)
@@ -263,7 +341,7 @@ class Engine:
                 # A stop signal, handed over between two events (it raises KeyboardInterrupt
                 # under the CLI and for Ctrl-C: run() keeps what was served).
                 held.deliver()
-            if spec is not None and (not events or spec.arrival_s <= events[0][0]):
+            if spec is not None and (not len(events) or spec.arrival_s <= events.first_time()):
                 # Admit every request arriving at this instant before any idle instance starts,
                 # so a burst at t=0 forms one batch instead of a batch of one.
                 arrival_time = spec.arrival_s
@@ -287,7 +365,9 @@ class Engine:
                 if closed is not None and closed.poll(now) and spec is None:
                     spec = self._closed_next(closed)
                 continue
-            self.now, kind, index, arg, serial = heappop(events)
+            event = events.pop()
+            self.now = event.time
+            kind, index, arg, serial = event.kind, event.instance, event.arg, event.serial
             instance = instances[index]
             if kind == STEP_END:
                 if serial != instance.engines[arg].step_serial:

@@ -16,16 +16,22 @@ from itertools import repeat
 import numpy as np
 import numpy.typing as npt
 
+_PENDING = 4096
+"""Closed runs kept in Python lists before they move to the arrays in one call."""
+
 
 class RepeatedSamples:
     """Runs of (value, count). The run being extended lives in two plain fields, so adding
-    to it (almost every call) touches no array; it is appended when another value comes."""
+    to it touches no array; a closed run waits in a list (a native append in the compiled
+    build) and moves to the arrays with ``_PENDING`` others."""
 
     def __init__(self) -> None:
         self._values = array("d")
         self._counts = array("q")
+        self._pending_values: list[float] = []
+        self._pending_counts: list[int] = []
         self._total = 0
-        self._last = 0.0  # the open run (not in the arrays yet); none while _last_count is 0
+        self._last = 0.0  # the open run (not stored yet); none while _last_count is 0
         self._last_count = 0
 
     def add(self, value: float, count: int = 1) -> None:
@@ -33,14 +39,26 @@ class RepeatedSamples:
         if count <= 0:
             return
         self._total += count
-        if self._last_count and self._last == value:
-            self._last_count += count
-            return
         if self._last_count:
-            self._values.append(self._last)
-            self._counts.append(self._last_count)
+            if self._last == value:
+                self._last_count += count
+                return
+            self._close_run()
         self._last = value
         self._last_count = count
+
+    def _close_run(self) -> None:
+        self._pending_values.append(self._last)
+        self._pending_counts.append(self._last_count)
+        self._last_count = 0
+        if len(self._pending_values) >= _PENDING:
+            self._store_pending()
+
+    def _store_pending(self) -> None:
+        self._values.extend(self._pending_values)
+        self._counts.extend(self._pending_counts)
+        self._pending_values.clear()
+        self._pending_counts.clear()
 
     def add_each(self, values: npt.NDArray[np.float64], count: int) -> None:
         """Add ``count`` samples equal to each of ``values`` (a fast-forward run's gaps).
@@ -52,8 +70,8 @@ class RepeatedSamples:
             return
         self._total += count * len(values)
         if self._last_count:
-            self._values.append(self._last)
-            self._counts.append(self._last_count)
+            self._close_run()
+        self._store_pending()
         values = np.ascontiguousarray(values, dtype=np.float64)
         self._values.frombytes(values[:-1].tobytes())
         self._counts.frombytes(np.full(len(values) - 1, count, dtype=np.int64).tobytes())
@@ -65,6 +83,7 @@ class RepeatedSamples:
 
     def _runs(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
         """Every run, the open one included, as (values, counts) arrays (read-only)."""
+        self._store_pending()
         values = np.frombuffer(self._values, dtype=np.float64)
         counts = np.frombuffer(self._counts, dtype=np.int64)
         if not self._last_count:

@@ -387,11 +387,11 @@ class IterationTimer:
     ) -> tuple[FloatArray, FloatArray]:
         """``graph.decode_attention_work`` of each context, as arrays (the same formula,
         element by element, as a step computes it)."""
-        work = self.graph.decode_attention_work
+        graph = self.graph
         flops: list[float] = []
         traffic: list[float] = []
         for context in contexts.tolist():
-            attn_f, attn_b = work(num_seqs, context)
+            attn_f, attn_b = graph.decode_attention_work(num_seqs, context)
             flops.append(attn_f)
             traffic.append(attn_b)
         return np.array(flops, dtype=np.float64), np.array(traffic, dtype=np.float64)

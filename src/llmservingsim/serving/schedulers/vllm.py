@@ -42,8 +42,8 @@ class VllmScheduler(Scheduler):
         budget -= steady
         entries: list[ScheduledEntry] = []
         preempted = False
-        running, try_allocate = self.running, self.blocks.try_allocate
-        block_size = self.blocks.block_size
+        running, blocks = self.running, self.blocks
+        block_size = blocks.block_size
         only_grows = self.blocks.allocation_only_grows
         count, lookahead = len(running), self.lookahead
         while i < count and budget > 0:
@@ -56,7 +56,7 @@ class VllmScheduler(Scheduler):
             # Most decode steps need no new block: then try_allocate would do nothing.
             fits = only_grows and seq.num_computed + num_new <= len(seq.blocks) * block_size
             preempted_itself = False
-            while not (fits or try_allocate(seq, num_new)):
+            while not (fits or blocks.try_allocate(seq, num_new)):
                 victim = running.pop()
                 count -= 1
                 self.preempt(victim)
