@@ -60,7 +60,7 @@ test: lint
 # Long input fuzzing (>= 10,000 examples, about half an hour on 2 cores); `make test` runs a fast profile.
 fuzz: $(DEV_STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q --hypothesis-show-statistics \
-		tests/test_fuzz_config.py tests/test_fuzz_traces.py tests/test_fuzz_schema.py
+		tests/config/test_fuzz_config.py tests/workload/test_fuzz_traces.py tests/config/test_fuzz_schema.py
 
 bench: $(RUN_STAMP)
 	$(BIN)/python benchmarks/run_benchmarks.py

@@ -14,11 +14,12 @@ import sys
 import timeit
 from collections.abc import Callable
 
+from llmservingsim.build import build_cluster
 from llmservingsim.config import load_config
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.steps import StepChunk
 from llmservingsim.perf.iteration import BatchShape, StepCost
-from llmservingsim.simulation import build_cluster
+from llmservingsim.scenario import resolve
 
 SCENARIO_C = ["model=llama-2-70b", "hardware=a100-80gb", "cluster.tensor_parallel=4"]
 DECODE = 100
@@ -36,7 +37,7 @@ def best_us(call: Callable[[], object], number: int) -> float:
 
 def stepper(batch: BatchShape) -> Callable[[], StepCost]:
     cfg = load_config(None, SCENARIO_C)
-    timer = build_cluster(cfg, MetricsCollector()).instances[0].timer
+    timer = build_cluster(resolve(cfg), MetricsCollector()).instances[0].timer
 
     def step() -> StepCost:
         batch.decode_context += DECODE

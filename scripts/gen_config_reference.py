@@ -1,7 +1,7 @@
 """Write docs/config-reference.md from the pydantic config models (``--check``: fail if stale).
 
 The reference is generated so it cannot drift from the code: every key, its type, default and
-description (the field's docstring) comes from src/llmservingsim/config.py. tests/test_docs.py
+description (the field's docstring) comes from src/llmservingsim/config.py. tests/app/test_docs.py
 runs ``--check``.
 """
 

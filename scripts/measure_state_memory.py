@@ -1,4 +1,4 @@
-"""Peak memory a run costs per request and per instance (preflight.BYTES_PER_REQUEST and
+"""Peak memory a run costs per request and per instance (state_memory.BYTES_PER_REQUEST and
 BYTES_PER_INSTANCE): each measurement runs in a fresh process and reads its peak RSS.
 
     .venv/bin/python scripts/measure_state_memory.py

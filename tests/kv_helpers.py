@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import llmservingsim.scenario as scenario
 import llmservingsim.simulation as simulation
 from llmservingsim.engine import EngineHooks
 from llmservingsim.serving.instance import Instance
@@ -42,12 +43,12 @@ def kv_run(num_blocks: int | None = None) -> Iterator[StepLog]:
     """Shrink the KV cache to ``num_blocks`` (None: as planned) and log every step's charged
     host-link time, for every simulate() inside the block."""
     log = StepLog()
-    plan = simulation.plan_instance_memory
+    plan = scenario.plan_pool_memory
 
-    def small_plan(cfg: Any, pool: Any = None) -> Any:
-        real = plan(cfg, pool)
+    def small_plan(*args: Any) -> Any:
+        real = plan(*args)
         return real if num_blocks is None else dataclasses.replace(real, num_blocks=num_blocks)
 
     with pytest.MonkeyPatch.context() as mp, simulation.observing(log):
-        mp.setattr(simulation, "plan_instance_memory", small_plan)
+        mp.setattr(scenario, "plan_pool_memory", small_plan)
         yield log

@@ -10,10 +10,10 @@ Select them with (examples/custom_policies.yaml):
 from __future__ import annotations
 
 from llmservingsim.cluster.routers import ROUTERS, Router
+from llmservingsim.sequence import Sequence
 from llmservingsim.serving.instance import Instance
 from llmservingsim.serving.schedulers import SCHEDULERS
 from llmservingsim.serving.schedulers.vllm import VllmScheduler
-from llmservingsim.serving.sequence import Sequence
 from llmservingsim.workload.request_spec import RequestSpec
 
 

@@ -22,8 +22,8 @@ from mypy_extensions import mypyc_attr
 
 from llmservingsim.interrupt import HeldSignals, signals_held
 from llmservingsim.metrics.request_log import RequestLog
+from llmservingsim.sequence import Sequence
 from llmservingsim.serving.instance import Instance
-from llmservingsim.serving.sequence import Sequence
 from llmservingsim.workload.request_spec import RequestSpec
 from llmservingsim.workload.request_table import in_arrival_order
 
@@ -43,6 +43,10 @@ class EngineHooks:
 
     every_step: ClassVar[bool] = False
 
+    def sees_every_step(self) -> bool:
+        """Whether this observer needs every step (``every_step``; a chain: any of its own)."""
+        return self.every_step
+
     def before_add(self, instance: Instance, now: float) -> None:
         """A request is about to reach ``instance`` (an arrival or a finished KV transfer)."""
 
@@ -61,7 +65,9 @@ class HookChain(EngineHooks):
 
     def __init__(self, hooks: list[EngineHooks]) -> None:
         self.hooks = hooks
-        self.every_step_needed = any(h.every_step for h in hooks)
+
+    def sees_every_step(self) -> bool:
+        return any(hook.sees_every_step() for hook in self.hooks)
 
     def before_add(self, instance: Instance, now: float) -> None:
         for hook in self.hooks:
@@ -249,9 +255,7 @@ class Engine:
         self.dispatcher = dispatcher
         self.hooks = hooks
         self.closed = closed
-        if hooks is not None and (
-            hooks.every_step or (isinstance(hooks, HookChain) and hooks.every_step_needed)
-        ):
+        if hooks is not None and (hooks.sees_every_step()):
             for instance in dispatcher.instances:
                 instance.fast_forward = False
         self.instances = dispatcher.instances

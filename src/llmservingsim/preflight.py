@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from llmservingsim.errors import ConfigError, DoesNotFitError, InputWarning
+from llmservingsim.state_memory import check_state_memory
 
 if TYPE_CHECKING:
     from llmservingsim.config import SimConfig
+    from llmservingsim.scenario import Scenario
     from llmservingsim.workload.request_spec import RequestSpec
 
 
@@ -36,49 +38,11 @@ def check_out_dir(out_dir: Path, flag: str = "--out") -> None:
             return
 
 
-BYTES_PER_REQUEST = 256
-"""Peak memory one request costs a run (request table, request log, engine state): 181 B
-measured at 2 million requests (scripts/measure_state_memory.py), rounded up for prompt
-contents and the output writers."""
-BYTES_PER_INSTANCE = 16 * 1024
-"""Memory one instance costs (schedulers, KV block tables, timer caches): 12.3 KB measured at
-8,000 instances (scripts/measure_state_memory.py), rounded up."""
-
-
-def check_state_memory(num_requests: int = 0, instances: int = 0) -> None:
-    """Refuse, before allocating, a run whose request table and instances would not fit this
-    machine's memory; the error gives the estimate."""
-    need = num_requests * BYTES_PER_REQUEST + instances * BYTES_PER_INSTANCE
-    have = machine_memory_bytes()
-    if have is None or need <= have:
-        return
-    parts = []
-    if num_requests:
-        parts.append(f"{num_requests:,} requests × {BYTES_PER_REQUEST} B")
-    if instances:
-        parts.append(f"{instances:,} instances × {BYTES_PER_INSTANCE // 1024} KiB")
-    raise ConfigError(
-        f"workload.num_requests / cluster: the run needs about {need / 1e9:,.1f} GB "
-        f"({' + '.join(parts)}), more than this machine's {have / 1e9:,.1f} GB of memory: "
-        "simulate fewer requests or instances"
-    )
-
-
 def check_run_cost(cfg: SimConfig) -> None:
     """:func:`check_state_memory` for a whole config (synthetic requests and every pool)."""
     requests = cfg.workload.num_requests if cfg.workload.kind == "synthetic" else 0
     instances = sum(pool.count for pool in cfg.cluster.resolved_pools(cfg.hardware))
     check_state_memory(requests, instances)
-
-
-def machine_memory_bytes() -> int | None:
-    """Physical memory of this machine, or None where the OS does not say."""
-    try:
-        pages = os.sysconf("SC_PHYS_PAGES")
-        page_size = os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-    return pages * page_size if pages > 0 and page_size > 0 else None
 
 
 def _kv_tokens(requests: SequenceOf[RequestSpec]) -> np.ndarray:
@@ -92,20 +56,17 @@ def _kv_tokens(requests: SequenceOf[RequestSpec]) -> np.ndarray:
     )
 
 
-def check_kv_fits(cfg: SimConfig, requests: SequenceOf[RequestSpec], warn: bool = True) -> None:
+def check_kv_fits(scenario: Scenario, requests: SequenceOf[RequestSpec], warn: bool = True) -> None:
     """Like vLLM at start-up: refuse (exit 3) a KV cache too small for every request, before
     simulating; warn when only some requests can never fit (they are served as failed)."""
-    from llmservingsim.simulation import plan_instance_memory
-
     if not len(requests):
         return
     tokens = _kv_tokens(requests)
-    block = cfg.scheduler.block_size
+    block = scenario.config.scheduler.block_size
     needed = -(-tokens // block)
     capacities: dict[str, int] = {}
-    for pool_cfg in cfg.cluster.resolved_pools(cfg.hardware):
-        plan = plan_instance_memory(cfg, pool_cfg)
-        capacities[pool_cfg.name or "default"] = plan.num_blocks // pool_cfg.pipeline_parallel
+    for plan in scenario.pools:
+        capacities[plan.name] = plan.memory.num_blocks // plan.pp
     largest = max(capacities.values())
     smallest = int(np.argmin(needed))
     if needed[smallest] > largest:

@@ -10,8 +10,8 @@ import numpy as np
 from llmservingsim.cluster.routers import ROUTERS, Router
 from llmservingsim.network import collectives
 from llmservingsim.network.topology import Topology
+from llmservingsim.sequence import Sequence
 from llmservingsim.serving.instance import Instance
-from llmservingsim.serving.sequence import Sequence
 from llmservingsim.workload.request_spec import RequestSpec
 
 

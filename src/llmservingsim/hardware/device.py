@@ -13,15 +13,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llmservingsim.config import (
-    Fraction,
-    Gbps,
-    GiB,
-    Microseconds,
-    NotBool,
-    SmallCount,
-)
 from llmservingsim.errors import ConfigError
+from llmservingsim.ranges import Fraction, Gbps, GiB, Microseconds, NotBool, SmallCount
 
 GIB = 1024**3
 

@@ -20,7 +20,7 @@ from llmservingsim.metrics.request_log import (
 )
 from llmservingsim.metrics.samples import RepeatedSamples
 from llmservingsim.metrics.steps import FloatArray, IntArray, StepChunk, StepLog
-from llmservingsim.serving.sequence import Sequence
+from llmservingsim.sequence import Sequence
 
 __all__ = ["MetricsCollector", "RequestRecord", "RequestSink", "StepSink", "StepTotals"]
 

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from llmservingsim.perf.frontend import ClientClock
 from llmservingsim.row_sequence import RowSequence
-from llmservingsim.serving.sequence import Sequence
+from llmservingsim.sequence import Sequence
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

@@ -19,16 +19,11 @@ deployments prefer data-parallel attention). The low-rank down-projections are r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from llmservingsim.model.ops import Op
-
-if TYPE_CHECKING:
-    from llmservingsim.model.ops import OpGraph
+from llmservingsim.model.op import Op, OpBuilder
 
 
 class MlaOps:
-    def __init__(self, graph: OpGraph) -> None:
+    def __init__(self, graph: OpBuilder) -> None:
         spec = graph.spec
         self.graph = graph
         self.heads = max(1, spec.num_heads // graph.tp)

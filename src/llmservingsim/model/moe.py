@@ -16,12 +16,7 @@ with expert parallelism the rank holding the hot expert is the critical path.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from llmservingsim.model.ops import Dims, Op
-
-if TYPE_CHECKING:
-    from llmservingsim.model.ops import OpGraph
+from llmservingsim.model.op import Dims, Op, OpBuilder
 
 
 def expected_experts_touched(num_experts: int, top_k: int, num_tokens: int) -> float:
@@ -120,7 +115,7 @@ class MoeOps:
       timed in perf/iteration.py from :meth:`dispatch_bytes`.
     """
 
-    def __init__(self, graph: OpGraph, expert_parallel: int, imbalance: float) -> None:
+    def __init__(self, graph: OpBuilder, expert_parallel: int, imbalance: float) -> None:
         spec = graph.spec
         self.graph = graph
         self.ep = expert_parallel

@@ -13,93 +13,12 @@ of its layers. Dense models build exactly the ops they always did.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from llmservingsim.model.mla import MlaOps
+from llmservingsim.model.moe import MoeOps
+from llmservingsim.model.op import Dims as Dims
+from llmservingsim.model.op import Op as Op
+from llmservingsim.model.op import OpBuilder
 from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec
-
-if TYPE_CHECKING:
-    from llmservingsim.model.mla import MlaOps
-    from llmservingsim.model.moe import MoeOps
-
-Dims = tuple[tuple[str, int], ...]
-
-
-class Op:
-    """One kernel. ``m`` is the row count the kernel's efficiency depends on (tokens for GEMMs).
-
-    ``dims`` are the named integer shapes the op was built from (gemm: m, n, k; memory: m and
-    per-row elements; attention: tokens, context and heads), so a measured table or an external
-    simulator can look the kernel up by shape instead of re-deriving it from FLOPs and bytes.
-    """
-
-    name: str
-    kind: str  # gemm | memory | attention_prefill | attention_decode
-    flops: float
-    bytes: float
-    m: int
-    dims: Dims
-
-    def __init__(
-        self,
-        name: str,
-        kind: str,
-        flops: float,
-        bytes: float,
-        m: int = 1,
-        dims: Dims = (),
-    ) -> None:
-        self.name = name
-        self.kind = kind
-        self.flops = flops
-        self.bytes = bytes
-        self.m = m
-        self.dims = dims
-
-    def __repr__(self) -> str:
-        return (
-            f"Op("
-            f"name={self.name!r}, "
-            f"kind={self.kind!r}, "
-            f"flops={self.flops!r}, "
-            f"bytes={self.bytes!r}, "
-            f"m={self.m!r}, "
-            f"dims={self.dims!r}"
-            ")"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Op):
-            return NotImplemented
-        return (self.name, self.kind, self.flops, self.bytes, self.m, self.dims) == (
-            other.name,
-            other.kind,
-            other.flops,
-            other.bytes,
-            other.m,
-            other.dims,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.name, self.kind, self.flops, self.bytes, self.m, self.dims))
-
-    def replaced(
-        self, *, name: str | None = None, flops: float | None = None, bytes: float | None = None
-    ) -> Op:
-        """A copy with the given fields changed (an Op is a value: never changed in place)."""
-        return Op(
-            self.name if name is None else name,
-            self.kind,
-            self.flops if flops is None else flops,
-            self.bytes if bytes is None else bytes,
-            self.m,
-            self.dims,
-        )
-
-    def dim(self, name: str) -> int:
-        for key, value in self.dims:
-            if key == name:
-                return value
-        raise KeyError(f"op {self.name!r} has no dim {name!r} (dims: {self.dims})")
 
 
 class ShardShape:
@@ -173,7 +92,7 @@ def weight_only_quantized(dtype: str) -> bool:
     return dtype in ("int8", "int4")
 
 
-class OpGraph:
+class OpGraph(OpBuilder):
     """Builds the ops of one layer / of the model head for a given batch on one TP rank.
 
     ``expert_parallel`` splits a MoE model's experts over that many of the TP ranks (see
@@ -190,34 +109,12 @@ class OpGraph:
         expert_parallel: int = 1,
         moe_imbalance: float = 1.0,
     ) -> None:
-        self.spec = spec
-        self.tp = tp
+        super().__init__(spec, tp, dtype, kv_dtype)
         self.shape = shard_shape(spec, tp)
-        self.weight_bytes = DTYPE_BYTES[dtype]
-        # Weight-only quantized models (int8/int4) still compute in 16-bit.
-        self.act_bytes = 2.0 if dtype in ("int8", "int4", "fp8", "fp4") else DTYPE_BYTES[dtype]
-        self.kv_bytes = DTYPE_BYTES[kv_dtype]
         self.head_weight_bytes = 2.0 if weight_only_quantized(dtype) else self.weight_bytes
-        # Model-shape extensions; imported here because they build on this module's Op.
-        self.mla: MlaOps | None = None
-        self.moe: MoeOps | None = None
-        if spec.uses_mla:
-            from llmservingsim.model.mla import MlaOps
-
-            self.mla = MlaOps(self)
-        if spec.is_moe:
-            from llmservingsim.model.moe import MoeOps
-
-            self.moe = MoeOps(self, expert_parallel, moe_imbalance)
-
-    def gemm(self, name: str, m: int, n: int, k: int) -> Op:
-        flops = 2.0 * m * n * k
-        traffic = k * n * self.weight_bytes + (m * k + m * n) * self.act_bytes
-        return Op(name, "gemm", flops, traffic, m, (("m", m), ("n", n), ("k", k)))
-
-    def elementwise(self, name: str, m: int, read: int, write: int) -> Op:
-        dims = (("m", m), ("read", read), ("write", write))
-        return Op(name, "memory", 0.0, (read + write) * m * self.act_bytes, m, dims)
+        # Model-shape extensions (model/mla.py, model/moe.py).
+        self.mla = MlaOps(self) if spec.uses_mla else None
+        self.moe = MoeOps(self, expert_parallel, moe_imbalance) if spec.is_moe else None
 
     def attention_block_ops(self, num_tokens: int) -> list[Op]:
         """Norm, projections and rotary around attention, and the residual add after it."""

@@ -16,8 +16,8 @@ from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from llmservingsim.config import NotBool
 from llmservingsim.errors import ConfigError, InputWarning
+from llmservingsim.ranges import NotBool
 
 DTYPE_BYTES: dict[str, float] = {
     "fp32": 4.0,

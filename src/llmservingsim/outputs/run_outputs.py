@@ -25,6 +25,7 @@ from llmservingsim.outputs.tables import (
 )
 from llmservingsim.outputs.trace import TraceRecorder
 from llmservingsim.preflight import check_kv_fits, check_run_cost
+from llmservingsim.scenario import resolve
 from llmservingsim.simulation import SimulationResult, load_requests, simulate
 from llmservingsim.workload.request_spec import RequestSpec
 
@@ -101,15 +102,16 @@ def simulate_to_dir(
 ) -> tuple[SimulationResult, list[Path]]:
     """Run one simulation and write all its files to ``out_dir`` (what ``run`` does)."""
     check_run_cost(cfg)
+    scenario = resolve(cfg)
     if requests is None:
-        requests = load_requests(cfg)
-    check_kv_fits(cfg, requests)
+        requests = load_requests(scenario)
+    check_kv_fits(scenario, requests)
     metadata = {"version": __version__, "config": cfg.model_dump(mode="json")}
     labels = RequestLabels.of(requests)
     outputs = RunOutputs(out_dir, cfg.outputs, len(requests), metadata, labels)
     try:
         result = simulate(
-            cfg,
+            scenario,
             requests=requests,
             progress=progress,
             metrics=outputs.collector(),

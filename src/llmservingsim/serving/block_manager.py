@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import ClassVar
 
-from llmservingsim.serving.sequence import Sequence
+from llmservingsim.sequence import Sequence
 
 
 class PrefixHit:

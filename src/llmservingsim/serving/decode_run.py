@@ -7,7 +7,7 @@ step. A :class:`DecodeRun` times those steps up front, so the engine sees one st
 of hundreds, and applies their effects (steps begun and ended, new KV blocks, step records)
 when the run ends or when something reaches the instance earlier: then the steps that ended
 before that moment are applied and the one in progress becomes an ordinary in-flight step.
-Every number equals stepping one iteration at a time (tests/test_fast_forward.py).
+Every number equals stepping one iteration at a time (tests/serving/test_fast_forward.py).
 """
 
 from __future__ import annotations

@@ -24,11 +24,13 @@ import numpy.typing as npt
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.perf.iteration import BatchShape, IterationTimer, StepCost
+from llmservingsim.perf.lora import LoraCompute
+from llmservingsim.perf.speculative import prepend_work
+from llmservingsim.sequence import Sequence, Status
 from llmservingsim.serving.decode_run import MIN_RUN_STEPS, DecodeRun, plan_decode_run
-from llmservingsim.serving.lora import LoraCompute
+from llmservingsim.serving.lora import adapter_tokens
 from llmservingsim.serving.memory import MemoryPlan
 from llmservingsim.serving.schedulers.base import ScheduledEntry, Scheduler
-from llmservingsim.serving.sequence import Sequence, Status
 from llmservingsim.serving.speculative import Speculator
 from llmservingsim.serving.steady import SteadyDecoders
 
@@ -331,7 +333,11 @@ class Instance:
         if speculator is not None:
             cost = speculator.add_proposals(entries, cost)
         if self.lora is not None and scheduler.adapters is not None:
-            cost = self.lora.add_to(entries, cost, scheduler.adapters.stats)
+            tokens = adapter_tokens(entries)
+            if tokens:
+                work = self.lora.cost(tokens)
+                scheduler.adapters.stats.compute_s += work.seconds
+                cost = prepend_work(cost, work)
         # KV copies over the host link (swap, offload loads) run before the forward pass.
         transfer = scheduler.take_transfer_seconds()
         self.last_transfer_s = transfer

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Container
 
-from llmservingsim.serving.host_link import TransferLedger
+from llmservingsim.perf.host_link import TransferLedger
 
 
 class OffloadTier:

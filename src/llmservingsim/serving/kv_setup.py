@@ -7,8 +7,8 @@ from __future__ import annotations
 from llmservingsim.config import SchedulerConfig
 from llmservingsim.errors import ConfigError
 from llmservingsim.hardware.device import GIB, DeviceSpec
+from llmservingsim.perf.host_link import HostLink, TransferLedger
 from llmservingsim.serving.block_manager import BlockManager
-from llmservingsim.serving.host_link import HostLink, TransferLedger
 from llmservingsim.serving.kv_offload import OffloadTier
 from llmservingsim.serving.memory import MemoryPlan
 from llmservingsim.serving.prefix_cache import PrefixCachingBlockManager

@@ -22,9 +22,9 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from llmservingsim.sequence import Sequence
 from llmservingsim.serving.block_manager import BlockManager, PrefixHit
 from llmservingsim.serving.kv_offload import OffloadTier
-from llmservingsim.serving.sequence import Sequence
 from llmservingsim.workload.request_spec import TokenContent
 
 NO_NODE = -1

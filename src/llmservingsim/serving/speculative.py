@@ -30,8 +30,8 @@ from llmservingsim.perf.speculative import (
     one_layer_head,
     prepend_work,
 )
+from llmservingsim.sequence import Sequence
 from llmservingsim.serving.memory import weight_bytes_per_device
-from llmservingsim.serving.sequence import Sequence
 
 
 def expected_tokens_per_step(alpha: float, k: int) -> float:

@@ -25,8 +25,8 @@ import numpy as np
 
 from llmservingsim.metrics.samples import RepeatedSamples
 from llmservingsim.perf.iteration import FloatArray
+from llmservingsim.sequence import Sequence
 from llmservingsim.serving.block_manager import BlockManager
-from llmservingsim.serving.sequence import Sequence
 
 
 class _Member:

@@ -7,8 +7,8 @@ finite: a request whose blocks do not fit is preempted by recompute instead.
 
 from __future__ import annotations
 
-from llmservingsim.serving.host_link import TransferLedger
-from llmservingsim.serving.sequence import Sequence
+from llmservingsim.perf.host_link import TransferLedger
+from llmservingsim.sequence import Sequence
 
 
 class SwapSpace:

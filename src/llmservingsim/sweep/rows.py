@@ -7,6 +7,7 @@ from typing import Any
 from llmservingsim import simulation
 from llmservingsim.config import SimConfig
 from llmservingsim.preflight import check_kv_fits, check_run_cost
+from llmservingsim.scenario import resolve
 
 Scalar = bool | int | float | str | None
 Row = dict[str, Any]
@@ -50,9 +51,10 @@ def flatten_summary(summary: dict[str, Any]) -> dict[str, Scalar]:
 def simulate_row(cfg: SimConfig) -> dict[str, Scalar]:
     """Run one full simulation and flatten its summary (DoesNotFitError passes through)."""
     check_run_cost(cfg)
-    requests = simulation.load_requests(cfg)
-    check_kv_fits(cfg, requests, warn=False)  # no request fits: the point does not fit
-    summary = simulation.simulate(cfg, requests=requests).summary
+    scenario = resolve(cfg)
+    requests = simulation.load_requests(scenario)
+    check_kv_fits(scenario, requests, warn=False)  # no request fits: the point does not fit
+    summary = simulation.simulate(scenario, requests=requests).summary
     if summary.get("interrupted"):
         raise PointInterrupted("interrupted")
     return flatten_summary(summary)

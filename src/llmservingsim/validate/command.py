@@ -59,7 +59,7 @@ def validate_command(
             help="aiconfigurator: points per (GPU, engine, model, precision, TP) group, evenly "
             "spaced (0: all 5,221 points' supported ones).",
         ),
-    ] = 2,  # validate.sources.DEFAULT_PER_GROUP (checked by tests/test_validate.py)
+    ] = 2,  # validate.sources.DEFAULT_PER_GROUP (checked by tests/app/test_validate.py)
 ) -> None:
     """Simulate every published measurement the simulator supports and report the error."""
     from llmservingsim.validate.reference import find_data_dir, find_reference

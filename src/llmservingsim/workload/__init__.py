@@ -7,10 +7,11 @@ from collections.abc import Sequence as SequenceOf
 
 import numpy as np
 
-from llmservingsim.config import MAX_SECONDS, ClientConfig, WorkloadConfig
+from llmservingsim.config import ClientConfig, WorkloadConfig
 from llmservingsim.errors import ConfigError
-from llmservingsim.preflight import check_state_memory
+from llmservingsim.ranges import MAX_SECONDS
 from llmservingsim.registry import Registry
+from llmservingsim.state_memory import check_state_memory
 from llmservingsim.workload.adapters import pick_adapters
 from llmservingsim.workload.arrival import ARRIVAL_PROCESSES, arrival_times
 from llmservingsim.workload.lengths import LENGTH_DISTS, clip_to_context, sample_lengths

@@ -27,8 +27,9 @@ from typing import IO, Any
 
 import numpy as np
 
-from llmservingsim.config import MAX_TOKENS, WorkloadConfig
+from llmservingsim.config import WorkloadConfig
 from llmservingsim.errors import ConfigError, InputWarning, TraceError
+from llmservingsim.ranges import MAX_TOKENS
 from llmservingsim.registry import Registry
 from llmservingsim.workload.arrival import arrival_times
 from llmservingsim.workload.lengths import clip_to_context

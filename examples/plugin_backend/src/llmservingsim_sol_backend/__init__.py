@@ -10,7 +10,7 @@ through the ``llmservingsim.perf_backends`` entry point declared in pyproject.to
 
 from __future__ import annotations
 
-from llmservingsim.config import SimConfig
+from llmservingsim.hardware.backends import PerfSetup
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.model.ops import Op
 
@@ -24,8 +24,8 @@ class SpeedOfLightBackend:
         self.bytes_per_s = device.memory_bandwidth * efficiency
 
     @classmethod
-    def from_config(cls, device: DeviceSpec, cfg: SimConfig) -> SpeedOfLightBackend:
-        return cls(device, cfg.compute_dtype, float(cfg.perf.options.get("efficiency", 1.0)))
+    def from_config(cls, device: DeviceSpec, setup: PerfSetup) -> SpeedOfLightBackend:
+        return cls(device, setup.compute_dtype, float(setup.perf.options.get("efficiency", 1.0)))
 
     def time(self, op: Op) -> float:
         return max(op.flops / self.flops_per_s, op.bytes / self.bytes_per_s)

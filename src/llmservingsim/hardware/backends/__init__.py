@@ -8,8 +8,9 @@ device and the compute dtype. Interface::
 
 Optional extras, found by name (docs/extending.md):
 
-* ``from_config(device, cfg)`` (classmethod): build from the whole :class:`SimConfig` when the
-  backend needs settings of the ``perf:`` section (tables, a command, ``perf.options``);
+* ``from_config(device, setup)`` (classmethod): build from a :class:`PerfSetup` — the
+  ``perf:`` section (tables, a command, ``perf.options``), the dtypes and the served model —
+  when the backend needs more than the device and the compute dtype;
 * ``stats() -> dict``: counters merged into summary.json (ints summed over instances, dicts of
   ints merged), e.g. ``perf_fallbacks`` of the profile backend;
 * ``collectives`` (attribute, a :class:`~llmservingsim.network.topology.MeasuredCollectives`):
@@ -23,89 +24,19 @@ Other packages add backends through the entry-point group ``llmservingsim.perf_b
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
-
-from llmservingsim.config import SimConfig
-from llmservingsim.hardware.device import DeviceSpec
-from llmservingsim.model.ops import Op
-from llmservingsim.network.topology import Topology
-from llmservingsim.registry import Registry
-
-ENTRY_POINT_GROUP = "llmservingsim.perf_backends"
-
-
-class PerfBackend(Protocol):
-    device: DeviceSpec
-
-    def time(self, op: Op) -> float:
-        """Seconds the op takes on one device."""
-        ...
-
-
-# Called as factory(device, dtype); backends with ``from_config`` may take more arguments.
-PerfBackendFactory = Callable[..., PerfBackend]
-
-
-PERF_BACKENDS: Registry[PerfBackendFactory] = Registry("perf backend", ENTRY_POINT_GROUP)
-
-
-def build_backend(cfg: SimConfig, device: DeviceSpec) -> PerfBackend:
-    """The configured backend for one device (``from_config`` when the backend has one)."""
-    factory = PERF_BACKENDS.get(backend_name_for(device, cfg.perf.backend))
-    from_config = getattr(factory, "from_config", None)
-    if from_config is not None:
-        backend: PerfBackend = from_config(device, cfg)
-        return backend
-    return factory(device, cfg.compute_dtype)
-
-
-def with_backend_collectives(topology: Topology, backend: PerfBackend) -> Topology:
-    """The topology a timer uses with this backend: asking the backend's measured collective
-    tables first when it has them (``collectives``), unchanged otherwise."""
-    measured = getattr(backend, "collectives", None)
-    if measured is None:
-        return topology
-    return dataclasses.replace(topology, measured=measured)
-
-
-def backend_stats(backends: Iterable[PerfBackend]) -> dict[str, Any]:
-    """The backends' ``stats()`` counters, summed over instances."""
-    merged: dict[str, Any] = {}
-    for backend in backends:
-        stats = getattr(backend, "stats", None)
-        if stats is None:
-            continue
-        for key, value in stats().items():
-            if isinstance(value, str):  # a description (the same for every instance)
-                merged.setdefault(key, value)
-            elif isinstance(value, dict):
-                into = merged.setdefault(key, {})
-                for sub, count in value.items():
-                    into[sub] = into.get(sub, 0) + count
-            else:
-                merged[key] = merged.get(key, 0) + value
-    return merged
-
-
-def backend_name_for(device: DeviceSpec, requested: str) -> str:
-    """``perf.backend: auto`` → the backend that fits the device: the array model for an NPU
-    whose YAML gives its systolic geometry, the calibrated roofline for everything else."""
-    if requested != "auto":
-        return requested
-    return "systolic" if device.type == "npu" and device.systolic is not None else "roofline"
-
-
-def make_backend(device: DeviceSpec, dtype: str, requested: str = "auto") -> PerfBackend:
-    """A backend from a device and a dtype alone (no ``perf:`` settings)."""
-    return PERF_BACKENDS.get(backend_name_for(device, requested))(device, dtype)
-
-
 # Built-in backends register themselves on import.
-from llmservingsim.hardware.backends import external as _external  # noqa: E402,F401
-from llmservingsim.hardware.backends import kernel_db as _kernel_db  # noqa: E402,F401
-from llmservingsim.hardware.backends import profile as _profile  # noqa: E402,F401
-from llmservingsim.hardware.backends import roofline as _roofline  # noqa: E402,F401
-from llmservingsim.hardware.backends import scalesim as _scalesim  # noqa: E402,F401
-from llmservingsim.hardware.backends import systolic as _systolic  # noqa: E402,F401
+from llmservingsim.hardware.backends import external as _external  # noqa: F401
+from llmservingsim.hardware.backends import kernel_db as _kernel_db  # noqa: F401
+from llmservingsim.hardware.backends import profile as _profile  # noqa: F401
+from llmservingsim.hardware.backends import roofline as _roofline  # noqa: F401
+from llmservingsim.hardware.backends import scalesim as _scalesim  # noqa: F401
+from llmservingsim.hardware.backends import systolic as _systolic  # noqa: F401
+from llmservingsim.hardware.backends.base import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
+from llmservingsim.hardware.backends.base import PERF_BACKENDS as PERF_BACKENDS
+from llmservingsim.hardware.backends.base import PerfBackend as PerfBackend
+from llmservingsim.hardware.backends.base import PerfBackendFactory as PerfBackendFactory
+from llmservingsim.hardware.backends.base import PerfSetup as PerfSetup
+from llmservingsim.hardware.backends.base import backend_name_for as backend_name_for
+from llmservingsim.hardware.backends.base import backend_stats as backend_stats
+from llmservingsim.hardware.backends.base import build_backend as build_backend
+from llmservingsim.hardware.backends.base import make_backend as make_backend

@@ -35,9 +35,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from llmservingsim import __version__
-from llmservingsim.config import SimConfig
 from llmservingsim.errors import BackendError, ConfigError
-from llmservingsim.hardware.backends import PERF_BACKENDS
+from llmservingsim.hardware.backends.base import PERF_BACKENDS, PerfSetup
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.model.ops import Op
 
@@ -213,13 +212,13 @@ class ExternalBackend:
         self.cache_hits = 0
 
     @classmethod
-    def from_config(cls, device: DeviceSpec, cfg: SimConfig) -> ExternalBackend:
-        command = cfg.perf.command
+    def from_config(cls, device: DeviceSpec, setup: PerfSetup) -> ExternalBackend:
+        command = setup.perf.command
         if not command:
             raise ConfigError("perf.backend 'external' needs perf.command (the program to run)")
         argv = shlex.split(command) if isinstance(command, str) else list(command)
-        cache_dir = cfg.perf.cache_dir or default_cache_dir()
-        return cls(device, cfg.compute_dtype, argv, cache_dir, cfg.perf.timeout_s)
+        cache_dir = setup.perf.cache_dir or default_cache_dir()
+        return cls(device, setup.compute_dtype, argv, cache_dir, setup.perf.timeout_s)
 
     def time(self, op: Op) -> float:
         key = op_key(op)

@@ -41,10 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from llmservingsim.catalog import load_model
-from llmservingsim.config import KernelDbConfig, SimConfig
+from llmservingsim.config import KernelDbConfig
 from llmservingsim.errors import ConfigError
-from llmservingsim.hardware.backends import PERF_BACKENDS
+from llmservingsim.hardware.backends.base import PERF_BACKENDS, PerfSetup
 from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.model.ops import Op
@@ -647,13 +646,13 @@ class KernelDbBackend:
         }
 
     @classmethod
-    def from_config(cls, device: DeviceSpec, cfg: SimConfig) -> KernelDbBackend:
-        options = cfg.perf.kernel_db
+    def from_config(cls, device: DeviceSpec, setup: PerfSetup) -> KernelDbBackend:
+        options = setup.perf.kernel_db
         root = options.path or default_tables_root()
         system = options.system or SYSTEM_OF_DEVICE.get(device.name)
         if root is None or not (root / "data").is_dir():
             if options.fallback == "roofline":
-                return cls(device, cfg.compute_dtype, None)
+                return cls(device, setup.compute_dtype, None)
             where = "" if options.path is None else f" (perf.kernel_db.path {options.path})"
             raise ConfigError(
                 f"perf.backend kernel_db: no kernel tables installed{where}; " + INSTALL_HINT
@@ -662,7 +661,7 @@ class KernelDbBackend:
         covered = sorted(d for d, s in SYSTEM_OF_DEVICE.items() if s in index)
         if system is None or system not in index:
             if options.fallback == "roofline":
-                return cls(device, cfg.compute_dtype, None)
+                return cls(device, setup.compute_dtype, None)
             what = (
                 f"perf.kernel_db.system {system!r}"
                 if options.system
@@ -673,9 +672,9 @@ class KernelDbBackend:
                 f"{', '.join(covered)}; systems {', '.join(sorted(index))}); set "
                 "perf.kernel_db.fallback: roofline to time it with the roofline"
             )
-        moe = load_model(cfg.model).is_moe
-        tables = load_tables(root, system, options, cfg.dtype, cfg.resolved_kv_dtype, moe)
-        return cls(device, cfg.compute_dtype, tables)
+        moe = setup.model.is_moe
+        tables = load_tables(root, system, options, setup.dtype, setup.kv_dtype, moe)
+        return cls(device, setup.compute_dtype, tables)
 
     def time(self, op: Op) -> float:
         self.lookups += 1

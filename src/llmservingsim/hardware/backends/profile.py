@@ -23,12 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from llmservingsim.config import SimConfig
-
 if TYPE_CHECKING:  # scipy is imported when a surface is built: it costs ~0.5 s at start-up
     from scipy.interpolate import LinearNDInterpolator
 from llmservingsim.errors import ConfigError
-from llmservingsim.hardware.backends import PERF_BACKENDS
+from llmservingsim.hardware.backends.base import PERF_BACKENDS, PerfSetup
 from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.hardware.profiles import ProfilePoint, canonical_dtype, load_profiles
@@ -134,12 +132,12 @@ class ProfileBackend:
         self.fallbacks: Counter[str] = Counter()
 
     @classmethod
-    def from_config(cls, device: DeviceSpec, cfg: SimConfig) -> ProfileBackend:
-        if cfg.perf.profile_dir is None:
+    def from_config(cls, device: DeviceSpec, setup: PerfSetup) -> ProfileBackend:
+        if setup.perf.profile_dir is None:
             raise ConfigError("perf.backend 'profile' needs perf.profile_dir (a folder of tables)")
-        points = load_profiles([cfg.perf.profile_dir])
-        weights = canonical_dtype(cfg.dtype)
-        kv = canonical_dtype(cfg.resolved_kv_dtype)
+        points = load_profiles([setup.perf.profile_dir])
+        weights = canonical_dtype(setup.dtype)
+        kv = canonical_dtype(setup.kv_dtype)
         usable = [
             p
             for p in points
@@ -149,10 +147,10 @@ class ProfileBackend:
         if not usable:
             have = ", ".join(sorted({p.dtype for p in points}))
             raise ConfigError(
-                f"perf.profile_dir {cfg.perf.profile_dir}: no table for dtype {cfg.dtype} "
+                f"perf.profile_dir {setup.perf.profile_dir}: no table for dtype {setup.dtype} "
                 f"(tables hold: {have})"
             )
-        return cls(device, cfg.compute_dtype, usable)
+        return cls(device, setup.compute_dtype, usable)
 
     def time(self, op: Op) -> float:
         self.lookups += 1

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from mypy_extensions import mypyc_attr
 
-from llmservingsim.hardware.backends import PERF_BACKENDS
+from llmservingsim.hardware.backends.base import PERF_BACKENDS
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.model.ops import Op
 

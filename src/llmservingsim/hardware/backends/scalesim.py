@@ -61,9 +61,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from llmservingsim.config import SimConfig
 from llmservingsim.errors import BackendError, ConfigError
-from llmservingsim.hardware.backends import PERF_BACKENDS
+from llmservingsim.hardware.backends.base import PERF_BACKENDS, PerfSetup
 from llmservingsim.hardware.backends.external import ResultCache, default_cache_dir
 from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.backends.systolic import gemm_shapes
@@ -285,15 +284,15 @@ class ScaleSimBackend:
         self.disk_hits = 0
 
     @classmethod
-    def from_config(cls, device: DeviceSpec, cfg: SimConfig) -> ScaleSimBackend:
-        options = cfg.perf.options
+    def from_config(cls, device: DeviceSpec, setup: PerfSetup) -> ScaleSimBackend:
+        options = setup.perf.options
         tile = options.get("scalesim_stream_tile", DEFAULT_STREAM_TILE)
         if not isinstance(tile, int) or isinstance(tile, bool) or tile < 2:
             raise ConfigError(
                 f"perf.options.scalesim_stream_tile = {tile!r}: expected an integer >= 2"
             )
-        cache_dir = cfg.perf.cache_dir or default_scalesim_cache_dir()
-        return cls(device, cfg.compute_dtype, cache_dir, tile)
+        cache_dir = setup.perf.cache_dir or default_scalesim_cache_dir()
+        return cls(device, setup.compute_dtype, cache_dir, tile)
 
     # ------------------------------------------------------------------ SCALE-Sim calls
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 
 from llmservingsim.errors import ConfigError
-from llmservingsim.hardware.backends import PERF_BACKENDS
+from llmservingsim.hardware.backends.base import PERF_BACKENDS
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.model.ops import Op
 

@@ -11,8 +11,8 @@ from mypy_extensions import mypyc_attr
 from llmservingsim.config import SchedulerConfig
 from llmservingsim.errors import ConfigError
 from llmservingsim.registry import Registry
+from llmservingsim.sequence import Sequence, Status
 from llmservingsim.serving.block_manager import BlockManager, PrefixHit
-from llmservingsim.serving.sequence import Sequence, Status
 from llmservingsim.serving.steady import SteadyDecoders
 from llmservingsim.serving.swap import SwapSpace
 
@@ -47,7 +47,7 @@ def remove_each(items: list[Sequence], gone: list[Sequence]) -> None:
 class Scheduler(ABC):
     """Decides, at each step, which sequences run and how many tokens each computes.
 
-    Invariants every policy keeps (tests/test_scheduler_invariants.py): the tokens of a step
+    Invariants every policy keeps (tests/serving/test_scheduler_invariants.py): the tokens of a step
     never exceed its budget, at most ``max_num_seqs`` sequences run, and allocated KV blocks
     never exceed the cache.
 

@@ -8,10 +8,10 @@ and preemption never happens; the price is a smaller batch when outputs are long
 
 from __future__ import annotations
 
+from llmservingsim.sequence import Sequence
 from llmservingsim.serving.block_manager import PrefixHit
 from llmservingsim.serving.schedulers.base import SCHEDULERS
 from llmservingsim.serving.schedulers.vllm import VllmScheduler
-from llmservingsim.serving.sequence import Sequence
 
 
 class NoEvictScheduler(VllmScheduler):

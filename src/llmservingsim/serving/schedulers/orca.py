@@ -7,10 +7,10 @@ wait forever (vLLM V0 without chunked prefill refuses such prompts at start-up i
 
 from __future__ import annotations
 
+from llmservingsim.sequence import Sequence
 from llmservingsim.serving.block_manager import PrefixHit
 from llmservingsim.serving.schedulers.base import SCHEDULERS
 from llmservingsim.serving.schedulers.vllm import VllmScheduler
-from llmservingsim.serving.sequence import Sequence
 
 
 class OrcaScheduler(VllmScheduler):

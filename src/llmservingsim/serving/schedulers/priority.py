@@ -46,9 +46,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from llmservingsim.serving.schedulers.base import SCHEDULERS, ScheduledEntry
+from llmservingsim.sequence import Sequence
+from llmservingsim.serving.schedulers.base import SCHEDULERS
 from llmservingsim.serving.schedulers.vllm import VllmScheduler
-from llmservingsim.serving.sequence import Sequence
 
 
 def rank(seq: Sequence) -> tuple[int, float, int]:
@@ -145,98 +145,17 @@ class PriorityScheduler(VllmScheduler):
         victim = max(self.running, key=rank)
         return victim if victim.spec.priority > seq.spec.priority else None
 
-    def evict(self, victim: Sequence, entries: list[ScheduledEntry]) -> int:
-        """Preempt the running ``victim``; the tokens it had been given this step (0 if
-        none), whose entry leaves ``entries``."""
-        self.running.remove(victim)
-        tokens = 0
-        for k, (seq, num) in enumerate(entries):
-            if seq is victim:
-                tokens = num
-                del entries[k]
-                break
-        self.preempt(victim)
-        return tokens
-
     def lower_blocks(self, seq: Sequence) -> int:
         """KV blocks held by the running requests of a larger priority value than ``seq``."""
         priority = seq.spec.priority
         return sum(len(s.blocks) for s in self.running if s.spec.priority > priority)
 
-    def schedule(self) -> list[ScheduledEntry]:
-        budget = self.max_num_batched_tokens
-        entries: list[ScheduledEntry] = []
-        preempted = False
-        running, blocks = self.running, self.blocks
-        if self.steady is not None and not self.group_is_safe():
-            self.steady.dissolve()  # one by one, exactly as without the group
-        # The steady decoders lead the running list: one token each, as a group.
-        i = steady = self.begin_steady_step(budget)
-        budget -= steady
-        while i < len(running) and budget > 0:
-            seq = running[i]
-            wanted = self.tokens_wanted(seq)
-            num_new = wanted if wanted < budget else budget
-            preempted_itself = False
-            while not blocks.try_allocate(seq, num_new):
-                worst = max(running, key=rank)  # the least important running request
-                before = running.index(worst) < i
-                budget += self.evict(worst, entries)
-                preempted = True
-                if worst is seq:
-                    preempted_itself = True
-                    break
-                if before:
-                    i -= 1
-            if preempted_itself:
-                if entries:
-                    break
-                # Nothing scheduled yet: vLLM would run an empty step (no forward pass) and
-                # schedule the rest at once in the next; the rest is scheduled now instead.
-                continue
-            entries.append((seq, num_new))
-            budget -= num_new
-            i += 1
-        if preempted or not self.waiting:
-            return entries
-        in_use = self.adapters_in_use()
-        skipped: list[Sequence] = []  # their LoRA adapter has no slot this step
-        max_num_seqs = self.max_num_seqs
-        floor: int | None = None  # the smallest priority value preempted in this pass
-        while self.waiting and budget > 0:
-            seq = self.waiting[0]
-            if floor is not None and seq.spec.priority >= floor:
-                break  # never re-admit a victim (or its peers) in the step that preempted it
-            full = len(running) >= max_num_seqs
-            victim = self.victim_for(seq) if full else None
-            if full and victim is None:
-                break
-            if self.adapters is not None and not self.adapter_ready(seq, in_use):
-                skipped.append(self.waiting.popleft())
-                continue
-            if victim is not None:
-                floor = victim.spec.priority if floor is None else min(floor, victim.spec.priority)
-                budget += self.evict(victim, entries)
-                continue
-            hit = self.lookup(seq)
-            num_new = self.prefill_tokens(seq, hit, budget, step_is_empty=not (entries or steady))
-            if num_new == 0:
-                break
-            if not blocks.can_allocate(seq, num_new, hit):
-                lower = self.victim_for(seq)
-                if lower is None or blocks.extra_blocks(
-                    seq, num_new, hit
-                ) > blocks.num_free + self.lower_blocks(seq):
-                    break
-                floor = lower.spec.priority if floor is None else min(floor, lower.spec.priority)
-                budget += self.evict(lower, entries)
-                continue
-            self.admit(seq, num_new, hit)
-            entries.append((seq, num_new))
-            budget -= num_new
-        if skipped:
-            self.waiting.extendleft(reversed(skipped))
-        return entries
+    def victim_index(self) -> int:
+        """The running request with the largest (priority, arrival): it may have been
+        scheduled already this step (its tokens then go back to the budget) or be the request
+        that cannot grow itself."""
+        running = self.running
+        return max(range(len(running)), key=lambda k: rank(running[k]))
 
 
 SCHEDULERS.register("priority")(PriorityScheduler)

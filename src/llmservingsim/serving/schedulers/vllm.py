@@ -6,15 +6,20 @@ requests in FCFS order, whose prompts are chunked to the remaining budget. When 
 out, the most recently admitted running request is preempted (recompute or swap, per
 ``scheduler.preemption``); a step that preempted admits nobody new. A waiting request starts
 from its prefix-cache hit (or its swapped-out tokens) and is only charged the tokens after it.
+
+The ``priority`` policy (priority.py) is this scheduler with other answers at its policy
+points: which running request makes room (:meth:`VllmScheduler.victim_index`), whether a
+waiting request may preempt one (:meth:`VllmScheduler.victim_for`), and whether the steady
+decoders may stay a group this step (:meth:`VllmScheduler.group_is_safe`).
 """
 
 from __future__ import annotations
 
 from mypy_extensions import mypyc_attr
 
+from llmservingsim.sequence import Sequence
 from llmservingsim.serving.block_manager import PrefixHit
 from llmservingsim.serving.schedulers.base import SCHEDULERS, ScheduledEntry, Scheduler
-from llmservingsim.serving.sequence import Sequence
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -35,8 +40,46 @@ class VllmScheduler(Scheduler):
         # no_evict's unpromised pool stays put); budget and batch size do not change.
         return self.blocks.fast_forward_safe
 
+    # Policy points (the ``priority`` policy overrides them; here they are vLLM's FCFS rules).
+
+    def group_is_safe(self) -> bool:
+        """Whether this step may keep the steady decoders as a group (no preemption can reach
+        into it): FCFS preempts from the back of the running list, after the group."""
+        return True
+
+    def victim_index(self) -> int:
+        """Which running request makes room when one cannot grow: the last admitted."""
+        return len(self.running) - 1
+
+    def victim_for(self, seq: Sequence) -> Sequence | None:
+        """A running request the waiting ``seq`` may preempt to start: none under FCFS."""
+        return None
+
+    def lower_blocks(self, seq: Sequence) -> int:
+        """KV blocks the requests :meth:`victim_for` may take from hold (with a victim only)."""
+        return 0
+
+    def evict(self, victim: Sequence, entries: list[ScheduledEntry]) -> int:
+        """Preempt the running ``victim``; the tokens it had been given this step (0 if none),
+        whose entry leaves ``entries``."""
+        running = self.running
+        if running[-1] is victim:
+            running.pop()  # FCFS: the last admitted, not scheduled yet this step
+        else:
+            running.remove(victim)
+        tokens = 0
+        for k, (seq, num) in enumerate(entries):
+            if seq is victim:
+                tokens = num
+                del entries[k]
+                break
+        self.preempt(victim)
+        return tokens
+
     def schedule(self) -> list[ScheduledEntry]:
         budget = self.max_num_batched_tokens
+        if self.steady is not None and not self.group_is_safe():
+            self.steady.dissolve()  # one by one, exactly as without the group
         # The steady decoders lead the running list: one token each, as a group.
         i = steady = self.begin_steady_step(budget)
         budget -= steady
@@ -45,8 +88,8 @@ class VllmScheduler(Scheduler):
         running, blocks = self.running, self.blocks
         block_size = blocks.block_size
         only_grows = self.blocks.allocation_only_grows
-        count, lookahead = len(running), self.lookahead
-        while i < count and budget > 0:
+        lookahead = self.lookahead
+        while i < len(running) and budget > 0:
             seq = running[i]
             if lookahead:
                 wanted = self.tokens_wanted(seq)
@@ -57,15 +100,21 @@ class VllmScheduler(Scheduler):
             fits = only_grows and seq.num_computed + num_new <= len(seq.blocks) * block_size
             preempted_itself = False
             while not (fits or blocks.try_allocate(seq, num_new)):
-                victim = running.pop()
-                count -= 1
-                self.preempt(victim)
+                k = self.victim_index()
+                victim = running[k]
+                if k < i:
+                    i -= 1  # scheduled already this step: its tokens go back to the budget
+                budget += self.evict(victim, entries)
                 preempted = True
                 if victim is seq:
                     preempted_itself = True
                     break
             if preempted_itself:
-                break  # the sequence itself was the last one left to preempt
+                if entries:
+                    break
+                # Nothing scheduled yet (only ``priority`` gets here with requests left): vLLM
+                # would run an empty step and schedule the rest in the next; it is done now.
+                continue
             entries.append((seq, num_new))
             budget -= num_new
             i += 1
@@ -73,15 +122,37 @@ class VllmScheduler(Scheduler):
             return entries
         in_use = self.adapters_in_use()
         skipped: list[Sequence] = []  # their LoRA adapter has no slot this step
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+        max_num_seqs = self.max_num_seqs
+        floor: int | None = None  # the smallest priority value preempted in this pass
+        while self.waiting and budget > 0:
             seq = self.waiting[0]
+            if floor is not None and seq.spec.priority >= floor:
+                break  # never re-admit a victim (or its peers) in the step that preempted it
+            full = len(running) >= max_num_seqs
+            making_room = self.victim_for(seq) if full else None
+            if full and making_room is None:
+                break
             if self.adapters is not None and not self.adapter_ready(seq, in_use):
                 skipped.append(self.waiting.popleft())
                 continue
+            if making_room is not None:
+                priority = making_room.spec.priority
+                floor = priority if floor is None else min(floor, priority)
+                budget += self.evict(making_room, entries)
+                continue
             hit = self.lookup(seq)
             num_new = self.prefill_tokens(seq, hit, budget, step_is_empty=not (entries or steady))
-            if num_new == 0 or not self.blocks.can_allocate(seq, num_new, hit):
+            if num_new == 0:
                 break
+            if not blocks.can_allocate(seq, num_new, hit):
+                lower = self.victim_for(seq)
+                if lower is None or blocks.extra_blocks(
+                    seq, num_new, hit
+                ) > blocks.num_free + self.lower_blocks(seq):
+                    break
+                floor = lower.spec.priority if floor is None else min(floor, lower.spec.priority)
+                budget += self.evict(lower, entries)
+                continue
             self.admit(seq, num_new, hit)
             entries.append((seq, num_new))
             budget -= num_new

@@ -1,0 +1,109 @@
+"""One kernel of an iteration (:class:`Op`), and what builds the common ones from a model's
+shapes on one tensor-parallel rank (:class:`OpBuilder`): the dense op graph (model/ops.py) and
+the model-shape extensions (model/mla.py, model/moe.py) all build on it."""
+
+from __future__ import annotations
+
+from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec
+
+Dims = tuple[tuple[str, int], ...]
+
+
+class Op:
+    """One kernel. ``m`` is the row count the kernel's efficiency depends on (tokens for GEMMs).
+
+    ``dims`` are the named integer shapes the op was built from (gemm: m, n, k; memory: m and
+    per-row elements; attention: tokens, context and heads), so a measured table or an external
+    simulator can look the kernel up by shape instead of re-deriving it from FLOPs and bytes.
+    """
+
+    name: str
+    kind: str  # gemm | memory | attention_prefill | attention_decode
+    flops: float
+    bytes: float
+    m: int
+    dims: Dims
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        flops: float,
+        bytes: float,
+        m: int = 1,
+        dims: Dims = (),
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.flops = flops
+        self.bytes = bytes
+        self.m = m
+        self.dims = dims
+
+    def __repr__(self) -> str:
+        return (
+            f"Op("
+            f"name={self.name!r}, "
+            f"kind={self.kind!r}, "
+            f"flops={self.flops!r}, "
+            f"bytes={self.bytes!r}, "
+            f"m={self.m!r}, "
+            f"dims={self.dims!r}"
+            ")"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Op):
+            return NotImplemented
+        return (self.name, self.kind, self.flops, self.bytes, self.m, self.dims) == (
+            other.name,
+            other.kind,
+            other.flops,
+            other.bytes,
+            other.m,
+            other.dims,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.kind, self.flops, self.bytes, self.m, self.dims))
+
+    def replaced(
+        self, *, name: str | None = None, flops: float | None = None, bytes: float | None = None
+    ) -> Op:
+        """A copy with the given fields changed (an Op is a value: never changed in place)."""
+        return Op(
+            self.name if name is None else name,
+            self.kind,
+            self.flops if flops is None else flops,
+            self.bytes if bytes is None else bytes,
+            self.m,
+            self.dims,
+        )
+
+    def dim(self, name: str) -> int:
+        for key, value in self.dims:
+            if key == name:
+                return value
+        raise KeyError(f"op {self.name!r} has no dim {name!r} (dims: {self.dims})")
+
+
+class OpBuilder:
+    """GEMMs and element-wise ops of one TP rank of ``spec`` in ``dtype``, with its KV cache in
+    ``kv_dtype``."""
+
+    def __init__(self, spec: ModelSpec, tp: int, dtype: str, kv_dtype: str) -> None:
+        self.spec = spec
+        self.tp = tp
+        self.weight_bytes = DTYPE_BYTES[dtype]
+        # Weight-only quantized models (int8/int4) still compute in 16-bit.
+        self.act_bytes = 2.0 if dtype in ("int8", "int4", "fp8", "fp4") else DTYPE_BYTES[dtype]
+        self.kv_bytes = DTYPE_BYTES[kv_dtype]
+
+    def gemm(self, name: str, m: int, n: int, k: int) -> Op:
+        flops = 2.0 * m * n * k
+        traffic = k * n * self.weight_bytes + (m * k + m * n) * self.act_bytes
+        return Op(name, "gemm", flops, traffic, m, (("m", m), ("n", n), ("k", k)))
+
+    def elementwise(self, name: str, m: int, read: int, write: int) -> Op:
+        dims = (("m", m), ("read", read), ("write", write))
+        return Op(name, "memory", 0.0, (read + write) * m * self.act_bytes, m, dims)

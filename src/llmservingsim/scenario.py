@@ -1,0 +1,329 @@
+"""A config resolved once into what a run serves: the model, each pool's devices, network and
+memory, the attached PIM devices, the frontend, the draft model, the perf backends' setup.
+
+:func:`resolve` makes every check that needs the catalog (feature combinations, parallelism
+against the model's shape, memory against the device) before any simulation time is spent;
+the layers below receive the :class:`Scenario` and never read the config back out of built
+objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as SequenceOf
+from dataclasses import dataclass, replace
+
+from llmservingsim.catalog import load_device, load_model
+from llmservingsim.config import LinkOverride, PoolConfig, SimConfig
+from llmservingsim.errors import ConfigError, DoesNotFitError
+from llmservingsim.hardware.backends import PerfSetup
+from llmservingsim.hardware.device import DeviceSpec, Link
+from llmservingsim.model.spec import ModelSpec
+from llmservingsim.network.topology import Topology
+from llmservingsim.perf.frontend import Frontend
+from llmservingsim.plugins import load_plugins
+from llmservingsim.serving.lora import reserved_lora_bytes
+from llmservingsim.serving.memory import MemoryPlan, PimMemory, plan_memory
+from llmservingsim.serving.speculative import load_draft_model, proposer_memory
+from llmservingsim.workload.request_spec import RequestSpec
+from llmservingsim.workload.request_table import first_with_lora
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """One pool of identical instances: its devices, parallelism, network and memory."""
+
+    config: PoolConfig
+    name: str
+    device: DeviceSpec
+    topology: Topology
+    memory: MemoryPlan
+    """Memory of one device of one instance."""
+
+    @property
+    def count(self) -> int:
+        return self.config.count
+
+    @property
+    def tp(self) -> int:
+        return self.config.tensor_parallel
+
+    @property
+    def pp(self) -> int:
+        return self.config.pipeline_parallel
+
+    @property
+    def ep(self) -> int:
+        return self.config.expert_parallel
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What one run serves, resolved from its config (:func:`resolve`)."""
+
+    config: SimConfig
+    model: ModelSpec
+    pools: tuple[PoolPlan, ...]
+    pim: DeviceSpec | None
+    """The PIM device attached to every instance (``pim.enabled``), or None."""
+    frontend: Frontend | None
+    """The serving frontend's time outside the GPU (``frontend.enabled``), or None."""
+    draft: ModelSpec | None
+    """The draft model of ``speculative.method: draft``, or None."""
+    perf: PerfSetup
+    """What the perf backends are built from."""
+
+    @property
+    def uses_lora(self) -> bool:
+        return uses_lora(self.config)
+
+    @property
+    def adapter_rank(self) -> int:
+        return adapter_rank(self.config)
+
+    @property
+    def memory(self) -> MemoryPlan:
+        """Memory of one device of the first pool's instances."""
+        return self.pools[0].memory
+
+    @property
+    def num_instances(self) -> int:
+        return sum(pool.count for pool in self.pools)
+
+    def check_requests(self, requests: SequenceOf[RequestSpec]) -> None:
+        """What a request table may name against this scenario: LoRA adapters need LoRA on."""
+        if self.uses_lora:
+            return
+        named = first_with_lora(requests)
+        if named is not None:
+            raise ConfigError(
+                f"workload: request {named.id} names LoRA adapter {named.lora!r} (trace column "
+                "'lora'); set lora.enabled: true to serve adapters"
+            )
+
+
+def resolve(cfg: SimConfig) -> Scenario:
+    """Resolve ``cfg`` (loading its plugins, models and devices) and check that it can run:
+    a :class:`~llmservingsim.errors.ConfigError` or
+    :class:`~llmservingsim.errors.DoesNotFitError` otherwise."""
+    load_plugins(cfg.plugins)
+    check_supported(cfg)
+    model = load_model(cfg.model)
+    _check_lora(cfg)
+    _check_max_model_len(cfg, model)
+    pim = pim_device(cfg)
+    draft = None
+    pools = []
+    for pool_cfg in cfg.cluster.resolved_pools(cfg.hardware):
+        check_parallelism(cfg, model, pool_cfg)
+        device = load_device(pool_cfg.hardware or cfg.hardware)
+        # The draft model runs at the pool's tensor parallelism: checked per pool.
+        draft = load_draft_model(cfg.speculative, model, pool_cfg.tensor_parallel)
+        memory = plan_pool_memory(cfg, model, pool_cfg, device, pim, draft)
+        pools.append(
+            PoolPlan(pool_cfg, pool_cfg.name or "default", device, _topology(cfg, device), memory)
+        )
+    setup = PerfSetup(
+        perf=cfg.perf,
+        model=model,
+        dtype=cfg.dtype,
+        kv_dtype=cfg.resolved_kv_dtype,
+        compute_dtype=cfg.compute_dtype,
+    )
+    return Scenario(cfg, model, tuple(pools), pim, frontend_model(cfg), draft, setup)
+
+
+def check_supported(cfg: SimConfig) -> None:
+    """Config values that name features not built yet: a clear error, never a silent fallback."""
+    pools = cfg.cluster.resolved_pools(cfg.hardware)
+    closed = cfg.workload.arrival.process == "closed"
+    unsupported = {
+        "pim.enabled with pipeline_parallel > 1": cfg.pim.enabled
+        and any(p.pipeline_parallel > 1 for p in pools),
+        # The KV cache then lives in PIM memory; its copies to host memory are not modelled.
+        "scheduler.preemption: swap or scheduler.kv_offload with pim.enabled": cfg.pim.enabled
+        and (cfg.scheduler.preemption == "swap" or cfg.scheduler.kv_offload is not None),
+        "speculative decoding with pipeline_parallel > 1": cfg.speculative.enabled
+        and any(p.pipeline_parallel > 1 for p in pools),
+        "speculative decoding with pim.enabled": cfg.speculative.enabled and cfg.pim.enabled,
+        "speculative decoding with scheduler.policy: static": cfg.speculative.enabled
+        and cfg.scheduler.policy == "static",
+        "LoRA adapters with pipeline_parallel > 1": uses_lora(cfg)
+        and any(p.pipeline_parallel > 1 for p in pools),
+        "LoRA adapters with scheduler.policy: static": uses_lora(cfg)
+        and cfg.scheduler.policy == "static",
+        # The client would send again when it sees the end (the frontend's times), and its
+        # request reach the engine later: set frontend.enabled: false.
+        "workload.arrival.process: closed with frontend.enabled": closed and cfg.frontend.enabled,
+        # Requests over max_model_len are refused before the engine runs, not when sent.
+        "workload.arrival.process: closed with max_model_len": closed
+        and cfg.max_model_len is not None,
+    }
+    for what, used in unsupported.items():
+        if used:
+            raise ConfigError(f"{what} is not yet supported")
+
+
+def uses_lora(cfg: SimConfig) -> bool:
+    """Requests name LoRA adapters: slots are reserved and the adapter machinery runs."""
+    return cfg.workload.lora is not None or cfg.lora.enabled
+
+
+def adapter_rank(cfg: SimConfig) -> int:
+    """Rank of the served adapters: the generator's, or (a trace's adapters) the slot rank."""
+    return cfg.workload.lora.rank if cfg.workload.lora is not None else cfg.lora.max_lora_rank
+
+
+def _check_lora(cfg: SimConfig) -> None:
+    workload = cfg.workload.lora
+    if workload is not None and workload.rank > cfg.lora.max_lora_rank:
+        raise ConfigError(
+            f"workload.lora.rank={workload.rank} exceeds lora.max_lora_rank="
+            f"{cfg.lora.max_lora_rank}: raise max_lora_rank (the slots are sized for it)"
+        )
+
+
+def _check_max_model_len(cfg: SimConfig, model: ModelSpec) -> None:
+    limit, context = cfg.max_model_len, model.max_context
+    if limit is not None and limit > context:
+        raise ConfigError(
+            f"max_model_len={limit} exceeds {cfg.model}'s context of {context} tokens "
+            f"(expected at most {context})"
+        )
+
+
+def pim_device(cfg: SimConfig) -> DeviceSpec | None:
+    """The PIM device attached to every instance, or None; checks the ``pim`` section."""
+    if not cfg.pim.enabled:
+        return None
+    device = load_device(cfg.pim.device)
+    if device.type != "pim":
+        raise ConfigError(
+            f"pim.device {cfg.pim.device!r} is a {device.type} device; PIM offload needs a "
+            "device of type pim (e.g. the catalog's 'pim')"
+        )
+    return device
+
+
+def frontend_model(cfg: SimConfig) -> Frontend | None:
+    """The frontend (perf/frontend.py) the config turns on, or None."""
+    fe = cfg.frontend
+    if not fe.enabled:
+        return None
+    return Frontend(
+        request_s=fe.request_overhead_us * 1e-6,
+        per_prompt_token_s=fe.per_prompt_token_us * 1e-6,
+        token_out_s=fe.token_out_us * 1e-6,
+        async_scheduling=fe.async_scheduling,
+        step_s=None if fe.step_overhead_us is None else fe.step_overhead_us * 1e-6,
+        per_seq_s=None if fe.per_seq_overhead_us is None else fe.per_seq_overhead_us * 1e-6,
+    )
+
+
+def check_parallelism(cfg: SimConfig, model: ModelSpec, pool: PoolConfig) -> None:
+    """The pool's TP / PP / EP can split ``model``, and its hardware can serve it."""
+    where = "cluster" if cfg.cluster.pools is None else f"cluster.pools[{pool.name}]"
+    if model.num_heads % pool.tensor_parallel:
+        raise ConfigError(
+            f"{where}.tensor_parallel={pool.tensor_parallel} must divide the "
+            f"{model.num_heads} attention heads of {cfg.model}"
+        )
+    kv_heads, tp = model.num_kv_heads, pool.tensor_parallel
+    if (kv_heads % tp) if kv_heads >= tp else (tp % kv_heads):
+        # vLLM: TP shards the KV heads evenly, or replicates each on tp / kv_heads devices.
+        raise ConfigError(
+            f"{where}.tensor_parallel={tp} cannot split the {kv_heads} KV heads of "
+            f"{cfg.model}: it must divide them or be a multiple of them"
+        )
+    if pool.pipeline_parallel > model.num_layers:
+        raise ConfigError(
+            f"{where}.pipeline_parallel={pool.pipeline_parallel} exceeds the "
+            f"{model.num_layers} layers of {cfg.model}"
+        )
+    ep = pool.expert_parallel
+    if ep > 1:
+        if not model.is_moe:
+            raise ConfigError(
+                f"{where}.expert_parallel={ep} needs a mixture-of-experts model; "
+                f"{cfg.model} is dense"
+            )
+        if model.num_experts % ep:
+            raise ConfigError(
+                f"{where}.expert_parallel={ep} must divide the {model.num_experts} experts "
+                f"of {cfg.model}"
+            )
+        if ep != pool.tensor_parallel:
+            raise ConfigError(
+                f"{where}.expert_parallel={ep} must be 1 or equal tensor_parallel="
+                f"{pool.tensor_parallel}: experts are split over the TP group's devices "
+                "(docs/models.md)"
+            )
+    device = load_device(pool.hardware or cfg.hardware)
+    if device.type == "pim":
+        raise ConfigError(
+            f"hardware {device.name!r} is a PIM device: it only runs decode attention; attach "
+            f"it to a GPU/NPU with pim.enabled: true and pim.device: {device.name}"
+        )
+
+
+def _topology(cfg: SimConfig, device: DeviceSpec) -> Topology:
+    net = cfg.cluster.network
+
+    def link(base: Link, override: LinkOverride) -> Link:
+        changes = override.model_dump(exclude_none=True)
+        return base.model_copy(update=changes) if changes else base
+
+    return Topology.build(
+        device,
+        devices_per_node=net.devices_per_node,
+        nodes_per_rack=net.nodes_per_rack,
+        oversubscription=net.oversubscription,
+        intra_node=link(device.links.intra_node, net.intra_node),
+        inter_node=link(device.links.inter_node, net.inter_node),
+        custom_allreduce=net.custom_allreduce,
+    )
+
+
+def plan_pool_memory(
+    cfg: SimConfig,
+    model: ModelSpec,
+    pool: PoolConfig,
+    device: DeviceSpec,
+    pim: DeviceSpec | None,
+    draft: ModelSpec | None,
+) -> MemoryPlan:
+    """Memory of one device of an instance of ``pool``; DoesNotFitError when the weights
+    leave no KV block per pipeline stage."""
+    hardware = pool.hardware or cfg.hardware
+    tp, pp = pool.tensor_parallel, pool.pipeline_parallel
+    draft_weights, draft_kv = proposer_memory(
+        cfg.speculative, model, draft, cfg.dtype, cfg.resolved_kv_dtype, tp
+    )
+    lora_bytes = reserved_lora_bytes(cfg.lora, model, cfg.dtype, tp) if uses_lora(cfg) else 0.0
+    plan = plan_memory(
+        model,
+        device,
+        dtype=cfg.dtype,
+        kv_dtype=cfg.resolved_kv_dtype,
+        tp=tp,
+        pp=pp,
+        block_size=cfg.scheduler.block_size,
+        gpu_memory_utilization=cfg.scheduler.gpu_memory_utilization,
+        max_batched_tokens=cfg.scheduler.max_num_batched_tokens,
+        max_seqs=cfg.scheduler.max_num_seqs,
+        ep=pool.expert_parallel,
+        pim=None if pim is None else PimMemory(pim, cfg.pim.count),
+        draft_weight_bytes=draft_weights,
+        draft_kv_bytes_per_token=draft_kv,
+        lora_bytes=lora_bytes,
+    )
+    if plan.num_blocks < pp:
+        shape = f"{tp}× {hardware}" if pp == 1 else f"{tp}×{pp} (TP×PP) {hardware}"
+        raise DoesNotFitError(
+            f"{cfg.model} ({cfg.dtype}) does not fit {shape}: {plan.describe()}. "
+            "Raise tensor_parallel or pipeline_parallel, use a smaller dtype (fp8/int8/int4) "
+            "or a device with more memory."
+        )
+    override = cfg.scheduler.num_gpu_blocks_override
+    if override is not None:
+        plan = replace(plan, num_blocks=override)
+    return plan

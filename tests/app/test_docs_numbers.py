@@ -1,0 +1,440 @@
+"""Numbers quoted in README.md and docs/*.md, re-run and compared, so the docs cannot drift.
+
+Each :class:`Quote` names a doc, a passage quoted from it (which must still be there, word for
+word) and, for each number in the passage, the metric of a simulation that produces it. The
+test re-runs the simulation and checks the number within the quote's tolerance (plus half a
+unit of the last printed digit, for rounding). The simulator is deterministic, so the tolerance
+only absorbs deliberate model changes small enough not to change the story; a larger change
+fails here and the doc gets the new number.
+
+The cheap runs (each a few seconds) run with the suite; the slow ones (``slow=True``: a capacity
+plan of dozens of simulations) run with ``DOC_NUMBERS=all``.
+``python tests/app/test_docs_numbers.py`` prints every quoted number next to a fresh value
+(``--all`` includes the slow ones): the way to
+refresh a doc after a model change.
+
+Wall times are measurements of a machine, not of the model: the docs state them with the
+machine and the command (docs/performance.md), and they are not checked here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmservingsim.config import load_config
+from llmservingsim.errors import InputWarning
+from llmservingsim.simulation import simulate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+Summary = dict[str, Any]
+Metric = Callable[[Summary], float]
+
+FIXED_1000 = [
+    "workload.arrival.rate=.inf",
+    "workload.input_len={dist: fixed, value: 1000}",
+    "workload.output_len={dist: fixed, value: 1000}",
+]
+# TensorRT-LLM's engine settings of the published Mixtral rows (docs/accuracy.md)
+TRTLLM = [
+    "scheduler.policy=no_evict",
+    "scheduler.max_num_seqs=2048",
+    "scheduler.max_num_batched_tokens=8192",
+    "scheduler.block_size=32",
+]
+
+# docs/workloads.md "Priority scheduling": two clients at twice what one H100 sustains.
+PRIORITY_RUN = [
+    "model=llama-3.2-1b", "seed=3", "workload.num_requests=1500", "workload.arrival.rate=250",
+]  # fmt: skip
+PRIORITY_CLIENTS = (
+    "workload.clients=[{name: interactive, share: 0.3, priority: 0, slo: {ttft_s: 0.5}},"
+    " {name: batch, share: 0.7, priority: 1}]"
+)
+
+RUNS: dict[str, tuple[str | None, list[str]]] = {
+    "default": (None, []),
+    "prefix-on": ("examples/prefix_chat.yaml", []),
+    "prefix-off": ("examples/prefix_chat.yaml", ["scheduler.enable_prefix_caching=false"]),
+    "mixtral-fp8-h100": (
+        None,
+        ["model=mixtral-8x7b", "dtype=fp8", "cluster.tensor_parallel=2",
+         "workload.num_requests=3000", *FIXED_1000, *TRTLLM],
+    ),
+    "mixtral-fp16-a100": (
+        None,
+        ["model=mixtral-8x7b", "dtype=fp16", "hardware=a100-80gb", "cluster.tensor_parallel=2",
+         "workload.num_requests=3000", *FIXED_1000, *TRTLLM],
+    ),
+    "cluster-16": (
+        None,
+        ["cluster.instances=16", "cluster.router=least_outstanding", "workload.arrival.rate=120"],
+    ),
+    "lora-base": ("examples/multi_lora.yaml", ["workload.lora=null"]),
+    "lora-zipf-4": ("examples/multi_lora.yaml", []),
+    "lora-zipf-16": ("examples/multi_lora.yaml", ["lora.max_loras=16"]),
+    "overload-bounded": (
+        None,
+        ["model=llama-3.2-1b", "workload.num_requests=50000", "workload.arrival.rate=12500",
+         "scheduler.max_queue=256", "scheduler.request_timeout_s=10"],
+    ),
+    "priority-two-classes": (None, [*PRIORITY_RUN, PRIORITY_CLIENTS, "scheduler.policy=priority"]),
+    "priority-fcfs": (
+        None, [*PRIORITY_RUN, PRIORITY_CLIENTS.replace("priority: 1", "priority: 0")]
+    ),
+}  # fmt: skip
+"""Simulations the quotes come from: (scenario file, --set overrides)."""
+
+PLAN_60 = [
+    "plan", "--set", "workload.num_requests=3000", "--slo", "ttft_p99=0.5",
+    "--slo", "tpot_p99=0.05", "--target-rate", "60", "--search", "cluster.instances=1..16",
+    "--search", "hardware=h100-sxm,a100-80gb,l40s",
+]  # fmt: skip
+"""The capacity plan of README.md and docs/sweep.md (slow: ~40 simulations of 3,000 requests)."""
+
+PLAN_MAX = [
+    "plan", "--set", "workload.num_requests=2000", "--slo", "ttft_p99=0.5",
+    "--slo", "tpot_p99=0.05", "--search", "hardware=h100-sxm,a100-80gb,l40s",
+    "--search", "cluster.tensor_parallel=1,2",
+]  # fmt: skip
+"""The max-rate plan of docs/sweep.md (slow: a bisection per candidate)."""
+
+PLANS = {"plan-60": PLAN_60, "plan-max": PLAN_MAX}
+
+
+@dataclass(frozen=True)
+class Quote:
+    doc: str
+    text: str
+    """Quoted from the doc, word for word; holds each number of ``values`` as written."""
+    run: str
+    """A key of :data:`RUNS` or of :data:`PLANS`."""
+    values: dict[str, Metric]
+    """The number as written in ``text`` → the metric it quotes, in the doc's unit."""
+    rel: float = 0.02
+    """Stated tolerance, relative."""
+    slow: bool = False
+
+
+def ms(key: str, stat: str) -> Metric:
+    return lambda s: float(s[key][stat]) * 1e3
+
+
+def client(name: str, key: str, stat: str | None = None) -> Metric:
+    """A number of summary.json's ``clients.<name>``, in its own unit."""
+    return lambda s: float(
+        s["clients"][name][key] if stat is None else s["clients"][name][key][stat]
+    )
+
+
+def plan_row(hardware: str, column: str, scale: float = 1.0, tp: int = 1) -> Metric:
+    return lambda rows: float(rows[f"{hardware}/tp{tp}"][column]) * scale
+
+
+QUOTES: list[Quote] = [
+    Quote(
+        "docs/workloads.md",
+        "| `priority` | 0.022 s | 1.00 | 1.42 s |",
+        "priority-two-classes",
+        {
+            "0.022": client("interactive", "ttft_s", "p99"),
+            "1.00": client("interactive", "slo_attainment"),
+            "1.42": client("batch", "ttft_s", "p50"),
+        },
+    ),
+    Quote(
+        "docs/workloads.md",
+        "| `vllm` (both clients at priority 0) | 2.1 s | 0.47 | 0.62 s |",
+        "priority-fcfs",
+        {
+            "2.1": client("interactive", "ttft_s", "p99"),
+            "0.47": client("interactive", "slo_attainment"),
+            "0.62": client("batch", "ttft_s", "p50"),
+        },
+    ),
+    Quote(
+        "README.md",
+        "│ TTFT         │    16.9 │    14.1 │    25.2 │     78.5 │",
+        "default",
+        {
+            "16.9": ms("ttft_s", "mean"),
+            "14.1": ms("ttft_s", "p50"),
+            "25.2": ms("ttft_s", "p90"),
+            "78.5": ms("ttft_s", "p99"),
+        },
+    ),
+    Quote(
+        "README.md",
+        "│ TPOT         │     8.4 │     8.3 │     8.9 │      9.6 │",
+        "default",
+        {"8.4": ms("tpot_s", "mean"), "8.9": ms("tpot_s", "p90"), "9.6": ms("tpot_s", "p99")},
+    ),
+    Quote(
+        "README.md",
+        "│ E2E          │ 2,392.1 │ 1,536.9 │ 5,153.0 │ 16,630.6 │",
+        "default",
+        {"2,392.1": ms("e2e_s", "mean"), "16,630.6": ms("e2e_s", "p99")},
+    ),
+    Quote(
+        "README.md",
+        "7.73 req/s · 2,198 out tok/s",
+        "default",
+        {
+            "7.73": lambda s: s["request_throughput"],
+            "2,198": lambda s: s["output_tokens_per_s"],
+        },
+    ),
+    Quote(
+        "README.md",
+        "129.9 s in 15,600 steps",
+        "default",
+        {"129.9": lambda s: s["simulated_time_s"], "15,600": lambda s: s["iterations"]},
+    ),
+    Quote(
+        "README.md",
+        "455,792 tokens, peak use 5%",
+        "default",
+        {
+            "455,792": lambda s: s["memory"]["kv_tokens"],
+            "5": lambda s: 100 * s["kv_cache_peak_util"],
+        },
+    ),
+    Quote(
+        "README.md",
+        "0.017 kWh · $0.11",
+        "default",
+        {"0.017": lambda s: s["energy_j"] / 3.6e6, "0.11": lambda s: s["cost_usd"]},
+        rel=0.05,
+    ),
+    Quote(
+        "docs/kv_cache.md",
+        "| prefix caching on | 17.8 ms | 37.8 ms | 10.4 ms | 93.8 % |",
+        "prefix-on",
+        {
+            "17.8": ms("ttft_s", "mean"),
+            "37.8": ms("ttft_s", "p99"),
+            "10.4": ms("tpot_s", "mean"),
+            "93.8": lambda s: 100 * s["prefix_cache_hit_rate"],
+        },
+    ),
+    Quote(
+        "docs/kv_cache.md",
+        "| prefix caching off | 417.4 ms | 2,571.4 ms | 36.6 ms | — |",
+        "prefix-off",
+        {
+            "417.4": ms("ttft_s", "mean"),
+            "2,571.4": ms("ttft_s", "p99"),
+            "36.6": ms("tpot_s", "mean"),
+        },
+    ),
+    Quote(
+        "docs/models.md",
+        "| Mixtral-8x7B FP8, 2× H100 TP2 | 14,526 | 15,771 |",
+        "mixtral-fp8-h100",
+        {"14,526": lambda s: s["output_tokens_per_s"]},
+    ),
+    Quote(
+        "docs/models.md",
+        "| Mixtral-8x7B FP16, 2× A100 TP2 | 3,340 | 3,155 |",
+        "mixtral-fp16-a100",
+        {"3,340": lambda s: s["output_tokens_per_s"]},
+    ),
+    Quote(
+        "docs/user-guide.md",
+        "reports 43.55 req/s completed at 120 req/s offered",
+        "cluster-16",
+        {"43.55": lambda s: s["request_throughput"]},
+    ),
+    Quote(
+        "docs/lora.md",
+        "| base model, no adapters | 16.0 | 75.0 | 7.69 | — | — | 0.00 | 455,792 |",
+        "lora-base",
+        {
+            "16.0": ms("ttft_s", "mean"),
+            "75.0": ms("ttft_s", "p99"),
+            "7.69": ms("tpot_s", "mean"),
+            "455,792": lambda s: s["memory"]["kv_tokens"],
+        },
+    ),
+    Quote(
+        "docs/lora.md",
+        "| 100 Zipf adapters, max_loras 4 | 8,689.5 | 26,524.6 | 9.71 | 278 | 89 | 4.16 |",
+        "lora-zipf-4",
+        {
+            "8,689.5": ms("ttft_s", "mean"),
+            "26,524.6": ms("ttft_s", "p99"),
+            "9.71": ms("tpot_s", "mean"),
+            "278": lambda s: s["lora_adapter_loads"],
+            "89": lambda s: s["lora_disk_loads"],
+            "4.16": lambda s: s["lora_load_stall_s"],
+        },
+    ),
+    Quote(
+        "docs/lora.md",
+        "| 100 Zipf adapters, max_loras 16 | 28.4 | 89.8 | 9.83 | 249 | 89 | 4.12 | 445,552 |",
+        "lora-zipf-16",
+        {
+            "28.4": ms("ttft_s", "mean"),
+            "9.83": ms("tpot_s", "mean"),
+            "249": lambda s: s["lora_adapter_loads"],
+            "445,552": lambda s: s["memory"]["kv_tokens"],
+        },
+    ),
+    Quote(
+        "docs/robustness.md",
+        "| `max_queue: 256`, `request_timeout_s: 10` | 1,065 | 48,935 | 1.76 s | 11.2 s |",
+        "overload-bounded",
+        {
+            "1,065": lambda s: s["requests_completed"],
+            "48,935": lambda s: s["requests_rejected"],
+            "1.76": lambda s: s["ttft_s"]["p99"],
+            "11.2": lambda s: s["simulated_time_s"],
+        },
+    ),
+    Quote(
+        "docs/sweep.md",
+        "│ ★ │  h100-sxm │         2 │    60 │        91.5 │        14.8 │    2 │ 6.00 │",
+        "plan-60",
+        {
+            "2": plan_row("h100-sxm", "cluster.instances"),
+            "91.5": plan_row("h100-sxm", "ttft_s_p99", 1e3),
+            "14.8": plan_row("h100-sxm", "tpot_s_p99", 1e3),
+        },
+        slow=True,
+    ),
+    Quote(
+        "docs/sweep.md",
+        "│   │ a100-80gb │         4 │    60 │       247.0 │        30.8 │    4 │ 7.20 │",
+        "plan-60",
+        {
+            "4": plan_row("a100-80gb", "cluster.instances"),
+            "247.0": plan_row("a100-80gb", "ttft_s_p99", 1e3),
+            "30.8": plan_row("a100-80gb", "tpot_s_p99", 1e3),
+        },
+        slow=True,
+    ),
+    Quote(
+        "docs/sweep.md",
+        "│   │      l40s │         6 │    60 │       200.5 │        45.4 │    6 │ 6.00 │",
+        "plan-60",
+        {
+            "6": plan_row("l40s", "cluster.instances"),
+            "200.5": plan_row("l40s", "ttft_s_p99", 1e3),
+            "45.4": plan_row("l40s", "tpot_s_p99", 1e3),
+        },
+        slow=True,
+    ),
+    Quote(
+        "docs/sweep.md",
+        "| ★ | h100-sxm | 1 | 41.5 | 129.8 | 24.5 | 1 | 3.00 | 0.074 |",
+        "plan-max",
+        {
+            "41.5": plan_row("h100-sxm", "rate_req_s"),
+            "0.074": plan_row("h100-sxm", "usd_per_million_output_tokens"),
+        },
+        rel=0.05,  # the bisection's --rate-tolerance
+        slow=True,
+    ),
+    Quote(
+        "docs/sweep.md",
+        "| | a100-80gb | 2 | 30.6 | 226.6 | 31.7 | 2 | 3.60 | 0.120 |",
+        "plan-max",
+        {
+            "30.6": plan_row("a100-80gb", "rate_req_s", tp=2),
+            "0.120": plan_row("a100-80gb", "usd_per_million_output_tokens", tp=2),
+        },
+        rel=0.05,
+        slow=True,
+    ),
+]
+
+
+@functools.cache
+def fresh(run: str) -> Any:
+    """The summary of a :data:`RUNS` simulation, or a plan's rows by ``hardware/tpN``."""
+    if run in PLANS:
+        import pyarrow.parquet as pq
+
+        with tempfile.TemporaryDirectory() as out:
+            subprocess.run(
+                [sys.executable, "-m", "llmservingsim", *PLANS[run], "--out", out, "-q"],
+                check=True,
+            )
+            rows = pq.read_table(Path(out) / "plan.parquet").to_pylist()
+        return {f"{r['hardware']}/tp{r.get('cluster.tensor_parallel', 1)}": r for r in rows}
+    path, overrides = RUNS[run]
+    cfg = load_config(ROOT / path if path else None, overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InputWarning)
+        return simulate(cfg).summary
+
+
+def _value(number: str) -> float:
+    return float(number.replace(",", ""))
+
+
+def _rounding(number: str) -> float:
+    """Half a unit of the last digit written."""
+    _, dot, decimals = number.partition(".")
+    return 0.5 * 10.0 ** -(len(decimals) if dot else 0)
+
+
+def within(number: str, actual: float, rel: float) -> bool:
+    expected = _value(number)
+    return math.isclose(actual, expected, rel_tol=rel) or abs(actual - expected) <= _rounding(
+        number
+    ) + rel * abs(expected)
+
+
+IDS = [f"{q.doc}:{q.run}:{'/'.join(q.values)}" for q in QUOTES]
+
+
+@pytest.mark.parametrize("quote", QUOTES, ids=IDS)
+def test_the_quote_is_still_in_its_doc(quote: Quote) -> None:
+    text = (ROOT / quote.doc).read_text()
+    assert quote.text in text, f"{quote.doc} no longer quotes {quote.text!r}: update QUOTES"
+    for number in quote.values:
+        assert number in quote.text
+
+
+@pytest.mark.parametrize("quote", QUOTES, ids=IDS)
+def test_the_quoted_numbers_match_a_fresh_run(quote: Quote) -> None:
+    if quote.slow and os.environ.get("DOC_NUMBERS") != "all":
+        pytest.skip("slow: DOC_NUMBERS=all runs it")
+    result = fresh(quote.run)
+    for number, metric in quote.values.items():
+        actual = metric(result)
+        assert within(number, actual, quote.rel), (
+            f"{quote.doc} quotes {number} in {quote.text!r}; a fresh run gives {actual:,.6g} "
+            f"(tolerance {quote.rel:.0%}): update the doc and QUOTES"
+        )
+
+
+def main() -> None:
+    everything = "--all" in sys.argv
+    for quote in QUOTES:
+        if quote.slow and not everything:
+            continue
+        result = fresh(quote.run)
+        fresh_values = ", ".join(
+            f"{number} → {metric(result):,.6g}" for number, metric in quote.values.items()
+        )
+        print(f"{quote.doc}: {quote.text}\n    {fresh_values}")
+    print(json.dumps({"quotes": len(QUOTES)}))
+
+
+if __name__ == "__main__":
+    main()

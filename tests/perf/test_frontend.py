@@ -1,0 +1,210 @@
+"""Engine presets (engine: NAME[@VERSION]), the serving frontend (perf/frontend.py) and the
+knobs max_model_len / scheduler.num_gpu_blocks_override."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llmservingsim.config import load_config
+from llmservingsim.errors import ConfigError
+from llmservingsim.perf.frontend import Frontend
+from llmservingsim.simulation import simulate
+from llmservingsim.workload.request_spec import RequestSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def cfg_of(*sets: str) -> Any:
+    return load_config(None, list(sets))
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def test_trtllm_preset_sets_guaranteed_no_evict_and_its_budgets() -> None:
+    cfg = cfg_of("engine=trtllm")
+    assert cfg.engine == "trtllm@1.0"
+    s = cfg.scheduler
+    assert (s.policy, s.max_num_seqs, s.max_num_batched_tokens, s.block_size) == (
+        "no_evict",
+        2048,
+        8192,
+        32,
+    )
+    assert cfg.frontend.enabled is False  # no measured data for TensorRT-LLM
+    assert cfg.engine_name_version == ("trtllm", "1.0")
+
+
+def test_user_settings_win_over_the_preset() -> None:
+    cfg = cfg_of("engine=trtllm", "scheduler.block_size=16", "scheduler.policy=vllm")
+    assert (cfg.scheduler.block_size, cfg.scheduler.policy) == (16, "vllm")
+    assert cfg.scheduler.max_num_seqs == 2048  # not set by the user: the preset's
+    record = cfg.engine_preset
+    assert record is not None
+    assert "scheduler.block_size" in record["user_overrides"]
+    assert "scheduler.block_size" not in record["applied"]
+    assert record["applied"]["scheduler.max_num_seqs"] == 2048
+
+
+def test_vllm_budgets_follow_the_device() -> None:
+    big = cfg_of("engine=vllm", "hardware=h100-sxm").scheduler
+    assert (big.max_num_seqs, big.max_num_batched_tokens) == (1024, 8192)
+    a100 = cfg_of("engine=vllm", "hardware=a100-80gb").scheduler  # vLLM excludes A100
+    assert (a100.max_num_seqs, a100.max_num_batched_tokens) == (256, 2048)
+    small = cfg_of("engine=vllm", "hardware=l4").scheduler
+    assert (small.max_num_seqs, small.max_num_batched_tokens) == (256, 2048)
+    assert cfg_of("engine=vllm").scheduler.enable_prefix_caching is True
+
+
+def test_vllm_0_6_chunks_only_long_context_models() -> None:
+    long = cfg_of("engine=vllm-0.6", "model=llama-3.1-8b").scheduler  # 128K context
+    assert (long.policy, long.max_num_batched_tokens) == ("vllm", 512)
+    short = cfg_of("engine=vllm-0.6", "model=llama-2-7b").scheduler  # 4K context
+    assert (short.policy, short.max_num_batched_tokens) == ("orca", 4096)
+
+
+def test_vllm_versions_take_their_own_frontend_fit() -> None:
+    fits = yaml.safe_load((ROOT / "src/llmservingsim/data/engines/fits/vllm.yaml").read_text())
+    for version in ("0.15", "0.19"):
+        fe = cfg_of(f"engine=vllm@{version}").frontend
+        params = fits["versions"][version]["params"]
+        assert fe.enabled and fe.step_overhead_us == params["step_overhead_us"]
+        assert fe.per_prompt_token_us == params["per_prompt_token_us"]
+    assert cfg_of("engine=vllm").engine == "vllm@0.19"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("vlm", "unknown engine 'vlm'; did you mean 'vllm'?"),
+        ("vllm@0.6", "engine 'vllm-0.6' is a preset of its own"),
+        ("vllm@0.20", "valid: 0.15, 0.19"),
+        ("trtllm@9", "unknown version '9'"),
+    ],
+)
+def test_unknown_engine_or_version_is_one_error_line(value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        cfg_of(f"engine={value}")
+    message = str(err.value)
+    assert expected in message and "\n" not in message
+
+
+def test_the_old_engine_section_points_to_simulator() -> None:
+    with pytest.raises(ConfigError, match="moved to simulator:"):
+        cfg_of("engine={fast_forward: false}")
+
+
+def test_summary_records_the_resolved_preset() -> None:
+    cfg = cfg_of("engine=sglang", "workload.num_requests=5")
+    summary = simulate(cfg).summary
+    assert summary["engine_preset"]["engine"] == "sglang"
+    assert summary["engine_preset"]["applied"]["scheduler.max_num_batched_tokens"] == 8192
+    assert summary["config"]["engine"] == "sglang@0.5"
+
+
+# ----------------------------------------------------------------------------- frontend
+
+
+def one_request(*sets: str, prompt: int = 500, output: int = 20) -> Any:
+    cfg = cfg_of(*sets)
+    return simulate(cfg, requests=[RequestSpec(0, 1.0, prompt, output)], check_invariants=False)
+
+
+def test_frontend_adds_its_delays_to_one_request() -> None:
+    """One request on an idle engine: TTFT = arrival delay + prefill + out delay, E2E too."""
+    base = one_request()
+    fe = one_request(
+        "frontend.enabled=true",
+        "frontend.request_overhead_us=2000",
+        "frontend.per_prompt_token_us=10",
+        "frontend.token_out_us=500",
+        "frontend.async_scheduling=true",  # the engine was idle: no step to wait for
+    )
+    row, row_fe = base.metrics.records[0], fe.metrics.records[0]
+    delay = 2000e-6 + 10e-6 * 500 + 500e-6
+    assert row_fe.arrival_s == row.arrival_s == 1.0
+    assert row_fe.ttft == pytest.approx(row.ttft + delay, abs=1e-12)
+    assert row_fe.e2e == pytest.approx(row.e2e + delay, abs=1e-12)
+    assert row_fe.tpot == pytest.approx(row.tpot, abs=1e-12)
+
+
+def test_async_scheduling_costs_one_step_when_the_engine_is_busy() -> None:
+    specs = [RequestSpec(0, 0.0, 2000, 50), RequestSpec(1, 0.001, 100, 30)]
+    cfg = cfg_of("frontend.enabled=true")
+    sync = simulate(cfg, requests=specs).metrics.records
+    cfg = cfg_of("frontend.enabled=true", "frontend.async_scheduling=true")
+    lag = simulate(cfg, requests=specs).metrics.records
+    by_id = {r.id: r for r in sync}
+    for r in lag:
+        s = by_id[r.id]
+        if r.id == 0:  # found the engine idle
+            assert r.ttft == s.ttft
+        else:  # arrived mid-step: one (its own mean decode) step later
+            assert s.tpot is not None
+            assert r.ttft == pytest.approx(s.ttft + s.tpot, rel=1e-9)
+            assert r.e2e == pytest.approx(s.e2e + s.tpot, rel=1e-9)
+
+
+def test_frontend_step_overhead_replaces_the_device_constants() -> None:
+    base = one_request("frontend.enabled=true").metrics.records[0]
+    slow = one_request(
+        "frontend.enabled=true",
+        "frontend.step_overhead_us=1500",
+        "frontend.per_seq_overhead_us=25",
+    ).metrics.records[0]
+    # h100-sxm's constants are 500 µs + 5 µs per sequence; one sequence decodes alone.
+    assert base.tpot is not None and slow.tpot is not None
+    assert slow.tpot - base.tpot == pytest.approx(1000e-6 + 20e-6, rel=1e-6)
+
+
+def test_frontend_arithmetic() -> None:
+    fe = Frontend(request_s=1e-3, per_prompt_token_s=2e-6, token_out_s=3e-4, async_scheduling=True)
+    assert fe.arrival_delay_s(1000) == pytest.approx(3e-3)
+    assert fe.async_step_delay_s(True, 0.02) == 0.02
+    assert fe.async_step_delay_s(False, 0.02) == 0.0
+    assert fe.step_overhead_s(10, 5e-4, 5e-6) == pytest.approx(5.5e-4)
+    assert Frontend(step_s=1e-3, per_seq_s=0.0).step_overhead_s(10, 5e-4, 5e-6) == 1e-3
+
+
+# ----------------------------------------------------------------------------- knobs
+
+
+def test_max_model_len_rejects_longer_requests() -> None:
+    specs = [RequestSpec(0, 0.0, 100, 50), RequestSpec(1, 0.1, 3000, 200)]
+    result = simulate(cfg_of("max_model_len=2048"), requests=specs)
+    assert result.summary["requests_rejected"] == 1
+    assert result.summary["requests_completed"] == 1
+    rejected = [r for r in result.metrics.records if r.status == "rejected"]
+    assert [r.id for r in rejected] == [1] and "max_model_len 2048" in rejected[0].fail_reason
+
+
+def test_max_model_len_beyond_the_model_context_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="exceeds llama-2-7b's context of 4096"):
+        simulate(cfg_of("model=llama-2-7b", "max_model_len=8192", "workload.num_requests=2"))
+
+
+def test_num_gpu_blocks_override_sets_the_kv_cache() -> None:
+    summary = simulate(cfg_of("scheduler.num_gpu_blocks_override=100", "workload.num_requests=3"))
+    assert summary.summary["kv_cache_capacity_tokens"] == 100 * 16
+
+
+# ----------------------------------------------------------------------------- the fit
+
+
+@pytest.mark.skipif(not (DATA / "reference").is_dir(), reason="needs ../shared/data")
+def test_vllm_0_19_fit_reproduces_from_the_script() -> None:
+    spec = importlib.util.spec_from_file_location("fit_frontend", ROOT / "scripts/fit_frontend.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fit_frontend"] = module
+    spec.loader.exec_module(module)
+    fitted = {"0.19": module.fit_vllm019(DATA)}
+    shipped = yaml.safe_load(module.FITS.read_text())["versions"]
+    assert module.differs(fitted, shipped) == []

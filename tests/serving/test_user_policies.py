@@ -1,0 +1,74 @@
+"""A user's scheduler and router, one Python file named in ``plugins:``, run in the engine that is
+installed (compiled where it was built) and keep every invariant (the suite checks them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import assert_one_line_error
+from llmservingsim.build_info import engine_build
+from llmservingsim.config import load_config
+from llmservingsim.errors import ConfigError
+from llmservingsim.simulation import simulate
+from llmservingsim.workload.request_spec import RequestSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICIES = str(ROOT / "examples" / "policies" / "my_policies.py")
+
+
+def run(*overrides: str, specs: list[RequestSpec] | None = None) -> dict[str, object]:
+    cfg = load_config(None, [f"plugins=[{POLICIES}]", "model=llama-3.2-1b", *overrides])
+    return simulate(cfg, requests=specs).summary
+
+
+def test_a_user_scheduler_runs_in_the_installed_engine_and_orders_by_prompt_length() -> None:
+    # One instance, a batch of one: requests that queue behind the first are served
+    # shortest prompt first, not in arrival order.
+    specs = [RequestSpec(0, 0.0, 64, 50)]
+    specs += [RequestSpec(i, 0.001 * i, 1000 - 100 * i, 4) for i in range(1, 6)]
+    sched = ["scheduler.policy=shortest_prompt_first", "scheduler.max_num_seqs=1"]
+    cfg = load_config(None, [f"plugins=[{POLICIES}]", "model=llama-3.2-1b", *sched])
+    result = simulate(cfg, requests=specs)
+    assert result.summary["engine_build"] == engine_build()
+    assert result.summary["requests_completed"] == 6
+    first_token = {r.id: r.first_token_s for r in result.metrics.records}
+    later = sorted(range(1, 6), key=lambda i: first_token[i])
+    assert later == [5, 4, 3, 2, 1]  # prompts 500, 600, ..., 900 tokens
+    fifo = simulate(
+        load_config(None, ["model=llama-3.2-1b", "scheduler.max_num_seqs=1"]), requests=specs
+    )
+    fifo_first = {r.id: r.first_token_s for r in fifo.metrics.records}
+    assert sorted(range(1, 6), key=lambda i: fifo_first[i]) == [1, 2, 3, 4, 5]
+
+
+def test_a_user_router_runs_and_spreads_the_waiting_requests() -> None:
+    summary = run(
+        "cluster.instances=4",
+        "cluster.router=least_waiting",
+        "workload.num_requests=400",
+        "workload.arrival.rate=200",
+    )
+    assert summary["requests_completed"] == 400
+    instances = summary["instances"]
+    assert isinstance(instances, list)
+    assert all(row["requests_completed"] > 0 for row in instances)
+
+
+def test_the_example_config_runs() -> None:
+    cfg = load_config(ROOT / "examples" / "custom_policies.yaml", ["workload.num_requests=200"])
+    summary = simulate(cfg).summary
+    assert summary["requests_completed"] == 200
+
+
+def test_a_missing_or_broken_plugin_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is not a file"):
+        run(f"plugins=[{tmp_path / 'nope.py'}]")
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(ConfigError, match="failed to load: RuntimeError: boom"):
+        run(f"plugins=[{broken}]")
+    with pytest.raises(ConfigError, match="failed to load"):
+        run("plugins=[no_such_module_anywhere]")
+    assert_one_line_error([f"plugins=[{broken}]"], "failed to load", tmp_path / "out")
