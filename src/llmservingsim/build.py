@@ -70,6 +70,7 @@ def build_timer(scenario: Scenario, pool: PoolPlan, first_device: int) -> Iterat
         topology,
         pipeline_parallel=pool.pp,
         host_overhead_s=host,
+        host_overlap=cfg.perf.host_overlap,
         **common,
     )
 

@@ -342,6 +342,8 @@ class ClientConfig(_Section):
     """This client's own prompt pool (default: the workload's, shared)."""
     lora: str | None = Field(default=None, min_length=1)
     """The LoRA adapter every request of this client runs (needs lora.enabled: true)."""
+    timeout_s: PositiveSeconds | None = None
+    """This client's request timeout (default: workload.timeout_s)."""
 
 
 class WorkloadConfig(_Section):
@@ -372,6 +374,13 @@ class WorkloadConfig(_Section):
     clients: list[ClientConfig] | None = None
     """Traffic classes sharing the run, each with its own rate, lengths, priority and SLO
     (docs/workloads.md); a trace names each row's client in its ``client`` field."""
+    duration_s: PositiveSeconds | None = None
+    """Closed loop: clients send no request at or after this time (those in flight finish);
+    num_requests is then the most requests sent. None: until num_requests were sent."""
+    timeout_s: PositiveSeconds | None = None
+    """Client timeout: a client gives up on a request this many seconds after it sent it,
+    queued or running; a running request is ended there and keeps the tokens it generated
+    (status ``timed_out``). None: clients wait forever. docs/workloads.md."""
 
     @model_validator(mode="after")
     def _trace_given(self) -> WorkloadConfig:
@@ -400,6 +409,12 @@ class WorkloadConfig(_Section):
     @model_validator(mode="after")
     def _closed_loop_alone(self) -> WorkloadConfig:
         if self.arrival.process != "closed":
+            if self.duration_s is not None:
+                raise ValueError(
+                    f"duration_s={self.duration_s:g} bounds a closed loop (arrival.process: "
+                    f"closed); with process {self.arrival.process} the run is num_requests "
+                    "long, or set stages"
+                )
             return self
         clashes = {
             "stages": self.stages is not None,
@@ -445,7 +460,7 @@ class WorkloadConfig(_Section):
                 shaped = sorted(
                     key
                     for key in c.model_fields_set
-                    if key not in ("name", "priority", "slo", "lora")
+                    if key not in ("name", "priority", "slo", "lora", "timeout_s")
                 )
                 if shaped:
                     raise ValueError(
@@ -483,6 +498,12 @@ class WorkloadConfig(_Section):
                     "lengths); give the client its own prompt_pool"
                 )
         return self
+
+    def client_timeouts(self) -> list[float | None]:
+        """Each client's timeout (its own, else workload.timeout_s); one entry without clients."""
+        if not self.clients:
+            return [self.timeout_s]
+        return [self.timeout_s if c.timeout_s is None else c.timeout_s for c in self.clients]
 
     def client_rates(self) -> list[float]:
         """Each client's share of the arrival rate, or its own rate (synthetic clients)."""
@@ -672,6 +693,28 @@ class SchedulerConfig(_Section):
         return self
 
 
+class TokenBucketConfig(_Section):
+    """A token bucket in front of the cluster's router: a request takes as many tokens as its
+    prompt has tokens, and is rejected when the bucket holds fewer (docs/workloads.md)."""
+
+    tokens_per_s: PositiveFinite
+    """Refill rate: prompt tokens per second the cluster admits in the long run."""
+    burst: PositiveFinite
+    """Bucket size, prompt tokens (full at t = 0): the most admitted at one instant."""
+
+
+class AdmissionConfig(_Section):
+    """Cluster admission control, decided when a request reaches the router; a refused request
+    ends at once with status ``rejected`` and a reason (docs/workloads.md). The per-instance
+    ``scheduler.max_queue`` and ``scheduler.request_timeout_s`` are separate, applied after."""
+
+    token_bucket: TokenBucketConfig | None = None
+    """Rate limit on prompt tokens, one bucket for the whole cluster; None: no limit."""
+    max_queue: dict[str, Count] | None = None
+    """Per client (by workload.clients name): most of its requests waiting to start anywhere in
+    the cluster; its arrivals beyond it are rejected."""
+
+
 class KernelDbConfig(_Section):
     """Which measured kernel tables ``perf.backend: kernel_db`` reads (docs/kernel-db.md)."""
 
@@ -732,6 +775,10 @@ class PerfConfig(_Section):
     )
     kernel_db: KernelDbConfig = KernelDbConfig()
     """kernel_db: the engine, version and device of the measured kernel tables."""
+    host_overlap: bool = False
+    """The engine's host work of a step (scheduling, input preparation, output processing) runs
+    while the GPU runs the step before (TensorRT-LLM's overlap scheduler, SGLang's overlap
+    scheduler): a step takes max(GPU, host) instead of their sum (docs/engines.md)."""
 
 
 class MoeConfig(_Section):
@@ -917,6 +964,8 @@ class SimConfig(_Section):
     slo: SloConfig = SloConfig()
     outputs: OutputsConfig = OutputsConfig()
     frontend: FrontendConfig = FrontendConfig()
+    admission: AdmissionConfig = AdmissionConfig()
+    """Cluster admission control: a token bucket and per-client queue caps."""
     simulator: SimulatorConfig = SimulatorConfig()
     seed: Annotated[int, NotBool] = Field(default=0, ge=0, lt=2**63)
     """Random seed (a non-negative integer below 2^63): a run is fully reproducible from it."""
@@ -955,6 +1004,21 @@ class SimConfig(_Section):
                 raise ValueError(
                     f"{where}: lora={client.lora!r} names an adapter; set lora.enabled: true "
                     "to serve adapters"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _admission_names_clients(self) -> SimConfig:
+        caps = self.admission.max_queue
+        if caps is None:
+            return self
+        names = [c.name for c in self.workload.clients or []]
+        for name in caps:
+            if name not in names:
+                known = ", ".join(names) if names else "none: workload.clients is not set"
+                raise ValueError(
+                    f"admission.max_queue names client {name!r}, which workload.clients does "
+                    f"not list (clients: {known})"
                 )
         return self
 

@@ -8,22 +8,30 @@ time are taken in a fixed order (step ends, wake-ups, KV arrivals; then by insta
 fully deterministic and does not depend on when an event was scheduled.
 
 Fast-forward: an instance may announce the end of a whole run of decode steps as one event
-(serving/decode_run.py). Whatever reaches the instance earlier (a routed request, a KV arrival)
-first cuts the run at that moment; the run's old end event is then stale and skipped.
+(serving/decode_run.py). Whatever reaches the instance earlier (a routed request, a KV arrival,
+a client giving up on a request) first cuts the run at that moment; the run's old end event is
+then stale and skipped.
+
+Admission control (cluster/admission.py) decides each arrival before it is routed; a client
+timeout (``workload.timeout_s``) is an event at the request's deadline, taken after the other
+events at that time (a request that finishes exactly then has finished). Deadlines wait in a
+heap of their own and move the clock only when a request is still live at its deadline.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from heapq import heappop, heappush, heapreplace
 from typing import ClassVar, Final, Protocol
 
 from mypy_extensions import mypyc_attr
 
+from llmservingsim.cluster.admission import Admission
 from llmservingsim.interrupt import HeldSignals, signals_held
-from llmservingsim.metrics.request_log import RequestLog
-from llmservingsim.sequence import Sequence
-from llmservingsim.serving.instance import Instance
+from llmservingsim.metrics.collector import MetricsCollector
+from llmservingsim.perf.frontend import Frontend
+from llmservingsim.sequence import Sequence, Status
+from llmservingsim.serving.instance import Instance, client_timeout_reason, too_long_reason
 from llmservingsim.workload.request_spec import RequestSpec
 from llmservingsim.workload.request_table import in_arrival_order
 
@@ -201,46 +209,124 @@ class ClosedLoop:
 
     The workload's requests are sent in their arrival order (their times only set that order);
     a sent request's ``arrival_s`` is when its client sent it. The first ``concurrency`` are
-    sent at t = 0; after that, every request that ends at ``t`` frees a client, which sends the
-    next request at ``t + think_time_s``. Ends are read from the run's request log: a row is
-    appended whenever a request ends, and the engine asks after each event (:meth:`poll`)."""
+    sent at t = 0; after that, every request that ends frees a client, which sends the next
+    request ``think_time_s`` after it saw the end. Ends are read from the run's request log:
+    a row is appended whenever a request ends, holding the time its client saw the end, and
+    the engine asks after each event (:meth:`poll`).
 
-    def __init__(self, concurrency: int, think_time_s: float, log: RequestLog) -> None:
+    With a ``frontend`` a client sees the end when the frontend streamed it (the row's finish
+    time), and its next request reaches the engine ``arrival_delay_s`` after it was sent, so
+    requests in the pipe are kept in a heap by when they reach the engine. With
+    ``max_model_len`` a request longer than it is rejected when it is sent (the client sees
+    the refusal at once and sends its next one after its think time). With ``duration_s`` no
+    request is sent at or after it (``sent`` counts those that were)."""
+
+    def __init__(
+        self,
+        concurrency: int,
+        think_time_s: float,
+        metrics: MetricsCollector,
+        frontend: Frontend | None = None,
+        max_model_len: int | None = None,
+        duration_s: float = INF,
+    ) -> None:
         self.concurrency = concurrency
         self.think_time_s = think_time_s
-        self.log = log
+        self.metrics = metrics
+        self.log = metrics.requests
+        self.frontend = frontend
+        self.max_model_len = max_model_len
+        self.duration_s = duration_s
+        self.sent = 0  # requests sent so far (the first ``sent`` of the workload, in order)
+        self.last_send = 0.0
+        # Client send times by request id (the rows' arrivals), with a frontend.
+        clock = metrics.requests.client_clock
+        self.client_arrival: dict[int, float] | None = (
+            None if clock is None else clock.client_arrival
+        )
         self._ended = 0  # rows of the log already counted
-        self._sends: deque[float] = deque()  # times free clients send, in order
+        # Requests sent, by when they reach the engine: (time, id, request).
+        self._pending: list[tuple[float, int, RequestSpec]] = []
         self._requests: Iterator[RequestSpec] = iter(())
 
     def start(self, requests: Iterator[RequestSpec]) -> RequestSpec | None:
-        """The first request to send; ``requests`` in the order they are to be sent."""
+        """The first request to reach the engine; ``requests`` in the order they are sent."""
         self._requests = requests
         self._ended = len(self.log)  # rows written before the run (none are this loop's)
-        self._sends = deque(0.0 for _ in range(self.concurrency))
+        for _ in range(self.concurrency):
+            self._send(0.0)
         return self.next_request()
 
+    def _send(self, t: float) -> None:
+        """A free client sends the next request at ``t`` (if one is left)."""
+        limit = self.max_model_len
+        while t < self.duration_s:
+            spec = next(self._requests, None)
+            if spec is None:
+                return
+            self.sent += 1
+            self.last_send = max(self.last_send, t)
+            spec = spec.replaced(arrival_s=t)
+            if self.client_arrival is not None:
+                self.client_arrival[spec.id] = t
+            tokens = spec.input_len + spec.output_len
+            if limit is not None and tokens > limit:
+                reason = too_long_reason(tokens, limit)
+                self.metrics.on_drop(Sequence(spec), -1, t, "rejected", reason)
+                self._ended += 1  # its own row: not an end to count again
+                t += self.think_time_s
+                continue
+            if self.frontend is not None:
+                spec = spec.replaced(arrival_s=t + self.frontend.arrival_delay_s(spec.input_len))
+            heappush(self._pending, (spec.arrival_s, spec.id, spec))
+            return
+
     def next_request(self) -> RequestSpec | None:
-        """The next request, timed when its client sends it; None while every client is busy
-        (or when every request was sent)."""
-        if not self._sends:
+        """The next request to reach the engine; None while none is on its way."""
+        if not self._pending:
             return None
-        spec = next(self._requests, None)
-        if spec is None:
-            return None
-        return spec.replaced(arrival_s=self._sends.popleft())
+        return heappop(self._pending)[2]
+
+    def earliest(self, spec: RequestSpec) -> RequestSpec:
+        """``spec`` or, if a request sent since reaches the engine earlier, that one (``spec``
+        goes back to the pending ones)."""
+        if self._pending and self._pending[0][0] < spec.arrival_s:
+            return heapreplace(self._pending, (spec.arrival_s, spec.id, spec))[2]
+        return spec
 
     def poll(self, now: float) -> bool:
-        """Count the requests that ended since the last call (at ``now``): each frees a client
-        that sends again after its think time. True when some did."""
+        """Count the requests that ended since the last call: each frees a client that sends
+        again ``think_time_s`` after the end its client saw. True when some did."""
         ended = len(self.log)
         if ended == self._ended:
             return False
-        send = now + self.think_time_s
-        for _ in range(ended - self._ended):
-            self._sends.append(send)
+        ends = self.log.finish_times(self._ended, ended)
         self._ended = ended
+        for end in ends:
+            self._send(end + self.think_time_s)
         return True
+
+
+class ClientTimeouts:
+    """``workload.timeout_s``: when each client gives up on a request, ``timeout_s`` (its
+    client's) after it sent it. With a frontend the send time is the client's (the frontend's
+    arrival delay counts against the timeout)."""
+
+    def __init__(
+        self, by_client: list[float], default: float, client_arrival: dict[int, float] | None
+    ) -> None:
+        self.by_client = by_client  # per client index; INF: never
+        self.default = default  # requests of no client (-1)
+        self.client_arrival = client_arrival
+
+    def timeout_s(self, spec: RequestSpec) -> float:
+        return self.by_client[spec.client] if spec.client >= 0 else self.default
+
+    def deadline(self, spec: RequestSpec) -> float:
+        sent = spec.arrival_s
+        if self.client_arrival is not None:
+            sent = self.client_arrival.get(spec.id, sent)
+        return sent + self.timeout_s(spec)
 
 
 class Engine:
@@ -251,10 +337,19 @@ class Engine:
         progress_every: int = 2048,
         hooks: EngineHooks | None = None,
         closed: ClosedLoop | None = None,
+        admission: Admission | None = None,
+        timeouts: ClientTimeouts | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.hooks = hooks
         self.closed = closed
+        self.admission = admission
+        self.timeouts = timeouts
+        # Requests a client may still give up on: id -> (request, instance it is at or bound to),
+        # and their deadlines, (time, id), in a heap of their own: most are stale (the request
+        # ended first), and the step events' heap stays as small as the cluster.
+        self._watched: dict[int, tuple[Sequence, int]] = {}
+        self._deadlines: list[tuple[float, int]] = []
         if hooks is not None and (hooks.sees_every_step()):
             for instance in dispatcher.instances:
                 instance.fast_forward = False
@@ -336,8 +431,11 @@ class Engine:
         route = self.dispatcher.route
         hooks = self.hooks
         routes_by_kv_usage = self.dispatcher.routes_by_kv_usage
+        admission = self.admission
+        timeouts = self.timeouts
+        deadlines = self._deadlines
         polls = 0
-        while spec is not None or len(events):
+        while spec is not None or len(events) or deadlines:
             polls += 1
             if polls & 1023 == 0:
                 held.poll()  # Python code: pending signal handlers run (the loop is compiled)
@@ -345,7 +443,11 @@ class Engine:
                 # A stop signal, handed over between two events (it raises KeyboardInterrupt
                 # under the CLI and for Ctrl-C: run() keeps what was served).
                 held.deliver()
-            if spec is not None and (not len(events) or spec.arrival_s <= events.first_time()):
+            if (
+                spec is not None
+                and (not len(events) or spec.arrival_s <= events.first_time())
+                and (not deadlines or spec.arrival_s <= deadlines[0][0])
+            ):
                 # Admit every request arriving at this instant before any idle instance starts,
                 # so a burst at t=0 forms one batch instead of a batch of one.
                 arrival_time = spec.arrival_s
@@ -355,19 +457,31 @@ class Engine:
                     for instance in instances:
                         self._cut(instance)
                 while spec is not None and spec.arrival_s == arrival_time:
-                    instance = route(spec)
-                    self._cut(instance)
-                    if hooks is not None:
-                        hooks.before_add(instance, now)
-                    instance.add(Sequence(spec), now)
-                    if instance not in touched:
-                        touched.append(instance)
+                    seq = Sequence(spec)
+                    if admission is None or admission.admit(seq, now):
+                        instance = route(spec)
+                        self._cut(instance)
+                        if hooks is not None:
+                            hooks.before_add(instance, now)
+                        instance.add(seq, now)
+                        if timeouts is not None and seq.status is not Status.FAILED:
+                            self._watch(timeouts, seq, instance.index)
+                        if instance not in touched:
+                            touched.append(instance)
                     spec = next(arrivals, None) if closed is None else closed.next_request()
                 self._next_arrival = INF if spec is None else spec.arrival_s
                 for instance in touched:
                     self._try_start(instance)
-                if closed is not None and closed.poll(now) and spec is None:
-                    spec = self._closed_next(closed)
+                if closed is not None and closed.poll(now):
+                    spec = self._closed_next(closed, spec)
+                continue
+            if deadlines and (not len(events) or deadlines[0][0] < events.first_time()):
+                # Clients give up after the events at that time (a request finishing exactly
+                # at its deadline has finished), every one due then before any step starts.
+                for instance in self._time_out_due():
+                    self._try_start(instance)
+                if closed is not None and closed.poll(self.now):
+                    spec = self._closed_next(closed, spec)
                 continue
             event = events.pop()
             self.now = event.time
@@ -388,17 +502,69 @@ class Engine:
                 self._cut(instance, inclusive=True)  # step ends at this time came first
                 if hooks is not None:
                     hooks.before_add(instance, self.now)
-                instance.add(self._transfers.pop(arg), self.now)
+                moved = self._transfers.get(arg)
+                if moved is None:
+                    continue  # its client gave up while its KV cache was on the way
+                del self._transfers[arg]
+                instance.add(moved, self.now)
             self._try_start(instance)
-            if closed is not None and closed.poll(self.now) and spec is None:
-                spec = self._closed_next(closed)
+            if closed is not None and closed.poll(self.now):
+                spec = self._closed_next(closed, spec)
         return self.now
 
-    def _closed_next(self, closed: ClosedLoop) -> RequestSpec | None:
-        """The request a client freed by an ended request sends (closed loop)."""
-        spec = closed.next_request()
+    def _closed_next(self, closed: ClosedLoop, spec: RequestSpec | None) -> RequestSpec | None:
+        """The next request to reach the engine once clients freed by ended requests sent
+        theirs (closed loop): ``spec``, the one due so far, or an earlier one."""
+        spec = closed.next_request() if spec is None else closed.earliest(spec)
         self._next_arrival = INF if spec is None else spec.arrival_s
         return spec
+
+    def _watch(self, timeouts: ClientTimeouts, seq: Sequence, index: int) -> None:
+        """Schedule the moment ``seq``'s client gives up on it (never before now)."""
+        deadline = timeouts.deadline(seq.spec)
+        if deadline < INF:
+            self._watched[seq.id] = (seq, index)
+            heappush(self._deadlines, (max(deadline, self.now), seq.id))
+
+    def _time_out_due(self) -> list[Instance]:
+        """Take the earliest deadline and every other at that time: the requests still live
+        time out then (the clock moves there only if one does). Returns the instances they
+        left, in order."""
+        deadlines = self._deadlines
+        at, request_id = heappop(deadlines)
+        ids = [request_id]
+        while deadlines and deadlines[0][0] == at:
+            ids.append(heappop(deadlines)[1])
+        left: list[Instance] = []
+        for rid in ids:
+            instance = self._time_out(rid, at)
+            if instance is not None and instance not in left:
+                left.append(instance)
+        return left
+
+    def _time_out(self, request_id: int, at: float) -> Instance | None:
+        """A client gives up on request ``request_id`` at ``at``: if it has not ended, it ends
+        ``timed_out`` wherever it is. Returns the instance it left (None: nothing changed)."""
+        entry = self._watched.pop(request_id, None)
+        if entry is None:
+            return None
+        seq, index = entry
+        if seq.status is Status.FINISHED or seq.status is Status.FAILED:
+            return None
+        self.now = at
+        instance = self.instances[index]
+        assert self.timeouts is not None
+        reason = client_timeout_reason(self.timeouts.timeout_s(seq.spec))
+        if seq.status is Status.TRANSFERRING:  # its KV cache is on its way to ``instance``
+            del self._transfers[request_id]
+            instance.incoming -= 1
+            seq.status = Status.FAILED
+            instance.metrics.on_drop(seq, index, self.now, "timed_out", reason)
+            return instance
+        self._cut(instance, inclusive=True)  # step ends at this time came first
+        aborted = instance.abort(seq, self.now, reason)
+        assert aborted, f"request {request_id} is neither queued nor running at {index}"
+        return instance
 
     def _start_transfer(self, seq: Sequence, source: Instance) -> None:
         if self.dispatcher.routes_by_kv_usage:
@@ -408,4 +574,6 @@ class Engine:
                 self._cut(instance, inclusive=instance.index < source.index)
         target, seconds = self.dispatcher.hand_off(seq, source, self.now)
         self._transfers[seq.id] = seq
+        if seq.id in self._watched:
+            self._watched[seq.id] = (seq, target.index)
         self._push(self.now + seconds, KV_ARRIVAL, target.index, seq.id)

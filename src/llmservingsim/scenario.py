@@ -135,8 +135,8 @@ def resolve(cfg: SimConfig) -> Scenario:
 def check_supported(cfg: SimConfig) -> None:
     """Config values that name features not built yet: a clear error, never a silent fallback."""
     pools = cfg.cluster.resolved_pools(cfg.hardware)
-    closed = cfg.workload.arrival.process == "closed"
     unsupported = {
+        "perf.host_overlap with pim.enabled": cfg.pim.enabled and cfg.perf.host_overlap,
         "pim.enabled with pipeline_parallel > 1": cfg.pim.enabled
         and any(p.pipeline_parallel > 1 for p in pools),
         # The KV cache then lives in PIM memory; its copies to host memory are not modelled.
@@ -151,12 +151,6 @@ def check_supported(cfg: SimConfig) -> None:
         and any(p.pipeline_parallel > 1 for p in pools),
         "LoRA adapters with scheduler.policy: static": uses_lora(cfg)
         and cfg.scheduler.policy == "static",
-        # The client would send again when it sees the end (the frontend's times), and its
-        # request reach the engine later: set frontend.enabled: false.
-        "workload.arrival.process: closed with frontend.enabled": closed and cfg.frontend.enabled,
-        # Requests over max_model_len are refused before the engine runs, not when sent.
-        "workload.arrival.process: closed with max_model_len": closed
-        and cfg.max_model_len is not None,
     }
     for what, used in unsupported.items():
         if used:

@@ -8,6 +8,7 @@ metrics); every layer below it only knows its own job.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from collections.abc import Sequence as SequenceOf
 from contextlib import contextmanager
@@ -16,8 +17,10 @@ from typing import Any
 
 from llmservingsim.build import build_cluster
 from llmservingsim.build_info import engine_build
+from llmservingsim.cluster.admission import Admission
 from llmservingsim.config import SimConfig
-from llmservingsim.engine import ClosedLoop, Engine, EngineHooks, chain
+from llmservingsim.engine import INF, ClientTimeouts, ClosedLoop, Engine, EngineHooks, chain
+from llmservingsim.errors import InputWarning
 from llmservingsim.invariants import InvariantChecker, invariants_requested
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.metrics.workload_summary import workload_summary
@@ -25,10 +28,11 @@ from llmservingsim.perf.frontend import ClientClock
 from llmservingsim.run_summary import summarize
 from llmservingsim.scenario import Scenario, resolve
 from llmservingsim.sequence import Sequence
+from llmservingsim.serving.instance import too_long_reason
 from llmservingsim.serving.memory import MemoryPlan
 from llmservingsim.workload import load_workload
 from llmservingsim.workload.request_spec import RequestSpec
-from llmservingsim.workload.request_table import RequestTable
+from llmservingsim.workload.request_table import RequestTable, in_arrival_order
 
 
 @dataclass
@@ -52,10 +56,7 @@ def _admit(
     clock = None if frontend is None else ClientClock(frontend, {})
     for spec in requests:
         if limit is not None and spec.input_len + spec.output_len > limit:
-            reason = (
-                f"prompt + output = {spec.input_len + spec.output_len} tokens > "
-                f"max_model_len {limit}"
-            )
+            reason = too_long_reason(spec.input_len + spec.output_len, limit)
             metrics.on_drop(Sequence(spec), -1, spec.arrival_s, "rejected", reason)
             continue
         if clock is not None and frontend is not None:
@@ -65,6 +66,37 @@ def _admit(
         served.append(spec)
     metrics.requests.client_clock = clock
     return served
+
+
+def _sent_within(
+    closed: ClosedLoop, asked: SequenceOf[RequestSpec], duration_s: float
+) -> SequenceOf[RequestSpec]:
+    """The requests a closed loop bounded by workload.duration_s sent (the first ones, in the
+    order they are sent; the rest were never sent and are in no row or count). Warns when
+    num_requests ran out first."""
+    if closed.sent == len(asked):
+        warnings.warn(
+            InputWarning(
+                f"workload.duration_s={duration_s:g}: all {closed.sent} requests of "
+                f"workload.num_requests were sent by t = {closed.last_send:.3g} s; raise "
+                "num_requests to keep the clients busy until duration_s"
+            ),
+            stacklevel=2,
+        )
+        return asked
+    if isinstance(asked, RequestTable):
+        return asked.head(closed.sent)
+    return list(in_arrival_order(asked))[: closed.sent]
+
+
+def client_timeouts(cfg: SimConfig, metrics: MetricsCollector) -> ClientTimeouts | None:
+    """When clients give up on their requests (workload.timeout_s), or None when none does."""
+    timeouts = [INF if t is None else t for t in cfg.workload.client_timeouts()]
+    if all(t == INF for t in timeouts):
+        return None
+    clock = metrics.requests.client_clock
+    default = INF if cfg.workload.timeout_s is None else cfg.workload.timeout_s
+    return ClientTimeouts(timeouts, default, None if clock is None else clock.client_arrival)
 
 
 def load_requests(cfg: SimConfig | Scenario) -> RequestTable:
@@ -117,7 +149,6 @@ def simulate(
         requests = load_requests(scenario)
     scenario.check_requests(requests)
     asked = requests  # as the clients sent them (the invariants check the log against these)
-    requests = _admit(scenario, requests, metrics)
     checker = (
         InvariantChecker(cluster.instances) if invariants_requested(check_invariants) else None
     )
@@ -127,19 +158,47 @@ def simulate(
     closed = None
     if arrival.process == "closed":
         assert arrival.concurrency is not None  # config.py: closed needs it
-        closed = ClosedLoop(arrival.concurrency, arrival.think_time_s, metrics.requests)
+        # Each request is sent when a client frees up: max_model_len and the frontend's
+        # arrival delay apply then (ClosedLoop), not to the whole list up front.
+        frontend = scenario.frontend
+        if frontend is not None:
+            metrics.requests.client_clock = ClientClock(frontend, {})
+        duration = INF if cfg.workload.duration_s is None else cfg.workload.duration_s
+        closed = ClosedLoop(
+            arrival.concurrency,
+            arrival.think_time_s,
+            metrics,
+            frontend,
+            cfg.max_model_len,
+            duration,
+        )
+    else:
+        requests = _admit(scenario, requests, metrics)
+    admission = None
+    client_names = [c.name for c in cfg.workload.clients or []]
+    if cfg.admission.token_bucket is not None or cfg.admission.max_queue:
+        admission = Admission(cfg.admission, client_names, metrics)
     engine = Engine(
-        cluster, progress=hook, hooks=chain([*observers, *hooks, *_OBSERVERS]), closed=closed
+        cluster,
+        progress=hook,
+        hooks=chain([*observers, *hooks, *_OBSERVERS]),
+        closed=closed,
+        admission=admission,
+        timeouts=client_timeouts(cfg, metrics),
     )
     wall_start = time.perf_counter()
     end_time = engine.run(requests)
     wall = time.perf_counter() - wall_start
+    if closed is not None and cfg.workload.duration_s is not None:
+        asked = _sent_within(closed, asked, cfg.workload.duration_s)
     if checker is not None and not engine.interrupted:
         checker.check_end(asked, metrics.records)
     summary = summarize(scenario, cluster, metrics, end_time, wall)
     summary["requests_total"] = len(asked)
     duration = summary["benchmark_duration_s"]
     summary.update(workload_summary(cfg, asked, metrics.requests, duration))
+    if admission is not None:
+        summary["admission"] = admission.summary()
     summary["engine_preset"] = cfg.engine_preset
     summary["engine_build"] = engine_build()
     summary["interrupted"] = engine.interrupted

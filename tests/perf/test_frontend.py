@@ -38,8 +38,32 @@ def test_trtllm_preset_sets_guaranteed_no_evict_and_its_budgets() -> None:
         8192,
         32,
     )
-    assert cfg.frontend.enabled is False  # no measured data for TensorRT-LLM
+    # the overlap scheduler: host work behind the GPU, one extra step before the first token;
+    # no measured per-request costs (request, tokenization, streaming) for TensorRT-LLM
+    assert cfg.perf.host_overlap is True
+    fe = cfg.frontend
+    assert fe.enabled and fe.async_scheduling
+    assert (fe.request_overhead_us, fe.per_prompt_token_us, fe.token_out_us) == (0, 0, 0)
     assert cfg.engine_name_version == ("trtllm", "1.0")
+
+
+def test_host_overlap_hides_host_time_behind_the_gpu() -> None:
+    """perf.host_overlap: a step takes max(GPU, host), not their sum; host time beyond the GPU
+    time still shows (a huge per-step host cost then sets the step)."""
+    base = ("workload.num_requests=50", "workload.arrival.rate=.inf", "frontend.enabled=true")
+    host = ("frontend.step_overhead_us=2000", "frontend.per_seq_overhead_us=0")
+    no_host = ("frontend.step_overhead_us=0", "frontend.per_seq_overhead_us=0")
+    gpu_only = simulate(cfg_of(*base, *no_host)).summary["benchmark_duration_s"]
+    added = simulate(cfg_of(*base, *host)).summary["benchmark_duration_s"]
+    hidden = simulate(cfg_of(*base, *host, "perf.host_overlap=true")).summary
+    assert added > gpu_only * 1.05
+    # steps of 50 decoding sequences of an 8B model take longer than 2 ms: all hidden, except
+    # the few steps (the last decoders) shorter than the host time
+    assert gpu_only <= hidden["benchmark_duration_s"] < gpu_only + 0.1 * (added - gpu_only)
+    slow = ("frontend.step_overhead_us=1000000", "frontend.per_seq_overhead_us=0")
+    bound = simulate(cfg_of(*base, *slow, "perf.host_overlap=true")).summary
+    # every step is then the host's 1 s (the duration also counts the time to the first step)
+    assert bound["benchmark_duration_s"] == pytest.approx(bound["iterations"] * 1.0, rel=1e-3)
 
 
 def test_user_settings_win_over_the_preset() -> None:

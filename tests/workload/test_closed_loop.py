@@ -188,6 +188,15 @@ def test_a_trace_sets_the_order_its_requests_are_sent_in(tmp_path: Path) -> None
         ),
         (["workload.arrival={process: closed, concurrency: 2, rate: 4}"], "remove rate"),
         (["workload.arrival={process: poisson, concurrency: 2}"], "only apply to process"),
+        (["workload.duration_s=10"], "duration_s=10 bounds a closed loop"),
+        (
+            ["workload.arrival={process: closed, concurrency: 2}", "workload.duration_s=0"],
+            "duration_s",
+        ),
+        (
+            ["workload.arrival={process: closed, concurrency: 2}", "workload.duration_s=-3"],
+            "duration_s",
+        ),
         (
             [
                 "workload.arrival={process: closed, concurrency: 2}",
@@ -209,17 +218,128 @@ def test_a_trace_sets_the_order_its_requests_are_sent_in(tmp_path: Path) -> None
             ],
             "closed with clients with a rate is not yet supported",
         ),
-        (
-            ["workload.arrival={process: closed, concurrency: 2}", "frontend.enabled=true"],
-            "closed with frontend.enabled is not yet supported",
-        ),
-        (
-            ["workload.arrival={process: closed, concurrency: 2}", "max_model_len=4096"],
-            "closed with max_model_len is not yet supported",
-        ),
     ],
 )
 def test_bad_closed_loop_input_is_one_error_line(
     sets: list[str], message: str, tmp_path: Path
 ) -> None:
     assert_one_line_error(sets, message, tmp_path)
+
+
+def in_flight_at_sends(arrival: np.ndarray, finish: np.ndarray) -> list[int]:
+    """Requests in flight (sent, not yet seen to end) just after each send time but the last."""
+    return [
+        int(np.count_nonzero(arrival <= t) - np.count_nonzero(finish <= t))
+        for t in np.unique(arrival)[:-1]
+    ]
+
+
+FRONTEND = (
+    "frontend={enabled: true, request_overhead_us: 3000, per_prompt_token_us: 4, "
+    "token_out_us: 500, async_scheduling: true}"
+)
+
+
+@pytest.mark.parametrize(
+    ("think_s", "more"), [(0.0, FRONTEND), (0.05, FRONTEND), (0.0, "engine=vllm")]
+)
+def test_with_the_frontend_the_client_keeps_n_in_flight_as_it_sees_them(
+    think_s: float, more: str
+) -> None:
+    """A client sees the end when the frontend streamed it (the row's finish), sends its next
+    request then (+ think time), and that request reaches the engine the frontend's arrival
+    delay later. engine: vllm turns the frontend on too."""
+    concurrency, n = 6, 150
+    result = run(closed(concurrency, think_s, n, more))
+    fe = result.summary["config"]["frontend"]
+    assert fe["enabled"]
+    assert result.summary["requests_completed"] == n
+    arrival, finish = columns(result)
+    sends, ends = np.sort(arrival), np.sort(finish)
+    assert np.all(sends[:concurrency] == 0.0)
+    assert np.all(sends[concurrency:] == ends[: n - concurrency] + think_s)
+    if think_s == 0.0:
+        assert set(in_flight_at_sends(arrival, finish)) == {concurrency}
+    # The engine first scheduled each request no earlier than its send + the arrival delay.
+    prompt = result.metrics.requests.column("input_tokens")
+    delay = (fe["request_overhead_us"] + fe["per_prompt_token_us"] * prompt) * 1e-6
+    scheduled = result.metrics.requests.column("first_scheduled_s")
+    assert np.all(scheduled >= arrival + delay - 1e-12)
+    if more == FRONTEND:  # the client sees tokens later than the engine emitted them
+        assert np.all(finish > arrival + delay)
+
+
+def test_requests_over_max_model_len_are_rejected_when_sent_and_the_client_goes_on() -> None:
+    concurrency, n, think = 4, 200, 0.02
+    result = run(
+        closed(
+            concurrency,
+            think,
+            n,
+            "max_model_len=700",
+            "workload.input_len={dist: uniform, min: 100, max: 600}",
+            "workload.output_len={dist: uniform, min: 20, max: 200}",
+        )
+    )
+    s = result.summary
+    log = result.metrics.requests
+    rejected = log.column("status") == 2  # STATUSES: finished, failed, rejected, timed_out
+    too_long = log.column("input_tokens") + log.column("output_tokens") > 700
+    assert s["requests_rejected"] == np.count_nonzero(rejected) > 10
+    assert s["requests_completed"] + s["requests_rejected"] == n
+    arrival, finish = columns(result)
+    # A rejected request ends when it is sent (the client sees the refusal at once) ...
+    assert np.all(finish[rejected] == arrival[rejected])
+    assert not np.any(too_long[~rejected])
+    # ... and frees its client like any other end: still one send per end + think time.
+    sends, ends = np.sort(arrival), np.sort(finish)
+    assert np.all(sends[concurrency:] == ends[: n - concurrency] + think)
+
+
+def test_ends_are_read_across_sealed_chunks_of_the_request_log() -> None:
+    """The loop reads each ended row's finish time from the log; with tiny chunks most rows
+    it reads are sealed already (RequestLog.finish_times across chunk boundaries)."""
+    n, concurrency, think = 120, 5, 0.01
+    metrics = MetricsCollector(chunk_size=7)
+    result = run(closed(concurrency, think, n, FRONTEND), metrics=metrics)
+    assert len(metrics.requests.chunks) > 10
+    arrival, finish = columns(result)
+    sends, ends = np.sort(arrival), np.sort(finish)
+    assert np.all(sends[concurrency:] == ends[: n - concurrency] + think)
+
+
+def test_duration_s_stops_the_sends_and_keeps_n_in_flight_until_then() -> None:
+    """workload.duration_s: no request is sent at or after it; those in flight finish; the
+    requests never sent are in no row and no count."""
+    concurrency, think, duration = 6, 0.05, 4.0
+    clients = "workload.clients=[{name: chat, share: 0.5}, {name: batch, share: 0.5}]"
+    result = run(
+        closed(concurrency, think, 100_000, f"workload.duration_s={duration}", clients),
+        check_invariants=True,
+    )
+    s = result.summary
+    arrival, finish = columns(result)
+    assert arrival.max() < duration <= finish.max()
+    assert s["requests_total"] == arrival.size == s["requests_completed"] < 100_000
+    assert sum(c["requests"] for c in s["clients"].values()) == arrival.size
+    # Until the last send, every client has a request in flight or is thinking.
+    sends, ends = np.sort(arrival), np.sort(finish)
+    k = arrival.size
+    assert np.all(sends[concurrency:] == ends[: k - concurrency] + think)
+    # The next send would have been at or after the end of the run.
+    assert ends[k - concurrency] + think >= duration
+
+
+def test_duration_s_warns_when_num_requests_run_out_first(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from llmservingsim.cli import app
+
+    args = ["run", "--out", str(tmp_path), "--no-report", "--no-trace", "-q"]
+    for item in closed(4, 0.0, 20, "workload.duration_s=100"):
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "workload.duration_s=100" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning:"), result.output
+    assert "raise num_requests" in warned[0]

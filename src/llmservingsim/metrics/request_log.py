@@ -98,6 +98,8 @@ _NUMPY_TYPES = {"q": np.int64, "i": np.int32, "b": np.int8, "d": np.float64}
 _ROW = struct.Struct("=" + "".join(COLUMNS.values()))
 _ROW_DTYPE = np.dtype([(name, _NUMPY_TYPES[t]) for name, t in COLUMNS.items()])
 assert _ROW.size == _ROW_DTYPE.itemsize
+_FINISH = struct.Struct("=d")
+_FINISH_OFFSET = int(_ROW_DTYPE.fields["finish_s"][1])  # type: ignore[index]
 """One packed row as a numpy dtype (:meth:`RequestLog.extend` takes arrays of it)."""
 
 
@@ -324,6 +326,22 @@ class RequestLog:
             return self.empty_chunk()
         columns = {name: np.concatenate([p[name] for p in parts]) for name in COLUMNS}
         return RequestChunk(columns, self.reasons, self.loras)
+
+    def finish_times(self, start: int, stop: int) -> list[float]:
+        """``finish_s`` of rows ``start``..``stop - 1`` (recent rows: read without copying the
+        log; the closed loop reads when the requests it sent ended)."""
+        times: list[float] = []
+        index = start
+        while index < min(stop, self._sealed_rows):
+            chunk, offset = self.row_chunk(index)
+            assert chunk is not None
+            part = chunk["finish_s"][offset : offset + stop - index].tolist()
+            times.extend(part)
+            index += len(part)
+        rows, size, unpack = self._rows, _ROW.size, _FINISH.unpack_from
+        for row in range(index - self._sealed_rows, stop - self._sealed_rows):
+            times.append(unpack(rows, row * size + _FINISH_OFFSET)[0])
+        return times
 
     def row_chunk(self, index: int) -> tuple[RequestChunk | None, int]:
         """The sealed chunk holding row ``index`` and the row's offset in it; (None, offset

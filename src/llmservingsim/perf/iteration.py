@@ -264,6 +264,7 @@ class IterationTimer:
         expert_parallel: int = 1,
         moe_imbalance: float = 1.0,
         host_overhead_s: tuple[float, float] | None = None,
+        host_overlap: bool = False,
     ) -> None:
         self.graph = OpGraph(
             spec,
@@ -296,6 +297,10 @@ class IterationTimer:
         self.seq_overhead = eff.per_seq_overhead_us * 1e-6
         if host_overhead_s is not None:  # the engine's frontend (perf/frontend.py) sets them
             self.step_overhead, self.seq_overhead = host_overhead_s
+        # perf.host_overlap: the host work of a step runs while the GPU runs the step before
+        # (TensorRT-LLM's overlap scheduler, SGLang's overlap scheduler), so a step takes
+        # max(GPU, host) instead of their sum.
+        self.host_overlap = host_overlap
         self._layer: dict[int, _Cost] = {}
         self._moe_layer: dict[int, _Cost] = {}
         self._head: dict[int, _Cost] = {}  # by _pair_key(tokens, sampled sequences)
@@ -377,7 +382,11 @@ class IterationTimer:
         layer_s = base_s + self._vector.decode_attention_times(attn_f, attn_b)
         cpu = self.step_overhead + self.seq_overhead * first.num_seqs
         n = self.num_layers
-        seconds = cpu + n * layer_s + head_s
+        if self.host_overlap:
+            gpu = n * layer_s + head_s
+            seconds = gpu + np.maximum(cpu - gpu, 0.0)
+        else:
+            seconds = cpu + n * layer_s + head_s
         flops = n * (base_f + attn_f) + head_f
         traffic = n * (base_b + attn_b) + head_b
         return StepCosts(seconds, flops, traffic, np.zeros(len(contexts)))
@@ -395,6 +404,13 @@ class IterationTimer:
             flops.append(attn_f)
             traffic.append(attn_b)
         return np.array(flops, dtype=np.float64), np.array(traffic, dtype=np.float64)
+
+    def _exposed_host(self, cpu: float, gpu: float) -> float:
+        """Host seconds a step adds to its ``gpu`` seconds: all of ``cpu``, or with the host
+        work overlapped with the GPU (``host_overlap``) only what exceeds the GPU time."""
+        if self.host_overlap:
+            return cpu - gpu if cpu > gpu else 0.0
+        return cpu
 
     def count_repeats(self, steps: int, lookups: int, hits: int) -> None:
         self.cache_lookups += steps * lookups
@@ -591,10 +607,15 @@ class IterationTimer:
         n = self.num_layers
         flops, traffic = n * layer_f + head_f, n * layer_b + head_b
         if self.pp == 1:
+            if self.host_overlap:
+                cpu = self._exposed_host(cpu, n * layer_s + head_s)
             seconds = cpu + n * layer_s + head_s
             return StepCost(seconds, flops, traffic, (seconds,))
         # The CPU prepares the batch before stage 0; the last stage runs the LM head.
         stages = [layers * layer_s for layers in self.stage_layers]
+        if self.host_overlap:
+            gpu = sum_in_order(stages) + head_s + sum_in_order(list(self._stage_sends(num_tokens)))
+            cpu = self._exposed_host(cpu, gpu)
         stages[0] += cpu
         stages[-1] += head_s
         for i, send_s in enumerate(self._stage_sends(num_tokens)):
@@ -615,7 +636,10 @@ class IterationTimer:
         layer_b += attn_b
         head_s, head_f, head_b = self._head_cost(num_decode, num_sampled)
         n = self.num_layers
-        seconds = self.step_overhead + self.seq_overhead * num_decode + n * layer_s + head_s
+        cpu = self.step_overhead + self.seq_overhead * num_decode
+        if self.host_overlap:
+            cpu = self._exposed_host(cpu, n * layer_s + head_s)
+        seconds = cpu + n * layer_s + head_s
         return StepCost(seconds, n * layer_f + head_f, n * layer_b + head_b, (seconds,))
 
     def _moe_step(
@@ -630,6 +654,9 @@ class IterationTimer:
             (layers - moe_layers) * dense[0] + moe_layers * moe[0]
             for layers, moe_layers in zip(self.stage_layers, self.stage_moe_layers, strict=True)
         ]
+        if self.host_overlap:
+            gpu = sum_in_order(stages) + head[0] + sum_in_order(list(self._stage_sends(num_tokens)))
+            cpu = self._exposed_host(cpu, gpu)
         stages[0] += cpu
         stages[-1] += head[0]
         for i, send_s in enumerate(self._stage_sends(num_tokens)):

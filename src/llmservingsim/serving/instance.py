@@ -86,6 +86,16 @@ def timed_out_reason(timeout_s: float | None) -> str:
     return f"waited over scheduler.request_timeout_s={timeout_s}"
 
 
+def client_timeout_reason(timeout_s: float) -> str:
+    """Why a request ended when its client gave up on it."""
+    return f"client gave up after workload.timeout_s={timeout_s:g}"
+
+
+def too_long_reason(tokens: int, limit: int) -> str:
+    """Why a request longer than max_model_len was rejected."""
+    return f"prompt + output = {tokens} tokens > max_model_len {limit}"
+
+
 def queue_full_reason(max_queue: int | None) -> str:
     """Why a request was rejected by admission control."""
     return f"waiting queue full (scheduler.max_queue={max_queue})"
@@ -282,6 +292,22 @@ class Instance:
             self.outstanding -= 1
             reason = timed_out_reason(ve.scheduler.cfg.request_timeout_s)
             self.metrics.on_drop(seq, self.index, now, "timed_out", reason)
+
+    def abort(self, seq: Sequence, now: float, reason: str) -> bool:
+        """The client gave up on ``seq`` (workload.timeout_s): it leaves its queue or its batch
+        now, its KV blocks freed, and ends ``timed_out`` with the tokens it generated so far.
+        A step in flight keeps its time (the devices compute it anyway) but gives ``seq`` no
+        token. False when ``seq`` is not here."""
+        for ve in self.engines:
+            if ve.scheduler.abort(seq):
+                if ve.in_flight:
+                    ve.in_flight = [entry for entry in ve.in_flight if entry[0] is not seq]
+                ve.outstanding -= 1
+                self.outstanding -= 1
+                seq.status = Status.FAILED
+                self.metrics.on_drop(seq, self.index, now, "timed_out", reason)
+                return True
+        return False
 
     # -------------------------------------------------------------- steps
 

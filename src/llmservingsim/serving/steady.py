@@ -154,6 +154,28 @@ class SteadyDecoders:
         else:
             self.blocks.reserved -= missing
 
+    def has(self, seq: Sequence) -> bool:
+        return seq in self._members
+
+    def remove(self, seq: Sequence) -> None:
+        """Take ``seq`` out of the group now, also in the middle of a step (its client gave
+        up): its fields are brought up to the last step that ended, it gets no token from the
+        step in flight, and the KV blocks reserved for it go back to the free pool (its named
+        ones it frees itself)."""
+        member = self._members[seq]
+        in_step = self.in_flight > 0  # it was in the step in flight: the step ends without it
+        if in_step:
+            self.in_flight -= 1
+            self.in_flight_context -= member.computed - member.t0 + self.started
+        self._sync(seq, self._leave(seq), claim=False)
+        if in_step and not self.in_flight:
+            # It was the step's only member: the group sits that step out after all (only
+            # steps with members are counted), so its end is not counted either.
+            self.started -= 1
+        # The step it would have finished at keeps its (maybe empty) entry, so the heap of
+        # finishing steps stays in step with it.
+        self._finishing[member.last_step].remove(seq)
+
     def dissolve(self) -> None:
         """Sync every member and end the group: the scheduler takes them one by one again."""
         self.sync()

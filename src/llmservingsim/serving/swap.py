@@ -34,3 +34,8 @@ class SwapSpace:
         self.used_blocks -= seq.swapped_blocks
         self.ledger.to_device(seq.swapped_blocks)
         seq.swapped_blocks = 0
+
+    def discard(self, seq: Sequence) -> None:
+        """Drop the host copy of a request that will never run again (its client gave up)."""
+        self.used_blocks -= seq.swapped_blocks
+        seq.swapped_blocks = 0

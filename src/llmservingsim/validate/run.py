@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
-import re
-import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -160,69 +157,48 @@ class Simulated:
     wall_s: float
 
 
-def _run(scenario: Scenario, sets: list[str]) -> Simulated:
-    """Run with the optional settings; without them (noted) if the simulator rejects them."""
-    attempts = [scenario.optional, []] if scenario.optional else [[]]
-    for optional in attempts:
-        try:
-            cfg = load_config(None, [*scenario.overrides, *optional, *sets])
-            start = time.perf_counter()
-            result = simulate(cfg)
-            wall = time.perf_counter() - start
-        except ConfigError as exc:
-            if optional:
-                scenario.notes.append(f"not simulated: {', '.join(optional)} ({exc})")
+def _run(scenario: Scenario, sets: list[str], fallback: list[str] | None = None) -> Simulated:
+    """Run with the optional settings; without them (noted) if the simulator rejects them.
+    ``fallback``: settings that make a refused combination runnable (the closed loop with the
+    frontend, while that is not yet supported), used and noted only when the run is refused."""
+    optionals = [scenario.optional, []] if scenario.optional else [[]]
+    fallbacks = [[], fallback] if fallback else [[]]
+    refused: list[ConfigError] = []
+    for optional in optionals:
+        for extra in fallbacks:
+            try:
+                cfg = load_config(None, [*scenario.overrides, *optional, *sets, *extra])
+                start = time.perf_counter()
+                result = simulate(cfg)
+                wall = time.perf_counter() - start
+            except ConfigError as exc:
+                refused.append(exc)
                 continue
-            raise
-        records = list(result.metrics.records)
-        values = _simulated_values(result.summary, records)
-        return Simulated(result.summary, values, records, wall)
-    raise AssertionError("unreachable")
+            if scenario.optional and not optional:
+                why = refused[0]
+                scenario.notes.append(f"not simulated: {', '.join(scenario.optional)} ({why})")
+            if extra:
+                scenario.notes.append(f"simulated with {', '.join(extra)}: {refused[-1]}")
+            records = list(result.metrics.records)
+            values = _simulated_values(result.summary, records)
+            return Simulated(result.summary, values, records, wall)
+    raise refused[-1]
 
 
 # Closed loop: requests each client sends, one after the other (benchmark clients start
-# together at t = 0, so the first round is a burst); iterations of the arrival fixed point.
+# together at t = 0, so the first round is a burst).
 CLOSED_LOOP_ROUNDS = 5
-CLOSED_LOOP_ITERATIONS = 3
 
 
-def _closed_loop(scenario: Scenario, extra: list[str], clients: int) -> Simulated:
-    """``clients`` benchmark clients, each sending ``CLOSED_LOOP_ROUNDS`` requests back to back
-    from t = 0 (a client at fixed concurrency). The engine is open loop, so the arrivals are a
-    fixed point: a first run puts every request at t = 0 with at most ``clients`` running (a
-    request starts when one finishes, as the next request of a client would); each next run,
-    with the engine's own limits, has the requests after the first ``clients`` arrive at the
-    finish times of the run before, in order (clients are alike). Only simulated times are
-    used, never the measured ones."""
-    isl = next(o for o in scenario.overrides if o.startswith("workload.input_len="))
-    osl = next(o for o in scenario.overrides if o.startswith("workload.output_len="))
-    lengths = [int(re.findall(r"value: (\d+)", x)[0]) for x in (isl, osl)]
-    total = clients * CLOSED_LOOP_ROUNDS
-    arrivals = [0.0] * total  # request i: client i % clients, round i // clients
-    folder = Path(tempfile.mkdtemp(prefix="llmservingsim-closed-loop-"))
-    wall, result = 0.0, None
-    try:
-        for iteration in range(CLOSED_LOOP_ITERATIONS):
-            trace = folder / "requests.csv"
-            with trace.open("w") as fh:
-                fh.write("arrival_s,input_tokens,output_tokens\n")
-                for t in arrivals:
-                    fh.write(f"{t!r},{lengths[0]},{lengths[1]}\n")
-            sets = [
-                *extra,
-                "workload.kind=trace",
-                f"workload.trace={{path: '{trace}', format: csv}}",
-                *([f"scheduler.max_num_seqs={clients}"] if iteration == 0 else []),
-            ]
-            kept = [o for o in scenario.overrides if not o.startswith("workload.")]
-            result = _run(replace(scenario, overrides=kept, optional=scenario.optional), sets)
-            wall += result.wall_s
-            finish = sorted(rec.finish_s for rec in result.records)
-            arrivals = [0.0] * clients + finish[: total - clients]
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    assert result is not None
-    return Simulated(result.summary, result.values, result.records, wall)
+def _closed_loop_sets(clients: int) -> list[str]:
+    """The engine's own closed loop (``workload.arrival.process: closed``, engine.ClosedLoop):
+    ``clients`` benchmark clients, each sending ``CLOSED_LOOP_ROUNDS`` requests back to back
+    from t = 0, a client's next request when its previous one ended (``vllm bench serve
+    --max-concurrency``, AIConfigurator's fixed-concurrency client)."""
+    return [
+        f"workload.num_requests={clients * CLOSED_LOOP_ROUNDS}",
+        f"workload.arrival={{process: closed, concurrency: {clients}}}",
+    ]
 
 
 def _simulate(scenario: Scenario, extra: list[str]) -> Simulated:
@@ -235,7 +211,8 @@ def _simulate(scenario: Scenario, extra: list[str]) -> Simulated:
             *extra,
         ]
     if scenario.concurrency is not None:
-        return _closed_loop(scenario, sets, scenario.concurrency)
+        sets = [*_closed_loop_sets(scenario.concurrency), *sets]
+        return _run(scenario, sets, fallback=["frontend.enabled=false"])
     return _run(scenario, sets)
 
 

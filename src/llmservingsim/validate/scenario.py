@@ -142,13 +142,20 @@ def engine_settings(row: dict[str, str], max_model_len: int) -> tuple[dict[str, 
 
 
 def engine_preset(row: dict[str, str]) -> str | None:
-    """The ``engine:`` preset of a vLLM V1 row (its frontend, fitted per version; the scheduler
-    settings above still win), the preset version nearest below the row's; None otherwise."""
-    version = _version(row["engine_version"])
-    if "vllm" not in row["engine"].lower() or version is None or version < (0, 8):
-        return None
+    """The ``engine:`` preset of the row's engine (its frontend and host model; the scheduler
+    settings above still win): vLLM V1 at the preset version nearest below the row's,
+    TensorRT-LLM 1.x (the PyTorch backend the preset describes), SGLang; None otherwise (vLLM
+    V0 and older stacks, TensorRT-LLM's pre-1.0 C++ runtime: nothing of theirs is measured)."""
     from llmservingsim.engine_presets import load_preset
 
+    engine = row["engine"].lower()
+    version = _version(row["engine_version"])
+    if "tensorrt-llm" in engine:
+        return "trtllm" if version is not None and version >= (1, 0) else None
+    if "sglang" in engine:
+        return "sglang"
+    if "vllm" not in engine or version is None or version < (0, 8):
+        return None
     known = sorted(_version(str(v)) or (0,) for v in load_preset("vllm")["versions"])
     below = [v for v in known if v <= version] or known[:1]
     return "vllm@" + ".".join(str(part) for part in below[-1])
@@ -266,7 +273,7 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         notes.append(rule.note)
     preset = engine_preset(row)
     if preset:
-        notes.append(f"engine {preset}: its fitted frontend (docs/engines.md)")
+        notes.append(f"engine {preset}: its preset's frontend and host model (docs/engines.md)")
         # Prefix caching only where the row says the run had it (an optional setting below).
         settings.setdefault("enable_prefix_caching", "false")
     overrides = [

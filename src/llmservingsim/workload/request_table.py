@@ -123,6 +123,20 @@ class RequestTable(RowSequence[RequestSpec]):
             priority=priority if priority is not None and priority.any() else None,
         )
 
+    def head(self, count: int) -> RequestTable:
+        """The first ``count`` requests (those a closed loop bounded by time got to send)."""
+        return RequestTable(
+            self.arrival_s[:count],
+            self.input_len[:count],
+            self.output_len[:count],
+            None if self.contents is None else self.contents[:count],
+            None if self.loras is None else self.loras[:count],
+            client=None if self.client is None else self.client[:count],
+            client_names=self.client_names,
+            priority=None if self.priority is None else self.priority[:count],
+            stage=None if self.stage is None else self.stage[:count],
+        )
+
     def with_adapters(self, picks: IntArray) -> RequestTable:
         """The same requests, request i running adapter ``picks[i]``."""
         return self.with_loras(AdapterNames(picks))

@@ -216,6 +216,27 @@ class Scheduler(ABC):
                 break
         return expired
 
+    def abort(self, seq: Sequence) -> bool:
+        """Remove ``seq``, waiting or running, because its client gave up (workload.timeout_s):
+        its KV blocks (and a swapped-out copy) are freed. The caller drops it from a step in
+        flight. False when it is not this scheduler's."""
+        if seq.status is Status.WAITING:
+            if seq not in self.waiting:
+                return False
+            self.waiting.remove(seq)
+            if seq.swapped_blocks and self.swap is not None:
+                self.swap.discard(seq)
+            return True
+        if seq not in self.running:
+            return False
+        if self.steady is not None and self.steady.has(seq):
+            self.steady.remove(seq)
+        self.running.remove(seq)
+        self._end_pass(seq)
+        self.blocks.free(seq)
+        seq.block_keys = None
+        return True
+
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
