@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from llmservingsim.cluster.autoscale import Autoscaler
 from llmservingsim.cluster.cluster import Cluster, Pool
 from llmservingsim.cluster.placement import place_instances
 from llmservingsim.hardware.backends import PerfBackend, build_backend
@@ -71,6 +72,7 @@ def build_timer(scenario: Scenario, pool: PoolPlan, first_device: int) -> Iterat
         pipeline_parallel=pool.pp,
         host_overhead_s=host,
         host_overlap=cfg.perf.host_overlap,
+        data_parallel=pool.dp,
         **common,
     )
 
@@ -82,9 +84,9 @@ def build_cluster(scenario: Scenario, metrics: MetricsCollector) -> Cluster:
     pools: list[Pool] = []
     next_device = 0
     for plan in scenario.pools:
-        device, memory, tp, pp = plan.device, plan.memory, plan.tp, plan.pp
+        device, memory, tp, pp, dp = plan.device, plan.memory, plan.tp, plan.pp, plan.dp
         firsts, next_device = place_instances(
-            next_device, plan.count, tp * pp, plan.topology.devices_per_node
+            next_device, plan.count, tp * pp * dp, plan.topology.devices_per_node
         )
         timer = build_timer(scenario, plan, firsts[0])
         proposer = None
@@ -114,9 +116,10 @@ def build_cluster(scenario: Scenario, metrics: MetricsCollector) -> Cluster:
             speculator = None
             if proposer is not None:
                 speculator = Speculator(cfg.speculative, proposer, seed=f"{cfg.seed}:{index}")
+            # PP: virtual engines share the blocks; DP: each rank has the plan's blocks.
             schedulers = [
                 policy(cfg.scheduler, *build_kv_cache(cfg.scheduler, memory, device, tp, pp))
-                for _ in range(pp)
+                for _ in range(pp * dp)
             ]
             if lora is not None:
                 for scheduler in schedulers:
@@ -143,3 +146,14 @@ def build_cluster(scenario: Scenario, metrics: MetricsCollector) -> Cluster:
         pools.append(Pool(plan.name, plan.config.role, instances, plan.topology, kv_per_token))
     router = cfg.cluster.router
     return Cluster(pools, router, cfg.cluster.decode_router or router, cfg.seed)
+
+
+def build_autoscaler(
+    scenario: Scenario, cluster: Cluster, metrics: MetricsCollector | None = None
+) -> Autoscaler | None:
+    """The autoscaler ``cluster.autoscale`` asks for (cluster/autoscale.py), or None."""
+    scale, scale_up_s = scenario.config.cluster.autoscale, scenario.scale_up_s
+    if scale is None or scale_up_s is None:
+        return None
+    initial = scenario.config.cluster.initial_instances
+    return Autoscaler(scale, cluster, initial, scale_up_s, metrics)

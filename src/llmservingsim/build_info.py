@@ -41,6 +41,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "llmservingsim.perf.lora",
     "llmservingsim.perf.pim",
     "llmservingsim.perf.speculative",
+    "llmservingsim.metrics.decisions",
     "llmservingsim.metrics.collector",
     "llmservingsim.metrics.request_log",
     "llmservingsim.metrics.samples",

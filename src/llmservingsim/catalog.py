@@ -43,7 +43,11 @@ def load_model(value: str) -> ModelSpec:
     if value in catalog:
         return load_hf_config_file(catalog[value], name=value)
     path = Path(value)
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError:  # a name no file system takes (too long): not a folder
+        is_dir = False
+    if is_dir:
         # A downloaded model folder (what `huggingface-cli download` writes): its config.json.
         config = path / "config.json"
         if not config.is_file():

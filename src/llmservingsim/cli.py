@@ -47,6 +47,8 @@ def _click_exceptions() -> Any:
 
 
 _CLICK = _click_exceptions()
+# click's Abort (Ctrl-C at a prompt): typer >= 0.20 keeps it in typer.exceptions.
+_ABORT: type[BaseException] = getattr(_CLICK, "Abort", typer.Abort)
 
 
 class _OneLineErrors(typer.core.TyperGroup):
@@ -75,7 +77,7 @@ class _OneLineErrors(typer.core.TyperGroup):
                 f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
             )
             sys.exit(exc.exit_code)
-        except _CLICK.Abort:
+        except _ABORT:
             typer.echo("Aborted!", err=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
@@ -121,10 +123,13 @@ def _ms(stats: dict[str, float | None], key: str) -> str:
 
 
 def describe_pools(pools: list[dict[str, Any]]) -> str:
-    """``1× h100-sxm``, ``4 × TP2 h100-sxm`` or ``prefill 2 × h100-sxm + decode 4 × a100-80gb``."""
+    """``1× h100-sxm``, ``4 × TP2 h100-sxm``, ``1 × DP2×TP2 h100-sxm`` or ``prefill 2 ×
+    h100-sxm + decode 4 × a100-80gb``."""
     parts = []
     for pool in pools:
         shape = f"TP{pool['tensor_parallel']}" if pool["tensor_parallel"] > 1 else ""
+        if pool.get("data_parallel", 1) > 1:
+            shape = f"DP{pool['data_parallel']}" + (f"×{shape}" if shape else "")
         if pool["pipeline_parallel"] > 1:
             shape += f"×PP{pool['pipeline_parallel']}"
         role = "" if pool["role"] == "mixed" else f"{pool['role']} "
@@ -298,7 +303,7 @@ def kv_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def feature_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    """Speculative decoding and LoRA lines, only when the run used them."""
+    """Speculative decoding, LoRA and autoscaling lines, only when the run used them."""
     rows = []
     if summary.get("spec_tokens_per_step") is not None:
         rows.append(
@@ -316,6 +321,20 @@ def feature_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{summary['lora_adapter_loads']:,} loads "
                 f"({summary['lora_disk_loads']:,} from disk) · "
                 f"{summary['lora_load_stall_s']:.2f} s stalled",
+            )
+        )
+    if "scale_events" in summary:
+        counts = [summary["initial_instances"]]
+        counts += [e["provisioned"] for e in summary["scale_events"]]
+        decisions = sum(
+            e["action"] in ("start", "drain", "resume", "cancel") for e in summary["scale_events"]
+        )
+        rows.append(
+            (
+                "autoscaling",
+                f"{min(counts)}-{max(counts)} provisioned · "
+                f"{decisions} decisions · "
+                f"{summary['instance_seconds']:,.0f} instance-s",
             )
         )
     return rows
@@ -585,7 +604,12 @@ def compare(
     import json
 
     from llmservingsim.catalog import load_model
-    from llmservingsim.compare import check_same_stream, paired_report, write_deltas
+    from llmservingsim.compare import (
+        check_same_stream,
+        paired_report,
+        routing_divergence,
+        write_deltas,
+    )
     from llmservingsim.config import load_config
     from llmservingsim.simulation import load_requests, simulate
 
@@ -603,8 +627,13 @@ def compare(
                 result_a = simulate(cfg_a, requests=requests)
                 result_b = simulate(cfg_b, requests=requests)
             log_a, log_b = result_a.metrics.requests, result_b.metrics.requests
-            report = {"a": str(config_a), "b": str(config_b), "note": note}
+            report: dict[str, Any] = {"a": str(config_a), "b": str(config_b), "note": note}
             report.update(paired_report(requests, log_a, log_b))
+            routing = routing_divergence(
+                result_a.metrics.decisions, result_b.metrics.decisions, len(requests)
+            )
+            if routing is not None:
+                report["routing"] = routing
             if out is not None:
                 out.mkdir(parents=True, exist_ok=True)
                 (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -617,6 +646,24 @@ def compare(
         typer.echo(json.dumps(report, indent=2))
         return
     Console().print(compare_table(report))
+    if "routing" in report:
+        typer.echo(routing_line(report["routing"]))
+
+
+def routing_line(routing: dict[str, Any]) -> str:
+    """Where the two runs' routing diverged, in one line (``outputs.decisions`` on both)."""
+    line = (
+        f"routing: {routing['routed_differently']:,} of {routing['routed_on_both']:,} requests "
+        "went to another instance"
+    )
+    first = routing["first"]
+    if first is None:
+        return line
+    a, b = first["a"], first["b"]
+    return (
+        f"{line}; first: request {first['request_id']} at {a['time_s']:.3f} s, "
+        f"A ({a['policy']}) chose {a['chosen']}, B ({b['policy']}) chose {b['chosen']}"
+    )
 
 
 def compare_table(report: dict[str, Any]) -> Table:

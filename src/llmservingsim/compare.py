@@ -6,6 +6,10 @@ paired. The mean difference gets a bootstrap confidence interval; consecutive re
 queues, so their differences are correlated and the bootstrap resamples blocks of
 ``ceil(n^(1/3))`` consecutive requests (a non-overlapping block bootstrap) rather than single
 requests. docs/workloads.md, "Comparing two configs".
+
+With ``outputs.decisions`` on both sides (``--set outputs.decisions=true``), the report also
+says where the routing diverged: how many requests went to another instance and the first of
+them, with both routers' candidates and scores (:func:`routing_divergence`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import pyarrow as pa
 
 from llmservingsim.config import SimConfig
 from llmservingsim.errors import ConfigError
+from llmservingsim.metrics.decisions import ROUTE, DecisionChunk, DecisionLog
 from llmservingsim.metrics.request_log import FINISHED, STATUSES, RequestLog
 from llmservingsim.outputs.tables import TableFormat, write_table
 from llmservingsim.workload.request_table import RequestTable
@@ -166,6 +171,60 @@ def paired_report(requests: RequestTable, log_a: RequestLog, log_b: RequestLog) 
         report["clients"] = {
             name: _paired(side_a, side_b, requests.client == k)
             for k, name in enumerate(requests.client_names)
+        }
+    return report
+
+
+def _routes(log: DecisionLog, n: int) -> tuple[npt.NDArray[np.int64], list[tuple[int, int]]]:
+    """Per request id, the instance its arrival was routed to (-1: none), and where its
+    route row is: (chunk index, row in the chunk)."""
+    log.flush()
+    chosen = np.full(n, -1, dtype=np.int64)
+    where: list[tuple[int, int]] = [(-1, -1)] * n
+    for k, chunk in enumerate(log.chunks):
+        rows = np.flatnonzero(chunk["kind"] == ROUTE)
+        ids = chunk["request_id"][rows]
+        chosen[ids] = chunk["chosen"][rows]
+        for row, rid in zip(rows.tolist(), ids.tolist(), strict=True):
+            where[rid] = (k, row)
+    return chosen, where
+
+
+def _route_row(chunk: DecisionChunk, row: int) -> dict[str, Any]:
+    lo, hi = int(chunk.offsets[row]), int(chunk.offsets[row + 1])
+    return {
+        "time_s": float(chunk["time_s"][row]),
+        "policy": chunk.names("policy")[row],
+        "chosen": int(chunk["chosen"][row]),
+        "candidates": chunk.candidate_values[lo:hi].tolist(),
+        "scores": chunk.score_values[lo:hi].tolist() if chunk["scored"][row] else None,
+    }
+
+
+def routing_divergence(
+    log_a: DecisionLog | None, log_b: DecisionLog | None, n: int
+) -> dict[str, Any] | None:
+    """Where A and B routed the same request to different instances (request ids are the
+    same on both sides): how many of the requests routed on both did, and the first of them
+    in arrival order with both sides' route decision. None unless both logged decisions."""
+    if log_a is None or log_b is None:
+        return None
+    chosen_a, where_a = _routes(log_a, n)
+    chosen_b, where_b = _routes(log_b, n)
+    both = (chosen_a >= 0) & (chosen_b >= 0)
+    differ = np.flatnonzero(both & (chosen_a != chosen_b))
+    report: dict[str, Any] = {
+        "routed_on_both": int(np.count_nonzero(both)),
+        "routed_differently": int(differ.size),
+        "first": None,
+    }
+    if differ.size:
+        rid = int(differ[0])
+        (ka, ra), (kb, rb) = where_a[rid], where_b[rid]
+        report["first"] = {
+            "request_id": rid,
+            "a": _route_row(log_a.chunks[ka], ra),
+            "b": _route_row(log_b.chunks[kb], rb),
         }
     return report
 

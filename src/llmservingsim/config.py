@@ -304,8 +304,8 @@ class PromptPoolConfig(_Section):
     message.
     """
 
-    size: int = Field(ge=1)
-    """Distinct prompts in the pool."""
+    size: SmallCount
+    """Distinct prompts in the pool (each costs memory up front: fewer than a million)."""
     order: Literal["cycle", "random"] = "cycle"
     """cycle: request i sends prompt i mod size; random: a uniform pick per request."""
 
@@ -563,7 +563,55 @@ class PoolConfig(_Section):
     pipeline_parallel: SmallCount = 1
     """Stages of contiguous layers; this many micro-batches in flight (vLLM virtual engines)."""
     expert_parallel: SmallCount = 1
-    """MoE: devices the experts are split over (1 or equal to tensor_parallel)."""
+    """MoE: devices the experts are split over (1, tensor_parallel, or with data_parallel
+    D > 1: D × tensor_parallel)."""
+    data_parallel: SmallCount = 1
+    """MoE: attention data-parallel ranks of one instance (vLLM --data-parallel-size with
+    --enable-expert-parallel, SGLang --enable-dp-attention): each rank has its own scheduler,
+    KV cache and batch over tensor_parallel devices; the experts are split over all D ×
+    tensor_parallel devices and every rank steps in lockstep (docs/models.md)."""
+
+
+class AutoscaleConfig(_Section):
+    """Autoscaling of the cluster's instances (``cluster.autoscale``; docs/user-guide.md).
+
+    Every ``interval_s`` the autoscaler reads ``metric`` over the instances that take requests
+    and, as Kubernetes' Horizontal Pod Autoscaler does, wants ceil(instances × metric /
+    target) of them, within [min_instances, max_instances]; no decision is taken within
+    ``cooldown_s`` of the last one. A new instance is billed from the decision and takes
+    requests ``scale_up_s`` later; one scaled down is drained (no new requests, its own finish)
+    and released when it has none left."""
+
+    min_instances: SmallCount = 1
+    """Fewest instances provisioned."""
+    max_instances: SmallCount
+    """Most instances provisioned (all are built, and checked to fit, before the run)."""
+    metric: Literal["queue", "kv", "ttft"]
+    """queue: waiting requests per instance; kv: fraction of KV blocks in use; ttft: mean
+    time to first token (seconds) of the first tokens of the last interval, at least the age of
+    the oldest request still waiting for its first one."""
+    target: PositiveFinite
+    """Value of ``metric`` the autoscaler keeps each instance at (kv: at most 1)."""
+    scale_up_s: Seconds | None = None
+    """From the scale-up decision to the instance taking requests; None: loading the weights of
+    one device over its host link (device YAML links.host)."""
+    cooldown_s: Seconds = 300.0
+    """No scale decision within this long after the last one (default: Kubernetes HPA's
+    5-minute scale-down stabilization window)."""
+    interval_s: PositiveSeconds = 15.0
+    """Seconds between two evaluations (default: Kubernetes HPA's 15 s sync period)."""
+
+    @model_validator(mode="after")
+    def _check_range(self) -> AutoscaleConfig:
+        if self.min_instances > self.max_instances:
+            raise ValueError(
+                f"min_instances ({self.min_instances}) > max_instances ({self.max_instances})"
+            )
+        if self.metric == "kv" and self.target > 1:
+            raise ValueError(
+                f"target={self.target} with metric kv: expected a fraction of KV blocks in (0, 1]"
+            )
+        return self
 
 
 class ClusterConfig(_Section):
@@ -574,7 +622,10 @@ class ClusterConfig(_Section):
     pipeline_parallel: SmallCount = 1
     """Stages of contiguous layers; this many micro-batches in flight (vLLM virtual engines)."""
     expert_parallel: SmallCount = 1
-    """MoE: devices the experts are split over (1 or equal to tensor_parallel)."""
+    """MoE: devices the experts are split over (1, tensor_parallel, or with data_parallel
+    D > 1: D × tensor_parallel)."""
+    data_parallel: SmallCount = 1
+    """MoE: attention data-parallel ranks of one instance, in lockstep (see the pool key)."""
     pools: list[PoolConfig] | None = Field(
         default=None, description="heterogeneous instance groups; replaces the keys above"
     )
@@ -586,12 +637,60 @@ class ClusterConfig(_Section):
     )
     network: NetworkConfig = NetworkConfig()
     """Topology and link overrides (defaults from the device YAML)."""
+    autoscale: AutoscaleConfig | None = None
+    """Scale the instances with the load (one mixed pool); the pool's count (``instances``)
+    is the count at t = 0 (default: min_instances)."""
+
+    @model_validator(mode="after")
+    def _autoscale_one_pool(self) -> ClusterConfig:
+        scale = self.autoscale
+        if scale is None or self.pools == []:
+            return self  # an empty pools list is reported below
+        if self.pools is not None and len(self.pools) > 1:
+            raise ValueError(
+                "autoscale with several pools (or P/D disaggregation) is not yet supported: "
+                "give one pool"
+            )
+        if self.pools is not None and self.pools[0].role != "mixed":
+            raise ValueError(
+                f"autoscale with a {self.pools[0].role} pool is not yet supported: "
+                "autoscale scales one mixed pool"
+            )
+        initial = self.initial_instances
+        if not scale.min_instances <= initial <= scale.max_instances:
+            key = "instances" if self.pools is None else "pools[0].count"
+            raise ValueError(
+                f"{key}={initial} is the count at t = 0 and must lie within autoscale "
+                f"min_instances={scale.min_instances} .. max_instances={scale.max_instances}"
+            )
+        return self
+
+    @property
+    def initial_instances(self) -> int:
+        """Instances taking requests at t = 0 (with autoscale: the count given, or
+        min_instances)."""
+        given = self.pools[0].count if self.pools is not None else self.instances
+        explicit = (
+            "count" in self.pools[0].model_fields_set
+            if self.pools is not None
+            else "instances" in self.model_fields_set
+        )
+        scale = self.autoscale
+        if scale is None or explicit:
+            return given
+        return scale.min_instances
 
     @model_validator(mode="after")
     def _pools_replace_flat_keys(self) -> ClusterConfig:
         if self.pools is None:
             return self
-        flat = {"instances", "tensor_parallel", "pipeline_parallel", "expert_parallel"}
+        flat = {
+            "instances",
+            "tensor_parallel",
+            "pipeline_parallel",
+            "expert_parallel",
+            "data_parallel",
+        }
         both = sorted(flat & self.model_fields_set)
         if both:
             raise ValueError(
@@ -610,7 +709,14 @@ class ClusterConfig(_Section):
         return self
 
     def resolved_pools(self, hardware: str) -> list[PoolConfig]:
-        """The pools to build: the flat keys become one mixed pool."""
+        """The pools to build: the flat keys become one mixed pool. With autoscale the pool
+        has max_instances instances (built before the run; initial_instances take requests)."""
+        pools = self._resolved_pools(hardware)
+        if self.autoscale is not None:  # one pool (checked above)
+            return [pools[0].model_copy(update={"count": self.autoscale.max_instances})]
+        return pools
+
+    def _resolved_pools(self, hardware: str) -> list[PoolConfig]:
         if self.pools is None:
             return [
                 PoolConfig(
@@ -620,6 +726,7 @@ class ClusterConfig(_Section):
                     tensor_parallel=self.tensor_parallel,
                     pipeline_parallel=self.pipeline_parallel,
                     expert_parallel=self.expert_parallel,
+                    data_parallel=self.data_parallel,
                 )
             ]
         roles: list[str] = [pool.role for pool in self.pools]
@@ -680,9 +787,9 @@ class SchedulerConfig(_Section):
     request_timeout_s: PositiveSeconds | None = None
     """Admission control: a request still waiting to start this many seconds after it arrived
     is dropped (status ``timed_out``) at the next step. None: requests wait forever."""
-    num_gpu_blocks_override: int | None = Field(default=None, ge=1)
-    """KV-cache blocks per instance instead of the number the memory plan gives (vLLM's
-    --num-gpu-blocks-override); None: from memory."""
+    num_gpu_blocks_override: Count | None = None
+    """KV-cache blocks per instance (below 2^31) instead of the number the memory plan gives
+    (vLLM's --num-gpu-blocks-override); None: from memory."""
 
     @model_validator(mode="after")
     def _offload_needs_prefix_caching(self) -> SchedulerConfig:
@@ -934,6 +1041,9 @@ class OutputsConfig(_Section):
     """Most step slices in the trace; past it every 2nd, then 4th, ... step is kept."""
     report: bool = True
     """Write report.html."""
+    decisions: bool = False
+    """Write decisions.parquet: every routing, admission and preemption decision with its
+    candidates, their scores and the choice (docs/outputs.md). Parquet only."""
 
 
 class SimConfig(_Section):

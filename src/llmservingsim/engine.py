@@ -7,6 +7,10 @@ prefill instance reaches its decode instance when its KV transfer ends. Events a
 time are taken in a fixed order (step ends, wake-ups, KV arrivals; then by instance), so a run is
 fully deterministic and does not depend on when an event was scheduled.
 
+Autoscaling (cluster/autoscale.py): the autoscaler's evaluations and its instances becoming
+ready are events too, taken after the others at the same time; they keep no run going, so the
+run ends at its last request's event.
+
 Fast-forward: an instance may announce the end of a whole run of decode steps as one event
 (serving/decode_run.py). Whatever reaches the instance earlier (a routed request, a KV arrival,
 a client giving up on a request) first cuts the run at that moment; the run's old end event is
@@ -182,6 +186,8 @@ INF: Final = float("inf")
 STEP_END: Final = 0
 WAKE: Final = 1
 KV_ARRIVAL: Final = 2
+READY: Final = 3  # a scaled-up instance takes requests from now on (autoscaling)
+SCALE: Final = 4  # the autoscaler evaluates its metric
 
 
 class Dispatcher(Protocol):
@@ -198,6 +204,28 @@ class Dispatcher(Protocol):
 
     def hand_off(self, seq: Sequence, source: Instance, now: float) -> tuple[Instance, float]:
         """Decode instance for a prefilled request and the KV transfer's duration."""
+        ...
+
+
+class Scaler(Protocol):
+    """The autoscaler (cluster/autoscale.py): evaluated every ``interval_s``; it starts
+    instances (ready later), drains others, and releases a drained one when its last request
+    has left."""
+
+    interval_s: float
+    reads_kv_usage: bool  # the metric reads KV blocks in use (changed inside fast-forward runs)
+
+    def evaluate(self, now: float) -> list[tuple[int, float]]:
+        """Decide at ``now``; returns (instance index, time it takes requests) for each
+        instance started."""
+        ...
+
+    def ready(self, index: int, now: float) -> None:
+        """Instance ``index``, started earlier, takes requests from ``now``."""
+        ...
+
+    def release_if_drained(self, instance: Instance, now: float) -> None:
+        """``instance`` is draining: release it if its last request has left."""
         ...
 
 
@@ -272,7 +300,7 @@ class ClosedLoop:
             tokens = spec.input_len + spec.output_len
             if limit is not None and tokens > limit:
                 reason = too_long_reason(tokens, limit)
-                self.metrics.on_drop(Sequence(spec), -1, t, "rejected", reason)
+                self.metrics.on_drop(Sequence(spec), -1, t, "rejected", reason, "max_model_len")
                 self._ended += 1  # its own row: not an end to count again
                 t += self.think_time_s
                 continue
@@ -339,6 +367,7 @@ class Engine:
         closed: ClosedLoop | None = None,
         admission: Admission | None = None,
         timeouts: ClientTimeouts | None = None,
+        scaler: Scaler | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.hooks = hooks
@@ -350,6 +379,8 @@ class Engine:
         # ended first), and the step events' heap stays as small as the cluster.
         self._watched: dict[int, tuple[Sequence, int]] = {}
         self._deadlines: list[tuple[float, int]] = []
+        self.scaler = scaler
+        self._control = 0  # READY and SCALE events in the queue (they keep no run going)
         if hooks is not None and (hooks.sees_every_step()):
             for instance in dispatcher.instances:
                 instance.fast_forward = False
@@ -435,7 +466,12 @@ class Engine:
         timeouts = self.timeouts
         deadlines = self._deadlines
         polls = 0
-        while spec is not None or len(events) or deadlines:
+        scaler = self.scaler
+        if scaler is not None:
+            self._push_control(scaler.interval_s, SCALE, 0)
+        # The run ends when no request is left to arrive and only the autoscaler's events are
+        # queued (they would only move the clock past the last request).
+        while spec is not None or len(events) > self._control or deadlines:
             polls += 1
             if polls & 1023 == 0:
                 held.poll()  # Python code: pending signal handlers run (the loop is compiled)
@@ -480,12 +516,23 @@ class Engine:
                 # at its deadline has finished), every one due then before any step starts.
                 for instance in self._time_out_due():
                     self._try_start(instance)
+                    if instance.draining:  # its last request may have been the one that left
+                        assert scaler is not None
+                        scaler.release_if_drained(instance, self.now)
                 if closed is not None and closed.poll(self.now):
                     spec = self._closed_next(closed, spec)
                 continue
             event = events.pop()
             self.now = event.time
             kind, index, arg, serial = event.kind, event.instance, event.arg, event.serial
+            if kind >= READY:
+                assert scaler is not None
+                self._control -= 1
+                if kind == READY:
+                    scaler.ready(index, self.now)
+                else:
+                    self._scale(scaler)
+                continue
             instance = instances[index]
             if kind == STEP_END:
                 if serial != instance.engines[arg].step_serial:
@@ -508,9 +555,27 @@ class Engine:
                 del self._transfers[arg]
                 instance.add(moved, self.now)
             self._try_start(instance)
+            if instance.draining:
+                assert scaler is not None
+                scaler.release_if_drained(instance, self.now)
             if closed is not None and closed.poll(self.now):
                 spec = self._closed_next(closed, spec)
         return self.now
+
+    def _push_control(self, time: float, kind: int, instance: int) -> None:
+        self._control += 1
+        self._push(time, kind, instance, 0)
+
+    def _scale(self, scaler: Scaler) -> None:
+        """The autoscaler's evaluation at ``now``; the next one follows while work is left."""
+        now = self.now
+        if scaler.reads_kv_usage:
+            for instance in self.instances:  # step ends at ``now`` were taken (READY < SCALE)
+                self._cut(instance, inclusive=True)
+        for index, ready_at in scaler.evaluate(now):
+            self._push_control(ready_at, READY, index)
+        if self._next_arrival < INF or len(self._events) > self._control:
+            self._push_control(now + scaler.interval_s, SCALE, 0)
 
     def _closed_next(self, closed: ClosedLoop, spec: RequestSpec | None) -> RequestSpec | None:
         """The next request to reach the engine once clients freed by ended requests sent
@@ -559,7 +624,9 @@ class Engine:
             del self._transfers[request_id]
             instance.incoming -= 1
             seq.status = Status.FAILED
-            instance.metrics.on_drop(seq, index, self.now, "timed_out", reason)
+            instance.metrics.on_drop(
+                seq, index, self.now, "timed_out", reason, "workload.timeout_s"
+            )
             return instance
         self._cut(instance, inclusive=True)  # step ends at this time came first
         aborted = instance.abort(seq, self.now, reason)

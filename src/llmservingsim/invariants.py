@@ -65,6 +65,14 @@ class InvariantChecker(EngineHooks):
 
     def before_add(self, instance: Instance, now: float) -> None:
         self._tick(instance, now)
+        if not instance.routable:
+            raise InvariantError(
+                "A1",
+                "a request reached an instance that takes none (autoscaling: starting, "
+                "draining or off)",
+                instance.index,
+                now,
+            )
 
     def after_start(
         self, instance: Instance, now: float, started: tuple[float, int] | None

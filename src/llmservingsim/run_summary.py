@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from llmservingsim import __version__
+from llmservingsim.cluster.autoscale import Autoscaler
 from llmservingsim.cluster.cluster import Cluster, Pool
 from llmservingsim.hardware.backends import backend_stats
 from llmservingsim.metrics.collector import MetricsCollector
@@ -27,21 +28,25 @@ def summarize(
     metrics: MetricsCollector,
     end_time: float,
     wall_s: float,
+    scaler: Autoscaler | None = None,
 ) -> dict[str, Any]:
+    """The run's summary.json. With an autoscaler, cost and idle energy count each instance's
+    provisioned time only (without one, every instance is provisioned for the whole run)."""
     cfg = scenario.config
     instances = cluster.instances
+    provisioned = [end_time] * len(instances) if scaler is None else scaler.finish(end_time)
     summary = request_metrics(metrics.requests, metrics.itl, cfg.slo)
     summary.update(steady_state(metrics.requests, summary["request_throughput"]))
-    per_instance = _instance_rows(instances, metrics, end_time)
+    per_instance = _instance_rows(instances, metrics, provisioned)
     energy = sum(row["energy_j"] for row in per_instance)
     cost = sum(
         (
             inst.num_devices * inst.device.cost_per_hour_usd
             + sum(count * spec.cost_per_hour_usd for spec, count in inst.attached_devices)
         )
-        * end_time
+        * seconds
         / 3600.0
-        for inst in instances
+        for inst, seconds in zip(instances, provisioned, strict=True)
     )
     timers = {id(inst.timer): inst.timer for inst in instances}.values()
     lookups = sum(t.cache_lookups for t in timers)
@@ -87,7 +92,7 @@ def summarize(
         summary["pim"] = {
             "device": cfg.pim.device,
             "devices": sum(n for inst in instances for _, n in inst.attached_devices),
-            "busy_fraction": busy / (end_time * len(instances)),
+            "busy_fraction": busy / sum(provisioned),
         }
     if cluster.disaggregated:
         handed_off = metrics.requests.column("prefill_instance") >= 0
@@ -98,6 +103,11 @@ def summarize(
             "mean": sum(transfers) / len(transfers) if transfers else None,
             "max": max(transfers, default=None),
         }
+    if scaler is not None:
+        summary["instance_seconds"] = sum(provisioned)
+        summary["initial_instances"] = cfg.cluster.initial_instances
+        summary["scale_up_s"] = scaler.scale_up_s
+        summary["scale_events"] = [event.as_dict() for event in scaler.events]
     summary.update(backend_stats(t.backend for t in timers))
     if scenario.uses_lora:
         lora_stats = LoraStats()
@@ -125,14 +135,16 @@ def _pool_row(pool: Pool) -> dict[str, Any]:
         "tensor_parallel": first.tp,
         "pipeline_parallel": first.pp,
         "expert_parallel": first.timer.ep,
+        "data_parallel": first.dp,
         "memory": first.memory.as_dict(),
     }
 
 
 def _instance_rows(
-    instances: list[Instance], metrics: MetricsCollector, end_time: float
+    instances: list[Instance], metrics: MetricsCollector, provisioned: list[float]
 ) -> list[dict[str, Any]]:
-    """Per-instance load: requests finished there, tokens, busy fraction, KV peak, energy."""
+    """Per-instance load: requests finished there, tokens, busy fraction, KV peak, energy
+    (``provisioned``: seconds each instance was provisioned; its idle power counts then)."""
     log = metrics.requests
     done = log.column("status") == FINISHED
     where = log.column("instance")[done]
@@ -141,13 +153,13 @@ def _instance_rows(
     np.add.at(output_sums, where, log.column("output_tokens")[done])
     output = output_sums.tolist()
     rows = []
-    for inst in instances:
+    for inst, alive_s in zip(instances, provisioned, strict=True):
         t = inst.totals
-        device_s = end_time * inst.num_devices
+        device_s = alive_s * inst.num_devices
         idle_device_s = max(0.0, device_s - t.busy_device_s)
         energy = t.energy_busy_j + idle_device_s * inst.device.power.idle_w
         # Attached devices (PIM) draw idle power whenever the instance runs no step.
-        idle_s = max(0.0, end_time - t.busy_s)
+        idle_s = max(0.0, alive_s - t.busy_s)
         energy += sum(n * spec.power.idle_w * idle_s for spec, n in inst.attached_devices)
         rows.append(
             {
@@ -164,7 +176,7 @@ def _instance_rows(
                 "kv_capacity_tokens": inst.num_blocks * inst.memory.block_size,
                 "preemptions": inst.preemptions,
                 "energy_j": energy,
-                "average_power_w": energy / end_time if end_time > 0 else None,
+                "average_power_w": energy / alive_s if alive_s > 0 else None,
             }
         )
     return rows

@@ -16,7 +16,7 @@ from llmservingsim.catalog import load_device, load_model
 from llmservingsim.config import LinkOverride, PoolConfig, SimConfig
 from llmservingsim.errors import ConfigError, DoesNotFitError
 from llmservingsim.hardware.backends import PerfSetup
-from llmservingsim.hardware.device import DeviceSpec, Link
+from llmservingsim.hardware.device import GIB, DeviceSpec, Link
 from llmservingsim.model.spec import ModelSpec
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.frontend import Frontend
@@ -55,6 +55,10 @@ class PoolPlan:
     def ep(self) -> int:
         return self.config.expert_parallel
 
+    @property
+    def dp(self) -> int:
+        return self.config.data_parallel
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -88,6 +92,21 @@ class Scenario:
     @property
     def num_instances(self) -> int:
         return sum(pool.count for pool in self.pools)
+
+    @property
+    def scale_up_s(self) -> float | None:
+        """Autoscaling: from a scale-up decision to the new instance taking requests
+        (``cluster.autoscale.scale_up_s``; by default every device loads its shard of the
+        weights over its own host link, in parallel); None without autoscale."""
+        scale = self.config.cluster.autoscale
+        if scale is None:
+            return None
+        if scale.scale_up_s is not None:
+            return scale.scale_up_s
+        pool = self.pools[0]
+        host = pool.device.links.host
+        bandwidth = host.bandwidth_gbps * 1e9 * host.efficiency
+        return host.latency_us * 1e-6 + pool.memory.weights_gib * GIB / bandwidth
 
     def check_requests(self, requests: SequenceOf[RequestSpec]) -> None:
         """What a request table may name against this scenario: LoRA adapters need LoRA on."""
@@ -151,6 +170,18 @@ def check_supported(cfg: SimConfig) -> None:
         and any(p.pipeline_parallel > 1 for p in pools),
         "LoRA adapters with scheduler.policy: static": uses_lora(cfg)
         and cfg.scheduler.policy == "static",
+        # decisions.parquet has list columns (candidates, scores), which CSV cannot hold.
+        "outputs.decisions with outputs.format: csv": cfg.outputs.decisions
+        and cfg.outputs.format == "csv",
+        "data_parallel > 1 with pipeline_parallel > 1": any(
+            p.data_parallel > 1 and p.pipeline_parallel > 1 for p in pools
+        ),
+        "data_parallel > 1 with speculative decoding": cfg.speculative.enabled
+        and any(p.data_parallel > 1 for p in pools),
+        "data_parallel > 1 with LoRA adapters": uses_lora(cfg)
+        and any(p.data_parallel > 1 for p in pools),
+        "data_parallel > 1 with pim.enabled": cfg.pim.enabled
+        and any(p.data_parallel > 1 for p in pools),
     }
     for what, used in unsupported.items():
         if used:
@@ -233,7 +264,21 @@ def check_parallelism(cfg: SimConfig, model: ModelSpec, pool: PoolConfig) -> Non
             f"{where}.pipeline_parallel={pool.pipeline_parallel} exceeds the "
             f"{model.num_layers} layers of {cfg.model}"
         )
-    ep = pool.expert_parallel
+    ep, dp = pool.expert_parallel, pool.data_parallel
+    if dp > 1:
+        if not model.is_moe:
+            raise ConfigError(
+                f"{where}.data_parallel={dp} needs a mixture-of-experts model; {cfg.model} is "
+                f"dense: its DP ranks would be independent replicas, set {where}."
+                f"{'instances' if cfg.cluster.pools is None else 'count'}={dp} instead"
+            )
+        if ep != dp * tp:
+            raise ConfigError(
+                f"{where}.expert_parallel={ep} must equal data_parallel × tensor_parallel = "
+                f"{dp * tp} with data_parallel={dp}: the experts are split over every device "
+                "of the DP ranks (vLLM --enable-expert-parallel); experts tensor-parallel "
+                "across DP ranks are not yet supported"
+            )
     if ep > 1:
         if not model.is_moe:
             raise ConfigError(
@@ -245,11 +290,11 @@ def check_parallelism(cfg: SimConfig, model: ModelSpec, pool: PoolConfig) -> Non
                 f"{where}.expert_parallel={ep} must divide the {model.num_experts} experts "
                 f"of {cfg.model}"
             )
-        if ep != pool.tensor_parallel:
+        if dp == 1 and ep != pool.tensor_parallel:
             raise ConfigError(
                 f"{where}.expert_parallel={ep} must be 1 or equal tensor_parallel="
-                f"{pool.tensor_parallel}: experts are split over the TP group's devices "
-                "(docs/models.md)"
+                f"{pool.tensor_parallel}: experts are split over the TP group's devices; "
+                "set data_parallel to split them over several attention ranks (docs/models.md)"
             )
     device = load_device(pool.hardware or cfg.hardware)
     if device.type == "pim":
@@ -305,6 +350,7 @@ def plan_pool_memory(
         max_batched_tokens=cfg.scheduler.max_num_batched_tokens,
         max_seqs=cfg.scheduler.max_num_seqs,
         ep=pool.expert_parallel,
+        dp=pool.data_parallel,
         pim=None if pim is None else PimMemory(pim, cfg.pim.count),
         draft_weight_bytes=draft_weights,
         draft_kv_bytes_per_token=draft_kv,
@@ -312,6 +358,8 @@ def plan_pool_memory(
     )
     if plan.num_blocks < pp:
         shape = f"{tp}× {hardware}" if pp == 1 else f"{tp}×{pp} (TP×PP) {hardware}"
+        if pool.data_parallel > 1:
+            shape = f"{pool.data_parallel}×{tp} (DP×TP) {hardware}"
         raise DoesNotFitError(
             f"{cfg.model} ({cfg.dtype}) does not fit {shape}: {plan.describe()}. "
             "Raise tensor_parallel or pipeline_parallel, use a smaller dtype (fp8/int8/int4) "

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from llmservingsim.build import build_cluster
+from llmservingsim.build import build_autoscaler, build_cluster
 from llmservingsim.build_info import engine_build
 from llmservingsim.cluster.admission import Admission
 from llmservingsim.config import SimConfig
@@ -23,6 +23,7 @@ from llmservingsim.engine import INF, ClientTimeouts, ClosedLoop, Engine, Engine
 from llmservingsim.errors import InputWarning
 from llmservingsim.invariants import InvariantChecker, invariants_requested
 from llmservingsim.metrics.collector import MetricsCollector
+from llmservingsim.metrics.decisions import DecisionLog
 from llmservingsim.metrics.workload_summary import workload_summary
 from llmservingsim.perf.frontend import ClientClock
 from llmservingsim.run_summary import summarize
@@ -57,7 +58,7 @@ def _admit(
     for spec in requests:
         if limit is not None and spec.input_len + spec.output_len > limit:
             reason = too_long_reason(spec.input_len + spec.output_len, limit)
-            metrics.on_drop(Sequence(spec), -1, spec.arrival_s, "rejected", reason)
+            metrics.on_drop(Sequence(spec), -1, spec.arrival_s, "rejected", reason, "max_model_len")
             continue
         if clock is not None and frontend is not None:
             clock.client_arrival[spec.id] = spec.arrival_s
@@ -138,6 +139,8 @@ def simulate(
     (:func:`~llmservingsim.scenario.resolve`). ``requests`` overrides the config's workload
     (tests, sweeps);
     ``metrics`` may carry output sinks (outputs/run_outputs.py) fed while the run goes;
+    with ``outputs.decisions`` and no ``metrics.decisions`` log, the decisions are kept in
+    memory (``result.metrics.decisions``);
     ``check_invariants`` (default: the LLMSERVINGSIM_CHECK_INVARIANTS environment variable)
     checks the runtime invariants of invariants.py and raises InvariantError on a violation;
     ``hooks`` observe the engine (engine.EngineHooks), after the invariant checker."""
@@ -145,6 +148,10 @@ def simulate(
     cfg = scenario.config
     metrics = MetricsCollector() if metrics is None else metrics
     cluster = build_cluster(scenario, metrics)
+    if cfg.outputs.decisions:
+        if metrics.decisions is None:  # no file to stream to: kept in memory
+            metrics.decisions = DecisionLog(keep=True)
+        cluster.log_decisions(metrics.decisions)
     if requests is None:
         requests = load_requests(scenario)
     scenario.check_requests(requests)
@@ -178,6 +185,7 @@ def simulate(
     client_names = [c.name for c in cfg.workload.clients or []]
     if cfg.admission.token_bucket is not None or cfg.admission.max_queue:
         admission = Admission(cfg.admission, client_names, metrics)
+    scaler = build_autoscaler(scenario, cluster, metrics)
     engine = Engine(
         cluster,
         progress=hook,
@@ -185,6 +193,7 @@ def simulate(
         closed=closed,
         admission=admission,
         timeouts=client_timeouts(cfg, metrics),
+        scaler=scaler,
     )
     wall_start = time.perf_counter()
     end_time = engine.run(requests)
@@ -193,7 +202,7 @@ def simulate(
         asked = _sent_within(closed, asked, cfg.workload.duration_s)
     if checker is not None and not engine.interrupted:
         checker.check_end(asked, metrics.records)
-    summary = summarize(scenario, cluster, metrics, end_time, wall)
+    summary = summarize(scenario, cluster, metrics, end_time, wall, scaler)
     summary["requests_total"] = len(asked)
     duration = summary["benchmark_duration_s"]
     summary.update(workload_summary(cfg, asked, metrics.requests, duration))

@@ -289,3 +289,22 @@ def test_a_long_enough_run_and_a_batch_do_not_warn(tmp_path: Path) -> None:
     )
     assert batch["steady_state"] is None
     assert "warning" not in output
+
+
+def test_an_abort_prints_aborted_and_exits_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The handler for click's Abort exists under every typer (typer 0.29 keeps it outside its
+    click copy: a missing name turned every other exception into an AttributeError)."""
+    import typer
+
+    from llmservingsim import cli
+
+    def abort(*args: object, **kwargs: object) -> None:
+        raise typer.Abort()
+
+    monkeypatch.setattr(typer.core.TyperGroup, "main", abort)
+    with pytest.raises(SystemExit) as exc:
+        cli.app(["--help"])
+    assert exc.value.code == 1
+    assert "Aborted!" in capsys.readouterr().err

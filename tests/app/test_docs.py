@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llmservingsim.outputs.tables import REQUESTS_SCHEMA, TIMESERIES_SCHEMA
+from llmservingsim.outputs.tables import DECISIONS_SCHEMA, REQUESTS_SCHEMA, TIMESERIES_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,7 @@ def test_config_reference_is_up_to_date() -> None:
 
 def test_every_output_column_is_documented() -> None:
     text = (ROOT / "docs" / "outputs.md").read_text()
-    for name in (*REQUESTS_SCHEMA.names, *TIMESERIES_SCHEMA.names):
+    for name in (*REQUESTS_SCHEMA.names, *TIMESERIES_SCHEMA.names, *DECISIONS_SCHEMA.names):
         assert f"| `{name}` |" in text, f"docs/outputs.md does not document column {name!r}"
 
 

@@ -79,6 +79,19 @@ RUNS: dict[str, tuple[str | None, list[str]]] = {
         ["model=mixtral-8x7b", "dtype=fp16", "hardware=a100-80gb", "cluster.tensor_parallel=2",
          "workload.num_requests=3000", *FIXED_1000, *TRTLLM],
     ),
+    **{
+        f"qwen3-moe-{name}": (
+            None,
+            ["model=qwen3-30b-a3b", "workload.num_requests=1000", "workload.arrival.rate=.inf",
+             "workload.input_len={dist: fixed, value: 1000}",
+             "workload.output_len={dist: fixed, value: 500}", *layout],
+        )
+        for name, layout in (
+            ("tp2-ep2", ["cluster.tensor_parallel=2", "cluster.expert_parallel=2"]),
+            ("2-replicas", ["cluster.instances=2"]),
+            ("dp2-ep2", ["cluster.data_parallel=2", "cluster.expert_parallel=2"]),
+        )
+    },
     "cluster-16": (
         None,
         ["cluster.instances=16", "cluster.router=least_outstanding", "workload.arrival.rate=120"],
@@ -251,6 +264,41 @@ QUOTES: list[Quote] = [
         "| Mixtral-8x7B FP16, 2× A100 TP2 | 3,340 | 3,155 |",
         "mixtral-fp16-a100",
         {"3,340": lambda s: s["output_tokens_per_s"]},
+    ),
+    *(
+        Quote(
+            "docs/models.md",
+            row,
+            f"qwen3-moe-{name}",
+            {
+                tok_s: lambda s: s["output_tokens_per_s"],
+                tpot: ms("tpot_s", "mean"),
+                kv: lambda s: s["kv_cache_capacity_tokens"],
+            },
+        )
+        for row, name, tok_s, tpot, kv in (
+            (
+                "| `tensor_parallel: 2, expert_parallel: 2` | 8,712 | 27.8 | 929,520 |",
+                "tp2-ep2",
+                "8,712",
+                "27.8",
+                "929,520",
+            ),
+            (
+                "| `instances: 2` (TP1 replicas) | 6,254 | 37.2 | 300,352 |",
+                "2-replicas",
+                "6,254",
+                "37.2",
+                "300,352",
+            ),
+            (
+                "| `data_parallel: 2, expert_parallel: 2` | 13,059 | 35.7 | 890,176 |",
+                "dp2-ep2",
+                "13,059",
+                "35.7",
+                "890,176",
+            ),
+        )
     ),
     Quote(
         "docs/user-guide.md",

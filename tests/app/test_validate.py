@@ -240,6 +240,29 @@ def test_silicon_points_become_ttft_and_tpot_rows_of_supported_layouts(tmp_path:
     assert scenario.concurrency == 4 and "closed loop" in scenario.label
 
 
+def test_silicon_points_with_attention_dp_over_every_expert_device_are_simulated_with_dp(
+    tmp_path: Path,
+) -> None:
+    from llmservingsim.validate.sources import silicon_rows
+
+    lines = [
+        SILICON_COLUMNS,
+        # DP2 × TP1 with the experts over both devices; batch_size is per rank.
+        "f,db,trtllm,1.0,Qwen/Qwen3-30B-A3B,h100_sxm,bf16,agg,128,16,8,1,1,2,1,2,30,5",
+        # DP2 with experts tensor-parallel across the ranks: not expressible.
+        "g,db,trtllm,1.0,Qwen/Qwen3-30B-A3B,h100_sxm,bf16,agg,128,16,8,1,1,2,2,1,30,5",
+    ]
+    path = tmp_path / "silicon_sample.csv"
+    path.write_text("\n".join(lines) + "\n")
+    rows = silicon_rows(path, per_group=None)
+    assert [r["id"] for r in rows] == ["aic_f_ttft_mean", "aic_f_tpot_mean"]
+    assert rows[0]["num_gpus"] == "2" and rows[0]["concurrency"] == "16"
+    scenario = _scenario(rows[0], rows)
+    assert {"cluster.data_parallel=2", "cluster.expert_parallel=2"} <= set(scenario.overrides)
+    assert "cluster.instances=2" not in " ".join(scenario.overrides)
+    assert "DP2" in scenario.label and scenario.concurrency == 16
+
+
 def test_closed_loop_clients_keep_the_concurrency_in_flight() -> None:
     row = _row(
         model="meta-llama/Llama-3.1-8B",

@@ -14,6 +14,8 @@ import yaml
 
 from fuzz_harness import assert_clean_outcome, quick_run_args, run_cli
 from llmservingsim.catalog import _names
+from llmservingsim.config import load_config
+from llmservingsim.errors import ConfigError
 
 SMALL = ["--set", "model=llama-3.2-1b", "--set", "workload.num_requests=4"]
 BIG = 2**63
@@ -323,3 +325,14 @@ def test_csv_traces_are_read_without_trace_format(tmp_path: Path, csv_trace: Pat
 
 def test_unknown_catalog_section_exits_2() -> None:
     refused(run_cli(["catalog", "nope"]), "unknown section")
+
+
+def test_a_prompt_pool_too_large_to_hold_is_refused_before_running() -> None:
+    with pytest.raises(ConfigError, match=r"workload\.prompt_pool\.size"):
+        load_config(None, ["workload.prompt_pool={size: 2147483647}"])
+
+
+def test_a_kv_block_override_beyond_int32_is_refused_before_running(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"scheduler\.num_gpu_blocks_override"):
+        load_config(None, ["scheduler.num_gpu_blocks_override=9223372036854775808"])
+    load_config(None, ["scheduler.num_gpu_blocks_override=2147483647"])  # the largest allowed

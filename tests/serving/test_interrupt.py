@@ -73,6 +73,7 @@ def test_signal_during_run_writes_a_partial_summary_and_whole_files(
 ) -> None:
     out = tmp_path / "out"
     args = ["run", *LONG_RUN, "--set", "workload.num_requests=1000000", "--out", str(out), "-q"]
+    args += ["--set", "outputs.decisions=true"]
     proc, marker = start(tmp_path, args)
     returncode, err = signal_after_loops(proc, marker, 1, signum)
     assert returncode == code, err
@@ -83,6 +84,11 @@ def test_signal_during_run_writes_a_partial_summary_and_whole_files(
     table = pq.read_table(out / "requests.parquet")
     assert table.num_rows == summary["requests_completed"] + summary["requests_failed"]
     assert pq.read_table(out / "timeseries.parquet").num_rows > 0
+    # Every request that ended was routed first; the routes logged up to the stop are kept.
+    decisions = pq.read_table(out / "decisions.parquet").to_pydict()
+    pairs = zip(decisions["request_id"], decisions["kind"], strict=True)
+    routed = {i for i, kind in pairs if kind == "route"}
+    assert set(table.column("id").to_pylist()) <= routed
     json.loads((out / "trace.json").read_text())
     assert (out / "report.html").read_text().rstrip().endswith("</html>")
     no_temporary_files(out)

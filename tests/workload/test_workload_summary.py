@@ -206,6 +206,23 @@ def test_compare_two_routers_pairs_the_same_requests(tmp_path: Path) -> None:
     assert json.loads((out / "compare.json").read_text())["paired"] == report["paired"]
 
 
+def test_compare_with_decisions_says_where_the_routing_diverged(tmp_path: Path) -> None:
+    a = write(tmp_path, "a.yaml", "round_robin")
+    b = write(tmp_path, "b.yaml", "least_outstanding")
+    same = compare(str(a), str(a), "--set", "outputs.decisions=true")["routing"]
+    assert same == {"routed_on_both": 150, "routed_differently": 0, "first": None}
+    routing = compare(str(a), str(b), "--set", "outputs.decisions=true")["routing"]
+    assert routing["routed_on_both"] == 150 and 0 < routing["routed_differently"] <= 150
+    first = routing["first"]
+    assert first["a"]["policy"] == "round_robin" and first["b"]["policy"] == "least_outstanding"
+    assert first["a"]["chosen"] != first["b"]["chosen"]
+    assert first["b"]["chosen"] in first["b"]["candidates"]
+    assert "routing" not in compare(str(a), str(b))  # decisions off: nothing said
+    result = CliRunner().invoke(app, ["compare", str(a), str(b), "--set", "outputs.decisions=true"])
+    assert result.exit_code == 0, result.output
+    assert f"first: request {first['request_id']} at" in result.output
+
+
 def test_compare_says_when_b_brings_another_workload(tmp_path: Path) -> None:
     a = write(tmp_path, "a.yaml", "round_robin")
     b = tmp_path / "b.yaml"

@@ -91,7 +91,7 @@ class Admission:
         if seq.spec.client >= 0:
             self.rejected_by_client[seq.spec.client] += 1
         seq.status = Status.FAILED
-        self.metrics.on_drop(seq, -1, now, "rejected", reason)
+        self.metrics.on_drop(seq, -1, now, "rejected", reason, f"admission.{rule}")
         return False
 
     def summary(self) -> dict[str, object]:

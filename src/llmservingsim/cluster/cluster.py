@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmservingsim.cluster.routers import ROUTERS, Router
+from llmservingsim.metrics.decisions import DECODE_ROUTE, ROUTE, DecisionLog, DecisionSite
 from llmservingsim.network import collectives
 from llmservingsim.network.topology import Topology
 from llmservingsim.sequence import Sequence
@@ -43,6 +44,51 @@ class Cluster:
         )
         routers = [self.router] if self.decode_router is None else [self.router, self.decode_router]
         self._routes_by_kv_usage = any(r.reads_kv_usage for r in routers)
+        self._router_names = (router, decode_router)
+        self.decisions: DecisionLog | None = None
+        self._policies = (0, 0)  # the routers' names as codes of the decision log
+        # Per router: its instances' indices (the candidates of a router that reports none).
+        self._candidates = ([inst.index for inst in entry], [inst.index for inst in decode])
+
+    def log_decisions(self, log: DecisionLog) -> None:
+        """Log every route and preemption decision to ``log`` from now on
+        (``outputs.decisions``); until called, none is and no router explains itself."""
+        self.decisions = log
+        self._policies = (log.code(self._router_names[0]), log.code(self._router_names[1]))
+        self.router.explain = True
+        if self.decode_router is not None:
+            self.decode_router.explain = True
+        for inst in self.instances:
+            for ve in inst.engines:
+                scheduler = ve.scheduler
+                scheduler.decisions = DecisionSite(log, inst.index, scheduler.cfg.policy)
+
+    def _log_route(
+        self, log: DecisionLog, kind: int, spec_id: int, now: float, chosen: Instance, where: int
+    ) -> None:
+        """One route decision; ``where``: the prefill instance handing off (-1: an arrival)."""
+        decode = kind == DECODE_ROUTE
+        router = self.router
+        if decode and self.decode_router is not None:
+            router = self.decode_router
+        scores, positions, reason = router.take_report()
+        if positions is None:
+            candidates = self._candidates[1 if decode else 0]
+        else:
+            instances = router.instances
+            candidates = [instances[p].index for p in positions]
+        log.record(
+            kind,
+            now,
+            spec_id,
+            where,
+            self._policies[1 if decode else 0],
+            candidates,
+            scores,
+            chosen.index,
+            -1,
+            log.code(reason),
+        )
 
     @property
     def disaggregated(self) -> bool:
@@ -53,11 +99,21 @@ class Cluster:
         return self._routes_by_kv_usage
 
     def route(self, spec: RequestSpec) -> Instance:
-        return self.router.route(spec)
+        """The instance an arriving request goes to (routed when it arrives)."""
+        chosen = self.router.route(spec)
+        if self.decisions is not None:
+            self._log_route(self.decisions, ROUTE, spec.id, spec.arrival_s, chosen, -1)
+        return chosen
+
+    def route_to(self, instances: list[Instance]) -> None:
+        """The entry instances the router chooses from from now on (autoscaling)."""
+        self.router.set_instances(instances)
 
     def hand_off(self, seq: Sequence, source: Instance, now: float) -> tuple[Instance, float]:
         assert self.decode_router is not None, "only prefill instances hand requests off"
         target = self.decode_router.route(seq.spec)
+        if self.decisions is not None:
+            self._log_route(self.decisions, DECODE_ROUTE, seq.spec.id, now, target, source.index)
         target.incoming += 1
         seconds = self.kv_transfer_time(source, target, seq.num_computed)
         seq.prefill_instance = source.index
@@ -67,13 +123,13 @@ class Cluster:
     def kv_transfer_time(self, source: Instance, target: Instance, num_tokens: int) -> float:
         """KV of ``num_tokens`` tokens (all layers) from the source's devices to the target's.
 
-        Every device holds a slice (its heads of its layers) and sends it over its own link, so
-        min(devices of source, devices of target) streams run in parallel; the slower side's
-        links set the pace.
+        Every device holding the request (its heads of its layers; with attention DP ranks,
+        those of one rank) sends its slice over its own link, so min(those of source, those of
+        target) streams run in parallel; the slower side's links set the pace.
         """
         src_pool, dst_pool = self._pool_of[source.index], self._pool_of[target.index]
         nbytes = num_tokens * src_pool.kv_bytes_per_token
-        streams = min(source.num_devices, target.num_devices)
+        streams = min(source.kv_devices, target.kv_devices)
         src, dst = source.first_device, target.first_device
         return max(
             collectives.send(src_pool.topology, nbytes, src, dst, streams),

@@ -9,9 +9,11 @@ goes: finished requests and engine steps are handed to the registered sinks in c
 
 from __future__ import annotations
 
+from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from llmservingsim.metrics.decisions import ADMISSION, DecisionLog
 from llmservingsim.metrics.request_log import (
     RequestChunk,
     RequestLog,
@@ -110,6 +112,8 @@ class MetricsCollector:
     request_sinks: list[RequestSink] = field(default_factory=list)
     step_sinks: list[StepSink] = field(default_factory=list)
     chunk_size: int = 65_536
+    decisions: DecisionLog | None = None
+    """The run's decision rows (``outputs.decisions``); None: decisions are not recorded."""
     requests: RequestLog = field(init=False)
     _step_log: StepLog = field(default_factory=StepLog)
 
@@ -189,6 +193,8 @@ class MetricsCollector:
         """Hand everything buffered to the sinks (call once the run is over)."""
         self._flush_steps()
         self._flush_requests()
+        if self.decisions is not None:
+            self.decisions.flush()
 
     def _flush_steps(self) -> None:
         if len(self._step_log):
@@ -216,14 +222,68 @@ class MetricsCollector:
         self._hand_over(self.requests.append(seq, instance, "finished"))
 
     def on_fail(self, seq: Sequence, instance: int, now: float, reason: str) -> None:
-        self.on_drop(seq, instance, now, "failed", reason)
+        self.on_drop(seq, instance, now, "failed", reason, "kv_capacity")
 
-    def on_drop(self, seq: Sequence, instance: int, now: float, status: str, reason: str) -> None:
+    def on_drop(
+        self,
+        seq: Sequence,
+        instance: int,
+        now: float,
+        status: str,
+        reason: str,
+        policy: str | None = None,
+    ) -> None:
         """A request that ends unserved: ``failed`` (can never fit), or by admission control
-        ``rejected`` (queue full) or ``timed_out`` (waited too long)."""
+        ``rejected`` (queue full) or ``timed_out`` (waited too long). With decisions on it is
+        also an ``admission`` decision of ``policy`` (what refused it: a config key), whose
+        outcome is ``status``."""
         seq.finish_time = now
         seq.fail_reason = reason
         self._hand_over(self.requests.append(seq, instance, status))
+        log = self.decisions
+        if log is not None:
+            log.record(
+                ADMISSION,
+                now,
+                seq.spec.id,
+                instance,
+                log.code(policy),
+                [],
+                None,
+                -1,
+                log.code(status),
+                log.code(reason),
+            )
+
+    def decide(
+        self,
+        kind: str,
+        time_s: float,
+        *,
+        request_id: int = -1,
+        instance: int = -1,
+        policy: str | None = None,
+        candidates: SequenceOf[int] = (),
+        scores: SequenceOf[float] | None = None,
+        chosen: int = -1,
+        outcome: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Log one decision (``DecisionLog.add``; nothing when decisions are off). A new
+        policy's decisions take this one call (docs/extending.md)."""
+        if self.decisions is not None:
+            self.decisions.add(
+                kind,
+                time_s,
+                request_id=request_id,
+                instance=instance,
+                policy=policy,
+                candidates=candidates,
+                scores=scores,
+                chosen=chosen,
+                outcome=outcome,
+                reason=reason,
+            )
 
     def totals(self, instance: int) -> StepTotals:
         totals = self.steps.get(instance)

@@ -113,18 +113,28 @@ class MoeOps:
       all-gather restores the full hidden state on every rank. Shared experts stay TP-sharded
       over all tokens, their partial sums reduce-scattered onto the slices. The collectives are
       timed in perf/iteration.py from :meth:`dispatch_bytes`.
+    * Attention data parallelism (``data_parallel`` = D ranks of TP devices, EP = D × TP):
+      each rank attends its own batch; the experts are split over all D × TP devices and every
+      MoE layer's all-to-all spans them, so the routed experts compute the union of the ranks'
+      tokens (:meth:`expert_ops` on the summed count) while the norm, shared experts and
+      residual run per rank on its own tokens (:meth:`rank_ops`).
     """
 
-    def __init__(self, graph: OpBuilder, expert_parallel: int, imbalance: float) -> None:
+    def __init__(
+        self, graph: OpBuilder, expert_parallel: int, imbalance: float, data_parallel: int = 1
+    ) -> None:
         spec = graph.spec
         self.graph = graph
         self.ep = expert_parallel
+        self.dp = data_parallel
         self.imbalance = imbalance
         self.hidden = spec.hidden_size
         self.num_experts = spec.num_experts
         self.top_k = spec.experts_per_token
-        # Each expert's intermediate is split over the TP ranks that share it.
-        self.expert_intermediate = max(1, spec.moe_intermediate_size // (graph.tp // self.ep))
+        # Each expert's intermediate is split over the devices of the expert group (the TP
+        # ranks of every DP rank) that share it.
+        self.expert_tp = max(1, graph.tp * data_parallel // self.ep)
+        self.expert_intermediate = max(1, spec.moe_intermediate_size // self.expert_tp)
         self.shared_intermediate = (
             max(1, spec.shared_intermediate_size // graph.tp)
             if spec.shared_intermediate_size
@@ -146,6 +156,29 @@ class MoeOps:
         return tokens * self.top_k * self.hidden * self.graph.act_bytes * load.load_factor
 
     def ffn_ops(self, num_tokens: int) -> list[Op]:
+        """The whole MLP of one rank whose batch alone feeds the experts (no DP ranks)."""
+        before, after = self.rank_ops(num_tokens)
+        return before + self.expert_ops(num_tokens) + after
+
+    def rank_ops(self, num_tokens: int) -> tuple[list[Op], list[Op]]:
+        """The ops of one attention rank's own ``num_tokens`` around the routed experts: the
+        norm before them; the shared experts (TP-sharded inside the rank) and the residual add
+        after them."""
+        g, h, m = self.graph, self.hidden, num_tokens
+        after = []
+        if self.shared_intermediate:
+            shared = self.shared_intermediate
+            after += [
+                g.gemm("shared_up_proj", m, 2 * shared, h),
+                g.elementwise("shared_act", m, 2 * shared, shared),
+                g.gemm("shared_down_proj", m, h, shared),
+            ]
+        after.append(g.elementwise("residual_add", m, 2 * h, h))
+        return [g.elementwise("post_attention_layernorm", m, h, h)], after
+
+    def expert_ops(self, num_tokens: int) -> list[Op]:
+        """Router, top-k and the routed experts of one device for ``num_tokens`` tokens of the
+        whole expert group (with DP ranks: the sum of their batches)."""
         g, h, m = self.graph, self.hidden, num_tokens
         local = self.local_tokens(m)
         load = self.load(m)
@@ -161,12 +194,11 @@ class MoeOps:
             ("moe_inter", self.graph.spec.moe_intermediate_size),
             ("moe_experts", self.num_experts),
             ("moe_topk", self.top_k),
-            ("moe_tp", self.graph.tp // self.ep),
+            ("moe_tp", self.expert_tp),
             ("moe_ep", self.ep),
         )
         topk_bytes = local * (4.0 * self.num_experts + 8.0 * self.top_k)  # fp32 logits, ids+w
-        ops = [
-            g.elementwise("post_attention_layernorm", m, h, h),
+        return [
             g.gemm("moe_router", local, self.num_experts, h),
             Op(
                 "moe_topk",
@@ -198,15 +230,6 @@ class MoeOps:
                 (("m", local), ("read", h), ("write", h)),
             ),
         ]
-        if self.shared_intermediate:
-            shared = self.shared_intermediate
-            ops += [
-                g.gemm("shared_up_proj", m, 2 * shared, h),
-                g.elementwise("shared_act", m, 2 * shared, shared),
-                g.gemm("shared_down_proj", m, h, shared),
-            ]
-        ops.append(g.elementwise("residual_add", m, 2 * h, h))
-        return ops
 
     def _grouped(
         self, name: str, rows: float, experts: float, m: int, n: int, k: int, block: Dims

@@ -95,8 +95,9 @@ def weight_only_quantized(dtype: str) -> bool:
 class OpGraph(OpBuilder):
     """Builds the ops of one layer / of the model head for a given batch on one TP rank.
 
-    ``expert_parallel`` splits a MoE model's experts over that many of the TP ranks (see
-    model/moe.py for the layout); ``moe_imbalance`` is the busiest expert's rows over the mean.
+    ``expert_parallel`` splits a MoE model's experts over that many of the TP ranks, or with
+    ``data_parallel`` attention ranks over all of their devices (see model/moe.py for the
+    layouts); ``moe_imbalance`` is the busiest expert's rows over the mean.
     """
 
     def __init__(
@@ -108,13 +109,16 @@ class OpGraph(OpBuilder):
         *,
         expert_parallel: int = 1,
         moe_imbalance: float = 1.0,
+        data_parallel: int = 1,
     ) -> None:
         super().__init__(spec, tp, dtype, kv_dtype)
         self.shape = shard_shape(spec, tp)
         self.head_weight_bytes = 2.0 if weight_only_quantized(dtype) else self.weight_bytes
         # Model-shape extensions (model/mla.py, model/moe.py).
         self.mla = MlaOps(self) if spec.uses_mla else None
-        self.moe = MoeOps(self, expert_parallel, moe_imbalance) if spec.is_moe else None
+        self.moe = (
+            MoeOps(self, expert_parallel, moe_imbalance, data_parallel) if spec.is_moe else None
+        )
 
     def attention_block_ops(self, num_tokens: int) -> list[Op]:
         """Norm, projections and rotary around attention, and the residual add after it."""

@@ -278,6 +278,28 @@ def instance_load(rows: list[dict[str, Any]]) -> go.Figure:
     return fig
 
 
+def instances_over_time(events: list[dict[str, Any]], initial: int, end_s: float) -> go.Figure:
+    """Autoscaling (summary.json ``scale_events``): instances provisioned (billed) and taking
+    requests over the run, as step lines from ``initial`` at t = 0 to ``end_s``."""
+    times = [0.0] + [float(e["time_s"]) for e in events] + [end_s]
+    fig = go.Figure()
+    for key, name, color in (
+        ("provisioned", "provisioned (billed)", _PALETTE[0]),
+        ("routable", "taking requests", _PALETTE[2]),
+    ):
+        counts = [initial] + [int(e[key]) for e in events]
+        fig.add_trace(
+            go.Scatter(
+                x=times,
+                y=[*counts, counts[-1]],
+                mode="lines",
+                line={"shape": "hv", "color": color},
+                name=name,
+            )
+        )
+    return _layout(fig, "Instances over time (autoscaling)", "time (s)", "instances")
+
+
 def energy_unit(joules: float) -> tuple[float, str]:
     """The divisor and unit that print ``joules`` with a few significant digits: J below 1 kJ,
     kJ below 1 kWh (3.6 MJ), kWh above."""

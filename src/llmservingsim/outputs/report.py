@@ -148,6 +148,12 @@ def _figures(
     rows = summary["instances"]
     binned, labels = figures.group_instances(figures.bin_timeseries(ts), rows)
     extra: dict[str, go.Figure] = {}
+    if "scale_events" in summary:
+        extra["instances"] = figures.instances_over_time(
+            summary["scale_events"],
+            int(summary["initial_instances"]),
+            float(summary["simulated_time_s"]),
+        )
     if "kv_transfer_s" in requests:
         extra["kv-transfer"] = figures.latency_cdf(
             requests["kv_transfer_s"], "KV cache transfer, prefill → decode (per request)"
@@ -214,9 +220,13 @@ def _describe_pools(summary: dict[str, Any]) -> str:
     for pool in summary.get("pools") or []:
         role = "" if pool["role"] == "mixed" else f"{pool['role']} "
         shape = "".join(
-            f" {name}{pool[key]}"
-            for name, key in (("TP", "tensor_parallel"), ("PP", "pipeline_parallel"))
-            if pool[key] > 1
+            f" {name}{pool.get(key, 1)}"
+            for name, key in (
+                ("DP", "data_parallel"),
+                ("TP", "tensor_parallel"),
+                ("PP", "pipeline_parallel"),
+            )
+            if pool.get(key, 1) > 1
         )
         parts.append(f"{role}{pool['count']}× {pool['hardware']}{shape}")
     return " + ".join(parts) or str(summary["config"].get("hardware"))
@@ -243,6 +253,7 @@ def render(summary: dict[str, Any], requests: figures.Columns, ts: figures.Colum
         "load": (
             "Load per instance",
             grid("instance-load", wide=True)
+            + (grid("instances") if "instances" in figs else "")
             + (grid("kv-transfer") if "kv-transfer" in figs else ""),
         ),
         "energy": ("Energy and cost", _energy_html(summary) + grid("power", "energy-split")),

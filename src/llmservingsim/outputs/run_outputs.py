@@ -1,7 +1,8 @@
 """The files of one ``run``: sinks fed while the simulation runs, the rest written at its end.
 
 Order matters to readers that watch the directory: summary.json is written first, then the
-requests and timeseries tables are closed, then trace.json and report.html (the slowest).
+requests (and decisions) and timeseries tables are closed, then trace.json and report.html
+(the slowest).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Any
 from llmservingsim import __version__
 from llmservingsim.config import OutputsConfig, SimConfig
 from llmservingsim.metrics.collector import MetricsCollector, RequestSink, StepSink
+from llmservingsim.metrics.decisions import DecisionLog
 from llmservingsim.metrics.timeseries import TimeSeries
 from llmservingsim.outputs.files import write_summary
 from llmservingsim.outputs.labels import instance_label
 from llmservingsim.outputs.tables import (
     TIMESERIES_SCHEMA,
+    DecisionTableSink,
     RequestLabels,
     RequestTableSink,
     write_table,
@@ -44,6 +47,7 @@ class RunOutputs:
         # What produced the files (version, resolved config), stored in each of them.
         self.metadata = metadata
         self.requests = RequestTableSink(out_dir, cfg.format, metadata, labels)
+        self.decisions = DecisionTableSink(out_dir, metadata) if cfg.decisions else None
         self.timeseries = TimeSeries(cfg.timeseries_max_rows, cfg.timeseries_bucket_s)
         self.trace = (
             TraceRecorder(
@@ -60,11 +64,16 @@ class RunOutputs:
         if self.trace is not None:
             request_sinks.append(self.trace)
             step_sinks.append(self.trace)
-        return MetricsCollector(request_sinks=request_sinks, step_sinks=step_sinks)
+        decisions = None if self.decisions is None else DecisionLog([self.decisions])
+        return MetricsCollector(
+            request_sinks=request_sinks, step_sinks=step_sinks, decisions=decisions
+        )
 
     def abort(self) -> None:
         """The run failed: delete what the streaming tables wrote so far."""
         self.requests.abort()
+        if self.decisions is not None:
+            self.decisions.abort()
 
     def finish(self, result: SimulationResult) -> list[Path]:
         """Write every file; returns their paths in the order written."""
@@ -72,6 +81,8 @@ class RunOutputs:
         paths = [write_summary(self.out_dir, result.summary)]
         result.metrics.flush()
         paths.append(self.requests.close())
+        if self.decisions is not None:
+            paths.append(self.decisions.close())
         paths.append(
             write_table(
                 self.out_dir,

@@ -1,4 +1,5 @@
-"""Tabular outputs (requests, timeseries) as Parquet or CSV, written in chunks through Arrow.
+"""Tabular outputs (requests, timeseries, decisions) as Parquet or CSV, written in chunks
+through Arrow (decisions: Parquet only, its candidates and scores are list columns).
 
 Both formats go through one Arrow schema, so a CSV has exactly the Parquet columns (a missing
 value is an empty CSV field, a null in Parquet). Files open lazily: a run that fails before its
@@ -21,6 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from llmservingsim.errors import UserError
+from llmservingsim.metrics.decisions import KINDS, DecisionChunk
 from llmservingsim.metrics.request_log import RequestChunk
 from llmservingsim.outputs.files import temp_path
 from llmservingsim.workload.request_table import RequestTable
@@ -67,6 +69,21 @@ TIMESERIES_SCHEMA = pa.schema(
         ("queue_len", pa.float64()),
         ("power_w", pa.float64()),
         ("energy_j", pa.float64()),
+    ]
+)
+
+DECISIONS_SCHEMA = pa.schema(
+    [
+        ("time_s", pa.float64()),
+        ("kind", pa.string()),
+        ("request_id", pa.int64()),
+        ("instance", pa.int32()),
+        ("policy", pa.string()),
+        ("candidates", pa.list_(pa.int64())),
+        ("scores", pa.list_(pa.float64())),
+        ("chosen", pa.int64()),
+        ("outcome", pa.string()),
+        ("reason", pa.string()),
     ]
 )
 
@@ -144,6 +161,37 @@ def requests_batch(chunk: RequestChunk, labels: RequestLabels | None = None) -> 
         *(labels or RequestLabels()).columns(chunk["id"]),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=REQUESTS_SCHEMA)
+
+
+def _coded(codes: np.ndarray[Any, Any], names: list[str]) -> pa.Array:
+    """String column from codes into ``names`` (-1: null), built without a Python loop."""
+    null = codes < 0
+    indices = pa.array(codes, type=pa.int32(), mask=null if null.any() else None)
+    dictionary = pa.array(names if names else [""], type=pa.string())
+    return pa.DictionaryArray.from_arrays(indices, dictionary).cast(pa.string())
+
+
+def decisions_batch(chunk: DecisionChunk) -> pa.RecordBatch:
+    """Arrow rows of decisions (metrics/decisions.py); candidates and scores as list columns."""
+    offsets = pa.array(chunk.offsets.astype(np.int32), type=pa.int32())
+    unscored = chunk["scored"] == 0
+    columns = [
+        pa.array(chunk["time_s"], type=pa.float64()),
+        _coded(chunk["kind"].astype(np.int32), list(KINDS)),
+        _masked(chunk["request_id"], chunk["request_id"] < 0, pa.int64()),
+        _masked(chunk["instance"], chunk["instance"] < 0, pa.int32()),
+        _coded(chunk["policy"], chunk.strings),
+        pa.ListArray.from_arrays(offsets, pa.array(chunk.candidate_values, type=pa.int64())),
+        pa.ListArray.from_arrays(
+            offsets,
+            pa.array(chunk.score_values, type=pa.float64()),
+            mask=pa.array(unscored) if unscored.any() else None,
+        ),
+        _masked(chunk["chosen"], chunk["chosen"] < 0, pa.int64()),
+        _coded(chunk["outcome"], chunk.strings),
+        _coded(chunk["reason"], chunk.strings),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=DECISIONS_SCHEMA)
 
 
 class _BackgroundWrite(threading.Thread):
@@ -256,6 +304,23 @@ class RequestTableSink:
 
     def write_requests(self, chunk: RequestChunk) -> None:
         self.writer.write(requests_batch(chunk, self.labels))
+
+    def close(self) -> Path:
+        return self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+class DecisionTableSink:
+    """A :class:`~llmservingsim.metrics.decisions.DecisionSink` that streams decisions.parquet
+    (one row group per chunk)."""
+
+    def __init__(self, out_dir: Path, metadata: dict[str, Any] | None = None) -> None:
+        self.writer = TableWriter(out_dir, "decisions", DECISIONS_SCHEMA, "parquet", metadata)
+
+    def write_decisions(self, chunk: DecisionChunk) -> None:
+        self.writer.write(decisions_batch(chunk))
 
     def close(self) -> Path:
         return self.writer.close()

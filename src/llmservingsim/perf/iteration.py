@@ -8,6 +8,10 @@
 * Mixture-of-experts models have two kinds of layer (DeepSeek keeps its first layers dense):
   each kind is timed once and multiplied by its count in each pipeline stage. Expert
   parallelism adds the all-to-all dispatch and combine of each MoE layer (model/moe.py).
+* Attention data parallelism (:meth:`IterationTimer.step_ranks`): D ranks, each with its own
+  batch, step in lockstep; a MoE layer is the rank's own part (attention, norm, shared
+  experts) and the routed experts on the union of the ranks' tokens, after an all-to-all over
+  every device of the instance.
 """
 
 from __future__ import annotations
@@ -265,6 +269,7 @@ class IterationTimer:
         moe_imbalance: float = 1.0,
         host_overhead_s: tuple[float, float] | None = None,
         host_overlap: bool = False,
+        data_parallel: int = 1,
     ) -> None:
         self.graph = OpGraph(
             spec,
@@ -273,12 +278,14 @@ class IterationTimer:
             kv_dtype,
             expert_parallel=expert_parallel,
             moe_imbalance=moe_imbalance,
+            data_parallel=data_parallel,
         )
         self.backend = backend
         self.num_layers = spec.num_layers
         self.tp = tensor_parallel
         self.pp = pipeline_parallel
         self.ep = expert_parallel
+        self.dp = data_parallel  # attention DP ranks, TP devices each (step_ranks)
         self.topology = topology
         self.first_device = first_device
         base, extra = divmod(spec.num_layers, pipeline_parallel)
@@ -303,6 +310,8 @@ class IterationTimer:
         self.host_overlap = host_overlap
         self._layer: dict[int, _Cost] = {}
         self._moe_layer: dict[int, _Cost] = {}
+        self._moe_rank: dict[int, _Cost] = {}
+        self._moe_experts: dict[int, _Cost] = {}
         self._head: dict[int, _Cost] = {}  # by _pair_key(tokens, sampled sequences)
         self._embedding: dict[int, tuple[_Cost, ...]] = {}  # each head op by the count it needs
         self._output: dict[int, tuple[_Cost, ...]] = {}
@@ -439,28 +448,62 @@ class IterationTimer:
         return cost
 
     def _moe_layer_cost(self, num_tokens: int) -> _Cost:
-        """A MoE layer without attention itself, with its collectives: the TP all-reduces, or
-        under expert parallelism the attention all-reduce, all-to-all dispatch and combine, and
-        the all-gather that restores every rank's full hidden state (model/moe.py)."""
+        """A MoE layer without attention itself, with its collectives (model/moe.py): the part
+        of the attention rank (:meth:`_moe_rank_cost`) and the routed experts on its tokens
+        (:meth:`_moe_experts_cost`)."""
         self.cache_lookups += 1
         cost = self._moe_layer.get(num_tokens)
         if cost is not None:
             self.cache_hits += 1
             return cost
-        seconds, flops, traffic = self._ops_cost(self.graph.moe_layer_ops(num_tokens))
+        rank_s, rank_f, rank_b = self._moe_rank_cost(num_tokens)
+        experts_s, experts_f, experts_b = self._moe_experts_cost(num_tokens)
+        cost = (rank_s + experts_s, rank_f + experts_f, rank_b + experts_b)
+        self._moe_layer[num_tokens] = cost
+        return cost
+
+    def _moe_rank_cost(self, num_tokens: int) -> _Cost:
+        """What one attention rank does in a MoE layer on its own tokens, attention itself and
+        the routed experts aside: the attention block, the norm, the shared experts and the
+        residual add; and its collectives inside the rank's TP group: the attention all-reduce,
+        under expert parallelism also the shared experts' reduce-scatter onto each device's
+        token slice and the all-gather that restores every device's full hidden state."""
+        cost = self._moe_rank.get(num_tokens)
+        if cost is not None:
+            return cost
+        moe = self.graph.moe
+        assert moe is not None
+        before, after = moe.rank_ops(num_tokens)
+        ops = self.graph.attention_block_ops(num_tokens) + before + after
+        seconds, flops, traffic = self._ops_cost(ops)
         topo, first, tp = self.topology, self.first_device, self.tp
         hidden = self.graph.allreduce_bytes(num_tokens)
         seconds += collectives.all_reduce(topo, hidden, first, tp)
-        moe = self.graph.moe
-        if self.ep == 1 or moe is None:
-            seconds += collectives.all_reduce(topo, hidden, first, tp)
-        else:
+        if self.ep > 1:
             if moe.shared_intermediate:
                 seconds += collectives.reduce_scatter(topo, hidden, first, tp)
+            seconds += collectives.all_gather(topo, hidden, first, tp)
+        cost = self._moe_rank[num_tokens] = (seconds, flops, traffic)
+        return cost
+
+    def _moe_experts_cost(self, num_tokens: int) -> _Cost:
+        """Router, top-k and routed experts of one device for ``num_tokens`` tokens of the
+        expert group, with their collective: the TP all-reduce of the expert outputs (EP = 1),
+        or the all-to-all dispatch and combine over the EP devices."""
+        cost = self._moe_experts.get(num_tokens)
+        if cost is not None:
+            return cost
+        moe = self.graph.moe
+        assert moe is not None
+        seconds, flops, traffic = self._ops_cost(moe.expert_ops(num_tokens))
+        topo, first = self.topology, self.first_device
+        if self.ep == 1:
+            hidden = self.graph.allreduce_bytes(num_tokens)
+            seconds += collectives.all_reduce(topo, hidden, first, self.tp)
+        else:
             dispatch = moe.dispatch_bytes(num_tokens)
             seconds += 2 * collectives.all_to_all(topo, dispatch, first, self.ep)
-            seconds += collectives.all_gather(topo, hidden, first, tp)
-        cost = self._moe_layer[num_tokens] = (seconds, flops, traffic)
+        cost = self._moe_experts[num_tokens] = (seconds, flops, traffic)
         return cost
 
     def _head_cost(self, num_tokens: int, num_sampled: int) -> _Cost:
@@ -621,6 +664,48 @@ class IterationTimer:
         for i, send_s in enumerate(self._stage_sends(num_tokens)):
             stages[i] += send_s
         return StepCost(sum_in_order(stages), flops, traffic, tuple(stages))
+
+    def step_ranks(self, batches: list[BatchShape]) -> StepCost:
+        """Cost of one lockstep step of the instance's attention DP ranks, one batch each
+        (empty: the rank idles; vLLM runs a dummy pass there, never slower than a busy rank's,
+        so it sets no pace). Each rank runs its host work, dense layers, attention, its part
+        of every MoE layer and the head on its own batch; the slowest rank sets the pace, and
+        every MoE layer adds the routed experts on the union of the ranks' tokens (all
+        devices wait for the all-to-all). FLOPs and bytes: one device of the slowest rank."""
+        total = 0
+        for batch in batches:
+            total += batch.num_tokens
+        if total == 0:
+            return StepCost(0.0, 0.0, 0.0, (0.0,))
+        n_moe = self.num_moe_layers
+        n_dense = self.num_layers - n_moe
+        slow_s = slow_f = slow_b = -1.0
+        for batch in batches:
+            num_tokens = batch.num_tokens
+            if num_tokens == 0:
+                continue
+            self.cache_lookups += 1
+            if num_tokens in self._moe_rank:
+                self.cache_hits += 1
+            moe_s, moe_f, moe_b = self._with_attention(self._moe_rank_cost(num_tokens), batch)
+            head_s, head_f, head_b = self._head_cost(num_tokens, batch.num_sampled)
+            seconds = self.step_overhead + self.seq_overhead * batch.num_seqs
+            seconds += n_moe * moe_s + head_s
+            flops = n_moe * moe_f + head_f
+            traffic = n_moe * moe_b + head_b
+            if n_dense:
+                layer = self._with_attention(self._layer_cost(num_tokens), batch)
+                seconds += n_dense * layer[0]
+                flops += n_dense * layer[1]
+                traffic += n_dense * layer[2]
+            if seconds > slow_s:
+                slow_s, slow_f, slow_b = seconds, flops, traffic
+        self.cache_lookups += 1
+        if total in self._moe_experts:
+            self.cache_hits += 1
+        experts_s, experts_f, experts_b = self._moe_experts_cost(total)
+        seconds = slow_s + n_moe * experts_s
+        return StepCost(seconds, slow_f + n_moe * experts_f, slow_b + n_moe * experts_b, (seconds,))
 
     def _decode_step(self, num_decode: int, context: int, num_sampled: int) -> StepCost | None:
         """:meth:`step` of a batch that only decodes, with the general path's operations in

@@ -1,9 +1,17 @@
-"""One serving instance (a TP × PP group of devices): virtual engines + pipeline + step timing.
+"""One serving instance (a TP × PP or DP × TP group of devices): virtual engines + pipeline +
+step timing.
 
 Without pipeline parallelism an instance runs one step at a time. With PP = k it behaves like
 vLLM's virtual engines: k schedulers, each owning 1/k of the KV blocks and its own requests,
 take turns feeding micro-batches into the pipeline, so up to k batches are in flight, one per
 stage. A batch enters stage s when it left stage s−1 and the previous batch left stage s.
+
+With attention data parallelism (DP = D, MoE models) the instance has D ranks of TP devices,
+each a scheduler with its own KV cache and requests (a request goes to the rank with the
+fewest outstanding requests). The ranks step in lockstep, as vLLM's DP ranks do around the
+experts they share: every rank with work schedules its batch at once, and all of them end when
+the slowest rank's part and the experts on the ranks' tokens together are done
+(IterationTimer.step_ranks). Fast-forward runs are off there (they lay out one engine's steps).
 
 Roles (prefill/decode disaggregation): a ``prefill`` instance hands a request off once its
 prompt is computed and its first token sampled; ``decode`` and ``mixed`` instances serve
@@ -138,7 +146,10 @@ class Instance:
         self.first_device = first_device
         self.tp = timer.tp
         self.pp = timer.pp
-        self.num_devices = timer.tp * timer.pp
+        self.dp = timer.dp  # attention data-parallel ranks (lockstep), one engine each
+        self.num_devices = timer.tp * timer.pp * timer.dp
+        self._step_devices = timer.tp * timer.dp  # devices busy for each stage's time
+        self.kv_devices = timer.tp * timer.pp  # devices holding a slice of one request's KV
         # Devices outside the TP × PP group that serve this instance (PIM): (spec, count).
         self.attached_devices = attached_devices
         self.metrics = metrics
@@ -162,8 +173,9 @@ class Instance:
         if fast_forward and speculator is None and lora is None:
             for ve in self.engines:
                 ve.scheduler.keep_steady_decoders()
-        # Runs need one engine (no pipeline) and a timer without per-step side effects.
-        self.fast_forward = fast_forward and self.pp == 1 and timer.repeatable
+        # Runs need one engine (no pipeline, no DP ranks) and a timer without per-step side
+        # effects.
+        self.fast_forward = fast_forward and self.pp == 1 and self.dp == 1 and timer.repeatable
         self._run_horizon = _RUN_HORIZON[0]
         # The last step started: KV copies over the host link charged before its forward
         # pass, and the forward pass (all stages); observers (engine hooks) read them.
@@ -172,6 +184,14 @@ class Instance:
         self.runs_laid_out = 0  # fast-forward runs planned, and cut short (observers read them)
         self.runs_cut = 0
         self._total_blocks = self.num_blocks  # KV blocks of all virtual engines (fixed)
+        # Autoscaling (cluster/autoscale.py): whether routers send requests here, and whether
+        # the instance is being drained (released once its last request has left).
+        self.routable = True
+        self.draining = False
+        # First tokens sampled here and the sum of their times to first token (the autoscaler's
+        # ttft metric reads and resets them).
+        self.first_tokens = 0
+        self.ttft_sum = 0.0
         self._timeouts = any(ve.scheduler.cfg.request_timeout_s is not None for ve in self.engines)
 
     # -------------------------------------------------------------- load seen by routers
@@ -277,7 +297,7 @@ class Instance:
         if seq.admissions == 0 and ve.scheduler.queue_full():
             seq.status = Status.FAILED
             reason = queue_full_reason(ve.scheduler.cfg.max_queue)
-            self.metrics.on_drop(seq, self.index, now, "rejected", reason)
+            self.metrics.on_drop(seq, self.index, now, "rejected", reason, "scheduler.max_queue")
             return
         seq.status = Status.WAITING
         ve.outstanding += 1
@@ -291,7 +311,9 @@ class Instance:
             ve.outstanding -= 1
             self.outstanding -= 1
             reason = timed_out_reason(ve.scheduler.cfg.request_timeout_s)
-            self.metrics.on_drop(seq, self.index, now, "timed_out", reason)
+            self.metrics.on_drop(
+                seq, self.index, now, "timed_out", reason, "scheduler.request_timeout_s"
+            )
 
     def abort(self, seq: Sequence, now: float, reason: str) -> bool:
         """The client gave up on ``seq`` (workload.timeout_s): it leaves its queue or its batch
@@ -305,7 +327,9 @@ class Instance:
                 ve.outstanding -= 1
                 self.outstanding -= 1
                 seq.status = Status.FAILED
-                self.metrics.on_drop(seq, self.index, now, "timed_out", reason)
+                self.metrics.on_drop(
+                    seq, self.index, now, "timed_out", reason, "workload.timeout_s"
+                )
                 return True
         return False
 
@@ -322,6 +346,8 @@ class Instance:
         """
         if self.stage_free[0] > now:
             return None
+        if self.dp > 1:
+            return self._start_ranks(now)
         engines = self.engines
         count = len(engines)
         if count == 1:  # no pipeline: one engine
@@ -349,6 +375,9 @@ class Instance:
         if speculator is not None:
             scheduler.lookahead = speculator.lookahead(len(scheduler.running))
         preemptions = scheduler.preemptions
+        site = scheduler.decisions
+        if site is not None:
+            site.now = now  # the time of the preemptions this schedule() logs
         entries = scheduler.schedule()
         steady = scheduler.steady
         steady_decodes = 0 if steady is None else steady.in_flight
@@ -392,6 +421,51 @@ class Instance:
                 self.runs_laid_out += 1
                 finish = self.stage_free[0] = ve.run.finish
         return finish, k
+
+    def _start_ranks(self, now: float) -> tuple[float, int] | None:
+        """Attention DP: every rank with work schedules its batch and all step together; one
+        step-end event (the first such rank's) ends them all. None while a step is in flight
+        or no rank has a batch."""
+        engines = self.engines
+        for ve in engines:
+            if ve.busy:
+                return None
+        batches: list[BatchShape] = []
+        started: list[tuple[VirtualEngine, list[ScheduledEntry]]] = []
+        first = -1
+        transfer = 0.0
+        for k, ve in enumerate(engines):
+            scheduler = ve.scheduler
+            if scheduler.cfg.request_timeout_s is not None:
+                self._expire(ve, now)
+            entries = scheduler.schedule()
+            steady = scheduler.steady
+            if not entries and (steady is None or not steady.in_flight):
+                continue
+            batches.append(self._batch_shape(entries, now, steady))
+            started.append((ve, entries))
+            # KV copies over each rank's host links run before the (shared) forward pass.
+            transfer = max(transfer, scheduler.take_transfer_seconds())
+            if first < 0:
+                first = k
+        if first < 0:
+            return None
+        cost = self.timer.step_ranks(batches)
+        self.last_transfer_s = transfer
+        self.last_compute_s = cost.seconds
+        finish = self._run_pipeline(now + transfer, cost)
+        whole = BatchShape()
+        for batch in batches:
+            whole.prefill.extend(batch.prefill)
+            whole.num_decode += batch.num_decode
+            whole.decode_context += batch.decode_context
+            whole.num_sampled += batch.num_sampled
+            whole.num_verify += batch.num_verify
+        self._record_step(whole, cost, now, first)
+        for ve, entries in started:
+            ve.in_flight = entries
+            ve.busy = True
+        return finish, first
 
     def cut_runs(self, now: float, inclusive: bool = False) -> list[tuple[int, float]]:
         """Something reaches the instance at ``now``: apply the steps of its decode runs that
@@ -446,8 +520,8 @@ class Instance:
         busy = np.maximum(flops / self._peak_flops, traffic / self._bandwidth)
         utilization = np.minimum(1.0, busy / seconds)
         power = self._idle_w + self._dynamic_w * utilization
-        totals.busy_device_s += float((seconds * self.tp).sum())
-        step_energy = power * seconds * self.tp + aux
+        totals.busy_device_s += float((seconds * self._step_devices).sum())
+        step_energy = power * seconds * self._step_devices + aux
         totals.energy_busy_j += float(step_energy.sum())
         self.metrics.on_steps(
             self.index,
@@ -538,7 +612,7 @@ class Instance:
             waiting = self.num_waiting
         if used > totals.kv_peak_blocks:
             totals.kv_peak_blocks = used
-        tp = self.tp
+        tp = self._step_devices
         step_w = self._idle_w * tp  # power of the step's devices, for the time series
         if seconds > 0:
             # Each stage's TP devices are busy for that stage's time only.
@@ -586,6 +660,16 @@ class Instance:
                 self._run_horizon = min(_RUN_HORIZON[1], 2 * self._run_horizon)
             self._advance_run(engine_index, len(ve.run.ends) - 1)
             ve.run = None
+        if self.dp > 1:  # the lockstep step of every rank that had a batch ends
+            handoffs: list[Sequence] = []
+            for rank in self.engines:
+                if rank.busy:
+                    handoffs.extend(self._end_engine(rank, now))
+            return handoffs
+        return self._end_engine(ve, now)
+
+    def _end_engine(self, ve: VirtualEngine, now: float) -> list[Sequence]:
+        """:meth:`end_step` of one virtual engine (no run in flight)."""
         handoffs: list[Sequence] = []
         metrics = self.metrics
         itl = metrics.itl
@@ -614,6 +698,8 @@ class Instance:
                 seq.generated = generated = generated + 1
                 if seq.first_token_time < 0:
                     seq.first_token_time = now
+                    self.first_tokens += 1
+                    self.ttft_sum += now - spec.arrival_s
                 elif now - seq.last_token_time == gap:
                     gaps += 1
                 else:

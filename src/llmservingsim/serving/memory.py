@@ -108,23 +108,26 @@ def attention_params_per_device(spec: ModelSpec, tp: int) -> int:
     return q + kv_b + heads * spec.value_head_dim * h
 
 
-def moe_params_per_device(spec: ModelSpec, tp: int, ep: int = 1) -> int:
-    """Router (replicated), this rank's experts — E/EP whole experts, each split over the TP/EP
-    ranks that share it — and its slice of the shared experts."""
+def moe_params_per_device(spec: ModelSpec, tp: int, ep: int = 1, dp: int = 1) -> int:
+    """Router (replicated), this rank's experts — E/EP whole experts, each split over the
+    DP·TP/EP devices that share it — and its slice of the shared experts (TP-sharded inside an
+    attention DP rank, like the dense layers)."""
     h = spec.hidden_size
     local_experts = spec.num_experts // ep
-    expert_inter = max(1, spec.moe_intermediate_size // (tp // ep))
+    expert_inter = max(1, spec.moe_intermediate_size // max(1, tp * dp // ep))
     shared = max(1, spec.shared_intermediate_size // tp) if spec.shared_intermediate_size else 0
     return spec.num_experts * h + local_experts * 3 * h * expert_inter + 3 * h * shared
 
 
 def weight_bytes_per_device(
-    spec: ModelSpec, dtype: str, tp: int, pp: int = 1, ep: int = 1
+    spec: ModelSpec, dtype: str, tp: int, pp: int = 1, ep: int = 1, dp: int = 1
 ) -> float:
     """Weights of one device of the heaviest stage; KV-head projections are replicated when
     kv_heads < tp. With pipeline stages the first holds the embedding and the last the LM head,
     so the largest stage carries one vocabulary matrix. Weight-only quantized checkpoints
-    (int8/int4) keep the embeddings and LM head in 16-bit."""
+    (int8/int4) keep the embeddings and LM head in 16-bit. With ``dp`` attention DP ranks the
+    attention, dense layers and vocabulary are per rank (split over its TP devices) and the
+    routed experts over all DP × TP devices."""
     shard = shard_shape(spec, tp)
     h = spec.hidden_size
     attention = attention_params_per_device(spec, tp)
@@ -133,7 +136,7 @@ def weight_bytes_per_device(
     vocab_matrices = 1 if spec.tie_word_embeddings or pp > 1 else 2
     embeddings = vocab_matrices * shard.vocab * h
     if spec.is_moe:
-        moe_layer = attention + moe_params_per_device(spec, tp, ep) + 2 * h
+        moe_layer = attention + moe_params_per_device(spec, tp, ep, dp) + 2 * h
         layer_params = max(
             sum(moe_layer if spec.is_moe_layer(i) else per_layer for i in range(first, end))
             for first, end in stage_bounds(spec.num_layers, pp)
@@ -146,14 +149,21 @@ def weight_bytes_per_device(
 
 
 def activation_peak_bytes(
-    spec: ModelSpec, dtype: str, tp: int, max_batched_tokens: int, max_seqs: int, ep: int = 1
+    spec: ModelSpec,
+    dtype: str,
+    tp: int,
+    max_batched_tokens: int,
+    max_seqs: int,
+    ep: int = 1,
+    dp: int = 1,
 ) -> float:
     """Peak of vLLM's profiling forward pass over ``max_batched_tokens`` tokens.
 
     Live at the MLP: the residual stream and normed input (hidden each, twice for safety with
     the attention output), the fused QKV output and the gate/up output, plus fp32 logits of
     ``max_seqs`` sampled rows. A MoE layer's fused kernel instead keeps its gate/up, activation
-    and output rows for every (token, expert) pair it computes; MLA's projections replace QKV.
+    and output rows for every (token, expert) pair it computes — with ``dp`` attention ranks
+    those of every rank's tokens routed to it; MLA's projections replace QKV.
     """
     shard = shard_shape(spec, tp)
     act = 2.0 if dtype in ("int8", "int4", "fp8", "fp4") else DTYPE_BYTES[dtype]
@@ -164,8 +174,8 @@ def activation_peak_bytes(
         projections = shard.q_size + 2 * shard.kv_size
     mlp: float = 2 * shard.intermediate
     if spec.is_moe:
-        inter = max(1, spec.moe_intermediate_size // (tp // ep))
-        rows_per_token = spec.experts_per_token / ep
+        inter = max(1, spec.moe_intermediate_size // max(1, tp * dp // ep))
+        rows_per_token = spec.experts_per_token * dp / ep
         moe = rows_per_token * (3 * inter + spec.hidden_size)
         mlp = max(moe, mlp) if spec.num_moe_layers < spec.num_layers else moe
     per_token = 4 * spec.hidden_size + projections + mlp
@@ -186,12 +196,15 @@ def plan_memory(
     max_batched_tokens: int,
     max_seqs: int,
     ep: int = 1,
+    dp: int = 1,
     pim: PimMemory | None = None,
     draft_weight_bytes: float = 0.0,
     draft_kv_bytes_per_token: float = 0.0,
     lora_bytes: float = 0.0,
 ) -> MemoryPlan:
     """Memory breakdown of one device; ``num_blocks`` may be ≤ 0 when the model does not fit.
+    With ``dp`` attention DP ranks each rank's devices hold that rank's KV cache: ``num_blocks``
+    is per rank.
 
     With ``pim`` the KV cache of the whole instance (every layer and head, once) lives in the
     PIM devices' memory, and the device only has to hold weights and activations.
@@ -199,8 +212,8 @@ def plan_memory(
     A speculative draft model (or head) takes its weights and, per token, its own KV next to
     the target's; reserved LoRA adapter slots (``lora_bytes``) come off the pool up front."""
     usable = device.memory_bytes * gpu_memory_utilization
-    weights = weight_bytes_per_device(spec, dtype, tp, pp, ep)
-    activations = activation_peak_bytes(spec, dtype, tp, max_batched_tokens, max_seqs, ep)
+    weights = weight_bytes_per_device(spec, dtype, tp, pp, ep, dp)
+    activations = activation_peak_bytes(spec, dtype, tp, max_batched_tokens, max_seqs, ep, dp)
     reserved = device.reserved_memory_gib * GIB
     kv_pool = usable - weights - activations - reserved - draft_weight_bytes - lora_bytes
     layers = layers_per_stage(spec.num_layers, pp)

@@ -179,12 +179,13 @@ def _at_floor(before: Probe, after: Probe, slos: Sequence[Slo]) -> bool:
 
 
 def devices_and_cost(cfg: SimConfig) -> tuple[int, float]:
-    """Devices one candidate occupies (Σ over pools of instances × tensor × pipeline shards)
+    """Devices one candidate occupies (Σ over pools of instances × tensor × pipeline shards ×
+    attention DP ranks)
     and their price per hour from each pool's device YAML."""
     devices = 0
     per_hour = 0.0
     for pool in cfg.cluster.resolved_pools(cfg.hardware):
-        count = pool.count * pool.tensor_parallel * pool.pipeline_parallel
+        count = pool.count * pool.tensor_parallel * pool.pipeline_parallel * pool.data_parallel
         devices += count
         per_hour += count * load_device(pool.hardware or cfg.hardware).cost_per_hour_usd
     return devices, per_hour

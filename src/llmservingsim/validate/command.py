@@ -56,7 +56,7 @@ def validate_command(
         int,
         typer.Option(
             min=0,
-            help="aiconfigurator: points per (GPU, engine, model, precision, TP) group, evenly "
+            help="aiconfigurator: points per (GPU, engine, model, precision, TP, DP) group, evenly "
             "spaced (0: all 5,221 points' supported ones).",
         ),
     ] = 2,  # validate.sources.DEFAULT_PER_GROUP (checked by tests/app/test_validate.py)

@@ -248,7 +248,9 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     pp = number(row["pipeline_parallel"]) or 1
     if tp is None:
         return f"tensor_parallel not given for {int(gpus or 0)} GPUs: instance layout unknown"
-    instances = int(gpus // (tp * pp)) if gpus else 1
+    dp_match = re.search(r"attention_dp=(\d+)", row["notes"])
+    dp = int(dp_match[1]) if dp_match else 1  # attention data-parallel ranks (MoE, lockstep)
+    instances = int(gpus // (tp * pp * dp)) if gpus else 1
     workload = _workload(row, data_dir, rows)
     if isinstance(workload, str):
         return workload
@@ -286,13 +288,14 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         *([f"cluster.pipeline_parallel={int(pp)}"] if pp > 1 else []),
         *([f"cluster.instances={instances}"] if instances > 1 else []),
         *([f"cluster.expert_parallel={ep}"] if ep > 1 else []),
+        *([f"cluster.data_parallel={dp}"] if dp > 1 else []),
         *(f"scheduler.{k}={v}" for k, v in sorted(settings.items())),
         *work_sets,
     ]
     optional = []
     if PREFIX_CACHING_ON.search(row["notes"]):
         optional.append("scheduler.enable_prefix_caching=true")
-    layout = f"{instances}×" if instances > 1 else ""
+    layout = (f"{instances}×" if instances > 1 else "") + (f"DP{dp}·" if dp > 1 else "")
     label = (
         f"{rule.catalog} · {hardware} · {layout}TP{int(tp)}{f'·PP{int(pp)}' if pp > 1 else ''}"
         f" · {dtype}{'' if kv_dtype in ('auto', dtype) else '/kv ' + kv_dtype} · {work_text}"

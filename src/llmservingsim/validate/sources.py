@@ -81,8 +81,9 @@ def _int(text: str) -> int | None:
 
 def silicon_rows(path: Path, per_group: int | None = DEFAULT_PER_GROUP) -> list[dict[str, str]]:
     """TTFT and TPOT rows of the aggregated-serving points (``mode == agg``) of one layout
-    the simulator can express (no pipeline or attention data parallelism), at most
-    ``per_group`` points per group (evenly spaced by id; None: all)."""
+    the simulator can express (no pipeline parallelism; attention data parallelism only with
+    the experts split over every device, EP = DP × TP), at most ``per_group`` points per group
+    (evenly spaced by id; None: all)."""
     try:
         with path.open(newline="") as fh:
             points = list(csv.DictReader(fh))
@@ -92,9 +93,12 @@ def silicon_rows(path: Path, per_group: int | None = DEFAULT_PER_GROUP) -> list[
     for p in points:
         if p.get("mode") != "agg" or p.get("system") not in SILICON_HARDWARE:
             continue
-        if (_int(p.get("pp_size", "")) or 1) != 1 or (_int(p["attention_dp_size"]) or 1) > 1:
+        if (_int(p.get("pp_size", "")) or 1) != 1:
             continue
-        key = (p["system"], p["backend"], p["model_path"], p["precision"], p["tp_size"])
+        dp = _int(p["attention_dp_size"]) or 1
+        if dp > 1 and (_int(p["moe_ep_size"]) or 1) != dp * (_int(p["tp_size"]) or 1):
+            continue  # experts tensor-parallel across DP ranks: not expressible
+        key = (p["system"], p["backend"], p["model_path"], p["precision"], p["tp_size"], str(dp))
         groups[key].append(p)
     rows: list[dict[str, str]] = []
     for group in sorted(groups):
@@ -104,7 +108,10 @@ def silicon_rows(path: Path, per_group: int | None = DEFAULT_PER_GROUP) -> list[
             members = [members[int(i * step)] for i in range(per_group)]
         for p in members:
             tp = _int(p["tp_size"]) or 1
-            concurrency = _int(p["batch_size"]) or 1
+            dp = _int(p["attention_dp_size"]) or 1
+            # With attention DP, batch_size is per rank: the clients are batch_size × DP (the
+            # point ids' ``c<N>`` say so for 168 of the sample's 169 DP points).
+            concurrency = (_int(p["batch_size"]) or 1) * dp
             base = _blank_row()
             base.update(
                 set="aiconfigurator",
@@ -112,7 +119,7 @@ def silicon_rows(path: Path, per_group: int | None = DEFAULT_PER_GROUP) -> list[
                 engine=SILICON_ENGINE.get(p["backend"], p["backend"]),
                 engine_version=p["backend_version"],
                 hardware=SILICON_HARDWARE[p["system"]],
-                num_gpus=str(tp),
+                num_gpus=str(tp * dp),
                 tensor_parallel=str(tp),
                 pipeline_parallel="1",
                 model=p["model_path"],
@@ -122,7 +129,9 @@ def silicon_rows(path: Path, per_group: int | None = DEFAULT_PER_GROUP) -> list[
                 request_rate_rps="",
                 num_requests="",
                 concurrency=str(concurrency),
-                notes=f"moe_ep={_int(p['moe_ep_size']) or 1}; concurrency {concurrency}",
+                notes=f"moe_ep={_int(p['moe_ep_size']) or 1}; "
+                + (f"attention_dp={dp}; " if dp > 1 else "")
+                + f"concurrency {concurrency}",
             )
             for metric, column in (
                 ("ttft_mean", "silicon_ttft_ms"),

@@ -10,6 +10,7 @@ from mypy_extensions import mypyc_attr
 
 from llmservingsim.config import SchedulerConfig
 from llmservingsim.errors import ConfigError
+from llmservingsim.metrics.decisions import DecisionSite
 from llmservingsim.registry import Registry
 from llmservingsim.sequence import Sequence, Status
 from llmservingsim.serving.block_manager import BlockManager, PrefixHit
@@ -88,6 +89,8 @@ class Scheduler(ABC):
         # Resident LoRA adapters (multi-LoRA serving, serving/lora.py), or None.
         self.adapters: AdapterSlots | None = None
         self.steady: SteadyDecoders | None = None
+        # Where preemptions are logged (outputs.decisions: serving/instance.py sets it), or None.
+        self.decisions: DecisionSite | None = None
         # Whether the block manager copies KV over the host link (an offload tier).
         self._blocks_move_kv = (
             type(blocks).take_transfer_seconds is not BlockManager.take_transfer_seconds
@@ -248,14 +251,24 @@ class Scheduler(ABC):
         """Where the waiting ``seq`` would start if admitted now (nothing is reserved)."""
         return self.blocks.lookup(seq)
 
-    def preempt(self, seq: Sequence) -> None:
-        """Free the request's KV and put it back at the queue head.
+    def preempt(
+        self, seq: Sequence, cause: Sequence | None = None, reason: str = "kv_cache_full"
+    ) -> None:
+        """Free the request's KV and put it back at the queue head (the caller takes it off
+        the running list).
 
         Swap keeps its computed tokens in host memory; recompute (or swap without room on the
         host) drops them, so they are computed again unless the prefix cache still has them.
+        ``cause`` (the request that needed the room) and ``reason`` (``kv_cache_full``: a
+        running request could not grow; ``max_num_seqs``: no free slot) go to the decision log.
         """
         self._end_pass(seq)
         swapped = self.swap is not None and self.swap.swap_out(seq)
+        site = self.decisions
+        if site is not None:
+            running = self.running
+            candidates = list(running) if seq in running else [*running, seq]
+            site.preempted(seq, candidates, self.victim_scores(candidates), cause, swapped, reason)
         if self.swap is not None and not swapped:
             self.swap_fallbacks += 1
         self.blocks.free(seq)
@@ -265,6 +278,13 @@ class Scheduler(ABC):
         seq.preemptions += 1
         self.preemptions += 1
         self.waiting.appendleft(seq)
+
+    def victim_scores(self, candidates: list[Sequence]) -> list[float] | None:
+        """For the decision log: each candidate victim's score under this policy's rule (the
+        victim has the largest), or None when the policy has no score. ``candidates`` are the
+        running requests in admission order with the victim appended: vLLM's rule preempts the
+        most recently admitted, so the score is the position in that order."""
+        return [float(k) for k in range(len(candidates))]
 
     def admit(self, seq: Sequence, num_tokens: int, hit: PrefixHit | None = None) -> None:
         """Start the head of the queue from ``hit`` (default: a fresh lookup)."""

@@ -79,10 +79,16 @@ class PriorityScheduler(VllmScheduler):
                 lo = mid + 1
         waiting.insert(lo, seq)
 
-    def preempt(self, seq: Sequence) -> None:
-        super().preempt(seq)  # frees its KV and puts it at the queue head
+    def preempt(
+        self, seq: Sequence, cause: Sequence | None = None, reason: str = "kv_cache_full"
+    ) -> None:
+        super().preempt(seq, cause, reason)  # frees its KV and puts it at the queue head
         self.waiting.popleft()
         self._insert(seq)
+
+    def victim_scores(self, candidates: list[Sequence]) -> list[float] | None:
+        """The priority value (the victim has the largest; among equals, the latest arrival)."""
+        return [float(seq.spec.priority) for seq in candidates]
 
     def expire_waiting(self, now: float) -> list[Sequence]:
         timeout = self.cfg.request_timeout_s

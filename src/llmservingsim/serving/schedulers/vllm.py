@@ -59,9 +59,16 @@ class VllmScheduler(Scheduler):
         """KV blocks the requests :meth:`victim_for` may take from hold (with a victim only)."""
         return 0
 
-    def evict(self, victim: Sequence, entries: list[ScheduledEntry]) -> int:
-        """Preempt the running ``victim``; the tokens it had been given this step (0 if none),
-        whose entry leaves ``entries``."""
+    def evict(
+        self,
+        victim: Sequence,
+        entries: list[ScheduledEntry],
+        cause: Sequence,
+        reason: str = "kv_cache_full",
+    ) -> int:
+        """Preempt the running ``victim`` to make room for ``cause`` (``reason``: see
+        :meth:`Scheduler.preempt`); the tokens it had been given this step (0 if none), whose
+        entry leaves ``entries``."""
         running = self.running
         if running[-1] is victim:
             running.pop()  # FCFS: the last admitted, not scheduled yet this step
@@ -73,7 +80,7 @@ class VllmScheduler(Scheduler):
                 tokens = num
                 del entries[k]
                 break
-        self.preempt(victim)
+        self.preempt(victim, cause, reason)
         return tokens
 
     def schedule(self) -> list[ScheduledEntry]:
@@ -104,7 +111,7 @@ class VllmScheduler(Scheduler):
                 victim = running[k]
                 if k < i:
                     i -= 1  # scheduled already this step: its tokens go back to the budget
-                budget += self.evict(victim, entries)
+                budget += self.evict(victim, entries, seq)
                 preempted = True
                 if victim is seq:
                     preempted_itself = True
@@ -138,7 +145,7 @@ class VllmScheduler(Scheduler):
             if making_room is not None:
                 priority = making_room.spec.priority
                 floor = priority if floor is None else min(floor, priority)
-                budget += self.evict(making_room, entries)
+                budget += self.evict(making_room, entries, seq, "max_num_seqs")
                 continue
             hit = self.lookup(seq)
             num_new = self.prefill_tokens(seq, hit, budget, step_is_empty=not (entries or steady))
@@ -151,7 +158,7 @@ class VllmScheduler(Scheduler):
                 ) > blocks.num_free + self.lower_blocks(seq):
                     break
                 floor = lower.spec.priority if floor is None else min(floor, lower.spec.priority)
-                budget += self.evict(lower, entries)
+                budget += self.evict(lower, entries, seq)
                 continue
             self.admit(seq, num_new, hit)
             entries.append((seq, num_new))
