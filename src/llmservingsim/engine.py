@@ -103,6 +103,85 @@ def chain(hooks: list[EngineHooks]) -> EngineHooks | None:
     return hooks[0] if len(hooks) == 1 else HookChain(hooks)
 
 
+class Event:
+    """A pending event. Events are taken by time, then kind, instance, virtual engine or
+    transfer id, step serial: a fixed order for events at the same time."""
+
+    time: float
+    kind: int
+    instance: int
+    arg: int  # virtual engine index, or transfer id
+    serial: int  # step serial of a step end (a cut fast-forward run's old end is stale)
+
+    def __init__(self, time: float, kind: int, instance: int, arg: int, serial: int) -> None:
+        self.time = time
+        self.kind = kind
+        self.instance = instance
+        self.arg = arg
+        self.serial = serial
+
+    def before(self, other: Event) -> bool:
+        """Whether this event is taken before ``other``."""
+        if self.time != other.time:
+            return self.time < other.time
+        if self.kind != other.kind:
+            return self.kind < other.kind
+        if self.instance != other.instance:
+            return self.instance < other.instance
+        if self.arg != other.arg:
+            return self.arg < other.arg
+        return self.serial < other.serial
+
+
+class EventQueue:
+    """Pending events, the next one first: a binary heap of :class:`Event` compared in
+    compiled code (heapq would compare tuples through the interpreter, every event)."""
+
+    def __init__(self) -> None:
+        self._heap: list[Event] = []
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def first_time(self) -> float:
+        """When the next event happens (the queue must not be empty)."""
+        return self._heap[0].time
+
+    def push(self, event: Event) -> None:
+        heap = self._heap
+        heap.append(event)
+        i = len(heap) - 1
+        while i > 0:
+            parent = (i - 1) >> 1
+            above = heap[parent]
+            if not event.before(above):
+                break
+            heap[i] = above
+            i = parent
+        heap[i] = event
+
+    def pop(self) -> Event:
+        """Remove and return the next event."""
+        heap = self._heap
+        last = heap.pop()
+        if not heap:
+            return last
+        first = heap[0]
+        n = len(heap)
+        i = 0
+        child = 1
+        while child < n:
+            if child + 1 < n and heap[child + 1].before(heap[child]):
+                child += 1
+            if not heap[child].before(last):
+                break
+            heap[i] = heap[child]
+            i = child
+            child = 2 * i + 1
+        heap[i] = last
+        return first
+
+
 INF: Final = float("inf")
 STEP_END: Final = 0
 WAKE: Final = 1
@@ -310,14 +389,14 @@ class Engine:
         self.progress_every = progress_every
         self.now = 0.0
         # (time, kind, instance index, virtual engine index or transfer id, step serial)
-        self._events: list[tuple[float, int, int, int, int]] = []
+        self._events = EventQueue()
         self._transfers: dict[int, Sequence] = {}
         self._next_arrival = INF  # arrival time of the next request not yet routed
         self.interrupted = False
         self._held = HeldSignals()  # a stop signal noted during the loop (interrupt.py)
 
     def _push(self, time: float, kind: int, instance: int, arg: int, serial: int = 0) -> None:
-        heappush(self._events, (time, kind, instance, arg, serial))
+        self._events.push(Event(time, kind, instance, arg, serial))
 
     def _push_step_end(self, time: float, instance: Instance, engine_index: int) -> None:
         ve = instance.engines[engine_index]
@@ -402,7 +481,7 @@ class Engine:
                 held.deliver()
             if (
                 spec is not None
-                and (not events or spec.arrival_s <= events[0][0])
+                and (not len(events) or spec.arrival_s <= events.first_time())
                 and (not deadlines or spec.arrival_s <= deadlines[0][0])
             ):
                 # Admit every request arriving at this instant before any idle instance starts,
@@ -432,7 +511,7 @@ class Engine:
                 if closed is not None and closed.poll(now):
                     spec = self._closed_next(closed, spec)
                 continue
-            if deadlines and (not events or deadlines[0][0] < events[0][0]):
+            if deadlines and (not len(events) or deadlines[0][0] < events.first_time()):
                 # Clients give up after the events at that time (a request finishing exactly
                 # at its deadline has finished), every one due then before any step starts.
                 for instance in self._time_out_due():
@@ -443,7 +522,9 @@ class Engine:
                 if closed is not None and closed.poll(self.now):
                     spec = self._closed_next(closed, spec)
                 continue
-            self.now, kind, index, arg, serial = heappop(events)
+            event = events.pop()
+            self.now = event.time
+            kind, index, arg, serial = event.kind, event.instance, event.arg, event.serial
             if kind >= READY:
                 assert scaler is not None
                 self._control -= 1

@@ -145,24 +145,24 @@ class BoardInstance:
 
 @pytest.mark.patches_engine  # fake instances / a spied router: interpreted pass
 @given(
-    loads=st.lists(st.integers(0, 3), min_size=1, max_size=100),  # list scan and numpy
+    loads=st.lists(st.integers(0, 3), min_size=1, max_size=100),
     subset=st.booleans(),
     changes=st.lists(st.tuples(st.integers(0, 99), st.integers(0, 3)), max_size=30),
 )
 def test_least_outstanding_on_the_load_board_equals_a_rotating_scan(
     loads: list[int], subset: bool, changes: list[tuple[int, int]]
 ) -> None:
-    """The array search picks what a scan from one past the last choice picks (ties rotate),
+    """The board search picks what a scan from one past the last choice picks (ties rotate),
     also for a pool that is a subset of the cluster's instances."""
     offset = 3 if subset else 0
-    board = np.zeros(len(loads) + offset, dtype=np.int64)
+    board = [0] * (len(loads) + offset)
     fakes = [BoardInstance(offset + i, board) for i in range(len(loads))]
     router = ROUTERS.get("least_outstanding")(fakes, np.random.default_rng(0))  # type: ignore[arg-type]
     board[offset:] = loads
     start = 0
     for slot, load in [(0, 0), *changes]:
         board[offset + slot % len(loads)] = load
-        current = board[offset:].tolist()
+        current = board[offset:]
         order = [(start + k) % len(current) for k in range(len(current))]
         expected = min(order, key=lambda i: (current[i], order.index(i)))
         assert router.route(RequestSpec(0, 0.0, 1, 1)) is fakes[expected]

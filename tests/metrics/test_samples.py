@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -47,7 +49,51 @@ def test_equal_neighbours_share_one_entry() -> None:
         samples.add(0.01)
     samples.add(0.02, 500)
     assert len(samples) == 1500
-    assert np.frombuffer(samples._counts, dtype=np.int64).tolist() == [1000, 500]
+    assert samples._runs()[1].tolist() == [1000, 500]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    calls=st.lists(
+        st.tuples(
+            st.booleans(),
+            st.lists(st.sampled_from([0.001, 0.02, -0.0, 0.0, 1e-5]), min_size=1, max_size=6),
+            st.integers(0, 5),
+        ),
+        max_size=20,
+    )
+)
+def test_runs_are_stored_as_a_merge_with_the_previous_value_stores_them(
+    calls: list[tuple[bool, list[float], int]],
+) -> None:
+    """The runs, in order, are those of a list that merges a sample into the last run when
+    equal to its value and stores an array's values as given: the sums over runs (the mean)
+    add the same terms in the same order, whichever run is still open."""
+    samples = RepeatedSamples()
+    values: list[float] = []
+    counts: list[int] = []
+    for each, batch, count in calls:
+        if each:
+            samples.add_each(np.array(batch, dtype=np.float64), count)
+            if count > 0:
+                values += batch
+                counts += [count] * len(batch)
+            continue
+        for value in batch:
+            samples.add(value, count)
+            if count <= 0:
+                continue
+            if values and values[-1] == value:
+                counts[-1] += count
+            else:
+                values.append(value)
+                counts.append(count)
+    got_values, got_counts = samples._runs()
+    assert got_values.tolist() == values
+    assert [math.copysign(1.0, v) for v in got_values.tolist()] == [
+        math.copysign(1.0, v) for v in values
+    ]
+    assert got_counts.tolist() == counts
 
 
 @settings(max_examples=100, deadline=None)
@@ -77,3 +123,21 @@ def test_adding_each_value_of_an_array_equals_adding_them_one_by_one(
         assert got["mean"] is None
     else:
         assert got["mean"] == pytest.approx(want["mean"], rel=1e-12)  # summed in another order
+
+
+def test_runs_past_the_pending_list_are_stored_in_order() -> None:
+    """Closed runs move from the pending lists to the arrays in batches: order and values
+    are kept across the moves (and across an array of gaps added in between)."""
+    samples = RepeatedSamples()
+    values = [0.001 * (k % 7) for k in range(10_000)]
+    for k, value in enumerate(values[:6000]):
+        samples.add(value, 1 + k % 3)
+    samples.add_each(np.array(values[6000:6010], dtype=np.float64), 2)
+    for k, value in enumerate(values[6010:]):
+        samples.add(value, 1 + k % 3)
+    got_values, got_counts = samples._runs()
+    assert got_values.tolist() == values
+    assert got_counts.tolist() == [1 + k % 3 for k in range(6000)] + [2] * 10 + [
+        1 + k % 3 for k in range(4000 - 10)
+    ]
+    assert len(samples) == sum(got_counts.tolist())

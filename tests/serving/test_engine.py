@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import itertools
 import json
 import math
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmservingsim.config import SimConfig, load_config
-from llmservingsim.engine import EngineHooks
+from llmservingsim.engine import EngineHooks, Event, EventQueue
 from llmservingsim.outputs.files import write_summary
 from llmservingsim.serving.instance import Instance
 from llmservingsim.simulation import SimulationResult, load_requests, observing, simulate
@@ -377,3 +378,43 @@ def test_mean_ttft_does_not_fall_as_the_rate_rises(seed: int, policy: str) -> No
         for high in ttfts[i + 1 :]:
             assert high >= 0.95 * low, f"rates {rates}: mean TTFT {ttfts}"
     assert ttfts[-1] > 5 * ttfts[0], "a burst queues far longer than a trickle"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(
+                st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, float("inf")]),
+                st.integers(0, 2),
+                st.integers(0, 3),
+                st.integers(0, 3),
+                st.integers(0, 2),
+            ),
+            st.none(),  # a pop
+        ),
+        max_size=80,
+    )
+)
+def test_event_queue_takes_events_in_the_order_of_their_tuples(
+    ops: list[tuple[float, int, int, int, int] | None],
+) -> None:
+    """The engine's queue pops what heapq over (time, kind, instance, arg, serial) tuples
+    pops, ties and equal events included."""
+    queue, reference = EventQueue(), []
+    for op in ops:
+        if op is None:
+            if reference:
+                event = queue.pop()
+                got = (event.time, event.kind, event.instance, event.arg, event.serial)
+                assert got == heapq.heappop(reference)
+            continue
+        queue.push(Event(*op))
+        heapq.heappush(reference, op)
+        assert len(queue) == len(reference)
+        assert queue.first_time() == reference[0][0]
+    while reference:
+        event = queue.pop()
+        got = (event.time, event.kind, event.instance, event.arg, event.serial)
+        assert got == heapq.heappop(reference)
+    assert not len(queue)

@@ -31,7 +31,7 @@ class Cluster:
     def __init__(self, pools: list[Pool], router: str, decode_router: str, seed: int) -> None:
         self.pools = pools
         self.instances = [inst for pool in pools for inst in pool.instances]
-        board = np.zeros(len(self.instances), dtype=np.int64)
+        board = [0] * len(self.instances)
         for inst in self.instances:
             inst.attach_load_board(board)
         self._pool_of = {inst.index: pool for pool in pools for inst in pool.instances}

@@ -73,7 +73,7 @@ class PrefixAwareRouter(LeastOutstandingRouter):
         candidates: set[int] = set()
         # Outstanding requests per instance, as the cluster's load board has them (the
         # compiled event loop keeps the board, not the Instance objects, up to date).
-        loads: list[int] = self._loads().tolist()
+        loads = list(self._loads())  # a copy: the decision log may keep it
         imbalanced = bool(chain) and self._imbalanced(loads)
         depth = 0  # leading blocks the candidates remember
         if chain and not imbalanced:

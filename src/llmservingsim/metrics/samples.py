@@ -16,23 +16,49 @@ from itertools import repeat
 import numpy as np
 import numpy.typing as npt
 
+_PENDING = 4096
+"""Closed runs kept in Python lists before they move to the arrays in one call."""
+
 
 class RepeatedSamples:
+    """Runs of (value, count). The run being extended lives in two plain fields, so adding
+    to it touches no array; a closed run waits in a list (a native append in the compiled
+    build) and moves to the arrays with ``_PENDING`` others."""
+
     def __init__(self) -> None:
         self._values = array("d")
         self._counts = array("q")
+        self._pending_values: list[float] = []
+        self._pending_counts: list[int] = []
         self._total = 0
+        self._last = 0.0  # the open run (not stored yet); none while _last_count is 0
+        self._last_count = 0
 
     def add(self, value: float, count: int = 1) -> None:
         """Add ``count`` samples equal to ``value``."""
         if count <= 0:
             return
         self._total += count
-        if self._values and self._values[-1] == value:
-            self._counts[-1] += count
-        else:
-            self._values.append(value)
-            self._counts.append(count)
+        if self._last_count:
+            if self._last == value:
+                self._last_count += count
+                return
+            self._close_run()
+        self._last = value
+        self._last_count = count
+
+    def _close_run(self) -> None:
+        self._pending_values.append(self._last)
+        self._pending_counts.append(self._last_count)
+        self._last_count = 0
+        if len(self._pending_values) >= _PENDING:
+            self._store_pending()
+
+    def _store_pending(self) -> None:
+        self._values.extend(self._pending_values)
+        self._counts.extend(self._pending_counts)
+        self._pending_values.clear()
+        self._pending_counts.clear()
 
     def add_each(self, values: npt.NDArray[np.float64], count: int) -> None:
         """Add ``count`` samples equal to each of ``values`` (a fast-forward run's gaps).
@@ -43,14 +69,30 @@ class RepeatedSamples:
         if count <= 0 or not len(values):
             return
         self._total += count * len(values)
-        self._values.frombytes(np.ascontiguousarray(values, dtype=np.float64).tobytes())
-        self._counts.frombytes(np.full(len(values), count, dtype=np.int64).tobytes())
+        if self._last_count:
+            self._close_run()
+        self._store_pending()
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        self._values.frombytes(values[:-1].tobytes())
+        self._counts.frombytes(np.full(len(values) - 1, count, dtype=np.int64).tobytes())
+        self._last = float(values[-1])
+        self._last_count = count
 
     def __len__(self) -> int:
         return self._total
 
+    def _runs(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        """Every run, the open one included, as (values, counts) arrays (read-only)."""
+        self._store_pending()
+        values = np.frombuffer(self._values, dtype=np.float64)
+        counts = np.frombuffer(self._counts, dtype=np.int64)
+        if not self._last_count:
+            return values, counts
+        return np.append(values, self._last), np.append(counts, self._last_count)
+
     def __iter__(self) -> Iterator[float]:
-        for value, count in zip(self._values, self._counts, strict=True):
+        values, counts = self._runs()
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
             yield from repeat(value, count)
 
     def stats(self) -> dict[str, float | None]:
@@ -58,8 +100,7 @@ class RepeatedSamples:
         and ``mean`` compute them; None for each when there is no sample."""
         if self._total == 0:
             return {"mean": None, "p50": None, "p90": None, "p99": None, "max": None}
-        values = np.frombuffer(self._values, dtype=np.float64)
-        counts = np.frombuffer(self._counts, dtype=np.int64)
+        values, counts = self._runs()
         order = np.argsort(values, kind="stable")
         values, counts = values[order], counts[order]
         del order  # (a long run has millions of runs: keep the peak to the sorted copies)

@@ -19,8 +19,6 @@ deployments prefer data-parallel attention). The low-rank down-projections are r
 
 from __future__ import annotations
 
-from typing import Any
-
 from llmservingsim.model.op import Op, OpBuilder
 
 
@@ -93,8 +91,8 @@ class MlaOps:
         traffic = self.heads * n * k * g.weight_bytes + batch * self.heads * (n + k) * g.act_bytes
         return Op(name, "gemm", flops, traffic, batch, (("m", batch), ("n", n), ("k", k)))
 
-    def decode_attention_work(self, num_seqs: int, total_ctx: Any) -> tuple[Any, Any]:
-        """FLOPs and bytes of :meth:`decode_attention` (``total_ctx`` may be an array)."""
+    def decode_attention_work(self, num_seqs: int, total_ctx: int) -> tuple[float, float]:
+        """FLOPs and bytes of :meth:`decode_attention`."""
         g = self.graph
         flops = 2.0 * total_ctx * self.heads * (self.latent + self.kv_lora)
         traffic = (

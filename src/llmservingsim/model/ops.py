@@ -13,8 +13,6 @@ of its layers. Dense models build exactly the ops they always did.
 
 from __future__ import annotations
 
-from typing import Any
-
 from llmservingsim.model.mla import MlaOps
 from llmservingsim.model.moe import MoeOps
 from llmservingsim.model.op import Dims as Dims
@@ -185,10 +183,10 @@ class OpGraph(OpBuilder):
         dims = (("batch", num_seqs), ("context", total_ctx), *self._head_dims())
         return Op("attention_decode", "attention_decode", flops, traffic, num_seqs, dims)
 
-    def decode_attention_work(self, num_seqs: int, total_ctx: Any) -> tuple[Any, Any]:
+    def decode_attention_work(self, num_seqs: int, total_ctx: int) -> tuple[float, float]:
         """FLOPs and bytes of the batch's decode-attention kernel itself (MLA: without its
-        absorption GEMMs); ``total_ctx`` may be a numpy array of contexts (one per step of a
-        fast-forward run), giving arrays. Timers use it to time that kernel without an Op."""
+        absorption GEMMs), for ``total_ctx`` tokens attended in all. Timers use it to time that
+        kernel without an Op (every step: typed, so the compiled build does native arithmetic)."""
         if self.mla is not None:
             return self.mla.decode_attention_work(num_seqs, total_ctx)
         s = self.shape

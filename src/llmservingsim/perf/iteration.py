@@ -242,6 +242,12 @@ def sum_in_order(values: list[float]) -> float:
     return total
 
 
+def _pair_key(first: int, second: int) -> int:
+    """One int for a memo key of two counts below 2**31 (token counts, contexts): a dict
+    lookup by int needs no tuple built and hashed every step."""
+    return (first << 31) | second
+
+
 class IterationTimer:
     repeatable: ClassVar[bool] = True
     """Whether :meth:`step` depends only on the batch (apart from the memo counters), so the
@@ -306,10 +312,10 @@ class IterationTimer:
         self._moe_layer: dict[int, _Cost] = {}
         self._moe_rank: dict[int, _Cost] = {}
         self._moe_experts: dict[int, _Cost] = {}
-        self._head: dict[tuple[int, int], _Cost] = {}
+        self._head: dict[int, _Cost] = {}  # by _pair_key(tokens, sampled sequences)
         self._embedding: dict[int, tuple[_Cost, ...]] = {}  # each head op by the count it needs
         self._output: dict[int, tuple[_Cost, ...]] = {}
-        self._prefill_attn: dict[tuple[int, int], _Cost] = {}
+        self._prefill_attn: dict[int, _Cost] = {}  # by _pair_key(new tokens, context)
         self._sends: dict[int, tuple[float, ...]] = {}
         # MLA's absorption GEMMs before / after decode attention, by batch size (fast path).
         self._around_decode: dict[int, tuple[tuple[_Cost, ...], tuple[_Cost, ...]]] = {}
@@ -381,7 +387,7 @@ class IterationTimer:
         num_tokens = first.num_tokens
         base_s, base_f, base_b = self._layer_cost(num_tokens)
         head_s, head_f, head_b = self._head_cost(num_tokens, first.num_sampled)
-        attn_f, attn_b = self.graph.decode_attention_work(first.num_decode, contexts)
+        attn_f, attn_b = self._decode_attention_work_each(first.num_decode, contexts)
         layer_s = base_s + self._vector.decode_attention_times(attn_f, attn_b)
         cpu = self.step_overhead + self.seq_overhead * first.num_seqs
         n = self.num_layers
@@ -393,6 +399,20 @@ class IterationTimer:
         flops = n * (base_f + attn_f) + head_f
         traffic = n * (base_b + attn_b) + head_b
         return StepCosts(seconds, flops, traffic, np.zeros(len(contexts)))
+
+    def _decode_attention_work_each(
+        self, num_seqs: int, contexts: npt.NDArray[np.int64]
+    ) -> tuple[FloatArray, FloatArray]:
+        """``graph.decode_attention_work`` of each context, as arrays (the same formula,
+        element by element, as a step computes it)."""
+        graph = self.graph
+        flops: list[float] = []
+        traffic: list[float] = []
+        for context in contexts.tolist():
+            attn_f, attn_b = graph.decode_attention_work(num_seqs, context)
+            flops.append(attn_f)
+            traffic.append(attn_b)
+        return np.array(flops, dtype=np.float64), np.array(traffic, dtype=np.float64)
 
     def _exposed_host(self, cpu: float, gpu: float) -> float:
         """Host seconds a step adds to its ``gpu`` seconds: all of ``cpu``, or with the host
@@ -487,7 +507,7 @@ class IterationTimer:
         return cost
 
     def _head_cost(self, num_tokens: int, num_sampled: int) -> _Cost:
-        key = (num_tokens, num_sampled)
+        key = _pair_key(num_tokens, num_sampled)
         self.cache_lookups += 1
         cost = self._head.get(key)
         if cost is None:
@@ -523,7 +543,7 @@ class IterationTimer:
         return tuple((self.backend.time(op), op.flops, op.bytes) for op in ops)
 
     def _prefill_cost(self, new: int, ctx: int) -> _Cost:
-        key = (new, ctx)
+        key = _pair_key(new, ctx)
         self.cache_lookups += 1
         cost = self._prefill_attn.get(key)
         if cost is None:

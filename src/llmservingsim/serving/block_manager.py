@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import ClassVar
 
@@ -68,24 +67,27 @@ class FreeBlocks:
 
     The never-used ids are a counter, not a list, so a large idle cache (a 1,000-instance
     cluster holds tens of millions of blocks) costs no memory; the order, hence every block id
-    handed out, is the same as a queue that started with all ids.
+    handed out, is the same as a queue that started with all ids. Returned ids wait in a list
+    read from ``_head`` on (a request's blocks go in and come out as one slice each, not one
+    call per block); the consumed part is dropped once it is the larger half.
     """
 
-    __slots__ = ("_end", "_front", "_next_fresh", "_returned")
+    __slots__ = ("_end", "_front", "_head", "_next_fresh", "_returned")
 
     def __init__(self, num_blocks: int) -> None:
         self._front: list[int] = []  # put back at the head, the last one first
         self._next_fresh = 0
         self._end = num_blocks
-        self._returned: deque[int] = deque()
+        self._returned: list[int] = []  # returned ids, in order, from _head on
+        self._head = 0
 
     def __len__(self) -> int:
-        return len(self._front) + self._end - self._next_fresh + len(self._returned)
+        return len(self._front) + self._end - self._next_fresh + len(self._returned) - self._head
 
     def __iter__(self) -> Iterator[int]:
         yield from reversed(self._front)
         yield from range(self._next_fresh, self._end)
-        yield from self._returned
+        yield from self._returned[self._head :]
 
     def popleft(self) -> int:
         if self._front:
@@ -93,7 +95,7 @@ class FreeBlocks:
         if self._next_fresh < self._end:
             self._next_fresh += 1
             return self._next_fresh - 1
-        return self._returned.popleft()
+        return self._take_returned(1)[0]
 
     def take(self, count: int) -> list[int]:
         """The next ``count`` ids, as ``count`` calls of :meth:`popleft` would give them."""
@@ -106,8 +108,22 @@ class FreeBlocks:
             taken.extend(range(first, first + fresh))
         rest = count - len(taken)
         if rest > 0:
-            popleft = self._returned.popleft
-            taken.extend([popleft() for _ in range(rest)])
+            taken.extend(self._take_returned(rest))
+        return taken
+
+    def _take_returned(self, count: int) -> list[int]:
+        head, returned = self._head, self._returned
+        end = head + count
+        if end > len(returned):
+            raise IndexError("take from an empty pool of free blocks")
+        taken = returned[head:end]
+        if end == len(returned):
+            returned.clear()
+            end = 0
+        elif end > 1024 and 2 * end > len(returned):
+            del returned[:end]
+            end = 0
+        self._head = end
         return taken
 
     def append(self, block: int) -> None:

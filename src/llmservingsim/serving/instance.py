@@ -163,7 +163,7 @@ class Instance:
         self._outstanding = 0  # requests queued or running here
         # Outstanding requests of every instance of the cluster, indexed by instance, for
         # routers that compare all instances (cluster/routers.py); None when standalone.
-        self.load_board: npt.NDArray[np.int64] | None = None
+        self.load_board: list[int] | None = None
         self._peak_flops = device.peak_flops(compute_dtype)
         self._bandwidth = device.memory_bandwidth
         self._idle_w = device.power.idle_w
@@ -224,14 +224,15 @@ class Instance:
         self._outstanding = value
         self._publish_load()
 
-    def attach_load_board(self, board: npt.NDArray[np.int64]) -> None:
+    def attach_load_board(self, board: list[int]) -> None:
         """Publish this instance's outstanding requests to ``board[self.index]`` from now on."""
         self.load_board = board
         self._publish_load()
 
     def _publish_load(self) -> None:
-        if self.load_board is not None:
-            self.load_board[self.index] = self._incoming + self._outstanding
+        board = self.load_board
+        if board is not None:
+            board[self.index] = self._incoming + self._outstanding
 
     @property
     def num_outstanding(self) -> int:
@@ -368,7 +369,7 @@ class Instance:
     ) -> tuple[float, int] | None:
         """Schedule and start virtual engine ``k``'s next batch, if it has one."""
         scheduler = ve.scheduler
-        if scheduler.cfg.request_timeout_s is not None:
+        if self._timeouts and scheduler.cfg.request_timeout_s is not None:
             self._expire(ve, now)
         speculator = self.speculator
         if speculator is not None:

@@ -119,7 +119,7 @@ class PrefixCachingBlockManager(BlockManager):
         ``pinned`` offloaded nodes are about to be loaded and must not be dropped meanwhile.
         """
         free = self.free_blocks
-        taken = [free.popleft() for _ in range(min(count, len(free)))]
+        taken = free.take(min(count, len(free)))
         for _ in range(count - len(taken)):
             block, _ = self.cached.popitem(last=False)
             self._evict(block, pinned)

@@ -111,7 +111,8 @@ class SteadyDecoders:
         if first_block >= size and t0 + first_block <= last_step:
             return False
         if t0 + first_block <= last_step:
-            self._due[(t0 + first_block) % size] += 1
+            due, residue = self._due, (t0 + first_block) % size
+            due[residue] = due[residue] + 1  # (an augmented assignment is generic compiled)
         self._members[seq] = _Member(t0, computed, generated, held, last_step)
         self._context_base += computed - t0 + 1
         finishing = self._finishing.get(last_step)
@@ -126,7 +127,8 @@ class SteadyDecoders:
         member = self._members.pop(seq)
         first_block = member.blocks * self.block_size - member.computed
         if member.t0 + first_block <= member.last_step:
-            self._due[(member.t0 + first_block) % self.block_size] -= 1
+            due, residue = self._due, (member.t0 + first_block) % self.block_size
+            due[residue] = due[residue] - 1
         self._context_base -= member.computed - member.t0 + 1
         return member
 
@@ -215,9 +217,10 @@ class SteadyDecoders:
         self.in_flight = self.in_flight_context = 0
         step = self.ended
         self.ended = step + 1
-        finishing = self._finishing.pop(step, None)
+        finishing = self._finishing.get(step)
         if finishing is None:
             return []
+        del self._finishing[step]
         heapq.heappop(self._finish_steps)
         # Members join in admission order (they lead the running list and newcomers join
         # behind them), so each step's list of finishers is in admission order too.

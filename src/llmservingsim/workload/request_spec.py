@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from collections.abc import Sequence as SequenceOf
+
 ContentRun = tuple[int, int]
 """(content id, token count): ``count`` tokens of the piece of text named ``id``."""
 
@@ -156,3 +159,53 @@ class RequestSpec:
 
     def __hash__(self) -> int:
         return hash(self.fields())
+
+
+def request_specs(
+    first_id: int,
+    arrival_s: list[float],
+    input_len: list[int],
+    output_len: list[int],
+    contents: SequenceOf[TokenContent | None] | None = None,
+    loras: SequenceOf[str | None] | None = None,
+    priorities: list[int] | None = None,
+    clients: list[int] | None = None,
+) -> list[RequestSpec]:
+    """Consecutive rows of a request table as requests, ids from ``first_id`` on (the label
+    lists, where given, hold each row's content, adapter, priority and client)."""
+    specs: list[RequestSpec] = []
+    for k in range(len(arrival_s)):
+        specs.append(
+            RequestSpec(
+                first_id + k,
+                arrival_s[k],
+                input_len[k],
+                output_len[k],
+                None if contents is None else contents[k],
+                None if loras is None else loras[k],
+                0 if priorities is None else priorities[k],
+                -1 if clients is None else clients[k],
+            )
+        )
+    return specs
+
+
+class RequestStream:
+    """The requests of batches of requests, one at a time. Compiled, so the engine's loop
+    takes each next request without resuming a Python generator."""
+
+    def __init__(self, batches: Iterator[list[RequestSpec]]) -> None:
+        self._batches = batches
+        self._batch: list[RequestSpec] = []
+        self._next = 0
+
+    def __iter__(self) -> RequestStream:
+        return self
+
+    def __next__(self) -> RequestSpec:
+        while self._next >= len(self._batch):
+            self._batch = next(self._batches)  # StopIteration when every batch was handed out
+            self._next = 0
+        spec = self._batch[self._next]
+        self._next += 1
+        return spec

@@ -20,7 +20,12 @@ import numpy.typing as npt
 
 from llmservingsim.row_sequence import RowSequence
 from llmservingsim.workload.adapters import adapter_name
-from llmservingsim.workload.request_spec import RequestSpec, TokenContent
+from llmservingsim.workload.request_spec import (
+    RequestSpec,
+    RequestStream,
+    TokenContent,
+    request_specs,
+)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -196,30 +201,24 @@ class RequestTable(RowSequence[RequestSpec]):
         )
 
     def __iter__(self) -> Iterator[RequestSpec]:
+        return RequestStream(self._batches())
+
+    def _batches(self) -> Iterator[list[RequestSpec]]:
+        """The requests, ``_BATCH`` rows at a time."""
         contents, loras = self.contents, self.loras
+        client, priority = self.client, self.priority
         for start in range(0, len(self), _BATCH):
             end = min(start + _BATCH, len(self))
-            rows = zip(
-                range(start, end),
+            yield request_specs(
+                start,
                 self.arrival_s[start:end].tolist(),
                 self.input_len[start:end].tolist(),
                 self.output_len[start:end].tolist(),
-                strict=True,
+                None if contents is None else contents[start:end],
+                None if loras is None else loras[start:end],
+                None if priority is None else priority[start:end].tolist(),
+                None if client is None else client[start:end].tolist(),
             )
-            if contents is None and loras is None and self.client is None:
-                # The common case (plain synthetic traffic), kept free of per-row branches.
-                for i, arrival, input_len, output_len in rows:
-                    yield RequestSpec(i, arrival, input_len, output_len)
-                continue
-            span = end - start
-            batch_contents = [None] * span if contents is None else contents[start:end]
-            batch_loras = [None] * span if loras is None else loras[start:end]
-            clients = [-1] * span if self.client is None else self.client[start:end].tolist()
-            prios = [0] * span if self.priority is None else self.priority[start:end].tolist()
-            for (i, arrival, input_len, output_len), content, lora, client, prio in zip(
-                rows, batch_contents, batch_loras, clients, prios, strict=True
-            ):
-                yield RequestSpec(i, arrival, input_len, output_len, content, lora, prio, client)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, RequestTable | list | tuple):

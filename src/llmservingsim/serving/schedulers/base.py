@@ -24,6 +24,26 @@ ScheduledEntry = tuple[Sequence, int]
 """A sequence and the number of tokens it computes this step."""
 
 
+def remove_each(items: list[Sequence], gone: list[Sequence]) -> None:
+    """``items.remove(seq)`` for each of ``gone``, matched by identity as ``list.remove``
+    matches a Sequence (it defines no ``__eq__``). Each search starts where the previous one
+    removed, so requests that leave in running order (a step's finishers) cost one pass over
+    the running list in all, of pointer compares instead of rich comparisons."""
+    start = 0
+    for seq in gone:
+        n = len(items)
+        found = -1
+        for k in range(n):
+            i = start + k if start + k < n else start + k - n
+            if items[i] is seq:
+                found = i
+                break
+        if found < 0:
+            raise ValueError("remove_each: a request is not in the list")
+        del items[found]
+        start = found
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class Scheduler(ABC):
     """Decides, at each step, which sequences run and how many tokens each computes.
@@ -52,6 +72,10 @@ class Scheduler(ABC):
         if cfg.preemption == "swap" and swap is None:
             raise ConfigError("scheduler.preemption: swap needs host swap space, got none")
         self.cfg = cfg
+        # The step's limits, read every step: plain ints (a config model's field is a generic
+        # attribute lookup in the compiled build).
+        self.max_num_batched_tokens: int = cfg.max_num_batched_tokens
+        self.max_num_seqs: int = cfg.max_num_seqs
         self.blocks = blocks
         self.swap = swap if cfg.preemption == "swap" else None
         self.waiting: deque[Sequence] = deque()
@@ -121,8 +145,9 @@ class Scheduler(ABC):
         """After a step's results were applied: release the ``finished`` requests (finished
         or handed off, in running order) and let the requests that now decode steadily join
         the group."""
+        if finished:
+            remove_each(self.running, finished)
         for seq in finished:
-            self.running.remove(seq)
             self._end_pass(seq)
             self.blocks.free(seq)
             seq.block_keys = None

@@ -137,7 +137,7 @@ class PriorityScheduler(VllmScheduler):
             return False
         if not self.waiting_outranks():
             return True
-        if len(running) + len(self.waiting) > self.cfg.max_num_seqs:
+        if len(running) + len(self.waiting) > self.max_num_seqs:
             return False
         for seq in self.waiting:
             need += blocks.blocks_needed(seq.num_tokens)

@@ -16,8 +16,8 @@ class StaticScheduler(Scheduler):
     supports_steady = True
 
     def _form_batch(self) -> None:
-        budget = self.cfg.max_num_batched_tokens
-        while self.waiting and len(self.running) < self.cfg.max_num_seqs:
+        budget = self.max_num_batched_tokens
+        while self.waiting and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             hit = self.lookup(seq)
             # Reserve the KV of the whole lifetime now; a cached prefix is shared, not computed.

@@ -84,7 +84,7 @@ class VllmScheduler(Scheduler):
         return tokens
 
     def schedule(self) -> list[ScheduledEntry]:
-        budget = self.cfg.max_num_batched_tokens
+        budget = self.max_num_batched_tokens
         if self.steady is not None and not self.group_is_safe():
             self.steady.dissolve()  # one by one, exactly as without the group
         # The steady decoders lead the running list: one token each, as a group.
@@ -92,8 +92,8 @@ class VllmScheduler(Scheduler):
         budget -= steady
         entries: list[ScheduledEntry] = []
         preempted = False
-        running, try_allocate = self.running, self.blocks.try_allocate
-        block_size = self.blocks.block_size
+        running, blocks = self.running, self.blocks
+        block_size = blocks.block_size
         only_grows = self.blocks.allocation_only_grows
         lookahead = self.lookahead
         while i < len(running) and budget > 0:
@@ -106,7 +106,7 @@ class VllmScheduler(Scheduler):
             # Most decode steps need no new block: then try_allocate would do nothing.
             fits = only_grows and seq.num_computed + num_new <= len(seq.blocks) * block_size
             preempted_itself = False
-            while not (fits or try_allocate(seq, num_new)):
+            while not (fits or blocks.try_allocate(seq, num_new)):
                 k = self.victim_index()
                 victim = running[k]
                 if k < i:
@@ -129,8 +129,7 @@ class VllmScheduler(Scheduler):
             return entries
         in_use = self.adapters_in_use()
         skipped: list[Sequence] = []  # their LoRA adapter has no slot this step
-        max_num_seqs = self.cfg.max_num_seqs
-        blocks = self.blocks
+        max_num_seqs = self.max_num_seqs
         floor: int | None = None  # the smallest priority value preempted in this pass
         while self.waiting and budget > 0:
             seq = self.waiting[0]
