@@ -86,6 +86,14 @@ class PrefixCachingBlockManager(BlockManager):
     allocation_only_grows = False  # filling a block registers it in the cache
 
     def try_allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
+        computed, size = seq.num_computed, self.block_size
+        if (
+            computed + num_new_tokens <= len(seq.blocks) * size
+            and computed < (len(seq.nodes) + 1) * size
+        ):
+            # The common decode step: no block to take and no newly full block to name, so
+            # allocate() would do nothing (register_computed returns at once).
+            return True
         if not self.can_allocate(seq, num_new_tokens):
             return False
         self.allocate(seq, num_new_tokens)
