@@ -37,6 +37,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "llmservingsim.cluster.routers",
     "llmservingsim.cluster.prefix_router",
     "llmservingsim.perf.iteration",
+    "llmservingsim.perf.energy",
     "llmservingsim.perf.host_link",
     "llmservingsim.perf.lora",
     "llmservingsim.perf.pim",

@@ -399,7 +399,7 @@ class Engine:
         self._events.push(Event(time, kind, instance, arg, serial))
 
     def _push_step_end(self, time: float, instance: Instance, engine_index: int) -> None:
-        ve = instance.engines[engine_index]
+        ve = instance.virtual_engines[engine_index]
         ve.step_serial += 1
         self._push(time, STEP_END, instance.index, engine_index, ve.step_serial)
 
@@ -535,7 +535,7 @@ class Engine:
                 continue
             instance = instances[index]
             if kind == STEP_END:
-                if serial != instance.engines[arg].step_serial:
+                if serial != instance.virtual_engines[arg].step_serial:
                     continue  # the end of a fast-forward run that was cut short
                 handoffs = instance.end_step(arg, self.now)
                 if hooks is not None:

@@ -106,7 +106,7 @@ class InvariantChecker(EngineHooks):
 
     @staticmethod
     def _check_capacity(instance: Instance, now: float) -> None:
-        for ve in instance.engines:
+        for ve in instance.virtual_engines:
             blocks = ve.scheduler.blocks
             used, capacity = blocks.num_used, blocks.num_blocks
             if not 0 <= used <= capacity:
@@ -118,7 +118,7 @@ class InvariantChecker(EngineHooks):
         """Block ownership and reference counts of every scheduler of ``instance``."""
         self.deep_checks += 1
         self._check_capacity(instance, now)
-        for ve in instance.engines:
+        for ve in instance.virtual_engines:
             self._check_scheduler(ve.scheduler, instance.index, now)
 
     def _check_scheduler(self, sched: Scheduler, index: int, now: float) -> None:
@@ -179,7 +179,7 @@ class InvariantChecker(EngineHooks):
         now = self.now
         for instance in self.instances:
             self.check_kv(instance, now)
-            for ve in instance.engines:
+            for ve in instance.virtual_engines:
                 sched = ve.scheduler
                 if sched.has_work():
                     raise InvariantError(

@@ -74,7 +74,7 @@ def summarize(
             "cost_usd": cost,
             **kv_summary(
                 cfg.scheduler,
-                [ve.scheduler.kv_stats() for inst in instances for ve in inst.engines],
+                [ve.scheduler.kv_stats() for inst in instances for ve in inst.virtual_engines],
                 metrics.requests,
             ),
             "memory": instances[0].memory.as_dict(),
@@ -111,7 +111,7 @@ def summarize(
     if scenario.uses_lora:
         lora_stats = LoraStats()
         for inst in instances:
-            for ve in inst.engines:
+            for ve in inst.virtual_engines:
                 if ve.scheduler.adapters is not None:
                     lora_stats.add(ve.scheduler.adapters.stats)
         summary.update(lora_stats.summary())

@@ -112,7 +112,9 @@ def test_each_rank_has_its_own_kv_cache_and_experts_are_split_over_every_device(
     cluster = build_cluster(scenario, MetricsCollector())
     (instance,) = cluster.instances
     assert instance.num_devices == 2 and instance.dp == 2
-    assert [ve.scheduler.blocks.num_blocks for ve in instance.engines] == [plan.num_blocks] * 2
+    assert [ve.scheduler.blocks.num_blocks for ve in instance.virtual_engines] == [
+        plan.num_blocks
+    ] * 2
     assert instance.num_blocks == 2 * plan.num_blocks
     assert not instance.fast_forward  # runs lay out one engine's steps
     spec = load_model(MODEL)

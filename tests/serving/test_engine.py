@@ -66,7 +66,7 @@ class StepRecorder(EngineHooks):
     ) -> None:
         if started is not None:
             finish, k = started
-            ids = [seq.id for seq, _ in instance.engines[k].in_flight]
+            ids = [seq.id for seq, _ in instance.virtual_engines[k].in_flight]
             self.steps.append(Step(now, finish - now, ids))
 
     def after_end(self, instance: Instance, engine_index: int, now: float) -> None:

@@ -31,8 +31,8 @@ class LeakABlock(EngineHooks):
     ) -> None:
         if self.done or started is None:
             return
-        if any(seq.id == 7 for seq, _ in instance.engines[started[1]].in_flight):
-            instance.engines[started[1]].scheduler.blocks.free_blocks.take(1)
+        if any(seq.id == 7 for seq, _ in instance.virtual_engines[started[1]].in_flight):
+            instance.virtual_engines[started[1]].scheduler.blocks.free_blocks.take(1)
             self.done = True
 
 
@@ -47,12 +47,12 @@ class MiscountAReference(EngineHooks):
         self, instance: Instance, now: float, started: tuple[float, int] | None
     ) -> None:
         if started is not None and self.block < 0:
-            for seq, _ in instance.engines[started[1]].in_flight:
+            for seq, _ in instance.virtual_engines[started[1]].in_flight:
                 if seq.id == 3 and seq.blocks:
                     self.block = seq.blocks[0]
 
     def after_end(self, instance: Instance, engine_index: int, now: float) -> None:
-        scheduler = instance.engines[engine_index].scheduler
+        scheduler = instance.virtual_engines[engine_index].scheduler
         if self.block < 0 or self.done or any(s.id == 3 for s in scheduler.running):
             return
         blocks = scheduler.blocks

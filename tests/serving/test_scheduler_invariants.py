@@ -614,16 +614,16 @@ class Spy(EngineHooks):
         if started is None:
             return
         finish, k = started
-        entries = instance.engines[k].in_flight
+        entries = instance.virtual_engines[k].in_flight
         assert entries
         assert finish > now
-        check_step(instance.engines[k].scheduler, entries, self.policy)
+        check_step(instance.virtual_engines[k].scheduler, entries, self.policy)
         self.steps += 1
         self.max_seqs_in_step = max(self.max_seqs_in_step, len(entries))
         self.max_used = max(self.max_used, instance.scheduler.blocks.num_used)
 
     def after_end(self, instance: Instance, engine_index: int, now: float) -> None:
-        check_blocks(instance.engines[engine_index].scheduler)
+        check_blocks(instance.virtual_engines[engine_index].scheduler)
 
 
 @contextmanager

@@ -200,13 +200,13 @@ def test_speculation_keeps_kv_and_token_accounting_exact(
         ) -> None:
             if started is None:
                 return
-            entries = instance.engines[started[1]].in_flight
+            entries = instance.virtual_engines[started[1]].in_flight
             if len(entries) > 1:  # orca runs a prompt longer than the budget alone
                 budgets.append(sum(n for _, n in entries))
             assert all(len(s.blocks) * 16 >= s.num_computed + n for s, n in entries)
 
         def after_end(self, instance: Instance, engine_index: int, now: float) -> None:
-            for seq in instance.engines[engine_index].scheduler.running:
+            for seq in instance.virtual_engines[engine_index].scheduler.running:
                 # Rejected drafts' slots are back in the pool: blocks cover the computed tokens.
                 assert len(seq.blocks) == -(-seq.num_computed // 16)
 

@@ -216,7 +216,7 @@ class Autoscaler:
             instance.ttft_sum = 0.0
         oldest = now
         for instance in self.instances:
-            for ve in instance.engines:
+            for ve in instance.virtual_engines:
                 for seq in ve.scheduler.waiting:
                     if seq.first_token_time < 0 and seq.spec.arrival_s < oldest:
                         oldest = seq.spec.arrival_s

@@ -59,7 +59,7 @@ class Cluster:
         if self.decode_router is not None:
             self.decode_router.explain = True
         for inst in self.instances:
-            for ve in inst.engines:
+            for ve in inst.virtual_engines:
                 scheduler = ve.scheduler
                 scheduler.decisions = DecisionSite(log, inst.index, scheduler.cfg.policy)
 

@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.metrics.collector import MetricsCollector
+from llmservingsim.perf.energy import PowerModel
 from llmservingsim.perf.iteration import BatchShape, IterationTimer, StepCost
 from llmservingsim.perf.lora import LoraCompute
 from llmservingsim.perf.speculative import prepend_work
@@ -137,7 +138,7 @@ class Instance:
         fast_forward: bool = False,
     ) -> None:
         self.index = index
-        self.engines = [VirtualEngine(s) for s in schedulers]
+        self.virtual_engines = [VirtualEngine(s) for s in schedulers]
         self.timer = timer
         self.memory = memory
         self.device = device
@@ -164,14 +165,11 @@ class Instance:
         # Outstanding requests of every instance of the cluster, indexed by instance, for
         # routers that compare all instances (cluster/routers.py); None when standalone.
         self.load_board: list[int] | None = None
-        self._peak_flops = device.peak_flops(compute_dtype)
-        self._bandwidth = device.memory_bandwidth
-        self._idle_w = device.power.idle_w
-        self._dynamic_w = device.power.max_w - device.power.idle_w
+        self.power = PowerModel(device, compute_dtype)  # a step's energy (perf/energy.py)
         # Steady decoders as a group (serving/steady.py): not where a decode step differs
         # per request (speculative verify steps, LoRA adapters).
         if fast_forward and speculator is None and lora is None:
-            for ve in self.engines:
+            for ve in self.virtual_engines:
                 ve.scheduler.keep_steady_decoders()
         # Runs need one engine (no pipeline, no DP ranks) and a timer without per-step side
         # effects.
@@ -192,19 +190,21 @@ class Instance:
         # ttft metric reads and resets them).
         self.first_tokens = 0
         self.ttft_sum = 0.0
-        self._timeouts = any(ve.scheduler.cfg.request_timeout_s is not None for ve in self.engines)
+        self._timeouts = any(
+            ve.scheduler.cfg.request_timeout_s is not None for ve in self.virtual_engines
+        )
 
     # -------------------------------------------------------------- load seen by routers
 
     @property
     def peak_flops(self) -> float:
         """Peak FLOP/s of one device in the compute dtype (step power reads it)."""
-        return self._peak_flops
+        return self.power.peak_flops
 
     @property
     def scheduler(self) -> Scheduler:
         """The first (without PP: the only) scheduler."""
-        return self.engines[0].scheduler
+        return self.virtual_engines[0].scheduler
 
     @property
     def incoming(self) -> int:
@@ -241,26 +241,26 @@ class Instance:
 
     @property
     def num_free_blocks(self) -> int:
-        return sum(ve.scheduler.blocks.num_free for ve in self.engines)
+        return sum(ve.scheduler.blocks.num_free for ve in self.virtual_engines)
 
     @property
     def num_blocks(self) -> int:
-        return sum(ve.scheduler.blocks.num_blocks for ve in self.engines)
+        return sum(ve.scheduler.blocks.num_blocks for ve in self.virtual_engines)
 
     @property
     def num_waiting(self) -> int:
-        return sum(len(ve.scheduler.waiting) for ve in self.engines)
+        return sum(len(ve.scheduler.waiting) for ve in self.virtual_engines)
 
     @property
     def busy(self) -> bool:
-        return any(ve.busy for ve in self.engines)
+        return any(ve.busy for ve in self.virtual_engines)
 
     @property
     def preemptions(self) -> int:
-        return sum(ve.scheduler.preemptions for ve in self.engines)
+        return sum(ve.scheduler.preemptions for ve in self.virtual_engines)
 
     def has_work(self) -> bool:
-        return any(ve.scheduler.has_work() for ve in self.engines)
+        return any(ve.scheduler.has_work() for ve in self.virtual_engines)
 
     def blocks_fast_forward(self) -> bool:
         """Whether the next steps must be simulated one by one: speculative verify steps
@@ -274,7 +274,7 @@ class Instance:
                 self._timeouts
                 and any(
                     ve.scheduler.cfg.request_timeout_s is not None and ve.scheduler.waiting
-                    for ve in self.engines
+                    for ve in self.virtual_engines
                 )
             )
         )
@@ -285,7 +285,7 @@ class Instance:
         """Queue an arriving request, or fail it if it could never fit the KV cache."""
         if seq.status is Status.TRANSFERRING:
             self.incoming -= 1
-        engines = self.engines
+        engines = self.virtual_engines
         ve = engines[0] if len(engines) == 1 else min(engines, key=lambda e: e.outstanding)
         needed = ve.scheduler.max_blocks_needed(seq)
         capacity = ve.scheduler.blocks.num_blocks
@@ -320,7 +320,7 @@ class Instance:
         now, its KV blocks freed, and ends ``timed_out`` with the tokens it generated so far.
         A step in flight keeps its time (the devices compute it anyway) but gives ``seq`` no
         token. False when ``seq`` is not here."""
-        for ve in self.engines:
+        for ve in self.virtual_engines:
             if ve.scheduler.abort(seq):
                 if ve.in_flight:
                     ve.in_flight = [entry for entry in ve.in_flight if entry[0] is not seq]
@@ -348,7 +348,7 @@ class Instance:
             return None
         if self.dp > 1:
             return self._start_ranks(now)
-        engines = self.engines
+        engines = self.virtual_engines
         count = len(engines)
         if count == 1:  # no pipeline: one engine
             ve = engines[0]
@@ -426,7 +426,7 @@ class Instance:
         """Attention DP: every rank with work schedules its batch and all step together; one
         step-end event (the first such rank's) ends them all. None while a step is in flight
         or no rank has a batch."""
-        engines = self.engines
+        engines = self.virtual_engines
         for ve in engines:
             if ve.busy:
                 return None
@@ -476,7 +476,7 @@ class Instance:
         Returns (virtual engine, new end of its in-flight step) for each run that got shorter.
         """
         changed = []
-        for k, ve in enumerate(self.engines):
+        for k, ve in enumerate(self.virtual_engines):
             run = ve.run
             if run is None:
                 continue
@@ -492,7 +492,7 @@ class Instance:
 
     def _advance_run(self, engine: int, upto: int) -> None:
         """Apply a run's steps before step ``upto``: their ends and the starts that followed."""
-        ve = self.engines[engine]
+        ve = self.virtual_engines[engine]
         run, steady = ve.run, ve.scheduler.steady
         assert run is not None and steady is not None
         used_before = ve.scheduler.blocks.num_used
@@ -517,11 +517,8 @@ class Instance:
         totals.decode_tokens += batch_size * count
         totals.kv_peak_blocks = max(totals.kv_peak_blocks, int(used[-1]))
         # Decode steps always take time (the model's weights are read), so seconds > 0.
-        busy = np.maximum(flops / self._peak_flops, traffic / self._bandwidth)
-        utilization = np.minimum(1.0, busy / seconds)
-        power = self._idle_w + self._dynamic_w * utilization
         totals.busy_device_s += float((seconds * self._step_devices).sum())
-        step_energy = power * seconds * self._step_devices + aux
+        step_energy = self.power.steps_energy_j(seconds, flops, traffic, self._step_devices, aux)
         totals.energy_busy_j += float(step_energy.sum())
         self.metrics.on_steps(
             self.index,
@@ -539,7 +536,7 @@ class Instance:
         """When stage 0 frees up for an idle virtual engine that has work (PP > 1 only)."""
         if self.stage_free[0] <= now:
             return None
-        if any(not ve.busy and ve.scheduler.has_work() for ve in self.engines):
+        if any(not ve.busy and ve.scheduler.has_work() for ve in self.virtual_engines):
             return self.stage_free[0]
         return None
 
@@ -602,7 +599,7 @@ class Instance:
         totals.prefill_tokens += prefill
         if num_seqs > totals.max_batch_size:
             totals.max_batch_size = num_seqs
-        engines = self.engines
+        engines = self.virtual_engines
         if len(engines) == 1:
             scheduler = engines[0].scheduler
             used = scheduler.blocks.num_used
@@ -613,14 +610,13 @@ class Instance:
         if used > totals.kv_peak_blocks:
             totals.kv_peak_blocks = used
         tp = self._step_devices
-        step_w = self._idle_w * tp  # power of the step's devices, for the time series
+        step_w = self.power.idle_w * tp  # power of the step's devices, for the time series
         if seconds > 0:
             # Each stage's TP devices are busy for that stage's time only.
-            busy = max(cost.flops / self._peak_flops, cost.bytes / self._bandwidth)
-            utilization = min(1.0, busy / seconds)
-            power = self._idle_w + self._dynamic_w * utilization
             totals.busy_device_s += seconds * tp
-            step_energy = power * seconds * tp + cost.aux_energy_j
+            step_energy = self.power.step_energy_j(
+                seconds, cost.flops, cost.bytes, tp, cost.aux_energy_j
+            )
             totals.energy_busy_j += step_energy
             step_w = step_energy / seconds
         self.metrics.on_step(
@@ -654,7 +650,7 @@ class Instance:
 
         Returns the requests a prefill instance hands off (prompt done, first token sampled).
         """
-        ve = self.engines[engine_index]
+        ve = self.virtual_engines[engine_index]
         if ve.run is not None:
             if not ve.run.cut:
                 self._run_horizon = min(_RUN_HORIZON[1], 2 * self._run_horizon)
@@ -662,7 +658,7 @@ class Instance:
             ve.run = None
         if self.dp > 1:  # the lockstep step of every rank that had a batch ends
             handoffs: list[Sequence] = []
-            for rank in self.engines:
+            for rank in self.virtual_engines:
                 if rank.busy:
                     handoffs.extend(self._end_engine(rank, now))
             return handoffs
