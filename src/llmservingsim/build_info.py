@@ -26,6 +26,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "llmservingsim.sequence",
     "llmservingsim.serving.speculative",
     "llmservingsim.serving.steady",
+    "llmservingsim.serving.step_record",
     "llmservingsim.serving.swap",
     "llmservingsim.serving.schedulers.base",
     "llmservingsim.serving.schedulers.vllm",

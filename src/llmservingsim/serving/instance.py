@@ -17,6 +17,12 @@ Roles (prefill/decode disaggregation): a ``prefill`` instance hands a request of
 prompt is computed and its first token sampled; ``decode`` and ``mixed`` instances serve
 requests to the end.
 
+What an instance delegates: a step's seconds to its timer (perf/iteration.py), LoRA and draft
+passes and host-link copies to perf/ too, the records each step leaves (totals, energy, the
+time series) to :class:`~llmservingsim.serving.step_record.StepRecord`, the layout of decode
+runs to serving/decode_run.py; scheduling to its schedulers. What is left here: requests in
+and out, and when each step starts and ends.
+
 Fast-forward (``simulator.fast_forward``): a step that only decodes every running request may
 start a :class:`DecodeRun` of the steps that certainly repeat it; the engine cuts the run short
 (:meth:`Instance.cut_runs`) when a request or a KV transfer reaches the instance earlier.
@@ -27,7 +33,6 @@ from __future__ import annotations
 from typing import Final, Literal
 
 import numpy as np
-import numpy.typing as npt
 
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.metrics.collector import MetricsCollector
@@ -42,6 +47,7 @@ from llmservingsim.serving.memory import MemoryPlan
 from llmservingsim.serving.schedulers.base import ScheduledEntry, Scheduler
 from llmservingsim.serving.speculative import Speculator
 from llmservingsim.serving.steady import SteadyDecoders
+from llmservingsim.serving.step_record import StepRecord
 
 Role = Literal["mixed", "prefill", "decode"]
 
@@ -156,7 +162,6 @@ class Instance:
         self.metrics = metrics
         self.speculator = speculator  # speculative decoding (serving/speculative.py), or None
         self.lora = lora  # LoRA GEMMs of multi-LoRA serving (serving/lora.py), or None
-        self.totals = metrics.totals(index)
         self.stage_free = [0.0] * self.pp  # when each pipeline stage finishes its current batch
         self._next_engine = 0
         self.wake_at = -1.0  # time of the pending wake-up event, if any
@@ -165,7 +170,6 @@ class Instance:
         # Outstanding requests of every instance of the cluster, indexed by instance, for
         # routers that compare all instances (cluster/routers.py); None when standalone.
         self.load_board: list[int] | None = None
-        self.power = PowerModel(device, compute_dtype)  # a step's energy (perf/energy.py)
         # Steady decoders as a group (serving/steady.py): not where a decode step differs
         # per request (speculative verify steps, LoRA adapters).
         if fast_forward and speculator is None and lora is None:
@@ -181,7 +185,12 @@ class Instance:
         self.last_compute_s = 0.0
         self.runs_laid_out = 0  # fast-forward runs planned, and cut short (observers read them)
         self.runs_cut = 0
-        self._total_blocks = self.num_blocks  # KV blocks of all virtual engines (fixed)
+        # What each step leaves behind: totals, energy, the time-series row (step_record.py).
+        self.record = StepRecord(
+            index, metrics, PowerModel(device, compute_dtype), self._step_devices, self.num_blocks
+        )
+        self.totals = self.record.totals
+        self.power = self.record.power
         # Autoscaling (cluster/autoscale.py): whether routers send requests here, and whether
         # the instance is being drained (released once its last request has left).
         self.routable = True
@@ -499,38 +508,8 @@ class Instance:
         first, stop = run.apply(upto, steady, self.metrics.itl)
         if stop > first:
             used = used_before + np.cumsum(run.new_blocks[first:stop])
-            self._record_run_steps(run, first, stop, engine, used)
+            self.record.run_steps(run, first, stop, engine, used, self.num_blocks, self.num_waiting)
             self.timer.count_repeats(stop - first, run.lookups_per_step, run.hits_per_step)
-
-    def _record_run_steps(
-        self, run: DecodeRun, first: int, stop: int, engine: int, used: npt.NDArray[np.int64]
-    ) -> None:
-        """:meth:`_record_step` for steps ``first``..``stop-1`` of a decode run, as arrays
-        (``used``: KV blocks in use once each had started)."""
-        count = stop - first
-        batch_size = run.batch.num_decode
-        costs = run.costs.take(slice(first, stop))
-        seconds, flops, traffic, aux = costs.seconds, costs.flops, costs.bytes, costs.aux_energy_j
-        totals = self.totals
-        totals.iterations += count
-        totals.busy_s += float(seconds.sum())
-        totals.decode_tokens += batch_size * count
-        totals.kv_peak_blocks = max(totals.kv_peak_blocks, int(used[-1]))
-        # Decode steps always take time (the model's weights are read), so seconds > 0.
-        totals.busy_device_s += float((seconds * self._step_devices).sum())
-        step_energy = self.power.steps_energy_j(seconds, flops, traffic, self._step_devices, aux)
-        totals.energy_busy_j += float(step_energy.sum())
-        self.metrics.on_steps(
-            self.index,
-            engine,
-            run.ends[first - 1 : stop - 1],
-            seconds,
-            batch_size,
-            used,
-            self.num_blocks,
-            self.num_waiting,
-            step_energy / seconds,
-        )
 
     def next_wake(self, now: float) -> float | None:
         """When stage 0 frees up for an idle virtual engine that has work (PP > 1 only)."""
@@ -587,18 +566,6 @@ class Instance:
         return t
 
     def _record_step(self, batch: BatchShape, cost: StepCost, now: float, engine: int) -> None:
-        # Hot (every step): attributes read into locals once.
-        totals = self.totals
-        seconds = cost.seconds
-        totals.iterations += 1
-        totals.busy_s += seconds
-        decode = batch.num_decode + batch.num_verify
-        num_seqs = len(batch.prefill) + batch.num_decode
-        prefill = batch.num_tokens - decode
-        totals.decode_tokens += decode
-        totals.prefill_tokens += prefill
-        if num_seqs > totals.max_batch_size:
-            totals.max_batch_size = num_seqs
         engines = self.virtual_engines
         if len(engines) == 1:
             scheduler = engines[0].scheduler
@@ -607,31 +574,7 @@ class Instance:
         else:
             used = sum(e.scheduler.blocks.num_used for e in engines)
             waiting = self.num_waiting
-        if used > totals.kv_peak_blocks:
-            totals.kv_peak_blocks = used
-        tp = self._step_devices
-        step_w = self.power.idle_w * tp  # power of the step's devices, for the time series
-        if seconds > 0:
-            # Each stage's TP devices are busy for that stage's time only.
-            totals.busy_device_s += seconds * tp
-            step_energy = self.power.step_energy_j(
-                seconds, cost.flops, cost.bytes, tp, cost.aux_energy_j
-            )
-            totals.energy_busy_j += step_energy
-            step_w = step_energy / seconds
-        self.metrics.on_step(
-            self.index,
-            engine,
-            now,
-            seconds,
-            num_seqs,
-            prefill,
-            decode,
-            used,
-            self._total_blocks,
-            waiting,
-            step_w,
-        )
+        self.record.step(batch, cost, now, engine, used, waiting)
 
     def _keep_accepted(self, seq: Sequence, num_new: int, scheduler: Scheduler, now: float) -> int:
         """Emit the accepted drafts of a verify step and free the rejected slots; returns the
