@@ -229,6 +229,29 @@ class Scaler(Protocol):
         ...
 
 
+def send_to_engine(
+    spec: RequestSpec,
+    t: float,
+    max_model_len: int | None,
+    frontend: Frontend | None,
+    metrics: MetricsCollector,
+    client_arrival: dict[int, float] | None,
+) -> RequestSpec | None:
+    """A client sends ``spec`` at ``t`` (its send time goes to ``client_arrival``): None when it
+    is longer than ``max_model_len`` (logged ``rejected`` at ``t``, as vLLM's API server refuses
+    it); otherwise the request as it reaches the engine, the frontend's arrival delay later."""
+    if client_arrival is not None:
+        client_arrival[spec.id] = t
+    tokens = spec.input_len + spec.output_len
+    if max_model_len is not None and tokens > max_model_len:
+        reason = too_long_reason(tokens, max_model_len)
+        metrics.on_drop(Sequence(spec), -1, t, "rejected", reason, "max_model_len")
+        return None
+    if frontend is not None:
+        return spec.replaced(arrival_s=t + frontend.arrival_delay_s(spec.input_len))
+    return spec
+
+
 class ClosedLoop:
     """Closed-loop clients (``workload.arrival.process: closed``): ``concurrency`` clients each
     send a request, wait until it ends (finished, failed, rejected or timed out; with P/D, at
@@ -287,26 +310,25 @@ class ClosedLoop:
 
     def _send(self, t: float) -> None:
         """A free client sends the next request at ``t`` (if one is left)."""
-        limit = self.max_model_len
         while t < self.duration_s:
             spec = next(self._requests, None)
             if spec is None:
                 return
             self.sent += 1
             self.last_send = max(self.last_send, t)
-            spec = spec.replaced(arrival_s=t)
-            if self.client_arrival is not None:
-                self.client_arrival[spec.id] = t
-            tokens = spec.input_len + spec.output_len
-            if limit is not None and tokens > limit:
-                reason = too_long_reason(tokens, limit)
-                self.metrics.on_drop(Sequence(spec), -1, t, "rejected", reason, "max_model_len")
-                self._ended += 1  # its own row: not an end to count again
+            sent = send_to_engine(
+                spec.replaced(arrival_s=t),
+                t,
+                self.max_model_len,
+                self.frontend,
+                self.metrics,
+                self.client_arrival,
+            )
+            if sent is None:  # rejected at once: its own row, not an end to count again
+                self._ended += 1
                 t += self.think_time_s
                 continue
-            if self.frontend is not None:
-                spec = spec.replaced(arrival_s=t + self.frontend.arrival_delay_s(spec.input_len))
-            heappush(self._pending, (spec.arrival_s, spec.id, spec))
+            heappush(self._pending, (sent.arrival_s, sent.id, sent))
             return
 
     def next_request(self) -> RequestSpec | None:

@@ -19,7 +19,15 @@ from llmservingsim.build import build_autoscaler, build_cluster
 from llmservingsim.build_info import engine_build
 from llmservingsim.cluster.admission import Admission
 from llmservingsim.config import SimConfig
-from llmservingsim.engine import INF, ClientTimeouts, ClosedLoop, Engine, EngineHooks, chain
+from llmservingsim.engine import (
+    INF,
+    ClientTimeouts,
+    ClosedLoop,
+    Engine,
+    EngineHooks,
+    chain,
+    send_to_engine,
+)
 from llmservingsim.errors import InputWarning
 from llmservingsim.invariants import InvariantChecker, invariants_requested
 from llmservingsim.metrics.collector import MetricsCollector
@@ -28,8 +36,6 @@ from llmservingsim.metrics.workload_summary import workload_summary
 from llmservingsim.perf.frontend import ClientClock
 from llmservingsim.run_summary import summarize
 from llmservingsim.scenario import Scenario, resolve
-from llmservingsim.sequence import Sequence
-from llmservingsim.serving.instance import too_long_reason
 from llmservingsim.serving.memory import MemoryPlan
 from llmservingsim.workload import load_workload
 from llmservingsim.workload.request_spec import RequestSpec
@@ -55,16 +61,11 @@ def _admit(
         return requests
     served: list[RequestSpec] = []
     clock = None if frontend is None else ClientClock(frontend, {})
+    arrivals = None if clock is None else clock.client_arrival
     for spec in requests:
-        if limit is not None and spec.input_len + spec.output_len > limit:
-            reason = too_long_reason(spec.input_len + spec.output_len, limit)
-            metrics.on_drop(Sequence(spec), -1, spec.arrival_s, "rejected", reason, "max_model_len")
-            continue
-        if clock is not None and frontend is not None:
-            clock.client_arrival[spec.id] = spec.arrival_s
-            delay = frontend.arrival_delay_s(spec.input_len)
-            spec = spec.replaced(arrival_s=spec.arrival_s + delay)
-        served.append(spec)
+        sent = send_to_engine(spec, spec.arrival_s, limit, frontend, metrics, arrivals)
+        if sent is not None:
+            served.append(sent)
     metrics.requests.client_clock = clock
     return served
 
