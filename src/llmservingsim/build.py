@@ -12,6 +12,7 @@ from llmservingsim.cluster.cluster import Cluster, Pool
 from llmservingsim.cluster.placement import place_instances
 from llmservingsim.hardware.backends import PerfBackend, build_backend
 from llmservingsim.metrics.collector import MetricsCollector
+from llmservingsim.model.fusion import Fusion
 from llmservingsim.model.lora import adapter_bytes_per_device
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.iteration import IterationTimer
@@ -46,6 +47,7 @@ def build_timer(scenario: Scenario, pool: PoolPlan, first_device: int) -> Iterat
         "kv_dtype": cfg.resolved_kv_dtype,
         "expert_parallel": pool.ep,
         "moe_imbalance": cfg.moe.imbalance,
+        "fusion": Fusion(**cfg.perf.fusion.model_dump()),
     }
     if scenario.pim is not None:
         return PimIterationTimer(

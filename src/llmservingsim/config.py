@@ -855,6 +855,20 @@ class KernelDbConfig(_Section):
     """Time the engine's custom all-reduce as captured in CUDA graphs (else eager)."""
 
 
+class FusionConfig(_Section):
+    """Which kernels the serving engine fuses (model/fusion.py; the engine presets set them,
+    docs/engines.md). All off: the unfused kernel set the roofline was calibrated on."""
+
+    rope_in_attention: bool = False
+    """Rotary embedding applied inside the attention kernel (TensorRT-LLM): no rope kernel."""
+    residual_into_norm: bool = False
+    """Residual add fused into the next RMSNorm (vLLM fused_add_rms_norm, SGLang, TensorRT-LLM):
+    no residual_add kernel; the norm reads and writes the residual too."""
+    quant_into_producer: bool = False
+    """dtype fp8 (W8A8): the norm / activation writes the GEMM input in fp8 (TensorRT-LLM, vLLM V1
+    fusion passes); off: a separate quantization kernel before every fp8 GEMM (vLLM 0.6)."""
+
+
 class PerfConfig(_Section):
     """Which perf backend times the ops, and the settings of the non-default ones. ``auto``
     picks per device type: ``systolic`` for an NPU whose YAML describes its arrays, ``roofline``
@@ -886,6 +900,8 @@ class PerfConfig(_Section):
     """The engine's host work of a step (scheduling, input preparation, output processing) runs
     while the GPU runs the step before (TensorRT-LLM's overlap scheduler, SGLang's overlap
     scheduler): a step takes max(GPU, host) instead of their sum (docs/engines.md)."""
+    fusion: FusionConfig = FusionConfig()
+    """Kernel fusion of the serving engine: which elementwise kernels run inside others."""
 
 
 class MoeConfig(_Section):

@@ -16,6 +16,7 @@ with expert parallelism the rank holding the hot expert is the critical path.
 
 from __future__ import annotations
 
+from llmservingsim.model.fusion import fuse_ops
 from llmservingsim.model.op import Dims, Op, OpBuilder
 
 
@@ -174,7 +175,10 @@ class MoeOps:
                 g.gemm("shared_down_proj", m, h, shared),
             ]
         after.append(g.elementwise("residual_add", m, 2 * h, h))
-        return [g.elementwise("post_attention_layernorm", m, h, h)], after
+        before = [g.elementwise("post_attention_layernorm", m, h, h)]
+        return fuse_ops(before, g.fusion, g.act_bytes, g.quant_bytes), fuse_ops(
+            after, g.fusion, g.act_bytes, g.quant_bytes
+        )
 
     def expert_ops(self, num_tokens: int) -> list[Op]:
         """Router, top-k and the routed experts of one device for ``num_tokens`` tokens of the

@@ -87,17 +87,65 @@ class Op:
         raise KeyError(f"op {self.name!r} has no dim {name!r} (dims: {self.dims})")
 
 
+class Fusion:
+    """The kernels one serving engine fuses (model/fusion.py; a value: never changed)."""
+
+    rope_in_attention: bool
+    residual_into_norm: bool
+    quant_into_producer: bool
+
+    def __init__(
+        self,
+        rope_in_attention: bool = False,
+        residual_into_norm: bool = False,
+        quant_into_producer: bool = False,
+    ) -> None:
+        self.rope_in_attention = rope_in_attention
+        self.residual_into_norm = residual_into_norm
+        self.quant_into_producer = quant_into_producer
+
+    def __repr__(self) -> str:
+        return (
+            f"Fusion(rope_in_attention={self.rope_in_attention}, "
+            f"residual_into_norm={self.residual_into_norm}, "
+            f"quant_into_producer={self.quant_into_producer})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Fusion):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple[bool, bool, bool]:
+        return (self.rope_in_attention, self.residual_into_norm, self.quant_into_producer)
+
+
+NO_FUSION = Fusion()
+
+
+# Bytes of one activation element that W8A8 GEMMs read (fp8 checkpoints quantize activations
+# too; model/fusion.py adds the kernels that do it).
+ACTIVATION_QUANT_BYTES: dict[str, float] = {"fp8": 1.0}
+
+
 class OpBuilder:
     """GEMMs and element-wise ops of one TP rank of ``spec`` in ``dtype``, with its KV cache in
-    ``kv_dtype``."""
+    ``kv_dtype``, for an engine that fuses ``fusion`` (model/fusion.py applies it)."""
 
-    def __init__(self, spec: ModelSpec, tp: int, dtype: str, kv_dtype: str) -> None:
+    def __init__(
+        self, spec: ModelSpec, tp: int, dtype: str, kv_dtype: str, fusion: Fusion = NO_FUSION
+    ) -> None:
         self.spec = spec
         self.tp = tp
         self.weight_bytes = DTYPE_BYTES[dtype]
         # Weight-only quantized models (int8/int4) still compute in 16-bit.
         self.act_bytes = 2.0 if dtype in ("int8", "int4", "fp8", "fp4") else DTYPE_BYTES[dtype]
         self.kv_bytes = DTYPE_BYTES[kv_dtype]
+        self.fusion = fusion
+        self.quant_bytes = ACTIVATION_QUANT_BYTES.get(dtype, 0.0)
 
     def gemm(self, name: str, m: int, n: int, k: int) -> Op:
         flops = 2.0 * m * n * k

@@ -13,6 +13,7 @@ of its layers. Dense models build exactly the ops they always did.
 
 from __future__ import annotations
 
+from llmservingsim.model.fusion import NO_FUSION, Fusion, fuse_ops
 from llmservingsim.model.mla import MlaOps
 from llmservingsim.model.moe import MoeOps
 from llmservingsim.model.op import Dims as Dims
@@ -97,7 +98,9 @@ class OpGraph(OpBuilder):
 
     ``expert_parallel`` splits a MoE model's experts over that many of the TP ranks, or with
     ``data_parallel`` attention ranks over all of their devices (see model/moe.py for the
-    layouts); ``moe_imbalance`` is the busiest expert's rows over the mean.
+    layouts); ``moe_imbalance`` is the busiest expert's rows over the mean. ``fusion``: the
+    kernels the serving engine fuses (model/fusion.py); the default is the unfused kernel set
+    the roofline was calibrated on.
     """
 
     def __init__(
@@ -110,8 +113,9 @@ class OpGraph(OpBuilder):
         expert_parallel: int = 1,
         moe_imbalance: float = 1.0,
         data_parallel: int = 1,
+        fusion: Fusion = NO_FUSION,
     ) -> None:
-        super().__init__(spec, tp, dtype, kv_dtype)
+        super().__init__(spec, tp, dtype, kv_dtype, fusion)
         self.shape = shard_shape(spec, tp)
         self.head_weight_bytes = 2.0 if weight_only_quantized(dtype) else self.weight_bytes
         # Model-shape extensions (model/mla.py, model/moe.py).
@@ -123,15 +127,20 @@ class OpGraph(OpBuilder):
     def attention_block_ops(self, num_tokens: int) -> list[Op]:
         """Norm, projections and rotary around attention, and the residual add after it."""
         if self.mla is not None:
-            return self.mla.block_ops(num_tokens)
+            return self.fused(self.mla.block_ops(num_tokens))
         s, m = self.shape, num_tokens
-        return [
+        ops = [
             self.elementwise("input_layernorm", m, s.hidden, s.hidden),
             self.gemm("qkv_proj", m, s.q_size + 2 * s.kv_size, s.hidden),
             self.elementwise("rope", m, s.q_size + s.kv_size, s.q_size + s.kv_size),
             self.gemm("o_proj", m, s.hidden, s.q_size),
             self.elementwise("residual_add", m, 2 * s.hidden, s.hidden),
         ]
+        return self.fused(ops)
+
+    def fused(self, ops: list[Op]) -> list[Op]:
+        """The kernels this engine launches for the unfused ``ops`` of one block."""
+        return fuse_ops(ops, self.fusion, self.act_bytes, self.quant_bytes)
 
     def dense_layer_ops(self, num_tokens: int) -> list[Op]:
         """Everything of one decoder layer except attention itself; depends only on M."""
@@ -149,13 +158,14 @@ class OpGraph(OpBuilder):
     def mlp_ops(self, num_tokens: int) -> list[Op]:
         s, m = self.shape, num_tokens
         mlp_in = (2 if s.gated_mlp else 1) * s.intermediate
-        return [
+        ops = [
             self.elementwise("post_attention_layernorm", m, s.hidden, s.hidden),
             self.gemm("mlp_up_proj", m, mlp_in, s.hidden),
             self.elementwise("mlp_act", m, mlp_in, s.intermediate),
             self.gemm("mlp_down_proj", m, s.hidden, s.intermediate),
             self.elementwise("residual_add", m, 2 * s.hidden, s.hidden),
         ]
+        return self.fused(ops)
 
     def prefill_attention(self, new: int, ctx: int) -> Op:
         """Causal FlashAttention over ``new`` query tokens after ``ctx`` cached tokens."""

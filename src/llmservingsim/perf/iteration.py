@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from llmservingsim.hardware.backends import PerfBackend
 from llmservingsim.hardware.device import DeviceSpec
+from llmservingsim.model.fusion import NO_FUSION, Fusion
 from llmservingsim.model.ops import Op, OpGraph
 from llmservingsim.model.spec import ModelSpec
 from llmservingsim.network import collectives
@@ -270,6 +271,7 @@ class IterationTimer:
         host_overhead_s: tuple[float, float] | None = None,
         host_overlap: bool = False,
         data_parallel: int = 1,
+        fusion: Fusion = NO_FUSION,
     ) -> None:
         self.graph = OpGraph(
             spec,
@@ -279,6 +281,7 @@ class IterationTimer:
             expert_parallel=expert_parallel,
             moe_imbalance=moe_imbalance,
             data_parallel=data_parallel,
+            fusion=fusion,
         )
         self.backend = backend
         self.num_layers = spec.num_layers

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 from llmservingsim.hardware.backends import PerfBackend
 from llmservingsim.hardware.device import DeviceSpec
+from llmservingsim.model.fusion import NO_FUSION, Fusion
 from llmservingsim.model.spec import ModelSpec
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.iteration import BatchShape, IterationTimer, StepCost
@@ -92,6 +93,7 @@ class ProposerContext:
     first_device: int
     dtype: str
     kv_dtype: str
+    fusion: Fusion = NO_FUSION
 
     def timer(self, spec: ModelSpec) -> IterationTimer:
         return IterationTimer(
@@ -103,6 +105,7 @@ class ProposerContext:
             first_device=self.first_device,
             dtype=self.dtype,
             kv_dtype=self.kv_dtype,
+            fusion=self.fusion,
         )
 
 

@@ -186,5 +186,6 @@ def make_proposer(
         first_device=timer.first_device,
         dtype=dtype,
         kv_dtype=kv_dtype,
+        fusion=timer.graph.fusion,  # the draft runs in the same engine
     )
     return PROPOSERS.get(cfg.method)(context)

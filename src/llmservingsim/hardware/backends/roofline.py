@@ -7,6 +7,12 @@ decode-sized GEMMs are memory bound as on real GPUs); FlashAttention prefill has
 η; elementwise kernels listed in ``efficiency.memory_ops`` have their own bandwidth fraction and
 fixed cost. All η come from the device YAML and are calibrated on measured profiles
 (docs/calibration.md).
+
+Kernels of serving engines that the profiles did not measure (model/fusion.py): the fp8
+activation quantization takes the fit of the profiled kernel of its kind
+(:data:`MEMORY_OP_PROXIES`), and a norm with the residual add fused into it keeps its own fit
+for its own bytes and streams the residual at the device's memory efficiency, with no second
+launch.
 """
 
 from __future__ import annotations
@@ -17,9 +23,14 @@ from mypy_extensions import mypyc_attr
 
 from llmservingsim.hardware.backends.base import PERF_BACKENDS
 from llmservingsim.hardware.device import DeviceSpec
+from llmservingsim.model.fusion import ACT_QUANT, fused_bytes
 from llmservingsim.model.ops import Op
 
 FloatArray = npt.NDArray[np.float64]
+
+# Elementwise kernel without a fit of its own -> the fitted kernel of the same kind: fp8
+# quantization reads 16-bit activations and writes a narrower copy row by row, as SwiGLU does.
+MEMORY_OP_PROXIES: dict[str, str] = {ACT_QUANT: "mlp_act"}
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -43,6 +54,9 @@ class RooflineBackend:
             )
             for name, tuned in eff.memory_ops.items()
         }
+        for name, proxy in MEMORY_OP_PROXIES.items():
+            if name not in self._memory_ops and proxy in self._memory_ops:
+                self._memory_ops[name] = self._memory_ops[proxy]
 
     def decode_attention_time(self, flops: float, traffic: float) -> float:
         """:meth:`time` of a decode-attention op with ``flops`` > 0, from its work alone: the
@@ -62,8 +76,10 @@ class RooflineBackend:
             tuned = self._memory_ops.get(op.name)
             if tuned is not None:
                 bandwidth, launch, min_rows = tuned
-                padded = op.bytes * max(op.m, min_rows) / op.m if op.m > 0 else op.bytes
-                return padded / bandwidth + launch
+                fused = fused_bytes(op)  # a kernel fused into this one streams its bytes
+                own = op.bytes - fused
+                padded = own * max(op.m, min_rows) / op.m if op.m > 0 else own
+                return padded / bandwidth + fused / self._bandwidth + launch
             return op.bytes / self._bandwidth + self._launch
         memory_time = op.bytes / self._bandwidth
         if op.kind == "gemm":
