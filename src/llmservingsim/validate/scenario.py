@@ -161,6 +161,29 @@ def engine_preset(row: dict[str, str]) -> str | None:
     return "vllm@" + ".".join(str(part) for part in below[-1])
 
 
+def kernel_fusion(row: dict[str, str]) -> list[str]:
+    """``perf.fusion`` settings for a row that takes no preset (:func:`engine_preset`) but whose
+    engine launches the same kernels as one: TensorRT-LLM's pre-1.0 C++ runtime (its GPT
+    attention plugin applies RoPE; the fp8 quantization and the residual add run inside the
+    norm and activation plugins) fuses what the ``trtllm`` preset fuses, the vLLM V0 releases
+    (0.6 and earlier, the same fused_add_rms_norm / scaled_fp8_quant layers) what ``vllm-0.6``
+    does (docs/engines.md, "Kernel fusion")."""
+    from llmservingsim.engine_presets import load_preset
+
+    if engine_preset(row) is not None:
+        return []  # the preset sets it
+    engine = row["engine"].lower()
+    version = _version(row["engine_version"])
+    if "tensorrt-llm" in engine and version is not None:
+        preset = "trtllm"
+    elif "vllm" in engine and version is not None and version < (0, 8):
+        preset = "vllm-0.6"
+    else:
+        return []
+    fusion: dict[str, bool] = load_preset(preset)["defaults"]["perf"]["fusion"]
+    return [f"perf.fusion.{key}={str(value).lower()}" for key, value in sorted(fusion.items())]
+
+
 def _dtype(text: str) -> tuple[str, str]:
     low = text.lower()
     if "fp8" in low:
@@ -290,6 +313,7 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         *([f"cluster.expert_parallel={ep}"] if ep > 1 else []),
         *([f"cluster.data_parallel={dp}"] if dp > 1 else []),
         *(f"scheduler.{k}={v}" for k, v in sorted(settings.items())),
+        *kernel_fusion(row),
         *work_sets,
     ]
     optional = []
