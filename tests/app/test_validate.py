@@ -78,6 +78,30 @@ def test_engine_rules_and_row_notes_decide_the_scheduler() -> None:
     assert any("Llama-3-8B simulated as llama-3.1-8b" in n for n in llama3.notes)
 
 
+def test_rows_without_a_preset_take_the_kernel_fusion_of_their_engine() -> None:
+    """TensorRT-LLM's C++ runtime fuses what the trtllm preset fuses, vLLM V0 what vllm-0.6
+    does; rows with a preset get it from the preset, rows of unknown stacks none."""
+
+    def fusion(scenario: Scenario) -> set[str]:
+        return {o for o in scenario.overrides if o.startswith("perf.fusion.")}
+
+    trt017 = _scenario(_row(engine="TensorRT-LLM", engine_version="0.17", dtype="fp8"))
+    assert fusion(trt017) == {
+        "perf.fusion.rope_in_attention=true",
+        "perf.fusion.residual_into_norm=true",
+        "perf.fusion.quant_into_producer=true",
+    }
+    v0 = _scenario(_row(engine_version="0.6.0"))
+    assert fusion(v0) == {
+        "perf.fusion.rope_in_attention=false",
+        "perf.fusion.residual_into_norm=true",
+        "perf.fusion.quant_into_producer=false",
+    }
+    trt10 = _scenario(_row(engine="TensorRT-LLM", engine_version="1.0"))
+    assert "engine=trtllm" in trt10.overrides and not fusion(trt10)
+    assert not fusion(_scenario(_row(engine="vLLM-based (paper)", engine_version="")))
+
+
 def test_layouts_the_simulator_may_not_support_still_get_settings() -> None:
     """Multi-instance / PP rows are mapped; the simulator decides whether it can run them."""
     multi = _scenario(_row(num_gpus="8", tensor_parallel="2", pipeline_parallel="2"))
