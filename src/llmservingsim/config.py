@@ -857,16 +857,18 @@ class KernelDbConfig(_Section):
 
 class FusionConfig(_Section):
     """Which kernels the serving engine fuses (model/fusion.py; the engine presets set them,
-    docs/engines.md). All off: the unfused kernel set the roofline was calibrated on."""
+    docs/engines.md). The defaults: the elementwise kernels the roofline was calibrated on,
+    each its own, and fp8 activations quantized by their producer."""
 
     rope_in_attention: bool = False
     """Rotary embedding applied inside the attention kernel (TensorRT-LLM): no rope kernel."""
     residual_into_norm: bool = False
     """Residual add fused into the next RMSNorm (vLLM fused_add_rms_norm, SGLang, TensorRT-LLM):
     no residual_add kernel; the norm reads and writes the residual too."""
-    quant_into_producer: bool = False
+    quant_into_producer: bool = True
     """dtype fp8 (W8A8): the norm / activation writes the GEMM input in fp8 (TensorRT-LLM, vLLM V1
-    fusion passes); off: a separate quantization kernel before every fp8 GEMM (vLLM 0.6)."""
+    fusion passes); off: a separate quantization kernel before every fp8 GEMM (vLLM 0.6,
+    SGLang)."""
 
 
 class PerfConfig(_Section):

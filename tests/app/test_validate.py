@@ -97,6 +97,8 @@ def test_rows_without_a_preset_take_the_kernel_fusion_of_their_engine() -> None:
         "perf.fusion.residual_into_norm=true",
         "perf.fusion.quant_into_producer=false",
     }
+    unknown = _scenario(_row(engine="TensorRT-LLM", engine_version=""))
+    assert fusion(unknown) == fusion(trt017)
     trt10 = _scenario(_row(engine="TensorRT-LLM", engine_version="1.0"))
     assert "engine=trtllm" in trt10.overrides and not fusion(trt10)
     assert not fusion(_scenario(_row(engine="vLLM-based (paper)", engine_version="")))

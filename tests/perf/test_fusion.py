@@ -10,7 +10,7 @@ from llmservingsim.config import load_config
 from llmservingsim.errors import ConfigError
 from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.profiles.vidur import MLP_COLUMNS
-from llmservingsim.model.fusion import ACT_QUANT, FUSED_DIM, NO_FUSION, Fusion, fused_bytes
+from llmservingsim.model.fusion import ACT_QUANT, DEFAULT_FUSION, FUSED_DIM, Fusion, fused_bytes
 from llmservingsim.model.ops import Op, OpGraph
 from llmservingsim.scenario import resolve
 
@@ -30,7 +30,8 @@ UNFUSED = [
 ]
 
 TRTLLM = Fusion(rope_in_attention=True, residual_into_norm=True, quant_into_producer=True)
-VLLM_06 = Fusion(residual_into_norm=True)
+VLLM_06 = Fusion(residual_into_norm=True, quant_into_producer=False)
+SEPARATE_QUANT = Fusion(quant_into_producer=False)  # every kernel its own
 
 
 def layer(fusion: Fusion, dtype: str = "bf16", model: str = "llama-3.1-8b") -> list[Op]:
@@ -42,16 +43,18 @@ def by_name(ops: list[Op]) -> dict[str, Op]:
     return {op.name: op for op in ops}
 
 
-def test_no_fusion_is_the_calibrated_kernel_set() -> None:
+def test_the_default_is_the_calibrated_kernel_set() -> None:
     """The default op list is the kernels Vidur profiled one by one (calibration.md §1)."""
-    ops = layer(NO_FUSION)
+    assert Fusion(False, False, True) == DEFAULT_FUSION
+    ops = layer(DEFAULT_FUSION)
     assert [op.name for op in ops] == UNFUSED
     assert {op.name for op in ops} <= set(MLP_COLUMNS)
     assert all(fused_bytes(op) == 0.0 for op in ops)
 
 
 def test_rope_in_attention_drops_the_rope_kernel_and_nothing_else() -> None:
-    plain, fused = layer(NO_FUSION), layer(Fusion(rope_in_attention=True))
+    plain, fused = layer(DEFAULT_FUSION), layer(Fusion(rope_in_attention=True))
+    assert [op.name for op in layer(DEFAULT_FUSION, "fp8")] == UNFUSED
     assert [op.name for op in fused] == [n for n in UNFUSED if n != "rope"]
     rope = by_name(plain)["rope"]
     assert sum(op.bytes for op in plain) - sum(op.bytes for op in fused) == rope.bytes
@@ -69,14 +72,14 @@ def test_residual_into_norm_moves_the_residual_through_the_norms() -> None:
         assert fused_bytes(norm) == M * 2 * h * 2
         assert (FUSED_DIM, 4 * h) in norm.dims
     # one residual round trip (3h per add) replaced by 2h more per norm: h per add saved
-    saved = sum(op.bytes for op in layer(NO_FUSION)) - sum(op.bytes for op in ops)
+    saved = sum(op.bytes for op in layer(DEFAULT_FUSION)) - sum(op.bytes for op in ops)
     assert saved == 2 * M * h * 2
 
 
 def test_fp8_without_fusion_quantizes_before_every_gemm() -> None:
     spec = load_model("llama-3.1-8b")
     h, inter = spec.hidden_size, spec.intermediate_size
-    ops = layer(NO_FUSION, "fp8")
+    ops = layer(SEPARATE_QUANT, "fp8")
     names = [op.name for op in ops]
     for gemm in ("qkv_proj", "o_proj", "mlp_up_proj", "mlp_down_proj"):
         assert names[names.index(gemm) - 1] == ACT_QUANT
@@ -94,8 +97,8 @@ def test_fp8_without_fusion_quantizes_before_every_gemm() -> None:
 def test_fp8_quant_in_the_producer_only_narrows_its_write() -> None:
     spec = load_model("llama-3.1-8b")
     h, inter = spec.hidden_size, spec.intermediate_size
-    plain = by_name(layer(NO_FUSION, "bf16"))
-    ops = layer(Fusion(quant_into_producer=True), "fp8")
+    plain = by_name(layer(DEFAULT_FUSION, "bf16"))
+    ops = layer(DEFAULT_FUSION, "fp8")
     assert ACT_QUANT not in [op.name for op in ops]
     fused = by_name(ops)
     for norm in ("input_layernorm", "post_attention_layernorm"):
@@ -104,13 +107,13 @@ def test_fp8_quant_in_the_producer_only_narrows_its_write() -> None:
 
 
 def test_16_bit_models_take_no_quantization() -> None:
-    for fusion in (NO_FUSION, TRTLLM):
+    for fusion in (SEPARATE_QUANT, TRTLLM):
         for dtype in ("bf16", "int4"):
             assert ACT_QUANT not in [op.name for op in layer(fusion, dtype)]
 
 
 def test_trtllm_layer_launches_seven_kernels_fewer_than_unfused_fp8() -> None:
-    unfused = [op.name for op in layer(NO_FUSION, "fp8")]
+    unfused = [op.name for op in layer(SEPARATE_QUANT, "fp8")]
     trt = [op.name for op in layer(TRTLLM, "fp8")]
     assert trt == [
         "input_layernorm",
@@ -130,14 +133,14 @@ def test_moe_and_mla_layers_fuse_too() -> None:
         graph = OpGraph(spec, 8, "fp8", "fp8", expert_parallel=8, fusion=TRTLLM)
         names = [op.name for op in graph.moe_layer_ops(64)]
         assert "residual_add" not in names and "rope" not in names and ACT_QUANT not in names
-        unfused = OpGraph(spec, 8, "fp8", "fp8", expert_parallel=8)
+        unfused = OpGraph(spec, 8, "fp8", "fp8", expert_parallel=8, fusion=SEPARATE_QUANT)
         plain = [op.name for op in unfused.moe_layer_ops(64)]
         assert plain.count("residual_add") == 2 and ACT_QUANT in plain
 
 
 def test_roofline_times_a_fused_norm_between_the_norm_and_norm_plus_add() -> None:
     backend = RooflineBackend(load_device("h100-sxm"), "bf16")
-    plain = by_name(layer(NO_FUSION))
+    plain = by_name(layer(DEFAULT_FUSION))
     fused = by_name(layer(VLLM_06))["post_attention_layernorm"]
     norm = backend.time(plain["post_attention_layernorm"])
     add = backend.time(plain["residual_add"])
@@ -147,7 +150,7 @@ def test_roofline_times_a_fused_norm_between_the_norm_and_norm_plus_add() -> Non
 def test_act_quant_takes_the_activation_kernel_fit() -> None:
     device = load_device("h100-sxm")
     backend = RooflineBackend(device, "fp8")
-    quant = by_name(layer(NO_FUSION, "fp8"))[ACT_QUANT]
+    quant = by_name(layer(SEPARATE_QUANT, "fp8"))[ACT_QUANT]
     tuned = device.efficiency.memory_ops["mlp_act"]
     expected = quant.bytes / (device.memory_bandwidth * tuned.efficiency) + tuned.launch_us * 1e-6
     assert backend.time(quant) == pytest.approx(expected)
@@ -159,7 +162,8 @@ def test_act_quant_takes_the_activation_kernel_fit() -> None:
         ("trtllm", (True, True, True)),
         ("vllm-0.6", (False, True, False)),
         ("sglang", (False, True, False)),
-        (None, (False, False, False)),
+        ("vllm", (False, False, True)),
+        (None, (False, False, True)),
     ],
 )
 def test_presets_set_their_fusion_and_the_timer_uses_it(

@@ -1,9 +1,9 @@
 """Which kernels a serving engine fuses, and what that does to the op list of a layer.
 
-The unfused op list (:data:`NO_FUSION`) is the kernel set the roofline efficiencies were
+The default op list (:data:`DEFAULT_FUSION`) is the kernel set the roofline efficiencies were
 fitted on (Vidur's profiles, docs/calibration.md §1): RMSNorm, rotary, SwiGLU and the residual
-add each their own kernel. Serving engines launch fewer kernels (docs/engines.md, "Kernel
-fusion"):
+add each their own kernel (fp8 models: inputs quantized by their producer). Serving engines
+launch fewer kernels (docs/engines.md, "Kernel fusion"):
 
 * ``rope_in_attention``: the attention kernel applies rotary to q and k as it loads them
   (TensorRT-LLM's fused RoPE): no rope kernel and no extra HBM traffic.
@@ -18,7 +18,7 @@ fusion"):
 
 from __future__ import annotations
 
-from llmservingsim.model.op import NO_FUSION as NO_FUSION
+from llmservingsim.model.op import DEFAULT_FUSION as DEFAULT_FUSION
 from llmservingsim.model.op import Fusion as Fusion
 from llmservingsim.model.op import Op
 

@@ -98,7 +98,7 @@ class Fusion:
         self,
         rope_in_attention: bool = False,
         residual_into_norm: bool = False,
-        quant_into_producer: bool = False,
+        quant_into_producer: bool = True,
     ) -> None:
         self.rope_in_attention = rope_in_attention
         self.residual_into_norm = residual_into_norm
@@ -123,7 +123,10 @@ class Fusion:
         return (self.rope_in_attention, self.residual_into_norm, self.quant_into_producer)
 
 
-NO_FUSION = Fusion()
+# Without an engine: the elementwise kernels the roofline was calibrated on, each its own
+# (docs/calibration.md §1), and fp8 inputs quantized by their producer, as the current engines
+# do (vLLM V1, TensorRT-LLM); vLLM 0.6 and SGLang run separate quantization kernels.
+DEFAULT_FUSION = Fusion()
 
 
 # Bytes of one activation element that W8A8 GEMMs read (fp8 checkpoints quantize activations
@@ -136,7 +139,7 @@ class OpBuilder:
     ``kv_dtype``, for an engine that fuses ``fusion`` (model/fusion.py applies it)."""
 
     def __init__(
-        self, spec: ModelSpec, tp: int, dtype: str, kv_dtype: str, fusion: Fusion = NO_FUSION
+        self, spec: ModelSpec, tp: int, dtype: str, kv_dtype: str, fusion: Fusion = DEFAULT_FUSION
     ) -> None:
         self.spec = spec
         self.tp = tp

@@ -13,7 +13,7 @@ of its layers. Dense models build exactly the ops they always did.
 
 from __future__ import annotations
 
-from llmservingsim.model.fusion import NO_FUSION, Fusion, fuse_ops
+from llmservingsim.model.fusion import DEFAULT_FUSION, Fusion, fuse_ops
 from llmservingsim.model.mla import MlaOps
 from llmservingsim.model.moe import MoeOps
 from llmservingsim.model.op import Dims as Dims
@@ -113,7 +113,7 @@ class OpGraph(OpBuilder):
         expert_parallel: int = 1,
         moe_imbalance: float = 1.0,
         data_parallel: int = 1,
-        fusion: Fusion = NO_FUSION,
+        fusion: Fusion = DEFAULT_FUSION,
     ) -> None:
         super().__init__(spec, tp, dtype, kv_dtype, fusion)
         self.shape = shard_shape(spec, tp)

@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from llmservingsim.hardware.backends import PerfBackend
 from llmservingsim.hardware.device import DeviceSpec
-from llmservingsim.model.fusion import NO_FUSION, Fusion
+from llmservingsim.model.fusion import DEFAULT_FUSION, Fusion
 from llmservingsim.model.ops import Op, OpGraph
 from llmservingsim.model.spec import ModelSpec
 from llmservingsim.network import collectives
@@ -271,7 +271,7 @@ class IterationTimer:
         host_overhead_s: tuple[float, float] | None = None,
         host_overlap: bool = False,
         data_parallel: int = 1,
-        fusion: Fusion = NO_FUSION,
+        fusion: Fusion = DEFAULT_FUSION,
     ) -> None:
         self.graph = OpGraph(
             spec,

@@ -27,7 +27,7 @@ from __future__ import annotations
 from llmservingsim.hardware.backends import PerfBackend
 from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.device import DeviceSpec
-from llmservingsim.model.fusion import NO_FUSION, Fusion
+from llmservingsim.model.fusion import DEFAULT_FUSION, Fusion
 from llmservingsim.model.ops import OpGraph
 from llmservingsim.model.spec import ModelSpec
 from llmservingsim.network.topology import Topology
@@ -61,7 +61,7 @@ class PimIterationTimer(IterationTimer):
         first_device: int = 0,
         expert_parallel: int = 1,
         moe_imbalance: float = 1.0,
-        fusion: Fusion = NO_FUSION,
+        fusion: Fusion = DEFAULT_FUSION,
         pim_backend: RooflineBackend | None = None,
     ) -> None:
         super().__init__(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from llmservingsim.hardware.backends import PerfBackend
 from llmservingsim.hardware.device import DeviceSpec
-from llmservingsim.model.fusion import NO_FUSION, Fusion
+from llmservingsim.model.fusion import DEFAULT_FUSION, Fusion
 from llmservingsim.model.spec import ModelSpec
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.iteration import BatchShape, IterationTimer, StepCost
@@ -93,7 +93,7 @@ class ProposerContext:
     first_device: int
     dtype: str
     kv_dtype: str
-    fusion: Fusion = NO_FUSION
+    fusion: Fusion = DEFAULT_FUSION
 
     def timer(self, spec: ModelSpec) -> IterationTimer:
         return IterationTimer(

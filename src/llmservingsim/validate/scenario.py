@@ -163,9 +163,10 @@ def engine_preset(row: dict[str, str]) -> str | None:
 
 def kernel_fusion(row: dict[str, str]) -> list[str]:
     """``perf.fusion`` settings for a row that takes no preset (:func:`engine_preset`) but whose
-    engine launches the same kernels as one: TensorRT-LLM's pre-1.0 C++ runtime (its GPT
-    attention plugin applies RoPE; the fp8 quantization and the residual add run inside the
-    norm and activation plugins) fuses what the ``trtllm`` preset fuses, the vLLM V0 releases
+    engine launches the same kernels as one: TensorRT-LLM's pre-1.0 C++ runtime and rows of no
+    stated version (its GPT attention plugin / op applies RoPE; the fp8 quantization and the
+    residual add run inside the norm and activation) fuse what the ``trtllm`` preset fuses,
+    the vLLM V0 releases
     (0.6 and earlier, the same fused_add_rms_norm / scaled_fp8_quant layers) what ``vllm-0.6``
     does (docs/engines.md, "Kernel fusion")."""
     from llmservingsim.engine_presets import load_preset
@@ -174,7 +175,7 @@ def kernel_fusion(row: dict[str, str]) -> list[str]:
         return []  # the preset sets it
     engine = row["engine"].lower()
     version = _version(row["engine_version"])
-    if "tensorrt-llm" in engine and version is not None:
+    if "tensorrt-llm" in engine:  # every release: RoPE in the attention plugin / op
         preset = "trtllm"
     elif "vllm" in engine and version is not None and version < (0, 8):
         preset = "vllm-0.6"
