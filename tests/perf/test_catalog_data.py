@@ -204,8 +204,10 @@ def test_llama4_interleaves_dense_and_moe_layers() -> None:
 
 
 def test_local_attention_is_announced_as_an_approximation() -> None:
+    """gpt-oss's sliding-window layers are timed over their window but their KV cache is
+    sized as full attention; Llama-4's chunked attention is full attention throughout."""
     for name, what in (
-        ("gpt-oss-20b", "sliding-window attention (128 tokens) on 12 of 24 layers"),
+        ("gpt-oss-20b", "its 12 of 24 sliding-window layers (128-token window) is sized for"),
         ("llama-4-scout", "chunked attention (8192-token chunks) on 36 of 48 layers"),
     ):
         with pytest.warns(InputWarning, match=re.escape(what)):
