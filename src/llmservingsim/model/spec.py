@@ -312,6 +312,11 @@ def _parse_llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
     layers = _int(cfg, "num_hidden_layers", where, "layers")
     if sliding:
         _warn_sliding_kv(name, sum(i < layers for i in sliding), layers, window)
+    context = _int(cfg, "max_position_embeddings", where, "context", default=4096)
+    unread = cfg.get("layer_types") is None and cfg.get("use_sliding_window", True)
+    if not sliding and unread and 0 < window < context:
+        # Mistral-7B-v0.1: one window on every layer, without layer_types (not yet read).
+        _warn_local_attention(name, layers, layers, f"sliding-window attention ({window} tokens)")
     shared_inter = _int(
         cfg, "shared_expert_intermediate_size", where, "optional", default=num_shared * moe_inter
     )
@@ -325,7 +330,7 @@ def _parse_llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         head_dim=head_dim,
         intermediate_size=inter,
         vocab_size=_int(cfg, "vocab_size", where, "vocab"),
-        max_context=_int(cfg, "max_position_embeddings", where, "context", default=4096),
+        max_context=context,
         gated_mlp=True,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         num_experts=num_experts,
