@@ -117,8 +117,8 @@ class OpGraph(OpBuilder):
     ``expert_parallel`` splits a MoE model's experts over that many of the TP ranks, or with
     ``data_parallel`` attention ranks over all of their devices (see model/moe.py for the
     layouts); ``moe_imbalance`` is the busiest expert's rows over the mean. ``fusion``: the
-    kernels the serving engine fuses (model/fusion.py); the default is the unfused kernel set
-    the roofline was calibrated on.
+    kernels the serving engine fuses (model/fusion.py); the default is the elementwise kernel
+    set the roofline was calibrated on, each its own.
     """
 
     def __init__(
