@@ -248,6 +248,52 @@ def _pair_key(first: int, second: int) -> int:
     return (first << 31) | second
 
 
+class CudaGraphPolicy:
+    """Which steps replay a captured CUDA graph and at what padded size (perf.cuda_graphs).
+
+    ``mode``: off (not modelled), eager, decode (pure-decode steps only, counted in
+    sequences), piecewise (any step, counted in tokens). ``sizes``: the captured sizes,
+    ascending; ``padding``: round a batch up to the next one (else only exact sizes replay).
+    ``launch_s``: host seconds per kernel launch of an eager step (0: no floor).
+    """
+
+    mode: str
+    launch_s: float
+    _pad: list[int]
+
+    def __init__(self, mode: str, sizes: tuple[int, ...], padding: bool, launch_s: float) -> None:
+        self.mode = mode
+        self.launch_s = launch_s if mode != "off" else 0.0
+        # _pad[n]: the graph size a batch of n runs at; 0: it runs eagerly.
+        top = sizes[-1] if mode in ("decode", "piecewise") and sizes else 0
+        pad = [0] * (top + 1)
+        if top:
+            if padding:
+                at = 0
+                for n in range(1, top + 1):
+                    while sizes[at] < n:
+                        at += 1
+                    pad[n] = sizes[at]
+            else:
+                for size in sizes:
+                    pad[size] = size
+        self._pad = pad
+
+    @staticmethod
+    def off() -> CudaGraphPolicy:
+        return CudaGraphPolicy("off", (), True, 0.0)
+
+    def graph_size(self, num_decode: int, num_tokens: int, has_prefill: bool) -> int:
+        """The padded token count the step's graph runs at, or 0 where it runs eagerly."""
+        if self.mode == "decode":
+            if has_prefill or num_decode >= len(self._pad):
+                return 0
+            return self._pad[num_decode]
+        if self.mode == "piecewise" and num_tokens < len(self._pad):
+            return self._pad[num_tokens]
+        return 0
+
+
 class IterationTimer:
     repeatable: ClassVar[bool] = True
     """Whether :meth:`step` depends only on the batch (apart from the memo counters), so the
@@ -270,6 +316,7 @@ class IterationTimer:
         host_overhead_s: tuple[float, float] | None = None,
         host_overlap: bool = False,
         data_parallel: int = 1,
+        cuda_graphs: CudaGraphPolicy | None = None,
     ) -> None:
         self.graph = OpGraph(
             spec,
@@ -308,6 +355,10 @@ class IterationTimer:
         # (TensorRT-LLM's overlap scheduler, SGLang's overlap scheduler), so a step takes
         # max(GPU, host) instead of their sum.
         self.host_overlap = host_overlap
+        # perf.cuda_graphs: padded graph replays, or the kernel-launch floor of eager steps.
+        self.cuda_graphs = CudaGraphPolicy.off() if cuda_graphs is None else cuda_graphs
+        self.launch_s = self.cuda_graphs.launch_s
+        self._kernel_counts()
         self._layer: dict[int, _Cost] = {}
         self._moe_layer: dict[int, _Cost] = {}
         self._moe_rank: dict[int, _Cost] = {}
@@ -338,6 +389,61 @@ class IterationTimer:
             and not self.num_moe_layers
             and self.pp == 1
         )
+
+    def _kernel_counts(self) -> None:
+        """Kernels one eager step launches per layer kind, per attention kind and in the head:
+        one per op of the op graph, and one per collective (a NCCL or custom all-reduce is a
+        kernel launch too). All prefill chunks of a step share one varlen attention call."""
+        graph, tp = self.graph, self.tp
+        self.dense_kernels = len(graph.dense_layer_ops(1)) + (2 if tp > 1 else 0)
+        self.moe_kernels = 0
+        moe = graph.moe
+        if moe is not None:
+            collectives_per_layer = (1 if tp > 1 else 0) + (
+                (1 if tp > 1 else 0) if self.ep == 1 else 2 + (2 if tp > 1 else 0)
+            )
+            self.moe_kernels = (
+                len(graph.attention_block_ops(1)) + len(moe.ffn_ops(1)) + collectives_per_layer
+            )
+        self.prefill_attn_kernels = len(graph.prefill_attention_ops(1, 0))
+        self.decode_attn_kernels = len(graph.decode_attention_ops(1, 1))
+        self.head_kernels = len(graph.embedding_ops(1)) + len(graph.output_ops(1))
+
+    def _layer_kernels(self, batch: BatchShape, moe: bool) -> int:
+        kernels = self.moe_kernels if moe else self.dense_kernels
+        if batch.prefill:
+            kernels += self.prefill_attn_kernels
+        if batch.num_decode:
+            kernels += self.decode_attn_kernels
+        return kernels
+
+    def _graph_tokens(self, batch: BatchShape, num_tokens: int) -> tuple[int, bool]:
+        """The token count the step's GEMMs and elementwise kernels run at, and whether it
+        runs eagerly (pays the launch floor)."""
+        size = self.cuda_graphs.graph_size(batch.num_decode, num_tokens, bool(batch.prefill))
+        if size:
+            return size, False
+        return num_tokens, self.launch_s > 0.0
+
+    def _stages_floor(self, stages: list[float], batch: BatchShape, head_s: float) -> None:
+        """Each stage of an eager step takes at least its kernels' launch time: the host
+        enqueues kernels asynchronously, so over a stage the GPU waits only where the
+        launches, summed, outrun the kernels, summed (docs/engines.md, "CUDA graphs"). The
+        last stage also runs the head (``head_s``, added by the caller)."""
+        dense_k = self._layer_kernels(batch, False)
+        moe_k = self._layer_kernels(batch, True)
+        last = len(stages) - 1
+        for i, (layers, moe_layers) in enumerate(
+            zip(self.stage_layers, self.stage_moe_layers, strict=True)
+        ):
+            kernels = (layers - moe_layers) * dense_k + moe_layers * moe_k
+            head = 0.0
+            if i == last:
+                kernels += self.head_kernels
+                head = head_s
+            floor = kernels * self.launch_s
+            if stages[i] + head < floor:
+                stages[i] = floor - head
 
     @property
     def cache_hit_rate(self) -> float:
@@ -384,14 +490,18 @@ class IterationTimer:
         """:meth:`step` for decode batches like ``first`` with these contexts (all > 0), as
         arrays: the same operations in the same order, so the same results."""
         assert self._vector is not None
-        num_tokens = first.num_tokens
+        num_tokens, eager = self._graph_tokens(first, first.num_tokens)
         base_s, base_f, base_b = self._layer_cost(num_tokens)
         head_s, head_f, head_b = self._head_cost(num_tokens, first.num_sampled)
         attn_f, attn_b = self._decode_attention_work_each(first.num_decode, contexts)
         layer_s = base_s + self._vector.decode_attention_times(attn_f, attn_b)
         cpu = self.step_overhead + self.seq_overhead * first.num_seqs
         n = self.num_layers
-        if self.host_overlap:
+        if eager:
+            kernels = n * self._layer_kernels(first, False) + self.head_kernels
+            gpu = np.maximum(n * layer_s + head_s, kernels * self.launch_s)
+            seconds = gpu + np.maximum(cpu - gpu, 0.0) if self.host_overlap else cpu + gpu
+        elif self.host_overlap:
             gpu = n * layer_s + head_s
             seconds = gpu + np.maximum(cpu - gpu, 0.0)
         else:
@@ -640,22 +750,35 @@ class IterationTimer:
         num_tokens = batch.num_tokens
         if num_tokens == 0:
             return StepCost(0.0, 0.0, 0.0, (0.0,) * self.pp)
-        layer_s, layer_f, layer_b = self._with_attention(self._layer_cost(num_tokens), batch)
-        head_s, head_f, head_b = self._head_cost(num_tokens, batch.num_sampled)
+        # Under a captured graph the token-count kernels run at the padded size.
+        padded, eager = self._graph_tokens(batch, num_tokens)
+        layer_s, layer_f, layer_b = self._with_attention(self._layer_cost(padded), batch)
+        head_s, head_f, head_b = self._head_cost(padded, batch.num_sampled)
         cpu = self.step_overhead + self.seq_overhead * batch.num_seqs
         if self.num_moe_layers:
             dense = (layer_s, layer_f, layer_b)
-            moe = self._with_attention(self._moe_layer_cost(num_tokens), batch)
-            return self._moe_step(num_tokens, dense, moe, (head_s, head_f, head_b), cpu)
+            moe = self._with_attention(self._moe_layer_cost(padded), batch)
+            return self._moe_step(
+                num_tokens, dense, moe, (head_s, head_f, head_b), cpu, batch if eager else None
+            )
         n = self.num_layers
         flops, traffic = n * layer_f + head_f, n * layer_b + head_b
         if self.pp == 1:
+            if eager:
+                gpu = n * layer_s + head_s
+                floor = (n * self._layer_kernels(batch, False) + self.head_kernels) * self.launch_s
+                if gpu < floor:
+                    gpu = floor
+                seconds = self._exposed_host(cpu, gpu) + gpu
+                return StepCost(seconds, flops, traffic, (seconds,))
             if self.host_overlap:
                 cpu = self._exposed_host(cpu, n * layer_s + head_s)
             seconds = cpu + n * layer_s + head_s
             return StepCost(seconds, flops, traffic, (seconds,))
         # The CPU prepares the batch before stage 0; the last stage runs the LM head.
         stages = [layers * layer_s for layers in self.stage_layers]
+        if eager:
+            self._stages_floor(stages, batch, head_s)
         if self.host_overlap:
             gpu = sum_in_order(stages) + head_s + sum_in_order(list(self._stage_sends(num_tokens)))
             cpu = self._exposed_host(cpu, gpu)
@@ -714,23 +837,40 @@ class IterationTimer:
         attn_f, attn_b = self.graph.decode_attention_work(num_decode, context)
         if attn_f <= 0.0:
             return None
-        layer_s, layer_f, layer_b = self._layer_cost(num_decode)
+        padded = self.cuda_graphs.graph_size(num_decode, num_decode, False)
+        tokens = padded if padded else num_decode
+        layer_s, layer_f, layer_b = self._layer_cost(tokens)
         assert self._scalar is not None
         layer_s += self._scalar.decode_attention_time(attn_f, attn_b)
         layer_f += attn_f
         layer_b += attn_b
-        head_s, head_f, head_b = self._head_cost(num_decode, num_sampled)
+        head_s, head_f, head_b = self._head_cost(tokens, num_sampled)
         n = self.num_layers
         cpu = self.step_overhead + self.seq_overhead * num_decode
+        if not padded and self.launch_s > 0.0:
+            gpu = n * layer_s + head_s
+            kernels = n * (self.dense_kernels + self.decode_attn_kernels) + self.head_kernels
+            floor = kernels * self.launch_s
+            if gpu < floor:
+                gpu = floor
+            seconds = self._exposed_host(cpu, gpu) + gpu
+            return StepCost(seconds, n * layer_f + head_f, n * layer_b + head_b, (seconds,))
         if self.host_overlap:
             cpu = self._exposed_host(cpu, n * layer_s + head_s)
         seconds = cpu + n * layer_s + head_s
         return StepCost(seconds, n * layer_f + head_f, n * layer_b + head_b, (seconds,))
 
     def _moe_step(
-        self, num_tokens: int, dense: _Cost, moe: _Cost, head: _Cost, cpu: float
+        self,
+        num_tokens: int,
+        dense: _Cost,
+        moe: _Cost,
+        head: _Cost,
+        cpu: float,
+        eager: BatchShape | None = None,
     ) -> StepCost:
-        """Stages mix dense and MoE layers (each stage: its count of each kind)."""
+        """Stages mix dense and MoE layers (each stage: its count of each kind). ``eager``: the
+        batch of a step that runs eagerly (each stage pays the kernel-launch floor)."""
         n_moe = self.num_moe_layers
         n_dense = self.num_layers - n_moe
         flops = n_dense * dense[1] + n_moe * moe[1] + head[1]
@@ -739,6 +879,8 @@ class IterationTimer:
             (layers - moe_layers) * dense[0] + moe_layers * moe[0]
             for layers, moe_layers in zip(self.stage_layers, self.stage_moe_layers, strict=True)
         ]
+        if eager is not None:
+            self._stages_floor(stages, eager, head[0])
         if self.host_overlap:
             gpu = sum_in_order(stages) + head[0] + sum_in_order(list(self._stage_sends(num_tokens)))
             cpu = self._exposed_host(cpu, gpu)
