@@ -188,3 +188,48 @@ def test_engine_presets_set_their_engines_graphs() -> None:
     user = load_config(None, ["engine=vllm-0.6", "perf.cuda_graphs.mode=eager"])
     assert user.perf.cuda_graphs.mode == "eager"
     assert load_config(None, []).perf.cuda_graphs.mode == "off"
+
+
+def _ranks_timer(policy: CudaGraphPolicy | None = None) -> IterationTimer:
+    return IterationTimer(
+        load_model("qwen3-30b-a3b"),
+        DEVICE,
+        RooflineBackend(DEVICE, "bf16"),
+        Topology.build(DEVICE),
+        tensor_parallel=1,
+        dtype="bf16",
+        kv_dtype="bf16",
+        expert_parallel=2,
+        data_parallel=2,
+        cuda_graphs=policy,
+    )
+
+
+def test_attention_dp_ranks_replay_one_graph_size_together() -> None:
+    """DP ranks of 9 and 3 decoding sequences both run the 16-sequence graph: their own parts
+    at 16 tokens, the experts on 2 × 16; ranks already at a captured size are not padded."""
+    off, graphed = _ranks_timer(), _ranks_timer(_policy("decode"))
+    same = [_decode(16), _decode(16)]
+    assert graphed.step_ranks(same).seconds == off.step_ranks(same).seconds
+    uneven = [_decode(9), _decode(3)]
+    gap = graphed.step_ranks(uneven).seconds - off.step_ranks(uneven).seconds
+    experts = off._moe_experts_cost(32)[0] - off._moe_experts_cost(12)[0]
+    rank = off._moe_rank_cost(16)[0] - off._moe_rank_cost(9)[0]
+    assert gap > off.num_moe_layers * (experts + rank) * 0.999
+
+
+def test_attention_dp_step_runs_eagerly_when_one_rank_prefills() -> None:
+    launch_us = 1000.0
+    timer = _ranks_timer(_policy("decode", launch_us))
+    ranks = [_decode(4), BatchShape([(32, 0)], 0, 0, 1)]
+    cost = timer.step_ranks(ranks).seconds
+    layers = timer.num_moe_layers
+    per_layer = timer.moe_kernels + timer.prefill_attn_kernels
+    floor = (layers * per_layer + timer.head_kernels) * launch_us * 1e-6
+    decode_floor = (layers * (timer.moe_kernels + 1) + timer.head_kernels) * launch_us * 1e-6
+    host = timer.step_overhead + timer.seq_overhead
+    # the slowest rank sets the pace: the prefilling one (one sequence of host work)
+    assert cost == pytest.approx(host + floor) or cost == pytest.approx(
+        timer.step_overhead + 4 * timer.seq_overhead + decode_floor
+    )
+    assert cost > 2 * _ranks_timer().step_ranks(ranks).seconds

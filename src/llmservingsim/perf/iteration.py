@@ -794,7 +794,11 @@ class IterationTimer:
         so it sets no pace). Each rank runs its host work, dense layers, attention, its part
         of every MoE layer and the head on its own batch; the slowest rank sets the pace, and
         every MoE layer adds the routed experts on the union of the ranks' tokens (all
-        devices wait for the all-to-all). FLOPs and bytes: one device of the slowest rank."""
+        devices wait for the all-to-all). FLOPs and bytes: one device of the slowest rank.
+
+        CUDA graphs (perf.cuda_graphs): the ranks replay one graph together, at the largest
+        padded size any busy rank needs, or all run eagerly when one of them cannot replay;
+        an eager step then takes at least the slowest rank's kernel launches."""
         total = 0
         for batch in batches:
             total += batch.num_tokens
@@ -802,17 +806,27 @@ class IterationTimer:
             return StepCost(0.0, 0.0, 0.0, (0.0,))
         n_moe = self.num_moe_layers
         n_dense = self.num_layers - n_moe
+        size, eager = self._ranks_graph_size(batches)
+        if size:
+            total = 0
+            for batch in batches:
+                total += size if batch.num_tokens else 0
         slow_s = slow_f = slow_b = -1.0
+        slow_cpu = 0.0
+        slow_batch = batches[0]
         for batch in batches:
             num_tokens = batch.num_tokens
             if num_tokens == 0:
                 continue
+            if size:
+                num_tokens = size
             self.cache_lookups += 1
             if num_tokens in self._moe_rank:
                 self.cache_hits += 1
             moe_s, moe_f, moe_b = self._with_attention(self._moe_rank_cost(num_tokens), batch)
             head_s, head_f, head_b = self._head_cost(num_tokens, batch.num_sampled)
-            seconds = self.step_overhead + self.seq_overhead * batch.num_seqs
+            cpu = self.step_overhead + self.seq_overhead * batch.num_seqs
+            seconds = cpu
             seconds += n_moe * moe_s + head_s
             flops = n_moe * moe_f + head_f
             traffic = n_moe * moe_b + head_b
@@ -823,12 +837,36 @@ class IterationTimer:
                 traffic += n_dense * layer[2]
             if seconds > slow_s:
                 slow_s, slow_f, slow_b = seconds, flops, traffic
+                slow_cpu, slow_batch = cpu, batch
         self.cache_lookups += 1
         if total in self._moe_experts:
             self.cache_hits += 1
         experts_s, experts_f, experts_b = self._moe_experts_cost(total)
         seconds = slow_s + n_moe * experts_s
+        if eager:
+            kernels = n_moe * self._layer_kernels(slow_batch, True)
+            kernels += n_dense * self._layer_kernels(slow_batch, False) + self.head_kernels
+            floor = kernels * self.launch_s
+            if seconds - slow_cpu < floor:
+                seconds = slow_cpu + floor
         return StepCost(seconds, slow_f + n_moe * experts_f, slow_b + n_moe * experts_b, (seconds,))
+
+    def _ranks_graph_size(self, batches: list[BatchShape]) -> tuple[int, bool]:
+        """The graph size the DP ranks replay together (0: none), and whether the step runs
+        eagerly with a launch floor."""
+        if self.cuda_graphs.mode == "off":
+            return 0, False
+        size = 0
+        for batch in batches:
+            if batch.num_tokens == 0:
+                continue
+            rank = self.cuda_graphs.graph_size(
+                batch.num_decode, batch.num_tokens, bool(batch.prefill)
+            )
+            if rank == 0:
+                return 0, self.launch_s > 0.0
+            size = max(size, rank)
+        return size, False
 
     def _decode_step(self, num_decode: int, context: int, num_sampled: int) -> StepCost | None:
         """:meth:`step` of a batch that only decodes, with the general path's operations in
