@@ -233,3 +233,33 @@ def test_attention_dp_step_runs_eagerly_when_one_rank_prefills() -> None:
         timer.step_overhead + 4 * timer.seq_overhead + decode_floor
     )
     assert cost > 2 * _ranks_timer().step_ranks(ranks).seconds
+
+
+def test_the_launch_floor_numbers_in_the_accuracy_doc() -> None:
+    """docs/accuracy.md (known error 3) quotes scripts/cuda_graph_floor.py's numbers: the
+    74-token TP8 prefill step of Llama-3.1-70B on H100, its kernels and its launch floor."""
+    from pathlib import Path
+
+    device = load_device("h100-sxm")
+    timer = IterationTimer(
+        load_model("llama-3.1-70b"),
+        device,
+        RooflineBackend(device, "bf16"),
+        Topology.build(device),
+        tensor_parallel=8,
+        dtype="bf16",
+        kv_dtype="bf16",
+    )
+    step = timer.step(BatchShape([(74, 0)], 0, 0, 1)).seconds
+    gpu = step - timer.step_overhead - timer.seq_overhead
+    kernels = timer.num_layers * (timer.dense_kernels + timer.prefill_attn_kernels)
+    kernels += timer.head_kernels
+    launch = device.efficiency.kernel_launch_us
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "accuracy.md").read_text()
+    doc = " ".join(doc.split())
+    expected = (
+        f"launches {kernels:,} kernels, {kernels * launch / 1e3:.1f} ms at {launch:.1f} µs, "
+        f"under its {gpu * 1e3:.1f} ms of GPU time"
+    )
+    assert expected in doc
+    assert f"bind only above {gpu / kernels * 1e6:.1f} µs per kernel" in doc
