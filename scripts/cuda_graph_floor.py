@@ -49,7 +49,8 @@ def main() -> None:
     kernels += timer.head_kernels
     print(f"{args.model} TP{args.tp} on {args.device}, one {args.tokens}-token prefill step:")
     print(f"  GPU time {gpu * 1e3:.1f} ms, {kernels} kernel launches")
-    print(f"  launch floor {kernels * policy.launch_s * 1e3:.1f} ms at {policy.launch_s * 1e6:.1f} µs")
+    floor_ms, launch_us = kernels * policy.launch_s * 1e3, policy.launch_s * 1e6
+    print(f"  launch floor {floor_ms:.1f} ms at {launch_us:.1f} µs")
     print(f"  eager step {eager * 1e3:.1f} ms (graphs off: {off * 1e3:.1f} ms)")
     print(f"  the floor binds above {gpu / kernels * 1e6:.1f} µs per kernel")
 
