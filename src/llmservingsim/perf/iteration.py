@@ -358,6 +358,7 @@ class IterationTimer:
         # perf.cuda_graphs: padded graph replays, or the kernel-launch floor of eager steps.
         self.cuda_graphs = CudaGraphPolicy.off() if cuda_graphs is None else cuda_graphs
         self.launch_s = self.cuda_graphs.launch_s
+        self._graphs_on = self.cuda_graphs.mode != "off"  # (one test per step when off)
         self._kernel_counts()
         self._layer: dict[int, _Cost] = {}
         self._moe_layer: dict[int, _Cost] = {}
@@ -399,9 +400,14 @@ class IterationTimer:
         self.moe_kernels = 0
         moe = graph.moe
         if moe is not None:
-            collectives_per_layer = (1 if tp > 1 else 0) + (
-                (1 if tp > 1 else 0) if self.ep == 1 else 2 + (2 if tp > 1 else 0)
-            )
+            # the attention all-reduce; then (EP = 1) the experts' all-reduce, or (EP > 1) the
+            # dispatch and combine all-to-alls, the all-gather, the shared experts' reduce-scatter
+            in_tp = 1 if tp > 1 else 0
+            if self.ep == 1:
+                collectives_per_layer = 2 * in_tp
+            else:
+                shared = 1 if moe.shared_intermediate else 0
+                collectives_per_layer = in_tp + 2 + in_tp + shared * in_tp
             self.moe_kernels = (
                 len(graph.attention_block_ops(1)) + len(moe.ffn_ops(1)) + collectives_per_layer
             )
@@ -751,7 +757,9 @@ class IterationTimer:
         if num_tokens == 0:
             return StepCost(0.0, 0.0, 0.0, (0.0,) * self.pp)
         # Under a captured graph the token-count kernels run at the padded size.
-        padded, eager = self._graph_tokens(batch, num_tokens)
+        padded, eager = num_tokens, False
+        if self._graphs_on:
+            padded, eager = self._graph_tokens(batch, num_tokens)
         layer_s, layer_f, layer_b = self._with_attention(self._layer_cost(padded), batch)
         head_s, head_f, head_b = self._head_cost(padded, batch.num_sampled)
         cpu = self.step_overhead + self.seq_overhead * batch.num_seqs
@@ -875,7 +883,9 @@ class IterationTimer:
         attn_f, attn_b = self.graph.decode_attention_work(num_decode, context)
         if attn_f <= 0.0:
             return None
-        padded = self.cuda_graphs.graph_size(num_decode, num_decode, False)
+        padded = 0
+        if self._graphs_on:
+            padded = self.cuda_graphs.graph_size(num_decode, num_decode, False)
         tokens = padded if padded else num_decode
         layer_s, layer_f, layer_b = self._layer_cost(tokens)
         assert self._scalar is not None
@@ -885,7 +895,7 @@ class IterationTimer:
         head_s, head_f, head_b = self._head_cost(tokens, num_sampled)
         n = self.num_layers
         cpu = self.step_overhead + self.seq_overhead * num_decode
-        if not padded and self.launch_s > 0.0:
+        if self._graphs_on and not padded and self.launch_s > 0.0:
             gpu = n * layer_s + head_s
             kernels = n * (self.dense_kernels + self.decode_attn_kernels) + self.head_kernels
             floor = kernels * self.launch_s
