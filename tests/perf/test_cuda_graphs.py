@@ -265,3 +265,29 @@ def test_the_launch_floor_numbers_in_the_accuracy_doc() -> None:
     )
     assert expected in doc
     assert f"bind only above {gpu / kernels * 1e6:.1f} µs per kernel" in doc
+
+
+def test_sliding_window_models_take_the_graphs_too() -> None:
+    """gpt-oss (sliding-window layers, MoE) steps pad under a graph and pay the launch floor
+    when eager, like every other model."""
+
+    def timer(policy: CudaGraphPolicy | None) -> IterationTimer:
+        return IterationTimer(
+            load_model("gpt-oss-20b"),
+            DEVICE,
+            RooflineBackend(DEVICE, "bf16"),
+            Topology.build(DEVICE),
+            tensor_parallel=1,
+            dtype="bf16",
+            kv_dtype="bf16",
+            cuda_graphs=policy,
+        )
+
+    off = timer(None)
+    assert off.window
+    assert timer(_policy("decode")).step(_decode(9)).seconds > off.step(_decode(9)).seconds
+    assert timer(_policy("decode")).step(_decode(16)).seconds == off.step(_decode(16)).seconds
+    eager = timer(_policy("eager", 1000.0))
+    kernels = eager.num_layers * (eager.moe_kernels + 1) + eager.head_kernels
+    host = eager.step_overhead + 4 * eager.seq_overhead
+    assert eager.step(_decode(4)).seconds == pytest.approx(host + kernels * 1e-3)
