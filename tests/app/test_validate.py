@@ -91,7 +91,8 @@ def test_rows_without_a_preset_take_the_kernel_fusion_of_their_engine() -> None:
         "perf.fusion.residual_into_norm=true",
         "perf.fusion.quant_into_producer=true",
     }
-    v0 = _scenario(_row(engine_version="0.6.0"))
+    assert "engine=vllm-0.6" in _scenario(_row(engine_version="0.6.0")).overrides
+    v0 = _scenario(_row(engine_version="0.5.0"))
     assert fusion(v0) == {
         "perf.fusion.rope_in_attention=false",
         "perf.fusion.residual_into_norm=true",

@@ -153,8 +153,9 @@ def engine_settings(row: dict[str, str], max_model_len: int) -> tuple[dict[str, 
 def engine_preset(row: dict[str, str]) -> str | None:
     """The ``engine:`` preset of the row's engine (its frontend and host model; the scheduler
     settings above still win): vLLM V1 at the preset version nearest below the row's,
-    TensorRT-LLM 1.x (the PyTorch backend the preset describes), SGLang; None otherwise (vLLM
-    V0 and older stacks, TensorRT-LLM's pre-1.0 C++ runtime: nothing of theirs is measured)."""
+    vLLM 0.6 and 0.7 (V0, the ``vllm-0.6`` preset: its CUDA graphs), TensorRT-LLM 1.x (the
+    PyTorch backend the preset describes), SGLang; None otherwise (older stacks, TensorRT-LLM's
+    pre-1.0 C++ runtime: nothing of theirs is measured)."""
     from llmservingsim.engine_presets import load_preset
 
     engine = row["engine"].lower()
@@ -163,8 +164,10 @@ def engine_preset(row: dict[str, str]) -> str | None:
         return "trtllm" if version is not None and version >= (1, 0) else None
     if "sglang" in engine:
         return "sglang"
-    if "vllm" not in engine or version is None or version < (0, 8):
+    if "vllm" not in engine or version is None or version < (0, 6):
         return None
+    if version < (0, 8):
+        return "vllm-0.6"
     known = sorted(_version(str(v)) or (0,) for v in load_preset("vllm")["versions"])
     below = [v for v in known if v <= version] or known[:1]
     return "vllm@" + ".".join(str(part) for part in below[-1])
@@ -175,9 +178,8 @@ def kernel_fusion(row: dict[str, str]) -> list[str]:
     engine launches the same kernels as one: TensorRT-LLM's pre-1.0 C++ runtime and rows of no
     stated version (its GPT attention plugin / op applies RoPE; the fp8 quantization and the
     residual add run inside the norm and activation) fuse what the ``trtllm`` preset fuses,
-    the vLLM V0 releases
-    (0.6 and earlier, the same fused_add_rms_norm / scaled_fp8_quant layers) what ``vllm-0.6``
-    does (docs/engines.md, "Kernel fusion")."""
+    the vLLM V0 releases before 0.6 (the same fused_add_rms_norm / scaled_fp8_quant layers)
+    what ``vllm-0.6`` does (docs/engines.md, "Kernel fusion")."""
     from llmservingsim.engine_presets import load_preset
 
     if engine_preset(row) is not None:
