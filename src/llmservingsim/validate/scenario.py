@@ -192,8 +192,9 @@ def engine_settings(row: dict[str, str], max_model_len: int) -> tuple[dict[str, 
 def engine_preset(row: dict[str, str]) -> str | None:
     """The ``engine:`` preset of the row's engine (its frontend and host model; the scheduler
     settings above still win): vLLM V1 at the preset version nearest below the row's,
-    TensorRT-LLM 1.x (the PyTorch backend the preset describes), SGLang; None otherwise (vLLM
-    V0 and older stacks, TensorRT-LLM's pre-1.0 C++ runtime: nothing of theirs is measured)."""
+    vLLM 0.6 and 0.7 (V0, the ``vllm-0.6`` preset: its CUDA graphs), TensorRT-LLM 1.x (the
+    PyTorch backend the preset describes), SGLang; None otherwise (older stacks, TensorRT-LLM's
+    pre-1.0 C++ runtime: nothing of theirs is measured)."""
     from llmservingsim.engine_presets import load_preset
 
     engine = row["engine"].lower()
@@ -202,8 +203,10 @@ def engine_preset(row: dict[str, str]) -> str | None:
         return "trtllm" if version is not None and version >= (1, 0) else None
     if "sglang" in engine:
         return "sglang"
-    if "vllm" not in engine or version is None or version < (0, 8):
+    if "vllm" not in engine or version is None or version < (0, 6):
         return None
+    if version < (0, 8):
+        return "vllm-0.6"
     known = sorted(_version(str(v)) or (0,) for v in load_preset("vllm")["versions"])
     below = [v for v in known if v <= version] or known[:1]
     return "vllm@" + ".".join(str(part) for part in below[-1])
