@@ -631,10 +631,15 @@ class IterationTimer:
             around = self._around_decode[num_seqs] = (costs[:at], costs[at + 1 :])
         return around
 
-    def step(self, batch: BatchShape) -> StepCost:
-        """Cost of one engine step on one device per stage of the instance."""
+    def step(self, batch: BatchShape, host: bool = True) -> StepCost:
+        """Cost of one engine step on one device per stage of the instance. ``host``: whether
+        the step pays the host's per-step work (scheduling, input preparation, output
+        processing); False for the later steps of a multi-step group (serving/instance.py),
+        which reuse the first step's."""
         if self._plain_decode and not batch.prefill and batch.num_decode:
-            cost = self._decode_step(batch.num_decode, batch.decode_context, batch.num_sampled)
+            cost = self._decode_step(
+                batch.num_decode, batch.decode_context, batch.num_sampled, host
+            )
             if cost is not None:
                 return cost
         num_tokens = batch.num_tokens
@@ -642,7 +647,7 @@ class IterationTimer:
             return StepCost(0.0, 0.0, 0.0, (0.0,) * self.pp)
         layer_s, layer_f, layer_b = self._with_attention(self._layer_cost(num_tokens), batch)
         head_s, head_f, head_b = self._head_cost(num_tokens, batch.num_sampled)
-        cpu = self.step_overhead + self.seq_overhead * batch.num_seqs
+        cpu = self.step_overhead + self.seq_overhead * batch.num_seqs if host else 0.0
         if self.num_moe_layers:
             dense = (layer_s, layer_f, layer_b)
             moe = self._with_attention(self._moe_layer_cost(num_tokens), batch)
@@ -707,7 +712,9 @@ class IterationTimer:
         seconds = slow_s + n_moe * experts_s
         return StepCost(seconds, slow_f + n_moe * experts_f, slow_b + n_moe * experts_b, (seconds,))
 
-    def _decode_step(self, num_decode: int, context: int, num_sampled: int) -> StepCost | None:
+    def _decode_step(
+        self, num_decode: int, context: int, num_sampled: int, host: bool = True
+    ) -> StepCost | None:
         """:meth:`step` of a batch that only decodes, with the general path's operations in
         its order (the most frequent step: every step between arrivals and finishes); None
         where attention has no FLOPs (the backend times that as a memory op, op by op)."""
@@ -721,7 +728,7 @@ class IterationTimer:
         layer_b += attn_b
         head_s, head_f, head_b = self._head_cost(num_decode, num_sampled)
         n = self.num_layers
-        cpu = self.step_overhead + self.seq_overhead * num_decode
+        cpu = self.step_overhead + self.seq_overhead * num_decode if host else 0.0
         if self.host_overlap:
             cpu = self._exposed_host(cpu, n * layer_s + head_s)
         seconds = cpu + n * layer_s + head_s

@@ -89,6 +89,9 @@ class Scheduler(ABC):
         # Resident LoRA adapters (multi-LoRA serving, serving/lora.py), or None.
         self.adapters: AdapterSlots | None = None
         self.steady: SteadyDecoders | None = None
+        # Multi-step scheduling (scheduler.num_scheduler_steps N): a decode reserves KV for
+        # the N tokens of a group (vLLM 0.6's N - 1 lookahead slots); 0 without.
+        self.decode_slots_ahead: int = cfg.num_scheduler_steps - 1
         # Where preemptions are logged (outputs.decisions: serving/instance.py sets it), or None.
         self.decisions: DecisionSite | None = None
         # Whether the block manager copies KV over the host link (an offload tier).
@@ -100,8 +103,11 @@ class Scheduler(ABC):
         """Handle steady decoders as a group from now on, where the policy and the block
         manager allow it (KV blocks that only grow, no per-request step changes); whether it
         does."""
+        # Multi-step groups (serving/instance.py) keep a batch for several steps as entries
+        # of their own: no steady group beside them.
         if not (
-            self._schedule_supports_steady()
+            self.decode_slots_ahead == 0
+            and self._schedule_supports_steady()
             and self.blocks.fast_forward_safe
             and self.blocks.allocation_only_grows
             and not self.running

@@ -96,6 +96,7 @@ class VllmScheduler(Scheduler):
         block_size = blocks.block_size
         only_grows = self.blocks.allocation_only_grows
         lookahead = self.lookahead
+        ahead = self.decode_slots_ahead
         while i < len(running) and budget > 0:
             seq = running[i]
             if lookahead:
@@ -103,10 +104,14 @@ class VllmScheduler(Scheduler):
             else:  # seq.remaining, inlined (hot: every running request, every step)
                 wanted = seq.spec.input_len + seq.generated - seq.num_computed
             num_new = wanted if wanted < budget else budget
+            reserve = num_new
+            if ahead and num_new == 1 and seq.generated > 0:
+                # Multi-step: KV for the group's tokens, never past the request's largest.
+                reserve = min(1 + ahead, seq.max_kv_tokens - seq.num_computed)
             # Most decode steps need no new block: then try_allocate would do nothing.
-            fits = only_grows and seq.num_computed + num_new <= len(seq.blocks) * block_size
+            fits = only_grows and seq.num_computed + reserve <= len(seq.blocks) * block_size
             preempted_itself = False
-            while not (fits or blocks.try_allocate(seq, num_new)):
+            while not (fits or blocks.try_allocate(seq, reserve)):
                 k = self.victim_index()
                 victim = running[k]
                 if k < i:
