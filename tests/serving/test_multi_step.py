@@ -238,3 +238,17 @@ def test_combinations_that_are_not_supported_are_refused(
 def test_bad_step_counts_are_config_errors(value: str) -> None:
     with pytest.raises(ConfigError, match="num_scheduler_steps"):
         load_config(None, [*BASE, f"scheduler.num_scheduler_steps={value}"])
+
+
+def test_clients_giving_up_mid_group_leave_it_and_free_their_kv() -> None:
+    # Every request times out while running: the long outputs never finish within 0.5 s.
+    cfg = config(
+        "scheduler.num_scheduler_steps=8",
+        "workload.num_requests=40",
+        "workload.arrival.rate=200",
+        "workload.timeout_s=0.5",
+        "workload.output_len={dist: uniform, min: 2000, max: 3000}",
+    )
+    result, rec = run(cfg)  # check_invariants: no KV left, every request accounted for once
+    assert result.summary["requests_timed_out"] == 40
+    assert all(s.end > s.start for s in rec.steps), "no empty steps after the group emptied"

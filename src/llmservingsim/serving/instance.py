@@ -739,7 +739,7 @@ class Instance:
                     finished.append(seq)
         itl.add(gap, gaps)
         ve.in_flight = []
-        if ve.group or ve.held:
+        if ve.group_left or ve.group or ve.held:
             finished = self._group_step_done(ve, finished)
         ve.scheduler.step_done(now, finished)
         ve.busy = False
