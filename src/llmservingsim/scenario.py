@@ -213,6 +213,8 @@ def _check_multi_step(cfg: SimConfig, pools: list[PoolConfig]) -> None:
             "decoding is not supported with multi-step')"
         )
     unsupported = {
+        # vLLM V1's one-step-late joining; V0 had no such thing and groups set when to join.
+        "frontend.async_scheduling": cfg.frontend.enabled and cfg.frontend.async_scheduling,
         "LoRA adapters": uses_lora(cfg),
         "pim.enabled": cfg.pim.enabled,
         "pipeline_parallel > 1": any(p.pipeline_parallel > 1 for p in pools),

@@ -215,6 +215,7 @@ def test_one_step_is_the_engine_without_groups(tmp_path: Path) -> None:
         (("scheduler.policy=no_evict",), "not yet supported"),
         (("speculative.method=ngram",), "not supported by vLLM 0.6"),
         (("cluster.pipeline_parallel=2",), "not yet supported"),
+        (("frontend.enabled=true", "frontend.async_scheduling=true"), "not yet supported"),
     ],
 )
 def test_combinations_that_are_not_supported_are_refused(
@@ -252,3 +253,47 @@ def test_clients_giving_up_mid_group_leave_it_and_free_their_kv() -> None:
     result, rec = run(cfg)  # check_invariants: no KV left, every request accounted for once
     assert result.summary["requests_timed_out"] == 40
     assert all(s.end > s.start for s in rec.steps), "no empty steps after the group emptied"
+
+
+class KvRoom(EngineHooks):
+    """After every step: each running request has KV blocks for every token it computed."""
+
+    every_step = True
+
+    def __init__(self) -> None:
+        self.checked = 0
+
+    def after_end(self, instance: Instance, engine_index: int, now: float) -> None:
+        for ve in instance.virtual_engines:
+            blocks = ve.scheduler.blocks
+            for seq in ve.scheduler.running:
+                assert seq.num_computed <= len(seq.blocks) * blocks.block_size, seq.id
+                self.checked += 1
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        # Decode instances admit handed-over requests as decodes (one token to compute).
+        (
+            "cluster.pools=[{name: prefill, role: prefill, count: 1}, "
+            "{name: decode, role: decode, count: 1}]",
+            "scheduler.num_gpu_blocks_override=600",
+        ),
+        # Swapped-out requests resume as decodes.
+        ("scheduler.preemption=swap", "scheduler.num_gpu_blocks_override=300"),
+    ],
+)
+def test_requests_resuming_as_decodes_reserve_the_groups_kv(sets: tuple[str, ...]) -> None:
+    cfg = config(
+        "scheduler.num_scheduler_steps=8",
+        "workload.num_requests=150",
+        "workload.arrival.rate=60",
+        "seed=2",
+        *sets,
+    )
+    room = KvRoom()
+    with observing(room):
+        result = simulate(cfg, check_invariants=True)
+    assert room.checked > 0
+    assert result.summary["requests_completed"] == 150

@@ -195,6 +195,16 @@ class Scheduler(ABC):
             return 1 + min(self.lookahead, seq.spec.output_len - seq.generated - 1)
         return seq.remaining
 
+    def kv_tokens(self, seq: Sequence, computed: int, num_new: int) -> int:
+        """KV tokens to hold room for when ``seq``, at ``computed`` tokens, computes ``num_new``
+        this step: ``num_new``, or for a decode under multi-step scheduling the tokens of the
+        whole group (vLLM 0.6's ``num_scheduler_steps - 1`` lookahead slots), never past the
+        request's largest KV."""
+        ahead = self.decode_slots_ahead
+        if ahead and num_new == 1 and seq.generated > 0:
+            return min(1 + ahead, seq.max_kv_tokens - computed)
+        return num_new
+
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 

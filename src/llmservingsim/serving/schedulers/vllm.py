@@ -104,10 +104,7 @@ class VllmScheduler(Scheduler):
             else:  # seq.remaining, inlined (hot: every running request, every step)
                 wanted = seq.spec.input_len + seq.generated - seq.num_computed
             num_new = wanted if wanted < budget else budget
-            reserve = num_new
-            if ahead and num_new == 1 and seq.generated > 0:
-                # Multi-step: KV for the group's tokens, never past the request's largest.
-                reserve = min(1 + ahead, seq.max_kv_tokens - seq.num_computed)
+            reserve = self.kv_tokens(seq, seq.num_computed, num_new) if ahead else num_new
             # Most decode steps need no new block: then try_allocate would do nothing.
             fits = only_grows and seq.num_computed + reserve <= len(seq.blocks) * block_size
             preempted_itself = False
@@ -156,16 +153,19 @@ class VllmScheduler(Scheduler):
             num_new = self.prefill_tokens(seq, hit, budget, step_is_empty=not (entries or steady))
             if num_new == 0:
                 break
-            if not blocks.can_allocate(seq, num_new, hit):
+            # A request resuming with one token to compute (swapped in, KV handed over)
+            # decodes: under multi-step it reserves the group's tokens too.
+            reserve = self.kv_tokens(seq, hit.tokens, num_new) if ahead else num_new
+            if not blocks.can_allocate(seq, reserve, hit):
                 lower = self.victim_for(seq)
                 if lower is None or blocks.extra_blocks(
-                    seq, num_new, hit
+                    seq, reserve, hit
                 ) > blocks.num_free + self.lower_blocks(seq):
                     break
                 floor = lower.spec.priority if floor is None else min(floor, lower.spec.priority)
                 budget += self.evict(lower, entries, seq)
                 continue
-            self.admit(seq, num_new, hit)
+            self.admit(seq, reserve, hit)
             entries.append((seq, num_new))
             budget -= num_new
         if skipped:
