@@ -35,6 +35,8 @@ class BatchShape:
     ``prefill`` holds (new_tokens, cached_tokens) per sequence that is (re)filling its prompt;
     decode sequences are summarised by their count and their summed context (attended tokens).
     A speculative verify pass is a prefill chunk too; ``num_verify`` counts its tokens.
+    ``decode_local_context`` is what a sliding-window layer attends: the sum of
+    min(context, window) over the decode sequences (0 when the model has no such layers).
     """
 
     prefill: list[tuple[int, int]]
@@ -42,6 +44,7 @@ class BatchShape:
     decode_context: int
     num_sampled: int
     num_verify: int  # speculative verify tokens among the prefill chunks (metrics only)
+    decode_local_context: int
 
     def __init__(
         self,
@@ -50,12 +53,14 @@ class BatchShape:
         decode_context: int = 0,
         num_sampled: int = 0,
         num_verify: int = 0,
+        decode_local_context: int = 0,
     ) -> None:
         self.prefill: list[tuple[int, int]] = list() if prefill is None else prefill
         self.num_decode = num_decode
         self.decode_context = decode_context
         self.num_sampled = num_sampled
         self.num_verify = num_verify
+        self.decode_local_context = decode_local_context
 
     def __repr__(self) -> str:
         return (
@@ -64,7 +69,8 @@ class BatchShape:
             f"num_decode={self.num_decode!r}, "
             f"decode_context={self.decode_context!r}, "
             f"num_sampled={self.num_sampled!r}, "
-            f"num_verify={self.num_verify!r}"
+            f"num_verify={self.num_verify!r}, "
+            f"decode_local_context={self.decode_local_context!r}"
             ")"
         )
 
@@ -77,12 +83,14 @@ class BatchShape:
             self.decode_context,
             self.num_sampled,
             self.num_verify,
+            self.decode_local_context,
         ) == (
             other.prefill,
             other.num_decode,
             other.decode_context,
             other.num_sampled,
             other.num_verify,
+            other.decode_local_context,
         )
 
     @property
@@ -248,6 +256,52 @@ def _pair_key(first: int, second: int) -> int:
     return (first << 31) | second
 
 
+class CudaGraphPolicy:
+    """Which steps replay a captured CUDA graph and at what padded size (perf.cuda_graphs).
+
+    ``mode``: off (not modelled), eager, decode (pure-decode steps only, counted in
+    sequences), piecewise (any step, counted in tokens). ``sizes``: the captured sizes,
+    ascending; ``padding``: round a batch up to the next one (else only exact sizes replay).
+    ``launch_s``: host seconds per kernel launch of an eager step (0: no floor).
+    """
+
+    mode: str
+    launch_s: float
+    _pad: list[int]
+
+    def __init__(self, mode: str, sizes: tuple[int, ...], padding: bool, launch_s: float) -> None:
+        self.mode = mode
+        self.launch_s = launch_s if mode != "off" else 0.0
+        # _pad[n]: the graph size a batch of n runs at; 0: it runs eagerly.
+        top = sizes[-1] if mode in ("decode", "piecewise") and sizes else 0
+        pad = [0] * (top + 1)
+        if top:
+            if padding:
+                at = 0
+                for n in range(1, top + 1):
+                    while sizes[at] < n:
+                        at += 1
+                    pad[n] = sizes[at]
+            else:
+                for size in sizes:
+                    pad[size] = size
+        self._pad = pad
+
+    @staticmethod
+    def off() -> CudaGraphPolicy:
+        return CudaGraphPolicy("off", (), True, 0.0)
+
+    def graph_size(self, num_decode: int, num_tokens: int, has_prefill: bool) -> int:
+        """The padded token count the step's graph runs at, or 0 where it runs eagerly."""
+        if self.mode == "decode":
+            if has_prefill or num_decode >= len(self._pad):
+                return 0
+            return self._pad[num_decode]
+        if self.mode == "piecewise" and num_tokens < len(self._pad):
+            return self._pad[num_tokens]
+        return 0
+
+
 class IterationTimer:
     repeatable: ClassVar[bool] = True
     """Whether :meth:`step` depends only on the batch (apart from the memo counters), so the
@@ -270,6 +324,7 @@ class IterationTimer:
         host_overhead_s: tuple[float, float] | None = None,
         host_overlap: bool = False,
         data_parallel: int = 1,
+        cuda_graphs: CudaGraphPolicy | None = None,
     ) -> None:
         self.graph = OpGraph(
             spec,
@@ -298,6 +353,21 @@ class IterationTimer:
             first += count
         self.stage_moe_layers = tuple(moe_layers)
         self.num_moe_layers = spec.num_moe_layers
+        # Sliding-window layers (gpt-oss): their attention sees min(context, window) tokens
+        # per sequence; each stage's (dense, MoE) × (full, sliding) layer counts (_local_step).
+        self.window = spec.sliding_window if spec.has_sliding_layers else 0
+        kinds, first = [], 0
+        for count in self.stage_layers:
+            layers = range(first, first + count)
+            moe_sliding = sum(spec.is_moe_layer(i) and spec.is_sliding_layer(i) for i in layers)
+            sliding = sum(spec.is_sliding_layer(i) for i in layers)
+            moe = sum(spec.is_moe_layer(i) for i in layers)
+            dense_sliding = sliding - moe_sliding
+            kinds.append(
+                (count - moe - dense_sliding, dense_sliding, moe - moe_sliding, moe_sliding)
+            )
+            first += count
+        self.stage_layer_kinds: tuple[tuple[int, int, int, int], ...] = tuple(kinds)
         self.activation_bytes = 2 * spec.hidden_size * self.graph.act_bytes  # hidden + residual
         eff = device.efficiency
         self.step_overhead = eff.iteration_overhead_us * 1e-6
@@ -308,6 +378,11 @@ class IterationTimer:
         # (TensorRT-LLM's overlap scheduler, SGLang's overlap scheduler), so a step takes
         # max(GPU, host) instead of their sum.
         self.host_overlap = host_overlap
+        # perf.cuda_graphs: padded graph replays, or the kernel-launch floor of eager steps.
+        self.cuda_graphs = CudaGraphPolicy.off() if cuda_graphs is None else cuda_graphs
+        self.launch_s = self.cuda_graphs.launch_s
+        self._graphs_on = self.cuda_graphs.mode != "off"  # (one test per step when off)
+        self._kernel_counts()
         self._layer: dict[int, _Cost] = {}
         self._moe_layer: dict[int, _Cost] = {}
         self._moe_rank: dict[int, _Cost] = {}
@@ -316,6 +391,7 @@ class IterationTimer:
         self._embedding: dict[int, tuple[_Cost, ...]] = {}  # each head op by the count it needs
         self._output: dict[int, tuple[_Cost, ...]] = {}
         self._prefill_attn: dict[int, _Cost] = {}  # by _pair_key(new tokens, context)
+        self._prefill_local: dict[int, _Cost] = {}  # the same, sliding-window layers
         self._sends: dict[int, tuple[float, ...]] = {}
         # MLA's absorption GEMMs before / after decode attention, by batch size (fast path).
         self._around_decode: dict[int, tuple[tuple[_Cost, ...], tuple[_Cost, ...]]] = {}
@@ -337,7 +413,68 @@ class IterationTimer:
             and self.graph.mla is None
             and not self.num_moe_layers
             and self.pp == 1
+            and not self.window
         )
+
+    def _kernel_counts(self) -> None:
+        """Kernels one eager step launches per layer kind, per attention kind and in the head:
+        one per op of the op graph, and one per collective (a NCCL or custom all-reduce is a
+        kernel launch too). All prefill chunks of a step share one varlen attention call."""
+        graph, tp = self.graph, self.tp
+        self.dense_kernels = len(graph.dense_layer_ops(1)) + (2 if tp > 1 else 0)
+        self.moe_kernels = 0
+        moe = graph.moe
+        if moe is not None:
+            # the attention all-reduce; then (EP = 1) the experts' all-reduce, or (EP > 1) the
+            # dispatch and combine all-to-alls, the all-gather, the shared experts' reduce-scatter
+            in_tp = 1 if tp > 1 else 0
+            if self.ep == 1:
+                collectives_per_layer = 2 * in_tp
+            else:
+                shared = 1 if moe.shared_intermediate else 0
+                collectives_per_layer = in_tp + 2 + in_tp + shared * in_tp
+            self.moe_kernels = (
+                len(graph.attention_block_ops(1)) + len(moe.ffn_ops(1)) + collectives_per_layer
+            )
+        self.prefill_attn_kernels = len(graph.prefill_attention_ops(1, 0))
+        self.decode_attn_kernels = len(graph.decode_attention_ops(1, 1))
+        self.head_kernels = len(graph.embedding_ops(1)) + len(graph.output_ops(1))
+
+    def _layer_kernels(self, batch: BatchShape, moe: bool) -> int:
+        kernels = self.moe_kernels if moe else self.dense_kernels
+        if batch.prefill:
+            kernels += self.prefill_attn_kernels
+        if batch.num_decode:
+            kernels += self.decode_attn_kernels
+        return kernels
+
+    def _graph_tokens(self, batch: BatchShape, num_tokens: int) -> tuple[int, bool]:
+        """The token count the step's GEMMs and elementwise kernels run at, and whether it
+        runs eagerly (pays the launch floor)."""
+        size = self.cuda_graphs.graph_size(batch.num_decode, num_tokens, bool(batch.prefill))
+        if size:
+            return size, False
+        return num_tokens, self.launch_s > 0.0
+
+    def _stages_floor(self, stages: list[float], batch: BatchShape, head_s: float) -> None:
+        """Each stage of an eager step takes at least its kernels' launch time: the host
+        enqueues kernels asynchronously, so over a stage the GPU waits only where the
+        launches, summed, outrun the kernels, summed (docs/engines.md, "CUDA graphs"). The
+        last stage also runs the head (``head_s``, added by the caller)."""
+        dense_k = self._layer_kernels(batch, False)
+        moe_k = self._layer_kernels(batch, True)
+        last = len(stages) - 1
+        for i, (layers, moe_layers) in enumerate(
+            zip(self.stage_layers, self.stage_moe_layers, strict=True)
+        ):
+            kernels = (layers - moe_layers) * dense_k + moe_layers * moe_k
+            head = 0.0
+            if i == last:
+                kernels += self.head_kernels
+                head = head_s
+            floor = kernels * self.launch_s
+            if stages[i] + head < floor:
+                stages[i] = floor - head
 
     @property
     def cache_hit_rate(self) -> float:
@@ -353,6 +490,14 @@ class IterationTimer:
         """
         lookups, hits = self.cache_lookups, self.cache_hits
         contexts = first.decode_context + first.num_decode * np.arange(1, max(1, steps))
+        local = first.decode_local_context
+        if self.window and local != first.num_decode * self.window:
+            # Only sequences past the window keep min(context, window) fixed as they grow;
+            # steady decoders (serving/steady.py) admit only those for such models.
+            raise ValueError(
+                f"decode run of {first.num_decode} sequences attending {local} tokens in "
+                f"sliding-window layers: not all past the {self.window}-token window"
+            )
         per_lookups = per_hits = 0
         if contexts.size and self._repeats_as_arrays(first):
             # The arrays look up the memo exactly as one step does.
@@ -361,7 +506,8 @@ class IterationTimer:
         else:
             each = []
             for ctx in contexts.tolist():
-                each.append(self.step(BatchShape([], first.num_decode, ctx, first.num_sampled)))
+                batch = BatchShape([], first.num_decode, ctx, first.num_sampled, 0, local)
+                each.append(self.step(batch))
                 if len(each) == 1:
                     per_lookups, per_hits = self.cache_lookups - lookups, self.cache_hits - hits
             costs = StepCosts.of(each)
@@ -375,6 +521,7 @@ class IterationTimer:
             self._vector is not None
             and self.pp == 1
             and not self.num_moe_layers
+            and not self.window
             and self.graph.mla is None
             and not first.prefill
             and first.num_decode > 0
@@ -384,14 +531,18 @@ class IterationTimer:
         """:meth:`step` for decode batches like ``first`` with these contexts (all > 0), as
         arrays: the same operations in the same order, so the same results."""
         assert self._vector is not None
-        num_tokens = first.num_tokens
+        num_tokens, eager = self._graph_tokens(first, first.num_tokens)
         base_s, base_f, base_b = self._layer_cost(num_tokens)
         head_s, head_f, head_b = self._head_cost(num_tokens, first.num_sampled)
         attn_f, attn_b = self._decode_attention_work_each(first.num_decode, contexts)
         layer_s = base_s + self._vector.decode_attention_times(attn_f, attn_b)
         cpu = self.step_overhead + self.seq_overhead * first.num_seqs
         n = self.num_layers
-        if self.host_overlap:
+        if eager:
+            kernels = n * self._layer_kernels(first, False) + self.head_kernels
+            gpu = np.maximum(n * layer_s + head_s, kernels * self.launch_s)
+            seconds = gpu + np.maximum(cpu - gpu, 0.0) if self.host_overlap else cpu + gpu
+        elif self.host_overlap:
             gpu = n * layer_s + head_s
             seconds = gpu + np.maximum(cpu - gpu, 0.0)
         else:
@@ -542,14 +693,13 @@ class IterationTimer:
     def _each_op_cost(self, ops: list[Op]) -> tuple[_Cost, ...]:
         return tuple((self.backend.time(op), op.flops, op.bytes) for op in ops)
 
-    def _prefill_cost(self, new: int, ctx: int) -> _Cost:
+    def _prefill_cost(self, new: int, ctx: int, window: int = 0) -> _Cost:
         key = _pair_key(new, ctx)
         self.cache_lookups += 1
-        cost = self._prefill_attn.get(key)
+        memo = self._prefill_local if window else self._prefill_attn
+        cost = memo.get(key)
         if cost is None:
-            cost = self._prefill_attn[key] = self._ops_cost(
-                self.graph.prefill_attention_ops(new, ctx)
-            )
+            cost = memo[key] = self._ops_cost(self.graph.prefill_attention_ops(new, ctx, window))
         else:
             self.cache_hits += 1
         return cost
@@ -568,18 +718,18 @@ class IterationTimer:
             )
         return sends
 
-    def _with_attention(self, base: _Cost, batch: BatchShape) -> _Cost:
-        """A layer's cost plus its attention for the batch: each prefill chunk, then decode."""
+    def _with_attention(self, base: _Cost, batch: BatchShape, window: int = 0) -> _Cost:
+        """A layer's cost plus its attention for the batch: each prefill chunk, then decode;
+        ``window`` > 0: a sliding-window layer's attention."""
         seconds, flops, traffic = base
         for new, ctx in batch.prefill:
-            attn_s, attn_f, attn_b = self._prefill_cost(new, ctx)
+            attn_s, attn_f, attn_b = self._prefill_cost(new, ctx, window)
             seconds += attn_s
             flops += attn_f
             traffic += attn_b
         if batch.num_decode:
-            return self._add_decode_attention(
-                seconds, flops, traffic, batch.num_decode, batch.decode_context
-            )
+            context = batch.decode_local_context if window else batch.decode_context
+            return self._add_decode_attention(seconds, flops, traffic, batch.num_decode, context)
         return seconds, flops, traffic
 
     def _add_decode_attention(
@@ -645,22 +795,39 @@ class IterationTimer:
         num_tokens = batch.num_tokens
         if num_tokens == 0:
             return StepCost(0.0, 0.0, 0.0, (0.0,) * self.pp)
-        layer_s, layer_f, layer_b = self._with_attention(self._layer_cost(num_tokens), batch)
-        head_s, head_f, head_b = self._head_cost(num_tokens, batch.num_sampled)
+        # Under a captured graph the token-count kernels run at the padded size.
+        padded, eager = num_tokens, False
+        if self._graphs_on:
+            padded, eager = self._graph_tokens(batch, num_tokens)
+        if self.window:
+            return self._local_step(batch, padded, eager, host)
+        layer_s, layer_f, layer_b = self._with_attention(self._layer_cost(padded), batch)
+        head_s, head_f, head_b = self._head_cost(padded, batch.num_sampled)
         cpu = self.step_overhead + self.seq_overhead * batch.num_seqs if host else 0.0
         if self.num_moe_layers:
             dense = (layer_s, layer_f, layer_b)
-            moe = self._with_attention(self._moe_layer_cost(num_tokens), batch)
-            return self._moe_step(num_tokens, dense, moe, (head_s, head_f, head_b), cpu)
+            moe = self._with_attention(self._moe_layer_cost(padded), batch)
+            return self._moe_step(
+                num_tokens, dense, moe, (head_s, head_f, head_b), cpu, batch if eager else None
+            )
         n = self.num_layers
         flops, traffic = n * layer_f + head_f, n * layer_b + head_b
         if self.pp == 1:
+            if eager:
+                gpu = n * layer_s + head_s
+                floor = (n * self._layer_kernels(batch, False) + self.head_kernels) * self.launch_s
+                if gpu < floor:
+                    gpu = floor
+                seconds = self._exposed_host(cpu, gpu) + gpu
+                return StepCost(seconds, flops, traffic, (seconds,))
             if self.host_overlap:
                 cpu = self._exposed_host(cpu, n * layer_s + head_s)
             seconds = cpu + n * layer_s + head_s
             return StepCost(seconds, flops, traffic, (seconds,))
         # The CPU prepares the batch before stage 0; the last stage runs the LM head.
         stages = [layers * layer_s for layers in self.stage_layers]
+        if eager:
+            self._stages_floor(stages, batch, head_s)
         if self.host_overlap:
             gpu = sum_in_order(stages) + head_s + sum_in_order(list(self._stage_sends(num_tokens)))
             cpu = self._exposed_host(cpu, gpu)
@@ -676,7 +843,11 @@ class IterationTimer:
         so it sets no pace). Each rank runs its host work, dense layers, attention, its part
         of every MoE layer and the head on its own batch; the slowest rank sets the pace, and
         every MoE layer adds the routed experts on the union of the ranks' tokens (all
-        devices wait for the all-to-all). FLOPs and bytes: one device of the slowest rank."""
+        devices wait for the all-to-all). FLOPs and bytes: one device of the slowest rank.
+
+        CUDA graphs (perf.cuda_graphs): the ranks replay one graph together, at the largest
+        padded size any busy rank needs, or all run eagerly when one of them cannot replay;
+        an eager step then takes at least the slowest rank's kernel launches."""
         total = 0
         for batch in batches:
             total += batch.num_tokens
@@ -684,33 +855,130 @@ class IterationTimer:
             return StepCost(0.0, 0.0, 0.0, (0.0,))
         n_moe = self.num_moe_layers
         n_dense = self.num_layers - n_moe
+        size, eager = self._ranks_graph_size(batches)
+        if size:
+            total = 0
+            for batch in batches:
+                total += size if batch.num_tokens else 0
+        # Sliding-window layers of each kind (their attention: min(context, window) tokens).
+        local_dense = local_moe = 0
+        for kinds in self.stage_layer_kinds:
+            local_dense += kinds[1]
+            local_moe += kinds[3]
         slow_s = slow_f = slow_b = -1.0
+        slow_cpu = 0.0
+        slow_batch = batches[0]
         for batch in batches:
             num_tokens = batch.num_tokens
             if num_tokens == 0:
                 continue
+            if size:
+                num_tokens = size
             self.cache_lookups += 1
             if num_tokens in self._moe_rank:
                 self.cache_hits += 1
-            moe_s, moe_f, moe_b = self._with_attention(self._moe_rank_cost(num_tokens), batch)
+            rank = self._moe_rank_cost(num_tokens)
+            moe_s, moe_f, moe_b = self._with_attention(rank, batch)
             head_s, head_f, head_b = self._head_cost(num_tokens, batch.num_sampled)
-            seconds = self.step_overhead + self.seq_overhead * batch.num_seqs
-            seconds += n_moe * moe_s + head_s
-            flops = n_moe * moe_f + head_f
-            traffic = n_moe * moe_b + head_b
+            cpu = self.step_overhead + self.seq_overhead * batch.num_seqs
+            seconds = cpu
+            full_moe = n_moe - local_moe
+            seconds += full_moe * moe_s + head_s
+            flops = full_moe * moe_f + head_f
+            traffic = full_moe * moe_b + head_b
+            if local_moe:
+                local = self._with_attention(rank, batch, self.window)
+                seconds += local_moe * local[0]
+                flops += local_moe * local[1]
+                traffic += local_moe * local[2]
             if n_dense:
-                layer = self._with_attention(self._layer_cost(num_tokens), batch)
-                seconds += n_dense * layer[0]
-                flops += n_dense * layer[1]
-                traffic += n_dense * layer[2]
+                base = self._layer_cost(num_tokens)
+                full_dense = n_dense - local_dense
+                layer = self._with_attention(base, batch)
+                seconds += full_dense * layer[0]
+                flops += full_dense * layer[1]
+                traffic += full_dense * layer[2]
+                if local_dense:
+                    local = self._with_attention(base, batch, self.window)
+                    seconds += local_dense * local[0]
+                    flops += local_dense * local[1]
+                    traffic += local_dense * local[2]
             if seconds > slow_s:
                 slow_s, slow_f, slow_b = seconds, flops, traffic
+                slow_cpu, slow_batch = cpu, batch
         self.cache_lookups += 1
         if total in self._moe_experts:
             self.cache_hits += 1
         experts_s, experts_f, experts_b = self._moe_experts_cost(total)
         seconds = slow_s + n_moe * experts_s
+        if eager:
+            kernels = n_moe * self._layer_kernels(slow_batch, True)
+            kernels += n_dense * self._layer_kernels(slow_batch, False) + self.head_kernels
+            floor = kernels * self.launch_s
+            if seconds - slow_cpu < floor:
+                seconds = slow_cpu + floor
         return StepCost(seconds, slow_f + n_moe * experts_f, slow_b + n_moe * experts_b, (seconds,))
+
+    def _ranks_graph_size(self, batches: list[BatchShape]) -> tuple[int, bool]:
+        """The graph size the DP ranks replay together (0: none), and whether the step runs
+        eagerly with a launch floor."""
+        if self.cuda_graphs.mode == "off":
+            return 0, False
+        size = 0
+        for batch in batches:
+            if batch.num_tokens == 0:
+                continue
+            rank = self.cuda_graphs.graph_size(
+                batch.num_decode, batch.num_tokens, bool(batch.prefill)
+            )
+            if rank == 0:
+                return 0, self.launch_s > 0.0
+            size = max(size, rank)
+        return size, False
+
+    def _local_step(
+        self, batch: BatchShape, padded: int, eager: bool, host: bool = True
+    ) -> StepCost:
+        """:meth:`step` of a model with sliding-window layers: every stage's layers of each
+        kind (dense or MoE, full or sliding-window attention), each kind timed once. Its
+        token-count kernels run at ``padded`` tokens (a CUDA graph's size); ``eager``: each
+        stage pays the kernel-launch floor."""
+        num_tokens = batch.num_tokens
+        window = self.window
+        totals = [0, 0, 0, 0]  # dense full, dense sliding, MoE full, MoE sliding
+        for kinds in self.stage_layer_kinds:
+            for k in range(4):
+                totals[k] += kinds[k]
+        zero: _Cost = (0.0, 0.0, 0.0)
+        dense = self._layer_cost(padded) if totals[0] or totals[1] else zero
+        moe = self._moe_layer_cost(padded) if totals[2] or totals[3] else zero
+        each = (
+            self._with_attention(dense, batch) if totals[0] else zero,
+            self._with_attention(dense, batch, window) if totals[1] else zero,
+            self._with_attention(moe, batch) if totals[2] else zero,
+            self._with_attention(moe, batch, window) if totals[3] else zero,
+        )
+        head_s, head_f, head_b = self._head_cost(padded, batch.num_sampled)
+        flops, traffic = head_f, head_b
+        for k in range(4):
+            flops += totals[k] * each[k][1]
+            traffic += totals[k] * each[k][2]
+        stages = [
+            sum_in_order([kinds[k] * each[k][0] for k in range(4)])
+            for kinds in self.stage_layer_kinds
+        ]
+        if eager:
+            self._stages_floor(stages, batch, head_s)
+        cpu = self.step_overhead + self.seq_overhead * batch.num_seqs if host else 0.0
+        sends = self._stage_sends(num_tokens)
+        if self.host_overlap:
+            gpu = sum_in_order(stages) + head_s + sum_in_order(list(sends))
+            cpu = self._exposed_host(cpu, gpu)
+        stages[0] += cpu
+        stages[-1] += head_s
+        for i, send_s in enumerate(sends):
+            stages[i] += send_s
+        return StepCost(sum_in_order(stages), flops, traffic, tuple(stages))
 
     def _decode_step(
         self, num_decode: int, context: int, num_sampled: int, host: bool = True
@@ -721,23 +989,42 @@ class IterationTimer:
         attn_f, attn_b = self.graph.decode_attention_work(num_decode, context)
         if attn_f <= 0.0:
             return None
-        layer_s, layer_f, layer_b = self._layer_cost(num_decode)
+        padded = 0
+        if self._graphs_on:
+            padded = self.cuda_graphs.graph_size(num_decode, num_decode, False)
+        tokens = padded if padded else num_decode
+        layer_s, layer_f, layer_b = self._layer_cost(tokens)
         assert self._scalar is not None
         layer_s += self._scalar.decode_attention_time(attn_f, attn_b)
         layer_f += attn_f
         layer_b += attn_b
-        head_s, head_f, head_b = self._head_cost(num_decode, num_sampled)
+        head_s, head_f, head_b = self._head_cost(tokens, num_sampled)
         n = self.num_layers
         cpu = self.step_overhead + self.seq_overhead * num_decode if host else 0.0
+        if self._graphs_on and not padded and self.launch_s > 0.0:
+            gpu = n * layer_s + head_s
+            kernels = n * (self.dense_kernels + self.decode_attn_kernels) + self.head_kernels
+            floor = kernels * self.launch_s
+            if gpu < floor:
+                gpu = floor
+            seconds = self._exposed_host(cpu, gpu) + gpu
+            return StepCost(seconds, n * layer_f + head_f, n * layer_b + head_b, (seconds,))
         if self.host_overlap:
             cpu = self._exposed_host(cpu, n * layer_s + head_s)
         seconds = cpu + n * layer_s + head_s
         return StepCost(seconds, n * layer_f + head_f, n * layer_b + head_b, (seconds,))
 
     def _moe_step(
-        self, num_tokens: int, dense: _Cost, moe: _Cost, head: _Cost, cpu: float
+        self,
+        num_tokens: int,
+        dense: _Cost,
+        moe: _Cost,
+        head: _Cost,
+        cpu: float,
+        eager: BatchShape | None = None,
     ) -> StepCost:
-        """Stages mix dense and MoE layers (each stage: its count of each kind)."""
+        """Stages mix dense and MoE layers (each stage: its count of each kind). ``eager``: the
+        batch of a step that runs eagerly (each stage pays the kernel-launch floor)."""
         n_moe = self.num_moe_layers
         n_dense = self.num_layers - n_moe
         flops = n_dense * dense[1] + n_moe * moe[1] + head[1]
@@ -746,6 +1033,8 @@ class IterationTimer:
             (layers - moe_layers) * dense[0] + moe_layers * moe[0]
             for layers, moe_layers in zip(self.stage_layers, self.stage_moe_layers, strict=True)
         ]
+        if eager is not None:
+            self._stages_floor(stages, eager, head[0])
         if self.host_overlap:
             gpu = sum_in_order(stages) + head[0] + sum_in_order(list(self._stage_sends(num_tokens)))
             cpu = self._exposed_host(cpu, gpu)

@@ -70,7 +70,14 @@ MODELS = (
     ModelRule(r"llama-2-70b", "llama-2-70b"),
     ModelRule(r"llama-2-13b", "llama-2-13b"),
     ModelRule(r"llama-2-7b", "llama-2-7b"),
+    ModelRule(r"gpt-oss-120b", "gpt-oss-120b"),
+    ModelRule(r"gpt-oss-20b", "gpt-oss-20b"),
 )
+
+# Models published with MXFP4 experts (gpt-oss: ``quantization_config.quant_method`` mxfp4,
+# attention, router, embeddings and LM head left in bf16). Their rows say "fp4"; the closest
+# setting is int4 weight-only with a 16-bit KV cache (docs/models.md), not NVFP4 compute.
+MXFP4_MODELS = re.compile(r"gpt-oss")
 
 HARDWARE = (
     (r"^h100( sxm)?( 80gb)?$", "h100-sxm"),
@@ -148,8 +155,9 @@ def engine_settings(row: dict[str, str], max_model_len: int) -> tuple[dict[str, 
 def engine_preset(row: dict[str, str]) -> str | None:
     """The ``engine:`` preset of the row's engine (its frontend and host model; the scheduler
     settings above still win): vLLM V1 at the preset version nearest below the row's,
-    TensorRT-LLM 1.x (the PyTorch backend the preset describes), SGLang; None otherwise (vLLM
-    V0 and older stacks, TensorRT-LLM's pre-1.0 C++ runtime: nothing of theirs is measured)."""
+    vLLM 0.6 and 0.7 (V0, the ``vllm-0.6`` preset: its CUDA graphs), TensorRT-LLM 1.x (the
+    PyTorch backend the preset describes), SGLang; None otherwise (older stacks, TensorRT-LLM's
+    pre-1.0 C++ runtime: nothing of theirs is measured)."""
     from llmservingsim.engine_presets import load_preset
 
     engine = row["engine"].lower()
@@ -158,8 +166,10 @@ def engine_preset(row: dict[str, str]) -> str | None:
         return "trtllm" if version is not None and version >= (1, 0) else None
     if "sglang" in engine:
         return "sglang"
-    if "vllm" not in engine or version is None or version < (0, 8):
+    if "vllm" not in engine or version is None or version < (0, 6):
         return None
+    if version < (0, 8):
+        return "vllm-0.6"
     known = sorted(_version(str(v)) or (0,) for v in load_preset("vllm")["versions"])
     below = [v for v in known if v <= version] or known[:1]
     return "vllm@" + ".".join(str(part) for part in below[-1])
@@ -260,6 +270,9 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         return workload
     work_sets, work_text, notes = workload
     dtype, kv_dtype = _dtype(row["dtype"])
+    if dtype == "fp4" and MXFP4_MODELS.search(low):
+        dtype, kv_dtype = "int4", "auto"
+        notes.append("MXFP4 experts simulated as int4 weight-only, bf16 KV cache (docs/models.md)")
     ep_match = re.search(r"moe_ep=(\d+)", row["notes"])
     ep = int(ep_match[1]) if ep_match else 1
     context = rule.published_context or load_model(rule.catalog).max_context
