@@ -790,6 +790,11 @@ class SchedulerConfig(_Section):
     num_gpu_blocks_override: Count | None = None
     """KV-cache blocks per instance (below 2^31) instead of the number the memory plan gives
     (vLLM's --num-gpu-blocks-override); None: from memory."""
+    num_scheduler_steps: int = Field(default=1, ge=1, le=1024, strict=True)
+    """Multi-step scheduling (vLLM 0.6's --num-scheduler-steps): a step that only decodes
+    starts a group of this many GPU steps on the same batch, scheduled (and its host
+    overhead paid) once; requests arriving meanwhile start at the group's end. Needs
+    ``policy: orca`` (docs/engines.md). 1: every step is scheduled."""
 
     @model_validator(mode="after")
     def _offload_needs_prefix_caching(self) -> SchedulerConfig:

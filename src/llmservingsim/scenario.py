@@ -190,6 +190,43 @@ def check_supported(cfg: SimConfig) -> None:
     for what, used in unsupported.items():
         if used:
             raise ConfigError(f"{what} is not yet supported")
+    _check_multi_step(cfg, pools)
+
+
+def _check_multi_step(cfg: SimConfig, pools: list[PoolConfig]) -> None:
+    """``scheduler.num_scheduler_steps`` > 1 only where vLLM 0.6 had it and it is modelled:
+    whole-prompt (``orca``) batches of one engine per instance (docs/engines.md)."""
+    steps = cfg.scheduler.num_scheduler_steps
+    if steps == 1:
+        return
+    where = f"scheduler.num_scheduler_steps={steps}"
+    policy = cfg.scheduler.policy
+    if policy in ("vllm", "sarathi", "priority"):
+        raise ConfigError(
+            f"{where} with scheduler.policy: {policy} (chunked prefill) is not supported by "
+            "vLLM 0.6 ('Chunked prefill is not supported with multi-step'); use policy: orca"
+        )
+    if policy != "orca":
+        raise ConfigError(
+            f"{where} with scheduler.policy: {policy} is not yet supported (expected "
+            "policy: orca, vLLM 0.6's whole-prompt batches)"
+        )
+    if cfg.speculative.enabled:
+        raise ConfigError(
+            f"{where} with speculative decoding is not supported by vLLM 0.6 ('Speculative "
+            "decoding is not supported with multi-step')"
+        )
+    unsupported = {
+        # vLLM V1's one-step-late joining; V0 had no such thing and groups set when to join.
+        "frontend.async_scheduling": cfg.frontend.enabled and cfg.frontend.async_scheduling,
+        "LoRA adapters": uses_lora(cfg),
+        "pim.enabled": cfg.pim.enabled,
+        "pipeline_parallel > 1": any(p.pipeline_parallel > 1 for p in pools),
+        "data_parallel > 1": any(p.data_parallel > 1 for p in pools),
+    }
+    for what, used in unsupported.items():
+        if used:
+            raise ConfigError(f"{where} with {what} is not yet supported")
 
 
 def uses_lora(cfg: SimConfig) -> bool:

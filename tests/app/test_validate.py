@@ -105,6 +105,15 @@ def test_rows_without_a_preset_take_the_kernel_fusion_of_their_engine() -> None:
     assert not fusion(_scenario(_row(engine="vLLM-based (paper)", engine_version="")))
 
 
+def test_a_row_stating_num_scheduler_steps_runs_multi_step() -> None:
+    version = _row(engine_version="0.6.0 (--num-scheduler-steps 10)", model="Meta-Llama-3-8B")
+    assert "scheduler.num_scheduler_steps=10" in _scenario(version).overrides
+    notes = _row(engine_version="0.6.0", model="Meta-Llama-3-8B", notes="--num-scheduler-steps=8")
+    assert "scheduler.num_scheduler_steps=8" in _scenario(notes).overrides
+    plain = _scenario(_row(engine_version="0.6.0", model="Meta-Llama-3-8B"))
+    assert not any("num_scheduler_steps" in o for o in plain.overrides)
+
+
 def test_layouts_the_simulator_may_not_support_still_get_settings() -> None:
     """Multi-instance / PP rows are mapped; the simulator decides whether it can run them."""
     multi = _scenario(_row(num_gpus="8", tensor_parallel="2", pipeline_parallel="2"))

@@ -784,10 +784,15 @@ class IterationTimer:
             around = self._around_decode[num_seqs] = (costs[:at], costs[at + 1 :])
         return around
 
-    def step(self, batch: BatchShape) -> StepCost:
-        """Cost of one engine step on one device per stage of the instance."""
+    def step(self, batch: BatchShape, host: bool = True) -> StepCost:
+        """Cost of one engine step on one device per stage of the instance. ``host``: whether
+        the step pays the host's per-step work (scheduling, input preparation, output
+        processing); False for the later steps of a multi-step group (serving/instance.py),
+        which reuse the first step's."""
         if self._plain_decode and not batch.prefill and batch.num_decode:
-            cost = self._decode_step(batch.num_decode, batch.decode_context, batch.num_sampled)
+            cost = self._decode_step(
+                batch.num_decode, batch.decode_context, batch.num_sampled, host
+            )
             if cost is not None:
                 return cost
         num_tokens = batch.num_tokens
@@ -798,10 +803,10 @@ class IterationTimer:
         if self._graphs_on:
             padded, eager = self._graph_tokens(batch, num_tokens)
         if self.window:
-            return self._local_step(batch, padded, eager)
+            return self._local_step(batch, padded, eager, host)
         layer_s, layer_f, layer_b = self._with_attention(self._layer_cost(padded), batch)
         head_s, head_f, head_b = self._head_cost(padded, batch.num_sampled)
-        cpu = self.step_overhead + self.seq_overhead * batch.num_seqs
+        cpu = self.step_overhead + self.seq_overhead * batch.num_seqs if host else 0.0
         if self.num_moe_layers:
             dense = (layer_s, layer_f, layer_b)
             moe = self._with_attention(self._moe_layer_cost(padded), batch)
@@ -934,7 +939,9 @@ class IterationTimer:
             size = max(size, rank)
         return size, False
 
-    def _local_step(self, batch: BatchShape, padded: int, eager: bool) -> StepCost:
+    def _local_step(
+        self, batch: BatchShape, padded: int, eager: bool, host: bool = True
+    ) -> StepCost:
         """:meth:`step` of a model with sliding-window layers: every stage's layers of each
         kind (dense or MoE, full or sliding-window attention), each kind timed once. Its
         token-count kernels run at ``padded`` tokens (a CUDA graph's size); ``eager``: each
@@ -965,7 +972,7 @@ class IterationTimer:
         ]
         if eager:
             self._stages_floor(stages, batch, head_s)
-        cpu = self.step_overhead + self.seq_overhead * batch.num_seqs
+        cpu = self.step_overhead + self.seq_overhead * batch.num_seqs if host else 0.0
         sends = self._stage_sends(num_tokens)
         if self.host_overlap:
             gpu = sum_in_order(stages) + head_s + sum_in_order(list(sends))
@@ -976,7 +983,9 @@ class IterationTimer:
             stages[i] += send_s
         return StepCost(sum_in_order(stages), flops, traffic, tuple(stages))
 
-    def _decode_step(self, num_decode: int, context: int, num_sampled: int) -> StepCost | None:
+    def _decode_step(
+        self, num_decode: int, context: int, num_sampled: int, host: bool = True
+    ) -> StepCost | None:
         """:meth:`step` of a batch that only decodes, with the general path's operations in
         its order (the most frequent step: every step between arrivals and finishes); None
         where attention has no FLOPs (the backend times that as a memory op, op by op)."""
@@ -994,7 +1003,7 @@ class IterationTimer:
         layer_b += attn_b
         head_s, head_f, head_b = self._head_cost(tokens, num_sampled)
         n = self.num_layers
-        cpu = self.step_overhead + self.seq_overhead * num_decode
+        cpu = self.step_overhead + self.seq_overhead * num_decode if host else 0.0
         if self._graphs_on and not padded and self.launch_s > 0.0:
             gpu = n * layer_s + head_s
             kernels = n * (self.dense_kernels + self.decode_attn_kernels) + self.head_kernels

@@ -187,7 +187,7 @@ class PimIterationTimer(IterationTimer):
             previous_delta = delta
         return max(device_free, pim_free)
 
-    def step(self, batch: BatchShape) -> StepCost:
+    def step(self, batch: BatchShape, host: bool = True) -> StepCost:
         num_tokens = batch.num_tokens
         if num_tokens == 0:
             return StepCost(0.0, 0.0, 0.0, (0.0,))
@@ -214,7 +214,7 @@ class PimIterationTimer(IterationTimer):
             pim_busy += busy
         n = self.num_layers
         head_s, head_f, head_b = self._head_cost(num_tokens, batch.num_sampled)
-        cpu = self.step_overhead + self.seq_overhead * batch.num_seqs
+        cpu = self.step_overhead + self.seq_overhead * batch.num_seqs if host else 0.0
         seconds = cpu + self._makespan(n, jobs) + head_s
         busy_s = n * pim_busy
         self.pim_busy_s += busy_s

@@ -23,6 +23,14 @@ time series) to :class:`~llmservingsim.serving.step_record.StepRecord`, the layo
 runs to serving/decode_run.py; scheduling to its schedulers. What is left here: requests in
 and out, and when each step starts and ends.
 
+Multi-step scheduling (``scheduler.num_scheduler_steps`` N > 1, vLLM 0.6's
+--num-scheduler-steps): a step that only decodes starts a group of N steps on its batch.
+The later N − 1 steps are not scheduled: a request arriving meanwhile starts at the group's
+end, and they pay no host work per step (:meth:`IterationTimer.step` with ``host=False``). A
+request that samples its last token inside the group ends for its client then, but vLLM's
+batch stays fixed on the GPU for the group: it is still computed (wasted) and holds its KV
+until the group's end. A group of finished requests only ends early when nothing waits.
+
 Fast-forward (``simulator.fast_forward``): a step that only decodes every running request may
 start a :class:`DecodeRun` of the steps that certainly repeat it; the engine cuts the run short
 (:meth:`Instance.cut_runs`) when a request or a KV transfer reaches the instance earlier.
@@ -61,6 +69,13 @@ class VirtualEngine:
     outstanding: int  # requests assigned and not yet finished or handed off
     run: DecodeRun | None  # the fast-forward run in flight, if any
     step_serial: int  # numbers the engine's step-end events; a cut run's old one is stale
+    # Multi-step scheduling (Instance docstring): steps of the group still to start after the
+    # one in flight, the group's requests still decoding, those that finished in it (KV held,
+    # still computed) and the context their next step reads, in tokens.
+    group_left: int
+    group: list[Sequence]
+    held: list[Sequence]
+    held_context: int
 
     def __init__(
         self,
@@ -77,6 +92,10 @@ class VirtualEngine:
         self.outstanding = outstanding
         self.run = run
         self.step_serial = step_serial
+        self.group_left = 0
+        self.group: list[Sequence] = []
+        self.held: list[Sequence] = []
+        self.held_context = 0
 
     def __repr__(self) -> str:
         return (
@@ -86,7 +105,11 @@ class VirtualEngine:
             f"busy={self.busy!r}, "
             f"outstanding={self.outstanding!r}, "
             f"run={self.run!r}, "
-            f"step_serial={self.step_serial!r}"
+            f"step_serial={self.step_serial!r}, "
+            f"group_left={self.group_left!r}, "
+            f"group={self.group!r}, "
+            f"held={self.held!r}, "
+            f"held_context={self.held_context!r}"
             ")"
         )
 
@@ -175,9 +198,18 @@ class Instance:
         if fast_forward and speculator is None and lora is None:
             for ve in self.virtual_engines:
                 ve.scheduler.keep_steady_decoders(timer.window)
+        # Multi-step scheduling: GPU steps per group of decode steps (1: none).
+        self.group_steps = schedulers[0].cfg.num_scheduler_steps
         # Runs need one engine (no pipeline, no DP ranks) and a timer without per-step side
-        # effects.
-        self.fast_forward = fast_forward and self.pp == 1 and self.dp == 1 and timer.repeatable
+        # effects. Not with multi-step groups: a run's steps each pay the host's work and end
+        # where a request arrives, where a group's do neither; groups go step by step.
+        self.fast_forward = (
+            fast_forward
+            and self.pp == 1
+            and self.dp == 1
+            and timer.repeatable
+            and self.group_steps == 1
+        )
         self._run_horizon = _RUN_HORIZON[0]
         # The last step started: KV copies over the host link charged before its forward
         # pass, and the forward pass (all stages); observers (engine hooks) read them.
@@ -331,6 +363,8 @@ class Instance:
         token. False when ``seq`` is not here."""
         for ve in self.virtual_engines:
             if ve.scheduler.abort(seq):
+                if seq in ve.group:
+                    ve.group.remove(seq)
                 if ve.in_flight:
                     ve.in_flight = [entry for entry in ve.in_flight if entry[0] is not seq]
                 ve.outstanding -= 1
@@ -377,6 +411,8 @@ class Instance:
         self, k: int, ve: VirtualEngine, now: float, next_arrival: float
     ) -> tuple[float, int] | None:
         """Schedule and start virtual engine ``k``'s next batch, if it has one."""
+        if ve.group_left:
+            return self._continue_group(k, ve, now)
         scheduler = ve.scheduler
         if self._timeouts and scheduler.cfg.request_timeout_s is not None:
             self._expire(ve, now)
@@ -410,6 +446,9 @@ class Instance:
         self._record_step(batch, cost, now, k)
         ve.in_flight = entries
         ve.busy = True
+        if self.group_steps > 1 and entries and not batch.prefill:
+            ve.group_left = self.group_steps - 1
+            ve.group = [seq for seq, _ in entries]
         if (
             self.fast_forward
             and not entries
@@ -430,6 +469,47 @@ class Instance:
                 self.runs_laid_out += 1
                 finish = self.stage_free[0] = ve.run.finish
         return finish, k
+
+    def _continue_group(self, k: int, ve: VirtualEngine, now: float) -> tuple[float, int]:
+        """The next step of virtual engine ``k``'s multi-step group: its requests decode
+        again, unscheduled and without the host's per-step work; those that finished in the
+        group are computed too (one more token of context each step)."""
+        ve.group_left -= 1
+        entries: list[ScheduledEntry] = [(seq, 1) for seq in ve.group]
+        batch = self._batch_shape(entries, now, None)
+        held = len(ve.held)
+        batch.num_decode += held
+        batch.decode_context += ve.held_context
+        batch.num_sampled += held
+        ve.held_context += held
+        cost = self.timer.step(batch, host=False)
+        self.last_transfer_s = 0.0
+        self.last_compute_s = cost.seconds
+        finish = self._run_pipeline(now, cost)
+        self._record_step(batch, cost, now, k)
+        ve.in_flight = entries
+        ve.busy = True
+        return finish, k
+
+    def _group_step_done(self, ve: VirtualEngine, finished: list[Sequence]) -> list[Sequence]:
+        """A step of a multi-step group ended with ``finished`` requests: inside the group
+        they keep their KV (and are computed on); at its end all of them leave. Returns the
+        requests that leave the running list now."""
+        if ve.group_left:
+            group = ve.group
+            for seq in finished:
+                group.remove(seq)
+                ve.held_context += seq.num_computed + 1
+            ve.held.extend(finished)
+            if group or (ve.held and ve.scheduler.waiting):
+                return []
+            ve.group_left = 0  # nothing decodes and nothing waits: the engine idles
+            finished = []
+        leaving = ve.held + finished
+        ve.group = []
+        ve.held = []
+        ve.held_context = 0
+        return leaving
 
     def _start_ranks(self, now: float) -> tuple[float, int] | None:
         """Attention DP: every rank with work schedules its batch and all step together; one
@@ -670,6 +750,8 @@ class Instance:
                     finished.append(seq)
         itl.add(gap, gaps)
         ve.in_flight = []
+        if ve.group_left or ve.group or ve.held:
+            finished = self._group_step_done(ve, finished)
         ve.scheduler.step_done(now, finished)
         ve.busy = False
         return handoffs

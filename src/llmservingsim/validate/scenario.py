@@ -135,6 +135,8 @@ NOTE_SETTINGS = (
     (r"gpu_mem(?:ory)?_util(?:ization)?\s*=?\s*(0?\.\d+)", "scheduler.gpu_memory_utilization"),
 )
 PREFIX_CACHING_ON = re.compile(r"prefix caching on", re.IGNORECASE)
+# vLLM 0.6's multi-step scheduling, stated in a row's engine_version or notes.
+MULTI_STEP = re.compile(r"--num-scheduler-steps[ =]+(\d+)")
 
 
 @dataclass
@@ -378,6 +380,9 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         if match:
             settings[key.split(".")[1]] = match[1]
             from_notes.append(f"{key.split('.')[1]} {match[1]}")
+    steps = MULTI_STEP.search(f"{row['engine_version']} {row['notes']}")
+    if steps:
+        settings["num_scheduler_steps"] = steps[1]
     concurrency = int(row["concurrency"]) if row.get("concurrency") else None
     if concurrency is not None and concurrency > int(settings["max_num_seqs"]):
         settings["max_num_seqs"] = str(concurrency)  # the server admits every client
@@ -417,6 +422,8 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     engine += settings["gpu_memory_utilization"]
     if from_notes:
         engine += f"; from the row's notes: {', '.join(from_notes)}"
+    if steps:
+        engine += f"; multi-step: --num-scheduler-steps {steps[1]}"
     low_engine = row["engine"].lower()
     engine_name = (
         "trtllm" if "tensorrt" in low_engine else "sglang" if "sglang" in low_engine else "vllm"

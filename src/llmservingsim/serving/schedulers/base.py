@@ -89,6 +89,9 @@ class Scheduler(ABC):
         # Resident LoRA adapters (multi-LoRA serving, serving/lora.py), or None.
         self.adapters: AdapterSlots | None = None
         self.steady: SteadyDecoders | None = None
+        # Multi-step scheduling (scheduler.num_scheduler_steps N): a decode reserves KV for
+        # the N tokens of a group (vLLM 0.6's N - 1 lookahead slots); 0 without.
+        self.decode_slots_ahead: int = cfg.num_scheduler_steps - 1
         # Where preemptions are logged (outputs.decisions: serving/instance.py sets it), or None.
         self.decisions: DecisionSite | None = None
         # Whether the block manager copies KV over the host link (an offload tier).
@@ -100,8 +103,11 @@ class Scheduler(ABC):
         """Handle steady decoders as a group from now on, where the policy and the block
         manager allow it (KV blocks that only grow, no per-request step changes); whether it
         does. ``window``: the model's sliding window (0: none; SteadyDecoders.join)."""
+        # Multi-step groups (serving/instance.py) keep a batch for several steps as entries
+        # of their own: no steady group beside them.
         if not (
-            self._schedule_supports_steady()
+            self.decode_slots_ahead == 0
+            and self._schedule_supports_steady()
             and self.blocks.fast_forward_safe
             and self.blocks.allocation_only_grows
             and not self.running
@@ -188,6 +194,16 @@ class Scheduler(ABC):
         if self.lookahead and seq.remaining == 1 and seq.generated > 0:
             return 1 + min(self.lookahead, seq.spec.output_len - seq.generated - 1)
         return seq.remaining
+
+    def kv_tokens(self, seq: Sequence, computed: int, num_new: int) -> int:
+        """KV tokens to hold room for when ``seq``, at ``computed`` tokens, computes ``num_new``
+        this step: ``num_new``, or for a decode under multi-step scheduling the tokens of the
+        whole group (vLLM 0.6's ``num_scheduler_steps - 1`` lookahead slots), never past the
+        request's largest KV."""
+        ahead = self.decode_slots_ahead
+        if ahead and num_new == 1 and seq.generated > 0:
+            return min(1 + ahead, seq.max_kv_tokens - computed)
+        return num_new
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)

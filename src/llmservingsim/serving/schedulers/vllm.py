@@ -96,6 +96,7 @@ class VllmScheduler(Scheduler):
         block_size = blocks.block_size
         only_grows = self.blocks.allocation_only_grows
         lookahead = self.lookahead
+        ahead = self.decode_slots_ahead
         while i < len(running) and budget > 0:
             seq = running[i]
             if lookahead:
@@ -103,10 +104,11 @@ class VllmScheduler(Scheduler):
             else:  # seq.remaining, inlined (hot: every running request, every step)
                 wanted = seq.spec.input_len + seq.generated - seq.num_computed
             num_new = wanted if wanted < budget else budget
+            reserve = self.kv_tokens(seq, seq.num_computed, num_new) if ahead else num_new
             # Most decode steps need no new block: then try_allocate would do nothing.
-            fits = only_grows and seq.num_computed + num_new <= len(seq.blocks) * block_size
+            fits = only_grows and seq.num_computed + reserve <= len(seq.blocks) * block_size
             preempted_itself = False
-            while not (fits or blocks.try_allocate(seq, num_new)):
+            while not (fits or blocks.try_allocate(seq, reserve)):
                 k = self.victim_index()
                 victim = running[k]
                 if k < i:
@@ -151,16 +153,19 @@ class VllmScheduler(Scheduler):
             num_new = self.prefill_tokens(seq, hit, budget, step_is_empty=not (entries or steady))
             if num_new == 0:
                 break
-            if not blocks.can_allocate(seq, num_new, hit):
+            # A request resuming with one token to compute (swapped in, KV handed over)
+            # decodes: under multi-step it reserves the group's tokens too.
+            reserve = self.kv_tokens(seq, hit.tokens, num_new) if ahead else num_new
+            if not blocks.can_allocate(seq, reserve, hit):
                 lower = self.victim_for(seq)
                 if lower is None or blocks.extra_blocks(
-                    seq, num_new, hit
+                    seq, reserve, hit
                 ) > blocks.num_free + self.lower_blocks(seq):
                     break
                 floor = lower.spec.priority if floor is None else min(floor, lower.spec.priority)
                 budget += self.evict(lower, entries, seq)
                 continue
-            self.admit(seq, num_new, hit)
+            self.admit(seq, reserve, hit)
             entries.append((seq, num_new))
             budget -= num_new
         if skipped:
