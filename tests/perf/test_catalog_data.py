@@ -148,7 +148,7 @@ def test_model_file_parses(path: Path) -> None:
 
 @pytest.mark.parametrize(("name", "published"), sorted(DENSE_PARAMS.items()))
 def test_dense_parameter_counts(name: str, published: float) -> None:
-    spec = load_hf_config_file(DATA / "models" / f"{name}.json")
+    spec = _load(name)
     assert not spec.is_moe
     assert spec.num_params() == pytest.approx(published, rel=0.03)
 
@@ -204,12 +204,20 @@ def test_llama4_interleaves_dense_and_moe_layers() -> None:
 
 
 def test_local_attention_is_announced_as_an_approximation() -> None:
+    """gpt-oss's sliding-window layers are timed over their window but their KV cache is
+    sized as full attention; Llama-4's chunked attention is full attention throughout."""
     for name, what in (
-        ("gpt-oss-20b", "sliding-window attention (128 tokens) on 12 of 24 layers"),
+        ("gpt-oss-20b", "its 12 of 24 sliding-window layers (128-token window) is sized for"),
         ("llama-4-scout", "chunked attention (8192-token chunks) on 36 of 48 layers"),
+        # One window on every layer, without layer_types: still full attention.
+        ("mistral-7b", "sliding-window attention (4096 tokens) on 32 of 32 layers"),
     ):
         with pytest.warns(InputWarning, match=re.escape(what)):
             load_hf_config_file(DATA / "models" / f"{name}.json")
+    # Qwen2.5 names a window but turns it off (use_sliding_window: false): nothing to say.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        assert not load_hf_config_file(DATA / "models" / "qwen2.5-7b.json").has_sliding_layers
 
 
 def test_uneven_llama4_moe_layers_are_refused(tmp_path: Path) -> None:

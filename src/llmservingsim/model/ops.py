@@ -92,6 +92,24 @@ def weight_only_quantized(dtype: str) -> bool:
     return dtype in ("int8", "int4")
 
 
+def attended_keys(new: int, ctx: int, window: int = 0) -> float:
+    """Query-key pairs of causal attention for ``new`` tokens after ``ctx`` cached ones: the
+    token at position p attends to p + 1 tokens, or with a sliding ``window`` (> 0) to the
+    last min(p + 1, window), itself included. Full attention: new·(ctx + (new + 1)/2)."""
+    if window <= 0 or ctx + new <= window:
+        return new * (ctx + (new + 1) / 2)
+    below = max(0, window - ctx)  # queries whose whole causal prefix fits in the window
+    return below * (ctx + (below + 1) / 2) + (new - below) * window
+
+
+def kv_tokens_read(new: int, ctx: int, window: int = 0) -> int:
+    """Cached plus new tokens whose K and V a prefill chunk reads: all of them, or with a
+    sliding ``window`` only those inside the first query's window onwards."""
+    if window <= 0:
+        return ctx + new
+    return min(ctx, window - 1) + new
+
+
 class OpGraph(OpBuilder):
     """Builds the ops of one layer / of the model head for a given batch on one TP rank.
 
@@ -157,23 +175,29 @@ class OpGraph(OpBuilder):
             self.elementwise("residual_add", m, 2 * s.hidden, s.hidden),
         ]
 
-    def prefill_attention(self, new: int, ctx: int) -> Op:
-        """Causal FlashAttention over ``new`` query tokens after ``ctx`` cached tokens."""
+    def prefill_attention(self, new: int, ctx: int, window: int = 0) -> Op:
+        """Causal FlashAttention over ``new`` query tokens after ``ctx`` cached tokens; with a
+        sliding ``window`` (> 0) only the band of the last ``window`` keys per query (the
+        kernel skips the tiles outside it; tile rounding is not modelled)."""
         if self.mla is not None:
             return self.mla.prefill_attention(new, ctx)
         s = self.shape
-        flops = 4.0 * new * (ctx + (new + 1) / 2) * s.q_size
+        flops = 4.0 * attended_keys(new, ctx, window) * s.q_size
         traffic = (
-            2.0 * new * s.q_size * self.act_bytes + 2.0 * (ctx + new) * s.kv_size * self.kv_bytes
+            2.0 * new * s.q_size * self.act_bytes
+            + 2.0 * kv_tokens_read(new, ctx, window) * s.kv_size * self.kv_bytes
         )
-        dims = (("new", new), ("ctx", ctx), *self._head_dims())
+        dims: Dims = (("new", new), ("ctx", ctx), *self._head_dims())
+        if window > 0:
+            dims = (*dims, ("window", window))
         return Op("attention_prefill", "attention_prefill", flops, traffic, new, dims)
 
-    def prefill_attention_ops(self, new: int, ctx: int) -> list[Op]:
-        """Every kernel of one sequence's prefill attention (MLA first expands its latent KV)."""
+    def prefill_attention_ops(self, new: int, ctx: int, window: int = 0) -> list[Op]:
+        """Every kernel of one sequence's prefill attention (MLA first expands its latent KV);
+        ``window``: a sliding-window layer's (:meth:`prefill_attention`)."""
         if self.mla is not None:
             return self.mla.prefill_ops(new, ctx)
-        return [self.prefill_attention(new, ctx)]
+        return [self.prefill_attention(new, ctx, window)]
 
     def decode_attention(self, num_seqs: int, total_ctx: int) -> Op:
         """Paged decode attention of a whole batch: reads every sequence's KV once."""
@@ -185,8 +209,10 @@ class OpGraph(OpBuilder):
 
     def decode_attention_work(self, num_seqs: int, total_ctx: int) -> tuple[float, float]:
         """FLOPs and bytes of the batch's decode-attention kernel itself (MLA: without its
-        absorption GEMMs), for ``total_ctx`` tokens attended in all. Timers use it to time that
-        kernel without an Op (every step: typed, so the compiled build does native arithmetic)."""
+        absorption GEMMs), for ``total_ctx`` tokens attended in all (a sliding-window layer:
+        the sum of min(context, window) over the sequences, ``decode_local_context``). Timers
+        use it to time that kernel without an Op (every step: typed, so the compiled build does
+        native arithmetic)."""
         if self.mla is not None:
             return self.mla.decode_attention_work(num_seqs, total_ctx)
         s = self.shape

@@ -62,6 +62,10 @@ class ModelSpec:
     qk_rope_head_dim: int = 0
     q_lora_rank: int = 0  # 0: queries are projected straight from the hidden state
     v_head_dim: int = 0  # MLA value head size (0: same as head_dim)
+    # Sliding-window attention (gpt-oss): the layers ``sliding_layers`` (indices) attend to
+    # the last ``sliding_window`` tokens only, the token itself included; the others to all.
+    sliding_window: int = 0
+    sliding_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         """Relations between the sizes (each size's own range is checked when it is read)."""
@@ -77,6 +81,10 @@ class ModelSpec:
                 "a mixture-of-experts model needs experts_per_token and an expert size >= 1",
             ),
             (self.qk_rope_head_dim <= self.head_dim, "qk_rope_head_dim > head_dim"),
+            (
+                not self.sliding_layers or not self.uses_mla,
+                "sliding-window attention with MLA is not yet supported",
+            ),
         ]
         for ok, what in checks:
             if not ok:
@@ -111,6 +119,17 @@ class ModelSpec:
             and index >= self.first_dense_layers
             and (index + 1) % self.moe_layer_step == 0
         )
+
+    @property
+    def has_sliding_layers(self) -> bool:
+        return bool(self.sliding_layers) and self.sliding_window > 0
+
+    def is_sliding_layer(self, index: int) -> bool:
+        return self.sliding_window > 0 and index in self.sliding_layers
+
+    @property
+    def num_sliding_layers(self) -> int:
+        return sum(self.is_sliding_layer(i) for i in range(self.num_layers))
 
     @property
     def q_size(self) -> int:
@@ -251,6 +270,18 @@ def _warn_local_attention(name: str, layers: int, of: int, what: str) -> None:
     )
 
 
+def _warn_sliding_kv(name: str, layers: int, of: int, window: int) -> None:
+    """Sliding-window layers are timed over their window, but the memory plan still gives
+    them a KV entry for every token: say so (docs/models.md)."""
+    warnings.warn(
+        f"model {name}: the KV cache of its {layers} of {of} sliding-window layers "
+        f"({window}-token window) is sized for the whole context, as for full attention "
+        "(engines keep only the window's blocks: KV capacity understated)",
+        InputWarning,
+        stacklevel=2,
+    )
+
+
 @_parser(
     "llama",
     "mistral",
@@ -276,12 +307,16 @@ def _parse_llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
     inter = _int(cfg, "intermediate_size", where, "wide")
     moe_inter = _int(cfg, "moe_intermediate_size", where, "optional", default=inter)
     num_shared = _int(cfg, "n_shared_experts", where, "optional", default=0)
-    layer_types = cfg.get("layer_types") or []
-    sliding = sum(1 for kind in layer_types if kind == "sliding_attention")
-    if sliding and cfg.get("sliding_window"):
-        # gpt-oss: every other layer attends to the last sliding_window tokens only.
-        window = f"sliding-window attention ({cfg['sliding_window']} tokens)"
-        _warn_local_attention(name, sliding, len(layer_types), window)
+    window = _int(cfg, "sliding_window", where, "optional", default=0)
+    sliding = _sliding_layers(cfg, where) if window else ()
+    layers = _int(cfg, "num_hidden_layers", where, "layers")
+    if sliding:
+        _warn_sliding_kv(name, sum(i < layers for i in sliding), layers, window)
+    context = _int(cfg, "max_position_embeddings", where, "context", default=4096)
+    unread = cfg.get("layer_types") is None and cfg.get("use_sliding_window", True)
+    if not sliding and unread and 0 < window < context:
+        # Mistral-7B-v0.1: one window on every layer, without layer_types (not yet read).
+        _warn_local_attention(name, layers, layers, f"sliding-window attention ({window} tokens)")
     shared_inter = _int(
         cfg, "shared_expert_intermediate_size", where, "optional", default=num_shared * moe_inter
     )
@@ -289,13 +324,13 @@ def _parse_llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         name=name,
         model_type=str(cfg["model_type"]),
         hidden_size=hidden,
-        num_layers=_int(cfg, "num_hidden_layers", where, "layers"),
+        num_layers=layers,
         num_heads=heads,
         num_kv_heads=_int(cfg, "num_key_value_heads", where, "heads", default=heads),
         head_dim=head_dim,
         intermediate_size=inter,
         vocab_size=_int(cfg, "vocab_size", where, "vocab"),
-        max_context=_int(cfg, "max_position_embeddings", where, "context", default=4096),
+        max_context=context,
         gated_mlp=True,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         num_experts=num_experts,
@@ -310,7 +345,25 @@ def _parse_llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         qk_rope_head_dim=rope_dim,
         q_lora_rank=_int(cfg, "q_lora_rank", where, "optional", default=0),
         v_head_dim=_int(cfg, "v_head_dim", where, "optional", default=0) if kv_lora_rank else 0,
+        sliding_window=window if sliding else 0,
+        sliding_layers=sliding,
     )
+
+
+def _sliding_layers(cfg: dict[str, Any], where: str) -> tuple[int, ...]:
+    """Indices of the ``sliding_attention`` layers of ``layer_types`` (gpt-oss: every other
+    layer). Without ``layer_types`` a ``sliding_window`` is not read (Qwen2.5 sets one with
+    ``use_sliding_window: false``; Mistral-7B-v0.1's 4,096 on every layer stays full
+    attention, docs/models.md)."""
+    layer_types = cfg.get("layer_types")
+    if layer_types is None:
+        return ()
+    kinds = ("full_attention", "sliding_attention")
+    if not isinstance(layer_types, list) or any(kind not in kinds for kind in layer_types):
+        raise ConfigError(
+            f"{where}: key 'layer_types' must be a list of {' or '.join(map(repr, kinds))}"
+        )
+    return tuple(i for i, kind in enumerate(layer_types) if kind == "sliding_attention")
 
 
 @_parser("llama4", "llama4_text")

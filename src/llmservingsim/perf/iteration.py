@@ -35,6 +35,8 @@ class BatchShape:
     ``prefill`` holds (new_tokens, cached_tokens) per sequence that is (re)filling its prompt;
     decode sequences are summarised by their count and their summed context (attended tokens).
     A speculative verify pass is a prefill chunk too; ``num_verify`` counts its tokens.
+    ``decode_local_context`` is what a sliding-window layer attends: the sum of
+    min(context, window) over the decode sequences (0 when the model has no such layers).
     """
 
     prefill: list[tuple[int, int]]
@@ -42,6 +44,7 @@ class BatchShape:
     decode_context: int
     num_sampled: int
     num_verify: int  # speculative verify tokens among the prefill chunks (metrics only)
+    decode_local_context: int
 
     def __init__(
         self,
@@ -50,12 +53,14 @@ class BatchShape:
         decode_context: int = 0,
         num_sampled: int = 0,
         num_verify: int = 0,
+        decode_local_context: int = 0,
     ) -> None:
         self.prefill: list[tuple[int, int]] = list() if prefill is None else prefill
         self.num_decode = num_decode
         self.decode_context = decode_context
         self.num_sampled = num_sampled
         self.num_verify = num_verify
+        self.decode_local_context = decode_local_context
 
     def __repr__(self) -> str:
         return (
@@ -64,7 +69,8 @@ class BatchShape:
             f"num_decode={self.num_decode!r}, "
             f"decode_context={self.decode_context!r}, "
             f"num_sampled={self.num_sampled!r}, "
-            f"num_verify={self.num_verify!r}"
+            f"num_verify={self.num_verify!r}, "
+            f"decode_local_context={self.decode_local_context!r}"
             ")"
         )
 
@@ -77,12 +83,14 @@ class BatchShape:
             self.decode_context,
             self.num_sampled,
             self.num_verify,
+            self.decode_local_context,
         ) == (
             other.prefill,
             other.num_decode,
             other.decode_context,
             other.num_sampled,
             other.num_verify,
+            other.decode_local_context,
         )
 
     @property
@@ -298,6 +306,21 @@ class IterationTimer:
             first += count
         self.stage_moe_layers = tuple(moe_layers)
         self.num_moe_layers = spec.num_moe_layers
+        # Sliding-window layers (gpt-oss): their attention sees min(context, window) tokens
+        # per sequence; each stage's (dense, MoE) × (full, sliding) layer counts (_local_step).
+        self.window = spec.sliding_window if spec.has_sliding_layers else 0
+        kinds, first = [], 0
+        for count in self.stage_layers:
+            layers = range(first, first + count)
+            moe_sliding = sum(spec.is_moe_layer(i) and spec.is_sliding_layer(i) for i in layers)
+            sliding = sum(spec.is_sliding_layer(i) for i in layers)
+            moe = sum(spec.is_moe_layer(i) for i in layers)
+            dense_sliding = sliding - moe_sliding
+            kinds.append(
+                (count - moe - dense_sliding, dense_sliding, moe - moe_sliding, moe_sliding)
+            )
+            first += count
+        self.stage_layer_kinds: tuple[tuple[int, int, int, int], ...] = tuple(kinds)
         self.activation_bytes = 2 * spec.hidden_size * self.graph.act_bytes  # hidden + residual
         eff = device.efficiency
         self.step_overhead = eff.iteration_overhead_us * 1e-6
@@ -316,6 +339,7 @@ class IterationTimer:
         self._embedding: dict[int, tuple[_Cost, ...]] = {}  # each head op by the count it needs
         self._output: dict[int, tuple[_Cost, ...]] = {}
         self._prefill_attn: dict[int, _Cost] = {}  # by _pair_key(new tokens, context)
+        self._prefill_local: dict[int, _Cost] = {}  # the same, sliding-window layers
         self._sends: dict[int, tuple[float, ...]] = {}
         # MLA's absorption GEMMs before / after decode attention, by batch size (fast path).
         self._around_decode: dict[int, tuple[tuple[_Cost, ...], tuple[_Cost, ...]]] = {}
@@ -337,6 +361,7 @@ class IterationTimer:
             and self.graph.mla is None
             and not self.num_moe_layers
             and self.pp == 1
+            and not self.window
         )
 
     @property
@@ -353,6 +378,14 @@ class IterationTimer:
         """
         lookups, hits = self.cache_lookups, self.cache_hits
         contexts = first.decode_context + first.num_decode * np.arange(1, max(1, steps))
+        local = first.decode_local_context
+        if self.window and local != first.num_decode * self.window:
+            # Only sequences past the window keep min(context, window) fixed as they grow;
+            # steady decoders (serving/steady.py) admit only those for such models.
+            raise ValueError(
+                f"decode run of {first.num_decode} sequences attending {local} tokens in "
+                f"sliding-window layers: not all past the {self.window}-token window"
+            )
         per_lookups = per_hits = 0
         if contexts.size and self._repeats_as_arrays(first):
             # The arrays look up the memo exactly as one step does.
@@ -361,7 +394,8 @@ class IterationTimer:
         else:
             each = []
             for ctx in contexts.tolist():
-                each.append(self.step(BatchShape([], first.num_decode, ctx, first.num_sampled)))
+                batch = BatchShape([], first.num_decode, ctx, first.num_sampled, 0, local)
+                each.append(self.step(batch))
                 if len(each) == 1:
                     per_lookups, per_hits = self.cache_lookups - lookups, self.cache_hits - hits
             costs = StepCosts.of(each)
@@ -375,6 +409,7 @@ class IterationTimer:
             self._vector is not None
             and self.pp == 1
             and not self.num_moe_layers
+            and not self.window
             and self.graph.mla is None
             and not first.prefill
             and first.num_decode > 0
@@ -542,14 +577,13 @@ class IterationTimer:
     def _each_op_cost(self, ops: list[Op]) -> tuple[_Cost, ...]:
         return tuple((self.backend.time(op), op.flops, op.bytes) for op in ops)
 
-    def _prefill_cost(self, new: int, ctx: int) -> _Cost:
+    def _prefill_cost(self, new: int, ctx: int, window: int = 0) -> _Cost:
         key = _pair_key(new, ctx)
         self.cache_lookups += 1
-        cost = self._prefill_attn.get(key)
+        memo = self._prefill_local if window else self._prefill_attn
+        cost = memo.get(key)
         if cost is None:
-            cost = self._prefill_attn[key] = self._ops_cost(
-                self.graph.prefill_attention_ops(new, ctx)
-            )
+            cost = memo[key] = self._ops_cost(self.graph.prefill_attention_ops(new, ctx, window))
         else:
             self.cache_hits += 1
         return cost
@@ -568,18 +602,18 @@ class IterationTimer:
             )
         return sends
 
-    def _with_attention(self, base: _Cost, batch: BatchShape) -> _Cost:
-        """A layer's cost plus its attention for the batch: each prefill chunk, then decode."""
+    def _with_attention(self, base: _Cost, batch: BatchShape, window: int = 0) -> _Cost:
+        """A layer's cost plus its attention for the batch: each prefill chunk, then decode;
+        ``window`` > 0: a sliding-window layer's attention."""
         seconds, flops, traffic = base
         for new, ctx in batch.prefill:
-            attn_s, attn_f, attn_b = self._prefill_cost(new, ctx)
+            attn_s, attn_f, attn_b = self._prefill_cost(new, ctx, window)
             seconds += attn_s
             flops += attn_f
             traffic += attn_b
         if batch.num_decode:
-            return self._add_decode_attention(
-                seconds, flops, traffic, batch.num_decode, batch.decode_context
-            )
+            context = batch.decode_local_context if window else batch.decode_context
+            return self._add_decode_attention(seconds, flops, traffic, batch.num_decode, context)
         return seconds, flops, traffic
 
     def _add_decode_attention(
@@ -640,6 +674,8 @@ class IterationTimer:
         num_tokens = batch.num_tokens
         if num_tokens == 0:
             return StepCost(0.0, 0.0, 0.0, (0.0,) * self.pp)
+        if self.window:
+            return self._local_step(batch)
         layer_s, layer_f, layer_b = self._with_attention(self._layer_cost(num_tokens), batch)
         head_s, head_f, head_b = self._head_cost(num_tokens, batch.num_sampled)
         cpu = self.step_overhead + self.seq_overhead * batch.num_seqs
@@ -679,6 +715,11 @@ class IterationTimer:
             return StepCost(0.0, 0.0, 0.0, (0.0,))
         n_moe = self.num_moe_layers
         n_dense = self.num_layers - n_moe
+        # Sliding-window layers of each kind (their attention: min(context, window) tokens).
+        local_dense = local_moe = 0
+        for kinds in self.stage_layer_kinds:
+            local_dense += kinds[1]
+            local_moe += kinds[3]
         slow_s = slow_f = slow_b = -1.0
         for batch in batches:
             num_tokens = batch.num_tokens
@@ -687,17 +728,31 @@ class IterationTimer:
             self.cache_lookups += 1
             if num_tokens in self._moe_rank:
                 self.cache_hits += 1
-            moe_s, moe_f, moe_b = self._with_attention(self._moe_rank_cost(num_tokens), batch)
+            rank = self._moe_rank_cost(num_tokens)
+            moe_s, moe_f, moe_b = self._with_attention(rank, batch)
             head_s, head_f, head_b = self._head_cost(num_tokens, batch.num_sampled)
             seconds = self.step_overhead + self.seq_overhead * batch.num_seqs
-            seconds += n_moe * moe_s + head_s
-            flops = n_moe * moe_f + head_f
-            traffic = n_moe * moe_b + head_b
+            full_moe = n_moe - local_moe
+            seconds += full_moe * moe_s + head_s
+            flops = full_moe * moe_f + head_f
+            traffic = full_moe * moe_b + head_b
+            if local_moe:
+                local = self._with_attention(rank, batch, self.window)
+                seconds += local_moe * local[0]
+                flops += local_moe * local[1]
+                traffic += local_moe * local[2]
             if n_dense:
-                layer = self._with_attention(self._layer_cost(num_tokens), batch)
-                seconds += n_dense * layer[0]
-                flops += n_dense * layer[1]
-                traffic += n_dense * layer[2]
+                base = self._layer_cost(num_tokens)
+                full_dense = n_dense - local_dense
+                layer = self._with_attention(base, batch)
+                seconds += full_dense * layer[0]
+                flops += full_dense * layer[1]
+                traffic += full_dense * layer[2]
+                if local_dense:
+                    local = self._with_attention(base, batch, self.window)
+                    seconds += local_dense * local[0]
+                    flops += local_dense * local[1]
+                    traffic += local_dense * local[2]
             if seconds > slow_s:
                 slow_s, slow_f, slow_b = seconds, flops, traffic
         self.cache_lookups += 1
@@ -706,6 +761,44 @@ class IterationTimer:
         experts_s, experts_f, experts_b = self._moe_experts_cost(total)
         seconds = slow_s + n_moe * experts_s
         return StepCost(seconds, slow_f + n_moe * experts_f, slow_b + n_moe * experts_b, (seconds,))
+
+    def _local_step(self, batch: BatchShape) -> StepCost:
+        """:meth:`step` of a model with sliding-window layers: every stage's layers of each
+        kind (dense or MoE, full or sliding-window attention), each kind timed once."""
+        num_tokens = batch.num_tokens
+        window = self.window
+        totals = [0, 0, 0, 0]  # dense full, dense sliding, MoE full, MoE sliding
+        for kinds in self.stage_layer_kinds:
+            for k in range(4):
+                totals[k] += kinds[k]
+        zero: _Cost = (0.0, 0.0, 0.0)
+        dense = self._layer_cost(num_tokens) if totals[0] or totals[1] else zero
+        moe = self._moe_layer_cost(num_tokens) if totals[2] or totals[3] else zero
+        each = (
+            self._with_attention(dense, batch) if totals[0] else zero,
+            self._with_attention(dense, batch, window) if totals[1] else zero,
+            self._with_attention(moe, batch) if totals[2] else zero,
+            self._with_attention(moe, batch, window) if totals[3] else zero,
+        )
+        head_s, head_f, head_b = self._head_cost(num_tokens, batch.num_sampled)
+        flops, traffic = head_f, head_b
+        for k in range(4):
+            flops += totals[k] * each[k][1]
+            traffic += totals[k] * each[k][2]
+        stages = [
+            sum_in_order([kinds[k] * each[k][0] for k in range(4)])
+            for kinds in self.stage_layer_kinds
+        ]
+        cpu = self.step_overhead + self.seq_overhead * batch.num_seqs
+        sends = self._stage_sends(num_tokens)
+        if self.host_overlap:
+            gpu = sum_in_order(stages) + head_s + sum_in_order(list(sends))
+            cpu = self._exposed_host(cpu, gpu)
+        stages[0] += cpu
+        stages[-1] += head_s
+        for i, send_s in enumerate(sends):
+            stages[i] += send_s
+        return StepCost(sum_in_order(stages), flops, traffic, tuple(stages))
 
     def _decode_step(self, num_decode: int, context: int, num_sampled: int) -> StepCost | None:
         """:meth:`step` of a batch that only decodes, with the general path's operations in

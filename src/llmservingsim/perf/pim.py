@@ -24,6 +24,7 @@ sum), at the price of reading the weights once per sub-batch.
 
 from __future__ import annotations
 
+from llmservingsim.errors import ConfigError
 from llmservingsim.hardware.backends import PerfBackend
 from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.device import DeviceSpec
@@ -62,6 +63,12 @@ class PimIterationTimer(IterationTimer):
         moe_imbalance: float = 1.0,
         pim_backend: RooflineBackend | None = None,
     ) -> None:
+        if spec.has_sliding_layers:
+            # The offloaded decode attention is split by summed context only (sub-batches).
+            raise ConfigError(
+                f"pim: model {spec.name} has sliding-window attention layers; "
+                "attention offload to PIM for them is not yet supported"
+            )
         super().__init__(
             spec,
             device,

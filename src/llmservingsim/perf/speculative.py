@@ -107,8 +107,11 @@ class ProposerContext:
 
 
 def one_layer_head(target: ModelSpec) -> ModelSpec:
-    """The EAGLE / MTP head: one decoder layer of the target's shape plus its LM head."""
-    return replace(target, name=f"{target.name}-head", num_layers=1, first_dense_layers=0)
+    """The EAGLE / MTP head: one decoder layer of the target's shape plus its LM head (a
+    full-attention layer: EAGLE heads attend to the whole context)."""
+    return replace(
+        target, name=f"{target.name}-head", num_layers=1, first_dense_layers=0, sliding_layers=()
+    )
 
 
 PROPOSERS: Registry[Callable[[ProposerContext], Proposer]] = Registry("speculative method")

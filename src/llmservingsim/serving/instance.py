@@ -174,7 +174,7 @@ class Instance:
         # per request (speculative verify steps, LoRA adapters).
         if fast_forward and speculator is None and lora is None:
             for ve in self.virtual_engines:
-                ve.scheduler.keep_steady_decoders()
+                ve.scheduler.keep_steady_decoders(timer.window)
         # Runs need one engine (no pipeline, no DP ranks) and a timer without per-step side
         # effects.
         self.fast_forward = fast_forward and self.pp == 1 and self.dp == 1 and timer.repeatable
@@ -392,7 +392,7 @@ class Instance:
         steady_decodes = 0 if steady is None else steady.in_flight
         if not entries and not steady_decodes:
             return None
-        batch = self._batch_shape(entries, now, steady)
+        batch = self._batch_shape(entries, now, steady, self.timer.window)
         cost = self.timer.step(batch)
         if speculator is not None:
             cost = speculator.add_proposals(entries, cost)
@@ -451,7 +451,7 @@ class Instance:
             steady = scheduler.steady
             if not entries and (steady is None or not steady.in_flight):
                 continue
-            batches.append(self._batch_shape(entries, now, steady))
+            batches.append(self._batch_shape(entries, now, steady, self.timer.window))
             started.append((ve, entries))
             # KV copies over each rank's host links run before the (shared) forward pass.
             transfer = max(transfer, scheduler.take_transfer_seconds())
@@ -468,6 +468,7 @@ class Instance:
             whole.prefill.extend(batch.prefill)
             whole.num_decode += batch.num_decode
             whole.decode_context += batch.decode_context
+            whole.decode_local_context += batch.decode_local_context
             whole.num_sampled += batch.num_sampled
             whole.num_verify += batch.num_verify
         self._record_step(whole, cost, now, first)
@@ -521,12 +522,17 @@ class Instance:
 
     @staticmethod
     def _batch_shape(
-        entries: list[ScheduledEntry], now: float, steady: SteadyDecoders | None
+        entries: list[ScheduledEntry],
+        now: float,
+        steady: SteadyDecoders | None,
+        window: int = 0,
     ) -> BatchShape:
+        """The step's batch; ``window`` > 0: the model's sliding window, whose layers attend
+        min(context, window) tokens per decode sequence (``decode_local_context``)."""
         # Hot (every sequence, every step): Sequence properties read into locals.
         batch = BatchShape()
         prefill = batch.prefill
-        num_decode = decode_context = num_sampled = num_verify = 0
+        num_decode = decode_context = num_sampled = num_verify = local_context = 0
         for seq, num_new in entries:
             computed = seq.num_computed
             generated = seq.generated
@@ -542,6 +548,8 @@ class Instance:
             if samples and num_new == 1 and generated > 0:
                 num_decode += 1
                 decode_context += computed + 1
+                if window:
+                    local_context += computed + 1 if computed < window else window
             else:
                 prefill.append((num_new, computed))
                 if seq.first_scheduled_time < 0:
@@ -551,8 +559,11 @@ class Instance:
             num_decode += steady.in_flight
             decode_context += steady.in_flight_context
             num_sampled += steady.in_flight
+            # Steady decoders of such a model are all past the window (SteadyDecoders.join).
+            local_context += steady.in_flight * window
         batch.num_decode = num_decode
         batch.decode_context = decode_context
+        batch.decode_local_context = local_context
         batch.num_sampled = num_sampled
         batch.num_verify = num_verify
         return batch

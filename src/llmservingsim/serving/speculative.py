@@ -138,6 +138,13 @@ def load_draft_model(cfg: SpeculativeConfig, target: ModelSpec, tp: int) -> Mode
             f"speculative.draft_model {cfg.draft_model!r}: its {draft.num_heads} heads do not "
             f"split over tensor_parallel={tp} (the draft runs with the target's TP)"
         )
+    if draft.has_sliding_layers:
+        # A proposal pass (perf/speculative.ModelProposer) knows only the summed context,
+        # not each sequence's min(context, window).
+        raise ConfigError(
+            f"speculative.draft_model {cfg.draft_model!r}: a draft model with sliding-window "
+            "attention is not yet supported"
+        )
     return draft
 
 

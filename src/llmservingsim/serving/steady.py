@@ -78,10 +78,15 @@ class SteadyDecoders:
         "in_flight_context",
         "last_end",
         "started",
+        "window",
     )
 
-    def __init__(self, blocks: BlockManager) -> None:
+    def __init__(self, blocks: BlockManager, window: int = 0) -> None:
         self.blocks = blocks
+        # The model's sliding window (0: none). Only requests past it join: their
+        # sliding-window layers then attend ``window`` tokens every step, so the group's sum
+        # of min(context, window) is ``window`` per member, exact without per-request state.
+        self.window = window
         self.block_size = blocks.block_size
         self.started = 0
         self.ended = 0
@@ -103,9 +108,12 @@ class SteadyDecoders:
     def join(self, seq: Sequence) -> bool:
         """Make a running request that just sampled a token (and decodes next) a member;
         False when its KV blocks do not follow the one-block-per-``block_size``-steps pattern
-        (it holds blocks reserved far ahead that it will outgrow: it stays one by one)."""
+        (it holds blocks reserved far ahead that it will outgrow: it stays one by one), or
+        when it attends fewer tokens than the model's sliding window."""
         t0, size = self.started, self.block_size
         computed, generated, held = seq.num_computed, seq.generated, len(seq.blocks)
+        if computed + 1 < self.window:
+            return False  # inside the window: its min(context, window) still grows
         last_step = t0 + seq.spec.output_len - generated - 1
         first_block = held * size - computed  # steps until it writes past its last block
         if first_block >= size and t0 + first_block <= last_step:

@@ -736,6 +736,8 @@ class KernelDbBackend:
         dims = dict(op.dims)
         if "q_heads" not in dims:
             return None  # MLA: its own kernels
+        if "window" in dims:
+            return None  # sliding-window layers: the tables hold full causal attention only
         grid = self.tables.context.get((dims["q_heads"], dims["kv_heads"], dims["head_dim"]))
         if grid is None:
             return None

@@ -28,7 +28,7 @@ import math
 from llmservingsim.errors import ConfigError
 from llmservingsim.hardware.backends.base import PERF_BACKENDS
 from llmservingsim.hardware.device import DeviceSpec
-from llmservingsim.model.ops import Op
+from llmservingsim.model.ops import Op, attended_keys
 
 ACT_BYTES = 2.0  # activations stream in 16-bit
 
@@ -44,7 +44,8 @@ def gemm_shapes(op: Op) -> list[tuple[int, int, int, int]]:
         return [(m, n, k, batch)]
     if op.kind == "attention_prefill" and "new" in dims:
         new, d = dims["new"], dims["head_dim"]
-        keys = dims["ctx"] + (new + 1) // 2  # causal: half the chunk on average
+        # Causal: half the chunk on average; a sliding window's band (model/ops.py).
+        keys = max(1, round(attended_keys(new, dims["ctx"], dims.get("window", 0)) / new))
         heads = dims["q_heads"]
         return [(new, keys, d, heads), (new, d, keys, heads)]
     if op.kind == "attention_decode" and "batch" in dims:

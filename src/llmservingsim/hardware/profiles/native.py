@@ -54,7 +54,7 @@ def _elementwise(name: str, d: dict[str, int], dtype: str) -> Op:
 
 def _prefill(name: str, d: dict[str, int], dtype: str) -> Op:
     graph = _graph(dtype, d["q_heads"], d["kv_heads"], d["head_dim"])
-    return graph.prefill_attention(d["new"], d["ctx"])
+    return graph.prefill_attention(d["new"], d["ctx"], d.get("window", 0))
 
 
 def _decode(name: str, d: dict[str, int], dtype: str) -> Op:
@@ -76,6 +76,7 @@ BUILDERS: dict[frozenset[str], Builder] = {
     frozenset(("m", "n", "k")): _gemm,
     frozenset(("m", "read", "write")): _elementwise,
     frozenset(("new", "ctx", *HEADS)): _prefill,
+    frozenset(("new", "ctx", "window", *HEADS)): _prefill,
     frozenset(("batch", "context", *HEADS)): _decode,
     frozenset(("m", "vocab")): _sampling,
     frozenset(("seqs",)): _step_cpu,

@@ -96,10 +96,10 @@ class Scheduler(ABC):
             type(blocks).take_transfer_seconds is not BlockManager.take_transfer_seconds
         )
 
-    def keep_steady_decoders(self) -> bool:
+    def keep_steady_decoders(self, window: int = 0) -> bool:
         """Handle steady decoders as a group from now on, where the policy and the block
         manager allow it (KV blocks that only grow, no per-request step changes); whether it
-        does."""
+        does. ``window``: the model's sliding window (0: none; SteadyDecoders.join)."""
         if not (
             self._schedule_supports_steady()
             and self.blocks.fast_forward_safe
@@ -107,7 +107,7 @@ class Scheduler(ABC):
             and not self.running
         ):
             return False
-        self.steady = SteadyDecoders(self.blocks)
+        self.steady = SteadyDecoders(self.blocks, window)
         return True
 
     @classmethod
