@@ -143,7 +143,8 @@ def held_out(data: Path, stage_seconds: float, folds: int) -> None:
                 f"  {row['exp_id']:>8} {row['stage_index']} | {meas['ttft']:8.1f}"
                 f" {sim['ttft'] * 1e3:8.1f}"
                 f" | {meas['itl']:7.2f} {sim['itl'] * 1e3:8.2f} | step "
-                f"{params['step_overhead_us']} us, {params['request_overhead_us']} us + "
+                f"{params['step_overhead_us']} us + {params['per_seq_overhead_us']} us/seq, "
+                f"{params['request_overhead_us']} us + "
                 f"{params['per_prompt_token_us']} us/token"
             )
     medians = ", ".join(f"{k.upper()} {np.median(v):.1f} %" for k, v in errors.items())
