@@ -10,11 +10,13 @@ from typing import Any
 from llmservingsim.cluster.autoscale import Autoscaler
 from llmservingsim.cluster.cluster import Cluster, Pool
 from llmservingsim.cluster.placement import place_instances
+from llmservingsim.config import CudaGraphsConfig
 from llmservingsim.hardware.backends import PerfBackend, build_backend
+from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.model.lora import adapter_bytes_per_device
 from llmservingsim.network.topology import Topology
-from llmservingsim.perf.iteration import IterationTimer
+from llmservingsim.perf.iteration import CudaGraphPolicy, IterationTimer
 from llmservingsim.perf.lora import LoraCompute, adapter_load_seconds, disk_read_seconds
 from llmservingsim.perf.pim import PimIterationTimer
 from llmservingsim.scenario import PoolPlan, Scenario
@@ -73,8 +75,18 @@ def build_timer(scenario: Scenario, pool: PoolPlan, first_device: int) -> Iterat
         host_overhead_s=host,
         host_overlap=cfg.perf.host_overlap,
         data_parallel=pool.dp,
+        cuda_graphs=cuda_graph_policy(cfg.perf.cuda_graphs, device),
         **common,
     )
+
+
+def cuda_graph_policy(graphs: CudaGraphsConfig, device: DeviceSpec) -> CudaGraphPolicy:
+    """perf.cuda_graphs as the timer uses it; the launch cost defaults to the device's fitted
+    per-kernel fixed time (docs/calibration.md §4)."""
+    launch_us = graphs.launch_us
+    if launch_us is None:
+        launch_us = device.efficiency.kernel_launch_us
+    return CudaGraphPolicy(graphs.mode, graphs.sizes(), graphs.padding, launch_us * 1e-6)
 
 
 def build_cluster(scenario: Scenario, metrics: MetricsCollector) -> Cluster:

@@ -855,6 +855,56 @@ class KernelDbConfig(_Section):
     """Time the engine's custom all-reduce as captured in CUDA graphs (else eager)."""
 
 
+CudaGraphMode = Literal["off", "eager", "decode", "piecewise"]
+
+
+class CudaGraphsConfig(_Section):
+    """CUDA-graph capture of the engine's forward pass (docs/engines.md, "CUDA graphs"). A step
+    run under a captured graph has its batch padded up to the next capture size (GEMMs and
+    elementwise kernels timed at the padded token count, attention at the real sequences) and
+    pays no per-kernel launch; a step run eagerly takes at least its kernel count × launch_us
+    (the host enqueues kernels ahead of the GPU, so the step is bound by the larger of the two
+    sums)."""
+
+    mode: CudaGraphMode = "off"
+    """off: not modelled (kernels take their GPU time, no padding); eager: no graphs, every
+    step pays the launch floor (vLLM --enforce-eager); decode: pure-decode steps of up to
+    max_capture_size sequences replay a graph, steps with a prefill run eagerly (vLLM 0.6);
+    piecewise: every step of up to max_capture_size tokens replays graphs, attention outside
+    them (vLLM V1)."""
+    max_capture_size: int = Field(default=256, ge=1, le=65536, strict=True)
+    """Largest captured batch (decode: sequences; piecewise: tokens)."""
+    capture_sizes: list[Annotated[int, Field(ge=1, le=65536, strict=True)]] | None = None
+    """Captured batch sizes, each <= max_capture_size; default: 1, 2, 4, then multiples of 8
+    up to 256, then multiples of 16 (vLLM's list) up to max_capture_size."""
+    padding: bool = True
+    """Pad a batch up to the next capture size; false: only batches of exactly a captured
+    size replay a graph, the others run eagerly."""
+    launch_us: Microseconds | None = None
+    """Host time per kernel launch of an eager step, µs; default: the device's fitted
+    kernel_launch_us (docs/calibration.md §4); 0 turns the launch floor off."""
+
+    @model_validator(mode="after")
+    def _sizes_fit(self) -> CudaGraphsConfig:
+        sizes = self.capture_sizes
+        if sizes is not None:
+            if not sizes:
+                raise ValueError("capture_sizes: expected a non-empty list (or leave it unset)")
+            if max(sizes) > self.max_capture_size:
+                raise ValueError(
+                    f"capture_sizes: {max(sizes)} is above max_capture_size {self.max_capture_size}"
+                )
+        return self
+
+    def sizes(self) -> tuple[int, ...]:
+        """The captured batch sizes, ascending."""
+        if self.capture_sizes is not None:
+            return tuple(sorted(set(self.capture_sizes)))
+        top = self.max_capture_size
+        default = [1, 2, 4, *range(8, 257, 8), *range(272, top + 1, 16)]
+        return tuple(size for size in default if size <= top) or (top,)
+
+
 class PerfConfig(_Section):
     """Which perf backend times the ops, and the settings of the non-default ones. ``auto``
     picks per device type: ``systolic`` for an NPU whose YAML describes its arrays, ``roofline``
@@ -886,6 +936,9 @@ class PerfConfig(_Section):
     """The engine's host work of a step (scheduling, input preparation, output processing) runs
     while the GPU runs the step before (TensorRT-LLM's overlap scheduler, SGLang's overlap
     scheduler): a step takes max(GPU, host) instead of their sum (docs/engines.md)."""
+    cuda_graphs: CudaGraphsConfig = CudaGraphsConfig()
+    """cuda_graphs: which steps replay captured CUDA graphs (padding) and which run eagerly
+    (kernel-launch floor)."""
 
 
 class MoeConfig(_Section):

@@ -276,28 +276,100 @@ def test_silicon_points_with_attention_dp_over_every_expert_device_are_simulated
     assert "DP2" in scenario.label and scenario.concurrency == 16
 
 
-def test_closed_loop_clients_keep_the_concurrency_in_flight() -> None:
+def test_the_benchmark_client_of_each_kind_of_silicon_source_is_recognized(
+    tmp_path: Path,
+) -> None:
+    from llmservingsim.validate.sources import silicon_rows
+
+    point = "vllm,0.19.0,meta-llama/Llama-3.1-8B-Instruct,h100_sxm,bf16,agg,1024,1024,4,1,1,1,1,1"
+    sources = {
+        # InferenceX's database dumps and its dated result exports
+        "x1": "db-dump/2026-04-27; config_id=7; silicon_concurrency=4; workflow_run_id=9; img",
+        "x2": "source_file=2026-04-06.csv; model=Llama-3.1-8B; silicon_concurrency=4",
+        # NVIDIA's gap-analysis files and the per-model ones name no client
+        "n1": "source_file=/Users/u/aic-auto-gap-analysis/data/h100_sxm/vllm/0.19.0/m.csv; x=1",
+        "n2": "source_file=kimi-k2.5-gap-analysis.csv; silicon_concurrency=4",
+        "n3": "",
+    }
+    lines = [SILICON_COLUMNS]
+    lines += [f'{pid},"{source}",{point},30,5' for pid, source in sources.items()]
+    path = tmp_path / "silicon_sample.csv"
+    path.write_text("\n".join(lines) + "\n")
+    rows = {r["id"]: r for r in silicon_rows(path, per_group=None) if r["metric"] == "ttft_mean"}
+    kinds = {pid: rows[f"aic_{pid}_ttft_mean"]["client"] for pid in sources}
+    assert kinds == {"x1": "inferencex", "x2": "inferencex", "n1": "", "n2": "", "n3": ""}
+
+
+def _point(client: str, concurrency: str = "8", isl: str = "1024", osl: str = "100") -> Scenario:
     row = _row(
-        model="meta-llama/Llama-3.1-8B",
-        input_len="128",
-        output_len="32",
+        input_len=isl,
+        output_len=osl,
         request_rate_rps="",
         num_requests="",
         metric="ttft_mean",
         unit="ms",
     )
-    row["concurrency"] = "4"
-    sim = validate_run._simulate(_scenario(row), [])
+    row.update(concurrency=concurrency, client=client)
+    return _scenario(row)
+
+
+def test_the_client_protocol_is_picked_per_kind_of_source() -> None:
+    from llmservingsim.validate.scenario import CLIENTS, UNRECORDED_CLIENT
+
+    inferencex = CLIENTS["inferencex"]
+    x = _point("inferencex", isl="1024", osl="8192")
+    low_in, low_out = int(1024 * 0.8), int(8192 * 0.8)  # benchmark_serving.py's int(L · ratio)
+    assert inferencex.range_ratio == 0.8 and inferencex.requests_per_client == 10
+    assert f"workload.num_requests={8 * 10}" in x.overrides
+    assert "workload.arrival={process: closed, concurrency: 8}" in x.overrides
+    assert f"workload.input_len={{dist: uniform, min: {low_in}, max: 1024}}" in x.overrides
+    assert f"workload.output_len={{dist: uniform, min: {low_out}, max: 8192}}" in x.overrides
+    assert "InferenceX" in x.label and "uniform" in x.label
+    # a source that does not record its client keeps fixed lengths and a few rounds, noted
+    n = _point("")
+    rounds = UNRECORDED_CLIENT.requests_per_client
+    assert f"workload.num_requests={8 * rounds}" in n.overrides
+    assert "workload.input_len={dist: fixed, value: 1024}" in n.overrides
+    assert any("not recorded" in note for note in n.notes)
+    # a client kind without a protocol is a skip with the reason, not a guess
+    row = _row(input_len="128", output_len="16", metric="ttft_mean", unit="ms")
+    row.update(concurrency="4", client="aiperf")
+    assert "no protocol" in str(scenario_for(row, Path("."), [row]))
+
+
+def test_closed_loop_clients_keep_the_concurrency_in_flight() -> None:
+    from llmservingsim.validate.scenario import UNRECORDED_CLIENT
+
+    scenario = _point("", concurrency="4", isl="128", osl="32")
+    sim = validate_run._simulate(scenario, [])
     records = sim.records
-    assert len(records) == 4 * validate_run.CLOSED_LOOP_ROUNDS
+    assert len(records) == 4 * UNRECORDED_CLIENT.requests_per_client
     # every client starts at t = 0; each later request is sent when an earlier one ended
-    # (the engine's own closed loop, engine.ClosedLoop)
+    # (the engine's own closed loop, engine.ClosedLoop, with the vLLM preset's frontend)
     arrivals = sorted(r.arrival_s for r in records)
     assert arrivals[:4] == [0.0] * 4 and arrivals[4] > 0
     finishes = sorted(r.finish_s for r in records)
     for arrival, finish in zip(arrivals[4:], finishes, strict=False):
         assert arrival == pytest.approx(finish, abs=1e-6)
     assert sim.values["ttft_s.mean"] > 0 and sim.values["tpot_s.mean"] > 0
+    assert not any("simulated with" in note for note in scenario.notes)  # no fallback
+
+
+def test_inferencex_closed_loop_draws_its_lengths_and_breaks_the_lock_step() -> None:
+    concurrency = 8
+    sim = validate_run._simulate(
+        _point("inferencex", concurrency=str(concurrency), isl="512", osl="64"), []
+    )
+    done = [r for r in sim.records if r.status == "finished"]
+    assert len(done) == concurrency * 10
+    inputs = [r.input_tokens for r in done]
+    outputs = [r.output_tokens for r in done]
+    assert min(inputs) >= int(512 * 0.8) and max(inputs) <= 512 and len(set(inputs)) > 10
+    assert min(outputs) >= int(64 * 0.8) and max(outputs) <= 64 and len(set(outputs)) > 5
+    # with lengths that differ, the clients drift apart: after the first burst the sends
+    # no longer come in waves of all the clients at one instant
+    later = sorted(r.arrival_s for r in done)[concurrency:]
+    assert len(set(later)) > len(later) // 2
 
 
 BLIS_HEADER = (

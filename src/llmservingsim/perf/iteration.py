@@ -256,6 +256,52 @@ def _pair_key(first: int, second: int) -> int:
     return (first << 31) | second
 
 
+class CudaGraphPolicy:
+    """Which steps replay a captured CUDA graph and at what padded size (perf.cuda_graphs).
+
+    ``mode``: off (not modelled), eager, decode (pure-decode steps only, counted in
+    sequences), piecewise (any step, counted in tokens). ``sizes``: the captured sizes,
+    ascending; ``padding``: round a batch up to the next one (else only exact sizes replay).
+    ``launch_s``: host seconds per kernel launch of an eager step (0: no floor).
+    """
+
+    mode: str
+    launch_s: float
+    _pad: list[int]
+
+    def __init__(self, mode: str, sizes: tuple[int, ...], padding: bool, launch_s: float) -> None:
+        self.mode = mode
+        self.launch_s = launch_s if mode != "off" else 0.0
+        # _pad[n]: the graph size a batch of n runs at; 0: it runs eagerly.
+        top = sizes[-1] if mode in ("decode", "piecewise") and sizes else 0
+        pad = [0] * (top + 1)
+        if top:
+            if padding:
+                at = 0
+                for n in range(1, top + 1):
+                    while sizes[at] < n:
+                        at += 1
+                    pad[n] = sizes[at]
+            else:
+                for size in sizes:
+                    pad[size] = size
+        self._pad = pad
+
+    @staticmethod
+    def off() -> CudaGraphPolicy:
+        return CudaGraphPolicy("off", (), True, 0.0)
+
+    def graph_size(self, num_decode: int, num_tokens: int, has_prefill: bool) -> int:
+        """The padded token count the step's graph runs at, or 0 where it runs eagerly."""
+        if self.mode == "decode":
+            if has_prefill or num_decode >= len(self._pad):
+                return 0
+            return self._pad[num_decode]
+        if self.mode == "piecewise" and num_tokens < len(self._pad):
+            return self._pad[num_tokens]
+        return 0
+
+
 class IterationTimer:
     repeatable: ClassVar[bool] = True
     """Whether :meth:`step` depends only on the batch (apart from the memo counters), so the
@@ -278,6 +324,7 @@ class IterationTimer:
         host_overhead_s: tuple[float, float] | None = None,
         host_overlap: bool = False,
         data_parallel: int = 1,
+        cuda_graphs: CudaGraphPolicy | None = None,
     ) -> None:
         self.graph = OpGraph(
             spec,
@@ -331,6 +378,11 @@ class IterationTimer:
         # (TensorRT-LLM's overlap scheduler, SGLang's overlap scheduler), so a step takes
         # max(GPU, host) instead of their sum.
         self.host_overlap = host_overlap
+        # perf.cuda_graphs: padded graph replays, or the kernel-launch floor of eager steps.
+        self.cuda_graphs = CudaGraphPolicy.off() if cuda_graphs is None else cuda_graphs
+        self.launch_s = self.cuda_graphs.launch_s
+        self._graphs_on = self.cuda_graphs.mode != "off"  # (one test per step when off)
+        self._kernel_counts()
         self._layer: dict[int, _Cost] = {}
         self._moe_layer: dict[int, _Cost] = {}
         self._moe_rank: dict[int, _Cost] = {}
@@ -363,6 +415,66 @@ class IterationTimer:
             and self.pp == 1
             and not self.window
         )
+
+    def _kernel_counts(self) -> None:
+        """Kernels one eager step launches per layer kind, per attention kind and in the head:
+        one per op of the op graph, and one per collective (a NCCL or custom all-reduce is a
+        kernel launch too). All prefill chunks of a step share one varlen attention call."""
+        graph, tp = self.graph, self.tp
+        self.dense_kernels = len(graph.dense_layer_ops(1)) + (2 if tp > 1 else 0)
+        self.moe_kernels = 0
+        moe = graph.moe
+        if moe is not None:
+            # the attention all-reduce; then (EP = 1) the experts' all-reduce, or (EP > 1) the
+            # dispatch and combine all-to-alls, the all-gather, the shared experts' reduce-scatter
+            in_tp = 1 if tp > 1 else 0
+            if self.ep == 1:
+                collectives_per_layer = 2 * in_tp
+            else:
+                shared = 1 if moe.shared_intermediate else 0
+                collectives_per_layer = in_tp + 2 + in_tp + shared * in_tp
+            self.moe_kernels = (
+                len(graph.attention_block_ops(1)) + len(moe.ffn_ops(1)) + collectives_per_layer
+            )
+        self.prefill_attn_kernels = len(graph.prefill_attention_ops(1, 0))
+        self.decode_attn_kernels = len(graph.decode_attention_ops(1, 1))
+        self.head_kernels = len(graph.embedding_ops(1)) + len(graph.output_ops(1))
+
+    def _layer_kernels(self, batch: BatchShape, moe: bool) -> int:
+        kernels = self.moe_kernels if moe else self.dense_kernels
+        if batch.prefill:
+            kernels += self.prefill_attn_kernels
+        if batch.num_decode:
+            kernels += self.decode_attn_kernels
+        return kernels
+
+    def _graph_tokens(self, batch: BatchShape, num_tokens: int) -> tuple[int, bool]:
+        """The token count the step's GEMMs and elementwise kernels run at, and whether it
+        runs eagerly (pays the launch floor)."""
+        size = self.cuda_graphs.graph_size(batch.num_decode, num_tokens, bool(batch.prefill))
+        if size:
+            return size, False
+        return num_tokens, self.launch_s > 0.0
+
+    def _stages_floor(self, stages: list[float], batch: BatchShape, head_s: float) -> None:
+        """Each stage of an eager step takes at least its kernels' launch time: the host
+        enqueues kernels asynchronously, so over a stage the GPU waits only where the
+        launches, summed, outrun the kernels, summed (docs/engines.md, "CUDA graphs"). The
+        last stage also runs the head (``head_s``, added by the caller)."""
+        dense_k = self._layer_kernels(batch, False)
+        moe_k = self._layer_kernels(batch, True)
+        last = len(stages) - 1
+        for i, (layers, moe_layers) in enumerate(
+            zip(self.stage_layers, self.stage_moe_layers, strict=True)
+        ):
+            kernels = (layers - moe_layers) * dense_k + moe_layers * moe_k
+            head = 0.0
+            if i == last:
+                kernels += self.head_kernels
+                head = head_s
+            floor = kernels * self.launch_s
+            if stages[i] + head < floor:
+                stages[i] = floor - head
 
     @property
     def cache_hit_rate(self) -> float:
@@ -419,14 +531,18 @@ class IterationTimer:
         """:meth:`step` for decode batches like ``first`` with these contexts (all > 0), as
         arrays: the same operations in the same order, so the same results."""
         assert self._vector is not None
-        num_tokens = first.num_tokens
+        num_tokens, eager = self._graph_tokens(first, first.num_tokens)
         base_s, base_f, base_b = self._layer_cost(num_tokens)
         head_s, head_f, head_b = self._head_cost(num_tokens, first.num_sampled)
         attn_f, attn_b = self._decode_attention_work_each(first.num_decode, contexts)
         layer_s = base_s + self._vector.decode_attention_times(attn_f, attn_b)
         cpu = self.step_overhead + self.seq_overhead * first.num_seqs
         n = self.num_layers
-        if self.host_overlap:
+        if eager:
+            kernels = n * self._layer_kernels(first, False) + self.head_kernels
+            gpu = np.maximum(n * layer_s + head_s, kernels * self.launch_s)
+            seconds = gpu + np.maximum(cpu - gpu, 0.0) if self.host_overlap else cpu + gpu
+        elif self.host_overlap:
             gpu = n * layer_s + head_s
             seconds = gpu + np.maximum(cpu - gpu, 0.0)
         else:
@@ -674,24 +790,39 @@ class IterationTimer:
         num_tokens = batch.num_tokens
         if num_tokens == 0:
             return StepCost(0.0, 0.0, 0.0, (0.0,) * self.pp)
+        # Under a captured graph the token-count kernels run at the padded size.
+        padded, eager = num_tokens, False
+        if self._graphs_on:
+            padded, eager = self._graph_tokens(batch, num_tokens)
         if self.window:
-            return self._local_step(batch)
-        layer_s, layer_f, layer_b = self._with_attention(self._layer_cost(num_tokens), batch)
-        head_s, head_f, head_b = self._head_cost(num_tokens, batch.num_sampled)
+            return self._local_step(batch, padded, eager)
+        layer_s, layer_f, layer_b = self._with_attention(self._layer_cost(padded), batch)
+        head_s, head_f, head_b = self._head_cost(padded, batch.num_sampled)
         cpu = self.step_overhead + self.seq_overhead * batch.num_seqs
         if self.num_moe_layers:
             dense = (layer_s, layer_f, layer_b)
-            moe = self._with_attention(self._moe_layer_cost(num_tokens), batch)
-            return self._moe_step(num_tokens, dense, moe, (head_s, head_f, head_b), cpu)
+            moe = self._with_attention(self._moe_layer_cost(padded), batch)
+            return self._moe_step(
+                num_tokens, dense, moe, (head_s, head_f, head_b), cpu, batch if eager else None
+            )
         n = self.num_layers
         flops, traffic = n * layer_f + head_f, n * layer_b + head_b
         if self.pp == 1:
+            if eager:
+                gpu = n * layer_s + head_s
+                floor = (n * self._layer_kernels(batch, False) + self.head_kernels) * self.launch_s
+                if gpu < floor:
+                    gpu = floor
+                seconds = self._exposed_host(cpu, gpu) + gpu
+                return StepCost(seconds, flops, traffic, (seconds,))
             if self.host_overlap:
                 cpu = self._exposed_host(cpu, n * layer_s + head_s)
             seconds = cpu + n * layer_s + head_s
             return StepCost(seconds, flops, traffic, (seconds,))
         # The CPU prepares the batch before stage 0; the last stage runs the LM head.
         stages = [layers * layer_s for layers in self.stage_layers]
+        if eager:
+            self._stages_floor(stages, batch, head_s)
         if self.host_overlap:
             gpu = sum_in_order(stages) + head_s + sum_in_order(list(self._stage_sends(num_tokens)))
             cpu = self._exposed_host(cpu, gpu)
@@ -707,7 +838,11 @@ class IterationTimer:
         so it sets no pace). Each rank runs its host work, dense layers, attention, its part
         of every MoE layer and the head on its own batch; the slowest rank sets the pace, and
         every MoE layer adds the routed experts on the union of the ranks' tokens (all
-        devices wait for the all-to-all). FLOPs and bytes: one device of the slowest rank."""
+        devices wait for the all-to-all). FLOPs and bytes: one device of the slowest rank.
+
+        CUDA graphs (perf.cuda_graphs): the ranks replay one graph together, at the largest
+        padded size any busy rank needs, or all run eagerly when one of them cannot replay;
+        an eager step then takes at least the slowest rank's kernel launches."""
         total = 0
         for batch in batches:
             total += batch.num_tokens
@@ -715,23 +850,33 @@ class IterationTimer:
             return StepCost(0.0, 0.0, 0.0, (0.0,))
         n_moe = self.num_moe_layers
         n_dense = self.num_layers - n_moe
+        size, eager = self._ranks_graph_size(batches)
+        if size:
+            total = 0
+            for batch in batches:
+                total += size if batch.num_tokens else 0
         # Sliding-window layers of each kind (their attention: min(context, window) tokens).
         local_dense = local_moe = 0
         for kinds in self.stage_layer_kinds:
             local_dense += kinds[1]
             local_moe += kinds[3]
         slow_s = slow_f = slow_b = -1.0
+        slow_cpu = 0.0
+        slow_batch = batches[0]
         for batch in batches:
             num_tokens = batch.num_tokens
             if num_tokens == 0:
                 continue
+            if size:
+                num_tokens = size
             self.cache_lookups += 1
             if num_tokens in self._moe_rank:
                 self.cache_hits += 1
             rank = self._moe_rank_cost(num_tokens)
             moe_s, moe_f, moe_b = self._with_attention(rank, batch)
             head_s, head_f, head_b = self._head_cost(num_tokens, batch.num_sampled)
-            seconds = self.step_overhead + self.seq_overhead * batch.num_seqs
+            cpu = self.step_overhead + self.seq_overhead * batch.num_seqs
+            seconds = cpu
             full_moe = n_moe - local_moe
             seconds += full_moe * moe_s + head_s
             flops = full_moe * moe_f + head_f
@@ -755,16 +900,42 @@ class IterationTimer:
                     traffic += local_dense * local[2]
             if seconds > slow_s:
                 slow_s, slow_f, slow_b = seconds, flops, traffic
+                slow_cpu, slow_batch = cpu, batch
         self.cache_lookups += 1
         if total in self._moe_experts:
             self.cache_hits += 1
         experts_s, experts_f, experts_b = self._moe_experts_cost(total)
         seconds = slow_s + n_moe * experts_s
+        if eager:
+            kernels = n_moe * self._layer_kernels(slow_batch, True)
+            kernels += n_dense * self._layer_kernels(slow_batch, False) + self.head_kernels
+            floor = kernels * self.launch_s
+            if seconds - slow_cpu < floor:
+                seconds = slow_cpu + floor
         return StepCost(seconds, slow_f + n_moe * experts_f, slow_b + n_moe * experts_b, (seconds,))
 
-    def _local_step(self, batch: BatchShape) -> StepCost:
+    def _ranks_graph_size(self, batches: list[BatchShape]) -> tuple[int, bool]:
+        """The graph size the DP ranks replay together (0: none), and whether the step runs
+        eagerly with a launch floor."""
+        if self.cuda_graphs.mode == "off":
+            return 0, False
+        size = 0
+        for batch in batches:
+            if batch.num_tokens == 0:
+                continue
+            rank = self.cuda_graphs.graph_size(
+                batch.num_decode, batch.num_tokens, bool(batch.prefill)
+            )
+            if rank == 0:
+                return 0, self.launch_s > 0.0
+            size = max(size, rank)
+        return size, False
+
+    def _local_step(self, batch: BatchShape, padded: int, eager: bool) -> StepCost:
         """:meth:`step` of a model with sliding-window layers: every stage's layers of each
-        kind (dense or MoE, full or sliding-window attention), each kind timed once."""
+        kind (dense or MoE, full or sliding-window attention), each kind timed once. Its
+        token-count kernels run at ``padded`` tokens (a CUDA graph's size); ``eager``: each
+        stage pays the kernel-launch floor."""
         num_tokens = batch.num_tokens
         window = self.window
         totals = [0, 0, 0, 0]  # dense full, dense sliding, MoE full, MoE sliding
@@ -772,15 +943,15 @@ class IterationTimer:
             for k in range(4):
                 totals[k] += kinds[k]
         zero: _Cost = (0.0, 0.0, 0.0)
-        dense = self._layer_cost(num_tokens) if totals[0] or totals[1] else zero
-        moe = self._moe_layer_cost(num_tokens) if totals[2] or totals[3] else zero
+        dense = self._layer_cost(padded) if totals[0] or totals[1] else zero
+        moe = self._moe_layer_cost(padded) if totals[2] or totals[3] else zero
         each = (
             self._with_attention(dense, batch) if totals[0] else zero,
             self._with_attention(dense, batch, window) if totals[1] else zero,
             self._with_attention(moe, batch) if totals[2] else zero,
             self._with_attention(moe, batch, window) if totals[3] else zero,
         )
-        head_s, head_f, head_b = self._head_cost(num_tokens, batch.num_sampled)
+        head_s, head_f, head_b = self._head_cost(padded, batch.num_sampled)
         flops, traffic = head_f, head_b
         for k in range(4):
             flops += totals[k] * each[k][1]
@@ -789,6 +960,8 @@ class IterationTimer:
             sum_in_order([kinds[k] * each[k][0] for k in range(4)])
             for kinds in self.stage_layer_kinds
         ]
+        if eager:
+            self._stages_floor(stages, batch, head_s)
         cpu = self.step_overhead + self.seq_overhead * batch.num_seqs
         sends = self._stage_sends(num_tokens)
         if self.host_overlap:
@@ -807,23 +980,42 @@ class IterationTimer:
         attn_f, attn_b = self.graph.decode_attention_work(num_decode, context)
         if attn_f <= 0.0:
             return None
-        layer_s, layer_f, layer_b = self._layer_cost(num_decode)
+        padded = 0
+        if self._graphs_on:
+            padded = self.cuda_graphs.graph_size(num_decode, num_decode, False)
+        tokens = padded if padded else num_decode
+        layer_s, layer_f, layer_b = self._layer_cost(tokens)
         assert self._scalar is not None
         layer_s += self._scalar.decode_attention_time(attn_f, attn_b)
         layer_f += attn_f
         layer_b += attn_b
-        head_s, head_f, head_b = self._head_cost(num_decode, num_sampled)
+        head_s, head_f, head_b = self._head_cost(tokens, num_sampled)
         n = self.num_layers
         cpu = self.step_overhead + self.seq_overhead * num_decode
+        if self._graphs_on and not padded and self.launch_s > 0.0:
+            gpu = n * layer_s + head_s
+            kernels = n * (self.dense_kernels + self.decode_attn_kernels) + self.head_kernels
+            floor = kernels * self.launch_s
+            if gpu < floor:
+                gpu = floor
+            seconds = self._exposed_host(cpu, gpu) + gpu
+            return StepCost(seconds, n * layer_f + head_f, n * layer_b + head_b, (seconds,))
         if self.host_overlap:
             cpu = self._exposed_host(cpu, n * layer_s + head_s)
         seconds = cpu + n * layer_s + head_s
         return StepCost(seconds, n * layer_f + head_f, n * layer_b + head_b, (seconds,))
 
     def _moe_step(
-        self, num_tokens: int, dense: _Cost, moe: _Cost, head: _Cost, cpu: float
+        self,
+        num_tokens: int,
+        dense: _Cost,
+        moe: _Cost,
+        head: _Cost,
+        cpu: float,
+        eager: BatchShape | None = None,
     ) -> StepCost:
-        """Stages mix dense and MoE layers (each stage: its count of each kind)."""
+        """Stages mix dense and MoE layers (each stage: its count of each kind). ``eager``: the
+        batch of a step that runs eagerly (each stage pays the kernel-launch floor)."""
         n_moe = self.num_moe_layers
         n_dense = self.num_layers - n_moe
         flops = n_dense * dense[1] + n_moe * moe[1] + head[1]
@@ -832,6 +1024,8 @@ class IterationTimer:
             (layers - moe_layers) * dense[0] + moe_layers * moe[0]
             for layers, moe_layers in zip(self.stage_layers, self.stage_moe_layers, strict=True)
         ]
+        if eager is not None:
+            self._stages_floor(stages, eager, head[0])
         if self.host_overlap:
             gpu = sum_in_order(stages) + head[0] + sum_in_order(list(self._stage_sends(num_tokens)))
             cpu = self._exposed_host(cpu, gpu)

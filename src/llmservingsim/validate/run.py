@@ -157,51 +157,31 @@ class Simulated:
     wall_s: float
 
 
-def _run(scenario: Scenario, sets: list[str], fallback: list[str] | None = None) -> Simulated:
-    """Run with the optional settings; without them (noted) if the simulator rejects them.
-    ``fallback``: settings that make a refused combination runnable (the closed loop with the
-    frontend, while that is not yet supported), used and noted only when the run is refused."""
+def _run(scenario: Scenario, sets: list[str]) -> Simulated:
+    """Run with the optional settings; without them (noted) if the simulator rejects them."""
     optionals = [scenario.optional, []] if scenario.optional else [[]]
-    fallbacks = [[], fallback] if fallback else [[]]
     refused: list[ConfigError] = []
     for optional in optionals:
-        for extra in fallbacks:
-            try:
-                cfg = load_config(None, [*scenario.overrides, *optional, *sets, *extra])
-                start = time.perf_counter()
-                result = simulate(cfg)
-                wall = time.perf_counter() - start
-            except ConfigError as exc:
-                refused.append(exc)
-                continue
-            if scenario.optional and not optional:
-                why = refused[0]
-                scenario.notes.append(f"not simulated: {', '.join(scenario.optional)} ({why})")
-            if extra:
-                scenario.notes.append(f"simulated with {', '.join(extra)}: {refused[-1]}")
-            records = list(result.metrics.records)
-            values = _simulated_values(result.summary, records)
-            return Simulated(result.summary, values, records, wall)
+        try:
+            cfg = load_config(None, [*scenario.overrides, *optional, *sets])
+            start = time.perf_counter()
+            result = simulate(cfg)
+            wall = time.perf_counter() - start
+        except ConfigError as exc:
+            refused.append(exc)
+            continue
+        if scenario.optional and not optional:
+            why = refused[0]
+            scenario.notes.append(f"not simulated: {', '.join(scenario.optional)} ({why})")
+        records = list(result.metrics.records)
+        values = _simulated_values(result.summary, records)
+        return Simulated(result.summary, values, records, wall)
     raise refused[-1]
 
 
-# Closed loop: requests each client sends, one after the other (benchmark clients start
-# together at t = 0, so the first round is a burst).
-CLOSED_LOOP_ROUNDS = 5
-
-
-def _closed_loop_sets(clients: int) -> list[str]:
-    """The engine's own closed loop (``workload.arrival.process: closed``, engine.ClosedLoop):
-    ``clients`` benchmark clients, each sending ``CLOSED_LOOP_ROUNDS`` requests back to back
-    from t = 0, a client's next request when its previous one ended (``vllm bench serve
-    --max-concurrency``, AIConfigurator's fixed-concurrency client)."""
-    return [
-        f"workload.num_requests={clients * CLOSED_LOOP_ROUNDS}",
-        f"workload.arrival={{process: closed, concurrency: {clients}}}",
-    ]
-
-
 def _simulate(scenario: Scenario, extra: list[str]) -> Simulated:
+    """The scenario's run (a fixed-concurrency point's closed loop is in its workload
+    settings, validate/scenario.py CLIENTS) with ``extra`` settings."""
     sets = [*extra]
     if any(s.replace(" ", "") == "perf.backend=kernel_db" for s in extra):
         # the row's engine's tables; a device without tables keeps the roofline (counted)
@@ -210,9 +190,6 @@ def _simulate(scenario: Scenario, extra: list[str]) -> Simulated:
             "perf.kernel_db.fallback=roofline",
             *extra,
         ]
-    if scenario.concurrency is not None:
-        sets = [*_closed_loop_sets(scenario.concurrency), *sets]
-        return _run(scenario, sets, fallback=["frontend.enabled=false"])
     return _run(scenario, sets)
 
 

@@ -89,6 +89,45 @@ HARDWARE = (
     (r"^gb200", "gb200"),
 )
 
+
+@dataclass(frozen=True)
+class ClientProtocol:
+    """How a kind of fixed-concurrency point's benchmark client ran: ``concurrency`` clients
+    from t = 0, each sending its next request when its previous one ended (the engine's own
+    closed loop, ``workload.arrival.process: closed``)."""
+
+    name: str
+    requests_per_client: int
+    """The client's request count over its concurrency."""
+    range_ratio: float | None
+    """Lengths (input and output) uniform on the integers [int(L · ratio), L] around the row's
+    length L; None: every request exactly L."""
+    source: str
+    """Where the protocol is documented."""
+
+
+# Kinds of benchmark client (a row's ``client`` key, validate/sources.py) → their protocol.
+CLIENTS = {
+    "inferencex": ClientProtocol(
+        "InferenceX",
+        10,
+        0.8,
+        # benchmarks/benchmark_lib.sh run_benchmark_serving (earlier: each recipe and the
+        # README's "Benchmark Client Configuration"): benchmark_serving.py --dataset-name
+        # random --random-range-ratio 0.8 --num-prompts CONC*10 --max-concurrency CONC
+        # --request-rate inf --ignore-eos; its sample_random_requests draws input and output
+        # lengths with np.random.randint(int(L * ratio), L + 1). The warm-up requests
+        # (--num-warmups 2*CONC in later versions) all end before the measured ones start,
+        # with prefix caching off in the recipes, so the measured clients meet an idle server.
+        "SemiAnalysisAI/InferenceX benchmark client (benchmark_serving.py random dataset)",
+    ),
+}
+# A client not recorded (NVIDIA's gap-analysis files name none): fixed lengths, a few requests
+# per client, no stagger invented. (AIConfigurator's own `aiconfigurator eval` runners send
+# fixed lengths, 10 × concurrency requests after 2 × concurrency warm-ups, but nothing ties
+# those files to that tool.)
+UNRECORDED_CLIENT = ClientProtocol("client not recorded", 5, None, "")
+
 # Engine settings stated in a row's notes override the engine defaults below.
 NOTE_SETTINGS = (
     (r"max_num_seqs\s*=\s*(\d+)", "scheduler.max_num_seqs"),
@@ -153,8 +192,9 @@ def engine_settings(row: dict[str, str], max_model_len: int) -> tuple[dict[str, 
 def engine_preset(row: dict[str, str]) -> str | None:
     """The ``engine:`` preset of the row's engine (its frontend and host model; the scheduler
     settings above still win): vLLM V1 at the preset version nearest below the row's,
-    TensorRT-LLM 1.x (the PyTorch backend the preset describes), SGLang; None otherwise (vLLM
-    V0 and older stacks, TensorRT-LLM's pre-1.0 C++ runtime: nothing of theirs is measured)."""
+    vLLM 0.6 and 0.7 (V0, the ``vllm-0.6`` preset: its CUDA graphs), TensorRT-LLM 1.x (the
+    PyTorch backend the preset describes), SGLang; None otherwise (older stacks, TensorRT-LLM's
+    pre-1.0 C++ runtime: nothing of theirs is measured)."""
     from llmservingsim.engine_presets import load_preset
 
     engine = row["engine"].lower()
@@ -163,8 +203,10 @@ def engine_preset(row: dict[str, str]) -> str | None:
         return "trtllm" if version is not None and version >= (1, 0) else None
     if "sglang" in engine:
         return "sglang"
-    if "vllm" not in engine or version is None or version < (0, 8):
+    if "vllm" not in engine or version is None or version < (0, 6):
         return None
+    if version < (0, 8):
+        return "vllm-0.6"
     known = sorted(_version(str(v)) or (0,) for v in load_preset("vllm")["versions"])
     below = [v for v in known if v <= version] or known[:1]
     return "vllm@" + ".".join(str(part) for part in below[-1])
@@ -197,6 +239,46 @@ def _requests(row: dict[str, str], rows: list[dict[str, str]]) -> tuple[int, str
     return DEFAULT_REQUESTS, f"num_requests blank: {DEFAULT_REQUESTS} used"
 
 
+def _length(length: int, protocol: ClientProtocol) -> tuple[str, str]:
+    """The ``workload.*_len`` distribution of a row's length under ``protocol``, and its text."""
+    if protocol.range_ratio is None:
+        return f"{{dist: fixed, value: {length}}}", str(length)
+    low = max(1, int(length * protocol.range_ratio))
+    return f"{{dist: uniform, min: {low}, max: {length}}}", f"{low}–{length}"
+
+
+def _closed_loop(
+    clients: int, isl: int, osl: int, kind: str
+) -> tuple[list[str], str, list[str]] | str:
+    """A fixed-concurrency point: its client's closed loop, as its kind of client ran it."""
+    if kind and kind not in CLIENTS:
+        return f"benchmark client '{kind}' has no protocol (known: {', '.join(sorted(CLIENTS))})"
+    protocol = CLIENTS[kind] if kind else UNRECORDED_CLIENT
+    count = clients * protocol.requests_per_client
+    input_len, input_text = _length(isl, protocol)
+    output_len, output_text = _length(osl, protocol)
+    sets = [
+        "workload.kind=synthetic",
+        f"workload.num_requests={count}",
+        f"workload.arrival={{process: closed, concurrency: {clients}}}",
+        f"workload.input_len={input_len}",
+        f"workload.output_len={output_len}",
+    ]
+    lengths = "fixed" if protocol.range_ratio is None else "uniform"
+    text = (
+        f"{lengths} {input_text}/{output_text}, {clients} clients × "
+        f"{protocol.requests_per_client} (closed loop, {protocol.name})"
+    )
+    if protocol is UNRECORDED_CLIENT:
+        note = (
+            f"benchmark client not recorded: fixed lengths, {protocol.requests_per_client} "
+            "requests per client, all clients from t = 0 (no stagger invented)"
+        )
+    else:
+        note = f"client protocol: {protocol.source}"
+    return sets, text, [note]
+
+
 def _workload(
     row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
 ) -> tuple[list[str], str, list[str]] | str:
@@ -213,12 +295,7 @@ def _workload(
     if isl is None or osl is None:
         return "no input/output length and no workload file"
     if row.get("concurrency"):
-        sets = [
-            "workload.kind=synthetic",
-            f"workload.input_len={{dist: fixed, value: {int(isl)}}}",
-            f"workload.output_len={{dist: fixed, value: {int(osl)}}}",
-        ]
-        return sets, f"fixed {int(isl)}/{int(osl)}, {row['concurrency']} clients (closed loop)", []
+        return _closed_loop(int(row["concurrency"]), int(isl), int(osl), row.get("client", ""))
     count, note = _requests(row, rows)
     notes = [note] if note else []
     if count > MAX_REQUESTS:

@@ -3,7 +3,8 @@
 * ``aiconfigurator``: NVIDIA AIConfigurator's ``systems/silicon_sample.csv`` (measured TTFT and
   TPOT of aggregated serving at a fixed client concurrency, several engines and GPUs), read
   from the installed ``aiconfigurator-core`` package. Each measured point becomes a TTFT and a
-  TPOT row; the simulation emulates the closed-loop client (validate/run.py, ``concurrency``).
+  TPOT row; the simulation runs the benchmark client's closed loop (``concurrency`` clients)
+  as the kind of source the point names ran it (``client``; validate/scenario.py CLIENTS).
 * ``blis``: ``shared/data/reference/blis_trainval/groundtruth.csv``, real vLLM v0.15.1 runs
   measured per stage (data README §10). The workload is rebuilt as the benchmark's client
   generated it: a pool of 100 fixed prompts (10 system prompts × 10 questions) cycled in order,
@@ -13,8 +14,9 @@
   same workload from what exists now.)
 
 Extra row keys (strings, empty when unused): ``set`` (the reference set), ``concurrency``
-(closed-loop clients), ``stage`` (blis stage index, −1 = the whole run) and ``stage_window``
-(its arrival window, ``start,end`` seconds).
+(closed-loop clients), ``client`` (the kind of benchmark client that measured the row, a key of
+validate/scenario.py CLIENTS; empty: not recorded), ``stage`` (blis stage index, −1 = the whole
+run) and ``stage_window`` (its arrival window, ``start,end`` seconds).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import re
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -48,6 +51,14 @@ SILICON_ENGINE = {"trtllm": "TensorRT-LLM", "vllm": "vLLM", "sglang": "SGLang"}
 # Points per (system, engine, model, precision, layout) group by default: the sample has 5,221
 # points; a few per group keep `validate` to minutes while covering every group.
 DEFAULT_PER_GROUP = 2
+# silicon_data_source kinds whose benchmark client is known. SemiAnalysis InferenceX's nightly
+# runs: its database dumps (``db-dump/<date>; config_id=…; workflow_run_id=…; <image>``, the
+# GitHub workflow run that measured the point) and its dated result exports
+# (``source_file=<YYYY-MM-DD>.csv; model=…``). Both hold exactly InferenceX's length grid
+# (1024/1024, 1024/8192, 8192/1024). The other kinds (NVIDIA's gap-analysis files
+# ``source_file=/…/aic-auto-gap-analysis/…``, the per-model ``…-gap-analysis.csv`` files) do not
+# record their client.
+SILICON_CLIENTS = ((re.compile(r"db-dump/|source_file=\d{4}-\d{2}-\d{2}\.csv;"), "inferencex"),)
 BLIS_PROMPT_GROUPS = 10  # README §10: the client cycled 10 groups × 10 prompts
 BLIS_PROMPTS_PER_GROUP = 10
 
@@ -67,8 +78,14 @@ def blis_path(data_dir: Path) -> Path | None:
 
 def _blank_row() -> dict[str, str]:
     row = dict.fromkeys(REQUIRED, "")
-    row.update(set="", concurrency="", stage="", stage_window="", workload_file="")
+    row.update(set="", concurrency="", client="", stage="", stage_window="", workload_file="")
     return row
+
+
+def silicon_client(source: str) -> str:
+    """The kind of benchmark client a ``silicon_data_source`` names ("" when not recorded)."""
+    text = source.strip()
+    return next((kind for pattern, kind in SILICON_CLIENTS if pattern.match(text)), "")
 
 
 def _int(text: str) -> int | None:
@@ -129,6 +146,7 @@ def silicon_rows(path: Path, per_group: int | None = DEFAULT_PER_GROUP) -> list[
                 request_rate_rps="",
                 num_requests="",
                 concurrency=str(concurrency),
+                client=silicon_client(p["silicon_data_source"]),
                 notes=f"moe_ep={_int(p['moe_ep_size']) or 1}; "
                 + (f"attention_dp={dp}; " if dp > 1 else "")
                 + f"concurrency {concurrency}",
