@@ -6,6 +6,13 @@ on the Vidur tables (H100 also gets the LLMServingSim attention table, which the
 rejects: calibration.md §6); every other device takes the fit of its architecture family
 (calibrate/transfer.py, calibration.md §8). Prints the op-level MAPE of each fit.
 
+The GEMM compute curve and fixed cost (compute_max, compute_half_m, kernel_launch_us) of every
+device AIConfigurator has GEMM tables for come from those measured kernels instead
+(calibrate/gemm_tables.py, calibration.md §7d), and a transferred device with its own tables
+keeps its own GEMM fit. ``memory`` stays the profile fit's (or the transferred one): it also
+times attention's KV streaming, which GEMM tables do not measure. This needs
+aiconfigurator-core (``pip install 'llmservingsim[kerneldb]'``).
+
 Usage:  .venv/bin/python scripts/calibrate_catalog.py [DATA_DIR]   (default ../shared/data)
 Exits 0 with a message when the data folder is absent.
 """
@@ -13,11 +20,20 @@ Exits 0 with a message when the data folder is absent.
 from __future__ import annotations
 
 import sys
+from importlib import metadata
 from pathlib import Path
 
+from llmservingsim.calibrate.gemm_tables import fit_gemm_tables, newest_tables
 from llmservingsim.calibrate.run import ALL_FITTED, calibrate
-from llmservingsim.calibrate.transfer import replace_efficiency_block, rounded, transfer_efficiency
+from llmservingsim.calibrate.transfer import (
+    _round,
+    replace_efficiency_block,
+    rounded,
+    transfer_efficiency,
+)
 from llmservingsim.catalog import load_device
+from llmservingsim.hardware.backends.kernel_db import SYSTEM_OF_DEVICE, default_tables_root
+from llmservingsim.hardware.device import Efficiency
 
 REPO = Path(__file__).resolve().parents[1]
 HARDWARE = REPO / "src" / "llmservingsim" / "data" / "hardware"
@@ -51,11 +67,49 @@ TRANSFERRED = {
 SAME_FAMILY = {"h100-pcie", "h200", "b200", "gb200", "a100-40gb", "a6000", "l40s", "l4"}
 
 
+def tables_root() -> Path:
+    root = default_tables_root()
+    if root is None:
+        raise SystemExit(
+            "error: aiconfigurator-core is not installed: pip install 'llmservingsim[kerneldb]' "
+            "(the GEMM parameters are fitted on its kernel tables)"
+        )
+    return root
+
+
+def table_gemm(root: Path, device: str, eff: Efficiency) -> tuple[Efficiency, str | None]:
+    """``eff`` with compute_max, compute_half_m and kernel_launch_us fitted on the device's
+    bf16 GEMM tables (memory held at ``eff``'s: calibrate/gemm_tables.py), and the data
+    named; ``eff`` unchanged where the device has no tables."""
+    system = SYSTEM_OF_DEVICE.get(device)
+    spec = load_device(device)
+    fit = None
+    if system is not None:
+        fit = fit_gemm_tables(spec, newest_tables(root / "data" / system), {"memory": eff.memory})
+    if fit is None:
+        return eff, None
+    held = ", ".join(f"{t} {v:.1f}%" for t, v in fit.held_out.items())
+    print(
+        f"{device}: GEMM on {fit.points:,} bf16 kernel points ({', '.join(fit.tables)}): "
+        + ", ".join(f"{k} {v:.4g}" for k, v in fit.params.items())
+        + f"; MAPE {fit.mape:.1f}%"
+        + (f", each table held out: {held}" if held else "")
+    )
+    source = (
+        f"compute_max, compute_half_m, kernel_launch_us on aiconfigurator-core "
+        f"{metadata.version('aiconfigurator-core')} {system} gemm_perf bf16 "
+        f"({', '.join(fit.tables)}), scripts/calibrate_catalog.py"
+    )
+    update = {k: _round(v) for k, v in fit.params.items() if k != "memory"}
+    return eff.model_copy(update=update), source
+
+
 def main(argv: list[str]) -> int:
     data = Path(argv[1]) if len(argv) > 1 else REPO.parent / "shared" / "data"
     if not (data / "profiles").is_dir():
         print(f"calibrate_catalog: {data}/profiles not found; nothing to do.")
         return 0
+    root = tables_root()
     for name, folders in FITTED.items():
         report = calibrate([data / f for f in folders], name)
         ins, held = report.row(ALL_FITTED), report.row(ALL_FITTED, holdout=True)
@@ -65,19 +119,23 @@ def main(argv: list[str]) -> int:
             f", held-out (train {report.train_model}) {held.after:.1f}%"
         )
         sources = " + ".join(sorted({p.split("/")[1] for p in folders}))
+        eff, gemm_source = table_gemm(root, name, rounded(report.device.efficiency))
         replace_efficiency_block(
             HARDWARE / f"{name}.yaml",
-            rounded(report.device.efficiency),
+            eff,
             f"fitted by llmservingsim calibrate on {sources} profiles; see docs/calibration.md",
+            gemm_source,
         )
     load_device.cache_clear()
     for name, source in TRANSFERRED.items():
         eff = transfer_efficiency(load_device(source), load_device(name))
         why = "same architecture family" if name in SAME_FAMILY else "no measured data"
+        eff, gemm_source = table_gemm(root, name, eff)  # its own measured GEMMs win
         replace_efficiency_block(
             HARDWARE / f"{name}.yaml",
             eff,
             f"transferred from {source} ({why}); see docs/calibration.md §8",
+            gemm_source,
         )
         print(f"{name}: efficiency from {source}, compute_half_m {eff.compute_half_m:g}")
     return 0

@@ -17,8 +17,9 @@ Two data sets, one per vLLM version (shared/data/README.md §9, §10):
   - ``request_overhead_us``, ``token_out_us``: 0 — the run has no API server, and its
     queued→token times are engine-side (a fixed hand-off cancels in the offsets).
 * vllm@0.15 — reference/blis_trainval/groundtruth.csv: client-side (HTTP, streaming) stage
-  metrics of vLLM 0.15.1 on H100; the stages whose model is in the catalog (Qwen2.5-7B,
-  Llama-2-7B, Llama-3.1-70B TP4: 9 stage rows of 6 experiments). Fitted on all those rows:
+  metrics of vLLM 0.15.1 on H100; every stage row (21 rows of 13 experiments: Llama-2-7B,
+  Qwen2.5-7B, Mistral-Nemo-12B TP1/2, Yi-34B TP2, Llama-4-Scout fp8 TP2, Llama-3.1-70B TP4).
+  Fitted on all those rows:
   - ``step_overhead_us``, ``per_seq_overhead_us``: ITL measured − simulated with no host
     overhead = step + per_seq × mean batch (Little: rate × simulated E2E);
   - ``request_overhead_us``, ``per_prompt_token_us``: TTFT measured − simulated (with the
@@ -55,10 +56,14 @@ FITS = ROOT / "src" / "llmservingsim" / "data" / "engines" / "fits" / "vllm.yaml
 VLLM019 = "reference/vllm019_rtxpro6000_llama31_8b/requests.jsonl"
 VLLM019_TRACE = "traces/llmservingsim/main/sharegpt-llama-3.1-8b-300-sps10.jsonl"
 BLIS = "reference/blis_trainval/groundtruth.csv"
+# every model of the benchmark (13 experiments, 21 stage rows), as validate maps them
 BLIS_MODELS = {
     "Qwen/Qwen2.5-7B-Instruct": "qwen2.5-7b",
     "meta-llama/Llama-2-7b-hf": "llama-2-7b",
     "meta-llama/Llama-3.1-70B-Instruct": "llama-3.1-70b",
+    "mistralai/Mistral-Nemo-Instruct-2407": "mistral-nemo-12b",
+    "01-ai/Yi-34B": "yi-34b",
+    "RedHatAI/Llama-4-Scout-17B-16E-Instruct-FP8-dynamic": "llama-4-scout",
 }
 # Every frontend parameter a fitting simulation uses is given here, so no shipped value (the
 # preset's current fit) leaks into the fit.
@@ -130,15 +135,18 @@ def mean_concurrency(first: np.ndarray, finish: np.ndarray) -> np.ndarray:
     return out
 
 
-def fit_vllm019(data: Path) -> dict[str, Any]:
+def fit_vllm019(data: Path, train: np.ndarray | None = None) -> dict[str, Any]:
+    """The fit over the requests selected by the boolean mask ``train`` (default: all 300;
+    the run is always simulated whole, since every request shares the engine)."""
     rows = load_vllm019(data)
+    sel = np.ones(len(rows), dtype=bool) if train is None else train
     prompt = np.array([r["input_toks"] for r in rows], dtype=float)
     out = np.array([r["output_toks"] for r in rows], dtype=float)
     a = np.array([r["arrival_time"] for r in rows])
     q = np.array([r["queued_ts"] for r in rows])
     gap = (q - q[0]) - (a - a[0])
     design = np.column_stack([np.ones_like(prompt), prompt])
-    (_, per_token), *_ = np.linalg.lstsq(design, gap, rcond=None)
+    (_, per_token), *_ = np.linalg.lstsq(design[sel], gap[sel], rcond=None)
     per_token = max(0.0, float(per_token))
     first = np.array([r["first_token_ts"] for r in rows])
     last = np.array([r["last_token_ts"] for r in rows])
@@ -146,7 +154,8 @@ def fit_vllm019(data: Path) -> dict[str, Any]:
     sim0 = simulate_vllm019(data, rows, {**NO_HOST, "async_scheduling": True})
     sim_tpot = (sim0["finish_s"] - sim0["first_token_s"]) / (sim0["output_tokens"] - 1)
     batch = mean_concurrency(sim0["first_token_s"], sim0["finish_s"])
-    (step, per_seq) = relative_nnls(np.column_stack([np.ones_like(batch), batch]), tpot, sim_tpot)
+    design = np.column_stack([np.ones_like(batch), batch])
+    (step, per_seq) = relative_nnls(design[sel], tpot[sel], sim_tpot[sel])
     params = {
         "request_overhead_us": 0.0,
         "per_prompt_token_us": round(per_token * 1e6, 4),
@@ -216,7 +225,7 @@ def blis_config(exp: dict[str, Any], frontend: dict[str, Any]) -> Any:
         "engine": "vllm@0.15",
         "model": BLIS_MODELS[exp["model"]],
         "hardware": "h100-sxm",
-        "dtype": "fp16",
+        "dtype": "fp8" if "fp8" in exp["precision"].lower() else "fp16",
         "max_model_len": 4096,
         "cluster": {"tensor_parallel": int(exp["tp"])},
         "scheduler": scheduler,
@@ -225,18 +234,22 @@ def blis_config(exp: dict[str, Any], frontend: dict[str, Any]) -> Any:
     return build_config(raw, "fit_frontend")
 
 
+# (experiment, frontend, stage seconds) -> its request log: a leave-one-out fold reuses the
+# simulations every fold shares (the first pass has no fitted parameter in it)
+_RUNS: dict[tuple[str, str, float], Any] = {}
+
+
 def simulate_blis(
     stages: list[dict[str, Any]], frontend: dict[str, Any], stage_seconds: float
 ) -> list[dict[str, float]]:
     """Per stage row: simulated TTFT mean, E2E mean, ITL and mean batch."""
     results: list[dict[str, float]] = []
-    done: dict[str, tuple[Any, list[RequestSpec]]] = {}
     for row in stages:
-        if row["exp_id"] not in done:
+        key = (row["exp_id"], json.dumps(frontend, sort_keys=True), stage_seconds)
+        if key not in _RUNS:
             specs = blis_requests(row, stage_seconds, seed=int(row["exp_id"]) % 2**31)
-            log = simulate(blis_config(row, frontend), requests=specs).metrics.requests
-            done[row["exp_id"]] = (log, specs)
-        log, specs = done[row["exp_id"]]
+            _RUNS[key] = simulate(blis_config(row, frontend), requests=specs).metrics.requests
+        log = _RUNS[key]
         order = np.argsort(log.column("id"))
         arrival = log.column("arrival_s")[order]
         ttft = log.column("first_token_s")[order] - arrival

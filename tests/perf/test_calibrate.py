@@ -171,10 +171,14 @@ def test_cli_writes_a_loadable_calibrated_device(synthetic_table: Path, tmp_path
 
 
 def test_measured_h100_profiles_held_out_error(shared_data: Path) -> None:
-    """Vidur's H100 tables: held-out op-level MAPE ≤ 10 %, and the shipped h100-sxm.yaml
-    (the "before" of this run) describes them as well as a fresh fit."""
+    """Vidur's H100 tables: held-out op-level MAPE ≤ 10 %. The shipped h100-sxm.yaml (the
+    "before" of this run) takes its elementwise kernels from this fit, and its GEMM curve
+    from the engines' kernel tables, which are faster than Vidur's eager-mode GEMMs
+    (calibration.md §7d: median bias −13.5 %)."""
     report = calibrate([shared_data / "profiles/vidur/compute/h100"], "h100-sxm")
     held = report.row(ALL_FITTED, holdout=True)
     assert held is not None and held.after <= 10.0
-    shipped = report.row(ALL_FITTED)
-    assert shipped is not None and shipped.before <= 10.0
+    memory = report.row("all memory")
+    assert memory is not None and memory.before <= memory.after + 0.5
+    gemm = report.row("all gemm")
+    assert gemm is not None and gemm.before <= 20.0

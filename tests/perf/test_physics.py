@@ -108,7 +108,7 @@ def test_doubling_bandwidth_speeds_decode_about_2x_and_prefill_little() -> None:
 
     decode_speedup = gpu_time(base, decode) / gpu_time(fast, decode)
     prefill_speedup = _timer(base).step(prefill).seconds / _timer(fast).step(prefill).seconds
-    assert 1.8 <= decode_speedup <= 2.0
+    assert 1.8 <= decode_speedup <= 2.0 + 1e-9  # exactly 2 when every op is memory bound
     assert prefill_speedup < 1.2
     # End to end (fixed overheads included) decode still gains a lot, prefill almost nothing.
     whole_decode = _timer(base).step(decode).seconds / _timer(fast).step(decode).seconds

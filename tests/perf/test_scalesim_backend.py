@@ -100,7 +100,7 @@ def test_configuration_maps_the_yaml(tmp_path: Path) -> None:
     # 1 MiB over 2 arrays of 2-byte words = 262,144 words each, split 2:2:1.
     assert (config.rows, config.cols, config.dataflow) == (8, 8, "ws")
     assert (config.ifmap_kwords, config.filter_kwords, config.ofmap_kwords) == (102, 102, 51)
-    bandwidth = 1600e9 * 0.8666 / (1e9 * 2 * 2)
+    bandwidth = 1600e9 * device.efficiency.memory / (1e9 * 2 * 2)
     assert config.bandwidth_words == int(bandwidth)
     assert config.spatial(3, 5, 7) == (7, 5, 3)
     for dataflow in ("ws", "os", "is"):

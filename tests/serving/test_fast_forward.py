@@ -172,7 +172,7 @@ def test_fast_forward_takes_runs_and_cuts_them() -> None:
     """One long decode batch, then arrivals: runs are laid out up to the next arrival (each
     arrival ends one), and an arrival that comes before the step estimate cuts one short."""
     specs = [RequestSpec(i, 0.0, 100, 400) for i in range(4)]
-    specs += [RequestSpec(4 + i, 0.3 + 0.37 * i, 50, 30) for i in range(5)]
+    specs += [RequestSpec(4 + i, 0.2 + 0.33 * i, 50, 30) for i in range(5)]
     sc = {"specs": specs, "overrides": ["model=llama-3.2-1b"], "num_blocks": None}
     counter = Counter()
     step = run_mode(sc, False, counter)

@@ -174,7 +174,7 @@ def test_requests_table_carries_client_and_stage(tmp_path: Path) -> None:
 def test_run_table_prints_clients_and_a_warning_line(tmp_path: Path) -> None:
     """An overloaded run prints one warning line; an offline batch (every request at t = 0) is
     saturated by design: summary.json says so, the terminal does not warn."""
-    for rate, warned in ((".inf", False), ("2000", True)):
+    for rate, warned in ((".inf", False), ("3000", True)):
         out = tmp_path / rate
         args = ["run", "--out", str(out), "--no-report", "--no-trace"]
         for item in (*SMALL, CLIENTS, "workload.num_requests=200", f"workload.arrival.rate={rate}"):

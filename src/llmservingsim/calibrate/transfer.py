@@ -52,8 +52,9 @@ def transfer_efficiency(source: DeviceSpec, target: DeviceSpec) -> Efficiency:
     )
 
 
-def efficiency_block(eff: Efficiency, comment: str) -> str:
-    """The ``efficiency:`` section of a device YAML (flow style for the per-kernel table)."""
+def efficiency_block(eff: Efficiency, comment: str, gemm_source: str | None = None) -> str:
+    """The ``efficiency:`` section of a device YAML (flow style for the per-kernel table);
+    ``gemm_source`` names the data of the GEMM parameters when it differs from ``comment``'s."""
     lines = [f"efficiency:  # {comment}"]
     for key, value in eff.model_dump().items():
         if key == "memory_ops":
@@ -68,16 +69,21 @@ def efficiency_block(eff: Efficiency, comment: str) -> str:
                 inner = ", ".join(f"{k}: {v:g}" for k, v in value.items())
                 lines.append(f"  dtype_compute: {{{inner}}}  # scripts/calibrate_kernel_tables.py")
             continue
-        lines.append(f"  {key}: {value:g}")
+        note = f"  # GEMM: {gemm_source}" if key == "compute_max" and gemm_source else ""
+        lines.append(f"  {key}: {value:g}{note}")
     return "\n".join(lines) + "\n"
 
 
 _BLOCK = re.compile(r"^efficiency:.*?(?=^\S)", re.MULTILINE | re.DOTALL)
 
 
-def replace_efficiency_block(path: Path, eff: Efficiency, comment: str) -> None:
+def replace_efficiency_block(
+    path: Path, eff: Efficiency, comment: str, gemm_source: str | None = None
+) -> None:
     """Rewrite a device YAML's ``efficiency:`` section in place, keeping everything else."""
     text = path.read_text()
     if not _BLOCK.search(text):
         raise ValueError(f"{path}: no top-level 'efficiency:' section followed by another key")
-    path.write_text(_BLOCK.sub(lambda _: efficiency_block(eff, comment), text, count=1))
+    path.write_text(
+        _BLOCK.sub(lambda _: efficiency_block(eff, comment, gemm_source), text, count=1)
+    )
