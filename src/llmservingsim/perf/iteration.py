@@ -371,6 +371,13 @@ class IterationTimer:
             )
             first += count
         self.stage_layer_kinds: tuple[tuple[int, int, int, int], ...] = tuple(kinds)
+        # The same counts over all stages: dense full, dense sliding, MoE full, MoE sliding.
+        self.layer_kind_totals: tuple[int, int, int, int] = (
+            sum(k[0] for k in kinds),
+            sum(k[1] for k in kinds),
+            sum(k[2] for k in kinds),
+            sum(k[3] for k in kinds),
+        )
         self.activation_bytes = 2 * spec.hidden_size * self.graph.act_bytes  # hidden + residual
         eff = device.efficiency
         self.step_overhead = eff.iteration_overhead_us * 1e-6
@@ -864,10 +871,8 @@ class IterationTimer:
             for batch in batches:
                 total += size if batch.num_tokens else 0
         # Sliding-window layers of each kind (their attention: min(context, window) tokens).
-        local_dense = local_moe = 0
-        for kinds in self.stage_layer_kinds:
-            local_dense += kinds[1]
-            local_moe += kinds[3]
+        local_dense = self.layer_kind_totals[1]
+        local_moe = self.layer_kind_totals[3]
         slow_s = slow_f = slow_b = -1.0
         slow_cpu = 0.0
         slow_batch = batches[0]
@@ -948,10 +953,7 @@ class IterationTimer:
         stage pays the kernel-launch floor."""
         num_tokens = batch.num_tokens
         window = self.window
-        totals = [0, 0, 0, 0]  # dense full, dense sliding, MoE full, MoE sliding
-        for kinds in self.stage_layer_kinds:
-            for k in range(4):
-                totals[k] += kinds[k]
+        totals = self.layer_kind_totals  # dense full, dense sliding, MoE full, MoE sliding
         zero: _Cost = (0.0, 0.0, 0.0)
         dense = self._layer_cost(padded) if totals[0] or totals[1] else zero
         moe = self._moe_layer_cost(padded) if totals[2] or totals[3] else zero

@@ -440,12 +440,7 @@ class Instance:
                 cost = prepend_work(cost, work)
         # KV copies over the host link (swap, offload loads) run before the forward pass.
         transfer = scheduler.take_transfer_seconds()
-        self.last_transfer_s = transfer
-        self.last_compute_s = cost.seconds
-        finish = self._run_pipeline(now + transfer, cost)
-        self._record_step(batch, cost, now, k)
-        ve.in_flight = entries
-        ve.busy = True
+        finish = self._launch(k, ve, entries, batch, cost, now, transfer)
         if self.group_steps > 1 and entries and not batch.prefill:
             ve.group_left = self.group_steps - 1
             ve.group = [seq for seq, _ in entries]
@@ -483,13 +478,27 @@ class Instance:
         batch.num_sampled += held
         ve.held_context += held
         cost = self.timer.step(batch, host=False)
-        self.last_transfer_s = 0.0
+        return self._launch(k, ve, entries, batch, cost, now, 0.0), k
+
+    def _launch(
+        self,
+        k: int,
+        ve: VirtualEngine,
+        entries: list[ScheduledEntry],
+        batch: BatchShape,
+        cost: StepCost,
+        now: float,
+        transfer: float,
+    ) -> float:
+        """Start virtual engine ``k``'s step: ``transfer`` seconds of KV copies, then the
+        forward pass through the pipeline; record it. Returns when its first stage is done."""
+        self.last_transfer_s = transfer
         self.last_compute_s = cost.seconds
-        finish = self._run_pipeline(now, cost)
+        finish = self._run_pipeline(now + transfer, cost)
         self._record_step(batch, cost, now, k)
         ve.in_flight = entries
         ve.busy = True
-        return finish, k
+        return finish
 
     def _group_step_done(self, ve: VirtualEngine, finished: list[Sequence]) -> list[Sequence]:
         """A step of a multi-step group ended with ``finished`` requests: inside the group
