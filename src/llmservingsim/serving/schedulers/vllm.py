@@ -19,7 +19,12 @@ from mypy_extensions import mypyc_attr
 
 from llmservingsim.sequence import Sequence
 from llmservingsim.serving.block_manager import PrefixHit
-from llmservingsim.serving.schedulers.base import SCHEDULERS, ScheduledEntry, Scheduler
+from llmservingsim.serving.schedulers.base import (
+    SCHEDULERS,
+    ScheduledEntry,
+    Scheduler,
+    is_context,
+)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -38,7 +43,8 @@ class VllmScheduler(Scheduler):
     def repeats_decode(self) -> bool:
         # A refused waiting request stays refused: decoding only shrinks the free pool (and
         # no_evict's unpromised pool stays put); budget and batch size do not change.
-        return self.blocks.fast_forward_safe
+        # Held-back context requests (batch waiting) start after a count of steps.
+        return self.blocks.fast_forward_safe and not self.held_context
 
     # Policy points (the ``priority`` policy overrides them; here they are vLLM's FCFS rules).
 
@@ -84,6 +90,40 @@ class VllmScheduler(Scheduler):
         return tokens
 
     def schedule(self) -> list[ScheduledEntry]:
+        self.held_context = False
+        entries = self.fill_step()
+        if self.batch_waiting:
+            return self.wait_for_batch(entries)
+        return entries
+
+    def wait_for_batch(self, entries: list[ScheduledEntry]) -> list[ScheduledEntry]:
+        """Batch waiting (TensorRT-LLM's py_executor ``_waiting_requests``, applied in
+        ``_schedule`` only when the step has both context and generation requests): the
+        context requests are held back (:meth:`Scheduler.withdraw_context`) until the step's
+        tokens, each context request's whole prompt plus one per generation token, reach
+        ``batch_wait_max_tokens_ratio`` of the budget or they were held
+        ``batch_wait_timeout_iters`` such steps; then they run and the count starts again."""
+        steady = self.steady
+        generation = 0 if steady is None else steady.in_flight
+        context_tokens = 0
+        for seq, num_new in entries:
+            if is_context(seq):
+                context_tokens += seq.spec.input_len + seq.generated
+            else:
+                generation += num_new
+        if not context_tokens or not generation:
+            return entries
+        if (
+            self.batch_wait_count >= self.batch_wait_timeout_iters
+            or context_tokens + generation >= self.batch_wait_tokens
+        ):
+            self.batch_wait_count = 0
+            return entries
+        self.batch_wait_count += 1
+        return self.withdraw_context(entries)
+
+    def fill_step(self) -> list[ScheduledEntry]:
+        """The step's entries by the token budget (see the module docstring)."""
         budget = self.max_num_batched_tokens
         if self.steady is not None and not self.group_is_safe():
             self.steady.dissolve()  # one by one, exactly as without the group
