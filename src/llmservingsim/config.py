@@ -821,6 +821,12 @@ class SchedulerConfig(_Section):
     requests start once the step's tokens (their whole prompts plus one per generation
     request) reach this share of ``max_num_batched_tokens``. 0: only the timeout releases
     them."""
+    recv_interval: int = Field(default=1, ge=1, le=10**6, strict=True)
+    """How often the scheduler takes in new requests (SGLang's ``--scheduler-recv-interval``):
+    each scheduling pass adds 1 after a decode-only step and 1000 after a step with context
+    (prefill) requests, and arrivals are taken in once the count reaches this (then it starts
+    again); after a pass that ran nothing they are taken in at once (docs/engines.md). Needs
+    a chunked-prefill policy and no attention data parallelism. 1: every pass."""
     attention_dp_balance: AttentionDpBalanceConfig | None = None
     """Context balancing across attention data-parallel ranks (TensorRT-LLM's
     ``attention_dp_config`` with ``enable_balance: true``): context requests start only in a

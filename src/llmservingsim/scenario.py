@@ -195,17 +195,21 @@ def check_supported(cfg: SimConfig) -> None:
 
 
 def _check_context_holding(cfg: SimConfig, pools: list[PoolConfig]) -> None:
-    """Batch waiting and attention-DP context balancing (TensorRT-LLM's, docs/engines.md) hold
-    a step's context requests back: where that is modelled, and where TensorRT-LLM has it."""
+    """Batch waiting and attention-DP context balancing (TensorRT-LLM's) hold a step's context
+    requests back, the receive interval (SGLang's) its arrivals (docs/engines.md): where that
+    is modelled, and where the engine has it."""
     sched = cfg.scheduler
     waiting = sched.batch_wait_timeout_iters > 0 or sched.batch_wait_max_tokens_ratio > 0
     balance = sched.attention_dp_balance is not None
-    if not (waiting or balance):
+    receiving = sched.recv_interval > 1
+    if not (waiting or balance or receiving):
         return
     what = (
         "scheduler.batch_wait_timeout_iters / batch_wait_max_tokens_ratio"
         if waiting
         else "scheduler.attention_dp_balance"
+        if balance
+        else f"scheduler.recv_interval={sched.recv_interval}"
     )
     if sched.policy not in ("vllm", "sarathi", "no_evict", "priority"):
         raise ConfigError(
@@ -222,6 +226,8 @@ def _check_context_holding(cfg: SimConfig, pools: list[PoolConfig]) -> None:
         if used:
             raise ConfigError(f"{what} with {name} is not yet supported")
     dp = any(p.data_parallel > 1 for p in pools)
+    if receiving and dp:
+        raise ConfigError(f"{what} with cluster.data_parallel > 1 is not yet supported")
     if waiting and dp:
         raise ConfigError(
             f"{what} with cluster.data_parallel > 1: TensorRT-LLM applies batch waiting only "

@@ -147,10 +147,14 @@ class RecipeRule:
     """The recipe files and the branch of theirs that sets it."""
     hardware: str | None = None
     """Regex on the catalog device where the recipe file is per GPU; None: every GPU."""
+    dtype: str | None = None
+    """The simulated weight dtype where the recipe file is per precision; None: every one."""
     lengths: tuple[int, int] | None = None
     """(ISL, OSL) of the recipe's branch; None: every length."""
-    below_tp: int | None = None
-    """The branch applies to TP below this; None: every TP."""
+    tp: tuple[int, int] | None = None
+    """The TP range (inclusive) of the recipe's branch; None: every TP."""
+    concurrency: tuple[int, int] | None = None
+    """The client-count range (inclusive) of the recipe's branch; None: every count."""
     attention_dp: bool | None = None
     """The branch applies with (True) or without (False) attention data parallelism."""
 
@@ -168,7 +172,7 @@ RECIPES = (
         "70b_fp4_b200_trt_slurm.sh: batch_wait_max_tokens_ratio 0.9, batch_wait_timeout_iters "
         "20 when ISL = OSL = 1024 and TP < 8",
         lengths=(1024, 1024),
-        below_tp=8,
+        tp=(1, 7),
     ),
     RecipeRule(
         "inferencex",
@@ -190,16 +194,70 @@ RECIPES = (
         hardware=r"^b200$",
         attention_dp=True,
     ),
+    # SGLang DeepSeek-R1 on B200: --scheduler-recv-interval 30 from 16 clients, 10 below.
+    RecipeRule(
+        "inferencex",
+        "sglang",
+        r"^deepseek-v3$",
+        ("recv_interval=30",),
+        "benchmarks/dsr1_fp4_b200.sh: --scheduler-recv-interval 30 when CONC >= 16",
+        hardware=r"^b200$",
+        dtype="fp4",
+        concurrency=(16, MAX_REQUESTS),
+    ),
+    RecipeRule(
+        "inferencex",
+        "sglang",
+        r"^deepseek-v3$",
+        ("recv_interval=10",),
+        "benchmarks/dsr1_fp4_b200.sh: --scheduler-recv-interval 10 when CONC < 16",
+        hardware=r"^b200$",
+        dtype="fp4",
+        concurrency=(1, 15),
+    ),
+    RecipeRule(
+        "inferencex",
+        "sglang",
+        r"^deepseek-v3$",
+        ("recv_interval=30",),
+        "benchmarks/dsr1_fp8_b200.sh: --scheduler-recv-interval 30 at TP8 when CONC >= 16",
+        hardware=r"^b200$",
+        dtype="fp8",
+        tp=(8, 8),
+        concurrency=(16, MAX_REQUESTS),
+    ),
+    RecipeRule(
+        "inferencex",
+        "sglang",
+        r"^deepseek-v3$",
+        ("recv_interval=10",),
+        "benchmarks/dsr1_fp8_b200.sh: --scheduler-recv-interval 10 at TP8 when CONC < 16",
+        hardware=r"^b200$",
+        dtype="fp8",
+        tp=(8, 8),
+        concurrency=(1, 15),
+    ),
+    RecipeRule(
+        "inferencex",
+        "sglang",
+        r"^deepseek-v3$",
+        ("recv_interval=10",),
+        "benchmarks/dsr1_fp8_b200.sh: --scheduler-recv-interval 10 at TP4",
+        hardware=r"^b200$",
+        dtype="fp8",
+        tp=(4, 4),
+    ),
 )
 
 
 def recipe_settings(
-    row: dict[str, str], engine: str, catalog: str, hardware: str, tp: int, dp: int
+    row: dict[str, str], engine: str, catalog: str, hardware: str, dtype: str, tp: int, dp: int
 ) -> list[RecipeRule]:
-    """The :data:`RECIPES` that apply to ``row`` (served by ``engine`` as ``catalog`` on
-    ``hardware`` at TP ``tp`` × attention DP ``dp``)."""
+    """The :data:`RECIPES` that apply to ``row`` (served by ``engine`` as ``catalog`` in
+    ``dtype`` on ``hardware`` at TP ``tp`` × attention DP ``dp``)."""
     client = row.get("client", "")
     lengths = (number(row["input_len"]), number(row["output_len"]))
+    clients = int(row["concurrency"]) if row.get("concurrency") else None
     found = []
     for rule in RECIPES:
         if (
@@ -207,8 +265,13 @@ def recipe_settings(
             and rule.engine == engine
             and re.search(rule.model, catalog)
             and (rule.hardware is None or re.search(rule.hardware, hardware))
+            and (rule.dtype is None or rule.dtype == dtype)
             and (rule.lengths is None or lengths == rule.lengths)
-            and (rule.below_tp is None or tp < rule.below_tp)
+            and (rule.tp is None or rule.tp[0] <= tp <= rule.tp[1])
+            and (
+                rule.concurrency is None
+                or (clients is not None and rule.concurrency[0] <= clients <= rule.concurrency[1])
+            )
             and (rule.attention_dp is None or rule.attention_dp == (dp > 1))
         ):
             found.append(rule)
@@ -474,7 +537,7 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     engine_name = (
         "trtllm" if "tensorrt" in low_engine else "sglang" if "sglang" in low_engine else "vllm"
     )
-    recipes = recipe_settings(row, engine_name, rule.catalog, hardware, int(tp), dp)
+    recipes = recipe_settings(row, engine_name, rule.catalog, hardware, dtype, int(tp), dp)
     for recipe in recipes:
         for setting in recipe.settings:
             key, value = setting.split("=", 1)

@@ -110,6 +110,13 @@ class Scheduler(ABC):
         )
         self.batch_wait_count: int = 0
         self.held_context: bool = False
+        # The receive interval (SGLang's --scheduler-recv-interval; VllmScheduler.receive):
+        # arrivals at the tail of the queue not taken in yet, the pass count towards the next
+        # intake, and what the last pass ran (0 nothing, 1 decodes only, 2 context requests).
+        self.recv_interval: int = cfg.recv_interval
+        self.unreceived: int = 0
+        self.recv_count: int = 0
+        self.last_pass: int = 0
         # Whether the block manager copies KV over the host link (an offload tier).
         self._blocks_move_kv = (
             type(blocks).take_transfer_seconds is not BlockManager.take_transfer_seconds
@@ -223,6 +230,8 @@ class Scheduler(ABC):
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
+        if self.recv_interval > 1:
+            self.unreceived += 1
 
     def queue_full(self) -> bool:
         """Admission control: the waiting queue holds ``max_queue`` requests already."""
@@ -245,6 +254,8 @@ class Scheduler(ABC):
             if seq.admissions:
                 i += 1
             elif now - seq.spec.arrival_s >= timeout:
+                if i >= len(waiting) - self.unreceived:
+                    self.unreceived -= 1  # (never taken in: its wait counts all the same)
                 del waiting[i]
                 expired.append(seq)
             else:
@@ -258,6 +269,8 @@ class Scheduler(ABC):
         if seq.status is Status.WAITING:
             if seq not in self.waiting:
                 return False
+            if self.waiting.index(seq) >= len(self.waiting) - self.unreceived:
+                self.unreceived -= 1
             self.waiting.remove(seq)
             if seq.swapped_blocks and self.swap is not None:
                 self.swap.discard(seq)

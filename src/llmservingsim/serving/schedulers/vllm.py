@@ -44,7 +44,8 @@ class VllmScheduler(Scheduler):
         # A refused waiting request stays refused: decoding only shrinks the free pool (and
         # no_evict's unpromised pool stays put); budget and batch size do not change.
         # Held-back context requests (batch waiting) start after a count of steps.
-        return self.blocks.fast_forward_safe and not self.held_context
+        # Under a receive interval every pass counts towards the next intake.
+        return self.blocks.fast_forward_safe and not self.held_context and self.recv_interval == 1
 
     # Policy points (the ``priority`` policy overrides them; here they are vLLM's FCFS rules).
 
@@ -91,10 +92,33 @@ class VllmScheduler(Scheduler):
 
     def schedule(self) -> list[ScheduledEntry]:
         self.held_context = False
+        if self.recv_interval > 1:
+            self.receive()
         entries = self.fill_step()
         if self.batch_waiting:
-            return self.wait_for_batch(entries)
+            entries = self.wait_for_batch(entries)
+        if self.recv_interval > 1:
+            steady = self.steady
+            ran = bool(entries) or (steady is not None and steady.in_flight > 0)
+            self.last_pass = 2 if any(is_context(s) for s, _ in entries) else int(ran)
         return entries
+
+    def receive(self) -> None:
+        """SGLang's receive interval (``SchedulerRecvSkipper``, ``recv_requests`` at the top
+        of each event-loop pass): the pass adds the weight of the last batch's forward mode
+        to a count, 1 for a decode batch and 1000 for any other (extend, mixed), and takes in
+        the requests that arrived once the count reaches ``recv_interval``, the count starting
+        again. A pass after one that ran nothing adds 1 too, but such passes spin without GPU
+        work: the arrivals are taken in at once here, as when this pass would run nothing
+        else (no running request, none taken in waiting)."""
+        if self.last_pass == 0 or (not self.running and len(self.waiting) == self.unreceived):
+            self.recv_count = 0
+            self.unreceived = 0
+            return
+        self.recv_count += 1 if self.last_pass == 1 else 1000
+        if self.recv_count >= self.recv_interval:
+            self.recv_count = 0
+            self.unreceived = 0
 
     def wait_for_batch(self, entries: list[ScheduledEntry]) -> list[ScheduledEntry]:
         """Batch waiting (TensorRT-LLM's py_executor ``_waiting_requests``, applied in
@@ -173,7 +197,8 @@ class VllmScheduler(Scheduler):
         skipped: list[Sequence] = []  # their LoRA adapter has no slot this step
         max_num_seqs = self.max_num_seqs
         floor: int | None = None  # the smallest priority value preempted in this pass
-        while self.waiting and budget > 0:
+        # (Arrivals not taken in yet wait at the tail: receive.)
+        while len(self.waiting) > self.unreceived and budget > 0:
             seq = self.waiting[0]
             if floor is not None and seq.spec.priority >= floor:
                 break  # never re-admit a victim (or its peers) in the step that preempted it
