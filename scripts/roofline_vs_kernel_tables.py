@@ -59,6 +59,7 @@ def ratios(table: Path, device: str) -> dict[str, list[float]]:
             out[dtype] = [statistics.median(b) if b else float("nan") for b in bands]
     return out
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=None, help="a `systems` folder")

@@ -146,10 +146,10 @@ class Efficiency(_Strict):
     def gemm_curve(self, dtype: str) -> tuple[float, float, float]:
         """(compute_max, compute_half_m, kernel_launch_us) of GEMMs computed in ``dtype``: its
         own entry of ``dtype_gemm``, else the bf16 curve."""
-        own = self.dtype_gemm.get(dtype)
-        if own is None:
-            return self.compute_max, self.compute_half_m, self.kernel_launch_us
-        return own.compute_max, own.compute_half_m, own.kernel_launch_us
+        for name, own in self.dtype_gemm.items():
+            if name == dtype:
+                return own.compute_max, own.compute_half_m, own.kernel_launch_us
+        return self.compute_max, self.compute_half_m, self.kernel_launch_us
 
 
 class Systolic(_Strict):
