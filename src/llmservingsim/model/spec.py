@@ -270,18 +270,6 @@ def _warn_local_attention(name: str, layers: int, of: int, what: str) -> None:
     )
 
 
-def _warn_sliding_kv(name: str, layers: int, of: int, window: int) -> None:
-    """Sliding-window layers are timed over their window, but the memory plan still gives
-    them a KV entry for every token: say so (docs/models.md)."""
-    warnings.warn(
-        f"model {name}: the KV cache of its {layers} of {of} sliding-window layers "
-        f"({window}-token window) is sized for the whole context, as for full attention "
-        "(engines keep only the window's blocks: KV capacity understated)",
-        InputWarning,
-        stacklevel=2,
-    )
-
-
 @_parser(
     "llama",
     "mistral",
@@ -310,8 +298,6 @@ def _parse_llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
     window = _int(cfg, "sliding_window", where, "optional", default=0)
     sliding = _sliding_layers(cfg, where) if window else ()
     layers = _int(cfg, "num_hidden_layers", where, "layers")
-    if sliding:
-        _warn_sliding_kv(name, sum(i < layers for i in sliding), layers, window)
     context = _int(cfg, "max_position_embeddings", where, "context", default=4096)
     unread = cfg.get("layer_types") is None and cfg.get("use_sliding_window", True)
     if not sliding and unread and 0 < window < context:

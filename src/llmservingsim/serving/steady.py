@@ -2,7 +2,8 @@
 
 Once a request decodes one token in every step of its engine, its state after the engine's
 ``t``-th step is a straight line in ``t``: computed tokens, generated tokens and attended
-context each grow by one per step, its KV blocks by one every ``block_size`` steps, and its
+context each grow by one per step, its KV blocks by ``full_units`` every ``block_size`` steps
+(once its sliding-window layers hold all the blocks they will, BlockManager), and its
 inter-token gap is the engine's step-to-step gap. So a step needs only the sums over these
 requests (how many, their summed context, how many new blocks they take) and the few of them
 that finish at that step; nothing per request. A request's own fields are brought up to date
@@ -107,20 +108,24 @@ class SteadyDecoders:
 
     def join(self, seq: Sequence) -> bool:
         """Make a running request that just sampled a token (and decodes next) a member;
-        False when its KV blocks do not follow the one-block-per-``block_size``-steps pattern
-        (it holds blocks reserved far ahead that it will outgrow: it stays one by one), or
-        when it attends fewer tokens than the model's sliding window."""
-        t0, size = self.started, self.block_size
+        False when its KV blocks do not follow the ``full_units``-blocks-per-``block_size``-
+        steps pattern (it holds blocks reserved far ahead that it will outgrow: it stays one by
+        one, or its sliding-window layers still take blocks), or when it attends fewer tokens
+        than the model's sliding window."""
+        t0, size, blocks = self.started, self.block_size, self.blocks
         computed, generated, held = seq.num_computed, seq.generated, len(seq.blocks)
         if computed + 1 < self.window:
             return False  # inside the window: its min(context, window) still grows
+        tokens_held = blocks.tokens_held(held)
+        if tokens_held < blocks.sliding_tokens:
+            return False  # its sliding-window layers still take blocks
         last_step = t0 + seq.spec.output_len - generated - 1
-        first_block = held * size - computed  # steps until it writes past its last block
+        first_block = tokens_held - computed  # steps until it writes past its last block
         if first_block >= size and t0 + first_block <= last_step:
             return False
         if t0 + first_block <= last_step:
             due, residue = self._due, (t0 + first_block) % size
-            due[residue] = due[residue] + 1  # (an augmented assignment is generic compiled)
+            due[residue] = due[residue] + blocks.full_units  # (augmented: generic compiled)
         self._members[seq] = _Member(t0, computed, generated, held, last_step)
         self._context_base += computed - t0 + 1
         finishing = self._finishing.get(last_step)
@@ -133,10 +138,10 @@ class SteadyDecoders:
 
     def _leave(self, seq: Sequence) -> _Member:
         member = self._members.pop(seq)
-        first_block = member.blocks * self.block_size - member.computed
+        first_block = self.blocks.tokens_held(member.blocks) - member.computed
         if member.t0 + first_block <= member.last_step:
             due, residue = self._due, (member.t0 + first_block) % self.block_size
-            due[residue] = due[residue] - 1
+            due[residue] = due[residue] - self.blocks.full_units
         self._context_base -= member.computed - member.t0 + 1
         return member
 
