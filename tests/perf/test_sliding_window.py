@@ -1,8 +1,8 @@
 """Sliding-window attention (gpt-oss): a sliding layer attends to the last ``window`` tokens.
 
 Decode reads min(context, window) KV tokens per sequence; a prefill chunk computes only the
-causal band of the window; full layers are timed as before; the KV cache stays sized as
-full attention (docs/models.md).
+causal band of the window; full layers are timed as before. The KV cache of sliding layers
+keeps the window's blocks only: tests/serving/test_sliding_kv.py.
 """
 
 from __future__ import annotations
