@@ -181,5 +181,7 @@ def test_sliding_window_draft_model_is_refused() -> None:
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InputWarning)
-        with pytest.raises(ConfigError, match="sliding-window attention is not yet supported"):
+        with pytest.raises(
+            ConfigError, match="sliding-window or chunked attention is not yet supported"
+        ):
             simulate(cfg)

@@ -194,8 +194,9 @@ class Instance:
         # routers that compare all instances (cluster/routers.py); None when standalone.
         self.load_board: list[int] | None = None
         # Steady decoders as a group (serving/steady.py): not where a decode step differs
-        # per request (speculative verify steps, LoRA adapters).
-        if fast_forward and speculator is None and lora is None:
+        # per request (speculative verify steps, LoRA adapters, chunked-attention layers,
+        # whose context falls back to one token at each chunk's end).
+        if fast_forward and speculator is None and lora is None and not timer.chunk:
             for ve in self.virtual_engines:
                 ve.scheduler.keep_steady_decoders(timer.window)
         # Multi-step scheduling: GPU steps per group of decode steps (1: none).
@@ -428,7 +429,7 @@ class Instance:
         steady_decodes = 0 if steady is None else steady.in_flight
         if not entries and not steady_decodes:
             return None
-        batch = self._batch_shape(entries, now, steady, self.timer.window)
+        batch = self._batch_shape(entries, now, steady, self.timer.window, self.timer.chunk)
         cost = self.timer.step(batch)
         if speculator is not None:
             cost = speculator.add_proposals(entries, cost)
@@ -540,7 +541,9 @@ class Instance:
             steady = scheduler.steady
             if not entries and (steady is None or not steady.in_flight):
                 continue
-            batches.append(self._batch_shape(entries, now, steady, self.timer.window))
+            batches.append(
+                self._batch_shape(entries, now, steady, self.timer.window, self.timer.chunk)
+            )
             started.append((ve, entries))
             # KV copies over each rank's host links run before the (shared) forward pass.
             transfer = max(transfer, scheduler.take_transfer_seconds())
@@ -615,9 +618,11 @@ class Instance:
         now: float,
         steady: SteadyDecoders | None,
         window: int = 0,
+        chunk: int = 0,
     ) -> BatchShape:
         """The step's batch; ``window`` > 0: the model's sliding window, whose layers attend
-        min(context, window) tokens per decode sequence (``decode_local_context``)."""
+        min(context, window) tokens per decode sequence (``decode_local_context``); ``chunk``
+        > 0: its attention chunk, whose layers attend (context − 1) mod chunk + 1."""
         # Hot (every sequence, every step): Sequence properties read into locals.
         batch = BatchShape()
         prefill = batch.prefill
@@ -639,6 +644,8 @@ class Instance:
                 decode_context += computed + 1
                 if window:
                     local_context += computed + 1 if computed < window else window
+                elif chunk:
+                    local_context += computed % chunk + 1
             else:
                 prefill.append((num_new, computed))
                 if seq.first_scheduled_time < 0:
