@@ -23,8 +23,10 @@ from llmservingsim.model.spec import ModelSpec, load_hf_config_file
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.iteration import BatchShape, IterationTimer
 from llmservingsim.scenario import resolve
-from llmservingsim.sequence import Sequence
+from llmservingsim.sequence import Sequence, Status
+from llmservingsim.serving.block_manager import BlockManager
 from llmservingsim.serving.instance import Instance
+from llmservingsim.serving.steady import SteadyDecoders
 from llmservingsim.simulation import simulate
 from llmservingsim.workload.request_spec import RequestSpec
 
@@ -140,6 +142,42 @@ def test_long_prefill_costs_less_than_full_attention() -> None:
             assert chunked.step(batch).seconds == pytest.approx(full.step(batch).seconds)
         else:
             assert chunked.step(batch).seconds < full.step(batch).seconds
+
+
+@pytest.mark.parametrize("input_len", ["{dist: uniform, min: 100, max: 20000}", "8100"])
+def test_scout_fast_forward_equals_stepping(input_len: str) -> None:
+    """Steady decoders join only if they finish inside their chunk (the others, 8,100-token
+    prompts with up to 300 outputs among them, step one by one); every number equals
+    stepping one iteration at a time."""
+    length = f"workload.input_len={input_len}"
+    if input_len.isdigit():
+        length = f"workload.input_len={{dist: fixed, value: {input_len}}}"
+    step = _scout(length, "simulator.fast_forward=false")
+    fast = _scout(length, "simulator.fast_forward=true")
+    for key, value in step.items():
+        if isinstance(value, float) and key != "sim_wall_s":
+            assert fast[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+def test_steady_decoders_join_only_inside_their_chunk() -> None:
+    blocks = BlockManager(10_000, 16)
+    steady = SteadyDecoders(blocks, chunk=8192)
+
+    def decoding(i: int, computed: int, output: int) -> Sequence:
+        seq = Sequence(RequestSpec(i, 0.0, computed, output))
+        seq.generated = 1
+        blocks.allocate(seq, computed)
+        seq.num_computed = computed
+        seq.status = Status.RUNNING
+        return seq
+
+    # 100 more steps from position 8,000: 8,100 < 8,192, inside the chunk.
+    assert steady.join(decoding(0, 8000, 101))
+    # From position 8,100, 100 more steps reach 8,200: past the chunk's end.
+    assert not steady.join(decoding(1, 8100, 101))
+    assert steady.join(decoding(2, 8192, 101))  # the next chunk, from its start
+    steady.begin_step()
+    assert steady.in_flight_local_context == (8000 % 8192 + 1) + (8192 % 8192 + 1)
 
 
 def test_scout_end_to_end_keeps_the_invariants_and_full_kv() -> None:

@@ -505,10 +505,9 @@ class IterationTimer:
         lookups, hits = self.cache_lookups, self.cache_hits
         contexts = first.decode_context + first.num_decode * np.arange(1, max(1, steps))
         local = first.decode_local_context
-        if self.chunk:
-            # A chunked layer's context falls back to 1 at each chunk's end: no steady group
-            # (serving/instance.py), so no decode run either.
-            raise ValueError("decode runs of a model with chunked-attention layers")
+        # Chunked layers: steady decoders stay inside their chunk (SteadyDecoders.join), so
+        # what they attend grows by one per sequence and step, as the context does.
+        local_step = first.num_decode if self.chunk else 0
         if self.window and local != first.num_decode * self.window:
             # Only sequences past the window keep min(context, window) fixed as they grow;
             # steady decoders (serving/steady.py) admit only those for such models.
@@ -523,8 +522,9 @@ class IterationTimer:
             per_lookups, per_hits = self.cache_lookups - lookups, self.cache_hits - hits
         else:
             each = []
-            for ctx in contexts.tolist():
-                batch = BatchShape([], first.num_decode, ctx, first.num_sampled, 0, local)
+            for k, ctx in enumerate(contexts.tolist(), 1):
+                attended = local + k * local_step
+                batch = BatchShape([], first.num_decode, ctx, first.num_sampled, 0, attended)
                 each.append(self.step(batch))
                 if len(each) == 1:
                     per_lookups, per_hits = self.cache_lookups - lookups, self.cache_hits - hits

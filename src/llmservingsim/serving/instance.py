@@ -194,11 +194,10 @@ class Instance:
         # routers that compare all instances (cluster/routers.py); None when standalone.
         self.load_board: list[int] | None = None
         # Steady decoders as a group (serving/steady.py): not where a decode step differs
-        # per request (speculative verify steps, LoRA adapters, chunked-attention layers,
-        # whose context falls back to one token at each chunk's end).
-        if fast_forward and speculator is None and lora is None and not timer.chunk:
+        # per request (speculative verify steps, LoRA adapters).
+        if fast_forward and speculator is None and lora is None:
             for ve in self.virtual_engines:
-                ve.scheduler.keep_steady_decoders(timer.window)
+                ve.scheduler.keep_steady_decoders(timer.window, timer.chunk)
         # Multi-step scheduling: GPU steps per group of decode steps (1: none).
         self.group_steps = schedulers[0].cfg.num_scheduler_steps
         # Runs need one engine (no pipeline, no DP ranks) and a timer without per-step side
@@ -655,8 +654,8 @@ class Instance:
             num_decode += steady.in_flight
             decode_context += steady.in_flight_context
             num_sampled += steady.in_flight
-            # Steady decoders of such a model are all past the window (SteadyDecoders.join).
-            local_context += steady.in_flight * window
+            # Past the window, or inside their chunk till they finish (SteadyDecoders.join).
+            local_context += steady.in_flight_local_context
         batch.num_decode = num_decode
         batch.decode_context = decode_context
         batch.decode_local_context = local_context
