@@ -760,6 +760,18 @@ class KvOffloadConfig(_Section):
     """Link latency per transfer, µs (default: the device's links.host)."""
 
 
+class AttentionDpBalanceConfig(_Section):
+    """TensorRT-LLM's ``attention_dp_config`` (``enable_balance: true``): how attention
+    data-parallel ranks hold context requests back so that all ranks run one together."""
+
+    timeout_iters: int = Field(default=50, ge=0, le=10**6, strict=True)
+    """Steps a context request waits for every rank to have one before it starts anyway
+    (TensorRT-LLM's default 50)."""
+    batching_wait_iters: int = Field(default=10, ge=0, le=10**6, strict=True)
+    """Once every rank has a context request (and every rank generates), steps still waited
+    to gather more (TensorRT-LLM's default 10)."""
+
+
 class SchedulerConfig(_Section):
     """The engine's batching policy and KV-cache settings (vLLM's names)."""
 
@@ -795,6 +807,32 @@ class SchedulerConfig(_Section):
     starts a group of this many GPU steps on the same batch, scheduled (and its host
     overhead paid) once; requests arriving meanwhile start at the group's end. Needs
     ``policy: orca`` (docs/engines.md). 1: every step is scheduled."""
+    batch_wait_timeout_iters: int = Field(default=0, ge=0, le=10**6, strict=True)
+    """Batch waiting (TensorRT-LLM's ``batch_wait_timeout_iters``): a step that would run
+    context (prefill) requests beside generation requests holds the context requests back
+    for up to this many such steps, until the step's tokens reach
+    ``batch_wait_max_tokens_ratio`` of ``max_num_batched_tokens`` (docs/engines.md). Needs a
+    chunked-prefill policy (vllm, sarathi, no_evict, priority) and no attention data
+    parallelism. 0 (with ratio 0): off."""
+    batch_wait_max_tokens_ratio: Annotated[
+        float, NotBool, Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    ] = 0.0
+    """Batch waiting (TensorRT-LLM's ``batch_wait_max_tokens_ratio``): the held context
+    requests start once the step's tokens (their whole prompts plus one per generation
+    request) reach this share of ``max_num_batched_tokens``. 0: only the timeout releases
+    them."""
+    recv_interval: int = Field(default=1, ge=1, le=10**6, strict=True)
+    """How often the scheduler takes in new requests (SGLang's ``--scheduler-recv-interval``):
+    each scheduling pass adds 1 after a decode-only step and 1000 after a step with context
+    (prefill) requests, and arrivals are taken in once the count reaches this (then it starts
+    again); after a pass that ran nothing they are taken in at once (docs/engines.md). Needs
+    a chunked-prefill policy and no attention data parallelism. 1: every pass."""
+    attention_dp_balance: AttentionDpBalanceConfig | None = None
+    """Context balancing across attention data-parallel ranks (TensorRT-LLM's
+    ``attention_dp_config`` with ``enable_balance: true``): context requests start only in a
+    step where every rank has one, or after ``timeout_iters`` steps of waiting, or at once
+    while some rank has no generation request (docs/engines.md). Needs
+    ``cluster.data_parallel`` > 1. None: every rank starts its context requests at once."""
 
     @model_validator(mode="after")
     def _offload_needs_prefix_caching(self) -> SchedulerConfig:

@@ -192,6 +192,53 @@ def check_supported(cfg: SimConfig) -> None:
         if used:
             raise ConfigError(f"{what} is not yet supported")
     _check_multi_step(cfg, pools)
+    _check_context_holding(cfg, pools)
+
+
+def _check_context_holding(cfg: SimConfig, pools: list[PoolConfig]) -> None:
+    """Batch waiting and attention-DP context balancing (TensorRT-LLM's) hold a step's context
+    requests back, the receive interval (SGLang's) its arrivals (docs/engines.md): where that
+    is modelled, and where the engine has it."""
+    sched = cfg.scheduler
+    waiting = sched.batch_wait_timeout_iters > 0 or sched.batch_wait_max_tokens_ratio > 0
+    balance = sched.attention_dp_balance is not None
+    receiving = sched.recv_interval > 1
+    if not (waiting or balance or receiving):
+        return
+    what = (
+        "scheduler.batch_wait_timeout_iters / batch_wait_max_tokens_ratio"
+        if waiting
+        else "scheduler.attention_dp_balance"
+        if balance
+        else f"scheduler.recv_interval={sched.recv_interval}"
+    )
+    if sched.policy not in ("vllm", "sarathi", "no_evict", "priority"):
+        raise ConfigError(
+            f"{what} with scheduler.policy: {sched.policy} is not yet supported (expected a "
+            "chunked-prefill policy: vllm, sarathi, no_evict or priority)"
+        )
+    unsupported = {
+        # A withdrawn request would have been swapped in already.
+        "scheduler.preemption: swap": sched.preemption == "swap",
+        "pipeline_parallel > 1": any(p.pipeline_parallel > 1 for p in pools),
+        "LoRA adapters": uses_lora(cfg),
+    }
+    for name, used in unsupported.items():
+        if used:
+            raise ConfigError(f"{what} with {name} is not yet supported")
+    dp = any(p.data_parallel > 1 for p in pools)
+    if receiving and dp:
+        raise ConfigError(f"{what} with cluster.data_parallel > 1 is not yet supported")
+    if waiting and dp:
+        raise ConfigError(
+            f"{what} with cluster.data_parallel > 1: TensorRT-LLM applies batch waiting only "
+            "without attention data parallelism (use scheduler.attention_dp_balance there)"
+        )
+    if balance and not dp:
+        raise ConfigError(
+            "scheduler.attention_dp_balance needs attention data-parallel ranks: set "
+            "cluster.data_parallel > 1 or remove it"
+        )
 
 
 def _check_multi_step(cfg: SimConfig, pools: list[PoolConfig]) -> None:

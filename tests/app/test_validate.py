@@ -522,3 +522,54 @@ def test_the_command_default_per_group_is_the_sources_default() -> None:
 
     default = inspect.signature(validate_command).parameters["per_group"].default
     assert default == DEFAULT_PER_GROUP
+
+
+def _recipe_point(client: str = "inferencex", **changes: str) -> Scenario:
+    row = _row(
+        input_len="1024",
+        output_len="1024",
+        request_rate_rps="",
+        num_requests="",
+        metric="ttft_mean",
+        unit="ms",
+        engine="TensorRT-LLM",
+        engine_version="1.1",
+        hardware="H200",
+        model="meta-llama/Llama-3.1-70B",
+        dtype="fp8",
+    )
+    row.update(concurrency="64", client=client)
+    row.update(changes)
+    return _scenario(row)
+
+
+def test_recipe_rules_set_what_a_kind_of_runs_launch_recipe_sets() -> None:
+    waits = {"scheduler.batch_wait_timeout_iters=20", "scheduler.batch_wait_max_tokens_ratio=0.9"}
+    tp2 = _recipe_point(tensor_parallel="2", num_gpus="2")
+    assert waits <= set(tp2.overrides)
+    assert any("70b_fp8_h200_trt_slurm.sh" in note for note in tp2.notes)
+    # Outside the recipe's branch (TP 8, other lengths), another engine or client: nothing.
+    for other in (
+        _recipe_point(tensor_parallel="8", num_gpus="8"),
+        _recipe_point(output_len="8192"),
+        _recipe_point(engine="vLLM", engine_version="0.19.0"),
+        _recipe_point(client=""),
+    ):
+        assert not waits & set(other.overrides)
+    dsr1 = {
+        "model": "deepseek-ai/DeepSeek-R1-0528",
+        "hardware": "B200",
+        "num_gpus": "8",
+        "tensor_parallel": "1",
+        "notes": "attention_dp=8; moe_ep=8",
+        "dtype": "fp4",
+    }
+    balance = "scheduler.attention_dp_balance={timeout_iters: 60, batching_wait_iters: 0}"
+    assert balance in _recipe_point(**dsr1).overrides
+    no_dp = {**dsr1, "tensor_parallel": "8", "notes": ""}
+    assert balance not in _recipe_point(**no_dp).overrides
+    sglang = {**no_dp, "engine": "SGLang", "engine_version": "0.5.6"}
+    assert "scheduler.recv_interval=30" in _recipe_point(**sglang).overrides
+    assert "scheduler.recv_interval=10" in _recipe_point(**sglang, concurrency="8").overrides
+    h200 = {**sglang, "hardware": "H200", "dtype": "fp8"}
+    assert not any("recv_interval" in o for o in _recipe_point(**h200).overrides)

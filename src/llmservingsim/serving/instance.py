@@ -52,7 +52,7 @@ from llmservingsim.sequence import Sequence, Status
 from llmservingsim.serving.decode_run import MIN_RUN_STEPS, DecodeRun, plan_decode_run
 from llmservingsim.serving.lora import adapter_tokens
 from llmservingsim.serving.memory import MemoryPlan
-from llmservingsim.serving.schedulers.base import ScheduledEntry, Scheduler
+from llmservingsim.serving.schedulers.base import ScheduledEntry, Scheduler, is_context
 from llmservingsim.serving.speculative import Speculator
 from llmservingsim.serving.steady import SteadyDecoders
 from llmservingsim.serving.step_record import StepRecord
@@ -234,6 +234,14 @@ class Instance:
         self._timeouts = any(
             ve.scheduler.cfg.request_timeout_s is not None for ve in self.virtual_engines
         )
+        # Context balancing across attention-DP ranks (scheduler.attention_dp_balance,
+        # TensorRT-LLM's attention_dp_config: _balance_ranks): its settings (-1: off) and the
+        # steps waited so far for every rank to have a context request, and to gather more.
+        balance = schedulers[0].cfg.attention_dp_balance
+        self._balance_timeout: int = -1 if balance is None else balance.timeout_iters
+        self._balance_batching: int = 0 if balance is None else balance.batching_wait_iters
+        self._balance_waited = 0
+        self._balance_gathered = 0
 
     # -------------------------------------------------------------- load seen by routers
 
@@ -532,11 +540,17 @@ class Instance:
         started: list[tuple[VirtualEngine, list[ScheduledEntry]]] = []
         first = -1
         transfer = 0.0
+        scheduled: list[list[ScheduledEntry]] = []
+        for ve in engines:
+            if ve.scheduler.cfg.request_timeout_s is not None:
+                self._expire(ve, now)
+            scheduled.append(ve.scheduler.schedule())
+        if self._balance_timeout >= 0 and not self._balance_ranks(scheduled):
+            for k, ve in enumerate(engines):
+                scheduled[k] = ve.scheduler.withdraw_context(scheduled[k])
         for k, ve in enumerate(engines):
             scheduler = ve.scheduler
-            if scheduler.cfg.request_timeout_s is not None:
-                self._expire(ve, now)
-            entries = scheduler.schedule()
+            entries = scheduled[k]
             steady = scheduler.steady
             if not entries and (steady is None or not steady.in_flight):
                 continue
@@ -567,6 +581,48 @@ class Instance:
             ve.in_flight = entries
             ve.busy = True
         return finish, first
+
+    def _balance_ranks(self, scheduled: list[list[ScheduledEntry]]) -> bool:
+        """Whether the ranks' context requests start this step (TensorRT-LLM's py_executor
+        ``_balance_adp_requests``, attention_dp_config ``enable_balance``). Each rank counts
+        its scheduled context and generation requests; a rank with no request at all runs a
+        dummy generation request (``_pad_attention_dp_dummy_request``, done before
+        scheduling). When every rank has a context request and room beside its generation
+        requests, they start, after ``batching_wait_iters`` more steps if every rank also
+        generates; otherwise they wait, until ``timeout_iters`` steps have passed or some rank
+        has no generation request."""
+        engines = self.virtual_engines
+        busy = any(ve.scheduler.has_work() for ve in engines)
+        all_context = all_room = all_generate = True
+        for k, ve in enumerate(engines):
+            scheduler = ve.scheduler
+            entries = scheduled[k]
+            steady = scheduler.steady
+            context = 0
+            generation = 0 if steady is None else steady.in_flight
+            for seq, _ in entries:
+                if is_context(seq):
+                    context += 1
+                else:
+                    generation += 1
+            if busy and not scheduler.has_work():
+                generation = 1  # the dummy request
+            all_context = all_context and context > 0
+            all_room = all_room and generation < scheduler.max_num_seqs
+            all_generate = all_generate and generation > 0
+        if all_context and all_room:
+            self._balance_waited = 0
+            if all_generate:
+                if self._balance_gathered < self._balance_batching:
+                    self._balance_gathered += 1
+                    return False
+                self._balance_gathered = 0
+            return True
+        self._balance_waited += 1
+        if self._balance_waited >= self._balance_timeout or not all_generate:
+            self._balance_waited = 0
+            return True
+        return False
 
     def cut_runs(self, now: float, inclusive: bool = False) -> list[tuple[int, float]]:
         """Something reaches the instance at ``now``: apply the steps of its decode runs that

@@ -128,6 +128,156 @@ CLIENTS = {
 # those files to that tool.)
 UNRECORDED_CLIENT = ClientProtocol("client not recorded", 5, None, "")
 
+
+@dataclass(frozen=True)
+class RecipeRule:
+    """An engine setting the server launch recipe of a kind of benchmark run sets: rows of
+    that client, engine and model family (as the recipe's file names them), in the recipe's
+    branch (lengths, TP, attention DP), run with ``settings`` on top of the engine's preset."""
+
+    client: str
+    """The kind of benchmark client (a key of :data:`CLIENTS`)."""
+    engine: str
+    """vllm | sglang | trtllm (:attr:`Scenario.engine_name`)."""
+    model: str
+    """Regex on the catalog model: the family the recipe files name."""
+    settings: tuple[str, ...]
+    """``scheduler.*`` settings, ``key=value`` without the ``scheduler.`` prefix."""
+    source: str
+    """The recipe files and the branch of theirs that sets it."""
+    hardware: str | None = None
+    """Regex on the catalog device where the recipe file is per GPU; None: every GPU."""
+    dtype: str | None = None
+    """The simulated weight dtype where the recipe file is per precision; None: every one."""
+    lengths: tuple[int, int] | None = None
+    """(ISL, OSL) of the recipe's branch; None: every length."""
+    tp: tuple[int, int] | None = None
+    """The TP range (inclusive) of the recipe's branch; None: every TP."""
+    concurrency: tuple[int, int] | None = None
+    """The client-count range (inclusive) of the recipe's branch; None: every count."""
+    attention_dp: bool | None = None
+    """The branch applies with (True) or without (False) attention data parallelism."""
+
+
+# The server launch recipes of SemiAnalysisAI/InferenceX (benchmarks/ folder), per kind of row
+# (docs/accuracy.md, "Recipe settings"). Knobs a recipe sets that the engine already has at
+# the preset's value, or that only change timing the simulator does not model, are not listed.
+RECIPES = (
+    RecipeRule(
+        "inferencex",
+        "trtllm",
+        r"^llama-3\.1-70b$",
+        ("batch_wait_timeout_iters=20", "batch_wait_max_tokens_ratio=0.9"),
+        "benchmarks/70b_fp8_h200_trt_slurm.sh, 70b_fp8_b200_trt_slurm.sh, "
+        "70b_fp4_b200_trt_slurm.sh: batch_wait_max_tokens_ratio 0.9, batch_wait_timeout_iters "
+        "20 when ISL = OSL = 1024 and TP < 8",
+        lengths=(1024, 1024),
+        tp=(1, 7),
+    ),
+    RecipeRule(
+        "inferencex",
+        "trtllm",
+        r"^deepseek-v3$",
+        ("attention_dp_balance={timeout_iters: 60, batching_wait_iters: 0}",),
+        "benchmarks/dsr1_fp4_b200_trt.sh, dsr1_fp8_b200_trt.sh, dsr1_fp8_h200_trt.sh: "
+        "attention_dp_config {batching_wait_iters: 0, enable_balance: true, timeout_iters: 60} "
+        "with attention DP",
+        attention_dp=True,
+    ),
+    RecipeRule(
+        "inferencex",
+        "trtllm",
+        r"^gpt-oss-",
+        ("attention_dp_balance={timeout_iters: 50, batching_wait_iters: 10}",),
+        "benchmarks/gptoss_fp4_b200_trt.sh: attention_dp_config {enable_balance: true} "
+        "(TensorRT-LLM's defaults timeout_iters 50, batching_wait_iters 10) with attention DP",
+        hardware=r"^b200$",
+        attention_dp=True,
+    ),
+    # SGLang DeepSeek-R1 on B200: --scheduler-recv-interval 30 from 16 clients, 10 below.
+    RecipeRule(
+        "inferencex",
+        "sglang",
+        r"^deepseek-v3$",
+        ("recv_interval=30",),
+        "benchmarks/dsr1_fp4_b200.sh: --scheduler-recv-interval 30 when CONC >= 16",
+        hardware=r"^b200$",
+        dtype="fp4",
+        concurrency=(16, MAX_REQUESTS),
+    ),
+    RecipeRule(
+        "inferencex",
+        "sglang",
+        r"^deepseek-v3$",
+        ("recv_interval=10",),
+        "benchmarks/dsr1_fp4_b200.sh: --scheduler-recv-interval 10 when CONC < 16",
+        hardware=r"^b200$",
+        dtype="fp4",
+        concurrency=(1, 15),
+    ),
+    RecipeRule(
+        "inferencex",
+        "sglang",
+        r"^deepseek-v3$",
+        ("recv_interval=30",),
+        "benchmarks/dsr1_fp8_b200.sh: --scheduler-recv-interval 30 at TP8 when CONC >= 16",
+        hardware=r"^b200$",
+        dtype="fp8",
+        tp=(8, 8),
+        concurrency=(16, MAX_REQUESTS),
+    ),
+    RecipeRule(
+        "inferencex",
+        "sglang",
+        r"^deepseek-v3$",
+        ("recv_interval=10",),
+        "benchmarks/dsr1_fp8_b200.sh: --scheduler-recv-interval 10 at TP8 when CONC < 16",
+        hardware=r"^b200$",
+        dtype="fp8",
+        tp=(8, 8),
+        concurrency=(1, 15),
+    ),
+    RecipeRule(
+        "inferencex",
+        "sglang",
+        r"^deepseek-v3$",
+        ("recv_interval=10",),
+        "benchmarks/dsr1_fp8_b200.sh: --scheduler-recv-interval 10 at TP4",
+        hardware=r"^b200$",
+        dtype="fp8",
+        tp=(4, 4),
+    ),
+)
+
+
+def recipe_settings(
+    row: dict[str, str], engine: str, catalog: str, hardware: str, dtype: str, tp: int, dp: int
+) -> list[RecipeRule]:
+    """The :data:`RECIPES` that apply to ``row`` (served by ``engine`` as ``catalog`` in
+    ``dtype`` on ``hardware`` at TP ``tp`` × attention DP ``dp``)."""
+    client = row.get("client", "")
+    lengths = (number(row["input_len"]), number(row["output_len"]))
+    clients = int(row["concurrency"]) if row.get("concurrency") else None
+    found = []
+    for rule in RECIPES:
+        if (
+            rule.client == client
+            and rule.engine == engine
+            and re.search(rule.model, catalog)
+            and (rule.hardware is None or re.search(rule.hardware, hardware))
+            and (rule.dtype is None or rule.dtype == dtype)
+            and (rule.lengths is None or lengths == rule.lengths)
+            and (rule.tp is None or rule.tp[0] <= tp <= rule.tp[1])
+            and (
+                rule.concurrency is None
+                or (clients is not None and rule.concurrency[0] <= clients <= rule.concurrency[1])
+            )
+            and (rule.attention_dp is None or rule.attention_dp == (dp > 1))
+        ):
+            found.append(rule)
+    return found
+
+
 # Engine settings stated in a row's notes override the engine defaults below.
 NOTE_SETTINGS = (
     (r"max_num_seqs\s*=\s*(\d+)", "scheduler.max_num_seqs"),
@@ -383,6 +533,16 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     steps = MULTI_STEP.search(f"{row['engine_version']} {row['notes']}")
     if steps:
         settings["num_scheduler_steps"] = steps[1]
+    low_engine = row["engine"].lower()
+    engine_name = (
+        "trtllm" if "tensorrt" in low_engine else "sglang" if "sglang" in low_engine else "vllm"
+    )
+    recipes = recipe_settings(row, engine_name, rule.catalog, hardware, dtype, int(tp), dp)
+    for recipe in recipes:
+        for setting in recipe.settings:
+            key, value = setting.split("=", 1)
+            settings[key] = value
+        notes.append(f"recipe: {recipe.source}")
     concurrency = int(row["concurrency"]) if row.get("concurrency") else None
     if concurrency is not None and concurrency > int(settings["max_num_seqs"]):
         settings["max_num_seqs"] = str(concurrency)  # the server admits every client
@@ -424,8 +584,6 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         engine += f"; from the row's notes: {', '.join(from_notes)}"
     if steps:
         engine += f"; multi-step: --num-scheduler-steps {steps[1]}"
-    low_engine = row["engine"].lower()
-    engine_name = (
-        "trtllm" if "tensorrt" in low_engine else "sglang" if "sglang" in low_engine else "vllm"
-    )
+    if recipes:
+        engine += "; recipe: " + ", ".join(s for r in recipes for s in r.settings)
     return Scenario(overrides, optional, label, engine, notes, engine_name, concurrency)

@@ -44,6 +44,12 @@ def remove_each(items: list[Sequence], gone: list[Sequence]) -> None:
         start = found
 
 
+def is_context(seq: Sequence) -> bool:
+    """Whether the scheduled ``seq`` computes prompt (context) tokens this step rather than
+    decode one token (or verify drafts after its last one)."""
+    return seq.generated == 0 or seq.num_computed + 1 < seq.spec.input_len + seq.generated
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class Scheduler(ABC):
     """Decides, at each step, which sequences run and how many tokens each computes.
@@ -94,6 +100,23 @@ class Scheduler(ABC):
         self.decode_slots_ahead: int = cfg.num_scheduler_steps - 1
         # Where preemptions are logged (outputs.decisions: serving/instance.py sets it), or None.
         self.decisions: DecisionSite | None = None
+        # Batch waiting (TensorRT-LLM's batch_wait_*; VllmScheduler.wait_for_batch): the
+        # steps its context requests were held back so far, and whether the last schedule()
+        # held some (then a decode-only step does not simply repeat: repeats_decode).
+        self.batch_wait_timeout_iters: int = cfg.batch_wait_timeout_iters
+        self.batch_wait_tokens: float = cfg.batch_wait_max_tokens_ratio * cfg.max_num_batched_tokens
+        self.batch_waiting: bool = (
+            cfg.batch_wait_timeout_iters > 0 or cfg.batch_wait_max_tokens_ratio > 0.0
+        )
+        self.batch_wait_count: int = 0
+        self.held_context: bool = False
+        # The receive interval (SGLang's --scheduler-recv-interval; VllmScheduler.receive):
+        # arrivals at the tail of the queue not taken in yet, the pass count towards the next
+        # intake, and what the last pass ran (0 nothing, 1 decodes only, 2 context requests).
+        self.recv_interval: int = cfg.recv_interval
+        self.unreceived: int = 0
+        self.recv_count: int = 0
+        self.last_pass: int = 0
         # Whether the block manager copies KV over the host link (an offload tier).
         self._blocks_move_kv = (
             type(blocks).take_transfer_seconds is not BlockManager.take_transfer_seconds
@@ -208,6 +231,8 @@ class Scheduler(ABC):
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
+        if self.recv_interval > 1:
+            self.unreceived += 1
 
     def queue_full(self) -> bool:
         """Admission control: the waiting queue holds ``max_queue`` requests already."""
@@ -230,6 +255,8 @@ class Scheduler(ABC):
             if seq.admissions:
                 i += 1
             elif now - seq.spec.arrival_s >= timeout:
+                if i >= len(waiting) - self.unreceived:
+                    self.unreceived -= 1  # (never taken in: its wait counts all the same)
                 del waiting[i]
                 expired.append(seq)
             else:
@@ -243,6 +270,8 @@ class Scheduler(ABC):
         if seq.status is Status.WAITING:
             if seq not in self.waiting:
                 return False
+            if self.waiting.index(seq) >= len(self.waiting) - self.unreceived:
+                self.unreceived -= 1
             self.waiting.remove(seq)
             if seq.swapped_blocks and self.swap is not None:
                 self.swap.discard(seq)
@@ -256,6 +285,31 @@ class Scheduler(ABC):
         self.blocks.free(seq)
         seq.block_keys = None
         return True
+
+    def withdraw_context(self, entries: list[ScheduledEntry]) -> list[ScheduledEntry]:
+        """Hold this step's context (prefill) requests back: ``entries`` without them. One
+        admitted in this schedule() goes back to the head of the queue, its KV blocks freed,
+        as if never admitted; a running one whose prompt is partly computed keeps its blocks
+        and continues in a later step. Batch waiting and attention-DP context balancing
+        (TensorRT-LLM's py_executor) drop a step's context requests this way."""
+        kept: list[ScheduledEntry] = []
+        withdrawn: list[Sequence] = []
+        for entry in entries:
+            seq = entry[0]
+            if not is_context(seq):
+                kept.append(entry)
+            elif seq.num_computed == seq.pass_start:  # admitted now: nothing computed yet
+                withdrawn.append(seq)
+        if withdrawn:
+            remove_each(self.running, withdrawn)
+            for seq in withdrawn:
+                self.blocks.free(seq)
+                seq.num_computed = 0
+                seq.admissions -= 1
+                seq.status = Status.WAITING
+            self.waiting.extendleft(reversed(withdrawn))
+        self.held_context = True
+        return kept
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)

@@ -19,7 +19,12 @@ from mypy_extensions import mypyc_attr
 
 from llmservingsim.sequence import Sequence
 from llmservingsim.serving.block_manager import PrefixHit
-from llmservingsim.serving.schedulers.base import SCHEDULERS, ScheduledEntry, Scheduler
+from llmservingsim.serving.schedulers.base import (
+    SCHEDULERS,
+    ScheduledEntry,
+    Scheduler,
+    is_context,
+)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -38,7 +43,9 @@ class VllmScheduler(Scheduler):
     def repeats_decode(self) -> bool:
         # A refused waiting request stays refused: decoding only shrinks the free pool (and
         # no_evict's unpromised pool stays put); budget and batch size do not change.
-        return self.blocks.fast_forward_safe
+        # Held-back context requests (batch waiting) start after a count of steps.
+        # Under a receive interval every pass counts towards the next intake.
+        return self.blocks.fast_forward_safe and not self.held_context and self.recv_interval == 1
 
     # Policy points (the ``priority`` policy overrides them; here they are vLLM's FCFS rules).
 
@@ -84,6 +91,63 @@ class VllmScheduler(Scheduler):
         return tokens
 
     def schedule(self) -> list[ScheduledEntry]:
+        self.held_context = False
+        if self.recv_interval > 1:
+            self.receive()
+        entries = self.fill_step()
+        if self.batch_waiting:
+            entries = self.wait_for_batch(entries)
+        if self.recv_interval > 1:
+            steady = self.steady
+            ran = bool(entries) or (steady is not None and steady.in_flight > 0)
+            self.last_pass = 2 if any(is_context(s) for s, _ in entries) else int(ran)
+        return entries
+
+    def receive(self) -> None:
+        """SGLang's receive interval (``SchedulerRecvSkipper``, ``recv_requests`` at the top
+        of each event-loop pass): the pass adds the weight of the last batch's forward mode
+        to a count, 1 for a decode batch and 1000 for any other (extend, mixed), and takes in
+        the requests that arrived once the count reaches ``recv_interval``, the count starting
+        again. A pass after one that ran nothing adds 1 too, but such passes spin without GPU
+        work: the arrivals are taken in at once here, as when this pass would run nothing
+        else (no running request, none taken in waiting)."""
+        if self.last_pass == 0 or (not self.running and len(self.waiting) == self.unreceived):
+            self.recv_count = 0
+            self.unreceived = 0
+            return
+        self.recv_count += 1 if self.last_pass == 1 else 1000
+        if self.recv_count >= self.recv_interval:
+            self.recv_count = 0
+            self.unreceived = 0
+
+    def wait_for_batch(self, entries: list[ScheduledEntry]) -> list[ScheduledEntry]:
+        """Batch waiting (TensorRT-LLM's py_executor ``_waiting_requests``, applied in
+        ``_schedule`` only when the step has both context and generation requests): the
+        context requests are held back (:meth:`Scheduler.withdraw_context`) until the step's
+        tokens, each context request's whole prompt plus one per generation token, reach
+        ``batch_wait_max_tokens_ratio`` of the budget or they were held
+        ``batch_wait_timeout_iters`` such steps; then they run and the count starts again."""
+        steady = self.steady
+        generation = 0 if steady is None else steady.in_flight
+        context_tokens = 0
+        for seq, num_new in entries:
+            if is_context(seq):
+                context_tokens += seq.spec.input_len + seq.generated
+            else:
+                generation += num_new
+        if not context_tokens or not generation:
+            return entries
+        if (
+            self.batch_wait_count >= self.batch_wait_timeout_iters
+            or context_tokens + generation >= self.batch_wait_tokens
+        ):
+            self.batch_wait_count = 0
+            return entries
+        self.batch_wait_count += 1
+        return self.withdraw_context(entries)
+
+    def fill_step(self) -> list[ScheduledEntry]:
+        """The step's entries by the token budget (see the module docstring)."""
         budget = self.max_num_batched_tokens
         if self.steady is not None and not self.group_is_safe():
             self.steady.dissolve()  # one by one, exactly as without the group
@@ -139,7 +203,8 @@ class VllmScheduler(Scheduler):
         skipped: list[Sequence] = []  # their LoRA adapter has no slot this step
         max_num_seqs = self.max_num_seqs
         floor: int | None = None  # the smallest priority value preempted in this pass
-        while self.waiting and budget > 0:
+        # (Arrivals not taken in yet wait at the tail: receive.)
+        while len(self.waiting) > self.unreceived and budget > 0:
             seq = self.waiting[0]
             if floor is not None and seq.spec.priority >= floor:
                 break  # never re-admit a victim (or its peers) in the step that preempted it
