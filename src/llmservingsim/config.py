@@ -833,14 +833,19 @@ class KernelDbConfig(_Section):
     engine: str = "vllm"
     """Serving engine the tables were measured under: vllm, sglang or trtllm."""
     version: str | None = None
-    """Engine version (e.g. 0.19.0; a unique prefix such as 0.19 works); default: the newest
-    installed for the device."""
+    """Engine version (e.g. 0.19.0; a unique prefix such as 0.19 works); default: the version
+    nearest to ``nearest_to`` when that is set, else the newest installed for the device."""
+    nearest_to: str | None = Field(default=None, pattern=r"^\d+(\.\d+)*$")
+    """When ``version`` is not set: read the installed tables nearest to this engine version
+    (those of its release line, e.g. 0.5 → the newest 0.5.x; else the newest older one; else
+    the oldest newer one). ``engine:`` presets set it to their version and ``engine`` to their
+    engine's tables."""
     system: str | None = None
     """Table system name (e.g. h100_sxm); default: the one mapped to the hardware."""
     path: Path | None = None
     """Folder of the tables (a ``systems`` tree); default: the installed aiconfigurator-core."""
 
-    @field_validator("version", mode="before")
+    @field_validator("version", "nearest_to", mode="before")
     @classmethod
     def _version_text(cls, value: Any) -> Any:
         # ``--set perf.kernel_db.version=0.19`` arrives as a YAML number.

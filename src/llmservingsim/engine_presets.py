@@ -6,6 +6,8 @@ did not set, then the config is validated as usual. Keys the user set always win
 holds:
 
 * ``defaults``: config keys (scheduler policy, budgets, block size, custom all-reduce, ...);
+* ``kernel_tables``: the engine whose measured kernel tables ``perf.backend: kernel_db`` reads
+  (``perf.kernel_db.engine``), nearest to the preset's version (``perf.kernel_db.nearest_to``);
 * ``device_rules`` / ``model_rules``: budgets that depend on the device's memory or name, or
   on the model's context (the first rule whose conditions hold applies);
 * per version, ``frontend_fit``: the frontend parameters fitted for that version
@@ -153,6 +155,10 @@ def preset_defaults(
         if match is None:  # a preset file error, not a user error
             raise ValueError(f"engine preset {name}: cannot read budget {budget!r}")
         scheduler["max_num_batched_tokens"] = max(context, int(match.group(1)))
+    tables = preset.get("kernel_tables")
+    if tables is not None:  # perf.backend kernel_db: this engine's tables, nearest this version
+        kernel_db = {"engine": tables, "nearest_to": version}
+        out = _deep_merge({"perf": {"kernel_db": kernel_db}}, out)
     fit_version = preset["versions"].get(version, {}).get("frontend_fit")
     if fit_version is not None:
         fit = load_frontend_fits(name).get(str(fit_version))
@@ -176,6 +182,8 @@ def apply_preset(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], dict
         )
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    if _has_path(raw, "perf.kernel_db.engine"):  # another engine's tables: not this version
+        defaults.get("perf", {}).get("kernel_db", {}).pop("nearest_to", None)
     merged = _deep_merge(defaults, raw)
     merged["engine"] = f"{name}@{version}"
     leaves = _leaves(defaults)

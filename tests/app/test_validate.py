@@ -312,6 +312,46 @@ def test_silicon_points_with_attention_dp_over_every_expert_device_are_simulated
     assert "DP2" in scenario.label and scenario.concurrency == 16
 
 
+def test_inferencex_expert_parallel_points_run_on_the_recipes_gpus(tmp_path: Path) -> None:
+    """The dump wrote tp_size (or attention_dp_size) = moe_tp_size × moe_ep_size for some
+    InferenceX points that ran on moe_tp_size GPUs (the id's tp<N>_ep<M>)."""
+    from llmservingsim.validate.sources import silicon_layout, silicon_rows
+
+    dump = '"db-dump/2026-04-27; config_id=7; silicon_concurrency=64; workflow_run_id=9; img"'
+    model = "trtllm,1.0,deepseek-ai/DeepSeek-R1-0528,b200_sxm,fp8,agg,1024,1024"
+    lines = [
+        SILICON_COLUMNS,
+        f"p_c64_tp4_ep4_1,{dump},{model},64,16,1,1,4,4,300,20",  # the product in tp_size
+        f"q_c64_tp4_ep4_2,{dump},{model},4,1,1,16,4,4,300,20",  # in attention_dp_size
+        f"r_c64_tp4_ep4_3,{dump},{model},64,4,1,1,1,4,300,20",  # written as run
+        f"s_c64_cfg9,{dump},{model},64,16,1,1,4,4,300,20",  # no layout in the id
+        f'n_c64,"source_file=/x/aic-auto-gap-analysis/m.csv",{model},64,16,1,1,4,4,300,20',
+    ]
+    path = tmp_path / "silicon_sample.csv"
+    path.write_text("\n".join(lines) + "\n")
+    rows = {r["id"]: r for r in silicon_rows(path, per_group=None) if r["metric"] == "ttft_mean"}
+    layouts = {
+        pid: (
+            rows[f"aic_{pid}_ttft_mean"]["tensor_parallel"],
+            rows[f"aic_{pid}_ttft_mean"]["notes"],
+        )
+        for pid in ("p_c64_tp4_ep4_1", "r_c64_tp4_ep4_3", "s_c64_cfg9", "n_c64")
+    }
+    assert layouts["p_c64_tp4_ep4_1"] == ("4", "moe_ep=4; concurrency 64")
+    assert layouts["r_c64_tp4_ep4_3"] == ("4", "moe_ep=4; concurrency 64")
+    assert layouts["s_c64_cfg9"][0] == "4"
+    assert layouts["n_c64"][0] == "16"  # not an InferenceX point: its columns as written
+    dp = rows["aic_q_c64_tp4_ep4_2_ttft_mean"]
+    assert (dp["tensor_parallel"], dp["num_gpus"], dp["concurrency"]) == ("1", "4", "64")
+    assert "attention_dp=4" in dp["notes"]
+    # an id naming another layout than the columns: the columns as written
+    point = dict(
+        zip(SILICON_COLUMNS.split(","), lines[1].replace(dump, "x").split(","), strict=True)
+    )
+    point.update(id="t_c64_tp8_ep8_1", silicon_data_source=dump.strip('"'))
+    assert silicon_layout(point) == (16, 1, 4)
+
+
 def test_the_benchmark_client_of_each_kind_of_silicon_source_is_recognized(
     tmp_path: Path,
 ) -> None:

@@ -243,6 +243,34 @@ def test_bad_engine_version_and_device_are_one_line_errors(tmp_path: Path) -> No
         _backend(tmp_path / "empty")
 
 
+def test_an_engine_preset_reads_its_engines_tables_nearest_its_version(tmp_path: Path) -> None:
+    root = _tree(tmp_path)  # vllm 0.19.0 and 0.24.0
+    tables = {
+        sets: _backend(root, *sets).stats()["perf_tables"].split(" (")[0]
+        for sets in (
+            ("engine=vllm@0.19",),  # its release line
+            ("engine=vllm@0.15",),  # nothing at or below: the oldest newer one
+            ("engine=vllm@0.19", "perf.kernel_db.nearest_to=0.30.1"),  # the newest older one
+            ("engine=vllm@0.19", "perf.kernel_db.version=0.24.0"),  # the user's version wins
+        )
+    }
+    assert list(tables.values()) == [
+        "h100_sxm vllm@0.19.0",
+        "h100_sxm vllm@0.19.0",
+        "h100_sxm vllm@0.24.0",
+        "h100_sxm vllm@0.24.0",
+    ]
+    cfg = load_config(None, ["engine=trtllm", "perf.backend=kernel_db"])
+    assert (cfg.perf.kernel_db.engine, cfg.perf.kernel_db.nearest_to) == ("trtllm", "1.0")
+    assert cfg.engine_preset is not None
+    assert cfg.engine_preset["applied"]["perf.kernel_db.engine"] == "trtllm"
+    # another engine's tables named by the user: not nearest the preset's version
+    other = load_config(None, ["engine=vllm@0.19", "perf.kernel_db.engine=sglang"])
+    assert (other.perf.kernel_db.engine, other.perf.kernel_db.nearest_to) == ("sglang", None)
+    with pytest.raises(ConfigError, match="nearest_to"):
+        load_config(None, ["perf.kernel_db.nearest_to=latest"])
+
+
 def test_catalog_lists_installed_tables(tmp_path: Path) -> None:
     root = _tree(tmp_path)
     assert installed_tables(root) == {"h100_sxm": {"vllm": ["0.19.0", "0.24.0"]}}

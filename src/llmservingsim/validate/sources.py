@@ -96,6 +96,38 @@ def _int(text: str) -> int | None:
     return int(value) if math.isfinite(value) else None
 
 
+# An InferenceX point's id names the recipe's layout: ``…_tp<N>[_0]_ep<M>…`` (``TP`` and
+# ``EP_SIZE`` of its launch script, one node of N GPUs).
+INFERENCEX_LAYOUT = re.compile(r"_tp(\d+)(?:_0)?_ep(\d+)")
+
+
+def silicon_layout(p: dict[str, str]) -> tuple[int, int, int]:
+    """(tensor parallel, attention data parallel, expert parallel) of a point as it ran.
+
+    AIConfigurator's columns count GPUs as tp_size × attention_dp_size = moe_tp_size ×
+    moe_ep_size. The InferenceX database dump wrote some expert-parallel points with that
+    product in tp_size (or attention_dp_size) although the run had moe_tp_size GPUs: the
+    recipe's ``TP`` (``--tp``/``--tp_size``, the GPU count of the single-node launch) and
+    ``EP_SIZE``. Every InferenceX point whose id names its layout (``…_tp4_ep4…``) and has
+    moe_tp_size and moe_ep_size both above 1 has tp_size or attention_dp_size = their product
+    and the id's TP = moe_tp_size (194 points in aiconfigurator-core 0.12); such points run on
+    moe_tp_size GPUs, the attention tensor-parallel over them, or data-parallel when the dump
+    says attention DP (the recipe's ``DP_ATTENTION``), and the experts split EP = moe_ep_size
+    ways. Other points keep their columns."""
+    tp = _int(p["tp_size"]) or 1
+    dp = _int(p["attention_dp_size"]) or 1
+    ep = _int(p["moe_ep_size"]) or 1
+    moe_tp = _int(p["moe_tp_size"]) or 1
+    if silicon_client(p["silicon_data_source"]) == "inferencex" and moe_tp > 1 and ep > 1:
+        named = INFERENCEX_LAYOUT.search(p["id"])
+        if named is None or (int(named[1]), int(named[2])) == (moe_tp, ep):
+            if tp == moe_tp * ep and dp == 1:
+                return moe_tp, 1, ep
+            if dp == moe_tp * ep and tp == 1:
+                return 1, moe_tp, ep
+    return tp, dp, ep
+
+
 def silicon_rows(path: Path, per_group: int | None = DEFAULT_PER_GROUP) -> list[dict[str, str]]:
     """TTFT and TPOT rows of the aggregated-serving points (``mode == agg``) of one layout
     the simulator can express (no pipeline parallelism; attention data parallelism only with
@@ -112,10 +144,10 @@ def silicon_rows(path: Path, per_group: int | None = DEFAULT_PER_GROUP) -> list[
             continue
         if (_int(p.get("pp_size", "")) or 1) != 1:
             continue
-        dp = _int(p["attention_dp_size"]) or 1
-        if dp > 1 and (_int(p["moe_ep_size"]) or 1) != dp * (_int(p["tp_size"]) or 1):
+        tp, dp, ep = silicon_layout(p)
+        if dp > 1 and ep != dp * tp:
             continue  # experts tensor-parallel across DP ranks: not expressible
-        key = (p["system"], p["backend"], p["model_path"], p["precision"], p["tp_size"], str(dp))
+        key = (p["system"], p["backend"], p["model_path"], p["precision"], str(tp), str(dp))
         groups[key].append(p)
     rows: list[dict[str, str]] = []
     for group in sorted(groups):
@@ -124,11 +156,11 @@ def silicon_rows(path: Path, per_group: int | None = DEFAULT_PER_GROUP) -> list[
             step = len(members) / per_group
             members = [members[int(i * step)] for i in range(per_group)]
         for p in members:
-            tp = _int(p["tp_size"]) or 1
-            dp = _int(p["attention_dp_size"]) or 1
-            # With attention DP, batch_size is per rank: the clients are batch_size × DP (the
-            # point ids' ``c<N>`` say so for 168 of the sample's 169 DP points).
-            concurrency = (_int(p["batch_size"]) or 1) * dp
+            tp, dp, ep = silicon_layout(p)
+            # With attention DP, batch_size is per rank: the clients are batch_size × the
+            # written attention_dp_size (also where that is the moe_tp × moe_ep product;
+            # the point ids' ``c<N>`` say so for 148 of the 149 DP points run).
+            concurrency = (_int(p["batch_size"]) or 1) * (_int(p["attention_dp_size"]) or 1)
             base = _blank_row()
             base.update(
                 set="aiconfigurator",
@@ -147,7 +179,7 @@ def silicon_rows(path: Path, per_group: int | None = DEFAULT_PER_GROUP) -> list[
                 num_requests="",
                 concurrency=str(concurrency),
                 client=silicon_client(p["silicon_data_source"]),
-                notes=f"moe_ep={_int(p['moe_ep_size']) or 1}; "
+                notes=f"moe_ep={ep}; "
                 + (f"attention_dp={dp}; " if dp > 1 else "")
                 + f"concurrency {concurrency}",
             )

@@ -168,6 +168,17 @@ def _resolve_version(system: str, engine: str, wanted: str | None, versions: lis
     )
 
 
+def _nearest_version(near: str, versions: list[str]) -> str:
+    """The installed version nearest to an engine preset's version: the newest of its release
+    line (0.5 → 0.5.14, 0.19 → 0.19.0), else the newest older one, else the oldest newer one."""
+    ordered = sorted(versions, key=_version_key)
+    line = [v for v in ordered if v == near or v.startswith(near + ".")]
+    if line:
+        return line[-1]
+    older = [v for v in ordered if _version_key(v) < _version_key(near)]
+    return older[-1] if older else ordered[0]
+
+
 def _family_version(
     system: str, engine: str, version: str, family: str, index: Index
 ) -> tuple[str, Path] | None:
@@ -523,9 +534,11 @@ def load_tables(
                 f"engine with kernel tables on {system}", options.engine, installed
             )
         )
-    version = _resolve_version(
-        system, options.engine, options.version, list(engines[options.engine])
-    )
+    versions = list(engines[options.engine])
+    if options.version is None and options.nearest_to is not None:
+        version = _nearest_version(options.nearest_to, versions)
+    else:
+        version = _resolve_version(system, options.engine, options.version, versions)
     sources: dict[str, str] = {}
     folders: dict[str, Path] = {}
     for family in FAMILIES:
