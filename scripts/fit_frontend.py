@@ -23,7 +23,9 @@ Two data sets, one per vLLM version (shared/data/README.md §9, §10):
   - ``step_overhead_us``, ``per_seq_overhead_us``: ITL measured − simulated with no host
     overhead = step + per_seq × the measured concurrency (Little: rate × measured mean E2E;
     the simulated one, shorter without the overhead, under-states the batches the fitted
-    overhead then meets);
+    overhead then meets), with per_seq at most :func:`per_seq_bound` (from vLLM 0.15.1's
+    measured TPOT over concurrency in AIConfigurator's silicon sample: needs
+    aiconfigurator-core), since the blis batches (4–67 sequences) do not tell the two apart;
   - ``request_overhead_us``, ``per_prompt_token_us``: TTFT measured − simulated (with the
     fitted step overhead and async scheduling) = fixed + per_token × prompt.
     A fixed cost on the way out (detokenize/stream) adds to TTFT and E2E alike and cannot be

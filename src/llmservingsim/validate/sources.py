@@ -8,7 +8,8 @@
 * ``blis``: ``shared/data/reference/blis_trainval/groundtruth.csv``, real vLLM v0.15.1 runs
   measured per stage (data README §10). The workload is rebuilt as the benchmark's client
   generated it: a pool of 100 fixed prompts (10 system prompts × 10 questions) cycled in order,
-  Poisson arrivals at each stage's rate for its duration, back to back; it is written as a
+  Poisson arrivals at each stage's rate for its duration, back to back, each request with the
+  output length its stage's metrics record (``blis_stage_outputs``); it is written as a
   JSON-lines trace with token ids so prefix caching sees the shared system prompts and the
   repeating prompts. (A workload-stage feature is being built separately; this trace is the
   same workload from what exists now.)
