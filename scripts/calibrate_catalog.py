@@ -9,8 +9,10 @@ rejects: calibration.md §6); every other device takes the fit of its architectu
 The GEMM compute curve and fixed cost (compute_max, compute_half_m, kernel_launch_us) of every
 device AIConfigurator has GEMM tables for come from those measured kernels instead
 (calibrate/gemm_tables.py, calibration.md §7d), and a transferred device with its own tables
-keeps its own GEMM fit. ``memory`` stays the profile fit's (or the transferred one): it also
-times attention's KV streaming, which GEMM tables do not measure. This needs
+keeps its own GEMM fit; so do the fp8 and fp4 curves (``efficiency.dtype_gemm``, from the
+tables' per-tensor fp8 and nvfp4 rows, calibration.md §7c). ``memory`` stays the profile
+fit's (or the transferred one): it also times attention's KV streaming, which GEMM tables do
+not measure. This needs
 aiconfigurator-core (``pip install 'llmservingsim[kerneldb]'``).
 
 Usage:  .venv/bin/python scripts/calibrate_catalog.py [DATA_DIR]   (default ../shared/data)
@@ -23,7 +25,16 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from llmservingsim.calibrate.gemm_tables import fit_gemm_tables, newest_tables
+from llmservingsim.calibrate.gemm_tables import (
+    BANDS,
+    DTYPE_PARAMS,
+    TABLE_MODES,
+    GemmTableFit,
+    band_ratios,
+    fit_gemm_tables,
+    gemm_points,
+    newest_tables,
+)
 from llmservingsim.calibrate.run import ALL_FITTED, calibrate
 from llmservingsim.calibrate.transfer import (
     _round,
@@ -33,7 +44,7 @@ from llmservingsim.calibrate.transfer import (
 )
 from llmservingsim.catalog import load_device
 from llmservingsim.hardware.backends.kernel_db import SYSTEM_OF_DEVICE, default_tables_root
-from llmservingsim.hardware.device import Efficiency
+from llmservingsim.hardware.device import DeviceSpec, DtypeGemm, Efficiency
 
 REPO = Path(__file__).resolve().parents[1]
 HARDWARE = REPO / "src" / "llmservingsim" / "data" / "hardware"
@@ -77,30 +88,67 @@ def tables_root() -> Path:
     return root
 
 
+def _held(fit: GemmTableFit) -> str:
+    held = ", ".join(f"{t} {v:.1f}%" for t, v in fit.held_out.items())
+    return f"; MAPE {fit.mape:.1f}%" + (f", each table held out: {held}" if held else "")
+
+
+def _bands(fit: GemmTableFit, spec: DeviceSpec, paths: list[Path]) -> None:
+    """Median fitted / measured time per band of m, per table (calibration.md §7c)."""
+    ops, _ = gemm_points(paths, fit.dtype, spec)
+    peak, bandwidth = spec.peak_flops(fit.dtype), spec.memory_bandwidth
+    head = " ".join(f"m {lo}-{hi}" for lo, hi in BANDS)
+    for label in fit.tables:
+        cells = band_ratios(fit.params, ops.where(ops.model == label), peak, bandwidth, BANDS)
+        shown = " ".join(f"{c:.2f}" for c in cells)
+        print(f"    {fit.dtype} {label}: fitted/measured {head}: {shown}")
+
+
 def table_gemm(root: Path, device: str, eff: Efficiency) -> tuple[Efficiency, str | None]:
     """``eff`` with compute_max, compute_half_m and kernel_launch_us fitted on the device's
-    bf16 GEMM tables (memory held at ``eff``'s: calibrate/gemm_tables.py), and the data
-    named; ``eff`` unchanged where the device has no tables."""
+    bf16 GEMM tables, and ``dtype_gemm`` on its fp8 (and nvfp4) tables (memory held at
+    ``eff``'s: calibrate/gemm_tables.py), and the data named; ``eff`` unchanged where the
+    device has no tables."""
     system = SYSTEM_OF_DEVICE.get(device)
+    if system is None:
+        return eff, None
     spec = load_device(device)
-    fit = None
-    if system is not None:
-        fit = fit_gemm_tables(spec, newest_tables(root / "data" / system), {"memory": eff.memory})
+    spec = spec.model_copy(update={"efficiency": eff.model_copy(update={"dtype_gemm": {}})})
+    paths = newest_tables(root / "data" / system)
+    fit = fit_gemm_tables(spec, paths, {"memory": eff.memory})
     if fit is None:
         return eff, None
-    held = ", ".join(f"{t} {v:.1f}%" for t, v in fit.held_out.items())
     print(
         f"{device}: GEMM on {fit.points:,} bf16 kernel points ({', '.join(fit.tables)}): "
         + ", ".join(f"{k} {v:.4g}" for k, v in fit.params.items())
-        + f"; MAPE {fit.mape:.1f}%"
-        + (f", each table held out: {held}" if held else "")
+        + _held(fit)
     )
+    _bands(fit, spec, paths)
+    dtypes: dict[str, DtypeGemm] = {}
+    modes: list[str] = []
+    for dtype in ("fp8", "fp4"):
+        if dtype not in spec.peak_tflops:
+            continue
+        own = fit_gemm_tables(spec, paths, {"memory": eff.memory}, dtype)
+        if own is None:
+            continue
+        print(
+            f"{device}: {dtype} GEMM on {own.points:,} {TABLE_MODES[dtype]} kernel points "
+            f"(activation quantization taken off, {own.dropped} dropped): "
+            + ", ".join(f"{k} {own.params[k]:.4g}" for k in DTYPE_PARAMS)
+            + _held(own)
+        )
+        _bands(own, spec, paths)
+        dtypes[dtype] = DtypeGemm(**{k: _round(own.params[k]) for k in DTYPE_PARAMS})
+        modes.append(TABLE_MODES[dtype])
+    fitted = "compute_max, compute_half_m, kernel_launch_us" + (" and dtype_gemm" if modes else "")
     source = (
-        f"compute_max, compute_half_m, kernel_launch_us on aiconfigurator-core "
-        f"{metadata.version('aiconfigurator-core')} {system} gemm_perf bf16 "
-        f"({', '.join(fit.tables)}), scripts/calibrate_catalog.py"
+        f"{fitted} on aiconfigurator-core "
+        f"{metadata.version('aiconfigurator-core')} {system} gemm_perf "
+        f"{' / '.join(['bf16', *modes])} ({', '.join(fit.tables)}), scripts/calibrate_catalog.py"
     )
-    update = {k: _round(v) for k, v in fit.params.items() if k != "memory"}
+    update: dict[str, object] = {k: _round(v) for k, v in fit.params.items() if k != "memory"}
+    update["dtype_gemm"] = dtypes
     return eff.model_copy(update=update), source
 
 

@@ -1,14 +1,11 @@
-"""Fit two roofline/network parameters of the device YAMLs to AIConfigurator's measured kernel
-tables (aiconfigurator-core, ``pip install 'llmservingsim[kerneldb]'``) and print them.
+"""Fit a network parameter of the device YAMLs to AIConfigurator's measured kernel tables
+(aiconfigurator-core, ``pip install 'llmservingsim[kerneldb]'``) and print it.
 
     python scripts/calibrate_kernel_tables.py [--root SYSTEMS_DIR]
 
-* ``efficiency.dtype_compute.fp8``: FP8 tensor-core GEMMs do not reach 2x the bf16 rate the
-  datasheets promise. For every (m, n, k) measured in both bf16 and fp8 (per-tensor scaled) in
-  the compute-bound range (m >= 1024, n and k >= 4096) the speedup is t_bf16 / t_fp8; the factor
-  is median(speedup) / (fp8 peak / bf16 peak), over the current tables of every engine of the
-  system. The roofline multiplies its fp8 compute rate by it.
-  The same for ``fp4`` from the nvfp4 GEMMs where the device has an fp4 peak.
+(The GEMM curves, bf16 and ``efficiency.dtype_gemm`` for fp8 / fp4, are fitted on the same
+tables by scripts/calibrate_catalog.py: calibration.md §7c, §7d.)
+
 * ``links.direct_allreduce``: the engines' custom all-reduce as captured in CUDA graphs (vLLM's
   ``vLLM_custom_graph`` rows), TP 2/4/8, messages 1 KiB .. 8 MiB: least-squares fit (relative
   error) of t = latency + hop·(p−1) + 2(p−1)/p · bytes / bandwidth.
@@ -19,13 +16,11 @@ Each printed line names the table files it used; docs/calibration.md §7 holds t
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from llmservingsim.catalog import load_device
 from llmservingsim.hardware.backends.kernel_db import (
     SYSTEM_OF_DEVICE,
     _version_key,
@@ -40,36 +35,6 @@ def _newest(folder: Path, name: str) -> Path | None:
         return None
     versions = sorted((v.name for v in folder.iterdir() if (v / name).is_file()), key=_version_key)
     return folder / versions[-1] / name if versions else None
-
-
-def dtype_factor(
-    data: Path, device: str, mode: str = "fp8", dtype: str = "fp8"
-) -> tuple[float, int, list[str]] | None:
-    ratios: list[float] = []
-    used: list[str] = []
-    for engine in ("vllm", "sglang", "trtllm"):
-        path = _newest(data / "gemm" / engine, "gemm_perf.parquet")
-        if path is None:
-            continue
-        t = pq.read_table(path, columns=["gemm_dtype", "m", "n", "k", "latency"]).to_pydict()
-        best: dict[tuple[str, int, int, int], float] = {}
-        for mode_of, m, n, k, lat in zip(
-            t["gemm_dtype"], t["m"], t["n"], t["k"], t["latency"], strict=True
-        ):
-            if mode_of in ("bfloat16", mode) and m >= 1024 and n >= 4096 and k >= 4096:
-                key = (mode_of, m, n, k)
-                best[key] = min(lat, best.get(key, float("inf")))
-        for (mode_of, m, n, k), lat in best.items():
-            if mode_of == "bfloat16" and (mode, m, n, k) in best:
-                ratios.append(lat / best[(mode, m, n, k)])
-        used.append(str(path.relative_to(data.parents[1])))
-    if not ratios:
-        return None
-    spec = load_device(device)
-    if dtype not in spec.peak_tflops:
-        return None
-    peak_ratio = spec.peak_tflops[dtype] / spec.peak_tflops["bf16"]
-    return statistics.median(ratios) / peak_ratio, len(ratios), used
 
 
 def allreduce_fit(data: Path) -> tuple[tuple[float, float, float], float, int, str] | None:
@@ -113,23 +78,16 @@ def main() -> None:
     root = args.root or default_tables_root()
     if root is None:
         raise SystemExit("error: aiconfigurator-core is not installed (or pass --root)")
-    print("| device | fp8 factor | pairs | all-reduce latency / hop / GB/s | MAPE | points |")
-    print("| --- | ---: | ---: | --- | ---: | ---: |")
+    print("| device | all-reduce latency / hop / GB/s | MAPE | points |")
+    print("| --- | --- | ---: | ---: |")
     for device, system in SYSTEM_OF_DEVICE.items():
-        data = root / "data" / system
-        fp8 = dtype_factor(data, device)
-        fp4 = dtype_factor(data, device, "nvfp4", "fp4")
-        if fp4 is not None:
-            print(f"| {device} | fp4 (nvfp4) factor {fp4[0]:.3f} | {fp4[1]} | | | |")
-        ar = allreduce_fit(data)
-        fp8_text = "—" if fp8 is None else f"{fp8[0]:.3f}"
-        pairs = "—" if fp8 is None else str(fp8[1])
-        ar_text = "—" if ar is None else " / ".join(f"{v:.3g}" for v in ar[0])
-        mape = "—" if ar is None else f"{ar[1]:.1f} %"
-        count = "—" if ar is None else str(ar[2])
-        print(f"| {device} | {fp8_text} | {pairs} | {ar_text} | {mape} | {count} |")
-        for line in (fp8[2] if fp8 else []) + ([ar[3]] if ar else []):
-            print(f"|   data: {line} | | | | | |")
+        ar = allreduce_fit(root / "data" / system)
+        if ar is None:
+            print(f"| {device} | — | — | — |")
+            continue
+        values = " / ".join(f"{v:.3g}" for v in ar[0])
+        print(f"| {device} | {values} | {ar[1]:.1f} % | {ar[2]} |")
+        print(f"|   data: {ar[3]} | | | |")
 
 
 if __name__ == "__main__":

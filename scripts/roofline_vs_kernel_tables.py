@@ -5,9 +5,12 @@ independent check of the Vidur-fitted efficiencies (docs/calibration.md §7d).
 
 For every GEMM table of a device (``systems/data/<system>/gemm/<engine>/<version>/
 gemm_perf.parquet``, aiconfigurator-core, ``pip install 'llmservingsim[kerneldb]'``) and each
-of bf16 and fp8 (per-tensor scaled), over the serving shapes 1024 <= n, k <= 32768, it prints
-the median of roofline time / measured time per band of m (tokens): above 1 the roofline is
-slower than the engine's kernels. Nothing is fitted or written.
+of bf16, fp8 (per-tensor scaled) and fp4 (NVFP4, where the device has an fp4 peak), over the
+serving shapes 1024 <= n, k <= 32768, it prints the median of roofline time / measured time per
+band of m (tokens): above 1 the roofline is slower than the engine's kernels. The tables time
+a quantized GEMM with the activation-quantization kernel before it (calibration.md §7c), so
+for fp8 / fp4 the roofline time is the GEMM's plus its ``act_quant`` kernel's. Nothing is
+fitted or written.
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from llmservingsim.calibrate.gemm_tables import BANDS, OPERAND_BYTES, TABLE_MODES
 from llmservingsim.catalog import load_device
 from llmservingsim.hardware.backends.kernel_db import SYSTEM_OF_DEVICE, default_tables_root
 from llmservingsim.hardware.backends.roofline import RooflineBackend
+from llmservingsim.model.fusion import act_quant
 from llmservingsim.model.ops import Op
 
-DEVICES = ("h100-sxm", "h200", "a100-80gb")
-BANDS = ((1, 16), (64, 256), (512, 1024), (2048, 4096), (8192, 16384))
-DTYPES = (("bfloat16", "bf16", 2), ("fp8", "fp8", 1))  # table mode, simulator dtype, bytes
+DEVICES = ("h100-sxm", "h200", "a100-80gb", "b200", "rtx-pro-6000")
 
 
 def ratios(table: Path, device: str) -> dict[str, list[float]]:
@@ -33,7 +36,10 @@ def ratios(table: Path, device: str) -> dict[str, list[float]]:
     cols = pq.read_table(table, columns=["gemm_dtype", "m", "n", "k", "latency"]).to_pydict()
     spec = load_device(device)
     out: dict[str, list[float]] = {}
-    for mode, dtype, weight_bytes in DTYPES:
+    for dtype, mode in TABLE_MODES.items():
+        if dtype not in spec.peak_tflops:
+            continue
+        operand = OPERAND_BYTES[dtype]
         backend = RooflineBackend(spec, dtype)
         bands: list[list[float]] = [[] for _ in BANDS]
         rows = zip(
@@ -42,12 +48,13 @@ def ratios(table: Path, device: str) -> dict[str, list[float]]:
         for gemm_dtype, m, n, k, latency_ms in rows:
             if gemm_dtype != mode or not (1024 <= n <= 32768 and 1024 <= k <= 32768):
                 continue
-            op = Op(
-                "gemm", "gemm", 2.0 * m * n * k, (m * k + m * n) * 2 + n * k * weight_bytes, m=m
-            )
+            nbytes = m * k * operand + m * n * 2 + n * k * operand
+            seconds = backend.time(Op("gemm", "gemm", 2.0 * m * n * k, nbytes, m=m))
+            if operand < 2:
+                seconds += backend.time(act_quant(m, k, 2.0, operand))
             for band, (lo, hi) in zip(bands, BANDS, strict=True):
                 if lo <= m <= hi:
-                    band.append(backend.time(op) / (latency_ms * 1e-3))
+                    band.append(seconds / (latency_ms * 1e-3))
         if any(bands):
             out[dtype] = [statistics.median(b) if b else float("nan") for b in bands]
     return out

@@ -9,12 +9,21 @@ import pyarrow.parquet as pq
 import pytest
 
 from llmservingsim.calibrate.fit import GEMM_PARAMS
-from llmservingsim.calibrate.gemm_tables import fit_gemm_tables, newest_tables
+from llmservingsim.calibrate.gemm_tables import (
+    DTYPE_PARAMS,
+    OPERAND_BYTES,
+    TABLE_MODES,
+    fit_gemm_tables,
+    gemm_points,
+    newest_tables,
+)
 from llmservingsim.calibrate.transfer import replace_efficiency_block
 from llmservingsim.catalog import load_device
+from llmservingsim.errors import ConfigError
 from llmservingsim.hardware.backends.kernel_db import SYSTEM_OF_DEVICE, default_tables_root
 from llmservingsim.hardware.backends.roofline import RooflineBackend
-from llmservingsim.hardware.device import Efficiency, load_device_file
+from llmservingsim.hardware.device import DtypeGemm, Efficiency, load_device_file
+from llmservingsim.model.fusion import act_quant
 from llmservingsim.model.ops import Op
 
 HARDWARE = Path(__file__).resolve().parents[2] / "src" / "llmservingsim" / "data" / "hardware"
@@ -103,6 +112,128 @@ def test_the_efficiency_block_names_the_gemm_data_and_still_loads(tmp_path: Path
     assert "compute_max: 0.8  # GEMM: some GEMM table" in text
     loaded = load_device_file(path).efficiency
     assert {k: getattr(loaded, k) for k in TRUE} == TRUE
+
+
+FP8 = {"compute_max": 0.55, "compute_half_m": 90.0, "kernel_launch_us": 9.0}
+
+
+def _quantized_table(path: Path, device_name: str, dtype: str, curve: dict[str, float]) -> None:
+    """An AIConfigurator-layout table whose ``dtype`` rows are what its collector times: the
+    activation quantization (the simulator's own ``act_quant`` time) then the GEMM on the
+    curve ``curve``; bf16 rows timed absurdly (the fit of a quantized dtype must ignore them)."""
+    device = load_device(device_name)
+    eff = device.efficiency.model_copy(update={"dtype_gemm": {dtype: DtypeGemm(**curve)}})
+    backend = RooflineBackend(device.model_copy(update={"efficiency": eff}), dtype)
+    operand = OPERAND_BYTES[dtype]
+    rows: dict[str, list[object]] = {k: [] for k in ("gemm_dtype", "m", "n", "k", "latency")}
+    for m in MS:
+        for n, k in NKS:
+            nbytes = m * k * operand + m * n * 2 + n * k * operand
+            gemm = backend.time(Op("gemm", "gemm", 2.0 * m * n * k, nbytes, m=m))
+            seconds = gemm + backend.time(act_quant(m, k, 2.0, operand))
+            for key, value in zip(rows, (TABLE_MODES[dtype], m, n, k, seconds * 1e3), strict=True):
+                rows[key].append(value)
+            for key, value in zip(rows, ("bfloat16", m, n, k, 1e3), strict=True):
+                rows[key].append(value)
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.table(rows), path)
+
+
+@pytest.mark.parametrize(("device", "dtype"), [("h100-sxm", "fp8"), ("b200", "fp4")])
+def test_a_quantized_curve_is_fitted_back_without_its_activation_quantization(
+    tmp_path: Path, device: str, dtype: str
+) -> None:
+    system = tmp_path / "sys"
+    _quantized_table(system / "gemm/vllm/0.24.0/gemm_perf.parquet", device, dtype, FP8)
+    _quantized_table(system / "gemm/trtllm/1.3.0/gemm_perf.parquet", device, dtype, FP8)
+    spec = load_device(device)
+    fit = fit_gemm_tables(spec, newest_tables(system), {"memory": spec.efficiency.memory}, dtype)
+    assert fit is not None and fit.dtype == dtype and fit.dropped == 0
+    assert fit.points == 2 * len(MS) * len(NKS)
+    for name in DTYPE_PARAMS:
+        assert fit.params[name] == pytest.approx(FP8[name], rel=0.02), name
+    assert fit.mape < 0.5 and max(fit.held_out.values()) < 0.5
+
+
+def test_quantized_rows_need_the_device_and_bf16_ignores_them(tmp_path: Path) -> None:
+    path = tmp_path / "sys/gemm/vllm/0.24.0/gemm_perf.parquet"
+    _quantized_table(path, "h100-sxm", "fp8", FP8)
+    with pytest.raises(ValueError, match="needs the device"):
+        gemm_points([path], "fp8")
+    ops, _ = gemm_points([path])  # bf16: the absurd rows, none of the fp8 ones
+    assert len(ops) == len(MS) * len(NKS) and set(ops.seconds.tolist()) == {1.0}
+
+
+def test_a_dtype_curve_times_only_that_dtype_and_decode_stays_memory_bound() -> None:
+    device = load_device("h100-sxm")
+    eff = device.efficiency.model_copy(update={"dtype_gemm": {"fp8": DtypeGemm(**FP8)}})
+    fp8 = RooflineBackend(device.model_copy(update={"efficiency": eff}), "fp8")
+    bf16 = RooflineBackend(device.model_copy(update={"efficiency": eff}), "bf16")
+    n = k = 8192
+    big = Op("gemm", "gemm", 2.0 * 8192 * n * k, 8192 * (k + 2 * n) + n * k, m=8192)
+    eta = FP8["compute_max"] * 8192 / (8192 + FP8["compute_half_m"])
+    expected = big.flops / (device.peak_flops("fp8") * eta) + FP8["kernel_launch_us"] * 1e-6
+    assert fp8.time(big) == pytest.approx(expected, rel=1e-9)
+    # m = 1: the weight bytes over the bandwidth, plus the dtype's fixed cost
+    gemv = Op("gemm", "gemm", 2.0 * n * k, k + 2 * n + n * k, m=1)
+    streamed = gemv.bytes / (device.memory_bandwidth * eff.memory)
+    assert fp8.time(gemv) == pytest.approx(streamed + FP8["kernel_launch_us"] * 1e-6, rel=1e-9)
+    # bf16 keeps the top-level curve
+    assert bf16.compute_efficiency(8192) == pytest.approx(
+        eff.compute_max * 8192 / (8192 + eff.compute_half_m)
+    )
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            "dtype_gemm: {fp8: {compute_max: 1.5, compute_half_m: 90, kernel_launch_us: 9}}",
+            "dtype_gemm.fp8.compute_max",
+        ),
+        (
+            "dtype_gemm: {fp8: {compute_max: 0.5, compute_half_m: 90}}",
+            "dtype_gemm.fp8.kernel_launch_us: Field required",
+        ),
+        (
+            "dtype_gemm: {fp9: {compute_max: 0.5, compute_half_m: 90, kernel_launch_us: 9}}",
+            "dtype_gemm.fp9",
+        ),
+        (
+            "dtype_gemm: {fp4: {compute_max: 0.5, compute_half_m: 90, kernel_launch_us: 9}}",
+            "dtype_gemm.fp4: a GEMM curve for a dtype without a peak_tflops entry",
+        ),
+    ],
+)
+def test_a_bad_dtype_curve_is_one_error_naming_file_and_key(
+    tmp_path: Path, entry: str, message: str
+) -> None:
+    text = (HARDWARE / "h100-sxm.yaml").read_text()
+    path = tmp_path / "h100-sxm.yaml"
+    start = text.index("  dtype_gemm:")
+    end = text.index("  iteration_overhead_us:")
+    path.write_text(text[:start] + "  " + entry + "\n" + text[end:])
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_device_file(path)
+    assert str(caught.value).startswith(str(path))
+
+
+@pytest.mark.skipif(default_tables_root() is None, reason="aiconfigurator-core not installed")
+@pytest.mark.parametrize(("device", "dtype"), [("h100-sxm", "fp8"), ("b200", "fp4")])
+def test_shipped_dtype_curves_reproduce_from_the_installed_tables(device: str, dtype: str) -> None:
+    """scripts/calibrate_catalog.py wrote efficiency.dtype_gemm from the tables (§7c)."""
+    root = default_tables_root()
+    assert root is not None
+    spec = load_device(device)
+    bare = spec.model_copy(
+        update={"efficiency": spec.efficiency.model_copy(update={"dtype_gemm": {}})}
+    )
+    tables = newest_tables(root / "data" / SYSTEM_OF_DEVICE[device])
+    fit = fit_gemm_tables(bare, tables, {"memory": spec.efficiency.memory}, dtype)
+    assert fit is not None and fit.dropped == 0
+    shipped = spec.efficiency.dtype_gemm[dtype]
+    for name in DTYPE_PARAMS:
+        assert getattr(shipped, name) == pytest.approx(fit.params[name], rel=0.01), name
 
 
 @pytest.mark.skipif(default_tables_root() is None, reason="aiconfigurator-core not installed")

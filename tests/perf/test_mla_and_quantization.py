@@ -180,10 +180,11 @@ def test_fp8_weights_use_the_fp8_peak_at_its_measured_share() -> None:
     op = next(o for o in graph.dense_layer_ops(8192) if o.name == "mlp_up_proj")
     fp8 = RooflineBackend(device, "fp8").time(op)
     bf16 = RooflineBackend(device, "bf16").time(op)
-    # compute bound: the fp8 peak (2x bf16) times the fitted share (measured ~1.4x speedup)
-    share = device.efficiency.dtype_compute["fp8"]
-    assert 0.6 < share < 0.8
-    assert fp8 == pytest.approx(bf16 / (2 * share), rel=0.05)
+    # compute bound: the fp8 peak (2x bf16) on fp8's own measured curve (~1.4x bf16 at m 8192)
+    curve = device.efficiency.dtype_gemm["fp8"]
+    eta = curve.compute_max * 8192 / (8192 + curve.compute_half_m)
+    assert fp8 == pytest.approx(op.flops / (device.peak_flops("fp8") * eta), rel=0.05)
+    assert 1.2 < bf16 / fp8 < 1.7
     assert load_config(None, ["dtype=fp8"]).compute_dtype == "fp8"
 
 
@@ -195,9 +196,13 @@ def test_fp4_runs_on_blackwell_with_an_fp8_kv_cache_and_is_refused_elsewhere() -
     op = next(o for o in graph.dense_layer_ops(8192) if o.name == "mlp_up_proj")
     fp4 = RooflineBackend(device, "fp4").time(op)
     fp8 = RooflineBackend(device, "fp8").time(op)
-    share = device.efficiency.dtype_compute
-    # compute bound: the fp4 peak (2x fp8) at its own measured share
-    assert fp4 == pytest.approx(fp8 * share["fp8"] / (2 * share["fp4"]), rel=0.05)
+    curves = device.efficiency.dtype_gemm
+    rate = {
+        d: device.peak_flops(d) * curves[d].compute_max * 8192 / (8192 + curves[d].compute_half_m)
+        for d in ("fp8", "fp4")
+    }
+    # compute bound: the fp4 peak (2x fp8) on its own measured curve
+    assert fp4 == pytest.approx(fp8 * rate["fp8"] / rate["fp4"], rel=0.05)
     assert simulate(cfg).summary["requests_completed"] == 20
     with pytest.raises(ConfigError, match="dtype fp4: device 'h100-sxm' has no FP4 tensor cores"):
         simulate(load_config(None, ["dtype=fp4", "workload.num_requests=5"]))

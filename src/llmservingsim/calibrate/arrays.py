@@ -68,6 +68,7 @@ def predict(device: DeviceSpec, dtype: str, eff: Efficiency, ops: OpArrays) -> F
     kernels, the iteration timer's host overhead for ``step_cpu`` points."""
     peak = device.peak_flops(dtype)
     raw_bw = device.memory_bandwidth
+    compute_max, half_m, gemm_launch_us = eff.gemm_curve(dtype)
     launch = np.full(len(ops), eff.kernel_launch_us * 1e-6)
     bandwidth = np.full(len(ops), raw_bw * eff.memory)
     rows = np.maximum(ops.m, 1.0)
@@ -78,10 +79,11 @@ def predict(device: DeviceSpec, dtype: str, eff: Efficiency, ops: OpArrays) -> F
         launch[mask] = tuned.launch_us * 1e-6
         padded_rows[mask] = np.maximum(rows[mask], tuned.min_rows)
     memory_time = ops.bytes * (padded_rows / rows) / bandwidth
-    eta = np.full(len(ops), eff.compute_max)
+    eta = np.full(len(ops), compute_max)
     gemm = ops.kind == "gemm"
-    eta[gemm] = eff.compute_max * ops.m[gemm] / (ops.m[gemm] + eff.compute_half_m)
-    eta[ops.kind == "attention_prefill"] = eff.attention_compute
+    eta[gemm] = compute_max * ops.m[gemm] / (ops.m[gemm] + half_m)
+    launch[gemm & (ops.flops > 0)] = gemm_launch_us * 1e-6
+    eta[ops.kind == "attention_prefill"] = eff.attention_compute * compute_max / eff.compute_max
     compute_time = np.where(ops.flops > 0, ops.flops / (peak * eta), 0.0)
     kernels = np.maximum(compute_time, memory_time) + launch
     # Host time of an engine step (``step_cpu`` rows), as perf/iteration.py charges it.

@@ -81,18 +81,28 @@ def _gemm_time(params: dict[str, float], ops: OpArrays, peak: float, bandwidth: 
 
 
 def half_m_for_floor(
-    floor: float, peak: float, bandwidth: float, params: dict[str, float]
+    floor: float,
+    peak: float,
+    bandwidth: float,
+    params: dict[str, float],
+    weight_bytes: float = 2.0,
 ) -> float:
     """compute_half_m at which a GEMM's compute time, as M → 0, is ``floor`` × its memory time.
 
     With η_c = compute_max·M/(M + half_m) the compute time of 2·M·N·K FLOPs tends to
-    2·N·K·half_m / (peak·compute_max), and weight streaming takes 2·N·K / (BW·memory).
+    2·N·K·half_m / (peak·compute_max), and weight streaming takes ``weight_bytes``·N·K /
+    (BW·memory) (2 bytes per bf16 weight, 1 per fp8, 0.5 per fp4).
     """
-    return floor * (peak / bandwidth) * params["compute_max"] / params["memory"]
+    return floor * (peak / bandwidth) * params["compute_max"] / params["memory"] * weight_bytes / 2
 
 
 def fit_gemm(
-    ops: OpArrays, peak: float, bandwidth: float, base: Efficiency, fix: dict[str, float]
+    ops: OpArrays,
+    peak: float,
+    bandwidth: float,
+    base: Efficiency,
+    fix: dict[str, float],
+    weight_bytes: float = 2.0,
 ) -> tuple[dict[str, float], float]:
     """GEMM parameters (those not in ``fix``).
 
@@ -110,7 +120,7 @@ def fit_gemm(
         params = {**fixed, **dict(zip(free, (float(v) for v in x), strict=True))}
         if "compute_half_m" in free:  # x holds the floor, not half_m itself
             params["compute_half_m"] = half_m_for_floor(
-                params["compute_half_m"], peak, bandwidth, params
+                params["compute_half_m"], peak, bandwidth, params, weight_bytes
             )
         return params
 

@@ -28,11 +28,19 @@ import numpy as np
 from llmservingsim.calibrate.arrays import OpArrays, ape
 from llmservingsim.calibrate.fit import GEMM_PARAMS, _gemm_time, fit_gemm
 from llmservingsim.hardware.backends.kernel_db import ENGINES, _version_key
+from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.device import DeviceSpec
+from llmservingsim.model.fusion import act_quant
+
+BANDS_T = tuple[tuple[int, int], ...]
+BANDS: BANDS_T = ((1, 16), (64, 256), (512, 1024), (2048, 4096), (8192, 16384))
 
 SERVING_NK = (1024, 32768)  # n and k of the GEMMs of served models (as §7d compares)
-TABLE_MODE = "bfloat16"
 TABLE = "gemm_perf.parquet"
+# simulator compute dtype -> the table's gemm_dtype (fp8: per-tensor scaled W8A8; fp4: NVFP4)
+TABLE_MODES = {"bf16": "bfloat16", "fp8": "fp8", "fp4": "nvfp4"}
+OPERAND_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5}  # weights and quantized activations
+DTYPE_PARAMS = ("compute_max", "compute_half_m", "kernel_launch_us")  # efficiency.dtype_gemm
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class GemmTableFit:
     tables: list[str]  # "engine version" of each table used
     per_table: dict[str, float] = field(default_factory=dict)  # in-sample MAPE per table
     held_out: dict[str, float] = field(default_factory=dict)  # table -> MAPE fitted without it
+    dtype: str = "bf16"
+    dropped: int = 0  # rows faster than the simulator's own activation-quantization kernel
 
 
 def newest_tables(system_dir: Path, engines: Iterable[str] = ENGINES) -> list[Path]:
@@ -64,16 +74,34 @@ def table_label(path: Path) -> str:
     return f"{path.parent.parent.name} {path.parent.name}"
 
 
-def gemm_points(paths: list[Path], weight_bytes: int = 2) -> OpArrays:
-    """The bf16 serving-shape rows of ``paths`` as GEMM ops (``model`` = the table's label).
+def gemm_points(
+    paths: list[Path], dtype: str = "bf16", device: DeviceSpec | None = None
+) -> tuple[OpArrays, int]:
+    """The serving-shape rows of ``paths`` in ``dtype``'s table mode as GEMM ops (``model`` =
+    the table's label), and how many rows were dropped.
 
-    FLOPs and bytes are those of model/ops.py's GEMM: 2·m·n·k; activations in and out plus
-    the weights, at 2 bytes. Rows measured twice in one table (several kernels) keep the
-    fastest, as the engine would pick it.
+    FLOPs and bytes are those of model/ops.py's GEMM: 2·m·n·k; the input activations (at the
+    operand width: W8A8 / W4A4 GEMMs read them quantized), the 16-bit output and the weights.
+    Rows measured twice in one table (several kernels) keep the fastest, as the engine would
+    pick it.
+
+    Quantized modes: AIConfigurator times the engine's whole ``Linear.forward`` on a bf16
+    input, so its fp8 / nvfp4 rows include the activation-quantization kernel that runs
+    before the GEMM (calibration.md §7c). The simulator times that kernel as its own
+    ``act_quant`` op (where the engine does not fuse it into the producer), so its time here
+    — the roofline's own, on ``device`` — is taken off each row, and the curve fits the GEMM
+    alone. Rows not longer than it are dropped (none in the shipped tables).
     """
     import pyarrow.parquet as pq
 
+    mode = TABLE_MODES[dtype]
+    operand = OPERAND_BYTES[dtype]
+    quantized = operand < 2.0
+    if quantized and device is None:
+        raise ValueError(f"gemm_points: dtype {dtype} needs the device (activation quantization)")
+    quant_backend = RooflineBackend(device, dtype) if quantized and device is not None else None
     m_, n_, k_, s_, label_ = [], [], [], [], []
+    dropped = 0
     lo, hi = SERVING_NK
     for path in paths:
         cols = pq.read_table(path, columns=["gemm_dtype", "m", "n", "k", "latency"]).to_pydict()
@@ -81,30 +109,37 @@ def gemm_points(paths: list[Path], weight_bytes: int = 2) -> OpArrays:
         rows = zip(
             cols["gemm_dtype"], cols["m"], cols["n"], cols["k"], cols["latency"], strict=True
         )
-        for mode, m, n, k, latency_ms in rows:
-            if mode != TABLE_MODE or not (lo <= n <= hi and lo <= k <= hi) or latency_ms <= 0:
+        for row_mode, m, n, k, latency_ms in rows:
+            if row_mode != mode or not (lo <= n <= hi and lo <= k <= hi) or latency_ms <= 0:
                 continue
             key = (int(m), int(n), int(k))
             best[key] = min(float(latency_ms), best.get(key, float("inf")))
         label = table_label(path)
         for (m, n, k), latency_ms in sorted(best.items()):
+            seconds = latency_ms * 1e-3
+            if quant_backend is not None:
+                seconds -= quant_backend.time(act_quant(m, k, 2.0, operand))
+                if seconds <= 0.0:
+                    dropped += 1
+                    continue
             m_.append(m)
             n_.append(n)
             k_.append(k)
-            s_.append(latency_ms * 1e-3)
+            s_.append(seconds)
             label_.append(label)
     m, n, k = (np.array(v, dtype=float) for v in (m_, n_, k_))
     count = len(s_)
-    return OpArrays(
+    ops = OpArrays(
         name=np.full(count, "gemm"),
         kind=np.full(count, "gemm"),
         m=m,
         flops=2.0 * m * n * k,
-        bytes=(m * k + m * n) * 2.0 + n * k * weight_bytes,
+        bytes=m * k * operand + m * n * 2.0 + n * k * operand,
         seconds=np.array(s_, dtype=float),
         model=np.array(label_, dtype=str),
         row=np.array(label_, dtype=str),
     )
+    return ops, dropped
 
 
 def gemm_mape(params: dict[str, float], ops: OpArrays, peak: float, bandwidth: float) -> float:
@@ -112,16 +147,25 @@ def gemm_mape(params: dict[str, float], ops: OpArrays, peak: float, bandwidth: f
 
 
 def fit_gemm_tables(
-    device: DeviceSpec, paths: list[Path], fix: dict[str, float] | None = None
+    device: DeviceSpec,
+    paths: list[Path],
+    fix: dict[str, float] | None = None,
+    dtype: str = "bf16",
 ) -> GemmTableFit | None:
-    """The device's bf16 GEMM parameters fitted on ``paths``, those in ``fix`` held (None
-    when the tables have no usable rows)."""
-    ops = gemm_points(paths)
+    """The device's GEMM parameters for ``dtype`` fitted on ``paths``, those in ``fix`` held
+    (None when the tables have no usable rows). bf16 fits the top-level curve; fp8 / fp4 fit
+    their ``efficiency.dtype_gemm`` entry, as fractions of their own peak."""
+    ops, dropped = gemm_points(paths, dtype, device)
     if len(ops) == 0:
         return None
     fix = fix or {}
-    peak, bandwidth = device.peak_flops("bf16"), device.memory_bandwidth
-    params, mape = fit_gemm(ops, peak, bandwidth, device.efficiency, fix)
+    weight_bytes = OPERAND_BYTES[dtype]
+    peak, bandwidth = device.peak_flops(dtype), device.memory_bandwidth
+
+    def fit(points: OpArrays) -> tuple[dict[str, float], float]:
+        return fit_gemm(points, peak, bandwidth, device.efficiency, fix, weight_bytes)
+
+    params, mape = fit(ops)
     labels = sorted(set(ops.model.tolist()))
     per_table = {
         label: gemm_mape(params, ops.where(ops.model == label), peak, bandwidth) for label in labels
@@ -129,9 +173,8 @@ def fit_gemm_tables(
     held_out: dict[str, float] = {}
     if len(labels) > 1:
         for label in labels:
-            train, test = ops.where(ops.model != label), ops.where(ops.model == label)
-            held, _ = fit_gemm(train, peak, bandwidth, device.efficiency, fix)
-            held_out[label] = gemm_mape(held, test, peak, bandwidth)
+            held, _ = fit(ops.where(ops.model != label))
+            held_out[label] = gemm_mape(held, ops.where(ops.model == label), peak, bandwidth)
     return GemmTableFit(
         params={name: float(params[name]) for name in GEMM_PARAMS},
         mape=mape,
@@ -139,4 +182,18 @@ def fit_gemm_tables(
         tables=labels,
         per_table=per_table,
         held_out=held_out,
+        dtype=dtype,
+        dropped=dropped,
     )
+
+
+def band_ratios(
+    params: dict[str, float], ops: OpArrays, peak: float, bandwidth: float, bands: BANDS_T
+) -> list[float]:
+    """Median predicted / measured time of ``ops`` per band of m (NaN for an empty band)."""
+    ratio = _gemm_time(params, ops, peak, bandwidth) / ops.seconds
+    out: list[float] = []
+    for lo, hi in bands:
+        inside = ratio[(ops.m >= lo) & (ops.m <= hi)]
+        out.append(float(np.median(inside)) if len(inside) else float("nan"))
+    return out

@@ -64,10 +64,12 @@ def efficiency_block(eff: Efficiency, comment: str, gemm_source: str | None = No
                     inner = ", ".join(f"{k}: {v:g}" for k, v in tuned.items())
                     lines.append(f"    {name}: {{{inner}}}")
             continue
-        if key == "dtype_compute":
+        if key == "dtype_gemm":
             if value:
-                inner = ", ".join(f"{k}: {v:g}" for k, v in value.items())
-                lines.append(f"  dtype_compute: {{{inner}}}  # scripts/calibrate_kernel_tables.py")
+                lines.append("  dtype_gemm:  # GEMM curve per dtype, of its own peak (§7c)")
+                for name, curve in value.items():
+                    inner = ", ".join(f"{k}: {v:g}" for k, v in curve.items())
+                    lines.append(f"    {name}: {{{inner}}}")
             continue
         note = f"  # GEMM: {gemm_source}" if key == "compute_max" and gemm_source else ""
         lines.append(f"  {key}: {value:g}{note}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmservingsim.errors import ConfigError
 from llmservingsim.ranges import Fraction, Gbps, GiB, Microseconds, NotBool, SmallCount
@@ -98,6 +98,20 @@ class MemoryOpEfficiency(_Strict):
     min_rows: Tokens = Field(default=1.0, ge=1, description="rows of one full wave")
 
 
+GemmDtype = Literal["fp8", "fp4", "int8", "int4"]
+"""Compute dtypes with a GEMM curve of their own (bf16's is the top-level one)."""
+
+
+class DtypeGemm(_Strict):
+    """The GEMM curve of one narrower compute dtype (fp8, fp4) as fractions of that dtype's
+    own datasheet peak: eta_c(M) = compute_max * M / (M + compute_half_m), plus a fixed time
+    per GEMM (calibration.md §7c). Memory-bound GEMMs stream their weights at ``memory``."""
+
+    compute_max: Fraction
+    compute_half_m: Tokens = Field(description="tokens at which GEMMs reach half of compute_max")
+    kernel_launch_us: Microseconds = Field(description="fixed time per GEMM (launch + epilogue)")
+
+
 class Efficiency(_Strict):
     """Fractions of datasheet peaks that real kernels reach; calibrated, see docs/calibration.md.
 
@@ -115,11 +129,12 @@ class Efficiency(_Strict):
         description="per op name (model/ops.py) overrides of memory and kernel_launch_us for "
         "elementwise kernels",
     )
-    dtype_compute: dict[str, float] = Field(
+    dtype_gemm: dict[GemmDtype, DtypeGemm] = Field(
         default_factory=dict,
-        description="per compute dtype: the fraction of its datasheet peak that GEMMs reach "
-        "relative to bf16's (fp8 tensor cores do not reach 2x bf16; fitted on measured kernel "
-        "tables, scripts/calibrate_kernel_tables.py)",
+        description="per compute dtype other than bf16 (fp8, fp4): its own GEMM curve, as "
+        "fractions of that dtype's datasheet peak (fitted on measured fp8 / nvfp4 GEMM kernel "
+        "tables, scripts/calibrate_catalog.py); a dtype not listed runs the bf16 curve at its "
+        "own peak",
     )
     iteration_overhead_us: Microseconds = Field(
         description="CPU time per engine step (schedule, prepare inputs)"
@@ -127,6 +142,14 @@ class Efficiency(_Strict):
     per_seq_overhead_us: Microseconds = Field(
         description="CPU time per sequence in the batch per step"
     )
+
+    def gemm_curve(self, dtype: str) -> tuple[float, float, float]:
+        """(compute_max, compute_half_m, kernel_launch_us) of GEMMs computed in ``dtype``: its
+        own entry of ``dtype_gemm``, else the bf16 curve."""
+        for name, own in self.dtype_gemm.items():
+            if name == dtype:
+                return own.compute_max, own.compute_half_m, own.kernel_launch_us
+        return self.compute_max, self.compute_half_m, self.kernel_launch_us
 
 
 class Systolic(_Strict):
@@ -182,6 +205,16 @@ class DeviceSpec(_Strict):
         default=None, description="NPU array geometry (type: npu); enables the systolic backend"
     )
     sources: list[str] = Field(default_factory=list, description="where the numbers come from")
+
+    @model_validator(mode="after")
+    def _gemm_dtypes_have_a_peak(self) -> DeviceSpec:
+        for dtype in self.efficiency.dtype_gemm:
+            if dtype not in self.peak_tflops:
+                raise ValueError(
+                    f"efficiency.dtype_gemm.{dtype}: a GEMM curve for a dtype without a "
+                    f"peak_tflops entry (the device lists {', '.join(self.peak_tflops)})"
+                )
+        return self
 
     @property
     def memory_bytes(self) -> float:

@@ -38,13 +38,18 @@ class RooflineBackend:
     def __init__(self, device: DeviceSpec, dtype: str) -> None:
         self.device = device
         eff = device.efficiency
-        # FP8 (FP4) tensor cores reach a smaller share of their peak than bf16's (measured).
-        self._peak = device.peak_flops(dtype) * eff.dtype_compute.get(dtype, 1.0)
+        # GEMMs computed in fp8 / fp4 follow their own measured curve, as fractions of that
+        # dtype's peak (tensor cores do not reach the datasheet's 2x per halving, and small-M
+        # kernels carry scaled epilogues): one formula, per-dtype parameters.
+        self._peak = device.peak_flops(dtype)
+        compute_max, half_m, launch_us = eff.gemm_curve(dtype)
         self._bandwidth = device.memory_bandwidth * eff.memory
         self._launch = eff.kernel_launch_us * 1e-6
-        self._compute_max = eff.compute_max
-        self._half_m = eff.compute_half_m
-        self._attention_flops = self._peak * eff.attention_compute
+        self._gemm_launch = launch_us * 1e-6
+        self._compute_max = compute_max
+        self._half_m = half_m
+        # Attention in a narrower dtype gains what that dtype's saturated GEMMs gain over bf16.
+        self._attention_flops = self._peak * eff.attention_compute * compute_max / eff.compute_max
         self._decode_flops = self._peak * self._compute_max  # decode attention's compute rate
         self._memory_ops = {
             name: (
@@ -65,7 +70,7 @@ class RooflineBackend:
 
     def decode_attention_times(self, flops: FloatArray, traffic: FloatArray) -> FloatArray:
         """:meth:`time` of decode-attention ops given as arrays (a fast-forward run's steps)."""
-        compute_time = flops / (self._peak * self._compute_max)
+        compute_time = flops / self._decode_flops
         return np.maximum(compute_time, traffic / self._bandwidth) + self._launch
 
     def compute_efficiency(self, m: int) -> float:
@@ -84,10 +89,11 @@ class RooflineBackend:
         memory_time = op.bytes / self._bandwidth
         if op.kind == "gemm":
             compute_time = op.flops / (self._peak * self.compute_efficiency(op.m))
-        elif op.kind == "attention_prefill":
+            return max(compute_time, memory_time) + self._gemm_launch
+        if op.kind == "attention_prefill":
             compute_time = op.flops / self._attention_flops
         else:
-            compute_time = op.flops / (self._peak * self._compute_max)
+            compute_time = op.flops / self._decode_flops
         return max(compute_time, memory_time) + self._launch
 
 
