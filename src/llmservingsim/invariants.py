@@ -134,6 +134,16 @@ class InvariantChecker(EngineHooks):
         for seq in sched.running:
             if len(set(seq.blocks)) != len(seq.blocks):
                 raise InvariantError("I3", f"request {seq.id} holds one block twice", index, now)
+            needed = blocks.blocks_needed(seq.num_computed)
+            if len(seq.blocks) < needed:
+                # Sliding-window KV included: the blocks its computed tokens' KV takes.
+                raise InvariantError(
+                    "I3",
+                    f"request {seq.id} holds {len(seq.blocks)} blocks, its "
+                    f"{seq.num_computed} computed tokens take {needed}",
+                    index,
+                    now,
+                )
             holders.update(seq.blocks)
         if isinstance(blocks, PrefixCachingBlockManager):
             self._check_shared(blocks, holders, index, now)

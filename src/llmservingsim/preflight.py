@@ -59,31 +59,44 @@ def _kv_tokens(requests: SequenceOf[RequestSpec]) -> np.ndarray:
 def check_kv_fits(scenario: Scenario, requests: SequenceOf[RequestSpec], warn: bool = True) -> None:
     """Like vLLM at start-up: refuse (exit 3) a KV cache too small for every request, before
     simulating; warn when only some requests can never fit (they are served as failed)."""
+    from llmservingsim.serving.block_manager import BlockManager
+
     if not len(requests):
         return
     tokens = _kv_tokens(requests)
+    distinct, where = np.unique(tokens, return_inverse=True)
     block = scenario.config.scheduler.block_size
-    needed = -(-tokens // block)
-    capacities: dict[str, int] = {}
+    fits = np.zeros(len(requests), dtype=bool)
+    holds: dict[str, int] = {}  # the most tokens one request may hold, per pool
     for plan in scenario.pools:
-        capacities[plan.name] = plan.memory.num_blocks // plan.pp
-    largest = max(capacities.values())
-    smallest = int(np.argmin(needed))
-    if needed[smallest] > largest:
-        pool, blocks = max(capacities.items(), key=lambda item: item[1])
+        memory = plan.memory
+        capacity = memory.num_blocks // plan.pp
+        layout = BlockManager(
+            capacity,
+            block,
+            memory.kv_full_units,
+            memory.kv_sliding_units,
+            memory.kv_sliding_blocks,
+        )
+        needed = np.array([layout.blocks_needed(int(n)) for n in distinct], dtype=np.int64)
+        fits |= (needed <= capacity)[where]
+        holds[plan.name] = layout.tokens_held(capacity)
+    if not fits.any():
+        pool, most = max(holds.items(), key=lambda item: item[1])
+        smallest = int(np.argmin(tokens))
         spec = requests[smallest]
         raise DoesNotFitError(
-            f"the KV cache holds {blocks * block:,} tokens ({blocks:,} blocks of {block}) per "
-            f"engine of pool {pool}; the smallest request needs {int(tokens[smallest]):,} "
+            f"the KV cache holds {most:,} tokens (blocks of {block}) per engine of pool {pool}; "
+            f"the smallest request needs {int(tokens[smallest]):,} "
             f"({spec.input_len:,} in + {spec.output_len:,} out): no request can be served. "
             "Raise scheduler.gpu_memory_utilization or tensor_parallel, use a smaller kv_dtype, "
             "or shorten the requests"
         )
-    never = int(np.count_nonzero(needed > largest))
+    never = int(np.count_nonzero(~fits))
     if never and warn:
         warnings.warn(
             f"workload: {never:,} of {len(requests):,} request(s) need more KV than the cache "
-            f"holds ({largest * block:,} tokens per engine) and will be reported as failed",
+            f"holds ({max(holds.values()):,} tokens per engine) and will be reported as failed",
             InputWarning,
             stacklevel=2,
         )

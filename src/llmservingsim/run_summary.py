@@ -51,7 +51,8 @@ def summarize(
     lookups = sum(t.cache_lookups for t in timers)
     hits = sum(t.cache_hits for t in timers)
     totals = [inst.totals for inst in instances]
-    kv_capacity = sum(inst.num_blocks for inst in instances)
+    # Tokens of context the full-attention layers hold (memory.py MemoryPlan.kv_tokens).
+    kv_capacity = sum(inst.num_blocks // inst.memory.kv_full_units for inst in instances)
     summary.update(
         {
             "simulated_time_s": end_time,
@@ -172,7 +173,9 @@ def _instance_rows(
                 "iterations": t.iterations,
                 "utilization": t.busy_device_s / device_s if device_s > 0 else 0.0,
                 "kv_peak_util": t.kv_peak_blocks / inst.num_blocks if inst.num_blocks else 0.0,
-                "kv_capacity_tokens": inst.num_blocks * inst.memory.block_size,
+                "kv_capacity_tokens": inst.num_blocks
+                // inst.memory.kv_full_units
+                * inst.memory.block_size,
                 "preemptions": inst.preemptions,
                 "energy_j": energy,
                 "average_power_w": energy / alive_s if alive_s > 0 else None,

@@ -9,12 +9,13 @@ objects.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, replace
 
 from llmservingsim.catalog import load_device, load_model
 from llmservingsim.config import LinkOverride, PoolConfig, SimConfig
-from llmservingsim.errors import ConfigError, DoesNotFitError
+from llmservingsim.errors import ConfigError, DoesNotFitError, InputWarning
 from llmservingsim.hardware.backends import PerfSetup
 from llmservingsim.hardware.device import GIB, DeviceSpec, Link
 from llmservingsim.model.spec import ModelSpec
@@ -363,6 +364,32 @@ def _topology(cfg: SimConfig, device: DeviceSpec) -> Topology:
     )
 
 
+def sliding_kv(cfg: SimConfig, model: ModelSpec, pim: bool, draft_kv: bool) -> bool:
+    """Whether ``model``'s sliding-window layers keep only their window's KV blocks
+    (serving/memory.py ``sliding_kv_layout``). Where that is not yet modelled (prefix caching,
+    whose cached blocks hold every layer; a speculative draft's KV; a KV cache in PIM memory)
+    their KV is sized for the whole context, as for full attention, and a warning says so."""
+    if not model.has_sliding_layers:
+        return False
+    blockers = {
+        "scheduler.enable_prefix_caching": cfg.scheduler.enable_prefix_caching,
+        "a speculative draft's KV cache": draft_kv,
+        "pim.enabled": pim,
+    }
+    blocker = next((what for what, on in blockers.items() if on), None)
+    if blocker is None:
+        return True
+    warnings.warn(
+        f"model {model.name}: with {blocker}, the KV cache of its {model.num_sliding_layers} of "
+        f"{model.num_layers} sliding-window layers ({model.sliding_window}-token window) is "
+        "sized for the whole context, as for full attention (engines keep only the window's "
+        "blocks: KV capacity understated; keeping only the window with it is not yet supported)",
+        InputWarning,
+        stacklevel=2,
+    )
+    return False
+
+
 def plan_pool_memory(
     cfg: SimConfig,
     model: ModelSpec,
@@ -396,6 +423,7 @@ def plan_pool_memory(
         draft_weight_bytes=draft_weights,
         draft_kv_bytes_per_token=draft_kv,
         lora_bytes=lora_bytes,
+        sliding_kv=sliding_kv(cfg, model, pim is not None, draft_kv > 0),
     )
     if plan.num_blocks < pp:
         shape = f"{tp}× {hardware}" if pp == 1 else f"{tp}×{pp} (TP×PP) {hardware}"

@@ -1,8 +1,8 @@
 """Sliding-window attention (gpt-oss): a sliding layer attends to the last ``window`` tokens.
 
 Decode reads min(context, window) KV tokens per sequence; a prefill chunk computes only the
-causal band of the window; full layers are timed as before; the KV cache stays sized as
-full attention (docs/models.md).
+causal band of the window; full layers are timed as before. The KV cache of sliding layers
+keeps the window's blocks only: tests/serving/test_sliding_kv.py.
 """
 
 from __future__ import annotations
@@ -181,5 +181,7 @@ def test_sliding_window_draft_model_is_refused() -> None:
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InputWarning)
-        with pytest.raises(ConfigError, match="sliding-window attention is not yet supported"):
+        with pytest.raises(
+            ConfigError, match="sliding-window or chunked attention is not yet supported"
+        ):
             simulate(cfg)

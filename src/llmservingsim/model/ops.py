@@ -111,6 +111,20 @@ def kv_tokens_read(new: int, ctx: int, window: int = 0) -> int:
     return min(ctx, window - 1) + new
 
 
+def chunk_pieces(new: int, ctx: int, chunk: int) -> list[tuple[int, int]]:
+    """Chunked attention of ``new`` tokens after ``ctx`` cached ones, as causal attention per
+    chunk: ``(new tokens, cached tokens before them in their chunk)`` for each chunk the new
+    tokens reach (a token at position p attends positions ⌊p / chunk⌋·chunk..p)."""
+    pieces = []
+    start, end = ctx, ctx + new
+    while start < end:
+        first = start - start % chunk  # the chunk's first position
+        stop = min(end, first + chunk)
+        pieces.append((stop - start, start - first))
+        start = stop
+    return pieces
+
+
 class OpGraph(OpBuilder):
     """Builds the ops of one layer / of the model head for a given batch on one TP rank.
 
@@ -202,11 +216,17 @@ class OpGraph(OpBuilder):
             dims = (*dims, ("window", window))
         return Op("attention_prefill", "attention_prefill", flops, traffic, new, dims)
 
-    def prefill_attention_ops(self, new: int, ctx: int, window: int = 0) -> list[Op]:
+    def prefill_attention_ops(
+        self, new: int, ctx: int, window: int = 0, chunk: int = 0
+    ) -> list[Op]:
         """Every kernel of one sequence's prefill attention (MLA first expands its latent KV);
-        ``window``: a sliding-window layer's (:meth:`prefill_attention`)."""
+        ``window``: a sliding-window layer's (:meth:`prefill_attention`); ``chunk``: a
+        chunked-attention layer's (Llama-4), whose block-diagonal causal mask is exactly
+        causal attention within each chunk the new tokens reach (:func:`chunk_pieces`)."""
         if self.mla is not None:
             return self.mla.prefill_ops(new, ctx)
+        if chunk > 0:
+            return [self.prefill_attention(n, c) for n, c in chunk_pieces(new, ctx, chunk)]
         return [self.prefill_attention(new, ctx, window)]
 
     def decode_attention(self, num_seqs: int, total_ctx: int) -> Op:

@@ -66,6 +66,11 @@ class ModelSpec:
     # the last ``sliding_window`` tokens only, the token itself included; the others to all.
     sliding_window: int = 0
     sliding_layers: tuple[int, ...] = ()
+    # Chunked attention (Llama-4's iRoPE): the layers ``chunked_layers`` attend within
+    # ``attention_chunk``-token chunks (a token at position p to positions
+    # ⌊p / chunk⌋·chunk..p); the others (NoPE) to all.
+    attention_chunk: int = 0
+    chunked_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         """Relations between the sizes (each size's own range is checked when it is read)."""
@@ -84,6 +89,10 @@ class ModelSpec:
             (
                 not self.sliding_layers or not self.uses_mla,
                 "sliding-window attention with MLA is not yet supported",
+            ),
+            (
+                not self.chunked_layers or not (self.uses_mla or self.sliding_layers),
+                "chunked attention with MLA or sliding-window layers is not yet supported",
             ),
         ]
         for ok, what in checks:
@@ -130,6 +139,25 @@ class ModelSpec:
     @property
     def num_sliding_layers(self) -> int:
         return sum(self.is_sliding_layer(i) for i in range(self.num_layers))
+
+    @property
+    def has_chunked_layers(self) -> bool:
+        return bool(self.chunked_layers) and self.attention_chunk > 0
+
+    @property
+    def has_local_layers(self) -> bool:
+        return self.has_sliding_layers or self.has_chunked_layers
+
+    def is_local_layer(self, index: int) -> bool:
+        """Whether layer ``index`` attends to part of the context only: a sliding window
+        (gpt-oss) or its chunk (Llama-4)."""
+        if self.attention_chunk > 0 and index in self.chunked_layers:
+            return True
+        return self.is_sliding_layer(index)
+
+    @property
+    def num_local_layers(self) -> int:
+        return sum(self.is_local_layer(i) for i in range(self.num_layers))
 
     @property
     def q_size(self) -> int:
@@ -270,18 +298,6 @@ def _warn_local_attention(name: str, layers: int, of: int, what: str) -> None:
     )
 
 
-def _warn_sliding_kv(name: str, layers: int, of: int, window: int) -> None:
-    """Sliding-window layers are timed over their window, but the memory plan still gives
-    them a KV entry for every token: say so (docs/models.md)."""
-    warnings.warn(
-        f"model {name}: the KV cache of its {layers} of {of} sliding-window layers "
-        f"({window}-token window) is sized for the whole context, as for full attention "
-        "(engines keep only the window's blocks: KV capacity understated)",
-        InputWarning,
-        stacklevel=2,
-    )
-
-
 @_parser(
     "llama",
     "mistral",
@@ -310,8 +326,6 @@ def _parse_llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
     window = _int(cfg, "sliding_window", where, "optional", default=0)
     sliding = _sliding_layers(cfg, where) if window else ()
     layers = _int(cfg, "num_hidden_layers", where, "layers")
-    if sliding:
-        _warn_sliding_kv(name, sum(i < layers for i in sliding), layers, window)
     context = _int(cfg, "max_position_embeddings", where, "context", default=4096)
     unread = cfg.get("layer_types") is None and cfg.get("use_sliding_window", True)
     if not sliding and unread and 0 < window < context:
@@ -387,12 +401,8 @@ def _parse_llama4(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
             f"interleave_moe_layer_step-th layer ({step}): not yet supported"
         )
     expert_inter = _int(text, "intermediate_size", where, "wide")
-    chunk = text.get("attention_chunk_size")
-    if chunk:
-        # iRoPE: three of every four layers attend within chunks; the fourth (NoPE) globally.
-        _warn_local_attention(
-            name, layers - layers // 4, layers, f"chunked attention ({chunk}-token chunks)"
-        )
+    chunk = _int(text, "attention_chunk_size", where, "optional", default=0)
+    chunked = _chunked_layers(text, layers, where) if chunk else ()
     return ModelSpec(
         name=name,
         model_type="llama4",
@@ -412,7 +422,25 @@ def _parse_llama4(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         num_shared_experts=1,
         shared_intermediate_size=expert_inter,
         moe_layer_step=step,
+        attention_chunk=chunk if chunked else 0,
+        chunked_layers=chunked,
     )
+
+
+def _chunked_layers(text: dict[str, Any], layers: int, where: str) -> tuple[int, ...]:
+    """Llama-4's chunked-attention layers: those with RoPE (iRoPE). HF ``no_rope_layers``
+    gives 1 (RoPE, chunked) or 0 (NoPE, global) per layer; without it every
+    ``no_rope_layer_interval``-th layer (default 4) is NoPE, as in transformers and vLLM."""
+    flags = text.get("no_rope_layers")
+    if flags is None or flags == []:
+        interval = _int(text, "no_rope_layer_interval", where, "layers", default=4)
+        return tuple(i for i in range(layers) if (i + 1) % interval != 0)
+    if not isinstance(flags, list) or len(flags) != layers or any(f not in (0, 1) for f in flags):
+        raise ConfigError(
+            f"{where}: key 'no_rope_layers' must be a list of {layers} values 0 or 1 "
+            "(one per layer)"
+        )
+    return tuple(i for i, flag in enumerate(flags) if flag == 1)
 
 
 @_parser("opt")

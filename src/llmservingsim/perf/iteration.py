@@ -36,8 +36,9 @@ class BatchShape:
     ``prefill`` holds (new_tokens, cached_tokens) per sequence that is (re)filling its prompt;
     decode sequences are summarised by their count and their summed context (attended tokens).
     A speculative verify pass is a prefill chunk too; ``num_verify`` counts its tokens.
-    ``decode_local_context`` is what a sliding-window layer attends: the sum of
-    min(context, window) over the decode sequences (0 when the model has no such layers).
+    ``decode_local_context`` is what a local-attention layer attends: the sum over the decode
+    sequences of min(context, window) (a sliding window) or (context − 1) mod chunk + 1 (a
+    chunked layer); 0 when the model has no such layers.
     """
 
     prefill: list[tuple[int, int]]
@@ -356,14 +357,17 @@ class IterationTimer:
             first += count
         self.stage_moe_layers = tuple(moe_layers)
         self.num_moe_layers = spec.num_moe_layers
-        # Sliding-window layers (gpt-oss): their attention sees min(context, window) tokens
-        # per sequence; each stage's (dense, MoE) × (full, sliding) layer counts (_local_step).
+        # Local-attention layers: sliding-window (gpt-oss) ones see min(context, window)
+        # tokens per sequence, chunked (Llama-4) ones their chunk's; each stage's (dense, MoE)
+        # × (full, local) layer counts (_local_step).
         self.window = spec.sliding_window if spec.has_sliding_layers else 0
+        self.chunk = spec.attention_chunk if spec.has_chunked_layers else 0
+        self.local = self.window > 0 or self.chunk > 0
         kinds, first = [], 0
         for count in self.stage_layers:
             layers = range(first, first + count)
-            moe_sliding = sum(spec.is_moe_layer(i) and spec.is_sliding_layer(i) for i in layers)
-            sliding = sum(spec.is_sliding_layer(i) for i in layers)
+            moe_sliding = sum(spec.is_moe_layer(i) and spec.is_local_layer(i) for i in layers)
+            sliding = sum(spec.is_local_layer(i) for i in layers)
             moe = sum(spec.is_moe_layer(i) for i in layers)
             dense_sliding = sliding - moe_sliding
             kinds.append(
@@ -401,7 +405,7 @@ class IterationTimer:
         self._embedding: dict[int, tuple[_Cost, ...]] = {}  # each head op by the count it needs
         self._output: dict[int, tuple[_Cost, ...]] = {}
         self._prefill_attn: dict[int, _Cost] = {}  # by _pair_key(new tokens, context)
-        self._prefill_local: dict[int, _Cost] = {}  # the same, sliding-window layers
+        self._prefill_local: dict[int, _Cost] = {}  # the same, local-attention layers
         self._sends: dict[int, tuple[float, ...]] = {}
         # MLA's absorption GEMMs before / after decode attention, by batch size (fast path).
         self._around_decode: dict[int, tuple[tuple[_Cost, ...], tuple[_Cost, ...]]] = {}
@@ -423,7 +427,7 @@ class IterationTimer:
             and self.graph.mla is None
             and not self.num_moe_layers
             and self.pp == 1
-            and not self.window
+            and not self.local
         )
 
     def _kernel_counts(self) -> None:
@@ -501,6 +505,9 @@ class IterationTimer:
         lookups, hits = self.cache_lookups, self.cache_hits
         contexts = first.decode_context + first.num_decode * np.arange(1, max(1, steps))
         local = first.decode_local_context
+        # Chunked layers: steady decoders stay inside their chunk (SteadyDecoders.join), so
+        # what they attend grows by one per sequence and step, as the context does.
+        local_step = first.num_decode if self.chunk else 0
         if self.window and local != first.num_decode * self.window:
             # Only sequences past the window keep min(context, window) fixed as they grow;
             # steady decoders (serving/steady.py) admit only those for such models.
@@ -515,8 +522,9 @@ class IterationTimer:
             per_lookups, per_hits = self.cache_lookups - lookups, self.cache_hits - hits
         else:
             each = []
-            for ctx in contexts.tolist():
-                batch = BatchShape([], first.num_decode, ctx, first.num_sampled, 0, local)
+            for k, ctx in enumerate(contexts.tolist(), 1):
+                attended = local + k * local_step
+                batch = BatchShape([], first.num_decode, ctx, first.num_sampled, 0, attended)
                 each.append(self.step(batch))
                 if len(each) == 1:
                     per_lookups, per_hits = self.cache_lookups - lookups, self.cache_hits - hits
@@ -531,7 +539,7 @@ class IterationTimer:
             self._vector is not None
             and self.pp == 1
             and not self.num_moe_layers
-            and not self.window
+            and not self.local
             and self.graph.mla is None
             and not first.prefill
             and first.num_decode > 0
@@ -703,13 +711,17 @@ class IterationTimer:
     def _each_op_cost(self, ops: list[Op]) -> tuple[_Cost, ...]:
         return tuple((self.backend.time(op), op.flops, op.bytes) for op in ops)
 
-    def _prefill_cost(self, new: int, ctx: int, window: int = 0) -> _Cost:
+    def _prefill_cost(self, new: int, ctx: int, local: bool = False) -> _Cost:
         key = _pair_key(new, ctx)
         self.cache_lookups += 1
-        memo = self._prefill_local if window else self._prefill_attn
+        memo = self._prefill_local if local else self._prefill_attn
         cost = memo.get(key)
         if cost is None:
-            cost = memo[key] = self._ops_cost(self.graph.prefill_attention_ops(new, ctx, window))
+            if local:
+                ops = self.graph.prefill_attention_ops(new, ctx, self.window, self.chunk)
+            else:
+                ops = self.graph.prefill_attention_ops(new, ctx)
+            cost = memo[key] = self._ops_cost(ops)
         else:
             self.cache_hits += 1
         return cost
@@ -728,17 +740,17 @@ class IterationTimer:
             )
         return sends
 
-    def _with_attention(self, base: _Cost, batch: BatchShape, window: int = 0) -> _Cost:
+    def _with_attention(self, base: _Cost, batch: BatchShape, local: bool = False) -> _Cost:
         """A layer's cost plus its attention for the batch: each prefill chunk, then decode;
-        ``window`` > 0: a sliding-window layer's attention."""
+        ``local``: a local-attention (sliding-window or chunked) layer's attention."""
         seconds, flops, traffic = base
         for new, ctx in batch.prefill:
-            attn_s, attn_f, attn_b = self._prefill_cost(new, ctx, window)
+            attn_s, attn_f, attn_b = self._prefill_cost(new, ctx, local)
             seconds += attn_s
             flops += attn_f
             traffic += attn_b
         if batch.num_decode:
-            context = batch.decode_local_context if window else batch.decode_context
+            context = batch.decode_local_context if local else batch.decode_context
             return self._add_decode_attention(seconds, flops, traffic, batch.num_decode, context)
         return seconds, flops, traffic
 
@@ -809,7 +821,7 @@ class IterationTimer:
         padded, eager = num_tokens, False
         if self._graphs_on:
             padded, eager = self._graph_tokens(batch, num_tokens)
-        if self.window:
+        if self.local:
             return self._local_step(batch, padded, eager, host)
         layer_s, layer_f, layer_b = self._with_attention(self._layer_cost(padded), batch)
         head_s, head_f, head_b = self._head_cost(padded, batch.num_sampled)
@@ -870,7 +882,7 @@ class IterationTimer:
             total = 0
             for batch in batches:
                 total += size if batch.num_tokens else 0
-        # Sliding-window layers of each kind (their attention: min(context, window) tokens).
+        # Local-attention layers of each kind (their attention: the window's or chunk's tokens).
         local_dense = self.layer_kind_totals[1]
         local_moe = self.layer_kind_totals[3]
         slow_s = slow_f = slow_b = -1.0
@@ -895,7 +907,7 @@ class IterationTimer:
             flops = full_moe * moe_f + head_f
             traffic = full_moe * moe_b + head_b
             if local_moe:
-                local = self._with_attention(rank, batch, self.window)
+                local = self._with_attention(rank, batch, True)
                 seconds += local_moe * local[0]
                 flops += local_moe * local[1]
                 traffic += local_moe * local[2]
@@ -907,7 +919,7 @@ class IterationTimer:
                 flops += full_dense * layer[1]
                 traffic += full_dense * layer[2]
                 if local_dense:
-                    local = self._with_attention(base, batch, self.window)
+                    local = self._with_attention(base, batch, True)
                     seconds += local_dense * local[0]
                     flops += local_dense * local[1]
                     traffic += local_dense * local[2]
@@ -947,21 +959,20 @@ class IterationTimer:
     def _local_step(
         self, batch: BatchShape, padded: int, eager: bool, host: bool = True
     ) -> StepCost:
-        """:meth:`step` of a model with sliding-window layers: every stage's layers of each
-        kind (dense or MoE, full or sliding-window attention), each kind timed once. Its
+        """:meth:`step` of a model with local-attention layers: every stage's layers of each
+        kind (dense or MoE, full or local attention), each kind timed once. Its
         token-count kernels run at ``padded`` tokens (a CUDA graph's size); ``eager``: each
         stage pays the kernel-launch floor."""
         num_tokens = batch.num_tokens
-        window = self.window
-        totals = self.layer_kind_totals  # dense full, dense sliding, MoE full, MoE sliding
+        totals = self.layer_kind_totals  # dense full, dense local, MoE full, MoE local
         zero: _Cost = (0.0, 0.0, 0.0)
         dense = self._layer_cost(padded) if totals[0] or totals[1] else zero
         moe = self._moe_layer_cost(padded) if totals[2] or totals[3] else zero
         each = (
             self._with_attention(dense, batch) if totals[0] else zero,
-            self._with_attention(dense, batch, window) if totals[1] else zero,
+            self._with_attention(dense, batch, True) if totals[1] else zero,
             self._with_attention(moe, batch) if totals[2] else zero,
-            self._with_attention(moe, batch, window) if totals[3] else zero,
+            self._with_attention(moe, batch, True) if totals[3] else zero,
         )
         head_s, head_f, head_b = self._head_cost(padded, batch.num_sampled)
         flops, traffic = head_f, head_b

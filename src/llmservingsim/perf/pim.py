@@ -65,10 +65,10 @@ class PimIterationTimer(IterationTimer):
         fusion: Fusion = DEFAULT_FUSION,
         pim_backend: RooflineBackend | None = None,
     ) -> None:
-        if spec.has_sliding_layers:
+        if spec.has_local_layers:
             # The offloaded decode attention is split by summed context only (sub-batches).
             raise ConfigError(
-                f"pim: model {spec.name} has sliding-window attention layers; "
+                f"pim: model {spec.name} has sliding-window or chunked attention layers; "
                 "attention offload to PIM for them is not yet supported"
             )
         super().__init__(

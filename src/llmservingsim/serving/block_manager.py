@@ -137,7 +137,15 @@ class FreeBlocks:
 
 
 class BlockManager:
-    """Blocks without content: nothing is shared, a freed block is simply free again."""
+    """Blocks without content: nothing is shared, a freed block is simply free again.
+
+    With sliding-window KV (``sliding_units`` > 0, serving/memory.py ``sliding_kv_layout``)
+    a block holds one group of layers: each ``block_size`` tokens of a sequence take
+    ``full_units`` blocks, plus ``sliding_units`` for the first ``sliding_blocks`` token blocks
+    only (its sliding-window layers keep no more, the engine frees the rest as the window
+    moves). A sequence's block count still only grows with its tokens, so its blocks stay
+    anonymous: it holds :meth:`blocks_needed` of its tokens.
+    """
 
     fast_forward_safe: ClassVar[bool] = True
     """Whether a decode step's only effect here is new blocks for the growing sequences, so
@@ -147,9 +155,22 @@ class BlockManager:
     """Whether :meth:`try_allocate` does nothing but hand out new blocks, so a scheduler may
     skip the call when a running sequence's blocks already hold its next tokens."""
 
-    def __init__(self, num_blocks: int, block_size: int) -> None:
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        full_units: int = 1,
+        sliding_units: int = 0,
+        sliding_blocks: int = 0,
+    ) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
+        self.full_units = full_units
+        self.sliding_units = sliding_units
+        self.sliding_blocks = sliding_blocks
+        # Once a sequence's blocks hold this many tokens, its sliding-window layers hold all
+        # the blocks they will: it grows by ``full_units`` per block_size tokens (0: none).
+        self.sliding_tokens = sliding_blocks * block_size if sliding_units else 0
         self.free_blocks = FreeBlocks(num_blocks)
         # Free blocks promised to steady decoders (serving/steady.py) without ids yet.
         self.reserved = 0
@@ -163,7 +184,24 @@ class BlockManager:
         return self.num_blocks - self.num_free
 
     def blocks_needed(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
+        """Blocks a sequence holding KV for ``num_tokens`` tokens takes."""
+        token_blocks = -(-num_tokens // self.block_size)
+        if not self.sliding_units:
+            return token_blocks
+        window = token_blocks if token_blocks < self.sliding_blocks else self.sliding_blocks
+        return self.full_units * token_blocks + self.sliding_units * window
+
+    def tokens_held(self, num_blocks: int) -> int:
+        """The most tokens whose KV ``num_blocks`` blocks of a sequence hold (the inverse of
+        :meth:`blocks_needed`)."""
+        size = self.block_size
+        if not self.sliding_units:
+            return num_blocks * size
+        per_block = self.full_units + self.sliding_units
+        if num_blocks <= per_block * self.sliding_blocks:
+            return num_blocks // per_block * size
+        past = num_blocks - per_block * self.sliding_blocks
+        return (self.sliding_blocks + past // self.full_units) * size
 
     def lookup(self, seq: Sequence) -> PrefixHit:
         """Where ``seq`` would start if admitted now: it keeps what it has computed."""
@@ -208,7 +246,11 @@ class BlockManager:
         One pass instead of two: the scheduler's hottest call (every running request, every
         step).
         """
-        need = -(-(seq.num_computed + num_new_tokens) // self.block_size) - len(seq.blocks)
+        tokens = seq.num_computed + num_new_tokens
+        if self.sliding_units:
+            need = self.blocks_needed(tokens) - len(seq.blocks)
+        else:
+            need = -(-tokens // self.block_size) - len(seq.blocks)
         if need <= 0:
             return True
         if need > len(self.free_blocks) - self.reserved:

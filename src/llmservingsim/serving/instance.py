@@ -197,7 +197,7 @@ class Instance:
         # per request (speculative verify steps, LoRA adapters).
         if fast_forward and speculator is None and lora is None:
             for ve in self.virtual_engines:
-                ve.scheduler.keep_steady_decoders(timer.window)
+                ve.scheduler.keep_steady_decoders(timer.window, timer.chunk)
         # Multi-step scheduling: GPU steps per group of decode steps (1: none).
         self.group_steps = schedulers[0].cfg.num_scheduler_steps
         # Runs need one engine (no pipeline, no DP ranks) and a timer without per-step side
@@ -428,7 +428,7 @@ class Instance:
         steady_decodes = 0 if steady is None else steady.in_flight
         if not entries and not steady_decodes:
             return None
-        batch = self._batch_shape(entries, now, steady, self.timer.window)
+        batch = self._batch_shape(entries, now, steady, self.timer.window, self.timer.chunk)
         cost = self.timer.step(batch)
         if speculator is not None:
             cost = speculator.add_proposals(entries, cost)
@@ -540,7 +540,9 @@ class Instance:
             steady = scheduler.steady
             if not entries and (steady is None or not steady.in_flight):
                 continue
-            batches.append(self._batch_shape(entries, now, steady, self.timer.window))
+            batches.append(
+                self._batch_shape(entries, now, steady, self.timer.window, self.timer.chunk)
+            )
             started.append((ve, entries))
             # KV copies over each rank's host links run before the (shared) forward pass.
             transfer = max(transfer, scheduler.take_transfer_seconds())
@@ -615,9 +617,11 @@ class Instance:
         now: float,
         steady: SteadyDecoders | None,
         window: int = 0,
+        chunk: int = 0,
     ) -> BatchShape:
         """The step's batch; ``window`` > 0: the model's sliding window, whose layers attend
-        min(context, window) tokens per decode sequence (``decode_local_context``)."""
+        min(context, window) tokens per decode sequence (``decode_local_context``); ``chunk``
+        > 0: its attention chunk, whose layers attend (context − 1) mod chunk + 1."""
         # Hot (every sequence, every step): Sequence properties read into locals.
         batch = BatchShape()
         prefill = batch.prefill
@@ -639,6 +643,8 @@ class Instance:
                 decode_context += computed + 1
                 if window:
                     local_context += computed + 1 if computed < window else window
+                elif chunk:
+                    local_context += computed % chunk + 1
             else:
                 prefill.append((num_new, computed))
                 if seq.first_scheduled_time < 0:
@@ -648,8 +654,8 @@ class Instance:
             num_decode += steady.in_flight
             decode_context += steady.in_flight_context
             num_sampled += steady.in_flight
-            # Steady decoders of such a model are all past the window (SteadyDecoders.join).
-            local_context += steady.in_flight * window
+            # Past the window, or inside their chunk till they finish (SteadyDecoders.join).
+            local_context += steady.in_flight_local_context
         batch.num_decode = num_decode
         batch.decode_context = decode_context
         batch.decode_local_context = local_context

@@ -34,7 +34,9 @@ def build_kv_cache(
     With pipeline parallelism the instance's blocks, swap space and offload tier are split
     evenly over its ``pp`` virtual engines (each serves its own requests). A block on one
     device is ``kv_bytes_per_token × block_size`` (its layers' and heads' shard); every device
-    of the instance moves its shard over its own host link in parallel.
+    of the instance moves its shard over its own host link in parallel. With sliding-window
+    KV a block holds one group of layers (MemoryPlan.kv_full_units); a sequence's blocks, swapped
+    or not, are all it holds.
     """
     block_bytes = memory.kv_bytes_per_token * memory.block_size
     devices = tp * pp
@@ -42,6 +44,8 @@ def build_kv_cache(
     num_blocks = memory.num_blocks // pp
     blocks: BlockManager
     if cfg.enable_prefix_caching:
+        if memory.kv_sliding_units:
+            raise ValueError("sliding-window KV with prefix caching: not yet supported")
         offload = None
         if cfg.kv_offload is not None:
             tier = cfg.kv_offload
@@ -56,7 +60,13 @@ def build_kv_cache(
             offload = OffloadTier(capacity, TransferLedger(link))
         blocks = PrefixCachingBlockManager(num_blocks, memory.block_size, offload)
     else:
-        blocks = BlockManager(num_blocks, memory.block_size)
+        blocks = BlockManager(
+            num_blocks,
+            memory.block_size,
+            memory.kv_full_units,
+            memory.kv_sliding_units,
+            memory.kv_sliding_blocks,
+        )
     swap = None
     if cfg.preemption == "swap":
         link = HostLink(host.bandwidth_gbps * 1e9, host.latency_us * 1e-6, block_bytes, devices)

@@ -13,6 +13,7 @@ devices attached (perf/pim.py) the KV cache lives in their memory instead of the
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from math import gcd
 
 from llmservingsim.hardware.device import GIB, DeviceSpec
 from llmservingsim.model.ops import kv_bytes_per_token_layer, shard_shape, weight_only_quantized
@@ -33,18 +34,31 @@ class MemoryPlan:
     kv_cache_on: str = "device"  # or "pim": the KV pool is the PIM devices' memory
     draft_gib: float = 0.0  # speculative proposer weights (draft model or head)
     lora_gib: float = 0.0  # LoRA adapter slots (max_loras × max_lora_rank)
+    # Sliding-window KV (gpt-oss, :func:`sliding_kv_layout`): a block holds ``block_size``
+    # tokens of a group of layers; each ``block_size`` tokens of a sequence take
+    # ``kv_full_units`` blocks for its full-attention layers and, up to ``kv_sliding_blocks``
+    # token blocks, ``kv_sliding_units`` for its sliding-window layers. Without sliding-window
+    # KV a block holds every layer: 1, 0, 0.
+    kv_full_units: int = 1
+    kv_sliding_units: int = 0
+    kv_sliding_blocks: int = 0
 
     @property
     def kv_tokens(self) -> int:
-        return self.num_blocks * self.block_size
+        """Tokens of context the pool holds for the full-attention layers (every layer when
+        there is no sliding-window KV); each sequence's sliding-window layers take at most
+        ``kv_sliding_units × kv_sliding_blocks`` blocks besides."""
+        return self.num_blocks // self.kv_full_units * self.block_size
 
     def as_dict(self) -> dict[str, float | int]:
-        # Draft and LoRA reservations are listed only when made, so a plain run's breakdown
-        # keeps its keys.
+        # Draft, LoRA and sliding-window entries are listed only when they apply, so a plain
+        # run's breakdown keeps its keys.
+        optional = {"draft_gib": 0.0, "lora_gib": 0.0, "kv_sliding_units": 0}
+        optional |= {"kv_full_units": 1, "kv_sliding_blocks": 0}
         out: dict[str, float | int] = {
             k: round(v, 4) if isinstance(v, float) else v
             for k, v in asdict(self).items()
-            if not (k in ("draft_gib", "lora_gib") and v == 0.0)
+            if not (k in optional and v == optional[k])
         }
         out["kv_tokens"] = self.kv_tokens
         return out
@@ -89,6 +103,29 @@ def stage_bounds(num_layers: int, pp: int) -> list[tuple[int, int]]:
         bounds.append((start, end))
         start = end
     return bounds
+
+
+def sliding_kv_layout(spec: ModelSpec, pp: int, block_size: int) -> tuple[int, int, int, int]:
+    """How a stage's KV splits when sliding-window layers keep only their window, as vLLM's
+    hybrid KV cache manager does (docs/models.md): ``(layers per block, full units, sliding
+    units, sliding token blocks)``.
+
+    The full-attention and the sliding-window layers of the stage with the most of each form
+    groups of ``g = gcd(full, sliding)`` layers; a block is ``block_size`` tokens of one group
+    (vLLM: one page size for all groups), so each ``block_size`` tokens of a sequence take
+    ``full / g`` blocks, plus ``sliding / g`` while the sequence is within
+    ``ceil((window − 1) / block_size) + 1`` token blocks: what vLLM's sliding-window manager
+    holds at most in decode (the window's blocks and the one the next token opens before the
+    oldest is freed). Without sliding-window layers: ``(layers, 1, 0, 0)``.
+    """
+    bounds = stage_bounds(spec.num_layers, pp)
+    sliding = max(sum(spec.is_sliding_layer(i) for i in range(a, b)) for a, b in bounds)
+    if not spec.has_sliding_layers or sliding == 0:
+        return layers_per_stage(spec.num_layers, pp), 1, 0, 0
+    full = max(sum(not spec.is_sliding_layer(i) for i in range(a, b)) for a, b in bounds)
+    group = gcd(full, sliding)
+    cap = -(-(spec.sliding_window - 1) // block_size) + 1
+    return group, full // group, sliding // group, cap
 
 
 def attention_params_per_device(spec: ModelSpec, tp: int) -> int:
@@ -201,6 +238,7 @@ def plan_memory(
     draft_weight_bytes: float = 0.0,
     draft_kv_bytes_per_token: float = 0.0,
     lora_bytes: float = 0.0,
+    sliding_kv: bool = False,
 ) -> MemoryPlan:
     """Memory breakdown of one device; ``num_blocks`` may be ≤ 0 when the model does not fit.
     With ``dp`` attention DP ranks each rank's devices hold that rank's KV cache: ``num_blocks``
@@ -210,13 +248,22 @@ def plan_memory(
     PIM devices' memory, and the device only has to hold weights and activations.
 
     A speculative draft model (or head) takes its weights and, per token, its own KV next to
-    the target's; reserved LoRA adapter slots (``lora_bytes``) come off the pool up front."""
+    the target's; reserved LoRA adapter slots (``lora_bytes``) come off the pool up front.
+
+    ``sliding_kv``: sliding-window layers keep only their window's KV (:func:`sliding_kv_layout`;
+    the caller rules out a draft's KV and PIM, whose blocks hold every layer)."""
     usable = device.memory_bytes * gpu_memory_utilization
     weights = weight_bytes_per_device(spec, dtype, tp, pp, ep, dp)
     activations = activation_peak_bytes(spec, dtype, tp, max_batched_tokens, max_seqs, ep, dp)
     reserved = device.reserved_memory_gib * GIB
     kv_pool = usable - weights - activations - reserved - draft_weight_bytes - lora_bytes
-    layers = layers_per_stage(spec.num_layers, pp)
+    if sliding_kv and (pim is not None or draft_kv_bytes_per_token):
+        raise ValueError("sliding-window KV blocks hold no draft KV and do not live in PIM")
+    layers, full_units, sliding_units, sliding_blocks = (
+        sliding_kv_layout(spec, pp, block_size)
+        if sliding_kv
+        else (layers_per_stage(spec.num_layers, pp), 1, 0, 0)
+    )
     kv_per_token = layers * kv_bytes_per_token_layer(spec, tp, kv_dtype) + draft_kv_bytes_per_token
     if pim is not None and kv_pool > 0:
         per_pim = pim.device.memory_bytes * gpu_memory_utilization
@@ -236,4 +283,7 @@ def plan_memory(
         kv_cache_on="device" if pim is None else "pim",
         draft_gib=draft_weight_bytes / GIB,
         lora_gib=lora_bytes / GIB,
+        kv_full_units=full_units,
+        kv_sliding_units=sliding_units,
+        kv_sliding_blocks=sliding_blocks,
     )

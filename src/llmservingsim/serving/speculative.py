@@ -138,12 +138,12 @@ def load_draft_model(cfg: SpeculativeConfig, target: ModelSpec, tp: int) -> Mode
             f"speculative.draft_model {cfg.draft_model!r}: its {draft.num_heads} heads do not "
             f"split over tensor_parallel={tp} (the draft runs with the target's TP)"
         )
-    if draft.has_sliding_layers:
+    if draft.has_local_layers:
         # A proposal pass (perf/speculative.ModelProposer) knows only the summed context,
-        # not each sequence's min(context, window).
+        # not each sequence's min(context, window) or place in its chunk.
         raise ConfigError(
             f"speculative.draft_model {cfg.draft_model!r}: a draft model with sliding-window "
-            "attention is not yet supported"
+            "or chunked attention is not yet supported"
         )
     return draft
 

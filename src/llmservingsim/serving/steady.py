@@ -2,7 +2,8 @@
 
 Once a request decodes one token in every step of its engine, its state after the engine's
 ``t``-th step is a straight line in ``t``: computed tokens, generated tokens and attended
-context each grow by one per step, its KV blocks by one every ``block_size`` steps, and its
+context each grow by one per step, its KV blocks by ``full_units`` every ``block_size`` steps
+(once its sliding-window layers hold all the blocks they will, BlockManager), and its
 inter-token gap is the engine's step-to-step gap. So a step needs only the sums over these
 requests (how many, their summed context, how many new blocks they take) and the few of them
 that finish at that step; nothing per request. A request's own fields are brought up to date
@@ -70,31 +71,40 @@ class SteadyDecoders:
         "_due",
         "_finish_steps",
         "_finishing",
+        "_local_base",
         "_members",
         "block_size",
         "blocks",
+        "chunk",
         "ended",
         "in_flight",
         "in_flight_context",
+        "in_flight_local_context",
         "last_end",
         "started",
         "window",
     )
 
-    def __init__(self, blocks: BlockManager, window: int = 0) -> None:
+    def __init__(self, blocks: BlockManager, window: int = 0, chunk: int = 0) -> None:
         self.blocks = blocks
         # The model's sliding window (0: none). Only requests past it join: their
         # sliding-window layers then attend ``window`` tokens every step, so the group's sum
         # of min(context, window) is ``window`` per member, exact without per-request state.
         self.window = window
+        # The model's attention chunk (0: none). Only requests that finish before their
+        # chunk ends join: their chunked layers' context ((context − 1) mod chunk + 1) then
+        # grows by one per step, a straight line like the context itself.
+        self.chunk = chunk
         self.block_size = blocks.block_size
         self.started = 0
         self.ended = 0
         self.last_end = 0.0  # when the engine's latest step ended
         self.in_flight = 0  # members decoding in the step in flight (0: the group sat it out)
         self.in_flight_context = 0
+        self.in_flight_local_context = 0  # what the local-attention layers attend in it
         self._members: dict[Sequence, _Member] = {}
         self._context_base = 0  # sum of (computed - t0 + 1): context at step t = base + n * t
+        self._local_base = 0  # the same of (computed mod chunk - t0 + 1) (chunked layers)
         self._due = [0] * self.block_size  # members taking a block at steps t ≡ r (mod size)
         self._finishing: dict[int, list[Sequence]] = {}
         self._finish_steps: list[int] = []  # heap of the keys of _finishing
@@ -107,22 +117,31 @@ class SteadyDecoders:
 
     def join(self, seq: Sequence) -> bool:
         """Make a running request that just sampled a token (and decodes next) a member;
-        False when its KV blocks do not follow the one-block-per-``block_size``-steps pattern
-        (it holds blocks reserved far ahead that it will outgrow: it stays one by one), or
-        when it attends fewer tokens than the model's sliding window."""
-        t0, size = self.started, self.block_size
+        False when its KV blocks do not follow the ``full_units``-blocks-per-``block_size``-
+        steps pattern (it holds blocks reserved far ahead that it will outgrow: it stays one by
+        one, or its sliding-window layers still take blocks), or when it attends fewer tokens
+        than the model's sliding window."""
+        t0, size, blocks = self.started, self.block_size, self.blocks
         computed, generated, held = seq.num_computed, seq.generated, len(seq.blocks)
         if computed + 1 < self.window:
             return False  # inside the window: its min(context, window) still grows
+        tokens_held = blocks.tokens_held(held)
+        if tokens_held < blocks.sliding_tokens:
+            return False  # its sliding-window layers still take blocks
         last_step = t0 + seq.spec.output_len - generated - 1
-        first_block = held * size - computed  # steps until it writes past its last block
+        chunk = self.chunk
+        if chunk and computed % chunk + last_step - t0 >= chunk:
+            return False  # it decodes past its chunk's end: its chunk context falls back
+        first_block = tokens_held - computed  # steps until it writes past its last block
         if first_block >= size and t0 + first_block <= last_step:
             return False
         if t0 + first_block <= last_step:
             due, residue = self._due, (t0 + first_block) % size
-            due[residue] = due[residue] + 1  # (an augmented assignment is generic compiled)
+            due[residue] = due[residue] + blocks.full_units  # (augmented: generic compiled)
         self._members[seq] = _Member(t0, computed, generated, held, last_step)
         self._context_base += computed - t0 + 1
+        if chunk:
+            self._local_base += computed % chunk - t0 + 1
         finishing = self._finishing.get(last_step)
         if finishing is None:
             self._finishing[last_step] = [seq]
@@ -133,11 +152,13 @@ class SteadyDecoders:
 
     def _leave(self, seq: Sequence) -> _Member:
         member = self._members.pop(seq)
-        first_block = member.blocks * self.block_size - member.computed
+        first_block = self.blocks.tokens_held(member.blocks) - member.computed
         if member.t0 + first_block <= member.last_step:
             due, residue = self._due, (member.t0 + first_block) % self.block_size
-            due[residue] = due[residue] - 1
+            due[residue] = due[residue] - self.blocks.full_units
         self._context_base -= member.computed - member.t0 + 1
+        if self.chunk:
+            self._local_base -= member.computed % self.chunk - member.t0 + 1
         return member
 
     def sync(self) -> None:
@@ -175,6 +196,11 @@ class SteadyDecoders:
         if in_step:
             self.in_flight -= 1
             self.in_flight_context -= member.computed - member.t0 + self.started
+            if self.window:
+                self.in_flight_local_context -= self.window
+            elif self.chunk:
+                local = member.computed % self.chunk - member.t0 + self.started
+                self.in_flight_local_context -= local
         self._sync(seq, self._leave(seq), claim=False)
         if in_step and not self.in_flight:
             # It was the step's only member: the group sits that step out after all (only
@@ -188,11 +214,11 @@ class SteadyDecoders:
         """Sync every member and end the group: the scheduler takes them one by one again."""
         self.sync()
         self._members.clear()
-        self._context_base = 0
+        self._context_base = self._local_base = 0
         self._due = [0] * self.block_size
         self._finishing.clear()
         self._finish_steps.clear()
-        self.in_flight = self.in_flight_context = 0
+        self.in_flight = self.in_flight_context = self.in_flight_local_context = 0
 
     # ------------------------------------------------------------------ steps
 
@@ -207,11 +233,15 @@ class SteadyDecoders:
         count = len(self._members)
         self.in_flight = count
         if not count:
-            self.in_flight_context = 0
+            self.in_flight_context = self.in_flight_local_context = 0
             return
         step = self.started
         self.blocks.reserve(self._due[step % self.block_size])
         self.in_flight_context = self._context_base + count * step
+        if self.window:
+            self.in_flight_local_context = self.window * count
+        elif self.chunk:
+            self.in_flight_local_context = self._local_base + count * step
         self.started = step + 1
 
     def end_step(self, now: float, itl: RepeatedSamples) -> list[Sequence]:
@@ -222,7 +252,7 @@ class SteadyDecoders:
         if not self.in_flight:
             return []
         itl.add(now - previous, self.in_flight)
-        self.in_flight = self.in_flight_context = 0
+        self.in_flight = self.in_flight_context = self.in_flight_local_context = 0
         step = self.ended
         self.ended = step + 1
         finishing = self._finishing.get(step)

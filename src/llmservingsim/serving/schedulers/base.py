@@ -99,10 +99,11 @@ class Scheduler(ABC):
             type(blocks).take_transfer_seconds is not BlockManager.take_transfer_seconds
         )
 
-    def keep_steady_decoders(self, window: int = 0) -> bool:
+    def keep_steady_decoders(self, window: int = 0, chunk: int = 0) -> bool:
         """Handle steady decoders as a group from now on, where the policy and the block
         manager allow it (KV blocks that only grow, no per-request step changes); whether it
-        does. ``window``: the model's sliding window (0: none; SteadyDecoders.join)."""
+        does. ``window``, ``chunk``: the model's sliding window and attention chunk (0: none;
+        SteadyDecoders.join)."""
         # Multi-step groups (serving/instance.py) keep a batch for several steps as entries
         # of their own: no steady group beside them.
         if not (
@@ -113,7 +114,7 @@ class Scheduler(ABC):
             and not self.running
         ):
             return False
-        self.steady = SteadyDecoders(self.blocks, window)
+        self.steady = SteadyDecoders(self.blocks, window, chunk)
         return True
 
     @classmethod

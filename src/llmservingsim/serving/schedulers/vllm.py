@@ -94,6 +94,7 @@ class VllmScheduler(Scheduler):
         preempted = False
         running, blocks = self.running, self.blocks
         block_size = blocks.block_size
+        sliding_kv = blocks.sliding_units > 0
         only_grows = self.blocks.allocation_only_grows
         lookahead = self.lookahead
         ahead = self.decode_slots_ahead
@@ -106,7 +107,12 @@ class VllmScheduler(Scheduler):
             num_new = wanted if wanted < budget else budget
             reserve = self.kv_tokens(seq, seq.num_computed, num_new) if ahead else num_new
             # Most decode steps need no new block: then try_allocate would do nothing.
-            fits = only_grows and seq.num_computed + reserve <= len(seq.blocks) * block_size
+            if sliding_kv:
+                fits = only_grows and blocks.blocks_needed(seq.num_computed + reserve) <= len(
+                    seq.blocks
+                )
+            else:
+                fits = only_grows and seq.num_computed + reserve <= len(seq.blocks) * block_size
             preempted_itself = False
             while not (fits or blocks.try_allocate(seq, reserve)):
                 k = self.victim_index()
