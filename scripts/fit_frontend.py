@@ -21,13 +21,19 @@ Two data sets, one per vLLM version (shared/data/README.md §9, §10):
   Qwen2.5-7B, Mistral-Nemo-12B TP1/2, Yi-34B TP2, Llama-4-Scout fp8 TP2, Llama-3.1-70B TP4).
   Fitted on all those rows:
   - ``step_overhead_us``, ``per_seq_overhead_us``: ITL measured − simulated with no host
-    overhead = step + per_seq × mean batch (Little: rate × simulated E2E);
+    overhead = step + per_seq × the measured concurrency (Little: rate × measured mean E2E;
+    the simulated one, shorter without the overhead, under-states the batches the fitted
+    overhead then meets), with per_seq at most :func:`per_seq_bound` (from vLLM 0.15.1's
+    measured TPOT over concurrency in AIConfigurator's silicon sample: needs
+    aiconfigurator-core), since the blis batches (4–67 sequences) do not tell the two apart;
   - ``request_overhead_us``, ``per_prompt_token_us``: TTFT measured − simulated (with the
     fitted step overhead and async scheduling) = fixed + per_token × prompt.
     A fixed cost on the way out (detokenize/stream) adds to TTFT and E2E alike and cannot be
     told from the fixed cost on the way in with these metrics: it is carried in
     ``request_overhead_us`` and ``token_out_us`` stays 0.
-  Each stage is simulated for its first ``--stage-seconds`` (default 300) of arrivals.
+  Each stage is simulated for its first ``--stage-seconds`` (default 300) of arrivals, with
+  each stage's output length as its measured metrics give it (validate/sources.py
+  ``blis_stage_outputs``).
 Every fit is a non-negative, robust (soft-L1, 10 % scale) least-squares fit of the relative
 error (the residual divided by the measured value, as validate reports errors). Async
 scheduling is on in both (vLLM's default since PR #27614; docs/engines.md).
@@ -48,6 +54,14 @@ from scipy.optimize import least_squares, nnls
 
 from llmservingsim.config import build_config
 from llmservingsim.simulation import load_requests, simulate
+from llmservingsim.validate.sources import (
+    BLIS_PROMPT_GROUPS,
+    BLIS_PROMPTS_PER_GROUP,
+    blis_arrivals,
+    blis_stage_outputs,
+    silicon_path,
+    silicon_rows,
+)
 from llmservingsim.workload.request_spec import RequestSpec, TokenContent
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +70,7 @@ FITS = ROOT / "src" / "llmservingsim" / "data" / "engines" / "fits" / "vllm.yaml
 VLLM019 = "reference/vllm019_rtxpro6000_llama31_8b/requests.jsonl"
 VLLM019_TRACE = "traces/llmservingsim/main/sharegpt-llama-3.1-8b-300-sps10.jsonl"
 BLIS = "reference/blis_trainval/groundtruth.csv"
+VLLM015 = "0.15.1"  # the blis runs' version, and the silicon-sample points that bound its fit
 # every model of the benchmark (13 experiments, 21 stage rows), as validate maps them
 BLIS_MODELS = {
     "Qwen/Qwen2.5-7B-Instruct": "qwen2.5-7b",
@@ -112,16 +127,20 @@ def simulate_vllm019(
     }
 
 
-def relative_nnls(design: np.ndarray, measured: np.ndarray, simulated: np.ndarray) -> np.ndarray:
+def relative_nnls(
+    design: np.ndarray,
+    measured: np.ndarray,
+    simulated: np.ndarray,
+    upper: np.ndarray | None = None,
+) -> np.ndarray:
     """Non-negative x minimizing the relative errors r = (simulated + design·x − measured) /
     measured (as validate reports errors, so rows of small and large models weigh alike) in
     a robust least-squares sense: soft-L1 loss with a 10 % scale, so one row that misses for
     another reason (a KV-starved run) does not set the parameters of every other row."""
     a, b = design / measured[:, None], (measured - simulated) / measured
-    start, _ = nnls(a, b)
-    fit = least_squares(
-        lambda x: a @ x - b, start, bounds=(0.0, np.inf), loss="soft_l1", f_scale=0.1
-    )
+    high = np.full(design.shape[1], np.inf) if upper is None else upper
+    start = np.minimum(nnls(a, b)[0], high)
+    fit = least_squares(lambda x: a @ x - b, start, bounds=(0.0, high), loss="soft_l1", f_scale=0.1)
     return np.asarray(fit.x)
 
 
@@ -183,33 +202,31 @@ def fit_vllm019(data: Path, train: np.ndarray | None = None) -> dict[str, Any]:
 
 
 def blis_stages(data: Path) -> list[dict[str, Any]]:
+    """Every stage row of a catalog model, each with its experiment's per-stage output
+    lengths (``outputs``) as the measured metrics give them."""
     with (data / BLIS).open() as f:
         rows = [r for r in csv.DictReader(f) if r["model"] in BLIS_MODELS]
-    return [r for r in rows if int(r["stage_index"]) >= 0]
+    outputs = blis_stage_outputs(rows)
+    return [{**r, "outputs": outputs[r["exp_id"]]} for r in rows if int(r["stage_index"]) >= 0]
 
 
-def blis_requests(exp: dict[str, Any], stage_seconds: float, seed: int) -> list[RequestSpec]:
-    """inference-perf's shared-prefix workload as the runs sent it (data README §10): 100
-    fixed prompts (10 system prompts × 10 questions) cycled in order, Poisson arrivals per
-    stage, fixed output length (ignore_eos)."""
-    rng = np.random.default_rng(seed)
+def blis_requests(
+    exp: dict[str, Any], outputs: list[int], stage_seconds: float, seed: int
+) -> list[RequestSpec]:
+    """inference-perf's shared-prefix workload as the runs sent it (data README §10), from
+    validate's generator (validate/sources.py): 100 fixed prompts (10 system prompts × 10
+    questions) cycled in order, Poisson arrivals per stage, each stage's output length as
+    its measured metrics give it (``outputs``, :func:`blis_stage_outputs`)."""
     system, question = int(exp["system_prompt_len"]), int(exp["question_len"])
-    output = int(exp["output_len"])
+    per_group = BLIS_PROMPTS_PER_GROUP
+    pool = BLIS_PROMPT_GROUPS * per_group
     specs: list[RequestSpec] = []
-    start = 0.0
-    for stage in exp["stages"].split(";"):
-        rate_text, _, duration_text = stage.partition(" x ")
-        rate, duration = float(rate_text.rstrip("rps")), float(duration_text.rstrip("s"))
-        end = start + min(duration, stage_seconds)
-        t = start + rng.exponential(1 / rate)
-        while t < end:
-            k = len(specs) % 100
-            runs = ((k // 10, system), (1000 + k, question))
-            specs.append(
-                RequestSpec(len(specs), t, system + question, output, TokenContent("blis", runs))
-            )
-            t += rng.exponential(1 / rate)
-        start = end
+    for i, (t, stage) in enumerate(blis_arrivals(exp, seed, stage_seconds)):
+        k = i % pool
+        runs = ((k // per_group, system), (pool * 10 + k, question))
+        specs.append(
+            RequestSpec(i, t, system + question, outputs[stage], TokenContent("blis", runs))
+        )
     return specs
 
 
@@ -247,7 +264,9 @@ def simulate_blis(
     for row in stages:
         key = (row["exp_id"], json.dumps(frontend, sort_keys=True), stage_seconds)
         if key not in _RUNS:
-            specs = blis_requests(row, stage_seconds, seed=int(row["exp_id"]) % 2**31)
+            specs = blis_requests(
+                row, row["outputs"], stage_seconds, seed=int(row["exp_id"]) % 2**31
+            )
             _RUNS[key] = simulate(blis_config(row, frontend), requests=specs).metrics.requests
         log = _RUNS[key]
         order = np.argsort(log.column("id"))
@@ -260,11 +279,49 @@ def simulate_blis(
             duration = float(stage.partition(" x ")[2].rstrip("s"))
             bounds.append(bounds[-1] + min(duration, stage_seconds))
         sel = (arrival >= bounds[index]) & (arrival < bounds[index + 1])
-        out = int(row["output_len"])
+        out = float(log.column("output_tokens")[order][sel].mean())
         t, e = float(ttft[sel].mean()), float(e2e[sel].mean())
         rate = float(row["stage_rate_rps"])
         results.append({"ttft": t, "e2e": e, "itl": (e - t) / (out - 1), "batch": rate * e})
     return results
+
+
+def per_seq_bound() -> tuple[float, str]:
+    """Upper bound (seconds) on the per-sequence host time of vLLM 0.15.1, and what it rests
+    on: AIConfigurator's measured vLLM 0.15.1 TPOT points (systems/silicon_sample.csv of the
+    installed aiconfigurator-core; InferenceX's streaming HTTP client at 4–128 concurrent
+    clients). Within one group (GPU, model, precision, TP, input/output length) a further
+    sequence in every step costs at most the host's per-sequence time plus the GPU's growth,
+    so the group's TPOT slope between its two highest concurrencies bounds the host term from
+    above; the smallest slope over the groups is the bound. The blis runs hold 4–67
+    sequences, too few to tell a per-step from a per-sequence cost (calibration.md §9)."""
+    path = silicon_path()
+    if path is None:
+        raise SystemExit(
+            "error: the vllm@0.15 fit needs aiconfigurator-core (pip install "
+            "'aiconfigurator-core>=0.12'): its vLLM 0.15.1 TPOT points bound the "
+            "per-sequence host time"
+        )
+    groups: dict[tuple[str, ...], dict[int, float]] = {}
+    for row in silicon_rows(path, per_group=None):
+        if row["engine_version"] != VLLM015 or row["metric"] != "tpot_mean":
+            continue
+        key = tuple(
+            row[k]
+            for k in ("hardware", "model", "dtype", "tensor_parallel", "input_len", "output_len")
+        )
+        groups.setdefault(key, {})[int(row["concurrency"])] = float(row["value"]) * 1e-3
+    slopes = []
+    for points in groups.values():
+        if len(points) >= 2:
+            low, high = sorted(points)[-2:]
+            slopes.append(((points[high] - points[low]) / (high - low), high))
+    bound = min(slope for slope, _ in slopes)
+    where = (
+        f"AIConfigurator silicon_sample.csv, vLLM {VLLM015} TPOT: smallest slope over "
+        f"concurrency at the two highest concurrencies of each of {len(slopes)} groups"
+    )
+    return max(bound, 0.0), where
 
 
 def fit_vllm015(
@@ -276,9 +333,17 @@ def fit_vllm015(
     meas_ttft = np.array([float(r["ttft_mean_ms"]) for r in stages]) * 1e-3
     prompt = np.array([int(r["system_prompt_len"]) + int(r["question_len"]) for r in stages])
     sim0 = simulate_blis(stages, {**NO_HOST, "async_scheduling": True}, stage_seconds)
-    batch = np.array([s["batch"] for s in sim0])
+    # the measured concurrency (Little: rate × measured mean E2E), not the simulated one: the
+    # simulation without host overhead has shorter requests, so fewer of them at once, and a
+    # per-sequence term fitted on its batches over-charges once the fitted overhead lengthens
+    # every request (the batch grows with the overhead it pays)
+    meas_e2e = np.array([float(r["e2e_mean_ms"]) for r in stages]) * 1e-3
+    batch = np.array([float(r["stage_rate_rps"]) for r in stages]) * meas_e2e
     design = np.column_stack([np.ones_like(batch), batch])
-    step, per_seq = relative_nnls(design, meas_itl, np.array([s["itl"] for s in sim0]))
+    seq_bound, bound_data = per_seq_bound()
+    step, per_seq = relative_nnls(
+        design, meas_itl, np.array([s["itl"] for s in sim0]), np.array([np.inf, seq_bound])
+    )
     host = {"step_overhead_us": float(step) * 1e6, "per_seq_overhead_us": float(per_seq) * 1e6}
     sim1 = simulate_blis(stages, {**ZERO, **host, "async_scheduling": True}, stage_seconds)
     design = np.column_stack([np.ones(len(prompt)), prompt.astype(float)])
@@ -298,9 +363,9 @@ def fit_vllm015(
         f"{', '.join(exps)}: vLLM 0.15.1, H100, client-side HTTP streaming)",
         "fitted_on": {
             "step_overhead_us": "ITL measured - simulated without host overhead = step + "
-            "per_seq x mean batch, robust non-negative least squares on relative error, "
-            f"{len(stages)} rows",
-            "per_seq_overhead_us": "(same fit)",
+            "per_seq x measured concurrency (stage rate x measured mean E2E), robust "
+            f"non-negative least squares on relative error, {len(stages)} rows",
+            "per_seq_overhead_us": f"(same fit), at most {seq_bound * 1e6:.1f} us: {bound_data}",
             "request_overhead_us": "TTFT measured - simulated (fitted step overhead, async "
             f"scheduling) = fixed + per_token x prompt, robust non-negative least squares on "
             "relative "

@@ -465,7 +465,7 @@ def _blis(tmp_path: Path) -> Path:
     lines = [
         BLIS_HEADER,
         f"{common},0,2.0,4,100,110,120,20,25,30,10,x",
-        f"{common},1,4.0,3,100,110,120,20,25,30,10,x",
+        f"{common},1,4.0,3,90,110,120,20,25,30,10,x",
         f"{common},-1,,,100,110,120,20,25,30,10,x",
     ]
     path = tmp_path / "data" / "reference" / "blis_trainval" / "groundtruth.csv"
@@ -487,7 +487,11 @@ def test_blis_trace_cycles_a_pool_of_100_prompts_over_the_stages(tmp_path: Path)
     records = [json.loads(line) for line in trace.read_text().splitlines()]
     arrivals = [r["arrival_time_ns"] / 1e9 for r in records]
     assert arrivals == sorted(arrivals) and arrivals[-1] < 7.0
-    assert all(r["input_toks"] == 48 and r["output_toks"] == 8 for r in records)
+    # each stage's output length is the one its metrics record: (E2E − TTFT) / ITL + 1 (the
+    # benchmark's ITL), 9 and 8 tokens here, not the profile's output_len of 8
+    assert all(r["input_toks"] == 48 for r in records)
+    outputs = {(r["arrival_time_ns"] >= 4e9, r["output_toks"]) for r in records}
+    assert outputs == {(False, 9), (True, 8)}
     # the shared system prompt of a group, and the same prompt again 100 requests later
     assert records[0]["input_tok_ids"][:32] == records[1]["input_tok_ids"][:32]
     assert records[0]["input_tok_ids"][32:] != records[1]["input_tok_ids"][32:]
