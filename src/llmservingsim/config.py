@@ -813,20 +813,22 @@ class SchedulerConfig(_Section):
     for up to this many such steps, until the step's tokens reach
     ``batch_wait_max_tokens_ratio`` of ``max_num_batched_tokens`` (docs/engines.md). Needs a
     chunked-prefill policy (vllm, sarathi, no_evict, priority) and no attention data
-    parallelism. 0 (with ratio 0): off."""
+    parallelism. Set both this and the ratio (either limit releases the held requests, so a 0
+    releases them at once); 0 with ratio 0: off."""
     batch_wait_max_tokens_ratio: Annotated[
         float, NotBool, Field(ge=0.0, le=1.0, allow_inf_nan=False)
     ] = 0.0
     """Batch waiting (TensorRT-LLM's ``batch_wait_max_tokens_ratio``): the held context
     requests start once the step's tokens (their whole prompts plus one per generation
-    request) reach this share of ``max_num_batched_tokens``. 0: only the timeout releases
-    them."""
+    request) reach this share of ``max_num_batched_tokens``, or after
+    ``batch_wait_timeout_iters`` steps; set both (0 with timeout 0: off)."""
     recv_interval: int = Field(default=1, ge=1, le=10**6, strict=True)
     """How often the scheduler takes in new requests (SGLang's ``--scheduler-recv-interval``):
     each scheduling pass adds 1 after a decode-only step and 1000 after a step with context
     (prefill) requests, and arrivals are taken in once the count reaches this (then it starts
     again); after a pass that ran nothing they are taken in at once (docs/engines.md). Needs
-    a chunked-prefill policy and no attention data parallelism. 1: every pass."""
+    a chunked-prefill policy other than priority and no attention data parallelism. 1: every
+    pass."""
     attention_dp_balance: AttentionDpBalanceConfig | None = None
     """Context balancing across attention data-parallel ranks (TensorRT-LLM's
     ``attention_dp_config`` with ``enable_balance: true``): context requests start only in a

@@ -226,6 +226,9 @@ def _check_context_holding(cfg: SimConfig, pools: list[PoolConfig]) -> None:
     for name, used in unsupported.items():
         if used:
             raise ConfigError(f"{what} with {name} is not yet supported")
+    if receiving and sched.policy == "priority":
+        # The priority queue places an arrival by rank, ahead of ones already taken in.
+        raise ConfigError(f"{what} with scheduler.policy: priority is not yet supported")
     dp = any(p.data_parallel > 1 for p in pools)
     if receiving and dp:
         raise ConfigError(f"{what} with cluster.data_parallel > 1 is not yet supported")
@@ -238,6 +241,16 @@ def _check_context_holding(cfg: SimConfig, pools: list[PoolConfig]) -> None:
         raise ConfigError(
             "scheduler.attention_dp_balance needs attention data-parallel ranks: set "
             "cluster.data_parallel > 1 or remove it"
+        )
+    timeout, ratio = sched.batch_wait_timeout_iters, sched.batch_wait_max_tokens_ratio
+    if waiting and (timeout == 0 or ratio == 0):
+        # TensorRT-LLM releases the held requests when either limit is reached: a limit of 0
+        # is reached at once, so one of the two alone holds nothing.
+        unset = "batch_wait_timeout_iters" if timeout == 0 else "batch_wait_max_tokens_ratio"
+        raise ConfigError(
+            f"scheduler.{unset}: 0 releases held context requests at once, so batch waiting "
+            "needs both batch_wait_timeout_iters > 0 and batch_wait_max_tokens_ratio > 0 "
+            "(TensorRT-LLM's two limits; either one releases them)"
         )
 
 
@@ -275,6 +288,12 @@ def _check_multi_step(cfg: SimConfig, pools: list[PoolConfig]) -> None:
     for what, used in unsupported.items():
         if used:
             raise ConfigError(f"{where} with {what} is not yet supported")
+    if load_model(cfg.model).has_local_layers:
+        # A group's later steps carry no per-layer local context (and vLLM 0.6 predates these
+        # models).
+        raise ConfigError(
+            f"{where} with {cfg.model}'s sliding-window or chunked attention is not yet supported"
+        )
 
 
 def uses_lora(cfg: SimConfig) -> bool:
@@ -422,6 +441,8 @@ def sliding_kv(cfg: SimConfig, model: ModelSpec, pim: bool, draft_kv: bool) -> b
         "scheduler.enable_prefix_caching": cfg.scheduler.enable_prefix_caching,
         "a speculative draft's KV cache": draft_kv,
         "pim.enabled": pim,
+        # the layout counts blocks per full-attention group (serving/memory.py)
+        "no full-attention layer": model.num_sliding_layers >= model.num_layers,
     }
     blocker = next((what for what, on in blockers.items() if on), None)
     if blocker is None:

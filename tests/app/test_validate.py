@@ -324,7 +324,8 @@ def test_inferencex_expert_parallel_points_run_on_the_recipes_gpus(tmp_path: Pat
         f"p_c64_tp4_ep4_1,{dump},{model},64,16,1,1,4,4,300,20",  # the product in tp_size
         f"q_c64_tp4_ep4_2,{dump},{model},4,1,1,16,4,4,300,20",  # in attention_dp_size
         f"r_c64_tp4_ep4_3,{dump},{model},64,4,1,1,1,4,300,20",  # written as run
-        f"s_c64_cfg9,{dump},{model},64,16,1,1,4,4,300,20",  # no layout in the id
+        f"s_c64_cfg9,{dump},{model},64,16,1,1,4,4,300,20",  # no layout in the id, > 8 GPUs
+        f"u_c64_cfg8,{dump},{model},64,4,1,1,2,2,300,20",  # no layout in the id, one node
         f'n_c64,"source_file=/x/aic-auto-gap-analysis/m.csv",{model},64,16,1,1,4,4,300,20',
     ]
     path = tmp_path / "silicon_sample.csv"
@@ -340,6 +341,7 @@ def test_inferencex_expert_parallel_points_run_on_the_recipes_gpus(tmp_path: Pat
     assert layouts["p_c64_tp4_ep4_1"] == ("4", "moe_ep=4; concurrency 64")
     assert layouts["r_c64_tp4_ep4_3"] == ("4", "moe_ep=4; concurrency 64")
     assert layouts["s_c64_cfg9"][0] == "4"
+    assert rows["aic_u_c64_cfg8_ttft_mean"]["tensor_parallel"] == "4"  # as written
     assert layouts["n_c64"][0] == "16"  # not an InferenceX point: its columns as written
     dp = rows["aic_q_c64_tp4_ep4_2_ttft_mean"]
     assert (dp["tensor_parallel"], dp["num_gpus"], dp["concurrency"]) == ("1", "4", "64")

@@ -204,5 +204,10 @@ def test_fp4_runs_on_blackwell_with_an_fp8_kv_cache_and_is_refused_elsewhere() -
     # compute bound: the fp4 peak (2x fp8) on its own measured curve
     assert fp4 == pytest.approx(fp8 * rate["fp8"] / rate["fp4"], rel=0.05)
     assert simulate(cfg).summary["requests_completed"] == 20
+    # attention's matmuls run in fp8 at most: a long prefill is timed as under fp8, not fp4
+    attention = graph.prefill_attention(8192, 0)
+    assert RooflineBackend(device, "fp4").time(attention) == pytest.approx(
+        RooflineBackend(device, "fp8").time(attention), rel=1e-12
+    )
     with pytest.raises(ConfigError, match="dtype fp4: device 'h100-sxm' has no FP4 tensor cores"):
         simulate(load_config(None, ["dtype=fp4", "workload.num_requests=5"]))

@@ -104,6 +104,23 @@ def test_batch_waiting_holds_a_context_beside_decodes_for_the_timeout() -> None:
     assert result.summary["requests_completed"] == 2
 
 
+@pytest.mark.parametrize("policy", ["vllm", "priority", "no_evict", "sarathi"])
+def test_batch_waiting_is_the_same_with_and_without_fast_forward(policy: str) -> None:
+    specs = decode_then_arrival()
+    sets = [
+        "model=llama-3.2-1b",
+        f"scheduler.policy={policy}",
+        "scheduler.batch_wait_timeout_iters=5",
+        "scheduler.batch_wait_max_tokens_ratio=1",
+    ]
+    fast, slow = (
+        simulate(load_config(None, [*sets, f"simulator.fast_forward={ff}"]), requests=specs)
+        for ff in ("true", "false")
+    )
+    assert ttft(fast, 1) == pytest.approx(ttft(slow, 1), rel=1e-9)
+    assert ttft(fast, 0) == pytest.approx(ttft(slow, 0), rel=1e-9)
+
+
 def test_batch_waiting_releases_at_once_when_the_tokens_reach_the_ratio() -> None:
     specs = decode_then_arrival()
     # 64 prompt tokens + 1 decode = 65 >= 0.005 × 8192 = 41: no wait.
@@ -231,6 +248,18 @@ def test_ranks_start_together_when_every_rank_has_a_context() -> None:
         (
             (*MOE, "scheduler.recv_interval=10"),
             ("recv_interval=10", "data_parallel", "not yet supported"),
+        ),
+        (
+            ("scheduler.recv_interval=10", "scheduler.policy=priority"),
+            ("recv_interval=10", "policy: priority", "not yet supported"),
+        ),
+        (
+            ("scheduler.batch_wait_timeout_iters=5",),
+            ("batch_wait_max_tokens_ratio", "both"),
+        ),
+        (
+            ("scheduler.batch_wait_max_tokens_ratio=0.5",),
+            ("batch_wait_timeout_iters", "both"),
         ),
     ],
 )

@@ -216,6 +216,8 @@ def test_one_step_is_the_engine_without_groups(tmp_path: Path) -> None:
         (("speculative.method=ngram",), "not supported by vLLM 0.6"),
         (("cluster.pipeline_parallel=2",), "not yet supported"),
         (("frontend.enabled=true", "frontend.async_scheduling=true"), "not yet supported"),
+        (("model=gpt-oss-20b", "dtype=int4"), "sliding-window or chunked attention"),
+        (("model=llama-4-scout", "dtype=fp8", "cluster.tensor_parallel=2"), "not yet supported"),
     ],
 )
 def test_combinations_that_are_not_supported_are_refused(

@@ -8,7 +8,10 @@ docs/models.md).
 
 from __future__ import annotations
 
+import json
 import warnings
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -185,3 +188,22 @@ def test_steady_decoders_join_once_the_sliding_blocks_are_all_held() -> None:
     assert not steady.join(decoding(0, 128))
     assert steady.join(decoding(1, 140))  # 9 token blocks: the sliding layers hold all theirs
     assert steady.blocks_due(steady.started + 4) == 1  # its next block: token 145, 4 steps on
+
+
+def test_a_model_without_full_attention_layers_keeps_full_kv_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """The layout counts blocks per full-attention group: a model whose every layer slides
+    keeps its KV for the whole context (with a warning) instead of dividing by zero."""
+    source = Path(str(resources.files("llmservingsim") / "data" / "models" / "gpt-oss-20b.json"))
+    cfg = json.loads(source.read_text())
+    cfg["layer_types"] = ["sliding_attention"] * cfg["num_hidden_layers"]
+    path = tmp_path / "all-sliding.json"
+    path.write_text(json.dumps(cfg))
+    requests = [RequestSpec(i, 0.0, 300, 20) for i in range(4)]
+    with pytest.warns(InputWarning, match="with no full-attention layer, the KV cache"):
+        summary = simulate(
+            load_config(None, [f"model={path}", "dtype=int4"]), requests, check_invariants=True
+        ).summary
+    assert summary["requests_completed"] == 4
+    assert "kv_sliding_units" not in summary["memory"]

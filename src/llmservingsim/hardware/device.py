@@ -98,8 +98,9 @@ class MemoryOpEfficiency(_Strict):
     min_rows: Tokens = Field(default=1.0, ge=1, description="rows of one full wave")
 
 
-GemmDtype = Literal["fp8", "fp4", "int8", "int4"]
-"""Compute dtypes with a GEMM curve of their own (bf16's is the top-level one)."""
+GemmDtype = Literal["fp8", "fp4"]
+"""Compute dtypes with a GEMM curve of their own (bf16's is the top-level one; int8 and int4
+weights are weight-only, computed in 16 bits on bf16's curve)."""
 
 
 class DtypeGemm(_Strict):

@@ -100,6 +100,7 @@ def _int(text: str) -> int | None:
 # An InferenceX point's id names the recipe's layout: ``…_tp<N>[_0]_ep<M>…`` (``TP`` and
 # ``EP_SIZE`` of its launch script, one node of N GPUs).
 INFERENCEX_LAYOUT = re.compile(r"_tp(\d+)(?:_0)?_ep(\d+)")
+NODE_GPUS = 8  # GPUs of the node InferenceX's single-node launch scripts run on
 
 
 def silicon_layout(p: dict[str, str]) -> tuple[int, int, int]:
@@ -114,14 +115,19 @@ def silicon_layout(p: dict[str, str]) -> tuple[int, int, int]:
     and the id's TP = moe_tp_size (194 points in aiconfigurator-core 0.12); such points run on
     moe_tp_size GPUs, the attention tensor-parallel over them, or data-parallel when the dump
     says attention DP (the recipe's ``DP_ATTENTION``), and the experts split EP = moe_ep_size
-    ways. Other points keep their columns."""
+    ways. A point whose id does not name its layout is read so only where the written count
+    exceeds the 8 GPUs of one node (123 points); other points keep their columns."""
     tp = _int(p["tp_size"]) or 1
     dp = _int(p["attention_dp_size"]) or 1
     ep = _int(p["moe_ep_size"]) or 1
     moe_tp = _int(p["moe_tp_size"]) or 1
     if silicon_client(p["silicon_data_source"]) == "inferencex" and moe_tp > 1 and ep > 1:
         named = INFERENCEX_LAYOUT.search(p["id"])
-        if named is None or (int(named[1]), int(named[2])) == (moe_tp, ep):
+        # An id without a layout: only where the written GPU count exceeds one node of the
+        # single-node launch scripts (8 GPUs); below, AIConfigurator's own reading stands.
+        if (named is None and tp * dp > NODE_GPUS) or (
+            named is not None and (int(named[1]), int(named[2])) == (moe_tp, ep)
+        ):
             if tp == moe_tp * ep and dp == 1:
                 return moe_tp, 1, ep
             if dp == moe_tp * ep and tp == 1:

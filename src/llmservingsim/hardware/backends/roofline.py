@@ -48,9 +48,15 @@ class RooflineBackend:
         self._gemm_launch = launch_us * 1e-6
         self._compute_max = compute_max
         self._half_m = half_m
-        # Attention in a narrower dtype gains what that dtype's saturated GEMMs gain over bf16.
-        self._attention_flops = self._peak * eff.attention_compute * compute_max / eff.compute_max
-        self._decode_flops = self._peak * self._compute_max  # decode attention's compute rate
+        # Attention in a narrower dtype gains what that dtype's saturated GEMMs gain over bf16;
+        # no engine runs attention's matmuls in fp4 (fp4 models run it in fp8 at most).
+        attention_dtype = "fp8" if dtype == "fp4" else dtype
+        attention_peak = device.peak_flops(attention_dtype)
+        attention_max = eff.gemm_curve(attention_dtype)[0]
+        self._attention_flops = (
+            attention_peak * eff.attention_compute * attention_max / eff.compute_max
+        )
+        self._decode_flops = attention_peak * attention_max  # decode attention's compute rate
         self._memory_ops = {
             name: (
                 device.memory_bandwidth * tuned.efficiency,

@@ -110,7 +110,8 @@ class PriorityScheduler(VllmScheduler):
         # As for ``vllm`` (a refused request stays refused while the free pool only shrinks),
         # unless a waiting request outranks a running one: it may preempt it once the pool is
         # short, which only a step scheduled on its own finds.
-        return self.blocks.fast_forward_safe and not self.waiting_outranks()
+        # Held-back context requests (batch waiting) count steps, as for vllm.
+        return super().repeats_decode() and not self.waiting_outranks()
 
     def waiting_outranks(self) -> bool:
         """Whether the head of the queue has a smaller priority value than a running request
