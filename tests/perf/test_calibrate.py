@@ -75,6 +75,19 @@ def test_vectorized_prediction_is_the_roofline_backend(synthetic_table: Path) ->
     assert predict(device, "bf16", TRUE, ops) == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "fp8", "fp4"])
+def test_vectorized_prediction_is_the_roofline_backend_per_dtype(
+    synthetic_table: Path, dtype: str
+) -> None:
+    """GEMMs on the dtype's own curve, attention at fp8 at most (fp4 models)."""
+    points = [p for p in load_profiles([synthetic_table]) if p.op.kind != "cpu"]
+    device = load_device("b200")
+    backend = RooflineBackend(device, dtype)
+    expected = [backend.time(p.op) for p in points]
+    ops = OpArrays.from_points(points)
+    assert predict(device, dtype, device.efficiency, ops) == pytest.approx(expected, rel=1e-12)
+
+
 def test_calibration_recovers_known_parameters(synthetic_table: Path) -> None:
     report = calibrate([synthetic_table], "h100-sxm")
     fitted = report.device.efficiency

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from llmservingsim.hardware.device import DeviceSpec, Efficiency
+from llmservingsim.hardware.device import DeviceSpec, Efficiency, attention_dtype
 from llmservingsim.hardware.profiles import ProfilePoint
 
 Floats = NDArray[np.float64]
@@ -79,11 +79,15 @@ def predict(device: DeviceSpec, dtype: str, eff: Efficiency, ops: OpArrays) -> F
         launch[mask] = tuned.launch_us * 1e-6
         padded_rows[mask] = np.maximum(rows[mask], tuned.min_rows)
     memory_time = ops.bytes * (padded_rows / rows) / bandwidth
-    eta = np.full(len(ops), compute_max)
+    # Attention runs at its own dtype's peak and curve (as the roofline backend): expressed
+    # as a share of ``peak``.
+    attention_scale = device.peak_flops(attention_dtype(dtype)) / peak
+    attention_max = eff.gemm_curve(attention_dtype(dtype))[0] * attention_scale
+    eta = np.full(len(ops), attention_max)
     gemm = ops.kind == "gemm"
     eta[gemm] = compute_max * ops.m[gemm] / (ops.m[gemm] + half_m)
     launch[gemm & (ops.flops > 0)] = gemm_launch_us * 1e-6
-    eta[ops.kind == "attention_prefill"] = eff.attention_compute * compute_max / eff.compute_max
+    eta[ops.kind == "attention_prefill"] = eff.attention_compute * attention_max / eff.compute_max
     compute_time = np.where(ops.flops > 0, ops.flops / (peak * eta), 0.0)
     kernels = np.maximum(compute_time, memory_time) + launch
     # Host time of an engine step (``step_cpu`` rows), as perf/iteration.py charges it.

@@ -153,6 +153,12 @@ class Efficiency(_Strict):
         return self.compute_max, self.compute_half_m, self.kernel_launch_us
 
 
+def attention_dtype(dtype: str) -> str:
+    """The dtype attention's matmuls run in for a model computed in ``dtype``: no engine runs
+    them in fp4 (fp4 models run attention in fp8 at most)."""
+    return "fp8" if dtype == "fp4" else dtype
+
+
 class Systolic(_Strict):
     """Weight-stationary systolic arrays of an NPU, for the ``systolic`` perf backend.
 

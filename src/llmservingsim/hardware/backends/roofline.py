@@ -22,7 +22,7 @@ import numpy.typing as npt
 from mypy_extensions import mypyc_attr
 
 from llmservingsim.hardware.backends.base import PERF_BACKENDS
-from llmservingsim.hardware.device import DeviceSpec
+from llmservingsim.hardware.device import DeviceSpec, attention_dtype
 from llmservingsim.model.fusion import ACT_QUANT, fused_bytes
 from llmservingsim.model.ops import Op
 
@@ -48,11 +48,10 @@ class RooflineBackend:
         self._gemm_launch = launch_us * 1e-6
         self._compute_max = compute_max
         self._half_m = half_m
-        # Attention in a narrower dtype gains what that dtype's saturated GEMMs gain over bf16;
-        # no engine runs attention's matmuls in fp4 (fp4 models run it in fp8 at most).
-        attention_dtype = "fp8" if dtype == "fp4" else dtype
-        attention_peak = device.peak_flops(attention_dtype)
-        attention_max = eff.gemm_curve(attention_dtype)[0]
+        # Attention in a narrower dtype gains what that dtype's saturated GEMMs gain over bf16
+        # (fp8 at most: attention_dtype).
+        attention_peak = device.peak_flops(attention_dtype(dtype))
+        attention_max = eff.gemm_curve(attention_dtype(dtype))[0]
         self._attention_flops = (
             attention_peak * eff.attention_compute * attention_max / eff.compute_max
         )
