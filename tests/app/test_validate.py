@@ -579,3 +579,19 @@ def test_recipe_rules_set_what_a_kind_of_runs_launch_recipe_sets() -> None:
     assert "scheduler.recv_interval=10" in _recipe_point(**sglang, concurrency="8").overrides
     h200 = {**sglang, "hardware": "H200", "dtype": "fp8"}
     assert not any("recv_interval" in o for o in _recipe_point(**h200).overrides)
+
+
+def test_inferencex_vllm_points_without_a_release_run_vllm_v1() -> None:
+    """InferenceX's vLLM recipes all set async-scheduling (a V1 option): a point whose dump
+    records no release runs the V1 preset with chunked prefill at 8,192 tokens a step, not
+    the V0 rules an unknown version falls back to elsewhere."""
+    point = {"engine": "vLLM", "engine_version": "", "model": "meta-llama/Llama-3.1-70B"}
+    v1 = _recipe_point(**point, hardware="B200", tensor_parallel="4", num_gpus="4")
+    assert v1.overrides[0] == "engine=vllm@0.15"  # the oldest fitted V1 frontend
+    assert "scheduler.policy=vllm" in v1.overrides
+    assert "scheduler.max_num_batched_tokens=8192" in v1.overrides
+    assert "scheduler.enable_prefix_caching=false" in v1.overrides  # the recipes turn it off
+    # A row of no recorded client and no release keeps the V0 rules (whole prompts or 512).
+    unknown = _recipe_point(**point, client="", hardware="B200", tensor_parallel="4", num_gpus="4")
+    assert not any(o.startswith("engine=") for o in unknown.overrides)
+    assert "scheduler.max_num_batched_tokens=512" in unknown.overrides

@@ -312,10 +312,26 @@ def _version(text: str) -> tuple[int, ...] | None:
     return (int(match[1]), int(match[2])) if match else None
 
 
+# InferenceX's vLLM points whose database dump records no release (the Llama-3.1-70B and
+# gpt-oss-120b exports, measured October–November 2025): every InferenceX vLLM launch recipe
+# (benchmarks/70b_fp8_b200_docker.sh, 70b_fp8_h100_slurm.sh, 70b_fp8_h200_slurm.sh,
+# gptoss_fp4_b200_docker.sh) starts `vllm serve` with `async-scheduling: true`, an option of
+# the V1 engine (vLLM 0.10 and later), so they ran V1; the release itself is unknown.
+INFERENCEX_VLLM_FLOOR = (0, 10)
+
+
+def row_version(row: dict[str, str]) -> tuple[int, ...] | None:
+    """The (major, minor) engine release a row ran, as far as the row tells it."""
+    version = _version(row["engine_version"])
+    if version is None and row.get("client") == "inferencex" and "vllm" in row["engine"].lower():
+        return INFERENCEX_VLLM_FLOOR
+    return version
+
+
 def engine_settings(row: dict[str, str], max_model_len: int) -> tuple[dict[str, str], str]:
     """Scheduler settings that mimic the row's engine at its documented defaults."""
     engine = row["engine"].lower()
-    version = _version(row["engine_version"])
+    version = row_version(row)
     if "sglang" in engine:
         # SGLang: chunked prefill (chunked_prefill_size 8192 on 80+ GB GPUs), big running batch.
         settings = {"policy": "vllm", "max_num_seqs": "1024", "max_num_batched_tokens": "8192"}
@@ -350,7 +366,7 @@ def engine_preset(row: dict[str, str]) -> str | None:
     from llmservingsim.engine_presets import load_preset
 
     engine = row["engine"].lower()
-    version = _version(row["engine_version"])
+    version = row_version(row)
     if "tensorrt-llm" in engine:
         return "trtllm" if version is not None and version >= (1, 0) else None
     if "sglang" in engine:
@@ -376,7 +392,7 @@ def kernel_fusion(row: dict[str, str]) -> list[str]:
     if engine_preset(row) is not None:
         return []  # the preset sets it
     engine = row["engine"].lower()
-    version = _version(row["engine_version"])
+    version = row_version(row)
     if "tensorrt-llm" in engine:  # every release: RoPE in the attention plugin / op
         preset = "trtllm"
     elif "vllm" in engine and version is not None and version < (0, 8):
