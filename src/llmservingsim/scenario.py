@@ -349,6 +349,7 @@ def frontend_model(cfg: SimConfig) -> Frontend | None:
         async_scheduling=fe.async_scheduling,
         step_s=None if fe.step_overhead_us is None else fe.step_overhead_us * 1e-6,
         per_seq_s=None if fe.per_seq_overhead_us is None else fe.per_seq_overhead_us * 1e-6,
+        async_output=fe.async_output_processing,
     )
 
 
