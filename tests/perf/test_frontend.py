@@ -112,7 +112,8 @@ def test_vllm_0_6_preset_sets_the_v0_host_model() -> None:
     assert fe.per_seq_overhead_us is None  # the device's constant
     assert (fe.request_overhead_us, fe.per_prompt_token_us, fe.token_out_us) == (0, 0, 0)
     assert not fe.async_scheduling
-    assert cfg_of("engine=vllm-0.6", "frontend.step_overhead_us=900").frontend.step_overhead_us == 900
+    user = cfg_of("engine=vllm-0.6", "frontend.step_overhead_us=900").frontend
+    assert user.step_overhead_us == 900 and user.async_output_processing
     assert not cfg_of("engine=vllm").frontend.async_output_processing
 
 

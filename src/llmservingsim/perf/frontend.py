@@ -18,14 +18,16 @@ A real engine puts work around the model's steps that the step timer does not se
 * **Async output processing** (``output_delay_s``): vLLM 0.6 (V0) processes the outputs of
   step k (detokenize, stop checks, the request's output and its first-token / finish times)
   during step k+1, after that step's host work (scheduling, input preparation): every token
-  of a request, its first and its last, is emitted one step's host time later. The engine
-  runs that step anyway (a request is known finished only once its last token is processed).
+  of a request, its first and its last, is emitted one step's host time later. (vLLM runs
+  that step for the request too, as it is known finished only once its last token is
+  processed; that one more sequence in one batch is not simulated.)
 
 Latencies the client measures are then: TTFT = first token (engine) + the out delay + the
-async step + the output delay − client arrival, where the engine saw the request at client arrival + the in
-delay. The vLLM V1 parameters are fitted on measured per-request data (scripts/fit_frontend.py,
-docs/calibration.md §9), vLLM 0.6's taken from the vLLM team's published profile of V0 and its
-code (docs/calibration.md §9); all ship in the engine presets (data/engines/*.yaml).
+async step + the output delay − client arrival, where the engine saw the request at client
+arrival + the in delay. The vLLM V1 parameters are fitted on measured per-request data
+(scripts/fit_frontend.py, docs/calibration.md §9), vLLM 0.6's taken from the vLLM team's
+published profile of V0 and its code (§9b); all ship in the engine presets
+(data/engines/*.yaml).
 """
 
 from __future__ import annotations
