@@ -229,6 +229,22 @@ def test_v0_multi_step_pays_the_host_time_once_per_group() -> None:
     assert (single.tpot - multi.tpot) * 20 == pytest.approx(18 * 4005e-6, rel=1e-6)
 
 
+@pytest.mark.parametrize(
+    "setting",
+    ["perf.cuda_graphs.mode=eager", "cluster.pipeline_parallel=2", "speculative.method=ngram"],
+)
+def test_async_output_processing_is_off_where_vllm_0_6_turns_it_off(setting: str) -> None:
+    """vLLM 0.6 ModelConfig.verify_async_output_proc: no async output processing with
+    --enforce-eager, pipeline parallelism or speculative decoding."""
+    from llmservingsim.scenario import frontend_model
+
+    on = frontend_model(cfg_of("engine=vllm-0.6"))
+    assert on is not None and on.async_output and on.output_delay_s() == 4000e-6
+    off = frontend_model(cfg_of("engine=vllm-0.6", setting))
+    assert off is not None and not off.async_output and off.output_delay_s() == 0.0
+    assert off.step_s == 4000e-6  # the host time per step stays
+
+
 def test_frontend_arithmetic() -> None:
     fe = Frontend(request_s=1e-3, per_prompt_token_s=2e-6, token_out_s=3e-4, async_scheduling=True)
     assert fe.arrival_delay_s(1000) == pytest.approx(3e-3)
