@@ -1119,6 +1119,10 @@ class FrontendConfig(_Section):
     """Engine core → client per emitted token (IPC, detokenize, stream), µs."""
     async_scheduling: bool = False
     """vLLM V1 async scheduling: a request arriving while a step runs starts one step later."""
+    async_output_processing: bool = False
+    """vLLM 0.6 (V0) async output processing: a step's outputs are processed during the next
+    step, after its host work, so every token is emitted step_overhead_us later. Off, as in
+    vLLM, with pipeline parallelism, perf.cuda_graphs.mode eager, or speculative decoding."""
     step_overhead_us: float | None = Field(default=None, ge=0, le=1e9, allow_inf_nan=False)
     """CPU time per engine step not overlapped with the GPU, µs (None: the device YAML's
     efficiency.iteration_overhead_us)."""

@@ -338,10 +338,18 @@ def pim_device(cfg: SimConfig) -> DeviceSpec | None:
 
 
 def frontend_model(cfg: SimConfig) -> Frontend | None:
-    """The frontend (perf/frontend.py) the config turns on, or None."""
+    """The frontend (perf/frontend.py) the config turns on, or None. Async output processing
+    is off where vLLM 0.6 turns it off (ModelConfig.verify_async_output_proc: pipeline
+    parallelism, enforce_eager, speculative decoding)."""
     fe = cfg.frontend
     if not fe.enabled:
         return None
+    pools = cfg.cluster.resolved_pools(cfg.hardware)
+    async_output = fe.async_output_processing and not (
+        any(p.pipeline_parallel > 1 for p in pools)
+        or cfg.perf.cuda_graphs.mode == "eager"
+        or cfg.speculative.enabled
+    )
     return Frontend(
         request_s=fe.request_overhead_us * 1e-6,
         per_prompt_token_s=fe.per_prompt_token_us * 1e-6,
@@ -349,6 +357,7 @@ def frontend_model(cfg: SimConfig) -> Frontend | None:
         async_scheduling=fe.async_scheduling,
         step_s=None if fe.step_overhead_us is None else fe.step_overhead_us * 1e-6,
         per_seq_s=None if fe.per_seq_overhead_us is None else fe.per_seq_overhead_us * 1e-6,
+        async_output=async_output,
     )
 
 

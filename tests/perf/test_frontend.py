@@ -104,6 +104,19 @@ def test_vllm_versions_take_their_own_frontend_fit() -> None:
     assert cfg_of("engine=vllm").engine == "vllm@0.19"
 
 
+def test_vllm_0_6_preset_sets_the_v0_host_model() -> None:
+    """vllm-0.6: 4 ms of host time per step (the vLLM team's V0 trace, RFC #6854) and async
+    output processing; no per-request cost (nothing measures it for V0)."""
+    fe = cfg_of("engine=vllm-0.6").frontend
+    assert fe.enabled and fe.step_overhead_us == 4000 and fe.async_output_processing
+    assert fe.per_seq_overhead_us is None  # the device's constant
+    assert (fe.request_overhead_us, fe.per_prompt_token_us, fe.token_out_us) == (0, 0, 0)
+    assert not fe.async_scheduling
+    user = cfg_of("engine=vllm-0.6", "frontend.step_overhead_us=900").frontend
+    assert user.step_overhead_us == 900 and user.async_output_processing
+    assert not cfg_of("engine=vllm").frontend.async_output_processing
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -188,6 +201,50 @@ def test_frontend_step_overhead_replaces_the_device_constants() -> None:
     assert slow.tpot - base.tpot == pytest.approx(1000e-6 + 20e-6, rel=1e-6)
 
 
+def test_v0_step_takes_gpu_plus_host_time_and_tokens_come_one_host_step_later() -> None:
+    """One request alone on vllm-0.6: every step is its GPU time + 4 ms of host work (the
+    device's 500 µs replaced), and async output processing emits each token after the next
+    step's host work, so TTFT and E2E move by that 4 ms too and TPOT does not."""
+    model = ("model=llama-3.1-8b", "max_model_len=4096")
+    off = one_request("engine=vllm-0.6", *model, "frontend.enabled=false").metrics.records[0]
+    v0 = one_request("engine=vllm-0.6", *model).metrics.records[0]
+    host_more = 4000e-6 - 500e-6  # h100-sxm's constant is 500 µs (+ 5 µs per sequence, both)
+    assert off.tpot is not None and v0.tpot is not None
+    assert v0.tpot - off.tpot == pytest.approx(host_more, rel=1e-6)
+    # The prefill step pays the extra host time, and its token is emitted 4 ms later.
+    assert v0.ttft - off.ttft == pytest.approx(host_more + 4000e-6, rel=1e-6)
+    assert v0.e2e - off.e2e == pytest.approx(20 * host_more + 4000e-6, rel=1e-6)
+
+
+def test_v0_multi_step_pays_the_host_time_once_per_group() -> None:
+    """With --num-scheduler-steps 10 the 4 ms is paid by the first step of each group of 10
+    decode steps: a 21-token request's 20 decode steps pay it twice instead of 20 times."""
+    model = ("model=llama-3.1-8b", "max_model_len=4096")
+    single = one_request("engine=vllm-0.6", *model, output=21).metrics.records[0]
+    multi = one_request(
+        "engine=vllm-0.6", *model, "scheduler.num_scheduler_steps=10", output=21
+    ).metrics.records[0]
+    assert single.tpot is not None and multi.tpot is not None
+    assert single.ttft == pytest.approx(multi.ttft, rel=1e-9)  # the prefill: a single step
+    assert (single.tpot - multi.tpot) * 20 == pytest.approx(18 * 4005e-6, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["perf.cuda_graphs.mode=eager", "cluster.pipeline_parallel=2", "speculative.method=ngram"],
+)
+def test_async_output_processing_is_off_where_vllm_0_6_turns_it_off(setting: str) -> None:
+    """vLLM 0.6 ModelConfig.verify_async_output_proc: no async output processing with
+    --enforce-eager, pipeline parallelism or speculative decoding."""
+    from llmservingsim.scenario import frontend_model
+
+    on = frontend_model(cfg_of("engine=vllm-0.6"))
+    assert on is not None and on.async_output and on.output_delay_s() == 4000e-6
+    off = frontend_model(cfg_of("engine=vllm-0.6", setting))
+    assert off is not None and not off.async_output and off.output_delay_s() == 0.0
+    assert off.step_s == 4000e-6  # the host time per step stays
+
+
 def test_frontend_arithmetic() -> None:
     fe = Frontend(request_s=1e-3, per_prompt_token_s=2e-6, token_out_s=3e-4, async_scheduling=True)
     assert fe.arrival_delay_s(1000) == pytest.approx(3e-3)
@@ -195,6 +252,9 @@ def test_frontend_arithmetic() -> None:
     assert fe.async_step_delay_s(False, 0.02) == 0.0
     assert fe.step_overhead_s(10, 5e-4, 5e-6) == pytest.approx(5.5e-4)
     assert Frontend(step_s=1e-3, per_seq_s=0.0).step_overhead_s(10, 5e-4, 5e-6) == 1e-3
+    assert Frontend(step_s=4e-3, async_output=True).output_delay_s() == 4e-3
+    assert Frontend(step_s=4e-3).output_delay_s() == 0.0
+    assert Frontend(async_output=True).output_delay_s() == 0.0  # step left to the device
 
 
 # ----------------------------------------------------------------------------- knobs

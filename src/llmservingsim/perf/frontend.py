@@ -15,11 +15,19 @@ A real engine puts work around the model's steps that the step timer does not se
 * **Per step** (``step_overhead_s``): CPU time of one engine step that is not overlapped with
   the GPU (scheduling, input preparation, output processing); it replaces the device's
   engineering constants (``efficiency.iteration_overhead_us`` / ``per_seq_overhead_us``).
+* **Async output processing** (``output_delay_s``): vLLM 0.6 (V0) processes the outputs of
+  step k (detokenize, stop checks, the request's output and its first-token / finish times)
+  during step k+1, after that step's host work (scheduling, input preparation): every token
+  of a request, its first and its last, is emitted one step's host time later. (vLLM runs
+  that step for the request too, as it is known finished only once its last token is
+  processed; that one more sequence in one batch is not simulated.)
 
 Latencies the client measures are then: TTFT = first token (engine) + the out delay + the
-async step − client arrival, where the engine saw the request at client arrival + the in
-delay. Every parameter is fitted on measured per-request data (scripts/fit_frontend.py,
-docs/calibration.md §9) and shipped in the engine presets (data/engines/*.yaml).
+async step + the output delay − client arrival, where the engine saw the request at client
+arrival + the in delay. The vLLM V1 parameters are fitted on measured per-request data
+(scripts/fit_frontend.py, docs/calibration.md §9), vLLM 0.6's taken from the vLLM team's
+published profile of V0 and its code (§9b); all ship in the engine presets
+(data/engines/*.yaml).
 """
 
 from __future__ import annotations
@@ -43,6 +51,9 @@ class Frontend:
     """CPU time per engine step not overlapped with the GPU (None: the device's constant)."""
     per_seq_s: float | None = None
     """Same, per sequence in the step (None: the device's constant)."""
+    async_output: bool = False
+    """vLLM 0.6 async output processing: a step's outputs are processed during the next
+    step, after its host work (``step_s``)."""
 
     def arrival_delay_s(self, prompt_tokens: int) -> float:
         """How much later than the client sent it the request reaches the scheduler."""
@@ -56,6 +67,13 @@ class Frontend:
     def token_out_delay_s(self) -> float:
         """Delay between the engine emitting a token and the client receiving it."""
         return self.token_out_s
+
+    def output_delay_s(self) -> float:
+        """Delay of every token under async output processing: the next step's host work
+        (its fixed part, ``step_s``; 0 when this frontend leaves it to the device)."""
+        if not self.async_output or self.step_s is None:
+            return 0.0
+        return self.step_s
 
     def step_overhead_s(self, num_seqs: int, device_step_s: float, device_seq_s: float) -> float:
         """CPU time of one step with ``num_seqs`` sequences; the device's constants stand in
@@ -98,5 +116,5 @@ class ClientClock:
         fe = self.frontend
         step = (finish - first_token) / (generated - 1) if generated > 1 else 0.0
         shift = fe.async_step_delay_s(first_scheduled > engine_arrival, step)
-        shift += fe.token_out_delay_s()
+        shift += fe.output_delay_s() + fe.token_out_delay_s()
         return arrival, first_token + shift, finish + shift
