@@ -163,3 +163,15 @@ def test_sglang_preset_runs_prefill_apart_and_the_others_mix() -> None:
     for engine in ("vllm", "trtllm"):
         assert load_config(None, [f"engine={engine}"]).scheduler.mixed_prefill is True
     assert SimConfig().scheduler.mixed_prefill is True
+
+
+@pytest.mark.parametrize(
+    ("hardware", "budget"),
+    [("a100-40gb", 4096), ("h100-sxm", 8192), ("h200", 8192), ("b200", 16384)],
+)
+def test_sglang_prefill_budget_is_its_chunked_prefill_size_for_the_gpu_memory(
+    hardware: str, budget: int
+) -> None:
+    # server_args.py _handle_gpu_memory_settings: 8192 below 160 GB, 16384 above (B200).
+    cfg = load_config(None, ["engine=sglang", f"hardware={hardware}"])
+    assert cfg.scheduler.max_num_batched_tokens == budget

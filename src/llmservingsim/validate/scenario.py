@@ -377,9 +377,10 @@ def engine_settings(row: dict[str, str], max_model_len: int) -> tuple[dict[str, 
     engine = row["engine"].lower()
     version = _version(row["engine_version"])
     if "sglang" in engine:
-        # SGLang: chunked prefill (chunked_prefill_size 8192 on 80+ GB GPUs), big running batch.
-        settings = {"policy": "vllm", "max_num_seqs": "1024", "max_num_batched_tokens": "8192"}
-        return settings, "SGLang: chunked prefill, 1024 seqs, 8192 tok/step"
+        # SGLang: chunked prefill, big running batch; the prefill budget is the preset's
+        # chunked_prefill_size for the GPU's memory (data/engines/sglang.yaml).
+        settings = {"policy": "vllm", "max_num_seqs": "1024"}
+        return settings, "SGLang: chunked prefill, 1024 seqs, the preset's chunked_prefill_size"
     if "tensorrt-llm" in engine:
         # trtllm-bench max-throughput: big runtime batch, chunked context, and the default
         # GUARANTEED_NO_EVICT capacity policy (= no_evict); KV from ~0.9 of free memory.
