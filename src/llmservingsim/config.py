@@ -829,6 +829,13 @@ class SchedulerConfig(_Section):
     again); after a pass that ran nothing they are taken in at once (docs/engines.md). Needs
     a chunked-prefill policy other than priority and no attention data parallelism. 1: every
     pass."""
+    mixed_prefill: bool = True
+    """Whether a step runs prompt (prefill) chunks beside the running requests' decodes
+    (vLLM, TensorRT-LLM; SGLang with ``--enable-mixed-chunk``). false: SGLang's default, a
+    step with prompt work to do (a partly computed prompt, or a waiting request that can
+    start) runs only prompts, prefill first, and the decodes wait for the next step
+    (docs/engines.md). Needs a policy of the vllm family (vllm, sarathi, orca, no_evict,
+    priority), one engine step per schedule and no attention data parallelism."""
     attention_dp_balance: AttentionDpBalanceConfig | None = None
     """Context balancing across attention data-parallel ranks (TensorRT-LLM's
     ``attention_dp_config`` with ``enable_balance: true``): context requests start only in a

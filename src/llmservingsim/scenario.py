@@ -193,6 +193,27 @@ def check_supported(cfg: SimConfig) -> None:
             raise ConfigError(f"{what} is not yet supported")
     _check_multi_step(cfg, pools)
     _check_context_holding(cfg, pools)
+    _check_separate_prefill(cfg, pools)
+
+
+def _check_separate_prefill(cfg: SimConfig, pools: list[PoolConfig]) -> None:
+    """``scheduler.mixed_prefill: false`` (SGLang's separate prefill batches) where it is
+    modelled: the vllm family's step filling (VllmScheduler.fill_step), one engine step per
+    schedule, no attention data-parallel ranks (whose SGLang batches synchronize their
+    forward modes across ranks, not modelled)."""
+    sched = cfg.scheduler
+    if sched.mixed_prefill:
+        return
+    what = "scheduler.mixed_prefill: false"
+    if sched.policy not in ("vllm", "sarathi", "orca", "no_evict", "priority"):
+        raise ConfigError(
+            f"{what} with scheduler.policy: {sched.policy} is not yet supported (expected "
+            "vllm, sarathi, orca, no_evict or priority)"
+        )
+    if sched.num_scheduler_steps > 1:
+        raise ConfigError(f"{what} with scheduler.num_scheduler_steps > 1 is not yet supported")
+    if any(p.data_parallel > 1 for p in pools):
+        raise ConfigError(f"{what} with cluster.data_parallel > 1 is not yet supported")
 
 
 def _check_context_holding(cfg: SimConfig, pools: list[PoolConfig]) -> None:

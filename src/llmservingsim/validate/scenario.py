@@ -247,6 +247,66 @@ RECIPES = (
         dtype="fp8",
         tp=(4, 4),
     ),
+    # The same recipes' memory and batch settings: --mem-fraction-static (here
+    # gpu_memory_utilization; SGLang's fraction covers weights + KV pool, the simulator's also
+    # the activation peak: docs/accuracy.md), --max-running-requests (max_num_seqs) and the
+    # prefill budget, the smaller of --chunked-prefill-size and --max-prefill-tokens
+    # (max_num_batched_tokens: SGLang's PrefillAdder spends both per prefill batch).
+    RecipeRule(
+        "inferencex",
+        "sglang",
+        r"^deepseek-v3$",
+        ("gpu_memory_utilization=0.85", "max_num_seqs=256", "max_num_batched_tokens=16384"),
+        "benchmarks/dsr1_fp4_b200.sh: --mem-fraction-static 0.85, --max-running-requests 256, "
+        "--chunked-prefill-size 16384 (max_prefill_tokens at its default 16384)",
+        hardware=r"^b200$",
+        dtype="fp4",
+    ),
+    RecipeRule(
+        "inferencex",
+        "sglang",
+        r"^deepseek-v3$",
+        ("gpu_memory_utilization=0.82", "max_num_seqs=128", "max_num_batched_tokens=32768"),
+        "benchmarks/dsr1_fp8_b200.sh: --mem-fraction-static 0.82, --max-running-requests 128, "
+        "--chunked-prefill-size 32768 --max-prefill-tokens 32768 at TP8",
+        hardware=r"^b200$",
+        dtype="fp8",
+        tp=(8, 8),
+    ),
+    RecipeRule(
+        "inferencex",
+        "sglang",
+        r"^deepseek-v3$",
+        ("gpu_memory_utilization=0.95", "max_num_seqs=32", "max_num_batched_tokens=8192"),
+        "benchmarks/dsr1_fp8_b200.sh: --mem-fraction-static 0.95, --max-running-requests 32, "
+        "--chunked-prefill-size 8192 --max-prefill-tokens 8192 at TP4",
+        hardware=r"^b200$",
+        dtype="fp8",
+        tp=(4, 4),
+    ),
+    RecipeRule(
+        "inferencex",
+        "sglang",
+        r"^deepseek-v3$",
+        ("gpu_memory_utilization=0.82", "max_num_batched_tokens=32768"),
+        "benchmarks/dsr1_fp8_h200.sh: --mem-fraction-static 0.82, --chunked-prefill-size 32768 "
+        "--max-prefill-tokens 32768",
+        hardware=r"^h200$",
+        dtype="fp8",
+    ),
+    *(
+        RecipeRule(
+            "inferencex",
+            "sglang",
+            r"^deepseek-v3$",
+            (f"max_num_seqs={seqs}",),
+            f"benchmarks/dsr1_fp8_h200.sh: --max-running-requests {seqs} at {isl}/{osl}",
+            hardware=r"^h200$",
+            dtype="fp8",
+            lengths=(isl, osl),
+        )
+        for isl, osl, seqs in ((1024, 1024, 512), (1024, 8192, 256), (8192, 1024, 256))
+    ),
 )
 
 
@@ -333,9 +393,10 @@ def engine_settings(row: dict[str, str], max_model_len: int) -> tuple[dict[str, 
     engine = row["engine"].lower()
     version = row_version(row)
     if "sglang" in engine:
-        # SGLang: chunked prefill (chunked_prefill_size 8192 on 80+ GB GPUs), big running batch.
-        settings = {"policy": "vllm", "max_num_seqs": "1024", "max_num_batched_tokens": "8192"}
-        return settings, "SGLang: chunked prefill, 1024 seqs, 8192 tok/step"
+        # SGLang: chunked prefill, big running batch; the prefill budget is the preset's
+        # chunked_prefill_size for the GPU's memory (data/engines/sglang.yaml).
+        settings = {"policy": "vllm", "max_num_seqs": "1024"}
+        return settings, "SGLang: chunked prefill, 1024 seqs, the preset's chunked_prefill_size"
     if "tensorrt-llm" in engine:
         # trtllm-bench max-throughput: big runtime batch, chunked context, and the default
         # GUARANTEED_NO_EVICT capacity policy (= no_evict); KV from ~0.9 of free memory.

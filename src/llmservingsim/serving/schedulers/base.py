@@ -117,6 +117,9 @@ class Scheduler(ABC):
         self.unreceived: int = 0
         self.recv_count: int = 0
         self.last_pass: int = 0
+        # Prompt chunks beside decodes in one step (False: SGLang's separate prefill batches;
+        # VllmScheduler.fill_step).
+        self.mixed_prefill: bool = cfg.mixed_prefill
         # Whether the block manager copies KV over the host link (an offload tier).
         self._blocks_move_kv = (
             type(blocks).take_transfer_seconds is not BlockManager.take_transfer_seconds

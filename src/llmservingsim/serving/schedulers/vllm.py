@@ -147,9 +147,33 @@ class VllmScheduler(Scheduler):
         return self.withdraw_context(entries)
 
     def fill_step(self) -> list[ScheduledEntry]:
-        """The step's entries by the token budget (see the module docstring)."""
+        """The step's entries by the token budget (see the module docstring). Without
+        ``mixed_prefill`` (SGLang's default: ``get_next_batch_to_run`` runs a new prefill
+        batch, the chunked request's next chunk included, before the running batch decodes
+        again; its decodes join a prefill batch only with ``--enable-mixed-chunk``) a step
+        with prompt work runs only prompts; one that would start none decodes."""
+        if not self.mixed_prefill and self.prefill_pending():
+            entries = self.fill(prefill_only=True)
+            if entries:
+                return entries
+        return self.fill(prefill_only=False)
+
+    def prefill_pending(self) -> bool:
+        """Whether a running request still has prompt tokens to compute or a request taken
+        in waits (with room in the running batch)."""
+        if len(self.waiting) > self.unreceived and len(self.running) < self.max_num_seqs:
+            return True
+        steady = self.steady
+        start = 0 if steady is None else steady.count  # the steady decoders lead: no prompts
+        running = self.running
+        return any(is_context(running[k]) for k in range(start, len(running)))
+
+    def fill(self, prefill_only: bool) -> list[ScheduledEntry]:
+        """The step's entries; ``prefill_only``: the running requests' decodes sit it out."""
         budget = self.max_num_batched_tokens
-        if self.steady is not None and not self.group_is_safe():
+        if self.steady is not None and (
+            not self.group_is_safe() or (prefill_only and self.steady.count)
+        ):
             self.steady.dissolve()  # one by one, exactly as without the group
         # The steady decoders lead the running list: one token each, as a group.
         i = steady = self.begin_steady_step(budget)
@@ -164,6 +188,9 @@ class VllmScheduler(Scheduler):
         ahead = self.decode_slots_ahead
         while i < len(running) and budget > 0:
             seq = running[i]
+            if prefill_only and not is_context(seq):
+                i += 1  # decodes wait for the next step
+                continue
             if lookahead:
                 wanted = self.tokens_wanted(seq)
             else:  # seq.remaining, inlined (hot: every running request, every step)

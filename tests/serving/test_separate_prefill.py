@@ -1,0 +1,177 @@
+"""SGLang's separate prefill batches (scheduler.mixed_prefill: false, docs/engines.md): a step
+with prompt work runs only prompts, prefill first; the running requests' decodes wait."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from llmservingsim.config import SimConfig, load_config
+from llmservingsim.engine import EngineHooks
+from llmservingsim.errors import ConfigError
+from llmservingsim.scenario import resolve
+from llmservingsim.serving.instance import Instance
+from llmservingsim.simulation import SimulationResult, observing, simulate
+from llmservingsim.workload.request_spec import RequestSpec
+
+DENSE = ("model=llama-3.2-1b", "scheduler.max_num_batched_tokens=1024")
+SEPARATE = (*DENSE, "scheduler.mixed_prefill=false")
+
+
+@dataclasses.dataclass
+class Step:
+    start: float
+    ids: list[int]  # every request computed in the step
+    prompts: int  # entries computing more than one token (prompt chunks)
+    decodes: int  # entries computing one token (steady decoders included)
+
+
+class Recorder(EngineHooks):
+    every_step = True
+
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+
+    def after_start(
+        self, instance: Instance, now: float, started: tuple[float, int] | None
+    ) -> None:
+        if started is None:
+            return
+        entries = [(seq.id, n) for ve in instance.virtual_engines for seq, n in ve.in_flight]
+        for ve in instance.virtual_engines:
+            steady = ve.scheduler.steady
+            if ve.busy and steady is not None and steady.in_flight:
+                entries += [(seq.id, 1) for seq in ve.scheduler.running[: steady.in_flight]]
+        ids = sorted(rid for rid, _ in entries)
+        prompts = sum(1 for _, n in entries if n > 1)
+        self.steps.append(Step(now, ids, prompts, len(entries) - prompts))
+
+
+def run(cfg: SimConfig, specs: list[RequestSpec]) -> tuple[SimulationResult, list[Step]]:
+    recorder = Recorder()
+    with observing(recorder):
+        result = simulate(cfg, requests=specs, check_invariants=True)
+    return result, recorder.steps
+
+
+def ttft(result: SimulationResult, rid: int) -> float:
+    return next(r.ttft for r in result.metrics.records if r.id == rid)
+
+
+def decoding_then_long_prompt() -> list[RequestSpec]:
+    """Request 0 decodes alone; request 1 (a 3,000-token prompt: three 1,024-token chunks)
+    arrives while it does."""
+    first = RequestSpec(id=0, arrival_s=0.0, input_len=64, output_len=80)
+    probe = simulate(load_config(None, list(DENSE)), requests=[first])
+    record = probe.metrics.records[0]
+    step = (record.e2e - record.ttft) / 79
+    arrival = record.ttft + 5.5 * step
+    return [first, RequestSpec(id=1, arrival_s=arrival, input_len=3000, output_len=8)]
+
+
+def prompt_steps(steps: list[Step], rid: int, chunks: int) -> list[Step]:
+    first = next(k for k, s in enumerate(steps) if rid in s.ids)
+    return steps[first : first + chunks]
+
+
+def test_a_prompt_runs_apart_from_the_decodes_chunk_by_chunk() -> None:
+    specs = decoding_then_long_prompt()
+    mixed, mixed_steps = run(load_config(None, list(DENSE)), specs)
+    # vLLM: each of the prompt's steps carries request 0's decode too.
+    assert all(s.ids == [0, 1] for s in prompt_steps(mixed_steps, 1, 3))
+
+    result, steps = run(load_config(None, list(SEPARATE)), specs)
+    chunks = prompt_steps(steps, 1, 3)
+    # SGLang: the three chunks run alone, back to back; request 0 decodes before and after.
+    assert [s.ids for s in chunks] == [[1], [1], [1]]
+    after = steps.index(chunks[-1]) + 1
+    assert 0 in steps[after].ids
+    before = steps.index(chunks[0]) - 1
+    assert steps[before].ids == [0]
+    # Request 0 waited three steps for the prompt; request 1's chunks were not slowed.
+    record = {r.id: r for r in result.metrics.records}
+    mixed_record = {r.id: r for r in mixed.metrics.records}
+    assert record[0].e2e > mixed_record[0].e2e
+    assert ttft(result, 1) <= ttft(mixed, 1)
+    assert result.summary["requests_completed"] == 2
+
+
+def test_decodes_run_when_no_prompt_can_start() -> None:
+    specs = decoding_then_long_prompt()
+    # One running request at most: request 1 waits, request 0 decodes every step meanwhile.
+    _, steps = run(load_config(None, [*SEPARATE, "scheduler.max_num_seqs=1"]), specs)
+    first = next(k for k, s in enumerate(steps) if 1 in s.ids)
+    assert all(s.ids == [0] for s in steps[1:first])
+    assert len(steps[1:first]) == 79  # all of request 0's decodes, none skipped
+
+
+def test_the_same_with_and_without_fast_forward() -> None:
+    specs = [RequestSpec(i, i * 0.003, 300 + 97 * (i % 5), 20 + i % 13) for i in range(60)]
+    fast, slow = (
+        simulate(
+            load_config(None, [*SEPARATE, f"simulator.fast_forward={ff}"]),
+            requests=specs,
+            check_invariants=True,
+        )
+        for ff in ("true", "false")
+    )
+    assert fast.summary["requests_completed"] == slow.summary["requests_completed"] == 60
+    for rid in (0, 17, 59):
+        assert ttft(fast, rid) == pytest.approx(ttft(slow, rid), rel=1e-9)
+
+
+@pytest.mark.parametrize("policy", ["vllm", "sarathi", "orca", "no_evict", "priority"])
+def test_serves_a_load_with_the_invariants_on(policy: str) -> None:
+    specs = [RequestSpec(i, i * 0.002, 200 + 131 * (i % 7), 30 + i % 11) for i in range(80)]
+    cfg = load_config(None, [*SEPARATE, f"scheduler.policy={policy}"])
+    result, steps = run(cfg, specs)
+    assert result.summary["requests_completed"] == 80
+    # No step mixes a prompt chunk with a decode (the vllm family's default does).
+    assert not any(s.prompts and s.decodes for s in steps)
+    _, mixed = run(load_config(None, [*DENSE, f"scheduler.policy={policy}"]), specs)
+    assert any(s.prompts and s.decodes for s in mixed)
+
+
+@pytest.mark.parametrize(
+    ("sets", "words"),
+    [
+        (("scheduler.policy=static",), ("mixed_prefill", "static")),
+        (("scheduler.policy=orca", "scheduler.num_scheduler_steps=4"), ("num_scheduler_steps",)),
+        (
+            (
+                "model=qwen3-30b-a3b",
+                "cluster.data_parallel=2",
+                "cluster.expert_parallel=2",
+            ),
+            ("data_parallel",),
+        ),
+    ],
+)
+def test_settings_where_it_is_not_modelled_are_refused(
+    sets: tuple[str, ...], words: tuple[str, ...]
+) -> None:
+    cfg = load_config(None, ["model=llama-3.2-1b", "scheduler.mixed_prefill=false", *sets])
+    with pytest.raises(ConfigError) as err:
+        resolve(cfg)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_sglang_preset_runs_prefill_apart_and_the_others_mix() -> None:
+    assert load_config(None, ["engine=sglang"]).scheduler.mixed_prefill is False
+    for engine in ("vllm", "trtllm"):
+        assert load_config(None, [f"engine={engine}"]).scheduler.mixed_prefill is True
+    assert SimConfig().scheduler.mixed_prefill is True
+
+
+@pytest.mark.parametrize(
+    ("hardware", "budget"),
+    [("a100-40gb", 4096), ("h100-sxm", 8192), ("h200", 8192), ("b200", 16384)],
+)
+def test_sglang_prefill_budget_is_its_chunked_prefill_size_for_the_gpu_memory(
+    hardware: str, budget: int
+) -> None:
+    # server_args.py _handle_gpu_memory_settings: 8192 below 160 GB, 16384 above (B200).
+    cfg = load_config(None, ["engine=sglang", f"hardware={hardware}"])
+    assert cfg.scheduler.max_num_batched_tokens == budget
