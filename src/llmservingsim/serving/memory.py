@@ -5,8 +5,9 @@ Mirrors vLLM's start-up accounting: the pool is
 KV blocks are carved out of it. TensorRT-LLM takes its fraction of the memory still *free*
 after weights and the profiled activation peak instead (``fraction_of="free"``:
 ``fraction · (memory − weights − activation peak − reserved)``; KvCacheConfig's
-``free_gpu_memory_fraction``, ``_torch/pyexecutor/_util.py`` ``KvCacheCreator._cal_max_memory``). The breakdown is reported in summary.json so a user sees why
-the cache is the size it is.
+``free_gpu_memory_fraction``, ``_torch/pyexecutor/_util.py``
+``KvCacheCreator._cal_max_memory``). The breakdown is reported in summary.json so a user sees
+why the cache is the size it is.
 
 Mixture-of-experts layers count every expert (all must sit in memory, split over the TP/EP
 ranks); MLA layers cache one latent per token that every TP rank holds in full. With PIM

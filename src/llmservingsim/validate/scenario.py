@@ -321,11 +321,14 @@ def engine_settings(row: dict[str, str], max_model_len: int) -> tuple[dict[str, 
         settings = {"policy": "vllm", "max_num_seqs": "1024", "max_num_batched_tokens": "8192"}
         return settings, "SGLang: chunked prefill, 1024 seqs, 8192 tok/step"
     if "tensorrt-llm" in engine:
-        # trtllm-bench max-throughput: big runtime batch, chunked context, and the default
-        # GUARANTEED_NO_EVICT capacity policy (= no_evict); KV from ~0.9 of free memory.
+        # TensorRT-LLM's defaults: the GUARANTEED_NO_EVICT capacity policy (= no_evict), whole
+        # prompts (enable_chunked_prefill False), max_batch_size 2048, max_num_tokens 8192
+        # (trtllm-bench rows: its own, scenario_for); KV from 0.9 of the free memory (preset).
         settings = {"policy": "no_evict", "max_num_seqs": "2048", "block_size": "32"}
         settings["max_num_batched_tokens"] = "8192"
-        return settings, "TensorRT-LLM: no_evict, chunked, 2048 seqs, 8192 tok/step"
+        settings["enable_chunked_prefill"] = "false"
+        settings["memory_fraction_of"] = "free"  # every release: a fraction of the free memory
+        return settings, "TensorRT-LLM: no_evict, whole prompts, 2048 seqs, 8192 tok/step"
     if version is not None and version >= (0, 8):
         # vLLM V1: chunked prefill always on.
         settings = {"policy": "vllm", "max_num_seqs": "256", "max_num_batched_tokens": "8192"}
@@ -620,7 +623,6 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
             rule.catalog, hardware, dtype, kv_dtype, int(tp), int(pp), int(isl), int(osl)
         )
         settings["max_num_seqs"], settings["max_num_batched_tokens"] = str(max_bs), str(max_tokens)
-        settings["enable_chunked_prefill"] = "false"  # --enable_chunked_context off by default
         engine_text = (
             f"TensorRT-LLM (trtllm-bench): no_evict, whole prompts, {max_bs} seqs, "
             f"{max_tokens} tok/step"
@@ -674,6 +676,8 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     )
     engine = f"{engine_text}; block {settings['block_size']}, util "
     engine += settings["gpu_memory_utilization"]
+    if settings.get("memory_fraction_of") == "free":
+        engine += " of the free memory"
     if from_notes:
         engine += f"; from the row's notes: {', '.join(from_notes)}"
     if steps:
