@@ -121,10 +121,17 @@ def test_trtllm_bench_rows_take_its_batch_limits_and_the_overviews_graphs() -> N
         _row(engine="TensorRT-LLM", engine_version="1.0", request_rate_rps="4", **lengths)
     )
     assert "scheduler.max_num_seqs=2048" in served.overrides
-    # every TensorRT-LLM row: whole prompts, KV from the free memory (its defaults)
+    # every TensorRT-LLM row: whole prompts, KV from the free memory (its defaults) ...
     for scenario in (trt10, trt017, served):
         assert "scheduler.enable_chunked_prefill=false" in scenario.overrides
         assert "scheduler.memory_fraction_of=free" in scenario.overrides
+    # ... except a served row whose prompts reach max_num_tokens: it can only have chunked
+    long = _scenario(
+        _row(engine="TensorRT-LLM", engine_version="1.0", request_rate_rps="4", input_len="8192")
+    )
+    assert "scheduler.enable_chunked_prefill=true" in long.overrides
+    bench_long = _scenario(_row(engine="TensorRT-LLM", engine_version="1.0", input_len="20000"))
+    assert "scheduler.enable_chunked_prefill=false" in bench_long.overrides
 
 
 def test_rows_without_a_preset_take_the_kernel_fusion_of_their_engine() -> None:

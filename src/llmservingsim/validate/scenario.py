@@ -639,6 +639,15 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
                 f"perf.cuda_graphs.max_capture_size={sizes[-1]}",
                 f"perf.cuda_graphs.capture_sizes=[{', '.join(map(str, sizes))}]",
             ]
+    elif engine_name == "trtllm" and isl and isl >= int(settings["max_num_batched_tokens"]):
+        # Without chunked prefill TensorRT-LLM refuses a prompt above max_num_tokens (and runs
+        # one of exactly that size only beside no generation request): a served run with such
+        # prompts had chunking on (or a budget its row does not record).
+        settings["enable_chunked_prefill"] = "true"
+        notes.append(
+            f"chunked prefill: prompts of {int(isl)} tokens reach max_num_tokens "
+            f"{settings['max_num_batched_tokens']}, which TensorRT-LLM only runs chunked"
+        )
     if concurrency is not None and concurrency > int(settings["max_num_seqs"]):
         settings["max_num_seqs"] = str(concurrency)  # the server admits every client
     settings.setdefault("block_size", "16")
