@@ -61,7 +61,7 @@ class MemoryPlan:
     def as_dict(self) -> dict[str, float | int]:
         # Draft, LoRA and sliding-window entries are listed only when they apply, so a plain
         # run's breakdown keeps its keys.
-        optional = {"draft_gib": 0.0, "lora_gib": 0.0, "kv_sliding_units": 0}
+        optional: dict[str, object] = {"draft_gib": 0.0, "lora_gib": 0.0, "kv_sliding_units": 0}
         optional |= {"kv_full_units": 1, "kv_sliding_blocks": 0, "fraction_of": "total"}
         out: dict[str, float | int] = {
             k: round(v, 4) if isinstance(v, float) else v
