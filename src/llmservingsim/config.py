@@ -784,7 +784,19 @@ class SchedulerConfig(_Section):
     block_size: int = Field(default=16, ge=1, le=2**16, strict=True)
     """Tokens per KV-cache block."""
     gpu_memory_utilization: Fraction = 0.9
-    """Share of device memory for weights, activations and KV cache."""
+    """Share of device memory for weights, activations and KV cache (with
+    ``memory_fraction_of: free``, the share of the memory weights and activations leave free
+    that the KV cache takes)."""
+    enable_chunked_prefill: bool | None = None
+    """Whether a prompt may be split over steps. None: the policy's own (``orca`` and
+    ``static`` run whole prompts, the others chunk); false: a waiting request starts only when
+    its whole prompt fits what is left of the step's token budget (or the step is otherwise
+    empty), TensorRT-LLM's default (``enable_chunked_prefill`` False); docs/engines.md."""
+    memory_fraction_of: Literal["total", "free"] = "total"
+    """What ``gpu_memory_utilization`` is a fraction of: the device's memory (vLLM's
+    ``gpu_memory_utilization``, SGLang's ``mem_fraction_static``) or the memory still free after
+    weights, the activation peak and the reserved memory (TensorRT-LLM's KvCacheConfig
+    ``free_gpu_memory_fraction``); docs/engines.md."""
     enable_prefix_caching: bool = False
     """Reuse KV blocks of shared prompt prefixes."""
     preemption: Literal["recompute", "swap"] = "recompute"

@@ -191,6 +191,12 @@ def check_supported(cfg: SimConfig) -> None:
     for what, used in unsupported.items():
         if used:
             raise ConfigError(f"{what} is not yet supported")
+    policy = cfg.scheduler.policy
+    if cfg.scheduler.enable_chunked_prefill and policy in ("orca", "static"):
+        raise ConfigError(
+            f"scheduler.enable_chunked_prefill: true with scheduler.policy: {policy}, which runs "
+            "whole prompts; use policy: vllm for chunked prefill"
+        )
     _check_multi_step(cfg, pools)
     _check_context_holding(cfg, pools)
     _check_separate_prefill(cfg, pools)
@@ -522,6 +528,7 @@ def plan_pool_memory(
         draft_kv_bytes_per_token=draft_kv,
         lora_bytes=lora_bytes,
         sliding_kv=sliding_kv(cfg, model, pim is not None, draft_kv > 0),
+        fraction_of=cfg.scheduler.memory_fraction_of,
     )
     if plan.num_blocks < pp:
         shape = f"{tp}× {hardware}" if pp == 1 else f"{tp}×{pp} (TP×PP) {hardware}"

@@ -16,7 +16,12 @@ from llmservingsim.simulation import SimulationResult, simulate
 from llmservingsim.validate import run as validate_run
 from llmservingsim.validate.reference import REQUIRED
 from llmservingsim.validate.run import validate
-from llmservingsim.validate.scenario import Scenario, scenario_for
+from llmservingsim.validate.scenario import (
+    Scenario,
+    bench_graph_sizes,
+    scenario_for,
+    trtllm_bench_limits,
+)
 
 BASE = {
     "id": "",
@@ -76,6 +81,57 @@ def test_engine_rules_and_row_notes_decide_the_scheduler() -> None:
         llama3.overrides
     )
     assert any("Llama-3-8B simulated as llama-3.1-8b" in n for n in llama3.notes)
+
+
+def test_trtllm_bench_rows_take_its_batch_limits_and_the_overviews_graphs() -> None:
+    """trtllm-bench throughput sets max_batch_size / max_num_tokens from the lengths and the
+    KV memory it estimates (bench/build/tuning.py), at least max ISL + max_batch_size tokens
+    without chunked prefill (utils/general.py); TensorRT-LLM 1.0 rows capture the perf
+    overview's padded CUDA-graph sizes up to that batch (model_engine.py)."""
+    assert trtllm_bench_limits("llama-3.1-8b", "h100-sxm", "fp8", "fp8", 1, 1, 128, 2048) == (
+        512,
+        2048,
+    )
+    assert trtllm_bench_limits("llama-3.1-8b", "h100-sxm", "fp8", "fp8", 1, 1, 128, 128) == (
+        4096,
+        8192,
+    )
+    assert trtllm_bench_limits("llama-3.1-8b", "h100-sxm", "fp8", "fp8", 1, 1, 20000, 2000) == (
+        64,
+        20064,
+    )
+    assert bench_graph_sizes(512, 2048)[-3:] == [256, 384, 512]
+    assert bench_graph_sizes(224, 5224)[-3:] == [64, 128, 224]
+    assert bench_graph_sizes(8192, 8192)[-1] == 8192 and bench_graph_sizes(1, 8)[-1] == 1
+    lengths = {"input_len": "128", "output_len": "2048", "dtype": "fp8"}
+    trt10 = _scenario(_row(engine="TensorRT-LLM", engine_version="1.0", **lengths))
+    for setting in (
+        "scheduler.max_num_seqs=512",
+        "scheduler.max_num_batched_tokens=2048",
+        "scheduler.enable_chunked_prefill=false",
+        "perf.cuda_graphs.padding=true",
+        "perf.cuda_graphs.max_capture_size=512",
+    ):
+        assert setting in trt10.overrides
+    trt017 = _scenario(_row(engine="TensorRT-LLM", engine_version="0.17", **lengths))
+    assert "scheduler.max_num_seqs=512" in trt017.overrides
+    assert not any(o.startswith("perf.cuda_graphs") for o in trt017.overrides)
+    # a served (not trtllm-bench) row keeps the preset's budgets
+    served = _scenario(
+        _row(engine="TensorRT-LLM", engine_version="1.0", request_rate_rps="4", **lengths)
+    )
+    assert "scheduler.max_num_seqs=2048" in served.overrides
+    # every TensorRT-LLM row: whole prompts, KV from the free memory (its defaults) ...
+    for scenario in (trt10, trt017, served):
+        assert "scheduler.enable_chunked_prefill=false" in scenario.overrides
+        assert "scheduler.memory_fraction_of=free" in scenario.overrides
+    # ... except a served row whose prompts reach max_num_tokens: it can only have chunked
+    long = _scenario(
+        _row(engine="TensorRT-LLM", engine_version="1.0", request_rate_rps="4", input_len="8192")
+    )
+    assert "scheduler.enable_chunked_prefill=true" in long.overrides
+    bench_long = _scenario(_row(engine="TensorRT-LLM", engine_version="1.0", input_len="20000"))
+    assert "scheduler.enable_chunked_prefill=false" in bench_long.overrides
 
 
 def test_rows_without_a_preset_take_the_kernel_fusion_of_their_engine() -> None:

@@ -29,6 +29,7 @@ def plan(
     util: float = 0.9,
     max_batched_tokens: int = 8192,
     max_seqs: int = 256,
+    fraction_of: str = "total",
 ) -> MemoryPlan:
     return plan_memory(
         load_model(model),
@@ -40,6 +41,7 @@ def plan(
         gpu_memory_utilization=util,
         max_batched_tokens=max_batched_tokens,
         max_seqs=max_seqs,
+        fraction_of=fraction_of,
     )
 
 
@@ -67,6 +69,34 @@ def test_llama_8b_bf16_on_h100() -> None:
     # vLLM reports roughly 55 GiB of KV cache (~450k tokens) for this setup.
     assert 50 < p.kv_cache_gib < 58
     assert 400_000 < p.kv_tokens < 480_000
+
+
+def test_free_memory_fraction_takes_a_share_of_what_weights_leave() -> None:
+    """TensorRT-LLM's free_gpu_memory_fraction: the KV cache is the fraction of the memory left
+    after weights, activations and the reserved memory, not the fraction of the device minus
+    them (vLLM's gpu_memory_utilization); the same fraction then gives a bigger cache, by
+    (1 - fraction) x what the weights and activations take."""
+    total = plan(dtype="fp8", kv_dtype="fp8", block_size=32)
+    free = plan(dtype="fp8", kv_dtype="fp8", block_size=32, fraction_of="free")
+    used = free.weights_gib + free.activation_gib + free.reserved_gib
+    assert (free.weights_gib, free.activation_gib) == (total.weights_gib, total.activation_gib)
+    assert free.kv_cache_gib == pytest.approx(0.9 * (80 - used))
+    assert free.kv_cache_gib - total.kv_cache_gib == pytest.approx(0.1 * used)
+    assert free.num_blocks > total.num_blocks
+    # the plan still adds up, and summary.json says which fraction it took
+    assert free.usable_gib - used == pytest.approx(free.kv_cache_gib)
+    assert free.as_dict()["fraction_of"] == "free" and "fraction_of" not in total.as_dict()
+    assert "free" in free.describe() and "free" not in total.describe()
+    with pytest.raises(ValueError, match="fraction_of"):
+        plan(fraction_of="all")
+
+
+def test_trtllm_preset_plans_kv_from_the_free_memory() -> None:
+    trt = resolve(load_config(None, ["engine=trtllm", "dtype=fp8", "kv_dtype=fp8"]))
+    vllm = resolve(load_config(None, ["dtype=fp8", "kv_dtype=fp8", "scheduler.max_num_seqs=2048"]))
+    assert trt.config.scheduler.memory_fraction_of == "free"
+    assert trt.pools[0].memory.fraction_of == "free"
+    assert trt.pools[0].memory.kv_cache_gib > vllm.pools[0].memory.kv_cache_gib
 
 
 def test_weights_match_the_parameter_count() -> None:

@@ -145,7 +145,8 @@ def check_step(sched: Scheduler, entries: list[ScheduledEntry], policy: str) -> 
     assert len(sched.running) <= cfg.max_num_seqs
     tokens = sum(n for _, n in entries)
     if tokens > cfg.max_num_batched_tokens:
-        assert policy in OVERSIZE_ALONE and len(entries) == 1, (
+        whole = policy in OVERSIZE_ALONE or not sched.chunked_prefill
+        assert whole and len(entries) == 1, (
             f"{policy}: {tokens} tokens in a step of {len(entries)} sequences "
             f"> max_num_batched_tokens={cfg.max_num_batched_tokens}"
         )
@@ -154,6 +155,8 @@ def check_step(sched: Scheduler, entries: list[ScheduledEntry], policy: str) -> 
         assert seq.status is Status.RUNNING
         assert id(seq) in running
         assert 1 <= num_new <= seq.remaining
+        if not sched.chunked_prefill:  # whole prompts: what is left of one, all at once
+            assert num_new == seq.num_tokens - seq.num_computed, f"request {seq.id} chunked"
         assert len(seq.blocks) >= bm.blocks_needed(seq.num_computed + num_new), (
             f"request {seq.id} computes {num_new} tokens without the KV blocks for them"
         )
@@ -210,9 +213,11 @@ def make_scheduler(
     max_num_seqs: int,
     max_batched: int,
     kv: KvOptions = KvOptions(),
+    chunked: bool | None = None,
 ) -> Scheduler:
     cfg = SchedulerConfig(
         policy=policy,
+        enable_chunked_prefill=chunked,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_batched,
         block_size=block_size,
@@ -261,9 +266,10 @@ def drive(
     max_num_seqs: int,
     max_batched: int,
     kv: KvOptions = KvOptions(),
+    chunked: bool | None = None,
 ) -> DirectRun:
     """Run the scheduler to completion; ``arrival_s`` is the step index a request arrives at."""
-    sched = make_scheduler(policy, num_blocks, block_size, max_num_seqs, max_batched, kv)
+    sched = make_scheduler(policy, num_blocks, block_size, max_num_seqs, max_batched, kv, chunked)
     pending = sorted(specs, key=lambda s: s.arrival_s)
     seqs: list[Sequence] = []
     failed: list[Sequence] = []
@@ -384,6 +390,27 @@ def test_direct_invariants(policy: str, sc: dict[str, Any]) -> None:
     check_done(run)
     if policy == "static":
         assert run.sched.preemptions == 0, "static batching reserves KV up front"
+
+
+@pytest.mark.parametrize("policy", ["vllm", "no_evict", "priority"])
+@settings(max_examples=60, deadline=None)
+@given(sc=scenarios())
+def test_direct_invariants_with_whole_prompts(policy: str, sc: dict[str, Any]) -> None:
+    """scheduler.enable_chunked_prefill: false (TensorRT-LLM's default): the same invariants,
+    every request finishes, and no prompt is ever split over steps (check_step)."""
+    run = drive(
+        policy,
+        sc["specs"],
+        num_blocks=sc["num_blocks"],
+        block_size=sc["block_size"],
+        max_num_seqs=sc["max_num_seqs"],
+        max_batched=sc["max_batched"],
+        chunked=False,
+    )
+    assert not run.failed
+    check_done(run)
+    if policy == "no_evict":
+        assert run.sched.preemptions == 0
 
 
 # Content ids chosen to collide under Python's int hash (hash(2**61 - 1 + k) == hash(k)):

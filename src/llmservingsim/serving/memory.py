@@ -2,8 +2,12 @@
 
 Mirrors vLLM's start-up accounting: the pool is
 ``memory · gpu_memory_utilization − weights − activation peak − reserved`` per device, and the
-KV blocks are carved out of it. The breakdown is reported in summary.json so a user sees why
-the cache is the size it is.
+KV blocks are carved out of it. TensorRT-LLM takes its fraction of the memory still *free*
+after weights and the profiled activation peak instead (``fraction_of="free"``:
+``fraction · (memory − weights − activation peak − reserved)``; KvCacheConfig's
+``free_gpu_memory_fraction``, ``_torch/pyexecutor/_util.py``
+``KvCacheCreator._cal_max_memory``). The breakdown is reported in summary.json so a user sees
+why the cache is the size it is.
 
 Mixture-of-experts layers count every expert (all must sit in memory, split over the TP/EP
 ranks); MLA layers cache one latent per token that every TP rank holds in full. With PIM
@@ -42,6 +46,10 @@ class MemoryPlan:
     kv_full_units: int = 1
     kv_sliding_units: int = 0
     kv_sliding_blocks: int = 0
+    # What the utilization is a fraction of: the device's memory ("total", vLLM's
+    # gpu_memory_utilization) or what weights and activations leave free ("free", TensorRT-LLM's
+    # free_gpu_memory_fraction). ``usable_gib`` is then what the KV cache and the rest may take.
+    fraction_of: str = "total"
 
     @property
     def kv_tokens(self) -> int:
@@ -53,8 +61,8 @@ class MemoryPlan:
     def as_dict(self) -> dict[str, float | int]:
         # Draft, LoRA and sliding-window entries are listed only when they apply, so a plain
         # run's breakdown keeps its keys.
-        optional = {"draft_gib": 0.0, "lora_gib": 0.0, "kv_sliding_units": 0}
-        optional |= {"kv_full_units": 1, "kv_sliding_blocks": 0}
+        optional: dict[str, object] = {"draft_gib": 0.0, "lora_gib": 0.0, "kv_sliding_units": 0}
+        optional |= {"kv_full_units": 1, "kv_sliding_blocks": 0, "fraction_of": "total"}
         out: dict[str, float | int] = {
             k: round(v, 4) if isinstance(v, float) else v
             for k, v in asdict(self).items()
@@ -65,6 +73,14 @@ class MemoryPlan:
 
     def describe(self) -> str:
         where = " (in PIM memory)" if self.kv_cache_on == "pim" else ""
+        if self.fraction_of == "free":
+            free = self.device_memory_gib - (self.usable_gib - self.kv_cache_gib)
+            return (
+                f"{self.device_memory_gib:.1f} GiB; weights {self.weights_gib:.1f} GiB, "
+                f"activations {self.activation_gib:.1f} GiB, reserved {self.reserved_gib:.1f} GiB"
+                f"{self._extras()} → {free:.1f} GiB free × fraction = KV cache{where} "
+                f"{self.kv_cache_gib:.1f} GiB"
+            )
         return (
             f"{self.device_memory_gib:.1f} GiB × utilization = {self.usable_gib:.1f} GiB usable; "
             f"weights {self.weights_gib:.1f} GiB, activations {self.activation_gib:.1f} GiB, "
@@ -239,6 +255,7 @@ def plan_memory(
     draft_kv_bytes_per_token: float = 0.0,
     lora_bytes: float = 0.0,
     sliding_kv: bool = False,
+    fraction_of: str = "total",
 ) -> MemoryPlan:
     """Memory breakdown of one device; ``num_blocks`` may be ≤ 0 when the model does not fit.
     With ``dp`` attention DP ranks each rank's devices hold that rank's KV cache: ``num_blocks``
@@ -251,11 +268,21 @@ def plan_memory(
     the target's; reserved LoRA adapter slots (``lora_bytes``) come off the pool up front.
 
     ``sliding_kv``: sliding-window layers keep only their window's KV (:func:`sliding_kv_layout`;
-    the caller rules out a draft's KV and PIM, whose blocks hold every layer)."""
-    usable = device.memory_bytes * gpu_memory_utilization
+    the caller rules out a draft's KV and PIM, whose blocks hold every layer).
+
+    ``fraction_of``: ``gpu_memory_utilization`` is a share of the device's memory ("total",
+    vLLM, SGLang) or of what is free once weights, activations, the reserved memory, a draft
+    and LoRA slots are in ("free", TensorRT-LLM)."""
     weights = weight_bytes_per_device(spec, dtype, tp, pp, ep, dp)
     activations = activation_peak_bytes(spec, dtype, tp, max_batched_tokens, max_seqs, ep, dp)
     reserved = device.reserved_memory_gib * GIB
+    if fraction_of == "total":
+        usable = device.memory_bytes * gpu_memory_utilization
+    elif fraction_of == "free":
+        used = weights + activations + reserved + draft_weight_bytes + lora_bytes
+        usable = device.memory_bytes - (1.0 - gpu_memory_utilization) * (device.memory_bytes - used)
+    else:
+        raise ValueError(f"fraction_of must be 'total' or 'free', not {fraction_of!r}")
     kv_pool = usable - weights - activations - reserved - draft_weight_bytes - lora_bytes
     if sliding_kv and (pim is not None or draft_kv_bytes_per_token):
         raise ValueError("sliding-window KV blocks hold no draft KV and do not live in PIM")
@@ -286,4 +313,5 @@ def plan_memory(
         kv_full_units=full_units,
         kv_sliding_units=sliding_units,
         kv_sliding_blocks=sliding_blocks,
+        fraction_of=fraction_of,
     )

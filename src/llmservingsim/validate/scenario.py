@@ -398,11 +398,14 @@ def engine_settings(row: dict[str, str], max_model_len: int) -> tuple[dict[str, 
         settings = {"policy": "vllm", "max_num_seqs": "1024"}
         return settings, "SGLang: chunked prefill, 1024 seqs, the preset's chunked_prefill_size"
     if "tensorrt-llm" in engine:
-        # trtllm-bench max-throughput: big runtime batch, chunked context, and the default
-        # GUARANTEED_NO_EVICT capacity policy (= no_evict); KV from ~0.9 of free memory.
+        # TensorRT-LLM's defaults: the GUARANTEED_NO_EVICT capacity policy (= no_evict), whole
+        # prompts (enable_chunked_prefill False), max_batch_size 2048, max_num_tokens 8192
+        # (trtllm-bench rows: its own, scenario_for); KV from 0.9 of the free memory (preset).
         settings = {"policy": "no_evict", "max_num_seqs": "2048", "block_size": "32"}
         settings["max_num_batched_tokens"] = "8192"
-        return settings, "TensorRT-LLM: no_evict, chunked, 2048 seqs, 8192 tok/step"
+        settings["enable_chunked_prefill"] = "false"
+        settings["memory_fraction_of"] = "free"  # every release: a fraction of the free memory
+        return settings, "TensorRT-LLM: no_evict, whole prompts, 2048 seqs, 8192 tok/step"
     if version is not None and version >= (0, 8):
         # vLLM V1: chunked prefill always on.
         settings = {"policy": "vllm", "max_num_seqs": "256", "max_num_batched_tokens": "8192"}
@@ -416,6 +419,72 @@ def engine_settings(row: dict[str, str], max_model_len: int) -> tuple[dict[str, 
     budget = str(max(max_model_len, 2048))
     settings = {"policy": "orca", "max_num_seqs": "256", "max_num_batched_tokens": budget}
     return settings, f"vLLM V0, context ≤ 32K: whole prompts (orca), {budget} tok/step"
+
+
+# trtllm-bench's byte sizes by quantization (bench/build/tuning.py BYTES_PER_ELEM).
+_BENCH_BYTES = {"fp8": 1.0, "fp4": 0.5}
+# The batch sizes the perf overview's llm_options.yml captures CUDA graphs for, padded.
+BENCH_GRAPH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 384, 512, 1024, 2048, 4096, 8192)
+
+
+def trtllm_bench_limits(
+    catalog: str,
+    hardware: str,
+    dtype: str,
+    kv_dtype: str,
+    tp: int,
+    pp: int,
+    isl: int,
+    osl: int,
+    fraction: float = 0.9,
+) -> tuple[int, int]:
+    """(max_batch_size, max_num_tokens) that ``trtllm-bench throughput`` sets when the user
+    gives neither: ``calc_engine_setting`` estimates how many requests of ISL + OSL tokens
+    the KV cache holds (``fraction`` of all the GPUs' memory less the checkpoint's weights,
+    every KV head counted at least once per TP rank) and ``finetune_setting`` rounds it up
+    (bench/build/tuning.py); without chunked prefill (trtllm-bench's default)
+    ``get_settings`` raises max_num_tokens to at least max ISL + max_batch_size
+    (bench/benchmark/utils/general.py)."""
+    from llmservingsim.catalog import load_device
+
+    spec = load_model(catalog)
+    device = load_device(hardware)
+    gib = 1024.0**3
+    byte_per_elem = _BENCH_BYTES.get(dtype, 2.0)
+    byte_per_kv_elem = 1.0 if kv_dtype == "fp8" else 2.0
+    kv_heads = max(tp, spec.num_kv_heads)
+    byte_per_token = 2 * spec.num_layers * kv_heads * spec.head_dim * byte_per_kv_elem / gib
+    engine_size = spec.num_params() * byte_per_elem / gib
+    available = device.memory_gib * tp * pp - engine_size
+    max_requests = available * fraction / (byte_per_token * (isl + osl))
+    # finetune_setting (optimistic tuning)
+    raw_bs = min(max_requests, 4096) / pp
+    raw_token = min(raw_bs * (1 + isl / osl), 32768)
+    if raw_bs < 256:
+        max_bs = max(64, 32 * math.ceil(raw_bs / 32))
+    elif raw_bs < 1024:
+        max_bs = 128 * math.ceil(raw_bs / 128)
+    else:
+        max_bs = 256 * math.ceil(raw_bs / 256)
+    if raw_token < 4096:
+        max_tokens = max(2048, 256 * math.ceil(raw_token / 256))
+    elif raw_token < 8192:
+        max_tokens = 512 * math.ceil(raw_token / 512)
+    else:
+        max_tokens = 1024 * math.ceil(raw_token / 1024)
+    return max_bs, max(max_tokens, isl + max_bs)
+
+
+def bench_graph_sizes(max_batch_size: int, max_num_tokens: int) -> list[int]:
+    """The decode batch sizes TensorRT-LLM's PyTorch backend captures from the perf overview's
+    ``cuda_graph_config`` (``enable_padding: true``, :data:`BENCH_GRAPH_SIZES`): those up to
+    min(max_batch_size, max_num_tokens), and that bound itself when a listed size was above
+    it (model_engine.py ``_filter_cuda_graph_batch_sizes``)."""
+    top = min(max_batch_size, max_num_tokens)
+    sizes = [size for size in BENCH_GRAPH_SIZES if size <= top]
+    if len(sizes) < len(BENCH_GRAPH_SIZES) and (not sizes or sizes[-1] != top):
+        sizes.append(top)
+    return sizes
 
 
 def engine_preset(row: dict[str, str]) -> str | None:
@@ -621,6 +690,41 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
             settings[key] = value
         notes.append(f"recipe: {recipe.source}")
     concurrency = int(row["concurrency"]) if row.get("concurrency") else None
+    graphs: list[str] = []
+    isl, osl, rate = number(row["input_len"]), number(row["output_len"]), row["request_rate_rps"]
+    bench = engine_name == "trtllm" and concurrency is None and not row.get("workload_file")
+    if bench and isl and osl and math.isinf(number(rate) or math.inf):
+        # trtllm-bench throughput (the perf overview's max-throughput rows): its own
+        # max_batch_size / max_num_tokens from the lengths and the KV memory it estimates.
+        max_bs, max_tokens = trtllm_bench_limits(
+            rule.catalog, hardware, dtype, kv_dtype, int(tp), int(pp), int(isl), int(osl)
+        )
+        settings["max_num_seqs"], settings["max_num_batched_tokens"] = str(max_bs), str(max_tokens)
+        engine_text = (
+            f"TensorRT-LLM (trtllm-bench): no_evict, whole prompts, {max_bs} seqs, "
+            f"{max_tokens} tok/step"
+        )
+        notes.append(
+            "trtllm-bench's max_batch_size / max_num_tokens heuristic (bench/build/tuning.py, "
+            "bench/benchmark/utils/general.py)"
+        )
+        if engine_preset(row) == "trtllm":  # the PyTorch backend: the overview's llm_options
+            sizes = bench_graph_sizes(max_bs, max_tokens)
+            graphs = [
+                "perf.cuda_graphs.mode=decode",
+                "perf.cuda_graphs.padding=true",
+                f"perf.cuda_graphs.max_capture_size={sizes[-1]}",
+                f"perf.cuda_graphs.capture_sizes=[{', '.join(map(str, sizes))}]",
+            ]
+    elif engine_name == "trtllm" and isl and isl >= int(settings["max_num_batched_tokens"]):
+        # Without chunked prefill TensorRT-LLM refuses a prompt above max_num_tokens (and runs
+        # one of exactly that size only beside no generation request): a served run with such
+        # prompts had chunking on (or a budget its row does not record).
+        settings["enable_chunked_prefill"] = "true"
+        notes.append(
+            f"chunked prefill: prompts of {int(isl)} tokens reach max_num_tokens "
+            f"{settings['max_num_batched_tokens']}, which TensorRT-LLM only runs chunked"
+        )
     if concurrency is not None and concurrency > int(settings["max_num_seqs"]):
         settings["max_num_seqs"] = str(concurrency)  # the server admits every client
     settings.setdefault("block_size", "16")
@@ -645,6 +749,7 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         *([f"cluster.data_parallel={dp}"] if dp > 1 else []),
         *(f"scheduler.{k}={v}" for k, v in sorted(settings.items())),
         *kernel_fusion(row),
+        *graphs,
         *work_sets,
     ]
     optional = []
@@ -657,6 +762,8 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     )
     engine = f"{engine_text}; block {settings['block_size']}, util "
     engine += settings["gpu_memory_utilization"]
+    if settings.get("memory_fraction_of") == "free":
+        engine += " of the free memory"
     if from_notes:
         engine += f"; from the row's notes: {', '.join(from_notes)}"
     if steps:

@@ -82,6 +82,8 @@ class Scheduler(ABC):
         # attribute lookup in the compiled build).
         self.max_num_batched_tokens: int = cfg.max_num_batched_tokens
         self.max_num_seqs: int = cfg.max_num_seqs
+        # Whether prompts may be chunked (scheduler.enable_chunked_prefill; VllmScheduler).
+        self.chunked_prefill: bool = cfg.enable_chunked_prefill is not False
         self.blocks = blocks
         self.swap = swap if cfg.preemption == "swap" else None
         self.waiting: deque[Sequence] = deque()

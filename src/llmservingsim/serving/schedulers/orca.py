@@ -1,26 +1,26 @@
 """Orca-style iteration-level batching: like vLLM V1 but prompts are never chunked.
 
-A waiting request joins only when its whole prompt fits the step's remaining token budget.
-A prompt longer than the whole budget may run alone in an otherwise empty step, or it would
-wait forever (vLLM V0 without chunked prefill refuses such prompts at start-up instead).
+A waiting request joins only when its whole prompt fits the step's remaining token budget
+(:meth:`VllmScheduler.prefill_tokens` without chunked prefill). A prompt longer than the whole
+budget may run alone in an otherwise empty step, or it would wait forever (vLLM V0 without
+chunked prefill refuses such prompts at start-up instead).
 """
 
 from __future__ import annotations
 
-from llmservingsim.sequence import Sequence
-from llmservingsim.serving.block_manager import PrefixHit
+from llmservingsim.config import SchedulerConfig
+from llmservingsim.serving.block_manager import BlockManager
 from llmservingsim.serving.schedulers.base import SCHEDULERS
 from llmservingsim.serving.schedulers.vllm import VllmScheduler
+from llmservingsim.serving.swap import SwapSpace
 
 
 class OrcaScheduler(VllmScheduler):
-    def prefill_tokens(
-        self, seq: Sequence, hit: PrefixHit, budget: int, step_is_empty: bool
-    ) -> int:
-        whole = seq.num_tokens - hit.tokens
-        if whole <= budget or step_is_empty:
-            return whole
-        return 0
+    def __init__(
+        self, cfg: SchedulerConfig, blocks: BlockManager, swap: SwapSpace | None = None
+    ) -> None:
+        super().__init__(cfg, blocks, swap)
+        self.chunked_prefill = False
 
 
 SCHEDULERS.register("orca")(OrcaScheduler)

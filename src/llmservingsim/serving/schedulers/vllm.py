@@ -36,9 +36,19 @@ class VllmScheduler(Scheduler):
     ) -> int:
         """Tokens a waiting request may start with after its ``hit`` (0 = it must wait).
 
-        Chunked: any part of what is left.
+        Chunked: any part of what is left. Without chunked prefill (``orca``,
+        ``scheduler.enable_chunked_prefill: false``) the whole prompt or nothing: it joins only
+        when it fits the step's remaining budget; a prompt longer than the whole budget may
+        run alone in an otherwise empty step, or it would wait forever (vLLM V0 without
+        chunked prefill refuses such prompts at start-up, TensorRT-LLM's trtllm-bench raises
+        max_num_tokens to the longest prompt).
         """
-        return min(seq.num_tokens - hit.tokens, budget)
+        whole = seq.num_tokens - hit.tokens
+        if self.chunked_prefill:
+            return min(whole, budget)
+        if whole <= budget or step_is_empty:
+            return whole
+        return 0
 
     def repeats_decode(self) -> bool:
         # A refused waiting request stays refused: decoding only shrinks the free pool (and
