@@ -109,19 +109,59 @@ def test_decodes_run_when_no_prompt_can_start() -> None:
     assert len(steps[1:first]) == 79  # all of request 0's decodes, none skipped
 
 
-def test_the_same_with_and_without_fast_forward() -> None:
-    specs = [RequestSpec(i, i * 0.003, 300 + 97 * (i % 5), 20 + i % 13) for i in range(60)]
-    fast, slow = (
-        simulate(
-            load_config(None, [*SEPARATE, f"simulator.fast_forward={ff}"]),
-            requests=specs,
-            check_invariants=True,
-        )
-        for ff in ("true", "false")
-    )
-    assert fast.summary["requests_completed"] == slow.summary["requests_completed"] == 60
-    for rid in (0, 17, 59):
-        assert ttft(fast, rid) == pytest.approx(ttft(slow, rid), rel=1e-9)
+class LaidOut(EngineHooks):
+    """Counts the fast-forward runs the instances laid out."""
+
+    def __init__(self) -> None:
+        self.instances: dict[int, Instance] = {}
+
+    def before_add(self, instance: Instance, now: float) -> None:
+        self.instances[instance.index] = instance
+
+    @property
+    def runs(self) -> int:
+        return sum(i.runs_laid_out for i in self.instances.values())
+
+
+@pytest.mark.parametrize(
+    ("sets", "specs"),
+    [
+        ((), [RequestSpec(i, i * 0.003, 300 + 97 * (i % 5), 20 + i % 13) for i in range(60)]),
+        # The queue head waits for KV (no_evict's promises) while the batch decodes: the
+        # steady group stays whole (a step that starts no prompt decodes) and runs fast.
+        (
+            ("scheduler.policy=no_evict", "scheduler.num_gpu_blocks_override=300"),
+            [RequestSpec(i, 0.0, 200 + 53 * (i % 7), 150 + 11 * (i % 9)) for i in range(40)],
+        ),
+    ],
+    ids=["light", "kv_blocked"],
+)
+def test_the_same_with_and_without_fast_forward(
+    sets: tuple[str, ...], specs: list[RequestSpec]
+) -> None:
+    results, runs = {}, {}
+    for ff in ("true", "false"):
+        seen = LaidOut()
+        with observing(seen):
+            results[ff] = simulate(
+                load_config(None, [*SEPARATE, *sets, f"simulator.fast_forward={ff}"]),
+                requests=specs,
+                check_invariants=True,
+            )
+        runs[ff] = seen.runs
+    # The steady group is dissolved only by a step that starts a prompt: the decode steps
+    # between prompts fast-forward as with mixed steps (where prompts join the group's steps).
+    mixed = LaidOut()
+    with observing(mixed):
+        simulate(load_config(None, [*DENSE, *sets]), requests=specs)
+    assert runs["true"] >= mixed.runs
+    assert runs["false"] == 0
+    fast, slow = results["true"], results["false"]
+    assert fast.summary["requests_completed"] == slow.summary["requests_completed"] == len(specs)
+    slow_records = {r.id: r for r in slow.metrics.records}
+    for record in fast.metrics.records:
+        assert record.ttft == pytest.approx(slow_records[record.id].ttft, rel=1e-9)
+        assert record.e2e == pytest.approx(slow_records[record.id].e2e, rel=1e-9)
 
 
 @pytest.mark.parametrize("policy", ["vllm", "sarathi", "orca", "no_evict", "priority"])
