@@ -266,6 +266,10 @@ class VllmScheduler(Scheduler):
             seq = self.waiting[0]
             if floor is not None and seq.spec.priority >= floor:
                 break  # never re-admit a victim (or its peers) in the step that preempted it
+            if not self.mixed_prefill and prefill_only == (
+                seq.generated > 0 and self.resumes_decoding(seq, self.lookup(seq))
+            ):
+                break  # decodes join the decodes, prompts run apart (fill_step)
             full = len(running) >= max_num_seqs
             making_room = self.victim_for(seq) if full else None
             if full and making_room is None:
@@ -279,8 +283,6 @@ class VllmScheduler(Scheduler):
                 budget += self.evict(making_room, entries, seq, "max_num_seqs")
                 continue
             hit = self.lookup(seq)
-            if not self.mixed_prefill and self.resumes_decoding(seq, hit) == prefill_only:
-                break  # decodes join the decodes, prompts run apart (fill_step)
             num_new = self.prefill_tokens(seq, hit, budget, step_is_empty=not (entries or steady))
             if num_new == 0:
                 break
