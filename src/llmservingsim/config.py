@@ -850,7 +850,7 @@ class SchedulerConfig(_Section):
     over, swapped in) decodes. Needs a policy of the vllm family (vllm, sarathi, orca,
     no_evict, priority, a plugin subclassing it), one engine step per schedule, no attention
     data parallelism and no batch waiting; where the ``sglang`` preset set it and these do
-    not hold, steps mix, with a warning."""
+    not hold, the run uses true, with a warning."""
     attention_dp_balance: AttentionDpBalanceConfig | None = None
     """Context balancing across attention data-parallel ranks (TensorRT-LLM's
     ``attention_dp_config`` with ``enable_balance: true``): context requests start only in a

@@ -253,9 +253,9 @@ def preset_separate_prefill(cfg: SimConfig) -> SimConfig:
     if unsupported is None:
         return cfg
     warnings.warn(
-        f"engine {preset['engine']}: its separate prefill batches (scheduler.mixed_prefill: "
-        f"false) {unsupported} are not yet supported; steps mix prompts and decodes (set "
-        "scheduler.mixed_prefill: true to choose that and silence this warning)",
+        f"engine {preset['engine']}: the preset's separate prefill batches "
+        f"(scheduler.mixed_prefill: false) {unsupported} are not yet supported; the run uses "
+        "scheduler.mixed_prefill: true (set it to silence this warning)",
         InputWarning,
         stacklevel=2,
     )

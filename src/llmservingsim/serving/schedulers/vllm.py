@@ -200,9 +200,8 @@ class VllmScheduler(Scheduler):
         if group is not None and not self.group_is_safe():
             group.dissolve()  # one by one, exactly as without the group
         if prefill_only:
-            # The steady decoders lead the running list and sit the step out. The group
-            # stays whole unless a prompt starts (then it dissolves below): a step that
-            # starts none decodes, and the group with it (fill_step).
+            # The steady decoders lead the running list and sit the step out as a group
+            # (SteadyDecoders.end_step): no step of theirs begins.
             i = 0 if group is None else group.count
             steady = 0
         else:
@@ -256,7 +255,7 @@ class VllmScheduler(Scheduler):
             budget -= num_new
             i += 1
         if preempted or not self.waiting:
-            return self.prompts_started(entries) if prefill_only else entries
+            return entries
         in_use = self.adapters_in_use()
         skipped: list[Sequence] = []  # their LoRA adapter has no slot this step
         max_num_seqs = self.max_num_seqs
@@ -303,16 +302,6 @@ class VllmScheduler(Scheduler):
             budget -= num_new
         if skipped:
             self.waiting.extendleft(reversed(skipped))
-        return self.prompts_started(entries) if prefill_only else entries
-
-    def prompts_started(self, entries: list[ScheduledEntry]) -> list[ScheduledEntry]:
-        """A prefill-only step's ``entries``; when it starts prompts, the steady decoders,
-        who sit it out, dissolve (the group counts only steps in which all of them decode).
-        Nothing the step decided depended on the group: it only held KV blocks by count."""
-        group = self.steady
-        if entries and group is not None and group.count:
-            group.dissolve()
-            group.begin_step()
         return entries
 
 
