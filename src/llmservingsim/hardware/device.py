@@ -19,7 +19,7 @@ from llmservingsim.ranges import Fraction, Gbps, GiB, Microseconds, NotBool, Sma
 
 GIB = 1024**3
 
-DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "fp4", "mxfp4", "int8", "int4")
+DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "fp4", "int8", "int4")
 
 # Physical ranges of a device file's numbers (configs share the other types, config.py).
 Tflops = Annotated[float, NotBool, Field(ge=1e-3, le=1e9, allow_inf_nan=False)]
