@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from llmservingsim.errors import ConfigError
+from llmservingsim.model.spec import weight_only_quantized
 from llmservingsim.ranges import (
     MAX_COUNT,
     MAX_TOKENS,
@@ -43,7 +44,7 @@ from llmservingsim.ranges import (
     TokenCount,
 )
 
-WeightDtype = Literal["fp32", "bf16", "fp16", "fp8", "fp4", "int8", "int4"]
+WeightDtype = Literal["fp32", "bf16", "fp16", "fp8", "fp4", "mxfp4", "int8", "int4"]
 KvDtype = Literal["auto", "fp32", "bf16", "fp16", "fp8"]
 
 # Ranges of numbers: ranges.py.
@@ -1201,10 +1202,12 @@ class SimConfig(_Section):
     model: str = "llama-3.1-8b"
     """Catalog name (llmservingsim catalog models) or path to a Hugging Face config.json."""
     dtype: WeightDtype = "bf16"
-    """Weights and math; int8/int4 are weight-only (math in bf16); fp4 is NVFP4/MXFP4 (FP4
-    tensor cores: Blackwell) with an fp8 KV cache."""
+    """Weights and math; int8/int4 are weight-only (math in bf16); fp4 is NVFP4 (FP4 tensor
+    cores: Blackwell) with an fp8 KV cache; mxfp4 is OCP MXFP4 weights (4.25 bits, gpt-oss)
+    computed with MXFP8 activations at the fp8 rate on devices with FP4 tensor cores and
+    weight-only in bf16 elsewhere, with 16-bit embeddings, LM head and KV cache."""
     kv_dtype: KvDtype = "auto"
-    """KV-cache dtype; auto = dtype (bf16 for int8/int4 weights, fp8 for fp4 weights)."""
+    """KV-cache dtype; auto = dtype (bf16 for int8/int4/mxfp4 weights, fp8 for fp4 weights)."""
     hardware: str = "h100-sxm"
     """Catalog name (llmservingsim catalog hardware) or path to a device YAML."""
     max_model_len: int | None = Field(default=None, ge=1)
@@ -1281,7 +1284,8 @@ class SimConfig(_Section):
 
     @property
     def compute_dtype(self) -> str:
-        """Math dtype: int8/int4 are weight-only quantization, computed in bf16."""
+        """Math dtype: int8/int4 are weight-only quantization, computed in bf16; mxfp4's
+        depends on the device (DeviceSpec.gemm_dtype), so it stays mxfp4 here."""
         return "bf16" if self.dtype in ("int8", "int4") else self.dtype
 
     @property
@@ -1291,7 +1295,7 @@ class SimConfig(_Section):
         # Weight-only quantized models keep a 16-bit KV cache; FP4 checkpoints an FP8 one.
         if self.dtype == "fp4":
             return "fp8"
-        return "bf16" if self.dtype in ("int8", "int4") else self.dtype
+        return "bf16" if weight_only_quantized(self.dtype) else self.dtype
 
 
 # ----------------------------------------------------------------------------- loading

@@ -180,13 +180,13 @@ def test_layouts_the_simulator_may_not_support_still_get_settings() -> None:
     assert "not mapped" in str(scenario_for(_row(model="GPT-5"), Path("."), []))
 
 
-def test_gpt_oss_fp4_rows_run_as_int4_weight_only() -> None:
-    """gpt-oss ships MXFP4 experts with bf16 attention: its "fp4" rows are int4 weight-only
-    with a 16-bit KV cache, not NVFP4 compute with an fp8 KV cache."""
+def test_gpt_oss_fp4_rows_run_as_mxfp4() -> None:
+    """gpt-oss ships MXFP4 experts with bf16 attention: its "fp4" rows are dtype mxfp4 with a
+    16-bit KV cache, not NVFP4 compute with an fp8 KV cache."""
     for name, catalog in (("openai/gpt-oss-120b", "gpt-oss-120b"), ("gpt-oss-20b", "gpt-oss-20b")):
         mxfp4 = _scenario(_row(model=name, dtype="fp4"))
-        assert {f"model={catalog}", "dtype=int4", "kv_dtype=auto"} <= set(mxfp4.overrides)
-        assert any("MXFP4 experts simulated as int4" in n for n in mxfp4.notes)
+        assert {f"model={catalog}", "dtype=mxfp4", "kv_dtype=auto"} <= set(mxfp4.overrides)
+        assert any("MXFP4 experts: dtype mxfp4" in n for n in mxfp4.notes)
     fp8 = _scenario(_row(model="openai/gpt-oss-120b", dtype="fp8"))
     assert {"dtype=fp8", "kv_dtype=fp8"} <= set(fp8.overrides)
     nvfp4 = _scenario(_row(model="meta-llama/Llama-3.1-70B", dtype="fp4"))

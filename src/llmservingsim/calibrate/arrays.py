@@ -68,7 +68,7 @@ def predict(device: DeviceSpec, dtype: str, eff: Efficiency, ops: OpArrays) -> F
     kernels, the iteration timer's host overhead for ``step_cpu`` points."""
     peak = device.peak_flops(dtype)
     raw_bw = device.memory_bandwidth
-    compute_max, half_m, gemm_launch_us = eff.gemm_curve(dtype)
+    compute_max, half_m, gemm_launch_us = eff.gemm_curve(device.gemm_dtype(dtype))
     launch = np.full(len(ops), eff.kernel_launch_us * 1e-6)
     bandwidth = np.full(len(ops), raw_bw * eff.memory)
     rows = np.maximum(ops.m, 1.0)

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmservingsim.errors import ConfigError
+from llmservingsim.model.spec import gemm_dtype, weight_only_quantized
 from llmservingsim.ranges import Fraction, Gbps, GiB, Microseconds, NotBool, SmallCount
 
 GIB = 1024**3
@@ -100,7 +101,8 @@ class MemoryOpEfficiency(_Strict):
 
 GemmDtype = Literal["fp8", "fp4"]
 """Compute dtypes with a GEMM curve of their own (bf16's is the top-level one; int8 and int4
-weights are weight-only, computed in 16 bits on bf16's curve)."""
+weights are weight-only, computed in 16 bits on bf16's curve; MXFP4 weights compute in fp8 on
+a device with FP4 tensor cores, else in bf16: DeviceSpec.gemm_dtype)."""
 
 
 class DtypeGemm(_Strict):
@@ -154,9 +156,12 @@ class Efficiency(_Strict):
 
 
 def attention_dtype(dtype: str) -> str:
-    """The dtype attention's matmuls run in for a model computed in ``dtype``: no engine runs
-    them in fp4 (fp4 models run attention in fp8 at most)."""
-    return "fp8" if dtype == "fp4" else dtype
+    """The dtype attention's matmuls run in for a model whose weights are in ``dtype``: no
+    engine runs them in fp4 (fp4 models run attention in fp8 at most); weight-only quantized
+    models (int8, int4, MXFP4) run it in 16 bits."""
+    if dtype == "fp4":
+        return "fp8"
+    return "bf16" if weight_only_quantized(dtype) else dtype
 
 
 class Systolic(_Strict):
@@ -232,9 +237,20 @@ class DeviceSpec(_Strict):
         """Bytes per second."""
         return self.memory_bandwidth_gbps * 1e9
 
+    @property
+    def fp4_tensor_cores(self) -> bool:
+        """Whether the device computes in FP4 (Blackwell: its datasheet lists an fp4 peak)."""
+        return "fp4" in self.peak_tflops
+
+    def gemm_dtype(self, dtype: str) -> str:
+        """The dtype GEMMs of weights in ``dtype`` compute in on this device (model/spec.py)."""
+        return gemm_dtype(dtype, self.fp4_tensor_cores)
+
     def peak_flops(self, dtype: str) -> float:
-        """Dense FLOP/s for a compute dtype; int4/int8 weight-only math runs at the 16-bit rate.
+        """Dense FLOP/s of GEMMs for weights in ``dtype`` (:meth:`gemm_dtype`): int4/int8
+        weight-only math runs at the 16-bit rate, MXFP4 at the fp8 rate with FP4 tensor cores.
         FP4 needs FP4 tensor cores (Blackwell): a device without an fp4 peak refuses it."""
+        dtype = self.gemm_dtype(dtype)
         if dtype == "fp4" and "fp4" not in self.peak_tflops:
             with_fp4 = "a device with FP4 tensor cores (e.g. b200, gb200, rtx-pro-6000)"
             raise ConfigError(

@@ -8,7 +8,7 @@ row-parallel one (o, down) splits A and keeps B whole (vLLM's sharded LoRA layer
 from __future__ import annotations
 
 from llmservingsim.config import LoraTarget
-from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec
+from llmservingsim.model.spec import ModelSpec, activation_bytes
 
 ROW_PARALLEL: frozenset[LoraTarget] = frozenset({"o", "down"})
 FUSED_GROUP: dict[LoraTarget, str] = {
@@ -58,4 +58,4 @@ def adapter_bytes_per_device(
 
 def lora_dtype_bytes(dtype: str) -> float:
     """Adapters stay 16-bit under weight quantization (as in vLLM)."""
-    return 2.0 if dtype in ("fp8", "fp4", "int8", "int4") else DTYPE_BYTES[dtype]
+    return activation_bytes(dtype)

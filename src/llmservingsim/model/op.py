@@ -4,7 +4,7 @@ the model-shape extensions (model/mla.py, model/moe.py) all build on it."""
 
 from __future__ import annotations
 
-from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec
+from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec, activation_bytes, gemm_dtype
 
 Dims = tuple[tuple[str, int], ...]
 
@@ -129,26 +129,34 @@ class Fusion:
 DEFAULT_FUSION = Fusion()
 
 
-# Bytes of one activation element that W8A8 GEMMs read (fp8 checkpoints quantize activations
-# too; model/fusion.py adds the kernels that do it).
+# Bytes of one activation element that GEMMs computed in fp8 read (fp8 checkpoints quantize
+# activations too, as MXFP4 ones do to MXFP8 on FP4 tensor cores; model/fusion.py adds the
+# kernels that do it).
 ACTIVATION_QUANT_BYTES: dict[str, float] = {"fp8": 1.0}
 
 
 class OpBuilder:
     """GEMMs and element-wise ops of one TP rank of ``spec`` in ``dtype``, with its KV cache in
-    ``kv_dtype``, for an engine that fuses ``fusion`` (model/fusion.py applies it)."""
+    ``kv_dtype``, for an engine that fuses ``fusion`` (model/fusion.py applies it), on a device
+    with or without FP4 tensor cores (``fp4_tensor_cores``: which dtype GEMMs compute in,
+    :func:`~llmservingsim.model.spec.gemm_dtype`)."""
 
     def __init__(
-        self, spec: ModelSpec, tp: int, dtype: str, kv_dtype: str, fusion: Fusion = DEFAULT_FUSION
+        self,
+        spec: ModelSpec,
+        tp: int,
+        dtype: str,
+        kv_dtype: str,
+        fusion: Fusion = DEFAULT_FUSION,
+        fp4_tensor_cores: bool = False,
     ) -> None:
         self.spec = spec
         self.tp = tp
         self.weight_bytes = DTYPE_BYTES[dtype]
-        # Weight-only quantized models (int8/int4) still compute in 16-bit.
-        self.act_bytes = 2.0 if dtype in ("int8", "int4", "fp8", "fp4") else DTYPE_BYTES[dtype]
+        self.act_bytes = activation_bytes(dtype)
         self.kv_bytes = DTYPE_BYTES[kv_dtype]
         self.fusion = fusion
-        self.quant_bytes = ACTIVATION_QUANT_BYTES.get(dtype, 0.0)
+        self.quant_bytes = ACTIVATION_QUANT_BYTES.get(gemm_dtype(dtype, fp4_tensor_cores), 0.0)
 
     def gemm(self, name: str, m: int, n: int, k: int) -> Op:
         flops = 2.0 * m * n * k

@@ -20,6 +20,7 @@ from llmservingsim.model.op import Dims as Dims
 from llmservingsim.model.op import Op as Op
 from llmservingsim.model.op import OpBuilder
 from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec
+from llmservingsim.model.spec import weight_only_quantized as weight_only_quantized
 
 
 class ShardShape:
@@ -87,12 +88,6 @@ def kv_bytes_per_token_layer(spec: ModelSpec, tp: int, kv_dtype: str) -> float:
     return 2.0 * shard_shape(spec, tp).kv_size * DTYPE_BYTES[kv_dtype]
 
 
-def weight_only_quantized(dtype: str) -> bool:
-    """int8/int4 checkpoints (AWQ/GPTQ-style) quantize the decoder's linear layers only: math,
-    activations, embeddings and the LM head stay 16-bit."""
-    return dtype in ("int8", "int4")
-
-
 def attended_keys(new: int, ctx: int, window: int = 0) -> float:
     """Query-key pairs of causal attention for ``new`` tokens after ``ctx`` cached ones: the
     token at position p attends to p + 1 tokens, or with a sliding ``window`` (> 0) to the
@@ -146,8 +141,9 @@ class OpGraph(OpBuilder):
         moe_imbalance: float = 1.0,
         data_parallel: int = 1,
         fusion: Fusion = DEFAULT_FUSION,
+        fp4_tensor_cores: bool = False,
     ) -> None:
-        super().__init__(spec, tp, dtype, kv_dtype, fusion)
+        super().__init__(spec, tp, dtype, kv_dtype, fusion, fp4_tensor_cores)
         self.shape = shard_shape(spec, tp)
         self.head_weight_bytes = 2.0 if weight_only_quantized(dtype) else self.weight_bytes
         # Model-shape extensions (model/mla.py, model/moe.py).

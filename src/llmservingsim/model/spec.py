@@ -27,9 +27,34 @@ DTYPE_BYTES: dict[str, float] = {
     "fp8": 1.0,
     "int8": 1.0,
     "int4": 0.5,
-    # NVFP4: 4-bit values plus one fp8 scale per 16 of them (MXFP4: one 8-bit per 32, 4.25 bits)
+    # NVFP4: 4-bit values plus one fp8 scale per 16 of them
     "fp4": 0.5625,
+    # OCP MXFP4: 4-bit e2m1 values plus one 8-bit e8m0 scale per 32 of them (4.25 bits)
+    "mxfp4": 0.53125,
 }
+
+
+def activation_bytes(dtype: str) -> float:
+    """Bytes of one activation element between kernels: 16-bit for any weight dtype narrower
+    than that (quantized weights, fp8 / fp4 math included), else the dtype's own."""
+    return max(2.0, DTYPE_BYTES[dtype])
+
+
+def weight_only_quantized(dtype: str) -> bool:
+    """int8/int4 checkpoints (AWQ/GPTQ-style) and MXFP4 ones (gpt-oss) quantize the decoder's
+    linear layers only: embeddings and the LM head stay 16-bit (and so does the math of int8 /
+    int4, and of MXFP4 without FP4 tensor cores: model/spec.py gemm_dtype)."""
+    return dtype in ("int8", "int4", "mxfp4")
+
+
+def gemm_dtype(dtype: str, fp4_tensor_cores: bool) -> str:
+    """The dtype GEMMs of a model whose weights are in ``dtype`` run in: int8/int4 are
+    weight-only (dequantized, bf16 math); MXFP4 weights meet MXFP8 activations on a device
+    with FP4 tensor cores (Blackwell's block-scaled MMA: the fp8 rate) and are weight-only
+    elsewhere; every other dtype computes in itself."""
+    if dtype == "mxfp4":
+        return "fp8" if fp4_tensor_cores else "bf16"
+    return "bf16" if dtype in ("int8", "int4") else dtype
 
 
 @dataclass(frozen=True)

@@ -338,6 +338,7 @@ class IterationTimer:
             moe_imbalance=moe_imbalance,
             data_parallel=data_parallel,
             fusion=fusion,
+            fp4_tensor_cores=device.fp4_tensor_cores,
         )
         self.backend = backend
         self.num_layers = spec.num_layers

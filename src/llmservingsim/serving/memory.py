@@ -21,7 +21,7 @@ from math import gcd
 
 from llmservingsim.hardware.device import GIB, DeviceSpec
 from llmservingsim.model.ops import kv_bytes_per_token_layer, shard_shape, weight_only_quantized
-from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec
+from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec, activation_bytes
 
 
 @dataclass(frozen=True)
@@ -177,10 +177,10 @@ def weight_bytes_per_device(
 ) -> float:
     """Weights of one device of the heaviest stage; KV-head projections are replicated when
     kv_heads < tp. With pipeline stages the first holds the embedding and the last the LM head,
-    so the largest stage carries one vocabulary matrix. Weight-only quantized checkpoints
-    (int8/int4) keep the embeddings and LM head in 16-bit. With ``dp`` attention DP ranks the
-    attention, dense layers and vocabulary are per rank (split over its TP devices) and the
-    routed experts over all DP × TP devices."""
+    so the largest stage carries one vocabulary matrix. Checkpoints that quantize the decoder's
+    linear layers only (int8/int4/mxfp4) keep the embeddings and LM head in 16-bit. With ``dp``
+    attention DP ranks the attention, dense layers and vocabulary are per rank (split over its
+    TP devices) and the routed experts over all DP × TP devices."""
     shard = shard_shape(spec, tp)
     h = spec.hidden_size
     attention = attention_params_per_device(spec, tp)
@@ -219,7 +219,7 @@ def activation_peak_bytes(
     those of every rank's tokens routed to it; MLA's projections replace QKV.
     """
     shard = shard_shape(spec, tp)
-    act = 2.0 if dtype in ("int8", "int4", "fp8", "fp4") else DTYPE_BYTES[dtype]
+    act = activation_bytes(dtype)
     if spec.uses_mla:
         heads = max(1, spec.num_heads // tp)
         projections = spec.q_lora_rank + spec.mla_latent_size + heads * spec.head_dim

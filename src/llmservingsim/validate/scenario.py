@@ -75,8 +75,9 @@ MODELS = (
 )
 
 # Models published with MXFP4 experts (gpt-oss: ``quantization_config.quant_method`` mxfp4,
-# attention, router, embeddings and LM head left in bf16). Their rows say "fp4"; the closest
-# setting is int4 weight-only with a 16-bit KV cache (docs/models.md), not NVFP4 compute.
+# attention, router, embeddings and LM head left in bf16). Their rows say "fp4": they run as
+# dtype mxfp4 (MXFP8 activations on Blackwell, weight-only elsewhere) with a 16-bit KV cache
+# (docs/models.md), not NVFP4 compute.
 MXFP4_MODELS = re.compile(r"gpt-oss")
 
 HARDWARE = (
@@ -664,8 +665,11 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     work_sets, work_text, notes = workload
     dtype, kv_dtype = _dtype(row["dtype"])
     if dtype == "fp4" and MXFP4_MODELS.search(low):
-        dtype, kv_dtype = "int4", "auto"
-        notes.append("MXFP4 experts simulated as int4 weight-only, bf16 KV cache (docs/models.md)")
+        dtype, kv_dtype = "mxfp4", "auto"
+        notes.append(
+            "MXFP4 experts: dtype mxfp4 (MXFP8 activations with FP4 tensor cores, else "
+            "weight-only), bf16 KV cache (docs/models.md)"
+        )
     ep_match = re.search(r"moe_ep=(\d+)", row["notes"])
     ep = int(ep_match[1]) if ep_match else 1
     context = rule.published_context or load_model(rule.catalog).max_context

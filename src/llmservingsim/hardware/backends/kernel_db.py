@@ -546,8 +546,30 @@ class KernelTables:
     nccl: dict[tuple[str, int], Curve1]
 
 
+def table_modes(
+    dtype: str, options: KernelDbConfig, is_moe: bool, fp4_tensor_cores: bool
+) -> tuple[str | None, str | None]:
+    """(GEMM table mode, MoE table mode) of weights in ``dtype``; None: the tables have no
+    mode for it (the roofline times those ops). MXFP4 experts run MXFP4 x MXFP8 kernels on a
+    device with FP4 tensor cores (Blackwell) and weight-only (W4A16) kernels elsewhere."""
+    fp8 = options.fp8_gemm if options.fp8_gemm != "auto" else "fp8_block" if is_moe else "fp8"
+    if dtype == "fp8":
+        return fp8, fp8
+    if dtype == "fp4":
+        return GEMM_MODE["fp4"], "nvfp4" if options.fp4 == "nvfp4" else "w4a16_mxfp4"
+    if dtype == "mxfp4":
+        return None, "w4a8_mxfp4_mxfp8" if fp4_tensor_cores else "w4a16_mxfp4"
+    return GEMM_MODE.get(dtype), MOE_MODE.get(dtype)
+
+
 def load_tables(
-    root: Path, system: str, options: KernelDbConfig, dtype: str, kv_dtype: str, is_moe: bool
+    root: Path,
+    system: str,
+    options: KernelDbConfig,
+    dtype: str,
+    kv_dtype: str,
+    is_moe: bool,
+    fp4_tensor_cores: bool = False,
 ) -> KernelTables:
     index = table_index(root)
     engines = {e: versions for e, versions in index[system].items() if e in ENGINES}
@@ -571,15 +593,7 @@ def load_tables(
         if found is not None:
             sources[family] = f"{options.engine}@{found[0]}"
             folders[family] = found[1]
-    fp8 = options.fp8_gemm if options.fp8_gemm != "auto" else "fp8_block" if is_moe else "fp8"
-    gemm_mode = fp8 if dtype == "fp8" else GEMM_MODE.get(dtype)
-    moe_mode = (
-        fp8
-        if dtype == "fp8"
-        else ("nvfp4" if options.fp4 == "nvfp4" else "w4a16_mxfp4")
-        if dtype == "fp4"
-        else MOE_MODE.get(dtype)
-    )
+    gemm_mode, moe_mode = table_modes(dtype, options, is_moe, fp4_tensor_cores)
     kv_mode = KV_MODE.get(kv_dtype)
     gemm = head = None
     if "gemm" in folders:
@@ -721,7 +735,9 @@ class KernelDbBackend:
                 "perf.kernel_db.fallback: roofline to time it with the roofline"
             )
         moe = setup.model.is_moe
-        tables = load_tables(root, system, options, setup.dtype, setup.kv_dtype, moe)
+        tables = load_tables(
+            root, system, options, setup.dtype, setup.kv_dtype, moe, device.fp4_tensor_cores
+        )
         return cls(device, setup.compute_dtype, tables)
 
     def time(self, op: Op) -> float:

@@ -40,9 +40,10 @@ class RooflineBackend:
         eff = device.efficiency
         # GEMMs computed in fp8 / fp4 follow their own measured curve, as fractions of that
         # dtype's peak (tensor cores do not reach the datasheet's 2x per halving, and small-M
-        # kernels carry scaled epilogues): one formula, per-dtype parameters.
+        # kernels carry scaled epilogues): one formula, per-dtype parameters. ``dtype`` is the
+        # device-independent math dtype; MXFP4 computes in fp8 where FP4 tensor cores exist.
         self._peak = device.peak_flops(dtype)
-        compute_max, half_m, launch_us = eff.gemm_curve(dtype)
+        compute_max, half_m, launch_us = eff.gemm_curve(device.gemm_dtype(dtype))
         self._bandwidth = device.memory_bandwidth * eff.memory
         self._launch = eff.kernel_launch_us * 1e-6
         self._gemm_launch = launch_us * 1e-6

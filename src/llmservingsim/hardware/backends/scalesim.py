@@ -68,7 +68,7 @@ from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.backends.systolic import gemm_shapes
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.model.ops import Op
-from llmservingsim.model.spec import DTYPE_BYTES
+from llmservingsim.model.spec import activation_bytes
 
 EXTRA_HINT = "pip install 'llmservingsim[scalesim]'"
 DEFAULT_STREAM_TILE = 128
@@ -184,9 +184,9 @@ class ArrayConfig:
 
 
 def word_bytes(dtype: str) -> int:
-    """Bytes per array word: the math dtype (weight-only int8/int4 and fp8 compute in 16-bit,
-    as the op graph's activations do)."""
-    return 2 if dtype in ("int8", "int4", "fp8") else int(DTYPE_BYTES[dtype])
+    """Bytes per array word: the op graph's activation bytes (quantized weights and fp8
+    compute in 16-bit on the arrays)."""
+    return int(activation_bytes(dtype))
 
 
 class ScaleSimRunner:

@@ -19,7 +19,7 @@ from pathlib import Path
 from llmservingsim.errors import ConfigError
 from llmservingsim.hardware.profiles.points import ProfilePoint
 from llmservingsim.model.ops import Dims, Op, OpGraph
-from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec
+from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec, weight_only_quantized
 
 COLUMNS = ("op", "dims", "dtype", "seconds", "model")
 STEP_CPU = "step_cpu"  # host time of one engine step with `seqs` sequences (calibration only)
@@ -40,7 +40,7 @@ def _graph(dtype: str, heads: int = 1, kv_heads: int = 1, head_dim: int = 1) -> 
         vocab_size=1,
         max_context=1,
     )
-    kv_dtype = "fp16" if dtype in ("int8", "int4") else dtype
+    kv_dtype = "fp16" if weight_only_quantized(dtype) else dtype
     return OpGraph(spec, 1, dtype, kv_dtype)
 
 
