@@ -1140,7 +1140,8 @@ class FrontendConfig(_Section):
     """vLLM V1 async scheduling: a request arriving while a step runs starts one step later."""
     async_output_processing: bool = False
     """vLLM 0.6 (V0) async output processing: a step's outputs are processed during the next
-    step, after its host work, so every token is emitted step_overhead_us later. Off, as in
+    step, after its host work, so every token is emitted one step's host time later
+    (step_overhead_us, or the device's iteration_overhead_us when it is None). Off, as in
     vLLM, with pipeline parallelism, perf.cuda_graphs.mode eager, or speculative decoding."""
     step_overhead_us: float | None = Field(default=None, ge=0, le=1e9, allow_inf_nan=False)
     """CPU time per engine step not overlapped with the GPU, µs (None: the device YAML's
