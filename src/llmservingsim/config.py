@@ -796,7 +796,8 @@ class SchedulerConfig(_Section):
     """What ``gpu_memory_utilization`` is a fraction of: the device's memory (vLLM's
     ``gpu_memory_utilization``, SGLang's ``mem_fraction_static``) or the memory still free after
     weights, the activation peak and the reserved memory (TensorRT-LLM's KvCacheConfig
-    ``free_gpu_memory_fraction``); docs/engines.md."""
+    ``free_gpu_memory_fraction``); docs/engines.md. ``free`` is refused with ``pim.enabled``,
+    whose KV cache is the PIM devices' memory × ``gpu_memory_utilization``."""
     enable_prefix_caching: bool = False
     """Reuse KV blocks of shared prompt prefixes."""
     preemption: Literal["recompute", "swap"] = "recompute"

@@ -191,6 +191,14 @@ def check_supported(cfg: SimConfig) -> None:
     for what, used in unsupported.items():
         if used:
             raise ConfigError(f"{what} is not yet supported")
+    if cfg.pim.enabled and cfg.scheduler.memory_fraction_of == "free":
+        # The KV cache then lives in PIM memory, sized from the PIM devices' memory; the free
+        # share of a GPU's memory after weights and activations says nothing about it.
+        raise ConfigError(
+            "scheduler.memory_fraction_of: free with pim.enabled is not supported (the KV "
+            "cache is the PIM devices' memory × gpu_memory_utilization); use memory_fraction_of: "
+            "total"
+        )
     policy = cfg.scheduler.policy
     if cfg.scheduler.enable_chunked_prefill and policy in ("orca", "static"):
         raise ConfigError(
