@@ -819,7 +819,8 @@ class SchedulerConfig(_Section):
     """Multi-step scheduling (vLLM 0.6's --num-scheduler-steps): a step that only decodes
     starts a group of this many GPU steps on the same batch, scheduled (and its host
     overhead paid) once; requests arriving meanwhile start at the group's end. Needs
-    ``policy: orca`` (docs/engines.md). 1: every step is scheduled."""
+    whole prompts: ``policy: orca``, or ``vllm`` / ``sarathi`` with
+    ``enable_chunked_prefill: false`` (docs/engines.md). 1: every step is scheduled."""
     batch_wait_timeout_iters: int = Field(default=0, ge=0, le=10**6, strict=True)
     """Batch waiting (TensorRT-LLM's ``batch_wait_timeout_iters``): a step that would run
     context (prefill) requests beside generation requests holds the context requests back

@@ -291,18 +291,21 @@ def _check_context_holding(cfg: SimConfig, pools: list[PoolConfig]) -> None:
 
 def _check_multi_step(cfg: SimConfig, pools: list[PoolConfig]) -> None:
     """``scheduler.num_scheduler_steps`` > 1 only where vLLM 0.6 had it and it is modelled:
-    whole-prompt (``orca``) batches of one engine per instance (docs/engines.md)."""
+    whole-prompt batches (``orca``, or ``vllm`` / ``sarathi`` with ``enable_chunked_prefill:
+    false``: the same scheduler) of one engine per instance (docs/engines.md)."""
     steps = cfg.scheduler.num_scheduler_steps
     if steps == 1:
         return
     where = f"scheduler.num_scheduler_steps={steps}"
-    policy = cfg.scheduler.policy
-    if policy in ("vllm", "sarathi", "priority"):
+    policy, chunked = cfg.scheduler.policy, cfg.scheduler.enable_chunked_prefill
+    whole_prompts = policy == "orca" or (policy in ("vllm", "sarathi") and chunked is False)
+    if policy in ("vllm", "sarathi", "priority") and chunked is not False:
         raise ConfigError(
             f"{where} with scheduler.policy: {policy} (chunked prefill) is not supported by "
-            "vLLM 0.6 ('Chunked prefill is not supported with multi-step'); use policy: orca"
+            "vLLM 0.6 ('Chunked prefill is not supported with multi-step'); use policy: orca "
+            "or scheduler.enable_chunked_prefill: false"
         )
-    if policy != "orca":
+    if not whole_prompts:
         raise ConfigError(
             f"{where} with scheduler.policy: {policy} is not yet supported (expected "
             "policy: orca, vLLM 0.6's whole-prompt batches)"
