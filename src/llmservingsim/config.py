@@ -791,7 +791,8 @@ class SchedulerConfig(_Section):
     """Whether a prompt may be split over steps. None: the policy's own (``orca`` and
     ``static`` run whole prompts, the others chunk); false: a waiting request starts only when
     its whole prompt fits what is left of the step's token budget (or the step is otherwise
-    empty), TensorRT-LLM's default (``enable_chunked_prefill`` False); docs/engines.md."""
+    empty), TensorRT-LLM's default (``enable_chunked_prefill`` False); docs/engines.md. Read by
+    the policies built on VllmScheduler; set with another (a plugin's), it is an error."""
     memory_fraction_of: Literal["total", "free"] = "total"
     """What ``gpu_memory_utilization`` is a fraction of: the device's memory (vLLM's
     ``gpu_memory_utilization``, SGLang's ``mem_fraction_static``) or the memory still free after

@@ -24,6 +24,8 @@ from llmservingsim.perf.frontend import Frontend
 from llmservingsim.plugins import load_plugins
 from llmservingsim.serving.lora import reserved_lora_bytes
 from llmservingsim.serving.memory import MemoryPlan, PimMemory, plan_memory
+from llmservingsim.serving.schedulers import SCHEDULERS
+from llmservingsim.serving.schedulers.vllm import VllmScheduler
 from llmservingsim.serving.speculative import load_draft_model, proposer_memory
 from llmservingsim.workload.request_spec import RequestSpec
 from llmservingsim.workload.request_table import first_with_lora
@@ -199,15 +201,34 @@ def check_supported(cfg: SimConfig) -> None:
             "cache is the PIM devices' memory × gpu_memory_utilization); use memory_fraction_of: "
             "total"
         )
-    policy = cfg.scheduler.policy
-    if cfg.scheduler.enable_chunked_prefill and policy in ("orca", "static"):
+    _check_chunked_prefill(cfg)
+    _check_multi_step(cfg, pools)
+    _check_context_holding(cfg, pools)
+    _check_separate_prefill(cfg, pools)
+
+
+def _check_chunked_prefill(cfg: SimConfig) -> None:
+    """``scheduler.enable_chunked_prefill`` where a policy honours it: the schedulers built on
+    VllmScheduler (its ``prefill_tokens`` reads it; ``orca`` only runs whole prompts) and
+    ``static``, whose batches run whole prompts (false). Any other policy class, a plugin's
+    included, would ignore it: a set value is refused."""
+    chunked, policy = cfg.scheduler.enable_chunked_prefill, cfg.scheduler.policy
+    if chunked is None:
+        return
+    if chunked and policy in ("orca", "static"):
         raise ConfigError(
             f"scheduler.enable_chunked_prefill: true with scheduler.policy: {policy}, which runs "
             "whole prompts; use policy: vllm for chunked prefill"
         )
-    _check_multi_step(cfg, pools)
-    _check_context_holding(cfg, pools)
-    _check_separate_prefill(cfg, pools)
+    if policy == "static":
+        return
+    scheduler = SCHEDULERS.get(policy)
+    if not (isinstance(scheduler, type) and issubclass(scheduler, VllmScheduler)):
+        raise ConfigError(
+            f"scheduler.enable_chunked_prefill: {str(chunked).lower()} with scheduler.policy: "
+            f"{policy}, whose scheduler is not built on VllmScheduler and ignores it; leave it "
+            "unset (null)"
+        )
 
 
 def _check_separate_prefill(cfg: SimConfig, pools: list[PoolConfig]) -> None:
