@@ -266,23 +266,51 @@ RECIPES = (
         "inferencex",
         "sglang",
         r"^deepseek-v3$",
-        ("gpu_memory_utilization=0.82", "max_num_seqs=128", "max_num_batched_tokens=32768"),
-        "benchmarks/dsr1_fp8_b200.sh: --mem-fraction-static 0.82, --max-running-requests 128, "
+        ("gpu_memory_utilization=0.82", "max_num_batched_tokens=32768"),
+        "benchmarks/dsr1_fp8_b200.sh: --mem-fraction-static 0.82, "
         "--chunked-prefill-size 32768 --max-prefill-tokens 32768 at TP8",
         hardware=r"^b200$",
         dtype="fp8",
         tp=(8, 8),
     ),
+    # The same file's --max-running-requests is "the maximum concurrency" (its comment: 128
+    # at TP8, 32 at TP4), so it holds for the client counts it was sized for. The points with
+    # 256 and 512 clients at TP8 did not run under a 128 cap: at 1024/1024 and 256 clients
+    # they measured a 2.1 s mean TTFT (3.1 s at 512) where a cap of 128 queues every client
+    # for about one request's decode (~39 s at their measured 42.6 ms TPOT), and their TPOT
+    # grows from 256 to 512 clients (42.6 → 68.8 ms), a batch beyond 128.
     RecipeRule(
         "inferencex",
         "sglang",
         r"^deepseek-v3$",
-        ("gpu_memory_utilization=0.95", "max_num_seqs=32", "max_num_batched_tokens=8192"),
-        "benchmarks/dsr1_fp8_b200.sh: --mem-fraction-static 0.95, --max-running-requests 32, "
+        ("max_num_seqs=128",),
+        "benchmarks/dsr1_fp8_b200.sh: --max-running-requests 128 at TP8 (up to 128 clients)",
+        hardware=r"^b200$",
+        dtype="fp8",
+        tp=(8, 8),
+        concurrency=(1, 128),
+    ),
+    RecipeRule(
+        "inferencex",
+        "sglang",
+        r"^deepseek-v3$",
+        ("gpu_memory_utilization=0.95", "max_num_batched_tokens=8192"),
+        "benchmarks/dsr1_fp8_b200.sh: --mem-fraction-static 0.95, "
         "--chunked-prefill-size 8192 --max-prefill-tokens 8192 at TP4",
         hardware=r"^b200$",
         dtype="fp8",
         tp=(4, 4),
+    ),
+    RecipeRule(
+        "inferencex",
+        "sglang",
+        r"^deepseek-v3$",
+        ("max_num_seqs=32",),
+        "benchmarks/dsr1_fp8_b200.sh: --max-running-requests 32 at TP4 (up to 32 clients)",
+        hardware=r"^b200$",
+        dtype="fp8",
+        tp=(4, 4),
+        concurrency=(1, 32),
     ),
     RecipeRule(
         "inferencex",
