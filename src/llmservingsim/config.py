@@ -849,8 +849,11 @@ class SchedulerConfig(_Section):
     (vLLM, TensorRT-LLM; SGLang with ``--enable-mixed-chunk``). false: SGLang's default, a
     step with prompt work to do (a partly computed prompt, or a waiting request that can
     start) runs only prompts, prefill first, and the decodes wait for the next step
-    (docs/engines.md). Needs a policy of the vllm family (vllm, sarathi, orca, no_evict,
-    priority), one engine step per schedule and no attention data parallelism."""
+    (docs/engines.md); a waiting request that resumes with one token to compute (KV handed
+    over, swapped in) decodes. Needs a policy of the vllm family (vllm, sarathi, orca,
+    no_evict, priority, a plugin subclassing it), one engine step per schedule, no attention
+    data parallelism and no batch waiting; where the ``sglang`` preset set it and these do
+    not hold, the run uses true, with a warning."""
     attention_dp_balance: AttentionDpBalanceConfig | None = None
     """Context balancing across attention data-parallel ranks (TensorRT-LLM's
     ``attention_dp_config`` with ``enable_balance: true``): context requests start only in a

@@ -128,6 +128,7 @@ def resolve(cfg: SimConfig) -> Scenario:
     a :class:`~llmservingsim.errors.ConfigError` or
     :class:`~llmservingsim.errors.DoesNotFitError` otherwise."""
     load_plugins(cfg.plugins)
+    cfg = preset_separate_prefill(cfg)
     check_supported(cfg)
     model = load_model(cfg.model)
     _check_lora(cfg)
@@ -231,24 +232,64 @@ def _check_chunked_prefill(cfg: SimConfig) -> None:
         )
 
 
-def _check_separate_prefill(cfg: SimConfig, pools: list[PoolConfig]) -> None:
-    """``scheduler.mixed_prefill: false`` (SGLang's separate prefill batches) where it is
-    modelled: the vllm family's step filling (VllmScheduler.fill_step), one engine step per
-    schedule, no attention data-parallel ranks (whose SGLang batches synchronize their
-    forward modes across ranks, not modelled)."""
+def separate_prefill_unsupported(cfg: SimConfig, pools: list[PoolConfig]) -> str | None:
+    """What keeps ``scheduler.mixed_prefill: false`` (SGLang's separate prefill batches) from
+    being modelled for ``cfg`` (None: nothing). It is modelled by the vllm family's step
+    filling (VllmScheduler.fill_step, plugin policies built on it included), one engine step
+    per schedule, no attention data-parallel ranks (whose SGLang batches synchronize their
+    forward modes across ranks, not modelled) and no batch waiting (which holds context
+    requests back only in steps that also decode)."""
+    from llmservingsim.serving.schedulers import SCHEDULERS
+    from llmservingsim.serving.schedulers.vllm import VllmScheduler
+
     sched = cfg.scheduler
-    if sched.mixed_prefill:
-        return
-    what = "scheduler.mixed_prefill: false"
-    if sched.policy not in ("vllm", "sarathi", "orca", "no_evict", "priority"):
-        raise ConfigError(
-            f"{what} with scheduler.policy: {sched.policy} is not yet supported (expected "
-            "vllm, sarathi, orca, no_evict or priority)"
+    if not issubclass(SCHEDULERS.get(sched.policy), VllmScheduler):
+        return (
+            f"with scheduler.policy: {sched.policy} (it needs a policy built on the vllm "
+            "scheduler: vllm, sarathi, orca, no_evict, priority or a plugin subclassing it)"
         )
     if sched.num_scheduler_steps > 1:
-        raise ConfigError(f"{what} with scheduler.num_scheduler_steps > 1 is not yet supported")
+        return "with scheduler.num_scheduler_steps > 1"
     if any(p.data_parallel > 1 for p in pools):
-        raise ConfigError(f"{what} with cluster.data_parallel > 1 is not yet supported")
+        return "with cluster.data_parallel > 1"
+    if sched.batch_wait_timeout_iters > 0 or sched.batch_wait_max_tokens_ratio > 0:
+        return "with scheduler.batch_wait_timeout_iters / batch_wait_max_tokens_ratio"
+    return None
+
+
+def _check_separate_prefill(cfg: SimConfig, pools: list[PoolConfig]) -> None:
+    """``scheduler.mixed_prefill: false`` set by the user where it is not modelled: refused
+    (from an engine preset: :func:`preset_separate_prefill`)."""
+    if cfg.scheduler.mixed_prefill:
+        return
+    unsupported = separate_prefill_unsupported(cfg, pools)
+    if unsupported is not None:
+        raise ConfigError(f"scheduler.mixed_prefill: false {unsupported} is not yet supported")
+
+
+def preset_separate_prefill(cfg: SimConfig) -> SimConfig:
+    """``cfg``, or where its engine preset (not the user) set ``scheduler.mixed_prefill:
+    false`` and that is not modelled for the rest of ``cfg``, a copy that runs mixed steps,
+    with an InputWarning saying so."""
+    preset = cfg.engine_preset
+    if (
+        cfg.scheduler.mixed_prefill
+        or preset is None
+        or "scheduler.mixed_prefill" not in preset["applied"]
+    ):
+        return cfg
+    unsupported = separate_prefill_unsupported(cfg, cfg.cluster.resolved_pools(cfg.hardware))
+    if unsupported is None:
+        return cfg
+    warnings.warn(
+        f"engine {preset['engine']}: the preset's separate prefill batches "
+        f"(scheduler.mixed_prefill: false) {unsupported} are not yet supported; the run uses "
+        "scheduler.mixed_prefill: true (set it to silence this warning)",
+        InputWarning,
+        stacklevel=2,
+    )
+    scheduler = cfg.scheduler.model_copy(update={"mixed_prefill": True})
+    return cfg.model_copy(update={"scheduler": scheduler})
 
 
 def _check_context_holding(cfg: SimConfig, pools: list[PoolConfig]) -> None:

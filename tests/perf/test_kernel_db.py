@@ -326,3 +326,91 @@ def test_installed_tables_keep_a_1000_request_run_fast() -> None:
     assert summary["requests_completed"] == 1000
     # docs/kernel-db.md: under 1 s on an idle core; generous for a loaded CI machine
     assert summary["sim_wall_s"] < 3.0
+
+
+def _moe_rows(
+    shapes: list[tuple[int, int]], tokens: list[int], ms: float
+) -> dict[str, list[object]]:
+    """bf16 balanced MoE rows of (hidden, inter) shapes, 8 of 64 experts, TP1/EP1."""
+    rows: dict[str, list[object]] = {
+        c: []
+        for c in (
+            "moe_dtype",
+            "num_tokens",
+            "hidden_size",
+            "inter_size",
+            "topk",
+            "num_experts",
+            "moe_tp_size",
+            "moe_ep_size",
+            "distribution",
+            "latency",
+        )
+    }
+    for hidden, inter in shapes:
+        for t in tokens:
+            for column, value in zip(
+                rows,
+                ("bfloat16", t, hidden, inter, 8, 64, 1, 1, "balanced", ms * t),
+                strict=True,
+            ):
+                rows[column].append(value)
+    return rows
+
+
+def _moe_op(hidden: int, inter: int, tokens: int) -> Op:
+    dims = (
+        ("m", tokens),
+        ("n", 2 * inter),
+        ("k", hidden),
+        ("moe_tokens", tokens),
+        ("moe_hidden", hidden),
+        ("moe_inter", inter),
+        ("moe_experts", 64),
+        ("moe_topk", 8),
+        ("moe_tp", 1),
+        ("moe_ep", 1),
+    )
+    return Op("moe_gate_up_proj", "gemm", 1.0, 1.0, tokens, dims)
+
+
+def test_moe_shapes_a_newer_release_did_not_measure_come_from_an_older_one(
+    tmp_path: Path,
+) -> None:
+    # 0.24.0 re-measured one shape only (as TensorRT-LLM 1.3.0rc23's MoE table on H200/B200
+    # holds none of DeepSeek's); the other shape keeps its 0.19.0 measurement, and a shape
+    # both measured is timed from the newer table.
+    root = _tree(tmp_path)
+    moe = root / "data" / "h100_sxm" / "moe" / "vllm"
+    tokens = [1, 64, 1024]
+    _write(
+        moe / "0.19.0" / "moe_perf.parquet", _moe_rows([(4096, 1024), (2048, 512)], tokens, 2e-3)
+    )
+    _write(moe / "0.24.0" / "moe_perf.parquet", _moe_rows([(4096, 1024)], tokens, 1e-3))
+    backend = _backend(root)
+    assert backend.time(_moe_op(4096, 1024, 64)) == pytest.approx(64e-6)  # 0.24.0's
+    assert backend.time(_moe_op(2048, 512, 64)) == pytest.approx(128e-6)  # 0.19.0's
+    stats = backend.stats()
+    assert stats["perf_fallbacks"] == 0
+    assert "moe vllm@0.24.0+0.19.0" in stats["perf_tables"]
+    # a version that measured every shape it needs reads no other
+    alone = _backend(root, "perf.kernel_db.version=0.19.0")
+    assert alone.time(_moe_op(4096, 1024, 64)) == pytest.approx(128e-6)
+    assert "moe vllm@0.19.0," in alone.stats()["perf_tables"]
+
+
+@pytest.mark.skipif(not HAS_AIC, reason="aiconfigurator-core not installed")
+def test_installed_tables_time_deepseeks_experts_on_tensorrt_llm() -> None:
+    cfg = [
+        "perf.backend=kernel_db",
+        "engine=trtllm",
+        "model=deepseek-v3",
+        "hardware=h200",
+        "dtype=fp8",
+        "kv_dtype=fp8",
+        "cluster.tensor_parallel=8",
+        "workload.num_requests=8",
+    ]
+    summary = simulate(load_config(None, cfg)).summary
+    fell = summary["perf_fallback_ops"]
+    assert "moe_gate_up_proj" not in fell and "moe_down_proj" not in fell

@@ -81,6 +81,7 @@ class SteadyDecoders:
         "in_flight_context",
         "in_flight_local_context",
         "last_end",
+        "sat_out",
         "started",
         "window",
     )
@@ -100,6 +101,10 @@ class SteadyDecoders:
         self.ended = 0
         self.last_end = 0.0  # when the engine's latest step ended
         self.in_flight = 0  # members decoding in the step in flight (0: the group sat it out)
+        # Whether the group, with members, sat out the latest step that ended (a prefill-only
+        # step, VllmScheduler.fill): its members' last token is older than that step's end,
+        # so none joins at it (step_done).
+        self.sat_out = False
         self.in_flight_context = 0
         self.in_flight_local_context = 0  # what the local-attention layers attend in it
         self._members: dict[Sequence, _Member] = {}
@@ -219,6 +224,7 @@ class SteadyDecoders:
         self._finishing.clear()
         self._finish_steps.clear()
         self.in_flight = self.in_flight_context = self.in_flight_local_context = 0
+        self.sat_out = False
 
     # ------------------------------------------------------------------ steps
 
@@ -247,10 +253,15 @@ class SteadyDecoders:
     def end_step(self, now: float, itl: RepeatedSamples) -> list[Sequence]:
         """The step in flight ended at ``now``: every member in it sampled a token. Returns
         the members that sampled their last one (synced, no longer members), in admission
-        order."""
-        self.last_end, previous = now, self.last_end
+        order. A step the members sat out leaves them as they were: their last token (and
+        the start of their next inter-token gap) is that of the last step they decoded in."""
         if not self.in_flight:
+            self.sat_out = bool(self._members)
+            if not self.sat_out:
+                self.last_end = now
             return []
+        self.sat_out = False
+        self.last_end, previous = now, self.last_end
         itl.add(now - previous, self.in_flight)
         self.in_flight = self.in_flight_context = self.in_flight_local_context = 0
         step = self.ended

@@ -179,18 +179,43 @@ def _nearest_version(near: str, versions: list[str]) -> str:
     return older[-1] if older else ordered[0]
 
 
+def _family_versions(
+    system: str, engine: str, version: str, family: str, index: Index
+) -> list[tuple[str, Path]]:
+    """The folders of one family for (engine, version), in the order they serve it: this
+    version's, then the older ones newest first (tables not re-measured for a release), then
+    the newer ones oldest first. The first serves the family; a shape its table lacks (a
+    release that re-measured only some shapes) comes from the next one that has it."""
+    have = {v: fams[family] for v, fams in index[system][engine].items() if family in fams}
+    key = _version_key(version)
+    older = sorted((v for v in have if _version_key(v) <= key), key=_version_key, reverse=True)
+    newer = sorted((v for v in have if _version_key(v) > key), key=_version_key)
+    return [(v, have[v]) for v in older + newer]
+
+
 def _family_version(
     system: str, engine: str, version: str, family: str, index: Index
 ) -> tuple[str, Path] | None:
-    """The folder that serves one family for (engine, version): this version's, else the newest
-    older one (tables not re-measured for a release), else the oldest newer one."""
-    have = {v: fams[family] for v, fams in index[system][engine].items() if family in fams}
-    if not have:
-        return None
-    key = _version_key(version)
-    older = [v for v in have if _version_key(v) <= key]
-    pick = max(older, key=_version_key) if older else min(have, key=_version_key)
-    return pick, have[pick]
+    """The folder that serves one family for (engine, version) (:func:`_family_versions`)."""
+    found = _family_versions(system, engine, version, family, index)
+    return found[0] if found else None
+
+
+def _by_shape(
+    folders: list[tuple[str, Path]], load: Callable[[Path], dict[Any, Any]]
+) -> tuple[dict[Any, Any], list[str]]:
+    """One family's shape-keyed tables over its versions (:func:`_family_versions` order): each
+    shape from the first version that measured it; and the versions that served any shape."""
+    merged: dict[Any, Any] = {}
+    used: list[str] = []
+    for version, folder in folders:
+        table = load(folder)
+        added = [shape for shape in table if shape not in merged]
+        for shape in added:
+            merged[shape] = table[shape]
+        if added:
+            used.append(version)
+    return merged, used
 
 
 def _read(path: Path, columns: list[str]) -> dict[str, np.ndarray[Any, Any]]:
@@ -573,9 +598,19 @@ def load_tables(
             generation = _load_attention(gen_file, kv_mode, "step")
     moe: dict[MoeKey, Curve1] = {}
     if "moe" in folders and moe_mode is not None:
-        moe_file = folders["moe"] / "moe_perf.parquet"
-        if moe_file.is_file():
-            moe = _load_moe(moe_file, moe_mode)
+        mode = moe_mode
+
+        def moe_shapes(folder: Path) -> dict[Any, Any]:
+            moe_file = folder / "moe_perf.parquet"
+            return _load_moe(moe_file, mode) if moe_file.is_file() else {}
+
+        # A release may re-measure a few MoE shapes only (TensorRT-LLM 1.3.0rc23 on H200/B200
+        # holds none of DeepSeek's): the other shapes keep their older measurements.
+        moe, used = _by_shape(
+            _family_versions(system, options.engine, version, "moe", index), moe_shapes
+        )
+        if used:
+            sources["moe"] = f"{options.engine}@{'+'.join(used)}"
     allreduce: dict[tuple[str, int], Curve1] = {}
     if "comm" in folders:
         ar_file = folders["comm"] / "custom_allreduce_perf.parquet"

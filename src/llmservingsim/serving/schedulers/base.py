@@ -187,8 +187,8 @@ class Scheduler(ABC):
             self.blocks.free(seq)
             seq.block_keys = None
         steady = self.steady
-        if steady is None:
-            return
+        if steady is None or steady.sat_out:
+            return  # (requests that sampled now join after a step the members decode in)
         running = self.running
         for i in range(steady.count, len(running)):
             seq = running[i]

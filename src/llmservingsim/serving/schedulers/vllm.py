@@ -161,7 +161,10 @@ class VllmScheduler(Scheduler):
         ``mixed_prefill`` (SGLang's default: ``get_next_batch_to_run`` runs a new prefill
         batch, the chunked request's next chunk included, before the running batch decodes
         again; its decodes join a prefill batch only with ``--enable-mixed-chunk``) a step
-        with prompt work runs only prompts; one that would start none decodes."""
+        with prompt work runs only prompts; one that would start none decodes. A waiting
+        request that resumes with one token to compute (its KV handed over by a prefill
+        instance, or swapped in) decodes: it joins the decodes (SGLang's PD decode server
+        merges such requests into its running batch)."""
         if not self.mixed_prefill and self.prefill_pending():
             entries = self.fill(prefill_only=True)
             if entries:
@@ -169,25 +172,42 @@ class VllmScheduler(Scheduler):
         return self.fill(prefill_only=False)
 
     def prefill_pending(self) -> bool:
-        """Whether a running request still has prompt tokens to compute or a request taken
-        in waits (with room in the running batch)."""
-        if len(self.waiting) > self.unreceived and len(self.running) < self.max_num_seqs:
-            return True
+        """Whether a running request still has prompt tokens to compute or the request at
+        the head of the queue (taken in, with room in the running batch or a running request
+        it may preempt) starts a prompt."""
+        waiting = self.waiting
+        if len(waiting) > self.unreceived:
+            head = waiting[0]
+            if (
+                len(self.running) < self.max_num_seqs or self.victim_for(head) is not None
+            ) and not (head.generated > 0 and self.resumes_decoding(head, self.lookup(head))):
+                return True
         steady = self.steady
         start = 0 if steady is None else steady.count  # the steady decoders lead: no prompts
         running = self.running
         return any(is_context(running[k]) for k in range(start, len(running)))
 
+    @staticmethod
+    def resumes_decoding(seq: Sequence, hit: PrefixHit) -> bool:
+        """Whether admitting the waiting ``seq`` from ``hit`` computes one token of a sequence
+        that has generated already (KV handed over, swapped in): a decode, not prompt work."""
+        return seq.generated > 0 and seq.spec.input_len + seq.generated - hit.tokens == 1
+
     def fill(self, prefill_only: bool) -> list[ScheduledEntry]:
         """The step's entries; ``prefill_only``: the running requests' decodes sit it out."""
         budget = self.max_num_batched_tokens
-        if self.steady is not None and (
-            not self.group_is_safe() or (prefill_only and self.steady.count)
-        ):
-            self.steady.dissolve()  # one by one, exactly as without the group
-        # The steady decoders lead the running list: one token each, as a group.
-        i = steady = self.begin_steady_step(budget)
-        budget -= steady
+        group = self.steady
+        if group is not None and not self.group_is_safe():
+            group.dissolve()  # one by one, exactly as without the group
+        if prefill_only:
+            # The steady decoders lead the running list and sit the step out as a group
+            # (SteadyDecoders.end_step): no step of theirs begins.
+            i = 0 if group is None else group.count
+            steady = 0
+        else:
+            # The steady decoders lead the running list: one token each, as a group.
+            i = steady = self.begin_steady_step(budget)
+            budget -= steady
         entries: list[ScheduledEntry] = []
         preempted = False
         running, blocks = self.running, self.blocks
@@ -245,6 +265,10 @@ class VllmScheduler(Scheduler):
             seq = self.waiting[0]
             if floor is not None and seq.spec.priority >= floor:
                 break  # never re-admit a victim (or its peers) in the step that preempted it
+            if not self.mixed_prefill and prefill_only == (
+                seq.generated > 0 and self.resumes_decoding(seq, self.lookup(seq))
+            ):
+                break  # decodes join the decodes, prompts run apart (fill_step)
             full = len(running) >= max_num_seqs
             making_room = self.victim_for(seq) if full else None
             if full and making_room is None:
