@@ -51,6 +51,12 @@ def build_timer(scenario: Scenario, pool: PoolPlan, first_device: int) -> Iterat
         "moe_imbalance": cfg.moe.imbalance,
         "fusion": Fusion(**cfg.perf.fusion.model_dump()),
     }
+    host = None
+    if scenario.frontend is not None:
+        eff = device.efficiency
+        host = scenario.frontend.host_overhead_s(
+            eff.iteration_overhead_us * 1e-6, eff.per_seq_overhead_us * 1e-6
+        )
     if scenario.pim is not None:
         return PimIterationTimer(
             scenario.model,
@@ -60,13 +66,8 @@ def build_timer(scenario: Scenario, pool: PoolPlan, first_device: int) -> Iterat
             pim=scenario.pim,
             pim_count=cfg.pim.count,
             sub_batch_interleaving=cfg.pim.sub_batch_interleaving,
+            host_overhead_s=host,
             **common,
-        )
-    host = None
-    if scenario.frontend is not None:
-        eff = device.efficiency
-        host = scenario.frontend.host_overhead_s(
-            eff.iteration_overhead_us * 1e-6, eff.per_seq_overhead_us * 1e-6
         )
     return IterationTimer(
         scenario.model,

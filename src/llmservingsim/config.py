@@ -792,12 +792,14 @@ class SchedulerConfig(_Section):
     """Whether a prompt may be split over steps. None: the policy's own (``orca`` and
     ``static`` run whole prompts, the others chunk); false: a waiting request starts only when
     its whole prompt fits what is left of the step's token budget (or the step is otherwise
-    empty), TensorRT-LLM's default (``enable_chunked_prefill`` False); docs/engines.md."""
+    empty), TensorRT-LLM's default (``enable_chunked_prefill`` False); docs/engines.md. Read by
+    the policies built on VllmScheduler; set with another (a plugin's), it is an error."""
     memory_fraction_of: Literal["total", "free"] = "total"
     """What ``gpu_memory_utilization`` is a fraction of: the device's memory (vLLM's
     ``gpu_memory_utilization``, SGLang's ``mem_fraction_static``) or the memory still free after
     weights, the activation peak and the reserved memory (TensorRT-LLM's KvCacheConfig
-    ``free_gpu_memory_fraction``); docs/engines.md."""
+    ``free_gpu_memory_fraction``); docs/engines.md. ``free`` is refused with ``pim.enabled``,
+    whose KV cache is the PIM devices' memory × ``gpu_memory_utilization``."""
     enable_prefix_caching: bool = False
     """Reuse KV blocks of shared prompt prefixes."""
     preemption: Literal["recompute", "swap"] = "recompute"
@@ -819,7 +821,8 @@ class SchedulerConfig(_Section):
     """Multi-step scheduling (vLLM 0.6's --num-scheduler-steps): a step that only decodes
     starts a group of this many GPU steps on the same batch, scheduled (and its host
     overhead paid) once; requests arriving meanwhile start at the group's end. Needs
-    ``policy: orca`` (docs/engines.md). 1: every step is scheduled."""
+    whole prompts: ``policy: orca``, or ``vllm`` / ``sarathi`` with
+    ``enable_chunked_prefill: false`` (docs/engines.md). 1: every step is scheduled."""
     batch_wait_timeout_iters: int = Field(default=0, ge=0, le=10**6, strict=True)
     """Batch waiting (TensorRT-LLM's ``batch_wait_timeout_iters``): a step that would run
     context (prefill) requests beside generation requests holds the context requests back
@@ -1144,7 +1147,8 @@ class FrontendConfig(_Section):
     """vLLM V1 async scheduling: a request arriving while a step runs starts one step later."""
     async_output_processing: bool = False
     """vLLM 0.6 (V0) async output processing: a step's outputs are processed during the next
-    step, after its host work, so every token is emitted step_overhead_us later. Off, as in
+    step, after its host work, so every token is emitted one step's host time later
+    (step_overhead_us, or the device's iteration_overhead_us when it is None). Off, as in
     vLLM, with pipeline parallelism, perf.cuda_graphs.mode eager, or speculative decoding."""
     step_overhead_us: float | None = Field(default=None, ge=0, le=1e9, allow_inf_nan=False)
     """CPU time per engine step not overlapped with the GPU, µs (None: the device YAML's

@@ -24,6 +24,8 @@ from llmservingsim.perf.frontend import Frontend
 from llmservingsim.plugins import load_plugins
 from llmservingsim.serving.lora import reserved_lora_bytes
 from llmservingsim.serving.memory import MemoryPlan, PimMemory, plan_memory
+from llmservingsim.serving.schedulers import SCHEDULERS
+from llmservingsim.serving.schedulers.vllm import VllmScheduler
 from llmservingsim.serving.speculative import load_draft_model, proposer_memory
 from llmservingsim.workload.request_spec import RequestSpec
 from llmservingsim.workload.request_table import first_with_lora
@@ -192,15 +194,42 @@ def check_supported(cfg: SimConfig) -> None:
     for what, used in unsupported.items():
         if used:
             raise ConfigError(f"{what} is not yet supported")
-    policy = cfg.scheduler.policy
-    if cfg.scheduler.enable_chunked_prefill and policy in ("orca", "static"):
+    if cfg.pim.enabled and cfg.scheduler.memory_fraction_of == "free":
+        # The KV cache then lives in PIM memory, sized from the PIM devices' memory; the free
+        # share of a GPU's memory after weights and activations says nothing about it.
+        raise ConfigError(
+            "scheduler.memory_fraction_of: free with pim.enabled is not supported (the KV "
+            "cache is the PIM devices' memory × gpu_memory_utilization); use memory_fraction_of: "
+            "total"
+        )
+    _check_chunked_prefill(cfg)
+    _check_multi_step(cfg, pools)
+    _check_context_holding(cfg, pools)
+    _check_separate_prefill(cfg, pools)
+
+
+def _check_chunked_prefill(cfg: SimConfig) -> None:
+    """``scheduler.enable_chunked_prefill`` where a policy honours it: the schedulers built on
+    VllmScheduler (its ``prefill_tokens`` reads it; ``orca`` only runs whole prompts) and
+    ``static``, whose batches run whole prompts (false). Any other policy class, a plugin's
+    included, would ignore it: a set value is refused."""
+    chunked, policy = cfg.scheduler.enable_chunked_prefill, cfg.scheduler.policy
+    if chunked is None:
+        return
+    if chunked and policy in ("orca", "static"):
         raise ConfigError(
             f"scheduler.enable_chunked_prefill: true with scheduler.policy: {policy}, which runs "
             "whole prompts; use policy: vllm for chunked prefill"
         )
-    _check_multi_step(cfg, pools)
-    _check_context_holding(cfg, pools)
-    _check_separate_prefill(cfg, pools)
+    if policy == "static":
+        return
+    scheduler = SCHEDULERS.get(policy)
+    if not (isinstance(scheduler, type) and issubclass(scheduler, VllmScheduler)):
+        raise ConfigError(
+            f"scheduler.enable_chunked_prefill: {str(chunked).lower()} with scheduler.policy: "
+            f"{policy}, whose scheduler is not built on VllmScheduler and ignores it; leave it "
+            "unset (null)"
+        )
 
 
 def separate_prefill_unsupported(cfg: SimConfig, pools: list[PoolConfig]) -> str | None:
@@ -324,18 +353,21 @@ def _check_context_holding(cfg: SimConfig, pools: list[PoolConfig]) -> None:
 
 def _check_multi_step(cfg: SimConfig, pools: list[PoolConfig]) -> None:
     """``scheduler.num_scheduler_steps`` > 1 only where vLLM 0.6 had it and it is modelled:
-    whole-prompt (``orca``) batches of one engine per instance (docs/engines.md)."""
+    whole-prompt batches (``orca``, or ``vllm`` / ``sarathi`` with ``enable_chunked_prefill:
+    false``: the same scheduler) of one engine per instance (docs/engines.md)."""
     steps = cfg.scheduler.num_scheduler_steps
     if steps == 1:
         return
     where = f"scheduler.num_scheduler_steps={steps}"
-    policy = cfg.scheduler.policy
-    if policy in ("vllm", "sarathi", "priority"):
+    policy, chunked = cfg.scheduler.policy, cfg.scheduler.enable_chunked_prefill
+    whole_prompts = policy == "orca" or (policy in ("vllm", "sarathi") and chunked is False)
+    if policy in ("vllm", "sarathi", "priority") and chunked is not False:
         raise ConfigError(
             f"{where} with scheduler.policy: {policy} (chunked prefill) is not supported by "
-            "vLLM 0.6 ('Chunked prefill is not supported with multi-step'); use policy: orca"
+            "vLLM 0.6 ('Chunked prefill is not supported with multi-step'); use policy: orca "
+            "or scheduler.enable_chunked_prefill: false"
         )
-    if policy != "orca":
+    if not whole_prompts:
         raise ConfigError(
             f"{where} with scheduler.policy: {policy} is not yet supported (expected "
             "policy: orca, vLLM 0.6's whole-prompt batches)"

@@ -18,6 +18,7 @@ from typing import Any
 from llmservingsim.build import build_autoscaler, build_cluster
 from llmservingsim.build_info import engine_build
 from llmservingsim.cluster.admission import Admission
+from llmservingsim.cluster.cluster import Cluster
 from llmservingsim.config import SimConfig
 from llmservingsim.engine import (
     INF,
@@ -49,8 +50,20 @@ class SimulationResult:
     memory: MemoryPlan
 
 
+def client_clock(scenario: Scenario, cluster: Cluster) -> ClientClock | None:
+    """The client times of the run's requests (perf/frontend.py), or None without a frontend;
+    each instance's host step is the one its timer adds to every step."""
+    if scenario.frontend is None:
+        return None
+    steps = tuple(instance.timer.step_overhead for instance in cluster.instances)
+    return ClientClock(scenario.frontend, {}, steps)
+
+
 def _admit(
-    scenario: Scenario, requests: SequenceOf[RequestSpec], metrics: MetricsCollector
+    scenario: Scenario,
+    requests: SequenceOf[RequestSpec],
+    metrics: MetricsCollector,
+    clock: ClientClock | None,
 ) -> SequenceOf[RequestSpec]:
     """What the engine is fed: requests longer than max_model_len are rejected (logged as
     ``rejected`` at their arrival, as vLLM's API server refuses them), and with a frontend the
@@ -60,7 +73,6 @@ def _admit(
     if limit is None and frontend is None:
         return requests
     served: list[RequestSpec] = []
-    clock = None if frontend is None else ClientClock(frontend, {})
     arrivals = None if clock is None else clock.client_arrival
     for spec in requests:
         sent = send_to_engine(spec, spec.arrival_s, limit, frontend, metrics, arrivals)
@@ -169,8 +181,7 @@ def simulate(
         # Each request is sent when a client frees up: max_model_len and the frontend's
         # arrival delay apply then (ClosedLoop), not to the whole list up front.
         frontend = scenario.frontend
-        if frontend is not None:
-            metrics.requests.client_clock = ClientClock(frontend, {})
+        metrics.requests.client_clock = client_clock(scenario, cluster)
         duration = INF if cfg.workload.duration_s is None else cfg.workload.duration_s
         closed = ClosedLoop(
             arrival.concurrency,
@@ -181,7 +192,7 @@ def simulate(
             duration,
         )
     else:
-        requests = _admit(scenario, requests, metrics)
+        requests = _admit(scenario, requests, metrics, client_clock(scenario, cluster))
     admission = None
     client_names = [c.name for c in cfg.workload.clients or []]
     if cfg.admission.token_bucket is not None or cfg.admission.max_queue:

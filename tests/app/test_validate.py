@@ -680,10 +680,22 @@ def test_sglang_recipes_set_memory_fraction_running_requests_and_prefill_budget(
     assert "scheduler.gpu_memory_utilization=0.82" in tp8.overrides
     assert "scheduler.max_num_batched_tokens=32768" in tp8.overrides
     assert "scheduler.max_num_seqs=128" in tp8.overrides
-    # More clients than the recipe's running requests: the server admits every client.
-    assert "scheduler.max_num_seqs=256" in _recipe_point(**{**tp4, "concurrency": "256"}).overrides
+    # The TP8 / TP4 caps are the recipe's "maximum concurrency": more clients than that ran
+    # under a bigger cap (measured TTFT, accuracy.md): SGLang's own 1024 admits every client.
+    crowded = _recipe_point(
+        **{**tp4, "num_gpus": "8", "tensor_parallel": "8", "concurrency": "256"}
+    )
+    assert "scheduler.max_num_seqs=1024" in crowded.overrides
+    assert "scheduler.gpu_memory_utilization=0.82" in crowded.overrides
+    assert "1024 seqs, 32768 tok/step" in crowded.engine
     h200 = {**tp4, "hardware": "H200", "num_gpus": "8", "tensor_parallel": "8", "input_len": "1024"}
     assert "scheduler.max_num_seqs=512" in _recipe_point(**h200).overrides
+    # A recipe's cap that holds for any client count is never raised to the client count:
+    # the server queues the others; the engine text says what the run uses.
+    queued = _recipe_point(**{**h200, "concurrency": "1024"})
+    assert "scheduler.max_num_seqs=512" in queued.overrides
+    assert "scheduler.max_num_seqs=1024" not in queued.overrides
+    assert "512 seqs, 32768 tok/step" in queued.engine and "1024 seqs" not in queued.engine
     long_out = _recipe_point(**{**h200, "output_len": "8192"})
     assert "scheduler.max_num_seqs=256" in long_out.overrides
     assert "scheduler.gpu_memory_utilization=0.82" in long_out.overrides
@@ -713,3 +725,27 @@ def test_sglang_tp4_recipe_memory_holds_every_client_of_the_8k_point() -> None:
     assert summary["preemptions"] == 0
     assert summary["max_batch_size"] == 16
     assert summary["ttft_s"]["mean"] < 1.0
+
+
+def test_engine_text_names_the_seqs_and_budget_the_run_uses() -> None:
+    sglang = {
+        "engine": "SGLang",
+        "engine_version": "0.5.9",
+        "model": "deepseek-ai/DeepSeek-R1-0528",
+        "hardware": "B200",
+        "num_gpus": "8",
+        "tensor_parallel": "8",
+        "dtype": "fp8",
+    }
+    # No recipe (another client): the preset's 1024 seqs and its chunked_prefill_size.
+    plain = _recipe_point(**sglang, client="")
+    assert "1024 seqs, the preset's chunked_prefill_size" in plain.engine
+    # More clients than the engine's default and no recipe cap: raised to the client count.
+    many = _recipe_point(**{**sglang, "concurrency": "2048"}, client="")
+    assert "scheduler.max_num_seqs=2048" in many.overrides
+    assert "2048 seqs" in many.engine
+    # TensorRT-LLM's served rows: whole prompts, or chunked where the prompts need it.
+    trt = _recipe_point(tensor_parallel="8", num_gpus="8")
+    assert "no_evict, whole prompts, 2048 seqs, 8192 tok/step" in trt.engine
+    long = _recipe_point(tensor_parallel="8", num_gpus="8", input_len="8192")
+    assert "no_evict, chunked, 2048 seqs, 8192 tok/step" in long.engine

@@ -239,9 +239,9 @@ def test_async_output_processing_is_off_where_vllm_0_6_turns_it_off(setting: str
     from llmservingsim.scenario import frontend_model
 
     on = frontend_model(cfg_of("engine=vllm-0.6"))
-    assert on is not None and on.async_output and on.output_delay_s() == 4000e-6
+    assert on is not None and on.async_output and on.output_delay_s(4000e-6) == 4000e-6
     off = frontend_model(cfg_of("engine=vllm-0.6", setting))
-    assert off is not None and not off.async_output and off.output_delay_s() == 0.0
+    assert off is not None and not off.async_output and off.output_delay_s(4000e-6) == 0.0
     assert off.step_s == 4000e-6  # the host time per step stays
 
 
@@ -252,9 +252,31 @@ def test_frontend_arithmetic() -> None:
     assert fe.async_step_delay_s(False, 0.02) == 0.0
     assert fe.step_overhead_s(10, 5e-4, 5e-6) == pytest.approx(5.5e-4)
     assert Frontend(step_s=1e-3, per_seq_s=0.0).step_overhead_s(10, 5e-4, 5e-6) == 1e-3
-    assert Frontend(step_s=4e-3, async_output=True).output_delay_s() == 4e-3
-    assert Frontend(step_s=4e-3).output_delay_s() == 0.0
-    assert Frontend(async_output=True).output_delay_s() == 0.0  # step left to the device
+    assert Frontend(step_s=4e-3, async_output=True).output_delay_s(4e-3) == 4e-3
+    assert Frontend(step_s=4e-3).output_delay_s(4e-3) == 0.0
+
+
+def test_async_output_waits_for_the_device_host_step_when_the_frontend_sets_none() -> None:
+    """frontend.async_output_processing with no frontend.step_overhead_us: each step pays the
+    device's iteration_overhead_us (h100-sxm: 500 µs), and every token waits for that same
+    host time, so TTFT and E2E move by 500 µs and TPOT does not."""
+    sync = one_request("frontend.enabled=true").metrics.records[0]
+    out = one_request("frontend.enabled=true", "frontend.async_output_processing=true")
+    row = out.metrics.records[0]
+    assert row.ttft == pytest.approx(sync.ttft + 500e-6, abs=1e-12)
+    assert row.e2e == pytest.approx(sync.e2e + 500e-6, abs=1e-12)
+    assert row.tpot == pytest.approx(sync.tpot, abs=1e-12)
+
+
+def test_frontend_step_overhead_is_paid_with_pim_attention_offload() -> None:
+    """The frontend's host time per step replaces the device constant on a PIM instance too
+    (one rule for every step timer), so the async output delay is the host time its steps pay."""
+    pim = ("pim.enabled=true",)
+    base = one_request(*pim, "frontend.enabled=true").metrics.records[0]
+    slow = one_request(*pim, "frontend.enabled=true", "frontend.step_overhead_us=1500")
+    row = slow.metrics.records[0]
+    assert base.tpot is not None and row.tpot is not None
+    assert row.tpot - base.tpot == pytest.approx(1000e-6, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- knobs

@@ -91,6 +91,23 @@ def test_free_memory_fraction_takes_a_share_of_what_weights_leave() -> None:
         plan(fraction_of="all")
 
 
+TRTLLM_ON_PIM = ["engine=trtllm", "perf.host_overlap=false", "perf.cuda_graphs.mode='off'"]
+
+
+@pytest.mark.parametrize("sets", [["scheduler.memory_fraction_of=free"], TRTLLM_ON_PIM])
+def test_free_memory_fraction_is_refused_for_a_kv_cache_in_pim_memory(sets: list[str]) -> None:
+    """With pim.enabled the KV pool is the PIM devices' memory: a share of the GPU memory
+    left free by weights and activations would be ignored (the same pool either way), so
+    memory_fraction_of: free is one error line naming both keys."""
+    cfg = load_config(None, ["pim.enabled=true", *sets])
+    with pytest.raises(UserError) as error:
+        resolve(cfg)
+    text = str(error.value)
+    assert "scheduler.memory_fraction_of: free" in text and "pim.enabled" in text
+    assert "\n" not in text
+    resolve(load_config(None, ["pim.enabled=true", *sets, "scheduler.memory_fraction_of=total"]))
+
+
 def test_trtllm_preset_plans_kv_from_the_free_memory() -> None:
     trt = resolve(load_config(None, ["engine=trtllm", "dtype=fp8", "kv_dtype=fp8"]))
     vllm = resolve(load_config(None, ["dtype=fp8", "kv_dtype=fp8", "scheduler.max_num_seqs=2048"]))

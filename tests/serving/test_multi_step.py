@@ -208,10 +208,28 @@ def test_one_step_is_the_engine_without_groups(tmp_path: Path) -> None:
     assert c != a
 
 
+@pytest.mark.parametrize("policy", ["vllm", "sarathi"])
+def test_whole_prompts_of_a_chunking_policy_run_multi_step_as_orca(policy: str) -> None:
+    """policy vllm (or sarathi) with enable_chunked_prefill: false is orca's whole-prompt
+    rule (the same scheduler), which multi-step allows: it runs, request for request as orca."""
+    base = ("workload.num_requests=60", "workload.arrival.rate=30", "seed=3")
+    steps = "scheduler.num_scheduler_steps=8"
+    orca = records(run(config(*base, steps))[0])
+    whole = config(
+        *base, steps, f"scheduler.policy={policy}", "scheduler.enable_chunked_prefill=false"
+    )
+    result, rec = run(whole)
+    assert result.summary["requests_completed"] == 60
+    assert records(result) == orca
+    assert any(len(s.ids) > 1 for s in rec.steps)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (("scheduler.policy=vllm",), "not supported by vLLM 0.6"),
+        (("scheduler.policy=vllm", "scheduler.enable_chunked_prefill=true"), "chunked prefill"),
+        (("scheduler.policy=priority", "scheduler.enable_chunked_prefill=false"), "not yet"),
         (("scheduler.policy=no_evict",), "not yet supported"),
         (("speculative.method=ngram",), "not supported by vLLM 0.6"),
         (("cluster.pipeline_parallel=2",), "not yet supported"),

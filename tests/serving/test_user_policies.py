@@ -72,3 +72,47 @@ def test_a_missing_or_broken_plugin_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="failed to load"):
         run("plugins=[no_such_module_anywhere]")
     assert_one_line_error([f"plugins=[{broken}]"], "failed to load", tmp_path / "out")
+
+
+@pytest.fixture(scope="module")
+def whole_batch_plugin(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A plugin policy not built on VllmScheduler (a copy of static batching)."""
+    path = tmp_path_factory.mktemp("plugins") / "whole_batches.py"
+    path.write_text(
+        "from llmservingsim.serving.schedulers.base import SCHEDULERS\n"
+        "from llmservingsim.serving.schedulers.static import StaticScheduler\n\n\n"
+        "class WholeBatches(StaticScheduler):\n"
+        "    pass\n\n\n"
+        'SCHEDULERS.register("whole_batches")(WholeBatches)\n'
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_enable_chunked_prefill_is_refused_for_a_policy_that_ignores_it(
+    whole_batch_plugin: str, value: str, tmp_path: Path
+) -> None:
+    """Only the schedulers built on VllmScheduler read scheduler.enable_chunked_prefill; a
+    plugin policy of another base would silently ignore it: one error line instead."""
+    sets = [f"plugins=[{whole_batch_plugin}]", "scheduler.policy=whole_batches"]
+    cfg = load_config(
+        None, ["model=llama-3.2-1b", *sets, f"scheduler.enable_chunked_prefill={value}"]
+    )
+    with pytest.raises(ConfigError, match="not built on VllmScheduler"):
+        simulate(cfg, requests=[RequestSpec(0, 0.0, 64, 4)])
+    assert_one_line_error(
+        [*sets, f"scheduler.enable_chunked_prefill={value}"],
+        "scheduler.enable_chunked_prefill",
+        tmp_path,
+    )
+    # Left unset, the plugin runs; a plugin built on VllmScheduler honours the setting.
+    plain = load_config(None, ["model=llama-3.2-1b", *sets])
+    assert simulate(plain, requests=[RequestSpec(0, 0.0, 64, 4)]).summary["requests_completed"] == 1
+    assert (
+        run(
+            "scheduler.policy=shortest_prompt_first",
+            f"scheduler.enable_chunked_prefill={value}",
+            specs=[RequestSpec(0, 0.0, 64, 4)],
+        )["requests_completed"]
+        == 1
+    )

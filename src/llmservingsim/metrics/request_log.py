@@ -232,6 +232,7 @@ class RequestLog:
         if self.client_clock is not None:
             arrival, first_token, finish = self.client_clock.times(
                 spec.id,
+                instance,
                 arrival,
                 seq.first_scheduled_time,
                 first_token,

@@ -18,7 +18,9 @@ A real engine puts work around the model's steps that the step timer does not se
 * **Async output processing** (``output_delay_s``): vLLM 0.6 (V0) processes the outputs of
   step k (detokenize, stop checks, the request's output and its first-token / finish times)
   during step k+1, after that step's host work (scheduling, input preparation): every token
-  of a request, its first and its last, is emitted one step's host time later. (vLLM runs
+  of a request, its first and its last, is emitted one step's host time later (the fixed
+  host time the step timer adds: ``step_s``, or the device's ``iteration_overhead_us`` where
+  the frontend sets none). (vLLM runs
   that step for the request too, as it is known finished only once its last token is
   processed; that one more sequence in one batch is not simulated.)
 
@@ -53,7 +55,7 @@ class Frontend:
     """Same, per sequence in the step (None: the device's constant)."""
     async_output: bool = False
     """vLLM 0.6 async output processing: a step's outputs are processed during the next
-    step, after its host work (``step_s``)."""
+    step, after its host work (the per-step part of :meth:`host_overhead_s`)."""
 
     def arrival_delay_s(self, prompt_tokens: int) -> float:
         """How much later than the client sent it the request reaches the scheduler."""
@@ -68,12 +70,12 @@ class Frontend:
         """Delay between the engine emitting a token and the client receiving it."""
         return self.token_out_s
 
-    def output_delay_s(self) -> float:
-        """Delay of every token under async output processing: the next step's host work
-        (its fixed part, ``step_s``; 0 when this frontend leaves it to the device)."""
-        if not self.async_output or self.step_s is None:
-            return 0.0
-        return self.step_s
+    def output_delay_s(self, host_step_s: float) -> float:
+        """Delay of every token under async output processing: the next step's host work,
+        its fixed part ``host_step_s``, the one the step timer adds to every step (this
+        frontend's ``step_s`` or, where it sets none, the device's constant:
+        :meth:`host_overhead_s`)."""
+        return host_step_s if self.async_output else 0.0
 
     def step_overhead_s(self, num_seqs: int, device_step_s: float, device_seq_s: float) -> float:
         """CPU time of one step with ``num_seqs`` sequences; the device's constants stand in
@@ -97,10 +99,14 @@ class ClientClock:
 
     frontend: Frontend
     client_arrival: dict[int, float]
+    host_step_s: tuple[float, ...]
+    """Per instance (by index): the host seconds per step its timer adds (the fixed part of
+    :meth:`Frontend.host_overhead_s`), which async output processing delays tokens by."""
 
     def times(
         self,
         request_id: int,
+        instance: int,
         engine_arrival: float,
         first_scheduled: float,
         first_token: float,
@@ -108,13 +114,15 @@ class ClientClock:
         generated: int,
         finished: bool,
     ) -> tuple[float, float, float]:
-        """(arrival, first token, finish) as the client sees them. Requests that ended
-        unserved keep their engine finish time (nothing was streamed)."""
+        """(arrival, first token, finish) as the client sees them, for a request that ended
+        on ``instance`` (with disaggregated prefill its decode instance, whose step delays
+        the first token too). Requests that ended unserved keep their engine finish time
+        (nothing was streamed)."""
         arrival = self.client_arrival.get(request_id, engine_arrival)
         if not finished or first_token < 0:
             return arrival, first_token, finish
         fe = self.frontend
         step = (finish - first_token) / (generated - 1) if generated > 1 else 0.0
         shift = fe.async_step_delay_s(first_scheduled > engine_arrival, step)
-        shift += fe.output_delay_s() + fe.token_out_delay_s()
+        shift += fe.output_delay_s(self.host_step_s[instance]) + fe.token_out_delay_s()
         return arrival, first_token + shift, finish + shift

@@ -64,6 +64,7 @@ class PimIterationTimer(IterationTimer):
         moe_imbalance: float = 1.0,
         fusion: Fusion = DEFAULT_FUSION,
         pim_backend: RooflineBackend | None = None,
+        host_overhead_s: tuple[float, float] | None = None,
     ) -> None:
         if spec.has_local_layers:
             # The offloaded decode attention is split by summed context only (sub-batches).
@@ -82,6 +83,7 @@ class PimIterationTimer(IterationTimer):
             kv_dtype=kv_dtype,
             expert_parallel=expert_parallel,
             moe_imbalance=moe_imbalance,
+            host_overhead_s=host_overhead_s,
             fusion=fusion,
         )
         self.pim = pim

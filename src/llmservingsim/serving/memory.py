@@ -284,6 +284,8 @@ def plan_memory(
     else:
         raise ValueError(f"fraction_of must be 'total' or 'free', not {fraction_of!r}")
     kv_pool = usable - weights - activations - reserved - draft_weight_bytes - lora_bytes
+    if pim is not None and fraction_of == "free":
+        raise ValueError("a KV cache in PIM memory is a share of the PIM memory, never 'free'")
     if sliding_kv and (pim is not None or draft_kv_bytes_per_token):
         raise ValueError("sliding-window KV blocks hold no draft KV and do not live in PIM")
     layers, full_units, sliding_units, sliding_blocks = (

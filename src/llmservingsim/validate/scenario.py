@@ -267,23 +267,51 @@ RECIPES = (
         "inferencex",
         "sglang",
         r"^deepseek-v3$",
-        ("gpu_memory_utilization=0.82", "max_num_seqs=128", "max_num_batched_tokens=32768"),
-        "benchmarks/dsr1_fp8_b200.sh: --mem-fraction-static 0.82, --max-running-requests 128, "
+        ("gpu_memory_utilization=0.82", "max_num_batched_tokens=32768"),
+        "benchmarks/dsr1_fp8_b200.sh: --mem-fraction-static 0.82, "
         "--chunked-prefill-size 32768 --max-prefill-tokens 32768 at TP8",
         hardware=r"^b200$",
         dtype="fp8",
         tp=(8, 8),
     ),
+    # The same file's --max-running-requests is "the maximum concurrency" (its comment: 128
+    # at TP8, 32 at TP4), so it holds for the client counts it was sized for. The points with
+    # 256 and 512 clients at TP8 did not run under a 128 cap: at 1024/1024 and 256 clients
+    # they measured a 2.1 s mean TTFT (3.1 s at 512) where a cap of 128 queues every client
+    # for about one request's decode (~39 s at their measured 42.6 ms TPOT), and their TPOT
+    # grows from 256 to 512 clients (42.6 → 68.8 ms), a batch beyond 128.
     RecipeRule(
         "inferencex",
         "sglang",
         r"^deepseek-v3$",
-        ("gpu_memory_utilization=0.95", "max_num_seqs=32", "max_num_batched_tokens=8192"),
-        "benchmarks/dsr1_fp8_b200.sh: --mem-fraction-static 0.95, --max-running-requests 32, "
+        ("max_num_seqs=128",),
+        "benchmarks/dsr1_fp8_b200.sh: --max-running-requests 128 at TP8 (up to 128 clients)",
+        hardware=r"^b200$",
+        dtype="fp8",
+        tp=(8, 8),
+        concurrency=(1, 128),
+    ),
+    RecipeRule(
+        "inferencex",
+        "sglang",
+        r"^deepseek-v3$",
+        ("gpu_memory_utilization=0.95", "max_num_batched_tokens=8192"),
+        "benchmarks/dsr1_fp8_b200.sh: --mem-fraction-static 0.95, "
         "--chunked-prefill-size 8192 --max-prefill-tokens 8192 at TP4",
         hardware=r"^b200$",
         dtype="fp8",
         tp=(4, 4),
+    ),
+    RecipeRule(
+        "inferencex",
+        "sglang",
+        r"^deepseek-v3$",
+        ("max_num_seqs=32",),
+        "benchmarks/dsr1_fp8_b200.sh: --max-running-requests 32 at TP4 (up to 32 clients)",
+        hardware=r"^b200$",
+        dtype="fp8",
+        tp=(4, 4),
+        concurrency=(1, 32),
     ),
     RecipeRule(
         "inferencex",
@@ -390,14 +418,17 @@ def row_version(row: dict[str, str]) -> tuple[int, ...] | None:
 
 
 def engine_settings(row: dict[str, str], max_model_len: int) -> tuple[dict[str, str], str]:
-    """Scheduler settings that mimic the row's engine at its documented defaults."""
+    """Scheduler settings that mimic the row's engine at its documented defaults, and their
+    description: a :meth:`str.format` template over the settings the run ends up with
+    (``{max_num_seqs}``, ``{max_num_batched_tokens}``, ``{prompts}``: chunked or whole
+    prompts), which :func:`scenario_for` fills in after the notes, recipes and clients."""
     engine = row["engine"].lower()
     version = row_version(row)
     if "sglang" in engine:
         # SGLang: chunked prefill, big running batch; the prefill budget is the preset's
         # chunked_prefill_size for the GPU's memory (data/engines/sglang.yaml).
         settings = {"policy": "vllm", "max_num_seqs": "1024"}
-        return settings, "SGLang: chunked prefill, 1024 seqs, the preset's chunked_prefill_size"
+        return settings, "SGLang: chunked prefill, {max_num_seqs} seqs, {max_num_batched_tokens}"
     if "tensorrt-llm" in engine:
         # TensorRT-LLM's defaults: the GUARANTEED_NO_EVICT capacity policy (= no_evict), whole
         # prompts (enable_chunked_prefill False), max_batch_size 2048, max_num_tokens 8192
@@ -406,7 +437,8 @@ def engine_settings(row: dict[str, str], max_model_len: int) -> tuple[dict[str, 
         settings["max_num_batched_tokens"] = "8192"
         settings["enable_chunked_prefill"] = "false"
         settings["memory_fraction_of"] = "free"  # every release: a fraction of the free memory
-        return settings, "TensorRT-LLM: no_evict, whole prompts, 2048 seqs, 8192 tok/step"
+        text = "TensorRT-LLM: no_evict, {prompts}, {max_num_seqs} seqs, {max_num_batched_tokens}"
+        return settings, text
     if version is not None and version >= (0, 8):
         # vLLM V1: chunked prefill always on.
         settings = {"policy": "vllm", "max_num_seqs": "256", "max_num_batched_tokens": "8192"}
@@ -416,10 +448,10 @@ def engine_settings(row: dict[str, str], max_model_len: int) -> tuple[dict[str, 
     # max(max_model_len, 2048).
     if max_model_len > 32768:
         settings = {"policy": "vllm", "max_num_seqs": "256", "max_num_batched_tokens": "512"}
-        return settings, "vLLM V0, context > 32K: chunked prefill, 512 tok/step"
+        return settings, "vLLM V0, context > 32K: chunked prefill, {max_num_batched_tokens}"
     budget = str(max(max_model_len, 2048))
     settings = {"policy": "orca", "max_num_seqs": "256", "max_num_batched_tokens": budget}
-    return settings, f"vLLM V0, context ≤ 32K: whole prompts (orca), {budget} tok/step"
+    return settings, "vLLM V0, context ≤ 32K: whole prompts (orca), {max_num_batched_tokens}"
 
 
 # trtllm-bench's byte sizes by quantization (bench/build/tuning.py BYTES_PER_ELEM).
@@ -688,10 +720,12 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         "trtllm" if "tensorrt" in low_engine else "sglang" if "sglang" in low_engine else "vllm"
     )
     recipes = recipe_settings(row, engine_name, rule.catalog, hardware, dtype, int(tp), dp)
+    from_recipes: set[str] = set()  # the settings a launch recipe states: the run's own
     for recipe in recipes:
         for setting in recipe.settings:
             key, value = setting.split("=", 1)
             settings[key] = value
+            from_recipes.add(key)
         notes.append(f"recipe: {recipe.source}")
     concurrency = int(row["concurrency"]) if row.get("concurrency") else None
     graphs: list[str] = []
@@ -705,8 +739,8 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         )
         settings["max_num_seqs"], settings["max_num_batched_tokens"] = str(max_bs), str(max_tokens)
         engine_text = (
-            f"TensorRT-LLM (trtllm-bench): no_evict, whole prompts, {max_bs} seqs, "
-            f"{max_tokens} tok/step"
+            "TensorRT-LLM (trtllm-bench): no_evict, {prompts}, {max_num_seqs} seqs, "
+            "{max_num_batched_tokens}"
         )
         notes.append(
             "trtllm-bench's max_batch_size / max_num_tokens heuristic (bench/build/tuning.py, "
@@ -729,7 +763,11 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
             f"chunked prefill: prompts of {int(isl)} tokens reach max_num_tokens "
             f"{settings['max_num_batched_tokens']}, which TensorRT-LLM only runs chunked"
         )
-    if concurrency is not None and concurrency > int(settings["max_num_seqs"]):
+    if (
+        concurrency is not None
+        and concurrency > int(settings["max_num_seqs"])
+        and "max_num_seqs" not in from_recipes  # a recipe's cap queues the other clients
+    ):
         settings["max_num_seqs"] = str(concurrency)  # the server admits every client
     settings.setdefault("block_size", "16")
     settings.setdefault("gpu_memory_utilization", "0.9")
@@ -763,6 +801,14 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     label = (
         f"{rule.catalog} · {hardware} · {layout}TP{int(tp)}{f'·PP{int(pp)}' if pp > 1 else ''}"
         f" · {dtype}{'' if kv_dtype in ('auto', dtype) else '/kv ' + kv_dtype} · {work_text}"
+    )
+    budget = settings.get("max_num_batched_tokens")
+    engine_text = engine_text.format(
+        max_num_seqs=settings["max_num_seqs"],
+        max_num_batched_tokens=f"{budget} tok/step"
+        if budget
+        else "the preset's chunked_prefill_size",
+        prompts="chunked" if settings.get("enable_chunked_prefill") == "true" else "whole prompts",
     )
     engine = f"{engine_text}; block {settings['block_size']}, util "
     engine += settings["gpu_memory_utilization"]
