@@ -11,6 +11,7 @@ from llmservingsim.cluster.autoscale import Autoscaler
 from llmservingsim.cluster.cluster import Cluster, Pool
 from llmservingsim.cluster.placement import place_instances
 from llmservingsim.config import CudaGraphsConfig
+from llmservingsim.errors import plugin_base_error
 from llmservingsim.hardware.backends import PerfBackend, build_backend
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.metrics.collector import MetricsCollector
@@ -132,10 +133,16 @@ def build_cluster(scenario: Scenario, metrics: MetricsCollector) -> Cluster:
             if proposer is not None:
                 speculator = Speculator(cfg.speculative, proposer, seed=f"{cfg.seed}:{index}")
             # PP: virtual engines share the blocks; DP: each rank has the plan's blocks.
-            schedulers = [
-                policy(cfg.scheduler, *build_kv_cache(cfg.scheduler, memory, device, tp, pp))
-                for _ in range(pp * dp)
-            ]
+            try:
+                schedulers = [
+                    policy(cfg.scheduler, *build_kv_cache(cfg.scheduler, memory, device, tp, pp))
+                    for _ in range(pp * dp)
+                ]
+            except TypeError as exc:
+                error = plugin_base_error("scheduler.policy", cfg.scheduler.policy, exc)
+                if error is None:
+                    raise
+                raise error from None
             if lora is not None:
                 for scheduler in schedulers:
                     scheduler.adapters = AdapterSlots(cfg.lora, load_s, disk_s)

@@ -49,6 +49,22 @@ class BackendError(UserError):
     exit_code = 2
 
 
+# CPython's message when an interpreted class extends a compiled one that does not admit it.
+COMPILED_BASE = "interpreted classes cannot inherit from compiled"
+
+
+def plugin_base_error(key: str, name: str, exc: TypeError) -> ConfigError | None:
+    """The one-line error for a user's class (``key`` = ``name``) that extends a compiled
+    class which does not accept interpreted subclasses (its instantiation raises ``exc``), or
+    None when ``exc`` is another TypeError."""
+    if COMPILED_BASE not in str(exc):
+        return None
+    return ConfigError(
+        f"{key}: {name!r} extends a compiled class that does not accept subclasses written in "
+        "Python; extend one that does (docs/extending.md lists them)"
+    )
+
+
 class InputWarning(UserWarning):
     """Input the simulator accepts after changing it (e.g. trace lengths clipped to the model
     context); ``run`` prints each as one ``warning:`` line on stderr."""

@@ -116,3 +116,57 @@ def test_enable_chunked_prefill_is_refused_for_a_policy_that_ignores_it(
         )["requests_completed"]
         == 1
     )
+
+
+@pytest.mark.parametrize(
+    ("module", "base", "policy"),
+    [
+        ("static", "StaticScheduler", "static"),
+        ("orca", "OrcaScheduler", "orca"),
+        ("no_evict", "NoEvictScheduler", "no_evict"),
+        ("priority", "PriorityScheduler", "priority"),
+    ],
+)
+def test_a_plugin_may_subclass_every_built_in_policy(
+    module: str, base: str, policy: str, tmp_path: Path
+) -> None:
+    """The compiled built-in policies admit interpreted subclasses: a user's file that extends
+    one runs in the installed engine (a compiled class without that flag raises TypeError)."""
+    path = tmp_path / f"my_{policy}.py"
+    path.write_text(
+        "from llmservingsim.serving.schedulers.base import SCHEDULERS\n"
+        f"from llmservingsim.serving.schedulers.{module} import {base}\n\n\n"
+        f"class Mine({base}):\n"
+        "    pass\n\n\n"
+        f'SCHEDULERS.register("my_{policy}")(Mine)\n'
+    )
+    cfg = load_config(
+        None, [f"plugins=[{path}]", "model=llama-3.2-1b", f"scheduler.policy=my_{policy}"]
+    )
+    specs = [RequestSpec(i, 0.01 * i, 64, 4) for i in range(4)]
+    assert simulate(cfg, requests=specs).summary["requests_completed"] == 4
+
+
+def test_a_plugin_extending_a_compiled_class_that_refuses_subclasses_is_one_error_line(
+    tmp_path: Path,
+) -> None:
+    """Where the engine is compiled, a router that does not admit Python subclasses makes a
+    user's subclass fail at construction: a one-line error naming the key, not a TypeError."""
+    path = tmp_path / "my_router.py"
+    path.write_text(
+        "from llmservingsim.cluster.routers import ROUTERS, RoundRobinRouter\n\n\n"
+        "class Mine(RoundRobinRouter):\n"
+        "    pass\n\n\n"
+        'ROUTERS.register("my_round_robin")(Mine)\n'
+    )
+    sets = [f"plugins=[{path}]", "cluster.router=my_round_robin"]
+    cfg = load_config(None, ["model=llama-3.2-1b", *sets])
+    specs = [RequestSpec(0, 0.0, 64, 4)]
+    if engine_build() == "compiled":
+        with pytest.raises(
+            ConfigError, match="cluster.router: 'my_round_robin' extends a compiled"
+        ):
+            simulate(cfg, requests=specs)
+        assert_one_line_error(sets, "cluster.router", tmp_path)
+    else:  # interpreted: any class may be extended
+        assert simulate(cfg, requests=specs).summary["requests_completed"] == 1

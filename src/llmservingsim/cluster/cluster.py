@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmservingsim.cluster.routers import ROUTERS, Router
+from llmservingsim.errors import plugin_base_error
 from llmservingsim.metrics.decisions import DECODE_ROUTE, ROUTE, DecisionLog, DecisionSite
 from llmservingsim.network import collectives
 from llmservingsim.network.topology import Topology
@@ -25,6 +26,20 @@ class Pool:
     kv_bytes_per_token: float  # whole model (all layers, all KV heads)
 
 
+def _make_router(
+    key: str, name: str, instances: list[Instance], rng: np.random.Generator
+) -> Router:
+    """The router ``name`` over ``instances``; a user's router class that extends a compiled
+    router which does not accept Python subclasses is a one-line error, not a TypeError."""
+    try:
+        return ROUTERS.get(name)(instances, rng)
+    except TypeError as exc:
+        error = plugin_base_error(key, name, exc)
+        if error is None:
+            raise
+        raise error from None
+
+
 class Cluster:
     """Routes arrivals to the entry pools (mixed or prefill) and prefilled requests to decode."""
 
@@ -38,9 +53,9 @@ class Cluster:
         entry = [i for p in pools if p.role != "decode" for i in p.instances]
         decode = [i for p in pools if p.role == "decode" for i in p.instances]
         rng = np.random.default_rng([seed, 0x5EED])
-        self.router: Router = ROUTERS.get(router)(entry, rng)
+        self.router: Router = _make_router("cluster.router", router, entry, rng)
         self.decode_router: Router | None = (
-            ROUTERS.get(decode_router)(decode, rng) if decode else None
+            _make_router("cluster.decode_router", decode_router, decode, rng) if decode else None
         )
         routers = [self.router] if self.decode_router is None else [self.router, self.decode_router]
         self._routes_by_kv_usage = any(r.reads_kv_usage for r in routers)

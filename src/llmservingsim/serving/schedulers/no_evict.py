@@ -8,12 +8,17 @@ and preemption never happens; the price is a smaller batch when outputs are long
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from llmservingsim.sequence import Sequence
 from llmservingsim.serving.block_manager import PrefixHit
 from llmservingsim.serving.schedulers.base import SCHEDULERS
 from llmservingsim.serving.schedulers.vllm import VllmScheduler
 
 
+# A user's policy file may subclass it (docs/extending.md): the compiled class admits
+# interpreted subclasses.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class NoEvictScheduler(VllmScheduler):
     def promised_blocks(self) -> int:
         """Blocks running requests will still claim before they finish."""

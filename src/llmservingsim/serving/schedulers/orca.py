@@ -8,6 +8,8 @@ chunked prefill refuses such prompts at start-up instead).
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from llmservingsim.config import SchedulerConfig
 from llmservingsim.serving.block_manager import BlockManager
 from llmservingsim.serving.schedulers.base import SCHEDULERS
@@ -15,6 +17,9 @@ from llmservingsim.serving.schedulers.vllm import VllmScheduler
 from llmservingsim.serving.swap import SwapSpace
 
 
+# A user's policy file may subclass it (docs/extending.md): the compiled class admits
+# interpreted subclasses.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class OrcaScheduler(VllmScheduler):
     def __init__(
         self, cfg: SchedulerConfig, blocks: BlockManager, swap: SwapSpace | None = None

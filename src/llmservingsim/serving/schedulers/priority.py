@@ -46,6 +46,8 @@ from __future__ import annotations
 
 from collections import deque
 
+from mypy_extensions import mypyc_attr
+
 from llmservingsim.sequence import Sequence
 from llmservingsim.serving.schedulers.base import SCHEDULERS
 from llmservingsim.serving.schedulers.vllm import VllmScheduler
@@ -57,6 +59,9 @@ def rank(seq: Sequence) -> tuple[int, float, int]:
     return (spec.priority, spec.arrival_s, spec.id)
 
 
+# A user's policy file may subclass it (docs/extending.md): the compiled class admits
+# interpreted subclasses.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class PriorityScheduler(VllmScheduler):
     supports_steady = True
 

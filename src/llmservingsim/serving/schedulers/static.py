@@ -9,9 +9,14 @@ batch.
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from llmservingsim.serving.schedulers.base import SCHEDULERS, ScheduledEntry, Scheduler
 
 
+# A user's policy file may subclass it (docs/extending.md): the compiled class admits
+# interpreted subclasses.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class StaticScheduler(Scheduler):
     supports_steady = True
 
