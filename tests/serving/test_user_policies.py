@@ -164,7 +164,7 @@ def test_a_plugin_extending_a_compiled_class_that_refuses_subclasses_is_one_erro
     specs = [RequestSpec(0, 0.0, 64, 4)]
     if engine_build() == "compiled":
         with pytest.raises(
-            ConfigError, match="cluster.router: 'my_round_robin' extends a compiled"
+            ConfigError, match=r"cluster\.router: 'my_round_robin' extends a compiled"
         ):
             simulate(cfg, requests=specs)
         assert_one_line_error(sets, "cluster.router", tmp_path)
