@@ -372,3 +372,24 @@ def test_a_request_that_preempts_a_full_batch_runs_its_prompt_apart() -> None:
     assert result.summary["preemptions"] > 0
     assert any(2 in s.ids and s.prompts for s in steps)
     assert not any(s.prompts and s.decodes for s in steps)
+
+
+def test_the_files_of_a_run_record_the_mixed_steps_the_preset_fell_back_to(
+    tmp_path: Path,
+) -> None:
+    """summary.json and the parquet files' metadata both hold the config the run used."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from llmservingsim.outputs.run_outputs import simulate_to_dir
+
+    cfg = load_config(
+        None,
+        ["engine=sglang", "model=llama-3.2-1b", "scheduler.policy=static", "outputs.trace=false"],
+    )
+    with pytest.warns(InputWarning):
+        result, _ = simulate_to_dir(cfg, tmp_path, requests=[RequestSpec(0, 0.0, 64, 4)])
+    assert result.summary["config"]["scheduler"]["mixed_prefill"] is True
+    meta = json.loads(pq.read_schema(tmp_path / "requests.parquet").metadata[b"llmservingsim"])
+    assert meta["config"]["scheduler"]["mixed_prefill"] is True

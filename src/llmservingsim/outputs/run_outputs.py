@@ -117,7 +117,7 @@ def simulate_to_dir(
     if requests is None:
         requests = load_requests(scenario)
     check_kv_fits(scenario, requests)
-    metadata = {"version": __version__, "config": cfg.model_dump(mode="json")}
+    metadata = {"version": __version__, "config": scenario.config.model_dump(mode="json")}
     labels = RequestLabels.of(requests)
     outputs = RunOutputs(out_dir, cfg.outputs, len(requests), metadata, labels)
     try:
