@@ -239,9 +239,6 @@ def separate_prefill_unsupported(cfg: SimConfig, pools: list[PoolConfig]) -> str
     per schedule, no attention data-parallel ranks (whose SGLang batches synchronize their
     forward modes across ranks, not modelled) and no batch waiting (which holds context
     requests back only in steps that also decode)."""
-    from llmservingsim.serving.schedulers import SCHEDULERS
-    from llmservingsim.serving.schedulers.vllm import VllmScheduler
-
     sched = cfg.scheduler
     if not issubclass(SCHEDULERS.get(sched.policy), VllmScheduler):
         return (

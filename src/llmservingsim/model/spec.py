@@ -54,7 +54,7 @@ def gemm_dtype(dtype: str, fp4_tensor_cores: bool) -> str:
     elsewhere; every other dtype computes in itself."""
     if dtype == "mxfp4":
         return "fp8" if fp4_tensor_cores else "bf16"
-    return "bf16" if dtype in ("int8", "int4") else dtype
+    return "bf16" if weight_only_quantized(dtype) else dtype
 
 
 @dataclass(frozen=True)
