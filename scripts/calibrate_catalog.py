@@ -35,6 +35,7 @@ from llmservingsim.calibrate.gemm_tables import (
     gemm_points,
     newest_tables,
 )
+from llmservingsim.calibrate.moe_tables import MOE_DTYPES, fit_moe_tables
 from llmservingsim.calibrate.run import ALL_FITTED, calibrate
 from llmservingsim.calibrate.transfer import (
     _round,
@@ -44,7 +45,7 @@ from llmservingsim.calibrate.transfer import (
 )
 from llmservingsim.catalog import load_device
 from llmservingsim.hardware.backends.kernel_db import SYSTEM_OF_DEVICE, default_tables_root
-from llmservingsim.hardware.device import DeviceSpec, DtypeGemm, Efficiency
+from llmservingsim.hardware.device import DeviceSpec, DtypeGemm, Efficiency, MoeGemm
 
 REPO = Path(__file__).resolve().parents[1]
 HARDWARE = REPO / "src" / "llmservingsim" / "data" / "hardware"
@@ -149,7 +150,50 @@ def table_gemm(root: Path, device: str, eff: Efficiency) -> tuple[Efficiency, st
     )
     update: dict[str, object] = {k: _round(v) for k, v in fit.params.items() if k != "memory"}
     update["dtype_gemm"] = dtypes
-    return eff.model_copy(update=update), source
+    eff = eff.model_copy(update=update)
+    moe, moe_modes = table_moe(root / "data" / system, spec.model_copy(update={"efficiency": eff}))
+    if moe_modes:
+        source += f"; moe_gemm on its moe_perf {' / '.join(moe_modes)} (§7e)"
+    return eff.model_copy(update={"moe_gemm": moe}), source
+
+
+def table_moe(system_dir: Path, spec: DeviceSpec) -> tuple[dict[str, MoeGemm], list[str]]:
+    """``efficiency.moe_gemm`` fitted on the device's MoE kernel tables, on top of its GEMM
+    curves (calibrate/moe_tables.py, calibration.md §7e): an entry per weight dtype whose fit
+    predicts held-out engines' kernels better than the dense GEMM curve; and their modes."""
+    moe: dict[str, MoeGemm] = {}
+    modes: list[str] = []
+    for dtype in MOE_DTYPES:
+        if dtype != "bf16" and dtype != "mxfp4" and dtype not in spec.peak_tflops:
+            continue
+        fit = fit_moe_tables(spec, system_dir, dtype)
+        if fit is None:
+            continue
+        held = ", ".join(
+            f"{t} {v:.1f}% (dense {fit.dense_per_table[t]:.1f}%)" for t, v in fit.held_out.items()
+        )
+        verdict = (
+            "written"
+            if fit.improves
+            else "not written: "
+            + (
+                "fewer than two engines measured it"
+                if len(fit.held_out) < 2
+                else "no better than the dense curve on held-out engines"
+            )
+        )
+        print(
+            f"{spec.name}: {dtype} MoE on {fit.points:,} {fit.mode} kernel points "
+            f"({', '.join(fit.tables)}): "
+            + ", ".join(f"{k} {v:.4g}" for k, v in fit.params.model_dump().items())
+            + f"; median |error| {fit.before:.1f}% -> {fit.mape:.1f}%"
+            + (f", each table held out: {held}" if held else "")
+            + f"; {verdict}"
+        )
+        if fit.improves:
+            moe[dtype] = MoeGemm(**{k: _round(v) for k, v in fit.params.model_dump().items()})
+            modes.append(fit.mode)
+    return moe, modes
 
 
 def main(argv: list[str]) -> int:

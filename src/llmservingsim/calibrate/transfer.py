@@ -64,9 +64,13 @@ def efficiency_block(eff: Efficiency, comment: str, gemm_source: str | None = No
                     inner = ", ".join(f"{k}: {v:g}" for k, v in tuned.items())
                     lines.append(f"    {name}: {{{inner}}}")
             continue
-        if key == "dtype_gemm":
+        if key in ("dtype_gemm", "moe_gemm"):
             if value:
-                lines.append("  dtype_gemm:  # GEMM curve per dtype, of its own peak (§7c)")
+                lines.append(
+                    "  dtype_gemm:  # GEMM curve per dtype, of its own peak (§7c)"
+                    if key == "dtype_gemm"
+                    else "  moe_gemm:  # fused-MoE expert GEMMs per weight dtype (§7e)"
+                )
                 for name, curve in value.items():
                     inner = ", ".join(f"{k}: {v:g}" for k, v in curve.items())
                     lines.append(f"    {name}: {{{inner}}}")

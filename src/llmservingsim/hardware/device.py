@@ -115,6 +115,39 @@ class DtypeGemm(_Strict):
     kernel_launch_us: Microseconds = Field(description="fixed time per GEMM (launch + epilogue)")
 
 
+MoeDtype = Literal["bf16", "fp8", "fp4", "mxfp4"]
+"""Weight dtypes with a fitted fused-MoE efficiency (the MoE kernel tables' modes they run:
+bfloat16, fp8_block, nvfp4, and w4a8_mxfp4_mxfp8 / w4a16_mxfp4 for MXFP4)."""
+
+
+class MoeGemm(_Strict):
+    """The grouped expert GEMMs of a fused-MoE kernel (calibration.md §7e), relative to the
+    dense GEMM curve of their compute dtype at the same rows per expert M.
+
+    Compute runs at ``compute`` · D / (D + ``half_dim``) of the dense curve's rate, D = min(N,
+    K) the expert matrix's narrower dimension (its intermediate slice under TP: short tiles
+    and reduction loops). Weights stream at ``memory`` · W / (W + ``half_weight_mb``) of peak
+    DRAM bandwidth, W the bytes of one expert's matrix (a small matrix is read by few thread
+    blocks). Each grouped GEMM takes ``launch_us`` instead of the dense fixed time (the fused
+    MoE's routing, permutation and setup kernels)."""
+
+    compute: Annotated[float, NotBool, Field(gt=0, le=4.0, allow_inf_nan=False)] = Field(
+        description="factor on the dense curve's compute efficiency at the same M"
+    )
+    half_dim: Tokens = Field(
+        default=0.0, description="narrower matrix dimension at which compute runs at half rate"
+    )
+    memory: Fraction = Field(description="achieved / peak DRAM bandwidth of large expert weights")
+    half_weight_mb: float = Field(
+        default=0.0,
+        ge=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="one expert matrix's size (MB) at which its weights stream at half rate",
+    )
+    launch_us: Microseconds = Field(description="fixed time per grouped GEMM, µs")
+
+
 class Efficiency(_Strict):
     """Fractions of datasheet peaks that real kernels reach; calibrated, see docs/calibration.md.
 
@@ -139,6 +172,12 @@ class Efficiency(_Strict):
         "tables, scripts/calibrate_catalog.py); a dtype not listed runs the bf16 curve at its "
         "own peak",
     )
+    moe_gemm: dict[MoeDtype, MoeGemm] = Field(
+        default_factory=dict,
+        description="per weight dtype: the fused-MoE expert GEMMs' efficiency relative to the "
+        "dense GEMM curve (fitted on measured MoE kernel tables, scripts/calibrate_catalog.py, "
+        "calibration.md §7e); a dtype not listed times them as dense GEMMs",
+    )
     iteration_overhead_us: Microseconds = Field(
         description="CPU time per engine step (schedule, prepare inputs)"
     )
@@ -153,6 +192,14 @@ class Efficiency(_Strict):
             if name == dtype:
                 return own.compute_max, own.compute_half_m, own.kernel_launch_us
         return self.compute_max, self.compute_half_m, self.kernel_launch_us
+
+    def moe_curve(self, dtype: str) -> MoeGemm | None:
+        """The fused-MoE entry of weights in ``dtype`` (fp16 shares bf16's), if fitted."""
+        key = "bf16" if dtype == "fp16" else dtype
+        for name, own in self.moe_gemm.items():
+            if name == key:
+                return own
+        return None
 
 
 def attention_dtype(dtype: str) -> str:

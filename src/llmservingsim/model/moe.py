@@ -19,6 +19,56 @@ from __future__ import annotations
 from llmservingsim.model.fusion import fuse_ops
 from llmservingsim.model.op import Dims, Op, OpBuilder
 
+MOE_GATE_UP = "moe_gate_up_proj"
+MOE_DOWN = "moe_down_proj"
+MOE_GEMMS = frozenset((MOE_GATE_UP, MOE_DOWN))
+"""The grouped expert GEMMs of a fused-MoE kernel (their own efficiency: device.MoeGemm)."""
+
+
+def routed_expert_ops(
+    rows: float,
+    experts: float,
+    hidden: int,
+    inter: int,
+    weight_bytes: float,
+    act_bytes: float,
+    block: Dims = (),
+) -> list[Op]:
+    """The fused-MoE kernel's work on one device: ``rows`` (token, expert) pairs over
+    ``experts`` touched experts, each expert's intermediate ``inter`` (its slice under TP):
+    gate/up grouped GEMM, activation, down grouped GEMM. Weights are read once per touched
+    expert, M is the mean rows per expert; under the roofline's η(M) = M/(M+M½) the compute
+    time of the per-expert GEMMs summed equals one GEMM of the summed rows at the mean M.
+    ``block`` names the whole MoE block's shape for backends that time the fused kernel as
+    one measured op (kernel_db). The calibration of the MoE efficiency (calibrate/
+    moe_tables.py) times the measured kernels' shapes with this same function."""
+    m = max(1, round(rows / experts)) if experts > 0 else 1
+    act_rows = max(1, round(rows))
+    sizes = (rows, experts, m, weight_bytes, act_bytes)
+    return [
+        _grouped(MOE_GATE_UP, 2 * inter, hidden, sizes, block),
+        Op(
+            "moe_act",
+            "memory",
+            0.0,
+            rows * 3 * inter * act_bytes,
+            act_rows,
+            (("m", act_rows), ("read", 2 * inter), ("write", inter), *block),
+        ),
+        _grouped(MOE_DOWN, hidden, inter, sizes, block),
+    ]
+
+
+def _grouped(
+    name: str, n: int, k: int, sizes: tuple[float, float, int, float, float], block: Dims
+) -> Op:
+    rows, experts, m, weight_bytes, act_bytes = sizes
+    flops = 2.0 * rows * n * k
+    traffic = experts * k * n * weight_bytes + rows * (k + n) * act_bytes
+    expert_weight = round(k * n * weight_bytes)  # one expert's matrix, bytes
+    dims = (("m", m), ("n", n), ("k", k), ("expert_weight", expert_weight), *block)
+    return Op(name, "gemm", flops, traffic, m, dims)
+
 
 def expected_experts_touched(num_experts: int, top_k: int, num_tokens: int) -> float:
     """Expected distinct experts that receive ≥ 1 of ``num_tokens`` tokens (uniform routing)."""
@@ -188,8 +238,6 @@ class MoeOps:
         load = self.load(m)
         inter = self.expert_intermediate
         act = g.act_bytes
-        rows, experts = load.rows, load.experts
-        expert_m = max(1, round(load.rows_per_expert))
         # The whole MoE block's shape, for backends that time the fused-MoE kernel as one
         # measured op (kernel_db); ``moe_*`` dims are not part of a profile table's op shape.
         block = (
@@ -212,33 +260,13 @@ class MoeOps:
                 local,
                 (("m", local), ("experts", self.num_experts)),
             ),
-            # Grouped GEMMs over the touched experts: weights read once per touched expert,
-            # M = mean rows per expert. Under the roofline's η(M) = M/(M+M½) the compute time of
-            # the per-expert GEMMs summed equals one GEMM of the summed rows at the mean M.
-            self._grouped("moe_gate_up_proj", rows, experts, expert_m, 2 * inter, h, block),
-            Op(
-                "moe_act",
-                "memory",
-                0.0,
-                rows * 3 * inter * act,
-                max(1, round(rows)),
-                (("m", max(1, round(rows))), ("read", 2 * inter), ("write", inter), *block),
-            ),
-            self._grouped("moe_down_proj", rows, experts, expert_m, h, inter, block),
+            *routed_expert_ops(load.rows, load.experts, h, inter, g.weight_bytes, act, block),
             Op(
                 "moe_combine",
                 "memory",
                 0.0,
-                (rows + local) * h * act,
+                (load.rows + local) * h * act,
                 local,
                 (("m", local), ("read", h), ("write", h)),
             ),
         ]
-
-    def _grouped(
-        self, name: str, rows: float, experts: float, m: int, n: int, k: int, block: Dims
-    ) -> Op:
-        g = self.graph
-        flops = 2.0 * rows * n * k
-        traffic = experts * k * n * g.weight_bytes + rows * (k + n) * g.act_bytes
-        return Op(name, "gemm", flops, traffic, m, (("m", m), ("n", n), ("k", k), *block))

@@ -46,6 +46,7 @@ from llmservingsim.errors import ConfigError
 from llmservingsim.hardware.backends.base import PERF_BACKENDS, PerfSetup
 from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.device import DeviceSpec
+from llmservingsim.model.moe import MOE_GATE_UP, MOE_GEMMS
 from llmservingsim.model.ops import Op
 from llmservingsim.registry import unknown_name_message
 
@@ -693,9 +694,15 @@ class TableCollectives:
 class KernelDbBackend:
     """Op times from measured kernel tables; the roofline for the rest, counted."""
 
-    def __init__(self, device: DeviceSpec, dtype: str, tables: KernelTables | None) -> None:
+    def __init__(
+        self,
+        device: DeviceSpec,
+        dtype: str,
+        tables: KernelTables | None,
+        weight_dtype: str | None = None,
+    ) -> None:
         self.device = device
-        self.fallback = RooflineBackend(device, dtype)
+        self.fallback = RooflineBackend(device, dtype, weight_dtype)
         self.tables = tables
         self.collectives = None if tables is None else TableCollectives(tables)
         self.lookups = 0
@@ -714,7 +721,7 @@ class KernelDbBackend:
         system = options.system or SYSTEM_OF_DEVICE.get(device.name)
         if root is None or not (root / "data").is_dir():
             if options.fallback == "roofline":
-                return cls(device, setup.compute_dtype, None)
+                return cls(device, setup.compute_dtype, None, setup.dtype)
             where = "" if options.path is None else f" (perf.kernel_db.path {options.path})"
             raise ConfigError(
                 f"perf.backend kernel_db: no kernel tables installed{where}; " + INSTALL_HINT
@@ -723,7 +730,7 @@ class KernelDbBackend:
         covered = sorted(d for d, s in SYSTEM_OF_DEVICE.items() if s in index)
         if system is None or system not in index:
             if options.fallback == "roofline":
-                return cls(device, setup.compute_dtype, None)
+                return cls(device, setup.compute_dtype, None, setup.dtype)
             what = (
                 f"perf.kernel_db.system {system!r}"
                 if options.system
@@ -738,7 +745,7 @@ class KernelDbBackend:
         tables = load_tables(
             root, system, options, setup.dtype, setup.kv_dtype, moe, device.fp4_tensor_cores
         )
-        return cls(device, setup.compute_dtype, tables)
+        return cls(device, setup.compute_dtype, tables, setup.dtype)
 
     def time(self, op: Op) -> float:
         self.lookups += 1
@@ -761,11 +768,11 @@ class KernelDbBackend:
 
     def _gemm(self, op: Op) -> float | None:
         assert self.tables is not None
-        if op.name in ("moe_gate_up_proj", "moe_down_proj"):
+        if op.name in MOE_GEMMS:
             block = self._moe_block(op)
             if block is None:
                 return None
-            return block if op.name == "moe_gate_up_proj" else 0.0
+            return block if op.name == MOE_GATE_UP else 0.0
         table = self.tables.head_gemm if op.name == "lm_head" else self.tables.gemm
         if table is None:
             return None

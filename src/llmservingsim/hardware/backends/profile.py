@@ -124,9 +124,15 @@ def build_curves(points: list[ProfilePoint]) -> dict[ShapeKey, Curve]:
 
 @PERF_BACKENDS.register("profile")
 class ProfileBackend:
-    def __init__(self, device: DeviceSpec, dtype: str, points: list[ProfilePoint]) -> None:
+    def __init__(
+        self,
+        device: DeviceSpec,
+        dtype: str,
+        points: list[ProfilePoint],
+        weight_dtype: str | None = None,
+    ) -> None:
         self.device = device
-        self.fallback = RooflineBackend(device, dtype)
+        self.fallback = RooflineBackend(device, dtype, weight_dtype)
         self.curves = build_curves(points)
         self.lookups = 0
         self.fallbacks: Counter[str] = Counter()
@@ -150,7 +156,7 @@ class ProfileBackend:
                 f"perf.profile_dir {setup.perf.profile_dir}: no table for dtype {setup.dtype} "
                 f"(tables hold: {have})"
             )
-        return cls(device, setup.compute_dtype, usable)
+        return cls(device, setup.compute_dtype, usable, setup.dtype)
 
     def time(self, op: Op) -> float:
         self.lookups += 1

@@ -21,9 +21,10 @@ import numpy as np
 import numpy.typing as npt
 from mypy_extensions import mypyc_attr
 
-from llmservingsim.hardware.backends.base import PERF_BACKENDS
+from llmservingsim.hardware.backends.base import PERF_BACKENDS, PerfSetup
 from llmservingsim.hardware.device import DeviceSpec, attention_dtype
 from llmservingsim.model.fusion import ACT_QUANT, fused_bytes
+from llmservingsim.model.moe import MOE_GEMMS
 from llmservingsim.model.ops import Op
 
 FloatArray = npt.NDArray[np.float64]
@@ -35,7 +36,10 @@ MEMORY_OP_PROXIES: dict[str, str] = {ACT_QUANT: "mlp_act"}
 
 @mypyc_attr(allow_interpreted_subclasses=True)
 class RooflineBackend:
-    def __init__(self, device: DeviceSpec, dtype: str) -> None:
+    def __init__(self, device: DeviceSpec, dtype: str, weight_dtype: str | None = None) -> None:
+        """``dtype``: the math dtype (weight-only int8 / int4 compute in bf16); ``weight_dtype``
+        the weights' own (default: ``dtype``), which picks the fused-MoE entry: weight-only
+        quantized experts have none and time as dense GEMMs."""
         self.device = device
         eff = device.efficiency
         # GEMMs computed in fp8 / fp4 follow their own measured curve, as fractions of that
@@ -65,9 +69,24 @@ class RooflineBackend:
             )
             for name, tuned in eff.memory_ops.items()
         }
+        # Fused-MoE expert GEMMs (calibration.md §7e): their own fraction of the dense curve's
+        # compute rate, weight bandwidth and fixed time, where the device has them fitted.
+        moe = eff.moe_curve(dtype if weight_dtype is None else weight_dtype)
+        self._moe_fitted = moe is not None
+        self._moe_compute = 1.0 if moe is None else moe.compute
+        self._moe_bandwidth = (
+            self._bandwidth if moe is None else device.memory_bandwidth * moe.memory
+        )
+        self._moe_launch = self._gemm_launch if moe is None else moe.launch_us * 1e-6
+        self._moe_half_dim = 0.0 if moe is None else moe.half_dim
+        self._moe_half_weight = 0.0 if moe is None else moe.half_weight_mb * 1e6
         for name, proxy in MEMORY_OP_PROXIES.items():
             if name not in self._memory_ops and proxy in self._memory_ops:
                 self._memory_ops[name] = self._memory_ops[proxy]
+
+    @classmethod
+    def from_config(cls, device: DeviceSpec, setup: PerfSetup) -> RooflineBackend:
+        return cls(device, setup.compute_dtype, setup.dtype)
 
     def decode_attention_time(self, flops: float, traffic: float) -> float:
         """:meth:`time` of a decode-attention op with ``flops`` > 0, from its work alone: the
@@ -92,15 +111,36 @@ class RooflineBackend:
                 padded = own * max(op.m, min_rows) / op.m if op.m > 0 else own
                 return padded / bandwidth + fused / self._bandwidth + launch
             return op.bytes / self._bandwidth + self._launch
-        memory_time = op.bytes / self._bandwidth
         if op.kind == "gemm":
+            if self._moe_fitted and op.name in MOE_GEMMS:
+                return self._moe_gemm_time(op)
             compute_time = op.flops / (self._peak * self.compute_efficiency(op.m))
-            return max(compute_time, memory_time) + self._gemm_launch
+            return max(compute_time, op.bytes / self._bandwidth) + self._gemm_launch
+        memory_time = op.bytes / self._bandwidth
         if op.kind == "attention_prefill":
             compute_time = op.flops / self._attention_flops
         else:
             compute_time = op.flops / self._decode_flops
         return max(compute_time, memory_time) + self._launch
+
+    def _moe_gemm_time(self, op: Op) -> float:
+        """A fused-MoE grouped GEMM (device.MoeGemm): the dense curve at its M, its compute
+        scaled by the narrower matrix dimension and its weight streaming by the matrix size."""
+        narrow = 0
+        weight = 0
+        for key, value in op.dims:
+            if key == "n" or key == "k":
+                narrow = value if narrow == 0 else min(narrow, value)
+            elif key == "expert_weight":
+                weight = value
+        compute = self._moe_compute
+        if narrow > 0:
+            compute *= narrow / (narrow + self._moe_half_dim)
+        bandwidth = self._moe_bandwidth
+        if weight > 0:
+            bandwidth *= weight / (weight + self._moe_half_weight)
+        rate = self._peak * self.compute_efficiency(op.m) * compute
+        return max(op.flops / rate, op.bytes / bandwidth) + self._moe_launch
 
 
 PERF_BACKENDS.register("roofline")(RooflineBackend)

@@ -1,0 +1,291 @@
+"""The fused-MoE efficiency fitted to measured MoE kernel tables (calibration.md §7e).
+
+AIConfigurator (``aiconfigurator-core``, optional extra ``kerneldb``) ships, per system and
+engine version, ``moe/<engine>/<version>/moe_perf.parquet``: the latency (ms) of the engine's
+whole fused-MoE kernel (permutation, gate/up grouped GEMM, activation, down grouped GEMM,
+finalize) for a token count, an expert shape and a quantization mode, measured on the device.
+The kernel_db backend puts those times in place of the simulator's gate/up + activation + down
+ops; this module fits the roofline's :class:`~llmservingsim.hardware.device.MoeGemm` to them
+instead, so that every device with tables gets the measured behaviour without the tables
+installed.
+
+Points: the ``balanced`` routing rows (the simulator's routing statistics are uniform, model/
+moe.py) with one expert-parallel rank and the experts' intermediate split over TP <= 8, of the
+mode the simulator's weight dtype runs (kernel_db.table_modes: fp8 -> fp8_block, fp4 ->
+nvfp4, mxfp4 -> w4a8_mxfp4_mxfp8 with FP4 tensor cores, else w4a16_mxfp4), from the newest
+table of each engine that measured that mode. Each point is timed with
+:func:`~llmservingsim.model.moe.routed_expert_ops` (the ops the simulator runs) on the
+roofline with candidate parameters; ``compute``, ``memory`` and ``launch_us`` minimise the
+squared log error (the dense GEMM fit's objective, calibrate/fit.py). Each engine's table is
+also held out in turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import numpy.typing as npt
+
+from llmservingsim.config import KernelDbConfig
+from llmservingsim.hardware.backends.kernel_db import ENGINES, _version_key, table_modes
+from llmservingsim.hardware.backends.roofline import RooflineBackend
+from llmservingsim.hardware.device import DeviceSpec, MoeDtype, MoeGemm
+from llmservingsim.model.moe import expected_experts_touched, routed_expert_ops
+from llmservingsim.model.ops import Op
+from llmservingsim.model.spec import DTYPE_BYTES, activation_bytes
+
+TABLE = "moe_perf.parquet"
+MOE_DTYPES = ("bf16", "fp8", "fp4", "mxfp4")  # device.MoeDtype
+MAX_TP = 8  # expert-intermediate splits the fit covers (serving instances' TP)
+MIN_POINTS = 100  # fewer measured kernels than this: no fit (four parameters)
+PARAMS = ("compute", "half_dim", "memory", "half_weight_mb", "launch_us")
+ROBUST_SCALE = 0.1  # log-error scale beyond which the fit's loss grows linearly, not squared
+BANDS: tuple[tuple[int, int], ...] = ((1, 16), (32, 256), (512, 2048), (4096, 16384))
+
+Floats = npt.NDArray[np.float64]
+
+
+def table_mode(dtype: str, device: DeviceSpec) -> str | None:
+    """The MoE table mode experts in ``dtype`` run on ``device`` (kernel_db.table_modes)."""
+    if dtype == "bf16":
+        return "bfloat16"
+    return table_modes(dtype, KernelDbConfig(), True, device.fp4_tensor_cores)[1]
+
+
+def mode_tables(
+    system_dir: Path, mode: str, engines: Iterable[str] = ENGINES
+) -> dict[str, list[Path]]:
+    """Per engine, its ``moe_perf.parquet`` tables under ``<system>/moe`` that hold ``mode``
+    rows, newest first (a release may re-measure a few shapes only: kernel_db reads each shape
+    from the newest table that measured it, and so does :func:`moe_points`)."""
+    import pyarrow.parquet as pq
+
+    out: dict[str, list[Path]] = {}
+    for engine in engines:
+        folder = system_dir / "moe" / engine
+        if not folder.is_dir():
+            continue
+        versions = sorted(
+            (v.name for v in folder.iterdir() if (v / TABLE).is_file()), key=_version_key
+        )
+        for version in reversed(versions):
+            path = folder / version / TABLE
+            modes = pq.read_table(path, columns=["moe_dtype"]).column(0).unique().to_pylist()
+            if mode in modes:
+                out.setdefault(engine, []).append(path)
+    return out
+
+
+@dataclass(frozen=True)
+class MoePoint:
+    """One measured fused-MoE kernel: its ops as the simulator builds them, and its time."""
+
+    ops: list[Op]
+    tokens: int
+    seconds: float
+    table: str
+
+
+def moe_points(tables: dict[str, list[Path]], dtype: str, mode: str) -> list[MoePoint]:
+    """The usable rows (module docstring) of each engine's tables as simulator ops, labelled
+    by engine and the versions read; each expert shape from the newest table that measured it,
+    and a row measured twice keeps the fastest time (the engine's best kernel)."""
+    import pyarrow.parquet as pq
+
+    weight, act = DTYPE_BYTES[dtype], activation_bytes(dtype)
+    columns = [
+        "moe_dtype",
+        "num_tokens",
+        "hidden_size",
+        "inter_size",
+        "topk",
+        "num_experts",
+        "moe_tp_size",
+        "moe_ep_size",
+        "distribution",
+        "latency",
+    ]
+    out: list[MoePoint] = []
+    for engine, paths in tables.items():
+        best: dict[tuple[int, ...], float] = {}
+        used: list[str] = []
+        for path in paths:  # newest first
+            cols = pq.read_table(path, columns=columns).to_pydict()
+            rows: dict[tuple[int, ...], float] = {}
+            for row in zip(*(cols[c] for c in columns), strict=True):
+                row_mode, tokens, hidden, inter, topk, experts, tp, ep, dist, latency_ms = row
+                if row_mode != mode or dist != "balanced" or ep != 1 or not 1 <= tp <= MAX_TP:
+                    continue
+                if latency_ms <= 0 or inter % tp or tokens < 1:
+                    continue
+                key = (int(tokens), int(hidden), int(inter), int(topk), int(experts), int(tp))
+                rows[key] = min(float(latency_ms), rows.get(key, float("inf")))
+            seen = {key[1:] for key in best}
+            fresh = {key: ms for key, ms in rows.items() if key[1:] not in seen}
+            if fresh:
+                used.append(path.parent.name)
+                best.update(fresh)
+        label = f"{engine} {'+'.join(used)}"
+        for (tokens, hidden, inter, topk, experts, tp), latency_ms in sorted(best.items()):
+            touched = expected_experts_touched(experts, topk, tokens)
+            rows_ = float(tokens * min(topk, experts))
+            ops = routed_expert_ops(rows_, touched, hidden, inter // tp, weight, act)
+            out.append(MoePoint(ops, tokens, latency_ms * 1e-3, label))
+    return out
+
+
+def predicted(device: DeviceSpec, dtype: str, params: MoeGemm, points: list[MoePoint]) -> Floats:
+    """Each point's time on the roofline with ``params`` as the device's MoE entry."""
+    eff = device.efficiency
+    entry = dict(eff.moe_gemm)
+    entry[_key(dtype)] = params
+    spec = device.model_copy(update={"efficiency": eff.model_copy(update={"moe_gemm": entry})})
+    backend = RooflineBackend(spec, dtype)
+    return np.array([sum(backend.time(op) for op in p.ops) for p in points], dtype=float)
+
+
+def _key(dtype: str) -> MoeDtype:
+    key = "bf16" if dtype == "fp16" else dtype
+    if key not in MOE_DTYPES:
+        raise ValueError(f"no fused-MoE efficiency for dtype {dtype!r} (one of {MOE_DTYPES})")
+    return cast(MoeDtype, key)
+
+
+@dataclass(frozen=True)
+class MoeTableFit:
+    params: MoeGemm
+    mape: float  # in-sample median |error| %, all tables
+    points: int
+    tables: list[str]
+    mode: str
+    per_table: dict[str, float] = field(default_factory=dict)
+    held_out: dict[str, float] = field(default_factory=dict)  # table -> error, fit without it
+    before: float = 0.0  # median |error| of the dense GEMM curve (no MoE entry)
+    dense_per_table: dict[str, float] = field(default_factory=dict)  # same, per table
+
+    @property
+    def improves(self) -> bool:
+        """Whether the entry carries over to engines it was not fitted on: at least two
+        engines measured the mode, and with each engine's table held out in turn the fit on
+        the others predicts it better, on average over the engines, than the dense GEMM curve
+        does (median |error| per table). The catalog writes only entries that do."""
+        if len(self.held_out) < 2:
+            return False
+        held = sum(self.held_out.values()) / len(self.held_out)
+        dense = sum(self.dense_per_table[t] for t in self.held_out) / len(self.held_out)
+        return held < dense
+
+
+def _mape(pred: Floats, points: list[MoePoint]) -> float:
+    """Median absolute percentage error (robust, as the fit: calibration.md §7e)."""
+    measured = np.array([p.seconds for p in points], dtype=float)
+    return float(np.median(np.abs(pred - measured) / measured) * 100.0)
+
+
+def _fit(device: DeviceSpec, dtype: str, points: list[MoePoint]) -> MoeGemm:
+    compute_max = device.efficiency.gemm_curve(device.gemm_dtype(dtype))[0]
+    lower = np.array([0.05, 0.0, 0.05, 0.0, 0.0])
+    upper = np.array([min(4.0, 1.0 / compute_max), 4096.0, 1.0, 1000.0, 200.0])
+    log_measured = np.log(np.array([p.seconds for p in points], dtype=float))
+
+    def params_of(x: Floats) -> MoeGemm:
+        return MoeGemm(**{name: float(v) for name, v in zip(PARAMS, x, strict=True)})
+
+    def residual(x: Floats) -> Floats:
+        logs: Floats = np.log(predicted(device, dtype, params_of(x), points)) - log_measured
+        return logs
+
+    # Imported here: scipy.optimize costs ~0.5 s (calibrate/fit.py's _solve does the same).
+    from scipy.optimize import least_squares
+
+    best: tuple[Floats, float] | None = None
+    for start in ((0.8, 64.0, 0.8, 0.5, 10.0), (1.0, 256.0, 0.9, 2.0, 20.0)):
+        # Robust loss (soft L1 beyond ~10 %): one engine's untuned kernel for a few shapes
+        # (2-4x slower than the others) must not pull the curve off the typical kernel.
+        result = least_squares(
+            residual,
+            np.clip(np.array(start), lower, upper),
+            bounds=(lower, upper),
+            x_scale="jac",
+            loss="soft_l1",
+            f_scale=ROBUST_SCALE,
+        )
+        if best is None or result.cost < best[1]:
+            best = (np.asarray(result.x, dtype=float), float(result.cost))
+    assert best is not None
+    # A parameter the fit drives to its bound of 0 (no such effect in these kernels) is 0.
+    return params_of(np.where(best[0] < 1e-6 * np.maximum(upper, 1.0), 0.0, best[0]))
+
+
+def fit_moe_tables(device: DeviceSpec, system_dir: Path, dtype: str) -> MoeTableFit | None:
+    """``device``'s MoE entry for weights in ``dtype`` fitted on the tables under
+    ``system_dir`` (None where no table measured that dtype's mode)."""
+    mode = table_mode(dtype, device)
+    if mode is None:
+        return None
+    points = moe_points(mode_tables(system_dir, mode), dtype, mode)
+    if len(points) < MIN_POINTS:
+        return None
+    params = _fit(device, dtype, points)
+    labels = sorted({p.table for p in points})
+
+    def where(label: str, inside: bool) -> list[MoePoint]:
+        return [p for p in points if (p.table == label) == inside]
+
+    per_table = {
+        label: _mape(predicted(device, dtype, params, where(label, True)), where(label, True))
+        for label in labels
+    }
+    held_out: dict[str, float] = {}
+    if len(labels) > 1:
+        for label in labels:
+            others = where(label, False)
+            if len(others) < MIN_POINTS:
+                continue
+            held = _fit(device, dtype, others)
+            mine = where(label, True)
+            held_out[label] = _mape(predicted(device, dtype, held, mine), mine)
+    dense_per_table = {
+        label: _mape(_dense_times(device, dtype, where(label, True)), where(label, True))
+        for label in labels
+    }
+    return MoeTableFit(
+        params=params,
+        mape=_mape(predicted(device, dtype, params, points), points),
+        points=len(points),
+        tables=labels,
+        mode=mode,
+        per_table=per_table,
+        held_out=held_out,
+        before=_mape(_dense_times(device, dtype, points), points),
+        dense_per_table=dense_per_table,
+    )
+
+
+def _dense_times(device: DeviceSpec, dtype: str, points: list[MoePoint]) -> Floats:
+    """Each point's time with the expert GEMMs on the dense GEMM curve (no MoE entry)."""
+    eff = device.efficiency.model_copy(update={"moe_gemm": {}})
+    backend = RooflineBackend(device.model_copy(update={"efficiency": eff}), dtype)
+    return np.array([sum(backend.time(op) for op in p.ops) for p in points], dtype=float)
+
+
+def band_ratios(
+    device: DeviceSpec, dtype: str, params: MoeGemm | None, points: list[MoePoint]
+) -> list[float]:
+    """Median predicted / measured time of ``points`` per band of tokens (NaN where empty);
+    ``params`` None: the dense GEMM curve (no MoE entry)."""
+    if params is None:
+        pred = _dense_times(device, dtype, points)
+    else:
+        pred = predicted(device, dtype, params, points)
+    ratio = pred / np.array([p.seconds for p in points], dtype=float)
+    tokens = np.array([p.tokens for p in points])
+    out: list[float] = []
+    for lo, hi in BANDS:
+        inside = ratio[(tokens >= lo) & (tokens <= hi)]
+        out.append(float(np.median(inside)) if len(inside) else float("nan"))
+    return out
