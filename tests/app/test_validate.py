@@ -703,6 +703,34 @@ def test_sglang_recipes_set_memory_fraction_running_requests_and_prefill_budget(
     assert "scheduler.gpu_memory_utilization=0.9" in _recipe_point(**tp4, client="").overrides
 
 
+def test_inferencex_points_beyond_one_node_are_skipped_with_the_reason() -> None:
+    """The dump records Dynamo disaggregated GB200 deployments as agg with every GPU in TP."""
+    row = _row(
+        input_len="8192",
+        output_len="1024",
+        request_rate_rps="",
+        num_requests="",
+        metric="ttft_mean",
+        unit="ms",
+        engine="TensorRT-LLM",
+        engine_version="",
+        hardware="GB200",
+        model="deepseek-ai/DeepSeek-R1",
+        dtype="fp4",
+        num_gpus="32",
+        tensor_parallel="32",
+    )
+    row.update(concurrency="2150", client="inferencex")
+    reason = scenario_for(row, Path("."), [row])
+    assert isinstance(reason, str)
+    assert "aggregated serving on 32 GPUs" in reason and "one 8-GPU node" in reason
+    # One node's worth is simulated; so is a point of another client on more GPUs.
+    assert isinstance(
+        scenario_for({**row, "num_gpus": "8", "tensor_parallel": "8"}, Path("."), [row]), Scenario
+    )
+    assert isinstance(scenario_for({**row, "client": ""}, Path("."), [row]), Scenario)
+
+
 def test_sglang_tp4_recipe_memory_holds_every_client_of_the_8k_point() -> None:
     from llmservingsim.config import load_config
     from llmservingsim.simulation import simulate

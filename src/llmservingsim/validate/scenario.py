@@ -16,6 +16,7 @@ from pathlib import Path
 
 from llmservingsim.catalog import load_model
 from llmservingsim.validate.reference import METRICS, is_verified, number
+from llmservingsim.validate.sources import NODE_GPUS
 
 # Requests of a synthetic run at most (max-throughput runs reach steady state long before).
 MAX_REQUESTS = 30000
@@ -690,6 +691,16 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         return f"tensor_parallel not given for {int(gpus or 0)} GPUs: instance layout unknown"
     dp_match = re.search(r"attention_dp=(\d+)", row["notes"])
     dp = int(dp_match[1]) if dp_match else 1  # attention data-parallel ranks (MoE, lockstep)
+    if row.get("client") == "inferencex" and tp * pp * dp > NODE_GPUS:
+        # InferenceX's aggregated launch scripts are single-node; its multi-node runs (GB200
+        # NVL72, 12-72 GPUs) are Dynamo disaggregated deployments, which the database dump
+        # records as agg with every GPU in tp_size (TP 12, 20, 28, 36 ... : no TP a
+        # 128-head model can have).
+        return (
+            f"an InferenceX point recorded as aggregated serving on {int(tp * pp * dp)} GPUs: "
+            f"its aggregated launch scripts run on one {NODE_GPUS}-GPU node, its multi-node "
+            "runs are disaggregated deployments whose layout the dump does not record"
+        )
     instances = int(gpus // (tp * pp * dp)) if gpus else 1
     workload = _workload(row, data_dir, rows)
     if isinstance(workload, str):
