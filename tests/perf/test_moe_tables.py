@@ -76,11 +76,27 @@ def test_the_entry_follows_its_formula() -> None:
         narrow = min(dims["n"], dims["k"])
         weight = dims["expert_weight"]
         assert weight == dims["n"] * dims["k"]  # fp8: one byte per weight
-        eta = curve.compute_max * gate_up.m / (gate_up.m + curve.compute_half_m)
-        compute = gate_up.flops / (peak * eta * TRUE.compute * narrow / (narrow + TRUE.half_dim))
+        # Saturated rate scaled, small-M slope (the dense compute floor) kept.
+        scale = TRUE.compute * narrow / (narrow + TRUE.half_dim)
+        eta = scale * curve.compute_max * gate_up.m / (gate_up.m + curve.compute_half_m * scale)
+        compute = gate_up.flops / (peak * eta)
         rate = bandwidth * TRUE.memory * weight / (weight + TRUE.half_weight_mb * 1e6)
         expected = max(compute, gate_up.bytes / rate) + TRUE.launch_us * 1e-6
         assert backend.time(gate_up) == pytest.approx(expected)
+
+
+def test_expert_gemms_stay_memory_bound_as_m_goes_to_zero() -> None:
+    """Decode is memory bound: the entry lowers the saturated compute rate, not the small-M
+    compute floor, so one row per expert is still timed by its weight bytes (invariant I15)."""
+    device = _with(load_device("h200"), "fp8", TRUE)
+    backend = RooflineBackend(device, "fp8")
+    for inter in (192, 256, 2048):
+        gate_up = _expert_ops(1, inter=inter)[0]
+        dims = dict(gate_up.dims)
+        weight = dims["expert_weight"]
+        rate = device.memory_bandwidth * TRUE.memory * weight / (weight + TRUE.half_weight_mb * 1e6)
+        memory = gate_up.bytes / rate
+        assert backend.time(gate_up) == pytest.approx(memory + TRUE.launch_us * 1e-6)
 
 
 def test_narrow_experts_and_small_matrices_are_slower() -> None:

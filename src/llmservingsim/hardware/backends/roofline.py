@@ -133,14 +133,17 @@ class RooflineBackend:
                 narrow = value if narrow == 0 else min(narrow, value)
             elif key == "expert_weight":
                 weight = value
-        compute = self._moe_compute
+        scale = self._moe_compute
         if narrow > 0:
-            compute *= narrow / (narrow + self._moe_half_dim)
+            scale *= narrow / (narrow + self._moe_half_dim)
         bandwidth = self._moe_bandwidth
         if weight > 0:
             bandwidth *= weight / (weight + self._moe_half_weight)
-        rate = self._peak * self.compute_efficiency(op.m) * compute
-        return max(op.flops / rate, op.bytes / bandwidth) + self._moe_launch
+        # The saturated rate is scale × the dense one; the small-M slope (compute_max / half_m,
+        # the compute floor that keeps decode GEMMs memory bound) is the dense curve's.
+        m = op.m
+        eta = scale * self._compute_max * m / (m + self._half_m * scale)
+        return max(op.flops / (self._peak * eta), op.bytes / bandwidth) + self._moe_launch
 
 
 PERF_BACKENDS.register("roofline")(RooflineBackend)
