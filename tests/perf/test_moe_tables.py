@@ -19,7 +19,11 @@ from llmservingsim.calibrate.moe_tables import (
 )
 from llmservingsim.catalog import load_device, load_model
 from llmservingsim.errors import ConfigError
-from llmservingsim.hardware.backends.kernel_db import SYSTEM_OF_DEVICE, default_tables_root
+from llmservingsim.hardware.backends.kernel_db import (
+    MOE_COLUMNS,
+    SYSTEM_OF_DEVICE,
+    default_tables_root,
+)
 from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.device import DeviceSpec, MoeGemm, load_device_file
 from llmservingsim.model.moe import MOE_GEMMS, expected_experts_touched, routed_expert_ops
@@ -142,21 +146,7 @@ def _table(path: Path, device: DeviceSpec, entry: MoeGemm, scale: float = 1.0) -
     """An AIConfigurator-layout MoE table: fp8_block balanced rows timed by the roofline with
     ``entry``, plus rows the fit must ignore (another mode, EP, TP 16, skewed routing)."""
     backend = RooflineBackend(_with(device, "fp8", entry), "fp8")
-    cols: dict[str, list[object]] = {
-        k: []
-        for k in (
-            "moe_dtype",
-            "num_tokens",
-            "hidden_size",
-            "inter_size",
-            "topk",
-            "num_experts",
-            "moe_tp_size",
-            "moe_ep_size",
-            "distribution",
-            "latency",
-        )
-    }
+    cols: dict[str, list[object]] = {k: [] for k in MOE_COLUMNS}
 
     def add(*row: object) -> None:
         for key, value in zip(cols, row, strict=True):

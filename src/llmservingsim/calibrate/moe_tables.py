@@ -31,7 +31,12 @@ import numpy as np
 import numpy.typing as npt
 
 from llmservingsim.config import KernelDbConfig
-from llmservingsim.hardware.backends.kernel_db import ENGINES, _version_key, table_modes
+from llmservingsim.hardware.backends.kernel_db import (
+    ENGINES,
+    MOE_COLUMNS,
+    _version_key,
+    table_modes,
+)
 from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.device import DeviceSpec, MoeDtype, MoeGemm
 from llmservingsim.model.moe import expected_experts_touched, routed_expert_ops
@@ -97,18 +102,7 @@ def moe_points(tables: dict[str, list[Path]], dtype: str, mode: str) -> list[Moe
     import pyarrow.parquet as pq
 
     weight, act = DTYPE_BYTES[dtype], activation_bytes(dtype)
-    columns = [
-        "moe_dtype",
-        "num_tokens",
-        "hidden_size",
-        "inter_size",
-        "topk",
-        "num_experts",
-        "moe_tp_size",
-        "moe_ep_size",
-        "distribution",
-        "latency",
-    ]
+    columns = list(MOE_COLUMNS)
     out: list[MoePoint] = []
     for engine, paths in tables.items():
         best: dict[tuple[int, ...], float] = {}

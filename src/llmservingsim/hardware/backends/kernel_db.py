@@ -413,22 +413,23 @@ def _attention(path: Path, kv_mode: str, axis: str) -> dict[HeadKey, Grid2]:
 MoeKey = tuple[int, int, int, int, int, int]  # hidden, inter, topk, experts, moe_tp, moe_ep
 
 
+MOE_COLUMNS = (
+    "moe_dtype",
+    "num_tokens",
+    "hidden_size",
+    "inter_size",
+    "topk",
+    "num_experts",
+    "moe_tp_size",
+    "moe_ep_size",
+    "distribution",
+    "latency",
+)
+"""The columns of a ``moe_perf.parquet`` table read here and by calibrate/moe_tables.py."""
+
+
 def _moe(path: Path, mode: str) -> dict[MoeKey, Curve1]:
-    cols = _read(
-        path,
-        [
-            "moe_dtype",
-            "num_tokens",
-            "hidden_size",
-            "inter_size",
-            "topk",
-            "num_experts",
-            "moe_tp_size",
-            "moe_ep_size",
-            "distribution",
-            "latency",
-        ],
-    )
+    cols = _read(path, list(MOE_COLUMNS))
     mask = (cols["moe_dtype"] == mode) & (cols["distribution"] == "balanced")
     keys = list(
         zip(
