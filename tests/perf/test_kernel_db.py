@@ -20,6 +20,7 @@ from llmservingsim.config import load_config
 from llmservingsim.errors import ConfigError
 from llmservingsim.hardware.backends import build_backend
 from llmservingsim.hardware.backends.kernel_db import (
+    MOE_COLUMNS,
     KernelDbBackend,
     installed_tables,
     kernel_table_lines,
@@ -332,21 +333,7 @@ def _moe_rows(
     shapes: list[tuple[int, int]], tokens: list[int], ms: float
 ) -> dict[str, list[object]]:
     """bf16 balanced MoE rows of (hidden, inter) shapes, 8 of 64 experts, TP1/EP1."""
-    rows: dict[str, list[object]] = {
-        c: []
-        for c in (
-            "moe_dtype",
-            "num_tokens",
-            "hidden_size",
-            "inter_size",
-            "topk",
-            "num_experts",
-            "moe_tp_size",
-            "moe_ep_size",
-            "distribution",
-            "latency",
-        )
-    }
+    rows: dict[str, list[object]] = {c: [] for c in MOE_COLUMNS}
     for hidden, inter in shapes:
         for t in tokens:
             for column, value in zip(
