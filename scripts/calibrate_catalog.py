@@ -177,9 +177,9 @@ def table_moe(system_dir: Path, spec: DeviceSpec) -> tuple[dict[str, MoeGemm], l
             if fit.improves
             else "not written: "
             + (
-                "fewer than two engines measured it"
+                "fewer than two engines with enough points to hold out"
                 if len(fit.held_out) < 2
-                else "no better than the dense curve on held-out engines"
+                else "not a point better than the dense curve on held-out engines"
             )
         )
         print(

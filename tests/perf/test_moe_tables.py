@@ -24,6 +24,7 @@ from llmservingsim.hardware.backends.kernel_db import (
     SYSTEM_OF_DEVICE,
     default_tables_root,
 )
+from llmservingsim.hardware.backends.profile import shape_key
 from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.device import DeviceSpec, MoeGemm, load_device_file
 from llmservingsim.model.moe import MOE_GEMMS, expected_experts_touched, routed_expert_ops
@@ -78,7 +79,7 @@ def test_the_entry_follows_its_formula() -> None:
         gate_up = _expert_ops(tokens)[0]
         dims = dict(gate_up.dims)
         narrow = min(dims["n"], dims["k"])
-        weight = dims["expert_weight"]
+        weight = dims["moe_expert_weight"]
         assert weight == dims["n"] * dims["k"]  # fp8: one byte per weight
         # Saturated rate scaled, small-M slope (the dense compute floor) kept.
         scale = TRUE.compute * narrow / (narrow + TRUE.half_dim)
@@ -97,7 +98,7 @@ def test_expert_gemms_stay_memory_bound_as_m_goes_to_zero() -> None:
     for inter in (192, 256, 2048):
         gate_up = _expert_ops(1, inter=inter)[0]
         dims = dict(gate_up.dims)
-        weight = dims["expert_weight"]
+        weight = dims["moe_expert_weight"]
         rate = device.memory_bandwidth * TRUE.memory * weight / (weight + TRUE.half_weight_mb * 1e6)
         memory = gate_up.bytes / rate
         assert backend.time(gate_up) == pytest.approx(memory + TRUE.launch_us * 1e-6)
@@ -140,6 +141,16 @@ def test_the_model_builds_its_experts_with_the_calibrated_function() -> None:
         assert [(o.name, o.flops, o.bytes, o.m) for o in got] == [
             (o.name, o.flops, o.bytes, o.m) for o in want
         ]
+
+
+def test_a_profile_table_keys_expert_gemms_by_their_kernel_shape_alone() -> None:
+    """The expert GEMMs' extra dims (block shape, one expert's bytes) are ``moe_*``: a profile
+    row of the same (n, k) still times them (hardware/backends/profile.py shape_key)."""
+    gate_up = _expert_ops(64)[0]
+    plain = Op(gate_up.name, "gemm", 1.0, 1.0, 8, (("m", 8), ("n", 3072), ("k", 4096)))
+    key, plain_key = shape_key(gate_up), shape_key(plain)
+    assert key is not None and plain_key is not None
+    assert key[0] == plain_key[0]
 
 
 def _table(path: Path, device: DeviceSpec, entry: MoeGemm, scale: float = 1.0) -> None:
@@ -238,6 +249,10 @@ def test_too_few_points_no_fit(tmp_path: Path) -> None:
         ("moe_gemm: {fp8: {compute: 0, memory: 0.8, launch_us: 10}}", "moe_gemm.fp8.compute"),
         ("moe_gemm: {int4: {compute: 0.7, memory: 0.8, launch_us: 10}}", "moe_gemm.int4"),
         ("moe_gemm: {fp8: {compute: 0.7, memory: 0.8}}", "moe_gemm.fp8.launch_us"),
+        (
+            "moe_gemm: {fp8: {compute: 0.7, memory: 0.8, half_weight_mb: true, launch_us: 9}}",
+            "moe_gemm.fp8.half_weight_mb",
+        ),
     ],
 )
 def test_a_bad_moe_entry_is_one_error_naming_file_and_key(

@@ -92,9 +92,9 @@ def test_h200_stays_weight_only_bf16() -> None:
     assert mxfp4.graph.quant_bytes == 0.0
     # Compute-bound expert GEMMs time as int4's (bf16 math); only the weight bytes differ.
     assert _expert_gemm(mxfp4, 8192) == pytest.approx(_expert_gemm(int4, 8192))
-    # H200's fused-MoE entry for W4A16 MXFP4 kernels (calibration.md §7e) makes them slower.
-    assert load_device("h200").efficiency.moe_curve("mxfp4") is not None
-    assert _expert_gemm(_timer("h200", "mxfp4"), 8192) > _expert_gemm(mxfp4, 8192)
+    # The engines' W4A16 MXFP4 MoE kernels disagree by 2-4x: no fused-MoE entry on H200
+    # (calibration.md §7e), so the shipped device times them as above.
+    assert load_device("h200").efficiency.moe_curve("mxfp4") is None
     assert mxfp4.backend.time(
         next(o for o in mxfp4.graph.dense_layer_ops(4096) if o.name == "qkv_proj")
     ) == pytest.approx(

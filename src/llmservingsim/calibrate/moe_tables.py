@@ -46,7 +46,8 @@ from llmservingsim.model.spec import DTYPE_BYTES, activation_bytes
 TABLE = "moe_perf.parquet"
 MOE_DTYPES = ("bf16", "fp8", "fp4", "mxfp4")  # device.MoeDtype
 MAX_TP = 8  # expert-intermediate splits the fit covers (serving instances' TP)
-MIN_POINTS = 100  # fewer measured kernels than this: no fit (four parameters)
+MIN_POINTS = 100  # fewer measured kernels than this: no fit (five parameters)
+MARGIN = 1.0  # points of held-out median |error| an entry must gain over the dense curve
 PARAMS = ("compute", "half_dim", "memory", "half_weight_mb", "launch_us")
 ROBUST_SCALE = 0.1  # log-error scale beyond which the fit's loss grows linearly, not squared
 BANDS: tuple[tuple[int, int], ...] = ((1, 16), (32, 256), (512, 2048), (4096, 16384))
@@ -165,13 +166,14 @@ class MoeTableFit:
     def improves(self) -> bool:
         """Whether the entry carries over to engines it was not fitted on: at least two
         engines measured the mode, and with each engine's table held out in turn the fit on
-        the others predicts it better, on average over the engines, than the dense GEMM curve
-        does (median |error| per table). The catalog writes only entries that do."""
+        the others predicts it at least :data:`MARGIN` points better, on average over the
+        engines, than the dense GEMM curve does (median |error| per table). The catalog writes
+        only entries that do."""
         if len(self.held_out) < 2:
             return False
         held = sum(self.held_out.values()) / len(self.held_out)
         dense = sum(self.dense_per_table[t] for t in self.held_out) / len(self.held_out)
-        return held < dense
+        return held <= dense - MARGIN
 
 
 def _mape(pred: Floats, points: list[MoePoint]) -> float:

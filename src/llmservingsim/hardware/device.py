@@ -124,26 +124,26 @@ class MoeGemm(_Strict):
     """The grouped expert GEMMs of a fused-MoE kernel (calibration.md §7e), relative to the
     dense GEMM curve of their compute dtype at the same rows per expert M.
 
-    Compute runs at ``compute`` · D / (D + ``half_dim``) of the dense curve's rate, D = min(N,
-    K) the expert matrix's narrower dimension (its intermediate slice under TP: short tiles
-    and reduction loops). Weights stream at ``memory`` · W / (W + ``half_weight_mb``) of peak
+    With s = ``compute`` · D / (D + ``half_dim``), D = min(N, K) of the expert matrix (short
+    tiles and reduction loops of a narrow expert slice), the compute efficiency is
+    s · compute_max · M / (M + s · compute_half_m): the dense curve's saturated rate times s and
+    its small-M slope unchanged, so decode-sized expert GEMMs stay memory bound. The op's bytes
+    (its weights and activations) stream at ``memory`` · W / (W + ``half_weight_mb``) of peak
     DRAM bandwidth, W the bytes of one expert's matrix (a small matrix is read by few thread
     blocks). Each grouped GEMM takes ``launch_us`` instead of the dense fixed time (the fused
     MoE's routing, permutation and setup kernels)."""
 
     compute: Annotated[float, NotBool, Field(gt=0, le=4.0, allow_inf_nan=False)] = Field(
-        description="factor on the dense curve's compute efficiency at the same M"
+        description="factor on the dense curve's saturated compute rate"
     )
     half_dim: Tokens = Field(
-        default=0.0, description="narrower matrix dimension at which compute runs at half rate"
-    )
-    memory: Fraction = Field(description="achieved / peak DRAM bandwidth of large expert weights")
-    half_weight_mb: float = Field(
         default=0.0,
-        ge=0,
-        le=1e6,
-        allow_inf_nan=False,
-        description="one expert matrix's size (MB) at which its weights stream at half rate",
+        description="narrower matrix dimension at which the saturated rate halves",
+    )
+    memory: Fraction = Field(description="achieved / peak DRAM bandwidth of large expert matrices")
+    half_weight_mb: Annotated[float, NotBool, Field(ge=0, le=1e6, allow_inf_nan=False)] = Field(
+        default=0.0,
+        description="one expert matrix's size (MB) at which its bytes stream at half rate",
     )
     launch_us: Microseconds = Field(description="fixed time per grouped GEMM, µs")
 

@@ -65,8 +65,9 @@ def _grouped(
     rows, experts, m, weight_bytes, act_bytes = sizes
     flops = 2.0 * rows * n * k
     traffic = experts * k * n * weight_bytes + rows * (k + n) * act_bytes
-    expert_weight = round(k * n * weight_bytes)  # one expert's matrix, bytes
-    dims = (("m", m), ("n", n), ("k", k), ("expert_weight", expert_weight), *block)
+    # One expert's matrix, bytes (``moe_*``: not part of a profile table's op shape).
+    expert_weight = round(k * n * weight_bytes)
+    dims = (("m", m), ("n", n), ("k", k), ("moe_expert_weight", expert_weight), *block)
     return Op(name, "gemm", flops, traffic, m, dims)
 
 

@@ -131,7 +131,7 @@ class RooflineBackend:
         for key, value in op.dims:
             if key == "n" or key == "k":
                 narrow = value if narrow == 0 else min(narrow, value)
-            elif key == "expert_weight":
+            elif key == "moe_expert_weight":
                 weight = value
         scale = self._moe_compute
         if narrow > 0:
