@@ -23,17 +23,15 @@ import pyarrow.parquet as pq
 
 from llmservingsim.hardware.backends.kernel_db import (
     SYSTEM_OF_DEVICE,
-    _version_key,
     default_tables_root,
+    table_versions,
 )
 
 MAX_BYTES = 8 * 1024 * 1024  # the custom all-reduce's message bound (device YAML max_bytes)
 
 
 def _newest(folder: Path, name: str) -> Path | None:
-    if not folder.is_dir():
-        return None
-    versions = sorted((v.name for v in folder.iterdir() if (v / name).is_file()), key=_version_key)
+    versions = table_versions(folder, name)
     return folder / versions[-1] / name if versions else None
 
 

@@ -12,8 +12,8 @@ import pytest
 from llmservingsim.calibrate.moe_tables import (
     MIN_POINTS,
     PARAMS,
+    engine_tables,
     fit_moe_tables,
-    mode_tables,
     moe_points,
     predicted,
 )
@@ -227,7 +227,7 @@ def test_each_shape_comes_from_the_newest_table_that_measured_it(tmp_path: Path)
     table = pq.read_table(newer).to_pydict()
     keep = [i for i, h in enumerate(table["hidden_size"]) if h == 7168]  # one shape re-measured
     pq.write_table(pa.table({k: [v[i] for i in keep] for k, v in table.items()}), newer)
-    tables = mode_tables(system, "fp8_block")
+    tables = engine_tables(system)
     assert [p.parent.name for p in tables["trtllm"]] == ["1.3.0rc23", "1.3.0rc20"]
     points = moe_points(tables, "fp8", "fp8_block")
     assert {p.table for p in points} == {"trtllm 1.3.0rc23+1.3.0rc20"}

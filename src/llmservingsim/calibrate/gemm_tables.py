@@ -27,7 +27,7 @@ import numpy as np
 
 from llmservingsim.calibrate.arrays import OpArrays, ape
 from llmservingsim.calibrate.fit import GEMM_PARAMS, _gemm_time, fit_gemm
-from llmservingsim.hardware.backends.kernel_db import ENGINES, _version_key
+from llmservingsim.hardware.backends.kernel_db import ENGINES, table_versions
 from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.model.fusion import act_quant
@@ -60,11 +60,7 @@ def newest_tables(system_dir: Path, engines: Iterable[str] = ENGINES) -> list[Pa
     out: list[Path] = []
     for engine in engines:
         folder = system_dir / "gemm" / engine
-        if not folder.is_dir():
-            continue
-        versions = sorted(
-            (v.name for v in folder.iterdir() if (v / TABLE).is_file()), key=_version_key
-        )
+        versions = table_versions(folder, TABLE)
         if versions:
             out.append(folder / versions[-1] / TABLE)
     return out

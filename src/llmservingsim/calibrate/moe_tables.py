@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -34,8 +34,9 @@ from llmservingsim.config import KernelDbConfig
 from llmservingsim.hardware.backends.kernel_db import (
     ENGINES,
     MOE_COLUMNS,
-    _version_key,
+    _by_shape,
     table_modes,
+    table_versions,
 )
 from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.device import DeviceSpec, MoeDtype, MoeGemm
@@ -50,7 +51,6 @@ MIN_POINTS = 100  # fewer measured kernels than this: no fit (five parameters)
 MARGIN = 1.0  # points of held-out median |error| an entry must gain over the dense curve
 PARAMS = ("compute", "half_dim", "memory", "half_weight_mb", "launch_us")
 ROBUST_SCALE = 0.1  # log-error scale beyond which the fit's loss grows linearly, not squared
-BANDS: tuple[tuple[int, int], ...] = ((1, 16), (32, 256), (512, 2048), (4096, 16384))
 
 Floats = npt.NDArray[np.float64]
 
@@ -62,27 +62,16 @@ def table_mode(dtype: str, device: DeviceSpec) -> str | None:
     return table_modes(dtype, KernelDbConfig(), True, device.fp4_tensor_cores)[1]
 
 
-def mode_tables(
-    system_dir: Path, mode: str, engines: Iterable[str] = ENGINES
-) -> dict[str, list[Path]]:
-    """Per engine, its ``moe_perf.parquet`` tables under ``<system>/moe`` that hold ``mode``
-    rows, newest first (a release may re-measure a few shapes only: kernel_db reads each shape
-    from the newest table that measured it, and so does :func:`moe_points`)."""
-    import pyarrow.parquet as pq
-
+def engine_tables(system_dir: Path, engines: Iterable[str] = ENGINES) -> dict[str, list[Path]]:
+    """Per engine, its ``moe_perf.parquet`` tables under ``<system>/moe``, newest first (a
+    release may re-measure a few shapes only: kernel_db reads each shape from the newest table
+    that measured it, and so does :func:`moe_points`)."""
     out: dict[str, list[Path]] = {}
     for engine in engines:
         folder = system_dir / "moe" / engine
-        if not folder.is_dir():
-            continue
-        versions = sorted(
-            (v.name for v in folder.iterdir() if (v / TABLE).is_file()), key=_version_key
-        )
-        for version in reversed(versions):
-            path = folder / version / TABLE
-            modes = pq.read_table(path, columns=["moe_dtype"]).column(0).unique().to_pylist()
-            if mode in modes:
-                out.setdefault(engine, []).append(path)
+        versions = table_versions(folder, TABLE)
+        if versions:
+            out[engine] = [folder / v / TABLE for v in reversed(versions)]
     return out
 
 
@@ -104,32 +93,33 @@ def moe_points(tables: dict[str, list[Path]], dtype: str, mode: str) -> list[Moe
 
     weight, act = DTYPE_BYTES[dtype], activation_bytes(dtype)
     columns = list(MOE_COLUMNS)
+
+    def shapes(path: Path) -> dict[Any, Any]:
+        """(hidden, inter, topk, experts, tp) -> {tokens: fastest ms} of one table."""
+        cols = pq.read_table(path, columns=columns).to_pydict()
+        table: dict[tuple[int, ...], dict[int, float]] = {}
+        for row in zip(*(cols[c] for c in columns), strict=True):
+            row_mode, tokens, hidden, inter, topk, experts, tp, ep, dist, latency_ms = row
+            if row_mode != mode or dist != "balanced" or ep != 1 or not 1 <= tp <= MAX_TP:
+                continue
+            if latency_ms <= 0 or inter % tp or tokens < 1:
+                continue
+            curve = table.setdefault(
+                (int(hidden), int(inter), int(topk), int(experts), int(tp)), {}
+            )
+            curve[int(tokens)] = min(float(latency_ms), curve.get(int(tokens), float("inf")))
+        return table
+
     out: list[MoePoint] = []
     for engine, paths in tables.items():
-        best: dict[tuple[int, ...], float] = {}
-        used: list[str] = []
-        for path in paths:  # newest first
-            cols = pq.read_table(path, columns=columns).to_pydict()
-            rows: dict[tuple[int, ...], float] = {}
-            for row in zip(*(cols[c] for c in columns), strict=True):
-                row_mode, tokens, hidden, inter, topk, experts, tp, ep, dist, latency_ms = row
-                if row_mode != mode or dist != "balanced" or ep != 1 or not 1 <= tp <= MAX_TP:
-                    continue
-                if latency_ms <= 0 or inter % tp or tokens < 1:
-                    continue
-                key = (int(tokens), int(hidden), int(inter), int(topk), int(experts), int(tp))
-                rows[key] = min(float(latency_ms), rows.get(key, float("inf")))
-            seen = {key[1:] for key in best}
-            fresh = {key: ms for key, ms in rows.items() if key[1:] not in seen}
-            if fresh:
-                used.append(path.parent.name)
-                best.update(fresh)
+        merged, used = _by_shape([(p.parent.name, p) for p in paths], shapes)
         label = f"{engine} {'+'.join(used)}"
-        for (tokens, hidden, inter, topk, experts, tp), latency_ms in sorted(best.items()):
-            touched = expected_experts_touched(experts, topk, tokens)
-            rows_ = float(tokens * min(topk, experts))
-            ops = routed_expert_ops(rows_, touched, hidden, inter // tp, weight, act)
-            out.append(MoePoint(ops, tokens, latency_ms * 1e-3, label))
+        for (hidden, inter, topk, experts, tp), curve in sorted(merged.items()):
+            for tokens, latency_ms in sorted(curve.items()):
+                touched = expected_experts_touched(experts, topk, tokens)
+                rows = float(tokens * min(topk, experts))
+                ops = routed_expert_ops(rows, touched, hidden, inter // tp, weight, act)
+                out.append(MoePoint(ops, tokens, latency_ms * 1e-3, label))
     return out
 
 
@@ -223,7 +213,7 @@ def fit_moe_tables(device: DeviceSpec, system_dir: Path, dtype: str) -> MoeTable
     mode = table_mode(dtype, device)
     if mode is None:
         return None
-    points = moe_points(mode_tables(system_dir, mode), dtype, mode)
+    points = moe_points(engine_tables(system_dir), dtype, mode)
     if len(points) < MIN_POINTS:
         return None
     params = _fit(device, dtype, points)
@@ -267,21 +257,3 @@ def _dense_times(device: DeviceSpec, dtype: str, points: list[MoePoint]) -> Floa
     eff = device.efficiency.model_copy(update={"moe_gemm": {}})
     backend = RooflineBackend(device.model_copy(update={"efficiency": eff}), dtype)
     return np.array([sum(backend.time(op) for op in p.ops) for p in points], dtype=float)
-
-
-def band_ratios(
-    device: DeviceSpec, dtype: str, params: MoeGemm | None, points: list[MoePoint]
-) -> list[float]:
-    """Median predicted / measured time of ``points`` per band of tokens (NaN where empty);
-    ``params`` None: the dense GEMM curve (no MoE entry)."""
-    if params is None:
-        pred = _dense_times(device, dtype, points)
-    else:
-        pred = predicted(device, dtype, params, points)
-    ratio = pred / np.array([p.seconds for p in points], dtype=float)
-    tokens = np.array([p.tokens for p in points])
-    out: list[float] = []
-    for lo, hi in BANDS:
-        inside = ratio[(tokens >= lo) & (tokens <= hi)]
-        out.append(float(np.median(inside)) if len(inside) else float("nan"))
-    return out

@@ -91,6 +91,14 @@ def _version_key(version: str) -> tuple[Any, ...]:
     return tuple(parts)
 
 
+def table_versions(folder: Path, name: str) -> list[str]:
+    """The versions (oldest first) under ``folder`` (``<system>/<family>/<engine>``) that hold
+    a table file ``name``; none where the folder is missing."""
+    if not folder.is_dir():
+        return []
+    return sorted((v.name for v in folder.iterdir() if (v / name).is_file()), key=_version_key)
+
+
 def default_tables_root() -> Path | None:
     """The ``systems`` folder of the installed aiconfigurator-core, None when not installed."""
     spec = importlib.util.find_spec("aiconfigurator_core")
