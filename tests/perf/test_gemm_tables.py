@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from device_helpers import HARDWARE, device_file_with
 from llmservingsim.calibrate.fit import GEMM_PARAMS
 from llmservingsim.calibrate.gemm_tables import (
     DTYPE_PARAMS,
@@ -26,7 +27,6 @@ from llmservingsim.hardware.device import DtypeGemm, Efficiency, load_device_fil
 from llmservingsim.model.fusion import act_quant
 from llmservingsim.model.ops import Op
 
-HARDWARE = Path(__file__).resolve().parents[2] / "src" / "llmservingsim" / "data" / "hardware"
 TRUE = {"compute_max": 0.8, "compute_half_m": 40.0, "memory": 0.83, "kernel_launch_us": 3.5}
 MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 NKS = ((4096, 4096), (6144, 4096), (28672, 4096), (4096, 14336), (1024, 8192), (32768, 2048))
@@ -208,11 +208,7 @@ def test_a_dtype_curve_times_only_that_dtype_and_decode_stays_memory_bound() -> 
 def test_a_bad_dtype_curve_is_one_error_naming_file_and_key(
     tmp_path: Path, entry: str, message: str
 ) -> None:
-    text = (HARDWARE / "h100-sxm.yaml").read_text()
-    path = tmp_path / "h100-sxm.yaml"
-    start = text.index("  dtype_gemm:")
-    end = text.index("  iteration_overhead_us:")
-    path.write_text(text[:start] + "  " + entry + "\n" + text[end:])
+    path = device_file_with(tmp_path, "dtype_gemm", entry)
     with pytest.raises(ConfigError, match=message) as caught:
         load_device_file(path)
     assert str(caught.value).startswith(str(path))

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from device_helpers import device_file_with
 from llmservingsim.calibrate.moe_tables import (
     MIN_POINTS,
     PARAMS,
@@ -31,7 +32,6 @@ from llmservingsim.model.moe import MOE_GEMMS, expected_experts_touched, routed_
 from llmservingsim.model.op import Op
 from llmservingsim.model.ops import OpGraph
 
-HARDWARE = Path(__file__).resolve().parents[2] / "src" / "llmservingsim" / "data" / "hardware"
 TRUE = MoeGemm(compute=0.7, half_dim=300.0, memory=0.8, half_weight_mb=0.5, launch_us=12.0)
 SHAPES = ((4096, 1536, 8, 128), (7168, 2048, 8, 256), (2048, 768, 8, 128), (4096, 14336, 2, 8))
 TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -258,11 +258,7 @@ def test_too_few_points_no_fit(tmp_path: Path) -> None:
 def test_a_bad_moe_entry_is_one_error_naming_file_and_key(
     tmp_path: Path, entry: str, message: str
 ) -> None:
-    text = (HARDWARE / "h100-sxm.yaml").read_text()
-    path = tmp_path / "h100-sxm.yaml"
-    start = text.index("  moe_gemm:")
-    end = text.index("  iteration_overhead_us:")
-    path.write_text(text[:start] + "  " + entry + "\n" + text[end:])
+    path = device_file_with(tmp_path, "moe_gemm", entry)
     with pytest.raises(ConfigError, match=message) as caught:
         load_device_file(path)
     assert str(caught.value).startswith(str(path))
