@@ -35,7 +35,7 @@ from llmservingsim.calibrate.gemm_tables import (
     gemm_points,
     newest_tables,
 )
-from llmservingsim.calibrate.moe_tables import MOE_DTYPES, fit_moe_tables
+from llmservingsim.calibrate.moe_tables import MOE_KEYS, fit_moe_tables, weights_of
 from llmservingsim.calibrate.run import ALL_FITTED, calibrate
 from llmservingsim.calibrate.transfer import (
     _round,
@@ -163,10 +163,11 @@ def table_moe(system_dir: Path, spec: DeviceSpec) -> tuple[dict[str, MoeGemm], l
     predicts held-out engines' kernels better than the dense GEMM curve; and their modes."""
     moe: dict[str, MoeGemm] = {}
     modes: list[str] = []
-    for dtype in MOE_DTYPES:
+    for key in MOE_KEYS:
+        dtype = weights_of(key)[0]
         if dtype != "bf16" and dtype != "mxfp4" and dtype not in spec.peak_tflops:
             continue
-        fit = fit_moe_tables(spec, system_dir, dtype)
+        fit = fit_moe_tables(spec, system_dir, key)
         if fit is None:
             continue
         held = ", ".join(
@@ -183,7 +184,7 @@ def table_moe(system_dir: Path, spec: DeviceSpec) -> tuple[dict[str, MoeGemm], l
             )
         )
         print(
-            f"{spec.name}: {dtype} MoE on {fit.points:,} {fit.mode} kernel points "
+            f"{spec.name}: {key} MoE on {fit.points:,} {fit.mode} kernel points "
             f"({', '.join(fit.tables)}): "
             + ", ".join(f"{k} {v:.4g}" for k, v in fit.params.model_dump().items())
             + f"; median |error| {fit.before:.1f}% -> {fit.mape:.1f}%"
@@ -191,7 +192,7 @@ def table_moe(system_dir: Path, spec: DeviceSpec) -> tuple[dict[str, MoeGemm], l
             + f"; {verdict}"
         )
         if fit.improves:
-            moe[dtype] = MoeGemm(**{k: _round(v) for k, v in fit.params.model_dump().items()})
+            moe[key] = MoeGemm(**{k: _round(v) for k, v in fit.params.model_dump().items()})
             modes.append(fit.mode)
     return moe, modes
 

@@ -46,6 +46,7 @@ from llmservingsim.ranges import (
 
 WeightDtype = Literal["fp32", "bf16", "fp16", "fp8", "fp4", "mxfp4", "int8", "int4"]
 KvDtype = Literal["auto", "fp32", "bf16", "fp16", "fp8"]
+Fp8Scaling = Literal["auto", "tensor", "block"]
 
 # Ranges of numbers: ranges.py.
 
@@ -921,10 +922,6 @@ class KernelDbConfig(_Section):
 
     fallback: Literal["error", "roofline"] = "error"
     """A device the tables do not cover: refuse (error) or time every op with the roofline."""
-    fp8_gemm: Literal["auto", "fp8", "fp8_block"] = "auto"
-    """Table mode for dtype fp8: per-tensor scaled (fp8), 128-block scaled (fp8_block), or
-    auto: fp8_block for mixture-of-experts models (the FP8 checkpoints of DeepSeek-V3/R1 and
-    Qwen3 are block-scaled), per-tensor for dense ones (NVIDIA ModelOpt FP8 checkpoints)."""
     fp4: Literal["nvfp4", "mxfp4"] = "nvfp4"
     """Table mode for dtype fp4 MoE experts: NVFP4 or MXFP4 (w4a16) weights."""
     cuda_graphs: bool = True
@@ -1212,6 +1209,13 @@ class SimConfig(_Section):
     weight-only in bf16 elsewhere, with 16-bit embeddings, LM head and KV cache."""
     kv_dtype: KvDtype = "auto"
     """KV-cache dtype; auto = dtype (bf16 for int8/int4/mxfp4 weights, fp8 for fp4 weights)."""
+    fp8_scaling: Fp8Scaling = "auto"
+    """dtype fp8: how the checkpoint scales its fp8 weights, which picks the kernels that time
+    them (the fused-MoE efficiency entry, the kernel tables' fp8 mode): tensor (one scale per
+    tensor: NVIDIA ModelOpt FP8 checkpoints such as Llama-3.1 and Mixtral FP8) or block (one
+    per 128x128 block: DeepSeek-V3/R1, Qwen3 FP8); auto: what the model's config.json says
+    (its quantization_config), else block for mixture-of-experts models and tensor for dense
+    ones. Only with dtype fp8."""
     hardware: str = "h100-sxm"
     """Catalog name (llmservingsim catalog hardware) or path to a device YAML."""
     max_model_len: int | None = Field(default=None, ge=1)
@@ -1272,6 +1276,27 @@ class SimConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _fp8_scaling_needs_fp8(self) -> SimConfig:
+        if self.fp8_scaling != "auto" and self.dtype != "fp8":
+            raise ValueError(
+                f"fp8_scaling: {self.fp8_scaling} describes fp8 weights, but dtype is "
+                f"{self.dtype}; set dtype: fp8 or leave fp8_scaling at auto"
+            )
+        return self
+
+    def resolved_fp8_scaling(self, is_moe: bool, checkpoint: str = "") -> str:
+        """``fp8_scaling`` with auto resolved for a model: what its config.json's
+        ``quantization_config`` says (``checkpoint``, ModelSpec.fp8_checkpoint), else block
+        for MoE and tensor for dense models; "none" when the weights are not fp8."""
+        if self.dtype != "fp8":
+            return "none"
+        if self.fp8_scaling != "auto":
+            return self.fp8_scaling
+        if checkpoint:
+            return checkpoint
+        return "block" if is_moe else "tensor"
+
+    @model_validator(mode="after")
     def _admission_names_clients(self) -> SimConfig:
         caps = self.admission.max_queue
         if caps is None:
@@ -1324,9 +1349,18 @@ def _section_fields(annotation: Any) -> dict[str, Any] | None:
     return None
 
 
+# Keys that moved: where they went (a one-line error instead of "unknown key").
+MOVED_KEYS = {
+    "perf.kernel_db.fp8_gemm": "fp8_scaling (tensor | block | auto), which picks the fp8 "
+    "kernels for the roofline and the kernel tables alike",
+}
+
+
 def check_unknown_keys(raw: dict[str, Any], fields: dict[str, Any], prefix: str = "") -> None:
     for key, value in raw.items():
         path = f"{prefix}{key}"
+        if path in MOVED_KEYS:
+            raise ConfigError(f"config key '{path}' moved to the top-level key {MOVED_KEYS[path]}")
         if key not in fields:
             valid = sorted(fields)
             close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.4)

@@ -151,6 +151,7 @@ def resolve(cfg: SimConfig) -> Scenario:
         dtype=cfg.dtype,
         kv_dtype=cfg.resolved_kv_dtype,
         compute_dtype=cfg.compute_dtype,
+        fp8_scaling=cfg.resolved_fp8_scaling(model.is_moe, model.fp8_checkpoint),
     )
     return Scenario(cfg, model, tuple(pools), pim, frontend_model(cfg), draft, setup)
 

@@ -71,6 +71,11 @@ RUNS: dict[str, tuple[str | None, list[str]]] = {
     "prefix-off": ("examples/prefix_chat.yaml", ["scheduler.enable_prefix_caching=false"]),
     "mixtral-fp8-h100": (
         None,
+        ["model=mixtral-8x7b", "dtype=fp8", "fp8_scaling=tensor", "cluster.tensor_parallel=2",
+         "workload.num_requests=3000", *FIXED_1000, *TRTLLM],
+    ),
+    "mixtral-fp8-h100-auto": (
+        None,
         ["model=mixtral-8x7b", "dtype=fp8", "cluster.tensor_parallel=2",
          "workload.num_requests=3000", *FIXED_1000, *TRTLLM],
     ),
@@ -255,8 +260,14 @@ QUOTES: list[Quote] = [
     ),
     Quote(
         "docs/models.md",
-        "| Mixtral-8x7B FP8, 2× H100 TP2 | 13,107 | 15,771 |",
+        "| Mixtral-8x7B FP8, 2× H100 TP2 | 16,002 | 15,771 |",
         "mixtral-fp8-h100",
+        {"16,002": lambda s: s["output_tokens_per_s"]},
+    ),
+    Quote(
+        "docs/models.md",
+        "block-scaled entry (1.1–1.8× slower kernels) gives 13,107 tok/s.",
+        "mixtral-fp8-h100-auto",
         {"13,107": lambda s: s["output_tokens_per_s"]},
     ),
     Quote(

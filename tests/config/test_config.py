@@ -92,3 +92,22 @@ def test_malformed_override_and_yaml(tmp_path: Path) -> None:
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(listy)
+
+
+def test_fp8_scaling_resolves_per_model_and_needs_fp8_weights() -> None:
+    assert load_config(None, ["dtype=fp8"]).resolved_fp8_scaling(is_moe=False) == "tensor"
+    assert load_config(None, ["dtype=fp8"]).resolved_fp8_scaling(is_moe=True) == "block"
+    chosen = load_config(None, ["dtype=fp8", "fp8_scaling=tensor"])
+    assert chosen.resolved_fp8_scaling(is_moe=True) == "tensor"
+    assert load_config(None, []).resolved_fp8_scaling(is_moe=True) == "none"
+    with pytest.raises(ConfigError, match=r"fp8_scaling: block describes fp8 weights.*bf16"):
+        load_config(None, ["fp8_scaling=block"])
+    with pytest.raises(ConfigError, match="fp8_scaling"):
+        load_config(None, ["dtype=fp8", "fp8_scaling=rows"])
+
+
+def test_the_moved_kernel_db_fp8_key_says_where_it_went() -> None:
+    with pytest.raises(
+        ConfigError, match=r"perf\.kernel_db\.fp8_gemm' moved to the top-level key fp8_scaling"
+    ):
+        load_config(None, ["perf.kernel_db.fp8_gemm=fp8_block"])

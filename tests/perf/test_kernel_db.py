@@ -167,7 +167,7 @@ def test_quantization_picks_the_tables_mode(tmp_path: Path) -> None:
     fp8 = _backend(root, "dtype=fp8", "kv_dtype=bf16").time(_gemm(256, 4096, 4096))
     assert fp8 == pytest.approx(0.75 * bf16)
     # fp8_block is not in this tree: the GEMM falls back, counted
-    block = _backend(root, "dtype=fp8", "kv_dtype=bf16", "perf.kernel_db.fp8_gemm=fp8_block")
+    block = _backend(root, "dtype=fp8", "kv_dtype=bf16", "fp8_scaling=block")
     block.time(_gemm(256, 4096, 4096))
     assert block.stats()["perf_fallbacks"] == 1
 

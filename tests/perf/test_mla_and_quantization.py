@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from importlib.resources import files
+
 import pytest
 
 from llmservingsim.catalog import load_device, load_model
@@ -211,3 +214,48 @@ def test_fp4_runs_on_blackwell_with_an_fp8_kv_cache_and_is_refused_elsewhere() -
     )
     with pytest.raises(ConfigError, match="dtype fp4: device 'h100-sxm' has no FP4 tensor cores"):
         simulate(load_config(None, ["dtype=fp4", "workload.num_requests=5"]))
+
+
+@pytest.mark.parametrize(
+    ("quantization", "scaling"),
+    [
+        ({"quant_method": "fp8", "weight_block_size": [128, 128]}, "block"),  # DeepSeek, Qwen3
+        ({"quant_method": "fp8", "activation_scheme": "static"}, "tensor"),
+        ({"quant_method": "modelopt", "quant_algo": "FP8"}, "tensor"),  # NVIDIA ModelOpt
+        ({"quant_method": "modelopt", "quant_algo": "NVFP4"}, ""),
+        (
+            {
+                "quant_method": "compressed-tensors",
+                "config_groups": {
+                    "g": {"weights": {"type": "float", "num_bits": 8, "strategy": "block"}}
+                },
+            },
+            "block",
+        ),
+        (
+            {
+                "quant_method": "compressed-tensors",
+                "config_groups": {
+                    "g": {"weights": {"type": "float", "num_bits": 8, "strategy": "channel"}}
+                },
+            },
+            "tensor",
+        ),
+        ({"quant_method": "mxfp4"}, ""),  # gpt-oss
+        (None, ""),
+    ],
+)
+def test_fp8_checkpoint_scaling_read_from_the_config(quantization: object, scaling: str) -> None:
+    """``fp8_scaling: auto`` follows the checkpoint's own quantization_config where it has one
+    (a dense block-scaled checkpoint runs the block kernels), else MoE -> block."""
+    from llmservingsim.model.spec import fp8_checkpoint_scaling, parse_hf_config
+
+    assert fp8_checkpoint_scaling(quantization) == scaling
+    raw = json.loads((files("llmservingsim") / "data/models/llama-3.1-8b.json").read_text())
+    if quantization is not None:
+        raw["quantization_config"] = quantization
+    spec = parse_hf_config("llama", raw)
+    assert spec.fp8_checkpoint == scaling
+    cfg = load_config(None, ["dtype=fp8"])
+    assert cfg.resolved_fp8_scaling(spec.is_moe, spec.fp8_checkpoint) == (scaling or "tensor")
+    assert load_model("deepseek-v3").fp8_checkpoint == "block"

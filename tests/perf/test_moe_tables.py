@@ -156,7 +156,7 @@ def test_a_profile_table_keys_expert_gemms_by_their_kernel_shape_alone() -> None
 def _table(path: Path, device: DeviceSpec, entry: MoeGemm, scale: float = 1.0) -> None:
     """An AIConfigurator-layout MoE table: fp8_block balanced rows timed by the roofline with
     ``entry``, plus rows the fit must ignore (another mode, EP, TP 16, skewed routing)."""
-    backend = RooflineBackend(_with(device, "fp8", entry), "fp8")
+    backend = RooflineBackend(_with(device, "fp8_block", entry), "fp8", None, "block")
     cols: dict[str, list[object]] = {k: [] for k in MOE_COLUMNS}
 
     def add(*row: object) -> None:
@@ -185,7 +185,7 @@ def test_fit_recovers_the_entry_a_table_was_made_with(tmp_path: Path) -> None:
     system = tmp_path / "h200_sxm"
     _table(system / "moe/vllm/0.24.0/moe_perf.parquet", device, TRUE)
     _table(system / "moe/sglang/0.5.14/moe_perf.parquet", device, TRUE)
-    fit = fit_moe_tables(_bare(device), system, "fp8")
+    fit = fit_moe_tables(_bare(device), system, "fp8_block")
     assert fit is not None
     assert fit.mode == "fp8_block"
     assert fit.points == 2 * len(SHAPES) * 3 * len(TOKENS)  # EP, TP16, skewed, bf16 dropped
@@ -201,7 +201,7 @@ def test_one_engine_alone_is_not_written(tmp_path: Path) -> None:
     device = load_device("h200")
     system = tmp_path / "h200_sxm"
     _table(system / "moe/vllm/0.24.0/moe_perf.parquet", device, TRUE)
-    fit = fit_moe_tables(_bare(device), system, "fp8")
+    fit = fit_moe_tables(_bare(device), system, "fp8_block")
     assert fit is not None and fit.mape < 0.5
     assert not fit.improves  # nothing shows it carries over to another engine's kernels
 
@@ -213,7 +213,7 @@ def test_dense_kernels_are_not_written(tmp_path: Path) -> None:
     system = tmp_path / "h200_sxm"
     _table(system / "moe/vllm/0.24.0/moe_perf.parquet", device, dense_like)
     _table(system / "moe/sglang/0.5.14/moe_perf.parquet", device, dense_like)
-    fit = fit_moe_tables(_bare(device), system, "fp8")
+    fit = fit_moe_tables(_bare(device), system, "fp8_block")
     assert fit is not None and fit.before < 0.5
     assert not fit.improves
 
@@ -231,14 +231,14 @@ def test_each_shape_comes_from_the_newest_table_that_measured_it(tmp_path: Path)
     assert [p.parent.name for p in tables["trtllm"]] == ["1.3.0rc23", "1.3.0rc20"]
     points = moe_points(tables, "fp8", "fp8_block")
     assert {p.table for p in points} == {"trtllm 1.3.0rc23+1.3.0rc20"}
-    truth = predicted(device, "fp8", TRUE, points)
+    truth = predicted(device, "fp8_block", TRUE, points)
     for point, seconds in zip(points, truth, strict=True):
         newest = dict(point.ops[0].dims)["k"] == 7168
         assert point.seconds == pytest.approx(seconds * (1.0 if newest else 2.0), rel=1e-9)
 
 
 def test_too_few_points_no_fit(tmp_path: Path) -> None:
-    assert fit_moe_tables(load_device("h200"), tmp_path / "h200_sxm", "fp8") is None
+    assert fit_moe_tables(load_device("h200"), tmp_path / "h200_sxm", "fp8_block") is None
     assert len(PARAMS) < MIN_POINTS
 
 
@@ -265,15 +265,46 @@ def test_a_bad_moe_entry_is_one_error_naming_file_and_key(
 
 
 @pytest.mark.skipif(default_tables_root() is None, reason="aiconfigurator-core not installed")
-@pytest.mark.parametrize(("device", "dtype"), [("h200", "fp8"), ("b200", "mxfp4")])
-def test_shipped_moe_entries_reproduce_from_the_installed_tables(device: str, dtype: str) -> None:
+@pytest.mark.parametrize(
+    ("device", "key"), [("h200", "fp8_block"), ("b200", "fp8"), ("b200", "mxfp4")]
+)
+def test_shipped_moe_entries_reproduce_from_the_installed_tables(device: str, key: str) -> None:
     """scripts/calibrate_catalog.py wrote efficiency.moe_gemm from the tables (§7e)."""
     root = default_tables_root()
     assert root is not None
     spec = load_device(device)
-    fit = fit_moe_tables(_bare(spec), root / "data" / SYSTEM_OF_DEVICE[device], dtype)
+    fit = fit_moe_tables(_bare(spec), root / "data" / SYSTEM_OF_DEVICE[device], key)
     assert fit is not None and fit.improves
-    shipped = spec.efficiency.moe_curve(dtype)
+    shipped = spec.efficiency.moe_gemm.get(key)  # type: ignore[call-overload]
     assert shipped is not None
     for name in PARAMS:
         assert getattr(shipped, name) == pytest.approx(getattr(fit.params, name), rel=0.01), name
+
+
+@pytest.mark.parametrize(("scaling", "resolved"), [("auto", "block"), ("tensor", "tensor")])
+def test_fp8_scaling_picks_the_experts_entry(scaling: str, resolved: str) -> None:
+    """A block-scaled checkpoint's experts (auto for a MoE model) run the fp8_block entry, a
+    per-tensor one's the fp8 entry."""
+    from llmservingsim.config import load_config
+    from llmservingsim.hardware.backends.base import build_backend
+    from llmservingsim.scenario import resolve
+
+    entries = {
+        "block": MoeGemm(compute=0.5, half_dim=400.0, memory=0.7, launch_us=12.0),
+        "tensor": MoeGemm(compute=1.2, memory=0.9, launch_us=8.0),
+    }
+    device = load_device("h100-sxm")
+    both = {"fp8_block": entries["block"], "fp8": entries["tensor"]}
+    eff = device.efficiency.model_copy(update={"moe_gemm": both})
+    device = device.model_copy(update={"efficiency": eff})
+    cfg = load_config(None, ["model=mixtral-8x7b", "dtype=fp8", f"fp8_scaling={scaling}"])
+    setup = resolve(cfg).perf
+    assert setup.fp8_scaling == resolved
+    backend = build_backend(setup, device)
+    key = "fp8_block" if resolved == "block" else "fp8"
+    alone = RooflineBackend(_with(device, key, entries[resolved]), "fp8", None, resolved)
+    other = RooflineBackend(device, "fp8", None, "tensor" if resolved == "block" else "block")
+    for op in _expert_ops(64, 4096, 14336):
+        assert backend.time(op) == alone.time(op)
+        if op.name in MOE_GEMMS:
+            assert backend.time(op) != other.time(op)

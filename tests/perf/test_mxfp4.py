@@ -104,11 +104,12 @@ def test_h200_stays_weight_only_bf16() -> None:
 
 def test_kernel_db_moe_mode_follows_the_device() -> None:
     options = KernelDbConfig()
-    assert table_modes("mxfp4", options, True, True) == (None, "w4a8_mxfp4_mxfp8")
-    assert table_modes("mxfp4", options, True, False) == (None, "w4a16_mxfp4")
-    assert table_modes("int4", options, True, True) == (None, "int4_wo")
-    assert table_modes("fp8", options, True, True) == ("fp8_block", "fp8_block")
-    assert table_modes("fp4", options, True, True) == ("nvfp4", "nvfp4")
+    assert table_modes("mxfp4", options, "none", True) == (None, "w4a8_mxfp4_mxfp8")
+    assert table_modes("mxfp4", options, "none", False) == (None, "w4a16_mxfp4")
+    assert table_modes("int4", options, "none", True) == (None, "int4_wo")
+    assert table_modes("fp8", options, "block", True) == ("fp8_block", "fp8_block")
+    assert table_modes("fp8", options, "tensor", True) == ("fp8", "fp8")
+    assert table_modes("fp4", options, "none", True) == ("nvfp4", "nvfp4")
 
 
 @pytest.mark.skipif(not HAS_AIC, reason="aiconfigurator-core not installed")

@@ -11,9 +11,9 @@ installed.
 
 Points: the ``balanced`` routing rows (the simulator's routing statistics are uniform, model/
 moe.py) with one expert-parallel rank and the experts' intermediate split over TP <= 8, of the
-mode the simulator's weight dtype runs (kernel_db.table_modes: fp8 -> fp8_block, fp4 ->
-nvfp4, mxfp4 -> w4a8_mxfp4_mxfp8 with FP4 tensor cores, else w4a16_mxfp4), from the newest
-table of each engine that measured that mode. Each point is timed with
+mode an entry's weights run (kernel_db.table_modes: fp8 -> fp8 (per-tensor), fp8_block ->
+fp8_block, fp4 -> nvfp4, mxfp4 -> w4a8_mxfp4_mxfp8 with FP4 tensor cores, else w4a16_mxfp4),
+from the newest table of each engine that measured that mode. Each point is timed with
 :func:`~llmservingsim.model.moe.routed_expert_ops` (the ops the simulator runs) on the
 roofline with candidate parameters; ``compute``, ``memory`` and ``launch_us`` minimise the
 squared log error (the dense GEMM fit's objective, calibrate/fit.py). Each engine's table is
@@ -45,7 +45,7 @@ from llmservingsim.model.ops import Op
 from llmservingsim.model.spec import DTYPE_BYTES, activation_bytes
 
 TABLE = "moe_perf.parquet"
-MOE_DTYPES = ("bf16", "fp8", "fp4", "mxfp4")  # device.MoeDtype
+MOE_KEYS = ("bf16", "fp8", "fp8_block", "fp4", "mxfp4")  # device.MoeDtype
 MAX_TP = 8  # expert-intermediate splits the fit covers (serving instances' TP)
 MIN_POINTS = 100  # fewer measured kernels than this: no fit (five parameters)
 MARGIN = 1.0  # points of held-out median |error| an entry must gain over the dense curve
@@ -55,11 +55,20 @@ ROBUST_SCALE = 0.1  # log-error scale beyond which the fit's loss grows linearly
 Floats = npt.NDArray[np.float64]
 
 
-def table_mode(dtype: str, device: DeviceSpec) -> str | None:
-    """The MoE table mode experts in ``dtype`` run on ``device`` (kernel_db.table_modes)."""
-    if dtype == "bf16":
+def weights_of(key: str) -> tuple[str, str]:
+    """(weight dtype, fp8 scaling) of the experts an ``efficiency.moe_gemm`` key times."""
+    if key not in MOE_KEYS:
+        raise ValueError(f"no fused-MoE efficiency key {key!r} (one of {', '.join(MOE_KEYS)})")
+    return ("fp8", "block") if key == "fp8_block" else (key, "tensor")
+
+
+def table_mode(key: str, device: DeviceSpec) -> str | None:
+    """The MoE table mode the experts of entry ``key`` run on ``device``
+    (kernel_db.table_modes)."""
+    if key == "bf16":
         return "bfloat16"
-    return table_modes(dtype, KernelDbConfig(), True, device.fp4_tensor_cores)[1]
+    dtype, scaling = weights_of(key)
+    return table_modes(dtype, KernelDbConfig(), scaling, device.fp4_tensor_cores)[1]
 
 
 def engine_tables(system_dir: Path, engines: Iterable[str] = ENGINES) -> dict[str, list[Path]]:
@@ -123,21 +132,15 @@ def moe_points(tables: dict[str, list[Path]], dtype: str, mode: str) -> list[Moe
     return out
 
 
-def predicted(device: DeviceSpec, dtype: str, params: MoeGemm, points: list[MoePoint]) -> Floats:
-    """Each point's time on the roofline with ``params`` as the device's MoE entry."""
+def predicted(device: DeviceSpec, key: str, params: MoeGemm, points: list[MoePoint]) -> Floats:
+    """Each point's time on the roofline with ``params`` as the device's MoE entry ``key``."""
+    dtype, scaling = weights_of(key)
     eff = device.efficiency
     entry = dict(eff.moe_gemm)
-    entry[_key(dtype)] = params
+    entry[cast(MoeDtype, key)] = params
     spec = device.model_copy(update={"efficiency": eff.model_copy(update={"moe_gemm": entry})})
-    backend = RooflineBackend(spec, dtype)
+    backend = RooflineBackend(spec, dtype, None, scaling)
     return np.array([sum(backend.time(op) for op in p.ops) for p in points], dtype=float)
-
-
-def _key(dtype: str) -> MoeDtype:
-    key = "bf16" if dtype == "fp16" else dtype
-    if key not in MOE_DTYPES:
-        raise ValueError(f"no fused-MoE efficiency for dtype {dtype!r} (one of {MOE_DTYPES})")
-    return cast(MoeDtype, key)
 
 
 @dataclass(frozen=True)
@@ -172,8 +175,8 @@ def _mape(pred: Floats, points: list[MoePoint]) -> float:
     return float(np.median(np.abs(pred - measured) / measured) * 100.0)
 
 
-def _fit(device: DeviceSpec, dtype: str, points: list[MoePoint]) -> MoeGemm:
-    compute_max = device.efficiency.gemm_curve(device.gemm_dtype(dtype))[0]
+def _fit(device: DeviceSpec, key: str, points: list[MoePoint]) -> MoeGemm:
+    compute_max = device.efficiency.gemm_curve(device.gemm_dtype(weights_of(key)[0]))[0]
     lower = np.array([0.05, 0.0, 0.05, 0.0, 0.0])
     upper = np.array([min(4.0, 1.0 / compute_max), 4096.0, 1.0, 1000.0, 200.0])
     log_measured = np.log(np.array([p.seconds for p in points], dtype=float))
@@ -182,7 +185,7 @@ def _fit(device: DeviceSpec, dtype: str, points: list[MoePoint]) -> MoeGemm:
         return MoeGemm(**{name: float(v) for name, v in zip(PARAMS, x, strict=True)})
 
     def residual(x: Floats) -> Floats:
-        logs: Floats = np.log(predicted(device, dtype, params_of(x), points)) - log_measured
+        logs: Floats = np.log(predicted(device, key, params_of(x), points)) - log_measured
         return logs
 
     # Imported here: scipy.optimize costs ~0.5 s (calibrate/fit.py's _solve does the same).
@@ -207,23 +210,24 @@ def _fit(device: DeviceSpec, dtype: str, points: list[MoePoint]) -> MoeGemm:
     return params_of(np.where(best[0] < 1e-6 * np.maximum(upper, 1.0), 0.0, best[0]))
 
 
-def fit_moe_tables(device: DeviceSpec, system_dir: Path, dtype: str) -> MoeTableFit | None:
-    """``device``'s MoE entry for weights in ``dtype`` fitted on the tables under
-    ``system_dir`` (None where no table measured that dtype's mode)."""
-    mode = table_mode(dtype, device)
+def fit_moe_tables(device: DeviceSpec, system_dir: Path, key: str) -> MoeTableFit | None:
+    """``device``'s MoE entry ``key`` (a weight format: device.MoeDtype) fitted on the tables
+    under ``system_dir`` (None where no table measured its mode)."""
+    mode = table_mode(key, device)
     if mode is None:
         return None
+    dtype = weights_of(key)[0]
     points = moe_points(engine_tables(system_dir), dtype, mode)
     if len(points) < MIN_POINTS:
         return None
-    params = _fit(device, dtype, points)
+    params = _fit(device, key, points)
     labels = sorted({p.table for p in points})
 
     def where(label: str, inside: bool) -> list[MoePoint]:
         return [p for p in points if (p.table == label) == inside]
 
     per_table = {
-        label: _mape(predicted(device, dtype, params, where(label, True)), where(label, True))
+        label: _mape(predicted(device, key, params, where(label, True)), where(label, True))
         for label in labels
     }
     held_out: dict[str, float] = {}
@@ -232,16 +236,16 @@ def fit_moe_tables(device: DeviceSpec, system_dir: Path, dtype: str) -> MoeTable
             others = where(label, False)
             if len(others) < MIN_POINTS:
                 continue
-            held = _fit(device, dtype, others)
+            held = _fit(device, key, others)
             mine = where(label, True)
-            held_out[label] = _mape(predicted(device, dtype, held, mine), mine)
+            held_out[label] = _mape(predicted(device, key, held, mine), mine)
     dense_per_table = {
         label: _mape(_dense_times(device, dtype, where(label, True)), where(label, True))
         for label in labels
     }
     return MoeTableFit(
         params=params,
-        mape=_mape(predicted(device, dtype, params, points), points),
+        mape=_mape(predicted(device, key, params, points), points),
         points=len(points),
         tables=labels,
         mode=mode,

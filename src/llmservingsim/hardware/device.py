@@ -115,9 +115,10 @@ class DtypeGemm(_Strict):
     kernel_launch_us: Microseconds = Field(description="fixed time per GEMM (launch + epilogue)")
 
 
-MoeDtype = Literal["bf16", "fp8", "fp4", "mxfp4"]
-"""Weight dtypes with a fitted fused-MoE efficiency (the MoE kernel tables' modes they run:
-bfloat16, fp8_block, nvfp4, and w4a8_mxfp4_mxfp8 / w4a16_mxfp4 for MXFP4)."""
+MoeDtype = Literal["bf16", "fp8", "fp8_block", "fp4", "mxfp4"]
+"""Weight formats with a fitted fused-MoE efficiency (the MoE kernel tables' modes they run:
+bfloat16, fp8 (per-tensor scaled), fp8_block (128x128-block scaled fp8, ``fp8_scaling:
+block``), nvfp4, and w4a8_mxfp4_mxfp8 / w4a16_mxfp4 for MXFP4)."""
 
 
 class MoeGemm(_Strict):
@@ -193,13 +194,21 @@ class Efficiency(_Strict):
                 return own.compute_max, own.compute_half_m, own.kernel_launch_us
         return self.compute_max, self.compute_half_m, self.kernel_launch_us
 
-    def moe_curve(self, dtype: str) -> MoeGemm | None:
-        """The fused-MoE entry of weights in ``dtype`` (fp16 shares bf16's), if fitted."""
-        key = "bf16" if dtype == "fp16" else dtype
+    def moe_curve(self, dtype: str, fp8_scaling: str = "tensor") -> MoeGemm | None:
+        """The fused-MoE entry of weights in ``dtype`` (fp16 shares bf16's; block-scaled fp8
+        has its own, fp8_block), if fitted."""
+        key = moe_key(dtype, fp8_scaling)
         for name, own in self.moe_gemm.items():
             if name == key:
                 return own
         return None
+
+
+def moe_key(dtype: str, fp8_scaling: str = "tensor") -> str:
+    """The ``efficiency.moe_gemm`` key of experts whose weights are in ``dtype``."""
+    if dtype == "fp16":
+        return "bf16"
+    return "fp8_block" if dtype == "fp8" and fp8_scaling == "block" else dtype
 
 
 def attention_dtype(dtype: str) -> str:

@@ -7,6 +7,7 @@ the file onto one :class:`ModelSpec`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections.abc import Callable
@@ -96,6 +97,10 @@ class ModelSpec:
     # ⌊p / chunk⌋·chunk..p); the others (NoPE) to all.
     attention_chunk: int = 0
     chunked_layers: tuple[int, ...] = ()
+    # How the checkpoint this config describes scales fp8 weights, from its
+    # ``quantization_config``: "block" (128x128 blocks), "tensor" (per tensor or channel), or
+    # "" (not an fp8 checkpoint, or not said): the ``fp8_scaling: auto`` setting reads it.
+    fp8_checkpoint: str = ""
 
     def __post_init__(self) -> None:
         """Relations between the sizes (each size's own range is checked when it is read)."""
@@ -526,11 +531,35 @@ def parse_hf_config(name: str, cfg: dict[str, Any], where: str | None = None) ->
         supported = ", ".join(sorted(_PARSERS))
         raise ConfigError(f"{where}: model_type {model_type!r} not supported ({supported})")
     try:
-        return parser(name, cfg, where)
+        spec = parser(name, cfg, where)
     except ConfigError as exc:  # a relation between sizes (ModelSpec.__post_init__)
         if str(exc).startswith(where):
             raise
         raise ConfigError(f"{where}: {exc}") from None
+    scaling = fp8_checkpoint_scaling(cfg.get("quantization_config"))
+    return dataclasses.replace(spec, fp8_checkpoint=scaling) if scaling else spec
+
+
+def fp8_checkpoint_scaling(quantization: object) -> str:
+    """ "block" or "tensor" for an fp8 checkpoint's ``quantization_config`` (Hugging Face
+    fine-grained fp8 with ``weight_block_size``, or without it per tensor; NVIDIA ModelOpt
+    FP8, per tensor; compressed-tensors, by its weights' ``strategy``); "" otherwise."""
+    if not isinstance(quantization, dict):
+        return ""
+    method = str(quantization.get("quant_method", "")).lower()
+    if method == "fp8":
+        return "block" if quantization.get("weight_block_size") else "tensor"
+    if method == "modelopt":
+        return "tensor" if str(quantization.get("quant_algo", "")).upper() == "FP8" else ""
+    if method == "compressed-tensors":
+        groups = quantization.get("config_groups")
+        for group in groups.values() if isinstance(groups, dict) else ():
+            weights = group.get("weights") if isinstance(group, dict) else None
+            if not isinstance(weights, dict) or weights.get("type") != "float":
+                continue
+            if weights.get("num_bits") == 8:
+                return "block" if weights.get("strategy") == "block" else "tensor"
+    return ""
 
 
 def load_hf_config_file(path: Path, name: str | None = None) -> ModelSpec:

@@ -44,6 +44,8 @@ class PerfSetup:
     """KV cache's dtype, resolved."""
     compute_dtype: str
     """Math dtype (weight-only int8/int4 compute in bf16)."""
+    fp8_scaling: str = "none"
+    """fp8 weights' scaling, resolved: tensor or block; none for other dtypes."""
 
 
 def build_backend(setup: PerfSetup, device: DeviceSpec) -> PerfBackend:

@@ -557,12 +557,14 @@ class KernelTables:
 
 
 def table_modes(
-    dtype: str, options: KernelDbConfig, is_moe: bool, fp4_tensor_cores: bool
+    dtype: str, options: KernelDbConfig, fp8_scaling: str, fp4_tensor_cores: bool
 ) -> tuple[str | None, str | None]:
     """(GEMM table mode, MoE table mode) of weights in ``dtype``; None: the tables have no
-    mode for it (the roofline times those ops). MXFP4 experts run MXFP4 x MXFP8 kernels on a
-    device with FP4 tensor cores (Blackwell) and weight-only (W4A16) kernels elsewhere."""
-    fp8 = options.fp8_gemm if options.fp8_gemm != "auto" else "fp8_block" if is_moe else "fp8"
+    mode for it (the roofline times those ops). fp8 weights run the per-tensor (fp8) or the
+    128-block scaled (fp8_block) kernels as ``fp8_scaling`` says; MXFP4 experts run MXFP4 x
+    MXFP8 kernels on a device with FP4 tensor cores (Blackwell) and weight-only (W4A16)
+    kernels elsewhere."""
+    fp8 = "fp8_block" if fp8_scaling == "block" else "fp8"
     if dtype == "fp8":
         return fp8, fp8
     if dtype == "fp4":
@@ -578,7 +580,7 @@ def load_tables(
     options: KernelDbConfig,
     dtype: str,
     kv_dtype: str,
-    is_moe: bool,
+    fp8_scaling: str,
     fp4_tensor_cores: bool = False,
 ) -> KernelTables:
     index = table_index(root)
@@ -603,7 +605,7 @@ def load_tables(
         if found is not None:
             sources[family] = f"{options.engine}@{found[0]}"
             folders[family] = found[1]
-    gemm_mode, moe_mode = table_modes(dtype, options, is_moe, fp4_tensor_cores)
+    gemm_mode, moe_mode = table_modes(dtype, options, fp8_scaling, fp4_tensor_cores)
     kv_mode = KV_MODE.get(kv_dtype)
     gemm = head = None
     if "gemm" in folders:
@@ -708,10 +710,10 @@ class KernelDbBackend:
         device: DeviceSpec,
         dtype: str,
         tables: KernelTables | None,
-        weight_dtype: str | None = None,
+        fallback: RooflineBackend | None = None,
     ) -> None:
         self.device = device
-        self.fallback = RooflineBackend(device, dtype, weight_dtype)
+        self.fallback = RooflineBackend(device, dtype) if fallback is None else fallback
         self.tables = tables
         self.collectives = None if tables is None else TableCollectives(tables)
         self.lookups = 0
@@ -730,7 +732,9 @@ class KernelDbBackend:
         system = options.system or SYSTEM_OF_DEVICE.get(device.name)
         if root is None or not (root / "data").is_dir():
             if options.fallback == "roofline":
-                return cls(device, setup.compute_dtype, None, setup.dtype)
+                return cls(
+                    device, setup.compute_dtype, None, RooflineBackend.from_config(device, setup)
+                )
             where = "" if options.path is None else f" (perf.kernel_db.path {options.path})"
             raise ConfigError(
                 f"perf.backend kernel_db: no kernel tables installed{where}; " + INSTALL_HINT
@@ -739,7 +743,9 @@ class KernelDbBackend:
         covered = sorted(d for d, s in SYSTEM_OF_DEVICE.items() if s in index)
         if system is None or system not in index:
             if options.fallback == "roofline":
-                return cls(device, setup.compute_dtype, None, setup.dtype)
+                return cls(
+                    device, setup.compute_dtype, None, RooflineBackend.from_config(device, setup)
+                )
             what = (
                 f"perf.kernel_db.system {system!r}"
                 if options.system
@@ -750,11 +756,16 @@ class KernelDbBackend:
                 f"{', '.join(covered)}; systems {', '.join(sorted(index))}); set "
                 "perf.kernel_db.fallback: roofline to time it with the roofline"
             )
-        moe = setup.model.is_moe
         tables = load_tables(
-            root, system, options, setup.dtype, setup.kv_dtype, moe, device.fp4_tensor_cores
+            root,
+            system,
+            options,
+            setup.dtype,
+            setup.kv_dtype,
+            setup.fp8_scaling,
+            device.fp4_tensor_cores,
         )
-        return cls(device, setup.compute_dtype, tables, setup.dtype)
+        return cls(device, setup.compute_dtype, tables, RooflineBackend.from_config(device, setup))
 
     def time(self, op: Op) -> float:
         self.lookups += 1

@@ -129,10 +129,10 @@ class ProfileBackend:
         device: DeviceSpec,
         dtype: str,
         points: list[ProfilePoint],
-        weight_dtype: str | None = None,
+        fallback: RooflineBackend | None = None,
     ) -> None:
         self.device = device
-        self.fallback = RooflineBackend(device, dtype, weight_dtype)
+        self.fallback = RooflineBackend(device, dtype) if fallback is None else fallback
         self.curves = build_curves(points)
         self.lookups = 0
         self.fallbacks: Counter[str] = Counter()
@@ -156,7 +156,7 @@ class ProfileBackend:
                 f"perf.profile_dir {setup.perf.profile_dir}: no table for dtype {setup.dtype} "
                 f"(tables hold: {have})"
             )
-        return cls(device, setup.compute_dtype, usable, setup.dtype)
+        return cls(device, setup.compute_dtype, usable, RooflineBackend.from_config(device, setup))
 
     def time(self, op: Op) -> float:
         self.lookups += 1

@@ -36,10 +36,17 @@ MEMORY_OP_PROXIES: dict[str, str] = {ACT_QUANT: "mlp_act"}
 
 @mypyc_attr(allow_interpreted_subclasses=True)
 class RooflineBackend:
-    def __init__(self, device: DeviceSpec, dtype: str, weight_dtype: str | None = None) -> None:
+    def __init__(
+        self,
+        device: DeviceSpec,
+        dtype: str,
+        weight_dtype: str | None = None,
+        fp8_scaling: str = "tensor",
+    ) -> None:
         """``dtype``: the math dtype (weight-only int8 / int4 compute in bf16); ``weight_dtype``
-        the weights' own (default: ``dtype``), which picks the fused-MoE entry: weight-only
-        quantized experts have none and time as dense GEMMs."""
+        the weights' own (default: ``dtype``) and, for fp8 weights, ``fp8_scaling`` (tensor or
+        block) pick the fused-MoE entry: weight-only quantized experts have none and time as
+        dense GEMMs."""
         self.device = device
         eff = device.efficiency
         # GEMMs computed in fp8 / fp4 follow their own measured curve, as fractions of that
@@ -71,7 +78,7 @@ class RooflineBackend:
         }
         # Fused-MoE expert GEMMs (calibration.md §7e): their own fraction of the dense curve's
         # compute rate, weight bandwidth and fixed time, where the device has them fitted.
-        moe = eff.moe_curve(dtype if weight_dtype is None else weight_dtype)
+        moe = eff.moe_curve(dtype if weight_dtype is None else weight_dtype, fp8_scaling)
         self._moe_fitted = moe is not None
         self._moe_compute = 1.0 if moe is None else moe.compute
         self._moe_bandwidth = (
@@ -86,7 +93,7 @@ class RooflineBackend:
 
     @classmethod
     def from_config(cls, device: DeviceSpec, setup: PerfSetup) -> RooflineBackend:
-        return cls(device, setup.compute_dtype, setup.dtype)
+        return cls(device, setup.compute_dtype, setup.dtype, setup.fp8_scaling)
 
     def decode_attention_time(self, flops: float, traffic: float) -> float:
         """:meth:`time` of a decode-attention op with ``flops`` > 0, from its work alone: the
