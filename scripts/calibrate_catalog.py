@@ -28,12 +28,17 @@ from pathlib import Path
 from llmservingsim.calibrate.gemm_tables import (
     BANDS,
     DTYPE_PARAMS,
+    SMALL_M,
     TABLE_MODES,
     GemmTableFit,
     band_ratios,
+    compute_dtype_of,
     fit_gemm_tables,
+    gemm_mape,
     gemm_points,
+    launch_bound_tables,
     newest_tables,
+    table_label,
 )
 from llmservingsim.calibrate.moe_tables import MOE_KEYS, fit_moe_tables, weights_of
 from llmservingsim.calibrate.run import ALL_FITTED, calibrate
@@ -97,7 +102,7 @@ def _held(fit: GemmTableFit) -> str:
 def _bands(fit: GemmTableFit, spec: DeviceSpec, paths: list[Path]) -> None:
     """Median fitted / measured time per band of m, per table (calibration.md §7c)."""
     ops, _ = gemm_points(paths, fit.dtype, spec)
-    peak, bandwidth = spec.peak_flops(fit.dtype), spec.memory_bandwidth
+    peak, bandwidth = spec.peak_flops(compute_dtype_of(fit.dtype)), spec.memory_bandwidth
     head = " ".join(f"m {lo}-{hi}" for lo, hi in BANDS)
     for label in fit.tables:
         cells = band_ratios(fit.params, ops.where(ops.model == label), peak, bandwidth, BANDS)
@@ -127,10 +132,19 @@ def table_gemm(root: Path, device: str, eff: Efficiency) -> tuple[Efficiency, st
     _bands(fit, spec, paths)
     dtypes: dict[str, DtypeGemm] = {}
     modes: list[str] = []
-    for dtype in ("fp8", "fp4"):
-        if dtype not in spec.peak_tflops:
+    for dtype in ("fp8", "fp8_block", "fp4"):
+        if compute_dtype_of(dtype) not in spec.peak_tflops:
             continue
-        own = fit_gemm_tables(spec, paths, {"memory": eff.memory}, dtype)
+        used = paths
+        if dtype == "fp8_block":
+            odd = launch_bound_tables(paths, dtype)
+            for path, ratio in odd.items():
+                print(
+                    f"{device}: {dtype} table {table_label(path)} left out: its m <= "
+                    f"{SMALL_M} kernels take {ratio:.1f}x the other engines' (launch-bound)"
+                )
+            used = [p for p in paths if p not in odd]
+        own = fit_gemm_tables(spec, used, {"memory": eff.memory}, dtype)
         if own is None:
             continue
         print(
@@ -139,7 +153,9 @@ def table_gemm(root: Path, device: str, eff: Efficiency) -> tuple[Efficiency, st
             + ", ".join(f"{k} {own.params[k]:.4g}" for k in DTYPE_PARAMS)
             + _held(own)
         )
-        _bands(own, spec, paths)
+        _bands(own, spec, used)
+        if dtype == "fp8_block" and not _block_improves(own, spec, used, dtypes.get("fp8")):
+            continue
         dtypes[dtype] = DtypeGemm(**{k: _round(own.params[k]) for k in DTYPE_PARAMS})
         modes.append(TABLE_MODES[dtype])
     fitted = "compute_max, compute_half_m, kernel_launch_us" + (" and dtype_gemm" if modes else "")
@@ -155,6 +171,32 @@ def table_gemm(root: Path, device: str, eff: Efficiency) -> tuple[Efficiency, st
     if moe_modes:
         source += f"; moe_gemm on its moe_perf {' / '.join(moe_modes)} (§7e)"
     return eff.model_copy(update={"moe_gemm": moe}), source
+
+
+def _block_improves(
+    fit: GemmTableFit, spec: DeviceSpec, paths: list[Path], tensor: DtypeGemm | None
+) -> bool:
+    """Whether the block-scaled fp8 curve predicts each block table, held out, at least a
+    point better (mean over tables) than the per-tensor fp8 curve it would otherwise run on;
+    printed either way."""
+    if tensor is None or len(fit.held_out) < 2:
+        print(f"{spec.name}: fp8_block curve not written: fewer than two tables to hold out")
+        return False
+    ops, _ = gemm_points(paths, "fp8_block", spec)
+    params = {**fit.params, **tensor.model_dump()}
+    peak = spec.peak_flops("fp8")
+    tensor_err = {
+        label: gemm_mape(params, ops.where(ops.model == label), peak, spec.memory_bandwidth)
+        for label in fit.held_out
+    }
+    held = sum(fit.held_out.values()) / len(fit.held_out)
+    dense = sum(tensor_err.values()) / len(tensor_err)
+    better = held <= dense - 1.0
+    print(
+        f"{spec.name}: fp8_block held out {held:.1f}% against the per-tensor curve's "
+        f"{dense:.1f}% on the same tables: {'written' if better else 'not written'}"
+    )
+    return better
 
 
 def table_moe(system_dir: Path, spec: DeviceSpec) -> tuple[dict[str, MoeGemm], list[str]]:

@@ -778,3 +778,24 @@ def test_engine_text_names_the_seqs_and_budget_the_run_uses() -> None:
     assert "no_evict, whole prompts, 2048 seqs, 8192 tok/step" in trt.engine
     long = _recipe_point(tensor_parallel="8", num_gpus="8", input_len="8192")
     assert "no_evict, chunked, 2048 seqs, 8192 tok/step" in long.engine
+
+
+@pytest.mark.parametrize(
+    ("model", "dtype", "scaling"),
+    [
+        ("RedHatAI/Llama-4-Scout-17B-16E-Instruct-FP8-dynamic", "FP8", "tensor"),
+        ("mistralai/Mixtral-8x7B-Instruct-v0.1", "fp8", "tensor"),
+        ("mistralai/Mixtral-8x7B-Instruct-v0.1", "fp16", None),  # not fp8: no key
+        ("deepseek-ai/DeepSeek-R1", "fp8", None),  # auto: block for a MoE model
+        ("meta-llama/Llama-3.1-8B", "fp8", None),  # auto: tensor for a dense one
+    ],
+)
+def test_fp8_rows_run_their_checkpoints_scaling(
+    model: str, dtype: str, scaling: str | None
+) -> None:
+    """A published fp8 checkpoint whose scaling the simulator's auto would miss says so."""
+    scenario = scenario_for(_row(model=model, dtype=dtype), Path("."), [])
+    assert isinstance(scenario, Scenario)
+    keys = [o for o in scenario.overrides if o.startswith("fp8_scaling=")]
+    assert keys == ([f"fp8_scaling={scaling}"] if scaling else [])
+    assert ("fp8 weights scaled per" in " ".join(scenario.notes)) == (scaling is not None)

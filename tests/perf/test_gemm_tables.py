@@ -12,10 +12,12 @@ from device_helpers import HARDWARE, device_file_with
 from llmservingsim.calibrate.fit import GEMM_PARAMS
 from llmservingsim.calibrate.gemm_tables import (
     DTYPE_PARAMS,
+    LAUNCH_BOUND_RATIO,
     OPERAND_BYTES,
     TABLE_MODES,
     fit_gemm_tables,
     gemm_points,
+    launch_bound_tables,
     newest_tables,
 )
 from llmservingsim.calibrate.transfer import replace_efficiency_block
@@ -215,9 +217,12 @@ def test_a_bad_dtype_curve_is_one_error_naming_file_and_key(
 
 
 @pytest.mark.skipif(default_tables_root() is None, reason="aiconfigurator-core not installed")
-@pytest.mark.parametrize(("device", "dtype"), [("h100-sxm", "fp8"), ("b200", "fp4")])
+@pytest.mark.parametrize(
+    ("device", "dtype"), [("h100-sxm", "fp8"), ("b200", "fp4"), ("h200", "fp8_block")]
+)
 def test_shipped_dtype_curves_reproduce_from_the_installed_tables(device: str, dtype: str) -> None:
-    """scripts/calibrate_catalog.py wrote efficiency.dtype_gemm from the tables (§7c)."""
+    """scripts/calibrate_catalog.py wrote efficiency.dtype_gemm from the tables (§7c); the
+    block-scaled curve without the launch-bound table."""
     root = default_tables_root()
     assert root is not None
     spec = load_device(device)
@@ -225,6 +230,9 @@ def test_shipped_dtype_curves_reproduce_from_the_installed_tables(device: str, d
         update={"efficiency": spec.efficiency.model_copy(update={"dtype_gemm": {}})}
     )
     tables = newest_tables(root / "data" / SYSTEM_OF_DEVICE[device])
+    odd = launch_bound_tables(tables, dtype)
+    assert [p.parent.parent.name for p in odd] == (["vllm"] if dtype == "fp8_block" else [])
+    tables = [t for t in tables if t not in odd]
     fit = fit_gemm_tables(bare, tables, {"memory": spec.efficiency.memory}, dtype)
     assert fit is not None and fit.dropped == 0
     shipped = spec.efficiency.dtype_gemm[dtype]
@@ -245,3 +253,44 @@ def test_shipped_gemm_values_reproduce_from_the_installed_tables(device: str) ->
     assert fit.mape < 10.0
     for name in GEMM_PARAMS:
         assert getattr(shipped, name) == pytest.approx(fit.params[name], rel=0.01), name
+
+
+def _small_m_table(path: Path, mode: str, seconds: float) -> None:
+    rows: dict[str, list[object]] = {"gemm_dtype": [], "m": [], "n": [], "k": [], "latency": []}
+    for m in (1, 16, 1024):
+        for n, k in NKS:
+            for key, value in zip(rows, (mode, m, n, k, seconds * 1e3 * m**0.5), strict=True):
+                rows[key].append(value)
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.table(rows), path)
+
+
+def test_a_launch_bound_table_is_the_odd_one_out(tmp_path: Path) -> None:
+    """A table whose small-m kernels take several times the other engines' is left out of
+    the pooled fp8_block fit; two tables alone cannot tell which one is odd."""
+    paths = [tmp_path / f"{e}/1.0/gemm_perf.parquet" for e in ("sglang", "trtllm", "vllm")]
+    _small_m_table(paths[0], "fp8_block", 5e-6)
+    _small_m_table(paths[1], "fp8_block", 6e-6)
+    _small_m_table(paths[2], "fp8_block", 60e-6)
+    odd = launch_bound_tables(paths, "fp8_block")
+    assert list(odd) == [paths[2]] and odd[paths[2]] > LAUNCH_BOUND_RATIO
+    assert launch_bound_tables(paths, "fp8") == {}  # no rows of that mode
+    assert launch_bound_tables(paths[1:], "fp8_block") == {}
+
+
+def test_block_scaled_fp8_runs_its_own_dense_curve() -> None:
+    """fp8_scaling: block times dense fp8 GEMMs on dtype_gemm.fp8_block, and on fp8's curve
+    where the device has no block curve."""
+    device = load_device("h200")
+    op = Op("qkv_proj", "gemm", 2.0 * 16 * 4096 * 4096, 16 * 4096 * 2 + 4096 * 4096, m=16)
+    block = RooflineBackend(device, "fp8", None, "block").time(op)
+    tensor = RooflineBackend(device, "fp8", None, "tensor").time(op)
+    curves = device.efficiency.dtype_gemm
+    assert block != tensor
+    assert block - tensor == pytest.approx(
+        (curves["fp8_block"].kernel_launch_us - curves["fp8"].kernel_launch_us) * 1e-6
+    )  # memory bound at m 16: the curves differ by their fixed cost
+    only_tensor = {"fp8": curves["fp8"]}
+    eff = device.efficiency.model_copy(update={"dtype_gemm": only_tensor})
+    bare = device.model_copy(update={"efficiency": eff})
+    assert RooflineBackend(bare, "fp8", None, "block").time(op) == pytest.approx(tensor)

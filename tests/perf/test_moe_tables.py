@@ -209,7 +209,8 @@ def test_one_engine_alone_is_not_written(tmp_path: Path) -> None:
 def test_dense_kernels_are_not_written(tmp_path: Path) -> None:
     """Tables the dense curve already matches give an entry no better on held-out engines."""
     device = load_device("h200")
-    dense_like = MoeGemm(compute=1.0, half_dim=0.0, memory=0.8666, launch_us=7.962)
+    block = device.efficiency.dtype_gemm["fp8_block"]  # the dense curve block experts run on
+    dense_like = MoeGemm(compute=1.0, memory=0.8666, launch_us=block.kernel_launch_us)
     system = tmp_path / "h200_sxm"
     _table(system / "moe/vllm/0.24.0/moe_perf.parquet", device, dense_like)
     _table(system / "moe/sglang/0.5.14/moe_perf.parquet", device, dense_like)

@@ -37,10 +37,22 @@ BANDS: BANDS_T = ((1, 16), (64, 256), (512, 1024), (2048, 4096), (8192, 16384))
 
 SERVING_NK = (1024, 32768)  # n and k of the GEMMs of served models (as §7d compares)
 TABLE = "gemm_perf.parquet"
-# simulator compute dtype -> the table's gemm_dtype (fp8: per-tensor scaled W8A8; fp4: NVFP4)
-TABLE_MODES = {"bf16": "bfloat16", "fp8": "fp8", "fp4": "nvfp4"}
-OPERAND_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5}  # weights and quantized activations
+# GEMM curve (bf16's, or an efficiency.dtype_gemm key) -> the table's gemm_dtype (fp8:
+# per-tensor scaled W8A8; fp8_block: 128-block scaled weights, 1x128-group scaled activations;
+# fp4: NVFP4)
+TABLE_MODES = {"bf16": "bfloat16", "fp8": "fp8", "fp8_block": "fp8_block", "fp4": "nvfp4"}
+OPERAND_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp8_block": 1.0, "fp4": 0.5}  # weights, activations
 DTYPE_PARAMS = ("compute_max", "compute_half_m", "kernel_launch_us")  # efficiency.dtype_gemm
+# A table whose smallest-m kernels take this many times the other engines' (median over the
+# shapes they share) is left out of a pooled fit: it timed a launch-bound path (a Triton
+# kernel launched from Python outside a CUDA graph), not the kernel the engine serves with.
+LAUNCH_BOUND_RATIO = 3.0
+SMALL_M = 16
+
+
+def compute_dtype_of(curve: str) -> str:
+    """The compute dtype (peak, operand width) of a GEMM curve key: fp8_block computes in fp8."""
+    return "fp8" if curve == "fp8_block" else curve
 
 
 @dataclass(frozen=True)
@@ -95,7 +107,11 @@ def gemm_points(
     quantized = operand < 2.0
     if quantized and device is None:
         raise ValueError(f"gemm_points: dtype {dtype} needs the device (activation quantization)")
-    quant_backend = RooflineBackend(device, dtype) if quantized and device is not None else None
+    quant_backend = (
+        RooflineBackend(device, compute_dtype_of(dtype))
+        if quantized and device is not None
+        else None
+    )
     m_, n_, k_, s_, label_ = [], [], [], [], []
     dropped = 0
     lo, hi = SERVING_NK
@@ -138,6 +154,41 @@ def gemm_points(
     return ops, dropped
 
 
+def launch_bound_tables(paths: list[Path], dtype: str) -> dict[Path, float]:
+    """The tables of ``paths`` whose ``dtype`` kernels at m <= SMALL_M take more than
+    LAUNCH_BOUND_RATIO times the other tables' (median over the (m, n, k) they all measured),
+    with that ratio. Such a table measured a launch-bound path; a pooled fit leaves it out."""
+    import pyarrow.parquet as pq
+
+    mode = TABLE_MODES[dtype]
+    small: dict[Path, dict[tuple[int, int, int], float]] = {}
+    for path in paths:
+        cols = pq.read_table(path, columns=["gemm_dtype", "m", "n", "k", "latency"]).to_pydict()
+        best: dict[tuple[int, int, int], float] = {}
+        rows = zip(
+            cols["gemm_dtype"], cols["m"], cols["n"], cols["k"], cols["latency"], strict=True
+        )
+        for row_mode, m, n, k, latency_ms in rows:
+            if row_mode == mode and m <= SMALL_M and latency_ms > 0:
+                key = (int(m), int(n), int(k))
+                best[key] = min(float(latency_ms), best.get(key, float("inf")))
+        if best:
+            small[path] = best
+    out: dict[Path, float] = {}
+    if len(small) < 3:  # with two tables neither is the odd one out
+        return out
+    shared = set.intersection(*(set(t) for t in small.values()))
+    if not shared:
+        return out
+    for path, table in small.items():
+        others = [t for p, t in small.items() if p != path]
+        ratios = [table[key] / float(np.median([t[key] for t in others])) for key in shared]
+        ratio = float(np.median(ratios))
+        if ratio > LAUNCH_BOUND_RATIO:
+            out[path] = ratio
+    return out
+
+
 def gemm_mape(params: dict[str, float], ops: OpArrays, peak: float, bandwidth: float) -> float:
     return float(ape(_gemm_time(params, ops, peak, bandwidth), ops.seconds).mean())
 
@@ -156,7 +207,7 @@ def fit_gemm_tables(
         return None
     fix = fix or {}
     weight_bytes = OPERAND_BYTES[dtype]
-    peak, bandwidth = device.peak_flops(dtype), device.memory_bandwidth
+    peak, bandwidth = device.peak_flops(compute_dtype_of(dtype)), device.memory_bandwidth
 
     def fit(points: OpArrays) -> tuple[dict[str, float], float]:
         return fit_gemm(points, peak, bandwidth, device.efficiency, fix, weight_bytes)

@@ -176,7 +176,8 @@ def _mape(pred: Floats, points: list[MoePoint]) -> float:
 
 
 def _fit(device: DeviceSpec, key: str, points: list[MoePoint]) -> MoeGemm:
-    compute_max = device.efficiency.gemm_curve(device.gemm_dtype(weights_of(key)[0]))[0]
+    dtype, scaling = weights_of(key)
+    compute_max = device.efficiency.gemm_curve(device.gemm_dtype(dtype), scaling)[0]
     lower = np.array([0.05, 0.0, 0.05, 0.0, 0.0])
     upper = np.array([min(4.0, 1.0 / compute_max), 4096.0, 1.0, 1000.0, 200.0])
     log_measured = np.log(np.array([p.seconds for p in points], dtype=float))
@@ -240,7 +241,7 @@ def fit_moe_tables(device: DeviceSpec, system_dir: Path, key: str) -> MoeTableFi
             mine = where(label, True)
             held_out[label] = _mape(predicted(device, key, held, mine), mine)
     dense_per_table = {
-        label: _mape(_dense_times(device, dtype, where(label, True)), where(label, True))
+        label: _mape(_dense_times(device, key, where(label, True)), where(label, True))
         for label in labels
     }
     return MoeTableFit(
@@ -251,13 +252,15 @@ def fit_moe_tables(device: DeviceSpec, system_dir: Path, key: str) -> MoeTableFi
         mode=mode,
         per_table=per_table,
         held_out=held_out,
-        before=_mape(_dense_times(device, dtype, points), points),
+        before=_mape(_dense_times(device, key, points), points),
         dense_per_table=dense_per_table,
     )
 
 
-def _dense_times(device: DeviceSpec, dtype: str, points: list[MoePoint]) -> Floats:
-    """Each point's time with the expert GEMMs on the dense GEMM curve (no MoE entry)."""
+def _dense_times(device: DeviceSpec, key: str, points: list[MoePoint]) -> Floats:
+    """Each point's time with the expert GEMMs on the dense GEMM curve they would otherwise
+    run (no MoE entry; block-scaled fp8 on the fp8_block curve where the device has one)."""
+    dtype, scaling = weights_of(key)
     eff = device.efficiency.model_copy(update={"moe_gemm": {}})
-    backend = RooflineBackend(device.model_copy(update={"efficiency": eff}), dtype)
+    backend = RooflineBackend(device.model_copy(update={"efficiency": eff}), dtype, None, scaling)
     return np.array([sum(backend.time(op) for op in p.ops) for p in points], dtype=float)

@@ -99,10 +99,12 @@ class MemoryOpEfficiency(_Strict):
     min_rows: Tokens = Field(default=1.0, ge=1, description="rows of one full wave")
 
 
-GemmDtype = Literal["fp8", "fp4"]
+GemmDtype = Literal["fp8", "fp8_block", "fp4"]
 """Compute dtypes with a GEMM curve of their own (bf16's is the top-level one; int8 and int4
 weights are weight-only, computed in 16 bits on bf16's curve; MXFP4 weights compute in fp8 on
-a device with FP4 tensor cores, else in bf16: DeviceSpec.gemm_dtype)."""
+a device with FP4 tensor cores, else in bf16: DeviceSpec.gemm_dtype). fp8 is per-tensor
+scaled; fp8_block is fp8 with 128x128-block scaled weights (``fp8_scaling: block``), at the
+fp8 peak, falling back to fp8's curve where the device has none."""
 
 
 class DtypeGemm(_Strict):
@@ -186,12 +188,15 @@ class Efficiency(_Strict):
         description="CPU time per sequence in the batch per step"
     )
 
-    def gemm_curve(self, dtype: str) -> tuple[float, float, float]:
+    def gemm_curve(self, dtype: str, fp8_scaling: str = "tensor") -> tuple[float, float, float]:
         """(compute_max, compute_half_m, kernel_launch_us) of GEMMs computed in ``dtype``: its
-        own entry of ``dtype_gemm``, else the bf16 curve."""
-        for name, own in self.dtype_gemm.items():
-            if name == dtype:
-                return own.compute_max, own.compute_half_m, own.kernel_launch_us
+        own entry of ``dtype_gemm`` (block-scaled fp8: fp8_block's where fitted), else the
+        bf16 curve."""
+        keys = ("fp8_block", dtype) if dtype == "fp8" and fp8_scaling == "block" else (dtype,)
+        for key in keys:
+            for name, own in self.dtype_gemm.items():
+                if name == key:
+                    return own.compute_max, own.compute_half_m, own.kernel_launch_us
         return self.compute_max, self.compute_half_m, self.kernel_launch_us
 
     def moe_curve(self, dtype: str, fp8_scaling: str = "tensor") -> MoeGemm | None:
@@ -277,7 +282,7 @@ class DeviceSpec(_Strict):
     @model_validator(mode="after")
     def _gemm_dtypes_have_a_peak(self) -> DeviceSpec:
         for dtype in self.efficiency.dtype_gemm:
-            if dtype not in self.peak_tflops:
+            if ("fp8" if dtype == "fp8_block" else dtype) not in self.peak_tflops:
                 raise ValueError(
                     f"efficiency.dtype_gemm.{dtype}: a GEMM curve for a dtype without a "
                     f"peak_tflops entry (the device lists {', '.join(self.peak_tflops)})"

@@ -678,6 +678,21 @@ def _workload(
     return sets, f"fixed {int(isl)}/{int(osl)} ×{count} {rate_text}", notes
 
 
+# llm-compressor's FP8_DYNAMIC scheme (Red Hat / Neural Magic "-FP8-dynamic" checkpoints):
+# per-channel fp8 weight scales and per-token dynamic activation scales, the per-tensor kernels.
+FP8_DYNAMIC = re.compile(r"fp8[-_]dynamic", re.IGNORECASE)
+
+
+def fp8_checkpoint_scaling(model: str, rule: ModelRule) -> tuple[str, str]:
+    """The ``fp8_scaling`` of the published fp8 checkpoint ``model`` (auto: the simulator's
+    default for the catalog model) and why."""
+    if FP8_DYNAMIC.search(model):
+        return "tensor", "a compressed-tensors FP8_DYNAMIC checkpoint (per-channel weight scales)"
+    if rule.fp8_scaling != "auto":
+        return rule.fp8_scaling, "as the model's published FP8 checkpoints"
+    return "auto", ""
+
+
 def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]) -> Scenario | str:
     """The simulation that reproduces ``row``, or why none can be built from it."""
     if row["metric"] not in METRICS:
@@ -790,9 +805,11 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     if rule.note:
         notes.append(rule.note)
     scaling: list[str] = []
-    if dtype == "fp8" and rule.fp8_scaling != "auto":
-        scaling.append(f"fp8_scaling={rule.fp8_scaling}")
-        notes.append(f"fp8 weights scaled per {rule.fp8_scaling}, as the published checkpoints")
+    if dtype == "fp8":
+        fp8_scaling, why = fp8_checkpoint_scaling(row["model"], rule)
+        if fp8_scaling != "auto":
+            scaling.append(f"fp8_scaling={fp8_scaling}")
+            notes.append(f"fp8 weights scaled per {fp8_scaling}: {why}")
     preset = engine_preset(row)
     if preset:
         notes.append(f"engine {preset}: its preset's frontend and host model (docs/engines.md)")

@@ -54,7 +54,7 @@ class RooflineBackend:
         # kernels carry scaled epilogues): one formula, per-dtype parameters. ``dtype`` is the
         # device-independent math dtype; MXFP4 computes in fp8 where FP4 tensor cores exist.
         self._peak = device.peak_flops(dtype)
-        compute_max, half_m, launch_us = eff.gemm_curve(device.gemm_dtype(dtype))
+        compute_max, half_m, launch_us = eff.gemm_curve(device.gemm_dtype(dtype), fp8_scaling)
         self._bandwidth = device.memory_bandwidth * eff.memory
         self._launch = eff.kernel_launch_us * 1e-6
         self._gemm_launch = launch_us * 1e-6
