@@ -19,7 +19,7 @@ small m).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +82,23 @@ def table_label(path: Path) -> str:
     return f"{path.parent.parent.name} {path.parent.name}"
 
 
+def fastest_rows(
+    path: Path, mode: str, keep: Callable[[int, int, int], bool]
+) -> dict[tuple[int, int, int], float]:
+    """(m, n, k) -> latency (ms) of the ``mode`` rows of one table that ``keep`` accepts; a
+    shape measured twice (several kernels) keeps the fastest, as the engine would pick it."""
+    import pyarrow.parquet as pq
+
+    cols = pq.read_table(path, columns=["gemm_dtype", "m", "n", "k", "latency"]).to_pydict()
+    best: dict[tuple[int, int, int], float] = {}
+    rows = zip(cols["gemm_dtype"], cols["m"], cols["n"], cols["k"], cols["latency"], strict=True)
+    for row_mode, m, n, k, latency_ms in rows:
+        if row_mode == mode and latency_ms > 0 and keep(int(m), int(n), int(k)):
+            key = (int(m), int(n), int(k))
+            best[key] = min(float(latency_ms), best.get(key, float("inf")))
+    return best
+
+
 def gemm_points(
     paths: list[Path], dtype: str = "bf16", device: DeviceSpec | None = None
 ) -> tuple[OpArrays, int]:
@@ -100,8 +117,6 @@ def gemm_points(
     — the roofline's own, on ``device`` — is taken off each row, and the curve fits the GEMM
     alone. Rows not longer than it are dropped (none in the shipped tables).
     """
-    import pyarrow.parquet as pq
-
     mode = TABLE_MODES[dtype]
     operand = OPERAND_BYTES[dtype]
     quantized = operand < 2.0
@@ -116,27 +131,18 @@ def gemm_points(
     dropped = 0
     lo, hi = SERVING_NK
     for path in paths:
-        cols = pq.read_table(path, columns=["gemm_dtype", "m", "n", "k", "latency"]).to_pydict()
-        best: dict[tuple[int, int, int], float] = {}
-        rows = zip(
-            cols["gemm_dtype"], cols["m"], cols["n"], cols["k"], cols["latency"], strict=True
-        )
-        for row_mode, m, n, k, latency_ms in rows:
-            if row_mode != mode or not (lo <= n <= hi and lo <= k <= hi) or latency_ms <= 0:
-                continue
-            key = (int(m), int(n), int(k))
-            best[key] = min(float(latency_ms), best.get(key, float("inf")))
+        best = fastest_rows(path, mode, lambda m, n, k: lo <= n <= hi and lo <= k <= hi)
         label = table_label(path)
-        for (m, n, k), latency_ms in sorted(best.items()):
+        for (rows_m, cols_n, depth_k), latency_ms in sorted(best.items()):
             seconds = latency_ms * 1e-3
             if quant_backend is not None:
-                seconds -= quant_backend.time(act_quant(m, k, 2.0, operand))
+                seconds -= quant_backend.time(act_quant(rows_m, depth_k, 2.0, operand))
                 if seconds <= 0.0:
                     dropped += 1
                     continue
-            m_.append(m)
-            n_.append(n)
-            k_.append(k)
+            m_.append(rows_m)
+            n_.append(cols_n)
+            k_.append(depth_k)
             s_.append(seconds)
             label_.append(label)
     m, n, k = (np.array(v, dtype=float) for v in (m_, n_, k_))
@@ -158,20 +164,10 @@ def launch_bound_tables(paths: list[Path], dtype: str) -> dict[Path, float]:
     """The tables of ``paths`` whose ``dtype`` kernels at m <= SMALL_M take more than
     LAUNCH_BOUND_RATIO times the other tables' (median over the (m, n, k) they all measured),
     with that ratio. Such a table measured a launch-bound path; a pooled fit leaves it out."""
-    import pyarrow.parquet as pq
-
     mode = TABLE_MODES[dtype]
     small: dict[Path, dict[tuple[int, int, int], float]] = {}
     for path in paths:
-        cols = pq.read_table(path, columns=["gemm_dtype", "m", "n", "k", "latency"]).to_pydict()
-        best: dict[tuple[int, int, int], float] = {}
-        rows = zip(
-            cols["gemm_dtype"], cols["m"], cols["n"], cols["k"], cols["latency"], strict=True
-        )
-        for row_mode, m, n, k, latency_ms in rows:
-            if row_mode == mode and m <= SMALL_M and latency_ms > 0:
-                key = (int(m), int(n), int(k))
-                best[key] = min(float(latency_ms), best.get(key, float("inf")))
+        best = fastest_rows(path, mode, lambda m, n, k: m <= SMALL_M)
         if best:
             small[path] = best
     out: dict[Path, float] = {}
