@@ -32,7 +32,6 @@ from llmservingsim.calibrate.gemm_tables import (
     TABLE_MODES,
     GemmTableFit,
     band_ratios,
-    compute_dtype_of,
     fit_gemm_tables,
     gemm_mape,
     gemm_points,
@@ -50,7 +49,13 @@ from llmservingsim.calibrate.transfer import (
 )
 from llmservingsim.catalog import load_device
 from llmservingsim.hardware.backends.kernel_db import SYSTEM_OF_DEVICE, default_tables_root
-from llmservingsim.hardware.device import DeviceSpec, DtypeGemm, Efficiency, MoeGemm
+from llmservingsim.hardware.device import (
+    DeviceSpec,
+    DtypeGemm,
+    Efficiency,
+    MoeGemm,
+    kernel_compute_dtype,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 HARDWARE = REPO / "src" / "llmservingsim" / "data" / "hardware"
@@ -102,7 +107,7 @@ def _held(fit: GemmTableFit) -> str:
 def _bands(fit: GemmTableFit, spec: DeviceSpec, paths: list[Path]) -> None:
     """Median fitted / measured time per band of m, per table (calibration.md §7c)."""
     ops, _ = gemm_points(paths, fit.dtype, spec)
-    peak, bandwidth = spec.peak_flops(compute_dtype_of(fit.dtype)), spec.memory_bandwidth
+    peak, bandwidth = spec.peak_flops(kernel_compute_dtype(fit.dtype)), spec.memory_bandwidth
     head = " ".join(f"m {lo}-{hi}" for lo, hi in BANDS)
     for label in fit.tables:
         cells = band_ratios(fit.params, ops.where(ops.model == label), peak, bandwidth, BANDS)
@@ -133,7 +138,7 @@ def table_gemm(root: Path, device: str, eff: Efficiency) -> tuple[Efficiency, st
     dtypes: dict[str, DtypeGemm] = {}
     modes: list[str] = []
     for dtype in ("fp8", "fp8_block", "fp4"):
-        if compute_dtype_of(dtype) not in spec.peak_tflops:
+        if kernel_compute_dtype(dtype) not in spec.peak_tflops:
             continue
         used = paths
         if dtype == "fp8_block":
@@ -179,7 +184,10 @@ def _block_improves(
     """Whether the block-scaled fp8 curve predicts each block table, held out, at least a
     point better (mean over tables) than the per-tensor fp8 curve it would otherwise run on;
     printed either way."""
-    if tensor is None or len(fit.held_out) < 2:
+    if tensor is None:
+        print(f"{spec.name}: fp8_block curve not written: no per-tensor fp8 curve to compare")
+        return False
+    if len(fit.held_out) < 2:
         print(f"{spec.name}: fp8_block curve not written: fewer than two tables to hold out")
         return False
     ops, _ = gemm_points(paths, "fp8_block", spec)

@@ -54,6 +54,7 @@ from scipy.optimize import least_squares, nnls
 
 from llmservingsim.config import build_config
 from llmservingsim.simulation import load_requests, simulate
+from llmservingsim.validate.scenario import published_fp8_scaling
 from llmservingsim.validate.sources import (
     BLIS_PROMPT_GROUPS,
     BLIS_PROMPTS_PER_GROUP,
@@ -230,6 +231,14 @@ def blis_requests(
     return specs
 
 
+def fp8_scaling_of(exp: dict[str, Any]) -> str | None:
+    """The experiment's fp8_scaling as validate sets it (its checkpoint's), None for auto."""
+    if "fp8" not in exp["precision"].lower():
+        return None
+    scaling = published_fp8_scaling(exp["model"])
+    return None if scaling == "auto" else scaling
+
+
 def blis_config(exp: dict[str, Any], frontend: dict[str, Any]) -> Any:
     scheduler: dict[str, Any] = {
         "max_num_seqs": int(exp["max_num_seqs"]),
@@ -243,6 +252,7 @@ def blis_config(exp: dict[str, Any], frontend: dict[str, Any]) -> Any:
         "model": BLIS_MODELS[exp["model"]],
         "hardware": "h100-sxm",
         "dtype": "fp8" if "fp8" in exp["precision"].lower() else "fp16",
+        **({"fp8_scaling": fp8} if (fp8 := fp8_scaling_of(exp)) else {}),
         "max_model_len": 4096,
         "cluster": {"tensor_parallel": int(exp["tp"])},
         "scheduler": scheduler,

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from llmservingsim.errors import ConfigError
-from llmservingsim.model.spec import weight_only_quantized
+from llmservingsim.model.spec import Fp8Scaling, weight_only_quantized
 from llmservingsim.ranges import (
     MAX_COUNT,
     MAX_TOKENS,
@@ -46,7 +46,7 @@ from llmservingsim.ranges import (
 
 WeightDtype = Literal["fp32", "bf16", "fp16", "fp8", "fp4", "mxfp4", "int8", "int4"]
 KvDtype = Literal["auto", "fp32", "bf16", "fp16", "fp8"]
-Fp8Scaling = Literal["auto", "tensor", "block"]
+Fp8ScalingSetting = Literal["auto", "tensor", "block"]
 
 # Ranges of numbers: ranges.py.
 
@@ -1209,13 +1209,13 @@ class SimConfig(_Section):
     weight-only in bf16 elsewhere, with 16-bit embeddings, LM head and KV cache."""
     kv_dtype: KvDtype = "auto"
     """KV-cache dtype; auto = dtype (bf16 for int8/int4/mxfp4 weights, fp8 for fp4 weights)."""
-    fp8_scaling: Fp8Scaling = "auto"
+    fp8_scaling: Fp8ScalingSetting = "auto"
     """dtype fp8: how the checkpoint scales its fp8 weights, which picks the kernels that time
     them (the fused-MoE efficiency entry, the kernel tables' fp8 mode): tensor (one scale per
     tensor: NVIDIA ModelOpt FP8 checkpoints such as Llama-3.1 and Mixtral FP8) or block (one
     per 128x128 block: DeepSeek-V3/R1, Qwen3 FP8); auto: what the model's config.json says
-    (its quantization_config), else block for mixture-of-experts models and tensor for dense
-    ones. Only with dtype fp8."""
+    (its quantization_config, or the catalog's llmservingsim.fp8_checkpoint note), else block
+    for mixture-of-experts models and tensor for dense ones. Only with dtype fp8."""
     hardware: str = "h100-sxm"
     """Catalog name (llmservingsim catalog hardware) or path to a device YAML."""
     max_model_len: int | None = Field(default=None, ge=1)
@@ -1284,17 +1284,17 @@ class SimConfig(_Section):
             )
         return self
 
-    def resolved_fp8_scaling(self, is_moe: bool, checkpoint: str = "") -> str:
-        """``fp8_scaling`` with auto resolved for a model: what its config.json's
-        ``quantization_config`` says (``checkpoint``, ModelSpec.fp8_checkpoint), else block
-        for MoE and tensor for dense models; "none" when the weights are not fp8."""
+    def resolved_fp8_scaling(self, is_moe: bool, checkpoint: str = "") -> Fp8Scaling:
+        """``fp8_scaling`` with auto resolved for a model: what its config.json says
+        (``checkpoint``, ModelSpec.fp8_checkpoint), else block for MoE and tensor for dense
+        models; "none" when the weights are not fp8."""
         if self.dtype != "fp8":
             return "none"
         if self.fp8_scaling != "auto":
             return self.fp8_scaling
-        if checkpoint:
-            return checkpoint
-        return "block" if is_moe else "tensor"
+        if checkpoint == "block" or (not checkpoint and is_moe):
+            return "block"
+        return "tensor"
 
     @model_validator(mode="after")
     def _admission_names_clients(self) -> SimConfig:

@@ -784,8 +784,8 @@ def test_engine_text_names_the_seqs_and_budget_the_run_uses() -> None:
     ("model", "dtype", "scaling"),
     [
         ("RedHatAI/Llama-4-Scout-17B-16E-Instruct-FP8-dynamic", "FP8", "tensor"),
-        ("mistralai/Mixtral-8x7B-Instruct-v0.1", "fp8", "tensor"),
-        ("mistralai/Mixtral-8x7B-Instruct-v0.1", "fp16", None),  # not fp8: no key
+        ("mistralai/Mixtral-8x7B-Instruct-v0.1", "fp8", None),  # the catalog's note: tensor
+        ("neuralmagic/Mixtral-8x7B-Instruct-v0.1-FP8-dynamic", "fp16", None),  # not fp8
         ("deepseek-ai/DeepSeek-R1", "fp8", None),  # auto: block for a MoE model
         ("meta-llama/Llama-3.1-8B", "fp8", None),  # auto: tensor for a dense one
     ],

@@ -333,3 +333,24 @@ def test_vllm_0_19_fit_reproduces_from_the_script() -> None:
     fitted = {"0.19": module.fit_vllm019(DATA)}
     shipped = yaml.safe_load(module.FITS.read_text())["versions"]
     assert module.differs(fitted, shipped) == []
+
+
+def test_the_fit_runs_each_blis_experiment_with_validates_fp8_scaling() -> None:
+    """The frontend is fitted on the same simulated GPU time validate compares: an
+    FP8-dynamic checkpoint per tensor in both, a bf16 one without the key."""
+    from llmservingsim.validate.scenario import published_fp8_scaling
+
+    module = _fit_script()
+    scout = {
+        "model": "RedHatAI/Llama-4-Scout-17B-16E-Instruct-FP8-dynamic",
+        "precision": "FP8",
+        "max_num_seqs": "128",
+        "max_num_batched_tokens": "2048",
+        "total_kv_blocks_gpu": "",
+        "tp": "2",
+    }
+    assert published_fp8_scaling(scout["model"]) == "tensor"
+    cfg = module.blis_config(scout, {})
+    assert cfg.fp8_scaling == "tensor" and cfg.dtype == "fp8"
+    bf16 = {**scout, "model": "meta-llama/Llama-2-7b-hf", "precision": "FP16", "tp": "1"}
+    assert module.blis_config(bf16, {}).fp8_scaling == "auto"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from importlib.resources import files
+from pathlib import Path
 
 import pytest
 
@@ -259,3 +260,25 @@ def test_fp8_checkpoint_scaling_read_from_the_config(quantization: object, scali
     cfg = load_config(None, ["dtype=fp8"])
     assert cfg.resolved_fp8_scaling(spec.is_moe, spec.fp8_checkpoint) == (scaling or "tensor")
     assert load_model("deepseek-v3").fp8_checkpoint == "block"
+
+
+def test_the_catalog_notes_published_fp8_checkpoints_that_auto_would_miss(tmp_path: Path) -> None:
+    """Mixtral's and Llama-4's FP8 checkpoints scale per tensor / channel / row, not in the
+    blocks auto assumes for MoE models: their catalog configs say so, and a bad note is one
+    error naming the file."""
+    for name in ("mixtral-8x7b", "mixtral-8x22b", "llama-4-scout", "llama-4-maverick"):
+        assert load_model(name).fp8_checkpoint == "tensor"
+        cfg = load_config(
+            None, [f"model={name}", "dtype=fp8", "hardware=b200", "cluster.tensor_parallel=8"]
+        )
+        setup = resolve(cfg).perf
+        assert setup.fp8_scaling == "tensor"
+    assert resolve(load_config(None, ["model=qwen3-30b-a3b", "dtype=fp8"])).perf.fp8_scaling == (
+        "block"
+    )
+    raw = json.loads((files("llmservingsim") / "data/models/mixtral-8x7b.json").read_text())
+    raw["llmservingsim"] = {"fp8_checkpoint": "rows"}
+    bad = tmp_path / "config.json"
+    bad.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match=r"config\.json: llmservingsim\.fp8_checkpoint must be"):
+        load_model(str(bad))

@@ -298,7 +298,7 @@ def test_fp8_scaling_picks_the_experts_entry(scaling: str, resolved: str) -> Non
     both = {"fp8_block": entries["block"], "fp8": entries["tensor"]}
     eff = device.efficiency.model_copy(update={"moe_gemm": both})
     device = device.model_copy(update={"efficiency": eff})
-    cfg = load_config(None, ["model=mixtral-8x7b", "dtype=fp8", f"fp8_scaling={scaling}"])
+    cfg = load_config(None, ["model=qwen3-30b-a3b", "dtype=fp8", f"fp8_scaling={scaling}"])
     setup = resolve(cfg).perf
     assert setup.fp8_scaling == resolved
     backend = build_backend(setup, device)

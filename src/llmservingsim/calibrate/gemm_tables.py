@@ -29,7 +29,7 @@ from llmservingsim.calibrate.arrays import OpArrays, ape
 from llmservingsim.calibrate.fit import GEMM_PARAMS, _gemm_time, fit_gemm
 from llmservingsim.hardware.backends.kernel_db import ENGINES, table_versions
 from llmservingsim.hardware.backends.roofline import RooflineBackend
-from llmservingsim.hardware.device import DeviceSpec
+from llmservingsim.hardware.device import DeviceSpec, kernel_compute_dtype
 from llmservingsim.model.fusion import act_quant
 
 BANDS_T = tuple[tuple[int, int], ...]
@@ -48,11 +48,6 @@ DTYPE_PARAMS = ("compute_max", "compute_half_m", "kernel_launch_us")  # efficien
 # kernel launched from Python outside a CUDA graph), not the kernel the engine serves with.
 LAUNCH_BOUND_RATIO = 3.0
 SMALL_M = 16
-
-
-def compute_dtype_of(curve: str) -> str:
-    """The compute dtype (peak, operand width) of a GEMM curve key: fp8_block computes in fp8."""
-    return "fp8" if curve == "fp8_block" else curve
 
 
 @dataclass(frozen=True)
@@ -123,7 +118,7 @@ def gemm_points(
     if quantized and device is None:
         raise ValueError(f"gemm_points: dtype {dtype} needs the device (activation quantization)")
     quant_backend = (
-        RooflineBackend(device, compute_dtype_of(dtype))
+        RooflineBackend(device, kernel_compute_dtype(dtype))
         if quantized and device is not None
         else None
     )
@@ -203,7 +198,7 @@ def fit_gemm_tables(
         return None
     fix = fix or {}
     weight_bytes = OPERAND_BYTES[dtype]
-    peak, bandwidth = device.peak_flops(compute_dtype_of(dtype)), device.memory_bandwidth
+    peak, bandwidth = device.peak_flops(kernel_compute_dtype(dtype)), device.memory_bandwidth
 
     def fit(points: OpArrays) -> tuple[dict[str, float], float]:
         return fit_gemm(points, peak, bandwidth, device.efficiency, fix, weight_bytes)

@@ -39,7 +39,13 @@ from llmservingsim.hardware.backends.kernel_db import (
     table_versions,
 )
 from llmservingsim.hardware.backends.roofline import RooflineBackend
-from llmservingsim.hardware.device import DeviceSpec, MoeDtype, MoeGemm
+from llmservingsim.hardware.device import (
+    DeviceSpec,
+    MoeDtype,
+    MoeGemm,
+    kernel_compute_dtype,
+    kernel_format,
+)
 from llmservingsim.model.moe import expected_experts_touched, routed_expert_ops
 from llmservingsim.model.ops import Op
 from llmservingsim.model.spec import DTYPE_BYTES, activation_bytes
@@ -59,7 +65,8 @@ def weights_of(key: str) -> tuple[str, str]:
     """(weight dtype, fp8 scaling) of the experts an ``efficiency.moe_gemm`` key times."""
     if key not in MOE_KEYS:
         raise ValueError(f"no fused-MoE efficiency key {key!r} (one of {', '.join(MOE_KEYS)})")
-    return ("fp8", "block") if key == "fp8_block" else (key, "tensor")
+    block = key == kernel_format("fp8", "block")
+    return kernel_compute_dtype(key), "block" if block else "tensor"
 
 
 def table_mode(key: str, device: DeviceSpec) -> str | None:

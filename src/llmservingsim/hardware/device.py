@@ -192,8 +192,7 @@ class Efficiency(_Strict):
         """(compute_max, compute_half_m, kernel_launch_us) of GEMMs computed in ``dtype``: its
         own entry of ``dtype_gemm`` (block-scaled fp8: fp8_block's where fitted), else the
         bf16 curve."""
-        keys = ("fp8_block", dtype) if dtype == "fp8" and fp8_scaling == "block" else (dtype,)
-        for key in keys:
+        for key in dict.fromkeys((kernel_format(dtype, fp8_scaling), dtype)):
             for name, own in self.dtype_gemm.items():
                 if name == key:
                     return own.compute_max, own.compute_half_m, own.kernel_launch_us
@@ -209,11 +208,20 @@ class Efficiency(_Strict):
         return None
 
 
+def kernel_format(dtype: str, fp8_scaling: str = "tensor") -> str:
+    """The kernels ``dtype`` runs: fp8 with block-scaled weights runs the ``fp8_block`` ones
+    (the kernel tables' mode, the key of its GEMM and fused-MoE curves), else ``dtype``."""
+    return "fp8_block" if dtype == "fp8" and fp8_scaling == "block" else dtype
+
+
+def kernel_compute_dtype(kernel: str) -> str:
+    """The compute dtype (peak, operand width) of a :func:`kernel_format`: fp8_block's is fp8."""
+    return "fp8" if kernel == "fp8_block" else kernel
+
+
 def moe_key(dtype: str, fp8_scaling: str = "tensor") -> str:
     """The ``efficiency.moe_gemm`` key of experts whose weights are in ``dtype``."""
-    if dtype == "fp16":
-        return "bf16"
-    return "fp8_block" if dtype == "fp8" and fp8_scaling == "block" else dtype
+    return kernel_format("bf16" if dtype == "fp16" else dtype, fp8_scaling)
 
 
 def attention_dtype(dtype: str) -> str:
@@ -282,7 +290,7 @@ class DeviceSpec(_Strict):
     @model_validator(mode="after")
     def _gemm_dtypes_have_a_peak(self) -> DeviceSpec:
         for dtype in self.efficiency.dtype_gemm:
-            if ("fp8" if dtype == "fp8_block" else dtype) not in self.peak_tflops:
+            if kernel_compute_dtype(dtype) not in self.peak_tflops:
                 raise ValueError(
                     f"efficiency.dtype_gemm.{dtype}: a GEMM curve for a dtype without a "
                     f"peak_tflops entry (the device lists {', '.join(self.peak_tflops)})"

@@ -13,12 +13,15 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError
 
 from llmservingsim.errors import ConfigError, InputWarning
 from llmservingsim.ranges import NotBool
+
+Fp8Scaling = Literal["none", "tensor", "block"]
+"""fp8 weights' scaling, resolved (SimConfig.resolved_fp8_scaling); none: not fp8 weights."""
 
 DTYPE_BYTES: dict[str, float] = {
     "fp32": 4.0,
@@ -537,7 +540,23 @@ def parse_hf_config(name: str, cfg: dict[str, Any], where: str | None = None) ->
             raise
         raise ConfigError(f"{where}: {exc}") from None
     scaling = fp8_checkpoint_scaling(cfg.get("quantization_config"))
+    if not scaling:
+        scaling = _catalog_fp8_checkpoint(cfg.get("llmservingsim"), where)
     return dataclasses.replace(spec, fp8_checkpoint=scaling) if scaling else spec
+
+
+def _catalog_fp8_checkpoint(extra: object, where: str) -> str:
+    """The catalog's note on a bf16 config of how the model's published FP8 checkpoints scale
+    (``"llmservingsim": {"fp8_checkpoint": "tensor" | "block", "fp8_checkpoint_source": ...}``,
+    docs/models.md), where they differ from what ``fp8_scaling: auto`` assumes."""
+    if extra is None:
+        return ""
+    value = extra.get("fp8_checkpoint") if isinstance(extra, dict) else extra
+    if value not in ("tensor", "block"):
+        raise ConfigError(
+            f"{where}: llmservingsim.fp8_checkpoint must be tensor or block, got {value!r}"
+        )
+    return str(value)
 
 
 def fp8_checkpoint_scaling(quantization: object) -> str:
@@ -549,8 +568,13 @@ def fp8_checkpoint_scaling(quantization: object) -> str:
     method = str(quantization.get("quant_method", "")).lower()
     if method == "fp8":
         return "block" if quantization.get("weight_block_size") else "tensor"
+    if method == "fbgemm_fp8":  # per-row weight scales (Meta's Llama-4 Maverick FP8)
+        return "tensor"
     if method == "modelopt":
-        return "tensor" if str(quantization.get("quant_algo", "")).upper() == "FP8" else ""
+        algo = str(quantization.get("quant_algo", "")).upper()
+        if not algo.startswith("FP8"):
+            return ""
+        return "block" if "BLOCK" in algo else "tensor"  # FP8, FP8_PER_CHANNEL_PER_TOKEN
     if method == "compressed-tensors":
         groups = quantization.get("config_groups")
         for group in groups.values() if isinstance(groups, dict) else ():

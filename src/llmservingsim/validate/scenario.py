@@ -29,16 +29,11 @@ class ModelRule:
     catalog: str
     published_context: int | None = None  # when the published model's context differs
     note: str = ""
-    fp8_scaling: str = "auto"  # how the published FP8 checkpoints scale, where auto errs
 
-
-# Mixtral's published FP8 checkpoints (NVIDIA ModelOpt's, which TensorRT-LLM's perf overview
-# serves, and Neural Magic's) scale per tensor; the MoE default of fp8_scaling: auto is block.
-MIXTRAL_FP8 = "tensor"
 
 MODELS = (
-    ModelRule(r"mixtral-8x7b", "mixtral-8x7b", fp8_scaling=MIXTRAL_FP8),
-    ModelRule(r"mixtral-8x22b", "mixtral-8x22b", fp8_scaling=MIXTRAL_FP8),
+    ModelRule(r"mixtral-8x7b", "mixtral-8x7b"),
+    ModelRule(r"mixtral-8x22b", "mixtral-8x22b"),
     ModelRule(r"mistral-large(-instruct)?-2407", "mistral-large-2407"),
     ModelRule(r"llama-3\.1-8b", "llama-3.1-8b"),
     ModelRule(r"llama-3\.1-70b", "llama-3.1-70b"),
@@ -683,14 +678,11 @@ def _workload(
 FP8_DYNAMIC = re.compile(r"fp8[-_]dynamic", re.IGNORECASE)
 
 
-def fp8_checkpoint_scaling(model: str, rule: ModelRule) -> tuple[str, str]:
-    """The ``fp8_scaling`` of the published fp8 checkpoint ``model`` (auto: the simulator's
-    default for the catalog model) and why."""
-    if FP8_DYNAMIC.search(model):
-        return "tensor", "a compressed-tensors FP8_DYNAMIC checkpoint (per-channel weight scales)"
-    if rule.fp8_scaling != "auto":
-        return rule.fp8_scaling, "as the model's published FP8 checkpoints"
-    return "auto", ""
+def published_fp8_scaling(model: str) -> str:
+    """``fp8_scaling`` of a run whose published model name is ``model``: tensor for an
+    FP8_DYNAMIC checkpoint, else auto (the catalog model's published FP8 checkpoints: its
+    config's ``llmservingsim.fp8_checkpoint``, else block for MoE models, docs/models.md)."""
+    return "tensor" if FP8_DYNAMIC.search(model) else "auto"
 
 
 def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]) -> Scenario | str:
@@ -805,11 +797,12 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     if rule.note:
         notes.append(rule.note)
     scaling: list[str] = []
-    if dtype == "fp8":
-        fp8_scaling, why = fp8_checkpoint_scaling(row["model"], rule)
-        if fp8_scaling != "auto":
-            scaling.append(f"fp8_scaling={fp8_scaling}")
-            notes.append(f"fp8 weights scaled per {fp8_scaling}: {why}")
+    if dtype == "fp8" and published_fp8_scaling(row["model"]) != "auto":
+        scaling.append(f"fp8_scaling={published_fp8_scaling(row['model'])}")
+        notes.append(
+            "fp8 weights scaled per tensor: a compressed-tensors FP8_DYNAMIC checkpoint "
+            "(per-channel weight scales)"
+        )
     preset = engine_preset(row)
     if preset:
         notes.append(f"engine {preset}: its preset's frontend and host model (docs/engines.md)")

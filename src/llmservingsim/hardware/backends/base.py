@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from llmservingsim.config import PerfConfig
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.model.ops import Op
-from llmservingsim.model.spec import ModelSpec
+from llmservingsim.model.spec import Fp8Scaling, ModelSpec
 from llmservingsim.registry import Registry
 
 ENTRY_POINT_GROUP = "llmservingsim.perf_backends"
@@ -44,7 +44,7 @@ class PerfSetup:
     """KV cache's dtype, resolved."""
     compute_dtype: str
     """Math dtype (weight-only int8/int4 compute in bf16)."""
-    fp8_scaling: str = "none"
+    fp8_scaling: Fp8Scaling = "none"
     """fp8 weights' scaling, resolved: tensor or block; none for other dtypes."""
 
 

@@ -45,7 +45,7 @@ from llmservingsim.config import KernelDbConfig
 from llmservingsim.errors import ConfigError
 from llmservingsim.hardware.backends.base import PERF_BACKENDS, PerfSetup
 from llmservingsim.hardware.backends.roofline import RooflineBackend
-from llmservingsim.hardware.device import DeviceSpec
+from llmservingsim.hardware.device import DeviceSpec, kernel_format
 from llmservingsim.model.moe import MOE_GATE_UP, MOE_GEMMS
 from llmservingsim.model.ops import Op
 from llmservingsim.registry import unknown_name_message
@@ -564,8 +564,8 @@ def table_modes(
     128-block scaled (fp8_block) kernels as ``fp8_scaling`` says; MXFP4 experts run MXFP4 x
     MXFP8 kernels on a device with FP4 tensor cores (Blackwell) and weight-only (W4A16)
     kernels elsewhere."""
-    fp8 = "fp8_block" if fp8_scaling == "block" else "fp8"
     if dtype == "fp8":
+        fp8 = kernel_format(dtype, fp8_scaling)
         return fp8, fp8
     if dtype == "fp4":
         return GEMM_MODE["fp4"], "nvfp4" if options.fp4 == "nvfp4" else "w4a16_mxfp4"
