@@ -401,3 +401,14 @@ def test_installed_tables_time_deepseeks_experts_on_tensorrt_llm() -> None:
     summary = simulate(load_config(None, cfg)).summary
     fell = summary["perf_fallback_ops"]
     assert "moe_gate_up_proj" not in fell and "moe_down_proj" not in fell
+
+
+def test_the_roofline_fallback_times_the_runs_own_fp8_kernels(tmp_path: Path) -> None:
+    """Ops the tables miss fall back to the roofline built from the same setup: block-scaled
+    fp8 weights on the block-scaled GEMM curve."""
+    backend = _backend(_tree(tmp_path), "dtype=fp8", "kv_dtype=bf16", "fp8_scaling=block")
+    device = load_device("h100-sxm")
+    op = _gemm(16, 4096, 4096)
+    block = RooflineBackend(device, "fp8", None, "block").time(op)
+    assert backend.fallback.time(op) == block
+    assert block != RooflineBackend(device, "fp8", None, "tensor").time(op)
