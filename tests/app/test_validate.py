@@ -19,6 +19,7 @@ from llmservingsim.validate.run import validate
 from llmservingsim.validate.scenario import (
     Scenario,
     bench_graph_sizes,
+    hardware_for,
     scenario_for,
     trtllm_bench_limits,
 )
@@ -799,3 +800,39 @@ def test_fp8_rows_run_their_checkpoints_scaling(
     keys = [o for o in scenario.overrides if o.startswith("fp8_scaling=")]
     assert keys == ([f"fp8_scaling={scaling}"] if scaling else [])
     assert ("fp8 weights scaled per" in " ".join(scenario.notes)) == (scaling is not None)
+
+
+@pytest.mark.parametrize(
+    ("text", "device"),
+    [
+        ("H100 SXM", "h100-sxm"),
+        ("H100 SXM 80GB", "h100-sxm"),
+        ("NVIDIA H100 80GB HBM3", "h100-sxm"),
+        ("H100 PCIe", "h100-pcie"),
+        ("A100", "a100-80gb"),
+        ("A100-SXM4-80GB", "a100-80gb"),
+        ("A100 40GB", "a100-40gb"),
+        ("NVIDIA GeForce RTX 4090", "rtx-4090"),
+        ("RTX PRO 6000 Blackwell", "rtx-pro-6000"),
+        ("NVIDIA RTX A6000", "a6000"),
+        ("L40S", "l40s"),
+        ("L4", "l4"),
+        ("AMD Instinct MI300X", "mi300x"),
+        ("TPU v6e", "tpu-v6e"),
+        ("rtx-4090", "rtx-4090"),
+        ("B200", "b200"),
+        ("GB200 NVL72", "gb200"),
+    ],
+)
+def test_published_hardware_names_map_to_catalog_devices(text: str, device: str) -> None:
+    assert hardware_for(text) == device
+    assert hardware_for("Radeon 7900") is None
+
+
+def test_every_catalog_gpu_can_be_named_by_a_row() -> None:
+    """A reference row on any catalog GPU runs (by its catalog name at least)."""
+    from llmservingsim.catalog import device_names
+
+    for name in device_names():
+        assert hardware_for(name) == name
+        assert hardware_for(name.upper().replace("-", " ")) in (name, None)

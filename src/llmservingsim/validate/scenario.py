@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmservingsim.catalog import load_model
+from llmservingsim.catalog import device_names, load_model
 from llmservingsim.validate.reference import METRICS, is_verified, number
 from llmservingsim.validate.sources import NODE_GPUS
 
@@ -81,15 +81,38 @@ MODELS = (
 # (docs/models.md), not NVFP4 compute.
 MXFP4_MODELS = re.compile(r"gpt-oss")
 
+# Published hardware names, lower-cased, vendor and brand words dropped, '-' / '_' as spaces
+# (hardware_for) -> catalog device. A row naming a catalog device itself maps to it too.
 HARDWARE = (
-    (r"^h100( sxm)?( 80gb)?$", "h100-sxm"),
+    (r"^h100( sxm5?)?( 80gb)?( hbm3)?$", "h100-sxm"),
     (r"^h100 pcie", "h100-pcie"),
-    (r"^a100( 80gb)?$", "a100-80gb"),
     (r"^h200", "h200"),
+    (r"^a100( sxm4?| pcie)? 40gb", "a100-40gb"),
+    (r"^a100( sxm4?| pcie)?( 80gb)?$", "a100-80gb"),
     (r"^rtx pro 6000", "rtx-pro-6000"),
+    (r"^rtx 4090", "rtx-4090"),
+    (r"^(rtx )?a6000", "a6000"),
+    (r"^a40( 48gb)?$", "a40"),
+    (r"^l40s", "l40s"),
+    (r"^l4( 24gb)?$", "l4"),
     (r"^b200", "b200"),
     (r"^gb200", "gb200"),
+    (r"^(instinct )?mi300x", "mi300x"),
+    (r"^(instinct )?mi325x", "mi325x"),
+    (r"^(tpu )?v5e|^tpu v5 lite", "tpu-v5e"),
+    (r"^(tpu )?v6e|^trillium", "tpu-v6e"),
+    (r"^gaudi ?3", "gaudi3"),
 )
+VENDOR_WORDS = re.compile(r"\b(nvidia|geforce|amd|google|cloud|intel|habana)\b")
+
+
+def hardware_for(text: str) -> str | None:
+    """The catalog device a row's ``hardware`` names, or None."""
+    low = text.strip().lower()
+    if low in device_names():
+        return low
+    name = " ".join(VENDOR_WORDS.sub(" ", low.replace("-", " ").replace("_", " ")).split())
+    return next((device for pattern, device in HARDWARE if re.search(pattern, name)), None)
 
 
 @dataclass(frozen=True)
@@ -693,8 +716,7 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     rule = next((r for r in MODELS if re.search(r.pattern, low)), None)
     if rule is None:
         return f"model '{row['model']}' is not mapped to a catalog model"
-    hw_name = row["hardware"].strip().lower()
-    hardware = next((c for pat, c in HARDWARE if re.search(pat, hw_name)), None)
+    hardware = hardware_for(row["hardware"])
     if hardware is None:
         return f"hardware '{row['hardware']}' is not mapped to a catalog device"
     gpus, tp = number(row["num_gpus"]), number(row["tensor_parallel"])
