@@ -235,7 +235,7 @@ def fp8_scaling_of(exp: dict[str, Any]) -> str | None:
     """The experiment's fp8_scaling as validate sets it (its checkpoint's), None for auto."""
     if "fp8" not in exp["precision"].lower():
         return None
-    scaling = published_fp8_scaling(exp["model"])
+    scaling = published_fp8_scaling(exp["model"])[0]
     return None if scaling == "auto" else scaling
 
 

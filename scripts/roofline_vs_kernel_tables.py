@@ -25,7 +25,7 @@ from llmservingsim.calibrate.gemm_tables import BANDS, OPERAND_BYTES, TABLE_MODE
 from llmservingsim.catalog import load_device
 from llmservingsim.hardware.backends.kernel_db import SYSTEM_OF_DEVICE, default_tables_root
 from llmservingsim.hardware.backends.roofline import RooflineBackend
-from llmservingsim.hardware.device import kernel_compute_dtype
+from llmservingsim.hardware.device import kernel_weights
 from llmservingsim.model.fusion import act_quant
 from llmservingsim.model.ops import Op
 
@@ -38,11 +38,11 @@ def ratios(table: Path, device: str) -> dict[str, list[float]]:
     spec = load_device(device)
     out: dict[str, list[float]] = {}
     for dtype, mode in TABLE_MODES.items():
-        compute = kernel_compute_dtype(dtype)  # fp8_block: fp8 on the block-scaled curve
+        compute, scaling = kernel_weights(dtype)  # fp8_block: fp8 on the block-scaled curve
         if compute not in spec.peak_tflops:
             continue
         operand = OPERAND_BYTES[dtype]
-        backend = RooflineBackend(spec, compute, None, "block" if dtype != compute else "tensor")
+        backend = RooflineBackend(spec, compute, None, scaling)
         bands: list[list[float]] = [[] for _ in BANDS]
         rows = zip(
             cols["gemm_dtype"], cols["m"], cols["n"], cols["k"], cols["latency"], strict=True

@@ -349,7 +349,7 @@ def test_the_fit_runs_each_blis_experiment_with_validates_fp8_scaling() -> None:
         "total_kv_blocks_gpu": "",
         "tp": "2",
     }
-    assert published_fp8_scaling(scout["model"]) == "tensor"
+    assert published_fp8_scaling(scout["model"])[0] == "tensor"
     cfg = module.blis_config(scout, {})
     assert cfg.fp8_scaling == "tensor" and cfg.dtype == "fp8"
     bf16 = {**scout, "model": "meta-llama/Llama-2-7b-hf", "precision": "FP16", "tp": "1"}

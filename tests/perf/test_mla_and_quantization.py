@@ -224,6 +224,10 @@ def test_fp4_runs_on_blackwell_with_an_fp8_kv_cache_and_is_refused_elsewhere() -
         ({"quant_method": "fp8", "activation_scheme": "static"}, "tensor"),
         ({"quant_method": "modelopt", "quant_algo": "FP8"}, "tensor"),  # NVIDIA ModelOpt
         ({"quant_method": "modelopt", "quant_algo": "NVFP4"}, ""),
+        ({"quant_method": "modelopt", "quant_algo": "FP8_PER_CHANNEL_PER_TOKEN"}, "tensor"),
+        ({"quant_method": "modelopt", "quant_algo": "FP8_BLOCK_SCALES"}, "block"),
+        ({"quant_method": "modelopt", "quant_algo": "FP8_PB_WO"}, "block"),
+        ({"quant_method": "fbgemm_fp8"}, "tensor"),  # per-row (Llama-4 Maverick FP8)
         (
             {
                 "quant_method": "compressed-tensors",
@@ -282,3 +286,38 @@ def test_the_catalog_notes_published_fp8_checkpoints_that_auto_would_miss(tmp_pa
     bad.write_text(json.dumps(raw))
     with pytest.raises(ConfigError, match=r"config\.json: llmservingsim\.fp8_checkpoint must be"):
         load_model(str(bad))
+
+
+def test_a_checkpoints_own_quantization_config_wins_over_the_catalog_note(tmp_path: Path) -> None:
+    raw = json.loads((files("llmservingsim") / "data/models/mixtral-8x7b.json").read_text())
+    raw["quantization_config"] = {"quant_method": "fp8", "weight_block_size": [128, 128]}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(raw))
+    assert load_model(str(path)).fp8_checkpoint == "block"
+    raw["llmservingsim"] = {"fp8_checkpoint_source": "a note without a scaling"}
+    (tmp_path / "noted").mkdir()
+    (tmp_path / "noted" / "config.json").write_text(json.dumps(raw))
+    assert load_model(str(tmp_path / "noted" / "config.json")).fp8_checkpoint == "block"
+    raw["llmservingsim"] = "tensor"
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="llmservingsim must be an object"):
+        load_model(str(tmp_path / "bad" / "config.json"))
+
+
+def test_kernel_format_and_its_inverse() -> None:
+    from llmservingsim.calibrate.moe_tables import MOE_KEYS
+    from llmservingsim.hardware.device import (
+        kernel_compute_dtype,
+        kernel_format,
+        kernel_weights,
+        moe_key,
+    )
+
+    assert kernel_format("fp8", "block") == "fp8_block"
+    assert kernel_format("fp8", "tensor") == kernel_format("fp8", "none") == "fp8"
+    assert kernel_format("fp4", "block") == "fp4"  # block scaling names fp8 kernels only
+    assert kernel_compute_dtype("fp8_block") == "fp8" and kernel_compute_dtype("bf16") == "bf16"
+    for key in MOE_KEYS:
+        assert moe_key(*kernel_weights(key)) == key
+    assert moe_key("fp16") == "bf16"

@@ -43,8 +43,7 @@ from llmservingsim.hardware.device import (
     DeviceSpec,
     MoeDtype,
     MoeGemm,
-    kernel_compute_dtype,
-    kernel_format,
+    kernel_weights,
 )
 from llmservingsim.model.moe import expected_experts_touched, routed_expert_ops
 from llmservingsim.model.ops import Op
@@ -65,8 +64,7 @@ def weights_of(key: str) -> tuple[str, str]:
     """(weight dtype, fp8 scaling) of the experts an ``efficiency.moe_gemm`` key times."""
     if key not in MOE_KEYS:
         raise ValueError(f"no fused-MoE efficiency key {key!r} (one of {', '.join(MOE_KEYS)})")
-    block = key == kernel_format("fp8", "block")
-    return kernel_compute_dtype(key), "block" if block else "tensor"
+    return kernel_weights(key)
 
 
 def table_mode(key: str, device: DeviceSpec) -> str | None:

@@ -219,6 +219,11 @@ def kernel_compute_dtype(kernel: str) -> str:
     return "fp8" if kernel == "fp8_block" else kernel
 
 
+def kernel_weights(kernel: str) -> tuple[str, str]:
+    """(weight dtype, fp8 scaling) of a :func:`kernel_format`: its inverse."""
+    return kernel_compute_dtype(kernel), "block" if kernel == "fp8_block" else "tensor"
+
+
 def moe_key(dtype: str, fp8_scaling: str = "tensor") -> str:
     """The ``efficiency.moe_gemm`` key of experts whose weights are in ``dtype``."""
     return kernel_format("bf16" if dtype == "fp16" else dtype, fp8_scaling)

@@ -539,9 +539,8 @@ def parse_hf_config(name: str, cfg: dict[str, Any], where: str | None = None) ->
         if str(exc).startswith(where):
             raise
         raise ConfigError(f"{where}: {exc}") from None
-    scaling = fp8_checkpoint_scaling(cfg.get("quantization_config"))
-    if not scaling:
-        scaling = _catalog_fp8_checkpoint(cfg.get("llmservingsim"), where)
+    note = _catalog_fp8_checkpoint(cfg.get("llmservingsim", {}), where)
+    scaling = fp8_checkpoint_scaling(cfg.get("quantization_config")) or note
     return dataclasses.replace(spec, fp8_checkpoint=scaling) if scaling else spec
 
 
@@ -549,9 +548,11 @@ def _catalog_fp8_checkpoint(extra: object, where: str) -> str:
     """The catalog's note on a bf16 config of how the model's published FP8 checkpoints scale
     (``"llmservingsim": {"fp8_checkpoint": "tensor" | "block", "fp8_checkpoint_source": ...}``,
     docs/models.md), where they differ from what ``fp8_scaling: auto`` assumes."""
-    if extra is None:
+    if not isinstance(extra, dict):
+        raise ConfigError(f"{where}: llmservingsim must be an object, got {extra!r}")
+    value = extra.get("fp8_checkpoint")
+    if value is None:
         return ""
-    value = extra.get("fp8_checkpoint") if isinstance(extra, dict) else extra
     if value not in ("tensor", "block"):
         raise ConfigError(
             f"{where}: llmservingsim.fp8_checkpoint must be tensor or block, got {value!r}"
@@ -574,7 +575,8 @@ def fp8_checkpoint_scaling(quantization: object) -> str:
         algo = str(quantization.get("quant_algo", "")).upper()
         if not algo.startswith("FP8"):
             return ""
-        return "block" if "BLOCK" in algo else "tensor"  # FP8, FP8_PER_CHANNEL_PER_TOKEN
+        # FP8, FP8_PER_CHANNEL_PER_TOKEN: tensor; FP8_BLOCK_SCALES, FP8_PB_WO (per block)
+        return "block" if "BLOCK" in algo or "_PB" in algo else "tensor"
     if method == "compressed-tensors":
         groups = quantization.get("config_groups")
         for group in groups.values() if isinstance(groups, dict) else ():

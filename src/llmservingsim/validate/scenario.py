@@ -86,14 +86,14 @@ MXFP4_MODELS = re.compile(r"gpt-oss")
 HARDWARE = (
     (r"^h100( sxm5?)?( 80gb)?( hbm3)?$", "h100-sxm"),
     (r"^h100 pcie", "h100-pcie"),
-    (r"^h200", "h200"),
-    (r"^a100( sxm4?| pcie)? 40gb", "a100-40gb"),
-    (r"^a100( sxm4?| pcie)?( 80gb)?$", "a100-80gb"),
+    (r"^h200( sxm)?( 141gb)?$", "h200"),
+    (r"^a100( sxm4?)? 40gb$", "a100-40gb"),  # SXM4 cards: a PCIe A100 has no catalog device
+    (r"^a100( sxm4?)?( 80gb)?$", "a100-80gb"),
     (r"^rtx pro 6000", "rtx-pro-6000"),
-    (r"^rtx 4090", "rtx-4090"),
-    (r"^(rtx )?a6000", "a6000"),
+    (r"^rtx 4090( 24gb)?$", "rtx-4090"),
+    (r"^(rtx )?a6000( 48gb)?$", "a6000"),
     (r"^a40( 48gb)?$", "a40"),
-    (r"^l40s", "l40s"),
+    (r"^l40s( 48gb)?$", "l40s"),
     (r"^l4( 24gb)?$", "l4"),
     (r"^b200", "b200"),
     (r"^gb200", "gb200"),
@@ -701,11 +701,13 @@ def _workload(
 FP8_DYNAMIC = re.compile(r"fp8[-_]dynamic", re.IGNORECASE)
 
 
-def published_fp8_scaling(model: str) -> str:
-    """``fp8_scaling`` of a run whose published model name is ``model``: tensor for an
-    FP8_DYNAMIC checkpoint, else auto (the catalog model's published FP8 checkpoints: its
+def published_fp8_scaling(model: str) -> tuple[str, str]:
+    """``fp8_scaling`` of a run whose published model name is ``model``, and why: tensor for
+    an FP8_DYNAMIC checkpoint, else auto (the catalog model's published FP8 checkpoints: its
     config's ``llmservingsim.fp8_checkpoint``, else block for MoE models, docs/models.md)."""
-    return "tensor" if FP8_DYNAMIC.search(model) else "auto"
+    if FP8_DYNAMIC.search(model):
+        return "tensor", "a compressed-tensors FP8_DYNAMIC checkpoint (per-channel weight scales)"
+    return "auto", ""
 
 
 def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]) -> Scenario | str:
@@ -819,12 +821,10 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     if rule.note:
         notes.append(rule.note)
     scaling: list[str] = []
-    if dtype == "fp8" and published_fp8_scaling(row["model"]) != "auto":
-        scaling.append(f"fp8_scaling={published_fp8_scaling(row['model'])}")
-        notes.append(
-            "fp8 weights scaled per tensor: a compressed-tensors FP8_DYNAMIC checkpoint "
-            "(per-channel weight scales)"
-        )
+    fp8_scaling, why = published_fp8_scaling(row["model"])
+    if dtype == "fp8" and fp8_scaling != "auto":
+        scaling.append(f"fp8_scaling={fp8_scaling}")
+        notes.append(f"fp8 weights scaled per {fp8_scaling}: {why}")
     preset = engine_preset(row)
     if preset:
         notes.append(f"engine {preset}: its preset's frontend and host model (docs/engines.md)")
