@@ -354,3 +354,33 @@ def test_the_fit_runs_each_blis_experiment_with_validates_fp8_scaling() -> None:
     assert cfg.fp8_scaling == "tensor" and cfg.dtype == "fp8"
     bf16 = {**scout, "model": "meta-llama/Llama-2-7b-hf", "precision": "FP16", "tp": "1"}
     assert module.blis_config(bf16, {}).fp8_scaling == "auto"
+
+
+@pytest.mark.skipif(not (DATA / "reference").is_dir(), reason="needs ../shared/data")
+def test_the_fit_simulates_the_blis_runs_validate_compares(tmp_path: Path) -> None:
+    """scripts/fit_frontend.py builds its own blis configs; for every experiment they resolve
+    to what validate runs for the same rows (engine, model, precision, fp8 kernels, layout,
+    batch limits), so the frontend is fitted on the GPU time validate then checks."""
+    from llmservingsim.scenario import resolve
+    from llmservingsim.validate.scenario import scenario_for
+    from llmservingsim.validate.sources import blis_rows
+
+    module = _fit_script()
+    path = DATA / "reference" / "blis_trainval" / "groundtruth.csv"
+    rows = blis_rows(path, tmp_path)
+    stages = module.blis_stages(DATA)
+    assert stages
+    for exp in stages:
+        fitted = module.blis_config(exp, {})
+        row = next(r for r in rows if r["id"].startswith(f"blis_{exp['exp_id']}-"))
+        scenario = scenario_for(row, DATA, rows)
+        assert not isinstance(scenario, str), scenario
+        checked = load_config(None, list(scenario.overrides))
+        for key in ("model", "dtype", "hardware", "engine_name_version"):
+            assert getattr(fitted, key) == getattr(checked, key), (exp["exp_id"], key)
+        assert fitted.cluster.tensor_parallel == checked.cluster.tensor_parallel
+        assert fitted.scheduler.max_num_seqs == checked.scheduler.max_num_seqs
+        assert fitted.scheduler.max_num_batched_tokens == checked.scheduler.max_num_batched_tokens
+        fit_setup, check_setup = resolve(fitted).perf, resolve(checked).perf
+        assert fit_setup.fp8_scaling == check_setup.fp8_scaling, exp["exp_id"]
+        assert fit_setup.kv_dtype == check_setup.kv_dtype, exp["exp_id"]
