@@ -109,6 +109,8 @@ def summarize(
         summary["scale_up_s"] = scaler.scale_up_s
         summary["scale_events"] = [event.as_dict() for event in scaler.events]
     summary.update(backend_stats(t.backend for t in timers))
+    if scenario.perf.fp8_scaling != "none":
+        summary["fp8_scaling"] = scenario.perf.fp8_scaling  # auto resolved for the model
     if scenario.uses_lora:
         lora_stats = LoraStats()
         for inst in instances:

@@ -309,3 +309,14 @@ def test_fp8_scaling_picks_the_experts_entry(scaling: str, resolved: str) -> Non
         assert backend.time(op) == alone.time(op)
         if op.name in MOE_GEMMS:
             assert backend.time(op) != other.time(op)
+
+
+def test_summary_records_the_fp8_scaling_auto_resolved_to() -> None:
+    from llmservingsim.config import load_config
+    from llmservingsim.simulation import simulate
+
+    base = ["dtype=fp8", "workload.num_requests=4", "workload.arrival.rate=.inf"]
+    moe = ["model=qwen3-30b-a3b", *base]
+    assert simulate(load_config(None, moe)).summary["fp8_scaling"] == "block"
+    assert simulate(load_config(None, base)).summary["fp8_scaling"] == "tensor"
+    assert "fp8_scaling" not in simulate(load_config(None, base[1:])).summary
