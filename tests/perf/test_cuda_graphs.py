@@ -185,8 +185,9 @@ def test_engine_presets_set_their_engines_graphs() -> None:
     assert (v0.mode, v0.sizes()[-1], v0.launch_us) == ("decode", 256, None)
     trt = load_config(None, ["engine=trtllm"]).perf.cuda_graphs
     assert (trt.mode, trt.sizes()[-3:], trt.padding) == ("decode", (32, 64, 128), False)
-    # V1 keeps them off until its frontend is refitted with them (docs/engines.md)
-    assert load_config(None, ["engine=vllm"]).perf.cuda_graphs.mode == "off"
+    # V1: FULL_AND_PIECEWISE up to 512 tokens; its frontend is fitted with them (engines.md)
+    v1 = load_config(None, ["engine=vllm"]).perf.cuda_graphs
+    assert (v1.mode, v1.sizes()[-1], v1.padding) == ("piecewise", 512, True)
     user = load_config(None, ["engine=vllm-0.6", "perf.cuda_graphs.mode=eager"])
     assert user.perf.cuda_graphs.mode == "eager"
     assert load_config(None, []).perf.cuda_graphs.mode == "off"
