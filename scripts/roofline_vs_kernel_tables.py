@@ -41,7 +41,7 @@ def ratios(table: Path, device: str) -> dict[str, list[float]]:
         compute, scaling = kernel_weights(dtype)  # fp8_block: fp8 on the block-scaled curve
         if compute not in spec.peak_tflops:
             continue
-        operand = OPERAND_BYTES[dtype]
+        operand = OPERAND_BYTES[compute]
         backend = RooflineBackend(spec, compute, None, scaling)
         bands: list[list[float]] = [[] for _ in BANDS]
         rows = zip(

@@ -41,7 +41,8 @@ TABLE = "gemm_perf.parquet"
 # per-tensor scaled W8A8; fp8_block: 128-block scaled weights, 1x128-group scaled activations;
 # fp4: NVFP4)
 TABLE_MODES = {"bf16": "bfloat16", "fp8": "fp8", "fp8_block": "fp8_block", "fp4": "nvfp4"}
-OPERAND_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp8_block": 1.0, "fp4": 0.5}  # weights, activations
+# compute dtype (kernel_compute_dtype of a curve) -> bytes of its weights and activations
+OPERAND_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5}
 DTYPE_PARAMS = ("compute_max", "compute_half_m", "kernel_launch_us")  # efficiency.dtype_gemm
 # A table whose smallest-m kernels take this many times the other engines' (median over the
 # shapes they share) is left out of a pooled fit: it timed a launch-bound path (a Triton
@@ -113,7 +114,7 @@ def gemm_points(
     alone. Rows not longer than it are dropped (none in the shipped tables).
     """
     mode = TABLE_MODES[dtype]
-    operand = OPERAND_BYTES[dtype]
+    operand = OPERAND_BYTES[kernel_compute_dtype(dtype)]
     quantized = operand < 2.0
     if quantized and device is None:
         raise ValueError(f"gemm_points: dtype {dtype} needs the device (activation quantization)")
@@ -197,7 +198,7 @@ def fit_gemm_tables(
     if len(ops) == 0:
         return None
     fix = fix or {}
-    weight_bytes = OPERAND_BYTES[dtype]
+    weight_bytes = OPERAND_BYTES[kernel_compute_dtype(dtype)]
     peak, bandwidth = device.peak_flops(kernel_compute_dtype(dtype)), device.memory_bandwidth
 
     def fit(points: OpArrays) -> tuple[dict[str, float], float]:

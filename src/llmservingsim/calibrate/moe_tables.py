@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, cast, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -50,7 +50,7 @@ from llmservingsim.model.ops import Op
 from llmservingsim.model.spec import DTYPE_BYTES, activation_bytes
 
 TABLE = "moe_perf.parquet"
-MOE_KEYS = ("bf16", "fp8", "fp8_block", "fp4", "mxfp4")  # device.MoeDtype
+MOE_KEYS: tuple[str, ...] = get_args(MoeDtype)  # the efficiency.moe_gemm keys
 MAX_TP = 8  # expert-intermediate splits the fit covers (serving instances' TP)
 MIN_POINTS = 100  # fewer measured kernels than this: no fit (five parameters)
 MARGIN = 1.0  # points of held-out median |error| an entry must gain over the dense curve

@@ -101,8 +101,9 @@ class ModelSpec:
     attention_chunk: int = 0
     chunked_layers: tuple[int, ...] = ()
     # How the checkpoint this config describes scales fp8 weights, from its
-    # ``quantization_config``: "block" (128x128 blocks), "tensor" (per tensor or channel), or
-    # "" (not an fp8 checkpoint, or not said): the ``fp8_scaling: auto`` setting reads it.
+    # ``quantization_config`` or else the catalog's ``llmservingsim.fp8_checkpoint`` note on
+    # the model's published FP8 checkpoints: "block" (128x128 blocks), "tensor" (per tensor,
+    # channel or row), or "" (not said): the ``fp8_scaling: auto`` setting reads it.
     fp8_checkpoint: str = ""
 
     def __post_init__(self) -> None:

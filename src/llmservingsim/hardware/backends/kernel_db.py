@@ -421,41 +421,16 @@ def _attention(path: Path, kv_mode: str, axis: str) -> dict[HeadKey, Grid2]:
 MoeKey = tuple[int, int, int, int, int, int]  # hidden, inter, topk, experts, moe_tp, moe_ep
 
 
-MOE_COLUMNS = (
-    "moe_dtype",
-    "num_tokens",
-    "hidden_size",
-    "inter_size",
-    "topk",
-    "num_experts",
-    "moe_tp_size",
-    "moe_ep_size",
-    "distribution",
-    "latency",
-)
+MOE_SHAPE = ("hidden_size", "inter_size", "topk", "num_experts", "moe_tp_size", "moe_ep_size")
+"""The columns of a ``moe_perf.parquet`` row that make its :data:`MoeKey`, in that order."""
+MOE_COLUMNS = ("moe_dtype", "num_tokens", *MOE_SHAPE, "distribution", "latency")
 """The columns of a ``moe_perf.parquet`` table read here and by calibrate/moe_tables.py."""
 
 
 def _moe(path: Path, mode: str) -> dict[MoeKey, Curve1]:
     cols = _read(path, list(MOE_COLUMNS))
     mask = (cols["moe_dtype"] == mode) & (cols["distribution"] == "balanced")
-    keys = list(
-        zip(
-            *(
-                cols[c][mask].tolist()
-                for c in (
-                    "hidden_size",
-                    "inter_size",
-                    "topk",
-                    "num_experts",
-                    "moe_tp_size",
-                    "moe_ep_size",
-                    "num_tokens",
-                )
-            ),
-            strict=True,
-        )
-    )
+    keys = list(zip(*(cols[c][mask].tolist() for c in (*MOE_SHAPE, "num_tokens")), strict=True))
     best = _min_points(keys, (cols["latency"][mask] * 1e-3).tolist())
     nested: dict[MoeKey, dict[float, float]] = {}
     for (*shape, tokens), s in best.items():
