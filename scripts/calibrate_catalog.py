@@ -15,7 +15,13 @@ fit's (or the transferred one): it also times attention's KV streaming, which GE
 not measure. This needs
 aiconfigurator-core (``pip install 'llmservingsim[kerneldb]'``).
 
-Usage:  .venv/bin/python scripts/calibrate_catalog.py [DATA_DIR]   (default ../shared/data)
+Devices with an LLMServingSim profiler bundle (:data:`LSS_FITTED`: vLLM's own kernels timed
+layer by layer on that GPU, calibration.md §4b) are first given their family's transfer and
+then fitted on the bundle; ``--lss-perf DIR`` names a checkout of casys-kaist/LLMServingSim's
+``profiler/perf`` folder. Without it those devices keep their shipped values.
+
+Usage:  .venv/bin/python scripts/calibrate_catalog.py [DATA_DIR] [--lss-perf DIR]
+        (DATA_DIR defaults to ../shared/data)
 Exits 0 with a message when the data folder is absent.
 """
 
@@ -66,6 +72,8 @@ FITTED = {
     "a100-80gb": ["profiles/vidur/compute/a100"],
     "a40": ["profiles/vidur/compute/a40"],
 }
+# device -> (family it is transferred from first, LLMServingSim profiler bundle folder)
+LSS_FITTED = {"rtx-4090": ("a40", "RTX4090")}
 # device -> calibrated device whose fit it takes (calibration.md §8)
 TRANSFERRED = {
     "h100-pcie": "h100-sxm",
@@ -76,7 +84,6 @@ TRANSFERRED = {
     "a6000": "a40",
     "l40s": "a40",
     "l4": "a40",
-    "rtx-4090": "a40",
     "rtx-pro-6000": "a40",
     "mi300x": "h100-sxm",
     "mi325x": "h100-sxm",
@@ -247,8 +254,46 @@ def table_moe(system_dir: Path, spec: DeviceSpec) -> tuple[dict[str, MoeGemm], l
     return moe, modes
 
 
+def fit_lss(root: Path | None, name: str, family: str, folder: str) -> None:
+    """``name``'s efficiencies: its family's transfer, then the groups its LLMServingSim
+    bundle fits (a group the quality gate rejects keeps the transferred value)."""
+    if root is None:
+        print(f"{name}: kept (fitted on LLMServingSim's {folder} bundle; pass --lss-perf DIR)")
+        return
+    path = HARDWARE / f"{name}.yaml"
+    replace_efficiency_block(
+        path, transfer_efficiency(load_device(family), load_device(name)), "transferred"
+    )
+    load_device.cache_clear()
+    report = calibrate([root / folder], name)
+    ins = report.row(ALL_FITTED)
+    assert ins is not None
+    rejected = [g.group for g in report.fit.groups if not g.accepted]
+    print(
+        f"{name}: {report.points:,} points ({folder}), op-level MAPE {ins.before:.1f}% -> "
+        f"{ins.after:.1f}%" + (f"; rejected by the gate: {', '.join(rejected)}" if rejected else "")
+    )
+    replace_efficiency_block(
+        path,
+        rounded(report.device.efficiency),
+        f"fitted by llmservingsim calibrate on LLMServingSim's {folder} vLLM profiles; "
+        f"groups the gate rejects transferred from {family}; see docs/calibration.md §4b",
+    )
+    load_device.cache_clear()
+
+
 def main(argv: list[str]) -> int:
-    data = Path(argv[1]) if len(argv) > 1 else REPO.parent / "shared" / "data"
+    args = list(argv[1:])
+    lss: Path | None = None
+    if "--lss-perf" in args:
+        at = args.index("--lss-perf")
+        if at + 1 >= len(args):
+            raise SystemExit("error: --lss-perf needs a folder (LLMServingSim's profiler/perf)")
+        lss = Path(args[at + 1])
+        del args[at : at + 2]
+        if not lss.is_dir():
+            raise SystemExit(f"error: --lss-perf {lss}: not a folder")
+    data = Path(args[0]) if args else REPO.parent / "shared" / "data"
     if not (data / "profiles").is_dir():
         print(f"calibrate_catalog: {data}/profiles not found; nothing to do.")
         return 0
@@ -270,6 +315,8 @@ def main(argv: list[str]) -> int:
             gemm_source,
         )
     load_device.cache_clear()
+    for name, (family, folder) in LSS_FITTED.items():
+        fit_lss(lss, name, family, folder)
     for name, source in TRANSFERRED.items():
         eff = transfer_efficiency(load_device(source), load_device(name))
         why = "same architecture family" if name in SAME_FAMILY else "no measured data"

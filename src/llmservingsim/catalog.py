@@ -29,6 +29,14 @@ def model_names() -> list[str]:
     return sorted(_names("models", ".json"))
 
 
+def model_path(name: str) -> Path:
+    """The config.json of a catalog model."""
+    catalog = _names("models", ".json")
+    if name not in catalog:
+        raise ConfigError("model: " + unknown_name_message("model", name, catalog))
+    return catalog[name]
+
+
 def device_names() -> list[str]:
     return sorted(_names("hardware", ".yaml"))
 

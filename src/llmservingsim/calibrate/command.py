@@ -98,7 +98,8 @@ def calibrate_command(
         list[Path] | None,
         typer.Option(
             "--profiles",
-            help="Folder or CSV of operator profiles (Vidur mlp.csv/attention.csv or native "
+            help="Folder or CSV of operator profiles (Vidur mlp.csv/attention.csv, LLMServingSim "
+            "dense.csv/per_sequence.csv or native "
             "CSV, docs/profiles.md); repeatable. One device's tables only.",
         ),
     ] = None,

@@ -1,4 +1,4 @@
-"""Measured operator profiles: read Vidur-format and native tables into one list of points.
+"""Measured operator profiles: read Vidur, LLMServingSim and native tables into one list of points.
 
 Every reader turns a measured row into the :class:`~llmservingsim.model.ops.Op` that the
 simulator itself would build for that shape (same :class:`~llmservingsim.model.ops.OpGraph`
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from llmservingsim.errors import ConfigError
-from llmservingsim.hardware.profiles import native, vidur
+from llmservingsim.hardware.profiles import lss, native, vidur
 from llmservingsim.hardware.profiles.points import ProfilePoint, canonical_dtype
 
 __all__ = ["ProfilePoint", "canonical_dtype", "find_profile_files", "load_profiles"]
@@ -28,6 +28,8 @@ def _reader_for(header: list[str]) -> Reader | None:
         (vidur.is_mlp_header, vidur.read_mlp),
         (vidur.is_attention_header, vidur.read_attention),
         (native.is_native_header, native.read_native),
+        (lss.is_dense_header, lss.read_dense),
+        (lss.is_per_sequence_header, lss.read_per_sequence),
     ):
         if matches(header):
             return reader
@@ -67,7 +69,8 @@ def load_profiles(roots: Iterable[Path]) -> list[ProfilePoint]:
     if not points:
         shown = ", ".join(str(r) for r in roots)
         raise ConfigError(
-            f"no operator profile tables (Vidur mlp.csv / attention.csv or native CSV, see "
+            f"no operator profile tables (Vidur mlp.csv / attention.csv, LLMServingSim "
+            f"dense.csv / per_sequence.csv or native CSV, see "
             f"docs/profiles.md) found under {shown}"
         )
     return points

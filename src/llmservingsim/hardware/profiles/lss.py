@@ -1,0 +1,159 @@
+"""LLMServingSim's profiler bundles: a served model's kernels timed one layer at a time in vLLM.
+
+casys-kaist/LLMServingSim's ``profiler/perf`` folder holds, per GPU, model and weight variant,
+one bundle::
+
+    <HARDWARE>/<org>/<model>/<variant>/meta.yaml      model: <org>/<model>, variant: bf16, ...
+    <HARDWARE>/<org>/<model>/<variant>/tp<N>/dense.csv         layer,tokens,time_us
+    <HARDWARE>/<org>/<model>/<variant>/tp<N>/per_sequence.csv  layer,sequences,time_us
+
+measured with vLLM's own model code (eager mode, one decoder layer), times in microseconds.
+Each row becomes the simulator's op for that shape (:class:`OpGraph` of the catalog model
+whose config.json ``_name_or_path`` is the bundle's ``model``, or of a ``config.json`` beside
+``meta.yaml``; TP degree from the ``tp<N>`` folder). :data:`DENSE_LAYERS` and
+:data:`PER_SEQUENCE_LAYERS` name the layers read. Not read, on purpose:
+
+* ``layernorm`` / ``final_layernorm``: vLLM's fused residual-add + RMSNorm, one kernel where
+  the op list without an engine has two (the fused kernel is modelled by ``perf.fusion``);
+* ``sampler``: vLLM's sampler chain (penalties, top-k/top-p sort), not the one-pass op;
+* ``attention.csv``, ``skew*.csv``, ``step.csv``, ``moe.csv``, ``mtp.csv``: other grids.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from llmservingsim.catalog import load_model, model_names, model_path
+from llmservingsim.errors import ConfigError
+from llmservingsim.hardware.profiles.points import ProfilePoint
+from llmservingsim.model.ops import Op, OpGraph
+from llmservingsim.model.spec import ModelSpec, load_hf_config_file
+
+# bundle layer name -> simulator op name
+DENSE_LAYERS: dict[str, str] = {
+    "embedding": "embedding",
+    "qkv_proj": "qkv_proj",
+    "rotary_emb": "rope",
+    "o_proj": "o_proj",
+    "gate_up_proj": "mlp_up_proj",
+    "act_fn": "mlp_act",
+    "down_proj": "mlp_down_proj",
+}
+PER_SEQUENCE_LAYERS: dict[str, str] = {"lm_head": "lm_head"}
+
+DENSE_HEADER = ["layer", "tokens", "time_us"]
+PER_SEQUENCE_HEADER = ["layer", "sequences", "time_us"]
+# variant folder -> the weight dtype the ops are built with
+VARIANT_DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp8": "fp8"}
+
+
+def is_dense_header(header: list[str]) -> bool:
+    return [h.strip() for h in header] == DENSE_HEADER
+
+
+def is_per_sequence_header(header: list[str]) -> bool:
+    return [h.strip() for h in header] == PER_SEQUENCE_HEADER
+
+
+@cache
+def _catalog_by_hf_id() -> dict[str, str]:
+    """Catalog model name per Hugging Face id (config.json ``_name_or_path``), lower-cased."""
+    found: dict[str, str] = {}
+    for name in model_names():
+        config = json.loads(model_path(name).read_text())
+        hf_id = config.get("_name_or_path")
+        if isinstance(hf_id, str) and hf_id:
+            found.setdefault(hf_id.lower(), name)
+    return found
+
+
+def _bundle(path: Path) -> tuple[ModelSpec, str, int, str]:
+    """(model, weight dtype, TP degree, label) of the bundle a ``tp<N>/*.csv`` belongs to."""
+    tp_dir = path.parent
+    if not (tp_dir.name.startswith("tp") and tp_dir.name[2:].isdigit()):
+        raise ConfigError(
+            f"{path}: an LLMServingSim profile table must sit in a 'tp<N>' folder of its bundle"
+        )
+    tp = int(tp_dir.name[2:])
+    bundle = tp_dir.parent
+    meta_path = bundle / "meta.yaml"
+    if not meta_path.is_file():
+        raise ConfigError(f"{path}: no meta.yaml in {bundle} (the bundle names its model there)")
+    try:
+        meta = yaml.safe_load(meta_path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{meta_path}: cannot read: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{meta_path}: expected a mapping with 'model' and 'variant'")
+    hf_id, variant = meta.get("model"), str(meta.get("variant", bundle.name))
+    dtype = VARIANT_DTYPES.get(variant)
+    if dtype is None:
+        raise ConfigError(
+            f"{meta_path}: variant {variant!r} is not yet supported "
+            f"(expected one of {', '.join(VARIANT_DTYPES)})"
+        )
+    local = bundle / "config.json"
+    if local.is_file():
+        spec = load_hf_config_file(local, name=bundle.parent.name)
+    else:
+        name = _catalog_by_hf_id().get(str(hf_id).lower()) if hf_id else None
+        if name is None:
+            raise ConfigError(
+                f"{meta_path}: model {hf_id!r} is not in the catalog (no catalog config.json "
+                f"has that _name_or_path); put the model's config.json beside meta.yaml"
+            )
+        spec = load_model(name)
+    return spec, dtype, tp, bundle.parent.name
+
+
+def _layer_ops(graph: OpGraph, spec: ModelSpec, count: int, per_sequence: bool) -> list[Op]:
+    """The ops a row can be: the LM head side per sequence, else one layer's (no MLP for MoE)."""
+    if per_sequence:
+        return graph.output_ops(count)
+    ops = graph.attention_block_ops(count) + graph.embedding_ops(count)
+    return ops if spec.is_moe else ops + graph.mlp_ops(count)
+
+
+def _read(path: Path, layers: dict[str, str], per_sequence: bool) -> list[ProfilePoint]:
+    spec, dtype, tp, label = _bundle(path)
+    graph = OpGraph(spec, tp, dtype, dtype)
+    points: list[ProfilePoint] = []
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    for line, row in enumerate(rows[1:], start=2):
+        if not row or not row[0].strip():
+            continue
+        if len(row) != 3:
+            raise ConfigError(f"{path}:{line}: expected 3 columns, got {len(row)}")
+        layer = row[0].strip()
+        op_name = layers.get(layer)
+        if op_name is None:
+            continue
+        try:
+            count, micros = int(row[1]), float(row[2])
+        except ValueError:
+            raise ConfigError(
+                f"{path}:{line}: expected an integer count and a time in µs, got {row[1:]!r}"
+            ) from None
+        if count < 1 or not micros > 0:
+            raise ConfigError(f"{path}:{line}: count and time must be positive, got {row[1:]!r}")
+        ops = _layer_ops(graph, spec, count, per_sequence)
+        op = next((o for o in ops if o.name == op_name), None)
+        if op is not None:  # a layer this model's op list does not have (e.g. MLA) is skipped
+            points.append(ProfilePoint(op, micros * 1e-6, dtype, label, f"{path}:{line}"))
+    return points
+
+
+def read_dense(path: Path, header: list[str]) -> list[ProfilePoint]:
+    del header
+    return _read(path, DENSE_LAYERS, per_sequence=False)
+
+
+def read_per_sequence(path: Path, header: list[str]) -> list[ProfilePoint]:
+    del header
+    return _read(path, PER_SEQUENCE_LAYERS, per_sequence=True)
