@@ -85,6 +85,8 @@ TRANSFERRED = {
     "l40s": "a40",
     "l4": "a40",
     "rtx-pro-6000": "a40",
+    "rtx-3090": "a40",
+    "rtx-5090": "rtx-pro-6000",
     "mi300x": "h100-sxm",
     "mi325x": "h100-sxm",
     "tpu-v5e": "h100-sxm",
@@ -93,7 +95,10 @@ TRANSFERRED = {
     "npu": "h100-sxm",
     "pim": "h100-sxm",
 }
-SAME_FAMILY = {"h100-pcie", "h200", "b200", "gb200", "a100-40gb", "a6000", "l40s", "l4"}
+SAME_FAMILY = {
+    "h100-pcie", "h200", "b200", "gb200", "a100-40gb", "a6000", "l40s", "l4", "rtx-3090",
+    "rtx-5090",
+}  # fmt: skip
 
 
 def tables_root() -> Path:
@@ -328,6 +333,7 @@ def main(argv: list[str]) -> int:
             gemm_source,
         )
         print(f"{name}: efficiency from {source}, compute_half_m {eff.compute_half_m:g}")
+        load_device.cache_clear()  # a later device may transfer from this one
     return 0
 
 

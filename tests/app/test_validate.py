@@ -813,6 +813,8 @@ def test_fp8_rows_run_their_checkpoints_scaling(
         ("A100-SXM4-80GB", "a100-80gb"),
         ("A100 40GB", "a100-40gb"),
         ("NVIDIA GeForce RTX 4090", "rtx-4090"),
+        ("NVIDIA GeForce RTX 5090", "rtx-5090"),
+        ("RTX 3090 24GB", "rtx-3090"),
         ("RTX PRO 6000 Blackwell", "rtx-pro-6000"),
         ("NVIDIA RTX A6000", "a6000"),
         ("L40S", "l40s"),

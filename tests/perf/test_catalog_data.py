@@ -23,8 +23,8 @@ MODEL_FILES = sorted((DATA / "models").glob("*.json"))
 
 EXPECTED_DEVICES = {
     "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "b200", "gb200", "l40s", "a40",
-    "a6000", "l4", "rtx-4090", "rtx-pro-6000", "mi300x", "mi325x", "tpu-v5e", "tpu-v6e", "gaudi3",
-    "npu", "pim",
+    "a6000", "l4", "rtx-3090", "rtx-4090", "rtx-5090", "rtx-pro-6000", "mi300x", "mi325x",
+    "tpu-v5e", "tpu-v6e", "gaudi3", "npu", "pim",
 }  # fmt: skip
 
 EXPECTED_MODELS = {

@@ -90,7 +90,9 @@ HARDWARE = (
     (r"^a100( sxm4?)? 40gb$", "a100-40gb"),  # SXM4 cards: a PCIe A100 has no catalog device
     (r"^a100( sxm4?)?( 80gb)?$", "a100-80gb"),
     (r"^rtx pro 6000", "rtx-pro-6000"),
+    (r"^rtx 3090( 24gb)?$", "rtx-3090"),
     (r"^rtx 4090( 24gb)?$", "rtx-4090"),
+    (r"^rtx 5090( 32gb)?$", "rtx-5090"),
     (r"^(rtx )?a6000( 48gb)?$", "a6000"),
     (r"^a40( 48gb)?$", "a40"),
     (r"^l40s( 48gb)?$", "l40s"),
