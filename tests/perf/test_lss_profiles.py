@@ -64,6 +64,24 @@ def test_rows_become_the_models_ops_at_the_folders_tp(tmp_path: Path) -> None:
     assert up.source.endswith(".csv:" + up.source.rsplit(":", 1)[1])
 
 
+def test_attention_rows_become_prefill_and_decode_ops(tmp_path: Path) -> None:
+    bundle = _bundle(tmp_path)
+    (bundle / "tp1" / "attention.csv").write_text(
+        "prefill_chunk,kv_prefill,n_decode,kv_decode,time_us\n"
+        "2048,512,0,0,442.4\n"  # prefill of 2048 tokens after 512 cached ones
+        "0,0,8,1024,55.6\n"  # 8 decodes of 1,024 tokens each
+        "16,0,8,1024,89.5\n"  # mixed: not one op of the simulator, left out
+    )
+    points = [p for p in load_profiles([tmp_path]) if p.op.kind.startswith("attention")]
+    assert [(p.op.name, dict(p.op.dims)) for p in points] == [
+        ("attention_prefill", {"new": 2048, "ctx": 512, "q_heads": 32, "kv_heads": 8,
+                               "head_dim": 128}),
+        ("attention_decode", {"batch": 8, "context": 8192, "q_heads": 32, "kv_heads": 8,
+                              "head_dim": 128}),
+    ]  # fmt: skip
+    assert points[0].seconds == pytest.approx(442.4e-6)
+
+
 def test_calibrate_recovers_the_gemm_parameters(tmp_path: Path) -> None:
     report = calibrate([_bundle(tmp_path)], "rtx-4090")
     fitted = report.device.efficiency

@@ -30,6 +30,7 @@ def _reader_for(header: list[str]) -> Reader | None:
         (native.is_native_header, native.read_native),
         (lss.is_dense_header, lss.read_dense),
         (lss.is_per_sequence_header, lss.read_per_sequence),
+        (lss.is_attention_header, lss.read_attention),
     ):
         if matches(header):
             return reader

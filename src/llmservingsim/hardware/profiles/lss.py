@@ -6,17 +6,29 @@ one bundle::
     <HARDWARE>/<org>/<model>/<variant>/meta.yaml      model: <org>/<model>, variant: bf16, ...
     <HARDWARE>/<org>/<model>/<variant>/tp<N>/dense.csv         layer,tokens,time_us
     <HARDWARE>/<org>/<model>/<variant>/tp<N>/per_sequence.csv  layer,sequences,time_us
+    <HARDWARE>/<org>/<model>/<variant>/tp<N>/attention.csv
+        prefill_chunk,kv_prefill,n_decode,kv_decode,time_us
 
 measured with vLLM's own model code (eager mode, one decoder layer), times in microseconds.
 Each row becomes the simulator's op for that shape (:class:`OpGraph` of the catalog model
 whose config.json ``_name_or_path`` is the bundle's ``model``, or of a ``config.json`` beside
 ``meta.yaml``; TP degree from the ``tp<N>`` folder). :data:`DENSE_LAYERS` and
-:data:`PER_SEQUENCE_LAYERS` name the layers read. Not read, on purpose:
+:data:`PER_SEQUENCE_LAYERS` name the layers read. ``attention.csv`` times one attention call
+of a batch: a row with no decodes is the prefill attention of ``prefill_chunk`` new tokens
+after ``kv_prefill`` cached ones (rows with ``kv_prefill`` below the chunk exist, so it is the
+prefix, not the key count); a row with no prefill is the decode attention of ``n_decode``
+sequences of ``kv_decode`` tokens each (per sequence: the time grows with ``n_decode`` at a
+fixed ``kv_decode``, and 256 × 16,384 tokens stream at 0.95 of the RTX 4090's DRAM bandwidth;
+read as the batch's total they would stream at 0.4 %). Not read, on purpose:
 
 * ``layernorm`` / ``final_layernorm``: vLLM's fused residual-add + RMSNorm, one kernel where
   the op list without an engine has two (the fused kernel is modelled by ``perf.fusion``);
 * ``sampler``: vLLM's sampler chain (penalties, top-k/top-p sort), not the one-pass op;
-* ``attention.csv``, ``skew*.csv``, ``step.csv``, ``moe.csv``, ``mtp.csv``: other grids.
+* attention rows with both a prefill and decodes: vLLM runs them as one varlen kernel whose
+  time is not the sum of the two (docs/calibration.md §4b), and no op of the simulator is that
+  kernel; attention grids of another header (the profiler's later ``layer,prefill_chunk,
+  prefill_key,...`` files, whose ``prefill_key`` is not documented);
+* ``skew*.csv``, ``step.csv``, ``moe.csv``, ``mtp.csv``: other grids.
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ DENSE_LAYERS: dict[str, str] = {
 PER_SEQUENCE_LAYERS: dict[str, str] = {"lm_head": "lm_head"}
 
 DENSE_HEADER = ["layer", "tokens", "time_us"]
+ATTENTION_HEADER = ["prefill_chunk", "kv_prefill", "n_decode", "kv_decode", "time_us"]
 PER_SEQUENCE_HEADER = ["layer", "sequences", "time_us"]
 # variant folder -> the weight dtype the ops are built with
 VARIANT_DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp8": "fp8"}
@@ -58,6 +71,10 @@ def is_dense_header(header: list[str]) -> bool:
 
 def is_per_sequence_header(header: list[str]) -> bool:
     return [h.strip() for h in header] == PER_SEQUENCE_HEADER
+
+
+def is_attention_header(header: list[str]) -> bool:
+    return [h.strip() for h in header] == ATTENTION_HEADER
 
 
 @cache
@@ -119,17 +136,25 @@ def _layer_ops(graph: OpGraph, spec: ModelSpec, count: int, per_sequence: bool) 
     return ops if spec.is_moe else ops + graph.mlp_ops(count)
 
 
+def _csv_rows(path: Path, columns: int) -> list[tuple[int, list[str]]]:
+    """(line, cells) of every data row, each with ``columns`` cells."""
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    found: list[tuple[int, list[str]]] = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not row or not row[0].strip():
+            continue
+        if len(row) != columns:
+            raise ConfigError(f"{path}:{line}: expected {columns} columns, got {len(row)}")
+        found.append((line, row))
+    return found
+
+
 def _read(path: Path, layers: dict[str, str], per_sequence: bool) -> list[ProfilePoint]:
     spec, dtype, tp, label = _bundle(path)
     graph = OpGraph(spec, tp, dtype, dtype)
     points: list[ProfilePoint] = []
-    with path.open(newline="") as fh:
-        rows = list(csv.reader(fh))
-    for line, row in enumerate(rows[1:], start=2):
-        if not row or not row[0].strip():
-            continue
-        if len(row) != 3:
-            raise ConfigError(f"{path}:{line}: expected 3 columns, got {len(row)}")
+    for line, row in _csv_rows(path, 3):
         layer = row[0].strip()
         op_name = layers.get(layer)
         if op_name is None:
@@ -157,3 +182,29 @@ def read_dense(path: Path, header: list[str]) -> list[ProfilePoint]:
 def read_per_sequence(path: Path, header: list[str]) -> list[ProfilePoint]:
     del header
     return _read(path, PER_SEQUENCE_LAYERS, per_sequence=True)
+
+
+def read_attention(path: Path, header: list[str]) -> list[ProfilePoint]:
+    """Prefill-only and decode-only rows of an attention grid (mixed rows are left out)."""
+    del header
+    spec, dtype, tp, label = _bundle(path)
+    graph = OpGraph(spec, tp, dtype, dtype)
+    points: list[ProfilePoint] = []
+    for line, row in _csv_rows(path, 5):
+        try:
+            chunk, ctx, seqs, kv = (int(cell) for cell in row[:4])
+            micros = float(row[4])
+        except ValueError:
+            raise ConfigError(
+                f"{path}:{line}: expected four integers and a time in µs, got {row!r}"
+            ) from None
+        if min(chunk, ctx, seqs, kv) < 0 or not micros > 0:
+            raise ConfigError(f"{path}:{line}: counts must be >= 0 and the time > 0: {row!r}")
+        if chunk > 0 and seqs == 0:
+            op = graph.prefill_attention(chunk, ctx)
+        elif chunk == 0 and seqs > 0 and kv > 0:
+            op = graph.decode_attention(seqs, seqs * kv)
+        else:
+            continue  # a mixed batch (or an empty one): not one op of the simulator
+        points.append(ProfilePoint(op, micros * 1e-6, dtype, label, f"{path}:{line}"))
+    return points
