@@ -28,6 +28,7 @@ Exits 0 with a message when the data folder is absent.
 from __future__ import annotations
 
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -73,7 +74,7 @@ FITTED = {
     "a40": ["profiles/vidur/compute/a40"],
 }
 # device -> (family it is transferred from first, LLMServingSim profiler bundle folder)
-LSS_FITTED = {"rtx-4090": ("a40", "RTX4090")}
+LSS_FITTED = {"rtx-4090": ("a40", "RTX4090/meta-llama/Llama-3.1-8B/bf16")}
 # device -> calibrated device whose fit it takes (calibration.md §8)
 TRANSFERRED = {
     "h100-pcie": "h100-sxm",
@@ -261,16 +262,19 @@ def table_moe(system_dir: Path, spec: DeviceSpec) -> tuple[dict[str, MoeGemm], l
 
 def fit_lss(root: Path | None, name: str, family: str, folder: str) -> None:
     """``name``'s efficiencies: its family's transfer, then the groups its LLMServingSim
-    bundle fits (a group the quality gate rejects keeps the transferred value)."""
+    bundle fits (a group the quality gate rejects keeps the transferred value). The device
+    YAML is rewritten only once the fit has succeeded."""
     if root is None:
         print(f"{name}: kept (fitted on LLMServingSim's {folder} bundle; pass --lss-perf DIR)")
         return
     path = HARDWARE / f"{name}.yaml"
-    replace_efficiency_block(
-        path, transfer_efficiency(load_device(family), load_device(name)), "transferred"
-    )
-    load_device.cache_clear()
-    report = calibrate([root / folder], name)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / f"{name}.yaml"
+        base.write_text(path.read_text())
+        replace_efficiency_block(
+            base, transfer_efficiency(load_device(family), load_device(name)), "transferred"
+        )
+        report = calibrate([root / folder], str(base))
     ins = report.row(ALL_FITTED)
     assert ins is not None
     rejected = [g.group for g in report.fit.groups if not g.accepted]
@@ -281,8 +285,9 @@ def fit_lss(root: Path | None, name: str, family: str, folder: str) -> None:
     replace_efficiency_block(
         path,
         rounded(report.device.efficiency),
-        f"fitted by llmservingsim calibrate on LLMServingSim's {folder} vLLM profiles; "
-        f"groups the gate rejects transferred from {family}; see docs/calibration.md §4b",
+        f"fitted by llmservingsim calibrate on LLMServingSim's {folder.split('/')[0]} vLLM "
+        f"profiles; groups the gate rejects transferred from {family}; see docs/calibration.md "
+        f"§4b",
     )
     load_device.cache_clear()
 

@@ -113,6 +113,62 @@ def test_a_bad_row_names_file_and_line(tmp_path: Path) -> None:
         load_profiles([tmp_path])
 
 
+@pytest.mark.parametrize("bad", ["inf", "nan", "-3", "1e400"])
+def test_a_time_that_is_not_positive_and_finite_is_an_error(tmp_path: Path, bad: str) -> None:
+    bundle = _bundle(tmp_path)
+    dense = bundle / "tp1" / "dense.csv"
+    dense.write_text(dense.read_text() + f"qkv_proj,8,{bad}\n")
+    with pytest.raises(ConfigError, match=r"dense\.csv:\d+: count and time must be positive"):
+        load_profiles([tmp_path])
+
+
+def test_unreadable_files_are_config_errors(tmp_path: Path) -> None:
+    bundle = _bundle(tmp_path)
+    dense = bundle / "tp1" / "dense.csv"
+    dense.write_bytes(dense.read_bytes() + b"qkv_proj,8,\xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"dense\.csv: cannot read"):
+        load_profiles([tmp_path])
+    (bundle / "meta.yaml").write_bytes(b"model: \xff\n")
+    with pytest.raises(ConfigError, match=r"meta\.yaml: cannot read"):
+        load_profiles([bundle / "tp1" / "per_sequence.csv"])
+
+
+@pytest.mark.parametrize("folder", ["tp0", "tp\u00b2", "tp3"])
+def test_a_tp_folder_that_cannot_be_a_layout_is_an_error(tmp_path: Path, folder: str) -> None:
+    bundle = _bundle(tmp_path)
+    (bundle / "tp1").rename(bundle / folder)
+    with pytest.raises(ConfigError, match=r"tp<N>' folder|does not split"):
+        load_profiles([tmp_path])
+
+
+def test_an_attention_grid_of_a_model_with_local_layers_is_not_yet_supported(
+    tmp_path: Path,
+) -> None:
+    bundle = _bundle(tmp_path)
+    (bundle / "config.json").write_text(model_path("gpt-oss-20b").read_text())
+    (bundle / "tp1" / "attention.csv").write_text(
+        "prefill_chunk,kv_prefill,n_decode,kv_decode,time_us\n0,0,8,1024,55.6\n"
+    )
+    with pytest.raises(ConfigError, match=r"sliding-window or chunked .* not yet supported"):
+        load_profiles([bundle / "tp1" / "attention.csv"])
+
+
+def test_the_kv_cache_dtype_follows_meta(tmp_path: Path) -> None:
+    bundle = _bundle(tmp_path)
+    (bundle / "tp1" / "attention.csv").write_text(
+        "prefill_chunk,kv_prefill,n_decode,kv_decode,time_us\n0,0,8,1024,55.6\n"
+    )
+    meta = bundle / "meta.yaml"
+
+    def decode_bytes() -> float:
+        (point,) = [p for p in load_profiles([tmp_path]) if p.op.name == "attention_decode"]
+        return point.op.bytes
+
+    auto = decode_bytes()
+    meta.write_text(meta.read_text() + "engine_effective: {kv_cache_dtype: fp8}\n")
+    assert decode_bytes() < 0.6 * auto  # the KV half as wide; q in and out stay 16-bit
+
+
 def test_a_table_outside_a_tp_folder_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "dense.csv").write_text("layer,tokens,time_us\nqkv_proj,1,50\n")
     with pytest.raises(ConfigError, match=r"must sit in a 'tp<N>' folder"):

@@ -99,7 +99,7 @@ def calibrate_command(
         typer.Option(
             "--profiles",
             help="Folder or CSV of operator profiles (Vidur mlp.csv/attention.csv, LLMServingSim "
-            "dense.csv/per_sequence.csv or native "
+            "dense.csv/per_sequence.csv/attention.csv or native "
             "CSV, docs/profiles.md); repeatable. One device's tables only.",
         ),
     ] = None,

@@ -71,7 +71,7 @@ def load_profiles(roots: Iterable[Path]) -> list[ProfilePoint]:
         shown = ", ".join(str(r) for r in roots)
         raise ConfigError(
             f"no operator profile tables (Vidur mlp.csv / attention.csv, LLMServingSim "
-            f"dense.csv / per_sequence.csv or native CSV, see "
+            f"dense.csv / per_sequence.csv / attention.csv or native CSV, see "
             f"docs/profiles.md) found under {shown}"
         )
     return points

@@ -35,6 +35,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import re
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -89,21 +92,35 @@ def _catalog_by_hf_id() -> dict[str, str]:
     return found
 
 
-def _bundle(path: Path) -> tuple[ModelSpec, str, int, str]:
-    """(model, weight dtype, TP degree, label) of the bundle a ``tp<N>/*.csv`` belongs to."""
+@dataclass(frozen=True)
+class _Bundle:
+    spec: ModelSpec
+    dtype: str  # weight dtype
+    kv_dtype: str  # meta.yaml's engine_effective.kv_cache_dtype; auto: 16-bit
+    tp: int
+    label: str
+
+
+_TP_FOLDER = re.compile(r"tp([1-9][0-9]*)", re.ASCII)
+
+
+def _bundle(path: Path) -> _Bundle:
+    """The bundle a ``tp<N>/*.csv`` belongs to: its model, dtypes, TP degree and label."""
     tp_dir = path.parent
-    if not (tp_dir.name.startswith("tp") and tp_dir.name[2:].isdigit()):
+    match = _TP_FOLDER.fullmatch(tp_dir.name)
+    if match is None:
         raise ConfigError(
-            f"{path}: an LLMServingSim profile table must sit in a 'tp<N>' folder of its bundle"
+            f"{path}: an LLMServingSim profile table must sit in a 'tp<N>' folder (N >= 1) "
+            f"of its bundle"
         )
-    tp = int(tp_dir.name[2:])
+    tp = int(match.group(1))
     bundle = tp_dir.parent
     meta_path = bundle / "meta.yaml"
     if not meta_path.is_file():
         raise ConfigError(f"{path}: no meta.yaml in {bundle} (the bundle names its model there)")
     try:
-        meta = yaml.safe_load(meta_path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        meta = yaml.safe_load(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{meta_path}: cannot read: {exc}") from None
     if not isinstance(meta, dict):
         raise ConfigError(f"{meta_path}: expected a mapping with 'model' and 'variant'")
@@ -114,6 +131,10 @@ def _bundle(path: Path) -> tuple[ModelSpec, str, int, str]:
             f"{meta_path}: variant {variant!r} is not yet supported "
             f"(expected one of {', '.join(VARIANT_DTYPES)})"
         )
+    engine = meta.get("engine_effective")
+    kv_setting = str(engine.get("kv_cache_dtype", "auto")) if isinstance(engine, dict) else "auto"
+    # vLLM's auto KV cache is the model's activation dtype: 16-bit for an fp8 checkpoint too.
+    kv_dtype = "fp8" if kv_setting.startswith("fp8") else ("fp16" if dtype == "fp16" else "bf16")
     local = bundle / "config.json"
     if local.is_file():
         spec = load_hf_config_file(local, name=bundle.parent.name)
@@ -125,7 +146,12 @@ def _bundle(path: Path) -> tuple[ModelSpec, str, int, str]:
                 f"has that _name_or_path); put the model's config.json beside meta.yaml"
             )
         spec = load_model(name)
-    return spec, dtype, tp, bundle.parent.name
+    if spec.num_heads % tp or (spec.num_kv_heads % tp and tp % spec.num_kv_heads):
+        raise ConfigError(
+            f"{path}: TP {tp} does not split {spec.name}'s {spec.num_heads} query / "
+            f"{spec.num_kv_heads} KV heads evenly"
+        )
+    return _Bundle(spec, dtype, kv_dtype, tp, bundle.parent.name)
 
 
 def _layer_ops(graph: OpGraph, spec: ModelSpec, count: int, per_sequence: bool) -> list[Op]:
@@ -138,8 +164,11 @@ def _layer_ops(graph: OpGraph, spec: ModelSpec, count: int, per_sequence: bool) 
 
 def _csv_rows(path: Path, columns: int) -> list[tuple[int, list[str]]]:
     """(line, cells) of every data row, each with ``columns`` cells."""
-    with path.open(newline="") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
     found: list[tuple[int, list[str]]] = []
     for line, row in enumerate(rows[1:], start=2):
         if not row or not row[0].strip():
@@ -151,8 +180,9 @@ def _csv_rows(path: Path, columns: int) -> list[tuple[int, list[str]]]:
 
 
 def _read(path: Path, layers: dict[str, str], per_sequence: bool) -> list[ProfilePoint]:
-    spec, dtype, tp, label = _bundle(path)
-    graph = OpGraph(spec, tp, dtype, dtype)
+    info = _bundle(path)
+    spec = info.spec
+    graph = OpGraph(spec, info.tp, info.dtype, info.kv_dtype)
     points: list[ProfilePoint] = []
     for line, row in _csv_rows(path, 3):
         layer = row[0].strip()
@@ -165,12 +195,14 @@ def _read(path: Path, layers: dict[str, str], per_sequence: bool) -> list[Profil
             raise ConfigError(
                 f"{path}:{line}: expected an integer count and a time in µs, got {row[1:]!r}"
             ) from None
-        if count < 1 or not micros > 0:
-            raise ConfigError(f"{path}:{line}: count and time must be positive, got {row[1:]!r}")
+        if count < 1 or not (math.isfinite(micros) and micros > 0):
+            raise ConfigError(
+                f"{path}:{line}: count and time must be positive and finite, got {row[1:]!r}"
+            )
         ops = _layer_ops(graph, spec, count, per_sequence)
         op = next((o for o in ops if o.name == op_name), None)
         if op is not None:  # a layer this model's op list does not have (e.g. MLA) is skipped
-            points.append(ProfilePoint(op, micros * 1e-6, dtype, label, f"{path}:{line}"))
+            points.append(ProfilePoint(op, micros * 1e-6, info.dtype, info.label, f"{path}:{line}"))
     return points
 
 
@@ -187,8 +219,14 @@ def read_per_sequence(path: Path, header: list[str]) -> list[ProfilePoint]:
 def read_attention(path: Path, header: list[str]) -> list[ProfilePoint]:
     """Prefill-only and decode-only rows of an attention grid (mixed rows are left out)."""
     del header
-    spec, dtype, tp, label = _bundle(path)
-    graph = OpGraph(spec, tp, dtype, dtype)
+    info = _bundle(path)
+    if info.spec.has_sliding_layers or info.spec.has_chunked_layers:
+        raise ConfigError(
+            f"{path}: attention grids of models with sliding-window or chunked attention "
+            f"layers ({info.spec.name}) are not yet supported (the grid does not say which "
+            f"layer it timed)"
+        )
+    graph = OpGraph(info.spec, info.tp, info.dtype, info.kv_dtype)
     points: list[ProfilePoint] = []
     for line, row in _csv_rows(path, 5):
         try:
@@ -198,13 +236,15 @@ def read_attention(path: Path, header: list[str]) -> list[ProfilePoint]:
             raise ConfigError(
                 f"{path}:{line}: expected four integers and a time in µs, got {row!r}"
             ) from None
-        if min(chunk, ctx, seqs, kv) < 0 or not micros > 0:
-            raise ConfigError(f"{path}:{line}: counts must be >= 0 and the time > 0: {row!r}")
+        if min(chunk, ctx, seqs, kv) < 0 or not (math.isfinite(micros) and micros > 0):
+            raise ConfigError(
+                f"{path}:{line}: counts must be >= 0 and the time positive and finite: {row!r}"
+            )
         if chunk > 0 and seqs == 0:
             op = graph.prefill_attention(chunk, ctx)
         elif chunk == 0 and seqs > 0 and kv > 0:
             op = graph.decode_attention(seqs, seqs * kv)
         else:
             continue  # a mixed batch (or an empty one): not one op of the simulator
-        points.append(ProfilePoint(op, micros * 1e-6, dtype, label, f"{path}:{line}"))
+        points.append(ProfilePoint(op, micros * 1e-6, info.dtype, info.label, f"{path}:{line}"))
     return points
