@@ -27,6 +27,7 @@ Exits 0 with a message when the data folder is absent.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 from importlib import metadata
@@ -293,17 +294,15 @@ def fit_lss(root: Path | None, name: str, family: str, folder: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = list(argv[1:])
-    lss: Path | None = None
-    if "--lss-perf" in args:
-        at = args.index("--lss-perf")
-        if at + 1 >= len(args):
-            raise SystemExit("error: --lss-perf needs a folder (LLMServingSim's profiler/perf)")
-        lss = Path(args[at + 1])
-        del args[at : at + 2]
-        if not lss.is_dir():
-            raise SystemExit(f"error: --lss-perf {lss}: not a folder")
-    data = Path(args[0]) if args else REPO.parent / "shared" / "data"
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", nargs="?", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument(
+        "--lss-perf", type=Path, help="a checkout of LLMServingSim's profiler/perf folder"
+    )
+    args = parser.parse_args(argv[1:])
+    data, lss = args.data, args.lss_perf
+    if lss is not None and not lss.is_dir():
+        parser.error(f"--lss-perf {lss}: not a folder")
     if not (data / "profiles").is_dir():
         print(f"calibrate_catalog: {data}/profiles not found; nothing to do.")
         return 0
