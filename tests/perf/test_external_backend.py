@@ -164,3 +164,31 @@ def test_cli_prints_one_line_for_a_failing_tool(tmp_path: Path) -> None:
 def test_external_needs_a_command() -> None:
     with pytest.raises(ConfigError, match=r"perf\.command"):
         simulate(load_config(None, [*SMALL, "perf.backend=external"]))
+
+
+def test_gemms_kept_in_16_bits_are_asked_in_bf16(tmp_path: Path) -> None:
+    """A GEMM the checkpoint leaves in 16 bits (gpt-oss's attention under mxfp4) goes to the
+    tool with dtype bf16 and its ``weights_16bit`` dim; the run's other GEMMs with its dtype."""
+    script = tmp_path / "echo.py"
+    script.write_text(
+        "import json, sys\n"
+        "sys.stdin.readline()\n"
+        "print(json.dumps({'name': 'echo', 'version': '0'}), flush=True)\n"
+        "for line in sys.stdin:\n"
+        "    r = json.loads(line)\n"
+        "    marked = r['dims'].get('weights_16bit') == 1\n"
+        "    s = {'bf16': 2.0, 'mxfp4': 1.0}[r['dtype']] + (0.5 if marked else 0.0)\n"
+        "    print(json.dumps({'seconds': s}), flush=True)\n"
+    )
+    backend = ExternalBackend(
+        load_device("b200"), "mxfp4", [sys.executable, str(script)], tmp_path, 30.0
+    )
+    graph = OpGraph(load_model("gpt-oss-20b"), 1, "mxfp4", "bf16", fp4_tensor_cores=True)
+    qkv = next(op for op in graph.dense_layer_ops(8) if op.name == "qkv_proj")
+    assert graph.moe is not None
+    expert = next(op for op in graph.moe.expert_ops(8) if op.name == "moe_gate_up_proj")
+    router = next(op for op in graph.moe.expert_ops(8) if op.name == "moe_router")
+    assert backend.time(qkv) == 2.5
+    assert backend.time(expert) == 1.0
+    assert backend.time(router) == 2.5  # the router too (mlp.router in the list)
+    backend.close()

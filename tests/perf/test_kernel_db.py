@@ -26,6 +26,7 @@ from llmservingsim.hardware.backends.kernel_db import (
     kernel_table_lines,
 )
 from llmservingsim.hardware.backends.roofline import RooflineBackend
+from llmservingsim.model.op import SIXTEEN_BIT_DIM
 from llmservingsim.model.ops import Op, OpGraph
 from llmservingsim.network import collectives
 from llmservingsim.network.topology import Topology
@@ -412,3 +413,14 @@ def test_the_roofline_fallback_times_the_runs_own_fp8_kernels(tmp_path: Path) ->
     block = RooflineBackend(device, "fp8", None, "block").time(op)
     assert backend.fallback.time(op) == block
     assert block != RooflineBackend(device, "fp8", None, "tensor").time(op)
+
+
+def test_gemms_a_checkpoint_keeps_in_16_bits_read_the_bf16_table(tmp_path: Path) -> None:
+    """fp8 weights with one GEMM marked 16-bit (model/op.py SIXTEEN_BIT_DIM): the marked one
+    is timed on the bf16 table, the others on the fp8 one."""
+    root = _tree(tmp_path)
+    fp8 = _backend(root, "dtype=fp8", "kv_dtype=bf16")
+    plain = _gemm(256, 4096, 4096)
+    marked = Op(plain.name, "gemm", plain.flops, 1.0, 256, (*plain.dims, (SIXTEEN_BIT_DIM, 1)))
+    assert fp8.time(marked) == pytest.approx(fp8.time(plain) / 0.75)
+    assert fp8.stats()["perf_fallbacks"] == 0

@@ -4,19 +4,23 @@ fp8 rate on devices with FP4 tensor cores (Blackwell), weight-only bf16 math els
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 
+from llmservingsim import catalog
 from llmservingsim.catalog import load_device, load_model
 from llmservingsim.config import KernelDbConfig, load_config
 from llmservingsim.errors import ConfigError
 from llmservingsim.hardware.backends.kernel_db import table_modes
 from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.device import attention_dtype
-from llmservingsim.model.ops import OpGraph
-from llmservingsim.model.spec import DTYPE_BYTES
+from llmservingsim.model.fusion import Fusion
+from llmservingsim.model.op import is_sixteen_bit
+from llmservingsim.model.ops import Op, OpGraph
+from llmservingsim.model.spec import DTYPE_BYTES, parse_hf_config
 from llmservingsim.network.topology import Topology
-from llmservingsim.perf.iteration import IterationTimer
+from llmservingsim.perf.iteration import BatchShape, IterationTimer
 from llmservingsim.serving.memory import weight_bytes_per_device
 
 HAS_AIC = importlib.util.find_spec("aiconfigurator_core") is not None
@@ -39,17 +43,25 @@ def _timer(hardware: str, dtype: str, moe_entries: bool = True) -> IterationTime
     )
 
 
-def test_gpt_oss_120b_weights_take_4_25_bits_with_16_bit_embeddings() -> None:
+def test_gpt_oss_120b_weights_take_4_25_bits_with_16_bit_attention_and_embeddings() -> None:
     spec = load_model("gpt-oss-120b")
     assert DTYPE_BYTES["mxfp4"] == 4.25 / 8
+    # Its config.json: modules_to_not_convert = self_attn, mlp.router, embed_tokens, lm_head.
+    assert spec.checkpoint_dtype == "mxfp4"
+    assert set(spec.unquantized) == {"attention", "router", "lm_head"}
     embeddings = spec.embedding_params()
-    body = spec.num_params() - embeddings
-    expected = body * 4.25 / 8 + embeddings * 2.0
+    sixteen = spec.num_layers * (spec.attention_params() + spec.num_experts * spec.hidden_size)
+    experts = spec.num_params() - embeddings - sixteen
+    expected = experts * 4.25 / 8 + (sixteen + embeddings) * 2.0
     assert weight_bytes_per_device(spec, "mxfp4", 1) == pytest.approx(expected)
+    # int4 is not the checkpoint's format: its attention and router are 4-bit too
     int4 = weight_bytes_per_device(spec, "int4", 1)
-    assert weight_bytes_per_device(spec, "mxfp4", 1) - int4 == pytest.approx(body / 32)
-    # ~63 GB: about what the published checkpoint takes (65 GB with its bf16 attention)
-    assert 55e9 < expected < 70e9
+    gap = experts / 32 + sixteen * 1.5
+    assert weight_bytes_per_device(spec, "mxfp4", 1) - int4 == pytest.approx(gap)
+    # the gpt-oss model card's checkpoint sizes: 60.8 GiB (120b) and 12.8 GiB (20b)
+    assert expected / 2**30 == pytest.approx(60.8, abs=0.15)
+    small = weight_bytes_per_device(load_model("gpt-oss-20b"), "mxfp4", 1)
+    assert small / 2**30 == pytest.approx(12.8, abs=0.05)
 
 
 def _expert_gemm(timer: IterationTimer, tokens: int) -> float:
@@ -139,7 +151,79 @@ def test_unknown_dtype_lists_mxfp4() -> None:
 
 def test_mxfp4_lora_adapters_and_activations_stay_16_bit() -> None:
     graph = OpGraph(load_model("gpt-oss-120b"), 1, "mxfp4", "bf16")
-    assert graph.act_bytes == 2.0 and graph.head_weight_bytes == 2.0
+    assert graph.act_bytes == 2.0 and "lm_head" in graph.sixteen_bit
     from llmservingsim.model.lora import lora_dtype_bytes
 
     assert lora_dtype_bytes("mxfp4") == 2.0
+
+
+def _op(graph: OpGraph, name: str, tokens: int) -> Op:
+    return next(
+        o for o in graph.dense_layer_ops(tokens) + graph.head_ops(tokens, tokens) if o.name == name
+    )
+
+
+@pytest.mark.parametrize("hardware", ["b200", "h200"])
+def test_gpt_oss_attention_and_lm_head_stay_16_bit_as_its_checkpoint_ships_them(
+    hardware: str,
+) -> None:
+    """gpt-oss's MXFP4 checkpoint quantizes the routed experts only (config.json
+    modules_to_not_convert: self_attn, mlp.router, lm_head): those GEMMs read 16-bit weights
+    and run the bf16 curve, on Blackwell (where the experts run MXFP4 x MXFP8 on the fp8 curve)
+    and on Hopper alike; the experts keep 4.25 bits."""
+    device = load_device(hardware)
+    mxfp4 = _timer(hardware, "mxfp4")
+    bf16 = RooflineBackend(device, "bf16")
+    bf16_graph = OpGraph(load_model("gpt-oss-120b"), 1, "bf16", "bf16")
+    for name in ("qkv_proj", "o_proj", "lm_head"):
+        for tokens in (4, 8192):
+            op = _op(mxfp4.graph, name, tokens)
+            assert is_sixteen_bit(op)
+            plain = _op(bf16_graph, name, tokens)
+            assert (op.flops, op.bytes) == (plain.flops, plain.bytes)  # 16-bit weights, inputs
+            assert mxfp4.backend.time(op) == pytest.approx(bf16.time(plain))
+    # the experts are the checkpoint's MXFP4
+    assert mxfp4.graph.moe is not None
+    expert = next(o for o in mxfp4.graph.moe.expert_ops(4) if o.name == "moe_gate_up_proj")
+    assert not is_sixteen_bit(expert)
+    # Hopper, where both are weight-only bf16 math: a batch-4 decode step streams the
+    # attention weights at 16 bits, slower than int4, whose checkpoint (not gpt-oss's format)
+    # quantizes them too
+    if hardware == "h200":
+        int4 = _timer(hardware, "int4")
+        decode = BatchShape([], 4, 4 * 1024, 4)
+        assert mxfp4.step(decode, host=False).seconds > int4.step(decode, host=False).seconds
+
+
+def test_no_activation_quantization_before_16_bit_gemms() -> None:
+    """On Blackwell, MXFP8 activations are quantized before the experts only (vLLM 0.6-style
+    separate quantization kernels: one per quantized GEMM input, none for bf16 attention)."""
+    separate = Fusion(quant_into_producer=False)
+    graph = OpGraph(
+        load_model("gpt-oss-120b"), 1, "mxfp4", "bf16", fusion=separate, fp4_tensor_cores=True
+    )
+    assert graph.quant_bytes == 1.0
+    assert [o.name for o in graph.attention_block_ops(64)].count("act_quant") == 0
+    dense = OpGraph(load_model("llama-3.1-8b"), 1, "fp8", "fp8", fusion=separate)
+    assert [o.name for o in dense.attention_block_ops(64)].count("act_quant") == 2
+
+
+def test_other_dtypes_of_gpt_oss_quantize_every_linear_layer() -> None:
+    """The checkpoint's 16-bit layers apply to its own format only: run in fp8 or int4 (a
+    re-quantization), gpt-oss's attention GEMMs take that dtype; bf16 has nothing to mark."""
+    spec = load_model("gpt-oss-120b")
+    for dtype in ("fp8", "bf16"):
+        graph = OpGraph(spec, 1, dtype, "bf16")
+        assert not any(is_sixteen_bit(o) for o in graph.dense_layer_ops(16))
+    int4 = OpGraph(spec, 1, "int4", "bf16")  # weight-only: its LM head only
+    marked = [o.name for o in int4.dense_layer_ops(16) + int4.head_ops(16, 16) if is_sixteen_bit(o)]
+    assert marked == ["lm_head"]
+
+
+def test_modules_to_not_convert_must_be_a_list() -> None:
+    cfg = json.loads(catalog.model_path("gpt-oss-20b").read_text())
+    cfg["quantization_config"]["modules_to_not_convert"] = "model.layers.*.self_attn"
+    with pytest.raises(ConfigError, match=r"^model config x: quantization_config\."):
+        parse_hf_config("x", cfg)
+    del cfg["quantization_config"]
+    assert parse_hf_config("x", cfg).unquantized == ()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from llmservingsim.model.op import DEFAULT_FUSION as DEFAULT_FUSION
 from llmservingsim.model.op import Fusion as Fusion
-from llmservingsim.model.op import Op
+from llmservingsim.model.op import Op, is_sixteen_bit
 
 # The norms that follow a residual add (the input norm of a layer takes the previous layer's
 # MLP add; the last layer's add goes into the final norm, one per layer either way).
@@ -28,7 +28,8 @@ RESIDUAL_NORMS = frozenset(("input_layernorm", "post_attention_layernorm"))
 
 # W8A8 GEMMs of a layer -> the op that writes their input (None: attention, outside the
 # layer's op list, whose output write is left as it is). The LM head and the router stay 16-bit;
-# the routed experts quantize inside the fused-MoE kernel (model/moe.py) and are not listed.
+# the routed experts quantize inside the fused-MoE kernel (model/moe.py) and are not listed;
+# GEMMs the checkpoint keeps in 16 bits (model/op.py SIXTEEN_BIT_DIM) take 16-bit inputs.
 QUANTIZED_GEMMS: dict[str, str | None] = {
     "qkv_proj": "input_layernorm",
     "o_proj": None,
@@ -76,7 +77,7 @@ def fuse_ops(ops: list[Op], fusion: Fusion, act_bytes: float, quant_bytes: float
             continue
         if name in RESIDUAL_NORMS and fusion.residual_into_norm:
             op = _with_residual(op, act_bytes)
-        if quantized and op.kind == "gemm" and name in QUANTIZED_GEMMS:
+        if quantized and op.kind == "gemm" and name in QUANTIZED_GEMMS and not is_sixteen_bit(op):
             k = op.dim("k")
             producer = QUANTIZED_GEMMS[name]
             if not fusion.quant_into_producer:

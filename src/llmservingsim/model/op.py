@@ -4,9 +4,43 @@ the model-shape extensions (model/mla.py, model/moe.py) all build on it."""
 
 from __future__ import annotations
 
-from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec, activation_bytes, gemm_dtype
+from llmservingsim.model.spec import (
+    DTYPE_BYTES,
+    ModelSpec,
+    activation_bytes,
+    gemm_dtype,
+    sixteen_bit_groups,
+)
 
 Dims = tuple[tuple[str, int], ...]
+
+SIXTEEN_BIT_DIM = "weights_16bit"
+"""Dim (value 1) of a GEMM whose weights a quantized checkpoint leaves in 16 bits (gpt-oss's
+attention under MXFP4, the LM head of weight-only checkpoints): it reads 16-bit weights and
+computes in 16 bits whatever the model's dtype (spec.sixteen_bit_groups); backends time it on
+their 16-bit GEMM curve or table, and no activation quantization precedes it."""
+
+# GEMM name -> its group of linear layers (spec.SIXTEEN_BIT_GROUPS); MLA's projections
+# (``mla_*``) are attention too.
+GEMM_GROUPS: dict[str, str] = {
+    "qkv_proj": "attention",
+    "o_proj": "attention",
+    "moe_router": "router",
+    "lm_head": "lm_head",
+}
+
+
+def gemm_group(name: str) -> str:
+    """The group of linear layers a GEMM named ``name`` belongs to ("" for the others)."""
+    group = GEMM_GROUPS.get(name)
+    if group is not None:
+        return group
+    return "attention" if name.startswith("mla_") else ""
+
+
+def is_sixteen_bit(op: Op) -> bool:
+    """Whether ``op`` is a GEMM the checkpoint keeps in 16 bits (:data:`SIXTEEN_BIT_DIM`)."""
+    return any(key == SIXTEEN_BIT_DIM for key, _ in op.dims)
 
 
 class Op:
@@ -157,11 +191,17 @@ class OpBuilder:
         self.kv_bytes = DTYPE_BYTES[kv_dtype]
         self.fusion = fusion
         self.quant_bytes = ACTIVATION_QUANT_BYTES.get(gemm_dtype(dtype, fp4_tensor_cores), 0.0)
+        self.sixteen_bit = sixteen_bit_groups(spec, dtype)
 
     def gemm(self, name: str, m: int, n: int, k: int) -> Op:
         flops = 2.0 * m * n * k
-        traffic = k * n * self.weight_bytes + (m * k + m * n) * self.act_bytes
-        return Op(name, "gemm", flops, traffic, m, (("m", m), ("n", n), ("k", k)))
+        dims: Dims = (("m", m), ("n", n), ("k", k))
+        weight_bytes = self.weight_bytes
+        if self.sixteen_bit and gemm_group(name) in self.sixteen_bit:
+            weight_bytes = 2.0
+            dims = (*dims, (SIXTEEN_BIT_DIM, 1))
+        traffic = k * n * weight_bytes + (m * k + m * n) * self.act_bytes
+        return Op(name, "gemm", flops, traffic, m, dims)
 
     def elementwise(self, name: str, m: int, read: int, write: int) -> Op:
         dims = (("m", m), ("read", read), ("write", write))

@@ -145,7 +145,6 @@ class OpGraph(OpBuilder):
     ) -> None:
         super().__init__(spec, tp, dtype, kv_dtype, fusion, fp4_tensor_cores)
         self.shape = shard_shape(spec, tp)
-        self.head_weight_bytes = 2.0 if weight_only_quantized(dtype) else self.weight_bytes
         # Model-shape extensions (model/mla.py, model/moe.py).
         self.mla = MlaOps(self) if spec.uses_mla else None
         self.moe = (
@@ -281,11 +280,8 @@ class OpGraph(OpBuilder):
         s = self.shape
         ops = [self.elementwise("final_layernorm", num_sampled, s.hidden, s.hidden)]
         if num_sampled:
-            lm_head = self.gemm("lm_head", num_sampled, s.vocab, s.hidden)
-            if self.head_weight_bytes != self.weight_bytes:
-                extra = s.vocab * s.hidden * (self.head_weight_bytes - self.weight_bytes)
-                lm_head = lm_head.replaced(bytes=lm_head.bytes + extra)
-            ops.append(lm_head)
+            # 16-bit weights and math in weight-only checkpoints (spec.sixteen_bit_groups)
+            ops.append(self.gemm("lm_head", num_sampled, s.vocab, s.hidden))
             # Sampling reads the fp32 logits once (softmax + top-k/p), one kernel chain.
             sampling_bytes = 4.0 * num_sampled * s.vocab * 2
             dims = (("m", num_sampled), ("vocab", s.vocab))

@@ -51,6 +51,27 @@ def weight_only_quantized(dtype: str) -> bool:
     return dtype in ("int8", "int4", "mxfp4")
 
 
+# Groups of linear layers a checkpoint may leave unquantized (model/op.py names their GEMMs).
+SIXTEEN_BIT_GROUPS = ("attention", "router", "lm_head")
+# quantization_config.quant_method -> the simulator dtype of that checkpoint's weights, for the
+# methods whose configs list the modules they leave in 16 bits (``modules_to_not_convert``).
+CHECKPOINT_DTYPES: dict[str, str] = {"mxfp4": "mxfp4"}
+
+
+def sixteen_bit_groups(spec: ModelSpec, dtype: str) -> frozenset[str]:
+    """The linear layers that stay 16-bit (weights and math) when ``spec`` runs in ``dtype``:
+    those its checkpoint leaves unquantized when it is quantized in ``dtype`` (gpt-oss's
+    MXFP4 checkpoints: attention and router, ``ModelSpec.unquantized``), and the LM head of
+    checkpoints that quantize the decoder's linear layers only (:func:`weight_only_quantized`).
+    Empty for 16-bit dtypes, where every GEMM is 16-bit anyway."""
+    groups: set[str] = set()
+    if spec.checkpoint_dtype and spec.checkpoint_dtype == dtype:
+        groups.update(spec.unquantized)
+    if weight_only_quantized(dtype):
+        groups.add("lm_head")
+    return frozenset(groups)
+
+
 def gemm_dtype(dtype: str, fp4_tensor_cores: bool) -> str:
     """The dtype GEMMs of a model whose weights are in ``dtype`` run in: int8/int4 are
     weight-only (dequantized, bf16 math); MXFP4 weights meet MXFP8 activations on a device
@@ -105,6 +126,12 @@ class ModelSpec:
     # the model's published FP8 checkpoints: "block" (128x128 blocks), "tensor" (per tensor,
     # channel or row), or "" (not said): the ``fp8_scaling: auto`` setting reads it.
     fp8_checkpoint: str = ""
+    # The dtype the checkpoint this config describes is quantized in ("" when not known or not
+    # quantized) and the groups of linear layers (SIXTEEN_BIT_GROUPS) it leaves in 16 bits,
+    # from its ``quantization_config`` (``modules_to_not_convert``): gpt-oss's MXFP4 weights
+    # cover the routed experts only (sixteen_bit_groups).
+    checkpoint_dtype: str = ""
+    unquantized: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Relations between the sizes (each size's own range is checked when it is read)."""
@@ -542,7 +569,44 @@ def parse_hf_config(name: str, cfg: dict[str, Any], where: str | None = None) ->
         raise ConfigError(f"{where}: {exc}") from None
     note = _catalog_fp8_checkpoint(cfg.get("llmservingsim", {}), where)
     scaling = fp8_checkpoint_scaling(cfg.get("quantization_config")) or note
-    return dataclasses.replace(spec, fp8_checkpoint=scaling) if scaling else spec
+    if scaling:
+        spec = dataclasses.replace(spec, fp8_checkpoint=scaling)
+    checkpoint = checkpoint_unquantized(cfg.get("quantization_config"), where)
+    if checkpoint is not None:
+        spec = dataclasses.replace(spec, checkpoint_dtype=checkpoint[0], unquantized=checkpoint[1])
+    return spec
+
+
+def checkpoint_unquantized(quantization: object, where: str) -> tuple[str, tuple[str, ...]] | None:
+    """(dtype, 16-bit groups) of a checkpoint whose ``quantization_config`` names its method
+    (CHECKPOINT_DTYPES) and the modules it does not convert (``modules_to_not_convert``:
+    Hugging Face's key, as gpt-oss writes it, e.g. ``model.layers.*.self_attn``,
+    ``model.layers.*.mlp.router``, ``lm_head``); None for any other config."""
+    if not isinstance(quantization, dict):
+        return None
+    dtype = CHECKPOINT_DTYPES.get(str(quantization.get("quant_method", "")).lower())
+    if dtype is None:
+        return None
+    modules = quantization.get("modules_to_not_convert") or []
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise ConfigError(
+            f"{where}: quantization_config.modules_to_not_convert must be a list of module "
+            f"names, got {modules!r}"
+        )
+    groups: list[str] = []
+    for module in modules:
+        last = module.rsplit(".", 1)[-1]
+        if "attn" in module:
+            group = "attention"
+        elif last in ("router", "gate"):  # gpt-oss mlp.router; Qwen / DeepSeek mlp.gate
+            group = "router"
+        elif last == "lm_head":
+            group = "lm_head"
+        else:
+            continue  # embeddings (a lookup, always 16-bit here) and modules not modelled
+        if group not in groups:
+            groups.append(group)
+    return dtype, tuple(groups)
 
 
 def _catalog_fp8_checkpoint(extra: object, where: str) -> str:

@@ -21,7 +21,7 @@ from math import gcd
 
 from llmservingsim.hardware.device import GIB, DeviceSpec
 from llmservingsim.model.ops import kv_bytes_per_token_layer, shard_shape, weight_only_quantized
-from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec, activation_bytes
+from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec, activation_bytes, sixteen_bit_groups
 
 
 @dataclass(frozen=True)
@@ -178,27 +178,32 @@ def weight_bytes_per_device(
     """Weights of one device of the heaviest stage; KV-head projections are replicated when
     kv_heads < tp. With pipeline stages the first holds the embedding and the last the LM head,
     so the largest stage carries one vocabulary matrix. Checkpoints that quantize the decoder's
-    linear layers only (int8/int4/mxfp4) keep the embeddings and LM head in 16-bit. With ``dp``
-    attention DP ranks the attention, dense layers and vocabulary are per rank (split over its
-    TP devices) and the routed experts over all DP × TP devices."""
+    linear layers only (int8/int4/mxfp4) keep the embeddings and LM head in 16-bit, and the
+    layers a checkpoint leaves unquantized (gpt-oss's MXFP4 attention and router,
+    spec.sixteen_bit_groups) are 16-bit too. With ``dp`` attention DP ranks the attention,
+    dense layers and vocabulary are per rank (split over its TP devices) and the routed
+    experts over all DP × TP devices."""
     shard = shard_shape(spec, tp)
     h = spec.hidden_size
-    attention = attention_params_per_device(spec, tp)
+    wb = DTYPE_BYTES[dtype]
+    sixteen = sixteen_bit_groups(spec, dtype)
+    attention = attention_params_per_device(spec, tp) * (2.0 if "attention" in sixteen else wb)
     mlp = (3 if spec.gated_mlp else 2) * h * shard.intermediate
-    per_layer = attention + mlp + 2 * h
+    per_layer = attention + (mlp + 2 * h) * wb
     vocab_matrices = 1 if spec.tie_word_embeddings or pp > 1 else 2
     embeddings = vocab_matrices * shard.vocab * h
     if spec.is_moe:
-        moe_layer = attention + moe_params_per_device(spec, tp, ep, dp) + 2 * h
-        layer_params = max(
+        router = spec.num_experts * h * ((2.0 if "router" in sixteen else wb) - wb)
+        moe_layer = attention + (moe_params_per_device(spec, tp, ep, dp) + 2 * h) * wb + router
+        layer_bytes = max(
             sum(moe_layer if spec.is_moe_layer(i) else per_layer for i in range(first, end))
             for first, end in stage_bounds(spec.num_layers, pp)
         )
     else:
-        layer_params = layers_per_stage(spec.num_layers, pp) * per_layer
+        layer_bytes = layers_per_stage(spec.num_layers, pp) * per_layer
     if weight_only_quantized(dtype):
-        return (layer_params + h) * DTYPE_BYTES[dtype] + embeddings * 2.0
-    return (layer_params + embeddings + h) * DTYPE_BYTES[dtype]
+        return layer_bytes + h * wb + embeddings * 2.0
+    return layer_bytes + (embeddings + h) * wb
 
 
 def activation_peak_bytes(

@@ -38,6 +38,7 @@ from llmservingsim import __version__
 from llmservingsim.errors import BackendError, ConfigError
 from llmservingsim.hardware.backends.base import PERF_BACKENDS, PerfSetup
 from llmservingsim.hardware.device import DeviceSpec
+from llmservingsim.model.op import is_sixteen_bit
 from llmservingsim.model.ops import Op
 
 PROTOCOL = 1
@@ -234,7 +235,8 @@ class ExternalBackend:
                 "dims": dict(op.dims),
                 "flops": op.flops,
                 "bytes": op.bytes,
-                "dtype": self.dtype,
+                # GEMMs a quantized checkpoint keeps in 16 bits (model/op.py) compute in bf16
+                "dtype": "bf16" if is_sixteen_bit(op) else self.dtype,
                 "device": self.device.name,
             }
         )

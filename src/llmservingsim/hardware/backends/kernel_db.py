@@ -47,6 +47,7 @@ from llmservingsim.hardware.backends.base import PERF_BACKENDS, PerfSetup
 from llmservingsim.hardware.backends.roofline import RooflineBackend
 from llmservingsim.hardware.device import DeviceSpec, kernel_format
 from llmservingsim.model.moe import MOE_GATE_UP, MOE_GEMMS
+from llmservingsim.model.op import is_sixteen_bit
 from llmservingsim.model.ops import Op
 from llmservingsim.registry import unknown_name_message
 
@@ -768,7 +769,9 @@ class KernelDbBackend:
             if block is None:
                 return None
             return block if op.name == MOE_GATE_UP else 0.0
-        table = self.tables.head_gemm if op.name == "lm_head" else self.tables.gemm
+        # The LM head and GEMMs a quantized checkpoint keeps in 16 bits: the bf16 table.
+        sixteen = op.name == "lm_head" or is_sixteen_bit(op)
+        table = self.tables.head_gemm if sixteen else self.tables.gemm
         if table is None:
             return None
         dims = dict(op.dims)

@@ -25,6 +25,7 @@ from llmservingsim.hardware.backends.base import PERF_BACKENDS, PerfSetup
 from llmservingsim.hardware.device import DeviceSpec, attention_dtype
 from llmservingsim.model.fusion import ACT_QUANT, fused_bytes
 from llmservingsim.model.moe import MOE_GEMMS
+from llmservingsim.model.op import is_sixteen_bit
 from llmservingsim.model.ops import Op
 
 FloatArray = npt.NDArray[np.float64]
@@ -60,6 +61,13 @@ class RooflineBackend:
         self._gemm_launch = launch_us * 1e-6
         self._compute_max = compute_max
         self._half_m = half_m
+        # GEMMs a quantized checkpoint keeps in 16 bits (model/op.py SIXTEEN_BIT_DIM): the
+        # bf16 curve at the bf16 peak.
+        self._peak16 = device.peak_flops("bf16")
+        max16, half16, launch16 = eff.gemm_curve("bf16")
+        self._compute_max16 = max16
+        self._half_m16 = half16
+        self._gemm_launch16 = launch16 * 1e-6
         # Attention in a narrower dtype gains what that dtype's saturated GEMMs gain over bf16
         # (fp8 at most: attention_dtype).
         attention_peak = device.peak_flops(attention_dtype(dtype))
@@ -121,6 +129,11 @@ class RooflineBackend:
         if op.kind == "gemm":
             if self._moe_fitted and op.name in MOE_GEMMS:
                 return self._moe_gemm_time(op)
+            if is_sixteen_bit(op):
+                m = op.m
+                eta = self._compute_max16 * m / (m + self._half_m16)
+                compute_time = op.flops / (self._peak16 * eta)
+                return max(compute_time, op.bytes / self._bandwidth) + self._gemm_launch16
             compute_time = op.flops / (self._peak * self.compute_efficiency(op.m))
             return max(compute_time, op.bytes / self._bandwidth) + self._gemm_launch
         memory_time = op.bytes / self._bandwidth
