@@ -12,6 +12,7 @@ from llmservingsim.catalog import load_device, load_model
 from llmservingsim.config import load_config
 from llmservingsim.errors import ConfigError
 from llmservingsim.hardware.backends.roofline import RooflineBackend
+from llmservingsim.model.op import is_sixteen_bit
 from llmservingsim.model.ops import OpGraph
 from llmservingsim.network.topology import Topology
 from llmservingsim.perf.iteration import BatchShape, IterationTimer
@@ -126,8 +127,10 @@ def test_fp8_kv_end_to_end_reports_twice_the_cache_and_faster_long_decodes() -> 
 # ----------------------------------------------------------------------------- weights
 
 
-@pytest.mark.parametrize(("dtype", "bytes_per_weight"), [("int8", 1.0), ("int4", 0.5)])
-def test_weight_only_quantization_shrinks_layers_but_not_embeddings(
+@pytest.mark.parametrize(
+    ("dtype", "bytes_per_weight"), [("int8", 1.0), ("int4", 0.5), ("fp8", 1.0), ("fp4", 0.5625)]
+)
+def test_quantization_shrinks_layers_but_not_embeddings(
     dtype: str, bytes_per_weight: float
 ) -> None:
     spec = load_model("llama-3.1-8b")
@@ -136,6 +139,27 @@ def test_weight_only_quantization_shrinks_layers_but_not_embeddings(
     expected = body * bytes_per_weight + embeddings * 2.0
     assert weight_bytes_per_device(spec, dtype, 1) == pytest.approx(expected)
     assert weight_bytes_per_device(spec, dtype, 1) < weight_bytes_per_device(spec, "bf16", 1)
+
+
+@pytest.mark.parametrize(("dtype", "hardware"), [("fp8", "h100-sxm"), ("fp4", "b200")])
+def test_the_lm_head_of_a_quantized_checkpoint_stays_16_bit(dtype: str, hardware: str) -> None:
+    """FP8 and FP4 checkpoints leave the LM head in bf16 (ModelOpt's exclude_modules,
+    compressed-tensors' ignore): 16-bit weights on the bf16 curve, as the kernel tables time it
+    (their bf16 GEMM table); the decoder's GEMMs keep the checkpoint's dtype."""
+    device = load_device(hardware)
+    spec = load_model("llama-3.1-8b")
+    quant = OpGraph(spec, 1, dtype, "fp8", fp4_tensor_cores=device.fp4_tensor_cores)
+    plain = OpGraph(spec, 1, "bf16", "bf16")
+    backend, bf16 = RooflineBackend(device, dtype), RooflineBackend(device, "bf16")
+    for tokens in (1, 4096):
+        head = quant.output_ops(tokens)[-2]
+        base = plain.output_ops(tokens)[-2]
+        assert head.name == "lm_head" and is_sixteen_bit(head)
+        assert (head.flops, head.bytes) == (base.flops, base.bytes)
+        assert backend.time(head) == pytest.approx(bf16.time(base))
+    up = next(o for o in quant.dense_layer_ops(8) if o.name == "mlp_up_proj")
+    assert not is_sixteen_bit(up)
+    assert not any(is_sixteen_bit(o) for o in plain.output_ops(8))
 
 
 def test_int4_keeps_16_bit_compute_and_reads_a_quarter_of_the_gemm_weights() -> None:

@@ -120,9 +120,11 @@ def test_weights_match_the_parameter_count() -> None:
     spec = load_model("llama-3.1-8b")
     assert spec.num_params() == pytest.approx(8.03e9, rel=0.005)
     assert plan().weights_gib * GIB == pytest.approx(spec.num_params() * 2, rel=1e-6)
-    assert plan(dtype="fp8", kv_dtype="bf16").weights_gib == pytest.approx(
-        plan().weights_gib / 2, rel=1e-6
-    )
+    # fp8 halves the decoder's weights; the embeddings and LM head stay 16-bit, as the FP8
+    # checkpoints ship them (docs/models.md)
+    vocab = spec.embedding_params()
+    fp8 = (spec.num_params() - vocab) * 1 + vocab * 2
+    assert plan(dtype="fp8", kv_dtype="bf16").weights_gib * GIB == pytest.approx(fp8, rel=1e-6)
 
 
 def test_summary_reports_the_memory_plan() -> None:

@@ -62,14 +62,22 @@ def sixteen_bit_groups(spec: ModelSpec, dtype: str) -> frozenset[str]:
     """The linear layers that stay 16-bit (weights and math) when ``spec`` runs in ``dtype``:
     those its checkpoint leaves unquantized when it is quantized in ``dtype`` (gpt-oss's
     MXFP4 checkpoints: attention and router, ``ModelSpec.unquantized``), and the LM head of
-    checkpoints that quantize the decoder's linear layers only (:func:`weight_only_quantized`).
-    Empty for 16-bit dtypes, where every GEMM is 16-bit anyway."""
-    groups: set[str] = set()
+    every quantized checkpoint (:func:`quantized`: FP8 and FP4 checkpoints exclude it as the
+    weight-only ones do, e.g. ModelOpt's ``exclude_modules``, compressed-tensors' ``ignore``,
+    DeepSeek's and Qwen3's FP8 releases). Empty for 16-bit dtypes, where every GEMM is 16-bit
+    anyway."""
+    if not quantized(dtype):
+        return frozenset()
+    groups = {"lm_head"}
     if spec.checkpoint_dtype and spec.checkpoint_dtype == dtype:
         groups.update(spec.unquantized)
-    if weight_only_quantized(dtype):
-        groups.add("lm_head")
     return frozenset(groups)
+
+
+def quantized(dtype: str) -> bool:
+    """Weights narrower than 16 bits: a quantized checkpoint, whose embeddings and LM head stay
+    16-bit (:func:`sixteen_bit_groups`)."""
+    return DTYPE_BYTES[dtype] < 2.0
 
 
 def gemm_dtype(dtype: str, fp4_tensor_cores: bool) -> str:

@@ -20,8 +20,14 @@ from dataclasses import asdict, dataclass
 from math import gcd
 
 from llmservingsim.hardware.device import GIB, DeviceSpec
-from llmservingsim.model.ops import kv_bytes_per_token_layer, shard_shape, weight_only_quantized
-from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec, activation_bytes, sixteen_bit_groups
+from llmservingsim.model.ops import kv_bytes_per_token_layer, shard_shape
+from llmservingsim.model.spec import (
+    DTYPE_BYTES,
+    ModelSpec,
+    activation_bytes,
+    quantized,
+    sixteen_bit_groups,
+)
 
 
 @dataclass(frozen=True)
@@ -177,9 +183,9 @@ def weight_bytes_per_device(
 ) -> float:
     """Weights of one device of the heaviest stage; KV-head projections are replicated when
     kv_heads < tp. With pipeline stages the first holds the embedding and the last the LM head,
-    so the largest stage carries one vocabulary matrix. Checkpoints that quantize the decoder's
-    linear layers only (int8/int4/mxfp4) keep the embeddings and LM head in 16-bit, and the
-    layers a checkpoint leaves unquantized (gpt-oss's MXFP4 attention and router,
+    so the largest stage carries one vocabulary matrix. Quantized checkpoints (fp8, fp4, int8,
+    int4, mxfp4) keep the embeddings and LM head in 16-bit, and the layers a checkpoint leaves
+    unquantized (gpt-oss's MXFP4 attention and router,
     spec.sixteen_bit_groups) are 16-bit too. With ``dp`` attention DP ranks the attention,
     dense layers and vocabulary are per rank (split over its TP devices) and the routed
     experts over all DP × TP devices."""
@@ -201,7 +207,7 @@ def weight_bytes_per_device(
         )
     else:
         layer_bytes = layers_per_stage(spec.num_layers, pp) * per_layer
-    if weight_only_quantized(dtype):
+    if quantized(dtype):
         return layer_bytes + h * wb + embeddings * 2.0
     return layer_bytes + (embeddings + h) * wb
 
