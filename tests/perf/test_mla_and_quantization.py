@@ -143,9 +143,10 @@ def test_quantization_shrinks_layers_but_not_embeddings(
 
 @pytest.mark.parametrize(("dtype", "hardware"), [("fp8", "h100-sxm"), ("fp4", "b200")])
 def test_the_lm_head_of_a_quantized_checkpoint_stays_16_bit(dtype: str, hardware: str) -> None:
-    """FP8 and FP4 checkpoints leave the LM head in bf16 (ModelOpt's exclude_modules,
-    compressed-tensors' ignore): 16-bit weights on the bf16 curve, as the kernel tables time it
-    (their bf16 GEMM table); the decoder's GEMMs keep the checkpoint's dtype."""
+    """FP8 and FP4 checkpoints leave the LM head (and a MoE router) in bf16 (ModelOpt's
+    exclude_modules, compressed-tensors' ignore): 16-bit weights on the bf16 curve, as the
+    kernel tables time it (their bf16 GEMM table); the decoder's GEMMs keep the checkpoint's
+    dtype."""
     device = load_device(hardware)
     spec = load_model("llama-3.1-8b")
     quant = OpGraph(spec, 1, dtype, "fp8", fp4_tensor_cores=device.fp4_tensor_cores)
@@ -160,6 +161,11 @@ def test_the_lm_head_of_a_quantized_checkpoint_stays_16_bit(dtype: str, hardware
     up = next(o for o in quant.dense_layer_ops(8) if o.name == "mlp_up_proj")
     assert not is_sixteen_bit(up)
     assert not any(is_sixteen_bit(o) for o in plain.output_ops(8))
+    # a MoE checkpoint's router too; its experts keep the checkpoint's dtype
+    moe = OpGraph(load_model("qwen3-30b-a3b"), 1, dtype, "fp8")
+    assert moe.moe is not None
+    marked = {o.name: is_sixteen_bit(o) for o in moe.moe.expert_ops(8) if o.kind == "gemm"}
+    assert marked["moe_router"] and not marked["moe_gate_up_proj"]
 
 
 def test_int4_keeps_16_bit_compute_and_reads_a_quarter_of_the_gemm_weights() -> None:

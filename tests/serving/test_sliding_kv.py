@@ -125,18 +125,18 @@ def test_summary_capacity_grows_and_prefix_caching_keeps_full_kv() -> None:
 
 
 def test_a_long_context_is_admitted_that_full_kv_refuses() -> None:
-    """At 21 % of an H100 the full-attention layout holds 82,944 tokens of one request; with
+    """At 21 % of an H100 the full-attention layout holds 82,880 tokens of one request; with
     the sliding layers' KV kept to the window, twice that less one window: 120,000 fit."""
     requests = [RequestSpec(0, 0.0, 120_000, 4)]
     util = "scheduler.gpu_memory_utilization=0.21"
     summary = _summary(util, requests=requests)
     assert summary["requests_completed"] == 1
-    assert summary["kv_cache_capacity_tokens"] == 165_888
+    assert summary["kv_cache_capacity_tokens"] == 165_760
     check_kv_fits(resolve(_config(util)), requests)  # the start-up check agrees
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InputWarning)
         full = resolve(_config(util, "scheduler.enable_prefix_caching=true"))
-        with pytest.raises(DoesNotFitError, match="holds 82,944 tokens"):
+        with pytest.raises(DoesNotFitError, match="holds 82,880 tokens"):
             check_kv_fits(full, requests)
         assert simulate(full, requests).summary["requests_completed"] == 0
     memory = resolve(_config(util)).pools[0].memory

@@ -61,14 +61,14 @@ CHECKPOINT_DTYPES: dict[str, str] = {"mxfp4": "mxfp4"}
 def sixteen_bit_groups(spec: ModelSpec, dtype: str) -> frozenset[str]:
     """The linear layers that stay 16-bit (weights and math) when ``spec`` runs in ``dtype``:
     those its checkpoint leaves unquantized when it is quantized in ``dtype`` (gpt-oss's
-    MXFP4 checkpoints: attention and router, ``ModelSpec.unquantized``), and the LM head of
-    every quantized checkpoint (:func:`quantized`: FP8 and FP4 checkpoints exclude it as the
-    weight-only ones do, e.g. ModelOpt's ``exclude_modules``, compressed-tensors' ``ignore``,
-    DeepSeek's and Qwen3's FP8 releases). Empty for 16-bit dtypes, where every GEMM is 16-bit
-    anyway."""
+    MXFP4 checkpoints: attention, ``ModelSpec.unquantized``), and the LM head and MoE router of
+    every quantized checkpoint (:func:`quantized`: FP8 and FP4 checkpoints exclude them as the
+    weight-only ones do, e.g. ModelOpt's ``exclude_modules`` of NVIDIA's FP8 / NVFP4 releases,
+    compressed-tensors' ``ignore``, DeepSeek's FP8 release, Qwen3's ``modules_to_not_convert``
+    with ``mlp.gate``). Empty for 16-bit dtypes, where every GEMM is 16-bit anyway."""
     if not quantized(dtype):
         return frozenset()
-    groups = {"lm_head"}
+    groups = {"lm_head", "router"}
     if spec.checkpoint_dtype and spec.checkpoint_dtype == dtype:
         groups.update(spec.unquantized)
     return frozenset(groups)

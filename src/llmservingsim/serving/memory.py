@@ -184,9 +184,9 @@ def weight_bytes_per_device(
     """Weights of one device of the heaviest stage; KV-head projections are replicated when
     kv_heads < tp. With pipeline stages the first holds the embedding and the last the LM head,
     so the largest stage carries one vocabulary matrix. Quantized checkpoints (fp8, fp4, int8,
-    int4, mxfp4) keep the embeddings and LM head in 16-bit, and the layers a checkpoint leaves
-    unquantized (gpt-oss's MXFP4 attention and router,
-    spec.sixteen_bit_groups) are 16-bit too. With ``dp`` attention DP ranks the attention,
+    int4, mxfp4) keep the embeddings, the LM head and the MoE router in 16-bit, and so the
+    layers a checkpoint leaves unquantized (gpt-oss's MXFP4 attention;
+    spec.sixteen_bit_groups). With ``dp`` attention DP ranks the attention,
     dense layers and vocabulary are per rank (split over its TP devices) and the routed
     experts over all DP × TP devices."""
     shard = shard_shape(spec, tp)
