@@ -195,3 +195,52 @@ def test_measured_h100_profiles_held_out_error(shared_data: Path) -> None:
     assert memory is not None and memory.before <= memory.after + 0.5
     gemm = report.row("all gemm")
     assert gemm is not None and gemm.before <= 20.0
+
+
+@pytest.mark.parametrize("dtype", ["fp8", "fp4"])
+def test_gemms_kept_in_16_bits_are_predicted_and_fitted_on_their_own_curve(dtype: str) -> None:
+    """The LM head and a MoE router of a quantized run are bf16 GEMMs (model/op.py
+    SIXTEEN_BIT_DIM): ``predict`` times them as the roofline does, on the bf16 curve, and the
+    dtype's GEMM fit leaves them out."""
+    device = load_device("b200")
+    graph = OpGraph(load_model("mixtral-8x7b"), 1, dtype, "fp8", fp4_tensor_cores=True)
+    assert graph.moe is not None
+    ops = [
+        op
+        for m in (1, 16, 512, 4096)
+        for op in (
+            *graph.attention_block_ops(m),
+            *graph.moe.expert_ops(m),
+            *graph.output_ops(m),
+        )
+        if (op.kind == "gemm" and not op.name.startswith("moe_")) or op.name == "moe_router"
+    ]
+    marked = {op.name for op in ops if op.dims[-1][0] == "weights_16bit"}
+    assert marked == {"lm_head", "moe_router"}
+    backend = RooflineBackend(device, dtype)
+    points = [ProfilePoint(op, backend.time(op), dtype, "t", f"r{i}") for i, op in enumerate(ops)]
+    arrays = OpArrays.from_points(points)
+    expected = [p.seconds for p in points]
+    assert predict(device, dtype, device.efficiency, arrays) == pytest.approx(expected, rel=1e-12)
+    # the fit of the dtype's curve sees the same points with or without the 16-bit ones
+    plain = OpArrays.from_points([p for p in points if p.op.name not in marked])
+    with_16 = fit_efficiency(device, dtype, arrays, device.efficiency).efficiency
+    without = fit_efficiency(device, dtype, plain, device.efficiency).efficiency
+    assert with_16.compute_max == without.compute_max
+    assert with_16.compute_half_m == without.compute_half_m
+
+
+def test_native_rows_of_16_bit_gemms_read_back(tmp_path: Path) -> None:
+    """A GEMM kept in 16 bits writes its weights_16bit dim; the file reads back to the same op
+    (gpt-oss's attention under mxfp4 is one only with the dim, the LM head of fp8 always)."""
+    gpt = OpGraph(load_model("gpt-oss-20b"), 1, "mxfp4", "bf16")
+    qkv = next(op for op in gpt.dense_layer_ops(16) if op.name == "qkv_proj")
+    head = OpGraph(load_model("llama-3.1-8b"), 1, "fp8", "fp8").output_ops(16)[-2]
+    points = [ProfilePoint(qkv, 1e-5, "mxfp4", "a", "s"), ProfilePoint(head, 2e-5, "fp8", "b", "s")]
+    path = tmp_path / "p.csv"
+    write_native(path, points)
+    assert "weights_16bit=1" in path.read_text()
+    assert [p.op for p in load_profiles([path])] == [qkv, head]
+    # without the dim, an mxfp4 qkv_proj of a profiled model is the quantized GEMM
+    plain = build_op("qkv_proj", (("m", 16), ("n", 5120), ("k", 2880)), "mxfp4")
+    assert plain.bytes < qkv.bytes and plain.dims == qkv.dims[:3]

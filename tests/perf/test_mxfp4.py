@@ -3,6 +3,7 @@ fp8 rate on devices with FP4 tensor cores (Blackwell), weight-only bf16 math els
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
@@ -228,3 +229,31 @@ def test_modules_to_not_convert_must_be_a_list() -> None:
         parse_hf_config("x", cfg)
     del cfg["quantization_config"]
     assert parse_hf_config("x", cfg).unquantized == ()
+
+
+def test_mla_absorption_gemms_follow_a_16_bit_attention() -> None:
+    """A checkpoint that keeps MLA's attention in 16 bits keeps kv_b_proj so, whose weights the
+    decode absorption GEMMs read."""
+    spec = dataclasses.replace(
+        load_model("deepseek-v3"), checkpoint_dtype="fp8", unquantized=("attention",)
+    )
+    graph = OpGraph(spec, 8, "fp8", "fp8")
+    absorb = [o for o in graph.decode_attention_ops(4, 4096) if o.kind == "gemm"]
+    assert [o.name for o in absorb] == ["mla_q_absorb", "mla_v_absorb"]
+    assert all(is_sixteen_bit(o) for o in absorb)
+    plain = OpGraph(load_model("deepseek-v3"), 8, "fp8", "fp8")
+    for marked, base in zip(
+        absorb, (o for o in plain.decode_attention_ops(4, 4096) if o.kind == "gemm"), strict=True
+    ):
+        assert marked.bytes > base.bytes and not is_sixteen_bit(base)
+
+
+@pytest.mark.parametrize("value", [False, 0, "", {"a": 1}, ["x" * 100_000, 3]])
+def test_malformed_modules_to_not_convert_is_one_short_line(value: object) -> None:
+    cfg = json.loads(catalog.model_path("gpt-oss-20b").read_text())
+    cfg["quantization_config"]["modules_to_not_convert"] = value
+    with pytest.raises(ConfigError) as info:
+        parse_hf_config("x", cfg)
+    message = str(info.value)
+    assert message.startswith("model config x: quantization_config.modules_to_not_convert")
+    assert "\n" not in message and len(message) < 400

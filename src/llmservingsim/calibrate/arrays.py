@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 
 from llmservingsim.hardware.device import DeviceSpec, Efficiency, attention_dtype
 from llmservingsim.hardware.profiles import ProfilePoint
+from llmservingsim.model.op import is_sixteen_bit
 
 Floats = NDArray[np.float64]
 Bools = NDArray[np.bool_]
@@ -30,6 +31,7 @@ class OpArrays:
     seconds: Floats
     model: Strings
     row: Strings  # points measured in the same table row (one layer at one shape) share it
+    sixteen: Bools  # GEMMs a quantized checkpoint keeps in 16 bits (model/op.py)
 
     @classmethod
     def from_points(cls, points: list[ProfilePoint]) -> OpArrays:
@@ -42,6 +44,7 @@ class OpArrays:
             seconds=np.array([p.seconds for p in points], dtype=float),
             model=np.array([p.model for p in points], dtype=str),
             row=np.array([p.source for p in points], dtype=str),
+            sixteen=np.array([is_sixteen_bit(p.op) for p in points], dtype=bool),
         )
 
     def __len__(self) -> int:
@@ -57,6 +60,7 @@ class OpArrays:
             self.seconds[mask],
             self.model[mask],
             self.row[mask],
+            self.sixteen[mask],
         )
 
     def of_kind(self, kind: str) -> OpArrays:
@@ -87,6 +91,13 @@ def predict(device: DeviceSpec, dtype: str, eff: Efficiency, ops: OpArrays) -> F
     gemm = ops.kind == "gemm"
     eta[gemm] = compute_max * ops.m[gemm] / (ops.m[gemm] + half_m)
     launch[gemm & (ops.flops > 0)] = gemm_launch_us * 1e-6
+    # GEMMs kept in 16 bits: the bf16 curve at the bf16 peak (expressed as a share of ``peak``)
+    sixteen = gemm & ops.sixteen
+    if sixteen.any():
+        max16, half16, launch16_us = eff.gemm_curve("bf16")
+        scale16 = device.peak_flops("bf16") / peak
+        eta[sixteen] = scale16 * max16 * ops.m[sixteen] / (ops.m[sixteen] + half16)
+        launch[sixteen & (ops.flops > 0)] = launch16_us * 1e-6
     eta[ops.kind == "attention_prefill"] = eff.attention_compute * attention_max / eff.compute_max
     compute_time = np.where(ops.flops > 0, ops.flops / (peak * eta), 0.0)
     kernels = np.maximum(compute_time, memory_time) + launch

@@ -224,6 +224,10 @@ def fit_efficiency(
         return ok
 
     gemm = ops.of_kind("gemm")
+    if device.gemm_dtype(dtype) != "bf16":
+        # GEMMs a quantized checkpoint keeps in 16 bits (its LM head, router) run the bf16
+        # curve, not the one fitted here
+        gemm = gemm.where(~gemm.sixteen)
     if len(gemm):
         params, mape = fit_gemm(gemm, peak, bandwidth, eff, fix)
         if gate("gemm", len(gemm), params, mape):

@@ -152,6 +152,7 @@ def gemm_points(
         seconds=np.array(s_, dtype=float),
         model=np.array(label_, dtype=str),
         row=np.array(label_, dtype=str),
+        sixteen=np.zeros(count, dtype=bool),
     )
     return ops, dropped
 

@@ -16,9 +16,11 @@ Dims = tuple[tuple[str, int], ...]
 
 SIXTEEN_BIT_DIM = "weights_16bit"
 """Dim (value 1) of a GEMM whose weights a quantized checkpoint leaves in 16 bits (gpt-oss's
-attention under MXFP4, the LM head of weight-only checkpoints): it reads 16-bit weights and
-computes in 16 bits whatever the model's dtype (spec.sixteen_bit_groups); backends time it on
-their 16-bit GEMM curve or table, and no activation quantization precedes it."""
+attention under MXFP4; the LM head and MoE router of every quantized dtype): it reads 16-bit
+weights and computes in 16 bits whatever the model's dtype (spec.sixteen_bit_groups); the
+roofline and kernel_db backends time it on their 16-bit GEMM curve or table, the external one
+asks for it in bf16, and no activation quantization precedes it. The analytic NPU backends
+(systolic, scalesim) and the energy model time and charge it as the run's dtype."""
 
 # GEMM name -> its group of linear layers (spec.SIXTEEN_BIT_GROUPS); MLA's projections
 # (``mla_*``) are attention too.
@@ -193,11 +195,20 @@ class OpBuilder:
         self.quant_bytes = ACTIVATION_QUANT_BYTES.get(gemm_dtype(dtype, fp4_tensor_cores), 0.0)
         self.sixteen_bit = sixteen_bit_groups(spec, dtype)
 
-    def gemm(self, name: str, m: int, n: int, k: int) -> Op:
+    def keeps_sixteen_bit(self, name: str) -> bool:
+        """Whether the GEMM named ``name`` reads 16-bit weights in this run (its group is one
+        the checkpoint keeps in 16 bits: spec.sixteen_bit_groups)."""
+        return bool(self.sixteen_bit) and gemm_group(name) in self.sixteen_bit
+
+    def gemm(self, name: str, m: int, n: int, k: int, sixteen_bit: bool | None = None) -> Op:
+        """An (m × k) · (k × n) GEMM of this rank; ``sixteen_bit`` None: its weights are 16-bit
+        when the checkpoint keeps its group so (:func:`gemm_group`), else as given."""
         flops = 2.0 * m * n * k
         dims: Dims = (("m", m), ("n", n), ("k", k))
         weight_bytes = self.weight_bytes
-        if self.sixteen_bit and gemm_group(name) in self.sixteen_bit:
+        if sixteen_bit is None:
+            sixteen_bit = self.keeps_sixteen_bit(name)
+        if sixteen_bit:
             weight_bytes = 2.0
             dims = (*dims, (SIXTEEN_BIT_DIM, 1))
         traffic = k * n * weight_bytes + (m * k + m * n) * self.act_bytes

@@ -280,7 +280,7 @@ class OpGraph(OpBuilder):
         s = self.shape
         ops = [self.elementwise("final_layernorm", num_sampled, s.hidden, s.hidden)]
         if num_sampled:
-            # 16-bit weights and math in weight-only checkpoints (spec.sixteen_bit_groups)
+            # 16-bit weights and math in every quantized checkpoint (spec.sixteen_bit_groups)
             ops.append(self.gemm("lm_head", num_sampled, s.vocab, s.hidden))
             # Sampling reads the fp32 logits once (softmax + top-k/p), one kernel chain.
             sampling_bytes = 4.0 * num_sampled * s.vocab * 2

@@ -589,17 +589,21 @@ def checkpoint_unquantized(quantization: object, where: str) -> tuple[str, tuple
     """(dtype, 16-bit groups) of a checkpoint whose ``quantization_config`` names its method
     (CHECKPOINT_DTYPES) and the modules it does not convert (``modules_to_not_convert``:
     Hugging Face's key, as gpt-oss writes it, e.g. ``model.layers.*.self_attn``,
-    ``model.layers.*.mlp.router``, ``lm_head``); None for any other config."""
+    ``model.layers.*.mlp.router``, ``lm_head``); None for any other config. A group is 16-bit
+    when any module of it is listed: a list that names some layers only (NVIDIA's name every
+    layer) is read as all of them."""
     if not isinstance(quantization, dict):
         return None
     dtype = CHECKPOINT_DTYPES.get(str(quantization.get("quant_method", "")).lower())
     if dtype is None:
         return None
-    modules = quantization.get("modules_to_not_convert") or []
+    modules = quantization.get("modules_to_not_convert")
+    if modules is None:
+        modules = []
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         raise ConfigError(
             f"{where}: quantization_config.modules_to_not_convert must be a list of module "
-            f"names, got {modules!r}"
+            f"names, got {repr(modules)[:200]}"
         )
     groups: list[str] = []
     for module in modules:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from llmservingsim.errors import ConfigError
 from llmservingsim.hardware.profiles.points import ProfilePoint
+from llmservingsim.model.op import SIXTEEN_BIT_DIM
 from llmservingsim.model.ops import Dims, Op, OpGraph
 from llmservingsim.model.spec import DTYPE_BYTES, ModelSpec, weight_only_quantized
 
@@ -45,7 +46,10 @@ def _graph(dtype: str, heads: int = 1, kv_heads: int = 1, head_dim: int = 1) -> 
 
 
 def _gemm(name: str, d: dict[str, int], dtype: str) -> Op:
-    return _graph(dtype).gemm(name, d["m"], d["n"], d["k"])
+    # weights_16bit=1 (model/op.py SIXTEEN_BIT_DIM): a GEMM the checkpoint keeps in 16 bits;
+    # without it, the LM head and router of a quantized dtype are (spec.sixteen_bit_groups)
+    sixteen = None if SIXTEEN_BIT_DIM not in d else d[SIXTEEN_BIT_DIM] == 1
+    return _graph(dtype).gemm(name, d["m"], d["n"], d["k"], sixteen)
 
 
 def _elementwise(name: str, d: dict[str, int], dtype: str) -> Op:
@@ -74,6 +78,7 @@ def _step_cpu(name: str, d: dict[str, int], dtype: str) -> Op:
 HEADS = ("q_heads", "kv_heads", "head_dim")
 BUILDERS: dict[frozenset[str], Builder] = {
     frozenset(("m", "n", "k")): _gemm,
+    frozenset(("m", "n", "k", SIXTEEN_BIT_DIM)): _gemm,
     frozenset(("m", "read", "write")): _elementwise,
     frozenset(("new", "ctx", *HEADS)): _prefill,
     frozenset(("new", "ctx", "window", *HEADS)): _prefill,
