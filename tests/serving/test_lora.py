@@ -198,3 +198,24 @@ def test_adapter_copies_follow_the_host_link_and_the_disk() -> None:
     one_gb = adapter_load_seconds(h100, 1e9) - host.latency_us * 1e-6
     assert one_gb == pytest.approx(1.0 / host.bandwidth_gbps)
     assert disk_read_seconds(4e9, 2.0) == pytest.approx(2.0)
+
+
+def test_adapters_stay_16_bit_under_fp8_weights() -> None:
+    """An fp8 model's LoRA adapters are 16-bit (what memory counts, model/lora.py): their
+    shrink/expand GEMMs read 16-bit weights on the bf16 curve, as in the bf16 model."""
+    from llmservingsim.build import build_timer
+    from llmservingsim.perf.lora import LoraCompute
+
+    costs = []
+    for dtype in ("bf16", "fp8"):
+        cfg = load_config(
+            None, [f"dtype={dtype}", "kv_dtype=bf16", "workload.lora={num_adapters: 4}"]
+        )
+        scenario = resolve(cfg)
+        timer = build_timer(scenario, scenario.pools[0], 0)
+        lora = LoraCompute(scenario.model, cfg.lora.target_modules, scenario.adapter_rank, timer)
+        costs.append(lora.cost((3, 1)))
+    bf16, fp8 = costs
+    assert (fp8.seconds, fp8.flops, fp8.bytes) == pytest.approx(
+        (bf16.seconds, bf16.flops, bf16.bytes)
+    )

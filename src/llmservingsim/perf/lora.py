@@ -11,6 +11,7 @@ from __future__ import annotations
 from llmservingsim.config import LoraTarget
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.model.lora import FUSED_GROUP, sharded_shapes
+from llmservingsim.model.op import SIXTEEN_BIT_DIM, Dims
 from llmservingsim.model.ops import Op, OpGraph
 from llmservingsim.model.spec import ModelSpec
 from llmservingsim.perf.iteration import IterationTimer
@@ -61,16 +62,23 @@ class LoraCompute:
         backend, r = self.timer.backend, self.rank
         tokens = sum(tokens_per_adapter)
         adapters = len(tokens_per_adapter)
-        weight, act = self.graph.weight_bytes, self.graph.act_bytes
+        # Adapters stay 16-bit under weight quantization (model/lora.py lora_dtype_bytes, what
+        # memory counts): their GEMMs read 16-bit weights on the 16-bit curve (model/op.py).
+        act = self.graph.act_bytes
+        weight = act
+        sixteen = self.graph.weight_bytes < act
         for slices, d_in, d_out in self.groups:
             for name, n, k in (("lora_shrink", slices * r, d_in), ("lora_expand", d_out, r)):
+                dims: Dims = (("m", tokens), ("n", n), ("k", k))
+                if sixteen:
+                    dims = (*dims, (SIXTEEN_BIT_DIM, 1))
                 op = Op(
                     name,
                     "gemm",
                     2.0 * tokens * n * k,
                     adapters * k * n * weight + tokens * (k + n) * act,
                     tokens,
-                    (("m", tokens), ("n", n), ("k", k)),
+                    dims,
                 )
                 seconds += backend.time(op)
                 flops += op.flops
