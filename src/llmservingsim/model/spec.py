@@ -63,9 +63,10 @@ def sixteen_bit_groups(spec: ModelSpec, dtype: str) -> frozenset[str]:
     those its checkpoint leaves unquantized when it is quantized in ``dtype`` (gpt-oss's
     MXFP4 checkpoints: attention, ``ModelSpec.unquantized``), and the LM head and MoE router of
     every quantized checkpoint (:func:`quantized`: FP8 and FP4 checkpoints exclude them as the
-    weight-only ones do, e.g. ModelOpt's ``exclude_modules`` of NVIDIA's FP8 / NVFP4 releases,
-    compressed-tensors' ``ignore``, DeepSeek's FP8 release, Qwen3's ``modules_to_not_convert``
-    with ``mlp.gate``). Empty for 16-bit dtypes, where every GEMM is 16-bit anyway."""
+    weight-only ones do, e.g. ModelOpt's ``exclude_modules`` of NVIDIA's FP8 / NVFP4 releases:
+    ``lm_head`` in every one, the router ``gate`` of Qwen3-235B-A22B-NVFP4 and MiniMax's; a
+    DeepSeek router is no Linear layer and is never quantized). Empty for 16-bit dtypes, where
+    every GEMM is 16-bit anyway."""
     if not quantized(dtype):
         return frozenset()
     groups = {"lm_head", "router"}
