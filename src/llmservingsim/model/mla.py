@@ -19,7 +19,7 @@ deployments prefer data-parallel attention). The low-rank down-projections are r
 
 from __future__ import annotations
 
-from llmservingsim.model.op import SIXTEEN_BIT_DIM, Dims, Op, OpBuilder
+from llmservingsim.model.op import Op, OpBuilder
 
 
 class MlaOps:
@@ -88,11 +88,8 @@ class MlaOps:
         """Per-head batched GEMM (batch × k) · (k × n) for every local head."""
         g = self.graph
         flops = 2.0 * batch * self.heads * n * k
-        dims: Dims = (("m", batch), ("n", n), ("k", k))
-        weight_bytes = g.weight_bytes
-        if g.keeps_sixteen_bit(name):  # kv_b_proj's weights, kept in 16 bits by the checkpoint
-            weight_bytes = 2.0
-            dims = (*dims, (SIXTEEN_BIT_DIM, 1))
+        # kv_b_proj's weights: 16-bit where the checkpoint keeps attention so
+        weight_bytes, dims = g.weights(name, (("m", batch), ("n", n), ("k", k)))
         traffic = self.heads * n * k * weight_bytes + batch * self.heads * (n + k) * g.act_bytes
         return Op(name, "gemm", flops, traffic, batch, dims)
 

@@ -22,8 +22,8 @@ roofline and kernel_db backends time it on their 16-bit GEMM curve or table, the
 asks for it in bf16, and no activation quantization precedes it. The analytic NPU backends
 (systolic, scalesim) and the energy model time and charge it as the run's dtype."""
 
-# GEMM name -> its group of linear layers (spec.SIXTEEN_BIT_GROUPS); MLA's projections
-# (``mla_*``) are attention too.
+# GEMM name -> its group of linear layers (attention, router, lm_head: the groups a checkpoint
+# may leave unquantized, spec.sixteen_bit_groups); MLA's projections (``mla_*``) are attention.
 GEMM_GROUPS: dict[str, str] = {
     "qkv_proj": "attention",
     "o_proj": "attention",
@@ -43,6 +43,11 @@ def gemm_group(name: str) -> str:
 def is_sixteen_bit(op: Op) -> bool:
     """Whether ``op`` is a GEMM the checkpoint keeps in 16 bits (:data:`SIXTEEN_BIT_DIM`)."""
     return any(key == SIXTEEN_BIT_DIM for key, _ in op.dims)
+
+
+def with_sixteen_bit(dims: Dims) -> Dims:
+    """``dims`` of a GEMM marked as reading 16-bit weights (:data:`SIXTEEN_BIT_DIM`)."""
+    return (*dims, (SIXTEEN_BIT_DIM, 1))
 
 
 class Op:
@@ -195,22 +200,20 @@ class OpBuilder:
         self.quant_bytes = ACTIVATION_QUANT_BYTES.get(gemm_dtype(dtype, fp4_tensor_cores), 0.0)
         self.sixteen_bit = sixteen_bit_groups(spec, dtype)
 
-    def keeps_sixteen_bit(self, name: str) -> bool:
-        """Whether the GEMM named ``name`` reads 16-bit weights in this run (its group is one
-        the checkpoint keeps in 16 bits: spec.sixteen_bit_groups)."""
-        return bool(self.sixteen_bit) and gemm_group(name) in self.sixteen_bit
+    def weights(self, name: str, dims: Dims, sixteen_bit: bool | None = None) -> tuple[float, Dims]:
+        """(bytes per weight, dims) of the GEMM named ``name``: 16-bit and marked when the
+        checkpoint keeps its group so (spec.sixteen_bit_groups, :func:`gemm_group`) or, given,
+        as ``sixteen_bit`` says; else the model's weight bytes and ``dims`` unchanged."""
+        if sixteen_bit is None:
+            sixteen_bit = gemm_group(name) in self.sixteen_bit
+        if sixteen_bit:
+            return 2.0, with_sixteen_bit(dims)
+        return self.weight_bytes, dims
 
     def gemm(self, name: str, m: int, n: int, k: int, sixteen_bit: bool | None = None) -> Op:
-        """An (m × k) · (k × n) GEMM of this rank; ``sixteen_bit`` None: its weights are 16-bit
-        when the checkpoint keeps its group so (:func:`gemm_group`), else as given."""
+        """An (m × k) · (k × n) GEMM of this rank; its weights as :meth:`weights` says."""
         flops = 2.0 * m * n * k
-        dims: Dims = (("m", m), ("n", n), ("k", k))
-        weight_bytes = self.weight_bytes
-        if sixteen_bit is None:
-            sixteen_bit = self.keeps_sixteen_bit(name)
-        if sixteen_bit:
-            weight_bytes = 2.0
-            dims = (*dims, (SIXTEEN_BIT_DIM, 1))
+        weight_bytes, dims = self.weights(name, (("m", m), ("n", n), ("k", k)), sixteen_bit)
         traffic = k * n * weight_bytes + (m * k + m * n) * self.act_bytes
         return Op(name, "gemm", flops, traffic, m, dims)
 

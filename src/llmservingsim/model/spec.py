@@ -51,8 +51,6 @@ def weight_only_quantized(dtype: str) -> bool:
     return dtype in ("int8", "int4", "mxfp4")
 
 
-# Groups of linear layers a checkpoint may leave unquantized (model/op.py names their GEMMs).
-SIXTEEN_BIT_GROUPS = ("attention", "router", "lm_head")
 # quantization_config.quant_method -> the simulator dtype of that checkpoint's weights, for the
 # methods whose configs list the modules they leave in 16 bits (``modules_to_not_convert``).
 CHECKPOINT_DTYPES: dict[str, str] = {"mxfp4": "mxfp4"}
@@ -136,7 +134,8 @@ class ModelSpec:
     # channel or row), or "" (not said): the ``fp8_scaling: auto`` setting reads it.
     fp8_checkpoint: str = ""
     # The dtype the checkpoint this config describes is quantized in ("" when not known or not
-    # quantized) and the groups of linear layers (SIXTEEN_BIT_GROUPS) it leaves in 16 bits,
+    # quantized) and the groups of linear layers (attention, router, lm_head: model/op.py
+    # gemm_group) it leaves in 16 bits,
     # from its ``quantization_config`` (``modules_to_not_convert``): gpt-oss's MXFP4 weights
     # cover the routed experts only (sixteen_bit_groups).
     checkpoint_dtype: str = ""

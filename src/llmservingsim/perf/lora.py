@@ -11,7 +11,7 @@ from __future__ import annotations
 from llmservingsim.config import LoraTarget
 from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.model.lora import FUSED_GROUP, sharded_shapes
-from llmservingsim.model.op import SIXTEEN_BIT_DIM, Dims
+from llmservingsim.model.op import Dims, with_sixteen_bit
 from llmservingsim.model.ops import Op, OpGraph
 from llmservingsim.model.spec import ModelSpec
 from llmservingsim.perf.iteration import IterationTimer
@@ -71,7 +71,7 @@ class LoraCompute:
             for name, n, k in (("lora_shrink", slices * r, d_in), ("lora_expand", d_out, r)):
                 dims: Dims = (("m", tokens), ("n", n), ("k", k))
                 if sixteen:
-                    dims = (*dims, (SIXTEEN_BIT_DIM, 1))
+                    dims = with_sixteen_bit(dims)
                 op = Op(
                     name,
                     "gemm",

@@ -25,7 +25,6 @@ from llmservingsim.model.spec import (
     DTYPE_BYTES,
     ModelSpec,
     activation_bytes,
-    quantized,
     sixteen_bit_groups,
 )
 
@@ -199,17 +198,19 @@ def weight_bytes_per_device(
     vocab_matrices = 1 if spec.tie_word_embeddings or pp > 1 else 2
     embeddings = vocab_matrices * shard.vocab * h
     if spec.is_moe:
-        router = spec.num_experts * h * ((2.0 if "router" in sixteen else wb) - wb)
-        moe_layer = attention + (moe_params_per_device(spec, tp, ep, dp) + 2 * h) * wb + router
+        # moe_params counts the router at ``wb``; a 16-bit one adds the difference
+        router_16bit = spec.num_experts * h * (2.0 - wb) if "router" in sixteen else 0.0
+        moe_layer = (
+            attention + (moe_params_per_device(spec, tp, ep, dp) + 2 * h) * wb + router_16bit
+        )
         layer_bytes = max(
             sum(moe_layer if spec.is_moe_layer(i) else per_layer for i in range(first, end))
             for first, end in stage_bounds(spec.num_layers, pp)
         )
     else:
         layer_bytes = layers_per_stage(spec.num_layers, pp) * per_layer
-    if quantized(dtype):
-        return layer_bytes + h * wb + embeddings * 2.0
-    return layer_bytes + (embeddings + h) * wb
+    # embeddings and LM head: 16-bit in a quantized checkpoint, else the model's dtype
+    return layer_bytes + h * wb + embeddings * activation_bytes(dtype)
 
 
 def activation_peak_bytes(

@@ -130,12 +130,11 @@ class RooflineBackend:
             if self._moe_fitted and op.name in MOE_GEMMS:
                 return self._moe_gemm_time(op)
             if is_sixteen_bit(op):
-                m = op.m
-                eta = self._compute_max16 * m / (m + self._half_m16)
-                compute_time = op.flops / (self._peak16 * eta)
-                return max(compute_time, op.bytes / self._bandwidth) + self._gemm_launch16
-            compute_time = op.flops / (self._peak * self.compute_efficiency(op.m))
-            return max(compute_time, op.bytes / self._bandwidth) + self._gemm_launch
+                peak, eta = self._peak16, self._compute_max16 * op.m / (op.m + self._half_m16)
+                launch = self._gemm_launch16
+            else:
+                peak, eta, launch = self._peak, self.compute_efficiency(op.m), self._gemm_launch
+            return max(op.flops / (peak * eta), op.bytes / self._bandwidth) + launch
         memory_time = op.bytes / self._bandwidth
         if op.kind == "attention_prefill":
             compute_time = op.flops / self._attention_flops
