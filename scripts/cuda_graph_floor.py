@@ -1,7 +1,8 @@
 """The kernel-launch floor of an eager step against its GPU time (docs/accuracy.md, known
 error 3): a vLLM 0.6 prefill step of the APEX+ Llama-3.1-70B TP8 replay, timed with the
-roofline on H100, its kernel count, the floor at the device's launch cost, and the launch cost
-per kernel at which the floor would start to bind.
+roofline on H100, its kernel count, the floor at the host's dispatch cost per kernel
+(perf.cuda_graphs.launch_us, default 35 µs), and the cost per kernel at which the floor starts
+to bind.
 
     python scripts/cuda_graph_floor.py [--model llama-3.1-70b] [--tp 8] [--tokens 74]
 """
@@ -26,7 +27,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=74, help="prompt tokens of the prefill")
     args = parser.parse_args()
     device = load_device(args.device)
-    policy = cuda_graph_policy(CudaGraphsConfig(mode="eager"), device)
+    policy = cuda_graph_policy(CudaGraphsConfig(mode="eager"))
     timers = [
         IterationTimer(
             load_model(args.model),

@@ -13,7 +13,6 @@ from llmservingsim.cluster.placement import place_instances
 from llmservingsim.config import CudaGraphsConfig
 from llmservingsim.errors import plugin_base_error
 from llmservingsim.hardware.backends import PerfBackend, build_backend
-from llmservingsim.hardware.device import DeviceSpec
 from llmservingsim.metrics.collector import MetricsCollector
 from llmservingsim.model.fusion import Fusion
 from llmservingsim.model.lora import adapter_bytes_per_device
@@ -79,18 +78,14 @@ def build_timer(scenario: Scenario, pool: PoolPlan, first_device: int) -> Iterat
         host_overhead_s=host,
         host_overlap=cfg.perf.host_overlap,
         data_parallel=pool.dp,
-        cuda_graphs=cuda_graph_policy(cfg.perf.cuda_graphs, device),
+        cuda_graphs=cuda_graph_policy(cfg.perf.cuda_graphs),
         **common,
     )
 
 
-def cuda_graph_policy(graphs: CudaGraphsConfig, device: DeviceSpec) -> CudaGraphPolicy:
-    """perf.cuda_graphs as the timer uses it; the launch cost defaults to the device's fitted
-    per-kernel fixed time (docs/calibration.md §4)."""
-    launch_us = graphs.launch_us
-    if launch_us is None:
-        launch_us = device.efficiency.kernel_launch_us
-    return CudaGraphPolicy(graphs.mode, graphs.sizes(), graphs.padding, launch_us * 1e-6)
+def cuda_graph_policy(graphs: CudaGraphsConfig) -> CudaGraphPolicy:
+    """perf.cuda_graphs as the timer uses it."""
+    return CudaGraphPolicy(graphs.mode, graphs.sizes(), graphs.padding, graphs.launch_us * 1e-6)
 
 
 def build_cluster(scenario: Scenario, metrics: MetricsCollector) -> Cluster:

@@ -18,10 +18,13 @@ from llmservingsim.validate.reference import REQUIRED
 from llmservingsim.validate.run import validate
 from llmservingsim.validate.scenario import (
     Scenario,
+    aic_generator_graph_sizes,
     bench_graph_sizes,
     hardware_for,
     scenario_for,
+    sglang_graph_sizes,
     trtllm_bench_limits,
+    trtllm_graph_sizes,
 )
 
 BASE = {
@@ -652,6 +655,87 @@ def test_inferencex_vllm_points_without_a_release_run_vllm_v1() -> None:
     unknown = _recipe_point(**point, client="", hardware="B200", tensor_parallel="4", num_gpus="4")
     assert not any(o.startswith("engine=") for o in unknown.overrides)
     assert "scheduler.max_num_batched_tokens=512" in unknown.overrides
+
+
+def _graphs(point: Scenario) -> dict[str, str]:
+    pairs = (o.split("=", 1) for o in point.overrides if o.startswith("perf.cuda_graphs."))
+    return {key.removeprefix("perf.cuda_graphs."): value for key, value in pairs}
+
+
+def test_inferencex_trtllm_points_run_the_pytorch_backend_with_the_recipes_graphs() -> None:
+    """Every InferenceX TensorRT-LLM recipe starts trtllm-serve with PyTorch-backend options
+    (cuda_graph_config, batch_wait_*, attention_dp_config): a point whose dump records no
+    release (or a tag like gpt-oss-dev) takes the trtllm preset, and decode graphs padded up
+    to the clients one attention rank serves (enable_padding: true in every recipe)."""
+    for version in ("", "gpt-oss-dev", "1.2.0rc6.post2"):
+        point = _recipe_point(engine_version=version, output_len="8192")
+        assert point.overrides[0] == "engine=trtllm", version
+        graphs = _graphs(point)
+        assert graphs["mode"] == "decode" and graphs["padding"] == "true"
+        assert graphs["max_capture_size"] == "64"  # the point's 64 clients
+        assert graphs["capture_sizes"] == f"[{', '.join(map(str, trtllm_graph_sizes(64)))}]"
+    dp = _recipe_point(
+        engine_version="",
+        model="deepseek-ai/DeepSeek-R1-0528",
+        hardware="B200",
+        num_gpus="8",
+        tensor_parallel="1",
+        notes="attention_dp=8; moe_ep=8",
+        dtype="fp4",
+    )
+    assert _graphs(dp)["max_capture_size"] == "8"  # 64 clients over 8 attention ranks
+    # A TensorRT-LLM row of no release and no recorded client: no preset, no graphs.
+    unknown = _recipe_point(client="", engine_version="")
+    assert not any(o.startswith(("engine=", "perf.cuda_graphs.")) for o in unknown.overrides)
+
+
+def test_graph_capture_sizes_follow_each_engines_generator() -> None:
+    # TensorRT-LLM CudaGraphConfig(enable_padding=True): 1, 2, 4, multiples of 8 to 128,
+    # powers of two from 256 below max_batch_size, then max_batch_size itself.
+    assert trtllm_graph_sizes(4) == [1, 2, 4]
+    assert trtllm_graph_sizes(100)[-3:] == [88, 96, 100]
+    assert trtllm_graph_sizes(1024)[-4:] == [128, 256, 512, 1024]
+    assert trtllm_graph_sizes(300)[-3:] == [128, 256, 300]
+    # SGLang: 1, 2, 4, 8, 12, multiples of 8 to 256, of 16 to 496, of 32 from 512.
+    assert sglang_graph_sizes(32) == [1, 2, 4, 8, 12, 16, 24, 32]
+    assert sglang_graph_sizes(512)[-4:] == [464, 480, 496, 512]
+    # AIConfigurator's generator: every size to 16, steps of 4, 8, 16, 32, 64 to 512, and
+    # every size within 8 of the worker's batch.
+    sizes = aic_generator_graph_sizes(56)
+    assert sizes[:16] == list(range(1, 17)) and set(range(48, 65)) <= set(sizes)
+    assert sizes[-1] == 512 and 20 in sizes and 21 not in sizes
+
+
+def test_gap_analysis_trtllm_points_run_aiconfigurators_generated_graphs() -> None:
+    """NVIDIA's aic-auto-gap-analysis points measured deployments AIConfigurator generated:
+    its TensorRT-LLM rule pads decode graphs and captures every size near the batch."""
+    source = "source_file=/x/aic-auto-gap-analysis/data/b200_sxm/trtllm/1.3.0rc5/a.csv"
+    gap = _recipe_point(client="", engine_version="1.3.0rc5", source=source, concurrency="56")
+    graphs = _graphs(gap)
+    assert graphs["padding"] == "true"
+    assert graphs["capture_sizes"] == f"[{', '.join(map(str, aic_generator_graph_sizes(56)))}]"
+    other = _recipe_point(client="", engine_version="1.3.0rc5", concurrency="56")
+    assert not any(o.startswith("perf.cuda_graphs.") for o in other.overrides)
+
+
+def test_sglang_recipes_capture_decode_graphs_up_to_their_cuda_graph_max_bs() -> None:
+    point = {
+        "engine": "SGLang",
+        "engine_version": "0.5.9",
+        "model": "deepseek-ai/DeepSeek-R1-0528",
+        "hardware": "B200",
+        "num_gpus": "8",
+        "tensor_parallel": "8",
+        "dtype": "fp8",
+        "concurrency": "16",
+    }
+    assert _graphs(_recipe_point(**point))["max_capture_size"] == "128"  # TP8 branch
+    fp4 = _graphs(_recipe_point(**{**point, "dtype": "fp4"}))
+    assert fp4["max_capture_size"] == "256" and fp4["padding"] == "true"
+    h200 = {**point, "hardware": "H200"}
+    assert _graphs(_recipe_point(**h200))["max_capture_size"] == "512"  # 1k/1k branch
+    assert _graphs(_recipe_point(**h200, output_len="8192"))["max_capture_size"] == "256"
+    assert not _graphs(_recipe_point(**point, client=""))  # the preset keeps graphs off
 
 
 def test_sglang_recipes_set_memory_fraction_running_requests_and_prefill_budget() -> None:

@@ -184,6 +184,9 @@ class RecipeRule:
     """The client-count range (inclusive) of the recipe's branch; None: every count."""
     attention_dp: bool | None = None
     """The branch applies with (True) or without (False) attention data parallelism."""
+    graph_max_bs: int | None = None
+    """SGLang's ``--cuda-graph-max-bs`` in the branch: decode batches up to it replay CUDA
+    graphs, padded to SGLang's capture sizes (:func:`sglang_graph_sizes`)."""
 
 
 # The server launch recipes of SemiAnalysisAI/InferenceX (benchmarks/ folder), per kind of row
@@ -285,9 +288,11 @@ RECIPES = (
         r"^deepseek-v3$",
         ("gpu_memory_utilization=0.85", "max_num_seqs=256", "max_num_batched_tokens=16384"),
         "benchmarks/dsr1_fp4_b200.sh: --mem-fraction-static 0.85, --max-running-requests 256, "
-        "--chunked-prefill-size 16384 (max_prefill_tokens at its default 16384)",
+        "--chunked-prefill-size 16384 (max_prefill_tokens at its default 16384), "
+        "--cuda-graph-max-bs 256",
         hardware=r"^b200$",
         dtype="fp4",
+        graph_max_bs=256,
     ),
     RecipeRule(
         "inferencex",
@@ -295,10 +300,11 @@ RECIPES = (
         r"^deepseek-v3$",
         ("gpu_memory_utilization=0.82", "max_num_batched_tokens=32768"),
         "benchmarks/dsr1_fp8_b200.sh: --mem-fraction-static 0.82, "
-        "--chunked-prefill-size 32768 --max-prefill-tokens 32768 at TP8",
+        "--chunked-prefill-size 32768 --max-prefill-tokens 32768, --cuda-graph-max-bs 128 at TP8",
         hardware=r"^b200$",
         dtype="fp8",
         tp=(8, 8),
+        graph_max_bs=128,
     ),
     # The same file's --max-running-requests is "the maximum concurrency" (its comment: 128
     # at TP8, 32 at TP4), so it holds for the client counts it was sized for. The points with
@@ -323,10 +329,11 @@ RECIPES = (
         r"^deepseek-v3$",
         ("gpu_memory_utilization=0.95", "max_num_batched_tokens=8192"),
         "benchmarks/dsr1_fp8_b200.sh: --mem-fraction-static 0.95, "
-        "--chunked-prefill-size 8192 --max-prefill-tokens 8192 at TP4",
+        "--chunked-prefill-size 8192 --max-prefill-tokens 8192, --cuda-graph-max-bs 32 at TP4",
         hardware=r"^b200$",
         dtype="fp8",
         tp=(4, 4),
+        graph_max_bs=32,
     ),
     RecipeRule(
         "inferencex",
@@ -355,10 +362,12 @@ RECIPES = (
             "sglang",
             r"^deepseek-v3$",
             (f"max_num_seqs={seqs}",),
-            f"benchmarks/dsr1_fp8_h200.sh: --max-running-requests {seqs} at {isl}/{osl}",
+            f"benchmarks/dsr1_fp8_h200.sh: --max-running-requests {seqs}, --cuda-graph-max-bs "
+            f"{seqs} at {isl}/{osl}",
             hardware=r"^h200$",
             dtype="fp8",
             lengths=(isl, osl),
+            graph_max_bs=seqs,
         )
         for isl, osl, seqs in ((1024, 1024, 512), (1024, 8192, 256), (8192, 1024, 256))
     ),
@@ -433,13 +442,23 @@ def _version(text: str) -> tuple[int, ...] | None:
 # gptoss_fp4_b200_docker.sh) starts `vllm serve` with `async-scheduling: true`, an option of
 # the V1 engine (vLLM 0.10 and later), so they ran V1; the release itself is unknown.
 INFERENCEX_VLLM_FLOOR = (0, 10)
+# InferenceX's TensorRT-LLM points whose dump records no release (or a tag such as
+# `gpt-oss-dev`): every InferenceX TensorRT-LLM launch recipe (benchmarks/*_trt*.sh) starts
+# `trtllm-serve` with LLM-API options only the PyTorch backend has (`cuda_graph_config`,
+# `batch_wait_timeout_iters`, `attention_dp_config`, `moe_config`; TorchLlmArgs), so they ran
+# the PyTorch backend of the 1.x releases (every recorded InferenceX release is 1.1 or later).
+INFERENCEX_TRTLLM_FLOOR = (1, 0)
 
 
 def row_version(row: dict[str, str]) -> tuple[int, ...] | None:
     """The (major, minor) engine release a row ran, as far as the row tells it."""
     version = _version(row["engine_version"])
-    if version is None and row.get("client") == "inferencex" and "vllm" in row["engine"].lower():
-        return INFERENCEX_VLLM_FLOOR
+    if version is None and row.get("client") == "inferencex":
+        engine = row["engine"].lower()
+        if "vllm" in engine:
+            return INFERENCEX_VLLM_FLOOR
+        if "tensorrt-llm" in engine:
+            return INFERENCEX_TRTLLM_FLOOR
     return version
 
 
@@ -544,6 +563,50 @@ def bench_graph_sizes(max_batch_size: int, max_num_tokens: int) -> list[int]:
     if len(sizes) < len(BENCH_GRAPH_SIZES) and (not sizes or sizes[-1] != top):
         sizes.append(top)
     return sizes
+
+
+def padded_decode_graphs(sizes: list[int]) -> list[str]:
+    """``perf.cuda_graphs`` settings for decode-only graphs of ``sizes``, batches padded."""
+    listed = ", ".join(map(str, sizes))
+    return [
+        "perf.cuda_graphs.mode=decode",
+        "perf.cuda_graphs.padding=true",
+        f"perf.cuda_graphs.max_capture_size={sizes[-1]}",
+        f"perf.cuda_graphs.capture_sizes=[{listed}]",
+    ]
+
+
+def trtllm_graph_sizes(max_batch_size: int) -> list[int]:
+    """The decode batch sizes TensorRT-LLM's PyTorch backend captures for ``cuda_graph_config``
+    ``{enable_padding: true, max_batch_size: N}`` (llm_args.py
+    ``CudaGraphConfig._generate_cuda_graph_batch_sizes``): 1, 2, 4, the multiples of 8 to 128,
+    the powers of two from 256 below N, and N itself."""
+    top = max(1, max_batch_size)
+    sizes = [1, 2, 4, *range(8, 129, 8)]
+    sizes += [2**i for i in range(8, math.ceil(math.log2(top)))] if top > 256 else []
+    sizes = sorted(size for size in sizes if size <= top)
+    if sizes[-1] != top:
+        sizes.append(top)
+    return sizes
+
+
+def sglang_graph_sizes(max_bs: int) -> list[int]:
+    """The decode batch sizes SGLang captures up to ``--cuda-graph-max-bs`` (server_args.py
+    ``_generate_cuda_graph_batch_sizes``, no speculative decoding, padding on): 1, 2, 4, 8,
+    12, multiples of 8 to 256, of 16 to 496, of 32 from 512."""
+    sizes = [1, 2, 4, 8, 12, *range(16, 257, 8), *range(272, 512, 16), *range(512, max_bs + 1, 32)]
+    return [size for size in sizes if size <= max_bs] or [max_bs]
+
+
+def aic_generator_graph_sizes(max_batch_size: int) -> list[int]:
+    """The decode CUDA-graph batch sizes AIConfigurator's generator writes for an aggregated
+    TensorRT-LLM worker serving ``max_batch_size`` sequences (generator/rule_plugin/trtllm.rule
+    ``agg_decode cuda_graph_batch_sizes``, with ``cuda_graph_enable_padding = true``)."""
+    top = max(1, max_batch_size)
+    sizes = {*range(1, 17), *range(16, 33, 4), *range(32, 65, 8), *range(64, 129, 16)}
+    sizes |= {*range(128, 257, 32), *range(256, 513, 64)}
+    sizes |= set(range(1 if top <= 8 else top - 8, top + 9))
+    return sorted(sizes)
 
 
 def engine_preset(row: dict[str, str]) -> str | None:
@@ -778,6 +841,10 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         notes.append(f"recipe: {recipe.source}")
     concurrency = int(row["concurrency"]) if row.get("concurrency") else None
     graphs: list[str] = []
+    graph_max_bs = [recipe.graph_max_bs for recipe in recipes if recipe.graph_max_bs]
+    if engine_name == "sglang" and graph_max_bs:
+        sizes = sglang_graph_sizes(graph_max_bs[-1])
+        graphs = padded_decode_graphs(sizes)
     isl, osl, rate = number(row["input_len"]), number(row["output_len"]), row["request_rate_rps"]
     bench = engine_name == "trtllm" and concurrency is None and not row.get("workload_file")
     if bench and isl and osl and math.isinf(number(rate) or math.inf):
@@ -797,12 +864,7 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         )
         if engine_preset(row) == "trtllm":  # the PyTorch backend: the overview's llm_options
             sizes = bench_graph_sizes(max_bs, max_tokens)
-            graphs = [
-                "perf.cuda_graphs.mode=decode",
-                "perf.cuda_graphs.padding=true",
-                f"perf.cuda_graphs.max_capture_size={sizes[-1]}",
-                f"perf.cuda_graphs.capture_sizes=[{', '.join(map(str, sizes))}]",
-            ]
+            graphs = padded_decode_graphs(sizes)
     elif engine_name == "trtllm" and isl and isl >= int(settings["max_num_batched_tokens"]):
         # Without chunked prefill TensorRT-LLM refuses a prompt above max_num_tokens (and runs
         # one of exactly that size only beside no generation request): a served run with such
@@ -812,6 +874,32 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
             f"chunked prefill: prompts of {int(isl)} tokens reach max_num_tokens "
             f"{settings['max_num_batched_tokens']}, which TensorRT-LLM only runs chunked"
         )
+    if (
+        engine_name == "trtllm"
+        and concurrency is not None
+        and row.get("client") == "inferencex"
+        and engine_preset(row) == "trtllm"
+    ):
+        # Every InferenceX TensorRT-LLM recipe sets cuda_graph_config enable_padding: true
+        # with max_batch_size at or above the clients one attention rank serves.
+        sizes = trtllm_graph_sizes(math.ceil(concurrency / dp))
+        graphs = padded_decode_graphs(sizes)
+        notes.append(
+            "InferenceX TensorRT-LLM recipes: cuda_graph_config enable_padding true, decode "
+            f"graphs up to {sizes[-1]} sequences"
+        )
+    if (
+        engine_name == "trtllm"
+        and concurrency is not None
+        and not row.get("client")
+        and "aic-auto-gap-analysis" in row.get("source", "")
+        and engine_preset(row) == "trtllm"
+    ):
+        sizes = aic_generator_graph_sizes(math.ceil(concurrency / dp))
+        graphs = padded_decode_graphs(sizes)
+        # NVIDIA's aic-auto-gap-analysis files measure AIConfigurator-generated deployments,
+        # whose TensorRT-LLM rule pads decode graphs (docs/accuracy.md, "Fixed-concurrency").
+        notes.append("AIConfigurator-generated TensorRT-LLM deployment: padded decode graphs")
     if (
         concurrency is not None
         and concurrency > int(settings["max_num_seqs"])
