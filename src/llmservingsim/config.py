@@ -971,9 +971,9 @@ class CudaGraphsConfig(_Section):
     size replay a graph, the others run eagerly."""
     launch_us: Microseconds = 35.0
     """Host time per kernel of an eager step, µs: what the engine's Python host takes to
-    dispatch one kernel outside a graph (docs/engines.md, "CUDA graphs": ~35 µs measured in
-    TensorRT-LLM's PyTorch flow, the same order in vLLM and SGLang eager runs); 0 turns the
-    launch floor off."""
+    dispatch one kernel outside a graph (docs/engines.md, "CUDA graphs": ~35 µs measured for an
+    eager model in TensorRT-LLM's PyTorch flow, the same order in vLLM and SGLang eager runs);
+    0 turns the launch floor off."""
 
     @model_validator(mode="after")
     def _sizes_fit(self) -> CudaGraphsConfig:

@@ -674,16 +674,21 @@ def test_inferencex_trtllm_points_run_the_pytorch_backend_with_the_recipes_graph
         assert graphs["mode"] == "decode" and graphs["padding"] == "true"
         assert graphs["max_capture_size"] == "64"  # the point's 64 clients
         assert graphs["capture_sizes"] == f"[{', '.join(map(str, trtllm_graph_sizes(64)))}]"
-    dp = _recipe_point(
-        engine_version="",
-        model="deepseek-ai/DeepSeek-R1-0528",
-        hardware="B200",
-        num_gpus="8",
-        tensor_parallel="1",
-        notes="attention_dp=8; moe_ep=8",
-        dtype="fp4",
-    )
+    dp_point = {
+        "engine_version": "",
+        "model": "deepseek-ai/DeepSeek-R1-0528",
+        "hardware": "B200",
+        "num_gpus": "8",
+        "tensor_parallel": "1",
+        "notes": "attention_dp=8; moe_ep=8",
+        "dtype": "fp4",
+    }
+    dp = _recipe_point(**dp_point)
     assert _graphs(dp)["max_capture_size"] == "8"  # 64 clients over 8 attention ranks
+    assert _graphs(_recipe_point(**{**dp_point, "concurrency": "60"}))["max_capture_size"] == "8"
+    # The overrides load as a config: decode graphs, padded, up to the clients.
+    graphs = load_config(None, point.overrides).perf.cuda_graphs
+    assert (graphs.mode, graphs.padding, graphs.sizes()[-1]) == ("decode", True, 64)
     # A TensorRT-LLM row of no release and no recorded client: no preset, no graphs.
     unknown = _recipe_point(client="", engine_version="")
     assert not any(o.startswith(("engine=", "perf.cuda_graphs.")) for o in unknown.overrides)

@@ -262,8 +262,8 @@ def test_the_launch_floor_numbers_in_the_accuracy_doc() -> None:
     doc = " ".join(doc.split())
     assert f"launches {kernels:,} kernels over {gpu * 1e3:.1f} ms of GPU time" in doc
     assert f"the launches bind above {gpu / kernels * 1e6:.1f} µs per kernel" in doc
-    assert f"At the {launch:.0f} µs now the default the same step takes" in doc
-    assert f"takes {kernels * launch / 1e3:.1f} ms, host-bound" in doc
+    assert f"At the {launch:.0f} µs now the default the same step's launches take" in doc
+    assert f"take {kernels * launch / 1e3:.1f} ms, host-bound" in doc
 
 
 def test_sliding_window_models_take_the_graphs_too() -> None:

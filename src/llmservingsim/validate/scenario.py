@@ -845,6 +845,7 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     if engine_name == "sglang" and graph_max_bs:
         sizes = sglang_graph_sizes(graph_max_bs[-1])
         graphs = padded_decode_graphs(sizes)
+        notes.append(f"SGLang recipe: decode graphs up to --cuda-graph-max-bs {sizes[-1]}")
     isl, osl, rate = number(row["input_len"]), number(row["output_len"]), row["request_rate_rps"]
     bench = engine_name == "trtllm" and concurrency is None and not row.get("workload_file")
     if bench and isl and osl and math.isinf(number(rate) or math.inf):
@@ -881,8 +882,11 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         and engine_preset(row) == "trtllm"
     ):
         # Every InferenceX TensorRT-LLM recipe sets cuda_graph_config enable_padding: true
-        # with max_batch_size at or above the clients one attention rank serves.
-        sizes = trtllm_graph_sizes(math.ceil(concurrency / dp))
+        # with max_batch_size at or above the clients one attention rank serves ($CONC,
+        # $CONC / 8 under attention DP, 128, 512, 1024): captured up to that count, a batch
+        # pads as it would under the recipe's larger bound wherever both lists agree (the
+        # multiples of 8 to 128, the powers of two above).
+        sizes = trtllm_graph_sizes(-(-concurrency // max(dp, 1)))
         graphs = padded_decode_graphs(sizes)
         notes.append(
             "InferenceX TensorRT-LLM recipes: cuda_graph_config enable_padding true, decode "
@@ -895,7 +899,7 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         and "aic-auto-gap-analysis" in row.get("source", "")
         and engine_preset(row) == "trtllm"
     ):
-        sizes = aic_generator_graph_sizes(math.ceil(concurrency / dp))
+        sizes = aic_generator_graph_sizes(-(-concurrency // max(dp, 1)))
         graphs = padded_decode_graphs(sizes)
         # NVIDIA's aic-auto-gap-analysis files measure AIConfigurator-generated deployments,
         # whose TensorRT-LLM rule pads decode graphs (docs/accuracy.md, "Fixed-concurrency").
