@@ -609,6 +609,17 @@ def _recipe_point(client: str = "inferencex", **changes: str) -> Scenario:
     return _scenario(row)
 
 
+# DeepSeek-R1 fp4 on 8 B200s with attention data parallelism over all 8 (expert parallel 8).
+DSR1_B200_ATTENTION_DP = {
+    "model": "deepseek-ai/DeepSeek-R1-0528",
+    "hardware": "B200",
+    "num_gpus": "8",
+    "tensor_parallel": "1",
+    "notes": "attention_dp=8; moe_ep=8",
+    "dtype": "fp4",
+}
+
+
 def test_recipe_rules_set_what_a_kind_of_runs_launch_recipe_sets() -> None:
     waits = {"scheduler.batch_wait_timeout_iters=20", "scheduler.batch_wait_max_tokens_ratio=0.9"}
     tp2 = _recipe_point(tensor_parallel="2", num_gpus="2")
@@ -622,14 +633,7 @@ def test_recipe_rules_set_what_a_kind_of_runs_launch_recipe_sets() -> None:
         _recipe_point(client=""),
     ):
         assert not waits & set(other.overrides)
-    dsr1 = {
-        "model": "deepseek-ai/DeepSeek-R1-0528",
-        "hardware": "B200",
-        "num_gpus": "8",
-        "tensor_parallel": "1",
-        "notes": "attention_dp=8; moe_ep=8",
-        "dtype": "fp4",
-    }
+    dsr1 = DSR1_B200_ATTENTION_DP
     balance = "scheduler.attention_dp_balance={timeout_iters: 60, batching_wait_iters: 0}"
     assert balance in _recipe_point(**dsr1).overrides
     no_dp = {**dsr1, "tensor_parallel": "8", "notes": ""}
@@ -674,15 +678,7 @@ def test_inferencex_trtllm_points_run_the_pytorch_backend_with_the_recipes_graph
         assert graphs["mode"] == "decode" and graphs["padding"] == "true"
         assert graphs["max_capture_size"] == "64"  # the point's 64 clients
         assert graphs["capture_sizes"] == f"[{', '.join(map(str, trtllm_graph_sizes(64)))}]"
-    dp_point = {
-        "engine_version": "",
-        "model": "deepseek-ai/DeepSeek-R1-0528",
-        "hardware": "B200",
-        "num_gpus": "8",
-        "tensor_parallel": "1",
-        "notes": "attention_dp=8; moe_ep=8",
-        "dtype": "fp4",
-    }
+    dp_point = {**DSR1_B200_ATTENTION_DP, "engine_version": ""}
     dp = _recipe_point(**dp_point)
     assert _graphs(dp)["max_capture_size"] == "8"  # 64 clients over 8 attention ranks
     assert _graphs(_recipe_point(**{**dp_point, "concurrency": "60"}))["max_capture_size"] == "8"
@@ -723,17 +719,20 @@ def test_gap_analysis_trtllm_points_run_aiconfigurators_generated_graphs() -> No
     assert not any(o.startswith("perf.cuda_graphs.") for o in other.overrides)
 
 
+# An InferenceX SGLang point: DeepSeek-R1 fp8 at TP8 on B200 (dsr1_fp8_b200.sh's TP8 branch).
+SGLANG_DSR1_B200_TP8 = {
+    "engine": "SGLang",
+    "engine_version": "0.5.9",
+    "model": "deepseek-ai/DeepSeek-R1-0528",
+    "hardware": "B200",
+    "num_gpus": "8",
+    "tensor_parallel": "8",
+    "dtype": "fp8",
+}
+
+
 def test_sglang_recipes_capture_decode_graphs_up_to_their_cuda_graph_max_bs() -> None:
-    point = {
-        "engine": "SGLang",
-        "engine_version": "0.5.9",
-        "model": "deepseek-ai/DeepSeek-R1-0528",
-        "hardware": "B200",
-        "num_gpus": "8",
-        "tensor_parallel": "8",
-        "dtype": "fp8",
-        "concurrency": "16",
-    }
+    point = {**SGLANG_DSR1_B200_TP8, "concurrency": "16"}
     assert _graphs(_recipe_point(**point))["max_capture_size"] == "128"  # TP8 branch
     fp4 = _graphs(_recipe_point(**{**point, "dtype": "fp4"}))
     assert fp4["max_capture_size"] == "256" and fp4["padding"] == "true"
@@ -847,15 +846,7 @@ def test_sglang_tp4_recipe_memory_holds_every_client_of_the_8k_point() -> None:
 
 
 def test_engine_text_names_the_seqs_and_budget_the_run_uses() -> None:
-    sglang = {
-        "engine": "SGLang",
-        "engine_version": "0.5.9",
-        "model": "deepseek-ai/DeepSeek-R1-0528",
-        "hardware": "B200",
-        "num_gpus": "8",
-        "tensor_parallel": "8",
-        "dtype": "fp8",
-    }
+    sglang = SGLANG_DSR1_B200_TP8
     # No recipe (another client): the preset's 1024 seqs and its chunked_prefill_size.
     plain = _recipe_point(**sglang, client="")
     assert "1024 seqs, the preset's chunked_prefill_size" in plain.engine
