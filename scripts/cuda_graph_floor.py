@@ -46,8 +46,7 @@ def main() -> None:
     timer = timers[1]
     host = timer.step_overhead + timer.seq_overhead
     gpu = off - host
-    kernels = timer.num_layers * (timer.dense_kernels + timer.prefill_attn_kernels)
-    kernels += timer.head_kernels
+    kernels = timer.step_kernels(batch)
     print(f"{args.model} TP{args.tp} on {args.device}, one {args.tokens}-token prefill step:")
     print(f"  GPU time {gpu * 1e3:.1f} ms, {kernels} kernel launches")
     floor_ms, launch_us = kernels * policy.launch_s * 1e3, policy.launch_s * 1e6

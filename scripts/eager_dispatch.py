@@ -41,11 +41,7 @@ def kernels(engine: str, model: str, tp: int, batch: int) -> int:
     settings = [f"engine={engine}", f"model={model}", f"cluster.tensor_parallel={tp}"]
     scenario = resolve(load_config(None, [*settings, "hardware=h100-sxm"]))
     timer = build_timer(scenario, scenario.pools[0], 0)
-    step = BatchShape([], batch, batch * 1024, batch)
-    spec = scenario.model
-    moe = spec.num_moe_layers
-    count = (spec.num_layers - moe) * timer._layer_kernels(step, False)
-    return count + moe * timer._layer_kernels(step, True) + timer.head_kernels
+    return timer.step_kernels(BatchShape([], batch, batch * 1024, batch))
 
 
 def main() -> None:

@@ -463,6 +463,13 @@ class IterationTimer:
             kernels += self.decode_attn_kernels
         return kernels
 
+    def step_kernels(self, batch: BatchShape) -> int:
+        """Kernels one eager step of ``batch`` launches over every layer and the head (the
+        launch floor's count when the step runs on one stage)."""
+        n_moe = self.num_moe_layers
+        kernels = n_moe * self._layer_kernels(batch, True) + self.head_kernels
+        return kernels + (self.num_layers - n_moe) * self._layer_kernels(batch, False)
+
     def _graph_tokens(self, batch: BatchShape, num_tokens: int) -> tuple[int, bool]:
         """The token count the step's GEMMs and elementwise kernels run at, and whether it
         runs eagerly (pays the launch floor)."""
@@ -933,9 +940,7 @@ class IterationTimer:
         experts_s, experts_f, experts_b = self._moe_experts_cost(total)
         seconds = slow_s + n_moe * experts_s
         if eager:
-            kernels = n_moe * self._layer_kernels(slow_batch, True)
-            kernels += n_dense * self._layer_kernels(slow_batch, False) + self.head_kernels
-            floor = kernels * self.launch_s
+            floor = self.step_kernels(slow_batch) * self.launch_s
             if seconds - slow_cpu < floor:
                 seconds = slow_cpu + floor
         return StepCost(seconds, slow_f + n_moe * experts_f, slow_b + n_moe * experts_b, (seconds,))

@@ -875,35 +875,26 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
             f"chunked prefill: prompts of {int(isl)} tokens reach max_num_tokens "
             f"{settings['max_num_batched_tokens']}, which TensorRT-LLM only runs chunked"
         )
-    if (
-        engine_name == "trtllm"
-        and concurrency is not None
-        and row.get("client") == "inferencex"
-        and engine_preset(row) == "trtllm"
-    ):
-        # Every InferenceX TensorRT-LLM recipe sets cuda_graph_config enable_padding: true
-        # with max_batch_size at or above the clients one attention rank serves ($CONC,
-        # $CONC / 8 under attention DP, 128, 512, 1024): captured up to that count, a batch
-        # pads as it would under the recipe's larger bound wherever both lists agree (the
-        # multiples of 8 to 128, the powers of two above).
-        sizes = trtllm_graph_sizes(-(-concurrency // max(dp, 1)))
-        graphs = padded_decode_graphs(sizes)
-        notes.append(
-            "InferenceX TensorRT-LLM recipes: cuda_graph_config enable_padding true, decode "
-            f"graphs up to {sizes[-1]} sequences"
-        )
-    if (
-        engine_name == "trtllm"
-        and concurrency is not None
-        and not row.get("client")
-        and "aic-auto-gap-analysis" in row.get("source", "")
-        and engine_preset(row) == "trtllm"
-    ):
-        sizes = aic_generator_graph_sizes(-(-concurrency // max(dp, 1)))
-        graphs = padded_decode_graphs(sizes)
-        # NVIDIA's aic-auto-gap-analysis files measure AIConfigurator-generated deployments,
-        # whose TensorRT-LLM rule pads decode graphs (docs/accuracy.md, "Fixed-concurrency").
-        notes.append("AIConfigurator-generated TensorRT-LLM deployment: padded decode graphs")
+    if engine_name == "trtllm" and concurrency is not None and engine_preset(row) == "trtllm":
+        per_rank = -(-concurrency // max(dp, 1))  # the clients one attention rank serves
+        if row.get("client") == "inferencex":
+            # Every InferenceX TensorRT-LLM recipe sets cuda_graph_config enable_padding: true
+            # with max_batch_size at or above per_rank ($CONC, $CONC / 8 under attention DP,
+            # 128, 512, 1024): captured up to that count, a batch pads as it would under the
+            # recipe's larger bound wherever both lists agree (the multiples of 8 to 128, the
+            # powers of two above).
+            sizes = trtllm_graph_sizes(per_rank)
+            graphs = padded_decode_graphs(sizes)
+            notes.append(
+                "InferenceX TensorRT-LLM recipes: cuda_graph_config enable_padding true, "
+                f"decode graphs up to {sizes[-1]} sequences"
+            )
+        elif not row.get("client") and "aic-auto-gap-analysis" in row.get("source", ""):
+            # NVIDIA's aic-auto-gap-analysis files measure AIConfigurator-generated
+            # deployments, whose TensorRT-LLM rule pads decode graphs (docs/accuracy.md,
+            # "Fixed-concurrency points").
+            graphs = padded_decode_graphs(aic_generator_graph_sizes(per_rank))
+            notes.append("AIConfigurator-generated TensorRT-LLM deployment: padded decode graphs")
     if (
         concurrency is not None
         and concurrency > int(settings["max_num_seqs"])
