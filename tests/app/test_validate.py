@@ -19,6 +19,7 @@ from llmservingsim.validate.run import validate
 from llmservingsim.validate.scenario import (
     Scenario,
     aic_generator_graph_sizes,
+    aic_generator_trtllm_limits,
     bench_graph_sizes,
     hardware_for,
     scenario_for,
@@ -717,6 +718,36 @@ def test_gap_analysis_trtllm_points_run_aiconfigurators_generated_graphs() -> No
     assert graphs["capture_sizes"] == f"[{', '.join(map(str, aic_generator_graph_sizes(56)))}]"
     other = _recipe_point(client="", engine_version="1.3.0rc5", concurrency="56")
     assert not any(o.startswith("perf.cuda_graphs.") for o in other.overrides)
+
+
+def _scheduler(scenario: Scenario) -> dict[str, str]:
+    prefix = "scheduler."
+    return {
+        o[len(prefix) :].split("=", 1)[0]: o.split("=", 1)[1]
+        for o in scenario.overrides
+        if o.startswith(prefix)
+    }
+
+
+def test_gap_analysis_trtllm_points_run_the_generators_batch_limits() -> None:
+    """AIConfigurator's trtllm.rule: max_batch_size 512 below 512 sequences (else twice the
+    batch), max_num_tokens = that + ISL + 1500 rounded up to 32; whole prompts."""
+    assert aic_generator_trtllm_limits(56, 1024) == (512, 3040)
+    assert aic_generator_trtllm_limits(600, 4000) == (1200, 6720)
+    source = "source_file=/x/aic-auto-gap-analysis/data/h100_sxm/trtllm/1.0.0rc3/a.csv"
+    gap = _recipe_point(client="", engine_version="1.0.0rc3", source=source, concurrency="56")
+    settings = _scheduler(gap)
+    assert (settings["max_num_seqs"], settings["max_num_batched_tokens"]) == ("512", "3040")
+    # a 15,000-token prompt fits the generator's budget whole: no chunked prefill
+    long = _recipe_point(
+        client="", engine_version="1.3.0rc5", source=source, concurrency="14", input_len="15000"
+    )
+    assert _scheduler(long)["max_num_batched_tokens"] == "17024"
+    assert _scheduler(long).get("enable_chunked_prefill") != "true"
+    # the same point from another source keeps TensorRT-LLM's own defaults (and chunks)
+    other = _recipe_point(client="", engine_version="1.3.0rc5", concurrency="14", input_len="15000")
+    assert _scheduler(other)["max_num_batched_tokens"] == "8192"
+    assert _scheduler(other)["enable_chunked_prefill"] == "true"
 
 
 # An InferenceX SGLang point: DeepSeek-R1 fp8 at TP8 on B200 (dsr1_fp8_b200.sh's TP8 branch).

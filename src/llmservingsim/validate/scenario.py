@@ -609,6 +609,23 @@ def aic_generator_graph_sizes(max_batch_size: int) -> list[int]:
     return sorted(sizes)
 
 
+def aic_generator_trtllm_limits(max_batch_size: int, isl: int) -> tuple[int, int]:
+    """``max_batch_size`` and ``max_num_tokens`` AIConfigurator's generator writes for an
+    aggregated TensorRT-LLM worker whose configuration batches ``max_batch_size`` sequences of
+    ``isl``-token prompts (generator/rule_plugin/trtllm.rule, in its order: ``agg_decode
+    max_batch_size`` = 512 below 512, else twice the batch; ``agg max_num_tokens`` = that
+    + ISL + 1500, rounded up to the 32-token KV block; the extra_engine_args templates pass
+    both, with ``enable_chunked_prefill`` false)."""
+    seqs = 512 if max_batch_size < 512 else 2 * max_batch_size
+    return seqs, -(-(seqs + isl + 1500) // 32) * 32
+
+
+def aic_generated(row: dict[str, str]) -> bool:
+    """A point of NVIDIA's ``aic-auto-gap-analysis`` files: a deployment AIConfigurator's
+    generator wrote (docs/accuracy.md, "Fixed-concurrency points"; no client recorded)."""
+    return not row.get("client") and "aic-auto-gap-analysis" in row.get("source", "")
+
+
 def engine_preset(row: dict[str, str]) -> str | None:
     """The ``engine:`` preset of the row's engine (its frontend and host model; the scheduler
     settings above still win): vLLM V1 at the preset version nearest below the row's,
@@ -847,6 +864,15 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         graphs = padded_decode_graphs(sizes)
         notes.append(f"SGLang recipe: decode graphs up to --cuda-graph-max-bs {sizes[-1]}")
     isl, osl, rate = number(row["input_len"]), number(row["output_len"]), row["request_rate_rps"]
+    generated = engine_name == "trtllm" and aic_generated(row) and engine_preset(row) == "trtllm"
+    if generated and concurrency is not None and isl:
+        per_rank = -(-concurrency // max(dp, 1))  # the batch of one attention rank
+        max_bs, max_tokens = aic_generator_trtllm_limits(per_rank, int(isl))
+        settings["max_num_seqs"], settings["max_num_batched_tokens"] = str(max_bs), str(max_tokens)
+        notes.append(
+            "AIConfigurator-generated TensorRT-LLM deployment: max_batch_size "
+            f"{max_bs}, max_num_tokens {max_tokens} (its trtllm.rule)"
+        )
     bench = engine_name == "trtllm" and concurrency is None and not row.get("workload_file")
     if bench and isl and osl and math.isinf(number(rate) or math.inf):
         # trtllm-bench throughput (the perf overview's max-throughput rows): its own
@@ -889,7 +915,7 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
                 "InferenceX TensorRT-LLM recipes: cuda_graph_config enable_padding true, "
                 f"decode graphs up to {sizes[-1]} sequences"
             )
-        elif not row.get("client") and "aic-auto-gap-analysis" in row.get("source", ""):
+        elif aic_generated(row):
             # NVIDIA's aic-auto-gap-analysis files measure AIConfigurator-generated
             # deployments, whose TensorRT-LLM rule pads decode graphs (docs/accuracy.md,
             # "Fixed-concurrency points").
