@@ -942,6 +942,11 @@ class FusionConfig(_Section):
     """dtype fp8 (W8A8): the norm / activation writes the GEMM input in fp8 (TensorRT-LLM, vLLM V1
     fusion passes); off: a separate quantization kernel before every fp8 GEMM (vLLM 0.6,
     SGLang)."""
+    norm_into_allreduce: bool = False
+    """Under tensor parallelism the all-reduces after attention and after the MLP / MoE block
+    also add the residual and apply the next RMSNorm (TensorRT-LLM's default RESIDUAL_RMS_NORM
+    all-reduce fusion; vLLM's and SGLang's FlashInfer all-reduce fusion when enabled): the two
+    residual norms of a layer launch no kernel of their own. No effect at tensor_parallel 1."""
 
 
 CudaGraphMode = Literal["off", "eager", "decode", "piecewise"]

@@ -76,6 +76,33 @@ def test_residual_into_norm_moves_the_residual_through_the_norms() -> None:
     assert saved == 2 * M * h * 2
 
 
+def test_norm_into_allreduce_folds_the_residual_norms_into_the_tp_allreduces() -> None:
+    """Under TP the all-reduce after attention and after the MLP adds the residual and applies
+    the next RMSNorm (TensorRT-LLM's RESIDUAL_RMS_NORM fusion): no norm or add kernels; at TP1
+    there is no all-reduce to fold them into."""
+    spec = load_model("llama-3.1-70b")
+    fusion = Fusion(rope_in_attention=True, residual_into_norm=True, norm_into_allreduce=True)
+    tp2 = OpGraph(spec, 2, "bf16", "bf16", fusion=fusion).dense_layer_ops(M)
+    assert [op.name for op in tp2] == [
+        "qkv_proj",
+        "o_proj",
+        "mlp_up_proj",
+        "mlp_act",
+        "mlp_down_proj",
+    ]
+    tp1 = OpGraph(spec, 1, "bf16", "bf16", fusion=fusion).dense_layer_ops(M)
+    expected = OpGraph(spec, 1, "bf16", "bf16", fusion=TRTLLM).dense_layer_ops(M)
+    assert tp1 == expected
+    # an MoE rank under TP: its post-attention norm and residual add go too; MLA keeps the
+    # norms of its latent projections, which no all-reduce precedes
+    ds = OpGraph(load_model("deepseek-v3"), 8, "fp8", "fp8", fusion=fusion)
+    assert ds.moe is not None
+    before, after = ds.moe.rank_ops(M)
+    names = [op.name for op in before + after + ds.attention_block_ops(M)]
+    assert not {"input_layernorm", "post_attention_layernorm", "residual_add"} & set(names)
+    assert {"mla_q_a_layernorm", "mla_kv_a_layernorm"} <= set(names)
+
+
 def test_fp8_without_fusion_quantizes_before_every_gemm() -> None:
     spec = load_model("llama-3.1-8b")
     h, inter = spec.hidden_size, spec.intermediate_size

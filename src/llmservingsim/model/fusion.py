@@ -14,6 +14,12 @@ launch fewer kernels (docs/engines.md, "Kernel fusion"):
   norm, the activation) writes it in fp8; without it, a separate quantization kernel reads the
   16-bit activations and writes fp8 before every quantized GEMM (vLLM 0.6's
   ``scaled_fp8_quant``).
+* ``norm_into_allreduce``: under tensor parallelism the all-reduce after attention and after
+  the MLP / MoE block also adds the residual and applies the next RMSNorm (TensorRT-LLM's
+  ``AllReduceFusionOp.RESIDUAL_RMS_NORM``, vLLM's and SGLang's FlashInfer all-reduce fusion):
+  no kernel of their own for the two residual norms of a layer. The fused all-reduce is timed
+  as the plain one (network/collectives.py): at decode sizes it is bound by its latency, at
+  prefill sizes by the links, and the norm's HBM traffic hides under either.
 """
 
 from __future__ import annotations
@@ -58,14 +64,18 @@ def fused_bytes(op: Op) -> float:
     return 0.0
 
 
-def fuse_ops(ops: list[Op], fusion: Fusion, act_bytes: float, quant_bytes: float) -> list[Op]:
-    """The kernels an engine with ``fusion`` launches for the unfused ``ops`` of one block.
+def fuse_ops(
+    ops: list[Op], fusion: Fusion, act_bytes: float, quant_bytes: float, tp: int = 1
+) -> list[Op]:
+    """The kernels an engine with ``fusion`` launches for the unfused ``ops`` of one block of a
+    ``tp``-way tensor-parallel rank.
 
     ``quant_bytes`` > 0: the model's GEMMs take activations of that size (W8A8), quantized from
     ``act_bytes`` by a separate kernel or by their producer.
     """
     quantized = 0.0 < quant_bytes < act_bytes
-    if not (fusion.rope_in_attention or fusion.residual_into_norm or quantized):
+    into_allreduce = fusion.norm_into_allreduce and tp > 1
+    if not (fusion.rope_in_attention or fusion.residual_into_norm or quantized or into_allreduce):
         return ops
     out: list[Op] = []
     narrowed: set[str] = set()
@@ -73,7 +83,9 @@ def fuse_ops(ops: list[Op], fusion: Fusion, act_bytes: float, quant_bytes: float
         name = op.name
         if name == "rope" and fusion.rope_in_attention:
             continue
-        if name == "residual_add" and fusion.residual_into_norm:
+        if name == "residual_add" and (fusion.residual_into_norm or into_allreduce):
+            continue
+        if name in RESIDUAL_NORMS and into_allreduce:
             continue
         if name in RESIDUAL_NORMS and fusion.residual_into_norm:
             op = _with_residual(op, act_bytes)

@@ -227,8 +227,8 @@ class MoeOps:
             ]
         after.append(g.elementwise("residual_add", m, 2 * h, h))
         before = [g.elementwise("post_attention_layernorm", m, h, h)]
-        return fuse_ops(before, g.fusion, g.act_bytes, g.quant_bytes), fuse_ops(
-            after, g.fusion, g.act_bytes, g.quant_bytes
+        return fuse_ops(before, g.fusion, g.act_bytes, g.quant_bytes, g.tp), fuse_ops(
+            after, g.fusion, g.act_bytes, g.quant_bytes, g.tp
         )
 
     def expert_ops(self, num_tokens: int) -> list[Op]:

@@ -134,22 +134,26 @@ class Fusion:
     rope_in_attention: bool
     residual_into_norm: bool
     quant_into_producer: bool
+    norm_into_allreduce: bool
 
     def __init__(
         self,
         rope_in_attention: bool = False,
         residual_into_norm: bool = False,
         quant_into_producer: bool = True,
+        norm_into_allreduce: bool = False,
     ) -> None:
         self.rope_in_attention = rope_in_attention
         self.residual_into_norm = residual_into_norm
         self.quant_into_producer = quant_into_producer
+        self.norm_into_allreduce = norm_into_allreduce
 
     def __repr__(self) -> str:
         return (
             f"Fusion(rope_in_attention={self.rope_in_attention}, "
             f"residual_into_norm={self.residual_into_norm}, "
-            f"quant_into_producer={self.quant_into_producer})"
+            f"quant_into_producer={self.quant_into_producer}, "
+            f"norm_into_allreduce={self.norm_into_allreduce})"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -160,8 +164,13 @@ class Fusion:
     def __hash__(self) -> int:
         return hash(self._key())
 
-    def _key(self) -> tuple[bool, bool, bool]:
-        return (self.rope_in_attention, self.residual_into_norm, self.quant_into_producer)
+    def _key(self) -> tuple[bool, bool, bool, bool]:
+        return (
+            self.rope_in_attention,
+            self.residual_into_norm,
+            self.quant_into_producer,
+            self.norm_into_allreduce,
+        )
 
 
 # Without an engine: the elementwise kernels the roofline was calibrated on, each its own

@@ -167,7 +167,7 @@ class OpGraph(OpBuilder):
 
     def fused(self, ops: list[Op]) -> list[Op]:
         """The kernels this engine launches for the unfused ``ops`` of one block."""
-        return fuse_ops(ops, self.fusion, self.act_bytes, self.quant_bytes)
+        return fuse_ops(ops, self.fusion, self.act_bytes, self.quant_bytes, self.tp)
 
     def dense_layer_ops(self, num_tokens: int) -> list[Op]:
         """Everything of one decoder layer except attention itself; depends only on M."""
