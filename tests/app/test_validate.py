@@ -733,6 +733,8 @@ def test_gap_analysis_trtllm_points_run_the_generators_batch_limits() -> None:
     """AIConfigurator's trtllm.rule: max_batch_size 512 below 512 sequences (else twice the
     batch), max_num_tokens = that + ISL + 1500 rounded up to 32; whole prompts."""
     assert aic_generator_trtllm_limits(56, 1024) == (512, 3040)
+    assert aic_generator_trtllm_limits(511, 1024)[0] == 512
+    assert aic_generator_trtllm_limits(512, 1024)[0] == 1024
     assert aic_generator_trtllm_limits(600, 4000) == (1200, 6720)
     source = "source_file=/x/aic-auto-gap-analysis/data/h100_sxm/trtllm/1.0.0rc3/a.csv"
     gap = _recipe_point(client="", engine_version="1.0.0rc3", source=source, concurrency="56")
@@ -748,6 +750,14 @@ def test_gap_analysis_trtllm_points_run_the_generators_batch_limits() -> None:
     other = _recipe_point(client="", engine_version="1.3.0rc5", concurrency="14", input_len="15000")
     assert _scheduler(other)["max_num_batched_tokens"] == "8192"
     assert _scheduler(other)["enable_chunked_prefill"] == "true"
+    # the generator's SGLang / vLLM points keep their engine's own limits
+    sglang = _recipe_point(
+        client="", engine="SGLang", engine_version="0.5.1.post1", source=source, concurrency="56"
+    )
+    assert _scheduler(sglang).get("max_num_batched_tokens") != "3040"
+    # the cap is the deployment's own: more clients than it queue, as on the server
+    crowded = _recipe_point(client="", engine_version="1.0.0rc3", source=source, concurrency="600")
+    assert _scheduler(crowded)["max_num_seqs"] == "1200"
 
 
 # An InferenceX SGLang point: DeepSeek-R1 fp8 at TP8 on B200 (dsr1_fp8_b200.sh's TP8 branch).

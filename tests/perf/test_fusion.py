@@ -101,6 +101,29 @@ def test_norm_into_allreduce_folds_the_residual_norms_into_the_tp_allreduces() -
     names = [op.name for op in before + after + ds.attention_block_ops(M)]
     assert not {"input_layernorm", "post_attention_layernorm", "residual_add"} & set(names)
     assert {"mla_q_a_layernorm", "mla_kv_a_layernorm"} <= set(names)
+    # fp8: the GEMM after a folded norm still reads its input in fp8 (the all-reduce's
+    # RESIDUAL_RMS_NORM_QUANT_FP8 writes it), the same bytes as when the norm quantizes
+    fp8 = OpGraph(spec, 2, "fp8", "fp8", fusion=fusion).dense_layer_ops(M)
+    plain = OpGraph(spec, 2, "fp8", "fp8", fusion=TRTLLM).dense_layer_ops(M)
+    assert by_name(fp8)["qkv_proj"].bytes == by_name(plain)["qkv_proj"].bytes
+    # attention data parallelism at TP1 per rank: no TP all-reduce, nothing folded
+    cfg = load_config(
+        None,
+        [
+            "model=deepseek-v3",
+            "hardware=h200",
+            "dtype=fp8",
+            "cluster.tensor_parallel=1",
+            "cluster.data_parallel=8",
+            "cluster.expert_parallel=8",
+            "perf.fusion.norm_into_allreduce=true",
+        ],
+    )
+    scenario = resolve(cfg)
+    graph = build_timer(scenario, scenario.pools[0], 0).graph
+    assert graph.moe is not None
+    before, _ = graph.moe.rank_ops(M)
+    assert "post_attention_layernorm" in [op.name for op in before]
 
 
 def test_fp8_without_fusion_quantizes_before_every_gemm() -> None:

@@ -17,7 +17,9 @@ launch fewer kernels (docs/engines.md, "Kernel fusion"):
 * ``norm_into_allreduce``: under tensor parallelism the all-reduce after attention and after
   the MLP / MoE block also adds the residual and applies the next RMSNorm (TensorRT-LLM's
   ``AllReduceFusionOp.RESIDUAL_RMS_NORM``, vLLM's and SGLang's FlashInfer all-reduce fusion):
-  no kernel of their own for the two residual norms of a layer. The fused all-reduce is timed
+  no kernel of their own for the two residual norms of a layer (after an expert-parallel MoE
+  block, whose exchange the simulator times as all-to-all + all-gather, too: TensorRT-LLM
+  all-reduces there). The fused all-reduce is timed
   as the plain one (network/collectives.py): at decode sizes it is bound by its latency, at
   prefill sizes by the links, and the norm's HBM traffic hides under either.
 """

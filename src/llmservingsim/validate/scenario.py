@@ -869,6 +869,7 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         per_rank = -(-concurrency // max(dp, 1))  # the batch of one attention rank
         max_bs, max_tokens = aic_generator_trtllm_limits(per_rank, int(isl))
         settings["max_num_seqs"], settings["max_num_batched_tokens"] = str(max_bs), str(max_tokens)
+        from_recipes.add("max_num_seqs")  # the deployment's own per-rank cap: kept as written
         notes.append(
             "AIConfigurator-generated TensorRT-LLM deployment: max_batch_size "
             f"{max_bs}, max_num_tokens {max_tokens} (its trtllm.rule)"
