@@ -19,9 +19,9 @@ launch fewer kernels (docs/engines.md, "Kernel fusion"):
   ``AllReduceFusionOp.RESIDUAL_RMS_NORM``, vLLM's and SGLang's FlashInfer all-reduce fusion):
   no kernel of their own for the two residual norms of a layer (after an expert-parallel MoE
   block, whose exchange the simulator times as all-to-all + all-gather, too: TensorRT-LLM
-  all-reduces there). The fused all-reduce is timed
-  as the plain one (network/collectives.py): at decode sizes it is bound by its latency, at
-  prefill sizes by the links, and the norm's HBM traffic hides under either.
+  all-reduces there). The fused all-reduce is timed as the plain one (network/collectives.py):
+  at decode sizes it is bound by its latency, at prefill sizes by the links, and the norm's
+  HBM traffic hides under either.
 """
 
 from __future__ import annotations

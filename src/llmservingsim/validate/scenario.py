@@ -864,9 +864,12 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         graphs = padded_decode_graphs(sizes)
         notes.append(f"SGLang recipe: decode graphs up to --cuda-graph-max-bs {sizes[-1]}")
     isl, osl, rate = number(row["input_len"]), number(row["output_len"]), row["request_rate_rps"]
-    generated = engine_name == "trtllm" and aic_generated(row) and engine_preset(row) == "trtllm"
-    if generated and concurrency is not None and isl:
-        per_rank = -(-concurrency // max(dp, 1))  # the batch of one attention rank
+    preset = engine_preset(row)
+    # A fixed-concurrency point under TensorRT-LLM's PyTorch backend (the trtllm preset), and
+    # the clients one attention rank of it serves.
+    served = engine_name == "trtllm" and preset == "trtllm" and concurrency is not None
+    per_rank = -(-(concurrency or 0) // max(dp, 1))
+    if served and isl and aic_generated(row):
         max_bs, max_tokens = aic_generator_trtllm_limits(per_rank, int(isl))
         settings["max_num_seqs"], settings["max_num_batched_tokens"] = str(max_bs), str(max_tokens)
         from_recipes.add("max_num_seqs")  # the deployment's own per-rank cap: kept as written
@@ -890,7 +893,7 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
             "trtllm-bench's max_batch_size / max_num_tokens heuristic (bench/build/tuning.py, "
             "bench/benchmark/utils/general.py)"
         )
-        if engine_preset(row) == "trtllm":  # the PyTorch backend: the overview's llm_options
+        if preset == "trtllm":  # the PyTorch backend: the overview's llm_options
             sizes = bench_graph_sizes(max_bs, max_tokens)
             graphs = padded_decode_graphs(sizes)
     elif engine_name == "trtllm" and isl and isl >= int(settings["max_num_batched_tokens"]):
@@ -902,8 +905,7 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
             f"chunked prefill: prompts of {int(isl)} tokens reach max_num_tokens "
             f"{settings['max_num_batched_tokens']}, which TensorRT-LLM only runs chunked"
         )
-    if engine_name == "trtllm" and concurrency is not None and engine_preset(row) == "trtllm":
-        per_rank = -(-concurrency // max(dp, 1))  # the clients one attention rank serves
+    if served:
         if row.get("client") == "inferencex":
             # Every InferenceX TensorRT-LLM recipe sets cuda_graph_config enable_padding: true
             # with max_batch_size at or above per_rank ($CONC, $CONC / 8 under attention DP,
@@ -937,7 +939,6 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     if dtype == "fp8" and fp8_scaling != "auto":
         scaling.append(f"fp8_scaling={fp8_scaling}")
         notes.append(f"fp8 weights scaled per {fp8_scaling}: {why}")
-    preset = engine_preset(row)
     if preset:
         notes.append(f"engine {preset}: its preset's frontend and host model (docs/engines.md)")
         # Prefix caching only where the row says the run had it (an optional setting below).
