@@ -982,3 +982,61 @@ def test_every_catalog_gpu_can_be_named_by_a_row() -> None:
         assert hardware_for(name) == name
         if load_device(name).type == "gpu":
             assert hardware_for(name.upper().replace("-", " ")) == name, name
+
+
+def test_apexplus_runs_become_ttft_and_tpot_rows_with_their_launch_flags(tmp_path: Path) -> None:
+    from llmservingsim.validate.sources import APEXPLUS, apexplus_rows
+
+    assert apexplus_rows(tmp_path) == []  # no traces/replay: the set is not there
+    replay = tmp_path / "traces" / "replay"
+    replay.mkdir(parents=True)
+    lines = ["arrival_s,input_tokens,output_tokens"]
+    lines += [f"{0.5 * i:.1f},{40 + i},{6 + i % 3}" for i in range(12)]
+    for name in ("mistral-large-2407_creation_05_4dp2tp_fp8_0", "llama-3.1-70b_lmsys_05_8tp"):
+        (replay / f"{name}.csv").write_text("\n".join(lines) + "\n")
+    rows = apexplus_rows(tmp_path)
+    assert len(rows) == 4  # two runs whose served workload is here, TTFT and TPOT each
+    with APEXPLUS.open(newline="") as fh:
+        shipped = {r["replay"]: r for r in csv.DictReader(fh)}
+    split = [r for r in rows if "4dp2tp" in r["id"]]
+    ttft = next(r for r in split if r["metric"] == "ttft_mean")
+    measured = float(shipped["mistral-large-2407_creation_05_4dp2tp_fp8_0"]["ttft_s"]) * 1000
+    assert float(ttft["value"]) == pytest.approx(measured, rel=1e-5) and ttft["unit"] == "ms"
+    assert {r["metric"] for r in split} == {"ttft_mean", "tpot_token_weighted_mean"}
+    assert ttft["set"] == "apexplus" and ttft["tensor_parallel"] == "2"
+    # the DP4 x TP2 script's own flags: 0.85 of the memory, NCCL, a 24,272-token context
+    # (whole prompts under V0's rule), fp8 weights and KV
+    scenario = scenario_for(ttft, tmp_path, rows)
+    assert isinstance(scenario, Scenario)
+    assert {
+        "engine=vllm-0.6",
+        "dtype=fp8",
+        "kv_dtype=fp8",
+        "cluster.tensor_parallel=2",
+        "scheduler.gpu_memory_utilization=0.85",
+        "max_model_len=24272",
+        "cluster.network.custom_allreduce=false",
+        "scheduler.policy=orca",
+        "scheduler.max_num_batched_tokens=24272",
+    } <= set(scenario.overrides)
+    tp8 = scenario_for(next(r for r in rows if "8tp" in r["id"]), tmp_path, rows)
+    assert isinstance(tp8, Scenario)
+    assert "scheduler.gpu_memory_utilization=0.97" in tp8.overrides
+    assert not any("custom_allreduce" in o or o.startswith("max_model_len") for o in tp8.overrides)
+    # Llama-3.1-70B's 128K context: V0 chunks prompts with a 512-token budget
+    assert "scheduler.max_num_batched_tokens=512" in tp8.overrides
+    result = validate(None, sets=("apexplus",), data_dir=tmp_path)
+    assert len(result.compared) == 4 and not result.skipped
+    empty = validate(_write(tmp_path / "p.csv", [_row(id="thr")]), sets=("published", "apexplus"))
+    assert empty.skipped_sets == ["apexplus: traces/replay not found in the shared data folder"]
+
+
+def test_launch_flags_are_read_only_from_a_quoted_command_line() -> None:
+    # A note that merely mentions a flag does not set it; only "launch flags: ..." does.
+    loose = _scenario(_row(engine_version="0.6.0", notes="--disable-custom-all-reduce in some"))
+    assert not any("custom_allreduce" in o for o in loose.overrides)
+    quoted = _scenario(
+        _row(engine_version="0.6.0", notes="launch flags: --max-model-len 40000 (x.sh)")
+    )
+    assert "max_model_len=40000" in quoted.overrides
+    assert "scheduler.max_num_batched_tokens=512" in quoted.overrides  # > 32K: chunked

@@ -44,7 +44,8 @@ def validate_command(
         typer.Option(
             "--source",
             help="Reference sets: published, aiconfigurator (silicon_sample.csv of the installed "
-            "aiconfigurator-core), blis (shared/data/reference/blis_trainval); repeatable or "
+            "aiconfigurator-core), blis (shared/data/reference/blis_trainval), apexplus (APEX+'s "
+            "vLLM 0.6 runs, replaying shared/data/traces/replay); repeatable or "
             "comma-separated. Default: every set that is available.",
         ),
     ] = None,

@@ -29,6 +29,7 @@ from llmservingsim.validate.scenario import Scenario, scenario_for
 from llmservingsim.validate.sources import (
     DEFAULT_PER_GROUP,
     SETS,
+    apexplus_rows,
     blis_path,
     blis_rows,
     silicon_path,
@@ -224,6 +225,11 @@ def _rows(
             skipped_sets.append("blis: reference/blis_trainval/groundtruth.csv not found")
         else:
             rows += blis_rows(path)
+    if "apexplus" in sets:
+        apex = [] if data_dir is None else apexplus_rows(data_dir)
+        if not apex:
+            skipped_sets.append("apexplus: traces/replay not found in the shared data folder")
+        rows += apex
     return rows
 
 

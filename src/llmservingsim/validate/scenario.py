@@ -409,6 +409,12 @@ NOTE_SETTINGS = (
     (r"gpu_mem(?:ory)?_util(?:ization)?\s*=?\s*(0?\.\d+)", "scheduler.gpu_memory_utilization"),
 )
 PREFIX_CACHING_ON = re.compile(r"prefix caching on", re.IGNORECASE)
+# The vLLM command line of the run's launch script, when a row's notes quote it
+# ("launch flags: --gpu-memory-utilization 0.85 --max-model-len 24272 ..."; the apexplus set).
+LAUNCH_FLAGS = re.compile(r"launch flags: ([^;(]*)")
+FLAG_GPU_UTIL = re.compile(r"--gpu-memory-utilization[ =]+(0?\.\d+|1(?:\.0+)?)\b")
+FLAG_MAX_MODEL_LEN = re.compile(r"--max-model-len[ =]+(\d+)\b")
+FLAG_NO_CUSTOM_ALLREDUCE = re.compile(r"--disable-custom-all-reduce\b")
 # vLLM 0.6's multi-step scheduling, stated in a row's engine_version or notes.
 MULTI_STEP = re.compile(r"--num-scheduler-steps[ =]+(\d+)")
 
@@ -834,6 +840,16 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
     ep_match = re.search(r"moe_ep=(\d+)", row["notes"])
     ep = int(ep_match[1]) if ep_match else 1
     context = rule.published_context or load_model(rule.catalog).max_context
+    launch = LAUNCH_FLAGS.search(row["notes"])
+    flags = launch[1] if launch else ""
+    launch_sets: list[str] = []
+    max_len = FLAG_MAX_MODEL_LEN.search(flags)
+    if max_len:
+        # vLLM rejects longer requests and (V0) decides chunked prefill from this length.
+        context = int(max_len[1])
+        launch_sets.append(f"max_model_len={context}")
+    if FLAG_NO_CUSTOM_ALLREDUCE.search(flags):
+        launch_sets.append("cluster.network.custom_allreduce=false")
     settings, engine_text = engine_settings(row, context)
     from_notes: list[str] = []
     for pattern, key in NOTE_SETTINGS:
@@ -841,6 +857,12 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         if match:
             settings[key.split(".")[1]] = match[1]
             from_notes.append(f"{key.split('.')[1]} {match[1]}")
+    util = FLAG_GPU_UTIL.search(flags)
+    if util:
+        settings["gpu_memory_utilization"] = util[1]
+        from_notes.append(f"gpu_memory_utilization {util[1]}")
+    if launch_sets:
+        notes.append("launch script: " + ", ".join(launch_sets))
     steps = MULTI_STEP.search(f"{row['engine_version']} {row['notes']}")
     if steps:
         settings["num_scheduler_steps"] = steps[1]
@@ -958,6 +980,7 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         *(f"scheduler.{k}={v}" for k, v in sorted(settings.items())),
         *kernel_fusion(row),
         *graphs,
+        *launch_sets,
         *work_sets,
     ]
     optional = []

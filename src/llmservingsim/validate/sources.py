@@ -13,6 +13,14 @@
   JSON-lines trace with token ids so prefix caching sees the shared system prompts and the
   repeating prompts. (A workload-stage feature is being built separately; this trace is the
   same workload from what exists now.)
+* ``apexplus``: the vLLM 0.6.0 runs of Microsoft's APEX+ (``microsoft/apex_plus``,
+  ``vllm/results/*_validation_*.txt``): Llama-3.1-70B bf16 and Mistral-Large-2407 fp8 on
+  8×H100 SXM, LMSYS-chat and creation traces at ~0.25 and ~0.5 req/s, one TP8 instance, TP4
+  and TP2 instances, and the requests each instance of a DP2×TP4 or DP4×TP2 split served. The
+  measured server-side TTFT and TPOT means ship with the package
+  (``data/reference/apexplus_vllm060.csv``, with the launch script's vLLM flags); the
+  served workloads are the shared data folder's ``traces/replay`` files (data README §8), so
+  the set is there only with that folder.
 
 Extra row keys (strings, empty when unused): ``set`` (the reference set), ``concurrency``
 (closed-loop clients), ``client`` (the kind of benchmark client that measured the row, a key of
@@ -37,9 +45,17 @@ import numpy as np
 from llmservingsim.errors import UserError
 from llmservingsim.validate.reference import REQUIRED
 
-SETS = ("published", "aiconfigurator", "blis")
+SETS = ("published", "aiconfigurator", "blis", "apexplus")
 SILICON = Path("systems") / "silicon_sample.csv"
 BLIS = Path("reference") / "blis_trainval" / "groundtruth.csv"
+APEXPLUS = Path(__file__).resolve().parent.parent / "data" / "reference" / "apexplus_vllm060.csv"
+APEXPLUS_REPLAYS = Path("traces") / "replay"
+# The checkpoints APEX+ served (its launch scripts' --model) and the precision they ran in.
+APEXPLUS_MODELS = {
+    "llama-3.1-70b": ("meta-llama/Meta-Llama-3.1-70B", "bf16"),
+    "mistral-large-2407": ("mistralai/Mistral-Large-Instruct-2407 (123B)", "fp8 weights + fp8 KV"),
+}
+APEXPLUS_LAYOUT = re.compile(r"_(?:(\d)dp)?(\d)tp(?:_fp8)?(?:_\d)?$")
 
 # AIConfigurator system -> the hardware text validate/scenario.py maps to a catalog device.
 SILICON_HARDWARE = {
@@ -356,6 +372,55 @@ def blis_rows(path: Path, trace_dir: Path | None = None) -> list[dict[str, str]]
                 unit="ms",
                 stage=stage,
                 workload_file=str(traces[rec["exp_id"]]),
+                notes="; ".join(notes),
+            )
+            rows.append(row)
+    return rows
+
+
+def apexplus_rows(data_dir: Path, path: Path = APEXPLUS) -> list[dict[str, str]]:
+    """A TTFT and a TPOT row per APEX+ run whose served workload is in ``data_dir``'s
+    ``traces/replay`` (none without the shared data folder)."""
+    folder = data_dir / APEXPLUS_REPLAYS
+    if not folder.is_dir():
+        return []
+    try:
+        with path.open(newline="") as fh:
+            records = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+    rows: list[dict[str, str]] = []
+    for rec in records:
+        replay = folder / f"{rec['replay']}.csv"
+        layout = APEXPLUS_LAYOUT.search(rec["replay"])
+        model = next((m for m in APEXPLUS_MODELS if rec["replay"].startswith(m + "_")), None)
+        if not replay.is_file() or layout is None or model is None:
+            continue
+        checkpoint, precision = APEXPLUS_MODELS[model]
+        tp = layout[2]
+        notes = [f"instance {layout[1]} of a DP{layout[1]} split" if layout[1] else "one instance"]
+        if rec["flags"]:
+            notes.append(f"launch flags: {rec['flags']} ({rec['script']})")
+        else:
+            notes.append("launch flags not recorded (no launch script of this run in APEX+)")
+        for metric, column in (("ttft_mean", "ttft_s"), ("tpot_token_weighted_mean", "tpot_s")):
+            row = _blank_row()
+            row.update(
+                id=f"apexplus_{rec['replay']}_{metric}",
+                set="apexplus",
+                source=f"microsoft/apex_plus {rec['results']} (measured, vLLM /metrics)",
+                engine="vLLM OpenAI server",
+                engine_version="0.6.0",
+                hardware="H100 SXM 80GB",
+                num_gpus=tp,
+                tensor_parallel=tp,
+                pipeline_parallel="1",
+                model=checkpoint,
+                dtype=precision,
+                metric=metric,
+                value=f"{float(rec[column]) * 1000:.6g}",
+                unit="ms",
+                workload_file=str(replay),
                 notes="; ".join(notes),
             )
             rows.append(row)
