@@ -321,14 +321,18 @@ BLIS_METRICS = (
 )
 
 
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    try:
+        with path.open(newline="") as fh:
+            return list(csv.DictReader(fh))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+
+
 def blis_rows(path: Path, trace_dir: Path | None = None) -> list[dict[str, str]]:
     """One row per experiment × stage × metric; every experiment replays its generated trace."""
     folder = trace_dir or Path(tempfile.gettempdir()) / "llmservingsim-validate"
-    try:
-        with path.open(newline="") as fh:
-            records = list(csv.DictReader(fh))
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+    records = _read_csv(path)
     rows: list[dict[str, str]] = []
     traces: dict[str, Path] = {}
     outputs = blis_stage_outputs(records)
@@ -384,11 +388,7 @@ def apexplus_rows(data_dir: Path, path: Path = APEXPLUS) -> list[dict[str, str]]
     folder = data_dir / APEXPLUS_REPLAYS
     if not folder.is_dir():
         return []
-    try:
-        with path.open(newline="") as fh:
-            records = list(csv.DictReader(fh))
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+    records = _read_csv(path)
     rows: list[dict[str, str]] = []
     for rec in records:
         replay = folder / f"{rec['replay']}.csv"
