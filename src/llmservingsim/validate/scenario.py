@@ -406,13 +406,14 @@ def recipe_settings(
 NOTE_SETTINGS = (
     (r"max_num_seqs\s*=\s*(\d+)", "scheduler.max_num_seqs"),
     (r"max_num_batched_tokens\s*=\s*(\d+)", "scheduler.max_num_batched_tokens"),
-    (r"gpu_mem(?:ory)?_util(?:ization)?\s*=?\s*(0?\.\d+)", "scheduler.gpu_memory_utilization"),
+    # "gpu_mem_util 0.97", "gpu_memory_utilization=0.9", vLLM's "--gpu-memory-utilization 0.85"
+    (r"gpu[-_]mem(?:ory)?[-_]util(?:ization)?[\s=]*(0?\.\d+)", "scheduler.gpu_memory_utilization"),
 )
 PREFIX_CACHING_ON = re.compile(r"prefix caching on", re.IGNORECASE)
 # The vLLM command line of the run's launch script, when a row's notes quote it
-# ("launch flags: --gpu-memory-utilization 0.85 --max-model-len 24272 ..."; the apexplus set).
+# ("launch flags: --max-model-len 24272 --disable-custom-all-reduce ..."; the apexplus set):
+# flags that only a quoted command line sets (NOTE_SETTINGS reads its memory share).
 LAUNCH_FLAGS = re.compile(r"launch flags: ([^;(]*)")
-FLAG_GPU_UTIL = re.compile(r"--gpu-memory-utilization[ =]+(0?\.\d+|1(?:\.0+)?)\b")
 FLAG_MAX_MODEL_LEN = re.compile(r"--max-model-len[ =]+(\d+)\b")
 FLAG_NO_CUSTOM_ALLREDUCE = re.compile(r"--disable-custom-all-reduce\b")
 # vLLM 0.6's multi-step scheduling, stated in a row's engine_version or notes.
@@ -857,10 +858,6 @@ def scenario_for(row: dict[str, str], data_dir: Path, rows: list[dict[str, str]]
         if match:
             settings[key.split(".")[1]] = match[1]
             from_notes.append(f"{key.split('.')[1]} {match[1]}")
-    util = FLAG_GPU_UTIL.search(flags)
-    if util:
-        settings["gpu_memory_utilization"] = util[1]
-        from_notes.append(f"gpu_memory_utilization {util[1]}")
     if launch_sets:
         notes.append("launch script: " + ", ".join(launch_sets))
     steps = MULTI_STEP.search(f"{row['engine_version']} {row['notes']}")
