@@ -1004,8 +1004,10 @@ def test_apexplus_runs_become_ttft_and_tpot_rows_with_their_launch_flags(tmp_pat
     assert float(ttft["value"]) == pytest.approx(measured, rel=1e-5) and ttft["unit"] == "ms"
     assert {r["metric"] for r in split} == {"ttft_mean", "tpot_token_weighted_mean"}
     assert ttft["set"] == "apexplus" and ttft["tensor_parallel"] == "2"
-    # the DP4 x TP2 script's own flags: 0.85 of the memory, NCCL, a 24,272-token context
-    # (whole prompts under V0's rule), fp8 weights and KV
+    # the DP4 x TP2 script's own flags (mistral_4DP2TP_fp8.sh, which mistral.sh ran with a
+    # pre-quantized FP8 checkpoint): 0.85 of the memory, NCCL, a 20,560-token context (whole
+    # prompts under V0's rule), fp8 weights and KV
+    assert ttft["model"] == "alpindale/Mistral-Large-Instruct-2407-FP8"
     scenario = scenario_for(ttft, tmp_path, rows)
     assert isinstance(scenario, Scenario)
     assert {
@@ -1014,10 +1016,10 @@ def test_apexplus_runs_become_ttft_and_tpot_rows_with_their_launch_flags(tmp_pat
         "kv_dtype=fp8",
         "cluster.tensor_parallel=2",
         "scheduler.gpu_memory_utilization=0.85",
-        "max_model_len=24272",
+        "max_model_len=20560",
         "cluster.network.custom_allreduce=false",
         "scheduler.policy=orca",
-        "scheduler.max_num_batched_tokens=24272",
+        "scheduler.max_num_batched_tokens=20560",
     } <= set(scenario.overrides)
     tp8 = scenario_for(next(r for r in rows if "8tp" in r["id"]), tmp_path, rows)
     assert isinstance(tp8, Scenario)

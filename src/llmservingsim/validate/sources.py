@@ -18,7 +18,8 @@
   8×H100 SXM, LMSYS-chat and creation traces at ~0.25 and ~0.5 req/s, one TP8 instance, TP4
   and TP2 instances, and the requests each instance of a DP2×TP4 or DP4×TP2 split served. The
   measured server-side TTFT and TPOT means ship with the package
-  (``data/reference/apexplus_vllm060.csv``, with the launch script's vLLM flags); the
+  (``data/reference/apexplus_vllm060.csv``, with the launch script and checkpoint that
+  ``vllm/llama.sh`` / ``vllm/mistral.sh`` ran for each, and its vLLM flags); the
   served workloads are the shared data folder's ``traces/replay`` files (data README §8), so
   the set is there only with that folder.
 
@@ -50,7 +51,8 @@ SILICON = Path("systems") / "silicon_sample.csv"
 BLIS = Path("reference") / "blis_trainval" / "groundtruth.csv"
 APEXPLUS = Path(__file__).resolve().parent.parent / "data" / "reference" / "apexplus_vllm060.csv"
 APEXPLUS_REPLAYS = Path("traces") / "replay"
-# The checkpoints APEX+ served (its launch scripts' --model) and the precision they ran in.
+# The checkpoints APEX+ served (its launch scripts' --model) and the precision they ran in; a
+# run's own ``checkpoint`` column, where the study's run scripts name one, takes precedence.
 APEXPLUS_MODELS = {
     "llama-3.1-70b": ("meta-llama/Meta-Llama-3.1-70B", "bf16"),
     "mistral-large-2407": ("mistralai/Mistral-Large-Instruct-2407 (123B)", "fp8 weights + fp8 KV"),
@@ -397,6 +399,7 @@ def apexplus_rows(data_dir: Path, path: Path = APEXPLUS) -> list[dict[str, str]]
         if not replay.is_file() or layout is None or model is None:
             continue
         checkpoint, precision = APEXPLUS_MODELS[model]
+        checkpoint = rec.get("checkpoint") or checkpoint
         tp = layout[2]
         notes = [f"instance {layout[1]} of a DP{layout[1]} split" if layout[1] else "one instance"]
         if rec["flags"]:
