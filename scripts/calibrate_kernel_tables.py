@@ -9,6 +9,12 @@ tables by scripts/calibrate_catalog.py: calibration.md §7c, §7d.)
 * ``links.direct_allreduce``: the engines' custom all-reduce as captured in CUDA graphs (vLLM's
   ``vLLM_custom_graph`` rows), TP 2/4/8, messages 1 KiB .. 8 MiB: least-squares fit (relative
   error) of t = latency + hop·(p−1) + 2(p−1)/p · bytes / bandwidth.
+* ``links.intra_node.latency_us``: NCCL's per-hop latency, from the NCCL all-reduce tables
+  (nccl-tests' ``all_reduce_perf``, calls issued back to back as a CUDA graph or a host that
+  runs ahead issues them; the NCCL version the system's YAML names, else the newest), TP 2/4/8,
+  messages up to 256 KiB, where the hops' latency is the whole cost: least-squares fit
+  (relative error) of the network model (calibration.md §7b); the link's bandwidth, efficiency
+  and call cap stay as fitted on the large messages.
 
 Each printed line names the table files it used; docs/calibration.md §7 holds the values.
 """
@@ -21,13 +27,22 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from llmservingsim.catalog import load_device
 from llmservingsim.hardware.backends.kernel_db import (
     SYSTEM_OF_DEVICE,
     default_tables_root,
+    nccl_folder,
     table_versions,
+)
+from llmservingsim.network.calibration import (
+    fit_hop_latency,
+    load_table_samples,
+    mape_table,
+    predict,
 )
 
 MAX_BYTES = 8 * 1024 * 1024  # the custom all-reduce's message bound (device YAML max_bytes)
+HOP_FIT_BYTES = 256 * 1024  # NCCL all-reduces up to this size: latency-bound at TP 2-8
 
 
 def _newest(folder: Path, name: str) -> Path | None:
@@ -69,6 +84,30 @@ def allreduce_fit(data: Path) -> tuple[tuple[float, float, float], float, int, s
     )
 
 
+def hop_latency_fit(device_name: str, data: Path) -> str | None:
+    """A table row: the fitted per-hop latency, its MAPE on the small messages and on all of
+    them per GPU count (before → after), and the table it used."""
+    folder = nccl_folder(data.parents[1], data.name)
+    if folder is None:
+        return None
+    samples = load_table_samples(folder)
+    if not samples:
+        return None
+    device = load_device(device_name)
+    link = fit_hop_latency(samples, device, HOP_FIT_BYTES)
+    small = [s for s in samples if s.size <= HOP_FIT_BYTES]
+
+    def cells(points: list, which: object) -> str:  # type: ignore[type-arg]
+        table = mape_table(points, lambda s: predict(s, device, intra=which))  # type: ignore[arg-type]
+        return ", ".join(f"TP{k[1]} {v[0]:.1f}" for k, v in table.items())
+
+    return (
+        f"| {device_name} | {device.links.intra_node.latency_us:.3g} → {link.latency_us:.3g} "
+        f"| {cells(small, None)} → {cells(small, link)} | {cells(samples, link)} "
+        f"| {len(small)} / {len(samples)} | {folder.relative_to(data.parents[1])} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", type=Path, default=None, help="a systems folder")
@@ -86,6 +125,16 @@ def main() -> None:
         values = " / ".join(f"{v:.3g}" for v in ar[0])
         print(f"| {device} | {values} | {ar[1]:.1f} % | {ar[2]} |")
         print(f"|   data: {ar[3]} | | | |")
+    print()
+    print(
+        "| device | intra-node latency_us (YAML → fit) | MAPE % ≤ 256 KiB (YAML → fit) "
+        "| MAPE % all sizes (fit) | points | table |"
+    )
+    print("| --- | --- | --- | --- | ---: | --- |")
+    for device, system in SYSTEM_OF_DEVICE.items():
+        row = hop_latency_fit(device, root / "data" / system)
+        if row is not None:
+            print(row)
 
 
 if __name__ == "__main__":

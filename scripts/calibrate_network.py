@@ -13,34 +13,15 @@ import argparse
 from pathlib import Path
 
 from llmservingsim.catalog import load_device
-from llmservingsim.hardware.device import Link
-from llmservingsim.network.calibration import NODE_DEVICES, load_samples, mape_table, predict
+from llmservingsim.network.calibration import (
+    NODE_DEVICES,
+    fit_link,
+    load_samples,
+    mape_table,
+    predict,
+)
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared/data/profiles/vidur/network"
-
-
-def fit_link(samples, device, which):  # type: ignore[no-untyped-def]
-    import numpy as np
-    from scipy.optimize import least_squares
-
-    base = getattr(device.links, which)
-
-    def link(x):  # type: ignore[no-untyped-def]
-        return Link(
-            bandwidth_gbps=base.bandwidth_gbps,
-            latency_us=float(x[0]),
-            call_latency_us=float(x[1]),
-            efficiency=float(min(1.0, x[2])),
-            links_per_node=base.links_per_node,
-        )
-
-    def residuals(x):  # type: ignore[no-untyped-def]
-        kw = {"intra": link(x)} if which == "intra_node" else {"inter": link(x)}
-        return np.array([predict(s, device, **kw) / s.seconds - 1 for s in samples])
-
-    x0 = [base.latency_us, 30.0, 0.7]
-    fit = least_squares(residuals, x0, bounds=([0, 0, 0.01], [500, 2000, 1.0]), loss="soft_l1")
-    return link(fit.x)
 
 
 def main() -> None:

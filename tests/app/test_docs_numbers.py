@@ -302,10 +302,10 @@ QUOTES: list[Quote] = [
         )
         for row, name, tok_s, tpot, kv in (
             (
-                "| `tensor_parallel: 2, expert_parallel: 2` | 8,550 | 28.3 | 929,520 |",
+                "| `tensor_parallel: 2, expert_parallel: 2` | 8,814 | 27.5 | 929,520 |",
                 "tp2-ep2",
-                "8,550",
-                "28.3",
+                "8,814",
+                "27.5",
                 "929,520",
             ),
             (
@@ -316,10 +316,10 @@ QUOTES: list[Quote] = [
                 "300,352",
             ),
             (
-                "| `data_parallel: 2, expert_parallel: 2` | 12,698 | 36.5 | 890,176 |",
+                "| `data_parallel: 2, expert_parallel: 2` | 12,885 | 35.9 | 890,176 |",
                 "dp2-ep2",
-                "12,698",
-                "36.5",
+                "12,885",
+                "35.9",
                 "890,176",
             ),
         )

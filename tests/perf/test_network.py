@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
-import math
 from pathlib import Path
 
 import pytest
@@ -12,9 +12,21 @@ from hypothesis import strategies as st
 
 from llmservingsim.catalog import load_device
 from llmservingsim.cluster.placement import place_instances
+from llmservingsim.hardware.backends.kernel_db import (
+    SYSTEM_OF_DEVICE,
+    default_tables_root,
+    nccl_folder,
+)
 from llmservingsim.hardware.device import Link
 from llmservingsim.network import collectives
-from llmservingsim.network.calibration import NODE_DEVICES, load_samples, mape_table, predict
+from llmservingsim.network.calibration import (
+    NODE_DEVICES,
+    fit_hop_latency,
+    load_samples,
+    load_table_samples,
+    mape_table,
+    predict,
+)
 from llmservingsim.network.topology import Topology
 
 H100 = load_device("h100-sxm")
@@ -120,14 +132,44 @@ def test_placement_keeps_small_instances_inside_one_node(
 
 
 @pytest.mark.skipif(not NETWORK_DATA.is_dir(), reason="shared network profiles are absent")
-def test_shipped_h100_links_match_measured_nccl_profiles() -> None:
-    """The H100 YAML's calibrated links reproduce the Vidur H100 DGX NCCL profiles."""
+def test_shipped_h100_links_match_measured_nccl_profiles_on_large_messages() -> None:
+    """The H100 YAML's bandwidth, efficiency and call latency reproduce the Vidur H100 DGX NCCL
+    profiles from 1 MiB up (the bandwidth regime they were fitted on; the small messages'
+    per-hop latency comes from the NCCL tables, next test). All-reduce over 2 GPUs reaches a
+    lower bus bandwidth than over 8, which one bandwidth per level cannot hold (calibration.md
+    §7b): it gets a wider bound."""
     device = load_device(NODE_DEVICES["h100_dgx"])
-    samples = load_samples(NETWORK_DATA / "h100_dgx")
+    samples = [s for s in load_samples(NETWORK_DATA / "h100_dgx") if s.size >= 1 << 20]
     table = mape_table(samples, lambda s: predict(s, device))
-    overall = sum(m * n for m, n in table.values()) / sum(n for _, n in table.values())
-    assert overall < 12.0
-    for (collective, workers, _), (mape, _) in table.items():
-        if collective == "send_recv" or workers >= 4:
-            assert mape < 15.0, (collective, workers, mape)
-    assert math.isfinite(overall)
+    assert len(table) == 5
+    for (collective, workers, _), (mape, count) in table.items():
+        assert count > 100
+        bound = 35.0 if (collective, workers) == ("all_reduce", 2) else 15.0
+        assert mape < bound, (collective, workers, mape)
+
+
+NVSWITCH_DEVICES = ("h100-sxm", "h200", "b200", "gb200", "a100-80gb")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("aiconfigurator_core") is None,
+    reason="aiconfigurator-core (the kerneldb extra) is not installed",
+)
+@pytest.mark.parametrize("name", NVSWITCH_DEVICES)
+def test_shipped_intra_node_hop_latency_is_the_nccl_table_fit(name: str) -> None:
+    """The YAML's intra-node ``latency_us`` is what ``fit_hop_latency`` gives on the device's
+    NCCL all-reduce tables (scripts/calibrate_kernel_tables.py), and it reproduces their small
+    messages (≤ 256 KiB, where the hops' latency is the whole cost) within 30 % per GPU count;
+    the previous value, fitted on eager calls, was 55-180 % off there."""
+    device = load_device(name)
+    root = default_tables_root()
+    assert root is not None
+    folder = nccl_folder(root, SYSTEM_OF_DEVICE[name])
+    assert folder is not None
+    samples = load_table_samples(folder)
+    small = [s for s in samples if s.size <= 256 * 1024]
+    assert {s.num_workers for s in small} >= {2, 4}
+    fitted = fit_hop_latency(samples, device, 256 * 1024)
+    assert fitted.latency_us == pytest.approx(device.links.intra_node.latency_us, rel=0.02)
+    for (_, workers, _), (mape, _) in mape_table(small, lambda s: predict(s, device)).items():
+        assert mape < 30.0, (name, workers, mape)

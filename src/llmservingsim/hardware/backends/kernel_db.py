@@ -495,7 +495,7 @@ def _load_comm(path: Path, nccl: bool, graph: bool) -> dict[tuple[str, int], Cur
     return _comm(path, "op_name" if nccl else None, None if nccl else graph)
 
 
-def _nccl_folder(root: Path, system: str) -> Path | None:
+def nccl_folder(root: Path, system: str) -> Path | None:
     """The system's NCCL tables: the version its system YAML names, else the newest."""
     base = root / "data" / system / "comm" / "nccl"
     if not base.is_dir():
@@ -619,7 +619,7 @@ def load_tables(
         if ar_file.is_file():
             allreduce = _load_comm(ar_file, False, options.cuda_graphs)
     nccl: dict[tuple[str, int], Curve1] = {}
-    nccl_dir = _nccl_folder(root, system)
+    nccl_dir = nccl_folder(root, system)
     if nccl_dir is not None:
         nccl = _load_comm(nccl_dir / "nccl_perf.parquet", True, options.cuda_graphs)
         sources["nccl"] = f"nccl@{nccl_dir.name}"
