@@ -34,7 +34,9 @@ from llmservingsim.hardware.backends.kernel_db import (
     nccl_folder,
     table_versions,
 )
+from llmservingsim.hardware.device import Link
 from llmservingsim.network.calibration import (
+    Sample,
     fit_hop_latency,
     load_table_samples,
     mape_table,
@@ -84,10 +86,10 @@ def allreduce_fit(data: Path) -> tuple[tuple[float, float, float], float, int, s
     )
 
 
-def hop_latency_fit(device_name: str, data: Path) -> str | None:
-    """A table row: the fitted per-hop latency, its MAPE on the small messages and on all of
-    them per GPU count (before → after), and the table it used."""
-    folder = nccl_folder(data.parents[1], data.name)
+def hop_latency_fit(device_name: str, root: Path, system: str) -> str | None:
+    """A table row: the fitted per-hop latency, its MAPE on the small messages (shipped YAML →
+    fit) and on all of them per GPU count (fit), and the table it used."""
+    folder = nccl_folder(root, system)
     if folder is None:
         return None
     samples = load_table_samples(folder)
@@ -97,14 +99,14 @@ def hop_latency_fit(device_name: str, data: Path) -> str | None:
     link = fit_hop_latency(samples, device, HOP_FIT_BYTES)
     small = [s for s in samples if s.size <= HOP_FIT_BYTES]
 
-    def cells(points: list, which: object) -> str:  # type: ignore[type-arg]
-        table = mape_table(points, lambda s: predict(s, device, intra=which))  # type: ignore[arg-type]
+    def cells(points: list[Sample], intra: Link | None) -> str:
+        table = mape_table(points, lambda s: predict(s, device, intra=intra))
         return ", ".join(f"TP{k[1]} {v[0]:.1f}" for k, v in table.items())
 
     return (
         f"| {device_name} | {device.links.intra_node.latency_us:.3g} → {link.latency_us:.3g} "
         f"| {cells(small, None)} → {cells(small, link)} | {cells(samples, link)} "
-        f"| {len(small)} / {len(samples)} | {folder.relative_to(data.parents[1])} |"
+        f"| {len(small)} / {len(samples)} | {folder.relative_to(root)} |"
     )
 
 
@@ -132,7 +134,7 @@ def main() -> None:
     )
     print("| --- | --- | --- | --- | ---: | --- |")
     for device, system in SYSTEM_OF_DEVICE.items():
-        row = hop_latency_fit(device, root / "data" / system)
+        row = hop_latency_fit(device, root, system)
         if row is not None:
             print(row)
 
